@@ -1,0 +1,81 @@
+"""ipcactors: named actors exchanging msgpack events over Unix and TCP sockets, on asyncio and Trio.
+
+    import ipcactors
+
+    async def main() -> None:
+        async with ipcactors.Actor("world") as ipc:
+            server = await ipc.serve()
+
+            @server.on("message")
+            async def on_message(data, client):
+                await server.emit(client, "message", data + " world!")
+
+            await ipc.wait_closed()
+
+    ipcactors.run(main)
+
+See README.md and docs/ for the whole picture.
+"""
+
+from ._actor import Actor
+from ._config import Config
+from ._connection import Connection
+from ._errors import (
+    AddressInUseError,
+    AuthenticationError,
+    ClosedError,
+    ConfigError,
+    ConnectError,
+    ConnectionFailedError,
+    ConnectionLostError,
+    DecodeError,
+    EncodeError,
+    FrameTooLargeError,
+    InsecureSocketDirError,
+    IPCError,
+    NoHandlerError,
+    ProtocolError,
+    RejectedError,
+    RemoteError,
+    RequestTimeoutError,
+    ReservedEventError,
+    ServerBusyError,
+    SocketPathError,
+    SocketPathTooLongError,
+    UnknownPeerError,
+)
+from ._run import run
+from ._server import Client, Server
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Actor",
+    "AddressInUseError",
+    "AuthenticationError",
+    "Client",
+    "ClosedError",
+    "Config",
+    "ConfigError",
+    "ConnectError",
+    "Connection",
+    "ConnectionFailedError",
+    "ConnectionLostError",
+    "DecodeError",
+    "EncodeError",
+    "FrameTooLargeError",
+    "IPCError",
+    "InsecureSocketDirError",
+    "NoHandlerError",
+    "ProtocolError",
+    "RejectedError",
+    "RemoteError",
+    "RequestTimeoutError",
+    "ReservedEventError",
+    "Server",
+    "ServerBusyError",
+    "SocketPathError",
+    "SocketPathTooLongError",
+    "UnknownPeerError",
+    "run",
+]

@@ -1,0 +1,237 @@
+"""The actor: an id, a config, at most one server, and connections to other actors by id.
+
+Invariant: every task an actor starts (its server's, its connections') lives in the actor's task
+group; leaving ``async with Actor(...)`` flushes and closes them all (bounded by
+``close_timeout``), so nothing outlives the block.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from collections.abc import Mapping
+from types import MappingProxyType, TracebackType
+from typing import Any, Literal
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ._config import Config
+from ._connection import Connection
+from ._errors import ClosedError, ConfigError, IPCError, UnknownPeerError
+from ._log import ActorLog
+from ._runtime import current_runtime
+from ._server import Server
+from ._transport import TCPTransport, Transport, UnixTransport
+from ._unix import default_socket_root, ensure_socket_dir
+
+__all__ = ["Actor"]
+
+
+class Actor:
+    """A named actor: node-ipc's ``ipc`` object, one per ``async with`` block.
+
+    ``Actor("world")`` uses the default :class:`Config`; pass ``config=`` and/or keyword
+    overrides (``Actor("world", retry=1.5, silent=True)``).
+    """
+
+    def __init__(self, id: str, config: Config | None = None, **overrides: Any) -> None:
+        if type(id) is not str or not id:
+            raise ConfigError(f"an actor id must be a non-empty string, got {id!r}")
+        self.config = (config or Config()).replace(id=id, **overrides)
+        self.id = id
+        self._log = ActorLog(id, self.config.silent)
+        self._server: Server | None = None
+        self._connections: dict[str, Connection] = {}
+        self._task_group: TaskGroup | None = None
+        self._closing = False
+        self._closed = anyio.Event()
+
+    def __repr__(self) -> str:
+        return f"<Actor {self.id!r}>"
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Actor:
+        if self._task_group is not None or self._closing:
+            raise IPCError(f"actor {self.id!r} can be entered only once")
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        self._task_group = task_group
+        runtime = current_runtime()
+        if runtime is not None:
+            runtime.actors.add(self)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._task_group is not None
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+        finally:
+            runtime = current_runtime()
+            if runtime is not None:
+                runtime.actors.discard(self)
+            suppress = await self._task_group.__aexit__(exc_type, exc, tb)
+        return suppress
+
+    async def aclose(self) -> None:
+        """Flush and close every connection and the server (each bounded by ``close_timeout``),
+        then stop. ``wait_closed()`` returns after this."""
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        runtime = current_runtime()
+        graceful = runtime is None or not runtime.hard_stop
+        try:
+            if graceful:
+                with anyio.move_on_after(self.config.close_timeout * 2):
+                    async with anyio.create_task_group() as task_group:
+                        for connection in list(self._connections.values()):
+                            task_group.start_soon(connection.aclose)
+                        if self._server is not None:
+                            task_group.start_soon(self._server.aclose)
+        finally:
+            if self._task_group is not None:
+                self._task_group.cancel_scope.cancel()
+            self._closed.set()
+
+    async def wait_closed(self) -> None:
+        """Return once the actor is closed (``aclose()`` called or its ``async with`` left)."""
+        await self._closed.wait()
+
+    def _group(self) -> TaskGroup:
+        if self._task_group is None:
+            raise IPCError(f"use the actor inside 'async with' first: async with {self!r} ...")
+        if self._closing:
+            raise ClosedError(f"actor {self.id!r} is closed")
+        return self._task_group
+
+    # --- serving ------------------------------------------------------------------------------
+
+    @property
+    def server(self) -> Server | None:
+        """This actor's server, once ``serve()``/``serve_net()`` was called."""
+        return self._server
+
+    def default_path(self, id: str | None = None) -> str:
+        """node-ipc's socket path: ``<socket_root>/<appspace><id>``."""
+        root = self.config.socket_root or default_socket_root()
+        return os.path.join(root, f"{self.config.appspace}{id or self.id}")
+
+    async def serve(self, path: str | None = None) -> Server:
+        """Listen on a Unix socket (default :meth:`default_path`). Returns once listening.
+
+        Raises :class:`AddressInUseError` if a live server holds the path (it is never taken
+        over) or a non-socket file is there (it is never removed); a stale socket file left by
+        a dead server is replaced.
+        """
+        if path is None:
+            ensure_socket_dir(
+                self.config.socket_root or default_socket_root(),
+                private=self.config.socket_root is None,
+            )
+            path = self.default_path()
+        return await self._serve(UnixTransport(os.path.abspath(path)))
+
+    async def serve_net(
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        udp: Literal["udp4", "udp6"] | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> Server:
+        """Listen on TCP (default ``Config.network_host``/``network_port``; port 0 picks a free
+        one, see ``server.address``)."""
+        if udp is not None or tls is not None:
+            raise NotImplementedError("UDP and TLS servers are not available in this version")
+        return await self._serve(
+            TCPTransport(host or self.config.network_host, _port(port, self.config.network_port))
+        )
+
+    async def _serve(self, transport: Transport) -> Server:
+        task_group = self._group()
+        if self._server is not None:
+            raise IPCError(f"actor {self.id!r} already serves on {self._server.address!r}")
+        server = Server(self.id, self.config, self._log, transport)
+        await server._start(task_group)
+        self._server = server
+        return server
+
+    # --- connecting ---------------------------------------------------------------------------
+
+    @property
+    def of(self) -> Mapping[str, Connection]:
+        """Connections by the id of the actor they lead to (node-ipc's ``ipc.of``)."""
+        return MappingProxyType(self._connections)
+
+    async def connect_to(self, id: str, path: str | None = None) -> Connection:
+        """Connect to actor ``id``'s Unix socket (default: its :meth:`default_path`).
+
+        Returns once the handshake is done, retrying as ``retry``/``stop_retrying`` say; raises
+        :class:`ConnectionFailedError` (or :class:`ServerBusyError`, ...) when retries run out.
+        If ``id`` is already connected (or connecting), returns that connection.
+        """
+        path = os.path.abspath(path) if path is not None else self.default_path(id)
+        return await self._connect(id, UnixTransport(path))
+
+    async def connect_to_net(
+        self,
+        id: str,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        tls: ssl.SSLContext | None = None,
+    ) -> Connection:
+        """Connect to actor ``id`` over TCP (default ``Config.network_host``/``network_port``)."""
+        if tls is not None:
+            raise NotImplementedError("TLS connections are not available in this version")
+        transport = TCPTransport(
+            host or self.config.network_host, _port(port, self.config.network_port)
+        )
+        return await self._connect(id, transport)
+
+    async def _connect(self, id: str, transport: Transport) -> Connection:
+        if type(id) is not str or not id:
+            raise ConfigError(f"an actor id must be a non-empty string, got {id!r}")
+        task_group = self._group()
+        existing = self._connections.get(id)
+        if existing is not None:
+            await existing.wait_connected()
+            return existing
+        connection = Connection(self.id, id, transport, self.config, self._log, self._forget)
+        self._connections[id] = connection
+        await task_group.start(connection._run)
+        return connection
+
+    def _forget(self, connection: Connection) -> None:
+        if self._connections.get(connection.id) is connection:
+            del self._connections[connection.id]
+
+    async def disconnect(self, id: str) -> None:
+        """Flush to actor ``id`` (bounded by ``close_timeout``), close, and do not reconnect."""
+        connection = self._connections.get(id)
+        if connection is None:
+            raise UnknownPeerError(f"{self.id!r} has no connection to {id!r}")
+        await connection.aclose()
+
+    # --- logging ------------------------------------------------------------------------------
+
+    def log(self, *args: Any) -> None:
+        """node-ipc's ``ipc.log``: log the arguments joined by spaces (unless ``silent``)."""
+        self._log.user(*args)
+
+
+def _port(port: int | None, default: int) -> int:
+    if port is None:
+        return default
+    if type(port) is not int or not 0 <= port <= 65535:
+        raise ConfigError(f"port must be an integer between 0 and 65535, got {port!r}")
+    return port

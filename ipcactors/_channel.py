@@ -1,0 +1,194 @@
+"""A channel: one live byte stream to a peer, with its reader, writer and event dispatcher.
+
+Invariants:
+- Exactly one writer drains the peer's outbox, coalescing small frames into few large writes.
+- The reader parses every frame a read completes and hands them on in one batch: replies are
+  resolved at once, each request runs in its own task, events queue (bounded) for one
+  dispatcher, so events from one peer are handled one at a time, in order, while replies keep
+  flowing (a handler may itself await a request to the same peer).
+- Events received before the peer closed its side are still dispatched; bytes that break the
+  protocol end the channel with a :class:`ProtocolError` and nothing after them is used.
+- Lifecycle names never arrive from the wire: a frame carrying one is a protocol error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import anyio
+from anyio.abc import ByteStream, TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._errors import DecodeError, ProtocolError
+from ._protocol import (
+    HEADER_SIZE,
+    ErrorReply,
+    Event,
+    Frame,
+    FrameDecoder,
+    Message,
+    Reply,
+    Request,
+    is_reserved,
+)
+
+if TYPE_CHECKING:
+    from ._peer import Peer
+
+__all__ = ["Channel", "frame_bytes", "read_handshake_message"]
+
+RECEIVE_SIZE = 64 * 1024  # per read for small traffic; large frames are read in larger chunks
+MAX_RECEIVE_SIZE = 4 * 1024 * 1024
+COALESCE_LIMIT = 1024 * 1024  # join small frames into writes of at most about this many bytes
+EVENT_BATCHES = 64  # batches of events waiting for the dispatcher before the reader waits
+
+
+def frame_bytes(frame: Frame) -> bytes:
+    return frame if isinstance(frame, bytes) else b"".join(frame)
+
+
+async def read_handshake_message(stream: ByteStream, decoder: FrameDecoder) -> Message:
+    """Read until ``decoder`` yields the first message (it stops after a handshake message)."""
+    while True:
+        try:
+            data = await stream.receive(RECEIVE_SIZE)
+        except anyio.EndOfStream:
+            raise ConnectionResetError(
+                "the peer closed the connection during the handshake"
+            ) from None
+        messages = decoder.feed(data)
+        if messages:
+            return messages[0]
+
+
+def _coalesce(frames: list[Frame]) -> Iterator[bytes]:
+    """Yield the bytes of ``frames`` in as few writes as is sensible, copying large bodies never."""
+    small: list[bytes] = []
+    size = 0
+    for frame in frames:
+        if isinstance(frame, bytes):
+            small.append(frame)
+            size += len(frame)
+            if size >= COALESCE_LIMIT:
+                yield b"".join(small)
+                small, size = [], 0
+        else:
+            header, body = frame
+            small.append(header)
+            yield b"".join(small)
+            small, size = [], 0
+            yield body
+    if small:
+        yield small[0] if len(small) == 1 else b"".join(small)
+
+
+class Channel:
+    __slots__ = ("_decoder", "_peer", "_stream", "_task_group")
+
+    def __init__(self, stream: ByteStream, decoder: FrameDecoder, peer: Peer) -> None:
+        self._stream = stream
+        self._decoder = decoder
+        self._peer = peer
+        self._task_group: TaskGroup | None = None
+
+    async def run(self) -> None:
+        """Serve the stream until it ends. Raises :class:`ProtocolError` on bad input."""
+        send, receive = anyio.create_memory_object_stream[list[Event]](EVENT_BATCHES)
+        drained = anyio.Event()
+        failure: ProtocolError | None = None
+        try:
+            async with anyio.create_task_group() as task_group:
+                self._task_group = task_group
+                task_group.start_soon(self._write_loop, task_group)
+                task_group.start_soon(self._dispatch_loop, receive, drained)
+                try:
+                    with send:
+                        await self._read_loop(send, task_group)
+                except ProtocolError as exc:
+                    failure = exc  # nothing after bad input is handled
+                else:
+                    # The peer closed its side: the dispatcher finishes what arrived first.
+                    await drained.wait()
+                task_group.cancel_scope.cancel()
+        finally:
+            self._task_group = None
+            await anyio.aclose_forcefully(self._stream)
+        if failure is not None:
+            raise failure
+
+    def abort(self) -> None:
+        """Stop at once: cancel reader, writer and dispatcher; the stream is closed by ``run``."""
+        if self._task_group is not None:
+            self._task_group.cancel_scope.cancel()
+
+    async def _read_loop(
+        self, batches: MemoryObjectSendStream[list[Event]], task_group: TaskGroup
+    ) -> None:
+        decoder = self._decoder
+        peer = self._peer
+        requests = peer._requests
+        receive = self._stream.receive
+        data: bytes = b""  # bytes the handshake left in the decoder come out first
+        while True:
+            events: list[Event] = []
+            for message in decoder.feed(data):
+                if type(message) is Event:
+                    if is_reserved(message.event):
+                        raise ProtocolError(f"peer sent reserved event {message.event!r}")
+                    events.append(message)
+                elif type(message) is Reply:
+                    requests.resolve(message)
+                elif type(message) is ErrorReply:
+                    requests.reject(message)
+                elif type(message) is Request:
+                    if is_reserved(message.event):
+                        raise ProtocolError(f"peer sent reserved event {message.event!r}")
+                    task_group.start_soon(peer._answer, message)
+                else:
+                    raise ProtocolError(f"unexpected {type(message).__name__} after the handshake")
+            if events:
+                await batches.send(events)
+            size = RECEIVE_SIZE
+            pending = decoder.pending_frame_size()
+            if pending is not None and pending > size:
+                size = min(pending + HEADER_SIZE - decoder.buffered, MAX_RECEIVE_SIZE)
+            try:
+                data = await receive(size)
+            except anyio.EndOfStream:
+                if decoder.buffered:
+                    raise DecodeError(
+                        f"the peer closed the connection {decoder.buffered} bytes into a frame"
+                    ) from None
+                return
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return
+
+    async def _dispatch_loop(
+        self, batches: MemoryObjectReceiveStream[list[Event]], drained: anyio.Event
+    ) -> None:
+        peer = self._peer
+        try:
+            with batches:
+                async for batch in batches:
+                    for event in batch:
+                        await peer._on_event(event)
+        finally:
+            drained.set()
+
+    async def _write_loop(self, task_group: TaskGroup) -> None:
+        outbox = self._peer._outbox
+        send = self._stream.send
+        while True:
+            await outbox.wait_frames()
+            frames = outbox.take()
+            if not frames:
+                return  # the outbox was closed
+            try:
+                for chunk in _coalesce(frames):
+                    await send(chunk)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                task_group.cancel_scope.cancel()  # the peer is gone; the reader may not notice
+                return
+            finally:
+                outbox.sent()

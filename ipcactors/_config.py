@@ -1,0 +1,116 @@
+"""Configuration: node-ipc's ``ipc.config`` in Python names, seconds instead of milliseconds."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ._errors import ConfigError
+from ._protocol import Limits
+
+__all__ = ["Config"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """Settings of an :class:`~ipcactors.Actor`. Validated on construction; immutable.
+
+    Derive a variant with ``config.replace(retry=0.1)`` or pass overrides to ``Actor(...)``.
+    """
+
+    #: This actor's id: sent in the handshake, names the default Unix socket. Set by ``Actor``.
+    id: str = ""
+    #: Prefix of the default socket file name, as in node-ipc: ``<socket_root>/<appspace><id>``.
+    appspace: str = "app."
+    #: Directory of the default socket paths. ``None``: a private per-user directory (mode 0700),
+    #: ``$XDG_RUNTIME_DIR/ipcactors`` or else ``/tmp/ipcactors-<uid>``, so that no other user can
+    #: reach, squat or replace our sockets.
+    socket_root: str | None = None
+    #: Host for ``serve_net``/``connect_to_net``. Loopback by default: exposing a port beyond this
+    #: machine should be a decision (and then use TLS).
+    network_host: str = "127.0.0.1"
+    #: Port for ``serve_net``/``connect_to_net`` (node-ipc's default). ``0`` picks a free port.
+    network_port: int = 8000
+    #: No log output from this actor at all.
+    silent: bool = False
+    #: Clients a server holds at once; more are refused with a ``busy`` reject (node-ipc: 100).
+    max_connections: int = 100
+    #: First reconnect delay in seconds. Each failed attempt doubles it (randomised between half
+    #: and all of it, so that many clients do not retry in step) up to ``retry_cap``.
+    retry: float = 0.5
+    #: Longest reconnect delay in seconds: a restarted server is found within a few seconds.
+    retry_cap: float = 5.0
+    #: ``None`` (or node-ipc's ``False``): retry forever. ``N``: after a failed attempt or a lost
+    #: connection, try at most N more times, then give up. ``0`` (or ``True``): never retry.
+    #: The count restarts after each successful handshake.
+    stop_retrying: int | None = None
+    #: Largest frame accepted or sent, in bytes. 64 MiB carries a 4096×4096 float32 tensor; one
+    #: hostile frame can make the receiver allocate up to ~75× this, so lower it for untrusted
+    #: peers. Frames before the handshake completes are held to 64 KiB regardless.
+    max_frame_size: int = 64 * 1024 * 1024
+    #: Bytes queued per connection (while connected, or while reconnecting) before ``emit`` waits.
+    #: 8 MiB absorbs bursts without letting a slow peer grow our memory without bound.
+    max_outbox_bytes: int = 8 * 1024 * 1024
+    #: Seconds allowed for the handshake after the socket connects; a silent peer is dropped.
+    handshake_timeout: float = 5.0
+    #: Default seconds a ``request`` waits for its reply.
+    request_timeout: float = 30.0
+    #: Seconds ``aclose``/``disconnect`` spend flushing queued frames before closing anyway.
+    close_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        # node-ipc's stopRetrying: False means "retry forever", True "never". Mind False == 0.
+        if self.stop_retrying is False:
+            object.__setattr__(self, "stop_retrying", None)
+        elif self.stop_retrying is True:
+            object.__setattr__(self, "stop_retrying", 0)
+        _check_type("id", self.id, str)
+        _check_type("appspace", self.appspace, str)
+        if self.socket_root is not None:
+            _check_type("socket_root", self.socket_root, str)
+        _check_type("network_host", self.network_host, str)
+        _check_type("silent", self.silent, bool)
+        _check_int("network_port", self.network_port, 0, 65535)
+        _check_int("max_connections", self.max_connections, 1)
+        if self.stop_retrying is not None:
+            _check_int("stop_retrying", self.stop_retrying, 0)
+        _check_int("max_frame_size", self.max_frame_size, 1024, 2**32 - 1)
+        _check_int("max_outbox_bytes", self.max_outbox_bytes, 1)
+        for name in ("retry", "retry_cap", "handshake_timeout", "request_timeout", "close_timeout"):
+            _check_seconds(name, getattr(self, name))
+        if self.retry_cap < self.retry:
+            raise ConfigError(f"retry_cap ({self.retry_cap}) must be >= retry ({self.retry})")
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with ``changes`` applied (and validated)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown config option(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(max_frame_size=self.max_frame_size)
+
+
+def _check_type(name: str, value: object, kind: type) -> None:
+    if not isinstance(value, kind):
+        raise ConfigError(f"{name} must be a {kind.__name__}, got {value!r}")
+
+
+def _check_int(name: str, value: object, low: int, high: int | None = None) -> None:
+    if type(value) is not int or value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ConfigError(f"{name} must be an integer {bound}, got {value!r}")
+
+
+def _check_seconds(name: str, value: object) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")

@@ -1,0 +1,277 @@
+"""The client side: a connection to another actor's server that reconnects on its own.
+
+Invariants:
+- Connected means welcomed: ``connect`` fires after the server's ``welcome``, once per live
+  connection; ``disconnect`` fires once per lost connection, never per failed attempt.
+- Retries follow ``stop_retrying``: a failed attempt or a lost connection spends one retry; the
+  count restarts after each successful handshake. Errors retrying cannot fix (a refusal other
+  than ``busy``, a path too long, no permission) end the connection at once.
+- Delays grow exponentially from ``retry`` to ``retry_cap``, each randomised between half and
+  all of its nominal value.
+- Frames emitted while disconnected wait in the outbox and go out first, in order, after the
+  next handshake. Requests whose frames had reached the socket fail as soon as the connection
+  is lost; those still queued wait for the next connection (within their timeout).
+- Once given up (or closed), every waiting emit and request fails, and ``destroy`` fires once.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+import anyio
+from anyio.abc import ByteStream, TaskStatus
+
+from ._channel import Channel, frame_bytes, read_handshake_message
+from ._config import Config
+from ._errors import (
+    AuthenticationError,
+    ClosedError,
+    ConnectionFailedError,
+    ConnectionLostError,
+    IPCError,
+    ProtocolError,
+    RejectedError,
+    ServerBusyError,
+)
+from ._handlers import Handler, Handlers
+from ._log import ActorLog
+from ._peer import Peer
+from ._protocol import PROTOCOL_VERSION, FrameDecoder, Reject, Welcome
+from ._transport import Address, Transport, is_fatal_connect_error
+
+__all__ = ["Connection"]
+
+H = TypeVar("H", bound=Handler)
+
+
+def _rejection(reject: Reject, target: str) -> RejectedError:
+    message = f"{target!r} refused the connection ({reject.reason}): {reject.message}"
+    if reject.reason == "busy":
+        return ServerBusyError(message, reject.reason)
+    if reject.reason == "auth":
+        return AuthenticationError(message, reject.reason)
+    return RejectedError(message, reject.reason)
+
+
+def _is_fatal(exc: BaseException) -> bool:
+    if isinstance(exc, RejectedError):
+        return not isinstance(exc, ServerBusyError)
+    return is_fatal_connect_error(exc)
+
+
+class Connection(Peer):
+    """A connection to another actor, made by ``Actor.connect_to()`` / ``connect_to_net()``.
+
+    Lives in ``actor.of[id]`` until it is closed or gives up. Event handlers are called as
+    ``handler(data)``; lifecycle handlers as ``connect()``, ``disconnect()``, ``destroy()`` and
+    ``error(exception)`` (raised locally only, never by a peer's frame).
+    """
+
+    def __init__(
+        self,
+        actor_id: str,
+        target: str,
+        transport: Transport,
+        config: Config,
+        log: ActorLog,
+        on_destroyed: Callable[[Connection], None],
+    ) -> None:
+        super().__init__(config, log, Handlers())
+        self.id = target
+        self._actor_id = actor_id
+        self._transport = transport
+        self._on_destroyed = on_destroyed
+        self._channel: Channel | None = None
+        self._up = anyio.Event()
+        self._closing = False
+        self._destroyed = anyio.Event()
+        self._scope = anyio.CancelScope()
+        self._remote_id: str | None = None
+
+    def __repr__(self) -> str:
+        state = "connected" if self.connected else "destroyed" if self.destroyed else "connecting"
+        return f"<Connection to {self.id!r} {self._transport.kind} {self.address!r} {state}>"
+
+    @property
+    def address(self) -> Address:
+        return self._transport.address
+
+    @property
+    def connected(self) -> bool:
+        """Whether the handshake is done and the connection is up right now."""
+        return self._channel is not None
+
+    @property
+    def destroyed(self) -> bool:
+        """Whether the connection was closed or gave up; it will not come back."""
+        return self._destroyed.is_set()
+
+    async def wait_connected(self) -> None:
+        """Return once connected; raise :class:`ClosedError` if it is destroyed first."""
+        while not self.connected:
+            if self.destroyed:
+                raise ClosedError(f"connection to {self.id!r} was closed")
+            async with anyio.create_task_group() as task_group:
+
+                async def wait_destroyed() -> None:
+                    await self._destroyed.wait()
+                    task_group.cancel_scope.cancel()
+
+                task_group.start_soon(wait_destroyed)
+                await self._up.wait()
+                task_group.cancel_scope.cancel()
+
+    # --- handlers -----------------------------------------------------------------------------
+
+    @overload
+    def on(self, event: str, handler: None = None) -> Callable[[H], H]: ...
+
+    @overload
+    def on(self, event: str, handler: H) -> H: ...
+
+    def on(self, event: str, handler: H | None = None) -> H | Callable[[H], H]:
+        """Register ``handler(data)`` for ``event`` (or use as a decorator)."""
+        return self._handlers.on(event, handler)
+
+    def off(self, event: str, handler: Handler | None = None) -> None:
+        """Remove ``handler`` from ``event``, or all of its handlers when ``None``."""
+        self._handlers.off(event, handler)
+
+    def _handler_args(self, data: Any) -> tuple[Any, ...]:
+        return (data,)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Flush what is queued to the kernel (bounded by ``close_timeout``), then close for
+        good. No reconnect follows."""
+        if self._closing:
+            await self._destroyed.wait()
+            return
+        self._closing = True
+        if self._channel is not None:
+            with anyio.move_on_after(self._config.close_timeout):
+                await self._outbox.wait_flushed()
+        self._scope.cancel()
+        await self._destroyed.wait()
+
+    async def _run(self, *, task_status: TaskStatus[None]) -> None:
+        """Connect, serve, reconnect; until closed or out of retries. Reports ``started`` after
+        the first handshake; a failure before that is raised to ``connect_to``."""
+        started = False
+        error: BaseException | None = None
+        try:
+            with self._scope:
+                retries = self._config.stop_retrying
+                backoff = 0
+                while True:
+                    try:
+                        stream, decoder = await self._open()
+                    except Exception as exc:
+                        await self._handlers.call("error", (exc,), self._log)
+                        if _is_fatal(exc) or retries == 0:
+                            error = self._final_error(exc)
+                            break
+                        delay = self._delay(backoff)
+                        self._log.debug(
+                            f"connecting to {self.id!r} failed ({exc}); retry in {delay:.2f} s"
+                        )
+                        backoff += 1
+                        if retries is not None:
+                            retries -= 1
+                        await anyio.sleep(delay)
+                        continue
+                    retries = self._config.stop_retrying
+                    backoff = 0
+                    if not started:
+                        started = True
+                        task_status.started()
+                    await self._serve(stream, decoder)
+                    if self._closing:
+                        break
+                    if retries == 0:
+                        error = ConnectionFailedError(
+                            f"connection to {self.id!r} lost and stop_retrying=0: not reconnecting"
+                        )
+                        break
+                    if retries is not None:
+                        retries -= 1
+                    await anyio.sleep(self._delay(0))
+        finally:
+            await self._destroy(error)
+        if not started:
+            raise error or ClosedError(f"connection to {self.id!r} was closed while connecting")
+        if error is not None:
+            self._log.warning(f"gave up on {self.id!r}: {error}")
+
+    async def _open(self) -> tuple[ByteStream, FrameDecoder]:
+        """Connect and complete the handshake. Raises on failure or refusal."""
+        with anyio.fail_after(self._config.handshake_timeout):
+            stream = await self._transport.connect()
+            decoder = FrameDecoder(self._config.limits)
+            try:
+                await stream.send(frame_bytes(self._encoder.hello(self._actor_id)))
+                reply = await read_handshake_message(stream, decoder)
+            except BaseException:
+                await anyio.aclose_forcefully(stream)
+                raise
+        if type(reply) is Reject:
+            await anyio.aclose_forcefully(stream)
+            raise _rejection(reply, self.id)
+        if type(reply) is not Welcome:
+            await anyio.aclose_forcefully(stream)
+            raise ProtocolError(f"expected welcome from {self.id!r}, got {type(reply).__name__}")
+        if reply.version != PROTOCOL_VERSION:
+            await anyio.aclose_forcefully(stream)
+            raise RejectedError(
+                f"{self.id!r} speaks protocol version {reply.version}, not {PROTOCOL_VERSION}",
+                "version",
+            )
+        self._remote_id = reply.id
+        decoder.handshake_done()
+        return stream, decoder
+
+    async def _serve(self, stream: ByteStream, decoder: FrameDecoder) -> None:
+        channel = Channel(stream, decoder, self)
+        self._channel = channel
+        self._up.set()
+        self._log.info(f"connected to {self.id!r} at {self.address}")
+        try:
+            await self._handlers.call("connect", (), self._log)
+            await channel.run()
+        except ProtocolError as exc:
+            self._log.warning(f"closing connection to {self.id!r}: {exc}")
+            await self._handlers.call("error", (exc,), self._log)
+        finally:
+            self._channel = None
+            self._up = anyio.Event()
+            lost = ConnectionLostError(f"connection to {self.id!r} was lost before the reply")
+            self._requests.fail(lost, sent_up_to=self._outbox.taken)
+            if not self._closing:
+                self._log.info(f"connection to {self.id!r} lost")
+            with anyio.move_on_after(self._config.close_timeout, shield=True):
+                await self._handlers.call("disconnect", (), self._log)
+
+    def _delay(self, backoff: int) -> float:
+        nominal = min(self._config.retry_cap, self._config.retry * 2 ** min(backoff, 32))
+        return random.uniform(nominal / 2, nominal)
+
+    def _final_error(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, IPCError):
+            return exc
+        error = ConnectionFailedError(f"could not connect to {self.id!r} at {self.address}: {exc}")
+        error.__cause__ = exc
+        return error
+
+    async def _destroy(self, error: BaseException | None) -> None:
+        reason = ClosedError(f"connection to {self.id!r} is closed") if error is None else error
+        left = self._outbox.close(ClosedError(f"connection to {self.id!r} is closed: {reason}"))
+        if left:
+            self._log.warning(f"{left} frame(s) queued for {self.id!r} were never sent")
+        self._requests.fail(ClosedError(f"connection to {self.id!r} is closed: {reason}"))
+        self._on_destroyed(self)
+        self._destroyed.set()
+        with anyio.move_on_after(self._config.close_timeout, shield=True):
+            await self._handlers.call("destroy", (), self._log)

@@ -1,0 +1,186 @@
+"""The one error hierarchy of ipcactors.
+
+Every error the library raises derives from :class:`IPCError`. Abstract bases (``IPCError``,
+``ConnectError``, ``ProtocolError``, ``SocketPathError``) are never raised directly; catch them to
+handle a whole family. Where an error also means something to Python code that knows nothing of
+ipcactors, it derives from the matching builtin too (``TimeoutError``, ``ValueError``, ...).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AddressInUseError",
+    "AuthenticationError",
+    "ClosedError",
+    "ConfigError",
+    "ConnectError",
+    "ConnectionFailedError",
+    "ConnectionLostError",
+    "DecodeError",
+    "EncodeError",
+    "FrameTooLargeError",
+    "IPCError",
+    "InsecureSocketDirError",
+    "NoHandlerError",
+    "ProtocolError",
+    "RejectedError",
+    "RemoteError",
+    "RequestTimeoutError",
+    "ReservedEventError",
+    "ServerBusyError",
+    "SocketPathError",
+    "SocketPathTooLongError",
+    "UnknownPeerError",
+]
+
+
+class IPCError(Exception):
+    """Base of every error raised by ipcactors."""
+
+
+class ConfigError(IPCError, ValueError):
+    """A configuration value is of the wrong type or out of range."""
+
+
+class UnknownPeerError(IPCError, LookupError):
+    """No connected peer has that id (it never connected, or it is gone)."""
+
+
+# --- connecting -------------------------------------------------------------------------------
+
+
+class ConnectError(IPCError):
+    """Base of the errors raised when a connection cannot be made or kept."""
+
+
+class ConnectionFailedError(ConnectError, ConnectionError):
+    """Connecting failed and the retries allowed by ``stop_retrying`` are used up.
+
+    The last underlying error is chained as ``__cause__``.
+    """
+
+
+class RejectedError(ConnectionFailedError):
+    """The server answered the handshake with a refusal that retrying will not change.
+
+    ``reason`` is the server's reason code (``"version"``, ``"auth"``, ``"protocol"``, ...).
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ServerBusyError(RejectedError):
+    """The server is at ``max_connections`` and refused the connection with ``busy``.
+
+    A busy refusal counts as a failed attempt: the client backs off and retries as
+    ``stop_retrying`` allows; this error is raised when no retries are left.
+    """
+
+
+class AuthenticationError(RejectedError):
+    """The peer could not be authenticated (wrong shared key, refused certificate, ...).
+
+    Never retried: the same credentials would fail the same way.
+    """
+
+
+class ConnectionLostError(ConnectError, ConnectionError):
+    """The connection dropped while a request was waiting for its reply.
+
+    The request may or may not have run on the peer; the caller decides whether to retry.
+    """
+
+
+class ClosedError(IPCError):
+    """The actor, server or connection was closed; nothing more can be sent through it."""
+
+
+# --- sockets and addresses --------------------------------------------------------------------
+
+
+class SocketPathError(IPCError, OSError):
+    """Base of the errors about a Unix socket's path or its directory."""
+
+
+class SocketPathTooLongError(SocketPathError):
+    """The Unix socket path is longer than the operating system allows (107 bytes on Linux).
+
+    Use a shorter ``socket_root`` or ``appspace``, or a shorter actor id.
+    """
+
+
+class AddressInUseError(SocketPathError):
+    """The address is taken: a live server listens there, or a file that is not a socket is there.
+
+    ipcactors never takes over a live server's path and never removes a file that is not a socket.
+    """
+
+
+class InsecureSocketDirError(SocketPathError):
+    """The socket directory could be written by other users, or belongs to another user."""
+
+
+# --- the wire ---------------------------------------------------------------------------------
+
+
+class ProtocolError(IPCError):
+    """Base of the errors about bytes received from a peer. The peer's connection is closed."""
+
+
+class FrameTooLargeError(ProtocolError):
+    """A frame is larger than ``max_frame_size`` (on receive: decided from its header alone)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"frame of {size} bytes exceeds max_frame_size={limit}; "
+            "raise max_frame_size on both sides if such frames are expected"
+        )
+        self.size = size
+        self.limit = limit
+
+
+class DecodeError(ProtocolError):
+    """A frame's body is not valid msgpack, breaks a limit, or is not a valid envelope."""
+
+
+class EncodeError(IPCError, TypeError):
+    """The data given to ``emit``/``request`` cannot be encoded as msgpack. Nothing was sent."""
+
+
+class ReservedEventError(IPCError, ValueError):
+    """The event name is reserved for local lifecycle events or for ipcactors itself."""
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+class RequestTimeoutError(IPCError, TimeoutError):
+    """No reply arrived within the request's timeout. A late reply is ignored."""
+
+
+class RemoteError(IPCError):
+    """The peer's handler raised. Carries the remote exception's type, message and traceback.
+
+    Attributes:
+        remote_type: the qualified name of the remote exception type, e.g. ``"ValueError"``.
+        remote_message: ``str()`` of the remote exception.
+        remote_traceback: the remote traceback as text (may be empty).
+    """
+
+    def __init__(self, remote_type: str, remote_message: str, remote_traceback: str = "") -> None:
+        super().__init__(f"{remote_type}: {remote_message}")
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+
+    def __str__(self) -> str:
+        text = f"{self.remote_type}: {self.remote_message}"
+        if self.remote_traceback:
+            text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
+        return text
+
+
+class NoHandlerError(RemoteError):
+    """The peer has no handler for the requested event."""

@@ -1,0 +1,98 @@
+"""Event handler registries: ``on``/``off``, sync or async handlers, errors contained.
+
+Invariant: an exception raised by an event or lifecycle handler is logged and goes no further;
+the connection it came from lives on.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+from ._errors import IPCError
+from ._log import ActorLog
+
+__all__ = ["Handler", "Handlers"]
+
+Handler = Callable[..., Any]
+H = TypeVar("H", bound=Handler)
+
+
+class Handlers:
+    """Handlers by event name, called in the order they were registered."""
+
+    __slots__ = ("_by_event",)
+
+    def __init__(self) -> None:
+        self._by_event: dict[str, list[Handler]] = {}
+
+    @overload
+    def on(self, event: str, handler: None = None) -> Callable[[H], H]: ...
+
+    @overload
+    def on(self, event: str, handler: H) -> H: ...
+
+    def on(self, event: str, handler: H | None = None) -> H | Callable[[H], H]:
+        if type(event) is not str or not event:
+            raise IPCError(f"an event name must be a non-empty string, got {event!r}")
+        if handler is None:
+
+            def register(function: H) -> H:
+                self._by_event.setdefault(event, []).append(function)
+                return function
+
+            return register
+        if not callable(handler):
+            raise IPCError(f"handler for {event!r} is not callable: {handler!r}")
+        self._by_event.setdefault(event, []).append(handler)
+        return handler
+
+    def off(self, event: str, handler: Handler | None = None) -> None:
+        """Remove ``handler`` from ``event``, or every handler of ``event`` when ``None``."""
+        if handler is None:
+            self._by_event.pop(event, None)
+            return
+        handlers = self._by_event.get(event)
+        if handlers and handler in handlers:
+            handlers.remove(handler)
+            if not handlers:
+                del self._by_event[event]
+
+    def get(self, event: str) -> list[Handler] | None:
+        return self._by_event.get(event)
+
+    async def call(self, event: str, args: tuple[Any, ...], log: ActorLog) -> None:
+        """Run every handler of ``event`` in order; log and swallow their exceptions."""
+        handlers = self._by_event.get(event)
+        if not handlers:
+            return
+        for handler in tuple(handlers):
+            try:
+                result = handler(*args)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                log.exception(f"handler {_name(handler)} for {event!r} raised", exc)
+
+    async def answer(self, event: str, args: tuple[Any, ...], log: ActorLog) -> Any:
+        """Run every handler of a request; the first one's result (or exception) is the answer.
+
+        The caller has checked that ``event`` has a handler.
+        """
+        first, *rest = tuple(self._by_event[event])
+        result = first(*args)
+        if inspect.isawaitable(result):
+            result = await result
+        for handler in rest:
+            try:
+                extra = handler(*args)
+                if inspect.isawaitable(extra):
+                    await extra
+            except Exception as exc:
+                log.exception(f"handler {_name(handler)} for {event!r} raised", exc)
+        return result
+
+
+def _name(handler: Handler) -> str:
+    return getattr(handler, "__qualname__", None) or repr(handler)

@@ -1,0 +1,51 @@
+"""Logging through loguru, per actor, silenced by ``Config.silent``.
+
+Levels: INFO for lifecycle (serving, connected, lost), WARNING for a peer's misbehaviour or a
+handler's exception, DEBUG for retries, TRACE for per-message detail. Every line starts with the
+actor's id. User data is never used as a format string.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loguru import logger
+
+__all__ = ["ActorLog"]
+
+
+class ActorLog:
+    """A logger for one actor; every call is a no-op when ``silent``."""
+
+    __slots__ = ("_logger", "_prefix", "silent")
+
+    def __init__(self, actor_id: str, silent: bool) -> None:
+        self._logger = logger.bind(actor=actor_id)
+        self._prefix = f"[{actor_id}] "
+        self.silent = silent
+
+    def trace(self, message: str) -> None:
+        if not self.silent:
+            self._logger.opt(depth=1).trace(self._prefix + message)
+
+    def debug(self, message: str) -> None:
+        if not self.silent:
+            self._logger.opt(depth=1).debug(self._prefix + message)
+
+    def info(self, message: str) -> None:
+        if not self.silent:
+            self._logger.opt(depth=1).info(self._prefix + message)
+
+    def warning(self, message: str) -> None:
+        if not self.silent:
+            self._logger.opt(depth=1).warning(self._prefix + message)
+
+    def exception(self, message: str, exc: BaseException) -> None:
+        if not self.silent:
+            self._logger.opt(depth=1, exception=exc).error(self._prefix + message)
+
+    def user(self, *args: Any) -> None:
+        """node-ipc's ``ipc.log(...)``: the arguments joined by spaces, non-strings repr'd."""
+        if not self.silent:
+            text = " ".join(a if isinstance(a, str) else repr(a) for a in args)
+            self._logger.opt(depth=1).info(self._prefix + text)

@@ -1,0 +1,136 @@
+"""The outbox: frames on their way to one peer, bounded in bytes.
+
+It is the write buffer while connected and the reconnect queue while not: one ordered queue, so
+frames emitted while a connection is down go out first, in order, once it is back.
+
+Invariants:
+- ``put`` returns without a loop pass while there is room; that is what lets many small events
+  share one write. When full, ``put`` waits (backpressure); nothing is ever dropped silently.
+- A frame larger than the whole bound is accepted when the outbox is empty, so it can be sent.
+- Counters ``enqueued`` and ``taken`` only grow: a frame with sequence number ``n`` has been
+  handed to a writer (and may be lost with the connection) once ``taken >= n``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import anyio
+
+from ._protocol import Frame, frame_size
+
+__all__ = ["Outbox"]
+
+
+class Outbox:
+    __slots__ = (
+        "_bytes",
+        "_closed",
+        "_frames",
+        "_has_frames",
+        "_has_room",
+        "_in_flight",
+        "_is_flushed",
+        "enqueued",
+        "max_bytes",
+        "taken",
+    )
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._frames: deque[Frame] = deque()
+        self._bytes = 0
+        self._in_flight = False
+        self._closed: BaseException | None = None
+        self._has_frames: anyio.Event | None = None
+        self._has_room: anyio.Event | None = None
+        self._is_flushed: anyio.Event | None = None
+        self.enqueued = 0
+        self.taken = 0
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
+    def has_room(self, size: int) -> bool:
+        return not self._bytes or self._bytes + size <= self.max_bytes
+
+    async def put(self, frame: Frame) -> int:
+        """Queue ``frame``; wait while full. Returns its sequence number."""
+        if self._closed is not None:
+            raise self._closed
+        size = frame_size(frame)
+        while not self.has_room(size):
+            if self._has_room is None:
+                self._has_room = anyio.Event()
+            await self._has_room.wait()
+            if self._closed is not None:
+                raise self._closed
+        return self.put_nowait(frame, size)
+
+    def put_nowait(self, frame: Frame, size: int | None = None) -> int:
+        """Queue ``frame`` regardless of the bound (for replies and handshakes, which are few)."""
+        if self._closed is not None:
+            raise self._closed
+        self._frames.append(frame)
+        self._bytes += frame_size(frame) if size is None else size
+        self.enqueued += 1
+        if self._has_frames is not None:
+            self._has_frames.set()
+            self._has_frames = None
+        return self.enqueued
+
+    # --- the writer's side ----------------------------------------------------------------------
+
+    async def wait_frames(self) -> None:
+        """Wait until there is something to write (or the outbox is closed)."""
+        while not self._frames and self._closed is None:
+            if self._has_frames is None:
+                self._has_frames = anyio.Event()
+            await self._has_frames.wait()
+
+    def take(self) -> list[Frame]:
+        """Hand every queued frame to the writer, which calls :meth:`sent` when done."""
+        frames = list(self._frames)
+        self._frames.clear()
+        self._bytes = 0
+        self.taken += len(frames)
+        self._in_flight = bool(frames)
+        if self._has_room is not None:
+            self._has_room.set()
+            self._has_room = None
+        return frames
+
+    def sent(self) -> None:
+        """The frames last taken were written to the kernel (or lost with the connection)."""
+        self._in_flight = False
+        if not self._frames and self._is_flushed is not None:
+            self._is_flushed.set()
+            self._is_flushed = None
+
+    async def wait_flushed(self) -> None:
+        """Wait until every queued frame has been written to the kernel."""
+        while (self._frames or self._in_flight) and self._closed is None:
+            if self._is_flushed is None:
+                self._is_flushed = anyio.Event()
+            await self._is_flushed.wait()
+
+    def close(self, error: BaseException) -> int:
+        """Refuse further frames with ``error``; wake every waiter. Returns frames left unsent."""
+        if self._closed is None:
+            self._closed = error
+        left = len(self._frames)
+        self._frames.clear()
+        self._bytes = 0
+        for event in (self._has_room, self._is_flushed, self._has_frames):
+            if event is not None:
+                event.set()
+        self._has_room = self._is_flushed = self._has_frames = None
+        return left

@@ -1,0 +1,398 @@
+"""The protocol core, sans-IO: bytes in, messages out. No sockets, no event loop, no clock.
+
+Invariants owned here:
+- A frame is ``u32 big-endian length`` + one msgpack body; the length is checked against
+  ``max_frame_size`` before anything is allocated for the body.
+- A :class:`FrameDecoder` that raised once is broken for good: it refuses further input, and its
+  owner closes the connection (msgpack does not support resuming after an error).
+- Decoded values obey the limits: container lengths, nesting depth, map keys str or bytes, no
+  unknown extension types. Nothing that breaks a limit ever reaches a handler or a log line.
+
+docs/protocol.md describes the same format for implementers in other languages.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, TypeAlias
+
+import msgpack
+
+from ._errors import DecodeError, EncodeError, FrameTooLargeError, ProtocolError
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "ErrorReply",
+    "Event",
+    "Frame",
+    "FrameDecoder",
+    "FrameEncoder",
+    "Hello",
+    "Limits",
+    "Message",
+    "Reject",
+    "Reply",
+    "Request",
+    "Welcome",
+    "is_reserved",
+]
+
+PROTOCOL_VERSION: Final = 1
+
+# Envelope kinds: the first item of every body.
+EVENT: Final = 0
+REQUEST: Final = 1
+REPLY: Final = 2
+ERROR: Final = 3
+HELLO: Final = 4
+WELCOME: Final = 5
+REJECT: Final = 6
+
+HEADER: Final = struct.Struct(">I")
+HEADER_SIZE: Final = HEADER.size
+MAX_REQUEST_ID: Final = 2**63 - 1
+
+# A body at least this long is kept apart from its header instead of being concatenated with it,
+# so a large payload is never copied just to prepend four bytes.
+SEPARATE_BODY_AT: Final = 64 * 1024
+
+RESERVED_EVENTS: Final = frozenset({"connect", "disconnect", "destroy", "error"})
+RESERVED_PREFIX: Final = "ipcactors."
+
+
+def is_reserved(event: str) -> bool:
+    """Whether ``event`` names a local lifecycle event or an ipcactors-internal one."""
+    return event in RESERVED_EVENTS or event.startswith(RESERVED_PREFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what a peer may make us allocate.
+
+    One frame's memory is bounded by about ``max_frame_size`` × 75 (msgpack's worst case is a
+    frame of empty maps); frames before the handshake completes are held to
+    ``max_handshake_size``, so an unauthenticated peer can make us allocate only a few MiB.
+    """
+
+    max_frame_size: int = 64 * 1024 * 1024
+    max_handshake_size: int = 64 * 1024
+    max_container_len: int = 1 << 20
+    max_depth: int = 64
+
+
+# --- messages ---------------------------------------------------------------------------------
+
+
+class Event:
+    """``[0, event, data]``: a fire-and-forget event."""
+
+    __slots__ = ("data", "event")
+
+    def __init__(self, event: str, data: Any) -> None:
+        self.event = event
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"Event({self.event!r})"
+
+
+class Request:
+    """``[1, event, data, id]``: an event whose handler's return value is sent back."""
+
+    __slots__ = ("data", "event", "id")
+
+    def __init__(self, event: str, data: Any, id: int) -> None:
+        self.event = event
+        self.data = data
+        self.id = id
+
+    def __repr__(self) -> str:
+        return f"Request({self.event!r}, id={self.id})"
+
+
+class Reply:
+    """``[2, id, data]``: the answer to request ``id``."""
+
+    __slots__ = ("data", "id")
+
+    def __init__(self, id: int, data: Any) -> None:
+        self.id = id
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"Reply(id={self.id})"
+
+
+class ErrorReply:
+    """``[3, id, {"type", "message", "traceback"}]``: request ``id`` failed on the peer."""
+
+    __slots__ = ("id", "message", "traceback", "type")
+
+    def __init__(self, id: int, type: str, message: str, traceback: str) -> None:
+        self.id = id
+        self.type = type
+        self.message = message
+        self.traceback = traceback
+
+    def __repr__(self) -> str:
+        return f"ErrorReply(id={self.id}, type={self.type!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """``[4, {"v", "id", ...}]``: the client's opening frame. ``extra`` keeps unknown keys."""
+
+    version: int
+    id: str
+    extra: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """``[5, {"v", "id", ...}]``: the server accepted the client."""
+
+    version: int
+    id: str
+    extra: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """``[6, {"reason", "message"}]``: the server refused the client and closes the connection."""
+
+    reason: str
+    message: str
+
+
+Message: TypeAlias = Event | Request | Reply | ErrorReply | Hello | Welcome | Reject
+_HANDSHAKE_KINDS: Final = (Hello, Welcome, Reject)
+
+# What the encoder hands to a writer: header and body together, or apart for large bodies.
+Frame: TypeAlias = bytes | tuple[bytes, bytes]
+
+
+# --- encoding ---------------------------------------------------------------------------------
+
+
+class FrameEncoder:
+    """Turns messages into frames. One per connection (it reuses one msgpack ``Packer``)."""
+
+    def __init__(self, limits: Limits, default: Callable[[Any], Any] | None = None) -> None:
+        self._limit = limits.max_frame_size
+        self._packer = msgpack.Packer(use_bin_type=True, datetime=False, default=default)
+
+    def _frame(self, body_items: list[Any]) -> Frame:
+        try:
+            body: bytes = self._packer.pack(body_items)
+        except (TypeError, ValueError, OverflowError) as exc:
+            # The packer keeps a partly written buffer after an error; start clean.
+            self._packer.reset()
+            raise EncodeError(f"cannot encode as msgpack: {exc}") from exc
+        size = len(body)
+        if size > self._limit:
+            raise FrameTooLargeError(size, self._limit)
+        if size >= SEPARATE_BODY_AT:
+            return (HEADER.pack(size), body)
+        return HEADER.pack(size) + body
+
+    def event(self, event: str, data: Any) -> Frame:
+        return self._frame([EVENT, event, data])
+
+    def request(self, event: str, data: Any, request_id: int) -> Frame:
+        return self._frame([REQUEST, event, data, request_id])
+
+    def reply(self, request_id: int, data: Any) -> Frame:
+        return self._frame([REPLY, request_id, data])
+
+    def error_reply(self, request_id: int, type: str, message: str, traceback: str) -> Frame:
+        error = {"type": type, "message": message, "traceback": traceback}
+        return self._frame([ERROR, request_id, error])
+
+    def hello(self, actor_id: str, **extra: Any) -> Frame:
+        return self._frame([HELLO, {"v": PROTOCOL_VERSION, "id": actor_id, **extra}])
+
+    def welcome(self, actor_id: str, **extra: Any) -> Frame:
+        return self._frame([WELCOME, {"v": PROTOCOL_VERSION, "id": actor_id, **extra}])
+
+    def reject(self, reason: str, message: str) -> Frame:
+        return self._frame([REJECT, {"reason": reason, "message": message}])
+
+
+def frame_size(frame: Frame) -> int:
+    """Bytes a frame occupies on the wire."""
+    if isinstance(frame, bytes):
+        return len(frame)
+    header, body = frame
+    return len(header) + len(body)
+
+
+# --- decoding ---------------------------------------------------------------------------------
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise DecodeError(f"unknown msgpack extension type {code}")
+
+
+def _within_depth(value: Any, budget: int) -> bool:
+    """Whether ``value`` nests at most ``budget`` containers deep. Recursion depth ≤ budget."""
+    if budget <= 0:
+        return False
+    items = value.values() if type(value) is dict else value
+    for item in items:
+        kind = type(item)
+        if (kind is list or kind is dict) and not _within_depth(item, budget - 1):
+            return False
+    return True
+
+
+def _require_str(value: Any, what: str) -> str:
+    if type(value) is not str or not value:
+        raise DecodeError(f"{what} must be a non-empty string, got {type(value).__name__}")
+    return value
+
+
+def _require_id(value: Any) -> int:
+    if type(value) is not int or not 0 <= value <= MAX_REQUEST_ID:
+        raise DecodeError(f"request id must be an integer in [0, 2**63), got {value!r:.40}")
+    return value
+
+
+def _require_map(value: Any, what: str) -> dict[str, Any]:
+    if type(value) is not dict:
+        raise DecodeError(f"{what} must be a map, got {type(value).__name__}")
+    return value
+
+
+def _handshake_fields(body: dict[str, Any], what: str) -> tuple[int, str, dict[str, Any]]:
+    version = body.get("v")
+    if type(version) is not int:
+        raise DecodeError(f"{what} lacks an integer protocol version 'v'")
+    actor_id = _require_str(body.get("id"), f"{what} actor id")
+    extra = {k: v for k, v in body.items() if k not in ("v", "id")}
+    return version, actor_id, extra
+
+
+def parse_body(body: list[Any]) -> Message:
+    """Validate one decoded envelope and turn it into a message. Raises :class:`DecodeError`."""
+    if type(body) is not list or not body:
+        raise DecodeError("a frame's body must be a non-empty msgpack array")
+    kind = body[0]
+    size = len(body)
+    # Trailing items beyond those a kind defines are ignored, so the format can grow.
+    if kind == EVENT and type(kind) is int and size >= 3:
+        return Event(_require_str(body[1], "event name"), body[2])
+    if kind == REQUEST and type(kind) is int and size >= 4:
+        return Request(_require_str(body[1], "event name"), body[2], _require_id(body[3]))
+    if kind == REPLY and type(kind) is int and size >= 3:
+        return Reply(_require_id(body[1]), body[2])
+    if kind == ERROR and type(kind) is int and size >= 3:
+        error = _require_map(body[2], "error")
+        fields = [error.get(key, "") for key in ("type", "message", "traceback")]
+        if not all(type(f) is str for f in fields):
+            raise DecodeError("error type, message and traceback must be strings")
+        return ErrorReply(_require_id(body[1]), *fields)
+    if kind == HELLO and type(kind) is int and size >= 2:
+        return Hello(*_handshake_fields(_require_map(body[1], "hello"), "hello"))
+    if kind == WELCOME and type(kind) is int and size >= 2:
+        return Welcome(*_handshake_fields(_require_map(body[1], "welcome"), "welcome"))
+    if kind == REJECT and type(kind) is int and size >= 2:
+        reject = _require_map(body[1], "reject")
+        reason = _require_str(reject.get("reason"), "reject reason")
+        message = reject.get("message", "")
+        return Reject(reason, message if type(message) is str else "")
+    raise DecodeError(f"unknown or short envelope (kind {kind!r:.20}, {size} items)")
+
+
+class FrameDecoder:
+    """Splits a byte stream into frames and decodes each into a :class:`Message`.
+
+    Feed it whatever the socket returned; it returns every message completed by those bytes, in
+    order, however the stream was split. The first error breaks it for good.
+    """
+
+    def __init__(self, limits: Limits) -> None:
+        self._limits = limits
+        self._frame_limit = limits.max_handshake_size
+        self._buffer = bytearray()
+        self._broken: ProtocolError | None = None
+        self._unpack_options: dict[str, Any] = {
+            "raw": False,
+            "strict_map_key": True,  # keys str/bytes only: int keys allow hash-collision DoS
+            "use_list": True,
+            "max_array_len": limits.max_container_len,
+            "max_map_len": limits.max_container_len,
+            "ext_hook": _reject_ext,
+        }
+
+    def handshake_done(self) -> None:
+        """Lift the frame limit from ``max_handshake_size`` to ``max_frame_size``."""
+        self._frame_limit = self._limits.max_frame_size
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a complete frame."""
+        return len(self._buffer)
+
+    def pending_frame_size(self) -> int | None:
+        """Size of the frame whose body is arriving, if its header is complete."""
+        if len(self._buffer) < HEADER_SIZE:
+            return None
+        return int(HEADER.unpack_from(self._buffer)[0])
+
+    def feed(self, data: bytes | bytearray | memoryview = b"") -> list[Message]:
+        """Take received bytes; return the messages they complete.
+
+        Decoding stops after a handshake message (hello, welcome, reject): call
+        :meth:`handshake_done` if it is accepted, then ``feed()`` with no bytes for the rest.
+        """
+        if self._broken is not None:
+            raise self._broken
+        try:
+            return self._feed(data)
+        except ProtocolError as exc:
+            self._broken = exc
+            self._buffer = bytearray()
+            raise
+
+    def _feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
+        buffer = self._buffer
+        buffer += data
+        messages: list[Message] = []
+        offset = 0
+        end = len(buffer)
+        limit = self._frame_limit
+        with memoryview(buffer) as view:
+            while end - offset >= HEADER_SIZE:
+                (size,) = HEADER.unpack_from(buffer, offset)
+                if size > limit:
+                    raise FrameTooLargeError(size, limit)
+                if size == 0:
+                    raise DecodeError("empty frame: a body must hold at least one msgpack value")
+                start = offset + HEADER_SIZE
+                if end - start < size:
+                    break
+                message = self._decode(view[start : start + size], size)
+                messages.append(message)
+                offset = start + size
+                if type(message) in _HANDSHAKE_KINDS:
+                    # Stop here: the owner decides whether the handshake is done (and the frame
+                    # limit lifted) before the frames behind this one are decoded.
+                    break
+        if offset:
+            del buffer[:offset]  # O(1) at the front of a bytearray
+        return messages
+
+    def _decode(self, body: memoryview, size: int) -> Message:
+        try:
+            value = msgpack.unpackb(body, **self._unpack_options)
+        except DecodeError:
+            raise
+        except Exception as exc:  # msgpack raises many types: ValueError, FormatError, ...
+            raise DecodeError(f"invalid msgpack body: {type(exc).__name__}: {exc}") from None
+        # A body shorter than the depth bound cannot nest deeper than it: skip the walk.
+        depth = self._limits.max_depth
+        if size > depth and type(value) is list and not _within_depth(value, depth):
+            raise DecodeError(f"value nests deeper than max_depth={self._limits.max_depth}")
+        return parse_body(value)

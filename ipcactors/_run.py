@@ -1,0 +1,87 @@
+"""``ipcactors.run``: the entry point that runs an async function with logging and signals set up.
+
+Invariant: the first SIGINT or SIGTERM closes every actor gracefully (flushing, bounded by each
+actor's ``close_timeout``) and then cancels the main function; a second one cancels at once,
+without flushing. Either way the process exits with status 128 + the signal number.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, TypeVar
+
+import anyio
+from loguru import logger
+
+from ._runtime import Runtime, set_runtime
+
+__all__ = ["run"]
+
+T = TypeVar("T")
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_FORMAT = "<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> {message}"
+
+
+def run(
+    async_fn: Callable[..., Awaitable[T]],
+    *args: Any,
+    backend: Literal["asyncio", "trio"] = "asyncio",
+    backend_options: dict[str, Any] | None = None,
+    log_level: str | None = "INFO",
+) -> T:
+    """Run ``async_fn(*args)`` on ``backend`` and return its result.
+
+    ``log_level``: the level of the stderr log this sets up (loguru's own default shows DEBUG);
+    ``None`` leaves loguru's configuration alone. ``backend_options`` go to :func:`anyio.run`
+    (e.g. ``{"use_uvloop": True}`` on asyncio).
+
+    The first SIGINT/SIGTERM shuts every actor down gracefully, a second one immediately; then
+    ``SystemExit(128 + signal)`` is raised.
+    """
+    if log_level is not None:
+        logger.remove()
+        logger.add(sys.stderr, level=log_level, format=_FORMAT)
+    runtime = Runtime()
+    result: T = anyio.run(
+        _main, runtime, async_fn, args, backend=backend, backend_options=backend_options
+    )
+    if runtime.signal is not None:
+        raise SystemExit(128 + runtime.signal)
+    return result
+
+
+async def _main(
+    runtime: Runtime, async_fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]
+) -> T:
+    set_runtime(runtime)
+    main_scope = anyio.CancelScope()
+
+    async def shut_down() -> None:
+        async with anyio.create_task_group() as task_group:
+            for actor in list(runtime.actors):
+                task_group.start_soon(actor.aclose)
+        main_scope.cancel()
+
+    async def watch_signals(task_group: anyio.abc.TaskGroup, *, task_status: Any) -> None:
+        with anyio.open_signal_receiver(*_SIGNALS) as signals:
+            task_status.started()
+            async for signum in signals:
+                if runtime.signal is None:
+                    runtime.signal = signum
+                    logger.info(f"{signal.Signals(signum).name}: shutting down (again to force)")
+                    task_group.start_soon(shut_down)
+                else:
+                    logger.warning(f"{signal.Signals(signum).name}: stopping now")
+                    runtime.hard_stop = True
+                    main_scope.cancel()
+
+    result: Any = None
+    async with anyio.create_task_group() as task_group:
+        await task_group.start(watch_signals, task_group)
+        with main_scope:
+            result = await async_fn(*args)
+        task_group.cancel_scope.cancel()
+    return result  # type: ignore[no-any-return]

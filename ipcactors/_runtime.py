@@ -1,0 +1,31 @@
+"""What ``ipcactors.run`` shares with the actors started under it (through a context variable)."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._actor import Actor
+
+__all__ = ["Runtime", "current_runtime", "set_runtime"]
+
+
+class Runtime:
+    __slots__ = ("actors", "hard_stop", "signal")
+
+    def __init__(self) -> None:
+        self.actors: set[Actor] = set()
+        self.signal: int | None = None  # the signal that started the shutdown
+        self.hard_stop = False  # a second signal: close without flushing
+
+
+_current: ContextVar[Runtime | None] = ContextVar("ipcactors_runtime", default=None)
+
+
+def current_runtime() -> Runtime | None:
+    return _current.get()
+
+
+def set_runtime(runtime: Runtime) -> None:
+    _current.set(runtime)

@@ -1,0 +1,305 @@
+"""The server side: accepting clients, the handshake, clients by id, emit and broadcast.
+
+Invariants:
+- A client counts as connected only after it was sent ``welcome``; the ``connect`` handlers run
+  before any of its events, ``disconnect`` once after its last.
+- ``max_connections`` holds for every transport: a client beyond it is refused with
+  ``reject(busy)``; connections still in their handshake are bounded the same way.
+- One id, one connection: a client that connects with an id already connected replaces the
+  older connection (usually a half-open leftover of a reconnect), which is closed.
+- A bad peer costs only its own connection; the accept loop survives running out of file
+  descriptors (it logs once, backs off and keeps serving).
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, TypeVar, overload
+
+import anyio
+from anyio.abc import ByteStream, SocketAttribute, TaskGroup, TaskStatus
+
+from ._channel import Channel, frame_bytes, read_handshake_message
+from ._config import Config
+from ._errors import ClosedError, ProtocolError, UnknownPeerError
+from ._handlers import Handler, Handlers
+from ._log import ActorLog
+from ._peer import Peer, check_event_name
+from ._protocol import PROTOCOL_VERSION, FrameDecoder, FrameEncoder, Hello, frame_size
+from ._transport import Address, Listening, Transport
+
+__all__ = ["Client", "Server"]
+
+H = TypeVar("H", bound=Handler)
+
+# accept() failures that mean "out of resources for now", not "the listener is gone".
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_ACCEPT_BACKOFF = 0.1
+
+
+class Client(Peer):
+    """A server's handle on one connected client. Handlers receive it as their last argument.
+
+    ``client.emit(...)`` and ``client.request(...)`` are the same as ``server.emit(client, ...)``.
+    """
+
+    def __init__(self, server: Server, client_id: str, peer_address: Any) -> None:
+        super().__init__(server._config, server._log, server._handlers)
+        self.id = client_id
+        #: The peer's socket address (``(host, port)`` for TCP; ``""`` for an unnamed Unix socket).
+        self.peer_address = peer_address
+        self._channel: Channel | None = None
+
+    def __repr__(self) -> str:
+        return f"<Client {self.id!r}>"
+
+    @property
+    def connected(self) -> bool:
+        return self._channel is not None
+
+    def _handler_args(self, data: Any) -> tuple[Any, ...]:
+        return (data, self)
+
+    async def aclose(self) -> None:
+        """Flush what is queued for this client (bounded by ``close_timeout``), then close."""
+        with anyio.move_on_after(self._config.close_timeout):
+            await self._outbox.wait_flushed()
+        if self._channel is not None:
+            self._channel.abort()
+
+
+class Server:
+    """A listening socket and its clients. Made by ``Actor.serve()`` / ``Actor.serve_net()``."""
+
+    def __init__(self, actor_id: str, config: Config, log: ActorLog, transport: Transport) -> None:
+        self._id = actor_id
+        self._config = config
+        self._log = log
+        self._transport = transport
+        self._handlers = Handlers()
+        self._encoder = FrameEncoder(config.limits)
+        self._clients: dict[str, Client] = {}
+        self._handshaking = 0
+        self._listening: Listening | None = None
+        self._task_group: TaskGroup | None = None
+        self._closing = False
+        self._stopped = anyio.Event()
+
+    def __repr__(self) -> str:
+        return f"<Server {self._id!r} {self._transport.kind} {self.address!r}>"
+
+    @property
+    def address(self) -> Address:
+        """The socket path (Unix) or ``(host, port)`` (TCP, TLS, UDP) this server listens on."""
+        if self._listening is not None:
+            return self._listening.address
+        return self._transport.address
+
+    @property
+    def clients(self) -> Mapping[str, Client]:
+        """Connected clients by id (a live read-only view)."""
+        return MappingProxyType(self._clients)
+
+    # --- handlers -----------------------------------------------------------------------------
+
+    @overload
+    def on(self, event: str, handler: None = None) -> Callable[[H], H]: ...
+
+    @overload
+    def on(self, event: str, handler: H) -> H: ...
+
+    def on(self, event: str, handler: H | None = None) -> H | Callable[[H], H]:
+        """Register ``handler(data, client)`` for ``event`` (or use as a decorator).
+
+        Lifecycle events: ``connect(client)`` and ``disconnect(client)``.
+        """
+        return self._handlers.on(event, handler)
+
+    def off(self, event: str, handler: Handler | None = None) -> None:
+        """Remove ``handler`` from ``event``, or all of its handlers when ``None``."""
+        self._handlers.off(event, handler)
+
+    # --- sending ------------------------------------------------------------------------------
+
+    def _client(self, client: Client | str) -> Client:
+        if isinstance(client, Client):
+            if not client.connected:
+                raise ClosedError(f"client {client.id!r} is no longer connected")
+            return client
+        found = self._clients.get(client)
+        if found is None:
+            raise UnknownPeerError(f"no client with id {client!r} is connected to {self._id!r}")
+        return found
+
+    async def emit(self, client: Client | str, event: str, data: Any = None) -> None:
+        """Send ``event`` to one client, given by its handle or its id."""
+        await self._client(client).emit(event, data)
+
+    async def request(
+        self, client: Client | str, event: str, data: Any = None, *, timeout: float | None = None
+    ) -> Any:
+        """Ask one client; returns its handler's answer (see ``Connection.request``)."""
+        return await self._client(client).request(event, data, timeout=timeout)
+
+    async def broadcast(self, event: str, data: Any = None) -> None:
+        """Send ``event`` to every connected client, encoded once.
+
+        Clients with room get it at once; then it waits for clients whose outbox is full.
+        """
+        check_event_name(event)
+        frame = self._encoder.event(event, data)
+        size = frame_size(frame)
+        waiting: list[Client] = []
+        for client in list(self._clients.values()):
+            if client._outbox.has_room(size):
+                client._outbox.put_nowait(frame)
+            else:
+                waiting.append(client)
+        for client in waiting:
+            try:
+                await client._outbox.put(frame)
+            except ClosedError:
+                pass  # it left meanwhile: broadcast reaches those connected
+
+    # --- serving ------------------------------------------------------------------------------
+
+    async def _start(self, task_group: TaskGroup) -> None:
+        backlog = min(self._config.max_connections, 4096)
+        self._listening = await self._transport.listen(backlog)
+        try:
+            await task_group.start(self._serve)
+        except BaseException:
+            await self._listening.aclose()
+            raise
+        self._log.info(f"serving on {self._transport.kind} {self.address}")
+
+    async def _serve(self, *, task_status: TaskStatus[None]) -> None:
+        assert self._listening is not None
+        try:
+            async with anyio.create_task_group() as task_group:
+                self._task_group = task_group
+                task_status.started()
+                await self._accept_loop(task_group)
+        finally:
+            self._stopped.set()
+
+    async def _accept_loop(self, task_group: TaskGroup) -> None:
+        assert self._listening is not None
+        listener = self._listening.listener
+        warned = False
+        while True:
+            try:
+                stream = await listener.accept()
+            except anyio.ClosedResourceError:
+                return
+            except (OSError, anyio.BrokenResourceError) as exc:
+                if self._closing:
+                    return
+                cause = exc if isinstance(exc, OSError) else exc.__cause__
+                if not isinstance(cause, OSError) or cause.errno not in _RESOURCE_ERRNOS:
+                    raise
+                if not warned:
+                    self._log.warning(f"cannot accept connections ({cause}); retrying")
+                    warned = True
+                await anyio.sleep(_ACCEPT_BACKOFF)
+                continue
+            warned = False
+            task_group.start_soon(self._handle, stream)
+
+    async def _handle(self, stream: ByteStream) -> None:
+        peer_address = stream.extra(SocketAttribute.remote_address, "")
+        decoder = FrameDecoder(self._config.limits)
+        if self._handshaking >= self._config.max_connections:
+            await self._refuse(stream, "busy", "too many connections in their handshake")
+            return
+        self._handshaking += 1
+        try:
+            with anyio.fail_after(self._config.handshake_timeout):
+                hello = await read_handshake_message(stream, decoder)
+        except (TimeoutError, ProtocolError, OSError, anyio.BrokenResourceError) as exc:
+            self._log.warning(f"handshake with {peer_address!r} failed: {exc}")
+            reason = "protocol" if isinstance(exc, ProtocolError) else "timeout"
+            await self._refuse(stream, reason, str(exc))
+            return
+        finally:
+            self._handshaking -= 1
+        if type(hello) is not Hello:
+            await self._refuse(stream, "protocol", f"expected hello, got {type(hello).__name__}")
+            return
+        if hello.version != PROTOCOL_VERSION:
+            await self._refuse(
+                stream, "version", f"protocol version {hello.version} is not {PROTOCOL_VERSION}"
+            )
+            return
+        previous = self._clients.get(hello.id)
+        if previous is None and len(self._clients) >= self._config.max_connections:
+            limit = self._config.max_connections
+            self._log.debug(f"refusing {hello.id!r}: max_connections={limit}")
+            await self._refuse(stream, "busy", f"{self._id!r} is at max_connections")
+            return
+        try:
+            await stream.send(frame_bytes(self._encoder.welcome(self._id)))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await anyio.aclose_forcefully(stream)
+            return
+        decoder.handshake_done()
+        await self._run_client(Client(self, hello.id, peer_address), stream, decoder, previous)
+
+    async def _run_client(
+        self, client: Client, stream: ByteStream, decoder: FrameDecoder, previous: Client | None
+    ) -> None:
+        if previous is not None:
+            self._log.info(f"{client.id!r} reconnected; closing its previous connection")
+            previous._outbox.close(ClosedError(f"client {client.id!r} reconnected"))
+            if previous._channel is not None:
+                previous._channel.abort()
+        client._channel = channel = Channel(stream, decoder, client)
+        self._clients[client.id] = client
+        self._log.info(f"client {client.id!r} connected")
+        try:
+            await self._handlers.call("connect", (client,), self._log)
+            await channel.run()
+        except ProtocolError as exc:
+            self._log.warning(f"closing connection of {client.id!r}: {exc}")
+        finally:
+            client._channel = None
+            if self._clients.get(client.id) is client:
+                del self._clients[client.id]
+            left = client._outbox.close(ClosedError(f"client {client.id!r} disconnected"))
+            if left:
+                self._log.warning(f"{left} frame(s) for {client.id!r} were not sent: it left")
+            client._requests.fail(ClosedError(f"client {client.id!r} disconnected"))
+            self._log.info(f"client {client.id!r} disconnected")
+            with anyio.move_on_after(self._config.close_timeout, shield=True):
+                await self._handlers.call("disconnect", (client,), self._log)
+
+    async def _refuse(self, stream: ByteStream, reason: str, message: str) -> None:
+        with anyio.move_on_after(1):
+            try:
+                await stream.send(frame_bytes(self._encoder.reject(reason, message)))
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass
+        await anyio.aclose_forcefully(stream)
+
+    async def aclose(self) -> None:
+        """Stop accepting, flush to every client (bounded by ``close_timeout``), close them all,
+        and remove the socket file."""
+        if self._closing:
+            await self._stopped.wait()
+            return
+        self._closing = True
+        if self._task_group is None:
+            return  # never started
+        if self._listening is not None:
+            await self._listening.aclose()
+        async with anyio.create_task_group() as task_group:
+            for client in list(self._clients.values()):
+                task_group.start_soon(client.aclose)
+        with anyio.move_on_after(self._config.close_timeout):
+            await self._stopped.wait()
+        if self._task_group is not None:
+            self._task_group.cancel_scope.cancel()
+        await self._stopped.wait()
+        self._log.info("server closed")

@@ -1,0 +1,158 @@
+"""Transport adapters: how byte streams are opened and accepted, one small interface for all.
+
+The layers above see only :class:`Transport`: ``await connect()`` gives an anyio byte stream,
+``await listen()`` a :class:`Listening`, whatever the socket kind. They never branch on it.
+
+Invariant: classification of connect failures lives here. :func:`is_fatal_connect_error` says
+which errors retrying cannot fix.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio
+from anyio.abc import ByteStream, SocketListener, SocketStream
+
+from ._errors import AddressInUseError, SocketPathError
+from ._unix import bind_unix_socket, check_path_length, remove_if_ours
+
+__all__ = ["Listening", "TCPTransport", "Transport", "UnixTransport", "is_fatal_connect_error"]
+
+Address = str | tuple[str, int]
+
+
+@dataclass
+class Listening:
+    """A bound listener, its public address, and what to undo when it closes."""
+
+    listener: SocketListener
+    address: Address
+    cleanup: Callable[[], Awaitable[None]] | None = None
+
+    async def aclose(self) -> None:
+        await self.listener.aclose()
+        if self.cleanup is not None:
+            await self.cleanup()
+
+
+class Transport(Protocol):
+    """What the layers above need from a socket kind."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def address(self) -> Address: ...
+
+    async def connect(self) -> ByteStream: ...
+
+    async def listen(self, backlog: int) -> Listening: ...
+
+
+def is_fatal_connect_error(exc: BaseException) -> bool:
+    """Errors that the same connect attempt would hit again: not worth retrying."""
+    if isinstance(exc, SocketPathError):
+        return True
+    if isinstance(exc, PermissionError):
+        return True
+    return isinstance(exc, OSError) and exc.errno in (errno.ENAMETOOLONG, errno.ENOTSOCK)
+
+
+@dataclass(frozen=True)
+class UnixTransport:
+    path: str
+    kind: str = "unix"
+
+    @property
+    def address(self) -> str:
+        return self.path
+
+    async def connect(self) -> ByteStream:
+        check_path_length(self.path)
+        return await anyio.connect_unix(self.path)
+
+    async def listen(self, backlog: int) -> Listening:
+        bound = await anyio.to_thread.run_sync(bind_unix_socket, self.path, backlog)
+        try:
+            listener = await SocketListener.from_socket(bound.sock)
+        except BaseException:
+            bound.sock.close()
+            remove_if_ours(bound.path, bound.identity)
+            raise
+
+        async def cleanup() -> None:
+            remove_if_ours(bound.path, bound.identity)
+
+        return Listening(listener, self.path, cleanup)
+
+
+@dataclass(frozen=True)
+class TCPTransport:
+    host: str
+    port: int
+    kind: str = "tcp"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    async def connect(self) -> ByteStream:
+        family = _literal_family(self.host)
+        if family is None:
+            return await anyio.connect_tcp(self.host, self.port)
+        # A literal address needs no happy-eyeballs race: connect directly (half the time).
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            code = sock.connect_ex((self.host, self.port))
+            if code == errno.EINPROGRESS:
+                await anyio.wait_writable(sock)
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                raise OSError(code, f"connect to {self.host}:{self.port}: {os.strerror(code)}")
+            return await SocketStream.from_socket(sock)
+        except BaseException:
+            sock.close()
+            raise
+
+    async def listen(self, backlog: int) -> Listening:
+        infos = await anyio.getaddrinfo(
+            self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        family, _, _, _, sockaddr = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            # Lets a restarted server rebind despite TIME_WAIT. SO_REUSEPORT stays off: it
+            # would let another process of ours share the port and steal connections.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(sockaddr)
+            sock.listen(backlog)
+            listener = await SocketListener.from_socket(sock)
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise AddressInUseError(
+                    f"TCP port {self.port} on {self.host} is in use; choose another port "
+                    "(or 0 for a free one)"
+                ) from exc
+            raise
+        host, port = sock.getsockname()[:2]
+        return Listening(listener, (host, port))
+
+
+def _literal_family(host: str) -> Any:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return socket.AF_INET6 if ip.version == 6 else socket.AF_INET
