@@ -1,0 +1,86 @@
+"""Shared fixtures: both backends, short private socket directories, and leak checks.
+
+After every test: no child process of ours is left, no socket file is left in the test's socket
+directory, and no socket (Unix or TCP) that the test opened is still open.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+from loguru import logger
+
+BACKENDS = [
+    pytest.param("asyncio", id="asyncio"),
+    pytest.param("trio", id="trio"),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_logs() -> Iterator[None]:
+    # Tests read logs only when they ask for them (see `log_lines`); keep pytest output short.
+    logger.remove()
+    logger.add(lambda _: None, level="WARNING")
+    yield
+
+
+@pytest.fixture
+def log_lines() -> Iterator[list[str]]:
+    """Every log line ipcactors writes during the test, as text."""
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(str(message)), level="DEBUG")
+    yield lines
+    logger.remove(sink)
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[str]:
+    """A short private directory for socket files (sun_path is only 107 bytes)."""
+    path = tempfile.mkdtemp(prefix="ia-", dir="/tmp")
+    os.chmod(path, 0o700)
+    yield path
+    left = sorted(os.listdir(path))
+    shutil.rmtree(path, ignore_errors=True)
+    assert not left, f"files left behind in the socket directory: {left}"
+
+
+def _open_sockets() -> set[tuple[str, object, object]]:
+    me = psutil.Process()
+    found: set[tuple[str, object, object]] = set()
+    for kind in ("inet", "unix"):
+        for conn in me.net_connections(kind=kind):
+            found.add((kind, conn.fd, conn.laddr))
+    return found
+
+
+def _children() -> list[psutil.Process]:
+    return [p for p in psutil.Process().children(recursive=True) if p.status() != "zombie"]
+
+
+@pytest.fixture(autouse=True)
+def _no_leaks() -> Iterator[None]:
+    before_sockets = _open_sockets()
+    before_children = {p.pid for p in _children()}
+    yield
+    deadline = time.monotonic() + 2.0
+    while True:
+        leaked_children = [p for p in _children() if p.pid not in before_children]
+        leaked_sockets = _open_sockets() - before_sockets
+        if not (leaked_children or leaked_sockets) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    for child in leaked_children:
+        child.kill()
+    assert not leaked_children, f"processes left running: {leaked_children}"
+    assert not leaked_sockets, f"sockets left open: {sorted(map(str, leaked_sockets))}"
