@@ -1,0 +1,435 @@
+"""Events, broadcast, requests and handlers between real actors over Unix and TCP sockets."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+
+import ipcactors
+from ipcactors import Actor, Connection, Server
+
+pytestmark = pytest.mark.anyio
+
+TRANSPORTS = ["unix", "tcp"]
+
+
+@asynccontextmanager
+async def serving(
+    transport: str, socket_dir: str, name: str = "world", **config: Any
+) -> AsyncIterator[tuple[Actor, Server, Callable[[Actor], Any]]]:
+    """An actor serving on ``transport``, and a function that connects another actor to it."""
+    async with Actor(name, socket_root=socket_dir, silent=True, **config) as actor:
+        if transport == "unix":
+            server = await actor.serve()
+        else:
+            server = await actor.serve_net("127.0.0.1", 0)
+
+        async def connect(client: Actor) -> Connection:
+            if transport == "unix":
+                return await client.connect_to(name)
+            _, port = server.address  # type: ignore[misc]
+            return await client.connect_to_net(name, "127.0.0.1", port)
+
+        yield actor, server, connect
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_echo(transport: str, socket_dir: str) -> None:
+    async with serving(transport, socket_dir) as (_, server, connect):
+
+        @server.on("message")
+        async def on_message(data: str, client: ipcactors.Client) -> None:
+            await server.emit(client, "message", data + " world!")
+
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            world = await connect(hello)
+            replies: list[str] = []
+            got = anyio.Event()
+
+            def on_reply(data: str) -> None:
+                replies.append(data)
+                got.set()
+
+            world.on("message", on_reply)
+            await world.emit("message", "hello")
+            with anyio.fail_after(5):
+                await got.wait()
+            assert replies == ["hello world!"]
+            assert list(server.clients) == ["hello"]
+            assert server.clients["hello"].id == "hello"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_events_arrive_in_order_and_complete(transport: str, socket_dir: str) -> None:
+    count = 5000
+    async with serving(transport, socket_dir) as (_, server, connect):
+        seen: list[int] = []
+        done = anyio.Event()
+
+        @server.on("n")
+        def on_n(data: int, client: ipcactors.Client) -> None:
+            seen.append(data)
+            if len(seen) == count:
+                done.set()
+
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            world = await connect(hello)
+            for i in range(count):
+                await world.emit("n", i)
+            with anyio.fail_after(10):
+                await done.wait()
+        assert seen == list(range(count))
+
+
+async def test_emit_flushes_before_leaving(socket_dir: str) -> None:
+    """Events emitted right before the client's `async with` ends are still delivered."""
+    async with serving("unix", socket_dir) as (_, server, connect):
+        seen: list[int] = []
+        server.on("n", lambda data, client: seen.append(data))
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            world = await connect(hello)
+            for i in range(1000):
+                await world.emit("n", {"i": i, "pad": "x" * 100})
+        with anyio.fail_after(5):
+            while len(seen) < 1000:
+                await anyio.sleep(0.01)
+        assert [item["i"] for item in seen] == list(range(1000))  # type: ignore[index]
+
+
+async def test_broadcast_reaches_each_client_exactly_once(socket_dir: str) -> None:
+    async with serving("unix", socket_dir) as (_, server, connect), AsyncExitStack() as stack:
+        got: dict[str, list[Any]] = {}
+        for i in range(8):
+            actor = await stack.enter_async_context(
+                Actor(f"c{i}", socket_root=socket_dir, silent=True)
+            )
+            connection = await connect(actor)
+            got[actor.id] = []
+            connection.on("news", got[actor.id].append)
+        assert len(server.clients) == 8
+        await server.broadcast("news", {"hello": "everyone"})
+        await server.broadcast("news", 2)
+        with anyio.fail_after(5):
+            while any(len(v) < 2 for v in got.values()):
+                await anyio.sleep(0.01)
+        await anyio.sleep(0.05)  # and nothing more arrives
+        assert got == {f"c{i}": [{"hello": "everyone"}, 2] for i in range(8)}
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_server_emits_to_a_client_by_id(transport: str, socket_dir: str) -> None:
+    async with serving(transport, socket_dir) as (_, server, connect):
+        async with (
+            Actor("alice", socket_root=socket_dir, silent=True) as alice,
+            Actor("bob", socket_root=socket_dir, silent=True) as bob,
+        ):
+            to_alice = await connect(alice)
+            to_bob = await connect(bob)
+            alice_got: list[Any] = []
+            bob_got: list[Any] = []
+            to_alice.on("note", alice_got.append)
+            to_bob.on("note", bob_got.append)
+            with anyio.fail_after(5):
+                while len(server.clients) < 2:
+                    await anyio.sleep(0.01)
+            await server.emit("bob", "note", "for bob")
+            await server.clients["alice"].emit("note", "for alice")
+            with anyio.fail_after(5):
+                while not (alice_got and bob_got):
+                    await anyio.sleep(0.01)
+            assert alice_got == ["for alice"]
+            assert bob_got == ["for bob"]
+            with pytest.raises(ipcactors.UnknownPeerError):
+                await server.emit("carol", "note", 1)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_requests_both_ways(transport: str, socket_dir: str) -> None:
+    async with serving(transport, socket_dir) as (_, server, connect):
+        server.on("add", lambda data, client: sum(data))
+
+        @server.on("slow_add")
+        async def slow_add(data: list[int], client: ipcactors.Client) -> int:
+            await anyio.sleep(0.05)
+            return sum(data)
+
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            world = await connect(hello)
+            world.on("whoami", lambda data: f"hello, asked with {data}")
+            with anyio.fail_after(5):
+                assert await world.request("add", [1, 2]) == 3
+                assert await world.request("slow_add", [3, 4]) == 7
+                answer = await server.request("hello", "whoami", 42)
+            assert answer == "hello, asked with 42"
+
+
+async def test_requests_run_concurrently(socket_dir: str) -> None:
+    """A slow request does not hold up the next one."""
+    async with serving("unix", socket_dir) as (_, server, connect):
+        release = anyio.Event()
+
+        @server.on("wait")
+        async def wait(data: None, client: ipcactors.Client) -> str:
+            await release.wait()
+            return "released"
+
+        @server.on("release")
+        def do_release(data: None, client: ipcactors.Client) -> str:
+            release.set()
+            return "ok"
+
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            world = await connect(hello)
+            results: list[str] = []
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as task_group:
+
+                    async def first() -> None:
+                        results.append(await world.request("wait"))
+
+                    task_group.start_soon(first)
+                    await anyio.sleep(0.05)
+                    results.append(await world.request("release"))
+            assert results == ["ok", "released"]
+
+
+async def test_remote_errors_and_missing_handlers(socket_dir: str) -> None:
+    async with serving("unix", socket_dir) as (_, server, connect):
+
+        @server.on("fail")
+        def fail(data: Any, client: ipcactors.Client) -> None:
+            raise ValueError(f"bad value {data}")
+
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            world = await connect(hello)
+            with anyio.fail_after(5):
+                with pytest.raises(ipcactors.RemoteError) as caught:
+                    await world.request("fail", 7)
+                assert caught.value.remote_type == "ValueError"
+                assert caught.value.remote_message == "bad value 7"
+                assert "in fail" in caught.value.remote_traceback
+                assert "ValueError: bad value 7" in str(caught.value)
+
+                with pytest.raises(ipcactors.NoHandlerError, match="nobody"):
+                    await world.request("nobody")
+                # The connection lives on.
+                server.on("ok", lambda data, client: "fine")
+                assert await world.request("ok") == "fine"
+
+
+async def test_request_timeout_ignores_late_reply(socket_dir: str) -> None:
+    async with serving("unix", socket_dir) as (_, server, connect):
+
+        @server.on("slow")
+        async def slow(data: float, client: ipcactors.Client) -> str:
+            await anyio.sleep(data)
+            return "late"
+
+        server.on("fast", lambda data, client: "fast")
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            world = await connect(hello)
+            with anyio.fail_after(5):
+                started = anyio.current_time()
+                with pytest.raises(ipcactors.RequestTimeoutError):
+                    await world.request("slow", 0.3, timeout=0.1)
+                assert anyio.current_time() - started < 0.3
+                await anyio.sleep(0.35)  # the late reply arrives and is ignored
+                assert await world.request("fast") == "fast"
+                assert len(world._requests) == 0
+
+
+async def test_handler_exception_keeps_connection(socket_dir: str, log_lines: list[str]) -> None:
+    async with Actor("world", socket_root=socket_dir) as world_actor:
+        server = await world_actor.serve()
+        seen: list[int] = []
+
+        @server.on("n")
+        def on_n(data: int, client: ipcactors.Client) -> None:
+            if data == 1:
+                raise RuntimeError("handler bug")
+            seen.append(data)
+
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            world = await hello.connect_to("world")
+            for i in range(3):
+                await world.emit("n", i)
+            with anyio.fail_after(5):
+                while len(seen) < 2:
+                    await anyio.sleep(0.01)
+            assert seen == [0, 2]
+            assert world.connected
+    assert any("handler bug" in line for line in log_lines)
+
+
+async def test_async_and_sync_handlers_all_run_in_order(socket_dir: str) -> None:
+    async with serving("unix", socket_dir) as (_, server, connect):
+        calls: list[str] = []
+
+        @server.on("e")
+        async def first(data: int, client: ipcactors.Client) -> str:
+            await anyio.sleep(0.01)
+            calls.append(f"async {data}")
+            return "first answers"
+
+        def second(data: int, client: ipcactors.Client) -> str:
+            calls.append(f"sync {data}")
+            return "second is ignored"
+
+        server.on("e", second)
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            world = await connect(hello)
+            await world.emit("e", 1)
+            await world.emit("e", 2)
+            with anyio.fail_after(5):
+                while len(calls) < 4:
+                    await anyio.sleep(0.01)
+                # Requests run in their own tasks, so only events are ordered against events.
+                assert await world.request("e", 3) == "first answers"
+            assert calls == ["async 1", "sync 1", "async 2", "sync 2", "async 3", "sync 3"]
+            server.off("e", second)
+            server.off("e")
+            with pytest.raises(ipcactors.NoHandlerError):
+                await world.request("e", 4)
+
+
+async def test_handler_can_request_same_peer(socket_dir: str) -> None:
+    """An event handler awaiting a request to the peer it serves does not deadlock."""
+    async with serving("unix", socket_dir) as (_, server, connect):
+        answers: list[Any] = []
+
+        @server.on("hi")
+        async def on_hi(data: None, client: ipcactors.Client) -> None:
+            answers.append(await client.request("name"))
+
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            world = await connect(hello)
+            world.on("name", lambda data: "hello's name")
+            await world.emit("hi")
+            with anyio.fail_after(5):
+                while not answers:
+                    await anyio.sleep(0.01)
+            assert answers == ["hello's name"]
+
+
+async def test_lifecycle_events(socket_dir: str) -> None:
+    async with serving("unix", socket_dir) as (_, server, connect):
+        server_log: list[str] = []
+        server.on("connect", lambda client: server_log.append(f"connect {client.id}"))
+        server.on("disconnect", lambda client: server_log.append(f"disconnect {client.id}"))
+        client_log: list[str] = []
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            world = await connect(hello)
+            # Handlers registered after connect_to see the rest of the life cycle.
+            world.on("disconnect", lambda: client_log.append("disconnect"))
+            world.on("destroy", lambda: client_log.append("destroy"))
+            assert world.connected
+            await hello.disconnect("world")
+            assert not world.connected
+            assert "world" not in hello.of
+        with anyio.fail_after(5):
+            while len(server_log) < 2:
+                await anyio.sleep(0.01)
+        assert server_log == ["connect hello", "disconnect hello"]
+        assert client_log == ["disconnect", "destroy"]
+
+
+async def test_reserved_event_names_are_refused(socket_dir: str) -> None:
+    async with serving("unix", socket_dir) as (_, server, connect):
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            world = await connect(hello)
+            for name in ("connect", "disconnect", "destroy", "error", "ipcactors.x", ""):
+                with pytest.raises(ipcactors.ReservedEventError):
+                    await world.emit(name, 1)
+                with pytest.raises(ipcactors.ReservedEventError):
+                    await world.request(name, 1)
+            with pytest.raises(ipcactors.ReservedEventError):
+                await server.broadcast("connect")
+
+
+async def test_unencodable_data_is_a_typed_error(socket_dir: str) -> None:
+    async with serving("unix", socket_dir) as (_, server, connect):
+        server.on("echo", lambda data, client: data)
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            world = await connect(hello)
+            with pytest.raises(ipcactors.EncodeError):
+                await world.emit("echo", object())
+            with pytest.raises(TypeError):  # EncodeError is a TypeError too
+                await world.emit("echo", {1, 2})
+            with anyio.fail_after(5):
+                assert await world.request("echo", {"b": b"\x00\xff", "l": [1, 2.5, None]}) == {
+                    "b": b"\x00\xff",
+                    "l": [1, 2.5, None],
+                }
+
+
+async def test_one_id_one_connection(socket_dir: str) -> None:
+    """A second connection with the same id replaces the first."""
+    async with serving("unix", socket_dir) as (_, server, connect):
+        server.on("who", lambda data, client: data)
+        async with (
+            Actor("twin", socket_root=socket_dir, silent=True) as first,
+            Actor("twin", socket_root=socket_dir, silent=True) as second,
+        ):
+            first_connection = await connect(first)
+            lost = anyio.Event()
+            first_connection.on("disconnect", lost.set)
+            second_connection = await connect(second)
+            with anyio.fail_after(5):
+                await lost.wait()
+                assert await second_connection.request("who", "second") == "second"
+            assert len(server.clients) == 1
+            await first.disconnect("world")
+
+
+async def test_connect_to_twice_returns_same_connection(socket_dir: str) -> None:
+    async with serving("unix", socket_dir) as (_, _server, connect):
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            one = await connect(hello)
+            two = await connect(hello)
+            assert one is two
+            assert hello.of["world"] is one
+
+
+async def test_large_payloads(socket_dir: str) -> None:
+    async with serving("unix", socket_dir) as (_, server, connect):
+        server.on("size", lambda data, client: len(data))
+        server.on("echo", lambda data, client: data)
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            world = await connect(hello)
+            payload = bytes(range(256)) * 4096 * 8  # 8 MiB
+            with anyio.fail_after(20):
+                assert await world.request("size", payload) == len(payload)
+                assert await world.request("echo", payload) == payload
+                many = [world.request("size", b"x" * (1 << 20)) for _ in range(4)]
+                results = []
+                for call in many:
+                    results.append(await call)
+            assert results == [1 << 20] * 4
+
+
+async def test_frame_too_large_for_sender_is_refused_before_sending(socket_dir: str) -> None:
+    async with serving("unix", socket_dir, max_frame_size=4096) as (_, server, connect):
+        server.on("echo", lambda data, client: data)
+        async with Actor("hello", socket_root=socket_dir, silent=True, max_frame_size=4096) as h:
+            world = await connect(h)
+            with pytest.raises(ipcactors.FrameTooLargeError):
+                await world.emit("echo", b"x" * 5000)
+            with anyio.fail_after(5):
+                assert await world.request("echo", "still fine") == "still fine"
+
+
+async def test_client_handle_after_disconnect(socket_dir: str) -> None:
+    async with serving("unix", socket_dir) as (_, server, connect):
+        handles: list[ipcactors.Client] = []
+        server.on("connect", handles.append)
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            await connect(hello)
+        with anyio.fail_after(5):
+            while server.clients:
+                await anyio.sleep(0.01)
+        with pytest.raises(ipcactors.ClosedError):
+            await server.emit(handles[0], "late", 1)
