@@ -3,9 +3,10 @@
 Invariants:
 - Exactly one writer drains the peer's outbox, coalescing small frames into few large writes.
 - The reader parses every frame a read completes and hands them on in one batch: replies are
-  resolved at once, each request runs in its own task, events queue (bounded) for one
-  dispatcher, so events from one peer are handled one at a time, in order, while replies keep
-  flowing (a handler may itself await a request to the same peer).
+  resolved at once; events and requests queue (bounded) for one dispatcher, which handles
+  events one at a time, in order, and starts each request in its own task once every event
+  before it was handled. Replies keep flowing meanwhile (a handler may itself await a request
+  to the same peer), and a slow request never holds up what comes after it.
 - Events received before the peer closed its side are still dispatched; bytes that break the
   protocol end the channel with a :class:`ProtocolError` and nothing after them is used.
 - Lifecycle names never arrive from the wire: a frame carrying one is a protocol error.
@@ -94,17 +95,17 @@ class Channel:
 
     async def run(self) -> None:
         """Serve the stream until it ends. Raises :class:`ProtocolError` on bad input."""
-        send, receive = anyio.create_memory_object_stream[list[Event]](EVENT_BATCHES)
+        send, receive = anyio.create_memory_object_stream[list[Event | Request]](EVENT_BATCHES)
         drained = anyio.Event()
         failure: ProtocolError | None = None
         try:
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
                 task_group.start_soon(self._write_loop, task_group)
-                task_group.start_soon(self._dispatch_loop, receive, drained)
+                task_group.start_soon(self._dispatch_loop, receive, drained, task_group)
                 try:
                     with send:
-                        await self._read_loop(send, task_group)
+                        await self._read_loop(send)
                 except ProtocolError as exc:
                     failure = exc  # nothing after bad input is handled
                 else:
@@ -122,16 +123,14 @@ class Channel:
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()
 
-    async def _read_loop(
-        self, batches: MemoryObjectSendStream[list[Event]], task_group: TaskGroup
-    ) -> None:
+    async def _read_loop(self, batches: MemoryObjectSendStream[list[Event | Request]]) -> None:
         decoder = self._decoder
         peer = self._peer
         requests = peer._requests
         receive = self._stream.receive
         data: bytes = b""  # bytes the handshake left in the decoder come out first
         while True:
-            events: list[Event] = []
+            events: list[Event | Request] = []
             for message in decoder.feed(data):
                 if type(message) is Event:
                     if is_reserved(message.event):
@@ -144,7 +143,7 @@ class Channel:
                 elif type(message) is Request:
                     if is_reserved(message.event):
                         raise ProtocolError(f"peer sent reserved event {message.event!r}")
-                    task_group.start_soon(peer._answer, message)
+                    events.append(message)
                 else:
                     raise ProtocolError(f"unexpected {type(message).__name__} after the handshake")
             if events:
@@ -165,14 +164,20 @@ class Channel:
                 return
 
     async def _dispatch_loop(
-        self, batches: MemoryObjectReceiveStream[list[Event]], drained: anyio.Event
+        self,
+        batches: MemoryObjectReceiveStream[list[Event | Request]],
+        drained: anyio.Event,
+        task_group: TaskGroup,
     ) -> None:
         peer = self._peer
         try:
             with batches:
                 async for batch in batches:
-                    for event in batch:
-                        await peer._on_event(event)
+                    for message in batch:
+                        if type(message) is Event:
+                            await peer._on_event(message)
+                        elif type(message) is Request:
+                            task_group.start_soon(peer._answer, message)
         finally:
             drained.set()
 

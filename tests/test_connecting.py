@@ -1,0 +1,287 @@
+"""Connecting, retrying, reconnecting and delivery across a server that dies and comes back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+from anyio.abc import Process
+
+import ipcactors
+from ipcactors import Actor, Config
+
+pytestmark = pytest.mark.anyio
+
+SERVE = os.path.join(os.path.dirname(__file__), "_serve.py")
+FAST_RETRY = {"retry": 0.02, "retry_cap": 0.1}
+
+
+@asynccontextmanager
+async def server_process(
+    socket_dir: str, name: str = "world", max_connections: int = 100
+) -> AsyncIterator[Process]:
+    """A server actor in a child process; terminated (gracefully) when the block ends."""
+    process = await anyio.open_process(
+        [sys.executable, SERVE, socket_dir, name, "asyncio", str(max_connections)],
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert process.stdout is not None
+        with anyio.fail_after(10):
+            output = b""
+            while b"READY" not in output:
+                chunk = await process.stdout.receive()
+                output += chunk
+        yield process
+    finally:
+        if process.returncode is None:
+            process.terminate()
+        with anyio.fail_after(10):
+            await process.wait()
+        await process.aclose()
+
+
+def test_stop_retrying_accepts_node_ipc_values() -> None:
+    assert Config(stop_retrying=False).stop_retrying is None
+    assert Config(stop_retrying=True).stop_retrying == 0
+    assert Config(stop_retrying=0).stop_retrying == 0  # 0 is not False here
+    assert Config(stop_retrying=None).stop_retrying is None
+    assert Config(stop_retrying=3).stop_retrying == 3
+    with pytest.raises(ipcactors.ConfigError):
+        Config(stop_retrying=-1)
+    with pytest.raises(ipcactors.ConfigError):
+        Config(retry=0)
+    with pytest.raises(ipcactors.ConfigError):
+        Config(retry=1.0, retry_cap=0.5)
+    with pytest.raises(ipcactors.ConfigError):
+        Config().replace(no_such_option=1)
+
+
+async def test_stop_retrying_zero_fails_after_one_attempt(
+    socket_dir: str, log_lines: list[str]
+) -> None:
+    async with Actor("hello", socket_root=socket_dir, stop_retrying=0, **FAST_RETRY) as hello:
+        with anyio.fail_after(5), pytest.raises(ipcactors.ConnectionFailedError) as caught:
+            await hello.connect_to("nobody")
+        assert isinstance(caught.value.__cause__, OSError)
+        assert "nobody" not in hello.of
+    assert not [line for line in log_lines if "retry in" in line]
+
+
+@pytest.mark.parametrize("retries", [1, 3])
+async def test_stop_retrying_n_makes_n_more_attempts(
+    socket_dir: str, log_lines: list[str], retries: int
+) -> None:
+    async with Actor("hello", socket_root=socket_dir, stop_retrying=retries, **FAST_RETRY) as h:
+        with anyio.fail_after(5), pytest.raises(ipcactors.ConnectionFailedError):
+            await h.connect_to("nobody")
+    assert len([line for line in log_lines if "retry in" in line]) == retries
+
+
+async def test_connect_waits_for_a_server_that_starts_later(socket_dir: str) -> None:
+    async with Actor("hello", socket_root=socket_dir, silent=True, **FAST_RETRY) as hello:
+        async with anyio.create_task_group() as task_group:
+
+            async def start_server_later() -> None:
+                await anyio.sleep(0.2)
+                async with Actor("world", socket_root=socket_dir, silent=True) as world:
+                    server = await world.serve()
+                    server.on("ping", lambda data, client: "pong")
+                    await world.wait_closed()
+
+            task_group.start_soon(start_server_later)
+            with anyio.fail_after(5):
+                connection = await hello.connect_to("world")
+                assert await connection.request("ping") == "pong"
+            task_group.cancel_scope.cancel()
+
+
+async def test_path_too_long_is_not_retried(socket_dir: str) -> None:
+    async with Actor("hello", socket_root=socket_dir, silent=True, **FAST_RETRY) as hello:
+        with anyio.fail_after(5), pytest.raises(ipcactors.SocketPathTooLongError):
+            await hello.connect_to("x" * 200)
+
+
+async def test_server_killed_and_restarted_delivers_everything_after_the_loss(
+    socket_dir: str,
+) -> None:
+    """The client keeps emitting; once it noticed the loss, every event reaches the new server
+    in order."""
+    emitted = 0
+    noticed_at: int | None = None
+    lost = anyio.Event()
+    async with Actor("hello", socket_root=socket_dir, silent=True, **FAST_RETRY) as hello:
+        async with server_process(socket_dir) as first:
+            world = await hello.connect_to("world")
+
+            def on_disconnect() -> None:
+                nonlocal noticed_at
+                if noticed_at is None:
+                    noticed_at = emitted
+                    lost.set()
+
+            world.on("disconnect", on_disconnect)
+
+            emitting = anyio.CancelScope()
+
+            async def keep_emitting() -> None:
+                nonlocal emitted
+                with emitting:
+                    for i in range(100_000):  # bounded; stopped long before
+                        await world.emit("n", i)
+                        emitted = i + 1
+                        await anyio.sleep(0.0005)
+
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(keep_emitting)
+                with anyio.fail_after(10):
+                    while emitted < 200:
+                        await anyio.sleep(0.01)
+                    first.send_signal(signal.SIGKILL)
+                    await lost.wait()
+                    await anyio.sleep(0.1)  # emits pile up in the outbox meanwhile
+                    async with server_process(socket_dir):
+                        await world.wait_connected()
+                        mark = emitted
+                        while emitted < mark + 200:
+                            await anyio.sleep(0.01)
+                        emitting.cancel()
+                        received: list[int] = await world.request("received")
+    assert noticed_at is not None
+    assert received == sorted(set(received)), "events out of order or duplicated"
+    expected_tail = list(range(noticed_at, emitted))
+    assert received[-len(expected_tail) :] == expected_tail
+
+
+async def test_pending_requests_fail_when_the_connection_drops(socket_dir: str) -> None:
+    async with Actor("hello", socket_root=socket_dir, silent=True, stop_retrying=0) as hello:
+        async with server_process(socket_dir) as server:
+            world = await hello.connect_to("world")
+            with anyio.fail_after(5):
+                assert await world.request("echo", 1) == 1
+            failures: list[BaseException] = []
+            async with anyio.create_task_group() as task_group:
+
+                async def ask() -> None:
+                    try:
+                        await world.request("sleep", 30)
+                    except ipcactors.IPCError as exc:
+                        failures.append(exc)
+
+                task_group.start_soon(ask)
+                await anyio.sleep(0.1)
+                started = anyio.current_time()
+                server.send_signal(signal.SIGKILL)
+                with anyio.fail_after(5):
+                    while not failures:
+                        await anyio.sleep(0.01)
+            assert anyio.current_time() - started < 2
+            assert isinstance(failures[0], ipcactors.ConnectionLostError)
+            # stop_retrying=0: no reconnect; the connection is destroyed.
+            with anyio.fail_after(5):
+                while "world" in hello.of:
+                    await anyio.sleep(0.01)
+            with pytest.raises(ipcactors.ClosedError):
+                await world.emit("n", 1)
+        # The killed server left its socket file; the next server on that path sweeps it.
+        async with server_process(socket_dir):
+            pass
+
+
+async def test_disconnect_fires_once_per_loss_not_per_attempt(socket_dir: str) -> None:
+    events: list[str] = []
+    async with Actor("hello", socket_root=socket_dir, silent=True, **FAST_RETRY) as hello:
+        async with server_process(socket_dir) as server:
+            world = await hello.connect_to("world")
+            world.on("connect", lambda: events.append("connect"))
+            world.on("disconnect", lambda: events.append("disconnect"))
+            world.on("error", lambda exc: events.append("error"))
+            server.send_signal(signal.SIGKILL)
+            with anyio.fail_after(5):
+                while events.count("error") < 5:  # several failed attempts while it is down
+                    await anyio.sleep(0.01)
+            async with server_process(socket_dir):
+                with anyio.fail_after(5):
+                    await world.wait_connected()
+                    await anyio.sleep(0.05)
+            await hello.disconnect("world")
+    assert events.count("disconnect") == 2  # the kill, and our own disconnect
+    assert events.count("connect") == 1
+    assert events[0] == "disconnect"
+
+
+async def test_full_outbox_waits_while_disconnected(socket_dir: str) -> None:
+    """While the server is down, emit queues up to max_outbox_bytes, then waits; never drops."""
+    async with Actor(
+        "hello", socket_root=socket_dir, silent=True, max_outbox_bytes=10_000, **FAST_RETRY
+    ) as hello:
+        async with server_process(socket_dir) as server:
+            world = await hello.connect_to("world")
+            server.send_signal(signal.SIGKILL)
+            with anyio.fail_after(5):
+                while world.connected:
+                    await anyio.sleep(0.01)
+        sent = 0
+        with anyio.move_on_after(0.3):
+            for i in range(1000):
+                await world.emit("n", {"i": i, "pad": "x" * 100})
+                sent = i + 1
+        assert 50 < sent < 1000, "emit should have waited once the outbox was full"
+        async with server_process(socket_dir):
+            with anyio.fail_after(10):
+                for i in range(sent, sent + 100):
+                    await world.emit("n", {"i": i, "pad": "x" * 100})
+                received: list[Any] = await world.request("received")
+    assert [item["i"] for item in received] == list(range(sent + 100))
+
+
+async def test_max_connections_refuses_with_busy_and_backs_off(
+    socket_dir: str, log_lines: list[str]
+) -> None:
+    async with Actor("world", socket_root=socket_dir, max_connections=1) as world_actor:
+        server = await world_actor.serve()
+        server.on("ping", lambda data, client: "pong")
+        async with (
+            Actor("first", socket_root=socket_dir, silent=True) as first,
+            Actor(
+                "second", socket_root=socket_dir, silent=True, stop_retrying=2, **FAST_RETRY
+            ) as second,
+        ):
+            await first.connect_to("world")
+            with anyio.fail_after(5), pytest.raises(ipcactors.ServerBusyError) as caught:
+                await second.connect_to("world")
+            assert caught.value.reason == "busy"
+            assert isinstance(caught.value, ipcactors.ConnectionFailedError)
+            # The first client is still served.
+            with anyio.fail_after(5):
+                assert await first.of["world"].request("ping") == "pong"
+            # Once the first leaves, the second gets in.
+            await first.disconnect("world")
+            with anyio.fail_after(5):
+                while server.clients:
+                    await anyio.sleep(0.01)
+            again = await second.connect_to("world")
+            with anyio.fail_after(5):
+                assert await again.request("ping") == "pong"
+    refusals = [line for line in log_lines if "refusing 'second'" in line]
+    assert len(refusals) == 3  # one attempt + stop_retrying=2 retries: no storm
+
+
+async def test_reconnects_after_graceful_server_restart(socket_dir: str) -> None:
+    async with Actor("hello", socket_root=socket_dir, silent=True, **FAST_RETRY) as hello:
+        for round_number in range(3):
+            async with Actor("world", socket_root=socket_dir, silent=True) as world_actor:
+                server = await world_actor.serve()
+                server.on("round", lambda data, client, n=round_number: n)
+                with anyio.fail_after(5):
+                    world = await hello.connect_to("world")
+                    await world.wait_connected()
+                    assert await world.request("round") == round_number
+        await hello.disconnect("world")
