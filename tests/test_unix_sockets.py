@@ -1,0 +1,225 @@
+"""Unix socket files: private directory, modes, stale files, live conflicts, odd files, limits."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+import sys
+
+import anyio
+import pytest
+
+import ipcactors
+from ipcactors import Actor
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_default_socket_root_is_private(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = tmp_path_factory.mktemp("rt")
+    os.chmod(runtime, 0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    async with Actor("world", silent=True) as world:
+        server = await world.serve()
+        path = str(server.address)
+        assert os.path.dirname(path) == str(runtime / "ipcactors")
+        assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert os.path.basename(path) == "app.world"
+    assert not os.path.exists(path), "the socket file is removed on close"
+
+
+async def test_socket_file_mode_is_0600_whatever_the_umask(socket_dir: str) -> None:
+    old = os.umask(0)
+    try:
+        async with Actor("world", socket_root=socket_dir, silent=True) as world:
+            server = await world.serve()
+            assert stat.S_IMODE(os.stat(str(server.address)).st_mode) == 0o600
+    finally:
+        os.umask(old)
+
+
+async def test_stale_socket_file_is_replaced(socket_dir: str, log_lines: list[str]) -> None:
+    path = os.path.join(socket_dir, "app.world")
+    leftover = socket.socket(socket.AF_UNIX)
+    leftover.bind(path)
+    leftover.close()  # a dead server's file: connecting to it is refused
+    async with Actor("world", socket_root=socket_dir) as world:
+        server = await world.serve()
+        server.on("ping", lambda data, client: "pong")
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            connection = await hello.connect_to("world")
+            with anyio.fail_after(5):
+                assert await connection.request("ping") == "pong"
+
+
+async def test_live_server_path_is_never_taken(socket_dir: str) -> None:
+    async with Actor("world", socket_root=socket_dir, silent=True) as first:
+        server = await first.serve()
+        server.on("who", lambda data, client: "first")
+        async with Actor("world", socket_root=socket_dir, silent=True) as second:
+            with pytest.raises(ipcactors.AddressInUseError, match="live server"):
+                await second.serve()
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            connection = await hello.connect_to("world")
+            with anyio.fail_after(5):
+                assert await connection.request("who") == "first"
+
+
+async def test_live_server_in_another_process_is_not_taken(socket_dir: str) -> None:
+    serve = os.path.join(os.path.dirname(__file__), "_serve.py")
+    process = subprocess.Popen(
+        [sys.executable, serve, socket_dir, "world"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "READY"
+        async with Actor("world", socket_root=socket_dir, silent=True) as second:
+            with pytest.raises(ipcactors.AddressInUseError):
+                await second.serve()
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            connection = await hello.connect_to("world")
+            with anyio.fail_after(5):
+                assert await connection.request("echo", "still there") == "still there"
+    finally:
+        process.terminate()
+        process.wait(10)
+        assert process.stdout is not None
+        process.stdout.close()
+
+
+async def test_two_servers_starting_at_once_one_wins(socket_dir: str) -> None:
+    outcomes: list[str] = []
+    async with (
+        Actor("world", socket_root=socket_dir, silent=True) as one,
+        Actor("world", socket_root=socket_dir, silent=True) as two,
+    ):
+
+        async def start(actor: Actor) -> None:
+            try:
+                await actor.serve()
+                outcomes.append("serving")
+            except ipcactors.AddressInUseError:
+                outcomes.append("in use")
+
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(start, one)
+            task_group.start_soon(start, two)
+    assert sorted(outcomes) == ["in use", "serving"]
+
+
+async def test_regular_file_is_never_removed(socket_dir: str) -> None:
+    path = os.path.join(socket_dir, "app.world")
+    with open(path, "w") as file:
+        file.write("precious")
+    async with Actor("world", socket_root=socket_dir, silent=True) as world:
+        with pytest.raises(ipcactors.AddressInUseError, match="not a socket"):
+            await world.serve()
+    with open(path) as file:
+        assert file.read() == "precious"
+    os.unlink(path)
+
+
+async def test_symlink_is_never_followed(socket_dir: str, tmp_path: os.PathLike[str]) -> None:
+    victim = os.path.join(str(tmp_path), "victim")
+    with open(victim, "w") as file:
+        file.write("keep")
+    os.chmod(victim, 0o644)
+    path = os.path.join(socket_dir, "app.world")
+    os.symlink(victim, path)
+    async with Actor("world", socket_root=socket_dir, silent=True) as world:
+        with pytest.raises(ipcactors.AddressInUseError, match="symlink"):
+            await world.serve()
+    with open(victim) as file:
+        assert file.read() == "keep"
+    assert stat.S_IMODE(os.stat(victim).st_mode) == 0o644
+    os.unlink(path)
+
+
+async def test_path_too_long_fails_before_binding(socket_dir: str) -> None:
+    long_id = "x" * 120
+    async with Actor(long_id, socket_root=socket_dir, silent=True) as world:
+        with pytest.raises(ipcactors.SocketPathTooLongError, match="limit"):
+            await world.serve()
+        with pytest.raises(ipcactors.SocketPathTooLongError):
+            await world.serve(os.path.join(socket_dir, "y" * 200))
+
+
+async def test_insecure_socket_root_is_refused(tmp_path: os.PathLike[str]) -> None:
+    shared = os.path.join(str(tmp_path), "shared")
+    os.mkdir(shared)
+    os.chmod(shared, 0o777)  # anyone may write, no sticky bit: anyone could swap our socket
+    async with Actor("world", socket_root=shared, silent=True) as world:
+        with pytest.raises(ipcactors.InsecureSocketDirError):
+            await world.serve()
+    os.chmod(shared, 0o1777)  # like /tmp: accepted
+    async with Actor("world", socket_root=shared, silent=True) as world:
+        server = await world.serve()
+        assert os.path.exists(str(server.address))
+
+
+async def test_explicit_path(socket_dir: str) -> None:
+    path = os.path.join(socket_dir, "custom.sock")
+    async with Actor("world", socket_root=socket_dir, silent=True) as world:
+        server = await world.serve(path)
+        server.on("ping", lambda data, client: "pong")
+        assert server.address == path
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            connection = await hello.connect_to("world", path)
+            with anyio.fail_after(5):
+                assert await connection.request("ping") == "pong"
+    assert not os.path.exists(path)
+
+
+async def test_socket_file_of_a_replacement_is_left_alone(socket_dir: str) -> None:
+    """A server only removes the socket file it bound, not a successor's."""
+    async with Actor("world", socket_root=socket_dir, silent=True) as first:
+        server = await first.serve()
+        path = str(server.address)
+        os.unlink(path)  # somebody removed our file, and another server took the path
+        async with Actor("world", socket_root=socket_dir, silent=True) as second:
+            await second.serve()
+            await first.aclose()
+            assert os.path.exists(path)
+    assert not os.path.exists(path)
+
+
+async def test_tcp_port_in_use(socket_dir: str) -> None:
+    async with Actor("one", silent=True) as one, Actor("two", silent=True) as two:
+        server = await one.serve_net("127.0.0.1", 0)
+        _, port = server.address  # type: ignore[misc]
+        with pytest.raises(ipcactors.AddressInUseError):
+            await two.serve_net("127.0.0.1", port)
+
+
+async def test_serving_twice_is_an_error(socket_dir: str) -> None:
+    async with Actor("world", socket_root=socket_dir, silent=True) as world:
+        await world.serve()
+        with pytest.raises(ipcactors.IPCError, match="already serves"):
+            await world.serve_net("127.0.0.1", 0)
+
+
+def test_mode_is_set_before_bind_not_after(
+    socket_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No window: the mode comes from fchmod on the descriptor, never a chmod after bind."""
+    from ipcactors import _unix
+
+    def no_chmod(*args: object) -> None:
+        raise AssertionError("chmod after bind would leave a window with a wider mode")
+
+    monkeypatch.setattr(_unix.os, "chmod", no_chmod)
+    old = os.umask(0)
+    try:
+        bound = _unix.bind_unix_socket(os.path.join(socket_dir, "s"))
+    finally:
+        os.umask(old)
+    try:
+        assert stat.S_IMODE(os.stat(bound.path).st_mode) == 0o600
+    finally:
+        bound.sock.close()
+        _unix.remove_if_ours(bound.path, bound.identity)
