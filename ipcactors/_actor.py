@@ -87,16 +87,13 @@ class Actor:
             await self._closed.wait()
             return
         self._closing = True
-        runtime = current_runtime()
-        graceful = runtime is None or not runtime.hard_stop
         try:
-            if graceful:
-                with anyio.move_on_after(self.config.close_timeout * 2):
-                    async with anyio.create_task_group() as task_group:
-                        for connection in list(self._connections.values()):
-                            task_group.start_soon(connection.aclose)
-                        if self._server is not None:
-                            task_group.start_soon(self._server.aclose)
+            with anyio.move_on_after(self.config.close_timeout * 2):
+                async with anyio.create_task_group() as task_group:
+                    for connection in list(self._connections.values()):
+                        task_group.start_soon(connection.aclose)
+                    if self._server is not None:
+                        task_group.start_soon(self._server.aclose)
         finally:
             if self._task_group is not None:
                 self._task_group.cancel_scope.cancel()

@@ -74,8 +74,9 @@ async def _main(
                     logger.info(f"{signal.Signals(signum).name}: shutting down (again to force)")
                     task_group.start_soon(shut_down)
                 else:
+                    # Everything the actors own runs inside main_scope: this cuts their
+                    # flushes short too.
                     logger.warning(f"{signal.Signals(signum).name}: stopping now")
-                    runtime.hard_stop = True
                     main_scope.cancel()
 
     result: Any = None

@@ -12,12 +12,11 @@ __all__ = ["Runtime", "current_runtime", "set_runtime"]
 
 
 class Runtime:
-    __slots__ = ("actors", "hard_stop", "signal")
+    __slots__ = ("actors", "signal")
 
     def __init__(self) -> None:
-        self.actors: set[Actor] = set()
+        self.actors: set[Actor] = set()  # closed gracefully on the first signal
         self.signal: int | None = None  # the signal that started the shutdown
-        self.hard_stop = False  # a second signal: close without flushing
 
 
 _current: ContextVar[Runtime | None] = ContextVar("ipcactors_runtime", default=None)

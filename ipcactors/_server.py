@@ -183,6 +183,7 @@ class Server:
                 task_status.started()
                 await self._accept_loop(task_group)
         finally:
+            await self._listening.aclose()  # removes the socket file, even when cancelled
             self._stopped.set()
 
     async def _accept_loop(self, task_group: TaskGroup) -> None:

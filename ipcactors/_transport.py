@@ -37,9 +37,12 @@ class Listening:
     cleanup: Callable[[], Awaitable[None]] | None = None
 
     async def aclose(self) -> None:
-        await self.listener.aclose()
-        if self.cleanup is not None:
-            await self.cleanup()
+        """Close the listener and undo what binding did (idempotent; runs even if cancelled)."""
+        with anyio.CancelScope(shield=True):
+            await self.listener.aclose()
+            cleanup, self.cleanup = self.cleanup, None
+            if cleanup is not None:
+                await cleanup()
 
 
 class Transport(Protocol):

@@ -1,0 +1,111 @@
+"""ipcactors.run: results, backends, and graceful-then-hard shutdown on signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import ipcactors
+
+SERVE = os.path.join(os.path.dirname(__file__), "_serve.py")
+
+
+async def add(a: int, b: int) -> int:
+    return a + b
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_run_returns_the_result(backend: str) -> None:
+    assert ipcactors.run(add, 1, 2, backend=backend, log_level=None) == 3  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_first_signal_shuts_down_gracefully(
+    backend: str, signum: signal.Signals, socket_dir: str
+) -> None:
+    process = subprocess.Popen(
+        [sys.executable, SERVE, socket_dir, "world", backend],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "READY"
+        assert os.listdir(socket_dir) == ["app.world"]
+        process.send_signal(signum)
+        assert process.wait(10) == 128 + signum
+        assert os.listdir(socket_dir) == [], "graceful shutdown removes the socket file"
+    finally:
+        process.kill()
+        process.wait()
+        for stream in (process.stdout, process.stderr):
+            assert stream is not None
+            stream.close()
+
+
+STUCK = textwrap.dedent(
+    """
+    import socket, struct, sys, threading, time
+    import anyio, msgpack, ipcactors
+
+    def sloth(path):
+        # Completes the handshake, then never reads: the server's flush to it cannot finish.
+        sock = socket.socket(socket.AF_UNIX)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(path)
+        body = msgpack.packb([4, {"v": 1, "id": "sloth"}])
+        sock.sendall(struct.pack(">I", len(body)) + body)
+        time.sleep(60)
+
+    async def main(root):
+        async with ipcactors.Actor(
+            "world", socket_root=root, silent=True, close_timeout=30, max_outbox_bytes=1 << 20
+        ) as actor:
+            server = await actor.serve()
+            threading.Thread(target=sloth, args=(server.address,), daemon=True).start()
+            while "sloth" not in server.clients:
+                await anyio.sleep(0.01)
+            with anyio.move_on_after(1):
+                for _ in range(100):
+                    await server.emit("sloth", "blob", bytes(100_000))
+            print("READY", flush=True)
+            await actor.wait_closed()
+
+    ipcactors.run(main, sys.argv[1], backend="{backend}", log_level=None)
+    """
+)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_second_signal_cuts_a_stuck_flush_short(backend: str, socket_dir: str) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-c", STUCK.replace("{backend}", backend), socket_dir],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "READY"
+        process.send_signal(signal.SIGINT)
+        with pytest.raises(subprocess.TimeoutExpired):
+            process.wait(1)  # graceful: still flushing to the client that does not read
+        started = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(10) == 128 + signal.SIGINT
+        assert time.monotonic() - started < 3
+        assert os.listdir(socket_dir) == [], "even a hard stop removes the socket file"
+    finally:
+        process.kill()
+        process.wait()
+        for stream in (process.stdout, process.stderr):
+            assert stream is not None
+            stream.close()
