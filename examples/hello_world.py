@@ -17,22 +17,27 @@ import ipcactors
 
 async def world(backend: str) -> None:
     for transport in ("unix", "tcp"):
-        async with ipcactors.Actor("world") as ipc:
-            server = await (ipc.serve() if transport == "unix" else ipc.serve_net(port=0))
+        await serve_one_hello(transport, backend)
 
-            @server.on("message")
-            async def on_message(data: str, client: ipcactors.Client) -> None:
-                ipc.log(f"got {data!r} from {client.id!r}")
-                await server.emit(client, "message", data + " world!")
 
-            @server.on("add")
-            def add(numbers: list[int], client: ipcactors.Client) -> int:
-                return sum(numbers)
+async def serve_one_hello(transport: str, backend: str) -> None:
+    async with ipcactors.Actor("world") as ipc:
+        server = await (ipc.serve() if transport == "unix" else ipc.serve_net(port=0))
 
-            where = ["--port", str(server.address[1])] if transport == "tcp" else []
-            command = [sys.executable, __file__, "--as-hello", transport, "--backend", backend]
-            with anyio.fail_after(30):
-                await anyio.run_process(command + where, stdout=None, stderr=None)
+        @server.on("message")
+        async def on_message(data: str, client: ipcactors.Client) -> None:
+            ipc.log(f"got {data!r} from {client.id!r}")
+            await server.emit(client, "message", data + " world!")
+
+        @server.on("add")
+        def add(numbers: list[int], client: ipcactors.Client) -> int:
+            return sum(numbers)
+
+        # "hello" runs in another process; this returns when it has finished.
+        where = ["--port", str(server.address[1])] if transport == "tcp" else []
+        command = [sys.executable, __file__, "--as-hello", transport, "--backend", backend]
+        with anyio.fail_after(30):
+            await anyio.run_process(command + where, stdout=None, stderr=None)
 
 
 async def hello(transport: str, port: int | None) -> None:
