@@ -28,11 +28,9 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _quiet_logs() -> Iterator[None]:
+def _quiet_logs() -> None:
     # Tests read logs only when they ask for them (see `log_lines`); keep pytest output short.
     logger.remove()
-    logger.add(lambda _: None, level="WARNING")
-    yield
 
 
 @pytest.fixture
