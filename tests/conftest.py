@@ -66,19 +66,32 @@ def _children() -> list[psutil.Process]:
     return [p for p in psutil.Process().children(recursive=True) if p.status() != "zombie"]
 
 
+def _open_fds() -> set[str]:
+    fds = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            fds.add(f"{fd} -> {os.readlink(f'/proc/self/fd/{fd}')}")
+        except OSError:
+            pass  # the descriptor listdir itself used
+    return fds
+
+
 @pytest.fixture(autouse=True)
 def _no_leaks() -> Iterator[None]:
     before_sockets = _open_sockets()
+    before_fds = _open_fds()
     before_children = {p.pid for p in _children()}
     yield
     deadline = time.monotonic() + 2.0
     while True:
         leaked_children = [p for p in _children() if p.pid not in before_children]
         leaked_sockets = _open_sockets() - before_sockets
-        if not (leaked_children or leaked_sockets) or time.monotonic() > deadline:
+        leaked_fds = _open_fds() - before_fds
+        if not (leaked_children or leaked_sockets or leaked_fds) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
     for child in leaked_children:
         child.kill()
     assert not leaked_children, f"processes left running: {leaked_children}"
     assert not leaked_sockets, f"sockets left open: {sorted(map(str, leaked_sockets))}"
+    assert not leaked_fds, f"file descriptors left open: {sorted(leaked_fds)}"
