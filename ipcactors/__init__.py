@@ -42,6 +42,7 @@ from ._errors import (
     ServerBusyError,
     SocketPathError,
     SocketPathTooLongError,
+    TLSError,
     UnknownPeerError,
 )
 from ._run import run
@@ -76,6 +77,7 @@ __all__ = [
     "ServerBusyError",
     "SocketPathError",
     "SocketPathTooLongError",
+    "TLSError",
     "UnknownPeerError",
     "run",
 ]

@@ -22,6 +22,7 @@ from ._errors import ClosedError, ConfigError, IPCError, UnknownPeerError
 from ._log import ActorLog
 from ._runtime import current_runtime
 from ._server import Server
+from ._tls import TLSTransport, check_server_context
 from ._transport import TCPTransport, Transport, UnixTransport
 from ._unix import default_socket_root, ensure_socket_dir
 
@@ -146,12 +147,19 @@ class Actor:
         tls: ssl.SSLContext | None = None,
     ) -> Server:
         """Listen on TCP (default ``Config.network_host``/``network_port``; port 0 picks a free
-        one, see ``server.address``)."""
-        if udp is not None or tls is not None:
-            raise NotImplementedError("UDP and TLS servers are not available in this version")
-        return await self._serve(
-            TCPTransport(host or self.config.network_host, _port(port, self.config.network_port))
-        )
+        one, see ``server.address``).
+
+        ``tls``: a server context with a certificate loaded (refused otherwise); set its
+        ``verify_mode = ssl.CERT_REQUIRED`` and ``load_verify_locations(...)`` for mutual TLS.
+        """
+        host = host or self.config.network_host
+        port = _port(port, self.config.network_port)
+        if udp is not None:
+            raise NotImplementedError("UDP servers are not available in this version")
+        if tls is not None:
+            check_server_context(tls)
+            return await self._serve(TLSTransport(host, port, tls))
+        return await self._serve(TCPTransport(host, port))
 
     async def _serve(self, transport: Transport) -> Server:
         task_group = self._group()
@@ -187,13 +195,22 @@ class Actor:
         *,
         tls: ssl.SSLContext | None = None,
     ) -> Connection:
-        """Connect to actor ``id`` over TCP (default ``Config.network_host``/``network_port``)."""
-        if tls is not None:
-            raise NotImplementedError("TLS connections are not available in this version")
-        transport = TCPTransport(
-            host or self.config.network_host, _port(port, self.config.network_port)
-        )
-        return await self._connect(id, transport)
+        """Connect to actor ``id`` over TCP (default ``Config.network_host``/``network_port``).
+
+        ``tls``: a client context; ``ssl.create_default_context(cafile=...)`` verifies the
+        server's certificate and host name (add ``load_cert_chain`` for mutual TLS). TLS failures
+        raise :class:`TLSError` and are never retried.
+        """
+        host = host or self.config.network_host
+        port = _port(port, self.config.network_port)
+        if tls is None:
+            return await self._connect(id, TCPTransport(host, port))
+        if not isinstance(tls, ssl.SSLContext) or tls.protocol == ssl.PROTOCOL_TLS_SERVER:
+            raise ConfigError(
+                "tls= for connect_to_net needs a client context, "
+                "e.g. ssl.create_default_context(cafile=...)"
+            )
+        return await self._connect(id, TLSTransport(host, port, tls))
 
     async def _connect(self, id: str, transport: Transport) -> Connection:
         if type(id) is not str or not id:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ._errors import ConfigError
@@ -59,6 +59,10 @@ class Config:
     request_timeout: float = 30.0
     #: Seconds ``aclose``/``disconnect`` spend flushing queued frames before closing anyway.
     close_timeout: float = 5.0
+    #: A shared secret (bytes, or str as UTF-8) both sides must know: the handshake then runs a
+    #: mutual HMAC-SHA256 challenge-response before any handler runs. It authenticates; it does
+    #: not encrypt: across machines, use TLS. ``None``: no shared-key check.
+    auth_key: bytes | str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # node-ipc's stopRetrying: False means "retry forever", True "never". Mind False == 0.
@@ -80,6 +84,10 @@ class Config:
         _check_int("max_outbox_bytes", self.max_outbox_bytes, 1)
         for name in ("retry", "retry_cap", "handshake_timeout", "request_timeout", "close_timeout"):
             _check_seconds(name, getattr(self, name))
+        if self.auth_key is not None and (
+            not isinstance(self.auth_key, bytes | str) or not self.auth_key
+        ):
+            raise ConfigError("auth_key must be non-empty bytes or str (or None)")
         if self.retry_cap < self.retry:
             raise ConfigError(f"retry_cap ({self.retry_cap}) must be >= retry ({self.retry})")
 
@@ -89,6 +97,11 @@ class Config:
         if unknown:
             raise ConfigError(f"unknown config option(s): {', '.join(sorted(unknown))}")
         return dataclasses.replace(self, **changes)
+
+    @property
+    def auth_key_bytes(self) -> bytes | None:
+        key = self.auth_key
+        return key.encode() if isinstance(key, str) else key
 
     @property
     def limits(self) -> Limits:

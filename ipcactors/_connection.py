@@ -23,10 +23,9 @@ from typing import Any, TypeVar, overload
 import anyio
 from anyio.abc import ByteStream, TaskStatus
 
-from ._channel import Channel, frame_bytes, read_handshake_message
+from ._channel import Channel
 from ._config import Config
 from ._errors import (
-    AuthenticationError,
     ClosedError,
     ConnectionFailedError,
     ConnectionLostError,
@@ -36,23 +35,15 @@ from ._errors import (
     ServerBusyError,
 )
 from ._handlers import Handler, Handlers
+from ._handshake import open_handshake
 from ._log import ActorLog
 from ._peer import Peer
-from ._protocol import PROTOCOL_VERSION, FrameDecoder, Reject, Welcome
-from ._transport import Address, Transport, is_fatal_connect_error
+from ._protocol import FrameDecoder
+from ._transport import Address, Transport, is_fatal_connect_error, tls_error
 
 __all__ = ["Connection"]
 
 H = TypeVar("H", bound=Handler)
-
-
-def _rejection(reject: Reject, target: str) -> RejectedError:
-    message = f"{target!r} refused the connection ({reject.reason}): {reject.message}"
-    if reject.reason == "busy":
-        return ServerBusyError(message, reject.reason)
-    if reject.reason == "auth":
-        return AuthenticationError(message, reject.reason)
-    return RejectedError(message, reject.reason)
 
 
 def _is_fatal(exc: BaseException) -> bool:
@@ -212,24 +203,22 @@ class Connection(Peer):
             stream = await self._transport.connect()
             decoder = FrameDecoder(self._config.limits)
             try:
-                await stream.send(frame_bytes(self._encoder.hello(self._actor_id)))
-                reply = await read_handshake_message(stream, decoder)
-            except BaseException:
+                welcome = await open_handshake(
+                    stream,
+                    decoder,
+                    self._encoder,
+                    self._actor_id,
+                    self.id,
+                    self._config.auth_key_bytes,
+                )
+            except BaseException as exc:
                 await anyio.aclose_forcefully(stream)
+                # TLS 1.3 reports a refused client certificate only now, on the first read.
+                error = tls_error(exc)
+                if error is not None:
+                    raise error from exc
                 raise
-        if type(reply) is Reject:
-            await anyio.aclose_forcefully(stream)
-            raise _rejection(reply, self.id)
-        if type(reply) is not Welcome:
-            await anyio.aclose_forcefully(stream)
-            raise ProtocolError(f"expected welcome from {self.id!r}, got {type(reply).__name__}")
-        if reply.version != PROTOCOL_VERSION:
-            await anyio.aclose_forcefully(stream)
-            raise RejectedError(
-                f"{self.id!r} speaks protocol version {reply.version}, not {PROTOCOL_VERSION}",
-                "version",
-            )
-        self._remote_id = reply.id
+        self._remote_id = welcome.id
         decoder.handshake_done()
         return stream, decoder
 

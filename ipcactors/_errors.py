@@ -30,6 +30,7 @@ __all__ = [
     "ServerBusyError",
     "SocketPathError",
     "SocketPathTooLongError",
+    "TLSError",
     "UnknownPeerError",
 ]
 
@@ -86,6 +87,11 @@ class AuthenticationError(RejectedError):
     """
 
 
+class TLSError(AuthenticationError):
+    """TLS failed: the server's certificate did not verify, ours was refused, or the two sides
+    share no TLS version. Never retried. ``reason`` is ``"tls"``."""
+
+
 class ConnectionLostError(ConnectError, ConnectionError):
     """The connection dropped while a request was waiting for its reply.
 
@@ -127,6 +133,9 @@ class InsecureSocketDirError(SocketPathError):
 
 class ProtocolError(IPCError):
     """Base of the errors about bytes received from a peer. The peer's connection is closed."""
+
+    #: The reason a server gives in its ``reject`` when this ends a handshake.
+    reject_reason = "protocol"
 
 
 class FrameTooLargeError(ProtocolError):

@@ -25,10 +25,12 @@ from ._errors import DecodeError, EncodeError, FrameTooLargeError, ProtocolError
 __all__ = [
     "PROTOCOL_VERSION",
     "ErrorReply",
+    "Proof",
     "Event",
     "Frame",
     "FrameDecoder",
     "FrameEncoder",
+    "Challenge",
     "Hello",
     "Limits",
     "Message",
@@ -49,6 +51,8 @@ ERROR: Final = 3
 HELLO: Final = 4
 WELCOME: Final = 5
 REJECT: Final = 6
+CHALLENGE: Final = 7
+PROOF: Final = 8
 
 HEADER: Final = struct.Struct(">I")
 HEADER_SIZE: Final = HEADER.size
@@ -166,8 +170,25 @@ class Reject:
     message: str
 
 
-Message: TypeAlias = Event | Request | Reply | ErrorReply | Hello | Welcome | Reject
-_HANDSHAKE_KINDS: Final = (Hello, Welcome, Reject)
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """``[7, {"nonce", "proof"}]``: a server with a shared key proves it and challenges back."""
+
+    nonce: bytes
+    proof: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Proof:
+    """``[8, {"proof"}]``: the client's answer to a challenge."""
+
+    proof: bytes
+
+
+Message: TypeAlias = (
+    Event | Request | Reply | ErrorReply | Hello | Welcome | Reject | Challenge | Proof
+)
+_HANDSHAKE_KINDS: Final = (Hello, Welcome, Reject, Challenge, Proof)
 
 # What the encoder hands to a writer: header and body together, or apart for large bodies.
 Frame: TypeAlias = bytes | tuple[bytes, bytes]
@@ -175,15 +196,62 @@ Frame: TypeAlias = bytes | tuple[bytes, bytes]
 
 # --- encoding ---------------------------------------------------------------------------------
 
+# Types the packer writes as one msgpack scalar (nil, bool, int, float, str, bin, timestamp).
+_SCALARS: Final = frozenset(
+    {type(None), bool, int, float, str, bytes, bytearray, memoryview, msgpack.Timestamp}
+)
+_KEYS: Final = frozenset({str, bytes})
+
+
+def _check_value(value: Any, budget: int, limits: Limits) -> None:
+    """Raise :class:`EncodeError` for what a decoder would refuse in ``value``, found with
+    ``budget`` levels of nesting left: map keys other than str or bytes, extension types, too
+    deep or too long containers. Objects left to the packer's ``default`` hook are not looked
+    into. Recursion depth ≤ ``budget``."""
+    kind = type(value)
+    if kind is msgpack.ExtType:  # before tuple: ExtType is a namedtuple
+        raise EncodeError(f"msgpack extension type {value.code} is not part of the protocol")
+    if kind is dict or (kind is not list and kind is not tuple and isinstance(value, dict)):
+        if not _KEYS.issuperset(map(type, value)):
+            for key in value:
+                if not isinstance(key, str | bytes):
+                    raise EncodeError(f"map keys must be str or bytes, got {type(key).__name__}")
+        items: Any = value.values()
+    elif kind is list or kind is tuple or isinstance(value, list | tuple):
+        items = value
+    else:
+        return  # a scalar, or an object for the packer (or its ``default`` hook) to judge
+    if budget <= 0:
+        raise EncodeError(f"value nests too deep: the peer accepts max_depth={limits.max_depth}")
+    if len(value) > limits.max_container_len:
+        raise EncodeError(
+            f"a container of {len(value)} items exceeds "
+            f"max_container_len={limits.max_container_len}"
+        )
+    if not _SCALARS.issuperset(map(type, items)):  # in C: most containers hold only scalars
+        for item in items:
+            if type(item) not in _SCALARS:
+                _check_value(item, budget - 1, limits)
+
 
 class FrameEncoder:
-    """Turns messages into frames. One per connection (it reuses one msgpack ``Packer``)."""
+    """Turns messages into frames. One per connection (it reuses one msgpack ``Packer``).
+
+    It refuses what a decoder with the same :class:`Limits` would refuse (map keys other than
+    str or bytes, extension types, too deep or too long containers), so one bad value costs an
+    :class:`EncodeError` here instead of the whole connection at the peer. What a ``default``
+    hook returns is not checked: the hook must return what the peer accepts.
+    """
 
     def __init__(self, limits: Limits, default: Callable[[Any], Any] | None = None) -> None:
+        self._limits = limits
         self._limit = limits.max_frame_size
+        self._data_budget = limits.max_depth - 1  # the envelope is the first level
         self._packer = msgpack.Packer(use_bin_type=True, datetime=False, default=default)
 
-    def _frame(self, body_items: list[Any]) -> Frame:
+    def _frame(self, body_items: list[Any], data: Any = None) -> Frame:
+        if type(data) not in _SCALARS:
+            _check_value(data, self._data_budget, self._limits)
         try:
             body: bytes = self._packer.pack(body_items)
         except (TypeError, ValueError, OverflowError) as exc:
@@ -198,26 +266,34 @@ class FrameEncoder:
         return HEADER.pack(size) + body
 
     def event(self, event: str, data: Any) -> Frame:
-        return self._frame([EVENT, event, data])
+        return self._frame([EVENT, event, data], data)
 
     def request(self, event: str, data: Any, request_id: int) -> Frame:
-        return self._frame([REQUEST, event, data, request_id])
+        return self._frame([REQUEST, event, data, request_id], data)
 
     def reply(self, request_id: int, data: Any) -> Frame:
-        return self._frame([REPLY, request_id, data])
+        return self._frame([REPLY, request_id, data], data)
 
     def error_reply(self, request_id: int, type: str, message: str, traceback: str) -> Frame:
         error = {"type": type, "message": message, "traceback": traceback}
         return self._frame([ERROR, request_id, error])
 
     def hello(self, actor_id: str, **extra: Any) -> Frame:
-        return self._frame([HELLO, {"v": PROTOCOL_VERSION, "id": actor_id, **extra}])
+        body = {"v": PROTOCOL_VERSION, "id": actor_id, **extra}
+        return self._frame([HELLO, body], body)
 
     def welcome(self, actor_id: str, **extra: Any) -> Frame:
-        return self._frame([WELCOME, {"v": PROTOCOL_VERSION, "id": actor_id, **extra}])
+        body = {"v": PROTOCOL_VERSION, "id": actor_id, **extra}
+        return self._frame([WELCOME, body], body)
 
     def reject(self, reason: str, message: str) -> Frame:
         return self._frame([REJECT, {"reason": reason, "message": message}])
+
+    def challenge(self, nonce: bytes, proof: bytes) -> Frame:
+        return self._frame([CHALLENGE, {"nonce": nonce, "proof": proof}])
+
+    def proof(self, proof: bytes) -> Frame:
+        return self._frame([PROOF, {"proof": proof}])
 
 
 def frame_size(frame: Frame) -> int:
@@ -256,6 +332,12 @@ def _require_str(value: Any, what: str) -> str:
 def _require_id(value: Any) -> int:
     if type(value) is not int or not 0 <= value <= MAX_REQUEST_ID:
         raise DecodeError(f"request id must be an integer in [0, 2**63), got {value!r:.40}")
+    return value
+
+
+def _require_bytes(value: Any, what: str) -> bytes:
+    if type(value) is not bytes or not value:
+        raise DecodeError(f"{what} must be non-empty bytes, got {type(value).__name__}")
     return value
 
 
@@ -302,6 +384,14 @@ def parse_body(body: list[Any]) -> Message:
         reason = _require_str(reject.get("reason"), "reject reason")
         message = reject.get("message", "")
         return Reject(reason, message if type(message) is str else "")
+    if kind == CHALLENGE and type(kind) is int and size >= 2:
+        challenge = _require_map(body[1], "challenge")
+        return Challenge(
+            _require_bytes(challenge.get("nonce"), "challenge nonce"),
+            _require_bytes(challenge.get("proof"), "challenge proof"),
+        )
+    if kind == PROOF and type(kind) is int and size >= 2:
+        return Proof(_require_bytes(_require_map(body[1], "proof").get("proof"), "proof"))
     raise DecodeError(f"unknown or short envelope (kind {kind!r:.20}, {size} items)")
 
 

@@ -20,14 +20,16 @@ from typing import Any, TypeVar, overload
 
 import anyio
 from anyio.abc import ByteStream, SocketAttribute, TaskGroup, TaskStatus
+from anyio.streams.tls import TLSAttribute
 
-from ._channel import Channel, frame_bytes, read_handshake_message
+from ._channel import Channel, frame_bytes
 from ._config import Config
 from ._errors import ClosedError, ProtocolError, UnknownPeerError
 from ._handlers import Handler, Handlers
+from ._handshake import Refusal, accept_handshake
 from ._log import ActorLog
 from ._peer import Peer, check_event_name
-from ._protocol import PROTOCOL_VERSION, FrameDecoder, FrameEncoder, Hello, frame_size
+from ._protocol import FrameDecoder, FrameEncoder, frame_size
 from ._transport import Address, Listening, Transport
 
 __all__ = ["Client", "Server"]
@@ -50,6 +52,9 @@ class Client(Peer):
         self.id = client_id
         #: The peer's socket address (``(host, port)`` for TCP; ``""`` for an unnamed Unix socket).
         self.peer_address = peer_address
+        #: Over TLS with client certificates: the client's certificate as ``ssl`` decodes it
+        #: (``peer_certificate["subject"]`` names the client); otherwise ``None``.
+        self.peer_certificate: dict[str, Any] | None = None
         self._channel: Channel | None = None
 
     def __repr__(self) -> str:
@@ -211,29 +216,33 @@ class Server:
 
     async def _handle(self, stream: ByteStream) -> None:
         peer_address = stream.extra(SocketAttribute.remote_address, "")
-        decoder = FrameDecoder(self._config.limits)
         if self._handshaking >= self._config.max_connections:
             await self._refuse(stream, "busy", "too many connections in their handshake")
             return
+        decoder = FrameDecoder(self._config.limits)
         self._handshaking += 1
         try:
             with anyio.fail_after(self._config.handshake_timeout):
-                hello = await read_handshake_message(stream, decoder)
-        except (TimeoutError, ProtocolError, OSError, anyio.BrokenResourceError) as exc:
+                stream = await self._transport.accepted(stream)
+                hello = await accept_handshake(
+                    stream, decoder, self._encoder, self._config.auth_key_bytes
+                )
+        except Refusal as exc:
+            self._log.warning(f"refusing {peer_address!r} ({exc.reason}): {exc.message}")
+            await self._refuse(stream, exc.reason, exc.message)
+            return
+        except (TimeoutError, ProtocolError) as exc:
+            reason = exc.reject_reason if isinstance(exc, ProtocolError) else "timeout"
+            message = str(exc) or "no hello within handshake_timeout"
+            self._log.warning(f"handshake with {peer_address!r} failed: {message}")
+            await self._refuse(stream, reason, message)
+            return
+        except (OSError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
             self._log.warning(f"handshake with {peer_address!r} failed: {exc}")
-            reason = "protocol" if isinstance(exc, ProtocolError) else "timeout"
-            await self._refuse(stream, reason, str(exc))
+            await anyio.aclose_forcefully(stream)
             return
         finally:
             self._handshaking -= 1
-        if type(hello) is not Hello:
-            await self._refuse(stream, "protocol", f"expected hello, got {type(hello).__name__}")
-            return
-        if hello.version != PROTOCOL_VERSION:
-            await self._refuse(
-                stream, "version", f"protocol version {hello.version} is not {PROTOCOL_VERSION}"
-            )
-            return
         previous = self._clients.get(hello.id)
         if previous is None and len(self._clients) >= self._config.max_connections:
             limit = self._config.max_connections
@@ -246,7 +255,9 @@ class Server:
             await anyio.aclose_forcefully(stream)
             return
         decoder.handshake_done()
-        await self._run_client(Client(self, hello.id, peer_address), stream, decoder, previous)
+        client = Client(self, hello.id, peer_address)
+        client.peer_certificate = stream.extra(TLSAttribute.peer_certificate, None)
+        await self._run_client(client, stream, decoder, previous)
 
     async def _run_client(
         self, client: Client, stream: ByteStream, decoder: FrameDecoder, previous: Client | None

@@ -13,6 +13,7 @@ import errno
 import ipaddress
 import os
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -20,10 +21,17 @@ from typing import Any, Protocol
 import anyio
 from anyio.abc import ByteStream, SocketListener, SocketStream
 
-from ._errors import AddressInUseError, SocketPathError
+from ._errors import AddressInUseError, SocketPathError, TLSError
 from ._unix import bind_unix_socket, check_path_length, remove_if_ours
 
-__all__ = ["Listening", "TCPTransport", "Transport", "UnixTransport", "is_fatal_connect_error"]
+__all__ = [
+    "Listening",
+    "TCPTransport",
+    "Transport",
+    "UnixTransport",
+    "is_fatal_connect_error",
+    "tls_error",
+]
 
 Address = str | tuple[str, int]
 
@@ -54,9 +62,16 @@ class Transport(Protocol):
     @property
     def address(self) -> Address: ...
 
-    async def connect(self) -> ByteStream: ...
+    async def connect(self) -> ByteStream:
+        """A stream to the server, secured if the transport is. Raises on failure."""
+        ...
 
     async def listen(self, backlog: int) -> Listening: ...
+
+    async def accepted(self, stream: ByteStream) -> ByteStream:
+        """The stream to speak the protocol over, for a freshly accepted connection (TLS does
+        its handshake here). Called within the server's handshake timeout."""
+        ...
 
 
 def is_fatal_connect_error(exc: BaseException) -> bool:
@@ -66,6 +81,26 @@ def is_fatal_connect_error(exc: BaseException) -> bool:
     if isinstance(exc, PermissionError):
         return True
     return isinstance(exc, OSError) and exc.errno in (errno.ENAMETOOLONG, errno.ENOTSOCK)
+
+
+def tls_error(exc: BaseException) -> TLSError | None:
+    """The :class:`TLSError` an exception stands for, if it is (or wraps) an SSL failure."""
+    cause: BaseException | None = exc
+    for _ in range(3):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return TLSError(f"TLS certificate verification failed: {cause.verify_message}", "tls")
+        if isinstance(cause, ssl.SSLError):
+            reason = cause.reason or str(cause)
+            hint = {
+                "WRONG_VERSION_NUMBER": " (is the server speaking TLS?)",
+                "CERTIFICATE_REQUIRED": " (the server requires a client certificate)",
+                "TLSV13_ALERT_CERTIFICATE_REQUIRED": " (the server requires a client certificate)",
+            }.get(str(reason).upper(), "")
+            return TLSError(f"TLS failed: {reason}{hint}", "tls")
+        if cause is None:
+            break
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 @dataclass(frozen=True)
@@ -80,6 +115,9 @@ class UnixTransport:
     async def connect(self) -> ByteStream:
         check_path_length(self.path)
         return await anyio.connect_unix(self.path)
+
+    async def accepted(self, stream: ByteStream) -> ByteStream:
+        return stream
 
     async def listen(self, backlog: int) -> Listening:
         bound = await anyio.to_thread.run_sync(bind_unix_socket, self.path, backlog)
@@ -125,6 +163,9 @@ class TCPTransport:
         except BaseException:
             sock.close()
             raise
+
+    async def accepted(self, stream: ByteStream) -> ByteStream:
+        return stream
 
     async def listen(self, backlog: int) -> Listening:
         infos = await anyio.getaddrinfo(

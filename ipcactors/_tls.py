@@ -1,0 +1,147 @@
+"""TLS over TCP: verified by default, mutual when the server asks for client certificates.
+
+Invariants:
+- A TLS server never starts without a certificate: the context is tried in memory first.
+- Every TLS failure on the client (verification, a refused client certificate, a version
+  mismatch, a plain server) is a :class:`TLSError`, which is never retried: the same
+  certificates would fail the same way.
+- A plain ipcactors client that reaches a TLS port is told so in plain text (a ``reject`` with
+  reason ``tls``) instead of being dropped, so it fails at once with a clear message.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import ByteStream
+from anyio.streams.tls import TLSStream
+
+from ._errors import ConfigError, ProtocolError
+from ._transport import Listening, TCPTransport, tls_error
+
+__all__ = ["NotTLSError", "TLSTransport", "check_server_context"]
+
+_TLS_HANDSHAKE_RECORD = 0x16  # the first byte of every TLS ClientHello
+
+
+class NotTLSError(ProtocolError):
+    """A client spoke plain bytes to a TLS port."""
+
+    reject_reason = "tls"
+
+
+def check_server_context(context: ssl.SSLContext) -> None:
+    """Refuse a context a TLS server cannot serve with: a client context, or no certificate."""
+    if not isinstance(context, ssl.SSLContext):
+        raise ConfigError(f"tls= takes an ssl.SSLContext, got {context!r}")
+    if context.protocol == ssl.PROTOCOL_TLS_CLIENT:
+        raise ConfigError(
+            "tls= for serve_net needs a server context: "
+            "ssl.create_default_context(ssl.Purpose.CLIENT_AUTH) with load_cert_chain(...)"
+        )
+    if not _presents_certificate(context):
+        raise ConfigError(
+            "the TLS server context has no usable certificate and key; "
+            "load them with context.load_cert_chain(certfile, keyfile)"
+        )
+
+
+def _presents_certificate(context: ssl.SSLContext) -> bool:
+    """Run a handshake against ``context`` in memory and see whether a certificate comes back."""
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    probe.check_hostname = False
+    probe.verify_mode = ssl.CERT_NONE
+    server_in, server_out, client_in, client_out = (ssl.MemoryBIO() for _ in range(4))
+    server = context.wrap_bio(server_in, server_out, server_side=True)
+    client = probe.wrap_bio(client_in, client_out)
+    for _ in range(8):
+        try:
+            client.do_handshake()
+            return client.getpeercert(binary_form=True) is not None
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLError:
+            return False
+        try:
+            server.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLError as exc:
+            # Failing for want of a client certificate means it got as far as presenting its own.
+            reason = str(exc.reason).upper()
+            return "CERTIFICATE" in reason and "NO_CERTIFICATE" not in reason
+        server_in.write(client_out.read())
+        client_in.write(server_out.read())
+    return False
+
+
+class _Replay(ByteStream):
+    """A stream that first returns bytes already read from another stream, then that stream."""
+
+    def __init__(self, stream: ByteStream, prefix: bytes) -> None:
+        self._stream = stream
+        self._prefix = prefix
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        if self._prefix:
+            data, self._prefix = self._prefix[:max_bytes], self._prefix[max_bytes:]
+            return data
+        return await self._stream.receive(max_bytes)
+
+    async def send(self, item: bytes) -> None:
+        await self._stream.send(item)
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    @property
+    def extra_attributes(self) -> Any:
+        return self._stream.extra_attributes
+
+
+@dataclass(frozen=True)
+class TLSTransport:
+    host: str
+    port: int
+    context: ssl.SSLContext = field(repr=False)
+    kind: str = "tls"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    async def connect(self) -> ByteStream:
+        stream = await TCPTransport(self.host, self.port).connect()
+        try:
+            return await TLSStream.wrap(
+                stream, hostname=self.host, ssl_context=self.context, standard_compatible=False
+            )
+        except BaseException as exc:
+            await anyio.aclose_forcefully(stream)
+            error = tls_error(exc)
+            if error is not None:
+                raise error from exc
+            raise
+
+    async def listen(self, backlog: int) -> Listening:
+        return await TCPTransport(self.host, self.port).listen(backlog)
+
+    async def accepted(self, stream: ByteStream) -> ByteStream:
+        first = await stream.receive(65536)
+        if first[0] != _TLS_HANDSHAKE_RECORD:
+            raise NotTLSError(f"this port requires TLS; connect with tls= to {self.address}")
+        try:
+            return await TLSStream.wrap(
+                _Replay(stream, first),
+                server_side=True,
+                ssl_context=self.context,
+                standard_compatible=False,
+            )
+        except (ssl.SSLError, anyio.BrokenResourceError) as exc:
+            raise ConnectionAbortedError(f"TLS handshake failed: {tls_error(exc) or exc}") from exc

@@ -1,0 +1,213 @@
+"""TLS (verified, mutual) and the shared-key handshake, with real certificates from trustme."""
+
+from __future__ import annotations
+
+import datetime
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+import trustme
+
+import ipcactors
+from ipcactors import Actor, Server
+
+pytestmark = pytest.mark.anyio
+
+HOST = "127.0.0.1"
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def other_ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def server_context(ca: trustme.CA, *, mutual: bool = False, **cert: Any) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*(cert.pop("names", [HOST, "localhost"])), **cert).configure_cert(context)
+    if mutual:
+        context.verify_mode = ssl.CERT_REQUIRED
+        ca.configure_trust(context)
+    return context
+
+
+def client_context(ca: trustme.CA, *, cert_from: trustme.CA | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    if cert_from is not None:
+        cert_from.issue_cert("client@example.org").configure_cert(context)
+    return context
+
+
+@asynccontextmanager
+async def tls_server(context: ssl.SSLContext, **config: Any) -> AsyncIterator[Server]:
+    async with Actor("world", silent=True, **config) as actor:
+        server = await actor.serve_net(HOST, 0, tls=context)
+        server.on("echo", lambda data, client: data)
+        server.on("whoami", lambda data, client: client.peer_certificate)
+        yield server
+
+
+def port(server: Server) -> int:
+    return int(server.address[1])  # type: ignore[index]
+
+
+async def assert_still_serving(server: Server, context: ssl.SSLContext) -> None:
+    async with Actor("good", silent=True) as good:
+        connection = await good.connect_to_net("world", HOST, port(server), tls=context)
+        with anyio.fail_after(5):
+            assert await connection.request("echo", "fine") == "fine"
+
+
+async def test_tls_echo(ca: trustme.CA) -> None:
+    async with tls_server(server_context(ca)) as server, Actor("hello", silent=True) as hello:
+        connection = await hello.connect_to_net("world", HOST, port(server), tls=client_context(ca))
+        with anyio.fail_after(5):
+            assert await connection.request("echo", {"x": b"\x00" * 100_000}) == {
+                "x": b"\x00" * 100_000
+            }
+            assert await connection.request("whoami") is None  # no client certificate
+
+
+async def test_tls_server_refuses_to_start_without_a_certificate() -> None:
+    async with Actor("world", silent=True) as actor:
+        bare = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        with pytest.raises(ipcactors.ConfigError, match="certificate"):
+            await actor.serve_net(HOST, 0, tls=bare)
+        with pytest.raises(ipcactors.ConfigError, match="server context"):
+            await actor.serve_net(HOST, 0, tls=ssl.create_default_context())
+        assert actor.server is None
+
+
+@pytest.mark.parametrize(
+    "case", ["wrong ca", "expired", "wrong hostname", "tls version", "tls to plain port"]
+)
+async def test_tls_failures_are_typed_and_not_retried(
+    case: str, ca: trustme.CA, other_ca: trustme.CA
+) -> None:
+    good_client = client_context(ca)
+    client = good_client
+    context = server_context(ca)
+    if case == "wrong ca":
+        client = client_context(other_ca)
+    elif case == "expired":
+        past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=2)
+        context = server_context(ca, not_after=past, not_before=past - datetime.timedelta(days=9))
+    elif case == "wrong hostname":
+        context = server_context(ca, names=["elsewhere.example"])
+    elif case == "tls version":
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+        client = client_context(ca)
+        client.maximum_version = ssl.TLSVersion.TLSv1_2
+    if case == "tls to plain port":
+        async with Actor("world", silent=True) as plain_actor:
+            plain = await plain_actor.serve_net(HOST, 0)
+            async with Actor("hello", silent=True, retry=0.05) as hello:
+                with anyio.fail_after(3), pytest.raises(ipcactors.TLSError):
+                    await hello.connect_to_net("world", HOST, port(plain), tls=client)
+        return
+    async with tls_server(context) as server:
+        async with Actor("hello", silent=True, retry=0.05) as hello:  # retries forever...
+            with anyio.fail_after(3), pytest.raises(ipcactors.TLSError) as caught:
+                await hello.connect_to_net("world", HOST, port(server), tls=client)
+            assert isinstance(caught.value, ipcactors.AuthenticationError)
+            assert "world" not in hello.of  # ...but not after a TLS failure
+        if case not in ("expired", "wrong hostname"):
+            await assert_still_serving(server, good_client)
+
+
+async def test_plain_client_on_a_tls_port_is_told(ca: trustme.CA) -> None:
+    async with tls_server(server_context(ca)) as server, Actor("hello", silent=True) as hello:
+        with anyio.fail_after(3), pytest.raises(ipcactors.RejectedError, match="requires TLS") as e:
+            await hello.connect_to_net("world", HOST, port(server))
+        assert e.value.reason == "tls"
+        await assert_still_serving(server, client_context(ca))
+
+
+async def test_mutual_tls(ca: trustme.CA, other_ca: trustme.CA) -> None:
+    async with tls_server(server_context(ca, mutual=True)) as server:
+        async with Actor("hello", silent=True) as hello:
+            connection = await hello.connect_to_net(
+                "world", HOST, port(server), tls=client_context(ca, cert_from=ca)
+            )
+            with anyio.fail_after(5):
+                certificate = await connection.request("whoami")
+            subject = dict(pair[0] for pair in certificate["subject"])
+            assert "client@example.org" in str(subject) or certificate["subjectAltName"]
+        for cert_from in (None, other_ca):
+            async with Actor("intruder", silent=True, retry=0.05) as intruder:
+                started = anyio.current_time()
+                with anyio.fail_after(3), pytest.raises(ipcactors.TLSError):
+                    await intruder.connect_to_net(
+                        "world", HOST, port(server), tls=client_context(ca, cert_from=cert_from)
+                    )
+                assert anyio.current_time() - started < 1
+        await assert_still_serving(server, client_context(ca, cert_from=ca))
+
+
+# --- the shared key -------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def keyed_server(
+    transport: str, socket_dir: str, key: str | None
+) -> AsyncIterator[tuple[Server, list[str]]]:
+    connected: list[str] = []
+    async with Actor("world", socket_root=socket_dir, silent=True, auth_key=key) as actor:
+        server = await (actor.serve() if transport == "unix" else actor.serve_net(HOST, 0))
+        server.on("echo", lambda data, client: data)
+        server.on("connect", lambda client: connected.append(client.id))
+        yield server, connected
+
+
+async def connect(hello: Actor, server: Server, transport: str) -> ipcactors.Connection:
+    if transport == "unix":
+        return await hello.connect_to("world")
+    return await hello.connect_to_net("world", HOST, port(server))
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+async def test_shared_key_accepts_the_right_key(transport: str, socket_dir: str) -> None:
+    async with keyed_server(transport, socket_dir, "s3cret") as (server, connected):
+        async with Actor("hello", socket_root=socket_dir, silent=True, auth_key=b"s3cret") as h:
+            connection = await connect(h, server, transport)
+            with anyio.fail_after(5):
+                assert await connection.request("echo", 1) == 1
+        assert connected == ["hello"]
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+@pytest.mark.parametrize(
+    ("server_key", "client_key"),
+    [("s3cret", "wrong"), ("s3cret", None), (None, "s3cret")],
+    ids=["wrong key", "client without key", "server without key"],
+)
+async def test_shared_key_refusals(
+    transport: str, socket_dir: str, server_key: str | None, client_key: str | None
+) -> None:
+    async with keyed_server(transport, socket_dir, server_key) as (server, connected):
+        async with Actor(
+            "hello", socket_root=socket_dir, silent=True, auth_key=client_key, retry=0.05
+        ) as hello:
+            with anyio.fail_after(3), pytest.raises(ipcactors.AuthenticationError):
+                await connect(hello, server, transport)
+        if server_key is not None:
+            assert connected == [], "no handler runs for an unauthenticated peer"
+        async with Actor("good", socket_root=socket_dir, silent=True, auth_key=server_key) as g:
+            connection = await connect(g, server, transport)
+            with anyio.fail_after(5):
+                assert await connection.request("echo", "still serving") == "still serving"
+
+
+def test_auth_key_must_not_be_empty() -> None:
+    with pytest.raises(ipcactors.ConfigError):
+        ipcactors.Config(auth_key=b"")
+    assert "s3cret" not in repr(ipcactors.Config(auth_key="s3cret"))
