@@ -99,7 +99,7 @@ async def test_tls_failures_are_typed_and_not_retried(
     if case == "wrong ca":
         client = client_context(other_ca)
     elif case == "expired":
-        past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=2)
+        past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=2)
         context = server_context(ca, not_after=past, not_before=past - datetime.timedelta(days=9))
     elif case == "wrong hostname":
         context = server_context(ca, names=["elsewhere.example"])
