@@ -1,0 +1,984 @@
+"""The sans-IO protocol core: frames, envelopes, limits. No sockets, no event loop.
+
+The properties: whatever is encoded comes back the same however the stream is split; arbitrary
+bytes give only valid messages or a ProtocolError (and the decoder stays broken after one); the
+limits hold at their exact boundaries; what the encoder accepts the decoder accepts.
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import struct
+import tracemalloc
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ipcactors import DecodeError, EncodeError, FrameTooLargeError, ProtocolError
+from ipcactors._protocol import (
+    _HANDSHAKE_KINDS,
+    MAX_REQUEST_ID,
+    PROTOCOL_VERSION,
+    SEPARATE_BODY_AT,
+    ErrorReply,
+    Event,
+    Frame,
+    FrameDecoder,
+    FrameEncoder,
+    Hello,
+    Limits,
+    Message,
+    Reject,
+    Reply,
+    Request,
+    Welcome,
+    frame_size,
+    is_reserved,
+)
+
+MiB = 1024 * 1024
+DEFAULT = Limits()
+# Messages that stop decoding until the next feed(): hello, welcome, reject (and any kind the
+# handshake gains later).
+HANDSHAKE_KINDS = _HANDSHAKE_KINDS
+
+# Bounded so the whole file runs in a few seconds.
+PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def framed(body: bytes) -> bytes:
+    """A frame on the wire: u32 big-endian length, then the body."""
+    return struct.pack(">I", len(body)) + body
+
+
+def pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def wire(frame: Frame) -> bytes:
+    return frame if isinstance(frame, bytes) else b"".join(frame)
+
+
+def decoder(limits: Limits = DEFAULT, *, handshake_done: bool = True) -> FrameDecoder:
+    result = FrameDecoder(limits)
+    if handshake_done:
+        result.handshake_done()
+    return result
+
+
+def drain(dec: FrameDecoder, data: bytes | bytearray | memoryview = b"") -> list[Message]:
+    """Feed ``data``, then keep feeding nothing while messages come out (a handshake message
+    stops decoding until the next ``feed``)."""
+    messages = dec.feed(data)
+    while messages and isinstance(messages[-1], HANDSHAKE_KINDS):
+        more = dec.feed()
+        if not more:
+            break
+        messages += more
+    return messages
+
+
+def decode_one(body: bytes, limits: Limits = DEFAULT) -> Message:
+    messages = decoder(limits).feed(framed(body))
+    assert len(messages) == 1
+    return messages[0]
+
+
+def norm(message: Message) -> tuple[Any, ...]:
+    """A comparable form of a message (the non-handshake classes have no ``__eq__``)."""
+    if type(message) is Event:
+        return ("event", message.event, message.data)
+    if type(message) is Request:
+        return ("request", message.event, message.data, message.id)
+    if type(message) is Reply:
+        return ("reply", message.id, message.data)
+    if type(message) is ErrorReply:
+        return ("error", message.id, message.type, message.message, message.traceback)
+    assert isinstance(message, HANDSHAKE_KINDS)
+    return ("handshake", message)
+
+
+def depth(value: Any) -> int:
+    """Nesting depth in containers: a scalar is 0, ``[]`` is 1, ``[[]]`` is 2."""
+    if type(value) is list:
+        return 1 + max(map(depth, value), default=0)
+    if type(value) is dict:
+        return 1 + max(map(depth, value.values()), default=0)
+    return 0
+
+
+def assert_valid_data(value: Any, limits: Limits) -> None:
+    """``value`` is made only of plain msgpack types, within ``limits``."""
+    kind = type(value)
+    if kind is list:
+        assert len(value) <= limits.max_container_len
+        for item in value:
+            assert_valid_data(item, limits)
+    elif kind is dict:
+        assert len(value) <= limits.max_container_len
+        for key, item in value.items():
+            assert type(key) in (str, bytes)
+            assert_valid_data(item, limits)
+    else:
+        # msgpack decodes its timestamp extension (-1) itself: the one extension that passes.
+        assert kind in (type(None), bool, int, float, str, bytes, msgpack.Timestamp), kind
+
+
+def assert_valid(message: Message, limits: Limits) -> None:
+    """What the decoder promises about every message it returns."""
+    if type(message) in (Event, Request):
+        assert type(message.event) is str
+        assert message.event
+    if type(message) in (Request, Reply, ErrorReply):
+        assert type(message.id) is int
+        assert 0 <= message.id <= MAX_REQUEST_ID
+    if type(message) in (Event, Request, Reply):
+        assert_valid_data(message.data, limits)
+        assert 1 + depth(message.data) <= limits.max_depth
+    elif type(message) is ErrorReply:
+        assert all(type(f) is str for f in (message.type, message.message, message.traceback))
+    elif type(message) in (Hello, Welcome):
+        assert type(message.version) is int
+        assert type(message.id) is str
+        assert message.id
+        assert_valid_data(message.extra, limits)
+    elif type(message) is Reject:
+        assert type(message.reason) is str
+        assert message.reason
+        assert type(message.message) is str
+    else:
+        assert type(message) in HANDSHAKE_KINDS, type(message)
+
+
+def nested_lists(levels: int) -> bytes:
+    """msgpack of ``levels`` lists nested in each other, the innermost empty."""
+    assert levels >= 1
+    return b"\x91" * (levels - 1) + b"\x90"
+
+
+def event_body(data_bytes: bytes, name: bytes = b"\xa1e") -> bytes:
+    """msgpack of ``[0, "e", <data_bytes>]`` (data given as raw msgpack)."""
+    return b"\x93\x00" + name + data_bytes
+
+
+# --- strategies -------------------------------------------------------------------------------
+
+names = st.text(min_size=1, max_size=12)
+ids = st.integers(0, MAX_REQUEST_ID)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(allow_nan=False),
+    st.text(max_size=20),
+    st.binary(max_size=20),
+)
+# Values the protocol carries unchanged: plain msgpack types, str or bytes map keys.
+values = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=5)
+        | st.dictionaries(st.text(max_size=6) | st.binary(max_size=6), inner, max_size=5)
+    ),
+    max_leaves=25,
+)
+extra_keys = st.text(min_size=1, max_size=6).filter(lambda k: k not in ("v", "id"))
+
+
+@st.composite
+def messages(draw: st.DrawFn) -> tuple[str, tuple[Any, ...], tuple[Any, ...]]:
+    """(encoder method, its arguments, the normalised message the decoder should return)."""
+    kind = draw(st.sampled_from(["event", "request", "reply", "error", "hello", "welcome", "rj"]))
+    if kind == "event":
+        name, data = draw(names), draw(values)
+        return "event", (name, data), ("event", name, data)
+    if kind == "request":
+        name, data, rid = draw(names), draw(values), draw(ids)
+        return "request", (name, data, rid), ("request", name, data, rid)
+    if kind == "reply":
+        rid, data = draw(ids), draw(values)
+        return "reply", (rid, data), ("reply", rid, data)
+    if kind == "error":
+        rid = draw(ids)
+        texts = draw(st.tuples(st.text(max_size=10), st.text(max_size=10), st.text(max_size=30)))
+        return "error_reply", (rid, *texts), ("error", rid, *texts)
+    if kind == "rj":
+        reason, text = draw(names), draw(st.text(max_size=20))
+        return "reject", (reason, text), ("handshake", Reject(reason, text))
+    actor_id = draw(names)
+    extra = draw(st.dictionaries(extra_keys, values, max_size=3))
+    cls = Hello if kind == "hello" else Welcome
+    return kind, (actor_id,), ("handshake", cls(PROTOCOL_VERSION, actor_id, extra), extra)
+
+
+def encode(encoder: FrameEncoder, spec: tuple[str, tuple[Any, ...], tuple[Any, ...]]) -> bytes:
+    method, args, expected = spec
+    kwargs = expected[2] if method in ("hello", "welcome") else {}
+    return wire(getattr(encoder, method)(*args, **kwargs))
+
+
+def expected_of(spec: tuple[str, tuple[Any, ...], tuple[Any, ...]]) -> tuple[Any, ...]:
+    expected = spec[2]
+    return expected[:2] if expected[0] == "handshake" else expected
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = [0, *sorted(set(cuts)), len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(points)]
+
+
+# --- round trips ------------------------------------------------------------------------------
+
+
+@PROPERTY
+@given(st.lists(messages(), max_size=8), st.data())
+def test_any_split_decodes_to_the_same_messages(
+    specs: list[tuple[str, tuple[Any, ...], tuple[Any, ...]]], data: st.DataObject
+) -> None:
+    encoder = FrameEncoder(DEFAULT)
+    stream = b"".join(encode(encoder, spec) for spec in specs)
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=12))
+    dec = decoder()
+    got: list[Message] = []
+    for chunk in split(stream, cuts):
+        got += drain(dec, chunk)
+    assert [norm(m) for m in got] == [expected_of(spec) for spec in specs]
+    assert dec.buffered == 0
+    assert dec.pending_frame_size() is None
+
+
+@PROPERTY
+@given(st.lists(messages(), min_size=1, max_size=4))
+def test_byte_at_a_time(specs: list[tuple[str, tuple[Any, ...], tuple[Any, ...]]]) -> None:
+    encoder = FrameEncoder(DEFAULT)
+    stream = b"".join(encode(encoder, spec) for spec in specs)
+    dec = decoder()
+    got: list[Message] = []
+    for i in range(len(stream)):
+        got += drain(dec, memoryview(stream)[i : i + 1])
+    assert [norm(m) for m in got] == [expected_of(spec) for spec in specs]
+
+
+def test_feed_takes_bytes_bytearray_and_memoryview() -> None:
+    frame = wire(FrameEncoder(DEFAULT).event("e", [1, "x"]))
+    for data in (frame, bytearray(frame), memoryview(frame)):
+        (message,) = decoder().feed(data)
+        assert norm(message) == ("event", "e", [1, "x"])
+
+
+def test_buffered_and_pending_frame_size() -> None:
+    frame = wire(FrameEncoder(DEFAULT).event("e", b"x" * 100))
+    dec = decoder()
+    assert dec.feed(frame[:3]) == []
+    assert dec.buffered == 3
+    assert dec.pending_frame_size() is None
+    assert dec.feed(frame[3:10]) == []
+    assert dec.pending_frame_size() == len(frame) - 4
+    assert dec.buffered == 10
+    assert len(dec.feed(frame[10:] + frame[:2])) == 1
+    assert dec.buffered == 2
+
+
+def test_trailing_items_are_ignored() -> None:
+    assert norm(decode_one(pack([0, "e", 1, "more", {"x": [1]}]))) == ("event", "e", 1)
+    assert norm(decode_one(pack([1, "e", 1, 7, None]))) == ("request", "e", 1, 7)
+    assert norm(decode_one(pack([2, 7, "r", 0]))) == ("reply", 7, "r")
+    error = pack([3, 7, {"type": "T", "message": "m", "traceback": "tb", "x": 1}, 0])
+    assert norm(decode_one(error)) == ("error", 7, "T", "m", "tb")
+    assert decode_one(pack([4, {"v": 1, "id": "a"}, "x"])) == Hello(1, "a", {})
+    assert decode_one(pack([5, {"v": 1, "id": "a"}, "x"])) == Welcome(1, "a", {})
+    assert decode_one(pack([6, {"reason": "busy", "message": "m"}, 1])) == Reject("busy", "m")
+
+
+def test_handshake_maps() -> None:
+    hello = decode_one(pack([4, {"v": 1, "id": "w", "auth": b"p", b"raw": 1}]))
+    assert hello == Hello(1, "w", {"auth": b"p", b"raw": 1})
+    # The version is the server's decision (it answers reject "version"), not the decoder's.
+    assert decode_one(pack([4, {"v": 99, "id": "w"}])) == Hello(99, "w", {})
+    # A reject's message is optional: missing or not a string reads as "".
+    assert decode_one(pack([6, {"reason": "version"}])) == Reject("version", "")
+    assert decode_one(pack([6, {"reason": "auth", "message": 5}])) == Reject("auth", "")
+    # Error reply fields default to "".
+    assert norm(decode_one(pack([3, 1, {}]))) == ("error", 1, "", "", "")
+
+
+def test_encoder_output_is_the_documented_layout() -> None:
+    encoder = FrameEncoder(DEFAULT)
+
+    def body(frame: Frame) -> Any:
+        data = wire(frame)
+        assert struct.unpack(">I", data[:4])[0] == len(data) - 4
+        return msgpack.unpackb(data[4:], raw=False)
+
+    assert body(encoder.event("e", {"a": 1})) == [0, "e", {"a": 1}]
+    assert body(encoder.request("add", [1, 2], 5)) == [1, "add", [1, 2], 5]
+    assert body(encoder.reply(5, 3)) == [2, 5, 3]
+    assert body(encoder.error_reply(5, "ValueError", "bad", "tb")) == [
+        3,
+        5,
+        {"type": "ValueError", "message": "bad", "traceback": "tb"},
+    ]
+    assert body(encoder.hello("w")) == [4, {"v": 1, "id": "w"}]
+    assert body(encoder.welcome("s", x=1)) == [5, {"v": 1, "id": "s", "x": 1}]
+    assert body(encoder.reject("busy", "full")) == [6, {"reason": "busy", "message": "full"}]
+    # bytes stay bytes (bin), str stays str: the packer uses the bin type.
+    assert wire(encoder.event("e", b"\x00")) == b"\x00\x00\x00\x07\x93\x00\xa1e\xc4\x01\x00"
+
+
+def test_request_id_bounds() -> None:
+    assert norm(decode_one(pack([2, 0, None]))) == ("reply", 0, None)
+    assert norm(decode_one(pack([2, 2**63 - 1, None]))) == ("reply", 2**63 - 1, None)
+    with pytest.raises(DecodeError):
+        decode_one(pack([2, 2**63, None]))
+
+
+# --- hostile bytes: the decoder property ------------------------------------------------------
+
+SMALL = Limits(max_frame_size=2048, max_handshake_size=256, max_container_len=16, max_depth=8)
+
+wild_scalars = (
+    scalars
+    | st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=4))
+    | st.builds(msgpack.Timestamp, st.integers(0, 2**32 - 1), st.integers(0, 999_999_999))
+)
+wild_keys = (
+    st.text(max_size=4) | st.binary(max_size=4) | st.integers(-(2**63), 2**64 - 1) | st.booleans()
+)
+# Anything msgpack can pack, including what the protocol forbids (int keys, ext types, depth).
+wild_values = st.recursive(
+    wild_scalars,
+    lambda inner: st.lists(inner, max_size=20) | st.dictionaries(wild_keys, inner, max_size=20),
+    max_leaves=40,
+)
+envelopes = st.lists(
+    st.integers(-2, 9) | st.booleans() | st.text(max_size=4) | wild_values, max_size=6
+)
+valid_frames = messages().map(lambda spec: encode(FrameEncoder(DEFAULT), spec))
+
+
+@st.composite
+def flipped(draw: st.DrawFn) -> bytes:
+    frame = bytearray(draw(valid_frames))
+    at = draw(st.integers(0, len(frame) - 1))
+    frame[at] = draw(st.integers(0, 255))
+    return bytes(frame)
+
+
+pieces = st.one_of(
+    st.binary(max_size=40),  # garbage, often a random header
+    st.binary(min_size=1, max_size=40).map(framed),  # a right header over garbage
+    st.builds(struct.pack, st.just(">I"), st.integers(0, 2**32 - 1)),  # a lone header
+    envelopes.map(lambda e: framed(pack(e))),  # msgpack envelopes of every shape
+    wild_values.map(lambda v: framed(pack([0, "e", v]))),
+    valid_frames,
+    flipped(),
+)
+
+
+def feed_all(chunks: list[bytes], limits: Limits) -> tuple[list[Message], ProtocolError | None]:
+    """Feed ``chunks`` one by one (finishing the handshake when a hello comes out). Return the
+    messages and the error that broke the decoder, if one did."""
+    dec = decoder(limits, handshake_done=False)
+    got: list[Message] = []
+    error: ProtocolError | None = None
+    for chunk in chunks:
+        try:
+            out = dec.feed(chunk)
+            while out:
+                for message in out:
+                    assert_valid(message, limits)
+                got += out
+                if type(out[-1]) is Hello:
+                    dec.handshake_done()
+                out = dec.feed() if isinstance(out[-1], HANDSHAKE_KINDS) else []
+        except ProtocolError as exc:
+            error = exc
+            break
+        # Anything else escapes and fails the test: only ProtocolError subclasses are allowed.
+    if error is not None:
+        # Broken for good: more input, even valid input, raises again and yields nothing.
+        for more in (b"", chunks[-1], framed(pack([0, "e", 1]))):
+            with pytest.raises(ProtocolError):
+                dec.feed(more)
+        assert dec.buffered == 0
+    return got, error
+
+
+@PROPERTY
+@given(st.lists(pieces, max_size=6), st.data())
+def test_arbitrary_bytes_give_valid_messages_or_a_protocol_error(
+    parts: list[bytes], data: st.DataObject
+) -> None:
+    stream = b"".join(parts)
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=10))
+    chunked, chunked_error = feed_all(split(stream, cuts), SMALL)
+    bytewise, bytewise_error = feed_all([stream[i : i + 1] for i in range(len(stream))], SMALL)
+    # However the stream is split, the same error (or none) ends it...
+    assert type(chunked_error) is type(bytewise_error)
+    # ...and the same messages come before it (a chunk that fails yields none of its messages).
+    assert [norm(m) for m in chunked] == [norm(m) for m in bytewise][: len(chunked)]
+    if chunked_error is None:
+        assert len(chunked) == len(bytewise)
+
+
+@PROPERTY
+@given(st.binary(max_size=300), st.data())
+def test_random_bytes_after_the_handshake(garbage: bytes, data: st.DataObject) -> None:
+    cuts = data.draw(st.lists(st.integers(0, len(garbage)), max_size=5))
+    dec = decoder(SMALL)
+    try:
+        for chunk in split(garbage, cuts):
+            for message in drain(dec, chunk):
+                assert_valid(message, SMALL)
+    except ProtocolError:
+        with pytest.raises(ProtocolError):
+            dec.feed(framed(pack([0, "e", 1])))
+
+
+@PROPERTY
+@given(envelopes)
+def test_any_envelope_is_a_valid_message_or_a_decode_error(envelope: list[Any]) -> None:
+    try:
+        message = decode_one(pack(envelope), SMALL)
+    except DecodeError:
+        return
+    assert_valid(message, SMALL)
+
+
+def test_error_is_sticky_and_the_buffer_dropped() -> None:
+    dec = decoder()
+    good = framed(pack([0, "e", 1]))
+    with pytest.raises(DecodeError) as first:
+        dec.feed(good + framed(b"\xc1") + good)
+    assert dec.buffered == 0
+    for _ in range(3):
+        with pytest.raises(DecodeError) as again:
+            dec.feed(good)
+        assert again.value is first.value
+
+
+# --- frame boundaries -------------------------------------------------------------------------
+
+
+def body_of_size(size: int) -> bytes:
+    """msgpack of ``[0, "e", b"..."]`` exactly ``size`` bytes long."""
+    pad = size
+    for _ in range(4):
+        body = pack([0, "e", b"x" * pad])
+        if len(body) == size:
+            return body
+        pad -= len(body) - size
+    raise AssertionError(f"no body of exactly {size} bytes")
+
+
+@pytest.mark.parametrize("limit", [1024, 65536, 100_000])
+def test_frame_of_exactly_the_limit_is_accepted(limit: int) -> None:
+    body = body_of_size(limit)
+    (message,) = decoder(Limits(max_frame_size=limit)).feed(framed(body))
+    assert type(message) is Event
+    assert message.data == msgpack.unpackb(body)[2]
+
+
+@pytest.mark.parametrize("limit", [1024, 65536, DEFAULT.max_frame_size, 2**32 - 2])
+def test_limit_plus_one_is_rejected_from_the_header_alone(limit: int) -> None:
+    dec = decoder(Limits(max_frame_size=limit))
+    with pytest.raises(FrameTooLargeError) as info:
+        dec.feed(struct.pack(">I", limit + 1))
+    assert (info.value.size, info.value.limit) == (limit + 1, limit)
+    assert "max_frame_size" in str(info.value)
+
+
+def test_default_limit_is_64_mib() -> None:
+    assert DEFAULT.max_frame_size == 64 * MiB
+    dec = decoder()
+    assert dec.feed(struct.pack(">I", 64 * MiB)) == []  # allowed: waits for the body
+    assert dec.pending_frame_size() == 64 * MiB
+    with pytest.raises(FrameTooLargeError):
+        decoder().feed(struct.pack(">I", 64 * MiB + 1))
+
+
+def test_zero_length_frame_is_rejected() -> None:
+    with pytest.raises(DecodeError, match="empty frame"):
+        decoder().feed(b"\x00\x00\x00\x00")
+    with pytest.raises(DecodeError):
+        decoder().feed(framed(pack([0, "e", 1])) + b"\x00\x00\x00\x00")
+
+
+def traced_peak(action: Any) -> int:
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        action()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_4_gib_header_is_rejected_without_allocating() -> None:
+    dec = decoder()
+
+    def feed() -> None:
+        with pytest.raises(FrameTooLargeError):
+            dec.feed(b"\xff\xff\xff\xff")
+
+    assert traced_peak(feed) < 64 * 1024
+
+
+def test_4_gib_header_under_a_4_gib_limit_waits_without_allocating() -> None:
+    dec = decoder(Limits(max_frame_size=2**32 - 1))
+    peak = traced_peak(lambda: dec.feed(b"\xff\xff\xff\xff" + b"\x93" * 1000))
+    assert peak < 64 * 1024
+    assert dec.pending_frame_size() == 2**32 - 1
+    assert dec.buffered == 1004
+
+
+@pytest.mark.parametrize(
+    "claim",
+    [
+        b"\xdd\xff\xff\xff\xff",  # array32 of 2**32-1 items
+        b"\xdf\xff\xff\xff\xff",  # map32 of 2**32-1 pairs
+        b"\xdb\xff\xff\xff\xff",  # str32 of 4 GiB
+        b"\xc6\xff\xff\xff\xff",  # bin32 of 4 GiB
+        b"\xc9\xff\xff\xff\xff\x01",  # ext32 of 4 GiB
+    ],
+)
+def test_huge_length_claims_inside_a_frame_allocate_nothing(claim: bytes) -> None:
+    for body in (claim, event_body(claim)):
+        dec = decoder()
+
+        def feed(dec: FrameDecoder = dec, body: bytes = body) -> None:
+            with pytest.raises(DecodeError):
+                dec.feed(framed(body))
+
+        assert traced_peak(feed) < 64 * 1024
+
+
+# --- msgpack bombs and the value limits -------------------------------------------------------
+
+
+def test_nesting_1025_is_rejected() -> None:
+    with pytest.raises(DecodeError):
+        decoder().feed(framed(event_body(nested_lists(1025))))
+    with pytest.raises(DecodeError):
+        decoder().feed(framed(b"\x91" * 1025 + b"\xc0"))
+
+
+def test_depth_limit_boundary() -> None:
+    # The envelope is one level: data nested 63 deep makes 64 in all, the default limit.
+    (message,) = decoder().feed(framed(event_body(nested_lists(63))))
+    assert depth(message.data) == 63
+    with pytest.raises(DecodeError, match="max_depth=64"):
+        decoder().feed(framed(event_body(nested_lists(64))))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(65, 1000))
+def test_nesting_65_to_1000_is_rejected_by_the_depth_limit(levels: int) -> None:
+    for data in (nested_lists(levels - 1), b"\x81\xa1k" * (levels - 1) + b"\xc0"):
+        with pytest.raises(DecodeError, match="max_depth"):
+            decoder().feed(framed(event_body(data)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 90), st.integers(1, 80))
+def test_depth_limit_is_exact_for_any_setting(levels: int, max_depth: int) -> None:
+    limits = Limits(max_depth=max_depth)
+    body = event_body(nested_lists(levels - 1) if levels > 1 else b"\xc0")
+    if levels <= max_depth:
+        assert depth(decode_one(body, limits).data) == levels - 1
+    else:
+        with pytest.raises(DecodeError):
+            decode_one(body, limits)
+
+
+def test_container_length_limit() -> None:
+    n = DEFAULT.max_container_len
+    assert n == 1 << 20
+    (message,) = decoder().feed(framed(event_body(b"\xdd" + struct.pack(">I", n) + b"\xc0" * n)))
+    assert len(message.data) == n
+    with pytest.raises(DecodeError, match="max_array_len"):
+        decoder().feed(framed(event_body(b"\xdd" + struct.pack(">I", n + 1) + b"\xc0" * (n + 1))))
+    small = Limits(max_container_len=3)
+    assert decode_one(pack([0, "e", {"a": 1, "b": 2, "c": 3}]), small)
+    with pytest.raises(DecodeError, match="max_map_len"):
+        decode_one(pack([0, "e", {"a": 1, "b": 2, "c": 3, "d": 4}]), small)
+    with pytest.raises(DecodeError):  # the envelope itself is a container
+        decode_one(pack([0, "e", 1, 2]), small)
+
+
+@pytest.mark.parametrize(
+    ("name", "body"),
+    [
+        ("invalid UTF-8 in the event name", b"\x93\x00\xa2\xff\xfe\xc0"),
+        ("invalid UTF-8 in the data", event_body(b"\xa2\xc3\x28")),
+        ("lone surrogate encoded in UTF-8", event_body(b"\xa3\xed\xa0\x80")),
+        ("0xC1, never used", event_body(b"\xc1")),
+        ("0xC1 as the whole body", b"\xc1"),
+        ("trailing bytes after the value", pack([0, "e", 1]) + b"\xc0"),
+        ("two values in one frame", pack([0, "e", 1]) + pack([0, "e", 2])),
+        ("truncated value", pack([0, "e", "hello"])[:-2]),
+        ("int map key", event_body(b"\x81\x01\x02")),
+        ("negative int map key", event_body(b"\x81\xff\x02")),
+        ("nil map key", event_body(b"\x81\xc0\x02")),
+        ("bool map key", event_body(b"\x81\xc3\x02")),
+        ("float map key", event_body(b"\x81\xcb" + struct.pack(">d", 1.5) + b"\x02")),
+        ("array map key", event_body(b"\x81\x90\x02")),
+        ("unknown ext type", event_body(b"\xd4\x05a")),
+        ("ext type 0 (ext8, empty)", event_body(b"\xc7\x00\x00")),
+        ("negative ext type", event_body(b"\xd4\x80a")),
+        ("timestamp ext of 3 bytes", event_body(b"\xc7\x03\xff\x00\x00\x00")),
+        ("timestamp ext of 0 bytes", event_body(b"\xc7\x00\xff")),
+        ("timestamp with 10**9 ns", event_body(b"\xd7\xff" + struct.pack(">Q", 10**9 << 34))),
+        ("ext in a map key", event_body(b"\x81\xd4\x05a\x02")),
+        ("ext in a hello", b"\x92\x04\x82\xa1v\x01\xa2id\xd4\x05a"),
+    ],
+)
+def test_bad_msgpack_is_a_decode_error(name: str, body: bytes) -> None:
+    dec = decoder()
+    with pytest.raises(DecodeError):
+        dec.feed(framed(body))
+    with pytest.raises(DecodeError):
+        dec.feed(framed(pack([0, "e", 1])))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xd6\xff\x00\x00\x00\x01",  # timestamp 32: seconds
+        b"\xd7\xff" + struct.pack(">Q", (5 << 34) | 1),  # timestamp 64: ns << 34 | seconds
+        b"\xc7\x0c\xff" + struct.pack(">Iq", 5, -1),  # timestamp 96: ns, signed seconds
+    ],
+)
+def test_timestamp_extension_passes_as_msgpack_timestamp(raw: bytes) -> None:
+    # msgpack decodes extension -1 itself, without asking ext_hook: the one extension that
+    # reaches handlers (as msgpack.Timestamp). The encoder sends it too, for symmetry.
+    message = decode_one(event_body(raw))
+    assert type(message.data) is msgpack.Timestamp
+    frame = FrameEncoder(DEFAULT).event("e", [message.data])
+    assert norm(decoder().feed(wire(frame))[0]) == ("event", "e", [message.data])
+
+
+def test_amplification_is_bounded_by_the_container_limit() -> None:
+    # A frame of empty maps is msgpack's worst amplification (~75×); the container limit is
+    # what bounds it below max_frame_size × 75.
+    limits = Limits(max_frame_size=MiB, max_container_len=1000)
+    body = event_body(b"\xdc" + struct.pack(">H", 50_000) + b"\x80" * 50_000)
+    with pytest.raises(DecodeError, match="max_array_len"):
+        decode_one(body, limits)
+
+
+# --- envelope types ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [
+        5,
+        "event",
+        b"\x00",
+        None,
+        1.5,
+        {"t": 0, "event": "e"},
+        [],
+        [99, "e", 1],
+        [127, {"v": 1, "id": "a"}],
+        [255, "e", 1, 2],
+        [-1, "e", 1],
+        [2**32, "e", 1],
+        ["0", "e", 1],
+        [0.0, "e", 1],
+        [None, "e", 1],
+        [[0], "e", 1],
+        [False, "e", 1],  # False == 0 in Python, but a bool is not a kind
+        [True, "e", 1, 5],
+        [0, "", 1],
+        [0, b"e", 1],
+        [0, 5, 1],
+        [0, None, 1],
+        [0, ["e"], 1],
+        [0, "e"],  # short: no data
+        [1, "e", 1],  # short: no id
+        [1, "", 1, 5],
+        [1, "e", 1, -1],
+        [1, "e", 1, 2**63],
+        [1, "e", 1, 2**64 - 1],
+        [1, "e", 1, True],
+        [1, "e", 1, False],
+        [1, "e", 1, "5"],
+        [1, "e", 1, 5.0],
+        [1, "e", 1, None],
+        [2, -1, None],
+        [2, "1", None],
+        [2, True, None],
+        [2, 1],
+        [3, 1, "error text"],
+        [3, 1, {"type": 5}],
+        [3, 1, {"message": None}],
+        [3, 1, {"traceback": b"tb"}],
+        [3, -1, {}],
+        [4],
+        [4, ["v", 1]],
+        [4, {"id": "a"}],
+        [4, {"v": "1", "id": "a"}],
+        [4, {"v": True, "id": "a"}],
+        [4, {"v": 1.0, "id": "a"}],
+        [4, {"v": 1}],
+        [4, {"v": 1, "id": ""}],
+        [4, {"v": 1, "id": 5}],
+        [4, {"v": 1, "id": b"a"}],
+        [5, {"v": 1}],
+        [5, "welcome"],
+        [6, {}],
+        [6, {"reason": ""}],
+        [6, {"reason": 1}],
+        [6, "busy"],
+    ],
+    ids=repr,
+)
+def test_bad_envelope_is_a_decode_error(envelope: Any) -> None:
+    with pytest.raises(DecodeError):
+        decode_one(pack(envelope))
+
+
+def test_2_to_the_64_cannot_even_be_packed() -> None:
+    # msgpack integers stop at 2**64-1: a request id of 2**64 cannot reach the wire at all.
+    with pytest.raises(OverflowError):
+        pack([1, "e", None, 2**64])
+
+
+# --- the handshake ----------------------------------------------------------------------------
+
+
+def test_frames_before_the_handshake_are_held_to_64_kib() -> None:
+    assert DEFAULT.max_handshake_size == 64 * 1024
+    big = framed(body_of_size(64 * 1024 + 1))
+    with pytest.raises(FrameTooLargeError) as info:
+        decoder(handshake_done=False).feed(big[:4])
+    assert info.value.limit == 64 * 1024
+    exact = framed(body_of_size(64 * 1024))
+    assert len(decoder(handshake_done=False).feed(exact)) == 1
+    assert len(decoder(handshake_done=True).feed(big)) == 1
+
+
+def test_decoding_stops_after_a_handshake_message() -> None:
+    encoder = FrameEncoder(DEFAULT)
+    hello = wire(encoder.hello("client"))
+    big_event = wire(encoder.event("e", b"x" * 100_000))  # over the handshake limit
+    small_event = wire(encoder.event("f", 1))
+    dec = decoder(handshake_done=False)
+    # The hello comes out alone; the big frame behind it is not even looked at yet.
+    assert dec.feed(hello + big_event + small_event) == [Hello(1, "client", {})]
+    assert dec.buffered == len(big_event) + len(small_event)
+    dec.handshake_done()
+    got = dec.feed()
+    assert [norm(m) for m in got] == [("event", "e", b"x" * 100_000), ("event", "f", 1)]
+    assert dec.buffered == 0
+
+
+def test_without_handshake_done_the_next_big_frame_is_refused() -> None:
+    encoder = FrameEncoder(DEFAULT)
+    dec = decoder(handshake_done=False)
+    stream = wire(encoder.hello("c")) + wire(encoder.event("e", b"x" * 100_000))
+    assert dec.feed(stream) == [Hello(1, "c", {})]
+    with pytest.raises(FrameTooLargeError):
+        dec.feed()
+
+
+@pytest.mark.parametrize("method", ["hello", "welcome", "reject"])
+def test_every_handshake_kind_stops_decoding(method: str) -> None:
+    encoder = FrameEncoder(DEFAULT)
+    args = ("busy", "") if method == "reject" else ("a",)
+    first = wire(getattr(encoder, method)(*args))
+    second = wire(encoder.event("e", 1))
+    dec = decoder()
+    assert len(dec.feed(first + second + first)) == 1
+    assert len(dec.feed()) == 2  # the event, then the next handshake message stops it again
+    assert dec.buffered == 0
+
+
+# --- the encoder ------------------------------------------------------------------------------
+
+
+class Unencodable:
+    pass
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        Unencodable(),
+        {1, 2},
+        datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC),
+        2**64,
+        -(2**63) - 1,
+        "\ud800",  # a lone surrogate has no UTF-8 form
+        [1, [2, object()]],
+        {"k": Unencodable()},
+    ],
+    ids=repr,
+)
+def test_unencodable_data_raises_encode_error_and_the_encoder_recovers(data: Any) -> None:
+    encoder = FrameEncoder(DEFAULT)
+    for method, args in (("event", ("e", data)), ("request", ("e", data, 1)), ("reply", (1, data))):
+        with pytest.raises(EncodeError) as info:
+            getattr(encoder, method)(*args)
+        assert isinstance(info.value, TypeError)  # EncodeError is also a TypeError
+    assert norm(decode_one(wire(encoder.event("e", [1]))[4:])) == ("event", "e", [1])
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        ({1: "a"}, "key"),
+        ({"a": {None: 1}}, "key"),
+        ({(1, 2): 3}, "key"),
+        ([msgpack.ExtType(5, b"x")], "extension"),
+        (msgpack.ExtType(0, b""), "extension"),
+        ([[[[[[[[[[1]]]]]]]]]], "deep"),
+        ({"a": [{"b": [[[[[[[1]]]]]]]}]}, "deep"),
+        (list(range(17)), "items"),
+        ({str(i): i for i in range(17)}, "items"),
+    ],
+    ids=repr,
+)
+def test_encoder_refuses_what_the_peer_would_refuse(data: Any, why: str) -> None:
+    # Otherwise the peer would close the whole connection over one bad value.
+    limits = Limits(max_container_len=16, max_depth=10)
+    encoder = FrameEncoder(limits)
+    with pytest.raises(EncodeError, match=why):
+        encoder.event("e", data)
+    with pytest.raises(EncodeError, match=why):
+        encoder.hello("a", extra=data)
+    frame = wire(encoder.event("e", "fine"))
+    assert norm(decoder(limits).feed(frame)[0]) == ("event", "e", "fine")
+
+
+def test_encoder_accepts_exactly_the_depth_and_length_limits() -> None:
+    limits = Limits(max_container_len=16, max_depth=10)
+    encoder = FrameEncoder(limits)
+    deepest: Any = []
+    for _ in range(8):
+        deepest = [deepest]  # 9 levels of data + the envelope = 10
+    wide = {str(i): list(range(16)) for i in range(16)}
+    for data in (deepest, wide, tuple(range(16))):
+        (message,) = decoder(limits).feed(wire(encoder.event("e", data)))
+        assert norm(message) == ("event", "e", data if type(data) is not tuple else list(data))
+
+
+wild_data = st.recursive(
+    wild_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=6)
+        | st.lists(inner, max_size=6).map(tuple)
+        | st.dictionaries(wild_keys | st.tuples(st.integers(0, 9)), inner, max_size=6)
+    ),
+    max_leaves=40,
+)
+
+
+def plain(value: Any) -> Any:
+    """What a value looks like after a round trip: tuples become lists."""
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
+@PROPERTY
+@given(wild_data)
+def test_what_the_encoder_accepts_the_decoder_accepts(data: Any) -> None:
+    limits = Limits(max_container_len=8, max_depth=6)
+    encoder = FrameEncoder(limits)
+    try:
+        frame = encoder.event("e", data)
+    except EncodeError:
+        # Then the decoder would have refused it too.
+        try:
+            body = pack([0, "e", data])
+        except (TypeError, ValueError, OverflowError):
+            return  # not msgpack at all
+        with pytest.raises(DecodeError):
+            decoder(limits).feed(framed(body))
+        return
+    (message,) = decoder(limits).feed(wire(frame))
+    assert norm(message) == ("event", "e", plain(data))
+
+
+def test_default_hook() -> None:
+    def default(value: Any) -> Any:
+        if isinstance(value, set):
+            return sorted(value)
+        raise TypeError(f"cannot encode {type(value).__name__}")
+
+    encoder = FrameEncoder(DEFAULT, default=default)
+    (message,) = decoder().feed(wire(encoder.event("e", {"s": {3, 1, 2}})))
+    assert norm(message) == ("event", "e", {"s": [1, 2, 3]})
+    with pytest.raises(EncodeError):
+        encoder.event("e", Unencodable())
+    assert len(decoder().feed(wire(encoder.event("e", "ok")))) == 1
+
+
+def test_too_large_frame_raises_and_the_encoder_recovers() -> None:
+    limits = Limits(max_frame_size=1024)
+    encoder = FrameEncoder(limits)
+    with pytest.raises(FrameTooLargeError) as info:
+        encoder.event("e", b"x" * 2000)
+    assert info.value.limit == 1024
+    assert info.value.size > 2000
+    body = body_of_size(1024)
+    frame = encoder.event("e", msgpack.unpackb(body)[2])
+    assert frame_size(frame) == 1028
+    assert norm(decoder(limits).feed(wire(frame))[0])[0] == "event"
+
+
+def test_large_bodies_come_out_apart_from_their_header() -> None:
+    encoder = FrameEncoder(DEFAULT)
+    below = encoder.event("e", msgpack.unpackb(body_of_size(SEPARATE_BODY_AT - 1))[2])
+    assert isinstance(below, bytes)
+    assert frame_size(below) == SEPARATE_BODY_AT - 1 + 4
+    at = encoder.event("e", msgpack.unpackb(body_of_size(SEPARATE_BODY_AT))[2])
+    assert isinstance(at, tuple)
+    header, body = at
+    assert header == struct.pack(">I", SEPARATE_BODY_AT)
+    assert len(body) == SEPARATE_BODY_AT
+    assert frame_size(at) == SEPARATE_BODY_AT + 4
+    big = b"\x01" * (5 * MiB)
+    frame = encoder.reply(3, big)
+    assert isinstance(frame, tuple)
+    (message,) = decoder().feed(b"".join(frame))
+    assert norm(message) == ("reply", 3, big)
+
+
+# --- reserved names ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "reserved"),
+    [
+        ("connect", True),
+        ("disconnect", True),
+        ("destroy", True),
+        ("error", True),
+        ("ipcactors.", True),
+        ("ipcactors.ping", True),
+        ("message", False),
+        ("Connect", False),
+        ("connected", False),
+        ("errors", False),
+        ("ipcactors", False),
+        ("ipcactorsx", False),
+        ("x.ipcactors.y", False),
+    ],
+)
+def test_reserved_event_names(name: str, reserved: bool) -> None:
+    assert is_reserved(name) is reserved
+    # The decoder passes them on: refusing them is the channel's job (it knows the direction).
+    assert norm(decode_one(pack([0, name, None]))) == ("event", name, None)
