@@ -23,11 +23,13 @@ from ._connection import Connection
 from ._errors import (
     AddressInUseError,
     AuthenticationError,
+    ChildExitedError,
     ClosedError,
     ConfigError,
     ConnectError,
     ConnectionFailedError,
     ConnectionLostError,
+    DatagramTooLargeError,
     DecodeError,
     EncodeError,
     FrameTooLargeError,
@@ -39,14 +41,18 @@ from ._errors import (
     RemoteError,
     RequestTimeoutError,
     ReservedEventError,
+    RestartIntensityError,
     ServerBusyError,
     SocketPathError,
     SocketPathTooLongError,
+    SpawnError,
     TLSError,
     UnknownPeerError,
 )
 from ._run import run
 from ._server import Client, Server
+from ._supervisor import ChildInfo, Supervisor
+from ._udp import DatagramPeer, DatagramServer, DatagramStatistics
 
 __version__ = "0.1.0"
 
@@ -54,6 +60,8 @@ __all__ = [
     "Actor",
     "AddressInUseError",
     "AuthenticationError",
+    "ChildExitedError",
+    "ChildInfo",
     "Client",
     "ClosedError",
     "Config",
@@ -62,6 +70,10 @@ __all__ = [
     "Connection",
     "ConnectionFailedError",
     "ConnectionLostError",
+    "DatagramPeer",
+    "DatagramServer",
+    "DatagramStatistics",
+    "DatagramTooLargeError",
     "DecodeError",
     "EncodeError",
     "FrameTooLargeError",
@@ -73,10 +85,13 @@ __all__ = [
     "RemoteError",
     "RequestTimeoutError",
     "ReservedEventError",
+    "RestartIntensityError",
     "Server",
     "ServerBusyError",
     "SocketPathError",
     "SocketPathTooLongError",
+    "SpawnError",
+    "Supervisor",
     "TLSError",
     "UnknownPeerError",
     "run",

@@ -8,10 +8,11 @@ group; leaving ``async with Actor(...)`` flushes and closes them all (bounded by
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 from collections.abc import Mapping
 from types import MappingProxyType, TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import anyio
 from anyio.abc import TaskGroup
@@ -24,6 +25,7 @@ from ._runtime import current_runtime
 from ._server import Server
 from ._tls import TLSTransport, check_server_context
 from ._transport import TCPTransport, Transport, UnixTransport
+from ._udp import DatagramServer
 from ._unix import default_socket_root, ensure_socket_dir
 
 __all__ = ["Actor"]
@@ -42,11 +44,14 @@ class Actor:
         self.config = (config or Config()).replace(id=id, **overrides)
         self.id = id
         self._log = ActorLog(id, self.config.silent)
-        self._server: Server | None = None
+        self._server: Server | DatagramServer | None = None
         self._connections: dict[str, Connection] = {}
         self._task_group: TaskGroup | None = None
         self._closing = False
         self._closed = anyio.Event()
+        #: In a process started by a :class:`Supervisor`: the connection to that supervisor
+        #: (set before the child's function runs). ``None`` everywhere else.
+        self.parent: Connection | None = None
 
     def __repr__(self) -> str:
         return f"<Actor {self.id!r}>"
@@ -114,7 +119,7 @@ class Actor:
     # --- serving ------------------------------------------------------------------------------
 
     @property
-    def server(self) -> Server | None:
+    def server(self) -> Server | DatagramServer | None:
         """This actor's server, once ``serve()``/``serve_net()`` was called."""
         return self._server
 
@@ -138,6 +143,26 @@ class Actor:
             path = self.default_path()
         return await self._serve(UnixTransport(os.path.abspath(path)))
 
+    @overload
+    async def serve_net(
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        udp: None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> Server: ...
+
+    @overload
+    async def serve_net(
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        udp: Literal["udp4", "udp6"],
+        tls: None = None,
+    ) -> DatagramServer: ...
+
     async def serve_net(
         self,
         host: str | None = None,
@@ -145,21 +170,42 @@ class Actor:
         *,
         udp: Literal["udp4", "udp6"] | None = None,
         tls: ssl.SSLContext | None = None,
-    ) -> Server:
+    ) -> Server | DatagramServer:
         """Listen on TCP (default ``Config.network_host``/``network_port``; port 0 picks a free
         one, see ``server.address``).
 
         ``tls``: a server context with a certificate loaded (refused otherwise); set its
         ``verify_mode = ssl.CERT_REQUIRED`` and ``load_verify_locations(...)`` for mutual TLS.
+        ``udp="udp4"`` or ``"udp6"``: a :class:`DatagramServer` instead (no connections).
         """
-        host = host or self.config.network_host
         port = _port(port, self.config.network_port)
         if udp is not None:
-            raise NotImplementedError("UDP servers are not available in this version")
+            if tls is not None:
+                raise ConfigError("TLS over UDP is not supported; use TCP with tls=")
+            return await self._serve_udp(host, port, udp)
+        host = host or self.config.network_host
         if tls is not None:
             check_server_context(tls)
             return await self._serve(TLSTransport(host, port, tls))
         return await self._serve(TCPTransport(host, port))
+
+    async def _serve_udp(self, host: str | None, port: int, udp: str) -> DatagramServer:
+        if udp == "udp4":
+            family: Literal[socket.AddressFamily.AF_INET, socket.AddressFamily.AF_INET6]
+            family = socket.AF_INET
+            host = host or self.config.network_host
+        elif udp == "udp6":
+            family = socket.AF_INET6
+            host = host or "::1"
+        else:
+            raise ConfigError(f'udp= takes "udp4" or "udp6", got {udp!r}')
+        task_group = self._group()
+        if self._server is not None:
+            raise IPCError(f"actor {self.id!r} already serves on {self._server.address!r}")
+        server = DatagramServer(self.id, self.config, self._log, host, port, family)
+        await server._start(task_group)
+        self._server = server
+        return server
 
     async def _serve(self, transport: Transport) -> Server:
         task_group = self._group()

@@ -11,11 +11,13 @@ from __future__ import annotations
 __all__ = [
     "AddressInUseError",
     "AuthenticationError",
+    "ChildExitedError",
     "ClosedError",
     "ConfigError",
     "ConnectError",
     "ConnectionFailedError",
     "ConnectionLostError",
+    "DatagramTooLargeError",
     "DecodeError",
     "EncodeError",
     "FrameTooLargeError",
@@ -27,9 +29,11 @@ __all__ = [
     "RemoteError",
     "RequestTimeoutError",
     "ReservedEventError",
+    "RestartIntensityError",
     "ServerBusyError",
     "SocketPathError",
     "SocketPathTooLongError",
+    "SpawnError",
     "TLSError",
     "UnknownPeerError",
 ]
@@ -99,6 +103,21 @@ class ConnectionLostError(ConnectError, ConnectionError):
     """
 
 
+class ChildExitedError(ConnectionLostError):
+    """A supervised child's process ended before it answered (or before it was ready).
+
+    Attributes:
+        child_id: the child's id.
+        exitcode: its exit code; negative when a signal killed it (``-9``: SIGKILL); ``None``
+            when unknown.
+    """
+
+    def __init__(self, message: str, child_id: str, exitcode: int | None) -> None:
+        super().__init__(message)
+        self.child_id = child_id
+        self.exitcode = exitcode
+
+
 class ClosedError(IPCError):
     """The actor, server or connection was closed; nothing more can be sent through it."""
 
@@ -158,6 +177,11 @@ class EncodeError(IPCError, TypeError):
     """The data given to ``emit``/``request`` cannot be encoded as msgpack. Nothing was sent."""
 
 
+class DatagramTooLargeError(IPCError, ValueError):
+    """A UDP datagram would exceed what IP carries (65,507 bytes over IPv4, 65,527 over IPv6)
+    or ``max_frame_size``. Nothing was sent."""
+
+
 class ReservedEventError(IPCError, ValueError):
     """The event name is reserved for local lifecycle events or for ipcactors itself."""
 
@@ -193,3 +217,36 @@ class RemoteError(IPCError):
 
 class NoHandlerError(RemoteError):
     """The peer has no handler for the requested event."""
+
+
+# --- supervision ------------------------------------------------------------------------------
+
+
+class SpawnError(IPCError):
+    """A child process could not be started: its target cannot be imported by name in a fresh
+    process (a lambda, a closure, a function of an interactive session, ...), or it did not
+    connect back in time. Nothing was left running."""
+
+
+class RestartIntensityError(IPCError):
+    """A supervisor restarted its children more than ``max_restarts`` times within
+    ``max_seconds``; it stopped every child and gave up. In a child process this escalates: the
+    child exits abnormally and its own supervisor applies its strategy.
+
+    Attributes: ``child_id`` (whose exit was one too many), ``max_restarts``, ``max_seconds``,
+    ``exitcode`` (of that last exit; negative: killed by that signal).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        child_id: str,
+        max_restarts: int,
+        max_seconds: float,
+        exitcode: int | None,
+    ) -> None:
+        super().__init__(message)
+        self.child_id = child_id
+        self.max_restarts = max_restarts
+        self.max_seconds = max_seconds
+        self.exitcode = exitcode

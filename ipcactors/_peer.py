@@ -17,10 +17,10 @@ from ._errors import RequestTimeoutError, ReservedEventError
 from ._handlers import Handlers
 from ._log import ActorLog
 from ._outbox import Outbox
-from ._protocol import Event, FrameEncoder, Request, is_reserved
+from ._protocol import Event, Frame, FrameEncoder, Request, is_reserved
 from ._requests import NO_HANDLER, Requests
 
-__all__ = ["Peer", "check_event_name"]
+__all__ = ["Peer", "answer", "check_event_name"]
 
 
 def check_event_name(event: str) -> None:
@@ -101,22 +101,26 @@ class Peer:
         await self._handlers.call(message.event, self._handler_args(message.data), self._log)
 
     async def _answer(self, message: Request) -> None:
-        encoder = self._encoder
-        if not self._handlers.get(message.event):
-            frame = encoder.error_reply(
-                message.id, NO_HANDLER, f"no handler for {message.event!r}", ""
-            )
-        else:
-            try:
-                result = await self._handlers.answer(
-                    message.event, self._handler_args(message.data), self._log
-                )
-                frame = encoder.reply(message.id, result)
-            except Exception as exc:
-                frame = encoder.error_reply(
-                    message.id, _type_name(exc), str(exc), traceback.format_exc()
-                )
+        args = self._handler_args(message.data)
+        frame = await answer(self._handlers, message, args, self._encoder, self._log)
         try:
             await self._outbox.put(frame)
         except Exception as exc:  # closed: the requester learns of the lost connection itself
             self._log.debug(f"reply to {message.event!r} not sent: {exc}")
+
+
+async def answer(
+    handlers: Handlers,
+    message: Request,
+    args: tuple[Any, ...],
+    encoder: FrameEncoder,
+    log: ActorLog,
+) -> Frame:
+    """Run the handlers of a request; return the reply (or error reply) frame."""
+    if not handlers.get(message.event):
+        return encoder.error_reply(message.id, NO_HANDLER, f"no handler for {message.event!r}", "")
+    try:
+        result = await handlers.answer(message.event, args, log)
+        return encoder.reply(message.id, result)
+    except Exception as exc:
+        return encoder.error_reply(message.id, _type_name(exc), str(exc), traceback.format_exc())

@@ -14,6 +14,7 @@ docs/protocol.md describes the same format for implementers in other languages.
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
@@ -234,6 +235,17 @@ def _check_value(value: Any, budget: int, limits: Limits) -> None:
                 _check_value(item, budget - 1, limits)
 
 
+def encode_default(obj: Any) -> Any:
+    """The packer's ``default`` hook: numpy arrays become the numpy extension type (see
+    ``_numpy``). numpy is never imported here: an array can only exist if it already is."""
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(obj, numpy.ndarray | numpy.generic):
+        from ._numpy import encode_numpy
+
+        return encode_numpy(obj)
+    raise TypeError(f"can not serialize {type(obj).__name__!r} object")
+
+
 class FrameEncoder:
     """Turns messages into frames. One per connection (it reuses one msgpack ``Packer``).
 
@@ -247,7 +259,10 @@ class FrameEncoder:
         self._limits = limits
         self._limit = limits.max_frame_size
         self._data_budget = limits.max_depth - 1  # the envelope is the first level
-        self._packer = msgpack.Packer(use_bin_type=True, datetime=False, default=default)
+        # numpy arrays are encoded by `encode_default` (when no other hook is given).
+        self._packer = msgpack.Packer(
+            use_bin_type=True, datetime=False, default=default or encode_default
+        )
 
     def _frame(self, body_items: list[Any], data: Any = None) -> Frame:
         if type(data) not in _SCALARS:
@@ -309,6 +324,23 @@ def frame_size(frame: Frame) -> int:
 
 def _reject_ext(code: int, data: bytes) -> Any:
     raise DecodeError(f"unknown msgpack extension type {code}")
+
+
+# The extension type code of numpy arrays (``_numpy.NUMPY_EXT_CODE``; kept here so that decoding
+# anything else never imports numpy).
+NUMPY_EXT_CODE: Final = 78
+
+
+def decode_ext(code: int, data: bytes) -> Any:
+    """The unpacker's ``ext_hook``: numpy arrays (when numpy is installed); every other
+    extension type is refused."""
+    if code != NUMPY_EXT_CODE:
+        _reject_ext(code, data)
+    try:
+        from ._numpy import decode_array
+    except ImportError:
+        raise DecodeError("a numpy array arrived but numpy is not installed here") from None
+    return decode_array(data)
 
 
 def _within_depth(value: Any, budget: int) -> bool:
@@ -413,7 +445,7 @@ class FrameDecoder:
             "use_list": True,
             "max_array_len": limits.max_container_len,
             "max_map_len": limits.max_container_len,
-            "ext_hook": _reject_ext,
+            "ext_hook": decode_ext,
         }
 
     def handshake_done(self) -> None:
@@ -473,6 +505,14 @@ class FrameDecoder:
         if offset:
             del buffer[:offset]  # O(1) at the front of a bytearray
         return messages
+
+    def decode_datagram(self, body: bytes) -> Message:
+        """Decode one whole body (a UDP datagram carries exactly one, without a header).
+        Stateless: an error here does not break the decoder."""
+        if len(body) > self._limits.max_frame_size:
+            raise FrameTooLargeError(len(body), self._limits.max_frame_size)
+        with memoryview(body) as view:
+            return self._decode(view, len(body))
 
     def _decode(self, body: memoryview, size: int) -> Message:
         try:

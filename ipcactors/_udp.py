@@ -1,0 +1,312 @@
+"""UDP: a server on a port, peers known by address, one datagram per message.
+
+UDP has no connections, no handshake and no delivery guarantee: a datagram is one msgpack body
+(no length prefix), events may be lost or reordered by the network, and a request may time out.
+
+Invariants:
+- A datagram too large to send is a :class:`DatagramTooLargeError` before anything is sent, on
+  every backend (anyio's asyncio backend would drop it silently, trio would raise late).
+- An inbound datagram that is malformed, oversized, or from a peer beyond the table's bound is
+  dropped and counted (see :meth:`DatagramServer.statistics`), never half decoded.
+- The peer table is bounded by ``max_connections``; a peer not heard from for ``PEER_TTL``
+  seconds is forgotten (and no longer reached by ``broadcast``).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Literal, TypeVar, overload
+
+import anyio
+from anyio.abc import SocketAttribute, TaskGroup, TaskStatus, UDPSocket
+
+from ._config import Config
+from ._errors import DatagramTooLargeError, IPCError, ProtocolError, RequestTimeoutError
+from ._handlers import Handler, Handlers
+from ._log import ActorLog
+from ._peer import answer, check_event_name
+from ._protocol import (
+    HEADER_SIZE,
+    ErrorReply,
+    Event,
+    Frame,
+    FrameDecoder,
+    FrameEncoder,
+    Reply,
+    Request,
+    is_reserved,
+)
+from ._requests import Requests
+
+__all__ = ["DatagramPeer", "DatagramServer", "DatagramStatistics"]
+
+H = TypeVar("H", bound=Handler)
+
+PEER_TTL = 60.0  # seconds a peer stays in the table (and in broadcasts) after its last datagram
+MAX_DATAGRAM = {socket.AF_INET: 65_507, socket.AF_INET6: 65_527}  # the IP limits minus headers
+
+PeerAddress = tuple[str, int]
+
+
+@dataclass
+class DatagramStatistics:
+    """Counters of a UDP server, since it started."""
+
+    received: int = 0
+    sent: int = 0
+    dropped_malformed: int = 0
+    dropped_oversized: int = 0
+    dropped_peer_table_full: int = 0
+
+
+class DatagramPeer:
+    """A UDP peer as handlers see it: its address, and a way to answer it."""
+
+    __slots__ = ("_server", "address", "last_seen")
+
+    def __init__(self, server: DatagramServer, address: PeerAddress, now: float) -> None:
+        self._server = server
+        self.address = address
+        self.last_seen = now
+
+    def __repr__(self) -> str:
+        return f"<DatagramPeer {self.address[0]}:{self.address[1]}>"
+
+    async def emit(self, event: str, data: Any = None) -> None:
+        await self._server.emit(self.address, event, data)
+
+    async def request(self, event: str, data: Any = None, *, timeout: float | None = None) -> Any:
+        return await self._server.request(self.address, event, data, timeout=timeout)
+
+
+class DatagramServer:
+    """A UDP server made by ``Actor.serve_net(host, port, udp="udp4" | "udp6")``.
+
+    Handlers are called as ``handler(data, peer)``; ``emit(peer_or_address, ...)`` sends one
+    datagram; ``broadcast`` reaches the peers heard from within ``PEER_TTL`` seconds.
+    """
+
+    def __init__(
+        self,
+        actor_id: str,
+        config: Config,
+        log: ActorLog,
+        host: str,
+        port: int,
+        family: Literal[socket.AddressFamily.AF_INET, socket.AddressFamily.AF_INET6],
+    ) -> None:
+        self._id = actor_id
+        self._config = config
+        self._log = log
+        self._host = host
+        self._port = port
+        self._family = family
+        self._max_datagram = min(MAX_DATAGRAM[family], config.max_frame_size)
+        self._handlers = Handlers()
+        self._encoder = FrameEncoder(config.limits)
+        self._decoder = FrameDecoder(config.limits)
+        self._requests = Requests()
+        self._peers: OrderedDict[PeerAddress, DatagramPeer] = OrderedDict()
+        self._socket: UDPSocket | None = None
+        self._stats = DatagramStatistics()
+        self._scope = anyio.CancelScope()
+        self._stopped = anyio.Event()
+
+    def __repr__(self) -> str:
+        return f"<DatagramServer {self._id!r} udp {self.address!r}>"
+
+    @property
+    def address(self) -> PeerAddress:
+        """``(host, port)`` this server is bound to."""
+        if self._socket is not None:
+            local = self._socket.extra(SocketAttribute.local_address)
+            return (str(local[0]), int(local[1]))
+        return (self._host, self._port)
+
+    @property
+    def clients(self) -> Mapping[PeerAddress, DatagramPeer]:
+        """Peers heard from recently, by address (a live read-only view)."""
+        self._expire(anyio.current_time())
+        return MappingProxyType(self._peers)
+
+    def statistics(self) -> DatagramStatistics:
+        """A snapshot of this server's counters."""
+        return DatagramStatistics(**vars(self._stats))
+
+    # --- handlers -----------------------------------------------------------------------------
+
+    @overload
+    def on(self, event: str, handler: None = None) -> Callable[[H], H]: ...
+
+    @overload
+    def on(self, event: str, handler: H) -> H: ...
+
+    def on(self, event: str, handler: H | None = None) -> H | Callable[[H], H]:
+        """Register ``handler(data, peer)`` for ``event`` (or use as a decorator)."""
+        return self._handlers.on(event, handler)
+
+    def off(self, event: str, handler: Handler | None = None) -> None:
+        """Remove ``handler`` from ``event``, or all of its handlers when ``None``."""
+        self._handlers.off(event, handler)
+
+    # --- sending ------------------------------------------------------------------------------
+
+    def _target(self, peer: DatagramPeer | PeerAddress) -> PeerAddress:
+        if isinstance(peer, DatagramPeer):
+            return peer.address
+        if (
+            not isinstance(peer, tuple)
+            or len(peer) != 2
+            or not isinstance(peer[0], str)
+            or not isinstance(peer[1], int)
+        ):
+            raise IPCError(f"a UDP peer is a (host, port) tuple or a DatagramPeer, got {peer!r}")
+        return peer
+
+    async def _send(self, frame: Frame, address: PeerAddress) -> None:
+        body = frame[HEADER_SIZE:] if isinstance(frame, bytes) else frame[1]
+        if len(body) > self._max_datagram:
+            raise DatagramTooLargeError(
+                f"a datagram of {len(body)} bytes exceeds the limit of {self._max_datagram}; "
+                "send less per event, or use a stream transport"
+            )
+        if self._socket is None:
+            raise IPCError("the UDP server is not running")
+        await self._socket.sendto(body, *address)
+        self._stats.sent += 1
+
+    async def emit(self, peer: DatagramPeer | PeerAddress, event: str, data: Any = None) -> None:
+        """Send ``event`` to ``peer`` (a handle or ``(host, port)``) in one datagram."""
+        check_event_name(event)
+        await self._send(self._encoder.event(event, data), self._target(peer))
+
+    async def request(
+        self,
+        peer: DatagramPeer | PeerAddress,
+        event: str,
+        data: Any = None,
+        *,
+        timeout: float | None = None,
+    ) -> Any:
+        """Ask ``peer`` (a UDP server) and return its answer; a lost datagram means a
+        :class:`RequestTimeoutError`."""
+        check_event_name(event)
+        address = self._target(peer)
+        timeout = self._config.request_timeout if timeout is None else timeout
+        request_id, pending = self._requests.open(event)
+        try:
+            frame = self._encoder.request(event, data, request_id)
+            with anyio.move_on_after(timeout):
+                await self._send(frame, address)
+                await pending.done.wait()
+        finally:
+            self._requests.discard(request_id)
+        if pending.error is not None:
+            raise pending.error
+        if not pending.done.is_set():
+            raise RequestTimeoutError(f"no reply to {event!r} from {address} within {timeout} s")
+        return pending.result
+
+    async def broadcast(self, event: str, data: Any = None) -> None:
+        """Send ``event`` to every peer heard from within ``PEER_TTL`` seconds."""
+        check_event_name(event)
+        frame = self._encoder.event(event, data)
+        self._expire(anyio.current_time())
+        for address in list(self._peers):
+            await self._send(frame, address)
+
+    # --- serving ------------------------------------------------------------------------------
+
+    async def _start(self, task_group: TaskGroup) -> None:
+        self._socket = await anyio.create_udp_socket(
+            family=self._family, local_host=self._host, local_port=self._port
+        )
+        await task_group.start(self._serve)
+        self._log.info(f"serving on udp {self.address}")
+
+    async def _serve(self, *, task_status: TaskStatus[None]) -> None:
+        assert self._socket is not None
+        try:
+            with self._scope:
+                async with anyio.create_task_group() as task_group:
+                    task_status.started()
+                    await self._receive_loop(self._socket, task_group)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._socket.aclose()
+            self._stopped.set()
+
+    async def _receive_loop(self, sock: UDPSocket, task_group: TaskGroup) -> None:
+        while True:
+            try:
+                data, address = await sock.receive()
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                return
+            except OSError as exc:  # e.g. ICMP port unreachable reported on a later receive
+                self._log.debug(f"udp receive error: {exc}")
+                continue
+            self._stats.received += 1
+            peer = self._remember((address[0], address[1]))
+            if peer is None:
+                self._stats.dropped_peer_table_full += 1
+                continue
+            if len(data) > self._max_datagram:
+                self._stats.dropped_oversized += 1
+                continue
+            try:
+                message = self._decoder.decode_datagram(data)
+            except ProtocolError as exc:
+                self._stats.dropped_malformed += 1
+                self._log.trace(f"dropped a malformed datagram from {address}: {exc}")
+                continue
+            if type(message) is Event and not is_reserved(message.event):
+                await self._handlers.call(message.event, (message.data, peer), self._log)
+            elif type(message) is Request and not is_reserved(message.event):
+                task_group.start_soon(self._answer, message, peer)
+            elif type(message) is Reply:
+                self._requests.resolve(message)
+            elif type(message) is ErrorReply:
+                self._requests.reject(message)
+            else:
+                self._stats.dropped_malformed += 1
+
+    def _remember(self, address: PeerAddress) -> DatagramPeer | None:
+        now = anyio.current_time()
+        peer = self._peers.get(address)
+        if peer is not None:
+            peer.last_seen = now
+            self._peers.move_to_end(address)
+            return peer
+        if len(self._peers) >= self._config.max_connections:
+            self._expire(now)
+            if len(self._peers) >= self._config.max_connections:
+                return None
+        peer = self._peers[address] = DatagramPeer(self, address, now)
+        return peer
+
+    def _expire(self, now: float) -> None:
+        while self._peers:
+            address, oldest = next(iter(self._peers.items()))
+            if now - oldest.last_seen < PEER_TTL:
+                return
+            del self._peers[address]
+
+    async def _answer(self, message: Request, peer: DatagramPeer) -> None:
+        frame = await answer(
+            self._handlers, message, (message.data, peer), self._encoder, self._log
+        )
+        try:
+            await self._send(frame, peer.address)
+        except (IPCError, OSError) as exc:
+            self._log.warning(f"reply to {message.event!r} for {peer.address} not sent: {exc}")
+
+    async def aclose(self) -> None:
+        """Stop receiving and close the socket."""
+        self._scope.cancel()
+        if self._socket is not None:
+            await self._stopped.wait()
+            self._log.info("server closed")

@@ -1,0 +1,171 @@
+"""UDP: datagrams between actors, size limits, hostile datagrams, the bounded peer table."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from typing import Any
+
+import anyio
+import msgpack
+import pytest
+
+import ipcactors
+from ipcactors import Actor
+
+pytestmark = pytest.mark.anyio
+
+EXAMPLE = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "udp_hello.py")
+
+
+@pytest.mark.parametrize(("kind", "host"), [("udp4", "127.0.0.1"), ("udp6", "::1")])
+async def test_message_and_reply(kind: str, host: str) -> None:
+    async with Actor("world", silent=True) as world_actor, Actor("hello", silent=True) as hello_a:
+        world = await world_actor.serve_net(host, 0, udp=kind)  # type: ignore[call-overload]
+        hello = await hello_a.serve_net(host, 0, udp=kind)  # type: ignore[call-overload]
+
+        @world.on("message")
+        async def on_message(data: str, peer: ipcactors.DatagramPeer) -> None:
+            await peer.emit("message", data + " world!")
+
+        replies: list[Any] = []
+        hello.on("message", lambda data, peer: replies.append((data, peer.address)))
+        await hello.emit(world.address, "message", "hello")
+        with anyio.fail_after(5):
+            while not replies:
+                await anyio.sleep(0.01)
+        assert replies == [("hello world!", world.address)]
+        assert list(world.clients) == [hello.address]
+
+
+async def test_requests_over_udp() -> None:
+    async with Actor("world", silent=True) as world_actor, Actor("hello", silent=True) as hello_a:
+        world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        hello = await hello_a.serve_net("127.0.0.1", 0, udp="udp4")
+        world.on("add", lambda numbers, peer: sum(numbers))
+
+        @world.on("fail")
+        def fail(data: Any, peer: ipcactors.DatagramPeer) -> None:
+            raise KeyError("missing")
+
+        with anyio.fail_after(5):
+            assert await hello.request(world.address, "add", [1, 2]) == 3
+            with pytest.raises(ipcactors.RemoteError, match="KeyError"):
+                await hello.request(world.address, "fail")
+            with pytest.raises(ipcactors.NoHandlerError):
+                await hello.request(world.address, "nobody")
+        # Nobody listens there: the request times out, it does not hang.
+        spare = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        spare.bind(("127.0.0.1", 0))
+        try:
+            with anyio.fail_after(5), pytest.raises(ipcactors.RequestTimeoutError):
+                await hello.request(spare.getsockname(), "add", [1], timeout=0.2)
+        finally:
+            spare.close()
+
+
+@pytest.mark.parametrize(
+    ("kind", "host", "limit"), [("udp4", "127.0.0.1", 65507), ("udp6", "::1", 65527)]
+)
+async def test_datagram_too_large_is_an_error(kind: str, host: str, limit: int) -> None:
+    async with Actor("world", silent=True) as world_actor, Actor("hello", silent=True) as hello_a:
+        world = await world_actor.serve_net(host, 0, udp=kind)  # type: ignore[call-overload]
+        hello = await hello_a.serve_net(host, 0, udp=kind)  # type: ignore[call-overload]
+        sizes: list[int] = []
+        world.on("blob", lambda data, peer: sizes.append(len(data)))
+        with pytest.raises(ipcactors.DatagramTooLargeError):
+            await hello.emit(world.address, "blob", b"x" * limit)
+        # The largest datagram that fits is sent and arrives.
+        overhead = len(msgpack.packb([0, "blob", b""], use_bin_type=True)) + 2
+        await hello.emit(world.address, "blob", b"x" * (limit - overhead))
+        with anyio.fail_after(5):
+            while not sizes:
+                await anyio.sleep(0.01)
+        assert sizes == [limit - overhead]
+
+
+async def test_malformed_datagrams_are_dropped_and_counted() -> None:
+    async with Actor("world", silent=True) as world_actor:
+        world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        world.on("echo", lambda data, peer: data)
+        got: list[Any] = []
+        world.on("ok", lambda data, peer: got.append(data))
+        raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            bad = [
+                os.urandom(100),
+                b"\xc1",
+                msgpack.packb([0, "connect", None]),  # a reserved name
+                msgpack.packb([0, "x", "y"])[:-1],  # truncated
+                b"\x91" * 2000 + b"\xc0",  # nesting deeper than 64
+                msgpack.packb([99, "x", 1]),  # unknown kind
+            ]
+            for datagram in bad:
+                raw.sendto(datagram, world.address)
+            raw.sendto(msgpack.packb([0, "ok", 1]), world.address)
+            with anyio.fail_after(5):
+                while not got:
+                    await anyio.sleep(0.01)
+        finally:
+            raw.close()
+        stats = world.statistics()
+        assert got == [1]
+        assert stats.dropped_malformed == len(bad)
+        assert stats.received == len(bad) + 1
+
+
+async def test_peer_table_is_bounded() -> None:
+    async with Actor("world", silent=True, max_connections=2) as world_actor:
+        world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        got: list[int] = []
+        world.on("n", lambda data, peer: got.append(data))
+        peers = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+        try:
+            for i, peer in enumerate(peers):
+                peer.sendto(msgpack.packb([0, "n", i]), world.address)
+                with anyio.fail_after(5):
+                    while world.statistics().received < i + 1:
+                        await anyio.sleep(0.01)
+        finally:
+            for peer in peers:
+                peer.close()
+        assert got == [0, 1]
+        assert len(world.clients) == 2
+        assert world.statistics().dropped_peer_table_full == 1
+
+
+async def test_broadcast_reaches_recent_peers() -> None:
+    async with Actor("world", silent=True) as world_actor:
+        world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        world.on("hi", lambda data, peer: None)
+        peers = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+        try:
+            for peer in peers:
+                peer.settimeout(5)
+                peer.sendto(msgpack.packb([0, "hi", None]), world.address)
+            with anyio.fail_after(5):
+                while len(world.clients) < 3:
+                    await anyio.sleep(0.01)
+            await world.broadcast("news", {"n": 1})
+            for peer in peers:
+                data = await anyio.to_thread.run_sync(peer.recv, 65536)
+                assert msgpack.unpackb(data) == [0, "news", {"n": 1}]
+        finally:
+            for peer in peers:
+                peer.close()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_udp_example(backend: str) -> None:
+    result = subprocess.run(
+        [sys.executable, EXAMPLE, "--backend", backend],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "[world] got a message from hello: 'Hello'" in result.stderr
+    assert "[hello] got a message from world: 'Hello world!'" in result.stderr
+    assert "[hello] world says 1 + 2 = 3" in result.stderr
