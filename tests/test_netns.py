@@ -62,11 +62,10 @@ def test_tcp_tls_and_udp_between_two_hosts(
     cert.cert_chain_pems[0].write_to_path(cert_file)
     cert.private_key_pem.write_to_path(key_file)
     ca.cert_pem.write_to_path(ca_file)
+    in_server_ns = ["ip", "netns", "exec", server_ns, sys.executable, PEER]
     server = subprocess.Popen(
-        ["ip", "netns", "exec", server_ns, sys.executable, PEER, "server", SERVER_IP, cert_file, key_file],
-        stdout=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+        [*in_server_ns, "server", SERVER_IP, cert_file, key_file], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert server.stdout is not None
         assert server.stdout.readline().strip() == "READY"
