@@ -1,0 +1,479 @@
+"""Turning the cells' raw reports into figures, ratios, targets, tables, JSON and a chart."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+# --- what is measured --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Impl:
+    key: str
+    label: str
+    family: str  # "ipc", "raw" or "node"
+    backend: str | None  # "asyncio", "uvloop", "trio" (None for node)
+
+
+IMPLS = [
+    Impl("ipc-asyncio", "ipcactors asyncio", "ipc", "asyncio"),
+    Impl("ipc-uvloop", "ipcactors uvloop", "ipc", "uvloop"),
+    Impl("ipc-trio", "ipcactors trio", "ipc", "trio"),
+    Impl("raw-asyncio", "raw anyio asyncio", "raw", "asyncio"),
+    Impl("raw-uvloop", "raw anyio uvloop", "raw", "uvloop"),
+    Impl("raw-trio", "raw anyio trio", "raw", "trio"),
+    Impl("node", "node-ipc 9.2.1", "node", None),
+]
+IMPL_BY_KEY = {impl.key: impl for impl in IMPLS}
+IPC_IMPLS = [impl for impl in IMPLS if impl.family == "ipc"]
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str  # also the --only token ("w2" selects "w2" and "w2x100")
+    label: str
+    unit: str
+    higher_is_better: bool
+    transports: tuple[str, ...] = ("unix", "tcp")
+    families: tuple[str, ...] = ("ipc", "raw", "node")
+    pinned: bool = False  # client and server on one CPU (latency is bimodal otherwise)
+
+
+ROWS = [
+    Row("w1", "W1 ping-pong round trip", "µs", False, pinned=True),
+    Row("w2", "W2 small events, one emit each", "ev/s", True),
+    Row("w2x100", "W2 raw anyio: 100 frames per write", "ev/s", True, families=("raw",)),
+    Row("w3", "W3 1 MiB payloads", "MB/s", True),
+    Row("w4", "W4 broadcast to 8 processes", "ev/s", True),
+    Row("w5", "W5 connect + first reply", "µs", False, pinned=True),
+    Row("w6", "W6 spawn-to-ready", "ms", False, transports=("unix",)),
+    Row("mem-idle", "Memory per idle connection", "KiB", False, transports=("unix",)),
+    Row("mem-slow", "Memory growth, slow consumer", "MiB", False, transports=("unix",)),
+]
+ROW_BY_KEY = {row.key: row for row in ROWS}
+
+
+def applies(row: Row, impl: Impl) -> bool:
+    if impl.family not in row.families:
+        return False
+    # W6's floor is one fresh interpreter: its backend hardly matters, so asyncio only.
+    return not (row.key == "w6" and impl.family == "raw" and impl.backend != "asyncio")
+
+
+# --- figures from raw reports ------------------------------------------------------------------
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(fraction * len(ordered)))
+    return ordered[rank - 1]
+
+
+def summarize(row: Row, report: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """The figure of one cell (``value`` in ``row.unit``) from its role's report."""
+    rounds = report.get("rounds") or []
+    if row.key in ("w1", "w5"):
+        per_round = [r["samples_us"] for r in rounds if r["samples_us"]]
+        pooled = [s for samples in per_round for s in samples]
+        return {
+            "value": statistics.median(statistics.median(s) for s in per_round),
+            "p99": percentile(pooled, 0.99),
+            "samples": len(pooled),
+            "round_values": [statistics.median(s) for s in per_round],
+        }
+    if row.key == "w6":
+        pooled = [s for r in rounds for s in r["samples_ms"]]
+        return {"value": statistics.median(pooled), "samples": len(pooled), "round_values": pooled}
+    if row.key in ("w2", "w2x100", "w3", "w4"):
+        scale = params["w3_payload_bytes"] / 1e6 if row.key == "w3" else 1.0
+        rates = [r["count"] * scale / r["seconds"] for r in rounds]
+        figure: dict[str, Any] = {"value": statistics.median(rates), "round_values": rates}
+        lost = sum(r.get("sent", r["count"]) - r["count"] for r in rounds)
+        if lost:
+            figure["note"] = f"{lost} events not delivered"
+        return figure
+    if row.key == "mem-idle":
+        per_connection = (report["after"] - report["before"]) / report["connections"] / 1024
+        return {
+            "value": per_connection,
+            "connections": report["connections"],
+            "rss_before": report["before"],
+            "rss_after": report["after"],
+        }
+    if row.key == "mem-slow":
+        return {
+            "value": report["growth"] / 2**20,
+            "attempted_mib": report["attempted"] / 2**20,
+            "bound_mib": report["bound"] / 2**20 if report.get("bound") else None,
+            "rss_baseline": report["baseline"],
+            "rss_peak": report["peak"],
+        }
+    raise ValueError(row.key)
+
+
+# --- ratios and targets ------------------------------------------------------------------------
+
+
+def _value(cells: dict[tuple[str, str, str], dict[str, Any]], row: str, tr: str, impl: str) -> Any:
+    cell = cells.get((row, tr, impl))
+    if cell is None or cell.get("status") != "ok":
+        return None
+    return cell["value"]
+
+
+def _index(cells: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    return {(c["row"], c["transport"], c["impl"]): c for c in cells}
+
+
+def ratios(cell_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """ipcactors ÷ anchor, for every row, transport, anchor and backend measured."""
+    cells = _index(cell_list)
+    out = []
+    for row in ROWS:
+        if "ipc" not in row.families:
+            continue
+        for transport in row.transports:
+            anchors = [("raw anyio", row.key, "raw")]
+            if row.key == "w2":
+                anchors.append(("raw anyio ×100/write", "w2x100", "raw"))
+            anchors.append(("node-ipc", row.key, "node"))
+            for anchor_label, anchor_row, family in anchors:
+                line: dict[str, Any] = {
+                    "row": row.key,
+                    "transport": transport,
+                    "anchor": anchor_label,
+                    "values": {},
+                }
+                for impl in IPC_IMPLS:
+                    mine = _value(cells, row.key, transport, impl.key)
+                    if family == "node":
+                        anchor_key = "node"
+                    elif row.key == "w6":
+                        anchor_key = "raw-asyncio"
+                    else:
+                        anchor_key = f"raw-{impl.backend}"
+                    theirs = _value(cells, anchor_row, transport, anchor_key)
+                    if mine is not None and theirs:
+                        line["values"][impl.key] = mine / theirs
+                if line["values"]:
+                    out.append(line)
+    return out
+
+
+@dataclass(frozen=True)
+class Target:
+    text: str
+    row: str
+    transport: str
+    impl: str
+    anchor: str | None  # impl key of the anchor, or None for an absolute bound
+    op: str  # "<=" or ">="
+    bound: float
+    anchor_row: str | None = None
+    p99: bool = False  # compare the cell's p99 with its own median
+
+
+def targets_for(bound_mib: float | None) -> list[Target]:
+    t: list[Target] = []
+    for tr in ("unix", "tcp"):
+        t += [
+            Target(
+                "W1 asyncio round trip ≤ 0.6× raw anyio",
+                "w1",
+                tr,
+                "ipc-asyncio",
+                "raw-asyncio",
+                "<=",
+                0.6,
+            ),
+            Target(
+                "W1 uvloop round trip ≤ 1.0× node-ipc", "w1", tr, "ipc-uvloop", "node", "<=", 1.0
+            ),
+            Target(
+                "W1 trio round trip ≤ 1.0× raw anyio trio",
+                "w1",
+                tr,
+                "ipc-trio",
+                "raw-trio",
+                "<=",
+                1.0,
+            ),
+        ]
+        for impl in IPC_IMPLS:
+            t.append(
+                Target(
+                    f"W1 {impl.backend} p99 ≤ 2.5× median",
+                    "w1",
+                    tr,
+                    impl.key,
+                    None,
+                    "<=",
+                    2.5,
+                    p99=True,
+                )
+            )
+    for tr, factor in (("unix", 4.0), ("tcp", 8.0)):
+        t.append(
+            Target(
+                f"W2 asyncio ≥ {factor:g}× node-ipc", "w2", tr, "ipc-asyncio", "node", ">=", factor
+            )
+        )
+    for tr in ("unix", "tcp"):
+        t += [
+            Target(
+                "W2 asyncio ≥ 0.9× raw anyio ×100/write",
+                "w2",
+                tr,
+                "ipc-asyncio",
+                "raw-asyncio",
+                ">=",
+                0.9,
+                anchor_row="w2x100",
+            ),
+            Target("W3 asyncio ≥ 8× node-ipc", "w3", tr, "ipc-asyncio", "node", ">=", 8.0),
+            Target(
+                "W3 asyncio ≥ 1.0× raw anyio", "w3", tr, "ipc-asyncio", "raw-asyncio", ">=", 1.0
+            ),
+            Target(
+                "W3 asyncio ≥ 1.5× raw anyio (stretch)",
+                "w3",
+                tr,
+                "ipc-asyncio",
+                "raw-asyncio",
+                ">=",
+                1.5,
+            ),
+            Target("W4 asyncio ≥ 2× node-ipc", "w4", tr, "ipc-asyncio", "node", ">=", 2.0),
+        ]
+    t += [
+        Target(
+            "W5 asyncio ≤ 1/1.2× node-ipc (≥ 1.2× faster)",
+            "w5",
+            "unix",
+            "ipc-asyncio",
+            "node",
+            "<=",
+            1 / 1.2,
+        ),
+        Target("W5 asyncio ≤ 1.0× node-ipc", "w5", "tcp", "ipc-asyncio", "node", "<=", 1.0),
+        Target("W6 asyncio spawn-to-ready ≤ 20 ms", "w6", "unix", "ipc-asyncio", None, "<=", 20),
+        Target(
+            "Memory ≤ 64 KiB per idle connection", "mem-idle", "unix", "ipc-asyncio", None, "<=", 64
+        ),
+    ]
+    if bound_mib is not None:
+        t.append(
+            Target(
+                f"Slow consumer: RSS growth ≤ outbox bound ({bound_mib:g} MiB) + 25%",
+                "mem-slow",
+                "unix",
+                "ipc-asyncio",
+                None,
+                "<=",
+                bound_mib * 1.25,
+            )
+        )
+    order = {row.key: index for index, row in enumerate(ROWS)}
+    return sorted(t, key=lambda x: (order[x.row], x.transport != "unix"))
+
+
+def evaluate_targets(cell_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    cells = _index(cell_list)
+    slow = cells.get(("mem-slow", "unix", "ipc-asyncio"))
+    bound = slow.get("bound_mib") if slow and slow.get("status") == "ok" else None
+    out = []
+    for target in targets_for(bound if bound is not None else 8.0):
+        mine = cells.get((target.row, target.transport, target.impl))
+        measured: float | None = None
+        why = None
+        anchor_key = (target.anchor_row or target.row, target.transport, target.anchor)
+        if mine is None or (target.anchor is not None and anchor_key not in cells):
+            continue  # not selected in this run
+        if mine.get("status") != "ok":
+            why = mine.get("reason") or mine.get("status")
+        elif target.p99:
+            measured = mine["p99"] / mine["value"]
+        elif target.anchor is None:
+            measured = mine["value"]
+        else:
+            theirs = _value(cells, target.anchor_row or target.row, target.transport, target.anchor)
+            if theirs:
+                measured = mine["value"] / theirs
+            else:
+                why = "anchor not measured"
+        met = None
+        if measured is not None:
+            met = measured <= target.bound if target.op == "<=" else measured >= target.bound
+        out.append(
+            {
+                "target": target.text,
+                "transport": target.transport,
+                "measured": measured,
+                "bound": target.bound,
+                "op": target.op,
+                "kind": "ratio" if target.anchor or target.p99 else ROW_BY_KEY[target.row].unit,
+                "met": met,
+                "note": why,
+            }
+        )
+    return out
+
+
+# --- formatting -------------------------------------------------------------------------------
+
+
+def fmt_value(value: float | None, unit: str) -> str:
+    if value is None:
+        return "—"
+    if unit == "ev/s":
+        return f"{value / 1000:.1f}k" if value < 1e6 else f"{value / 1e6:.2f}M"
+    if value >= 100:
+        return f"{value:.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def fmt_cell(cell: dict[str, Any] | None, row: Row) -> str:
+    if cell is None:
+        return ""
+    status = cell.get("status")
+    if status == "unavailable":
+        return "n/a"
+    if status != "ok":
+        return "ERROR"
+    text = fmt_value(cell["value"], row.unit)
+    if "p99" in cell:
+        text += f" / {fmt_value(cell['p99'], row.unit)}"
+    if cell.get("note"):
+        text += " !"
+    return text
+
+
+def _table(header: list[str], lines: list[list[str]]) -> str:
+    widths = [max([len(h), *(len(line[i]) for line in lines)]) for i, h in enumerate(header)]
+    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |"]
+    out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for line in lines:
+        cells = zip(line, widths, strict=True)
+        out.append("| " + " | ".join(c.ljust(w) for c, w in cells) + " |")
+    return "\n".join(out)
+
+
+def results_table(cell_list: list[dict[str, Any]], impls: list[Impl]) -> str:
+    cells = _index(cell_list)
+    header = ["workload", "unit", "transport", *(impl.label for impl in impls)]
+    lines = []
+    for row in ROWS:
+        for transport in row.transports:
+            values = [fmt_cell(cells.get((row.key, transport, i.key)), row) for i in impls]
+            if any(values):
+                unit = row.unit + (" (median / p99)" if row.key in ("w1", "w5") else "")
+                lines.append([row.label, unit, transport, *values])
+    return _table(header, lines) if lines else "(no results)"
+
+
+def ratio_table(ratio_list: list[dict[str, Any]], impls: list[Impl]) -> str:
+    ipc = [impl for impl in impls if impl.family == "ipc"]
+    header = ["workload", "transport", "ipcactors ÷", *(impl.label for impl in ipc)]
+    lines = []
+    for line in ratio_list:
+        row = ROW_BY_KEY[line["row"]]
+        better = "higher" if row.higher_is_better else "lower"
+        values = [
+            f"{line['values'][impl.key]:.2f}×" if impl.key in line["values"] else "—"
+            for impl in ipc
+        ]
+        lines.append(
+            [f"{row.label} ({better} is better)", line["transport"], line["anchor"], *values]
+        )
+    return _table(header, lines) if lines else "(no ratios: an anchor or ipcactors is missing)"
+
+
+def target_table(target_list: list[dict[str, Any]]) -> str:
+    lines = []
+    for t in target_list:
+        if t["measured"] is None:
+            measured, verdict = t["note"] or "—", "not measured"
+        else:
+            suffix = "×" if t["kind"] == "ratio" else f" {t['kind']}"
+            measured = f"{t['measured']:.2f}{suffix}"
+            verdict = "met" if t["met"] else "MISSED"
+        lines.append([t["target"], t["transport"], measured, verdict])
+    if not lines:
+        return "(no target applies to the cells run)"
+    return _table(["target", "transport", "measured", "verdict"], lines)
+
+
+# --- chart ------------------------------------------------------------------------------------
+
+COLOURS = {"ipc": "#1f77b4", "raw": "#7f7f7f", "node": "#2ca02c"}
+
+
+def chart(cell_list: list[dict[str, Any]], path: str, title: str) -> str | None:
+    """Bar charts, one per workload and transport; returns why not, or None when written."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (make bench installs it)"
+    from matplotlib.ticker import FuncFormatter
+
+    cells = _index(cell_list)
+    panels = []
+    for row in ROWS:
+        if row.key == "w2x100":
+            continue  # drawn inside the W2 panels
+        for transport in row.transports:
+            bars = []
+            missing = []
+            for impl in IMPLS:
+                cell = cells.get((row.key, transport, impl.key))
+                if cell is not None and cell.get("status") == "ok":
+                    bars.append((impl.label, impl.family, cell["value"]))
+                elif cell is not None and impl.family == "ipc":
+                    missing.append(impl.label)
+            if row.key == "w2":
+                for impl in IMPLS:
+                    cell = cells.get(("w2x100", transport, impl.key))
+                    if cell is not None and cell.get("status") == "ok":
+                        bars.append((f"{impl.label} ×100/write", impl.family, cell["value"]))
+            if bars:
+                panels.append((row, transport, bars, missing))
+    if not panels:
+        return "no results to draw"
+    columns = 4
+    rows = math.ceil(len(panels) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 2.9 * rows), squeeze=False)
+    for axis in axes.flat[len(panels) :]:
+        axis.axis("off")
+    for axis, (row, transport, bars, missing) in zip(axes.flat, panels, strict=False):
+        values = [value for _, _, value in bars]
+        positions = list(range(len(bars)))
+        axis.barh(positions, values, color=[COLOURS[family] for _, family, _ in bars])
+        axis.set_yticks(positions, [label for label, _, _ in bars], fontsize=8)
+        axis.invert_yaxis()
+        better = "higher" if row.higher_is_better else "lower"
+        heading = f"{row.label} [{transport}]\n{row.unit}, {better} is better"
+        if missing:
+            heading += "\nnot measured: " + ", ".join(missing)
+        axis.set_title(heading, fontsize=9)
+        axis.tick_params(axis="x", labelsize=7)
+        axis.xaxis.set_major_formatter(FuncFormatter(lambda x, _, u=row.unit: fmt_value(x, u)))
+        top = max(values)
+        for position, value in zip(positions, values, strict=True):
+            label = fmt_value(value, row.unit)
+            axis.text(value + top * 0.01, position, label, va="center", fontsize=7)
+        axis.set_xlim(0, top * 1.25)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return None

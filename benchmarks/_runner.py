@@ -1,0 +1,565 @@
+"""The runner: plans the cells, runs each in fresh server and client processes, reports.
+
+Invariants:
+- Every child process is started through :class:`~benchmarks._procs.Child` and is killed and
+  reaped before the runner returns, whatever happened (error, Ctrl-C, SIGTERM).
+- Every wait is bounded: each role has a deadline it enforces itself (and SIGALRM behind it),
+  and the runner waits for each report at most that long plus a margin.
+- Only loopback: Unix sockets in a private temporary directory, TCP on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from . import _machine, _node, _report
+from ._procs import Child, ChildError, stop_all
+from ._report import IMPLS, ROW_BY_KEY, ROWS, Impl, Row
+from ._wire import rss_bytes
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+DEFAULT_RESULTS = os.path.join(HERE, "results")
+W4_CLIENTS = 8
+
+
+@dataclass
+class Params:
+    rounds: int  # measured rounds per cell (after one warm-up round)
+    latency_seconds: float  # W1: per round (at most max_iterations round trips)
+    max_iterations: int
+    warmup_iterations: int
+    stream_seconds: float  # W2, W3, W4: per round
+    warmup_seconds: float
+    w5_seconds: float
+    w5_max_iterations: int
+    w5_warmup_iterations: int
+    w6_rounds: int
+    idle_connections: int
+    slow_seconds: float
+    slow_cap_bytes: int
+    deadline: float  # seconds any one role may run
+    settle: float = 0.3
+    warm_connections: int = 16
+    w3_payload_bytes: int = 1 << 20
+    slow_chunk_bytes: int = 16 * 1024
+
+
+FULL = Params(
+    rounds=5,
+    latency_seconds=0.4,
+    max_iterations=20_000,
+    warmup_iterations=300,
+    stream_seconds=0.5,
+    warmup_seconds=0.2,
+    w5_seconds=0.4,
+    w5_max_iterations=300,
+    w5_warmup_iterations=10,
+    w6_rounds=5,
+    idle_connections=1000,
+    slow_seconds=2.0,
+    slow_cap_bytes=64 << 20,
+    deadline=90,
+)
+QUICK = Params(
+    rounds=2,
+    latency_seconds=0.1,
+    max_iterations=5_000,
+    warmup_iterations=50,
+    stream_seconds=0.1,
+    warmup_seconds=0.04,
+    w5_seconds=0.1,
+    w5_max_iterations=50,
+    w5_warmup_iterations=3,
+    w6_rounds=2,
+    idle_connections=200,
+    slow_seconds=0.5,
+    slow_cap_bytes=32 << 20,
+    deadline=40,
+    settle=0.2,
+)
+
+
+# --- one cell ---------------------------------------------------------------------------------
+
+
+class Group:
+    """The processes of one cell; leaving the block stops them (clients first)."""
+
+    def __init__(self) -> None:
+        self.children: list[Child] = []
+
+    def start(self, name: str, argv: list[str], cpus: set[int] | None = None) -> Child:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+        child = Child(name, argv, cpus=cpus, env=env, cwd=ROOT)
+        self.children.append(child)
+        return child
+
+    def __enter__(self) -> Group:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for child in reversed(self.children):
+            child.stop(grace=1.0)
+
+
+class Cell:
+    def __init__(
+        self,
+        row: Row,
+        transport: str,
+        impl: Impl,
+        params: Params,
+        node: _node.NodeIPC,
+        sockets: str,
+        pin: set[int],
+    ) -> None:
+        self.row = row
+        self.transport = transport
+        self.impl = impl
+        self.params = params
+        self.node = node
+        self.sockets = sockets
+        self.cpus = pin if row.pinned else None
+
+    def config(self, **extra: Any) -> dict[str, Any]:
+        p = self.params
+        return {
+            "transport": self.transport,
+            "dir": self.sockets,
+            "backend": self.impl.backend or "asyncio",
+            "rounds": p.rounds,
+            "deadline": p.deadline,
+            **extra,
+        }
+
+    def command(self, role: str, config: dict[str, Any], family: str | None = None) -> list[str]:
+        family = family or self.impl.family
+        text = json.dumps(config)
+        if family == "node":
+            assert self.node.node is not None
+            return [self.node.node, _node.SCRIPT, role, text]
+        module = {"ipc": "ipc_role", "raw": "raw_role", "spawn": "spawn_role"}[family]
+        return [sys.executable, "-m", f"benchmarks.{module}", role, text]
+
+    def wait(self) -> float:
+        return self.params.deadline + 10
+
+    # --- kinds of cells ---
+
+    def run(self) -> dict[str, Any]:
+        key = self.row.key
+        if key == "w4":
+            return self.broadcast()
+        if key == "w6":
+            return self.spawn()
+        if key == "mem-idle":
+            return self.idle()
+        if key == "mem-slow":
+            return self.slow()
+        return self.pair()
+
+    def pair(self) -> dict[str, Any]:
+        p = self.params
+        key = self.row.key
+        if key == "w1":
+            role = "client-w1"
+            extra: dict[str, Any] = {
+                "seconds": p.latency_seconds,
+                "max_iterations": p.max_iterations,
+                "warmup_iterations": p.warmup_iterations,
+            }
+        elif key == "w5":
+            role = "client-w5"
+            extra = {
+                "seconds": p.w5_seconds,
+                "max_iterations": p.w5_max_iterations,
+                "warmup_iterations": p.w5_warmup_iterations,
+            }
+        else:
+            role = "client-stream"
+            extra = {"seconds": p.stream_seconds, "warmup": p.warmup_seconds}
+            if key == "w2x100":
+                extra["batch"] = 100
+            if key == "w3":
+                extra["payload_bytes"] = p.w3_payload_bytes
+        with Group() as group:
+            config = self.config()
+            server = group.start("server", self.command("server", config), self.cpus)
+            ready = server.message(30, {"ready"})
+            client_config = self.config(**extra, **_address(ready))
+            client = group.start("client", self.command(role, client_config), self.cpus)
+            return client.message(self.wait(), {"result"})
+
+    def broadcast(self) -> dict[str, Any]:
+        p = self.params
+        config = self.config(clients=W4_CLIENTS, seconds=p.stream_seconds, warmup=p.warmup_seconds)
+        with Group() as group:
+            server = group.start("server", self.command("server-w4", config))
+            ready = server.message(30, {"ready"})
+            for index in range(W4_CLIENTS):
+                client_config = {**config, **_address(ready), "index": index}
+                group.start(f"client {index}", self.command("client-w4", client_config))
+            return server.message(self.wait(), {"result"})
+
+    def spawn(self) -> dict[str, Any]:
+        config = self.config(rounds=self.params.w6_rounds)
+        if self.impl.family == "node":
+            argv = self.command("spawn", config)
+        else:
+            argv = self.command(self.impl.family, config, family="spawn")
+        with Group() as group:
+            parent = group.start("spawner", argv)
+            return parent.message(self.wait(), {"result", "unavailable"})
+
+    def idle(self) -> dict[str, Any]:
+        p = self.params
+        with Group() as group:
+            total = p.idle_connections + p.warm_connections
+            config = self.config(max_connections=total + 50)
+            server = group.start("server", self.command("server", config))
+            ready = server.message(30, {"ready"})
+            client_config = self.config(
+                **_address(ready),
+                server_pid=server.pid,
+                connections=p.idle_connections,
+                warm_connections=p.warm_connections,
+                settle=p.settle,
+                protocol=self.impl.family,
+            )
+            if self.impl.family == "ipc":
+                argv = self.command("client-idle", client_config)
+            else:
+                argv = self.command("client-idle-plain", client_config, family="raw")
+            client = group.start("client", argv)
+            return client.message(self.wait(), {"result"})
+
+    def slow(self) -> dict[str, Any]:
+        p = self.params
+        with Group() as group:
+            config = self.config(
+                seconds=p.slow_seconds,
+                cap_bytes=p.slow_cap_bytes,
+                chunk_bytes=p.slow_chunk_bytes,
+                settle=p.settle,
+            )
+            server = group.start("server", self.command("server-slow", config))
+            ready = server.message(30, {"ready"})
+            client_config = {**config, **_address(ready)}
+            if self.impl.family == "ipc":
+                argv = self.command("client-slow", client_config)
+            else:
+                argv = self.command("client-slow-plain", client_config, family="raw")
+            client = group.start("client", argv)
+            client.message(30, {"ready"})
+            baseline = rss_bytes(server.pid)
+            peak = baseline
+            deadline = time.monotonic() + self.wait()
+            done = None
+            while done is None:
+                if time.monotonic() > deadline:
+                    raise ChildError("the slow-consumer server did not finish in time")
+                done = server.message(0.02, {"done"}, missing_ok=True)
+                peak = max(peak, rss_bytes(server.pid))
+            return {
+                "kind": "result",
+                "baseline": baseline,
+                "peak": peak,
+                "growth": peak - baseline,
+                "attempted": done["attempted"],
+                "bound": done.get("bound"),
+            }
+
+
+def _address(ready: dict[str, Any]) -> dict[str, Any]:
+    return {key: ready[key] for key in ("path", "port") if key in ready}
+
+
+def run_cell(cell: Cell) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "row": cell.row.key,
+        "transport": cell.transport,
+        "impl": cell.impl.key,
+        "unit": cell.row.unit,
+    }
+    started = time.monotonic()
+    if cell.impl.family == "node" and not cell.node.available:
+        result.update(status="unavailable", reason=cell.node.reason)
+        return result
+    try:
+        report = cell.run()
+        if report.get("kind") == "unavailable":
+            result.update(status="unavailable", reason=report.get("reason"))
+        else:
+            result.update(status="ok", **_report.summarize(cell.row, report, vars(cell.params)))
+            result["rounds"] = report.get("rounds")
+    except ChildError as exc:
+        result.update(status="error", reason=str(exc))
+    except (ValueError, KeyError, TypeError, ZeroDivisionError) as exc:
+        result.update(status="error", reason=f"{type(exc).__name__}: {exc}")
+    result["seconds"] = round(time.monotonic() - started, 2)
+    if result["status"] == "ok" and cell.row.key in ("w1", "w5"):
+        # Keep the JSON small: the per-round medians stay, the raw samples go.
+        result["rounds"] = None
+    return result
+
+
+# --- selection --------------------------------------------------------------------------------
+
+
+def select(only: str | None) -> tuple[list[Row], list[Impl], list[str]]:
+    rows, impls, transports = list(ROWS), list(IMPLS), ["unix", "tcp"]
+    if not only:
+        return rows, impls, transports
+    row_keys: set[str] = set()
+    impl_keys: set[str] = set()
+    transport_keys: set[str] = set()
+    for token in (t.strip().lower() for t in only.split(",") if t.strip()):
+        if token in ("unix", "tcp"):
+            transport_keys.add(token)
+        elif token in ROW_BY_KEY:
+            row_keys.add(token)
+            if token == "w2":
+                row_keys.add("w2x100")
+        elif token == "mem":
+            row_keys |= {"mem-idle", "mem-slow"}
+        elif any(token in (i.key, i.family, i.backend) for i in IMPLS):
+            impl_keys |= {i.key for i in IMPLS if token in (i.key, i.family, i.backend)}
+        else:
+            raise SystemExit(
+                f"--only: unknown token {token!r}; use workloads (w1..w6, w2x100, mem, "
+                f"mem-idle, mem-slow), implementations ({', '.join(i.key for i in IMPLS)}, "
+                "ipc, raw, node, asyncio, uvloop, trio) or transports (unix, tcp)"
+            )
+    if row_keys:
+        rows = [r for r in rows if r.key in row_keys]
+    if impl_keys:
+        impls = [i for i in impls if i.key in impl_keys]
+    if transport_keys:
+        transports = [t for t in transports if t in transport_keys]
+    return rows, impls, transports
+
+
+def plan(rows: list[Row], impls: list[Impl], transports: list[str]) -> list[tuple[Row, str, Impl]]:
+    return [
+        (row, transport, impl)
+        for row in rows
+        for transport in row.transports
+        if transport in transports
+        for impl in impls
+        if _report.applies(row, impl)
+    ]
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="ipcactors against raw anyio and node-ipc 9.2.1, side by side in one run.",
+    )
+    parser.add_argument("--quick", action="store_true", help="short rounds (about a minute)")
+    parser.add_argument(
+        "--only",
+        metavar="TOKENS",
+        help="comma-separated workloads, implementations and/or transports, e.g. "
+        "'w1,w2,ipc-asyncio,raw-asyncio,unix' (categories combine with AND, tokens within "
+        "one category with OR)",
+    )
+    parser.add_argument("--rounds", type=int, help="measured rounds per cell")
+    parser.add_argument("--seconds", type=float, help="seconds per measured round")
+    parser.add_argument("--results-dir", default=DEFAULT_RESULTS, help="where to write results")
+    parser.add_argument("--no-chart", action="store_true", help="do not draw the PNG chart")
+    parser.add_argument("--list", action="store_true", help="list the cells and exit")
+    return parser.parse_args(argv)
+
+
+def make_params(args: argparse.Namespace) -> Params:
+    params = dataclasses.replace(QUICK if args.quick else FULL)
+    if args.rounds is not None:
+        if args.rounds < 1:
+            raise SystemExit("--rounds must be at least 1")
+        params.rounds = args.rounds
+        params.w6_rounds = args.rounds
+    if args.seconds is not None:
+        if not 0 < args.seconds <= 60:
+            raise SystemExit("--seconds must be in (0, 60]")
+        params.latency_seconds = params.stream_seconds = params.w5_seconds = args.seconds
+        params.warmup_seconds = args.seconds / 2
+    return params
+
+
+def _pin_set() -> set[int]:
+    try:
+        return {min(os.sched_getaffinity(0))}
+    except (AttributeError, OSError):
+        return {0}
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    params = make_params(args)
+    rows, impls, transports = select(args.only)
+    cells_to_run = plan(rows, impls, transports)
+    if args.list:
+        for row, transport, impl in cells_to_run:
+            _say(f"{row.key:<9} {transport:<5} {impl.key}")
+        return 0
+    if not cells_to_run:
+        _say("nothing to run: --only selected no cell")
+        return 2
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    workdir = tempfile.mkdtemp(prefix="ipcb-")
+    cells: list[dict[str, Any]] = []
+    interrupted = False
+    started = time.time()
+    try:
+        if any(impl.family == "node" for _, _, impl in cells_to_run):
+            node = _node.ensure_node_ipc()
+            if not node.available:
+                _say(f"node-ipc cells unavailable: {node.reason}")
+        else:
+            node = _node.NodeIPC(None, None, "not selected")
+        machine = _machine.describe(node.version)
+        mode = "quick" if args.quick else "full"
+        _say(f"ipcactors benchmarks ({mode}: {len(cells_to_run)} cells, {params.rounds} rounds)")
+        _say(f"machine: {_machine.summary(machine)}")
+        pin = _pin_set()
+        for number, (row, transport, impl) in enumerate(cells_to_run, 1):
+            sockets = os.path.join(workdir, f"c{number}")
+            os.mkdir(sockets, 0o700)
+            cell = Cell(row, transport, impl, params, node, sockets, pin)
+            result = run_cell(cell)
+            cells.append(result)
+            _say(_progress(number, len(cells_to_run), row, transport, impl, result))
+    except KeyboardInterrupt:
+        interrupted = True
+        _say("interrupted: stopping every process")
+    finally:
+        stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous)
+    if not cells:
+        return 130 if interrupted else 1
+    write_report(args, params, machine, cells, impls, started, interrupted)
+    if interrupted:
+        return 130
+    return 1 if any(c["status"] == "error" for c in cells) else 0
+
+
+def _progress(
+    number: int, total: int, row: Row, transport: str, impl: Impl, cell: dict[str, Any]
+) -> str:
+    head = f"[{number:>3}/{total}] {row.label:<36} {transport:<4} {impl.label:<18}"
+    status = cell["status"]
+    if status == "ok":
+        text = f"{_report.fmt_cell(cell, row)} {row.unit}"
+        if cell.get("note"):
+            text += f" ({cell['note']})"
+    elif status == "unavailable":
+        text = f"not available: {cell.get('reason')}"
+    else:
+        text = "ERROR: " + str(cell.get("reason")).replace("\n", "\n      ")
+    return f"{head} {text}  ({cell.get('seconds', 0):.1f} s)"
+
+
+def write_report(
+    args: argparse.Namespace,
+    params: Params,
+    machine: dict[str, Any],
+    cells: list[dict[str, Any]],
+    impls: list[Impl],
+    started: float,
+    interrupted: bool,
+) -> None:
+    ratio_list = _report.ratios(cells)
+    target_list = _report.evaluate_targets(cells)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
+    mode = "quick" if args.quick else "full"
+    title = f"ipcactors benchmarks, {mode} run {stamp}"
+    shown = [i for i in impls if any(c["impl"] == i.key for c in cells)]
+    results = _report.results_table(cells, shown)
+    ratio_text = _report.ratio_table(ratio_list, shown)
+    target_text = _report.target_table(target_list)
+    elapsed = time.time() - started
+    markdown = "\n".join(
+        [
+            f"# {title}",
+            "",
+            f"Machine: {_machine.summary(machine)}.",
+            f"Run: {mode}, {params.rounds} measured rounds per cell after a warm-up round; "
+            f"{elapsed:.0f} s. Figures are medians of the rounds; W1/W5 show median / p99 "
+            "(p99 of all samples); W1 and W5 run client and server pinned to one CPU.",
+            "",
+            "## Results",
+            "",
+            results,
+            "",
+            "## Ratios (ipcactors ÷ anchor, same run)",
+            "",
+            ratio_text,
+            "",
+            "## Targets (issue 5)",
+            "",
+            target_text,
+            "",
+        ]
+    )
+    _say("")
+    _say(markdown)
+    os.makedirs(args.results_dir, exist_ok=True)
+    base = os.path.join(args.results_dir, f"bench-{stamp}")
+    document = {
+        "title": title,
+        "mode": mode,
+        "interrupted": interrupted,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "seconds": round(elapsed, 1),
+        "machine": machine,
+        "params": vars(params),
+        "implementations": [vars(i) for i in IMPLS],
+        "rows": [dataclasses.asdict(r) for r in ROWS],
+        "cells": cells,
+        "ratios": ratio_list,
+        "targets": target_list,
+    }
+    written = [_write(f"{base}.json", lambda f: json.dump(document, f, indent=1))]
+    written.append(_write(f"{base}.md", lambda f: f.write(markdown)))
+    if not args.no_chart:
+        why = _report.chart(cells, f"{base}.png", title)
+        if why is None:
+            written.append(f"{base}.png")
+        else:
+            _say(f"no chart: {why}")
+    for path in written:
+        extension = os.path.splitext(path)[1]
+        shutil.copyfile(path, os.path.join(args.results_dir, f"latest{extension}"))
+    _say("written: " + ", ".join(os.path.relpath(p) for p in written) + " (and latest.*)")
+
+
+def _write(path: str, write: Callable[[Any], Any]) -> str:
+    with open(path, "w", encoding="utf-8") as file:
+        write(file)
+    return path

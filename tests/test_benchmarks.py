@@ -1,0 +1,75 @@
+"""Smoke test of the benchmark suite (``python -m benchmarks``): a tiny subset runs in real
+processes, exits 0 and writes well-formed JSON.
+
+No performance thresholds here: these machines are shared and noisy, so figures are only ever
+compared as ratios within one run (see docs/performance.md). Node.js is not needed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_quick_subset_runs_and_writes_json(tmp_path: os.PathLike[str]) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--quick",
+            "--only",
+            "w1,w2,ipc-asyncio,raw-asyncio,unix",
+            "--rounds",
+            "1",
+            "--seconds",
+            "0.05",
+            "--no-chart",
+            "--results-dir",
+            os.fspath(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    with open(os.path.join(tmp_path, "latest.json"), encoding="utf-8") as file:
+        document = json.load(file)
+    cells = {(cell["row"], cell["transport"], cell["impl"]): cell for cell in document["cells"]}
+    assert set(cells) == {
+        ("w1", "unix", "ipc-asyncio"),
+        ("w1", "unix", "raw-asyncio"),
+        ("w2", "unix", "ipc-asyncio"),
+        ("w2", "unix", "raw-asyncio"),
+        ("w2x100", "unix", "raw-asyncio"),
+    }
+    for cell in cells.values():
+        assert cell["status"] == "ok", cell
+        assert math.isfinite(cell["value"]), cell
+        assert cell["value"] > 0, cell
+    for key in (("w1", "unix", "ipc-asyncio"), ("w1", "unix", "raw-asyncio")):
+        assert cells[key]["p99"] >= cells[key]["value"]
+        assert cells[key]["unit"] == "µs"
+
+    anchors = {(line["row"], line["anchor"]) for line in document["ratios"]}
+    assert ("w1", "raw anyio") in anchors
+    assert ("w2", "raw anyio ×100/write") in anchors
+    for line in document["ratios"]:
+        assert all(math.isfinite(v) and v > 0 for v in line["values"].values())
+    assert document["targets"], "the targets that apply to the cells run are evaluated"
+    assert all(target["met"] in (True, False) for target in document["targets"])
+    assert document["machine"]["cpus"] >= 1
+    assert document["mode"] == "quick"
+    # The table was printed, and the markdown copy written beside the JSON.
+    assert "| W1 ping-pong round trip" in done.stdout
+    assert os.path.exists(os.path.join(tmp_path, "latest.md"))
