@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -433,3 +435,22 @@ async def test_client_handle_after_disconnect(socket_dir: str) -> None:
                 await anyio.sleep(0.01)
         with pytest.raises(ipcactors.ClosedError):
             await server.emit(handles[0], "late", 1)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+async def test_tcp_sockets_keep_alive(host: str) -> None:
+    """A peer that vanishes without closing is noticed by TCP keepalive, on both ends."""
+    from anyio.abc import SocketAttribute
+
+    async with Actor("world", silent=True) as world_actor, Actor("hello", silent=True) as hello:
+        server = await world_actor.serve_net("127.0.0.1", 0)
+        connection = await hello.connect_to_net("world", host, server.address[1])  # type: ignore[index]
+        channel = connection._channel
+        assert channel is not None
+        sock = channel._stream.extra(SocketAttribute.raw_socket)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 10
+        client = server.clients["hello"]
+        assert client._channel is not None
+        accepted = client._channel._stream.extra(SocketAttribute.raw_socket)
+        assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
