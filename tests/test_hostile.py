@@ -1,0 +1,363 @@
+"""Hostile bytes over real sockets: a bad peer costs only its own connection.
+
+A server actor answers a good client's requests. Meanwhile a raw socket sends it garbage,
+oversized headers, msgpack bombs, envelopes that break the rules, or nothing at all. Each time:
+the server closes the raw connection within a bounded time (what it said first, if anything, is
+a ``reject`` or a ``welcome``), and the good client, connected the whole time, keeps getting
+answers during and after the attack. Unix and TCP, on asyncio and trio.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import msgpack
+import pytest
+from anyio.abc import SocketStream
+
+from ipcactors import Actor, Client, Connection, Server
+from ipcactors._protocol import FrameDecoder, Limits, Message, Reject, Reply, Welcome
+
+pytestmark = pytest.mark.anyio
+
+TRANSPORTS = ["unix", "tcp"]
+HANDSHAKE_TIMEOUT = 0.5  # the server's, for the client that never says hello
+CLOSE_WITHIN = 5.0  # seconds the server may take to close a bad connection
+
+
+def framed(body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + body
+
+
+def pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def hello(actor_id: str = "raw", version: Any = 1) -> bytes:
+    return framed(pack([4, {"v": version, "id": actor_id}]))
+
+
+def nested(levels: int) -> bytes:
+    """msgpack of ``levels`` arrays nested in each other."""
+    return b"\x91" * (levels - 1) + b"\x90"
+
+
+# --- the setting: a server, a good client that keeps asking, and a raw socket ------------------
+
+
+@dataclass
+class Scene:
+    server: Server
+    good: Connection
+    connect_raw: Callable[[], Awaitable[SocketStream]]
+    good_client: Client
+    lost: list[str]
+
+
+@asynccontextmanager
+async def scene(transport: str, socket_dir: str) -> AsyncIterator[Scene]:
+    async with Actor(
+        "srv", socket_root=socket_dir, silent=True, handshake_timeout=HANDSHAKE_TIMEOUT
+    ) as srv:
+        if transport == "unix":
+            server = await srv.serve()
+        else:
+            server = await srv.serve_net(port=0)
+        server.on("echo", lambda data, client: data)
+        lost: list[str] = []
+        server.on("disconnect", lambda client: lost.append(f"server lost {client.id}"))
+        address = server.address
+
+        async def connect_raw() -> SocketStream:
+            if transport == "unix":
+                assert isinstance(address, str)
+                return await anyio.connect_unix(address)
+            assert isinstance(address, tuple)
+            return await anyio.connect_tcp(*address)
+
+        async with Actor("good", socket_root=socket_dir, silent=True) as client:
+            with anyio.fail_after(5):
+                if transport == "unix":
+                    good = await client.connect_to("srv")
+                else:
+                    good = await client.connect_to_net("srv", port=address[1])
+            good.on("disconnect", lambda: lost.append("good lost srv"))
+            with anyio.fail_after(5):
+                assert await good.request("echo", "before") == "before"
+            good_client = server.clients["good"]
+            yield Scene(server, good, connect_raw, good_client, lost)
+            # The good client was never disconnected, and is still answered.
+            assert good.connected
+            assert server.clients.get("good") is good_client
+            with anyio.fail_after(5):
+                assert await good.request("echo", {"after": [1, 2]}) == {"after": [1, 2]}
+            assert [entry for entry in lost if "good" in entry] == []
+
+
+async def receive_until_closed(stream: SocketStream) -> tuple[list[Message], float]:
+    """Read until the server closes; return the messages it sent and how long it took."""
+    received = bytearray()
+    start = anyio.current_time()
+    with anyio.fail_after(CLOSE_WITHIN):
+        while True:
+            try:
+                received += await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                break  # EOF, or a reset (the server closed with our bytes unread)
+    elapsed = anyio.current_time() - start
+    decoder = FrameDecoder(Limits())
+    messages: list[Message] = []
+    out = decoder.feed(received)
+    while out:
+        messages += out
+        out = decoder.feed()
+    assert decoder.buffered == 0, f"the server sent a partial frame: {bytes(received)!r}"
+    return messages, elapsed
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    with anyio.fail_after(5):
+        while not condition():
+            await anyio.sleep(0.01)
+
+
+async def send_quietly(stream: SocketStream, payload: bytes, *, eof: bool = False) -> None:
+    try:
+        with anyio.fail_after(5):
+            await stream.send(payload)
+            if eof:
+                await stream.send_eof()
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+        pass  # the server may close before it has read everything
+
+
+async def attack(
+    scene: Scene, script: bytes | Callable[[SocketStream], Awaitable[None]], *, eof: bool = False
+) -> tuple[list[Message], float]:
+    """Run ``script`` (or send bytes) on a raw socket while the good client keeps asking;
+    return what the server sent back before it closed the raw connection, and how long that
+    took after the script ended."""
+    answers = 0
+
+    async def keep_asking() -> None:
+        nonlocal answers
+        while True:
+            with anyio.fail_after(5):
+                assert await scene.good.request("echo", answers) == answers
+            answers += 1
+            await anyio.sleep(0.005)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(keep_asking)
+        with anyio.fail_after(5):
+            stream = await scene.connect_raw()
+        async with stream:
+            if isinstance(script, bytes):
+                await send_quietly(stream, script, eof=eof)
+            else:
+                await script(stream)
+            result = await receive_until_closed(stream)
+        await eventually(lambda: answers >= 1)
+        tg.cancel_scope.cancel()
+    return result
+
+
+def assert_rejected(messages: list[Message], reason: str) -> None:
+    assert len(messages) == 1, messages
+    reject = messages[0]
+    assert type(reject) is Reject, reject
+    assert reject.reason == reason, reject
+
+
+def assert_welcomed_then_closed(messages: list[Message]) -> None:
+    assert len(messages) == 1, messages
+    assert type(messages[0]) is Welcome
+    assert messages[0].id == "srv"
+
+
+# --- before the handshake: refused with reject, then closed ------------------------------------
+
+BEFORE_HANDSHAKE = {
+    "http_request_line": b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    "tls_client_hello_start": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 32,
+    "header_claiming_4_gib": b"\xff\xff\xff\xff",
+    "header_claiming_4_gib_then_bytes": b"\xff\xff\xff\xff" + b"\x00" * 1000,
+    "frame_over_the_64_kib_handshake_limit": struct.pack(">I", 64 * 1024 + 1),
+    "zero_length_frame": b"\x00\x00\x00\x00",
+    "invalid_msgpack_0xc1": framed(b"\xc1"),
+    "invalid_utf8": framed(b"\x92\x04\x82\xa1v\x01\xa2id\xa2\xff\xfe"),
+    "trailing_bytes_in_frame": framed(hello()[4:] + b"\xc0"),
+    "array32_claiming_2_32_items": framed(b"\xdd\xff\xff\xff\xff"),
+    "map32_claiming_2_32_pairs": framed(b"\x92\x04\xdf\xff\xff\xff\xff"),
+    "nesting_1025": framed(nested(1025)),
+    "nesting_1000": framed(b"\x92\x04" + nested(999)),
+    "int_map_key": framed(b"\x92\x04\x83\xa1v\x01\xa2id\xa1r\x01\x02"),
+    "unknown_ext_type": framed(b"\x92\x04\x82\xa1v\x01\xa2id\xd4\x05a"),
+    "not_an_array": framed(pack({"v": 1, "id": "raw"})),
+    "unknown_kind": framed(pack([99, {"v": 1, "id": "raw"}])),
+    "bool_kind": framed(pack([True, {"v": 1, "id": "raw"}])),
+    "event_before_hello": framed(pack([0, "echo", 1])),
+    "welcome_instead_of_hello": framed(pack([5, {"v": 1, "id": "raw"}])),
+    "hello_without_id": framed(pack([4, {"v": 1}])),
+    "hello_with_str_version": hello(version="1"),
+}
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("name", sorted(BEFORE_HANDSHAKE))
+async def test_bad_bytes_before_the_handshake(transport: str, name: str, socket_dir: str) -> None:
+    async with scene(transport, socket_dir) as s:
+        messages, _ = await attack(s, BEFORE_HANDSHAKE[name])
+        assert_rejected(messages, "protocol")
+        assert set(s.server.clients) == {"good"}
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_random_garbage(transport: str, socket_dir: str) -> None:
+    rng = random.Random(20240601)
+    async with scene(transport, socket_dir) as s:
+        for size in (1, 3, 7, 100, 64 * 1024):
+            garbage = rng.randbytes(size)
+            messages, _ = await attack(s, garbage, eof=size < 4)
+            # Refused with a reject; or, when the server closes with some of our 64 KiB unread,
+            # the kernel may reset the connection and drop the reject on the way.
+            assert messages == [] or type(messages[0]) is Reject, (garbage[:8], messages)
+            if size < 4:
+                assert messages == []  # a partial header then EOF: nothing to refuse yet
+        assert set(s.server.clients) == {"good"}
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_truncated_frame_then_eof_before_the_handshake(
+    transport: str, socket_dir: str
+) -> None:
+    async with scene(transport, socket_dir) as s:
+        for cut in (2, 4, 10):
+            messages, _ = await attack(s, hello()[:cut], eof=True)
+            assert messages == []  # the peer is gone: the server just closes
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_wrong_protocol_version_is_rejected_with_version(
+    transport: str, socket_dir: str
+) -> None:
+    async with scene(transport, socket_dir) as s:
+        for version in (0, 2, 2**40, -1):
+            messages, _ = await attack(s, hello(version=version))
+            assert_rejected(messages, "version")
+            reject = messages[0]
+            assert isinstance(reject, Reject)
+            assert str(version) in reject.message
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_silent_client_is_closed_after_handshake_timeout(
+    transport: str, socket_dir: str
+) -> None:
+    async with scene(transport, socket_dir) as s:
+        messages, elapsed = await attack(s, b"")
+        assert_rejected(messages, "timeout")
+        assert HANDSHAKE_TIMEOUT * 0.8 <= elapsed <= HANDSHAKE_TIMEOUT + 2.0
+        # Half a hello is no better than none.
+        messages, elapsed = await attack(s, hello()[:6])
+        assert_rejected(messages, "timeout")
+        assert HANDSHAKE_TIMEOUT * 0.8 <= elapsed <= HANDSHAKE_TIMEOUT + 2.0
+
+
+# --- after the handshake: welcomed, then closed at the first bad frame -------------------------
+
+AFTER_HANDSHAKE = {
+    "reserved_event_connect": framed(pack([0, "connect", None])),
+    "reserved_event_disconnect": framed(pack([0, "disconnect", "x"])),
+    "reserved_event_error": framed(pack([0, "error", {"message": "fake"}])),
+    "reserved_request_ipcactors_prefix": framed(pack([1, "ipcactors.stop", None, 1])),
+    "unknown_kind": framed(pack([99, "echo", 1])),
+    "second_hello": hello("raw"),
+    "empty_event_name": framed(pack([0, "", 1])),
+    "negative_request_id": framed(pack([1, "echo", 1, -1])),
+    "request_id_2_63": framed(pack([1, "echo", 1, 2**63])),
+    "bool_request_id": framed(pack([1, "echo", 1, True])),
+    "invalid_msgpack_0xc1": framed(b"\x93\x00\xa4echo\xc1"),
+    "header_claiming_4_gib": b"\xff\xff\xff\xff",
+    "frame_over_max_frame_size": struct.pack(">I", 64 * 1024 * 1024 + 1),
+    "zero_length_frame": b"\x00\x00\x00\x00",
+    "nesting_1000": framed(b"\x93\x00\xa4echo" + nested(998)),
+    "nesting_65": framed(b"\x93\x00\xa4echo" + nested(64)),
+    "nesting_1025": framed(b"\x93\x00\xa4echo" + nested(1025)),
+    "array32_claiming_2_32_items": framed(b"\x93\x00\xa4echo\xdd\xff\xff\xff\xff"),
+    "empty_maps_over_the_container_limit": framed(
+        b"\x93\x00\xa4echo\xdd" + struct.pack(">I", 2**20 + 1) + b"\x80" * (2**20 + 1)
+    ),
+    "int_map_key": framed(b"\x93\x00\xa4echo\x81\x01\x02"),
+    "unknown_ext_type": framed(b"\x93\x00\xa4echo\xd4\x05a"),
+    "garbage": b"GET / HTTP/1.1\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("name", sorted(AFTER_HANDSHAKE))
+async def test_bad_frame_after_the_handshake(transport: str, name: str, socket_dir: str) -> None:
+    handled: list[Any] = []
+    lifecycle: list[tuple[Any, ...]] = []
+    async with scene(transport, socket_dir) as s:
+        s.server.on("echo", lambda data, client: handled.append(data))
+        s.server.on("ipcactors.stop", lambda data, client: handled.append(("stop", data)))
+        for reserved in ("connect", "disconnect", "error"):
+            s.server.on(reserved, lambda *args: lifecycle.append(args))
+
+        async def script(stream: SocketStream) -> None:
+            # A good event is handled; the bad frame after it ends the connection.
+            await send_quietly(stream, hello("raw") + framed(pack([0, "echo", "first"])))
+            await eventually(lambda: "first" in handled)
+            await send_quietly(stream, AFTER_HANDSHAKE[name])
+
+        messages, _ = await attack(s, script)
+        assert_welcomed_then_closed(messages)
+        await eventually(lambda: "server lost raw" in s.lost)
+        assert set(s.server.clients) == {"good"}
+    # Nothing from the bad frame reached a handler; lifecycle handlers got only a client each.
+    assert handled.count("first") == 1
+    assert ("stop", None) not in handled
+    assert lifecycle
+    assert all(len(args) == 1 and isinstance(args[0], Client) for args in lifecycle), lifecycle
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_truncated_frame_then_eof_after_the_handshake(
+    transport: str, socket_dir: str
+) -> None:
+    async with scene(transport, socket_dir) as s:
+        frame = framed(pack([1, "echo", "x" * 100, 1]))
+        messages, _ = await attack(s, hello("raw") + frame[:50], eof=True)
+        assert_welcomed_then_closed(messages)
+        await eventually(lambda: "server lost raw" in s.lost)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_raw_peer_that_follows_the_rules_is_answered(transport: str, socket_dir: str) -> None:
+    # The control case: the same raw socket, speaking the protocol, gets welcome and a reply.
+    async with scene(transport, socket_dir) as s:
+        with anyio.fail_after(5):
+            stream = await s.connect_raw()
+        async with stream:
+            decoder = FrameDecoder(Limits())
+            got: list[Message] = []
+            with anyio.fail_after(5):
+                await stream.send(hello("raw") + framed(pack([1, "echo", [1, "two"], 7])))
+                while len(got) < 2:
+                    out = decoder.feed(await stream.receive())
+                    while out:
+                        got += out
+                        if type(out[-1]) is Welcome:
+                            decoder.handshake_done()
+                        out = decoder.feed()
+        assert type(got[0]) is Welcome
+        assert type(got[1]) is Reply
+        assert (got[1].id, got[1].data) == (7, [1, "two"])
+        await eventually(lambda: "server lost raw" in s.lost)
