@@ -982,3 +982,123 @@ def test_reserved_event_names(name: str, reserved: bool) -> None:
     assert is_reserved(name) is reserved
     # The decoder passes them on: refusing them is the channel's job (it knows the direction).
     assert norm(decode_one(pack([0, name, None]))) == ("event", name, None)
+
+
+# --- the numpy extension (code 78) ------------------------------------------------------------
+
+try:
+    import numpy as np
+except ImportError:  # numpy is optional
+    np = None  # type: ignore[assignment]
+
+needs_numpy = pytest.mark.skipif(np is None, reason="numpy is not installed")
+
+
+def ext78(payload: bytes) -> bytes:
+    """msgpack ext32 of type 78 (numpy) around ``payload``."""
+    return b"\xc9" + struct.pack(">I", len(payload)) + b"N" + payload
+
+
+def array_payload(dtype_text: bytes, shape: list[int], data: bytes, version: int = 1) -> bytes:
+    dims = b"".join(struct.pack(">Q", dim) for dim in shape)
+    return bytes((version, len(dtype_text))) + dtype_text + bytes((len(shape),)) + dims + data
+
+
+dtype_texts = (
+    st.sampled_from(
+        [b"<f8", b">i2", b"|b1", b"|u1", b"<c16", b"<M8[ns]", b"<m8[25s]", b"|S3", b"<U2", b"|O8"]
+    )
+    | st.from_regex(
+        r"[<>|=][biufcmMSU?OV][0-9]{0,6}(\[[0-9]{0,3}[A-Za-z]{1,3}\])?", fullmatch=True
+    ).map(str.encode)
+    | st.binary(max_size=8)
+)
+
+
+@st.composite
+def numpy_payloads(draw: st.DrawFn) -> tuple[bytes, list[int], bytes]:
+    """(payload, shape, data): often well formed, often not."""
+    text = draw(dtype_texts)
+    shape = draw(st.lists(st.integers(0, 4) | st.integers(0, 2**64 - 1), max_size=4))
+    size = None
+    if draw(st.booleans()):
+        try:
+            count = 1
+            for dim in shape:
+                count *= dim
+            size = count * np.dtype(text.decode("ascii")).itemsize
+        except Exception:
+            size = None
+    if size is None or size > 256:
+        data = draw(st.binary(max_size=64))
+    else:
+        data = draw(st.binary(min_size=size, max_size=size))
+    version = draw(st.just(1) | st.integers(0, 255))
+    return array_payload(text, shape, data, version), shape, data
+
+
+@needs_numpy
+@PROPERTY
+@given(numpy_payloads())
+def test_numpy_extension_from_a_peer_is_an_array_or_a_decode_error(
+    case: tuple[bytes, list[int], bytes],
+) -> None:
+    payload, shape, data = case
+    try:
+        message = decode_one(event_body(ext78(payload)))
+    except DecodeError:
+        return
+    array = message.data
+    assert isinstance(array, np.ndarray)
+    assert array.dtype.kind in "biufcmMSU"
+    assert array.nbytes == len(data)  # never more memory than the frame carried
+    assert list(array.shape) == shape
+
+
+@needs_numpy
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"\x01",
+        array_payload(b"|U0", [], b""),  # zero item size
+        array_payload(b"|S0", [3], b""),
+        array_payload(b"|O8", [1], b"\x00" * 8),  # object arrays: pickle, never
+        array_payload(b"|V8", [1], b"\x00" * 8),
+        array_payload(b"<f8", [2], b"\x00" * 15),  # one byte short
+        array_payload(b"<f8", [2**63, 2], b""),
+        array_payload(b"<f8", [0, 2**64 - 1], b""),
+        array_payload(b"<f8", [1] * 33, b"\x00" * 8),  # too many dimensions
+        array_payload(b"<M8[999Q]", [1], b"\x00" * 8),
+    ],
+)
+def test_bad_numpy_extension_is_a_decode_error(payload: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode_one(event_body(ext78(payload)))
+
+
+@needs_numpy
+def test_numpy_arrays_round_trip() -> None:
+    encoder = FrameEncoder(DEFAULT)
+    arrays = [
+        np.arange(12, dtype="<f4").reshape(3, 4),
+        np.arange(6, dtype=">i8").reshape(2, 3).T,  # strided, big-endian
+        np.array([True, False]),
+        np.array([1 + 2j]),
+        np.array(["ab", "c"]),
+        np.array([b"x"]),
+        np.zeros((0, 5)),
+        np.array(3.5),
+    ]
+    frame = encoder.event("e", {"arrays": arrays, "scalar": np.int64(7)})
+    (message,) = decoder().feed(wire(frame))
+    got = message.data
+    assert got["scalar"] == 7
+    assert type(got["scalar"]) is int
+    for sent, back in zip(arrays, got["arrays"], strict=True):
+        assert back.dtype == sent.dtype
+        assert back.shape == sent.shape
+        assert np.array_equal(back, sent)
+    with pytest.raises(EncodeError):
+        encoder.event("e", np.array([object()]))
+    assert len(decoder().feed(wire(encoder.event("e", "still works")))) == 1
