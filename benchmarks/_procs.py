@@ -21,6 +21,7 @@ from typing import Any, Literal, overload
 __all__ = ["Child", "ChildError", "stop_all"]
 
 _LIVE: set[Child] = set()
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 class ChildError(RuntimeError):
@@ -44,21 +45,28 @@ class Child:
         self._reaped = False
         cpu_set = set(cpus) if cpus is not None else None
 
-        def pin() -> None:  # runs in the child between fork and exec
+        # No Ctrl-C between starting the child and registering it: it could not be stopped.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+
+        def prepare() -> None:  # runs in the child between fork and exec
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             if cpu_set is not None:
                 os.sched_setaffinity(0, cpu_set)
 
-        self.proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,
-            preexec_fn=pin if cpu_set is not None else None,
-        )
-        _LIVE.add(self)
+        try:
+            self.proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=self._stderr,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+                preexec_fn=prepare,
+            )
+            _LIVE.add(self)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     @property
     def pid(self) -> int:

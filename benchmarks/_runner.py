@@ -33,6 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 DEFAULT_RESULTS = os.path.join(HERE, "results")
 W4_CLIENTS = 8
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass
@@ -410,8 +411,12 @@ def _pin_set() -> set[int]:
         return {0}
 
 
+class Terminated(BaseException):
+    """SIGTERM (or SIGHUP) arrived: stop like on Ctrl-C."""
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
+    raise Terminated(signum)
 
 
 def _say(text: str) -> None:
@@ -430,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     if not cells_to_run:
         _say("nothing to run: --only selected no cell")
         return 2
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous = {signum: signal.signal(signum, _on_sigterm) for signum in _STOP_SIGNALS}
     workdir = tempfile.mkdtemp(prefix="ipcb-")
     cells: list[dict[str, Any]] = []
     interrupted = False
@@ -454,13 +459,21 @@ def main(argv: list[str] | None = None) -> int:
             result = run_cell(cell)
             cells.append(result)
             _say(_progress(number, len(cells_to_run), row, transport, impl, result))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated):
         interrupted = True
         _say("interrupted: stopping every process")
     finally:
-        stop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
-        signal.signal(signal.SIGTERM, previous)
+        # A second Ctrl-C must not cut the clean-up short (it is bounded: a few seconds).
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for signum in _STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+        try:
+            stop_all()
+            shutil.rmtree(workdir, ignore_errors=True)
+        finally:
+            signal.signal(signal.SIGINT, previous_int)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
     if not cells:
         return 130 if interrupted else 1
     write_report(args, params, machine, cells, impls, started, interrupted)
