@@ -1,8 +1,10 @@
 """``ipcactors.run``: the entry point that runs an async function with logging and signals set up.
 
-Invariant: the first SIGINT or SIGTERM closes every actor gracefully (flushing, bounded by each
-actor's ``close_timeout``) and then cancels the main function; a second one cancels at once,
-without flushing. Either way the process exits with status 128 + the signal number.
+Invariant: the first SIGINT or SIGTERM stops every supervisor's children gracefully (in reverse
+start order, each bounded), then closes every actor gracefully (flushing, bounded by each
+actor's ``close_timeout``) and then cancels the main function; a second one SIGKILLs the
+children and cancels at once, without flushing. Either way the process exits with status
+128 + the signal number.
 """
 
 from __future__ import annotations
@@ -60,6 +62,10 @@ async def _main(
     main_scope = anyio.CancelScope()
 
     async def shut_down() -> None:
+        # Supervisors first: they stop their children in order while every actor still works.
+        async with anyio.create_task_group() as task_group:
+            for supervisor in list(runtime.supervisors):
+                task_group.start_soon(supervisor.aclose)
         async with anyio.create_task_group() as task_group:
             for actor in list(runtime.actors):
                 task_group.start_soon(actor.aclose)
@@ -77,6 +83,8 @@ async def _main(
                     # Everything the actors own runs inside main_scope: this cuts their
                     # flushes short too.
                     logger.warning(f"{signal.Signals(signum).name}: stopping now")
+                    for supervisor in list(runtime.supervisors):
+                        supervisor.kill()
                     main_scope.cancel()
 
     result: Any = None

@@ -7,15 +7,18 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ._actor import Actor
+    from ._supervisor import Supervisor
 
 __all__ = ["Runtime", "current_runtime", "set_runtime"]
 
 
 class Runtime:
-    __slots__ = ("actors", "signal")
+    __slots__ = ("actors", "signal", "supervisors")
 
     def __init__(self) -> None:
         self.actors: set[Actor] = set()  # closed gracefully on the first signal
+        # Stopped first on the first signal (their children in order); killed on the second.
+        self.supervisors: set[Supervisor] = set()
         self.signal: int | None = None  # the signal that started the shutdown
 
 

@@ -1,0 +1,138 @@
+"""The child side of a supervised process: set up, connect back, run the target, exit.
+
+Invariants owned here:
+- A child never outlives its supervisor: a thread blocks on the lifeline pipe, whose only write
+  end is held by the supervisor process, and ends the process (exit code 70) at EOF, even while
+  the event loop is busy; PR_SET_PDEATHSIG (re-checked with ``getppid()``) is the second line.
+- The child reports ready only after it serves its own socket (siblings can reach it by id), is
+  connected to its supervisor, proved its incarnation token, received its arguments, and its
+  target has run up to its first suspension (so handlers it registers first are in place).
+- Exit codes: 0 when the target returned or the supervisor asked it to stop, 1 when the target
+  raised (its traceback goes to stderr, relayed with the child's id), 70 when the supervisor
+  is gone, ``n`` for ``SystemExit(n)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import msgpack
+
+from ._actor import Actor
+from ._config import Config
+from ._forkserver import EXIT_PARENT_LOST, set_parent_death_signal
+from ._protocol import decode_ext
+from ._target import Target, load_target
+
+__all__ = ["HELLO_EVENT", "READY_EVENT", "STOP_EVENT", "run_child", "setup_logging"]
+
+# Events between a supervisor and its children (ordinary names: reserved ones cannot be sent).
+HELLO_EVENT = "_sup.hello"
+READY_EVENT = "_sup.ready"
+STOP_EVENT = "_sup.stop"
+
+
+def _watch_lifeline(fd: int) -> None:
+    os.set_inheritable(fd, False)
+
+    def watch() -> None:
+        while True:
+            try:
+                if not os.read(fd, 64):
+                    break
+            except InterruptedError:
+                continue
+            except OSError:
+                break
+        os._exit(EXIT_PARENT_LOST)
+
+    threading.Thread(target=watch, name="ipcactors-lifeline", daemon=True).start()
+
+
+def _set_title(title: str) -> None:
+    try:
+        module = importlib.import_module("setproctitle")  # optional: never a dependency
+    except ImportError:
+        return
+    module.setproctitle(title)
+
+
+def setup_logging(level: str) -> None:
+    """The children's log: stderr (relayed with the child's id) at ``level``. Called once in
+    the forkserver (it costs milliseconds), inherited by every child."""
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level=level, format="{level: <7} {message}")
+
+
+def run_child(spec: dict[str, Any], lifeline_fd: int, parent_pid: int) -> int:
+    """Run in a freshly forked child of the forkserver; returns the exit code."""
+    set_parent_death_signal(parent_pid)
+    _watch_lifeline(lifeline_fd)
+    stdout = sys.stdout
+    if hasattr(stdout, "reconfigure"):
+        stdout.reconfigure(line_buffering=True)  # relayed line by line, not at exit
+    sys.path[:] = spec["path"]
+    sys.argv[:] = spec["argv"]
+    target = Target(spec["module"], spec["qualname"], spec["main_path"])
+    _set_title(f"ipcactors: {spec['id']} ({target})")
+    fn = load_target(target)
+    options: dict[str, Any] = {}
+    if spec["backend"] == "asyncio" and spec.get("uvloop"):
+        options["use_uvloop"] = True
+    code: int = anyio.run(_main, spec, fn, backend=spec["backend"], backend_options=options)
+    return code
+
+
+async def _main(spec: dict[str, Any], fn: Callable[..., Any]) -> int:
+    config = Config(**spec["config"])
+    stop = anyio.Event()
+    code = 0
+    async with Actor(spec["id"], config) as actor:
+        await actor.serve()
+        parent = await actor.connect_to(spec["sup_id"], path=spec["sup_path"])
+        actor.parent = parent
+        parent.on(STOP_EVENT, lambda data: stop.set())
+        reply = await parent.request(
+            HELLO_EVENT, {"token": spec["token"], "pid": os.getpid()}, timeout=spec["timeout"]
+        )
+        args = msgpack.unpackb(reply["args"], raw=False, strict_map_key=True, ext_hook=decode_ext)
+
+        async with anyio.create_task_group() as task_group:
+
+            async def run_target() -> None:
+                nonlocal code
+                try:
+                    await fn(actor, *args)
+                except SystemExit as exc:
+                    code = exc.code if isinstance(exc.code, int) else 1
+                except Exception:
+                    traceback.print_exc()
+                    code = 1
+                finally:
+                    task_group.cancel_scope.cancel()
+
+            async def wait_stop() -> None:
+                await stop.wait()
+                task_group.cancel_scope.cancel()
+
+            task_group.start_soon(run_target)
+            task_group.start_soon(wait_stop)
+            # Let the target run up to its first suspension (two passes: trio may run the
+            # tasks of one batch in either order), so the handlers it registers first are in
+            # place before the supervisor is told we are ready. A target that failed already
+            # is never reported ready: its spawn fails.
+            with anyio.CancelScope(shield=True):
+                await anyio.lowlevel.checkpoint()
+                await anyio.lowlevel.checkpoint()
+                if code == 0:
+                    await parent.emit(READY_EVENT, {"token": spec["token"]})
+    return code

@@ -1,0 +1,257 @@
+"""The forkserver: a small process, started once per supervisor, that forks its children.
+
+Why: a fresh interpreter importing anyio and ipcactors takes ~100–150 ms; forking a process that
+already has them imported readies a child in a few milliseconds. Why not fork the supervisor
+itself: it runs an event loop (and maybe threads); a fork of that is unsafe. The forkserver is
+started as a fresh interpreter (fork + exec), imports what children need, and then never runs an
+event loop or a second thread, so each ``fork()`` it makes is of a quiet, single-threaded process.
+
+Invariants owned here:
+- Only this module calls ``os.fork()``, and only in the forkserver process (single-threaded, no
+  event loop). The supervisor starts the forkserver with fork + exec (``subprocess.Popen``) from
+  its event-loop thread: PR_SET_PDEATHSIG fires when the *thread* that forked exits.
+- The forkserver dies with its supervisor: it watches the lifeline pipe (EOF: the supervisor is
+  gone) and its control socket, and asks the kernel for SIGKILL when its parent dies
+  (PR_SET_PDEATHSIG, re-checked with ``getppid()`` against the race). On its way out it
+  SIGKILLs and reaps every child it still has.
+- Every child is reaped here (the forkserver is their parent) and its exit reported to the
+  supervisor as ``["exit", pid, exitcode]`` (negative: killed by that signal). Signals for a
+  child go through the forkserver (``["kill", pid, sig]``), which only signals pids it has not
+  reaped yet, so a recycled pid is never hit.
+
+The control socket is a ``SOCK_SEQPACKET`` socketpair: one msgpack array per message, file
+descriptors (the child's stdout and stderr pipes) passed with SCM_RIGHTS.
+"""
+
+from __future__ import annotations
+
+import array
+import ctypes
+import errno
+import importlib
+import os
+import select
+import signal
+import socket
+import sys
+from typing import Any, Final
+
+import msgpack
+
+__all__ = ["MAX_MESSAGE", "recv_message", "send_message", "serve", "set_parent_death_signal"]
+
+MAX_MESSAGE: Final = 1024 * 1024  # control messages are small: ids, module names, sys.path
+_MAX_FDS: Final = 4
+_PR_SET_PDEATHSIG: Final = 1
+EXIT_PARENT_LOST: Final = 70  # EX_SOFTWARE: the supervisor is gone
+
+
+def set_parent_death_signal(expected_parent: int, sig: int = signal.SIGKILL) -> None:
+    """Ask Linux to send ``sig`` when our parent dies; exit at once if it already has.
+
+    A no-op where prctl is unavailable (the lifeline pipe still ends the process).
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    # The parent may have died before prctl took effect: then we were re-parented already.
+    if os.getppid() != expected_parent:
+        os._exit(EXIT_PARENT_LOST)
+
+
+def send_message(sock: socket.socket, message: Any, fds: list[int] | None = None) -> None:
+    """Send one control message (blocking socket). Raises OSError if the peer is gone."""
+    data = msgpack.packb(message, use_bin_type=True)
+    if fds:
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+        sock.sendmsg([data], ancillary)
+    else:
+        sock.send(data)
+
+
+def recv_message(sock: socket.socket) -> tuple[Any, list[int]] | None:
+    """Receive one control message and the descriptors passed with it; ``None`` at EOF."""
+    fds = array.array("i")
+    data, ancdata, flags, _ = sock.recvmsg(MAX_MESSAGE, socket.CMSG_LEN(_MAX_FDS * fds.itemsize))
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    if not data:
+        for fd in fds:
+            os.close(fd)
+        return None
+    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        for fd in fds:
+            os.close(fd)
+        raise ValueError("control message truncated")
+    message = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    return message, list(fds)
+
+
+# --- the forkserver process -------------------------------------------------------------------
+
+
+def serve(
+    ctl_fd: int, lifeline_fd: int, parent_pid: int, log_level: str, preload: list[str]
+) -> None:
+    """Main loop of the forkserver process. Returns when the supervisor is gone or done."""
+    set_parent_death_signal(parent_pid)
+    # Ctrl-C in a terminal reaches the supervisor, which stops everyone in order; not us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for name in preload:
+        importlib.import_module(name)
+    from ._child import setup_logging
+
+    setup_logging(log_level)
+    try:
+        module = importlib.import_module("setproctitle")  # optional: never a dependency
+        module.setproctitle(f"ipcactors forkserver (supervisor pid {parent_pid})")
+    except ImportError:
+        pass
+
+    ctl = socket.socket(fileno=ctl_fd)
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    children: set[int] = set()
+    try:
+        send_message(ctl, ["ready", os.getpid()])
+        poller = select.poll()
+        poller.register(ctl.fileno(), select.POLLIN)
+        poller.register(lifeline_fd, select.POLLIN)
+        poller.register(wake_r, select.POLLIN)
+        running = True
+        while running:
+            for fd, _ in poller.poll():
+                if fd == wake_r:
+                    _drain(wake_r)
+                elif fd == lifeline_fd:
+                    running = False  # EOF (the supervisor died) or anything else: stop
+                elif fd == ctl.fileno():
+                    running = _handle(ctl, children, (ctl_fd, lifeline_fd, wake_r, wake_w))
+            _reap(ctl, children)
+    finally:
+        for pid in children:
+            _kill(pid, signal.SIGKILL)
+        for pid in children:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _reap(ctl: socket.socket, children: set[int]) -> None:
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        children.discard(pid)
+        try:
+            send_message(ctl, ["exit", pid, os.waitstatus_to_exitcode(status)])
+        except OSError:
+            pass  # the supervisor is gone; we stop on the next poll
+
+
+def _handle(ctl: socket.socket, children: set[int], own_fds: tuple[int, ...]) -> bool:
+    """Handle one control message. Returns False when the supervisor closed the socket."""
+    try:
+        received = recv_message(ctl)
+    except (OSError, ValueError) as exc:
+        print(f"ipcactors forkserver: bad control message: {exc}", file=sys.stderr)
+        return True
+    if received is None:
+        return False
+    message, fds = received
+    try:
+        if message[0] == "spawn":
+            _, seq, spec = message
+            pid = _fork(spec, fds, own_fds)
+            children.add(pid)
+            send_message(ctl, ["spawned", seq, pid])
+        elif message[0] == "kill":
+            _, pid, sig = message
+            if pid in children:
+                _kill(pid, sig)
+    except Exception as exc:
+        if message and message[0] == "spawn":
+            send_message(ctl, ["error", message[1], f"{type(exc).__name__}: {exc}"])
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return True
+
+
+def _fork(spec: dict[str, Any], fds: list[int], own_fds: tuple[int, ...]) -> int:
+    if len(fds) != 2:
+        raise ValueError("a spawn request carries the child's stdout and stderr")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    forkserver_pid = os.getpid()
+    pid = os.fork()
+    if pid:
+        return pid
+    # --- in the child: never return from here -------------------------------------------------
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        ctl_fd, lifeline_fd, wake_r, wake_w = own_fds
+        for fd in (ctl_fd, wake_r, wake_w):
+            os.close(fd)
+        stdout_fd, stderr_fd = fds
+        os.dup2(stdout_fd, 1)
+        os.dup2(stderr_fd, 2)
+        os.close(stdout_fd)
+        os.close(stderr_fd)
+        from ._child import run_child
+
+        code = run_child(spec, lifeline_fd, forkserver_pid)
+    except BaseException:
+        try:
+            import traceback
+
+            traceback.print_exc()
+        except BaseException:
+            pass
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except BaseException:
+            pass
+        os._exit(code)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _main(argv: list[str]) -> None:
+    """``python -c <bootstrap> <ctl_fd> <lifeline_fd> <parent_pid> <log_level> <preload,...>``."""
+    ctl_fd, lifeline_fd, parent_pid = (int(x) for x in argv[:3])
+    log_level = argv[3]
+    preload = [name for name in argv[4].split(",") if name]
+    try:
+        serve(ctl_fd, lifeline_fd, parent_pid, log_level, preload)
+    except OSError as exc:
+        if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
+            raise

@@ -1,0 +1,114 @@
+"""numpy arrays on the wire: a msgpack extension type carrying dtype, shape and the raw bytes.
+
+Invariants owned here:
+- No pickle, ever: only plain numeric, boolean, complex, datetime, bytes and unicode dtypes are
+  carried; object arrays (and structured/void dtypes, whose layout ``dtype.str`` cannot describe)
+  are refused with :class:`EncodeError` on the sending side and a :class:`DecodeError` on the
+  receiving side.
+- Decoding is bounded: the header is parsed with fixed limits (dtype text ≤ 32 bytes, ≤ 32
+  dimensions) and the byte count must equal ``prod(shape) × itemsize`` exactly, so an array never
+  takes more memory than the frame that carried it.
+- This module imports numpy; ``_protocol`` imports it only when an array is sent (numpy is then
+  already loaded) or received, so ``import ipcactors`` stays cheap and numpy stays optional.
+
+Layout of the extension's payload (all integers big-endian)::
+
+    u8 version (1) | u8 n | n bytes dtype.str (ASCII, e.g. "<f8") | u8 ndim | ndim × u64 | data
+
+``data`` is the array in C order. Arrays decode as writable, C-contiguous arrays owning their
+memory; numpy scalars (``np.int64(3)``) are sent as plain msgpack numbers.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from typing import Any, Final
+
+import msgpack
+import numpy as np
+
+from ._errors import DecodeError, EncodeError
+from ._protocol import NUMPY_EXT_CODE
+
+__all__ = ["NUMPY_EXT_CODE", "decode_array", "encode_numpy"]
+
+_VERSION: Final = 1
+_MAX_DTYPE_TEXT: Final = 32
+_MAX_NDIM: Final = 32
+_DIM: Final = struct.Struct(">Q")
+# What `dtype.str` looks like for the kinds we carry: byte order, kind, item size, and a unit
+# for datetime64/timedelta64 (e.g. "<M8[ns]", "<m8[25s]").
+_DTYPE_TEXT: Final = re.compile(r"[<>|=][biufcmMSU][0-9]{1,6}(\[[0-9]{0,6}[A-Za-z]{1,3}\])?")
+_KINDS: Final = frozenset("biufcmMSU")
+
+
+def encode_numpy(obj: Any) -> Any:
+    """msgpack ``default`` hook for numpy values: arrays become the extension type, numpy
+    scalars plain msgpack values. Raises :class:`EncodeError` for what cannot be carried."""
+    if isinstance(obj, np.ndarray):
+        return msgpack.ExtType(NUMPY_EXT_CODE, _array_payload(obj))
+    if isinstance(obj, np.bool_ | np.integer | np.floating):
+        return obj.item()
+    if isinstance(obj, np.generic):  # complex, datetime64, ...: as a 0-d array
+        return msgpack.ExtType(NUMPY_EXT_CODE, _array_payload(np.asarray(obj)))
+    raise TypeError(f"can not serialize {type(obj).__name__!r} object")
+
+
+def _array_payload(array: np.ndarray[Any, Any]) -> bytes:
+    dtype = array.dtype
+    if dtype.kind not in _KINDS or dtype.fields is not None or dtype.subdtype is not None:
+        what = "object" if dtype.kind == "O" else f"{dtype} ({dtype.kind!r})"
+        raise EncodeError(
+            f"numpy arrays of dtype {what} cannot be sent: only numeric, bool, complex, "
+            "datetime64/timedelta64, bytes and str arrays travel (never pickle); convert the "
+            "data first (e.g. to a list, or to a numeric array)"
+        )
+    text = dtype.str.encode("ascii")
+    header = bytearray((_VERSION, len(text)))
+    header += text
+    header.append(array.ndim)
+    for dim in array.shape:
+        header += _DIM.pack(dim)
+    # tobytes() copies into C order whatever the layout (strided, Fortran-ordered, 0-d).
+    return b"".join((header, array.tobytes(order="C")))
+
+
+def decode_array(data: bytes) -> np.ndarray[Any, Any]:
+    """Decode the payload of a numpy extension. Raises :class:`DecodeError` on any flaw."""
+    view = memoryview(data)
+    size = len(view)
+    if size < 3 or view[0] != _VERSION:
+        raise DecodeError("numpy extension: unknown version or truncated header")
+    text_len = view[1]
+    if text_len > _MAX_DTYPE_TEXT or size < 3 + text_len:
+        raise DecodeError("numpy extension: bad dtype length")
+    try:
+        text = bytes(view[2 : 2 + text_len]).decode("ascii")
+    except UnicodeDecodeError:
+        raise DecodeError("numpy extension: dtype is not ASCII") from None
+    if _DTYPE_TEXT.fullmatch(text) is None:
+        raise DecodeError(f"numpy extension: dtype {text!r} is not allowed")
+    try:
+        dtype = np.dtype(text)
+    except TypeError:
+        raise DecodeError(f"numpy extension: invalid dtype {text!r}") from None
+    if dtype.kind not in _KINDS or dtype.fields is not None:
+        raise DecodeError(f"numpy extension: dtype {text!r} is not allowed")
+    offset = 2 + text_len
+    ndim = view[offset]
+    offset += 1
+    if ndim > _MAX_NDIM or size < offset + ndim * _DIM.size:
+        raise DecodeError("numpy extension: bad number of dimensions")
+    shape = tuple(_DIM.unpack_from(view, offset + i * _DIM.size)[0] for i in range(ndim))
+    offset += ndim * _DIM.size
+    count = 1
+    for dim in shape:
+        count *= dim
+    if count * dtype.itemsize != size - offset:
+        raise DecodeError(
+            f"numpy extension: shape {shape} of {text} needs {count * dtype.itemsize} bytes, "
+            f"got {size - offset}"
+        )
+    # frombuffer on bytes is read-only; copy once so receivers get an ordinary array.
+    return np.frombuffer(view[offset:], dtype=dtype, count=count).reshape(shape).copy()

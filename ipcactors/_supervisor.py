@@ -1,0 +1,1149 @@
+"""The supervisor: worker processes that connect back, restarted by OTP rules, never orphaned.
+
+Invariants owned here:
+- Only this module starts or signals a process (the forkserver, and through it the children);
+  only ``_forkserver`` forks. Nothing forks a process that runs an event loop: the forkserver is
+  started with fork + exec from the event-loop thread (PR_SET_PDEATHSIG is tied to the thread
+  that forked), and it forks children from its own single-threaded, loop-free state.
+- Every child is reaped (by the forkserver, its parent, which reports each exit here), and no
+  child outlives the supervisor: the lifeline pipe's only write end lives in this process, and
+  the forkserver and every child end themselves at its EOF, whatever killed us.
+- Restarts follow OTP: per child ``permanent`` (always), ``transient`` (after an abnormal exit),
+  ``temporary`` (never); per supervisor ``one_for_one``, ``one_for_all``, ``rest_for_one``. More
+  than ``max_restarts`` restarts within ``max_seconds`` stop every child, and the ``async with``
+  raises :class:`RestartIntensityError` (in a child process that exits abnormally, which is how
+  the failure escalates to the supervisor above).
+- Stopping a child is bounded at every step: the requests the supervisor sent it are answered
+  and the stop message is obeyed within ``shutdown_timeout``, then SIGTERM and
+  ``terminate_timeout``, then SIGKILL. Children stop in reverse start order. Leaving the
+  ``async with`` never hangs.
+- Restart decisions are taken one at a time, by one task, under the lock that ``spawn`` and
+  ``stop`` take too; an exit is acted on only if it is the exit of the child's current
+  incarnation, and not one the supervisor caused.
+- A request to a child fails as soon as the child's process is known to have exited, with
+  :class:`ChildExitedError` naming the child and its exit code or signal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final, Literal
+
+import anyio
+import msgpack
+from anyio.abc import TaskGroup
+
+from ._actor import Actor
+from ._child import HELLO_EVENT, READY_EVENT, STOP_EVENT
+from ._config import Config
+from ._errors import (
+    ChildExitedError,
+    ClosedError,
+    ConfigError,
+    ConnectionLostError,
+    EncodeError,
+    IPCError,
+    RequestTimeoutError,
+    RestartIntensityError,
+    SpawnError,
+    UnknownPeerError,
+)
+from ._forkserver import recv_message, send_message
+from ._handlers import Handler
+from ._log import ActorLog
+from ._protocol import encode_default
+from ._runtime import current_runtime
+from ._server import Client, Server
+from ._target import Target, target_of
+from ._unix import check_path_length, default_socket_root, ensure_socket_dir
+
+__all__ = ["ChildInfo", "Supervisor"]
+
+Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
+RestartType = Literal["permanent", "transient", "temporary"]
+
+_STRATEGIES: Final = ("one_for_one", "one_for_all", "rest_for_one")
+_RESTART_TYPES: Final = ("permanent", "transient", "temporary")
+_KILL_WAIT: Final = 5.0  # SIGKILL cannot be ignored; this only guards against a lost report
+_RELAY_DRAIN: Final = 1.0  # seconds relays get to pass on a stopped child's last output
+_RELAY_LINE: Final = 64 * 1024  # a longer line is passed on in pieces
+_FORKSERVER_START: Final = 30.0
+_BOOTSTRAP: Final = (
+    "import sys,json;sys.path[:]=json.loads(sys.argv[1]);"
+    "from ipcactors._forkserver import _main;_main(sys.argv[2:])"
+)
+
+
+def describe_exit(code: int | None) -> str:
+    """``"exited with code 1"``, ``"was killed by SIGKILL"``, ..."""
+    if code is None:
+        return "exited (status unknown)"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by {name}"
+    return f"exited with code {code}"
+
+
+@dataclass(frozen=True, slots=True)
+class ChildInfo:
+    """A snapshot of one supervised child (``Supervisor.children``)."""
+
+    id: str
+    #: The function the child runs, as ``module.qualname``.
+    target: str
+    restart: RestartType
+    #: The current process id; ``None`` while the child is not running.
+    pid: int | None
+    #: Whether the child is up: started, connected back and ready.
+    running: bool
+    #: How many times it was restarted.
+    restarts: int
+    #: Exit code of its last process (negative: killed by that signal); ``None`` if none ended.
+    last_exit: int | None
+
+
+class _Incarnation:
+    """One process of a child: from spawn to exit."""
+
+    def __init__(self, child: _Child) -> None:
+        self.child = child
+        self.token = secrets.token_hex(16)
+        self.pid: int | None = None
+        self.client: Client | None = None
+        self.ready = anyio.Event()
+        self.exited = anyio.Event()
+        self.exitcode: int | None = None
+        self.stopping = False  # the supervisor is ending it: its exit is not a crash
+        self.inflight = 0
+        self.idle = anyio.Event()
+        self.idle.set()
+
+    @property
+    def running(self) -> bool:
+        return (
+            self.ready.is_set()
+            and not self.exited.is_set()
+            and not self.stopping
+            and self.client is not None
+        )
+
+
+class _Child:
+    def __init__(self, id: str, target: Target, args: bytes, restart: RestartType) -> None:
+        self.id = id
+        self.target = target
+        self.args = args
+        self.restart: RestartType = restart
+        self.incarnation: _Incarnation | None = None
+        self.restarts = 0
+        self.last_exit: int | None = None
+        self.removed = False
+        self._changed = anyio.Event()
+
+    def changed(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def wait_changed(self) -> None:
+        await self._changed.wait()
+
+
+async def _wait_either(first: anyio.Event, second: anyio.Event) -> None:
+    """Return as soon as either event is set."""
+    if first.is_set() or second.is_set():
+        return
+    async with anyio.create_task_group() as task_group:
+
+        async def wait(event: anyio.Event) -> None:
+            await event.wait()
+            task_group.cancel_scope.cancel()
+
+        task_group.start_soon(wait, first)
+        task_group.start_soon(wait, second)
+
+
+def _current_backend() -> tuple[str, bool]:
+    """The running anyio backend (``"asyncio"`` or ``"trio"``) and whether asyncio is uvloop's."""
+    if "trio" in sys.modules:
+        import trio
+
+        try:
+            trio.lowlevel.current_task()
+            return "trio", False
+        except RuntimeError:
+            pass
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    return "asyncio", type(loop).__module__.startswith("uvloop")
+
+
+def _sweep(root: str) -> None:
+    """Remove the socket directories of supervisors that died without cleaning up."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return
+    uid = os.getuid()
+    for name in names:
+        if not name.startswith("sup-"):
+            continue
+        try:
+            pid = int(name.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # alive (or a pid reused: leave it)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        path = os.path.join(root, name)
+        try:
+            info = os.lstat(path)
+        except OSError:
+            continue
+        if info.st_uid == uid and os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+class _ForkServer:
+    """The supervisor's handle on its forkserver process (see ``_forkserver``)."""
+
+    def __init__(self, log: ActorLog, on_exit: Callable[[_Incarnation], None]) -> None:
+        self._log = log
+        self._on_exit = on_exit
+        self._process: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._ready = anyio.Event()
+        self._gone = anyio.Event()
+        self._reader_done = anyio.Event()
+        self._reader_scope = anyio.CancelScope()
+        self._seq = 0
+        self._pending: dict[int, tuple[_Incarnation, anyio.Event, list[str]]] = {}
+        self._incarnations: dict[int, _Incarnation] = {}
+        self.dead = False
+
+    def start(
+        self, task_group: TaskGroup, lifeline: int, log_level: str, preload: list[str]
+    ) -> None:
+        """Start the process (fork + exec, a few ms; from the event-loop thread on purpose)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            command = [
+                sys.executable,
+                "-c",
+                _BOOTSTRAP,
+                json.dumps(sys.path),
+                str(theirs.fileno()),
+                str(lifeline),
+                str(os.getpid()),
+                log_level,
+                ",".join(preload),
+            ]
+            self._process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(), lifeline),
+                process_group=0,  # Ctrl-C reaches the supervisor, which stops children in order
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self._sock = ours
+        task_group.start_soon(self._read_loop)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    async def wait_ready(self) -> None:
+        with anyio.move_on_after(_FORKSERVER_START):
+            await _wait_either(self._ready, self._gone)
+        if not self._ready.is_set() or self.dead:
+            raise SpawnError("the forkserver process did not start; see its output above")
+
+    async def _send(self, message: Any, fds: list[int] | None = None) -> None:
+        sock = self._sock
+        if sock is None or self.dead:
+            raise SpawnError("the forkserver is gone")
+        while True:
+            try:
+                send_message(sock, message, fds)
+                return
+            except BlockingIOError:
+                await anyio.wait_writable(sock)
+            except OSError as exc:
+                raise SpawnError(f"the forkserver is gone: {exc}") from exc
+
+    async def spawn(self, spec: dict[str, Any], fds: list[int], incarnation: _Incarnation) -> int:
+        self._seq += 1
+        seq = self._seq
+        done = anyio.Event()
+        error: list[str] = []
+        self._pending[seq] = (incarnation, done, error)
+        try:
+            await self._send(["spawn", seq, spec], fds)
+            with anyio.move_on_after(_FORKSERVER_START):
+                await _wait_either(done, self._gone)
+        finally:
+            self._pending.pop(seq, None)
+        if error or incarnation.pid is None:
+            reason = error[0] if error else "the forkserver did not answer"
+            raise SpawnError(f"could not start child {incarnation.child.id!r}: {reason}")
+        return incarnation.pid
+
+    def kill(self, incarnation: _Incarnation, sig: int) -> None:
+        """Send ``sig`` to a child that was not reaped yet (the forkserver checks)."""
+        pid = incarnation.pid
+        if pid is None or incarnation.exited.is_set() or self._sock is None or self.dead:
+            return
+        try:
+            send_message(self._sock, ["kill", pid, int(sig)])
+        except OSError:
+            pass
+
+    async def _read_loop(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        try:
+            with self._reader_scope:
+                while True:
+                    await anyio.wait_readable(sock)
+                    try:
+                        received = recv_message(sock)
+                    except BlockingIOError:
+                        continue
+                    except (OSError, ValueError) as exc:
+                        self._log.warning(f"forkserver connection failed: {exc}")
+                        break
+                    if received is None:
+                        break
+                    message, fds = received
+                    for fd in fds:
+                        os.close(fd)
+                    self._dispatch(message)
+        finally:
+            self._lost()
+            self._reader_done.set()
+
+    def _dispatch(self, message: Any) -> None:
+        kind = message[0]
+        if kind == "ready":
+            self._ready.set()
+        elif kind == "spawned":
+            pending = self._pending.get(message[1])
+            if pending is not None:
+                incarnation, done, _ = pending
+                incarnation.pid = message[2]
+                self._incarnations[message[2]] = incarnation
+                done.set()
+        elif kind == "error":
+            pending = self._pending.get(message[1])
+            if pending is not None:
+                pending[2].append(str(message[2]))
+                pending[1].set()
+        elif kind == "exit":
+            found = self._incarnations.pop(message[1], None)
+            if found is not None:
+                incarnation = found
+                incarnation.exitcode = message[2]
+                self._on_exit(incarnation)
+
+    def _lost(self) -> None:
+        """The forkserver is gone: its children die with it (PR_SET_PDEATHSIG)."""
+        self.dead = True
+        self._gone.set()
+        for incarnation in list(self._incarnations.values()):
+            incarnation.exitcode = -signal.SIGKILL
+            self._on_exit(incarnation)
+        self._incarnations.clear()
+
+    async def aclose(self) -> None:
+        """Close the control socket (the forkserver kills what children remain and exits),
+        then reap it; SIGKILL if it takes longer than a few seconds."""
+        self._reader_scope.cancel()
+        if self._sock is not None:
+            await self._reader_done.wait()
+            self._sock.close()
+            self._sock = None
+        process = self._process
+        if process is None:
+            return
+        with anyio.move_on_after(_KILL_WAIT):
+            await _wait_process(process)
+        if process.poll() is None:
+            process.kill()
+            with anyio.move_on_after(_KILL_WAIT, shield=True):
+                await _wait_process(process)
+        self._process = None
+
+
+def _write(stream: str, prefix: str, lines: list[bytes]) -> None:
+    out = sys.stdout if stream == "stdout" else sys.stderr
+    if out is None:
+        return
+    text = "".join(f"{prefix}{line.decode(errors='replace')}\n" for line in lines)
+    try:
+        out.write(text)
+        out.flush()
+    except (OSError, ValueError):
+        pass  # our own stdout is gone; the child's output has nowhere to go
+
+
+async def _wait_process(process: subprocess.Popen[bytes]) -> None:
+    """Wait for a child process of ours to exit and reap it, without a thread."""
+    if process.poll() is not None:
+        return
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):
+        pidfd = -1
+    try:
+        while process.poll() is None:
+            if pidfd >= 0:
+                await anyio.wait_readable(pidfd)
+            else:
+                await anyio.sleep(0.01)
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
+
+
+class Supervisor:
+    """Spawns worker processes that connect back to it, and restarts them by OTP rules.
+
+    ::
+
+        async with ipcactors.Supervisor(strategy="one_for_one") as sup:
+            await sup.spawn(worker, 1, id="w1")         # returns once w1 is connected and ready
+            print(await sup.request("w1", "job", {"n": 3}))
+
+    ``worker`` is an ``async def worker(actor, *args)`` importable by module and name; in the
+    child, ``actor`` is an :class:`Actor` named by the child's id, serving its own socket (other
+    children reach it with ``actor.connect_to(id)``) and already connected to the supervisor
+    (``actor.parent``). Arguments travel as msgpack (numpy arrays included), never pickle.
+
+    Parameters (defaults and why):
+
+    - ``strategy``: ``"one_for_one"`` (default: restart only the child that died),
+      ``"one_for_all"`` (stop and restart all), ``"rest_for_one"`` (the child and those started
+      after it, which usually depend on it).
+    - ``max_restarts``, ``max_seconds``: more than 3 restarts within 5 s (Elixir's defaults)
+      means restarting does not help: every child is stopped and
+      :class:`RestartIntensityError` raised.
+    - ``id``: the supervisor's own actor id (children reach it under that name).
+    - ``config`` / ``**overrides``: the :class:`Config` of the supervisor's actor and of the
+      children (``socket_root`` is where the supervisor makes its private socket directory).
+    - ``shutdown_timeout``: seconds a child gets, when stopped, to answer the requests the
+      supervisor sent it and to obey the stop message (OTP's default for workers: 5 s).
+    - ``terminate_timeout``: seconds between SIGTERM and SIGKILL (1 s).
+    - ``start_timeout``: seconds a child gets to connect back and be ready (10 s).
+    - ``preload``: extra modules the forkserver imports once (e.g. ``["numpy"]``), so children
+      start without importing them again.
+    - ``log_level``: the children's log level (``"WARNING"``: their lifecycle lines are noise;
+      their stdout and stderr are always passed on, prefixed with ``[id]``).
+    """
+
+    def __init__(
+        self,
+        strategy: Strategy = "one_for_one",
+        max_restarts: int = 3,
+        max_seconds: float = 5.0,
+        *,
+        id: str = "supervisor",
+        config: Config | None = None,
+        shutdown_timeout: float = 5.0,
+        terminate_timeout: float = 1.0,
+        start_timeout: float = 10.0,
+        preload: tuple[str, ...] | list[str] = (),
+        log_level: str = "WARNING",
+        **overrides: Any,
+    ) -> None:
+        if strategy not in _STRATEGIES:
+            raise ConfigError(f"strategy must be one of {', '.join(_STRATEGIES)}, got {strategy!r}")
+        if type(max_restarts) is not int or max_restarts < 0:
+            raise ConfigError(f"max_restarts must be an integer >= 0, got {max_restarts!r}")
+        for name, value in (
+            ("max_seconds", max_seconds),
+            ("shutdown_timeout", shutdown_timeout),
+            ("terminate_timeout", terminate_timeout),
+            ("start_timeout", start_timeout),
+        ):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+        if type(id) is not str or not id:
+            raise ConfigError(f"a supervisor id must be a non-empty string, got {id!r}")
+        self.id = id
+        self.strategy: Strategy = strategy
+        self.max_restarts = max_restarts
+        self.max_seconds = float(max_seconds)
+        self.shutdown_timeout = float(shutdown_timeout)
+        self.terminate_timeout = float(terminate_timeout)
+        self.start_timeout = float(start_timeout)
+        self.preload = [str(name) for name in preload]
+        self.log_level = log_level
+        self.config = (config or Config()).replace(id=id, **overrides)
+        self._log = ActorLog(id, self.config.silent)
+        self._children: dict[str, _Child] = {}  # in start order
+        self._restart_times: deque[float] = deque()
+        self._lock = anyio.Lock()
+        self._actor: Actor | None = None
+        self._server: Server | None = None
+        self._task_group: TaskGroup | None = None
+        self._forkserver: _ForkServer | None = None
+        self._lifeline: tuple[int, int] | None = None
+        self._dir: str | None = None
+        self._backend = "asyncio"
+        self._uvloop = False
+        self._exits_send, self._exits_receive = anyio.create_memory_object_stream[_Incarnation](
+            math.inf
+        )
+        self._monitor_scope = anyio.CancelScope()
+        self._monitor_done = anyio.Event()
+        self._relays: set[anyio.CancelScope] = set()
+        self._relays_idle = anyio.Event()
+        self._relays_idle.set()
+        self._entered = False
+        self._closing = False
+        self._closed = anyio.Event()
+        self._hard = False
+        self._failure: RestartIntensityError | None = None
+
+    def __repr__(self) -> str:
+        return f"<Supervisor {self.id!r} {self.strategy} children={list(self._children)}>"
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Supervisor:
+        if self._entered:
+            raise IPCError(f"supervisor {self.id!r} can be entered only once")
+        self._entered = True
+        self._backend, self._uvloop = _current_backend()
+        root = self.config.socket_root or default_socket_root()
+        ensure_socket_dir(root, private=self.config.socket_root is None)
+        _sweep(root)
+        self._dir = tempfile.mkdtemp(prefix=f"sup-{os.getpid()}-", dir=root)
+        actor = Actor(self.id, self.config.replace(socket_root=self._dir))
+        await actor.__aenter__()
+        self._actor = actor
+        try:
+            server = self._server = await actor.serve()
+            server.on(HELLO_EVENT, self._on_hello)
+            server.on(READY_EVENT, self._on_ready)
+            self._lifeline = os.pipe2(os.O_CLOEXEC)
+            task_group = anyio.create_task_group()
+            await task_group.__aenter__()
+            self._task_group = task_group
+        except BaseException as exc:
+            await self._cleanup_files()
+            await actor.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        task_group.start_soon(self._monitor)
+        self._start_forkserver()
+        runtime = current_runtime()
+        if runtime is not None:
+            runtime.supervisors.add(self)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._task_group is not None
+        assert self._actor is not None
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._shutdown()
+        finally:
+            runtime = current_runtime()
+            if runtime is not None:
+                runtime.supervisors.discard(self)
+        # Leave our task group, then the actor's (entered first), each seeing what is pending.
+        pending = exc
+        try:
+            if await self._task_group.__aexit__(exc_type, exc, tb):
+                pending = None
+        except BaseException as error:
+            pending = error
+        try:
+            if await self._actor.__aexit__(
+                type(pending) if pending is not None else None,
+                pending,
+                pending.__traceback__ if pending is not None else None,
+            ):
+                pending = None
+        except BaseException as error:
+            pending = error
+        if pending is None:
+            if self._failure is not None:
+                raise self._failure
+            return True if exc is not None else None
+        if pending is exc:
+            return False
+        raise pending
+
+    async def aclose(self) -> None:
+        """Stop every child (reverse start order, each bounded), the forkserver, and the
+        supervisor's own actor; remove its socket directory. Idempotent. Called from another
+        task, it also ends the body of the ``async with`` (as ``Actor.aclose`` does)."""
+        await self._shutdown()
+        if self._actor is not None:
+            await self._actor.aclose()
+
+    async def _shutdown(self) -> None:
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        try:
+            self._monitor_scope.cancel()
+            await self._monitor_done.wait()
+            async with self._lock:
+                await self._stop_all()
+            if self._forkserver is not None:
+                await self._forkserver.aclose()
+            if self._lifeline is not None:
+                for fd in self._lifeline:
+                    os.close(fd)
+                self._lifeline = None
+            with anyio.move_on_after(_RELAY_DRAIN):
+                await self._relays_idle.wait()
+            for scope in list(self._relays):
+                scope.cancel()
+            await self._relays_idle.wait()
+        finally:
+            await self._cleanup_files()
+            self._exits_send.close()
+            self._exits_receive.close()
+            self._closed.set()
+
+    async def _cleanup_files(self) -> None:
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def kill(self) -> None:
+        """SIGKILL every child now (``ipcactors.run`` calls this on a second signal). The
+        ``async with`` still reaps them and closes; it no longer waits for anyone."""
+        self._hard = True
+        if self._forkserver is None:
+            return
+        for child in self._children.values():
+            if child.incarnation is not None:
+                child.incarnation.stopping = True
+                self._forkserver.kill(child.incarnation, signal.SIGKILL)
+
+    def _check_open(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._task_group is None:
+            raise IPCError(f"use the supervisor inside 'async with' first: async with {self!r}")
+        if self._closing:
+            raise ClosedError(f"supervisor {self.id!r} is closed")
+
+    # --- the forkserver -----------------------------------------------------------------------
+
+    def _start_forkserver(self) -> None:
+        assert self._task_group is not None
+        assert self._lifeline is not None
+        preload = ["anyio", f"anyio._backends._{self._backend}", "ipcactors._child", "loguru"]
+        if self._backend == "trio":
+            preload.append("trio")
+        elif self._uvloop:
+            preload.append("uvloop")
+        forkserver = _ForkServer(self._log, self._on_exit)
+        forkserver.start(
+            self._task_group, self._lifeline[0], self.log_level, preload + self.preload
+        )
+        self._forkserver = forkserver
+
+    async def _ready_forkserver(self) -> _ForkServer:
+        if self._forkserver is None or self._forkserver.dead:
+            if self._forkserver is not None:
+                self._log.warning("the forkserver died; starting a new one")
+                await self._forkserver.aclose()
+            self._start_forkserver()
+        assert self._forkserver is not None
+        await self._forkserver.wait_ready()
+        return self._forkserver
+
+    def _on_exit(self, incarnation: _Incarnation) -> None:
+        """From the forkserver's reader: a child process ended (it is reaped)."""
+        incarnation.exited.set()
+        incarnation.child.last_exit = incarnation.exitcode
+        incarnation.child.changed()
+        if not self._closing:
+            try:
+                self._exits_send.send_nowait(incarnation)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                pass
+
+    # --- children -----------------------------------------------------------------------------
+
+    @property
+    def children(self) -> Mapping[str, ChildInfo]:
+        """A snapshot of the children, in start order."""
+        return {child.id: self._info(child) for child in self._children.values()}
+
+    @property
+    def actor(self) -> Actor:
+        """The supervisor's own actor (its server is where children connect)."""
+        if self._actor is None:
+            raise IPCError("the supervisor is not entered yet")
+        return self._actor
+
+    @property
+    def server(self) -> Server:
+        """The supervisor's server: where its children are connected (``server.clients``)."""
+        if self._server is None:
+            raise IPCError("the supervisor is not entered yet")
+        return self._server
+
+    @property
+    def socket_dir(self) -> str | None:
+        """The private directory of this supervisor's and its children's sockets."""
+        return self._dir
+
+    def _info(self, child: _Child) -> ChildInfo:
+        incarnation = child.incarnation
+        return ChildInfo(
+            id=child.id,
+            target=str(child.target),
+            restart=child.restart,
+            pid=incarnation.pid if incarnation is not None else None,
+            running=incarnation is not None and incarnation.running,
+            restarts=child.restarts,
+            last_exit=child.last_exit,
+        )
+
+    async def spawn(
+        self,
+        fn: Callable[..., Any] | str,
+        *args: Any,
+        id: str,
+        restart: RestartType = "permanent",
+    ) -> ChildInfo:
+        """Start ``fn(actor, *args)`` in a new process as child ``id``; return once it is
+        connected back and ready (its first handlers registered).
+
+        ``fn`` is an async function importable by module and name (or ``"module:function"``);
+        lambdas, closures and functions of an interactive session are refused with
+        :class:`SpawnError` before any process starts, as are arguments msgpack cannot carry
+        (:class:`EncodeError`). Raises :class:`ChildExitedError` if the child exits before it
+        is ready; it is then not supervised.
+        """
+        self._check_open()
+        if type(id) is not str or not id or "/" in id or "\0" in id:
+            raise ConfigError(f"a child id must be a non-empty string without '/', got {id!r}")
+        if id == self.id:
+            raise ConfigError(f"a child cannot have the supervisor's own id {id!r}")
+        if restart not in _RESTART_TYPES:
+            raise ConfigError(
+                f"restart must be one of {', '.join(_RESTART_TYPES)}, got {restart!r}"
+            )
+        assert self._dir is not None
+        check_path_length(os.path.join(self._dir, f"{self.config.appspace}{id}"))
+        target = target_of(fn)
+        try:
+            packed = msgpack.packb(list(args), use_bin_type=True, default=encode_default)
+        except EncodeError:
+            raise
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise EncodeError(f"the arguments of {id!r} cannot be encoded: {exc}") from exc
+        async with self._lock:
+            self._check_open()
+            if id in self._children:
+                raise ConfigError(f"a child with id {id!r} is already supervised")
+            child = _Child(id, target, packed, restart)
+            self._children[id] = child
+            try:
+                await self._start(child)
+            except BaseException:
+                self._remove(child)
+                if child.incarnation is not None:
+                    await self._stop_child(child)
+                raise
+            return self._info(child)
+
+    async def stop(self, id: str) -> None:
+        """Stop child ``id`` (as at shutdown: stop message, SIGTERM, SIGKILL) and stop
+        supervising it; it is not restarted."""
+        self._check_open()
+        async with self._lock:
+            child = self._children.get(id)
+            if child is None:
+                raise UnknownPeerError(f"supervisor {self.id!r} has no child {id!r}")
+            await self._stop_child(child)
+            self._remove(child)
+
+    def _remove(self, child: _Child) -> None:
+        if self._children.get(child.id) is child:
+            del self._children[child.id]
+        child.removed = True
+        child.changed()
+
+    def _spec(self, child: _Child, incarnation: _Incarnation) -> dict[str, Any]:
+        assert self._dir is not None
+        config = {
+            field.name: getattr(self.config, field.name)
+            for field in dataclasses.fields(self.config)
+            if isinstance(getattr(self.config, field.name), str | int | float | bool | None)
+        }
+        config.update(id=child.id, socket_root=self._dir)
+        return {
+            "id": child.id,
+            "sup_id": self.id,
+            "sup_path": os.path.join(self._dir, f"{self.config.appspace}{self.id}"),
+            "config": config,
+            "backend": self._backend,
+            "uvloop": self._uvloop,
+            "module": child.target.module,
+            "qualname": child.target.qualname,
+            "main_path": child.target.main_path,
+            "token": incarnation.token,
+            "timeout": self.start_timeout,
+            "path": list(sys.path),
+            "argv": list(sys.argv),
+        }
+
+    async def _start(self, child: _Child) -> None:
+        """Start a new incarnation of ``child`` and wait until it is ready. Holds the lock."""
+        assert self._task_group is not None
+        forkserver = await self._ready_forkserver()
+        incarnation = _Incarnation(child)
+        child.incarnation = incarnation
+        started = time.monotonic()
+        pipes = [os.pipe2(os.O_CLOEXEC), os.pipe2(os.O_CLOEXEC)]
+        try:
+            await forkserver.spawn(
+                self._spec(child, incarnation), [pipes[0][1], pipes[1][1]], incarnation
+            )
+        except BaseException:
+            for read_end, _ in pipes:
+                os.close(read_end)
+            raise
+        finally:
+            for _, write_end in pipes:
+                os.close(write_end)
+        for (read_end, _), stream in zip(pipes, ("stdout", "stderr"), strict=True):
+            os.set_blocking(read_end, False)
+            scope = anyio.CancelScope()
+            self._relays.add(scope)
+            self._relays_idle = anyio.Event()
+            self._task_group.start_soon(self._relay, read_end, stream, child.id, scope)
+        with anyio.move_on_after(self.start_timeout):
+            await _wait_either(incarnation.ready, incarnation.exited)
+        if incarnation.ready.is_set() and not incarnation.exited.is_set():
+            elapsed = (time.monotonic() - started) * 1000
+            self._log.info(f"child {child.id!r} ready (pid {incarnation.pid}, {elapsed:.1f} ms)")
+            child.changed()
+            return
+        if incarnation.exited.is_set():
+            raise ChildExitedError(
+                f"child {child.id!r} {describe_exit(incarnation.exitcode)} before it was ready "
+                "(its output above, prefixed with its id, says why)",
+                child.id,
+                incarnation.exitcode,
+            )
+        self._forkserver_kill(incarnation, signal.SIGKILL)
+        raise SpawnError(
+            f"child {child.id!r} did not connect back within start_timeout={self.start_timeout} s"
+        )
+
+    def _forkserver_kill(self, incarnation: _Incarnation, sig: int) -> None:
+        if self._forkserver is not None:
+            self._forkserver.kill(incarnation, sig)
+
+    async def _stop_child(self, child: _Child) -> None:
+        """Stop the running incarnation of ``child``: bounded steps. Holds the lock."""
+        incarnation = child.incarnation
+        if incarnation is None:
+            return
+        incarnation.stopping = True
+        child.changed()
+        if incarnation.pid is None:
+            # Never got a pid: the forkserver (which kills its remaining children on close)
+            # is the last line; nothing to signal here.
+            child.incarnation = None
+            return
+        if not incarnation.exited.is_set() and not self._hard:
+            with anyio.move_on_after(self.shutdown_timeout):
+                await incarnation.idle.wait()
+                client = incarnation.client
+                if client is not None and client.connected:
+                    try:
+                        await client.emit(STOP_EVENT)
+                    except IPCError:
+                        pass
+                await incarnation.exited.wait()
+        for sig, wait in (
+            (signal.SIGTERM, self.terminate_timeout),
+            (signal.SIGKILL, _KILL_WAIT),
+        ):
+            if incarnation.exited.is_set():
+                break
+            if sig == signal.SIGTERM and self._hard:
+                continue
+            self._log.warning(f"child {child.id!r} did not stop; sending {sig.name}")
+            self._forkserver_kill(incarnation, sig)
+            with anyio.move_on_after(wait):
+                await incarnation.exited.wait()
+        if not incarnation.exited.is_set():
+            self._log.warning(f"child {child.id!r} (pid {incarnation.pid}) did not report its exit")
+        else:
+            self._log.info(f"child {child.id!r} stopped ({describe_exit(incarnation.exitcode)})")
+        child.incarnation = None
+        child.changed()
+
+    async def _stop_all(self) -> None:
+        for child in reversed(list(self._children.values())):
+            await self._stop_child(child)
+
+    # --- output ------------------------------------------------------------------------------
+
+    async def _relay(self, fd: int, stream: str, child_id: str, scope: anyio.CancelScope) -> None:
+        """Pass a child's stdout or stderr on, line by line, prefixed with ``[id]``."""
+        prefix = f"[{child_id}] "
+        pending = b""
+        try:
+            with scope:
+                while True:
+                    await anyio.wait_readable(fd)
+                    try:
+                        data = os.read(fd, 65536)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        break
+                    if not data:
+                        break
+                    *lines, pending = (pending + data).split(b"\n")
+                    if len(pending) > _RELAY_LINE:
+                        lines.append(pending)
+                        pending = b""
+                    _write(stream, prefix, lines)
+        finally:
+            if pending:
+                _write(stream, prefix, [pending])
+            os.close(fd)
+            self._relays.discard(scope)
+            if not self._relays:
+                self._relays_idle.set()
+
+    # --- restarts -----------------------------------------------------------------------------
+
+    async def _monitor(self) -> None:
+        try:
+            with self._monitor_scope:
+                async for incarnation in self._exits_receive:
+                    async with self._lock:
+                        await self._on_child_exit(incarnation)
+        finally:
+            self._monitor_done.set()
+
+    async def _on_child_exit(self, incarnation: _Incarnation) -> None:
+        child = incarnation.child
+        if (
+            incarnation.stopping
+            or self._closing
+            or child.removed
+            or child.incarnation is not incarnation
+        ):
+            return  # we ended it, or it is no longer the child's current process
+        child.incarnation = None
+        code = incarnation.exitcode
+        what = f"child {child.id!r} {describe_exit(code)}"
+        if child.restart == "temporary" or (child.restart == "transient" and code == 0):
+            self._log.info(f"{what}; {child.restart}: not restarted")
+            self._remove(child)
+            return
+        now = time.monotonic()
+        self._restart_times.append(now)
+        while self._restart_times and now - self._restart_times[0] > self.max_seconds:
+            self._restart_times.popleft()
+        if len(self._restart_times) > self.max_restarts:
+            self._failure = RestartIntensityError(
+                f"{what}: more than max_restarts={self.max_restarts} restarts within "
+                f"max_seconds={self.max_seconds}; every child of {self.id!r} was stopped",
+                child.id,
+                self.max_restarts,
+                self.max_seconds,
+                code,
+            )
+            self._log.warning(str(self._failure))
+            await self._stop_all()
+            assert self._task_group is not None
+            self._task_group.cancel_scope.cancel()
+            return
+        order = list(self._children.values())
+        if self.strategy == "one_for_one":
+            group = [child]
+        elif self.strategy == "one_for_all":
+            group = order
+        else:
+            group = order[order.index(child) :]
+        self._log.warning(f"{what}; restarting {[c.id for c in group]} ({self.strategy})")
+        for other in reversed(group):
+            if other is not child:
+                await self._stop_child(other)
+        for member in group:
+            if member is not child and member.restart == "temporary":
+                self._remove(member)
+                continue
+            member.restarts += 1
+            try:
+                await self._start(member)
+            except (ChildExitedError, SpawnError) as exc:
+                # Its exit (or its kill) is queued: the next round decides, within intensity.
+                self._log.warning(f"restart of {member.id!r} failed: {exc}")
+
+    # --- children's messages ------------------------------------------------------------------
+
+    def _incarnation_of(self, data: Any, client: Client) -> _Incarnation:
+        child = self._children.get(client.id)
+        incarnation = child.incarnation if child is not None else None
+        token = data.get("token") if isinstance(data, dict) else None
+        if incarnation is None or token != incarnation.token:
+            raise SpawnError(f"{client.id!r} is not a child this supervisor is starting")
+        return incarnation
+
+    def _on_hello(self, data: Any, client: Client) -> dict[str, Any]:
+        incarnation = self._incarnation_of(data, client)
+        incarnation.client = client
+        return {"args": incarnation.child.args}
+
+    def _on_ready(self, data: Any, client: Client) -> None:
+        try:
+            incarnation = self._incarnation_of(data, client)
+        except SpawnError as exc:
+            self._log.warning(str(exc))
+            return
+        incarnation.ready.set()
+
+    def on(self, event: str, handler: Handler | None = None) -> Any:
+        """Register ``handler(data, client)`` for events and requests children send to the
+        supervisor (``actor.parent.emit(...)`` in a child); ``client.id`` is the child's id.
+        Also usable as a decorator."""
+        return self.server.on(event, handler)
+
+    # --- talking to children ------------------------------------------------------------------
+
+    def _child(self, id: str) -> _Child:
+        child = self._children.get(id)
+        if child is None:
+            raise UnknownPeerError(f"supervisor {self.id!r} has no child {id!r}")
+        return child
+
+    async def _running(self, id: str, timeout: float) -> _Incarnation:
+        """The child's ready incarnation; waits (up to ``timeout``) while it is restarting."""
+        with anyio.move_on_after(timeout):
+            while True:
+                self._check_open()
+                child = self._child(id)
+                incarnation = child.incarnation
+                if incarnation is not None and incarnation.running:
+                    return incarnation
+                await child.wait_changed()
+                if child.removed:
+                    raise UnknownPeerError(
+                        f"child {id!r} {describe_exit(child.last_exit)} and is no longer supervised"
+                    )
+        raise RequestTimeoutError(f"child {id!r} was not running within {timeout} s")
+
+    async def emit(self, id: str, event: str, data: Any = None) -> None:
+        """Send ``event`` to child ``id`` (at most once). While the child is restarting, waits
+        for it (up to ``Config.request_timeout``)."""
+        incarnation = await self._running(id, self.config.request_timeout)
+        assert incarnation.client is not None
+        await incarnation.client.emit(event, data)
+
+    async def request(
+        self, id: str, event: str, data: Any = None, *, timeout: float | None = None
+    ) -> Any:
+        """Ask child ``id`` and return its handler's answer.
+
+        Waits for a restarting child within the same ``timeout`` (default
+        ``Config.request_timeout``). Raises :class:`ChildExitedError` at once if the child's
+        process ends before it answers (the child and its exit code or signal are named), and
+        what ``Connection.request`` raises otherwise.
+        """
+        if timeout is None:
+            timeout = self.config.request_timeout
+        deadline = anyio.current_time() + timeout
+        incarnation = await self._running(id, timeout)
+        client = incarnation.client
+        assert client is not None
+        incarnation.inflight += 1
+        if incarnation.inflight == 1:
+            incarnation.idle = anyio.Event()
+        outcome: dict[str, Any] = {}
+        try:
+            async with anyio.create_task_group() as task_group:
+
+                async def call() -> None:
+                    try:
+                        remaining = max(deadline - anyio.current_time(), 0.001)
+                        outcome["value"] = await client.request(event, data, timeout=remaining)
+                    except Exception as exc:
+                        outcome["error"] = exc
+                    task_group.cancel_scope.cancel()
+
+                async def watch() -> None:
+                    await incarnation.exited.wait()
+                    task_group.cancel_scope.cancel()
+
+                task_group.start_soon(call)
+                task_group.start_soon(watch)
+        finally:
+            incarnation.inflight -= 1
+            if incarnation.inflight == 0:
+                incarnation.idle.set()
+        if "value" in outcome:
+            return outcome["value"]
+        error = outcome.get("error")
+        if error is not None and not isinstance(error, ClosedError | ConnectionLostError):
+            raise error
+        if error is not None and not incarnation.exited.is_set():
+            # The connection dropped: the exit report follows within moments, if it exited.
+            with anyio.move_on_after(1.0):
+                await incarnation.exited.wait()
+        if incarnation.exited.is_set():
+            raise ChildExitedError(
+                f"child {id!r} {describe_exit(incarnation.exitcode)} before answering "
+                f"request {event!r}",
+                id,
+                incarnation.exitcode,
+            )
+        raise ConnectionLostError(
+            f"connection to child {id!r} was lost before it answered {event!r}"
+        ) from error

@@ -1,0 +1,130 @@
+"""What a child runs: an async function named by module and qualified name, never pickled code.
+
+Invariant: :func:`target_of` refuses, in the parent and before any process starts, every function
+a fresh child could not import by name: lambdas, closures and other nested functions, functions
+of modules that cannot be imported, objects that do not resolve back to the function given.
+Functions of the main script are supported the way multiprocessing's "spawn" supports them: the
+child runs the script under the name ``__mp_main__`` (so its ``if __name__ == "__main__":`` block
+does not run again) and takes the function from there.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import runpy
+import sys
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ._errors import SpawnError
+
+__all__ = ["Target", "load_target", "target_of"]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    module: str
+    qualname: str
+    #: The main script's path, when the function lives in the script that was run.
+    main_path: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.module}.{self.qualname}"
+
+
+def _resolve(namespace: Any, qualname: str) -> Any:
+    value = namespace
+    for part in qualname.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def target_of(fn: Callable[..., Any] | str) -> Target:
+    """Describe ``fn`` (an async function, or ``"module:qualname"``) so a child can import it.
+
+    Raises :class:`SpawnError` saying what is wrong and what to do.
+    """
+    if isinstance(fn, str):
+        module_name, sep, qualname = fn.partition(":")
+        if not sep or not module_name or not qualname:
+            raise SpawnError(f"a target given as text must be 'module:function', got {fn!r}")
+        try:
+            fn = _resolve(importlib.import_module(module_name), qualname)
+        except (ImportError, AttributeError) as exc:
+            raise SpawnError(f"cannot import target {fn!r}: {exc}") from exc
+        assert not isinstance(fn, str)
+    if not callable(fn):
+        raise SpawnError(f"the target must be an async function, got {fn!r}")
+    if not inspect.iscoroutinefunction(fn):
+        raise SpawnError(
+            f"the target {getattr(fn, '__qualname__', fn)!r} must be an async function "
+            "('async def worker(actor, ...)')"
+        )
+    module_attr = getattr(fn, "__module__", None)
+    qualname_attr = getattr(fn, "__qualname__", None)
+    if not isinstance(module_attr, str) or not isinstance(qualname_attr, str):
+        raise SpawnError(f"the target {fn!r} has no module and qualified name to import it by")
+    module_name, qualname = module_attr, qualname_attr
+    if "<lambda>" in qualname:
+        raise SpawnError(
+            f"the target is a lambda ({module_name}.{qualname}); a child process can only "
+            "import functions by name: define it with 'async def' at module level"
+        )
+    if "<locals>" in qualname:
+        raise SpawnError(
+            f"the target {qualname!r} is defined inside another function (a closure or nested "
+            "function); a child process can only import functions by name: move it to module "
+            f"level in {module_name!r} and pass what it needs as arguments"
+        )
+    main_path: str | None = None
+    module = sys.modules.get(module_name)
+    if module_name == "__main__":
+        main = sys.modules["__main__"]
+        spec = getattr(main, "__spec__", None)
+        if spec is not None and spec.name and spec.name != "__main__":
+            module_name = spec.name  # run with `python -m pkg.mod`: import it by its real name
+        else:
+            main_file = getattr(main, "__file__", None)
+            if not main_file or not os.path.exists(main_file):
+                raise SpawnError(
+                    f"the target {qualname!r} is defined in an interactive session or in "
+                    "'python -c'; a child process cannot import it: put it in a module"
+                )
+            main_path = os.path.abspath(main_file)
+    elif module is None or getattr(module, "__spec__", None) is None:
+        raise SpawnError(
+            f"the target's module {module_name!r} cannot be imported by name (it was not "
+            "loaded through the import system); put the function in an importable module"
+        )
+    if module is None:
+        raise SpawnError(f"the target's module {module_name!r} is not loaded")
+    try:
+        found = _resolve(module, qualname)
+    except AttributeError:
+        found = None
+    if found is not fn:
+        raise SpawnError(
+            f"{module_name}.{qualname} does not name the function given (a decorator that "
+            "does not keep __qualname__, or a name that was rebound?); pass a function that "
+            "can be imported by its own name"
+        )
+    return Target(module_name, qualname, main_path)
+
+
+def load_target(target: Target) -> Callable[..., Any]:
+    """In the child: import the target (running the main script as ``__mp_main__`` first when
+    the function lives there). Raises ImportError/AttributeError when it cannot."""
+    if target.main_path is not None:
+        module = sys.modules.get("__mp_main__")
+        if module is None:
+            module = types.ModuleType("__mp_main__")
+            namespace = runpy.run_path(target.main_path, run_name="__mp_main__")
+            module.__dict__.update(namespace)
+            sys.modules["__mp_main__"] = module
+        sys.modules["__main__"] = module
+        return _resolve(module, target.qualname)  # type: ignore[no-any-return]
+    return _resolve(importlib.import_module(target.module), target.qualname)  # type: ignore[no-any-return]

@@ -1,0 +1,119 @@
+"""Target functions for supervised children in the tests (importable by name in a child: the
+child gets the parent's sys.path, and pytest puts tests/ on it)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any
+
+import anyio
+
+import ipcactors
+
+
+async def echo(actor: ipcactors.Actor, tag: Any = None) -> None:
+    """Answers requests until stopped: echo, pid, tag, slow (sleeps), exit (exits at once),
+    ask (asks a sibling)."""
+    parent = actor.parent
+    assert parent is not None
+    parent.on("echo", lambda data: data)
+    parent.on("pid", lambda data: os.getpid())
+    parent.on("tag", lambda data: tag)
+    parent.on("backend", lambda data: _backend())
+
+    async def slow(seconds: float) -> str:
+        await anyio.sleep(seconds)
+        return "done"
+
+    parent.on("slow", slow)
+    parent.on("exit", lambda code: os._exit(code))
+
+    async def ask(data: dict[str, Any]) -> Any:
+        sibling = await actor.connect_to(data["id"])
+        return await sibling.request(data["event"], data.get("data"), timeout=5)
+
+    parent.on("ask", ask)
+    await anyio.sleep_forever()
+
+
+def _backend() -> str:
+    if "trio" in sys.modules:
+        import trio
+
+        try:
+            trio.lowlevel.current_task()
+            return "trio"
+        except RuntimeError:
+            pass
+    return "asyncio"
+
+
+async def sibling_echo(actor: ipcactors.Actor) -> None:
+    """Like echo, but serving siblings: handlers on its own server."""
+    assert actor.server is not None
+    actor.server.on("echo", lambda data, client: [actor.id, data])
+    await echo(actor)
+
+
+async def crash_after(actor: ipcactors.Actor, delay: float, code: int = 1) -> None:
+    await anyio.sleep(delay)
+    os._exit(code)
+
+
+async def fail(actor: ipcactors.Actor, message: str) -> None:
+    raise RuntimeError(message)
+
+
+async def finish(actor: ipcactors.Actor, delay: float = 0.0) -> None:
+    await anyio.sleep(delay)
+
+
+async def stubborn(actor: ipcactors.Actor, ignore_sigterm: bool) -> None:
+    """Ignores the stop message (and SIGTERM if asked): must be terminated or killed."""
+    if ignore_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    parent = actor.parent
+    assert parent is not None
+    parent.on("pid", lambda data: os.getpid())
+    with anyio.CancelScope(shield=True):
+        await anyio.sleep(60)
+
+
+async def chatty(actor: ipcactors.Actor) -> None:
+    print("hello on stdout")
+    print("hello on stderr", file=sys.stderr)
+    await echo(actor)
+
+
+async def arrays(actor: ipcactors.Actor, weights: Any) -> None:
+    parent = actor.parent
+    assert parent is not None
+    parent.on("matmul", lambda x: x @ weights)
+    await anyio.sleep_forever()
+
+
+async def nested(actor: ipcactors.Actor, max_restarts: int, crash: bool) -> None:
+    """A supervisor inside a child: asks its own child; gives up if its child keeps crashing."""
+    parent = actor.parent
+    assert parent is not None
+    inner: dict[str, ipcactors.Supervisor] = {}
+    inner_ready = anyio.Event()
+
+    async def via_inner(data: Any) -> Any:
+        await inner_ready.wait()
+        return [os.getpid(), await inner["sup"].request("inner", "pid", timeout=5), data]
+
+    # Handlers registered before the first await are in place when the spawn returns.
+    parent.on("via_inner", via_inner)
+    async with ipcactors.Supervisor(
+        max_restarts=max_restarts, max_seconds=5.0, id=f"{actor.id}-sup"
+    ) as sup:
+        inner["sup"] = sup
+        if crash:
+            await sup.spawn(crash_after, 0.05, id="inner")
+        else:
+            await sup.spawn(echo, "inner", id="inner")
+        inner_ready.set()
+        await anyio.sleep_forever()

@@ -1,0 +1,472 @@
+"""The supervisor: spawning, OTP strategies and restart types, intensity, shutdown, no orphans.
+
+Every test runs on asyncio and trio; children run on the same backend as their supervisor.
+Processes that a test starts outside a supervisor are killed and reaped in ``finally``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import _workers
+import anyio
+import psutil
+import pytest
+
+import ipcactors
+from ipcactors import ChildExitedError, RestartIntensityError, SpawnError, Supervisor
+
+pytestmark = pytest.mark.anyio
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def supervisor(socket_dir: str, **options: Any) -> Supervisor:
+    options.setdefault("shutdown_timeout", 2.0)
+    options.setdefault("terminate_timeout", 0.5)
+    return Supervisor(socket_root=socket_dir, retry=0.05, retry_cap=0.2, **options)
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    with anyio.fail_after(timeout):
+        while not condition():
+            await anyio.sleep(0.01)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def pids(sup: Supervisor) -> dict[str, int | None]:
+    return {id: info.pid for id, info in sup.children.items()}
+
+
+def restarted(sup: Supervisor, id: str, old_pid: int | None) -> Callable[[], bool]:
+    def check() -> bool:
+        info = sup.children.get(id)
+        return info is not None and info.running and info.pid != old_pid
+
+    return check
+
+
+# --- spawning and talking -------------------------------------------------------------------
+
+
+async def test_spawn_request_emit_and_same_backend(socket_dir: str, anyio_backend: str) -> None:
+    with anyio.fail_after(15):
+        async with supervisor(socket_dir) as sup:
+            started = time.monotonic()
+            info = await sup.spawn(_workers.echo, {"tag": [1, 2]}, id="w1")
+            assert time.monotonic() - started < 5
+            assert info.running
+            assert info.pid is not None
+            assert alive(info.pid)
+            assert info.target == "_workers.echo"
+            assert await sup.request("w1", "echo", {"x": 1}) == {"x": 1}
+            assert await sup.request("w1", "tag") == {"tag": [1, 2]}
+            assert await sup.request("w1", "backend") == anyio_backend
+            assert await sup.request("w1", "pid") == info.pid
+            await sup.emit("w1", "nothing-listens", 1)  # at most once, no error
+            got: list[Any] = []
+            sup.on("hi", lambda data, client: got.append((client.id, data)))
+            await sup.spawn("_workers:echo", id="w2")
+            assert list(sup.children) == ["w1", "w2"]
+        assert not alive(info.pid)
+
+
+async def test_children_reach_each_other_by_id(socket_dir: str) -> None:
+    with anyio.fail_after(15):
+        async with supervisor(socket_dir) as sup:
+            await sup.spawn(_workers.sibling_echo, id="a")
+            await sup.spawn(_workers.sibling_echo, id="b")
+            answer = await sup.request("a", "ask", {"id": "b", "event": "echo", "data": 7})
+            assert answer == ["b", 7]
+
+
+async def test_child_output_is_relayed_with_its_id(
+    socket_dir: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with anyio.fail_after(15):
+        async with supervisor(socket_dir) as sup:
+            await sup.spawn(_workers.chatty, id="talker")
+            seen = {"out": "", "err": ""}
+
+            def both() -> bool:
+                captured = capsys.readouterr()
+                seen["out"] += captured.out
+                seen["err"] += captured.err
+                return "hello on stdout" in seen["out"] and "hello on stderr" in seen["err"]
+
+            await wait_until(both)
+    assert "[talker] hello on stdout" in seen["out"]
+    assert "[talker] hello on stderr" in seen["err"]
+
+
+async def test_numpy_arrays_as_arguments_and_replies(socket_dir: str) -> None:
+    np = pytest.importorskip("numpy")
+    weights = np.arange(12, dtype=np.float64).reshape(3, 4)
+    x = np.linspace(0, 1, 6).reshape(2, 3)
+    with anyio.fail_after(15):
+        async with supervisor(socket_dir) as sup:
+            await sup.spawn(_workers.arrays, weights, id="mm")
+            result = await sup.request("mm", "matmul", x)
+    assert isinstance(result, np.ndarray)
+    np.testing.assert_array_equal(result, x @ weights)
+
+
+# --- refusing what cannot be spawned ----------------------------------------------------------
+
+
+async def _nested_target(actor: ipcactors.Actor) -> None:
+    pass
+
+
+def not_async(actor: ipcactors.Actor) -> None:
+    pass
+
+
+async def test_unimportable_targets_are_refused_before_spawning(socket_dir: str) -> None:
+    async def closure(actor: ipcactors.Actor) -> None:
+        pass
+
+    with anyio.fail_after(15):
+        async with supervisor(socket_dir) as sup:
+            before = {p.pid for p in psutil.Process().children(recursive=True)}
+            cases: list[tuple[Any, str]] = [
+                (closure, "closure"),
+                (lambda actor: None, "lambda"),
+                (not_async, "async function"),
+                ("no_such_module_here:worker", "cannot import"),
+                ("_workers:no_such_function", "cannot import"),
+                ("_workers.echo", "module:function"),
+            ]
+            for target, message in cases:
+                with pytest.raises(SpawnError, match=message):
+                    await sup.spawn(target, id="bad")
+            with pytest.raises(ipcactors.EncodeError):
+                await sup.spawn(_workers.echo, object(), id="bad")
+            after = {p.pid for p in psutil.Process().children(recursive=True)}
+            assert after == before, "a process was started for a refused target"
+            assert not sup.children
+            with pytest.raises(ipcactors.ConfigError):
+                await sup.spawn(_workers.echo, id="supervisor")
+            await sup.spawn(_workers.echo, id="ok")
+            with pytest.raises(ipcactors.ConfigError, match="already"):
+                await sup.spawn(_workers.echo, id="ok")
+
+
+async def test_child_failing_before_ready_is_reported(socket_dir: str) -> None:
+    with anyio.fail_after(15):
+        async with supervisor(socket_dir) as sup:
+            with pytest.raises(ChildExitedError, match="code 1 before it was ready") as caught:
+                await sup.spawn(_workers.fail, "boom at start", id="early")
+            assert "early" not in sup.children
+    assert caught.value.child_id == "early"
+    assert caught.value.exitcode == 1
+
+
+def test_bad_options_are_refused() -> None:
+    with pytest.raises(ipcactors.ConfigError):
+        Supervisor(strategy="one_for_some")  # type: ignore[arg-type]
+    with pytest.raises(ipcactors.ConfigError):
+        Supervisor(max_restarts=-1)
+    with pytest.raises(ipcactors.ConfigError):
+        Supervisor(max_seconds=0)
+
+
+# --- strategies -------------------------------------------------------------------------------
+
+
+async def test_one_for_one_restarts_only_the_dead_child_and_fails_its_requests(
+    socket_dir: str,
+) -> None:
+    with anyio.fail_after(20):
+        async with supervisor(socket_dir, strategy="one_for_one") as sup:
+            for id in ("w1", "w2", "w3"):
+                await sup.spawn(_workers.echo, id=id)
+            before = pids(sup)
+            outcome: dict[str, Any] = {}
+
+            async def pending() -> None:
+                try:
+                    await sup.request("w2", "slow", 30, timeout=20)
+                except ChildExitedError as exc:
+                    outcome["error"] = exc
+                    outcome["at"] = time.monotonic()
+
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(pending)
+                await anyio.sleep(0.2)
+                killed_at = time.monotonic()
+                os.kill(before["w2"], signal.SIGKILL)
+            error = outcome["error"]
+            assert outcome["at"] - killed_at < 1.0, "the pending request was not failed at once"
+            assert error.child_id == "w2"
+            assert error.exitcode == -signal.SIGKILL
+            assert "'w2'" in str(error)
+            assert "SIGKILL" in str(error)
+            assert isinstance(error, ipcactors.ConnectionLostError)
+            await wait_until(restarted(sup, "w2", before["w2"]))
+            after = pids(sup)
+            assert after["w1"] == before["w1"]
+            assert after["w3"] == before["w3"]
+            assert sup.children["w2"].restarts == 1
+            assert sup.children["w2"].last_exit == -signal.SIGKILL
+            # The new incarnation connected back and answers.
+            assert await sup.request("w2", "pid") == after["w2"]
+
+
+async def test_one_for_all_restarts_every_child(socket_dir: str) -> None:
+    with anyio.fail_after(20):
+        async with supervisor(socket_dir, strategy="one_for_all") as sup:
+            for id in ("w1", "w2", "w3"):
+                await sup.spawn(_workers.echo, id=id)
+            before = pids(sup)
+            os.kill(before["w2"], signal.SIGKILL)
+            for id in ("w1", "w2", "w3"):
+                await wait_until(restarted(sup, id, before[id]))
+            assert list(sup.children) == ["w1", "w2", "w3"]
+            for id, pid in pids(sup).items():
+                assert await sup.request(id, "pid") == pid
+            assert not any(alive(pid) for pid in before.values() if pid is not None)
+
+
+async def test_rest_for_one_restarts_the_child_and_those_after_it(socket_dir: str) -> None:
+    with anyio.fail_after(20):
+        async with supervisor(socket_dir, strategy="rest_for_one") as sup:
+            for id in ("w1", "w2", "w3"):
+                await sup.spawn(_workers.echo, id=id)
+            before = pids(sup)
+            os.kill(before["w2"], signal.SIGKILL)
+            await wait_until(restarted(sup, "w2", before["w2"]))
+            await wait_until(restarted(sup, "w3", before["w3"]))
+            assert pids(sup)["w1"] == before["w1"]
+
+
+# --- restart types ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("restart", "code", "restarts"),
+    [
+        ("permanent", 0, True),
+        ("permanent", 3, True),
+        ("transient", 0, False),
+        ("transient", 3, True),
+        ("temporary", 3, False),
+    ],
+)
+async def test_restart_types(socket_dir: str, restart: Any, code: int, restarts: bool) -> None:
+    with anyio.fail_after(20):
+        async with supervisor(socket_dir) as sup:
+            info = await sup.spawn(_workers.echo, id="w", restart=restart)
+            with pytest.raises(ChildExitedError, match=f"code {code}"):
+                await sup.request("w", "exit", code)
+            if restarts:
+                await wait_until(restarted(sup, "w", info.pid))
+                assert sup.children["w"].last_exit == code
+            else:
+                await wait_until(lambda: "w" not in sup.children)
+                with pytest.raises(ipcactors.UnknownPeerError):
+                    await sup.request("w", "pid")
+
+
+# --- restart intensity --------------------------------------------------------------------------
+
+
+async def test_crash_loop_exceeds_intensity_stops_all_and_raises(socket_dir: str) -> None:
+    sup = supervisor(socket_dir, max_restarts=2, max_seconds=5.0)
+    spawned: list[ipcactors.ChildInfo] = []
+
+    async def crash_loop() -> None:
+        async with sup:
+            spawned.append(await sup.spawn(_workers.echo, id="sibling"))
+            await sup.spawn(_workers.crash_after, 0.05, 1, id="crasher")
+            await anyio.sleep(15)  # cancelled when the supervisor gives up
+
+    with anyio.fail_after(20):
+        started = time.monotonic()
+        with pytest.raises(RestartIntensityError) as caught:
+            await crash_loop()
+        elapsed = time.monotonic() - started
+    (sibling,) = spawned
+    error = caught.value
+    assert error.child_id == "crasher"
+    assert error.exitcode == 1
+    assert error.max_restarts == 2
+    assert "max_restarts=2" in str(error)
+    assert sup.children["crasher"].restarts == 2  # 1 start + 2 restarts, the 4th exit is fatal
+    assert sibling.pid is not None
+    assert not alive(sibling.pid)
+    assert elapsed < 5
+
+
+async def test_crashes_spread_out_stay_within_intensity(socket_dir: str) -> None:
+    with anyio.fail_after(20):
+        async with supervisor(socket_dir, max_restarts=1, max_seconds=0.25) as sup:
+            await sup.spawn(_workers.crash_after, 0.3, 1, id="slow-crasher")
+            await wait_until(lambda: sup.children["slow-crasher"].restarts >= 3, timeout=10)
+            assert sup.children["slow-crasher"].last_exit == 1
+
+
+# --- shutdown ---------------------------------------------------------------------------------
+
+
+async def test_graceful_shutdown_answers_requests_in_flight(socket_dir: str) -> None:
+    answers: list[Any] = []
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as task_group:
+            async with supervisor(socket_dir, shutdown_timeout=5.0) as sup:
+                await sup.spawn(_workers.echo, id="w1")
+                await sup.spawn(_workers.echo, id="w2")
+
+                async def ask(id: str) -> None:
+                    answers.append(await sup.request(id, "slow", 0.5, timeout=10))
+
+                task_group.start_soon(ask, "w1")
+                task_group.start_soon(ask, "w2")
+                await anyio.sleep(0.1)
+            # Left the block while both requests ran: both were answered, then the children
+            # obeyed the stop message.
+            assert answers == ["done", "done"]
+            assert sup.children["w1"].last_exit == 0
+            assert sup.children["w2"].last_exit == 0
+
+
+async def test_shutdown_in_reverse_start_order(socket_dir: str, log_lines: list[str]) -> None:
+    with anyio.fail_after(20):
+        async with supervisor(socket_dir) as sup:
+            for id in ("first", "second", "third"):
+                await sup.spawn(_workers.echo, id=id)
+    stopped = [line for line in log_lines if "stopped (exited with code 0)" in line]
+    order = [
+        next(id for id in ("first", "second", "third") if f"'{id}'" in line) for line in stopped
+    ]
+    assert order == ["third", "second", "first"]
+
+
+@pytest.mark.parametrize(("ignore_sigterm", "exitcode"), [(False, -15), (True, -9)])
+async def test_stop_escalates_to_sigterm_then_sigkill(
+    socket_dir: str, ignore_sigterm: bool, exitcode: int
+) -> None:
+    with anyio.fail_after(20):
+        async with supervisor(socket_dir, shutdown_timeout=0.3, terminate_timeout=0.3) as sup:
+            await sup.spawn(_workers.stubborn, ignore_sigterm, id="stubborn")
+            await sup.request("stubborn", "pid")  # its SIGTERM disposition is set by now
+            started = time.monotonic()
+            await sup.stop("stubborn")
+            elapsed = time.monotonic() - started
+            assert "stubborn" not in sup.children
+    assert elapsed < 0.3 + 0.3 + 1.0
+    assert elapsed >= 0.3 if not ignore_sigterm else elapsed >= 0.6
+
+
+# --- no orphans -------------------------------------------------------------------------------
+
+_KILLED_SUPERVISOR = """
+import json, sys
+import anyio, ipcactors, _workers
+
+async def main():
+    async with ipcactors.Supervisor(socket_root=sys.argv[2], retry=0.05) as sup:
+        for id in ("a", "b", "c"):
+            await sup.spawn(_workers.echo, id=id)
+        pids = [info.pid for info in sup.children.values()]
+        print(json.dumps({"children": pids, "forkserver": sup._forkserver.pid}), flush=True)
+        await anyio.sleep(60)
+
+anyio.run(main, backend=sys.argv[1])
+"""
+
+
+@pytest.fixture
+def script_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([TESTS_DIR, env.get("PYTHONPATH", "")])
+    return env
+
+
+def _kill_and_reap(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.kill()
+    process.wait(timeout=10)
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+async def test_supervisor_sigkilled_leaves_no_child_alive(
+    socket_dir: str, anyio_backend: str, script_env: dict[str, str]
+) -> None:
+    root = os.path.join(socket_dir, "killed")
+    os.mkdir(root, 0o700)
+    process = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_SUPERVISOR, anyio_backend, root],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=script_env,
+    )
+    found: list[int] = []
+    try:
+        with anyio.fail_after(20):
+            assert process.stdout is not None
+            line = await anyio.to_thread.run_sync(process.stdout.readline)
+        started = json.loads(line)
+        found = [*started["children"], started["forkserver"]]
+        assert all(alive(pid) for pid in found)
+        process.kill()
+        killed_at = time.monotonic()
+        await wait_until(lambda: not any(alive(pid) for pid in found), timeout=5)
+        assert time.monotonic() - killed_at < 1.0, "children outlived their supervisor by >1 s"
+    finally:
+        _kill_and_reap(process)
+        for pid in found:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        # What the killed supervisor could not clean up (the next one would sweep it).
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# --- nesting ----------------------------------------------------------------------------------
+
+
+async def test_nested_supervisors(socket_dir: str) -> None:
+    with anyio.fail_after(20):
+        async with supervisor(socket_dir) as sup:
+            info = await sup.spawn(_workers.nested, 3, False, id="middle")
+            middle_pid, inner_pid, data = await sup.request("middle", "via_inner", "x")
+            assert middle_pid == info.pid
+            assert data == "x"
+            assert inner_pid != middle_pid
+            assert alive(inner_pid)
+            # The inner child belongs to the middle supervisor's tree.
+            assert psutil.Process(inner_pid).ppid() != os.getpid()
+        assert not alive(inner_pid)
+
+
+async def test_nested_supervisor_escalates_when_it_gives_up(socket_dir: str) -> None:
+    async def escalation() -> None:
+        async with supervisor(socket_dir, max_restarts=1, max_seconds=10.0) as sup:
+            # The middle supervisor gives up at its child's first crash; its process exits
+            # abnormally, and the outer supervisor restarts it, then gives up too.
+            try:
+                await sup.spawn(_workers.nested, 0, True, id="middle")
+            except ChildExitedError:
+                pass  # it may give up before it is even ready
+            await anyio.sleep(25)
+
+    with anyio.fail_after(30), pytest.raises(RestartIntensityError) as caught:
+        await escalation()
+    assert caught.value.child_id == "middle"
+    assert caught.value.exitcode == 1
