@@ -25,16 +25,16 @@ from ._errors import DecodeError, EncodeError, FrameTooLargeError, ProtocolError
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "Challenge",
     "ErrorReply",
-    "Proof",
     "Event",
     "Frame",
     "FrameDecoder",
     "FrameEncoder",
-    "Challenge",
     "Hello",
     "Limits",
     "Message",
+    "Proof",
     "Reject",
     "Reply",
     "Request",
