@@ -14,7 +14,6 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import anyio
@@ -33,6 +32,7 @@ from ._protocol import (
     Request,
     is_reserved,
 )
+from ._streams import drain_outbox
 
 if TYPE_CHECKING:
     from ._peer import Peer
@@ -41,7 +41,6 @@ __all__ = ["Channel", "frame_bytes", "read_handshake_message"]
 
 RECEIVE_SIZE = 64 * 1024  # per read for small traffic; large frames are read in larger chunks
 MAX_RECEIVE_SIZE = 4 * 1024 * 1024
-COALESCE_LIMIT = 1024 * 1024  # join small frames into writes of at most about this many bytes
 EVENT_BATCHES = 64  # batches of events waiting for the dispatcher before the reader waits
 
 
@@ -63,35 +62,15 @@ async def read_handshake_message(stream: ByteStream, decoder: FrameDecoder) -> M
             return messages[0]
 
 
-def _coalesce(frames: list[Frame]) -> Iterator[bytes]:
-    """Yield the bytes of ``frames`` in as few writes as is sensible, copying large bodies never."""
-    small: list[bytes] = []
-    size = 0
-    for frame in frames:
-        if isinstance(frame, bytes):
-            small.append(frame)
-            size += len(frame)
-            if size >= COALESCE_LIMIT:
-                yield b"".join(small)
-                small, size = [], 0
-        else:
-            header, body = frame
-            small.append(header)
-            yield b"".join(small)
-            small, size = [], 0
-            yield body
-    if small:
-        yield small[0] if len(small) == 1 else b"".join(small)
-
-
 class Channel:
-    __slots__ = ("_decoder", "_peer", "_stream", "_task_group")
+    __slots__ = ("_backlog", "_decoder", "_peer", "_stream", "_task_group")
 
     def __init__(self, stream: ByteStream, decoder: FrameDecoder, peer: Peer) -> None:
         self._stream = stream
         self._decoder = decoder
         self._peer = peer
         self._task_group: TaskGroup | None = None
+        self._backlog = 0  # messages handed to the dispatcher, not yet handled
 
     async def run(self) -> None:
         """Serve the stream until it ends. Raises :class:`ProtocolError` on bad input."""
@@ -105,7 +84,7 @@ class Channel:
                 task_group.start_soon(self._dispatch_loop, receive, drained, task_group)
                 try:
                     with send:
-                        await self._read_loop(send)
+                        await self._read_loop(send, task_group)
                 except ProtocolError as exc:
                     failure = exc  # nothing after bad input is handled
                 else:
@@ -123,7 +102,9 @@ class Channel:
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()
 
-    async def _read_loop(self, batches: MemoryObjectSendStream[list[Event | Request]]) -> None:
+    async def _read_loop(
+        self, batches: MemoryObjectSendStream[list[Event | Request]], task_group: TaskGroup
+    ) -> None:
         decoder = self._decoder
         peer = self._peer
         requests = peer._requests
@@ -143,10 +124,14 @@ class Channel:
                 elif type(message) is Request:
                     if is_reserved(message.event):
                         raise ProtocolError(f"peer sent reserved event {message.event!r}")
-                    events.append(message)
+                    if events or self._backlog:
+                        events.append(message)  # it starts after the events before it
+                    else:
+                        peer._start_answer(message, task_group)
                 else:
                     raise ProtocolError(f"unexpected {type(message).__name__} after the handshake")
             if events:
+                self._backlog += len(events)
                 await batches.send(events)
             size = RECEIVE_SIZE
             pending = decoder.pending_frame_size()
@@ -177,23 +162,11 @@ class Channel:
                         if type(message) is Event:
                             await peer._on_event(message)
                         elif type(message) is Request:
-                            task_group.start_soon(peer._answer, message)
+                            peer._start_answer(message, task_group)
+                        self._backlog -= 1
         finally:
             drained.set()
 
     async def _write_loop(self, task_group: TaskGroup) -> None:
-        outbox = self._peer._outbox
-        send = self._stream.send
-        while True:
-            await outbox.wait_frames()
-            frames = outbox.take()
-            if not frames:
-                return  # the outbox was closed
-            try:
-                for chunk in _coalesce(frames):
-                    await send(chunk)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                task_group.cancel_scope.cancel()  # the peer is gone; the reader may not notice
-                return
-            finally:
-                outbox.sent()
+        await drain_outbox(self._stream, self._peer._outbox)
+        task_group.cancel_scope.cancel()  # the peer is gone; the reader may not notice

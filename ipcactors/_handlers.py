@@ -22,10 +22,23 @@ H = TypeVar("H", bound=Handler)
 class Handlers:
     """Handlers by event name, called in the order they were registered."""
 
-    __slots__ = ("_by_event",)
+    __slots__ = ("_by_event", "_lone_plain")
 
     def __init__(self) -> None:
         self._by_event: dict[str, list[Handler]] = {}
+        # Events whose only handler is a plain function: a request for one is answered inline.
+        self._lone_plain: dict[str, Handler] = {}
+
+    def _changed(self, event: str) -> None:
+        handlers = self._by_event.get(event)
+        if handlers and len(handlers) == 1 and not inspect.iscoroutinefunction(handlers[0]):
+            self._lone_plain[event] = handlers[0]
+        else:
+            self._lone_plain.pop(event, None)
+
+    def lone_plain(self, event: str) -> Handler | None:
+        """The handler of ``event`` if it is its only one and not an ``async def``."""
+        return self._lone_plain.get(event)
 
     @overload
     def on(self, event: str, handler: None = None) -> Callable[[H], H]: ...
@@ -39,25 +52,26 @@ class Handlers:
         if handler is None:
 
             def register(function: H) -> H:
-                self._by_event.setdefault(event, []).append(function)
-                return function
+                return self.on(event, function)
 
             return register
         if not callable(handler):
             raise IPCError(f"handler for {event!r} is not callable: {handler!r}")
         self._by_event.setdefault(event, []).append(handler)
+        self._changed(event)
         return handler
 
     def off(self, event: str, handler: Handler | None = None) -> None:
         """Remove ``handler`` from ``event``, or every handler of ``event`` when ``None``."""
         if handler is None:
             self._by_event.pop(event, None)
-            return
-        handlers = self._by_event.get(event)
-        if handlers and handler in handlers:
-            handlers.remove(handler)
-            if not handlers:
-                del self._by_event[event]
+        else:
+            handlers = self._by_event.get(event)
+            if handlers and handler in handlers:
+                handlers.remove(handler)
+                if not handlers:
+                    del self._by_event[event]
+        self._changed(event)
 
     def get(self, event: str) -> list[Handler] | None:
         return self._by_event.get(event)

@@ -14,6 +14,7 @@ Invariants:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 import anyio
 
@@ -33,6 +34,7 @@ class Outbox:
         "_is_flushed",
         "enqueued",
         "max_bytes",
+        "on_frames",
         "taken",
     )
 
@@ -47,6 +49,9 @@ class Outbox:
         self._is_flushed: anyio.Event | None = None
         self.enqueued = 0
         self.taken = 0
+        #: Called (from put) when frames arrive: a writer that is a loop callback, not a task,
+        #: sets it instead of waiting in :meth:`wait_frames`.
+        self.on_frames: Callable[[], None] | None = None
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -82,7 +87,9 @@ class Outbox:
         self._frames.append(frame)
         self._bytes += frame_size(frame) if size is None else size
         self.enqueued += 1
-        if self._has_frames is not None:
+        if self.on_frames is not None:
+            self.on_frames()
+        elif self._has_frames is not None:
             self._has_frames.set()
             self._has_frames = None
         return self.enqueued

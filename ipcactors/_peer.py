@@ -7,17 +7,20 @@ Invariant: frames reach the wire only through the peer's outbox, in the order th
 
 from __future__ import annotations
 
+import inspect
 import traceback
+from collections.abc import Awaitable
 from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup
 
 from ._config import Config
-from ._errors import RequestTimeoutError, ReservedEventError
+from ._errors import IPCError, RequestTimeoutError, ReservedEventError
 from ._handlers import Handlers
 from ._log import ActorLog
 from ._outbox import Outbox
-from ._protocol import Event, Frame, FrameEncoder, Request, is_reserved
+from ._protocol import Event, Frame, FrameEncoder, Request, frame_size, is_reserved
 from ._requests import NO_HANDLER, Requests
 
 __all__ = ["Peer", "answer", "check_event_name"]
@@ -100,13 +103,57 @@ class Peer:
     async def _on_event(self, message: Event) -> None:
         await self._handlers.call(message.event, self._handler_args(message.data), self._log)
 
+    def _start_answer(self, message: Request, task_group: TaskGroup) -> None:
+        """Answer a request: inline when its only handler is a plain function (no task, no
+        loop pass), else in a task of its own."""
+        handler = self._handlers.lone_plain(message.event)
+        if handler is None:
+            task_group.start_soon(self._answer, message)
+            return
+        try:
+            result = handler(*self._handler_args(message.data))
+        except Exception as exc:
+            frame = error_frame(self._encoder, message.id, exc)
+        else:
+            if inspect.isawaitable(result):
+                task_group.start_soon(self._answer_later, message, result)
+                return
+            frame = reply_frame(self._encoder, message.id, result)
+        if self._outbox.has_room(frame_size(frame)):
+            self._outbox.put_nowait(frame)
+        else:
+            task_group.start_soon(self._send_reply, message, frame)
+
+    async def _answer_later(self, message: Request, result: Awaitable[Any]) -> None:
+        try:
+            frame = reply_frame(self._encoder, message.id, await result)
+        except Exception as exc:
+            frame = error_frame(self._encoder, message.id, exc)
+        await self._send_reply(message, frame)
+
     async def _answer(self, message: Request) -> None:
         args = self._handler_args(message.data)
         frame = await answer(self._handlers, message, args, self._encoder, self._log)
+        await self._send_reply(message, frame)
+
+    async def _send_reply(self, message: Request, frame: Frame) -> None:
         try:
             await self._outbox.put(frame)
         except Exception as exc:  # closed: the requester learns of the lost connection itself
             self._log.debug(f"reply to {message.event!r} not sent: {exc}")
+
+
+def error_frame(encoder: FrameEncoder, request_id: int, exc: BaseException) -> Frame:
+    text = "".join(traceback.format_exception(exc))
+    return encoder.error_reply(request_id, _type_name(exc), str(exc), text)
+
+
+def reply_frame(encoder: FrameEncoder, request_id: int, result: Any) -> Frame:
+    """The reply carrying ``result``, or an error reply if it cannot be encoded."""
+    try:
+        return encoder.reply(request_id, result)
+    except IPCError as exc:  # EncodeError, FrameTooLargeError: the requester must hear of it
+        return error_frame(encoder, request_id, exc)
 
 
 async def answer(
@@ -121,6 +168,6 @@ async def answer(
         return encoder.error_reply(message.id, NO_HANDLER, f"no handler for {message.event!r}", "")
     try:
         result = await handlers.answer(message.event, args, log)
-        return encoder.reply(message.id, result)
     except Exception as exc:
-        return encoder.error_reply(message.id, _type_name(exc), str(exc), traceback.format_exc())
+        return error_frame(encoder, message.id, exc)
+    return reply_frame(encoder, message.id, result)

@@ -14,6 +14,7 @@ Invariants:
 from __future__ import annotations
 
 import errno
+import socket
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, TypeVar, overload
@@ -30,6 +31,7 @@ from ._handshake import Refusal, accept_handshake
 from ._log import ActorLog
 from ._peer import Peer, check_event_name
 from ._protocol import FrameDecoder, FrameEncoder, frame_size
+from ._streams import wrap_socket
 from ._transport import Address, Listening, Transport
 
 __all__ = ["Client", "Server"]
@@ -193,28 +195,28 @@ class Server:
 
     async def _accept_loop(self, task_group: TaskGroup) -> None:
         assert self._listening is not None
-        listener = self._listening.listener
+        listening = self._listening
         warned = False
         while True:
             try:
-                stream = await listener.accept()
+                sock = await listening.accept()
             except anyio.ClosedResourceError:
                 return
-            except (OSError, anyio.BrokenResourceError) as exc:
+            except OSError as exc:
                 if self._closing:
                     return
-                cause = exc if isinstance(exc, OSError) else exc.__cause__
-                if not isinstance(cause, OSError) or cause.errno not in _RESOURCE_ERRNOS:
+                if exc.errno not in _RESOURCE_ERRNOS:
                     raise
                 if not warned:
-                    self._log.warning(f"cannot accept connections ({cause}); retrying")
+                    self._log.warning(f"cannot accept connections ({exc}); retrying")
                     warned = True
                 await anyio.sleep(_ACCEPT_BACKOFF)
                 continue
             warned = False
-            task_group.start_soon(self._handle, stream)
+            task_group.start_soon(self._handle, sock)
 
-    async def _handle(self, stream: ByteStream) -> None:
+    async def _handle(self, sock: socket.socket) -> None:
+        stream = await wrap_socket(sock)
         peer_address = stream.extra(SocketAttribute.remote_address, "")
         if self._handshaking >= self._config.max_connections:
             await self._refuse(stream, "busy", "too many connections in their handshake")

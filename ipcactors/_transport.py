@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
-from anyio.abc import ByteStream, SocketAttribute, SocketListener, SocketStream
+from anyio.abc import ByteStream, SocketAttribute
 
 from ._errors import AddressInUseError, SocketPathError, TLSError
+from ._streams import wrap_socket
 from ._unix import bind_unix_socket, check_path_length, remove_if_ours
 
 __all__ = [
@@ -36,19 +37,43 @@ __all__ = [
 Address = str | tuple[str, int]
 
 
-@dataclass
 class Listening:
-    """A bound listener, its public address, and what to undo when it closes."""
+    """A bound, listening socket, its public address, and what to undo when it closes."""
 
-    listener: SocketListener
-    address: Address
-    cleanup: Callable[[], Awaitable[None]] | None = None
+    def __init__(
+        self,
+        sock: socket.socket,
+        address: Address,
+        cleanup: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self.address = address
+        self._cleanup = cleanup
+        self._closed = False
+
+    async def accept(self) -> socket.socket:
+        """The next connection, as a non-blocking socket. Raises ``OSError`` (EMFILE, ...) and
+        ``anyio.ClosedResourceError`` once closed."""
+        while True:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            try:
+                client, _ = self._sock.accept()
+            except BlockingIOError:
+                await anyio.wait_readable(self._sock)
+                continue
+            client.setblocking(False)
+            return client
 
     async def aclose(self) -> None:
-        """Close the listener and undo what binding did (idempotent; runs even if cancelled)."""
+        """Close the socket and undo what binding did (idempotent; runs even if cancelled)."""
         with anyio.CancelScope(shield=True):
-            await self.listener.aclose()
-            cleanup, self.cleanup = self.cleanup, None
+            if not self._closed:
+                self._closed = True
+                anyio.notify_closing(self._sock)
+                self._sock.close()
+            cleanup, self._cleanup = self._cleanup, None
             if cleanup is not None:
                 await cleanup()
 
@@ -114,24 +139,25 @@ class UnixTransport:
 
     async def connect(self) -> ByteStream:
         check_path_length(self.path)
-        return await anyio.connect_unix(self.path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            await _connect(sock, self.path)
+        except BaseException:
+            sock.close()
+            raise
+        return await wrap_socket(sock)
 
     async def accepted(self, stream: ByteStream) -> ByteStream:
         return stream
 
     async def listen(self, backlog: int) -> Listening:
         bound = await anyio.to_thread.run_sync(bind_unix_socket, self.path, backlog)
-        try:
-            listener = await SocketListener.from_socket(bound.sock)
-        except BaseException:
-            bound.sock.close()
-            remove_if_ours(bound.path, bound.identity)
-            raise
 
         async def cleanup() -> None:
             remove_if_ours(bound.path, bound.identity)
 
-        return Listening(listener, self.path, cleanup)
+        return Listening(bound.sock, self.path, cleanup)
 
 
 @dataclass(frozen=True)
@@ -155,16 +181,11 @@ class TCPTransport:
         try:
             sock.setblocking(False)
             _tune_tcp(sock)
-            code = sock.connect_ex((self.host, self.port))
-            if code == errno.EINPROGRESS:
-                await anyio.wait_writable(sock)
-                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if code:
-                raise OSError(code, f"connect to {self.host}:{self.port}: {os.strerror(code)}")
-            return await SocketStream.from_socket(sock)
+            await _connect(sock, (self.host, self.port))
         except BaseException:
             sock.close()
             raise
+        return await wrap_socket(sock)
 
     async def accepted(self, stream: ByteStream) -> ByteStream:
         return stream
@@ -184,7 +205,6 @@ class TCPTransport:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(sockaddr)
             sock.listen(backlog)
-            listener = await SocketListener.from_socket(sock)
         except OSError as exc:
             sock.close()
             if exc.errno == errno.EADDRINUSE:
@@ -194,7 +214,17 @@ class TCPTransport:
                 ) from exc
             raise
         host, port = sock.getsockname()[:2]
-        return Listening(listener, (host, port))
+        return Listening(sock, (host, port))
+
+
+async def _connect(sock: socket.socket, address: Any) -> None:
+    """Connect a non-blocking socket, waiting for the kernel when it must."""
+    code = sock.connect_ex(address)
+    if code in (errno.EINPROGRESS, errno.EAGAIN):
+        await anyio.wait_writable(sock)
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if code:
+        raise OSError(code, f"connect to {address}: {os.strerror(code)}")
 
 
 # TCP keepalive: a peer that vanished without a FIN (a host that lost power, a cable pulled) is

@@ -129,15 +129,20 @@ async def test_server_killed_and_restarted_delivers_everything_after_the_loss(
 
             world.on("disconnect", on_disconnect)
 
-            emitting = anyio.CancelScope()
+            stop = False
+            stopped = anyio.Event()
 
             async def keep_emitting() -> None:
                 nonlocal emitted
-                with emitting:
+                try:
                     for i in range(100_000):  # bounded; stopped long before
+                        if stop:
+                            return
                         await world.emit("n", i)
                         emitted = i + 1
                         await anyio.sleep(0.0005)
+                finally:
+                    stopped.set()
 
             async with anyio.create_task_group() as task_group:
                 task_group.start_soon(keep_emitting)
@@ -152,7 +157,8 @@ async def test_server_killed_and_restarted_delivers_everything_after_the_loss(
                         mark = emitted
                         while emitted < mark + 200:
                             await anyio.sleep(0.01)
-                        emitting.cancel()
+                        stop = True
+                        await stopped.wait()  # no emit still under way
                         received: list[int] = await world.request("received")
     assert noticed_at is not None
     assert received == sorted(set(received)), "events out of order or duplicated"

@@ -195,7 +195,8 @@ async def test_requests_run_concurrently(socket_dir: str) -> None:
                     task_group.start_soon(first)
                     await anyio.sleep(0.05)
                     results.append(await world.request("release"))
-            assert results == ["ok", "released"]
+            # "wait" can only finish because "release" was handled while it was pending.
+            assert sorted(results) == ["ok", "released"]
 
 
 async def test_remote_errors_and_missing_handlers(socket_dir: str) -> None:
