@@ -7,7 +7,7 @@ the connection it came from lives on.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, overload
 
 from ._errors import IPCError
@@ -76,6 +76,34 @@ class Handlers:
     def get(self, event: str) -> list[Handler] | None:
         return self._by_event.get(event)
 
+    def call_plain(
+        self, event: str, args: tuple[Any, ...], log: ActorLog
+    ) -> Awaitable[None] | None:
+        """Run the handlers of ``event``; return an awaitable for the rest only once one of
+        them turns out to need awaiting (most handlers of events are plain functions)."""
+        handlers = self._by_event.get(event)
+        if not handlers:
+            return None
+        if len(handlers) == 1:
+            handler = handlers[0]
+            try:
+                result = handler(*args)
+            except Exception as exc:
+                log.exception(f"handler {_name(handler)} for {event!r} raised", exc)
+                return None
+            if result is not None and inspect.isawaitable(result):
+                return self._finish(event, handler, result, log)
+            return None
+        return self.call(event, args, log)
+
+    async def _finish(
+        self, event: str, handler: Handler, result: Awaitable[Any], log: ActorLog
+    ) -> None:
+        try:
+            await result
+        except Exception as exc:
+            log.exception(f"handler {_name(handler)} for {event!r} raised", exc)
+
     async def call(self, event: str, args: tuple[Any, ...], log: ActorLog) -> None:
         """Run every handler of ``event`` in order; log and swallow their exceptions."""
         handlers = self._by_event.get(event)
@@ -84,7 +112,7 @@ class Handlers:
         for handler in tuple(handlers):
             try:
                 result = handler(*args)
-                if inspect.isawaitable(result):
+                if result is not None and inspect.isawaitable(result):
                     await result
             except Exception as exc:
                 log.exception(f"handler {_name(handler)} for {event!r} raised", exc)

@@ -26,14 +26,21 @@ from ._requests import NO_HANDLER, Requests
 __all__ = ["Peer", "answer", "check_event_name"]
 
 
+_checked_names: set[str] = set()  # event names known to be fine (bounded below)
+
+
 def check_event_name(event: str) -> None:
     if type(event) is not str or not event:
         raise ReservedEventError(f"an event name must be a non-empty string, got {event!r}")
+    if event in _checked_names:
+        return
     if is_reserved(event):
         raise ReservedEventError(
             f"{event!r} is reserved for local lifecycle events (connect, disconnect, destroy, "
             "error) or for ipcactors itself (names starting with 'ipcactors.'); pick another name"
         )
+    if len(_checked_names) < 4096:
+        _checked_names.add(event)
 
 
 def _type_name(exc: BaseException) -> str:
@@ -66,7 +73,12 @@ class Peer:
         encode, :class:`ClosedError` once this peer is gone for good.
         """
         check_event_name(event)
-        await self._outbox.put(self._encoder.event(event, data))
+        frame = self._encoder.event(event, data)
+        outbox = self._outbox
+        if outbox.has_room(frame_size(frame)) and not outbox.closed:
+            outbox.put_nowait(frame)  # the common case: no coroutine, no loop pass
+        else:
+            await outbox.put(frame)
 
     async def request(self, event: str, data: Any = None, *, timeout: float | None = None) -> Any:
         """Send ``event`` and return what the peer's first handler for it returns.
@@ -101,7 +113,11 @@ class Peer:
         raise NotImplementedError
 
     async def _on_event(self, message: Event) -> None:
-        await self._handlers.call(message.event, self._handler_args(message.data), self._log)
+        pending = self._handlers.call_plain(
+            message.event, self._handler_args(message.data), self._log
+        )
+        if pending is not None:
+            await pending
 
     def _start_answer(self, message: Request, task_group: TaskGroup) -> None:
         """Answer a request: inline when its only handler is a plain function (no task, no

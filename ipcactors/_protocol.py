@@ -62,6 +62,7 @@ MAX_REQUEST_ID: Final = 2**63 - 1
 # A body at least this long is kept apart from its header instead of being concatenated with it,
 # so a large payload is never copied just to prepend four bytes.
 SEPARATE_BODY_AT: Final = 64 * 1024
+_HEAD_CACHE_SIZE: Final = 1024  # event names whose packed envelope head is kept
 
 RESERVED_EVENTS: Final = frozenset({"connect", "disconnect", "destroy", "error"})
 RESERVED_PREFIX: Final = "ipcactors."
@@ -263,6 +264,7 @@ class FrameEncoder:
         self._packer = msgpack.Packer(
             use_bin_type=True, datetime=False, default=default or encode_default
         )
+        self._event_heads: dict[str, bytes] = {}
 
     def _frame(self, body_items: list[Any], data: Any = None) -> Frame:
         if type(data) not in _SCALARS:
@@ -281,7 +283,25 @@ class FrameEncoder:
         return HEADER.pack(size) + body
 
     def event(self, event: str, data: Any) -> Frame:
-        return self._frame([EVENT, event, data], data)
+        # The envelope's head ([0, event, ...) is packed once per event name and reused.
+        head = self._event_heads.get(event)
+        if head is None:
+            if len(self._event_heads) >= _HEAD_CACHE_SIZE:
+                self._event_heads.clear()
+            head = self._event_heads[event] = b"\x93\x00" + self._packer.pack(event)
+        if type(data) not in _SCALARS:
+            _check_value(data, self._data_budget, self._limits)
+        try:
+            packed: bytes = self._packer.pack(data)
+        except (TypeError, ValueError, OverflowError) as exc:
+            self._packer.reset()
+            raise EncodeError(f"cannot encode as msgpack: {exc}") from exc
+        size = len(head) + len(packed)
+        if size > self._limit:
+            raise FrameTooLargeError(size, self._limit)
+        if size >= SEPARATE_BODY_AT:
+            return (HEADER.pack(size) + head, packed)
+        return b"".join((HEADER.pack(size), head, packed))
 
     def request(self, event: str, data: Any, request_id: int) -> Frame:
         return self._frame([REQUEST, event, data, request_id], data)
@@ -348,6 +368,8 @@ def _within_depth(value: Any, budget: int) -> bool:
     if budget <= 0:
         return False
     items = value.values() if type(value) is dict else value
+    if _SCALARS.issuperset(map(type, items)):  # in C: most containers hold only scalars
+        return True
     for item in items:
         kind = type(item)
         if (kind is list or kind is dict) and not _within_depth(item, budget - 1):
@@ -447,6 +469,12 @@ class FrameDecoder:
             "max_map_len": limits.max_container_len,
             "ext_hook": decode_ext,
         }
+        # One Unpacker for the stream's frames (twice as fast as unpackb per frame). It is
+        # never used again after an error: the decoder is broken from then on.
+        self._unpacker = msgpack.Unpacker(
+            **self._unpack_options, max_buffer_size=limits.max_frame_size
+        )
+        self._unpacked = 0  # bytes fed to the unpacker so far
 
     def handshake_done(self) -> None:
         """Lift the frame limit from ``max_handshake_size`` to ``max_frame_size``."""
@@ -509,20 +537,46 @@ class FrameDecoder:
     def decode_datagram(self, body: bytes) -> Message:
         """Decode one whole body (a UDP datagram carries exactly one, without a header).
         Stateless: an error here does not break the decoder."""
-        if len(body) > self._limits.max_frame_size:
-            raise FrameTooLargeError(len(body), self._limits.max_frame_size)
-        with memoryview(body) as view:
-            return self._decode(view, len(body))
-
-    def _decode(self, body: memoryview, size: int) -> Message:
+        size = len(body)
+        if size > self._limits.max_frame_size:
+            raise FrameTooLargeError(size, self._limits.max_frame_size)
         try:
             value = msgpack.unpackb(body, **self._unpack_options)
         except DecodeError:
             raise
         except Exception as exc:  # msgpack raises many types: ValueError, FormatError, ...
             raise DecodeError(f"invalid msgpack body: {type(exc).__name__}: {exc}") from None
+        return self._message(value, size)
+
+    def _decode(self, body: memoryview, size: int) -> Message:
+        unpacker = self._unpacker
+        try:
+            if size >= SEPARATE_BODY_AT:  # large: decode in place, feed() would copy it
+                value = msgpack.unpackb(body, **self._unpack_options)
+            else:
+                unpacker.feed(body)
+                value = unpacker.unpack()
+                self._unpacked += size
+                if unpacker.tell() != self._unpacked:
+                    raise DecodeError("a frame holds more than one msgpack value")
+        except DecodeError:
+            raise
+        except Exception as exc:  # msgpack raises many types: ValueError, FormatError, ...
+            raise DecodeError(f"invalid msgpack body: {type(exc).__name__}: {exc}") from None
+        return self._message(value, size)
+
+    def _message(self, value: Any, size: int) -> Message:
+        message = parse_body(value)
         # A body shorter than the depth bound cannot nest deeper than it: skip the walk.
         depth = self._limits.max_depth
-        if size > depth and type(value) is list and not _within_depth(value, depth):
-            raise DecodeError(f"value nests deeper than max_depth={self._limits.max_depth}")
-        return parse_body(value)
+        if size > depth:
+            kind = type(message)
+            if kind is Event or kind is Request or kind is Reply:
+                data = message.data  # type: ignore[union-attr]
+                kind = type(data)
+                within = not (kind is list or kind is dict) or _within_depth(data, depth - 1)
+            else:
+                within = _within_depth(value, depth)
+            if not within:
+                raise DecodeError(f"value nests deeper than max_depth={depth}")
+        return message

@@ -24,6 +24,7 @@ from typing import Any, Literal, TypeVar, overload
 import anyio
 from anyio.abc import SocketAttribute, TaskGroup, TaskStatus, UDPSocket
 
+from ._channel import frame_bytes
 from ._config import Config
 from ._errors import DatagramTooLargeError, IPCError, ProtocolError, RequestTimeoutError
 from ._handlers import Handler, Handlers
@@ -168,7 +169,7 @@ class DatagramServer:
         return peer
 
     async def _send(self, frame: Frame, address: PeerAddress) -> None:
-        body = frame[HEADER_SIZE:] if isinstance(frame, bytes) else frame[1]
+        body = frame_bytes(frame)[HEADER_SIZE:]
         if len(body) > self._max_datagram:
             raise DatagramTooLargeError(
                 f"a datagram of {len(body)} bytes exceeds the limit of {self._max_datagram}; "
