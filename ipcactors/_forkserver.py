@@ -103,6 +103,14 @@ def serve(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for name in preload:
         importlib.import_module(name)
+    threads = _thread_count()
+    if threads > 1:
+        print(
+            f"ipcactors forkserver: the preloaded modules started {threads - 1} thread(s); "
+            "children are forked from a multi-threaded process, which is safe only for "
+            "libraries with fork handlers (for numpy's OpenBLAS, set OPENBLAS_NUM_THREADS=1)",
+            file=sys.stderr,
+        )
     from ._child import setup_logging
 
     setup_logging(log_level)
@@ -141,6 +149,13 @@ def serve(
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
+
+
+def _thread_count() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 1
 
 
 def _drain(fd: int) -> None:

@@ -93,7 +93,7 @@ def decode_array(data: bytes) -> np.ndarray[Any, Any]:
         dtype = np.dtype(text)
     except TypeError:
         raise DecodeError(f"numpy extension: invalid dtype {text!r}") from None
-    if dtype.kind not in _KINDS or dtype.fields is not None:
+    if dtype.kind not in _KINDS or dtype.fields is not None or dtype.itemsize == 0:
         raise DecodeError(f"numpy extension: dtype {text!r} is not allowed")
     offset = 2 + text_len
     ndim = view[offset]
@@ -111,4 +111,7 @@ def decode_array(data: bytes) -> np.ndarray[Any, Any]:
             f"got {size - offset}"
         )
     # frombuffer on bytes is read-only; copy once so receivers get an ordinary array.
-    return np.frombuffer(view[offset:], dtype=dtype, count=count).reshape(shape).copy()
+    try:
+        return np.frombuffer(view[offset:], dtype=dtype, count=count).reshape(shape).copy()
+    except ValueError as exc:  # anything numpy refuses is a bad frame, nothing else
+        raise DecodeError(f"numpy extension: {exc}") from None

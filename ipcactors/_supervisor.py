@@ -588,18 +588,23 @@ class Supervisor:
             runtime = current_runtime()
             if runtime is not None:
                 runtime.supervisors.discard(self)
-        # Leave our task group, then the actor's (entered first), each seeing what is pending.
-        pending = exc
+        # Leave our task group, then the actor's (entered first). A cancellation is shown to
+        # them (they swallow their own); any other exception of the body is not, so that it
+        # propagates as it is instead of wrapped in exception groups.
+        pending = original = exc
+        if exc is not None and not isinstance(exc, anyio.get_cancelled_exc_class()):
+            exc_type = exc = tb = None
         try:
             if await self._task_group.__aexit__(exc_type, exc, tb):
                 pending = None
         except BaseException as error:
             pending = error
+        shown = pending if isinstance(pending, anyio.get_cancelled_exc_class()) else None
         try:
             if await self._actor.__aexit__(
-                type(pending) if pending is not None else None,
-                pending,
-                pending.__traceback__ if pending is not None else None,
+                type(shown) if shown is not None else None,
+                shown,
+                shown.__traceback__ if shown is not None else None,
             ):
                 pending = None
         except BaseException as error:
@@ -607,8 +612,8 @@ class Supervisor:
         if pending is None:
             if self._failure is not None:
                 raise self._failure
-            return True if exc is not None else None
-        if pending is exc:
+            return True if original is not None else None
+        if pending is original:
             return False
         raise pending
 

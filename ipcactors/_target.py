@@ -119,12 +119,9 @@ def load_target(target: Target) -> Callable[..., Any]:
     """In the child: import the target (running the main script as ``__mp_main__`` first when
     the function lives there). Raises ImportError/AttributeError when it cannot."""
     if target.main_path is not None:
-        module = sys.modules.get("__mp_main__")
-        if module is None:
-            module = types.ModuleType("__mp_main__")
-            namespace = runpy.run_path(target.main_path, run_name="__mp_main__")
-            module.__dict__.update(namespace)
-            sys.modules["__mp_main__"] = module
-        sys.modules["__main__"] = module
+        module = types.ModuleType("__mp_main__")
+        module.__file__ = target.main_path
+        sys.modules["__main__"] = sys.modules["__mp_main__"] = module
+        module.__dict__.update(runpy.run_path(target.main_path, run_name="__mp_main__"))
         return _resolve(module, target.qualname)  # type: ignore[no-any-return]
     return _resolve(importlib.import_module(target.module), target.qualname)  # type: ignore[no-any-return]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -400,8 +401,9 @@ def _kill_and_reap(process: subprocess.Popen[str]) -> None:
     if process.poll() is None:
         process.kill()
     process.wait(timeout=10)
-    if process.stdout is not None:
-        process.stdout.close()
+    for stream in (process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()
 
 
 async def test_supervisor_sigkilled_leaves_no_child_alive(
@@ -433,8 +435,6 @@ async def test_supervisor_sigkilled_leaves_no_child_alive(
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
         # What the killed supervisor could not clean up (the next one would sweep it).
-        import shutil
-
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -470,3 +470,96 @@ async def test_nested_supervisor_escalates_when_it_gives_up(socket_dir: str) -> 
         await escalation()
     assert caught.value.child_id == "middle"
     assert caught.value.exitcode == 1
+
+
+# --- ipcactors.run and signals ------------------------------------------------------------------
+
+_RUN_SUPERVISOR = """
+import json, sys
+import anyio, ipcactors, _workers
+
+async def main():
+    sup = ipcactors.Supervisor(socket_root=sys.argv[2], shutdown_timeout=30, retry=0.05)
+    try:
+        async with sup:
+            await sup.spawn(_workers.echo, id="a")
+            if sys.argv[3] == "stubborn":
+                await sup.spawn(_workers.stubborn, True, id="b")
+            else:
+                await sup.spawn(_workers.echo, id="b")
+            print(json.dumps([info.pid for info in sup.children.values()]), flush=True)
+            await anyio.sleep(60)
+    finally:
+        exits = {id: info.last_exit for id, info in sup.children.items()}
+        print(json.dumps(exits), flush=True)
+
+ipcactors.run(main, backend=sys.argv[1])
+"""
+
+
+async def _start_script(
+    script: str, args: list[str], env: dict[str, str]
+) -> tuple[subprocess.Popen[str], list[int]]:
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    with anyio.fail_after(20):
+        assert process.stdout is not None
+        line = await anyio.to_thread.run_sync(process.stdout.readline)
+    return process, json.loads(line)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+async def test_run_first_signal_stops_the_tree_gracefully(
+    socket_dir: str, anyio_backend: str, script_env: dict[str, str], signum: int
+) -> None:
+    root = os.path.join(socket_dir, "run")
+    os.mkdir(root, 0o700)
+    process, children = await _start_script(
+        _RUN_SUPERVISOR, [anyio_backend, root, "polite"], script_env
+    )
+    try:
+        process.send_signal(signum)
+        with anyio.fail_after(20):
+            out, err = await anyio.to_thread.run_sync(process.communicate)
+        assert process.returncode == 128 + signum, err
+        assert json.loads(out.splitlines()[-1]) == {"a": 0, "b": 0}  # obeyed the stop message
+        stopped = [line for line in err.splitlines() if "stopped (exited with code 0)" in line]
+        assert len(stopped) == 2
+        assert "'b'" in stopped[0]  # reverse start order
+        assert "'a'" in stopped[1]
+        assert not any(alive(pid) for pid in children)
+        assert os.listdir(root) == []
+    finally:
+        _kill_and_reap(process)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_run_second_signal_stops_at_once(
+    socket_dir: str, anyio_backend: str, script_env: dict[str, str]
+) -> None:
+    root = os.path.join(socket_dir, "run")
+    os.mkdir(root, 0o700)
+    process, children = await _start_script(
+        _RUN_SUPERVISOR, [anyio_backend, root, "stubborn"], script_env
+    )
+    try:
+        process.send_signal(signal.SIGINT)
+        await anyio.sleep(0.5)
+        assert process.poll() is None, "the stubborn child should hold up a graceful stop"
+        process.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        with anyio.fail_after(20):
+            out, err = await anyio.to_thread.run_sync(process.communicate)
+        assert time.monotonic() - started < 3.0
+        assert process.returncode == 128 + signal.SIGINT, err
+        assert json.loads(out.splitlines()[-1])["b"] == -signal.SIGKILL
+        assert not any(alive(pid) for pid in children)
+        assert os.listdir(root) == []
+    finally:
+        _kill_and_reap(process)
+        shutil.rmtree(root, ignore_errors=True)

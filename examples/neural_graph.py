@@ -1,0 +1,167 @@
+"""A small neural network with one process per layer: numpy arrays flow from layer to layer,
+each layer addressing the next by its actor id. A layer is killed in the middle of the run;
+the supervisor restarts it, the batch in flight is retried, and every output still matches
+the same network computed in one process.
+
+    python examples/neural_graph.py           # or: ... --backend trio
+
+Layer processes get their weights as spawn arguments (numpy arrays travel as a msgpack
+extension: dtype, shape and raw bytes, never pickle), so a restarted layer is the same layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import signal
+from typing import Any
+
+# One BLAS thread per process: the graph already runs a process per layer (and the forkserver,
+# which preloads numpy, then forks from a single-threaded process).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import anyio
+import numpy as np
+
+import ipcactors
+
+SIZES = [16, 64, 64, 32, 4]  # input, hidden..., output
+BATCHES = 12
+BATCH_SIZE = 32
+KILL_AT_BATCH = 5
+COMPUTE_TIME = 0.01  # seconds each layer pretends to compute, so a batch takes a moment
+
+
+def layer_ids() -> list[str]:
+    return [f"layer-{i + 1}" for i in range(len(SIZES) - 1)]
+
+
+def make_weights(seed: int = 7) -> list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]]:
+    rng = np.random.default_rng(seed)
+    return [
+        (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in), rng.standard_normal(n_out) * 0.1)
+        for n_in, n_out in itertools.pairwise(SIZES)
+    ]
+
+
+def apply_layer(
+    x: np.ndarray[Any, Any], w: np.ndarray[Any, Any], b: np.ndarray[Any, Any], last: bool
+) -> np.ndarray[Any, Any]:
+    y = x @ w + b
+    if last:  # softmax
+        e = np.exp(y - y.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
+    return np.maximum(y, 0.0)  # ReLU
+
+
+def forward_in_one_process(
+    x: np.ndarray[Any, Any], weights: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]]
+) -> np.ndarray[Any, Any]:
+    for i, (w, b) in enumerate(weights):
+        x = apply_layer(x, w, b, last=i == len(weights) - 1)
+    return x
+
+
+async def layer(
+    actor: ipcactors.Actor,
+    w: np.ndarray[Any, Any],
+    b: np.ndarray[Any, Any],
+    next_id: str | None,
+) -> None:
+    """Runs in a child process: one layer of the network."""
+
+    async def forward(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        await anyio.sleep(COMPUTE_TIME)  # a bigger layer would take a while
+        y = apply_layer(x, w, b, last=next_id is None)
+        if next_id is None:
+            return y
+        downstream = await actor.connect_to(next_id)  # by id; reconnects if it restarts
+        result: np.ndarray[Any, Any] = await downstream.request("forward", y, timeout=5)
+        return result
+
+    assert actor.parent is not None
+    actor.parent.on("forward", forward)  # the supervisor feeds the first layer
+    assert actor.server is not None
+    actor.server.on("forward", lambda x, client: forward(x))  # the previous layer feeds us
+    await anyio.sleep_forever()
+
+
+async def main() -> None:
+    weights = make_weights()
+    ids = layer_ids()
+    rng = np.random.default_rng(1)
+    inputs = [rng.standard_normal((BATCH_SIZE, SIZES[0])) for _ in range(BATCHES)]
+
+    async with ipcactors.Supervisor(
+        strategy="one_for_one",
+        max_restarts=3,
+        max_seconds=10.0,
+        preload=["numpy"],
+        retry=0.02,
+        retry_cap=0.2,
+    ) as sup:
+        # Start from the output side, so every layer's successor is up when it starts.
+        for i in reversed(range(len(ids))):
+            w, b = weights[i]
+            await sup.spawn(layer, w, b, ids[i + 1] if i + 1 < len(ids) else None, id=ids[i])
+        for i, id in enumerate(ids):
+            w, _ = weights[i]
+            print(f"node {id} started (pid {sup.children[id].pid}): {w.shape[0]} -> {w.shape[1]}")
+
+        outputs: list[np.ndarray[Any, Any]] = []
+        victim = ids[len(ids) // 2]
+        for n, x in enumerate(inputs, 1):
+            if n != KILL_AT_BATCH:
+                outputs.append(await run_batch(sup, ids[0], n, x))
+                continue
+            pid = sup.children[victim].pid
+            assert pid is not None
+
+            async def kill_in_flight(n: int = n, pid: int = pid) -> None:
+                await anyio.sleep(COMPUTE_TIME * 2.5)  # batch n is past the first layers
+                print(f"killing node {victim} (pid {pid}) while batch {n} is in flight")
+                os.kill(pid, signal.SIGKILL)
+                with anyio.fail_after(5):
+                    while not (sup.children[victim].running and sup.children[victim].pid != pid):
+                        await anyio.sleep(0.01)
+                print(f"node {victim} restarted (pid {sup.children[victim].pid})")
+
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(kill_in_flight)
+                outputs.append(await run_batch(sup, ids[0], n, x))
+
+    expected = [forward_in_one_process(x, weights) for x in inputs]
+    worst = max(
+        float(np.abs(got - want).max()) for got, want in zip(outputs, expected, strict=True)
+    )
+    if len(outputs) != BATCHES or worst > 1e-9:
+        raise SystemExit(f"FAILED: {len(outputs)} batches, max abs difference {worst:.3g}")
+    print(
+        f"all {BATCHES} batches match the single-process computation "
+        f"(max abs difference {worst:.1e})"
+    )
+
+
+async def run_batch(
+    sup: ipcactors.Supervisor, first: str, n: int, x: np.ndarray[Any, Any]
+) -> np.ndarray[Any, Any]:
+    """Send one batch into the graph; retry it if a node died on the way."""
+    for attempt in range(1, 6):
+        try:
+            result: np.ndarray[Any, Any] = await sup.request(first, "forward", x, timeout=10)
+            print(f"batch {n:2}: output {result.shape}, argmax {np.bincount(result.argmax(1))}")
+            return result
+        except (ipcactors.RemoteError, ipcactors.ConnectionLostError) as exc:
+            # A node downstream died: the node before it reports the lost connection.
+            text = exc.remote_message if isinstance(exc, ipcactors.RemoteError) else str(exc)
+            reason = text.splitlines()[0] if text else type(exc).__name__
+            print(f"batch {n:2}: attempt {attempt} failed ({reason}); retrying")
+            await anyio.sleep(0.05 * attempt)
+    raise SystemExit(f"FAILED: batch {n} failed five times")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    ipcactors.run(main, backend=parser.parse_args().backend, log_level="WARNING")

@@ -1,0 +1,48 @@
+"""The supervisor examples run as scripts (their functions live in ``__main__``), finish by
+themselves in a few seconds, and print correct results, on both backends."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("numpy")
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+
+def run_example(name: str, backend: str) -> str:
+    result = subprocess.run(
+        [sys.executable, os.path.join(EXAMPLES, name), "--backend", backend],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, f"{name} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_worker_pool(backend: str) -> None:
+    out = run_example("worker_pool.py", backend)
+    assert "started worker-0" in out
+    assert "killing worker-1" in out
+    assert "task " in out
+    assert "was killed by SIGKILL before answering request 'work'; retrying" in out
+    assert "worker-1 restarted" in out
+    assert "40/40 tasks done, all results correct" in out
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_neural_graph(backend: str) -> None:
+    out = run_example("neural_graph.py", backend)
+    for layer in ("layer-1", "layer-2", "layer-3", "layer-4"):
+        assert f"node {layer} started" in out
+    assert "killing node layer-3" in out
+    assert "attempt 1 failed" in out
+    assert "node layer-3 restarted" in out
+    assert "all 12 batches match the single-process computation" in out
