@@ -82,12 +82,14 @@ class Child:
             return -1
         return None if info is None else info.si_status
 
-    def stderr_tail(self, size: int = 1500) -> str:
-        self._stderr.seek(0, os.SEEK_END)
-        end = self._stderr.tell()
-        self._stderr.seek(max(0, end - size))
+    def stderr_excerpt(self, head: int = 1200, tail: int = 1800) -> str:
+        """The start and the end of what the child wrote on stderr (the cause of a failure is
+        often at the start, e.g. an exception in a callback, and the traceback at the end)."""
+        self._stderr.seek(0)
         text = self._stderr.read().decode(errors="replace").strip()
-        return text
+        if len(text) <= head + tail:
+            return text
+        return f"{text[:head]}\n[...]\n{text[-tail:]}"
 
     @overload
     def message(
@@ -126,7 +128,7 @@ class Child:
                 time.sleep(0.05)
                 raise ChildError(
                     f"{self.name} exited (status {self._exit_code()}) before reporting"
-                    + _tail(self.stderr_tail())
+                    + _tail(self.stderr_excerpt())
                 )
             left = deadline - time.monotonic()
             if left <= 0:

@@ -489,12 +489,15 @@ def _progress(
     status = cell["status"]
     if status == "ok":
         text = f"{_report.fmt_cell(cell, row)} {row.unit}"
-        if cell.get("note"):
-            text += f" ({cell['note']})"
+        for key in ("warning", "note"):
+            if cell.get(key):
+                text += f" ({cell[key]})"
     elif status == "unavailable":
         text = f"not available: {cell.get('reason')}"
     else:
-        text = "ERROR: " + str(cell.get("reason")).replace("\n", "\n      ")
+        lines = str(cell.get("reason")).splitlines()
+        shown = lines if len(lines) <= 8 else [*lines[:4], "[...]", *lines[-3:]]
+        text = "ERROR: " + "\n      ".join(shown) + "\n      (the whole message is in the JSON)"
     return f"{head} {text}  ({cell.get('seconds', 0):.1f} s)"
 
 

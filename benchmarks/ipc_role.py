@@ -26,7 +26,8 @@ from ._wire import (
 
 
 def _actor(name: str, config: dict[str, Any], **extra: Any) -> ipcactors.Actor:
-    return ipcactors.Actor(name, socket_root=config["dir"], silent=True, **extra)
+    # stop_retrying: a benchmark client that cannot connect should fail fast, not retry.
+    return ipcactors.Actor(name, socket_root=config["dir"], silent=True, stop_retrying=2, **extra)
 
 
 async def _listen(actor: ipcactors.Actor, config: dict[str, Any]) -> ipcactors.Server:
