@@ -109,6 +109,7 @@ class Channel:
         peer = self._peer
         requests = peer._requests
         receive = self._stream.receive
+        frame_timeout = peer._config.frame_timeout
         data: bytes = b""  # bytes the handshake left in the decoder come out first
         while True:
             events: list[Event | Request] = []
@@ -138,7 +139,15 @@ class Channel:
             if pending is not None and pending > size:
                 size = min(pending + HEADER_SIZE - decoder.buffered, MAX_RECEIVE_SIZE)
             try:
-                data = await receive(size)
+                if decoder.buffered:
+                    with anyio.fail_after(frame_timeout):
+                        data = await receive(size)
+                else:
+                    data = await receive(size)
+            except TimeoutError:
+                raise DecodeError(
+                    f"the peer stalled for {frame_timeout} s in the middle of a frame"
+                ) from None
             except anyio.EndOfStream:
                 if decoder.buffered:
                     raise DecodeError(

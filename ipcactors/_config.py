@@ -57,6 +57,9 @@ class Config:
     handshake_timeout: float = 5.0
     #: Default seconds a ``request`` waits for its reply.
     request_timeout: float = 30.0
+    #: Seconds a peer may fall silent in the middle of a frame before its connection is
+    #: dropped: a stalled or malicious peer cannot hold a connection slot with half a frame.
+    frame_timeout: float = 30.0
     #: Seconds ``aclose``/``disconnect`` spend flushing queued frames before closing anyway.
     close_timeout: float = 5.0
     #: A shared secret (bytes, or str as UTF-8) both sides must know: the handshake then runs a
@@ -82,7 +85,14 @@ class Config:
             _check_int("stop_retrying", self.stop_retrying, 0)
         _check_int("max_frame_size", self.max_frame_size, 1024, 2**32 - 1)
         _check_int("max_outbox_bytes", self.max_outbox_bytes, 1)
-        for name in ("retry", "retry_cap", "handshake_timeout", "request_timeout", "close_timeout"):
+        for name in (
+            "retry",
+            "retry_cap",
+            "handshake_timeout",
+            "request_timeout",
+            "frame_timeout",
+            "close_timeout",
+        ):
             _check_seconds(name, getattr(self, name))
         if self.auth_key is not None and (
             not isinstance(self.auth_key, bytes | str) or not self.auth_key

@@ -28,6 +28,7 @@ pytestmark = pytest.mark.anyio
 
 TRANSPORTS = ["unix", "tcp"]
 HANDSHAKE_TIMEOUT = 0.5  # the server's, for the client that never says hello
+FRAME_TIMEOUT = 0.4
 CLOSE_WITHIN = 5.0  # seconds the server may take to close a bad connection
 
 
@@ -63,7 +64,11 @@ class Scene:
 @asynccontextmanager
 async def scene(transport: str, socket_dir: str) -> AsyncIterator[Scene]:
     async with Actor(
-        "srv", socket_root=socket_dir, silent=True, handshake_timeout=HANDSHAKE_TIMEOUT
+        "srv",
+        socket_root=socket_dir,
+        silent=True,
+        handshake_timeout=HANDSHAKE_TIMEOUT,
+        frame_timeout=FRAME_TIMEOUT,
     ) as srv:
         if transport == "unix":
             server = await srv.serve()
@@ -336,6 +341,19 @@ async def test_truncated_frame_then_eof_after_the_handshake(
         frame = framed(pack([1, "echo", "x" * 100, 1]))
         messages, _ = await attack(s, hello("raw") + frame[:50], eof=True)
         assert_welcomed_then_closed(messages)
+        await eventually(lambda: "server lost raw" in s.lost)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_peer_stalling_mid_frame_is_dropped_after_frame_timeout(
+    transport: str, socket_dir: str
+) -> None:
+    """Half a frame, then silence (no EOF): the slot is not held for ever."""
+    async with scene(transport, socket_dir) as s:
+        frame = framed(pack([1, "echo", "x" * 100, 1]))
+        messages, elapsed = await attack(s, hello("raw") + frame[:50])
+        assert_welcomed_then_closed(messages)
+        assert FRAME_TIMEOUT * 0.8 <= elapsed <= FRAME_TIMEOUT + 2.0
         await eventually(lambda: "server lost raw" in s.lost)
 
 
