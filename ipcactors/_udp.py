@@ -78,9 +78,11 @@ class DatagramPeer:
         return f"<DatagramPeer {self.address[0]}:{self.address[1]}>"
 
     async def emit(self, event: str, data: Any = None) -> None:
+        """Send ``event`` to this peer in one datagram (``server.emit(peer, ...)``)."""
         await self._server.emit(self.address, event, data)
 
     async def request(self, event: str, data: Any = None, *, timeout: float | None = None) -> Any:
+        """Ask this peer (``server.request(peer, ...)``)."""
         return await self._server.request(self.address, event, data, timeout=timeout)
 
 

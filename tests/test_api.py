@@ -1,0 +1,66 @@
+"""The public API: exactly these names, typed, documented, one error hierarchy, cheap import."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+import sys
+
+import ipcactors
+
+PUBLIC = {
+    "Actor", "AddressInUseError", "AuthenticationError", "ChildExitedError", "ChildInfo",
+    "Client", "ClosedError", "Config", "ConfigError", "ConnectError", "Connection",
+    "ConnectionFailedError", "ConnectionLostError", "DatagramPeer", "DatagramServer",
+    "DatagramStatistics", "DatagramTooLargeError", "DecodeError", "EncodeError",
+    "FrameTooLargeError", "IPCError", "InsecureSocketDirError", "NoHandlerError",
+    "ProtocolError", "RejectedError", "RemoteError", "RequestTimeoutError",
+    "ReservedEventError", "RestartIntensityError", "Server", "ServerBusyError",
+    "SocketPathError", "SocketPathTooLongError", "SpawnError", "Supervisor", "TLSError",
+    "UnknownPeerError", "run",
+}  # fmt: skip
+
+
+def test_public_names_are_pinned() -> None:
+    assert set(ipcactors.__all__) == PUBLIC
+    for name in PUBLIC:
+        assert getattr(ipcactors, name).__module__.startswith("ipcactors")
+
+
+def test_one_error_hierarchy() -> None:
+    errors = [
+        obj
+        for obj in vars(ipcactors).values()
+        if isinstance(obj, type) and issubclass(obj, BaseException)
+    ]
+    assert len(errors) > 15
+    for error in errors:
+        assert issubclass(error, ipcactors.IPCError), error
+        assert error.__doc__, f"{error.__name__} has no docstring"
+
+
+def test_public_api_is_documented() -> None:
+    for name in PUBLIC:
+        obj = getattr(ipcactors, name)
+        assert obj.__doc__, f"{name} has no docstring"
+        if inspect.isclass(obj) and not issubclass(obj, BaseException):
+            for attribute, member in vars(obj).items():
+                if attribute.startswith("_") or not callable(member):
+                    continue
+                assert member.__doc__, f"{name}.{attribute} has no docstring"
+
+
+def test_package_is_typed() -> None:
+    assert os.path.exists(os.path.join(os.path.dirname(ipcactors.__file__), "py.typed"))
+
+
+def test_import_stays_light() -> None:
+    """``import ipcactors`` pulls in neither numpy nor trio: a spawned child stays fast to
+    start, and neither is a dependency."""
+    code = "import sys, ipcactors; print(sorted(m for m in ('numpy', 'trio') if m in sys.modules))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
