@@ -20,6 +20,7 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python examples/hello_world.py
+	$(BIN)/python examples/neural_graph.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check ipcactors tests examples benchmarks
