@@ -318,6 +318,36 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     return result
 
 
+def preflight(impl: Impl, node: _node.NodeIPC, sockets: str, pin: set[int]) -> str | None:
+    """One W1 round trip over a Unix socket, bounded: an implementation that cannot do that
+    (a broken backend, say) is skipped instead of making every one of its cells time out."""
+    if impl.family == "node" and not node.available:
+        return None  # its cells report "unavailable" themselves
+    os.mkdir(sockets, 0o700)
+    params = dataclasses.replace(
+        QUICK, rounds=1, latency_seconds=0.0, max_iterations=1, warmup_iterations=1, deadline=15
+    )
+    cell = Cell(ROW_BY_KEY["w1"], "unix", impl, params, node, sockets, pin)
+    try:
+        cell.run()
+    except ChildError as exc:
+        lines = str(exc).splitlines()
+        return " / ".join(line.strip() for line in lines[:3] if line.strip())
+    return None
+
+
+def _skipped(row: Row, transport: str, impl: Impl, why: str) -> dict[str, Any]:
+    return {
+        "row": row.key,
+        "transport": transport,
+        "impl": impl.key,
+        "unit": row.unit,
+        "status": "error",
+        "reason": f"skipped: {impl.label} failed its preflight (one W1 round trip): {why}",
+        "seconds": 0.0,
+    }
+
+
 # --- selection --------------------------------------------------------------------------------
 
 
@@ -452,11 +482,19 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"ipcactors benchmarks ({mode}: {len(cells_to_run)} cells, {params.rounds} rounds)")
         _say(f"machine: {_machine.summary(machine)}")
         pin = _pin_set()
+        broken: dict[str, str] = {}  # implementation -> why its preflight failed
         for number, (row, transport, impl) in enumerate(cells_to_run, 1):
             sockets = os.path.join(workdir, f"c{number}")
             os.mkdir(sockets, 0o700)
-            cell = Cell(row, transport, impl, params, node, sockets, pin)
-            result = run_cell(cell)
+            if impl.key not in broken and not any(c["impl"] == impl.key for c in cells):
+                why = preflight(impl, node, os.path.join(workdir, f"p{number}"), pin)
+                if why is not None:
+                    broken[impl.key] = why
+                    _say(f"{impl.label}: preflight failed, its cells are skipped: {why}")
+            if impl.key in broken:
+                result = _skipped(row, transport, impl, broken[impl.key])
+            else:
+                result = run_cell(Cell(row, transport, impl, params, node, sockets, pin))
             cells.append(result)
             _say(_progress(number, len(cells_to_run), row, transport, impl, result))
     except (KeyboardInterrupt, Terminated):
