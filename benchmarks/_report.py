@@ -302,8 +302,10 @@ def evaluate_targets(cell_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
         anchor_key = (target.anchor_row or target.row, target.transport, target.anchor)
         if mine is None or (target.anchor is not None and anchor_key not in cells):
             continue  # not selected in this run
-        if mine.get("status") != "ok":
-            why = mine.get("reason") or mine.get("status")
+        if mine.get("status") == "unavailable":
+            why = f"not available: {mine.get('reason')}"
+        elif mine.get("status") != "ok":
+            why = "the cell failed in this run (see its reason in the JSON)"
         elif target.p99:
             measured = mine["p99"] / mine["value"]
         elif target.anchor is None:
@@ -313,7 +315,7 @@ def evaluate_targets(cell_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if theirs:
                 measured = mine["value"] / theirs
             else:
-                why = "anchor not measured"
+                why = "the anchor failed or is not available in this run"
         met = None
         if measured is not None:
             met = measured <= target.bound if target.op == "<=" else measured >= target.bound
@@ -407,7 +409,7 @@ def target_table(target_list: list[dict[str, Any]]) -> str:
     lines = []
     for t in target_list:
         if t["measured"] is None:
-            measured, verdict = t["note"] or "—", "not measured"
+            measured, verdict = "—", f"not measured: {t['note']}"
         else:
             suffix = "×" if t["kind"] == "ratio" else f" {t['kind']}"
             measured = f"{t['measured']:.2f}{suffix}"
