@@ -40,6 +40,9 @@ def _version(package: str) -> str | None:
 
 
 def _git_commit() -> str | None:
+    # Set it when running from an exported tree (e.g. `git archive`), which has no .git.
+    if os.environ.get("IPCACTORS_BENCH_COMMIT"):
+        return os.environ["IPCACTORS_BENCH_COMMIT"]
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         done = subprocess.run(
