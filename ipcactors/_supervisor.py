@@ -251,6 +251,8 @@ class _ForkServer:
         try:
             command = [
                 sys.executable,
+                # -O, -X dev, -W ... as in this interpreter (multiprocessing does the same)
+                *subprocess._args_from_interpreter_flags(),  # type: ignore[attr-defined]
                 "-c",
                 _BOOTSTRAP,
                 json.dumps(sys.path),
@@ -558,6 +560,7 @@ class Supervisor:
             server = self._server = await actor.serve()
             server.on(HELLO_EVENT, self._on_hello)
             server.on(READY_EVENT, self._on_ready)
+            server.on("connect", self._on_connect)
             self._lifeline = os.pipe2(os.O_CLOEXEC)
             task_group = anyio.create_task_group()
             await task_group.__aenter__()
@@ -910,7 +913,9 @@ class Supervisor:
                         await client.emit(STOP_EVENT)
                     except IPCError:
                         pass
-                await incarnation.exited.wait()
+                    else:
+                        await incarnation.exited.wait()
+                # Never connected (or gone): nobody to ask; SIGTERM right away.
         for sig, wait in (
             (signal.SIGTERM, self.terminate_timeout),
             (signal.SIGKILL, _KILL_WAIT),
@@ -1046,6 +1051,14 @@ class Supervisor:
         incarnation = self._incarnation_of(data, client)
         incarnation.client = client
         return {"args": incarnation.child.args}
+
+    def _on_connect(self, client: Client) -> None:
+        # A running child whose connection to us dropped and came back (the same process:
+        # a new one says hello first): talk to it through the new connection.
+        child = self._children.get(client.id)
+        incarnation = child.incarnation if child is not None else None
+        if incarnation is not None and incarnation.ready.is_set() and incarnation.client:
+            incarnation.client = client
 
     def _on_ready(self, data: Any, client: Client) -> None:
         try:

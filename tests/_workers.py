@@ -29,6 +29,7 @@ async def echo(actor: ipcactors.Actor, tag: Any = None) -> None:
 
     parent.on("slow", slow)
     parent.on("exit", lambda code: os._exit(code))
+    parent.on("ping", lambda data: parent.emit("pong", data))  # an event answered by an event
 
     async def ask(data: dict[str, Any]) -> Any:
         sibling = await actor.connect_to(data["id"])

@@ -79,7 +79,9 @@ async def test_spawn_request_emit_and_same_backend(socket_dir: str, anyio_backen
             assert await sup.request("w1", "pid") == info.pid
             await sup.emit("w1", "nothing-listens", 1)  # at most once, no error
             got: list[Any] = []
-            sup.on("hi", lambda data, client: got.append((client.id, data)))
+            sup.on("pong", lambda data, client: got.append((client.id, data)))
+            await sup.emit("w1", "ping", [5])
+            await wait_until(lambda: got == [("w1", [5])])
             await sup.spawn("_workers:echo", id="w2")
             assert list(sup.children) == ["w1", "w2"]
         assert not alive(info.pid)
@@ -225,6 +227,29 @@ async def test_one_for_one_restarts_only_the_dead_child_and_fails_its_requests(
             assert sup.children["w2"].last_exit == -signal.SIGKILL
             # The new incarnation connected back and answers.
             assert await sup.request("w2", "pid") == after["w2"]
+
+
+async def test_every_child_is_reaped(socket_dir: str) -> None:
+    with anyio.fail_after(20):
+        async with supervisor(socket_dir) as sup:
+            for id in ("w1", "w2", "w3"):
+                await sup.spawn(_workers.echo, id=id)
+            before = pids(sup)
+            forkserver = psutil.Process(sup._forkserver.pid)  # type: ignore[union-attr]
+            os.kill(before["w1"], signal.SIGKILL)
+            with pytest.raises(ChildExitedError):
+                await sup.request("w2", "exit", 1)
+            await wait_until(restarted(sup, "w1", before["w1"]))
+            await wait_until(restarted(sup, "w2", before["w2"]))
+            children = forkserver.children()
+            assert {p.pid for p in children} == set(pids(sup).values())
+            assert all(p.status() != psutil.STATUS_ZOMBIE for p in children)
+            for pid in (before["w1"], before["w2"]):
+                assert not psutil.pid_exists(pid), "an exited child was not reaped"
+        assert not forkserver.is_running()
+    assert not any(
+        p.status() == psutil.STATUS_ZOMBIE for p in psutil.Process().children(recursive=True)
+    )
 
 
 async def test_one_for_all_restarts_every_child(socket_dir: str) -> None:
