@@ -30,7 +30,6 @@ SIZES = [16, 64, 64, 32, 4]  # input, hidden..., output
 BATCHES = 12
 BATCH_SIZE = 32
 KILL_AT_BATCH = 5
-COMPUTE_TIME = 0.01  # seconds each layer pretends to compute, so a batch takes a moment
 
 
 def layer_ids() -> list[str]:
@@ -71,19 +70,23 @@ async def layer(
 ) -> None:
     """Runs in a child process: one layer of the network."""
 
-    async def forward(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        await anyio.sleep(COMPUTE_TIME)  # a bigger layer would take a while
-        y = apply_layer(x, w, b, last=next_id is None)
+    async def forward(batch: dict[str, Any]) -> np.ndarray[Any, Any]:
+        if batch.get("hold") == actor.id:  # the demo's victim: say so, then "compute" until killed
+            await parent.emit("holding", actor.id)
+            await anyio.sleep(30)
+        y = apply_layer(batch["x"], w, b, last=next_id is None)
         if next_id is None:
             return y
         downstream = await actor.connect_to(next_id)  # by id; reconnects if it restarts
-        result: np.ndarray[Any, Any] = await downstream.request("forward", y, timeout=5)
+        batch = {"x": y, "hold": batch.get("hold")}
+        result: np.ndarray[Any, Any] = await downstream.request("forward", batch, timeout=10)
         return result
 
-    assert actor.parent is not None
-    actor.parent.on("forward", forward)  # the supervisor feeds the first layer
+    parent = actor.parent
+    assert parent is not None
+    parent.on("forward", forward)  # the supervisor feeds the first layer
     assert actor.server is not None
-    actor.server.on("forward", lambda x, client: forward(x))  # the previous layer feeds us
+    actor.server.on("forward", lambda batch, client: forward(batch))  # the previous layer
     await anyio.sleep_forever()
 
 
@@ -111,15 +114,17 @@ async def main() -> None:
 
         outputs: list[np.ndarray[Any, Any]] = []
         victim = ids[len(ids) // 2]
+        holding = anyio.Event()
+        sup.on("holding", lambda id, client: holding.set())
         for n, x in enumerate(inputs, 1):
             if n != KILL_AT_BATCH:
                 outputs.append(await run_batch(sup, ids[0], n, x))
                 continue
-            pid = sup.children[victim].pid
-            assert pid is not None
 
-            async def kill_in_flight(n: int = n, pid: int = pid) -> None:
-                await anyio.sleep(COMPUTE_TIME * 2.5)  # batch n is past the first layers
+            async def kill_in_flight(n: int = n) -> None:
+                await holding.wait()  # batch n has reached the victim
+                pid = sup.children[victim].pid
+                assert pid is not None
                 print(f"killing node {victim} (pid {pid}) while batch {n} is in flight")
                 os.kill(pid, signal.SIGKILL)
                 with anyio.fail_after(5):
@@ -129,7 +134,7 @@ async def main() -> None:
 
             async with anyio.create_task_group() as task_group:
                 task_group.start_soon(kill_in_flight)
-                outputs.append(await run_batch(sup, ids[0], n, x))
+                outputs.append(await run_batch(sup, ids[0], n, x, hold=victim))
 
     expected = [forward_in_one_process(x, weights) for x in inputs]
     worst = max(
@@ -144,12 +149,13 @@ async def main() -> None:
 
 
 async def run_batch(
-    sup: ipcactors.Supervisor, first: str, n: int, x: np.ndarray[Any, Any]
+    sup: ipcactors.Supervisor, first: str, n: int, x: np.ndarray[Any, Any], hold: str | None = None
 ) -> np.ndarray[Any, Any]:
     """Send one batch into the graph; retry it if a node died on the way."""
     for attempt in range(1, 6):
+        batch = {"x": x, "hold": hold if attempt == 1 else None}
         try:
-            result: np.ndarray[Any, Any] = await sup.request(first, "forward", x, timeout=10)
+            result: np.ndarray[Any, Any] = await sup.request(first, "forward", batch, timeout=15)
             print(f"batch {n:2}: output {result.shape}, argmax {np.bincount(result.argmax(1))}")
             return result
         except (ipcactors.RemoteError, ipcactors.ConnectionLostError) as exc:

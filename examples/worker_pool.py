@@ -27,12 +27,16 @@ async def worker(actor: ipcactors.Actor, delay: float) -> None:
     """Runs in a child process: answers "work" requests from the supervisor."""
 
     async def work(task: dict[str, Any]) -> dict[str, Any]:
+        if task.get("hold"):  # the demo's victim: say so, then work until killed
+            await parent.emit("holding", task["n"])
+            await anyio.sleep(30)
         await anyio.sleep(delay)  # pretend to work
         n = task["n"]
         return {"n": n, "square": n * n, "worker": actor.id, "pid": os.getpid()}
 
-    assert actor.parent is not None
-    actor.parent.on("work", work)  # registered before the first await: in place at "ready"
+    parent = actor.parent
+    assert parent is not None
+    parent.on("work", work)  # registered before the first await: in place at "ready"
     await anyio.sleep_forever()
 
 
@@ -52,15 +56,19 @@ async def main() -> None:
         results: dict[int, dict[str, Any]] = {}
         retried: list[int] = []
         victim = ids[1]
-        victim_busy = anyio.Event()
+        holding = anyio.Event()
+        sup.on("holding", lambda n, client: holding.set())
+        hold = {"pending": True}
 
         async def dispatch(id: str) -> None:
             async for n in receive:
                 for _attempt in range(3):
-                    if id == victim and len(results) >= TASKS // 4:
-                        victim_busy.set()
+                    task: dict[str, Any] = {"n": n}
+                    if id == victim and hold["pending"] and len(results) >= TASKS // 4:
+                        hold["pending"] = False
+                        task["hold"] = True  # this one is in the worker when it is killed
                     try:
-                        results[n] = await sup.request(id, "work", {"n": n}, timeout=10)
+                        results[n] = await sup.request(id, "work", task, timeout=10)
                         break
                     except ipcactors.ChildExitedError as exc:
                         print(f"task {n} failed: {exc}; retrying")
@@ -69,8 +77,7 @@ async def main() -> None:
                     raise RuntimeError(f"task {n} failed three times")
 
         async def kill_one_mid_task() -> None:
-            await victim_busy.wait()
-            await anyio.sleep(0.005)  # the request is on its way or being worked on
+            await holding.wait()
             pid = sup.children[victim].pid
             assert pid is not None
             print(f"killing {victim} (pid {pid}) in the middle of a task")
@@ -80,12 +87,12 @@ async def main() -> None:
                     await anyio.sleep(0.01)
             print(f"{victim} restarted (pid {sup.children[victim].pid})")
 
-        async with anyio.create_task_group() as task_group:
-            task_group.start_soon(kill_one_mid_task)
-            async with anyio.create_task_group() as dispatchers:
-                for id in ids:
-                    dispatchers.start_soon(dispatch, id)
-            victim_busy.set()
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(kill_one_mid_task)
+                async with anyio.create_task_group() as dispatchers:
+                    for id in ids:
+                        dispatchers.start_soon(dispatch, id)
 
     wrong = [n for n in range(TASKS) if results.get(n, {}).get("square") != n * n]
     if len(results) != TASKS or wrong or not retried:
