@@ -556,6 +556,7 @@ class Supervisor:
         actor = Actor(self.id, self.config.replace(socket_root=self._dir))
         await actor.__aenter__()
         self._actor = actor
+        task_group: TaskGroup | None = None
         try:
             server = self._server = await actor.serve()
             server.on(HELLO_EVENT, self._on_hello)
@@ -565,12 +566,22 @@ class Supervisor:
             task_group = anyio.create_task_group()
             await task_group.__aenter__()
             self._task_group = task_group
+            task_group.start_soon(self._monitor)
+            self._start_forkserver()
         except BaseException as exc:
-            await self._cleanup_files()
-            await actor.__aexit__(type(exc), exc, exc.__traceback__)
+            with anyio.CancelScope(shield=True):
+                if task_group is not None:
+                    self._monitor_scope.cancel()
+                    if self._forkserver is not None:
+                        await self._forkserver.aclose()
+                    await task_group.__aexit__(None, None, None)
+                if self._lifeline is not None:
+                    for fd in self._lifeline:
+                        os.close(fd)
+                    self._lifeline = None
+                await self._cleanup_files()
+                await actor.__aexit__(type(exc), exc, exc.__traceback__)
             raise
-        task_group.start_soon(self._monitor)
-        self._start_forkserver()
         runtime = current_runtime()
         if runtime is not None:
             runtime.supervisors.add(self)
@@ -614,7 +625,7 @@ class Supervisor:
             pending = error
         if pending is None:
             if self._failure is not None:
-                raise self._failure
+                raise self._failure from None  # not "during handling of" our own cancellation
             return True if original is not None else None
         if pending is original:
             return False
