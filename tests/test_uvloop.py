@@ -1,0 +1,59 @@
+"""The asyncio fast path on uvloop (its transports are not asyncio.Transport subclasses)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+
+import ipcactors
+from ipcactors import Actor
+
+pytest.importorskip("uvloop")  # an extra; `make test` installs it
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> tuple[str, dict[str, Any]]:
+    return ("asyncio", {"use_uvloop": True})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _uvloop_global_state() -> None:
+    """uvloop opens a process-wide pipe with its first loop; open it before the leak checks
+    take their snapshot, so it is not mistaken for ours."""
+    import asyncio
+
+    import uvloop
+
+    uvloop.run(asyncio.sleep(0))
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+async def test_events_requests_and_bulk_on_uvloop(transport: str, socket_dir: str) -> None:
+    import asyncio
+
+    assert "uvloop" in type(asyncio.get_running_loop()).__module__
+    async with Actor("world", socket_root=socket_dir, silent=True) as world_actor:
+        server = await (
+            world_actor.serve() if transport == "unix" else world_actor.serve_net(port=0)
+        )
+        seen: list[int] = []
+        server.on("n", lambda data, client: seen.append(data))
+        server.on("echo", lambda data, client: data)
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            if transport == "unix":
+                world = await hello.connect_to("world")
+            else:
+                world = await hello.connect_to_net("world", port=server.address[1])  # type: ignore[index]
+            for i in range(2000):
+                await world.emit("n", i)
+            blob = bytes(range(256)) * 8192  # 2 MiB
+            with anyio.fail_after(10):
+                assert await world.request("echo", blob) == blob
+                while len(seen) < 2000:
+                    await anyio.sleep(0.01)
+            assert seen == list(range(2000))
+            with pytest.raises(ipcactors.NoHandlerError):
+                await world.request("nobody")
