@@ -83,7 +83,12 @@ class Actor:
             runtime = current_runtime()
             if runtime is not None:
                 runtime.actors.discard(self)
-            suppress = await self._task_group.__aexit__(exc_type, exc, tb)
+            try:
+                suppress = await self._task_group.__aexit__(exc_type, exc, tb)
+            except BaseExceptionGroup as group:
+                if exc is not None and group.exceptions == (exc,):
+                    return False  # the block's own exception, as itself: not in a group
+                raise
         return suppress
 
     async def aclose(self) -> None:

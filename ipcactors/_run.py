@@ -88,9 +88,14 @@ async def _main(
                     main_scope.cancel()
 
     result: Any = None
-    async with anyio.create_task_group() as task_group:
-        await task_group.start(watch_signals, task_group)
-        with main_scope:
-            result = await async_fn(*args)
-        task_group.cancel_scope.cancel()
+    try:
+        async with anyio.create_task_group() as task_group:
+            await task_group.start(watch_signals, task_group)
+            with main_scope:
+                result = await async_fn(*args)
+            task_group.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None  # what main raised, as itself
+        raise
     return result  # type: ignore[no-any-return]

@@ -454,3 +454,13 @@ async def test_tcp_sockets_keep_alive(host: str) -> None:
         assert client._channel is not None
         accepted = client._channel._stream.extra(SocketAttribute.raw_socket)
         assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+
+
+async def test_exception_in_the_actor_block_comes_out_as_itself(socket_dir: str) -> None:
+    async def serve_then_fail() -> None:
+        async with Actor("world", socket_root=socket_dir, silent=True) as world:
+            await world.serve()
+            raise ValueError("mine")
+
+    with pytest.raises(ValueError, match="mine"):
+        await serve_then_fail()

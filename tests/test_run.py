@@ -109,3 +109,13 @@ def test_second_signal_cuts_a_stuck_flush_short(backend: str, socket_dir: str) -
         for stream in (process.stdout, process.stderr):
             assert stream is not None
             stream.close()
+
+
+async def fail() -> None:
+    raise KeyError("from main")
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_run_raises_what_main_raised(backend: str) -> None:
+    with pytest.raises(KeyError, match="from main"):
+        ipcactors.run(fail, backend=backend, log_level=None)  # type: ignore[arg-type]
