@@ -1,8 +1,8 @@
 """The supervisor: worker processes that connect back, restarted by OTP rules, never orphaned.
 
 Invariants owned here:
-- Only this module starts or signals a process (the forkserver, and through it the children);
-  only ``_forkserver`` forks. Nothing forks a process that runs an event loop: the forkserver is
+- Only this module (through its forkserver handle in ``_spawner``) starts or signals a process:
+  the forkserver, and through it the children; only ``_forkserver`` forks. Nothing forks a process that runs an event loop: the forkserver is
   started with fork + exec from the event-loop thread (PR_SET_PDEATHSIG is tied to the thread
   that forked), and it forks children from its own single-threaded, loop-free state.
 - Every child is reaped (by the forkserver, its parent, which reports each exit here), and no
@@ -27,14 +27,11 @@ Invariants owned here:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import secrets
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -63,12 +60,12 @@ from ._errors import (
     SpawnError,
     UnknownPeerError,
 )
-from ._forkserver import recv_message, send_message
 from ._handlers import Handler
 from ._log import ActorLog
 from ._protocol import encode_default
 from ._runtime import current_runtime
 from ._server import Client, Server
+from ._spawner import KILL_WAIT, ForkServer, wait_either
 from ._target import Target, target_of
 from ._unix import check_path_length, default_socket_root, ensure_socket_dir
 
@@ -79,14 +76,8 @@ RestartType = Literal["permanent", "transient", "temporary"]
 
 _STRATEGIES: Final = ("one_for_one", "one_for_all", "rest_for_one")
 _RESTART_TYPES: Final = ("permanent", "transient", "temporary")
-_KILL_WAIT: Final = 5.0  # SIGKILL cannot be ignored; this only guards against a lost report
 _RELAY_DRAIN: Final = 1.0  # seconds relays get to pass on a stopped child's last output
 _RELAY_LINE: Final = 64 * 1024  # a longer line is passed on in pieces
-_FORKSERVER_START: Final = 30.0
-_BOOTSTRAP: Final = (
-    "import sys,json;sys.path[:]=json.loads(sys.argv[1]);"
-    "from ipcactors._forkserver import _main;_main(sys.argv[2:])"
-)
 
 
 def describe_exit(code: int | None) -> str:
@@ -166,20 +157,6 @@ class _Child:
         await self._changed.wait()
 
 
-async def _wait_either(first: anyio.Event, second: anyio.Event) -> None:
-    """Return as soon as either event is set."""
-    if first.is_set() or second.is_set():
-        return
-    async with anyio.create_task_group() as task_group:
-
-        async def wait(event: anyio.Event) -> None:
-            await event.wait()
-            task_group.cancel_scope.cancel()
-
-        task_group.start_soon(wait, first)
-        task_group.start_soon(wait, second)
-
-
 def _current_backend() -> tuple[str, bool]:
     """The running anyio backend (``"asyncio"`` or ``"trio"``) and whether asyncio is uvloop's."""
     if "trio" in sys.modules:
@@ -226,183 +203,6 @@ def _sweep(root: str) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-class _ForkServer:
-    """The supervisor's handle on its forkserver process (see ``_forkserver``)."""
-
-    def __init__(self, log: ActorLog, on_exit: Callable[[_Incarnation], None]) -> None:
-        self._log = log
-        self._on_exit = on_exit
-        self._process: subprocess.Popen[bytes] | None = None
-        self._sock: socket.socket | None = None
-        self._ready = anyio.Event()
-        self._gone = anyio.Event()
-        self._reader_done = anyio.Event()
-        self._reader_scope = anyio.CancelScope()
-        self._seq = 0
-        self._pending: dict[int, tuple[_Incarnation, anyio.Event, list[str]]] = {}
-        self._incarnations: dict[int, _Incarnation] = {}
-        self.dead = False
-
-    def start(
-        self, task_group: TaskGroup, lifeline: int, log_level: str, preload: list[str]
-    ) -> None:
-        """Start the process (fork + exec, a few ms; from the event-loop thread on purpose)."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            command = [
-                sys.executable,
-                # -O, -X dev, -W ... as in this interpreter (multiprocessing does the same)
-                *subprocess._args_from_interpreter_flags(),  # type: ignore[attr-defined]
-                "-c",
-                _BOOTSTRAP,
-                json.dumps(sys.path),
-                str(theirs.fileno()),
-                str(lifeline),
-                str(os.getpid()),
-                log_level,
-                ",".join(preload),
-            ]
-            self._process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                pass_fds=(theirs.fileno(), lifeline),
-                process_group=0,  # Ctrl-C reaches the supervisor, which stops children in order
-            )
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        ours.setblocking(False)
-        self._sock = ours
-        task_group.start_soon(self._read_loop)
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
-    async def wait_ready(self) -> None:
-        with anyio.move_on_after(_FORKSERVER_START):
-            await _wait_either(self._ready, self._gone)
-        if not self._ready.is_set() or self.dead:
-            raise SpawnError("the forkserver process did not start; see its output above")
-
-    async def _send(self, message: Any, fds: list[int] | None = None) -> None:
-        sock = self._sock
-        if sock is None or self.dead:
-            raise SpawnError("the forkserver is gone")
-        while True:
-            try:
-                send_message(sock, message, fds)
-                return
-            except BlockingIOError:
-                await anyio.wait_writable(sock)
-            except OSError as exc:
-                raise SpawnError(f"the forkserver is gone: {exc}") from exc
-
-    async def spawn(self, spec: dict[str, Any], fds: list[int], incarnation: _Incarnation) -> int:
-        self._seq += 1
-        seq = self._seq
-        done = anyio.Event()
-        error: list[str] = []
-        self._pending[seq] = (incarnation, done, error)
-        try:
-            await self._send(["spawn", seq, spec], fds)
-            with anyio.move_on_after(_FORKSERVER_START):
-                await _wait_either(done, self._gone)
-        finally:
-            self._pending.pop(seq, None)
-        if error or incarnation.pid is None:
-            reason = error[0] if error else "the forkserver did not answer"
-            raise SpawnError(f"could not start child {incarnation.child.id!r}: {reason}")
-        return incarnation.pid
-
-    def kill(self, incarnation: _Incarnation, sig: int) -> None:
-        """Send ``sig`` to a child that was not reaped yet (the forkserver checks)."""
-        pid = incarnation.pid
-        if pid is None or incarnation.exited.is_set() or self._sock is None or self.dead:
-            return
-        try:
-            send_message(self._sock, ["kill", pid, int(sig)])
-        except OSError:
-            pass
-
-    async def _read_loop(self) -> None:
-        sock = self._sock
-        assert sock is not None
-        try:
-            with self._reader_scope:
-                while True:
-                    await anyio.wait_readable(sock)
-                    try:
-                        received = recv_message(sock)
-                    except BlockingIOError:
-                        continue
-                    except (OSError, ValueError) as exc:
-                        self._log.warning(f"forkserver connection failed: {exc}")
-                        break
-                    if received is None:
-                        break
-                    message, fds = received
-                    for fd in fds:
-                        os.close(fd)
-                    self._dispatch(message)
-        finally:
-            self._lost()
-            self._reader_done.set()
-
-    def _dispatch(self, message: Any) -> None:
-        kind = message[0]
-        if kind == "ready":
-            self._ready.set()
-        elif kind == "spawned":
-            pending = self._pending.get(message[1])
-            if pending is not None:
-                incarnation, done, _ = pending
-                incarnation.pid = message[2]
-                self._incarnations[message[2]] = incarnation
-                done.set()
-        elif kind == "error":
-            pending = self._pending.get(message[1])
-            if pending is not None:
-                pending[2].append(str(message[2]))
-                pending[1].set()
-        elif kind == "exit":
-            found = self._incarnations.pop(message[1], None)
-            if found is not None:
-                incarnation = found
-                incarnation.exitcode = message[2]
-                self._on_exit(incarnation)
-
-    def _lost(self) -> None:
-        """The forkserver is gone: its children die with it (PR_SET_PDEATHSIG)."""
-        self.dead = True
-        self._gone.set()
-        for incarnation in list(self._incarnations.values()):
-            incarnation.exitcode = -signal.SIGKILL
-            self._on_exit(incarnation)
-        self._incarnations.clear()
-
-    async def aclose(self) -> None:
-        """Close the control socket (the forkserver kills what children remain and exits),
-        then reap it; SIGKILL if it takes longer than a few seconds."""
-        self._reader_scope.cancel()
-        if self._sock is not None:
-            await self._reader_done.wait()
-            self._sock.close()
-            self._sock = None
-        process = self._process
-        if process is None:
-            return
-        with anyio.move_on_after(_KILL_WAIT):
-            await _wait_process(process)
-        if process.poll() is None:
-            process.kill()
-            with anyio.move_on_after(_KILL_WAIT, shield=True):
-                await _wait_process(process)
-        self._process = None
-
-
 def _write(stream: str, prefix: str, lines: list[bytes]) -> None:
     out = sys.stdout if stream == "stdout" else sys.stderr
     if out is None:
@@ -413,25 +213,6 @@ def _write(stream: str, prefix: str, lines: list[bytes]) -> None:
         out.flush()
     except (OSError, ValueError):
         pass  # our own stdout is gone; the child's output has nowhere to go
-
-
-async def _wait_process(process: subprocess.Popen[bytes]) -> None:
-    """Wait for a child process of ours to exit and reap it, without a thread."""
-    if process.poll() is not None:
-        return
-    try:
-        pidfd = os.pidfd_open(process.pid)
-    except (AttributeError, OSError):
-        pidfd = -1
-    try:
-        while process.poll() is None:
-            if pidfd >= 0:
-                await anyio.wait_readable(pidfd)
-            else:
-                await anyio.sleep(0.01)
-    finally:
-        if pidfd >= 0:
-            os.close(pidfd)
 
 
 class Supervisor:
@@ -520,7 +301,7 @@ class Supervisor:
         self._actor: Actor | None = None
         self._server: Server | None = None
         self._task_group: TaskGroup | None = None
-        self._forkserver: _ForkServer | None = None
+        self._forkserver: ForkServer | None = None
         self._lifeline: tuple[int, int] | None = None
         self._dir: str | None = None
         self._backend = "asyncio"
@@ -700,13 +481,13 @@ class Supervisor:
             preload.append("trio")
         elif self._uvloop:
             preload.append("uvloop")
-        forkserver = _ForkServer(self._log, self._on_exit)
+        forkserver = ForkServer(self._log, self._on_exit)
         forkserver.start(
             self._task_group, self._lifeline[0], self.log_level, preload + self.preload
         )
         self._forkserver = forkserver
 
-    async def _ready_forkserver(self) -> _ForkServer:
+    async def _ready_forkserver(self) -> ForkServer:
         if self._forkserver is None or self._forkserver.dead:
             if self._forkserver is not None:
                 self._log.warning("the forkserver died; starting a new one")
@@ -881,7 +662,7 @@ class Supervisor:
             self._relays_idle = anyio.Event()
             self._task_group.start_soon(self._relay, read_end, stream, child.id, scope)
         with anyio.move_on_after(self.start_timeout):
-            await _wait_either(incarnation.ready, incarnation.exited)
+            await wait_either(incarnation.ready, incarnation.exited)
         if incarnation.ready.is_set() and not incarnation.exited.is_set():
             elapsed = (time.monotonic() - started) * 1000
             self._log.info(f"child {child.id!r} ready (pid {incarnation.pid}, {elapsed:.1f} ms)")
@@ -929,7 +710,7 @@ class Supervisor:
                 # Never connected (or gone): nobody to ask; SIGTERM right away.
         for sig, wait in (
             (signal.SIGTERM, self.terminate_timeout),
-            (signal.SIGKILL, _KILL_WAIT),
+            (signal.SIGKILL, KILL_WAIT),
         ):
             if incarnation.exited.is_set():
                 break

@@ -1,0 +1,247 @@
+"""The supervisor's handle on its forkserver: start it, spawn and signal children through it,
+hear of their exits. The forkserver's own side (the process) is ``_forkserver``.
+
+Invariant: the forkserver is started with fork + exec from the event-loop thread (see
+``_forkserver`` for why), and reaped here; a lost connection to it counts every child it had as
+killed (they die with it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ._errors import SpawnError
+from ._forkserver import recv_message, send_message
+from ._log import ActorLog
+
+if TYPE_CHECKING:
+    from ._supervisor import _Incarnation
+
+__all__ = ["KILL_WAIT", "ForkServer", "wait_either"]
+
+KILL_WAIT: Final = 5.0  # SIGKILL cannot be ignored; this only guards against a lost report
+_FORKSERVER_START: Final = 30.0
+_BOOTSTRAP: Final = (
+    "import sys,json;sys.path[:]=json.loads(sys.argv[1]);"
+    "from ipcactors._forkserver import _main;_main(sys.argv[2:])"
+)
+
+
+async def wait_either(first: anyio.Event, second: anyio.Event) -> None:
+    """Return as soon as either event is set."""
+    if first.is_set() or second.is_set():
+        return
+    async with anyio.create_task_group() as task_group:
+
+        async def wait(event: anyio.Event) -> None:
+            await event.wait()
+            task_group.cancel_scope.cancel()
+
+        task_group.start_soon(wait, first)
+        task_group.start_soon(wait, second)
+
+
+async def _wait_process(process: subprocess.Popen[bytes]) -> None:
+    """Wait for a child process of ours to exit and reap it, without a thread."""
+    if process.poll() is not None:
+        return
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):
+        pidfd = -1
+    try:
+        while process.poll() is None:
+            if pidfd >= 0:
+                await anyio.wait_readable(pidfd)
+            else:
+                await anyio.sleep(0.01)
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
+
+
+class ForkServer:
+    """The supervisor's handle on its forkserver process (see ``_forkserver``)."""
+
+    def __init__(self, log: ActorLog, on_exit: Callable[[_Incarnation], None]) -> None:
+        self._log = log
+        self._on_exit = on_exit
+        self._process: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._ready = anyio.Event()
+        self._gone = anyio.Event()
+        self._reader_done = anyio.Event()
+        self._reader_scope = anyio.CancelScope()
+        self._seq = 0
+        self._pending: dict[int, tuple[_Incarnation, anyio.Event, list[str]]] = {}
+        self._incarnations: dict[int, _Incarnation] = {}
+        self.dead = False
+
+    def start(
+        self, task_group: TaskGroup, lifeline: int, log_level: str, preload: list[str]
+    ) -> None:
+        """Start the process (fork + exec, a few ms; from the event-loop thread on purpose)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            command = [
+                sys.executable,
+                # -O, -X dev, -W ... as in this interpreter (multiprocessing does the same)
+                *subprocess._args_from_interpreter_flags(),  # type: ignore[attr-defined]
+                "-c",
+                _BOOTSTRAP,
+                json.dumps(sys.path),
+                str(theirs.fileno()),
+                str(lifeline),
+                str(os.getpid()),
+                log_level,
+                ",".join(preload),
+            ]
+            self._process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(), lifeline),
+                process_group=0,  # Ctrl-C reaches the supervisor, which stops children in order
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self._sock = ours
+        task_group.start_soon(self._read_loop)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    async def wait_ready(self) -> None:
+        with anyio.move_on_after(_FORKSERVER_START):
+            await wait_either(self._ready, self._gone)
+        if not self._ready.is_set() or self.dead:
+            raise SpawnError("the forkserver process did not start; see its output above")
+
+    async def _send(self, message: Any, fds: list[int] | None = None) -> None:
+        sock = self._sock
+        if sock is None or self.dead:
+            raise SpawnError("the forkserver is gone")
+        while True:
+            try:
+                send_message(sock, message, fds)
+                return
+            except BlockingIOError:
+                await anyio.wait_writable(sock)
+            except OSError as exc:
+                raise SpawnError(f"the forkserver is gone: {exc}") from exc
+
+    async def spawn(self, spec: dict[str, Any], fds: list[int], incarnation: _Incarnation) -> int:
+        self._seq += 1
+        seq = self._seq
+        done = anyio.Event()
+        error: list[str] = []
+        self._pending[seq] = (incarnation, done, error)
+        try:
+            await self._send(["spawn", seq, spec], fds)
+            with anyio.move_on_after(_FORKSERVER_START):
+                await wait_either(done, self._gone)
+        finally:
+            self._pending.pop(seq, None)
+        if error or incarnation.pid is None:
+            reason = error[0] if error else "the forkserver did not answer"
+            raise SpawnError(f"could not start child {incarnation.child.id!r}: {reason}")
+        return incarnation.pid
+
+    def kill(self, incarnation: _Incarnation, sig: int) -> None:
+        """Send ``sig`` to a child that was not reaped yet (the forkserver checks)."""
+        pid = incarnation.pid
+        if pid is None or incarnation.exited.is_set() or self._sock is None or self.dead:
+            return
+        try:
+            send_message(self._sock, ["kill", pid, int(sig)])
+        except OSError:
+            pass
+
+    async def _read_loop(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        try:
+            with self._reader_scope:
+                while True:
+                    await anyio.wait_readable(sock)
+                    try:
+                        received = recv_message(sock)
+                    except BlockingIOError:
+                        continue
+                    except (OSError, ValueError) as exc:
+                        self._log.warning(f"forkserver connection failed: {exc}")
+                        break
+                    if received is None:
+                        break
+                    message, fds = received
+                    for fd in fds:
+                        os.close(fd)
+                    self._dispatch(message)
+        finally:
+            self._lost()
+            self._reader_done.set()
+
+    def _dispatch(self, message: Any) -> None:
+        kind = message[0]
+        if kind == "ready":
+            self._ready.set()
+        elif kind == "spawned":
+            pending = self._pending.get(message[1])
+            if pending is not None:
+                incarnation, done, _ = pending
+                incarnation.pid = message[2]
+                self._incarnations[message[2]] = incarnation
+                done.set()
+        elif kind == "error":
+            pending = self._pending.get(message[1])
+            if pending is not None:
+                pending[2].append(str(message[2]))
+                pending[1].set()
+        elif kind == "exit":
+            found = self._incarnations.pop(message[1], None)
+            if found is not None:
+                incarnation = found
+                incarnation.exitcode = message[2]
+                self._on_exit(incarnation)
+
+    def _lost(self) -> None:
+        """The forkserver is gone: its children die with it (PR_SET_PDEATHSIG)."""
+        self.dead = True
+        self._gone.set()
+        for incarnation in list(self._incarnations.values()):
+            incarnation.exitcode = -signal.SIGKILL
+            self._on_exit(incarnation)
+        self._incarnations.clear()
+
+    async def aclose(self) -> None:
+        """Close the control socket (the forkserver kills what children remain and exits),
+        then reap it; SIGKILL if it takes longer than a few seconds."""
+        self._reader_scope.cancel()
+        if self._sock is not None:
+            await self._reader_done.wait()
+            self._sock.close()
+            self._sock = None
+        process = self._process
+        if process is None:
+            return
+        with anyio.move_on_after(KILL_WAIT):
+            await _wait_process(process)
+        if process.poll() is None:
+            process.kill()
+            with anyio.move_on_after(KILL_WAIT, shield=True):
+                await _wait_process(process)
+        self._process = None
