@@ -2,9 +2,10 @@
 
 Invariants owned here:
 - Only this module (through its forkserver handle in ``_spawner``) starts or signals a process:
-  the forkserver, and through it the children; only ``_forkserver`` forks. Nothing forks a process that runs an event loop: the forkserver is
-  started with fork + exec from the event-loop thread (PR_SET_PDEATHSIG is tied to the thread
-  that forked), and it forks children from its own single-threaded, loop-free state.
+  the forkserver, and through it the children; only ``_forkserver`` forks. Nothing forks a
+  process that runs an event loop: the forkserver is started with fork + exec from the
+  event-loop thread (PR_SET_PDEATHSIG is tied to the thread that forked), and it forks children
+  from its own single-threaded, loop-free state.
 - Every child is reaped (by the forkserver, its parent, which reports each exit here), and no
   child outlives the supervisor: the lifeline pipe's only write end lives in this process, and
   the forkserver and every child end themselves at its EOF, whatever killed us.
