@@ -45,11 +45,11 @@ def check_event_name(event: str) -> None:
 
 def _type_name(exc: BaseException) -> str:
     kind = type(exc)
-    return (
-        kind.__qualname__
-        if kind.__module__ == "builtins"
-        else f"{kind.__module__}.{kind.__qualname__}"
-    )
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    if kind.__module__.startswith("ipcactors."):
+        return f"ipcactors.{kind.__qualname__}"  # the public name, not the private module
+    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 class Peer:
