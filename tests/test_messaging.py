@@ -218,6 +218,14 @@ async def test_remote_errors_and_missing_handlers(socket_dir: str) -> None:
 
                 with pytest.raises(ipcactors.NoHandlerError, match="nobody"):
                     await world.request("nobody")
+
+                @server.on("fail_ours")
+                def fail_ours(data: Any, client: ipcactors.Client) -> None:
+                    raise ipcactors.ClosedError("gone")
+
+                with pytest.raises(ipcactors.RemoteError) as ours:
+                    await world.request("fail_ours")
+                assert ours.value.remote_type == "ipcactors.ClosedError"  # the public name
                 # The connection lives on.
                 server.on("ok", lambda data, client: "fine")
                 assert await world.request("ok") == "fine"
