@@ -20,6 +20,9 @@ import msgpack
 
 HEADER = struct.Struct(">I")
 SMALL_EVENT = {"s": "x" * 64}  # W2/W4: a dict with a 64-byte string
+# Count bounds behind the time bounds: no loop of a role runs forever, whatever the clock says.
+MAX_EVENTS = 100_000_000  # events sent in one round
+MAX_READS = 10_000_000  # reads from one stream
 
 
 def parse_args() -> tuple[str, dict[str, Any]]:

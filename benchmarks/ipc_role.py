@@ -14,6 +14,7 @@ import anyio
 import ipcactors
 
 from ._wire import (
+    MAX_EVENTS,
     SMALL_EVENT,
     backend_options,
     exit_now,
@@ -103,7 +104,7 @@ async def server_w4(config: dict[str, Any]) -> None:
             sent = 0
             start = now()
             end = start + seconds
-            while True:
+            while sent < MAX_EVENTS:
                 for _ in range(100):
                     await srv.broadcast("ev", SMALL_EVENT)
                 sent += 100
@@ -188,7 +189,7 @@ async def client_stream(config: dict[str, Any]) -> None:
             sent = 0
             start = now()
             end = start + seconds
-            while True:
+            while sent < MAX_EVENTS:
                 for _ in range(check):
                     await emit("ev", data)
                 sent += check

@@ -16,6 +16,8 @@ import msgpack
 from anyio.abc import ByteStream, SocketAttribute
 
 from ._wire import (
+    MAX_EVENTS,
+    MAX_READS,
     SMALL_EVENT,
     FrameBuffer,
     backend_options,
@@ -49,10 +51,11 @@ async def _connect(config: dict[str, Any]) -> ByteStream:
 
 
 async def _next_message(stream: ByteStream, buffer: FrameBuffer) -> Any:
-    while True:
+    for _ in range(MAX_READS):
         messages = buffer.feed(await stream.receive(RECEIVE))
         if messages:
             return messages[0]
+    raise RuntimeError(f"no message in {MAX_READS} reads")
 
 
 # --- servers ----------------------------------------------------------------------------------
@@ -66,7 +69,7 @@ async def server(config: dict[str, Any]) -> None:
         buffer = FrameBuffer()
         count = 0
         async with stream:
-            while True:
+            for _ in range(MAX_READS):
                 try:
                     data = await stream.receive(RECEIVE)
                 except (anyio.EndOfStream, anyio.BrokenResourceError):
@@ -109,7 +112,7 @@ async def server_w4(config: dict[str, Any]) -> None:
             sent = 0
             start = now()
             end = start + seconds
-            while True:
+            while sent < MAX_EVENTS:
                 for _ in range(100):
                     data = frame(packer, ["ev", SMALL_EVENT])
                     for stream in streams:
@@ -198,7 +201,7 @@ async def client_stream(config: dict[str, Any]) -> None:
         sent = 0
         start = now()
         end = start + seconds
-        while True:
+        while sent < MAX_EVENTS:
             if batch == 1:
                 for _ in range(check):
                     await send(frame(packer, ["ev", data]))
@@ -226,7 +229,7 @@ async def client_w4(config: dict[str, Any]) -> None:
     count = 0
     say("ready")
     async with stream:
-        while True:
+        for _ in range(MAX_READS):
             for kind, _ in buffer.feed(await stream.receive(RECEIVE)):
                 if kind == "ev":
                     count += 1

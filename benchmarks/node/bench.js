@@ -24,6 +24,7 @@ ipc.config.maxConnections = cfg.max_connections || 100;
 
 const SMALL_EVENT = { s: 'x'.repeat(64) };
 const HIGH_WATER = 1 << 20;
+const MAX_EVENTS = 100000000; // a count bound behind every time bound
 
 // Resolves once the line is handed to the pipe: a large report must not be cut by exit().
 function say(kind, fields) {
@@ -125,7 +126,8 @@ async function serverW4() {
         if (dones.length === cfg.clients) allDone();
     });
     say('ready', info);
-    while (ipc.server.sockets.length < cfg.clients) {
+    for (let waited = 0; ipc.server.sockets.length < cfg.clients; waited++) {
+        if (waited > cfg.deadline * 100) throw new Error('the clients did not all connect');
         await new Promise((resolve) => setTimeout(resolve, 5));
     }
     const sockets = ipc.server.sockets.slice();
@@ -139,7 +141,7 @@ async function serverW4() {
         let sent = 0;
         const start = now();
         const end = start + seconds;
-        for (;;) {
+        while (sent < MAX_EVENTS) {
             for (let k = 0; k < 100; k++) ipc.server.broadcast('ev', SMALL_EVENT);
             sent += 100;
             if (now() >= end) break;
@@ -225,7 +227,7 @@ async function clientStream() {
         let sent = 0;
         const start = now();
         const end = start + seconds;
-        for (;;) {
+        while (sent < MAX_EVENTS) {
             for (let k = 0; k < check; k++) conn.emit('ev', data);
             sent += check;
             if (now() >= end) break;
