@@ -14,8 +14,8 @@ docs/protocol.md describes the same format for implementers in other languages.
 from __future__ import annotations
 
 import struct
-import threading
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
