@@ -169,7 +169,9 @@ class Channel:
                 async for batch in batches:
                     for message in batch:
                         if type(message) is Event:
-                            await peer._on_event(message)
+                            pending = peer._on_event(message)
+                            if pending is not None:
+                                await pending
                         elif type(message) is Request:
                             peer._start_answer(message, task_group)
                         self._backlog -= 1

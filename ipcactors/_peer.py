@@ -8,6 +8,7 @@ Invariant: frames reach the wire only through the peer's outbox, in the order th
 from __future__ import annotations
 
 import inspect
+import math
 import traceback
 from collections.abc import Awaitable
 from typing import Any
@@ -75,8 +76,9 @@ class Peer:
         check_event_name(event)
         frame = self._encoder.event(event, data)
         outbox = self._outbox
-        if outbox.has_room(frame_size(frame)) and not outbox.closed:
-            outbox.put_nowait(frame)  # the common case: no coroutine, no loop pass
+        size = len(frame) if type(frame) is bytes else frame_size(frame)
+        if outbox.has_room(size) and not outbox.closed:
+            outbox.put_nowait(frame, size)  # the common case: no coroutine, no loop pass
         else:
             await outbox.put(frame)
 
@@ -94,14 +96,20 @@ class Peer:
         request_id, pending = self._requests.open(event)
         try:
             frame = self._encoder.request(event, data, request_id)
-            with anyio.move_on_after(timeout):
-                pending.seq = await self._outbox.put(frame)
-                await pending.done.wait()
+            outbox = self._outbox
+            size = frame_size(frame)
+            if outbox.has_room(size) and not outbox.closed:  # the common case
+                pending.seq = outbox.put_nowait(frame, size)
+                await pending.wait(timeout)
+            else:
+                with anyio.move_on_after(timeout):
+                    pending.seq = await outbox.put(frame)
+                    await pending.wait(math.inf)
         finally:
             self._requests.discard(request_id)
         if pending.error is not None:
             raise pending.error
-        if not pending.done.is_set():
+        if not pending.is_set():
             raise RequestTimeoutError(
                 f"no reply to request {event!r} within {timeout} s; a late reply is ignored"
             )
@@ -112,12 +120,9 @@ class Peer:
     def _handler_args(self, data: Any) -> tuple[Any, ...]:
         raise NotImplementedError
 
-    async def _on_event(self, message: Event) -> None:
-        pending = self._handlers.call_plain(
-            message.event, self._handler_args(message.data), self._log
-        )
-        if pending is not None:
-            await pending
+    def _on_event(self, message: Event) -> Awaitable[None] | None:
+        """Run the event's handlers; an awaitable if one of them needs awaiting."""
+        return self._handlers.call_plain(message.event, self._handler_args(message.data), self._log)
 
     def _start_answer(self, message: Request, task_group: TaskGroup) -> None:
         """Answer a request: inline when its only handler is a plain function (no task, no

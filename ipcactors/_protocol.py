@@ -293,7 +293,15 @@ class FrameEncoder:
             if len(self._event_heads) >= _HEAD_CACHE_SIZE:
                 self._event_heads.clear()
             head = self._event_heads[event] = b"\x93\x00" + self._packer.pack(event)
-        if type(data) not in _SCALARS:
+        kind = type(data)
+        if kind is dict:  # the common case, checked in C: a small map of scalars
+            if not (
+                len(data) <= self._limits.max_container_len
+                and _KEYS.issuperset(map(type, data))
+                and _SCALARS.issuperset(map(type, data.values()))
+            ):
+                _check_value(data, self._data_budget, self._limits)
+        elif kind not in _SCALARS:
             _check_value(data, self._data_budget, self._limits)
         try:
             packed: bytes = self._packer.pack(data)
@@ -422,7 +430,10 @@ def parse_body(body: list[Any]) -> Message:
     size = len(body)
     # Trailing items beyond those a kind defines are ignored, so the format can grow.
     if kind == EVENT and type(kind) is int and size >= 3:
-        return Event(_require_str(body[1], "event name"), body[2])
+        name = body[1]
+        if type(name) is str and name:
+            return Event(name, body[2])
+        return Event(_require_str(name, "event name"), body[2])
     if kind == REQUEST and type(kind) is int and size >= 4:
         return Request(_require_str(body[1], "event name"), body[2], _require_id(body[3]))
     if kind == REPLY and type(kind) is int and size >= 3:
@@ -456,18 +467,20 @@ def parse_body(body: list[Any]) -> Message:
 _shared = threading.local()
 
 
-def _unpack_whole(body: memoryview, size: int, limits: Limits, options: dict[str, Any]) -> Any:
+def _unpack_whole(
+    body: memoryview, size: int, key: str, limits: Limits, options: dict[str, Any]
+) -> Any:
     """Decode one whole small body with an ``Unpacker`` shared by this thread's decoders.
 
     An ``Unpacker`` is twice as fast as ``unpackb`` per frame, but it costs ~40 KiB (its nesting
     stack), too much per idle connection. Sharing one is safe because it only ever gets whole
     bodies: its buffer is empty between frames. After any error it is thrown away, never reused.
     """
-    unpackers: dict[Limits, Any] = _shared.__dict__.setdefault("unpackers", {})
-    unpacker = unpackers.get(limits)
+    unpackers: dict[str, Any] = _shared.__dict__.setdefault("unpackers", {})
+    unpacker = unpackers.get(key)
     if unpacker is None:
         largest = max(limits.max_frame_size, limits.max_handshake_size)
-        unpacker = unpackers[limits] = msgpack.Unpacker(
+        unpacker = unpackers[key] = msgpack.Unpacker(
             **options, max_buffer_size=largest, read_size=min(4096, largest)
         )
     try:
@@ -477,7 +490,7 @@ def _unpack_whole(body: memoryview, size: int, limits: Limits, options: dict[str
         if unpacker.tell() - start != size:
             raise DecodeError("a frame holds more than one msgpack value")
     except BaseException as exc:
-        del unpackers[limits]
+        del unpackers[key]
         if isinstance(exc, DecodeError) or not isinstance(exc, Exception):
             raise
         raise DecodeError(f"invalid msgpack body: {type(exc).__name__}: {exc}") from None
@@ -494,6 +507,7 @@ class FrameDecoder:
     def __init__(self, limits: Limits) -> None:
         self._limits = limits
         self._frame_limit = limits.max_handshake_size
+        self._unpacker_key = repr(limits)  # a str caches its hash: cheap to look up per frame
         self._buffer = bytearray()
         self._broken: ProtocolError | None = None
         self._unpack_options: dict[str, Any] = {
@@ -555,7 +569,7 @@ class FrameDecoder:
                 message = self._decode(view[start : start + size], size)
                 messages.append(message)
                 offset = start + size
-                if type(message) in _HANDSHAKE_KINDS:
+                if type(message) is not Event and type(message) in _HANDSHAKE_KINDS:
                     # Stop here: the owner decides whether the handshake is done (and the frame
                     # limit lifted) before the frames behind this one are decoded.
                     break
@@ -586,7 +600,9 @@ class FrameDecoder:
             except Exception as exc:  # msgpack raises many types: ValueError, FormatError...
                 raise DecodeError(f"invalid msgpack body: {type(exc).__name__}: {exc}") from None
         else:
-            value = _unpack_whole(body, size, self._limits, self._unpack_options)
+            value = _unpack_whole(
+                body, size, self._unpacker_key, self._limits, self._unpack_options
+            )
         return self._message(value, size)
 
     def _message(self, value: Any, size: int) -> Message:
@@ -598,7 +614,12 @@ class FrameDecoder:
             if kind is Event or kind is Request or kind is Reply:
                 data = message.data  # type: ignore[union-attr]
                 kind = type(data)
-                within = not (kind is list or kind is dict) or _within_depth(data, depth - 1)
+                if kind is dict:  # the common case first: a flat map, checked in C
+                    within = _SCALARS.issuperset(map(type, data.values())) or _within_depth(
+                        data, depth - 1
+                    )
+                else:
+                    within = kind is not list or _within_depth(data, depth - 1)
             else:
                 within = _within_depth(value, depth)
             if not within:

@@ -14,6 +14,7 @@ Invariants:
 
 from __future__ import annotations
 
+import math
 import socket
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -205,12 +206,12 @@ class DatagramServer:
             frame = self._encoder.request(event, data, request_id)
             with anyio.move_on_after(timeout):
                 await self._send(frame, address)
-                await pending.done.wait()
+                await pending.wait(math.inf)
         finally:
             self._requests.discard(request_id)
         if pending.error is not None:
             raise pending.error
-        if not pending.done.is_set():
+        if not pending.is_set():
             raise RequestTimeoutError(f"no reply to {event!r} from {address} within {timeout} s")
         return pending.result
 
