@@ -14,6 +14,7 @@ Invariants:
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -32,7 +33,7 @@ from ._protocol import (
     Request,
     is_reserved,
 )
-from ._streams import drain_outbox
+from ._streams import attach_writer, drain_outbox
 
 if TYPE_CHECKING:
     from ._peer import Peer
@@ -63,7 +64,7 @@ async def read_handshake_message(stream: ByteStream, decoder: FrameDecoder) -> M
 
 
 class Channel:
-    __slots__ = ("_backlog", "_decoder", "_peer", "_stream", "_task_group")
+    __slots__ = ("_backlog", "_batches", "_decoder", "_drained", "_peer", "_stream", "_task_group")
 
     def __init__(self, stream: ByteStream, decoder: FrameDecoder, peer: Peer) -> None:
         self._stream = stream
@@ -71,40 +72,55 @@ class Channel:
         self._peer = peer
         self._task_group: TaskGroup | None = None
         self._backlog = 0  # messages handed to the dispatcher, not yet handled
+        self._batches: MemoryObjectSendStream[list[Event | Request]] | None = None
+        self._drained = anyio.Event()
 
     async def run(self) -> None:
         """Serve the stream until it ends. Raises :class:`ProtocolError` on bad input."""
-        send, receive = anyio.create_memory_object_stream[list[Event | Request]](EVENT_BATCHES)
-        drained = anyio.Event()
         failure: ProtocolError | None = None
         try:
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
-                task_group.start_soon(self._write_loop, task_group)
-                task_group.start_soon(self._dispatch_loop, receive, drained, task_group)
+                detach = attach_writer(self._stream, self._peer._outbox)
+                if detach is None:
+                    task_group.start_soon(self._write_loop, task_group)
                 try:
-                    with send:
-                        await self._read_loop(send, task_group)
+                    await self._read_loop(task_group)
                 except ProtocolError as exc:
                     failure = exc  # nothing after bad input is handled
                 else:
-                    # The peer closed its side: the dispatcher finishes what arrived first.
-                    await drained.wait()
+                    if self._batches is not None:
+                        # The peer closed its side: the dispatcher finishes what arrived first.
+                        self._batches.close()
+                        await self._drained.wait()
+                finally:
+                    if detach is not None:
+                        detach()
                 task_group.cancel_scope.cancel()
         finally:
             self._task_group = None
+            if self._batches is not None:
+                self._batches.close()
             await anyio.aclose_forcefully(self._stream)
         if failure is not None:
             raise failure
+
+    def _dispatch(self, batch: list[Event | Request], task_group: TaskGroup) -> Awaitable[None]:
+        """Hand a batch to the dispatcher (started with the first batch: request-only traffic
+        never needs it). Returns the awaitable that queues it."""
+        if self._batches is None:
+            send, receive = anyio.create_memory_object_stream[list[Event | Request]](EVENT_BATCHES)
+            self._batches = send
+            task_group.start_soon(self._dispatch_loop, receive, self._drained, task_group)
+        self._backlog += len(batch)
+        return self._batches.send(batch)
 
     def abort(self) -> None:
         """Stop at once: cancel reader, writer and dispatcher; the stream is closed by ``run``."""
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()
 
-    async def _read_loop(
-        self, batches: MemoryObjectSendStream[list[Event | Request]], task_group: TaskGroup
-    ) -> None:
+    async def _read_loop(self, task_group: TaskGroup) -> None:
         decoder = self._decoder
         peer = self._peer
         requests = peer._requests
@@ -132,8 +148,7 @@ class Channel:
                 else:
                     raise ProtocolError(f"unexpected {type(message).__name__} after the handshake")
             if events:
-                self._backlog += len(events)
-                await batches.send(events)
+                await self._dispatch(events, task_group)
             size = RECEIVE_SIZE
             pending = decoder.pending_frame_size()
             if pending is not None and pending > size:

@@ -28,7 +28,13 @@ from anyio.abc import ByteStream, SocketAttribute, SocketStream
 from ._outbox import Outbox
 from ._protocol import Frame
 
-__all__ = ["AsyncioSocketStream", "drain_outbox", "running_asyncio_loop", "wrap_socket"]
+__all__ = [
+    "AsyncioSocketStream",
+    "attach_writer",
+    "drain_outbox",
+    "running_asyncio_loop",
+    "wrap_socket",
+]
 
 COALESCE_LIMIT = 1024 * 1024  # join small frames into writes of at most about this many bytes
 READ_HIGH_WATER = 4 * 1024 * 1024  # pause reading with this much unread
@@ -56,15 +62,21 @@ def coalesce(frames: list[Frame]) -> Iterator[bytes]:
         yield small[0] if len(small) == 1 else b"".join(small)
 
 
+def attach_writer(stream: ByteStream, outbox: Outbox) -> Callable[[], None] | None:
+    """Make loop callbacks the one writer of ``outbox`` to ``stream``, where the stream allows
+    it (no task needed); returns the function that detaches them, or ``None``: then run
+    :func:`drain_outbox` in a task."""
+    if isinstance(stream, AsyncioSocketStream):
+        return stream.attach(outbox)
+    return None
+
+
 async def drain_outbox(stream: ByteStream, outbox: Outbox) -> None:
     """Be the one writer of ``outbox`` to ``stream`` until the stream breaks (then return).
 
     Small frames queued in one loop pass go out in one write. Frames count as sent (see
     :meth:`Outbox.sent`) once the kernel has all of their bytes.
     """
-    if isinstance(stream, AsyncioSocketStream):
-        await stream.drain(outbox)
-        return
     send = stream.send
     while True:
         await outbox.wait_frames()
@@ -248,10 +260,10 @@ class AsyncioSocketStream(ByteStream):
         if protocol.lost:
             raise anyio.BrokenResourceError from protocol.error
 
-    async def drain(self, outbox: Outbox) -> None:
+    def attach(self, outbox: Outbox) -> Callable[[], None]:
         """Write ``outbox`` from loop callbacks instead of a task: the first frame queued in a
         loop pass schedules one flush (``call_soon``) that writes everything queued by then.
-        Returns when the connection is lost."""
+        Returns the function that detaches it again."""
         protocol = self._protocol
         transport = self._transport
         loop = protocol.loop
@@ -284,17 +296,17 @@ class AsyncioSocketStream(ByteStream):
                 scheduled = True
                 loop.call_soon(flush)
 
-        outbox.on_frames = schedule
-        protocol.on_resume = schedule
-        try:
-            if len(outbox):
-                schedule()
-            await asyncio.shield(protocol.closed)
-        finally:
+        def detach() -> None:
             outbox.on_frames = None
             protocol.on_resume = None
             if in_flight:
                 outbox.sent()
+
+        outbox.on_frames = schedule
+        protocol.on_resume = schedule
+        if len(outbox):
+            schedule()
+        return detach
 
     async def send_eof(self) -> None:
         self._transport.write_eof()
