@@ -273,7 +273,8 @@ class Actor:
             return existing
         connection = Connection(self.id, id, transport, self.config, self._log, self._forget)
         self._connections[id] = connection
-        await task_group.start(connection._run)
+        channel = await connection._connect()
+        task_group.start_soon(connection._run, channel)
         return connection
 
     def _forget(self, connection: Connection) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 import anyio
-from anyio.abc import ByteStream, TaskStatus
+from anyio.abc import ByteStream
 
 from ._channel import Channel
 from ._config import Config
@@ -148,54 +148,70 @@ class Connection(Peer):
         self._scope.cancel()
         await self._destroyed.wait()
 
-    async def _run(self, *, task_status: TaskStatus[None]) -> None:
-        """Connect, serve, reconnect; until closed or out of retries. Reports ``started`` after
-        the first handshake; a failure before that is raised to ``connect_to``."""
-        started = False
+    async def _connect(self) -> Channel:
+        """The first connection, made in ``connect_to``'s own task (no task to start and wait
+        for): retried as ``stop_retrying`` says, raises when out of retries. Then ``_run``
+        serves it, in a task."""
+        try:
+            stream, decoder = await self._open_retrying(self._config.stop_retrying)
+        except BaseException as exc:
+            await self._destroy(exc if isinstance(exc, Exception) else None)
+            raise
+        channel = self._up_with(stream, decoder)
+        await self._handlers.call("connect", (), self._log)
+        return channel
+
+    async def _run(self, channel: Channel) -> None:
+        """Serve, reconnect, serve; until closed or out of retries."""
         error: BaseException | None = None
         try:
             with self._scope:
-                retries = self._config.stop_retrying
-                backoff = 0
                 while True:
-                    try:
-                        stream, decoder = await self._open()
-                    except Exception as exc:
-                        await self._handlers.call("error", (exc,), self._log)
-                        if _is_fatal(exc) or retries == 0:
-                            error = self._final_error(exc)
-                            break
-                        delay = self._delay(backoff)
-                        self._log.debug(
-                            f"connecting to {self.id!r} failed ({exc}); retry in {delay:.2f} s"
-                        )
-                        backoff += 1
-                        if retries is not None:
-                            retries -= 1
-                        await anyio.sleep(delay)
-                        continue
-                    retries = self._config.stop_retrying
-                    backoff = 0
-                    if not started:
-                        started = True
-                        task_status.started()
-                    await self._serve(stream, decoder)
+                    await self._serve(channel)
                     if self._closing:
                         break
+                    # A lost connection spends a retry, like a failed attempt.
+                    retries = self._config.stop_retrying
                     if retries == 0:
                         error = ConnectionFailedError(
                             f"connection to {self.id!r} lost and stop_retrying=0: not reconnecting"
                         )
                         break
-                    if retries is not None:
-                        retries -= 1
                     await anyio.sleep(self._delay(0))
+                    try:
+                        stream, decoder = await self._open_retrying(
+                            None if retries is None else retries - 1
+                        )
+                    except Exception as exc:
+                        error = exc
+                        break
+                    channel = self._up_with(stream, decoder)
+                    await self._handlers.call("connect", (), self._log)
         finally:
             await self._destroy(error)
-        if not started:
-            raise error or ClosedError(f"connection to {self.id!r} was closed while connecting")
         if error is not None:
             self._log.warning(f"gave up on {self.id!r}: {error}")
+
+    async def _open_retrying(self, retries: int | None) -> tuple[ByteStream, FrameDecoder]:
+        """Connect and handshake; after a failure, at most ``retries`` more attempts (``None``:
+        no limit), with backoff. Raises the final error."""
+        backoff = 0
+        while True:
+            try:
+                return await self._open()
+            except Exception as exc:
+                await self._handlers.call("error", (exc,), self._log)
+                if _is_fatal(exc) or retries == 0:
+                    error = self._final_error(exc)
+                    if error is exc:
+                        raise
+                    raise error from exc
+                delay = self._delay(backoff)
+                self._log.debug(f"connecting to {self.id!r} failed ({exc}); retry in {delay:.2f} s")
+                backoff += 1
+                if retries is not None:
+                    retries -= 1
+                await anyio.sleep(delay)
 
     async def _open(self) -> tuple[ByteStream, FrameDecoder]:
         """Connect and complete the handshake. Raises on failure or refusal."""
@@ -222,13 +238,14 @@ class Connection(Peer):
         decoder.handshake_done()
         return stream, decoder
 
-    async def _serve(self, stream: ByteStream, decoder: FrameDecoder) -> None:
-        channel = Channel(stream, decoder, self)
-        self._channel = channel
+    def _up_with(self, stream: ByteStream, decoder: FrameDecoder) -> Channel:
+        channel = self._channel = Channel(stream, decoder, self)
         self._up.set()
         self._log.info(f"connected to {self.id!r} at {self.address}")
+        return channel
+
+    async def _serve(self, channel: Channel) -> None:
         try:
-            await self._handlers.call("connect", (), self._log)
             await channel.run()
         except ProtocolError as exc:
             self._log.warning(f"closing connection to {self.id!r}: {exc}")
@@ -250,9 +267,7 @@ class Connection(Peer):
     def _final_error(self, exc: BaseException) -> BaseException:
         if isinstance(exc, IPCError):
             return exc
-        error = ConnectionFailedError(f"could not connect to {self.id!r} at {self.address}: {exc}")
-        error.__cause__ = exc
-        return error
+        return ConnectionFailedError(f"could not connect to {self.id!r} at {self.address}: {exc}")
 
     async def _destroy(self, error: BaseException | None) -> None:
         reason = ClosedError(f"connection to {self.id!r} is closed") if error is None else error

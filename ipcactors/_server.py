@@ -251,11 +251,6 @@ class Server:
             self._log.debug(f"refusing {hello.id!r}: max_connections={limit}")
             await self._refuse(stream, "busy", f"{self._id!r} is at max_connections")
             return
-        try:
-            await stream.send(frame_bytes(self._encoder.welcome(self._id)))
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            await anyio.aclose_forcefully(stream)
-            return
         decoder.handshake_done()
         client = Client(self, hello.id, peer_address)
         client.peer_certificate = stream.extra(TLSAttribute.peer_certificate, None)
@@ -270,7 +265,17 @@ class Server:
             if previous._channel is not None:
                 previous._channel.abort()
         client._channel = channel = Channel(stream, decoder, client)
+        # Registered before the welcome: a client that knows it is connected is in `clients`.
         self._clients[client.id] = client
+        try:
+            await stream.send(frame_bytes(self._encoder.welcome(self._id)))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            client._channel = None
+            if self._clients.get(client.id) is client:
+                del self._clients[client.id]
+            client._outbox.close(ClosedError(f"client {client.id!r} left in its handshake"))
+            await anyio.aclose_forcefully(stream)
+            return
         self._log.info(f"client {client.id!r} connected")
         try:
             await self._handlers.call("connect", (client,), self._log)
