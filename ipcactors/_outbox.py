@@ -6,7 +6,9 @@ frames emitted while a connection is down go out first, in order, once it is bac
 Invariants:
 - ``put`` returns without a loop pass while there is room; that is what lets many small events
   share one write. When full, ``put`` waits (backpressure); nothing is ever dropped silently.
-- A frame larger than the whole bound is accepted when the outbox is empty, so it can be sent.
+- The bound covers queued frames and those the writer took but the kernel does not have yet,
+  so a slow peer costs at most ``max_bytes`` (plus one larger frame, accepted when the outbox
+  is empty so that it can be sent at all).
 - Counters ``enqueued`` and ``taken`` only grow: a frame with sequence number ``n`` has been
   handed to a writer (and may be lost with the connection) once ``taken >= n``.
 """
@@ -31,6 +33,7 @@ class Outbox:
         "_has_frames",
         "_has_room",
         "_in_flight",
+        "_in_flight_bytes",
         "_is_flushed",
         "enqueued",
         "max_bytes",
@@ -43,6 +46,7 @@ class Outbox:
         self._frames: deque[Frame] = deque()
         self._bytes = 0
         self._in_flight = False
+        self._in_flight_bytes = 0
         self._closed: BaseException | None = None
         self._has_frames: anyio.Event | None = None
         self._has_room: anyio.Event | None = None
@@ -65,7 +69,10 @@ class Outbox:
         return self._closed is not None
 
     def has_room(self, size: int) -> bool:
-        return not self._bytes or self._bytes + size <= self.max_bytes
+        # Frames taken by the writer count until the kernel has them: queued plus in flight
+        # stays within max_bytes (one larger frame may go alone).
+        used = self._bytes + self._in_flight_bytes
+        return not used or used + size <= self.max_bytes
 
     async def put(self, frame: Frame) -> int:
         """Queue ``frame``; wait while full. Returns its sequence number."""
@@ -103,21 +110,34 @@ class Outbox:
                 self._has_frames = anyio.Event()
             await self._has_frames.wait()
 
-    def take(self) -> list[Frame]:
-        """Hand every queued frame to the writer, which calls :meth:`sent` when done."""
-        frames = list(self._frames)
-        self._frames.clear()
-        self._bytes = 0
+    def take(self, budget: int | None = None) -> list[Frame]:
+        """Hand queued frames to the writer, which calls :meth:`sent` when they are written:
+        all of them, or the first ones up to ``budget`` bytes (at least one)."""
+        queue = self._frames
+        if budget is None or self._bytes <= budget:
+            frames = list(queue)
+            queue.clear()
+            size = self._bytes
+        else:
+            frames = []
+            size = 0
+            while queue and (not frames or size < budget):
+                frame = queue.popleft()
+                frames.append(frame)
+                size += frame_size(frame)
+        self._bytes -= size
+        self._in_flight_bytes += size
         self.taken += len(frames)
         self._in_flight = bool(frames)
-        if self._has_room is not None:
-            self._has_room.set()
-            self._has_room = None
         return frames
 
     def sent(self) -> None:
         """The frames last taken were written to the kernel (or lost with the connection)."""
         self._in_flight = False
+        self._in_flight_bytes = 0
+        if self._has_room is not None:
+            self._has_room.set()
+            self._has_room = None
         if not self._frames and self._is_flushed is not None:
             self._is_flushed.set()
             self._is_flushed = None
@@ -135,7 +155,7 @@ class Outbox:
             self._closed = error
         left = len(self._frames)
         self._frames.clear()
-        self._bytes = 0
+        self._bytes = self._in_flight_bytes = 0
         for event in (self._has_room, self._is_flushed, self._has_frames):
             if event is not None:
                 event.set()

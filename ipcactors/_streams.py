@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 COALESCE_LIMIT = 1024 * 1024  # join small frames into writes of at most about this many bytes
+WRITE_BUDGET = 256 * 1024  # bytes handed to an asyncio transport per flush
 READ_HIGH_WATER = 4 * 1024 * 1024  # pause reading with this much unread
 READ_LOW_WATER = 1024 * 1024  # and resume below this
 
@@ -280,7 +281,8 @@ class AsyncioSocketStream(ByteStream):
                     return  # resume_writing calls us again
                 in_flight = False
                 outbox.sent()
-            frames = outbox.take()
+            # A bounded bite: what the transport holds is a copy, so the rest waits as frames.
+            frames = outbox.take(WRITE_BUDGET)
             if not frames:
                 return
             for chunk in coalesce(frames):
@@ -289,6 +291,8 @@ class AsyncioSocketStream(ByteStream):
                 in_flight = True
             else:
                 outbox.sent()
+                if len(outbox):
+                    schedule()  # the rest of what was queued, on the next pass
 
         def schedule() -> None:
             nonlocal scheduled

@@ -1,0 +1,74 @@
+"""The outbox's bound covers what is queued and what the writer has not handed to the kernel."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from ipcactors import ClosedError
+from ipcactors._outbox import Outbox
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_bound_covers_frames_in_flight() -> None:
+    outbox = Outbox(max_bytes=1000)
+    for _ in range(10):
+        await outbox.put(b"x" * 100)
+    assert not outbox.has_room(100)
+    frames = outbox.take(budget=250)
+    assert len(frames) == 3  # up to the budget, at least one
+    assert len(outbox) == 7
+    assert not outbox.has_room(100), "taken but unsent frames still count"
+    outbox.sent()
+    assert outbox.has_room(100) and not outbox.has_room(400)
+    assert outbox.enqueued == 10 and outbox.taken == 3
+
+
+async def test_put_waits_until_the_writer_has_sent() -> None:
+    outbox = Outbox(max_bytes=300)
+    for _ in range(3):
+        await outbox.put(b"x" * 100)
+    done = anyio.Event()
+
+    async def put_one_more() -> None:
+        await outbox.put(b"y" * 100)
+        done.set()
+
+    async with anyio.create_task_group() as task_group:
+        task_group.start_soon(put_one_more)
+        await anyio.sleep(0.05)
+        outbox.take()
+        await anyio.sleep(0.05)
+        assert not done.is_set(), "room comes back only once the kernel has the bytes"
+        outbox.sent()
+        with anyio.fail_after(5):
+            await done.wait()
+    assert len(outbox) == 1
+
+
+async def test_a_frame_larger_than_the_bound_goes_alone() -> None:
+    outbox = Outbox(max_bytes=100)
+    await outbox.put(b"x" * 500)  # the outbox is empty: it may go
+    assert not outbox.has_room(1)
+    outbox.take()
+    outbox.sent()
+    assert outbox.has_room(100)
+
+
+async def test_close_wakes_waiters_with_the_error() -> None:
+    outbox = Outbox(max_bytes=100)
+    await outbox.put(b"x" * 100)
+    failures: list[BaseException] = []
+
+    async def blocked_put() -> None:
+        try:
+            await outbox.put(b"y")
+        except ClosedError as exc:
+            failures.append(exc)
+
+    async with anyio.create_task_group() as task_group:
+        task_group.start_soon(blocked_put)
+        await anyio.sleep(0.05)
+        assert outbox.close(ClosedError("gone")) == 1
+    assert len(failures) == 1
