@@ -21,8 +21,9 @@ async def test_bound_covers_frames_in_flight() -> None:
     assert len(outbox) == 7
     assert not outbox.has_room(100), "taken but unsent frames still count"
     outbox.sent()
-    assert outbox.has_room(100) and not outbox.has_room(400)
-    assert outbox.enqueued == 10 and outbox.taken == 3
+    assert outbox.has_room(100)
+    assert not outbox.has_room(400)
+    assert (outbox.enqueued, outbox.taken) == (10, 3)
 
 
 async def test_put_waits_until_the_writer_has_sent() -> None:
