@@ -10,7 +10,7 @@ from typing import Any
 from ._errors import ConfigError
 from ._protocol import Limits
 
-__all__ = ["Config"]
+__all__ = ["Config", "check_seconds"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,7 +93,7 @@ class Config:
             "frame_timeout",
             "close_timeout",
         ):
-            _check_seconds(name, getattr(self, name))
+            check_seconds(name, getattr(self, name))
         if self.auth_key is not None and (
             not isinstance(self.auth_key, bytes | str) or not self.auth_key
         ):
@@ -129,7 +129,8 @@ def _check_int(name: str, value: object, low: int, high: int | None = None) -> N
         raise ConfigError(f"{name} must be an integer {bound}, got {value!r}")
 
 
-def _check_seconds(name: str, value: object) -> None:
+def check_seconds(name: str, value: object) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is a positive, finite number of seconds."""
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any, TypeVar, overload
+from typing import Any
 
 import anyio
 from anyio.abc import ByteStream
@@ -34,7 +34,7 @@ from ._errors import (
     RejectedError,
     ServerBusyError,
 )
-from ._handlers import Handler, Handlers
+from ._handlers import HandlerMethods, Handlers
 from ._handshake import open_handshake
 from ._log import ActorLog
 from ._peer import Peer
@@ -43,8 +43,6 @@ from ._transport import Address, Transport, is_fatal_connect_error, tls_error
 
 __all__ = ["Connection"]
 
-H = TypeVar("H", bound=Handler)
-
 
 def _is_fatal(exc: BaseException) -> bool:
     if isinstance(exc, RejectedError):
@@ -52,7 +50,7 @@ def _is_fatal(exc: BaseException) -> bool:
     return is_fatal_connect_error(exc)
 
 
-class Connection(Peer):
+class Connection(Peer, HandlerMethods):
     """A connection to another actor, made by ``Actor.connect_to()`` / ``connect_to_net()``.
 
     Lives in ``actor.of[id]`` until it is closed or gives up. Event handlers are called as
@@ -115,20 +113,6 @@ class Connection(Peer):
                 task_group.cancel_scope.cancel()
 
     # --- handlers -----------------------------------------------------------------------------
-
-    @overload
-    def on(self, event: str, handler: None = None) -> Callable[[H], H]: ...
-
-    @overload
-    def on(self, event: str, handler: H) -> H: ...
-
-    def on(self, event: str, handler: H | None = None) -> H | Callable[[H], H]:
-        """Register ``handler(data)`` for ``event`` (or use as a decorator)."""
-        return self._handlers.on(event, handler)
-
-    def off(self, event: str, handler: Handler | None = None) -> None:
-        """Remove ``handler`` from ``event``, or all of its handlers when ``None``."""
-        self._handlers.off(event, handler)
 
     def _handler_args(self, data: Any) -> tuple[Any, ...]:
         return (data,)

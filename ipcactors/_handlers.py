@@ -13,7 +13,7 @@ from typing import Any, TypeVar, overload
 from ._errors import IPCError
 from ._log import ActorLog
 
-__all__ = ["Handler", "Handlers"]
+__all__ = ["Handler", "HandlerMethods", "Handlers"]
 
 Handler = Callable[..., Any]
 H = TypeVar("H", bound=Handler)
@@ -138,3 +138,25 @@ class Handlers:
 
 def _name(handler: Handler) -> str:
     return getattr(handler, "__qualname__", None) or repr(handler)
+
+
+class HandlerMethods:
+    """``on`` and ``off`` for the classes users register handlers with: servers (handlers get
+    ``(data, client)``), connections (``(data)``) and UDP servers (``(data, peer)``)."""
+
+    _handlers: Handlers
+
+    @overload
+    def on(self, event: str, handler: None = None) -> Callable[[H], H]: ...
+
+    @overload
+    def on(self, event: str, handler: H) -> H: ...
+
+    def on(self, event: str, handler: H | None = None) -> H | Callable[[H], H]:
+        """Register ``handler`` for ``event``, or use ``on(event)`` as a decorator. Handlers may
+        be plain functions or ``async def``; all of an event's handlers run, in order."""
+        return self._handlers.on(event, handler)
+
+    def off(self, event: str, handler: Handler | None = None) -> None:
+        """Remove ``handler`` from ``event``, or all of its handlers when ``None``."""
+        self._handlers.off(event, handler)

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import errno
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, TypeVar, overload
+from typing import Any
 
 import anyio
 from anyio.abc import ByteStream, SocketAttribute, TaskGroup, TaskStatus
@@ -26,7 +26,7 @@ from anyio.streams.tls import TLSAttribute
 from ._channel import Channel, frame_bytes
 from ._config import Config
 from ._errors import ClosedError, ProtocolError, UnknownPeerError
-from ._handlers import Handler, Handlers
+from ._handlers import HandlerMethods, Handlers
 from ._handshake import Refusal, accept_handshake
 from ._log import ActorLog
 from ._peer import Peer, check_event_name
@@ -36,7 +36,6 @@ from ._transport import Address, Listening, Transport
 
 __all__ = ["Client", "Server"]
 
-H = TypeVar("H", bound=Handler)
 
 # accept() failures that mean "out of resources for now", not "the listener is gone".
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -77,7 +76,7 @@ class Client(Peer):
             self._channel.abort()
 
 
-class Server:
+class Server(HandlerMethods):
     """A listening socket and its clients. Made by ``Actor.serve()`` / ``Actor.serve_net()``."""
 
     def __init__(self, actor_id: str, config: Config, log: ActorLog, transport: Transport) -> None:
@@ -110,23 +109,6 @@ class Server:
         return MappingProxyType(self._clients)
 
     # --- handlers -----------------------------------------------------------------------------
-
-    @overload
-    def on(self, event: str, handler: None = None) -> Callable[[H], H]: ...
-
-    @overload
-    def on(self, event: str, handler: H) -> H: ...
-
-    def on(self, event: str, handler: H | None = None) -> H | Callable[[H], H]:
-        """Register ``handler(data, client)`` for ``event`` (or use as a decorator).
-
-        Lifecycle events: ``connect(client)`` and ``disconnect(client)``.
-        """
-        return self._handlers.on(event, handler)
-
-    def off(self, event: str, handler: Handler | None = None) -> None:
-        """Remove ``handler`` from ``event``, or all of its handlers when ``None``."""
-        self._handlers.off(event, handler)
 
     # --- sending ------------------------------------------------------------------------------
 

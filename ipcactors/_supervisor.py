@@ -48,7 +48,7 @@ from anyio.abc import TaskGroup
 
 from ._actor import Actor
 from ._child import HELLO_EVENT, READY_EVENT, STOP_EVENT
-from ._config import Config
+from ._config import Config, check_seconds
 from ._errors import (
     ChildExitedError,
     ClosedError,
@@ -276,13 +276,7 @@ class Supervisor:
             ("terminate_timeout", terminate_timeout),
             ("start_timeout", start_timeout),
         ):
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-                or value <= 0
-            ):
-                raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+            check_seconds(name, value)
         if type(id) is not str or not id:
             raise ConfigError(f"a supervisor id must be a non-empty string, got {id!r}")
         self.id = id

@@ -17,10 +17,10 @@ from __future__ import annotations
 import math
 import socket
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Literal
 
 import anyio
 from anyio.abc import SocketAttribute, TaskGroup, TaskStatus, UDPSocket
@@ -28,7 +28,7 @@ from anyio.abc import SocketAttribute, TaskGroup, TaskStatus, UDPSocket
 from ._channel import frame_bytes
 from ._config import Config
 from ._errors import DatagramTooLargeError, IPCError, ProtocolError, RequestTimeoutError
-from ._handlers import Handler, Handlers
+from ._handlers import HandlerMethods, Handlers
 from ._log import ActorLog
 from ._peer import answer, check_event_name
 from ._protocol import (
@@ -46,7 +46,6 @@ from ._requests import Requests
 
 __all__ = ["DatagramPeer", "DatagramServer", "DatagramStatistics"]
 
-H = TypeVar("H", bound=Handler)
 
 PEER_TTL = 60.0  # seconds a peer stays in the table (and in broadcasts) after its last datagram
 MAX_DATAGRAM = {socket.AF_INET: 65_507, socket.AF_INET6: 65_527}  # the IP limits minus headers
@@ -87,7 +86,7 @@ class DatagramPeer:
         return await self._server.request(self.address, event, data, timeout=timeout)
 
 
-class DatagramServer:
+class DatagramServer(HandlerMethods):
     """A UDP server made by ``Actor.serve_net(host, port, udp="udp4" | "udp6")``.
 
     Handlers are called as ``handler(data, peer)``; ``emit(peer_or_address, ...)`` sends one
@@ -142,20 +141,6 @@ class DatagramServer:
         return DatagramStatistics(**vars(self._stats))
 
     # --- handlers -----------------------------------------------------------------------------
-
-    @overload
-    def on(self, event: str, handler: None = None) -> Callable[[H], H]: ...
-
-    @overload
-    def on(self, event: str, handler: H) -> H: ...
-
-    def on(self, event: str, handler: H | None = None) -> H | Callable[[H], H]:
-        """Register ``handler(data, peer)`` for ``event`` (or use as a decorator)."""
-        return self._handlers.on(event, handler)
-
-    def off(self, event: str, handler: Handler | None = None) -> None:
-        """Remove ``handler`` from ``event``, or all of its handlers when ``None``."""
-        self._handlers.off(event, handler)
 
     # --- sending ------------------------------------------------------------------------------
 
