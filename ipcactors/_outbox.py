@@ -35,6 +35,7 @@ class Outbox:
         "_in_flight",
         "_in_flight_bytes",
         "_is_flushed",
+        "direct",
         "enqueued",
         "max_bytes",
         "on_frames",
@@ -56,6 +57,9 @@ class Outbox:
         #: Called (from put) when frames arrive: a writer that is a loop callback, not a task,
         #: sets it instead of waiting in :meth:`wait_frames`.
         self.on_frames: Callable[[], None] | None = None
+        #: Set by the writer: writes one frame now, without blocking; True when the kernel has
+        #: all of it, False when the writer finishes it (and then calls :meth:`sent`).
+        self.direct: Callable[[Frame], bool] | None = None
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -104,11 +108,32 @@ class Outbox:
     # --- the writer's side ----------------------------------------------------------------------
 
     async def wait_frames(self) -> None:
-        """Wait until there is something to write (or the outbox is closed)."""
-        while not self._frames and self._closed is None:
+        """Wait until there may be something to write: frames queued, a :meth:`wake`, or the
+        outbox closed. The writer checks again."""
+        if not self._frames and self._closed is None:
             if self._has_frames is None:
                 self._has_frames = anyio.Event()
             await self._has_frames.wait()
+
+    def wake(self) -> None:
+        """Wake a writer waiting in :meth:`wait_frames`."""
+        if self._has_frames is not None:
+            self._has_frames.set()
+            self._has_frames = None
+
+    def put_urgent(self, frame: Frame, size: int) -> int:
+        """Queue a request or a reply, writing it at once (through :attr:`direct`, skipping the
+        writer's turn) when nothing is queued or in flight. Returns its sequence number."""
+        direct = self.direct
+        if direct is None or self._frames or self._in_flight or self._closed is not None:
+            return self.put_nowait(frame, size)
+        self.enqueued += 1
+        self.taken += 1
+        self._in_flight = True
+        self._in_flight_bytes += size
+        if direct(frame):
+            self.sent()
+        return self.enqueued
 
     def take(self, budget: int | None = None) -> list[Frame]:
         """Hand queued frames to the writer, which calls :meth:`sent` when they are written:

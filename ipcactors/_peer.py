@@ -99,7 +99,7 @@ class Peer:
             outbox = self._outbox
             size = frame_size(frame)
             if outbox.has_room(size) and not outbox.closed:  # the common case
-                pending.seq = outbox.put_nowait(frame, size)
+                pending.seq = outbox.put_urgent(frame, size)
                 await pending.wait(timeout)
             else:
                 with anyio.move_on_after(timeout):
@@ -140,8 +140,9 @@ class Peer:
                 task_group.start_soon(self._answer_later, message, result)
                 return
             frame = reply_frame(self._encoder, message.id, result)
-        if self._outbox.has_room(frame_size(frame)):
-            self._outbox.put_nowait(frame)
+        size = frame_size(frame)
+        if self._outbox.has_room(size):
+            self._outbox.put_urgent(frame, size)
         else:
             task_group.start_soon(self._send_reply, message, frame)
 

@@ -79,18 +79,58 @@ async def drain_outbox(stream: ByteStream, outbox: Outbox) -> None:
     :meth:`Outbox.sent`) once the kernel has all of their bytes.
     """
     send = stream.send
-    while True:
-        await outbox.wait_frames()
-        frames = outbox.take()
-        if not frames:
-            return  # the outbox was closed
+    rest: bytes | None = None  # the unsent end of a frame written directly
+    sock = stream.extra(SocketAttribute.raw_socket, None) if _plain(stream) else None
+
+    def write_now(frame: Frame) -> bool:
+        # A request or reply while this writer idles: straight to the kernel, no task switch.
+        nonlocal rest
+        assert sock is not None
+        data = frame if isinstance(frame, bytes) else b"".join(frame)
         try:
-            for chunk in coalesce(frames):
-                await send(chunk)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            return
-        finally:
-            outbox.sent()
+            written = sock.send(data)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            return True  # the connection is broken; the reader notices, the frame is lost
+        if written == len(data):
+            return True
+        rest = data[written:]  # finished by this writer before anything else
+        outbox.wake()
+        return False
+
+    outbox.direct = write_now if sock is not None else None
+    try:
+        while True:
+            if rest is not None:
+                data, rest = rest, None
+                try:
+                    await send(data)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    return
+                finally:
+                    outbox.sent()
+                continue
+            if outbox.closed:
+                return
+            if not len(outbox):
+                await outbox.wait_frames()
+                continue
+            frames = outbox.take()
+            try:
+                for chunk in coalesce(frames):
+                    await send(chunk)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return
+            finally:
+                outbox.sent()
+    finally:
+        outbox.direct = None
+
+
+def _plain(stream: ByteStream) -> bool:
+    """Whether the stream's bytes go to its socket as they are (not through TLS)."""
+    return isinstance(stream, SocketStream)
 
 
 def running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
@@ -300,13 +340,29 @@ class AsyncioSocketStream(ByteStream):
                 scheduled = True
                 loop.call_soon(flush)
 
+        def write_now(frame: Frame) -> bool:
+            # A request or reply while nothing is queued: written now, not on the next pass.
+            nonlocal in_flight
+            if protocol.lost or self._closing:
+                return True  # lost with the connection: at most once, as always
+            if isinstance(frame, bytes):
+                transport.write(frame)
+            else:
+                transport.writelines(frame)
+            if protocol.write_paused:
+                in_flight = True  # the kernel took part; resume_writing finishes it
+                return False
+            return True
+
         def detach() -> None:
             outbox.on_frames = None
+            outbox.direct = None
             protocol.on_resume = None
             if in_flight:
                 outbox.sent()
 
         outbox.on_frames = schedule
+        outbox.direct = write_now
         protocol.on_resume = schedule
         if len(outbox):
             schedule()
