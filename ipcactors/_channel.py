@@ -1,12 +1,15 @@
 """A channel: one live byte stream to a peer, with its reader, writer and event dispatcher.
 
 Invariants:
-- Exactly one writer drains the peer's outbox, coalescing small frames into few large writes.
-- The reader parses every frame a read completes and hands them on in one batch: replies are
-  resolved at once; events and requests queue (bounded) for one dispatcher, which handles
-  events one at a time, in order, and starts each request in its own task once every event
-  before it was handled. Replies keep flowing meanwhile (a handler may itself await a request
-  to the same peer), and a slow request never holds up what comes after it.
+- Exactly one writer drains the peer's outbox (loop callbacks on asyncio, a task otherwise),
+  coalescing small frames into few large writes; a request or reply with nothing queued before
+  it is written at once by its sender (see ``Outbox.put_urgent``).
+- The reader parses every frame a read completes: replies are resolved at once; a request with
+  nothing queued before it starts at once (answered inline when its only handler is a plain
+  function, else in a task of its own); events, and requests behind them, queue (bounded) for
+  one dispatcher, started with the first batch, which handles events one at a time, in order.
+  Replies keep flowing meanwhile (a handler may itself await a request to the same peer), and a
+  slow request never holds up what comes after it.
 - Events received before the peer closed its side are still dispatched; bytes that break the
   protocol end the channel with a :class:`ProtocolError` and nothing after them is used.
 - Lifecycle names never arrive from the wire: a frame carrying one is a protocol error.
