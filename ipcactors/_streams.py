@@ -6,8 +6,13 @@ unregistered around every wait, reading paused and resumed around every receive)
 ``send``: about 8 system calls per round trip, and it is what makes uvloop fast too. On Trio,
 anyio's stream is a thin layer over Trio's own sockets and is kept.
 
+It also writes each connection's outbox: from loop callbacks on asyncio (:func:`attach_writer`),
+from a task elsewhere (:func:`drain_outbox`), and straight from the sender for a request or reply
+that nothing is queued before (``Outbox.direct``).
+
 Invariants:
-- Only this module knows which backend runs; the layers above see an anyio ``ByteStream``.
+- Only this module tells the backends apart (others ask :func:`running_asyncio_loop`); the
+  layers above see an anyio ``ByteStream``.
 - ``receive`` and ``send`` return without a loop pass when data is waiting or the kernel takes
   the bytes; they wait only when they must (nothing to read, or the kernel's buffer is full).
 - Memory stays bounded: reading pauses once ``READ_HIGH_WATER`` bytes wait unread.
