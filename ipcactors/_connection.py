@@ -88,6 +88,11 @@ class Connection(Peer, HandlerMethods):
         return self._transport.address
 
     @property
+    def server_id(self) -> str | None:
+        """The id the server gave in its welcome (normally ``id``); ``None`` before the first."""
+        return self._remote_id
+
+    @property
     def connected(self) -> bool:
         """Whether the handshake is done and the connection is up right now."""
         return self._channel is not None
@@ -218,6 +223,11 @@ class Connection(Peer, HandlerMethods):
                 if error is not None:
                     raise error from exc
                 raise
+        if welcome.id != self.id:
+            self._log.warning(
+                f"connected to {self.id!r} at {self.address}, but that server says it is "
+                f"{welcome.id!r}"
+            )
         self._remote_id = welcome.id
         decoder.handshake_done()
         return stream, decoder

@@ -65,10 +65,6 @@ class Outbox:
         return len(self._frames)
 
     @property
-    def queued_bytes(self) -> int:
-        return self._bytes
-
-    @property
     def closed(self) -> bool:
         return self._closed is not None
 

@@ -402,6 +402,16 @@ async def test_connect_to_twice_returns_same_connection(socket_dir: str) -> None
             two = await connect(hello)
             assert one is two
             assert hello.of["world"] is one
+            assert one.server_id == "world"
+
+
+async def test_a_server_with_another_id_is_reported(socket_dir: str, log_lines: list[str]) -> None:
+    async with Actor("impostor", socket_root=socket_dir, silent=True) as impostor:
+        server = await impostor.serve()
+        async with Actor("hello", socket_root=socket_dir) as hello:
+            connection = await hello.connect_to("world", str(server.address))
+            assert connection.server_id == "impostor"
+    assert any("says it is 'impostor'" in line for line in log_lines)
 
 
 async def test_large_payloads(socket_dir: str) -> None:
