@@ -131,6 +131,8 @@ async def drain_outbox(stream: ByteStream, outbox: Outbox) -> None:
                 outbox.sent()
     finally:
         outbox.direct = None
+        if rest is not None:
+            outbox.sent()  # the frame's end dies with this connection (at most once)
 
 
 def _plain(stream: ByteStream) -> bool:
