@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -12,6 +13,7 @@ from typing import Any
 
 import anyio
 import pytest
+import trustme
 from anyio.abc import Process
 
 import ipcactors
@@ -248,21 +250,39 @@ async def test_full_outbox_waits_while_disconnected(socket_dir: str) -> None:
     assert [item["i"] for item in received] == list(range(sent + 100))
 
 
+@pytest.mark.parametrize("transport", ["unix", "tcp", "tls"])
 async def test_max_connections_refuses_with_busy_and_backs_off(
-    socket_dir: str, log_lines: list[str]
+    socket_dir: str, log_lines: list[str], transport: str
 ) -> None:
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
+    client_tls = ssl.create_default_context()
+    ca.configure_trust(client_tls)
     async with Actor("world", socket_root=socket_dir, max_connections=1) as world_actor:
-        server = await world_actor.serve()
+        if transport == "unix":
+            server = await world_actor.serve()
+        else:
+            tls = server_tls if transport == "tls" else None
+            server = await world_actor.serve_net("127.0.0.1", 0, tls=tls)
         server.on("ping", lambda data, client: "pong")
+
+        async def connect(actor: Actor) -> ipcactors.Connection:
+            if transport == "unix":
+                return await actor.connect_to("world")
+            tls = client_tls if transport == "tls" else None
+            port = server.address[1]  # type: ignore[index]
+            return await actor.connect_to_net("world", "127.0.0.1", port, tls=tls)
+
         async with (
             Actor("first", socket_root=socket_dir, silent=True) as first,
             Actor(
                 "second", socket_root=socket_dir, silent=True, stop_retrying=2, **FAST_RETRY
             ) as second,
         ):
-            await first.connect_to("world")
+            await connect(first)
             with anyio.fail_after(5), pytest.raises(ipcactors.ServerBusyError) as caught:
-                await second.connect_to("world")
+                await connect(second)
             assert caught.value.reason == "busy"
             assert isinstance(caught.value, ipcactors.ConnectionFailedError)
             # The first client is still served.
@@ -273,7 +293,7 @@ async def test_max_connections_refuses_with_busy_and_backs_off(
             with anyio.fail_after(5):
                 while server.clients:
                     await anyio.sleep(0.01)
-            again = await second.connect_to("world")
+            again = await connect(second)
             with anyio.fail_after(5):
                 assert await again.request("ping") == "pong"
     refusals = [line for line in log_lines if "refusing 'second'" in line]
