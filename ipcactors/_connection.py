@@ -77,7 +77,7 @@ class Connection(Peer, HandlerMethods):
         self._closing = False
         self._destroyed = anyio.Event()
         self._scope = anyio.CancelScope()
-        self._remote_id: str | None = None
+        self._server_id: str | None = None
 
     def __repr__(self) -> str:
         state = "connected" if self.connected else "destroyed" if self.destroyed else "connecting"
@@ -90,7 +90,7 @@ class Connection(Peer, HandlerMethods):
     @property
     def server_id(self) -> str | None:
         """The id the server gave in its welcome (normally ``id``); ``None`` before the first."""
-        return self._remote_id
+        return self._server_id
 
     @property
     def connected(self) -> bool:
@@ -228,7 +228,7 @@ class Connection(Peer, HandlerMethods):
                 f"connected to {self.id!r} at {self.address}, but that server says it is "
                 f"{welcome.id!r}"
             )
-        self._remote_id = welcome.id
+        self._server_id = welcome.id
         decoder.handshake_done()
         return stream, decoder
 
