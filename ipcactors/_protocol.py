@@ -270,42 +270,25 @@ class FrameEncoder:
         )
         self._event_heads: dict[str, bytes] = {}
 
-    def _frame(self, body_items: list[Any], data: Any = None) -> Frame:
-        if type(data) not in _SCALARS:
-            _check_value(data, self._data_budget, self._limits)
-        try:
-            body: bytes = self._packer.pack(body_items)
-        except (TypeError, ValueError, OverflowError) as exc:
-            # The packer keeps a partly written buffer after an error; start clean.
-            self._packer.reset()
-            raise EncodeError(f"cannot encode as msgpack: {exc}") from exc
-        size = len(body)
-        if size > self._limit:
-            raise FrameTooLargeError(size, self._limit)
-        if size >= SEPARATE_BODY_AT:
-            return (HEADER.pack(size), body)
-        return HEADER.pack(size) + body
-
-    def event(self, event: str, data: Any) -> Frame:
-        # The envelope's head ([0, event, ...) is packed once per event name and reused.
-        head = self._event_heads.get(event)
-        if head is None:
-            if len(self._event_heads) >= _HEAD_CACHE_SIZE:
-                self._event_heads.clear()
-            head = self._event_heads[event] = b"\x93\x00" + self._packer.pack(event)
+    def _check(self, data: Any) -> None:
         kind = type(data)
         if kind is dict:  # the common case, checked in C: a small map of scalars
-            if not (
+            if (
                 len(data) <= self._limits.max_container_len
                 and _KEYS.issuperset(map(type, data))
                 and _SCALARS.issuperset(map(type, data.values()))
             ):
-                _check_value(data, self._data_budget, self._limits)
-        elif kind not in _SCALARS:
-            _check_value(data, self._data_budget, self._limits)
+                return
+        elif kind in _SCALARS:
+            return
+        _check_value(data, self._data_budget, self._limits)
+
+    def _framed(self, head: bytes, value: Any) -> Frame:
+        """The frame whose body is ``head`` followed by ``value`` packed."""
         try:
-            packed: bytes = self._packer.pack(data)
+            packed: bytes = self._packer.pack(value)
         except (TypeError, ValueError, OverflowError) as exc:
+            # The packer keeps a partly written buffer after an error; start clean.
             self._packer.reset()
             raise EncodeError(f"cannot encode as msgpack: {exc}") from exc
         size = len(head) + len(packed)
@@ -314,6 +297,20 @@ class FrameEncoder:
         if size >= SEPARATE_BODY_AT:
             return (HEADER.pack(size) + head, packed)
         return b"".join((HEADER.pack(size), head, packed))
+
+    def _frame(self, body_items: list[Any], data: Any = None) -> Frame:
+        self._check(data)
+        return self._framed(b"", body_items)
+
+    def event(self, event: str, data: Any) -> Frame:
+        # The envelope's head ([0, event, ...) is packed once per event name and reused.
+        head = self._event_heads.get(event)
+        if head is None:
+            if len(self._event_heads) >= _HEAD_CACHE_SIZE:
+                self._event_heads.clear()
+            head = self._event_heads[event] = b"\x93\x00" + self._packer.pack(event)
+        self._check(data)
+        return self._framed(head, data)
 
     def request(self, event: str, data: Any, request_id: int) -> Frame:
         return self._frame([REQUEST, event, data, request_id], data)
