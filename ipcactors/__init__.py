@@ -51,6 +51,7 @@ from ._errors import (
 )
 from ._run import run
 from ._server import Client, Server
+from ._stats import ConnectionStatistics, ServerStatistics
 from ._supervisor import ChildInfo, Supervisor
 from ._udp import DatagramPeer, DatagramServer, DatagramStatistics
 
@@ -70,6 +71,7 @@ __all__ = [
     "Connection",
     "ConnectionFailedError",
     "ConnectionLostError",
+    "ConnectionStatistics",
     "DatagramPeer",
     "DatagramServer",
     "DatagramStatistics",
@@ -88,6 +90,7 @@ __all__ = [
     "RestartIntensityError",
     "Server",
     "ServerBusyError",
+    "ServerStatistics",
     "SocketPathError",
     "SocketPathTooLongError",
     "SpawnError",

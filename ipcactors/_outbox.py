@@ -68,6 +68,11 @@ class Outbox:
     def closed(self) -> bool:
         return self._closed is not None
 
+    @property
+    def used(self) -> int:
+        """Bytes queued or taken by the writer and not yet in the kernel."""
+        return self._bytes + self._in_flight_bytes
+
     def has_room(self, size: int) -> bool:
         # Frames taken by the writer count until the kernel has them: queued plus in flight
         # stays within max_bytes (one larger frame may go alone).

@@ -23,6 +23,7 @@ from ._log import ActorLog
 from ._outbox import Outbox
 from ._protocol import Event, Frame, FrameEncoder, Request, frame_size, is_reserved
 from ._requests import NO_HANDLER, Requests
+from ._stats import ConnectionStatistics, PeerCounters
 
 __all__ = ["Peer", "answer", "check_event_name"]
 
@@ -63,6 +64,20 @@ class Peer:
         self._encoder = FrameEncoder(config.limits)
         self._outbox = Outbox(config.max_outbox_bytes)
         self._requests = Requests()
+        self._counters = PeerCounters()
+
+    @property
+    def connected(self) -> bool:
+        raise NotImplementedError
+
+    def statistics(self) -> ConnectionStatistics:
+        """A snapshot of this connection's counters."""
+        return ConnectionStatistics(
+            connected=self.connected,
+            outbox_bytes=self._outbox.used,
+            requests_pending=len(self._requests),
+            events_unhandled=self._counters.events_unhandled,
+        )
 
     # --- sending ------------------------------------------------------------------------------
 

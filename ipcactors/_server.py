@@ -31,6 +31,7 @@ from ._handshake import Refusal, accept_handshake
 from ._log import ActorLog
 from ._peer import Peer, check_event_name
 from ._protocol import FrameDecoder, FrameEncoder, frame_size
+from ._stats import ServerCounters, ServerStatistics
 from ._streams import wrap_socket
 from ._transport import Address, Listening, Transport
 
@@ -88,6 +89,7 @@ class Server(HandlerMethods):
         self._encoder = FrameEncoder(config.limits)
         self._clients: dict[str, Client] = {}
         self._handshaking = 0
+        self._counters = ServerCounters()
         self._listening: Listening | None = None
         self._task_group: TaskGroup | None = None
         self._closing = False
@@ -108,7 +110,16 @@ class Server(HandlerMethods):
         """Connected clients by id (a live read-only view)."""
         return MappingProxyType(self._clients)
 
-    # --- handlers -----------------------------------------------------------------------------
+    def statistics(self) -> ServerStatistics:
+        """A snapshot of this server's counters."""
+        counters = self._counters
+        return ServerStatistics(
+            clients=len(self._clients),
+            handshaking=self._handshaking,
+            refused_busy=counters.refused_busy,
+            events_unhandled=counters.events_unhandled
+            + sum(client._counters.events_unhandled for client in self._clients.values()),
+        )
 
     # --- sending ------------------------------------------------------------------------------
 
@@ -201,6 +212,7 @@ class Server(HandlerMethods):
         stream = await wrap_socket(sock)
         peer_address = stream.extra(SocketAttribute.remote_address, "")
         if self._handshaking >= self._config.max_connections:
+            self._counters.refused_busy += 1
             await self._refuse(stream, "busy", "too many connections in their handshake")
             return
         decoder = FrameDecoder(self._config.limits)
@@ -231,6 +243,7 @@ class Server(HandlerMethods):
         if previous is None and len(self._clients) >= self._config.max_connections:
             limit = self._config.max_connections
             self._log.debug(f"refusing {hello.id!r}: max_connections={limit}")
+            self._counters.refused_busy += 1
             await self._refuse(stream, "busy", f"{self._id!r} is at max_connections")
             return
         decoder.handshake_done()
@@ -268,6 +281,7 @@ class Server(HandlerMethods):
             client._channel = None
             if self._clients.get(client.id) is client:
                 del self._clients[client.id]
+            self._counters.events_unhandled += client._counters.events_unhandled
             left = client._outbox.close(ClosedError(f"client {client.id!r} disconnected"))
             if left:
                 self._log.warning(f"{left} frame(s) for {client.id!r} were not sent: it left")

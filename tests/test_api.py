@@ -12,11 +12,12 @@ import ipcactors
 PUBLIC = {
     "Actor", "AddressInUseError", "AuthenticationError", "ChildExitedError", "ChildInfo",
     "Client", "ClosedError", "Config", "ConfigError", "ConnectError", "Connection",
-    "ConnectionFailedError", "ConnectionLostError", "DatagramPeer", "DatagramServer",
+    "ConnectionFailedError", "ConnectionLostError", "ConnectionStatistics", "DatagramPeer",
+    "DatagramServer",
     "DatagramStatistics", "DatagramTooLargeError", "DecodeError", "EncodeError",
     "FrameTooLargeError", "IPCError", "InsecureSocketDirError", "NoHandlerError",
     "ProtocolError", "RejectedError", "RemoteError", "RequestTimeoutError",
-    "ReservedEventError", "RestartIntensityError", "Server", "ServerBusyError",
+    "ReservedEventError", "RestartIntensityError", "Server", "ServerBusyError", "ServerStatistics",
     "SocketPathError", "SocketPathTooLongError", "SpawnError", "Supervisor", "TLSError",
     "UnknownPeerError", "run",
 }  # fmt: skip

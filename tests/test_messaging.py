@@ -482,3 +482,25 @@ async def test_exception_in_the_actor_block_comes_out_as_itself(socket_dir: str)
 
     with pytest.raises(ValueError, match="mine"):
         await serve_then_fail()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_statistics_snapshots(transport: str, socket_dir: str) -> None:
+    async with serving(transport, socket_dir) as (_, server, connect):
+        server.on("add", lambda data, client: data[0] + data[1])
+        before = server.statistics()
+        assert (before.clients, before.handshaking, before.refused_busy) == (0, 0, 0)
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            world = await connect(hello)
+            with anyio.fail_after(5):
+                assert await world.request("add", [1, 2]) == 3
+            stats = world.statistics()
+            assert stats.connected
+            assert stats.requests_pending == 0
+            assert stats.outbox_bytes == 0
+            assert server.statistics().clients == 1
+            assert server.clients["hello"].statistics().connected
+        with anyio.fail_after(5):
+            while server.statistics().clients:
+                await anyio.sleep(0.01)
+        assert not world.statistics().connected

@@ -1,0 +1,59 @@
+"""Counters of servers and connections, and the snapshots ``statistics()`` returns.
+
+Invariant: counters only grow, are plain integer fields bumped in place (no lock, no loop pass),
+and a snapshot is a frozen copy: reading statistics never changes or blocks anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ConnectionStatistics", "PeerCounters", "ServerCounters", "ServerStatistics"]
+
+
+class PeerCounters:
+    """What one peer (a server's client, or a connection) counts while it lives."""
+
+    __slots__ = ("events_unhandled",)
+
+    def __init__(self) -> None:
+        self.events_unhandled = 0  # events that arrived with no handler registered
+
+
+class ServerCounters:
+    """What a server counts over its life (its clients' counters are added as they leave)."""
+
+    __slots__ = ("events_unhandled", "refused_busy")
+
+    def __init__(self) -> None:
+        self.events_unhandled = 0
+        self.refused_busy = 0  # clients refused with ``busy`` (max_connections, handshakes)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStatistics:
+    """A snapshot of one connection's counters (``Connection.statistics()``,
+    ``Client.statistics()``), since it was made."""
+
+    #: Whether it is connected right now.
+    connected: bool
+    #: Bytes queued for the peer and not yet in the kernel.
+    outbox_bytes: int
+    #: Requests sent to the peer and still waiting for their reply.
+    requests_pending: int
+    #: Events that arrived with no handler registered (each name is also logged once).
+    events_unhandled: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStatistics:
+    """A snapshot of a server's counters (``Server.statistics()``), since it started."""
+
+    #: Clients connected right now.
+    clients: int
+    #: Connections accepted and still in their handshake right now.
+    handshaking: int
+    #: Clients refused with ``busy``.
+    refused_busy: int
+    #: Events from any client that arrived with no handler registered.
+    events_unhandled: int
