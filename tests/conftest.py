@@ -2,6 +2,10 @@
 
 After every test: no child process of ours is left, no socket file is left in the test's socket
 directory, and no socket (Unix or TCP) that the test opened is still open.
+
+Randomised tests take the ``seed`` fixture (``FAULT_SEED=<n>`` in the environment replays a run);
+a failing test's report shows its seed. ``fault_proxy`` makes a fault-injecting proxy
+(tests/_faultproxy.py) seeded from it.
 """
 
 from __future__ import annotations
@@ -10,11 +14,14 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 
 import psutil
 import pytest
+from _faultproxy import FaultProxy, proxy_factory, random_seed
 from loguru import logger
+
+pytest_plugins = ["pytester"]
 
 BACKENDS = [
     pytest.param("asyncio", id="asyncio"),
@@ -51,6 +58,36 @@ def socket_dir() -> Iterator[str]:
     left = sorted(os.listdir(path))
     shutil.rmtree(path, ignore_errors=True)
     assert not left, f"files left behind in the socket directory: {left}"
+
+
+_SEED = pytest.StashKey[int]()
+
+
+@pytest.fixture
+def seed(request: pytest.FixtureRequest) -> int:
+    """The seed of this test's random choices: ``FAULT_SEED`` from the environment, else a new
+    one. A failing test's report shows it (see ``pytest_runtest_makereport``)."""
+    value = random_seed()
+    request.node.stash[_SEED] = value
+    return value
+
+
+@pytest.fixture
+def fault_proxy(socket_dir: str, seed: int) -> Callable[..., FaultProxy]:
+    """``fault_proxy(upstream)``: a :class:`FaultProxy` to use as ``async with``, in front of a
+    server's ``address`` (Unix path or ``(host, port)``), listening the same way."""
+    return proxy_factory(socket_dir, seed)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed and _SEED in item.stash:
+        seed = item.stash[_SEED]
+        report.sections.append(("seed", f"FAULT_SEED={seed} replays this test's random choices"))
+    return report
 
 
 def _open_sockets() -> set[tuple[str, object, object]]:
