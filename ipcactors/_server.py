@@ -7,8 +7,9 @@ Invariants:
   ``reject(busy)``; connections still in their handshake are bounded the same way.
 - One id, one connection: a client that connects with an id already connected replaces the
   older connection (usually a half-open leftover of a reconnect), which is closed.
-- A bad peer costs only its own connection; the accept loop survives running out of file
-  descriptors (it logs once, backs off and keeps serving).
+- A bad peer costs only its own connection: nothing one accepted socket raises (a reset before
+  it was accepted, a handler's bug) reaches the server's task group. The accept loop survives
+  running out of file descriptors or buffers (it logs once, backs off and keeps serving).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from types import MappingProxyType
 from typing import Any
 
 import anyio
-from anyio.abc import ByteStream, SocketAttribute, TaskGroup, TaskStatus
+from anyio.abc import ByteStream, TaskGroup, TaskStatus
 from anyio.streams.tls import TLSAttribute
 
 from ._channel import Channel, frame_bytes
@@ -192,7 +193,7 @@ class Server(HandlerMethods):
         warned = False
         while True:
             try:
-                sock = await listening.accept()
+                sock, peer_address = await listening.accept()
             except anyio.ClosedResourceError:
                 return
             except OSError as exc:
@@ -206,11 +207,25 @@ class Server(HandlerMethods):
                 await anyio.sleep(_ACCEPT_BACKOFF)
                 continue
             warned = False
-            task_group.start_soon(self._handle, sock)
+            task_group.start_soon(self._handle, sock, peer_address)
 
-    async def _handle(self, sock: socket.socket) -> None:
-        stream = await wrap_socket(sock)
-        peer_address = stream.extra(SocketAttribute.remote_address, "")
+    async def _handle(self, sock: socket.socket, peer_address: Any) -> None:
+        """One accepted socket, from its handshake to its goodbye. Whatever goes wrong with it
+        closes only it: nothing it raises reaches the server's task group."""
+        try:
+            await self._admit(sock, peer_address)
+        except Exception as exc:
+            self._log.exception(f"connection from {peer_address!r} failed; closed it", exc)
+
+    async def _admit(self, sock: socket.socket, peer_address: Any) -> None:
+        try:
+            stream = await wrap_socket(sock)
+        except (OSError, ValueError) as exc:
+            # Reset between accept() and now: asyncio cannot ask for its peer (ENOTCONN),
+            # Trio refuses an unconnected socket (ValueError).
+            sock.close()
+            self._log.debug(f"connection from {peer_address!r} was gone at once: {exc}")
+            return
         if self._handshaking >= self._config.max_connections:
             self._counters.refused_busy += 1
             await self._refuse(stream, "busy", "too many connections in their handshake")

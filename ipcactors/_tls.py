@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from anyio.abc import ByteStream
+from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.tls import TLSStream
 
 from ._errors import ConfigError, ProtocolError
@@ -135,7 +135,9 @@ class TLSTransport:
     async def accepted(self, stream: ByteStream) -> ByteStream:
         first = await stream.receive(65536)
         if first[0] != _TLS_HANDSHAKE_RECORD:
-            raise NotTLSError(f"this port requires TLS; connect with tls= to {self.address}")
+            # The address the client reached (the configured port may be 0: "any free one").
+            port = stream.extra(SocketAttribute.local_port, self.port)
+            raise NotTLSError(f"this port requires TLS; connect with tls= to {(self.host, port)}")
         try:
             return await TLSStream.wrap(
                 _Replay(stream, first),

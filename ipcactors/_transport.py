@@ -3,8 +3,12 @@
 The layers above see only :class:`Transport`: ``await connect()`` gives an anyio byte stream,
 ``await listen()`` a :class:`Listening`, whatever the socket kind. They never branch on it.
 
-Invariant: classification of connect failures lives here. :func:`is_fatal_connect_error` says
-which errors retrying cannot fix.
+Invariants:
+- Classification of connect failures lives here. :func:`is_fatal_connect_error` says which
+  errors retrying cannot fix.
+- ``Listening.accept`` never fails for one connection's fault (reset, aborted, refused by a
+  firewall before it was accepted): it skips that connection. What it raises concerns the
+  listener (out of resources, closed).
 """
 
 from __future__ import annotations
@@ -31,10 +35,44 @@ __all__ = [
     "Transport",
     "UnixTransport",
     "is_fatal_connect_error",
+    "peer_address",
     "tls_error",
 ]
 
 Address = str | tuple[str, int]
+
+# accept() errors that concern only the connection being accepted (reset or aborted before we
+# took it, refused by a firewall, ...): skip it and accept the next, as Trio's SocketListener.
+_SKIPPED_ACCEPT_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ECONNABORTED",
+        "ECONNRESET",
+        "EPERM",
+        "EPROTO",
+        "ENETDOWN",
+        "ENOPROTOOPT",
+        "EHOSTDOWN",
+        "ENONET",
+        "EHOSTUNREACH",
+        "EOPNOTSUPP",
+        "ENETUNREACH",
+        "ENOSR",
+        "ESOCKTNOSUPPORT",
+        "EPROTONOSUPPORT",
+        "ETIMEDOUT",
+    )
+    if hasattr(errno, name)
+)
+
+
+def peer_address(address: Any) -> Any:
+    """A socket address as users see it: ``(host, port)`` for IP, a str for Unix."""
+    if isinstance(address, tuple):
+        return address[:2]
+    if isinstance(address, bytes):
+        return address.decode(errors="replace")
+    return address
 
 
 class Listening:
@@ -52,19 +90,26 @@ class Listening:
         self._cleanup = cleanup
         self._closed = False
 
-    async def accept(self) -> socket.socket:
-        """The next connection, as a non-blocking socket. Raises ``OSError`` (EMFILE, ...) and
-        ``anyio.ClosedResourceError`` once closed."""
+    async def accept(self) -> tuple[socket.socket, Any]:
+        """The next connection, as a non-blocking socket, and the peer's address as ``accept``
+        saw it (a peer that reset since cannot be asked any more). Skips connections that
+        failed before they were accepted (as Trio's ``SocketListener`` does); raises
+        ``OSError`` for a lack of resources (EMFILE, ...) and ``anyio.ClosedResourceError``
+        once closed."""
         while True:
             if self._closed:
                 raise anyio.ClosedResourceError
             try:
-                client, _ = self._sock.accept()
+                client, address = self._sock.accept()
             except BlockingIOError:
                 await anyio.wait_readable(self._sock)
                 continue
+            except OSError as exc:
+                if exc.errno in _SKIPPED_ACCEPT_ERRNOS:
+                    continue
+                raise
             client.setblocking(False)
-            return client
+            return client, peer_address(address)
 
     async def aclose(self) -> None:
         """Close the socket and undo what binding did (idempotent; runs even if cancelled)."""
