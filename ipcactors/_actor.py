@@ -74,7 +74,7 @@ class Actor:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool | None:
+    ) -> bool:
         assert self._task_group is not None
         try:
             with anyio.CancelScope(shield=True):
@@ -89,7 +89,9 @@ class Actor:
                 if exc is not None and group.exceptions == (exc,):
                     return False  # the block's own exception, as itself: not in a group
                 raise
-        return suppress
+        # Trio's task group answers True even when no exception was shown: pass on a true
+        # result only when there was one to suppress (a caller may take it at its word).
+        return bool(suppress) and exc is not None
 
     async def aclose(self) -> None:
         """Flush and close every connection and the server (each bounded by ``close_timeout``),

@@ -7,9 +7,10 @@ Invariants owned here:
 - The child reports ready only after it serves its own socket (siblings can reach it by id), is
   connected to its supervisor, proved its incarnation token, received its arguments, and its
   target has run up to its first suspension (so handlers it registers first are in place).
-- Exit codes: 0 when the target returned or the supervisor asked it to stop, 1 when the target
-  raised (its traceback goes to stderr, relayed with the child's id), 70 when the supervisor
-  is gone, ``n`` for ``SystemExit(n)``.
+- Exit codes, as the interpreter's own: 0 when the target returned, called ``sys.exit()`` or
+  ``sys.exit(None)``, or the supervisor asked it to stop; ``n`` for ``sys.exit(n)``; 1 when the
+  target raised (its traceback goes to stderr, relayed with the child's id) or called
+  ``sys.exit("message")`` (the message goes to stderr); 70 when the supervisor is gone.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ async def _main(spec: dict[str, Any], fn: Callable[..., Any]) -> int:
                 try:
                     await fn(actor, *args)
                 except SystemExit as exc:
-                    code = exc.code if isinstance(exc.code, int) else 1
+                    code = _exit_code(exc)
                 except Exception:
                     traceback.print_exc()
                     code = 1
@@ -136,3 +137,15 @@ async def _main(spec: dict[str, Any], fn: Callable[..., Any]) -> int:
                 if code == 0:
                     await parent.emit(READY_EVENT, {"token": spec["token"]})
     return code
+
+
+def _exit_code(exc: SystemExit) -> int:
+    """The status the interpreter would exit with: ``sys.exit()`` and ``sys.exit(None)`` are 0
+    (a normal exit: a transient child is not restarted), an int is itself, anything else is
+    printed to stderr and is 1."""
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    print(exc.code, file=sys.stderr)
+    return 1

@@ -384,17 +384,22 @@ class Supervisor:
         pending = original = exc
         if exc is not None and not isinstance(exc, anyio.get_cancelled_exc_class()):
             exc_type = exc = tb = None
+        # A true result means "the exception shown was handled", and only then: Trio's task
+        # group returns True when shown none at all, which must not swallow the body's own.
         try:
-            if await self._task_group.__aexit__(exc_type, exc, tb):
+            if await self._task_group.__aexit__(exc_type, exc, tb) and exc is not None:
                 pending = None
         except BaseException as error:
             pending = error
         shown = pending if isinstance(pending, anyio.get_cancelled_exc_class()) else None
         try:
-            if await self._actor.__aexit__(
-                type(shown) if shown is not None else None,
-                shown,
-                shown.__traceback__ if shown is not None else None,
+            if (
+                await self._actor.__aexit__(
+                    type(shown) if shown is not None else None,
+                    shown,
+                    shown.__traceback__ if shown is not None else None,
+                )
+                and shown is not None
             ):
                 pending = None
         except BaseException as error:
@@ -612,7 +617,9 @@ class Supervisor:
         config = {
             field.name: getattr(self.config, field.name)
             for field in dataclasses.fields(self.config)
-            if isinstance(getattr(self.config, field.name), str | int | float | bool | None)
+            # Everything a Config holds is one of these (auth_key may be bytes); the spec
+            # travels as msgpack to the forkserver.
+            if isinstance(getattr(self.config, field.name), str | bytes | int | float | bool | None)
         }
         config.update(id=child.id, socket_root=self._dir)
         return {

@@ -118,3 +118,21 @@ async def nested(actor: ipcactors.Actor, max_restarts: int, crash: bool) -> None
             await sup.spawn(echo, "inner", id="inner")
         inner_ready.set()
         await anyio.sleep_forever()
+
+
+async def leave(actor: ipcactors.Actor, how: str, delay: float = 0.1) -> None:
+    """Ends itself after ``delay``: ``return``, or ``sys.exit(...)`` with ``how``'s argument."""
+    await anyio.sleep(delay)
+    if how == "return":
+        return
+    if how == "sys.exit()":
+        sys.exit()
+    if how == "sys.exit(None)":
+        sys.exit(None)
+    if how == "sys.exit(0)":
+        sys.exit(0)
+    if how == "sys.exit(1)":
+        sys.exit(1)
+    if how == "sys.exit('text')":
+        sys.exit("leaving with a message")
+    raise AssertionError(how)

@@ -307,6 +307,62 @@ async def test_restart_types(socket_dir: str, restart: Any, code: int, restarts:
                     await sup.request("w", "pid")
 
 
+@pytest.mark.parametrize(
+    ("how", "code", "restarts"),
+    [
+        ("return", 0, False),
+        ("sys.exit()", 0, False),
+        ("sys.exit(None)", 0, False),
+        ("sys.exit(0)", 0, False),
+        ("sys.exit(1)", 1, True),
+        ("sys.exit('text')", 1, True),
+    ],
+)
+async def test_transient_child_ending_normally_is_not_restarted(
+    socket_dir: str, how: str, code: int, restarts: bool
+) -> None:
+    # OTP: a transient child is restarted only after an abnormal exit; sys.exit() and
+    # sys.exit(None) are normal (status 0), as for the interpreter itself.
+    with anyio.fail_after(20):
+        async with supervisor(socket_dir) as sup:
+            info = await sup.spawn(_workers.leave, how, 0.3, id="w", restart="transient")
+            if restarts:
+                await wait_until(restarted(sup, "w", info.pid))
+                assert sup.children["w"].last_exit == code
+                await sup.stop("w")  # before it ends again
+            else:
+                await wait_until(lambda: "w" not in sup.children)
+                assert sup.children == {}
+
+
+async def test_bytes_auth_key_reaches_the_children(socket_dir: str) -> None:
+    with anyio.fail_after(15):
+        async with supervisor(socket_dir, auth_key=b"\x00\xff not utf-8 \x80") as sup:
+            await sup.spawn(_workers.echo, id="w")
+            assert await sup.request("w", "echo", "keyed") == "keyed"
+            assert sup.server.clients["w"].id == "w"
+
+
+async def test_exception_in_the_block_comes_out_as_itself(socket_dir: str) -> None:
+    after: list[str] = []
+
+    async def block() -> None:
+        async with supervisor(socket_dir) as sup:
+            await sup.spawn(_workers.echo, id="w")
+            raise KeyError("from the block")
+        after.append("ran")  # must not run
+
+    with anyio.fail_after(15), pytest.raises(KeyError, match="from the block"):
+        await block()
+    assert after == []
+
+
+async def test_exception_in_an_empty_block_comes_out_as_itself(socket_dir: str) -> None:
+    with anyio.fail_after(15), pytest.raises(KeyError, match="nothing spawned"):
+        async with supervisor(socket_dir):
+            raise KeyError("nothing spawned")
+
+
 # --- restart intensity --------------------------------------------------------------------------
 
 
