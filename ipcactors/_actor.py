@@ -1,8 +1,14 @@
 """The actor: an id, a config, at most one server, and connections to other actors by id.
 
-Invariant: every task an actor starts (its server's, its connections') lives in the actor's task
-group; leaving ``async with Actor(...)`` flushes and closes them all (bounded by
-``close_timeout``), so nothing outlives the block.
+Invariants:
+- Every task an actor starts (its server's, its connections') lives in the actor's task group;
+  leaving ``async with Actor(...)`` flushes and closes them all (bounded by ``close_timeout``),
+  so nothing outlives the block.
+- Nothing outlives the actor either when it runs in a task the actor does not own: closing
+  cancels a ``connect_to()`` still trying (in its caller's task) at once, and it raises
+  :class:`ClosedError`; no stream, and no client on the server it was trying, is left behind.
+- The public methods check their arguments before anything else: a mistake (a wrong type, a
+  port out of range) raises :class:`ConfigError` at once, never a retry that cannot succeed.
 """
 
 from __future__ import annotations
@@ -142,6 +148,7 @@ class Actor:
         over) or a non-socket file is there (it is never removed); a stale socket file left by
         a dead server is replaced.
         """
+        path = _path(path, "serve")
         if path is None:
             ensure_socket_dir(
                 self.config.socket_root or default_socket_root(),
@@ -185,6 +192,7 @@ class Actor:
         ``verify_mode = ssl.CERT_REQUIRED`` and ``load_verify_locations(...)`` for mutual TLS.
         ``udp="udp4"`` or ``"udp6"``: a :class:`DatagramServer` instead (no connections).
         """
+        host = _host(host, port, "serve_net(port=...)")
         port = _port(port, self.config.network_port)
         if udp is not None:
             if tls is not None:
@@ -237,6 +245,8 @@ class Actor:
         :class:`ConnectionFailedError` (or :class:`ServerBusyError`, ...) when retries run out.
         If ``id`` is already connected (or connecting), returns that connection.
         """
+        _check_id(id)
+        path = _path(path, f"connect_to_net({id!r}, port=...)")
         path = os.path.abspath(path) if path is not None else self.default_path(id)
         return await self._connect(id, UnixTransport(path))
 
@@ -254,11 +264,17 @@ class Actor:
         server's certificate and host name (add ``load_cert_chain`` for mutual TLS). TLS failures
         raise :class:`TLSError` and are never retried.
         """
-        host = host or self.config.network_host
+        _check_id(id)
+        host = _host(host, port, f"connect_to_net({id!r}, port=...)") or self.config.network_host
         port = _port(port, self.config.network_port)
         if tls is None:
             return await self._connect(id, TCPTransport(host, port))
-        if not isinstance(tls, ssl.SSLContext) or tls.protocol == ssl.PROTOCOL_TLS_SERVER:
+        if not isinstance(tls, ssl.SSLContext):
+            raise ConfigError(
+                "tls= takes an ssl.SSLContext (a client context, e.g. "
+                f"ssl.create_default_context(cafile=...)), got {tls!r}"
+            )
+        if tls.protocol == ssl.PROTOCOL_TLS_SERVER:
             raise ConfigError(
                 "tls= for connect_to_net needs a client context, "
                 "e.g. ssl.create_default_context(cafile=...)"
@@ -266,8 +282,6 @@ class Actor:
         return await self._connect(id, TLSTransport(host, port, tls))
 
     async def _connect(self, id: str, transport: Transport) -> Connection:
-        if type(id) is not str or not id:
-            raise ConfigError(f"an actor id must be a non-empty string, got {id!r}")
         task_group = self._group()
         existing = self._connections.get(id)
         if existing is not None:
@@ -275,7 +289,14 @@ class Actor:
             return existing
         connection = Connection(self.id, id, transport, self.config, self._log, self._forget)
         self._connections[id] = connection
+        # Runs in the caller's task, which the actor does not own: aclose() cancels the
+        # attempts through the connection (it is in _connections from here on).
         channel = await connection._connect()
+        if self._closing or connection._closing:
+            # Closed while the connect handlers ran: serve it closed (disconnect and destroy
+            # fire), here, since the actor's task group may be gone.
+            await connection._run(channel)
+            raise ClosedError(f"actor {self.id!r} was closed while connecting to {id!r}")
         task_group.start_soon(connection._run, channel)
         return connection
 
@@ -297,7 +318,40 @@ class Actor:
         self._log.user(*args)
 
 
-def _port(port: int | None, default: int) -> int:
+def _check_id(id: object) -> None:
+    if type(id) is not str or not id:
+        raise ConfigError(f"an actor id must be a non-empty string, got {id!r}")
+
+
+def _path(path: object, net_call: str) -> str | None:
+    if path is None:
+        return None
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if type(path) is not str or not path:
+        hint = f"; for TCP, use {net_call}" if type(path) is int else ""
+        raise ConfigError(f"path must be a str (a Unix socket path) or None, got {path!r}{hint}")
+    return path
+
+
+def _host(host: object, port: object, by_name: str) -> str | None:
+    if host is None:
+        return None
+    if type(host) is int and port is None:
+        # node-ipc's connectToNet(id, port) / serveNet(port): the port lands on host= here.
+        call = by_name.replace("...", str(host))
+        raise ConfigError(
+            f"host must be a str (a host name or address), got the int {host}: node-ipc's "
+            f"(id, port) shorthand does not work here; pass the port by name: {call}"
+        )
+    if type(host) is not str or not host:
+        raise ConfigError(
+            f"host must be a non-empty str (a host name or address) or None, got {host!r}"
+        )
+    return host
+
+
+def _port(port: object, default: int) -> int:
     if port is None:
         return default
     if type(port) is not int or not 0 <= port <= 65535:

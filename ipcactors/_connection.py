@@ -5,7 +5,13 @@ Invariants:
   connection; ``disconnect`` fires once per lost connection, never per failed attempt.
 - Retries follow ``stop_retrying``: a failed attempt or a lost connection spends one retry; the
   count restarts after each successful handshake. Errors retrying cannot fix (a refusal other
-  than ``busy``, a path too long, no permission) end the connection at once.
+  than ``busy``, a path too long, no permission) end the connection at once, and so does
+  anything that is not a connection failure at all (a bug: it comes out as itself).
+- Retrying is never silent: the first failure of a run of attempts is logged at WARNING with
+  its reason, then a reminder every ``RETRY_REMINDER`` seconds (30) while it keeps failing, and
+  the success after failures at INFO (each attempt at DEBUG).
+- Closing cancels every attempt at once, the first connect's (which runs in the caller's task)
+  as well as the reconnects: nothing of a closed connection keeps trying.
 - Delays grow exponentially from ``retry`` to ``retry_cap``, each randomised between half and
   all of its nominal value.
 - Frames emitted while disconnected wait in the outbox and go out first, in order, after the
@@ -18,7 +24,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import anyio
 from anyio.abc import ByteStream
@@ -41,7 +47,28 @@ from ._peer import Peer
 from ._protocol import FrameDecoder
 from ._transport import Address, Transport, is_fatal_connect_error, tls_error
 
-__all__ = ["Connection"]
+__all__ = ["RETRY_REMINDER", "Connection"]
+
+#: Seconds between the warnings that a connection still cannot be made: often enough to be
+#: seen in a log, rarely enough not to flood it (attempts themselves are logged at DEBUG).
+RETRY_REMINDER: Final = 30.0
+
+# What a failed attempt to connect can raise; anything else is a bug and is not retried.
+_CONNECT_FAILURES: Final = (
+    OSError,
+    TimeoutError,
+    IPCError,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    anyio.EndOfStream,
+)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    if isinstance(exc, IPCError):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _is_fatal(exc: BaseException) -> bool:
@@ -76,7 +103,9 @@ class Connection(Peer, HandlerMethods):
         self._up = anyio.Event()
         self._closing = False
         self._destroyed = anyio.Event()
-        self._scope = anyio.CancelScope()
+        self._scope = anyio.CancelScope()  # _run: serving and reconnecting
+        self._attempts = anyio.CancelScope()  # _connect: the first connect, in the caller's task
+        self._recovered = ""  # "after N failed attempts", for the next "connected" line
         self._server_id: str | None = None
 
     def __repr__(self) -> str:
@@ -131,6 +160,7 @@ class Connection(Peer, HandlerMethods):
             await self._destroyed.wait()
             return
         self._closing = True
+        self._attempts.cancel()
         if self._channel is not None:
             with anyio.move_on_after(self._config.close_timeout):
                 await self._outbox.wait_flushed()
@@ -140,12 +170,20 @@ class Connection(Peer, HandlerMethods):
     async def _connect(self) -> Channel:
         """The first connection, made in ``connect_to``'s own task (no task to start and wait
         for): retried as ``stop_retrying`` says, raises when out of retries. Then ``_run``
-        serves it, in a task."""
+        serves it, in a task. Raises :class:`ClosedError` if closed meanwhile."""
+        opened: tuple[ByteStream, FrameDecoder] | None = None
         try:
-            stream, decoder = await self._open_retrying(self._config.stop_retrying)
+            with self._attempts:
+                opened = await self._open_retrying(self._config.stop_retrying)
+            if opened is None or self._closing:
+                if opened is not None:
+                    await anyio.aclose_forcefully(opened[0])
+                raise ClosedError(f"connection to {self.id!r} was closed while connecting")
         except BaseException as exc:
-            await self._destroy(exc if isinstance(exc, Exception) else None)
+            reason = None if self._closing or not isinstance(exc, Exception) else exc
+            await self._destroy(reason)
             raise
+        stream, decoder = opened
         channel = self._up_with(stream, decoder)
         await self._handlers.call("connect", (), self._log)
         return channel
@@ -185,22 +223,44 @@ class Connection(Peer, HandlerMethods):
         """Connect and handshake; after a failure, at most ``retries`` more attempts (``None``:
         no limit), with backoff. Raises the final error."""
         backoff = 0
+        failures = 0
+        first_failure = reminded = 0.0
         while True:
             try:
-                return await self._open()
+                opened = await self._open()
             except Exception as exc:
                 await self._handlers.call("error", (exc,), self._log)
+                if not isinstance(exc, _CONNECT_FAILURES):
+                    raise  # not a failure to connect: a bug, that no retry fixes
                 if _is_fatal(exc) or retries == 0:
                     error = self._final_error(exc)
                     if error is exc:
                         raise
                     raise error from exc
+                failures += 1
+                now = anyio.current_time()
+                where = f"{self.id!r} at {self.address}"
+                if failures == 1:
+                    first_failure = reminded = now
+                    plan = "until it works" if retries is None else f"at most {retries} more times"
+                    self._log.warning(f"cannot connect to {where}: {_reason(exc)}; retrying {plan}")
+                elif now - reminded >= RETRY_REMINDER:
+                    reminded = now
+                    self._log.warning(
+                        f"still cannot connect to {where} after {failures} attempts in "
+                        f"{now - first_failure:.0f} s: {_reason(exc)}; retrying"
+                    )
                 delay = self._delay(backoff)
                 self._log.debug(f"connecting to {self.id!r} failed ({exc}); retry in {delay:.2f} s")
                 backoff += 1
                 if retries is not None:
                     retries -= 1
                 await anyio.sleep(delay)
+            else:
+                if failures:
+                    took = anyio.current_time() - first_failure
+                    self._recovered = f" after {failures} failed attempts in {took:.1f} s"
+                return opened
 
     async def _open(self) -> tuple[ByteStream, FrameDecoder]:
         """Connect and complete the handshake. Raises on failure or refusal."""
@@ -235,7 +295,8 @@ class Connection(Peer, HandlerMethods):
     def _up_with(self, stream: ByteStream, decoder: FrameDecoder) -> Channel:
         channel = self._channel = Channel(stream, decoder, self)
         self._up.set()
-        self._log.info(f"connected to {self.id!r} at {self.address}")
+        self._log.info(f"connected to {self.id!r} at {self.address}{self._recovered}")
+        self._recovered = ""
         return channel
 
     async def _serve(self, channel: Channel) -> None:

@@ -44,7 +44,7 @@ class IPCError(Exception):
 
 
 class ConfigError(IPCError, ValueError):
-    """A configuration value is of the wrong type or out of range."""
+    """A configuration value or an argument is of the wrong type or out of range."""
 
 
 class UnknownPeerError(IPCError, LookupError):

@@ -1,7 +1,8 @@
 """Logging through loguru, per actor, silenced by ``Config.silent``.
 
-Levels: INFO for lifecycle (serving, connected, lost), WARNING for a peer's misbehaviour or a
-handler's exception, DEBUG for retries, TRACE for per-message detail. Every line starts with the
+Levels: INFO for lifecycle (serving, connected, lost), WARNING for a peer's misbehaviour, a
+handler's exception, or a connection that cannot be made (the first failure, then a reminder
+now and then), DEBUG for each retry, TRACE for per-message detail. Every line starts with the
 actor's id. User data is never used as a format string.
 """
 

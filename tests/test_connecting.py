@@ -311,3 +311,135 @@ async def test_reconnects_after_graceful_server_restart(socket_dir: str) -> None
                     await world.wait_connected()
                     assert await world.request("round") == round_number
         await hello.disconnect("world")
+
+
+# --- closing while connecting -----------------------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+async def test_closing_the_actor_stops_its_connection_attempts(
+    socket_dir: str, transport: str
+) -> None:
+    port = _free_port()
+    outcome: dict[str, BaseException | None] = {}
+
+    async def connect(hello: Actor) -> None:
+        try:
+            if transport == "unix":
+                await hello.connect_to("world")
+            else:
+                await hello.connect_to_net("world", port=port)
+            outcome["error"] = None
+        except Exception as exc:
+            outcome["error"] = exc
+
+    async def until(condition: Any) -> None:
+        with anyio.fail_after(5):
+            while not condition():
+                await anyio.sleep(0.01)
+
+    hello = Actor("hello", socket_root=socket_dir, silent=True, close_timeout=5, **FAST_RETRY)
+    async with anyio.create_task_group() as task_group:
+        async with hello:
+            # connect_to runs in a task that the actor does not own: closing must reach it.
+            task_group.start_soon(connect, hello)
+            await until(lambda: "world" in hello.of)
+            await anyio.sleep(0.2)  # a few attempts have failed
+            started = anyio.current_time()
+        closing_took = anyio.current_time() - started
+        await until(lambda: "error" in outcome)
+    assert closing_took < 4, "closing waited for the attempts (2 x close_timeout was 10 s)"
+    assert isinstance(outcome["error"], ipcactors.ClosedError), outcome["error"]
+    assert "world" not in hello.of
+    # The server appears after the close: nothing of the closed actor may reach it.
+    async with Actor("world", socket_root=socket_dir, silent=True) as world:
+        if transport == "unix":
+            server = await world.serve()
+        else:
+            server = await world.serve_net(port=port)
+        await anyio.sleep(0.5)  # many retry periods of FAST_RETRY
+        assert server.clients == {}
+
+
+async def test_connect_to_after_close_fails_at_once(socket_dir: str) -> None:
+    hello = Actor("hello", socket_root=socket_dir, silent=True, **FAST_RETRY)
+    async with hello:
+        pass
+    with anyio.fail_after(5), pytest.raises(ipcactors.ClosedError):
+        await hello.connect_to("world")
+
+
+# --- mistakes fail at once; retries are visible -------------------------------------------------
+
+
+async def test_wrong_argument_types_fail_at_once_and_say_what_to_do(socket_dir: str) -> None:
+    async with Actor("hello", socket_root=socket_dir, silent=True, **FAST_RETRY) as hello:
+        with anyio.fail_after(5):
+            # node-ipc's connectToNet(id, port): the port lands on host= here.
+            with pytest.raises(ipcactors.ConfigError, match=r"node-ipc.*port=8123"):
+                await hello.connect_to_net("world", 8123)  # type: ignore[arg-type]
+            with pytest.raises(ipcactors.ConfigError, match="port must be an integer"):
+                await hello.connect_to_net("world", "127.0.0.1", "8123")  # type: ignore[arg-type]
+            with pytest.raises(ipcactors.ConfigError, match="port must be an integer"):
+                await hello.connect_to_net("world", port=True)
+            with pytest.raises(ipcactors.ConfigError, match="host must be"):
+                await hello.connect_to_net("world", b"127.0.0.1")  # type: ignore[arg-type]
+            with pytest.raises(ipcactors.ConfigError, match="actor id must be"):
+                await hello.connect_to_net(8123)  # type: ignore[arg-type]
+            with pytest.raises(ipcactors.ConfigError, match="actor id must be"):
+                await hello.connect_to("")
+            with pytest.raises(ipcactors.ConfigError, match="path must be"):
+                await hello.connect_to("world", 8123)  # type: ignore[arg-type]
+            with pytest.raises(ipcactors.ConfigError, match=r"tls= .*SSLContext"):
+                await hello.connect_to_net("world", tls=True)  # type: ignore[arg-type]
+            with pytest.raises(ipcactors.ConfigError, match=r"node-ipc.*port=8124"):
+                await hello.serve_net(8124)  # type: ignore[call-overload]
+            with pytest.raises(ipcactors.ConfigError, match="port must be an integer"):
+                await hello.serve_net("127.0.0.1", 8124.0)  # type: ignore[call-overload]
+            with pytest.raises(ipcactors.ConfigError, match="path must be"):
+                await hello.serve(b"/tmp/x")  # type: ignore[arg-type]
+            assert hello.of == {}
+            assert hello.server is None
+            # Still usable after the mistakes.
+            await hello.serve()
+
+
+async def test_a_failing_connection_is_visible_at_the_default_level(
+    socket_dir: str, log_lines: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ipcactors import _connection
+
+    monkeypatch.setattr(_connection, "RETRY_REMINDER", 0.3)  # 30 s in real life
+    visible = ("WARNING", "INFO", "ERROR")
+
+    def lines(text: str) -> list[str]:
+        return [line for line in log_lines if text in line and any(v in line for v in visible)]
+
+    async with Actor("hello", socket_root=socket_dir, **FAST_RETRY) as hello:
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(hello.connect_to, "world")
+            with anyio.fail_after(5):
+                while not lines("still cannot connect to 'world'"):
+                    await anyio.sleep(0.01)
+            first = lines("cannot connect to 'world'")
+            assert "WARNING" in first[0]
+            assert "No such file or directory" in first[0]  # the reason
+            assert "retrying" in first[0]
+            assert len(lines("still cannot connect")) == 1  # not one per attempt
+            async with Actor("world", socket_root=socket_dir, silent=True) as world:
+                await world.serve()
+                with anyio.fail_after(5):
+                    while "world" not in hello.of or not hello.of["world"].connected:
+                        await anyio.sleep(0.01)
+                connected = lines("connected to 'world'")
+                assert "INFO" in connected[-1]
+                assert "failed attempts" in connected[-1]
+                task_group.cancel_scope.cancel()
