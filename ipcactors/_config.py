@@ -53,8 +53,16 @@ class Config:
     #: Bytes queued per connection (while connected, or while reconnecting) before ``emit`` waits.
     #: 8 MiB absorbs bursts without letting a slow peer grow our memory without bound.
     max_outbox_bytes: int = 8 * 1024 * 1024
-    #: Seconds allowed for the handshake after the socket connects; a silent peer is dropped.
+    #: Seconds allowed for the whole handshake after the socket connects (one deadline, however
+    #: the bytes trickle in); a silent or slow peer is refused with ``reject(timeout)``.
     handshake_timeout: float = 5.0
+    #: Connections a server holds in their handshake at once, apart from ``max_connections``.
+    #: When one more arrives, the oldest unfinished handshake is dropped (closed without a word)
+    #: to admit it, so sockets that connect and say nothing, or trickle bytes, cannot lock out a
+    #: good client; a finished handshake is never dropped for this. 64: a real handshake takes
+    #: milliseconds, so this many at the very same moment is already a flood; each costs a file
+    #: descriptor and at most 64 KiB. A good client that is dropped retries (with backoff).
+    max_handshakes: int = 64
     #: Default seconds a ``request`` waits for its reply.
     request_timeout: float = 30.0
     #: Seconds a peer may fall silent in the middle of a frame before its connection is
@@ -81,6 +89,7 @@ class Config:
         _check_type("silent", self.silent, bool)
         _check_int("network_port", self.network_port, 0, 65535)
         _check_int("max_connections", self.max_connections, 1)
+        _check_int("max_handshakes", self.max_handshakes, 1)
         if self.stop_retrying is not None:
             _check_int("stop_retrying", self.stop_retrying, 0)
         _check_int("max_frame_size", self.max_frame_size, 1024, 2**32 - 1)

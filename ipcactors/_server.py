@@ -4,7 +4,11 @@ Invariants:
 - A client counts as connected only after it was sent ``welcome``; the ``connect`` handlers run
   before any of its events, ``disconnect`` once after its last.
 - ``max_connections`` holds for every transport: a client beyond it is refused with
-  ``reject(busy)``; connections still in their handshake are bounded the same way.
+  ``reject(busy)``.
+- Unfinished handshakes have a budget of their own (``max_handshakes``) and one deadline each
+  (``handshake_timeout``, however the bytes trickle in). A connection that finds the budget
+  full drops the oldest unfinished handshake, so a flood of silent or trickling sockets cannot
+  lock out a good client; a finished handshake is never dropped for this.
 - One id, one connection: a client that connects with an id already connected replaces the
   older connection (usually a half-open leftover of a reconnect), which is closed.
 - A bad peer costs only its own connection: nothing one accepted socket raises (a reset before
@@ -24,6 +28,7 @@ import anyio
 from anyio.abc import ByteStream, TaskGroup, TaskStatus
 from anyio.streams.tls import TLSAttribute
 
+from ._bursts import WarningBursts
 from ._channel import Channel, frame_bytes
 from ._config import Config
 from ._errors import ClosedError, ProtocolError, UnknownPeerError
@@ -31,7 +36,7 @@ from ._handlers import HandlerMethods, Handlers
 from ._handshake import Refusal, accept_handshake
 from ._log import ActorLog
 from ._peer import Peer, check_event_name
-from ._protocol import FrameDecoder, FrameEncoder, frame_size
+from ._protocol import FrameDecoder, FrameEncoder, Hello, frame_size
 from ._stats import ServerCounters, ServerStatistics
 from ._streams import wrap_socket
 from ._transport import Address, Listening, Transport
@@ -89,7 +94,9 @@ class Server(HandlerMethods):
         self._handlers = Handlers()
         self._encoder = FrameEncoder(config.limits)
         self._clients: dict[str, Client] = {}
-        self._handshaking = 0
+        # Unfinished handshakes, oldest first: the scope that drops each (dicts keep order).
+        self._handshakes: dict[anyio.CancelScope, None] = {}
+        self._bursts = WarningBursts(log)
         self._counters = ServerCounters()
         self._listening: Listening | None = None
         self._task_group: TaskGroup | None = None
@@ -116,8 +123,10 @@ class Server(HandlerMethods):
         counters = self._counters
         return ServerStatistics(
             clients=len(self._clients),
-            handshaking=self._handshaking,
+            handshaking=len(self._handshakes),
             refused_busy=counters.refused_busy,
+            handshakes_dropped=counters.handshakes_dropped,
+            handshakes_failed=counters.handshakes_failed,
             events_unhandled=counters.events_unhandled
             + sum(client._counters.events_unhandled for client in self._clients.values()),
         )
@@ -167,7 +176,7 @@ class Server(HandlerMethods):
     # --- serving ------------------------------------------------------------------------------
 
     async def _start(self, task_group: TaskGroup) -> None:
-        backlog = min(self._config.max_connections, 4096)
+        backlog = min(self._config.max_connections + self._config.max_handshakes, 4096)
         self._listening = await self._transport.listen(backlog)
         try:
             await task_group.start(self._serve)
@@ -226,34 +235,34 @@ class Server(HandlerMethods):
             sock.close()
             self._log.debug(f"connection from {peer_address!r} was gone at once: {exc}")
             return
-        if self._handshaking >= self._config.max_connections:
-            self._counters.refused_busy += 1
-            await self._refuse(stream, "busy", "too many connections in their handshake")
-            return
         decoder = FrameDecoder(self._config.limits)
-        self._handshaking += 1
+        scope = self._enter_handshake()
+        hello: Hello | None = None
         try:
-            with anyio.fail_after(self._config.handshake_timeout):
+            with scope, anyio.fail_after(self._config.handshake_timeout):
                 stream = await self._transport.accepted(stream)
                 hello = await accept_handshake(
                     stream, decoder, self._encoder, self._config.auth_key_bytes
                 )
         except Refusal as exc:
-            self._log.warning(f"refusing {peer_address!r} ({exc.reason}): {exc.message}")
+            self._handshake_failed(f"refusing {peer_address!r} ({exc.reason}): {exc.message}")
             await self._refuse(stream, exc.reason, exc.message)
             return
         except (TimeoutError, ProtocolError) as exc:
             reason = exc.reject_reason if isinstance(exc, ProtocolError) else "timeout"
             message = str(exc) or "no hello within handshake_timeout"
-            self._log.warning(f"handshake with {peer_address!r} failed: {message}")
+            self._handshake_failed(f"handshake with {peer_address!r} failed: {message}")
             await self._refuse(stream, reason, message)
             return
         except (OSError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
-            self._log.warning(f"handshake with {peer_address!r} failed: {exc}")
+            self._handshake_failed(f"handshake with {peer_address!r} failed: {exc}")
             await anyio.aclose_forcefully(stream)
             return
         finally:
-            self._handshaking -= 1
+            self._handshakes.pop(scope, None)
+        if hello is None:  # dropped to admit a newer connection (see _enter_handshake)
+            await anyio.aclose_forcefully(stream)
+            return
         previous = self._clients.get(hello.id)
         if previous is None and len(self._clients) >= self._config.max_connections:
             limit = self._config.max_connections
@@ -304,6 +313,27 @@ class Server(HandlerMethods):
             self._log.info(f"client {client.id!r} disconnected")
             with anyio.move_on_after(self._config.close_timeout, shield=True):
                 await self._handlers.call("disconnect", (client,), self._log)
+
+    def _enter_handshake(self) -> anyio.CancelScope:
+        """Count a connection in as handshaking; returns the scope that drops it. At
+        ``max_handshakes``, the oldest unfinished handshake is dropped to make room."""
+        if len(self._handshakes) >= self._config.max_handshakes:
+            oldest = next(iter(self._handshakes))
+            del self._handshakes[oldest]
+            oldest.cancel()
+            self._counters.handshakes_dropped += 1
+            self._bursts.warn(
+                "handshakes dropped",
+                f"{self._config.max_handshakes} connections are in their handshake "
+                "(max_handshakes): dropping the oldest to admit new ones",
+            )
+        scope = anyio.CancelScope()
+        self._handshakes[scope] = None
+        return scope
+
+    def _handshake_failed(self, message: str) -> None:
+        self._counters.handshakes_failed += 1
+        self._bursts.warn("handshake failed", message)
 
     async def _refuse(self, stream: ByteStream, reason: str, message: str) -> None:
         with anyio.move_on_after(1):

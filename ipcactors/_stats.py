@@ -23,11 +23,13 @@ class PeerCounters:
 class ServerCounters:
     """What a server counts over its life (its clients' counters are added as they leave)."""
 
-    __slots__ = ("events_unhandled", "refused_busy")
+    __slots__ = ("events_unhandled", "handshakes_dropped", "handshakes_failed", "refused_busy")
 
     def __init__(self) -> None:
         self.events_unhandled = 0
-        self.refused_busy = 0  # clients refused with ``busy`` (max_connections, handshakes)
+        self.refused_busy = 0  # clients refused with ``busy`` (max_connections)
+        self.handshakes_dropped = 0  # oldest unfinished handshakes dropped (max_handshakes)
+        self.handshakes_failed = 0  # handshakes refused or failed (timeout, bad bytes, auth)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +55,11 @@ class ServerStatistics:
     clients: int
     #: Connections accepted and still in their handshake right now.
     handshaking: int
-    #: Clients refused with ``busy``.
+    #: Clients refused with ``busy`` (``max_connections``).
     refused_busy: int
+    #: Unfinished handshakes dropped to admit a newer connection (``max_handshakes``).
+    handshakes_dropped: int
+    #: Handshakes that failed or were refused: timed out, bad bytes, wrong version or key.
+    handshakes_failed: int
     #: Events from any client that arrived with no handler registered.
     events_unhandled: int

@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 import pytest
+from anyio.abc import SocketStream
 
 from ipcactors import Actor, Server
 
@@ -72,3 +73,69 @@ async def test_connections_reset_before_accept_cost_only_themselves(
             for _ in range(20):
                 reset(raw_socket(server))
             await assert_served(server, socket_dir)
+
+
+# --- item 8: unfinished handshakes have their own budget; the oldest make way ------------------
+
+
+async def raw_stream(server: Server) -> SocketStream:
+    address = server.address
+    with anyio.fail_after(5):
+        if isinstance(address, str):
+            return await anyio.connect_unix(address)
+        return await anyio.connect_tcp(*address)
+
+
+async def send_quietly(stream: SocketStream, data: bytes) -> None:
+    try:
+        with anyio.fail_after(5):
+            await stream.send(data)
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+        pass  # dropped by the server
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_flood_of_silent_sockets_does_not_lock_out_a_good_client(
+    transport: str, socket_dir: str
+) -> None:
+    async with serving(transport, socket_dir) as server:
+        silent = [await raw_stream(server) for _ in range(300)]
+        try:
+            elapsed = await assert_served(server, socket_dir)
+            assert elapsed < 1.0  # measured: a few ms (see the report); generous under load
+            stats = server.statistics()
+            assert stats.handshaking <= 64
+            assert stats.handshakes_dropped >= 300 - 64
+        finally:
+            for stream in silent:
+                await anyio.aclose_forcefully(stream)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_slowloris_does_not_lock_out_a_good_client(transport: str, socket_dir: str) -> None:
+    """Sockets that trickle a hello that never ends (a header announcing 60 KiB, then a byte at a
+    time): each handshake has one deadline, and the budget makes the oldest give way."""
+    async with serving(transport, socket_dir, handshake_timeout=1.0) as server:
+        trickling = [await raw_stream(server) for _ in range(100)]
+
+        async def trickle() -> None:
+            for stream in trickling:
+                await send_quietly(stream, struct.pack(">I", 60 * 1024))
+            while True:
+                for stream in trickling:
+                    await send_quietly(stream, b"\x00")
+                await anyio.sleep(0.05)
+
+        try:
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(trickle)
+                for name in ("good1", "good2"):
+                    assert await assert_served(server, socket_dir, name) < 1.0
+                # Trickling does not extend the deadline: all of them are gone within it.
+                with anyio.fail_after(5):
+                    while server.statistics().handshaking:
+                        await anyio.sleep(0.05)
+                task_group.cancel_scope.cancel()
+        finally:
+            for stream in trickling:
+                await anyio.aclose_forcefully(stream)
