@@ -1,7 +1,10 @@
 """A pool of worker processes under a supervisor: tasks go out with request(), one worker is
 killed in the middle of a task, restarted by the supervisor, and its task retried.
 
-    python examples/worker_pool.py            # or: ... --backend trio
+    python examples/worker_pool.py            # or: ... --backend trio, --delay 0.5 (per task)
+
+Ctrl-C stops it gracefully: the tasks in flight are answered, the workers stop, and the process
+exits with 130 (128 + SIGINT), without a traceback.
 
 The workers are plain async functions in this script: the supervisor's children import them by
 name (this script runs in each child as ``__mp_main__``, as with multiprocessing's spawn), and
@@ -40,13 +43,13 @@ async def worker(actor: ipcactors.Actor, delay: float) -> None:
     await anyio.sleep_forever()
 
 
-async def main() -> None:
+async def main(delay: float = 0.02) -> None:
     async with ipcactors.Supervisor(
         strategy="one_for_one", max_restarts=3, max_seconds=10.0, retry=0.05
     ) as sup:
         ids = [f"worker-{i}" for i in range(WORKERS)]
         for id in ids:
-            await sup.spawn(worker, 0.02, id=id)
+            await sup.spawn(worker, delay, id=id)
         print("started", ", ".join(f"{id} (pid {sup.children[id].pid})" for id in ids))
 
         send, receive = anyio.create_memory_object_stream[int](TASKS)
@@ -107,4 +110,6 @@ async def main() -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
-    ipcactors.run(main, backend=parser.parse_args().backend, log_level="WARNING")
+    parser.add_argument("--delay", type=float, default=0.02, help="seconds each task takes")
+    options = parser.parse_args()
+    ipcactors.run(main, options.delay, backend=options.backend, log_level="WARNING")

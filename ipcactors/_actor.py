@@ -27,7 +27,7 @@ from ._config import Config
 from ._connection import Connection
 from ._errors import ClosedError, ConfigError, IPCError, UnknownPeerError
 from ._log import ActorLog
-from ._runtime import current_runtime
+from ._runtime import current_runtime, end_with_run
 from ._server import Server
 from ._tls import TLSTransport, check_server_context
 from ._transport import TCPTransport, Transport, UnixTransport
@@ -97,7 +97,10 @@ class Actor:
                 raise
         # Trio's task group answers True even when no exception was shown: pass on a true
         # result only when there was one to suppress (a caller may take it at its word).
-        return bool(suppress) and exc is not None
+        suppressed = bool(suppress) and exc is not None
+        if exc is None or suppressed:
+            await end_with_run()  # after run()'s signal, the code after the block never runs
+        return suppressed
 
     async def aclose(self) -> None:
         """Flush and close every connection and the server (each bounded by ``close_timeout``),

@@ -1,10 +1,15 @@
 """``ipcactors.run``: the entry point that runs an async function with logging and signals set up.
 
-Invariant: the first SIGINT or SIGTERM stops every supervisor's children gracefully (in reverse
-start order, each bounded), then closes every actor gracefully (flushing, bounded by each
-actor's ``close_timeout``) and then cancels the main function; a second one SIGKILLs the
-children and cancels at once, without flushing. Either way the process exits with status
-128 + the signal number.
+Invariants:
+- The first SIGINT or SIGTERM stops every supervisor's children gracefully (in reverse start
+  order, each bounded; the requests in flight to them are answered), then closes every actor
+  gracefully (flushing, bounded by each actor's ``close_timeout``) and then cancels the main
+  function; a second one SIGKILLs the children and cancels at once, without flushing.
+- Either way the process exits with status 128 + the signal number, without a traceback for
+  what the shutdown itself causes: a :class:`ClosedError` from a supervisor or actor the
+  shutdown closed (e.g. the next ``request``) ends the main function and is not an error. Any
+  other exception still comes out. Code after an actor's or supervisor's ``async with`` block
+  does not run once the shutdown started (see ``_runtime``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any, Literal, TypeVar
 import anyio
 from loguru import logger
 
+from ._errors import ClosedError
 from ._runtime import Runtime, set_runtime
 
 __all__ = ["run"]
@@ -47,12 +53,24 @@ def run(
         logger.remove()
         logger.add(sys.stderr, level=log_level, format=_FORMAT)
     runtime = Runtime()
-    result: T = anyio.run(
-        _main, runtime, async_fn, args, backend=backend, backend_options=backend_options
-    )
+    try:
+        result: T = anyio.run(
+            _main, runtime, async_fn, args, backend=backend, backend_options=backend_options
+        )
+    except (ClosedError, BaseExceptionGroup) as exc:
+        if runtime.signal is None or not _caused_by_shutdown(exc):
+            raise
+        logger.debug(f"the main function ended with what the shutdown caused: {exc!r}")
     if runtime.signal is not None:
         raise SystemExit(128 + runtime.signal)
     return result
+
+
+def _caused_by_shutdown(exc: BaseException) -> bool:
+    """Whether ``exc`` is a :class:`ClosedError`, or a group of nothing else."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(ClosedError)[1] is None
+    return isinstance(exc, ClosedError)
 
 
 async def _main(
@@ -60,6 +78,12 @@ async def _main(
 ) -> T:
     set_runtime(runtime)
     main_scope = anyio.CancelScope()
+    runtime.main_cancelled = anyio.Event()
+
+    def cancel_main() -> None:
+        main_scope.cancel()
+        assert runtime.main_cancelled is not None
+        runtime.main_cancelled.set()
 
     async def shut_down() -> None:
         # Supervisors first: they stop their children in order while every actor still works.
@@ -69,7 +93,7 @@ async def _main(
         async with anyio.create_task_group() as task_group:
             for actor in list(runtime.actors):
                 task_group.start_soon(actor.aclose)
-        main_scope.cancel()
+        cancel_main()
 
     async def watch_signals(task_group: anyio.abc.TaskGroup, *, task_status: Any) -> None:
         with anyio.open_signal_receiver(*_SIGNALS) as signals:
@@ -85,7 +109,7 @@ async def _main(
                     logger.warning(f"{signal.Signals(signum).name}: stopping now")
                     for supervisor in list(runtime.supervisors):
                         supervisor.kill()
-                    main_scope.cancel()
+                    cancel_main()
 
     result: Any = None
     try:

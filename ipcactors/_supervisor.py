@@ -64,7 +64,7 @@ from ._errors import (
 from ._handlers import Handler
 from ._log import ActorLog
 from ._protocol import encode_default
-from ._runtime import current_runtime
+from ._runtime import current_runtime, end_with_run
 from ._server import Client, Server
 from ._spawner import KILL_WAIT, ForkServer, wait_either
 from ._target import Target, target_of
@@ -407,6 +407,7 @@ class Supervisor:
         if pending is None:
             if self._failure is not None:
                 raise self._failure from None  # not "during handling of" our own cancellation
+            await end_with_run()  # after run()'s signal, the code after the block never runs
             return True if original is not None else None
         if pending is original:
             return False

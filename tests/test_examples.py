@@ -15,12 +15,15 @@ EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 
 
 def run_example(name: str, backend: str) -> str:
+    env = dict(os.environ)  # the package of this checkout, not whichever one is installed
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(EXAMPLES), env.get("PYTHONPATH", "")])
     result = subprocess.run(
         [sys.executable, os.path.join(EXAMPLES, name), "--backend", backend],
         capture_output=True,
         text=True,
         timeout=60,
         stdin=subprocess.DEVNULL,
+        env=env,
     )
     assert result.returncode == 0, f"{name} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout

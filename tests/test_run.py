@@ -119,3 +119,114 @@ async def fail() -> None:
 def test_run_raises_what_main_raised(backend: str) -> None:
     with pytest.raises(KeyError, match="from main"):
         ipcactors.run(fail, backend=backend, log_level=None)  # type: ignore[arg-type]
+
+
+# --- a signal while supervised requests are in flight --------------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+IN_FLIGHT = textwrap.dedent(
+    """
+    import sys
+    import anyio, ipcactors, _workers
+
+    async def main(root):
+        async with ipcactors.Supervisor(socket_root=root, retry=0.05) as sup:
+            for i in range(3):
+                await sup.spawn(_workers.echo, id=f"w{i}")
+
+            async def keep_asking(id):
+                while True:
+                    assert await sup.request(id, "slow", 0.2, timeout=10) == "done"
+
+            async with anyio.create_task_group() as task_group:
+                if sys.argv[3] == "requests":
+                    for i in range(3):
+                        task_group.start_soon(keep_asking, f"w{i}")
+                await anyio.sleep(0.3)
+                print("READY", flush=True)
+                if sys.argv[3] == "idle":
+                    await anyio.sleep(60)
+        print("AFTER THE BLOCK", flush=True)
+
+    ipcactors.run(main, sys.argv[1], backend=sys.argv[2], log_level="WARNING")
+    print("AFTER RUN", flush=True)
+    """
+)
+
+
+def _env() -> dict[str, str]:
+    # The package of this checkout, and tests/ for the workers the children import.
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, TESTS, env.get("PYTHONPATH", "")])
+    return env
+
+
+def _wait_for_line(process: subprocess.Popen[str], text: str) -> None:
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert text in line, line
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize(
+    ("signum", "body"),
+    [(signal.SIGINT, "requests"), (signal.SIGTERM, "requests"), (signal.SIGINT, "idle")],
+)
+def test_signal_with_supervised_requests_in_flight_exits_quietly(
+    backend: str, signum: signal.Signals, body: str, socket_dir: str
+) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-c", IN_FLIGHT, socket_dir, backend, body],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    try:
+        _wait_for_line(process, "READY")
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=20)
+        assert process.returncode == 128 + signum, err
+        assert "Traceback" not in err
+        assert "AFTER" not in out, "code after the block ran during the shutdown"
+    finally:
+        process.kill()
+        process.wait()
+        for stream in (process.stdout, process.stderr):
+            assert stream is not None
+            stream.close()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_ctrl_c_in_the_worker_pool_example(backend: str) -> None:
+    pytest.importorskip("numpy")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            os.path.join(ROOT, "examples", "worker_pool.py"),
+            "--backend",
+            backend,
+            "--delay",
+            "0.5",  # 40 tasks on 4 workers: 5 s, so tasks are in flight at the signal
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    try:
+        _wait_for_line(process, "started worker-0")
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=20)
+        assert process.returncode == 128 + signal.SIGINT, err
+        assert "Traceback" not in err
+        assert "tasks done" not in out
+        assert "FAILED" not in out + err
+    finally:
+        process.kill()
+        process.wait()
+        for stream in (process.stdout, process.stderr):
+            assert stream is not None
+            stream.close()
