@@ -46,10 +46,18 @@ class Config:
     #: connection, try at most N more times, then give up. ``0`` (or ``True``): never retry.
     #: The count restarts after each successful handshake.
     stop_retrying: int | None = None
-    #: Largest frame accepted or sent, in bytes. 64 MiB carries a 4096×4096 float32 tensor; one
-    #: hostile frame can make the receiver allocate up to ~75× this, so lower it for untrusted
-    #: peers. Frames before the handshake completes are held to 64 KiB regardless.
+    #: Largest frame accepted or sent, in bytes. 64 MiB carries a 4096×4096 float32 tensor.
+    #: Frames before the handshake completes are held to 64 KiB regardless.
     max_frame_size: int = 64 * 1024 * 1024
+    #: Most msgpack objects one frame may decode into (each array, map, key and value counts;
+    #: a str, bin or numpy array is one object whatever its size). A small object costs up to
+    #: ~72 bytes decoded (an empty map: 1 byte on the wire), so this bounds what one frame costs
+    #: the receiver: its own size plus ~9 MiB by default, decoded in ~20 ms. Larger frames are
+    #: counted before they are decoded (nothing is allocated for one over the budget: the peer
+    #: is dropped) and refused by the sender with ``EncodeError``. 131,072 carries a list of
+    #: 100,000 numbers or 10,000 small records; send more as bytes or numpy arrays, or raise it
+    #: on both sides.
+    max_decoded_objects: int = 1 << 17
     #: Bytes queued per connection (while connected, or while reconnecting) before ``emit`` waits.
     #: 8 MiB absorbs bursts without letting a slow peer grow our memory without bound.
     max_outbox_bytes: int = 8 * 1024 * 1024
@@ -94,6 +102,7 @@ class Config:
             _check_int("stop_retrying", self.stop_retrying, 0)
         _check_int("max_frame_size", self.max_frame_size, 1024, 2**32 - 1)
         _check_int("max_outbox_bytes", self.max_outbox_bytes, 1)
+        _check_int("max_decoded_objects", self.max_decoded_objects, 1024)
         for name in (
             "retry",
             "retry_cap",
@@ -124,7 +133,9 @@ class Config:
 
     @property
     def limits(self) -> Limits:
-        return Limits(max_frame_size=self.max_frame_size)
+        return Limits(
+            max_frame_size=self.max_frame_size, max_decoded_objects=self.max_decoded_objects
+        )
 
 
 def _check_type(name: str, value: object, kind: type) -> None:

@@ -7,6 +7,11 @@ Invariants owned here:
   owner closes the connection (msgpack does not support resuming after an error).
 - Decoded values obey the limits: container lengths, nesting depth, map keys str or bytes, no
   unknown extension types. Nothing that breaks a limit ever reaches a handler or a log line.
+- One frame decodes into at most ``max_decoded_objects`` msgpack objects. Every object takes at
+  least one byte, so a body of at most that many bytes cannot exceed it; a longer body is counted
+  by :func:`check_objects` (it walks the bytes, allocating nothing) before it is decoded. A frame
+  therefore costs at most its own size (str, bin and array payloads) plus ~72 bytes per object
+  (an empty map, the worst case), and decoding it takes a bounded time (see docs/protocol.md §6).
 
 docs/protocol.md describes the same format for implementers in other languages.
 """
@@ -78,15 +83,17 @@ def is_reserved(event: str) -> bool:
 class Limits:
     """Bounds on what a peer may make us allocate.
 
-    One frame's memory is bounded by about ``max_frame_size`` × 75 (msgpack's worst case is a
-    frame of empty maps); frames before the handshake completes are held to
-    ``max_handshake_size``, so an unauthenticated peer can make us allocate only a few MiB.
+    One frame decodes into at most ``max_decoded_objects`` objects, so it costs at most its own
+    size plus ~72 bytes per object (~9 MiB by default); frames before the handshake completes
+    are held to ``max_handshake_size``, so an unauthenticated peer can make us allocate only a
+    few MiB.
     """
 
     max_frame_size: int = 64 * 1024 * 1024
     max_handshake_size: int = 64 * 1024
     max_container_len: int = 1 << 20
     max_depth: int = 64
+    max_decoded_objects: int = 1 << 17
 
 
 # --- messages ---------------------------------------------------------------------------------
@@ -260,6 +267,7 @@ class FrameEncoder:
     def __init__(self, limits: Limits, default: Callable[[Any], Any] | None = None) -> None:
         self._limits = limits
         self._limit = limits.max_frame_size
+        self._count_above = limits.max_decoded_objects
         self._data_budget = limits.max_depth - 1  # the envelope is the first level
         # numpy arrays are encoded by `encode_default` (when no other hook is given).
         self._packer = msgpack.Packer(
@@ -294,6 +302,14 @@ class FrameEncoder:
         size = len(head) + len(packed)
         if size > self._limit:
             raise FrameTooLargeError(size, self._limit)
+        if size > self._count_above:  # else it cannot hold too many (one byte each at least)
+            try:
+                check_objects(memoryview(packed), self._limits, *((3, 1) if head else ()))
+            except DecodeError as exc:
+                raise EncodeError(
+                    f"{exc}; the peer would refuse it. Send large arrays as bytes or numpy "
+                    "arrays, or raise max_decoded_objects on both sides"
+                ) from None
         if size >= SEPARATE_BODY_AT:
             return (HEADER.pack(size) + head, packed)
         return b"".join((HEADER.pack(size), head, packed))
@@ -370,6 +386,114 @@ def decode_ext(code: int, data: bytes) -> Any:
     except ImportError:
         raise DecodeError("a numpy array arrived but numpy is not installed here") from None
     return decode_array(data)
+
+
+# --- the object budget ------------------------------------------------------------------------
+
+# What each msgpack first byte starts, for check_objects: a size (fixed-size values, fixstr), or
+# one of the markers below with the width of the length field that follows it.
+_STR, _EXT, _ARRAY, _MAP, _FIXARRAY, _FIXMAP, _INVALID = range(-7, 0)
+
+
+def _byte_kinds() -> tuple[tuple[int, int], ...]:
+    kinds = [(1, 0)] * 256  # positive and negative fixint, nil, false, true: one byte
+    for byte in range(0x80, 0x90):
+        kinds[byte] = (_FIXMAP, byte & 0x0F)
+    for byte in range(0x90, 0xA0):
+        kinds[byte] = (_FIXARRAY, byte & 0x0F)
+    for byte in range(0xA0, 0xC0):
+        kinds[byte] = (1 + (byte & 0x1F), 0)  # fixstr
+    kinds[0xC1] = (_INVALID, 0)
+    for byte, width in ((0xC4, 1), (0xC5, 2), (0xC6, 4), (0xD9, 1), (0xDA, 2), (0xDB, 4)):
+        kinds[byte] = (_STR, width)  # bin and str
+    for byte, width in ((0xC7, 1), (0xC8, 2), (0xC9, 4)):
+        kinds[byte] = (_EXT, width)
+    for byte, size in ((0xCA, 5), (0xCB, 9), (0xCC, 2), (0xCD, 3), (0xCE, 5), (0xCF, 9)):
+        kinds[byte] = (size, 0)  # float 32/64, uint 8-64
+    for byte, size in ((0xD0, 2), (0xD1, 3), (0xD2, 5), (0xD3, 9)):
+        kinds[byte] = (size, 0)  # int 8-64
+    for byte, size in ((0xD4, 3), (0xD5, 4), (0xD6, 6), (0xD7, 10), (0xD8, 18)):
+        kinds[byte] = (size, 0)  # fixext 1-16
+    for byte, width in ((0xDC, 2), (0xDD, 4), (0xDE, 2), (0xDF, 4)):
+        kinds[byte] = (_ARRAY if byte < 0xDE else _MAP, width)
+    return tuple(kinds)
+
+
+_BYTE_KINDS: Final = _byte_kinds()
+
+
+def _over_budget(budget: int) -> DecodeError:
+    return DecodeError(
+        f"a frame holds more than max_decoded_objects={budget} msgpack objects "
+        "(each array, map, key and value counts)"
+    )
+
+
+def check_objects(
+    body: memoryview, limits: Limits, outer_objects: int = 0, outer_depth: int = 0
+) -> None:
+    """Raise :class:`DecodeError` if the msgpack value in ``body`` holds more than
+    ``limits.max_decoded_objects`` objects (every value counts: containers, map keys, scalars),
+    nests deeper than ``max_depth`` or has a container longer than ``max_container_len``.
+
+    It walks the encoding without building anything, so a frame over the budget costs no memory
+    and at most ~``max_decoded_objects`` steps: a container's declared length counts as soon as
+    its header is read. ``outer_*``: objects and levels around ``body`` (an event's envelope).
+    Anything else wrong with the bytes is left for the decoder to report."""
+    kinds = _BYTE_KINDS
+    budget = limits.max_decoded_objects
+    longest = limits.max_container_len
+    deepest = limits.max_depth - outer_depth
+    objects = outer_objects + 1
+    position = 0
+    remaining = 1  # values left in the innermost open container (or the one top-level value)
+    stack: list[int] = []  # the ``remaining`` of the enclosing containers
+    end = len(body)
+    if objects > budget:
+        raise _over_budget(budget)
+    try:
+        while True:
+            if not remaining:
+                if not stack:
+                    return
+                remaining = stack.pop()
+                continue
+            remaining -= 1
+            size, width = kinds[body[position]]
+            if size > 0:
+                position += size
+                continue
+            if size in (_STR, _EXT):
+                start = position + 1 + width
+                position = start + int.from_bytes(body[position + 1 : start]) + (size == _EXT)
+                continue
+            if size in (_FIXARRAY, _FIXMAP):
+                items = width
+                position += 1
+            elif size in (_ARRAY, _MAP):
+                start = position + 1 + width
+                items = int.from_bytes(body[position + 1 : start])
+                position = start
+            else:
+                return  # not msgpack: the decoder says so
+            if items > longest:
+                raise DecodeError(
+                    f"a container of {items} items exceeds max_container_len={longest}"
+                )
+            if len(stack) >= deepest:
+                raise DecodeError(f"value nests deeper than max_depth={limits.max_depth}")
+            if size in (_MAP, _FIXMAP):
+                items *= 2
+            objects += items
+            if objects > budget:
+                raise _over_budget(budget)
+            if items:
+                stack.append(remaining)
+                remaining = items
+            if position > end:
+                return  # truncated: the decoder says so
+    except IndexError:
+        return  # truncated: the decoder says so
 
 
 def _within_depth(value: Any, budget: int) -> bool:
@@ -504,6 +628,9 @@ class FrameDecoder:
     def __init__(self, limits: Limits) -> None:
         self._limits = limits
         self._frame_limit = limits.max_handshake_size
+        # Bodies longer than this are counted (check_objects): those that could hold more than
+        # max_decoded_objects, and all large ones, whose depth check it does on the way.
+        self._count_above = min(limits.max_decoded_objects, SEPARATE_BODY_AT)
         self._unpacker_key = repr(limits)  # a str caches its hash: cheap to look up per frame
         self._buffer = bytearray()
         self._broken: ProtocolError | None = None
@@ -580,15 +707,24 @@ class FrameDecoder:
         size = len(body)
         if size > self._limits.max_frame_size:
             raise FrameTooLargeError(size, self._limits.max_frame_size)
+        counted = size > self._count_above
+        if counted:
+            check_objects(memoryview(body), self._limits)
         try:
             value = msgpack.unpackb(body, **self._unpack_options)
         except DecodeError:
             raise
         except Exception as exc:  # msgpack raises many types: ValueError, FormatError, ...
             raise DecodeError(f"invalid msgpack body: {type(exc).__name__}: {exc}") from None
-        return self._message(value, size)
+        return self._message(value, size, counted)
 
     def _decode(self, body: memoryview, size: int) -> Message:
+        if size > self._count_above:
+            # Long enough to hold too many objects: count them before building any.
+            check_objects(body, self._limits)
+            counted = True
+        else:
+            counted = False
         if size >= SEPARATE_BODY_AT:  # large: decode in place (feed() would copy it)
             try:
                 value = msgpack.unpackb(body, **self._unpack_options)
@@ -600,13 +736,14 @@ class FrameDecoder:
             value = _unpack_whole(
                 body, size, self._unpacker_key, self._limits, self._unpack_options
             )
-        return self._message(value, size)
+        return self._message(value, size, counted)
 
-    def _message(self, value: Any, size: int) -> Message:
+    def _message(self, value: Any, size: int, counted: bool = False) -> Message:
         message = parse_body(value)
-        # A body shorter than the depth bound cannot nest deeper than it: skip the walk.
+        # A body shorter than the depth bound cannot nest deeper than it, and check_objects
+        # checked the depth of a counted one: skip the walk.
         depth = self._limits.max_depth
-        if size > depth:
+        if size > depth and not counted:
             kind = type(message)
             if kind is Event or kind is Request or kind is Reply:
                 data = message.data  # type: ignore[union-attr]

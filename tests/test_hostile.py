@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 import msgpack
+import psutil
 import pytest
 from anyio.abc import SocketStream
 
@@ -49,6 +50,19 @@ def nested(levels: int) -> bytes:
     return b"\x91" * (levels - 1) + b"\x90"
 
 
+def empty_maps(count: int) -> bytes:
+    """msgpack of an array of ``count`` empty maps: 1 byte each on the wire, ~72 decoded."""
+    return b"\xdd" + struct.pack(">I", count) + b"\x80" * count
+
+
+def string_chain(levels: int, per_level: int) -> bytes:
+    """``["ab", ..., ["ab", ..., [...]]]``: many small strings in containers still open."""
+    data = b"\x90"
+    for _ in range(levels):
+        data = b"\xdc" + struct.pack(">H", per_level + 1) + b"\xa2ab" * per_level + data
+    return data
+
+
 # --- the setting: a server, a good client that keeps asking, and a raw socket ------------------
 
 
@@ -62,11 +76,11 @@ class Scene:
 
 
 @asynccontextmanager
-async def scene(transport: str, socket_dir: str) -> AsyncIterator[Scene]:
+async def scene(transport: str, socket_dir: str, *, silent: bool = True) -> AsyncIterator[Scene]:
     async with Actor(
         "srv",
         socket_root=socket_dir,
-        silent=True,
+        silent=silent,
         handshake_timeout=HANDSHAKE_TIMEOUT,
         frame_timeout=FRAME_TIMEOUT,
     ) as srv:
@@ -299,6 +313,11 @@ AFTER_HANDSHAKE = {
     "empty_maps_over_the_container_limit": framed(
         b"\x93\x00\xa4echo\xdd" + struct.pack(">I", 2**20 + 1) + b"\x80" * (2**20 + 1)
     ),
+    "empty_maps_over_the_object_budget": framed(b"\x93\x00\xa4echo" + empty_maps(2**20 - 16)),
+    "lists_of_empty_maps_over_the_object_budget": framed(pack([0, "echo", [[{}] * 1000] * 200])),
+    "strings_in_open_containers_over_the_object_budget": framed(
+        b"\x93\x00\xa4echo" + string_chain(60, 2500)
+    ),
     "int_map_key": framed(b"\x93\x00\xa4echo\x81\x01\x02"),
     "unknown_ext_type": framed(b"\x93\x00\xa4echo\xd4\x05a"),
     "garbage": b"GET / HTTP/1.1\r\n\r\n",
@@ -379,3 +398,56 @@ async def test_raw_peer_that_follows_the_rules_is_answered(transport: str, socke
         assert type(got[1]) is Reply
         assert (got[1].id, got[1].data) == (7, [1, "two"])
         await eventually(lambda: "server lost raw" in s.lost)
+
+
+def peak_rss_reset() -> int:
+    """Reset this process's peak RSS (Linux: clear_refs 5); return the current RSS in bytes."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return psutil.Process().memory_info().rss
+
+
+def peak_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc/self/status")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_amplification_frames_cost_the_server_little_memory(
+    transport: str, socket_dir: str, log_lines: list[str]
+) -> None:
+    """4 peers send 3 legal 1 MiB frames of empty maps each (~75 MiB apiece decoded): each is
+    refused from its bytes (DecodeError, logged), the peers are dropped, the good client is
+    served throughout, and the server's peak RSS barely moves (it grew by 545 MiB before the
+    object budget)."""
+    frame = framed(b"\x93\x00\xa4echo" + empty_maps(2**20 - 16))
+    async with scene(transport, socket_dir, silent=False) as s:
+        before = peak_rss_reset()
+
+        async def hostile(name: str) -> None:
+            with anyio.fail_after(5):
+                stream = await s.connect_raw()
+            async with stream:
+                await send_quietly(stream, hello(name) + frame * 3)
+                messages, _ = await receive_until_closed(stream)
+            assert_welcomed_then_closed(messages)
+
+        async def keep_asking() -> None:
+            for i in range(20):
+                with anyio.fail_after(5):
+                    assert await s.good.request("echo", i) == i
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(keep_asking)
+            for i in range(4):
+                tg.start_soon(hostile, f"raw{i}")
+        grown = peak_rss() - before
+        for i in range(4):
+            await eventually(lambda i=i: f"server lost raw{i}" in s.lost)  # type: ignore[misc]
+        assert set(s.server.clients) == {"good"}
+        assert grown < 100 * 1024 * 1024, f"peak RSS grew by {grown / 2**20:.0f} MiB"
+    refused = [line for line in log_lines if "max_decoded_objects" in line]
+    assert len(refused) == 4, refused

@@ -442,6 +442,27 @@ async def test_frame_too_large_for_sender_is_refused_before_sending(socket_dir: 
                 assert await world.request("echo", "still fine") == "still fine"
 
 
+async def test_frames_over_the_object_budget_are_refused_before_sending(socket_dir: str) -> None:
+    budget = {"max_decoded_objects": 2048}
+    async with serving("unix", socket_dir, **budget) as (_, server, connect):
+        server.on("echo", lambda data, client: data)
+        server.on("many", lambda data, client: [0] * data)
+        async with Actor("hello", socket_root=socket_dir, silent=True, **budget) as hello:
+            world = await connect(hello)
+            with pytest.raises(ipcactors.EncodeError, match="max_decoded_objects=2048"):
+                await world.emit("echo", [{}] * 2048)
+            with pytest.raises(ipcactors.EncodeError, match="max_decoded_objects=2048"):
+                await world.request("echo", list(range(3000)))
+            with anyio.fail_after(5):
+                # A reply over the budget comes back as the sender's EncodeError.
+                with pytest.raises(ipcactors.RemoteError, match="max_decoded_objects"):
+                    await world.request("many", 3000)
+                assert await world.request("many", 2000) == [0] * 2000
+                assert await world.request("echo", b"x" * 100_000) == b"x" * 100_000
+    with pytest.raises(ipcactors.ConfigError, match="max_decoded_objects"):
+        ipcactors.Config(max_decoded_objects=1023)
+
+
 async def test_client_handle_after_disconnect(socket_dir: str) -> None:
     async with serving("unix", socket_dir) as (_, server, connect):
         handles: list[ipcactors.Client] = []

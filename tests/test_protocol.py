@@ -36,6 +36,7 @@ from ipcactors._protocol import (
     Reply,
     Request,
     Welcome,
+    check_objects,
     frame_size,
     is_reserved,
 )
@@ -601,10 +602,11 @@ def test_depth_limit_is_exact_for_any_setting(levels: int, max_depth: int) -> No
 def test_container_length_limit() -> None:
     n = DEFAULT.max_container_len
     assert n == 1 << 20
-    (message,) = decoder().feed(framed(event_body(b"\xdd" + struct.pack(">I", n) + b"\xc0" * n)))
+    roomy = Limits(max_decoded_objects=2 * n)  # the object budget would refuse first
+    message = decode_one(event_body(b"\xdd" + struct.pack(">I", n) + b"\xc0" * n), roomy)
     assert len(message.data) == n
-    with pytest.raises(DecodeError, match="max_array_len"):
-        decoder().feed(framed(event_body(b"\xdd" + struct.pack(">I", n + 1) + b"\xc0" * (n + 1))))
+    with pytest.raises(DecodeError, match="max_container_len"):
+        decode_one(event_body(b"\xdd" + struct.pack(">I", n + 1) + b"\xc0" * (n + 1)), roomy)
     small = Limits(max_container_len=3)
     assert decode_one(pack([0, "e", {"a": 1, "b": 2, "c": 3}]), small)
     with pytest.raises(DecodeError, match="max_map_len"):
@@ -666,12 +668,101 @@ def test_timestamp_extension_passes_as_msgpack_timestamp(raw: bytes) -> None:
 
 
 def test_amplification_is_bounded_by_the_container_limit() -> None:
-    # A frame of empty maps is msgpack's worst amplification (~75×); the container limit is
-    # what bounds it below max_frame_size × 75.
+    # A small frame is not counted (it holds at most one object per byte) but still obeys
+    # the container limit.
     limits = Limits(max_frame_size=MiB, max_container_len=1000)
     body = event_body(b"\xdc" + struct.pack(">H", 50_000) + b"\x80" * 50_000)
     with pytest.raises(DecodeError, match="max_array_len"):
         decode_one(body, limits)
+
+
+# --- the object budget: what one frame may cost once decoded -----------------------------------
+
+
+def objects_in(value: Any) -> int:
+    """msgpack objects in ``value``: itself, and everything in it (map keys too)."""
+    if isinstance(value, msgpack.ExtType):  # a namedtuple, but one object on the wire
+        return 1
+    if isinstance(value, list | tuple):
+        return 1 + sum(map(objects_in, value))
+    if isinstance(value, dict):
+        return 1 + sum(objects_in(k) + objects_in(v) for k, v in value.items())
+    return 1
+
+
+def empty_maps(count: int) -> bytes:
+    """msgpack of an array of ``count`` empty maps: 1 byte each, ~72 decoded (the worst)."""
+    return b"\xdd" + struct.pack(">I", count) + b"\x80" * count
+
+
+def string_chain(levels: int, per_level: int) -> bytes:
+    """``["ab", ..., ["ab", ..., [...]]]``: scalars in containers that are still open when
+    the innermost one ends (a budget counted as containers complete would miss them)."""
+    data = b"\x90"
+    for _ in range(levels):
+        data = b"\xdc" + struct.pack(">H", per_level + 1) + b"\xa2ab" * per_level + data
+    return data
+
+
+def test_default_object_budget() -> None:
+    assert DEFAULT.max_decoded_objects == 131_072
+
+
+def test_object_budget_boundary_on_a_large_frame() -> None:
+    # [0, "e", [{} * n]]: 1 envelope + 2 items + 1 array + n maps = n + 4 objects.
+    n = DEFAULT.max_decoded_objects - 4
+    (message,) = decoder().feed(framed(event_body(empty_maps(n))))
+    assert len(message.data) == n
+    with pytest.raises(DecodeError, match="max_decoded_objects=131072"):
+        decoder().feed(framed(event_body(empty_maps(n + 1))))
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("1 MiB of empty maps", empty_maps(MiB - 16)),
+        ("lists of empty maps", pack([[{}] * 1000] * 200)),
+        ("scalars in open containers", string_chain(60, 2500)),
+        ("maps count keys and values", pack([{str(i): i for i in range(1000)}] * 70)),
+    ],
+)
+def test_a_frame_over_the_object_budget_allocates_nothing(name: str, data: bytes) -> None:
+    frame = framed(event_body(data))
+    dec = decoder()
+
+    def feed() -> None:
+        with pytest.raises(DecodeError, match="max_decoded_objects"):
+            dec.feed(frame)
+
+    # Refused from the bytes alone: what decoding allocates here is the decoder's own buffer.
+    assert traced_peak(feed) < len(frame) + 64 * 1024
+
+
+@PROPERTY
+@given(wild_values, st.integers(1, 60))
+def test_check_objects_counts_exactly(value: Any, budget: int) -> None:
+    body = memoryview(pack(value))
+    limits = Limits(max_decoded_objects=budget, max_depth=10_000, max_container_len=10_000)
+    if objects_in(value) <= budget:
+        check_objects(body, limits)
+    else:
+        with pytest.raises(DecodeError, match="max_decoded_objects"):
+            check_objects(body, limits)
+
+
+def test_encoder_refuses_a_frame_over_the_object_budget() -> None:
+    encoder = FrameEncoder(DEFAULT)
+    n = DEFAULT.max_decoded_objects - 4
+    frame = encoder.event("e", [{}] * n)
+    assert len(decoder().feed(wire(frame))[0].data) == n
+    for make in (
+        lambda data: encoder.event("e", data),
+        lambda data: encoder.request("e", data, 1),
+        lambda data: encoder.reply(1, data),
+    ):
+        with pytest.raises(EncodeError, match="max_decoded_objects=131072"):
+            make([{}] * (n + 1))
+    assert norm(decoder().feed(wire(encoder.event("e", "fine")))[0]) == ("event", "e", "fine")
 
 
 # --- envelope types ---------------------------------------------------------------------------
@@ -910,6 +1001,32 @@ def test_what_the_encoder_accepts_the_decoder_accepts(data: Any) -> None:
         return
     (message,) = decoder(limits).feed(wire(frame))
     assert norm(message) == ("event", "e", plain(data))
+
+
+@PROPERTY
+@given(wild_data)
+def test_encoder_and_decoder_count_objects_alike(data: Any) -> None:
+    try:
+        body = pack([0, "e", data])
+    except (TypeError, ValueError, OverflowError):
+        return  # not msgpack at all
+    needed = objects_in([0, "e", data])
+    exact = Limits(max_decoded_objects=needed)
+    short = Limits(max_decoded_objects=needed - 1)
+    try:
+        frame = FrameEncoder(exact).event("e", data)
+    except EncodeError:
+        return  # refused for another limit (covered above)
+    assert norm(decoder(exact).feed(wire(frame))[0]) == ("event", "e", plain(data))
+    for make in (
+        lambda encoder: encoder.event("e", data),
+        lambda encoder: encoder.request("e", data, 1),
+        lambda encoder: encoder.reply(1, data),
+    ):
+        with pytest.raises(EncodeError, match="max_decoded_objects"):
+            make(FrameEncoder(short))
+    with pytest.raises(DecodeError, match="max_decoded_objects"):
+        decoder(short).feed(framed(body))
 
 
 def test_default_hook() -> None:
