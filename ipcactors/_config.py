@@ -5,12 +5,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from ._errors import ConfigError
 from ._protocol import Limits
 
 __all__ = ["Config", "check_seconds"]
+
+SlowConsumer = Literal["disconnect", "drop", "wait"]
+SLOW_CONSUMER_POLICIES: tuple[str, ...] = get_args(SlowConsumer)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,6 +64,16 @@ class Config:
     #: Bytes queued per connection (while connected, or while reconnecting) before ``emit`` waits.
     #: 8 MiB absorbs bursts without letting a slow peer grow our memory without bound.
     max_outbox_bytes: int = 8 * 1024 * 1024
+    #: What ``Server.broadcast`` does with a client too slow to read (its outbox is full), so
+    #: that one slow consumer never holds up the others (as NATS and Redis pub/sub do):
+    #: ``"disconnect"`` (default): the frame is still queued while the client's outbox holds at
+    #: most twice ``max_outbox_bytes`` (room to catch up after a burst); past that the client is
+    #: disconnected (it reconnects, if it retries), counted in ``statistics().slow_consumers``
+    #: and logged at WARNING. ``"drop"``: the client misses this frame (counted in
+    #: ``broadcasts_dropped``) and stays connected: for data where only the latest matters.
+    #: ``"wait"``: ``broadcast`` waits for room (backpressure): every client gets every frame,
+    #: and the slowest one sets the pace for all. ``emit`` to one client always waits.
+    slow_consumer: SlowConsumer = "disconnect"
     #: Seconds allowed for the whole handshake after the socket connects (one deadline, however
     #: the bytes trickle in); a silent or slow peer is refused with ``reject(timeout)``.
     handshake_timeout: float = 5.0
@@ -98,6 +111,11 @@ class Config:
         _check_int("network_port", self.network_port, 0, 65535)
         _check_int("max_connections", self.max_connections, 1)
         _check_int("max_handshakes", self.max_handshakes, 1)
+        if self.slow_consumer not in SLOW_CONSUMER_POLICIES:
+            raise ConfigError(
+                f"slow_consumer must be one of {', '.join(map(repr, SLOW_CONSUMER_POLICIES))}, "
+                f"got {self.slow_consumer!r}"
+            )
         if self.stop_retrying is not None:
             _check_int("stop_retrying", self.stop_retrying, 0)
         _check_int("max_frame_size", self.max_frame_size, 1024, 2**32 - 1)

@@ -9,6 +9,10 @@ Invariants:
   (``handshake_timeout``, however the bytes trickle in). A connection that finds the budget
   full drops the oldest unfinished handshake, so a flood of silent or trickling sockets cannot
   lock out a good client; a finished handshake is never dropped for this.
+- ``broadcast`` never waits for one slow client unless ``slow_consumer="wait"``: under
+  ``"disconnect"`` a client's outbox may hold up to twice ``max_outbox_bytes`` of broadcasts
+  (room to catch up after a burst), past that the client is disconnected; under ``"drop"`` a
+  client with a full outbox misses the frame. Both are counted and logged.
 - One id, one connection: a client that connects with an id already connected replaces the
   older connection (usually a half-open leftover of a reconnect), which is closed.
 - A bad peer costs only its own connection: nothing one accepted socket raises (a reset before
@@ -127,6 +131,8 @@ class Server(HandlerMethods):
             refused_busy=counters.refused_busy,
             handshakes_dropped=counters.handshakes_dropped,
             handshakes_failed=counters.handshakes_failed,
+            slow_consumers=counters.slow_consumers,
+            broadcasts_dropped=counters.broadcasts_dropped,
             events_unhandled=counters.events_unhandled
             + sum(client._counters.events_unhandled for client in self._clients.values()),
         )
@@ -156,22 +162,55 @@ class Server(HandlerMethods):
     async def broadcast(self, event: str, data: Any = None) -> None:
         """Send ``event`` to every connected client, encoded once.
 
-        Clients with room get it at once; then it waits for clients whose outbox is full.
+        Clients with room in their outbox get it at once. A client too slow to read is handled
+        as ``Config.slow_consumer`` says: disconnected (the default) or skipped for this frame,
+        without waiting for it; or, with ``"wait"``, waited for.
         """
         check_event_name(event)
         frame = self._encoder.event(event, data)
         size = frame_size(frame)
+        policy = self._config.slow_consumer
         waiting: list[Client] = []
+        behind = False
         for client in list(self._clients.values()):
-            if client._outbox.has_room(size):
-                client._outbox.put_nowait(frame)
-            else:
+            outbox = client._outbox
+            if outbox.closed:
+                continue  # leaving
+            if outbox.has_room(size):
+                outbox.put_nowait(frame, size)
+            elif policy == "wait":
                 waiting.append(client)
+            elif policy == "drop":
+                self._counters.broadcasts_dropped += 1
+                self._bursts.warn(
+                    "broadcast dropped",
+                    f"client {client.id!r} is too slow to read: a broadcast was not sent to it "
+                    "(slow_consumer='drop')",
+                )
+            elif outbox.used <= outbox.max_bytes or outbox.used + size <= 2 * outbox.max_bytes:
+                outbox.put_nowait(frame, size)  # room to catch up after a burst
+                behind = True
+            else:
+                self._disconnect_slow(client)
+        if behind:
+            await anyio.lowlevel.checkpoint()  # let the writers run: a burst is not a stall
         for client in waiting:
             try:
                 await client._outbox.put(frame)
             except ClosedError:
                 pass  # it left meanwhile: broadcast reaches those connected
+
+    def _disconnect_slow(self, client: Client) -> None:
+        outbox = client._outbox
+        self._counters.slow_consumers += 1
+        self._bursts.warn(
+            "slow consumer",
+            f"disconnecting client {client.id!r}: too slow to read ({outbox.used} bytes wait "
+            f"for it, max_outbox_bytes={outbox.max_bytes}; slow_consumer='disconnect')",
+        )
+        outbox.close(ClosedError(f"client {client.id!r} was disconnected: too slow to read"))
+        if client._channel is not None:
+            client._channel.abort()
 
     # --- serving ------------------------------------------------------------------------------
 

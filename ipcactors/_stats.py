@@ -23,13 +23,22 @@ class PeerCounters:
 class ServerCounters:
     """What a server counts over its life (its clients' counters are added as they leave)."""
 
-    __slots__ = ("events_unhandled", "handshakes_dropped", "handshakes_failed", "refused_busy")
+    __slots__ = (
+        "broadcasts_dropped",
+        "events_unhandled",
+        "handshakes_dropped",
+        "handshakes_failed",
+        "refused_busy",
+        "slow_consumers",
+    )
 
     def __init__(self) -> None:
         self.events_unhandled = 0
         self.refused_busy = 0  # clients refused with ``busy`` (max_connections)
         self.handshakes_dropped = 0  # oldest unfinished handshakes dropped (max_handshakes)
         self.handshakes_failed = 0  # handshakes refused or failed (timeout, bad bytes, auth)
+        self.slow_consumers = 0  # clients disconnected for not reading (slow_consumer)
+        self.broadcasts_dropped = 0  # broadcast frames a slow client missed (slow_consumer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,5 +70,9 @@ class ServerStatistics:
     handshakes_dropped: int
     #: Handshakes that failed or were refused: timed out, bad bytes, wrong version or key.
     handshakes_failed: int
+    #: Clients disconnected by ``broadcast`` for not reading (``slow_consumer="disconnect"``).
+    slow_consumers: int
+    #: Broadcast frames not sent to a client too slow to read (``slow_consumer="drop"``).
+    broadcasts_dropped: int
     #: Events from any client that arrived with no handler registered.
     events_unhandled: int

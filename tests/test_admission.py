@@ -6,14 +6,16 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
+import msgpack
 import pytest
 from anyio.abc import SocketStream
 
-from ipcactors import Actor, Server
+from ipcactors import Actor, Config, ConfigError, Server
+from ipcactors._protocol import FrameDecoder, Limits, Welcome
 
 pytestmark = pytest.mark.anyio
 
@@ -139,3 +141,102 @@ async def test_a_slowloris_does_not_lock_out_a_good_client(transport: str, socke
         finally:
             for stream in trickling:
                 await anyio.aclose_forcefully(stream)
+
+
+# --- item 10: one slow consumer never holds up a broadcast -------------------------------------
+
+
+def framed(value: Any) -> bytes:
+    body = msgpack.packb(value, use_bin_type=True)
+    return struct.pack(">I", len(body)) + body
+
+
+SLOW_CONSUMER_POLICIES = ["disconnect", "drop"]
+BROADCASTS = 200
+PAYLOAD = b"x" * 16 * 1024
+OUTBOX = 256 * 1024
+
+
+@pytest.mark.parametrize("policy", SLOW_CONSUMER_POLICIES)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_one_slow_consumer_does_not_hold_up_broadcast(
+    transport: str, policy: str, socket_dir: str
+) -> None:
+    async with serving(
+        transport, socket_dir, slow_consumer=policy, max_outbox_bytes=OUTBOX
+    ) as server:
+        address = server.address
+        slow = await connect_raw_quiet(address)
+        received: dict[str, list[int]] = {}
+        async with AsyncExitStack() as stack:
+            for name in ("good1", "good2", "good3"):
+                actor = await stack.enter_async_context(
+                    Actor(name, socket_root=socket_dir, silent=True)
+                )
+                with anyio.fail_after(5):
+                    if isinstance(address, str):
+                        connection = await actor.connect_to("srv")
+                    else:
+                        connection = await actor.connect_to_net("srv", port=address[1])
+                seen = received[name] = []
+                connection.on("news", lambda data, seen=seen: seen.append(data[0]))
+            try:
+                with anyio.fail_after(5):
+                    while len(server.clients) < 4:
+                        await anyio.sleep(0.01)
+                    for n in range(BROADCASTS):
+                        await server.broadcast("news", [n, PAYLOAD])
+                        if policy == "drop":
+                            # Lossy for anyone whose outbox is full at that moment: a good
+                            # client gets every frame if it keeps up.
+                            while any(len(seen) <= n for seen in received.values()):
+                                await anyio.sleep(0.001)
+                        elif n % 8 == 7:
+                            await anyio.sleep(0.001)  # a producer in bursts, not a busy loop
+                    while any(len(seen) < BROADCASTS for seen in received.values()):
+                        await anyio.sleep(0.01)
+                for seen in received.values():
+                    assert seen == list(range(BROADCASTS))
+                stats = server.statistics()
+                if policy == "disconnect":
+                    with anyio.fail_after(5):
+                        while "slow" in server.clients:
+                            await anyio.sleep(0.01)
+                    assert server.statistics().slow_consumers == 1
+                else:
+                    assert "slow" in server.clients
+                    assert stats.broadcasts_dropped > 0
+                    assert stats.slow_consumers == 0
+                assert set(server.clients) == {"good1", "good2", "good3"} | (
+                    {"slow"} if policy == "drop" else set()
+                )
+            finally:
+                await anyio.aclose_forcefully(slow)
+
+
+async def connect_raw_quiet(address: str | tuple[str, int]) -> SocketStream:
+    """A raw client named "slow" that completes the handshake, then never reads again (with a
+    small receive buffer, so that the kernel soon holds no more for it)."""
+    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(5)
+    sock.connect(address)
+    sock.setblocking(False)
+    stream = await SocketStream.from_socket(sock)
+    decoder = FrameDecoder(Limits())
+    with anyio.fail_after(5):
+        await stream.send(framed([4, {"v": 1, "id": "slow"}]))
+        messages: list[Any] = []
+        while not messages:
+            messages = decoder.feed(await stream.receive())
+    assert type(messages[0]) is Welcome
+    return stream
+
+
+@pytest.mark.parametrize(
+    "option", [{"slow_consumer": "block"}, {"slow_consumer": None}, {"max_handshakes": 0}]
+)
+def test_admission_options_are_validated(option: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match=next(iter(option))):
+        Config(**option)
