@@ -27,10 +27,14 @@ Invariants:
   the seed is shown in the report of a failing test (conftest.py).
 - Every task lives in the proxy's task group; leaving ``async with`` closes every socket and
   removes the proxy's socket file.
+- The proxy drives plain non-blocking sockets with ``anyio.wait_readable``/``wait_writable``:
+  the same code on both backends, and no stream object whose cancelled read can race its close
+  (anyio's asyncio Unix streams can, raising InvalidStateError from a loop callback).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import socket
@@ -41,7 +45,7 @@ from types import TracebackType
 from typing import Literal
 
 import anyio
-from anyio.abc import ByteStream, SocketAttribute, SocketListener, TaskGroup
+from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 import ipcactors
@@ -84,10 +88,46 @@ class ProxyStats:
     resets: int = 0  # links ended by reset_after / reset
 
 
+class _Socket:
+    """A connected non-blocking socket, read and written by waiting for readiness."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        if sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self.closed = False
+
+    async def receive(self) -> bytes:
+        """The next bytes; ``b""`` at end of stream. Raises ``OSError`` (a reset, ...)."""
+        while True:
+            try:
+                return self.sock.recv(READ_SIZE)
+            except BlockingIOError:
+                await anyio.wait_readable(self.sock)
+
+    async def send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[self.sock.send(view) :]
+            except BlockingIOError:
+                await anyio.wait_writable(self.sock)
+
+    def close(self, reset: bool = False) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if reset and self.sock.family != socket.AF_UNIX:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        anyio.notify_closing(self.sock)
+        self.sock.close()
+
+
 class _Link:
-    def __init__(self, client: ByteStream) -> None:
+    def __init__(self, client: _Socket) -> None:
         self.client = client
-        self.server: ByteStream | None = None
+        self.server: _Socket | None = None
         self.scope = anyio.CancelScope()
         self.how: Literal["cut", "reset"] | None = None
 
@@ -96,18 +136,10 @@ class _Link:
             self.how = how
         self.scope.cancel()
 
-    async def close(self) -> None:
-        with anyio.CancelScope(shield=True):
-            for stream in (self.client, self.server):
-                if stream is None:
-                    continue
-                if self.how == "reset":
-                    sock = stream.extra(SocketAttribute.raw_socket, None)
-                    if sock is not None and sock.family != socket.AF_UNIX:
-                        sock.setsockopt(
-                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-                        )
-                await anyio.aclose_forcefully(stream)
+    def close(self) -> None:
+        for end in (self.client, self.server):
+            if end is not None:
+                end.close(reset=self.how == "reset")
 
 
 class FaultProxy:
@@ -122,7 +154,7 @@ class FaultProxy:
         self._rng = random.Random(seed)
         self._faults = {"up": _Faults(), "down": _Faults()}
         self._links: set[_Link] = set()
-        self._listener: SocketListener | None = None
+        self._listener: socket.socket | None = None
         self._task_group: TaskGroup | None = None
         self._accepted = anyio.Event()
         self.address: Address = listen
@@ -134,14 +166,15 @@ class FaultProxy:
 
     async def __aenter__(self) -> FaultProxy:
         if isinstance(self._listen, str):
-            self._listener = await anyio.create_unix_listener(self._listen)
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(self._listen)
         else:
-            host, port = self._listen
-            listeners = await anyio.create_tcp_listener(local_host=host, local_port=port)
-            (listener,) = listeners.listeners  # one literal loopback address: one listener
-            assert isinstance(listener, SocketListener)
-            self._listener = listener
-            self.address = (host, int(listener.extra(SocketAttribute.local_address)[1]))
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            listener.bind(self._listen)
+            self.address = listener.getsockname()
+        listener.listen(128)
+        listener.setblocking(False)
+        self._listener = listener
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._accept_loop)
@@ -163,8 +196,8 @@ class FaultProxy:
                 return False  # the block's own exception, as itself: not in a group
             raise
         finally:
-            with anyio.CancelScope(shield=True):
-                await self._listener.aclose()
+            anyio.notify_closing(self._listener)
+            self._listener.close()
             if isinstance(self._listen, str):
                 try:
                     os.unlink(self._listen)
@@ -256,11 +289,15 @@ class FaultProxy:
         assert self._listener is not None
         assert self._task_group is not None
         while True:
-            stream = await self._listener.accept()
+            try:
+                sock, _ = self._listener.accept()
+            except BlockingIOError:
+                await anyio.wait_readable(self._listener)
+                continue
             self.stats.accepted += 1
             self._accepted.set()
             self._accepted = anyio.Event()
-            self._task_group.start_soon(self._serve_link, _Link(stream))
+            self._task_group.start_soon(self._serve_link, _Link(_Socket(sock)))
 
     async def _serve_link(self, link: _Link) -> None:
         try:
@@ -273,7 +310,7 @@ class FaultProxy:
             self._links.add(link)
             with link.scope:
                 async with anyio.create_task_group() as task_group:
-                    ends: list[tuple[Literal["up", "down"], ByteStream, ByteStream]] = [
+                    ends: list[tuple[Literal["up", "down"], _Socket, _Socket]] = [
                         ("up", link.client, link.server),
                         ("down", link.server, link.client),
                     ]
@@ -285,36 +322,45 @@ class FaultProxy:
                         task_group.start_soon(self._write, link, direction, receive, sink)
         finally:
             self._links.discard(link)
-            await link.close()
+            link.close()
 
-    async def _connect_upstream(self) -> ByteStream:
-        if isinstance(self.upstream, str):
-            return await anyio.connect_unix(self.upstream)
-        host, port = self.upstream
-        return await anyio.connect_tcp(host, port)
+    async def _connect_upstream(self) -> _Socket:
+        family = socket.AF_UNIX if isinstance(self.upstream, str) else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            code = sock.connect_ex(self.upstream)
+            if code in (errno.EINPROGRESS, errno.EAGAIN):
+                await anyio.wait_writable(sock)
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                raise OSError(code, os.strerror(code))
+        except BaseException:
+            sock.close()
+            raise
+        return _Socket(sock)
 
     async def _read(
         self,
         link: _Link,
-        source: ByteStream,
+        source: _Socket,
         queue: MemoryObjectSendStream[_Chunk | None],
     ) -> None:
         async with queue:
             try:
-                while True:
-                    chunk = await source.receive(READ_SIZE)
+                while chunk := await source.receive():
                     await queue.send((anyio.current_time(), chunk))
-            except anyio.EndOfStream:
-                await queue.send(None)  # the writer ends the link once it has sent the rest
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            except OSError:
                 link.end("reset")
+            else:
+                await queue.send(None)  # the writer ends the link once it has sent the rest
 
     async def _write(
         self,
         link: _Link,
         direction: Literal["up", "down"],
         queue: MemoryObjectReceiveStream[_Chunk | None],
-        sink: ByteStream,
+        sink: _Socket,
     ) -> None:
         faults = self._faults[direction]
         async with queue:
@@ -345,7 +391,7 @@ class FaultProxy:
                     if size:
                         try:
                             await sink.send(bytes(view[:size]))
-                        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                        except OSError:
                             link.end("reset")
                             return
                         self._count(direction, size)
