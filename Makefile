@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup test demo lint typecheck bench clean
+.PHONY: setup test soak demo lint typecheck bench clean
 
 setup: $(STAMP)
 
@@ -17,6 +17,12 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The soak test for SOAK_SECONDS per backend and transport (make test runs it for 1.5 s);
+# FAULT_SEED=<n> replays a failed run's random choices.
+SOAK_SECONDS ?= 60
+soak: $(STAMP)
+	SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/python -m pytest tests/test_soak.py -rP $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/python examples/hello_world.py

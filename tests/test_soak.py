@@ -1,0 +1,464 @@
+"""Soak: actors, a fault proxy and a supervisor under random operations, then the invariants.
+
+A hub actor serves (Unix or TCP); client actors reach it through a fault proxy; a supervisor
+runs worker processes. Concurrent drivers, each with its own seeded random, run for
+``SOAK_SECONDS`` (default 1.5 s per run here; ``make soak`` runs minutes) and a bounded count:
+
+- clients: emit numbered events, request, disconnect, close their actor, connect again;
+- the hub: emit numbered events to one client, broadcast numbered events, request a client;
+- the supervisor: request a child, emit numbered pings (a child answers each with a pong);
+- chaos: latency, slicing, blackhole, cut and reset on the proxy (then heal), kill a child
+  process (SIGKILL), restart the hub.
+
+Then, with the faults healed: every client and child answers again, and these held throughout:
+- every operation ended within its bound (nothing hangs) and every failure was an
+  ``ipcactors.IPCError`` (never an untyped exception); a reply is always the right one;
+- per connection, numbered events arrived in order, and no event ever arrived twice;
+- nothing leaked: tasks (asyncio or Trio, counted), and (conftest.py) processes, sockets, file
+  descriptors and socket files; the memory of this process grew by less than ``RSS_GROWTH``.
+
+Every loop is bounded in time and count and stops by itself; only loopback addresses are
+used. A failure shows its seed (``FAULT_SEED=<n>`` replays the drivers' random choices; the
+interleaving of concurrent drivers is not replayed exactly).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import _workers
+import anyio
+import psutil
+import pytest
+from _faultproxy import FaultProxy
+from _leaks import live_tasks, wait_tasks_back_to
+
+import ipcactors
+from ipcactors import Actor, Client, Connection, Server, Supervisor
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "1.5"))
+MAX_OPERATIONS = int(200 * SOAK_SECONDS) + 100  # per driver: a bound besides time
+OPERATION_BOUND = 10.0  # seconds any one operation may take before it counts as hung
+REQUEST_TIMEOUT = 1.0
+RSS_GROWTH = 100 * 1024 * 1024
+CLIENTS = 3
+CHILDREN = 2
+FAST = {"retry": 0.02, "retry_cap": 0.1, "close_timeout": 1.0, "handshake_timeout": 2.0}
+
+
+@dataclass
+class Ledger:
+    """What happened, and every broken promise (``violations``)."""
+
+    violations: list[str] = field(default_factory=list)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    # Per stream of numbered events (e.g. "c0->hub"): seqs seen, and the last per connection.
+    seen: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    last: dict[tuple[str, object], int] = field(default_factory=dict)
+    keep: list[object] = field(default_factory=list)  # connection keys stay alive: ids unique
+
+    def numbered(self, stream: str, connection: object, seq: int) -> None:
+        if seq in self.seen[stream]:
+            self.violations.append(f"{stream}: event {seq} arrived twice")
+        self.seen[stream].add(seq)
+        key = (stream, connection)
+        if key not in self.last:
+            self.keep.append(connection)
+        elif seq <= self.last[key]:
+            self.violations.append(f"{stream}: event {seq} after {self.last[key]} (order)")
+        self.last[key] = seq
+
+
+class Soak:
+    def __init__(
+        self,
+        transport: str,
+        socket_dir: str,
+        proxy: FaultProxy,
+        sup: Supervisor,
+        seed: int,
+    ) -> None:
+        self.transport = transport
+        self.socket_dir = socket_dir
+        self.proxy = proxy
+        self.sup = sup
+        self.seed = seed
+        self.ledger = Ledger()
+        self.deadline = anyio.current_time() + SOAK_SECONDS
+        self.hub: Server | None = None
+        self.hub_scope: anyio.CancelScope | None = None
+        self.hub_done = anyio.Event()
+        self.sent: Counter[str] = Counter()  # next seq per stream
+        self.epochs: Counter[str] = Counter()  # per client: connections lost so far
+        self.clients: dict[str, Connection] = {}
+        self.last_kill = -1.0
+        self.stopped: list[anyio.Event] = []  # one per driver: set when its loop ends
+        self.done = anyio.Event()  # the checks are over: clients may close
+
+    def stopping(self) -> anyio.Event:
+        event = anyio.Event()
+        self.stopped.append(event)
+        return event
+
+    async def wait_stopped(self) -> None:
+        for event in self.stopped:
+            await event.wait()
+
+    # --- running one operation ----------------------------------------------------------------
+
+    async def attempt(self, name: str, operation: Callable[[], Any]) -> None:
+        """Run one operation within ``OPERATION_BOUND``; file its outcome."""
+        with anyio.move_on_after(OPERATION_BOUND) as scope:
+            try:
+                await operation()
+            except ipcactors.IPCError as exc:
+                self.ledger.outcomes[f"{name}: {type(exc).__name__}"] += 1
+                return
+            except Exception as exc:
+                self.ledger.violations.append(f"{name}: untyped {type(exc).__name__}: {exc!r}")
+                return
+        if scope.cancelled_caught:
+            self.ledger.violations.append(f"{name}: still running after {OPERATION_BOUND} s")
+        else:
+            self.ledger.outcomes[f"{name}: ok"] += 1
+
+    def next_seq(self, stream: str) -> int:
+        self.sent[stream] += 1
+        return self.sent[stream]
+
+    def running(self, count: int) -> bool:
+        return count < MAX_OPERATIONS and anyio.current_time() < self.deadline
+
+    # --- the hub ------------------------------------------------------------------------------
+
+    async def run_hub(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        self.hub_done = anyio.Event()
+        try:
+            with anyio.CancelScope() as self.hub_scope:
+                async with Actor("hub", socket_root=self.socket_dir, silent=True, **FAST) as hub:
+                    if self.transport == "unix":
+                        server = await hub.serve()
+                    else:
+                        server = await hub.serve_net("127.0.0.1", 0)
+                    server.on("ev", self.on_client_event)
+                    server.on("echo", lambda data, client: data)
+
+                    async def slow_echo(data: Any, client: Client) -> Any:
+                        await anyio.sleep(data["sleep"])
+                        return data
+
+                    server.on("slow_echo", slow_echo)
+                    self.proxy.upstream = server.address
+                    self.hub = server
+                    task_status.started()
+                    await hub.wait_closed()
+        finally:
+            self.hub = None
+            self.hub_done.set()
+
+    def on_client_event(self, data: Any, client: Client) -> None:
+        self.ledger.numbered(f"{data['c']}->hub", client, data["s"])
+
+    async def restart_hub(self, task_group: Any) -> None:
+        assert self.hub_scope is not None
+        self.hub_scope.cancel()
+        await self.hub_done.wait()
+        await task_group.start(self.run_hub)
+
+    async def hub_driver(self, rng: random.Random, stopped: anyio.Event) -> None:
+        count = 0
+        while self.running(count):
+            count += 1
+            hub = self.hub
+            names = list(hub.clients) if hub is not None else []
+            if hub is None or not names:
+                await anyio.sleep(0.01)
+                continue
+            op = rng.choice(["emit", "broadcast", "request"])
+            target = rng.choice(names)
+            if op == "emit":
+
+                async def emit(hub: Server = hub, target: str = target) -> None:
+                    for _ in range(rng.randint(1, 20)):
+                        await hub.emit(target, "down", self.next_seq(f"hub->{target}"))
+
+                await self.attempt("hub emit", emit)
+            elif op == "broadcast":
+
+                async def broadcast(hub: Server = hub) -> None:
+                    await hub.broadcast("bc", self.next_seq("broadcast"))
+
+                await self.attempt("hub broadcast", broadcast)
+            else:
+
+                async def request(hub: Server = hub, target: str = target) -> None:
+                    data = {"n": rng.random()}
+                    reply = await hub.request(target, "cecho", data, timeout=REQUEST_TIMEOUT)
+                    if reply != data:
+                        self.ledger.violations.append(f"hub request: {reply!r} != {data!r}")
+
+                await self.attempt("hub request", request)
+            await anyio.sleep(rng.uniform(0, 0.01))
+        stopped.set()
+
+    # --- clients ------------------------------------------------------------------------------
+
+    async def client_driver(self, name: str, rng: random.Random, stopped: anyio.Event) -> None:
+        count = 0
+        stack: AsyncExitStack | None = None
+        actor: Actor | None = None
+        try:
+            while self.running(count):
+                count += 1
+                if actor is None:
+                    stack = AsyncExitStack()
+                    actor = await stack.enter_async_context(
+                        Actor(name, socket_root=self.socket_dir, silent=True, **FAST)
+                    )
+                connection = actor.of.get("hub")
+                if connection is None:
+                    await self.attempt("connect", lambda a=actor: self.connect(name, a))
+                    continue
+                op = rng.choices(
+                    ["emit", "request", "slow", "disconnect", "close"], [40, 30, 10, 3, 2]
+                )[0]
+                if op == "emit":
+
+                    async def emit(c: Connection = connection) -> None:
+                        pad = b"p" * (rng.randint(0, 20_000) if rng.random() < 0.1 else 0)
+                        for _ in range(rng.randint(1, 30)):
+                            seq = self.next_seq(f"{name}->hub")
+                            await c.emit("ev", {"c": name, "s": seq, "pad": pad})
+
+                    await self.attempt("client emit", emit)
+                elif op in ("request", "slow"):
+
+                    async def request(
+                        c: Connection = connection, slow: bool = op == "slow"
+                    ) -> None:
+                        data = {"c": name, "n": rng.random(), "sleep": rng.uniform(0, 0.3)}
+                        event = "slow_echo" if slow else "echo"
+                        reply = await c.request(event, data, timeout=REQUEST_TIMEOUT)
+                        if reply != data:
+                            self.ledger.violations.append(f"{name} {event}: {reply!r} != {data!r}")
+
+                    await self.attempt(f"client {op}", request)
+                elif op == "disconnect":
+                    await self.attempt("disconnect", lambda a=actor: a.disconnect("hub"))
+                else:
+                    # Not in attempt(): an actor must be left in the cancel scope it was
+                    # entered in. Its close is bounded by close_timeout, so time it instead.
+                    assert stack is not None
+                    self.clients.pop(name, None)
+                    started = anyio.current_time()
+                    await stack.aclose()
+                    took = anyio.current_time() - started
+                    if took > OPERATION_BOUND:
+                        self.ledger.violations.append(f"close: took {took:.1f} s")
+                    self.ledger.outcomes["close: ok"] += 1
+                    actor = stack = None
+                await anyio.sleep(rng.uniform(0, 0.01))
+            stopped.set()
+            await self.done.wait()
+        finally:
+            if stack is not None:
+                await stack.aclose()  # (in the scope the actor was entered in)
+            self.clients.pop(name, None)
+
+    async def connect(self, name: str, actor: Actor) -> None:
+        connection = await self.proxy.connect(actor, "hub")
+        self.epochs[name] += 1
+
+        # "Per connection" on this side is per epoch: a Connection lives on across reconnects.
+        def on_disconnect() -> None:
+            self.epochs[name] += 1
+
+        def numbered(stream: str) -> Callable[[int], None]:
+            return lambda seq: self.ledger.numbered(stream, f"{name}#{self.epochs[name]}", seq)
+
+        connection.on("disconnect", on_disconnect)
+        connection.on("down", numbered(f"hub->{name}"))
+        connection.on("bc", numbered(f"bc->{name}"))
+        connection.on("cecho", lambda data: data)
+        self.clients[name] = connection
+
+    # --- the supervisor -----------------------------------------------------------------------
+
+    def on_pong(self, data: Any, client: Client) -> None:
+        self.ledger.numbered(f"ping->{client.id}", client, data)
+
+    async def sup_driver(self, rng: random.Random, stopped: anyio.Event) -> None:
+        count = 0
+        while self.running(count):
+            count += 1
+            child = f"w{rng.randrange(CHILDREN)}"
+            if rng.random() < 0.5:
+
+                async def request(child: str = child) -> None:
+                    data = [child, rng.random()]
+                    reply = await self.sup.request(child, "echo", data, timeout=REQUEST_TIMEOUT)
+                    if reply != data:
+                        self.ledger.violations.append(f"sup request: {reply!r} != {data!r}")
+
+                await self.attempt("sup request", request)
+            else:
+
+                async def ping(child: str = child) -> None:
+                    for _ in range(rng.randint(1, 10)):
+                        await self.sup.emit(child, "ping", self.next_seq(f"ping->{child}"))
+
+                await self.attempt("sup emit", ping)
+            await anyio.sleep(rng.uniform(0, 0.02))
+        stopped.set()
+
+    # --- chaos --------------------------------------------------------------------------------
+
+    async def chaos_driver(self, rng: random.Random, task_group: Any, stopped: anyio.Event) -> None:
+        count = 0
+        proxy = self.proxy
+        while self.running(count):
+            count += 1
+            await anyio.sleep(rng.uniform(0.02, 0.15))
+            fault = rng.choice(
+                ["latency", "slice", "blackhole", "cut", "reset", "kill", "restart", "calm"]
+            )
+            self.ledger.outcomes[f"chaos {fault}"] += 1
+            direction = rng.choice(["up", "down", "both"])
+            if fault == "latency":
+                proxy.latency(rng.uniform(0, 0.02), rng.uniform(0, 0.01), direction)
+            elif fault == "slice":
+                proxy.slice(rng.randint(1, 64), random=True, direction=direction)
+            elif fault == "blackhole":
+                proxy.blackhole(direction)
+            elif fault == "cut":
+                proxy.cut_after(rng.randint(0, 5000), direction)
+            elif fault == "reset":
+                # Item 1 of issue 8 (a reset before the server accepts crashes it): on TCP,
+                # reset only links the hub has written to, i.e. accepted. Widen once fixed.
+                if self.transport == "tcp":
+                    direction = "down"
+                proxy.reset_after(rng.randint(0, 5000), direction)
+            elif fault == "kill":
+                if anyio.current_time() - self.last_kill > 0.3:
+                    info = self.sup.children[f"w{rng.randrange(CHILDREN)}"]
+                    if info.running and info.pid is not None:
+                        self.last_kill = anyio.current_time()
+                        os.kill(info.pid, signal.SIGKILL)
+            elif fault == "restart":
+                with anyio.fail_after(OPERATION_BOUND):
+                    await self.restart_hub(task_group)
+            await anyio.sleep(rng.uniform(0.05, 0.3))
+            proxy.heal()
+        stopped.set()
+
+    # --- the end ------------------------------------------------------------------------------
+
+    async def check_alive(self) -> None:
+        """With the faults healed, every client, the hub and every child answer again."""
+        self.proxy.heal()
+        with anyio.fail_after(OPERATION_BOUND):
+            for name, connection in list(self.clients.items()):
+                await connection.wait_connected()
+                assert await connection.request("echo", name) == name
+                hub = self.hub
+                assert hub is not None
+                while name not in hub.clients:  # the hub may not have seen the welcome land
+                    await anyio.sleep(0.01)
+                assert await hub.request(name, "cecho", name) == name
+            for child in self.sup.children:
+                assert await self.sup.request(child, "echo", child) == child
+        for name, connection in self.clients.items():
+            pending = connection.statistics().requests_pending
+            assert pending == 0, f"{name}: {pending} request(s) still pending"
+
+
+def test_the_ledger_sees_duplicates_and_disorder() -> None:
+    ledger = Ledger()
+    for seq in (1, 2, 5):
+        ledger.numbered("a", "conn1", seq)
+    ledger.numbered("a", "conn2", 3)  # a new connection may start lower: fine
+    assert ledger.violations == []
+    ledger.numbered("a", "conn2", 3)
+    ledger.numbered("a", "conn1", 4)
+    assert ledger.violations == [
+        "a: event 3 arrived twice",
+        "a: event 3 after 3 (order)",
+        "a: event 4 after 5 (order)",
+    ]
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+@pytest.mark.timeout(SOAK_SECONDS + 120)
+async def test_soak(
+    transport: str,
+    anyio_backend: str,
+    socket_dir: str,
+    fault_proxy: Callable[..., FaultProxy],
+    seed: int,
+) -> None:
+    me = psutil.Process()
+    tasks_before = live_tasks()
+    upstream: Any = os.path.join(socket_dir, "app.hub") if transport == "unix" else ("x", 0)
+    async with (
+        Supervisor(
+            max_restarts=1000,
+            max_seconds=1.0,
+            socket_root=socket_dir,
+            silent=True,
+            request_timeout=REQUEST_TIMEOUT,
+            shutdown_timeout=2.0,
+            terminate_timeout=0.5,
+            **FAST,
+        ) as sup,
+        fault_proxy(upstream) as proxy,
+        anyio.create_task_group() as task_group,
+    ):
+        with anyio.fail_after(30):
+            for i in range(CHILDREN):
+                await sup.spawn(_workers.echo, id=f"w{i}")
+        soak = Soak(transport, socket_dir, proxy, sup, seed)
+        sup.on("pong", soak.on_pong)
+        await task_group.start(soak.run_hub)
+        rss_before = me.memory_info().rss
+        soak.deadline = anyio.current_time() + SOAK_SECONDS
+        async with anyio.create_task_group() as drivers:
+            for i in range(CLIENTS):
+                rng = random.Random(f"{seed}c{i}")
+                drivers.start_soon(soak.client_driver, f"c{i}", rng, soak.stopping())
+            drivers.start_soon(soak.hub_driver, random.Random(f"{seed}hub"), soak.stopping())
+            drivers.start_soon(soak.sup_driver, random.Random(f"{seed}sup"), soak.stopping())
+            rng = random.Random(f"{seed}chaos")
+            drivers.start_soon(soak.chaos_driver, rng, task_group, soak.stopping())
+            with anyio.fail_after(SOAK_SECONDS + 2 * OPERATION_BOUND + 10):
+                await soak.wait_stopped()
+            ledger = soak.ledger
+            summary = f"seed {seed}; outcomes {dict(sorted(ledger.outcomes.items()))}"
+            try:
+                await soak.check_alive()
+            except BaseException as exc:
+                raise AssertionError(f"not alive after the soak: {exc!r}\n{summary}") from exc
+            soak.done.set()
+        rss_after = me.memory_info().rss
+        print(f"{summary}; RSS {rss_before >> 20} -> {rss_after >> 20} MiB")  # shown with -rP
+        assert not ledger.violations, f"{ledger.violations[:20]}\n{summary}"
+        assert rss_after - rss_before < RSS_GROWTH, summary
+        for stream in ("c0->hub", "broadcast", "ping->w0"):
+            assert soak.sent[stream] > 0, f"nothing sent on {stream}: {summary}"
+        for name in ("client request", "hub request", "sup request"):
+            assert ledger.outcomes[f"{name}: ok"] > 0, summary
+        for stream, seqs in ledger.seen.items():  # none invented
+            origin = "broadcast" if stream.startswith("bc->") else stream
+            assert max(seqs) <= soak.sent[origin], f"{stream}: {summary}"
+        assert soak.hub_scope is not None
+        soak.hub_scope.cancel()
+    tasks_after = await wait_tasks_back_to(tasks_before)
+    assert tasks_after <= tasks_before, f"{tasks_after - tasks_before} task(s) leaked; seed {seed}"
