@@ -18,6 +18,8 @@ Invariants:
 - A bad peer costs only its own connection: nothing one accepted socket raises (a reset before
   it was accepted, a handler's bug) reaches the server's task group. The accept loop survives
   running out of file descriptors or buffers (it logs once, backs off and keeps serving).
+- Every accepted socket is closed however its handling ends, cancellation included. Closing
+  the server drops unfinished handshakes at once (there is nothing to flush to them).
 """
 
 from __future__ import annotations
@@ -274,6 +276,14 @@ class Server(HandlerMethods):
             sock.close()
             self._log.debug(f"connection from {peer_address!r} was gone at once: {exc}")
             return
+        try:
+            await self._admit_stream(stream, peer_address)
+        except BaseException:
+            # Cancelled (the server is closing) or failed before a channel owned the stream.
+            await anyio.aclose_forcefully(stream)
+            raise
+
+    async def _admit_stream(self, stream: ByteStream, peer_address: Any) -> None:
         decoder = FrameDecoder(self._config.limits)
         scope = self._enter_handshake()
         hello: Hello | None = None
@@ -327,13 +337,15 @@ class Server(HandlerMethods):
         self._clients[client.id] = client
         try:
             await stream.send(frame_bytes(self._encoder.welcome(self._id)))
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+        except BaseException as exc:  # gone, or cancelled because the server is closing
             client._channel = None
             if self._clients.get(client.id) is client:
                 del self._clients[client.id]
             client._outbox.close(ClosedError(f"client {client.id!r} left in its handshake"))
             await anyio.aclose_forcefully(stream)
-            return
+            if isinstance(exc, anyio.BrokenResourceError | anyio.ClosedResourceError):
+                return
+            raise
         self._log.info(f"client {client.id!r} connected")
         try:
             await self._handlers.call("connect", (client,), self._log)
@@ -393,6 +405,8 @@ class Server(HandlerMethods):
             return  # never started
         if self._listening is not None:
             await self._listening.aclose()
+        for scope in list(self._handshakes):  # nothing to flush to them: drop them now
+            scope.cancel()
         async with anyio.create_task_group() as task_group:
             for client in list(self._clients.values()):
                 task_group.start_soon(client.aclose)
