@@ -37,7 +37,7 @@ import _workers
 import anyio
 import psutil
 import pytest
-from _faultproxy import FaultProxy
+from _faultproxy import Direction, FaultProxy
 from _leaks import live_tasks, wait_tasks_back_to
 
 import ipcactors
@@ -50,6 +50,7 @@ MAX_OPERATIONS = int(200 * SOAK_SECONDS) + 100  # per driver: a bound besides ti
 OPERATION_BOUND = 10.0  # seconds any one operation may take before it counts as hung
 REQUEST_TIMEOUT = 1.0
 RSS_GROWTH = 100 * 1024 * 1024
+DIRECTIONS: list[Direction] = ["up", "down", "both"]
 CLIENTS = 3
 CHILDREN = 2
 FAST = {"retry": 0.02, "retry_cap": 0.1, "close_timeout": 1.0, "handshake_timeout": 2.0}
@@ -329,10 +330,13 @@ class Soak:
             count += 1
             await anyio.sleep(rng.uniform(0.02, 0.15))
             fault = rng.choice(
-                ["latency", "slice", "blackhole", "cut", "reset", "kill", "restart", "calm"]
+                [
+                    *("latency", "slice", "blackhole", "cut", "reset", "cut now", "reset now"),
+                    *("kill", "restart", "calm"),
+                ]
             )
             self.ledger.outcomes[f"chaos {fault}"] += 1
-            direction = rng.choice(["up", "down", "both"])
+            direction: Direction = rng.choice(DIRECTIONS)
             if fault == "latency":
                 proxy.latency(rng.uniform(0, 0.02), rng.uniform(0, 0.01), direction)
             elif fault == "slice":
@@ -342,11 +346,11 @@ class Soak:
             elif fault == "cut":
                 proxy.cut_after(rng.randint(0, 5000), direction)
             elif fault == "reset":
-                # Item 1 of issue 8 (a reset before the server accepts crashes it): on TCP,
-                # reset only links the hub has written to, i.e. accepted. Widen once fixed.
-                if self.transport == "tcp":
-                    direction = "down"
                 proxy.reset_after(rng.randint(0, 5000), direction)
+            elif fault == "cut now":
+                proxy.cut()
+            elif fault == "reset now":
+                proxy.reset()  # links just accepted too (item 1 of issue 8)
             elif fault == "kill":
                 if anyio.current_time() - self.last_kill > 0.3:
                     info = self.sup.children[f"w{rng.randrange(CHILDREN)}"]
