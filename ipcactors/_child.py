@@ -71,7 +71,7 @@ def setup_logging(level: str) -> None:
     from loguru import logger
 
     logger.remove()
-    logger.add(sys.stderr, level=level, format="{level: <7} {message}")
+    logger.add(sys.stderr, level=level, format="{level: <7} {message}", diagnose=False)
 
 
 def run_child(spec: dict[str, Any], lifeline_fd: int, parent_pid: int) -> int:

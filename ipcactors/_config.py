@@ -10,7 +10,7 @@ from typing import Any, Literal, get_args
 from ._errors import ConfigError
 from ._protocol import Limits
 
-__all__ = ["Config", "check_seconds"]
+__all__ = ["Config", "check_seconds", "request_timeout"]
 
 SlowConsumer = Literal["disconnect", "drop", "wait"]
 SLOW_CONSUMER_POLICIES: tuple[str, ...] = get_args(SlowConsumer)
@@ -176,3 +176,21 @@ def check_seconds(name: str, value: object) -> None:
         or value <= 0
     ):
         raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+
+
+def request_timeout(timeout: object, config: Config) -> float:
+    """A request's ``timeout`` argument, checked: ``None`` means ``config.request_timeout``;
+    anything but a positive, finite number of seconds is a :class:`ConfigError`."""
+    if timeout is None:
+        return config.request_timeout
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise ConfigError(
+            "timeout must be a positive, finite number of seconds (or None for "
+            f"Config.request_timeout, {config.request_timeout} s), got {timeout!r:.40}"
+        )
+    return timeout

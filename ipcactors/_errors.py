@@ -20,6 +20,7 @@ __all__ = [
     "DatagramTooLargeError",
     "DecodeError",
     "EncodeError",
+    "EventNameError",
     "FrameTooLargeError",
     "IPCError",
     "InsecureSocketDirError",
@@ -44,7 +45,8 @@ class IPCError(Exception):
 
 
 class ConfigError(IPCError, ValueError):
-    """A configuration value or an argument is of the wrong type or out of range."""
+    """A configuration value, or an argument such as a request's ``timeout``, is of the wrong
+    type or out of range."""
 
 
 class UnknownPeerError(IPCError, LookupError):
@@ -182,8 +184,14 @@ class DatagramTooLargeError(IPCError, ValueError):
     or ``max_frame_size``. Nothing was sent."""
 
 
-class ReservedEventError(IPCError, ValueError):
-    """The event name is reserved for local lifecycle events or for ipcactors itself."""
+class EventNameError(IPCError, ValueError):
+    """The event name is not a non-empty ``str``, or it is reserved (see
+    :class:`ReservedEventError`). Raised by ``on``, ``emit``, ``request`` and ``broadcast``."""
+
+
+class ReservedEventError(EventNameError):
+    """The event name is reserved for local lifecycle events (``connect``, ``disconnect``,
+    ``destroy``, ``error``) or for ipcactors itself (names starting with ``ipcactors.``)."""
 
 
 # --- requests ---------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, overload
 
-from ._errors import IPCError
+from ._errors import EventNameError, IPCError
 from ._log import ActorLog
 
 __all__ = ["Handler", "HandlerMethods", "Handlers"]
@@ -48,7 +48,7 @@ class Handlers:
 
     def on(self, event: str, handler: H | None = None) -> H | Callable[[H], H]:
         if type(event) is not str or not event:
-            raise IPCError(f"an event name must be a non-empty string, got {event!r}")
+            raise EventNameError(f"an event name must be a non-empty str, got {event!r:.80}")
         if handler is None:
 
             def register(function: H) -> H:

@@ -4,10 +4,15 @@ Levels: INFO for lifecycle (serving, connected, lost), WARNING for a peer's misb
 handler's exception, or a connection that cannot be made (the first failure, then a reminder
 now and then), DEBUG for each retry, TRACE for per-message detail. Every line starts with the
 actor's id. User data is never used as a format string.
+
+An exception is logged as its plain traceback text, never handed to loguru as an exception: a
+sink with ``diagnose=True`` (loguru's default) would print the values of local variables, and a
+library must not put its users' data (keys, payloads) into logs that way.
 """
 
 from __future__ import annotations
 
+import traceback
 from typing import Any
 
 from loguru import logger
@@ -43,7 +48,8 @@ class ActorLog:
 
     def exception(self, message: str, exc: BaseException) -> None:
         if not self.silent:
-            self._logger.opt(depth=1, exception=exc).error(self._prefix + message)
+            text = "".join(traceback.format_exception(exc)).rstrip()
+            self._logger.opt(depth=1).error(f"{self._prefix}{message}\n{text}")
 
     def user(self, *args: Any) -> None:
         """node-ipc's ``ipc.log(...)``: the arguments joined by spaces, non-strings repr'd."""

@@ -16,8 +16,8 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from ._config import Config
-from ._errors import IPCError, RequestTimeoutError, ReservedEventError
+from ._config import Config, request_timeout
+from ._errors import EventNameError, IPCError, RequestTimeoutError, ReservedEventError
 from ._handlers import Handlers
 from ._log import ActorLog
 from ._outbox import Outbox
@@ -33,7 +33,7 @@ _checked_names: set[str] = set()  # event names known to be fine (bounded below)
 
 def check_event_name(event: str) -> None:
     if type(event) is not str or not event:
-        raise ReservedEventError(f"an event name must be a non-empty string, got {event!r}")
+        raise EventNameError(f"an event name must be a non-empty str, got {event!r:.80}")
     if event in _checked_names:
         return
     if is_reserved(event):
@@ -106,8 +106,7 @@ class Peer:
         drops before the reply arrives.
         """
         check_event_name(event)
-        if timeout is None:
-            timeout = self._config.request_timeout
+        timeout = request_timeout(timeout, self._config)
         request_id, pending = self._requests.open(event)
         try:
             frame = self._encoder.request(event, data, request_id)

@@ -51,7 +51,8 @@ def run(
     """
     if log_level is not None:
         logger.remove()
-        logger.add(sys.stderr, level=log_level, format=_FORMAT)
+        # diagnose=False: a traceback must not print local variables (user data) into the log.
+        logger.add(sys.stderr, level=log_level, format=_FORMAT, diagnose=False)
     runtime = Runtime()
     try:
         result: T = anyio.run(

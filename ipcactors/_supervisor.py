@@ -48,7 +48,7 @@ from anyio.abc import TaskGroup
 
 from ._actor import Actor
 from ._child import HELLO_EVENT, READY_EVENT, STOP_EVENT
-from ._config import Config, check_seconds
+from ._config import Config, check_seconds, request_timeout
 from ._errors import (
     ChildExitedError,
     ClosedError,
@@ -910,8 +910,7 @@ class Supervisor:
         process ends before it answers (the child and its exit code or signal are named), and
         what ``Connection.request`` raises otherwise.
         """
-        if timeout is None:
-            timeout = self.config.request_timeout
+        timeout = request_timeout(timeout, self.config)
         deadline = anyio.current_time() + timeout
         incarnation = await self._running(id, timeout)
         client = incarnation.client

@@ -26,7 +26,7 @@ import anyio
 from anyio.abc import SocketAttribute, TaskGroup, TaskStatus, UDPSocket
 
 from ._channel import frame_bytes
-from ._config import Config
+from ._config import Config, request_timeout
 from ._errors import DatagramTooLargeError, IPCError, ProtocolError, RequestTimeoutError
 from ._handlers import HandlerMethods, Handlers
 from ._log import ActorLog
@@ -185,7 +185,7 @@ class DatagramServer(HandlerMethods):
         :class:`RequestTimeoutError`."""
         check_event_name(event)
         address = self._target(peer)
-        timeout = self._config.request_timeout if timeout is None else timeout
+        timeout = request_timeout(timeout, self._config)
         request_id, pending = self._requests.open(event)
         try:
             frame = self._encoder.request(event, data, request_id)

@@ -14,7 +14,7 @@ PUBLIC = {
     "Client", "ClosedError", "Config", "ConfigError", "ConnectError", "Connection",
     "ConnectionFailedError", "ConnectionLostError", "ConnectionStatistics", "DatagramPeer",
     "DatagramServer",
-    "DatagramStatistics", "DatagramTooLargeError", "DecodeError", "EncodeError",
+    "DatagramStatistics", "DatagramTooLargeError", "DecodeError", "EncodeError", "EventNameError",
     "FrameTooLargeError", "IPCError", "InsecureSocketDirError", "NoHandlerError",
     "ProtocolError", "RejectedError", "RemoteError", "RequestTimeoutError",
     "ReservedEventError", "RestartIntensityError", "Server", "ServerBusyError", "ServerStatistics",

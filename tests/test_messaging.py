@@ -275,6 +275,81 @@ async def test_handler_exception_keeps_connection(socket_dir: str, log_lines: li
     assert any("handler bug" in line for line in log_lines)
 
 
+async def test_handler_exception_is_logged_without_local_values(
+    socket_dir: str, log_lines: list[str]
+) -> None:
+    """loguru's diagnose (on by default in a sink) would print local variables: user data."""
+    async with Actor("world", socket_root=socket_dir) as world_actor:
+        server = await world_actor.serve()
+        done = anyio.Event()
+
+        @server.on("login")
+        def on_login(data: str, client: ipcactors.Client) -> None:
+            password = data  # noqa: F841 (a local whose value must not reach the log)
+            done.set()
+            raise RuntimeError("handler bug")
+
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            world = await hello.connect_to("world")
+            await world.emit("login", "hunter2-secret")
+            with anyio.fail_after(5):
+                await done.wait()
+                while not any("handler bug" in line for line in log_lines):
+                    await anyio.sleep(0.01)
+    logged = "\n".join(log_lines)
+    assert "on_login" in logged  # the traceback is there
+    assert "RuntimeError: handler bug" in logged
+    assert "hunter2-secret" not in logged
+
+
+BAD_TIMEOUTS = [-1, 0, -0.5, float("nan"), float("inf"), float("-inf"), "5", True, [1]]
+
+
+@pytest.mark.parametrize("timeout", BAD_TIMEOUTS, ids=repr)
+async def test_request_timeouts_must_be_positive_finite_seconds(
+    timeout: Any, socket_dir: str
+) -> None:
+    async with serving("unix", socket_dir) as (_, server, connect):
+        server.on("echo", lambda data, client: data)
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            world = await connect(hello)
+            udp = await hello.serve_net("127.0.0.1", 0, udp="udp4")
+            with anyio.fail_after(5):
+                with pytest.raises(ipcactors.ConfigError, match="timeout must be a positive"):
+                    await world.request("echo", 1, timeout=timeout)
+                with pytest.raises(ipcactors.ConfigError, match="timeout must be a positive"):
+                    await server.request("hello", "echo", 1, timeout=timeout)
+                with pytest.raises(ipcactors.ConfigError, match="timeout must be a positive"):
+                    await server.clients["hello"].request("echo", 1, timeout=timeout)
+                with pytest.raises(ipcactors.ConfigError, match="timeout must be a positive"):
+                    await udp.request(udp.address, "echo", 1, timeout=timeout)
+                # None is the default; a small positive number is fine.
+                assert await world.request("echo", 1, timeout=None) == 1
+                assert await world.request("echo", 2, timeout=5) == 2
+            await udp.aclose()
+
+
+async def test_invalid_event_names_raise_event_name_error_everywhere(socket_dir: str) -> None:
+    async with serving("unix", socket_dir) as (_, server, connect):
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            world = await connect(hello)
+            for name in (5, None, b"echo", "", ["x"]):
+                for register in (world.on, server.on):
+                    with pytest.raises(ipcactors.EventNameError, match="non-empty str"):
+                        register(name, print)
+                with pytest.raises(ipcactors.EventNameError, match="non-empty str"):
+                    await world.emit(name, 1)
+                with pytest.raises(ipcactors.EventNameError, match="non-empty str"):
+                    await world.request(name, 1)
+                with pytest.raises(ipcactors.EventNameError, match="non-empty str"):
+                    await server.broadcast(name, 1)
+            # A reserved name is an EventNameError too, of the more precise kind.
+            with pytest.raises(ipcactors.ReservedEventError):
+                await world.emit("connect", 1)
+            assert issubclass(ipcactors.ReservedEventError, ipcactors.EventNameError)
+            assert issubclass(ipcactors.EventNameError, ValueError)
+
+
 async def test_async_and_sync_handlers_all_run_in_order(socket_dir: str) -> None:
     async with serving("unix", socket_dir) as (_, server, connect):
         calls: list[str] = []
@@ -351,7 +426,7 @@ async def test_reserved_event_names_are_refused(socket_dir: str) -> None:
     async with serving("unix", socket_dir) as (_, server, connect):
         async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
             world = await connect(hello)
-            for name in ("connect", "disconnect", "destroy", "error", "ipcactors.x", ""):
+            for name in ("connect", "disconnect", "destroy", "error", "ipcactors.x"):
                 with pytest.raises(ipcactors.ReservedEventError):
                     await world.emit(name, 1)
                 with pytest.raises(ipcactors.ReservedEventError):

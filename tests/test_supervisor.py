@@ -187,6 +187,16 @@ def test_bad_options_are_refused() -> None:
         Supervisor(max_seconds=0)
 
 
+async def test_request_timeout_must_be_positive_finite_seconds(socket_dir: str) -> None:
+    with anyio.fail_after(20):
+        async with supervisor(socket_dir) as sup:
+            await sup.spawn(_workers.echo, id="w")
+            for timeout in (-1, 0, float("nan"), float("inf"), "1"):
+                with pytest.raises(ipcactors.ConfigError, match="timeout must be a positive"):
+                    await sup.request("w", "pid", timeout=timeout)
+            assert await sup.request("w", "pid", timeout=5) > 0
+
+
 # --- strategies -------------------------------------------------------------------------------
 
 
