@@ -8,8 +8,13 @@ Invariants:
   every backend (anyio's asyncio backend would drop it silently, trio would raise late).
 - An inbound datagram that is malformed, oversized, or from a peer beyond the table's bound is
   dropped and counted (see :meth:`DatagramServer.statistics`), never half decoded.
+- A peer takes a place in the table only once it sent a valid message: junk datagrams (from
+  however many addresses) cannot fill the table and lock real peers out.
 - The peer table is bounded by ``max_connections``; a peer not heard from for ``PEER_TTL``
   seconds is forgotten (and no longer reached by ``broadcast``).
+- One datagram is sent at a time (replies, emits and broadcasts from any number of tasks).
+- At most ``MAX_REQUESTS`` requests are answered at once (each in a task); a request beyond
+  them is dropped and counted, and its sender times out as if the datagram were lost.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ __all__ = ["DatagramPeer", "DatagramServer", "DatagramStatistics"]
 
 
 PEER_TTL = 60.0  # seconds a peer stays in the table (and in broadcasts) after its last datagram
+MAX_REQUESTS = 64  # requests answered at once; a flood beyond them costs no task and no memory
 MAX_DATAGRAM = {socket.AF_INET: 65_507, socket.AF_INET6: 65_527}  # the IP limits minus headers
 
 PeerAddress = tuple[str, int]
@@ -62,6 +68,8 @@ class DatagramStatistics:
     dropped_malformed: int = 0
     dropped_oversized: int = 0
     dropped_peer_table_full: int = 0
+    #: Requests dropped because ``MAX_REQUESTS`` were already being answered.
+    dropped_busy: int = 0
 
 
 class DatagramPeer:
@@ -113,6 +121,8 @@ class DatagramServer(HandlerMethods):
         self._encoder = FrameEncoder(config.limits)
         self._decoder = FrameDecoder(config.limits)
         self._requests = Requests()
+        self._send_lock = anyio.Lock()
+        self._answering = 0  # requests being answered (tasks), at most MAX_REQUESTS
         self._peers: OrderedDict[PeerAddress, DatagramPeer] = OrderedDict()
         self._socket: UDPSocket | None = None
         self._stats = DatagramStatistics()
@@ -165,7 +175,8 @@ class DatagramServer(HandlerMethods):
             )
         if self._socket is None:
             raise IPCError("the UDP server is not running")
-        await self._socket.sendto(body, *address)
+        async with self._send_lock:  # anyio's socket refuses two senders at once
+            await self._socket.sendto(body, *address)
         self._stats.sent += 1
 
     async def emit(self, peer: DatagramPeer | PeerAddress, event: str, data: Any = None) -> None:
@@ -239,10 +250,6 @@ class DatagramServer(HandlerMethods):
                 self._log.debug(f"udp receive error: {exc}")
                 continue
             self._stats.received += 1
-            peer = self._remember((address[0], address[1]))
-            if peer is None:
-                self._stats.dropped_peer_table_full += 1
-                continue
             if len(data) > self._max_datagram:
                 self._stats.dropped_oversized += 1
                 continue
@@ -252,16 +259,30 @@ class DatagramServer(HandlerMethods):
                 self._stats.dropped_malformed += 1
                 self._log.trace(f"dropped a malformed datagram from {address}: {exc}")
                 continue
-            if type(message) is Event and not is_reserved(message.event):
+            if isinstance(message, Event | Request):
+                valid = not is_reserved(message.event)
+            else:
+                valid = isinstance(message, Reply | ErrorReply)
+            if not valid:
+                self._stats.dropped_malformed += 1
+                continue
+            # Only now, with a valid message in hand, does the sender take a place in the table.
+            peer = self._remember((address[0], address[1]))
+            if peer is None:
+                self._stats.dropped_peer_table_full += 1
+                continue
+            if type(message) is Event:
                 await self._handlers.call(message.event, (message.data, peer), self._log)
-            elif type(message) is Request and not is_reserved(message.event):
+            elif type(message) is Request:
+                if self._answering >= MAX_REQUESTS:
+                    self._stats.dropped_busy += 1
+                    continue
+                self._answering += 1
                 task_group.start_soon(self._answer, message, peer)
             elif type(message) is Reply:
                 self._requests.resolve(message)
             elif type(message) is ErrorReply:
                 self._requests.reject(message)
-            else:
-                self._stats.dropped_malformed += 1
 
     def _remember(self, address: PeerAddress) -> DatagramPeer | None:
         now = anyio.current_time()
@@ -285,13 +306,16 @@ class DatagramServer(HandlerMethods):
             del self._peers[address]
 
     async def _answer(self, message: Request, peer: DatagramPeer) -> None:
-        frame = await answer(
-            self._handlers, message, (message.data, peer), self._encoder, self._log
-        )
         try:
-            await self._send(frame, peer.address)
-        except (IPCError, OSError) as exc:
-            self._log.warning(f"reply to {message.event!r} for {peer.address} not sent: {exc}")
+            frame = await answer(
+                self._handlers, message, (message.data, peer), self._encoder, self._log
+            )
+            try:
+                await self._send(frame, peer.address)
+            except (IPCError, OSError) as exc:
+                self._log.warning(f"reply to {message.event!r} for {peer.address} not sent: {exc}")
+        finally:
+            self._answering -= 1
 
     async def aclose(self) -> None:
         """Stop receiving and close the socket."""

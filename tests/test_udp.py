@@ -136,6 +136,81 @@ async def test_peer_table_is_bounded() -> None:
         assert world.statistics().dropped_peer_table_full == 1
 
 
+async def test_junk_datagrams_take_no_place_in_the_peer_table() -> None:
+    """100 junk datagrams from 100 addresses used to fill the table (max_connections) before
+    being decoded, locking every real peer out for PEER_TTL (60 s)."""
+    async with Actor("world", silent=True, max_connections=10) as world_actor:
+        world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        world.on("echo", lambda data, peer: data)
+        junk = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(100)]
+        try:
+            for i, sock in enumerate(junk):
+                sock.sendto(b"\xc1" if i % 2 else msgpack.packb([0, "connect", i]), world.address)
+            with anyio.fail_after(5):
+                while world.statistics().dropped_malformed < len(junk):
+                    await anyio.sleep(0.01)
+        finally:
+            for sock in junk:
+                sock.close()
+        assert len(world.clients) == 0
+        async with Actor("hello", silent=True) as hello_actor:
+            hello = await hello_actor.serve_net("127.0.0.1", 0, udp="udp4")
+            with anyio.fail_after(5):
+                assert await hello.request(world.address, "echo", "real", timeout=2) == "real"
+            assert list(world.clients) == [hello.address]
+        assert world.statistics().dropped_peer_table_full == 0
+
+
+async def test_requests_answered_at_once_are_capped() -> None:
+    """A flood of requests to a slow handler costs at most MAX_REQUESTS tasks; the rest are
+    dropped and counted (their senders time out), and the server keeps answering."""
+    from ipcactors._udp import MAX_REQUESTS
+
+    flood = MAX_REQUESTS + 36
+    async with Actor("world", silent=True) as world_actor:
+        world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        release = anyio.Event()
+        running = 0
+        most = 0
+
+        @world.on("slow")
+        async def slow(data: int, peer: ipcactors.DatagramPeer) -> int:
+            nonlocal running, most
+            running += 1
+            most = max(most, running)
+            try:
+                await release.wait()
+            finally:
+                running -= 1
+            return data
+
+        world.on("echo", lambda data, peer: data)
+        raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for i in range(flood):
+                raw.sendto(msgpack.packb([1, "slow", i, i + 1]), world.address)
+            with anyio.fail_after(5):
+                while world.statistics().received < flood:
+                    await anyio.sleep(0.01)
+                while running < MAX_REQUESTS:
+                    await anyio.sleep(0.01)
+            assert most == MAX_REQUESTS
+            assert world.statistics().dropped_busy == flood - MAX_REQUESTS
+            release.set()
+            raw.settimeout(5)
+            replies = set()
+            for _ in range(MAX_REQUESTS):
+                data = await anyio.to_thread.run_sync(raw.recv, 65536)
+                replies.add(msgpack.unpackb(data)[1])
+            assert len(replies) == MAX_REQUESTS
+        finally:
+            raw.close()
+        async with Actor("hello", silent=True) as hello_actor:
+            hello = await hello_actor.serve_net("127.0.0.1", 0, udp="udp4")
+            with anyio.fail_after(5):
+                assert await hello.request(world.address, "echo", "after", timeout=2) == "after"
+
+
 async def test_broadcast_reaches_recent_peers() -> None:
     async with Actor("world", silent=True) as world_actor:
         world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")
