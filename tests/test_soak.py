@@ -5,7 +5,9 @@ runs worker processes. Concurrent drivers, each with its own seeded random, run 
 ``SOAK_SECONDS`` (default 1.5 s per run here; ``make soak`` runs minutes) and a bounded count:
 
 - clients: emit numbered events, request, disconnect, close their actor, connect again;
-- the hub: emit numbered events to one client, broadcast numbered events, request a client;
+- the hub: emit numbered events to one client, broadcast numbered events (some large, with a
+  small outbox and a random ``slow_consumer`` policy), request a client; a hub handler asks
+  back the client that called it;
 - the supervisor: request a child, emit numbered pings (a child answers each with a pong);
 - chaos: latency, slicing, blackhole, cut and reset on the proxy (then heal), kill a child
   process (SIGKILL), restart the hub.
@@ -102,6 +104,10 @@ class Soak:
         self.epochs: Counter[str] = Counter()  # per client: connections lost so far
         self.clients: dict[str, Connection] = {}
         self.last_kill = -1.0
+        self.hub_rng = random.Random(f"{seed}hub options")
+        self.flood_lock = anyio.Lock()
+        self.slow_consumers = 0
+        self.broadcasts_dropped = 0
         self.stopped: list[anyio.Event] = []  # one per driver: set when its loop ends
         self.done = anyio.Event()  # the checks are over: clients may close
 
@@ -145,7 +151,10 @@ class Soak:
         self.hub_done = anyio.Event()
         try:
             with anyio.CancelScope() as self.hub_scope:
-                async with Actor("hub", socket_root=self.socket_dir, silent=True, **FAST) as hub:
+                # A small outbox, so that a blackholed client meets the slow-consumer policy.
+                policy = self.hub_rng.choice(["disconnect", "drop", "wait"])
+                options = {**FAST, "max_outbox_bytes": 256 * 1024, "slow_consumer": policy}
+                async with Actor("hub", socket_root=self.socket_dir, silent=True, **options) as hub:
                     if self.transport == "unix":
                         server = await hub.serve()
                     else:
@@ -158,10 +167,21 @@ class Soak:
                         return data
 
                     server.on("slow_echo", slow_echo)
+
+                    async def ask_back(data: Any, client: Client) -> Any:
+                        # A handler that asks the peer that called it (replies keep flowing).
+                        return await client.request("cecho", data, timeout=REQUEST_TIMEOUT)
+
+                    server.on("ask_back", ask_back)
                     self.proxy.upstream = server.address
                     self.hub = server
                     task_status.started()
-                    await hub.wait_closed()
+                    try:
+                        await hub.wait_closed()
+                    finally:
+                        stats = server.statistics()
+                        self.slow_consumers += stats.slow_consumers
+                        self.broadcasts_dropped += stats.broadcasts_dropped
         finally:
             self.hub = None
             self.hub_done.set()
@@ -196,7 +216,8 @@ class Soak:
             elif op == "broadcast":
 
                 async def broadcast(hub: Server = hub) -> None:
-                    await hub.broadcast("bc", self.next_seq("broadcast"))
+                    pad = b"b" * (rng.randint(0, 100_000) if rng.random() < 0.2 else 0)
+                    await hub.broadcast("bc", [self.next_seq("broadcast"), pad])
 
                 await self.attempt("hub broadcast", broadcast)
             else:
@@ -210,6 +231,14 @@ class Soak:
                 await self.attempt("hub request", request)
             await anyio.sleep(rng.uniform(0, 0.01))
         stopped.set()
+
+    async def flood(self) -> None:
+        # Its own numbered stream, one flood at a time: concurrent broadcasts have no order.
+        async with self.flood_lock:
+            hub = self.hub
+            if hub is not None:
+                for _ in range(40):
+                    await hub.broadcast("flood", [self.next_seq("flood"), b"f" * 200_000])
 
     # --- clients ------------------------------------------------------------------------------
 
@@ -230,7 +259,8 @@ class Soak:
                     await self.attempt("connect", lambda a=actor: self.connect(name, a))
                     continue
                 op = rng.choices(
-                    ["emit", "request", "slow", "disconnect", "close"], [40, 30, 10, 3, 2]
+                    ["emit", "request", "slow", "ask back", "disconnect", "close"],
+                    [40, 25, 10, 5, 3, 2],
                 )[0]
                 if op == "emit":
 
@@ -241,14 +271,12 @@ class Soak:
                             await c.emit("ev", {"c": name, "s": seq, "pad": pad})
 
                     await self.attempt("client emit", emit)
-                elif op in ("request", "slow"):
+                elif op in ("request", "slow", "ask back"):
 
-                    async def request(
-                        c: Connection = connection, slow: bool = op == "slow"
-                    ) -> None:
+                    async def request(c: Connection = connection, op: str = op) -> None:
                         data = {"c": name, "n": rng.random(), "sleep": rng.uniform(0, 0.3)}
-                        event = "slow_echo" if slow else "echo"
-                        reply = await c.request(event, data, timeout=REQUEST_TIMEOUT)
+                        event = {"request": "echo", "slow": "slow_echo", "ask back": "ask_back"}[op]
+                        reply = await c.request(event, data, timeout=2 * REQUEST_TIMEOUT)
                         if reply != data:
                             self.ledger.violations.append(f"{name} {event}: {reply!r} != {data!r}")
 
@@ -288,7 +316,8 @@ class Soak:
 
         connection.on("disconnect", on_disconnect)
         connection.on("down", numbered(f"hub->{name}"))
-        connection.on("bc", numbered(f"bc->{name}"))
+        connection.on("bc", lambda data: numbered(f"bc->{name}")(data[0]))
+        connection.on("flood", lambda data: numbered(f"flood->{name}")(data[0]))
         connection.on("cecho", lambda data: data)
         self.clients[name] = connection
 
@@ -332,7 +361,7 @@ class Soak:
             fault = rng.choice(
                 [
                     *("latency", "slice", "blackhole", "cut", "reset", "cut now", "reset now"),
-                    *("kill", "restart", "calm"),
+                    *("flood", "kill", "restart", "calm"),
                 ]
             )
             self.ledger.outcomes[f"chaos {fault}"] += 1
@@ -347,6 +376,11 @@ class Soak:
                 proxy.cut_after(rng.randint(0, 5000), direction)
             elif fault == "reset":
                 proxy.reset_after(rng.randint(0, 5000), direction)
+            elif fault == "flood":
+                # Clients stop reading while the hub broadcasts megabytes: its slow_consumer
+                # policy decides (a "wait" broadcast waits for the heal, in its own task).
+                proxy.blackhole("down")
+                task_group.start_soon(self.attempt, "flood", self.flood)
             elif fault == "cut now":
                 proxy.cut()
             elif fault == "reset now":
@@ -445,7 +479,11 @@ async def test_soak(
             with anyio.fail_after(SOAK_SECONDS + 2 * OPERATION_BOUND + 10):
                 await soak.wait_stopped()
             ledger = soak.ledger
-            summary = f"seed {seed}; outcomes {dict(sorted(ledger.outcomes.items()))}"
+            summary = (
+                f"seed {seed}; outcomes {dict(sorted(ledger.outcomes.items()))}; "
+                f"slow consumers {soak.slow_consumers}, broadcasts dropped "
+                f"{soak.broadcasts_dropped} (of hubs closed so far)"
+            )
             try:
                 await soak.check_alive()
             except BaseException as exc:
@@ -460,7 +498,7 @@ async def test_soak(
         for name in ("client request", "hub request", "sup request"):
             assert ledger.outcomes[f"{name}: ok"] > 0, summary
         for stream, seqs in ledger.seen.items():  # none invented
-            origin = "broadcast" if stream.startswith("bc->") else stream
+            origin = {"bc": "broadcast", "flood": "flood"}.get(stream.split("->")[0], stream)
             assert max(seqs) <= soak.sent[origin], f"{stream}: {summary}"
         assert soak.hub_scope is not None
         soak.hub_scope.cancel()
