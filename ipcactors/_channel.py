@@ -13,11 +13,21 @@ Invariants:
 - Events received before the peer closed its side are still dispatched; bytes that break the
   protocol end the channel with a :class:`ProtocolError` and nothing after them is used.
 - Lifecycle names never arrive from the wire: a frame carrying one is a protocol error.
+- Heartbeats (``Config.heartbeat_interval``): any bytes received are a sign of life. A ping
+  goes out after ``interval`` with nothing received or nothing sent (so that a peer busy
+  sending us a long frame hears from us too), and only while nothing waits in the outbox
+  (queued bytes reach the peer first and say as much). The reader answers a ping with a pong,
+  written at once, at most one per ``PONG_MIN_GAP`` and only with nothing queued: a peer that
+  floods pings or never reads cannot make us queue pongs. With nothing received for
+  ``interval + timeout`` the channel ends as if the peer had closed it.
+- A server's client that sends nothing but heartbeats for ``idle_timeout`` is closed.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable
+from time import monotonic
 from typing import TYPE_CHECKING
 
 import anyio
@@ -27,11 +37,15 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ._errors import DecodeError, ProtocolError
 from ._protocol import (
     HEADER_SIZE,
+    PING_FRAME,
+    PONG_FRAME,
     ErrorReply,
     Event,
     Frame,
     FrameDecoder,
     Message,
+    Ping,
+    Pong,
     Reply,
     Request,
     is_reserved,
@@ -46,6 +60,7 @@ __all__ = ["Channel", "frame_bytes", "read_handshake_message"]
 RECEIVE_SIZE = 64 * 1024  # per read for small traffic; large frames are read in larger chunks
 MAX_RECEIVE_SIZE = 4 * 1024 * 1024
 EVENT_BATCHES = 64  # batches of events waiting for the dispatcher before the reader waits
+PONG_MIN_GAP = 0.05  # seconds between pongs: a peer pinging more often is not answered each time
 
 
 def frame_bytes(frame: Frame) -> bytes:
@@ -67,7 +82,19 @@ async def read_handshake_message(stream: ByteStream, decoder: FrameDecoder) -> M
 
 
 class Channel:
-    __slots__ = ("_backlog", "_batches", "_decoder", "_drained", "_peer", "_stream", "_task_group")
+    __slots__ = (
+        "_backlog",
+        "_batches",
+        "_decoder",
+        "_drained",
+        "_heartbeat_bytes",
+        "_peer",
+        "_ponged_at",
+        "_received",
+        "_received_at",
+        "_stream",
+        "_task_group",
+    )
 
     def __init__(self, stream: ByteStream, decoder: FrameDecoder, peer: Peer) -> None:
         self._stream = stream
@@ -77,6 +104,10 @@ class Channel:
         self._backlog = 0  # messages handed to the dispatcher, not yet handled
         self._batches: MemoryObjectSendStream[list[Event | Request]] | None = None
         self._drained = anyio.Event()
+        self._received_at = monotonic()  # when bytes last arrived (the handshake just did)
+        self._received = 0  # bytes received
+        self._heartbeat_bytes = 0  # of which pings and pongs
+        self._ponged_at = -math.inf
 
     async def run(self) -> None:
         """Serve the stream until it ends. Raises :class:`ProtocolError` on bad input."""
@@ -87,6 +118,9 @@ class Channel:
                 detach = attach_writer(self._stream, self._peer._outbox)
                 if detach is None:
                     task_group.start_soon(self._write_loop, task_group)
+                config = self._peer._config
+                if config.heartbeat_interval is not None or self._peer._idle_timeout is not None:
+                    task_group.start_soon(self._watch, task_group)
                 try:
                     await self._read_loop(task_group)
                 except ProtocolError as exc:
@@ -131,6 +165,9 @@ class Channel:
         frame_timeout = peer._config.frame_timeout
         data: bytes = b""  # bytes the handshake left in the decoder come out first
         while True:
+            if data:
+                self._received_at = monotonic()
+                self._received += len(data)
             events: list[Event | Request] = []
             for message in decoder.feed(data):
                 if type(message) is Event:
@@ -148,6 +185,11 @@ class Channel:
                         events.append(message)  # it starts after the events before it
                     else:
                         peer._start_answer(message, task_group)
+                elif type(message) is Ping:
+                    self._heartbeat_bytes += len(PING_FRAME)
+                    self._pong()
+                elif type(message) is Pong:
+                    self._heartbeat_bytes += len(PONG_FRAME)
                 else:
                     raise ProtocolError(f"unexpected {type(message).__name__} after the handshake")
             if events:
@@ -174,6 +216,65 @@ class Channel:
                 return
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 return
+
+    def _pong(self) -> None:
+        outbox = self._peer._outbox
+        if outbox.used or outbox.closed:
+            return  # what is queued reaches the peer first: that is our sign of life
+        if self._received_at - self._ponged_at >= PONG_MIN_GAP:
+            self._ponged_at = self._received_at
+            outbox.put_urgent(PONG_FRAME, len(PONG_FRAME))
+
+    async def _watch(self, task_group: TaskGroup) -> None:
+        """Heartbeats and the idle timeout: ping when quiet, end the channel when the peer is
+        silent for ``interval + timeout`` (or idle for ``idle_timeout``)."""
+        peer = self._peer
+        outbox = peer._outbox
+        interval = peer._config.heartbeat_interval
+        silent_after = math.inf if interval is None else interval + peer._config.heartbeat_timeout
+        idle = peer._idle_timeout
+        # Idleness is checked at least 4 times per idle_timeout: closed within 1.25 x of it.
+        tick = min(interval or math.inf, (idle or math.inf) / 4)
+        next_tick = monotonic() + tick
+        enqueued = outbox.enqueued
+        active = self._received - self._heartbeat_bytes
+        active_at = monotonic()
+        while True:
+            wake = min(next_tick, self._received_at + silent_after)
+            await anyio.sleep(max(0.0, wake - monotonic()))
+            now = monotonic()
+            silent = now - self._received_at
+            if silent >= silent_after:
+                peer._heartbeat_lost(
+                    f"nothing from {peer!r} for {silent:.1f} s (heartbeat_interval + "
+                    f"heartbeat_timeout = {silent_after:g} s): it is frozen, hung or gone; "
+                    "dropping the connection"
+                )
+                task_group.cancel_scope.cancel()
+                return
+            if now < next_tick:
+                continue
+            next_tick = now + tick
+            if idle is not None:
+                if self._received - self._heartbeat_bytes != active:
+                    active = self._received - self._heartbeat_bytes
+                    active_at = now
+                elif now - active_at >= idle:
+                    peer._idle_closed(
+                        f"closing {peer!r}: nothing but heartbeats from it for "
+                        f"{now - active_at:.1f} s (idle_timeout={idle:g} s)"
+                    )
+                    task_group.cancel_scope.cancel()
+                    return
+            quiet = silent >= interval if interval is not None else False
+            if (
+                interval is not None
+                and (quiet or outbox.enqueued == enqueued)
+                and not outbox.used
+                and not outbox.closed
+            ):
+                outbox.put_urgent(PING_FRAME, len(PING_FRAME))
+            enqueued = outbox.enqueued
 
     async def _dispatch_loop(
         self,

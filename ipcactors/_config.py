@@ -91,6 +91,23 @@ class Config:
     frame_timeout: float = 30.0
     #: Seconds ``aclose``/``disconnect`` spend flushing queued frames before closing anyway.
     close_timeout: float = 5.0
+    #: Heartbeats, on both sides of every connection: after this many seconds with nothing
+    #: received (or nothing sent) a ``ping`` goes out, which a live peer answers. Any bytes
+    #: received count as a sign of life (a peer slowly sending a large frame is alive). ``None``
+    #: disables them. 5 s: a few bytes per connection every 5 s cost nothing, and a frozen or
+    #: vanished peer is found in ``heartbeat_interval + heartbeat_timeout`` = 20 s, before
+    #: ``request_timeout`` (30 s) and far sooner than TCP keepalive (25 s, and never on Unix).
+    heartbeat_interval: float | None = 5.0
+    #: Seconds after that with still nothing received before the peer is dropped: a server
+    #: frees the slot, a connection fails its pending requests with ``ConnectionLostError`` and
+    #: reconnects. 15 s tolerates a loop blocked that long; a handler that blocks its event loop
+    #: longer (CPU work, a blocking call) cannot answer: run it in a thread
+    #: (``anyio.to_thread.run_sync``) or a worker process.
+    heartbeat_timeout: float = 15.0
+    #: Servers only: seconds a client may send nothing but heartbeats before it is closed,
+    #: freeing its slot (a client only listening to broadcasts counts as idle too). ``None``
+    #: (default): clients may idle forever, as long as they answer heartbeats.
+    idle_timeout: float | None = None
     #: A shared secret (bytes, or str as UTF-8) both sides must know: the handshake then runs a
     #: mutual HMAC-SHA256 challenge-response before any handler runs. It authenticates; it does
     #: not encrypt: across machines, use TLS. ``None``: no shared-key check.
@@ -128,8 +145,12 @@ class Config:
             "request_timeout",
             "frame_timeout",
             "close_timeout",
+            "heartbeat_timeout",
         ):
             check_seconds(name, getattr(self, name))
+        for name in ("heartbeat_interval", "idle_timeout"):
+            if getattr(self, name) is not None:
+                check_seconds(name, getattr(self, name))
         if self.auth_key is not None and (
             not isinstance(self.auth_key, bytes | str) or not self.auth_key
         ):

@@ -77,6 +77,7 @@ class Peer:
             outbox_bytes=self._outbox.used,
             requests_pending=len(self._requests),
             events_unhandled=self._counters.events_unhandled,
+            heartbeat_timeouts=self._counters.heartbeat_timeouts,
         )
 
     # --- sending ------------------------------------------------------------------------------
@@ -130,6 +131,19 @@ class Peer:
         return pending.result
 
     # --- receiving (called by the channel) ----------------------------------------------------
+
+    #: Seconds the peer may send nothing but heartbeats before the channel closes (servers set
+    #: it for their clients from ``Config.idle_timeout``); ``None``: no limit.
+    _idle_timeout: float | None = None
+
+    def _heartbeat_lost(self, message: str) -> None:
+        """The channel is dropping the peer: nothing came from it in time."""
+        self._counters.heartbeat_timeouts += 1
+        self._log.warning(message)
+
+    def _idle_closed(self, message: str) -> None:
+        """The channel is closing: the peer sent nothing but heartbeats for ``_idle_timeout``."""
+        self._log.info(message)
 
     def _handler_args(self, data: Any) -> tuple[Any, ...]:
         raise NotImplementedError

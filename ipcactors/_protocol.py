@@ -30,6 +30,8 @@ import msgpack
 from ._errors import DecodeError, EncodeError, FrameTooLargeError, ProtocolError
 
 __all__ = [
+    "PING_FRAME",
+    "PONG_FRAME",
     "PROTOCOL_VERSION",
     "Challenge",
     "ErrorReply",
@@ -40,6 +42,8 @@ __all__ = [
     "Hello",
     "Limits",
     "Message",
+    "Ping",
+    "Pong",
     "Proof",
     "Reject",
     "Reply",
@@ -60,6 +64,8 @@ WELCOME: Final = 5
 REJECT: Final = 6
 CHALLENGE: Final = 7
 PROOF: Final = 8
+PING: Final = 9
+PONG: Final = 10
 
 HEADER: Final = struct.Struct(">I")
 HEADER_SIZE: Final = HEADER.size
@@ -195,8 +201,39 @@ class Proof:
     proof: bytes
 
 
+class Ping:
+    """``[9]``: are you there? Answered with a pong (see docs/protocol.md, heartbeats)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "Ping()"
+
+
+class Pong:
+    """``[10]``: the answer to a ping."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "Pong()"
+
+
+_PING: Final = Ping()
+_PONG: Final = Pong()
+
 Message: TypeAlias = (
-    Event | Request | Reply | ErrorReply | Hello | Welcome | Reject | Challenge | Proof
+    Event
+    | Request
+    | Reply
+    | ErrorReply
+    | Hello
+    | Welcome
+    | Reject
+    | Challenge
+    | Proof
+    | Ping
+    | Pong
 )
 _HANDSHAKE_KINDS: Final = (Hello, Welcome, Reject, Challenge, Proof)
 
@@ -354,6 +391,11 @@ class FrameEncoder:
 
     def proof(self, proof: bytes) -> Frame:
         return self._frame([PROOF, {"proof": proof}])
+
+
+# Heartbeat frames never change: ``[9]`` and ``[10]``, framed once.
+PING_FRAME: Final = HEADER.pack(2) + msgpack.packb([PING])
+PONG_FRAME: Final = HEADER.pack(2) + msgpack.packb([PONG])
 
 
 def frame_size(frame: Frame) -> int:
@@ -582,6 +624,10 @@ def parse_body(body: list[Any]) -> Message:
         )
     if kind == PROOF and type(kind) is int and size >= 2:
         return Proof(_require_bytes(_require_map(body[1], "proof").get("proof"), "proof"))
+    if kind == PING and type(kind) is int:
+        return _PING
+    if kind == PONG and type(kind) is int:
+        return _PONG
     raise DecodeError(f"unknown or short envelope (kind {kind!r:.20}, {size} items)")
 
 

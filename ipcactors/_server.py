@@ -13,6 +13,9 @@ Invariants:
   ``"disconnect"`` a client's outbox may hold up to twice ``max_outbox_bytes`` of broadcasts
   (room to catch up after a burst), past that the client is disconnected; under ``"drop"`` a
   client with a full outbox misses the frame. Both are counted and logged.
+- A client that sends nothing for ``heartbeat_interval + heartbeat_timeout`` (frozen, hung,
+  vanished) is dropped, and with ``idle_timeout`` one that sends nothing but heartbeats is
+  closed: either way its slot is freed (see ``_channel``).
 - One id, one connection: a client that connects with an id already connected replaces the
   older connection (usually a half-open leftover of a reconnect), which is closed.
 - A bad peer costs only its own connection: nothing one accepted socket raises (a reset before
@@ -63,6 +66,8 @@ class Client(Peer):
 
     def __init__(self, server: Server, client_id: str, peer_address: Any) -> None:
         super().__init__(server._config, server._log, server._handlers)
+        self._server = server
+        self._idle_timeout = server._config.idle_timeout
         self.id = client_id
         #: The peer's socket address (``(host, port)`` for TCP; ``""`` for an unnamed Unix socket).
         self.peer_address = peer_address
@@ -80,6 +85,15 @@ class Client(Peer):
 
     def _handler_args(self, data: Any) -> tuple[Any, ...]:
         return (data, self)
+
+    def _heartbeat_lost(self, message: str) -> None:
+        self._counters.heartbeat_timeouts += 1
+        self._server._counters.heartbeat_timeouts += 1
+        self._server._bursts.warn("heartbeat timeout", message)
+
+    def _idle_closed(self, message: str) -> None:
+        self._server._counters.idle_closed += 1
+        self._log.info(message)
 
     async def aclose(self) -> None:
         """Flush what is queued for this client (bounded by ``close_timeout``), then close."""
@@ -135,6 +149,8 @@ class Server(HandlerMethods):
             handshakes_failed=counters.handshakes_failed,
             slow_consumers=counters.slow_consumers,
             broadcasts_dropped=counters.broadcasts_dropped,
+            heartbeat_timeouts=counters.heartbeat_timeouts,
+            idle_closed=counters.idle_closed,
             events_unhandled=counters.events_unhandled
             + sum(client._counters.events_unhandled for client in self._clients.values()),
         )

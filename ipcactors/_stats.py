@@ -14,10 +14,11 @@ __all__ = ["ConnectionStatistics", "PeerCounters", "ServerCounters", "ServerStat
 class PeerCounters:
     """What one peer (a server's client, or a connection) counts while it lives."""
 
-    __slots__ = ("events_unhandled",)
+    __slots__ = ("events_unhandled", "heartbeat_timeouts")
 
     def __init__(self) -> None:
         self.events_unhandled = 0  # events that arrived with no handler registered
+        self.heartbeat_timeouts = 0  # connections dropped: nothing received in time
 
 
 class ServerCounters:
@@ -28,6 +29,8 @@ class ServerCounters:
         "events_unhandled",
         "handshakes_dropped",
         "handshakes_failed",
+        "heartbeat_timeouts",
+        "idle_closed",
         "refused_busy",
         "slow_consumers",
     )
@@ -39,6 +42,8 @@ class ServerCounters:
         self.handshakes_failed = 0  # handshakes refused or failed (timeout, bad bytes, auth)
         self.slow_consumers = 0  # clients disconnected for not reading (slow_consumer)
         self.broadcasts_dropped = 0  # broadcast frames a slow client missed (slow_consumer)
+        self.heartbeat_timeouts = 0  # clients dropped: nothing received from them in time
+        self.idle_closed = 0  # clients closed after idle_timeout with nothing but heartbeats
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +59,9 @@ class ConnectionStatistics:
     requests_pending: int
     #: Events that arrived with no handler registered (each name is also logged once).
     events_unhandled: int
+    #: Times this connection was dropped because nothing came from the peer within
+    #: ``heartbeat_interval + heartbeat_timeout``.
+    heartbeat_timeouts: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,5 +82,10 @@ class ServerStatistics:
     slow_consumers: int
     #: Broadcast frames not sent to a client too slow to read (``slow_consumer="drop"``).
     broadcasts_dropped: int
+    #: Clients dropped because nothing came from them within
+    #: ``heartbeat_interval + heartbeat_timeout`` (frozen, hung or vanished).
+    heartbeat_timeouts: int
+    #: Clients closed after ``idle_timeout`` with nothing from them but heartbeats.
+    idle_closed: int
     #: Events from any client that arrived with no handler registered.
     events_unhandled: int

@@ -32,6 +32,8 @@ from ipcactors._protocol import (
     Hello,
     Limits,
     Message,
+    Ping,
+    Pong,
     Reject,
     Reply,
     Request,
@@ -102,6 +104,8 @@ def norm(message: Message) -> tuple[Any, ...]:
         return ("reply", message.id, message.data)
     if type(message) is ErrorReply:
         return ("error", message.id, message.type, message.message, message.traceback)
+    if type(message) in (Ping, Pong):
+        return (type(message).__name__,)
     assert isinstance(message, HANDSHAKE_KINDS)
     return ("handshake", message)
 
@@ -155,7 +159,7 @@ def assert_valid(message: Message, limits: Limits) -> None:
         assert message.reason
         assert type(message.message) is str
     else:
-        assert type(message) in HANDSHAKE_KINDS, type(message)
+        assert type(message) in (*HANDSHAKE_KINDS, Ping, Pong), type(message)
 
 
 def nested_lists(levels: int) -> bytes:
@@ -359,7 +363,7 @@ wild_values = st.recursive(
     max_leaves=40,
 )
 envelopes = st.lists(
-    st.integers(-2, 9) | st.booleans() | st.text(max_size=4) | wild_values, max_size=6
+    st.integers(-2, 11) | st.booleans() | st.text(max_size=4) | wild_values, max_size=6
 )
 valid_frames = messages().map(lambda spec: encode(FrameEncoder(DEFAULT), spec))
 

@@ -1,0 +1,258 @@
+"""Heartbeats and the idle timeout: a frozen, hung or vanished peer is found within
+``heartbeat_interval + heartbeat_timeout`` on both sides; a live one is never dropped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import msgpack
+import pytest
+from anyio.abc import Process, SocketStream
+
+from ipcactors import Actor, ConnectionLostError, Server
+from ipcactors._protocol import FrameDecoder, Limits, Message, Ping, Pong, Reply, Welcome
+
+pytestmark = pytest.mark.anyio
+
+TRANSPORTS = ["unix", "tcp"]
+INTERVAL = 0.2
+TIMEOUT = 0.6
+HEARTBEAT = {"heartbeat_interval": INTERVAL, "heartbeat_timeout": TIMEOUT}
+BOUND = INTERVAL + TIMEOUT
+SLACK = 3.0  # scheduling under load; the bound itself is asserted from below
+HERE = os.path.dirname(__file__)
+
+
+def framed(value: Any) -> bytes:
+    body = msgpack.packb(value, use_bin_type=True)
+    return struct.pack(">I", len(body)) + body
+
+
+@asynccontextmanager
+async def serving(transport: str, socket_dir: str, **config: Any) -> AsyncIterator[Server]:
+    async with Actor("srv", socket_root=socket_dir, silent=True, **config) as actor:
+        server = await (actor.serve() if transport == "unix" else actor.serve_net(port=0))
+        server.on("echo", lambda data, client: data)
+        yield server
+
+
+async def raw_client(server: Server, name: str = "raw") -> tuple[SocketStream, FrameDecoder]:
+    """A raw client that completes the handshake."""
+    address = server.address
+    with anyio.fail_after(5):
+        if isinstance(address, str):
+            stream: SocketStream = await anyio.connect_unix(address)
+        else:
+            stream = await anyio.connect_tcp(*address)
+        decoder = FrameDecoder(Limits())
+        await stream.send(framed([4, {"v": 1, "id": name}]))
+        messages: list[Message] = []
+        while not messages:
+            messages = decoder.feed(await stream.receive())
+    assert type(messages[0]) is Welcome
+    decoder.handshake_done()
+    return stream, decoder
+
+
+async def read_until_closed(stream: SocketStream, decoder: FrameDecoder) -> list[Message]:
+    received: list[Message] = decoder.feed()
+    with anyio.fail_after(BOUND + SLACK):
+        while True:
+            try:
+                received += decoder.feed(await stream.receive())
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                return received
+
+
+async def connect(actor: Actor, server: Server) -> Any:
+    address = server.address
+    with anyio.fail_after(5):
+        if isinstance(address, str):
+            return await actor.connect_to("srv")
+        return await actor.connect_to_net("srv", port=address[1])
+
+
+# --- a silent raw peer ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_server_drops_a_client_that_goes_silent(transport: str, socket_dir: str) -> None:
+    async with serving(transport, socket_dir, **HEARTBEAT) as server:
+        async with Actor("good", socket_root=socket_dir, silent=True, **HEARTBEAT) as good:
+            connection = await connect(good, server)
+            stream, decoder = await raw_client(server)
+            async with stream:
+                start = anyio.current_time()
+                received = await read_until_closed(stream, decoder)  # never answering
+                elapsed = anyio.current_time() - start
+            assert received
+            assert all(type(m) is Ping for m in received), received
+            assert elapsed >= BOUND * 0.9
+            with anyio.fail_after(5):
+                while "raw" in server.clients:
+                    await anyio.sleep(0.01)
+            assert server.statistics().heartbeat_timeouts == 1
+            # A live client, silent all along too, answered the pings and is still there.
+            assert connection.connected
+            assert "good" in server.clients
+            with anyio.fail_after(5):
+                assert await connection.request("echo", 1) == 1
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_client_notices_a_server_that_goes_silent(transport: str, socket_dir: str) -> None:
+    """A raw server welcomes the client, then neither reads nor writes: the pending request
+    fails with ConnectionLostError within the bound, not after its own timeout."""
+    path = os.path.join(socket_dir, "app.srv")
+    if transport == "unix":
+        listener = await anyio.create_unix_listener(path)
+    else:
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    async with listener, anyio.create_task_group() as task_group:
+        accepted: list[SocketStream] = []
+
+        async def welcome_then_freeze(stream: SocketStream) -> None:
+            accepted.append(stream)
+            await stream.send(framed([5, {"v": 1, "id": "srv"}]))
+            await anyio.sleep_forever()
+
+        task_group.start_soon(listener.serve, welcome_then_freeze)
+        async with Actor("hello", socket_root=socket_dir, silent=True, **HEARTBEAT) as hello:
+            with anyio.fail_after(5):
+                if transport == "unix":
+                    connection = await hello.connect_to("srv")
+                else:
+                    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+                    connection = await hello.connect_to_net("srv", port=port)
+            start = anyio.current_time()
+            with anyio.fail_after(BOUND + SLACK), pytest.raises(ConnectionLostError):
+                await connection.request("echo", 1, timeout=30)
+            assert anyio.current_time() - start >= BOUND * 0.9
+            assert connection.statistics().heartbeat_timeouts == 1
+        task_group.cancel_scope.cancel()
+    for stream in accepted:
+        await anyio.aclose_forcefully(stream)
+    if transport == "unix":
+        os.unlink(path)
+
+
+async def test_pings_are_answered_with_pongs_at_a_bounded_rate(socket_dir: str) -> None:
+    """1000 pings in one write get a few pongs (not 1000), and the peer stays served."""
+    async with serving("unix", socket_dir) as server:
+        stream, decoder = await raw_client(server)
+        async with stream:
+            await stream.send(framed([9]) * 1000 + framed([1, "echo", "after", 7]))
+            received: list[Message] = []
+            with anyio.fail_after(5):
+                while not any(type(m) is Reply for m in received):
+                    received += decoder.feed(await stream.receive())
+            pongs = sum(type(m) is Pong for m in received)
+            assert 1 <= pongs <= 3
+            assert "raw" in server.clients
+
+
+# --- idle_timeout --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_idle_timeout_closes_a_client_that_only_answers_heartbeats(
+    transport: str, socket_dir: str
+) -> None:
+    idle = 0.8
+    async with serving(transport, socket_dir, idle_timeout=idle, **HEARTBEAT) as server:
+        async with (
+            Actor("idle", socket_root=socket_dir, silent=True, **HEARTBEAT) as idler,
+            Actor("busy", socket_root=socket_dir, silent=True, **HEARTBEAT) as worker,
+        ):
+            lost: list[str] = []
+            idle_connection = await connect(idler, server)
+            idle_connection.on("disconnect", lambda: lost.append("idle"))
+            busy = await connect(worker, server)
+            start = anyio.current_time()
+            with anyio.fail_after(idle * 1.25 + SLACK):
+                while not lost:
+                    assert await busy.request("echo", "still here") == "still here"
+                    await anyio.sleep(0.05)
+            assert anyio.current_time() - start >= idle * 0.9
+            assert server.statistics().idle_closed >= 1
+            assert "busy" in server.clients
+            assert server.statistics().heartbeat_timeouts == 0
+
+
+# --- real processes, frozen with SIGSTOP -------------------------------------------------------
+
+
+@asynccontextmanager
+async def process(*args: str) -> AsyncIterator[Process]:
+    # The package under test, wherever the interpreter would otherwise find one.
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(HERE)}
+    child = await anyio.open_process([sys.executable, *args], stderr=subprocess.STDOUT, env=env)
+    try:
+        assert child.stdout is not None
+        with anyio.fail_after(10):
+            output = b""
+            while b"READY" not in output:
+                output += await child.stdout.receive()
+        yield child
+    finally:
+        if child.returncode is None:
+            os.kill(child.pid, signal.SIGCONT)
+            child.terminate()  # gracefully: a server removes its socket file
+        with anyio.move_on_after(10):
+            await child.wait()
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+        for stream in (child.stdout, child.stdin, child.stderr):
+            if stream is not None:
+                await stream.aclose()
+
+
+async def test_server_drops_a_frozen_client_process(anyio_backend: str, socket_dir: str) -> None:
+    async with serving("unix", socket_dir, **HEARTBEAT) as server:
+        args = [socket_dir, "srv", "frozen", anyio_backend, str(INTERVAL), str(TIMEOUT)]
+        async with process(os.path.join(HERE, "_client.py"), *args) as child:
+            with anyio.fail_after(5):
+                while "frozen" not in server.clients:
+                    await anyio.sleep(0.01)
+            await anyio.sleep(BOUND * 1.5)  # a live process keeps its connection
+            assert "frozen" in server.clients
+            os.kill(child.pid, signal.SIGSTOP)
+            start = anyio.current_time()
+            with anyio.fail_after(BOUND + SLACK):
+                while "frozen" in server.clients:
+                    await anyio.sleep(0.01)
+            assert anyio.current_time() - start >= BOUND * 0.5
+            assert server.statistics().heartbeat_timeouts == 1
+
+
+async def test_client_notices_a_frozen_server_process_and_reconnects(
+    anyio_backend: str, socket_dir: str
+) -> None:
+    args = [socket_dir, "srv", anyio_backend, "100", str(INTERVAL), str(TIMEOUT)]
+    async with process(os.path.join(HERE, "_serve.py"), *args) as child:
+        async with Actor(
+            "hello", socket_root=socket_dir, silent=True, retry=0.05, retry_cap=0.2, **HEARTBEAT
+        ) as hello:
+            with anyio.fail_after(5):
+                connection = await hello.connect_to("srv")
+                assert await connection.request("echo", 1) == 1
+            os.kill(child.pid, signal.SIGSTOP)
+            try:
+                start = anyio.current_time()
+                with anyio.fail_after(BOUND + SLACK), pytest.raises(ConnectionLostError):
+                    await connection.request("echo", 2, timeout=30)
+                assert anyio.current_time() - start >= BOUND * 0.9
+            finally:
+                os.kill(child.pid, signal.SIGCONT)
+            with anyio.fail_after(10):
+                await connection.wait_connected()
+                assert await connection.request("echo", 3) == 3
