@@ -50,7 +50,7 @@ from ._protocol import (
     Request,
     is_reserved,
 )
-from ._streams import attach_writer, drain_outbox
+from ._streams import attach_writer, drain_outbox, send_tracebacks
 
 if TYPE_CHECKING:
     from ._peer import Peer
@@ -100,6 +100,7 @@ class Channel:
         self._stream = stream
         self._decoder = decoder
         self._peer = peer
+        peer._encoder.tracebacks = send_tracebacks(stream, peer._config.remote_tracebacks)
         self._task_group: TaskGroup | None = None
         self._backlog = 0  # messages handed to the dispatcher, not yet handled
         self._batches: MemoryObjectSendStream[list[Event | Request]] | None = None

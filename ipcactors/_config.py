@@ -112,6 +112,12 @@ class Config:
     #: mutual HMAC-SHA256 challenge-response before any handler runs. It authenticates; it does
     #: not encrypt: across machines, use TLS. ``None``: no shared-key check.
     auth_key: bytes | str | None = field(default=None, repr=False)
+    #: Whether a request's error reply carries the handler's traceback (file paths, source
+    #: lines) besides the exception's type and message, which always go. ``None`` (default):
+    #: only to a peer on a Unix socket that runs as our own user (``SO_PEERCRED``), which could
+    #: read our files and memory anyway (a supervisor's children, say); never over TCP, TLS or
+    #: UDP, where the peer is whoever reaches the port. ``True``: to every peer; ``False``: never.
+    remote_tracebacks: bool | None = None
 
     def __post_init__(self) -> None:
         # node-ipc's stopRetrying: False means "retry forever", True "never". Mind False == 0.
@@ -125,6 +131,8 @@ class Config:
             _check_type("socket_root", self.socket_root, str)
         _check_type("network_host", self.network_host, str)
         _check_type("silent", self.silent, bool)
+        if self.remote_tracebacks is not None:
+            _check_type("remote_tracebacks", self.remote_tracebacks, bool)
         _check_int("network_port", self.network_port, 0, 65535)
         _check_int("max_connections", self.max_connections, 1)
         _check_int("max_handshakes", self.max_handshakes, 1)

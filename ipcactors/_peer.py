@@ -194,7 +194,7 @@ class Peer:
 
 
 def error_frame(encoder: FrameEncoder, request_id: int, exc: BaseException) -> Frame:
-    text = "".join(traceback.format_exception(exc))
+    text = "".join(traceback.format_exception(exc)) if encoder.tracebacks else ""
     return encoder.error_reply(request_id, _type_name(exc), str(exc), text)
 
 

@@ -314,6 +314,9 @@ class FrameEncoder:
             buf_size=4096,  # grows on demand; the default reserves 256 KiB per connection
         )
         self._event_heads: dict[str, bytes] = {}
+        #: Whether error replies carry traceback text (``Config.remote_tracebacks``); set by
+        #: the owner once it knows who the peer is.
+        self.tracebacks = True
 
     def _check(self, data: Any) -> None:
         kind = type(data)
@@ -372,6 +375,8 @@ class FrameEncoder:
         return self._frame([REPLY, request_id, data], data)
 
     def error_reply(self, request_id: int, type: str, message: str, traceback: str) -> Frame:
+        if not self.tracebacks:
+            traceback = ""
         error = {"type": type, "message": message, "traceback": traceback}
         return self._frame([ERROR, request_id, error])
 

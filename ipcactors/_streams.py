@@ -21,7 +21,9 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import struct
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
@@ -38,6 +40,7 @@ __all__ = [
     "attach_writer",
     "drain_outbox",
     "running_asyncio_loop",
+    "send_tracebacks",
     "wrap_socket",
 ]
 
@@ -138,6 +141,26 @@ async def drain_outbox(stream: ByteStream, outbox: Outbox) -> None:
 def _plain(stream: ByteStream) -> bool:
     """Whether the stream's bytes go to its socket as they are (not through TLS)."""
     return isinstance(stream, SocketStream)
+
+
+def send_tracebacks(stream: ByteStream, setting: bool | None) -> bool:
+    """``Config.remote_tracebacks`` for the peer at the other end of ``stream``: when
+    ``None``, whether it is on a Unix socket and runs as our user (``SO_PEERCRED``)."""
+    if setting is not None:
+        return setting
+    sock = stream.extra(SocketAttribute.raw_socket, None)
+    peercred = getattr(socket, "SO_PEERCRED", None)  # Linux; elsewhere: no tracebacks
+    if sock is None or sock.family != socket.AF_UNIX or peercred is None:
+        return False
+    try:
+        credentials = sock.getsockopt(socket.SOL_SOCKET, peercred, _PEERCRED.size)
+    except OSError:
+        return False
+    _pid, uid, _gid = _PEERCRED.unpack(credentials)
+    return bool(uid == os.getuid())
+
+
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 def running_asyncio_loop() -> asyncio.AbstractEventLoop | None:

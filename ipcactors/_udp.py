@@ -119,6 +119,7 @@ class DatagramServer(HandlerMethods):
         self._max_datagram = min(MAX_DATAGRAM[family], config.max_frame_size)
         self._handlers = Handlers()
         self._encoder = FrameEncoder(config.limits)
+        self._encoder.tracebacks = config.remote_tracebacks is True  # anyone may send to a port
         self._decoder = FrameDecoder(config.limits)
         self._requests = Requests()
         self._send_lock = anyio.Lock()

@@ -231,6 +231,70 @@ async def test_remote_errors_and_missing_handlers(socket_dir: str) -> None:
                 assert await world.request("ok") == "fine"
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("setting", [None, True, False])
+async def test_remote_tracebacks_are_a_choice(
+    transport: str, setting: bool | None, socket_dir: str
+) -> None:
+    """By default only a peer on a Unix socket running as our user gets the traceback (it
+    could read our files anyway); over TCP (and TLS, UDP) only the type and message go."""
+    async with serving("unix" if transport == "unix" else "tcp", socket_dir,
+                       remote_tracebacks=setting) as (_, server, connect):  # fmt: skip
+
+        @server.on("fail")
+        def fail(data: Any, client: ipcactors.Client) -> None:
+            raise ValueError("bad value")
+
+        async with Actor(
+            "hello", socket_root=socket_dir, silent=True, remote_tracebacks=setting
+        ) as hello:
+            world = await connect(hello)
+
+            @world.on("fail_back")
+            def fail_back(data: Any) -> None:
+                raise KeyError("client side")
+
+            expected = setting if setting is not None else transport == "unix"
+            with anyio.fail_after(5):
+                with pytest.raises(ipcactors.RemoteError) as caught:
+                    await world.request("fail", 1)
+                with pytest.raises(ipcactors.RemoteError) as back:
+                    await server.request("hello", "fail_back", 1)
+            for error, function in ((caught.value, "in fail"), (back.value, "in fail_back")):
+                assert error.remote_type in ("ValueError", "KeyError")
+                assert error.remote_message in ("bad value", "'client side'")
+                if expected:
+                    assert function in error.remote_traceback
+                    assert __file__ in error.remote_traceback
+                else:
+                    assert error.remote_traceback == ""
+                    assert __file__ not in str(error)
+
+
+async def test_remote_tracebacks_over_udp() -> None:
+    for setting in (None, True):
+        async with (
+            Actor("world", silent=True, remote_tracebacks=setting) as world_actor,
+            Actor("hello", silent=True) as hello_actor,
+        ):
+            world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")
+            hello = await hello_actor.serve_net("127.0.0.1", 0, udp="udp4")
+
+            @world.on("fail")
+            def fail(data: Any, peer: ipcactors.DatagramPeer) -> None:
+                raise ValueError("bad value")
+
+            with anyio.fail_after(5), pytest.raises(ipcactors.RemoteError) as caught:
+                await hello.request(world.address, "fail", 1, timeout=2)
+            assert caught.value.remote_message == "bad value"
+            assert ("in fail" in caught.value.remote_traceback) is (setting is True)
+
+
+def test_remote_tracebacks_option_is_validated() -> None:
+    with pytest.raises(ipcactors.ConfigError, match="remote_tracebacks"):
+        ipcactors.Config(remote_tracebacks="yes")  # type: ignore[arg-type]
+
+
 async def test_request_timeout_ignores_late_reply(socket_dir: str) -> None:
     async with serving("unix", socket_dir) as (_, server, connect):
 

@@ -77,6 +77,26 @@ async def test_tls_echo(ca: trustme.CA) -> None:
             assert await connection.request("whoami") is None  # no client certificate
 
 
+async def test_tls_error_replies_carry_no_traceback_by_default(ca: trustme.CA) -> None:
+    for setting in (None, True):
+        async with (
+            tls_server(server_context(ca), remote_tracebacks=setting) as server,
+            Actor("hello", silent=True) as hello,
+        ):
+
+            @server.on("fail")
+            def fail(data: Any, client: ipcactors.Client) -> None:
+                raise ValueError("bad value")
+
+            connection = await hello.connect_to_net(
+                "world", HOST, port(server), tls=client_context(ca)
+            )
+            with anyio.fail_after(5), pytest.raises(ipcactors.RemoteError) as caught:
+                await connection.request("fail")
+            assert caught.value.remote_message == "bad value"
+            assert ("in fail" in caught.value.remote_traceback) is (setting is True)
+
+
 async def test_tls_server_refuses_to_start_without_a_certificate() -> None:
     async with Actor("world", silent=True) as actor:
         bare = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
