@@ -23,6 +23,8 @@ Invariants owned here:
   incarnation, and not one the supervisor caused.
 - A request to a child fails as soon as the child's process is known to have exited, with
   :class:`ChildExitedError` naming the child and its exit code or signal.
+- The children's output never stalls the supervisor: it is written to our stdout and stderr by
+  a thread per stream, bounded, with backpressure to the children (``_relay``).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ from ._errors import (
 from ._handlers import Handler
 from ._log import ActorLog
 from ._protocol import encode_default
+from ._relay import OutputWriter, Stream, relay
 from ._runtime import current_runtime, end_with_run
 from ._server import Client, Server
 from ._spawner import KILL_WAIT, ForkServer, wait_either
@@ -78,7 +81,6 @@ RestartType = Literal["permanent", "transient", "temporary"]
 _STRATEGIES: Final = ("one_for_one", "one_for_all", "rest_for_one")
 _RESTART_TYPES: Final = ("permanent", "transient", "temporary")
 _RELAY_DRAIN: Final = 1.0  # seconds relays get to pass on a stopped child's last output
-_RELAY_LINE: Final = 64 * 1024  # a longer line is passed on in pieces
 
 
 def describe_exit(code: int | None) -> str:
@@ -204,18 +206,6 @@ def _sweep(root: str) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _write(stream: str, prefix: str, lines: list[bytes]) -> None:
-    out = sys.stdout if stream == "stdout" else sys.stderr
-    if out is None:
-        return
-    text = "".join(f"{prefix}{line.decode(errors='replace')}\n" for line in lines)
-    try:
-        out.write(text)
-        out.flush()
-    except (OSError, ValueError):
-        pass  # our own stdout is gone; the child's output has nowhere to go
-
-
 class Supervisor:
     """Spawns worker processes that connect back to it, and restarts them by OTP rules.
 
@@ -307,6 +297,7 @@ class Supervisor:
         self._monitor_scope = anyio.CancelScope()
         self._monitor_done = anyio.Event()
         self._relays: set[anyio.CancelScope] = set()
+        self._writers: dict[Stream, OutputWriter] = {}  # made with the first child
         self._relays_idle = anyio.Event()
         self._relays_idle.set()
         self._entered = False
@@ -442,6 +433,9 @@ class Supervisor:
             for scope in list(self._relays):
                 scope.cancel()
             await self._relays_idle.wait()
+            for writer in self._writers.values():
+                await writer.aclose(_RELAY_DRAIN)
+            self._writers.clear()
         finally:
             await self._cleanup_files()
             self._exits_send.close()
@@ -658,12 +652,16 @@ class Supervisor:
         finally:
             for _, write_end in pipes:
                 os.close(write_end)
-        for (read_end, _), stream in zip(pipes, ("stdout", "stderr"), strict=True):
+        streams: tuple[Stream, Stream] = ("stdout", "stderr")
+        for (read_end, _), stream in zip(pipes, streams, strict=True):
             os.set_blocking(read_end, False)
             scope = anyio.CancelScope()
             self._relays.add(scope)
             self._relays_idle = anyio.Event()
-            self._task_group.start_soon(self._relay, read_end, stream, child.id, scope)
+            writer = self._writers.get(stream)
+            if writer is None:
+                writer = self._writers[stream] = OutputWriter(stream)
+            self._task_group.start_soon(self._relay, read_end, writer, child.id, scope)
         with anyio.move_on_after(self.start_timeout):
             await wait_either(incarnation.ready, incarnation.exited)
         if incarnation.ready.is_set() and not incarnation.exited.is_set():
@@ -736,30 +734,15 @@ class Supervisor:
 
     # --- output ------------------------------------------------------------------------------
 
-    async def _relay(self, fd: int, stream: str, child_id: str, scope: anyio.CancelScope) -> None:
-        """Pass a child's stdout or stderr on, line by line, prefixed with ``[id]``."""
-        prefix = f"[{child_id}] "
-        pending = b""
+    async def _relay(
+        self, fd: int, writer: OutputWriter, child_id: str, scope: anyio.CancelScope
+    ) -> None:
+        """Pass a child's stdout or stderr on, line by line, prefixed with ``[id]`` (written by
+        the stream's own thread: see ``_relay``)."""
         try:
             with scope:
-                while True:
-                    await anyio.wait_readable(fd)
-                    try:
-                        data = os.read(fd, 65536)
-                    except BlockingIOError:
-                        continue
-                    except OSError:
-                        break
-                    if not data:
-                        break
-                    *lines, pending = (pending + data).split(b"\n")
-                    if len(pending) > _RELAY_LINE:
-                        lines.append(pending)
-                        pending = b""
-                    _write(stream, prefix, lines)
+                await relay(fd, f"[{child_id}] ", writer)
         finally:
-            if pending:
-                _write(stream, prefix, [pending])
             os.close(fd)
             self._relays.discard(scope)
             if not self._relays:

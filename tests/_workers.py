@@ -136,3 +136,15 @@ async def leave(actor: ipcactors.Actor, how: str, delay: float = 0.1) -> None:
     if how == "sys.exit('text')":
         sys.exit("leaving with a message")
     raise AssertionError(how)
+
+
+async def flood(actor: ipcactors.Actor, total: int, line: int = 100) -> None:
+    """Writes ``total`` bytes of numbered lines of ``line`` bytes to stdout, then returns."""
+    await anyio.sleep(0.05)  # "ready" goes out before stdout may block this process
+    count = total // line
+    block = 10_000
+    for start in range(0, count, block):
+        sys.stdout.write(
+            "".join(f"{n:0{line - 1}d}\n" for n in range(start, min(start + block, count)))
+        )
+        await anyio.sleep(0)

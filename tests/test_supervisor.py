@@ -563,6 +563,64 @@ async def test_nested_supervisor_escalates_when_it_gives_up(socket_dir: str) -> 
     assert caught.value.exitcode == 1
 
 
+# --- output relay ---------------------------------------------------------------------------
+
+_FLOOD = """
+import sys
+import anyio, ipcactors, _workers
+
+async def main():
+    async with ipcactors.Supervisor(socket_root=sys.argv[2], retry=0.05) as sup:
+        await sup.spawn(_workers.echo, id="w")
+        await sup.spawn(_workers.flood, int(sys.argv[3]), id="loud", restart="temporary")
+        # Our stdout is a pipe nobody reads yet: the flood fills it at once.
+        await anyio.sleep(0.3)
+        for n in range(50):
+            assert await sup.request("w", "echo", n, timeout=10) == n
+        print("IPC OK", file=sys.stderr, flush=True)
+        while "loud" in sup.children:
+            await anyio.sleep(0.05)
+
+ipcactors.run(main, backend=sys.argv[1], log_level="WARNING")
+"""
+
+
+async def test_relay_of_a_flood_is_complete_and_never_stalls_ipc(
+    socket_dir: str, anyio_backend: str, script_env: dict[str, str]
+) -> None:
+    total, line = 50_000_000, 100
+    root = os.path.join(socket_dir, "flood")
+    os.mkdir(root, 0o700)
+    process = subprocess.Popen(
+        [sys.executable, "-c", _FLOOD, anyio_backend, root, str(total)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=script_env,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        with anyio.fail_after(15):
+            # Requests are answered while nobody reads the supervisor's stdout.
+            err = b""
+            while b"IPC OK" not in err:
+                chunk = await anyio.to_thread.run_sync(process.stderr.read1, abandon_on_cancel=True)
+                assert chunk, f"the script ended early: {err.decode(errors='replace')}"
+                err += chunk
+        with anyio.fail_after(30):
+            out, rest = await anyio.to_thread.run_sync(process.communicate, abandon_on_cancel=True)
+        assert process.returncode == 0, (err + rest).decode(errors="replace")
+        lines = out.split(b"\n")
+        assert lines.pop() == b""
+        assert len(lines) == total // line, "lines were lost"
+        assert lines[0] == b"[loud] " + b"0" * (line - 1)
+        assert lines[-1] == b"[loud] " + str(total // line - 1).zfill(line - 1).encode()
+        assert len(out) == total + len(lines) * len(b"[loud] ")
+    finally:
+        _kill_and_reap(process)  # type: ignore[arg-type]
+        shutil.rmtree(root, ignore_errors=True)
+
+
 # --- ipcactors.run and signals ------------------------------------------------------------------
 
 _RUN_SUPERVISOR = """
