@@ -609,12 +609,11 @@ class Supervisor:
 
     def _spec(self, child: _Child, incarnation: _Incarnation) -> dict[str, Any]:
         assert self._dir is not None
+        # Every field, none left out (a bytes auth_key once was): the spec travels as msgpack,
+        # which carries every type a Config holds.
         config = {
             field.name: getattr(self.config, field.name)
             for field in dataclasses.fields(self.config)
-            # Everything a Config holds is one of these (auth_key may be bytes); the spec
-            # travels as msgpack to the forkserver.
-            if isinstance(getattr(self.config, field.name), str | bytes | int | float | bool | None)
         }
         config.update(id=child.id, socket_root=self._dir)
         return {

@@ -3,6 +3,7 @@ child gets the parent's sys.path, and pytest puts tests/ on it)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -22,6 +23,7 @@ async def echo(actor: ipcactors.Actor, tag: Any = None) -> None:
     parent.on("pid", lambda data: os.getpid())
     parent.on("tag", lambda data: tag)
     parent.on("backend", lambda data: _backend())
+    parent.on("config", lambda data: dataclasses.asdict(actor.config))
 
     async def slow(seconds: float) -> str:
         await anyio.sleep(seconds)

@@ -6,6 +6,7 @@ Processes that a test starts outside a supervisor are killed and reaped in ``fin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -351,6 +352,24 @@ async def test_bytes_auth_key_reaches_the_children(socket_dir: str) -> None:
             await sup.spawn(_workers.echo, id="w")
             assert await sup.request("w", "echo", "keyed") == "keyed"
             assert sup.server.clients["w"].id == "w"
+
+
+async def test_every_config_option_reaches_the_children(socket_dir: str) -> None:
+    options: dict[str, Any] = {
+        "auth_key": b"\x00\xff key",
+        "max_frame_size": 1 << 20,
+        "request_timeout": 12.5,
+        "stop_retrying": 7,
+        "appspace": "t.",
+    }
+    with anyio.fail_after(15):
+        async with supervisor(socket_dir, **options) as sup:
+            await sup.spawn(_workers.echo, id="w")
+            theirs = await sup.request("w", "config")
+    ours = dataclasses.asdict(sup.config)
+    for name in ("id", "socket_root"):  # the child's own
+        del ours[name], theirs[name]
+    assert theirs == ours
 
 
 async def test_exception_in_the_block_comes_out_as_itself(socket_dir: str) -> None:
