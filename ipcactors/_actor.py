@@ -301,6 +301,7 @@ class Actor:
             await connection._run(channel)
             raise ClosedError(f"actor {self.id!r} was closed while connecting to {id!r}")
         task_group.start_soon(connection._run, channel)
+        await channel.wait_opened()  # its connect handlers ran (they need the channel running)
         return connection
 
     def _forget(self, connection: Connection) -> None:

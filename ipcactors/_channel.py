@@ -2,16 +2,33 @@
 
 Invariants:
 - Exactly one writer drains the peer's outbox (loop callbacks on asyncio, a task otherwise),
-  coalescing small frames into few large writes; a request or reply with nothing queued before
-  it is written at once by its sender (see ``Outbox.put_urgent``).
-- The reader parses every frame a read completes: replies are resolved at once; a request with
-  nothing queued before it starts at once (answered inline when its only handler is a plain
-  function, else in a task of its own); events, and requests behind them, queue (bounded) for
-  one dispatcher, started with the first batch, which handles events one at a time, in order.
-  Replies keep flowing meanwhile (a handler may itself await a request to the same peer), and a
-  slow request never holds up what comes after it.
-- Events received before the peer closed its side are still dispatched; bytes that break the
-  protocol end the channel with a :class:`ProtocolError` and nothing after them is used.
+  coalescing small frames into few large writes, replies first (the outbox's priority lane); a
+  request or reply with nothing queued before it is written at once by its sender (see
+  ``Outbox.put_urgent``).
+- The reader parses every frame a read completes: replies are resolved at once, always; a
+  request with nothing queued before it starts at once (answered inline when its only handler
+  is a plain function, else in a task of its own) if the peer's request gate is open; events,
+  and requests behind them, queue in the inbox for one dispatcher, started with the first
+  batch, which handles events one at a time, in order, and starts each request in its turn.
+- The request gate: at most ``max_concurrent_requests`` handler tasks per peer, each counted
+  until its reply is queued; and no request starts while replies wait in an outbox that is
+  over its bound. A request that finds it closed waits in the inbox.
+- The inbox is bounded in bytes (frames as received): the reader stops reading while it holds
+  ``max_inbox_bytes``, or while a request waits for the gate; but while a request to this peer
+  waits for its reply, it reads on up to ``INBOX_HARD_FACTOR`` times that bound, so that a
+  handler awaiting a request to the peer that called it gets its reply (which the peer sends in
+  its priority lane, ahead of its queued events). Per peer, memory is the outbox bound, the
+  inbox bound, and the replies of the requests that were running.
+- An opening (the ``connect`` handlers) runs while the channel reads and writes; no event or
+  request of the peer is dispatched before it is done (they wait in the inbox meanwhile). It is
+  cancelled if the channel ends first.
+- When the peer goes (end of stream, a broken socket, bad bytes), the requests whose frames
+  were handed to the writer fail at once with :class:`ConnectionLostError`.
+- Events received before the peer closed its side are still dispatched (the reader reads to
+  the end once the connection is lost, paused or not), and so are requests unless the
+  connection is broken (no reply could reach the peer); bytes that break the protocol end the
+  channel with a :class:`ProtocolError` and nothing after them is used. Replies still queued
+  when the channel ends are dropped: request ids are per connection.
 - Lifecycle names never arrive from the wire: a frame carrying one is a protocol error.
 - Heartbeats (``Config.heartbeat_interval``): any bytes received are a sign of life. A ping
   goes out after ``interval`` with nothing received or nothing sent (so that a peer busy
@@ -19,22 +36,23 @@ Invariants:
   (queued bytes reach the peer first and say as much). The reader answers a ping with a pong,
   written at once, at most one per ``PONG_MIN_GAP`` and only with nothing queued: a peer that
   floods pings or never reads cannot make us queue pongs. With nothing received for
-  ``interval + timeout`` the channel ends as if the peer had closed it.
+  ``interval + timeout`` the channel ends as if the peer had closed it. While the reader
+  pauses (flow control), the peer counts as alive: we are the ones not reading.
 - A server's client that sends nothing but heartbeats for ``idle_timeout`` is closed.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable
+from collections import deque
+from collections.abc import Awaitable, Callable
 from time import monotonic
 from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import ByteStream, TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._errors import DecodeError, ProtocolError
+from ._errors import ConnectionLostError, DecodeError, ProtocolError
 from ._protocol import (
     HEADER_SIZE,
     PING_FRAME,
@@ -55,12 +73,14 @@ from ._streams import attach_writer, drain_outbox, send_tracebacks
 if TYPE_CHECKING:
     from ._peer import Peer
 
-__all__ = ["Channel", "frame_bytes", "read_handshake_message"]
+__all__ = ["INBOX_HARD_FACTOR", "Channel", "frame_bytes", "read_handshake_message"]
 
 RECEIVE_SIZE = 64 * 1024  # per read for small traffic; large frames are read in larger chunks
 MAX_RECEIVE_SIZE = 4 * 1024 * 1024
-EVENT_BATCHES = 64  # batches of events waiting for the dispatcher before the reader waits
+INBOX_HARD_FACTOR = 4  # x max_inbox_bytes: how far reading goes on while a reply is awaited
 PONG_MIN_GAP = 0.05  # seconds between pongs: a peer pinging more often is not answered each time
+
+Opening = Callable[[], Awaitable[None]]
 
 
 def frame_bytes(frame: Frame) -> bytes:
@@ -83,92 +103,219 @@ async def read_handshake_message(stream: ByteStream, decoder: FrameDecoder) -> M
 
 class Channel:
     __slots__ = (
-        "_backlog",
-        "_batches",
+        "_broken",
+        "_changed",
         "_decoder",
+        "_dispatching",
         "_drained",
+        "_failure",
+        "_gone",
         "_heartbeat_bytes",
+        "_held",
+        "_in_flight",
+        "_inbox",
+        "_inbox_bytes",
+        "_input_done",
+        "_max_requests",
+        "_opened",
+        "_opening",
+        "_paused",
         "_peer",
         "_ponged_at",
+        "_queued_requests",
         "_received",
         "_received_at",
+        "_soft_bytes",
         "_stream",
         "_task_group",
     )
 
-    def __init__(self, stream: ByteStream, decoder: FrameDecoder, peer: Peer) -> None:
+    def __init__(
+        self, stream: ByteStream, decoder: FrameDecoder, peer: Peer, opening: Opening | None = None
+    ) -> None:
         self._stream = stream
         self._decoder = decoder
         self._peer = peer
         peer._encoder.tracebacks = send_tracebacks(stream, peer._config.remote_tracebacks)
+        self._opening = opening
+        config = peer._config
+        self._soft_bytes = config.max_inbox_bytes
+        self._max_requests = config.max_concurrent_requests
         self._task_group: TaskGroup | None = None
-        self._backlog = 0  # messages handed to the dispatcher, not yet handled
-        self._batches: MemoryObjectSendStream[list[Event | Request]] | None = None
+        # Batches of events and requests waiting for the dispatcher, with their bytes.
+        self._inbox: deque[tuple[list[Event | Request], int]] = deque()
+        self._inbox_bytes = 0
+        self._queued_requests = 0  # requests in the inbox, not started yet
+        self._in_flight = 0  # request handler tasks whose reply is not queued yet
+        self._held = opening is not None  # nothing is dispatched until the opening is done
+        self._dispatching = False
+        self._input_done = False  # the reader is done: the dispatcher finishes and returns
+        self._gone = False  # the peer's input ended or the connection broke: read to the end
+        self._broken = False  # nothing more can be written: queued requests are not started
+        self._changed: anyio.Event | None = None  # set when the reader or dispatcher may go on
         self._drained = anyio.Event()
+        self._opened = anyio.Event()
+        if opening is None:
+            self._opened.set()
+        self._failure: ProtocolError | None = None
+        self._paused = False  # the reader stopped reading for flow control
         self._received_at = monotonic()  # when bytes last arrived (the handshake just did)
         self._received = 0  # bytes received
         self._heartbeat_bytes = 0  # of which pings and pongs
         self._ponged_at = -math.inf
 
+    @property
+    def inbox_bytes(self) -> int:
+        """Bytes of received events and requests waiting for their handlers."""
+        return self._inbox_bytes
+
+    async def wait_opened(self) -> None:
+        """Return once the opening is done (or the channel ended without finishing it)."""
+        if not self._opened.is_set():
+            await self._opened.wait()
+
     async def run(self) -> None:
         """Serve the stream until it ends. Raises :class:`ProtocolError` on bad input."""
-        failure: ProtocolError | None = None
+        peer = self._peer
+        outbox = peer._outbox
         try:
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
-                detach = attach_writer(self._stream, self._peer._outbox)
+                outbox.on_lost = self._on_lost
+                detach = attach_writer(self._stream, outbox)
                 if detach is None:
                     task_group.start_soon(self._write_loop, task_group)
-                config = self._peer._config
-                if config.heartbeat_interval is not None or self._peer._idle_timeout is not None:
+                config = peer._config
+                if config.heartbeat_interval is not None or peer._idle_timeout is not None:
                     task_group.start_soon(self._watch, task_group)
                 try:
-                    await self._read_loop(task_group)
-                except ProtocolError as exc:
-                    failure = exc  # nothing after bad input is handled
-                else:
-                    if self._batches is not None:
-                        # The peer closed its side: the dispatcher finishes what arrived first.
-                        self._batches.close()
-                        await self._drained.wait()
+                    if self._opening is None:
+                        await self._read(task_group)
+                    else:
+                        task_group.start_soon(self._read, task_group)
+                        try:
+                            await self._opening()
+                        finally:
+                            self._release(task_group)
+                        await anyio.sleep_forever()  # until the reader is done
                 finally:
                     if detach is not None:
                         detach()
-                task_group.cancel_scope.cancel()
         finally:
             self._task_group = None
-            if self._batches is not None:
-                self._batches.close()
+            self._opened.set()
+            outbox.on_sent = outbox.on_lost = peer._requests.on_open = None
+            outbox.drop_replies()  # they answer this connection's requests, not the next's
             await anyio.aclose_forcefully(self._stream)
-        if failure is not None:
-            raise failure
-
-    def _dispatch(self, batch: list[Event | Request], task_group: TaskGroup) -> Awaitable[None]:
-        """Hand a batch to the dispatcher (started with the first batch: request-only traffic
-        never needs it). Returns the awaitable that queues it."""
-        if self._batches is None:
-            send, receive = anyio.create_memory_object_stream[list[Event | Request]](EVENT_BATCHES)
-            self._batches = send
-            task_group.start_soon(self._dispatch_loop, receive, self._drained, task_group)
-        self._backlog += len(batch)
-        return self._batches.send(batch)
+        if self._failure is not None:
+            raise self._failure
 
     def abort(self) -> None:
         """Stop at once: cancel reader, writer and dispatcher; the stream is closed by ``run``."""
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()
 
+    # --- flow control -------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        """Something the reader or the dispatcher may wait for changed: let them look again
+        (each registers again for what it needs)."""
+        changed = self._changed
+        if changed is not None:
+            self._changed = None
+            peer = self._peer
+            peer._outbox.on_sent = peer._requests.on_open = None
+            changed.set()
+
+    async def _wait_change(self, *, writes: bool = False, requests: bool = False) -> None:
+        """Wait for a :meth:`_wake`; also for the writer's progress (``writes``) or a request
+        to the peer opening (``requests``). Outside waits, those hooks cost nothing."""
+        if self._changed is None:
+            self._changed = anyio.Event()
+        peer = self._peer
+        if writes:
+            peer._outbox.on_sent = self._wake
+        if requests:
+            peer._requests.on_open = self._wake
+        await self._changed.wait()
+
+    def _gate_open(self) -> bool:
+        """Whether a request may start now (see the module's invariants)."""
+        outbox = self._peer._outbox
+        return self._in_flight < self._max_requests and (
+            not outbox._replies or not outbox.reply_backlog_full()
+        )
+
+    def _on_lost(self) -> None:
+        self._gone = self._broken = True
+        self._wake()
+
+    def _must_pause(self) -> bool:
+        """Whether the reader should stop reading for now."""
+        if self._gone:
+            return False  # read what is left, to the end
+        size = self._inbox_bytes
+        if size >= self._soft_bytes * INBOX_HARD_FACTOR:
+            return True
+        if len(self._peer._requests):
+            return False  # a reply is awaited: read on, up to the hard cap
+        return size >= self._soft_bytes or (self._queued_requests > 0 and not self._gate_open())
+
+    def _answered(self) -> None:
+        """A request handler task queued its reply (or ended)."""
+        self._in_flight -= 1
+        self._wake()
+
+    def _start(self, message: Request, task_group: TaskGroup) -> None:
+        if self._peer._start_answer(message, task_group, self._answered):
+            self._in_flight += 1  # until its reply is queued (see _answered)
+
+    def _release(self, task_group: TaskGroup) -> None:
+        """The opening is done: dispatch what waited for it."""
+        self._held = False
+        self._opened.set()
+        if self._inbox and not self._dispatching:
+            self._dispatching = True
+            task_group.start_soon(self._dispatch_loop, task_group)
+        self._wake()
+
+    # --- reading ------------------------------------------------------------------------------
+
+    async def _read(self, task_group: TaskGroup) -> None:
+        """The reader, then what follows the end of the peer's input."""
+        try:
+            await self._read_loop(task_group)
+        except ProtocolError as exc:
+            self._failure = exc  # nothing after bad input is handled
+            self._lost()
+        else:
+            self._lost()
+            self._gone = True
+            if self._dispatching:
+                # The peer closed its side: the dispatcher finishes what arrived first.
+                self._input_done = True
+                self._wake()
+                await self._drained.wait()
+        task_group.cancel_scope.cancel()
+
+    def _lost(self) -> None:
+        peer = self._peer
+        peer._requests.fail(
+            ConnectionLostError(f"the connection with {peer.id!r} was lost before the reply"),
+            sent_up_to=peer._outbox.taken,
+        )
+
     async def _read_loop(self, task_group: TaskGroup) -> None:
         decoder = self._decoder
         peer = self._peer
         requests = peer._requests
+        inbox = self._inbox
+        answered = self._answered
         receive = self._stream.receive
         frame_timeout = peer._config.frame_timeout
         data: bytes = b""  # bytes the handshake left in the decoder come out first
+        buffered = decoder.buffered
         while True:
-            if data:
-                self._received_at = monotonic()
-                self._received += len(data)
             events: list[Event | Request] = []
             for message in decoder.feed(data):
                 if type(message) is Event:
@@ -179,28 +326,45 @@ class Channel:
                     requests.resolve(message)
                 elif type(message) is ErrorReply:
                     requests.reject(message)
-                elif type(message) is Request:
-                    if is_reserved(message.event):
-                        raise ProtocolError(f"peer sent reserved event {message.event!r}")
-                    if events or self._backlog:
-                        events.append(message)  # it starts after the events before it
-                    else:
-                        peer._start_answer(message, task_group)
                 elif type(message) is Ping:
                     self._heartbeat_bytes += len(PING_FRAME)
                     self._pong()
                 elif type(message) is Pong:
                     self._heartbeat_bytes += len(PONG_FRAME)
+                elif type(message) is Request:
+                    if is_reserved(message.event):
+                        raise ProtocolError(f"peer sent reserved event {message.event!r}")
+                    if events or inbox or self._held or not self._gate_open():
+                        events.append(message)  # it starts after what is before it
+                        self._queued_requests += 1
+                    elif peer._start_answer(message, task_group, answered):
+                        self._in_flight += 1  # until its reply is queued (see _answered)
                 else:
                     raise ProtocolError(f"unexpected {type(message).__name__} after the handshake")
             if events:
-                await self._dispatch(events, task_group)
+                # Counted as the bytes of the frames this read completed.
+                size = buffered + len(data) - decoder.buffered
+                inbox.append((events, size))
+                self._inbox_bytes += size
+                if not self._dispatching and not self._held:
+                    self._dispatching = True
+                    task_group.start_soon(self._dispatch_loop, task_group)
+                self._wake()
+            if self._must_pause():
+                self._paused = True
+                try:
+                    while self._must_pause():
+                        await self._wait_change(writes=self._queued_requests > 0, requests=True)
+                finally:
+                    self._paused = False
+                    self._received_at = monotonic()  # silence counts from now: we did not read
             size = RECEIVE_SIZE
+            buffered = decoder.buffered
             pending = decoder.pending_frame_size()
             if pending is not None and pending > size:
-                size = min(pending + HEADER_SIZE - decoder.buffered, MAX_RECEIVE_SIZE)
+                size = min(pending + HEADER_SIZE - buffered, MAX_RECEIVE_SIZE)
             try:
-                if decoder.buffered:
+                if buffered:
                     with anyio.fail_after(frame_timeout):
                         data = await receive(size)
                 else:
@@ -210,13 +374,17 @@ class Channel:
                     f"the peer stalled for {frame_timeout} s in the middle of a frame"
                 ) from None
             except anyio.EndOfStream:
-                if decoder.buffered:
+                if buffered:
                     raise DecodeError(
-                        f"the peer closed the connection {decoder.buffered} bytes into a frame"
+                        f"the peer closed the connection {buffered} bytes into a frame"
                     ) from None
                 return
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._broken = True
                 return
+            if data:
+                self._received_at = monotonic()
+                self._received += len(data)
 
     def _pong(self) -> None:
         outbox = self._peer._outbox
@@ -241,10 +409,11 @@ class Channel:
         active = self._received - self._heartbeat_bytes
         active_at = monotonic()
         while True:
-            wake = min(next_tick, self._received_at + silent_after)
+            paused = self._paused
+            wake = next_tick if paused else min(next_tick, self._received_at + silent_after)
             await anyio.sleep(max(0.0, wake - monotonic()))
             now = monotonic()
-            silent = now - self._received_at
+            silent = 0.0 if self._paused else now - self._received_at
             if silent >= silent_after:
                 peer._heartbeat_lost(
                     f"nothing from {peer!r} for {silent:.1f} s (heartbeat_interval + "
@@ -257,7 +426,7 @@ class Channel:
                 continue
             next_tick = now + tick
             if idle is not None:
-                if self._received - self._heartbeat_bytes != active:
+                if self._paused or self._received - self._heartbeat_bytes != active:
                     active = self._received - self._heartbeat_bytes
                     active_at = now
                 elif now - active_at >= idle:
@@ -277,26 +446,35 @@ class Channel:
                 outbox.put_urgent(PING_FRAME, len(PING_FRAME))
             enqueued = outbox.enqueued
 
-    async def _dispatch_loop(
-        self,
-        batches: MemoryObjectReceiveStream[list[Event | Request]],
-        drained: anyio.Event,
-        task_group: TaskGroup,
-    ) -> None:
+    # --- dispatching --------------------------------------------------------------------------
+
+    async def _dispatch_loop(self, task_group: TaskGroup) -> None:
         peer = self._peer
+        inbox = self._inbox
         try:
-            with batches:
-                async for batch in batches:
-                    for message in batch:
-                        if type(message) is Event:
-                            pending = peer._on_event(message)
-                            if pending is not None:
-                                await pending
-                        elif type(message) is Request:
-                            peer._start_answer(message, task_group)
-                        self._backlog -= 1
+            while True:
+                if not inbox:
+                    if self._input_done:
+                        return
+                    await self._wait_change()
+                    continue
+                batch, size = inbox[0]
+                for message in batch:
+                    if type(message) is Event:
+                        pending = peer._on_event(message)
+                        if pending is not None:
+                            await pending
+                    elif type(message) is Request:
+                        while not (self._broken or self._gate_open()):
+                            await self._wait_change(writes=True)
+                        self._queued_requests -= 1
+                        if not self._broken:  # else no reply could reach the peer
+                            self._start(message, task_group)
+                inbox.popleft()
+                self._inbox_bytes -= size
+                self._wake()
         finally:
-            drained.set()
+            self._drained.set()
 
     async def _write_loop(self, task_group: TaskGroup) -> None:
         await drain_outbox(self._stream, self._peer._outbox)

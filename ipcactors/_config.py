@@ -64,6 +64,18 @@ class Config:
     #: Bytes queued per connection (while connected, or while reconnecting) before ``emit`` waits.
     #: 8 MiB absorbs bursts without letting a slow peer grow our memory without bound.
     max_outbox_bytes: int = 8 * 1024 * 1024
+    #: Bytes of received events and requests (as framed on the wire) a connection holds while
+    #: they wait for their handlers; past it, reading from that peer pauses (backpressure).
+    #: While a request to that peer waits for its reply, reading goes on up to 4× this, so that
+    #: a handler awaiting a request to the peer that called it gets its reply. 4 MiB keeps a
+    #: fast sender busy without letting one peer's backlog grow our memory without bound.
+    max_inbox_bytes: int = 4 * 1024 * 1024
+    #: Request handlers (``async def``, or returning an awaitable) running at once for one
+    #: peer, each counted until its reply is queued; more requests wait, and reading from that
+    #: peer pauses. No request starts either while replies the peer has not read fill our
+    #: outbox. 128 serves handlers that mostly wait; it bounds what a peer that sends requests
+    #: and never reads the replies can make us hold.
+    max_concurrent_requests: int = 128
     #: What ``Server.broadcast`` does with a client too slow to read (its outbox is full), so
     #: that one slow consumer never holds up the others (as NATS and Redis pub/sub do):
     #: ``"disconnect"`` (default): the frame is still queued while the client's outbox holds at
@@ -146,6 +158,8 @@ class Config:
         _check_int("max_frame_size", self.max_frame_size, 1024, 2**32 - 1)
         _check_int("max_outbox_bytes", self.max_outbox_bytes, 1)
         _check_int("max_decoded_objects", self.max_decoded_objects, 1024)
+        _check_int("max_inbox_bytes", self.max_inbox_bytes, 1)
+        _check_int("max_concurrent_requests", self.max_concurrent_requests, 1)
         for name in (
             "retry",
             "retry_cap",

@@ -2,7 +2,9 @@
 
 Invariants:
 - Connected means welcomed: ``connect`` fires after the server's ``welcome``, once per live
-  connection; ``disconnect`` fires once per lost connection, never per failed attempt.
+  connection, while the channel already reads and writes (the handlers may emit and await
+  requests) and before any of the server's events are handled; ``connect_to`` returns once
+  they are done. ``disconnect`` fires once per lost connection, never per failed attempt.
 - Retries follow ``stop_retrying``: a failed attempt or a lost connection spends one retry; the
   count restarts after each successful handshake. Errors retrying cannot fix (a refusal other
   than ``busy``, a path too long, no permission) end the connection at once, and so does
@@ -184,9 +186,7 @@ class Connection(Peer, HandlerMethods):
             await self._destroy(reason)
             raise
         stream, decoder = opened
-        channel = self._up_with(stream, decoder)
-        await self._handlers.call("connect", (), self._log)
-        return channel
+        return self._up_with(stream, decoder)
 
     async def _run(self, channel: Channel) -> None:
         """Serve, reconnect, serve; until closed or out of retries."""
@@ -213,7 +213,6 @@ class Connection(Peer, HandlerMethods):
                         error = exc
                         break
                     channel = self._up_with(stream, decoder)
-                    await self._handlers.call("connect", (), self._log)
         finally:
             await self._destroy(error)
         if error is not None:
@@ -293,11 +292,16 @@ class Connection(Peer, HandlerMethods):
         return stream, decoder
 
     def _up_with(self, stream: ByteStream, decoder: FrameDecoder) -> Channel:
-        channel = self._channel = Channel(stream, decoder, self)
+        """The channel of a new connection; its ``connect`` handlers run once it runs."""
+        opening = self._opening if self._handlers.get("connect") else None
+        channel = self._channel = Channel(stream, decoder, self, opening)
         self._up.set()
         self._log.info(f"connected to {self.id!r} at {self.address}{self._recovered}")
         self._recovered = ""
         return channel
+
+    async def _opening(self) -> None:
+        await self._handlers.call("connect", (), self._log)
 
     async def _serve(self, channel: Channel) -> None:
         try:
@@ -308,7 +312,10 @@ class Connection(Peer, HandlerMethods):
         finally:
             self._channel = None
             self._up = anyio.Event()
-            lost = ConnectionLostError(f"connection to {self.id!r} was lost before the reply")
+            if self._closing:
+                lost: IPCError = ClosedError(f"connection to {self.id!r} was closed")
+            else:
+                lost = ConnectionLostError(f"connection to {self.id!r} was lost before the reply")
             self._requests.fail(lost, sent_up_to=self._outbox.taken)
             if not self._closing:
                 self._log.info(f"connection to {self.id!r} lost")

@@ -6,6 +6,7 @@ the connection it came from lives on.
 
 from __future__ import annotations
 
+import enum
 import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, overload
@@ -13,10 +14,18 @@ from typing import Any, TypeVar, overload
 from ._errors import EventNameError, IPCError
 from ._log import ActorLog
 
-__all__ = ["Handler", "HandlerMethods", "Handlers"]
+__all__ = ["UNHANDLED", "Handler", "HandlerMethods", "Handlers"]
 
 Handler = Callable[..., Any]
 H = TypeVar("H", bound=Handler)
+
+
+class _Missing(enum.Enum):
+    UNHANDLED = "unhandled"
+
+
+#: What :meth:`Handlers.call_plain` returns for an event nobody handles.
+UNHANDLED = _Missing.UNHANDLED
 
 
 class Handlers:
@@ -78,12 +87,13 @@ class Handlers:
 
     def call_plain(
         self, event: str, args: tuple[Any, ...], log: ActorLog
-    ) -> Awaitable[None] | None:
+    ) -> Awaitable[None] | _Missing | None:
         """Run the handlers of ``event``; return an awaitable for the rest only once one of
-        them turns out to need awaiting (most handlers of events are plain functions)."""
+        them turns out to need awaiting (most handlers of events are plain functions), and
+        :data:`UNHANDLED` if ``event`` has no handler."""
         handlers = self._by_event.get(event)
         if not handlers:
-            return None
+            return UNHANDLED
         if len(handlers) == 1:
             handler = handlers[0]
             try:

@@ -1,16 +1,23 @@
 """The outbox: frames on their way to one peer, bounded in bytes.
 
-It is the write buffer while connected and the reconnect queue while not: one ordered queue, so
-frames emitted while a connection is down go out first, in order, once it is back.
+It is the write buffer while connected and the reconnect queue while not: one ordered queue of
+events and requests, so frames emitted while a connection is down go out first, in order, once
+it is back; and a priority lane for replies, which the writer takes before anything queued.
 
 Invariants:
 - ``put`` returns without a loop pass while there is room; that is what lets many small events
   share one write. When full, ``put`` waits (backpressure); nothing is ever dropped silently.
-- The bound covers queued frames and those the writer took but the kernel does not have yet,
-  so a slow peer costs at most ``max_bytes`` (plus one larger frame, accepted when the outbox
-  is empty so that it can be sent at all).
-- Counters ``enqueued`` and ``taken`` only grow: a frame with sequence number ``n`` has been
-  handed to a writer (and may be lost with the connection) once ``taken >= n``.
+- Replies (and error replies) never wait: :meth:`put_reply` queues them in the priority lane,
+  regardless of the bound, and the writer takes them first. They belong to no event order: a
+  reply may overtake events its sender emitted before it. Whoever answers requests keeps the
+  reply backlog in check (see :meth:`reply_backlog_full`; the channel stops starting requests).
+- The bound covers queued frames of both lanes and those the writer took but the kernel does
+  not have yet, so a slow peer costs at most ``max_bytes`` (plus one larger frame, accepted
+  when the outbox is empty so that it can be sent at all, plus the replies of requests that
+  were already running).
+- Counters ``enqueued`` and ``taken`` only grow and count the ordered queue only: a frame with
+  sequence number ``n`` has been handed to a writer (and may be lost with the connection) once
+  ``taken >= n``.
 """
 
 from __future__ import annotations
@@ -35,17 +42,21 @@ class Outbox:
         "_in_flight",
         "_in_flight_bytes",
         "_is_flushed",
+        "_replies",
         "direct",
         "enqueued",
         "max_bytes",
         "on_frames",
+        "on_lost",
+        "on_sent",
         "taken",
     )
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self._frames: deque[Frame] = deque()
-        self._bytes = 0
+        self._replies: deque[Frame] = deque()  # the priority lane
+        self._bytes = 0  # queued in either lane
         self._in_flight = False
         self._in_flight_bytes = 0
         self._closed: BaseException | None = None
@@ -60,9 +71,14 @@ class Outbox:
         #: Set by the writer: writes one frame now, without blocking; True when the kernel has
         #: all of it, False when the writer finishes it (and then calls :meth:`sent`).
         self.direct: Callable[[Frame], bool] | None = None
+        #: Called when the writer reports frames written (:meth:`sent`): the channel waits
+        #: for that while the reply backlog is full.
+        self.on_sent: Callable[[], None] | None = None
+        #: Called by a writer that finds the connection lost (the reader may not be reading).
+        self.on_lost: Callable[[], None] | None = None
 
     def __len__(self) -> int:
-        return len(self._frames)
+        return len(self._frames) + len(self._replies)
 
     @property
     def closed(self) -> bool:
@@ -93,7 +109,7 @@ class Outbox:
         return self.put_nowait(frame, size)
 
     def put_nowait(self, frame: Frame, size: int | None = None) -> int:
-        """Queue ``frame`` regardless of the bound (for replies and handshakes, which are few)."""
+        """Queue ``frame`` regardless of the bound."""
         if self._closed is not None:
             raise self._closed
         self._frames.append(frame)
@@ -123,10 +139,10 @@ class Outbox:
             self._has_frames = None
 
     def put_urgent(self, frame: Frame, size: int) -> int:
-        """Queue a request or a reply, writing it at once (through :attr:`direct`, skipping the
-        writer's turn) when nothing is queued or in flight. Returns its sequence number."""
+        """Queue a request, writing it at once (through :attr:`direct`, skipping the writer's
+        turn) when nothing is queued or in flight. Returns its sequence number."""
         direct = self.direct
-        if direct is None or self._frames or self._in_flight or self._closed is not None:
+        if direct is None or self._bytes or self._in_flight or self._closed is not None:
             return self.put_nowait(frame, size)
         self.enqueued += 1
         self.taken += 1
@@ -136,24 +152,76 @@ class Outbox:
             self.sent()
         return self.enqueued
 
+    def put_reply(self, frame: Frame, size: int | None = None) -> None:
+        """Queue a reply or error reply in the priority lane, regardless of the bound; written
+        at once (as :meth:`put_urgent`) when nothing is queued or in flight."""
+        if self._closed is not None:
+            raise self._closed
+        if size is None:
+            size = frame_size(frame)
+        direct = self.direct
+        if direct is not None and not self._bytes and not self._in_flight:
+            self._in_flight = True
+            self._in_flight_bytes += size
+            if direct(frame):
+                self.sent()
+            return
+        self._replies.append(frame)
+        self._bytes += size
+        if self.on_frames is not None:
+            self.on_frames()
+        elif self._has_frames is not None:
+            self._has_frames.set()
+            self._has_frames = None
+
+    def reply_backlog_full(self) -> bool:
+        """Whether replies wait in the priority lane while the outbox is over its bound: then
+        no request should start (its reply would only add to the backlog)."""
+        return bool(self._replies) and self._bytes + self._in_flight_bytes > self.max_bytes
+
+    def drop_replies(self) -> int:
+        """Forget the replies not yet taken (their connection is gone: request ids are per
+        connection, so they must not go out on the next one). Returns how many."""
+        left = len(self._replies)
+        for frame in self._replies:
+            self._bytes -= frame_size(frame)
+        self._replies.clear()
+        if not self._bytes and not self._in_flight and self._is_flushed is not None:
+            self._is_flushed.set()
+            self._is_flushed = None
+        return left
+
     def take(self, budget: int | None = None) -> list[Frame]:
         """Hand queued frames to the writer, which calls :meth:`sent` when they are written:
-        all of them, or the first ones up to ``budget`` bytes (at least one)."""
+        all of them, or the first ones up to ``budget`` bytes (at least one); replies first."""
         queue = self._frames
+        replies = self._replies
         if budget is None or self._bytes <= budget:
-            frames = list(queue)
+            if replies:
+                frames = list(replies)
+                frames.extend(queue)
+                replies.clear()
+            else:
+                frames = list(queue)
+            self.taken += len(queue)
             queue.clear()
             size = self._bytes
         else:
             frames = []
             size = 0
+            while replies and (not frames or size < budget):
+                frame = replies.popleft()
+                frames.append(frame)
+                size += frame_size(frame)
+            count = 0
             while queue and (not frames or size < budget):
                 frame = queue.popleft()
                 frames.append(frame)
                 size += frame_size(frame)
+                count += 1
+            self.taken += count
         self._bytes -= size
         self._in_flight_bytes += size
-        self.taken += len(frames)
         self._in_flight = bool(frames)
         return frames
 
@@ -164,13 +232,15 @@ class Outbox:
         if self._has_room is not None:
             self._has_room.set()
             self._has_room = None
-        if not self._frames and self._is_flushed is not None:
+        if not self._bytes and self._is_flushed is not None:
             self._is_flushed.set()
             self._is_flushed = None
+        if self.on_sent is not None:
+            self.on_sent()
 
     async def wait_flushed(self) -> None:
         """Wait until every queued frame has been written to the kernel."""
-        while (self._frames or self._in_flight) and self._closed is None:
+        while (self._bytes or self._in_flight) and self._closed is None:
             if self._is_flushed is None:
                 self._is_flushed = anyio.Event()
             await self._is_flushed.wait()
@@ -179,8 +249,9 @@ class Outbox:
         """Refuse further frames with ``error``; wake every waiter. Returns frames left unsent."""
         if self._closed is None:
             self._closed = error
-        left = len(self._frames)
+        left = len(self._frames) + len(self._replies)
         self._frames.clear()
+        self._replies.clear()
         self._bytes = self._in_flight_bytes = 0
         for event in (self._has_room, self._is_flushed, self._has_frames):
             if event is not None:

@@ -2,7 +2,14 @@
 what the peer sends. :class:`~ipcactors.Client` (a server's view of one client) and
 :class:`~ipcactors.Connection` (an actor's link to a server) are peers.
 
-Invariant: frames reach the wire only through the peer's outbox, in the order they were queued.
+Invariants:
+- Frames reach the wire only through the peer's outbox: events and requests in the order they
+  were queued, replies in its priority lane (a reply never waits for room, and may overtake
+  events queued before it).
+- A request is answered exactly once, unless the connection goes first; its reply is queued
+  without waiting, so no task is left holding a reply (the channel bounds how many run).
+- An event with no handler is counted (``events_unhandled``) and logged at WARNING once per
+  name, per server or connection; at most ``MAX_UNHANDLED_NAMES`` names are remembered.
 """
 
 from __future__ import annotations
@@ -10,22 +17,27 @@ from __future__ import annotations
 import inspect
 import math
 import traceback
-from collections.abc import Awaitable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup
 
 from ._config import Config, request_timeout
 from ._errors import EventNameError, IPCError, RequestTimeoutError, ReservedEventError
-from ._handlers import Handlers
+from ._handlers import UNHANDLED, Handlers
 from ._log import ActorLog
 from ._outbox import Outbox
 from ._protocol import Event, Frame, FrameEncoder, Request, frame_size, is_reserved
 from ._requests import NO_HANDLER, Requests
 from ._stats import ConnectionStatistics, PeerCounters
 
-__all__ = ["Peer", "answer", "check_event_name"]
+if TYPE_CHECKING:
+    from ._channel import Channel
+
+__all__ = ["MAX_UNHANDLED_NAMES", "Peer", "answer", "check_event_name"]
+
+MAX_UNHANDLED_NAMES = 256  # event names without a handler logged per server or connection
 
 
 _checked_names: set[str] = set()  # event names known to be fine (bounded below)
@@ -57,7 +69,17 @@ def _type_name(exc: BaseException) -> str:
 class Peer:
     """Base of :class:`Client` and :class:`Connection`; not instantiated directly."""
 
-    def __init__(self, config: Config, log: ActorLog, handlers: Handlers) -> None:
+    #: The peer's actor id.
+    id: str
+    _channel: Channel | None
+
+    def __init__(
+        self,
+        config: Config,
+        log: ActorLog,
+        handlers: Handlers,
+        unhandled_names: set[str] | None = None,
+    ) -> None:
         self._config = config
         self._log = log
         self._handlers = handlers
@@ -65,6 +87,9 @@ class Peer:
         self._outbox = Outbox(config.max_outbox_bytes)
         self._requests = Requests()
         self._counters = PeerCounters()
+        # Names of events that came without a handler, logged once each (a server's clients
+        # share one set).
+        self._unhandled_names: set[str] = set() if unhandled_names is None else unhandled_names
 
     @property
     def connected(self) -> bool:
@@ -76,6 +101,7 @@ class Peer:
             connected=self.connected,
             outbox_bytes=self._outbox.used,
             requests_pending=len(self._requests),
+            inbox_bytes=0 if self._channel is None else self._channel.inbox_bytes,
             events_unhandled=self._counters.events_unhandled,
             heartbeat_timeouts=self._counters.heartbeat_timeouts,
         )
@@ -150,45 +176,78 @@ class Peer:
 
     def _on_event(self, message: Event) -> Awaitable[None] | None:
         """Run the event's handlers; an awaitable if one of them needs awaiting."""
-        return self._handlers.call_plain(message.event, self._handler_args(message.data), self._log)
+        result = self._handlers.call_plain(
+            message.event, self._handler_args(message.data), self._log
+        )
+        if result is UNHANDLED:
+            self._unhandled(message.event)
+            return None
+        return result
 
-    def _start_answer(self, message: Request, task_group: TaskGroup) -> None:
+    def _unhandled(self, event: str) -> None:
+        self._counters.events_unhandled += 1
+        seen = self._unhandled_names
+        if event in seen or len(seen) > MAX_UNHANDLED_NAMES:
+            return
+        if len(seen) == MAX_UNHANDLED_NAMES:
+            seen.add("")  # no event is named "": it marks "the last word was said"
+            self._log.warning(
+                f"{MAX_UNHANDLED_NAMES} event names arrived from {self.id!r} and others with no "
+                "handler; more are counted (statistics().events_unhandled) but not logged"
+            )
+            return
+        seen.add(event)
+        shown = repr(event) if len(event) <= 80 else repr(event[:80]) + "..."
+        self._log.warning(
+            f"event {shown} from {self.id!r} has no handler and was dropped; register one "
+            "with on() (logged once per event name)"
+        )
+
+    def _start_answer(
+        self, message: Request, task_group: TaskGroup, done: Callable[[], None]
+    ) -> bool:
         """Answer a request: inline when its only handler is a plain function (no task, no
-        loop pass), else in a task of its own."""
+        loop pass), else in a task of its own, which calls ``done`` once its reply is queued.
+        Returns whether it started a task."""
         handler = self._handlers.lone_plain(message.event)
         if handler is None:
-            task_group.start_soon(self._answer, message)
-            return
+            task_group.start_soon(self._answer, message, done)
+            return True
         try:
             result = handler(*self._handler_args(message.data))
         except Exception as exc:
             frame = error_frame(self._encoder, message.id, exc)
         else:
             if inspect.isawaitable(result):
-                task_group.start_soon(self._answer_later, message, result)
-                return
+                task_group.start_soon(self._answer_later, message, result, done)
+                return True
             frame = reply_frame(self._encoder, message.id, result)
-        size = frame_size(frame)
-        if self._outbox.has_room(size):
-            self._outbox.put_urgent(frame, size)
-        else:
-            task_group.start_soon(self._send_reply, message, frame)
+        self._reply(message, frame)
+        return False
 
-    async def _answer_later(self, message: Request, result: Awaitable[Any]) -> None:
+    async def _answer_later(
+        self, message: Request, result: Awaitable[Any], done: Callable[[], None]
+    ) -> None:
         try:
-            frame = reply_frame(self._encoder, message.id, await result)
-        except Exception as exc:
-            frame = error_frame(self._encoder, message.id, exc)
-        await self._send_reply(message, frame)
+            try:
+                frame = reply_frame(self._encoder, message.id, await result)
+            except Exception as exc:
+                frame = error_frame(self._encoder, message.id, exc)
+            self._reply(message, frame)
+        finally:
+            done()
 
-    async def _answer(self, message: Request) -> None:
-        args = self._handler_args(message.data)
-        frame = await answer(self._handlers, message, args, self._encoder, self._log)
-        await self._send_reply(message, frame)
-
-    async def _send_reply(self, message: Request, frame: Frame) -> None:
+    async def _answer(self, message: Request, done: Callable[[], None]) -> None:
         try:
-            await self._outbox.put(frame)
+            args = self._handler_args(message.data)
+            frame = await answer(self._handlers, message, args, self._encoder, self._log)
+            self._reply(message, frame)
+        finally:
+            done()
+
+    def _reply(self, message: Request, frame: Frame) -> None:
+        try:
+            self._outbox.put_reply(frame)
         except Exception as exc:  # closed: the requester learns of the lost connection itself
             self._log.debug(f"reply to {message.event!r} not sent: {exc}")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import math
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -80,11 +81,14 @@ def _time_out(done: asyncio.Future[Any]) -> None:
 
 
 class Requests:
-    __slots__ = ("_last_id", "_pending")
+    __slots__ = ("_last_id", "_pending", "on_open")
 
     def __init__(self) -> None:
         self._last_id = 0
         self._pending: dict[int, PendingRequest] = {}
+        #: Called when a request opens: a channel that stopped reading reads on while a reply
+        #: is awaited.
+        self.on_open: Callable[[], None] | None = None
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -93,6 +97,8 @@ class Requests:
         self._last_id = self._last_id + 1 if self._last_id < MAX_REQUEST_ID else 1
         pending = PendingRequest(event)
         self._pending[self._last_id] = pending
+        if self.on_open is not None:
+            self.on_open()
         return self._last_id, pending
 
     def discard(self, request_id: int) -> None:

@@ -2,7 +2,10 @@
 
 Invariants:
 - A client counts as connected only after it was sent ``welcome``; the ``connect`` handlers run
-  before any of its events, ``disconnect`` once after its last.
+  before any of its events and requests are handled (while its channel already reads and
+  writes, so they may emit to it and await requests), ``disconnect`` once after its last.
+- Requests to a client that leaves fail with ``ConnectionLostError``; with ``ClosedError`` only
+  when this server is being closed.
 - ``max_connections`` holds for every transport: a client beyond it is refused with
   ``reject(busy)``.
 - Unfinished handshakes have a budget of their own (``max_handshakes``) and one deadline each
@@ -40,7 +43,7 @@ from anyio.streams.tls import TLSAttribute
 from ._bursts import WarningBursts
 from ._channel import Channel, frame_bytes
 from ._config import Config
-from ._errors import ClosedError, ProtocolError, UnknownPeerError
+from ._errors import ClosedError, ConnectionLostError, ProtocolError, UnknownPeerError
 from ._handlers import HandlerMethods, Handlers
 from ._handshake import Refusal, accept_handshake
 from ._log import ActorLog
@@ -65,7 +68,7 @@ class Client(Peer):
     """
 
     def __init__(self, server: Server, client_id: str, peer_address: Any) -> None:
-        super().__init__(server._config, server._log, server._handlers)
+        super().__init__(server._config, server._log, server._handlers, server._unhandled_names)
         self._server = server
         self._idle_timeout = server._config.idle_timeout
         self.id = client_id
@@ -118,6 +121,7 @@ class Server(HandlerMethods):
         self._handshakes: dict[anyio.CancelScope, None] = {}
         self._bursts = WarningBursts(log)
         self._counters = ServerCounters()
+        self._unhandled_names: set[str] = set()  # shared by the clients (see Peer._unhandled)
         self._listening: Listening | None = None
         self._task_group: TaskGroup | None = None
         self._closing = False
@@ -348,7 +352,13 @@ class Server(HandlerMethods):
             previous._outbox.close(ClosedError(f"client {client.id!r} reconnected"))
             if previous._channel is not None:
                 previous._channel.abort()
-        client._channel = channel = Channel(stream, decoder, client)
+        opening = None
+        if self._handlers.get("connect"):
+
+            async def opening() -> None:
+                await self._handlers.call("connect", (client,), self._log)
+
+        client._channel = channel = Channel(stream, decoder, client, opening)
         # Registered before the welcome: a client that knows it is connected is in `clients`.
         self._clients[client.id] = client
         try:
@@ -364,8 +374,7 @@ class Server(HandlerMethods):
             raise
         self._log.info(f"client {client.id!r} connected")
         try:
-            await self._handlers.call("connect", (client,), self._log)
-            await channel.run()
+            await channel.run()  # the connect handlers first, while it reads and writes
         except ProtocolError as exc:
             self._log.warning(f"closing connection of {client.id!r}: {exc}")
         finally:
@@ -376,7 +385,12 @@ class Server(HandlerMethods):
             left = client._outbox.close(ClosedError(f"client {client.id!r} disconnected"))
             if left:
                 self._log.warning(f"{left} frame(s) for {client.id!r} were not sent: it left")
-            client._requests.fail(ClosedError(f"client {client.id!r} disconnected"))
+            if self._closing:
+                client._requests.fail(ClosedError(f"server {self._id!r} closed"))
+            else:
+                client._requests.fail(
+                    ConnectionLostError(f"client {client.id!r} disconnected before the reply")
+                )
             self._log.info(f"client {client.id!r} disconnected")
             with anyio.move_on_after(self._config.close_timeout, shield=True):
                 await self._handlers.call("disconnect", (client,), self._log)

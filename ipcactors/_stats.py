@@ -57,6 +57,8 @@ class ConnectionStatistics:
     outbox_bytes: int
     #: Requests sent to the peer and still waiting for their reply.
     requests_pending: int
+    #: Bytes of events and requests received from the peer and waiting for their handlers.
+    inbox_bytes: int
     #: Events that arrived with no handler registered (each name is also logged once).
     events_unhandled: int
     #: Times this connection was dropped because nothing came from the peer within

@@ -124,7 +124,7 @@ async def drain_outbox(stream: ByteStream, outbox: Outbox) -> None:
             if not len(outbox):
                 await outbox.wait_frames()
                 continue
-            frames = outbox.take()
+            frames = outbox.take(COALESCE_LIMIT)  # a bounded bite: a reply waits for no more
             try:
                 for chunk in coalesce(frames):
                     await send(chunk)
@@ -345,6 +345,8 @@ class AsyncioSocketStream(ByteStream):
             nonlocal scheduled, in_flight
             scheduled = False
             if protocol.lost or self._closing:
+                if protocol.lost and outbox.on_lost is not None:
+                    outbox.on_lost()  # the reader may be paused: it must read on to the end
                 return
             if in_flight:
                 if protocol.write_paused:

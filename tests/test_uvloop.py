@@ -7,11 +7,20 @@ from typing import Any
 import anyio
 import pytest
 
+# The flow-control scenarios, on uvloop's transports too (their write path is the fast one).
+from test_flow import (
+    test_a_handler_gets_its_reply_from_the_peer_flooding_it_with_events as test_flood_on_uvloop,
+)
+from test_flow import (
+    test_a_peer_that_never_reads_its_replies_costs_a_bounded_amount as test_unread_on_uvloop,
+)
+
 import ipcactors
 from ipcactors import Actor
 
 pytest.importorskip("uvloop")  # an extra; `make test` installs it
 pytestmark = pytest.mark.anyio
+__all__ = ["test_flood_on_uvloop", "test_unread_on_uvloop"]
 
 
 @pytest.fixture
