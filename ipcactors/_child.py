@@ -8,9 +8,10 @@ Invariants owned here:
   connected to its supervisor, proved its incarnation token, received its arguments, and its
   target has run up to its first suspension (so handlers it registers first are in place).
 - Exit codes, as the interpreter's own: 0 when the target returned, called ``sys.exit()`` or
-  ``sys.exit(None)``, or the supervisor asked it to stop; ``n`` for ``sys.exit(n)``; 1 when the
-  target raised (its traceback goes to stderr, relayed with the child's id) or called
-  ``sys.exit("message")`` (the message goes to stderr); 70 when the supervisor is gone.
+  ``sys.exit(None)`` (in the target or in a handler), or the supervisor asked it to stop; ``n``
+  for ``sys.exit(n)``; 1 when the target raised (its traceback goes to stderr, relayed with the
+  child's id) or called ``sys.exit("message")`` (the message goes to stderr); 70 when the
+  supervisor is gone.
 """
 
 from __future__ import annotations
@@ -89,8 +90,30 @@ def run_child(spec: dict[str, Any], lifeline_fd: int, parent_pid: int) -> int:
     options: dict[str, Any] = {}
     if spec["backend"] == "asyncio" and spec.get("uvloop"):
         options["use_uvloop"] = True
-    code: int = anyio.run(_main, spec, fn, backend=spec["backend"], backend_options=options)
+    try:
+        code: int = anyio.run(_main, spec, fn, backend=spec["backend"], backend_options=options)
+    except BaseException as exc:
+        # sys.exit() in a handler ends the process through the task groups, in a group.
+        exiting = _system_exit(exc)
+        if exiting is None:
+            raise
+        code = _exit_code(exiting)
     return code
+
+
+def _system_exit(exc: BaseException) -> SystemExit | None:
+    """``exc`` if it is a SystemExit, or the first of a group made only of SystemExits."""
+    if isinstance(exc, SystemExit):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        matched, rest = exc.split(SystemExit)
+        if matched is not None and rest is None:
+            first: BaseException = matched
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            if isinstance(first, SystemExit):
+                return first
+    return None
 
 
 async def _main(spec: dict[str, Any], fn: Callable[..., Any]) -> int:

@@ -150,3 +150,11 @@ async def flood(actor: ipcactors.Actor, total: int, line: int = 100) -> None:
             "".join(f"{n:0{line - 1}d}\n" for n in range(start, min(start + block, count)))
         )
         await anyio.sleep(0)
+
+
+async def quits(actor: ipcactors.Actor) -> None:
+    """Calls ``sys.exit(code)`` in a handler, on request "quit"."""
+    parent = actor.parent
+    assert parent is not None
+    parent.on("quit", lambda code: sys.exit(code))
+    await anyio.sleep_forever()

@@ -346,6 +346,22 @@ async def test_transient_child_ending_normally_is_not_restarted(
                 assert sup.children == {}
 
 
+@pytest.mark.parametrize(("code", "restarts"), [(None, False), (0, False), (2, True)])
+async def test_sys_exit_in_a_handler_is_the_exit_code(
+    socket_dir: str, code: int | None, restarts: bool
+) -> None:
+    with anyio.fail_after(20):
+        async with supervisor(socket_dir) as sup:
+            info = await sup.spawn(_workers.quits, id="w", restart="transient")
+            with pytest.raises(ChildExitedError, match=f"code {code or 0} ") as caught:
+                await sup.request("w", "quit", code)
+            assert caught.value.exitcode == (code or 0)
+            if restarts:
+                await wait_until(restarted(sup, "w", info.pid))
+            else:
+                await wait_until(lambda: "w" not in sup.children)
+
+
 async def test_bytes_auth_key_reaches_the_children(socket_dir: str) -> None:
     with anyio.fail_after(15):
         async with supervisor(socket_dir, auth_key=b"\x00\xff not utf-8 \x80") as sup:
