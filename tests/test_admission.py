@@ -113,6 +113,24 @@ async def test_a_flood_of_silent_sockets_does_not_lock_out_a_good_client(
                 await anyio.aclose_forcefully(stream)
 
 
+async def test_a_flood_is_logged_once_not_once_per_socket(
+    socket_dir: str, log_lines: list[str]
+) -> None:
+    async with Actor("srv", socket_root=socket_dir, max_handshakes=4) as actor:
+        server = await actor.serve()
+        silent = [await raw_stream(server) for _ in range(50)]
+        try:
+            with anyio.fail_after(5):
+                while server.statistics().handshakes_dropped < 46:
+                    await anyio.sleep(0.01)
+        finally:
+            for stream in silent:
+                await anyio.aclose_forcefully(stream)
+    dropped = [line for line in log_lines if "max_handshakes" in line]
+    assert len(dropped) == 1, dropped
+    assert "WARNING" in dropped[0]
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_a_slowloris_does_not_lock_out_a_good_client(transport: str, socket_dir: str) -> None:
     """Sockets that trickle a hello that never ends (a header announcing 60 KiB, then a byte at a

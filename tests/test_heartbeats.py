@@ -144,6 +144,29 @@ async def test_client_notices_a_server_that_goes_silent(transport: str, socket_d
         os.unlink(path)
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_peer_slowly_sending_a_large_frame_is_alive(
+    transport: str, socket_dir: str
+) -> None:
+    """Any bytes count as a sign of life: a frame trickling in for 3 x the bound (and never a
+    pong) keeps the connection, and the request it carries is answered."""
+    async with serving(transport, socket_dir, **HEARTBEAT) as server:
+        stream, decoder = await raw_client(server)
+        async with stream:
+            frame = framed([1, "echo", b"x" * 200_000, 1])
+            steps = 30
+            step = len(frame) // steps + 1
+            for at in range(0, len(frame), step):
+                await stream.send(frame[at : at + step])
+                await anyio.sleep(BOUND * 3 / steps)
+            received: list[Message] = []
+            with anyio.fail_after(5):
+                while not any(type(m) is Reply for m in received):
+                    received += decoder.feed(await stream.receive())
+            assert "raw" in server.clients
+            assert server.statistics().heartbeat_timeouts == 0
+
+
 async def test_pings_are_answered_with_pongs_at_a_bounded_rate(socket_dir: str) -> None:
     """1000 pings in one write get a few pongs (not 1000), and the peer stays served."""
     async with serving("unix", socket_dir) as server:
