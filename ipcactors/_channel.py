@@ -36,8 +36,9 @@ Invariants:
   (queued bytes reach the peer first and say as much). The reader answers a ping with a pong,
   written at once, at most one per ``PONG_MIN_GAP`` and only with nothing queued: a peer that
   floods pings or never reads cannot make us queue pongs. With nothing received for
-  ``interval + timeout`` the channel ends as if the peer had closed it. While the reader
-  pauses (flow control), the peer counts as alive: we are the ones not reading.
+  ``interval + timeout`` (and still nothing after ``STALL_GRACE``, in case our own loop was the
+  one stalled) the channel ends as if the peer had closed it. While the reader pauses (flow
+  control), the peer counts as alive: we are the ones not reading.
 - A server's client that sends nothing but heartbeats for ``idle_timeout`` is closed.
 """
 
@@ -79,6 +80,7 @@ RECEIVE_SIZE = 64 * 1024  # per read for small traffic; large frames are read in
 MAX_RECEIVE_SIZE = 4 * 1024 * 1024
 INBOX_HARD_FACTOR = 4  # x max_inbox_bytes: how far reading goes on while a reply is awaited
 PONG_MIN_GAP = 0.05  # seconds between pongs: a peer pinging more often is not answered each time
+STALL_GRACE = 0.05  # seconds the reader gets, once the heartbeat deadline passed, before a drop
 
 Opening = Callable[[], Awaitable[None]]
 
@@ -415,6 +417,12 @@ class Channel:
             now = monotonic()
             silent = 0.0 if self._paused else now - self._received_at
             if silent >= silent_after:
+                # Our own loop may have been the one stalled (a blocking handler, a paused
+                # process): let the reader take what waits in the kernel before judging.
+                await anyio.sleep(STALL_GRACE)
+                silent = 0.0 if self._paused else monotonic() - self._received_at
+                if silent < silent_after:
+                    continue
                 peer._heartbeat_lost(
                     f"nothing from {peer!r} for {silent:.1f} s (heartbeat_interval + "
                     f"heartbeat_timeout = {silent_after:g} s): it is frozen, hung or gone; "

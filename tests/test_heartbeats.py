@@ -246,8 +246,6 @@ async def test_server_drops_a_frozen_client_process(anyio_backend: str, socket_d
             with anyio.fail_after(5):
                 while "frozen" not in server.clients:
                     await anyio.sleep(0.01)
-            await anyio.sleep(BOUND * 1.5)  # a live process keeps its connection
-            assert "frozen" in server.clients
             os.kill(child.pid, signal.SIGSTOP)
             start = anyio.current_time()
             with anyio.fail_after(BOUND + SLACK):
