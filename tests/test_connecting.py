@@ -369,6 +369,26 @@ async def test_closing_the_actor_stops_its_connection_attempts(
         assert server.clients == {}
 
 
+async def test_closing_the_actor_stops_its_reconnect_attempts(socket_dir: str) -> None:
+    hello = Actor("hello", socket_root=socket_dir, silent=True, close_timeout=5, **FAST_RETRY)
+    async with hello:
+        async with Actor("world", socket_root=socket_dir, silent=True) as world:
+            await world.serve()
+            with anyio.fail_after(5):
+                connection = await hello.connect_to("world")
+        with anyio.fail_after(5):
+            while connection.connected:
+                await anyio.sleep(0.01)
+        await anyio.sleep(0.2)  # reconnect attempts fail meanwhile
+        started = anyio.current_time()
+    assert anyio.current_time() - started < 4, "closing waited for the reconnect attempts"
+    assert connection.destroyed
+    async with Actor("world", socket_root=socket_dir, silent=True) as world:
+        server = await world.serve()
+        await anyio.sleep(0.5)  # many retry periods of FAST_RETRY
+        assert server.clients == {}
+
+
 async def test_connect_to_after_close_fails_at_once(socket_dir: str) -> None:
     hello = Actor("hello", socket_root=socket_dir, silent=True, **FAST_RETRY)
     async with hello:
