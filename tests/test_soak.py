@@ -282,6 +282,7 @@ class Soak:
 
                     await self.attempt(f"client {op}", request)
                 elif op == "disconnect":
+                    self.clients.pop(name, None)
                     await self.attempt("disconnect", lambda a=actor: a.disconnect("hub"))
                 else:
                     # Not in attempt(): an actor must be left in the cancel scope it was
@@ -437,11 +438,37 @@ def test_the_ledger_sees_duplicates_and_disorder() -> None:
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
 @pytest.mark.timeout(SOAK_SECONDS + 120)
 async def test_soak(
-    transport: str,
-    anyio_backend: str,
-    socket_dir: str,
-    fault_proxy: Callable[..., FaultProxy],
-    seed: int,
+    transport: str, socket_dir: str, fault_proxy: Callable[..., FaultProxy], seed: int
+) -> None:
+    await soak(transport, socket_dir, fault_proxy, seed)
+
+
+@pytest.fixture(scope="module")
+def _uvloop_global_state() -> None:
+    """uvloop opens a process-wide pipe with its first loop; open it before the leak checks
+    take their snapshot (as in test_uvloop.py)."""
+    import asyncio
+
+    uvloop = pytest.importorskip("uvloop")
+    uvloop.run(asyncio.sleep(0))
+
+
+@pytest.mark.parametrize("anyio_backend", [("asyncio", {"use_uvloop": True})], ids=["uvloop"])
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+@pytest.mark.timeout(SOAK_SECONDS + 120)
+@pytest.mark.usefixtures("_uvloop_global_state")
+async def test_soak_on_uvloop(
+    transport: str, socket_dir: str, fault_proxy: Callable[..., FaultProxy], seed: int
+) -> None:
+    """The asyncio fast path (_streams.py) on uvloop, whose transports differ."""
+    import asyncio
+
+    assert "uvloop" in type(asyncio.get_running_loop()).__module__
+    await soak(transport, socket_dir, fault_proxy, seed)
+
+
+async def soak(
+    transport: str, socket_dir: str, fault_proxy: Callable[..., FaultProxy], seed: int
 ) -> None:
     me = psutil.Process()
     tasks_before = live_tasks()
