@@ -3,6 +3,9 @@ client served through it (resets before accept, floods of silent or trickling so
 
 from __future__ import annotations
 
+import contextlib
+import os
+import resource
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -75,6 +78,43 @@ async def test_connections_reset_before_accept_cost_only_themselves(
             for _ in range(20):
                 reset(raw_socket(server))
             await assert_served(server, socket_dir)
+
+
+async def test_accept_survives_running_out_of_file_descriptors(
+    socket_dir: str, log_lines: list[str]
+) -> None:
+    """accept() failing with EMFILE: logged once, retried, and the waiting client is served
+    once descriptors are free again."""
+    async with Actor("srv", socket_root=socket_dir) as actor:
+        server = await actor.serve()
+        server.on("echo", lambda data, client: data)
+        waiting = raw_socket(server)  # in the backlog: accepted only after the drought
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        fillers: list[int] = []
+        try:
+            highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 8, hard))
+            with contextlib.suppress(OSError):
+                while True:
+                    fillers.append(os.open(os.devnull, os.O_RDONLY))
+            await anyio.sleep(0.3)  # accept keeps failing meanwhile
+        finally:
+            for fd in fillers:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        with anyio.fail_after(5):
+            waiting.setblocking(False)
+            stream = await SocketStream.from_socket(waiting)
+            async with stream:
+                await stream.send(framed([4, {"v": 1, "id": "patient"}]))
+                decoder = FrameDecoder(Limits())
+                messages: list[Any] = []
+                while not messages:
+                    messages = decoder.feed(await stream.receive())
+        assert type(messages[0]) is Welcome
+        assert await assert_served(server, socket_dir) < 5
+    warnings = [line for line in log_lines if "cannot accept connections" in line]
+    assert len(warnings) == 1, warnings
 
 
 # --- item 8: unfinished handshakes have their own budget; the oldest make way ------------------
