@@ -24,11 +24,11 @@ Invariants:
   cancelled if the channel ends first.
 - When the peer goes (end of stream, a broken socket, bad bytes), the requests whose frames
   were handed to the writer fail at once with :class:`ConnectionLostError`.
-- Events received before the peer closed its side are still dispatched (the reader reads to
-  the end once the connection is lost, paused or not), and so are requests unless the
-  connection is broken (no reply could reach the peer); bytes that break the protocol end the
-  channel with a :class:`ProtocolError` and nothing after them is used. Replies still queued
-  when the channel ends are dropped: request ids are per connection.
+- Events and requests received before the peer closed its side (end of stream) are still
+  dispatched. A broken connection (a failed write or read) ends the channel at once, as does
+  bytes that break the protocol (a :class:`ProtocolError`; nothing after them is used): what
+  waits in the inbox is dropped (at most once). Replies still queued when the channel ends
+  are dropped: request ids are per connection.
 - Lifecycle names never arrive from the wire: a frame carrying one is a protocol error.
 - Heartbeats (``Config.heartbeat_interval``): any bytes received are a sign of life. A ping
   goes out after ``interval`` with nothing received or nothing sent (so that a peer busy
@@ -249,8 +249,10 @@ class Channel:
         )
 
     def _on_lost(self) -> None:
+        """The writer found the connection broken: end the channel, as a writer task does (a
+        handler waiting for room in the outbox would wait for ever)."""
         self._gone = self._broken = True
-        self._wake()
+        self.abort()
 
     def _must_pause(self) -> bool:
         """Whether the reader should stop reading for now."""
@@ -293,7 +295,7 @@ class Channel:
         else:
             self._lost()
             self._gone = True
-            if self._dispatching:
+            if self._dispatching and not self._broken:
                 # The peer closed its side: the dispatcher finishes what arrived first.
                 self._input_done = True
                 self._wake()

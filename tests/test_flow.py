@@ -165,6 +165,40 @@ async def test_a_peer_that_never_reads_its_replies_costs_a_bounded_amount(
                     task_group.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_handler_blocked_on_a_full_outbox_ends_when_the_peer_vanishes(
+    transport: str, socket_dir: str
+) -> None:
+    """A handler waits for room to emit to a peer that never reads; the peer closes its socket:
+    the connection ends (disconnect fires) instead of waiting for that handler for ever."""
+    outcome: list[str] = []
+    gone = anyio.Event()
+    config = {"max_outbox_bytes": OUTBOX}
+    async with serving(transport, socket_dir, **config) as (server, _, connect_raw):
+
+        @server.on("go")
+        async def go(data: None, client: ipcactors.Client) -> None:
+            try:
+                for _ in range(1000):
+                    await client.emit("big", REPLY)
+                outcome.append("sent all")
+            except ipcactors.ClosedError:
+                outcome.append("closed")
+
+        server.on("disconnect", lambda client: gone.set())
+        with anyio.fail_after(5):
+            raw = await connect_raw()
+        async with raw:
+            await raw_handshake(raw)
+            await raw.send(framed([0, "go", None]))
+            await eventually(lambda: "raw" in server.clients)
+            client = server.clients["raw"]
+            await eventually(lambda: client.statistics().outbox_bytes > OUTBOX - len(REPLY))
+        with anyio.fail_after(5):
+            await gone.wait()
+    assert outcome != ["sent all"]
+
+
 async def test_at_most_max_concurrent_requests_handlers_run_per_peer(socket_dir: str) -> None:
     running = 0
     most = 0

@@ -6,6 +6,9 @@ from typing import Any
 
 import anyio
 import pytest
+from test_flow import (
+    test_a_handler_blocked_on_a_full_outbox_ends_when_the_peer_vanishes as test_vanish_on_uvloop,
+)
 
 # The flow-control scenarios, on uvloop's transports too (their write path is the fast one).
 from test_flow import (
@@ -20,7 +23,7 @@ from ipcactors import Actor
 
 pytest.importorskip("uvloop")  # an extra; `make test` installs it
 pytestmark = pytest.mark.anyio
-__all__ = ["test_flood_on_uvloop", "test_unread_on_uvloop"]
+__all__ = ["test_flood_on_uvloop", "test_unread_on_uvloop", "test_vanish_on_uvloop"]
 
 
 @pytest.fixture
