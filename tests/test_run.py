@@ -201,7 +201,6 @@ def test_signal_with_supervised_requests_in_flight_exits_quietly(
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_ctrl_c_in_the_worker_pool_example(backend: str) -> None:
-    pytest.importorskip("numpy")
     process = subprocess.Popen(
         [
             sys.executable,
