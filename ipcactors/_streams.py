@@ -16,6 +16,9 @@ Invariants:
 - ``receive`` and ``send`` return without a loop pass when data is waiting or the kernel takes
   the bytes; they wait only when they must (nothing to read, or the kernel's buffer is full).
 - Memory stays bounded: reading pauses once ``READ_HIGH_WATER`` bytes wait unread.
+- Any number of tasks may wait in ``AsyncioSocketStream.send`` at once (a TLS stream's writer,
+  and its reader flushing a record): each is woken when the kernel has taken the bytes, or the
+  connection is lost. Beneath TLS on Trio, :func:`shared_sender` makes senders take turns.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ __all__ = [
     "drain_outbox",
     "running_asyncio_loop",
     "send_tracebacks",
+    "shared_sender",
     "wrap_socket",
 ]
 
@@ -138,6 +142,41 @@ async def drain_outbox(stream: ByteStream, outbox: Outbox) -> None:
             outbox.sent()  # the frame's end dies with this connection (at most once)
 
 
+def shared_sender(stream: ByteStream) -> ByteStream:
+    """``stream``, made safe for several tasks sending at once: what a TLS stream needs beneath
+    it, as its reader may flush a record while its writer sends. The asyncio fast path already
+    is; anyio's own streams (Trio) refuse a second sender, so sends take turns there."""
+    if isinstance(stream, AsyncioSocketStream):
+        return stream
+    return _TurnTakingSender(stream)
+
+
+class _TurnTakingSender(ByteStream):
+    """A byte stream whose senders take turns (see :func:`shared_sender`)."""
+
+    def __init__(self, stream: ByteStream) -> None:
+        self._stream = stream
+        self._turn = anyio.Lock()
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        return await self._stream.receive(max_bytes)
+
+    async def send(self, item: bytes) -> None:
+        async with self._turn:
+            await self._stream.send(item)
+
+    async def send_eof(self) -> None:
+        async with self._turn:
+            await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return self._stream.extra_attributes
+
+
 def _plain(stream: ByteStream) -> bool:
     """Whether the stream's bytes go to its socket as they are (not through TLS)."""
     return isinstance(stream, SocketStream)
@@ -213,7 +252,9 @@ class _StreamProtocol(asyncio.BufferedProtocol):
         self.error: BaseException | None = None
         self.read_waiter: asyncio.Future[None] | None = None
         self.write_paused = False
-        self.drain_waiter: asyncio.Future[None] | None = None
+        # Every sender waiting for the kernel to take the bytes: there may be several at once
+        # (a TLS stream's writer and its reader flushing a record).
+        self.drain_waiters: list[asyncio.Future[None]] = []
         self.on_resume: Callable[[], None] | None = None
         self.closed: asyncio.Future[None] = loop.create_future()
 
@@ -265,9 +306,10 @@ class _StreamProtocol(asyncio.BufferedProtocol):
             waiter.set_result(None)
 
     def _wake_writer(self) -> None:
-        waiter = self.drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        waiters, self.drain_waiters = self.drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 class AsyncioSocketStream(ByteStream):
@@ -323,11 +365,13 @@ class AsyncioSocketStream(ByteStream):
             raise anyio.BrokenResourceError from protocol.error
         self._transport.write(item)
         while protocol.write_paused and not protocol.lost:
-            waiter = protocol.drain_waiter = protocol.loop.create_future()
+            waiter = protocol.loop.create_future()
+            protocol.drain_waiters.append(waiter)
             try:
                 await waiter
             finally:
-                protocol.drain_waiter = None
+                if waiter in protocol.drain_waiters:  # cancelled before it was woken
+                    protocol.drain_waiters.remove(waiter)
         if protocol.lost:
             raise anyio.BrokenResourceError from protocol.error
 

@@ -20,6 +20,7 @@ from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.tls import TLSStream
 
 from ._errors import ConfigError, ProtocolError
+from ._streams import shared_sender
 from ._transport import Listening, TCPTransport, tls_error
 
 __all__ = ["NotTLSError", "TLSTransport", "check_server_context"]
@@ -120,7 +121,10 @@ class TLSTransport:
         stream = await TCPTransport(self.host, self.port).connect()
         try:
             return await TLSStream.wrap(
-                stream, hostname=self.host, ssl_context=self.context, standard_compatible=False
+                shared_sender(stream),  # TLS's reader may send while its writer does
+                hostname=self.host,
+                ssl_context=self.context,
+                standard_compatible=False,
             )
         except BaseException as exc:
             await anyio.aclose_forcefully(stream)
@@ -140,7 +144,7 @@ class TLSTransport:
             raise NotTLSError(f"this port requires TLS; connect with tls= to {(self.host, port)}")
         try:
             return await TLSStream.wrap(
-                _Replay(stream, first),
+                _Replay(shared_sender(stream), first),  # TLS's reader may send too
                 server_side=True,
                 ssl_context=self.context,
                 standard_compatible=False,
