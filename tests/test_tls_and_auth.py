@@ -233,3 +233,21 @@ def test_auth_key_must_not_be_empty() -> None:
     with pytest.raises(ipcactors.ConfigError):
         ipcactors.Config(auth_key=b"")
     assert "s3cret" not in repr(ipcactors.Config(auth_key="s3cret"))
+
+
+async def test_a_flood_of_silent_sockets_does_not_lock_out_a_tls_client(ca: trustme.CA) -> None:
+    """Connections that never start their TLS handshake count against max_handshakes like any
+    other: the oldest make way, and a good TLS client is welcomed at once."""
+    async with tls_server(server_context(ca)) as server:
+        silent = []
+        try:
+            with anyio.fail_after(10):
+                for _ in range(200):
+                    silent.append(await anyio.connect_tcp(HOST, port(server)))
+                start = anyio.current_time()
+                await assert_still_serving(server, client_context(ca))
+            assert anyio.current_time() - start < 2.0
+            assert server.statistics().handshakes_dropped >= 200 - 64
+        finally:
+            for stream in silent:
+                await anyio.aclose_forcefully(stream)
