@@ -8,13 +8,14 @@ import signal
 import struct
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import msgpack
 import pytest
+from _faultproxy import FaultProxy
 from anyio.abc import Process, SocketStream
 
 from ipcactors import Actor, ConnectionLostError, Server
@@ -180,6 +181,34 @@ async def test_pings_are_answered_with_pongs_at_a_bounded_rate(socket_dir: str) 
             pongs = sum(type(m) is Pong for m in received)
             assert 1 <= pongs <= 3
             assert "raw" in server.clients
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_link_gone_silent_is_dropped_on_both_sides_then_restored(
+    transport: str, socket_dir: str, fault_proxy: Callable[..., FaultProxy]
+) -> None:
+    """A network partition (the proxy forwards nothing and keeps both sockets open): the server
+    frees the client's slot, the client fails its request in flight and reconnects."""
+    async with serving(transport, socket_dir, **HEARTBEAT) as server:
+        async with (
+            fault_proxy(server.address) as proxy,
+            Actor("hello", socket_root=socket_dir, silent=True, retry=0.05, **HEARTBEAT) as hello,
+        ):
+            with anyio.fail_after(5):
+                connection = await proxy.connect(hello, "srv")
+                assert await connection.request("echo", 1) == 1
+            proxy.blackhole()
+            start = anyio.current_time()
+            with anyio.fail_after(BOUND + SLACK), pytest.raises(ConnectionLostError):
+                await connection.request("echo", 2, timeout=30)
+            assert anyio.current_time() - start >= BOUND * 0.9
+            with anyio.fail_after(BOUND + SLACK):
+                while server.statistics().heartbeat_timeouts == 0:
+                    await anyio.sleep(0.01)
+            proxy.heal()
+            with anyio.fail_after(10):
+                await connection.wait_connected()
+                assert await connection.request("echo", 3) == 3
 
 
 # --- idle_timeout --------------------------------------------------------------------------------
