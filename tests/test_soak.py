@@ -10,7 +10,8 @@ runs worker processes. Concurrent drivers, each with its own seeded random, run 
   back the client that called it;
 - the supervisor: request a child, emit numbered pings (a child answers each with a pong);
 - chaos: latency, slicing, blackhole, cut and reset on the proxy (then heal), kill a child
-  process (SIGKILL), restart the hub.
+  process (SIGKILL), freeze one (SIGSTOP, then SIGCONT), restart the hub; short heartbeats
+  find what stays silent.
 
 Then, with the faults healed: every client and child answers again, and these held throughout:
 - every operation ended within its bound (nothing hangs) and every failure was an
@@ -55,7 +56,11 @@ RSS_GROWTH = 100 * 1024 * 1024
 DIRECTIONS: list[Direction] = ["up", "down", "both"]
 CLIENTS = 3
 CHILDREN = 2
-FAST = {"retry": 0.02, "retry_cap": 0.1, "close_timeout": 1.0, "handshake_timeout": 2.0}
+FAST = {
+    **{"retry": 0.02, "retry_cap": 0.1, "close_timeout": 1.0, "handshake_timeout": 2.0},
+    # Short heartbeats: a blackhole or a frozen child that lasts is found and dropped.
+    **{"heartbeat_interval": 0.2, "heartbeat_timeout": 1.0},
+}
 
 
 @dataclass
@@ -362,7 +367,7 @@ class Soak:
             fault = rng.choice(
                 [
                     *("latency", "slice", "blackhole", "cut", "reset", "cut now", "reset now"),
-                    *("flood", "kill", "restart", "calm"),
+                    *("flood", "kill", "freeze", "restart", "calm"),
                 ]
             )
             self.ledger.outcomes[f"chaos {fault}"] += 1
@@ -392,6 +397,15 @@ class Soak:
                     if info.running and info.pid is not None:
                         self.last_kill = anyio.current_time()
                         os.kill(info.pid, signal.SIGKILL)
+            elif fault == "freeze":
+                # SIGSTOP a child for a while: a frozen peer, found by heartbeats if it lasts.
+                info = self.sup.children[f"w{rng.randrange(CHILDREN)}"]
+                if info.running and info.pid is not None:
+                    os.kill(info.pid, signal.SIGSTOP)
+                    try:
+                        await anyio.sleep(rng.uniform(0.1, 2.0))
+                    finally:
+                        os.kill(info.pid, signal.SIGCONT)
             elif fault == "restart":
                 with anyio.fail_after(OPERATION_BOUND):
                     await self.restart_hub(task_group)
