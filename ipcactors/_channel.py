@@ -315,6 +315,7 @@ class Channel:
         requests = peer._requests
         inbox = self._inbox
         answered = self._answered
+        soft_bytes = self._soft_bytes
         receive = self._stream.receive
         frame_timeout = peer._config.frame_timeout
         data: bytes = b""  # bytes the handshake left in the decoder come out first
@@ -354,7 +355,8 @@ class Channel:
                     self._dispatching = True
                     task_group.start_soon(self._dispatch_loop, task_group)
                 self._wake()
-            if self._must_pause():
+            # (Below the soft bound with no request waiting, there is no reason to pause.)
+            if (self._inbox_bytes >= soft_bytes or self._queued_requests) and self._must_pause():
                 self._paused = True
                 try:
                     while self._must_pause():
