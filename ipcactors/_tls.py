@@ -6,7 +6,8 @@ Invariants:
   mismatch, a plain server) is a :class:`TLSError`, which is never retried: the same
   certificates would fail the same way.
 - A plain ipcactors client that reaches a TLS port is told so in plain text (a ``reject`` with
-  reason ``tls``) instead of being dropped, so it fails at once with a clear message.
+  reason ``tls``) instead of being dropped, so it fails at once with a clear message that names
+  the port it reached (the bound one, not the 0 a server may have been configured with).
 """
 
 from __future__ import annotations
