@@ -4,6 +4,7 @@ when a peer drops, and events nobody handles. Real sockets (Unix and TCP), both 
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import struct
@@ -436,6 +437,45 @@ async def test_a_request_to_a_client_killed_while_answering_fails_with_connectio
                 await eventually(lambda: len(failures) == 2)
             assert anyio.current_time() - started < 5
     assert [type(exc) for exc in failures] == [ipcactors.ConnectionLostError] * 2, failures
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_request_waiting_for_room_fails_with_connection_lost_when_the_client_goes(
+    transport: str, socket_dir: str
+) -> None:
+    """The client never reads: the server's outbox fills and a request waits for room to be
+    queued. The client closes its socket: that request fails with ConnectionLostError."""
+    failures: list[BaseException] = []
+    config = {"max_outbox_bytes": OUTBOX}
+    async with serving(transport, socket_dir, **config) as (server, _, connect_raw):
+        with anyio.fail_after(5):
+            raw = await connect_raw()
+        async with raw, anyio.create_task_group() as task_group:
+            await raw_handshake(raw)
+            await eventually(lambda: "raw" in server.clients)
+            client = server.clients["raw"]
+
+            with anyio.fail_after(10):
+                while True:  # fill the outbox until the kernel's buffers are full too
+                    while client._outbox.has_room(len(REPLY)):
+                        await client.emit("big", REPLY)
+                    await anyio.sleep(0.05)
+                    if not client._outbox.has_room(len(REPLY)):
+                        break
+
+            async def ask() -> None:
+                try:
+                    await client.request("name", REPLY, timeout=20)
+                except ipcactors.IPCError as exc:
+                    failures.append(exc)
+
+            task_group.start_soon(ask)
+            await eventually(lambda: client.statistics().requests_pending == 1)
+            (pending,) = client._requests._pending.values()
+            assert pending.seq == math.inf, "the request waits for room in the outbox"
+            await raw.aclose()
+            await eventually(lambda: bool(failures))
+    assert [type(exc) for exc in failures] == [ipcactors.ConnectionLostError], failures
 
 
 async def test_requests_pending_when_the_server_closes_fail_with_closed_error(
