@@ -20,8 +20,9 @@ Invariants:
   its priority lane, ahead of its queued events). Per peer, memory is the outbox bound, the
   inbox bound, and the replies of the requests that were running.
 - An opening (the ``connect`` handlers) runs while the channel reads and writes; no event or
-  request of the peer is dispatched before it is done (they wait in the inbox meanwhile). It is
-  cancelled if the channel ends first.
+  request of the peer is dispatched before it is done (they wait in the inbox meanwhile). When
+  the peer closes its side with something in the inbox, the opening finishes and then what
+  waited is dispatched; otherwise an opening still running when the channel ends is cancelled.
 - When the peer goes (end of stream, a broken socket, bad bytes), the requests whose frames
   were handed to the writer fail at once with :class:`ConnectionLostError`.
 - Events and requests received before the peer closed its side (end of stream) are still
@@ -295,11 +296,14 @@ class Channel:
         else:
             self._lost()
             self._gone = True
-            if self._dispatching and not self._broken:
-                # The peer closed its side: the dispatcher finishes what arrived first.
+            if not self._broken and (self._dispatching or self._inbox):
+                # The peer closed its side: the dispatcher finishes what arrived first (after
+                # the opening, which starts it).
                 self._input_done = True
                 self._wake()
-                await self._drained.wait()
+                await self._opened.wait()
+                if self._dispatching:
+                    await self._drained.wait()
         task_group.cancel_scope.cancel()
 
     def _lost(self) -> None:

@@ -331,6 +331,29 @@ async def test_server_connect_handler_can_request_and_runs_before_events(
     assert order == ["asks", "got hello", "event 1", "request 2"]
 
 
+async def test_events_sent_right_before_leaving_are_handled_after_a_slow_connect_handler(
+    socket_dir: str,
+) -> None:
+    order: list[str] = []
+    async with serving("unix", socket_dir) as (server, connect, _):
+
+        @server.on("connect")
+        async def on_connect(client: ipcactors.Client) -> None:
+            await anyio.sleep(0.2)  # the client has come and gone meanwhile
+            order.append("connected")
+
+        server.on("e", lambda data, client: order.append(f"event {data}"))
+        gone = anyio.Event()
+        server.on("disconnect", lambda client: gone.set())
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            world = await connect(hello)
+            for i in range(3):
+                await world.emit("e", i)
+        with anyio.fail_after(5):
+            await gone.wait()
+    assert order == ["connected", "event 0", "event 1", "event 2"]
+
+
 async def test_client_connect_handler_can_talk_on_a_reconnect_with_a_full_outbox(
     socket_dir: str,
 ) -> None:
