@@ -15,7 +15,8 @@ runs worker processes. Concurrent drivers, each with its own seeded random, run 
 
 Then, with the faults healed: every client and child answers again, and these held throughout:
 - every operation ended within its bound (nothing hangs) and every failure was an
-  ``ipcactors.IPCError`` (never an untyped exception); a reply is always the right one;
+  ``ipcactors.IPCError`` (never an untyped exception) of a kind that operation can meet
+  (``EXPECTED``); a reply is always the right one;
 - per connection, numbered events arrived in order, and no event ever arrived twice;
 - nothing leaked: tasks (asyncio or Trio, counted), and (conftest.py) processes, sockets, file
   descriptors and socket files; the memory of this process grew by less than ``RSS_GROWTH``.
@@ -60,6 +61,25 @@ FAST = {
     **{"retry": 0.02, "retry_cap": 0.1, "close_timeout": 1.0, "handshake_timeout": 2.0},
     # Short heartbeats: a blackhole or a frozen child that lasts is found and dropped.
     **{"heartbeat_interval": 0.2, "heartbeat_timeout": 1.0},
+}
+
+
+# The ipcactors errors each operation may meet here, and why; any other is a violation.
+_LOST = (ipcactors.ConnectionLostError, ipcactors.RequestTimeoutError)
+_HUB_GONE = ipcactors.ClosedError  # the hub closed (restarted) meanwhile
+EXPECTED: dict[str, tuple[type[ipcactors.IPCError], ...]] = {
+    "client emit": (),  # queued while disconnected; waits while the outbox is full
+    "client request": _LOST,
+    "client slow": _LOST,
+    "client ask back": (*_LOST, ipcactors.RemoteError),  # the hub's own request failed
+    "connect": (),  # retried for ever (stop_retrying=None)
+    "disconnect": (),
+    "hub emit": (ipcactors.UnknownPeerError, ipcactors.ClosedError),  # the client left
+    "hub broadcast": (_HUB_GONE,),
+    "hub request": (*_LOST, ipcactors.UnknownPeerError, _HUB_GONE),
+    "flood": (_HUB_GONE,),
+    "sup request": _LOST,  # ChildExitedError is a ConnectionLostError
+    "sup emit": (ipcactors.RequestTimeoutError,),  # the child was not back in time
 }
 
 
@@ -134,6 +154,8 @@ class Soak:
                 await operation()
             except ipcactors.IPCError as exc:
                 self.ledger.outcomes[f"{name}: {type(exc).__name__}"] += 1
+                if not isinstance(exc, EXPECTED[name]):
+                    self.ledger.violations.append(f"{name}: unexpected {exc!r}")
                 return
             except Exception as exc:
                 self.ledger.violations.append(f"{name}: untyped {type(exc).__name__}: {exc!r}")
