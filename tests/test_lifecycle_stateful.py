@@ -8,6 +8,8 @@ must hold after each step:
   changes them waits, bounded, for the change to be seen);
 - a closed or disconnected connection raises ``ClosedError`` for ``emit`` and ``request``;
 - a request with the server down times out (``RequestTimeoutError``), with it up is answered;
+  the server's request to the client is answered while it is connected, else
+  ``UnknownPeerError``;
 - events arrive in the order emitted, never twice, none invented; an event emitted while the
   server was known to be down, or confirmed by a later answered request, is never lost (a
   request starts only once every event sent before it was handled);
@@ -143,6 +145,28 @@ class Lifecycle(RuleBasedStateMachine):
 
         self.run(emit)
 
+    @precondition(lambda self: self.world is not None)
+    @rule()
+    def server_request(self) -> None:
+        """The server asks the client: answered while it is connected, else UnknownPeerError."""
+        assert self.world_actor is not None
+        server = self.world_actor.server
+        assert isinstance(server, ipcactors.Server)
+        connected = self.connection is not None
+
+        async def ask() -> None:
+            if connected:
+                while "hello" not in server.clients:  # the welcome may still be landing
+                    await anyio.sleep(0.005)
+                assert await server.request("hello", "ask", 7) == ["answer", 7]
+            else:
+                while "hello" in server.clients:  # the server notices the goodbye in a moment
+                    await anyio.sleep(0.005)
+                with pytest.raises(ipcactors.UnknownPeerError):
+                    await server.request("hello", "ask", 7)
+
+        self.run(ask)
+
     # --- client -------------------------------------------------------------------------------
 
     def open_client(self) -> None:
@@ -161,6 +185,7 @@ class Lifecycle(RuleBasedStateMachine):
         self.connection = self.run(self.hello.connect_to, "world")
         self.here = set()
         self.connection.on("down", self.down_received.append)
+        self.connection.on("ask", lambda data: ["answer", data])
 
     @precondition(lambda self: self.connection is not None)
     @rule(count=st.integers(min_value=1, max_value=20))
