@@ -6,6 +6,9 @@ sending 3 legal 1 MiB frames of empty maps each (~75 MiB apiece once decoded, wi
 budget). Printed: the good client's latency (median, p99, max) without and with the attack, the
 server's peak RSS, and how many hostile frames the server took before dropping the peer.
 
+With ``--heavy`` (and ``--small``) the 4 peers flood legal traffic instead, as fast as they can:
+how much a busy server makes a quiet client wait.
+
 Not a test: the figures depend on the machine (docs/protocol.md quotes the ones measured on
 ours). Run it on two checkouts to compare.
 """
@@ -28,6 +31,10 @@ import psutil
 
 import ipcactors
 
+# --heavy: the peers stay connected and flood legal events instead: frames at the object budget
+# (each checked and decoded in ~20 ms), or with --small too, small events 4,096 to a write.
+HEAVY = "--heavy" in sys.argv
+SMALL = "--small" in sys.argv
 PEERS = 4
 FRAMES = 3
 DURATION = 4.0  # seconds of attack
@@ -43,11 +50,18 @@ def hostile_frame() -> bytes:
     return framed(b"\x93\x00\xa4echo\xdd" + struct.pack(">I", count) + b"\x80" * count)
 
 
+def heavy_frame() -> bytes:
+    """A legal event that passes every limit: the most objects the budget allows, decoded."""
+    count = (1 << 17) - 16
+    return framed(b"\x93\x00\xa5heavy\xdd" + struct.pack(">I", count) + b"\x01" * count)
+
+
 def serve(root: str, ready: Any) -> None:
     async def main() -> None:
         async with ipcactors.Actor("srv", socket_root=root, silent=True) as actor:
             server = await actor.serve()
             server.on("echo", lambda data, client: data)
+            server.on("heavy", lambda data, client: None)
             ready.send(server.address)
             await actor.wait_closed()
 
@@ -55,6 +69,8 @@ def serve(root: str, ready: Any) -> None:
 
 
 def attack(path: str, stop: threading.Event, sent: list[int]) -> None:
+    if HEAVY:
+        return flood(path, stop, sent)
     frame = hostile_frame()
     n = 0
     while not stop.is_set():
@@ -72,6 +88,28 @@ def attack(path: str, stop: threading.Event, sent: list[int]) -> None:
                     pass  # until the server closes (or never, without a budget: timeout)
             except OSError:
                 pass
+
+
+def flood(path: str, stop: threading.Event, sent: list[int]) -> None:
+    """A peer that stays connected and sends heavy but legal events as fast as it can."""
+    if SMALL:
+        frame = b"".join(framed(msgpack.packb([0, "heavy", i])) for i in range(4096))
+    else:
+        frame = heavy_frame()
+    hello = framed(msgpack.packb([4, {"v": 1, "id": f"heavy-{threading.get_ident()}"}]))
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(1)
+        try:
+            sock.connect(path)
+            sock.sendall(hello)
+            while not stop.is_set():
+                try:
+                    sock.sendall(frame)
+                except TimeoutError:
+                    continue
+                sent[0] += 1
+        except OSError:
+            pass
 
 
 async def latencies(path: str, seconds: float) -> list[float]:

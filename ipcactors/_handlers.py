@@ -14,7 +14,9 @@ from typing import Any, TypeVar, overload
 from ._errors import EventNameError, IPCError
 from ._log import ActorLog
 
-__all__ = ["UNHANDLED", "Handler", "HandlerMethods", "Handlers"]
+__all__ = ["MAX_UNHANDLED_NAMES", "UNHANDLED", "Handler", "HandlerMethods", "Handlers", "unhandled"]
+
+MAX_UNHANDLED_NAMES = 256  # event names without a handler logged per server or connection
 
 Handler = Callable[..., Any]
 H = TypeVar("H", bound=Handler)
@@ -144,6 +146,28 @@ class Handlers:
             except Exception as exc:
                 log.exception(f"handler {_name(handler)} for {event!r} raised", exc)
         return result
+
+
+def unhandled(seen: set[str], event: str, source: str, log: ActorLog) -> None:
+    """Log, once per name, that ``event`` from ``source`` had no handler and was dropped.
+
+    ``seen`` holds the names already logged; at most ``MAX_UNHANDLED_NAMES`` are remembered
+    (a hostile peer can send a million distinct names), then one last line says so."""
+    if event in seen or len(seen) > MAX_UNHANDLED_NAMES:
+        return
+    if len(seen) == MAX_UNHANDLED_NAMES:
+        seen.add("")  # no event is named "": it marks "the last word was said"
+        log.warning(
+            f"{MAX_UNHANDLED_NAMES} event names arrived from {source} and others with no "
+            "handler; more are counted (statistics().events_unhandled) but not logged"
+        )
+        return
+    seen.add(event)
+    shown = repr(event) if len(event) <= 80 else repr(event[:80]) + "..."
+    log.warning(
+        f"event {shown} from {source} has no handler and was dropped; register one "
+        "with on() (logged once per event name)"
+    )
 
 
 def _name(handler: Handler) -> str:

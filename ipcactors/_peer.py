@@ -9,7 +9,7 @@ Invariants:
 - A request is answered exactly once, unless the connection goes first; its reply is queued
   without waiting, so no task is left holding a reply (the channel bounds how many run).
 - An event with no handler is counted (``events_unhandled``) and logged at WARNING once per
-  name, per server or connection; at most ``MAX_UNHANDLED_NAMES`` names are remembered.
+  name, per server or connection (see ``_handlers.unhandled``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from anyio.abc import TaskGroup
 
 from ._config import Config, request_timeout
 from ._errors import EventNameError, IPCError, RequestTimeoutError, ReservedEventError
-from ._handlers import UNHANDLED, Handlers
+from ._handlers import UNHANDLED, Handlers, unhandled
 from ._log import ActorLog
 from ._outbox import Outbox
 from ._protocol import Event, Frame, FrameEncoder, Request, frame_size, is_reserved
@@ -35,9 +35,7 @@ from ._stats import ConnectionStatistics, PeerCounters
 if TYPE_CHECKING:
     from ._channel import Channel
 
-__all__ = ["MAX_UNHANDLED_NAMES", "Peer", "answer", "check_event_name"]
-
-MAX_UNHANDLED_NAMES = 256  # event names without a handler logged per server or connection
+__all__ = ["Peer", "answer", "check_event_name"]
 
 
 _checked_names: set[str] = set()  # event names known to be fine (bounded below)
@@ -186,22 +184,7 @@ class Peer:
 
     def _unhandled(self, event: str) -> None:
         self._counters.events_unhandled += 1
-        seen = self._unhandled_names
-        if event in seen or len(seen) > MAX_UNHANDLED_NAMES:
-            return
-        if len(seen) == MAX_UNHANDLED_NAMES:
-            seen.add("")  # no event is named "": it marks "the last word was said"
-            self._log.warning(
-                f"{MAX_UNHANDLED_NAMES} event names arrived from {self.id!r} and others with no "
-                "handler; more are counted (statistics().events_unhandled) but not logged"
-            )
-            return
-        seen.add(event)
-        shown = repr(event) if len(event) <= 80 else repr(event[:80]) + "..."
-        self._log.warning(
-            f"event {shown} from {self.id!r} has no handler and was dropped; register one "
-            "with on() (logged once per event name)"
-        )
+        unhandled(self._unhandled_names, event, repr(self.id), self._log)
 
     def _start_answer(
         self, message: Request, task_group: TaskGroup, done: Callable[[], None]

@@ -33,7 +33,7 @@ from anyio.abc import SocketAttribute, TaskGroup, TaskStatus, UDPSocket
 from ._channel import frame_bytes
 from ._config import Config, request_timeout
 from ._errors import DatagramTooLargeError, IPCError, ProtocolError, RequestTimeoutError
-from ._handlers import HandlerMethods, Handlers
+from ._handlers import HandlerMethods, Handlers, unhandled
 from ._log import ActorLog
 from ._peer import answer, check_event_name
 from ._protocol import (
@@ -70,6 +70,8 @@ class DatagramStatistics:
     dropped_peer_table_full: int = 0
     #: Requests dropped because ``MAX_REQUESTS`` were already being answered.
     dropped_busy: int = 0
+    #: Events that arrived with no handler registered (each name is also logged once).
+    events_unhandled: int = 0
 
 
 class DatagramPeer:
@@ -118,6 +120,7 @@ class DatagramServer(HandlerMethods):
         self._family = family
         self._max_datagram = min(MAX_DATAGRAM[family], config.max_frame_size)
         self._handlers = Handlers()
+        self._unhandled_names: set[str] = set()  # event names logged as having no handler
         self._encoder = FrameEncoder(config.limits)
         self._encoder.tracebacks = config.remote_tracebacks is True  # anyone may send to a port
         self._decoder = FrameDecoder(config.limits)
@@ -273,6 +276,10 @@ class DatagramServer(HandlerMethods):
                 self._stats.dropped_peer_table_full += 1
                 continue
             if type(message) is Event:
+                if not self._handlers.get(message.event):
+                    self._stats.events_unhandled += 1
+                    unhandled(self._unhandled_names, message.event, repr(peer), self._log)
+                    continue
                 await self._handlers.call(message.event, (message.data, peer), self._log)
             elif type(message) is Request:
                 if self._answering >= MAX_REQUESTS:

@@ -583,7 +583,7 @@ async def test_events_with_no_handler_are_counted_and_logged_once_per_name(
 async def test_a_million_names_cannot_grow_the_log_or_memory(
     socket_dir: str, log_lines: list[str]
 ) -> None:
-    from ipcactors._peer import MAX_UNHANDLED_NAMES
+    from ipcactors._handlers import MAX_UNHANDLED_NAMES
 
     count = MAX_UNHANDLED_NAMES + 200
     async with serving("unix", socket_dir, silent=False) as (server, connect, _):

@@ -244,3 +244,25 @@ def test_udp_example(backend: str) -> None:
     assert "[world] got a message from hello: 'Hello'" in result.stderr
     assert "[hello] got a message from world: 'Hello world!'" in result.stderr
     assert "[hello] world says 1 + 2 = 3" in result.stderr
+
+
+async def test_events_with_no_handler_are_counted_and_logged_once_per_name(
+    log_lines: list[str],
+) -> None:
+    async with Actor("world") as world_actor:
+        world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        got: list[int] = []
+        world.on("ok", lambda data, peer: got.append(data))
+        raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for i in range(3):
+                raw.sendto(msgpack.packb([0, "nobody", i]), world.address)
+            raw.sendto(msgpack.packb([0, "ok", 1]), world.address)
+            with anyio.fail_after(5):
+                while not got:
+                    await anyio.sleep(0.01)
+        finally:
+            raw.close()
+        assert world.statistics().events_unhandled == 3
+    warnings = [line for line in log_lines if "'nobody'" in line and "no handler" in line]
+    assert len(warnings) == 1, warnings
