@@ -1,8 +1,9 @@
 """The connection lifecycle as a hypothesis state machine, on asyncio and Trio.
 
 Rules: start and stop the server, connect, emit, request (with the server up or down), the
-server emits, disconnect, close the client actor, use a closed connection. A model says what
-must hold after each step:
+server emits and asks, disconnect, close the client actor, use a closed connection; over TCP
+the client goes through the fault proxy, and the link breaks (cut or reset) under both ends.
+A model says what must hold after each step:
 
 - ``connection.connected`` and ``"world" in hello.of`` are what the model says (a step that
   changes them waits, bounded, for the change to be seen);
@@ -29,6 +30,7 @@ from typing import Any
 import anyio
 import anyio.from_thread
 import pytest
+from _faultproxy import FaultProxy
 from _leaks import live_tasks, wait_tasks_back_to
 from hypothesis import HealthCheck, settings
 from hypothesis import seed as hypothesis_seed
@@ -51,7 +53,9 @@ ACTOR_OPTIONS = {"silent": True, "retry": 0.01, "retry_cap": 0.05, "close_timeou
 
 class Lifecycle(RuleBasedStateMachine):
     backend = "asyncio"
+    transport = "unix"  # "tcp": the client reaches the server through a fault proxy
     socket_dir = ""
+    seed = 0
 
     def __init__(self) -> None:
         super().__init__()
@@ -59,6 +63,12 @@ class Lifecycle(RuleBasedStateMachine):
         self.portal = self.stack.enter_context(
             anyio.from_thread.start_blocking_portal(self.backend)
         )
+        self.proxy: FaultProxy | None = None
+        if self.transport == "tcp":
+            # Each server incarnation gets a new port; the client only knows the proxy's.
+            proxy = FaultProxy(("127.0.0.1", 1), ("127.0.0.1", 0), seed=self.seed)
+            self.proxy = self.stack.enter_context(self.portal.wrap_async_context_manager(proxy))
+        self.drops = 0  # disconnect events seen by the client
         self.tasks_before = self.portal.call(live_tasks)
         # the server side
         self.world: contextlib.ExitStack | None = None
@@ -98,7 +108,11 @@ class Lifecycle(RuleBasedStateMachine):
                 Actor("world", socket_root=self.socket_dir, **ACTOR_OPTIONS)
             )
         )
-        server = self.run(actor.serve)
+        if self.proxy is None:
+            server = self.run(actor.serve)
+        else:
+            server = self.run(actor.serve_net, "127.0.0.1", 0)
+            self.proxy.upstream = server.address
         server.on("ev", lambda seq, client: self.received.append(seq))
         server.on("echo", lambda data, client: data)
         self.world_actor = actor
@@ -167,6 +181,27 @@ class Lifecycle(RuleBasedStateMachine):
 
         self.run(ask)
 
+    @precondition(
+        lambda self: self.proxy is not None and self.connection is not None and self.world
+    )
+    @rule(how=st.sampled_from(["cut", "reset"]))
+    def link_lost(self, how: str) -> None:
+        """The link breaks under both ends (the proxy closes or resets it): the client notices
+        and reconnects; what was sent and not confirmed may be lost."""
+        assert self.proxy is not None
+        assert self.connection is not None
+        connection = self.connection
+        drops = self.drops
+        self.portal.call(self.proxy.cut if how == "cut" else self.proxy.reset)  # on the loop
+
+        async def back() -> None:
+            while self.drops == drops:
+                await anyio.sleep(0.005)
+            await connection.wait_connected()
+
+        self.run(back)
+        self.unconfirmed = set()
+
     # --- client -------------------------------------------------------------------------------
 
     def open_client(self) -> None:
@@ -182,8 +217,16 @@ class Lifecycle(RuleBasedStateMachine):
     @rule()
     def connect(self) -> None:
         assert self.hello is not None
-        self.connection = self.run(self.hello.connect_to, "world")
+        if self.proxy is None:
+            self.connection = self.run(self.hello.connect_to, "world")
+        else:
+            self.connection = self.run(self.proxy.connect, self.hello, "world")
         self.here = set()
+
+        def dropped() -> None:
+            self.drops += 1
+
+        self.connection.on("disconnect", dropped)
         self.connection.on("down", self.down_received.append)
         self.connection.on("ask", lambda data: ["answer", data])
 
@@ -312,9 +355,18 @@ class Lifecycle(RuleBasedStateMachine):
             self.stack.close()
 
 
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
 @pytest.mark.timeout(120)
-def test_connection_lifecycle(anyio_backend: str, socket_dir: str, seed: int) -> None:
-    machine = type("Lifecycle", (Lifecycle,), {"backend": anyio_backend, "socket_dir": socket_dir})
+def test_connection_lifecycle(
+    transport: str, anyio_backend: str, socket_dir: str, seed: int
+) -> None:
+    options = {
+        "backend": anyio_backend,
+        "transport": transport,
+        "socket_dir": socket_dir,
+        "seed": seed,
+    }
+    machine = type("Lifecycle", (Lifecycle,), options)
     run_state_machine_as_test(
         hypothesis_seed(seed)(machine),
         settings=settings(
