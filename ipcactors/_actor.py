@@ -151,6 +151,9 @@ class Actor:
         over) or a non-socket file is there (it is never removed); a stale socket file left by
         a dead server is replaced.
         """
+        return await self._serve(self._unix_transport(path))
+
+    def _unix_transport(self, path: object) -> UnixTransport:
         path = _path(path, "serve")
         if path is None:
             ensure_socket_dir(
@@ -158,7 +161,7 @@ class Actor:
                 private=self.config.socket_root is None,
             )
             path = self.default_path()
-        return await self._serve(UnixTransport(os.path.abspath(path)))
+        return UnixTransport(os.path.abspath(path))
 
     @overload
     async def serve_net(
@@ -225,11 +228,14 @@ class Actor:
         self._server = server
         return server
 
-    async def _serve(self, transport: Transport) -> Server:
+    async def _serve(self, transport: Transport, *, held: bool = False) -> Server:
+        """Listen on ``transport``; ``held``: welcome no client until ``server.release()``."""
         task_group = self._group()
         if self._server is not None:
             raise IPCError(f"actor {self.id!r} already serves on {self._server.address!r}")
         server = Server(self.id, self.config, self._log, transport)
+        if held:
+            server.hold()
         await server._start(task_group)
         self._server = server
         return server

@@ -4,9 +4,14 @@ Invariants owned here:
 - A child never outlives its supervisor: a thread blocks on the lifeline pipe, whose only write
   end is held by the supervisor process, and ends the process (exit code 70) at EOF, even while
   the event loop is busy; PR_SET_PDEATHSIG (re-checked with ``getppid()``) is the second line.
-- The child reports ready only after it serves its own socket (siblings can reach it by id), is
-  connected to its supervisor, proved its incarnation token, received its arguments, and its
-  target has run up to its first suspension (so handlers it registers first are in place).
+- The child reports ready only after it serves its own socket, is connected to its supervisor,
+  proved its incarnation token, received its arguments, and its target has run up to its first
+  suspension (so handlers it registers first are in place).
+- Siblings reach it only once it is ready: its server listens from the start, but holds every
+  client after its handshake and welcomes them (the supervisor is not one: it is reached over
+  the child's own connection) just before the child reports ready. A sibling's frames wait in
+  its outbox meanwhile, so none meets a missing handler, and none is lost when this
+  incarnation dies before it is ready: they go to the next one.
 - Exit codes, as the interpreter's own: 0 when the target returned, called ``sys.exit()`` or
   ``sys.exit(None)`` (in the target or in a handler), or the supervisor asked it to stop; ``n``
   for ``sys.exit(n)``; 1 when the target raised (its traceback goes to stderr, relayed with the
@@ -121,7 +126,7 @@ async def _main(spec: dict[str, Any], fn: Callable[..., Any]) -> int:
     stop = anyio.Event()
     code = 0
     async with Actor(spec["id"], config) as actor:
-        await actor.serve()
+        server = await actor._serve(actor._unix_transport(None), held=True)
         parent = await actor.connect_to(spec["sup_id"], path=spec["sup_path"])
         actor.parent = parent
         parent.on(STOP_EVENT, lambda data: stop.set())
@@ -158,6 +163,7 @@ async def _main(spec: dict[str, Any], fn: Callable[..., Any]) -> int:
                 await anyio.lowlevel.checkpoint()
                 await anyio.lowlevel.checkpoint()
                 if code == 0:
+                    server.release()  # siblings are welcomed from here on
                     await parent.emit(READY_EVENT, {"token": spec["token"]})
     return code
 

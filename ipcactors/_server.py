@@ -21,6 +21,13 @@ Invariants:
   closed: either way its slot is freed (see ``_channel``).
 - One id, one connection: a client that connects with an id already connected replaces the
   older connection (usually a half-open leftover of a reconnect), which is closed.
+- A held server (``hold()``, before it starts: a supervised child until its function has
+  registered its handlers) welcomes no one until ``release()``. A client whose handshake is
+  done waits, outside the ``max_handshakes`` budget but counted in ``max_connections``, and
+  keeps its frames in its own outbox meanwhile: nothing it sends meets a missing handler. The
+  wait is bounded: past ``HOLD_SHARE`` of ``handshake_timeout`` (so that the client hears why
+  before its own deadline) it is refused with ``busy`` (retried), as when the server closes
+  first; a newer attempt with the same id drops the older one (its client gave up on it).
 - A bad peer costs only its own connection: nothing one accepted socket raises (a reset before
   it was accepted, a handler's bug) reaches the server's task group. The accept loop survives
   running out of file descriptors or buffers (it logs once, backs off and keeps serving).
@@ -59,6 +66,9 @@ __all__ = ["Client", "Server"]
 # accept() failures that mean "out of resources for now", not "the listener is gone".
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _ACCEPT_BACKOFF = 0.1
+# The share of handshake_timeout a held client waits for the server to be ready: refused a little
+# before the client's own deadline, it learns why instead of timing out.
+HOLD_SHARE = 0.9
 
 
 class Client(Peer):
@@ -119,6 +129,9 @@ class Server(HandlerMethods):
         self._clients: dict[str, Client] = {}
         # Unfinished handshakes, oldest first: the scope that drops each (dicts keep order).
         self._handshakes: dict[anyio.CancelScope, None] = {}
+        # While held (see hold()): set once ready; and the clients waiting for it, by id.
+        self._ready: anyio.Event | None = None
+        self._held: dict[str, anyio.CancelScope] = {}
         self._bursts = WarningBursts(log)
         self._counters = ServerCounters()
         self._unhandled_names: set[str] = set()  # shared by the clients (see Peer._unhandled)
@@ -148,6 +161,7 @@ class Server(HandlerMethods):
         return ServerStatistics(
             clients=len(self._clients),
             handshaking=len(self._handshakes),
+            held=len(self._held),
             refused_busy=counters.refused_busy,
             handshakes_dropped=counters.handshakes_dropped,
             handshakes_failed=counters.handshakes_failed,
@@ -306,6 +320,7 @@ class Server(HandlerMethods):
     async def _admit_stream(self, stream: ByteStream, peer_address: Any) -> None:
         decoder = FrameDecoder(self._config.limits)
         scope = self._enter_handshake()
+        held_until = anyio.current_time() + self._config.handshake_timeout * HOLD_SHARE
         hello: Hello | None = None
         try:
             with scope, anyio.fail_after(self._config.handshake_timeout):
@@ -331,6 +346,8 @@ class Server(HandlerMethods):
             self._handshakes.pop(scope, None)
         if hello is None:  # dropped to admit a newer connection (see _enter_handshake)
             await anyio.aclose_forcefully(stream)
+            return
+        if not await self._wait_ready(stream, hello.id, held_until):
             return
         previous = self._clients.get(hello.id)
         if previous is None and len(self._clients) >= self._config.max_connections:
@@ -395,6 +412,62 @@ class Server(HandlerMethods):
             with anyio.move_on_after(self._config.close_timeout, shield=True):
                 await self._handlers.call("disconnect", (client,), self._log)
 
+    def hold(self) -> None:
+        """Welcome no client until :meth:`release` (see the module's invariants). Called before
+        the server starts, so that no client is welcomed early."""
+        if self._ready is None:
+            self._ready = anyio.Event()
+
+    def release(self) -> None:
+        """Ready: welcome the held clients, and the next ones at once."""
+        ready, self._ready = self._ready, None
+        if ready is not None:
+            if self._held:
+                self._log.debug(f"ready: welcoming {len(self._held)} held client(s)")
+            ready.set()
+
+    async def _wait_ready(self, stream: ByteStream, client_id: str, deadline: float) -> bool:
+        """Hold a client whose handshake is done until the server is ready. Returns whether
+        to welcome it; if not, it was refused (or dropped for a newer attempt) and closed."""
+        ready = self._ready
+        if ready is None:
+            return True
+        older = self._held.pop(client_id, None)
+        if older is not None:
+            older.cancel()  # the client makes one attempt at a time: it gave up on that one
+        elif (
+            client_id not in self._clients
+            and len(self._clients) + len(self._held) >= self._config.max_connections
+        ):
+            self._counters.refused_busy += 1
+            await self._refuse(stream, "busy", f"{self._id!r} is at max_connections")
+            return False
+        self._log.debug(f"holding {client_id!r} until {self._id!r} is ready")
+        scope = self._held[client_id] = anyio.CancelScope(deadline=deadline)
+        try:
+            with scope:
+                await ready.wait()
+        finally:
+            replaced = self._held.get(client_id) is not scope
+            if not replaced:
+                del self._held[client_id]
+        if replaced:
+            await anyio.aclose_forcefully(stream)
+            return False
+        if self._closing:
+            message = f"{self._id!r} closed before it was ready"
+        elif not ready.is_set():
+            message = (
+                f"{self._id!r} is not ready yet (still starting after "
+                f"{HOLD_SHARE:g} x handshake_timeout={self._config.handshake_timeout:g} s)"
+            )
+        else:
+            return True
+        self._counters.refused_busy += 1
+        self._bursts.warn("client held too long", f"refusing {client_id!r} (busy): {message}")
+        await self._refuse(stream, "busy", message)
+        return False
+
     def _enter_handshake(self) -> anyio.CancelScope:
         """Count a connection in as handshaking; returns the scope that drops it. At
         ``max_handshakes``, the oldest unfinished handshake is dropped to make room."""
@@ -437,6 +510,8 @@ class Server(HandlerMethods):
             await self._listening.aclose()
         for scope in list(self._handshakes):  # nothing to flush to them: drop them now
             scope.cancel()
+        if self._ready is not None:
+            self._ready.set()  # the held clients are refused (see _wait_ready)
         async with anyio.create_task_group() as task_group:
             for client in list(self._clients.values()):
                 task_group.start_soon(client.aclose)

@@ -37,7 +37,7 @@ class ServerCounters:
 
     def __init__(self) -> None:
         self.events_unhandled = 0
-        self.refused_busy = 0  # clients refused with ``busy`` (max_connections)
+        self.refused_busy = 0  # clients refused with ``busy`` (max_connections, not ready)
         self.handshakes_dropped = 0  # oldest unfinished handshakes dropped (max_handshakes)
         self.handshakes_failed = 0  # handshakes refused or failed (timeout, bad bytes, auth)
         self.slow_consumers = 0  # clients disconnected for not reading (slow_consumer)
@@ -74,7 +74,10 @@ class ServerStatistics:
     clients: int
     #: Connections accepted and still in their handshake right now.
     handshaking: int
-    #: Clients refused with ``busy`` (``max_connections``).
+    #: Clients whose handshake is done, waiting right now for the server to be ready (a
+    #: supervised child welcomes its siblings once its handlers are in place).
+    held: int
+    #: Clients refused with ``busy`` (``max_connections``, or the server not ready in time).
     refused_busy: int
     #: Unfinished handshakes dropped to admit a newer connection (``max_handshakes``).
     handshakes_dropped: int

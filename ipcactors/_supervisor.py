@@ -217,8 +217,9 @@ class Supervisor:
 
     ``worker`` is an ``async def worker(actor, *args)`` importable by module and name; in the
     child, ``actor`` is an :class:`Actor` named by the child's id, serving its own socket (other
-    children reach it with ``actor.connect_to(id)``) and already connected to the supervisor
-    (``actor.parent``). Arguments travel as msgpack (numpy arrays included), never pickle.
+    children reach it with ``actor.connect_to(id)``, welcomed once it is ready) and already
+    connected to the supervisor (``actor.parent``). Arguments travel as msgpack (numpy arrays
+    included), never pickle.
 
     Parameters (defaults and why):
 
