@@ -33,6 +33,7 @@ from ._tls import TLSTransport, check_server_context
 from ._transport import TCPTransport, Transport, UnixTransport
 from ._udp import DatagramServer
 from ._unix import default_socket_root, ensure_socket_dir
+from ._watchdog import Watchdog
 
 __all__ = ["Actor"]
 
@@ -53,6 +54,7 @@ class Actor:
         self._server: Server | DatagramServer | None = None
         self._connections: dict[str, Connection] = {}
         self._task_group: TaskGroup | None = None
+        self._watchdog: Watchdog | None = None  # one task keeps time for every channel
         self._closing = False
         self._closed = anyio.Event()
         #: In a process started by a :class:`Supervisor`: the connection to that supervisor
@@ -70,6 +72,7 @@ class Actor:
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group
+        self._watchdog = Watchdog(task_group)
         runtime = current_runtime()
         if runtime is not None:
             runtime.actors.add(self)
@@ -233,7 +236,7 @@ class Actor:
         task_group = self._group()
         if self._server is not None:
             raise IPCError(f"actor {self.id!r} already serves on {self._server.address!r}")
-        server = Server(self.id, self.config, self._log, transport)
+        server = Server(self.id, self.config, self._log, transport, self._watchdog)
         if held:
             server.hold()
         await server._start(task_group)
@@ -296,7 +299,9 @@ class Actor:
         if existing is not None:
             await existing.wait_connected()
             return existing
-        connection = Connection(self.id, id, transport, self.config, self._log, self._forget)
+        connection = Connection(
+            self.id, id, transport, self.config, self._log, self._forget, self._watchdog
+        )
         self._connections[id] = connection
         # Runs in the caller's task, which the actor does not own: aclose() cancels the
         # attempts through the connection (it is in _connections from here on).

@@ -31,7 +31,9 @@ Invariants:
   waits in the inbox is dropped (at most once). Replies still queued when the channel ends
   are dropped: request ids are per connection.
 - Lifecycle names never arrive from the wire: a frame carrying one is a protocol error.
-- Heartbeats (``Config.heartbeat_interval``): any bytes received are a sign of life. A ping
+- Heartbeats (``Config.heartbeat_interval``), kept by the actor's watchdog (one task per actor
+  for all its channels, see ``_watchdog``; a channel has no task or timer of its own for
+  them): any bytes received are a sign of life. A ping
   goes out after ``interval`` with nothing received or nothing sent (so that a peer busy
   sending us a long frame hears from us too), and only while nothing waits in the outbox
   (queued bytes reach the peer first and say as much). The reader answers a ping with a pong,
@@ -74,6 +76,7 @@ from ._streams import attach_writer, drain_outbox, send_tracebacks
 
 if TYPE_CHECKING:
     from ._peer import Peer
+    from ._watchdog import Watchdog
 
 __all__ = ["INBOX_HARD_FACTOR", "Channel", "frame_bytes", "read_handshake_message"]
 
@@ -106,11 +109,14 @@ async def read_handshake_message(stream: ByteStream, decoder: FrameDecoder) -> M
 
 class Channel:
     __slots__ = (
+        "_active",
+        "_active_at",
         "_broken",
         "_changed",
         "_decoder",
         "_dispatching",
         "_drained",
+        "_enqueued",
         "_failure",
         "_gone",
         "_heartbeat_bytes",
@@ -120,6 +126,7 @@ class Channel:
         "_inbox_bytes",
         "_input_done",
         "_max_requests",
+        "_next_tick",
         "_opened",
         "_opening",
         "_paused",
@@ -128,9 +135,12 @@ class Channel:
         "_queued_requests",
         "_received",
         "_received_at",
+        "_silent_after",
         "_soft_bytes",
         "_stream",
+        "_suspect",
         "_task_group",
+        "_tick",
     )
 
     def __init__(
@@ -166,6 +176,7 @@ class Channel:
         self._received = 0  # bytes received
         self._heartbeat_bytes = 0  # of which pings and pongs
         self._ponged_at = -math.inf
+        self._suspect = False  # silent past the deadline once: dropped if still so after grace
 
     @property
     def inbox_bytes(self) -> int:
@@ -188,9 +199,11 @@ class Channel:
                 detach = attach_writer(self._stream, outbox)
                 if detach is None:
                     task_group.start_soon(self._write_loop, task_group)
-                config = peer._config
-                if config.heartbeat_interval is not None or peer._idle_timeout is not None:
-                    task_group.start_soon(self._watch, task_group)
+                watchdog = peer._watchdog
+                if watchdog is not None and (
+                    peer._config.heartbeat_interval is not None or peer._idle_timeout is not None
+                ):
+                    self._start_watch(watchdog)
                 try:
                     if self._opening is None:
                         await self._read(task_group)
@@ -205,6 +218,8 @@ class Channel:
                     if detach is not None:
                         detach()
         finally:
+            if peer._watchdog is not None:
+                peer._watchdog.leave(self)
             self._task_group = None
             self._opened.set()
             outbox.on_sent = outbox.on_lost = peer._requests.on_open = None
@@ -212,6 +227,22 @@ class Channel:
             await anyio.aclose_forcefully(self._stream)
         if self._failure is not None:
             raise self._failure
+
+    def _start_watch(self, watchdog: Watchdog) -> None:
+        peer = self._peer
+        interval = peer._config.heartbeat_interval
+        idle = peer._idle_timeout
+        self._silent_after = (
+            math.inf if interval is None else interval + peer._config.heartbeat_timeout
+        )
+        # Idleness is checked at least 4 times per idle_timeout: closed within 1.25 x of it.
+        self._tick = min(interval or math.inf, (idle or math.inf) / 4)
+        now = monotonic()
+        self._next_tick = now + self._tick
+        self._enqueued = peer._outbox.enqueued
+        self._active = 0
+        self._active_at = now
+        watchdog.join(self, min(self._next_tick, self._received_at + self._silent_after))
 
     def abort(self) -> None:
         """Stop at once: cancel reader, writer and dispatcher; the stream is closed by ``run``."""
@@ -404,63 +435,56 @@ class Channel:
             self._ponged_at = self._received_at
             outbox.put_urgent(PONG_FRAME, len(PONG_FRAME))
 
-    async def _watch(self, task_group: TaskGroup) -> None:
-        """Heartbeats and the idle timeout: ping when quiet, end the channel when the peer is
-        silent for ``interval + timeout`` (or idle for ``idle_timeout``)."""
+    def beat(self, now: float) -> float:
+        """Heartbeats and the idle timeout, as the actor's watchdog asks (``_watchdog``): ping
+        when quiet, end the channel when the peer is silent for ``interval + timeout`` (or idle
+        for ``idle_timeout``). Returns when to be asked again."""
         peer = self._peer
         outbox = peer._outbox
         interval = peer._config.heartbeat_interval
-        silent_after = math.inf if interval is None else interval + peer._config.heartbeat_timeout
-        idle = peer._idle_timeout
-        # Idleness is checked at least 4 times per idle_timeout: closed within 1.25 x of it.
-        tick = min(interval or math.inf, (idle or math.inf) / 4)
-        next_tick = monotonic() + tick
-        enqueued = outbox.enqueued
-        active = self._received - self._heartbeat_bytes
-        active_at = monotonic()
-        while True:
-            paused = self._paused
-            wake = next_tick if paused else min(next_tick, self._received_at + silent_after)
-            await anyio.sleep(max(0.0, wake - monotonic()))
-            now = monotonic()
-            silent = 0.0 if self._paused else now - self._received_at
-            if silent >= silent_after:
+        silent_after = self._silent_after
+        silent = 0.0 if self._paused else now - self._received_at
+        if silent >= silent_after:
+            if not self._suspect:
                 # Our own loop may have been the one stalled (a blocking handler, a paused
                 # process): let the reader take what waits in the kernel before judging.
-                await anyio.sleep(STALL_GRACE)
-                silent = 0.0 if self._paused else monotonic() - self._received_at
-                if silent < silent_after:
-                    continue
-                peer._heartbeat_lost(
-                    f"nothing from {peer!r} for {silent:.1f} s (heartbeat_interval + "
-                    f"heartbeat_timeout = {silent_after:g} s): it is frozen, hung or gone; "
-                    "dropping the connection"
-                )
-                task_group.cancel_scope.cancel()
-                return
-            if now < next_tick:
-                continue
-            next_tick = now + tick
+                self._suspect = True
+                return now + STALL_GRACE
+            peer._heartbeat_lost(
+                f"nothing from {peer!r} for {silent:.1f} s (heartbeat_interval + "
+                f"heartbeat_timeout = {silent_after:g} s): it is frozen, hung or gone; "
+                "dropping the connection"
+            )
+            self.abort()
+            return math.inf
+        self._suspect = False
+        if now >= self._next_tick:
+            self._next_tick = now + self._tick
+            idle = peer._idle_timeout
             if idle is not None:
-                if self._paused or self._received - self._heartbeat_bytes != active:
-                    active = self._received - self._heartbeat_bytes
-                    active_at = now
-                elif now - active_at >= idle:
+                active = self._received - self._heartbeat_bytes
+                if self._paused or active != self._active:
+                    self._active = active
+                    self._active_at = now
+                elif now - self._active_at >= idle:
                     peer._idle_closed(
                         f"closing {peer!r}: nothing but heartbeats from it for "
-                        f"{now - active_at:.1f} s (idle_timeout={idle:g} s)"
+                        f"{now - self._active_at:.1f} s (idle_timeout={idle:g} s)"
                     )
-                    task_group.cancel_scope.cancel()
-                    return
-            quiet = silent >= interval if interval is not None else False
+                    self.abort()
+                    return math.inf
+            quiet = interval is not None and silent >= interval
             if (
                 interval is not None
-                and (quiet or outbox.enqueued == enqueued)
+                and (quiet or outbox.enqueued == self._enqueued)
                 and not outbox.used
                 and not outbox.closed
             ):
                 outbox.put_urgent(PING_FRAME, len(PING_FRAME))
-            enqueued = outbox.enqueued
+            self._enqueued = outbox.enqueued
+        if self._paused:
+            return self._next_tick
+        return min(self._next_tick, self._received_at + silent_after)
 
     # --- dispatching --------------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ from ._log import ActorLog
 from ._peer import Peer
 from ._protocol import FrameDecoder
 from ._transport import Address, Transport, is_fatal_connect_error, tls_error
+from ._watchdog import Watchdog
 
 __all__ = ["RETRY_REMINDER", "Connection"]
 
@@ -95,8 +96,10 @@ class Connection(Peer, HandlerMethods):
         config: Config,
         log: ActorLog,
         on_destroyed: Callable[[Connection], None],
+        watchdog: Watchdog | None = None,
     ) -> None:
         super().__init__(config, log, Handlers())
+        self._watchdog = watchdog  # keeps time for the heartbeats
         self.id = target
         self._actor_id = actor_id
         self._transport = transport

@@ -34,6 +34,7 @@ from ._stats import ConnectionStatistics, PeerCounters
 
 if TYPE_CHECKING:
     from ._channel import Channel
+    from ._watchdog import Watchdog
 
 __all__ = ["Peer", "answer", "check_event_name"]
 
@@ -159,6 +160,8 @@ class Peer:
     #: Seconds the peer may send nothing but heartbeats before the channel closes (servers set
     #: it for their clients from ``Config.idle_timeout``); ``None``: no limit.
     _idle_timeout: float | None = None
+    #: Keeps time for this peer's channel (heartbeats, idle); set by the owning actor.
+    _watchdog: Watchdog | None = None
 
     def _heartbeat_lost(self, message: str) -> None:
         """The channel is dropping the peer: nothing came from it in time."""

@@ -59,6 +59,7 @@ from ._protocol import FrameDecoder, FrameEncoder, Hello, frame_size
 from ._stats import ServerCounters, ServerStatistics
 from ._streams import wrap_socket
 from ._transport import Address, Listening, Transport
+from ._watchdog import Watchdog
 
 __all__ = ["Client", "Server"]
 
@@ -81,6 +82,7 @@ class Client(Peer):
         super().__init__(server._config, server._log, server._handlers, server._unhandled_names)
         self._server = server
         self._idle_timeout = server._config.idle_timeout
+        self._watchdog = server._watchdog
         self.id = client_id
         #: The peer's socket address (``(host, port)`` for TCP; ``""`` for an unnamed Unix socket).
         self.peer_address = peer_address
@@ -119,8 +121,16 @@ class Client(Peer):
 class Server(HandlerMethods):
     """A listening socket and its clients. Made by ``Actor.serve()`` / ``Actor.serve_net()``."""
 
-    def __init__(self, actor_id: str, config: Config, log: ActorLog, transport: Transport) -> None:
+    def __init__(
+        self,
+        actor_id: str,
+        config: Config,
+        log: ActorLog,
+        transport: Transport,
+        watchdog: Watchdog | None = None,
+    ) -> None:
         self._id = actor_id
+        self._watchdog = watchdog  # keeps time for the clients' heartbeats
         self._config = config
         self._log = log
         self._transport = transport
