@@ -232,13 +232,13 @@ class Actor:
         return server
 
     async def _serve(self, transport: Transport, *, held: bool = False) -> Server:
-        """Listen on ``transport``; ``held``: welcome no client until ``server.release()``."""
+        """Listen on ``transport``; ``held``: welcome no client until ``server._release()``."""
         task_group = self._group()
         if self._server is not None:
             raise IPCError(f"actor {self.id!r} already serves on {self._server.address!r}")
         server = Server(self.id, self.config, self._log, transport, self._watchdog)
         if held:
-            server.hold()
+            server._hold()
         await server._start(task_group)
         self._server = server
         return server

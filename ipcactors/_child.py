@@ -163,7 +163,7 @@ async def _main(spec: dict[str, Any], fn: Callable[..., Any]) -> int:
                 await anyio.lowlevel.checkpoint()
                 await anyio.lowlevel.checkpoint()
                 if code == 0:
-                    server.release()  # siblings are welcomed from here on
+                    server._release()  # siblings are welcomed from here on
                     await parent.emit(READY_EVENT, {"token": spec["token"]})
     return code
 

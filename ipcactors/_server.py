@@ -21,8 +21,8 @@ Invariants:
   closed: either way its slot is freed (see ``_channel``).
 - One id, one connection: a client that connects with an id already connected replaces the
   older connection (usually a half-open leftover of a reconnect), which is closed.
-- A held server (``hold()``, before it starts: a supervised child until its function has
-  registered its handlers) welcomes no one until ``release()``. A client whose handshake is
+- A held server (``_hold()``, before it starts: a supervised child until its function has
+  registered its handlers) welcomes no one until ``_release()``. A client whose handshake is
   done waits, outside the ``max_handshakes`` budget but counted in ``max_connections``, and
   keeps its frames in its own outbox meanwhile: nothing it sends meets a missing handler. The
   wait is bounded: past ``HOLD_SHARE`` of ``handshake_timeout`` (so that the client hears why
@@ -139,7 +139,7 @@ class Server(HandlerMethods):
         self._clients: dict[str, Client] = {}
         # Unfinished handshakes, oldest first: the scope that drops each (dicts keep order).
         self._handshakes: dict[anyio.CancelScope, None] = {}
-        # While held (see hold()): set once ready; and the clients waiting for it, by id.
+        # While held (see _hold()): set once ready; and the clients waiting for it, by id.
         self._ready: anyio.Event | None = None
         self._held: dict[str, anyio.CancelScope] = {}
         self._bursts = WarningBursts(log)
@@ -422,13 +422,13 @@ class Server(HandlerMethods):
             with anyio.move_on_after(self._config.close_timeout, shield=True):
                 await self._handlers.call("disconnect", (client,), self._log)
 
-    def hold(self) -> None:
-        """Welcome no client until :meth:`release` (see the module's invariants). Called before
+    def _hold(self) -> None:
+        """Welcome no client until :meth:`_release` (see the module's invariants). Called before
         the server starts, so that no client is welcomed early."""
         if self._ready is None:
             self._ready = anyio.Event()
 
-    def release(self) -> None:
+    def _release(self) -> None:
         """Ready: welcome the held clients, and the next ones at once."""
         ready, self._ready = self._ready, None
         if ready is not None:
