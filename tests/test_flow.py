@@ -271,15 +271,23 @@ async def test_a_handler_gets_its_reply_from_the_peer_flooding_it_with_events(
             world.on("name", lambda data: "hello")
             pad = b"x" * 1000
 
+            flooded = anyio.Event()
+
             async def flood() -> None:
                 await world.emit("ask")
                 for i in range(FLOOD):
                     await world.emit("e", [i, pad])
+                flooded.set()
 
             with anyio.fail_after(20):
                 async with anyio.create_task_group() as task_group:
                     task_group.start_soon(flood)
-                    await eventually(lambda: world.statistics().outbox_bytes > 6 * 2**20)
+                    # Backed up: megabytes wait in the client's outbox, or (with the 32 MiB
+                    # outbox, over TCP, whose kernel buffers can take ~10 MB of the 20) every
+                    # event is queued or on its way before the reply.
+                    await eventually(
+                        lambda: flooded.is_set() or world.statistics().outbox_bytes > 6 * 2**20
+                    )
                     backed_up.set()
                 await eventually(lambda: len(seen) == FLOOD, 20)
     assert answers == ["hello"]
