@@ -23,6 +23,7 @@ from ._connection import Connection
 from ._errors import (
     AddressInUseError,
     AuthenticationError,
+    ChildExit,
     ChildExitedError,
     ClosedError,
     ConfigError,
@@ -62,6 +63,7 @@ __all__ = [
     "Actor",
     "AddressInUseError",
     "AuthenticationError",
+    "ChildExit",
     "ChildExitedError",
     "ChildInfo",
     "Client",

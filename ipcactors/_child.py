@@ -12,11 +12,15 @@ Invariants owned here:
   the child's own connection) just before the child reports ready. A sibling's frames wait in
   its outbox meanwhile, so none meets a missing handler, and none is lost when this
   incarnation dies before it is ready: they go to the next one.
+- A child that is about to exit abnormally for a reason its supervisor should name tells it
+  first (``FAILED_EVENT``, a request, bounded): its target did not load (the exception's type,
+  message and traceback; it then never serves its socket), or a supervisor in it gave up (that
+  ``RestartIntensityError``'s chain). Best effort: the supervisor does without the report.
 - Exit codes, as the interpreter's own: 0 when the target returned, called ``sys.exit()`` or
   ``sys.exit(None)`` (in the target or in a handler), or the supervisor asked it to stop; ``n``
-  for ``sys.exit(n)``; 1 when the target raised (its traceback goes to stderr, relayed with the
-  child's id) or called ``sys.exit("message")`` (the message goes to stderr); 70 when the
-  supervisor is gone.
+  for ``sys.exit(n)``; 1 when the target raised or did not load (its traceback goes to stderr,
+  relayed with the child's id) or called ``sys.exit("message")`` (the message goes to
+  stderr); 70 when the supervisor is gone.
 """
 
 from __future__ import annotations
@@ -34,16 +38,27 @@ import msgpack
 
 from ._actor import Actor
 from ._config import Config
+from ._connection import Connection
+from ._errors import IPCError, RestartIntensityError
 from ._forkserver import EXIT_PARENT_LOST, set_parent_death_signal
 from ._protocol import decode_ext
 from ._target import Target, load_target
 
-__all__ = ["HELLO_EVENT", "READY_EVENT", "STOP_EVENT", "run_child", "setup_logging"]
+__all__ = [
+    "FAILED_EVENT",
+    "HELLO_EVENT",
+    "READY_EVENT",
+    "STOP_EVENT",
+    "run_child",
+    "setup_logging",
+]
 
 # Events between a supervisor and its children (ordinary names: reserved ones cannot be sent).
 HELLO_EVENT = "_sup.hello"
 READY_EVENT = "_sup.ready"
 STOP_EVENT = "_sup.stop"
+FAILED_EVENT = "_sup.failed"  # why the child is about to exit abnormally (a request)
+_REPORT_TIMEOUT = 5.0  # seconds a FAILED_EVENT report may delay the exit
 
 
 def _watch_lifeline(fd: int) -> None:
@@ -91,10 +106,16 @@ def run_child(spec: dict[str, Any], lifeline_fd: int, parent_pid: int) -> int:
     sys.argv[:] = spec["argv"]
     target = Target(spec["module"], spec["qualname"], spec["main_path"])
     _set_title(f"ipcactors: {spec['id']} ({target})")
-    fn = load_target(target)
     options: dict[str, Any] = {}
     if spec["backend"] == "asyncio" and spec.get("uvloop"):
         options["use_uvloop"] = True
+    try:
+        fn = load_target(target)
+    except (Exception, SystemExit) as exc:  # a module may raise anything while imported
+        traceback.print_exc()
+        failure = {"load": [type(exc).__name__, str(exc), traceback.format_exc()]}
+        anyio.run(_report, spec, failure, backend=spec["backend"], backend_options=options)
+        return 1
     try:
         code: int = anyio.run(_main, spec, fn, backend=spec["backend"], backend_options=options)
     except BaseException as exc:
@@ -104,6 +125,40 @@ def run_child(spec: dict[str, Any], lifeline_fd: int, parent_pid: int) -> int:
             raise
         code = _exit_code(exiting)
     return code
+
+
+async def _report(
+    spec: dict[str, Any], failure: dict[str, Any], parent: Connection | None = None
+) -> None:
+    """Tell the supervisor why this child is about to exit abnormally (its target failed to
+    load: connect first, without serving; or a supervisor in it gave up), best effort and
+    bounded: the supervisor does without it. Waits for the answer, so that the report is in
+    before the exit is."""
+    message = {"token": spec["token"], **failure}
+    with anyio.move_on_after(min(spec["timeout"], _REPORT_TIMEOUT)):
+        try:
+            if parent is not None:
+                await parent.request(FAILED_EVENT, message)
+                return
+            async with Actor(spec["id"], Config(**spec["config"])) as actor:
+                parent = await actor.connect_to(spec["sup_id"], path=spec["sup_path"])
+                await parent.request(FAILED_EVENT, message)
+        except IPCError:
+            pass
+
+
+def _escalation(exc: BaseException) -> RestartIntensityError | None:
+    """The RestartIntensityError the target ended with (alone, or in a group)."""
+    if isinstance(exc, RestartIntensityError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        matched, _ = exc.split(RestartIntensityError)
+        first: BaseException | None = matched
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        if isinstance(first, RestartIntensityError):
+            return first
+    return None
 
 
 def _system_exit(exc: BaseException) -> SystemExit | None:
@@ -143,9 +198,13 @@ async def _main(spec: dict[str, Any], fn: Callable[..., Any]) -> int:
                     await fn(actor, *args)
                 except SystemExit as exc:
                     code = _exit_code(exc)
-                except Exception:
+                except Exception as exc:
                     traceback.print_exc()
                     code = 1
+                    gave_up = _escalation(exc)
+                    if gave_up is not None:
+                        chain = [list(step) for step in gave_up.chain]
+                        await _report(spec, {"chain": chain}, parent)
                 finally:
                     task_group.cancel_scope.cancel()
 

@@ -8,9 +8,12 @@ ipcactors, it derives from the matching builtin too (``TimeoutError``, ``ValueEr
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 __all__ = [
     "AddressInUseError",
     "AuthenticationError",
+    "ChildExit",
     "ChildExitedError",
     "ClosedError",
     "ConfigError",
@@ -232,17 +235,43 @@ class NoHandlerError(RemoteError):
 
 class SpawnError(IPCError):
     """A child process could not be started: its target cannot be imported by name in a fresh
-    process (a lambda, a closure, a function of an interactive session, ...), or it did not
-    connect back in time. Nothing was left running."""
+    process (a lambda, a closure, a function of an interactive session, ...), its module raised
+    while it was imported (in the parent's check or in the child), the name is missing or is not
+    an async function, or the child did not connect back in time. Nothing was left running.
+
+    The message names the cause's type and message. ``__cause__`` is the original exception when
+    the parent's check failed, and a :class:`RemoteError` (type, message, traceback) when the
+    child failed to load its target.
+    """
+
+
+class ChildExit(NamedTuple):
+    """One step of an escalation (:attr:`RestartIntensityError.chain`): child ``child`` of
+    supervisor ``supervisor`` exited with ``exitcode`` (negative: killed by that signal;
+    ``None``: unknown)."""
+
+    supervisor: str
+    child: str
+    exitcode: int | None
 
 
 class RestartIntensityError(IPCError):
     """A supervisor restarted its children more than ``max_restarts`` times within
     ``max_seconds``; it stopped every child and gave up. In a child process this escalates: the
-    child exits abnormally and its own supervisor applies its strategy.
+    child tells its supervisor why (the chain below), exits abnormally, and its supervisor
+    applies its strategy.
 
-    Attributes: ``child_id`` (whose exit was one too many), ``max_restarts``, ``max_seconds``,
-    ``exitcode`` (of that last exit; negative: killed by that signal).
+    Attributes:
+        child_id: this supervisor's child whose exit was one too many.
+        exitcode: that exit's code (negative: killed by that signal).
+        chain: the :class:`ChildExit` steps from this supervisor down to the child that kept
+            failing: ``chain[0]`` is ``(this supervisor, child_id, exitcode)``; when that child
+            ran a supervisor that gave up in turn, its chain follows, and so on.
+            ``chain[-1].exitcode`` is the exit status of the child that kept failing. The chain
+            stops early at a child whose report did not arrive (it was killed, say).
+        restarts: the restarts this supervisor made within the window (``max_restarts``).
+        seconds: the time from the first exit of that window to the fatal one.
+        max_restarts, max_seconds: the supervisor's limits.
     """
 
     def __init__(
@@ -252,9 +281,16 @@ class RestartIntensityError(IPCError):
         max_restarts: int,
         max_seconds: float,
         exitcode: int | None,
+        *,
+        chain: tuple[ChildExit, ...],
+        restarts: int,
+        seconds: float,
     ) -> None:
         super().__init__(message)
         self.child_id = child_id
         self.max_restarts = max_restarts
         self.max_seconds = max_seconds
         self.exitcode = exitcode
+        self.chain = chain
+        self.restarts = restarts
+        self.seconds = seconds

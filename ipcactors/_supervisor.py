@@ -13,7 +13,11 @@ Invariants owned here:
   ``temporary`` (never); per supervisor ``one_for_one``, ``one_for_all``, ``rest_for_one``. More
   than ``max_restarts`` restarts within ``max_seconds`` stop every child, and the ``async with``
   raises :class:`RestartIntensityError` (in a child process that exits abnormally, which is how
-  the failure escalates to the supervisor above).
+  the failure escalates to the supervisor above). Its ``chain`` runs from this supervisor down
+  to the child that kept failing, as far as each child reported its own give-up before exiting
+  (``_child``); a missing report cuts it short, never blocks it.
+- Every way a target can fail to load ends ``spawn`` with :class:`SpawnError`: in the parent's
+  check (``_target``), or in the child, which reports the exception before it exits.
 - Stopping a child is bounded at every step: the requests the supervisor sent it are answered
   and the stop message is obeyed within ``shutdown_timeout``, then SIGTERM and
   ``terminate_timeout``, then SIGKILL. Children stop in reverse start order. Leaving the
@@ -49,15 +53,17 @@ import msgpack
 from anyio.abc import TaskGroup
 
 from ._actor import Actor
-from ._child import HELLO_EVENT, READY_EVENT, STOP_EVENT
+from ._child import FAILED_EVENT, HELLO_EVENT, READY_EVENT, STOP_EVENT
 from ._config import Config, check_seconds, request_timeout
 from ._errors import (
+    ChildExit,
     ChildExitedError,
     ClosedError,
     ConfigError,
     ConnectionLostError,
     EncodeError,
     IPCError,
+    RemoteError,
     RequestTimeoutError,
     RestartIntensityError,
     SpawnError,
@@ -81,6 +87,7 @@ RestartType = Literal["permanent", "transient", "temporary"]
 _STRATEGIES: Final = ("one_for_one", "one_for_all", "rest_for_one")
 _RESTART_TYPES: Final = ("permanent", "transient", "temporary")
 _RELAY_DRAIN: Final = 1.0  # seconds relays get to pass on a stopped child's last output
+_MAX_CHAIN: Final = 100  # steps of a reported escalation chain kept (deeper trees: cut short)
 
 
 def describe_exit(code: int | None) -> str:
@@ -94,6 +101,30 @@ def describe_exit(code: int | None) -> str:
             name = f"signal {-code}"
         return f"was killed by {name}"
     return f"exited with code {code}"
+
+
+def describe_chain(chain: tuple[ChildExit, ...]) -> str:
+    """``"child 'a' of supervisor 'root' -> child 'b' of supervisor 'a-sup' exited with code
+    3"``: who failed, down to the child that kept failing, and how it ended."""
+    steps = " -> ".join(f"child {step.child!r} of supervisor {step.supervisor!r}" for step in chain)
+    return f"{steps} {describe_exit(chain[-1].exitcode)}"
+
+
+def _chain_of(data: Any) -> tuple[ChildExit, ...]:
+    """A chain a child reported (``[[supervisor, child, exitcode], ...]``); empty if malformed."""
+    if not isinstance(data, list) or not 0 < len(data) <= _MAX_CHAIN:
+        return ()
+    chain = []
+    for step in data:
+        if not (isinstance(step, list) and len(step) == 3):
+            return ()
+        supervisor, child, code = step
+        if not (isinstance(supervisor, str) and isinstance(child, str)):
+            return ()
+        if not (code is None or type(code) is int):
+            return ()
+        chain.append(ChildExit(supervisor, child, code))
+    return tuple(chain)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +157,9 @@ class _Incarnation:
         self.exited = anyio.Event()
         self.exitcode: int | None = None
         self.stopping = False  # the supervisor is ending it: its exit is not a crash
+        # Why it is about to exit, if it told us (FAILED_EVENT) before it did:
+        self.load_error: RemoteError | None = None  # its target did not load
+        self.chain: tuple[ChildExit, ...] = ()  # a supervisor in it gave up: down to whom
         self.inflight = 0
         self.idle = anyio.Event()
         self.idle.set()
@@ -228,7 +262,8 @@ class Supervisor:
       after it, which usually depend on it).
     - ``max_restarts``, ``max_seconds``: more than 3 restarts within 5 s (Elixir's defaults)
       means restarting does not help: every child is stopped and
-      :class:`RestartIntensityError` raised.
+      :class:`RestartIntensityError` raised (its ``chain`` names the children down to the one
+      that kept failing, through nested supervisors).
     - ``id``: the supervisor's own actor id (children reach it under that name).
     - ``config`` / ``**overrides``: the :class:`Config` of the supervisor's actor and of the
       children (``socket_root`` is where the supervisor makes its private socket directory).
@@ -329,6 +364,7 @@ class Supervisor:
             server = self._server = await actor.serve()
             server.on(HELLO_EVENT, self._on_hello)
             server.on(READY_EVENT, self._on_ready)
+            server.on(FAILED_EVENT, self._on_failed)
             server.on("connect", self._on_connect)
             self._lifeline = os.pipe2(os.O_CLOEXEC)
             task_group = anyio.create_task_group()
@@ -553,10 +589,13 @@ class Supervisor:
         connected back and ready (its first handlers registered).
 
         ``fn`` is an async function importable by module and name (or ``"module:function"``);
-        lambdas, closures and functions of an interactive session are refused with
-        :class:`SpawnError` before any process starts, as are arguments msgpack cannot carry
-        (:class:`EncodeError`). Raises :class:`ChildExitedError` if the child exits before it
-        is ready; it is then not supervised.
+        lambdas, closures, functions of an interactive session and ``"module:function"`` names
+        whose import raises (anything), that are missing or are not async functions are refused
+        with :class:`SpawnError` before any process starts, as are arguments msgpack cannot
+        carry (:class:`EncodeError`). A target the child cannot load is a :class:`SpawnError`
+        too (its ``__cause__`` a :class:`RemoteError` with the child's exception). Raises
+        :class:`ChildExitedError` if the child exits before it is ready for another reason; it
+        is then not supervised.
         """
         self._check_open()
         if type(id) is not str or not id or "/" in id or "\0" in id:
@@ -670,9 +709,25 @@ class Supervisor:
             child.changed()
             return
         if incarnation.exited.is_set():
+            failed = incarnation.load_error
+            if failed is not None:
+                hint = ""
+                if child.target.main_path is not None:
+                    hint = (
+                        "; the child runs the main script as __mp_main__: define the function "
+                        "at its top level, not under 'if __name__ == \"__main__\":'"
+                    )
+                raise SpawnError(
+                    f"child {child.id!r} could not load its target '{child.target}': "
+                    f"{failed.remote_type}: {failed.remote_message} (in the child process; "
+                    f"its traceback is the cause, and above with its id){hint}"
+                ) from failed
+            why = "its output above, prefixed with its id, says why"
+            if incarnation.chain:
+                why = f"a supervisor in it gave up: {describe_chain(incarnation.chain)}"
             raise ChildExitedError(
                 f"child {child.id!r} {describe_exit(incarnation.exitcode)} before it was ready "
-                "(its output above, prefixed with its id, says why)",
+                f"({why})",
                 child.id,
                 incarnation.exitcode,
             )
@@ -771,6 +826,8 @@ class Supervisor:
         child.incarnation = None
         code = incarnation.exitcode
         what = f"child {child.id!r} {describe_exit(code)}"
+        if incarnation.chain:
+            what += f" (a supervisor in it gave up: {describe_chain(incarnation.chain)})"
         if child.restart == "temporary" or (child.restart == "transient" and code == 0):
             self._log.info(f"{what}; {child.restart}: not restarted")
             self._remove(child)
@@ -780,13 +837,23 @@ class Supervisor:
         while self._restart_times and now - self._restart_times[0] > self.max_seconds:
             self._restart_times.popleft()
         if len(self._restart_times) > self.max_restarts:
+            # Down to the child that kept failing, if this one ran a supervisor that gave up
+            # and said so before it exited (without its report, the chain stops here).
+            chain = (ChildExit(self.id, child.id, code), *incarnation.chain)
+            restarts = len(self._restart_times) - 1
+            seconds = now - self._restart_times[0]
             self._failure = RestartIntensityError(
-                f"{what}: more than max_restarts={self.max_restarts} restarts within "
-                f"max_seconds={self.max_seconds}; every child of {self.id!r} was stopped",
+                f"{describe_chain(chain)}; supervisor {self.id!r} had restarted its children "
+                f"{restarts} time{'' if restarts == 1 else 's'} in {seconds:.1f} s, as many as "
+                f"max_restarts={self.max_restarts} within max_seconds={self.max_seconds} "
+                "allow: it stopped every child and gave up",
                 child.id,
                 self.max_restarts,
                 self.max_seconds,
                 code,
+                chain=chain,
+                restarts=restarts,
+                seconds=seconds,
             )
             self._log.warning(str(self._failure))
             await self._stop_all()
@@ -845,6 +912,13 @@ class Supervisor:
             self._log.warning(str(exc))
             return
         incarnation.ready.set()
+
+    def _on_failed(self, data: Any, client: Client) -> None:
+        incarnation = self._incarnation_of(data, client)
+        load = data.get("load")
+        if isinstance(load, list) and len(load) == 3 and all(isinstance(x, str) for x in load):
+            incarnation.load_error = RemoteError(*load)
+        incarnation.chain = _chain_of(data.get("chain"))
 
     def on(self, event: str, handler: Handler | None = None) -> Any:
         """Register ``handler(data, client)`` for events and requests children send to the

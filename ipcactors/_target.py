@@ -2,7 +2,9 @@
 
 Invariant: :func:`target_of` refuses, in the parent and before any process starts, every function
 a fresh child could not import by name: lambdas, closures and other nested functions, functions
-of modules that cannot be imported, objects that do not resolve back to the function given.
+of modules that cannot be imported (whatever their import raises), names that are missing or
+not async functions, objects that do not resolve back to the function given. Each refusal is a
+:class:`SpawnError` naming the cause's type and message, chained to the cause.
 Functions of the main script are supported the way multiprocessing's "spawn" supports them: the
 child runs the script under the name ``__mp_main__`` (so its ``if __name__ == "__main__":`` block
 does not run again) and takes the function from there.
@@ -22,7 +24,7 @@ from typing import Any
 
 from ._errors import SpawnError
 
-__all__ = ["Target", "load_target", "target_of"]
+__all__ = ["Target", "describe_error", "load_target", "target_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +55,16 @@ def target_of(fn: Callable[..., Any] | str) -> Target:
         if not sep or not module_name or not qualname:
             raise SpawnError(f"a target given as text must be 'module:function', got {fn!r}")
         try:
-            fn = _resolve(importlib.import_module(module_name), qualname)
-        except (ImportError, AttributeError) as exc:
-            raise SpawnError(f"cannot import target {fn!r}: {exc}") from exc
-        assert not isinstance(fn, str)
+            found = _resolve(importlib.import_module(module_name), qualname)
+        except (Exception, SystemExit) as exc:  # a module may raise anything while imported
+            raise SpawnError(f"cannot import target {fn!r}: {describe_error(exc)}") from exc
+        if not inspect.iscoroutinefunction(found):
+            what = "function" if callable(found) else f"function but {type(found).__name__}"
+            raise SpawnError(
+                f"the target {fn!r} is not an async {what} ({found!r}); it must be an "
+                "async function ('async def worker(actor, ...)')"
+            )
+        fn = found
     if not callable(fn):
         raise SpawnError(f"the target must be an async function, got {fn!r}")
     if not inspect.iscoroutinefunction(fn):
@@ -115,13 +123,23 @@ def target_of(fn: Callable[..., Any] | str) -> Target:
     return Target(module_name, qualname, main_path)
 
 
+def describe_error(exc: BaseException) -> str:
+    """``"RuntimeError: message"``: what a SpawnError's message says of its cause."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 def load_target(target: Target) -> Callable[..., Any]:
     """In the child: import the target (running the main script as ``__mp_main__`` first when
-    the function lives there). Raises ImportError/AttributeError when it cannot."""
+    the function lives there). Raises what the import raised, AttributeError for a missing
+    name, or TypeError when the name is not an async function (the module differs here)."""
     if target.main_path is not None:
         module = types.ModuleType("__mp_main__")
         module.__file__ = target.main_path
         sys.modules["__main__"] = sys.modules["__mp_main__"] = module
         module.__dict__.update(runpy.run_path(target.main_path, run_name="__mp_main__"))
-        return _resolve(module, target.qualname)  # type: ignore[no-any-return]
-    return _resolve(importlib.import_module(target.module), target.qualname)  # type: ignore[no-any-return]
+    else:
+        module = importlib.import_module(target.module)
+    fn = _resolve(module, target.qualname)
+    if not inspect.iscoroutinefunction(fn):
+        raise TypeError(f"{target} is not an async function in the child process: {fn!r}")
+    return fn  # type: ignore[no-any-return]

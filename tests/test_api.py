@@ -10,8 +10,8 @@ import sys
 import ipcactors
 
 PUBLIC = {
-    "Actor", "AddressInUseError", "AuthenticationError", "ChildExitedError", "ChildInfo",
-    "Client", "ClosedError", "Config", "ConfigError", "ConnectError", "Connection",
+    "Actor", "AddressInUseError", "AuthenticationError", "ChildExit", "ChildExitedError",
+    "ChildInfo", "Client", "ClosedError", "Config", "ConfigError", "ConnectError", "Connection",
     "ConnectionFailedError", "ConnectionLostError", "ConnectionStatistics", "DatagramPeer",
     "DatagramServer",
     "DatagramStatistics", "DatagramTooLargeError", "DecodeError", "EncodeError", "EventNameError",

@@ -1,0 +1,246 @@
+"""Errors that carry their cause: ``SpawnError`` for every way a target can fail to load (in the
+parent's check and in the child), and ``RestartIntensityError`` naming the chain of children down
+to the one that kept failing, with its exit status.
+
+Every test runs on asyncio and trio. Target modules that must fail are written per test into a
+temporary directory on ``sys.path`` (children get the parent's ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import _escalation
+import _workers
+import anyio
+import psutil
+import pytest
+
+from ipcactors import ChildExit, RemoteError, RestartIntensityError, SpawnError, Supervisor
+
+pytestmark = pytest.mark.anyio
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def supervisor(socket_dir: str, **options: Any) -> Supervisor:
+    options.setdefault("shutdown_timeout", 2.0)
+    options.setdefault("terminate_timeout", 0.5)
+    return Supervisor(socket_root=socket_dir, retry=0.05, retry_cap=0.2, **options)
+
+
+@pytest.fixture
+def make_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``make_module(source)``: the name of a new module with that source, importable here and
+    in children."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def make(source: str) -> str:
+        name = f"_target_{uuid.uuid4().hex}"
+        (tmp_path / f"{name}.py").write_text(source)
+        return name
+
+    return make
+
+
+def own_processes() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+# --- SpawnError: the parent's check -------------------------------------------------------------
+
+_GOOD = """
+VALUE = 1
+
+def sync(actor):
+    pass
+
+async def worker(actor):
+    pass
+"""
+
+
+async def test_every_way_a_target_fails_to_load_in_the_parent_is_a_spawn_error(
+    socket_dir: str, make_module: Any
+) -> None:
+    good = make_module(_GOOD)
+    cases: list[tuple[str, type[BaseException] | None, str]] = [
+        (make_module("raise RuntimeError('broken at import')\n"), RuntimeError,
+         "RuntimeError: broken at import"),
+        (make_module("def broken(:\n    pass\n"), SyntaxError, "SyntaxError: "),
+        (make_module("raise KeyError('no config')\n"), KeyError, "KeyError: 'no config'"),
+        (make_module("import sys\nsys.exit(3)\n"), SystemExit, "SystemExit: 3"),
+        (make_module("import _no_such_module_here\n"), ModuleNotFoundError,
+         "ModuleNotFoundError: No module named '_no_such_module_here'"),
+    ]  # fmt: skip
+    targets = [(f"{module}:worker", cause, message) for module, cause, message in cases]
+    targets += [
+        (f"{good}:missing", AttributeError, "AttributeError: .*'missing'"),
+        (f"{good}:VALUE.real.missing", AttributeError, "AttributeError: .*'missing'"),
+        (f"{good}:VALUE", None, "not an async function but int"),
+        (f"{good}:sync", None, "not an async function .*must be an async"),
+    ]
+    with anyio.fail_after(20):
+        async with supervisor(socket_dir) as sup:
+            before = own_processes()
+            for target, cause, message in targets:
+                with pytest.raises(SpawnError, match=message) as caught:
+                    await sup.spawn(target, id="bad")
+                assert target in str(caught.value)
+                if cause is None:
+                    assert caught.value.__cause__ is None
+                else:
+                    assert type(caught.value.__cause__) is cause, target
+            assert own_processes() == before, "a process was started for a refused target"
+            assert not sup.children
+            await sup.spawn(f"{good}:worker", id="ok", restart="temporary")
+
+
+# --- SpawnError: the child cannot load what the parent could -------------------------------------
+
+_PARENT_ONLY = """
+import os
+
+if os.getpid() != {pid}:
+    raise RuntimeError("this module refuses to load in a child")
+
+async def worker(actor):
+    pass
+"""
+
+_NOT_ASYNC_IN_CHILD = """
+import os
+
+if os.getpid() == {pid}:
+    async def worker(actor):
+        pass
+else:
+    worker = 42
+"""
+
+
+async def test_a_target_that_fails_to_load_in_the_child_is_a_spawn_error(
+    socket_dir: str, make_module: Any
+) -> None:
+    raising = make_module(_PARENT_ONLY.format(pid=os.getpid()))
+    not_async = make_module(_NOT_ASYNC_IN_CHILD.format(pid=os.getpid()))
+    with anyio.fail_after(20):
+        async with supervisor(socket_dir) as sup:
+            with pytest.raises(SpawnError, match="RuntimeError: this module refuses") as caught:
+                await sup.spawn(f"{raising}:worker", id="raising")
+            error = caught.value
+            assert "'raising'" in str(error)
+            assert isinstance(error.__cause__, RemoteError)
+            assert error.__cause__.remote_type == "RuntimeError"
+            assert error.__cause__.remote_message == "this module refuses to load in a child"
+            assert "raise RuntimeError" in error.__cause__.remote_traceback
+
+            with pytest.raises(SpawnError, match="not an async function") as caught:
+                await sup.spawn(f"{not_async}:worker", id="not_async")
+            assert "42" in str(caught.value)
+
+            assert not sup.children
+            info = await sup.spawn(_workers.echo, id="ok")
+            assert await sup.request("ok", "pid") == info.pid
+
+
+_MAIN_ONLY = """
+import sys
+import anyio, ipcactors
+
+if __name__ == "__main__":
+    # Defined only when run as a script: the child, which runs this file as __mp_main__,
+    # cannot import it.
+    async def worker(actor):
+        pass
+
+    async def main():
+        async with ipcactors.Supervisor(socket_root=sys.argv[2], retry=0.05) as sup:
+            try:
+                await sup.spawn(worker, id="w")
+            except ipcactors.SpawnError as exc:
+                cause = exc.__cause__
+                print("SpawnError", type(cause).__name__, cause.remote_type, "|", exc)
+            print("children", list(sup.children))
+
+    anyio.run(main, backend=sys.argv[1])
+"""
+
+
+async def test_a_main_function_the_child_cannot_import_is_a_spawn_error(
+    socket_dir: str, anyio_backend: str, tmp_path: Path
+) -> None:
+    script = tmp_path / "main_only.py"
+    script.write_text(_MAIN_ONLY)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([TESTS_DIR, env.get("PYTHONPATH", "")])
+    with anyio.fail_after(30):
+        result = await anyio.run_process(
+            [sys.executable, str(script), anyio_backend, socket_dir], env=env, check=False
+        )
+    out = result.stdout.decode()
+    assert result.returncode == 0, result.stderr.decode()
+    lines = out.splitlines()
+    assert lines[0].startswith("SpawnError RemoteError AttributeError | "), out
+    assert "child 'w' could not load its target '__main__.worker'" in lines[0], out
+    assert lines[1] == "children []", out
+
+
+# --- RestartIntensityError: what gave up, and why -----------------------------------------------
+
+
+async def test_restart_intensity_error_carries_the_failing_child_and_its_window(
+    socket_dir: str,
+) -> None:
+    sup = supervisor(socket_dir, max_restarts=2, max_seconds=5.0)
+
+    async def crash_loop() -> None:
+        async with sup:
+            await sup.spawn(_workers.crash_after, 0.05, 3, id="crasher")
+            await anyio.sleep(15)  # cancelled when the supervisor gives up
+
+    with anyio.fail_after(20), pytest.raises(RestartIntensityError) as caught:
+        await crash_loop()
+    error = caught.value
+    assert error.child_id == "crasher"
+    assert error.exitcode == 3
+    # No report came from the child (it just exited): the chain is the direct child alone.
+    assert error.chain == (ChildExit("supervisor", "crasher", 3),)
+    assert error.restarts == 2
+    assert 0 < error.seconds <= 5.0
+    assert (error.max_restarts, error.max_seconds) == (2, 5.0)
+    message = str(error)
+    assert message.startswith("child 'crasher' of supervisor 'supervisor' exited with code 3;")
+    assert "max_restarts=2" in message
+    assert "had restarted its children 2 times in" in message
+
+
+async def test_a_three_level_escalation_names_the_whole_chain(socket_dir: str) -> None:
+    sup = supervisor(socket_dir, max_restarts=0, id="root")
+
+    async def tree() -> None:
+        async with sup:
+            # a runs supervisor a-sup with child b, which runs b-sup with child c; c exits
+            # with 3 once ready; b-sup, then a-sup, then root give up in turn.
+            await sup.spawn(_escalation.escalate, ["b", "c"], 3, 0.3, id="a")
+            await anyio.sleep(20)  # cancelled when the supervisor gives up
+
+    with anyio.fail_after(25), pytest.raises(RestartIntensityError) as caught:
+        await tree()
+    error = caught.value
+    assert error.child_id == "a"
+    assert error.exitcode == 1
+    assert error.chain == (
+        ChildExit("root", "a", 1),
+        ChildExit("a-sup", "b", 1),
+        ChildExit("b-sup", "c", 3),
+    )
+    assert error.chain[-1].exitcode == 3
+    assert str(error).startswith(
+        "child 'a' of supervisor 'root' -> child 'b' of supervisor 'a-sup' -> "
+        "child 'c' of supervisor 'b-sup' exited with code 3;"
+    ), str(error)
