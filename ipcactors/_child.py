@@ -4,6 +4,10 @@ Invariants owned here:
 - A child never outlives its supervisor: a thread blocks on the lifeline pipe, whose only write
   end is held by the supervisor process, and ends the process (exit code 70) at EOF, even while
   the event loop is busy; PR_SET_PDEATHSIG (re-checked with ``getppid()``) is the second line.
+- A child leads its own process group (the forkserver sets it before this module runs), and
+  the processes it starts are in it unless they leave: when the child exits, the forkserver
+  SIGKILLs what is left of the group. To stop them gracefully, the child stops them itself
+  before it returns; to hand a daemon off, it starts it in a new session (``setsid()``).
 - The child reports ready only after it serves its own socket, is connected to its supervisor,
   proved its incarnation token, received its arguments, and its target has run up to its first
   suspension (so handlers it registers first are in place).

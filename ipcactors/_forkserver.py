@@ -11,13 +11,22 @@ Invariants owned here:
   event loop). The supervisor starts the forkserver with fork + exec (``subprocess.Popen``) from
   its event-loop thread: PR_SET_PDEATHSIG fires when the *thread* that forked exits.
 - The forkserver dies with its supervisor: it watches the lifeline pipe (EOF: the supervisor is
-  gone) and its control socket, and asks the kernel for SIGKILL when its parent dies
-  (PR_SET_PDEATHSIG, re-checked with ``getppid()`` against the race). On its way out it
-  SIGKILLs and reaps every child it still has.
+  gone) and its control socket, and asks the kernel for SIGTERM when its parent dies
+  (PR_SET_PDEATHSIG, re-checked with ``getppid()`` against the race; SIGTERM, not SIGKILL, so
+  that its way out runs). On its way out it SIGKILLs every child's process group and reaps
+  the children.
+- Each child leads its own process group (pgid = its pid), set on both sides of the fork
+  before the pid is reported, so a signal sent at once finds the group. Terminal signals
+  (Ctrl-C, Ctrl-\\, Ctrl-Z) go to the terminal's foreground group, which holds neither the
+  forkserver nor a child: the supervisor alone decides how children stop.
 - Every child is reaped here (the forkserver is their parent) and its exit reported to the
   supervisor as ``["exit", pid, exitcode]`` (negative: killed by that signal). Signals for a
-  child go through the forkserver (``["kill", pid, sig]``), which only signals pids it has not
-  reaped yet, so a recycled pid is never hit.
+  child go through the forkserver (``["kill", pid, sig]``) to the child's whole group, and only
+  while the child is not reaped: its pid, and so its group id, cannot be recycled before that.
+- Signal, then reap: when a child exits, what is left of its group (processes it started and
+  did not stop) gets SIGKILL while the child is still a zombie holding the group id, and only
+  then is the child reaped. A process that left the group (``setsid()``, ``setpgid()``) is not
+  signalled: that is how a child hands a daemon off on purpose.
 
 The control socket is a ``SOCK_SEQPACKET`` socketpair: one msgpack array per message, file
 descriptors (the child's stdout and stderr pipes) passed with SCM_RIGHTS.
@@ -98,7 +107,10 @@ def serve(
     ctl_fd: int, lifeline_fd: int, parent_pid: int, log_level: str, preload: list[str]
 ) -> None:
     """Main loop of the forkserver process. Returns when the supervisor is gone or done."""
-    set_parent_death_signal(parent_pid)
+    # The supervisor's death (SIGTERM) ends the loop through the finally below, which stops
+    # every child's group; SIGKILL would skip it and leave what the children started running.
+    signal.signal(signal.SIGTERM, _parent_gone)
+    set_parent_death_signal(parent_pid, signal.SIGTERM)
     # Ctrl-C in a terminal reaches the supervisor, which stops everyone in order; not us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for name in preload:
@@ -142,8 +154,9 @@ def serve(
                     running = _handle(ctl, children, (ctl_fd, lifeline_fd, wake_r, wake_w))
             _reap(ctl, children)
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for pid in children:
-            _kill(pid, signal.SIGKILL)
+            _killpg(pid, signal.SIGKILL)  # not reaped yet: the group id is still theirs
         for pid in children:
             try:
                 os.waitpid(pid, 0)
@@ -166,21 +179,30 @@ def _drain(fd: int) -> None:
         pass
 
 
-def _kill(pid: int, sig: int) -> None:
+def _parent_gone(signum: int, frame: object) -> None:
+    raise SystemExit(EXIT_PARENT_LOST)
+
+
+def _killpg(pgid: int, sig: int) -> None:
     try:
-        os.kill(pid, sig)
+        os.killpg(pgid, sig)
     except ProcessLookupError:
         pass
 
 
 def _reap(ctl: socket.socket, children: set[int]) -> None:
     while children:
+        # Look without reaping: the zombie keeps its pid, and so its group id, ours.
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
             return
-        if pid == 0:
+        if found is None:
             return
+        pid = found.si_pid
+        if pid in children:
+            _killpg(pid, signal.SIGKILL)  # what it started and left behind
+        _, status = os.waitpid(pid, 0)
         children.discard(pid)
         try:
             send_message(ctl, ["exit", pid, os.waitstatus_to_exitcode(status)])
@@ -207,7 +229,7 @@ def _handle(ctl: socket.socket, children: set[int], own_fds: tuple[int, ...]) ->
         elif message[0] == "kill":
             _, pid, sig = message
             if pid in children:
-                _kill(pid, sig)
+                _killpg(pid, sig)
     except Exception as exc:
         if message and message[0] == "spawn":
             send_message(ctl, ["error", message[1], f"{type(exc).__name__}: {exc}"])
@@ -225,13 +247,21 @@ def _fork(spec: dict[str, Any], fds: list[int], own_fds: tuple[int, ...]) -> int
     forkserver_pid = os.getpid()
     pid = os.fork()
     if pid:
+        # Here too, as shells do: the group exists before its pid is reported, so a signal
+        # sent at once reaches it. An error means the child is gone already.
+        try:
+            os.setpgid(pid, pid)
+        except OSError:
+            pass
         return pid
     # --- in the child: never return from here -------------------------------------------------
     code = 1
     try:
+        os.setpgid(0, 0)  # its own group before anything runs: see the module docstring
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         ctl_fd, lifeline_fd, wake_r, wake_w = own_fds
         for fd in (ctl_fd, wake_r, wake_w):
             os.close(fd)

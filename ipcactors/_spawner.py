@@ -162,7 +162,8 @@ class ForkServer:
         return incarnation.pid
 
     def kill(self, incarnation: _Incarnation, sig: int) -> None:
-        """Send ``sig`` to a child that was not reaped yet (the forkserver checks)."""
+        """Send ``sig`` to the process group of a child that was not reaped yet (the forkserver
+        checks)."""
         pid = incarnation.pid
         if pid is None or incarnation.exited.is_set() or self._sock is None or self.dead:
             return
@@ -219,7 +220,9 @@ class ForkServer:
                 self._on_exit(incarnation)
 
     def _lost(self) -> None:
-        """The forkserver is gone: its children die with it (PR_SET_PDEATHSIG)."""
+        """The forkserver is gone: its children die with it (PR_SET_PDEATHSIG). If it was
+        SIGKILLed, what they started is not signalled (their pids are no longer ours to
+        signal: docs/supervisor.md states the bound)."""
         self.dead = True
         self._gone.set()
         for incarnation in list(self._incarnations.values()):

@@ -9,6 +9,9 @@ Invariants owned here:
 - Every child is reaped (by the forkserver, its parent, which reports each exit here), and no
   child outlives the supervisor: the lifeline pipe's only write end lives in this process, and
   the forkserver and every child end themselves at its EOF, whatever killed us.
+- Each child leads its own process group: SIGTERM and SIGKILL go to the whole group, and what
+  is left in it when the child exits (however it exits, the supervisor's death included) is
+  SIGKILLed. Only a process that left the group on purpose (``setsid()``) outlives its child.
 - Restarts follow OTP: per child ``permanent`` (always), ``transient`` (after an abnormal exit),
   ``temporary`` (never); per supervisor ``one_for_one``, ``one_for_all``, ``rest_for_one``. More
   than ``max_restarts`` restarts within ``max_seconds`` stop every child, and the ``async with``
@@ -20,7 +23,8 @@ Invariants owned here:
   check (``_target``), or in the child, which reports the exception before it exits.
 - Stopping a child is bounded at every step: the requests the supervisor sent it are answered
   and the stop message is obeyed within ``shutdown_timeout``, then SIGTERM and
-  ``terminate_timeout``, then SIGKILL. Children stop in reverse start order. Leaving the
+  ``terminate_timeout``, then SIGKILL (both to the child's process group). Children stop in
+  reverse start order. Leaving the
   ``async with`` never hangs.
 - Restart decisions are taken one at a time, by one task, under the lock that ``spawn`` and
   ``stop`` take too; an exit is acted on only if it is the exit of the child's current

@@ -1,0 +1,209 @@
+"""Each child runs in its own process group: stopping it stops what it started.
+
+The processes a child starts (here ``sleep`` and a shell that ignores SIGTERM, with a child of
+its own) are gone after a clean shutdown, a stop, an exit of the child, a one_for_one restart,
+and a SIGKILL of the supervisor; one that left the group on purpose (``start_new_session``)
+survives them, and the test kills it itself. Every test runs on asyncio and trio.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import _pgroup_workers
+import anyio
+import psutil
+import pytest
+
+from ipcactors import Supervisor
+
+pytestmark = pytest.mark.anyio
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def supervisor(socket_dir: str, **options: Any) -> Supervisor:
+    options.setdefault("shutdown_timeout", 2.0)
+    options.setdefault("terminate_timeout", 0.5)
+    return Supervisor(socket_root=socket_dir, retry=0.05, retry_cap=0.2, **options)
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    with anyio.fail_after(timeout):
+        while not condition():
+            await anyio.sleep(0.01)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def none_alive(pids: list[int]) -> Callable[[], bool]:
+    return lambda: not any(alive(pid) for pid in pids)
+
+
+@pytest.fixture
+def strays() -> Iterator[list[psutil.Process]]:
+    """Processes a test saw started outside the supervisor's reach (daemons, or grandchildren a
+    failing test left): killed at the end whatever happened (they are not our children, so the
+    leak check cannot see them)."""
+    found: list[psutil.Process] = []
+    yield found
+    for process in found:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def track(strays: list[psutil.Process], pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            strays.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+
+
+async def test_child_runs_in_its_own_process_group(socket_dir: str) -> None:
+    with anyio.fail_after(15):
+        async with supervisor(socket_dir) as sup:
+            info = await sup.spawn(_pgroup_workers.starter, id="a")
+            assert await sup.request("a", "pgid") == info.pid
+            assert os.getpgid(0) != info.pid
+
+
+@pytest.mark.parametrize("how", ["shutdown", "stop", "exit"])
+async def test_what_a_child_started_is_gone_when_it_stops(
+    socket_dir: str, strays: list[psutil.Process], how: str
+) -> None:
+    with anyio.fail_after(20):
+        async with supervisor(socket_dir) as sup:
+            await sup.spawn(_pgroup_workers.starter, id="a", restart="transient")
+            group = (await sup.request("a", "pids"))["group"]
+            track(strays, group)
+            assert len(group) == 3
+            assert all(alive(pid) for pid in group)
+            if how == "stop":
+                await sup.stop("a")
+            elif how == "exit":
+                await sup.emit("a", "done")  # returns: a normal exit, not restarted
+                await wait_until(lambda: "a" not in sup.children)
+            if how != "shutdown":
+                await wait_until(none_alive(group))
+        await wait_until(none_alive(group))
+
+
+async def test_sigterm_of_the_stop_sequence_reaches_the_group(
+    socket_dir: str, strays: list[psutil.Process]
+) -> None:
+    with anyio.fail_after(20):
+        async with supervisor(socket_dir, shutdown_timeout=0.2, terminate_timeout=30) as sup:
+            info = await sup.spawn(_pgroup_workers.stubborn_starter, id="a")
+            assert info.pid is not None
+            group = (await sup.request("a", "pids"))["group"]
+            track(strays, group)
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(sup.stop, "a")
+                await wait_until(none_alive(group))  # SIGTERM, after the ignored stop message
+                assert alive(info.pid)  # it ignores SIGTERM: SIGKILL only after 30 s
+                os.kill(info.pid, signal.SIGKILL)  # do not wait for them
+            assert "a" not in sup.children
+
+
+async def test_grandchildren_gone_after_one_for_one_restart(
+    socket_dir: str, strays: list[psutil.Process]
+) -> None:
+    with anyio.fail_after(20):
+        async with supervisor(socket_dir, strategy="one_for_one") as sup:
+            await sup.spawn(_pgroup_workers.starter, id="a")
+            await sup.spawn(_pgroup_workers.starter, id="b")
+            before = {id: (await sup.request(id, "pids"))["group"] for id in ("a", "b")}
+            track(strays, [*before["a"], *before["b"]])
+            old_pid = sup.children["a"].pid
+            assert old_pid is not None
+            os.kill(old_pid, signal.SIGKILL)
+            await wait_until(lambda: sup.children["a"].running and sup.children["a"].pid != old_pid)
+            after = (await sup.request("a", "pids"))["group"]
+            track(strays, after)
+            await wait_until(none_alive(before["a"]))
+            assert all(alive(pid) for pid in before["b"])  # the sibling's are untouched
+            assert all(alive(pid) for pid in after)
+        await wait_until(none_alive([*before["b"], *after]))
+
+
+async def test_a_daemon_that_left_the_group_survives_shutdown(
+    socket_dir: str, strays: list[psutil.Process]
+) -> None:
+    with anyio.fail_after(20):
+        async with supervisor(socket_dir) as sup:
+            await sup.spawn(_pgroup_workers.starter, True, id="a")
+            pids = await sup.request("a", "pids")
+            track(strays, [*pids["group"], pids["daemon"]])
+        await wait_until(none_alive(pids["group"]))
+        assert alive(pids["daemon"])
+        assert os.getpgid(pids["daemon"]) == pids["daemon"]  # its own session and group
+
+
+_KILLED_SUPERVISOR = """
+import json, sys
+import anyio, ipcactors, _pgroup_workers
+
+async def main():
+    async with ipcactors.Supervisor(socket_root=sys.argv[2], retry=0.05) as sup:
+        await sup.spawn(_pgroup_workers.starter, True, id="a")
+        await sup.spawn(_pgroup_workers.starter, id="b")
+        found = {id: await sup.request(id, "pids") for id in ("a", "b")}
+        children = [info.pid for info in sup.children.values()]
+        print(json.dumps({"children": children, "pids": found}), flush=True)
+        await anyio.sleep(60)
+
+anyio.run(main, backend=sys.argv[1])
+"""
+
+
+async def test_grandchildren_gone_when_the_supervisor_is_sigkilled(
+    socket_dir: str, anyio_backend: str, strays: list[psutil.Process]
+) -> None:
+    root = os.path.join(socket_dir, "killed")
+    os.mkdir(root, 0o700)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([TESTS_DIR, env.get("PYTHONPATH", "")])
+    process = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_SUPERVISOR, anyio_backend, root],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        with anyio.fail_after(20):
+            assert process.stdout is not None
+            line = await anyio.to_thread.run_sync(process.stdout.readline)
+        started = json.loads(line)
+        found = started["pids"]
+        group = [*found["a"]["group"], *found["b"]["group"]]
+        daemon = found["a"]["daemon"]
+        track(strays, [*started["children"], *group, daemon])
+        assert all(alive(pid) for pid in [*started["children"], *group, daemon])
+        process.kill()
+        killed_at = time.monotonic()
+        await wait_until(none_alive([*started["children"], *group]))
+        assert time.monotonic() - killed_at < 2.0, "grandchildren outlived the supervisor by >2 s"
+        assert alive(daemon)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+        assert process.stdout is not None
+        process.stdout.close()
+        shutil.rmtree(root, ignore_errors=True)
