@@ -556,8 +556,11 @@ async def soak(
         print(f"{summary}; RSS {rss_before >> 20} -> {rss_after >> 20} MiB")  # shown with -rP
         assert not ledger.violations, f"{ledger.violations[:20]}\n{summary}"
         assert rss_after - rss_before < RSS_GROWTH, summary
-        for stream in ("c0->hub", "broadcast", "ping->w0"):
+        for stream in ("c0->hub", "broadcast"):
             assert soak.sent[stream] > 0, f"nothing sent on {stream}: {summary}"
+        # The supervisor pings a child picked at random: in a short run all may go to one.
+        pings = sum(soak.sent[f"ping->w{i}"] for i in range(CHILDREN))
+        assert pings > 0, f"no child pinged: {summary}"
         for name in ("client request", "hub request", "sup request"):
             assert ledger.outcomes[f"{name}: ok"] > 0, summary
         for stream, seqs in ledger.seen.items():  # none invented
