@@ -21,6 +21,7 @@ import _workers
 import anyio
 import psutil
 import pytest
+from _supervising import alive, supervisor, wait_until
 
 import ipcactors
 from ipcactors import ChildExitedError, RestartIntensityError, SpawnError, Supervisor
@@ -28,25 +29,6 @@ from ipcactors import ChildExitedError, RestartIntensityError, SpawnError, Super
 pytestmark = pytest.mark.anyio
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-def supervisor(socket_dir: str, **options: Any) -> Supervisor:
-    options.setdefault("shutdown_timeout", 2.0)
-    options.setdefault("terminate_timeout", 0.5)
-    return Supervisor(socket_root=socket_dir, retry=0.05, retry_cap=0.2, **options)
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    with anyio.fail_after(timeout):
-        while not condition():
-            await anyio.sleep(0.01)
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def pids(sup: Supervisor) -> dict[str, int | None]:

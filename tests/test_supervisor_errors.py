@@ -19,18 +19,13 @@ import _workers
 import anyio
 import psutil
 import pytest
+from _supervising import supervisor
 
-from ipcactors import ChildExit, RemoteError, RestartIntensityError, SpawnError, Supervisor
+from ipcactors import ChildExit, RemoteError, RestartIntensityError, SpawnError
 
 pytestmark = pytest.mark.anyio
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-def supervisor(socket_dir: str, **options: Any) -> Supervisor:
-    options.setdefault("shutdown_timeout", 2.0)
-    options.setdefault("terminate_timeout", 0.5)
-    return Supervisor(socket_root=socket_dir, retry=0.05, retry_cap=0.2, **options)
 
 
 @pytest.fixture

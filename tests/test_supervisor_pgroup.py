@@ -16,37 +16,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import _pgroup_workers
 import anyio
 import psutil
 import pytest
-
-from ipcactors import Supervisor
+from _supervising import alive, supervisor, wait_until
 
 pytestmark = pytest.mark.anyio
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-def supervisor(socket_dir: str, **options: Any) -> Supervisor:
-    options.setdefault("shutdown_timeout", 2.0)
-    options.setdefault("terminate_timeout", 0.5)
-    return Supervisor(socket_root=socket_dir, retry=0.05, retry_cap=0.2, **options)
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    with anyio.fail_after(timeout):
-        while not condition():
-            await anyio.sleep(0.01)
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def none_alive(pids: list[int]) -> Callable[[], bool]:
