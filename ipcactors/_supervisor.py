@@ -19,6 +19,9 @@ Invariants owned here:
   the failure escalates to the supervisor above). Its ``chain`` runs from this supervisor down
   to the child that kept failing, as far as each child reported its own give-up before exiting
   (``_child``); a missing report cuts it short, never blocks it.
+- At most ``max_children`` children at once; one more ``spawn`` is a :class:`SpawnError` at
+  once. The supervisor's own server holds ``max_connections + max_children`` clients, so the
+  children never meet ``max_connections``, a limit meant for other actors.
 - Every way a target can fail to load ends ``spawn`` with :class:`SpawnError`: in the parent's
   check (``_target``), or in the child, which reports the exception before it exits.
 - Stopping a child is bounded at every step: the requests the supervisor sent it are answered
@@ -91,6 +94,9 @@ RestartType = Literal["permanent", "transient", "temporary"]
 _STRATEGIES: Final = ("one_for_one", "one_for_all", "rest_for_one")
 _RESTART_TYPES: Final = ("permanent", "transient", "temporary")
 _RELAY_DRAIN: Final = 1.0  # seconds relays get to pass on a stopped child's last output
+#: Children a supervisor holds at once unless told otherwise: far beyond what a machine runs
+#: as worker processes, but a limit that fails with a clear error rather than a hidden one.
+DEFAULT_MAX_CHILDREN: Final = 1000
 _MAX_CHAIN: Final = 100  # steps of a reported escalation chain kept (deeper trees: cut short)
 
 
@@ -275,6 +281,9 @@ class Supervisor:
       supervisor sent it and to obey the stop message (OTP's default for workers: 5 s).
     - ``terminate_timeout``: seconds between SIGTERM and SIGKILL (1 s).
     - ``start_timeout``: seconds a child gets to connect back and be ready (10 s).
+    - ``max_children``: children supervised at once (1,000); one more ``spawn`` fails at once
+      with :class:`SpawnError`. The supervisor's own server holds this many connections (one
+      per child) on top of ``max_connections``, which bounds its other clients.
     - ``preload``: extra modules the forkserver imports once (e.g. ``["numpy"]``), so children
       start without importing them again.
     - ``log_level``: the children's log level (``"WARNING"``: their lifecycle lines are noise;
@@ -292,6 +301,7 @@ class Supervisor:
         shutdown_timeout: float = 5.0,
         terminate_timeout: float = 1.0,
         start_timeout: float = 10.0,
+        max_children: int = DEFAULT_MAX_CHILDREN,
         preload: tuple[str, ...] | list[str] = (),
         log_level: str = "WARNING",
         **overrides: Any,
@@ -307,6 +317,8 @@ class Supervisor:
             ("start_timeout", start_timeout),
         ):
             check_seconds(name, value)
+        if type(max_children) is not int or max_children < 1:
+            raise ConfigError(f"max_children must be an integer >= 1, got {max_children!r}")
         if type(id) is not str or not id:
             raise ConfigError(f"a supervisor id must be a non-empty string, got {id!r}")
         self.id = id
@@ -316,6 +328,7 @@ class Supervisor:
         self.shutdown_timeout = float(shutdown_timeout)
         self.terminate_timeout = float(terminate_timeout)
         self.start_timeout = float(start_timeout)
+        self.max_children = max_children
         self.preload = [str(name) for name in preload]
         self.log_level = log_level
         self.config = (config or Config()).replace(id=id, **overrides)
@@ -360,7 +373,16 @@ class Supervisor:
         ensure_socket_dir(root, private=self.config.socket_root is None)
         _sweep(root)
         self._dir = tempfile.mkdtemp(prefix=f"sup-{os.getpid()}-", dir=root)
-        actor = Actor(self.id, self.config.replace(socket_root=self._dir))
+        # Each child holds a connection to our server: they get places of their own, so that
+        # neither max_connections (sized for ordinary servers, and the children's) caps the
+        # number of children nor do children crowd out the supervisor's other clients.
+        actor = Actor(
+            self.id,
+            self.config.replace(
+                socket_root=self._dir,
+                max_connections=self.config.max_connections + self.max_children,
+            ),
+        )
         await actor.__aenter__()
         self._actor = actor
         task_group: TaskGroup | None = None
@@ -596,8 +618,9 @@ class Supervisor:
         lambdas, closures, functions of an interactive session and ``"module:function"`` names
         whose import raises (anything), that are missing or are not async functions are refused
         with :class:`SpawnError` before any process starts, as are arguments msgpack cannot
-        carry (:class:`EncodeError`). A target the child cannot load is a :class:`SpawnError`
-        too (its ``__cause__`` a :class:`RemoteError` with the child's exception). Raises
+        carry (:class:`EncodeError`). A child beyond ``max_children`` is refused at once with
+        :class:`SpawnError`. A target the child cannot load is a :class:`SpawnError` too (its
+        ``__cause__`` a :class:`RemoteError` with the child's exception). Raises
         :class:`ChildExitedError` if the child exits before it is ready for another reason; it
         is then not supervised.
         """
@@ -623,6 +646,12 @@ class Supervisor:
             self._check_open()
             if id in self._children:
                 raise ConfigError(f"a child with id {id!r} is already supervised")
+            if len(self._children) >= self.max_children:
+                raise SpawnError(
+                    f"cannot spawn {id!r}: supervisor {self.id!r} already has "
+                    f"max_children={self.max_children} children; stop one, or raise the limit "
+                    f"with Supervisor(max_children=...)"
+                )
             child = _Child(id, target, packed, restart)
             self._children[id] = child
             try:
