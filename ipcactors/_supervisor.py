@@ -26,9 +26,10 @@ Invariants owned here:
   check (``_target``), or in the child, which reports the exception before it exits.
 - Stopping a child is bounded at every step: the requests the supervisor sent it are answered
   and the stop message is obeyed within ``shutdown_timeout``, then SIGTERM and
-  ``terminate_timeout``, then SIGKILL (both to the child's process group). Children stop in
-  reverse start order. Leaving the
-  ``async with`` never hangs.
+  ``terminate_timeout``, then SIGKILL (both to the child's process group). When the
+  supervisor stops (or gives up), every child's grace period starts at once under
+  ``one_for_one``; under ``one_for_all`` and ``rest_for_one`` children stop one by one in
+  reverse start order. Leaving the ``async with`` never hangs.
 - Restart decisions are taken one at a time, by one task, under the lock that ``spawn`` and
   ``stop`` take too; an exit is acted on only if it is the exit of the child's current
   incarnation, and not one the supervisor caused.
@@ -288,6 +289,14 @@ class Supervisor:
       start without importing them again.
     - ``log_level``: the children's log level (``"WARNING"``: their lifecycle lines are noise;
       their stdout and stderr are always passed on, prefixed with ``[id]``).
+
+    Shutdown (leaving the ``async with``, ``aclose``, or giving up after too many restarts)
+    stops each child in bounded steps: the stop message and ``shutdown_timeout``, SIGTERM and
+    ``terminate_timeout``, SIGKILL. Under ``one_for_one`` the children are independent and
+    every child's grace period starts at once: N children that ignore SIGTERM cost one
+    ``shutdown_timeout + terminate_timeout``, not N. Under ``one_for_all`` and ``rest_for_one``,
+    where later children usually depend on earlier ones, they stop one by one in reverse start
+    order, each only once the ones started after it are gone (as OTP does).
     """
 
     def __init__(
@@ -468,9 +477,10 @@ class Supervisor:
         raise pending
 
     async def aclose(self) -> None:
-        """Stop every child (reverse start order, each bounded), the forkserver, and the
-        supervisor's own actor; remove its socket directory. Idempotent. Called from another
-        task, it also ends the body of the ``async with`` (as ``Actor.aclose`` does)."""
+        """Stop every child (each bounded: at once under ``one_for_one``, else one by one in
+        reverse start order), the forkserver, and the supervisor's own actor; remove its socket
+        directory. Idempotent. Called from another task, it also ends the body of the
+        ``async with`` (as ``Actor.aclose`` does)."""
         await self._shutdown()
         if self._actor is not None:
             await self._actor.aclose()
@@ -817,8 +827,17 @@ class Supervisor:
         child.changed()
 
     async def _stop_all(self) -> None:
-        for child in reversed(list(self._children.values())):
-            await self._stop_child(child)
+        """Stop every child: all at once under ``one_for_one`` (they are independent, so N
+        stubborn children cost one grace period, not N); one by one in reverse start order
+        otherwise, where later children usually depend on earlier ones (as OTP does)."""
+        children = list(reversed(self._children.values()))
+        if self.strategy != "one_for_one":
+            for child in children:
+                await self._stop_child(child)
+            return
+        async with anyio.create_task_group() as task_group:
+            for child in children:
+                task_group.start_soon(self._stop_child, child)
 
     # --- output ------------------------------------------------------------------------------
 

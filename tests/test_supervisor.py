@@ -452,9 +452,13 @@ async def test_graceful_shutdown_answers_requests_in_flight(socket_dir: str) -> 
             assert sup.children["w2"].last_exit == 0
 
 
-async def test_shutdown_in_reverse_start_order(socket_dir: str, log_lines: list[str]) -> None:
+@pytest.mark.parametrize("strategy", ["one_for_all", "rest_for_one"])
+async def test_shutdown_in_reverse_start_order(
+    socket_dir: str, log_lines: list[str], strategy: str
+) -> None:
+    # Under one_for_one the children stop all at once instead (test_supervisor_supstop.py).
     with anyio.fail_after(20):
-        async with supervisor(socket_dir) as sup:
+        async with supervisor(socket_dir, strategy=strategy) as sup:
             for id in ("first", "second", "third"):
                 await sup.spawn(_workers.echo, id=id)
     stopped = [line for line in log_lines if "stopped (exited with code 0)" in line]
@@ -645,7 +649,10 @@ import json, sys
 import anyio, ipcactors, _workers
 
 async def main():
-    sup = ipcactors.Supervisor(socket_root=sys.argv[2], shutdown_timeout=30, retry=0.05)
+    # rest_for_one: the children stop in reverse start order (one_for_one stops them at once).
+    sup = ipcactors.Supervisor(
+        "rest_for_one", socket_root=sys.argv[2], shutdown_timeout=30, retry=0.05
+    )
     try:
         async with sup:
             await sup.spawn(_workers.echo, id="a")

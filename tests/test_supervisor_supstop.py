@@ -53,3 +53,55 @@ async def test_the_supervisors_server_is_sized_for_its_children(socket_dir: str)
 def test_max_children_is_validated(value: Any) -> None:
     with pytest.raises(ConfigError, match="max_children"):
         Supervisor(max_children=value)
+
+
+# --- shutdown: every grace period at once, unless the strategy needs order ---------------------
+
+STUBBORN = ("a", "b", "c")
+
+
+def _killed(log_lines: list[str]) -> list[str]:
+    """The children the supervisor SIGKILLed, in the order it did."""
+    return [
+        next(id for id in STUBBORN if f"child '{id}' " in line)
+        for line in log_lines
+        if "did not stop; sending SIGKILL" in line
+    ]
+
+
+async def test_one_for_one_stops_every_child_at_once(socket_dir: str, log_lines: list[str]) -> None:
+    # Three children that ignore the stop message and SIGTERM: each needs the whole of
+    # shutdown_timeout + terminate_timeout. Stopped one after another they would take three
+    # times that; their grace periods run together instead.
+    grace = 0.4 + 0.4
+    with anyio.fail_after(20):
+        async with supervisor(socket_dir, shutdown_timeout=0.4, terminate_timeout=0.4) as sup:
+            for id in STUBBORN:
+                await sup.spawn(_workers.stubborn, True, id=id)
+            for id in STUBBORN:
+                await sup.request(id, "pid")  # its SIGTERM disposition is set by now
+            started = time.monotonic()
+        elapsed = time.monotonic() - started
+    assert sorted(_killed(log_lines)) == sorted(STUBBORN)
+    assert grace <= elapsed < 2 * grace, elapsed
+
+
+@pytest.mark.parametrize("strategy", ["one_for_all", "rest_for_one"])
+async def test_dependent_strategies_stop_children_one_by_one_in_reverse_start_order(
+    socket_dir: str, log_lines: list[str], strategy: str
+) -> None:
+    # Later children usually depend on earlier ones: each gets its whole grace period only
+    # after the ones started after it are gone, as OTP does.
+    grace = 0.2 + 0.2
+    with anyio.fail_after(20):
+        async with supervisor(
+            socket_dir, strategy=strategy, shutdown_timeout=0.2, terminate_timeout=0.2
+        ) as sup:
+            for id in STUBBORN:
+                await sup.spawn(_workers.stubborn, True, id=id)
+            for id in STUBBORN:
+                await sup.request(id, "pid")
+            started = time.monotonic()
+        elapsed = time.monotonic() - started
+    assert _killed(log_lines) == ["c", "b", "a"]
+    assert elapsed >= 3 * grace, elapsed
