@@ -169,6 +169,27 @@ def _wait_for_line(process: subprocess.Popen[str], text: str) -> None:
     assert text in line, line
 
 
+def _interrupted(command: list[str], ready: str, signum: int) -> tuple[str, str]:
+    """Run ``command`` until it prints ``ready``, send it ``signum``; check that it exits with
+    128 + ``signum`` without a traceback, and return its output."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()
+    )
+    try:
+        _wait_for_line(process, ready)
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=20)
+        assert process.returncode == 128 + signum, err
+        assert "Traceback" not in err
+        return out, err
+    finally:
+        process.kill()
+        process.wait()
+        for stream in (process.stdout, process.stderr):
+            assert stream is not None
+            stream.close()
+
+
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 @pytest.mark.parametrize(
     ("signum", "body"),
@@ -177,55 +198,17 @@ def _wait_for_line(process: subprocess.Popen[str], text: str) -> None:
 def test_signal_with_supervised_requests_in_flight_exits_quietly(
     backend: str, signum: signal.Signals, body: str, socket_dir: str
 ) -> None:
-    process = subprocess.Popen(
-        [sys.executable, "-c", IN_FLIGHT, socket_dir, backend, body],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(),
+    out, _ = _interrupted(
+        [sys.executable, "-c", IN_FLIGHT, socket_dir, backend, body], "READY", signum
     )
-    try:
-        _wait_for_line(process, "READY")
-        process.send_signal(signum)
-        out, err = process.communicate(timeout=20)
-        assert process.returncode == 128 + signum, err
-        assert "Traceback" not in err
-        assert "AFTER" not in out, "code after the block ran during the shutdown"
-    finally:
-        process.kill()
-        process.wait()
-        for stream in (process.stdout, process.stderr):
-            assert stream is not None
-            stream.close()
+    assert "AFTER" not in out, "code after the block ran during the shutdown"
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_ctrl_c_in_the_worker_pool_example(backend: str) -> None:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            os.path.join(ROOT, "examples", "worker_pool.py"),
-            "--backend",
-            backend,
-            "--delay",
-            "0.5",  # 40 tasks on 4 workers: 5 s, so tasks are in flight at the signal
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(),
-    )
-    try:
-        _wait_for_line(process, "started worker-0")
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=20)
-        assert process.returncode == 128 + signal.SIGINT, err
-        assert "Traceback" not in err
-        assert "tasks done" not in out
-        assert "FAILED" not in out + err
-    finally:
-        process.kill()
-        process.wait()
-        for stream in (process.stdout, process.stderr):
-            assert stream is not None
-            stream.close()
+    command = [sys.executable, os.path.join(ROOT, "examples", "worker_pool.py")]
+    # 40 tasks on 4 workers at 0.5 s each: 5 s, so tasks are in flight at the signal.
+    command += ["--backend", backend, "--delay", "0.5"]
+    out, err = _interrupted(command, "started worker-0", signal.SIGINT)
+    assert "tasks done" not in out
+    assert "FAILED" not in out + err
