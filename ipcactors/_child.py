@@ -44,7 +44,7 @@ from ._actor import Actor
 from ._config import Config
 from ._connection import Connection
 from ._errors import IPCError, RestartIntensityError
-from ._forkserver import EXIT_PARENT_LOST, set_parent_death_signal
+from ._parentdeath import EXIT_PARENT_LOST, set_parent_death_signal
 from ._protocol import decode_ext
 from ._target import Target, load_target
 

@@ -35,7 +35,6 @@ descriptors (the child's stdout and stderr pipes) passed with SCM_RIGHTS.
 from __future__ import annotations
 
 import array
-import ctypes
 import errno
 import importlib
 import os
@@ -47,28 +46,12 @@ from typing import Any, Final
 
 import msgpack
 
-__all__ = ["MAX_MESSAGE", "recv_message", "send_message", "serve", "set_parent_death_signal"]
+from ._parentdeath import EXIT_PARENT_LOST, set_parent_death_signal
+
+__all__ = ["MAX_MESSAGE", "recv_message", "send_message", "serve"]
 
 MAX_MESSAGE: Final = 1024 * 1024  # control messages are small: ids, module names, sys.path
 _MAX_FDS: Final = 4
-_PR_SET_PDEATHSIG: Final = 1
-EXIT_PARENT_LOST: Final = 70  # EX_SOFTWARE: the supervisor is gone
-
-
-def set_parent_death_signal(expected_parent: int, sig: int = signal.SIGKILL) -> None:
-    """Ask Linux to send ``sig`` when our parent dies; exit at once if it already has.
-
-    A no-op where prctl is unavailable (the lifeline pipe still ends the process).
-    """
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
-    # The parent may have died before prctl took effect: then we were re-parented already.
-    if os.getppid() != expected_parent:
-        os._exit(EXIT_PARENT_LOST)
 
 
 def send_message(sock: socket.socket, message: Any, fds: list[int] | None = None) -> None:

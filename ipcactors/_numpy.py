@@ -29,7 +29,7 @@ import msgpack
 import numpy as np
 
 from ._errors import DecodeError, EncodeError
-from ._protocol import NUMPY_EXT_CODE
+from ._extcodes import NUMPY_EXT_CODE
 
 __all__ = ["NUMPY_EXT_CODE", "decode_array", "encode_numpy"]
 

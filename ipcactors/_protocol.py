@@ -28,6 +28,7 @@ from typing import Any, Final, TypeAlias
 import msgpack
 
 from ._errors import DecodeError, EncodeError, FrameTooLargeError, ProtocolError
+from ._extcodes import NUMPY_EXT_CODE
 
 __all__ = [
     "PING_FRAME",
@@ -416,11 +417,6 @@ def frame_size(frame: Frame) -> int:
 
 def _reject_ext(code: int, data: bytes) -> Any:
     raise DecodeError(f"unknown msgpack extension type {code}")
-
-
-# The extension type code of numpy arrays (``_numpy.NUMPY_EXT_CODE``; kept here so that decoding
-# anything else never imports numpy).
-NUMPY_EXT_CODE: Final = 78
 
 
 def decode_ext(code: int, data: bytes) -> Any:

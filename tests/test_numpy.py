@@ -10,7 +10,8 @@ import anyio
 import pytest
 
 import ipcactors
-from ipcactors._protocol import NUMPY_EXT_CODE, Event, FrameDecoder, FrameEncoder, Limits
+from ipcactors._extcodes import NUMPY_EXT_CODE
+from ipcactors._protocol import Event, FrameDecoder, FrameEncoder, Limits
 
 np = pytest.importorskip("numpy")
 

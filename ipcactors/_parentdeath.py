@@ -1,0 +1,34 @@
+"""How a process started by a supervisor learns that its parent is gone.
+
+Invariant: the second line of defence only (the lifeline pipe is the first, see ``_child`` and
+``_forkserver``). Both the forkserver and the children it forks use it, so it lives below both.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+from typing import Final
+
+__all__ = ["EXIT_PARENT_LOST", "set_parent_death_signal"]
+
+_PR_SET_PDEATHSIG: Final = 1
+EXIT_PARENT_LOST: Final = 70  # EX_SOFTWARE: the supervisor is gone
+
+
+def set_parent_death_signal(expected_parent: int, sig: int = signal.SIGKILL) -> None:
+    """Ask Linux to send ``sig`` when our parent dies; exit at once if it already has.
+
+    A no-op where prctl is unavailable (the lifeline pipe still ends the process).
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    # The parent may have died before prctl took effect: then we were re-parented already.
+    if os.getppid() != expected_parent:
+        os._exit(EXIT_PARENT_LOST)
