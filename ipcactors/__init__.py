@@ -19,7 +19,10 @@ See README.md and docs/ for the whole picture.
 
 from ._actor import Actor
 from ._config import Config
-from ._connection import Connection
+from ._core._connection import Connection
+from ._core._server import Client, Server
+from ._core._stats import ConnectionStatistics, ServerStatistics
+from ._core._udp import DatagramPeer, DatagramServer, DatagramStatistics
 from ._errors import (
     AddressInUseError,
     AuthenticationError,
@@ -52,10 +55,7 @@ from ._errors import (
     UnknownPeerError,
 )
 from ._run import run
-from ._server import Client, Server
-from ._stats import ConnectionStatistics, ServerStatistics
-from ._supervisor import ChildInfo, Supervisor
-from ._udp import DatagramPeer, DatagramServer, DatagramStatistics
+from ._supervision._supervisor import ChildInfo, Supervisor
 
 __version__ = "0.1.0"
 

@@ -24,16 +24,16 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ._config import Config
-from ._connection import Connection
+from ._core._connection import Connection
+from ._core._server import Server
+from ._core._udp import DatagramServer
+from ._core._watchdog import Watchdog
 from ._errors import ClosedError, ConfigError, IPCError, UnknownPeerError
 from ._log import ActorLog
 from ._runtime import current_runtime, end_with_run
-from ._server import Server
-from ._tls import TLSTransport, check_server_context
-from ._transport import TCPTransport, Transport, UnixTransport
-from ._udp import DatagramServer
-from ._unix import default_socket_root, ensure_socket_dir
-from ._watchdog import Watchdog
+from ._transports._tls import TLSTransport, check_server_context
+from ._transports._transport import TCPTransport, Transport, UnixTransport
+from ._transports._unix import default_socket_root, ensure_socket_dir
 
 __all__ = ["Actor"]
 

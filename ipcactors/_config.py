@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from ._errors import ConfigError
-from ._protocol import Limits
+from ._proto._protocol import Limits
 
 __all__ = ["Config", "check_seconds", "request_timeout"]
 

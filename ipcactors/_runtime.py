@@ -14,7 +14,7 @@ import anyio
 
 if TYPE_CHECKING:
     from ._actor import Actor
-    from ._supervisor import Supervisor
+    from ._supervision._supervisor import Supervisor
 
 __all__ = ["Runtime", "current_runtime", "end_with_run", "set_runtime"]
 

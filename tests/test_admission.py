@@ -18,7 +18,7 @@ import pytest
 from anyio.abc import SocketStream
 
 from ipcactors import Actor, Config, ConfigError, Server
-from ipcactors._protocol import FrameDecoder, Limits, Welcome
+from ipcactors._proto._protocol import FrameDecoder, Limits, Welcome
 
 pytestmark = pytest.mark.anyio
 

@@ -435,7 +435,7 @@ async def test_wrong_argument_types_fail_at_once_and_say_what_to_do(socket_dir: 
 async def test_a_failing_connection_is_visible_at_the_default_level(
     socket_dir: str, log_lines: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ipcactors import _connection
+    from ipcactors._core import _connection
 
     monkeypatch.setattr(_connection, "RETRY_REMINDER", 0.3)  # 30 s in real life
     visible = ("WARNING", "INFO", "ERROR")

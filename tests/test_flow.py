@@ -295,7 +295,7 @@ async def test_a_handler_gets_its_reply_from_the_peer_flooding_it_with_events(
 
 
 async def test_replies_overtake_queued_events_in_the_outbox() -> None:
-    from ipcactors._outbox import Outbox
+    from ipcactors._core._outbox import Outbox
 
     outbox = Outbox(max_bytes=100)
     for i in range(3):
@@ -591,7 +591,7 @@ async def test_events_with_no_handler_are_counted_and_logged_once_per_name(
 async def test_a_million_names_cannot_grow_the_log_or_memory(
     socket_dir: str, log_lines: list[str]
 ) -> None:
-    from ipcactors._handlers import MAX_UNHANDLED_NAMES
+    from ipcactors._core._handlers import MAX_UNHANDLED_NAMES
 
     count = MAX_UNHANDLED_NAMES + 200
     async with serving("unix", socket_dir, silent=False) as (server, connect, _):

@@ -19,7 +19,7 @@ from _faultproxy import FaultProxy
 from anyio.abc import Process, SocketStream
 
 from ipcactors import Actor, ConnectionLostError, Server
-from ipcactors._protocol import FrameDecoder, Limits, Message, Ping, Pong, Reply, Welcome
+from ipcactors._proto._protocol import FrameDecoder, Limits, Message, Ping, Pong, Reply, Welcome
 
 pytestmark = pytest.mark.anyio
 

@@ -23,7 +23,7 @@ import pytest
 from anyio.abc import SocketStream
 
 from ipcactors import Actor, Client, Connection, Server
-from ipcactors._protocol import FrameDecoder, Limits, Message, Reject, Reply, Welcome
+from ipcactors._proto._protocol import FrameDecoder, Limits, Message, Reject, Reply, Welcome
 
 pytestmark = pytest.mark.anyio
 

@@ -10,8 +10,8 @@ import anyio
 import pytest
 
 import ipcactors
-from ipcactors._extcodes import NUMPY_EXT_CODE
-from ipcactors._protocol import Event, FrameDecoder, FrameEncoder, Limits
+from ipcactors._proto._extcodes import NUMPY_EXT_CODE
+from ipcactors._proto._protocol import Event, FrameDecoder, FrameEncoder, Limits
 
 np = pytest.importorskip("numpy")
 
@@ -128,7 +128,7 @@ def test_object_and_structured_arrays_are_refused(array: Any) -> None:
 
 
 def test_decoding_is_bounded_by_the_payload() -> None:
-    from ipcactors._numpy import decode_array, encode_numpy
+    from ipcactors._proto._numpy import decode_array, encode_numpy
 
     payload = encode_numpy(np.arange(4, dtype="<i8")).data
     assert encode_numpy(np.arange(4)).code == NUMPY_EXT_CODE

@@ -6,7 +6,7 @@ import anyio
 import pytest
 
 from ipcactors import ClosedError
-from ipcactors._outbox import Outbox
+from ipcactors._core._outbox import Outbox
 
 pytestmark = pytest.mark.anyio
 

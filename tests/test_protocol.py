@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ipcactors import DecodeError, EncodeError, FrameTooLargeError, ProtocolError
-from ipcactors._protocol import (
+from ipcactors._proto._protocol import (
     _HANDSHAKE_KINDS,
     MAX_REQUEST_ID,
     PROTOCOL_VERSION,
@@ -1231,7 +1231,7 @@ def test_numpy_arrays_round_trip() -> None:
 
 @needs_numpy
 def test_decode_array_raises_only_decode_error() -> None:
-    from ipcactors._numpy import decode_array
+    from ipcactors._proto._numpy import decode_array
 
     with pytest.raises(DecodeError):
         decode_array(array_payload(b"|U0", [], b""))

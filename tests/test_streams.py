@@ -18,7 +18,7 @@ import trustme
 from anyio.abc import ByteStream
 from anyio.streams.tls import TLSStream
 
-from ipcactors._streams import AsyncioSocketStream, shared_sender, wrap_socket
+from ipcactors._transports._streams import AsyncioSocketStream, shared_sender, wrap_socket
 
 pytestmark = pytest.mark.anyio
 

@@ -20,7 +20,7 @@ import anyio
 import pytest
 
 from ipcactors import Actor, Client, ServerBusyError, Supervisor
-from ipcactors._server import Server
+from ipcactors._core._server import Server
 
 pytestmark = pytest.mark.anyio
 

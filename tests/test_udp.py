@@ -164,7 +164,7 @@ async def test_junk_datagrams_take_no_place_in_the_peer_table() -> None:
 async def test_requests_answered_at_once_are_capped() -> None:
     """A flood of requests to a slow handler costs at most MAX_REQUESTS tasks; the rest are
     dropped and counted (their senders time out), and the server keeps answering."""
-    from ipcactors._udp import MAX_REQUESTS
+    from ipcactors._core._udp import MAX_REQUESTS
 
     flood = MAX_REQUESTS + 36
     async with Actor("world", silent=True) as world_actor:

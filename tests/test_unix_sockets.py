@@ -207,7 +207,7 @@ def test_mode_is_set_before_bind_not_after(
     socket_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No window: the mode comes from fchmod on the descriptor, never a chmod after bind."""
-    from ipcactors import _unix
+    from ipcactors._transports import _unix
 
     def no_chmod(*args: object) -> None:
         raise AssertionError("chmod after bind would leave a window with a wider mode")

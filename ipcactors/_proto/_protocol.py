@@ -27,7 +27,7 @@ from typing import Any, Final, TypeAlias
 
 import msgpack
 
-from ._errors import DecodeError, EncodeError, FrameTooLargeError, ProtocolError
+from .._errors import DecodeError, EncodeError, FrameTooLargeError, ProtocolError
 from ._extcodes import NUMPY_EXT_CODE
 
 __all__ = [

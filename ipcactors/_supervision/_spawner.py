@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 from anyio.abc import TaskGroup
 
-from ._errors import SpawnError
+from .._errors import SpawnError
+from .._log import ActorLog
 from ._forkserver import recv_message, send_message
-from ._log import ActorLog
 
 if TYPE_CHECKING:
     from ._supervisor import _Incarnation
@@ -33,7 +33,7 @@ KILL_WAIT: Final = 5.0  # SIGKILL cannot be ignored; this only guards against a 
 _FORKSERVER_START: Final = 30.0
 _BOOTSTRAP: Final = (
     "import sys,json;sys.path[:]=json.loads(sys.argv[1]);"
-    "from ipcactors._forkserver import _main;_main(sys.argv[2:])"
+    "from ipcactors._supervision._forkserver import _main;_main(sys.argv[2:])"
 )
 
 

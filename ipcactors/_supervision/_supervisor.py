@@ -60,10 +60,11 @@ import anyio
 import msgpack
 from anyio.abc import TaskGroup
 
-from ._actor import Actor
-from ._child import FAILED_EVENT, HELLO_EVENT, READY_EVENT, STOP_EVENT
-from ._config import Config, check_seconds, request_timeout
-from ._errors import (
+from .._actor import Actor
+from .._config import Config, check_seconds, request_timeout
+from .._core._handlers import Handler
+from .._core._server import Client, Server
+from .._errors import (
     ChildExit,
     ChildExitedError,
     ClosedError,
@@ -77,15 +78,14 @@ from ._errors import (
     SpawnError,
     UnknownPeerError,
 )
-from ._handlers import Handler
-from ._log import ActorLog
-from ._protocol import encode_default
+from .._log import ActorLog
+from .._proto._protocol import encode_default
+from .._runtime import current_runtime, end_with_run
+from .._transports._unix import check_path_length, default_socket_root, ensure_socket_dir
+from ._child import FAILED_EVENT, HELLO_EVENT, READY_EVENT, STOP_EVENT
 from ._relay import OutputWriter, Stream, relay
-from ._runtime import current_runtime, end_with_run
-from ._server import Client, Server
 from ._spawner import KILL_WAIT, ForkServer, wait_either
 from ._target import Target, target_of
-from ._unix import check_path_length, default_socket_root, ensure_socket_dir
 
 __all__ = ["ChildInfo", "Supervisor"]
 
@@ -544,7 +544,12 @@ class Supervisor:
     def _start_forkserver(self) -> None:
         assert self._task_group is not None
         assert self._lifeline is not None
-        preload = ["anyio", f"anyio._backends._{self._backend}", "ipcactors._child", "loguru"]
+        preload = [
+            "anyio",
+            f"anyio._backends._{self._backend}",
+            "ipcactors._supervision._child",
+            "loguru",
+        ]
         if self._backend == "trio":
             preload.append("trio")
         elif self._uvloop:

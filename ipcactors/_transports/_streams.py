@@ -35,8 +35,8 @@ from typing import Any, cast
 import anyio
 from anyio.abc import ByteStream, SocketAttribute, SocketStream
 
-from ._outbox import Outbox
-from ._protocol import Frame
+from .._core._outbox import Outbox
+from .._proto._protocol import Frame
 
 __all__ = [
     "AsyncioSocketStream",

@@ -24,9 +24,8 @@ import secrets
 
 from anyio.abc import ByteStream
 
-from ._channel import frame_bytes, read_handshake_message
-from ._errors import AuthenticationError, ProtocolError, RejectedError, ServerBusyError
-from ._protocol import (
+from .._errors import AuthenticationError, ProtocolError, RejectedError, ServerBusyError
+from .._proto._protocol import (
     PROTOCOL_VERSION,
     Challenge,
     FrameDecoder,
@@ -36,6 +35,7 @@ from ._protocol import (
     Reject,
     Welcome,
 )
+from ._channel import frame_bytes, read_handshake_message
 
 __all__ = ["Refusal", "accept_handshake", "open_handshake", "rejection"]
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ._errors import SpawnError
+from .._errors import SpawnError
 
 __all__ = ["Target", "describe_error", "load_target", "target_of"]
 

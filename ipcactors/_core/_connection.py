@@ -31,9 +31,8 @@ from typing import Any, Final
 import anyio
 from anyio.abc import ByteStream
 
-from ._channel import Channel
-from ._config import Config
-from ._errors import (
+from .._config import Config
+from .._errors import (
     ClosedError,
     ConnectionFailedError,
     ConnectionLostError,
@@ -42,12 +41,13 @@ from ._errors import (
     RejectedError,
     ServerBusyError,
 )
+from .._log import ActorLog
+from .._proto._protocol import FrameDecoder
+from .._transports._transport import Address, Transport, is_fatal_connect_error, tls_error
+from ._channel import Channel
 from ._handlers import HandlerMethods, Handlers
 from ._handshake import open_handshake
-from ._log import ActorLog
 from ._peer import Peer
-from ._protocol import FrameDecoder
-from ._transport import Address, Transport, is_fatal_connect_error, tls_error
 from ._watchdog import Watchdog
 
 __all__ = ["RETRY_REMINDER", "Connection"]

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import anyio
 from anyio.abc import ByteStream, SocketAttribute
 
-from ._errors import AddressInUseError, SocketPathError, TLSError
+from .._errors import AddressInUseError, SocketPathError, TLSError
 from ._streams import wrap_socket
 from ._unix import bind_unix_socket, check_path_length, remove_if_ours
 

@@ -47,18 +47,18 @@ import anyio
 from anyio.abc import ByteStream, TaskGroup, TaskStatus
 from anyio.streams.tls import TLSAttribute
 
-from ._bursts import WarningBursts
+from .._bursts import WarningBursts
+from .._config import Config
+from .._errors import ClosedError, ConnectionLostError, ProtocolError, UnknownPeerError
+from .._log import ActorLog
+from .._proto._protocol import FrameDecoder, FrameEncoder, Hello, frame_size
+from .._transports._streams import wrap_socket
+from .._transports._transport import Address, Listening, Transport
 from ._channel import Channel, frame_bytes
-from ._config import Config
-from ._errors import ClosedError, ConnectionLostError, ProtocolError, UnknownPeerError
 from ._handlers import HandlerMethods, Handlers
 from ._handshake import Refusal, accept_handshake
-from ._log import ActorLog
 from ._peer import Peer, check_event_name
-from ._protocol import FrameDecoder, FrameEncoder, Hello, frame_size
 from ._stats import ServerCounters, ServerStatistics
-from ._streams import wrap_socket
-from ._transport import Address, Listening, Transport
 from ._watchdog import Watchdog
 
 __all__ = ["Client", "Server"]

@@ -23,7 +23,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
-from ._errors import AddressInUseError, InsecureSocketDirError, SocketPathTooLongError
+from .._errors import AddressInUseError, InsecureSocketDirError, SocketPathTooLongError
 
 __all__ = [
     "MAX_PATH_BYTES",

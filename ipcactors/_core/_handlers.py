@@ -11,8 +11,8 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, overload
 
-from ._errors import EventNameError, IPCError
-from ._log import ActorLog
+from .._errors import EventNameError, IPCError
+from .._log import ActorLog
 
 __all__ = ["MAX_UNHANDLED_NAMES", "UNHANDLED", "Handler", "HandlerMethods", "Handlers", "unhandled"]
 

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskGroup
 
-from ._config import Config, request_timeout
-from ._errors import EventNameError, IPCError, RequestTimeoutError, ReservedEventError
+from .._config import Config, request_timeout
+from .._errors import EventNameError, IPCError, RequestTimeoutError, ReservedEventError
+from .._log import ActorLog
+from .._proto._protocol import Event, Frame, FrameEncoder, Request, frame_size, is_reserved
 from ._handlers import UNHANDLED, Handlers, unhandled
-from ._log import ActorLog
 from ._outbox import Outbox
-from ._protocol import Event, Frame, FrameEncoder, Request, frame_size, is_reserved
 from ._requests import NO_HANDLER, Requests
 from ._stats import ConnectionStatistics, PeerCounters
 

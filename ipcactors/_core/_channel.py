@@ -56,8 +56,8 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import ByteStream, TaskGroup
 
-from ._errors import ConnectionLostError, DecodeError, ProtocolError
-from ._protocol import (
+from .._errors import ConnectionLostError, DecodeError, ProtocolError
+from .._proto._protocol import (
     HEADER_SIZE,
     PING_FRAME,
     PONG_FRAME,
@@ -72,7 +72,7 @@ from ._protocol import (
     Request,
     is_reserved,
 )
-from ._streams import attach_writer, drain_outbox, send_tracebacks
+from .._transports._streams import attach_writer, drain_outbox, send_tracebacks
 
 if TYPE_CHECKING:
     from ._peer import Peer

@@ -28,7 +28,7 @@ from typing import Any, Final
 import msgpack
 import numpy as np
 
-from ._errors import DecodeError, EncodeError
+from .._errors import DecodeError, EncodeError
 from ._extcodes import NUMPY_EXT_CODE
 
 __all__ = ["NUMPY_EXT_CODE", "decode_array", "encode_numpy"]

@@ -30,13 +30,10 @@ from typing import Any, Literal
 import anyio
 from anyio.abc import SocketAttribute, TaskGroup, TaskStatus, UDPSocket
 
-from ._channel import frame_bytes
-from ._config import Config, request_timeout
-from ._errors import DatagramTooLargeError, IPCError, ProtocolError, RequestTimeoutError
-from ._handlers import HandlerMethods, Handlers, unhandled
-from ._log import ActorLog
-from ._peer import answer, check_event_name
-from ._protocol import (
+from .._config import Config, request_timeout
+from .._errors import DatagramTooLargeError, IPCError, ProtocolError, RequestTimeoutError
+from .._log import ActorLog
+from .._proto._protocol import (
     HEADER_SIZE,
     ErrorReply,
     Event,
@@ -47,6 +44,9 @@ from ._protocol import (
     Request,
     is_reserved,
 )
+from ._channel import frame_bytes
+from ._handlers import HandlerMethods, Handlers, unhandled
+from ._peer import answer, check_event_name
 from ._requests import Requests
 
 __all__ = ["DatagramPeer", "DatagramServer", "DatagramStatistics"]

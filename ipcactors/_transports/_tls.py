@@ -20,7 +20,7 @@ import anyio
 from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.tls import TLSStream
 
-from ._errors import ConfigError, ProtocolError
+from .._errors import ConfigError, ProtocolError
 from ._streams import shared_sender
 from ._transport import Listening, TCPTransport, tls_error
 

@@ -40,12 +40,12 @@ from typing import Any
 import anyio
 import msgpack
 
-from ._actor import Actor
-from ._config import Config
-from ._connection import Connection
-from ._errors import IPCError, RestartIntensityError
+from .._actor import Actor
+from .._config import Config
+from .._core._connection import Connection
+from .._errors import IPCError, RestartIntensityError
+from .._proto._protocol import decode_ext
 from ._parentdeath import EXIT_PARENT_LOST, set_parent_death_signal
-from ._protocol import decode_ext
 from ._target import Target, load_target
 
 __all__ = [

@@ -14,9 +14,9 @@ from typing import Any
 
 import anyio
 
-from ._errors import NoHandlerError, RemoteError
-from ._protocol import MAX_REQUEST_ID, ErrorReply, Reply
-from ._streams import running_asyncio_loop
+from .._errors import NoHandlerError, RemoteError
+from .._proto._protocol import MAX_REQUEST_ID, ErrorReply, Reply
+from .._transports._streams import running_asyncio_loop
 
 __all__ = ["NO_HANDLER", "PendingRequest", "Requests"]
 
