@@ -1,0 +1,218 @@
+"""node-ipc's wire, sans-IO: compact UTF-8 JSON ``{"type": ..., "data": ...}`` + a delimiter.
+
+The format is the one node-ipc 9.2.1, @achrinza/node-ipc 10.1.11 and node-ipc 14.0.0 all speak
+(docs/node-ipc.md): no handshake, no length prefix, no ids; every message is an event. The
+delimiter is ``"\\f"`` unless both ends configure another one.
+
+Invariants owned here:
+- Framing is linear in time: each received byte is searched for the delimiter once, and a frame
+  is decoded as soon as its delimiter arrives, whatever follows it in the same read (node-ipc
+  9/10 hold complete frames back until a read ends on the delimiter, and rescan their whole
+  buffer on every read: a 64 MB frame takes them ~26 s).
+- Nothing unbounded is buffered: bytes without a delimiter beyond ``max_frame_size`` are a
+  :class:`FrameTooLargeError` as soon as they are received (one read's worth at most).
+- A frame that is not UTF-8 JSON, not an object, or whose ``type`` is missing, not a non-empty
+  string or a reserved name is a :class:`DecodeError`. The first error breaks a
+  :class:`NodeIPCDecoder` for good; its owner closes the connection.
+- Reserved names (:data:`NODE_IPC_RESERVED`): ours, plus node-ipc's own lifecycle names, refused
+  in both directions, so neither a Node peer nor a Python one can fire the other side's
+  ``connect``, ``socket.disconnected``, ``error``... by naming them.
+- Decoded values obey ``max_depth``; a frame of ``n`` bytes decodes into at most ~``20 n`` bytes
+  of Python objects (``[[],[],...]``, the worst case).
+- The encoder writes exactly what node-ipc writes: ``json.dumps`` with ``separators=(",", ":")``
+  and ``ensure_ascii=False`` matches ``JSON.stringify`` byte for byte for JSON values. It refuses
+  what node-ipc could not read back: NaN and infinities, non-JSON types, and (with a custom
+  printable delimiter) a frame that contains the delimiter.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+from .._errors import ConfigError, DecodeError, EncodeError, EventNameError, FrameTooLargeError
+from ._protocol import Event, Limits, _within_depth, is_reserved
+
+__all__ = [
+    "DEFAULT_DELIMITER",
+    "NODE_IPC_RESERVED",
+    "NodeIPCDecoder",
+    "NodeIPCEncoder",
+    "check_delimiter",
+]
+
+DEFAULT_DELIMITER: Final = "\f"
+
+# node-ipc's local lifecycle events (server and client); a frame naming one fires that handler
+# in node-ipc 9, 10 and 14 "fast".
+NODE_IPC_RESERVED: Final = frozenset(
+    {"connect", "disconnect", "destroy", "error", "close", "data", "start", "socket.disconnected"}
+)
+
+
+def check_delimiter(delimiter: object) -> str:
+    """Return ``delimiter`` if it is a usable frame delimiter, else raise :class:`ConfigError`."""
+    if type(delimiter) is not str or not delimiter:
+        raise ConfigError(
+            f"node_ipc_delimiter must be a non-empty str (node-ipc's default is '\\f'), "
+            f"got {delimiter!r}"
+        )
+    try:
+        delimiter.encode()
+    except UnicodeEncodeError:
+        raise ConfigError(f"node_ipc_delimiter {delimiter!r} is not valid Unicode") from None
+    return delimiter
+
+
+def _reserved(event: str) -> bool:
+    return event in NODE_IPC_RESERVED or is_reserved(event)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+class NodeIPCEncoder:
+    """Turns events into node-ipc frames (``bytes``, delimiter included)."""
+
+    def __init__(self, delimiter: str = DEFAULT_DELIMITER, limits: Limits | None = None) -> None:
+        self._delimiter = check_delimiter(delimiter).encode()
+        self._limits = Limits() if limits is None else limits
+        # JSON escapes every control character, so a delimiter holding one never appears inside
+        # a frame; any other delimiter might, and must be looked for.
+        self._may_collide = not any(ord(char) < 0x20 for char in delimiter)
+        self._json = json.JSONEncoder(
+            ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=True
+        )
+
+    @property
+    def delimiter(self) -> bytes:
+        return self._delimiter
+
+    def event(self, event: str, data: Any) -> bytes:
+        """One frame: ``{"type":event,"data":data}`` + delimiter. Raises :class:`EncodeError`
+        when ``data`` is not JSON (nothing is sent), :class:`EventNameError` for a bad name."""
+        if type(event) is not str or not event:
+            raise EventNameError(f"event must be a non-empty str, got {event!r}")
+        if _reserved(event):
+            raise EventNameError(
+                f"{event!r} is a lifecycle event name in node-ipc or ipcactors: a frame named so "
+                "would fire the peer's own handler; choose another name"
+            )
+        try:
+            text = (
+                '{"type":' + self._json.encode(event) + ',"data":' + self._json.encode(data) + "}"
+            )
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise EncodeError(
+                f"data cannot be sent as node-ipc JSON: {exc} (send str, int, float, bool, None, "
+                "list, tuple or dict with str keys)"
+            ) from None
+        body = text.encode()
+        if len(body) > self._limits.max_frame_size:
+            raise FrameTooLargeError(len(body), self._limits.max_frame_size)
+        if self._may_collide and self._delimiter in body:
+            raise EncodeError(
+                f"the frame contains the delimiter {self._delimiter.decode()!r}, which would cut "
+                "it in two: use a delimiter with a control character such as the default '\\f'"
+            )
+        return body + self._delimiter
+
+
+class NodeIPCDecoder:
+    """Splits a byte stream (or datagrams) into node-ipc frames and decodes each into an
+    :class:`Event`. Feed it whatever the socket returned; it returns every event those bytes
+    complete, in order, however the stream was split."""
+
+    def __init__(self, delimiter: str = DEFAULT_DELIMITER, limits: Limits | None = None) -> None:
+        self._delimiter = check_delimiter(delimiter).encode()
+        self._limits = Limits() if limits is None else limits
+        self._buffer = bytearray()
+        self._scanned = 0  # bytes of the buffer known to hold no delimiter start
+        self._broken: DecodeError | FrameTooLargeError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a complete frame."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes | bytearray | memoryview = b"") -> list[Event]:
+        """Take received bytes; return the events they complete. The first error breaks the
+        decoder for good: it raises the same error again on every later call."""
+        if self._broken is not None:
+            raise self._broken
+        try:
+            return self._feed(data)
+        except (DecodeError, FrameTooLargeError) as exc:
+            self._broken = exc
+            self._buffer = bytearray()
+            raise
+
+    def _feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        buffer = self._buffer
+        buffer += data
+        delimiter = self._delimiter
+        width = len(delimiter)
+        limit = self._limits.max_frame_size
+        events: list[Event] = []
+        start = 0
+        search = self._scanned
+        while True:
+            end = buffer.find(delimiter, search)
+            if end < 0:
+                break
+            if end - start > limit:
+                raise FrameTooLargeError(end - start, limit)
+            events.append(self._decode(buffer[start:end]))
+            start = search = end + width
+        if start:
+            del buffer[:start]  # O(1) at the front of a bytearray
+        # A delimiter of several bytes may begin in the last width - 1 bytes: search them again.
+        self._scanned = max(0, len(buffer) - width + 1)
+        if len(buffer) > limit:
+            raise FrameTooLargeError(len(buffer), limit)
+        return events
+
+    def decode_datagram(self, datagram: bytes | bytearray | memoryview) -> list[Event]:
+        """Decode one UDP datagram: one or more whole frames, each ending with the delimiter.
+        Stateless: an error here does not break the decoder."""
+        payload = bytes(datagram)
+        if len(payload) > self._limits.max_frame_size:
+            raise FrameTooLargeError(len(payload), self._limits.max_frame_size)
+        frames = payload.split(self._delimiter)
+        if frames[-1]:
+            raise DecodeError(
+                "a node-ipc datagram must end with the delimiter; "
+                f"{len(frames[-1])} bytes follow the last one"
+            )
+        return [self._decode(frame) for frame in frames[:-1]]
+
+    def _decode(self, frame: bytes | bytearray) -> Event:
+        try:
+            value = json.loads(frame, parse_constant=_reject_constant)
+        except RecursionError:
+            raise DecodeError("node-ipc frame nests too deep to decode") from None
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN/Infinity
+            raise DecodeError(f"malformed node-ipc frame ({len(frame)} bytes): {exc}") from None
+        if type(value) is not dict:
+            raise DecodeError(
+                f'a node-ipc frame must be a JSON object {{"type","data"}}, got '
+                f"{type(value).__name__}"
+            )
+        event = value.get("type")
+        if type(event) is not str or not event:
+            raise DecodeError(
+                f"a node-ipc frame's type must be a non-empty string, got {event!r}"[:200]
+            )
+        if _reserved(event):
+            raise DecodeError(
+                f"the peer sent an event named {event!r}, a lifecycle name: peers cannot fire "
+                "lifecycle events"
+            )
+        data = value.get("data")
+        kind = type(data)
+        depth = self._limits.max_depth
+        # A frame shorter than the depth bound cannot nest deeper than it: skip the walk.
+        if (kind is dict or kind is list) and len(frame) > depth and not _within_depth(data, depth):
+            raise DecodeError(f"value nests deeper than max_depth={self._limits.max_depth}")
+        return Event(event, data)
