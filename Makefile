@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup test soak demo lint typecheck bench clean
+.PHONY: setup test soak demo lint typecheck bench clean node-ipc
 
 setup: $(STAMP)
 
@@ -15,8 +15,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[trio,uvloop]" --group test --group lint
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) node-ipc
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# node-ipc 9.2.1, @achrinza/node-ipc 10.1.11 and node-ipc 14.0.0 for the interop tests
+# (tests/test_nodeipc.py), exactly as tests/node/package-lock.json pins them, install scripts off;
+# reused while the lock is unchanged. Never 9.2.2, 10.1.1-10.1.3 or 11.x (malicious releases).
+# Without node or npm the interop tests skip, saying so; a failed install fails here.
+NODE_DIR := tests/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+node-ipc:
+	@if command -v node >/dev/null && command -v npm >/dev/null; then \
+		$(MAKE) --no-print-directory $(NODE_STAMP); \
+	else echo "node or npm is missing: the node-ipc interop tests will be skipped"; fi
+
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
 
 # The soak test for SOAK_SECONDS per backend and transport (make test runs it for 1.5 s);
 # FAULT_SEED=<n> replays a failed run's random choices.
@@ -41,4 +56,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(if $(QUICK),--quick,)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info $(NODE_DIR)/node_modules
