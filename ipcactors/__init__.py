@@ -53,6 +53,7 @@ from ._errors import (
     SpawnError,
     TLSError,
     UnknownPeerError,
+    UnsupportedError,
 )
 from ._run import run
 from ._supervision._supervisor import ChildInfo, Supervisor
@@ -101,5 +102,6 @@ __all__ = [
     "Supervisor",
     "TLSError",
     "UnknownPeerError",
+    "UnsupportedError",
     "run",
 ]

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from ._errors import ConfigError
-from ._proto._protocol import Limits
+from ._proto._codec import codec_named
+from ._proto._messages import Limits
 
 __all__ = ["Config", "check_seconds", "request_timeout"]
 
@@ -49,6 +50,12 @@ class Config:
     #: connection, try at most N more times, then give up. ``0`` (or ``True``): never retry.
     #: The count restarts after each successful handshake.
     stop_retrying: int | None = None
+    #: The wire format of this actor's servers and connections (UDP included): ``"msgpack"``
+    #: (default), ipcactors' own, with every feature (requests, the handshake, heartbeats,
+    #: ``auth_key``). A codec that carries events only has no handshake: a connection is open
+    #: as soon as the socket connects, ``request`` raises ``UnsupportedError``, heartbeats are
+    #: off and ``auth_key`` cannot be set. Both ends must use the same codec.
+    codec: str = "msgpack"
     #: Largest frame accepted or sent, in bytes. 64 MiB carries a 4096×4096 float32 tensor.
     #: Frames before the handshake completes are held to 64 KiB regardless.
     max_frame_size: int = 64 * 1024 * 1024
@@ -177,6 +184,13 @@ class Config:
             not isinstance(self.auth_key, bytes | str) or not self.auth_key
         ):
             raise ConfigError("auth_key must be non-empty bytes or str (or None)")
+        _check_type("codec", self.codec, str)
+        codec = codec_named(self.codec)
+        if self.auth_key is not None and not codec.handshake:
+            raise ConfigError(
+                f"auth_key needs a handshake, and the {self.codec!r} codec has none: "
+                "unset auth_key, or use codec='msgpack'"
+            )
         if self.retry_cap < self.retry:
             raise ConfigError(f"retry_cap ({self.retry_cap}) must be >= retry ({self.retry})")
 

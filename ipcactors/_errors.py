@@ -40,6 +40,7 @@ __all__ = [
     "SpawnError",
     "TLSError",
     "UnknownPeerError",
+    "UnsupportedError",
 ]
 
 
@@ -180,6 +181,12 @@ class DecodeError(ProtocolError):
 
 class EncodeError(IPCError, TypeError):
     """The data given to ``emit``/``request`` cannot be encoded as msgpack. Nothing was sent."""
+
+
+class UnsupportedError(IPCError, TypeError):
+    """The connection's codec (``Config.codec``) cannot carry what was asked, e.g. a request on
+    an event-only wire such as node-ipc's. Nothing was sent: emit an event instead, and have the
+    peer emit its answer back."""
 
 
 class DatagramTooLargeError(IPCError, ValueError):

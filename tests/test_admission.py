@@ -18,7 +18,8 @@ import pytest
 from anyio.abc import SocketStream
 
 from ipcactors import Actor, Config, ConfigError, Server
-from ipcactors._proto._protocol import FrameDecoder, Limits, Welcome
+from ipcactors._proto._messages import Limits, Welcome
+from ipcactors._proto._msgpack import MsgpackDecoder
 
 pytestmark = pytest.mark.anyio
 
@@ -107,7 +108,7 @@ async def test_accept_survives_running_out_of_file_descriptors(
             stream = await SocketStream.from_socket(waiting)
             async with stream:
                 await stream.send(framed([4, {"v": 1, "id": "patient"}]))
-                decoder = FrameDecoder(Limits())
+                decoder = MsgpackDecoder(Limits())
                 messages: list[Any] = []
                 while not messages:
                     messages = decoder.feed(await stream.receive())
@@ -298,7 +299,7 @@ async def connect_raw_quiet(address: str | tuple[str, int]) -> SocketStream:
     sock.connect(address)
     sock.setblocking(False)
     stream = await SocketStream.from_socket(sock)
-    decoder = FrameDecoder(Limits())
+    decoder = MsgpackDecoder(Limits())
     with anyio.fail_after(5):
         await stream.send(framed([4, {"v": 1, "id": "slow"}]))
         messages: list[Any] = []

@@ -19,7 +19,7 @@ PUBLIC = {
     "ProtocolError", "RejectedError", "RemoteError", "RequestTimeoutError",
     "ReservedEventError", "RestartIntensityError", "Server", "ServerBusyError", "ServerStatistics",
     "SocketPathError", "SocketPathTooLongError", "SpawnError", "Supervisor", "TLSError",
-    "UnknownPeerError", "run",
+    "UnknownPeerError", "UnsupportedError", "run",
 }  # fmt: skip
 
 

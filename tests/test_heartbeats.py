@@ -19,7 +19,8 @@ from _faultproxy import FaultProxy
 from anyio.abc import Process, SocketStream
 
 from ipcactors import Actor, ConnectionLostError, Server
-from ipcactors._proto._protocol import FrameDecoder, Limits, Message, Ping, Pong, Reply, Welcome
+from ipcactors._proto._messages import Limits, Message, Ping, Pong, Reply, Welcome
+from ipcactors._proto._msgpack import MsgpackDecoder
 
 pytestmark = pytest.mark.anyio
 
@@ -45,7 +46,7 @@ async def serving(transport: str, socket_dir: str, **config: Any) -> AsyncIterat
         yield server
 
 
-async def raw_client(server: Server, name: str = "raw") -> tuple[SocketStream, FrameDecoder]:
+async def raw_client(server: Server, name: str = "raw") -> tuple[SocketStream, MsgpackDecoder]:
     """A raw client that completes the handshake."""
     address = server.address
     with anyio.fail_after(5):
@@ -53,7 +54,7 @@ async def raw_client(server: Server, name: str = "raw") -> tuple[SocketStream, F
             stream: SocketStream = await anyio.connect_unix(address)
         else:
             stream = await anyio.connect_tcp(*address)
-        decoder = FrameDecoder(Limits())
+        decoder = MsgpackDecoder(Limits())
         await stream.send(framed([4, {"v": 1, "id": name}]))
         messages: list[Message] = []
         while not messages:
@@ -63,7 +64,7 @@ async def raw_client(server: Server, name: str = "raw") -> tuple[SocketStream, F
     return stream, decoder
 
 
-async def read_until_closed(stream: SocketStream, decoder: FrameDecoder) -> list[Message]:
+async def read_until_closed(stream: SocketStream, decoder: MsgpackDecoder) -> list[Message]:
     received: list[Message] = decoder.feed()
     with anyio.fail_after(BOUND + SLACK):
         while True:

@@ -23,7 +23,8 @@ import pytest
 from anyio.abc import SocketStream
 
 from ipcactors import Actor, Client, Connection, Server
-from ipcactors._proto._protocol import FrameDecoder, Limits, Message, Reject, Reply, Welcome
+from ipcactors._proto._messages import Limits, Message, Reject, Reply, Welcome
+from ipcactors._proto._msgpack import MsgpackDecoder
 
 pytestmark = pytest.mark.anyio
 
@@ -130,7 +131,7 @@ async def receive_until_closed(stream: SocketStream) -> tuple[list[Message], flo
             except (anyio.EndOfStream, anyio.BrokenResourceError):
                 break  # EOF, or a reset (the server closed with our bytes unread)
     elapsed = anyio.current_time() - start
-    decoder = FrameDecoder(Limits())
+    decoder = MsgpackDecoder(Limits())
     messages: list[Message] = []
     out = decoder.feed(received)
     while out:
@@ -383,7 +384,7 @@ async def test_raw_peer_that_follows_the_rules_is_answered(transport: str, socke
         with anyio.fail_after(5):
             stream = await s.connect_raw()
         async with stream:
-            decoder = FrameDecoder(Limits())
+            decoder = MsgpackDecoder(Limits())
             got: list[Message] = []
             with anyio.fail_after(5):
                 await stream.send(hello("raw") + framed(pack([1, "echo", [1, "two"], 7])))

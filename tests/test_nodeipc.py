@@ -15,8 +15,8 @@ import anyio.abc
 import pytest
 from _node_peers import VERSIONS, free_port, node_peer
 
+from ipcactors._proto._messages import Event
 from ipcactors._proto._nodeipc import NodeIPCDecoder, NodeIPCEncoder
-from ipcactors._proto._protocol import Event
 
 pytestmark = pytest.mark.anyio
 

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ipcactors import ConfigError, DecodeError, EncodeError, EventNameError, FrameTooLargeError
+from ipcactors._proto._messages import Event, Limits
 from ipcactors._proto._nodeipc import NODE_IPC_RESERVED, NodeIPCDecoder, NodeIPCEncoder
-from ipcactors._proto._protocol import Event, Limits
 
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -11,16 +11,17 @@ import pytest
 
 import ipcactors
 from ipcactors._proto._extcodes import NUMPY_EXT_CODE
-from ipcactors._proto._protocol import Event, FrameDecoder, FrameEncoder, Limits
+from ipcactors._proto._messages import Event, Limits
+from ipcactors._proto._msgpack import MsgpackDecoder, MsgpackEncoder
 
 np = pytest.importorskip("numpy")
 
 
 def round_trip(value: Any) -> Any:
     limits = Limits()
-    frame = FrameEncoder(limits).event("e", value)
+    frame = MsgpackEncoder(limits).event("e", value)
     data = frame if isinstance(frame, bytes) else b"".join(frame)
-    decoder = FrameDecoder(limits)
+    decoder = MsgpackDecoder(limits)
     decoder.handshake_done()
     (message,) = decoder.feed(data)
     assert isinstance(message, Event)
@@ -120,7 +121,7 @@ def test_arrays_nested_in_containers() -> None:
     ids=["object", "object-dict", "structured", "void"],
 )
 def test_object_and_structured_arrays_are_refused(array: Any) -> None:
-    encoder = FrameEncoder(Limits())
+    encoder = MsgpackEncoder(Limits())
     with pytest.raises(ipcactors.EncodeError, match="cannot be sent"):
         encoder.event("e", array)
     # The encoder is still usable afterwards.

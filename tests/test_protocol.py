@@ -19,16 +19,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ipcactors import DecodeError, EncodeError, FrameTooLargeError, ProtocolError
-from ipcactors._proto._protocol import (
-    _HANDSHAKE_KINDS,
+from ipcactors._proto._messages import (
+    HANDSHAKE_KINDS,
     MAX_REQUEST_ID,
     PROTOCOL_VERSION,
-    SEPARATE_BODY_AT,
     ErrorReply,
     Event,
     Frame,
-    FrameDecoder,
-    FrameEncoder,
     Hello,
     Limits,
     Message,
@@ -38,16 +35,18 @@ from ipcactors._proto._protocol import (
     Reply,
     Request,
     Welcome,
-    check_objects,
     frame_size,
     is_reserved,
+)
+from ipcactors._proto._msgpack import (
+    SEPARATE_BODY_AT,
+    MsgpackDecoder,
+    MsgpackEncoder,
+    check_objects,
 )
 
 MiB = 1024 * 1024
 DEFAULT = Limits()
-# Messages that stop decoding until the next feed(): hello, welcome, reject (and any kind the
-# handshake gains later).
-HANDSHAKE_KINDS = _HANDSHAKE_KINDS
 
 # Bounded so the whole file runs in a few seconds.
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -69,14 +68,14 @@ def wire(frame: Frame) -> bytes:
     return frame if isinstance(frame, bytes) else b"".join(frame)
 
 
-def decoder(limits: Limits = DEFAULT, *, handshake_done: bool = True) -> FrameDecoder:
-    result = FrameDecoder(limits)
+def decoder(limits: Limits = DEFAULT, *, handshake_done: bool = True) -> MsgpackDecoder:
+    result = MsgpackDecoder(limits)
     if handshake_done:
         result.handshake_done()
     return result
 
 
-def drain(dec: FrameDecoder, data: bytes | bytearray | memoryview = b"") -> list[Message]:
+def drain(dec: MsgpackDecoder, data: bytes | bytearray | memoryview = b"") -> list[Message]:
     """Feed ``data``, then keep feeding nothing while messages come out (a handshake message
     stops decoding until the next ``feed``)."""
     messages = dec.feed(data)
@@ -223,7 +222,7 @@ def messages(draw: st.DrawFn) -> tuple[str, tuple[Any, ...], tuple[Any, ...]]:
     return kind, (actor_id,), ("handshake", cls(PROTOCOL_VERSION, actor_id, extra), extra)
 
 
-def encode(encoder: FrameEncoder, spec: tuple[str, tuple[Any, ...], tuple[Any, ...]]) -> bytes:
+def encode(encoder: MsgpackEncoder, spec: tuple[str, tuple[Any, ...], tuple[Any, ...]]) -> bytes:
     method, args, expected = spec
     kwargs = expected[2] if method in ("hello", "welcome") else {}
     return wire(getattr(encoder, method)(*args, **kwargs))
@@ -247,7 +246,7 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
 def test_any_split_decodes_to_the_same_messages(
     specs: list[tuple[str, tuple[Any, ...], tuple[Any, ...]]], data: st.DataObject
 ) -> None:
-    encoder = FrameEncoder(DEFAULT)
+    encoder = MsgpackEncoder(DEFAULT)
     stream = b"".join(encode(encoder, spec) for spec in specs)
     cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=12))
     dec = decoder()
@@ -256,13 +255,13 @@ def test_any_split_decodes_to_the_same_messages(
         got += drain(dec, chunk)
     assert [norm(m) for m in got] == [expected_of(spec) for spec in specs]
     assert dec.buffered == 0
-    assert dec.pending_frame_size() is None
+    assert dec.missing() is None
 
 
 @PROPERTY
 @given(st.lists(messages(), min_size=1, max_size=4))
 def test_byte_at_a_time(specs: list[tuple[str, tuple[Any, ...], tuple[Any, ...]]]) -> None:
-    encoder = FrameEncoder(DEFAULT)
+    encoder = MsgpackEncoder(DEFAULT)
     stream = b"".join(encode(encoder, spec) for spec in specs)
     dec = decoder()
     got: list[Message] = []
@@ -272,20 +271,20 @@ def test_byte_at_a_time(specs: list[tuple[str, tuple[Any, ...], tuple[Any, ...]]
 
 
 def test_feed_takes_bytes_bytearray_and_memoryview() -> None:
-    frame = wire(FrameEncoder(DEFAULT).event("e", [1, "x"]))
+    frame = wire(MsgpackEncoder(DEFAULT).event("e", [1, "x"]))
     for data in (frame, bytearray(frame), memoryview(frame)):
         (message,) = decoder().feed(data)
         assert norm(message) == ("event", "e", [1, "x"])
 
 
-def test_buffered_and_pending_frame_size() -> None:
-    frame = wire(FrameEncoder(DEFAULT).event("e", b"x" * 100))
+def test_buffered_and_missing() -> None:
+    frame = wire(MsgpackEncoder(DEFAULT).event("e", b"x" * 100))
     dec = decoder()
     assert dec.feed(frame[:3]) == []
     assert dec.buffered == 3
-    assert dec.pending_frame_size() is None
+    assert dec.missing() is None
     assert dec.feed(frame[3:10]) == []
-    assert dec.pending_frame_size() == len(frame) - 4
+    assert dec.missing() == len(frame) - 10
     assert dec.buffered == 10
     assert len(dec.feed(frame[10:] + frame[:2])) == 1
     assert dec.buffered == 2
@@ -315,7 +314,7 @@ def test_handshake_maps() -> None:
 
 
 def test_encoder_output_is_the_documented_layout() -> None:
-    encoder = FrameEncoder(DEFAULT)
+    encoder = MsgpackEncoder(DEFAULT)
 
     def body(frame: Frame) -> Any:
         data = wire(frame)
@@ -365,7 +364,7 @@ wild_values = st.recursive(
 envelopes = st.lists(
     st.integers(-2, 11) | st.booleans() | st.text(max_size=4) | wild_values, max_size=6
 )
-valid_frames = messages().map(lambda spec: encode(FrameEncoder(DEFAULT), spec))
+valid_frames = messages().map(lambda spec: encode(MsgpackEncoder(DEFAULT), spec))
 
 
 @st.composite
@@ -504,7 +503,7 @@ def test_default_limit_is_64_mib() -> None:
     assert DEFAULT.max_frame_size == 64 * MiB
     dec = decoder()
     assert dec.feed(struct.pack(">I", 64 * MiB)) == []  # allowed: waits for the body
-    assert dec.pending_frame_size() == 64 * MiB
+    assert dec.missing() == 64 * MiB
     with pytest.raises(FrameTooLargeError):
         decoder().feed(struct.pack(">I", 64 * MiB + 1))
 
@@ -540,7 +539,7 @@ def test_4_gib_header_under_a_4_gib_limit_waits_without_allocating() -> None:
     dec = decoder(Limits(max_frame_size=2**32 - 1))
     peak = traced_peak(lambda: dec.feed(b"\xff\xff\xff\xff" + b"\x93" * 1000))
     assert peak < 64 * 1024
-    assert dec.pending_frame_size() == 2**32 - 1
+    assert dec.missing() == 2**32 - 1 + 4 - 1004
     assert dec.buffered == 1004
 
 
@@ -558,7 +557,7 @@ def test_huge_length_claims_inside_a_frame_allocate_nothing(claim: bytes) -> Non
     for body in (claim, event_body(claim)):
         dec = decoder()
 
-        def feed(dec: FrameDecoder = dec, body: bytes = body) -> None:
+        def feed(dec: MsgpackDecoder = dec, body: bytes = body) -> None:
             with pytest.raises(DecodeError):
                 dec.feed(framed(body))
 
@@ -667,7 +666,7 @@ def test_timestamp_extension_passes_as_msgpack_timestamp(raw: bytes) -> None:
     # reaches handlers (as msgpack.Timestamp). The encoder sends it too, for symmetry.
     message = decode_one(event_body(raw))
     assert type(message.data) is msgpack.Timestamp
-    frame = FrameEncoder(DEFAULT).event("e", [message.data])
+    frame = MsgpackEncoder(DEFAULT).event("e", [message.data])
     assert norm(decoder().feed(wire(frame))[0]) == ("event", "e", [message.data])
 
 
@@ -755,7 +754,7 @@ def test_check_objects_counts_exactly(value: Any, budget: int) -> None:
 
 
 def test_encoder_refuses_a_frame_over_the_object_budget() -> None:
-    encoder = FrameEncoder(DEFAULT)
+    encoder = MsgpackEncoder(DEFAULT)
     n = DEFAULT.max_decoded_objects - 4
     frame = encoder.event("e", [{}] * n)
     assert len(decoder().feed(wire(frame))[0].data) == n
@@ -863,7 +862,7 @@ def test_frames_before_the_handshake_are_held_to_64_kib() -> None:
 
 
 def test_decoding_stops_after_a_handshake_message() -> None:
-    encoder = FrameEncoder(DEFAULT)
+    encoder = MsgpackEncoder(DEFAULT)
     hello = wire(encoder.hello("client"))
     big_event = wire(encoder.event("e", b"x" * 100_000))  # over the handshake limit
     small_event = wire(encoder.event("f", 1))
@@ -878,7 +877,7 @@ def test_decoding_stops_after_a_handshake_message() -> None:
 
 
 def test_without_handshake_done_the_next_big_frame_is_refused() -> None:
-    encoder = FrameEncoder(DEFAULT)
+    encoder = MsgpackEncoder(DEFAULT)
     dec = decoder(handshake_done=False)
     stream = wire(encoder.hello("c")) + wire(encoder.event("e", b"x" * 100_000))
     assert dec.feed(stream) == [Hello(1, "c", {})]
@@ -888,7 +887,7 @@ def test_without_handshake_done_the_next_big_frame_is_refused() -> None:
 
 @pytest.mark.parametrize("method", ["hello", "welcome", "reject"])
 def test_every_handshake_kind_stops_decoding(method: str) -> None:
-    encoder = FrameEncoder(DEFAULT)
+    encoder = MsgpackEncoder(DEFAULT)
     args = ("busy", "") if method == "reject" else ("a",)
     first = wire(getattr(encoder, method)(*args))
     second = wire(encoder.event("e", 1))
@@ -920,7 +919,7 @@ class Unencodable:
     ids=repr,
 )
 def test_unencodable_data_raises_encode_error_and_the_encoder_recovers(data: Any) -> None:
-    encoder = FrameEncoder(DEFAULT)
+    encoder = MsgpackEncoder(DEFAULT)
     for method, args in (("event", ("e", data)), ("request", ("e", data, 1)), ("reply", (1, data))):
         with pytest.raises(EncodeError) as info:
             getattr(encoder, method)(*args)
@@ -946,7 +945,7 @@ def test_unencodable_data_raises_encode_error_and_the_encoder_recovers(data: Any
 def test_encoder_refuses_what_the_peer_would_refuse(data: Any, why: str) -> None:
     # Otherwise the peer would close the whole connection over one bad value.
     limits = Limits(max_container_len=16, max_depth=10)
-    encoder = FrameEncoder(limits)
+    encoder = MsgpackEncoder(limits)
     with pytest.raises(EncodeError, match=why):
         encoder.event("e", data)
     with pytest.raises(EncodeError, match=why):
@@ -957,7 +956,7 @@ def test_encoder_refuses_what_the_peer_would_refuse(data: Any, why: str) -> None
 
 def test_encoder_accepts_exactly_the_depth_and_length_limits() -> None:
     limits = Limits(max_container_len=16, max_depth=10)
-    encoder = FrameEncoder(limits)
+    encoder = MsgpackEncoder(limits)
     deepest: Any = []
     for _ in range(8):
         deepest = [deepest]  # 9 levels of data + the envelope = 10
@@ -991,7 +990,7 @@ def plain(value: Any) -> Any:
 @given(wild_data)
 def test_what_the_encoder_accepts_the_decoder_accepts(data: Any) -> None:
     limits = Limits(max_container_len=8, max_depth=6)
-    encoder = FrameEncoder(limits)
+    encoder = MsgpackEncoder(limits)
     try:
         frame = encoder.event("e", data)
     except EncodeError:
@@ -1018,7 +1017,7 @@ def test_encoder_and_decoder_count_objects_alike(data: Any) -> None:
     exact = Limits(max_decoded_objects=needed)
     short = Limits(max_decoded_objects=needed - 1)
     try:
-        frame = FrameEncoder(exact).event("e", data)
+        frame = MsgpackEncoder(exact).event("e", data)
     except EncodeError:
         return  # refused for another limit (covered above)
     assert norm(decoder(exact).feed(wire(frame))[0]) == ("event", "e", plain(data))
@@ -1028,7 +1027,7 @@ def test_encoder_and_decoder_count_objects_alike(data: Any) -> None:
         lambda encoder: encoder.reply(1, data),
     ):
         with pytest.raises(EncodeError, match="max_decoded_objects"):
-            make(FrameEncoder(short))
+            make(MsgpackEncoder(short))
     with pytest.raises(DecodeError, match="max_decoded_objects"):
         decoder(short).feed(framed(body))
 
@@ -1039,7 +1038,7 @@ def test_default_hook() -> None:
             return sorted(value)
         raise TypeError(f"cannot encode {type(value).__name__}")
 
-    encoder = FrameEncoder(DEFAULT, default=default)
+    encoder = MsgpackEncoder(DEFAULT, default=default)
     (message,) = decoder().feed(wire(encoder.event("e", {"s": {3, 1, 2}})))
     assert norm(message) == ("event", "e", {"s": [1, 2, 3]})
     with pytest.raises(EncodeError):
@@ -1049,7 +1048,7 @@ def test_default_hook() -> None:
 
 def test_too_large_frame_raises_and_the_encoder_recovers() -> None:
     limits = Limits(max_frame_size=1024)
-    encoder = FrameEncoder(limits)
+    encoder = MsgpackEncoder(limits)
     with pytest.raises(FrameTooLargeError) as info:
         encoder.event("e", b"x" * 2000)
     assert info.value.limit == 1024
@@ -1061,7 +1060,7 @@ def test_too_large_frame_raises_and_the_encoder_recovers() -> None:
 
 
 def test_large_bodies_come_out_apart_from_their_header() -> None:
-    encoder = FrameEncoder(DEFAULT)
+    encoder = MsgpackEncoder(DEFAULT)
     below = encoder.event("e", msgpack.unpackb(body_of_size(SEPARATE_BODY_AT - 1))[2])
     assert isinstance(below, bytes)
     assert frame_size(below) == SEPARATE_BODY_AT - 1 + 4
@@ -1204,7 +1203,7 @@ def test_bad_numpy_extension_is_a_decode_error(payload: bytes) -> None:
 
 @needs_numpy
 def test_numpy_arrays_round_trip() -> None:
-    encoder = FrameEncoder(DEFAULT)
+    encoder = MsgpackEncoder(DEFAULT)
     arrays = [
         np.arange(12, dtype="<f4").reshape(3, 4),
         np.arange(6, dtype=">i8").reshape(2, 3).T,  # strided, big-endian

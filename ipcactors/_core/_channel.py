@@ -31,9 +31,9 @@ Invariants:
   waits in the inbox is dropped (at most once). Replies still queued when the channel ends
   are dropped: request ids are per connection.
 - Lifecycle names never arrive from the wire: a frame carrying one is a protocol error.
-- Heartbeats (``Config.heartbeat_interval``), kept by the actor's watchdog (one task per actor
-  for all its channels, see ``_watchdog``; a channel has no task or timer of its own for
-  them): any bytes received are a sign of life. A ping
+- Heartbeats (``Config.heartbeat_interval``; none when the codec carries no pings), kept by
+  the actor's watchdog (one task per actor for all its channels, see ``_watchdog``; a channel
+  has no task or timer of its own for them): any bytes received are a sign of life. A ping
   goes out after ``interval`` with nothing received or nothing sent (so that a peer busy
   sending us a long frame hears from us too), and only while nothing waits in the outbox
   (queued bytes reach the peer first and say as much). The reader answers a ping with a pong,
@@ -57,19 +57,17 @@ import anyio
 from anyio.abc import ByteStream, TaskGroup
 
 from .._errors import ConnectionLostError, DecodeError, ProtocolError
-from .._proto._protocol import (
-    HEADER_SIZE,
-    PING_FRAME,
-    PONG_FRAME,
+from .._proto._codec import Decoder
+from .._proto._messages import (
     ErrorReply,
     Event,
     Frame,
-    FrameDecoder,
     Message,
     Ping,
     Pong,
     Reply,
     Request,
+    frame_size,
     is_reserved,
 )
 from .._transports._streams import attach_writer, drain_outbox, send_tracebacks
@@ -93,7 +91,7 @@ def frame_bytes(frame: Frame) -> bytes:
     return frame if isinstance(frame, bytes) else b"".join(frame)
 
 
-async def read_handshake_message(stream: ByteStream, decoder: FrameDecoder) -> Message:
+async def read_handshake_message(stream: ByteStream, decoder: Decoder) -> Message:
     """Read until ``decoder`` yields the first message (it stops after a handshake message)."""
     while True:
         try:
@@ -144,7 +142,7 @@ class Channel:
     )
 
     def __init__(
-        self, stream: ByteStream, decoder: FrameDecoder, peer: Peer, opening: Opening | None = None
+        self, stream: ByteStream, decoder: Decoder, peer: Peer, opening: Opening | None = None
     ) -> None:
         self._stream = stream
         self._decoder = decoder
@@ -201,7 +199,7 @@ class Channel:
                     task_group.start_soon(self._write_loop, task_group)
                 watchdog = peer._watchdog
                 if watchdog is not None and (
-                    peer._config.heartbeat_interval is not None or peer._idle_timeout is not None
+                    peer._heartbeat_interval is not None or peer._idle_timeout is not None
                 ):
                     self._start_watch(watchdog)
                 try:
@@ -230,7 +228,7 @@ class Channel:
 
     def _start_watch(self, watchdog: Watchdog) -> None:
         peer = self._peer
-        interval = peer._config.heartbeat_interval
+        interval = peer._heartbeat_interval
         idle = peer._idle_timeout
         self._silent_after = (
             math.inf if interval is None else interval + peer._config.heartbeat_timeout
@@ -367,10 +365,10 @@ class Channel:
                 elif type(message) is ErrorReply:
                     requests.reject(message)
                 elif type(message) is Ping:
-                    self._heartbeat_bytes += len(PING_FRAME)
+                    self._heartbeat_bytes += frame_size(peer._encoder.ping())
                     self._pong()
                 elif type(message) is Pong:
-                    self._heartbeat_bytes += len(PONG_FRAME)
+                    self._heartbeat_bytes += frame_size(peer._encoder.pong())
                 elif type(message) is Request:
                     if is_reserved(message.event):
                         raise ProtocolError(f"peer sent reserved event {message.event!r}")
@@ -401,9 +399,9 @@ class Channel:
                     self._received_at = monotonic()  # silence counts from now: we did not read
             size = RECEIVE_SIZE
             buffered = decoder.buffered
-            pending = decoder.pending_frame_size()
-            if pending is not None and pending > size:
-                size = min(pending + HEADER_SIZE - buffered, MAX_RECEIVE_SIZE)
+            missing = decoder.missing()
+            if missing is not None and missing > size:
+                size = min(missing, MAX_RECEIVE_SIZE)
             try:
                 if buffered:
                     with anyio.fail_after(frame_timeout):
@@ -433,7 +431,8 @@ class Channel:
             return  # what is queued reaches the peer first: that is our sign of life
         if self._received_at - self._ponged_at >= PONG_MIN_GAP:
             self._ponged_at = self._received_at
-            outbox.put_urgent(PONG_FRAME, len(PONG_FRAME))
+            pong = self._peer._encoder.pong()
+            outbox.put_urgent(pong, frame_size(pong))
 
     def beat(self, now: float) -> float:
         """Heartbeats and the idle timeout, as the actor's watchdog asks (``_watchdog``): ping
@@ -441,7 +440,7 @@ class Channel:
         for ``idle_timeout``). Returns when to be asked again."""
         peer = self._peer
         outbox = peer._outbox
-        interval = peer._config.heartbeat_interval
+        interval = peer._heartbeat_interval
         silent_after = self._silent_after
         silent = 0.0 if self._paused else now - self._received_at
         if silent >= silent_after:
@@ -480,7 +479,8 @@ class Channel:
                 and not outbox.used
                 and not outbox.closed
             ):
-                outbox.put_urgent(PING_FRAME, len(PING_FRAME))
+                ping = peer._encoder.ping()
+                outbox.put_urgent(ping, frame_size(ping))
             self._enqueued = outbox.enqueued
         if self._paused:
             return self._next_tick

@@ -42,7 +42,7 @@ from .._errors import (
     ServerBusyError,
 )
 from .._log import ActorLog
-from .._proto._protocol import FrameDecoder
+from .._proto._codec import Decoder
 from .._transports._transport import Address, Transport, is_fatal_connect_error, tls_error
 from ._channel import Channel
 from ._handlers import HandlerMethods, Handlers
@@ -176,7 +176,7 @@ class Connection(Peer, HandlerMethods):
         """The first connection, made in ``connect_to``'s own task (no task to start and wait
         for): retried as ``stop_retrying`` says, raises when out of retries. Then ``_run``
         serves it, in a task. Raises :class:`ClosedError` if closed meanwhile."""
-        opened: tuple[ByteStream, FrameDecoder] | None = None
+        opened: tuple[ByteStream, Decoder] | None = None
         try:
             with self._attempts:
                 opened = await self._open_retrying(self._config.stop_retrying)
@@ -221,7 +221,7 @@ class Connection(Peer, HandlerMethods):
         if error is not None:
             self._log.warning(f"gave up on {self.id!r}: {error}")
 
-    async def _open_retrying(self, retries: int | None) -> tuple[ByteStream, FrameDecoder]:
+    async def _open_retrying(self, retries: int | None) -> tuple[ByteStream, Decoder]:
         """Connect and handshake; after a failure, at most ``retries`` more attempts (``None``:
         no limit), with backoff. Raises the final error."""
         backoff = 0
@@ -264,11 +264,17 @@ class Connection(Peer, HandlerMethods):
                     self._recovered = f" after {failures} failed attempts in {took:.1f} s"
                 return opened
 
-    async def _open(self) -> tuple[ByteStream, FrameDecoder]:
-        """Connect and complete the handshake. Raises on failure or refusal."""
+    async def _open(self) -> tuple[ByteStream, Decoder]:
+        """Connect and complete the handshake (if the codec has one: else the connection is
+        open at once). Raises on failure or refusal."""
+        codec = self._codec
         with anyio.fail_after(self._config.handshake_timeout):
             stream = await self._transport.connect()
-            decoder = FrameDecoder(self._config.limits)
+            decoder = codec.decoder(self._config.limits)
+            if not codec.handshake:
+                self._server_id = self.id  # nothing on the wire says otherwise
+                decoder.handshake_done()
+                return stream, decoder
             try:
                 welcome = await open_handshake(
                     stream,
@@ -294,7 +300,7 @@ class Connection(Peer, HandlerMethods):
         decoder.handshake_done()
         return stream, decoder
 
-    def _up_with(self, stream: ByteStream, decoder: FrameDecoder) -> Channel:
+    def _up_with(self, stream: ByteStream, decoder: Decoder) -> Channel:
         """The channel of a new connection; its ``connect`` handlers run once it runs."""
         opening = self._opening if self._handlers.get("connect") else None
         channel = self._channel = Channel(stream, decoder, self, opening)

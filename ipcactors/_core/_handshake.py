@@ -25,16 +25,8 @@ import secrets
 from anyio.abc import ByteStream
 
 from .._errors import AuthenticationError, ProtocolError, RejectedError, ServerBusyError
-from .._proto._protocol import (
-    PROTOCOL_VERSION,
-    Challenge,
-    FrameDecoder,
-    FrameEncoder,
-    Hello,
-    Proof,
-    Reject,
-    Welcome,
-)
+from .._proto._codec import Decoder, Encoder
+from .._proto._messages import PROTOCOL_VERSION, Challenge, Hello, Proof, Reject, Welcome
 from ._channel import frame_bytes, read_handshake_message
 
 __all__ = ["Refusal", "accept_handshake", "open_handshake", "rejection"]
@@ -67,8 +59,8 @@ def rejection(reject: Reject, target: str) -> RejectedError:
 
 async def accept_handshake(
     stream: ByteStream,
-    decoder: FrameDecoder,
-    encoder: FrameEncoder,
+    decoder: Decoder,
+    encoder: Encoder,
     auth_key: bytes | None,
 ) -> Hello:
     """The server's side, up to (not including) its decision to welcome. Raises
@@ -100,8 +92,8 @@ async def accept_handshake(
 
 async def open_handshake(
     stream: ByteStream,
-    decoder: FrameDecoder,
-    encoder: FrameEncoder,
+    decoder: Decoder,
+    encoder: Encoder,
     actor_id: str,
     target: str,
     auth_key: bytes | None,

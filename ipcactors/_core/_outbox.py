@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import anyio
 
-from .._proto._protocol import Frame, frame_size
+from .._proto._messages import Frame, frame_size
 
 __all__ = ["Outbox"]
 

@@ -24,9 +24,16 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .._config import Config, request_timeout
-from .._errors import EventNameError, IPCError, RequestTimeoutError, ReservedEventError
+from .._errors import (
+    EventNameError,
+    IPCError,
+    RequestTimeoutError,
+    ReservedEventError,
+    UnsupportedError,
+)
 from .._log import ActorLog
-from .._proto._protocol import Event, Frame, FrameEncoder, Request, frame_size, is_reserved
+from .._proto._codec import Encoder, codec_named
+from .._proto._messages import Event, Frame, Ping, Request, frame_size, is_reserved
 from ._handlers import UNHANDLED, Handlers, unhandled
 from ._outbox import Outbox
 from ._requests import NO_HANDLER, Requests
@@ -36,7 +43,7 @@ if TYPE_CHECKING:
     from ._channel import Channel
     from ._watchdog import Watchdog
 
-__all__ = ["Peer", "answer", "check_event_name"]
+__all__ = ["Peer", "answer", "check_event_name", "unsupported_request"]
 
 
 _checked_names: set[str] = set()  # event names known to be fine (bounded below)
@@ -54,6 +61,13 @@ def check_event_name(event: str) -> None:
         )
     if len(_checked_names) < 4096:
         _checked_names.add(event)
+
+
+def unsupported_request(codec: str) -> UnsupportedError:
+    return UnsupportedError(
+        f"the {codec!r} codec carries events only: a request cannot be sent. Emit an event "
+        "and have the peer emit its answer back, or use codec='msgpack' on both sides"
+    )
 
 
 def _type_name(exc: BaseException) -> str:
@@ -82,7 +96,11 @@ class Peer:
         self._config = config
         self._log = log
         self._handlers = handlers
-        self._encoder = FrameEncoder(config.limits)
+        codec = self._codec = codec_named(config.codec)
+        self._encoder = codec.encoder(config.limits)
+        self._carries_requests = codec.carries(Request)
+        # Heartbeats need a codec that carries pings (see ``_codec``).
+        self._heartbeat_interval = config.heartbeat_interval if codec.carries(Ping) else None
         self._outbox = Outbox(config.max_outbox_bytes)
         self._requests = Requests()
         self._counters = PeerCounters()
@@ -132,6 +150,8 @@ class Peer:
         drops before the reply arrives.
         """
         check_event_name(event)
+        if not self._carries_requests:
+            raise unsupported_request(self._codec.name)
         timeout = request_timeout(timeout, self._config)
         request_id, pending = self._requests.open(event)
         try:
@@ -238,12 +258,12 @@ class Peer:
             self._log.debug(f"reply to {message.event!r} not sent: {exc}")
 
 
-def error_frame(encoder: FrameEncoder, request_id: int, exc: BaseException) -> Frame:
+def error_frame(encoder: Encoder, request_id: int, exc: BaseException) -> Frame:
     text = "".join(traceback.format_exception(exc)) if encoder.tracebacks else ""
     return encoder.error_reply(request_id, _type_name(exc), str(exc), text)
 
 
-def reply_frame(encoder: FrameEncoder, request_id: int, result: Any) -> Frame:
+def reply_frame(encoder: Encoder, request_id: int, result: Any) -> Frame:
     """The reply carrying ``result``, or an error reply if it cannot be encoded."""
     try:
         return encoder.reply(request_id, result)
@@ -255,7 +275,7 @@ async def answer(
     handlers: Handlers,
     message: Request,
     args: tuple[Any, ...],
-    encoder: FrameEncoder,
+    encoder: Encoder,
     log: ActorLog,
 ) -> Frame:
     """Run the handlers of a request; return the reply (or error reply) frame."""

@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 
 from .._errors import NoHandlerError, RemoteError
-from .._proto._protocol import MAX_REQUEST_ID, ErrorReply, Reply
+from .._proto._messages import MAX_REQUEST_ID, ErrorReply, Reply
 from .._transports._streams import running_asyncio_loop
 
 __all__ = ["NO_HANDLER", "PendingRequest", "Requests"]

@@ -51,7 +51,8 @@ from .._bursts import WarningBursts
 from .._config import Config
 from .._errors import ClosedError, ConnectionLostError, ProtocolError, UnknownPeerError
 from .._log import ActorLog
-from .._proto._protocol import FrameDecoder, FrameEncoder, Hello, frame_size
+from .._proto._codec import Decoder, codec_named
+from .._proto._messages import frame_size
 from .._transports._streams import wrap_socket
 from .._transports._transport import Address, Listening, Transport
 from ._channel import Channel, frame_bytes
@@ -135,7 +136,9 @@ class Server(HandlerMethods):
         self._log = log
         self._transport = transport
         self._handlers = Handlers()
-        self._encoder = FrameEncoder(config.limits)
+        self._codec = codec_named(config.codec)
+        self._encoder = self._codec.encoder(config.limits)
+        self._accepted = 0  # connections accepted: numbers clients when the codec names none
         self._clients: dict[str, Client] = {}
         # Unfinished handshakes, oldest first: the scope that drops each (dicts keep order).
         self._handshakes: dict[anyio.CancelScope, None] = {}
@@ -328,16 +331,22 @@ class Server(HandlerMethods):
             raise
 
     async def _admit_stream(self, stream: ByteStream, peer_address: Any) -> None:
-        decoder = FrameDecoder(self._config.limits)
+        codec = self._codec
+        decoder = codec.decoder(self._config.limits)
         scope = self._enter_handshake()
         held_until = anyio.current_time() + self._config.handshake_timeout * HOLD_SHARE
-        hello: Hello | None = None
+        client_id: str | None = None
         try:
             with scope, anyio.fail_after(self._config.handshake_timeout):
                 stream = await self._transport.accepted(stream)
-                hello = await accept_handshake(
-                    stream, decoder, self._encoder, self._config.auth_key_bytes
-                )
+                if codec.handshake:
+                    hello = await accept_handshake(
+                        stream, decoder, self._encoder, self._config.auth_key_bytes
+                    )
+                    client_id = hello.id
+                else:  # nothing on the wire names the client: the server does
+                    self._accepted += 1
+                    client_id = codec.client_id(self._accepted, peer_address)
         except Refusal as exc:
             self._handshake_failed(f"refusing {peer_address!r} ({exc.reason}): {exc.message}")
             await self._refuse(stream, exc.reason, exc.message)
@@ -354,25 +363,25 @@ class Server(HandlerMethods):
             return
         finally:
             self._handshakes.pop(scope, None)
-        if hello is None:  # dropped to admit a newer connection (see _enter_handshake)
+        if client_id is None:  # dropped to admit a newer connection (see _enter_handshake)
             await anyio.aclose_forcefully(stream)
             return
-        if not await self._wait_ready(stream, hello.id, held_until):
+        if not await self._wait_ready(stream, client_id, held_until):
             return
-        previous = self._clients.get(hello.id)
+        previous = self._clients.get(client_id)
         if previous is None and len(self._clients) >= self._config.max_connections:
             limit = self._config.max_connections
-            self._log.debug(f"refusing {hello.id!r}: max_connections={limit}")
+            self._log.debug(f"refusing {client_id!r}: max_connections={limit}")
             self._counters.refused_busy += 1
             await self._refuse(stream, "busy", f"{self._id!r} is at max_connections")
             return
         decoder.handshake_done()
-        client = Client(self, hello.id, peer_address)
+        client = Client(self, client_id, peer_address)
         client.peer_certificate = stream.extra(TLSAttribute.peer_certificate, None)
         await self._run_client(client, stream, decoder, previous)
 
     async def _run_client(
-        self, client: Client, stream: ByteStream, decoder: FrameDecoder, previous: Client | None
+        self, client: Client, stream: ByteStream, decoder: Decoder, previous: Client | None
     ) -> None:
         if previous is not None:
             self._log.info(f"{client.id!r} reconnected; closing its previous connection")
@@ -389,7 +398,8 @@ class Server(HandlerMethods):
         # Registered before the welcome: a client that knows it is connected is in `clients`.
         self._clients[client.id] = client
         try:
-            await stream.send(frame_bytes(self._encoder.welcome(self._id)))
+            if self._codec.handshake:
+                await stream.send(frame_bytes(self._encoder.welcome(self._id)))
         except BaseException as exc:  # gone, or cancelled because the server is closing
             client._channel = None
             if self._clients.get(client.id) is client:
@@ -500,6 +510,10 @@ class Server(HandlerMethods):
         self._bursts.warn("handshake failed", message)
 
     async def _refuse(self, stream: ByteStream, reason: str, message: str) -> None:
+        """Send ``reject`` (if the codec has a handshake to send it in), then close."""
+        if not self._codec.handshake:
+            await anyio.aclose_forcefully(stream)
+            return
         with anyio.move_on_after(1):
             try:
                 await stream.send(frame_bytes(self._encoder.reject(reason, message)))

@@ -1,13 +1,15 @@
 """UDP: a server on a port, peers known by address, one datagram per message.
 
-UDP has no connections, no handshake and no delivery guarantee: a datagram is one msgpack body
-(no length prefix), events may be lost or reordered by the network, and a request may time out.
+UDP has no connections, no handshake and no delivery guarantee: a datagram is what the codec's
+datagram encoder makes (msgpack: one body, no length prefix; a codec may put several messages in
+one), events may be lost or reordered by the network, and a request may time out.
 
 Invariants:
 - A datagram too large to send is a :class:`DatagramTooLargeError` before anything is sent, on
   every backend (anyio's asyncio backend would drop it silently, trio would raise late).
-- An inbound datagram that is malformed, oversized, or from a peer beyond the table's bound is
-  dropped and counted (see :meth:`DatagramServer.statistics`), never half decoded.
+- An inbound datagram that is malformed (any of its messages), oversized, or from a peer beyond
+  the table's bound is dropped and counted (see :meth:`DatagramServer.statistics`), never
+  half decoded.
 - A peer takes a place in the table only once it sent a valid message: junk datagrams (from
   however many addresses) cannot fill the table and lock real peers out.
 - The peer table is bounded by ``max_connections``; a peer not heard from for ``PEER_TTL``
@@ -33,20 +35,11 @@ from anyio.abc import SocketAttribute, TaskGroup, TaskStatus, UDPSocket
 from .._config import Config, request_timeout
 from .._errors import DatagramTooLargeError, IPCError, ProtocolError, RequestTimeoutError
 from .._log import ActorLog
-from .._proto._protocol import (
-    HEADER_SIZE,
-    ErrorReply,
-    Event,
-    Frame,
-    FrameDecoder,
-    FrameEncoder,
-    Reply,
-    Request,
-    is_reserved,
-)
+from .._proto._codec import codec_named
+from .._proto._messages import ErrorReply, Event, Frame, Message, Reply, Request, is_reserved
 from ._channel import frame_bytes
 from ._handlers import HandlerMethods, Handlers, unhandled
-from ._peer import answer, check_event_name
+from ._peer import answer, check_event_name, unsupported_request
 from ._requests import Requests
 
 __all__ = ["DatagramPeer", "DatagramServer", "DatagramStatistics"]
@@ -57,6 +50,14 @@ MAX_REQUESTS = 64  # requests answered at once; a flood beyond them costs no tas
 MAX_DATAGRAM = {socket.AF_INET: 65_507, socket.AF_INET6: 65_527}  # the IP limits minus headers
 
 PeerAddress = tuple[str, int]
+
+
+def _valid(message: Message) -> bool:
+    """Whether a datagram may carry ``message``: an event or request under a name that is not
+    reserved, or a reply (no handshake, no heartbeats over UDP)."""
+    if isinstance(message, Event | Request):
+        return not is_reserved(message.event)
+    return isinstance(message, Reply | ErrorReply)
 
 
 @dataclass
@@ -121,9 +122,10 @@ class DatagramServer(HandlerMethods):
         self._max_datagram = min(MAX_DATAGRAM[family], config.max_frame_size)
         self._handlers = Handlers()
         self._unhandled_names: set[str] = set()  # event names logged as having no handler
-        self._encoder = FrameEncoder(config.limits)
+        self._codec = codec = codec_named(config.codec)
+        self._encoder = codec.datagram_encoder(config.limits)
         self._encoder.tracebacks = config.remote_tracebacks is True  # anyone may send to a port
-        self._decoder = FrameDecoder(config.limits)
+        self._decoder = codec.decoder(config.limits)
         self._requests = Requests()
         self._send_lock = anyio.Lock()
         self._answering = 0  # requests being answered (tasks), at most MAX_REQUESTS
@@ -171,7 +173,7 @@ class DatagramServer(HandlerMethods):
         return peer
 
     async def _send(self, frame: Frame, address: PeerAddress) -> None:
-        body = frame_bytes(frame)[HEADER_SIZE:]
+        body = frame_bytes(frame)  # a datagram encoder's frame is the whole datagram
         if len(body) > self._max_datagram:
             raise DatagramTooLargeError(
                 f"a datagram of {len(body)} bytes exceeds the limit of {self._max_datagram}; "
@@ -199,6 +201,8 @@ class DatagramServer(HandlerMethods):
         """Ask ``peer`` (a UDP server) and return its answer; a lost datagram means a
         :class:`RequestTimeoutError`."""
         check_event_name(event)
+        if not self._codec.carries(Request):
+            raise unsupported_request(self._codec.name)
         address = self._target(peer)
         timeout = request_timeout(timeout, self._config)
         request_id, pending = self._requests.open(event)
@@ -258,39 +262,39 @@ class DatagramServer(HandlerMethods):
                 self._stats.dropped_oversized += 1
                 continue
             try:
-                message = self._decoder.decode_datagram(data)
+                messages = self._decoder.decode_datagram(data)
             except ProtocolError as exc:
                 self._stats.dropped_malformed += 1
                 self._log.trace(f"dropped a malformed datagram from {address}: {exc}")
                 continue
-            if isinstance(message, Event | Request):
-                valid = not is_reserved(message.event)
-            else:
-                valid = isinstance(message, Reply | ErrorReply)
-            if not valid:
+            if not all(map(_valid, messages)):
                 self._stats.dropped_malformed += 1
                 continue
-            # Only now, with a valid message in hand, does the sender take a place in the table.
+            # Only now, with valid messages in hand, does the sender take a place in the table.
             peer = self._remember((address[0], address[1]))
             if peer is None:
                 self._stats.dropped_peer_table_full += 1
                 continue
-            if type(message) is Event:
-                if not self._handlers.get(message.event):
-                    self._stats.events_unhandled += 1
-                    unhandled(self._unhandled_names, message.event, repr(peer), self._log)
-                    continue
-                await self._handlers.call(message.event, (message.data, peer), self._log)
-            elif type(message) is Request:
-                if self._answering >= MAX_REQUESTS:
-                    self._stats.dropped_busy += 1
-                    continue
-                self._answering += 1
-                task_group.start_soon(self._answer, message, peer)
-            elif type(message) is Reply:
-                self._requests.resolve(message)
-            elif type(message) is ErrorReply:
-                self._requests.reject(message)
+            for message in messages:
+                await self._dispatch(message, peer, task_group)
+
+    async def _dispatch(self, message: Message, peer: DatagramPeer, task_group: TaskGroup) -> None:
+        if type(message) is Event:
+            if not self._handlers.get(message.event):
+                self._stats.events_unhandled += 1
+                unhandled(self._unhandled_names, message.event, repr(peer), self._log)
+                return
+            await self._handlers.call(message.event, (message.data, peer), self._log)
+        elif type(message) is Request:
+            if self._answering >= MAX_REQUESTS:
+                self._stats.dropped_busy += 1
+                return
+            self._answering += 1
+            task_group.start_soon(self._answer, message, peer)
+        elif type(message) is Reply:
+            self._requests.resolve(message)
+        elif type(message) is ErrorReply:
+            self._requests.reject(message)
 
     def _remember(self, address: PeerAddress) -> DatagramPeer | None:
         now = anyio.current_time()

@@ -31,7 +31,8 @@ import json
 from typing import Any, Final
 
 from .._errors import ConfigError, DecodeError, EncodeError, EventNameError, FrameTooLargeError
-from ._protocol import Event, Limits, _within_depth, is_reserved
+from ._messages import Event, Limits, is_reserved
+from ._msgpack import _within_depth
 
 __all__ = [
     "DEFAULT_DELIMITER",

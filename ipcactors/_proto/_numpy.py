@@ -8,7 +8,7 @@ Invariants owned here:
 - Decoding is bounded: the header is parsed with fixed limits (dtype text ≤ 32 bytes, ≤ 32
   dimensions) and the byte count must equal ``prod(shape) × itemsize`` exactly, so an array never
   takes more memory than the frame that carried it.
-- This module imports numpy; ``_protocol`` imports it only when an array is sent (numpy is then
+- This module imports numpy; ``_msgpack`` imports it only when an array is sent (numpy is then
   already loaded) or received, so ``import ipcactors`` stays cheap and numpy stays optional.
 
 Layout of the extension's payload (all integers big-endian)::

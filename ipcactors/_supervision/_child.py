@@ -38,13 +38,12 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
-import msgpack
 
 from .._actor import Actor
 from .._config import Config
 from .._core._connection import Connection
 from .._errors import IPCError, RestartIntensityError
-from .._proto._protocol import decode_ext
+from .._proto._msgpack import unpack_value
 from ._parentdeath import EXIT_PARENT_LOST, set_parent_death_signal
 from ._target import Target, load_target
 
@@ -192,7 +191,7 @@ async def _main(spec: dict[str, Any], fn: Callable[..., Any]) -> int:
         reply = await parent.request(
             HELLO_EVENT, {"token": spec["token"], "pid": os.getpid()}, timeout=spec["timeout"]
         )
-        args = msgpack.unpackb(reply["args"], raw=False, strict_map_key=True, ext_hook=decode_ext)
+        args = unpack_value(reply["args"], numpy=True)
 
         async with anyio.create_task_group() as task_group:
 

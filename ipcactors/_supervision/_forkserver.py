@@ -44,8 +44,7 @@ import socket
 import sys
 from typing import Any, Final
 
-import msgpack
-
+from .._proto._msgpack import pack_value, unpack_value
 from ._parentdeath import EXIT_PARENT_LOST, set_parent_death_signal
 
 __all__ = ["MAX_MESSAGE", "recv_message", "send_message", "serve"]
@@ -56,7 +55,7 @@ _MAX_FDS: Final = 4
 
 def send_message(sock: socket.socket, message: Any, fds: list[int] | None = None) -> None:
     """Send one control message (blocking socket). Raises OSError if the peer is gone."""
-    data = msgpack.packb(message, use_bin_type=True)
+    data = pack_value(message)
     if fds:
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
         sock.sendmsg([data], ancillary)
@@ -79,7 +78,7 @@ def recv_message(sock: socket.socket) -> tuple[Any, list[int]] | None:
         for fd in fds:
             os.close(fd)
         raise ValueError("control message truncated")
-    message = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    message = unpack_value(data)
     return message, list(fds)
 
 

@@ -57,7 +57,6 @@ from types import TracebackType
 from typing import Any, Final, Literal
 
 import anyio
-import msgpack
 from anyio.abc import TaskGroup
 
 from .._actor import Actor
@@ -79,7 +78,7 @@ from .._errors import (
     UnknownPeerError,
 )
 from .._log import ActorLog
-from .._proto._protocol import encode_default
+from .._proto._msgpack import pack_value
 from .._runtime import current_runtime, end_with_run
 from .._transports._unix import check_path_length, default_socket_root, ensure_socket_dir
 from ._child import FAILED_EVENT, HELLO_EVENT, READY_EVENT, STOP_EVENT
@@ -652,10 +651,8 @@ class Supervisor:
         check_path_length(os.path.join(self._dir, f"{self.config.appspace}{id}"))
         target = target_of(fn)
         try:
-            packed = msgpack.packb(list(args), use_bin_type=True, default=encode_default)
-        except EncodeError:
-            raise
-        except (TypeError, ValueError, OverflowError) as exc:
+            packed = pack_value(list(args), numpy=True)
+        except EncodeError as exc:
             raise EncodeError(f"the arguments of {id!r} cannot be encoded: {exc}") from exc
         async with self._lock:
             self._check_open()

@@ -36,7 +36,7 @@ import anyio
 from anyio.abc import ByteStream, SocketAttribute, SocketStream
 
 from .._core._outbox import Outbox
-from .._proto._protocol import Frame
+from .._proto._messages import Frame
 
 __all__ = [
     "AsyncioSocketStream",

@@ -1,9 +1,10 @@
-"""The protocol core, sans-IO: bytes in, messages out. No sockets, no event loop, no clock.
+"""The msgpack codec, the default (``Config.codec="msgpack"``): sans-IO, bytes in, messages out.
 
 Invariants owned here:
 - A frame is ``u32 big-endian length`` + one msgpack body; the length is checked against
-  ``max_frame_size`` before anything is allocated for the body.
-- A :class:`FrameDecoder` that raised once is broken for good: it refuses further input, and its
+  ``max_frame_size`` before anything is allocated for the body. A datagram is one body without
+  the length.
+- A :class:`MsgpackDecoder` that raised once is broken for good: it refuses further input, and its
   owner closes the connection (msgpack does not support resuming after an error).
 - Decoded values obey the limits: container lengths, nesting depth, map keys str or bytes, no
   unknown extension types. Nothing that breaks a limit ever reaches a handler or a log line.
@@ -12,8 +13,11 @@ Invariants owned here:
   by :func:`check_objects` (it walks the bytes, allocating nothing) before it is decoded. A frame
   therefore costs at most its own size (str, bin and array payloads) plus ~72 bytes per object
   (an empty map, the worst case), and decoding it takes a bounded time (see docs/protocol.md §6).
+- msgpack is configured here only: the supervisor's spawn arguments and the forkserver's control
+  messages go through :func:`pack_value` / :func:`unpack_value` too.
 
-docs/protocol.md describes the same format for implementers in other languages.
+docs/protocol.md describes the same format for implementers in other languages; ``_codec`` states
+the contract every codec keeps.
 """
 
 from __future__ import annotations
@@ -22,38 +26,45 @@ import struct
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Final, TypeAlias
+from typing import Any, Final
 
 import msgpack
 
 from .._errors import DecodeError, EncodeError, FrameTooLargeError, ProtocolError
+from ._codec import Codec, Decoder, Encoder
 from ._extcodes import NUMPY_EXT_CODE
+from ._messages import (
+    HANDSHAKE_KINDS,
+    MAX_REQUEST_ID,
+    PING_MESSAGE,
+    PONG_MESSAGE,
+    PROTOCOL_VERSION,
+    Challenge,
+    ErrorReply,
+    Event,
+    Frame,
+    Hello,
+    Limits,
+    Message,
+    Ping,
+    Pong,
+    Proof,
+    Reject,
+    Reply,
+    Request,
+    Welcome,
+)
 
 __all__ = [
+    "CODEC",
     "PING_FRAME",
     "PONG_FRAME",
-    "PROTOCOL_VERSION",
-    "Challenge",
-    "ErrorReply",
-    "Event",
-    "Frame",
-    "FrameDecoder",
-    "FrameEncoder",
-    "Hello",
-    "Limits",
-    "Message",
-    "Ping",
-    "Pong",
-    "Proof",
-    "Reject",
-    "Reply",
-    "Request",
-    "Welcome",
-    "is_reserved",
+    "MsgpackCodec",
+    "MsgpackDecoder",
+    "MsgpackEncoder",
+    "pack_value",
+    "unpack_value",
 ]
-
-PROTOCOL_VERSION: Final = 1
 
 # Envelope kinds: the first item of every body.
 EVENT: Final = 0
@@ -70,177 +81,11 @@ PONG: Final = 10
 
 HEADER: Final = struct.Struct(">I")
 HEADER_SIZE: Final = HEADER.size
-MAX_REQUEST_ID: Final = 2**63 - 1
 
 # A body at least this long is kept apart from its header instead of being concatenated with it,
 # so a large payload is never copied just to prepend four bytes.
 SEPARATE_BODY_AT: Final = 64 * 1024
 _HEAD_CACHE_SIZE: Final = 1024  # event names whose packed envelope head is kept
-
-RESERVED_EVENTS: Final = frozenset({"connect", "disconnect", "destroy", "error"})
-RESERVED_PREFIX: Final = "ipcactors."
-
-
-def is_reserved(event: str) -> bool:
-    """Whether ``event`` names a local lifecycle event or an ipcactors-internal one."""
-    return event in RESERVED_EVENTS or event.startswith(RESERVED_PREFIX)
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Bounds on what a peer may make us allocate.
-
-    One frame decodes into at most ``max_decoded_objects`` objects, so it costs at most its own
-    size plus ~72 bytes per object (~9 MiB by default); frames before the handshake completes
-    are held to ``max_handshake_size``, so an unauthenticated peer can make us allocate only a
-    few MiB.
-    """
-
-    max_frame_size: int = 64 * 1024 * 1024
-    max_handshake_size: int = 64 * 1024
-    max_container_len: int = 1 << 20
-    max_depth: int = 64
-    max_decoded_objects: int = 1 << 17
-
-
-# --- messages ---------------------------------------------------------------------------------
-
-
-class Event:
-    """``[0, event, data]``: a fire-and-forget event."""
-
-    __slots__ = ("data", "event")
-
-    def __init__(self, event: str, data: Any) -> None:
-        self.event = event
-        self.data = data
-
-    def __repr__(self) -> str:
-        return f"Event({self.event!r})"
-
-
-class Request:
-    """``[1, event, data, id]``: an event whose handler's return value is sent back."""
-
-    __slots__ = ("data", "event", "id")
-
-    def __init__(self, event: str, data: Any, id: int) -> None:
-        self.event = event
-        self.data = data
-        self.id = id
-
-    def __repr__(self) -> str:
-        return f"Request({self.event!r}, id={self.id})"
-
-
-class Reply:
-    """``[2, id, data]``: the answer to request ``id``."""
-
-    __slots__ = ("data", "id")
-
-    def __init__(self, id: int, data: Any) -> None:
-        self.id = id
-        self.data = data
-
-    def __repr__(self) -> str:
-        return f"Reply(id={self.id})"
-
-
-class ErrorReply:
-    """``[3, id, {"type", "message", "traceback"}]``: request ``id`` failed on the peer."""
-
-    __slots__ = ("id", "message", "traceback", "type")
-
-    def __init__(self, id: int, type: str, message: str, traceback: str) -> None:
-        self.id = id
-        self.type = type
-        self.message = message
-        self.traceback = traceback
-
-    def __repr__(self) -> str:
-        return f"ErrorReply(id={self.id}, type={self.type!r})"
-
-
-@dataclass(frozen=True, slots=True)
-class Hello:
-    """``[4, {"v", "id", ...}]``: the client's opening frame. ``extra`` keeps unknown keys."""
-
-    version: int
-    id: str
-    extra: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Welcome:
-    """``[5, {"v", "id", ...}]``: the server accepted the client."""
-
-    version: int
-    id: str
-    extra: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Reject:
-    """``[6, {"reason", "message"}]``: the server refused the client and closes the connection."""
-
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class Challenge:
-    """``[7, {"nonce", "proof"}]``: a server with a shared key proves it and challenges back."""
-
-    nonce: bytes
-    proof: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Proof:
-    """``[8, {"proof"}]``: the client's answer to a challenge."""
-
-    proof: bytes
-
-
-class Ping:
-    """``[9]``: are you there? Answered with a pong (see docs/protocol.md, heartbeats)."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "Ping()"
-
-
-class Pong:
-    """``[10]``: the answer to a ping."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "Pong()"
-
-
-_PING: Final = Ping()
-_PONG: Final = Pong()
-
-Message: TypeAlias = (
-    Event
-    | Request
-    | Reply
-    | ErrorReply
-    | Hello
-    | Welcome
-    | Reject
-    | Challenge
-    | Proof
-    | Ping
-    | Pong
-)
-_HANDSHAKE_KINDS: Final = (Hello, Welcome, Reject, Challenge, Proof)
-
-# What the encoder hands to a writer: header and body together, or apart for large bodies.
-Frame: TypeAlias = bytes | tuple[bytes, bytes]
-
 
 # --- encoding ---------------------------------------------------------------------------------
 
@@ -293,20 +138,31 @@ def encode_default(obj: Any) -> Any:
     raise TypeError(f"can not serialize {type(obj).__name__!r} object")
 
 
-class FrameEncoder:
+class MsgpackEncoder(Encoder):
     """Turns messages into frames. One per connection (it reuses one msgpack ``Packer``).
 
     It refuses what a decoder with the same :class:`Limits` would refuse (map keys other than
     str or bytes, extension types, too deep or too long containers), so one bad value costs an
     :class:`EncodeError` here instead of the whole connection at the peer. What a ``default``
-    hook returns is not checked: the hook must return what the peer accepts.
+    hook returns is not checked: the hook must return what the peer accepts. With
+    ``datagrams``, its frames are bare bodies (no length header): one datagram each.
     """
 
-    def __init__(self, limits: Limits, default: Callable[[Any], Any] | None = None) -> None:
+    codec_name = "msgpack"
+
+    def __init__(
+        self,
+        limits: Limits,
+        default: Callable[[Any], Any] | None = None,
+        *,
+        datagrams: bool = False,
+    ) -> None:
+        super().__init__()
         self._limits = limits
         self._limit = limits.max_frame_size
         self._count_above = limits.max_decoded_objects
         self._data_budget = limits.max_depth - 1  # the envelope is the first level
+        self._datagrams = datagrams
         # numpy arrays are encoded by `encode_default` (when no other hook is given).
         self._packer = msgpack.Packer(
             use_bin_type=True,
@@ -315,9 +171,6 @@ class FrameEncoder:
             buf_size=4096,  # grows on demand; the default reserves 256 KiB per connection
         )
         self._event_heads: dict[str, bytes] = {}
-        #: Whether error replies carry traceback text (``Config.remote_tracebacks``); set by
-        #: the owner once it knows who the peer is.
-        self.tracebacks = True
 
     def _check(self, data: Any) -> None:
         kind = type(data)
@@ -351,6 +204,8 @@ class FrameEncoder:
                     f"{exc}; the peer would refuse it. Send large arrays as bytes or numpy "
                     "arrays, or raise max_decoded_objects on both sides"
                 ) from None
+        if self._datagrams:
+            return head + packed
         if size >= SEPARATE_BODY_AT:
             return (HEADER.pack(size) + head, packed)
         return b"".join((HEADER.pack(size), head, packed))
@@ -398,18 +253,18 @@ class FrameEncoder:
     def proof(self, proof: bytes) -> Frame:
         return self._frame([PROOF, {"proof": proof}])
 
+    def ping(self) -> Frame:
+        return _PING_BODY if self._datagrams else PING_FRAME
+
+    def pong(self) -> Frame:
+        return _PONG_BODY if self._datagrams else PONG_FRAME
+
 
 # Heartbeat frames never change: ``[9]`` and ``[10]``, framed once.
-PING_FRAME: Final = HEADER.pack(2) + msgpack.packb([PING])
-PONG_FRAME: Final = HEADER.pack(2) + msgpack.packb([PONG])
-
-
-def frame_size(frame: Frame) -> int:
-    """Bytes a frame occupies on the wire."""
-    if isinstance(frame, bytes):
-        return len(frame)
-    header, body = frame
-    return len(header) + len(body)
+_PING_BODY: Final[bytes] = msgpack.packb([PING])
+_PONG_BODY: Final[bytes] = msgpack.packb([PONG])
+PING_FRAME: Final = HEADER.pack(len(_PING_BODY)) + _PING_BODY
+PONG_FRAME: Final = HEADER.pack(len(_PONG_BODY)) + _PONG_BODY
 
 
 # --- decoding ---------------------------------------------------------------------------------
@@ -626,9 +481,9 @@ def parse_body(body: list[Any]) -> Message:
     if kind == PROOF and type(kind) is int and size >= 2:
         return Proof(_require_bytes(_require_map(body[1], "proof").get("proof"), "proof"))
     if kind == PING and type(kind) is int:
-        return _PING
+        return PING_MESSAGE
     if kind == PONG and type(kind) is int:
-        return _PONG
+        return PONG_MESSAGE
     raise DecodeError(f"unknown or short envelope (kind {kind!r:.20}, {size} items)")
 
 
@@ -665,7 +520,7 @@ def _unpack_whole(
     return value
 
 
-class FrameDecoder:
+class MsgpackDecoder(Decoder):
     """Splits a byte stream into frames and decodes each into a :class:`Message`.
 
     Feed it whatever the socket returned; it returns every message completed by those bytes, in
@@ -699,11 +554,12 @@ class FrameDecoder:
         """Bytes received but not yet part of a complete frame."""
         return len(self._buffer)
 
-    def pending_frame_size(self) -> int | None:
-        """Size of the frame whose body is arriving, if its header is complete."""
-        if len(self._buffer) < HEADER_SIZE:
+    def missing(self) -> int | None:
+        """Bytes still to come for the frame whose body is arriving, once its header is in."""
+        buffered = len(self._buffer)
+        if buffered < HEADER_SIZE:
             return None
-        return int(HEADER.unpack_from(self._buffer)[0])
+        return int(HEADER.unpack_from(self._buffer)[0]) + HEADER_SIZE - buffered
 
     def feed(self, data: bytes | bytearray | memoryview = b"") -> list[Message]:
         """Take received bytes; return the messages they complete.
@@ -740,7 +596,7 @@ class FrameDecoder:
                 message = self._decode(view[start : start + size], size)
                 messages.append(message)
                 offset = start + size
-                if type(message) is not Event and type(message) in _HANDSHAKE_KINDS:
+                if type(message) is not Event and type(message) in HANDSHAKE_KINDS:
                     # Stop here: the owner decides whether the handshake is done (and the frame
                     # limit lifted) before the frames behind this one are decoded.
                     break
@@ -748,7 +604,7 @@ class FrameDecoder:
             del buffer[:offset]  # O(1) at the front of a bytearray
         return messages
 
-    def decode_datagram(self, body: bytes) -> Message:
+    def decode_datagram(self, body: bytes) -> list[Message]:
         """Decode one whole body (a UDP datagram carries exactly one, without a header).
         Stateless: an error here does not break the decoder."""
         size = len(body)
@@ -763,7 +619,7 @@ class FrameDecoder:
             raise
         except Exception as exc:  # msgpack raises many types: ValueError, FormatError, ...
             raise DecodeError(f"invalid msgpack body: {type(exc).__name__}: {exc}") from None
-        return self._message(value, size, counted)
+        return [self._message(value, size, counted)]
 
     def _decode(self, body: memoryview, size: int) -> Message:
         if size > self._count_above:
@@ -806,3 +662,50 @@ class FrameDecoder:
             if not within:
                 raise DecodeError(f"value nests deeper than max_depth={depth}")
         return message
+
+
+class MsgpackCodec(Codec):
+    """``u32`` length + msgpack body frames, every message kind, the hello/welcome handshake."""
+
+    name = "msgpack"
+    kinds = frozenset(
+        {Event, Request, Reply, ErrorReply, Hello, Welcome, Reject, Challenge, Proof, Ping, Pong}
+    )
+    handshake = True
+
+    def encoder(self, limits: Limits) -> MsgpackEncoder:
+        return MsgpackEncoder(limits)
+
+    def datagram_encoder(self, limits: Limits) -> MsgpackEncoder:
+        return MsgpackEncoder(limits, datagrams=True)
+
+    def decoder(self, limits: Limits) -> MsgpackDecoder:
+        return MsgpackDecoder(limits)
+
+
+CODEC: Final = MsgpackCodec()
+
+
+# --- plain values -----------------------------------------------------------------------------
+
+
+def pack_value(value: Any, *, numpy: bool = False) -> bytes:
+    """One value as msgpack, outside any frame (the supervisor's spawn arguments, the
+    forkserver's control messages). ``numpy``: numpy arrays become the extension type.
+    Raises :class:`EncodeError`."""
+    try:
+        packed: bytes = msgpack.packb(
+            value, use_bin_type=True, datetime=False, default=encode_default if numpy else None
+        )
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise EncodeError(f"cannot encode as msgpack: {exc}") from exc
+    return packed
+
+
+def unpack_value(data: bytes, *, numpy: bool = False) -> Any:
+    """The value :func:`pack_value` packed. Map keys must be str or bytes; extension types
+    other than numpy's (with ``numpy``) are refused. Raises what msgpack raises (the callers
+    read from a trusted end: the forkserver's socketpair, the supervisor's spawn spec)."""
+    return msgpack.unpackb(
+        data, raw=False, strict_map_key=True, ext_hook=decode_ext if numpy else _reject_ext
+    )

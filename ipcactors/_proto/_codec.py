@@ -1,0 +1,183 @@
+"""The codec interface: how messages become bytes on one kind of wire, and back.
+
+A codec is a stateless description of a wire format (msgpack by default, see ``_msgpack``). It
+makes, per connection, an :class:`Encoder` (messages to frames) and a :class:`Decoder` (received
+bytes to messages), and per datagram endpoint a datagram encoder. The layers above
+(``_core``: channel, handshake, server, connection, datagram server) know messages only; no
+header, delimiter or serialisation library is visible to them.
+
+The contract a codec keeps (every codec, and the layers above rely on each point):
+
+- ``name`` is what ``Config.codec`` says to pick it; :func:`codec_named` finds it.
+- ``kinds`` is the set of message types (``_messages``) the codec can carry. :class:`Event` is
+  always in it. A codec without :class:`Request` (and :class:`Reply`, :class:`ErrorReply`)
+  carries no requests: ``request()`` on such a connection raises
+  :class:`~ipcactors.UnsupportedError` before anything is queued. Without :class:`Ping` and
+  :class:`Pong` there are no heartbeats (``heartbeat_interval`` is not applied; ``idle_timeout``
+  still is, counting any bytes received).
+- ``handshake``: whether a connection opens with hello, the optional challenge and proof, then
+  welcome or reject (all five kinds then are in ``kinds``). Without one, a connection is open as
+  soon as the transport connects, a server names each client itself (``client_id``), and a
+  refused client is closed without a word (there is no reject to send).
+- An encoder returns a :data:`Frame` per message: the exact bytes for the wire, with large
+  payloads kept apart as the second part so they are never copied to be framed. It refuses (with
+  :class:`~ipcactors.EncodeError` or :class:`~ipcactors.FrameTooLargeError`, nothing sent) what
+  a decoder with the same :class:`Limits` would refuse, so one bad value never costs the
+  connection at the peer. A kind outside ``kinds`` raises :class:`~ipcactors.UnsupportedError`.
+- A decoder is fed whatever a read returned, split anywhere, and returns every message those
+  bytes complete, in order, each as soon as its last byte arrived (never held back for more
+  input), in time linear in the bytes fed. Nothing that breaks a limit reaches a caller. Its first
+  error (:class:`~ipcactors.ProtocolError`) breaks it for good; its owner closes the connection.
+  Before :meth:`Decoder.handshake_done` its frames are held to ``Limits.max_handshake_size``;
+  with ``handshake`` false the owner calls it at once. It stops after each handshake message so
+  that the owner decides on it before anything behind it is decoded.
+- Datagrams: :meth:`Decoder.decode_datagram` decodes one whole datagram into its messages
+  (one or more, as the format says) and does not break the decoder on error; a datagram
+  encoder's frames are whole datagram bodies.
+- Nothing here does I/O, keeps a clock or awaits.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from typing import Any, Final
+
+from .._errors import ConfigError, UnsupportedError
+from ._messages import Frame, Limits, Message
+
+__all__ = ["CODECS", "Codec", "Decoder", "Encoder", "codec_named"]
+
+
+class Encoder(ABC):
+    """Turns messages into frames for one connection (it may keep state, e.g. a packer or a
+    cache of packed event names). Only :meth:`event` is required; every other kind raises
+    :class:`UnsupportedError` unless the codec carries it (see :attr:`Codec.kinds`)."""
+
+    #: The name of the codec that made this encoder, for error messages.
+    codec_name: str = "?"
+
+    def __init__(self) -> None:
+        #: Whether error replies carry traceback text (``Config.remote_tracebacks``); set by the
+        #: owner once it knows who the peer is.
+        self.tracebacks = True
+
+    def _unsupported(self, what: str) -> UnsupportedError:
+        return UnsupportedError(f"the {self.codec_name!r} codec cannot carry {what}")
+
+    @abstractmethod
+    def event(self, event: str, data: Any) -> Frame:
+        """``event`` with ``data``."""
+
+    def request(self, event: str, data: Any, request_id: int) -> Frame:
+        """``event`` with ``data``, whose answer comes back as a reply to ``request_id``."""
+        raise self._unsupported("requests")
+
+    def reply(self, request_id: int, data: Any) -> Frame:
+        raise self._unsupported("replies")
+
+    def error_reply(self, request_id: int, type: str, message: str, traceback: str) -> Frame:
+        raise self._unsupported("error replies")
+
+    def hello(self, actor_id: str, **extra: Any) -> Frame:
+        raise self._unsupported("a handshake")
+
+    def welcome(self, actor_id: str, **extra: Any) -> Frame:
+        raise self._unsupported("a handshake")
+
+    def reject(self, reason: str, message: str) -> Frame:
+        raise self._unsupported("a handshake")
+
+    def challenge(self, nonce: bytes, proof: bytes) -> Frame:
+        raise self._unsupported("a handshake")
+
+    def proof(self, proof: bytes) -> Frame:
+        raise self._unsupported("a handshake")
+
+    def ping(self) -> Frame:
+        raise self._unsupported("heartbeats")
+
+    def pong(self) -> Frame:
+        raise self._unsupported("heartbeats")
+
+
+class Decoder(ABC):
+    """Turns one connection's received bytes into messages (see the module's contract)."""
+
+    @abstractmethod
+    def feed(self, data: bytes | bytearray | memoryview = b"") -> list[Message]:
+        """Take received bytes; return the messages they complete. Decoding stops after a
+        handshake message: call :meth:`handshake_done` if it is accepted, then ``feed()`` with
+        no bytes for the rest."""
+
+    @property
+    @abstractmethod
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a complete message."""
+
+    @abstractmethod
+    def missing(self) -> int | None:
+        """Bytes still to come for the frame in progress, if the format says (a length
+        prefix); ``None`` if it cannot tell. Readers size their next read by it."""
+
+    @abstractmethod
+    def handshake_done(self) -> None:
+        """Lift the frame limit from ``max_handshake_size`` to ``max_frame_size``."""
+
+    @abstractmethod
+    def decode_datagram(self, body: bytes) -> list[Message]:
+        """Decode one whole datagram. Stateless: an error here does not break the decoder."""
+
+
+class Codec(ABC):
+    """A wire format (see the module's contract). Instances are stateless and shared."""
+
+    #: What ``Config.codec`` names to pick this codec.
+    name: str
+    #: The message types this codec can carry; :class:`Event` always.
+    kinds: frozenset[type[Message]]
+    #: Whether connections open with the hello/welcome handshake.
+    handshake: bool
+
+    @abstractmethod
+    def encoder(self, limits: Limits) -> Encoder:
+        """A stream encoder, for one connection (or one server's broadcasts)."""
+
+    @abstractmethod
+    def datagram_encoder(self, limits: Limits) -> Encoder:
+        """An encoder whose frames are whole datagram bodies."""
+
+    @abstractmethod
+    def decoder(self, limits: Limits) -> Decoder:
+        """A decoder for one connection's stream (also decodes datagrams)."""
+
+    def carries(self, kind: type[Message]) -> bool:
+        return kind in self.kinds
+
+    def client_id(self, number: int, peer_address: Any) -> str:
+        """The id a server gives its ``number``-th client when the codec has no handshake to
+        learn it from (unique per server)."""
+        return f"{self.name}-{number}"
+
+    def __repr__(self) -> str:
+        return f"<Codec {self.name!r}>"
+
+
+# Codecs by name: module (in this package) and the attribute holding the codec. Imported on first
+# use, so a format's libraries are loaded only by actors that speak it.
+_MODULES: Final[dict[str, tuple[str, str]]] = {"msgpack": ("._msgpack", "CODEC")}
+#: Codecs already loaded, by name.
+CODECS: dict[str, Codec] = {}
+
+
+def codec_named(name: str) -> Codec:
+    """The codec ``Config.codec`` names. Raises :class:`ConfigError` for an unknown name."""
+    codec = CODECS.get(name)
+    if codec is None:
+        where = _MODULES.get(name) if type(name) is str else None
+        if where is None:
+            known = ", ".join(map(repr, sorted({*_MODULES, *CODECS})))
+            raise ConfigError(f"codec must be one of {known}, got {name!r}")
+        module, attribute = where
+        codec = CODECS[name] = getattr(importlib.import_module(module, __package__), attribute)
+    return codec

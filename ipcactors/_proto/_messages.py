@@ -1,0 +1,217 @@
+"""Messages: what a codec turns into bytes and back, whatever the wire looks like.
+
+Invariants:
+- These types are the whole vocabulary between the layers above and a codec (``_codec``): the
+  channel, the handshake and the datagram server see messages, never bytes of a format.
+- A message is valid once built by a decoder: names are non-empty ``str``, request ids fit in
+  ``[0, MAX_REQUEST_ID]``, handshake fields have their types. Values are bounded by
+  :class:`Limits`.
+- Lifecycle names (``connect``, ``disconnect``, ``destroy``, ``error``) and names starting with
+  ``ipcactors.`` are reserved (:func:`is_reserved`): they never travel as a peer's event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final, TypeAlias
+
+__all__ = [
+    "HANDSHAKE_KINDS",
+    "MAX_REQUEST_ID",
+    "PING_MESSAGE",
+    "PONG_MESSAGE",
+    "PROTOCOL_VERSION",
+    "Challenge",
+    "ErrorReply",
+    "Event",
+    "Frame",
+    "Hello",
+    "Limits",
+    "Message",
+    "Ping",
+    "Pong",
+    "Proof",
+    "Reject",
+    "Reply",
+    "Request",
+    "Welcome",
+    "frame_size",
+    "is_reserved",
+]
+
+PROTOCOL_VERSION: Final = 1
+MAX_REQUEST_ID: Final = 2**63 - 1
+
+RESERVED_EVENTS: Final = frozenset({"connect", "disconnect", "destroy", "error"})
+RESERVED_PREFIX: Final = "ipcactors."
+
+
+def is_reserved(event: str) -> bool:
+    """Whether ``event`` names a local lifecycle event or an ipcactors-internal one."""
+    return event in RESERVED_EVENTS or event.startswith(RESERVED_PREFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what a peer may make us allocate.
+
+    One frame decodes into at most ``max_decoded_objects`` objects, so it costs at most its own
+    size plus ~72 bytes per object (~9 MiB by default); frames before the handshake completes
+    are held to ``max_handshake_size``, so an unauthenticated peer can make us allocate only a
+    few MiB.
+    """
+
+    max_frame_size: int = 64 * 1024 * 1024
+    max_handshake_size: int = 64 * 1024
+    max_container_len: int = 1 << 20
+    max_depth: int = 64
+    max_decoded_objects: int = 1 << 17
+
+
+# --- messages ---------------------------------------------------------------------------------
+
+
+class Event:
+    """``[0, event, data]``: a fire-and-forget event."""
+
+    __slots__ = ("data", "event")
+
+    def __init__(self, event: str, data: Any) -> None:
+        self.event = event
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"Event({self.event!r})"
+
+
+class Request:
+    """``[1, event, data, id]``: an event whose handler's return value is sent back."""
+
+    __slots__ = ("data", "event", "id")
+
+    def __init__(self, event: str, data: Any, id: int) -> None:
+        self.event = event
+        self.data = data
+        self.id = id
+
+    def __repr__(self) -> str:
+        return f"Request({self.event!r}, id={self.id})"
+
+
+class Reply:
+    """``[2, id, data]``: the answer to request ``id``."""
+
+    __slots__ = ("data", "id")
+
+    def __init__(self, id: int, data: Any) -> None:
+        self.id = id
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"Reply(id={self.id})"
+
+
+class ErrorReply:
+    """``[3, id, {"type", "message", "traceback"}]``: request ``id`` failed on the peer."""
+
+    __slots__ = ("id", "message", "traceback", "type")
+
+    def __init__(self, id: int, type: str, message: str, traceback: str) -> None:
+        self.id = id
+        self.type = type
+        self.message = message
+        self.traceback = traceback
+
+    def __repr__(self) -> str:
+        return f"ErrorReply(id={self.id}, type={self.type!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """``[4, {"v", "id", ...}]``: the client's opening frame. ``extra`` keeps unknown keys."""
+
+    version: int
+    id: str
+    extra: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """``[5, {"v", "id", ...}]``: the server accepted the client."""
+
+    version: int
+    id: str
+    extra: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """``[6, {"reason", "message"}]``: the server refused the client and closes the connection."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """``[7, {"nonce", "proof"}]``: a server with a shared key proves it and challenges back."""
+
+    nonce: bytes
+    proof: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Proof:
+    """``[8, {"proof"}]``: the client's answer to a challenge."""
+
+    proof: bytes
+
+
+class Ping:
+    """``[9]``: are you there? Answered with a pong (see docs/protocol.md, heartbeats)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "Ping()"
+
+
+class Pong:
+    """``[10]``: the answer to a ping."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "Pong()"
+
+
+PING_MESSAGE: Final = Ping()
+PONG_MESSAGE: Final = Pong()
+
+Message: TypeAlias = (
+    Event
+    | Request
+    | Reply
+    | ErrorReply
+    | Hello
+    | Welcome
+    | Reject
+    | Challenge
+    | Proof
+    | Ping
+    | Pong
+)
+HANDSHAKE_KINDS: Final = (Hello, Welcome, Reject, Challenge, Proof)
+
+
+# What an encoder hands to a writer: the bytes of one frame, or two parts written in order (a
+# small head and a large body kept apart, so that a large payload is never copied to be framed).
+Frame: TypeAlias = bytes | tuple[bytes, bytes]
+
+
+def frame_size(frame: Frame) -> int:
+    """Bytes a frame occupies on the wire."""
+    if isinstance(frame, bytes):
+        return len(frame)
+    header, body = frame
+    return len(header) + len(body)
