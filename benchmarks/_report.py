@@ -43,6 +43,10 @@ class Row:
     pinned: bool = False  # client and server on one CPU (latency is bimodal otherwise)
 
 
+#: W6 at scale: spawn-to-ready of one more child with this many already running.
+W6_LIVE = (1, 100, 500)
+W6_ROWS = ("w6", *(f"w6-live{live}" for live in W6_LIVE), "w6-restart")
+
 ROWS = [
     Row("w1", "W1 ping-pong round trip", "µs", False, pinned=True),
     Row("w2", "W2 small events, one emit each", "ev/s", True),
@@ -51,10 +55,31 @@ ROWS = [
     Row("w4", "W4 broadcast to 8 processes", "ev/s", True),
     Row("w5", "W5 connect + first reply", "µs", False, pinned=True),
     Row("w6", "W6 spawn-to-ready", "ms", False, transports=("unix",)),
+    *(
+        Row(
+            f"w6-live{live}",
+            f"W6 spawn, {live} {'child' if live == 1 else 'children'} live",
+            "ms",
+            False,
+            transports=("unix",),
+            families=("ipc",),
+        )
+        for live in W6_LIVE
+    ),
+    Row(
+        "w6-restart",
+        "W6 restart after SIGKILL",
+        "ms",
+        False,
+        transports=("unix",),
+        families=("ipc",),
+    ),
     Row("mem-idle", "Memory per idle connection", "KiB", False, transports=("unix",)),
     Row("mem-slow", "Memory growth, slow consumer", "MiB", False, transports=("unix",)),
 ]
 ROW_BY_KEY = {row.key: row for row in ROWS}
+W6_LIVE_BASE = f"w6-live{W6_LIVE[0]}"
+W6_LIVE_ANCHOR = f"itself, {W6_LIVE[0]} live"
 
 
 def applies(row: Row, impl: Impl) -> bool:
@@ -86,7 +111,7 @@ def summarize(row: Row, report: dict[str, Any], params: dict[str, Any]) -> dict[
             "samples": len(pooled),
             "round_values": [statistics.median(s) for s in per_round],
         }
-    if row.key == "w6":
+    if row.key in W6_ROWS:
         pooled = [s for r in rounds for s in r["samples_ms"]]
         figure = {
             "value": statistics.median(pooled),
@@ -96,6 +121,13 @@ def summarize(row: Row, report: dict[str, Any], params: dict[str, Any]) -> dict[
         if report.get("cold_ms") is not None:
             figure["cold_ms"] = report["cold_ms"]
             figure["note"] = f"warm spawns; cold start {report['cold_ms']:.0f} ms"
+        if report.get("fill_last_ms") is not None:
+            figure["fill_first_ms"] = report["fill_first_ms"]
+            figure["fill_last_ms"] = report["fill_last_ms"]
+            figure["note"] = (
+                f"filling up to {report['live']}: first 10 spawns {report['fill_first_ms']:.1f} "
+                f"ms, last 10 {report['fill_last_ms']:.1f} ms"
+            )
         return figure
     if row.key in ("w2", "w2x100", "w3", "w4"):
         scale = params["w3_payload_bytes"] / 1e6 if row.key == "w3" else 1.0
@@ -150,6 +182,9 @@ def ratios(cell_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if row.key == "w2":
                 anchors.append(("raw anyio ×100/write", "w2x100", "raw"))
             anchors.append(("node-ipc", row.key, "node"))
+            if row.key.startswith("w6-live") and row.key != W6_LIVE_BASE:
+                # The growth with children alive: the same implementation with 1 live.
+                anchors = [(W6_LIVE_ANCHOR, W6_LIVE_BASE, "self")]
             for anchor_label, anchor_row, family in anchors:
                 line: dict[str, Any] = {
                     "row": row.key,
@@ -159,7 +194,9 @@ def ratios(cell_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 }
                 for impl in IPC_IMPLS:
                     mine = _value(cells, row.key, transport, impl.key)
-                    if family == "node":
+                    if family == "self":
+                        anchor_key = impl.key
+                    elif family == "node":
                         anchor_key = "node"
                     elif row.key == "w6":
                         anchor_key = "raw-asyncio"
@@ -270,6 +307,28 @@ def targets_for(bound_mib: float | None) -> list[Target]:
         ),
         Target("W5 asyncio ≤ 1.0× node-ipc", "w5", "tcp", "ipc-asyncio", "node", "<=", 1.0),
         Target("W6 asyncio spawn-to-ready ≤ 20 ms", "w6", "unix", "ipc-asyncio", None, "<=", 20),
+        *(
+            Target(
+                f"W6 {impl.backend} spawn, {W6_LIVE[-1]} live ≤ 1.5× {W6_LIVE[0]} live",
+                f"w6-live{W6_LIVE[-1]}",
+                "unix",
+                impl.key,
+                impl.key,
+                "<=",
+                1.5,
+                anchor_row=W6_LIVE_BASE,
+            )
+            for impl in IPC_IMPLS
+        ),
+        Target(
+            "W6 asyncio restart after SIGKILL ≤ 100 ms",
+            "w6-restart",
+            "unix",
+            "ipc-asyncio",
+            None,
+            "<=",
+            100,
+        ),
         Target(
             "Memory ≤ 64 KiB per idle connection", "mem-idle", "unix", "ipc-asyncio", None, "<=", 64
         ),

@@ -48,6 +48,7 @@ class Params:
     w5_max_iterations: int
     w5_warmup_iterations: int
     w6_rounds: int
+    w6_samples: int  # W6 at N live and restart: timed spawns (or kills) after one warm-up
     idle_connections: int
     slow_seconds: float
     slow_cap_bytes: int
@@ -69,6 +70,7 @@ FULL = Params(
     w5_max_iterations=300,
     w5_warmup_iterations=10,
     w6_rounds=5,
+    w6_samples=30,
     idle_connections=1000,
     slow_seconds=2.0,
     slow_cap_bytes=64 << 20,
@@ -85,6 +87,7 @@ QUICK = Params(
     w5_max_iterations=50,
     w5_warmup_iterations=3,
     w6_rounds=2,
+    w6_samples=5,
     idle_connections=200,
     slow_seconds=0.5,
     slow_cap_bytes=32 << 20,
@@ -165,7 +168,7 @@ class Cell:
         key = self.row.key
         if key == "w4":
             return self.broadcast()
-        if key == "w6":
+        if key in _report.W6_ROWS:
             return self.spawn()
         if key == "mem-idle":
             return self.idle()
@@ -217,8 +220,14 @@ class Cell:
             return server.message(self.wait(), {"result"})
 
     def spawn(self) -> dict[str, Any]:
-        config = self.config(rounds=self.params.w6_rounds)
-        if self.impl.family == "node":
+        key = self.row.key
+        config = self.config(rounds=self.params.w6_rounds, samples=self.params.w6_samples)
+        if key == "w6-restart":
+            argv = self.command("ipc-restart", config, family="spawn")
+        elif key != "w6":
+            config["live"] = int(key.removeprefix("w6-live"))
+            argv = self.command("ipc-live", config, family="spawn")
+        elif self.impl.family == "node":
             argv = self.command("spawn", config)
         else:
             argv = self.command(self.impl.family, config, family="spawn")
@@ -365,14 +374,17 @@ def select(only: str | None) -> tuple[list[Row], list[Impl], list[str]]:
             row_keys.add(token)
             if token == "w2":
                 row_keys.add("w2x100")
+            if token == "w6":
+                row_keys.update(_report.W6_ROWS)
         elif token == "mem":
             row_keys |= {"mem-idle", "mem-slow"}
         elif any(token in (i.key, i.family, i.backend) for i in IMPLS):
             impl_keys |= {i.key for i in IMPLS if token in (i.key, i.family, i.backend)}
         else:
             raise SystemExit(
-                f"--only: unknown token {token!r}; use workloads (w1..w6, w2x100, mem, "
-                f"mem-idle, mem-slow), implementations ({', '.join(i.key for i in IMPLS)}, "
+                f"--only: unknown token {token!r}; use workloads (w1..w6, w2x100, "
+                f"{', '.join(_report.W6_ROWS[1:])}, mem, mem-idle, mem-slow), "
+                f"implementations ({', '.join(i.key for i in IMPLS)}, "
                 "ipc, raw, node, asyncio, uvloop, trio) or transports (unix, tcp)"
             )
     if row_keys:
@@ -426,6 +438,7 @@ def make_params(args: argparse.Namespace) -> Params:
             raise SystemExit("--rounds must be at least 1")
         params.rounds = args.rounds
         params.w6_rounds = args.rounds
+        params.w6_samples = args.rounds
     if args.seconds is not None:
         if not 0 < args.seconds <= 60:
             raise SystemExit("--seconds must be in (0, 60]")
@@ -575,7 +588,7 @@ def write_report(
             "",
             ratio_text,
             "",
-            "## Targets (issue 5)",
+            "## Targets (issues 5 and 9)",
             "",
             target_text,
             "",

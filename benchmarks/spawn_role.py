@@ -5,12 +5,25 @@ until ``spawn`` returns (the child has connected back): the figure is the median
 (the supervisor running), the cold one (entering the supervisor + the first spawn) is reported
 beside it. Reports ``unavailable`` while ``ipcactors.Supervisor`` does not exist.
 
+``ipc-live``: the same spawn with ``live`` children already running (W6 at 1, 100, 500 live):
+the supervisor is filled to ``live`` children one spawn after another (each fill spawn is timed
+too: the report keeps the medians of the first and the last ten, the curve of spawn time against
+children alive), then one more child is spawned, timed, and stopped, ``samples`` times (after
+one warm-up): the figure is their median.
+
+``ipc-restart``: one child; SIGKILL it and time until a request is answered by its next process
+(the supervisor sees the exit, forks the new one, which connects back and is ready, and the
+request, queued meanwhile, reaches it), ``samples`` times after one warm-up: the median.
+
 ``raw``: the floor, a fresh interpreter that imports anyio and msgpack and connects back over a
 Unix socket.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import statistics
 import subprocess
 import sys
 from typing import Any
@@ -46,6 +59,67 @@ async def spawn_ipc(config: dict[str, Any]) -> None:
     say("result", rounds=[{"samples_ms": [sample]} for sample in samples], cold_ms=cold)
 
 
+_MAX_KILL_TRIES = 1000  # requests per restart sample (each bounded): the loop always ends
+
+
+async def spawn_live(config: dict[str, Any]) -> None:
+    import ipcactors
+
+    from .w6_worker import worker
+
+    live = config["live"]
+    fill = []
+    async with ipcactors.Supervisor(max_children=live + 1, start_timeout=30.0) as sup:
+        for index in range(live):
+            start = now()
+            await sup.spawn(worker, id=f"live{index}")
+            fill.append((now() - start) * 1e3)
+        samples = []
+        for index in range(config["samples"] + 1):  # the first is the warm-up
+            start = now()
+            await sup.spawn(worker, id=f"extra{index}")
+            elapsed = (now() - start) * 1e3
+            await sup.stop(f"extra{index}")
+            if index:
+                samples.append(elapsed)
+    curve = {}
+    if live > 20:  # the first fill spawn also starts the forkserver: it is the cold one
+        curve = {
+            "fill_first_ms": statistics.median(fill[1:11]),
+            "fill_last_ms": statistics.median(fill[-10:]),
+        }
+    say("result", rounds=[{"samples_ms": [sample]} for sample in samples], live=live, **curve)
+
+
+async def spawn_restart(config: dict[str, Any]) -> None:
+    import ipcactors
+
+    from .w6_worker import worker
+
+    samples = []
+    # Restarts are what is measured: the intensity limit must not end the run.
+    async with ipcactors.Supervisor(max_restarts=10 * config["samples"] + 10) as sup:
+        await sup.spawn(worker, id="r")
+        for index in range(config["samples"] + 1):  # the first is the warm-up
+            pid = sup.children["r"].pid
+            assert pid is not None
+            start = now()
+            os.kill(pid, signal.SIGKILL)
+            for _ in range(_MAX_KILL_TRIES):
+                try:
+                    answer = await sup.request("r", "pid", timeout=10)
+                except (ipcactors.ChildExitedError, ipcactors.ConnectionLostError):
+                    continue  # asked the process that was killed: ask again
+                if answer != pid:
+                    break
+                await anyio.sleep(0)  # its exit is not reported yet
+            else:
+                raise RuntimeError("the killed child was not restarted")
+            if index:
+                samples.append((now() - start) * 1e3)
+    say("result", rounds=[{"samples_ms": [sample]} for sample in samples])
+
+
 async def spawn_raw(config: dict[str, Any]) -> None:
     path = f"{config['dir']}/raw.spawn"
     listener = await anyio.create_unix_listener(path)
@@ -72,7 +146,12 @@ async def spawn_raw(config: dict[str, Any]) -> None:
     say("result", rounds=[{"samples_ms": [sample]} for sample in samples])
 
 
-ROLES = {"ipc": spawn_ipc, "raw": spawn_raw}
+ROLES = {
+    "ipc": spawn_ipc,
+    "ipc-live": spawn_live,
+    "ipc-restart": spawn_restart,
+    "raw": spawn_raw,
+}
 
 
 def main() -> None:
@@ -83,7 +162,7 @@ def main() -> None:
         with anyio.fail_after(config["deadline"]):
             await ROLES[role](config)
 
-    if role == "ipc":
+    if role.startswith("ipc"):
         import ipcactors
 
         ipcactors.run(bounded, backend=backend, backend_options=options, log_level="WARNING")

@@ -18,7 +18,9 @@ from ._wire import frame
 
 
 async def worker(actor: Any) -> None:
-    """Ready as soon as the supervisor's handshake is done; lives until the actor closes."""
+    """Ready as soon as the supervisor's handshake is done; answers ``pid`` (its process id:
+    the restart figure waits for a new one); lives until the actor closes."""
+    actor.parent.on("pid", lambda data: os.getpid())
     await actor.wait_closed()
 
 
