@@ -4,7 +4,9 @@ child gets the parent's sys.path, and pytest puts tests/ on it)."""
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
+import resource
 import signal
 import sys
 from typing import Any
@@ -16,7 +18,7 @@ import ipcactors
 
 async def echo(actor: ipcactors.Actor, tag: Any = None) -> None:
     """Answers requests until stopped: echo, pid, tag, slow (sleeps), exit (exits at once),
-    ask (asks a sibling)."""
+    ask (asks a sibling), collect (a full garbage collection: the pages it wrote)."""
     parent = actor.parent
     assert parent is not None
     parent.on("echo", lambda data: data)
@@ -32,6 +34,7 @@ async def echo(actor: ipcactors.Actor, tag: Any = None) -> None:
     parent.on("slow", slow)
     parent.on("exit", lambda code: os._exit(code))
     parent.on("ping", lambda data: parent.emit("pong", data))  # an event answered by an event
+    parent.on("collect", lambda data: _collect())
 
     async def ask(data: dict[str, Any]) -> Any:
         sibling = await actor.connect_to(data["id"])
@@ -39,6 +42,15 @@ async def echo(actor: ipcactors.Actor, tag: Any = None) -> None:
 
     parent.on("ask", ask)
     await anyio.sleep_forever()
+
+
+def _collect() -> dict[str, int]:
+    """A full collection, and the page faults it caused (each a page it wrote for the first
+    time: copied from the forkserver, if the page was inherited) and the objects it saw."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    gc.collect()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    return {"faults": faults, "tracked": len(gc.get_objects()), "frozen": gc.get_freeze_count()}
 
 
 def _backend() -> str:

@@ -1,4 +1,5 @@
-"""The supervisor at scale: 500 children spawned at once, all ready and answering, none left.
+"""The supervisor at scale: 500 children spawned at once, all ready and answering, none left;
+a child's garbage collections leave the pages it inherited shared.
 
 500 is the number issue 9 asks for, and this machine (2 cores, 24 GiB, ``ulimit -n`` 20,000)
 holds it: each child costs ~7.5 MiB of memory (~3.8 GiB in all, the interpreter's pages it
@@ -56,3 +57,20 @@ async def test_500_children_spawned_at_once_all_answer_and_all_go(socket_dir: st
             assert len(sup.server.clients) >= CHILDREN
             assert len(os.listdir(sup.socket_dir or "")) >= CHILDREN  # each serves its socket
         assert not any(alive(pid) for pid in pids.values())
+
+
+async def test_a_full_collection_in_a_child_leaves_what_it_inherited_shared(
+    socket_dir: str,
+) -> None:
+    """A child inherits the forkserver's ~25,000 objects (anyio, ipcactors, loguru, ...). A
+    full collection that walked them would write to the page of each (its gc header), copying
+    ~4 MiB per child from the forkserver: 2 GiB for 500 children, for nothing (they are the
+    modules every child runs on). They are frozen in the child instead, so the collection
+    writes only the child's own objects."""
+    with anyio.fail_after(20):
+        async with supervisor(socket_dir) as sup:
+            await sup.spawn(_workers.echo, id="w")
+            found = await sup.request("w", "collect")  # its first
+            assert found["frozen"] > 10_000  # what it inherited, out of the collector's way
+            # 4 KiB pages: ~1,100 when the inherited objects were walked (4.3 MiB).
+            assert found["faults"] < 250, found
