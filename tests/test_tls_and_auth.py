@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ssl
 from collections.abc import AsyncIterator
@@ -9,11 +10,15 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 import trustme
+from anyio.streams.tls import TLSStream
 
 import ipcactors
 from ipcactors import Actor, Server
+from ipcactors._proto._messages import Limits
+from ipcactors._proto._msgpack import MsgpackDecoder, MsgpackEncoder
 
 pytestmark = pytest.mark.anyio
 
@@ -251,3 +256,47 @@ async def test_a_flood_of_silent_sockets_does_not_lock_out_a_tls_client(ca: trus
         finally:
             for stream in silent:
                 await anyio.aclose_forcefully(stream)
+
+
+async def test_a_tls_error_after_the_handshake_costs_only_that_connection(ca: trustme.CA) -> None:
+    """A server that completes both handshakes, then sends a corrupt TLS record: the client's
+    read fails with an SSL error, which used to escape its reader and take the client's whole
+    actor down. It ends that connection only: the client reconnects, the actor lives on."""
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(HOST).configure_cert(server_context)
+    accepted: list[int] = []
+
+    async def corrupt(raw: anyio.abc.SocketStream) -> None:
+        async with raw:
+            tls = await TLSStream.wrap(
+                raw, server_side=True, ssl_context=server_context, standard_compatible=False
+            )
+            decoder, encoder = MsgpackDecoder(Limits()), MsgpackEncoder(Limits())
+            while not decoder.feed(await tls.receive()):
+                pass  # the client's hello
+            frame = encoder.welcome("world")
+            await tls.send(frame if isinstance(frame, bytes) else b"".join(frame))
+            accepted.append(1)
+            if len(accepted) == 1:
+                await raw.send(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)  # fails to decrypt
+            else:
+                frame = encoder.event("hi", 2)
+                await tls.send(frame if isinstance(frame, bytes) else b"".join(frame))
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                while True:
+                    await raw.receive()
+
+    got: list[object] = []
+    async with (
+        await anyio.create_tcp_listener(local_host=HOST) as listener,
+        anyio.create_task_group() as tasks,
+    ):
+        tasks.start_soon(listener.serve, corrupt)
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with Actor("hello", silent=True, retry=0.05, retry_cap=0.2) as hello:
+            with anyio.fail_after(10):
+                connection = await hello.connect_to_net("world", HOST, port, tls=client_context(ca))
+                connection.on("hi", got.append)
+                while got != [2]:  # after reconnecting
+                    await anyio.sleep(0.01)
+        tasks.cancel_scope.cancel()

@@ -5,6 +5,10 @@ Invariants:
 - Every TLS failure on the client (verification, a refused client certificate, a version
   mismatch, a plain server) is a :class:`TLSError`, which is never retried: the same
   certificates would fail the same way.
+- An SSL error after the TLS handshake (an alert such as "certificate required", a corrupt
+  record) ends that connection only: the stream raises it as ``anyio.BrokenResourceError``
+  (the ``ssl.SSLError`` chained as its cause, so :func:`tls_error` still finds it), which every
+  reader and writer handles, instead of letting it escape and take the actor down.
 - A plain ipcactors client that reaches a TLS port is told so in plain text (a ``reject`` with
   reason ``tls``) instead of being dropped, so it fails at once with a clear message that names
   the port it reached (the bound one, not the 0 a server may have been configured with).
@@ -107,6 +111,35 @@ class _Replay(ByteStream):
         return self._stream.extra_attributes
 
 
+class _Breaking(ByteStream):
+    """A TLS stream whose SSL errors after the handshake are ``BrokenResourceError``."""
+
+    def __init__(self, stream: TLSStream) -> None:
+        self._stream = stream
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        try:
+            return await self._stream.receive(max_bytes)
+        except ssl.SSLError as exc:
+            raise anyio.BrokenResourceError(f"TLS failed: {exc.reason or exc}") from exc
+
+    async def send(self, item: bytes) -> None:
+        try:
+            await self._stream.send(item)
+        except ssl.SSLError as exc:
+            raise anyio.BrokenResourceError(f"TLS failed: {exc.reason or exc}") from exc
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    @property
+    def extra_attributes(self) -> Any:
+        return self._stream.extra_attributes
+
+
 @dataclass(frozen=True)
 class TLSTransport:
     host: str
@@ -121,11 +154,13 @@ class TLSTransport:
     async def connect(self) -> ByteStream:
         stream = await TCPTransport(self.host, self.port).connect()
         try:
-            return await TLSStream.wrap(
-                shared_sender(stream),  # TLS's reader may send while its writer does
-                hostname=self.host,
-                ssl_context=self.context,
-                standard_compatible=False,
+            return _Breaking(
+                await TLSStream.wrap(
+                    shared_sender(stream),  # TLS's reader may send while its writer does
+                    hostname=self.host,
+                    ssl_context=self.context,
+                    standard_compatible=False,
+                )
             )
         except BaseException as exc:
             await anyio.aclose_forcefully(stream)
@@ -144,11 +179,13 @@ class TLSTransport:
             port = stream.extra(SocketAttribute.local_port, self.port)
             raise NotTLSError(f"this port requires TLS; connect with tls= to {(self.host, port)}")
         try:
-            return await TLSStream.wrap(
-                _Replay(shared_sender(stream), first),  # TLS's reader may send too
-                server_side=True,
-                ssl_context=self.context,
-                standard_compatible=False,
+            return _Breaking(
+                await TLSStream.wrap(
+                    _Replay(shared_sender(stream), first),  # TLS's reader may send too
+                    server_side=True,
+                    ssl_context=self.context,
+                    standard_compatible=False,
+                )
             )
         except (ssl.SSLError, anyio.BrokenResourceError) as exc:
             raise ConnectionAbortedError(f"TLS handshake failed: {tls_error(exc) or exc}") from exc
