@@ -30,7 +30,8 @@ Invariants:
   bytes that break the protocol (a :class:`ProtocolError`; nothing after them is used): what
   waits in the inbox is dropped (at most once). Replies still queued when the channel ends
   are dropped: request ids are per connection.
-- Lifecycle names never arrive from the wire: a frame carrying one is a protocol error.
+- The session (``_proto._session``) decides what may arrive: lifecycle names never arrive from
+  the wire, nor the handshake again; either is a protocol error.
 - Heartbeats (``Config.heartbeat_interval``; none when the codec carries no pings), kept by
   the actor's watchdog (one task per actor for all its channels, see ``_watchdog``; a channel
   has no task or timer of its own for them): any bytes received are a sign of life. A ping
@@ -57,26 +58,15 @@ import anyio
 from anyio.abc import ByteStream, TaskGroup
 
 from .._errors import ConnectionLostError, DecodeError, ProtocolError
-from .._proto._codec import Decoder
-from .._proto._messages import (
-    ErrorReply,
-    Event,
-    Frame,
-    Message,
-    Ping,
-    Pong,
-    Reply,
-    Request,
-    frame_size,
-    is_reserved,
-)
+from .._proto._messages import ErrorReply, Event, Frame, Ping, Pong, Reply, Request, frame_size
+from .._proto._session import Session
 from .._transports._streams import attach_writer, drain_outbox, send_tracebacks
 
 if TYPE_CHECKING:
     from ._peer import Peer
     from ._watchdog import Watchdog
 
-__all__ = ["INBOX_HARD_FACTOR", "Channel", "frame_bytes", "read_handshake_message"]
+__all__ = ["INBOX_HARD_FACTOR", "RECEIVE_SIZE", "Channel", "frame_bytes"]
 
 RECEIVE_SIZE = 64 * 1024  # per read for small traffic; large frames are read in larger chunks
 MAX_RECEIVE_SIZE = 4 * 1024 * 1024
@@ -91,27 +81,12 @@ def frame_bytes(frame: Frame) -> bytes:
     return frame if isinstance(frame, bytes) else b"".join(frame)
 
 
-async def read_handshake_message(stream: ByteStream, decoder: Decoder) -> Message:
-    """Read until ``decoder`` yields the first message (it stops after a handshake message)."""
-    while True:
-        try:
-            data = await stream.receive(RECEIVE_SIZE)
-        except anyio.EndOfStream:
-            raise ConnectionResetError(
-                "the peer closed the connection during the handshake"
-            ) from None
-        messages = decoder.feed(data)
-        if messages:
-            return messages[0]
-
-
 class Channel:
     __slots__ = (
         "_active",
         "_active_at",
         "_broken",
         "_changed",
-        "_decoder",
         "_dispatching",
         "_drained",
         "_enqueued",
@@ -133,6 +108,7 @@ class Channel:
         "_queued_requests",
         "_received",
         "_received_at",
+        "_session",
         "_silent_after",
         "_soft_bytes",
         "_stream",
@@ -142,10 +118,10 @@ class Channel:
     )
 
     def __init__(
-        self, stream: ByteStream, decoder: Decoder, peer: Peer, opening: Opening | None = None
+        self, stream: ByteStream, session: Session, peer: Peer, opening: Opening | None = None
     ) -> None:
         self._stream = stream
-        self._decoder = decoder
+        self._session = session
         self._peer = peer
         peer._encoder.tracebacks = send_tracebacks(stream, peer._config.remote_tracebacks)
         self._opening = opening
@@ -343,7 +319,8 @@ class Channel:
         )
 
     async def _read_loop(self, task_group: TaskGroup) -> None:
-        decoder = self._decoder
+        session = self._session
+        receive_messages = session.receive
         peer = self._peer
         requests = peer._requests
         inbox = self._inbox
@@ -351,14 +328,13 @@ class Channel:
         soft_bytes = self._soft_bytes
         receive = self._stream.receive
         frame_timeout = peer._config.frame_timeout
-        data: bytes = b""  # bytes the handshake left in the decoder come out first
-        buffered = decoder.buffered
+        data: bytes = b""  # bytes the handshake left in the session come out first
+        buffered = session.buffered
         while True:
             events: list[Event | Request] = []
-            for message in decoder.feed(data):
+            # The session checked them: no reserved name, nothing of the handshake.
+            for message in receive_messages(data):
                 if type(message) is Event:
-                    if is_reserved(message.event):
-                        raise ProtocolError(f"peer sent reserved event {message.event!r}")
                     events.append(message)
                 elif type(message) is Reply:
                     requests.resolve(message)
@@ -370,18 +346,14 @@ class Channel:
                 elif type(message) is Pong:
                     self._heartbeat_bytes += frame_size(peer._encoder.pong())
                 elif type(message) is Request:
-                    if is_reserved(message.event):
-                        raise ProtocolError(f"peer sent reserved event {message.event!r}")
                     if events or inbox or self._held or not self._gate_open():
                         events.append(message)  # it starts after what is before it
                         self._queued_requests += 1
                     elif peer._start_answer(message, task_group, answered):
                         self._in_flight += 1  # until its reply is queued (see _answered)
-                else:
-                    raise ProtocolError(f"unexpected {type(message).__name__} after the handshake")
             if events:
                 # Counted as the bytes of the frames this read completed.
-                size = buffered + len(data) - decoder.buffered
+                size = buffered + len(data) - session.buffered
                 inbox.append((events, size))
                 self._inbox_bytes += size
                 if not self._dispatching and not self._held:
@@ -398,8 +370,8 @@ class Channel:
                     self._paused = False
                     self._received_at = monotonic()  # silence counts from now: we did not read
             size = RECEIVE_SIZE
-            buffered = decoder.buffered
-            missing = decoder.missing()
+            buffered = session.buffered
+            missing = session.missing()
             if missing is not None and missing > size:
                 size = min(missing, MAX_RECEIVE_SIZE)
             try:

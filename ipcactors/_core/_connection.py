@@ -42,7 +42,7 @@ from .._errors import (
     ServerBusyError,
 )
 from .._log import ActorLog
-from .._proto._codec import Decoder
+from .._proto._session import Role, Session
 from .._transports._transport import Address, Transport, is_fatal_connect_error, tls_error
 from ._channel import Channel
 from ._handlers import HandlerMethods, Handlers
@@ -176,7 +176,7 @@ class Connection(Peer, HandlerMethods):
         """The first connection, made in ``connect_to``'s own task (no task to start and wait
         for): retried as ``stop_retrying`` says, raises when out of retries. Then ``_run``
         serves it, in a task. Raises :class:`ClosedError` if closed meanwhile."""
-        opened: tuple[ByteStream, Decoder] | None = None
+        opened: tuple[ByteStream, Session] | None = None
         try:
             with self._attempts:
                 opened = await self._open_retrying(self._config.stop_retrying)
@@ -188,8 +188,8 @@ class Connection(Peer, HandlerMethods):
             reason = None if self._closing or not isinstance(exc, Exception) else exc
             await self._destroy(reason)
             raise
-        stream, decoder = opened
-        return self._up_with(stream, decoder)
+        stream, session = opened
+        return self._up_with(stream, session)
 
     async def _run(self, channel: Channel) -> None:
         """Serve, reconnect, serve; until closed or out of retries."""
@@ -209,19 +209,19 @@ class Connection(Peer, HandlerMethods):
                         break
                     await anyio.sleep(self._delay(0))
                     try:
-                        stream, decoder = await self._open_retrying(
+                        stream, session = await self._open_retrying(
                             None if retries is None else retries - 1
                         )
                     except Exception as exc:
                         error = exc
                         break
-                    channel = self._up_with(stream, decoder)
+                    channel = self._up_with(stream, session)
         finally:
             await self._destroy(error)
         if error is not None:
             self._log.warning(f"gave up on {self.id!r}: {error}")
 
-    async def _open_retrying(self, retries: int | None) -> tuple[ByteStream, Decoder]:
+    async def _open_retrying(self, retries: int | None) -> tuple[ByteStream, Session]:
         """Connect and handshake; after a failure, at most ``retries`` more attempts (``None``:
         no limit), with backoff. Raises the final error."""
         backoff = 0
@@ -264,26 +264,26 @@ class Connection(Peer, HandlerMethods):
                     self._recovered = f" after {failures} failed attempts in {took:.1f} s"
                 return opened
 
-    async def _open(self) -> tuple[ByteStream, Decoder]:
+    async def _open(self) -> tuple[ByteStream, Session]:
         """Connect and complete the handshake (if the codec has one: else the connection is
         open at once). Raises on failure or refusal."""
         codec = self._codec
         with anyio.fail_after(self._config.handshake_timeout):
             stream = await self._transport.connect()
-            decoder = codec.decoder(self._config.limits)
-            if not codec.handshake:
+            session = Session(
+                codec,
+                self._config.limits,
+                Role.CLIENT,
+                self._encoder,
+                self._actor_id,
+                auth_key=self._config.auth_key_bytes,
+                target=self.id,
+            )
+            if not codec.handshake:  # the session is open at once
                 self._server_id = self.id  # nothing on the wire says otherwise
-                decoder.handshake_done()
-                return stream, decoder
+                return stream, session
             try:
-                welcome = await open_handshake(
-                    stream,
-                    decoder,
-                    self._encoder,
-                    self._actor_id,
-                    self.id,
-                    self._config.auth_key_bytes,
-                )
+                welcome = await open_handshake(stream, session)
             except BaseException as exc:
                 await anyio.aclose_forcefully(stream)
                 # TLS 1.3 reports a refused client certificate only now, on the first read.
@@ -297,13 +297,12 @@ class Connection(Peer, HandlerMethods):
                 f"{welcome.id!r}"
             )
         self._server_id = welcome.id
-        decoder.handshake_done()
-        return stream, decoder
+        return stream, session
 
-    def _up_with(self, stream: ByteStream, decoder: Decoder) -> Channel:
+    def _up_with(self, stream: ByteStream, session: Session) -> Channel:
         """The channel of a new connection; its ``connect`` handlers run once it runs."""
         opening = self._opening if self._handlers.get("connect") else None
-        channel = self._channel = Channel(stream, decoder, self, opening)
+        channel = self._channel = Channel(stream, session, self, opening)
         self._up.set()
         self._log.info(f"connected to {self.id!r} at {self.address}{self._recovered}")
         self._recovered = ""

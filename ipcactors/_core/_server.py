@@ -51,13 +51,14 @@ from .._bursts import WarningBursts
 from .._config import Config
 from .._errors import ClosedError, ConnectionLostError, ProtocolError, UnknownPeerError
 from .._log import ActorLog
-from .._proto._codec import Decoder, codec_named
+from .._proto._codec import codec_named
 from .._proto._messages import frame_size
+from .._proto._session import Refusal, Role, Session
 from .._transports._streams import wrap_socket
 from .._transports._transport import Address, Listening, Transport
-from ._channel import Channel, frame_bytes
+from ._channel import Channel
 from ._handlers import HandlerMethods, Handlers
-from ._handshake import Refusal, accept_handshake
+from ._handshake import accept_handshake
 from ._peer import Peer, check_event_name
 from ._stats import ServerCounters, ServerStatistics
 from ._watchdog import Watchdog
@@ -332,7 +333,14 @@ class Server(HandlerMethods):
 
     async def _admit_stream(self, stream: ByteStream, peer_address: Any) -> None:
         codec = self._codec
-        decoder = codec.decoder(self._config.limits)
+        session = Session(
+            codec,
+            self._config.limits,
+            Role.SERVER,
+            self._encoder,
+            self._id,
+            auth_key=self._config.auth_key_bytes,
+        )
         scope = self._enter_handshake()
         held_until = anyio.current_time() + self._config.handshake_timeout * HOLD_SHARE
         client_id: str | None = None
@@ -340,22 +348,20 @@ class Server(HandlerMethods):
             with scope, anyio.fail_after(self._config.handshake_timeout):
                 stream = await self._transport.accepted(stream)
                 if codec.handshake:
-                    hello = await accept_handshake(
-                        stream, decoder, self._encoder, self._config.auth_key_bytes
-                    )
+                    hello = await accept_handshake(stream, session)
                     client_id = hello.id
                 else:  # nothing on the wire names the client: the server does
                     self._accepted += 1
                     client_id = codec.client_id(self._accepted, peer_address)
         except Refusal as exc:
             self._handshake_failed(f"refusing {peer_address!r} ({exc.reason}): {exc.message}")
-            await self._refuse(stream, exc.reason, exc.message)
+            await self._refuse(stream, session, exc.reason, exc.message)
             return
         except (TimeoutError, ProtocolError) as exc:
             reason = exc.reject_reason if isinstance(exc, ProtocolError) else "timeout"
             message = str(exc) or "no hello within handshake_timeout"
             self._handshake_failed(f"handshake with {peer_address!r} failed: {message}")
-            await self._refuse(stream, reason, message)
+            await self._refuse(stream, session, reason, message)
             return
         except (OSError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
             self._handshake_failed(f"handshake with {peer_address!r} failed: {exc}")
@@ -366,22 +372,21 @@ class Server(HandlerMethods):
         if client_id is None:  # dropped to admit a newer connection (see _enter_handshake)
             await anyio.aclose_forcefully(stream)
             return
-        if not await self._wait_ready(stream, client_id, held_until):
+        if not await self._wait_ready(stream, session, client_id, held_until):
             return
         previous = self._clients.get(client_id)
         if previous is None and len(self._clients) >= self._config.max_connections:
             limit = self._config.max_connections
             self._log.debug(f"refusing {client_id!r}: max_connections={limit}")
             self._counters.refused_busy += 1
-            await self._refuse(stream, "busy", f"{self._id!r} is at max_connections")
+            await self._refuse(stream, session, "busy", f"{self._id!r} is at max_connections")
             return
-        decoder.handshake_done()
         client = Client(self, client_id, peer_address)
         client.peer_certificate = stream.extra(TLSAttribute.peer_certificate, None)
-        await self._run_client(client, stream, decoder, previous)
+        await self._run_client(client, stream, session, previous)
 
     async def _run_client(
-        self, client: Client, stream: ByteStream, decoder: Decoder, previous: Client | None
+        self, client: Client, stream: ByteStream, session: Session, previous: Client | None
     ) -> None:
         if previous is not None:
             self._log.info(f"{client.id!r} reconnected; closing its previous connection")
@@ -394,12 +399,13 @@ class Server(HandlerMethods):
             async def opening() -> None:
                 await self._handlers.call("connect", (client,), self._log)
 
-        client._channel = channel = Channel(stream, decoder, client, opening)
+        welcome = b"" if session.is_open else session.accept()  # open: the frame limit is lifted
+        client._channel = channel = Channel(stream, session, client, opening)
         # Registered before the welcome: a client that knows it is connected is in `clients`.
         self._clients[client.id] = client
         try:
-            if self._codec.handshake:
-                await stream.send(frame_bytes(self._encoder.welcome(self._id)))
+            if welcome:
+                await stream.send(welcome)
         except BaseException as exc:  # gone, or cancelled because the server is closing
             client._channel = None
             if self._clients.get(client.id) is client:
@@ -446,7 +452,9 @@ class Server(HandlerMethods):
                 self._log.debug(f"ready: welcoming {len(self._held)} held client(s)")
             ready.set()
 
-    async def _wait_ready(self, stream: ByteStream, client_id: str, deadline: float) -> bool:
+    async def _wait_ready(
+        self, stream: ByteStream, session: Session, client_id: str, deadline: float
+    ) -> bool:
         """Hold a client whose handshake is done until the server is ready. Returns whether
         to welcome it; if not, it was refused (or dropped for a newer attempt) and closed."""
         ready = self._ready
@@ -460,7 +468,7 @@ class Server(HandlerMethods):
             and len(self._clients) + len(self._held) >= self._config.max_connections
         ):
             self._counters.refused_busy += 1
-            await self._refuse(stream, "busy", f"{self._id!r} is at max_connections")
+            await self._refuse(stream, session, "busy", f"{self._id!r} is at max_connections")
             return False
         self._log.debug(f"holding {client_id!r} until {self._id!r} is ready")
         scope = self._held[client_id] = anyio.CancelScope(deadline=deadline)
@@ -485,7 +493,7 @@ class Server(HandlerMethods):
             return True
         self._counters.refused_busy += 1
         self._bursts.warn("client held too long", f"refusing {client_id!r} (busy): {message}")
-        await self._refuse(stream, "busy", message)
+        await self._refuse(stream, session, "busy", message)
         return False
 
     def _enter_handshake(self) -> anyio.CancelScope:
@@ -509,14 +517,16 @@ class Server(HandlerMethods):
         self._counters.handshakes_failed += 1
         self._bursts.warn("handshake failed", message)
 
-    async def _refuse(self, stream: ByteStream, reason: str, message: str) -> None:
+    async def _refuse(
+        self, stream: ByteStream, session: Session, reason: str, message: str
+    ) -> None:
         """Send ``reject`` (if the codec has a handshake to send it in), then close."""
         if not self._codec.handshake:
             await anyio.aclose_forcefully(stream)
             return
         with anyio.move_on_after(1):
             try:
-                await stream.send(frame_bytes(self._encoder.reject(reason, message)))
+                await stream.send(session.reject(reason, message))
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 pass
         await anyio.aclose_forcefully(stream)

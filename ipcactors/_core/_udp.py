@@ -36,7 +36,8 @@ from .._config import Config, request_timeout
 from .._errors import DatagramTooLargeError, IPCError, ProtocolError, RequestTimeoutError
 from .._log import ActorLog
 from .._proto._codec import codec_named
-from .._proto._messages import ErrorReply, Event, Frame, Message, Reply, Request, is_reserved
+from .._proto._messages import ErrorReply, Event, Frame, Message, Reply, Request
+from .._proto._session import datagram_messages
 from ._channel import frame_bytes
 from ._handlers import HandlerMethods, Handlers, unhandled
 from ._peer import answer, check_event_name, unsupported_request
@@ -50,14 +51,6 @@ MAX_REQUESTS = 64  # requests answered at once; a flood beyond them costs no tas
 MAX_DATAGRAM = {socket.AF_INET: 65_507, socket.AF_INET6: 65_527}  # the IP limits minus headers
 
 PeerAddress = tuple[str, int]
-
-
-def _valid(message: Message) -> bool:
-    """Whether a datagram may carry ``message``: an event or request under a name that is not
-    reserved, or a reply (no handshake, no heartbeats over UDP)."""
-    if isinstance(message, Event | Request):
-        return not is_reserved(message.event)
-    return isinstance(message, Reply | ErrorReply)
 
 
 @dataclass
@@ -262,13 +255,10 @@ class DatagramServer(HandlerMethods):
                 self._stats.dropped_oversized += 1
                 continue
             try:
-                messages = self._decoder.decode_datagram(data)
+                messages = datagram_messages(self._decoder, data)
             except ProtocolError as exc:
                 self._stats.dropped_malformed += 1
                 self._log.trace(f"dropped a malformed datagram from {address}: {exc}")
-                continue
-            if not all(map(_valid, messages)):
-                self._stats.dropped_malformed += 1
                 continue
             # Only now, with valid messages in hand, does the sender take a place in the table.
             peer = self._remember((address[0], address[1]))

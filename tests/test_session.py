@@ -1,0 +1,309 @@
+"""The sans-IO session (``ipcactors._proto._session``): the handshake, authentication, frame
+limits and what may arrive when, tested without a socket: two sessions pass bytes by hand."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import ipcactors
+from ipcactors._proto._codec import Codec
+from ipcactors._proto._messages import Event, Limits, Message, Reply
+from ipcactors._proto._msgpack import CODEC, MsgpackEncoder
+from ipcactors._proto._session import Refusal, Role, Session, State, datagram_messages
+
+PROPERTY = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+LIMITS = Limits()
+
+
+def session(role: Role, actor_id: str, codec: Codec = CODEC, **options: Any) -> Session:
+    return Session(codec, LIMITS, role, codec.encoder(LIMITS), actor_id, target="server", **options)
+
+
+def pair(
+    client_key: bytes | None = None, server_key: bytes | None = None
+) -> tuple[Session, Session]:
+    client = session(Role.CLIENT, "client", auth_key=client_key)
+    server = session(Role.SERVER, "server", auth_key=server_key)
+    return client, server
+
+
+def pump(source: Session, sink: Session) -> list[Message]:
+    return sink.receive(source.data_to_send())
+
+
+def handshake(client: Session, server: Session) -> None:
+    """Run the handshake to its end, whatever the keys; the server welcomes when asked."""
+    client.start()
+    while True:
+        pump(client, server)
+        if server.state is State.DECIDING:
+            client.receive(server.accept())
+            return
+        pump(server, client)
+
+
+def event_frame(name: str, data: Any = None) -> bytes:
+    frame = MsgpackEncoder(LIMITS).event(name, data)
+    return frame if isinstance(frame, bytes) else b"".join(frame)
+
+
+def test_handshake_without_key_opens_both_sides() -> None:
+    client, server = pair()
+    assert client.state is State.START
+    assert server.state is State.AWAIT_HELLO
+    client.start()
+    assert client.state is State.AWAIT_WELCOME
+    assert pump(client, server) == []
+    assert server.state is State.DECIDING
+    assert server.hello is not None
+    assert server.hello.id == "client"
+    assert server.data_to_send() == b""  # nothing until the owner decides
+    assert client.receive(server.accept()) == []
+    assert server.is_open
+    assert client.is_open
+    assert client.welcome is not None
+    assert client.welcome.id == "server"
+
+
+def test_handshake_with_the_same_key_on_both_sides() -> None:
+    client, server = pair(b"key", b"key")
+    client.start()
+    pump(client, server)
+    assert server.state is State.AWAIT_PROOF  # it sent its challenge
+    pump(server, client)
+    assert client.state is State.AWAIT_WELCOME  # it sent its proof
+    pump(client, server)
+    assert server.state is State.DECIDING
+    client.receive(server.accept())
+    assert client.is_open
+
+
+def test_wrong_key_is_refused_by_the_client_first() -> None:
+    # The server proves itself first: a client with another key refuses it.
+    client, server = pair(b"one", b"two")
+    client.start()
+    pump(client, server)
+    with pytest.raises(ipcactors.AuthenticationError, match="failed to prove"):
+        pump(server, client)
+    assert client.state is State.CLOSED
+
+
+def test_a_client_with_a_wrong_proof_is_refused() -> None:
+    client, server = pair(b"key", b"key")
+    client.start()
+    pump(client, server)
+    pump(server, client)
+    proof = bytearray(client.data_to_send())
+    proof[-1] ^= 1  # the last byte of the MAC
+    with pytest.raises(Refusal, match="wrong auth_key") as info:
+        server.receive(bytes(proof))
+    assert info.value.reason == "auth"
+    assert server.state is State.CLOSED
+
+
+def test_keys_on_one_side_only_are_refused_both_ways() -> None:
+    client, server = pair(None, b"key")
+    client.start()
+    with pytest.raises(Refusal, match="requires a shared key"):
+        pump(client, server)
+    # The server's reject reaches a client as an AuthenticationError.
+    client2, _ = pair()
+    client2.start()
+    client2.data_to_send()
+    with pytest.raises(ipcactors.AuthenticationError, match="refused the connection"):
+        client2.receive(server.reject("auth", "set auth_key"))
+
+    client, server = pair(b"key", None)
+    client.start()
+    pump(client, server)
+    with pytest.raises(ipcactors.AuthenticationError, match="without proving"):
+        client.receive(server.accept())
+
+
+def test_a_challenge_to_a_client_without_key() -> None:
+    client, server = pair(None, None)
+    keyed = session(Role.SERVER, "server", auth_key=b"key")
+    client.start()
+    hello = client.data_to_send()
+    server.receive(hello)
+    # A client without a key that is challenged learns it needs one.
+    other, _ = pair(b"key", None)
+    other.start()
+    keyed.receive(other.data_to_send())
+    with pytest.raises(ipcactors.AuthenticationError, match="requires a shared key"):
+        client.receive(keyed.data_to_send())
+
+
+@pytest.mark.parametrize(
+    ("reason", "error"),
+    [
+        ("busy", ipcactors.ServerBusyError),
+        ("auth", ipcactors.AuthenticationError),
+        ("version", ipcactors.RejectedError),
+    ],
+)
+def test_reject_becomes_the_clients_typed_error(reason: str, error: type[Exception]) -> None:
+    client, server = pair()
+    client.start()
+    pump(client, server)
+    frame = server.reject(reason, "no")
+    assert server.state is State.CLOSED
+    with pytest.raises(error, match=f"refused the connection \\({reason}\\): no"):
+        client.receive(frame)
+    assert client.state is State.CLOSED
+
+
+def test_wrong_version_is_refused() -> None:
+    server = session(Role.SERVER, "server")
+    hello = MsgpackEncoder(LIMITS)._frame([4, {"v": 99, "id": "x"}])
+    with pytest.raises(Refusal, match="protocol version 99 is not supported") as info:
+        server.receive(hello)  # type: ignore[arg-type]
+    assert info.value.reason == "version"
+
+
+def test_anything_but_hello_first_is_a_protocol_error() -> None:
+    server = session(Role.SERVER, "server")
+    with pytest.raises(ipcactors.ProtocolError, match="expected hello, got Event"):
+        server.receive(event_frame("e"))
+    assert server.state is State.CLOSED
+    with pytest.raises(ipcactors.ProtocolError):
+        server.receive(b"")  # closed: refuses further input
+
+
+def test_frames_behind_the_welcome_come_out_once_open() -> None:
+    client, server = pair()
+    handshake(client, server)
+    # Welcome and events in one read: the events come out of the next receive.
+    client2, server2 = pair()
+    client2.start()
+    pump(client2, server2)
+    data = server2.accept() + event_frame("a", 1) + event_frame("b", 2)
+    assert client2.receive(data) == []
+    messages = client2.receive()
+    assert [(m.event, m.data) for m in messages] == [("a", 1), ("b", 2)]  # type: ignore[union-attr]
+
+
+def test_the_frame_limit_is_lifted_only_once_open() -> None:
+    big = event_frame("big", b"x" * (LIMITS.max_handshake_size + 1))
+    server = session(Role.SERVER, "server")
+    with pytest.raises(ipcactors.FrameTooLargeError):
+        server.receive(big)
+    client, server = pair()
+    handshake(client, server)
+    (message,) = server.receive(big)
+    assert type(message) is Event
+
+
+@pytest.mark.parametrize("name", ["connect", "disconnect", "error", "destroy", "ipcactors.x"])
+def test_reserved_names_after_the_handshake_close_the_session(name: str) -> None:
+    client, server = pair()
+    handshake(client, server)
+    with pytest.raises(ipcactors.ProtocolError, match="reserved event"):
+        server.receive(event_frame(name))
+    assert server.state is State.CLOSED
+    with pytest.raises(ipcactors.ProtocolError):
+        server.receive(event_frame("fine"))
+
+
+def test_handshake_messages_after_the_handshake_close_the_session() -> None:
+    client, server = pair()
+    handshake(client, server)
+    again = session(Role.CLIENT, "client")
+    again.start()
+    with pytest.raises(ipcactors.ProtocolError, match="unexpected Hello after the handshake"):
+        server.receive(again.data_to_send())
+
+
+def test_open_sessions_carry_every_other_kind() -> None:
+    client, server = pair()
+    handshake(client, server)
+    encoder = MsgpackEncoder(LIMITS)
+    frames = [
+        encoder.event("e", 1),
+        encoder.request("r", 2, 7),
+        encoder.reply(7, 3),
+        encoder.error_reply(7, "KeyError", "k", ""),
+        encoder.ping(),
+        encoder.pong(),
+    ]
+    data = b"".join(f if isinstance(f, bytes) else b"".join(f) for f in frames)
+    kinds = [type(m).__name__ for m in server.receive(data)]
+    assert kinds == ["Event", "Request", "Reply", "ErrorReply", "Ping", "Pong"]
+
+
+@PROPERTY
+@given(key=st.sampled_from([None, b"k"]), cuts=st.lists(st.integers(1, 64), max_size=20))
+def test_any_split_of_the_bytes_gives_the_same_handshake(
+    key: bytes | None, cuts: list[int]
+) -> None:
+    """Bytes cut anywhere (one byte at a time included) reach the same states and messages."""
+    client, server = pair(key, key)
+    client.start()
+
+    def deliver(data: bytes, sink: Session) -> list[Message]:
+        got: list[Message] = []
+        position = 0
+        for cut in cuts:
+            got += sink.receive(data[position : position + cut])
+            position += cut
+        got += sink.receive(data[position:])
+        return got
+
+    while server.state is not State.DECIDING:
+        deliver(client.data_to_send(), server)
+        if server.state is State.DECIDING:
+            break
+        deliver(server.data_to_send(), client)
+    after = server.accept() + event_frame("a", [1, "x"]) + event_frame("b")
+    got = deliver(after, client)
+    got += client.receive()
+    assert client.is_open
+    assert [m.event for m in got] == ["a", "b"]  # type: ignore[union-attr]
+
+
+def test_data_to_send_returns_each_byte_once() -> None:
+    client = session(Role.CLIENT, "client")
+    client.start()
+    assert client.data_to_send()
+    assert client.data_to_send() == b""
+
+
+def test_misuse_is_a_runtime_error() -> None:
+    client, server = pair()
+    with pytest.raises(RuntimeError):
+        server.accept()  # no hello yet
+    client.start()
+    with pytest.raises(RuntimeError):
+        client.start()
+    with pytest.raises(RuntimeError):
+        client.reject("busy", "a client does not reject")
+
+
+def test_a_codec_without_handshake_starts_open() -> None:
+    from test_codec import LinesCodec
+
+    server = session(Role.SERVER, "server", codec=LinesCodec())
+    assert server.is_open
+    assert server.state is State.OPEN
+    assert [m.event for m in server.receive(b'{"e":"x"}\n{"e":"y"}\n')] == ["x", "y"]  # type: ignore[union-attr]
+
+
+def test_datagram_messages_are_checked() -> None:
+    decoder = CODEC.decoder(LIMITS)
+    encoder = CODEC.datagram_encoder(LIMITS)
+    (message,) = datagram_messages(decoder, encoder.event("e", 1))  # type: ignore[arg-type]
+    assert type(message) is Event
+    for body, match in [
+        (encoder.event("connect", None), "reserved event"),
+        (encoder.request("ipcactors.x", None, 1), "reserved event"),
+        (encoder.ping(), "unexpected Ping"),
+        (encoder.hello("x"), "unexpected Hello"),
+    ]:
+        with pytest.raises(ipcactors.ProtocolError, match=match):
+            datagram_messages(decoder, body)  # type: ignore[arg-type]
+    # The decoder is not broken by a bad datagram.
+    assert type(datagram_messages(decoder, encoder.reply(1, 2))[0]) is Reply  # type: ignore[arg-type]
