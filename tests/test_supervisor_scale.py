@@ -25,6 +25,8 @@ pytestmark = pytest.mark.anyio
 CHILDREN = 500
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # beyond the fail_after below: a loaded machine gets a clear error
 async def test_500_children_spawned_at_once_all_answer_and_all_go(socket_dir: str) -> None:
     pids: dict[str, int] = {}
     with anyio.fail_after(240):
