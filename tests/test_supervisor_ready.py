@@ -24,7 +24,7 @@ from ipcactors._core._server import Server
 
 pytestmark = pytest.mark.anyio
 
-RESTARTS = 10
+RESTARTS = 20
 
 
 async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -29,10 +29,18 @@ Invariants owned here:
   ``terminate_timeout``, then SIGKILL (both to the child's process group). When the
   supervisor stops (or gives up), every child's grace period starts at once under
   ``one_for_one``; under ``one_for_all`` and ``rest_for_one`` children stop one by one in
-  reverse start order. Leaving the ``async with`` never hangs.
-- Restart decisions are taken one at a time, by one task, under the lock that ``spawn`` and
-  ``stop`` take too; an exit is acted on only if it is the exit of the child's current
-  incarnation, and not one the supervisor caused.
+  reverse start order (a child still starting is stopped at once under every strategy).
+  Leaving the ``async with`` never hangs.
+- No lock over all children. Each child has its own (``_Child.lock``): spawn, a restart, stop
+  and shutdown start or end its process one at a time, and different children's run side by
+  side. A stop (or shutdown) interrupts a start in progress at once (``_Child.halt``,
+  ``_halting``) instead of waiting for it. Restarts are decided in ``_on_exit``, with no await
+  (decisions never interleave), only for the exit of a running child's current process that
+  the supervisor did not cause; a start that fails is reported by its starter (``spawn``
+  raises, a restart decides again). A decided restart claims its children (``restarting``); a
+  newer decision covering one of them supersedes the older for it. ``one_for_one`` restarts
+  run side by side; ``one_for_all`` and ``rest_for_one`` sequences, whose groups overlap, one
+  at a time.
 - A request to a child fails as soon as the child's process is known to have exited, with
   :class:`ChildExitedError` naming the child and its exit code or signal.
 - The children's output never stalls the supervisor: it is written to our stdout and stderr by
@@ -42,7 +50,6 @@ Invariants owned here:
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import secrets
 import shutil
@@ -51,8 +58,10 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from types import TracebackType
 from typing import Any, Final, Literal
 
@@ -83,7 +92,7 @@ from .._runtime import current_runtime, end_with_run
 from .._transports._unix import check_path_length, default_socket_root, ensure_socket_dir
 from ._child import FAILED_EVENT, HELLO_EVENT, READY_EVENT, STOP_EVENT
 from ._relay import OutputWriter, Stream, relay
-from ._spawner import KILL_WAIT, ForkServer, wait_either
+from ._spawner import KILL_WAIT, ForkServer
 from ._target import Target, target_of
 
 __all__ = ["ChildInfo", "Supervisor"]
@@ -137,6 +146,13 @@ def _chain_of(data: Any) -> tuple[ChildExit, ...]:
     return tuple(chain)
 
 
+#: Where a child is: ``starting`` (a process is on its way to ready), ``running`` (ready),
+#: ``restarting`` (a restart is decided: its old process is being stopped, or waits for its turn),
+#: ``stopping`` (being stopped for good: ``stop``, shutdown, giving up), ``stopped`` (no process,
+#: and none to come).
+ChildState = Literal["starting", "running", "restarting", "stopping", "stopped"]
+
+
 @dataclass(frozen=True, slots=True)
 class ChildInfo:
     """A snapshot of one supervised child (``Supervisor.children``)."""
@@ -153,6 +169,8 @@ class ChildInfo:
     restarts: int
     #: Exit code of its last process (negative: killed by that signal); ``None`` if none ended.
     last_exit: int | None
+    #: ``"starting"``, ``"running"``, ``"restarting"``, ``"stopping"`` or ``"stopped"``.
+    state: ChildState = "running"
 
 
 class _Incarnation:
@@ -185,15 +203,25 @@ class _Incarnation:
 
 
 class _Child:
+    """A supervised child and its state. Operations that start or end its process (spawn,
+    a restart, stop, shutdown) hold its ``lock``: one at a time per child, never one for all
+    children."""
+
     def __init__(self, id: str, target: Target, args: bytes, restart: RestartType) -> None:
         self.id = id
         self.target = target
         self.args = args
         self.restart: RestartType = restart
         self.incarnation: _Incarnation | None = None
+        self.state: ChildState = "starting"
         self.restarts = 0
         self.last_exit: int | None = None
         self.removed = False
+        self.lock = anyio.Lock()
+        # Set when it is stopped for good: interrupts a start in progress at once.
+        self.halt = anyio.Event()
+        # The restart decided for it that has not started it yet (a newer one supersedes it).
+        self.claim: object | None = None
         self._changed = anyio.Event()
 
     def changed(self) -> None:
@@ -202,6 +230,25 @@ class _Child:
 
     async def wait_changed(self) -> None:
         await self._changed.wait()
+
+
+async def _wait_any(*events: anyio.Event) -> None:
+    """Return as soon as any of ``events`` is set."""
+    if any(event.is_set() for event in events):
+        return
+    async with anyio.create_task_group() as task_group:
+
+        async def wait(event: anyio.Event) -> None:
+            await event.wait()
+            task_group.cancel_scope.cancel()
+
+        for event in events:
+            task_group.start_soon(wait, event)
+
+
+@asynccontextmanager
+async def _no_lock() -> AsyncIterator[None]:
+    yield
 
 
 def _current_backend() -> tuple[str, bool]:
@@ -343,7 +390,12 @@ class Supervisor:
         self._log = ActorLog(id, self.config.silent)
         self._children: dict[str, _Child] = {}  # in start order
         self._restart_times: deque[float] = deque()
-        self._lock = anyio.Lock()
+        # Restarts of dependent strategies (one_for_all, rest_for_one) run one sequence at a
+        # time: their groups overlap. one_for_one restarts never wait for each other.
+        self._sequence = anyio.Lock()
+        self._forkserver_lock = anyio.Lock()  # one replacement of a dead forkserver at a time
+        # Set when shutting down or giving up: every start in progress is interrupted at once.
+        self._halting = anyio.Event()
         self._actor: Actor | None = None
         self._server: Server | None = None
         self._task_group: TaskGroup | None = None
@@ -352,11 +404,6 @@ class Supervisor:
         self._dir: str | None = None
         self._backend = "asyncio"
         self._uvloop = False
-        self._exits_send, self._exits_receive = anyio.create_memory_object_stream[_Incarnation](
-            math.inf
-        )
-        self._monitor_scope = anyio.CancelScope()
-        self._monitor_done = anyio.Event()
         self._relays: set[anyio.CancelScope] = set()
         self._writers: dict[Stream, OutputWriter] = {}  # made with the first child
         self._relays_idle = anyio.Event()
@@ -404,12 +451,10 @@ class Supervisor:
             task_group = anyio.create_task_group()
             await task_group.__aenter__()
             self._task_group = task_group
-            task_group.start_soon(self._monitor)
             self._start_forkserver()
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 if task_group is not None:
-                    self._monitor_scope.cancel()
                     if self._forkserver is not None:
                         await self._forkserver.aclose()
                     await task_group.__aexit__(None, None, None)
@@ -489,11 +534,9 @@ class Supervisor:
             await self._closed.wait()
             return
         self._closing = True
+        self._halting.set()
         try:
-            self._monitor_scope.cancel()
-            await self._monitor_done.wait()
-            async with self._lock:
-                await self._stop_all()
+            await self._stop_all()
             if self._forkserver is not None:
                 await self._forkserver.aclose()
             if self._lifeline is not None:
@@ -510,8 +553,6 @@ class Supervisor:
             self._writers.clear()
         finally:
             await self._cleanup_files()
-            self._exits_send.close()
-            self._exits_receive.close()
             self._closed.set()
 
     async def _cleanup_files(self) -> None:
@@ -523,6 +564,7 @@ class Supervisor:
         """SIGKILL every child now (``ipcactors.run`` calls this on a second signal). The
         ``async with`` still reaps them and closes; it no longer waits for anyone."""
         self._hard = True
+        self._halting.set()  # no restarts, and every start in progress ends now
         if self._forkserver is None:
             return
         for child in self._children.values():
@@ -560,25 +602,36 @@ class Supervisor:
         self._forkserver = forkserver
 
     async def _ready_forkserver(self) -> ForkServer:
-        if self._forkserver is None or self._forkserver.dead:
-            if self._forkserver is not None:
-                self._log.warning("the forkserver died; starting a new one")
-                await self._forkserver.aclose()
-            self._start_forkserver()
-        assert self._forkserver is not None
-        await self._forkserver.wait_ready()
-        return self._forkserver
+        async with self._forkserver_lock:  # starts racing after its death replace it once
+            if self._forkserver is None or self._forkserver.dead:
+                if self._forkserver is not None:
+                    self._log.warning("the forkserver died; starting a new one")
+                    await self._forkserver.aclose()
+                self._start_forkserver()
+            forkserver = self._forkserver
+        assert forkserver is not None
+        await forkserver.wait_ready()
+        return forkserver
 
     def _on_exit(self, incarnation: _Incarnation) -> None:
-        """From the forkserver's reader: a child process ended (it is reaped)."""
+        """From the forkserver's reader: a child process ended (it is reaped). Only the exit
+        of a running child's current process is a crash for the restart policy: a starting
+        child's exit is its starter's to report, and a restarting or stopping child's exit is
+        the one the supervisor is causing (or has already decided on)."""
         incarnation.exited.set()
-        incarnation.child.last_exit = incarnation.exitcode
-        incarnation.child.changed()
-        if not self._closing:
-            try:
-                self._exits_send.send_nowait(incarnation)
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                pass
+        child = incarnation.child
+        child.last_exit = incarnation.exitcode
+        child.changed()
+        if (
+            self._halting.is_set()
+            or incarnation.stopping
+            or child.removed
+            or child.incarnation is not incarnation
+            or child.state != "running"
+        ):
+            return
+        child.incarnation = None
+        self._decide(child, incarnation)
 
     # --- children -----------------------------------------------------------------------------
 
@@ -616,6 +669,7 @@ class Supervisor:
             running=incarnation is not None and incarnation.running,
             restarts=child.restarts,
             last_exit=child.last_exit,
+            state=child.state,
         )
 
     async def spawn(
@@ -636,7 +690,9 @@ class Supervisor:
         :class:`SpawnError`. A target the child cannot load is a :class:`SpawnError` too (its
         ``__cause__`` a :class:`RemoteError` with the child's exception). Raises
         :class:`ChildExitedError` if the child exits before it is ready for another reason; it
-        is then not supervised.
+        is then not supervised. Spawns of different children run concurrently. ``stop(id)``
+        while the child is starting ends the spawn at once with :class:`SpawnError`, and so
+        does shutdown, with :class:`ClosedError`; the process is gone before either returns.
         """
         self._check_open()
         if type(id) is not str or not id or "/" in id or "\0" in id:
@@ -654,42 +710,42 @@ class Supervisor:
             packed = pack_value(list(args), numpy=True)
         except EncodeError as exc:
             raise EncodeError(f"the arguments of {id!r} cannot be encoded: {exc}") from exc
-        async with self._lock:
-            self._check_open()
-            if id in self._children:
-                raise ConfigError(f"a child with id {id!r} is already supervised")
-            if len(self._children) >= self.max_children:
-                raise SpawnError(
-                    f"cannot spawn {id!r}: supervisor {self.id!r} already has "
-                    f"max_children={self.max_children} children; stop one, or raise the limit "
-                    f"with Supervisor(max_children=...)"
-                )
-            child = _Child(id, target, packed, restart)
-            self._children[id] = child
-            try:
-                await self._start(child)
-            except BaseException:
-                self._remove(child)
-                if child.incarnation is not None:
-                    await self._stop_child(child)
-                raise
-            return self._info(child)
+        # Checked and taken in one step (no await between): concurrent spawns need no lock.
+        self._check_open()
+        if id in self._children:
+            raise ConfigError(f"a child with id {id!r} is already supervised")
+        if len(self._children) >= self.max_children:
+            raise SpawnError(
+                f"cannot spawn {id!r}: supervisor {self.id!r} already has "
+                f"max_children={self.max_children} children; stop one, or raise the limit "
+                f"with Supervisor(max_children=...)"
+            )
+        child = _Child(id, target, packed, restart)
+        self._children[id] = child
+        try:
+            async with child.lock:
+                await self._start(child, _Incarnation(child))
+        except BaseException:
+            self._remove(child)  # its process is gone: _start saw to it
+            raise
+        return self._info(child)
 
     async def stop(self, id: str) -> None:
         """Stop child ``id`` (as at shutdown: stop message, SIGTERM, SIGKILL) and stop
-        supervising it; it is not restarted."""
+        supervising it; it is not restarted. A start in progress (its spawn or a restart) is
+        interrupted at once, not waited for; other children are not held up."""
         self._check_open()
-        async with self._lock:
-            child = self._children.get(id)
-            if child is None:
-                raise UnknownPeerError(f"supervisor {self.id!r} has no child {id!r}")
-            await self._stop_child(child)
-            self._remove(child)
+        child = self._children.get(id)
+        if child is None:
+            raise UnknownPeerError(f"supervisor {self.id!r} has no child {id!r}")
+        await self._halt(child, remove=True)
 
     def _remove(self, child: _Child) -> None:
         if self._children.get(child.id) is child:
             del self._children[child.id]
         child.removed = True
+        child.state = "stopped"
+        child.claim = None
         child.changed()
 
     def _spec(self, child: _Child, incarnation: _Incarnation) -> dict[str, Any]:
@@ -717,21 +773,27 @@ class Supervisor:
             "argv": list(sys.argv),
         }
 
-    async def _start(self, child: _Child) -> None:
-        """Start a new incarnation of ``child`` and wait until it is ready. Holds the lock."""
+    async def _start(self, child: _Child, incarnation: _Incarnation) -> None:
+        """Start ``incarnation`` of ``child`` and wait until it is ready; the caller holds the
+        child's lock. Whatever fails, the process is gone before this raises (ended here if
+        need be), and no restart is decided for it: the caller reports the failure."""
         assert self._task_group is not None
-        forkserver = await self._ready_forkserver()
-        incarnation = _Incarnation(child)
         child.incarnation = incarnation
+        child.changed()
         started = time.monotonic()
+        forkserver = await self._ready_forkserver()
         pipes = [os.pipe2(os.O_CLOEXEC), os.pipe2(os.O_CLOEXEC)]
         try:
-            await forkserver.spawn(
-                self._spec(child, incarnation), [pipes[0][1], pipes[1][1]], incarnation
-            )
+            # Shielded: once asked to fork, the pid must come back to us, or nobody could
+            # stop that process.
+            with anyio.CancelScope(shield=True):
+                await forkserver.spawn(
+                    self._spec(child, incarnation), [pipes[0][1], pipes[1][1]], incarnation
+                )
         except BaseException:
             for read_end, _ in pipes:
                 os.close(read_end)
+            child.incarnation = None
             raise
         finally:
             for _, write_end in pipes:
@@ -746,14 +808,38 @@ class Supervisor:
             if writer is None:
                 writer = self._writers[stream] = OutputWriter(stream)
             self._task_group.start_soon(self._relay, read_end, writer, child.id, scope)
-        with anyio.move_on_after(self.start_timeout):
-            await wait_either(incarnation.ready, incarnation.exited)
-        if incarnation.ready.is_set() and not incarnation.exited.is_set():
+        try:
+            with anyio.move_on_after(self.start_timeout):
+                await _wait_any(incarnation.ready, incarnation.exited, child.halt, self._halting)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._end(child, incarnation)
+            raise
+        halted = child.halt.is_set() or self._halting.is_set()
+        if incarnation.ready.is_set() and not halted:
             elapsed = (time.monotonic() - started) * 1000
             self._log.info(f"child {child.id!r} ready (pid {incarnation.pid}, {elapsed:.1f} ms)")
+            if child.state == "starting":  # else a restart was decided for it meanwhile
+                child.state = "running"
             child.changed()
+            if incarnation.exited.is_set() and child.state == "running":
+                # It ended right after it was ready (before we woke): the policy decides, as
+                # for any exit of a running child.
+                child.incarnation = None
+                self._decide(child, incarnation)
             return
-        if incarnation.exited.is_set():
+        exited = incarnation.exited.is_set()
+        if not exited:
+            # Stopped while starting: the usual bounded steps. Too slow: SIGKILL at once.
+            with anyio.CancelScope(shield=True):
+                await self._end(child, incarnation, graceful=halted)
+        if child.incarnation is incarnation:
+            child.incarnation = None
+        child.changed()
+        if halted:
+            self._check_open()
+            raise SpawnError(f"child {child.id!r} was stopped before it was ready")
+        if exited:
             failed = incarnation.load_error
             if failed is not None:
                 hint = ""
@@ -776,7 +862,6 @@ class Supervisor:
                 child.id,
                 incarnation.exitcode,
             )
-        self._forkserver_kill(incarnation, signal.SIGKILL)
         raise SpawnError(
             f"child {child.id!r} did not connect back within start_timeout={self.start_timeout} s"
         )
@@ -785,19 +870,19 @@ class Supervisor:
         if self._forkserver is not None:
             self._forkserver.kill(incarnation, sig)
 
-    async def _stop_child(self, child: _Child) -> None:
-        """Stop the running incarnation of ``child``: bounded steps. Holds the lock."""
-        incarnation = child.incarnation
-        if incarnation is None:
-            return
+    async def _end(self, child: _Child, incarnation: _Incarnation, graceful: bool = True) -> None:
+        """End ``incarnation`` in bounded steps (the stop message, SIGTERM, SIGKILL; only the
+        last unless ``graceful``); the caller holds the child's lock."""
         incarnation.stopping = True
         child.changed()
-        if incarnation.pid is None:
-            # Never got a pid: the forkserver (which kills its remaining children on close)
-            # is the last line; nothing to signal here.
+        if incarnation.pid is not None:
+            await self._end_process(child, incarnation, graceful and not self._hard)
+        if child.incarnation is incarnation:
             child.incarnation = None
-            return
-        if not incarnation.exited.is_set() and not self._hard:
+        child.changed()
+
+    async def _end_process(self, child: _Child, incarnation: _Incarnation, graceful: bool) -> None:
+        if not incarnation.exited.is_set() and graceful:
             with anyio.move_on_after(self.shutdown_timeout):
                 await incarnation.idle.wait()
                 client = incarnation.client
@@ -815,7 +900,7 @@ class Supervisor:
         ):
             if incarnation.exited.is_set():
                 break
-            if sig == signal.SIGTERM and self._hard:
+            if sig == signal.SIGTERM and not graceful:
                 continue
             self._log.warning(f"child {child.id!r} did not stop; sending {sig.name}")
             self._forkserver_kill(incarnation, sig)
@@ -825,21 +910,37 @@ class Supervisor:
             self._log.warning(f"child {child.id!r} (pid {incarnation.pid}) did not report its exit")
         else:
             self._log.info(f"child {child.id!r} stopped ({describe_exit(incarnation.exitcode)})")
-        child.incarnation = None
+
+    async def _halt(self, child: _Child, *, remove: bool) -> None:
+        """Stop ``child`` for good: a start in progress is interrupted at once, a pending
+        restart is dropped, its process ends in bounded steps."""
+        child.halt.set()
+        child.claim = None
+        if child.state != "stopped":
+            child.state = "stopping"
         child.changed()
+        async with child.lock:
+            if child.incarnation is not None:
+                await self._end(child, child.incarnation)
+            child.state = "stopped"
+            if remove:
+                self._remove(child)
+            child.changed()
 
     async def _stop_all(self) -> None:
         """Stop every child: all at once under ``one_for_one`` (they are independent, so N
         stubborn children cost one grace period, not N); one by one in reverse start order
-        otherwise, where later children usually depend on earlier ones (as OTP does)."""
+        otherwise, where later children usually depend on earlier ones (as OTP does). Starts
+        in progress are interrupted at once either way (``_halting``): a child that is not
+        ready yet has no dependents that rely on it."""
         children = list(reversed(self._children.values()))
         if self.strategy != "one_for_one":
             for child in children:
-                await self._stop_child(child)
+                await self._halt(child, remove=False)
             return
         async with anyio.create_task_group() as task_group:
             for child in children:
-                task_group.start_soon(self._stop_child, child)
+                task_group.start_soon(partial(self._halt, remove=False), child)
 
     # --- output ------------------------------------------------------------------------------
 
@@ -858,26 +959,16 @@ class Supervisor:
                 self._relays_idle.set()
 
     # --- restarts -----------------------------------------------------------------------------
+    #
+    # A crash is decided on at once, in _on_exit (no await: decisions never interleave); the
+    # restart it decides runs as a task of its own. Each child it covers is claimed (state
+    # "restarting"); a newer decision that covers the same child claims it again, and the
+    # older restart then leaves that child to the newer one. One_for_one restarts run side
+    # by side; the sequences of one_for_all and rest_for_one, whose groups overlap, one at a
+    # time, each stopping its group in reverse start order and starting it in start order.
 
-    async def _monitor(self) -> None:
-        try:
-            with self._monitor_scope:
-                async for incarnation in self._exits_receive:
-                    async with self._lock:
-                        await self._on_child_exit(incarnation)
-        finally:
-            self._monitor_done.set()
-
-    async def _on_child_exit(self, incarnation: _Incarnation) -> None:
-        child = incarnation.child
-        if (
-            incarnation.stopping
-            or self._closing
-            or child.removed
-            or child.incarnation is not incarnation
-        ):
-            return  # we ended it, or it is no longer the child's current process
-        child.incarnation = None
+    def _decide(self, child: _Child, incarnation: _Incarnation) -> None:
+        """The restart policy, for an exit of ``child`` that it did not ask for."""
         code = incarnation.exitcode
         what = f"child {child.id!r} {describe_exit(code)}"
         if incarnation.chain:
@@ -890,6 +981,7 @@ class Supervisor:
         self._restart_times.append(now)
         while self._restart_times and now - self._restart_times[0] > self.max_seconds:
             self._restart_times.popleft()
+        assert self._task_group is not None
         if len(self._restart_times) > self.max_restarts:
             # Down to the child that kept failing, if this one ran a supervisor that gave up
             # and said so before it exited (without its report, the chain stops here).
@@ -910,31 +1002,56 @@ class Supervisor:
                 seconds=seconds,
             )
             self._log.warning(str(self._failure))
-            await self._stop_all()
-            assert self._task_group is not None
-            self._task_group.cancel_scope.cancel()
+            self._halting.set()
+            self._task_group.start_soon(self._give_up)
             return
-        order = list(self._children.values())
+        order = [other for other in self._children.values() if not other.halt.is_set()]
         if self.strategy == "one_for_one":
             group = [child]
         elif self.strategy == "one_for_all":
             group = order
         else:
             group = order[order.index(child) :]
-        self._log.warning(f"{what}; restarting {[c.id for c in group]} ({self.strategy})")
-        for other in reversed(group):
-            if other is not child:
-                await self._stop_child(other)
+        claim = object()
         for member in group:
-            if member is not child and member.restart == "temporary":
-                self._remove(member)
-                continue
-            member.restarts += 1
-            try:
-                await self._start(member)
-            except (ChildExitedError, SpawnError) as exc:
-                # Its exit (or its kill) is queued: the next round decides, within intensity.
-                self._log.warning(f"restart of {member.id!r} failed: {exc}")
+            member.claim = claim
+            member.state = "restarting"
+            member.changed()
+        self._log.warning(f"{what}; restarting {[c.id for c in group]} ({self.strategy})")
+        self._task_group.start_soon(self._restart, child, group, claim)
+
+    async def _give_up(self) -> None:
+        await self._stop_all()
+        assert self._task_group is not None
+        self._task_group.cancel_scope.cancel()
+
+    async def _restart(self, failed: _Child, group: list[_Child], claim: object) -> None:
+        """Carry out a restart decided by ``_decide`` for the children ``group`` still claims."""
+        async with self._sequence if self.strategy != "one_for_one" else _no_lock():
+            for other in reversed(group):
+                if other is not failed and other.claim is claim:
+                    async with other.lock:
+                        if other.claim is claim and other.incarnation is not None:
+                            await self._end(other, other.incarnation)
+            for member in group:
+                async with member.lock:
+                    if member.claim is not claim or self._halting.is_set():
+                        continue  # stopped, or left to a newer restart
+                    member.claim = None
+                    if member is not failed and member.restart == "temporary":
+                        self._remove(member)
+                        continue
+                    member.restarts += 1
+                    member.state = "starting"
+                    incarnation = _Incarnation(member)
+                    try:
+                        await self._start(member, incarnation)
+                    except IPCError as exc:
+                        if self._halting.is_set() or member.halt.is_set():
+                            continue
+                        self._log.warning(f"restart of {member.id!r} failed: {exc}")
+                        if member.claim is None:  # else a newer restart covers it
+                            self._decide(member, incarnation)
 
     # --- children's messages ------------------------------------------------------------------
 

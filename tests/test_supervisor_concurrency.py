@@ -1,0 +1,194 @@
+"""A supervisor without a global lock: spawns, restarts and stops of different children run
+side by side; no child's slow start or stubborn stop delays an unrelated restart; operations on
+the same child (a stop during its spawn or its restart, shutdown while spawns are in flight)
+end well defined, with no process left behind.
+
+Every test runs on asyncio and trio; children run on the same backend as their supervisor.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import _gated_workers
+import _workers
+import anyio
+import pytest
+from _supervising import alive, supervisor, wait_until
+
+from ipcactors import ClosedError, SpawnError, Supervisor
+
+pytestmark = pytest.mark.anyio
+
+SPAWNS = 100
+
+
+def _starting(sup: Supervisor) -> int:
+    """How many children are spawned but not ready yet."""
+    return sum(not info.running for info in sup.children.values())
+
+
+async def test_concurrent_spawns_are_not_serialized(socket_dir: str) -> None:
+    peak = 0
+    done = anyio.Event()
+
+    async def watch() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _starting(sup))
+            await anyio.sleep(0.002)
+
+    with anyio.fail_after(60):
+        async with supervisor(socket_dir, start_timeout=30.0) as sup:
+            await sup.spawn(_workers.echo, id="first")  # the forkserver is up
+            started = time.monotonic()
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(watch)
+                async with anyio.create_task_group() as spawns:
+                    for n in range(SPAWNS):
+                        spawns.start_soon(lambda n=n: sup.spawn(_workers.echo, n, id=f"w{n}"))
+                done.set()
+            elapsed = time.monotonic() - started
+            pids = {await sup.request(f"w{n}", "pid") for n in range(SPAWNS)}
+            assert [await sup.request(f"w{n}", "tag") for n in (0, SPAWNS - 1)] == [0, SPAWNS - 1]
+    assert len(pids) == SPAWNS
+    # With one lock, one child at a time was between spawn and ready: they were many at once.
+    assert peak >= 10, peak
+    print(f"{SPAWNS} concurrent spawns: {elapsed:.2f} s, up to {peak} starting at once")
+
+
+def _restarted(sup: Supervisor, id: str, old_pid: int) -> bool:
+    info = sup.children[id]
+    return info.running and info.pid not in (None, old_pid)
+
+
+async def test_a_slow_start_does_not_delay_an_unrelated_restart(
+    socket_dir: str, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    gate.touch()
+    with anyio.fail_after(15):
+        async with supervisor(socket_dir, start_timeout=10.0) as sup:
+            await sup.spawn(_workers.echo, id="crasher")
+            old_pid = await sup.request("crasher", "pid")
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(lambda: sup.spawn(_gated_workers.gated, str(gate), id="slow"))
+                await wait_until(lambda: sup.children.get("slow", None) is not None)
+                await wait_until(lambda: sup.children["slow"].pid is not None)
+                killed = time.monotonic()
+                os.kill(old_pid, signal.SIGKILL)
+                await wait_until(lambda: _restarted(sup, "crasher", old_pid), timeout=8)
+                new_pid = await sup.request("crasher", "pid")
+                latency = time.monotonic() - killed
+                # The crashed child answers again while the slow one is still starting.
+                assert not sup.children["slow"].running
+                assert sup.children["slow"].state == "starting"
+                assert new_pid != old_pid
+                assert sup.children["crasher"].restarts == 1
+                gate.unlink()  # the slow child may finish its start now
+            assert sup.children["slow"].running
+            assert await sup.request("slow", "echo", 1) == 1
+    assert latency < 1.0, latency
+    print(f"restart beside a slow start: answered again {latency * 1000:.0f} ms after SIGKILL")
+
+
+async def _spawn_expecting(
+    sup: Supervisor, gate: Path, id: str, outcome: dict[str, BaseException]
+) -> None:
+    try:
+        await sup.spawn(_gated_workers.gated, str(gate), id=id)
+    except Exception as exc:
+        outcome[id] = exc
+
+
+async def test_stop_during_spawn_interrupts_it(socket_dir: str, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    gate.touch()
+    outcome: dict[str, BaseException] = {}
+    with anyio.fail_after(15):
+        async with supervisor(
+            socket_dir, start_timeout=10.0, shutdown_timeout=0.3, terminate_timeout=0.3
+        ) as sup:
+            await sup.spawn(_workers.echo, id="other")
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(_spawn_expecting, sup, gate, "slow", outcome)
+                await wait_until(lambda: "slow" in sup.children)
+                await wait_until(lambda: sup.children["slow"].pid is not None)
+                pid = sup.children["slow"].pid
+                assert pid is not None
+                await sup.stop("slow")  # does not wait for a start that would never end
+            assert not alive(pid)
+            assert "slow" not in sup.children
+            assert isinstance(outcome["slow"], SpawnError), outcome
+            assert "stopped before it was ready" in str(outcome["slow"])
+            assert await sup.request("other", "echo", 2) == 2
+
+
+async def test_stop_during_restart_interrupts_it(socket_dir: str, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    with anyio.fail_after(15):
+        async with supervisor(
+            socket_dir, start_timeout=10.0, shutdown_timeout=0.3, terminate_timeout=0.3
+        ) as sup:
+            await sup.spawn(_gated_workers.gated, str(gate), id="w")
+            old_pid = await sup.request("w", "pid")
+            gate.touch()  # its next incarnation is slow to start
+            os.kill(old_pid, signal.SIGKILL)
+            await wait_until(lambda: sup.children["w"].pid not in (None, old_pid))
+            assert sup.children["w"].state == "starting"
+            new_pid = sup.children["w"].pid
+            assert new_pid is not None
+            started = time.monotonic()
+            await sup.stop("w")  # does not wait out the restart's start_timeout
+            assert time.monotonic() - started < 5.0
+            assert not alive(new_pid)
+            assert "w" not in sup.children
+
+
+async def test_shutdown_during_spawns_leaves_no_process(socket_dir: str, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    gate.touch()
+    outcome: dict[str, BaseException] = {}
+    ids = ("s1", "s2", "s3")
+    with anyio.fail_after(15):
+        async with anyio.create_task_group() as task_group:
+            async with supervisor(
+                socket_dir, start_timeout=10.0, shutdown_timeout=0.3, terminate_timeout=0.3
+            ) as sup:
+                await sup.spawn(_workers.echo, id="ready")
+                for id in ids:
+                    task_group.start_soon(_spawn_expecting, sup, gate, id, outcome)
+                await wait_until(lambda: all(id in sup.children for id in ids))
+                await wait_until(lambda: all(sup.children[id].pid for id in ids))
+                pids = [sup.children[id].pid for id in (*ids, "ready")]
+                started = time.monotonic()
+            elapsed = time.monotonic() - started
+    assert sorted(outcome) == sorted(ids)
+    assert all(isinstance(error, ClosedError) for error in outcome.values()), outcome
+    assert not [pid for pid in pids if pid is not None and alive(pid)]
+    # Leaving did not wait for the starts (start_timeout=10): their grace periods ran together.
+    assert elapsed < 5.0, elapsed
+
+
+async def test_two_children_crashing_together_under_rest_for_one(socket_dir: str) -> None:
+    # b and c crash at once: b's restart covers c (started after it), and c's own restart,
+    # decided first or second, is absorbed or superseded: each ends up running once more.
+    with anyio.fail_after(20):
+        async with supervisor(
+            socket_dir, strategy="rest_for_one", max_restarts=10, max_seconds=30.0
+        ) as sup:
+            for id in ("a", "b", "c"):
+                await sup.spawn(_workers.echo, id=id)
+            pids: dict[str, Any] = {id: await sup.request(id, "pid") for id in ("a", "b", "c")}
+            os.kill(pids["c"], signal.SIGKILL)
+            os.kill(pids["b"], signal.SIGKILL)
+            await wait_until(lambda: all(_restarted(sup, id, pids[id]) for id in ("b", "c")))
+            await wait_until(lambda: all(i.state == "running" for i in sup.children.values()))
+            for id in ("b", "c"):
+                assert await sup.request(id, "pid") != pids[id]
+            assert await sup.request("a", "pid") == pids["a"]
+            assert sup.children["a"].restarts == 0
