@@ -83,6 +83,7 @@ class ForkServer:
         self._reader_done = anyio.Event()
         self._reader_scope = anyio.CancelScope()
         self._seq = 0
+        self._sending = anyio.Lock()  # spawns run concurrently: one waits on the socket at a time
         self._pending: dict[int, tuple[_Incarnation, anyio.Event, list[str]]] = {}
         self._incarnations: dict[int, _Incarnation] = {}
         self.dead = False
@@ -132,17 +133,18 @@ class ForkServer:
             raise SpawnError("the forkserver process did not start; see its output above")
 
     async def _send(self, message: Any, fds: list[int] | None = None) -> None:
-        sock = self._sock
-        if sock is None or self.dead:
-            raise SpawnError("the forkserver is gone")
-        while True:
-            try:
-                send_message(sock, message, fds)
-                return
-            except BlockingIOError:
-                await anyio.wait_writable(sock)
-            except OSError as exc:
-                raise SpawnError(f"the forkserver is gone: {exc}") from exc
+        async with self._sending:
+            while True:
+                sock = self._sock
+                if sock is None or self.dead:
+                    raise SpawnError("the forkserver is gone")
+                try:
+                    send_message(sock, message, fds)
+                    return
+                except BlockingIOError:
+                    await anyio.wait_writable(sock)
+                except OSError as exc:
+                    raise SpawnError(f"the forkserver is gone: {exc}") from exc
 
     async def spawn(self, spec: dict[str, Any], fds: list[int], incarnation: _Incarnation) -> int:
         self._seq += 1
