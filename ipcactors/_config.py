@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from ._errors import ConfigError
-from ._proto._codec import codec_named
+from ._proto._codec import Codec, codec_named
 from ._proto._messages import Limits
 
 __all__ = ["Config", "check_seconds", "request_timeout"]
@@ -56,6 +56,11 @@ class Config:
     #: as soon as the socket connects, ``request`` raises ``UnsupportedError``, heartbeats are
     #: off and ``auth_key`` cannot be set. Both ends must use the same codec.
     codec: str = "msgpack"
+    #: With ``codec="node-ipc"``: the string that ends each frame, node-ipc's
+    #: ``ipc.config.delimiter``; both ends must agree. ``"\f"``, node-ipc's default: JSON escapes
+    #: every control character, so it can never occur inside a frame (a delimiter without a
+    #: control character could: a frame that contains it is refused with ``EncodeError``).
+    node_ipc_delimiter: str = "\f"
     #: Largest frame accepted or sent, in bytes. 64 MiB carries a 4096×4096 float32 tensor.
     #: Frames before the handshake completes are held to 64 KiB regardless.
     max_frame_size: int = 64 * 1024 * 1024
@@ -185,7 +190,7 @@ class Config:
         ):
             raise ConfigError("auth_key must be non-empty bytes or str (or None)")
         _check_type("codec", self.codec, str)
-        codec = codec_named(self.codec)
+        codec = self.wire_codec
         if self.auth_key is not None and not codec.handshake:
             raise ConfigError(
                 f"auth_key needs a handshake, and the {self.codec!r} codec has none: "
@@ -193,6 +198,16 @@ class Config:
             )
         if self.retry_cap < self.retry:
             raise ConfigError(f"retry_cap ({self.retry_cap}) must be >= retry ({self.retry})")
+
+    @property
+    def wire_codec(self) -> Codec:
+        """The codec ``codec`` names, with the options here that shape its wire."""
+        if type(self.node_ipc_delimiter) is not str or not self.node_ipc_delimiter:
+            raise ConfigError(
+                "node_ipc_delimiter must be a non-empty str (node-ipc's default is '\\f'), "
+                f"got {self.node_ipc_delimiter!r}"
+            )
+        return codec_named(self.codec).configured(delimiter=self.node_ipc_delimiter)
 
     def replace(self, **changes: Any) -> Config:
         """A copy with ``changes`` applied (and validated)."""

@@ -152,13 +152,19 @@ class NodePeer:
 
 
 @asynccontextmanager
-async def node_peer(script: str, *args: str, name: str | None = None) -> AsyncIterator[NodePeer]:
+async def node_peer(
+    script: str, *args: str, name: str | None = None, tls: dict[str, str] | None = None
+) -> AsyncIterator[NodePeer]:
     """Run ``node tests/node/<script> args...``; on exit close its stdin (it exits), or kill
-    it after a few seconds."""
+    it after a few seconds. ``tls`` is node-ipc's ``ipc.config.tls`` (file names)."""
     node = node_ipc()
+    env = dict(os.environ)
+    if tls is not None:
+        env["NODE_IPC_TLS"] = json.dumps(tls)
     process = await anyio.open_process(
         [node, os.path.join(NODE_DIR, script), *args],
         cwd=NODE_DIR,
+        env=env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -32,7 +32,7 @@ from .._errors import (
     UnsupportedError,
 )
 from .._log import ActorLog
-from .._proto._codec import Encoder, codec_named
+from .._proto._codec import Encoder
 from .._proto._messages import Event, Frame, Ping, Request, frame_size, is_reserved
 from ._handlers import UNHANDLED, Handlers, unhandled
 from ._outbox import Outbox
@@ -96,7 +96,7 @@ class Peer:
         self._config = config
         self._log = log
         self._handlers = handlers
-        codec = self._codec = codec_named(config.codec)
+        codec = self._codec = config.wire_codec
         self._encoder = codec.encoder(config.limits)
         self._carries_requests = codec.carries(Request)
         # Heartbeats need a codec that carries pings (see ``_codec``).

@@ -51,7 +51,6 @@ from .._bursts import WarningBursts
 from .._config import Config
 from .._errors import ClosedError, ConnectionLostError, ProtocolError, UnknownPeerError
 from .._log import ActorLog
-from .._proto._codec import codec_named
 from .._proto._messages import frame_size
 from .._proto._session import Refusal, Role, Session
 from .._transports._streams import wrap_socket
@@ -137,7 +136,7 @@ class Server(HandlerMethods):
         self._log = log
         self._transport = transport
         self._handlers = Handlers()
-        self._codec = codec_named(config.codec)
+        self._codec = config.wire_codec
         self._encoder = self._codec.encoder(config.limits)
         self._accepted = 0  # connections accepted: numbers clients when the codec names none
         self._clients: dict[str, Client] = {}

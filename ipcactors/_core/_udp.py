@@ -35,7 +35,6 @@ from anyio.abc import SocketAttribute, TaskGroup, TaskStatus, UDPSocket
 from .._config import Config, request_timeout
 from .._errors import DatagramTooLargeError, IPCError, ProtocolError, RequestTimeoutError
 from .._log import ActorLog
-from .._proto._codec import codec_named
 from .._proto._messages import ErrorReply, Event, Frame, Message, Reply, Request
 from .._proto._session import datagram_messages
 from ._channel import frame_bytes
@@ -115,7 +114,7 @@ class DatagramServer(HandlerMethods):
         self._max_datagram = min(MAX_DATAGRAM[family], config.max_frame_size)
         self._handlers = Handlers()
         self._unhandled_names: set[str] = set()  # event names logged as having no handler
-        self._codec = codec = codec_named(config.codec)
+        self._codec = codec = config.wire_codec
         self._encoder = codec.datagram_encoder(config.limits)
         self._encoder.tracebacks = config.remote_tracebacks is True  # anyone may send to a port
         self._decoder = codec.decoder(config.limits)

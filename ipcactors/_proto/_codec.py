@@ -154,6 +154,12 @@ class Codec(ABC):
     def carries(self, kind: type[Message]) -> bool:
         return kind in self.kinds
 
+    def configured(self, *, delimiter: str) -> Codec:
+        """This codec with the options of ``Config`` that shape its wire: ``delimiter``
+        (``Config.node_ipc_delimiter``) for a codec that ends frames with one; others ignore it.
+        Raises :class:`ConfigError` for an option the codec cannot use."""
+        return self
+
     def client_id(self, number: int, peer_address: Any) -> str:
         """The id a server gives its ``number``-th client when the codec has no handshake to
         learn it from (unique per server)."""
@@ -165,7 +171,10 @@ class Codec(ABC):
 
 # Codecs by name: module (in this package) and the attribute holding the codec. Imported on first
 # use, so a format's libraries are loaded only by actors that speak it.
-_MODULES: Final[dict[str, tuple[str, str]]] = {"msgpack": ("._msgpack", "CODEC")}
+_MODULES: Final[dict[str, tuple[str, str]]] = {
+    "msgpack": ("._msgpack", "CODEC"),
+    "node-ipc": ("._nodeipc", "CODEC"),
+}
 #: Codecs already loaded, by name.
 CODECS: dict[str, Codec] = {}
 

@@ -1,4 +1,5 @@
-"""node-ipc's wire, sans-IO: compact UTF-8 JSON ``{"type": ..., "data": ...}`` + a delimiter.
+"""node-ipc's wire (``Config.codec="node-ipc"``), sans-IO: compact UTF-8 JSON
+``{"type": ..., "data": ...}`` + a delimiter (``Config.node_ipc_delimiter``).
 
 The format is the one node-ipc 9.2.1, @achrinza/node-ipc 10.1.11 and node-ipc 14.0.0 all speak
 (docs/node-ipc.md): no handshake, no length prefix, no ids; every message is an event. The
@@ -31,12 +32,14 @@ import json
 from typing import Any, Final
 
 from .._errors import ConfigError, DecodeError, EncodeError, EventNameError, FrameTooLargeError
-from ._messages import Event, Limits, is_reserved
-from ._msgpack import _within_depth
+from ._codec import Codec, Decoder, Encoder
+from ._messages import Event, Limits, Message, is_reserved
 
 __all__ = [
+    "CODEC",
     "DEFAULT_DELIMITER",
     "NODE_IPC_RESERVED",
+    "NodeIPCCodec",
     "NodeIPCDecoder",
     "NodeIPCEncoder",
     "check_delimiter",
@@ -73,10 +76,25 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-class NodeIPCEncoder:
-    """Turns events into node-ipc frames (``bytes``, delimiter included)."""
+def _within_depth(value: Any, budget: int) -> bool:
+    """Whether ``value`` nests at most ``budget`` containers deep. Recursion depth ≤ budget."""
+    if budget <= 0:
+        return False
+    for item in value.values() if type(value) is dict else value:
+        kind = type(item)
+        if (kind is list or kind is dict) and not _within_depth(item, budget - 1):
+            return False
+    return True
+
+
+class NodeIPCEncoder(Encoder):
+    """Turns events into node-ipc frames (``bytes``, delimiter included); a datagram is one
+    frame. Every other kind of message raises :class:`UnsupportedError`."""
+
+    codec_name = "node-ipc"
 
     def __init__(self, delimiter: str = DEFAULT_DELIMITER, limits: Limits | None = None) -> None:
+        super().__init__()
         self._delimiter = check_delimiter(delimiter).encode()
         self._limits = Limits() if limits is None else limits
         # JSON escapes every control character, so a delimiter holding one never appears inside
@@ -120,7 +138,7 @@ class NodeIPCEncoder:
         return body + self._delimiter
 
 
-class NodeIPCDecoder:
+class NodeIPCDecoder(Decoder):
     """Splits a byte stream (or datagrams) into node-ipc frames and decodes each into an
     :class:`Event`. Feed it whatever the socket returned; it returns every event those bytes
     complete, in order, however the stream was split."""
@@ -137,7 +155,14 @@ class NodeIPCDecoder:
         """Bytes received but not yet part of a complete frame."""
         return len(self._buffer)
 
-    def feed(self, data: bytes | bytearray | memoryview = b"") -> list[Event]:
+    def missing(self) -> None:
+        """Unknown: a frame ends where its delimiter is."""
+        return None
+
+    def handshake_done(self) -> None:
+        """Nothing to lift: node-ipc has no handshake, frames are held to ``max_frame_size``."""
+
+    def feed(self, data: bytes | bytearray | memoryview = b"") -> list[Message]:
         """Take received bytes; return the events they complete. The first error breaks the
         decoder for good: it raises the same error again on every later call."""
         if self._broken is not None:
@@ -149,13 +174,13 @@ class NodeIPCDecoder:
             self._buffer = bytearray()
             raise
 
-    def _feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
+    def _feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
         buffer = self._buffer
         buffer += data
         delimiter = self._delimiter
         width = len(delimiter)
         limit = self._limits.max_frame_size
-        events: list[Event] = []
+        events: list[Message] = []
         start = 0
         search = self._scanned
         while True:
@@ -174,7 +199,7 @@ class NodeIPCDecoder:
             raise FrameTooLargeError(len(buffer), limit)
         return events
 
-    def decode_datagram(self, datagram: bytes | bytearray | memoryview) -> list[Event]:
+    def decode_datagram(self, datagram: bytes | bytearray | memoryview) -> list[Message]:
         """Decode one UDP datagram: one or more whole frames, each ending with the delimiter.
         Stateless: an error here does not break the decoder."""
         payload = bytes(datagram)
@@ -213,7 +238,43 @@ class NodeIPCDecoder:
         data = value.get("data")
         kind = type(data)
         depth = self._limits.max_depth
-        # A frame shorter than the depth bound cannot nest deeper than it: skip the walk.
-        if (kind is dict or kind is list) and len(frame) > depth and not _within_depth(data, depth):
-            raise DecodeError(f"value nests deeper than max_depth={self._limits.max_depth}")
+        # A frame shorter than the depth bound cannot nest deeper than it: skip the walk. The
+        # frame's own object is one level.
+        walk = (kind is dict or kind is list) and len(frame) > depth
+        if walk and not _within_depth(data, depth - 1):
+            raise DecodeError(f"value nests deeper than max_depth={depth}")
         return Event(event, data)
+
+
+class NodeIPCCodec(Codec):
+    """node-ipc's wire (``Config.codec="node-ipc"``): events only, no handshake; a server names
+    its clients ``node-ipc-1``, ``node-ipc-2``, ... (node-ipc sends no id; 9/10 take the
+    ``data.id`` of a client's messages, which any peer can forge)."""
+
+    name = "node-ipc"
+    kinds: frozenset[type[Message]] = frozenset({Event})
+    handshake = False
+
+    def __init__(self, delimiter: str = DEFAULT_DELIMITER) -> None:
+        self.delimiter = check_delimiter(delimiter)
+
+    def configured(self, *, delimiter: str) -> NodeIPCCodec:
+        if delimiter == self.delimiter:
+            return self
+        codec = _BY_DELIMITER.get(delimiter)
+        if codec is None:
+            codec = _BY_DELIMITER[delimiter] = NodeIPCCodec(delimiter)
+        return codec
+
+    def encoder(self, limits: Limits) -> NodeIPCEncoder:
+        return NodeIPCEncoder(self.delimiter, limits)
+
+    def datagram_encoder(self, limits: Limits) -> NodeIPCEncoder:
+        return NodeIPCEncoder(self.delimiter, limits)
+
+    def decoder(self, limits: Limits) -> NodeIPCDecoder:
+        return NodeIPCDecoder(self.delimiter, limits)
+
+
+CODEC: Final = NodeIPCCodec()
+_BY_DELIMITER: Final[dict[str, NodeIPCCodec]] = {DEFAULT_DELIMITER: CODEC}

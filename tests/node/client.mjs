@@ -3,8 +3,8 @@
 //   node client.mjs VERSION tcp ID PORT EVENTS [DELIMITER]
 // ID is the server's id (the key in ipc.of). Each received event listed in EVENTS is printed as
 // {"ev":"recv","type":..,"data":..}; lifecycle events as {"ev":"connect"}, {"ev":"disconnect"}.
-// stdin commands: {"cmd":"emit","type":..,"data":..}, {"cmd":"big","type":..,"length":N}
-// (emits a string of N "x"), {"cmd":"exit"}.
+// stdin commands: {"cmd":"emit","type":..,"data":..}, {"cmd":"emit_many","type":..,"data":[..]}
+// (one emit per item, in one tick: several frames per write), {"cmd":"exit"}.
 import { loadIPC, say, summary, commands } from './_peer.mjs';
 
 const [version, transport, id, where, events, delimiter] = process.argv.slice(2);
@@ -25,6 +25,6 @@ else ipc.connectToNet(id, '127.0.0.1', Number(where), () => ready(ipc.of[id]));
 commands((command) => {
     const client = ipc.of[id];
     if (command.cmd === 'emit') client.emit(command.type, command.data);
-    else if (command.cmd === 'big') client.emit(command.type, 'x'.repeat(command.length));
+    else if (command.cmd === 'emit_many') for (const data of command.data) client.emit(command.type, data);
     else if (command.cmd === 'exit') { ipc.disconnect(id); process.exit(0); }
 });

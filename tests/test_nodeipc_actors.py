@@ -1,0 +1,194 @@
+"""``codec="node-ipc"`` between Python actors and against hand-written bytes (no Node needed).
+
+What node-ipc cannot express gives a clear error; what a hostile node-ipc peer sends costs only
+its own connection; the options are validated. The real node-ipc is in test_nodeipc.py.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from collections.abc import Callable
+
+import anyio
+import anyio.abc
+import pytest
+import trustme
+from anyio.streams.tls import TLSStream
+
+import ipcactors
+from ipcactors import Actor, Client
+
+pytestmark = pytest.mark.anyio
+
+FAST = {"codec": "node-ipc", "retry": 0.05, "retry_cap": 0.2, "silent": True}
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    with anyio.fail_after(timeout):
+        while not condition():
+            await anyio.sleep(0.01)
+
+
+async def test_python_actors_over_node_ipc_with_a_custom_delimiter(socket_dir: str) -> None:
+    got: list[object] = []
+    async with (
+        Actor("world", socket_root=socket_dir, node_ipc_delimiter="\r\n", **FAST) as world,
+        Actor("hello", socket_root=socket_dir, node_ipc_delimiter="\r\n", **FAST) as hello,
+    ):
+        server = await world.serve()
+
+        @server.on("message")
+        async def message(data: str, client: Client) -> None:
+            await server.emit(client, "message", data + " world!")
+
+        with anyio.fail_after(10):
+            connection = await hello.connect_to("world")
+            connection.on("message", got.append)
+            await connection.emit("message", "hello\r\n✓")  # JSON escapes the delimiter
+            await wait_until(lambda: got == ["hello\r\n✓ world!"])
+            # no handshake: the server numbers its clients
+            assert list(server.clients) == ["node-ipc-1"]
+            with pytest.raises(ipcactors.UnsupportedError, match="carries events only"):
+                await connection.request("message", "x", timeout=1)
+            with pytest.raises(ipcactors.UnsupportedError, match="carries events only"):
+                await server.request("node-ipc-1", "message", "x", timeout=1)
+
+
+async def test_what_node_ipc_cannot_carry_is_refused_before_sending(socket_dir: str) -> None:
+    async with (
+        Actor("world", socket_root=socket_dir, **FAST) as world,
+        Actor("hello", socket_root=socket_dir, **FAST) as hello,
+    ):
+        await world.serve()
+        with anyio.fail_after(10):
+            connection = await hello.connect_to("world")
+            for name in ("socket.disconnected", "close", "data", "start"):
+                with pytest.raises(ipcactors.EventNameError, match="lifecycle"):
+                    await connection.emit(name, {})
+            for data in (b"bytes", float("nan"), {1, 2}):
+                with pytest.raises(ipcactors.EncodeError, match="node-ipc JSON"):
+                    await connection.emit("x", data)
+            assert connection.connected  # nothing was sent: the connection lives
+
+
+def test_node_ipc_options_are_validated() -> None:
+    with pytest.raises(ipcactors.ConfigError, match="node_ipc_delimiter"):
+        ipcactors.Config(codec="node-ipc", node_ipc_delimiter="")
+    with pytest.raises(ipcactors.ConfigError, match="node_ipc_delimiter"):
+        ipcactors.Config(codec="node-ipc", node_ipc_delimiter=b"\f")  # type: ignore[arg-type]
+    with pytest.raises(ipcactors.ConfigError, match="auth_key needs a handshake"):
+        ipcactors.Config(codec="node-ipc", auth_key=b"secret")
+    with pytest.raises(ipcactors.ConfigError, match="codec must be one of"):
+        ipcactors.Config(codec="node_ipc")
+    assert ipcactors.Config(codec="node-ipc", node_ipc_delimiter="\n").node_ipc_delimiter == "\n"
+
+
+async def receive_until_closed(stream: anyio.abc.ByteStream) -> bool:
+    try:
+        while True:
+            await stream.receive()
+    except (anyio.EndOfStream, anyio.BrokenResourceError):
+        return True
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"{not json\f",
+        b'{"type":123,"data":1}\f',
+        b'{"data":1}\f',
+        b"42\f",
+        b'{"type":"connect","data":{}}\f',
+        b'{"type":"socket.disconnected","data":{}}\f',
+        b'{"type":"error","data":{"message":"spoofed"}}\f',
+    ],
+)
+async def test_a_bad_node_ipc_frame_costs_only_that_connection(socket_dir: str, bad: bytes) -> None:
+    got: list[object] = []
+    lifecycle: list[str] = []
+    async with Actor("world", socket_root=socket_dir, **FAST) as world:
+        server = await world.serve()
+        server.on("ok", lambda data, client: got.append(data))
+        server.on("connect", lambda client: lifecycle.append("connect"))
+        server.on("disconnect", lambda client: lifecycle.append("disconnect"))
+        path = str(server.address)
+        with anyio.fail_after(10):
+            async with await anyio.connect_unix(path) as good:
+                async with await anyio.connect_unix(path) as evil:
+                    await evil.send(b'{"type":"ok","data":1}\f')
+                    await wait_until(lambda: got == [1])
+                    await evil.send(bad + b'{"type":"ok","data":2}\f')
+                    closed = await receive_until_closed(evil)
+                    assert closed
+                await good.send(b'{"type":"ok","data":3}\f')
+                await wait_until(lambda: 3 in got)
+        # nothing after the bad frame was handled; no lifecycle event was fired by the peer (one
+        # connect and one disconnect for the evil connection, one connect for the good one)
+        assert got == [1, 3]
+        assert lifecycle.count("connect") == 2
+        assert lifecycle.count("disconnect") == 1
+
+
+async def test_emit_while_the_server_is_down_is_sent_after_reconnecting(socket_dir: str) -> None:
+    got: list[object] = []
+    path = os.path.join(socket_dir, "world.sock")
+    async with Actor("hello", socket_root=socket_dir, **FAST) as hello:
+        async with Actor("world", socket_root=socket_dir, **FAST) as world:
+            server = await world.serve(path)
+            server.on("message", lambda data, client: got.append(data))
+            with anyio.fail_after(10):
+                connection = await hello.connect_to("world", path)
+                await connection.emit("message", 1)
+                await wait_until(lambda: got == [1])
+        with anyio.fail_after(10):
+            await wait_until(lambda: not connection.connected)
+            await connection.emit("message", 2)  # queued: the server is gone
+            async with Actor("world", socket_root=socket_dir, **FAST) as world:
+                server = await world.serve(path)
+                server.on("message", lambda data, client: got.append(data))
+                await wait_until(lambda: got == [1, 2])
+
+
+async def test_a_tls_error_after_the_handshake_costs_only_that_connection(
+    socket_dir: str,
+) -> None:
+    """A TLS server that completes the TLS handshake, then sends a corrupt record (as a node-ipc
+    14 server sends an alert when it wants a client certificate): the client's read fails with
+    an SSL error. With no ipcactors handshake to catch it (node-ipc's wire), it used to escape
+    the reader and take the client's whole actor down. Now it ends that connection only: the
+    client reconnects, and the actor lives on."""
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    accepted: list[int] = []
+
+    async def corrupt(raw: anyio.abc.SocketStream) -> None:
+        async with raw:
+            tls = await TLSStream.wrap(
+                raw, server_side=True, ssl_context=server_context, standard_compatible=False
+            )
+            accepted.append(1)
+            if len(accepted) == 1:
+                await raw.send(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)  # fails to decrypt
+            else:
+                await tls.send(b'{"type":"hi","data":2}\f')
+            await receive_until_closed(raw)
+
+    got: list[object] = []
+    async with (
+        await anyio.create_tcp_listener(local_host="127.0.0.1") as listener,
+        anyio.create_task_group() as tasks,
+    ):
+        tasks.start_soon(listener.serve, corrupt)
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with Actor("hello", socket_root=socket_dir, **FAST) as hello:
+            with anyio.fail_after(10):
+                connection = await hello.connect_to_net(
+                    "world", "127.0.0.1", port, tls=client_context
+                )
+                connection.on("hi", got.append)
+                await wait_until(lambda: got == [2])  # after reconnecting
+        tasks.cancel_scope.cancel()
