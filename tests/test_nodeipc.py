@@ -20,7 +20,7 @@ import pytest
 import trustme
 from _node_peers import VERSIONS, free_port, node_peer
 
-from ipcactors import Actor, Client, DatagramPeer
+from ipcactors import Actor, Client, Connection, DatagramPeer, DatagramTooLargeError
 from ipcactors._proto._messages import Event
 from ipcactors._proto._nodeipc import NodeIPCDecoder, NodeIPCEncoder
 
@@ -166,25 +166,34 @@ async def test_python_server_node_clients(version: str, transport: str, socket_d
 
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
-async def test_node_server_python_client(version: str, transport: str, socket_dir: str) -> None:
-    """Echo, Unicode, large frames, broadcast, and reconnecting after the Node server restarts:
-    a node-ipc server, a Python client."""
+async def test_node_server_python_clients(version: str, transport: str, socket_dir: str) -> None:
+    """Echo, Unicode, large frames, broadcast to two clients, and reconnecting after the Node
+    server restarts (emits made meanwhile are sent then): a node-ipc server, Python clients."""
     where = os.path.join(socket_dir, "node.sock") if transport == "unix" else str(free_port())
     echoes: list[object] = []
     news: list[object] = []
+    other_news: list[object] = []
     lost = anyio.Event()
-    async with Actor("py-client", socket_root=socket_dir, **FAST) as ipc:
+
+    async def connect(actor: Actor) -> Connection:
+        if transport == "unix":
+            return await actor.connect_to("node-server", where)
+        return await actor.connect_to_net("node-server", "127.0.0.1", int(where))
+
+    async with (
+        Actor("py-client", socket_root=socket_dir, **FAST) as ipc,
+        Actor("py-other", socket_root=socket_dir, **FAST) as other_ipc,
+    ):
         server_args = (version, transport, where, "echo,big")
         async with node_peer("server.mjs", *server_args) as node:
-            await node.expect("ready")
-            if transport == "unix":
-                world = await ipc.connect_to("node-server", where)
-            else:
-                world = await ipc.connect_to_net("node-server", "127.0.0.1", int(where))
-            world.on("echo", echoes.append)
-            world.on("news", news.append)
-            world.on("disconnect", lambda: lost.set())
             with anyio.fail_after(20):
+                await node.expect("ready")
+                world = await connect(ipc)
+                world.on("echo", echoes.append)
+                world.on("news", news.append)
+                world.on("disconnect", lambda: lost.set())
+                other = await connect(other_ipc)
+                other.on("news", other_news.append)
                 for number in range(3):  # queued together: several frames in one write
                     await world.emit("echo", {"seq": number, **UNICODE})
                 await wait_until(lambda: len(echoes) == 3, "3 echoes")
@@ -194,8 +203,9 @@ async def test_node_server_python_client(version: str, transport: str, socket_di
                 await world.emit("echo", LARGE)
                 await wait_until(lambda: len(echoes) == 4, "the large echo")
                 assert echoes[3] == LARGE
+                await node.expect("connect", 2)
                 await node.command(cmd="broadcast", type="news", data={"n": 1})
-                await wait_until(lambda: news == [{"n": 1}], "the broadcast")
+                await wait_until(lambda: news == other_news == [{"n": 1}], "the broadcast")
                 await node.command(cmd="stop")
         with anyio.fail_after(20):
             await lost.wait()
@@ -206,6 +216,7 @@ async def test_node_server_python_client(version: str, transport: str, socket_di
                 await world.emit("echo", "again ✓")
                 await wait_until(lambda: echoes[-2:] == ["queued ✓", "again ✓"], "the echoes")
                 await node.command(cmd="stop")
+        assert other_news == [{"n": 1}]  # exactly once
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -240,6 +251,13 @@ async def test_udp_python_and_node_ipc_peers(version: str, socket_dir: str) -> N
                 to = {"address": host, "port": port}
                 await node.command(cmd="emit", to=to, type="ask", data={"t": "✓"})
                 assert await node.expect_received("answer") == [{"t": "✓"}]
+                # a large datagram of multi-byte characters, both ways
+                text = "é✓😀" * 4000  # 36,000 bytes of UTF-8
+                echoes.clear()
+                await server.emit(("127.0.0.1", node_port), "echo", text)
+                await wait_until(lambda: echoes == [text], "the large echo")
+                with pytest.raises(DatagramTooLargeError):
+                    await server.emit(("127.0.0.1", node_port), "echo", text * 2)
                 await server.broadcast("news", {"text": "é"})  # node-ipc is a known peer now
                 assert await node.expect_received("news") == [{"text": "é"}]
 
