@@ -12,6 +12,8 @@ Invariants owned here:
   its own write: nothing is lost.
 - Each child's output keeps its order; whole lines are written together (a line longer than
   ``RELAY_LINE`` is passed on in pieces).
+- ``ChildOutput`` holds every child's two relays; closing it gives them a bounded time to pass
+  on a stopped child's last output, then ends them.
 - Closing waits, bounded, for what is queued to be written. A stream that never drains leaves
   only its (daemon) thread blocked in its write, never the loop.
 """
@@ -24,8 +26,9 @@ import threading
 from typing import Final, Literal
 
 import anyio
+from anyio.abc import TaskGroup
 
-__all__ = ["RELAY_BUFFER", "RELAY_LINE", "OutputWriter", "relay"]
+__all__ = ["RELAY_BUFFER", "RELAY_LINE", "ChildOutput", "OutputWriter", "Stream", "relay"]
 
 RELAY_BUFFER: Final = 1024 * 1024  # characters queued per stream before readers wait
 RELAY_LINE: Final = 64 * 1024  # a longer line is passed on in pieces
@@ -171,3 +174,51 @@ async def relay(fd: int, prefix: str, writer: OutputWriter) -> None:
 
 def _text(prefix: str, lines: list[bytes]) -> str:
     return "".join(f"{prefix}{line.decode(errors='replace')}\n" for line in lines)
+
+
+class ChildOutput:
+    """The relays of every child's stdout and stderr to ours, through one writer thread per
+    stream (made with the first child)."""
+
+    def __init__(self) -> None:
+        self._relays: set[anyio.CancelScope] = set()
+        self._writers: dict[Stream, OutputWriter] = {}
+        self._idle = anyio.Event()
+        self._idle.set()
+
+    def start(self, task_group: TaskGroup, fds: tuple[int, int], child_id: str) -> None:
+        """Relay the read ends ``fds`` (the child's stdout, stderr; closed here at their end)."""
+        streams: tuple[Stream, Stream] = ("stdout", "stderr")
+        for fd, stream in zip(fds, streams, strict=True):
+            os.set_blocking(fd, False)
+            scope = anyio.CancelScope()
+            self._relays.add(scope)
+            self._idle = anyio.Event()
+            writer = self._writers.get(stream)
+            if writer is None:
+                writer = self._writers[stream] = OutputWriter(stream)
+            task_group.start_soon(self._relay, fd, writer, f"[{child_id}] ", scope)
+
+    async def _relay(
+        self, fd: int, writer: OutputWriter, prefix: str, scope: anyio.CancelScope
+    ) -> None:
+        try:
+            with scope:
+                await relay(fd, prefix, writer)
+        finally:
+            os.close(fd)
+            self._relays.discard(scope)
+            if not self._relays:
+                self._idle.set()
+
+    async def aclose(self, drain: float) -> None:
+        """Give the relays ``drain`` seconds to pass on the last output of children that are
+        gone, end them, then let the writers write what is queued (``drain`` again)."""
+        with anyio.move_on_after(drain):
+            await self._idle.wait()
+        for scope in list(self._relays):
+            scope.cancel()
+        await self._idle.wait()
+        for writer in self._writers.values():
+            await writer.aclose(drain)
+        self._writers.clear()

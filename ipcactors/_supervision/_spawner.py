@@ -1,9 +1,11 @@
 """The supervisor's handle on its forkserver: start it, spawn and signal children through it,
 hear of their exits. The forkserver's own side (the process) is ``_forkserver``.
 
-Invariant: the forkserver is started with fork + exec from the event-loop thread (see
+Invariants: the forkserver is started with fork + exec from the event-loop thread (see
 ``_forkserver`` for why), and reaped here; a lost connection to it counts every child it had as
-killed (they die with it).
+killed (they die with it). It deals in pids and callbacks only: each spawn's ``on_exit`` is
+called once, when that child is reaped (or lost with the forkserver), and a child is signalled
+only until then, so a pid reused after it is never signalled.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 import anyio
 from anyio.abc import TaskGroup
@@ -23,9 +26,6 @@ from anyio.abc import TaskGroup
 from .._errors import SpawnError
 from .._log import ActorLog
 from ._forkserver import recv_message, send_message
-
-if TYPE_CHECKING:
-    from ._supervisor import _Incarnation
 
 __all__ = ["KILL_WAIT", "ForkServer", "wait_either"]
 
@@ -70,12 +70,21 @@ async def _wait_process(process: subprocess.Popen[bytes]) -> None:
             os.close(pidfd)
 
 
+@dataclass(eq=False)
+class _Spawning:
+    """A spawn the forkserver has not answered yet."""
+
+    on_exit: Callable[[int], None]
+    done: anyio.Event = field(default_factory=anyio.Event)
+    pid: int | None = None
+    error: str | None = None
+
+
 class ForkServer:
     """The supervisor's handle on its forkserver process (see ``_forkserver``)."""
 
-    def __init__(self, log: ActorLog, on_exit: Callable[[_Incarnation], None]) -> None:
+    def __init__(self, log: ActorLog) -> None:
         self._log = log
-        self._on_exit = on_exit
         self._process: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._ready = anyio.Event()
@@ -84,8 +93,8 @@ class ForkServer:
         self._reader_scope = anyio.CancelScope()
         self._seq = 0
         self._sending = anyio.Lock()  # spawns run concurrently: one waits on the socket at a time
-        self._pending: dict[int, tuple[_Incarnation, anyio.Event, list[str]]] = {}
-        self._incarnations: dict[int, _Incarnation] = {}
+        self._pending: dict[int, _Spawning] = {}
+        self._live: dict[int, Callable[[int], None]] = {}  # pid: its on_exit, until reaped
         self.dead = False
 
     def start(
@@ -146,28 +155,30 @@ class ForkServer:
                 except OSError as exc:
                     raise SpawnError(f"the forkserver is gone: {exc}") from exc
 
-    async def spawn(self, spec: dict[str, Any], fds: list[int], incarnation: _Incarnation) -> int:
+    async def spawn(
+        self, spec: dict[str, Any], fds: list[int], name: str, on_exit: Callable[[int], None]
+    ) -> int:
+        """Have the forkserver fork child ``name`` (``spec``, with ``fds`` as its stdout and
+        stderr); return its pid. ``on_exit(code)`` is called once it is reaped, possibly
+        before this returns."""
         self._seq += 1
         seq = self._seq
-        done = anyio.Event()
-        error: list[str] = []
-        self._pending[seq] = (incarnation, done, error)
+        spawning = self._pending[seq] = _Spawning(on_exit)
         try:
             await self._send(["spawn", seq, spec], fds)
             with anyio.move_on_after(_FORKSERVER_START):
-                await wait_either(done, self._gone)
+                await wait_either(spawning.done, self._gone)
         finally:
             self._pending.pop(seq, None)
-        if error or incarnation.pid is None:
-            reason = error[0] if error else "the forkserver did not answer"
-            raise SpawnError(f"could not start child {incarnation.child.id!r}: {reason}")
-        return incarnation.pid
+        if spawning.error is not None or spawning.pid is None:
+            reason = spawning.error or "the forkserver did not answer"
+            raise SpawnError(f"could not start child {name!r}: {reason}")
+        return spawning.pid
 
-    def kill(self, incarnation: _Incarnation, sig: int) -> None:
-        """Send ``sig`` to the process group of a child that was not reaped yet (the forkserver
-        checks)."""
-        pid = incarnation.pid
-        if pid is None or incarnation.exited.is_set() or self._sock is None or self.dead:
+    def kill(self, pid: int, sig: int) -> None:
+        """Send ``sig`` to the process group of child ``pid`` if it was not reaped yet (the
+        forkserver checks too)."""
+        if pid not in self._live or self._sock is None or self.dead:
             return
         try:
             send_message(self._sock, ["kill", pid, int(sig)])
@@ -203,23 +214,20 @@ class ForkServer:
         if kind == "ready":
             self._ready.set()
         elif kind == "spawned":
-            pending = self._pending.get(message[1])
-            if pending is not None:
-                incarnation, done, _ = pending
-                incarnation.pid = message[2]
-                self._incarnations[message[2]] = incarnation
-                done.set()
+            spawning = self._pending.get(message[1])
+            if spawning is not None:
+                spawning.pid = message[2]
+                self._live[message[2]] = spawning.on_exit
+                spawning.done.set()
         elif kind == "error":
-            pending = self._pending.get(message[1])
-            if pending is not None:
-                pending[2].append(str(message[2]))
-                pending[1].set()
+            spawning = self._pending.get(message[1])
+            if spawning is not None:
+                spawning.error = str(message[2])
+                spawning.done.set()
         elif kind == "exit":
-            found = self._incarnations.pop(message[1], None)
-            if found is not None:
-                incarnation = found
-                incarnation.exitcode = message[2]
-                self._on_exit(incarnation)
+            on_exit = self._live.pop(message[1], None)
+            if on_exit is not None:
+                on_exit(message[2])
 
     def _lost(self) -> None:
         """The forkserver is gone: its children die with it (PR_SET_PDEATHSIG). If it was
@@ -227,10 +235,9 @@ class ForkServer:
         signal: docs/supervisor.md states the bound)."""
         self.dead = True
         self._gone.set()
-        for incarnation in list(self._incarnations.values()):
-            incarnation.exitcode = -signal.SIGKILL
-            self._on_exit(incarnation)
-        self._incarnations.clear()
+        live, self._live = self._live, {}
+        for on_exit in live.values():
+            on_exit(-signal.SIGKILL)
 
     async def aclose(self) -> None:
         """Close the control socket (the forkserver kills what children remain and exits),

@@ -1,5 +1,10 @@
 """The supervisor: worker processes that connect back, restarted by OTP rules, never orphaned.
 
+This module ties the parts together: the restart policy (``_policy``, a pure function), each
+child's state and how its process is stopped (``_children``), the forkserver handle
+(``_spawner``), the output relay (``_relay``) and the socket directory (``_sockets``). It owns
+the lifecycle, spawning, the restarts' sequencing, the children's messages and requests.
+
 Invariants owned here:
 - Only this module (through its forkserver handle in ``_spawner``) starts or signals a process:
   the forkserver, and through it the children; only ``_forkserver`` forks. Nothing forks a
@@ -12,28 +17,24 @@ Invariants owned here:
 - Each child leads its own process group: SIGTERM and SIGKILL go to the whole group, and what
   is left in it when the child exits (however it exits, the supervisor's death included) is
   SIGKILLed. Only a process that left the group on purpose (``setsid()``) outlives its child.
-- Restarts follow OTP: per child ``permanent`` (always), ``transient`` (after an abnormal exit),
-  ``temporary`` (never); per supervisor ``one_for_one``, ``one_for_all``, ``rest_for_one``. More
-  than ``max_restarts`` restarts within ``max_seconds`` stop every child, and the ``async with``
-  raises :class:`RestartIntensityError` (in a child process that exits abnormally, which is how
-  the failure escalates to the supervisor above). Its ``chain`` runs from this supervisor down
-  to the child that kept failing, as far as each child reported its own give-up before exiting
-  (``_child``); a missing report cuts it short, never blocks it.
+- Restarts follow OTP, as ``_policy.decide`` says. Giving up stops every child, and the
+  ``async with`` raises :class:`RestartIntensityError` (in a child process that exits
+  abnormally, which is how the failure escalates to the supervisor above). Its ``chain`` runs
+  from this supervisor down to the child that kept failing, as far as each child reported its
+  own give-up before exiting (``_child``); a missing report cuts it short, never blocks it.
 - At most ``max_children`` children at once; one more ``spawn`` is a :class:`SpawnError` at
   once. The supervisor's own server holds ``max_connections + max_children`` clients, so the
   children never meet ``max_connections``, a limit meant for other actors.
 - Every way a target can fail to load ends ``spawn`` with :class:`SpawnError`: in the parent's
   check (``_target``), or in the child, which reports the exception before it exits.
-- Stopping a child is bounded at every step: the requests the supervisor sent it are answered
-  and the stop message is obeyed within ``shutdown_timeout``, then SIGTERM and
-  ``terminate_timeout``, then SIGKILL (both to the child's process group). When the
-  supervisor stops (or gives up), every child's grace period starts at once under
-  ``one_for_one``; under ``one_for_all`` and ``rest_for_one`` children stop one by one in
-  reverse start order (a child still starting is stopped at once under every strategy).
-  Leaving the ``async with`` never hangs.
-- No lock over all children. Each child has its own (``_Child.lock``): spawn, a restart, stop
+- Stopping a child is bounded at every step (``_children.stop_process``), its signals going
+  to its process group. When the supervisor stops (or gives up), every child's grace period
+  starts at once under ``one_for_one``; under ``one_for_all`` and ``rest_for_one`` children
+  stop one by one in reverse start order (a child still starting is stopped at once under
+  every strategy). Leaving the ``async with`` never hangs.
+- No lock over all children. Each child has its own (``Child.lock``): spawn, a restart, stop
   and shutdown start or end its process one at a time, and different children's run side by
-  side. A stop (or shutdown) interrupts a start in progress at once (``_Child.halt``,
+  side. A stop (or shutdown) interrupts a start in progress at once (``Child.halt``,
   ``_halting``) instead of waiting for it. Restarts are decided in ``_on_exit``, with no await
   (decisions never interleave), only for the exit of a running child's current process that
   the supervisor did not cause; a start that fails is reported by its starter (``spawn``
@@ -41,8 +42,8 @@ Invariants owned here:
   newer decision covering one of them supersedes the older for it. ``one_for_one`` restarts
   run side by side; ``one_for_all`` and ``rest_for_one`` sequences, whose groups overlap, one
   at a time.
-- A request to a child fails as soon as the child's process is known to have exited, with
-  :class:`ChildExitedError` naming the child and its exit code or signal.
+- A request to a child fails as soon as the child's process is known to have exited
+  (``Incarnation.request``).
 - The children's output never stalls the supervisor: it is written to our stdout and stderr by
   a thread per stream, bounded, with backpressure to the children (``_relay``).
 """
@@ -51,19 +52,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import secrets
 import shutil
 import signal
 import sys
-import tempfile
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import anyio
 from anyio.abc import TaskGroup
@@ -77,7 +74,6 @@ from .._errors import (
     ChildExitedError,
     ClosedError,
     ConfigError,
-    ConnectionLostError,
     EncodeError,
     IPCError,
     RemoteError,
@@ -90,146 +86,28 @@ from .._log import ActorLog
 from .._proto._msgpack import pack_value
 from .._runtime import current_runtime, end_with_run
 from .._transports._unix import check_path_length, default_socket_root, ensure_socket_dir
-from ._child import FAILED_EVENT, HELLO_EVENT, READY_EVENT, STOP_EVENT
-from ._relay import OutputWriter, Stream, relay
-from ._spawner import KILL_WAIT, ForkServer
-from ._target import Target, target_of
+from ._child import FAILED_EVENT, HELLO_EVENT, READY_EVENT
+from ._children import (
+    Child,
+    ChildInfo,
+    Incarnation,
+    chain_of,
+    describe_chain,
+    describe_exit,
+    stop_process,
+)
+from ._policy import RESTART_TYPES, STRATEGIES, RestartType, Strategy, decide
+from ._relay import ChildOutput
+from ._sockets import make_socket_dir, sweep_socket_dirs
+from ._spawner import ForkServer
+from ._target import target_of
 
 __all__ = ["ChildInfo", "Supervisor"]
 
-Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
-RestartType = Literal["permanent", "transient", "temporary"]
-
-_STRATEGIES: Final = ("one_for_one", "one_for_all", "rest_for_one")
-_RESTART_TYPES: Final = ("permanent", "transient", "temporary")
 _RELAY_DRAIN: Final = 1.0  # seconds relays get to pass on a stopped child's last output
 #: Children a supervisor holds at once unless told otherwise: far beyond what a machine runs
 #: as worker processes, but a limit that fails with a clear error rather than a hidden one.
 DEFAULT_MAX_CHILDREN: Final = 1000
-_MAX_CHAIN: Final = 100  # steps of a reported escalation chain kept (deeper trees: cut short)
-
-
-def describe_exit(code: int | None) -> str:
-    """``"exited with code 1"``, ``"was killed by SIGKILL"``, ..."""
-    if code is None:
-        return "exited (status unknown)"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"was killed by {name}"
-    return f"exited with code {code}"
-
-
-def describe_chain(chain: tuple[ChildExit, ...]) -> str:
-    """``"child 'a' of supervisor 'root' -> child 'b' of supervisor 'a-sup' exited with code
-    3"``: who failed, down to the child that kept failing, and how it ended."""
-    steps = " -> ".join(f"child {step.child!r} of supervisor {step.supervisor!r}" for step in chain)
-    return f"{steps} {describe_exit(chain[-1].exitcode)}"
-
-
-def _chain_of(data: Any) -> tuple[ChildExit, ...]:
-    """A chain a child reported (``[[supervisor, child, exitcode], ...]``); empty if malformed."""
-    if not isinstance(data, list) or not 0 < len(data) <= _MAX_CHAIN:
-        return ()
-    chain = []
-    for step in data:
-        if not (isinstance(step, list) and len(step) == 3):
-            return ()
-        supervisor, child, code = step
-        if not (isinstance(supervisor, str) and isinstance(child, str)):
-            return ()
-        if not (code is None or type(code) is int):
-            return ()
-        chain.append(ChildExit(supervisor, child, code))
-    return tuple(chain)
-
-
-#: Where a child is: ``starting`` (a process is on its way to ready), ``running`` (ready),
-#: ``restarting`` (a restart is decided: its old process is being stopped, or waits for its turn),
-#: ``stopping`` (being stopped for good: ``stop``, shutdown, giving up), ``stopped`` (no process,
-#: and none to come).
-ChildState = Literal["starting", "running", "restarting", "stopping", "stopped"]
-
-
-@dataclass(frozen=True, slots=True)
-class ChildInfo:
-    """A snapshot of one supervised child (``Supervisor.children``)."""
-
-    id: str
-    #: The function the child runs, as ``module.qualname``.
-    target: str
-    restart: RestartType
-    #: The current process id; ``None`` while the child is not running.
-    pid: int | None
-    #: Whether the child is up: started, connected back and ready.
-    running: bool
-    #: How many times it was restarted.
-    restarts: int
-    #: Exit code of its last process (negative: killed by that signal); ``None`` if none ended.
-    last_exit: int | None
-    #: ``"starting"``, ``"running"``, ``"restarting"``, ``"stopping"`` or ``"stopped"``.
-    state: ChildState = "running"
-
-
-class _Incarnation:
-    """One process of a child: from spawn to exit."""
-
-    def __init__(self, child: _Child) -> None:
-        self.child = child
-        self.token = secrets.token_hex(16)
-        self.pid: int | None = None
-        self.client: Client | None = None
-        self.ready = anyio.Event()
-        self.exited = anyio.Event()
-        self.exitcode: int | None = None
-        self.stopping = False  # the supervisor is ending it: its exit is not a crash
-        # Why it is about to exit, if it told us (FAILED_EVENT) before it did:
-        self.load_error: RemoteError | None = None  # its target did not load
-        self.chain: tuple[ChildExit, ...] = ()  # a supervisor in it gave up: down to whom
-        self.inflight = 0
-        self.idle = anyio.Event()
-        self.idle.set()
-
-    @property
-    def running(self) -> bool:
-        return (
-            self.ready.is_set()
-            and not self.exited.is_set()
-            and not self.stopping
-            and self.client is not None
-        )
-
-
-class _Child:
-    """A supervised child and its state. Operations that start or end its process (spawn,
-    a restart, stop, shutdown) hold its ``lock``: one at a time per child, never one for all
-    children."""
-
-    def __init__(self, id: str, target: Target, args: bytes, restart: RestartType) -> None:
-        self.id = id
-        self.target = target
-        self.args = args
-        self.restart: RestartType = restart
-        self.incarnation: _Incarnation | None = None
-        self.state: ChildState = "starting"
-        self.restarts = 0
-        self.last_exit: int | None = None
-        self.removed = False
-        self.lock = anyio.Lock()
-        # Set when it is stopped for good: interrupts a start in progress at once.
-        self.halt = anyio.Event()
-        # The restart decided for it that has not started it yet (a newer one supersedes it).
-        self.claim: object | None = None
-        self._changed = anyio.Event()
-
-    def changed(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
-
-    async def wait_changed(self) -> None:
-        await self._changed.wait()
 
 
 async def _wait_any(*events: anyio.Event) -> None:
@@ -265,36 +143,6 @@ def _current_backend() -> tuple[str, bool]:
 
     loop = asyncio.get_running_loop()
     return "asyncio", type(loop).__module__.startswith("uvloop")
-
-
-def _sweep(root: str) -> None:
-    """Remove the socket directories of supervisors that died without cleaning up."""
-    try:
-        names = os.listdir(root)
-    except OSError:
-        return
-    uid = os.getuid()
-    for name in names:
-        if not name.startswith("sup-"):
-            continue
-        try:
-            pid = int(name.split("-")[1])
-        except (IndexError, ValueError):
-            continue
-        try:
-            os.kill(pid, 0)
-            continue  # alive (or a pid reused: leave it)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        path = os.path.join(root, name)
-        try:
-            info = os.lstat(path)
-        except OSError:
-            continue
-        if info.st_uid == uid and os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
 
 
 class Supervisor:
@@ -361,8 +209,8 @@ class Supervisor:
         log_level: str = "WARNING",
         **overrides: Any,
     ) -> None:
-        if strategy not in _STRATEGIES:
-            raise ConfigError(f"strategy must be one of {', '.join(_STRATEGIES)}, got {strategy!r}")
+        if strategy not in STRATEGIES:
+            raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
         if type(max_restarts) is not int or max_restarts < 0:
             raise ConfigError(f"max_restarts must be an integer >= 0, got {max_restarts!r}")
         for name, value in (
@@ -388,8 +236,8 @@ class Supervisor:
         self.log_level = log_level
         self.config = (config or Config()).replace(id=id, **overrides)
         self._log = ActorLog(id, self.config.silent)
-        self._children: dict[str, _Child] = {}  # in start order
-        self._restart_times: deque[float] = deque()
+        self._children: dict[str, Child] = {}  # in start order
+        self._restart_window: tuple[float, ...] = ()  # times of recent restarts (_policy)
         # Restarts of dependent strategies (one_for_all, rest_for_one) run one sequence at a
         # time: their groups overlap. one_for_one restarts never wait for each other.
         self._sequence = anyio.Lock()
@@ -404,10 +252,7 @@ class Supervisor:
         self._dir: str | None = None
         self._backend = "asyncio"
         self._uvloop = False
-        self._relays: set[anyio.CancelScope] = set()
-        self._writers: dict[Stream, OutputWriter] = {}  # made with the first child
-        self._relays_idle = anyio.Event()
-        self._relays_idle.set()
+        self._output = ChildOutput()
         self._entered = False
         self._closing = False
         self._closed = anyio.Event()
@@ -426,8 +271,8 @@ class Supervisor:
         self._backend, self._uvloop = _current_backend()
         root = self.config.socket_root or default_socket_root()
         ensure_socket_dir(root, private=self.config.socket_root is None)
-        _sweep(root)
-        self._dir = tempfile.mkdtemp(prefix=f"sup-{os.getpid()}-", dir=root)
+        sweep_socket_dirs(root)
+        self._dir = make_socket_dir(root)
         # Each child holds a connection to our server: they get places of their own, so that
         # neither max_connections (sized for ordinary servers, and the children's) caps the
         # number of children nor do children crowd out the supervisor's other clients.
@@ -543,14 +388,7 @@ class Supervisor:
                 for fd in self._lifeline:
                     os.close(fd)
                 self._lifeline = None
-            with anyio.move_on_after(_RELAY_DRAIN):
-                await self._relays_idle.wait()
-            for scope in list(self._relays):
-                scope.cancel()
-            await self._relays_idle.wait()
-            for writer in self._writers.values():
-                await writer.aclose(_RELAY_DRAIN)
-            self._writers.clear()
+            await self._output.aclose(_RELAY_DRAIN)
         finally:
             await self._cleanup_files()
             self._closed.set()
@@ -570,7 +408,8 @@ class Supervisor:
         for child in self._children.values():
             if child.incarnation is not None:
                 child.incarnation.stopping = True
-                self._forkserver.kill(child.incarnation, signal.SIGKILL)
+                if child.incarnation.pid is not None:
+                    self._forkserver.kill(child.incarnation.pid, signal.SIGKILL)
 
     def _check_open(self) -> None:
         if self._failure is not None:
@@ -595,7 +434,7 @@ class Supervisor:
             preload.append("trio")
         elif self._uvloop:
             preload.append("uvloop")
-        forkserver = ForkServer(self._log, self._on_exit)
+        forkserver = ForkServer(self._log)
         forkserver.start(
             self._task_group, self._lifeline[0], self.log_level, preload + self.preload
         )
@@ -613,15 +452,13 @@ class Supervisor:
         await forkserver.wait_ready()
         return forkserver
 
-    def _on_exit(self, incarnation: _Incarnation) -> None:
+    def _on_exit(self, incarnation: Incarnation, code: int) -> None:
         """From the forkserver's reader: a child process ended (it is reaped). Only the exit
         of a running child's current process is a crash for the restart policy: a starting
         child's exit is its starter's to report, and a restarting or stopping child's exit is
         the one the supervisor is causing (or has already decided on)."""
-        incarnation.exited.set()
+        incarnation.on_exit(code)
         child = incarnation.child
-        child.last_exit = incarnation.exitcode
-        child.changed()
         if (
             self._halting.is_set()
             or incarnation.stopping
@@ -638,7 +475,7 @@ class Supervisor:
     @property
     def children(self) -> Mapping[str, ChildInfo]:
         """A snapshot of the children, in start order."""
-        return {child.id: self._info(child) for child in self._children.values()}
+        return {child.id: child.info() for child in self._children.values()}
 
     @property
     def actor(self) -> Actor:
@@ -658,19 +495,6 @@ class Supervisor:
     def socket_dir(self) -> str | None:
         """The private directory of this supervisor's and its children's sockets."""
         return self._dir
-
-    def _info(self, child: _Child) -> ChildInfo:
-        incarnation = child.incarnation
-        return ChildInfo(
-            id=child.id,
-            target=str(child.target),
-            restart=child.restart,
-            pid=incarnation.pid if incarnation is not None else None,
-            running=incarnation is not None and incarnation.running,
-            restarts=child.restarts,
-            last_exit=child.last_exit,
-            state=child.state,
-        )
 
     async def spawn(
         self,
@@ -699,10 +523,8 @@ class Supervisor:
             raise ConfigError(f"a child id must be a non-empty string without '/', got {id!r}")
         if id == self.id:
             raise ConfigError(f"a child cannot have the supervisor's own id {id!r}")
-        if restart not in _RESTART_TYPES:
-            raise ConfigError(
-                f"restart must be one of {', '.join(_RESTART_TYPES)}, got {restart!r}"
-            )
+        if restart not in RESTART_TYPES:
+            raise ConfigError(f"restart must be one of {', '.join(RESTART_TYPES)}, got {restart!r}")
         assert self._dir is not None
         check_path_length(os.path.join(self._dir, f"{self.config.appspace}{id}"))
         target = target_of(fn)
@@ -720,15 +542,15 @@ class Supervisor:
                 f"max_children={self.max_children} children; stop one, or raise the limit "
                 f"with Supervisor(max_children=...)"
             )
-        child = _Child(id, target, packed, restart)
+        child = Child(id, target, packed, restart)
         self._children[id] = child
         try:
             async with child.lock:
-                await self._start(child, _Incarnation(child))
+                await self._start(child, Incarnation(child))
         except BaseException:
             self._remove(child)  # its process is gone: _start saw to it
             raise
-        return self._info(child)
+        return child.info()
 
     async def stop(self, id: str) -> None:
         """Stop child ``id`` (as at shutdown: stop message, SIGTERM, SIGKILL) and stop
@@ -740,7 +562,7 @@ class Supervisor:
             raise UnknownPeerError(f"supervisor {self.id!r} has no child {id!r}")
         await self._halt(child, remove=True)
 
-    def _remove(self, child: _Child) -> None:
+    def _remove(self, child: Child) -> None:
         if self._children.get(child.id) is child:
             del self._children[child.id]
         child.removed = True
@@ -748,7 +570,7 @@ class Supervisor:
         child.claim = None
         child.changed()
 
-    def _spec(self, child: _Child, incarnation: _Incarnation) -> dict[str, Any]:
+    def _spec(self, child: Child, incarnation: Incarnation) -> dict[str, Any]:
         assert self._dir is not None
         # Every field, none left out (a bytes auth_key once was): the spec travels as msgpack,
         # which carries every type a Config holds.
@@ -773,7 +595,7 @@ class Supervisor:
             "argv": list(sys.argv),
         }
 
-    async def _start(self, child: _Child, incarnation: _Incarnation) -> None:
+    async def _start(self, child: Child, incarnation: Incarnation) -> None:
         """Start ``incarnation`` of ``child`` and wait until it is ready; the caller holds the
         child's lock. Whatever fails, the process is gone before this raises (ended here if
         need be), and no restart is decided for it: the caller reports the failure."""
@@ -787,8 +609,11 @@ class Supervisor:
             # Shielded: once asked to fork, the pid must come back to us, or nobody could
             # stop that process.
             with anyio.CancelScope(shield=True):
-                await forkserver.spawn(
-                    self._spec(child, incarnation), [pipes[0][1], pipes[1][1]], incarnation
+                incarnation.pid = await forkserver.spawn(
+                    self._spec(child, incarnation),
+                    [pipes[0][1], pipes[1][1]],
+                    child.id,
+                    partial(self._on_exit, incarnation),
                 )
         except BaseException:
             for read_end, _ in pipes:
@@ -798,16 +623,7 @@ class Supervisor:
         finally:
             for _, write_end in pipes:
                 os.close(write_end)
-        streams: tuple[Stream, Stream] = ("stdout", "stderr")
-        for (read_end, _), stream in zip(pipes, streams, strict=True):
-            os.set_blocking(read_end, False)
-            scope = anyio.CancelScope()
-            self._relays.add(scope)
-            self._relays_idle = anyio.Event()
-            writer = self._writers.get(stream)
-            if writer is None:
-                writer = self._writers[stream] = OutputWriter(stream)
-            self._task_group.start_soon(self._relay, read_end, writer, child.id, scope)
+        self._output.start(self._task_group, (pipes[0][0], pipes[1][0]), child.id)
         try:
             with anyio.move_on_after(self.start_timeout):
                 await _wait_any(incarnation.ready, incarnation.exited, child.halt, self._halting)
@@ -866,52 +682,31 @@ class Supervisor:
             f"child {child.id!r} did not connect back within start_timeout={self.start_timeout} s"
         )
 
-    def _forkserver_kill(self, incarnation: _Incarnation, sig: int) -> None:
-        if self._forkserver is not None:
-            self._forkserver.kill(incarnation, sig)
-
-    async def _end(self, child: _Child, incarnation: _Incarnation, graceful: bool = True) -> None:
-        """End ``incarnation`` in bounded steps (the stop message, SIGTERM, SIGKILL; only the
-        last unless ``graceful``); the caller holds the child's lock."""
+    async def _end(self, child: Child, incarnation: Incarnation, graceful: bool = True) -> None:
+        """End ``incarnation`` in bounded steps (``stop_process``; only SIGKILL unless
+        ``graceful``); the caller holds the child's lock."""
         incarnation.stopping = True
         child.changed()
-        if incarnation.pid is not None:
-            await self._end_process(child, incarnation, graceful and not self._hard)
+        pid = incarnation.pid
+        if pid is not None:
+
+            def kill(sig: int) -> None:
+                if self._forkserver is not None:
+                    self._forkserver.kill(pid, sig)
+
+            await stop_process(
+                incarnation,
+                kill,
+                self._log,
+                graceful=graceful and not self._hard,
+                shutdown_timeout=self.shutdown_timeout,
+                terminate_timeout=self.terminate_timeout,
+            )
         if child.incarnation is incarnation:
             child.incarnation = None
         child.changed()
 
-    async def _end_process(self, child: _Child, incarnation: _Incarnation, graceful: bool) -> None:
-        if not incarnation.exited.is_set() and graceful:
-            with anyio.move_on_after(self.shutdown_timeout):
-                await incarnation.idle.wait()
-                client = incarnation.client
-                if client is not None and client.connected:
-                    try:
-                        await client.emit(STOP_EVENT)
-                    except IPCError:
-                        pass
-                    else:
-                        await incarnation.exited.wait()
-                # Never connected (or gone): nobody to ask; SIGTERM right away.
-        for sig, wait in (
-            (signal.SIGTERM, self.terminate_timeout),
-            (signal.SIGKILL, KILL_WAIT),
-        ):
-            if incarnation.exited.is_set():
-                break
-            if sig == signal.SIGTERM and not graceful:
-                continue
-            self._log.warning(f"child {child.id!r} did not stop; sending {sig.name}")
-            self._forkserver_kill(incarnation, sig)
-            with anyio.move_on_after(wait):
-                await incarnation.exited.wait()
-        if not incarnation.exited.is_set():
-            self._log.warning(f"child {child.id!r} (pid {incarnation.pid}) did not report its exit")
-        else:
-            self._log.info(f"child {child.id!r} stopped ({describe_exit(incarnation.exitcode)})")
-
-    async def _halt(self, child: _Child, *, remove: bool) -> None:
+    async def _halt(self, child: Child, *, remove: bool) -> None:
         """Stop ``child`` for good: a start in progress is interrupted at once, a pending
         restart is dropped, its process ends in bounded steps."""
         child.halt.set()
@@ -942,22 +737,6 @@ class Supervisor:
             for child in children:
                 task_group.start_soon(partial(self._halt, remove=False), child)
 
-    # --- output ------------------------------------------------------------------------------
-
-    async def _relay(
-        self, fd: int, writer: OutputWriter, child_id: str, scope: anyio.CancelScope
-    ) -> None:
-        """Pass a child's stdout or stderr on, line by line, prefixed with ``[id]`` (written by
-        the stream's own thread: see ``_relay``)."""
-        try:
-            with scope:
-                await relay(fd, f"[{child_id}] ", writer)
-        finally:
-            os.close(fd)
-            self._relays.discard(scope)
-            if not self._relays:
-                self._relays_idle.set()
-
     # --- restarts -----------------------------------------------------------------------------
     #
     # A crash is decided on at once, in _on_exit (no await: decisions never interleave); the
@@ -967,51 +746,55 @@ class Supervisor:
     # by side; the sequences of one_for_all and rest_for_one, whose groups overlap, one at a
     # time, each stopping its group in reverse start order and starting it in start order.
 
-    def _decide(self, child: _Child, incarnation: _Incarnation) -> None:
+    def _decide(self, child: Child, incarnation: Incarnation) -> None:
         """The restart policy, for an exit of ``child`` that it did not ask for."""
         code = incarnation.exitcode
         what = f"child {child.id!r} {describe_exit(code)}"
         if incarnation.chain:
             what += f" (a supervisor in it gave up: {describe_chain(incarnation.chain)})"
-        if child.restart == "temporary" or (child.restart == "transient" and code == 0):
+        assert self._task_group is not None
+        now = time.monotonic()
+        order = [other for other in self._children.values() if not other.halt.is_set()]
+        decision = decide(
+            strategy=self.strategy,
+            order=[other.id for other in order],
+            failed=child.id,
+            restart=child.restart,
+            exitcode=code,
+            window=self._restart_window,
+            now=now,
+            max_restarts=self.max_restarts,
+            max_seconds=self.max_seconds,
+        )
+        self._restart_window = decision.window
+        if decision.action == "remove":
             self._log.info(f"{what}; {child.restart}: not restarted")
             self._remove(child)
             return
-        now = time.monotonic()
-        self._restart_times.append(now)
-        while self._restart_times and now - self._restart_times[0] > self.max_seconds:
-            self._restart_times.popleft()
-        assert self._task_group is not None
-        if len(self._restart_times) > self.max_restarts:
+        if decision.action == "give_up":
             # Down to the child that kept failing, if this one ran a supervisor that gave up
             # and said so before it exited (without its report, the chain stops here).
             chain = (ChildExit(self.id, child.id, code), *incarnation.chain)
-            restarts = len(self._restart_times) - 1
-            seconds = now - self._restart_times[0]
+            restarts = decision.restarts
             self._failure = RestartIntensityError(
                 f"{describe_chain(chain)}; supervisor {self.id!r} had restarted its children "
-                f"{restarts} time{'' if restarts == 1 else 's'} in {seconds:.1f} s, as many as "
-                f"max_restarts={self.max_restarts} within max_seconds={self.max_seconds} "
-                "allow: it stopped every child and gave up",
+                f"{restarts} time{'' if restarts == 1 else 's'} in {decision.seconds:.1f} s, "
+                f"as many as max_restarts={self.max_restarts} within "
+                f"max_seconds={self.max_seconds} allow: it stopped every child and gave up",
                 child.id,
                 self.max_restarts,
                 self.max_seconds,
                 code,
                 chain=chain,
                 restarts=restarts,
-                seconds=seconds,
+                seconds=decision.seconds,
             )
             self._log.warning(str(self._failure))
             self._halting.set()
             self._task_group.start_soon(self._give_up)
             return
-        order = [other for other in self._children.values() if not other.halt.is_set()]
-        if self.strategy == "one_for_one":
-            group = [child]
-        elif self.strategy == "one_for_all":
-            group = order
-        else:
-            group = order[order.index(child) :]
+        by_id = {other.id: other for other in order}
+        group = [by_id[id] for id in decision.group]
         claim = object()
         for member in group:
             member.claim = claim
@@ -1025,7 +808,7 @@ class Supervisor:
         assert self._task_group is not None
         self._task_group.cancel_scope.cancel()
 
-    async def _restart(self, failed: _Child, group: list[_Child], claim: object) -> None:
+    async def _restart(self, failed: Child, group: list[Child], claim: object) -> None:
         """Carry out a restart decided by ``_decide`` for the children ``group`` still claims."""
         async with self._sequence if self.strategy != "one_for_one" else _no_lock():
             for other in reversed(group):
@@ -1043,7 +826,7 @@ class Supervisor:
                         continue
                     member.restarts += 1
                     member.state = "starting"
-                    incarnation = _Incarnation(member)
+                    incarnation = Incarnation(member)
                     try:
                         await self._start(member, incarnation)
                     except IPCError as exc:
@@ -1055,7 +838,7 @@ class Supervisor:
 
     # --- children's messages ------------------------------------------------------------------
 
-    def _incarnation_of(self, data: Any, client: Client) -> _Incarnation:
+    def _incarnation_of(self, data: Any, client: Client) -> Incarnation:
         child = self._children.get(client.id)
         incarnation = child.incarnation if child is not None else None
         token = data.get("token") if isinstance(data, dict) else None
@@ -1089,7 +872,7 @@ class Supervisor:
         load = data.get("load")
         if isinstance(load, list) and len(load) == 3 and all(isinstance(x, str) for x in load):
             incarnation.load_error = RemoteError(*load)
-        incarnation.chain = _chain_of(data.get("chain"))
+        incarnation.chain = chain_of(data.get("chain"))
 
     def on(self, event: str, handler: Handler | None = None) -> Any:
         """Register ``handler(data, client)`` for events and requests children send to the
@@ -1099,13 +882,13 @@ class Supervisor:
 
     # --- talking to children ------------------------------------------------------------------
 
-    def _child(self, id: str) -> _Child:
+    def _child(self, id: str) -> Child:
         child = self._children.get(id)
         if child is None:
             raise UnknownPeerError(f"supervisor {self.id!r} has no child {id!r}")
         return child
 
-    async def _running(self, id: str, timeout: float) -> _Incarnation:
+    async def _running(self, id: str, timeout: float) -> Incarnation:
         """The child's ready incarnation; waits (up to ``timeout``) while it is restarting."""
         with anyio.move_on_after(timeout):
             while True:
@@ -1141,49 +924,4 @@ class Supervisor:
         timeout = request_timeout(timeout, self.config)
         deadline = anyio.current_time() + timeout
         incarnation = await self._running(id, timeout)
-        client = incarnation.client
-        assert client is not None
-        incarnation.inflight += 1
-        if incarnation.inflight == 1:
-            incarnation.idle = anyio.Event()
-        outcome: dict[str, Any] = {}
-        try:
-            async with anyio.create_task_group() as task_group:
-
-                async def call() -> None:
-                    try:
-                        remaining = max(deadline - anyio.current_time(), 0.001)
-                        outcome["value"] = await client.request(event, data, timeout=remaining)
-                    except Exception as exc:
-                        outcome["error"] = exc
-                    task_group.cancel_scope.cancel()
-
-                async def watch() -> None:
-                    await incarnation.exited.wait()
-                    task_group.cancel_scope.cancel()
-
-                task_group.start_soon(call)
-                task_group.start_soon(watch)
-        finally:
-            incarnation.inflight -= 1
-            if incarnation.inflight == 0:
-                incarnation.idle.set()
-        if "value" in outcome:
-            return outcome["value"]
-        error = outcome.get("error")
-        if error is not None and not isinstance(error, ClosedError | ConnectionLostError):
-            raise error
-        if error is not None and not incarnation.exited.is_set():
-            # The connection dropped: the exit report follows within moments, if it exited.
-            with anyio.move_on_after(1.0):
-                await incarnation.exited.wait()
-        if incarnation.exited.is_set():
-            raise ChildExitedError(
-                f"child {id!r} {describe_exit(incarnation.exitcode)} before answering "
-                f"request {event!r}",
-                id,
-                incarnation.exitcode,
-            )
-        raise ConnectionLostError(
-            f"connection to child {id!r} was lost before it answered {event!r}"
-        ) from error
+        return await incarnation.request(event, data, deadline)
