@@ -415,7 +415,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m benchmarks",
         description="ipcactors against raw anyio and node-ipc 9.2.1, side by side in one run.",
     )
-    parser.add_argument("--quick", action="store_true", help="short rounds (about a minute)")
+    parser.add_argument("--quick", action="store_true", help="short rounds (about two minutes)")
     parser.add_argument(
         "--only",
         metavar="TOKENS",
