@@ -20,7 +20,14 @@ import pytest
 import trustme
 from _node_peers import VERSIONS, free_port, node_peer
 
-from ipcactors import Actor, Client, Connection, DatagramPeer, DatagramTooLargeError
+from ipcactors import (
+    Actor,
+    Client,
+    Connection,
+    DatagramPeer,
+    DatagramTooLargeError,
+    TLSError,
+)
 from ipcactors._proto._messages import Event
 from ipcactors._proto._nodeipc import NodeIPCDecoder, NodeIPCEncoder
 
@@ -316,3 +323,26 @@ async def test_tls(version: str, python_serves: bool, tls_files: dict[str, str])
                     world.on("echo", echoes.append)
                     await world.emit("echo", {"text": "✓ over TLS"})
                     await wait_until(lambda: echoes == [{"text": "✓ over TLS"}], "the echo")
+
+
+async def test_a_refused_client_certificate_is_not_retried(tls_files: dict[str, str]) -> None:
+    """node-ipc 14 given trustedConnections asks for a client certificate. Under TLS 1.3 a
+    client without one learns the refusal only from an alert on its first read (node-ipc's wire
+    has no handshake to read it in): the connection gives up with a TLSError, as a refusal in
+    the msgpack handshake does, instead of reconnecting forever."""
+    port = free_port()
+    node_tls = {"public": tls_files["cert"], "private": tls_files["key"]}
+    node_tls["trustedConnections"] = tls_files["ca"]
+    context = ssl.create_default_context(cafile=tls_files["ca"])  # no client certificate
+    async with (
+        Actor("py", **FAST) as ipc,
+        node_peer("server.mjs", "14", "tcp", str(port), "echo", tls=node_tls) as node,
+    ):
+        with anyio.fail_after(20):
+            await node.expect("ready")
+            try:
+                world = await ipc.connect_to_net("node-server", "127.0.0.1", port, tls=context)
+            except TLSError:
+                return  # refused while connecting: not retried either
+            await wait_until(lambda: world.destroyed, "the connection gives up")
+            assert "node-server" not in ipc.of

@@ -115,6 +115,7 @@ class Channel:
         "_suspect",
         "_task_group",
         "_tick",
+        "broken_by",
     )
 
     def __init__(
@@ -139,6 +140,9 @@ class Channel:
         self._input_done = False  # the reader is done: the dispatcher finishes and returns
         self._gone = False  # the peer's input ended or the connection broke: read to the end
         self._broken = False  # nothing more can be written: queued requests are not started
+        #: What broke the stream under the reader, if it broke (the connection decides whether
+        #: it is worth reconnecting: not when a TLS server refused our certificate).
+        self.broken_by: BaseException | None = None
         self._changed: anyio.Event | None = None  # set when the reader or dispatcher may go on
         self._drained = anyio.Event()
         self._opened = anyio.Event()
@@ -390,8 +394,9 @@ class Channel:
                         f"the peer closed the connection {buffered} bytes into a frame"
                     ) from None
                 return
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
                 self._broken = True
+                self.broken_by = exc
                 return
             if data:
                 self._received_at = monotonic()

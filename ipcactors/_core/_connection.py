@@ -43,7 +43,13 @@ from .._errors import (
 )
 from .._log import ActorLog
 from .._proto._session import Role, Session
-from .._transports._transport import Address, Transport, is_fatal_connect_error, tls_error
+from .._transports._transport import (
+    Address,
+    Transport,
+    is_fatal_connect_error,
+    refused_certificate,
+    tls_error,
+)
 from ._channel import Channel
 from ._handlers import HandlerMethods, Handlers
 from ._handshake import open_handshake
@@ -112,6 +118,7 @@ class Connection(Peer, HandlerMethods):
         self._attempts = anyio.CancelScope()  # _connect: the first connect, in the caller's task
         self._recovered = ""  # "after N failed attempts", for the next "connected" line
         self._server_id: str | None = None
+        self._refused: IPCError | None = None  # the server refused our certificate: give up
 
     def __repr__(self) -> str:
         state = "connected" if self.connected else "destroyed" if self.destroyed else "connecting"
@@ -199,6 +206,9 @@ class Connection(Peer, HandlerMethods):
                 while True:
                     await self._serve(channel)
                     if self._closing:
+                        break
+                    if self._refused is not None:  # retrying would fail the same way
+                        error = self._refused
                         break
                     # A lost connection spends a retry, like a failed attempt.
                     retries = self._config.stop_retrying
@@ -314,6 +324,11 @@ class Connection(Peer, HandlerMethods):
     async def _serve(self, channel: Channel) -> None:
         try:
             await channel.run()
+            # Under TLS 1.3 a server refuses our certificate only after our side of the TLS
+            # handshake; a codec with a handshake learns it there, one without on this read.
+            self._refused = refused_certificate(channel.broken_by)
+            if self._refused is not None:
+                await self._handlers.call("error", (self._refused,), self._log)
         except ProtocolError as exc:
             self._log.warning(f"closing connection to {self.id!r}: {exc}")
             await self._handlers.call("error", (exc,), self._log)

@@ -20,7 +20,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import anyio
 from anyio.abc import ByteStream, SocketAttribute
@@ -169,6 +169,35 @@ def tls_error(exc: BaseException) -> TLSError | None:
             return TLSError(f"TLS failed: {reason}{hint}", "tls")
         if cause is None:
             break
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+# TLS alerts by which a server refuses our certificate (or the lack of one). Under TLS 1.3 they
+# arrive after our side of the handshake is done, on the first read.
+_CERTIFICATE_REFUSED: Final = frozenset(
+    {
+        "CERTIFICATE_REQUIRED",
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+        "SSLV3_ALERT_BAD_CERTIFICATE",
+        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+        "TLSV1_ALERT_UNKNOWN_CA",
+        "TLSV1_ALERT_ACCESS_DENIED",
+    }
+)
+
+
+def refused_certificate(exc: BaseException | None) -> TLSError | None:
+    """The :class:`TLSError` for a stream that broke because the server refused our
+    certificate (retrying would fail the same way), else ``None``."""
+    cause = exc
+    for _ in range(3):
+        if cause is None:
+            return None
+        if isinstance(cause, ssl.SSLError):
+            if str(cause.reason).upper() in _CERTIFICATE_REFUSED:
+                return tls_error(cause)
+            return None
         cause = cause.__cause__ or cause.__context__
     return None
 
