@@ -192,3 +192,38 @@ async def test_two_children_crashing_together_under_rest_for_one(socket_dir: str
                 assert await sup.request(id, "pid") != pids[id]
             assert await sup.request("a", "pid") == pids["a"]
             assert sup.children["a"].restarts == 0
+
+
+async def test_a_stop_signal_is_not_lost_when_the_forkserver_socket_is_full(
+    socket_dir: str, log_lines: list[str]
+) -> None:
+    # Many children stopped at once send their signals through the forkserver's control
+    # socket in one burst; a burst larger than the socket holds (~280 messages) must wait its
+    # turn, not be dropped. Here the socket is filled by hand while the forkserver is paused.
+    from ipcactors._supervision._forkserver import send_message
+
+    with anyio.fail_after(20):
+        async with supervisor(socket_dir, shutdown_timeout=0.3, terminate_timeout=3.0) as sup:
+            await sup.spawn(_workers.stubborn, False, id="w")  # obeys SIGTERM only
+            pid = await sup.request("w", "pid")
+            forkserver = sup._forkserver
+            assert forkserver is not None
+            assert forkserver.pid is not None
+            os.kill(forkserver.pid, signal.SIGSTOP)
+            try:
+                sock = forkserver._sock
+                assert sock is not None
+                with pytest.raises(BlockingIOError):  # noqa: PT012
+                    while True:
+                        send_message(sock, ["kill", pid, 0])  # signal 0: harmless filler
+                async with anyio.create_task_group() as task_group:
+                    task_group.start_soon(sup.stop, "w")
+                    # The SIGTERM is due after shutdown_timeout, while the socket is full.
+                    await anyio.sleep(0.6)
+                    os.kill(forkserver.pid, signal.SIGCONT)
+            finally:
+                os.kill(forkserver.pid, signal.SIGCONT)
+            assert not alive(pid)
+    # SIGTERM arrived (late) and ended it: it was not dropped, leaving it to SIGKILL.
+    assert any("child 'w' stopped (was killed by SIGTERM)" in line for line in log_lines)
+    assert not any("sending SIGKILL" in line for line in log_lines)

@@ -5,7 +5,8 @@ Invariants: the forkserver is started with fork + exec from the event-loop threa
 ``_forkserver`` for why), and reaped here; a lost connection to it counts every child it had as
 killed (they die with it). It deals in pids and callbacks only: each spawn's ``on_exit`` is
 called once, when that child is reaped (or lost with the forkserver), and a child is signalled
-only until then, so a pid reused after it is never signalled.
+only until then, so a pid reused after it is never signalled. A signal is never dropped: one
+the control socket cannot take now (a burst of stops) waits its turn, in order (``_backlog``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -93,6 +95,10 @@ class ForkServer:
         self._reader_scope = anyio.CancelScope()
         self._seq = 0
         self._sending = anyio.Lock()  # spawns run concurrently: one waits on the socket at a time
+        self._backlog: deque[list[int | str]] = deque()  # kills the socket could not take yet
+        self._backlog_scope = anyio.CancelScope()
+        self._flushing = False
+        self._task_group: TaskGroup | None = None
         self._pending: dict[int, _Spawning] = {}
         self._live: dict[int, Callable[[int], None]] = {}  # pid: its on_exit, until reaped
         self.dead = False
@@ -129,6 +135,7 @@ class ForkServer:
             theirs.close()
         ours.setblocking(False)
         self._sock = ours
+        self._task_group = task_group
         task_group.start_soon(self._read_loop)
 
     @property
@@ -180,10 +187,30 @@ class ForkServer:
         forkserver checks too)."""
         if pid not in self._live or self._sock is None or self.dead:
             return
+        message: list[int | str] = ["kill", pid, int(sig)]
+        if not self._backlog:
+            try:
+                send_message(self._sock, message)
+                return
+            except BlockingIOError:
+                pass  # full: queued below, sent as soon as the forkserver reads
+            except OSError:
+                return  # gone: its children die with it
+        self._backlog.append(message)
+        if not self._flushing and self._task_group is not None:
+            self._flushing = True
+            self._task_group.start_soon(self._flush_backlog)
+
+    async def _flush_backlog(self) -> None:
         try:
-            send_message(self._sock, ["kill", pid, int(sig)])
-        except OSError:
-            pass
+            with self._backlog_scope:
+                while self._backlog:
+                    try:
+                        await self._send(self._backlog.popleft())
+                    except SpawnError:
+                        self._backlog.clear()  # gone: its children die with it
+        finally:
+            self._flushing = False
 
     async def _read_loop(self) -> None:
         sock = self._sock
@@ -243,6 +270,7 @@ class ForkServer:
         """Close the control socket (the forkserver kills what children remain and exits),
         then reap it; SIGKILL if it takes longer than a few seconds."""
         self._reader_scope.cancel()
+        self._backlog_scope.cancel()
         if self._sock is not None:
             await self._reader_done.wait()
             self._sock.close()
