@@ -123,6 +123,7 @@ async def test_a_bad_node_ipc_frame_costs_only_that_connection(socket_dir: str, 
                     assert closed
                 await good.send(b'{"type":"ok","data":3}\f')
                 await wait_until(lambda: 3 in got)
+                await wait_until(lambda: lifecycle.count("disconnect") == 1)
         # nothing after the bad frame was handled; no lifecycle event was fired by the peer (one
         # connect and one disconnect for the evil connection, one connect for the good one)
         assert got == [1, 3]
@@ -192,3 +193,25 @@ async def test_a_tls_error_after_the_handshake_costs_only_that_connection(
                 connection.on("hi", got.append)
                 await wait_until(lambda: got == [2])  # after reconnecting
         tasks.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("case", ["stalled", "oversized"])
+async def test_half_a_frame_is_bounded_in_time_and_size(socket_dir: str, case: str) -> None:
+    """node-ipc 14 guarded's messageTimeout and maxMessageSize are frame_timeout and
+    max_frame_size here: a peer that stops in the middle of a frame, or sends more than
+    max_frame_size without a delimiter, is closed (nothing unbounded is buffered)."""
+    got: list[object] = []
+    config = {**FAST, "frame_timeout": 0.3, "max_frame_size": 1024}
+    async with Actor("world", socket_root=socket_dir, **config) as world:
+        server = await world.serve()
+        server.on("ok", lambda data, client: got.append(data))
+        with anyio.fail_after(10):
+            async with await anyio.connect_unix(str(server.address)) as peer:
+                await peer.send(b'{"type":"ok","data":1}\f')
+                await wait_until(lambda: got == [1])
+                if case == "stalled":
+                    await peer.send(b'{"type":"ok","da')
+                else:
+                    await peer.send(b'{"type":"ok","data":"' + b"x" * 2000)
+                assert await receive_until_closed(peer)
+            await wait_until(lambda: not server.clients)
