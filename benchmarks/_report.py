@@ -45,7 +45,7 @@ class Row:
 
 #: W6 at scale: spawn-to-ready of one more child with this many already running.
 W6_LIVE = (1, 100, 500)
-W6_ROWS = ("w6", *(f"w6-live{live}" for live in W6_LIVE), "w6-restart")
+W6_ROWS = ("w6", *(f"w6-live{live}" for live in W6_LIVE), "w6-restart", "w6-restart-slow")
 
 ROWS = [
     Row("w1", "W1 ping-pong round trip", "µs", False, pinned=True),
@@ -69,6 +69,14 @@ ROWS = [
     Row(
         "w6-restart",
         "W6 restart after SIGKILL",
+        "ms",
+        False,
+        transports=("unix",),
+        families=("ipc",),
+    ),
+    Row(
+        "w6-restart-slow",
+        "W6 restart after SIGKILL, a sibling still starting",
         "ms",
         False,
         transports=("unix",),
@@ -323,6 +331,15 @@ def targets_for(bound_mib: float | None) -> list[Target]:
         Target(
             "W6 asyncio restart after SIGKILL ≤ 100 ms",
             "w6-restart",
+            "unix",
+            "ipc-asyncio",
+            None,
+            "<=",
+            100,
+        ),
+        Target(
+            "W6 asyncio restart beside a slow start ≤ 100 ms",
+            "w6-restart-slow",
             "unix",
             "ipc-asyncio",
             None,

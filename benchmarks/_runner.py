@@ -222,7 +222,8 @@ class Cell:
     def spawn(self) -> dict[str, Any]:
         key = self.row.key
         config = self.config(rounds=self.params.w6_rounds, samples=self.params.w6_samples)
-        if key == "w6-restart":
+        if key in ("w6-restart", "w6-restart-slow"):
+            config["slow_sibling"] = key == "w6-restart-slow"
             argv = self.command("ipc-restart", config, family="spawn")
         elif key != "w6":
             config["live"] = int(key.removeprefix("w6-live"))

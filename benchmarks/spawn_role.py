@@ -13,7 +13,9 @@ one warm-up): the figure is their median.
 
 ``ipc-restart``: one child; SIGKILL it and time until a request is answered by its next process
 (the supervisor sees the exit, forks the new one, which connects back and is ready, and the
-request, queued meanwhile, reaches it), ``samples`` times after one warm-up: the median.
+request, queued meanwhile, reaches it), ``samples`` times after one warm-up: the median. With
+``slow_sibling`` (``w6-restart-slow``), another child is stuck in its start the whole time
+(its function blocks before its first ``await``): no restart may wait for it.
 
 ``raw``: the floor, a fresh interpreter that imports anyio and msgpack and connects back over a
 Unix socket.
@@ -94,12 +96,32 @@ async def spawn_live(config: dict[str, Any]) -> None:
 async def spawn_restart(config: dict[str, Any]) -> None:
     import ipcactors
 
-    from .w6_worker import worker
+    from .w6_worker import stuck, worker
 
     samples = []
+
+    async def spawn_stuck(sup: ipcactors.Supervisor) -> None:
+        try:
+            await sup.spawn(stuck, id="stuck")
+        except ipcactors.ClosedError:
+            return  # ended with the supervisor, still starting: as meant
+        raise RuntimeError("the stuck child became ready")
+
     # Restarts are what is measured: the intensity limit must not end the run.
-    async with ipcactors.Supervisor(max_restarts=10 * config["samples"] + 10) as sup:
+    async with (
+        anyio.create_task_group() as task_group,
+        ipcactors.Supervisor(
+            max_restarts=10 * config["samples"] + 10,
+            start_timeout=3600.0,
+            shutdown_timeout=0.2,
+            terminate_timeout=0.5,
+        ) as sup,
+    ):
         await sup.spawn(worker, id="r")
+        if config.get("slow_sibling"):
+            task_group.start_soon(spawn_stuck, sup)
+            while (info := sup.children.get("stuck")) is None or info.pid is None:
+                await anyio.sleep(0.01)
         for index in range(config["samples"] + 1):  # the first is the warm-up
             pid = sup.children["r"].pid
             assert pid is not None
@@ -117,6 +139,8 @@ async def spawn_restart(config: dict[str, Any]) -> None:
                 raise RuntimeError("the killed child was not restarted")
             if index:
                 samples.append((now() - start) * 1e3)
+        if config.get("slow_sibling") and sup.children["stuck"].state != "starting":
+            raise RuntimeError("the stuck child is no longer starting")
     say("result", rounds=[{"samples_ms": [sample]} for sample in samples])
 
 

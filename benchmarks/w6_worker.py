@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Any
 
 import anyio
@@ -22,6 +23,12 @@ async def worker(actor: Any) -> None:
     the restart figure waits for a new one); lives until the actor closes."""
     actor.parent.on("pid", lambda data: os.getpid())
     await actor.wait_closed()
+
+
+async def stuck(actor: Any) -> None:
+    """A child that never becomes ready: its function blocks before its first ``await``
+    (``w6-restart-slow``: a sibling still starting beside the restart that is timed)."""
+    time.sleep(3600)
 
 
 async def _raw_child(path: str) -> None:
