@@ -14,7 +14,6 @@ Invariants:
 from __future__ import annotations
 
 import os
-import socket
 import ssl
 from collections.abc import Mapping
 from types import MappingProxyType, TracebackType
@@ -31,6 +30,7 @@ from ._core._watchdog import Watchdog
 from ._errors import ClosedError, ConfigError, IPCError, UnknownPeerError
 from ._log import ActorLog
 from ._runtime import current_runtime, end_with_run
+from ._transports._datagram import DatagramKind
 from ._transports._tls import TLSTransport, check_server_context
 from ._transports._transport import TCPTransport, Transport, UnixTransport
 from ._transports._unix import default_socket_root, ensure_socket_dir
@@ -214,19 +214,19 @@ class Actor:
         return await self._serve(TCPTransport(host, port))
 
     async def _serve_udp(self, host: str | None, port: int, udp: str) -> DatagramServer:
+        kind: DatagramKind
         if udp == "udp4":
-            family: Literal[socket.AddressFamily.AF_INET, socket.AddressFamily.AF_INET6]
-            family = socket.AF_INET
+            kind = "udp4"
             host = host or self.config.network_host
         elif udp == "udp6":
-            family = socket.AF_INET6
+            kind = "udp6"
             host = host or "::1"
         else:
             raise ConfigError(f'udp= takes "udp4" or "udp6", got {udp!r}')
         task_group = self._group()
         if self._server is not None:
             raise IPCError(f"actor {self.id!r} already serves on {self._server.address!r}")
-        server = DatagramServer(self.id, self.config, self._log, host, port, family)
+        server = DatagramServer(self.id, self.config, self._log, host, port, kind)
         await server._start(task_group)
         self._server = server
         return server

@@ -6,17 +6,14 @@ connection failure. A reply for an id that is no longer waiting (timed out, fail
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import math
 from collections.abc import Callable
 from typing import Any
 
-import anyio
-
 from .._errors import NoHandlerError, RemoteError
 from .._proto._messages import MAX_REQUEST_ID, ErrorReply, Reply
-from .._transports._streams import running_asyncio_loop
+from .._transports._backend import Completion
 
 __all__ = ["NO_HANDLER", "PendingRequest", "Requests"]
 
@@ -24,60 +21,17 @@ __all__ = ["NO_HANDLER", "PendingRequest", "Requests"]
 NO_HANDLER = "ipcactors.NoHandler"
 
 
-class PendingRequest:
+class PendingRequest(Completion):
     """One request waiting for its end (see the module's invariant)."""
 
-    __slots__ = ("_done", "_loop", "error", "event", "result", "seq")
+    __slots__ = ("error", "event", "result", "seq")
 
     def __init__(self, event: str) -> None:
+        super().__init__()
         self.event = event
         self.result: Any = None
         self.error: BaseException | None = None
         self.seq = math.inf  # the outbox sequence number of its frame, once queued
-        # On asyncio a bare future and a loop timer are several times cheaper than an anyio
-        # Event inside a cancel scope: this is on every request's path.
-        self._loop = running_asyncio_loop()
-        self._done: asyncio.Future[None] | anyio.Event = (
-            anyio.Event() if self._loop is None else self._loop.create_future()
-        )
-
-    def is_set(self) -> bool:
-        """Whether it ended (with a reply, an error or a failure), not by timing out."""
-        done = self._done
-        if isinstance(done, anyio.Event):
-            return done.is_set()
-        return done.done() and not done.cancelled() and done.result() is None
-
-    def set(self) -> None:
-        done = self._done
-        if isinstance(done, anyio.Event):
-            done.set()
-        elif not done.done():
-            done.set_result(None)
-
-    async def wait(self, timeout: float) -> bool:
-        """Wait until it ended, at most ``timeout`` seconds; whether it ended."""
-        done = self._done
-        if isinstance(done, anyio.Event):
-            with anyio.move_on_after(timeout):
-                await done.wait()
-            return done.is_set()
-        assert self._loop is not None
-        timer = None if timeout == math.inf else self._loop.call_later(timeout, _time_out, done)
-        try:
-            await done
-        finally:
-            if timer is not None:
-                timer.cancel()
-        return done.result() is None
-
-
-_TIMED_OUT: Any = object()
-
-
-def _time_out(done: asyncio.Future[Any]) -> None:
-    if not done.done():
-        done.set_result(_TIMED_OUT)
 
 
 class Requests:

@@ -38,7 +38,6 @@ Invariants:
 from __future__ import annotations
 
 import errno
-import socket
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -53,8 +52,7 @@ from .._errors import ClosedError, ConnectionLostError, ProtocolError, UnknownPe
 from .._log import ActorLog
 from .._proto._messages import frame_size
 from .._proto._session import Refusal, Role, Session
-from .._transports._streams import wrap_socket
-from .._transports._transport import Address, Listening, Transport
+from .._transports._transport import Address, Listener, Transport
 from ._channel import Channel
 from ._handlers import HandlerMethods, Handlers
 from ._handshake import accept_handshake
@@ -148,7 +146,7 @@ class Server(HandlerMethods):
         self._bursts = WarningBursts(log)
         self._counters = ServerCounters()
         self._unhandled_names: set[str] = set()  # shared by the clients (see Peer._unhandled)
-        self._listening: Listening | None = None
+        self._listening: Listener | None = None
         self._task_group: TaskGroup | None = None
         self._closing = False
         self._stopped = anyio.Event()
@@ -290,7 +288,7 @@ class Server(HandlerMethods):
         warned = False
         while True:
             try:
-                sock, peer_address = await listening.accept()
+                stream, peer_address = await listening.accept()
             except anyio.ClosedResourceError:
                 return
             except OSError as exc:
@@ -304,25 +302,17 @@ class Server(HandlerMethods):
                 await anyio.sleep(_ACCEPT_BACKOFF)
                 continue
             warned = False
-            task_group.start_soon(self._handle, sock, peer_address)
+            task_group.start_soon(self._handle, stream, peer_address)
 
-    async def _handle(self, sock: socket.socket, peer_address: Any) -> None:
-        """One accepted socket, from its handshake to its goodbye. Whatever goes wrong with it
-        closes only it: nothing it raises reaches the server's task group."""
+    async def _handle(self, stream: ByteStream, peer_address: Any) -> None:
+        """One accepted connection, from its handshake to its goodbye. Whatever goes wrong with
+        it closes only it: nothing it raises reaches the server's task group."""
         try:
-            await self._admit(sock, peer_address)
+            await self._admit(stream, peer_address)
         except Exception as exc:
             self._log.exception(f"connection from {peer_address!r} failed; closed it", exc)
 
-    async def _admit(self, sock: socket.socket, peer_address: Any) -> None:
-        try:
-            stream = await wrap_socket(sock)
-        except (OSError, ValueError) as exc:
-            # Reset between accept() and now: asyncio cannot ask for its peer (ENOTCONN),
-            # Trio refuses an unconnected socket (ValueError).
-            sock.close()
-            self._log.debug(f"connection from {peer_address!r} was gone at once: {exc}")
-            return
+    async def _admit(self, stream: ByteStream, peer_address: Any) -> None:
         try:
             await self._admit_stream(stream, peer_address)
         except BaseException:

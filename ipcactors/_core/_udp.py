@@ -22,12 +22,11 @@ Invariants:
 from __future__ import annotations
 
 import math
-import socket
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 from anyio.abc import SocketAttribute, TaskGroup, TaskStatus, UDPSocket
@@ -37,6 +36,7 @@ from .._errors import DatagramTooLargeError, IPCError, ProtocolError, RequestTim
 from .._log import ActorLog
 from .._proto._messages import ErrorReply, Event, Frame, Message, Reply, Request
 from .._proto._session import datagram_messages
+from .._transports._datagram import MAX_DATAGRAM, DatagramKind, open_datagram_endpoint
 from ._channel import frame_bytes
 from ._handlers import HandlerMethods, Handlers, unhandled
 from ._peer import answer, check_event_name, unsupported_request
@@ -47,7 +47,6 @@ __all__ = ["DatagramPeer", "DatagramServer", "DatagramStatistics"]
 
 PEER_TTL = 60.0  # seconds a peer stays in the table (and in broadcasts) after its last datagram
 MAX_REQUESTS = 64  # requests answered at once; a flood beyond them costs no task and no memory
-MAX_DATAGRAM = {socket.AF_INET: 65_507, socket.AF_INET6: 65_527}  # the IP limits minus headers
 
 PeerAddress = tuple[str, int]
 
@@ -103,15 +102,15 @@ class DatagramServer(HandlerMethods):
         log: ActorLog,
         host: str,
         port: int,
-        family: Literal[socket.AddressFamily.AF_INET, socket.AddressFamily.AF_INET6],
+        kind: DatagramKind,
     ) -> None:
         self._id = actor_id
         self._config = config
         self._log = log
         self._host = host
         self._port = port
-        self._family = family
-        self._max_datagram = min(MAX_DATAGRAM[family], config.max_frame_size)
+        self._kind: DatagramKind = kind
+        self._max_datagram = min(MAX_DATAGRAM[kind], config.max_frame_size)
         self._handlers = Handlers()
         self._unhandled_names: set[str] = set()  # event names logged as having no handler
         self._codec = codec = config.wire_codec
@@ -222,9 +221,7 @@ class DatagramServer(HandlerMethods):
     # --- serving ------------------------------------------------------------------------------
 
     async def _start(self, task_group: TaskGroup) -> None:
-        self._socket = await anyio.create_udp_socket(
-            family=self._family, local_host=self._host, local_port=self._port
-        )
+        self._socket = await open_datagram_endpoint(self._kind, self._host, self._port)
         await task_group.start(self._serve)
         self._log.info(f"serving on udp {self.address}")
 

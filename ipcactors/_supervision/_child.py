@@ -44,6 +44,7 @@ from .._config import Config
 from .._core._connection import Connection
 from .._errors import IPCError, RestartIntensityError
 from .._proto._msgpack import unpack_value
+from .._transports._backend import backend_options
 from ._parentdeath import EXIT_PARENT_LOST, set_parent_death_signal
 from ._target import Target, load_target
 
@@ -109,9 +110,7 @@ def run_child(spec: dict[str, Any], lifeline_fd: int, parent_pid: int) -> int:
     sys.argv[:] = spec["argv"]
     target = Target(spec["module"], spec["qualname"], spec["main_path"])
     _set_title(f"ipcactors: {spec['id']} ({target})")
-    options: dict[str, Any] = {}
-    if spec["backend"] == "asyncio" and spec.get("uvloop"):
-        options["use_uvloop"] = True
+    options = backend_options(spec["backend"], bool(spec.get("uvloop")))
     try:
         fn = load_target(target)
     except (Exception, SystemExit) as exc:  # a module may raise anything while imported

@@ -85,6 +85,7 @@ from .._errors import (
 from .._log import ActorLog
 from .._proto._msgpack import pack_value
 from .._runtime import current_runtime, end_with_run
+from .._transports._backend import current_backend
 from .._transports._unix import check_path_length, default_socket_root, ensure_socket_dir
 from ._child import FAILED_EVENT, HELLO_EVENT, READY_EVENT
 from ._children import (
@@ -127,22 +128,6 @@ async def _wait_any(*events: anyio.Event) -> None:
 @asynccontextmanager
 async def _no_lock() -> AsyncIterator[None]:
     yield
-
-
-def _current_backend() -> tuple[str, bool]:
-    """The running anyio backend (``"asyncio"`` or ``"trio"``) and whether asyncio is uvloop's."""
-    if "trio" in sys.modules:
-        import trio
-
-        try:
-            trio.lowlevel.current_task()
-            return "trio", False
-        except RuntimeError:
-            pass
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    return "asyncio", type(loop).__module__.startswith("uvloop")
 
 
 class Supervisor:
@@ -268,7 +253,7 @@ class Supervisor:
         if self._entered:
             raise IPCError(f"supervisor {self.id!r} can be entered only once")
         self._entered = True
-        self._backend, self._uvloop = _current_backend()
+        self._backend, self._uvloop = current_backend()
         root = self.config.socket_root or default_socket_root()
         ensure_socket_dir(root, private=self.config.socket_root is None)
         sweep_socket_dirs(root)

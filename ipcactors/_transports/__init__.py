@@ -1,6 +1,8 @@
-"""The transport layer: Unix, TCP and TLS listeners and connectors, and the byte streams they give.
+"""The transport layer: Unix, TCP and TLS listeners and connectors, UDP endpoints, the byte streams
+they give, and every difference between the event-loop backends.
 
-Invariant: the layers above never branch on the transport kind, and every difference between the
-event-loop backends that touches a socket stays in this package (``_streams`` is asyncio's fast
-path).
+Invariants: the layers above never branch on the transport kind and see no socket object (they
+get anyio byte streams and datagram endpoints); every difference between the event-loop backends
+stays in this package (``_backend``; ``_streams`` is asyncio's fast path for sockets). It
+imports only ``_proto`` and the shared top-level modules, never the layers above.
 """

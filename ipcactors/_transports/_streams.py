@@ -11,8 +11,10 @@ from a task elsewhere (:func:`drain_outbox`), and straight from the sender for a
 that nothing is queued before (``Outbox.direct``).
 
 Invariants:
-- Only this module tells the backends apart (others ask :func:`running_asyncio_loop`); the
-  layers above see an anyio ``ByteStream``.
+- The backends differ here in how sockets are read and written (``_backend`` holds every other
+  difference); the layers above see an anyio ``ByteStream``, and write through
+  :func:`attach_writer` / :func:`drain_outbox`, whatever the stream.
+- This layer does not import the ones above: the writer drains a :class:`FrameQueue`.
 - ``receive`` and ``send`` return without a loop pass when data is waiting or the kernel takes
   the bytes; they wait only when they must (nothing to read, or the kernel's buffer is full).
 - Memory stays bounded: reading pauses once ``READ_HIGH_WATER`` bytes wait unread.
@@ -30,23 +32,59 @@ import struct
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import anyio
 from anyio.abc import ByteStream, SocketAttribute, SocketStream
 
-from .._core._outbox import Outbox
 from .._proto._messages import Frame
+from ._backend import running_asyncio_loop
 
 __all__ = [
     "AsyncioSocketStream",
+    "FrameQueue",
     "attach_writer",
     "drain_outbox",
-    "running_asyncio_loop",
     "send_tracebacks",
     "shared_sender",
     "wrap_socket",
 ]
+
+
+class FrameQueue(Protocol):
+    """What a stream's writer drains: the frames for one peer, in order. ``_core._outbox``'s
+    ``Outbox`` is the one; this names what the writer uses of it, so that this layer does not
+    import the one above."""
+
+    #: Called by the queue when frames arrive while the writer waits (set by the writer).
+    on_frames: Callable[[], None] | None
+    #: Set by the writer while it idles: writes a request or reply at once, returns whether
+    #: all of it went (else the writer finishes it before anything else).
+    direct: Callable[[Frame], bool] | None
+    #: Called by the writer when it finds the connection broken.
+    on_lost: Callable[[], None] | None
+
+    @property
+    def closed(self) -> bool: ...
+
+    def __len__(self) -> int: ...
+
+    def take(self, budget: int | None = None) -> list[Frame]:
+        """Frames to write now, up to about ``budget`` bytes."""
+        ...
+
+    def sent(self) -> None:
+        """The frames taken last are all in the kernel."""
+        ...
+
+    def wake(self) -> None:
+        """Have the writer look again."""
+        ...
+
+    async def wait_frames(self) -> None:
+        """Return once there are frames to take (or the queue closed)."""
+        ...
+
 
 COALESCE_LIMIT = 1024 * 1024  # join small frames into writes of at most about this many bytes
 WRITE_BUDGET = 256 * 1024  # bytes handed to an asyncio transport per flush
@@ -75,7 +113,7 @@ def coalesce(frames: list[Frame]) -> Iterator[bytes]:
         yield small[0] if len(small) == 1 else b"".join(small)
 
 
-def attach_writer(stream: ByteStream, outbox: Outbox) -> Callable[[], None] | None:
+def attach_writer(stream: ByteStream, outbox: FrameQueue) -> Callable[[], None] | None:
     """Make loop callbacks the one writer of ``outbox`` to ``stream``, where the stream allows
     it (no task needed); returns the function that detaches them, or ``None``: then run
     :func:`drain_outbox` in a task."""
@@ -84,7 +122,7 @@ def attach_writer(stream: ByteStream, outbox: Outbox) -> Callable[[], None] | No
     return None
 
 
-async def drain_outbox(stream: ByteStream, outbox: Outbox) -> None:
+async def drain_outbox(stream: ByteStream, outbox: FrameQueue) -> None:
     """Be the one writer of ``outbox`` to ``stream`` until the stream breaks (then return).
 
     Small frames queued in one loop pass go out in one write. Frames count as sent (see
@@ -200,13 +238,6 @@ def send_tracebacks(stream: ByteStream, setting: bool | None) -> bool:
 
 
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
-
-
-def running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 async def wrap_socket(sock: socket.socket) -> ByteStream:
@@ -375,7 +406,7 @@ class AsyncioSocketStream(ByteStream):
         if protocol.lost:
             raise anyio.BrokenResourceError from protocol.error
 
-    def attach(self, outbox: Outbox) -> Callable[[], None]:
+    def attach(self, outbox: FrameQueue) -> Callable[[], None]:
         """Write ``outbox`` from loop callbacks instead of a task: the first frame queued in a
         loop pass schedules one flush (``call_soon``) that writes everything queued by then.
         Returns the function that detaches it again."""

@@ -6,6 +6,7 @@ The layers above see only :class:`Transport`: ``await connect()`` gives an anyio
 Invariants:
 - Classification of connect failures lives here. :func:`is_fatal_connect_error` says which
   errors retrying cannot fix.
+- Nothing above this package sees a socket object: connecting and accepting give byte streams.
 - ``Listening.accept`` never fails for one connection's fault (reset, aborted, refused by a
   firewall before it was accepted): it skips that connection. What it raises concerns the
   listener (out of resources, closed).
@@ -30,6 +31,7 @@ from ._streams import wrap_socket
 from ._unix import bind_unix_socket, check_path_length, remove_if_ours
 
 __all__ = [
+    "Listener",
     "Listening",
     "TCPTransport",
     "Transport",
@@ -75,8 +77,23 @@ def peer_address(address: Any) -> Any:
     return address
 
 
+class Listener(Protocol):
+    """What a server needs from a listening endpoint, whatever it is (a socket, a named pipe):
+    its public address, the next connection as a byte stream, and closing."""
+
+    @property
+    def address(self) -> Address: ...
+
+    async def accept(self) -> tuple[ByteStream, Any]:
+        """The next connection and its peer's address; see :meth:`Listening.accept`."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
 class Listening:
-    """A bound, listening socket, its public address, and what to undo when it closes."""
+    """A bound, listening socket, its public address, and what to undo when it closes: the
+    :class:`Listener` of the socket transports."""
 
     def __init__(
         self,
@@ -90,12 +107,12 @@ class Listening:
         self._cleanup = cleanup
         self._closed = False
 
-    async def accept(self) -> tuple[socket.socket, Any]:
-        """The next connection, as a non-blocking socket, and the peer's address as ``accept``
-        saw it (a peer that reset since cannot be asked any more). Skips connections that
-        failed before they were accepted (as Trio's ``SocketListener`` does); raises
-        ``OSError`` for a lack of resources (EMFILE, ...) and ``anyio.ClosedResourceError``
-        once closed."""
+    async def accept(self) -> tuple[ByteStream, Any]:
+        """The next connection, as a byte stream (see ``_streams.wrap_socket``), and the peer's
+        address as ``accept`` saw it (a peer that reset since cannot be asked any more). Skips
+        connections that failed before they were accepted, or were reset before they could be
+        wrapped (as Trio's ``SocketListener`` does); raises ``OSError`` for a lack of resources
+        (EMFILE, ...) and ``anyio.ClosedResourceError`` once closed."""
         while True:
             if self._closed:
                 raise anyio.ClosedResourceError
@@ -109,7 +126,17 @@ class Listening:
                     continue
                 raise
             client.setblocking(False)
-            return client, peer_address(address)
+            try:
+                stream = await wrap_socket(client)
+            except (OSError, ValueError):
+                # Reset between accept() and now: asyncio cannot ask for its peer (ENOTCONN),
+                # Trio refuses an unconnected socket (ValueError).
+                client.close()
+                continue
+            except BaseException:
+                client.close()
+                raise
+            return stream, peer_address(address)
 
     async def aclose(self) -> None:
         """Close the socket and undo what binding did (idempotent; runs even if cancelled)."""
@@ -136,7 +163,7 @@ class Transport(Protocol):
         """A stream to the server, secured if the transport is. Raises on failure."""
         ...
 
-    async def listen(self, backlog: int) -> Listening: ...
+    async def listen(self, backlog: int) -> Listener: ...
 
     async def accepted(self, stream: ByteStream) -> ByteStream:
         """The stream to speak the protocol over, for a freshly accepted connection (TLS does

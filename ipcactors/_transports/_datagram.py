@@ -1,0 +1,31 @@
+"""Datagram endpoints (UDP): the datagram counterpart of ``_transport``'s byte streams.
+
+Invariants:
+- The layers above name a datagram transport by kind (``"udp4"``, ``"udp6"``) and get an anyio
+  ``UDPSocket`` (``receive()`` gives a datagram and its sender, ``sendto``, ``aclose``); they
+  see no socket object and no address family.
+- :data:`MAX_DATAGRAM` is the largest datagram each kind can carry: what the layers above
+  check before sending, so that no backend drops or refuses one late.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Final, Literal
+
+import anyio
+from anyio.abc import UDPSocket
+
+__all__ = ["MAX_DATAGRAM", "DatagramKind", "open_datagram_endpoint"]
+
+DatagramKind = Literal["udp4", "udp6"]
+
+#: The IP limits minus the IP and UDP headers.
+MAX_DATAGRAM: Final[dict[str, int]] = {"udp4": 65_507, "udp6": 65_527}
+
+
+async def open_datagram_endpoint(kind: DatagramKind, host: str, port: int) -> UDPSocket:
+    """A datagram endpoint bound to ``(host, port)`` (port 0: a free one)."""
+    if kind == "udp4":
+        return await anyio.create_udp_socket(socket.AF_INET, local_host=host, local_port=port)
+    return await anyio.create_udp_socket(socket.AF_INET6, local_host=host, local_port=port)
