@@ -307,3 +307,65 @@ def test_datagram_messages_are_checked() -> None:
             datagram_messages(decoder, body)  # type: ignore[arg-type]
     # The decoder is not broken by a bad datagram.
     assert type(datagram_messages(decoder, encoder.reply(1, 2))[0]) is Reply  # type: ignore[arg-type]
+
+
+@PROPERTY
+@given(
+    role=st.sampled_from([Role.SERVER, Role.CLIENT]),
+    key=st.sampled_from([None, b"k"]),
+    chunks=st.lists(st.binary(max_size=64), max_size=8),
+)
+def test_arbitrary_bytes_never_escape_the_typed_errors(
+    role: Role, key: bytes | None, chunks: list[bytes]
+) -> None:
+    """Whatever a peer sends during the handshake, the session advances, or raises one of its
+    typed errors and is closed from then on; it never raises anything else."""
+    own = session(role, role.value, auth_key=key)
+    if role is Role.CLIENT:
+        own.start()
+    for chunk in chunks:
+        try:
+            own.receive(chunk)
+        except (ipcactors.ProtocolError, ipcactors.RejectedError, Refusal):
+            assert own.state is State.CLOSED
+            with pytest.raises(ipcactors.ProtocolError):
+                own.receive(b"x")
+            return
+        if not own.handshaking:
+            return
+
+
+@PROPERTY
+@given(
+    st.lists(
+        st.one_of(
+            st.builds(
+                lambda n: event_frame(n, 1), st.sampled_from(["a", "connect", "ipcactors.x"])
+            ),
+            st.just(MsgpackEncoder(LIMITS).ping()),
+            st.just(b"\x00\x00\x00\x01\xc1"),  # 0xc1: never valid msgpack
+        ),
+        max_size=6,
+    )
+)
+def test_an_open_session_passes_good_frames_and_stops_at_the_first_bad_one(
+    frames: list[bytes],
+) -> None:
+    client, server = pair()
+    handshake(client, server)
+    got: list[Message] = []
+    for frame in frames:
+        try:
+            got += server.receive(frame)
+        except ipcactors.ProtocolError:
+            assert server.state is State.CLOSED
+            bad = frame
+            break
+    else:
+        bad = None
+    good = frames if bad is None else frames[: frames.index(bad)]
+    assert len(got) == len(good)
+    assert all(
+        type(m) is not Event or m.event == "a"  # type: ignore[union-attr]
+        for m in got
+    )

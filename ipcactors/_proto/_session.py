@@ -236,7 +236,11 @@ class Session:
         requests, replies, heartbeats); during the handshake returns nothing and advances the
         state (see :attr:`state`, :meth:`data_to_send`). Raises as the module says."""
         if self.is_open:
-            messages = self._decoder.feed(data)
+            try:
+                messages = self._decoder.feed(data)
+            except ProtocolError:
+                self._fail()  # the decoder is broken for good: so is the session
+                raise
             names = self._names
             for message in messages:
                 kind = type(message)
