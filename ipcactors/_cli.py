@@ -1,0 +1,690 @@
+"""The ``ipcactors`` command (also ``python -m ipcactors``): talk to actors from a shell.
+
+Subcommands: ``listen``, ``emit``, ``request``, ``ping``, ``run`` and ``bench``; see docs/cli.md
+and ``ipcactors COMMAND --help``.
+
+Invariants:
+- Exit status: 0 success, 1 failure (a connection that cannot be made, a remote error, a
+  timeout, no reply to any ping), 2 a usage error (bad options, a target or JSON that does not
+  parse, a value the library refuses as a ``ConfigError``); ``run`` exits as
+  :func:`ipcactors.run` does (128 + the signal number after SIGINT/SIGTERM). ``listen`` and
+  ``ping`` end cleanly on SIGINT/SIGTERM (``ping`` then prints its summary).
+- stdout carries results only (one line per event, reply or ping; with ``--json`` one JSON
+  object per line); errors and logs go to stderr. Colour only when the stream is a terminal and
+  ``NO_COLOR`` is not set.
+- Every operation of ``emit``/``request`` is bounded by ``--timeout``: the command never hangs
+  on an actor that is not there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import importlib
+import json
+import math
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, NoReturn, TextIO
+from urllib.parse import urlsplit
+
+import anyio
+from loguru import logger
+
+from ._actor import Actor
+from ._config import Config
+from ._core._connection import Connection
+from ._core._handlers import Handler, Handlers
+from ._core._server import Server
+from ._core._udp import DatagramServer
+from ._errors import ConfigError, IPCError, NoHandlerError, RequestTimeoutError
+from ._log import ActorLog
+from ._run import run
+
+__all__ = ["main", "main_exit"]
+
+PROG = "ipcactors"
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+LIFECYCLE = frozenset({"connect", "disconnect", "destroy", "error"})
+
+EPILOG = """\
+targets:
+  world                 the actor "world" on its Unix socket (<socket-root>/<appspace>world)
+  unix:/path/to/sock    a Unix socket by path
+  tcp://127.0.0.1:8000  TCP;  tls://host:port  TLS (--cafile, --cert, --key)
+  udp://127.0.0.1:8000  UDP (udp://[::1]:8000 for IPv6)
+
+examples:
+  ipcactors listen world                       serve as "world", print what arrives
+  ipcactors emit world message '"hello"'       send an event (DATA is JSON)
+  ipcactors request world add '[1, 2]'         ask, print the reply as JSON
+  ipcactors ping -c 3 tcp://127.0.0.1:8000     round-trip times
+  ipcactors run myapp:main --backend trio      run an entry point like ipcactors.run
+  ipcactors bench --quick                      the benchmark suite (source checkout)
+
+exit status: 0 success, 1 failure, 2 usage error; run: as ipcactors.run (128 + signal).
+docs: docs/cli.md"""
+
+
+class UsageError(Exception):
+    """A mistake on the command line: exit status 2."""
+
+
+# --- targets ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where to connect to or listen on, as the command line named it."""
+
+    kind: Literal["unix", "tcp", "tls", "udp"]
+    text: str
+    id: str | None = None  # an actor id: its default Unix socket
+    path: str | None = None
+    host: str = ""
+    port: int = 0
+
+    @property
+    def name(self) -> str:
+        """The peer's actor id as this command knows it."""
+        return self.id if self.id is not None else self.text
+
+
+def parse_target(text: str) -> Target:
+    if "://" in text:
+        parts = urlsplit(text)
+        scheme = parts.scheme
+        if scheme not in ("tcp", "tls", "udp"):
+            raise UsageError(
+                f"unknown scheme in {text!r}: use tcp://host:port, tls://host:port, "
+                "udp://host:port, unix:/path or an actor id"
+            )
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if not parts.hostname or port is None:
+            raise UsageError(f"{text!r} needs a host and a port, e.g. {scheme}://127.0.0.1:8000")
+        return Target(scheme, text, host=parts.hostname, port=port)  # type: ignore[arg-type]
+    if text.startswith("unix:"):
+        path = text.removeprefix("unix:")
+        if not path:
+            raise UsageError("unix: needs a socket path, e.g. unix:/tmp/app.world")
+        return Target("unix", text, path=path)
+    if not text or "/" in text:
+        raise UsageError(
+            f"{text!r} is not an actor id; name a socket path as unix:{text}"
+            if text
+            else "the target is empty: give an actor id or an address (see --help)"
+        )
+    return Target("unix", text, id=text)
+
+
+def parse_data(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise UsageError(
+            f"DATA must be JSON ({exc}); quote strings twice in a shell: '\"hello\"'"
+        ) from None
+
+
+def _jsonable(value: Any) -> Any:
+    """What ``json.dumps`` cannot write: bytes as ``{"$bytes": base64}``, arrays as lists."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist):
+        return tolist()
+    if isinstance(value, set | frozenset):
+        return list(value)
+    return repr(value)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=_jsonable)
+
+
+# --- output -----------------------------------------------------------------------------------
+
+
+def wants_colour(stream: TextIO) -> bool:
+    """Colour on a terminal only, and never with NO_COLOR set (https://no-color.org)."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+class Output:
+    """stdout: one line per result (a JSON object with ``--json``); stderr: errors."""
+
+    def __init__(self, json_lines: bool) -> None:
+        self.json = json_lines
+        self.colour = wants_colour(sys.stdout)
+        self.error_colour = wants_colour(sys.stderr)
+
+    def paint(self, text: str, code: str, *, err: bool = False) -> str:
+        on = self.error_colour if err else self.colour
+        return f"\x1b[{code}m{text}\x1b[0m" if on else text
+
+    def emit(self, human: str, record: dict[str, Any]) -> None:
+        print(dumps(record) if self.json else human, flush=True)
+
+    def error(self, exc: BaseException | str, hint: str = "") -> None:
+        if isinstance(exc, BaseException):
+            kind = type(exc)
+            module = "ipcactors" if kind.__module__.startswith("ipcactors") else kind.__module__
+            name = kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+            message = str(exc) or name
+        else:
+            name, message = "error", exc
+        if self.json:
+            record = {"error": name, "message": message}
+            if hint:
+                record["hint"] = hint
+            print(dumps(record), file=sys.stderr, flush=True)
+            return
+        head = self.paint(f"{PROG}: error:", "1;31", err=True)
+        text = f"{head} {message}" if name == "error" else f"{head} {name}: {message}"
+        print(text + (f"\n{hint}" if hint else ""), file=sys.stderr, flush=True)
+
+
+# --- the actor the command plays --------------------------------------------------------------
+
+
+def config_from(args: argparse.Namespace) -> Config:
+    options: dict[str, Any] = {"codec": args.codec, "silent": args.verbose == 0}
+    if args.socket_root is not None:
+        options["socket_root"] = args.socket_root
+    if args.appspace is not None:
+        options["appspace"] = args.appspace
+    if args.delimiter is not None:
+        options["node_ipc_delimiter"] = args.delimiter
+    # A command should not wait long for an actor that is not there: a few quick retries.
+    options.update(retry=0.1, retry_cap=0.5, stop_retrying=3)
+    return Config(**options)
+
+
+def client_tls(args: argparse.Namespace) -> ssl.SSLContext:
+    if args.cafile is None:
+        raise UsageError("tls:// needs --cafile (the CA that signed the server's certificate)")
+    context = ssl.create_default_context(cafile=args.cafile)
+    if args.cert is not None:
+        context.load_cert_chain(args.cert, args.key)
+    return context
+
+
+def server_tls(args: argparse.Namespace) -> ssl.SSLContext:
+    if args.cert is None:
+        raise UsageError("listening on tls:// needs --cert (and --key unless in the same file)")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(args.cert, args.key)
+    if args.cafile is not None:  # mutual TLS: clients must show a certificate from this CA
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(args.cafile)
+    return context
+
+
+class Link:
+    """One way of sending to a target: a connection, or a UDP socket of our own."""
+
+    def __init__(
+        self, connection: Connection | None, udp: DatagramServer | None, target: Target
+    ) -> None:
+        self.connection = connection
+        self.udp = udp
+        self.target = target
+
+    async def emit(self, event: str, data: Any) -> None:
+        if self.connection is not None:
+            await self.connection.emit(event, data)
+        else:
+            assert self.udp is not None
+            await self.udp.emit((self.target.host, self.target.port), event, data)
+
+    async def request(self, event: str, data: Any, timeout: float) -> Any:
+        if self.connection is not None:
+            return await self.connection.request(event, data, timeout=timeout)
+        assert self.udp is not None
+        address = (self.target.host, self.target.port)
+        return await self.udp.request(address, event, data, timeout=timeout)
+
+
+async def open_link(actor: Actor, target: Target, args: argparse.Namespace) -> Link:
+    if target.kind == "udp":
+        udp: Literal["udp4", "udp6"] = "udp6" if ":" in target.host else "udp4"
+        host = "::1" if udp == "udp6" else "127.0.0.1"
+        server = await actor.serve_net(host, 0, udp=udp)
+        return Link(None, server, target)
+    if target.kind == "unix":
+        connection = await actor.connect_to(target.name, target.path)
+    else:
+        tls = client_tls(args) if target.kind == "tls" else None
+        connection = await actor.connect_to_net(target.name, target.host, target.port, tls=tls)
+    return Link(connection, None, target)
+
+
+def client_id(args: argparse.Namespace) -> str:
+    return args.id or f"ipcactors-cli-{os.getpid()}"
+
+
+# --- subcommands ------------------------------------------------------------------------------
+
+
+async def cmd_emit(args: argparse.Namespace, out: Output) -> int:
+    target, data = parse_target(args.target), parse_data(args.data)
+    async with Actor(client_id(args), config_from(args)) as actor:
+        with _bounded(args.timeout, f"connecting to {target.text}"):
+            link = await open_link(actor, target, args)
+            await link.emit(args.event, data)
+            if link.connection is not None:
+                await actor.disconnect(target.name)  # flushes to the kernel first
+    if args.json:
+        out.emit("", {"sent": args.event, "to": target.text})
+    return 0
+
+
+async def cmd_request(args: argparse.Namespace, out: Output) -> int:
+    target, data = parse_target(args.target), parse_data(args.data)
+    async with Actor(client_id(args), config_from(args)) as actor:
+        with _bounded(args.timeout, f"connecting to {target.text}"):
+            link = await open_link(actor, target, args)
+        started = time.perf_counter()
+        reply = await link.request(args.event, data, args.timeout)
+        elapsed = (time.perf_counter() - started) * 1000
+    out.emit(dumps(reply), {"reply": reply, "ms": round(elapsed, 3)})
+    return 0
+
+
+async def cmd_ping(args: argparse.Namespace, out: Output) -> int:
+    target = parse_target(args.target)
+    if args.count is not None and args.count < 1:
+        raise UsageError("-c/--count must be at least 1")
+    if not args.interval > 0:
+        raise UsageError("-i/--interval must be a positive number of seconds")
+    times: list[float] = []
+    sent = 0
+    async with Actor(client_id(args), config_from(args)) as actor:
+        with _bounded(args.timeout, f"connecting to {target.text}"):
+            link = await open_link(actor, target, args)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_stop_on_signal, tasks.cancel_scope)
+            while args.count is None or sent < args.count:
+                if sent:
+                    await anyio.sleep(args.interval)
+                sent += 1
+                started = time.perf_counter()
+                try:
+                    await link.request(args.event, None, args.timeout)
+                except NoHandlerError:
+                    pass  # answered all the same: the round trip is what counts
+                except RequestTimeoutError:
+                    out.emit(
+                        f"no reply from {target.text}: seq={sent} (timeout {args.timeout} s)",
+                        {"seq": sent, "lost": True},
+                    )
+                    continue
+                ms = (time.perf_counter() - started) * 1000
+                times.append(ms)
+                out.emit(
+                    f"reply from {target.text}: seq={sent} time={ms:.3f} ms",
+                    {"seq": sent, "ms": round(ms, 3)},
+                )
+            tasks.cancel_scope.cancel()
+    _ping_summary(out, target.text, sent, times)
+    return 0 if times else EXIT_FAILURE
+
+
+def _ping_summary(out: Output, name: str, sent: int, times: list[float]) -> None:
+    lost = 100.0 * (sent - len(times)) / sent if sent else 0.0
+    record: dict[str, Any] = {"sent": sent, "received": len(times), "loss_percent": round(lost, 1)}
+    lines = [
+        f"--- {name} ping statistics ---",
+        f"{sent} sent, {len(times)} received, {lost:.0f}% lost",
+    ]
+    if times:
+        avg = sum(times) / len(times)
+        mdev = math.sqrt(sum((t - avg) ** 2 for t in times) / len(times))
+        stats = {"min": min(times), "avg": avg, "max": max(times), "mdev": mdev}
+        record.update({key: round(value, 3) for key, value in stats.items()})
+        lines.append(
+            "rtt min/avg/max/mdev = " + "/".join(f"{v:.3f}" for v in stats.values()) + " ms"
+        )
+    out.emit("\n".join(lines), {"summary": record})
+
+
+class _EveryEvent(Handlers):
+    """The handlers of ``listen``: every event and request that arrives goes to ``sink``;
+    lifecycle events (connect, disconnect) go to the handlers registered for them."""
+
+    __slots__ = ("_sink",)
+
+    def __init__(self, sink: Callable[[str, str, tuple[Any, ...]], Any]) -> None:
+        super().__init__()
+        self._sink = sink
+
+    def get(self, event: str) -> list[Handler] | None:
+        found = super().get(event)
+        if found or event in LIFECYCLE:
+            return found
+        return [self._sink]
+
+    def lone_plain(self, event: str) -> Handler | None:
+        return None  # every request through answer() below
+
+    def call_plain(self, event: str, args: tuple[Any, ...], log: ActorLog) -> Awaitable[None]:
+        return self.call(event, args, log)
+
+    async def call(self, event: str, args: tuple[Any, ...], log: ActorLog) -> None:
+        if event in LIFECYCLE:
+            await super().call(event, args, log)
+        else:
+            self._sink("event", event, args)
+
+    async def answer(self, event: str, args: tuple[Any, ...], log: ActorLog) -> Any:
+        return self._sink("request", event, args)
+
+
+async def cmd_listen(args: argparse.Namespace, out: Output) -> int:
+    target = parse_target(args.target)
+    reply = parse_data(args.reply) if args.reply is not None else None
+    actor_id = target.id or args.id or "ipcactors-cli"
+
+    def show(kind: str, event: str, args_: tuple[Any, ...]) -> Any:
+        data, peer = args_
+        source = getattr(peer, "id", None) or f"{peer.address[0]}:{peer.address[1]}"
+        human = f"{out.paint(source, '36')} {out.paint(event, '1')} {dumps(data)}"
+        if kind == "request":
+            human = f"{out.paint(source, '36')} {out.paint(event, '1')}? {dumps(data)}"
+        out.emit(human, {"type": kind, "from": source, "event": event, "data": data})
+        return data if args.reply is None else reply
+
+    def lifecycle(kind: str) -> Callable[[Any], None]:
+        def report(client: Any) -> None:
+            out.emit(out.paint(f"{client.id} {kind}", "2"), {"type": kind, "from": client.id})
+
+        return report
+
+    async with Actor(actor_id, config_from(args)) as actor:
+        server: Server | DatagramServer
+        if target.kind == "unix":
+            server = await actor.serve(target.path)
+        elif target.kind == "udp":
+            udp: Literal["udp4", "udp6"] = "udp6" if ":" in target.host else "udp4"
+            server = await actor.serve_net(target.host, target.port, udp=udp)
+        else:
+            tls = server_tls(args) if target.kind == "tls" else None
+            server = await actor.serve_net(target.host, target.port, tls=tls)
+        # Before any client can arrive (no await since serve returned): clients share these.
+        server._handlers = _EveryEvent(show)
+        if isinstance(server, Server):
+            server.on("connect", lifecycle("connected"))
+            server.on("disconnect", lifecycle("disconnected"))
+        address = server.address
+        where = address if isinstance(address, str) else f"{address[0]}:{address[1]}"
+        out.emit(
+            out.paint(f"listening as {actor_id!r} on {where} (Ctrl-C to stop)", "2"),
+            {"type": "listening", "id": actor_id, "address": where},
+        )
+        await _stop_on_signal(None)
+    return 0
+
+
+async def _stop_on_signal(scope: anyio.CancelScope | None) -> None:
+    """Return at the first SIGINT or SIGTERM, cancelling ``scope`` if given."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            break
+    if scope is not None:
+        scope.cancel()
+
+
+class _bounded:
+    """``anyio.fail_after`` whose timeout names what was being done and what to try."""
+
+    def __init__(self, seconds: float, what: str) -> None:
+        self._scope = anyio.fail_after(seconds)
+        self._seconds = seconds
+        self._what = what
+
+    def __enter__(self) -> None:
+        self._scope.__enter__()
+
+    def __exit__(self, *exc_info: Any) -> bool | None:
+        try:
+            return self._scope.__exit__(*exc_info)
+        except TimeoutError:
+            raise IPCError(
+                f"{self._what} took more than {self._seconds} s; is the actor running? "
+                "(--timeout sets the limit)"
+            ) from None
+
+
+def cmd_run(args: argparse.Namespace, out: Output) -> int:
+    module_name, sep, function_name = args.entry.partition(":")
+    if not sep or not module_name or not function_name:
+        raise UsageError(f"run takes module:function, e.g. myapp.main:main; got {args.entry!r}")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` does: modules of the current folder
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not module_name.startswith(exc.name):
+            raise  # the module itself imports something missing: its own traceback
+        raise UsageError(
+            f"no module named {module_name!r} (searched the current folder and sys.path)"
+        ) from None
+    function = getattr(module, function_name, None)
+    if function is None or not callable(function):
+        raise UsageError(f"module {module_name!r} has no function {function_name!r}")
+    level = {0: "INFO", 1: "DEBUG"}.get(args.verbose, "TRACE")
+    run(function, *args.args, backend=args.backend, log_level=level)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, out: Output) -> int:
+    root = os.getcwd()
+    if not os.path.isfile(os.path.join(root, "benchmarks", "_runner.py")):
+        raise UsageError(
+            "the benchmark suite is not installed with the package: run this command in a "
+            "source checkout of ipcactors (the folder with benchmarks/), or `make bench` there"
+        )
+    command = [sys.executable, "-m", "benchmarks", *(["--quick"] if args.quick else [])]
+    return subprocess.call([*command, *args.bench_args], cwd=root)
+
+
+# --- the parser -------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n(see {self.prog} --help)\n")
+
+
+def _common() -> _Parser:
+    common = _Parser(add_help=False)
+    group = common.add_argument_group("common options")
+    group.add_argument("--id", help="this command's actor id (default: ipcactors-cli-PID)")
+    group.add_argument("--socket-root", metavar="DIR", help="directory of the Unix sockets")
+    group.add_argument("--appspace", help='socket file prefix (default "app.", as node-ipc)')
+    group.add_argument(
+        "--codec",
+        choices=["msgpack", "node-ipc"],
+        default="msgpack",
+        help="wire format; node-ipc talks to node-ipc processes (events only, no requests)",
+    )
+    group.add_argument("--delimiter", help="with --codec node-ipc: the frame delimiter")
+    group.add_argument(
+        "--timeout", type=float, default=5.0, metavar="S", help="seconds to wait (default 5)"
+    )
+    group.add_argument("--json", action="store_true", help="one JSON object per output line")
+    group.add_argument("--cafile", help="TLS: CA certificates to verify the peer with")
+    group.add_argument("--cert", help="TLS: this side's certificate chain (PEM)")
+    group.add_argument("--key", help="TLS: the private key of --cert, if not in that file")
+    group.add_argument(
+        "--backend", choices=["asyncio", "trio"], default="asyncio", help="event loop"
+    )
+    group.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log to stderr (-vv: debug)"
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(
+        prog=PROG,
+        description="Talk to ipcactors (and node-ipc) actors from a shell.",
+        epilog=EPILOG,
+        formatter_class=formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    def add(name: str, help: str, example: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            parents=[common],
+            help=help,
+            description=help,
+            epilog=f"examples:\n{example}",
+            formatter_class=formatter,
+        )
+
+    listen = add(
+        "listen",
+        "serve as an actor and print every event and request that arrives, and from whom",
+        "  ipcactors listen world\n"
+        "  ipcactors listen tcp://127.0.0.1:8000 --json\n"
+        "  ipcactors listen world --reply '{\"ok\": true}'\n"
+        "  ipcactors listen world --codec node-ipc --socket-root /tmp\n"
+        "requests are answered with their own data (an echo) unless --reply is given",
+    )
+    listen.add_argument("target", metavar="ID|ADDRESS")
+    listen.add_argument("--reply", metavar="JSON", help="answer every request with this value")
+    listen.set_defaults(handler=cmd_listen, is_async=True)
+
+    emit = add(
+        "emit",
+        "send one event to an actor",
+        "  ipcactors emit world message '\"hello\"'\n"
+        "  ipcactors emit tcp://127.0.0.1:8000 news '{\"n\": 1}'",
+    )
+    emit.add_argument("target", metavar="TARGET")
+    emit.add_argument("event", metavar="EVENT")
+    emit.add_argument("data", metavar="DATA", nargs="?", help="JSON (default: null)")
+    emit.set_defaults(handler=cmd_emit, is_async=True)
+
+    request = add(
+        "request",
+        "send a request and print the reply as JSON",
+        "  ipcactors request world add '[1, 2]'\n"
+        "  ipcactors request tls://localhost:8443 status --cafile ca.pem",
+    )
+    request.add_argument("target", metavar="TARGET")
+    request.add_argument("event", metavar="EVENT")
+    request.add_argument("data", metavar="DATA", nargs="?", help="JSON (default: null)")
+    request.set_defaults(handler=cmd_request, is_async=True)
+
+    ping = add(
+        "ping",
+        "measure round trips to an actor (a request it need not handle: 'no handler' is a reply)",
+        "  ipcactors ping world\n  ipcactors ping -c 10 -i 0.2 tcp://127.0.0.1:8000",
+    )
+    ping.add_argument("target", metavar="TARGET")
+    ping.add_argument("-c", "--count", type=int, help="stop after N pings (default: until Ctrl-C)")
+    ping.add_argument("-i", "--interval", type=float, default=1.0, help="seconds between pings")
+    ping.add_argument("--event", default="ping", help='the request\'s event (default "ping")')
+    ping.set_defaults(handler=cmd_ping, is_async=True)
+
+    run_ = add(
+        "run",
+        "run an async entry point as ipcactors.run does (logging, signals, exit status)",
+        "  ipcactors run myapp:main\n  ipcactors run myapp.server:main --backend trio",
+    )
+    run_.add_argument("entry", metavar="module:function")
+    run_.add_argument("args", nargs="*", help="string arguments passed to the function")
+    run_.set_defaults(handler=cmd_run, is_async=False)
+
+    bench = add(
+        "bench",
+        "run the benchmark suite (python -m benchmarks; in a source checkout)",
+        "  ipcactors bench --quick\n  ipcactors bench -- --list",
+    )
+    bench.add_argument("--quick", action="store_true", help="short rounds (about two minutes)")
+    bench.add_argument("bench_args", nargs="*", help="more options for python -m benchmarks")
+    bench.set_defaults(handler=cmd_bench, is_async=False)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    out = Output(args.json)
+    logger.remove()
+    if args.verbose:
+        level = "INFO" if args.verbose == 1 else "DEBUG"
+        logger.add(sys.stderr, level=level, colorize=out.error_colour, diagnose=False)
+    try:
+        if args.is_async:
+            status: int = anyio.run(args.handler, args, out, backend=args.backend)
+        else:
+            status = args.handler(args, out)
+    except UsageError as exc:
+        out.error(str(exc))
+        return EXIT_USAGE
+    except ConfigError as exc:
+        out.error(exc)
+        return EXIT_USAGE
+    except (IPCError, OSError, ssl.SSLError) as exc:
+        out.error(exc)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
+            return _report(group.exceptions[0], out)
+        raise
+    return status
+
+
+def _report(exc: Exception, out: Output) -> int:
+    """Print one exception that came out of a task group as ``main`` would; its status."""
+    if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        inner = exc.exceptions[0]
+        if isinstance(inner, Exception):
+            return _report(inner, out)
+    if isinstance(exc, UsageError):
+        out.error(str(exc))
+        return EXIT_USAGE
+    if isinstance(exc, ConfigError):
+        out.error(exc)
+        return EXIT_USAGE
+    if isinstance(exc, IPCError | OSError | ssl.SSLError):
+        out.error(exc)
+        return EXIT_FAILURE
+    raise exc
+
+
+def main_exit() -> NoReturn:
+    """The console script's entry point: ``sys.exit(main())``."""
+    sys.exit(main())

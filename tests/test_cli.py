@@ -1,0 +1,288 @@
+"""The ``ipcactors`` command, run as a subprocess against real actors (docs/cli.md).
+
+Each test runs ``python -m ipcactors ...`` (the console script calls the same ``main``); the
+actors it talks to run in the test, on the test's backend, or are other commands (``listen``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import trustme
+from _node_peers import node_peer
+
+from ipcactors import Actor, Client
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST: dict[str, Any] = {"retry": 0.05, "retry_cap": 0.2, "silent": True}
+
+
+def command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ipcactors", *args]
+
+
+async def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the command to its end (bounded); its status, stdout and stderr as text."""
+    with anyio.fail_after(30):
+        result = await anyio.run_process(
+            command(*args), cwd=ROOT, check=False, env={**os.environ, **(env or {})}
+        )
+    return subprocess.CompletedProcess(
+        result.args, result.returncode, result.stdout.decode(), result.stderr.decode()
+    )
+
+
+def cli_sync(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``cli`` for tests that need no actor of their own (no event loop, no backend)."""
+    return subprocess.run(
+        command(*args),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+async def test_listen_prints_what_arrives_and_echoes_requests(
+    socket_dir: str, anyio_backend: str
+) -> None:
+    """listen as an actor id on a Unix socket; request, emit and ping from other commands."""
+    base = ("--socket-root", socket_dir)
+    listen = command("listen", "world", "--json", "--backend", anyio_backend, *base)
+    async with await anyio.open_process(listen, cwd=ROOT, stderr=subprocess.PIPE) as process:
+        assert process.stdout is not None
+        lines: list[dict[str, Any]] = []
+        buffer = b""
+
+        async def until(condition: Any) -> None:
+            nonlocal buffer
+            with anyio.fail_after(20):
+                while not condition():
+                    buffer += await process.stdout.receive()  # type: ignore[union-attr]
+                    *complete, buffer = buffer.split(b"\n")
+                    lines.extend(json.loads(line) for line in complete)
+
+        await until(lambda: any(line["type"] == "listening" for line in lines))
+        assert lines[0]["id"] == "world"
+        assert lines[0]["address"] == os.path.join(socket_dir, "app.world")
+
+        reply = await cli("request", "world", "add", "[1, 2]", "--id", "asker", *base)
+        assert (reply.returncode, reply.stdout, reply.stderr) == (0, "[1, 2]\n", "")
+        sent = await cli("emit", "world", "message", '{"text": "héllo"}', "--id", "teller", *base)
+        assert (sent.returncode, sent.stdout) == (0, "")
+        await until(lambda: any(line.get("event") == "message" for line in lines))
+        got = [line for line in lines if line["type"] in ("event", "request")]
+        assert got == [
+            {"type": "request", "from": "asker", "event": "add", "data": [1, 2]},
+            {"type": "event", "from": "teller", "event": "message", "data": {"text": "héllo"}},
+        ]
+        assert {"type": "connected", "from": "asker"} in lines
+
+        process.send_signal(signal.SIGINT)
+        with anyio.fail_after(20):
+            assert await process.wait() == 0
+    assert not os.path.exists(os.path.join(socket_dir, "app.world"))
+
+
+async def test_request_and_emit_over_tcp_udp_and_tls(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(tmp_path / "ca.pem")
+    got: list[object] = []
+    async with Actor("world", **FAST) as ipc, Actor("udp-world", **FAST) as udp_ipc:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(context)
+        server = await ipc.serve_net("127.0.0.1", 0, tls=context)
+        server.on("add", lambda numbers, client: sum(numbers))
+        server.on("message", lambda data, client: got.append(data))
+        udp = await udp_ipc.serve_net("127.0.0.1", 0, udp="udp4")
+        udp.on("add", lambda numbers, peer: sum(numbers))
+        port = server.address[1]
+        tls = f"tls://127.0.0.1:{port}"
+
+        reply = await cli("request", tls, "add", "[1, 2]", "--cafile", str(tmp_path / "ca.pem"))
+        assert (reply.returncode, reply.stdout) == (0, "3\n"), reply.stderr
+        sent = await cli("emit", tls, "message", '"hi"', "--cafile", str(tmp_path / "ca.pem"))
+        assert sent.returncode == 0, sent.stderr
+        assert got == ["hi"]
+
+        udp_port = udp.address[1]
+        reply = await cli("request", f"udp://127.0.0.1:{udp_port}", "add", "[2, 3]", "--json")
+        assert reply.returncode == 0, reply.stderr
+        (record,) = json_lines(reply.stdout)
+        assert record["reply"] == 5
+        assert record["ms"] >= 0
+
+        # no --cafile: a usage error saying what is missing
+        missing = await cli("request", tls, "add", "[1]")
+        assert missing.returncode == 2
+        assert "--cafile" in missing.stderr
+
+
+async def test_ping_counts_round_trips_and_summarises(socket_dir: str) -> None:
+    async with Actor("world", socket_root=socket_dir, **FAST) as ipc:
+        await ipc.serve()  # no handler for "ping": "no handler" is a reply all the same
+        base = ("--socket-root", socket_dir)
+        result = await cli("ping", "-c", "3", "-i", "0.05", "world", "--json", *base)
+        assert result.returncode == 0, result.stderr
+        *pings, summary = json_lines(result.stdout)
+        assert [ping["seq"] for ping in pings] == [1, 2, 3]
+        stats = summary["summary"]
+        assert (stats["sent"], stats["received"], stats["loss_percent"]) == (3, 3, 0.0)
+        assert stats["min"] <= stats["avg"] <= stats["max"]
+
+        human = await cli("ping", "-c", "2", "-i", "0.05", "world", *base)
+        assert human.returncode == 0, human.stderr
+        assert human.stdout.count("reply from world: seq=") == 2
+        assert "2 sent, 2 received, 0% lost" in human.stdout
+        assert "rtt min/avg/max/mdev = " in human.stdout
+        assert "\x1b[" not in human.stdout  # no colour when stdout is not a terminal
+
+
+async def test_errors_say_what_happened_with_a_status(socket_dir: str) -> None:
+    async with Actor("world", socket_root=socket_dir, **FAST) as ipc:
+        server = await ipc.serve()
+
+        @server.on("fail")
+        def fail(data: object, client: Client) -> None:
+            raise ValueError("no such thing")
+
+        base = ("--socket-root", socket_dir)
+        remote = await cli("request", "world", "fail", *base)
+        assert remote.returncode == 1
+        assert "ipcactors.RemoteError" in remote.stderr
+        assert "no such thing" in remote.stderr
+        as_json = await cli("request", "world", "fail", "--json", *base)
+        assert json_lines(as_json.stderr)[0]["error"] == "ipcactors.RemoteError"
+
+    absent = await cli("request", "nobody", "x", "--socket-root", socket_dir, "--timeout", "3")
+    assert absent.returncode == 1
+    assert "ConnectionFailedError" in absent.stderr
+
+
+def test_usage_errors_exit_2_saying_what_to_do() -> None:
+    for args, says in [
+        (("request", "world", "x", "{not json"), "DATA must be JSON"),
+        (("emit", "ftp://host:1", "x"), "unknown scheme"),
+        (("emit", "tcp://127.0.0.1", "x"), "needs a host and a port"),
+        (("emit", "a/b", "x"), "unix:a/b"),
+        (("request",), "the following arguments are required"),
+        (("run", "nocolon"), "module:function"),
+        (("run", "no_such_module_here:main"), "no module named"),
+        (("ping", "-c", "0", "world"), "at least 1"),
+    ]:
+        result = cli_sync(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert says in result.stderr, (args, result.stderr)
+
+
+def test_help_texts_show_examples() -> None:
+    top = cli_sync("--help")
+    assert top.returncode == 0
+    assert "examples:" in top.stdout
+    assert "exit status" in top.stdout
+    for name in ("listen", "emit", "request", "ping", "run", "bench"):
+        result = cli_sync(name, "--help")
+        assert result.returncode == 0, name
+        assert "examples:" in result.stdout, name
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_run_starts_an_entry_point_like_run(tmp_path: Path, backend: str) -> None:
+    (tmp_path / "cli_entry.py").write_text(
+        "import sniffio\n"
+        "async def main(name='x'):\n"
+        "    print('hello', name, sniffio.current_async_library(), flush=True)\n"
+        "async def broken():\n"
+        "    raise ValueError('broken on purpose')\n"
+    )
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    result = cli_sync("run", "cli_entry:main", "world", "--backend", backend, env=env)
+    assert (result.returncode, result.stdout) == (0, f"hello world {backend}\n"), result.stderr
+    broken = cli_sync("run", "cli_entry:broken", "--backend", backend, env=env)
+    assert broken.returncode == 1
+    assert "broken on purpose" in broken.stderr
+    missing = cli_sync("run", "cli_entry:nothing", env=env)
+    assert missing.returncode == 2
+    assert "has no function 'nothing'" in missing.stderr
+
+
+def test_bench_lists_the_suite() -> None:
+    result = cli_sync("bench", "--", "--list")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+
+
+async def test_codec_node_ipc_talks_to_a_node_ipc_server(socket_dir: str) -> None:
+    path = os.path.join(socket_dir, "node.sock")
+    async with node_peer("server.mjs", "9", "unix", path, "echo,message") as node:
+        await node.expect("ready")
+        target = f"unix:{path}"
+        sent = await cli("emit", target, "message", '{"text": "✓"}', "--codec", "node-ipc")
+        assert sent.returncode == 0, sent.stderr
+        assert await node.expect_received("message") == [{"text": "✓"}]
+        # node-ipc has no requests: said at once, status 1
+        asked = await cli("request", target, "echo", "1", "--codec", "node-ipc")
+        assert asked.returncode == 1
+        assert "UnsupportedError" in asked.stderr
+        await node.command(cmd="stop")  # removes its socket file
+
+
+async def test_listen_with_codec_node_ipc_hears_a_python_node_ipc_client(
+    socket_dir: str,
+) -> None:
+    base = ("--socket-root", socket_dir, "--codec", "node-ipc", "--json")
+    listen = command("listen", "world", *base)
+    async with await anyio.open_process(listen, cwd=ROOT, stderr=subprocess.PIPE) as process:
+        assert process.stdout is not None
+        buffer = b""
+
+        async def next_line() -> dict[str, Any]:
+            nonlocal buffer
+            while b"\n" not in buffer:
+                buffer += await process.stdout.receive()  # type: ignore[union-attr]
+            line, buffer = buffer.split(b"\n", 1)
+            return json.loads(line)  # type: ignore[no-any-return]
+
+        with anyio.fail_after(20):
+            assert (await next_line())["type"] == "listening"
+            options: dict[str, Any] = {"codec": "node-ipc", "socket_root": socket_dir, **FAST}
+            async with Actor("hello", **options) as ipc:
+                world = await ipc.connect_to("world")
+                await world.emit("message", ["a", 1])
+                assert (await next_line())["type"] == "connected"
+                assert await next_line() == {
+                    "type": "event",
+                    "from": "node-ipc-1",
+                    "event": "message",
+                    "data": ["a", 1],
+                }
+            process.send_signal(signal.SIGTERM)
+            assert await process.wait() == 0
+
+
+def test_main_is_the_console_script() -> None:
+    import tomllib
+
+    with open(ROOT / "pyproject.toml", "rb") as file:
+        scripts = tomllib.load(file)["project"]["scripts"]
+    assert scripts == {"ipcactors": "ipcactors._cli:main_exit"}
+    from ipcactors import _cli
+
+    assert _cli.main(["emit", "", "x"]) == 2
