@@ -18,6 +18,13 @@ See README.md and docs/ for the whole picture.
 """
 
 from ._actor import Actor
+from ._blocking import (
+    BlockingActor,
+    BlockingClient,
+    BlockingConnection,
+    BlockingInbox,
+    BlockingServer,
+)
 from ._config import Config
 from ._core._connection import Connection
 from ._core._server import Client, Server
@@ -64,6 +71,11 @@ __all__ = [
     "Actor",
     "AddressInUseError",
     "AuthenticationError",
+    "BlockingActor",
+    "BlockingClient",
+    "BlockingConnection",
+    "BlockingInbox",
+    "BlockingServer",
     "ChildExit",
     "ChildExitedError",
     "ChildInfo",

@@ -10,7 +10,8 @@ import sys
 import ipcactors
 
 PUBLIC = {
-    "Actor", "AddressInUseError", "AuthenticationError", "ChildExit", "ChildExitedError",
+    "Actor", "AddressInUseError", "AuthenticationError", "BlockingActor", "BlockingClient",
+    "BlockingConnection", "BlockingInbox", "BlockingServer", "ChildExit", "ChildExitedError",
     "ChildInfo", "Client", "ClosedError", "Config", "ConfigError", "ConnectError", "Connection",
     "ConnectionFailedError", "ConnectionLostError", "ConnectionStatistics", "DatagramPeer",
     "DatagramServer",

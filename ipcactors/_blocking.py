@@ -1,0 +1,519 @@
+"""The blocking API: an :class:`~ipcactors.Actor` for scripts, notebooks and threaded programs.
+
+``BlockingActor`` runs the event loop in a background thread (anyio's blocking portal) and
+forwards each call to it; its servers, connections and clients are thin wrappers whose methods
+block until the async method they stand for returns, and raise the same exceptions.
+
+Invariants:
+- One loop thread per ``BlockingActor``, started by ``__enter__`` and joined by ``close()`` (or
+  leaving ``with``): nothing (thread, socket, socket file) outlives the actor.
+- Methods may be called from any number of threads at once, never from the loop thread itself
+  (that would wait on itself): there they raise :class:`IPCError` saying to use the async API.
+  A caller's thread that runs an event loop of its own (Jupyter) is blocked for each call, like
+  any blocking call, and keeps working; in async code the async API is the better choice.
+- Plain (``def``) handlers run in a worker thread (anyio's), one at a time per peer in the order
+  the events arrive, so they may call this blocking API and may block; ``async def`` handlers
+  run in the loop thread and get the async objects. Closing waits for handlers still running.
+- After ``close()`` every method raises :class:`ClosedError`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import queue
+import ssl
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from functools import partial
+from types import TracebackType
+from typing import Any, Literal, TypeVar, overload
+
+import anyio
+import anyio.to_thread
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from ._actor import Actor
+from ._config import Config
+from ._core._connection import Connection
+from ._core._server import Client, Server
+from ._core._stats import ConnectionStatistics, ServerStatistics
+from ._core._udp import DatagramPeer, DatagramServer, DatagramStatistics, PeerAddress
+from ._errors import ClosedError, IPCError
+
+__all__ = [
+    "BlockingActor",
+    "BlockingClient",
+    "BlockingConnection",
+    "BlockingInbox",
+    "BlockingServer",
+]
+
+T = TypeVar("T")
+Handler = Callable[..., Any]
+H = TypeVar("H", bound=Handler)
+
+
+class _Loop:
+    """The portal and the id of its thread, shared by an actor and its wrappers."""
+
+    def __init__(self, actor_id: str) -> None:
+        self.actor_id = actor_id
+        self.portal: BlockingPortal | None = None
+        self.thread_id: int | None = None
+
+    @overload
+    def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T: ...
+
+    @overload
+    def call(self, fn: Callable[..., T], *args: Any) -> T: ...
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        portal = self.portal
+        if portal is None:
+            raise ClosedError(f"blocking actor {self.actor_id!r} is closed")
+        if threading.get_ident() == self.thread_id:
+            raise IPCError(
+                "a blocking method was called in the event loop thread (from an async handler?), "
+                "where it would wait on itself: await the async API there (`.wrapped` gives the "
+                "async object), or make the handler a plain def (it then runs in a worker thread)"
+            )
+        return portal.call(fn, *args)
+
+
+class _Handlers:
+    """``on``/``off`` for a wrapper: plain handlers go to a worker thread with their peer
+    arguments wrapped; ``async def`` handlers are registered as they are."""
+
+    def __init__(self, loop: _Loop, target: Server | DatagramServer | Connection) -> None:
+        self._loop = loop
+        self._target = target
+        self._adapted: dict[tuple[str, Handler], Handler] = {}
+
+    def on(self, event: str, handler: Handler) -> None:
+        if inspect.iscoroutinefunction(handler) or not callable(handler):
+            self._loop.call(self._target.on, event, handler)
+            return
+        loop = self._loop
+
+        async def in_thread(*args: Any) -> Any:
+            call = partial(handler, *(_wrap_peer(loop, arg) for arg in args))
+            return await anyio.to_thread.run_sync(call)
+
+        in_thread.__qualname__ = getattr(handler, "__qualname__", repr(handler))
+        self._loop.call(self._target.on, event, in_thread)
+        self._adapted[(event, handler)] = in_thread
+
+    def off(self, event: str, handler: Handler | None) -> None:
+        if handler is None:
+            for key in [key for key in self._adapted if key[0] == event]:
+                del self._adapted[key]
+        else:
+            handler = self._adapted.pop((event, handler), handler)
+        self._loop.call(self._target.off, event, handler)
+
+
+class _Wrapper:
+    """What servers and connections share: handlers, an inbox, statistics."""
+
+    _handlers: _Handlers
+    _loop: _Loop
+
+    @overload
+    def on(self, event: str, handler: None = None) -> Callable[[H], H]: ...
+
+    @overload
+    def on(self, event: str, handler: H) -> H: ...
+
+    def on(self, event: str, handler: H | None = None) -> H | Callable[[H], H]:
+        """Register ``handler`` for ``event`` (or use ``on(event)`` as a decorator). A plain
+        ``def`` runs in a worker thread and may call this blocking API; an ``async def`` runs
+        in the loop thread with the async objects."""
+        if handler is None:
+
+            def register(function: H) -> H:
+                self._handlers.on(event, function)
+                return function
+
+            return register
+        self._handlers.on(event, handler)
+        return handler
+
+    def off(self, event: str, handler: Handler | None = None) -> None:
+        """Remove ``handler`` from ``event``, or all of its handlers when ``None``."""
+        self._handlers.off(event, handler)
+
+    def inbox(self, *events: str) -> BlockingInbox:
+        """Collect ``events`` into a :class:`BlockingInbox` to read with ``get()`` or a
+        ``for`` loop, in the caller's thread (from now on: earlier events are not in it)."""
+        return BlockingInbox(self._loop, self._handlers._target, events)
+
+
+class BlockingInbox(AbstractContextManager["BlockingInbox"]):
+    """Events collected for a script to read in its own thread: ``get()`` returns
+    ``(event, data, peer)`` (``peer``: a :class:`BlockingClient` on a server, ``None`` on a
+    connection); iterating yields them until ``close()``.
+
+    Unbounded: read it, or close it, as fast as events come (or use handlers)."""
+
+    _CLOSED = object()
+
+    def __init__(
+        self, loop: _Loop, target: Server | DatagramServer | Connection, events: tuple[str, ...]
+    ) -> None:
+        if not events:
+            raise IPCError("inbox() needs at least one event name, e.g. inbox('message')")
+        self._loop = loop
+        self._target = target
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._handlers: list[tuple[str, Handler]] = []
+        self._closed = False
+        for event in events:
+            # Runs in the loop thread and never blocks: a put into a thread-safe queue.
+            def put(*args: Any, event: str = event) -> None:
+                peer = _wrap_peer(loop, args[1]) if len(args) > 1 else None
+                self._queue.put((event, args[0], peer))
+
+            loop.call(target.on, event, put)
+            self._handlers.append((event, put))
+
+    def get(self, timeout: float | None = None) -> tuple[str, Any, BlockingClient | None]:
+        """The next ``(event, data, peer)``; raises :class:`TimeoutError` after ``timeout``
+        seconds (``None``: wait as long as it takes), :class:`ClosedError` once closed."""
+        if self._closed:
+            raise ClosedError("this inbox is closed")
+        try:
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"nothing arrived within {timeout} s") from None
+        if item is self._CLOSED:
+            self._queue.put(item)  # for every other reader
+            raise ClosedError("this inbox is closed")
+        return item  # type: ignore[no-any-return]
+
+    def __iter__(self) -> Iterator[tuple[str, Any, BlockingClient | None]]:
+        while True:
+            try:
+                yield self.get()
+            except ClosedError:
+                return
+
+    def close(self) -> None:
+        """Stop collecting; a reader waiting in ``get()`` or a ``for`` loop ends."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(self._CLOSED)
+        if self._loop.portal is not None:
+            for event, handler in self._handlers:
+                self._loop.call(self._target.off, event, handler)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class BlockingClient:
+    """A server's client (or a UDP server's peer) seen from a blocking program."""
+
+    def __init__(self, loop: _Loop, peer: Client | DatagramPeer) -> None:
+        self._loop = loop
+        #: The async object (for ``async def`` handlers and code in the loop thread).
+        self.wrapped = peer
+
+    @property
+    def id(self) -> str | PeerAddress:
+        """The client's actor id (a UDP peer: its ``(host, port)`` address)."""
+        peer = self.wrapped
+        return peer.id if isinstance(peer, Client) else peer.address
+
+    def __repr__(self) -> str:
+        return f"<BlockingClient {self.id!r}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BlockingClient) and other.wrapped is self.wrapped
+
+    def __hash__(self) -> int:
+        return hash(self.wrapped)
+
+    def emit(self, event: str, data: Any = None) -> None:
+        """Send ``event`` to this client (as ``server.emit(client, ...)``)."""
+        self._loop.call(self.wrapped.emit, event, data)
+
+    def request(self, event: str, data: Any = None, *, timeout: float | None = None) -> Any:
+        """Ask this client; its handler's answer, or the async API's exceptions."""
+        return self._loop.call(partial(self.wrapped.request, event, data, timeout=timeout))
+
+
+def _wrap_peer(loop: _Loop, arg: Any) -> Any:
+    if isinstance(arg, Client | DatagramPeer):
+        return BlockingClient(loop, arg)
+    return arg
+
+
+def _unwrap(client: Any) -> Any:
+    return client.wrapped if isinstance(client, BlockingClient) else client
+
+
+class BlockingConnection(_Wrapper):
+    """A connection to another actor (``ipc.connect_to(...)``), blocking."""
+
+    def __init__(self, loop: _Loop, connection: Connection) -> None:
+        self._loop = loop
+        #: The async :class:`~ipcactors.Connection`.
+        self.wrapped = connection
+        self._handlers = _Handlers(loop, connection)
+
+    def __repr__(self) -> str:
+        return f"<BlockingConnection to {self.id!r}>"
+
+    @property
+    def id(self) -> str:
+        return self.wrapped.id
+
+    @property
+    def connected(self) -> bool:
+        return self.wrapped.connected
+
+    def emit(self, event: str, data: Any = None) -> None:
+        """As :meth:`Connection.emit`: queued, at most once; waits while the outbox is full."""
+        self._loop.call(self.wrapped.emit, event, data)
+
+    def request(self, event: str, data: Any = None, *, timeout: float | None = None) -> Any:
+        """As :meth:`Connection.request`: the reply, or the same exceptions."""
+        return self._loop.call(partial(self.wrapped.request, event, data, timeout=timeout))
+
+    def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait until connected (raises :class:`TimeoutError` after ``timeout`` seconds)."""
+        self._loop.call(_bounded, self.wrapped.wait_connected, timeout)
+
+    def statistics(self) -> ConnectionStatistics:
+        """A snapshot of this connection's counters."""
+        return self._loop.call(self.wrapped.statistics)
+
+    def close(self) -> None:
+        """Flush, close, and do not reconnect (as ``ipc.disconnect(id)``)."""
+        self._loop.call(self.wrapped.aclose)
+
+
+class BlockingServer(_Wrapper):
+    """This actor's server (Unix, TCP, TLS or UDP), blocking. Clients are named by a
+    :class:`BlockingClient`, a :class:`~ipcactors.Client`, an id, or (UDP) a ``(host, port)``."""
+
+    def __init__(self, loop: _Loop, server: Server | DatagramServer) -> None:
+        self._loop = loop
+        #: The async :class:`~ipcactors.Server` or :class:`~ipcactors.DatagramServer`.
+        self.wrapped = server
+        self._handlers = _Handlers(loop, server)
+
+    def __repr__(self) -> str:
+        return f"<BlockingServer {self.address!r}>"
+
+    @property
+    def address(self) -> Any:
+        return self.wrapped.address
+
+    @property
+    def clients(self) -> Mapping[Any, BlockingClient]:
+        """A snapshot of the clients (UDP: the peers heard from lately) by id (UDP: address)."""
+        peers = self._loop.call(lambda: dict(self.wrapped.clients))
+        return {key: BlockingClient(self._loop, peer) for key, peer in peers.items()}
+
+    def emit(self, client: Any, event: str, data: Any = None) -> None:
+        """As :meth:`Server.emit`: send ``event`` to one client."""
+        self._loop.call(self.wrapped.emit, _unwrap(client), event, data)
+
+    def request(
+        self, client: Any, event: str, data: Any = None, *, timeout: float | None = None
+    ) -> Any:
+        """As :meth:`Server.request`: ask one client, return its answer."""
+        request = partial(self.wrapped.request, _unwrap(client), event, data, timeout=timeout)
+        return self._loop.call(request)
+
+    def broadcast(self, event: str, data: Any = None) -> None:
+        """As :meth:`Server.broadcast`: send ``event`` to every client."""
+        self._loop.call(self.wrapped.broadcast, event, data)
+
+    def statistics(self) -> ServerStatistics | DatagramStatistics:
+        """A snapshot of the server's counters."""
+        server = self.wrapped
+        if isinstance(server, Server):
+            return self._loop.call(server.statistics)
+        return self._loop.call(server.statistics)
+
+    def close(self) -> None:
+        """Stop serving and close every client."""
+        self._loop.call(self.wrapped.aclose)
+
+
+async def _bounded(fn: Callable[[], Awaitable[None]], timeout: float | None) -> None:
+    with anyio.fail_after(timeout):
+        await fn()
+
+
+class BlockingActor:
+    """An :class:`~ipcactors.Actor` for code that is not async: use it as ``with``.
+
+    ``BlockingActor("hello", backend="trio", retry=1.0)``: the same arguments as ``Actor``, plus
+    ``backend`` (``"asyncio"`` or ``"trio"``) and ``backend_options`` (e.g.
+    ``{"use_uvloop": True}``) for the loop thread. See docs/blocking.md.
+    """
+
+    def __init__(
+        self,
+        id: str,
+        config: Config | None = None,
+        *,
+        backend: Literal["asyncio", "trio"] = "asyncio",
+        backend_options: dict[str, Any] | None = None,
+        **overrides: Any,
+    ) -> None:
+        if backend not in ("asyncio", "trio"):
+            raise IPCError(f'backend= takes "asyncio" or "trio", got {backend!r}')
+        self.id = id
+        # Validated here, in the caller's thread: a mistake raises ConfigError at once.
+        self.config = (config or Config()).replace(id=id, **overrides)
+        self._backend = backend
+        self._backend_options = backend_options
+        self._loop = _Loop(id)
+        self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
+        self._actor_cm: AbstractContextManager[Actor] | None = None
+        self._actor: Actor | None = None
+        self._used = False
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<BlockingActor {self.id!r}>"
+
+    def __enter__(self) -> BlockingActor:
+        with self._lock:
+            if self._used:
+                raise IPCError(f"blocking actor {self.id!r} can be entered only once")
+            self._used = True
+        portal_cm = start_blocking_portal(self._backend, self._backend_options)
+        portal = portal_cm.__enter__()
+        try:
+            actor = portal.call(partial(Actor, self.id, self.config))
+            actor_cm = portal.wrap_async_context_manager(actor)
+            actor_cm.__enter__()
+        except BaseException:
+            portal_cm.__exit__(*sys.exc_info())
+            raise
+        self._portal_cm, self._actor_cm, self._actor = portal_cm, actor_cm, actor
+        self._loop.thread_id = portal.call(threading.get_ident)
+        self._loop.portal = portal
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Flush and close every connection and the server, then stop the loop thread.
+        Idempotent; called by leaving ``with``."""
+        with self._lock:
+            portal_cm, actor_cm = self._portal_cm, self._actor_cm
+            self._portal_cm = self._actor_cm = None
+        if portal_cm is None or actor_cm is None:
+            return
+        if threading.get_ident() == self._loop.thread_id:
+            raise IPCError("close() was called in the event loop thread; call it from another")
+        try:
+            actor_cm.__exit__(None, None, None)
+        finally:
+            self._loop.portal = None
+            portal_cm.__exit__(None, None, None)
+
+    @property
+    def wrapped(self) -> Actor:
+        """The async :class:`~ipcactors.Actor` (for code in the loop thread)."""
+        if self._actor is None:
+            raise IPCError(f"use the blocking actor inside 'with' first: with {self!r} as ipc")
+        return self._actor
+
+    @property
+    def portal(self) -> BlockingPortal:
+        """The anyio portal of the loop thread: ``portal.call(async_fn, ...)`` runs there."""
+        if self._loop.portal is None:
+            raise ClosedError(f"blocking actor {self.id!r} is not running")
+        return self._loop.portal
+
+    @overload
+    def _call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T: ...
+
+    @overload
+    def _call(self, fn: Callable[..., T], *args: Any) -> T: ...
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._actor is None:
+            raise IPCError(f"use the blocking actor inside 'with' first: with {self!r} as ipc")
+        return self._loop.call(fn, *args)
+
+    # --- serving ------------------------------------------------------------------------------
+
+    @property
+    def server(self) -> BlockingServer | None:
+        server = self.wrapped.server
+        return None if server is None else BlockingServer(self._loop, server)
+
+    def serve(self, path: str | None = None) -> BlockingServer:
+        """As :meth:`Actor.serve`: listen on a Unix socket."""
+        return BlockingServer(self._loop, self._call(self.wrapped.serve, path))
+
+    def serve_net(
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        udp: Literal["udp4", "udp6"] | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> BlockingServer:
+        """As :meth:`Actor.serve_net`: listen on TCP, TLS or (``udp=``) UDP."""
+        serve = partial(self.wrapped.serve_net, host, port, udp=udp, tls=tls)
+        return BlockingServer(self._loop, self._call(serve))
+
+    # --- connecting ---------------------------------------------------------------------------
+
+    @property
+    def of(self) -> Mapping[str, BlockingConnection]:
+        """A snapshot of the connections by id (node-ipc's ``ipc.of``)."""
+        connections = self._call(lambda: dict(self.wrapped.of))
+        return {id: BlockingConnection(self._loop, c) for id, c in connections.items()}
+
+    def connect_to(self, id: str, path: str | None = None) -> BlockingConnection:
+        """As :meth:`Actor.connect_to`: returns once connected, or raises."""
+        return BlockingConnection(self._loop, self._call(self.wrapped.connect_to, id, path))
+
+    def connect_to_net(
+        self,
+        id: str,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        tls: ssl.SSLContext | None = None,
+    ) -> BlockingConnection:
+        """As :meth:`Actor.connect_to_net`."""
+        connect = partial(self.wrapped.connect_to_net, id, host, port, tls=tls)
+        return BlockingConnection(self._loop, self._call(connect))
+
+    def disconnect(self, id: str) -> None:
+        """As :meth:`Actor.disconnect`: flush, close, do not reconnect."""
+        self._call(self.wrapped.disconnect, id)
+
+    def wait_closed(self, timeout: float | None = None) -> None:
+        """Wait until the actor is closed (by another thread's ``close()``, or a handler)."""
+        actor = self.wrapped
+        if self._loop.portal is None:
+            return
+        try:
+            self._call(_bounded, actor.wait_closed, timeout)
+        except ClosedError:
+            return  # the loop stopped meanwhile: closed
+
+    def log(self, *args: Any) -> None:
+        """As :meth:`Actor.log`."""
+        self.wrapped.log(*args)

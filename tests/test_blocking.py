@@ -1,0 +1,261 @@
+"""The blocking API (docs/blocking.md): the async API's semantics and errors without ``await``,
+from several threads, inside a running event loop, with nothing left behind.
+
+These tests are plain functions (the event loop is the actor's own, in its thread); each runs on
+both backends through ``backend=``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
+
+import anyio
+import pytest
+
+import ipcactors
+from ipcactors import BlockingActor, BlockingClient
+
+BACKENDS = ["asyncio", "trio"]
+FAST: dict[str, Any] = {"retry": 0.05, "retry_cap": 0.2, "silent": True}
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+EXAMPLE = os.path.join(EXAMPLES, "blocking_hello.py")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Literal["asyncio", "trio"]:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture(autouse=True)
+def _no_loop_thread_left() -> Iterator[None]:
+    """Every loop thread a test started has ended when it returns (Trio's idle worker-thread
+    cache, daemon threads it reuses, is not ours)."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5
+
+    def extra() -> list[threading.Thread]:
+        return [
+            thread
+            for thread in threading.enumerate()
+            if thread not in before and not thread.name.startswith("Trio thread")
+        ]
+
+    while extra() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not extra(), f"threads left running: {extra()}"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_emit_and_request_both_ways(backend: Literal["asyncio", "trio"], socket_dir: str) -> None:
+    threads: dict[str, int] = {}
+    with (
+        BlockingActor("world", socket_root=socket_dir, backend=backend, **FAST) as world,
+        BlockingActor("hello", socket_root=socket_dir, backend=backend, **FAST) as hello,
+    ):
+        server = world.serve()
+        assert server.address == os.path.join(socket_dir, "app.world")
+
+        @server.on("message")
+        def message(data: str, client: BlockingClient) -> None:
+            threads["plain"] = threading.get_ident()
+            client.emit("message", data + " world!")  # the blocking API, from the handler
+
+        server.on("add", lambda numbers, client: sum(numbers))
+
+        @server.on("loop")
+        async def in_loop(data: object, client: ipcactors.Client) -> str:
+            threads["async"] = threading.get_ident()
+            await client.emit("message", "from the loop")
+            return "ok"
+
+        world_conn = hello.connect_to("world")
+        with world_conn.inbox("message") as inbox:
+            world_conn.emit("message", "hello")
+            assert inbox.get(timeout=10) == ("message", "hello world!", None)
+            assert world_conn.request("add", [1, 2], timeout=10) == 3
+            assert world_conn.request("loop", timeout=10) == "ok"
+            assert inbox.get(timeout=10) == ("message", "from the loop", None)
+            with pytest.raises(TimeoutError):
+                inbox.get(timeout=0.05)
+
+        # the server asks the client: requests flow both ways
+        world_conn.on("double", lambda n: n * 2)
+        (client,) = server.clients.values()
+        assert client.id == "hello"
+        assert server.request(client, "double", 21, timeout=10) == 42
+        assert server.request("hello", "double", 1, timeout=10) == 2
+        assert hello.of["world"].connected
+        # plain handlers ran in a worker thread, async ones in the loop thread: neither is ours
+        assert threads["plain"] != threading.get_ident()
+        assert threads["async"] == world.portal.call(threading.get_ident)
+        assert threads["plain"] != threads["async"]
+
+
+def test_errors_are_the_async_api_types(
+    backend: Literal["asyncio", "trio"], socket_dir: str
+) -> None:
+    with pytest.raises(ipcactors.ConfigError):
+        BlockingActor("x", retry=-1)
+    with pytest.raises(ipcactors.IPCError, match="asyncio"):
+        BlockingActor("x", backend="curio")  # type: ignore[arg-type]
+    options: dict[str, Any] = {"socket_root": socket_dir, "backend": backend, **FAST}
+    options["stop_retrying"] = 0  # a connection that fails fails at once
+    with BlockingActor("world", **options) as world, BlockingActor("hello", **options) as hello:
+        server = world.serve()
+
+        @server.on("fail")
+        def fail(data: object, client: BlockingClient) -> None:
+            raise ValueError("wrong on purpose")
+
+        @server.on("slow")
+        def slow(data: object, client: BlockingClient) -> None:
+            time.sleep(0.5)
+
+        @server.on("nested")
+        async def nested(data: object, client: ipcactors.Client) -> None:
+            server.emit(client, "x")  # a blocking call in the loop thread: refused
+
+        conn = hello.connect_to("world")
+        with pytest.raises(ipcactors.RemoteError, match="wrong on purpose") as remote:
+            conn.request("fail", timeout=10)
+        assert remote.value.remote_type == "ValueError"
+        with pytest.raises(ipcactors.NoHandlerError):
+            conn.request("nobody", timeout=10)
+        with pytest.raises(ipcactors.RequestTimeoutError):
+            conn.request("slow", timeout=0.05)
+        with pytest.raises(ipcactors.RemoteError, match="async API"):
+            conn.request("nested", timeout=10)
+        with pytest.raises(ipcactors.ReservedEventError):
+            conn.emit("connect")
+        with pytest.raises(ipcactors.ConnectionFailedError):
+            hello.connect_to("nobody", os.path.join(socket_dir, "none"))
+    with pytest.raises(ipcactors.ClosedError):
+        conn.emit("x")
+    with pytest.raises(ipcactors.IPCError, match="only once"):
+        world.__enter__()
+
+
+def test_reconnects_after_the_server_restarts(
+    backend: Literal["asyncio", "trio"], socket_dir: str
+) -> None:
+    options: dict[str, Any] = {"socket_root": socket_dir, "backend": backend, **FAST}
+    with BlockingActor("hello", **options) as hello:
+        with BlockingActor("world", **options) as world:
+            world.serve().on("add", lambda numbers, client: sum(numbers))
+            conn = hello.connect_to("world")
+            assert conn.request("add", [1, 2], timeout=10) == 3
+        wait_until(lambda: not conn.connected)
+        conn.emit("queued", "while down")  # queued in the outbox, sent on reconnect
+        with BlockingActor("world", **options) as world:
+            server = world.serve()
+            got = server.inbox("queued")
+            server.on("add", lambda numbers, client: sum(numbers))
+            conn.wait_connected(timeout=10)
+            assert conn.request("add", [2, 3], timeout=10) == 5
+            assert got.get(timeout=10)[:2] == ("queued", "while down")
+            got.close()
+            assert list(got) == []  # a closed inbox ends its loop
+
+
+def test_from_several_threads_at_once(backend: Literal["asyncio", "trio"], socket_dir: str) -> None:
+    options: dict[str, Any] = {"socket_root": socket_dir, "backend": backend, **FAST}
+    with BlockingActor("world", **options) as world, BlockingActor("hello", **options) as hello:
+        world.serve().on("square", lambda n, client: n * n)
+        conn = hello.connect_to("world")
+        results: dict[int, list[int]] = {}
+        errors: list[BaseException] = []
+
+        def work(worker: int) -> None:
+            try:
+                numbers = range(worker * 100, worker * 100 + 30)
+                results[worker] = [conn.request("square", n, timeout=10) for n in numbers]
+            except BaseException as exc:
+                errors.append(exc)
+
+        workers = [threading.Thread(target=work, args=(w,)) for w in range(8)]
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            thread.join(30)
+        assert not errors
+        assert results == {w: [n * n for n in range(w * 100, w * 100 + 30)] for w in range(8)}
+
+
+def test_inside_a_running_event_loop(socket_dir: str) -> None:
+    """Jupyter-style: the caller's thread runs an asyncio loop. Blocking calls work through the
+    portal (they block that loop while they run, like any blocking call); the loop goes on."""
+
+    async def notebook() -> list[object]:
+        ticks: list[object] = []
+
+        async def ticker() -> None:
+            for n in range(3):
+                ticks.append(n)
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        options: dict[str, Any] = {"socket_root": socket_dir, **FAST}
+        with BlockingActor("world", **options) as world, BlockingActor("hello", **options) as h:
+            world.serve().on("add", lambda numbers, client: sum(numbers))
+            ticks.append(h.connect_to("world").request("add", [1, 2], timeout=10))
+        await asyncio.wait_for(task, 10)
+        return ticks
+
+    ticks = asyncio.run(notebook())
+    assert sorted(ticks, key=str) == [0, 1, 2, 3]
+
+
+def test_inside_a_running_trio_loop(socket_dir: str) -> None:
+    async def program() -> object:
+        options: dict[str, Any] = {"socket_root": socket_dir, **FAST}
+        with BlockingActor("world", **options) as world, BlockingActor("hello", **options) as h:
+            world.serve().on("add", lambda numbers, client: sum(numbers))
+            answer = h.connect_to("world").request("add", [1, 2], timeout=10)
+        await anyio.sleep(0)
+        return answer
+
+    assert anyio.run(program, backend="trio") == 3
+
+
+def test_udp(backend: Literal["asyncio", "trio"]) -> None:
+    with (
+        BlockingActor("world", backend=backend, **FAST) as world,
+        BlockingActor("hello", backend=backend, **FAST) as hello,
+    ):
+        server = world.serve_net("127.0.0.1", 0, udp="udp4")
+        server.on("add", lambda numbers, peer: sum(numbers))
+        mine = hello.serve_net("127.0.0.1", 0, udp="udp4")
+        assert hello.server is not None
+        assert hello.server.address == mine.address
+        assert mine.request(server.address, "add", [1, 2], timeout=10) == 3
+        (peer,) = server.clients.values()
+        assert peer.id == mine.address
+
+
+def test_the_example_runs(backend: Literal["asyncio", "trio"], socket_dir: str) -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(EXAMPLES), env.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [sys.executable, EXAMPLE, "--backend", backend, "--socket-root", socket_dir],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["hello world!", "1 + 2 = 3"]
