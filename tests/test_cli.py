@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -286,3 +288,68 @@ def test_main_is_the_console_script() -> None:
     from ipcactors import _cli
 
     assert _cli.main(["emit", "", "x"]) == 2
+
+
+def test_colour_only_on_a_terminal_and_never_with_no_color() -> None:
+    """An error on a terminal starts in red; NO_COLOR (any value) and a pipe keep it plain."""
+
+    base = {key: value for key, value in os.environ.items() if key != "NO_COLOR"}
+    base["TERM"] = "xterm"
+
+    def stderr_of(env: dict[str, str]) -> str:
+        leader, follower = pty.openpty()
+        try:
+            process = subprocess.run(
+                command("emit", "a/b", "x"),
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=follower,
+                timeout=60,
+                check=False,
+                env={**base, **env},
+            )
+            assert process.returncode == 2
+            os.close(follower)
+            follower = -1
+            text = b""
+            while True:
+                try:
+                    chunk = os.read(leader, 4096)
+                except OSError:  # EIO: the terminal has no writer left
+                    break
+                if not chunk:
+                    break
+                text += chunk
+            return text.decode()
+        finally:
+            os.close(leader)
+            if follower != -1:
+                os.close(follower)
+
+    coloured = stderr_of({})
+    assert "\x1b[1;31mipcactors: error:\x1b[0m" in coloured
+    plain = stderr_of({"NO_COLOR": "1"})
+    assert "ipcactors: error: 'a/b' is not an actor id" in plain
+    assert "\x1b[" not in plain
+    piped = cli_sync("emit", "a/b", "x")
+    assert "\x1b[" not in piped.stderr
+
+
+async def test_listen_on_udp_answers_a_udp_request() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    target = f"udp://127.0.0.1:{port}"
+    listen = command("listen", target, "--json", "--reply", '{"ok": true}')
+    async with await anyio.open_process(listen, cwd=ROOT, stderr=subprocess.PIPE) as process:
+        assert process.stdout is not None
+        with anyio.fail_after(20):
+            first = await process.stdout.receive()
+            assert json.loads(first.split(b"\n")[0])["type"] == "listening"
+            reply = await cli("request", target, "status", "[1]")
+            assert (reply.returncode, reply.stdout) == (0, '{"ok": true}\n'), reply.stderr
+            line = json.loads((await process.stdout.receive()).split(b"\n")[0])
+            assert (line["type"], line["event"], line["data"]) == ("request", "status", [1])
+            assert line["from"].startswith("127.0.0.1:")
+            process.send_signal(signal.SIGINT)
+            assert await process.wait() == 0
