@@ -184,7 +184,9 @@ async def test_pending_requests_fail_when_the_connection_drops(socket_dir: str) 
                         failures.append(exc)
 
                 task_group.start_soon(ask)
-                await anyio.sleep(0.1)
+                with anyio.fail_after(5):  # sent and waiting for its reply, however loaded
+                    while world.statistics().requests_pending != 1:
+                        await anyio.sleep(0.01)
                 started = anyio.current_time()
                 server.send_signal(signal.SIGKILL)
                 with anyio.fail_after(5):
