@@ -14,7 +14,9 @@ Invariants:
 - Plain (``def``) handlers run in a worker thread (anyio's), one at a time per peer in the order
   the events arrive, so they may call this blocking API and may block; ``async def`` handlers
   run in the loop thread and get the async objects. Closing waits for handlers still running.
-- After ``close()`` every method raises :class:`ClosedError`.
+- After ``close()`` every method raises :class:`ClosedError`. ``close()`` (of the actor, a
+  server or a connection) and ``disconnect()`` called in a plain handler start closing and
+  return: the close waits for running handlers, so waiting there would wait on itself.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ import ssl
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from functools import partial
 from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
 
 import anyio
+import anyio.abc
 import anyio.to_thread
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
@@ -53,6 +57,10 @@ __all__ = [
 T = TypeVar("T")
 Handler = Callable[..., Any]
 H = TypeVar("H", bound=Handler)
+
+# Set in a worker thread while it runs a plain handler: closing from there must not wait for
+# the handlers to finish (it would wait on itself), so it starts the close and returns.
+_in_handler = threading.local()
 
 
 class _Loop:
@@ -81,6 +89,13 @@ class _Loop:
             )
         return portal.call(fn, *args)
 
+    def close(self, aclose: Callable[[], Awaitable[None]]) -> None:
+        """Run ``aclose`` to its end; from a handler's thread, start it and return."""
+        if getattr(_in_handler, "active", False) and self.portal is not None:
+            self.portal.start_task_soon(aclose)
+        else:
+            self.call(aclose)
+
 
 class _Handlers:
     """``on``/``off`` for a wrapper: plain handlers go to a worker thread with their peer
@@ -98,7 +113,7 @@ class _Handlers:
         loop = self._loop
 
         async def in_thread(*args: Any) -> Any:
-            call = partial(handler, *(_wrap_peer(loop, arg) for arg in args))
+            call = partial(_run_handler, handler, *(_wrap_peer(loop, arg) for arg in args))
             return await anyio.to_thread.run_sync(call)
 
         in_thread.__qualname__ = getattr(handler, "__qualname__", repr(handler))
@@ -112,6 +127,14 @@ class _Handlers:
         else:
             handler = self._adapted.pop((event, handler), handler)
         self._loop.call(self._target.off, event, handler)
+
+
+def _run_handler(handler: Handler, *args: Any) -> Any:
+    _in_handler.active = True
+    try:
+        return handler(*args)
+    finally:
+        _in_handler.active = False
 
 
 class _Wrapper:
@@ -292,8 +315,9 @@ class BlockingConnection(_Wrapper):
         return self._loop.call(self.wrapped.statistics)
 
     def close(self) -> None:
-        """Flush, close, and do not reconnect (as ``ipc.disconnect(id)``)."""
-        self._loop.call(self.wrapped.aclose)
+        """Flush, close, and do not reconnect (as ``ipc.disconnect(id)``). In a handler: starts
+        closing and returns (the close waits for the handlers of this connection)."""
+        self._loop.close(self.wrapped.aclose)
 
 
 class BlockingServer(_Wrapper):
@@ -342,8 +366,17 @@ class BlockingServer(_Wrapper):
         return self._loop.call(server.statistics)
 
     def close(self) -> None:
-        """Stop serving and close every client."""
-        self._loop.call(self.wrapped.aclose)
+        """Stop serving and close every client. In a handler: starts closing and returns."""
+        self._loop.close(self.wrapped.aclose)
+
+
+async def _host(actor: Actor, *, task_status: anyio.abc.TaskStatus[anyio.Event]) -> None:
+    """The actor's ``async with``, in one task of the loop thread until ``stop`` is set (or the
+    actor closes itself: its ``aclose()`` cancels this wait, which ends the block cleanly)."""
+    stop = anyio.Event()
+    async with actor:
+        task_status.started(stop)
+        await stop.wait()
 
 
 async def _bounded(fn: Callable[[], Awaitable[None]], timeout: float | None) -> None:
@@ -377,7 +410,7 @@ class BlockingActor:
         self._backend_options = backend_options
         self._loop = _Loop(id)
         self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
-        self._actor_cm: AbstractContextManager[Actor] | None = None
+        self._host: tuple[Future[None], anyio.Event] | None = None
         self._actor: Actor | None = None
         self._used = False
         self._lock = threading.Lock()
@@ -394,12 +427,11 @@ class BlockingActor:
         portal = portal_cm.__enter__()
         try:
             actor = portal.call(partial(Actor, self.id, self.config))
-            actor_cm = portal.wrap_async_context_manager(actor)
-            actor_cm.__enter__()
+            host = portal.start_task(_host, actor)
         except BaseException:
             portal_cm.__exit__(*sys.exc_info())
             raise
-        self._portal_cm, self._actor_cm, self._actor = portal_cm, actor_cm, actor
+        self._portal_cm, self._host, self._actor = portal_cm, host, actor
         self._loop.thread_id = portal.call(threading.get_ident)
         self._loop.portal = portal
         return self
@@ -414,16 +446,27 @@ class BlockingActor:
 
     def close(self) -> None:
         """Flush and close every connection and the server, then stop the loop thread.
-        Idempotent; called by leaving ``with``."""
-        with self._lock:
-            portal_cm, actor_cm = self._portal_cm, self._actor_cm
-            self._portal_cm = self._actor_cm = None
-        if portal_cm is None or actor_cm is None:
+        Idempotent; called by leaving ``with``. In a handler: starts closing the actor and
+        returns (``wait_closed()`` returns once it is closed); leaving ``with`` then stops the
+        loop thread."""
+        if getattr(_in_handler, "active", False):
+            if self._loop.portal is not None and self._actor is not None:
+                self._loop.close(self._actor.aclose)
             return
         if threading.get_ident() == self._loop.thread_id:
             raise IPCError("close() was called in the event loop thread; call it from another")
+        with self._lock:
+            portal_cm, host = self._portal_cm, self._host
+            self._portal_cm = self._host = None
+        if portal_cm is None or host is None:
+            return
+        done, stop = host
         try:
-            actor_cm.__exit__(None, None, None)
+            if not done.done():
+                portal = self._loop.portal
+                assert portal is not None
+                portal.call(stop.set)
+            done.result()
         finally:
             self._loop.portal = None
             portal_cm.__exit__(None, None, None)
@@ -501,8 +544,11 @@ class BlockingActor:
         return BlockingConnection(self._loop, self._call(connect))
 
     def disconnect(self, id: str) -> None:
-        """As :meth:`Actor.disconnect`: flush, close, do not reconnect."""
-        self._call(self.wrapped.disconnect, id)
+        """As :meth:`Actor.disconnect`: flush, close, do not reconnect. In a handler: starts
+        disconnecting and returns."""
+        actor = self.wrapped
+        self._call(lambda: None)  # ClosedError once closed
+        self._loop.close(partial(actor.disconnect, id))
 
     def wait_closed(self, timeout: float | None = None) -> None:
         """Wait until the actor is closed (by another thread's ``close()``, or a handler)."""

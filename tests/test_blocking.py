@@ -259,3 +259,27 @@ def test_the_example_runs(backend: Literal["asyncio", "trio"], socket_dir: str) 
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["hello world!", "1 + 2 = 3"]
+
+
+def test_closing_from_a_handler(backend: Literal["asyncio", "trio"], socket_dir: str) -> None:
+    """close() and disconnect() in a plain handler start closing and return: the close waits
+    for running handlers, so waiting there would wait on itself."""
+    options: dict[str, Any] = {"socket_root": socket_dir, "backend": backend, **FAST}
+    with BlockingActor("world", **options) as world, BlockingActor("hello", **options) as hello:
+        server = world.serve()
+        conn = hello.connect_to("world")
+        conn.on("bye", lambda data: conn.close())
+        (client,) = server.clients.values()
+        client.emit("bye")
+        wait_until(lambda: conn.wrapped.destroyed)
+
+        conn = hello.connect_to("world")
+        conn.on("leave", lambda data: hello.disconnect("world"))
+        server.emit("hello", "leave")
+        wait_until(lambda: "world" not in hello.of)
+
+        server.on("quit", lambda data, client: world.close())
+        hello.connect_to("world").emit("quit")
+        world.wait_closed(timeout=10)
+        with pytest.raises(ipcactors.ClosedError):
+            world.serve()  # the actor is closed; its thread stops when the block ends
