@@ -14,6 +14,8 @@ import socket
 import ssl
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import anyio
 import pytest
 import trustme
 from _node_peers import node_peer
+from anyio.abc import Process
 
 from ipcactors import Actor, Client
 
@@ -58,6 +61,20 @@ def cli_sync(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     )
 
 
+@asynccontextmanager
+async def listening(args: list[str]) -> AsyncIterator[Process]:
+    """``listen`` in a subprocess; killed if the test ends with it still running (so that a
+    failed assertion shows, instead of a wait for a process nobody stops)."""
+    process = await anyio.open_process(args, cwd=ROOT, stderr=subprocess.DEVNULL)
+    try:
+        yield process
+    finally:
+        with anyio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.kill()
+            await process.aclose()
+
+
 def json_lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
@@ -68,7 +85,7 @@ async def test_listen_prints_what_arrives_and_echoes_requests(
     """listen as an actor id on a Unix socket; request, emit and ping from other commands."""
     base = ("--socket-root", socket_dir)
     listen = command("listen", "world", "--json", "--backend", anyio_backend, *base)
-    async with await anyio.open_process(listen, cwd=ROOT, stderr=subprocess.PIPE) as process:
+    async with listening(listen) as process:
         assert process.stdout is not None
         lines: list[dict[str, Any]] = []
         buffer = b""
@@ -251,7 +268,7 @@ async def test_listen_with_codec_node_ipc_hears_a_python_node_ipc_client(
 ) -> None:
     base = ("--socket-root", socket_dir, "--codec", "node-ipc", "--json")
     listen = command("listen", "world", *base)
-    async with await anyio.open_process(listen, cwd=ROOT, stderr=subprocess.PIPE) as process:
+    async with listening(listen) as process:
         assert process.stdout is not None
         buffer = b""
 
@@ -341,14 +358,22 @@ async def test_listen_on_udp_answers_a_udp_request() -> None:
         port = probe.getsockname()[1]
     target = f"udp://127.0.0.1:{port}"
     listen = command("listen", target, "--json", "--reply", '{"ok": true}')
-    async with await anyio.open_process(listen, cwd=ROOT, stderr=subprocess.PIPE) as process:
+    async with listening(listen) as process:
         assert process.stdout is not None
+        buffer = b""
+
+        async def next_line() -> dict[str, Any]:
+            nonlocal buffer
+            while b"\n" not in buffer:
+                buffer += await process.stdout.receive()  # type: ignore[union-attr]
+            line, buffer = buffer.split(b"\n", 1)
+            return json.loads(line)  # type: ignore[no-any-return]
+
         with anyio.fail_after(20):
-            first = await process.stdout.receive()
-            assert json.loads(first.split(b"\n")[0])["type"] == "listening"
+            assert (await next_line())["type"] == "listening"
             reply = await cli("request", target, "status", "[1]")
             assert (reply.returncode, reply.stdout) == (0, '{"ok": true}\n'), reply.stderr
-            line = json.loads((await process.stdout.receive()).split(b"\n")[0])
+            line = await next_line()
             assert (line["type"], line["event"], line["data"]) == ("request", "status", [1])
             assert line["from"].startswith("127.0.0.1:")
             process.send_signal(signal.SIGINT)
