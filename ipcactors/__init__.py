@@ -117,3 +117,11 @@ __all__ = [
     "UnsupportedError",
     "run",
 ]
+
+# Public names print as what users import (ipcactors.ServerBusyError in a traceback), not as the
+# private module that defines them.
+for _name in __all__:
+    _public = globals()[_name]
+    if isinstance(_public, type) or callable(_public):
+        _public.__module__ = __name__
+del _name, _public

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, Literal, overload
 
@@ -246,9 +246,11 @@ class Actor:
     # --- connecting ---------------------------------------------------------------------------
 
     @property
-    def of(self) -> Mapping[str, Connection]:
-        """Connections by the id of the actor they lead to (node-ipc's ``ipc.of``)."""
-        return MappingProxyType(self._connections)
+    def of(self) -> Peers:
+        """Connections by the id of the actor they lead to (node-ipc's ``ipc.of``): a read-only
+        mapping, ``ipc.of["world"]``, or ``ipc.of.world`` as in node-ipc. An id not connected
+        raises :class:`UnknownPeerError` (a ``KeyError``) naming the ids that are."""
+        return Peers(self.id, self._connections)
 
     async def connect_to(self, id: str, path: str | None = None) -> Connection:
         """Connect to actor ``id``'s Unix socket (default: its :meth:`default_path`).
@@ -347,6 +349,43 @@ def _path(path: object, net_call: str) -> str | None:
         hint = f"; for TCP, use {net_call}" if type(path) is int else ""
         raise ConfigError(f"path must be a str (a Unix socket path) or None, got {path!r}{hint}")
     return path
+
+
+class Peers(Mapping[str, Connection]):
+    """A read-only view of an actor's connections by id, also by attribute (``of.world``)."""
+
+    __slots__ = ("_connections", "_owner")
+
+    def __init__(self, owner: str, connections: Mapping[str, Connection]) -> None:
+        self._owner = owner
+        self._connections = MappingProxyType(dict(connections))
+
+    def __getitem__(self, id: str) -> Connection:
+        try:
+            return self._connections[id]
+        except KeyError:
+            known = ", ".join(map(repr, self._connections)) or "none"
+            raise UnknownPeerError(
+                f"{self._owner!r} has no connection to {id!r} (connected: {known}); "
+                f"call connect_to({id!r}) first"
+            ) from None
+
+    def __getattr__(self, id: str) -> Connection:
+        if id.startswith("_"):
+            raise AttributeError(id)
+        try:
+            return self[id]
+        except UnknownPeerError as exc:
+            raise AttributeError(str(exc)) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._connections)
+
+    def __len__(self) -> int:
+        return len(self._connections)
+
+    def __repr__(self) -> str:
+        return f"Peers({dict(self._connections)!r})"
 
 
 def _host(host: object, port: object, by_name: str) -> str | None:

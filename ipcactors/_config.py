@@ -196,6 +196,12 @@ class Config:
                 f"auth_key needs a handshake, and the {self.codec!r} codec has none: "
                 "unset auth_key, or use codec='msgpack'"
             )
+        if self.retry >= _MILLISECONDS_LIKELY:
+            raise ConfigError(
+                f"retry is in seconds, got {self.retry!r} ({self.retry / 3600:.2g} hours): "
+                f"node-ipc's retry is in milliseconds; write retry={self.retry / 1000:g} "
+                f"for node-ipc's {self.retry:g} ms"
+            )
         if self.retry_cap < self.retry:
             raise ConfigError(f"retry_cap ({self.retry_cap}) must be >= retry ({self.retry})")
 
@@ -226,6 +232,22 @@ class Config:
         return Limits(
             max_frame_size=self.max_frame_size, max_decoded_objects=self.max_decoded_objects
         )
+
+
+# A first reconnect delay this long (s) is node-ipc's milliseconds (default 500), not a choice.
+_MILLISECONDS_LIKELY = 100
+
+
+def _frozen(self: Config, name: str, value: object) -> None:
+    raise dataclasses.FrozenInstanceError(
+        f"cannot assign to field {name!r}: a Config is frozen (actors share it); pass the option "
+        f"when you create the actor, Actor(id, {name}=...), or derive one with "
+        f"config.replace({name}=...)"
+    )
+
+
+# The dataclass's own __setattr__ says only "cannot assign to field": this one says what to do.
+Config.__setattr__ = _frozen  # type: ignore[method-assign,assignment]
 
 
 def _check_type(name: str, value: object, kind: type) -> None:

@@ -53,8 +53,13 @@ class ConfigError(IPCError, ValueError):
     type or out of range."""
 
 
-class UnknownPeerError(IPCError, LookupError):
-    """No connected peer has that id (it never connected, or it is gone)."""
+class UnknownPeerError(IPCError, KeyError):
+    """No connected peer has that id (it never connected, or it is gone).
+
+    A :class:`KeyError`, so ``id in actor.of`` and ``actor.of.get(id)`` work as for a dict."""
+
+    def __str__(self) -> str:
+        return Exception.__str__(self)  # the message, not KeyError's quoted repr of it
 
 
 # --- connecting -------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ Invariants:
 
 from __future__ import annotations
 
+import inspect
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -22,7 +23,7 @@ from typing import Any, Literal, TypeVar
 import anyio
 from loguru import logger
 
-from ._errors import ClosedError
+from ._errors import ClosedError, ConfigError
 from ._runtime import Runtime, set_runtime
 
 __all__ = ["run"]
@@ -49,6 +50,7 @@ def run(
     The first SIGINT/SIGTERM shuts every actor down gracefully, a second one immediately; then
     ``SystemExit(128 + signal)`` is raised.
     """
+    _check_async_fn(async_fn)
     if log_level is not None:
         logger.remove()
         # diagnose=False: a traceback must not print local variables (user data) into the log.
@@ -65,6 +67,25 @@ def run(
     if runtime.signal is not None:
         raise SystemExit(128 + runtime.signal)
     return result
+
+
+def _check_async_fn(async_fn: object) -> None:
+    if inspect.iscoroutine(async_fn):
+        async_fn.close()  # never awaited: no "was never awaited" warning on top of this error
+        raise ConfigError(
+            "run() takes the async function itself, not a call of it: "
+            "write ipcactors.run(main), not ipcactors.run(main())"
+        )
+    if not callable(async_fn):
+        raise ConfigError(f"run() takes an async function, got {async_fn!r:.60}")
+
+
+def _not_awaitable(async_fn: object, result: object) -> ConfigError:
+    name = getattr(async_fn, "__qualname__", repr(async_fn))
+    return ConfigError(
+        f"run() takes an async function, and {name}() returned {type(result).__name__}, "
+        "not an awaitable: define it with `async def`"
+    )
 
 
 def _caused_by_shutdown(exc: BaseException) -> bool:
@@ -117,7 +138,10 @@ async def _main(
         async with anyio.create_task_group() as task_group:
             await task_group.start(watch_signals, task_group)
             with main_scope:
-                result = await async_fn(*args)
+                awaitable = async_fn(*args)
+                if not inspect.isawaitable(awaitable):
+                    raise _not_awaitable(async_fn, awaitable)
+                result = await awaitable
             task_group.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         if len(group.exceptions) == 1:

@@ -1,0 +1,96 @@
+"""What a newcomer hits first: errors that say what to do, node-ipc habits, public names."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import anyio
+import pytest
+
+import ipcactors
+from ipcactors import Actor
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.mark.parametrize("name", ipcactors.__all__)
+def test_public_names_print_as_ipcactors(name: str) -> None:
+    public = getattr(ipcactors, name)
+    assert public.__module__ == "ipcactors"
+    if isinstance(public, type):
+        assert repr(public) == f"<class 'ipcactors.{name}'>"
+
+
+def test_an_error_in_a_traceback_reads_ipcactors_dot_name() -> None:
+    import traceback
+
+    text = "".join(traceback.format_exception(ipcactors.ConfigError("full")))
+    assert "ipcactors.ConfigError: full" in text
+    assert "_errors" not in text
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_run_refuses_a_coroutine_and_says_what_to_pass(backend: str) -> None:
+    async def main() -> None:
+        pass
+
+    coroutine = main()
+    with pytest.raises(ipcactors.ConfigError, match=r"run\(main\), not ipcactors.run\(main\(\)\)"):
+        ipcactors.run(coroutine, backend=backend, log_level=None)  # type: ignore[arg-type]
+    assert inspect.getcoroutinestate(coroutine) == "CORO_CLOSED"  # no "never awaited" warning
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_run_refuses_a_sync_function_and_says_async_def(backend: str) -> None:
+    def main() -> int:
+        return 1
+
+    with pytest.raises(ipcactors.ConfigError, match=r"returned int, not an awaitable.*async def"):
+        ipcactors.run(main, backend=backend, log_level=None)  # type: ignore[arg-type]
+    with pytest.raises(ipcactors.ConfigError, match="takes an async function"):
+        ipcactors.run(42, log_level=None)  # type: ignore[arg-type]
+
+
+def test_retry_in_node_ipc_milliseconds_says_seconds() -> None:
+    with pytest.raises(ipcactors.ConfigError, match=r"in seconds.*milliseconds.*retry=1\.5"):
+        ipcactors.Config(retry=1500)
+    assert ipcactors.Config(retry=2, retry_cap=10).retry == 2
+
+
+def test_assigning_to_a_config_says_what_to_do_instead() -> None:
+    config = ipcactors.Config()
+    with pytest.raises(dataclasses.FrozenInstanceError, match=r"replace\(retry=\.\.\.\)"):
+        config.retry = 2  # type: ignore[misc]
+    assert config.replace(retry=2).retry == 2
+
+
+async def test_of_by_attribute_as_in_node_ipc(socket_dir: str) -> None:
+    async with (
+        Actor("world", socket_root=socket_dir, silent=True) as world,
+        Actor("hello", socket_root=socket_dir, silent=True) as hello,
+    ):
+        server = await world.serve()
+        server.on("add", lambda numbers, client: sum(numbers))
+        with anyio.fail_after(10):
+            connection = await hello.connect_to("world")
+            assert hello.of.world is connection is hello.of["world"]
+            assert await hello.of.world.request("add", [1, 2]) == 3
+        assert "world" in hello.of
+        assert hello.of.get("nobody") is None
+        assert list(hello.of) == ["world"]
+        assert len(hello.of) == 1
+        with pytest.raises(ipcactors.UnknownPeerError, match=r"no connection to 'nobody'.*'world'"):
+            hello.of["nobody"]
+        with pytest.raises(KeyError):  # still a KeyError, as with a dict
+            hello.of["nobody"]
+        with pytest.raises(AttributeError, match=r"connect_to\('nobody'\)"):
+            hello.of.nobody  # noqa: B018
+        assert not hasattr(hello.of, "nobody")
+        assert str(ipcactors.UnknownPeerError("plain")) == "plain"
+
+
+async def test_positional_port_with_udp_is_a_clear_error(socket_dir: str) -> None:
+    async with Actor("world", socket_root=socket_dir, silent=True) as world:
+        with pytest.raises(ipcactors.ConfigError, match=r"serve_net\(port=8001\)"):
+            await world.serve_net(8001, udp="udp4")  # type: ignore[call-overload]
