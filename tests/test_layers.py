@@ -53,3 +53,14 @@ def test_the_checker_sees_imports() -> None:
     assert {"_proto", "anyio"} <= imports(PACKAGE / "_core" / "_channel.py")
     assert "_proto" in imports(PACKAGE / "_transports" / "_streams.py")
     assert "asyncio" in imports(PACKAGE / "_transports" / "_backend.py")
+
+
+def test_backend_differences_live_in_two_modules() -> None:
+    """The asyncio fast path is contained in ``_asyncio``; every other backend difference is in
+    ``_backend``: no other module imports asyncio or trio."""
+    importers = sorted(
+        str(module.relative_to(PACKAGE))
+        for module in PACKAGE.rglob("*.py")
+        if imports(module) & {"asyncio", "trio", "sniffio"}
+    )
+    assert importers == ["_transports/_asyncio.py", "_transports/_backend.py"]

@@ -18,7 +18,8 @@ import trustme
 from anyio.abc import ByteStream
 from anyio.streams.tls import TLSStream
 
-from ipcactors._transports._streams import AsyncioSocketStream, shared_sender, wrap_socket
+from ipcactors._transports._asyncio import AsyncioSocketStream
+from ipcactors._transports._streams import shared_sender, wrap_socket
 
 pytestmark = pytest.mark.anyio
 
