@@ -141,8 +141,10 @@ class Lifecycle(RuleBasedStateMachine):
                     await anyio.sleep(0.005)
 
             self.run(noticed)
-        # Sent while up and not confirmed: they may have died with the server.
+        # Sent while up and not confirmed: they may have died with the server; so may those
+        # queued while it was down and flushed after the last handshake, not yet handled.
         self.unconfirmed = set()
+        self.must &= set(self.received)
 
     @precondition(lambda self: self.world is not None and self.connection is not None)
     @rule()
