@@ -168,6 +168,8 @@ def test_bad_options_are_refused() -> None:
         Supervisor(max_restarts=-1)
     with pytest.raises(ipcactors.ConfigError):
         Supervisor(max_seconds=0)
+    with pytest.raises(ipcactors.ConfigError, match="codec='msgpack'"):
+        Supervisor(codec="node-ipc")  # its children talk to it with requests
 
 
 async def test_request_timeout_must_be_positive_finite_seconds(socket_dir: str) -> None:

@@ -220,6 +220,13 @@ class Supervisor:
         self.preload = [str(name) for name in preload]
         self.log_level = log_level
         self.config = (config or Config()).replace(id=id, **overrides)
+        if not self.config.wire_codec.handshake:
+            # Children connect back with hello, report ready and answer requests.
+            raise ConfigError(
+                f"a supervisor needs a codec with a handshake and requests, and "
+                f"{self.config.codec!r} has neither: keep codec='msgpack' for the supervisor; "
+                "a child can still serve other codecs from actors of its own"
+            )
         self._log = ActorLog(id, self.config.silent)
         self._children: dict[str, Child] = {}  # in start order
         self._restart_window: tuple[float, ...] = ()  # times of recent restarts (_policy)
