@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import socket
+import struct
 
 import anyio
 import pytest
@@ -94,3 +96,21 @@ async def test_positional_port_with_udp_is_a_clear_error(socket_dir: str) -> Non
     async with Actor("world", socket_root=socket_dir, silent=True) as world:
         with pytest.raises(ipcactors.ConfigError, match=r"serve_net\(port=8001\)"):
             await world.serve_net(8001, udp="udp4")  # type: ignore[call-overload]
+
+
+async def test_a_handshake_that_ends_early_is_logged_with_its_reason(
+    socket_dir: str, log_lines: list[str]
+) -> None:
+    async with Actor("world", socket_root=socket_dir) as world:
+        server = await world.serve_net(port=0)
+        host, port = server.address
+        with anyio.fail_after(10):
+            stream = await anyio.connect_tcp(host, port)
+            raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            await stream.send(b"\x00")  # half a frame, then a reset
+            await stream.aclose()
+            while not any("handshake with" in line for line in log_lines):
+                await anyio.sleep(0.01)
+    line = next(line for line in log_lines if "handshake with" in line)
+    assert "failed: the connection broke (ConnectionResetError" in line

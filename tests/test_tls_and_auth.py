@@ -154,6 +154,8 @@ async def test_plain_client_on_a_tls_port_is_told(ca: trustme.CA) -> None:
         with anyio.fail_after(3), pytest.raises(ipcactors.RejectedError, match="requires TLS") as e:
             await hello.connect_to_net("world", HOST, port(server))
         assert e.value.reason == "tls"
+        # What docs/protocol.md and docs/guide.md promise: a TLSError, the RejectedError kind.
+        assert isinstance(e.value, ipcactors.TLSError)
         # It names the port the server is bound to, not the 0 it was configured with.
         assert f"connect with tls= to ('{HOST}', {port(server)})" in str(e.value)
         await assert_still_serving(server, client_context(ca))

@@ -117,6 +117,17 @@ class Client(Peer):
             self._channel.abort()
 
 
+def _lost(exc: BaseException) -> str:
+    """Why a connection ended during its handshake, never empty (anyio's BrokenResourceError and
+    EndOfStream carry no message: the reason is in their cause)."""
+    if isinstance(exc, anyio.EndOfStream):
+        return "the peer closed the connection"
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(exc, anyio.BrokenResourceError):
+        return f"the connection broke ({cause!r})" if cause is not None else "the connection broke"
+    return str(exc) or repr(exc)
+
+
 class Server(HandlerMethods):
     """A listening socket and its clients. Made by ``Actor.serve()`` / ``Actor.serve_net()``."""
 
@@ -353,7 +364,7 @@ class Server(HandlerMethods):
             await self._refuse(stream, session, reason, message)
             return
         except (OSError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
-            self._handshake_failed(f"handshake with {peer_address!r} failed: {exc}")
+            self._handshake_failed(f"handshake with {peer_address!r} failed: {_lost(exc)}")
             await anyio.aclose_forcefully(stream)
             return
         finally:

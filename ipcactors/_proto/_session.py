@@ -40,7 +40,13 @@ import secrets
 from collections.abc import Callable
 from typing import Final
 
-from .._errors import AuthenticationError, ProtocolError, RejectedError, ServerBusyError
+from .._errors import (
+    AuthenticationError,
+    ProtocolError,
+    RejectedError,
+    ServerBusyError,
+    TLSError,
+)
 from ._codec import Codec, Decoder, Encoder
 from ._messages import (
     HANDSHAKE_KINDS,
@@ -100,6 +106,8 @@ def rejection(reject: Reject, target: str) -> RejectedError:
         return ServerBusyError(message, reject.reason)
     if reject.reason == "auth":
         return AuthenticationError(message, reject.reason)
+    if reject.reason == "tls":  # a plain client on a TLS port: a TLS failure like any other
+        return TLSError(message, reject.reason)
     return RejectedError(message, reject.reason)
 
 
