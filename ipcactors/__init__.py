@@ -28,7 +28,7 @@ from ._blocking import (
 from ._config import Config
 from ._core._connection import Connection
 from ._core._server import Client, Server
-from ._core._stats import ConnectionStatistics, ServerStatistics
+from ._core._stats import ConnectionStatistics, PoolStatistics, ServerStatistics
 from ._core._udp import DatagramPeer, DatagramServer, DatagramStatistics
 from ._errors import (
     AddressInUseError,
@@ -58,11 +58,15 @@ from ._errors import (
     SocketPathError,
     SocketPathTooLongError,
     SpawnError,
+    TaskTimeoutError,
     TLSError,
     UnknownPeerError,
     UnsupportedError,
+    WorkerLostError,
 )
 from ._run import run
+from ._supervision._executor import PoolExecutor
+from ._supervision._pool import Pool
 from ._supervision._supervisor import ChildInfo, Supervisor
 
 __version__ = "0.1.0"
@@ -99,6 +103,9 @@ __all__ = [
     "IPCError",
     "InsecureSocketDirError",
     "NoHandlerError",
+    "Pool",
+    "PoolExecutor",
+    "PoolStatistics",
     "ProtocolError",
     "RejectedError",
     "RemoteError",
@@ -113,8 +120,10 @@ __all__ = [
     "SpawnError",
     "Supervisor",
     "TLSError",
+    "TaskTimeoutError",
     "UnknownPeerError",
     "UnsupportedError",
+    "WorkerLostError",
     "run",
 ]
 

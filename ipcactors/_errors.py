@@ -39,8 +39,10 @@ __all__ = [
     "SocketPathTooLongError",
     "SpawnError",
     "TLSError",
+    "TaskTimeoutError",
     "UnknownPeerError",
     "UnsupportedError",
+    "WorkerLostError",
 ]
 
 
@@ -129,6 +131,19 @@ class ChildExitedError(ConnectionLostError):
         self.exitcode = exitcode
 
 
+class WorkerLostError(ChildExitedError):
+    """A :class:`Pool` task's worker died (or its connection was lost) on every attempt it was
+    given: ``max_retries`` ran out.
+
+    Attributes (besides ``child_id`` and ``exitcode``, those of the last worker lost):
+        attempts: how many times the task was sent to a worker.
+    """
+
+    def __init__(self, message: str, child_id: str, exitcode: int | None, attempts: int) -> None:
+        super().__init__(message, child_id, exitcode)
+        self.attempts = attempts
+
+
 class ClosedError(IPCError):
     """The actor, server or connection was closed; nothing more can be sent through it."""
 
@@ -214,6 +229,19 @@ class ReservedEventError(EventNameError):
 
 class RequestTimeoutError(IPCError, TimeoutError):
     """No reply arrived within the request's timeout. A late reply is ignored."""
+
+
+class TaskTimeoutError(RequestTimeoutError):
+    """A :class:`Pool` task ran past the pool's ``task_timeout``: its worker was killed and is
+    being replaced.
+
+    Attributes:
+        worker: the id of the worker that was running it.
+    """
+
+    def __init__(self, message: str, worker: str) -> None:
+        super().__init__(message)
+        self.worker = worker
 
 
 class RemoteError(IPCError):

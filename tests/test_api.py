@@ -21,6 +21,7 @@ PUBLIC = {
     "ReservedEventError", "RestartIntensityError", "Server", "ServerBusyError", "ServerStatistics",
     "SocketPathError", "SocketPathTooLongError", "SpawnError", "Supervisor", "TLSError",
     "UnknownPeerError", "UnsupportedError", "run",
+    "Pool", "PoolExecutor", "PoolStatistics", "TaskTimeoutError", "WorkerLostError",
 }  # fmt: skip
 
 

@@ -209,6 +209,6 @@ def test_ctrl_c_in_the_worker_pool_example(backend: str) -> None:
     command = [sys.executable, os.path.join(ROOT, "examples", "worker_pool.py")]
     # 40 tasks on 4 workers at 0.5 s each: 5 s, so tasks are in flight at the signal.
     command += ["--backend", backend, "--delay", "0.5"]
-    out, err = _interrupted(command, "started worker-0", signal.SIGINT)
+    out, err = _interrupted(command, "started pool-0", signal.SIGINT)
     assert "tasks done" not in out
     assert "FAILED" not in out + err

@@ -17,13 +17,25 @@ from test_flow import (
 from test_flow import (
     test_a_peer_that_never_reads_its_replies_costs_a_bounded_amount as test_unread_on_uvloop,
 )
+from test_pool import (
+    test_cancelling_a_submit_cancels_the_task_in_the_worker as test_pool_cancel_on_uvloop,
+)
+from test_pool import (
+    test_worker_sigkilled_mid_task_is_retried as test_pool_retry_on_uvloop,
+)
 
 import ipcactors
 from ipcactors import Actor
 
 pytest.importorskip("uvloop")  # an extra; `make test` installs it
 pytestmark = pytest.mark.anyio
-__all__ = ["test_flood_on_uvloop", "test_unread_on_uvloop", "test_vanish_on_uvloop"]
+__all__ = [
+    "test_flood_on_uvloop",
+    "test_pool_cancel_on_uvloop",
+    "test_pool_retry_on_uvloop",
+    "test_unread_on_uvloop",
+    "test_vanish_on_uvloop",
+]
 
 
 @pytest.fixture

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ConnectionStatistics", "PeerCounters", "ServerCounters", "ServerStatistics"]
+__all__ = [
+    "ConnectionStatistics",
+    "PeerCounters",
+    "PoolStatistics",
+    "ServerCounters",
+    "ServerStatistics",
+]
 
 
 class PeerCounters:
@@ -94,3 +100,19 @@ class ServerStatistics:
     idle_closed: int
     #: Events from any client that arrived with no handler registered.
     events_unhandled: int
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatistics:
+    """A snapshot of a :class:`Pool`'s counters (``pool.statistics()``)."""
+
+    size: int  # worker processes
+    per_worker: int  # tasks in flight per worker at most
+    in_flight: int  # tasks sent to a worker and not answered yet
+    submitted: int  # tasks asked for (submit, call, map items started)
+    completed: int  # tasks that returned a result
+    failed: int  # tasks whose function raised (RemoteError), or that gave up
+    retried: int  # attempts made again after a worker was lost
+    timed_out: int  # tasks that ran past task_timeout (their worker was killed)
+    cancelled: int  # tasks cancelled by their caller while sent to a worker
+    restarts: int  # worker processes restarted by the supervisor

@@ -45,9 +45,10 @@ def _resolve(namespace: Any, qualname: str) -> Any:
     return value
 
 
-def target_of(fn: Callable[..., Any] | str) -> Target:
+def target_of(fn: Callable[..., Any] | str, *, require_async: bool = True) -> Target:
     """Describe ``fn`` (an async function, or ``"module:qualname"``) so a child can import it.
 
+    With ``require_async=False`` (a pool's task function) plain functions are accepted too.
     Raises :class:`SpawnError` saying what is wrong and what to do.
     """
     if isinstance(fn, str):
@@ -58,7 +59,7 @@ def target_of(fn: Callable[..., Any] | str) -> Target:
             found = _resolve(importlib.import_module(module_name), qualname)
         except (Exception, SystemExit) as exc:  # a module may raise anything while imported
             raise SpawnError(f"cannot import target {fn!r}: {describe_error(exc)}") from exc
-        if not inspect.iscoroutinefunction(found):
+        if require_async and not inspect.iscoroutinefunction(found):
             what = "function" if callable(found) else f"function but {type(found).__name__}"
             raise SpawnError(
                 f"the target {fn!r} is not an async {what} ({found!r}); it must be an "
@@ -67,7 +68,7 @@ def target_of(fn: Callable[..., Any] | str) -> Target:
         fn = found
     if not callable(fn):
         raise SpawnError(f"the target must be an async function, got {fn!r}")
-    if not inspect.iscoroutinefunction(fn):
+    if require_async and not inspect.iscoroutinefunction(fn):
         raise SpawnError(
             f"the target {getattr(fn, '__qualname__', fn)!r} must be an async function "
             "('async def worker(actor, ...)')"
@@ -128,11 +129,14 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def load_target(target: Target) -> Callable[..., Any]:
+def load_target(target: Target, *, require_async: bool = True) -> Callable[..., Any]:
     """In the child: import the target (running the main script as ``__mp_main__`` first when
     the function lives there). Raises what the import raised, AttributeError for a missing
     name, or TypeError when the name is not an async function (the module differs here)."""
-    if target.main_path is not None:
+    loaded = sys.modules.get("__mp_main__")
+    if target.main_path is not None and getattr(loaded, "__file__", None) == target.main_path:
+        module = loaded  # the script ran already (a pool loads several of its functions)
+    elif target.main_path is not None:
         module = types.ModuleType("__mp_main__")
         module.__file__ = target.main_path
         sys.modules["__main__"] = sys.modules["__mp_main__"] = module
@@ -140,6 +144,6 @@ def load_target(target: Target) -> Callable[..., Any]:
     else:
         module = importlib.import_module(target.module)
     fn = _resolve(module, target.qualname)
-    if not inspect.iscoroutinefunction(fn):
+    if require_async and not inspect.iscoroutinefunction(fn):
         raise TypeError(f"{target} is not an async function in the child process: {fn!r}")
     return fn  # type: ignore[no-any-return]

@@ -1,0 +1,110 @@
+"""A :class:`Pool` behind a real :class:`concurrent.futures.Executor`, for blocking code.
+
+    with PoolExecutor(size=4) as executor:
+        print(executor.submit(work, 3).result())
+        await loop.run_in_executor(executor, work, 3)  # from asyncio code, unchanged
+
+Invariant: the pool lives in its own event loop thread (anyio's blocking portal); every method
+here only hands work to that thread, so it may be called from any thread but that loop's own.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+import anyio.from_thread
+from anyio.from_thread import BlockingPortal
+
+from ._pool import Pool
+
+__all__ = ["PoolExecutor"]
+
+
+class PoolExecutor(concurrent.futures.Executor):
+    """``concurrent.futures`` face of :class:`Pool`: ``submit(fn, *args)`` returns a
+    :class:`~concurrent.futures.Future`; ``map`` and ``shutdown`` as the standard executors.
+
+    ``fn`` must be importable by name (as with multiprocessing's spawn); arguments and results
+    travel as msgpack, never pickle. The other arguments are :class:`Pool`'s, plus ``backend``
+    (``"asyncio"`` or ``"trio"``) for the pool's own event loop thread. Cancelling a future
+    cancels its task, in the worker too, even once it runs.
+    """
+
+    def __init__(
+        self,
+        size: int | None = None,
+        *,
+        fn: Callable[..., Any] | str | None = None,
+        backend: str = "asyncio",
+        **options: Any,
+    ) -> None:
+        self._pool = Pool(fn, size, **options)
+        self._portal_cm = anyio.from_thread.start_blocking_portal(backend)
+        self._portal: BlockingPortal = self._portal_cm.__enter__()
+        self._pool_cm: AbstractContextManager[Pool] | None = None
+        try:
+            self._pool_cm = self._portal.wrap_async_context_manager(self._pool)
+            self._pool_cm.__enter__()
+        except BaseException:
+            self._portal_cm.__exit__(None, None, None)
+            raise
+        self._lock = threading.Lock()
+        self._futures: set[concurrent.futures.Future[Any]] = set()
+        self._shutdown = False
+        self._closed = threading.Event()
+
+    @property
+    def pool(self) -> Pool:
+        """The async pool underneath (``statistics()``, ``supervisor``): use it from its loop
+        only, except :meth:`Pool.statistics`."""
+        return self._pool
+
+    def submit(
+        self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[Any]:
+        """Run ``fn(*args)`` in a worker; return its :class:`~concurrent.futures.Future`.
+        ``fn`` not importable by name is refused here with :class:`SpawnError`."""
+        if kwargs:
+            raise TypeError(
+                "PoolExecutor.submit takes positional arguments only (they travel as msgpack)"
+            )
+        name = self._pool._name(fn)  # refused here, in the caller's thread, if not importable
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            future = self._portal.start_task_soon(
+                self._pool._call, None if name == self._pool._fn else name, args
+            )
+            self._futures.add(future)
+        future.add_done_callback(self._futures.discard)
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop taking tasks; ``cancel_futures=True`` cancels every task not finished (those
+        running in a worker too); ``wait=True`` returns once the tasks are done and the workers
+        stopped, ``wait=False`` at once (a thread finishes the rest)."""
+        with self._lock:
+            already = self._shutdown
+            self._shutdown = True
+            futures = list(self._futures)
+        if cancel_futures:
+            for future in futures:
+                future.cancel()
+        if not already:
+            closer = threading.Thread(target=self._close, args=(futures,), daemon=False)
+            closer.start()
+        if wait:
+            self._closed.wait()
+
+    def _close(self, futures: list[concurrent.futures.Future[Any]]) -> None:
+        try:
+            concurrent.futures.wait(futures)
+            assert self._pool_cm is not None
+            self._pool_cm.__exit__(None, None, None)
+        finally:
+            self._portal_cm.__exit__(None, None, None)
+            self._closed.set()

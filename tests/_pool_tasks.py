@@ -1,0 +1,68 @@
+"""Functions the pool tests run in worker processes (importable by name, as a pool needs)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import anyio
+
+_state: dict[str, Any] = {}
+
+
+def square(n: int) -> int:
+    return n * n
+
+
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def scale(array: Any, factor: float) -> Any:
+    return array * factor
+
+
+def setup(value: str) -> None:
+    _state["loaded"] = value
+
+
+def loaded() -> Any:
+    return _state.get("loaded"), os.getpid()
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+async def first_attempt_hangs(path: str, n: int) -> int:
+    """The first attempt writes its pid to ``path`` and waits to be killed; a retry answers."""
+    if not os.path.exists(path):
+        with open(path + ".tmp", "w") as file:
+            file.write(str(os.getpid()))
+        os.rename(path + ".tmp", path)
+        await anyio.sleep(30)
+    return n * n
+
+
+async def always_hangs(path: str) -> None:
+    with open(path + ".tmp", "w") as file:
+        file.write(str(os.getpid()))
+    os.rename(path + ".tmp", path)
+    await anyio.sleep(30)
+
+
+def blocks(seconds: float) -> str:
+    time.sleep(seconds)
+    return "done"
+
+
+async def sleeps(seconds: float, marker: str) -> str:
+    """Sleeps; writes ``marker`` if it was cancelled."""
+    try:
+        await anyio.sleep(seconds)
+    except anyio.get_cancelled_exc_class():
+        with open(marker, "w") as file:
+            file.write("cancelled")
+        raise
+    return "slept"

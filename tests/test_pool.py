@@ -1,0 +1,276 @@
+"""ipcactors.Pool: tasks on supervised worker processes that survive a worker's death.
+
+A worker SIGKILLed mid-task (retried, result correct), a function that raises (not retried),
+a task past its timeout (worker killed and replaced), an infinite map in bounded memory,
+cancellation reaching the worker, no orphans after the parent is SIGKILLed. Both backends.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import _pool_tasks
+import anyio
+import numpy as np
+import pytest
+from _supervising import alive, wait_until
+
+import ipcactors
+from ipcactors import (
+    ChildExitedError,
+    Pool,
+    RemoteError,
+    SpawnError,
+    TaskTimeoutError,
+    WorkerLostError,
+)
+
+pytestmark = pytest.mark.anyio
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def pool(
+    socket_dir: str, fn: object = _pool_tasks.square, size: int = 2, **options: object
+) -> Pool:
+    options.setdefault("shutdown_timeout", 2.0)
+    options.setdefault("terminate_timeout", 0.5)
+    return Pool(fn, size, socket_root=socket_dir, retry=0.05, retry_cap=0.2, **options)  # type: ignore[arg-type]
+
+
+async def read_pid(path: Path) -> int:
+    await wait_until(path.exists, timeout=10)
+    return int(path.read_text())
+
+
+async def test_submit_map_and_unordered(socket_dir: str) -> None:
+    with anyio.fail_after(20):
+        async with pool(socket_dir, per_worker=2) as p:
+            assert await p.submit(7) == 49
+            assert [x async for x in p.map(range(30))] == [n * n for n in range(30)]
+            unordered = [x async for x in p.map_unordered(range(30))]
+            assert sorted(unordered) == [n * n for n in range(30)]
+            stats = p.statistics()
+            assert stats.completed == 61
+            assert stats.failed == 0
+            assert stats.in_flight == 0
+            assert stats.size == 2
+            assert stats.per_worker == 2
+
+
+async def test_worker_sigkilled_mid_task_is_retried(socket_dir: str, tmp_path: Path) -> None:
+    marker = tmp_path / "pid"
+    with anyio.fail_after(20):
+        async with pool(socket_dir, _pool_tasks.first_attempt_hangs) as p:
+            result: list[int] = []
+
+            async def run() -> None:
+                result.append(await p.submit(str(marker), 12))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run)
+                os.kill(await read_pid(marker), signal.SIGKILL)
+            assert result == [144]
+            stats = p.statistics()
+            assert stats.retried == 1
+            assert stats.completed == 1
+            await wait_until(lambda: p.statistics().restarts == 1)
+
+
+async def test_retries_run_out_name_the_worker_and_its_signal(
+    socket_dir: str, tmp_path: Path
+) -> None:
+    marker = tmp_path / "pid"
+    with anyio.fail_after(20):
+        async with pool(socket_dir, _pool_tasks.always_hangs, size=1, max_retries=0) as p:
+            async with anyio.create_task_group() as tg:
+
+                async def run() -> None:
+                    with pytest.raises(WorkerLostError) as caught:
+                        await p.submit(str(marker))
+                    error = caught.value
+                    assert isinstance(error, ChildExitedError)
+                    assert error.child_id == "pool-0"
+                    assert error.exitcode == -signal.SIGKILL
+                    assert error.attempts == 1
+                    assert "SIGKILL" in str(error)
+                    assert "1 attempts" in str(error)
+
+                tg.start_soon(run)
+                os.kill(await read_pid(marker), signal.SIGKILL)
+
+
+async def test_function_that_raises_is_not_retried(socket_dir: str) -> None:
+    with anyio.fail_after(20):
+        async with pool(socket_dir, _pool_tasks.fail) as p:
+            with pytest.raises(RemoteError) as caught:
+                await p.submit("bad input")
+            assert caught.value.remote_type == "ValueError"
+            assert caught.value.remote_message == "bad input"
+            assert "_pool_tasks.py" in caught.value.remote_traceback
+            assert "raise ValueError" in caught.value.remote_traceback
+            stats = p.statistics()
+            assert stats.retried == 0
+            assert stats.failed == 1
+            assert stats.restarts == 0
+
+
+async def test_task_past_its_timeout_kills_and_replaces_the_worker(socket_dir: str) -> None:
+    with anyio.fail_after(20):
+        async with pool(socket_dir, _pool_tasks.blocks, size=1, task_timeout=0.5) as p:
+            before = p.supervisor.children["pool-0"].pid
+            with pytest.raises(TaskTimeoutError) as caught:
+                await p.submit(30.0)
+            assert caught.value.worker == "pool-0"
+            assert "task_timeout=0.5" in str(caught.value)
+            assert await p.submit(0.0) == "done"  # on the replacement
+            info = p.supervisor.children["pool-0"]
+            assert info.pid != before
+            assert info.restarts == 1
+            assert info.last_exit == -9
+            assert p.statistics().timed_out == 1
+            assert before is not None
+            assert not alive(before)
+
+
+async def test_infinite_map_keeps_a_bounded_number_of_tasks(socket_dir: str) -> None:
+    pulled = 0
+
+    def numbers() -> Iterator[int]:
+        nonlocal pulled
+        for n in itertools.count():
+            pulled += 1
+            yield n
+
+    with anyio.fail_after(20):
+        async with pool(socket_dir, buffer=3) as p:
+            results = p.map(numbers())
+            seen = []
+            async for value in results:
+                seen.append(value)
+                assert p.statistics().in_flight <= 2
+                if len(seen) == 200:
+                    break
+            await results.aclose()  # type: ignore[attr-defined]
+            assert seen == [n * n for n in range(200)]
+            # started but not yet yielded: at most size * per_worker + buffer (+1 being pulled)
+            assert pulled <= 200 + 2 + 3 + 1
+            await wait_until(lambda: p.statistics().in_flight == 0)
+
+
+async def test_cancelling_a_submit_cancels_the_task_in_the_worker(
+    socket_dir: str, tmp_path: Path
+) -> None:
+    marker = tmp_path / "cancelled"
+    with anyio.fail_after(20):
+        async with pool(socket_dir, _pool_tasks.sleeps, size=1) as p:
+            with anyio.move_on_after(0.5) as scope:
+                await p.submit(30.0, str(marker))
+            assert scope.cancelled_caught
+            await wait_until(marker.exists)
+            assert p.statistics().cancelled == 1
+            assert await p.submit(0.0, str(marker)) == "slept"  # the worker is free again
+
+
+async def test_initializer_runs_once_per_worker_and_numpy_travels(socket_dir: str) -> None:
+    with anyio.fail_after(20):
+        async with pool(
+            socket_dir, _pool_tasks.scale, initializer=_pool_tasks.setup, initargs=("model",)
+        ) as p:
+            array = np.arange(1 << 17, dtype=np.float64)  # 1 MiB
+            result = await p.submit(array, 2.0)
+            assert isinstance(result, np.ndarray)
+            assert np.array_equal(result, array * 2.0)
+            answers = {tuple(await p.call(_pool_tasks.loaded)) for _ in range(8)}
+            assert {value for value, _ in answers} == {"model"}
+
+
+async def test_functions_not_importable_by_name_are_refused(socket_dir: str) -> None:
+    with pytest.raises(SpawnError, match="lambda"):
+        Pool(lambda n: n, 1)
+
+    def nested(n: int) -> int:
+        return n
+
+    with anyio.fail_after(20):
+        async with pool(socket_dir, size=1) as p:
+            with pytest.raises(SpawnError, match="inside another function"):
+                await p.call(nested, 1)
+            with pytest.raises(ipcactors.EncodeError):
+                await p.submit(object())
+
+
+async def test_least_loaded_worker_gets_the_next_task(socket_dir: str, tmp_path: Path) -> None:
+    marker = tmp_path / "pid"
+    with anyio.fail_after(20):
+        async with pool(socket_dir, _pool_tasks.always_hangs, size=2) as p:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(p.submit, str(marker))
+                busy = await read_pid(marker)
+                pids = {await p.call(_pool_tasks.pid) for _ in range(5)}
+                assert busy not in pids
+                assert len(pids) == 1
+                tg.cancel_scope.cancel()
+
+
+# --- no orphans -------------------------------------------------------------------------------
+
+_KILLED_PARENT = """
+import json, sys
+import anyio, ipcactors, _pool_tasks
+
+async def main():
+    async with ipcactors.Pool(_pool_tasks.square, 3, socket_root=sys.argv[2]) as pool:
+        assert await pool.submit(3) == 9
+        pids = [info.pid for info in pool.supervisor.children.values()]
+        forkserver = pool.supervisor._forkserver.pid
+        print(json.dumps({"workers": pids, "forkserver": forkserver}), flush=True)
+        await anyio.sleep(60)
+
+anyio.run(main, backend=sys.argv[1])
+"""
+
+
+async def test_parent_sigkilled_leaves_no_worker_alive(socket_dir: str, anyio_backend: str) -> None:
+    root = os.path.join(socket_dir, "killed")
+    os.mkdir(root, 0o700)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([TESTS_DIR, env.get("PYTHONPATH", "")])
+    process = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_PARENT, anyio_backend, root],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    found: list[int] = []
+    try:
+        with anyio.fail_after(20):
+            assert process.stdout is not None
+            line = await anyio.to_thread.run_sync(process.stdout.readline)
+        started = json.loads(line)
+        found = [*started["workers"], started["forkserver"]]
+        assert len(found) == 4
+        assert all(alive(pid) for pid in found)
+        process.kill()
+        killed_at = time.monotonic()
+        await wait_until(lambda: not any(alive(pid) for pid in found), timeout=5)
+        assert time.monotonic() - killed_at < 1.0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+        assert process.stdout is not None
+        process.stdout.close()
+        for pid in found:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(root, ignore_errors=True)
