@@ -15,8 +15,8 @@ from typing import Any
 class Impl:
     key: str
     label: str
-    family: str  # "ipc", "raw" or "node"
-    backend: str | None  # "asyncio", "uvloop", "trio" (None for node)
+    family: str  # "ipc", "raw", "node", or (W7 only) "ppe", "loky"
+    backend: str | None  # "asyncio", "uvloop", "trio" (None for node, ppe, loky)
 
 
 IMPLS = [
@@ -27,6 +27,8 @@ IMPLS = [
     Impl("raw-uvloop", "raw anyio uvloop", "raw", "uvloop"),
     Impl("raw-trio", "raw anyio trio", "raw", "trio"),
     Impl("node", "node-ipc 9.2.1", "node", None),
+    Impl("ppe", "ProcessPoolExecutor", "ppe", None),
+    Impl("loky", "loky", "loky", None),
 ]
 IMPL_BY_KEY = {impl.key: impl for impl in IMPLS}
 IPC_IMPLS = [impl for impl in IMPLS if impl.family == "ipc"]
@@ -46,6 +48,9 @@ class Row:
 #: W6 at scale: spawn-to-ready of one more child with this many already running.
 W6_LIVE = (1, 100, 500)
 W6_ROWS = ("w6", *(f"w6-live{live}" for live in W6_LIVE), "w6-restart", "w6-restart-slow")
+#: W7 worker pools: tiny tasks and 1 MiB numpy tasks per second, against ProcessPoolExecutor
+#: and loky; and the time from a worker's SIGKILL to its task's retry being done.
+W7_ROWS = ("w7-tiny", "w7-numpy", "w7-retry")
 
 ROWS = [
     Row("w1", "W1 ping-pong round trip", "µs", False, pinned=True),
@@ -77,6 +82,30 @@ ROWS = [
     Row(
         "w6-restart-slow",
         "W6 restart after SIGKILL, a sibling still starting",
+        "ms",
+        False,
+        transports=("unix",),
+        families=("ipc",),
+    ),
+    Row(
+        "w7-tiny",
+        "W7 pool, tiny tasks",
+        "tasks/s",
+        True,
+        transports=("unix",),
+        families=("ipc", "ppe", "loky"),
+    ),
+    Row(
+        "w7-numpy",
+        "W7 pool, 1 MiB numpy tasks",
+        "tasks/s",
+        True,
+        transports=("unix",),
+        families=("ipc", "ppe", "loky"),
+    ),
+    Row(
+        "w7-retry",
+        "W7 pool, SIGKILL to retried task done",
         "ms",
         False,
         transports=("unix",),
@@ -119,7 +148,7 @@ def summarize(row: Row, report: dict[str, Any], params: dict[str, Any]) -> dict[
             "samples": len(pooled),
             "round_values": [statistics.median(s) for s in per_round],
         }
-    if row.key in W6_ROWS:
+    if row.key in W6_ROWS or row.key == "w7-retry":
         pooled = [s for r in rounds for s in r["samples_ms"]]
         figure = {
             "value": statistics.median(pooled),
@@ -137,7 +166,7 @@ def summarize(row: Row, report: dict[str, Any], params: dict[str, Any]) -> dict[
                 f"ms, last 10 {report['fill_last_ms']:.1f} ms"
             )
         return figure
-    if row.key in ("w2", "w2x100", "w3", "w4"):
+    if row.key in ("w2", "w2x100", "w3", "w4", "w7-tiny", "w7-numpy"):
         scale = params["w3_payload_bytes"] / 1e6 if row.key == "w3" else 1.0
         rates = [r["count"] * scale / r["seconds"] for r in rounds]
         figure: dict[str, Any] = {"value": statistics.median(rates), "round_values": rates}
@@ -187,9 +216,12 @@ def ratios(cell_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         for transport in row.transports:
             anchors = [("raw anyio", row.key, "raw")]
+            if row.key in W7_ROWS:
+                anchors = [("ProcessPoolExecutor", row.key, "ppe"), ("loky", row.key, "loky")]
             if row.key == "w2":
                 anchors.append(("raw anyio ×100/write", "w2x100", "raw"))
-            anchors.append(("node-ipc", row.key, "node"))
+            if row.key not in W7_ROWS:
+                anchors.append(("node-ipc", row.key, "node"))
             if row.key.startswith("w6-live") and row.key != W6_LIVE_BASE:
                 # The growth with children alive: the same implementation with 1 live.
                 anchors = [(W6_LIVE_ANCHOR, W6_LIVE_BASE, "self")]
@@ -204,8 +236,8 @@ def ratios(cell_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     mine = _value(cells, row.key, transport, impl.key)
                     if family == "self":
                         anchor_key = impl.key
-                    elif family == "node":
-                        anchor_key = "node"
+                    elif family in ("node", "ppe", "loky"):
+                        anchor_key = family
                     elif row.key == "w6":
                         anchor_key = "raw-asyncio"
                     else:
@@ -347,6 +379,24 @@ def targets_for(bound_mib: float | None) -> list[Target]:
             100,
         ),
         Target(
+            "W7 asyncio tiny tasks ≥ 2× ProcessPoolExecutor",
+            "w7-tiny",
+            "unix",
+            "ipc-asyncio",
+            "ppe",
+            ">=",
+            2.0,
+        ),
+        Target(
+            "W7 asyncio SIGKILL to retried task done ≤ 100 ms",
+            "w7-retry",
+            "unix",
+            "ipc-asyncio",
+            None,
+            "<=",
+            100,
+        ),
+        Target(
             "Memory ≤ 64 KiB per idle connection", "mem-idle", "unix", "ipc-asyncio", None, "<=", 64
         ),
     ]
@@ -416,7 +466,7 @@ def evaluate_targets(cell_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def fmt_value(value: float | None, unit: str) -> str:
     if value is None:
         return "—"
-    if unit == "ev/s":
+    if unit == "ev/s" or (unit == "tasks/s" and value >= 1000):
         return f"{value / 1000:.1f}k" if value < 1e6 else f"{value / 1e6:.2f}M"
     if value >= 100:
         return f"{value:.0f}"
@@ -498,7 +548,13 @@ def target_table(target_list: list[dict[str, Any]]) -> str:
 
 # --- chart ------------------------------------------------------------------------------------
 
-COLOURS = {"ipc": "#1f77b4", "raw": "#7f7f7f", "node": "#2ca02c"}
+COLOURS = {
+    "ipc": "#1f77b4",
+    "raw": "#7f7f7f",
+    "node": "#2ca02c",
+    "ppe": "#ff7f0e",
+    "loky": "#9467bd",
+}
 
 
 def chart(cell_list: list[dict[str, Any]], path: str, title: str) -> str | None:

@@ -52,6 +52,8 @@ class Params:
     idle_connections: int
     slow_seconds: float
     slow_cap_bytes: int
+    w7_tiny_tasks: int  # W7: tasks per round
+    w7_numpy_tasks: int
     deadline: float  # seconds any one role may run
     settle: float = 0.3
     warm_connections: int = 16
@@ -74,6 +76,8 @@ FULL = Params(
     idle_connections=1000,
     slow_seconds=2.0,
     slow_cap_bytes=64 << 20,
+    w7_tiny_tasks=5000,
+    w7_numpy_tasks=300,
     deadline=90,
 )
 QUICK = Params(
@@ -91,6 +95,8 @@ QUICK = Params(
     idle_connections=200,
     slow_seconds=0.5,
     slow_cap_bytes=32 << 20,
+    w7_tiny_tasks=1000,
+    w7_numpy_tasks=60,
     deadline=40,
     settle=0.2,
 )
@@ -156,7 +162,12 @@ class Cell:
         if family == "node":
             assert self.node.node is not None
             return [self.node.node, _node.SCRIPT, role, text]
-        module = {"ipc": "ipc_role", "raw": "raw_role", "spawn": "spawn_role"}[family]
+        module = {
+            "ipc": "ipc_role",
+            "raw": "raw_role",
+            "spawn": "spawn_role",
+            "pool": "pool_role",
+        }[family]
         return [sys.executable, "-m", f"benchmarks.{module}", role, text]
 
     def wait(self) -> float:
@@ -170,6 +181,8 @@ class Cell:
             return self.broadcast()
         if key in _report.W6_ROWS:
             return self.spawn()
+        if key in _report.W7_ROWS:
+            return self.pool()
         if key == "mem-idle":
             return self.idle()
         if key == "mem-slow":
@@ -234,6 +247,21 @@ class Cell:
             argv = self.command(self.impl.family, config, family="spawn")
         with Group() as group:
             parent = group.start("spawner", argv)
+            return parent.message(self.wait(), {"result", "unavailable"})
+
+    def pool(self) -> dict[str, Any]:
+        p = self.params
+        key = self.row.key
+        if key == "w7-retry":
+            config = self.config(samples=p.w6_samples)
+            role = "ipc-retry"
+        else:
+            kind = key.removeprefix("w7-")
+            tasks = p.w7_tiny_tasks if kind == "tiny" else p.w7_numpy_tasks
+            config = self.config(kind=kind, tasks=tasks)
+            role = self.impl.family  # ipc, ppe or loky
+        with Group() as group:
+            parent = group.start("pool", self.command(role, config, family="pool"))
             return parent.message(self.wait(), {"result", "unavailable"})
 
     def idle(self) -> dict[str, Any]:
@@ -333,6 +361,8 @@ def preflight(impl: Impl, node: _node.NodeIPC, sockets: str, pin: set[int]) -> s
     (a broken backend, say) is skipped instead of making every one of its cells time out."""
     if impl.family == "node" and not node.available:
         return None  # its cells report "unavailable" themselves
+    if impl.family in ("ppe", "loky"):
+        return None  # W7 only: its cells report "unavailable" themselves (loky not installed)
     os.mkdir(sockets, 0o700)
     params = dataclasses.replace(
         QUICK, rounds=1, latency_seconds=0.0, max_iterations=1, warmup_iterations=1, deadline=15
@@ -377,15 +407,17 @@ def select(only: str | None) -> tuple[list[Row], list[Impl], list[str]]:
                 row_keys.add("w2x100")
             if token == "w6":
                 row_keys.update(_report.W6_ROWS)
+        elif token == "w7":
+            row_keys.update(_report.W7_ROWS)
         elif token == "mem":
             row_keys |= {"mem-idle", "mem-slow"}
         elif any(token in (i.key, i.family, i.backend) for i in IMPLS):
             impl_keys |= {i.key for i in IMPLS if token in (i.key, i.family, i.backend)}
         else:
             raise SystemExit(
-                f"--only: unknown token {token!r}; use workloads (w1..w6, w2x100, "
-                f"{', '.join(_report.W6_ROWS[1:])}, mem, mem-idle, mem-slow), "
-                f"implementations ({', '.join(i.key for i in IMPLS)}, "
+                f"--only: unknown token {token!r}; use workloads (w1..w7, w2x100, "
+                f"{', '.join(_report.W6_ROWS[1:])}, {', '.join(_report.W7_ROWS)}, mem, "
+                f"mem-idle, mem-slow), implementations ({', '.join(i.key for i in IMPLS)}, "
                 "ipc, raw, node, asyncio, uvloop, trio) or transports (unix, tcp)"
             )
     if row_keys:

@@ -209,6 +209,26 @@ async def test_functions_not_importable_by_name_are_refused(socket_dir: str) -> 
                 await p.submit(object())
 
 
+async def test_arguments_that_cannot_travel_fail_only_their_task(socket_dir: str) -> None:
+    with anyio.fail_after(20):
+        async with pool(socket_dir, size=1, per_worker=4) as p:
+            outcomes: dict[str, object] = {}
+
+            async def bad() -> None:
+                with pytest.raises(ipcactors.EncodeError, match="cannot be encoded"):
+                    await p.submit(object())
+                outcomes["bad"] = "refused"
+
+            async def good(n: int) -> None:
+                outcomes[str(n)] = await p.submit(n)
+
+            async with anyio.create_task_group() as tg:  # queued together: one batch
+                tg.start_soon(good, 2)
+                tg.start_soon(bad)
+                tg.start_soon(good, 3)
+            assert outcomes == {"2": 4, "bad": "refused", "3": 9}
+
+
 async def test_least_loaded_worker_gets_the_next_task(socket_dir: str, tmp_path: Path) -> None:
     marker = tmp_path / "pid"
     with anyio.fail_after(20):

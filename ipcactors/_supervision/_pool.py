@@ -10,13 +10,16 @@ The pool sits on a :class:`Supervisor` (one ``one_for_one`` child per worker, ea
 
 Invariants:
 
-- At most ``size * per_worker`` tasks are sent to workers at once; the next one goes to the
-  running worker with the fewest tasks in flight (a restarting worker only when none runs).
+- Tasks wait in one queue (a retry at its head). Each worker's dispatcher takes its share of
+  the queue while its worker runs and has fewer than ``per_worker`` tasks in flight, and sends
+  what it took as one batch (one request, one answer): at most ``size * per_worker`` tasks are
+  in workers at once, a free worker gets the next task, a restarting one none. With a
+  ``task_timeout`` each task travels alone, under its own timer.
 - A task is retried only after a lost worker (``retry_on``: :class:`ConnectionLostError`, which
-  includes :class:`ChildExitedError`, by default), at most ``max_retries`` times, on whichever
-  worker is least loaded then; never after the function raised (:class:`RemoteError`). When
-  retries run out the caller gets :class:`WorkerLostError` naming the worker, its exit, and the
-  attempts.
+  includes :class:`ChildExitedError`, by default), at most ``max_retries`` times, from the head
+  of the queue (the next worker with room takes it); never after the function raised
+  (:class:`RemoteError`). When retries run out the caller gets :class:`WorkerLostError` naming
+  the worker, its exit, and the attempts.
 - A task past ``task_timeout`` has its worker SIGKILLed (the supervisor replaces it) and fails
   with :class:`TaskTimeoutError`, not retried unless ``retry_on`` includes it: a task that hung
   once will likely hang again. The other tasks of that worker count as lost and are retried.
@@ -33,11 +36,13 @@ import itertools
 import math
 import os
 import signal
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
@@ -47,12 +52,14 @@ from .._errors import (
     ClosedError,
     ConfigError,
     ConnectionLostError,
+    EncodeError,
     IPCError,
     RemoteError,
     TaskTimeoutError,
     WorkerLostError,
 )
-from ._poolworker import CANCEL_EVENT, TASK_EVENT, pool_worker
+from .._proto._msgpack import pack_value
+from ._poolworker import BATCH_EVENT, CANCEL_EVENT, pool_worker
 from ._supervisor import Supervisor
 from ._target import target_of
 
@@ -66,6 +73,29 @@ def _check_count(name: str, value: object, minimum: int) -> int:
     if type(value) is not int or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r:.40}")
     return value
+
+
+class _Task:
+    """One task of a caller, from queued to done (again, for a retry)."""
+
+    __slots__ = ("cancelled", "data", "done", "id", "ok", "value", "worker")
+
+    def __init__(self, id: int, data: list[Any]) -> None:
+        self.id = id
+        self.data = data  # [function name or None, args]
+        self.cancelled = False
+        self.reset()
+
+    def reset(self) -> None:
+        self.done = anyio.Event()
+        self.worker: str | None = None
+        self.ok = False
+        self.value: Any = None
+
+    def finish(self, ok: bool, value: Any) -> None:
+        self.ok = ok
+        self.value = value
+        self.done.set()
 
 
 class Pool:
@@ -156,7 +186,8 @@ class Pool:
         self._worker_args = (self._fn, init, list(initargs))
         self._workers = [f"{id}-{n}" for n in range(self.size)]
         self._load = dict.fromkeys(self._workers, 0)
-        self._capacity = anyio.Semaphore(self.size * self.per_worker)
+        self._queue: deque[_Task] = deque()
+        self._work = anyio.Event()  # set when a task is queued or a worker has room again
         self._ids = itertools.count()
         self._task_group: TaskGroup | None = None
         self._closed = False
@@ -177,6 +208,8 @@ class Pool:
                     spawns.start_soon(self._spawn, worker)
             self._task_group = anyio.create_task_group()
             await self._task_group.__aenter__()
+            for worker in self._workers:
+                self._task_group.start_soon(self._dispatch, worker)
         except BaseException as exc:
             await self._supervisor.__aexit__(type(exc), exc, exc.__traceback__)
             raise
@@ -191,14 +224,17 @@ class Pool:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        """Leave: unfinished ``map`` iterations are cancelled, then the workers stop (tasks
-        still in flight are answered within the supervisor's ``shutdown_timeout``)."""
+        """Leave: unfinished ``map`` iterations are cancelled, tasks still queued or sent fail
+        with :class:`ClosedError`, then the workers stop."""
         self._closed = True
         assert self._task_group is not None
         self._task_group.cancel_scope.cancel()
         try:
             await self._task_group.__aexit__(None, None, None)
         finally:
+            while self._queue:  # callers still waiting (in other tasks) learn why
+                task = self._queue.popleft()
+                task.finish(False, ClosedError(f"pool {self._supervisor.id!r} was closed"))
             result = await self._supervisor.__aexit__(exc_type, exc, tb)
         return result
 
@@ -261,74 +297,147 @@ class Pool:
         if self._closed or self._task_group is None:
             raise ClosedError(f"pool {self._supervisor.id!r} is not open")
         self._counts["submitted"] += 1
-        task_id = next(self._ids)
+        task = _Task(next(self._ids), [name, list(args)])
         attempts = 0
         while True:
             attempts += 1
+            task.reset()
+            if attempts == 1:
+                self._queue.append(task)
+            else:
+                self._queue.appendleft(task)  # a retry goes first: it waited long enough
+            self._work.set()
             try:
-                value = await self._attempt(task_id, [task_id, name, list(args)])
-            except self.retry_on as exc:
-                if attempts > self.max_retries:
-                    self._counts["failed"] += 1
-                    worker = str(getattr(exc, "child_id", None) or getattr(exc, "worker", "?"))
-                    raise WorkerLostError(
-                        f"task {task_id} gave up after {attempts} attempts "
-                        f"(max_retries={self.max_retries}); the last one: {exc}",
-                        worker,
-                        getattr(exc, "exitcode", None),
-                        attempts,
-                    ) from exc
-                self._counts["retried"] += 1
-                continue
-            except IPCError:
-                self._counts["failed"] += 1
-                raise
-            self._counts["completed"] += 1
-            return value
-
-    def _pick(self) -> str:
-        children = self._supervisor._children
-        running = [
-            worker
-            for worker in self._workers
-            if (child := children.get(worker)) is not None
-            and child.incarnation is not None
-            and child.incarnation.running
-            and self._load[worker] < self.per_worker
-        ]
-        return min(running or self._workers, key=self._load.__getitem__)
-
-    async def _attempt(self, task_id: int, data: list[Any]) -> Any:
-        async with self._capacity:
-            worker = self._pick()
-            self._load[worker] += 1
-            sent = False
-            try:
-                with anyio.CancelScope() as timer:
-                    if self.task_timeout is not None:
-                        timer.deadline = anyio.current_time() + self.task_timeout
-                    sent = True
-                    return await self._supervisor.request(
-                        worker, TASK_EVENT, data, timeout=_NO_TIMEOUT
-                    )
-                self._counts["timed_out"] += 1
-                self._kill(worker)
-                raise TaskTimeoutError(
-                    f"task {task_id} ran longer than task_timeout={self.task_timeout} s on "
-                    f"{worker!r}; the worker was killed and is being replaced",
-                    worker,
-                )
+                await task.done.wait()
             except anyio.get_cancelled_exc_class():
-                if sent:
-                    self._counts["cancelled"] += 1
-                    with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
-                        try:
-                            await self._supervisor.emit(worker, CANCEL_EVENT, task_id)
-                        except IPCError:
-                            pass  # the worker is gone: so is the task
+                await self._cancel(task)
                 raise
-            finally:
-                self._load[worker] -= 1
+            if task.ok:
+                self._counts["completed"] += 1
+                return task.value
+            exc = task.value
+            if isinstance(exc, self.retry_on) and not isinstance(exc, RemoteError):
+                if attempts <= self.max_retries:
+                    self._counts["retried"] += 1
+                    continue
+                self._counts["failed"] += 1
+                worker = str(getattr(exc, "child_id", None) or getattr(exc, "worker", "?"))
+                raise WorkerLostError(
+                    f"task {task.id} gave up after {attempts} attempts "
+                    f"(max_retries={self.max_retries}); the last one: {exc}",
+                    worker,
+                    getattr(exc, "exitcode", None),
+                    attempts,
+                ) from exc
+            self._counts["failed"] += 1
+            raise exc
+
+    async def _cancel(self, task: _Task) -> None:
+        """The caller was cancelled: a queued task is dropped, a sent one cancelled in its
+        worker (bounded: a worker that is gone has no task to cancel)."""
+        task.cancelled = True
+        worker = task.worker
+        if worker is None or task.done.is_set():
+            return  # still queued (a dispatcher skips it) or ended already
+        self._counts["cancelled"] += 1
+        with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+            try:
+                await self._supervisor.emit(worker, CANCEL_EVENT, task.id)
+            except IPCError:
+                pass  # the worker is gone: so is the task
+
+    def _running(self, worker: str) -> bool:
+        child = self._supervisor._children.get(worker)
+        return child is not None and child.incarnation is not None and child.incarnation.running
+
+    async def _dispatch(self, worker: str) -> None:
+        """One per worker: take queued tasks while it has room, and send them as batches. A
+        worker takes its share of the queue (so that idle workers get some too); one being
+        restarted takes none."""
+        limit = 1 if self.task_timeout is not None else self.per_worker  # timeouts per task
+        while True:
+            room = self.per_worker - self._load[worker]
+            if not self._queue or room <= 0 or not self._running(worker):
+                if self._work.is_set():
+                    self._work = anyio.Event()
+                if not self._running(worker):
+                    child = self._supervisor._children.get(worker)
+                    if child is not None:
+                        with anyio.move_on_after(0.1):  # its state, or a changed queue
+                            await child.wait_changed()
+                        continue
+                await self._work.wait()
+                continue
+            ready = sum(
+                1 for w in self._workers if self._load[w] < self.per_worker and self._running(w)
+            )
+            share = max(1, -(-len(self._queue) // max(ready, 1)))
+            batch: list[_Task] = []
+            while self._queue and len(batch) < min(room, share, limit):
+                task = self._queue.popleft()
+                if not task.cancelled:
+                    task.worker = worker
+                    batch.append(task)
+            if batch:
+                self._load[worker] += len(batch)
+                assert self._task_group is not None
+                self._task_group.start_soon(self._send, worker, batch)
+            await anyio.lowlevel.checkpoint()
+
+    async def _send(self, worker: str, batch: list[_Task]) -> None:
+        try:
+            with anyio.CancelScope() as timer:
+                if self.task_timeout is not None:
+                    timer.deadline = anyio.current_time() + self.task_timeout
+                outcomes = await self._supervisor.request(
+                    worker, BATCH_EVENT, [[t.id, *t.data] for t in batch], timeout=_NO_TIMEOUT
+                )
+            if timer.cancelled_caught:
+                self._counts["timed_out"] += len(batch)
+                self._kill(worker)
+                for task in batch:
+                    task.finish(
+                        False,
+                        TaskTimeoutError(
+                            f"task {task.id} ran longer than task_timeout={self.task_timeout} s "
+                            f"on {worker!r}; the worker was killed and is being replaced",
+                            worker,
+                        ),
+                    )
+                return
+        except EncodeError:
+            # Some task's arguments cannot travel (checked here, not for every task up front:
+            # that would encode each one twice). It fails; the others go back to the queue.
+            for task in reversed(batch):
+                try:
+                    pack_value(task.data, numpy=True)
+                except EncodeError as exc:
+                    task.finish(
+                        False,
+                        EncodeError(f"the arguments of task {task.id} cannot be encoded: {exc}"),
+                    )
+                else:
+                    task.worker = None
+                    self._queue.appendleft(task)
+            return
+        except Exception as exc:  # the worker was lost, or the request failed: every task
+            for task in batch:
+                task.finish(False, exc)
+            return
+        except BaseException:  # the pool is closing
+            for task in batch:
+                task.finish(False, ClosedError(f"pool {self._supervisor.id!r} was closed"))
+            raise
+        finally:
+            self._load[worker] -= len(batch)
+            self._work.set()
+        for task, outcome in zip(batch, outcomes, strict=True):
+            if outcome[0] == 0:
+                task.finish(True, outcome[1])
+            elif outcome[0] == 1:
+                task.finish(False, RemoteError(outcome[1], outcome[2], outcome[3]))
+            else:
+                task.finish(False, ClosedError(f"task {task.id} was cancelled"))
 
     def _kill(self, worker: str) -> None:
         info = self._supervisor.children.get(worker)
