@@ -25,6 +25,7 @@ from loguru import logger
 
 from ._errors import ClosedError, ConfigError
 from ._runtime import Runtime, set_runtime
+from ._supervision._target import refuse_in_main_script
 
 __all__ = ["run"]
 
@@ -51,6 +52,7 @@ def run(
     ``SystemExit(128 + signal)`` is raised.
     """
     _check_async_fn(async_fn)
+    refuse_in_main_script("ipcactors.run()")
     if log_level is not None:
         logger.remove()
         # diagnose=False: a traceback must not print local variables (user data) into the log.

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 import socket
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import anyio
 import pytest
@@ -114,3 +118,62 @@ async def test_a_handshake_that_ends_early_is_logged_with_its_reason(
                 await anyio.sleep(0.01)
     line = next(line for line in log_lines if "handshake with" in line)
     assert "failed: the connection broke (ConnectionResetError" in line
+
+
+async def test_a_worker_lifecycle_logs_one_info_line_per_step(
+    socket_dir: str, log_lines: list[str]
+) -> None:
+    import _workers
+
+    with anyio.fail_after(20):
+        async with ipcactors.Supervisor(socket_root=socket_dir) as sup:
+            await sup.spawn(_workers.echo, id="w1")
+            await sup.stop("w1")
+    about_w1 = [line for line in log_lines if "INFO" in line and "'w1'" in line]
+    assert len(about_w1) == 2, about_w1  # ready, then stopped: not connected/disconnected too
+    assert "ready" in about_w1[0]
+    assert "stopped" in about_w1[1]
+
+
+UNGUARDED = """
+import anyio, ipcactors, sys
+
+async def worker(actor):
+    await anyio.sleep_forever()
+
+async def main():
+    async with ipcactors.Supervisor(socket_root=sys.argv[1]) as sup:
+        await sup.spawn(worker, id="w1")
+        print("spawned")
+
+{start}
+"""
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize(
+    "start",
+    [
+        "ipcactors.run(main, backend={backend!r})",
+        "anyio.run(main, backend={backend!r})",
+    ],
+)
+def test_a_script_without_a_main_guard_is_told_so(
+    backend: str, start: str, socket_dir: str, tmp_path: Path
+) -> None:
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED.format(start=start.format(backend=backend)))
+    done = subprocess.run(
+        [sys.executable, str(script), socket_dir],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    assert done.returncode != 0
+    assert "spawned" not in done.stdout  # no nested supervisor in the child
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("ipcactors.SpawnError: child 'w1' could not load its target"), last
+    assert "the script starts it at import time" in last
+    assert """under 'if __name__ == "__main__":'""" in last
+    assert "define the function at its top level" not in last

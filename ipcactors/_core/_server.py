@@ -38,7 +38,7 @@ Invariants:
 from __future__ import annotations
 
 import errno
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -157,6 +157,9 @@ class Server(HandlerMethods):
         self._bursts = WarningBursts(log)
         self._counters = ServerCounters()
         self._unhandled_names: set[str] = set()  # shared by the clients (see Peer._unhandled)
+        # Clients whose comings and goings someone else logs at INFO (a supervisor its children:
+        # "ready" and "stopped"); here they go to DEBUG, so a worker's lifecycle is not 4 lines.
+        self._logged_elsewhere: Callable[[str], bool] = lambda id: False
         self._listening: Listener | None = None
         self._task_group: TaskGroup | None = None
         self._closing = False
@@ -415,7 +418,8 @@ class Server(HandlerMethods):
             if isinstance(exc, anyio.BrokenResourceError | anyio.ClosedResourceError):
                 return
             raise
-        self._log.info(f"client {client.id!r} connected")
+        log_lifecycle = self._log.debug if self._logged_elsewhere(client.id) else self._log.info
+        log_lifecycle(f"client {client.id!r} connected")
         try:
             await channel.run()  # the connect handlers first, while it reads and writes
         except ProtocolError as exc:
@@ -434,7 +438,7 @@ class Server(HandlerMethods):
                 client._requests.fail(
                     ConnectionLostError(f"client {client.id!r} disconnected before the reply")
                 )
-            self._log.info(f"client {client.id!r} disconnected")
+            log_lifecycle(f"client {client.id!r} disconnected")
             with anyio.move_on_after(self._config.close_timeout, shield=True):
                 await self._handlers.call("disconnect", (client,), self._log)
 

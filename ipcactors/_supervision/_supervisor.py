@@ -101,7 +101,7 @@ from ._policy import RESTART_TYPES, STRATEGIES, RestartType, Strategy, decide
 from ._relay import ChildOutput
 from ._sockets import make_socket_dir, sweep_socket_dirs
 from ._spawner import ForkServer
-from ._target import target_of
+from ._target import refuse_in_main_script, target_of
 
 __all__ = ["ChildInfo", "Supervisor"]
 
@@ -259,6 +259,7 @@ class Supervisor:
     async def __aenter__(self) -> Supervisor:
         if self._entered:
             raise IPCError(f"supervisor {self.id!r} can be entered only once")
+        refuse_in_main_script(f"Supervisor {self.id!r}")  # the script's anyio.run(), unguarded
         self._entered = True
         self._backend, self._uvloop = current_backend()
         root = self.config.socket_root or default_socket_root()
@@ -280,6 +281,7 @@ class Supervisor:
         task_group: TaskGroup | None = None
         try:
             server = self._server = await actor.serve()
+            server._logged_elsewhere = self._children.__contains__  # we log ready and stopped
             server.on(HELLO_EVENT, self._on_hello)
             server.on(READY_EVENT, self._on_ready)
             server.on(FAILED_EVENT, self._on_failed)
@@ -651,7 +653,7 @@ class Supervisor:
             failed = incarnation.load_error
             if failed is not None:
                 hint = ""
-                if child.target.main_path is not None:
+                if child.target.main_path is not None and failed.remote_type == "AttributeError":
                     hint = (
                         "; the child runs the main script as __mp_main__: define the function "
                         "at its top level, not under 'if __name__ == \"__main__\":'"

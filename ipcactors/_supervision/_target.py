@@ -7,7 +7,10 @@ not async functions, objects that do not resolve back to the function given. Eac
 :class:`SpawnError` naming the cause's type and message, chained to the cause.
 Functions of the main script are supported the way multiprocessing's "spawn" supports them: the
 child runs the script under the name ``__mp_main__`` (so its ``if __name__ == "__main__":`` block
-does not run again) and takes the function from there.
+does not run again) and takes the function from there. A script without that guard would start
+its ``ipcactors.run()`` or ``Supervisor`` again in every child, nested: while the script runs
+there, both refuse with a :class:`SpawnError` that names the missing guard
+(:func:`refuse_in_main_script`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 
 from .._errors import SpawnError
 
-__all__ = ["Target", "describe_error", "load_target", "target_of"]
+__all__ = ["Target", "describe_error", "load_target", "refuse_in_main_script", "target_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +132,23 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
+# In a child, while it runs the main script (as __mp_main__) to find its target: that script.
+_running_main_script: str | None = None
+
+
+def refuse_in_main_script(what: str) -> None:
+    """Raise :class:`SpawnError` if this is a child running its main script to find its target:
+    ``what`` (``ipcactors.run()``, a Supervisor) was started at the script's top level."""
+    if _running_main_script is not None:
+        raise SpawnError(
+            f"{what} was started while a supervised child ran the main script "
+            f"{_running_main_script} to find its target: the script starts it at import time. "
+            "Put that call under 'if __name__ == \"__main__\":' (each child runs the script "
+            "without it to import your function; the guard keeps it from starting everything "
+            "again)"
+        )
+
+
 def load_target(target: Target, *, require_async: bool = True) -> Callable[..., Any]:
     """In the child: import the target (running the main script as ``__mp_main__`` first when
     the function lives there). Raises what the import raised, AttributeError for a missing
@@ -140,7 +160,12 @@ def load_target(target: Target, *, require_async: bool = True) -> Callable[..., 
         module = types.ModuleType("__mp_main__")
         module.__file__ = target.main_path
         sys.modules["__main__"] = sys.modules["__mp_main__"] = module
-        module.__dict__.update(runpy.run_path(target.main_path, run_name="__mp_main__"))
+        global _running_main_script
+        _running_main_script = target.main_path
+        try:
+            module.__dict__.update(runpy.run_path(target.main_path, run_name="__mp_main__"))
+        finally:
+            _running_main_script = None
     else:
         module = importlib.import_module(target.module)
     fn = _resolve(module, target.qualname)
