@@ -80,3 +80,12 @@ def test_readme_supervisor(tmp_path: Path, runtime_dir: str) -> None:
     out, err = done.communicate(timeout=60)
     assert done.returncode == 0, err
     assert out.splitlines() == ["40"]
+
+
+def test_supervisor_siblings_show_the_receiving_side(tmp_path: Path, runtime_dir: str) -> None:
+    script = tmp_path / "siblings.py"
+    script.write_text(examples("docs/supervisor.md")["supervisor-siblings"])
+    done = _run(script, runtime_dir)
+    out, err = done.communicate(timeout=60)
+    assert done.returncode == 0, err
+    assert out.splitlines() == ["w1 got 3"]
