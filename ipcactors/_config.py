@@ -15,6 +15,8 @@ __all__ = ["Config", "check_seconds", "request_timeout"]
 
 SlowConsumer = Literal["disconnect", "drop", "wait"]
 SLOW_CONSUMER_POLICIES: tuple[str, ...] = get_args(SlowConsumer)
+Acked = Literal["off", "on", "require"]
+ACKED_MODES: tuple[str, ...] = get_args(Acked)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -98,6 +100,20 @@ class Config:
     #: ``"wait"``: ``broadcast`` waits for room (backpressure): every client gets every frame,
     #: and the slowest one sets the pace for all. ``emit`` to one client always waits.
     slow_consumer: SlowConsumer = "disconnect"
+    #: Acknowledged events (docs/guide.md, "Acknowledged events"): the events a connection
+    #: emits to a server carry sequence numbers, the server acknowledges them, and the
+    #: connection keeps each one (within ``max_outbox_bytes``) until acknowledged, resends it
+    #: after a reconnect, and reports it if it gives up: at-least-once, exactly once while the
+    #: server process lives. ``"off"`` (default): at most once, as before, at no cost.
+    #: ``"on"``: acknowledged with a peer that has the mode, plain (logged) with one that does
+    #: not. ``"require"``: a peer without it is refused (``RejectedError``, reason ``"acked"``).
+    #: Set it on both sides (a server with ``"off"`` acknowledges nothing). Needs a codec with a
+    #: handshake (not node-ipc).
+    acked: Acked = "off"
+    #: In the acknowledged mode, a receiver acknowledges after this many events, and whenever
+    #: it has handled everything received so far (so an idle link never waits for a timer).
+    #: 256 keeps acks to a few bytes per thousand events.
+    ack_every: int = 256
     #: Seconds allowed for the whole handshake after the socket connects (one deadline, however
     #: the bytes trickle in); a silent or slow peer is refused with ``reject(timeout)``.
     handshake_timeout: float = 5.0
@@ -165,6 +181,11 @@ class Config:
                 f"slow_consumer must be one of {', '.join(map(repr, SLOW_CONSUMER_POLICIES))}, "
                 f"got {self.slow_consumer!r}"
             )
+        if self.acked not in ACKED_MODES:
+            raise ConfigError(
+                f"acked must be one of {', '.join(map(repr, ACKED_MODES))}, got {self.acked!r}"
+            )
+        _check_int("ack_every", self.ack_every, 1)
         if self.stop_retrying is not None:
             _check_int("stop_retrying", self.stop_retrying, 0)
         _check_int("max_frame_size", self.max_frame_size, 1024, 2**32 - 1)
@@ -195,6 +216,11 @@ class Config:
             raise ConfigError(
                 f"auth_key needs a handshake, and the {self.codec!r} codec has none: "
                 "unset auth_key, or use codec='msgpack'"
+            )
+        if self.acked != "off" and not codec.handshake:
+            raise ConfigError(
+                f"acked={self.acked!r} needs a handshake to negotiate it, and the "
+                f"{self.codec!r} codec has none: use acked='off', or codec='msgpack'"
             )
         if self.retry >= _MILLISECONDS_LIKELY:
             raise ConfigError(

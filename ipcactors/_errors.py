@@ -40,6 +40,7 @@ __all__ = [
     "SpawnError",
     "TLSError",
     "TaskTimeoutError",
+    "UnacknowledgedError",
     "UnknownPeerError",
     "UnsupportedError",
     "WorkerLostError",
@@ -146,6 +147,19 @@ class WorkerLostError(ChildExitedError):
 
 class ClosedError(IPCError):
     """The actor, server or connection was closed; nothing more can be sent through it."""
+
+
+class UnacknowledgedError(ClosedError):
+    """A connection in the acknowledged mode (``Config.acked``) was given up or closed with
+    events the server never acknowledged: they may or may not have been handled.
+
+    ``events`` lists them as ``(seq, event name)`` pairs, in order; the same list stays in
+    ``Connection.unacknowledged``.
+    """
+
+    def __init__(self, message: str, events: list[tuple[int, str]]) -> None:
+        super().__init__(message)
+        self.events = events
 
 
 # --- sockets and addresses --------------------------------------------------------------------

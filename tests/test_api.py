@@ -22,6 +22,7 @@ PUBLIC = {
     "SocketPathError", "SocketPathTooLongError", "SpawnError", "Supervisor", "TLSError",
     "UnknownPeerError", "UnsupportedError", "run",
     "Pool", "PoolExecutor", "PoolStatistics", "TaskTimeoutError", "WorkerLostError",
+    "UnacknowledgedError",
 }  # fmt: skip
 
 

@@ -23,6 +23,7 @@ from ipcactors._proto._messages import (
     HANDSHAKE_KINDS,
     MAX_REQUEST_ID,
     PROTOCOL_VERSION,
+    Ack,
     ErrorReply,
     Event,
     Frame,
@@ -105,6 +106,8 @@ def norm(message: Message) -> tuple[Any, ...]:
         return ("error", message.id, message.type, message.message, message.traceback)
     if type(message) in (Ping, Pong):
         return (type(message).__name__,)
+    if type(message) is Ack:
+        return ("ack", message.seq)
     assert isinstance(message, HANDSHAKE_KINDS)
     return ("handshake", message)
 
@@ -153,6 +156,9 @@ def assert_valid(message: Message, limits: Limits) -> None:
         assert type(message.id) is str
         assert message.id
         assert_valid_data(message.extra, limits)
+    elif type(message) is Ack:
+        assert type(message.seq) is int
+        assert 0 <= message.seq <= MAX_REQUEST_ID
     elif type(message) is Reject:
         assert type(message.reason) is str
         assert message.reason
@@ -292,6 +298,10 @@ def test_buffered_and_missing() -> None:
 
 def test_trailing_items_are_ignored() -> None:
     assert norm(decode_one(pack([0, "e", 1, "more", {"x": [1]}]))) == ("event", "e", 1)
+    # The acknowledged mode's sequence number is the fourth item when it is a positive int.
+    assert decode_one(pack([0, "e", 1, "more"])).seq is None  # type: ignore[union-attr]
+    assert decode_one(pack([0, "e", 1, 0])).seq is None  # type: ignore[union-attr]
+    assert decode_one(pack([0, "e", 1, 7, "x"])).seq == 7  # type: ignore[union-attr]
     assert norm(decode_one(pack([1, "e", 1, 7, None]))) == ("request", "e", 1, 7)
     assert norm(decode_one(pack([2, 7, "r", 0]))) == ("reply", 7, "r")
     error = pack([3, 7, {"type": "T", "message": "m", "traceback": "tb", "x": 1}, 0])

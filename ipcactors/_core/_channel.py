@@ -32,6 +32,10 @@ Invariants:
   are dropped: request ids are per connection.
 - The session (``_proto._session``) decides what may arrive: lifecycle names never arrive from
   the wire, nor the handshake again; either is a protocol error.
+- Acknowledged mode (``_acks``): an ``ack`` is handled by the reader at once; the dispatcher
+  acknowledges the events it delivered (cumulatively, in the priority lane) after a batch
+  that brings the count to ``Config.ack_every``, and after any batch that leaves the inbox
+  empty: an event is acknowledged only once its handlers returned.
 - Heartbeats (``Config.heartbeat_interval``; none when the codec carries no pings), kept by
   the actor's watchdog (one task per actor for all its channels, see ``_watchdog``; a channel
   has no task or timer of its own for them): any bytes received are a sign of life. A ping
@@ -58,7 +62,17 @@ import anyio
 from anyio.abc import ByteStream, TaskGroup
 
 from .._errors import ConnectionLostError, DecodeError, ProtocolError
-from .._proto._messages import ErrorReply, Event, Frame, Ping, Pong, Reply, Request, frame_size
+from .._proto._messages import (
+    Ack,
+    ErrorReply,
+    Event,
+    Frame,
+    Ping,
+    Pong,
+    Reply,
+    Request,
+    frame_size,
+)
 from .._proto._session import Session
 from .._transports._streams import attach_writer, drain_outbox, send_tracebacks
 
@@ -349,6 +363,8 @@ class Channel:
                     self._pong()
                 elif type(message) is Pong:
                     self._heartbeat_bytes += frame_size(peer._encoder.pong())
+                elif type(message) is Ack:
+                    peer._acknowledged(message.seq)
                 elif type(message) is Request:
                     if events or inbox or self._held or not self._gate_open():
                         events.append(message)  # it starts after what is before it
@@ -489,6 +505,8 @@ class Channel:
                             self._start(message, task_group)
                 inbox.popleft()
                 self._inbox_bytes -= size
+                if peer._ack_pending and (not inbox or peer._ack_pending >= peer._ack_every):
+                    peer._send_ack()  # cumulative: every ack_every events, or once idle
                 self._wake()
         finally:
             self._drained.set()

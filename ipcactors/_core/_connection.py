@@ -20,6 +20,12 @@ Invariants:
   next handshake. Requests whose frames had reached the socket fail as soon as the connection
   is lost; those still queued wait for the next connection (within their timeout).
 - Once given up (or closed), every waiting emit and request fails, and ``destroy`` fires once.
+- Acknowledged mode (``Config.acked``, see ``_acks``): the hello offers the mode with our
+  session id; the welcome's ``last`` resumes it (what the writer had taken and the server did
+  not deliver goes out again, first). A server without the mode is refused under
+  ``"require"`` (:class:`RejectedError`, reason ``"acked"``, not retried) and used plainly
+  under ``"on"`` (what was stored is reported). When the connection is given up or closed,
+  every event never acknowledged is reported (logged, counted, kept in ``unacknowledged``).
 """
 
 from __future__ import annotations
@@ -34,12 +40,14 @@ from anyio.abc import ByteStream
 from .._config import Config
 from .._errors import (
     ClosedError,
+    ConfigError,
     ConnectionFailedError,
     ConnectionLostError,
     IPCError,
     ProtocolError,
     RejectedError,
     ServerBusyError,
+    UnacknowledgedError,
 )
 from .._log import ActorLog
 from .._proto._session import Role, Session
@@ -50,6 +58,7 @@ from .._transports._transport import (
     refused_certificate,
     tls_error,
 )
+from ._acks import AckedSender
 from ._channel import Channel
 from ._handlers import HandlerMethods, Handlers
 from ._handshake import open_handshake
@@ -119,6 +128,10 @@ class Connection(Peer, HandlerMethods):
         self._recovered = ""  # "after N failed attempts", for the next "connected" line
         self._server_id: str | None = None
         self._refused: IPCError | None = None  # the server refused our certificate: give up
+        if config.acked != "off":
+            self._acked = AckedSender()
+        self._resume_last: int | None = None  # the welcome's "last" (acknowledged mode)
+        self._unacknowledged: list[tuple[int, str]] = []  # reported when given up
 
     def __repr__(self) -> str:
         state = "connected" if self.connected else "destroyed" if self.destroyed else "connecting"
@@ -157,6 +170,33 @@ class Connection(Peer, HandlerMethods):
                 task_group.start_soon(wait_destroyed)
                 await self._up.wait()
                 task_group.cancel_scope.cancel()
+
+    @property
+    def unacknowledged(self) -> list[tuple[int, str]]:
+        """Acknowledged mode: ``(seq, event name)`` of every event emitted and not
+        acknowledged, in order; once the connection is given up or closed, those it reported
+        (they may or may not have been handled)."""
+        if self._acked is None:
+            return []
+        return self._unacknowledged if self.destroyed else self._acked.pending
+
+    async def wait_acknowledged(self) -> None:
+        """Acknowledged mode: return once every event emitted so far has been acknowledged by
+        the server (its handlers returned). Waits through reconnects. Raises
+        :class:`UnacknowledgedError` (listing the events) if the connection is given up or
+        closed first; :class:`ConfigError` without ``Config.acked``."""
+        acked = self._acked
+        if acked is None:
+            raise ConfigError(
+                f"wait_acknowledged() needs acknowledged events: connect to {self.id!r} with "
+                "Config(acked='on') or acked='require'"
+            )
+        if not await acked.wait():
+            raise UnacknowledgedError(
+                f"connection to {self.id!r} was given up with {len(self._unacknowledged)} "
+                "event(s) never acknowledged (they may or may not have been handled)",
+                list(self._unacknowledged),
+            )
 
     # --- handlers -----------------------------------------------------------------------------
 
@@ -278,6 +318,7 @@ class Connection(Peer, HandlerMethods):
         """Connect and complete the handshake (if the codec has one: else the connection is
         open at once). Raises on failure or refusal."""
         codec = self._codec
+        acked = self._acked
         with anyio.fail_after(self._config.handshake_timeout):
             stream = await self._transport.connect()
             session = Session(
@@ -288,6 +329,7 @@ class Connection(Peer, HandlerMethods):
                 self._actor_id,
                 auth_key=self._config.auth_key_bytes,
                 target=self.id,
+                hello_extra=None if acked is None else {"acked": acked.hello(self._outbox)},
             )
             if not codec.handshake:  # the session is open at once
                 self._server_id = self.id  # nothing on the wire says otherwise
@@ -307,10 +349,46 @@ class Connection(Peer, HandlerMethods):
                 f"{welcome.id!r}"
             )
         self._server_id = welcome.id
+        if acked is not None:
+            try:
+                self._negotiate(welcome.extra.get("acked"))
+            except BaseException:
+                await anyio.aclose_forcefully(stream)
+                raise
         return stream, session
+
+    def _negotiate(self, offer: Any) -> None:
+        """The welcome's answer to our acknowledged mode (``None``: the server lacks it)."""
+        acked = self._acked
+        assert acked is not None
+        last = offer.get("last") if type(offer) is dict else None
+        if type(last) is int and 0 <= last <= acked.seq:
+            acked.active = True
+            self._resume_last = last
+            return
+        if offer is not None:
+            raise ProtocolError(f"{self.id!r} answered the acked mode with {offer!r:.80}")
+        if self._config.acked == "require":
+            raise RejectedError(
+                f"{self.id!r} does not acknowledge events (its Config.acked is 'off', or it "
+                "predates the mode) and this connection has acked='require': set acked on the "
+                "server, or acked='on' here to fall back to at-most-once",
+                "acked",
+            )
+        self._resume_last = None
+        if acked.active:
+            acked.active = False
+            left = acked.report(self._outbox)
+            self._log.warning(
+                f"{self.id!r} does not acknowledge events: emitting to it at most once "
+                f"(acked='on'); {len(left)} event(s) not acknowledged are given up"
+            )
 
     def _up_with(self, stream: ByteStream, session: Session) -> Channel:
         """The channel of a new connection; its ``connect`` handlers run once it runs."""
+        if self._resume_last is not None and self._acked is not None:
+            self._acked.resume(self._resume_last, self._outbox)
+            self._resume_last = None
         opening = self._opening if self._handlers.get("connect") else None
         channel = self._channel = Channel(stream, session, self, opening)
         self._up.set()
@@ -359,6 +437,13 @@ class Connection(Peer, HandlerMethods):
         left = self._outbox.close(ClosedError(f"connection to {self.id!r} is closed: {reason}"))
         if left:
             self._log.warning(f"{left} frame(s) queued for {self.id!r} were never sent")
+        if self._acked is not None:
+            events = self._unacknowledged = self._acked.report(self._outbox)
+            if events:
+                self._log.warning(
+                    f"{len(events)} event(s) to {self.id!r} were never acknowledged "
+                    f"(seq {events[0][0]}..{events[-1][0]}); see Connection.unacknowledged"
+                )
         self._requests.fail(ClosedError(f"connection to {self.id!r} is closed: {reason}"))
         self._on_destroyed(self)
         self._destroyed.set()

@@ -15,9 +15,11 @@ Invariants:
   not have yet, so a slow peer costs at most ``max_bytes`` (plus one larger frame, accepted
   when the outbox is empty so that it can be sent at all, plus the replies of requests that
   were already running).
-- Counters ``enqueued`` and ``taken`` only grow and count the ordered queue only: a frame with
-  sequence number ``n`` has been handed to a writer (and may be lost with the connection) once
-  ``taken >= n``.
+- Counters ``enqueued`` and ``taken`` only grow (``taken`` goes back only when frames are queued
+  again, see :meth:`requeue`) and count the ordered queue only: a frame with sequence number
+  ``n`` has been handed to a writer (and may be lost with the connection) once ``taken >= n``.
+- In the acknowledged mode, frames kept until the peer acknowledges them (:attr:`held`) count
+  against the bound as well: queue, writer and that store together hold at most ``max_bytes``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Outbox:
         "_replies",
         "direct",
         "enqueued",
+        "held",
         "max_bytes",
         "on_frames",
         "on_lost",
@@ -65,6 +68,9 @@ class Outbox:
         self._is_flushed: anyio.Event | None = None
         self.enqueued = 0
         self.taken = 0
+        #: Bytes of frames kept after they are queued until the peer acknowledges them (the
+        #: acknowledged mode, ``_acks``): they count against the bound too.
+        self.held = 0
         #: Called (from put) when frames arrive: a writer that is a loop callback, not a task,
         #: sets it instead of waiting in :meth:`wait_frames`.
         self.on_frames: Callable[[], None] | None = None
@@ -92,7 +98,7 @@ class Outbox:
     def has_room(self, size: int) -> bool:
         # Frames taken by the writer count until the kernel has them: queued plus in flight
         # stays within max_bytes (one larger frame may go alone).
-        used = self._bytes + self._in_flight_bytes
+        used = self._bytes + self._in_flight_bytes + self.held
         return not used or used + size <= self.max_bytes
 
     async def put(self, frame: Frame) -> int:
@@ -100,13 +106,20 @@ class Outbox:
         if self._closed is not None:
             raise self._closed
         size = frame_size(frame)
+        await self.wait_room(size)
+        return self.put_nowait(frame, size)
+
+    async def wait_room(self, size: int) -> None:
+        """Wait until a frame of ``size`` bytes fits. Raises the error the outbox was closed
+        with."""
+        if self._closed is not None:
+            raise self._closed
         while not self.has_room(size):
             if self._has_room is None:
                 self._has_room = anyio.Event()
             await self._has_room.wait()
             if self._closed is not None:
                 raise self._closed
-        return self.put_nowait(frame, size)
 
     def put_nowait(self, frame: Frame, size: int | None = None) -> int:
         """Queue ``frame`` regardless of the bound."""
@@ -121,6 +134,22 @@ class Outbox:
             self._has_frames.set()
             self._has_frames = None
         return self.enqueued
+
+    def release(self, size: int) -> None:
+        """``size`` bytes of :attr:`held` were acknowledged (or given up): room for more."""
+        self.held -= size
+        if self._has_room is not None:
+            self._has_room.set()
+            self._has_room = None
+
+    def requeue(self, frames: list[Frame]) -> int:
+        """Queue ``frames`` again, in front of everything, as if never taken (the writer had
+        taken them; their connection is gone). Returns the sequence number of the first. Only
+        while no writer runs."""
+        self._frames.extendleft(reversed(frames))
+        self._bytes += sum(map(frame_size, frames))
+        self.taken -= len(frames)
+        return self.taken + 1
 
     # --- the writer's side ----------------------------------------------------------------------
 

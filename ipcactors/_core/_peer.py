@@ -34,6 +34,7 @@ from .._errors import (
 from .._log import ActorLog
 from .._proto._codec import Encoder
 from .._proto._messages import Event, Frame, Ping, Request, frame_size, is_reserved
+from ._acks import AckedReceiver, AckedSender
 from ._handlers import UNHANDLED, Handlers, unhandled
 from ._outbox import Outbox
 from ._requests import NO_HANDLER, Requests
@@ -104,6 +105,15 @@ class Peer:
         self._outbox = Outbox(config.max_outbox_bytes)
         self._requests = Requests()
         self._counters = PeerCounters()
+        #: Acknowledged mode, sending side (a connection with ``Config.acked``).
+        self._acked: AckedSender | None = None
+        #: Acknowledged mode, receiving side (a server's client that negotiated it).
+        self._receiver: AckedReceiver | None = None
+        self._ack_every = config.ack_every
+        self._ack_pending = 0  # events delivered since our last acknowledgement
+        #: True while a handler runs for an event the peer sent again after a reconnect to a
+        #: restarted receiver: it may have been handled before (acknowledged mode).
+        self.redelivered = False
         # Names of events that came without a handler, logged once each (a server's clients
         # share one set).
         self._unhandled_names: set[str] = set() if unhandled_names is None else unhandled_names
@@ -114,6 +124,7 @@ class Peer:
 
     def statistics(self) -> ConnectionStatistics:
         """A snapshot of this connection's counters."""
+        acked = self._acked
         return ConnectionStatistics(
             connected=self.connected,
             outbox_bytes=self._outbox.used,
@@ -121,18 +132,30 @@ class Peer:
             inbox_bytes=0 if self._channel is None else self._channel.inbox_bytes,
             events_unhandled=self._counters.events_unhandled,
             heartbeat_timeouts=self._counters.heartbeat_timeouts,
+            events_sequenced=0 if acked is None else acked.sequenced,
+            events_acknowledged=0 if acked is None else acked.acknowledged,
+            events_unacknowledged=0 if acked is None else len(acked),
+            events_reported=0 if acked is None else acked.reported,
+            events_resent=0 if acked is None else acked.resent,
+            events_redelivered=self._counters.events_redelivered,
+            events_deduplicated=self._counters.events_deduplicated,
         )
 
     # --- sending ------------------------------------------------------------------------------
 
     async def emit(self, event: str, data: Any = None) -> None:
-        """Send ``event`` with ``data`` (anything msgpack encodes) to the peer. At most once.
+        """Send ``event`` with ``data`` (anything msgpack encodes) to the peer. At most once;
+        at least once, reported if not, on a connection in the acknowledged mode
+        (``Config.acked``; see ``Connection.wait_acknowledged``).
 
         Returns as soon as the frame is queued (without a loop pass while the outbox has room);
         waits while the outbox is full. Raises :class:`EncodeError` for data msgpack cannot
         encode, :class:`ClosedError` once this peer is gone for good.
         """
         check_event_name(event)
+        acked = self._acked
+        if acked is not None and acked.active:
+            return await self._emit_acked(acked, event, data)
         frame = self._encoder.event(event, data)
         outbox = self._outbox
         size = len(frame) if type(frame) is bytes else frame_size(frame)
@@ -140,6 +163,38 @@ class Peer:
             outbox.put_nowait(frame, size)  # the common case: no coroutine, no loop pass
         else:
             await outbox.put(frame)
+
+    async def _emit_acked(self, acked: AckedSender, event: str, data: Any) -> None:
+        """``emit`` in the acknowledged mode: the frame is sequenced and kept until acked."""
+        outbox = self._outbox
+        seq = acked.next_seq()
+        frame = self._encoder.sequenced_event(event, data, seq)
+        size = frame_size(frame)
+        if not outbox.has_room(size) or outbox.closed:
+            await outbox.wait_room(size)
+            if acked.seq != seq:  # others queued meanwhile: take the next number, in order
+                seq = acked.next_seq()
+                frame = self._encoder.sequenced_event(event, data, seq)
+                size = frame_size(frame)
+        position = outbox.put_nowait(frame, size)
+        acked.stored(seq, event, frame, size, position, outbox)
+
+    def _acknowledged(self, seq: int) -> None:
+        """The peer acknowledged every sequenced event up to ``seq``."""
+        if self._acked is not None:
+            self._acked.ack(seq, self._outbox)
+
+    def _send_ack(self) -> None:
+        """Acknowledge every event delivered so far (the channel calls it after each batch
+        while events wait to be acknowledged)."""
+        receiver = self._receiver
+        if receiver is None or not self._ack_pending:
+            return
+        self._ack_pending = 0
+        try:
+            self._outbox.put_reply(self._encoder.ack(receiver.last))
+        except Exception as exc:  # closed: the sender resends what we did not acknowledge
+            self._log.debug(f"acknowledgement to {self.id!r} not sent: {exc}")
 
     async def request(self, event: str, data: Any = None, *, timeout: float | None = None) -> Any:
         """Send ``event`` and return what the peer's first handler for it returns.
@@ -197,6 +252,17 @@ class Peer:
 
     def _on_event(self, message: Event) -> Awaitable[None] | None:
         """Run the event's handlers; an awaitable if one of them needs awaiting."""
+        receiver = self._receiver
+        if receiver is not None and message.seq is not None:
+            seq = message.seq
+            if seq <= receiver.last:  # delivered already (a resumed session's overlap)
+                self._counters.events_deduplicated += 1
+                return None
+            receiver.last = seq
+            self._ack_pending += 1
+            self.redelivered = seq <= receiver.redelivered_up_to
+            if self.redelivered:
+                self._counters.events_redelivered += 1
         result = self._handlers.call_plain(
             message.event, self._handler_args(message.data), self._log
         )

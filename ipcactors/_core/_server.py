@@ -31,6 +31,11 @@ Invariants:
 - A bad peer costs only its own connection: nothing one accepted socket raises (a reset before
   it was accepted, a handler's bug) reaches the server's task group. The accept loop survives
   running out of file descriptors or buffers (it logs once, backs off and keeps serving).
+- Acknowledged mode (``Config.acked``, see ``_acks``): a client whose hello offers it is
+  welcomed with ``last``, the last sequence number its session delivered here (0 for a session
+  this process does not know), and its events are delivered once each while this server lives
+  (sessions outlive connections, and a restarted server counts as new). With
+  ``acked="require"`` a client that does not offer it is refused (``reject(acked)``).
 - Every accepted socket is closed however its handling ends, cancellation included. Closing
   the server drops unfinished handshakes at once (there is nothing to flush to them).
 """
@@ -53,6 +58,7 @@ from .._log import ActorLog
 from .._proto._messages import frame_size
 from .._proto._session import Refusal, Role, Session
 from .._transports._transport import Address, Listener, Transport
+from ._acks import ReceiverSessions
 from ._channel import Channel
 from ._handlers import HandlerMethods, Handlers
 from ._handshake import accept_handshake
@@ -164,6 +170,8 @@ class Server(HandlerMethods):
         self._task_group: TaskGroup | None = None
         self._closing = False
         self._stopped = anyio.Event()
+        # Acknowledged mode: what each sender session delivered here.
+        self._sessions = ReceiverSessions() if config.acked != "off" else None
 
     def __repr__(self) -> str:
         return f"<Server {self._id!r} {self._transport.kind} {self.address!r}>"
@@ -347,11 +355,13 @@ class Server(HandlerMethods):
         scope = self._enter_handshake()
         held_until = anyio.current_time() + self._config.handshake_timeout * HOLD_SHARE
         client_id: str | None = None
+        offer: tuple[str, int] | None = None
         try:
             with scope, anyio.fail_after(self._config.handshake_timeout):
                 stream = await self._transport.accepted(stream)
                 if codec.handshake:
                     hello = await accept_handshake(stream, session)
+                    offer = self._acked_offer(hello.extra.get("acked"))
                     client_id = hello.id
                 else:  # nothing on the wire names the client: the server does
                     self._accepted += 1
@@ -386,6 +396,8 @@ class Server(HandlerMethods):
             return
         client = Client(self, client_id, peer_address)
         client.peer_certificate = stream.extra(TLSAttribute.peer_certificate, None)
+        if offer is not None and self._sessions is not None:
+            client._receiver = self._sessions.join(*offer)
         await self._run_client(client, stream, session, previous)
 
     async def _run_client(
@@ -402,7 +414,9 @@ class Server(HandlerMethods):
             async def opening() -> None:
                 await self._handlers.call("connect", (client,), self._log)
 
-        welcome = b"" if session.is_open else session.accept()  # open: the frame limit is lifted
+        receiver = client._receiver
+        extra = {} if receiver is None else {"acked": {"last": receiver.last}}
+        welcome = b"" if session.is_open else session.accept(**extra)  # lifts the frame limit
         client._channel = channel = Channel(stream, session, client, opening)
         # Registered before the welcome: a client that knows it is connected is in `clients`.
         self._clients[client.id] = client
@@ -441,6 +455,30 @@ class Server(HandlerMethods):
             log_lifecycle(f"client {client.id!r} disconnected")
             with anyio.move_on_after(self._config.close_timeout, shield=True):
                 await self._handlers.call("disconnect", (client,), self._log)
+
+    def _acked_offer(self, offer: Any) -> tuple[str, int] | None:
+        """The client's acknowledged-mode offer from its hello, as (session, sent), if both
+        sides have the mode. Raises :class:`Refusal`."""
+        if offer is None:
+            if self._config.acked == "require":
+                raise Refusal(
+                    "acked",
+                    f"{self._id!r} requires acknowledged events: set Config.acked='on' (or "
+                    "'require') on the client",
+                )
+            return None
+        if self._sessions is None:
+            return None  # we lack the mode: the welcome says nothing of it
+        session = offer.get("session") if type(offer) is dict else None
+        sent = offer.get("sent") if type(offer) is dict else None
+        if (
+            type(session) is not str
+            or not 0 < len(session) <= 64
+            or type(sent) is not int
+            or sent < 0
+        ):
+            raise Refusal("protocol", f"malformed acked offer in hello: {offer!r:.80}")
+        return session, sent
 
     def _hold(self) -> None:
         """Welcome no client until :meth:`_release` (see the module's invariants). Called before

@@ -20,11 +20,18 @@ __all__ = [
 class PeerCounters:
     """What one peer (a server's client, or a connection) counts while it lives."""
 
-    __slots__ = ("events_unhandled", "heartbeat_timeouts")
+    __slots__ = (
+        "events_deduplicated",
+        "events_redelivered",
+        "events_unhandled",
+        "heartbeat_timeouts",
+    )
 
     def __init__(self) -> None:
         self.events_unhandled = 0  # events that arrived with no handler registered
         self.heartbeat_timeouts = 0  # connections dropped: nothing received in time
+        self.events_redelivered = 0  # acked mode: delivered again after a receiver restart
+        self.events_deduplicated = 0  # acked mode: arrived again, already delivered: dropped
 
 
 class ServerCounters:
@@ -70,6 +77,21 @@ class ConnectionStatistics:
     #: Times this connection was dropped because nothing came from the peer within
     #: ``heartbeat_interval + heartbeat_timeout``.
     heartbeat_timeouts: int
+    #: Acknowledged mode (``Config.acked``), sending side: events emitted with a sequence
+    #: number; of those, acknowledged by the peer, still waiting for it, and reported
+    #: (given up, see ``Connection.unacknowledged``). Always
+    #: ``events_acknowledged + events_reported + events_unacknowledged == events_sequenced``.
+    events_sequenced: int = 0
+    events_acknowledged: int = 0
+    events_unacknowledged: int = 0
+    events_reported: int = 0
+    #: Events sent again after a reconnect (the writer had taken them, no ack had come).
+    events_resent: int = 0
+    #: Receiving side: events delivered with ``redelivered`` set (sent again to a receiver
+    #: that restarted: they may have been handled before it did).
+    events_redelivered: int = 0
+    #: Receiving side: events that arrived again after a resume, already delivered: dropped.
+    events_deduplicated: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,6 +69,14 @@ class Encoder(ABC):
     def event(self, event: str, data: Any) -> Frame:
         """``event`` with ``data``."""
 
+    def sequenced_event(self, event: str, data: Any, seq: int) -> Frame:
+        """``event`` with ``data`` and sequence number ``seq`` (the acknowledged mode)."""
+        raise self._unsupported("sequenced events (acked mode)")
+
+    def ack(self, seq: int) -> Frame:
+        """The cumulative acknowledgement of every sequenced event up to ``seq``."""
+        raise self._unsupported("acknowledgements (acked mode)")
+
     def request(self, event: str, data: Any, request_id: int) -> Frame:
         """``event`` with ``data``, whose answer comes back as a reply to ``request_id``."""
         raise self._unsupported("requests")

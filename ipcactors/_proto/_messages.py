@@ -21,6 +21,7 @@ __all__ = [
     "PING_MESSAGE",
     "PONG_MESSAGE",
     "PROTOCOL_VERSION",
+    "Ack",
     "Challenge",
     "ErrorReply",
     "Event",
@@ -72,13 +73,15 @@ class Limits:
 
 
 class Event:
-    """``[0, event, data]``: a fire-and-forget event."""
+    """``[0, event, data]``: a fire-and-forget event; ``[0, event, data, seq]`` in the
+    acknowledged mode (``seq`` its sequence number, ``None`` without one)."""
 
-    __slots__ = ("data", "event")
+    __slots__ = ("data", "event", "seq")
 
-    def __init__(self, event: str, data: Any) -> None:
+    def __init__(self, event: str, data: Any, seq: int | None = None) -> None:
         self.event = event
         self.data = data
+        self.seq = seq
 
     def __repr__(self) -> str:
         return f"Event({self.event!r})"
@@ -185,6 +188,18 @@ class Pong:
         return "Pong()"
 
 
+class Ack:
+    """``[11, seq]``: every sequenced event up to ``seq`` was delivered (cumulative)."""
+
+    __slots__ = ("seq",)
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+
+    def __repr__(self) -> str:
+        return f"Ack({self.seq})"
+
+
 PING_MESSAGE: Final = Ping()
 PONG_MESSAGE: Final = Pong()
 
@@ -200,6 +215,7 @@ Message: TypeAlias = (
     | Proof
     | Ping
     | Pong
+    | Ack
 )
 HANDSHAKE_KINDS: Final = (Hello, Welcome, Reject, Challenge, Proof)
 

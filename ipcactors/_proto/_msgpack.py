@@ -39,6 +39,7 @@ from ._messages import (
     PING_MESSAGE,
     PONG_MESSAGE,
     PROTOCOL_VERSION,
+    Ack,
     Challenge,
     ErrorReply,
     Event,
@@ -78,6 +79,7 @@ CHALLENGE: Final = 7
 PROOF: Final = 8
 PING: Final = 9
 PONG: Final = 10
+ACK: Final = 11
 
 HEADER: Final = struct.Struct(">I")
 HEADER_SIZE: Final = HEADER.size
@@ -185,8 +187,9 @@ class MsgpackEncoder(Encoder):
             return
         _check_value(data, self._data_budget, self._limits)
 
-    def _framed(self, head: bytes, value: Any) -> Frame:
-        """The frame whose body is ``head`` followed by ``value`` packed."""
+    def _framed(self, head: bytes, value: Any, tail: Any = None) -> Frame:
+        """The frame whose body is ``head`` followed by ``value`` packed (then ``tail`` packed,
+        unless ``None``)."""
         try:
             packed: bytes = self._packer.pack(value)
         except (TypeError, ValueError, OverflowError) as exc:
@@ -204,6 +207,9 @@ class MsgpackEncoder(Encoder):
                     f"{exc}; the peer would refuse it. Send large arrays as bytes or numpy "
                     "arrays, or raise max_decoded_objects on both sides"
                 ) from None
+        if tail is not None:
+            packed += self._packer.pack(tail)  # (a large body is copied once here)
+            size = len(head) + len(packed)
         if self._datagrams:
             return head + packed
         if size >= SEPARATE_BODY_AT:
@@ -223,6 +229,14 @@ class MsgpackEncoder(Encoder):
             head = self._event_heads[event] = b"\x93\x00" + self._packer.pack(event)
         self._check(data)
         return self._framed(head, data)
+
+    def sequenced_event(self, event: str, data: Any, seq: int) -> Frame:
+        # [0, event, data, seq]: a peer without the acked mode ignores the trailing item.
+        self._check(data)
+        return self._framed(b"\x94\x00" + self._packer.pack(event), data, seq)
+
+    def ack(self, seq: int) -> Frame:
+        return self._frame([ACK, seq])
 
     def request(self, event: str, data: Any, request_id: int) -> Frame:
         return self._frame([REQUEST, event, data, request_id], data)
@@ -450,9 +464,13 @@ def parse_body(body: list[Any]) -> Message:
     # Trailing items beyond those a kind defines are ignored, so the format can grow.
     if kind == EVENT and type(kind) is int and size >= 3:
         name = body[1]
-        if type(name) is str and name:
-            return Event(name, body[2])
-        return Event(_require_str(name, "event name"), body[2])
+        if not (type(name) is str and name):
+            name = _require_str(name, "event name")
+        if size >= 4:  # the acknowledged mode's sequence number (anything else is ignored)
+            seq = body[3]
+            if type(seq) is int and 0 < seq <= MAX_REQUEST_ID:
+                return Event(name, body[2], seq)
+        return Event(name, body[2])
     if kind == REQUEST and type(kind) is int and size >= 4:
         return Request(_require_str(body[1], "event name"), body[2], _require_id(body[3]))
     if kind == REPLY and type(kind) is int and size >= 3:
@@ -480,6 +498,8 @@ def parse_body(body: list[Any]) -> Message:
         )
     if kind == PROOF and type(kind) is int and size >= 2:
         return Proof(_require_bytes(_require_map(body[1], "proof").get("proof"), "proof"))
+    if kind == ACK and type(kind) is int and size >= 2:
+        return Ack(_require_id(body[1]))
     if kind == PING and type(kind) is int:
         return PING_MESSAGE
     if kind == PONG and type(kind) is int:
@@ -669,7 +689,20 @@ class MsgpackCodec(Codec):
 
     name = "msgpack"
     kinds = frozenset(
-        {Event, Request, Reply, ErrorReply, Hello, Welcome, Reject, Challenge, Proof, Ping, Pong}
+        {
+            Event,
+            Request,
+            Reply,
+            ErrorReply,
+            Hello,
+            Welcome,
+            Reject,
+            Challenge,
+            Proof,
+            Ping,
+            Pong,
+            Ack,
+        }
     )
     handshake = True
 

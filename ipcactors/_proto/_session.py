@@ -38,7 +38,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 from .._errors import (
     AuthenticationError,
@@ -132,6 +132,7 @@ class Session:
         "_client_nonce",
         "_decoder",
         "_encoder",
+        "_hello_extra",
         "_names",
         "_nonce",
         "_outgoing",
@@ -156,8 +157,10 @@ class Session:
         auth_key: bytes | None = None,
         target: str = "",
         nonce: Callable[[int], bytes] = secrets.token_bytes,
+        hello_extra: dict[str, Any] | None = None,
     ) -> None:
         self.role = role
+        self._hello_extra = hello_extra or {}  # more keys for a client's hello
         self.actor_id = actor_id
         self._encoder = encoder
         self._decoder: Decoder = codec.decoder(limits)
@@ -212,21 +215,23 @@ class Session:
     def start(self) -> None:
         """Client: open the handshake (queue our hello)."""
         self._expect(State.START)
+        extra = self._hello_extra
         if self._auth_key is None:
-            self._send(self._encoder.hello(self.actor_id))
+            self._send(self._encoder.hello(self.actor_id, **extra))
         else:
             self._client_nonce = self._nonce(NONCE_SIZE)
-            self._send(self._encoder.hello(self.actor_id, nonce=self._client_nonce))
+            self._send(self._encoder.hello(self.actor_id, nonce=self._client_nonce, **extra))
         self.state = State.AWAIT_WELCOME
 
     # --- server -------------------------------------------------------------------------------
 
-    def accept(self) -> bytes:
-        """Server: welcome the client whose hello was accepted; returns the frame to send. The
-        session is open from now on (the frame limit is lifted)."""
+    def accept(self, **extra: Any) -> bytes:
+        """Server: welcome the client whose hello was accepted (``extra``: more keys for the
+        welcome); returns the frame to send. The session is open from now on (the frame limit
+        is lifted)."""
         self._expect(State.DECIDING)
         self._open()
-        return _frame_bytes(self._encoder.welcome(self.actor_id))
+        return _frame_bytes(self._encoder.welcome(self.actor_id, **extra))
 
     def reject(self, reason: str, message: str) -> bytes:
         """Server: refuse the client; returns the frame to send before closing. The session is

@@ -1,0 +1,245 @@
+"""Acknowledged events (Config.acked): negotiated in hello/welcome, sequenced, acknowledged in
+batches, resent after a reconnect (exactly once to a live server, at least once and flagged to a
+restarted one) and reported when given up; acked + reported == sent, always. Unix and TCP
+through the fault proxy, both backends."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import anyio
+import pytest
+from _faultproxy import FaultProxy
+
+import ipcactors
+from ipcactors import Actor, Client, Config, Server
+
+pytestmark = pytest.mark.anyio
+
+TRANSPORTS = ["unix", "tcp"]
+FAST_RETRY = {"retry": 0.02, "retry_cap": 0.1}
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 8.0) -> None:
+    with anyio.fail_after(timeout):
+        while not condition():
+            await anyio.sleep(0.005)
+
+
+async def serve(world: Actor, transport: str, port: int = 0) -> Server:
+    if transport == "unix":
+        return await world.serve()
+    return await world.serve_net("127.0.0.1", port)
+
+
+def recorder(server: Server) -> list[tuple[int, bool]]:
+    """``n`` events' data, with whether each came flagged as redelivered."""
+    got: list[tuple[int, bool]] = []
+
+    def on_n(data: int, client: Client) -> None:
+        got.append((data, client.redelivered))
+
+    server.on("n", on_n)
+    return got
+
+
+def check_totals(stats: ipcactors.ConnectionStatistics) -> None:
+    assert (
+        stats.events_acknowledged + stats.events_reported + stats.events_unacknowledged
+        == stats.events_sequenced
+    ), stats
+
+
+async def test_negotiation_refuses_a_peer_without_the_mode_when_required(socket_dir: str) -> None:
+    async with Actor("world", socket_root=socket_dir, silent=True) as plain_world:
+        await plain_world.serve()
+        got = recorder(plain_world.server)  # type: ignore[arg-type]
+        async with Actor("hello", socket_root=socket_dir, silent=True, acked="require") as hello:
+            with anyio.fail_after(5), pytest.raises(ipcactors.RejectedError) as caught:
+                await hello.connect_to("world")
+            assert caught.value.reason == "acked"
+            assert "acked" in str(caught.value)
+        # "on" falls back to at-most-once with a server that lacks the mode.
+        async with Actor("hello", socket_root=socket_dir, silent=True, acked="on") as hello:
+            with anyio.fail_after(5):
+                world = await hello.connect_to("world")
+                await world.emit("n", 1)
+                await wait_until(lambda: got == [(1, False)])
+            assert world.statistics().events_sequenced == 0
+    async with Actor("world", socket_root=socket_dir, silent=True, acked="require") as strict:
+        await strict.serve()
+        async with Actor("hello", socket_root=socket_dir, silent=True, stop_retrying=0) as hello:
+            with anyio.fail_after(5), pytest.raises(ipcactors.RejectedError) as caught:
+                await hello.connect_to("world")
+            assert caught.value.reason == "acked"
+
+
+async def test_config_checks() -> None:
+    with pytest.raises(ipcactors.ConfigError, match="acked"):
+        Config(acked="yes")  # type: ignore[arg-type]
+    with pytest.raises(ipcactors.ConfigError, match="handshake"):
+        Config(acked="on", codec="node-ipc")
+    with pytest.raises(ipcactors.ConfigError, match="ack_every"):
+        Config(ack_every=0)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_cut_links_deliver_exactly_once_in_order(
+    transport: str, socket_dir: str, fault_proxy: Callable[..., FaultProxy], seed: int
+) -> None:
+    count = 3000
+    async with Actor("world", socket_root=socket_dir, silent=True, acked="on") as world_actor:
+        server = await serve(world_actor, transport)
+        got = recorder(server)
+        async with (
+            fault_proxy(server.address) as proxy,
+            Actor("hello", socket_root=socket_dir, silent=True, acked="on", **FAST_RETRY) as hello,
+        ):
+            with anyio.fail_after(5):
+                world = await proxy.connect(hello, "world")
+            with anyio.fail_after(20):
+                # Four cuts mid-stream, two each way; each fires before the next is armed.
+                for cut, direction in enumerate(["up", "down", "up", "down"]):
+                    proxy.cut_after(4000 if direction == "up" else 12, direction)  # type: ignore[arg-type]
+                    for i in range(cut * 750, (cut + 1) * 750):
+                        await world.emit("n", i)
+                    await proxy.wait_accepted(cut + 2)
+                await world.wait_acknowledged()
+            assert [n for n, _ in got] == list(range(count)), f"seed {seed}"
+            assert not any(flag for _, flag in got)
+            assert proxy.stats.accepted == 5
+            stats = world.statistics()
+            check_totals(stats)
+            assert stats.events_acknowledged == stats.events_sequenced == count
+            assert world.unacknowledged == []
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_restarted_server_gets_the_unacknowledged_again_flagged(
+    transport: str, socket_dir: str, seed: int
+) -> None:
+    """The receiver's memory is gone: every event arrives at least once, and the duplicates are
+    among those flagged as redelivered (and counted)."""
+    count = 3000
+    first: list[tuple[int, bool]] = []
+    port = 0
+    async with Actor(
+        "hello", socket_root=socket_dir, silent=True, acked="on", **FAST_RETRY
+    ) as hello:
+        async with Actor("world", socket_root=socket_dir, silent=True, acked="on") as world_actor:
+            server = await serve(world_actor, transport)
+            if transport == "tcp":
+                port = server.address[1]  # type: ignore[index]
+
+            async def stuck(data: int, client: Client) -> None:
+                first.append((data, client.redelivered))
+                if len(first) == 700:  # killed while handling it: nothing after is acked
+                    await anyio.sleep_forever()
+
+            server.on("n", stuck)
+            with anyio.fail_after(5):
+                if transport == "unix":
+                    world = await hello.connect_to("world")
+                else:
+                    world = await hello.connect_to_net("world", "127.0.0.1", port)
+                for i in range(count // 2):
+                    await world.emit("n", i)
+                await wait_until(lambda: len(first) == 700)
+            acked_before = world.statistics().events_acknowledged
+        # The server's actor is gone (closed mid-stream); a new one takes its address.
+        async with Actor("world", socket_root=socket_dir, silent=True, acked="on") as again:
+            server = await serve(again, transport, port)
+            second = recorder(server)
+            with anyio.fail_after(20):
+                for i in range(count // 2, count):
+                    await world.emit("n", i)
+                await world.wait_acknowledged()
+            stats = world.statistics()
+            check_totals(stats)
+            assert stats.events_acknowledged == stats.events_sequenced == count
+            firsts = [n for n, _ in first]
+            seconds = [n for n, _ in second]
+            assert firsts == list(range(len(firsts))), f"seed {seed}"
+            assert seconds == sorted(seconds)  # in order per session
+            assert set(firsts) | set(seconds) == set(range(count))  # at least once
+            duplicates = set(firsts) & set(seconds)
+            flagged = {n for n, flag in second if flag}
+            # The duplicates are exactly those delivered but not acknowledged at the "kill".
+            assert duplicates == set(range(acked_before, 700))
+            assert duplicates <= flagged
+            client_stats = server.clients["hello"].statistics()
+            assert client_stats.events_redelivered == len(flagged)
+            assert not any(flag for _, flag in first)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_server_that_never_comes_back_gets_every_event_reported(
+    transport: str, socket_dir: str
+) -> None:
+    async with Actor(
+        "hello", socket_root=socket_dir, silent=True, acked="require", stop_retrying=3, **FAST_RETRY
+    ) as hello:
+        async with Actor("world", socket_root=socket_dir, silent=True, acked="on") as world_actor:
+            server = await serve(world_actor, transport)
+            got = recorder(server)
+            with anyio.fail_after(5):
+                if transport == "unix":
+                    world = await hello.connect_to("world")
+                else:
+                    port = server.address[1]  # type: ignore[index]
+                    world = await hello.connect_to_net("world", "127.0.0.1", port)
+                for i in range(100):
+                    await world.emit("n", i)
+                await world.wait_acknowledged()
+            assert len(got) == 100
+        with anyio.fail_after(5):
+            for i in range(100, 150):
+                await world.emit("n", i)
+            with pytest.raises(ipcactors.UnacknowledgedError) as caught:
+                await world.wait_acknowledged()
+        reported = caught.value.events
+        assert [seq for seq, _ in reported] == list(range(101, 151))
+        assert {event for _, event in reported} == {"n"}
+        assert world.unacknowledged == reported
+        stats = world.statistics()
+        check_totals(stats)
+        assert stats.events_acknowledged == 100
+        assert stats.events_reported == 50
+        assert stats.events_unacknowledged == 0
+
+
+async def test_wait_acknowledged_needs_the_mode(socket_dir: str) -> None:
+    async with Actor("world", socket_root=socket_dir, silent=True) as world_actor:
+        await world_actor.serve()
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            with anyio.fail_after(5):
+                world = await hello.connect_to("world")
+            with pytest.raises(ipcactors.ConfigError, match="acked"):
+                await world.wait_acknowledged()
+            assert world.unacknowledged == []
+
+
+async def test_acks_are_batched(socket_dir: str) -> None:
+    """One ack covers many events: the receiver acknowledges every ack_every events or once
+    its inbox is empty, not per event."""
+    async with Actor("world", socket_root=socket_dir, silent=True, acked="on") as world_actor:
+        server = await world_actor.serve()
+        got = recorder(server)
+        async with Actor("hello", socket_root=socket_dir, silent=True, acked="on") as hello:
+            with anyio.fail_after(10):
+                world = await hello.connect_to("world")
+                acks: list[int] = []
+                original = world._acknowledged
+
+                def counting(seq: int) -> None:
+                    acks.append(seq)
+                    original(seq)
+
+                world._acknowledged = counting  # type: ignore[method-assign]
+                for i in range(5000):
+                    await world.emit("n", i)
+                await world.wait_acknowledged()
+            assert len(got) == 5000
+            assert acks == sorted(acks)
+            assert acks[-1] == 5000
+            assert len(acks) < 5000 / 8, f"{len(acks)} acks for 5000 events"
