@@ -84,17 +84,13 @@ def _presents_certificate(context: ssl.SSLContext) -> bool:
     return False
 
 
-class _Replay(ByteStream):
-    """A stream that first returns bytes already read from another stream, then that stream."""
+class _Wrapper(ByteStream):
+    """A stream that hands everything to the stream it wraps; subclasses change one part."""
 
-    def __init__(self, stream: ByteStream, prefix: bytes) -> None:
+    def __init__(self, stream: ByteStream) -> None:
         self._stream = stream
-        self._prefix = prefix
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
-        if self._prefix:
-            data, self._prefix = self._prefix[:max_bytes], self._prefix[max_bytes:]
-            return data
         return await self._stream.receive(max_bytes)
 
     async def send(self, item: bytes) -> None:
@@ -111,11 +107,25 @@ class _Replay(ByteStream):
         return self._stream.extra_attributes
 
 
-class _Breaking(ByteStream):
+class _Replay(_Wrapper):
+    """A stream that first returns bytes already read from another stream, then that stream."""
+
+    def __init__(self, stream: ByteStream, prefix: bytes) -> None:
+        super().__init__(stream)
+        self._prefix = prefix
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        if self._prefix:
+            data, self._prefix = self._prefix[:max_bytes], self._prefix[max_bytes:]
+            return data
+        return await self._stream.receive(max_bytes)
+
+
+class _Breaking(_Wrapper):
     """A TLS stream whose SSL errors after the handshake are ``BrokenResourceError``."""
 
     def __init__(self, stream: TLSStream) -> None:
-        self._stream = stream
+        super().__init__(stream)
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         try:
@@ -128,16 +138,6 @@ class _Breaking(ByteStream):
             await self._stream.send(item)
         except ssl.SSLError as exc:
             raise anyio.BrokenResourceError(f"TLS failed: {exc.reason or exc}") from exc
-
-    async def send_eof(self) -> None:
-        await self._stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-    @property
-    def extra_attributes(self) -> Any:
-        return self._stream.extra_attributes
 
 
 @dataclass(frozen=True)
