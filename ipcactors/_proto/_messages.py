@@ -25,6 +25,7 @@ __all__ = [
     "Challenge",
     "ErrorReply",
     "Event",
+    "FdFrame",
     "Frame",
     "Hello",
     "Limits",
@@ -223,6 +224,19 @@ HANDSHAKE_KINDS: Final = (Hello, Welcome, Reject, Challenge, Proof)
 # What an encoder hands to a writer: the bytes of one frame, or two parts written in order (a
 # small head and a large body kept apart, so that a large payload is never copied to be framed).
 Frame: TypeAlias = bytes | tuple[bytes, bytes]
+
+
+class FdFrame(bytes):
+    """A frame whose bytes go with file descriptors (``SCM_RIGHTS``): written in a write of its
+    own, the descriptors attached to its first byte. Only a stream that can pass descriptors
+    is given one (``_transports._fds``); the descriptors stay owned by whoever made the frame."""
+
+    fds: tuple[int, ...]
+
+    def __new__(cls, data: bytes, fds: tuple[int, ...]) -> FdFrame:
+        frame = super().__new__(cls, data)
+        frame.fds = fds
+        return frame
 
 
 def frame_size(frame: Frame) -> int:

@@ -27,6 +27,7 @@ import anyio
 from anyio.abc import ByteStream, SocketAttribute
 
 from .._errors import AddressInUseError, SocketPathError, TLSError
+from ._fds import FdSocketStream
 from ._streams import wrap_socket
 from ._unix import bind_unix_socket, check_path_length, remove_if_ours
 
@@ -100,9 +101,11 @@ class Listening:
         sock: socket.socket,
         address: Address,
         cleanup: Callable[[], Awaitable[None]] | None = None,
+        wrap: Callable[[socket.socket], Awaitable[ByteStream]] = wrap_socket,
     ) -> None:
         sock.setblocking(False)
         self._sock = sock
+        self._wrap = wrap
         self.address = address
         self._cleanup = cleanup
         self._closed = False
@@ -127,7 +130,7 @@ class Listening:
                 raise
             client.setblocking(False)
             try:
-                stream = await wrap_socket(client)
+                stream = await self._wrap(client)
             except (OSError, ValueError):
                 # Reset between accept() and now: asyncio cannot ask for its peer (ENOTCONN),
                 # Trio refuses an unconnected socket (ValueError).
@@ -229,10 +232,18 @@ def refused_certificate(exc: BaseException | None) -> TLSError | None:
     return None
 
 
+async def _fd_stream(sock: socket.socket) -> ByteStream:
+    return FdSocketStream(sock)
+
+
 @dataclass(frozen=True)
 class UnixTransport:
+    """A Unix stream socket. With ``pass_fds`` its streams can pass file descriptors
+    (``_fds.FdSocketStream``, what shared memory needs) instead of the backend's fastest."""
+
     path: str
     kind: str = "unix"
+    pass_fds: bool = False
 
     @property
     def address(self) -> str:
@@ -247,7 +258,7 @@ class UnixTransport:
         except BaseException:
             sock.close()
             raise
-        return await wrap_socket(sock)
+        return FdSocketStream(sock) if self.pass_fds else await wrap_socket(sock)
 
     async def accepted(self, stream: ByteStream) -> ByteStream:
         return stream
@@ -258,7 +269,9 @@ class UnixTransport:
         async def cleanup() -> None:
             remove_if_ours(bound.path, bound.identity)
 
-        return Listening(bound.sock, self.path, cleanup)
+        return Listening(
+            bound.sock, self.path, cleanup, _fd_stream if self.pass_fds else wrap_socket
+        )
 
 
 @dataclass(frozen=True)

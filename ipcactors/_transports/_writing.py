@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from .._proto._messages import Frame
+from .._proto._messages import FdFrame, Frame
 
 __all__ = ["COALESCE_LIMIT", "FrameQueue", "coalesce"]
 
@@ -53,11 +53,17 @@ class FrameQueue(Protocol):
 
 
 def coalesce(frames: list[Frame]) -> Iterator[bytes]:
-    """Yield the bytes of ``frames`` in as few writes as is sensible, copying large bodies never."""
+    """Yield the bytes of ``frames`` in as few writes as is sensible, copying large bodies never;
+    an :class:`FdFrame` is yielded as it is, in a write of its own."""
     small: list[bytes] = []
     size = 0
     for frame in frames:
-        if isinstance(frame, bytes):
+        if isinstance(frame, FdFrame):  # its descriptors go with its own first byte
+            if small:
+                yield b"".join(small)
+                small, size = [], 0
+            yield frame
+        elif isinstance(frame, bytes):
             small.append(frame)
             size += len(frame)
             if size >= COALESCE_LIMIT:

@@ -1,0 +1,233 @@
+"""Descriptor passing on Unix streams (``_transports._fds``) and the checks on passed segments
+(``_transports._memfd``), on asyncio, uvloop and Trio, against a raw socket as the peer."""
+
+from __future__ import annotations
+
+import array
+import fcntl
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import pytest
+
+from ipcactors import DecodeError
+from ipcactors._proto._messages import FdFrame
+from ipcactors._transports._fds import MAX_FDS_PER_MESSAGE, FdSocketStream, can_pass_fds
+from ipcactors._transports._memfd import PAGE, Segment, check_segment, map_segment
+from ipcactors._transports._transport import UnixTransport
+from ipcactors._transports._writing import coalesce
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("asyncio", id="asyncio"),
+        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+        pytest.param("trio", id="trio"),
+    ]
+)
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    if request.param != "asyncio" and request.param != "trio":
+        pytest.importorskip("uvloop")
+    return request.param
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _uvloop_global_state() -> None:
+    """uvloop opens a process-wide pipe with its first loop: before the leak checks."""
+    try:
+        import asyncio
+
+        import uvloop
+    except ImportError:
+        return
+    uvloop.run(asyncio.sleep(0))
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    yield ours, theirs
+    ours.close()
+    theirs.close()
+
+
+def _send_fds(sock: socket.socket, data: bytes, fds: list[int]) -> None:
+    sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+
+
+async def test_bytes_and_a_segment_pass_and_the_fd_arrives_close_on_exec(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    stream = FdSocketStream(ours.dup())
+    peer = FdSocketStream(theirs.dup())
+    segment = Segment(PAGE)
+    segment.map[:5] = b"hello"
+    try:
+        assert can_pass_fds(stream)
+        with anyio.fail_after(5):
+            await peer.send(b"plain")
+            assert await stream.receive() == b"plain"
+            await peer.send(FdFrame(b"with a descriptor", (segment.fd,)))
+            assert await stream.receive() == b"with a descriptor"
+            (fd,) = stream.take_fds()
+            try:
+                assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+                check_segment(fd, PAGE, PAGE)
+                view = map_segment(fd, PAGE)
+            finally:
+                os.close(fd)
+            assert view[:5] == b"hello"  # the same memory, mapped after the fd was closed
+            segment.map[:5] = b"HELLO"
+            assert view[:5] == b"HELLO"
+            view.close()
+            # A large write goes through whole, descriptors on its first byte only.
+            blob = os.urandom(3 * 1024 * 1024)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(peer.send_fds, blob, [segment.fd])
+                got = bytearray()
+                while len(got) < len(blob):
+                    got += await stream.receive(1 << 20)
+            assert got == blob
+            assert stream.pending_fds == 1
+            # Never claimed: closed with the stream (the leak check would see it otherwise).
+    finally:
+        segment.close()
+        await stream.aclose()
+        await peer.aclose()
+
+
+async def test_a_plain_unix_stream_does_not_pass_fds_and_the_fd_stream_is_opt_in(
+    socket_dir: str,
+) -> None:
+    for pass_fds in (False, True):
+        transport = UnixTransport(os.path.join(socket_dir, f"s{pass_fds}"), pass_fds=pass_fds)
+        listener = await transport.listen(5)
+        try:
+            with anyio.fail_after(5):
+                client = await transport.connect()
+                server, _ = await listener.accept()
+                assert can_pass_fds(client) is pass_fds
+                assert can_pass_fds(server) is pass_fds
+                await client.send(b"ping")
+                assert await server.receive() == b"ping"
+                await client.aclose()
+                await server.aclose()
+        finally:
+            await listener.aclose()
+
+
+async def test_more_fds_than_a_message_may_carry_is_a_protocol_error(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    stream = FdSocketStream(ours.dup())
+    fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(MAX_FDS_PER_MESSAGE + 2)]
+    try:
+        _send_fds(theirs, b"x", fds)
+        with anyio.fail_after(5), pytest.raises(DecodeError, match="more than 4 file desc"):
+            await stream.receive()
+        assert stream.pending_fds == 0  # those that fitted were closed (leak check)
+    finally:
+        for fd in fds:
+            os.close(fd)
+        await stream.aclose()
+
+
+async def test_fds_per_connection_are_capped(pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, theirs = pair
+    stream = FdSocketStream(ours.dup(), max_fds=2)
+    fd = os.open("/dev/null", os.O_RDONLY)
+    try:
+        with anyio.fail_after(5):
+            for _ in range(2):
+                _send_fds(theirs, b"x", [fd])
+                assert await stream.receive() == b"x"
+            _send_fds(theirs, b"x", [fd])
+            with pytest.raises(DecodeError, match="more than 2 file descriptors over"):
+                await stream.receive()
+        assert stream.pending_fds == 2  # claimed by nobody: closed with the stream
+    finally:
+        os.close(fd)
+        await stream.aclose()
+
+
+async def test_credentials_instead_of_fds_are_a_protocol_error(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)  # asks for ancillary we refuse
+    stream = FdSocketStream(ours.dup())
+    try:
+        theirs.send(b"x")
+        with anyio.fail_after(5), pytest.raises(DecodeError, match="other than file desc"):
+            await stream.receive()
+    finally:
+        await stream.aclose()
+
+
+async def test_end_of_stream_and_closed(pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, theirs = pair
+    stream = FdSocketStream(ours.dup())
+    theirs.shutdown(socket.SHUT_WR)
+    with anyio.fail_after(5):
+        with pytest.raises(anyio.EndOfStream):
+            await stream.receive()
+        await stream.aclose()
+        with pytest.raises(anyio.ClosedResourceError):
+            await stream.receive()
+        with pytest.raises(anyio.ClosedResourceError):
+            await stream.send(b"x")
+
+
+def test_a_frame_with_fds_is_written_on_its_own() -> None:
+    frames: list[Any] = [b"a", b"b", FdFrame(b"announce", (7,)), b"c"]
+    chunks = list(coalesce(frames))
+    assert chunks == [b"ab", b"announce", b"c"]
+    assert isinstance(chunks[1], FdFrame)
+    assert chunks[1].fds == (7,)
+
+
+# --- hostile segments -------------------------------------------------------------------------
+
+
+def test_a_sealed_segment_of_the_announced_size_passes() -> None:
+    segment = Segment(4 * PAGE)
+    try:
+        check_segment(segment.fd, 4 * PAGE, 4 * PAGE)
+        with pytest.raises(DecodeError, match="has 16384 bytes, 8192 were announced"):
+            check_segment(segment.fd, 2 * PAGE, 4 * PAGE)
+        with pytest.raises(DecodeError, match="the limit is 8192"):
+            check_segment(segment.fd, 4 * PAGE, 2 * PAGE)
+        with pytest.raises(DecodeError, match="multiples"):
+            check_segment(segment.fd, 100, 4 * PAGE)
+        with pytest.raises(OSError):
+            os.ftruncate(segment.fd, PAGE)  # the seal holds against its owner too
+    finally:
+        segment.close()
+
+
+def test_a_pipe_a_tmp_file_and_an_unsealed_memfd_are_refused() -> None:
+    read_end, write_end = os.pipe()
+    with tempfile.TemporaryFile(dir="/tmp") as tmp:
+        tmp.truncate(PAGE)
+        unsealed = os.memfd_create("unsealed", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        shrinkable = os.memfd_create("grow-only", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.ftruncate(unsealed, PAGE)
+            os.ftruncate(shrinkable, PAGE)
+            fcntl.fcntl(shrinkable, fcntl.F_ADD_SEALS, fcntl.F_SEAL_GROW)
+            with pytest.raises(DecodeError, match="not a regular file"):
+                check_segment(read_end, PAGE, PAGE)
+            for fd in (tmp.fileno(), unsealed, shrinkable):
+                with pytest.raises(DecodeError, match="not sealed"):
+                    check_segment(fd, PAGE, PAGE)
+        finally:
+            for fd in (read_end, write_end, unsealed, shrinkable):
+                os.close(fd)
