@@ -36,6 +36,7 @@ from .._errors import (
 )
 from .._log import ActorLog
 from ._child import STOP_EVENT
+from ._launcher import Launcher
 from ._policy import RestartType
 from ._spawner import KILL_WAIT
 from ._target import Target
@@ -124,6 +125,7 @@ class Incarnation:
         self.child = child
         self.token = secrets.token_hex(16)
         self.pid: int | None = None
+        self.launcher: Launcher | None = None  # what started its process: signals go there
         self.client: Client | None = None
         self.ready = anyio.Event()
         self.exited = anyio.Event()

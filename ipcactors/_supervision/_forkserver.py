@@ -7,9 +7,11 @@ started as a fresh interpreter (fork + exec), imports what children need, and th
 event loop or a second thread, so each ``fork()`` it makes is of a quiet, single-threaded process.
 
 Invariants owned here:
-- Only this module calls ``os.fork()``, and only in the forkserver process (single-threaded, no
-  event loop). The supervisor starts the forkserver with fork + exec (``subprocess.Popen``) from
-  its event-loop thread: PR_SET_PDEATHSIG fires when the *thread* that forked exits.
+- Only this module calls ``os.fork()`` (``fork_child``), and only in a forkserver process
+  (single-threaded, no event loop): this one, or the one ``_remoteserver`` runs on another
+  host, which reuses ``fork_child`` and ``reap``. The supervisor starts the forkserver with
+  fork + exec (``subprocess.Popen``) from its event-loop thread: PR_SET_PDEATHSIG fires when
+  the *thread* that forked exits.
 - The forkserver dies with its supervisor: it watches the lifeline pipe (EOF: the supervisor is
   gone) and its control socket, and asks the kernel for SIGTERM when its parent dies
   (PR_SET_PDEATHSIG, re-checked with ``getppid()`` against the race; SIGTERM, not SIGKILL, so
@@ -49,12 +51,13 @@ import select
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any, Final
 
 from .._proto._msgpack import pack_value, unpack_value
 from ._parentdeath import EXIT_PARENT_LOST, set_parent_death_signal
 
-__all__ = ["MAX_MESSAGE", "recv_message", "send_message", "serve"]
+__all__ = ["MAX_MESSAGE", "fork_child", "reap", "recv_message", "send_message", "serve"]
 
 MAX_MESSAGE: Final = 1024 * 1024  # control messages are small: ids, module names, sys.path
 _MAX_FDS: Final = 4
@@ -180,6 +183,17 @@ def _killpg(pgid: int, sig: int) -> None:
 
 
 def _reap(ctl: socket.socket, children: set[int]) -> None:
+    def report(pid: int, code: int) -> None:
+        try:
+            send_message(ctl, ["exit", pid, code])
+        except OSError:
+            pass  # the supervisor is gone; we stop on the next poll
+
+    reap(children, report)
+
+
+def reap(children: set[int], report: Callable[[int, int], None]) -> None:
+    """Reap every child that exited, its group SIGKILLed first, and ``report(pid, code)``."""
     while children:
         # Look without reaping: the zombie keeps its pid, and so its group id, ours.
         try:
@@ -193,10 +207,7 @@ def _reap(ctl: socket.socket, children: set[int]) -> None:
             _killpg(pid, signal.SIGKILL)  # what it started and left behind
         _, status = os.waitpid(pid, 0)
         children.discard(pid)
-        try:
-            send_message(ctl, ["exit", pid, os.waitstatus_to_exitcode(status)])
-        except OSError:
-            pass  # the supervisor is gone; we stop on the next poll
+        report(pid, os.waitstatus_to_exitcode(status))
 
 
 def _handle(ctl: socket.socket, children: set[int], own_fds: tuple[int, ...]) -> bool:
@@ -212,7 +223,8 @@ def _handle(ctl: socket.socket, children: set[int], own_fds: tuple[int, ...]) ->
     try:
         if message[0] == "spawn":
             _, seq, spec = message
-            pid = _fork(spec, fds, own_fds)
+            ctl_fd, lifeline_fd, wake_r, wake_w = own_fds
+            pid = fork_child(spec, fds, lifeline_fd, (ctl_fd, wake_r, wake_w))
             children.add(pid)
             send_message(ctl, ["spawned", seq, pid])
         elif message[0] == "kill":
@@ -228,7 +240,11 @@ def _handle(ctl: socket.socket, children: set[int], own_fds: tuple[int, ...]) ->
     return True
 
 
-def _fork(spec: dict[str, Any], fds: list[int], own_fds: tuple[int, ...]) -> int:
+def fork_child(
+    spec: dict[str, Any], fds: list[int], lifeline_fd: int, close_fds: tuple[int, ...]
+) -> int:
+    """Fork child ``spec`` (stdout and stderr on ``fds``, stdin on /dev/null), which closes
+    ``close_fds`` (the forkserver's own) and watches ``lifeline_fd``; its pid."""
     if len(fds) != 2:
         raise ValueError("a spawn request carries the child's stdout and stderr")
     sys.stdout.flush()
@@ -252,9 +268,12 @@ def _fork(spec: dict[str, Any], fds: list[int], own_fds: tuple[int, ...]) -> int
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        ctl_fd, lifeline_fd, wake_r, wake_w = own_fds
-        for fd in (ctl_fd, wake_r, wake_w):
+        for fd in close_fds:
             os.close(fd)
+        null = os.open(os.devnull, os.O_RDONLY)
+        if null != 0:
+            os.dup2(null, 0)
+            os.close(null)
         stdout_fd, stderr_fd = fds
         os.dup2(stdout_fd, 1)
         os.dup2(stderr_fd, 2)

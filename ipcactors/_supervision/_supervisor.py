@@ -1,16 +1,18 @@
 """The supervisor: worker processes that connect back, restarted by OTP rules, never orphaned.
 
 This module ties the parts together: the restart policy (``_policy``, a pure function), each
-child's state and how its process is stopped (``_children``), the forkserver handle
-(``_spawner``), the output relay (``_relay``) and the socket directory (``_sockets``). It owns
+child's state and how its process is stopped (``_children``), the launchers that start the
+children's processes (``_launcher``; the local forkserver handle in ``_spawner`` is the default),
+the output relay (``_relay``) and the socket directory (``_sockets``). It owns
 the lifecycle, spawning, the restarts' sequencing, the children's messages and requests.
 
 Invariants owned here:
-- Only this module (through its forkserver handle in ``_spawner``) starts or signals a process:
-  the forkserver, and through it the children; only ``_forkserver`` forks. Nothing forks a
-  process that runs an event loop: the forkserver is started with fork + exec from the
-  event-loop thread (PR_SET_PDEATHSIG is tied to the thread that forked), and it forks children
-  from its own single-threaded, loop-free state.
+- Only this module (through a launcher: its forkserver handle in ``_spawner``) starts or
+  signals a process: the forkserver, and through it the children; each incarnation is
+  signalled only through the launcher that started it (``Incarnation.launcher``); only
+  ``_forkserver`` forks. Nothing forks a process that runs an event loop: the forkserver is
+  started with fork + exec from the event-loop thread (PR_SET_PDEATHSIG is tied to the thread
+  that forked), and it forks children from its own single-threaded, loop-free state.
 - Every child is reaped (by the forkserver, its parent, which reports each exit here), and no
   child outlives the supervisor: the lifeline pipe's only write end lives in this process, and
   the forkserver and every child end themselves at its EOF, whatever killed us.
@@ -97,6 +99,7 @@ from ._children import (
     describe_exit,
     stop_process,
 )
+from ._launcher import Launcher
 from ._policy import RESTART_TYPES, STRATEGIES, RestartType, Strategy, decide
 from ._relay import ChildOutput
 from ._sockets import make_socket_dir, sweep_socket_dirs
@@ -397,13 +400,12 @@ class Supervisor:
         ``async with`` still reaps them and closes; it no longer waits for anyone."""
         self._hard = True
         self._halting.set()  # no restarts, and every start in progress ends now
-        if self._forkserver is None:
-            return
         for child in self._children.values():
-            if child.incarnation is not None:
-                child.incarnation.stopping = True
-                if child.incarnation.pid is not None:
-                    self._forkserver.kill(child.incarnation.pid, signal.SIGKILL)
+            incarnation = child.incarnation
+            if incarnation is not None:
+                incarnation.stopping = True
+                if incarnation.pid is not None and incarnation.launcher is not None:
+                    incarnation.launcher.kill(incarnation.pid, signal.SIGKILL)
 
     def _check_open(self) -> None:
         if self._failure is not None:
@@ -433,6 +435,10 @@ class Supervisor:
             self._task_group, self._lifeline[0], self.log_level, preload + self.preload
         )
         self._forkserver = forkserver
+
+    async def _ready_launcher(self, child: Child) -> Launcher:
+        """The launcher that starts ``child``'s processes, ready (started again if it died)."""
+        return await self._ready_forkserver()
 
     async def _ready_forkserver(self) -> ForkServer:
         async with self._forkserver_lock:  # starts racing after its death replace it once
@@ -597,13 +603,14 @@ class Supervisor:
         child.incarnation = incarnation
         child.changed()
         started = time.monotonic()
-        forkserver = await self._ready_forkserver()
+        launcher = await self._ready_launcher(child)
         pipes = [os.pipe2(os.O_CLOEXEC), os.pipe2(os.O_CLOEXEC)]
         try:
             # Shielded: once asked to fork, the pid must come back to us, or nobody could
             # stop that process.
             with anyio.CancelScope(shield=True):
-                incarnation.pid = await forkserver.spawn(
+                incarnation.launcher = launcher
+                incarnation.pid = await launcher.spawn(
                     self._spec(child, incarnation),
                     [pipes[0][1], pipes[1][1]],
                     child.id,
@@ -682,11 +689,11 @@ class Supervisor:
         incarnation.stopping = True
         child.changed()
         pid = incarnation.pid
-        if pid is not None:
+        launcher = incarnation.launcher
+        if pid is not None and launcher is not None:
 
             def kill(sig: int) -> None:
-                if self._forkserver is not None:
-                    self._forkserver.kill(pid, sig)
+                launcher.kill(pid, sig)
 
             await stop_process(
                 incarnation,

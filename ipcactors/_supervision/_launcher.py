@@ -1,0 +1,58 @@
+"""How a supervisor starts its children's processes: the launcher interface.
+
+A launcher owns one place where children run (this machine, one SSH host, ...) and everything
+the supervisor does to a child's process goes through it: start one, signal it, hear of its
+exit. The supervisor never sees more than pids and callbacks, so a launcher for another place
+(a Slurm allocation, a Kubernetes pod) can be written outside the package: docs/remote.md
+sketches one. ``_spawner.ForkServer`` is the local launcher, the default; ``_ssh.SSHLauncher``
+starts a forkserver on another host over SSH.
+
+The contract every launcher keeps (the supervisor relies on each point):
+- ``spawn`` returns the new process's pid (an id that means something to this launcher only),
+  or raises :class:`SpawnError` saying why it could not start; once it returned, ``on_exit``
+  is called exactly once, from the event loop, when that process is gone (possibly before
+  ``spawn`` returns). An exit code, or minus the signal that killed it.
+- When the launcher loses its place (its forkserver died, the SSH connection dropped), it sets
+  ``dead``, calls every live child's ``on_exit(-SIGKILL)`` at once and makes sure those
+  processes end by themselves within a bound it documents (no orphans): the supervisor
+  restarts them elsewhere or on a new launcher, it cannot wait for them.
+- ``kill(pid, sig)`` signals the child's process group, and only until its ``on_exit`` ran (a
+  reused pid is never signalled); it never blocks.
+- The child's stdout and stderr go to the two descriptors ``spawn`` is given (write ends of
+  pipes the supervisor relays, prefixed with the child's id); the caller closes its copies
+  when ``spawn`` returns, so a launcher keeps duplicates if it needs them.
+- ``aclose`` ends every child of the launcher and the launcher's own processes, bounded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = ["Launcher"]
+
+
+@runtime_checkable
+class Launcher(Protocol):
+    """Starts, signals and reports the exits of a supervisor's children in one place."""
+
+    #: True once the launcher lost its place: it starts nothing more and is replaced.
+    dead: bool
+
+    async def wait_ready(self) -> None:
+        """Return once children can be spawned; :class:`SpawnError` if they never can."""
+        ...
+
+    async def spawn(
+        self, spec: dict[str, Any], fds: list[int], name: str, on_exit: Callable[[int], None]
+    ) -> int:
+        """Start child ``name`` as ``spec`` says, its stdout and stderr on ``fds``; its pid."""
+        ...
+
+    def kill(self, pid: int, sig: int) -> None:
+        """Send ``sig`` to child ``pid``'s process group, if it was not reported gone."""
+        ...
+
+    async def aclose(self) -> None:
+        """End every child and the launcher's own processes, within a bound."""
+        ...
