@@ -67,7 +67,9 @@ from ._errors import (
 )
 from ._run import run
 from ._supervision._executor import PoolExecutor
+from ._supervision._launcher import LaunchContext, Launcher, Placement
 from ._supervision._pool import Pool
+from ._supervision._ssh import SSHHost
 from ._supervision._supervisor import ChildInfo, Supervisor
 
 __version__ = "0.1.0"
@@ -103,7 +105,10 @@ __all__ = [
     "FrameTooLargeError",
     "IPCError",
     "InsecureSocketDirError",
+    "LaunchContext",
+    "Launcher",
     "NoHandlerError",
+    "Placement",
     "Pool",
     "PoolExecutor",
     "PoolStatistics",
@@ -113,6 +118,7 @@ __all__ = [
     "RequestTimeoutError",
     "ReservedEventError",
     "RestartIntensityError",
+    "SSHHost",
     "Server",
     "ServerBusyError",
     "ServerStatistics",

@@ -23,6 +23,7 @@ PUBLIC = {
     "UnknownPeerError", "UnsupportedError", "run",
     "Pool", "PoolExecutor", "PoolStatistics", "TaskTimeoutError", "WorkerLostError",
     "UnacknowledgedError",
+    "LaunchContext", "Launcher", "Placement", "SSHHost",
 }  # fmt: skip
 
 

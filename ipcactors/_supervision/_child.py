@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import ssl
 import sys
 import threading
 import traceback
@@ -106,7 +107,8 @@ def run_child(spec: dict[str, Any], lifeline_fd: int, parent_pid: int) -> int:
     stdout = sys.stdout
     if hasattr(stdout, "reconfigure"):
         stdout.reconfigure(line_buffering=True)  # relayed line by line, not at exit
-    sys.path[:] = spec["path"]
+    if spec["path"] is not None:  # None on another host: its own interpreter's path
+        sys.path[:] = spec["path"]
     sys.argv[:] = spec["argv"]
     target = Target(spec["module"], spec["qualname"], spec["main_path"])
     _set_title(f"ipcactors: {spec['id']} ({target})")
@@ -143,10 +145,23 @@ async def _report(
                 await parent.request(FAILED_EVENT, message)
                 return
             async with Actor(spec["id"], Config(**spec["config"])) as actor:
-                parent = await actor.connect_to(spec["sup_id"], path=spec["sup_path"])
+                parent = await _connect_parent(actor, spec)
                 await parent.request(FAILED_EVENT, message)
         except IPCError:
             pass
+
+
+async def _connect_parent(actor: Actor, spec: dict[str, Any]) -> Connection:
+    """Connect to the supervisor: its Unix socket here, TCP (TLS if a CA file is named) from
+    another host (``_ssh``)."""
+    address = spec.get("sup_addr")
+    if address is None:
+        return await actor.connect_to(spec["sup_id"], path=spec["sup_path"])
+    cafile = spec.get("sup_tls")
+    # The supervisor's certificate must name the address the child connects to.
+    tls = ssl.create_default_context(cafile=cafile) if cafile is not None else None
+    host, port = address
+    return await actor.connect_to_net(spec["sup_id"], host, port, tls=tls)
 
 
 def _escalation(exc: BaseException) -> RestartIntensityError | None:
@@ -184,7 +199,7 @@ async def _main(spec: dict[str, Any], fn: Callable[..., Any]) -> int:
     code = 0
     async with Actor(spec["id"], config) as actor:
         server = await actor._serve(actor._unix_transport(None), held=True)
-        parent = await actor.connect_to(spec["sup_id"], path=spec["sup_path"])
+        parent = await _connect_parent(actor, spec)
         actor.parent = parent
         parent.on(STOP_EVENT, lambda data: stop.set())
         reply = await parent.request(

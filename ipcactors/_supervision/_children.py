@@ -116,6 +116,9 @@ class ChildInfo:
     last_exit: int | None
     #: ``"starting"``, ``"running"``, ``"restarting"``, ``"stopping"`` or ``"stopped"``.
     state: ChildState = "running"
+    #: The host it runs on (a name in ``Supervisor(hosts=...)``); ``None``: this machine. Its
+    #: ``pid`` is then a pid on that host.
+    host: str | None = None
 
 
 class Incarnation:
@@ -212,6 +215,7 @@ class Child:
         self.target = target
         self.args = args
         self.restart: RestartType = restart
+        self.host: str | None = None  # one of the supervisor's hosts; None: this machine
         self.incarnation: Incarnation | None = None
         self.state: ChildState = "starting"
         self.restarts = 0
@@ -242,6 +246,7 @@ class Child:
             restarts=self.restarts,
             last_exit=self.last_exit,
             state=self.state,
+            host=self.host,
         )
 
 

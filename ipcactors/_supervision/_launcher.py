@@ -27,9 +27,14 @@ The contract every launcher keeps (the supervisor relies on each point):
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Launcher"]
+from anyio.abc import TaskGroup
+
+from .._log import ActorLog
+
+__all__ = ["LaunchContext", "Launcher", "Placement"]
 
 
 @runtime_checkable
@@ -55,4 +60,33 @@ class Launcher(Protocol):
 
     async def aclose(self) -> None:
         """End every child and the launcher's own processes, within a bound."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchContext:
+    """What a supervisor tells a launcher it makes for a host (``Placement.launcher``)."""
+
+    #: Where the launcher runs its tasks (the supervisor's; cancelled when it closes).
+    task_group: TaskGroup
+    #: The supervisor's log (loguru, quiet when ``silent``).
+    log: ActorLog
+    #: The children's log level, and modules their forkserver imports first.
+    log_level: str
+    preload: tuple[str, ...]
+    #: The supervisor's TCP address children on another host connect back to (port chosen);
+    #: ``None`` when it does not listen beyond this machine.
+    connect_back: tuple[str, int] | None
+    #: ``relay((stdout_fd, stderr_fd), prefix)``: pass what is written to these read ends on
+    #: to the supervisor's stdout and stderr, line by line, prefixed ``[prefix]`` (it closes them).
+    relay: Callable[[tuple[int, int], str], None]
+
+
+@runtime_checkable
+class Placement(Protocol):
+    """A place children can be put (``Supervisor(hosts={name: placement})``): makes the
+    launcher that starts them there. :class:`SSHHost` is one."""
+
+    def launcher(self, name: str, context: LaunchContext) -> Launcher:
+        """A new launcher for host ``name`` (not started: ``wait_ready`` starts it)."""
         ...

@@ -56,6 +56,7 @@ import dataclasses
 import os
 import shutil
 import signal
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -83,11 +84,14 @@ from .._errors import (
     RestartIntensityError,
     SpawnError,
     UnknownPeerError,
+    UnsupportedError,
 )
 from .._log import ActorLog
 from .._proto._msgpack import pack_value
 from .._runtime import current_runtime, end_with_run
 from .._transports._backend import current_backend
+from .._transports._tls import TLSTransport, check_server_context
+from .._transports._transport import TCPTransport
 from .._transports._unix import check_path_length, default_socket_root, ensure_socket_dir
 from ._child import FAILED_EVENT, HELLO_EVENT, READY_EVENT
 from ._children import (
@@ -99,7 +103,7 @@ from ._children import (
     describe_exit,
     stop_process,
 )
-from ._launcher import Launcher
+from ._launcher import LaunchContext, Launcher, Placement
 from ._policy import RESTART_TYPES, STRATEGIES, RestartType, Strategy, decide
 from ._relay import ChildOutput
 from ._sockets import make_socket_dir, sweep_socket_dirs
@@ -131,6 +135,61 @@ async def _wait_any(*events: anyio.Event) -> None:
 @asynccontextmanager
 async def _no_lock() -> AsyncIterator[None]:
     yield
+
+
+def _check_hosts(
+    hosts: Mapping[str, Placement] | None,
+    auth_key: object,
+    tls: ssl.SSLContext | None,
+    listen: tuple[str, int] | None,
+) -> dict[str, Placement]:
+    """``hosts`` checked: names, placements, and how their children prove who they are."""
+    if tls is not None:
+        if not isinstance(tls, ssl.SSLContext):
+            raise ConfigError(f"tls= takes a server ssl.SSLContext, got {tls!r}")
+        check_server_context(tls)
+    if listen is not None and not (
+        isinstance(listen, tuple)
+        and len(listen) == 2
+        and isinstance(listen[0], str)
+        and type(listen[1]) is int
+        and 0 <= listen[1] <= 65535
+    ):
+        raise ConfigError(f"listen= takes (host, port), got {listen!r}")
+    if not hosts:
+        return {}
+    if not isinstance(hosts, Mapping):
+        raise ConfigError(f"hosts= maps names to SSHHost(...), got {hosts!r}")
+    for name, placement in hosts.items():
+        if type(name) is not str or not name or "/" in name:
+            raise ConfigError(f"a host name must be a non-empty string without '/', got {name!r}")
+        if not isinstance(placement, Placement):
+            raise ConfigError(
+                f"host {name!r} must be an SSHHost(...) (or have a launcher() method), "
+                f"got {placement!r}"
+            )
+    if auth_key is None and tls is None:
+        raise ConfigError(
+            "children on other hosts connect back over TCP, which anyone who reaches the port "
+            "could use: set auth_key (Supervisor(..., auth_key=...)) or tls= (or both) to "
+            "use hosts="
+        )
+    return dict(hosts)
+
+
+def _check_remote_support(backend: str) -> None:
+    if backend != "asyncio":
+        raise UnsupportedError(
+            f"children on other hosts (hosts=) need the asyncio backend (uvloop too): asyncssh "
+            f"runs on asyncio, and this supervisor runs on {backend}. Run the supervisor on "
+            "asyncio; its children, local or remote, can still run what they like"
+        )
+    try:
+        import asyncssh  # noqa: F401
+    except ImportError as exc:
+        raise UnsupportedError(
+            "children on other hosts (hosts=) need asyncssh: install ipcactors[ssh]"
+        ) from exc
 
 
 class Supervisor:
@@ -171,6 +230,14 @@ class Supervisor:
       start without importing them again.
     - ``log_level``: the children's log level (``"WARNING"``: their lifecycle lines are noise;
       their stdout and stderr are always passed on, prefixed with ``[id]``).
+    - ``hosts``: other hosts children can be put on (``spawn(..., host=name)``), by name:
+      :class:`SSHHost` (docs/remote.md), or any :class:`Placement`. Children there connect
+      back over TCP, so ``auth_key`` (in ``config``) or ``tls`` is required; asyncio only.
+    - ``listen``: ``(host, port)`` of the TCP listener remote children connect back to (with
+      ``hosts`` only; default ``(Config.network_host, 0)``: loopback, a free port). Listen on
+      an address the hosts can reach.
+    - ``tls``: a server ``ssl.SSLContext`` for that listener (the hosts verify it with
+      ``SSHHost.tls_cafile``); ``None``: plain TCP, authenticated by ``auth_key``.
 
     Shutdown (leaving the ``async with``, ``aclose``, or giving up after too many restarts)
     stops each child in bounded steps: the stop message and ``shutdown_timeout``, SIGTERM and
@@ -195,6 +262,9 @@ class Supervisor:
         max_children: int = DEFAULT_MAX_CHILDREN,
         preload: tuple[str, ...] | list[str] = (),
         log_level: str = "WARNING",
+        hosts: Mapping[str, Placement] | None = None,
+        listen: tuple[str, int] | None = None,
+        tls: ssl.SSLContext | None = None,
         **overrides: Any,
     ) -> None:
         if strategy not in STRATEGIES:
@@ -230,6 +300,9 @@ class Supervisor:
                 f"{self.config.codec!r} has neither: keep codec='msgpack' for the supervisor; "
                 "a child can still serve other codecs from actors of its own"
             )
+        self.hosts = _check_hosts(hosts, self.config.auth_key, tls, listen)
+        self.listen = listen
+        self.tls = tls
         self._log = ActorLog(id, self.config.silent)
         self._children: dict[str, Child] = {}  # in start order
         self._restart_window: tuple[float, ...] = ()  # times of recent restarts (_policy)
@@ -243,6 +316,9 @@ class Supervisor:
         self._server: Server | None = None
         self._task_group: TaskGroup | None = None
         self._forkserver: ForkServer | None = None
+        self._remote: dict[str, Launcher] = {}  # the hosts' launchers, made when first needed
+        self._remote_locks: dict[str, anyio.Lock] = {}
+        self._net: Server | None = None  # where children on other hosts connect back
         self._lifeline: tuple[int, int] | None = None
         self._dir: str | None = None
         self._backend = "asyncio"
@@ -263,8 +339,10 @@ class Supervisor:
         if self._entered:
             raise IPCError(f"supervisor {self.id!r} can be entered only once")
         refuse_in_main_script(f"Supervisor {self.id!r}")  # the script's anyio.run(), unguarded
-        self._entered = True
         self._backend, self._uvloop = current_backend()
+        if self.hosts:
+            _check_remote_support(self._backend)
+        self._entered = True
         root = self.config.socket_root or default_socket_root()
         ensure_socket_dir(root, private=self.config.socket_root is None)
         sweep_socket_dirs(root)
@@ -289,6 +367,8 @@ class Supervisor:
             server.on(READY_EVENT, self._on_ready)
             server.on(FAILED_EVENT, self._on_failed)
             server.on("connect", self._on_connect)
+            if self.hosts:
+                await self._listen_net(actor, server)
             self._lifeline = os.pipe2(os.O_CLOEXEC)
             task_group = anyio.create_task_group()
             await task_group.__aenter__()
@@ -381,6 +461,10 @@ class Supervisor:
             await self._stop_all()
             if self._forkserver is not None:
                 await self._forkserver.aclose()
+            for launcher in self._remote.values():
+                await launcher.aclose()
+            if self._net is not None:
+                await self._net.aclose()
             if self._lifeline is not None:
                 for fd in self._lifeline:
                     os.close(fd)
@@ -437,8 +521,53 @@ class Supervisor:
         self._forkserver = forkserver
 
     async def _ready_launcher(self, child: Child) -> Launcher:
-        """The launcher that starts ``child``'s processes, ready (started again if it died)."""
-        return await self._ready_forkserver()
+        """The launcher that starts ``child``'s processes, ready (a new one if it died: on
+        another host, a new connection, whose failure is this start's)."""
+        host = child.host
+        if host is None:
+            return await self._ready_forkserver()
+        lock = self._remote_locks.setdefault(host, anyio.Lock())
+        async with lock:  # starts racing after its loss replace it once
+            launcher = self._remote.get(host)
+            if launcher is None or launcher.dead:
+                if launcher is not None:
+                    await launcher.aclose()
+                launcher = self._remote[host] = self.hosts[host].launcher(host, self._context())
+        await launcher.wait_ready()
+        return launcher
+
+    def _context(self) -> LaunchContext:
+        assert self._task_group is not None
+        task_group = self._task_group
+        address = self._net.address if self._net is not None else None
+        preload = ["anyio", "anyio._backends._asyncio", "ipcactors._supervision._child", "loguru"]
+        if self._uvloop:
+            preload.append("uvloop")
+
+        def relay(fds: tuple[int, int], prefix: str) -> None:
+            self._output.start(task_group, fds, prefix)
+
+        return LaunchContext(
+            task_group=task_group,
+            log=self._log,
+            log_level=self.log_level,
+            preload=(*preload, *self.preload),
+            connect_back=address if isinstance(address, tuple) else None,
+            relay=relay,
+        )
+
+    async def _listen_net(self, actor: Actor, server: Server) -> None:
+        """The TCP (or TLS) listener children on other hosts connect back to: the same
+        handlers as the Unix socket's, and its own share of clients."""
+        host, port = self.listen or (self.config.network_host, 0)
+        transport = (
+            TCPTransport(host, port) if self.tls is None else TLSTransport(host, port, self.tls)
+        )
+        net = Server(self.id, actor.config, actor._log, transport, actor._watchdog)
+        net._handlers = server._handlers
+        net._logged_elsewhere = server._logged_elsewhere
+        await net._start(actor._group())
+        self._net = net
 
     async def _ready_forkserver(self) -> ForkServer:
         async with self._forkserver_lock:  # starts racing after its death replace it once
@@ -502,6 +631,7 @@ class Supervisor:
         *args: Any,
         id: str,
         restart: RestartType = "permanent",
+        host: str | None = None,
     ) -> ChildInfo:
         """Start ``fn(actor, *args)`` in a new process as child ``id``; return once it is
         connected back and ready (its first handlers registered).
@@ -517,6 +647,10 @@ class Supervisor:
         is then not supervised. Spawns of different children run concurrently. ``stop(id)``
         while the child is starting ends the spawn at once with :class:`SpawnError`, and so
         does shutdown, with :class:`ClosedError`; the process is gone before either returns.
+
+        ``host``: one of the supervisor's ``hosts`` to run the child on (docs/remote.md);
+        ``None``: this machine. A host that cannot be reached is a :class:`SpawnError` naming
+        the cause (and, for a restart, counts toward the restart intensity).
         """
         self._check_open()
         if type(id) is not str or not id or "/" in id or "\0" in id:
@@ -525,6 +659,11 @@ class Supervisor:
             raise ConfigError(f"a child cannot have the supervisor's own id {id!r}")
         if restart not in RESTART_TYPES:
             raise ConfigError(f"restart must be one of {', '.join(RESTART_TYPES)}, got {restart!r}")
+        if host is not None and host not in self.hosts:
+            known = ", ".join(map(repr, self.hosts)) or "none"
+            raise ConfigError(
+                f"no host {host!r} in Supervisor(hosts=...) (it has {known}); describe it there"
+            )
         assert self._dir is not None
         check_path_length(os.path.join(self._dir, f"{self.config.appspace}{id}"))
         target = target_of(fn)
@@ -543,6 +682,7 @@ class Supervisor:
                 f"with Supervisor(max_children=...)"
             )
         child = Child(id, target, packed, restart)
+        child.host = host
         self._children[id] = child
         try:
             async with child.lock:
@@ -624,7 +764,8 @@ class Supervisor:
         finally:
             for _, write_end in pipes:
                 os.close(write_end)
-        self._output.start(self._task_group, (pipes[0][0], pipes[1][0]), child.id)
+        where = child.id if child.host is None else f"{child.id}@{child.host}"
+        self._output.start(self._task_group, (pipes[0][0], pipes[1][0]), where)
         try:
             with anyio.move_on_after(self.start_timeout):
                 await _wait_any(incarnation.ready, incarnation.exited, child.halt, self._halting)

@@ -1,0 +1,241 @@
+"""The forkserver on another host: started over SSH by ``_ssh``, it forks children there.
+
+It is ``_forkserver`` with a byte stream instead of a socketpair: the SSH channel's stdin
+carries the supervisor's messages, its stdout ours, each a frame (4-byte big-endian length, then
+one msgpack array). Descriptors cannot cross SSH, so the children's stdout and stderr are pipes
+read here and sent on as ``["output", pid, 1|2, bytes]``, before that child's ``["exit", pid,
+code]``. Forking (``fork_child``) and reaping (``reap``) are ``_forkserver``'s own.
+
+Invariants owned here:
+- The SSH channel is the lifeline: at EOF on stdin (the supervisor closed it, died, or the SSH
+  connection dropped: the SSH server closes the channel), or when nothing, not even the
+  supervisor's ping, arrived for ``silence`` seconds (a link that died without a word), this
+  process stops every child's group with SIGKILL, reaps them and exits. Each child watches a
+  lifeline pipe whose only write end is held here, and PR_SET_PDEATHSIG, so none outlives it
+  even if it is SIGKILLed. Its own parent (the SSH server's session) dying sends it SIGTERM.
+- Nothing but frames is written to the control stream: fd 1 is pointed at stderr (which the
+  supervisor relays, prefixed ``[forkserver@host]``) and frames go to a duplicate of it.
+- The children's sockets live in a private directory made here (``sup-<pid>-...`` under the
+  default socket root) and removed on the way out.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import struct
+import sys
+import time
+from typing import Any, Final
+
+from .._proto._msgpack import pack_value, unpack_value
+from .._transports._unix import default_socket_root, ensure_socket_dir
+from ._forkserver import MAX_MESSAGE, fork_child, reap
+from ._parentdeath import EXIT_PARENT_LOST, set_parent_death_signal
+from ._sockets import make_socket_dir
+
+__all__ = ["PROTOCOL", "FrameReader", "pack_frame", "serve_stream"]
+
+#: Bumped when the messages change: the supervisor refuses a forkserver that speaks another.
+PROTOCOL: Final = 1
+_HEADER: Final = struct.Struct(">I")
+_READ: Final = 65536
+MAX_FRAME: Final = MAX_MESSAGE + _READ  # a spawn message, or a chunk of a child's output
+
+
+def pack_frame(message: Any) -> bytes:
+    data = pack_value(message)
+    return _HEADER.pack(len(data)) + data
+
+
+class FrameReader:
+    """Splits a byte stream into messages."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Any]:
+        """The messages completed by ``data``. Raises ValueError on a frame too large."""
+        self._buffer += data
+        messages = []
+        while len(self._buffer) >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(self._buffer)
+            if size > MAX_FRAME:
+                raise ValueError(f"a control frame of {size} bytes (at most {MAX_FRAME})")
+            if len(self._buffer) < _HEADER.size + size:
+                break
+            payload = bytes(self._buffer[_HEADER.size : _HEADER.size + size])
+            del self._buffer[: _HEADER.size + size]
+            messages.append(unpack_value(payload))
+        return messages
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _parent_gone(signum: int, frame: object) -> None:
+    raise SystemExit(EXIT_PARENT_LOST)
+
+
+class _Server:
+    def __init__(self, out_fd: int, lifeline: tuple[int, int], sock_dir: str) -> None:
+        self.out_fd = out_fd
+        self.lifeline = lifeline
+        self.sock_dir = sock_dir
+        self.children: set[int] = set()
+        self.outputs: dict[int, tuple[int, int]] = {}  # read end: (pid, 1 or 2)
+        self.poller = select.poll()
+
+    def send(self, message: Any) -> None:
+        _write_all(self.out_fd, pack_frame(message))
+
+    def forward(self, fd: int) -> bool:
+        """Send on what child output ``fd`` holds; False at its end (then it is closed)."""
+        pid, stream = self.outputs[fd]
+        try:
+            data = os.read(fd, _READ)
+        except BlockingIOError:
+            return True
+        except OSError:
+            data = b""
+        if data:
+            self.send(["output", pid, stream, data])
+            return True
+        self.poller.unregister(fd)
+        del self.outputs[fd]
+        os.close(fd)
+        return False
+
+    def report(self, pid: int, code: int) -> None:
+        # Its last output first: whatever it wrote before it exited is in the pipes now.
+        for fd, (owner, _) in list(self.outputs.items()):
+            while owner == pid and fd in self.outputs and select.select([fd], [], [], 0)[0]:
+                self.forward(fd)
+        self.send(["exit", pid, code])
+
+    def handle(self, message: Any, own_fds: tuple[int, ...]) -> None:
+        kind = message[0]
+        if kind == "spawn":
+            _, seq, spec = message
+            try:
+                spec["config"]["socket_root"] = self.sock_dir
+                pipes = [os.pipe2(os.O_CLOEXEC), os.pipe2(os.O_CLOEXEC)]
+                try:
+                    close = (*own_fds, *self.outputs, pipes[0][0], pipes[1][0])
+                    pid = fork_child(spec, [pipes[0][1], pipes[1][1]], self.lifeline[0], close)
+                finally:
+                    for _, write_end in pipes:
+                        os.close(write_end)
+            except Exception as exc:
+                self.send(["error", seq, f"{type(exc).__name__}: {exc}"])
+                return
+            self.children.add(pid)
+            for stream, (read_end, _) in enumerate(pipes, start=1):
+                os.set_blocking(read_end, False)
+                self.outputs[read_end] = (pid, stream)
+                self.poller.register(read_end, select.POLLIN)
+            self.send(["spawned", seq, pid])
+        elif kind == "kill":
+            _, pid, sig = message
+            if pid in self.children:
+                try:
+                    os.killpg(pid, sig)
+                except ProcessLookupError:
+                    pass
+        # "ping": only keeps the silence timer from running out
+
+
+def serve_stream(log_level: str, preload: list[str], silence: float) -> None:
+    """Main loop of a remote forkserver: control frames on fd 0, ours on fd 1."""
+    signal.signal(signal.SIGTERM, _parent_gone)
+    signal.signal(signal.SIGHUP, _parent_gone)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    set_parent_death_signal(os.getppid(), signal.SIGTERM)
+    out_fd = os.dup(1)
+    os.set_inheritable(out_fd, False)
+    os.dup2(2, 1)  # stray writes to stdout land in stderr, never inside a frame
+    import importlib
+
+    for name in preload:
+        importlib.import_module(name)
+    from ._child import setup_logging
+
+    setup_logging(log_level)
+    try:
+        importlib.import_module("setproctitle").setproctitle(
+            "ipcactors forkserver (remote supervisor)"
+        )
+    except ImportError:
+        pass
+    root = default_socket_root()
+    ensure_socket_dir(root, private=True)
+    lifeline = os.pipe2(os.O_CLOEXEC)
+    server = _Server(out_fd, lifeline, make_socket_dir(root))
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    own_fds = (out_fd, wake_r, wake_w, lifeline[1])  # a child closes these
+    reader = FrameReader()
+    try:
+        server.send(["ready", PROTOCOL, os.getpid(), server.sock_dir])
+        os.set_blocking(0, False)
+        server.poller.register(0, select.POLLIN)
+        server.poller.register(wake_r, select.POLLIN)
+        heard = time.monotonic()
+        running = True
+        while running:
+            for fd, _ in server.poller.poll(500):
+                if fd == 0:
+                    try:
+                        data = os.read(0, _READ)
+                    except BlockingIOError:
+                        continue
+                    if not data:
+                        running = False  # the lifeline: the channel is closed
+                        break
+                    heard = time.monotonic()
+                    for message in reader.feed(data):
+                        server.handle(message, own_fds)
+                elif fd == wake_r:
+                    try:
+                        while os.read(wake_r, 512):
+                            pass
+                    except BlockingIOError:
+                        pass
+                elif fd in server.outputs:
+                    server.forward(fd)
+            reap(server.children, server.report)
+            if time.monotonic() - heard > silence:
+                print(
+                    f"ipcactors forkserver: nothing from the supervisor for {silence} s; "
+                    "stopping every child",
+                    file=sys.stderr,
+                )
+                running = False
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for pid in server.children:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid in server.children:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        shutil.rmtree(server.sock_dir, ignore_errors=True)
+
+
+def _main(argv: list[str]) -> None:
+    """``python -c <bootstrap> <log_level> <preload,...> <silence seconds>``."""
+    log_level, preload, silence = argv[:3]
+    try:
+        serve_stream(log_level, [name for name in preload.split(",") if name], float(silence))
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the channel is gone: the finally above stopped everything

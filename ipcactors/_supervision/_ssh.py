@@ -1,0 +1,437 @@
+"""Children on another host: a launcher that starts a forkserver there over SSH (asyncssh).
+
+``SSHHost`` describes the host (address, user, keys, known_hosts, the Python environment);
+``Supervisor(hosts={"gpu-2": SSHHost(...)})`` and ``sup.spawn(worker, id=..., host="gpu-2")``
+put a child there. The supervisor makes one ``SSHLauncher`` per host, when it first needs it.
+
+Invariants owned here:
+- One SSH connection per host and launcher, one forkserver (``_remoteserver``) run over it as
+  a command, started once and reused by every child of that host; it forks the children
+  there. A launcher whose connection or forkserver is lost is dead: a new spawn or restart on
+  that host makes a new one (a new connection), which fails with a :class:`SpawnError` naming
+  the cause (unreachable, host key not trusted, login refused) and so counts toward the
+  supervisor's restart intensity like any failed restart.
+- The SSH channel is the remote side's lifeline: when this launcher closes it, when the
+  supervisor dies (the TCP connection closes with the process) or when the connection drops,
+  the remote forkserver sees EOF and SIGKILLs every child's group at once; over a link that
+  died silently, it stops them once it heard nothing (not even our ping, every
+  ``keepalive`` s) for ``lifeline_timeout`` s. On our side a lost connection is noticed at
+  once when it closes, else after ``3 * keepalive`` s (asyncssh's keepalive), and every child
+  of the host is reported killed (``on_exit(-SIGKILL)``) then: the supervisor restarts them.
+- Each child connects back to the supervisor over TCP: TLS when the host names a CA file,
+  and the supervisor's ``auth_key`` (a supervisor with hosts refuses to start with neither).
+- The children's output arrives in frames and is written into the pipes the supervisor
+  relays, prefixed ``[id@host]``; the forkserver's own stderr as ``[forkserver@host]``.
+- asyncssh runs on asyncio, and so does this launcher: a supervisor with hosts refuses to
+  start on Trio (:class:`UnsupportedError`). asyncssh is imported only here, only when a
+  launcher starts.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import anyio
+
+from .._config import check_seconds
+from .._errors import ConfigError, SpawnError
+from ._launcher import LaunchContext, Launcher
+from ._remoteserver import PROTOCOL, FrameReader, pack_frame
+from ._spawner import KILL_WAIT, wait_either
+
+__all__ = ["SSHHost", "SSHLauncher"]
+
+_BOOTSTRAP: Final = (
+    "import sys;from ipcactors._supervision._remoteserver import _main;_main(sys.argv[1:])"
+)
+_START: Final = 30.0  # seconds the remote interpreter gets to import and report ready
+
+
+@dataclass(frozen=True, slots=True)
+class SSHHost:
+    """A host the supervisor starts children on over SSH (``Supervisor(hosts={name: ...})``).
+
+    The remote host needs the same version of ipcactors (and the children's code) importable by
+    ``python``; ``cwd`` and ``env`` complete the environment (``PYTHONPATH`` for example).
+    """
+
+    #: The host's name or address, as ``ssh`` would take it.
+    address: str
+    #: The SSH server's port.
+    port: int = 22
+    #: The user to log in as; ``None``: the local user's name (or ``~/.ssh/config``).
+    user: str | None = None
+    #: Private key files to log in with; ``None``: ``~/.ssh/id_*`` and the SSH agent.
+    client_keys: tuple[str, ...] | None = None
+    #: The known_hosts file that must list the host's key; ``None``: ``~/.ssh/known_hosts``.
+    #: There is no way to skip the check: an unknown host key is refused.
+    known_hosts: str | None = None
+    #: The Python interpreter on the host (a path, or a name its PATH finds).
+    python: str = "python3"
+    #: The working directory of the forkserver and the children there; ``None``: the login's.
+    cwd: str | None = None
+    #: Environment variables for the forkserver and the children (on top of the login's).
+    env: Mapping[str, str] = field(default_factory=dict)
+    #: The supervisor's address as the host reaches it; ``None``: this machine's address on
+    #: the SSH connection to it (the one the host sees).
+    connect_back: str | None = None
+    #: A CA file on that host to verify the supervisor's TLS certificate (``Supervisor(tls=)``)
+    #: with; ``None``: the children connect back over plain TCP, with ``auth_key``.
+    tls_cafile: str | None = None
+    #: Seconds the SSH connection may take (then: unreachable).
+    connect_timeout: float = 10.0
+    #: Seconds between pings on the SSH channel (asyncssh's keepalive too): a dead link is
+    #: noticed here within 3 of them.
+    keepalive: float = 2.0
+    #: Seconds the remote forkserver waits without hearing from us before it stops every
+    #: child and exits: the bound on a remote orphan's life over a link that died silently.
+    lifeline_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.address, str) or not self.address:
+            raise ConfigError(
+                f"SSHHost address must be a host name or address, got {self.address!r}"
+            )
+        if type(self.port) is not int or not 0 < self.port < 65536:
+            raise ConfigError(f"SSHHost port must be 1-65535, got {self.port!r}")
+        for name in ("user", "known_hosts", "cwd", "connect_back", "tls_cafile"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(
+                    f"SSHHost {name} must be a non-empty string or None, got {value!r}"
+                )
+        if not isinstance(self.python, str) or not self.python:
+            raise ConfigError(f"SSHHost python must name an interpreter, got {self.python!r}")
+        keys = self.client_keys
+        if keys is not None and (
+            isinstance(keys, str) or not all(isinstance(key, str) and key for key in keys)
+        ):
+            raise ConfigError(f"SSHHost client_keys must be a tuple of file paths, got {keys!r}")
+        if keys is not None:
+            object.__setattr__(self, "client_keys", tuple(keys))
+        if not isinstance(self.env, Mapping) or not all(
+            isinstance(k, str) and k and "=" not in k and isinstance(v, str)
+            for k, v in self.env.items()
+        ):
+            raise ConfigError(f"SSHHost env must map variable names to strings, got {self.env!r}")
+        object.__setattr__(self, "env", dict(self.env))
+        check_seconds("SSHHost connect_timeout", self.connect_timeout)
+        check_seconds("SSHHost keepalive", self.keepalive)
+        check_seconds("SSHHost lifeline_timeout", self.lifeline_timeout)
+        if self.lifeline_timeout <= self.keepalive:
+            raise ConfigError(
+                f"SSHHost lifeline_timeout ({self.lifeline_timeout} s) must exceed keepalive "
+                f"({self.keepalive} s): the remote side would stop between two pings"
+            )
+
+    def where(self) -> str:
+        """``user@address:port``, for messages."""
+        user = f"{self.user}@" if self.user else ""
+        return f"{user}{self.address}:{self.port}"
+
+    def command(self, log_level: str, preload: tuple[str, ...]) -> str:
+        """The shell command that starts the forkserver (any sshd runs it with the login's
+        shell; the environment goes through ``env``, which needs no AcceptEnv)."""
+        words = ["env", *(f"{k}={v}" for k, v in self.env.items()), self.python, "-c"]
+        words += [_BOOTSTRAP, log_level, ",".join(preload), str(self.lifeline_timeout)]
+        command = "exec " + " ".join(shlex.quote(word) for word in words)
+        if self.cwd is not None:
+            command = f"cd {shlex.quote(self.cwd)} && {command}"
+        return command
+
+    def launcher(self, name: str, context: LaunchContext) -> Launcher:
+        """A new launcher for this host, known to the supervisor as ``name``."""
+        return SSHLauncher(name, self, context)
+
+
+@dataclass(eq=False)
+class _Spawning:
+    on_exit: Callable[[int], None]
+    fds: list[int]
+    done: anyio.Event = field(default_factory=anyio.Event)
+    pid: int | None = None
+    error: str | None = None
+
+
+class SSHLauncher:
+    """Children on one host: an SSH connection, a forkserver run over it (``_remoteserver``)."""
+
+    def __init__(self, name: str, host: SSHHost, context: LaunchContext) -> None:
+        self.name = name
+        self.host = host
+        self._context = context
+        self._log = context.log
+        self.dead = False
+        self._started = False
+        self._ready = anyio.Event()
+        self._gone = anyio.Event()
+        self._done = anyio.Event()
+        self._scope = anyio.CancelScope()
+        self._error: SpawnError | None = None
+        self._process: Any = None
+        self._connect_back: str | None = None
+        self._seq = 0
+        self._pending: dict[int, _Spawning] = {}
+        self._live: dict[int, Callable[[int], None]] = {}
+        self._outputs: dict[int, list[int]] = {}  # pid: our copies of its stdout, stderr pipes
+        self._stderr = -1
+
+    def __repr__(self) -> str:
+        return f"<SSHLauncher {self.name!r} {self.host.where()}>"
+
+    async def wait_ready(self) -> None:
+        if not self._started:
+            self._started = True
+            self._context.task_group.start_soon(self._run)
+        with anyio.move_on_after(self.host.connect_timeout + _START):
+            await wait_either(self._ready, self._gone)
+        if self._error is not None:
+            raise self._error
+        if not self._ready.is_set() or self.dead:
+            raise SpawnError(
+                f"the forkserver on host {self.name!r} ({self.host.where()}) did not start; "
+                f"its output above, prefixed [forkserver@{self.name}], says why"
+            )
+
+    # --- the connection -----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        connection = None
+        try:
+            with self._scope:
+                connection = await self._connect()
+                await self._serve(connection)
+        except SpawnError as exc:
+            self._error = exc
+        except Exception as exc:  # asyncssh's errors, OSError: the connection failed
+            if not self._ready.is_set():
+                self._error = SpawnError(
+                    f"could not start the forkserver on host {self.name!r} "
+                    f"({self.host.where()}): {type(exc).__name__}: {exc}"
+                )
+            else:
+                self._log.warning(
+                    f"SSH connection to host {self.name!r} lost: {type(exc).__name__}: {exc}"
+                )
+        finally:
+            self._lost()
+            if connection is not None:
+                connection.abort()
+                with anyio.move_on_after(KILL_WAIT, shield=True):
+                    await connection.wait_closed()
+            self._done.set()
+
+    async def _connect(self) -> Any:
+        try:
+            import asyncssh
+        except ImportError as exc:  # checked when the supervisor starts; kept for a clear error
+            raise SpawnError("SSH hosts need asyncssh: install ipcactors[ssh]") from exc
+        host = self.host
+        where = f"host {self.name!r} ({host.where()})"
+        options: dict[str, Any] = {
+            "port": host.port,
+            "connect_timeout": host.connect_timeout,
+            "keepalive_interval": host.keepalive,
+            "keepalive_count_max": 3,
+        }
+        if host.user is not None:
+            options["username"] = host.user
+        if host.client_keys is not None:
+            options["client_keys"] = list(host.client_keys)
+            options["agent_path"] = None  # these keys, and only these
+        if host.known_hosts is not None:
+            options["known_hosts"] = host.known_hosts
+        try:
+            with anyio.fail_after(host.connect_timeout):
+                return await asyncssh.connect(host.address, **options)
+        except asyncssh.HostKeyNotVerifiable as exc:
+            raise SpawnError(
+                f"{where} refused: its host key is not in the known_hosts "
+                f"({host.known_hosts or '~/.ssh/known_hosts'}): {exc}. Add the host's key "
+                "there (ssh-keyscan) after checking it"
+            ) from exc
+        except asyncssh.PermissionDenied as exc:
+            raise SpawnError(
+                f"{where} refused the login of user {host.user or '(default)'!r}: {exc}. "
+                "Check the user and that its authorized_keys holds one of client_keys"
+            ) from exc
+        except (OSError, TimeoutError, asyncssh.Error) as exc:
+            raise SpawnError(
+                f"{where} is unreachable: {type(exc).__name__}: {exc or 'no answer'} "
+                f"(connect_timeout={host.connect_timeout} s)"
+            ) from exc
+
+    async def _serve(self, connection: Any) -> None:
+        context = self._context
+        sockname = connection.get_extra_info("sockname")
+        self._connect_back = self.host.connect_back or (sockname[0] if sockname else None)
+        command = self.host.command(context.log_level, context.preload)
+        process = self._process = await connection.create_process(command, encoding=None)
+        quiet_read, quiet_write = os.pipe2(os.O_CLOEXEC)
+        os.close(quiet_write)
+        read_end, self._stderr = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(self._stderr, False)
+        context.relay((quiet_read, read_end), f"forkserver@{self.name}")
+        try:
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(self._relay_stderr, process.stderr)
+                task_group.start_soon(self._ping)
+                await self._read(process.stdout)
+                task_group.cancel_scope.cancel()
+        finally:
+            os.close(self._stderr)
+            self._stderr = -1
+
+    async def _read(self, stdout: Any) -> None:
+        reader = FrameReader()
+        while True:
+            data = await stdout.read(65536)
+            if not data:
+                return
+            for message in reader.feed(data):
+                if not await self._dispatch(message):
+                    return
+
+    async def _relay_stderr(self, stderr: Any) -> None:
+        while True:
+            data = await stderr.read(65536)
+            if not data:
+                return
+            await _write(self._stderr, data)
+
+    async def _ping(self) -> None:
+        while True:
+            await anyio.sleep(self.host.keepalive)
+            self._send(["ping"])
+
+    def _send(self, message: Any) -> bool:
+        process = self._process
+        if process is None or self.dead:
+            return False
+        try:
+            process.stdin.write(pack_frame(message))
+        except Exception:  # the channel is closing: its end is being reported
+            return False
+        return True
+
+    async def _dispatch(self, message: Any) -> bool:
+        """Act on one message of the forkserver's; False: stop talking to it."""
+        kind = message[0]
+        if kind == "output":
+            _, pid, stream, data = message
+            fds = self._outputs.get(pid)
+            if fds is not None and stream in (1, 2):
+                await _write(fds[stream - 1], data)
+        elif kind == "exit":
+            _, pid, code = message
+            for fd in self._outputs.pop(pid, ()):
+                os.close(fd)
+            on_exit = self._live.pop(pid, None)
+            if on_exit is not None:
+                on_exit(code)
+        elif kind == "spawned":
+            spawning = self._pending.get(message[1])
+            if spawning is not None:
+                spawning.pid = pid = message[2]
+                self._live[pid] = spawning.on_exit
+                self._outputs[pid], spawning.fds = spawning.fds, []
+                spawning.done.set()
+        elif kind == "error":
+            spawning = self._pending.get(message[1])
+            if spawning is not None:
+                spawning.error = str(message[2])
+                spawning.done.set()
+        elif kind == "ready":
+            if message[1] != PROTOCOL:
+                self._error = SpawnError(
+                    f"the forkserver on host {self.name!r} speaks protocol {message[1]}, we "
+                    f"speak {PROTOCOL}: install the same ipcactors version there"
+                )
+                return False
+            self._ready.set()
+        return True
+
+    def _lost(self) -> None:
+        """The connection or the forkserver is gone: so are the children (the remote side
+        stops them at the channel's end)."""
+        self.dead = True
+        self._gone.set()
+        live, self._live = self._live, {}
+        for on_exit in live.values():
+            on_exit(-signal.SIGKILL)
+        for fds in self._outputs.values():
+            for fd in fds:
+                os.close(fd)
+        self._outputs.clear()
+
+    # --- the launcher interface ---------------------------------------------------------------
+
+    async def spawn(
+        self, spec: dict[str, Any], fds: list[int], name: str, on_exit: Callable[[int], None]
+    ) -> int:
+        connect_back = self._context.connect_back
+        if connect_back is None or self._connect_back is None:
+            raise SpawnError(f"could not start child {name!r}: no address to connect back to")
+        remote = dict(spec)
+        remote.update(
+            sup_path=None,
+            sup_addr=[self._connect_back, connect_back[1]],
+            sup_tls=self.host.tls_cafile,
+            path=None,  # the host's own interpreter, cwd and PYTHONPATH find the code
+        )
+        self._seq += 1
+        seq = self._seq
+        copies = [os.dup(fd) for fd in fds]
+        for fd in copies:
+            os.set_blocking(fd, False)
+        spawning = self._pending[seq] = _Spawning(on_exit, copies)
+        try:
+            if not self._send(["spawn", seq, remote]):
+                raise SpawnError(f"could not start child {name!r}: host {self.name!r} is gone")
+            with anyio.move_on_after(_START):
+                await wait_either(spawning.done, self._gone)
+        finally:
+            self._pending.pop(seq, None)
+            for fd in spawning.fds:  # not handed on to _outputs: not started
+                os.close(fd)
+        if spawning.error is not None or spawning.pid is None:
+            reason = spawning.error or f"host {self.name!r} did not answer"
+            raise SpawnError(f"could not start child {name!r} on host {self.name!r}: {reason}")
+        return spawning.pid
+
+    def kill(self, pid: int, sig: int) -> None:
+        if pid in self._live:
+            self._send(["kill", pid, int(sig)])
+
+    async def aclose(self) -> None:
+        """Close the channel's stdin (the forkserver stops every child and exits), wait for
+        its end (bounded), then close the connection."""
+        if self._started and not self._done.is_set():
+            process = self._process
+            if process is not None and not self.dead:
+                try:
+                    process.stdin.write_eof()
+                except Exception:
+                    pass
+                with anyio.move_on_after(KILL_WAIT):
+                    await self._gone.wait()
+            self._scope.cancel()
+            await self._done.wait()
+
+
+async def _write(fd: int, data: bytes) -> None:
+    """Write ``data`` to the non-blocking pipe ``fd``, waiting while it is full (the relay
+    reads it: backpressure to the host); dropped once nobody reads it."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            await anyio.wait_writable(fd)
+        except OSError:
+            return
