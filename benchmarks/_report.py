@@ -47,7 +47,14 @@ class Row:
 
 #: W6 at scale: spawn-to-ready of one more child with this many already running.
 W6_LIVE = (1, 100, 500)
-W6_ROWS = ("w6", *(f"w6-live{live}" for live in W6_LIVE), "w6-restart", "w6-restart-slow")
+W6_ROWS = (
+    "w6",
+    *(f"w6-live{live}" for live in W6_LIVE),
+    "w6-restart",
+    "w6-restart-slow",
+    "w6-remote",
+    "w6-remote-restart",
+)
 #: W7 worker pools: tiny tasks and 1 MiB numpy tasks per second, against ProcessPoolExecutor
 #: and loky; and the time from a worker's SIGKILL to its task's retry being done.
 W7_ROWS = ("w7-tiny", "w7-numpy", "w7-retry")
@@ -82,6 +89,22 @@ ROWS = [
     Row(
         "w6-restart-slow",
         "W6 restart after SIGKILL, a sibling still starting",
+        "ms",
+        False,
+        transports=("unix",),
+        families=("ipc",),
+    ),
+    Row(
+        "w6-remote",
+        "W6 spawn-to-ready on another host (SSH, loopback)",
+        "ms",
+        False,
+        transports=("unix",),
+        families=("ipc",),
+    ),
+    Row(
+        "w6-remote-restart",
+        "W6 restart after SIGKILL on another host (SSH, loopback)",
         "ms",
         False,
         transports=("unix",),

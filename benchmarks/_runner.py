@@ -235,7 +235,10 @@ class Cell:
     def spawn(self) -> dict[str, Any]:
         key = self.row.key
         config = self.config(rounds=self.params.w6_rounds, samples=self.params.w6_samples)
-        if key in ("w6-restart", "w6-restart-slow"):
+        if key in ("w6-remote", "w6-remote-restart"):
+            config["restart"] = key == "w6-remote-restart"
+            argv = self.command("ipc-remote", config, family="spawn")
+        elif key in ("w6-restart", "w6-restart-slow"):
             config["slow_sibling"] = key == "w6-restart-slow"
             argv = self.command("ipc-restart", config, family="spawn")
         elif key != "w6":

@@ -17,6 +17,13 @@ request, queued meanwhile, reaches it), ``samples`` times after one warm-up: the
 ``slow_sibling`` (``w6-restart-slow``), another child is stuck in its start the whole time
 (its function blocks before its first ``await``): no restart may wait for it.
 
+``ipc-remote`` (``w6-remote``, ``w6-remote-restart``): the same on another host over SSH
+(docs/remote.md), here asyncssh's own server on loopback (tests/_sshserver.py, keys made for the
+run): the cold figure is entering the supervisor + the first spawn there (the SSH connection,
+the remote forkserver's start, the child), the figure the median of warm spawns; with
+``restart``, the median of SIGKILL-to-answered restarts as ``ipc-restart`` times them. Reports
+``unavailable`` without asyncssh, and on Trio (a supervisor with hosts runs on asyncio).
+
 ``raw``: the floor, a fresh interpreter that imports anyio and msgpack and connects back over a
 Unix socket.
 """
@@ -144,6 +151,106 @@ async def spawn_restart(config: dict[str, Any]) -> None:
     say("result", rounds=[{"samples_ms": [sample]} for sample in samples])
 
 
+async def spawn_remote(config: dict[str, Any]) -> None:
+    import ipcactors
+
+    from .w6_worker import worker
+
+    try:
+        import asyncssh
+    except ImportError:
+        say("unavailable", reason="asyncssh is not installed (ipcactors[ssh])")
+        return
+    if backend_options(config)[0] != "asyncio":  # uvloop is asyncio too
+        say("unavailable", reason="a supervisor with hosts runs on asyncio only")
+        return
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    keys = {}
+    for name in ("host", "client"):
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        keys[name] = key
+        key.write_private_key(os.path.join(config["dir"], f"{name}_key"))
+    keys["client"].write_public_key(os.path.join(config["dir"], "client_key.pub"))
+    user = os.environ.get("USER") or "bench"
+    server = await anyio.open_process(
+        [
+            sys.executable,
+            os.path.join(root, "tests", "_sshserver.py"),
+            "127.0.0.1",
+            os.path.join(config["dir"], "host_key"),
+            os.path.join(config["dir"], "client_key.pub"),
+            user,
+        ],
+        stdin=subprocess.DEVNULL,
+        stderr=None,
+    )
+    async with server:
+        try:
+            assert server.stdout is not None
+            line = b""
+            while not line.endswith(b"\n"):
+                line += await server.stdout.receive()
+            port = int(line)
+            known_hosts = os.path.join(config["dir"], "known_hosts")
+            with open(known_hosts, "w") as file:
+                public = keys["host"].export_public_key("openssh").decode().strip()
+                file.write(f"[127.0.0.1]:{port} {public}\n")
+            host = ipcactors.SSHHost(
+                "127.0.0.1",
+                port,
+                user=user,
+                client_keys=(os.path.join(config["dir"], "client_key"),),
+                known_hosts=known_hosts,
+                python=sys.executable,
+                cwd=root,
+                env={"PYTHONPATH": root},
+            )
+            await _remote_rounds(config, host, worker)
+        finally:
+            server.terminate()
+
+
+async def _remote_rounds(config: dict[str, Any], host: Any, worker: Any) -> None:
+    import ipcactors
+
+    samples = []
+    start = now()
+    async with ipcactors.Supervisor(
+        hosts={"h": host},
+        auth_key=os.urandom(16),
+        max_restarts=10 * config["samples"] + 10,
+        shutdown_timeout=0.5,
+    ) as sup:
+        await sup.spawn(worker, id="w0", host="h")
+        cold = (now() - start) * 1e3
+        if not config.get("restart"):
+            for index in range(1, config["rounds"] + 1):
+                await sup.stop(f"w{index - 1}")
+                start = now()
+                await sup.spawn(worker, id=f"w{index}", host="h")
+                samples.append((now() - start) * 1e3)
+            say("result", rounds=[{"samples_ms": [sample]} for sample in samples], cold_ms=cold)
+            return
+        for index in range(config["samples"] + 1):  # the first is the warm-up
+            pid = sup.children["w0"].pid
+            assert pid is not None
+            start = now()
+            os.kill(pid, signal.SIGKILL)  # the "host" is this machine
+            for _ in range(_MAX_KILL_TRIES):
+                try:
+                    answer = await sup.request("w0", "pid", timeout=10)
+                except (ipcactors.ChildExitedError, ipcactors.ConnectionLostError):
+                    continue
+                if answer != pid:
+                    break
+                await anyio.sleep(0)
+            else:
+                raise RuntimeError("the killed child was not restarted")
+            if index:
+                samples.append((now() - start) * 1e3)
+    say("result", rounds=[{"samples_ms": [sample]} for sample in samples])
+
+
 async def spawn_raw(config: dict[str, Any]) -> None:
     path = f"{config['dir']}/raw.spawn"
     listener = await anyio.create_unix_listener(path)
@@ -174,6 +281,7 @@ ROLES = {
     "ipc": spawn_ipc,
     "ipc-live": spawn_live,
     "ipc-restart": spawn_restart,
+    "ipc-remote": spawn_remote,
     "raw": spawn_raw,
 }
 

@@ -4,9 +4,30 @@ the supervisor restarts it, the batch in flight is retried, and every output sti
 the same network computed in one process.
 
     python examples/neural_graph.py           # or: ... --backend trio
+    python examples/neural_graph.py --hosts hosts.toml   # layers on other hosts, over SSH
 
 Layer processes get their weights as spawn arguments (numpy arrays travel as a msgpack
 extension: dtype, shape and raw bytes, never pickle), so a restarted layer is the same layer.
+
+With ``--hosts``, a small TOML file places layers on hosts (docs/remote.md; asyncio only)::
+
+    [hosts.gpu-1]                 # any SSHHost field
+    address = "10.0.0.11"
+    user = "ml"
+    client_keys = ["/home/ml/.ssh/id_ed25519"]
+    python = "/opt/venv/bin/python"
+    cwd = "/srv/graph"            # this script must be at the same path there
+    env = { PYTHONPATH = "/srv/graph" }
+
+    [placement]                   # layers not named here run on this machine
+    layer-1 = "gpu-1"
+    layer-2 = "gpu-1"
+
+    listen = ["10.0.0.1", 0]      # where the layers connect back (default: loopback)
+
+Then the supervisor carries each batch from layer to layer (layers on different hosts do not
+reach each other's Unix sockets), and kills the victim by asking it to SIGKILL itself (its pid
+is on another host).
 """
 
 from __future__ import annotations
@@ -14,7 +35,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import secrets
 import signal
+import tomllib
 from typing import Any
 
 # One BLAS thread per process: the graph already runs a process per layer (and the forkserver,
@@ -67,14 +90,16 @@ async def layer(
     w: np.ndarray[Any, Any],
     b: np.ndarray[Any, Any],
     next_id: str | None,
+    last: bool,
 ) -> None:
-    """Runs in a child process: one layer of the network."""
+    """Runs in a child process: one layer of the network. ``next_id``: the layer it passes its
+    output to; ``None``: it answers with it (the last layer, or every layer with --hosts)."""
 
     async def forward(batch: dict[str, Any]) -> np.ndarray[Any, Any]:
         if batch.get("hold") == actor.id:  # the demo's victim: say so, then "compute" until killed
             await parent.emit("holding", actor.id)
             await anyio.sleep(30)
-        y = apply_layer(batch["x"], w, b, last=next_id is None)
+        y = apply_layer(batch["x"], w, b, last=last)
         if next_id is None:
             return y
         downstream = await actor.connect_to(next_id)  # by id; reconnects if it restarts
@@ -85,12 +110,35 @@ async def layer(
     parent = actor.parent
     assert parent is not None
     parent.on("forward", forward)  # the supervisor feeds the first layer
+    parent.on("die", lambda data: os.kill(os.getpid(), signal.SIGKILL))
     assert actor.server is not None
     actor.server.on("forward", lambda batch, client: forward(batch))  # the previous layer
     await anyio.sleep_forever()
 
 
-async def main() -> None:
+def read_hosts(path: str) -> tuple[dict[str, Any], dict[str, str], dict[str, Any]]:
+    """The hosts (SSHHost by name), the placement (layer id: host name), and the supervisor's
+    extra arguments, from a TOML file (see the module docstring)."""
+    with open(path, "rb") as file:
+        config = tomllib.load(file)
+    hosts = {}
+    for name, fields in config.get("hosts", {}).items():
+        if "client_keys" in fields:
+            fields["client_keys"] = tuple(fields["client_keys"])
+        hosts[name] = ipcactors.SSHHost(**fields)
+    placement = dict(config.get("placement", {}))
+    extra: dict[str, Any] = {"auth_key": secrets.token_bytes(32)}  # reaches layers over SSH
+    if "listen" in config:
+        extra["listen"] = tuple(config["listen"])
+    return hosts, placement, extra
+
+
+async def main(hosts_file: str | None) -> None:
+    hosts: dict[str, Any] = {}
+    placement: dict[str, str] = {}
+    extra: dict[str, Any] = {}
+    if hosts_file is not None:
+        hosts, placement, extra = read_hosts(hosts_file)
     weights = make_weights()
     ids = layer_ids()
     rng = np.random.default_rng(1)
@@ -103,14 +151,22 @@ async def main() -> None:
         preload=["numpy"],
         retry=0.02,
         retry_cap=0.2,
+        hosts=hosts,
+        **extra,
     ) as sup:
         # Start from the output side, so every layer's successor is up when it starts.
         for i in reversed(range(len(ids))):
             w, b = weights[i]
-            await sup.spawn(layer, w, b, ids[i + 1] if i + 1 < len(ids) else None, id=ids[i])
+            last = i + 1 == len(ids)
+            next_id = None if last or hosts else ids[i + 1]
+            await sup.spawn(layer, w, b, next_id, last, id=ids[i], host=placement.get(ids[i]))
         for i, id in enumerate(ids):
             w, _ = weights[i]
-            print(f"node {id} started (pid {sup.children[id].pid}): {w.shape[0]} -> {w.shape[1]}")
+            child = sup.children[id]
+            where = f" on {child.host}" if child.host else ""
+            print(f"node {id} started{where} (pid {child.pid}): {w.shape[0]} -> {w.shape[1]}")
+        # With hosts, the supervisor carries each batch through every layer.
+        chain = ids if hosts else ids[:1]
 
         outputs: list[np.ndarray[Any, Any]] = []
         victim = ids[len(ids) // 2]
@@ -118,7 +174,7 @@ async def main() -> None:
         sup.on("holding", lambda id, client: holding.set())
         for n, x in enumerate(inputs, 1):
             if n != KILL_AT_BATCH:
-                outputs.append(await run_batch(sup, ids[0], n, x))
+                outputs.append(await run_batch(sup, chain, n, x))
                 continue
 
             async def kill_in_flight(n: int = n) -> None:
@@ -126,7 +182,10 @@ async def main() -> None:
                 pid = sup.children[victim].pid
                 assert pid is not None
                 print(f"killing node {victim} (pid {pid}) while batch {n} is in flight")
-                os.kill(pid, signal.SIGKILL)
+                if sup.children[victim].host is None:
+                    os.kill(pid, signal.SIGKILL)
+                else:
+                    await sup.emit(victim, "die")  # it SIGKILLs itself, on its host
                 with anyio.fail_after(5):
                     while not (sup.children[victim].running and sup.children[victim].pid != pid):
                         await anyio.sleep(0.01)
@@ -134,7 +193,7 @@ async def main() -> None:
 
             async with anyio.create_task_group() as task_group:
                 task_group.start_soon(kill_in_flight)
-                outputs.append(await run_batch(sup, ids[0], n, x, hold=victim))
+                outputs.append(await run_batch(sup, chain, n, x, hold=victim))
 
     expected = [forward_in_one_process(x, weights) for x in inputs]
     worst = max(
@@ -149,13 +208,20 @@ async def main() -> None:
 
 
 async def run_batch(
-    sup: ipcactors.Supervisor, first: str, n: int, x: np.ndarray[Any, Any], hold: str | None = None
+    sup: ipcactors.Supervisor,
+    chain: list[str],
+    n: int,
+    x: np.ndarray[Any, Any],
+    hold: str | None = None,
 ) -> np.ndarray[Any, Any]:
-    """Send one batch into the graph; retry it if a node died on the way."""
+    """Send one batch into the graph (through each layer of ``chain`` in turn: the first
+    passes it on to the rest itself without hosts); retry it if a node died on the way."""
     for attempt in range(1, 6):
-        batch = {"x": x, "hold": hold if attempt == 1 else None}
         try:
-            result: np.ndarray[Any, Any] = await sup.request(first, "forward", batch, timeout=15)
+            result = x
+            for id in chain:
+                batch = {"x": result, "hold": hold if attempt == 1 else None}
+                result = await sup.request(id, "forward", batch, timeout=15)
             print(f"batch {n:2}: output {result.shape}, argmax {np.bincount(result.argmax(1))}")
             return result
         except (ipcactors.RemoteError, ipcactors.ConnectionLostError) as exc:
@@ -170,4 +236,6 @@ async def run_batch(
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
-    ipcactors.run(main, backend=parser.parse_args().backend, log_level="WARNING")
+    parser.add_argument("--hosts", help="a TOML file placing layers on hosts (asyncio only)")
+    arguments = parser.parse_args()
+    ipcactors.run(main, arguments.hosts, backend=arguments.backend, log_level="WARNING")

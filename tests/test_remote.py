@@ -4,11 +4,18 @@ on this machine, so the leak checks of conftest.py see them: none may outlive a 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import pathlib
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -17,6 +24,7 @@ import anyio
 import asyncssh  # in the test group: `make test` installs it
 import psutil
 import pytest
+import trustme
 from _faultproxy import FaultProxy
 from _workers import chatty, echo
 
@@ -56,21 +64,22 @@ class SSHServer:
         return replace(host, **changes)
 
 
-@pytest.fixture
-def ssh_server(tmp_path: Any) -> Iterator[SSHServer]:
+@contextlib.contextmanager
+def running_ssh_server(directory: pathlib.Path) -> Iterator[SSHServer]:
+    """tests/_sshserver.py with keys made here: a host key, and one client key it admits."""
     host_key = asyncssh.generate_private_key("ssh-ed25519")
     client_key = asyncssh.generate_private_key("ssh-ed25519")
-    host_key.write_private_key(str(tmp_path / "host_key"))
-    client_key.write_private_key(str(tmp_path / "client_key"))
-    client_key.write_public_key(str(tmp_path / "client_key.pub"))
+    host_key.write_private_key(str(directory / "host_key"))
+    client_key.write_private_key(str(directory / "client_key"))
+    client_key.write_public_key(str(directory / "client_key.pub"))
     user = os.environ.get("USER") or "tester"
     process = subprocess.Popen(
         [
             sys.executable,
             os.path.join(TESTS, "_sshserver.py"),
             "127.0.0.1",
-            str(tmp_path / "host_key"),
-            str(tmp_path / "client_key.pub"),
+            str(directory / "host_key"),
+            str(directory / "client_key.pub"),
             user,
         ],
         stdout=subprocess.PIPE,
@@ -78,16 +87,30 @@ def ssh_server(tmp_path: Any) -> Iterator[SSHServer]:
     try:
         assert process.stdout is not None
         port = int(process.stdout.readline())
-        known_hosts = tmp_path / "known_hosts"
+        known_hosts = directory / "known_hosts"
         public = host_key.export_public_key("openssh").decode().strip()
         known_hosts.write_text(f"[127.0.0.1]:{port} {public}\n")
-        yield SSHServer(process, port, str(tmp_path / "client_key"), str(known_hosts), user)
+        yield SSHServer(process, port, str(directory / "client_key"), str(known_hosts), user)
     finally:
         if process.poll() is None:
             process.terminate()
         process.wait(10)
         if process.stdout is not None:
             process.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def ssh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHServer]:
+    """One server for the module's tests (what each test starts through it, it must end)."""
+    with running_ssh_server(tmp_path_factory.mktemp("ssh")) as server:
+        yield server
+
+
+@pytest.fixture
+def own_ssh_server(tmp_path: pathlib.Path) -> Iterator[SSHServer]:
+    """A server of the test's own, for a test that kills it."""
+    with running_ssh_server(tmp_path) as server:
+        yield server
 
 
 async def wait_gone(pids: list[int], within: float) -> None:
@@ -203,7 +226,7 @@ async def test_cut_connection_ends_remote_processes_and_restarts(
 
 @pytest.mark.parametrize("anyio_backend", ASYNCIO)
 async def test_host_lost_for_good_escalates(
-    anyio_backend: str, socket_dir: str, ssh_server: SSHServer
+    anyio_backend: str, socket_dir: str, own_ssh_server: SSHServer
 ) -> None:
     """The SSH server dies: its processes go with it, every restart finds the host unreachable
     and counts, and the supervisor gives up."""
@@ -213,7 +236,7 @@ async def test_host_lost_for_good_escalates(
         async with ipcactors.Supervisor(
             socket_root=socket_dir,
             auth_key=KEY,
-            hosts={"h1": ssh_server.host()},
+            hosts={"h1": own_ssh_server.host()},
             max_restarts=2,
             max_seconds=30,
         ) as sup:
@@ -222,7 +245,7 @@ async def test_host_lost_for_good_escalates(
                 pid = sup.children["w1"].pid
                 assert pid is not None
                 pids.extend([pid, forkserver_of(pid)])
-                ssh_server.process.kill()
+                own_ssh_server.process.kill()
                 await anyio.sleep_forever()
 
     with pytest.raises(ipcactors.RestartIntensityError, match="w1") as caught:
@@ -275,3 +298,232 @@ async def test_hosts_on_trio_raise_unsupported(anyio_backend: str, socket_dir: s
     with pytest.raises(ipcactors.UnsupportedError, match="asyncio backend"):
         async with sup:
             pass
+
+
+@pytest.mark.parametrize("anyio_backend", ASYNCIO)
+async def test_children_connect_back_over_tls(
+    anyio_backend: str, socket_dir: str, ssh_server: SSHServer, tmp_path: Any
+) -> None:
+    """TLS instead of auth_key: the child verifies the supervisor's certificate with a CA file
+    on its host; a CA that did not sign it fails the child's start at once."""
+    ca, other = trustme.CA(), trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    other.cert_pem.write_to_path(str(tmp_path / "other.pem"))
+    hosts = {
+        "h1": ssh_server.host(tls_cafile=str(tmp_path / "ca.pem")),
+        "h2": ssh_server.host(tls_cafile=str(tmp_path / "other.pem")),
+    }
+    async with ipcactors.Supervisor(socket_root=socket_dir, tls=context, hosts=hosts) as sup:
+        with anyio.fail_after(20):
+            await sup.spawn(echo, "secure", id="w1", host="h1")
+            assert await sup.request("w1", "tag") == "secure"
+            with pytest.raises(ipcactors.ChildExitedError, match="before it was ready"):
+                await sup.spawn(echo, id="w2", host="h2")
+
+
+def test_remote_forkserver_exits_after_silence(tmp_path: Any) -> None:
+    """Over a link that died without a word, the remote forkserver stops (and with it every
+    child: its way out is the one the other tests see) once it heard nothing, not even a
+    ping, for lifeline_timeout seconds; pings keep it alive."""
+    from ipcactors._supervision._remoteserver import FrameReader, pack_frame
+    from ipcactors._supervision._ssh import _BOOTSTRAP
+
+    env = {**os.environ, "PYTHONPATH": ROOT, "XDG_RUNTIME_DIR": str(tmp_path)}
+    process = subprocess.Popen(
+        [sys.executable, "-c", _BOOTSTRAP, "WARNING", "", "0.5"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    assert process.stdin is not None
+    assert process.stdout is not None
+    try:
+        reader = FrameReader()
+        messages: list[Any] = []
+        while not messages:
+            messages = reader.feed(os.read(process.stdout.fileno(), 4096))
+        kind, _, pid, sock_dir = messages[0]
+        assert (kind, pid) == ("ready", process.pid)
+        assert os.path.isdir(sock_dir)
+        started = time.monotonic()
+        while time.monotonic() - started < 1.0:  # twice the timeout, kept alive by pings
+            process.stdin.write(pack_frame(["ping"]))
+            process.stdin.flush()
+            time.sleep(0.1)
+            assert process.poll() is None
+        process.wait(10)  # silent from here on: it stops by itself
+        assert not os.path.exists(sock_dir)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdin.close()
+        process.stdout.close()
+
+
+def _sshd() -> str | None:
+    found = shutil.which("sshd")
+    if found is None and os.path.exists("/usr/sbin/sshd"):
+        found = "/usr/sbin/sshd"
+    return found
+
+
+@pytest.fixture
+def openssh_server(tmp_path: Any) -> Iterator[SSHServer]:
+    """OpenSSH's sshd on loopback, when it is installed and we are root (it needs its
+    privilege separation directory); else the test is skipped, saying why."""
+    sshd = _sshd()
+    if sshd is None:
+        pytest.skip(
+            "OpenSSH's sshd is not installed (Debian: openssh-server); asyncssh's server "
+            "covers the same ground in the tests above"
+        )
+    if os.geteuid() != 0:
+        pytest.skip("sshd runs here only as root (it needs /run/sshd and to switch users)")
+    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    client_key = asyncssh.generate_private_key("ssh-ed25519")
+    host_key.write_private_key(str(tmp_path / "host_key"))
+    os.chmod(tmp_path / "host_key", 0o600)
+    client_key.write_private_key(str(tmp_path / "client_key"))
+    client_key.write_public_key(str(tmp_path / "authorized_keys"))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    user = "root"
+    config = tmp_path / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp_path}/host_key\n"
+        f"AuthorizedKeysFile {tmp_path}/authorized_keys\nPidFile {tmp_path}/sshd.pid\n"
+        "StrictModes no\nUsePAM no\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
+        f"PermitRootLogin prohibit-password\nAllowUsers {user}\n"
+    )
+    process = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert process.poll() is None, "sshd did not start"
+                assert time.monotonic() < deadline, "sshd did not listen within 10 s"
+                time.sleep(0.05)
+        known_hosts = tmp_path / "known_hosts"
+        public = host_key.export_public_key("openssh").decode().strip()
+        known_hosts.write_text(f"[127.0.0.1]:{port} {public}\n")
+        yield SSHServer(process, port, str(tmp_path / "client_key"), str(known_hosts), user)
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.mark.parametrize("anyio_backend", ASYNCIO)
+async def test_openssh_server(
+    anyio_backend: str, socket_dir: str, openssh_server: SSHServer
+) -> None:
+    """The same launcher against OpenSSH's sshd: spawn, answer, SIGKILL, restart, and nothing
+    left on the host after shutdown."""
+    async with ipcactors.Supervisor(
+        socket_root=socket_dir, auth_key=KEY, hosts={"h1": openssh_server.host()}
+    ) as sup:
+        with anyio.fail_after(20):
+            info = await sup.spawn(echo, "openssh", id="w1", host="h1")
+            assert info.pid is not None
+            assert await sup.request("w1", "tag") == "openssh"
+            forkserver = forkserver_of(info.pid)
+            os.kill(info.pid, signal.SIGKILL)
+            with anyio.fail_after(10):
+                while sup.children["w1"].restarts == 0 or not sup.children["w1"].running:
+                    await anyio.sleep(0.05)
+            assert await sup.request("w1", "tag") == "openssh"
+            new = sup.children["w1"].pid
+    await wait_gone([info.pid, new, forkserver], 5)  # type: ignore[list-item]
+
+
+@pytest.mark.slow
+def test_neural_graph_example_places_layers_on_hosts(ssh_server: SSHServer, tmp_path: Any) -> None:
+    """examples/neural_graph.py --hosts: layers on two hosts (both this SSH server) and here,
+    a layer on a host killed and restarted mid-run, every batch still right."""
+    host = ssh_server.host()
+    fields = (
+        f'address = "{host.address}"\nport = {host.port}\nuser = "{host.user}"\n'
+        f'client_keys = ["{ssh_server.client_key}"]\nknown_hosts = "{host.known_hosts}"\n'
+        f'python = "{host.python}"\ncwd = "{ROOT}"\nenv = {{ PYTHONPATH = "{ROOT}" }}\n'
+    )
+    config = tmp_path / "hosts.toml"
+    config.write_text(
+        f"[hosts.a]\n{fields}\n[hosts.b]\n{fields}\n"
+        '[placement]\nlayer-1 = "a"\nlayer-2 = "a"\nlayer-3 = "b"\n'
+    )
+    env = {**os.environ, "PYTHONPATH": ROOT, "XDG_RUNTIME_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", "neural_graph.py"), "--hosts", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
+    out = result.stdout
+    assert result.returncode == 0, f"{out}\n{result.stderr}"
+    for layer, where in (("layer-1", " on a"), ("layer-2", " on a"), ("layer-3", " on b")):
+        assert f"node {layer} started{where} (pid" in out
+    assert "node layer-4 started (pid" in out
+    assert "killing node layer-3" in out
+    assert "node layer-3 restarted" in out
+    assert "all 12 batches match the single-process computation" in out
+
+
+_SUPERVISOR_SCRIPT = """
+import json, sys
+import anyio, ipcactors, _workers
+
+async def main(root, fields):
+    fields["client_keys"] = tuple(fields["client_keys"])
+    host = ipcactors.SSHHost(**fields)
+    async with ipcactors.Supervisor(socket_root=root, auth_key="k", hosts={"h": host}) as sup:
+        for i in range(2):
+            await sup.spawn(_workers.echo, id=f"w{i}", host="h")
+        print(json.dumps([sup.children[f"w{i}"].pid for i in range(2)]), flush=True)
+        await anyio.sleep_forever()
+
+anyio.run(main, sys.argv[1], json.loads(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("anyio_backend", ASYNCIO)
+async def test_supervisor_killed_leaves_nothing_on_the_host(
+    anyio_backend: str, ssh_server: SSHServer
+) -> None:
+    """SIGKILL of the supervisor closes its SSH connection: the remote forkserver and the
+    children there are gone within moments (the channel's end is their lifeline)."""
+    host = ssh_server.host()
+    fields = {
+        name: getattr(host, name)
+        for name in ("address", "port", "user", "client_keys", "known_hosts", "python", "cwd")
+    }
+    fields.update(env=host.env, keepalive=5.0, lifeline_timeout=60.0)  # not the silence timer
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, TESTS])}
+    # Its own socket root: a killed supervisor leaves its directory (the next one sweeps it).
+    socket_root = tempfile.mkdtemp(prefix="ia-", dir="/tmp")
+    process = await anyio.open_process(
+        [sys.executable, "-c", _SUPERVISOR_SCRIPT, socket_root, json.dumps(fields)], env=env
+    )
+    async with process:
+        try:
+            assert process.stdout is not None
+            line = b""
+            with anyio.fail_after(20):
+                while not line.endswith(b"\n"):
+                    line += await process.stdout.receive()
+            pids = json.loads(line)
+            remote = [*pids, forkserver_of(pids[0])]
+        finally:
+            process.kill()
+            await process.wait()
+            shutil.rmtree(socket_root, ignore_errors=True)
+    await wait_gone(remote, 5)
