@@ -5,12 +5,14 @@
 It listens on HOST (a free port), prints the port on stdout, and then runs each command it is
 asked to with ``/bin/sh -c`` as this process's child, its stdin, stdout and stderr on the SSH
 channel, as sshd does (when the channel or the connection ends, the command's stdin is closed).
-It admits only USER with the one AUTHORIZED_KEY (a public key file). It stops on SIGTERM.
+It admits only USER with the one AUTHORIZED_KEY (a public key file). It stops on SIGTERM, at
+once (the commands it runs see their channel end, or their parent die).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 
@@ -69,6 +71,9 @@ async def main() -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
     server.close()
+    # At once: what the connections left (asyncssh's pending writes) is not ours to flush, and
+    # would only warn at interpreter exit.
+    os._exit(0)
 
 
 if __name__ == "__main__":

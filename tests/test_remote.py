@@ -527,3 +527,100 @@ async def test_supervisor_killed_leaves_nothing_on_the_host(
             await process.wait()
             shutil.rmtree(socket_root, ignore_errors=True)
     await wait_gone(remote, 5)
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+@pytest.fixture
+def namespaces() -> Iterator[dict[str, str]]:
+    """Three hosts: network namespaces "sup", "h1", "h2", the supervisor's joined to each of
+    the others by a veth pair (192.0.2.0/24 to h1, 198.51.100.0/24 to h2: ranges reserved for
+    documentation, only inside these namespaces). Needs root and iproute2."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 to create network namespaces")
+    names = {role: f"ia{os.getpid()}{role}" for role in ("sup", "h1", "h2")}
+    made = []
+    try:
+        for ns in names.values():
+            try:
+                _ip("netns", "add", ns)
+            except subprocess.CalledProcessError as exc:
+                pytest.skip(f"cannot create network namespaces here: {exc.stderr!r}")
+            made.append(ns)
+        _ip("-n", names["sup"], "link", "set", "lo", "up")
+        for host, net in (("h1", "192.0.2"), ("h2", "198.51.100")):
+            _ip("-n", names["sup"], "link", "add", f"to-{host}", "type", "veth",
+                "peer", "name", "to-sup", "netns", names[host])  # fmt: skip
+            _ip("-n", names["sup"], "addr", "add", f"{net}.1/24", "dev", f"to-{host}")
+            _ip("-n", names["sup"], "link", "set", f"to-{host}", "up")
+            _ip("-n", names[host], "addr", "add", f"{net}.2/24", "dev", "to-sup")
+            _ip("-n", names[host], "link", "set", "to-sup", "up")
+            _ip("-n", names[host], "link", "set", "lo", "up")
+        yield names
+    finally:
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+
+
+@pytest.mark.slow
+def test_neural_graph_across_network_namespaces(
+    namespaces: dict[str, str], tmp_path: pathlib.Path
+) -> None:
+    """The hosts are network namespaces: an SSH server in each of h1 and h2, the example's
+    supervisor in a third, layers placed on both hosts from the config; the children connect
+    back across the veth links (to the supervisor's address on each SSH connection)."""
+    client_key = asyncssh.generate_private_key("ssh-ed25519")
+    client_key.write_private_key(str(tmp_path / "client_key"))
+    client_key.write_public_key(str(tmp_path / "client_key.pub"))
+    user = os.environ.get("USER") or "tester"
+    servers: list[subprocess.Popen[bytes]] = []
+    config = ""
+    try:
+        for host, address in (("h1", "192.0.2.2"), ("h2", "198.51.100.2")):
+            host_key = asyncssh.generate_private_key("ssh-ed25519")
+            host_key.write_private_key(str(tmp_path / f"{host}_key"))
+            server = subprocess.Popen(
+                ["ip", "netns", "exec", namespaces[host], sys.executable,
+                 os.path.join(TESTS, "_sshserver.py"), address, str(tmp_path / f"{host}_key"),
+                 str(tmp_path / "client_key.pub"), user],
+                stdout=subprocess.PIPE,
+            )  # fmt: skip
+            servers.append(server)
+            assert server.stdout is not None
+            port = int(server.stdout.readline())
+            public = host_key.export_public_key("openssh").decode().strip()
+            (tmp_path / f"{host}_known").write_text(f"[{address}]:{port} {public}\n")
+            config += (
+                f'[hosts.{host}]\naddress = "{address}"\nport = {port}\nuser = "{user}"\n'
+                f'client_keys = ["{tmp_path / "client_key"}"]\n'
+                f'known_hosts = "{tmp_path / f"{host}_known"}"\n'
+                f'python = "{sys.executable}"\ncwd = "{ROOT}"\n'
+                f'env = {{ PYTHONPATH = "{ROOT}", XDG_RUNTIME_DIR = "{tmp_path}" }}\n\n'
+            )
+        config = (
+            'listen = ["0.0.0.0", 0]\n\n' + config
+            + '[placement]\nlayer-1 = "h1"\nlayer-2 = "h2"\nlayer-3 = "h2"\n'
+        )  # fmt: skip
+        (tmp_path / "hosts.toml").write_text(config)
+        env = {**os.environ, "PYTHONPATH": ROOT, "XDG_RUNTIME_DIR": str(tmp_path)}
+        result = subprocess.run(
+            ["ip", "netns", "exec", namespaces["sup"], sys.executable,
+             os.path.join(ROOT, "examples", "neural_graph.py"), "--hosts",
+             str(tmp_path / "hosts.toml")],
+            capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL, env=env,
+        )  # fmt: skip
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(10)
+            assert server.stdout is not None
+            server.stdout.close()
+    out = result.stdout
+    assert result.returncode == 0, f"{out}\n{result.stderr}"
+    for layer, host in (("layer-1", "h1"), ("layer-2", "h2"), ("layer-3", "h2")):
+        assert f"node {layer} started on {host} (pid" in out
+    assert "killing node layer-3" in out
+    assert "node layer-3 restarted" in out
+    assert "all 12 batches match the single-process computation" in out
