@@ -57,7 +57,7 @@ W6_ROWS = (
 )
 #: W7 worker pools: tiny tasks and 1 MiB numpy tasks per second, against ProcessPoolExecutor
 #: and loky; and the time from a worker's SIGKILL to its task's retry being done.
-W7_ROWS = ("w7-tiny", "w7-numpy", "w7-retry")
+W7_ROWS = ("w7-tiny", "w7-tiny-chunked", "w7-numpy", "w7-retry")
 
 ROWS = [
     Row("w1", "W1 ping-pong round trip", "µs", False, pinned=True),
@@ -113,6 +113,14 @@ ROWS = [
     Row(
         "w7-tiny",
         "W7 pool, tiny tasks",
+        "tasks/s",
+        True,
+        transports=("unix",),
+        families=("ipc", "ppe", "loky"),
+    ),
+    Row(
+        "w7-tiny-chunked",
+        "W7 pool, tiny tasks (theirs chunksize=8)",
         "tasks/s",
         True,
         transports=("unix",),
@@ -189,7 +197,7 @@ def summarize(row: Row, report: dict[str, Any], params: dict[str, Any]) -> dict[
                 f"ms, last 10 {report['fill_last_ms']:.1f} ms"
             )
         return figure
-    if row.key in ("w2", "w2x100", "w3", "w4", "w7-tiny", "w7-numpy"):
+    if row.key in ("w2", "w2x100", "w3", "w4", "w7-tiny", "w7-tiny-chunked", "w7-numpy"):
         scale = params["w3_payload_bytes"] / 1e6 if row.key == "w3" else 1.0
         rates = [r["count"] * scale / r["seconds"] for r in rounds]
         figure: dict[str, Any] = {"value": statistics.median(rates), "round_values": rates}

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from . import _machine, _node, _report
+from . import _machine, _node, _report, pool_role
 from ._procs import Child, ChildError, stop_all
 from ._report import IMPLS, ROW_BY_KEY, ROWS, Impl, Row
 from ._wire import rss_bytes
@@ -259,9 +259,10 @@ class Cell:
             config = self.config(samples=p.w6_samples)
             role = "ipc-retry"
         else:
-            kind = key.removeprefix("w7-")
+            kind = "numpy" if key == "w7-numpy" else "tiny"
             tasks = p.w7_tiny_tasks if kind == "tiny" else p.w7_numpy_tasks
-            config = self.config(kind=kind, tasks=tasks)
+            chunksize = pool_role.CHUNKSIZE if key == "w7-tiny-chunked" else 1
+            config = self.config(kind=kind, tasks=tasks, chunksize=chunksize)
             role = self.impl.family  # ipc, ppe or loky
         with Group() as group:
             parent = group.start("pool", self.command(role, config, family="pool"))

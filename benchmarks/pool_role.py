@@ -1,12 +1,20 @@
 """W7 worker-pool roles: ``python -m benchmarks.pool_role ROLE CONFIG_JSON``.
 
-``ipc``, ``ppe``, ``loky``: ``size`` workers (2) run ``tasks`` tasks per round, all submitted at
-once and collected (``pool.map_unordered`` for ``ipcactors.Pool``, ``executor.map`` for
-ProcessPoolExecutor and loky, chunksize 1: one task per message, as ``submit`` would),
-after one warm-up round with the pool already started. ``kind`` is ``tiny`` (an int in, an int
-out) or ``numpy`` (a 1 MiB float64 array in, one out). The figure is tasks per second.
-ipcactors' pool runs ``per_worker=4`` tasks in flight per worker (its knob for tiny tasks);
-ProcessPoolExecutor and loky queue tasks to their workers without a limit.
+``ipc``, ``ppe``, ``loky``: ``size`` workers (2) run ``tasks`` tasks per round, results in
+order, after one warm-up round with the pool already started: ``pool.map(items)`` for
+``ipcactors.Pool``, ``executor.map(fn, items, chunksize=...)`` for ProcessPoolExecutor and
+loky. ``kind`` is ``tiny`` (an int in, an int out) or ``numpy`` (a 1 MiB float64 array in, one
+out). The figure is tasks per second.
+
+The same task shape on both sides: with ``chunksize`` 1 (``w7-tiny``, ``w7-numpy``),
+``executor.map`` submits one task (one future, one work item) per item, exactly as a loop of
+``submit`` would, and ``pool.map`` starts one pool task per item (each scheduled, retried and
+cancellable on its own). ipcactors' pool runs ``per_worker=16`` tiny tasks in flight per worker
+(its knob for tiny tasks) and sends them in batches of up to 8 per message, and 2 numpy tasks
+(one per message); ProcessPoolExecutor and loky queue tasks to their workers without a limit.
+``w7-tiny-chunked`` gives ProcessPoolExecutor and loky ``chunksize=8``, the pool's batch: 8
+items per message for them too, but one future and one work item per chunk (a chunk fails, and
+would be lost, as one).
 
 ``ipc-retry``: a pool of 2; one task runs (its first attempt writes its pid and sleeps), its
 worker is SIGKILLed, and the time from the kill until the task's result arrives (retried on the
@@ -27,7 +35,11 @@ from . import pool_tasks
 from ._wire import backend_options, now, parse_args, say
 
 SIZE = 2
-PER_WORKER = 4
+#: The pool's tasks in flight per worker, by kind: its knob for tiny tasks (batches of up to
+#: ``per_worker // 2`` per message); 2 for 1 MiB arrays (one per message, the next one queued).
+PER_WORKER = {"tiny": 16, "numpy": 2}
+#: ProcessPoolExecutor's and loky's chunksize in ``w7-tiny-chunked``: the pool's batch.
+CHUNKSIZE = PER_WORKER["tiny"] // 2
 
 
 def _items(config: dict[str, Any]) -> list[Any]:
@@ -50,12 +62,12 @@ async def pool_ipc(config: dict[str, Any]) -> None:
     preload = ["numpy"] if config["kind"] == "numpy" else []
     rounds = []
     async with ipcactors.Pool(
-        _function(config), SIZE, per_worker=PER_WORKER, preload=preload
+        _function(config), SIZE, per_worker=PER_WORKER[config["kind"]], preload=preload
     ) as pool:
         for index in range(config["rounds"] + 1):  # the first is the warm-up
             start = now()
             count = 0
-            async for _ in pool.map_unordered(items):
+            async for _ in pool.map(items):
                 count += 1
             if index:
                 rounds.append({"count": count, "seconds": now() - start})
@@ -69,7 +81,7 @@ def pool_executor(config: dict[str, Any], make: Any) -> None:
     with make(SIZE) as executor:
         for index in range(config["rounds"] + 1):
             start = now()
-            count = sum(1 for _ in executor.map(fn, items))
+            count = sum(1 for _ in executor.map(fn, items, chunksize=config["chunksize"]))
             if index:
                 rounds.append({"count": count, "seconds": now() - start})
     say("result", rounds=rounds)

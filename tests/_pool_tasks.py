@@ -66,3 +66,14 @@ async def sleeps(seconds: float, marker: str) -> str:
             file.write("cancelled")
         raise
     return "slept"
+
+
+def square_or_hang(n: int, path: str, hang_at: int) -> int:
+    """``n * n``; the first attempt at ``hang_at`` writes its pid to ``path`` and blocks (a
+    plain function: the tasks queued behind it in its worker wait too)."""
+    if n == hang_at and not os.path.exists(path):
+        with open(path + ".tmp", "w") as file:
+            file.write(str(os.getpid()))
+        os.rename(path + ".tmp", path)
+        time.sleep(30)
+    return n * n

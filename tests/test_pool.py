@@ -86,6 +86,32 @@ async def test_worker_sigkilled_mid_task_is_retried(socket_dir: str, tmp_path: P
             await wait_until(lambda: p.statistics().restarts == 1)
 
 
+async def test_worker_sigkilled_mid_map_every_result_is_present(
+    socket_dir: str, tmp_path: Path
+) -> None:
+    # Batched tasks: the killed worker had the hanging task and others queued behind it (a
+    # plain function blocks them); every one of them is retried and every result is correct.
+    marker = tmp_path / "pid"
+    with anyio.fail_after(20):
+        async with pool(socket_dir, _pool_tasks.square_or_hang, per_worker=8) as p:
+            results: list[int] = []
+
+            async def run() -> None:
+                async for value in p.map(range(60), [str(marker)] * 60, [17] * 60):
+                    results.append(value)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run)
+                os.kill(await read_pid(marker), signal.SIGKILL)
+            assert results == [n * n for n in range(60)]
+            stats = p.statistics()
+            assert stats.retried >= 1
+            assert stats.completed == 60
+            assert stats.failed == 0
+            assert stats.in_flight == 0
+            await wait_until(lambda: p.statistics().restarts == 1)
+
+
 async def test_retries_run_out_name_the_worker_and_its_signal(
     socket_dir: str, tmp_path: Path
 ) -> None:
@@ -179,6 +205,53 @@ async def test_cancelling_a_submit_cancels_the_task_in_the_worker(
             await wait_until(marker.exists)
             assert p.statistics().cancelled == 1
             assert await p.submit(0.0, str(marker)) == "slept"  # the worker is free again
+
+
+async def test_leaving_a_map_early_cancels_its_tasks_in_the_worker(
+    socket_dir: str, tmp_path: Path
+) -> None:
+    markers = [str(tmp_path / f"cancelled{n}") for n in range(3)]
+    with anyio.fail_after(20):
+        async with pool(socket_dir, _pool_tasks.sleeps, size=1, per_worker=3) as p:
+            results = p.map_unordered([0.0, 30.0, 30.0], markers)
+            assert await results.__anext__() == "slept"
+            await wait_until(lambda: p.statistics().in_flight == 2, timeout=10)  # both sent
+            await results.aclose()  # type: ignore[attr-defined]
+            await wait_until(
+                lambda: os.path.exists(markers[1]) and os.path.exists(markers[2]), timeout=10
+            )
+            assert not os.path.exists(markers[0])
+            assert p.statistics().cancelled == 2
+            await wait_until(lambda: p.statistics().in_flight == 0)
+            assert await p.submit(0.0, markers[0]) == "slept"
+
+
+async def test_leaving_the_pool_fails_tasks_in_flight_with_closed_error(
+    socket_dir: str, tmp_path: Path
+) -> None:
+    # Documented: submits still waiting (in other tasks) and unfinished maps get ClosedError.
+    outcomes: list[str] = []
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            async with pool(socket_dir, _pool_tasks.sleeps, size=1, per_worker=4) as p:
+
+                async def submit() -> None:
+                    with pytest.raises(ipcactors.ClosedError, match="was closed"):
+                        await p.submit(30.0, str(tmp_path / "submit"))
+                    outcomes.append("submit")
+
+                async def mapped() -> None:
+                    with pytest.raises(ipcactors.ClosedError, match="was closed"):
+                        async for _ in p.map([30.0, 30.0], [str(tmp_path / "map")] * 2):
+                            pass
+                    outcomes.append("map")
+
+                tg.start_soon(submit)
+                tg.start_soon(mapped)
+                await wait_until(lambda: p.statistics().in_flight == 3, timeout=10)
+        assert sorted(outcomes) == ["map", "submit"]
+        with pytest.raises(ipcactors.ClosedError, match="not open"):
+            await p.submit(1.0, "unused")
 
 
 async def test_initializer_runs_once_per_worker_and_numpy_travels(socket_dir: str) -> None:

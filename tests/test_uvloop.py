@@ -21,6 +21,9 @@ from test_pool import (
     test_cancelling_a_submit_cancels_the_task_in_the_worker as test_pool_cancel_on_uvloop,
 )
 from test_pool import (
+    test_worker_sigkilled_mid_map_every_result_is_present as test_pool_map_retry_on_uvloop,
+)
+from test_pool import (
     test_worker_sigkilled_mid_task_is_retried as test_pool_retry_on_uvloop,
 )
 
@@ -32,6 +35,7 @@ pytestmark = pytest.mark.anyio
 __all__ = [
     "test_flood_on_uvloop",
     "test_pool_cancel_on_uvloop",
+    "test_pool_map_retry_on_uvloop",
     "test_pool_retry_on_uvloop",
     "test_unread_on_uvloop",
     "test_vanish_on_uvloop",

@@ -12,9 +12,15 @@ Invariants:
 
 - Tasks wait in one queue (a retry at its head). Each worker's dispatcher takes its share of
   the queue while its worker runs and has fewer than ``per_worker`` tasks in flight, and sends
-  what it took as one batch (one request, one answer): at most ``size * per_worker`` tasks are
+  what it took as one ``pool-batch`` event (at most ``per_worker // 2`` tasks, so that the next
+  batch already waits in the worker when it ends one): at most ``size * per_worker`` tasks are
   in workers at once, a free worker gets the next task, a restarting one none. With a
   ``task_timeout`` each task travels alone, under its own timer.
+- A task in flight is in exactly one worker's ``_sent`` (by id) until it is settled: by its
+  outcome (a ``pool-done`` event, handled inline as it is read: no task per result), by the
+  exit of the process it was sent to (``_watch``), by the loss of the connection it was sent
+  on, or by its timer. Whichever comes first takes it out; the others find nothing. Per task
+  the parent keeps one object and, for ``submit``, one event; ``map`` starts no task per item.
 - A task is retried only after a lost worker (``retry_on``: :class:`ConnectionLostError`, which
   includes :class:`ChildExitedError`, by default), at most ``max_retries`` times, from the head
   of the queue (the next worker with room takes it); never after the function raised
@@ -27,7 +33,10 @@ Invariants:
   message that cancels the task's scope there: an async function at its next await; a plain
   function that already runs finishes first (its result is dropped).
 - ``map`` starts at most ``size * per_worker + buffer`` items that it has not yielded yet, so an
-  infinite iterable runs in bounded memory.
+  infinite iterable runs in bounded memory. A plain iterable is read by the loop itself as it
+  yields; an async one by one task of the pool's, which waits while the map is full.
+- Leaving the pool settles every task still queued or in flight with :class:`ClosedError`
+  (callers in other tasks, and unfinished maps, raise it), then stops the workers.
 """
 
 from __future__ import annotations
@@ -37,29 +46,32 @@ import math
 import os
 import signal
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectSendStream
 
 from .._config import Config
+from .._core._server import Client
 from .._core._stats import PoolStatistics
 from .._errors import (
+    ChildExitedError,
     ClosedError,
     ConfigError,
     ConnectionLostError,
     EncodeError,
+    FrameTooLargeError,
     IPCError,
     RemoteError,
     TaskTimeoutError,
     WorkerLostError,
 )
 from .._proto._msgpack import pack_value
-from ._poolworker import BATCH_EVENT, CANCEL_EVENT, pool_worker
+from ._children import Incarnation, describe_exit
+from ._poolworker import BATCH_EVENT, CANCEL_EVENT, DONE_EVENT, pool_worker
 from ._supervisor import Supervisor
 from ._target import target_of
 
@@ -76,26 +88,42 @@ def _check_count(name: str, value: object, minimum: int) -> int:
 
 
 class _Task:
-    """One task of a caller, from queued to done (again, for a retry)."""
+    """One task of a caller, from queued to done (queued again for a retry)."""
 
-    __slots__ = ("cancelled", "data", "done", "id", "ok", "value", "worker")
+    __slots__ = (
+        "alone",
+        "attempts",
+        "cancelled",
+        "data",
+        "finished",
+        "id",
+        "incarnation",
+        "index",
+        "notify",
+        "ok",
+        "timer",
+        "value",
+        "via",
+        "waiter",
+        "worker",
+    )
 
     def __init__(self, id: int, data: list[Any]) -> None:
         self.id = id
         self.data = data  # [function name or None, args]
-        self.cancelled = False
-        self.reset()
-
-    def reset(self) -> None:
-        self.done = anyio.Event()
-        self.worker: str | None = None
+        self.attempts = 0  # times sent to a worker
+        self.alone = False  # it could not travel with others (a frame too large): alone
+        self.cancelled = False  # its caller is gone: its outcome is dropped, never retried
+        self.finished = False
         self.ok = False
         self.value: Any = None
-
-    def finish(self, ok: bool, value: Any) -> None:
-        self.ok = ok
-        self.value = value
-        self.done.set()
+        self.worker: str | None = None  # where it is (None: queued)
+        self.incarnation: Incarnation | None = None  # the process it was sent to
+        self.via: Client | None = None  # the connection it was sent on
+        self.timer: anyio.CancelScope | None = None  # task_timeout's
+        self.index = 0  # its place in a map
+        self.waiter: anyio.Event | None = None  # submit's; or:
+        self.notify: Callable[[_Task], None] | None = None  # map's
 
 
 class Pool:
@@ -110,7 +138,9 @@ class Pool:
 
     - ``size``: worker processes (``os.cpu_count()``: one per core for CPU-bound work).
     - ``per_worker``: tasks in flight per worker (1: a CPU-bound task has the process to
-      itself; raise it for async or I/O-bound functions, or tiny tasks, to hide round trips).
+      itself; raise it for async or I/O-bound functions, or tiny tasks, to hide round trips:
+      tasks travel in batches of up to ``per_worker // 2``, one message each way, so 16 or
+      more for tasks of microseconds; keep it small for large arguments or results).
     - ``max_retries``: attempts after the first when a worker is lost mid-task (2).
     - ``retry_on``: the errors that count as a lost worker ((:class:`ConnectionLostError`,),
       which includes :class:`ChildExitedError`). Add :class:`TaskTimeoutError` to retry timeouts.
@@ -118,7 +148,9 @@ class Pool:
       (``None``: no limit).
     - ``initializer``, ``initargs``: run once in each worker process before its first task
       (load a model once). Importable by name like ``fn``.
-    - ``buffer``: how many results ``map`` may hold beyond those in flight (``size * per_worker``).
+    - ``buffer``: how many results ``map`` may hold beyond those in flight
+      (``4 * size * per_worker``: an ordered map whose next result is late keeps the workers
+      busy with the ones after it).
     - ``max_restarts``, ``max_seconds``: the supervisor's restart intensity (default: ``size + 2``
       restarts within 5 s; past it the pool stops and raises :class:`RestartIntensityError`).
     - ``id``: the pool's supervisor id; workers are ``"{id}-0"``, ``"{id}-1"``, ...
@@ -166,7 +198,7 @@ class Pool:
         ):
             raise ConfigError(f"task_timeout must be None or seconds > 0, got {task_timeout!r}")
         self.task_timeout = task_timeout
-        self.buffer = self.size * self.per_worker if buffer is None else buffer
+        self.buffer = 4 * self.size * self.per_worker if buffer is None else buffer
         _check_count("buffer", self.buffer, 0)
         self._names: dict[Any, list[Any]] = {}
         self._fn = None if fn is None else self._name(fn)
@@ -185,7 +217,8 @@ class Pool:
         )
         self._worker_args = (self._fn, init, list(initargs))
         self._workers = [f"{id}-{n}" for n in range(self.size)]
-        self._load = dict.fromkeys(self._workers, 0)
+        # What each worker has in flight, by task id (its load is their number).
+        self._sent: dict[str, dict[int, _Task]] = {worker: {} for worker in self._workers}
         self._queue: deque[_Task] = deque()
         self._work = anyio.Event()  # set when a task is queued or a worker has room again
         self._ids = itertools.count()
@@ -203,6 +236,8 @@ class Pool:
     async def __aenter__(self) -> Pool:
         await self._supervisor.__aenter__()
         try:
+            self._supervisor.on(DONE_EVENT, self._on_done)
+            self._supervisor.server.on("disconnect", self._on_disconnect)
             async with anyio.create_task_group() as spawns:
                 for worker in self._workers:
                     spawns.start_soon(self._spawn, worker)
@@ -210,6 +245,7 @@ class Pool:
             await self._task_group.__aenter__()
             for worker in self._workers:
                 self._task_group.start_soon(self._dispatch, worker)
+                self._task_group.start_soon(self._watch, worker)
         except BaseException as exc:
             await self._supervisor.__aexit__(type(exc), exc, exc.__traceback__)
             raise
@@ -224,17 +260,20 @@ class Pool:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        """Leave: unfinished ``map`` iterations are cancelled, tasks still queued or sent fail
-        with :class:`ClosedError`, then the workers stop."""
+        """Leave: tasks still queued or in workers fail with :class:`ClosedError` (unfinished
+        ``map`` iterations raise it), then the workers stop."""
         self._closed = True
         assert self._task_group is not None
         self._task_group.cancel_scope.cancel()
         try:
             await self._task_group.__aexit__(None, None, None)
         finally:
+            closed = ClosedError(f"pool {self._supervisor.id!r} was closed")
+            for sent in self._sent.values():
+                while sent:
+                    self._finish(sent.popitem()[1], False, closed)
             while self._queue:  # callers still waiting (in other tasks) learn why
-                task = self._queue.popleft()
-                task.finish(False, ClosedError(f"pool {self._supervisor.id!r} was closed"))
+                self._finish(self._queue.popleft(), False, closed)
             result = await self._supervisor.__aexit__(exc_type, exc, tb)
         return result
 
@@ -254,7 +293,7 @@ class Pool:
         return PoolStatistics(
             size=self.size,
             per_worker=self.per_worker,
-            in_flight=sum(self._load.values()),
+            in_flight=sum(len(sent) for sent in self._sent.values()),
             restarts=sum(info.restarts for info in children.values()),
             **self._counts,
         )
@@ -293,74 +332,107 @@ class Pool:
         name = self._name(fn)
         return await self._call(None if name == self._fn else name, args)
 
-    async def _call(self, name: list[Any] | None, args: tuple[Any, ...]) -> Any:
+    def _check_open(self) -> None:
         if self._closed or self._task_group is None:
             raise ClosedError(f"pool {self._supervisor.id!r} is not open")
-        self._counts["submitted"] += 1
+
+    async def _call(self, name: list[Any] | None, args: tuple[Any, ...]) -> Any:
+        self._check_open()
         task = _Task(next(self._ids), [name, list(args)])
-        attempts = 0
-        while True:
-            attempts += 1
-            task.reset()
-            if attempts == 1:
-                self._queue.append(task)
-            else:
+        waiter = task.waiter = anyio.Event()
+        self._counts["submitted"] += 1
+        self._queue.append(task)
+        self._work.set()
+        try:
+            await waiter.wait()
+        except anyio.get_cancelled_exc_class():
+            if not task.finished:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+                    await self._cancel([task])
+            raise
+        if task.ok:
+            return task.value
+        raise task.value
+
+    def _finish(self, task: _Task, ok: bool, value: Any) -> None:
+        """Settle ``task`` (taken off its worker, or the queue): done, or queued again at the
+        head for a retry after a lost worker while it has retries left."""
+        if task.finished:
+            return
+        if task.timer is not None:
+            task.timer.cancel()
+            task.timer = None
+        task.worker = None
+        if task.cancelled:  # its caller is gone
+            task.finished = True
+            return
+        if ok:
+            self._counts["completed"] += 1
+        elif isinstance(value, self.retry_on) and not isinstance(value, RemoteError):
+            if task.attempts <= self.max_retries:
+                self._counts["retried"] += 1
                 self._queue.appendleft(task)  # a retry goes first: it waited long enough
-            self._work.set()
-            try:
-                await task.done.wait()
-            except anyio.get_cancelled_exc_class():
-                await self._cancel(task)
-                raise
-            if task.ok:
-                self._counts["completed"] += 1
-                return task.value
-            exc = task.value
-            if isinstance(exc, self.retry_on) and not isinstance(exc, RemoteError):
-                if attempts <= self.max_retries:
-                    self._counts["retried"] += 1
-                    continue
-                self._counts["failed"] += 1
-                worker = str(getattr(exc, "child_id", None) or getattr(exc, "worker", "?"))
-                raise WorkerLostError(
-                    f"task {task.id} gave up after {attempts} attempts "
-                    f"(max_retries={self.max_retries}); the last one: {exc}",
-                    worker,
-                    getattr(exc, "exitcode", None),
-                    attempts,
-                ) from exc
+                self._work.set()
+                return
             self._counts["failed"] += 1
-            raise exc
+            worker = str(getattr(value, "child_id", None) or getattr(value, "worker", "?"))
+            lost = WorkerLostError(
+                f"task {task.id} gave up after {task.attempts} attempts "
+                f"(max_retries={self.max_retries}); the last one: {value}",
+                worker,
+                getattr(value, "exitcode", None),
+                task.attempts,
+            )
+            lost.__cause__ = value
+            value = lost
+        else:
+            self._counts["failed"] += 1
+        task.finished = True
+        task.ok = ok
+        task.value = value
+        if task.waiter is not None:
+            task.waiter.set()
+        elif task.notify is not None:
+            task.notify(task)
 
-    async def _cancel(self, task: _Task) -> None:
-        """The caller was cancelled: a queued task is dropped, a sent one cancelled in its
-        worker (bounded: a worker that is gone has no task to cancel)."""
-        task.cancelled = True
-        worker = task.worker
-        if worker is None or task.done.is_set():
-            return  # still queued (a dispatcher skips it) or ended already
-        self._counts["cancelled"] += 1
-        with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+    async def _cancel(self, tasks: Iterable[_Task]) -> None:
+        """Their callers are gone: a queued task is dropped (a dispatcher skips it), a sent one
+        cancelled in its worker (one message per worker; a worker that is gone has no task to
+        cancel)."""
+        by_worker: dict[str, list[int]] = {}
+        for task in tasks:
+            task.cancelled = True
+            if task.worker is not None and not task.finished:
+                by_worker.setdefault(task.worker, []).append(task.id)
+                self._counts["cancelled"] += 1
+        for worker, ids in by_worker.items():
             try:
-                await self._supervisor.emit(worker, CANCEL_EVENT, task.id)
+                await self._supervisor.emit(worker, CANCEL_EVENT, ids)
             except IPCError:
-                pass  # the worker is gone: so is the task
+                pass  # the worker is gone: so are its tasks
 
-    def _running(self, worker: str) -> bool:
+    # --- workers ------------------------------------------------------------------------------
+
+    def _running(self, worker: str) -> Incarnation | None:
         child = self._supervisor._children.get(worker)
-        return child is not None and child.incarnation is not None and child.incarnation.running
+        incarnation = child.incarnation if child is not None else None
+        return incarnation if incarnation is not None and incarnation.running else None
 
     async def _dispatch(self, worker: str) -> None:
-        """One per worker: take queued tasks while it has room, and send them as batches. A
-        worker takes its share of the queue (so that idle workers get some too); one being
-        restarted takes none."""
-        limit = 1 if self.task_timeout is not None else self.per_worker  # timeouts per task
+        """One per worker: take queued tasks while it runs and has room, and send them as
+        batches. A batch is at most half of ``per_worker``, so that the next one already waits
+        in the worker when it ends one; and at most the worker's share of the queue, so that
+        the other free workers get some too. A worker being restarted takes none."""
+        sent = self._sent[worker]
+        chunk = 1 if self.task_timeout is not None else max(1, self.per_worker // 2)
+        queue = self._queue
         while True:
-            room = self.per_worker - self._load[worker]
-            if not self._queue or room <= 0 or not self._running(worker):
+            incarnation = self._running(worker)
+            room = self.per_worker - len(sent)
+            if not queue or room <= 0 or incarnation is None:
                 if self._work.is_set():
                     self._work = anyio.Event()
-                if not self._running(worker):
+                if incarnation is None:
                     child = self._supervisor._children.get(worker)
                     if child is not None:
                         with anyio.move_on_after(0.1):  # its state, or a changed queue
@@ -368,76 +440,161 @@ class Pool:
                         continue
                 await self._work.wait()
                 continue
-            ready = sum(
-                1 for w in self._workers if self._load[w] < self.per_worker and self._running(w)
-            )
-            share = max(1, -(-len(self._queue) // max(ready, 1)))
+            ready = sum(1 for w in self._workers if len(self._sent[w]) < self.per_worker)
+            size = min(room, chunk, -(-len(queue) // max(ready, 1)))
             batch: list[_Task] = []
-            while self._queue and len(batch) < min(room, share, limit):
-                task = self._queue.popleft()
-                if not task.cancelled:
-                    task.worker = worker
-                    batch.append(task)
+            client = incarnation.client
+            assert client is not None
+            while queue and len(batch) < size:
+                if batch and queue[0].alone:
+                    break
+                task = queue.popleft()
+                if task.cancelled:
+                    continue
+                task.attempts += 1
+                task.worker = worker
+                task.incarnation = incarnation
+                task.via = client
+                sent[task.id] = task
+                batch.append(task)
+                if task.alone:
+                    break
             if batch:
-                self._load[worker] += len(batch)
-                assert self._task_group is not None
-                self._task_group.start_soon(self._send, worker, batch)
-            await anyio.lowlevel.checkpoint()
+                await self._send(worker, client, batch)
+            await anyio.lowlevel.checkpoint()  # the other dispatchers, and the results
 
-    async def _send(self, worker: str, batch: list[_Task]) -> None:
+    async def _send(self, worker: str, client: Client, batch: list[_Task]) -> None:
+        sent = self._sent[worker]
         try:
-            with anyio.CancelScope() as timer:
-                if self.task_timeout is not None:
-                    timer.deadline = anyio.current_time() + self.task_timeout
-                outcomes = await self._supervisor.request(
-                    worker, BATCH_EVENT, [[t.id, *t.data] for t in batch], timeout=_NO_TIMEOUT
-                )
-            if timer.cancelled_caught:
-                self._counts["timed_out"] += len(batch)
-                self._kill(worker)
-                for task in batch:
-                    task.finish(
-                        False,
-                        TaskTimeoutError(
-                            f"task {task.id} ran longer than task_timeout={self.task_timeout} s "
-                            f"on {worker!r}; the worker was killed and is being replaced",
-                            worker,
-                        ),
-                    )
-                return
-        except EncodeError:
-            # Some task's arguments cannot travel (checked here, not for every task up front:
-            # that would encode each one twice). It fails; the others go back to the queue.
+            await client.emit(BATCH_EVENT, [[task.id, *task.data] for task in batch])
+        except (EncodeError, FrameTooLargeError) as exc:
+            # Some task's arguments cannot travel (checked now, not for every task up front:
+            # that would encode each one twice), or the batch is too large as one frame. A
+            # task that cannot travel alone fails; the others go back, each to go alone.
             for task in reversed(batch):
+                del sent[task.id]
+                task.attempts -= 1
+                task.worker = None
                 try:
+                    if len(batch) == 1:
+                        raise exc
                     pack_value(task.data, numpy=True)
-                except EncodeError as exc:
-                    task.finish(
+                except (EncodeError, FrameTooLargeError) as error:
+                    how = "encoded" if isinstance(error, EncodeError) else "sent"
+                    self._finish(
+                        task,
                         False,
-                        EncodeError(f"the arguments of task {task.id} cannot be encoded: {exc}"),
+                        EncodeError(f"the arguments of task {task.id} cannot be {how}: {error}"),
                     )
                 else:
-                    task.worker = None
+                    task.alone = True
                     self._queue.appendleft(task)
-            return
-        except Exception as exc:  # the worker was lost, or the request failed: every task
-            for task in batch:
-                task.finish(False, exc)
-            return
-        except BaseException:  # the pool is closing
-            for task in batch:
-                task.finish(False, ClosedError(f"pool {self._supervisor.id!r} was closed"))
-            raise
-        finally:
-            self._load[worker] -= len(batch)
             self._work.set()
-        for task, outcome in zip(batch, outcomes, strict=True):
-            if outcome[0] == 0:
-                task.finish(True, outcome[1])
-            elif outcome[0] == 1:
-                task.finish(False, RemoteError(outcome[1], outcome[2], outcome[3]))
+            return
+        except IPCError as exc:  # the connection is gone: the tasks were not sent
+            self._lost(worker, exc, via=client)
+            return
+        if self.task_timeout is not None:
+            assert self._task_group is not None
+            for task in batch:
+                task.timer = anyio.CancelScope()
+                self._task_group.start_soon(self._time, worker, task, task.timer)
+
+    async def _time(self, worker: str, task: _Task, timer: anyio.CancelScope) -> None:
+        """A task past ``task_timeout``: its worker is killed (the supervisor replaces it, and
+        its other tasks count as lost) and it fails."""
+        assert self.task_timeout is not None
+        with timer:
+            await anyio.sleep(self.task_timeout)
+            if self._sent[worker].pop(task.id, None) is not task:
+                return
+            self._counts["timed_out"] += 1
+            self._kill(worker)
+            task.timer = None
+            self._finish(
+                task,
+                False,
+                TaskTimeoutError(
+                    f"task {task.id} ran longer than task_timeout={self.task_timeout} s "
+                    f"on {worker!r}; the worker was killed and is being replaced",
+                    worker,
+                ),
+            )
+
+    def _on_done(self, outcomes: Any, client: Client) -> None:
+        """A worker's ``pool-done``: the outcomes of its tasks (inline, as the frame is read)."""
+        sent = self._sent.get(client.id)
+        if sent is None or not isinstance(outcomes, list):
+            return
+        for outcome in outcomes:
+            task = sent.pop(outcome[0], None)
+            if task is None:
+                continue  # settled already (timed out, or its worker counted as lost)
+            code = outcome[1]
+            if code == 0:
+                self._finish(task, True, outcome[2])
+            elif code == 1:
+                self._finish(task, False, RemoteError(outcome[2], outcome[3], outcome[4]))
             else:
-                task.finish(False, ClosedError(f"task {task.id} was cancelled"))
+                self._finish(task, False, ClosedError(f"task {task.id} was cancelled"))
+        self._work.set()
+
+    async def _watch(self, worker: str) -> None:
+        """One per worker: when a process of it exits, its tasks in flight are lost."""
+        child = self._supervisor._children[worker]
+        while True:
+            incarnation = child.incarnation
+            if incarnation is None:
+                await child.wait_changed()
+                continue
+            await incarnation.exited.wait()
+            error = ChildExitedError(
+                f"worker {worker!r} {describe_exit(incarnation.exitcode)} while running the task",
+                worker,
+                incarnation.exitcode,
+            )
+            self._lost(worker, error, incarnation=incarnation)
+            while child.incarnation is incarnation:
+                await child.wait_changed()
+
+    def _on_disconnect(self, client: Client) -> None:
+        if client.id in self._sent and self._task_group is not None and not self._closed:
+            self._task_group.start_soon(self._disconnected, client)
+
+    async def _disconnected(self, client: Client) -> None:
+        """A worker's connection dropped: if its process exited, :meth:`_watch` tells (soon);
+        else its tasks on that connection are lost."""
+        worker = client.id
+        if not any(task.via is client for task in self._sent[worker].values()):
+            return
+        child = self._supervisor._children.get(worker)
+        incarnation = child.incarnation if child is not None else None
+        if incarnation is not None:
+            with anyio.move_on_after(1.0):
+                await incarnation.exited.wait()
+        await anyio.lowlevel.checkpoint()  # _watch first, if it exited
+        error = ConnectionLostError(f"connection to worker {worker!r} was lost during the task")
+        self._lost(worker, error, via=client)
+
+    def _lost(
+        self,
+        worker: str,
+        error: Exception,
+        *,
+        incarnation: Incarnation | None = None,
+        via: Client | None = None,
+    ) -> None:
+        """The tasks ``worker`` has in flight in ``incarnation`` (or sent on ``via``) are lost."""
+        sent = self._sent[worker]
+        lost = [
+            task
+            for task in sent.values()
+            if (task.incarnation is incarnation if via is None else task.via is via)
+        ]
+        for task in lost:
+            del sent[task.id]
+            self._finish(task, False, error)
+        self._work.set()
 
     def _kill(self, worker: str) -> None:
         info = self._supervisor.children.get(worker)
@@ -478,68 +635,138 @@ class Pool:
     async def _map(
         self, items: Iterable[Any] | AsyncIterable[Any], ordered: bool, *, star: bool
     ) -> AsyncIterator[Any]:
-        if self._closed or self._task_group is None:
-            raise ClosedError(f"pool {self._supervisor.id!r} is not open")
-        send, receive = anyio.create_memory_object_stream[tuple[int, bool, Any]](math.inf)
-        slots = anyio.Semaphore(self.size * self.per_worker + self.buffer)
-        scope = anyio.CancelScope()
-        self._task_group.start_soon(self._produce, items, star, send, slots, scope)
-        pending: dict[int, tuple[bool, Any]] = {}
-        next_index = 0
+        self._check_open()
+        state = _MapState(self, star, self.size * self.per_worker + self.buffer, ordered)
+        if isinstance(items, AsyncIterable):
+            assert self._task_group is not None
+            self._task_group.start_soon(state.produce, items)
+        else:
+            state.iterator = iter(items)
         try:
-            async with receive:
-                async for index, ok, value in receive:
-                    pending[index] = (ok, value)
-                    while True:
-                        key = next_index if ordered else index
-                        if key not in pending:
-                            break
-                        ok, value = pending.pop(key)
-                        next_index += 1
-                        slots.release()
-                        if not ok:
-                            raise value
-                        yield value
-                        if not ordered:
-                            break
+            while True:
+                if state.iterator is not None:
+                    state.feed()
+                task = state.next()
+                if task is None:
+                    if state.exhausted and not state.tasks:
+                        return
+                    state.wakeup = anyio.Event()
+                    await state.wakeup.wait()
+                    continue
+                if not task.ok:
+                    raise task.value
+                yield task.value
         finally:
-            scope.cancel()
+            state.close()
 
-    async def _produce(
-        self,
-        items: Iterable[Any] | AsyncIterable[Any],
-        star: bool,
-        send: MemoryObjectSendStream[tuple[int, bool, Any]],
-        slots: anyio.Semaphore,
-        scope: anyio.CancelScope,
-    ) -> None:
-        async def one(index: int, item: Any) -> None:
+
+class _MapState:
+    """One ``map``: its tasks by index, started and not yet yielded (at most ``limit``); no
+    task per item, one event per wait."""
+
+    def __init__(self, pool: Pool, star: bool, limit: int, ordered: bool) -> None:
+        self.pool = pool
+        self.star = star
+        self.limit = limit
+        self.ordered = ordered
+        self.tasks: dict[int, _Task] = {}
+        self.done: deque[_Task] = deque()  # finished, for an unordered map
+        self.started = 0
+        self.yielded = 0  # in order: the index of the next one
+        self.exhausted = False
+        self.iterator: Iterator[Any] | None = None
+        self.wakeup: anyio.Event | None = None  # set when a task finishes
+        self.room: anyio.Event | None = None  # set when one is yielded (an async producer)
+        self.scope = anyio.CancelScope()
+
+    def notify(self, task: _Task) -> None:
+        if not self.ordered:
+            self.done.append(task)
+        self.wake()
+
+    def wake(self) -> None:
+        if self.wakeup is not None:
+            self.wakeup.set()
+            self.wakeup = None
+
+    def start(self, item: Any) -> None:
+        pool = self.pool
+        args = list(item) if self.star else [item]
+        task = _Task(next(pool._ids), [None, args])
+        task.index = self.started
+        task.notify = self.notify
+        self.tasks[self.started] = task
+        self.started += 1
+        pool._counts["submitted"] += 1
+        pool._queue.append(task)
+
+    def fail(self, exc: Exception) -> None:
+        """The iterable raised: a task that failed with it takes the next place."""
+        task = _Task(-1, [])
+        task.index = self.started
+        task.finished = True
+        task.value = exc
+        self.tasks[self.started] = task
+        self.started += 1
+        self.exhausted = True
+        self.notify(task)
+
+    def feed(self) -> None:
+        """Start items of a plain iterable while fewer than ``limit`` wait to be yielded."""
+        iterator = self.iterator
+        assert iterator is not None
+        count = self.started
+        while not self.exhausted and self.started - self.yielded < self.limit:
             try:
-                args = tuple(item) if star else (item,)
-                outcome: tuple[int, bool, Any] = (index, True, await self._call(None, args))
+                item = next(iterator)
+            except StopIteration:
+                self.exhausted = True
             except Exception as exc:
-                outcome = (index, False, exc)
-            try:
-                send.send_nowait(outcome)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                pass  # the iteration was left
+                self.fail(exc)
+            else:
+                self.start(item)
+        if self.started != count:
+            self.pool._work.set()
 
-        with scope:
-            async with send, anyio.create_task_group() as tasks:
-                index = 0
-                try:
-                    if isinstance(items, AsyncIterable):
-                        async for item in items:
-                            await slots.acquire()
-                            tasks.start_soon(one, index, item)
-                            index += 1
-                    else:
-                        for item in items:
-                            await slots.acquire()
-                            tasks.start_soon(one, index, item)
-                            index += 1
-                except Exception as exc:  # the iterable raised: the caller sees it in order
-                    try:
-                        send.send_nowait((index, False, exc))
-                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                        pass
+    async def produce(self, items: AsyncIterable[Any]) -> None:
+        """Start the items of an async iterable (in a task of the pool's: it may wait)."""
+        with self.scope:
+            try:
+                async for item in items:
+                    while self.started - self.yielded >= self.limit:
+                        self.room = anyio.Event()
+                        await self.room.wait()
+                    self.start(item)
+                    self.pool._work.set()
+            except Exception as exc:
+                self.fail(exc)
+            self.exhausted = True
+            self.wake()
+
+    def next(self) -> _Task | None:
+        """The next task to yield (finished), if any."""
+        if self.ordered:
+            task = self.tasks.get(self.yielded)
+            if task is None or not task.finished:
+                return None
+        else:
+            if not self.done:
+                return None
+            task = self.done.popleft()
+        del self.tasks[task.index]
+        self.yielded += 1
+        if self.room is not None:
+            self.room.set()
+            self.room = None
+        return task
+
+    def close(self) -> None:
+        """The iteration ended: the producer stops, unfinished tasks are cancelled."""
+        self.scope.cancel()
+        unfinished = [task for task in self.tasks.values() if not task.finished]
+        self.tasks.clear()
+        for task in unfinished:
+            task.cancelled = True
+        sent = [task for task in unfinished if task.worker is not None]
+        if sent and self.pool._task_group is not None and not self.pool._closed:
+            self.pool._task_group.start_soon(self.pool._cancel, sent)

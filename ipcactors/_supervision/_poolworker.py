@@ -1,17 +1,29 @@
 """The worker side of a :class:`Pool`: one generic actor per process that runs tasks.
 
-Tasks come in batches: a request ``pool-batch`` carries ``[[task_id, function, args], ...]``
-(``function`` as ``[module, qualname, main_path]``, or ``None`` for the pool's own function) and
-is answered, once every task of it ended, with one outcome per task: ``[0, result]``,
-``[1, type, message, traceback]`` (the function raised) or ``[2]`` (cancelled). One message per
-batch instead of one per task is what makes tiny tasks cheap. The worker imports each function
-by name once. An async function runs in its own cancel scope (the ``pool-cancel`` event with the
-task id cancels it), the tasks of a batch side by side; a plain function runs directly on the
-event loop, one after another: the process is there for its tasks, and a thread hop per task
-would cost more than a tiny task itself. A plain function that runs cannot be interrupted (its
-cancel is read once it returns; the tasks queued behind it are cancelled then), which is why a
-pool runs without heartbeats: a worker busy for minutes is not a dead one; the supervisor sees a
-dead worker by its exit, and ``task_timeout`` catches a hung one.
+The pool talks to its workers in three events of its own, not requests (a request per batch
+cost a task group and a reply wait per message in the parent; these cost a frame):
+
+- ``pool-batch`` (parent to worker): ``[[task_id, function, args], ...]``, ``function`` as
+  ``[module, qualname, main_path]``, or ``None`` for the pool's own function.
+- ``pool-done`` (worker to parent): ``[[task_id, 0, result], [task_id, 1, type, message,
+  traceback], [task_id, 2], ...]``: returned, raised, cancelled. Outcomes of several tasks share
+  one event, whatever batches they came in.
+- ``pool-cancel`` (parent to worker): a list of task ids.
+
+Tasks wait in the worker's own queue, in order. One runner takes them: a plain function runs
+right there on the event loop, one after another, without a task or a loop pass per call (the
+process is there for its tasks, and a thread hop or a task per call would cost more than a tiny
+task itself); an async function runs in a task of its own, in its own cancel scope, side by
+side with the rest. The runner sends what ended as one ``pool-done`` when its queue is empty,
+and at least every ``FLUSH_SECONDS`` while it runs plain functions (then it also yields to the
+loop once, which is when cancel messages are read). A result that cannot be encoded fails its
+task only (an ``EncodeError`` outcome).
+
+Cancelling: a queued task never starts (outcome ``[id, 2]``); an async one is cancelled at its
+next await; a plain one that already runs cannot be interrupted, finishes, and its result is
+sent (the pool drops it). A worker busy in a plain function cannot answer heartbeats, which is
+why a pool runs without them: the supervisor sees a dead worker by its exit, and
+``task_timeout`` catches a hung one.
 
 Invariant: the initializer runs once per process, before any task: a plain initializer before
 the worker is ready (``spawn`` returns after it), an async one before the first task starts.
@@ -20,25 +32,149 @@ the worker is ready (``spawn`` returns after it), an async one before the first 
 from __future__ import annotations
 
 import inspect
+import time
 import traceback
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import anyio
 import anyio.lowlevel
+from anyio.abc import TaskGroup
 
 from .._actor import Actor
+from .._errors import EncodeError, FrameTooLargeError
+from .._proto._msgpack import pack_value
 from ._target import Target, load_target
 
-__all__ = ["BATCH_EVENT", "CANCEL_EVENT", "pool_worker"]
+__all__ = ["BATCH_EVENT", "CANCEL_EVENT", "DONE_EVENT", "FLUSH_SECONDS", "pool_worker"]
 
 BATCH_EVENT = "pool-batch"
+DONE_EVENT = "pool-done"
 CANCEL_EVENT = "pool-cancel"
+
+#: How long a worker running plain functions may hold finished outcomes (and go without reading
+#: its messages): short against a round trip, long against a tiny task.
+FLUSH_SECONDS = 0.002
 
 
 def _target(spec: list[Any]) -> Target:
     module, qualname, main_path = spec
     return Target(module, qualname, main_path)
+
+
+class _Worker:
+    """The state of one worker process: its queue, its finished outcomes, its async tasks."""
+
+    def __init__(self, actor: Actor, default: list[Any] | None) -> None:
+        parent = actor.parent
+        assert parent is not None
+        self.parent = parent
+        self.default = default
+        self.tracebacks = actor.config.remote_tracebacks is not False  # our own parent, on Unix
+        self.functions: dict[Any, tuple[Callable[..., Any], bool]] = {}
+        self.queue: deque[list[Any]] = deque()
+        self.done: list[list[Any]] = []
+        self.cancelled: set[Any] = set()  # ids of tasks still queued (or ended) to skip
+        self.scopes: dict[Any, anyio.CancelScope] = {}  # async tasks that run
+        self.wake = anyio.Event()
+
+    # --- messages (plain handlers: they run inline, as the frame is read) ---------------------
+
+    def on_batch(self, batch: list[list[Any]]) -> None:
+        self.queue.extend(batch)
+        self.wake.set()
+
+    def on_cancel(self, ids: list[Any]) -> None:
+        for task_id in ids:
+            scope = self.scopes.get(task_id)
+            if scope is not None:
+                scope.cancel()
+            elif self.queue:  # queued, or ended already: it is skipped if it is still queued
+                self.cancelled.add(task_id)
+
+    # --- running ------------------------------------------------------------------------------
+
+    def function(self, name: Any) -> tuple[Callable[..., Any], bool]:
+        key = tuple(name) if name is not None else None
+        found = self.functions.get(key)
+        if found is None:
+            spec = name if name is not None else self.default
+            if spec is None:
+                raise TypeError("the pool has no function: pass one to submit()")
+            fn = load_target(_target(spec), require_async=False)
+            found = self.functions[key] = (fn, inspect.iscoroutinefunction(fn))
+        return found
+
+    def failure(self, task_id: Any, exc: Exception) -> list[Any]:
+        text = traceback.format_exc() if self.tracebacks else ""
+        return [task_id, 1, type(exc).__qualname__, str(exc), text]
+
+    async def run(self, task_group: TaskGroup) -> None:
+        queue, done, cancelled = self.queue, self.done, self.cancelled
+        while True:
+            if not queue:
+                if done:
+                    await self.flush()
+                    continue
+                cancelled.clear()  # every id in it ended: none is queued
+                await self.wake.wait()
+                self.wake = anyio.Event()
+                continue
+            started = time.monotonic()
+            while queue:
+                task_id, name, args = queue.popleft()
+                if task_id in cancelled:
+                    cancelled.discard(task_id)
+                    done.append([task_id, 2])
+                    continue
+                try:
+                    fn, is_async = self.function(name)
+                    if is_async:
+                        scope = self.scopes[task_id] = anyio.CancelScope()  # cancellable now
+                        task_group.start_soon(self.run_async, task_id, scope, fn, args)
+                        continue
+                    done.append([task_id, 0, fn(*args)])
+                except Exception as exc:
+                    done.append(self.failure(task_id, exc))
+                if time.monotonic() - started >= FLUSH_SECONDS:
+                    break
+            if done:
+                await self.flush()
+            await anyio.lowlevel.checkpoint()  # read messages (cancels), start async tasks
+
+    async def run_async(
+        self, task_id: Any, scope: anyio.CancelScope, fn: Callable[..., Any], args: list[Any]
+    ) -> None:
+        outcome: list[Any] = [task_id, 2]
+        try:
+            with scope:
+                outcome = [task_id, 0, await fn(*args)]
+        except Exception as exc:
+            outcome = self.failure(task_id, exc)
+        finally:
+            del self.scopes[task_id]
+            self.done.append(outcome)
+            self.wake.set()
+
+    async def flush(self) -> None:
+        outcomes = self.done[:]
+        self.done.clear()
+        try:
+            await self.parent.emit(DONE_EVENT, outcomes)
+        except (EncodeError, FrameTooLargeError):
+            # Some result cannot travel (or all of them are too large together): each goes
+            # alone, and one that still cannot fails its task only.
+            for outcome in outcomes:
+                try:
+                    if outcome[1] == 0:
+                        pack_value(outcome, numpy=True)
+                    await self.parent.emit(DONE_EVENT, [outcome])
+                except (EncodeError, FrameTooLargeError) as exc:
+                    message = f"the result of task {outcome[0]} cannot be sent: {exc}"
+                    await self.parent.emit(
+                        DONE_EVENT, [[outcome[0], 1, type(exc).__qualname__, message, ""]]
+                    )
 
 
 async def pool_worker(
@@ -48,64 +184,14 @@ async def pool_worker(
     initargs: list[Any],
 ) -> None:
     """Run in each worker process: register the task handlers, run the initializer, serve."""
-    functions: dict[Any, Callable[..., Any]] = {}
-    scopes: dict[int, anyio.CancelScope] = {}
-    initialized = anyio.Event()
-
-    def function(name: Any) -> Callable[..., Any]:
-        key = tuple(name) if name is not None else None
-        fn = functions.get(key)
-        if fn is None:
-            spec = name if name is not None else default
-            if spec is None:
-                raise TypeError("the pool has no function: pass one to submit()")
-            fn = functions[key] = load_target(_target(spec), require_async=False)
-        return fn
-
-    async def run(task: list[Any], outcomes: list[Any], index: int) -> None:
-        task_id, name, args = task
-        scope = scopes[task_id] = anyio.CancelScope()
-        try:
-            with scope:
-                fn = function(name)
-                if inspect.iscoroutinefunction(fn):
-                    outcomes[index] = [0, await fn(*args)]
-                else:
-                    await anyio.lowlevel.checkpoint()  # a task cancelled while queued stops here
-                    outcomes[index] = [0, fn(*args)]
-        except Exception as exc:
-            text = traceback.format_exc() if tracebacks else ""
-            outcomes[index] = [1, type(exc).__qualname__, str(exc), text]
-        finally:
-            scopes.pop(task_id, None)
-
-    async def run_batch(batch: list[list[Any]]) -> list[Any]:
-        if not initialized.is_set():
-            await initialized.wait()
-        outcomes: list[Any] = [[2]] * len(batch)  # cancelled, unless it ends otherwise
-        if len(batch) == 1:
-            await run(batch[0], outcomes, 0)
-        else:
-            async with anyio.create_task_group() as task_group:
-                for index, task in enumerate(batch):
-                    task_group.start_soon(run, task, outcomes, index)
-        return outcomes
-
-    def cancel(task_id: Any) -> None:
-        scope = scopes.get(task_id)
-        if scope is not None:
-            scope.cancel()
-
-    parent = actor.parent
-    assert parent is not None
-    tracebacks = actor.config.remote_tracebacks is not False  # our own parent, on Unix
-    parent.on(BATCH_EVENT, run_batch)  # before the first await: in place once ready
-    parent.on(CANCEL_EVENT, cancel)
+    worker = _Worker(actor, default)
+    worker.parent.on(BATCH_EVENT, worker.on_batch)  # before the first await: in place once ready
+    worker.parent.on(CANCEL_EVENT, worker.on_cancel)
     if initializer is not None:
         init = load_target(_target(initializer), require_async=False)
         if inspect.iscoroutinefunction(init):
             await init(*initargs)
         else:
             init(*initargs)
-    initialized.set()
-    await anyio.sleep_forever()
+    async with anyio.create_task_group() as task_group:
+        await worker.run(task_group)
