@@ -31,6 +31,7 @@ from ._errors import ClosedError, ConfigError, IPCError, UnknownPeerError
 from ._log import ActorLog
 from ._runtime import current_runtime, end_with_run
 from ._transports._datagram import DatagramKind
+from ._transports._memfd import memfd_supported
 from ._transports._tls import TLSTransport, check_server_context
 from ._transports._transport import TCPTransport, Transport, UnixTransport
 from ._transports._unix import default_socket_root, ensure_socket_dir
@@ -156,6 +157,11 @@ class Actor:
         """
         return await self._serve(self._unix_transport(path))
 
+    @property
+    def _pass_fds(self) -> bool:
+        """Whether our Unix sockets pass descriptors: shared memory is on, and can be."""
+        return self.config.max_shared_bytes > 0 and memfd_supported()
+
     def _unix_transport(self, path: object) -> UnixTransport:
         path = _path(path, "serve")
         if path is None:
@@ -164,7 +170,7 @@ class Actor:
                 private=self.config.socket_root is None,
             )
             path = self.default_path()
-        return UnixTransport(os.path.abspath(path))
+        return UnixTransport(os.path.abspath(path), pass_fds=self._pass_fds)
 
     @overload
     async def serve_net(
@@ -262,7 +268,7 @@ class Actor:
         _check_id(id)
         path = _path(path, f"connect_to_net({id!r}, port=...)")
         path = os.path.abspath(path) if path is not None else self.default_path(id)
-        return await self._connect(id, UnixTransport(path))
+        return await self._connect(id, UnixTransport(path, pass_fds=self._pass_fds))
 
     async def connect_to_net(
         self,

@@ -114,6 +114,25 @@ class Config:
     #: it has handled everything received so far (so an idle link never waits for a timer).
     #: 256 keeps acks to a few bytes per thousand events.
     ack_every: int = 256
+    #: Shared memory on one host (docs/guide.md, "Large arrays and shared memory"): the most
+    #: bytes of memfd segments one connection may use in each direction. ``0`` (default): off.
+    #: Above 0, this actor's Unix sockets pass file descriptors (a stream that costs a little
+    #: more per small message than the default one), and a connection whose peer has it too
+    #: (negotiated in the handshake) sends each numpy array of at least ``shared_threshold``
+    #: bytes through a shared segment instead of the socket: one copy into warm memory on the
+    #: sender, none on the receiver, or none at all with ``empty()``. The pool of a
+    #: connection stays within the smaller of both sides' values; past it arrays take the
+    #: socket path. TCP, TLS and UDP always take the socket path, as does a peer without it.
+    #: Must be a multiple of the page size (4096). 1 GiB, say, for a graph of large tensors.
+    max_shared_bytes: int = 0
+    #: Arrays smaller than this (bytes) take the socket path even with shared memory: below
+    #: ~256 KiB the socket is as fast and costs no slot.
+    shared_threshold: int = 256 * 1024
+    #: Receiving side: arrays from shared memory are read-only views of the sender's memory
+    #: (``False``, default: nothing is copied), or writable copy-on-write views (``True``:
+    #: pages are copied as they are written, what ``torch.from_numpy`` wants to avoid its
+    #: warning on read-only arrays).
+    shared_copy_on_write: bool = False
     #: Seconds allowed for the whole handshake after the socket connects (one deadline, however
     #: the bytes trickle in); a silent or slow peer is refused with ``reject(timeout)``.
     handshake_timeout: float = 5.0
@@ -186,6 +205,14 @@ class Config:
                 f"acked must be one of {', '.join(map(repr, ACKED_MODES))}, got {self.acked!r}"
             )
         _check_int("ack_every", self.ack_every, 1)
+        _check_int("max_shared_bytes", self.max_shared_bytes, 0)
+        if self.max_shared_bytes % 4096:
+            raise ConfigError(
+                f"max_shared_bytes must be a multiple of the page size (4096), got "
+                f"{self.max_shared_bytes!r}"
+            )
+        _check_int("shared_threshold", self.shared_threshold, 1)
+        _check_type("shared_copy_on_write", self.shared_copy_on_write, bool)
         if self.stop_retrying is not None:
             _check_int("stop_retrying", self.stop_retrying, 0)
         _check_int("max_frame_size", self.max_frame_size, 1024, 2**32 - 1)

@@ -80,13 +80,14 @@ async def test_bytes_and_a_segment_pass_and_the_fd_arrives_close_on_exec(
             try:
                 assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
                 check_segment(fd, PAGE, PAGE)
-                view = map_segment(fd, PAGE)
+                view = map_segment(fd, PAGE).view
             finally:
                 os.close(fd)
             assert view[:5] == b"hello"  # the same memory, mapped after the fd was closed
+            assert view.readonly
             segment.map[:5] = b"HELLO"
             assert view[:5] == b"HELLO"
-            view.close()
+            del view  # unmapped with its last view
             # A large write goes through whole, descriptors on its first byte only.
             blob = os.urandom(3 * 1024 * 1024)
             async with anyio.create_task_group() as tg:

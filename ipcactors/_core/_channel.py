@@ -74,7 +74,9 @@ from .._proto._messages import (
     frame_size,
 )
 from .._proto._session import Session
+from .._transports._fds import FdSocketStream
 from .._transports._streams import attach_writer, drain_outbox, send_tracebacks
+from ._shared import SharedMemory, close_fds
 
 if TYPE_CHECKING:
     from ._peer import Peer
@@ -105,6 +107,7 @@ class Channel:
         "_drained",
         "_enqueued",
         "_failure",
+        "_fd_stream",
         "_gone",
         "_heartbeat_bytes",
         "_held",
@@ -123,6 +126,7 @@ class Channel:
         "_received",
         "_received_at",
         "_session",
+        "_shared",
         "_silent_after",
         "_soft_bytes",
         "_stream",
@@ -141,6 +145,24 @@ class Channel:
         peer._encoder.tracebacks = send_tracebacks(stream, peer._config.remote_tracebacks)
         self._opening = opening
         config = peer._config
+        # Shared memory, when the handshake negotiated it (the peer accepts this many bytes).
+        accept = peer._shared_accept
+        self._fd_stream = stream if isinstance(stream, FdSocketStream) else None
+        self._shared: SharedMemory | None = None
+        if accept is not None and self._fd_stream is not None:
+            self._shared = SharedMemory(
+                budget=min(config.max_shared_bytes, accept),
+                accept=config.max_shared_bytes,
+                threshold=config.shared_threshold,
+                copy_on_write=config.shared_copy_on_write,
+                encoder=peer._encoder,
+                outbox=peer._outbox,
+                counters=peer._counters,
+            )
+            # From now on (a request may be encoded before `run` starts), until `run` ends.
+            peer._encoder.shared = self._shared
+            session.share_with(self._shared)
+            peer._shared = self._shared
         self._soft_bytes = config.max_inbox_bytes
         self._max_requests = config.max_concurrent_requests
         self._task_group: TaskGroup | None = None
@@ -184,6 +206,7 @@ class Channel:
         """Serve the stream until it ends. Raises :class:`ProtocolError` on bad input."""
         peer = self._peer
         outbox = peer._outbox
+        shared = self._shared
         try:
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
@@ -215,10 +238,44 @@ class Channel:
             self._task_group = None
             self._opened.set()
             outbox.on_sent = outbox.on_lost = peer._requests.on_open = None
+            if shared is not None:
+                self._end_shared(shared)
             outbox.drop_replies()  # they answer this connection's requests, not the next's
             await anyio.aclose_forcefully(self._stream)
         if self._failure is not None:
             raise self._failure
+
+    def _end_shared(self, shared: SharedMemory) -> None:
+        """Frames naming this connection's shared memory never go out on another one."""
+        peer = self._peer
+        peer._encoder.shared = None
+        self._session.share_with(None)
+        if peer._shared is shared:
+            peer._shared = None
+        shared.close()
+        dropped = peer._outbox.drop_shared()
+        if dropped:
+            peer._counters.shared_dropped += len(dropped)
+            peer._requests.fail_frames(
+                ConnectionLostError(
+                    f"the connection with {peer.id!r} was lost before a request naming its "
+                    "shared memory went out"
+                ),
+                dropped,
+            )
+            peer._log.warning(
+                f"{len(dropped)} frame(s) with arrays in shared memory for {peer.id!r} were "
+                "not sent: the connection was lost"
+            )
+
+    def _claim_fds(self) -> None:
+        """Descriptors the last read brought: for the Share frames it completes."""
+        assert self._fd_stream is not None
+        fds = self._fd_stream.take_fds()
+        if self._shared is None:
+            close_fds(fds)
+            raise DecodeError("the peer passed file descriptors without shared memory")
+        self._shared.fds.extend(fds)
 
     def _start_watch(self, watchdog: Watchdog) -> None:
         peer = self._peer
@@ -348,7 +405,11 @@ class Channel:
         frame_timeout = peer._config.frame_timeout
         data: bytes = b""  # bytes the handshake left in the session come out first
         buffered = session.buffered
+        fd_stream = self._fd_stream
+        shared = self._shared
         while True:
+            if fd_stream is not None and fd_stream.pending_fds:
+                self._claim_fds()
             events: list[Event | Request] = []
             # The session checked them: no reserved name, nothing of the handshake.
             for message in receive_messages(data):
@@ -371,6 +432,12 @@ class Channel:
                         self._queued_requests += 1
                     elif peer._start_answer(message, task_group, answered):
                         self._in_flight += 1  # until its reply is queued (see _answered)
+            message = None  # type: ignore[assignment]  # (see _dispatch_loop)
+            if shared is not None and shared.fds and not session.buffered:
+                # Every frame the read completed was decoded: none claimed these.
+                count = len(shared.fds)
+                close_fds(shared.fds)
+                raise DecodeError(f"the peer passed {count} file descriptor(s) no frame claimed")
             if events:
                 # Counted as the bytes of the frames this read completed.
                 size = buffered + len(data) - session.buffered
@@ -380,6 +447,7 @@ class Channel:
                     self._dispatching = True
                     task_group.start_soon(self._dispatch_loop, task_group)
                 self._wake()
+            del events  # (see _dispatch_loop)
             # (Below the soft bound with no request waiting, there is no reason to pause.)
             if (self._inbox_bytes >= soft_bytes or self._queued_requests) and self._must_pause():
                 self._paused = True
@@ -504,6 +572,10 @@ class Channel:
                         if not self._broken:  # else no reply could reach the peer
                             self._start(message, task_group)
                 inbox.popleft()
+                # Hold no message while waiting: an array in shared memory is released as
+                # soon as its handlers drop it.
+                del batch
+                message = None  # type: ignore[assignment]
                 self._inbox_bytes -= size
                 if peer._ack_pending and (not inbox or peer._ack_pending >= peer._ack_every):
                     peer._send_ack()  # cumulative: every ack_every events, or once idle

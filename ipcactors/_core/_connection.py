@@ -51,6 +51,7 @@ from .._errors import (
 )
 from .._log import ActorLog
 from .._proto._session import Role, Session
+from .._transports._fds import can_pass_fds
 from .._transports._transport import (
     Address,
     Transport,
@@ -63,6 +64,7 @@ from ._channel import Channel
 from ._handlers import HandlerMethods, Handlers
 from ._handshake import open_handshake
 from ._peer import Peer
+from ._shared import shared_offer
 from ._watchdog import Watchdog
 
 __all__ = ["RETRY_REMINDER", "Connection"]
@@ -329,7 +331,7 @@ class Connection(Peer, HandlerMethods):
                 self._actor_id,
                 auth_key=self._config.auth_key_bytes,
                 target=self.id,
-                hello_extra=None if acked is None else {"acked": acked.hello(self._outbox)},
+                hello_extra=self._hello_extra(stream),
             )
             if not codec.handshake:  # the session is open at once
                 self._server_id = self.id  # nothing on the wire says otherwise
@@ -349,6 +351,8 @@ class Connection(Peer, HandlerMethods):
                 f"{welcome.id!r}"
             )
         self._server_id = welcome.id
+        offered = self._config.max_shared_bytes and acked is None
+        self._shared_accept = shared_offer(welcome.extra.get("shm")) if offered else None
         if acked is not None:
             try:
                 self._negotiate(welcome.extra.get("acked"))
@@ -356,6 +360,14 @@ class Connection(Peer, HandlerMethods):
                 await anyio.aclose_forcefully(stream)
                 raise
         return stream, session
+
+    def _hello_extra(self, stream: ByteStream) -> dict[str, Any] | None:
+        acked = self._acked
+        if acked is not None:  # (its resends and shared memory's places do not mix)
+            return {"acked": acked.hello(self._outbox)}
+        if self._config.max_shared_bytes and can_pass_fds(stream):
+            return {"shm": self._config.max_shared_bytes}
+        return None
 
     def _negotiate(self, offer: Any) -> None:
         """The welcome's answer to our acknowledged mode (``None``: the server lacks it)."""

@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 import anyio
 
-from .._proto._messages import Frame, frame_size
+from .._proto._messages import FdFrame, Frame, SharedFrame, frame_size
 
 __all__ = ["Outbox"]
 
@@ -219,6 +219,22 @@ class Outbox:
             self._is_flushed.set()
             self._is_flushed = None
         return left
+
+    def drop_shared(self) -> set[int]:
+        """Their connection is gone: forget the frames that name places in its shared memory,
+        or pass its segments (each in the ordered queue becomes an empty frame, so sequence
+        numbers hold). Returns the sequence numbers of those in the ordered queue."""
+        dropped: set[int] = set()
+        frames = self._frames
+        for number in [n for n, f in enumerate(frames) if isinstance(f, SharedFrame | FdFrame)]:
+            self._bytes -= frame_size(frames[number])
+            frames[number] = b""
+            dropped.add(self.taken + 1 + number)
+        kept = [f for f in self._replies if not isinstance(f, SharedFrame | FdFrame)]
+        if len(kept) != len(self._replies):
+            self._bytes -= sum(map(frame_size, self._replies)) - sum(map(frame_size, kept))
+            self._replies = deque(kept)
+        return dropped
 
     def take(self, budget: int | None = None) -> list[Frame]:
         """Hand queued frames to the writer, which calls :meth:`sent` when they are written:

@@ -38,6 +38,7 @@ from ._acks import AckedReceiver, AckedSender
 from ._handlers import UNHANDLED, Handlers, unhandled
 from ._outbox import Outbox
 from ._requests import NO_HANDLER, Requests
+from ._shared import SharedMemory
 from ._stats import ConnectionStatistics, PeerCounters
 
 if TYPE_CHECKING:
@@ -110,6 +111,10 @@ class Peer:
         #: Acknowledged mode, receiving side (a server's client that negotiated it).
         self._receiver: AckedReceiver | None = None
         self._ack_every = config.ack_every
+        #: Shared memory: the bytes of segments the peer accepts, when the handshake
+        #: negotiated it (``None``: not), and the current channel's (see ``_shared``).
+        self._shared_accept: int | None = None
+        self._shared: SharedMemory | None = None
         self._ack_pending = 0  # events delivered since our last acknowledgement
         #: True while a handler runs for an event the peer sent again after a reconnect to a
         #: restarted receiver: it may have been handled before (acknowledged mode).
@@ -139,7 +144,29 @@ class Peer:
             events_resent=0 if acked is None else acked.resent,
             events_redelivered=self._counters.events_redelivered,
             events_deduplicated=self._counters.events_deduplicated,
+            shared_memory=self._shared is not None,
+            shared_in_use=0 if self._shared is None else self._shared.in_use,
+            shared_sent=self._counters.shared_sent,
+            shared_received=self._counters.shared_received,
+            shared_fallbacks=self._counters.shared_fallbacks,
+            shared_dropped=self._counters.shared_dropped,
         )
+
+    def empty(self, shape: int | tuple[int, ...], dtype: Any = float) -> Any:
+        """A new numpy array (uninitialised, like ``numpy.empty``) to fill and then send to
+        this peer without a copy: inside this connection's shared memory when it has it and
+        there is room, else an ordinary array (sent the usual way). Once sent, leave it as it
+        is until the peer is done with it (the peer sees the very same memory); its place is
+        reused only after the peer dropped every array it got from it and you dropped it."""
+        import numpy as np
+
+        dims = (shape,) if isinstance(shape, int) else tuple(shape)
+        shared = self._shared
+        if shared is not None:
+            array = shared.empty(dims, dtype)
+            if array is not None:
+                return array
+        return np.empty(dims, dtype)
 
     # --- sending ------------------------------------------------------------------------------
 

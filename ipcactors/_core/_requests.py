@@ -71,6 +71,14 @@ class Requests:
             pending.error = kind(error.type, error.message, error.traceback)
             pending.set()
 
+    def fail_frames(self, error: BaseException, seqs: set[int]) -> None:
+        """Fail the requests whose frames (by outbox sequence number) will never be sent."""
+        for request_id, pending in list(self._pending.items()):
+            if pending.seq in seqs:
+                del self._pending[request_id]
+                pending.error = copy.copy(error)
+                pending.set()
+
     def fail(self, error: BaseException, *, sent_up_to: float = math.inf) -> None:
         """Fail the requests whose frames were handed to a writer (all of them by default)."""
         for request_id, pending in list(self._pending.items()):

@@ -57,12 +57,14 @@ from .._errors import ClosedError, ConnectionLostError, ProtocolError, UnknownPe
 from .._log import ActorLog
 from .._proto._messages import frame_size
 from .._proto._session import Refusal, Role, Session
+from .._transports._fds import can_pass_fds
 from .._transports._transport import Address, Listener, Transport
 from ._acks import ReceiverSessions
 from ._channel import Channel
 from ._handlers import HandlerMethods, Handlers
 from ._handshake import accept_handshake
 from ._peer import Peer, check_event_name
+from ._shared import shared_offer
 from ._stats import ServerCounters, ServerStatistics
 from ._watchdog import Watchdog
 
@@ -356,12 +358,14 @@ class Server(HandlerMethods):
         held_until = anyio.current_time() + self._config.handshake_timeout * HOLD_SHARE
         client_id: str | None = None
         offer: tuple[str, int] | None = None
+        shm: int | None = None
         try:
             with scope, anyio.fail_after(self._config.handshake_timeout):
                 stream = await self._transport.accepted(stream)
                 if codec.handshake:
                     hello = await accept_handshake(stream, session)
                     offer = self._acked_offer(hello.extra.get("acked"))
+                    shm = shared_offer(hello.extra.get("shm"))
                     client_id = hello.id
                 else:  # nothing on the wire names the client: the server does
                     self._accepted += 1
@@ -398,6 +402,8 @@ class Server(HandlerMethods):
         client.peer_certificate = stream.extra(TLSAttribute.peer_certificate, None)
         if offer is not None and self._sessions is not None:
             client._receiver = self._sessions.join(*offer)
+        elif shm is not None and self._config.max_shared_bytes and can_pass_fds(stream):
+            client._shared_accept = shm
         await self._run_client(client, stream, session, previous)
 
     async def _run_client(
@@ -415,7 +421,9 @@ class Server(HandlerMethods):
                 await self._handlers.call("connect", (client,), self._log)
 
         receiver = client._receiver
-        extra = {} if receiver is None else {"acked": {"last": receiver.last}}
+        extra: dict[str, Any] = {} if receiver is None else {"acked": {"last": receiver.last}}
+        if client._shared_accept is not None:
+            extra["shm"] = self._config.max_shared_bytes
         welcome = b"" if session.is_open else session.accept(**extra)  # lifts the frame limit
         client._channel = channel = Channel(stream, session, client, opening)
         # Registered before the welcome: a client that knows it is connected is in `clients`.

@@ -25,6 +25,10 @@ class PeerCounters:
         "events_redelivered",
         "events_unhandled",
         "heartbeat_timeouts",
+        "shared_dropped",
+        "shared_fallbacks",
+        "shared_received",
+        "shared_sent",
     )
 
     def __init__(self) -> None:
@@ -32,6 +36,10 @@ class PeerCounters:
         self.heartbeat_timeouts = 0  # connections dropped: nothing received in time
         self.events_redelivered = 0  # acked mode: delivered again after a receiver restart
         self.events_deduplicated = 0  # acked mode: arrived again, already delivered: dropped
+        self.shared_sent = 0  # arrays sent through shared memory
+        self.shared_received = 0  # arrays received through shared memory
+        self.shared_fallbacks = 0  # arrays over the threshold that took the socket path
+        self.shared_dropped = 0  # frames naming shared memory lost with their connection
 
 
 class ServerCounters:
@@ -92,6 +100,18 @@ class ConnectionStatistics:
     events_redelivered: int = 0
     #: Receiving side: events that arrived again after a resume, already delivered: dropped.
     events_deduplicated: int = 0
+    #: Shared memory (``Config.max_shared_bytes``): whether this connection has it right now;
+    #: arrays sent and received through it; arrays of at least ``shared_threshold`` bytes that
+    #: took the socket path (the pool was full, or shared memory is off on this connection);
+    #: frames naming shared memory that were lost with their connection (never sent).
+    shared_memory: bool = False
+    #: Bytes of our shared segments in use right now: slots the peer (or an array from
+    #: ``empty()``) still holds.
+    shared_in_use: int = 0
+    shared_sent: int = 0
+    shared_received: int = 0
+    shared_fallbacks: int = 0
+    shared_dropped: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,13 @@ The contract a codec keeps (every codec, and the layers above rely on each point
 - Datagrams: :meth:`Decoder.decode_datagram` decodes one whole datagram into its messages
   (one or more, as the format says) and does not break the decoder on error; a datagram
   encoder's frames are whole datagram bodies.
+- Shared memory (``_core._shared``, docs/protocol.md 5.4): a codec that can carry arrays in
+  shared segments reads :attr:`Encoder.shared` and :attr:`Decoder.shared`, the connection's
+  :class:`SharedBuffers` (``None``: not negotiated). An encoder offers it every array of at
+  least ``threshold`` bytes and sends a reference to where it was placed (or the array itself,
+  if it was not); a decoder hands it each ``Share`` and ``Release`` message as decoded (so
+  that a reference in the very next frame finds its segment) instead of returning them, and
+  asks it for the array of each reference. Without it, either message is a protocol error.
 - Nothing here does I/O, keeps a clock or awaits.
 """
 
@@ -41,12 +48,42 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from .._errors import ConfigError, UnsupportedError
 from ._messages import Frame, Limits, Message
 
-__all__ = ["CODECS", "Codec", "Decoder", "Encoder", "codec_named"]
+__all__ = ["CODECS", "Codec", "Decoder", "Encoder", "SharedBuffers", "codec_named"]
+
+
+class SharedBuffers(Protocol):
+    """One connection's shared memory, as a codec sees it (see the module's contract)."""
+
+    #: Arrays of at least this many bytes are offered to :meth:`place`.
+    threshold: int
+
+    def place(self, array: Any) -> tuple[int, int] | None:
+        """Put ``array`` (a numpy array) in a shared segment, or find it in one (made by
+        ``empty``): its ``(segment, offset)``, or ``None`` for the socket path."""
+        ...
+
+    def unplace(self, place: tuple[int, int]) -> None:
+        """A placed array's frame was not sent after all (it failed to encode)."""
+        ...
+
+    def segment(self, segment: int, size: int) -> None:
+        """The peer shares its segment ``segment`` of ``size`` bytes (its descriptor came with
+        the frame). Raises :class:`~ipcactors.DecodeError` if it cannot be used."""
+        ...
+
+    def array(self, segment: int, offset: int, dtype: Any, shape: tuple[int, ...]) -> Any:
+        """The array the peer placed at ``offset`` in its segment ``segment``. Raises
+        :class:`~ipcactors.DecodeError` if it is not within a segment shared with us."""
+        ...
+
+    def released(self, places: list[tuple[int, int]]) -> None:
+        """The peer dropped the arrays it got at ``places``."""
+        ...
 
 
 class Encoder(ABC):
@@ -61,6 +98,8 @@ class Encoder(ABC):
         #: Whether error replies carry traceback text (``Config.remote_tracebacks``); set by the
         #: owner once it knows who the peer is.
         self.tracebacks = True
+        #: The connection's shared memory, while negotiated (set by the owner).
+        self.shared: SharedBuffers | None = None
 
     def _unsupported(self, what: str) -> UnsupportedError:
         return UnsupportedError(f"the {self.codec_name!r} codec cannot carry {what}")
@@ -105,12 +144,23 @@ class Encoder(ABC):
     def ping(self) -> Frame:
         raise self._unsupported("heartbeats")
 
+    def share(self, segment: int, size: int) -> bytes:
+        """The announcement of our segment ``segment`` (its descriptor goes with it)."""
+        raise self._unsupported("shared memory")
+
+    def release(self, places: list[tuple[int, int]]) -> Frame:
+        """That we dropped the arrays the peer placed at ``places``."""
+        raise self._unsupported("shared memory")
+
     def pong(self) -> Frame:
         raise self._unsupported("heartbeats")
 
 
 class Decoder(ABC):
     """Turns one connection's received bytes into messages (see the module's contract)."""
+
+    #: The connection's shared memory, while negotiated (set by the owner).
+    shared: SharedBuffers | None = None
 
     @abstractmethod
     def feed(self, data: bytes | bytearray | memoryview = b"") -> list[Message]:

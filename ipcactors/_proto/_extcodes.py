@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["NUMPY_EXT_CODE"]
+__all__ = ["NUMPY_EXT_CODE", "SHARED_EXT_CODE"]
 
 NUMPY_EXT_CODE: Final = 78  # numpy arrays: dtype, shape, raw bytes
+SHARED_EXT_CODE: Final = 79  # numpy arrays in a shared segment: segment, offset, dtype, shape

@@ -34,8 +34,11 @@ __all__ = [
     "Pong",
     "Proof",
     "Reject",
+    "Release",
     "Reply",
     "Request",
+    "Share",
+    "SharedFrame",
     "Welcome",
     "frame_size",
     "is_reserved",
@@ -201,6 +204,33 @@ class Ack:
         return f"Ack({self.seq})"
 
 
+class Share:
+    """``[12, segment, size]``: shared memory (docs/protocol.md 5.4): the descriptor of the
+    sender's segment number ``segment``, ``size`` bytes, travels with this frame's first byte."""
+
+    __slots__ = ("segment", "size")
+
+    def __init__(self, segment: int, size: int) -> None:
+        self.segment = segment
+        self.size = size
+
+    def __repr__(self) -> str:
+        return f"Share({self.segment}, {self.size})"
+
+
+class Release:
+    """``[13, [segment, offset, ...]]``: the receiver dropped the arrays it got at these places
+    of the sender's segments; the sender may reuse them."""
+
+    __slots__ = ("places",)
+
+    def __init__(self, places: list[tuple[int, int]]) -> None:
+        self.places = places
+
+    def __repr__(self) -> str:
+        return f"Release({self.places})"
+
+
 PING_MESSAGE: Final = Ping()
 PONG_MESSAGE: Final = Pong()
 
@@ -217,6 +247,8 @@ Message: TypeAlias = (
     | Ping
     | Pong
     | Ack
+    | Share
+    | Release
 )
 HANDSHAKE_KINDS: Final = (Hello, Welcome, Reject, Challenge, Proof)
 
@@ -237,6 +269,11 @@ class FdFrame(bytes):
         frame = super().__new__(cls, data)
         frame.fds = fds
         return frame
+
+
+class SharedFrame(bytes):
+    """A frame that names places in the shared segments of the connection it was encoded for:
+    it must not go out on another one (dropped with its connection, see ``_core._shared``)."""
 
 
 def frame_size(frame: Frame) -> int:

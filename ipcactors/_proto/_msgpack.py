@@ -32,7 +32,7 @@ import msgpack
 
 from .._errors import DecodeError, EncodeError, FrameTooLargeError, ProtocolError
 from ._codec import Codec, Decoder, Encoder
-from ._extcodes import NUMPY_EXT_CODE
+from ._extcodes import NUMPY_EXT_CODE, SHARED_EXT_CODE
 from ._messages import (
     HANDSHAKE_KINDS,
     MAX_REQUEST_ID,
@@ -51,8 +51,11 @@ from ._messages import (
     Pong,
     Proof,
     Reject,
+    Release,
     Reply,
     Request,
+    Share,
+    SharedFrame,
     Welcome,
 )
 
@@ -80,6 +83,8 @@ PROOF: Final = 8
 PING: Final = 9
 PONG: Final = 10
 ACK: Final = 11
+SHARE: Final = 12
+RELEASE: Final = 13
 
 HEADER: Final = struct.Struct(">I")
 HEADER_SIZE: Final = HEADER.size
@@ -92,6 +97,14 @@ _HEAD_CACHE_SIZE: Final = 1024  # event names whose packed envelope head is kept
 # --- encoding ---------------------------------------------------------------------------------
 
 # Types the packer writes as one msgpack scalar (nil, bool, int, float, str, bin, timestamp).
+# numpy dtype kinds an array in shared memory may have (those the numpy extension carries).
+_SHAREABLE_KINDS: Final = frozenset("biufcmMSU")
+
+
+def frame_bytes(frame: Frame) -> bytes:
+    return frame if isinstance(frame, bytes) else b"".join(frame)
+
+
 _SCALARS: Final = frozenset(
     {type(None), bool, int, float, str, bytes, bytearray, memoryview, msgpack.Timestamp}
 )
@@ -165,14 +178,34 @@ class MsgpackEncoder(Encoder):
         self._count_above = limits.max_decoded_objects
         self._data_budget = limits.max_depth - 1  # the envelope is the first level
         self._datagrams = datagrams
-        # numpy arrays are encoded by `encode_default` (when no other hook is given).
+        # numpy arrays are encoded by `encode_default` (when no other hook is given), or placed
+        # in shared memory by `_place` while the connection has it.
+        self._placed: list[tuple[int, int]] = []  # places taken by the frame being packed
         self._packer = msgpack.Packer(
             use_bin_type=True,
             datetime=False,
-            default=default or encode_default,
+            default=default or self._default,
             buf_size=4096,  # grows on demand; the default reserves 256 KiB per connection
         )
         self._event_heads: dict[str, bytes] = {}
+
+    def _default(self, obj: Any) -> Any:
+        shared = self.shared
+        if shared is not None:
+            numpy = sys.modules.get("numpy")
+            if (
+                numpy is not None
+                and isinstance(obj, numpy.ndarray)
+                and obj.nbytes >= shared.threshold
+                and obj.dtype.kind in _SHAREABLE_KINDS
+            ):
+                place = shared.place(obj)
+                if place is not None:
+                    from ._numpy import shared_reference
+
+                    self._placed.append(place)
+                    return shared_reference(obj, *place)
+        return encode_default(obj)
 
     def _check(self, data: Any) -> None:
         kind = type(data)
@@ -195,7 +228,30 @@ class MsgpackEncoder(Encoder):
         except (TypeError, ValueError, OverflowError) as exc:
             # The packer keeps a partly written buffer after an error; start clean.
             self._packer.reset()
+            self._unplace()
             raise EncodeError(f"cannot encode as msgpack: {exc}") from exc
+        except BaseException:
+            self._packer.reset()
+            self._unplace()
+            raise
+        if self._placed:
+            try:
+                frame = self._framed_packed(head, packed, tail)
+            except BaseException:
+                self._unplace()
+                raise
+            self._placed.clear()
+            # Names places in this connection's segments: never to go out on another one.
+            return SharedFrame(frame if isinstance(frame, bytes) else b"".join(frame))
+        return self._framed_packed(head, packed, tail)
+
+    def _unplace(self) -> None:
+        placed, self._placed = self._placed, []
+        if placed and self.shared is not None:
+            for place in placed:
+                self.shared.unplace(place)
+
+    def _framed_packed(self, head: bytes, packed: bytes, tail: Any) -> Frame:
         size = len(head) + len(packed)
         if size > self._limit:
             raise FrameTooLargeError(size, self._limit)
@@ -270,6 +326,15 @@ class MsgpackEncoder(Encoder):
     def ping(self) -> Frame:
         return _PING_BODY if self._datagrams else PING_FRAME
 
+    def share(self, segment: int, size: int) -> bytes:
+        # Called while our packer packs the frame that needs the segment: not with it.
+        body: bytes = msgpack.packb([SHARE, segment, size])
+        return HEADER.pack(len(body)) + body
+
+    def release(self, places: list[tuple[int, int]]) -> Frame:
+        flat = [number for place in places for number in place]
+        return self._frame([RELEASE, flat])
+
     def pong(self) -> Frame:
         return _PONG_BODY if self._datagrams else PONG_FRAME
 
@@ -289,8 +354,16 @@ def _reject_ext(code: int, data: bytes) -> Any:
 
 
 def decode_ext(code: int, data: bytes) -> Any:
-    """The unpacker's ``ext_hook``: numpy arrays (when numpy is installed); every other
-    extension type is refused."""
+    """The unpacker's ``ext_hook``: numpy arrays (when numpy is installed), and arrays in
+    shared memory while the decoder decoding has it; every other extension type is refused."""
+    if code == SHARED_EXT_CODE:
+        shared = getattr(_shared, "resolver", None)
+        if shared is None:
+            raise DecodeError("an array in shared memory arrived, but none was negotiated")
+        from ._numpy import decode_shared
+
+        _shared.used = True
+        return decode_shared(data, shared.array)
     if code != NUMPY_EXT_CODE:
         _reject_ext(code, data)
     try:
@@ -500,6 +573,16 @@ def parse_body(body: list[Any]) -> Message:
         return Proof(_require_bytes(_require_map(body[1], "proof").get("proof"), "proof"))
     if kind == ACK and type(kind) is int and size >= 2:
         return Ack(_require_id(body[1]))
+    if kind == SHARE and type(kind) is int and size >= 3:
+        segment, length = body[1], body[2]
+        if type(segment) is not int or type(length) is not int or segment < 0 or length <= 0:
+            raise DecodeError("share: segment and size must be non-negative integers")
+        return Share(segment, length)
+    if kind == RELEASE and type(kind) is int and size >= 2:
+        flat = body[1]
+        if type(flat) is not list or len(flat) % 2 or not all(type(n) is int for n in flat):
+            raise DecodeError("release: an array of segment, offset pairs")
+        return Release(list(zip(flat[::2], flat[1::2], strict=True)))
     if kind == PING and type(kind) is int:
         return PING_MESSAGE
     if kind == PONG and type(kind) is int:
@@ -614,8 +697,11 @@ class MsgpackDecoder(Decoder):
                 if end - start < size:
                     break
                 message = self._decode(view[start : start + size], size)
-                messages.append(message)
                 offset = start + size
+                if type(message) is Share or type(message) is Release:
+                    self._shared_message(message)  # at once: the next frame may use it
+                    continue
+                messages.append(message)
                 if type(message) is not Event and type(message) in HANDSHAKE_KINDS:
                     # Stop here: the owner decides whether the handshake is done (and the frame
                     # limit lifted) before the frames behind this one are decoded.
@@ -641,7 +727,30 @@ class MsgpackDecoder(Decoder):
             raise DecodeError(f"invalid msgpack body: {type(exc).__name__}: {exc}") from None
         return [self._message(value, size, counted)]
 
+    def _shared_message(self, message: Share | Release) -> None:
+        shared = self.shared
+        if shared is None:
+            raise DecodeError("shared memory was not negotiated on this connection")
+        if type(message) is Share:
+            shared.segment(message.segment, message.size)
+        else:
+            shared.released(message.places)  # type: ignore[union-attr]
+
     def _decode(self, body: memoryview, size: int) -> Message:
+        if self.shared is None:
+            return self._decode_body(body, size)
+        _shared.resolver = self.shared  # for decode_ext (the unpacker is this thread's)
+        _shared.used = False
+        try:
+            return self._decode_body(body, size)
+        finally:
+            _shared.resolver = None
+            if _shared.used:
+                # The shared unpacker keeps its last value until the next one: an array in
+                # shared memory must be released as soon as its receiver drops it.
+                _shared.__dict__.get("unpackers", {}).pop(self._unpacker_key, None)
+
+    def _decode_body(self, body: memoryview, size: int) -> Message:
         if size > self._count_above:
             # Long enough to hold too many objects: count them before building any.
             check_objects(body, self._limits)
@@ -702,6 +811,8 @@ class MsgpackCodec(Codec):
             Ping,
             Pong,
             Ack,
+            Share,
+            Release,
         }
     )
     handshake = True

@@ -17,6 +17,11 @@ Layout of the extension's payload (all integers big-endian)::
 
 ``data`` is the array in C order. Arrays decode as writable, C-contiguous arrays owning their
 memory; numpy scalars (``np.int64(3)``) are sent as plain msgpack numbers.
+
+An array in a shared segment (extension 79, docs/protocol.md 5.4) names its place instead of
+carrying its bytes; its header is the same, with no data::
+
+    u8 version (1) | u32 segment | u64 offset | u8 n | dtype.str | u8 ndim | ndim × u64
 """
 
 from __future__ import annotations
@@ -29,14 +34,21 @@ import msgpack
 import numpy as np
 
 from .._errors import DecodeError, EncodeError
-from ._extcodes import NUMPY_EXT_CODE
+from ._extcodes import NUMPY_EXT_CODE, SHARED_EXT_CODE
 
-__all__ = ["NUMPY_EXT_CODE", "decode_array", "encode_numpy"]
+__all__ = [
+    "NUMPY_EXT_CODE",
+    "decode_array",
+    "decode_shared",
+    "encode_numpy",
+    "shared_reference",
+]
 
 _VERSION: Final = 1
 _MAX_DTYPE_TEXT: Final = 32
 _MAX_NDIM: Final = 32
 _DIM: Final = struct.Struct(">Q")
+_PLACE: Final = struct.Struct(">BIQ")  # version, segment, offset
 # What `dtype.str` looks like for the kinds we carry: byte order, kind, item size, and a unit
 # for datetime64/timedelta64 (e.g. "<M8[ns]", "<m8[25s]").
 _DTYPE_TEXT: Final = re.compile(r"[<>|=][biufcmMSU][0-9]{1,6}(\[[0-9]{0,6}[A-Za-z]{1,3}\])?")
@@ -55,7 +67,7 @@ def encode_numpy(obj: Any) -> Any:
     raise TypeError(f"can not serialize {type(obj).__name__!r} object")
 
 
-def _array_payload(array: np.ndarray[Any, Any]) -> bytes:
+def _array_header(array: np.ndarray[Any, Any]) -> bytearray:
     dtype = array.dtype
     if dtype.kind not in _KINDS or dtype.fields is not None or dtype.subdtype is not None:
         what = "object" if dtype.kind == "O" else f"{dtype} ({dtype.kind!r})"
@@ -70,16 +82,44 @@ def _array_payload(array: np.ndarray[Any, Any]) -> bytes:
     header.append(array.ndim)
     for dim in array.shape:
         header += _DIM.pack(dim)
+    return header
+
+
+def _array_payload(array: np.ndarray[Any, Any]) -> bytes:
+    header = _array_header(array)
     # tobytes() copies into C order whatever the layout (strided, Fortran-ordered, 0-d).
     return b"".join((header, array.tobytes(order="C")))
 
 
-def decode_array(data: bytes) -> np.ndarray[Any, Any]:
-    """Decode the payload of a numpy extension. Raises :class:`DecodeError` on any flaw."""
+def shared_reference(array: np.ndarray[Any, Any], segment: int, offset: int) -> msgpack.ExtType:
+    """The extension naming ``array``, placed at ``offset`` in our segment ``segment``."""
+    header = _array_header(array)
+    return msgpack.ExtType(SHARED_EXT_CODE, _PLACE.pack(_VERSION, segment, offset) + header[1:])
+
+
+def decode_shared(data: bytes, resolve: Any) -> Any:
+    """Decode a shared-array extension and return ``resolve(segment, offset, dtype, shape)``
+    (``SharedBuffers.array``). Raises :class:`DecodeError` on any flaw."""
     view = memoryview(data)
+    if len(view) < _PLACE.size or view[0] != _VERSION:
+        raise DecodeError("shared array extension: unknown version or truncated header")
+    _, segment, offset = _PLACE.unpack_from(view)
+    dtype, shape, end = _parse_header(view, _PLACE.size - 1, "shared array extension")
+    if end != len(view):
+        raise DecodeError("shared array extension: bytes after the header")
+    return resolve(segment, offset, dtype, shape)
+
+
+def _parse_header(
+    view: memoryview, start: int, what: str
+) -> tuple[np.dtype[Any], tuple[int, ...], int]:
+    """dtype, shape and where the header ends: the header whose dtype length is at
+    ``start + 1`` (``start``: the version byte of an array's own extension)."""
+    if len(view) < start + 3:
+        raise DecodeError(f"{what}: truncated header")
+    base = start
+    view = view[base:]
     size = len(view)
-    if size < 3 or view[0] != _VERSION:
-        raise DecodeError("numpy extension: unknown version or truncated header")
     text_len = view[1]
     if text_len > _MAX_DTYPE_TEXT or size < 3 + text_len:
         raise DecodeError("numpy extension: bad dtype length")
@@ -102,6 +142,17 @@ def decode_array(data: bytes) -> np.ndarray[Any, Any]:
         raise DecodeError("numpy extension: bad number of dimensions")
     shape = tuple(_DIM.unpack_from(view, offset + i * _DIM.size)[0] for i in range(ndim))
     offset += ndim * _DIM.size
+    return dtype, shape, base + offset
+
+
+def decode_array(data: bytes) -> np.ndarray[Any, Any]:
+    """Decode the payload of a numpy extension. Raises :class:`DecodeError` on any flaw."""
+    view = memoryview(data)
+    if len(view) < 3 or view[0] != _VERSION:
+        raise DecodeError("numpy extension: unknown version or truncated header")
+    dtype, shape, offset = _parse_header(view, 0, "numpy extension")
+    size = len(view)
+    text = dtype.str
     count = 1
     for dim in shape:
         count *= dim

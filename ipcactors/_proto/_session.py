@@ -47,7 +47,7 @@ from .._errors import (
     ServerBusyError,
     TLSError,
 )
-from ._codec import Codec, Decoder, Encoder
+from ._codec import Codec, Decoder, Encoder, SharedBuffers
 from ._messages import (
     HANDSHAKE_KINDS,
     PROTOCOL_VERSION,
@@ -201,6 +201,10 @@ class Session:
     def missing(self) -> int | None:
         """Bytes still to come for the frame in progress, if the codec can tell."""
         return self._decoder.missing()
+
+    def share_with(self, shared: SharedBuffers | None) -> None:
+        """Decode arrays in (and announcements of) the connection's shared memory, or stop."""
+        self._decoder.shared = shared
 
     def data_to_send(self) -> bytes:
         """The bytes the handshake wants sent now (empty if none); each returned once."""

@@ -13,11 +13,18 @@ from __future__ import annotations
 import asyncio
 import math
 import sys
+from collections.abc import Callable
 from typing import Any, Final
 
 import anyio
 
-__all__ = ["Completion", "backend_options", "current_backend", "running_asyncio_loop"]
+__all__ = [
+    "Completion",
+    "backend_options",
+    "current_backend",
+    "running_asyncio_loop",
+    "threadsafe_caller",
+]
 
 
 def running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
@@ -40,6 +47,33 @@ def current_backend() -> tuple[str, bool]:
             pass
     loop = asyncio.get_running_loop()
     return "asyncio", type(loop).__module__.startswith("uvloop")
+
+
+def threadsafe_caller(callback: Callable[[], None]) -> Callable[[], None]:
+    """A function that any thread (a garbage collection anywhere) may call to have
+    ``callback`` run soon in the running loop; it does nothing once that loop is gone."""
+    loop = running_asyncio_loop()
+    if loop is not None:
+        asyncio_loop = loop
+
+        def call_asyncio() -> None:
+            try:
+                asyncio_loop.call_soon_threadsafe(callback)
+            except RuntimeError:  # the loop is closed
+                pass
+
+        return call_asyncio
+    import trio
+
+    token = trio.lowlevel.current_trio_token()
+
+    def call_trio() -> None:
+        try:
+            token.run_sync_soon(callback)
+        except trio.RunFinishedError:
+            pass
+
+    return call_trio
 
 
 def backend_options(backend: str, uvloop: bool) -> dict[str, Any]:

@@ -11,25 +11,78 @@ Invariants:
   pipe, socket or device), exactly the announced size, within the limit, and sealed against
   shrinking and growing. A file that could shrink under our mapping would SIGBUS us; one that
   could grow, or is sparse beyond its announcement, could make us allocate without bound.
-- Mappings are whole segments; a receiver's arrays keep the mapping alive (numpy holds the
-  ``mmap`` object), so they outlive the connection and the peer.
+- Mappings are whole segments, made with libc's ``mmap`` (Python's ``mmap`` object keeps a
+  duplicate of the descriptor open for its life: one descriptor per array held). A mapping is a
+  ``memoryview`` that unmaps itself once nothing refers to it: a receiver's arrays keep it
+  alive, so they outlive the connection and the peer.
 """
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import mmap
 import os
 import stat
+import weakref
 from typing import Final
 
 from .._errors import DecodeError
 
-__all__ = ["PAGE", "Segment", "check_segment", "map_segment", "memfd_supported"]
+__all__ = [
+    "PAGE",
+    "Mapping",
+    "Segment",
+    "check_segment",
+    "drop_pages",
+    "map_segment",
+    "memfd_supported",
+]
 
 PAGE: Final = mmap.PAGESIZE
 _SEALS: Final = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
 _ALL_SEALS: Final = _SEALS | fcntl.F_SEAL_SEAL
+_MADV_DONTNEED: Final = 4
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
+]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_MAP_FAILED: Final = ctypes.c_void_p(-1).value
+
+
+class Mapping:
+    """A mapped segment: ``view`` (bytes, read-only unless mapped writable) and its address."""
+
+    __slots__ = ("address", "view")
+
+    def __init__(self, fd: int, size: int, prot: int, flags: int) -> None:
+        address = _libc.mmap(None, size, prot, flags, fd, 0)
+        if address is None or address == _MAP_FAILED:
+            code = ctypes.get_errno()
+            raise OSError(code, f"mmap: {os.strerror(code)}")
+        buffer = (ctypes.c_char * size).from_address(address)
+        # Unmapped when the last view of it (an array anywhere) is gone.
+        weakref.finalize(buffer, _libc.munmap, address, size)
+        view = memoryview(buffer).cast("B")
+        self.view = view if prot & mmap.PROT_WRITE else view.toreadonly()
+        self.address: int = address
+
+
+def drop_pages(mapping: Mapping, offset: int, size: int) -> None:
+    """Forget the private copies of the pages in ``[offset, offset + size)`` of a private
+    mapping: they read the file again."""
+    start = offset - offset % PAGE
+    if size > 0:
+        _libc.madvise(mapping.address + start, offset + size - start, _MADV_DONTNEED)
 
 
 def memfd_supported() -> bool:
@@ -49,7 +102,7 @@ class Segment:
         try:
             os.ftruncate(fd, size)
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _ALL_SEALS)
-            self.map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            self.map = Mapping(fd, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED).view
         except BaseException:
             os.close(fd)
             raise
@@ -90,9 +143,9 @@ def check_segment(fd: int, size: int, limit: int) -> None:
         )
 
 
-def map_segment(fd: int, size: int, *, private: bool = False) -> mmap.mmap:
+def map_segment(fd: int, size: int, *, private: bool = False) -> Mapping:
     """Map a checked segment: read-only and shared, or ``private`` (copy-on-write: writes stay
-    in this process)."""
+    in this process). The descriptor may be closed at once."""
     if private:
-        return mmap.mmap(fd, size, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE)
-    return mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+        return Mapping(fd, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE)
+    return Mapping(fd, size, mmap.PROT_READ, mmap.MAP_SHARED)

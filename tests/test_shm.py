@@ -1,0 +1,459 @@
+"""Shared memory between actors on one host (Config.max_shared_bytes): arrays through sealed
+memfd segments, released when the receiver drops them; the socket path past the bound and with
+peers that lack it; a hostile peer's descriptors; processes killed while arrays are held."""
+
+from __future__ import annotations
+
+import array
+import fcntl
+import gc
+import os
+import signal
+import socket
+import struct
+import sys
+import tempfile
+import textwrap
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import msgpack
+import numpy as np
+import pytest
+
+from ipcactors import Actor, Connection
+
+pytestmark = pytest.mark.anyio
+
+MiB = 1024 * 1024
+SHM = {"max_shared_bytes": 64 * MiB}
+HEADER = struct.Struct(">I")
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("asyncio", id="asyncio"),
+        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+        pytest.param("trio", id="trio"),
+    ]
+)
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    if request.param != "asyncio" and request.param != "trio":
+        pytest.importorskip("uvloop")
+    return request.param
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _uvloop_global_state() -> None:
+    """uvloop opens a process-wide pipe with its first loop: before the leak checks."""
+    try:
+        import asyncio
+
+        import uvloop
+    except ImportError:
+        return
+    uvloop.run(asyncio.sleep(0))
+
+
+async def _poll(condition: Callable[[], bool], what: str) -> None:
+    with anyio.fail_after(10):
+        while not condition():
+            gc.collect()
+            await anyio.sleep(0.01)
+
+
+def _memfd_maps() -> int:
+    with open("/proc/self/maps") as maps:
+        return sum("memfd:ipcactors" in line for line in maps)
+
+
+async def test_arrays_travel_read_only_through_shared_memory_and_are_released(
+    socket_dir: str,
+) -> None:
+    async with Actor("world", socket_root=socket_dir, silent=True, **SHM) as world:
+        server = await world.serve()
+        kept: list[Any] = []
+
+        def total(data: Any, client: Any) -> float:
+            if isinstance(data, dict):
+                data = data["nested"][0]
+            assert not data.flags.writeable
+            kept.append(data)
+            return float(data.sum())
+
+        server.on("sum", total)
+        async with Actor("hello", socket_root=socket_dir, silent=True, **SHM) as hello:
+            conn = await hello.connect_to("world")
+            values = np.arange(MiB // 4, dtype=np.float32).reshape(512, 512)
+            with anyio.fail_after(10):
+                assert await conn.request("sum", values) == float(values.sum())
+                await conn.emit("sum", {"nested": [values[::2]]})  # any layout: copied once
+                await _poll(lambda: len(kept) == 2, "the event")
+            stats = conn.statistics()
+            assert stats.shared_memory
+            assert stats.shared_sent == 2
+            assert stats.shared_in_use > 0
+            client = server.clients["hello"]
+            assert client.statistics().shared_received == 2
+            assert np.array_equal(kept[0], values)
+            assert np.array_equal(kept[1], values[::2])
+            # Views outlive the array they came from; the slot is held until the last goes.
+            view = kept[0][100:]
+            kept.clear()
+            gc.collect()
+            await anyio.sleep(0.05)
+            assert conn.statistics().shared_in_use > 0
+            del view
+            await _poll(lambda: conn.statistics().shared_in_use == 0, "the releases")
+            assert conn.statistics().shared_fallbacks == 0
+
+
+async def test_small_arrays_tcp_and_peers_without_it_take_the_socket_path(
+    socket_dir: str,
+) -> None:
+    async with (
+        Actor("world", socket_root=socket_dir, silent=True) as world,  # no shm here
+        Actor("net", socket_root=socket_dir, silent=True, **SHM) as net_actor,
+    ):
+        server = await world.serve()
+        tcp = await net_actor.serve_net(port=0)
+        for endpoint in (server, tcp):
+            endpoint.on("sum", lambda data, client: float(data.sum()))
+        async with Actor("hello", socket_root=socket_dir, silent=True, **SHM) as hello:
+            plain = await hello.connect_to("world")
+            net = await hello.connect_to_net("net", port=tcp.address[1])  # type: ignore[index]
+            big = np.ones(MiB, dtype=np.uint8)
+            with anyio.fail_after(10):
+                for conn in (plain, net):
+                    assert await conn.request("sum", big) == MiB
+                    assert not conn.statistics().shared_memory
+                    assert conn.statistics().shared_fallbacks == 0
+                    assert isinstance(conn.empty(10, np.int8), np.ndarray)  # an ordinary one
+    async with Actor("world", socket_root=socket_dir, silent=True, **SHM) as world:
+        server = await world.serve()
+        server.on("sum", lambda data, client: float(data.sum()))
+        async with Actor("hello", socket_root=socket_dir, silent=True, **SHM) as hello:
+            conn = await hello.connect_to("world")
+            with anyio.fail_after(10):
+                assert await conn.request("sum", np.ones(1000)) == 1000  # below the threshold
+            assert conn.statistics().shared_memory
+            assert conn.statistics().shared_sent == 0
+
+
+async def test_copy_on_write_arrays_are_private_and_a_reused_slot_reads_fresh(
+    socket_dir: str,
+) -> None:
+    config = {**SHM, "shared_copy_on_write": True}
+    async with Actor("world", socket_root=socket_dir, silent=True, **config) as world:
+        server = await world.serve()
+
+        def scribble(data: Any, client: Any) -> list[float]:
+            before = [float(data[0]), float(data[-1])]
+            data[:] = -1  # private pages: the sender never sees it
+            return before
+
+        server.on("scribble", scribble)
+        async with Actor("hello", socket_root=socket_dir, silent=True, **SHM) as hello:
+            conn = await hello.connect_to("world")
+            with anyio.fail_after(10):
+                for round in range(3):
+                    values = np.full(MiB // 8, float(round))
+                    assert await conn.request("scribble", values) == [round, round]
+                    assert values[0] == round
+                    await _poll(lambda: conn.statistics().shared_in_use == 0, "release")
+            assert conn.statistics().shared_sent == 3
+
+
+async def test_empty_gives_an_array_sent_without_a_copy(socket_dir: str) -> None:
+    async with Actor("world", socket_root=socket_dir, silent=True, **SHM) as world:
+        server = await world.serve()
+        kept: list[Any] = []
+
+        def keep(data: Any, client: Any) -> float:
+            kept.append(data)
+            return float(data[0, 0])
+
+        server.on("keep", keep)
+        async with Actor("hello", socket_root=socket_dir, silent=True, **SHM) as hello:
+            conn: Connection = await hello.connect_to("world")
+            out = conn.empty((256, 1024), np.float32)
+            out[...] = 7
+            in_use = conn.statistics().shared_in_use
+            assert in_use >= out.nbytes
+            with anyio.fail_after(10):
+                assert await conn.request("keep", out) == 7
+                # The receiver sees the very memory the producer wrote.
+                out[0, 0] = 8
+                assert kept[0][0, 0] == 8
+                assert await conn.request("keep", out[128:]) == 7  # a part of it, too
+            assert conn.statistics().shared_in_use == in_use  # no new slot
+            kept.clear()
+            gc.collect()
+            await anyio.sleep(0.05)
+            assert conn.statistics().shared_in_use == in_use  # the producer still holds it
+            del out
+            await _poll(lambda: conn.statistics().shared_in_use == 0, "both released")
+
+
+async def test_a_pool_exhausted_by_a_receiver_that_keeps_everything_falls_back(
+    socket_dir: str,
+) -> None:
+    small = {"max_shared_bytes": 4 * MiB}
+    async with Actor("world", socket_root=socket_dir, silent=True, **small) as world:
+        server = await world.serve()
+        kept: list[Any] = []
+        server.on("keep", lambda data, client: kept.append(data))
+        async with Actor("hello", socket_root=socket_dir, silent=True, **SHM) as hello:
+            conn = await hello.connect_to("world")
+            with anyio.fail_after(10):
+                for number in range(10):
+                    await conn.emit("keep", np.full(MiB // 8, float(number)))
+                await _poll(lambda: len(kept) == 10, "all of them")
+            assert [float(a[0]) for a in kept] == list(range(10))
+            stats = conn.statistics()
+            assert stats.shared_sent == 4  # the peer accepts 4 MiB of segments: 4 arrays
+            assert stats.shared_fallbacks == 6
+            assert all(not a.flags.writeable for a in kept[:4])
+            kept.clear()
+            await _poll(lambda: conn.statistics().shared_in_use == 0, "the releases")
+
+
+# --- a hostile peer ---------------------------------------------------------------------------
+
+
+def _frame(body: Any) -> bytes:
+    packed = msgpack.packb(body, use_bin_type=True)
+    return HEADER.pack(len(packed)) + packed
+
+
+def _read_frame(sock: socket.socket) -> Any:
+    def exactly(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                raise EOFError
+            data += chunk
+        return data
+
+    (size,) = HEADER.unpack(exactly(4))
+    return msgpack.unpackb(exactly(size), raw=False)
+
+
+def _sealed(size: int) -> int:
+    fd = os.memfd_create("evil", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, size)
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
+    return fd
+
+
+def _unsealed(size: int) -> int:
+    fd = os.memfd_create("evil", os.MFD_CLOEXEC)
+    os.ftruncate(fd, size)
+    return fd
+
+
+def _tmp_file(size: int) -> int:
+    fd, path = tempfile.mkstemp(dir="/tmp")
+    os.unlink(path)
+    os.ftruncate(fd, size)
+    return fd
+
+
+def _pipe(size: int) -> int:
+    read_end, write_end = os.pipe()
+    os.close(write_end)
+    return read_end
+
+
+PAGE = 4096
+# (what the peer passes, its size, how many, the frame they go with)
+HOSTILE: dict[str, tuple[Callable[[int], int], int, int, Any]] = {
+    "a pipe": (_pipe, PAGE, 1, [12, 0, PAGE]),
+    "a /tmp file": (_tmp_file, PAGE, 1, [12, 0, PAGE]),
+    "an unsealed memfd": (_unsealed, PAGE, 1, [12, 0, PAGE]),
+    "a size other than announced": (_sealed, PAGE, 1, [12, 0, 2 * PAGE]),
+    "a segment over the limit": (_sealed, PAGE, 1, [12, 0, 128 * MiB]),
+    "a descriptor no frame claims": (_sealed, PAGE, 1, [0, "event", None]),
+    "more descriptors than a message may carry": (_sealed, PAGE, 5, [12, 0, PAGE]),
+    "a share without its descriptor": (_sealed, PAGE, 0, [12, 0, PAGE]),
+    "an array in a segment never shared": (
+        _sealed,
+        PAGE,
+        0,
+        [0, "event", msgpack.ExtType(79, struct.pack(">BIQ", 1, 3, 0) + b"\x03<f4\x01" + bytes(8))],
+    ),
+    "an array beyond its segment": (
+        _sealed,
+        PAGE,
+        1,
+        [
+            0,
+            "event",
+            msgpack.ExtType(
+                79, struct.pack(">BIQ", 1, 0, 0) + b"\x03<f4\x01" + struct.pack(">Q", 2048)
+            ),
+        ],
+    ),
+}
+
+
+def _evil(path: str, make: Callable[[int], int], size: int, count: int, body: Any) -> bool:
+    """Speak the protocol up to the welcome, send ``body`` with ``count`` descriptors; whether
+    the server then closed the connection."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)  # (a server that does not drop us fails the test)
+        sock.connect(path)
+        sock.sendall(_frame([4, {"v": 1, "id": "evil", "shm": 64 * MiB}]))
+        kind, welcome = _read_frame(sock)
+        assert kind == 5
+        assert welcome["shm"] == 64 * MiB
+        fds = [make(size) for _ in range(count)]
+        try:
+            if body[0] == 0 and count:  # the segment the array names: shared first
+                sock.sendmsg(
+                    [_frame([12, 0, size])],
+                    [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))],
+                )
+                if body[2] is None:  # and then one more that nothing claims
+                    sock.sendmsg(
+                        [_frame(body)],
+                        [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))],
+                    )
+                else:
+                    sock.sendall(_frame(body))
+            elif count:
+                sock.sendmsg(
+                    [_frame(body)],
+                    [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))],
+                )
+            else:
+                sock.sendall(_frame(body))
+        finally:
+            for fd in fds:
+                os.close(fd)
+        try:
+            while sock.recv(4096):
+                pass
+        except ConnectionResetError:
+            pass
+        return True
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+async def test_a_hostile_peer_passing_descriptors_is_dropped(socket_dir: str, case: str) -> None:
+    make, size, count, body = HOSTILE[case]
+    async with Actor("world", socket_root=socket_dir, silent=True, **SHM) as world:
+        server = await world.serve()
+        with anyio.fail_after(10):
+            assert await anyio.to_thread.run_sync(_evil, server.address, make, size, count, body)
+            await _poll(lambda: not server.clients, "the drop")
+        # A good client is still served.
+        async with Actor("hello", socket_root=socket_dir, silent=True, **SHM) as hello:
+            server.on("sum", lambda data, client: float(data.sum()))
+            conn = await hello.connect_to("world")
+            with anyio.fail_after(10):
+                assert await conn.request("sum", np.ones(MiB)) == MiB
+
+
+# --- processes killed -------------------------------------------------------------------------
+
+PEER = textwrap.dedent(
+    """
+    import os, sys, anyio, numpy as np
+    from ipcactors import Actor
+
+    async def main():
+        root, role = sys.argv[1], sys.argv[2]
+        async with Actor(role, socket_root=root, silent=True, max_shared_bytes=64 << 20) as me:
+            if role == "sender":
+                conn = await me.connect_to("world")
+                for number in range(4):
+                    await conn.request("keep", np.full(1 << 18, float(number), np.float32))
+            else:
+                kept = []
+                server = await me.serve()
+                server.on("keep", lambda data, client: kept.append(data) or len(kept))
+            print("ready", flush=True)
+            await anyio.sleep_forever()
+
+    anyio.run(main)
+    """
+)
+
+
+async def _peer(socket_dir: str, role: str) -> Any:
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    return await anyio.open_process(
+        [sys.executable, "-c", PEER, socket_dir, role], env=env, stderr=None
+    )
+
+
+async def _wait_ready(process: Any) -> None:
+    with anyio.fail_after(30):
+        assert process.stdout is not None
+        line = b""
+        while b"ready" not in line:
+            line += await process.stdout.receive()
+
+
+async def test_a_killed_sender_leaves_the_arrays_it_sent_valid_and_nothing_behind(
+    socket_dir: str,
+) -> None:
+    dev_shm = set(os.listdir("/dev/shm"))
+    async with Actor("world", socket_root=socket_dir, silent=True, **SHM) as world:
+        server = await world.serve()
+        kept: list[Any] = []
+        server.on("keep", lambda data, client: kept.append(data) or len(kept))
+        process = await _peer(socket_dir, "sender")
+        try:
+            await _wait_ready(process)
+            process.send_signal(signal.SIGKILL)
+            with anyio.fail_after(10):
+                await process.wait()
+            await _poll(lambda: not server.clients, "the disconnect")
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            await process.aclose()
+        assert [float(a.sum()) for a in kept] == [n * (1 << 18) for n in range(4)]
+        assert _memfd_maps() > 0
+        kept.clear()
+        gc.collect()
+        assert _memfd_maps() == 0  # its last mapping went with the last array
+    assert set(os.listdir("/dev/shm")) == dev_shm  # nothing named, nothing left
+
+
+async def test_a_killed_receiver_holding_arrays_costs_the_sender_nothing(
+    socket_dir: str,
+) -> None:
+    dev_shm = set(os.listdir("/dev/shm"))
+    process = await _peer(socket_dir, "world")
+    try:
+        await _wait_ready(process)
+        async with Actor(
+            "hello", socket_root=socket_dir, silent=True, stop_retrying=0, **SHM
+        ) as hello:
+            conn = await hello.connect_to("world")
+            with anyio.fail_after(10):
+                for number in range(4):
+                    assert (
+                        await conn.request("keep", np.full(1 << 18, 1.0, np.float32)) == number + 1
+                    )
+            assert conn.statistics().shared_in_use == 4 * MiB
+            process.send_signal(signal.SIGKILL)
+            with anyio.fail_after(10):
+                await process.wait()
+            await _poll(lambda: not conn.connected, "the disconnect")
+            assert conn.statistics().shared_in_use == 0
+        gc.collect()
+        assert _memfd_maps() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await process.aclose()
+    os.unlink(os.path.join(socket_dir, "app.world"))  # what a SIGKILLed server leaves
+    assert set(os.listdir("/dev/shm")) == dev_shm
