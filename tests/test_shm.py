@@ -22,7 +22,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from ipcactors import Actor, Connection
+from ipcactors import Actor, Connection, ConnectionLostError
 
 pytestmark = pytest.mark.anyio
 
@@ -457,3 +457,74 @@ async def test_a_killed_receiver_holding_arrays_costs_the_sender_nothing(
         await process.aclose()
     os.unlink(os.path.join(socket_dir, "app.world"))  # what a SIGKILLed server leaves
     assert set(os.listdir("/dev/shm")) == dev_shm
+
+
+async def test_copy_on_write_arrays_of_one_place_keep_their_pages_while_one_lives(
+    socket_dir: str,
+) -> None:
+    config = {**SHM, "shared_copy_on_write": True}
+    async with Actor("world", socket_root=socket_dir, silent=True, **config) as world:
+        server = await world.serve()
+        kept: list[Any] = []
+        server.on("keep", lambda data, client: kept.append(data) or len(kept))
+        async with Actor("hello", socket_root=socket_dir, silent=True, **SHM) as hello:
+            conn = await hello.connect_to("world")
+            out = conn.empty(MiB // 8, np.float64)
+            out[...] = 1.0
+            with anyio.fail_after(10):
+                assert await conn.request("keep", out) == 1
+                assert await conn.request("keep", out) == 2
+            kept[0][0] = 5.0  # private to the receiver, and the same memory as kept[1]
+            assert kept[1][0] == 5.0
+            assert out[0] == 1.0
+            del kept[0]
+            gc.collect()
+            await anyio.sleep(0.05)
+            assert kept[0][0] == 5.0  # its private page was not dropped under it
+            kept.clear()
+            del out
+            await _poll(lambda: conn.statistics().shared_in_use == 0, "the releases")
+
+
+async def test_frames_naming_shared_memory_are_not_sent_on_the_next_connection(
+    socket_dir: str,
+) -> None:
+    async with Actor("world", socket_root=socket_dir, silent=True, **SHM) as world:
+        server = await world.serve()
+        started = anyio.Event()
+
+        async def stall(data: Any, client: Any) -> None:
+            started.set()
+            await anyio.sleep_forever()  # reads nothing more: the client's outbox fills
+
+        server.on("stall", stall)
+        async with Actor(
+            "hello", socket_root=socket_dir, silent=True, max_outbox_bytes=1 << 30, **SHM
+        ) as hello:
+            conn = await hello.connect_to("world")
+            big = np.ones(MiB // 4, np.float32)
+            with anyio.fail_after(10):
+                await conn.emit("stall", None)
+                await started.wait()
+                # Many frames queued behind a peer that does not read (small frames: the
+                # arrays are in shared memory, past the bound on the socket).
+                for _ in range(200):
+                    await conn.emit("x", bytes(64 * 1024))
+                for _ in range(3):
+                    await conn.emit("stall", big)
+                failures: list[BaseException] = []
+
+                async def ask() -> None:
+                    try:
+                        await conn.request("stall", big)
+                    except ConnectionLostError as exc:
+                        failures.append(exc)
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(ask)
+                    await _poll(lambda: conn.statistics().shared_sent == 4, "the request")
+                    await server.clients["hello"].aclose()  # queued frames are still queued
+                assert failures
+            stats = conn.statistics()
+            assert stats.shared_dropped == 4
+            assert stats.events_unhandled == 0

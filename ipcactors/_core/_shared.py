@@ -156,6 +156,9 @@ class SharedMemory:
         # Receiving side.
         self._mapped: dict[int, _Mapped] = {}
         self._mapped_bytes = 0
+        #: Copy-on-write arrays alive, per segment: (offset, bytes) each. Their private pages
+        #: are dropped when the last array over them goes (the same place may be sent twice).
+        self._private_live: dict[int, list[tuple[int, int]]] = {}
         #: Descriptors passed by the peer, waiting for their Share (see the channel).
         self.fds: deque[int] = deque()
         # Garbage collection may happen in any thread: places go through this deque, and the
@@ -331,6 +334,8 @@ class SharedMemory:
         view = mapped.shared.view if mapped.private is None else mapped.private.view
         # `base` is what every view of the array refers to: it dies with the last of them.
         base = np.frombuffer(view, dtype, count, offset)
+        if mapped.private is not None:
+            self._private_live.setdefault(segment, []).append((offset, nbytes))
         weakref.finalize(base, self._release, segment, offset, nbytes, mapped.private)
         self._counters.shared_received += 1
         return base.reshape(shape)
@@ -356,8 +361,12 @@ class SharedMemory:
         while self._released:
             segment, offset, (nbytes, private) = self._released.popleft()
             if private is not None:
-                # The next array there must read the segment, not our old private pages.
-                drop_pages(private, offset, nbytes)
+                live = self._private_live.get(segment, [])
+                live.remove((offset, nbytes))
+                start, end = offset - offset % PAGE, -(-(offset + nbytes) // PAGE) * PAGE
+                if not any(o - o % PAGE < end and start < o + n for o, n in live):
+                    # The next array there must read the segment, not our old private pages.
+                    drop_pages(private, offset, nbytes)
             places.append((segment, offset))
         if places:
             try:
