@@ -15,7 +15,7 @@ from typing import Any
 class Impl:
     key: str
     label: str
-    family: str  # "ipc", "raw", "node", or (W7 only) "ppe", "loky"
+    family: str  # "ipc", "raw", "node", (W7 only) "ppe", "loky", (W8 only) "sock", "memcpy"
     backend: str | None  # "asyncio", "uvloop", "trio" (None for node, ppe, loky)
 
 
@@ -29,6 +29,8 @@ IMPLS = [
     Impl("node", "node-ipc 9.2.1", "node", None),
     Impl("ppe", "ProcessPoolExecutor", "ppe", None),
     Impl("loky", "loky", "loky", None),
+    Impl("sock", "plain socket recv_into", "sock", None),
+    Impl("memcpy", "np.copyto (memory)", "memcpy", None),
 ]
 IMPL_BY_KEY = {impl.key: impl for impl in IMPLS}
 IPC_IMPLS = [impl for impl in IMPLS if impl.family == "ipc"]
@@ -58,6 +60,10 @@ W6_ROWS = (
 #: W7 worker pools: tiny tasks and 1 MiB numpy tasks per second, against ProcessPoolExecutor
 #: and loky; and the time from a worker's SIGKILL to its task's retry being done.
 W7_ROWS = ("w7-tiny", "w7-tiny-chunked", "w7-numpy", "w7-retry")
+#: W8 one large array: a float32 array of this many MiB from send to the receiver's answer,
+#: against a plain socket (``recv_into`` a fresh array) and a memcpy in the same run.
+W8_SIZES = (1, 16, 64, 256)
+W8_ROWS = tuple(f"w8-{mib}" for mib in W8_SIZES)
 
 ROWS = [
     Row("w1", "W1 ping-pong round trip", "µs", False, pinned=True),
@@ -142,6 +148,16 @@ ROWS = [
         transports=("unix",),
         families=("ipc",),
     ),
+    *(
+        Row(
+            f"w8-{mib}",
+            f"W8 one {mib} MiB array, send to answer",
+            "ms",
+            False,
+            families=("ipc", "sock", "memcpy"),
+        )
+        for mib in W8_SIZES
+    ),
     Row("mem-idle", "Memory per idle connection", "KiB", False, transports=("unix",)),
     Row("mem-slow", "Memory growth, slow consumer", "MiB", False, transports=("unix",)),
 ]
@@ -179,7 +195,7 @@ def summarize(row: Row, report: dict[str, Any], params: dict[str, Any]) -> dict[
             "samples": len(pooled),
             "round_values": [statistics.median(s) for s in per_round],
         }
-    if row.key in W6_ROWS or row.key == "w7-retry":
+    if row.key in W6_ROWS or row.key in W8_ROWS or row.key == "w7-retry":
         pooled = [s for r in rounds for s in r["samples_ms"]]
         figure = {
             "value": statistics.median(pooled),
@@ -247,11 +263,13 @@ def ratios(cell_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         for transport in row.transports:
             anchors = [("raw anyio", row.key, "raw")]
-            if row.key in W7_ROWS:
+            if row.key in W8_ROWS:
+                anchors = [("plain socket", row.key, "sock"), ("memcpy", row.key, "memcpy")]
+            elif row.key in W7_ROWS:
                 anchors = [("ProcessPoolExecutor", row.key, "ppe"), ("loky", row.key, "loky")]
             if row.key == "w2":
                 anchors.append(("raw anyio ×100/write", "w2x100", "raw"))
-            if row.key not in W7_ROWS:
+            if row.key not in W7_ROWS and row.key not in W8_ROWS:
                 anchors.append(("node-ipc", row.key, "node"))
             if row.key.startswith("w6-live") and row.key != W6_LIVE_BASE:
                 # The growth with children alive: the same implementation with 1 live.
@@ -267,7 +285,7 @@ def ratios(cell_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     mine = _value(cells, row.key, transport, impl.key)
                     if family == "self":
                         anchor_key = impl.key
-                    elif family in ("node", "ppe", "loky"):
+                    elif family in ("node", "ppe", "loky", "sock", "memcpy"):
                         anchor_key = family
                     elif row.key == "w6":
                         anchor_key = "raw-asyncio"
@@ -427,6 +445,19 @@ def targets_for(bound_mib: float | None) -> list[Target]:
             "<=",
             100,
         ),
+        *(
+            Target(
+                f"W8 {impl.backend} {mib} MiB array ≤ {bound:g}× plain socket",
+                f"w8-{mib}",
+                "unix",
+                impl.key,
+                "sock",
+                "<=",
+                bound,
+            )
+            for mib, bound in ((1, 2.0), (64, 1.5))
+            for impl in IPC_IMPLS
+        ),
         Target(
             "Memory ≤ 64 KiB per idle connection", "mem-idle", "unix", "ipc-asyncio", None, "<=", 64
         ),
@@ -585,6 +616,8 @@ COLOURS = {
     "node": "#2ca02c",
     "ppe": "#ff7f0e",
     "loky": "#9467bd",
+    "sock": "#7f7f7f",
+    "memcpy": "#d62728",
 }
 
 

@@ -33,6 +33,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 DEFAULT_RESULTS = os.path.join(HERE, "results")
 W4_CLIENTS = 8
+# W8: samples (after one warm-up) per array size in MiB, per round.
+W8_SAMPLES = {1: 30, 16: 8, 64: 4, 256: 2}
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
@@ -54,6 +56,7 @@ class Params:
     slow_cap_bytes: int
     w7_tiny_tasks: int  # W7: tasks per round
     w7_numpy_tasks: int
+    w8_sizes: tuple[int, ...]  # W8: array sizes (MiB) measured
     deadline: float  # seconds any one role may run
     settle: float = 0.3
     warm_connections: int = 16
@@ -78,6 +81,7 @@ FULL = Params(
     slow_cap_bytes=64 << 20,
     w7_tiny_tasks=5000,
     w7_numpy_tasks=300,
+    w8_sizes=_report.W8_SIZES,
     deadline=90,
 )
 QUICK = Params(
@@ -97,6 +101,7 @@ QUICK = Params(
     slow_cap_bytes=32 << 20,
     w7_tiny_tasks=1000,
     w7_numpy_tasks=60,
+    w8_sizes=(1, 16, 64),  # CI smoke: no 256 MiB
     deadline=40,
     settle=0.2,
 )
@@ -167,6 +172,7 @@ class Cell:
             "raw": "raw_role",
             "spawn": "spawn_role",
             "pool": "pool_role",
+            "tensor": "tensor_role",
         }[family]
         return [sys.executable, "-m", f"benchmarks.{module}", role, text]
 
@@ -183,6 +189,8 @@ class Cell:
             return self.spawn()
         if key in _report.W7_ROWS:
             return self.pool()
+        if key in _report.W8_ROWS:
+            return self.tensor()
         if key == "mem-idle":
             return self.idle()
         if key == "mem-slow":
@@ -267,6 +275,23 @@ class Cell:
         with Group() as group:
             parent = group.start("pool", self.command(role, config, family="pool"))
             return parent.message(self.wait(), {"result", "unavailable"})
+
+    def tensor(self) -> dict[str, Any]:
+        mib = int(self.row.key.removeprefix("w8-"))
+        samples = W8_SAMPLES[mib] * (1 if self.params.rounds < 3 else 2)
+        config = self.config(mib=mib, samples=samples)
+        family = self.impl.family
+        with Group() as group:
+            if family == "memcpy":
+                child = group.start("memcpy", self.command("memcpy", config, family="tensor"))
+                return child.message(self.wait(), {"result"})
+            prefix = "sock" if family == "sock" else "ipc"
+            argv = self.command(f"{prefix}-server", config, family="tensor")
+            server = group.start("server", argv)
+            ready = server.message(30, {"ready"})
+            argv = self.command(f"{prefix}-client", {**config, **_address(ready)}, family="tensor")
+            client = group.start("client", argv)
+            return client.message(self.wait(), {"result"})
 
     def idle(self) -> dict[str, Any]:
         p = self.params
@@ -365,8 +390,8 @@ def preflight(impl: Impl, node: _node.NodeIPC, sockets: str, pin: set[int]) -> s
     (a broken backend, say) is skipped instead of making every one of its cells time out."""
     if impl.family == "node" and not node.available:
         return None  # its cells report "unavailable" themselves
-    if impl.family in ("ppe", "loky"):
-        return None  # W7 only: its cells report "unavailable" themselves (loky not installed)
+    if impl.family in ("ppe", "loky", "sock", "memcpy"):
+        return None  # W7/W8 only: not ipcactors, no W1 to try (loky reports itself missing)
     os.mkdir(sockets, 0o700)
     params = dataclasses.replace(
         QUICK, rounds=1, latency_seconds=0.0, max_iterations=1, warmup_iterations=1, deadline=15
@@ -413,14 +438,17 @@ def select(only: str | None) -> tuple[list[Row], list[Impl], list[str]]:
                 row_keys.update(_report.W6_ROWS)
         elif token == "w7":
             row_keys.update(_report.W7_ROWS)
+        elif token == "w8":
+            row_keys.update(_report.W8_ROWS)
         elif token == "mem":
             row_keys |= {"mem-idle", "mem-slow"}
         elif any(token in (i.key, i.family, i.backend) for i in IMPLS):
             impl_keys |= {i.key for i in IMPLS if token in (i.key, i.family, i.backend)}
         else:
             raise SystemExit(
-                f"--only: unknown token {token!r}; use workloads (w1..w7, w2x100, "
-                f"{', '.join(_report.W6_ROWS[1:])}, {', '.join(_report.W7_ROWS)}, mem, "
+                f"--only: unknown token {token!r}; use workloads (w1..w8, w2x100, "
+                f"{', '.join(_report.W6_ROWS[1:])}, {', '.join(_report.W7_ROWS)}, "
+                f"{', '.join(_report.W8_ROWS)}, mem, "
                 f"mem-idle, mem-slow), implementations ({', '.join(i.key for i in IMPLS)}, "
                 "ipc, raw, node, asyncio, uvloop, trio) or transports (unix, tcp)"
             )
@@ -507,7 +535,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     params = make_params(args)
     rows, impls, transports = select(args.only)
-    cells_to_run = plan(rows, impls, transports)
+    cells_to_run = [
+        (row, transport, impl)
+        for row, transport, impl in plan(rows, impls, transports)
+        if row.key not in _report.W8_ROWS
+        or int(row.key.removeprefix("w8-")) in params.w8_sizes  # QUICK: no 256 MiB
+    ]
     if args.list:
         for row, transport, impl in cells_to_run:
             _say(f"{row.key:<9} {transport:<5} {impl.key}")

@@ -9,7 +9,7 @@ from typing import Any, Literal, get_args
 
 from ._errors import ConfigError
 from ._proto._codec import Codec, codec_named
-from ._proto._messages import Limits
+from ._proto._messages import DEFAULT_MAX_FRAME_SIZE, Limits
 
 __all__ = ["Config", "check_seconds", "request_timeout"]
 
@@ -63,9 +63,10 @@ class Config:
     #: every control character, so it can never occur inside a frame (a delimiter without a
     #: control character could: a frame that contains it is refused with ``EncodeError``).
     node_ipc_delimiter: str = "\f"
-    #: Largest frame accepted or sent, in bytes. 64 MiB carries a 4096×4096 float32 tensor.
-    #: Frames before the handshake completes are held to 64 KiB regardless.
-    max_frame_size: int = 64 * 1024 * 1024
+    #: Largest frame accepted or sent, in bytes: 64 MiB + 64 KiB (67,174,400), so that a
+    #: 64 MiB payload (a 4096×4096 float32 tensor: 67,108,896 bytes encoded) fits with its
+    #: envelope. Frames before the handshake completes are held to 64 KiB regardless.
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     #: Most msgpack objects one frame may decode into (each array, map, key and value counts;
     #: a str, bin or numpy array is one object whatever its size). A small object costs up to
     #: ~72 bytes decoded (an empty map: 1 byte on the wire), so this bounds what one frame costs

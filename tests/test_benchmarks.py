@@ -73,3 +73,41 @@ def test_quick_subset_runs_and_writes_json(tmp_path: os.PathLike[str]) -> None:
     # The table was printed, and the markdown copy written beside the JSON.
     assert "| W1 ping-pong round trip" in done.stdout
     assert os.path.exists(os.path.join(tmp_path, "latest.md"))
+
+
+@pytest.mark.slow
+def test_w8_one_array_beside_a_plain_socket_and_a_memcpy(tmp_path: os.PathLike[str]) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--quick",
+            "--only",
+            "w8-1,ipc-asyncio,sock,memcpy,unix",
+            "--rounds",
+            "1",
+            "--no-chart",
+            "--results-dir",
+            os.fspath(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    with open(os.path.join(tmp_path, "latest.json"), encoding="utf-8") as file:
+        document = json.load(file)
+    cells = {(cell["row"], cell["impl"]): cell for cell in document["cells"]}
+    assert set(cells) == {("w8-1", "ipc-asyncio"), ("w8-1", "sock"), ("w8-1", "memcpy")}
+    for cell in cells.values():
+        assert cell["status"] == "ok", cell
+        assert cell["unit"] == "ms"
+        assert math.isfinite(cell["value"]), cell
+        assert cell["value"] > 0, cell
+    anchors = {line["anchor"] for line in document["ratios"] if line["row"] == "w8-1"}
+    assert anchors == {"plain socket", "memcpy"}
+    assert [t["target"] for t in document["targets"]] == [
+        "W8 asyncio 1 MiB array ≤ 2× plain socket"
+    ]

@@ -14,11 +14,11 @@ pytest.importorskip("numpy")
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 
 
-def run_example(name: str, backend: str) -> str:
+def run_example(name: str, backend: str, *args: str) -> str:
     env = dict(os.environ)  # the package of this checkout, not whichever one is installed
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(EXAMPLES), env.get("PYTHONPATH", "")])
     result = subprocess.run(
-        [sys.executable, os.path.join(EXAMPLES, name), "--backend", backend],
+        [sys.executable, os.path.join(EXAMPLES, name), "--backend", backend, *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -40,10 +40,12 @@ def test_worker_pool(backend: str) -> None:
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_neural_graph(backend: str) -> None:
-    out = run_example("neural_graph.py", backend)
+    out = run_example("neural_graph.py", backend, "--activation-mib", "16")
     for layer in ("layer-1", "layer-2", "layer-3", "layer-4"):
         assert f"node {layer} started" in out
     assert "killing node layer-3" in out
     assert "attempt 1 failed" in out
     assert "node layer-3 restarted" in out
     assert "all 12 batches match the single-process computation" in out
+    assert "activations: 4 batches of 16 MiB (1024x4096 float32) through 4 layer processes" in out
+    assert "all checksums match" in out

@@ -23,7 +23,14 @@ import pytest
 from anyio.abc import SocketStream
 
 from ipcactors import Actor, Client, Connection, Server
-from ipcactors._proto._messages import Limits, Message, Reject, Reply, Welcome
+from ipcactors._proto._messages import (
+    DEFAULT_MAX_FRAME_SIZE,
+    Limits,
+    Message,
+    Reject,
+    Reply,
+    Welcome,
+)
 from ipcactors._proto._msgpack import MsgpackDecoder
 
 pytestmark = pytest.mark.anyio
@@ -305,7 +312,7 @@ AFTER_HANDSHAKE = {
     "bool_request_id": framed(pack([1, "echo", 1, True])),
     "invalid_msgpack_0xc1": framed(b"\x93\x00\xa4echo\xc1"),
     "header_claiming_4_gib": b"\xff\xff\xff\xff",
-    "frame_over_max_frame_size": struct.pack(">I", 64 * 1024 * 1024 + 1),
+    "frame_over_max_frame_size": struct.pack(">I", DEFAULT_MAX_FRAME_SIZE + 1),
     "zero_length_frame": b"\x00\x00\x00\x00",
     "nesting_1000": framed(b"\x93\x00\xa4echo" + nested(998)),
     "nesting_65": framed(b"\x93\x00\xa4echo" + nested(64)),
@@ -321,6 +328,25 @@ AFTER_HANDSHAKE = {
     ),
     "int_map_key": framed(b"\x93\x00\xa4echo\x81\x01\x02"),
     "unknown_ext_type": framed(b"\x93\x00\xa4echo\xd4\x05a"),
+    # Large frames, assembled as they arrive (payloads received in place): a payload's length
+    # is checked against its frame, an array's header against its length, before allocating.
+    "bin_longer_than_its_frame": framed(
+        b"\x93\x00\xa4echo\xc6" + struct.pack(">I", 2**31) + bytes(70_000)
+    ),
+    "numpy_shape_beyond_its_payload": framed(
+        b"\x93\x00\xa4echo\xc9"
+        + struct.pack(">Ib", 70_000, 78)
+        + b"\x01\x03<f4\x01"
+        + struct.pack(">Q", 2**40)
+        + bytes(70_000 - 14)
+    ),
+    "out_of_band_marker_from_the_peer": framed(
+        b"\x93\x00\xa4echo\x92\xd8\x7f"
+        + bytes(16)
+        + b"\xc6"
+        + struct.pack(">I", 70_000)
+        + bytes(70_000)
+    ),
     "garbage": b"GET / HTTP/1.1\r\n\r\n",
 }
 

@@ -509,13 +509,14 @@ def test_limit_plus_one_is_rejected_from_the_header_alone(limit: int) -> None:
     assert "max_frame_size" in str(info.value)
 
 
-def test_default_limit_is_64_mib() -> None:
-    assert DEFAULT.max_frame_size == 64 * MiB
+def test_default_limit_is_64_mib_of_payload_and_64_kib_around_it() -> None:
+    limit = 64 * MiB + 64 * 1024
+    assert DEFAULT.max_frame_size == limit
     dec = decoder()
-    assert dec.feed(struct.pack(">I", 64 * MiB)) == []  # allowed: waits for the body
-    assert dec.missing() == 64 * MiB
+    assert dec.feed(struct.pack(">I", limit)) == []  # allowed: waits for the body
+    assert dec.missing() == limit
     with pytest.raises(FrameTooLargeError):
-        decoder().feed(struct.pack(">I", 64 * MiB + 1))
+        decoder().feed(struct.pack(">I", limit + 1))
 
 
 def test_zero_length_frame_is_rejected() -> None:

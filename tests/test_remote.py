@@ -461,7 +461,14 @@ def test_neural_graph_example_places_layers_on_hosts(ssh_server: SSHServer, tmp_
     )
     env = {**os.environ, "PYTHONPATH": ROOT, "XDG_RUNTIME_DIR": str(tmp_path)}
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "examples", "neural_graph.py"), "--hosts", str(config)],
+        [
+            sys.executable,
+            os.path.join(ROOT, "examples", "neural_graph.py"),
+            "--hosts",
+            str(config),
+            "--activation-mib",
+            "1",  # the activations phase, small: this test is about placement
+        ],
         capture_output=True,
         text=True,
         timeout=90,
@@ -608,7 +615,7 @@ def test_neural_graph_across_network_namespaces(
         result = subprocess.run(
             ["ip", "netns", "exec", namespaces["sup"], sys.executable,
              os.path.join(ROOT, "examples", "neural_graph.py"), "--hosts",
-             str(tmp_path / "hosts.toml")],
+             str(tmp_path / "hosts.toml"), "--activation-mib", "1"],
             capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL, env=env,
         )  # fmt: skip
     finally:

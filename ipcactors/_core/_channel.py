@@ -36,6 +36,10 @@ Invariants:
   acknowledges the events it delivered (cumulatively, in the priority lane) after a batch
   that brings the count to ``Config.ack_every``, and after any batch that leaves the inbox
   empty: an event is acknowledged only once its handlers returned.
+- A large payload arriving (the session's ``receive_buffer``) is read straight into its final
+  buffer where the stream can (``receiver_into``: the asyncio fast path, plain sockets on
+  Trio), at most ``MAX_RECEIVE_INTO`` bytes per read; elsewhere (TLS) read as usual and copied
+  there by the decoder. Either way, at most one copy on this side.
 - Heartbeats (``Config.heartbeat_interval``; none when the codec carries no pings), kept by
   the actor's watchdog (one task per actor for all its channels, see ``_watchdog``; a channel
   has no task or timer of its own for them): any bytes received are a sign of life. A ping
@@ -66,16 +70,16 @@ from .._proto._messages import (
     Ack,
     ErrorReply,
     Event,
-    Frame,
     Ping,
     Pong,
     Reply,
     Request,
+    frame_bytes,
     frame_size,
 )
 from .._proto._session import Session
 from .._transports._fds import FdSocketStream
-from .._transports._streams import attach_writer, drain_outbox, send_tracebacks
+from .._transports._streams import attach_writer, drain_outbox, receiver_into, send_tracebacks
 from ._shared import SharedMemory, close_fds
 
 if TYPE_CHECKING:
@@ -86,15 +90,12 @@ __all__ = ["INBOX_HARD_FACTOR", "RECEIVE_SIZE", "Channel", "frame_bytes"]
 
 RECEIVE_SIZE = 64 * 1024  # per read for small traffic; large frames are read in larger chunks
 MAX_RECEIVE_SIZE = 4 * 1024 * 1024
+MAX_RECEIVE_INTO = 8 * 1024 * 1024  # per read into a large payload's buffer (then a sign of life)
 INBOX_HARD_FACTOR = 4  # x max_inbox_bytes: how far reading goes on while a reply is awaited
 PONG_MIN_GAP = 0.05  # seconds between pongs: a peer pinging more often is not answered each time
 STALL_GRACE = 0.05  # seconds the reader gets, once the heartbeat deadline passed, before a drop
 
 Opening = Callable[[], Awaitable[None]]
-
-
-def frame_bytes(frame: Frame) -> bytes:
-    return frame if isinstance(frame, bytes) else b"".join(frame)
 
 
 class Channel:
@@ -402,8 +403,10 @@ class Channel:
         answered = self._answered
         soft_bytes = self._soft_bytes
         receive = self._stream.receive
+        receive_into = receiver_into(self._stream)
         frame_timeout = peer._config.frame_timeout
         data: bytes = b""  # bytes the handshake left in the session come out first
+        got = 0  # bytes received in place (into the session's receive_buffer) instead
         buffered = session.buffered
         fd_stream = self._fd_stream
         shared = self._shared
@@ -412,7 +415,7 @@ class Channel:
                 self._claim_fds()
             events: list[Event | Request] = []
             # The session checked them: no reserved name, nothing of the handshake.
-            for message in receive_messages(data):
+            for message in session.received(got) if got else receive_messages(data):
                 if type(message) is Event:
                     events.append(message)
                 elif type(message) is Reply:
@@ -440,7 +443,7 @@ class Channel:
                 raise DecodeError(f"the peer passed {count} file descriptor(s) no frame claimed")
             if events:
                 # Counted as the bytes of the frames this read completed.
-                size = buffered + len(data) - session.buffered
+                size = buffered + (got or len(data)) - session.buffered
                 inbox.append((events, size))
                 self._inbox_bytes += size
                 if not self._dispatching and not self._held:
@@ -462,8 +465,16 @@ class Channel:
             missing = session.missing()
             if missing is not None and missing > size:
                 size = min(missing, MAX_RECEIVE_SIZE)
+            # A large payload arriving: straight into its final buffer, a slice at a time.
+            into = session.receive_buffer() if receive_into is not None else None
+            got = 0
+            data = b""
             try:
-                if buffered:
+                if into is not None:
+                    assert receive_into is not None
+                    with anyio.fail_after(frame_timeout):
+                        got = await receive_into(into[:MAX_RECEIVE_INTO])
+                elif buffered:
                     with anyio.fail_after(frame_timeout):
                         data = await receive(size)
                 else:
@@ -482,9 +493,9 @@ class Channel:
                 self._broken = True
                 self.broken_by = exc
                 return
-            if data:
+            if data or got:
                 self._received_at = monotonic()
-                self._received += len(data)
+                self._received += got or len(data)
 
     def _pong(self) -> None:
         outbox = self._peer._outbox

@@ -34,10 +34,9 @@ from anyio.abc import SocketAttribute, TaskGroup, TaskStatus, UDPSocket
 from .._config import Config, request_timeout
 from .._errors import DatagramTooLargeError, IPCError, ProtocolError, RequestTimeoutError
 from .._log import ActorLog
-from .._proto._messages import ErrorReply, Event, Frame, Message, Reply, Request
+from .._proto._messages import ErrorReply, Event, Frame, Message, Reply, Request, frame_bytes
 from .._proto._session import datagram_messages
 from .._transports._datagram import MAX_DATAGRAM, DatagramKind, open_datagram_endpoint
-from ._channel import frame_bytes
 from ._handlers import HandlerMethods, Handlers, unhandled
 from ._peer import answer, check_event_name, unsupported_request
 from ._requests import Requests

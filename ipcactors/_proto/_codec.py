@@ -20,7 +20,9 @@ The contract a codec keeps (every codec, and the layers above rely on each point
   soon as the transport connects, a server names each client itself (``client_id``), and a
   refused client is closed without a word (there is no reject to send).
 - An encoder returns a :data:`Frame` per message: the exact bytes for the wire, with large
-  payloads kept apart as the second part so they are never copied to be framed. It refuses (with
+  payloads (numpy arrays, ``bytes``, ``bytearray``, ``memoryview`` of ``OUT_OF_BAND_AT`` bytes or
+  more) kept apart as parts of their own, views of the sender's memory that are never copied or
+  joined to be framed (unless placed in shared memory, below). It refuses (with
   :class:`~ipcactors.EncodeError` or :class:`~ipcactors.FrameTooLargeError`, nothing sent) what
   a decoder with the same :class:`Limits` would refuse, so one bad value never costs the
   connection at the peer. A kind outside ``kinds`` raises :class:`~ipcactors.UnsupportedError`.
@@ -30,7 +32,10 @@ The contract a codec keeps (every codec, and the layers above rely on each point
   error (:class:`~ipcactors.ProtocolError`) breaks it for good; its owner closes the connection.
   Before :meth:`Decoder.handshake_done` its frames are held to ``Limits.max_handshake_size``;
   with ``handshake`` false the owner calls it at once. It stops after each handshake message so
-  that the owner decides on it before anything behind it is decoded.
+  that the owner decides on it before anything behind it is decoded. A decoder may want the
+  next bytes in place (:meth:`Decoder.receive_buffer`, a large payload's final buffer): its
+  owner then receives into it and calls :meth:`Decoder.received`, or feeds bytes as usual
+  (which the decoder copies there): either way the same messages come out.
 - Datagrams: :meth:`Decoder.decode_datagram` decodes one whole datagram into its messages
   (one or more, as the format says) and does not break the decoder on error; a datagram
   encoder's frames are whole datagram bodies.
@@ -53,7 +58,19 @@ from typing import Any, Final, Protocol
 from .._errors import ConfigError, UnsupportedError
 from ._messages import Frame, Limits, Message
 
-__all__ = ["CODECS", "Codec", "Decoder", "Encoder", "SharedBuffers", "codec_named"]
+__all__ = [
+    "CODECS",
+    "OUT_OF_BAND_AT",
+    "Codec",
+    "Decoder",
+    "Encoder",
+    "SharedBuffers",
+    "codec_named",
+]
+
+#: Payloads (arrays, bytes, bytearrays, memoryviews) at least this long leave the encoder as
+#: parts of their own (see :data:`Frame`), and a decoder receives them in place.
+OUT_OF_BAND_AT: Final = 64 * 1024
 
 
 class SharedBuffers(Protocol):
@@ -181,6 +198,17 @@ class Decoder(ABC):
     @abstractmethod
     def handshake_done(self) -> None:
         """Lift the frame limit from ``max_handshake_size`` to ``max_frame_size``."""
+
+    def receive_buffer(self) -> memoryview | None:
+        """Where the next received bytes should go, if the frame in progress wants them in
+        place (a large payload's final buffer, e.g. a fresh numpy array): receive into (a
+        slice of the start of) it, then call :meth:`received`. ``None``: use :meth:`feed`."""
+        return None
+
+    def received(self, size: int) -> list[Message]:
+        """``size`` bytes were received into :meth:`receive_buffer`; return the messages they
+        complete (as :meth:`feed`)."""
+        raise RuntimeError("received() without a receive_buffer()")
 
     @abstractmethod
     def decode_datagram(self, body: bytes) -> list[Message]:

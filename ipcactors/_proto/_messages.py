@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
 __all__ = [
+    "DEFAULT_MAX_FRAME_SIZE",
     "HANDSHAKE_KINDS",
     "MAX_REQUEST_ID",
     "PING_MESSAGE",
@@ -27,6 +28,7 @@ __all__ = [
     "Event",
     "FdFrame",
     "Frame",
+    "FramePart",
     "Hello",
     "Limits",
     "Message",
@@ -40,6 +42,7 @@ __all__ = [
     "Share",
     "SharedFrame",
     "Welcome",
+    "frame_bytes",
     "frame_size",
     "is_reserved",
 ]
@@ -56,6 +59,12 @@ def is_reserved(event: str) -> bool:
     return event in RESERVED_EVENTS or event.startswith(RESERVED_PREFIX)
 
 
+#: 64 MiB of payload plus 64 KiB for what surrounds it (the frame header, the envelope, the
+#: array's header, other fields): a 64 MiB array, e.g. a 4096×4096 float32 tensor (67,108,896
+#: bytes encoded), fits in one frame.
+DEFAULT_MAX_FRAME_SIZE: Final = 64 * 1024 * 1024 + 64 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Bounds on what a peer may make us allocate.
@@ -66,7 +75,7 @@ class Limits:
     few MiB.
     """
 
-    max_frame_size: int = 64 * 1024 * 1024
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     max_handshake_size: int = 64 * 1024
     max_container_len: int = 1 << 20
     max_depth: int = 64
@@ -253,9 +262,12 @@ Message: TypeAlias = (
 HANDSHAKE_KINDS: Final = (Hello, Welcome, Reject, Challenge, Proof)
 
 
-# What an encoder hands to a writer: the bytes of one frame, or two parts written in order (a
-# small head and a large body kept apart, so that a large payload is never copied to be framed).
-Frame: TypeAlias = bytes | tuple[bytes, bytes]
+# What an encoder hands to a writer: the bytes of one frame, or its parts written in order: small
+# bytes (headers, the envelope) and large payloads as flat byte memoryviews of the sender's own
+# memory (an array, bytes, a bytearray), so that a large payload is never copied to be framed. A
+# writer writes the parts as they are (``sendmsg``/writev, memoryview slices), never joined.
+FramePart: TypeAlias = bytes | memoryview
+Frame: TypeAlias = bytes | tuple[FramePart, ...]
 
 
 class FdFrame(bytes):
@@ -277,8 +289,12 @@ class SharedFrame(bytes):
 
 
 def frame_size(frame: Frame) -> int:
-    """Bytes a frame occupies on the wire."""
+    """Bytes a frame occupies on the wire (memoryview parts are flat: ``len`` is their bytes)."""
     if isinstance(frame, bytes):
         return len(frame)
-    header, body = frame
-    return len(header) + len(body)
+    return sum(map(len, frame))
+
+
+def frame_bytes(frame: Frame) -> bytes:
+    """The frame in one piece (a copy: for small frames, datagrams and tests only)."""
+    return frame if isinstance(frame, bytes) else b"".join(frame)

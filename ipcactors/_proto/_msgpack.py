@@ -13,6 +13,11 @@ Invariants owned here:
   by :func:`check_objects` (it walks the bytes, allocating nothing) before it is decoded. A frame
   therefore costs at most its own size (str, bin and array payloads) plus ~72 bytes per object
   (an empty map, the worst case), and decoding it takes a bounded time (see docs/protocol.md §6).
+- Large payloads (``OUT_OF_BAND_AT`` bytes or more: numpy arrays, bytes-likes) are never copied
+  to be framed: the encoder's frames hold them as parts of their own (see
+  :class:`MsgpackEncoder`). After the handshake, a frame of ``ASSEMBLE_AT`` bytes or more is
+  decoded by an :class:`~._assembly.Assembly`, which receives its large payloads in place: a
+  large bin value therefore always arrives as a ``bytearray`` (a smaller one as ``bytes``).
 - msgpack is configured here only: the supervisor's spawn arguments and the forkserver's control
   messages go through :func:`pack_value` / :func:`unpack_value` too.
 
@@ -22,6 +27,7 @@ the contract every codec keeps.
 
 from __future__ import annotations
 
+import os
 import struct
 import sys
 import threading
@@ -31,7 +37,8 @@ from typing import Any, Final
 import msgpack
 
 from .._errors import DecodeError, EncodeError, FrameTooLargeError, ProtocolError
-from ._codec import Codec, Decoder, Encoder
+from ._assembly import MARK_CODE, Assembly
+from ._codec import OUT_OF_BAND_AT, Codec, Decoder, Encoder
 from ._extcodes import NUMPY_EXT_CODE, SHARED_EXT_CODE
 from ._messages import (
     HANDSHAKE_KINDS,
@@ -44,6 +51,7 @@ from ._messages import (
     ErrorReply,
     Event,
     Frame,
+    FramePart,
     Hello,
     Limits,
     Message,
@@ -92,6 +100,17 @@ HEADER_SIZE: Final = HEADER.size
 # A body at least this long is kept apart from its header instead of being concatenated with it,
 # so a large payload is never copied just to prepend four bytes.
 SEPARATE_BODY_AT: Final = 64 * 1024
+# A frame at least this long is assembled (see _assembly): its large payloads go to their final
+# buffers, received in place as they arrive. Every frame that can hold one is: a bin value of
+# OUT_OF_BAND_AT bytes or more always arrives as a bytearray (after the handshake).
+ASSEMBLE_AT: Final = OUT_OF_BAND_AT
+# Out of band: a large payload's place in the packed body, marked by an extension type that never
+# travels (a decoder refuses it as unknown) followed by a random token of the encoder's; the
+# marker is then replaced by the payload's msgpack header and the payload itself (see _splice).
+_MARK_CODE: Final = MARK_CODE
+_MARK_SIZE: Final = 18  # fixext 16: d8, code, 12 bytes of token, u32 index
+_BIN32: Final = struct.Struct(">BI")  # c6, length
+_EXT32: Final = struct.Struct(">BIb")  # c9, length, code
 _HEAD_CACHE_SIZE: Final = 1024  # event names whose packed envelope head is kept
 
 # --- encoding ---------------------------------------------------------------------------------
@@ -142,14 +161,76 @@ def _check_value(value: Any, budget: int, limits: Limits) -> None:
                 _check_value(item, budget - 1, limits)
 
 
-def encode_default(obj: Any) -> Any:
-    """The packer's ``default`` hook: numpy arrays become the numpy extension type (see
-    ``_numpy``). numpy is never imported here: an array can only exist if it already is."""
+_BUFFERS: Final = frozenset({bytes, bytearray, memoryview})
+_WALKED: Final = _BUFFERS | {dict, list, tuple}
+
+
+class _Large:
+    """A bytes-like value of ``OUT_OF_BAND_AT`` bytes or more, found by :func:`_mark_large` so
+    that the packer hands it to the encoder's ``default`` hook instead of copying it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bytes | bytearray | memoryview) -> None:
+        self.value = value
+
+
+def _is_large(value: bytes | bytearray | memoryview) -> bool:
+    if type(value) is memoryview:
+        return value.nbytes >= OUT_OF_BAND_AT and value.c_contiguous
+    return len(value) >= OUT_OF_BAND_AT
+
+
+def _mark_large(value: Any) -> Any:
+    """``value`` with every large bytes-like item wrapped in :class:`_Large` (containers
+    rebuilt only where one is found); ``value`` itself if there is none. Only exact dicts,
+    lists and tuples are looked into (anything else is packed as before, copied).
+    The value passed :func:`_check_value` first: its depth is bounded."""
+    kind = type(value)
+    if kind in _BUFFERS:
+        return _Large(value) if _is_large(value) else value
+    if kind is dict:
+        if _WALKED.isdisjoint(map(type, value.values())):  # in C: the common case
+            return value
+        marked = {key: _mark_large(item) for key, item in value.items()}
+        if any(marked[key] is not item for key, item in value.items()):
+            return marked
+        return value
+    if kind is list or kind is tuple:
+        if _WALKED.isdisjoint(map(type, value)):
+            return value
+        items = [_mark_large(item) for item in value]
+        if any(new is not old for new, old in zip(items, value, strict=True)):
+            return items
+    return value
+
+
+def _to_array(obj: Any) -> Any:
+    """The numpy array (or numpy scalar) ``obj`` is, or ``None``: numpy values, and any object
+    with ``__dlpack__`` (a CPU torch tensor) through ``np.from_dlpack``. numpy is imported only
+    for the latter: a numpy value can only exist if it already is."""
     numpy = sys.modules.get("numpy")
     if numpy is not None and isinstance(obj, numpy.ndarray | numpy.generic):
+        return obj
+    if hasattr(obj, "__dlpack__") and not isinstance(obj, type):
+        try:
+            from ._numpy import from_dlpack
+        except ImportError:
+            raise EncodeError(
+                f"sending a {type(obj).__name__} (DLPack) needs numpy, which is not installed"
+            ) from None
+        return from_dlpack(obj)
+    return None
+
+
+def encode_default(obj: Any) -> Any:
+    """The packer's ``default`` hook: numpy arrays (and DLPack tensors) become the numpy
+    extension type (see ``_numpy``)."""
+    array = _to_array(obj)
+    if array is not None:
         from ._numpy import encode_numpy
 
-        return encode_numpy(obj)
+        return encode_numpy(array)
     raise TypeError(f"can not serialize {type(obj).__name__!r} object")
 
 
@@ -161,6 +242,13 @@ class MsgpackEncoder(Encoder):
     :class:`EncodeError` here instead of the whole connection at the peer. What a ``default``
     hook returns is not checked: the hook must return what the peer accepts. With
     ``datagrams``, its frames are bare bodies (no length header): one datagram each.
+
+    Large payloads (numpy arrays, bytes, bytearrays and C-contiguous memoryviews of
+    ``OUT_OF_BAND_AT`` bytes or more) are not packed: each becomes a part of the frame of its
+    own, a flat view of the sender's memory, behind the small bytes that precede it (their
+    msgpack header included), so the wire format is unchanged and nothing large is copied.
+    While the connection has shared memory (:attr:`shared`), arrays are placed there first.
+    Datagram frames are always whole.
     """
 
     codec_name = "msgpack"
@@ -178,36 +266,79 @@ class MsgpackEncoder(Encoder):
         self._count_above = limits.max_decoded_objects
         self._data_budget = limits.max_depth - 1  # the envelope is the first level
         self._datagrams = datagrams
-        # numpy arrays are encoded by `encode_default` (when no other hook is given), or placed
-        # in shared memory by `_place` while the connection has it.
+        self._out_of_band = default is None and not datagrams
+        # numpy arrays are encoded by `encode_default` (when no other hook is given), or by
+        # `_default`, which places them in shared memory while the connection has it, or takes
+        # large payloads out of band.
         self._placed: list[tuple[int, int]] = []  # places taken by the frame being packed
         self._packer = msgpack.Packer(
             use_bin_type=True,
             datetime=False,
-            default=default or self._default,
+            default=default or (self._default if self._out_of_band else encode_default),
             buf_size=4096,  # grows on demand; the default reserves 256 KiB per connection
         )
         self._event_heads: dict[str, bytes] = {}
+        # The large payloads of the frame being packed: their msgpack header, and their bytes.
+        self._large: list[tuple[bytes, FramePart]] = []
+        self._mark = b"\xd8" + bytes((_MARK_CODE,)) + os.urandom(12)
 
     def _default(self, obj: Any) -> Any:
-        shared = self.shared
-        if shared is not None:
-            numpy = sys.modules.get("numpy")
+        """The packer's hook: large payloads out of band, numpy values as the extension."""
+        if type(obj) is _Large:
+            value = obj.value
+            data: FramePart = value if type(value) is bytes else memoryview(value).cast("B")
+            head = _BIN32.pack(0xC6, len(data))
+        else:
+            array = _to_array(obj)
+            if array is None:
+                raise TypeError(f"can not serialize {type(obj).__name__!r} object")
+            shared = self.shared
             if (
-                numpy is not None
-                and isinstance(obj, numpy.ndarray)
-                and obj.nbytes >= shared.threshold
-                and obj.dtype.kind in _SHAREABLE_KINDS
+                shared is not None
+                and array.nbytes >= shared.threshold
+                and hasattr(array, "flags")  # an array, not a numpy scalar
+                and array.dtype.kind in _SHAREABLE_KINDS
             ):
-                place = shared.place(obj)
+                place = shared.place(array)
                 if place is not None:
                     from ._numpy import shared_reference
 
                     self._placed.append(place)
-                    return shared_reference(obj, *place)
-        return encode_default(obj)
+                    return shared_reference(array, *place)
+            from ._numpy import array_parts, encode_numpy
 
-    def _check(self, data: Any) -> None:
+            if array.nbytes < OUT_OF_BAND_AT:
+                return encode_numpy(array)
+            header, data = array_parts(array)
+            head = _EXT32.pack(0xC9, len(header) + len(data), NUMPY_EXT_CODE) + header
+        index = len(self._large)
+        self._large.append((head, data))
+        return msgpack.ExtType(_MARK_CODE, self._mark[2:] + index.to_bytes(4, "big"))
+
+    def _splice(self, prefix: bytes, packed: bytes) -> tuple[list[FramePart], int]:
+        """``prefix`` + ``packed`` with each marker replaced by its payload's header and bytes:
+        the frame's parts (small bytes, then a payload, ...) and the body's size."""
+        parts: list[FramePart] = []
+        mark = self._mark
+        small = [prefix]
+        size = len(packed)
+        position = 0
+        for index, (head, data) in enumerate(self._large):
+            at = packed.find(mark + index.to_bytes(4, "big"), position)
+            if at < 0:  # cannot happen: every marker the hook returned was packed, in order
+                raise EncodeError("internal error: an out-of-band payload lost its place")
+            small.append(packed[position:at])
+            small.append(head)
+            parts.append(b"".join(small))
+            parts.append(data)
+            small = []
+            position = at + _MARK_SIZE
+            size += len(head) + len(data) - _MARK_SIZE
+        parts.append(packed[position:])
+        return parts, size
+
+    def _check(self, data: Any) -> Any:
+        """``data``, checked (see the class), its large payloads marked for the hook."""
         kind = type(data)
         if kind is dict:  # the common case, checked in C: a small map of scalars
             if (
@@ -215,35 +346,45 @@ class MsgpackEncoder(Encoder):
                 and _KEYS.issuperset(map(type, data))
                 and _SCALARS.issuperset(map(type, data.values()))
             ):
-                return
+                if self._out_of_band and not _BUFFERS.isdisjoint(map(type, data.values())):
+                    return _mark_large(data)
+                return data
         elif kind in _SCALARS:
-            return
+            if self._out_of_band and kind in _BUFFERS and _is_large(data):
+                return _Large(data)
+            return data
         _check_value(data, self._data_budget, self._limits)
+        return _mark_large(data) if self._out_of_band else data
 
     def _framed(self, head: bytes, value: Any, tail: Any = None) -> Frame:
         """The frame whose body is ``head`` followed by ``value`` packed (then ``tail`` packed,
         unless ``None``)."""
+        self._large.clear()
         try:
             packed: bytes = self._packer.pack(value)
         except (TypeError, ValueError, OverflowError) as exc:
             # The packer keeps a partly written buffer after an error; start clean.
             self._packer.reset()
+            self._large.clear()
             self._unplace()
             raise EncodeError(f"cannot encode as msgpack: {exc}") from exc
         except BaseException:
             self._packer.reset()
+            self._large.clear()
             self._unplace()
             raise
+        try:
+            frame = (self._framed_large if self._large else self._framed_packed)(head, packed, tail)
+        except BaseException:
+            self._unplace()
+            raise
+        finally:
+            self._large.clear()
         if self._placed:
-            try:
-                frame = self._framed_packed(head, packed, tail)
-            except BaseException:
-                self._unplace()
-                raise
             self._placed.clear()
             # Names places in this connection's segments: never to go out on another one.
             return SharedFrame(frame if isinstance(frame, bytes) else b"".join(frame))
-        return self._framed_packed(head, packed, tail)
+        return frame
 
     def _unplace(self) -> None:
         placed, self._placed = self._placed, []
@@ -272,8 +413,30 @@ class MsgpackEncoder(Encoder):
             return (HEADER.pack(size) + head, packed)
         return b"".join((HEADER.pack(size), head, packed))
 
-    def _frame(self, body_items: list[Any], data: Any = None) -> Frame:
-        self._check(data)
+    def _framed_large(self, head: bytes, packed: bytes, tail: Any) -> Frame:
+        """:meth:`_framed` for a body with payloads out of band (never a datagram)."""
+        if tail is not None:
+            packed += self._packer.pack(tail)
+        parts, size = self._splice(head, packed)
+        size += len(head)
+        if size > self._limit:
+            raise FrameTooLargeError(size, self._limit)
+        if len(packed) > self._count_above:  # the payloads are one object each: count the rest
+            try:
+                check_objects(memoryview(packed), self._limits, *((3, 1) if head else ()))
+            except DecodeError as exc:
+                raise EncodeError(
+                    f"{exc}; the peer would refuse it. Send large arrays as bytes or numpy "
+                    "arrays, or raise max_decoded_objects on both sides"
+                ) from None
+        parts[0] = HEADER.pack(size) + parts[0]
+        return tuple(parts)
+
+    def _frame(self, body_items: list[Any], data: Any = None, at: int = 2) -> Frame:
+        if data is not None:
+            marked = self._check(data)
+            if marked is not data:
+                body_items[at] = marked
         return self._framed(b"", body_items)
 
     def event(self, event: str, data: Any) -> Frame:
@@ -283,13 +446,11 @@ class MsgpackEncoder(Encoder):
             if len(self._event_heads) >= _HEAD_CACHE_SIZE:
                 self._event_heads.clear()
             head = self._event_heads[event] = b"\x93\x00" + self._packer.pack(event)
-        self._check(data)
-        return self._framed(head, data)
+        return self._framed(head, self._check(data))
 
     def sequenced_event(self, event: str, data: Any, seq: int) -> Frame:
         # [0, event, data, seq]: a peer without the acked mode ignores the trailing item.
-        self._check(data)
-        return self._framed(b"\x94\x00" + self._packer.pack(event), data, seq)
+        return self._framed(b"\x94\x00" + self._packer.pack(event), self._check(data), seq)
 
     def ack(self, seq: int) -> Frame:
         return self._frame([ACK, seq])
@@ -298,7 +459,7 @@ class MsgpackEncoder(Encoder):
         return self._frame([REQUEST, event, data, request_id], data)
 
     def reply(self, request_id: int, data: Any) -> Frame:
-        return self._frame([REPLY, request_id, data], data)
+        return self._frame([REPLY, request_id, data], data)  # (data at index 2)
 
     def error_reply(self, request_id: int, type: str, message: str, traceback: str) -> Frame:
         if not self.tracebacks:
@@ -308,11 +469,11 @@ class MsgpackEncoder(Encoder):
 
     def hello(self, actor_id: str, **extra: Any) -> Frame:
         body = {"v": PROTOCOL_VERSION, "id": actor_id, **extra}
-        return self._frame([HELLO, body], body)
+        return self._frame([HELLO, body], body, 1)
 
     def welcome(self, actor_id: str, **extra: Any) -> Frame:
         body = {"v": PROTOCOL_VERSION, "id": actor_id, **extra}
-        return self._frame([WELCOME, body], body)
+        return self._frame([WELCOME, body], body, 1)
 
     def reject(self, reason: str, message: str) -> Frame:
         return self._frame([REJECT, {"reason": reason, "message": message}])
@@ -638,6 +799,8 @@ class MsgpackDecoder(Decoder):
         self._count_above = min(limits.max_decoded_objects, SEPARATE_BODY_AT)
         self._unpacker_key = repr(limits)  # a str caches its hash: cheap to look up per frame
         self._buffer = bytearray()
+        self._assembly: Assembly | None = None  # a large frame arriving (see _assembly)
+        self._assembling = False  # whether large frames are assembled (once the handshake is done)
         self._broken: ProtocolError | None = None
         self._unpack_options: dict[str, Any] = {
             "raw": False,
@@ -651,14 +814,20 @@ class MsgpackDecoder(Decoder):
     def handshake_done(self) -> None:
         """Lift the frame limit from ``max_handshake_size`` to ``max_frame_size``."""
         self._frame_limit = self._limits.max_frame_size
+        self._assembling = True
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet part of a complete frame."""
+        assembly = self._assembly
+        if assembly is not None:
+            return HEADER_SIZE + assembly.size - assembly.left
         return len(self._buffer)
 
     def missing(self) -> int | None:
         """Bytes still to come for the frame whose body is arriving, once its header is in."""
+        if self._assembly is not None:
+            return self._assembly.left
         buffered = len(self._buffer)
         if buffered < HEADER_SIZE:
             return None
@@ -677,12 +846,73 @@ class MsgpackDecoder(Decoder):
         except ProtocolError as exc:
             self._broken = exc
             self._buffer = bytearray()
+            self._assembly = None
             raise
 
+    def receive_buffer(self) -> memoryview | None:
+        """Where the next bytes go when a large payload is arriving (its final buffer)."""
+        assembly = self._assembly
+        return None if assembly is None or self._broken else assembly.receive_buffer()
+
+    def received(self, size: int) -> list[Message]:
+        """``size`` bytes arrived in :meth:`receive_buffer`; the message they complete."""
+        if self._broken is not None:
+            raise self._broken
+        assembly = self._assembly
+        assert assembly is not None
+        try:
+            assembly.received(size)
+            return self._assembled() if assembly.done else []
+        except ProtocolError as exc:
+            self._broken = exc
+            self._assembly = None
+            raise
+
+    def _assembled(self, counted: bool = False) -> list[Message]:
+        """The message of the frame the assembly completed (``counted``: its objects were);
+        none if it was for the connection's shared memory (handled at once)."""
+        assembly = self._assembly
+        assert assembly is not None
+        self._assembly = None
+        body = assembly.body()
+        if not counted:
+            check_objects(body, self._limits)
+        hook = self._unpack_options["ext_hook"]
+
+        def resolve(code: int, data: bytes) -> Any:
+            if code == MARK_CODE:
+                payload = assembly.resolve(code, data)
+                if payload is not None:
+                    return payload
+            return hook(code, data)
+
+        _shared.resolver = self.shared  # for decode_ext (arrays in shared memory)
+        try:
+            value = msgpack.unpackb(body, **{**self._unpack_options, "ext_hook": resolve})
+        except DecodeError:
+            raise
+        except Exception as exc:  # msgpack raises many types: ValueError, FormatError...
+            raise DecodeError(f"invalid msgpack body: {type(exc).__name__}: {exc}") from None
+        finally:
+            _shared.resolver = None
+        message = self._message(value, assembly.size, counted=True)
+        if type(message) is Share or type(message) is Release:
+            self._shared_message(message)
+            return []
+        return [message]
+
     def _feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
+        messages: list[Message] = []
+        assembly = self._assembly
+        if assembly is not None:
+            view = memoryview(data)
+            taken = assembly.take(view)
+            if not assembly.done:
+                return messages
+            messages += self._assembled()
+            data = view[taken:]
         buffer = self._buffer
         buffer += data
-        messages: list[Message] = []
         offset = 0
         end = len(buffer)
         limit = self._frame_limit
@@ -694,6 +924,18 @@ class MsgpackDecoder(Decoder):
                 if size == 0:
                     raise DecodeError("empty frame: a body must hold at least one msgpack value")
                 start = offset + HEADER_SIZE
+                if size >= ASSEMBLE_AT and self._assembling:
+                    # A large frame: its large payloads go to their final buffers (received
+                    # in place from now on, if it has not all arrived).
+                    complete = end - start >= size
+                    if complete:  # counted in place first: over a limit, nothing is copied
+                        check_objects(view[start : start + size], self._limits)
+                    assembly = self._assembly = Assembly(size, self._limits)
+                    offset = start + assembly.take(view[start:end])
+                    if not assembly.done:
+                        break
+                    messages += self._assembled(counted=complete)
+                    continue
                 if end - start < size:
                     break
                 message = self._decode(view[start : start + size], size)

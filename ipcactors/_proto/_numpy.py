@@ -22,6 +22,13 @@ An array in a shared segment (extension 79, docs/protocol.md 5.4) names its plac
 carrying its bytes; its header is the same, with no data::
 
     u8 version (1) | u32 segment | u64 offset | u8 n | dtype.str | u8 ndim | ndim × u64
+
+Large arrays travel out of band (``_msgpack``): :func:`array_parts` gives the header and a flat
+byte view of the array's own memory (copied only if it is not C-contiguous), and a receiver that
+read the header (:func:`parse_header`) receives the data straight into the array it allocates
+(:func:`empty_array`), after checking the byte count against what the frame announced.
+Any CPU object with ``__dlpack__`` (a torch tensor, a jax or cupy CPU array) is accepted
+through ``np.from_dlpack`` (:func:`from_dlpack`) and arrives as a numpy array.
 """
 
 from __future__ import annotations
@@ -38,9 +45,14 @@ from ._extcodes import NUMPY_EXT_CODE, SHARED_EXT_CODE
 
 __all__ = [
     "NUMPY_EXT_CODE",
+    "array_parts",
     "decode_array",
     "decode_shared",
+    "empty_array",
     "encode_numpy",
+    "from_dlpack",
+    "header_size",
+    "parse_header",
     "shared_reference",
 ]
 
@@ -53,6 +65,7 @@ _PLACE: Final = struct.Struct(">BIQ")  # version, segment, offset
 # for datetime64/timedelta64 (e.g. "<M8[ns]", "<m8[25s]").
 _DTYPE_TEXT: Final = re.compile(r"[<>|=][biufcmMSU][0-9]{1,6}(\[[0-9]{0,6}[A-Za-z]{1,3}\])?")
 _KINDS: Final = frozenset("biufcmMSU")
+_DLPACK_CPU: Final = 1  # DLDeviceType kDLCPU
 
 
 def encode_numpy(obj: Any) -> Any:
@@ -65,6 +78,24 @@ def encode_numpy(obj: Any) -> Any:
     if isinstance(obj, np.generic):  # complex, datetime64, ...: as a 0-d array
         return msgpack.ExtType(NUMPY_EXT_CODE, _array_payload(np.asarray(obj)))
     raise TypeError(f"can not serialize {type(obj).__name__!r} object")
+
+
+def from_dlpack(obj: Any) -> np.ndarray[Any, Any]:
+    """A numpy array sharing the memory of a CPU object with ``__dlpack__`` (a torch tensor).
+    Raises :class:`EncodeError` for what numpy cannot take (a GPU tensor, one needing grad)."""
+    device = getattr(obj, "__dlpack_device__", None)
+    if device is not None and device()[0] != _DLPACK_CPU:
+        raise EncodeError(
+            f"cannot send a {type(obj).__name__} on device {device()}: only CPU tensors travel "
+            "(call .cpu() on a torch tensor first)"
+        )
+    try:
+        return np.from_dlpack(obj)
+    except (BufferError, RuntimeError, TypeError, ValueError) as exc:
+        raise EncodeError(
+            f"cannot send {type(obj).__name__} through DLPack: {exc}; only CPU tensors travel "
+            "(call .detach().cpu() on a torch tensor first)"
+        ) from None
 
 
 def _array_header(array: np.ndarray[Any, Any]) -> bytearray:
@@ -89,6 +120,57 @@ def _array_payload(array: np.ndarray[Any, Any]) -> bytes:
     header = _array_header(array)
     # tobytes() copies into C order whatever the layout (strided, Fortran-ordered, 0-d).
     return b"".join((header, array.tobytes(order="C")))
+
+
+def array_parts(array: np.ndarray[Any, Any]) -> tuple[bytes, memoryview]:
+    """The extension's payload as its header and a flat byte view of the array's memory (no
+    copy for a C-contiguous array; others are copied into C order once)."""
+    header = bytes(_array_header(array))
+    flat = np.ascontiguousarray(array).reshape(-1)  # a view when already contiguous
+    return header, memoryview(flat.view(np.uint8))  # type: ignore[arg-type]
+
+
+def header_size(view: memoryview) -> int | None:
+    """How long the header at the start of ``view`` (a payload's first bytes) is, or ``None``
+    if ``view`` is too short to tell. Raises :class:`DecodeError` for a bad start."""
+    size = len(view)
+    if size < 2:
+        return None
+    if view[0] != _VERSION or view[1] > _MAX_DTYPE_TEXT:
+        raise DecodeError("numpy extension: unknown version or bad dtype length")
+    if size < 3 + view[1]:
+        return None
+    ndim = view[2 + view[1]]
+    if ndim > _MAX_NDIM:
+        raise DecodeError("numpy extension: bad number of dimensions")
+    return 3 + view[1] + ndim * _DIM.size
+
+
+def parse_header(view: memoryview, size: int) -> tuple[np.dtype[Any], tuple[int, ...], int]:
+    """The dtype, shape and header length of the payload of ``size`` bytes that ``view``
+    starts (holding at least its header). Raises :class:`DecodeError` unless the array's bytes
+    are exactly the rest of the payload."""
+    if len(view) < 3 or view[0] != _VERSION:
+        raise DecodeError("numpy extension: unknown version or truncated header")
+    dtype, shape, offset = _parse_header(view, 0, "numpy extension")
+    count = 1
+    for dim in shape:
+        count *= dim
+    if count * dtype.itemsize != size - offset:
+        raise DecodeError(
+            f"numpy extension: shape {shape} of {dtype.str} needs {count * dtype.itemsize} "
+            f"bytes, got {size - offset}"
+        )
+    return dtype, shape, offset
+
+
+def empty_array(dtype: np.dtype[Any], shape: tuple[int, ...]) -> tuple[Any, memoryview]:
+    """A fresh array to receive a payload into, and a flat writable byte view of it."""
+    try:
+        array = np.empty(shape, dtype)
+    except (ValueError, MemoryError) as exc:
+        raise DecodeError(f"numpy extension: {exc}") from None
+    return array, memoryview(array.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
 
 
 def shared_reference(array: np.ndarray[Any, Any], segment: int, offset: int) -> msgpack.ExtType:

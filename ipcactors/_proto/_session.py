@@ -63,6 +63,7 @@ from ._messages import (
     Reply,
     Request,
     Welcome,
+    frame_bytes,
     is_reserved,
 )
 
@@ -113,10 +114,6 @@ def rejection(reject: Reject, target: str) -> RejectedError:
 
 def _mac(key: bytes, role: bytes, *parts: bytes) -> bytes:
     return hmac.new(key, b"ipcactors/1 " + role + b"\0" + b"".join(parts), hashlib.sha256).digest()
-
-
-def _frame_bytes(frame: Frame) -> bytes:
-    return frame if isinstance(frame, bytes) else b"".join(frame)
 
 
 class Session:
@@ -235,7 +232,7 @@ class Session:
         is lifted)."""
         self._expect(State.DECIDING)
         self._open()
-        return _frame_bytes(self._encoder.welcome(self.actor_id, **extra))
+        return frame_bytes(self._encoder.welcome(self.actor_id, **extra))
 
     def reject(self, reason: str, message: str) -> bytes:
         """Server: refuse the client; returns the frame to send before closing. The session is
@@ -244,7 +241,7 @@ class Session:
             raise RuntimeError(f"reject() in {self!r}")
         self.state = State.CLOSED
         self.is_open = False
-        return _frame_bytes(self._encoder.reject(reason, message))
+        return frame_bytes(self._encoder.reject(reason, message))
 
     # --- receiving ----------------------------------------------------------------------------
 
@@ -258,16 +255,7 @@ class Session:
             except ProtocolError:
                 self._fail()  # the decoder is broken for good: so is the session
                 raise
-            names = self._names
-            for message in messages:
-                kind = type(message)
-                if kind is Event or kind is Request:
-                    if message.event not in names:  # type: ignore[union-attr]
-                        self._check_name(message.event)  # type: ignore[union-attr]
-                elif kind in HANDSHAKE_KINDS:
-                    self._fail()
-                    raise ProtocolError(f"unexpected {kind.__name__} after the handshake")
-            return messages
+            return self._checked(messages)
         if not self.handshaking:
             if self.state is State.CLOSED:
                 raise ProtocolError("the session is closed: it takes no more input")
@@ -286,6 +274,33 @@ class Session:
             self._fail()
             raise
         return []
+
+    def receive_buffer(self) -> memoryview | None:
+        """Once open: where the next received bytes should go, if the frame in progress wants
+        them in place (a large payload's final buffer); receive into a slice of its start,
+        then call :meth:`received`. ``None``: read as usual and call :meth:`receive`."""
+        return self._decoder.receive_buffer() if self.is_open else None
+
+    def received(self, size: int) -> list[Message]:
+        """``size`` bytes arrived in :meth:`receive_buffer`: the messages they complete."""
+        try:
+            messages = self._decoder.received(size)
+        except ProtocolError:
+            self._fail()
+            raise
+        return self._checked(messages)
+
+    def _checked(self, messages: list[Message]) -> list[Message]:
+        names = self._names
+        for message in messages:
+            kind = type(message)
+            if kind is Event or kind is Request:
+                if message.event not in names:  # type: ignore[union-attr]
+                    self._check_name(message.event)  # type: ignore[union-attr]
+            elif kind in HANDSHAKE_KINDS:
+                self._fail()
+                raise ProtocolError(f"unexpected {kind.__name__} after the handshake")
+        return messages
 
     def _check_name(self, name: str) -> None:
         if is_reserved(name):
@@ -398,7 +413,7 @@ class Session:
             raise RuntimeError(f"{self!r}: expected state {state.value!r}")
 
     def _send(self, frame: Frame) -> None:
-        self._outgoing.append(_frame_bytes(frame))
+        self._outgoing.append(frame_bytes(frame))
 
 
 def datagram_messages(decoder: Decoder, body: bytes) -> list[Message]:

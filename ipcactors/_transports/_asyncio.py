@@ -13,6 +13,13 @@ Invariants:
 - ``receive`` and ``send`` return without a loop pass when data is waiting or the kernel takes
   the bytes; they wait only when they must (nothing to read, or the kernel's buffer is full).
 - Memory stays bounded: reading pauses once ``READ_HIGH_WATER`` bytes wait unread.
+- Large parts of frames (``LARGE_PART`` bytes or more: payloads out of band, views of the
+  sender's memory) go straight from that memory to the socket while the transport holds
+  nothing, never through the transport's buffer (asyncio 3.11 would copy them there, and
+  ``writelines`` joins); when the kernel is full, the transport gets a small slice (``NUDGE``)
+  so that ``resume_writing`` says when to go on. Parts are written in order.
+- :meth:`AsyncioSocketStream.receive_into` has the loop read straight into the caller's buffer
+  (``get_buffer`` returns it) until it is full: a large payload is received in place.
 - Any number of tasks may wait in ``AsyncioSocketStream.send`` at once (a TLS stream's writer,
   and its reader flushing a record): each is woken when the kernel has taken the bytes, or the
   connection is lost.
@@ -24,20 +31,22 @@ import asyncio
 import socket
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 import anyio
 from anyio.abc import ByteStream, SocketAttribute
 
-from .._proto._messages import Frame
-from ._writing import FrameQueue, coalesce
+from .._proto._messages import Frame, FramePart
+from ._writing import LARGE_PART, FrameQueue, coalesce, widen_send_buffer
 
 __all__ = ["AsyncioSocketStream", "open_asyncio_stream"]
 
 WRITE_BUDGET = 256 * 1024  # bytes handed to an asyncio transport per flush
 READ_HIGH_WATER = 4 * 1024 * 1024  # pause reading with this much unread
 READ_LOW_WATER = 1024 * 1024  # and resume below this
+NUDGE = 16 * 1024  # of a large part, what the transport gets when the kernel is full
+PROGRESS_INTERVAL = 0.1  # s: receive_into returns with what came by then, if the rest is slow
 
 
 async def open_asyncio_stream(
@@ -87,15 +96,30 @@ class _StreamProtocol(asyncio.BufferedProtocol):
         self.drain_waiters: list[asyncio.Future[None]] = []
         self.on_resume: Callable[[], None] | None = None
         self.closed: asyncio.Future[None] = loop.create_future()
+        # receive_into's buffer while the loop reads into it, and how much of it is filled.
+        self.destination: memoryview | None = None
+        self.filled = 0
+        self.reported = 0.0  # loop time the reader was last told of bytes received in place
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A read-write transport; uvloop's do not derive from asyncio.Transport.
         self.transport = cast(asyncio.Transport, transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        destination = self.destination
+        if destination is not None:
+            return destination[self.filled :]
         return _receive_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self.destination is not None:
+            self.filled += nbytes
+            if self.filled == len(self.destination):
+                self.destination = None
+                self._wake_reader()
+            elif self.loop.time() - self.reported >= PROGRESS_INTERVAL:
+                self._wake_reader()  # a slow sender: the reader hears of progress (a sign of life)
+            return
         self.data_received(_receive_buffer()[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
@@ -151,6 +175,9 @@ class AsyncioSocketStream(ByteStream):
         self._protocol = protocol
         self._transport = protocol.transport
         self._closing = False
+        # Parts not yet handed to the transport or the kernel, in order (see _pump).
+        self._pending: deque[FramePart] = deque()
+        self._widened = False  # whether the socket's send buffer was widened for large parts
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         protocol = self._protocol
@@ -182,10 +209,110 @@ class AsyncioSocketStream(ByteStream):
                 parts.append(chunks.popleft())
             data = b"".join(parts)
         protocol.unread -= len(data)
-        if protocol.reading_paused and protocol.unread < READ_LOW_WATER:
+        self._maybe_resume_reading()
+        return data
+
+    async def receive_into(self, buffer: memoryview) -> int:
+        """Fill ``buffer`` (writable, flat, not empty) with the next bytes of the stream:
+        first those read ahead, then straight from the socket. Returns how many came: all of
+        ``len(buffer)``, or fewer if the stream ended first or the bytes come slowly (what
+        came after ``PROGRESS_INTERVAL``); raises as :meth:`receive` when none came."""
+        protocol = self._protocol
+        chunks = protocol.chunks
+        size = len(buffer)
+        filled = 0
+        while chunks and filled < size:
+            data = chunks.popleft()
+            take = min(len(data), size - filled)
+            buffer[filled : filled + take] = data[:take]
+            if take < len(data):
+                chunks.appendleft(data[take:])
+            filled += take
+            protocol.unread -= take
+        if filled == size or (filled and (protocol.lost or protocol.eof or self._closing)):
+            self._maybe_resume_reading()
+            return filled
+        if not (protocol.lost or protocol.eof or self._closing):
+            protocol.destination = buffer
+            protocol.filled = filled
+            protocol.reported = protocol.loop.time()
+            self._maybe_resume_reading(force=True)
+            try:
+                while protocol.destination is not None:
+                    if self._closing or protocol.lost or protocol.eof:
+                        break
+                    if protocol.filled and (
+                        protocol.loop.time() - protocol.reported >= PROGRESS_INTERVAL
+                    ):
+                        break
+                    waiter = protocol.read_waiter = protocol.loop.create_future()
+                    try:
+                        await waiter
+                    finally:
+                        protocol.read_waiter = None
+            finally:
+                filled = protocol.filled
+                protocol.destination = None
+        if filled:
+            return filled
+        data = await self.receive(1)  # raises why the stream ended (or a byte came after all)
+        buffer[: len(data)] = data
+        return len(data)
+
+    def _maybe_resume_reading(self, force: bool = False) -> None:
+        protocol = self._protocol
+        if protocol.reading_paused and (force or protocol.unread < READ_LOW_WATER):
             protocol.reading_paused = False
             self._transport.resume_reading()
-        return data
+
+    def _write_parts(self, parts: Iterable[FramePart]) -> None:
+        """Write ``parts`` in order: small ones through the transport, large ones by
+        :meth:`_pump` (straight from their memory)."""
+        pending = self._pending
+        transport = self._transport
+        for part in parts:
+            if pending or len(part) >= LARGE_PART:
+                pending.append(part)
+            else:
+                transport.write(part)
+        if pending:
+            self._pump()
+
+    def _pump(self) -> bool:
+        """Hand pending parts on: a large one goes to the socket while the transport holds
+        nothing; when the kernel is full, the transport gets ``NUDGE`` bytes of it and will
+        call ``resume_writing`` once the kernel took them. Returns whether all went."""
+        pending = self._pending
+        transport = self._transport
+        while pending:
+            part = pending[0]
+            if len(part) < LARGE_PART:
+                transport.write(part)
+                pending.popleft()
+                continue
+            if transport.get_write_buffer_size() or transport.is_closing():
+                return False  # resume_writing (or connection_lost) calls flush again
+            if not self._widened:
+                self._widened = True
+                widen_send_buffer(self._sock)
+            try:
+                sent = self._sock.send(part)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                transport.write(part)  # the transport meets the error too and reports it
+                pending.popleft()
+                continue
+            if sent == len(part):
+                pending.popleft()
+                continue
+            rest = memoryview(part)[sent:]
+            transport.write(rest[:NUDGE])
+            if len(rest) > NUDGE:
+                pending[0] = rest[NUDGE:]
+            else:
+                pending.popleft()
+        return not self._protocol.write_paused
 
     async def send(self, item: bytes) -> None:
         protocol = self._protocol
@@ -215,14 +342,19 @@ class AsyncioSocketStream(ByteStream):
         scheduled = False
         in_flight = False  # frames written whose bytes the transport still holds
 
+        pending = self._pending
+
         def flush() -> None:
             nonlocal scheduled, in_flight
             scheduled = False
             if protocol.lost or self._closing:
+                pending.clear()
                 if protocol.lost and outbox.on_lost is not None:
                     outbox.on_lost()  # the reader may be paused: it must read on to the end
                 return
             if in_flight:
+                if pending and not self._pump():
+                    return  # resume_writing calls us again
                 if protocol.write_paused:
                     return  # resume_writing calls us again
                 in_flight = False
@@ -231,9 +363,8 @@ class AsyncioSocketStream(ByteStream):
             frames = outbox.take(WRITE_BUDGET)
             if not frames:
                 return
-            for chunk in coalesce(frames):
-                transport.write(chunk)
-            if protocol.write_paused:
+            self._write_parts(coalesce(frames))
+            if protocol.write_paused or pending:
                 in_flight = True
             else:
                 outbox.sent()
@@ -251,14 +382,22 @@ class AsyncioSocketStream(ByteStream):
             nonlocal in_flight
             if protocol.lost or self._closing:
                 return True  # lost with the connection: at most once, as always
-            if isinstance(frame, bytes):
+            if isinstance(frame, bytes) and not pending:
                 transport.write(frame)
             else:
-                transport.writelines(frame)
-            if protocol.write_paused:
+                self._write_parts((frame,) if isinstance(frame, bytes) else frame)
+            if protocol.write_paused or pending:
                 in_flight = True  # the kernel took part; resume_writing finishes it
                 return False
             return True
+
+        def resumed() -> None:
+            # The kernel took what the transport held. A large part being written goes on at
+            # once (a transport allows writes from resume_writing), not a loop pass later.
+            if pending and not scheduled and not protocol.lost and not self._closing:
+                flush()
+            else:
+                schedule()
 
         def detach() -> None:
             outbox.on_frames = None
@@ -269,7 +408,7 @@ class AsyncioSocketStream(ByteStream):
 
         outbox.on_frames = schedule
         outbox.direct = write_now
-        protocol.on_resume = schedule
+        protocol.on_resume = resumed
         if len(outbox):
             schedule()
         return detach

@@ -19,21 +19,24 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
+from time import monotonic
 from typing import Any
 
 import anyio
 from anyio.abc import ByteStream, SocketAttribute, SocketStream
 
-from .._proto._messages import Frame
+from .._proto._messages import Frame, FramePart
 from ._asyncio import AsyncioSocketStream, open_asyncio_stream
 from ._backend import running_asyncio_loop
-from ._writing import COALESCE_LIMIT, FrameQueue, coalesce
+from ._writing import COALESCE_LIMIT, FrameQueue, coalesce, widen_send_buffer
 
 __all__ = [
     "FrameQueue",
     "attach_writer",
     "drain_outbox",
+    "receiver_into",
     "send_tracebacks",
     "shared_sender",
     "wrap_socket",
@@ -56,23 +59,32 @@ async def drain_outbox(stream: ByteStream, outbox: FrameQueue) -> None:
     :meth:`Outbox.sent`) once the kernel has all of their bytes.
     """
     send = stream.send
-    rest: bytes | None = None  # the unsent end of a frame written directly
+    rest: list[FramePart] | None = None  # the unsent end of a frame written directly
     sock = stream.extra(SocketAttribute.raw_socket, None) if _plain(stream) else None
+    if not isinstance(sock, socket.socket):
+        sock = None  # asyncio's TransportSocket (anyio's asyncio streams): no send of its own
+    widened = sock is None  # the send buffer is widened once a large part is written
 
     def write_now(frame: Frame) -> bool:
-        # A request or reply while this writer idles: straight to the kernel, no task switch.
-        nonlocal rest
+        # A request or reply while this writer idles: straight to the kernel, no task switch,
+        # its parts in one sendmsg (writev), never joined.
+        nonlocal rest, widened
         assert sock is not None
-        data = frame if isinstance(frame, bytes) else b"".join(frame)
+        parts: list[FramePart] = [frame] if isinstance(frame, bytes) else list(frame)
+        if not widened and len(parts) > 1:
+            widened = True
+            widen_send_buffer(sock)
         try:
-            written = sock.send(data)
+            # (past MAX_PARTS, the first part now and the rest by the writer below)
+            written = sock.sendmsg(parts) if len(parts) <= MAX_PARTS else sock.send(parts[0])
         except BlockingIOError:
             written = 0
         except OSError:
             return True  # the connection is broken; the reader notices, the frame is lost
-        if written == len(data):
+        left = unsent(parts, written)
+        if not left:
             return True
-        rest = data[written:]  # finished by this writer before anything else
+        rest = left  # finished by this writer before anything else
         outbox.wake()
         return False
 
@@ -80,9 +92,10 @@ async def drain_outbox(stream: ByteStream, outbox: FrameQueue) -> None:
     try:
         while True:
             if rest is not None:
-                data, rest = rest, None
+                parts, rest = rest, None
                 try:
-                    await send(data)
+                    for part in parts:
+                        await send(part)  # type: ignore[arg-type]  # (any bytes-like)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                     return
                 finally:
@@ -94,9 +107,12 @@ async def drain_outbox(stream: ByteStream, outbox: FrameQueue) -> None:
                 await outbox.wait_frames()
                 continue
             frames = outbox.take(COALESCE_LIMIT)  # a bounded bite: a reply waits for no more
+            if not widened and any(not isinstance(frame, bytes) for frame in frames):
+                widened = True
+                widen_send_buffer(sock)  # type: ignore[arg-type]  # (not None: not widened)
             try:
                 for chunk in coalesce(frames):
-                    await send(chunk)
+                    await send(chunk)  # type: ignore[arg-type]  # (any bytes-like)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 return
             finally:
@@ -105,6 +121,78 @@ async def drain_outbox(stream: ByteStream, outbox: FrameQueue) -> None:
         outbox.direct = None
         if rest is not None:
             outbox.sent()  # the frame's end dies with this connection (at most once)
+
+
+MAX_PARTS = 64  # parts written by one sendmsg (far below IOV_MAX)
+
+
+def unsent(parts: list[FramePart], written: int) -> list[FramePart]:
+    """What is left of ``parts`` once the first ``written`` bytes went (slices, not copies)."""
+    for index, part in enumerate(parts):
+        size = len(part)
+        if written < size:
+            left = parts[index:]
+            if written:
+                left[0] = memoryview(part)[written:]
+            return left
+        written -= size
+    return []
+
+
+def receiver_into(stream: ByteStream) -> Callable[[memoryview], Awaitable[int]] | None:
+    """A function that fills a buffer from ``stream`` (``recv_into``: no intermediate bytes)
+    and returns how many bytes came (fewer only at the end of the stream; raises like
+    ``receive`` when none came), where the stream can; ``None`` for others (TLS)."""
+    if isinstance(stream, AsyncioSocketStream):
+        return stream.receive_into
+    own: Callable[[memoryview], Awaitable[int]] | None = getattr(stream, "receive_into", None)
+    if own is not None:
+        return own  # a stream of this package that fills buffers itself (one passing fds)
+    if not _plain(stream) or running_asyncio_loop() is not None:
+        return None  # anyio's asyncio streams read ahead into buffers of their own
+    sock = stream.extra(SocketAttribute.raw_socket, None)
+    if sock is None:
+        return None
+    return partial(_receive_into, stream, sock)
+
+
+RECEIVE_INTO_RETURN = 1024 * 1024  # bytes after which a blocked receive_into returns
+PROGRESS_INTERVAL = 0.1  # s after which it returns with what came (a sign of life)
+
+
+async def _receive_into(stream: ByteStream, sock: socket.socket, buffer: memoryview) -> int:
+    """:func:`receiver_into` for anyio's socket streams (Trio), which read their socket as it
+    is (no buffer of their own): ``recv_into`` until full, waiting for readability between.
+    Returns early, blocked with at least ``RECEIVE_INTO_RETURN`` bytes in or with some after
+    ``PROGRESS_INTERVAL``, so the caller sees progress (a sign of life)."""
+    size = len(buffer)
+    filled = 0
+    started = monotonic()
+    while filled < size:
+        try:
+            got = sock.recv_into(buffer[filled:])
+        except BlockingIOError:
+            if filled >= RECEIVE_INTO_RETURN or (
+                filled and monotonic() - started >= PROGRESS_INTERVAL
+            ):
+                break
+            try:
+                await anyio.wait_readable(sock)
+            except (OSError, anyio.ClosedResourceError):
+                break  # closed under us: receive() below says how
+            continue
+        except OSError as exc:
+            if filled:
+                break
+            raise anyio.BrokenResourceError from exc
+        if not got:
+            break
+        filled += got
+    if filled:
+        return filled
+    data = await stream.receive(1)  # raises why the stream ended (or a byte came after all)
+    buffer[: len(data)] = data
+    return len(data)
 
 
 def shared_sender(stream: ByteStream) -> ByteStream:

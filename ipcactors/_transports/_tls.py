@@ -9,6 +9,8 @@ Invariants:
   record) ends that connection only: the stream raises it as ``anyio.BrokenResourceError``
   (the ``ssl.SSLError`` chained as its cause, so :func:`tls_error` still finds it), which every
   reader and writer handles, instead of letting it escape and take the actor down.
+- A large write (a payload out of band, a view of the sender's memory) is encrypted and sent
+  ``TLS_SLICE`` bytes at a time: never copied whole, never all encrypted in memory at once.
 - A plain ipcactors client that reaches a TLS port is told so in plain text (a ``reject`` with
   reason ``tls``) instead of being dropped, so it fails at once with a clear message that names
   the port it reached (the bound one, not the 0 a server may have been configured with).
@@ -31,6 +33,7 @@ from ._transport import Listening, TCPTransport, tls_error
 __all__ = ["NotTLSError", "TLSTransport", "check_server_context"]
 
 _TLS_HANDSHAKE_RECORD = 0x16  # the first byte of every TLS ClientHello
+TLS_SLICE = 1024 * 1024  # a large write is encrypted and sent this much at a time
 
 
 class NotTLSError(ProtocolError):
@@ -135,7 +138,12 @@ class _Breaking(_Wrapper):
 
     async def send(self, item: bytes) -> None:
         try:
-            await self._stream.send(item)
+            if len(item) <= TLS_SLICE:
+                await self._stream.send(item)
+            else:  # a large payload: encrypted a slice at a time, not all into memory at once
+                view = memoryview(item)
+                for start in range(0, len(view), TLS_SLICE):
+                    await self._stream.send(view[start : start + TLS_SLICE])  # type: ignore[arg-type]
         except ssl.SSLError as exc:
             raise anyio.BrokenResourceError(f"TLS failed: {exc.reason or exc}") from exc
 

@@ -2,19 +2,36 @@
 ``_streams`` and the asyncio fast path's own (``_asyncio``). No I/O here.
 
 Invariant: this layer does not import the ones above: the writer drains a :class:`FrameQueue`
-(``_core._outbox.Outbox`` is the one), and a large body is never copied to be written.
+(``_core._outbox.Outbox`` is the one), and a large part of a frame (a payload out of band, a view
+of the sender's memory) is never copied or joined to be written: writers hand it to the kernel
+as it is, in slices if need be.
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from .._proto._messages import FdFrame, Frame
+from .._proto._messages import FdFrame, Frame, FramePart
 
-__all__ = ["COALESCE_LIMIT", "FrameQueue", "coalesce"]
+__all__ = ["COALESCE_LIMIT", "LARGE_PART", "FrameQueue", "coalesce", "widen_send_buffer"]
 
 COALESCE_LIMIT = 1024 * 1024  # join small frames into writes of at most about this many bytes
+LARGE_PART = 64 * 1024  # a frame's part this long is written as it is, never joined
+# The kernel's send buffer of a Unix socket that writes a large part (the default, ~208 KiB,
+# makes a 64 MiB array take hundreds of wake-ups on each side); a bound, not an allocation.
+LARGE_SEND_BUFFER = 4 * 1024 * 1024
+
+
+def widen_send_buffer(sock: socket.socket) -> None:
+    """Let the kernel take up to ``LARGE_SEND_BUFFER`` bytes of large payloads at once on a
+    Unix socket (done once a connection writes a large part; TCP keeps its autotuning)."""
+    if sock.family == socket.AF_UNIX:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, LARGE_SEND_BUFFER)
+        except OSError:
+            pass  # a limit of the system's: the default buffer works, in more wake-ups
 
 
 class FrameQueue(Protocol):
@@ -52,10 +69,11 @@ class FrameQueue(Protocol):
         ...
 
 
-def coalesce(frames: list[Frame]) -> Iterator[bytes]:
-    """Yield the bytes of ``frames`` in as few writes as is sensible, copying large bodies never;
+def coalesce(frames: list[Frame]) -> Iterator[FramePart]:
+    """Yield the bytes of ``frames`` in as few writes as is sensible: small frames and parts
+    joined, each large part (``LARGE_PART`` bytes or more) alone and as it is, never copied;
     an :class:`FdFrame` is yielded as it is, in a write of its own."""
-    small: list[bytes] = []
+    small: list[FramePart] = []
     size = 0
     for frame in frames:
         if isinstance(frame, FdFrame):  # its descriptors go with its own first byte
@@ -66,14 +84,18 @@ def coalesce(frames: list[Frame]) -> Iterator[bytes]:
         elif isinstance(frame, bytes):
             small.append(frame)
             size += len(frame)
-            if size >= COALESCE_LIMIT:
-                yield b"".join(small)
-                small, size = [], 0
         else:
-            header, body = frame
-            small.append(header)
+            for part in frame:
+                if len(part) >= LARGE_PART:
+                    if small:
+                        yield small[0] if len(small) == 1 else b"".join(small)
+                        small, size = [], 0
+                    yield part
+                else:
+                    small.append(part)
+                    size += len(part)
+        if size >= COALESCE_LIMIT:
             yield b"".join(small)
             small, size = [], 0
-            yield body
     if small:
         yield small[0] if len(small) == 1 else b"".join(small)
