@@ -22,7 +22,6 @@ Invariants:
 from __future__ import annotations
 
 import inspect
-import queue
 import ssl
 import sys
 import threading
@@ -44,7 +43,7 @@ from ._core._connection import Connection
 from ._core._server import Client, Server
 from ._core._stats import ConnectionStatistics, ServerStatistics
 from ._core._udp import DatagramPeer, DatagramServer, DatagramStatistics, PeerAddress
-from ._errors import ClosedError, IPCError
+from ._errors import ClosedError, ConfigError, IPCError
 
 __all__ = [
     "BlockingActor",
@@ -70,6 +69,8 @@ class _Loop:
         self.actor_id = actor_id
         self.portal: BlockingPortal | None = None
         self.thread_id: int | None = None
+        # Open inboxes: closed before the portal stops, which waits for the get() in flight.
+        self.inboxes: set[BlockingInbox] = set()
 
     @overload
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T: ...
@@ -98,18 +99,19 @@ class _Loop:
 
 
 class _Handlers:
-    """``on``/``off`` for a wrapper: plain handlers go to a worker thread with their peer
-    arguments wrapped; ``async def`` handlers are registered as they are."""
+    """``on``/``off`` and the catch-alls for a wrapper: plain handlers go to a worker thread
+    with their peer arguments wrapped; ``async def`` handlers are registered as they are."""
 
     def __init__(self, loop: _Loop, target: Server | DatagramServer | Connection) -> None:
         self._loop = loop
         self._target = target
-        self._adapted: dict[tuple[str, Handler], Handler] = {}
+        # (event, handler) -> what was registered; catch-alls under "" (no event is named "")
+        # for events, None for requests.
+        self._adapted: dict[tuple[str | None, Handler], Handler] = {}
 
-    def on(self, event: str, handler: Handler) -> None:
+    def _adapt(self, key: str | None, handler: Handler) -> Handler:
         if inspect.iscoroutinefunction(handler) or not callable(handler):
-            self._loop.call(self._target.on, event, handler)
-            return
+            return handler
         loop = self._loop
 
         async def in_thread(*args: Any) -> Any:
@@ -117,8 +119,11 @@ class _Handlers:
             return await anyio.to_thread.run_sync(call)
 
         in_thread.__qualname__ = getattr(handler, "__qualname__", repr(handler))
-        self._loop.call(self._target.on, event, in_thread)
-        self._adapted[(event, handler)] = in_thread
+        self._adapted[(key, handler)] = in_thread
+        return in_thread
+
+    def on(self, event: str, handler: Handler) -> None:
+        self._loop.call(self._target.on, event, self._adapt(event, handler))
 
     def off(self, event: str, handler: Handler | None) -> None:
         if handler is None:
@@ -127,6 +132,23 @@ class _Handlers:
         else:
             handler = self._adapted.pop((event, handler), handler)
         self._loop.call(self._target.off, event, handler)
+
+    def on_any(self, handler: Handler, requests: bool) -> None:
+        key = None if requests else ""
+        adapted = self._adapt(key, handler)
+        if requests:
+            self._loop.call(self._target.on_any_request, adapted)
+        else:
+            self._loop.call(self._target.on_any, adapted)
+
+    def off_any(self, handler: Handler | None, requests: bool) -> None:
+        key = None if requests else ""
+        if handler is None:
+            for found in [found for found in self._adapted if found[0] == key]:
+                del self._adapted[found]
+        else:
+            handler = self._adapted.pop((key, handler), handler)
+        self._loop.call(partial(self._target.off_any, handler, requests=requests))
 
 
 def _run_handler(handler: Handler, *args: Any) -> Any:
@@ -167,10 +189,30 @@ class _Wrapper:
         """Remove ``handler`` from ``event``, or all of its handlers when ``None``."""
         self._handlers.off(event, handler)
 
-    def inbox(self, *events: str) -> BlockingInbox:
+    def on_any(self, handler: H) -> H:
+        """Register a catch-all for every event, as the async API's ``on_any`` (called as
+        ``handler(event, data, client)`` on a server); a plain ``def`` runs in a worker thread."""
+        self._handlers.on_any(handler, requests=False)
+        return handler
+
+    def on_any_request(self, handler: H) -> H:
+        """Register a catch-all for every request, as the async API's ``on_any_request``: it
+        answers requests that have no handler of their own."""
+        self._handlers.on_any(handler, requests=True)
+        return handler
+
+    def off_any(self, handler: Handler | None = None, *, requests: bool = False) -> None:
+        """Remove the catch-all ``handler`` (of requests if ``requests``), or all of them."""
+        self._handlers.off_any(handler, requests)
+
+    def inbox(self, *events: str, max_items: int = 1000) -> BlockingInbox:
         """Collect ``events`` into a :class:`BlockingInbox` to read with ``get()`` or a
-        ``for`` loop, in the caller's thread (from now on: earlier events are not in it)."""
-        return BlockingInbox(self._loop, self._handlers._target, events)
+        ``for`` loop, in the caller's thread (from now on: earlier events are not in it).
+
+        It holds at most ``max_items`` events (default 1000: a burst is absorbed, memory stays
+        bounded); when it is full, handling that peer's events waits for your thread to read,
+        so backpressure reaches the sender (see :class:`BlockingInbox`)."""
+        return BlockingInbox(self._loop, self._handlers._target, events, max_items)
 
 
 class BlockingInbox(AbstractContextManager["BlockingInbox"]):
@@ -178,42 +220,61 @@ class BlockingInbox(AbstractContextManager["BlockingInbox"]):
     ``(event, data, peer)`` (``peer``: a :class:`BlockingClient` on a server, ``None`` on a
     connection); iterating yields them until ``close()``.
 
-    Unbounded: read it, or close it, as fast as events come (or use handlers)."""
-
-    _CLOSED = object()
+    Bounded: at most ``max_items`` events wait in it. When it is full, the handler that fills
+    it waits, so that peer's later events wait in the connection's inbox
+    (``max_inbox_bytes``), then reading from that peer pauses and the sender's ``emit``
+    waits once its outbox is full: a stream peer is slowed down, never buffered without
+    bound. A server's ``broadcast`` to a client that stalls so is handled by the server's
+    ``slow_consumer`` policy; a UDP server stops receiving, and the kernel drops the
+    datagrams that do not fit its buffer. Closing the inbox drops what it holds and lets the
+    waiting handlers go on (the events they carried are dropped)."""
 
     def __init__(
-        self, loop: _Loop, target: Server | DatagramServer | Connection, events: tuple[str, ...]
+        self,
+        loop: _Loop,
+        target: Server | DatagramServer | Connection,
+        events: tuple[str, ...],
+        max_items: int = 1000,
     ) -> None:
         if not events:
             raise IPCError("inbox() needs at least one event name, e.g. inbox('message')")
+        if type(max_items) is not int or max_items < 1:
+            raise ConfigError(f"max_items must be an int >= 1, got {max_items!r:.80}")
         self._loop = loop
         self._target = target
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        send, receive = anyio.create_memory_object_stream[tuple[str, Any, Any]](max_items)
+        self._send, self._receive = send, receive
         self._handlers: list[tuple[str, Handler]] = []
         self._closed = False
         for event in events:
-            # Runs in the loop thread and never blocks: a put into a thread-safe queue.
-            def put(*args: Any, event: str = event) -> None:
+            # Runs in the loop thread; waits while the inbox is full (that is the backpressure).
+            async def put(*args: Any, event: str = event) -> None:
                 peer = _wrap_peer(loop, args[1]) if len(args) > 1 else None
-                self._queue.put((event, args[0], peer))
+                try:
+                    await send.send((event, args[0], peer))
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    pass  # the inbox was closed: nobody will read it
 
             loop.call(target.on, event, put)
             self._handlers.append((event, put))
+        loop.inboxes.add(self)
 
     def get(self, timeout: float | None = None) -> tuple[str, Any, BlockingClient | None]:
         """The next ``(event, data, peer)``; raises :class:`TimeoutError` after ``timeout``
         seconds (``None``: wait as long as it takes), :class:`ClosedError` once closed."""
         if self._closed:
             raise ClosedError("this inbox is closed")
+        item: tuple[str, Any, BlockingClient | None] = self._loop.call(self._next, timeout)
+        return item
+
+    async def _next(self, timeout: float | None) -> tuple[str, Any, BlockingClient | None]:
         try:
-            item = self._queue.get(timeout=timeout)
-        except queue.Empty:
+            with anyio.fail_after(timeout):
+                return await self._receive.receive()
+        except TimeoutError:
             raise TimeoutError(f"nothing arrived within {timeout} s") from None
-        if item is self._CLOSED:
-            self._queue.put(item)  # for every other reader
-            raise ClosedError("this inbox is closed")
-        return item  # type: ignore[no-any-return]
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise ClosedError("this inbox is closed") from None
 
     def __iter__(self) -> Iterator[tuple[str, Any, BlockingClient | None]]:
         while True:
@@ -227,10 +288,17 @@ class BlockingInbox(AbstractContextManager["BlockingInbox"]):
         if self._closed:
             return
         self._closed = True
-        self._queue.put(self._CLOSED)
+        self._loop.inboxes.discard(self)
         if self._loop.portal is not None:
-            for event, handler in self._handlers:
-                self._loop.call(self._target.off, event, handler)
+            self._loop.call(self._close)
+
+    def _close(self) -> None:
+        # The send side first: a reader waiting in get() ends (EndOfStream); then the receive
+        # side: a handler waiting to put is let go (BrokenResourceError), the rest dropped.
+        self._send.close()
+        self._receive.close()
+        for event, handler in self._handlers:
+            self._target.off(event, handler)
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
@@ -462,6 +530,8 @@ class BlockingActor:
             return
         done, stop = host
         try:
+            for inbox in list(self._loop.inboxes):  # a reader waiting in get() ends
+                inbox.close()
             if not done.done():
                 portal = self._loop.portal
                 assert portal is not None

@@ -29,8 +29,9 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal, NoReturn, TextIO
 from urllib.parse import urlsplit
 
@@ -40,11 +41,9 @@ from loguru import logger
 from ._actor import Actor
 from ._config import Config
 from ._core._connection import Connection
-from ._core._handlers import Handler, Handlers
 from ._core._server import Server
 from ._core._udp import DatagramServer
 from ._errors import ConfigError, IPCError, NoHandlerError, RequestTimeoutError
-from ._log import ActorLog
 from ._run import run
 
 __all__ = ["main", "main_exit"]
@@ -52,7 +51,6 @@ __all__ = ["main", "main_exit"]
 PROG = "ipcactors"
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-LIFECYCLE = frozenset({"connect", "disconnect", "destroy", "error"})
 
 EPILOG = """\
 targets:
@@ -363,45 +361,12 @@ def _ping_summary(out: Output, name: str, sent: int, times: list[float]) -> None
     out.emit("\n".join(lines), {"summary": record})
 
 
-class _EveryEvent(Handlers):
-    """The handlers of ``listen``: every event and request that arrives goes to ``sink``;
-    lifecycle events (connect, disconnect) go to the handlers registered for them."""
-
-    __slots__ = ("_sink",)
-
-    def __init__(self, sink: Callable[[str, str, tuple[Any, ...]], Any]) -> None:
-        super().__init__()
-        self._sink = sink
-
-    def get(self, event: str) -> list[Handler] | None:
-        found = super().get(event)
-        if found or event in LIFECYCLE:
-            return found
-        return [self._sink]
-
-    def lone_plain(self, event: str) -> Handler | None:
-        return None  # every request through answer() below
-
-    def call_plain(self, event: str, args: tuple[Any, ...], log: ActorLog) -> Awaitable[None]:
-        return self.call(event, args, log)
-
-    async def call(self, event: str, args: tuple[Any, ...], log: ActorLog) -> None:
-        if event in LIFECYCLE:
-            await super().call(event, args, log)
-        else:
-            self._sink("event", event, args)
-
-    async def answer(self, event: str, args: tuple[Any, ...], log: ActorLog) -> Any:
-        return self._sink("request", event, args)
-
-
 async def cmd_listen(args: argparse.Namespace, out: Output) -> int:
     target = parse_target(args.target)
     reply = parse_data(args.reply) if args.reply is not None else None
     actor_id = target.id or args.id or "ipcactors-cli"
 
-    def show(kind: str, event: str, args_: tuple[Any, ...]) -> Any:
-        data, peer = args_
+    def show(kind: str, event: str, data: Any, peer: Any) -> Any:
         source = getattr(peer, "id", None) or f"{peer.address[0]}:{peer.address[1]}"
         human = f"{out.paint(source, '36')} {out.paint(event, '1')} {dumps(data)}"
         if kind == "request":
@@ -425,8 +390,9 @@ async def cmd_listen(args: argparse.Namespace, out: Output) -> int:
         else:
             tls = server_tls(args) if target.kind == "tls" else None
             server = await actor.serve_net(target.host, target.port, tls=tls)
-        # Before any client can arrive (no await since serve returned): clients share these.
-        server._handlers = _EveryEvent(show)
+        # Before any client can arrive (no await since serve returned).
+        server.on_any(partial(show, "event"))
+        server.on_any_request(partial(show, "request"))
         if isinstance(server, Server):
             server.on("connect", lifecycle("connected"))
             server.on("disconnect", lifecycle("disconnected"))

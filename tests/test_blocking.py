@@ -283,3 +283,81 @@ def test_closing_from_a_handler(backend: Literal["asyncio", "trio"], socket_dir:
         world.wait_closed(timeout=10)
         with pytest.raises(ipcactors.ClosedError):
             world.serve()  # the actor is closed; its thread stops when the block ends
+
+
+def test_an_unread_inbox_is_bounded_and_slows_the_sender(
+    backend: Literal["asyncio", "trio"], socket_dir: str
+) -> None:
+    """A script that does not read: the inbox holds max_items, the connection's inbox and the
+    kernel buffers fill, then the sender's emit waits (its outbox full). Nothing is lost: once
+    read, every event arrives, in order."""
+    total, size = 400, 16 * 1024  # 6.4 MB: far more than every buffer on the way together
+    small = {"max_inbox_bytes": 64 * 1024, "max_outbox_bytes": 64 * 1024}
+    with (
+        BlockingActor("world", socket_root=socket_dir, backend=backend, **FAST, **small) as world,
+        BlockingActor("hello", socket_root=socket_dir, backend=backend, **FAST, **small) as hello,
+    ):
+        server = world.serve()
+        with server.inbox("chunk", max_items=10) as inbox:
+            conn = hello.connect_to("world")
+            sent: list[int] = []
+
+            def emit_all() -> None:
+                for i in range(total):
+                    conn.emit("chunk", [i, b"x" * size])
+                    sent.append(i)
+
+            sender = threading.Thread(target=emit_all)
+            sender.start()
+            try:
+                # the sender's outbox fills up: its emit waits for the reader
+                wait_until(lambda: conn.statistics().outbox_bytes >= 48 * 1024)
+                assert len(sent) < total
+                got = [inbox.get(timeout=10)[1][0] for _ in range(total)]
+            finally:
+                sender.join(timeout=30)
+            assert got == list(range(total))
+
+
+def test_a_reader_waiting_in_an_inbox_ends_when_the_actor_closes(
+    backend: Literal["asyncio", "trio"], socket_dir: str
+) -> None:
+    ended: list[str] = []
+    with BlockingActor("world", socket_root=socket_dir, backend=backend, **FAST) as world:
+        server = world.serve()
+        with pytest.raises(ipcactors.ConfigError, match="max_items"):
+            server.inbox("message", max_items=0)
+        inbox = server.inbox("message", "news")
+
+        def read() -> None:
+            ended.extend(event for event, _, _ in inbox)
+            ended.append("end")
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        time.sleep(0.05)  # most likely waiting in get() by now (either way it must end)
+    reader.join(timeout=10)
+    assert ended == ["end"]
+    with pytest.raises(ipcactors.ClosedError):
+        inbox.get()
+
+
+def test_catch_alls_in_a_worker_thread(
+    backend: Literal["asyncio", "trio"], socket_dir: str
+) -> None:
+    with (
+        BlockingActor("world", socket_root=socket_dir, backend=backend, **FAST) as world,
+        BlockingActor("hello", socket_root=socket_dir, backend=backend, **FAST) as hello,
+    ):
+        server = world.serve()
+        seen: list[tuple[str, Any, str | tuple[str, int]]] = []
+        server.on_any(lambda event, data, client: seen.append((event, data, client.id)))
+        server.on_any_request(lambda event, data, client: f"{event} {data}")
+        conn = hello.connect_to("world")
+        conn.emit("anything", 1)
+        assert conn.request("who", "me", timeout=10) == "who me"
+        wait_until(lambda: bool(seen))
+        assert seen == [("anything", 1, "hello")]
+        server.off_any(requests=True)
+        with pytest.raises(ipcactors.NoHandlerError):
+            conn.request("who", timeout=10)

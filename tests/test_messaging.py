@@ -664,3 +664,64 @@ async def test_statistics_snapshots(transport: str, socket_dir: str) -> None:
             while server.statistics().clients:
                 await anyio.sleep(0.01)
         assert not world.statistics().connected
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_catch_all_handlers_see_every_event_and_request(
+    transport: str, socket_dir: str
+) -> None:
+    """on_any gets every event after its own handlers, on_any_request answers a request that
+    has no handler of its own; lifecycle events never reach either; off_any removes them."""
+    async with serving(transport, socket_dir) as (_, server, connect):
+        seen: list[tuple[str, Any, str]] = []
+        server.on("news", lambda data, client: seen.append(("own", data, client.id)))
+        server.on_any(lambda event, data, client: seen.append((event, data, client.id)))
+
+        @server.on_any_request()
+        async def answer(event: str, data: Any, client: ipcactors.Client) -> Any:
+            return [event, data, client.id]
+
+        server.on("add", lambda numbers, client: sum(numbers))
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            world = await connect(hello)
+            back: list[tuple[str, Any]] = []
+            world.on_any(lambda event, data: back.append((event, data)))
+            with anyio.fail_after(5):
+                await world.emit("news", 1)
+                await world.emit("anything", {"a": 2})
+                assert await world.request("what", 3) == ["what", 3, "hello"]
+                assert await world.request("add", [1, 2]) == 3  # its own handler answers
+                await server.broadcast("tick", 4)
+                while len(seen) < 3 or not back:
+                    await anyio.sleep(0.01)
+            assert seen == [
+                ("own", 1, "hello"),
+                ("news", 1, "hello"),
+                ("anything", {"a": 2}, "hello"),
+            ]
+            assert back == [("tick", 4)]
+            server.off_any(answer, requests=True)
+            with anyio.fail_after(5), pytest.raises(ipcactors.NoHandlerError):
+                await world.request("what")
+            server.off_any()
+            with anyio.fail_after(5):
+                await world.emit("after", 5)
+                await world.request("add", [0])  # the event before it was handled by now
+            assert len(seen) == 3
+        # hello's connect and disconnect went to no catch-all
+        assert [event for event, _, _ in seen if event in ("connect", "disconnect")] == []
+
+
+async def test_catch_all_on_a_udp_server() -> None:
+    async with Actor("udp-world", silent=True) as world, Actor("udp-hello", silent=True) as hello:
+        server = await world.serve_net("127.0.0.1", 0, udp="udp4")
+        seen: list[tuple[str, Any]] = []
+        server.on_any(lambda event, data, peer: seen.append((event, data)))
+        server.on_any_request(lambda event, data, peer: event.upper())
+        client = await hello.serve_net("127.0.0.1", 0, udp="udp4")
+        with anyio.fail_after(5):
+            await client.emit(server.address, "ping", 1)
+            assert await client.request(server.address, "shout", None) == "SHOUT"
+            while not seen:
+                await anyio.sleep(0.01)
+        assert seen == [("ping", 1)]

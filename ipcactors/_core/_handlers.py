@@ -1,7 +1,14 @@
-"""Event handler registries: ``on``/``off``, sync or async handlers, errors contained.
+"""Event handler registries: ``on``/``off`` and the catch-alls ``on_any``/``on_any_request``,
+sync or async handlers, errors contained.
 
-Invariant: an exception raised by an event or lifecycle handler is logged and goes no further;
-the connection it came from lives on.
+Invariants:
+- An exception raised by an event or lifecycle handler is logged and goes no further; the
+  connection it came from lives on.
+- Catch-alls are called with the event name first, after the event's own handlers: ``on_any``
+  handlers for every event a peer sends, ``on_any_request`` handlers for every request; never
+  for a lifecycle event (connect, disconnect, destroy, error). A request is answered by its
+  event's first own handler, or by the first request catch-all when it has none.
+- With no catch-all registered, dispatch costs what it did without them (one truthiness test).
 """
 
 from __future__ import annotations
@@ -9,10 +16,12 @@ from __future__ import annotations
 import enum
 import inspect
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, TypeVar, overload
 
 from .._errors import EventNameError, IPCError
 from .._log import ActorLog
+from .._proto._messages import RESERVED_EVENTS
 
 __all__ = ["MAX_UNHANDLED_NAMES", "UNHANDLED", "Handler", "HandlerMethods", "Handlers", "unhandled"]
 
@@ -33,10 +42,13 @@ UNHANDLED = _Missing.UNHANDLED
 class Handlers:
     """Handlers by event name, called in the order they were registered."""
 
-    __slots__ = ("_by_event", "_lone_plain")
+    __slots__ = ("_any", "_any_requests", "_by_event", "_lone_plain")
 
     def __init__(self) -> None:
         self._by_event: dict[str, list[Handler]] = {}
+        # Catch-alls, called as handler(event, *args): of events, of requests.
+        self._any: list[Handler] = []
+        self._any_requests: list[Handler] = []
         # Events whose only handler is a plain function: a request for one is answered inline.
         self._lone_plain: dict[str, Handler] = {}
 
@@ -49,7 +61,35 @@ class Handlers:
 
     def lone_plain(self, event: str) -> Handler | None:
         """The handler of ``event`` if it is its only one and not an ``async def``."""
+        if self._any_requests:
+            return None
         return self._lone_plain.get(event)
+
+    def _targets(self, event: str, catch_alls: list[Handler]) -> list[Handler] | None:
+        """Every handler ``event`` runs: its own, then ``catch_alls`` (bound to the event's
+        name) unless it is a lifecycle event."""
+        own = self._by_event.get(event)
+        if not catch_alls or event in RESERVED_EVENTS:
+            return own
+        return [*(own or ()), *(partial(handler, event) for handler in catch_alls)]
+
+    def handles(self, event: str, *, request: bool) -> bool:
+        """Whether an event (or a request, if ``request``) named ``event`` has a handler."""
+        catch_alls = self._any_requests if request else self._any
+        return event in self._by_event or bool(catch_alls and event not in RESERVED_EVENTS)
+
+    def on_any(self, handler: H, *, requests: bool = False) -> H:
+        if not callable(handler):
+            raise IPCError(f"catch-all handler is not callable: {handler!r}")
+        (self._any_requests if requests else self._any).append(handler)
+        return handler
+
+    def off_any(self, handler: Handler | None = None, *, requests: bool = False) -> None:
+        catch_alls = self._any_requests if requests else self._any
+        if handler is None:
+            catch_alls.clear()
+        elif handler in catch_alls:
+            catch_alls.remove(handler)
 
     @overload
     def on(self, event: str, handler: None = None) -> Callable[[H], H]: ...
@@ -93,7 +133,7 @@ class Handlers:
         """Run the handlers of ``event``; return an awaitable for the rest only once one of
         them turns out to need awaiting (most handlers of events are plain functions), and
         :data:`UNHANDLED` if ``event`` has no handler."""
-        handlers = self._by_event.get(event)
+        handlers = self._targets(event, self._any) if self._any else self._by_event.get(event)
         if not handlers:
             return UNHANDLED
         if len(handlers) == 1:
@@ -118,7 +158,7 @@ class Handlers:
 
     async def call(self, event: str, args: tuple[Any, ...], log: ActorLog) -> None:
         """Run every handler of ``event`` in order; log and swallow their exceptions."""
-        handlers = self._by_event.get(event)
+        handlers = self._targets(event, self._any) if self._any else self._by_event.get(event)
         if not handlers:
             return
         for handler in tuple(handlers):
@@ -132,9 +172,9 @@ class Handlers:
     async def answer(self, event: str, args: tuple[Any, ...], log: ActorLog) -> Any:
         """Run every handler of a request; the first one's result (or exception) is the answer.
 
-        The caller has checked that ``event`` has a handler.
+        The caller has checked that ``event`` has a handler (:meth:`handles`).
         """
-        first, *rest = tuple(self._by_event[event])
+        first, *rest = tuple(self._targets(event, self._any_requests) or ())
         result = first(*args)
         if inspect.isawaitable(result):
             result = await result
@@ -194,3 +234,40 @@ class HandlerMethods:
     def off(self, event: str, handler: Handler | None = None) -> None:
         """Remove ``handler`` from ``event``, or all of its handlers when ``None``."""
         self._handlers.off(event, handler)
+
+    @overload
+    def on_any(self, handler: None = None) -> Callable[[H], H]: ...
+
+    @overload
+    def on_any(self, handler: H) -> H: ...
+
+    def on_any(self, handler: H | None = None) -> H | Callable[[H], H]:
+        """Register a catch-all ``handler`` for every event a peer sends (also a decorator:
+        ``@server.on_any()``), called after the event's own handlers with the event name
+        first: ``handler(event, data, client)`` on a server, ``handler(event, data)`` on a
+        connection, ``handler(event, data, peer)`` on a UDP server. Never called for lifecycle
+        events or requests (see :meth:`on_any_request`). For logging, tracing and bridges."""
+        if handler is None:
+            return partial(self._handlers.on_any, requests=False)
+        return self._handlers.on_any(handler)
+
+    @overload
+    def on_any_request(self, handler: None = None) -> Callable[[H], H]: ...
+
+    @overload
+    def on_any_request(self, handler: H) -> H: ...
+
+    def on_any_request(self, handler: H | None = None) -> H | Callable[[H], H]:
+        """Register a catch-all ``handler`` for every request a peer sends, called as
+        :meth:`on_any`'s are. A request with no handler of its own is answered by the first
+        catch-all's return value (or exception) instead of a
+        :class:`~ipcactors.NoHandlerError`; one with handlers of its own is answered by them
+        and the catch-alls run after them, their results ignored."""
+        if handler is None:
+            return partial(self._handlers.on_any, requests=True)
+        return self._handlers.on_any(handler, requests=True)
+
+    def off_any(self, handler: Handler | None = None, *, requests: bool = False) -> None:
+        """Remove the catch-all ``handler`` of events (of requests if ``requests``), or every
+        such catch-all when ``None``."""
+        self._handlers.off_any(handler, requests=requests)

@@ -372,7 +372,7 @@ async def answer(
     log: ActorLog,
 ) -> Frame:
     """Run the handlers of a request; return the reply (or error reply) frame."""
-    if not handlers.get(message.event):
+    if not handlers.handles(message.event, request=True):
         return encoder.error_reply(message.id, NO_HANDLER, f"no handler for {message.event!r}", "")
     try:
         result = await handlers.answer(message.event, args, log)

@@ -265,7 +265,7 @@ class DatagramServer(HandlerMethods):
 
     async def _dispatch(self, message: Message, peer: DatagramPeer, task_group: TaskGroup) -> None:
         if type(message) is Event:
-            if not self._handlers.get(message.event):
+            if not self._handlers.handles(message.event, request=False):
                 self._stats.events_unhandled += 1
                 unhandled(self._unhandled_names, message.event, repr(peer), self._log)
                 return
