@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup test soak demo lint typecheck bench clean node-ipc
+.PHONY: setup test soak demo lint typecheck bench clean node-ipc docs
 
 setup: $(STAMP)
 
@@ -49,6 +49,16 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+# The site (mkdocs.yml: tutorial, how-tos, explanations, the API reference from the docstrings)
+# into build/site, --strict: a broken link or a docstring mkdocstrings cannot read fails it.
+DOCS_STAMP := $(VENV)/.docs-installed
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --group docs
+	touch $(DOCS_STAMP)
 
 bench: $(STAMP)
 	@$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/python -m pip install --quiet matplotlib \

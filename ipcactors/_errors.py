@@ -283,6 +283,12 @@ class RemoteError(IPCError):
 class NoHandlerError(RemoteError):
     """The peer has no handler for the requested event."""
 
+    def __str__(self) -> str:  # the wire's type name (ipcactors.NoHandler) is no class to look up
+        return (
+            f"{self.remote_message} on the peer: register one there with on(event); a "
+            "supervised child gets its siblings' requests on actor.server, not actor.parent"
+        )
+
 
 # --- supervision ------------------------------------------------------------------------------
 

@@ -1,12 +1,19 @@
-"""The documented examples run, and print what the docs say they print.
+"""Every code example in README.md and docs/ runs, prints what the docs say it prints, and passes
+``mypy --strict``.
 
-Convention: a fenced ```python block right after an ``<!-- example: NAME ... -->`` comment (which
-renders as nothing) is a whole program this file runs as a script; any other block is a fragment,
-read but not run. Each example's expected output is checked here.
+Convention: each fenced ```python block follows an HTML comment (which renders as nothing):
+- ``<!-- example: NAME ... -->``: a whole program. This file runs it as a script and checks its
+  output (OUTPUT below, or a test of its own for the programs in two processes), and
+  ``mypy --strict`` checks it.
+- ``<!-- fragment: WHY -->``: a part of a program (a handler, a line), or a program that
+  cannot run here (it needs a second host, or certificates you have); WHY says so. It is
+  compiled (top-level ``await`` allowed), not run.
+A block with neither fails ``test_every_python_block_is_marked``.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -17,15 +24,74 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-_EXAMPLE = re.compile(r"<!-- example: ([\w-]+)[^>]*-->\n```python\n(.*?)```", re.DOTALL)
+DOCUMENTS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md"))]
+_BLOCK = re.compile(r"(?:<!-- (example|fragment): ([^>]*?)\s*-->\n)?```python\n(.*?)```", re.DOTALL)
 
 
-def examples(document: str) -> dict[str, str]:
-    return dict(_EXAMPLE.findall((ROOT / document).read_text()))
+class Block(NamedTuple):
+    document: str
+    line: int
+    kind: str  # "example", "fragment", or "" when unmarked
+    label: str  # the example's name, or why a fragment is not run
+    code: str
+
+
+def blocks() -> list[Block]:
+    found = []
+    for document in DOCUMENTS:
+        text = (ROOT / document).read_text()
+        for match in _BLOCK.finditer(text):
+            line = text.count("\n", 0, match.start(3))
+            kind, label, code = match.group(1) or "", match.group(2) or "", match.group(3)
+            found.append(Block(document, line, kind, label, code))
+    return found
+
+
+def examples(document: str | None = None) -> dict[str, str]:
+    """The whole programs, by name (of one document, or of all)."""
+    return {
+        b.label.split()[0]: b.code
+        for b in blocks()
+        if b.kind == "example" and document in (None, b.document)
+    }
+
+
+# The examples this file runs as they are, and the lines each prints (in order; a line ending
+# in "..." matches any line that starts with what comes before).
+OUTPUT: dict[str, list[str]] = {
+    "readme-supervisor": ["40"],
+    "readme-pool": ["9", "332833500", "[0, 1, 4, 9, 16, 25, 36, 49, 64, 81]"],
+    "supervisor-typed": ["40"],
+    "supervisor-siblings": ["w1 got 3"],
+    "pool-quickstart": ["9", "Pool..."],
+    "pool-executor": ["9", "[0, 1, 4, 9, 16, 25, 36, 49, 64, 81]"],
+    "blocking-quickstart": ["hello world!", "3"],
+    "protocol-raw-client": ["[2, 1, 3]"],
+    "tutorial-unix": ["got a message from world : hello world!"],
+    "tutorial-request": ["1 + 2 = 3", "NoHandlerError: no handler for 'divide'"],
+    "tutorial-tcp": ["got a message from world : hello world!"],
+    "tutorial-udp": ["got a message from world : Hello world!"],
+    "howto-tls": [
+        "world answers over TLS: hello world! (to hello@example.org)",
+        "refused: TLSError...",
+    ],
+    "howto-udp": ["pong from ('127.0.0.1', ...", "3", "timed out: RequestTimeoutError"],
+    "howto-siblings": ["w1 asked w2: 3", "w2 got 'hello from w1' from w1"],
+    "howto-graph": ["[[4.0, 1.0]]", "[[6.5, 2.5]]"],
+    "howto-node-ipc": ["hello world!"],
+    "howto-catch-all": [
+        "hello sent 'anything' 1",
+        "hello asked 'what?' 2",
+        "answered ['what?', 2]",
+    ],
+}
+# Examples with a test of their own below (two processes).
+OWN_TEST = {"readme-hello"}
 
 
 @pytest.fixture
@@ -48,8 +114,86 @@ def _run(script: Path, runtime_dir: str, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def test_the_readme_marks_its_examples() -> None:
-    assert set(examples("README.md")) == {"readme-hello", "readme-supervisor"}
+def test_every_python_block_is_marked() -> None:
+    unmarked = [f"{b.document}:{b.line}" for b in blocks() if not b.kind]
+    assert unmarked == [], "mark each block <!-- example: NAME --> or <!-- fragment: WHY -->"
+    names = [b.label.split()[0] for b in blocks() if b.kind == "example"]
+    assert len(names) == len(set(names)), "example names must be unique"
+    assert set(names) == set(OUTPUT) | OWN_TEST, "every example is run by this file"
+    for b in blocks():
+        assert b.kind != "fragment" or len(b.label) > 10, (
+            f"say why {b.document}:{b.line} is not run"
+        )
+
+
+@pytest.mark.parametrize("block", [b for b in blocks() if b.kind == "fragment"], ids=str)
+def test_fragments_compile(block: Block) -> None:
+    compile(block.code, f"{block.document}:{block.line}", "exec", ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+
+
+def _matches(lines: list[str], expected: list[str]) -> bool:
+    if len(lines) != len(expected):
+        return False
+    return all(
+        got.startswith(want[:-3]) if want.endswith("...") else got == want
+        for got, want in zip(lines, expected, strict=True)
+    )
+
+
+@pytest.mark.parametrize("name", sorted(OUTPUT))
+def test_example_prints_what_the_docs_say(name: str, tmp_path: Path, runtime_dir: str) -> None:
+    script = tmp_path / f"{name.replace('-', '_')}.py"
+    script.write_text(examples()[name])
+    if name == "protocol-raw-client":  # a client of any server answering "add" on port 8000
+        server = subprocess.Popen(
+            [sys.executable, "-m", "ipcactors", "listen", "tcp://127.0.0.1:0", "--reply", "3"],
+            env={**os.environ, "PYTHONPATH": str(ROOT), "XDG_RUNTIME_DIR": runtime_dir},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            listening = server.stdout.readline()  # type: ignore[union-attr]
+            port = listening.rsplit(":", 1)[-1].split()[0]
+            assert port.isdigit(), (listening, server.stderr.read())  # type: ignore[union-attr]
+            script.write_text(script.read_text().replace("8000", port))
+            done = _run(script, runtime_dir)
+            out, err = done.communicate(timeout=60)
+        finally:
+            server.send_signal(signal.SIGINT)
+            server.communicate(timeout=30)
+    else:
+        done = _run(script, runtime_dir)
+        out, err = done.communicate(timeout=60)
+    assert done.returncode == 0, err
+    assert _matches(out.splitlines(), OUTPUT[name]), (out, OUTPUT[name])
+
+
+def test_examples_pass_mypy_strict(tmp_path: Path) -> None:
+    """What a newcomer copies type-checks: ``actor.parent`` is Optional, ``serve_net`` is
+    overloaded on ``udp``, ``run(backend=)`` takes a Literal."""
+    for name, code in examples().items():
+        (tmp_path / f"{name.replace('-', '_')}.py").write_text(code)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--no-error-summary",
+            "--cache-dir",
+            str(ROOT / ".mypy_cache"),
+            "--python-version",
+            "3.11",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "MYPYPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_readme_hello_world(tmp_path: Path, runtime_dir: str) -> None:
@@ -73,19 +217,9 @@ def test_readme_hello_world(tmp_path: Path, runtime_dir: str) -> None:
     assert world.returncode == 128 + signal.SIGINT, err
 
 
-def test_readme_supervisor(tmp_path: Path, runtime_dir: str) -> None:
-    script = tmp_path / "supervised.py"
-    script.write_text(examples("README.md")["readme-supervisor"])
-    done = _run(script, runtime_dir)
-    out, err = done.communicate(timeout=60)
-    assert done.returncode == 0, err
-    assert out.splitlines() == ["40"]
-
-
-def test_supervisor_siblings_show_the_receiving_side(tmp_path: Path, runtime_dir: str) -> None:
-    script = tmp_path / "siblings.py"
-    script.write_text(examples("docs/supervisor.md")["supervisor-siblings"])
-    done = _run(script, runtime_dir)
-    out, err = done.communicate(timeout=60)
-    assert done.returncode == 0, err
-    assert out.splitlines() == ["w1 got 3"]
+def test_the_docs_site_lists_every_page() -> None:
+    """mkdocs.yml's nav names every page in docs/ (``make docs`` builds it with --strict)."""
+    nav = (ROOT / "mkdocs.yml").read_text()
+    pages = {str(p.relative_to(ROOT / "docs")) for p in (ROOT / "docs").rglob("*.md")}
+    missing = sorted(page for page in pages if page not in nav)
+    assert missing == []

@@ -177,3 +177,27 @@ def test_a_script_without_a_main_guard_is_told_so(
     assert "the script starts it at import time" in last
     assert """under 'if __name__ == "__main__":'""" in last
     assert "define the function at its top level" not in last
+
+
+async def test_a_missing_handler_says_where_to_register_one(socket_dir: str) -> None:
+    async with Actor("world", socket_root=socket_dir, silent=True) as world:
+        await world.serve()
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            connection = await hello.connect_to("world")
+            with anyio.fail_after(5), pytest.raises(ipcactors.NoHandlerError) as caught:
+                await connection.request("divide", [1, 0])
+    assert str(caught.value).startswith("no handler for 'divide' on the peer: register one")
+    assert "actor.server" in str(caught.value)
+    assert "ipcactors.NoHandler" not in str(caught.value)  # no class of that name to look up
+
+
+async def test_server_port_is_the_port_picked_typed(socket_dir: str) -> None:
+    """``host, port = server.address`` does not type-check (a Unix server's is a str):
+    ``server.port`` is the int, and a Unix server says it has none."""
+    async with Actor("world", socket_root=socket_dir, silent=True) as world:
+        server = await world.serve_net("127.0.0.1", 0)
+        assert server.port == server.address[1] > 0
+    async with Actor("unix", socket_root=socket_dir, silent=True) as unix:
+        server = await unix.serve()
+        with pytest.raises(ipcactors.IPCError, match="no port"):
+            server.port  # noqa: B018

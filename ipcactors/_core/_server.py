@@ -53,7 +53,13 @@ from anyio.streams.tls import TLSAttribute
 
 from .._bursts import WarningBursts
 from .._config import Config
-from .._errors import ClosedError, ConnectionLostError, ProtocolError, UnknownPeerError
+from .._errors import (
+    ClosedError,
+    ConnectionLostError,
+    IPCError,
+    ProtocolError,
+    UnknownPeerError,
+)
 from .._log import ActorLog
 from .._proto._messages import frame_size
 from .._proto._session import Refusal, Role, Session
@@ -184,6 +190,15 @@ class Server(HandlerMethods):
         if self._listening is not None:
             return self._listening.address
         return self._transport.address
+
+    @property
+    def port(self) -> int:
+        """The TCP port this server listens on (TCP and TLS; with port 0, the one picked):
+        ``address[1]``, typed. A Unix socket server has none: :class:`IPCError`."""
+        address = self.address
+        if isinstance(address, str):
+            raise IPCError(f"a Unix socket server has no port; its address is {address!r}")
+        return address[1]
 
     @property
     def clients(self) -> Mapping[str, Client]:

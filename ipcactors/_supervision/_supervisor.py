@@ -63,7 +63,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, TypeVar, overload
 
 import anyio
 from anyio.abc import TaskGroup
@@ -111,6 +111,8 @@ from ._spawner import ForkServer
 from ._target import refuse_in_main_script, target_of
 
 __all__ = ["ChildInfo", "Supervisor"]
+
+H = TypeVar("H", bound=Handler)
 
 _RELAY_DRAIN: Final = 1.0  # seconds relays get to pass on a stopped child's last output
 #: Children a supervisor holds at once unless told otherwise: far beyond what a machine runs
@@ -1016,7 +1018,13 @@ class Supervisor:
             incarnation.load_error = RemoteError(*load)
         incarnation.chain = chain_of(data.get("chain"))
 
-    def on(self, event: str, handler: Handler | None = None) -> Any:
+    @overload
+    def on(self, event: str, handler: None = None) -> Callable[[H], H]: ...
+
+    @overload
+    def on(self, event: str, handler: H) -> H: ...
+
+    def on(self, event: str, handler: H | None = None) -> H | Callable[[H], H]:
         """Register ``handler(data, client)`` for events and requests children send to the
         supervisor (``actor.parent.emit(...)`` in a child); ``client.id`` is the child's id.
         Also usable as a decorator."""
