@@ -83,7 +83,8 @@ def apply_layer(
     if last:  # softmax
         e = np.exp(y - y.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
-    return np.maximum(y, 0.0)  # ReLU
+    relu: np.ndarray[Any, Any] = np.maximum(y, 0.0)
+    return relu
 
 
 def forward_in_one_process(
@@ -103,6 +104,8 @@ async def layer(
 ) -> None:
     """Runs in a child process: one layer of the network. ``next_id``: the layer it passes its
     output to; ``None``: it answers with it (the last layer, or every layer with --hosts)."""
+    parent = actor.parent  # the supervisor (a supervised child always has one)
+    assert parent is not None
 
     async def forward(batch: dict[str, Any]) -> np.ndarray[Any, Any]:
         if batch.get("hold") == actor.id:  # the demo's victim: say so, then "compute" until killed
@@ -126,8 +129,6 @@ async def layer(
         downstream = await actor.connect_to(next_id)
         return await downstream.request("activations", {"x": x}, timeout=60)
 
-    parent = actor.parent
-    assert parent is not None
     parent.on("forward", forward)  # the supervisor feeds the first layer
     parent.on("activations", activations)
     parent.on("die", lambda data: os.kill(os.getpid(), signal.SIGKILL))

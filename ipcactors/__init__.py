@@ -7,12 +7,13 @@
             server = await ipc.serve()
 
             @server.on("message")
-            async def on_message(data, client):
+            async def on_message(data: str, client: ipcactors.Client) -> None:
                 await server.emit(client, "message", data + " world!")
 
             await ipc.wait_closed()
 
-    ipcactors.run(main)
+    if __name__ == "__main__":
+        ipcactors.run(main)
 
 See README.md and docs/ for the whole picture.
 """

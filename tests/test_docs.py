@@ -170,8 +170,9 @@ def test_example_prints_what_the_docs_say(name: str, tmp_path: Path, runtime_dir
 
 
 def test_examples_pass_mypy_strict(tmp_path: Path) -> None:
-    """What a newcomer copies type-checks: ``actor.parent`` is Optional, ``serve_net`` is
-    overloaded on ``udp``, ``run(backend=)`` takes a Literal."""
+    """What a newcomer copies type-checks, the docs' examples and examples/ alike:
+    ``actor.parent`` is Optional, ``serve_net`` is overloaded on ``udp``, ``run(backend=)``
+    takes a Literal."""
     for name, code in examples().items():
         (tmp_path / f"{name.replace('-', '_')}.py").write_text(code)
     done = subprocess.run(
@@ -186,6 +187,7 @@ def test_examples_pass_mypy_strict(tmp_path: Path) -> None:
             "--python-version",
             "3.11",
             str(tmp_path),
+            str(ROOT / "examples"),
         ],
         cwd=ROOT,
         env={**os.environ, "MYPYPATH": str(ROOT)},
