@@ -126,7 +126,9 @@ def test_every_python_block_is_marked() -> None:
         )
 
 
-@pytest.mark.parametrize("block", [b for b in blocks() if b.kind == "fragment"], ids=str)
+@pytest.mark.parametrize(
+    "block", [b for b in blocks() if b.kind == "fragment"], ids=lambda b: f"{b.document}:{b.line}"
+)
 def test_fragments_compile(block: Block) -> None:
     compile(block.code, f"{block.document}:{block.line}", "exec", ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
 
