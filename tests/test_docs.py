@@ -227,3 +227,11 @@ def test_the_docs_site_lists_every_page() -> None:
     pages = {str(p.relative_to(ROOT / "docs")) for p in (ROOT / "docs").rglob("*.md")}
     missing = sorted(page for page in pages if page not in nav)
     assert missing == []
+
+
+def test_the_reference_has_every_public_name() -> None:
+    import ipcactors
+
+    reference = (ROOT / "docs" / "reference.md").read_text().split("\n")
+    missing = [name for name in ipcactors.__all__ if f"::: ipcactors.{name}" not in reference]
+    assert missing == [], "add them to docs/reference.md"
