@@ -84,6 +84,7 @@ OUTPUT: dict[str, list[str]] = {
     "howto-siblings": ["w1 asked w2: 3", "w2 got 'hello from w1' from w1"],
     "howto-graph": ["[[4.0, 1.0]]", "[[6.5, 2.5]]"],
     "howto-node-ipc": ["hello world!"],
+    "guide-shared-memory": [],
     "howto-catch-all": [
         "hello sent 'anything' 1",
         "hello asked 'what?' 2",
