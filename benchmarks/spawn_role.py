@@ -22,7 +22,7 @@ request, queued meanwhile, reaches it), ``samples`` times after one warm-up: the
 run): the cold figure is entering the supervisor + the first spawn there (the SSH connection,
 the remote forkserver's start, the child), the figure the median of warm spawns; with
 ``restart``, the median of SIGKILL-to-answered restarts as ``ipc-restart`` times them. Reports
-``unavailable`` without asyncssh, and on Trio (a supervisor with hosts runs on asyncio).
+``unavailable`` without asyncssh.
 
 ``raw``: the floor, a fresh interpreter that imports anyio and msgpack and connects back over a
 Unix socket.
@@ -160,9 +160,6 @@ async def spawn_remote(config: dict[str, Any]) -> None:
         import asyncssh
     except ImportError:
         say("unavailable", reason="asyncssh is not installed (ipcactors[ssh])")
-        return
-    if backend_options(config)[0] != "asyncio":  # uvloop is asyncio too
-        say("unavailable", reason="a supervisor with hosts runs on asyncio only")
         return
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     keys = {}

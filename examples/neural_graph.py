@@ -15,7 +15,7 @@ Then real-sized activations: batches of 64 MiB float32 flow through the same fou
 arrays are written straight from the sender's memory and received straight into the array the
 next layer gets: one copy per side.
 
-With ``--hosts``, a small TOML file places layers on hosts (docs/remote.md; asyncio only)::
+With ``--hosts``, a small TOML file places layers on hosts (docs/remote.md)::
 
     [hosts.gpu-1]                 # any SSHHost field
     address = "10.0.0.11"
@@ -293,7 +293,7 @@ async def run_batch(
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
-    parser.add_argument("--hosts", help="a TOML file placing layers on hosts (asyncio only)")
+    parser.add_argument("--hosts", help="a TOML file placing layers on hosts")
     parser.add_argument("--activation-mib", type=int, default=64, help="MiB per batch")
     arguments = parser.parse_args()
     ipcactors.run(

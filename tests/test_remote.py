@@ -1,6 +1,8 @@
 """Children on other hosts over SSH (docs/remote.md): a real SSH server (asyncssh's, in a process
 of its own: tests/_sshserver.py) on loopback, keys made by the test. The "remote" processes run
-on this machine, so the leak checks of conftest.py see them: none may outlive a test."""
+on this machine, so the leak checks of conftest.py see them: none may outlive a test. The main
+guarantees run on both backends (on Trio, the SSH side runs in a helper thread); the rest on
+asyncio."""
 
 from __future__ import annotations
 
@@ -133,7 +135,6 @@ def forkserver_of(pid: int) -> int:
     return psutil.Process(pid).ppid()
 
 
-@pytest.mark.parametrize("anyio_backend", ASYNCIO)
 async def test_remote_child_answers_is_killed_and_restarted(
     anyio_backend: str, socket_dir: str, ssh_server: SSHServer
 ) -> None:
@@ -190,7 +191,6 @@ async def test_remote_output_is_relayed_with_id_and_host(
     assert "[talker@h1] hello on stderr" in err
 
 
-@pytest.mark.parametrize("anyio_backend", ASYNCIO)
 async def test_cut_connection_ends_remote_processes_and_restarts(
     anyio_backend: str, socket_dir: str, ssh_server: SSHServer, seed: int
 ) -> None:
@@ -224,7 +224,6 @@ async def test_cut_connection_ends_remote_processes_and_restarts(
                 assert forkserver_of(after[0]) != forkserver  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("anyio_backend", ASYNCIO)
 async def test_host_lost_for_good_escalates(
     anyio_backend: str, socket_dir: str, own_ssh_server: SSHServer
 ) -> None:
@@ -288,16 +287,6 @@ async def test_hosts_need_auth_key_or_tls_and_known_names(anyio_backend: str) ->
         SSHHost("127.0.0.1", port=0)
     with pytest.raises(ipcactors.ConfigError, match="lifeline_timeout"):
         SSHHost("127.0.0.1", keepalive=5, lifeline_timeout=1)
-
-
-@pytest.mark.parametrize("anyio_backend", [pytest.param("trio", id="trio")])
-async def test_hosts_on_trio_raise_unsupported(anyio_backend: str, socket_dir: str) -> None:
-    sup = ipcactors.Supervisor(
-        socket_root=socket_dir, auth_key=KEY, hosts={"h": SSHHost("127.0.0.1")}
-    )
-    with pytest.raises(ipcactors.UnsupportedError, match="asyncio backend"):
-        async with sup:
-            pass
 
 
 @pytest.mark.parametrize("anyio_backend", ASYNCIO)

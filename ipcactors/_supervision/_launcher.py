@@ -41,8 +41,10 @@ __all__ = ["LaunchContext", "Launcher", "Placement"]
 class Launcher(Protocol):
     """Starts, signals and reports the exits of a supervisor's children in one place."""
 
-    #: True once the launcher lost its place: it starts nothing more and is replaced.
-    dead: bool
+    @property
+    def dead(self) -> bool:
+        """True once the launcher lost its place: it starts nothing more and is replaced."""
+        ...
 
     async def wait_ready(self) -> None:
         """Return once children can be spawned; :class:`SpawnError` if they never can."""

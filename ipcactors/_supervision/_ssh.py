@@ -22,9 +22,9 @@ Invariants owned here:
   and the supervisor's ``auth_key`` (a supervisor with hosts refuses to start with neither).
 - The children's output arrives in frames and is written into the pipes the supervisor
   relays, prefixed ``[id@host]``; the forkserver's own stderr as ``[forkserver@host]``.
-- asyncssh runs on asyncio, and so does this launcher: a supervisor with hosts refuses to
-  start on Trio (:class:`UnsupportedError`). asyncssh is imported only here, only when a
-  launcher starts.
+- asyncssh runs on asyncio, and so does this launcher: for a supervisor on Trio it runs in a
+  helper thread with an asyncio loop of its own (``_asyncio_thread``), one per host. asyncssh
+  is imported only here, only when a launcher starts.
 """
 
 from __future__ import annotations
@@ -34,12 +34,15 @@ import shlex
 import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Final
 
 import anyio
 
 from .._config import check_seconds
 from .._errors import ConfigError, SpawnError
+from .._transports._backend import current_backend
+from ._asyncio_thread import AsyncioThreadLauncher
 from ._launcher import LaunchContext, Launcher
 from ._remoteserver import PROTOCOL, FrameReader, pack_frame
 from ._spawner import KILL_WAIT, wait_either
@@ -145,7 +148,10 @@ class SSHHost:
         return command
 
     def launcher(self, name: str, context: LaunchContext) -> Launcher:
-        """A new launcher for this host, known to the supervisor as ``name``."""
+        """A new launcher for this host, known to the supervisor as ``name`` (on Trio, run
+        in a helper thread with an asyncio loop of its own: asyncssh runs on asyncio)."""
+        if current_backend()[0] != "asyncio":
+            return AsyncioThreadLauncher(partial(SSHLauncher, name, self), context)
         return SSHLauncher(name, self, context)
 
 

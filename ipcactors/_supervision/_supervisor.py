@@ -179,13 +179,7 @@ def _check_hosts(
     return dict(hosts)
 
 
-def _check_remote_support(backend: str) -> None:
-    if backend != "asyncio":
-        raise UnsupportedError(
-            f"children on other hosts (hosts=) need the asyncio backend (uvloop too): asyncssh "
-            f"runs on asyncio, and this supervisor runs on {backend}. Run the supervisor on "
-            "asyncio; its children, local or remote, can still run what they like"
-        )
+def _check_remote_support() -> None:
     try:
         import asyncssh  # noqa: F401
     except ImportError as exc:
@@ -234,7 +228,7 @@ class Supervisor:
       their stdout and stderr are always passed on, prefixed with ``[id]``).
     - ``hosts``: other hosts children can be put on (``spawn(..., host=name)``), by name:
       :class:`SSHHost` (docs/remote.md), or any :class:`Placement`. Children there connect
-      back over TCP, so ``auth_key`` (in ``config``) or ``tls`` is required; asyncio only.
+      back over TCP, so ``auth_key`` (in ``config``) or ``tls`` is required.
     - ``listen``: ``(host, port)`` of the TCP listener remote children connect back to (with
       ``hosts`` only; default ``(Config.network_host, 0)``: loopback, a free port). Listen on
       an address the hosts can reach.
@@ -343,7 +337,7 @@ class Supervisor:
         refuse_in_main_script(f"Supervisor {self.id!r}")  # the script's anyio.run(), unguarded
         self._backend, self._uvloop = current_backend()
         if self.hosts:
-            _check_remote_support(self._backend)
+            _check_remote_support()
         self._entered = True
         root = self.config.socket_root or default_socket_root()
         ensure_socket_dir(root, private=self.config.socket_root is None)
@@ -542,8 +536,15 @@ class Supervisor:
         assert self._task_group is not None
         task_group = self._task_group
         address = self._net.address if self._net is not None else None
-        preload = ["anyio", "anyio._backends._asyncio", "ipcactors._supervision._child", "loguru"]
-        if self._uvloop:
+        preload = [
+            "anyio",
+            f"anyio._backends._{self._backend}",
+            "ipcactors._supervision._child",
+            "loguru",
+        ]
+        if self._backend == "trio":
+            preload.append("trio")
+        elif self._uvloop:
             preload.append("uvloop")
 
         def relay(fds: tuple[int, int], prefix: str) -> None:
