@@ -192,7 +192,7 @@ async def test_remote_output_is_relayed_with_id_and_host(
 
 
 async def test_cut_connection_ends_remote_processes_and_restarts(
-    anyio_backend: str, socket_dir: str, ssh_server: SSHServer, seed: int
+    anyio_backend: str, socket_dir: str, ssh_server: SSHServer, seed: int, log_lines: list[str]
 ) -> None:
     async with FaultProxy(("127.0.0.1", ssh_server.port), ("127.0.0.1", 0), seed=seed) as proxy:
         assert isinstance(proxy.address, tuple)
@@ -222,6 +222,11 @@ async def test_cut_connection_ends_remote_processes_and_restarts(
                 after = [sup.children[id].pid for id in ("w1", "w2")]
                 assert set(after).isdisjoint(before)
                 assert forkserver_of(after[0]) != forkserver  # type: ignore[arg-type]
+                # The loss is said, with the host.
+                assert any(
+                    "host 'h1'" in line and ("ended" in line or "lost" in line)
+                    for line in log_lines
+                ), log_lines
 
 
 async def test_host_lost_for_good_escalates(

@@ -186,6 +186,7 @@ class SSHLauncher:
         self._live: dict[int, Callable[[int], None]] = {}
         self._outputs: dict[int, list[int]] = {}  # pid: our copies of its stdout, stderr pipes
         self._stderr = -1
+        self._closing = False
 
     def __repr__(self) -> str:
         return f"<SSHLauncher {self.name!r} {self.host.where()}>"
@@ -212,6 +213,11 @@ class SSHLauncher:
             with self._scope:
                 connection = await self._connect()
                 await self._serve(connection)
+            if self._ready.is_set() and not self._closing:
+                self._log.warning(
+                    f"the forkserver on host {self.name!r} ended (the SSH channel closed); "
+                    "its children are gone"
+                )
         except SpawnError as exc:
             self._error = exc
         except Exception as exc:  # asyncssh's errors, OSError: the connection failed
@@ -417,6 +423,7 @@ class SSHLauncher:
     async def aclose(self) -> None:
         """Close the channel's stdin (the forkserver stops every child and exits), wait for
         its end (bounded), then close the connection."""
+        self._closing = True
         if self._started and not self._done.is_set():
             process = self._process
             if process is not None and not self.dead:
