@@ -16,8 +16,9 @@ Invariants owned here:
   the remote forkserver sees EOF and SIGKILLs every child's group at once; over a link that
   died silently, it stops them once it heard nothing (not even our ping, every
   ``keepalive`` s) for ``lifeline_timeout`` s. On our side a lost connection is noticed at
-  once when it closes, else after ``3 * keepalive`` s (asyncssh's keepalive), and every child
-  of the host is reported killed (``on_exit(-SIGKILL)``) then: the supervisor restarts them.
+  once when it closes, else within about ``4 * keepalive`` s (three unanswered asyncssh
+  keepalives), and every child of the host is reported killed (``on_exit(-SIGKILL)``) then:
+  the supervisor restarts them.
 - Each child connects back to the supervisor over TCP: TLS when the host names a CA file,
   and the supervisor's ``auth_key`` (a supervisor with hosts refuses to start with neither).
 - The children's output arrives in frames and is written into the pipes the supervisor
@@ -89,7 +90,7 @@ class SSHHost:
     #: Seconds the SSH connection may take (then: unreachable).
     connect_timeout: float = 10.0
     #: Seconds between pings on the SSH channel (asyncssh's keepalive too): a dead link is
-    #: noticed here within 3 of them.
+    #: noticed here within about 4 of them (3 unanswered keepalives).
     keepalive: float = 2.0
     #: Seconds the remote forkserver waits without hearing from us before it stops every
     #: child and exits: the bound on a remote orphan's life over a link that died silently.
