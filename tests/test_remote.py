@@ -229,6 +229,39 @@ async def test_cut_connection_ends_remote_processes_and_restarts(
                 ), log_lines
 
 
+@pytest.mark.parametrize("anyio_backend", ASYNCIO)
+async def test_silent_link_is_noticed_on_both_sides(
+    anyio_backend: str, socket_dir: str, ssh_server: SSHServer, seed: int
+) -> None:
+    """A link that goes silent (no FIN, no RST: the proxy holds every byte): the supervisor
+    notices through SSH keepalives (about 4 x keepalive = 2 s here) and restarts the child once
+    the link heals; the remote side, hearing nothing, stops everything within
+    lifeline_timeout (3 s here)."""
+    async with FaultProxy(("127.0.0.1", ssh_server.port), ("127.0.0.1", 0), seed=seed) as proxy:
+        assert isinstance(proxy.address, tuple)
+        known = os.path.join(os.path.dirname(ssh_server.known_hosts), "known_hosts_silent")
+        with open(ssh_server.known_hosts) as file:
+            key = file.read().split(" ", 1)[1]
+        with open(known, "w") as file:
+            file.write(f"[127.0.0.1]:{proxy.address[1]} {key}")
+        host = ssh_server.host(port=proxy.address[1], known_hosts=known)
+        async with ipcactors.Supervisor(
+            socket_root=socket_dir, auth_key=KEY, hosts={"h1": host}
+        ) as sup:
+            with anyio.fail_after(20):
+                await sup.spawn(echo, id="w1", host="h1")
+                pid = sup.children["w1"].pid
+                assert pid is not None
+                forkserver = forkserver_of(pid)
+                proxy.blackhole()
+                while sup.children["w1"].state == "running":
+                    await anyio.sleep(0.05)
+                proxy.heal()
+                await wait_gone([pid, forkserver], 10)
+                assert await sup.request("w1", "echo", 1) == 1
+                assert sup.children["w1"].pid != pid
+
+
 async def test_host_lost_for_good_escalates(
     anyio_backend: str, socket_dir: str, own_ssh_server: SSHServer
 ) -> None:
