@@ -77,3 +77,10 @@ def square_or_hang(n: int, path: str, hang_at: int) -> int:
         os.rename(path + ".tmp", path)
         time.sleep(30)
     return n * n
+
+
+async def sleeps_noting_start(seconds: float, marker: str) -> str:
+    """:func:`sleeps`, writing ``marker + ".started"`` first."""
+    with open(marker + ".started", "w") as file:
+        file.write("started")
+    return await sleeps(seconds, marker)

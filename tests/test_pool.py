@@ -212,10 +212,12 @@ async def test_leaving_a_map_early_cancels_its_tasks_in_the_worker(
 ) -> None:
     markers = [str(tmp_path / f"cancelled{n}") for n in range(3)]
     with anyio.fail_after(20):
-        async with pool(socket_dir, _pool_tasks.sleeps, size=1, per_worker=3) as p:
+        async with pool(socket_dir, _pool_tasks.sleeps_noting_start, size=1, per_worker=3) as p:
             results = p.map_unordered([0.0, 30.0, 30.0], markers)
             assert await results.__anext__() == "slept"
-            await wait_until(lambda: p.statistics().in_flight == 2, timeout=10)  # both sent
+            await wait_until(  # both run in the worker (a task still queued there never starts)
+                lambda: all(os.path.exists(f"{marker}.started") for marker in markers), timeout=10
+            )
             await results.aclose()  # type: ignore[attr-defined]
             await wait_until(
                 lambda: os.path.exists(markers[1]) and os.path.exists(markers[2]), timeout=10
