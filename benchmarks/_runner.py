@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from . import _machine, _node, _report, pool_role
+from . import _compare, _machine, _node, _report, pool_role
 from ._procs import Child, ChildError, stop_all
 from ._report import IMPLS, ROW_BY_KEY, ROWS, Impl, Row
 from ._wire import rss_bytes
@@ -113,13 +113,15 @@ QUICK = Params(
 class Group:
     """The processes of one cell; leaving the block stops them (clients first)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tree: str = ROOT) -> None:
         self.children: list[Child] = []
+        self.tree = tree  # where ipcactors is imported from (a ref's export with --compare)
 
     def start(self, name: str, argv: list[str], cpus: set[int] | None = None) -> Child:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
-        child = Child(name, argv, cpus=cpus, env=env, cwd=ROOT)
+        paths = [self.tree] if self.tree != ROOT else []
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [*paths, ROOT, env.get("PYTHONPATH")]))
+        child = Child(name, argv, cpus=cpus, env=env, cwd=self.tree)
         self.children.append(child)
         return child
 
@@ -141,7 +143,9 @@ class Cell:
         node: _node.NodeIPC,
         sockets: str,
         pin: set[int],
+        tree: str = ROOT,
     ) -> None:
+        self.tree = tree
         self.row = row
         self.transport = transport
         self.impl = impl
@@ -221,7 +225,7 @@ class Cell:
                 extra["batch"] = 100
             if key == "w3":
                 extra["payload_bytes"] = p.w3_payload_bytes
-        with Group() as group:
+        with Group(self.tree) as group:
             config = self.config()
             server = group.start("server", self.command("server", config), self.cpus)
             ready = server.message(30, {"ready"})
@@ -232,7 +236,7 @@ class Cell:
     def broadcast(self) -> dict[str, Any]:
         p = self.params
         config = self.config(clients=W4_CLIENTS, seconds=p.stream_seconds, warmup=p.warmup_seconds)
-        with Group() as group:
+        with Group(self.tree) as group:
             server = group.start("server", self.command("server-w4", config))
             ready = server.message(30, {"ready"})
             for index in range(W4_CLIENTS):
@@ -256,7 +260,7 @@ class Cell:
             argv = self.command("spawn", config)
         else:
             argv = self.command(self.impl.family, config, family="spawn")
-        with Group() as group:
+        with Group(self.tree) as group:
             parent = group.start("spawner", argv)
             return parent.message(self.wait(), {"result", "unavailable"})
 
@@ -272,7 +276,7 @@ class Cell:
             chunksize = pool_role.CHUNKSIZE if key == "w7-tiny-chunked" else 1
             config = self.config(kind=kind, tasks=tasks, chunksize=chunksize)
             role = self.impl.family  # ipc, ppe or loky
-        with Group() as group:
+        with Group(self.tree) as group:
             parent = group.start("pool", self.command(role, config, family="pool"))
             return parent.message(self.wait(), {"result", "unavailable"})
 
@@ -295,7 +299,7 @@ class Cell:
 
     def idle(self) -> dict[str, Any]:
         p = self.params
-        with Group() as group:
+        with Group(self.tree) as group:
             total = p.idle_connections + p.warm_connections
             config = self.config(max_connections=total + 50)
             server = group.start("server", self.command("server", config))
@@ -317,7 +321,7 @@ class Cell:
 
     def slow(self) -> dict[str, Any]:
         p = self.params
-        with Group() as group:
+        with Group(self.tree) as group:
             config = self.config(
                 seconds=p.slow_seconds,
                 cap_bytes=p.slow_cap_bytes,
@@ -493,6 +497,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--results-dir", default=DEFAULT_RESULTS, help="where to write results")
     parser.add_argument("--no-chart", action="store_true", help="do not draw the PNG chart")
     parser.add_argument("--list", action="store_true", help="list the cells and exit")
+    parser.add_argument(
+        "--compare",
+        metavar="REF",
+        help="run this tree and the git ref REF side by side, interleaved (ipcactors cells "
+        "only), and report the ratio of each cell and whether it is beyond noise",
+    )
+    parser.add_argument(
+        "--passes",
+        type=int,
+        default=2,
+        help="with --compare: runs of each cell per side, alternating which goes first (default 2)",
+    )
     return parser.parse_args(argv)
 
 
@@ -545,9 +561,13 @@ def main(argv: list[str] | None = None) -> int:
         for row, transport, impl in cells_to_run:
             _say(f"{row.key:<9} {transport:<5} {impl.key}")
         return 0
+    if args.compare:
+        cells_to_run = [c for c in cells_to_run if c[2].family == "ipc"]
     if not cells_to_run:
         _say("nothing to run: --only selected no cell")
         return 2
+    if args.compare:
+        return run_compare(args, params, cells_to_run)
     previous = {signum: signal.signal(signum, _on_sigterm) for signum in _STOP_SIGNALS}
     workdir = tempfile.mkdtemp(prefix="ipcb-")
     cells: list[dict[str, Any]] = []
@@ -601,6 +621,108 @@ def main(argv: list[str] | None = None) -> int:
     if interrupted:
         return 130
     return 1 if any(c["status"] == "error" for c in cells) else 0
+
+
+def run_compare(
+    args: argparse.Namespace, params: Params, cells_to_run: list[tuple[Row, str, Impl]]
+) -> int:
+    """``--compare REF``: see benchmarks/_compare.py."""
+    if args.passes < 1:
+        raise SystemExit("--passes must be at least 1")
+    previous = {signum: signal.signal(signum, _on_sigterm) for signum in _STOP_SIGNALS}
+    workdir = tempfile.mkdtemp(prefix="ipcb-")
+    lines: list[dict[str, Any]] = []
+    raw: list[dict[str, Any]] = []
+    interrupted = False
+    started = time.time()
+    node = _node.NodeIPC(None, None, "not selected")
+    machine = _machine.describe(None)
+    try:
+        try:
+            ref_tree = _compare.export(ROOT, args.compare, workdir)
+        except _compare.RefError as exc:
+            _say(str(exc))
+            return 2
+        machine["ref"] = args.compare
+        mode = "quick" if args.quick else "full"
+        _say(
+            f"ipcactors benchmarks, this tree ({machine['commit']}) against {args.compare} "
+            f"({mode}: {len(cells_to_run)} cells x {args.passes} passes x 2 sides, "
+            f"{params.rounds} rounds)"
+        )
+        _say(f"machine: {_machine.summary(machine)}")
+        pin = _pin_set()
+        number = 0
+        for index, (row, transport, impl) in enumerate(cells_to_run, 1):
+            sides: dict[str, list[dict[str, Any]]] = {"current": [], "ref": []}
+            for run in range(args.passes):
+                order = ("current", "ref") if (index + run) % 2 else ("ref", "current")
+                for side in order:
+                    number += 1
+                    sockets = os.path.join(workdir, f"c{number}")
+                    os.mkdir(sockets, 0o700)
+                    tree = ROOT if side == "current" else ref_tree
+                    result = run_cell(Cell(row, transport, impl, params, node, sockets, pin, tree))
+                    result["side"] = side
+                    sides[side].append(result)
+                    raw.append(result)
+            line = _compare.compare(sides["current"], sides["ref"])
+            lines.append(line)
+            _say(f"[{index:>3}/{len(cells_to_run)}] " + _compare.table([line]).splitlines()[-1])
+    except (KeyboardInterrupt, Terminated):
+        interrupted = True
+        _say("interrupted: stopping every process")
+    finally:
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for signum in _STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+        try:
+            stop_all()
+            shutil.rmtree(workdir, ignore_errors=True)
+        finally:
+            signal.signal(signal.SIGINT, previous_int)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+    if not lines:
+        return 130 if interrupted else 1
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
+    title = f"ipcactors {machine['commit']} against {args.compare}, run {stamp}"
+    markdown = "\n".join(
+        [
+            f"# {title}",
+            "",
+            f"Machine: {_machine.summary(machine)}.",
+            f"{args.passes} passes per side, interleaved, {params.rounds} rounds each; ratio = "
+            "this tree ÷ ref of the medians of the rounds; a difference is beyond noise when "
+            f"a Mann-Whitney U test over the rounds gives p < {_compare.P_BEYOND_NOISE}.",
+            "",
+            _compare.table(lines),
+            "",
+        ]
+    )
+    _say("")
+    _say(markdown)
+    os.makedirs(args.results_dir, exist_ok=True)
+    base = os.path.join(args.results_dir, f"compare-{stamp}")
+    document = {
+        "title": title,
+        "ref": args.compare,
+        "interrupted": interrupted,
+        "seconds": round(time.time() - started, 1),
+        "machine": machine,
+        "params": vars(params),
+        "passes": args.passes,
+        "comparison": lines,
+        "cells": raw,
+    }
+    _write(f"{base}.json", lambda f: json.dump(document, f, indent=1))
+    _write(f"{base}.md", lambda f: f.write(markdown))
+    for extension in (".json", ".md"):
+        shutil.copyfile(base + extension, os.path.join(args.results_dir, f"compare{extension}"))
+    _say(f"written: {os.path.relpath(base)}.json, .md (and compare.*)")
+    if interrupted:
+        return 130
+    return 1 if any(line["verdict"] == "failed" for line in lines) else 0
 
 
 def _progress(

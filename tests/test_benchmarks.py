@@ -111,3 +111,55 @@ def test_w8_one_array_beside_a_plain_socket_and_a_memcpy(tmp_path: os.PathLike[s
     assert [t["target"] for t in document["targets"]] == [
         "W8 asyncio 1 MiB array ≤ 2× plain socket"
     ]
+
+
+@pytest.mark.slow
+def test_compare_runs_both_sides_interleaved(tmp_path: os.PathLike[str]) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--quick",
+            "--compare",
+            "HEAD",
+            "--only",
+            "w1,ipc-asyncio,raw-asyncio,unix",
+            "--rounds",
+            "1",
+            "--seconds",
+            "0.05",
+            "--passes",
+            "2",
+            "--results-dir",
+            os.fspath(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    with open(os.path.join(tmp_path, "compare.json"), encoding="utf-8") as file:
+        document = json.load(file)
+    # Only the library's cells are compared: raw anyio does not import it.
+    assert [(c["row"], c["impl"]) for c in document["comparison"]] == [("w1", "ipc-asyncio")]
+    (line,) = document["comparison"]
+    assert line["rounds"] == [2, 2]
+    assert line["verdict"] == "too few rounds"
+    assert math.isfinite(line["ratio"])
+    assert line["ratio"] > 0
+    # Two passes a side, the side going first alternating.
+    assert [c["side"] for c in document["cells"]] in (
+        ["current", "ref", "ref", "current"],
+        ["ref", "current", "current", "ref"],
+    )
+    assert "| W1 ping-pong round trip" in done.stdout
+
+
+def test_compare_noise_test() -> None:
+    from benchmarks._compare import mann_whitney_p
+
+    assert mann_whitney_p([1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0]) == 1.0
+    assert mann_whitney_p([1.0, 1.1, 1.2, 1.3, 1.4], [2.0, 2.1, 2.2, 2.3, 2.4]) < 0.05
+    assert mann_whitney_p([1.0, 2.1, 1.2, 2.3, 1.4], [2.0, 1.1, 2.2, 1.3, 2.4]) > 0.05
