@@ -15,7 +15,8 @@ from typing import Any
 class Impl:
     key: str
     label: str
-    family: str  # "ipc", "raw", "node", (W7 only) "ppe", "loky", (W8 only) "sock", "memcpy"
+    family: str  # "ipc", "raw", "node", (W1/W2/W5 only) "zmq", "mpc", (W7 only) "ppe", "loky",
+    # (W8 only) "sock", "memcpy"
     backend: str | None  # "asyncio", "uvloop", "trio" (None for node, ppe, loky)
 
 
@@ -27,6 +28,8 @@ IMPLS = [
     Impl("raw-uvloop", "raw anyio uvloop", "raw", "uvloop"),
     Impl("raw-trio", "raw anyio trio", "raw", "trio"),
     Impl("node", "node-ipc 9.2.1", "node", None),
+    Impl("zmq", "pyzmq + msgpack", "zmq", None),
+    Impl("mpc", "multiprocessing.connection", "mpc", None),
     Impl("ppe", "ProcessPoolExecutor", "ppe", None),
     Impl("loky", "loky", "loky", None),
     Impl("sock", "plain socket recv_into", "sock", None),
@@ -65,13 +68,16 @@ W7_ROWS = ("w7-tiny", "w7-tiny-chunked", "w7-numpy", "w7-retry")
 W8_SIZES = (1, 16, 64, 256)
 W8_ROWS = tuple(f"w8-{mib}" for mib in W8_SIZES)
 
+#: The Python peers (benchmarks/peer_role.py) are anchors of W1, W2 and W5 only.
+WITH_PEERS = ("ipc", "raw", "node", "zmq", "mpc")
+
 ROWS = [
-    Row("w1", "W1 ping-pong round trip", "µs", False, pinned=True),
-    Row("w2", "W2 small events, one emit each", "ev/s", True),
+    Row("w1", "W1 ping-pong round trip", "µs", False, families=WITH_PEERS, pinned=True),
+    Row("w2", "W2 small events, one emit each", "ev/s", True, families=WITH_PEERS),
     Row("w2x100", "W2 raw anyio: 100 frames per write", "ev/s", True, families=("raw",)),
     Row("w3", "W3 1 MiB payloads", "MB/s", True),
     Row("w4", "W4 broadcast to 8 processes", "ev/s", True),
-    Row("w5", "W5 connect + first reply", "µs", False, pinned=True),
+    Row("w5", "W5 connect + first reply", "µs", False, families=WITH_PEERS, pinned=True),
     Row("w6", "W6 spawn-to-ready", "ms", False, transports=("unix",)),
     *(
         Row(
@@ -271,6 +277,9 @@ def ratios(cell_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 anchors.append(("raw anyio ×100/write", "w2x100", "raw"))
             if row.key not in W7_ROWS and row.key not in W8_ROWS:
                 anchors.append(("node-ipc", row.key, "node"))
+            if "zmq" in row.families:
+                anchors.append(("pyzmq", row.key, "zmq"))
+                anchors.append(("multiprocessing.connection", row.key, "mpc"))
             if row.key.startswith("w6-live") and row.key != W6_LIVE_BASE:
                 # The growth with children alive: the same implementation with 1 live.
                 anchors = [(W6_LIVE_ANCHOR, W6_LIVE_BASE, "self")]
@@ -285,7 +294,7 @@ def ratios(cell_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     mine = _value(cells, row.key, transport, impl.key)
                     if family == "self":
                         anchor_key = impl.key
-                    elif family in ("node", "ppe", "loky", "sock", "memcpy"):
+                    elif family in ("node", "zmq", "mpc", "ppe", "loky", "sock", "memcpy"):
                         anchor_key = family
                     elif row.key == "w6":
                         anchor_key = "raw-asyncio"
@@ -337,6 +346,12 @@ def targets_for(bound_mib: float | None) -> list[Target]:
                 "<=",
                 1.0,
             ),
+        ]
+        t += [
+            Target("W1 uvloop round trip ≤ 1.0× pyzmq", "w1", tr, "ipc-uvloop", "zmq", "<=", 1.0),
+            Target("W1 asyncio round trip ≤ 1.2× pyzmq", "w1", tr, "ipc-asyncio", "zmq", "<=", 1.2),
+            Target("W2 asyncio ≥ 1.0× pyzmq", "w2", tr, "ipc-asyncio", "zmq", ">=", 1.0),
+            Target("W5 asyncio ≤ 1.0× pyzmq", "w5", tr, "ipc-asyncio", "zmq", "<=", 1.0),
         ]
         for impl in IPC_IMPLS:
             t.append(
@@ -614,6 +629,8 @@ COLOURS = {
     "ipc": "#1f77b4",
     "raw": "#7f7f7f",
     "node": "#2ca02c",
+    "zmq": "#e377c2",
+    "mpc": "#8c564b",
     "ppe": "#ff7f0e",
     "loky": "#9467bd",
     "sock": "#7f7f7f",

@@ -167,6 +167,8 @@ class Cell:
 
     def command(self, role: str, config: dict[str, Any], family: str | None = None) -> list[str]:
         family = family or self.impl.family
+        if family in ("zmq", "mpc"):
+            config = {**config, "peer": family}
         text = json.dumps(config)
         if family == "node":
             assert self.node.node is not None
@@ -177,6 +179,8 @@ class Cell:
             "spawn": "spawn_role",
             "pool": "pool_role",
             "tensor": "tensor_role",
+            "zmq": "peer_role",
+            "mpc": "peer_role",
         }[family]
         return [sys.executable, "-m", f"benchmarks.{module}", role, text]
 
@@ -228,7 +232,9 @@ class Cell:
         with Group(self.tree) as group:
             config = self.config()
             server = group.start("server", self.command("server", config), self.cpus)
-            ready = server.message(30, {"ready"})
+            ready = server.message(30, {"ready", "unavailable"})
+            if ready["kind"] == "unavailable":
+                return ready  # an optional anchor (pyzmq) is not installed
             client_config = self.config(**extra, **_address(ready))
             client = group.start("client", self.command(role, client_config), self.cpus)
             return client.message(self.wait(), {"result"})

@@ -27,7 +27,7 @@ def test_quick_subset_runs_and_writes_json(tmp_path: os.PathLike[str]) -> None:
             "benchmarks",
             "--quick",
             "--only",
-            "w1,w2,ipc-asyncio,raw-asyncio,unix",
+            "w1,w2,ipc-asyncio,raw-asyncio,mpc,unix",
             "--rounds",
             "1",
             "--seconds",
@@ -52,6 +52,8 @@ def test_quick_subset_runs_and_writes_json(tmp_path: os.PathLike[str]) -> None:
         ("w2", "unix", "ipc-asyncio"),
         ("w2", "unix", "raw-asyncio"),
         ("w2x100", "unix", "raw-asyncio"),
+        ("w1", "unix", "mpc"),
+        ("w2", "unix", "mpc"),
     }
     for cell in cells.values():
         assert cell["status"] == "ok", cell
@@ -64,6 +66,7 @@ def test_quick_subset_runs_and_writes_json(tmp_path: os.PathLike[str]) -> None:
     anchors = {(line["row"], line["anchor"]) for line in document["ratios"]}
     assert ("w1", "raw anyio") in anchors
     assert ("w2", "raw anyio ×100/write") in anchors
+    assert ("w1", "multiprocessing.connection") in anchors
     for line in document["ratios"]:
         assert all(math.isfinite(v) and v > 0 for v in line["values"].values())
     assert document["targets"], "the targets that apply to the cells run are evaluated"
