@@ -258,17 +258,30 @@ class Actor:
         raises :class:`UnknownPeerError` (a ``KeyError``) naming the ids that are."""
         return Peers(self.id, self._connections)
 
-    async def connect_to(self, id: str, path: str | None = None) -> Connection:
+    async def connect_to(
+        self, id: str, path: str | None = None, *, wait: bool = True
+    ) -> Connection:
         """Connect to actor ``id``'s Unix socket (default: its :meth:`default_path`).
 
         Returns once the handshake is done, retrying as ``retry``/``stop_retrying`` say; raises
         :class:`ConnectionFailedError` (or :class:`ServerBusyError`, ...) when retries run out.
         If ``id`` is already connected (or connecting), returns that connection.
+
+        ``wait=False`` saves a round trip: returns as soon as the socket is connected and the
+        hello is sent (with ``auth_key``: once the server proved it knows the key and our proof
+        is sent); what you emit or request next travels right behind it, and the server handles
+        it once it welcomed us. The welcome is awaited in the background: ``connected`` turns
+        true and the ``connect`` handlers run then. A refusal reaches the requests already sent
+        (they fail with it), the ``error`` handlers and ``wait_connected``; a fatal one ends the
+        connection, a ``busy`` server or a lost handshake is retried. Events sent ahead of a
+        refusal are not handled. Not in the acknowledged mode (``Config.acked``), which
+        resumes from the welcome, nor when the hello offers shared memory
+        (``Config.max_shared_bytes``), which the welcome settles: there it waits as usual.
         """
         _check_id(id)
         path = _path(path, f"connect_to_net({id!r}, port=...)")
         path = os.path.abspath(path) if path is not None else self.default_path(id)
-        return await self._connect(id, UnixTransport(path, pass_fds=self._pass_fds))
+        return await self._connect(id, UnixTransport(path, pass_fds=self._pass_fds), wait)
 
     async def connect_to_net(
         self,
@@ -277,18 +290,19 @@ class Actor:
         port: int | None = None,
         *,
         tls: ssl.SSLContext | None = None,
+        wait: bool = True,
     ) -> Connection:
         """Connect to actor ``id`` over TCP (default ``Config.network_host``/``network_port``).
 
         ``tls``: a client context; ``ssl.create_default_context(cafile=...)`` verifies the
         server's certificate and host name (add ``load_cert_chain`` for mutual TLS). TLS failures
-        raise :class:`TLSError` and are never retried.
+        raise :class:`TLSError` and are never retried. ``wait``: as for :meth:`connect_to`.
         """
         _check_id(id)
         host = _host(host, port, f"connect_to_net({id!r}, port=...)") or self.config.network_host
         port = _port(port, self.config.network_port)
         if tls is None:
-            return await self._connect(id, TCPTransport(host, port))
+            return await self._connect(id, TCPTransport(host, port), wait)
         if not isinstance(tls, ssl.SSLContext):
             raise ConfigError(
                 "tls= takes an ssl.SSLContext (a client context, e.g. "
@@ -299,13 +313,14 @@ class Actor:
                 "tls= for connect_to_net needs a client context, "
                 "e.g. ssl.create_default_context(cafile=...)"
             )
-        return await self._connect(id, TLSTransport(host, port, tls))
+        return await self._connect(id, TLSTransport(host, port, tls), wait)
 
-    async def _connect(self, id: str, transport: Transport) -> Connection:
+    async def _connect(self, id: str, transport: Transport, wait: bool = True) -> Connection:
         task_group = self._group()
         existing = self._connections.get(id)
         if existing is not None:
-            await existing.wait_connected()
+            if wait:
+                await existing.wait_connected()
             return existing
         connection = Connection(
             self.id, id, transport, self.config, self._log, self._forget, self._watchdog
@@ -313,14 +328,15 @@ class Actor:
         self._connections[id] = connection
         # Runs in the caller's task, which the actor does not own: aclose() cancels the
         # attempts through the connection (it is in _connections from here on).
-        channel = await connection._connect()
+        channel = await connection._connect(pipelined=not wait)
         if self._closing or connection._closing:
             # Closed while the connect handlers ran: serve it closed (disconnect and destroy
             # fire), here, since the actor's task group may be gone.
             await connection._run(channel)
             raise ClosedError(f"actor {self.id!r} was closed while connecting to {id!r}")
         task_group.start_soon(connection._run, channel)
-        await channel.wait_opened()  # its connect handlers ran (they need the channel running)
+        if wait:
+            await channel.wait_opened()  # its connect handlers ran (they need the channel running)
         return connection
 
     def _forget(self, connection: Connection) -> None:

@@ -8,7 +8,7 @@ ipcactors, it derives from the matching builtin too (``TimeoutError``, ``ValueEr
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 __all__ = [
     "AddressInUseError",
@@ -88,6 +88,10 @@ class RejectedError(ConnectionFailedError):
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # copy and pickle rebuild it with its reason (each failed request gets its own copy).
+        return (type(self), (str(self), self.reason), self.__dict__)
 
 
 class ServerBusyError(RejectedError):

@@ -17,6 +17,12 @@ from test_flow import (
 from test_flow import (
     test_a_peer_that_never_reads_its_replies_costs_a_bounded_amount as test_unread_on_uvloop,
 )
+from test_pipelined import (
+    test_a_refusal_fails_what_was_sent_ahead_and_nothing_is_handled as test_refusal_on_uvloop,
+)
+from test_pipelined import (
+    test_first_request_goes_behind_the_hello as test_pipelined_on_uvloop,
+)
 from test_pool import (
     test_cancelling_a_submit_cancels_the_task_in_the_worker as test_pool_cancel_on_uvloop,
 )
@@ -34,9 +40,11 @@ pytest.importorskip("uvloop")  # an extra; `make test` installs it
 pytestmark = pytest.mark.anyio
 __all__ = [
     "test_flood_on_uvloop",
+    "test_pipelined_on_uvloop",
     "test_pool_cancel_on_uvloop",
     "test_pool_map_retry_on_uvloop",
     "test_pool_retry_on_uvloop",
+    "test_refusal_on_uvloop",
     "test_unread_on_uvloop",
     "test_vanish_on_uvloop",
 ]

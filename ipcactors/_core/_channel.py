@@ -30,6 +30,11 @@ Invariants:
   bytes that break the protocol (a :class:`ProtocolError`; nothing after them is used): what
   waits in the inbox is dropped (at most once). Replies still queued when the channel ends
   are dropped: request ids are per connection.
+- A pipelined client (``connect_to(wait=False)``) runs its channel before the welcome: the
+  writer sends what is queued right behind the hello, and the reader reads the welcome first
+  (within ``handshake_timeout``), tells the connection (``Peer._welcomed``), then serves. If
+  the welcome never comes (a reject, a timeout, a reset), nothing was handled by the peer: the
+  requests sent fail with that error and the channel ends (:attr:`Channel.handshake_error`).
 - The session (``_proto._session``) decides what may arrive: lifecycle names never arrive from
   the wire, nor the handshake again; either is a protocol error.
 - Acknowledged mode (``_acks``): an ``ack`` is handled by the reader at once; the dispatcher
@@ -65,7 +70,7 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import ByteStream, TaskGroup
 
-from .._errors import ConnectionLostError, DecodeError, ProtocolError
+from .._errors import ConnectionLostError, DecodeError, ProtocolError, RejectedError
 from .._proto._messages import (
     Ack,
     ErrorReply,
@@ -135,6 +140,7 @@ class Channel:
         "_task_group",
         "_tick",
         "broken_by",
+        "handshake_error",
     )
 
     def __init__(
@@ -180,6 +186,8 @@ class Channel:
         #: What broke the stream under the reader, if it broke (the connection decides whether
         #: it is worth reconnecting: not when a TLS server refused our certificate).
         self.broken_by: BaseException | None = None
+        #: Why the welcome never came, for a pipelined client's channel that ended before it.
+        self.handshake_error: Exception | None = None
         self._changed: anyio.Event | None = None  # set when the reader or dispatcher may go on
         self._drained = anyio.Event()
         self._opened = anyio.Event()
@@ -370,6 +378,9 @@ class Channel:
     async def _read(self, task_group: TaskGroup) -> None:
         """The reader, then what follows the end of the peer's input."""
         try:
+            if not self._session.is_open and not await self._await_welcome():
+                task_group.cancel_scope.cancel()
+                return
             await self._read_loop(task_group)
         except ProtocolError as exc:
             self._failure = exc  # nothing after bad input is handled
@@ -386,6 +397,41 @@ class Channel:
                 if self._dispatching:
                     await self._drained.wait()
         task_group.cancel_scope.cancel()
+
+    async def _await_welcome(self) -> bool:
+        """A pipelined client: read the welcome; whether it came (see the module's docstring).
+        Raises :class:`ProtocolError` (a reject is not one: it is a refusal)."""
+        peer = self._peer
+        session = self._session
+        receive = self._stream.receive
+        try:
+            with anyio.fail_after(peer._config.handshake_timeout):
+                while not session.is_open:
+                    try:
+                        data = await receive(RECEIVE_SIZE)
+                    except anyio.EndOfStream:
+                        raise ConnectionResetError(
+                            "the peer closed the connection during the handshake"
+                        ) from None
+                    session.receive(data)
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            # OSError: also RejectedError and its kinds, TimeoutError, ConnectionResetError.
+            self._broken = True
+            self.handshake_error = exc
+            lost = (
+                exc
+                if isinstance(exc, RejectedError)
+                else ConnectionLostError(
+                    f"the connection with {peer.id!r} was lost in its handshake, before the "
+                    f"reply ({type(exc).__name__}: {exc})"
+                )
+            )
+            peer._requests.fail(lost, sent_up_to=peer._outbox.taken)
+            return False
+        assert session.welcome is not None
+        peer._welcomed(session.welcome)
+        self._received_at = monotonic()
+        return True
 
     def _lost(self) -> None:
         peer = self._peer

@@ -5,6 +5,12 @@ Invariants:
   connection, while the channel already reads and writes (the handlers may emit and await
   requests) and before any of the server's events are handled; ``connect_to`` returns once
   they are done. ``disconnect`` fires once per lost connection, never per failed attempt.
+- Pipelined (``connect_to(wait=False)``, the first connection only, never when the hello offers
+  what the welcome settles: the acknowledged mode, shared memory): ``connect_to`` returns once
+  frames may follow the hello and the channel reads the welcome (see ``_channel``); connected,
+  the ``connect`` handlers and the "connected" line come with it. A handshake that fails there
+  counts as a failed attempt: a fatal refusal ends the connection (``_refused``), anything
+  else is retried.
 - Retries follow ``stop_retrying``: a failed attempt or a lost connection spends one retry; the
   count restarts after each successful handshake. Errors retrying cannot fix (a refusal other
   than ``busy``, a path too long, no permission) end the connection at once, and so does
@@ -50,6 +56,7 @@ from .._errors import (
     UnacknowledgedError,
 )
 from .._log import ActorLog
+from .._proto._messages import Welcome
 from .._proto._session import Role, Session
 from .._transports._fds import can_pass_fds
 from .._transports._transport import (
@@ -97,6 +104,10 @@ def _is_fatal(exc: BaseException) -> bool:
     return is_fatal_connect_error(exc)
 
 
+def _as_ipc_error(exc: BaseException) -> IPCError:
+    return exc if isinstance(exc, IPCError) else ConnectionFailedError(str(exc))
+
+
 class Connection(Peer, HandlerMethods):
     """A connection to another actor, made by ``Actor.connect_to()`` / ``connect_to_net()``.
 
@@ -129,6 +140,7 @@ class Connection(Peer, HandlerMethods):
         self._attempts = anyio.CancelScope()  # _connect: the first connect, in the caller's task
         self._recovered = ""  # "after N failed attempts", for the next "connected" line
         self._server_id: str | None = None
+        self._gave_up: BaseException | None = None  # why it was destroyed, if not closed
         self._refused: IPCError | None = None  # the server refused our certificate: give up
         if config.acked != "off":
             self._acked = AckedSender()
@@ -151,7 +163,7 @@ class Connection(Peer, HandlerMethods):
     @property
     def connected(self) -> bool:
         """Whether the handshake is done and the connection is up right now."""
-        return self._channel is not None
+        return self._channel is not None and self._up.is_set()
 
     @property
     def destroyed(self) -> bool:
@@ -162,7 +174,10 @@ class Connection(Peer, HandlerMethods):
         """Return once connected; raise :class:`ClosedError` if it is destroyed first."""
         while not self.connected:
             if self.destroyed:
-                raise ClosedError(f"connection to {self.id!r} was closed")
+                reason = self._gave_up
+                if reason is None:
+                    raise ClosedError(f"connection to {self.id!r} was closed")
+                raise ClosedError(f"connection to {self.id!r} was given up: {reason}") from reason
             async with anyio.create_task_group() as task_group:
 
                 async def wait_destroyed() -> None:
@@ -221,14 +236,16 @@ class Connection(Peer, HandlerMethods):
         self._scope.cancel()
         await self._destroyed.wait()
 
-    async def _connect(self) -> Channel:
+    async def _connect(self, pipelined: bool = False) -> Channel:
         """The first connection, made in ``connect_to``'s own task (no task to start and wait
         for): retried as ``stop_retrying`` says, raises when out of retries. Then ``_run``
-        serves it, in a task. Raises :class:`ClosedError` if closed meanwhile."""
+        serves it, in a task. Raises :class:`ClosedError` if closed meanwhile. ``pipelined``
+        (``connect_to(wait=False)``): returns once frames may follow the hello; the channel
+        reads the welcome (not in the acknowledged mode, which resumes from the welcome)."""
         opened: tuple[ByteStream, Session] | None = None
         try:
             with self._attempts:
-                opened = await self._open_retrying(self._config.stop_retrying)
+                opened = await self._open_retrying(self._config.stop_retrying, pipelined)
             if opened is None or self._closing:
                 if opened is not None:
                     await anyio.aclose_forcefully(opened[0])
@@ -273,7 +290,9 @@ class Connection(Peer, HandlerMethods):
         if error is not None:
             self._log.warning(f"gave up on {self.id!r}: {error}")
 
-    async def _open_retrying(self, retries: int | None) -> tuple[ByteStream, Session]:
+    async def _open_retrying(
+        self, retries: int | None, pipelined: bool = False
+    ) -> tuple[ByteStream, Session]:
         """Connect and handshake; after a failure, at most ``retries`` more attempts (``None``:
         no limit), with backoff. Raises the final error."""
         backoff = 0
@@ -281,7 +300,7 @@ class Connection(Peer, HandlerMethods):
         first_failure = reminded = 0.0
         while True:
             try:
-                opened = await self._open()
+                opened = await self._open(pipelined)
             except Exception as exc:
                 await self._handlers.call("error", (exc,), self._log)
                 if not isinstance(exc, _CONNECT_FAILURES):
@@ -316,13 +335,15 @@ class Connection(Peer, HandlerMethods):
                     self._recovered = f" after {failures} failed attempts in {took:.1f} s"
                 return opened
 
-    async def _open(self) -> tuple[ByteStream, Session]:
+    async def _open(self, pipelined: bool = False) -> tuple[ByteStream, Session]:
         """Connect and complete the handshake (if the codec has one: else the connection is
-        open at once). Raises on failure or refusal."""
+        open at once; ``pipelined``: only up to where frames may follow, see ``_connect``).
+        Raises on failure or refusal."""
         codec = self._codec
         acked = self._acked
         with anyio.fail_after(self._config.handshake_timeout):
             stream = await self._transport.connect()
+            hello_extra = self._hello_extra(stream)
             session = Session(
                 codec,
                 self._config.limits,
@@ -331,13 +352,15 @@ class Connection(Peer, HandlerMethods):
                 self._actor_id,
                 auth_key=self._config.auth_key_bytes,
                 target=self.id,
-                hello_extra=self._hello_extra(stream),
+                hello_extra=hello_extra,
             )
             if not codec.handshake:  # the session is open at once
                 self._server_id = self.id  # nothing on the wire says otherwise
                 return stream, session
+            # Not when the hello offers what the welcome settles (acked mode, shared memory).
+            pipelined = pipelined and hello_extra is None
             try:
-                welcome = await open_handshake(stream, session)
+                await open_handshake(stream, session, pipelined=pipelined)
             except BaseException as exc:
                 await anyio.aclose_forcefully(stream)
                 # TLS 1.3 reports a refused client certificate only now, on the first read.
@@ -345,14 +368,10 @@ class Connection(Peer, HandlerMethods):
                 if error is not None:
                     raise error from exc
                 raise
-        if welcome.id != self.id:
-            self._log.warning(
-                f"connected to {self.id!r} at {self.address}, but that server says it is "
-                f"{welcome.id!r}"
-            )
-        self._server_id = welcome.id
-        offered = self._config.max_shared_bytes and acked is None
-        self._shared_accept = shared_offer(welcome.extra.get("shm")) if offered else None
+        welcome = session.welcome
+        if welcome is None:  # pipelined: the channel reads it, see _welcomed
+            return stream, session
+        self._check_welcome(welcome)
         if acked is not None:
             try:
                 self._negotiate(welcome.extra.get("acked"))
@@ -368,6 +387,23 @@ class Connection(Peer, HandlerMethods):
         if self._config.max_shared_bytes and can_pass_fds(stream):
             return {"shm": self._config.max_shared_bytes}
         return None
+
+    def _check_welcome(self, welcome: Welcome) -> None:
+        if welcome.id != self.id:
+            self._log.warning(
+                f"connected to {self.id!r} at {self.address}, but that server says it is "
+                f"{welcome.id!r}"
+            )
+        self._server_id = welcome.id
+        offered = self._config.max_shared_bytes and self._acked is None
+        self._shared_accept = shared_offer(welcome.extra.get("shm")) if offered else None
+
+    def _welcomed(self, welcome: Welcome) -> None:
+        """A pipelined connection's channel read the welcome: the connection is up."""
+        self._check_welcome(welcome)
+        self._up.set()
+        self._log.info(f"connected to {self.id!r} at {self.address}{self._recovered}")
+        self._recovered = ""
 
     def _negotiate(self, offer: Any) -> None:
         """The welcome's answer to our acknowledged mode (``None``: the server lacks it)."""
@@ -401,39 +437,55 @@ class Connection(Peer, HandlerMethods):
         if self._resume_last is not None and self._acked is not None:
             self._acked.resume(self._resume_last, self._outbox)
             self._resume_last = None
-        opening = self._opening if self._handlers.get("connect") else None
-        channel = self._channel = Channel(stream, session, self, opening)
-        self._up.set()
-        self._log.info(f"connected to {self.id!r} at {self.address}{self._recovered}")
-        self._recovered = ""
+        # Pipelined, the connect handlers may be registered after connect_to returned.
+        wanted = self._handlers.get("connect") or not session.is_open
+        channel = self._channel = Channel(stream, session, self, self._opening if wanted else None)
+        if session.is_open:
+            self._up.set()
+            self._log.info(f"connected to {self.id!r} at {self.address}{self._recovered}")
+            self._recovered = ""
         return channel
 
     async def _opening(self) -> None:
+        if not self._up.is_set():  # pipelined: the connect handlers run once welcomed
+            await self._up.wait()
         await self._handlers.call("connect", (), self._log)
 
     async def _serve(self, channel: Channel) -> None:
         try:
             await channel.run()
-            # Under TLS 1.3 a server refuses our certificate only after our side of the TLS
-            # handshake; a codec with a handshake learns it there, one without on this read.
-            self._refused = refused_certificate(channel.broken_by)
-            if self._refused is not None:
-                await self._handlers.call("error", (self._refused,), self._log)
+            error = channel.handshake_error  # pipelined: the welcome never came
+            if error is not None:
+                error = tls_error(error) or error
+                self._log.warning(
+                    f"cannot connect to {self.id!r} at {self.address}: {_reason(error)}"
+                )
+                await self._handlers.call("error", (error,), self._log)
+                if _is_fatal(error):  # else retried, like any failed attempt
+                    self._refused = _as_ipc_error(self._final_error(error))
+            else:
+                # Under TLS 1.3 a server refuses our certificate only after our side of the TLS
+                # handshake; a codec with a handshake learns it there, one without on this read.
+                self._refused = refused_certificate(channel.broken_by)
+                if self._refused is not None:
+                    await self._handlers.call("error", (self._refused,), self._log)
         except ProtocolError as exc:
             self._log.warning(f"closing connection to {self.id!r}: {exc}")
             await self._handlers.call("error", (exc,), self._log)
         finally:
             self._channel = None
+            welcomed = self._up.is_set()
             self._up = anyio.Event()
             if self._closing:
                 lost: IPCError = ClosedError(f"connection to {self.id!r} was closed")
             else:
                 lost = ConnectionLostError(f"connection to {self.id!r} was lost before the reply")
             self._requests.fail(lost, sent_up_to=self._outbox.taken)
-            if not self._closing:
-                self._log.info(f"connection to {self.id!r} lost")
-            with anyio.move_on_after(self._config.close_timeout, shield=True):
-                await self._handlers.call("disconnect", (), self._log)
+            if welcomed:  # a pipelined connection never welcomed was never up
+                if not self._closing:
+                    self._log.info(f"connection to {self.id!r} lost")
+                with anyio.move_on_after(self._config.close_timeout, shield=True):
+                    await self._handlers.call("disconnect", (), self._log)
 
     def _delay(self, backoff: int) -> float:
         nominal = min(self._config.retry_cap, self._config.retry * 2 ** min(backoff, 32))
@@ -445,6 +497,7 @@ class Connection(Peer, HandlerMethods):
         return ConnectionFailedError(f"could not connect to {self.id!r} at {self.address}: {exc}")
 
     async def _destroy(self, error: BaseException | None) -> None:
+        self._gave_up = error
         reason = ClosedError(f"connection to {self.id!r} is closed") if error is None else error
         left = self._outbox.close(ClosedError(f"connection to {self.id!r} is closed: {reason}"))
         if left:

@@ -8,6 +8,9 @@ step; this module sends what it asks and feeds it what arrives.
                                    <-    welcome {v, id}  |  reject {reason, message}
 
 Invariants:
+- A client connecting with ``wait=False`` sends its first frames right behind its hello (with
+  ``auth_key``: behind its proof, one round trip later) and its channel reads the welcome; the
+  server decodes those frames only once it decided to welcome it, and discards them otherwise.
 - No handler runs before ``welcome``: the server's owner welcomes (``Session.accept``) only once
   it decided to (limits, a held server), and only then is the frame limit lifted.
 - The whole exchange is bounded by ``handshake_timeout`` (enforced by the callers, one deadline
@@ -19,22 +22,23 @@ from __future__ import annotations
 import anyio
 from anyio.abc import ByteStream
 
-from .._proto._messages import Hello, Welcome
+from .._proto._messages import Hello
 from .._proto._session import Session
 from ._channel import RECEIVE_SIZE
 
 __all__ = ["accept_handshake", "open_handshake", "run_handshake"]
 
 
-async def run_handshake(stream: ByteStream, session: Session) -> None:
+async def run_handshake(stream: ByteStream, session: Session, *, pipelined: bool = False) -> None:
     """Send what ``session`` has to send and feed it what arrives, until its handshake no
-    longer waits for the peer. Raises what the session raises, and
+    longer waits for the peer (``pipelined``: until a client may send frames ahead of the
+    welcome, :attr:`Session.may_send`). Raises what the session raises, and
     :class:`ConnectionResetError` if the peer closes the connection meanwhile."""
     while True:
         data = session.data_to_send()
         if data:
             await stream.send(data)
-        if not session.handshaking:
+        if not session.handshaking or (pipelined and session.may_send):
             return
         try:
             received = await stream.receive(RECEIVE_SIZE)
@@ -53,10 +57,10 @@ async def accept_handshake(stream: ByteStream, session: Session) -> Hello:
     return session.hello
 
 
-async def open_handshake(stream: ByteStream, session: Session) -> Welcome:
-    """The client's side. Raises :class:`RejectedError` (and its kinds) or
-    :class:`ProtocolError`."""
+async def open_handshake(stream: ByteStream, session: Session, *, pipelined: bool = False) -> None:
+    """The client's side; ``pipelined``: only up to where frames may follow ahead of the
+    welcome (the hello sent; with ``auth_key``, the challenge checked and the proof sent), the
+    welcome is then the channel's to read (see ``Channel``). Raises :class:`RejectedError` (and
+    its kinds) or :class:`ProtocolError`."""
     session.start()
-    await run_handshake(stream, session)
-    assert session.welcome is not None
-    return session.welcome
+    await run_handshake(stream, session, pipelined=pipelined)

@@ -33,7 +33,7 @@ from .._errors import (
 )
 from .._log import ActorLog
 from .._proto._codec import Encoder
-from .._proto._messages import Event, Frame, Ping, Request, frame_size, is_reserved
+from .._proto._messages import Event, Frame, Ping, Request, Welcome, frame_size, is_reserved
 from ._acks import AckedReceiver, AckedSender
 from ._handlers import UNHANDLED, Handlers, unhandled
 from ._outbox import Outbox
@@ -205,6 +205,9 @@ class Peer:
                 size = frame_size(frame)
         position = outbox.put_nowait(frame, size)
         acked.stored(seq, event, frame, size, position, outbox)
+
+    def _welcomed(self, welcome: Welcome) -> None:
+        """A pipelined connection's welcome arrived (only a client's channel reads one)."""
 
     def _acknowledged(self, seq: int) -> None:
         """The peer acknowledged every sequenced event up to ``seq``."""

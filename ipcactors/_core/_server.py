@@ -4,6 +4,8 @@ Invariants:
 - A client counts as connected only after it was sent ``welcome``; the ``connect`` handlers run
   before any of its events and requests are handled (while its channel already reads and
   writes, so they may emit to it and await requests), ``disconnect`` once after its last.
+  Frames a client sent behind its hello are decoded only after its welcome; the welcome then
+  leads its priority lane, so that it goes out with the first replies in one write.
 - Requests to a client that leaves fail with ``ConnectionLostError``; with ``ClosedError`` only
   when this server is being closed.
 - ``max_connections`` holds for every transport: a client beyond it is refused with
@@ -443,6 +445,12 @@ class Server(HandlerMethods):
         client._channel = channel = Channel(stream, session, client, opening)
         # Registered before the welcome: a client that knows it is connected is in `clients`.
         self._clients[client.id] = client
+        missing = session.missing()
+        if welcome and missing is not None and missing <= 0:
+            # A whole frame came behind the hello (connect_to(wait=False)): the welcome leads
+            # the priority lane, and the first replies go out with it, in one write.
+            client._outbox.put_reply(welcome)
+            welcome = b""
         try:
             if welcome:
                 await stream.send(welcome)

@@ -18,6 +18,8 @@ Invariants:
   reflected back; proofs are compared in constant time. A client with a key refuses a server
   that welcomes it without a challenge: the authentication is mutual. A shared key
   authenticates; it does not encrypt (use TLS for that).
+- A client may send frames ahead of the welcome once :attr:`Session.may_send` (its hello, and
+  with ``auth_key`` its proof, are queued): a server never decodes them before its decision.
 - Until ``OPEN`` frames are held to ``Limits.max_handshake_size``; the limit is lifted only once
   the server decided to welcome (``welcome()``) or the client was welcomed. Frames behind a
   handshake message are decoded only after that decision.
@@ -189,6 +191,19 @@ class Session:
     def handshaking(self) -> bool:
         """Whether the handshake waits for the peer's next message."""
         return self.state in _HANDSHAKING
+
+    @property
+    def may_send(self) -> bool:
+        """Client: whether frames may follow on the stream now, ahead of the welcome (the
+        hello, and with ``auth_key`` the proof, are on their way: the server decodes what
+        follows once it has decided to welcome us, and discards it if it rejects us)."""
+        if self.state is State.OPEN:
+            return True
+        return (
+            self.role is Role.CLIENT
+            and self.state is State.AWAIT_WELCOME
+            and (self._auth_key is None or bool(self._server_nonce))
+        )
 
     @property
     def buffered(self) -> int:

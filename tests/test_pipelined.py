@@ -1,0 +1,153 @@
+"""``connect_to(wait=False)``: the client's first frames travel right behind its hello, and the
+server answers the welcome and the first reply together (docs/protocol.md section 4).
+
+What must hold: nothing is handled before the server decided to welcome the client, a refusal
+is still a clear error (the requests sent ahead fail with it), a shared key costs one round
+trip more and no more, and the connection behaves as any other once welcomed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+from typing import Any
+
+import anyio
+import msgpack
+import pytest
+
+import ipcactors
+from ipcactors import Actor, Server
+
+pytestmark = pytest.mark.anyio
+
+HOST = "127.0.0.1"
+
+
+def framed(message: Any) -> bytes:
+    body = msgpack.packb(message)
+    return struct.pack(">I", len(body)) + body
+
+
+def unframe(data: bytes) -> list[Any]:
+    messages = []
+    while len(data) >= 4:
+        (size,) = struct.unpack_from(">I", data)
+        if len(data) < 4 + size:
+            break
+        messages.append(msgpack.unpackb(data[4 : 4 + size]))
+        data = data[4 + size :]
+    return messages
+
+
+async def connect(hello: Actor, server: Server, transport: str) -> ipcactors.Connection:
+    if transport == "unix":
+        return await hello.connect_to("world", wait=False)
+    address = server.address
+    assert isinstance(address, tuple)
+    return await hello.connect_to_net("world", HOST, address[1], wait=False)
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+@pytest.mark.parametrize("key", [None, "s3cret"], ids=["no key", "shared key"])
+async def test_first_request_goes_behind_the_hello(
+    transport: str, key: str | None, socket_dir: str
+) -> None:
+    order: list[str] = []
+    async with Actor("world", socket_root=socket_dir, silent=True, auth_key=key) as world:
+        server = await (world.serve() if transport == "unix" else world.serve_net(HOST, 0))
+        server.on("connect", lambda client: order.append("server connect"))
+        server.on("echo", lambda data, client: order.append("echo") or data)
+        async with Actor("hello", socket_root=socket_dir, silent=True, auth_key=key) as hello:
+            connection = await connect(hello, server, transport)
+            connection.on("connect", lambda: order.append("client connect"))
+            with anyio.fail_after(5):
+                assert await connection.request("echo", 1) == 1
+                await connection.wait_connected()
+            assert connection.connected
+            assert connection.server_id == "world"
+            # A second connect_to finds the same connection, and it serves as any other.
+            assert await hello.connect_to("world") is connection
+            with anyio.fail_after(5):
+                assert await connection.request("echo", 2) == 2
+    on_server = [what for what in order if what != "client connect"]
+    assert on_server == ["server connect", "echo", "echo"], "the connect handlers run first"
+    assert order.count("client connect") == 1
+
+
+async def test_client_sends_ahead_of_the_welcome(socket_dir: str) -> None:
+    """A bare server that answers nothing until it has the hello and the request: the client
+    must not be waiting for the welcome to send its request."""
+    path = os.path.join(socket_dir, "bare")
+    received: list[Any] = []
+    listener = await anyio.create_unix_listener(path)
+
+    async def serve(stream: anyio.abc.SocketStream) -> None:
+        data = b""
+        async with stream:
+            with anyio.fail_after(5):
+                while len(received) < 2:
+                    data += await stream.receive()
+                    received[:] = unframe(data)
+            hello, request = received
+            assert hello[0] == 4
+            assert request[:3] == [1, "echo", "x"]
+            await stream.send(framed([5, {"v": 1, "id": "bare"}]) + framed([2, request[3], "x"]))
+            with anyio.move_on_after(5), contextlib.suppress(anyio.EndOfStream):
+                await stream.receive()  # until the client closes
+
+    try:
+        async with listener, anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, serve)
+            async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+                connection = await hello.connect_to("bare", path, wait=False)
+                with anyio.fail_after(5):
+                    assert await connection.request("echo", "x") == "x"
+            tg.cancel_scope.cancel()
+    finally:
+        os.unlink(path)  # anyio's listener leaves its socket file
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+async def test_a_refusal_fails_what_was_sent_ahead_and_nothing_is_handled(
+    transport: str, socket_dir: str
+) -> None:
+    handled: list[Any] = []
+    errors: list[BaseException] = []
+    async with Actor("world", socket_root=socket_dir, silent=True, auth_key="s3cret") as world:
+        server = await (world.serve() if transport == "unix" else world.serve_net(HOST, 0))
+        server.on("echo", lambda data, client: handled.append(data) or data)
+        server.on("ev", lambda data, client: handled.append(data))
+        server.on("connect", lambda client: handled.append("connect"))
+        async with Actor("hello", socket_root=socket_dir, silent=True, retry=0.05) as hello:
+            connection = await connect(hello, server, transport)
+            connection.on("error", errors.append)
+            await connection.emit("ev", "ahead")
+            with anyio.fail_after(5), pytest.raises(ipcactors.AuthenticationError, match="key"):
+                await connection.request("echo", "ahead")
+            with anyio.fail_after(5), pytest.raises(ipcactors.ClosedError) as caught:
+                await connection.wait_connected()
+            assert isinstance(caught.value.__cause__, ipcactors.AuthenticationError)
+            assert connection.destroyed, "a refusal other than busy is not retried"
+            assert not connection.connected
+            with pytest.raises(ipcactors.ClosedError):
+                await connection.emit("ev", "after")
+        assert [type(e) for e in errors] == [ipcactors.AuthenticationError]
+        assert handled == []
+
+
+async def test_a_busy_server_is_retried(socket_dir: str) -> None:
+    async with Actor("world", socket_root=socket_dir, silent=True, max_connections=1) as world:
+        server = await world.serve()
+        server.on("echo", lambda data, client: data)
+        async with Actor("first", socket_root=socket_dir, silent=True) as first:
+            await first.connect_to("world")
+            async with Actor("hello", socket_root=socket_dir, silent=True, retry=0.02) as hello:
+                connection = await hello.connect_to("world", wait=False)
+                with anyio.fail_after(5), pytest.raises(ipcactors.ServerBusyError):
+                    await connection.request("echo", "refused")  # sent ahead of a reject
+                await first.disconnect("world")
+                with anyio.fail_after(5):
+                    await connection.wait_connected()
+                    assert await connection.request("echo", "later") == "later"
