@@ -22,7 +22,9 @@ Invariants:
 - A reset closes both sockets with SO_LINGER 0 (an RST on TCP). Unix sockets have no RST:
   there a reset is an abrupt close (the peer sees ECONNRESET only if unread data was left).
 - When one side ends (EOF or error), the proxy forwards what it holds for the other side, then
-  ends the link the same way (EOF: close; error: reset).
+  ends the link the same way (EOF: close; error: reset). A side that cannot be written to any
+  more (it went) stops its direction only: what the other side sent before it ends still goes
+  through (a peer that closes with unread bytes resets the link, after its last bytes).
 - All randomness (latency jitter, random slice sizes) comes from one ``random.Random(seed)``;
   the seed is shown in the report of a failing test (conftest.py).
 - Every task lives in the proxy's task group; leaving ``async with`` closes every socket and
@@ -55,6 +57,7 @@ __all__ = ["Direction", "FaultProxy", "ProxyStats", "proxy_factory", "random_see
 Direction = Literal["up", "down", "both"]
 Address = str | tuple[str, int]
 _Chunk = tuple[float, bytes]  # when it was read, what was read
+_End = Literal["cut", "reset"]  # how the source ended: EOF, or an error (after its last bytes)
 READ_SIZE = 64 * 1024
 QUEUED_CHUNKS = 16  # chunks read ahead per direction: a held direction stops reading after it
 
@@ -315,7 +318,7 @@ class FaultProxy:
                         ("down", link.server, link.client),
                     ]
                     for direction, source, sink in ends:
-                        send, receive = anyio.create_memory_object_stream[_Chunk | None](
+                        send, receive = anyio.create_memory_object_stream[_Chunk | _End](
                             QUEUED_CHUNKS
                         )
                         task_group.start_soon(self._read, link, source, send)
@@ -344,29 +347,32 @@ class FaultProxy:
         self,
         link: _Link,
         source: _Socket,
-        queue: MemoryObjectSendStream[_Chunk | None],
+        queue: MemoryObjectSendStream[_Chunk | _End],
     ) -> None:
         async with queue:
+            end: _End = "cut"
             try:
-                while chunk := await source.receive():
-                    await queue.send((anyio.current_time(), chunk))
-            except OSError:
-                link.end("reset")
-            else:
-                await queue.send(None)  # the writer ends the link once it has sent the rest
+                try:
+                    while chunk := await source.receive():
+                        await queue.send((anyio.current_time(), chunk))
+                except OSError:
+                    end = "reset"
+                await queue.send(end)  # the writer ends the link once it has sent the rest
+            except anyio.BrokenResourceError:
+                pass  # the writer stopped: its sink went
 
     async def _write(
         self,
         link: _Link,
         direction: Literal["up", "down"],
-        queue: MemoryObjectReceiveStream[_Chunk | None],
+        queue: MemoryObjectReceiveStream[_Chunk | _End],
         sink: _Socket,
     ) -> None:
         faults = self._faults[direction]
         async with queue:
             async for item in queue:
-                if item is None:
-                    link.end("cut")
+                if isinstance(item, str):
+                    link.end(item)
                     return
                 arrived, chunk = item
                 delay = faults.latency + (
@@ -392,8 +398,7 @@ class FaultProxy:
                         try:
                             await sink.send(bytes(view[:size]))
                         except OSError:
-                            link.end("reset")
-                            return
+                            return  # the sink went: the other direction ends the link
                         self._count(direction, size)
                     view = view[size:]
                     if ending:

@@ -1,5 +1,6 @@
-"""Closing a server while connections are still in their handshake: they are closed at once
-(nothing to flush), none is left open, and the close does not wait for their timeouts."""
+"""Closing: a server closes connections still in their handshake at once (nothing to flush,
+none left open, no waiting for their timeouts); a client's close delivers what it flushed, even
+when closing resets the connection."""
 
 from __future__ import annotations
 
@@ -44,3 +45,69 @@ async def test_closing_a_server_closes_connections_in_their_handshake_at_once(
     finally:
         for sock in silent:
             sock.close()
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+@pytest.mark.parametrize("how", ["disconnect", "aclose"])
+async def test_events_flushed_by_a_close_with_unread_input_are_all_handled(
+    transport: str, how: str, socket_dir: str
+) -> None:
+    """A client closes (disconnect, or leaving the actor) right after emitting, while the
+    server's frames wait unread on its side (its reader paused: its handler is slow and its
+    inbox full). Closing a socket with unread input resets the connection (an RST on TCP,
+    ECONNRESET on a Unix socket) instead of ending it; the server has every event already
+    (flushed to the kernel first) and must still handle them all, in order."""
+    handled: list[int] = []
+    slow = anyio.Event()
+    async with Actor("world", socket_root=socket_dir, silent=True) as world:
+        server = await (world.serve() if transport == "unix" else world.serve_net("127.0.0.1", 0))
+
+        @server.on("ev")
+        async def ev(seq: int, client: object) -> None:
+            if seq == 0:
+                await slow.wait()  # the rest waits in the server's inbox meanwhile
+            handled.append(seq)
+
+        gone = anyio.Event()
+        server.on("disconnect", lambda client: gone.set())
+        hello = Actor("hello", socket_root=socket_dir, silent=True, max_inbox_bytes=1000)
+        async with hello:
+            if transport == "unix":
+                connection = await hello.connect_to("world")
+            else:
+                connection = await hello.connect_to_net("world", *server.address)
+            stuck = anyio.Event()
+
+            @connection.on("down")
+            async def down(data: bytes) -> None:
+                await stuck.wait()  # never: the client's inbox fills and its reader pauses
+
+            with anyio.fail_after(10):
+                while "hello" not in server.clients:
+                    await anyio.sleep(0.01)
+                client = server.clients["hello"]
+                await client.emit("down", b"d" * 1000)
+                while connection.statistics().inbox_bytes < 1000:  # its reader pauses
+                    await anyio.sleep(0.01)
+                # Megabytes, so that some wait unread in the client's socket even past what a
+                # transport reads ahead on its own; sent once the server's outbox stops draining.
+                for _ in range(6):
+                    await client.emit("down", bytes(2**20))
+                left = -1
+                while left != (left := client.statistics().outbox_bytes):
+                    await anyio.sleep(0.05)
+                for seq in range(50):
+                    await connection.emit("ev", seq)
+                if how == "disconnect":
+                    await hello.disconnect("world")
+            # Leaving the block closes hello (and the connection, if still there).
+        # A server that dropped what it had read says goodbye at once; one that handles it
+        # first does so only once the slow handler is released. Give it a moment either way.
+        with anyio.move_on_after(0.5):
+            await gone.wait()
+        slow.set()
+        with anyio.fail_after(10):
+            await gone.wait()
+            while len(handled) < 50 and server.clients:
+                await anyio.sleep(0.01)
+        assert handled == list(range(50))

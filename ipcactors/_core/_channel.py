@@ -25,11 +25,16 @@ Invariants:
   waited is dispatched; otherwise an opening still running when the channel ends is cancelled.
 - When the peer goes (end of stream, a broken socket, bad bytes), the requests whose frames
   were handed to the writer fail at once with :class:`ConnectionLostError`.
-- Events and requests received before the peer closed its side (end of stream) are still
-  dispatched. A broken connection (a failed write or read) ends the channel at once, as does
-  bytes that break the protocol (a :class:`ProtocolError`; nothing after them is used): what
-  waits in the inbox is dropped (at most once). Replies still queued when the channel ends
-  are dropped: request ids are per connection.
+- Events and requests received before the input ended are still dispatched, whether the peer
+  closed its side (end of stream) or the connection broke under the reader (a reset: a peer
+  that closes with our frames unread in its socket resets the connection, after the frames
+  it sent; those are whole and handled); requests then are not started, since no reply could
+  go. So does a failed write (the peer went): nothing more is written (a server's client
+  fails its requests and emits at once, see ``Peer._unwritable``), what arrived is still read
+  and handled, for at most ``close_timeout`` more. Bytes that break the protocol (a
+  :class:`ProtocolError`; nothing after them is used) end the channel at once: what waits in
+  the inbox is dropped (at most once). Replies still queued when the channel ends are dropped:
+  request ids are per connection.
 - A pipelined client (``connect_to(wait=False)``) runs its channel before the welcome: the
   writer sends what is queued right behind the hello, and the reader reads the welcome first
   (within ``handshake_timeout``), tells the connection (``Peer._welcomed``), then serves. If
@@ -139,6 +144,7 @@ class Channel:
         "_suspect",
         "_task_group",
         "_tick",
+        "_write_lost",
         "broken_by",
         "handshake_error",
     )
@@ -190,6 +196,7 @@ class Channel:
         self.handshake_error: Exception | None = None
         self._changed: anyio.Event | None = None  # set when the reader or dispatcher may go on
         self._drained = anyio.Event()
+        self._write_lost = anyio.Event()  # the writer found the connection broken
         self._opened = anyio.Event()
         if opening is None:
             self._opened.set()
@@ -339,10 +346,16 @@ class Channel:
         )
 
     def _on_lost(self) -> None:
-        """The writer found the connection broken: end the channel, as a writer task does (a
-        handler waiting for room in the outbox would wait for ever)."""
+        """The writer found the connection broken: nothing more can be written. The reader
+        still reads what the peer sent before it went (its end of stream or reset follows) and
+        the dispatcher handles it, for at most ``close_timeout`` from now: a handler waiting
+        for room in an outbox that no writer drains would wait for ever."""
+        if self._write_lost.is_set():
+            return
         self._gone = self._broken = True
-        self.abort()
+        self._write_lost.set()
+        self._peer._unwritable()  # a server's client: emitting to it fails from now on
+        self._wake()
 
     def _must_pause(self) -> bool:
         """Whether the reader should stop reading for now."""
@@ -388,14 +401,13 @@ class Channel:
         else:
             self._lost()
             self._gone = True
-            if not self._broken and (self._dispatching or self._inbox):
-                # The peer closed its side: the dispatcher finishes what arrived first (after
-                # the opening, which starts it).
+            if self._dispatching or self._inbox:
+                # The peer closed its side, or reset the connection after its last frames:
+                # the dispatcher finishes what arrived first (after the opening, which starts
+                # it).
                 self._input_done = True
                 self._wake()
-                await self._opened.wait()
-                if self._dispatching:
-                    await self._drained.wait()
+                await self._finish_dispatching()
         task_group.cancel_scope.cancel()
 
     async def _await_welcome(self) -> bool:
@@ -432,6 +444,22 @@ class Channel:
         peer._welcomed(session.welcome)
         self._received_at = monotonic()
         return True
+
+    async def _finish_dispatching(self) -> None:
+        """Wait for the dispatcher to handle what arrived; once the writer is lost (now or
+        meanwhile), for at most ``close_timeout`` more."""
+        async with anyio.create_task_group() as bound:
+
+            async def stop_once_unwritable() -> None:
+                await self._write_lost.wait()
+                await anyio.sleep(self._peer._config.close_timeout)
+                bound.cancel_scope.cancel()
+
+            bound.start_soon(stop_once_unwritable)
+            await self._opened.wait()
+            if self._dispatching:
+                await self._drained.wait()
+            bound.cancel_scope.cancel()
 
     def _lost(self) -> None:
         peer = self._peer
@@ -642,4 +670,8 @@ class Channel:
 
     async def _write_loop(self, task_group: TaskGroup) -> None:
         await drain_outbox(self._stream, self._peer._outbox)
-        task_group.cancel_scope.cancel()  # the peer is gone; the reader may not notice
+        self._on_lost()
+        # The reader reads what the peer sent before it went; should the peer keep the reading
+        # side open all the same, the channel ends after close_timeout.
+        await anyio.sleep(self._peer._config.close_timeout)
+        task_group.cancel_scope.cancel()

@@ -25,6 +25,7 @@ from anyio.abc import TaskGroup
 
 from .._config import Config, request_timeout
 from .._errors import (
+    ClosedError,
     EventNameError,
     IPCError,
     RequestTimeoutError,
@@ -248,8 +249,14 @@ class Peer:
                 await pending.wait(timeout)
             else:
                 with anyio.move_on_after(timeout):
-                    pending.seq = await outbox.put(frame)
-                    await pending.wait(math.inf)
+                    try:
+                        pending.seq = await outbox.put(frame)
+                    except ClosedError:
+                        if pending.error is None:
+                            raise
+                        # Failed while it waited for room (the connection was lost): say so.
+                    else:
+                        await pending.wait(math.inf)
         finally:
             self._requests.discard(request_id)
         if pending.error is not None:
@@ -276,6 +283,11 @@ class Peer:
     def _idle_closed(self, message: str) -> None:
         """The channel is closing: the peer sent nothing but heartbeats for ``_idle_timeout``."""
         self._log.info(message)
+
+    def _unwritable(self) -> None:
+        """The channel's writer found the connection broken: nothing more reaches the peer on
+        it (what it sent before it went is still handled). A connection keeps its outbox for
+        the next one."""
 
     def _handler_args(self, data: Any) -> tuple[Any, ...]:
         raise NotImplementedError

@@ -125,6 +125,21 @@ class Client(Peer):
         self._server._counters.idle_closed += 1
         self._log.info(message)
 
+    def _unwritable(self) -> None:
+        """Nothing more reaches this client: its requests fail (``ConnectionLostError``) and its
+        outbox closes now, so that a handler waiting for room to emit to it fails
+        (``ClosedError``) instead of holding up the handling of what the client sent before it
+        went."""
+        self._requests.fail(
+            ConnectionLostError(f"client {self.id!r} disconnected before the reply")
+        )
+        self._close_outbox(ClosedError(f"client {self.id!r} disconnected"))
+
+    def _close_outbox(self, error: ClosedError) -> None:
+        left = self._outbox.close(error)
+        if left:
+            self._log.warning(f"{left} frame(s) for {self.id!r} were not sent: it left")
+
     async def aclose(self) -> None:
         """Flush what is queued for this client (bounded by ``close_timeout``), then close."""
         with anyio.move_on_after(self._config.close_timeout):
@@ -474,9 +489,7 @@ class Server(HandlerMethods):
             if self._clients.get(client.id) is client:
                 del self._clients[client.id]
             self._counters.events_unhandled += client._counters.events_unhandled
-            left = client._outbox.close(ClosedError(f"client {client.id!r} disconnected"))
-            if left:
-                self._log.warning(f"{left} frame(s) for {client.id!r} were not sent: it left")
+            client._close_outbox(ClosedError(f"client {client.id!r} disconnected"))
             if self._closing:
                 client._requests.fail(ClosedError(f"server {self._id!r} closed"))
             else:
