@@ -250,7 +250,9 @@ async def test_a_handler_gets_its_reply_from_the_peer_flooding_it_with_events(
     awaits a request to the client: the client's reply overtakes the events queued in its
     outbox, and the server reads on past its inbox bound to get it. Then every event is
     handled, in order. With a 32 MiB client outbox, all 20 MB of events are queued before the
-    reply: it arrives only because it overtakes them."""
+    reply: it arrives only because it overtakes them, and over TCP, whose kernel buffers can
+    take most of the 20 MB (Linux grows them up to net.ipv4.tcp_rmem's maximum, 32 MiB on some
+    hosts), because the server reads on past its hard cap by the socket's receive buffer."""
     answers: list[Any] = []
     seen: list[int] = []
     backed_up = anyio.Event()
@@ -286,7 +288,7 @@ async def test_a_handler_gets_its_reply_from_the_peer_flooding_it_with_events(
                 async with anyio.create_task_group() as task_group:
                     task_group.start_soon(flood)
                     # Backed up: megabytes wait in the client's outbox, or (with the 32 MiB
-                    # outbox, over TCP, whose kernel buffers can take ~10 MB of the 20) every
+                    # outbox, over TCP, whose kernel buffers can take much of the 20 MB) every
                     # event is queued or on its way before the reply.
                     await eventually(
                         lambda: flooded.is_set() or world.statistics().outbox_bytes > 6 * 2**20

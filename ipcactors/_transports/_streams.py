@@ -36,6 +36,7 @@ __all__ = [
     "FrameQueue",
     "attach_writer",
     "drain_outbox",
+    "receive_buffer",
     "receiver_into",
     "send_tracebacks",
     "shared_sender",
@@ -233,6 +234,18 @@ class _TurnTakingSender(ByteStream):
 def _plain(stream: ByteStream) -> bool:
     """Whether the stream's bytes go to its socket as they are (not through TLS)."""
     return isinstance(stream, SocketStream)
+
+
+def receive_buffer(stream: ByteStream) -> int:
+    """The size of the kernel's receive buffer under ``stream`` (``SO_RCVBUF``; Linux grows it
+    for TCP as the connection goes), in bytes; 0 when there is no socket to ask."""
+    sock = stream.extra(SocketAttribute.raw_socket, None)
+    if sock is None:
+        return 0
+    try:
+        return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+    except OSError:
+        return 0
 
 
 def send_tracebacks(stream: ByteStream, setting: bool | None) -> bool:
