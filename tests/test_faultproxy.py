@@ -6,6 +6,8 @@ holds events until it heals."""
 from __future__ import annotations
 
 import os
+import socket
+import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -87,6 +89,44 @@ async def test_the_proxy_slices_and_keeps_every_byte(
     assert b"".join(received) == payload, f"seed {seed}"
     assert len(received) > 20, f"200 bytes arrived in {len(received)} reads; seed {seed}"
     assert proxy.stats.bytes_up == 200
+
+
+async def test_the_proxy_forwards_what_a_side_sent_before_it_reset(
+    fault_proxy: Callable[..., FaultProxy], seed: int
+) -> None:
+    """The harness itself: a side that resets the link right after sending (closing a socket
+    with bytes unread in it does that) has every byte it sent forwarded first, then the reset;
+    here the bytes are still held (blackhole) when the reset comes."""
+    received = bytearray()
+    ended = anyio.Event()
+
+    async def handle(stream: Any) -> None:
+        async with stream:
+            try:
+                while True:
+                    received.extend(await stream.receive())
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                ended.set()
+
+    payload = os.urandom(10_000)
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_address)[1]
+    async with listener, anyio.create_task_group() as task_group:
+        task_group.start_soon(listener.serve, handle)
+        async with fault_proxy(("127.0.0.1", port)) as proxy:
+            proxy.blackhole("up")
+            with socket.create_connection(proxy.address) as sock:
+                await wait_until(lambda: proxy.links == 1)
+                sock.sendall(payload)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            # A proxy that dropped what it held ends the link at once; give it a moment.
+            with anyio.move_on_after(0.5):
+                await wait_until(lambda: proxy.links == 0)
+            proxy.heal()
+            with anyio.fail_after(5):
+                await ended.wait()
+        task_group.cancel_scope.cancel()
+    assert bytes(received) == payload, f"{len(received)} of {len(payload)} bytes; seed {seed}"
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
