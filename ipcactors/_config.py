@@ -102,10 +102,11 @@ class Config:
     #: and the slowest one sets the pace for all. ``emit`` to one client always waits.
     slow_consumer: SlowConsumer = "disconnect"
     #: Acknowledged events (docs/guide.md, "Acknowledged events"): the events a connection
-    #: emits to a server carry sequence numbers, the server acknowledges them, and the
-    #: connection keeps each one (within ``max_outbox_bytes``) until acknowledged, resends it
-    #: after a reconnect, and reports it if it gives up: at-least-once, exactly once while the
-    #: server process lives. ``"off"`` (default): at most once, as before, at no cost.
+    #: emits to a server, and those a server emits or broadcasts to such a client, carry
+    #: sequence numbers, the receiver acknowledges them, and the sender keeps each one (within
+    #: ``max_outbox_bytes``) until acknowledged, resends it after a reconnect, and reports it
+    #: if it gives up: at-least-once, exactly once while both processes live. ``"off"``
+    #: (default): at most once, as before, at no cost.
     #: ``"on"``: acknowledged with a peer that has the mode, plain (logged) with one that does
     #: not. ``"require"``: a peer without it is refused (``RejectedError``, reason ``"acked"``).
     #: Set it on both sides (a server with ``"off"`` acknowledges nothing). Needs a codec with a
@@ -115,6 +116,12 @@ class Config:
     #: it has handled everything received so far (so an idle link never waits for a timer).
     #: 256 keeps acks to a few bytes per thousand events.
     ack_every: int = 256
+    #: In the acknowledged mode, seconds a server keeps the unacknowledged events of a client
+    #: that left, for it to reconnect (they are then sent again, first); after that they are
+    #: reported (``Server.unacknowledged``). 30 s: longer than a supervisor takes to restart a
+    #: crashed child and the client's reconnect backoff (``retry_cap``), yet a client that is
+    #: gone for good does not hold its events (up to ``max_outbox_bytes``) for long.
+    acked_keep: float = 30.0
     #: Shared memory on one host (docs/guide.md, "Large arrays and shared memory"): the most
     #: bytes of memfd segments one connection may use in each direction. ``0`` (default): off.
     #: Above 0, this actor's Unix sockets pass file descriptors (a stream that costs a little
@@ -229,6 +236,7 @@ class Config:
             "frame_timeout",
             "close_timeout",
             "heartbeat_timeout",
+            "acked_keep",
         ):
             check_seconds(name, getattr(self, name))
         for name in ("heartbeat_interval", "idle_timeout"):

@@ -243,3 +243,247 @@ async def test_acks_are_batched(socket_dir: str) -> None:
             assert acks == sorted(acks)
             assert acks[-1] == 5000
             assert len(acks) < 5000 / 8, f"{len(acks)} acks for 5000 events"
+
+
+# --- the server's events to its clients ------------------------------------------------------
+
+
+def connection_recorder(connection: ipcactors.Connection) -> list[tuple[int, bool]]:
+    """``n`` events' data a connection received, with whether each came flagged."""
+    got: list[tuple[int, bool]] = []
+
+    def on_n(data: int) -> None:
+        got.append((data, connection.redelivered))
+
+    connection.on("n", on_n)
+    return got
+
+
+def check_server_totals(stats: ipcactors.ServerStatistics) -> None:
+    assert (
+        stats.events_acknowledged + stats.events_reported + stats.events_unacknowledged
+        == stats.events_sequenced
+    ), stats
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_server_events_are_acknowledged_too(transport: str, socket_dir: str) -> None:
+    """emit and broadcast to a client in the mode are sequenced and acknowledged; a client
+    without the mode gets the same broadcast plainly."""
+    async with Actor("world", socket_root=socket_dir, silent=True, acked="on") as world_actor:
+        server = await serve(world_actor, transport)
+        async with (
+            Actor("hello", socket_root=socket_dir, silent=True, acked="on") as hello,
+            Actor("plain", socket_root=socket_dir, silent=True) as plain,
+        ):
+            with anyio.fail_after(10):
+                if transport == "unix":
+                    world = await hello.connect_to("world")
+                    other = await plain.connect_to("world")
+                else:
+                    port = server.address[1]  # type: ignore[index]
+                    world = await hello.connect_to_net("world", "127.0.0.1", port)
+                    other = await plain.connect_to_net("world", "127.0.0.1", port)
+                got = connection_recorder(world)
+                plain_got = connection_recorder(other)
+                await wait_until(lambda: len(server.clients) == 2)
+                client = server.clients["hello"]
+                for i in range(2000):
+                    if i % 2:
+                        await server.broadcast("n", i)
+                    else:
+                        await client.emit("n", i)
+                await client.wait_acknowledged()
+                await wait_until(lambda: len(plain_got) == 1000)
+            assert [n for n, _ in got] == list(range(2000))
+            assert not any(flag for _, flag in got)
+            assert [n for n, _ in plain_got] == list(range(1, 2000, 2))
+            assert client.unacknowledged == []
+            stats = server.statistics()
+            check_server_totals(stats)
+            assert stats.events_sequenced == stats.events_acknowledged == 2000
+            with pytest.raises(ipcactors.ConfigError, match="acked"):
+                await server.clients["plain"].wait_acknowledged()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_server_events_through_cut_links_arrive_exactly_once_in_order(
+    transport: str, socket_dir: str, fault_proxy: Callable[..., FaultProxy], seed: int
+) -> None:
+    count = 3000
+    async with Actor("world", socket_root=socket_dir, silent=True, acked="on") as world_actor:
+        server = await serve(world_actor, transport)
+        async with (
+            fault_proxy(server.address) as proxy,
+            Actor("hello", socket_root=socket_dir, silent=True, acked="on", **FAST_RETRY) as hello,
+        ):
+            with anyio.fail_after(5):
+                world = await proxy.connect(hello, "world")
+                got = connection_recorder(world)
+                await wait_until(lambda: "hello" in server.clients)
+            first = server.clients["hello"]
+            with anyio.fail_after(20):
+                # Four cuts mid-stream, two each way (an ack lost, or events lost).
+                for cut, direction in enumerate(["down", "up", "down", "up"]):
+                    proxy.cut_after(4000 if direction == "down" else 12, direction)  # type: ignore[arg-type]
+                    for i in range(cut * 750, (cut + 1) * 750):
+                        await wait_until(lambda: "hello" in server.clients)
+                        await server.broadcast("n", i)
+                    await proxy.wait_accepted(cut + 2)
+                await wait_until(lambda: "hello" in server.clients)
+                await first.wait_acknowledged()  # the stream outlives its connections
+            assert [n for n, _ in got] == list(range(count)), f"seed {seed}"
+            assert not any(flag for _, flag in got)
+            stats = server.statistics()
+            check_server_totals(stats)
+            assert stats.events_acknowledged == stats.events_sequenced == count
+            assert stats.events_reported == 0
+
+
+async def test_a_restarted_client_gets_the_unacknowledged_again_flagged(socket_dir: str) -> None:
+    """The client's process restarts (same id, new session): the server hands it what its
+    predecessor did not acknowledge, flagged as redelivered; nothing is lost."""
+    count = 2000
+    first: list[tuple[int, bool]] = []
+    async with Actor("world", socket_root=socket_dir, silent=True, acked="on") as world_actor:
+        server = await world_actor.serve()
+        async with Actor("hello", socket_root=socket_dir, silent=True, acked="on") as hello:
+            with anyio.fail_after(5):
+                world = await hello.connect_to("world")
+
+                async def stuck(data: int) -> None:
+                    first.append((data, world.redelivered))
+                    if len(first) == 700:  # "killed" while handling it
+                        await anyio.sleep_forever()
+
+                world.on("n", stuck)
+                await wait_until(lambda: "hello" in server.clients)
+                client = server.clients["hello"]
+                for i in range(count // 2):
+                    await client.emit("n", i)
+                await wait_until(lambda: len(first) == 700)
+            acked_before = client.statistics().events_acknowledged
+        async with Actor("hello", socket_root=socket_dir, silent=True, acked="on") as again:
+            with anyio.fail_after(10):
+                world = await again.connect_to("world")
+                second = connection_recorder(world)
+                await wait_until(lambda: "hello" in server.clients)
+                client = server.clients["hello"]
+                for i in range(count // 2, count):
+                    await client.emit("n", i)
+                await client.wait_acknowledged()
+            firsts = [n for n, _ in first]
+            seconds = [n for n, _ in second]
+            assert firsts == list(range(700))
+            assert seconds == sorted(seconds)
+            assert set(firsts) | set(seconds) == set(range(count))
+            duplicates = set(firsts) & set(seconds)
+            flagged = {n for n, flag in second if flag}
+            assert duplicates == set(range(acked_before, 700))
+            assert duplicates <= flagged
+            assert world.statistics().events_redelivered == len(flagged)
+            stats = server.statistics()
+            check_server_totals(stats)
+            assert stats.events_acknowledged == stats.events_sequenced == count
+
+
+async def test_a_client_that_never_comes_back_gets_its_events_reported(socket_dir: str) -> None:
+    async with Actor(
+        "world", socket_root=socket_dir, silent=True, acked="on", acked_keep=0.3
+    ) as world_actor:
+        server = await world_actor.serve()
+        async with Actor("hello", socket_root=socket_dir, silent=True, acked="on") as hello:
+            with anyio.fail_after(5):
+                world = await hello.connect_to("world")
+
+                async def stuck(data: int) -> None:
+                    await anyio.sleep_forever()
+
+                world.on("n", stuck)
+                await wait_until(lambda: "hello" in server.clients)
+                client = server.clients["hello"]
+                for i in range(50):
+                    await client.emit("n", i)
+                await wait_until(lambda: client.statistics().events_acknowledged == 0)
+        with anyio.fail_after(5), pytest.raises(ipcactors.UnacknowledgedError) as caught:
+            await client.wait_acknowledged()
+        assert [seq for seq, _ in caught.value.events] == list(range(1, 51))
+        assert server.unacknowledged["hello"] == caught.value.events
+        assert client.unacknowledged == caught.value.events
+        stats = server.statistics()
+        check_server_totals(stats)
+        assert stats.events_reported == 50
+        assert stats.events_unacknowledged == 0
+
+
+# --- closing waits for acknowledgements -------------------------------------------------------
+
+
+async def test_closing_waits_for_acknowledgements(socket_dir: str) -> None:
+    """Leaving ``async with`` waits (within close_timeout) until the peer acknowledged every
+    event, both ways; what stays unacknowledged past it is reported, never dropped."""
+    handled: list[int] = []
+    async with Actor(
+        "world", socket_root=socket_dir, silent=True, acked="on", close_timeout=0.5
+    ) as world_actor:
+        server = await world_actor.serve()
+
+        async def slow(data: int, client: Client) -> None:
+            await anyio.sleep(0.002)
+            handled.append(data)
+
+        server.on("n", slow)
+        with anyio.fail_after(10):
+            async with Actor("hello", socket_root=socket_dir, silent=True, acked="on") as hello:
+                world = await hello.connect_to("world")
+                for i in range(200):
+                    await world.emit("n", i)
+            assert handled == list(range(200))
+            stats = world.statistics()
+            assert stats.events_acknowledged == 200
+            assert stats.events_reported == 0
+        # A handler that never returns: the close gives up after close_timeout, reporting.
+        async with Actor(
+            "hello", socket_root=socket_dir, silent=True, acked="on", close_timeout=0.3
+        ) as hello:
+            with anyio.fail_after(5):
+                world = await hello.connect_to("world")
+
+                async def stuck(data: int) -> None:
+                    await anyio.sleep_forever()
+
+                world.on("n", stuck)
+                await wait_until(lambda: "hello" in server.clients)
+                await server.clients["hello"].emit("n", 0)
+
+                async def never(data: int, client: Client) -> None:
+                    await anyio.sleep_forever()
+
+                server.on("never", never)
+                await world.emit("never", 0)
+        assert world.unacknowledged == [(1, "never")]
+        with pytest.raises(ipcactors.UnacknowledgedError):
+            await world.wait_acknowledged()
+
+
+async def test_a_server_closing_waits_for_its_clients_acknowledgements(socket_dir: str) -> None:
+    handled: list[int] = []
+    async with Actor("hello", socket_root=socket_dir, silent=True, acked="on") as hello:
+        async with Actor("world", socket_root=socket_dir, silent=True, acked="on") as world_actor:
+            server = await world_actor.serve()
+            with anyio.fail_after(10):
+                world = await hello.connect_to("world")
+
+                async def slow(data: int) -> None:
+                    await anyio.sleep(0.002)
+                    handled.append(data)
+
+                world.on("n", slow)
+                await wait_until(lambda: "hello" in server.clients)
+                for i in range(200):
+                    await server.broadcast("n", i)
+        assert handled == list(range(200))
+        stats = server.statistics()
+        check_server_totals(stats)
+        assert stats.events_acknowledged == 200
+        assert stats.events_reported == 0

@@ -1,21 +1,29 @@
-"""Acknowledged events (``Config.acked``): the sender's store of events not yet acknowledged,
-and the receiver's record of what it delivered, per sender session.
+"""Acknowledged events (``Config.acked``): a sender's store of events not yet acknowledged,
+a receiver's record of what it delivered, and a server's streams to its clients.
 
 On the wire (docs/protocol.md, "Acknowledged events"): the client's hello carries
-``"acked": {"session", "sent"}``, the server's welcome ``"acked": {"last"}``; sequenced events
-are ``[0, event, data, seq]``, acknowledgements ``[11, seq]`` (cumulative).
+``"acked": {"session", "sent", "peer", "last"}``, the server's welcome
+``"acked": {"last", "session", "sent"}``; sequenced events are ``[0, event, data, seq]``,
+acknowledgements ``[11, seq]`` (cumulative). Both ways: a connection's events to its server
+(the connection's :class:`AckedSender`, the server's :class:`ReceiverSessions`), and the
+server's events to a client that acknowledges them (the server's :class:`ClientStreams`, the
+connection's :class:`AckedReceiver`).
 
 Invariants:
-- Sender: sequence numbers start at 1 and grow by one per event emitted through the
-  connection; they outlive its reconnects (the session id too). An event stays in the store
-  from ``emit`` until an acknowledgement covers it; the store's bytes count against the
-  outbox's bound (``Outbox.held``), so the store and the queue together stay within
-  ``max_outbox_bytes``.
+- Sender: sequence numbers start at 1 and grow by one per event of the stream; they outlive
+  its reconnects (the session id too): a connection's stream lives as long as the connection
+  object, a server's stream to a client as long as the server (while the client is away, for
+  ``Config.acked_keep``), moved to each new connection of that client id by ``adopt``. An
+  event stays in the store from ``emit`` until an acknowledgement covers it; the store's bytes
+  count against the bound of the outbox it writes into (``Outbox.held``), so the store and the
+  queue together stay within ``max_outbox_bytes``.
 - ``acknowledged + reported + len(store) == sequenced``, always: an event leaves the store
-  only acknowledged or reported (the connection was given up or closed).
-- After a reconnect, the welcome's ``last`` acknowledges what the server delivered; every
-  stored event the writer had already taken goes out again first, in order (those still queued
-  keep their place behind them), so the stream stays in sequence order.
+  only acknowledged or reported (the sender gave up: closed, out of retries, or a server's
+  client away for longer than ``acked_keep``).
+- After a reconnect, the other side's ``last`` acknowledges what it delivered; every stored
+  event the writer had already taken goes out again first, in order (those still queued keep
+  their place behind them; a server's, whose old outbox is closed, are all queued again), so
+  the stream stays in sequence order.
 - Receiver: an event is delivered (its handlers called) only if its seq is above its session's
   ``last``, which is raised before the handlers run: a live receiver delivers each seq once,
   whichever connection brings it (exactly once while the process lives). A session it does not
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import secrets
 from collections import OrderedDict, deque
+from collections.abc import Iterator
 from typing import Any, Final
 
 import anyio
@@ -34,7 +43,7 @@ import anyio
 from .._proto._messages import Frame
 from ._outbox import Outbox
 
-__all__ = ["SESSIONS_KEPT", "AckedReceiver", "AckedSender", "ReceiverSessions"]
+__all__ = ["SESSIONS_KEPT", "AckedReceiver", "AckedSender", "ClientStreams", "ReceiverSessions"]
 
 #: Sender sessions a server remembers (the oldest is forgotten first): a sender whose session
 #: was forgotten is treated as after a restart (its unacknowledged events are redelivered).
@@ -42,7 +51,10 @@ SESSIONS_KEPT: Final = 4096
 
 
 class AckedSender:
-    """A connection's sequenced events not yet acknowledged (see the module's invariants)."""
+    """A stream of sequenced events not yet acknowledged (see the module's invariants).
+
+    It writes into one outbox at a time (:attr:`outbox`): a connection's, for its whole life;
+    a server's per client, moved to the client's next connection by :meth:`adopt`."""
 
     __slots__ = (
         "_reported_from",
@@ -51,6 +63,8 @@ class AckedSender:
         "acked_seq",
         "acknowledged",
         "active",
+        "given_up",
+        "outbox",
         "reported",
         "resent",
         "seq",
@@ -58,8 +72,9 @@ class AckedSender:
         "session",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, outbox: Outbox) -> None:
         self.session = secrets.token_hex(8)
+        self.outbox = outbox
         self.seq = 0  # the last sequence number given
         self.acked_seq = 0  # every seq up to this one was acknowledged
         #: Whether events are sequenced and stored: False once a server without the mode
@@ -69,6 +84,8 @@ class AckedSender:
         self._store: deque[tuple[int, str, Frame, int, int]] = deque()
         self._waiters: anyio.Event | None = None
         self._reported_from: int | None = None  # the first seq of the last report
+        #: The events of the last report (given up), once there was one.
+        self.given_up: list[tuple[int, str]] | None = None
         self.sequenced = 0
         self.acknowledged = 0
         self.reported = 0
@@ -86,26 +103,28 @@ class AckedSender:
         self.seq += 1
         return self.seq
 
-    def stored(
-        self, seq: int, event: str, frame: Frame, size: int, position: int, outbox: Outbox
-    ) -> None:
+    def stored(self, seq: int, event: str, frame: Frame, size: int, position: int) -> None:
         """The frame of event ``seq`` was queued at ``position``: keep it until acknowledged."""
         self._store.append((seq, event, frame, size, position))
         self.sequenced += 1
-        outbox.held += size
+        self.outbox.held += size
 
-    def hello(self, outbox: Outbox) -> dict[str, Any]:
-        """What our hello says: the session, and the last seq the writer took (the receiver
-        may have handled up to it)."""
+    def written(self) -> int:
+        """The last seq a writer took (the receiver may have handled up to it), or the last
+        acknowledged one if none since."""
         sent = self.acked_seq
-        taken = outbox.taken
+        taken = self.outbox.taken
         for seq, _, _, _, position in self._store:
             if position > taken:
                 break
             sent = seq
-        return {"session": self.session, "sent": sent}
+        return sent
 
-    def ack(self, seq: int, outbox: Outbox) -> None:
+    def hello(self) -> dict[str, Any]:
+        """What our hello says of the stream: the session and the last seq written."""
+        return {"session": self.session, "sent": self.written()}
+
+    def ack(self, seq: int) -> None:
         """The receiver acknowledged every event up to ``seq``."""
         store = self._store
         freed = 0
@@ -115,15 +134,16 @@ class AckedSender:
         if seq > self.acked_seq:
             self.acked_seq = seq
         if freed:
-            outbox.release(freed)
+            self.outbox.release(freed)
         if not store:
             self._wake()
 
-    def resume(self, last: int, outbox: Outbox) -> None:
+    def resume(self, last: int) -> None:
         """A new connection is welcomed by a receiver that delivered up to ``last``: forget
         what it has, queue again (first) what the writer had taken. Called before the new
         connection's writer runs."""
-        self.ack(last, outbox)
+        self.ack(last)
+        outbox = self.outbox
         taken = outbox.taken
         again = [entry for entry in self._store if entry[4] <= taken]
         if not again:
@@ -134,7 +154,23 @@ class AckedSender:
             store[index] = (seq, event, frame, size, start + index)
         self.resent += len(again)
 
-    def report(self, outbox: Outbox) -> list[tuple[int, str]]:
+    def adopt(self, outbox: Outbox, last: int) -> None:
+        """Move the stream to ``outbox`` (a new connection to the same receiver, whose
+        previous outbox is closed): forget what the receiver delivered (up to ``last``) and
+        queue every event left, in order, ahead of anything else. Called before the new
+        connection's writer runs and before anything else is queued in ``outbox``."""
+        old = self.outbox
+        self.ack(last)
+        old.release(sum(entry[3] for entry in self._store))
+        self.outbox = outbox
+        store = self._store
+        for index, (seq, event, frame, size, _) in enumerate(store):
+            position = outbox.put_nowait(frame, size)
+            outbox.held += size
+            store[index] = (seq, event, frame, size, position)
+        self.resent += len(store)
+
+    def report(self) -> list[tuple[int, str]]:
         """Give up on every event not acknowledged: returns them, empties the store."""
         events = self.pending
         freed = sum(entry[3] for entry in self._store)
@@ -142,8 +178,9 @@ class AckedSender:
         self.reported += len(events)
         if events:
             self._reported_from = events[0][0]
+        self.given_up = events
         if freed:
-            outbox.release(freed)
+            self.outbox.release(freed)
         self._wake()
         return events
 
@@ -195,3 +232,86 @@ class ReceiverSessions:
         else:
             sessions.move_to_end(session)
         return receiver
+
+
+class ClientStreams:
+    """A server's streams of events to its clients (those that acknowledge them), by client id.
+
+    A stream outlives its client's connection: the client's next connection (same session, this
+    server still alive) resumes it exactly once; a client that restarted (a new session, same
+    id) is handed its predecessor's unacknowledged events, at least once (the welcome's
+    ``sent`` lets it flag them as redelivered). A stream with nothing left to acknowledge is
+    forgotten when its connection ends; one with events left is kept for the client to come
+    back, and reported when the server gives up on it.
+    """
+
+    __slots__ = ("_retired", "_streams")
+
+    def __init__(self) -> None:
+        # client id -> (the client's session, our stream to it)
+        self._streams: dict[str, tuple[str, AckedSender]] = {}
+        self._retired = [0, 0, 0]  # sequenced, acknowledged, reported: of streams forgotten
+
+    def totals(self) -> dict[str, int]:
+        """The counters of every stream, forgotten ones included (for ``statistics()``)."""
+        sequenced, acknowledged, reported = self._retired
+        unacknowledged = 0
+        for _, sender in self._streams.values():
+            sequenced += sender.sequenced
+            acknowledged += sender.acknowledged
+            reported += sender.reported
+            unacknowledged += len(sender)
+        return {
+            "events_sequenced": sequenced,
+            "events_acknowledged": acknowledged,
+            "events_unacknowledged": unacknowledged,
+            "events_reported": reported,
+        }
+
+    def _retire(self, client_id: str, sender: AckedSender) -> None:
+        del self._streams[client_id]
+        retired = self._retired
+        retired[0] += sender.sequenced
+        retired[1] += sender.acknowledged
+        retired[2] += sender.reported
+
+    def __iter__(self) -> Iterator[tuple[str, AckedSender]]:
+        return ((client_id, sender) for client_id, (_, sender) in list(self._streams.items()))
+
+    def join(
+        self, client_id: str, session: str, peer: str, last: int, outbox: Outbox
+    ) -> tuple[AckedSender, int]:
+        """The stream to a client connecting with ``outbox`` (its hello: its ``session``, and
+        ``last`` delivered of our stream ``peer``), and the welcome's ``sent``. Call it once
+        the client's previous connection, if any, is closed: its events move to ``outbox``."""
+        entry = self._streams.get(client_id)
+        if entry is None:
+            sender = AckedSender(outbox)
+            self._streams[client_id] = (session, sender)
+            return sender, 0
+        known, sender = entry
+        same = known == session and peer == sender.session
+        sent = sender.written()
+        sender.adopt(outbox, last if same and last <= sender.seq else 0)
+        self._streams[client_id] = (session, sender)
+        return sender, sent
+
+    def left(self, client_id: str, outbox: Outbox) -> AckedSender | None:
+        """The connection with ``outbox`` ended: forget its stream if nothing is left to
+        acknowledge; returns it if events are left (kept for the client's return)."""
+        entry = self._streams.get(client_id)
+        if entry is None or entry[1].outbox is not outbox:
+            return None  # a newer connection has it
+        if not len(entry[1]):
+            self._retire(client_id, entry[1])
+            return None
+        return entry[1]
+
+    def give_up(self, client_id: str, sender: AckedSender) -> list[tuple[int, str]]:
+        """Report the events left in ``client_id``'s stream (if it is still ``sender``)."""
+        entry = self._streams.get(client_id)
+        if entry is None or entry[1] is not sender:
+            return []
+        events = sender.report()
+        self._retire(client_id, sender)
+        return events

@@ -30,8 +30,11 @@ Invariants:
   session id; the welcome's ``last`` resumes it (what the writer had taken and the server did
   not deliver goes out again, first). A server without the mode is refused under
   ``"require"`` (:class:`RejectedError`, reason ``"acked"``, not retried) and used plainly
-  under ``"on"`` (what was stored is reported). When the connection is given up or closed,
-  every event never acknowledged is reported (logged, counted, kept in ``unacknowledged``).
+  under ``"on"`` (what was stored is reported). When the connection is given up or closed
+  (``aclose`` waits for acknowledgements first, within ``close_timeout``), every event never
+  acknowledged is reported (logged, counted, kept in ``unacknowledged``). The server's events
+  to us are acknowledged too, when its welcome names its stream (``session``): the same
+  stream resumes across reconnects; a new one (a restarted server) starts a new record.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ from .._transports._transport import (
     refused_certificate,
     tls_error,
 )
-from ._acks import AckedSender
+from ._acks import AckedReceiver, AckedSender
 from ._channel import Channel
 from ._handlers import HandlerMethods, Handlers
 from ._handshake import open_handshake
@@ -143,8 +146,9 @@ class Connection(Peer, HandlerMethods):
         self._gave_up: BaseException | None = None  # why it was destroyed, if not closed
         self._refused: IPCError | None = None  # the server refused our certificate: give up
         if config.acked != "off":
-            self._acked = AckedSender()
+            self._acked = AckedSender(self._outbox)
         self._resume_last: int | None = None  # the welcome's "last" (acknowledged mode)
+        self._peer_stream = ""  # the session of the server's events we receive, once known
         self._unacknowledged: list[tuple[int, str]] = []  # reported when given up
 
     def __repr__(self) -> str:
@@ -223,16 +227,21 @@ class Connection(Peer, HandlerMethods):
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Flush what is queued to the kernel (bounded by ``close_timeout``), then close for
-        good. No reconnect follows."""
+        """Flush what is queued to the kernel and, in the acknowledged mode, wait for the
+        server to acknowledge every event (together bounded by ``close_timeout``), then close
+        for good. No reconnect follows. Events still not acknowledged are reported
+        (``unacknowledged``, a warning)."""
         if self._closing:
             await self._destroyed.wait()
             return
         self._closing = True
         self._attempts.cancel()
-        if self._channel is not None:
-            with anyio.move_on_after(self._config.close_timeout):
+        acked = self._acked
+        with anyio.move_on_after(self._config.close_timeout):
+            if self._channel is not None:
                 await self._outbox.wait_flushed()
+            if acked is not None and acked.active and len(acked):
+                await acked.wait()  # through a reconnect in progress, if it comes in time
         self._scope.cancel()
         await self._destroyed.wait()
 
@@ -383,7 +392,7 @@ class Connection(Peer, HandlerMethods):
     def _hello_extra(self, stream: ByteStream) -> dict[str, Any] | None:
         acked = self._acked
         if acked is not None:  # (its resends and shared memory's places do not mix)
-            return {"acked": acked.hello(self._outbox)}
+            return {"acked": self._offer(acked)}
         if self._config.max_shared_bytes and can_pass_fds(stream):
             return {"shm": self._config.max_shared_bytes}
         return None
@@ -405,12 +414,20 @@ class Connection(Peer, HandlerMethods):
         self._log.info(f"connected to {self.id!r} at {self.address}{self._recovered}")
         self._recovered = ""
 
+    def _offer(self, acked: AckedSender) -> dict[str, Any]:
+        """Our hello's ``acked``: our stream of events (session, sent), and how far we
+        delivered the server's stream to us (peer, last): we acknowledge its events too."""
+        receiver = self._receiver
+        last = 0 if receiver is None else receiver.last
+        return {**acked.hello(), "peer": self._peer_stream, "last": last}
+
     def _negotiate(self, offer: Any) -> None:
         """The welcome's answer to our acknowledged mode (``None``: the server lacks it)."""
         acked = self._acked
         assert acked is not None
         last = offer.get("last") if type(offer) is dict else None
         if type(last) is int and 0 <= last <= acked.seq:
+            self._receive_from(offer)
             acked.active = True
             self._resume_last = last
             return
@@ -426,16 +443,34 @@ class Connection(Peer, HandlerMethods):
         self._resume_last = None
         if acked.active:
             acked.active = False
-            left = acked.report(self._outbox)
+            left = acked.report()
             self._log.warning(
                 f"{self.id!r} does not acknowledge events: emitting to it at most once "
                 f"(acked='on'); {len(left)} event(s) not acknowledged are given up"
             )
 
+    def _receive_from(self, offer: dict[str, Any]) -> None:
+        """The welcome's ``session`` and ``sent`` (the server's stream of events to us): the
+        same stream as before resumes (what we delivered is not delivered again); a new one
+        (the server restarted, or we did and it hands us our predecessor's events) starts a
+        new record, flagging as redelivered every seq up to ``sent``."""
+        stream = offer.get("session")
+        sent = offer.get("sent", 0)
+        if stream is None:  # the server does not sequence its events to us
+            self._receiver = None
+            self._peer_stream = ""
+            return
+        if type(stream) is not str or not 0 < len(stream) <= 64 or type(sent) is not int:
+            raise ProtocolError(f"{self.id!r} answered the acked mode with {offer!r:.80}")
+        if stream != self._peer_stream or self._receiver is None:
+            self._receiver = AckedReceiver()
+            self._receiver.redelivered_up_to = max(sent, 0)
+            self._peer_stream = stream
+
     def _up_with(self, stream: ByteStream, session: Session) -> Channel:
         """The channel of a new connection; its ``connect`` handlers run once it runs."""
         if self._resume_last is not None and self._acked is not None:
-            self._acked.resume(self._resume_last, self._outbox)
+            self._acked.resume(self._resume_last)
             self._resume_last = None
         # Pipelined, the connect handlers may be registered after connect_to returned.
         wanted = self._handlers.get("connect") or not session.is_open
@@ -503,7 +538,7 @@ class Connection(Peer, HandlerMethods):
         if left:
             self._log.warning(f"{left} frame(s) queued for {self.id!r} were never sent")
         if self._acked is not None:
-            events = self._unacknowledged = self._acked.report(self._outbox)
+            events = self._unacknowledged = self._acked.report()
             if events:
                 self._log.warning(
                     f"{len(events)} event(s) to {self.id!r} were never acknowledged "

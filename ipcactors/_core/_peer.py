@@ -26,10 +26,12 @@ from anyio.abc import TaskGroup
 from .._config import Config, request_timeout
 from .._errors import (
     ClosedError,
+    ConfigError,
     EventNameError,
     IPCError,
     RequestTimeoutError,
     ReservedEventError,
+    UnacknowledgedError,
     UnsupportedError,
 )
 from .._log import ActorLog
@@ -194,18 +196,54 @@ class Peer:
 
     async def _emit_acked(self, acked: AckedSender, event: str, data: Any) -> None:
         """``emit`` in the acknowledged mode: the frame is sequenced and kept until acked."""
+        await self._put_sequenced(acked, event, self._encoder.sequencer(event, data))
+
+    async def _put_sequenced(
+        self, acked: AckedSender, event: str, make: Callable[[int], Frame]
+    ) -> None:
+        """Queue the frame ``make(seq)`` of the next seq and keep it until acknowledged; wait
+        for room first if needed (then it takes the next seq at that time: seqs stay in the
+        order of the queue)."""
         outbox = self._outbox
         seq = acked.next_seq()
-        frame = self._encoder.sequenced_event(event, data, seq)
-        size = frame_size(frame)
+        frame = make(seq)
+        size = len(frame) if type(frame) is bytes else frame_size(frame)
         if not outbox.has_room(size) or outbox.closed:
             await outbox.wait_room(size)
             if acked.seq != seq:  # others queued meanwhile: take the next number, in order
                 seq = acked.next_seq()
-                frame = self._encoder.sequenced_event(event, data, seq)
+                frame = make(seq)
                 size = frame_size(frame)
-        position = outbox.put_nowait(frame, size)
-        acked.stored(seq, event, frame, size, position, outbox)
+        acked.stored(seq, event, frame, size, outbox.put_nowait(frame, size))
+
+    @property
+    def unacknowledged(self) -> list[tuple[int, str]]:
+        """Acknowledged mode: ``(seq, event name)`` of every event emitted to this peer and not
+        acknowledged, in order; once given up, those that were reported (they may or may not
+        have been handled). ``[]`` without the mode."""
+        acked = self._acked
+        if acked is None:
+            return []
+        return acked.pending if acked.given_up is None else acked.given_up
+
+    async def wait_acknowledged(self) -> None:
+        """Acknowledged mode: return once every event emitted to this peer so far has been
+        acknowledged (its handlers returned). Waits through reconnects. Raises
+        :class:`UnacknowledgedError` (listing the events) if they are given up first;
+        :class:`ConfigError` without the mode."""
+        acked = self._acked
+        if acked is None:
+            raise ConfigError(
+                f"wait_acknowledged() needs acknowledged events with {self.id!r}: set "
+                "Config(acked='on') (or 'require') on both the server and the connecting actor"
+            )
+        if not await acked.wait():
+            events = self.unacknowledged
+            raise UnacknowledgedError(
+                f"events to {self.id!r} were given up with {len(events)} event(s) never "
+                "acknowledged (they may or may not have been handled)",
+                list(events),
+            )
 
     def _welcomed(self, welcome: Welcome) -> None:
         """A pipelined connection's welcome arrived (only a client's channel reads one)."""
@@ -213,7 +251,7 @@ class Peer:
     def _acknowledged(self, seq: int) -> None:
         """The peer acknowledged every sequenced event up to ``seq``."""
         if self._acked is not None:
-            self._acked.ack(seq, self._outbox)
+            self._acked.ack(seq)
 
     def _send_ack(self) -> None:
         """Acknowledge every event delivered so far (the channel calls it after each batch

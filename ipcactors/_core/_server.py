@@ -37,7 +37,12 @@ Invariants:
   welcomed with ``last``, the last sequence number its session delivered here (0 for a session
   this process does not know), and its events are delivered once each while this server lives
   (sessions outlive connections, and a restarted server counts as new). With
-  ``acked="require"`` a client that does not offer it is refused (``reject(acked)``).
+  ``acked="require"`` a client that does not offer it is refused (``reject(acked)``). Our
+  events to a client that acknowledges them (its hello has ``last``) form one stream per
+  client id, moved to each of its connections (after the previous one's outbox is closed) and
+  kept ``acked_keep`` seconds while it is away; given up then, or when the server closes, they
+  are reported (``unacknowledged``). Closing a client waits for its acknowledgements within
+  ``close_timeout``.
 - Every accepted socket is closed however its handling ends, cancellation included. Closing
   the server drops unfinished handshakes at once (there is nothing to flush to them).
 """
@@ -47,7 +52,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 from anyio.abc import ByteStream, TaskGroup, TaskStatus
@@ -63,11 +68,11 @@ from .._errors import (
     UnknownPeerError,
 )
 from .._log import ActorLog
-from .._proto._messages import frame_size
+from .._proto._messages import Frame, frame_size
 from .._proto._session import Refusal, Role, Session
 from .._transports._fds import can_pass_fds
 from .._transports._transport import Address, Listener, Transport
-from ._acks import ReceiverSessions
+from ._acks import SESSIONS_KEPT, AckedSender, ClientStreams, ReceiverSessions
 from ._channel import Channel
 from ._handlers import HandlerMethods, Handlers
 from ._handshake import accept_handshake
@@ -85,6 +90,16 @@ _ACCEPT_BACKOFF = 0.1
 # The share of handshake_timeout a held client waits for the server to be ready: refused a little
 # before the client's own deadline, it learns why instead of timing out.
 HOLD_SHARE = 0.9
+
+
+class _Offer(NamedTuple):
+    """A hello's ``acked``: the client's stream (``session``, ``sent``) and, when it
+    acknowledges ours, the last seq (``last``) it delivered of our stream ``peer``."""
+
+    session: str
+    sent: int
+    peer: str
+    last: int | None
 
 
 class Client(Peer):
@@ -141,9 +156,13 @@ class Client(Peer):
             self._log.warning(f"{left} frame(s) for {self.id!r} were not sent: it left")
 
     async def aclose(self) -> None:
-        """Flush what is queued for this client (bounded by ``close_timeout``), then close."""
+        """Flush what is queued for this client and, in the acknowledged mode, wait for its
+        acknowledgements (together bounded by ``close_timeout``), then close. What it did not
+        acknowledge is reported (``Server.unacknowledged``)."""
         with anyio.move_on_after(self._config.close_timeout):
             await self._outbox.wait_flushed()
+            if self._acked is not None and len(self._acked) and self._channel is not None:
+                await self._acked.wait()
         if self._channel is not None:
             self._channel.abort()
 
@@ -195,8 +214,12 @@ class Server(HandlerMethods):
         self._task_group: TaskGroup | None = None
         self._closing = False
         self._stopped = anyio.Event()
-        # Acknowledged mode: what each sender session delivered here.
+        # Acknowledged mode: what each sender session delivered here; our streams of events
+        # to the clients that acknowledge them; what was given up (see ``unacknowledged``).
         self._sessions = ReceiverSessions() if config.acked != "off" else None
+        self._streams = ClientStreams()
+        self._unacknowledged: dict[str, list[tuple[int, str]]] = {}
+        self._keeping: dict[str, anyio.CancelScope] = {}  # by client id: see _keep
 
     def __repr__(self) -> str:
         return f"<Server {self._id!r} {self._transport.kind} {self.address!r}>"
@@ -238,6 +261,7 @@ class Server(HandlerMethods):
             idle_closed=counters.idle_closed,
             events_unhandled=counters.events_unhandled
             + sum(client._counters.events_unhandled for client in self._clients.values()),
+            **self._streams.totals(),
         )
 
     # --- sending ------------------------------------------------------------------------------
@@ -270,8 +294,8 @@ class Server(HandlerMethods):
         without waiting for it; or, with ``"wait"``, waited for.
         """
         check_event_name(event)
-        frame = self._encoder.event(event, data)
-        size = frame_size(frame)
+        plain: Frame | None = None  # encoded once for all plain clients
+        make: Callable[[int], Frame] | None = None  # data encoded once for all acked ones
         policy = self._config.slow_consumer
         waiting: list[Client] = []
         behind = False
@@ -279,10 +303,23 @@ class Server(HandlerMethods):
             outbox = client._outbox
             if outbox.closed:
                 continue  # leaving
+            acked = client._acked
+            seq = 0
+            if acked is None or not acked.active:
+                if plain is None:
+                    plain = self._encoder.event(event, data)
+                frame = plain
+            else:  # acknowledged: its own sequence number (only the tail differs)
+                if make is None:
+                    make = self._encoder.sequencer(event, data)
+                seq = acked.seq + 1
+                frame = make(seq)
+            size = len(frame) if type(frame) is bytes else frame_size(frame)
             if outbox.has_room(size):
-                outbox.put_nowait(frame, size)
+                pass
             elif policy == "wait":
                 waiting.append(client)
+                continue
             elif policy == "drop":
                 self._counters.broadcasts_dropped += 1
                 self._bursts.warn(
@@ -290,16 +327,27 @@ class Server(HandlerMethods):
                     f"client {client.id!r} is too slow to read: a broadcast was not sent to it "
                     "(slow_consumer='drop')",
                 )
+                continue
             elif outbox.used <= outbox.max_bytes or outbox.used + size <= 2 * outbox.max_bytes:
-                outbox.put_nowait(frame, size)  # room to catch up after a burst
-                behind = True
+                behind = True  # room to catch up after a burst
             else:
                 self._disconnect_slow(client)
+                continue
+            position = outbox.put_nowait(frame, size)
+            if seq:
+                assert acked is not None
+                acked.stored(acked.next_seq(), event, frame, size, position)
         if behind:
             await anyio.lowlevel.checkpoint()  # let the writers run: a burst is not a stall
         for client in waiting:
             try:
-                await client._outbox.put(frame)
+                acked = client._acked
+                if acked is not None and acked.active and make is not None:
+                    await client._put_sequenced(acked, event, make)
+                else:
+                    if plain is None:
+                        plain = self._encoder.event(event, data)
+                    await client._outbox.put(plain)
             except ClosedError:
                 pass  # it left meanwhile: broadcast reaches those connected
 
@@ -389,7 +437,7 @@ class Server(HandlerMethods):
         scope = self._enter_handshake()
         held_until = anyio.current_time() + self._config.handshake_timeout * HOLD_SHARE
         client_id: str | None = None
-        offer: tuple[str, int] | None = None
+        offer: _Offer | None = None
         shm: int | None = None
         try:
             with scope, anyio.fail_after(self._config.handshake_timeout):
@@ -432,14 +480,22 @@ class Server(HandlerMethods):
             return
         client = Client(self, client_id, peer_address)
         client.peer_certificate = stream.extra(TLSAttribute.peer_certificate, None)
-        if offer is not None and self._sessions is not None:
-            client._receiver = self._sessions.join(*offer)
-        elif shm is not None and self._config.max_shared_bytes and can_pass_fds(stream):
+        if (
+            offer is None  # (acknowledged resends and shared memory's places do not mix)
+            and shm is not None
+            and self._config.max_shared_bytes
+            and can_pass_fds(stream)
+        ):
             client._shared_accept = shm
-        await self._run_client(client, stream, session, previous)
+        await self._run_client(client, stream, session, previous, offer)
 
     async def _run_client(
-        self, client: Client, stream: ByteStream, session: Session, previous: Client | None
+        self,
+        client: Client,
+        stream: ByteStream,
+        session: Session,
+        previous: Client | None,
+        offer: _Offer | None = None,
     ) -> None:
         if previous is not None:
             self._log.info(f"{client.id!r} reconnected; closing its previous connection")
@@ -452,8 +508,10 @@ class Server(HandlerMethods):
             async def opening() -> None:
                 await self._handlers.call("connect", (client,), self._log)
 
-        receiver = client._receiver
-        extra: dict[str, Any] = {} if receiver is None else {"acked": {"last": receiver.last}}
+        # After the previous connection's outbox is closed: our events move to this one.
+        extra: dict[str, Any] = {}
+        if offer is not None:
+            extra["acked"] = self._welcome_acked(client, offer)
         if client._shared_accept is not None:
             extra["shm"] = self._config.max_shared_bytes
         welcome = b"" if session.is_open else session.accept(**extra)  # lifts the frame limit
@@ -474,6 +532,7 @@ class Server(HandlerMethods):
             if self._clients.get(client.id) is client:
                 del self._clients[client.id]
             client._outbox.close(ClosedError(f"client {client.id!r} left in its handshake"))
+            self._client_left(client)
             await anyio.aclose_forcefully(stream)
             if isinstance(exc, anyio.BrokenResourceError | anyio.ClosedResourceError):
                 return
@@ -490,6 +549,7 @@ class Server(HandlerMethods):
                 del self._clients[client.id]
             self._counters.events_unhandled += client._counters.events_unhandled
             client._close_outbox(ClosedError(f"client {client.id!r} disconnected"))
+            self._client_left(client)
             if self._closing:
                 client._requests.fail(ClosedError(f"server {self._id!r} closed"))
             else:
@@ -500,9 +560,9 @@ class Server(HandlerMethods):
             with anyio.move_on_after(self._config.close_timeout, shield=True):
                 await self._handlers.call("disconnect", (client,), self._log)
 
-    def _acked_offer(self, offer: Any) -> tuple[str, int] | None:
-        """The client's acknowledged-mode offer from its hello, as (session, sent), if both
-        sides have the mode. Raises :class:`Refusal`."""
+    def _acked_offer(self, offer: Any) -> _Offer | None:
+        """The client's acknowledged-mode offer from its hello, if both sides have the mode.
+        Raises :class:`Refusal`."""
         if offer is None:
             if self._config.acked == "require":
                 raise Refusal(
@@ -513,16 +573,81 @@ class Server(HandlerMethods):
             return None
         if self._sessions is None:
             return None  # we lack the mode: the welcome says nothing of it
-        session = offer.get("session") if type(offer) is dict else None
-        sent = offer.get("sent") if type(offer) is dict else None
+        get = offer.get if type(offer) is dict else {}.get
+        session, sent, peer, last = get("session"), get("sent"), get("peer", ""), get("last")
         if (
             type(session) is not str
             or not 0 < len(session) <= 64
             or type(sent) is not int
             or sent < 0
+            or type(peer) is not str
+            or len(peer) > 64
+            or not (last is None or (type(last) is int and last >= 0))
         ):
             raise Refusal("protocol", f"malformed acked offer in hello: {offer!r:.80}")
-        return session, sent
+        return _Offer(session, sent, peer, last)
+
+    def _welcome_acked(self, client: Client, offer: _Offer) -> dict[str, Any]:
+        """Join ``client`` to its streams both ways; returns the welcome's ``acked``."""
+        assert self._sessions is not None
+        client._receiver = receiver = self._sessions.join(offer.session, offer.sent)
+        answer: dict[str, Any] = {"last": receiver.last}
+        if offer.last is not None:  # the client acknowledges our events too
+            keeping = self._keeping.pop(client.id, None)
+            if keeping is not None:
+                keeping.cancel()  # it is back
+            sender, sent = self._streams.join(
+                client.id, offer.session, offer.peer, offer.last, client._outbox
+            )
+            client._acked = sender
+            answer.update(session=sender.session, sent=sent)
+        return answer
+
+    def _client_left(self, client: Client) -> None:
+        """Acknowledged mode: keep the events ``client`` did not acknowledge for its return
+        (``acked_keep`` seconds), or report them now if the server is closing."""
+        if client._acked is None:
+            return
+        kept = self._streams.left(client.id, client._outbox)
+        if kept is None:
+            return
+        if self._closing or self._task_group is None:
+            self._give_up(client.id, kept, "the server closed")
+        else:
+            self._task_group.start_soon(self._keep, client.id, kept)
+
+    async def _keep(self, client_id: str, sender: AckedSender) -> None:
+        """Give up on ``sender`` after ``acked_keep`` unless its client comes back first (which
+        cancels this) or the server closes (which reports it, see ``aclose``)."""
+        with anyio.CancelScope() as scope:
+            self._keeping[client_id] = scope
+            try:
+                await anyio.sleep(self._config.acked_keep)
+            finally:
+                if self._keeping.get(client_id) is scope:
+                    del self._keeping[client_id]
+            keep = self._config.acked_keep
+            self._give_up(client_id, sender, f"it did not come back within acked_keep={keep:g} s")
+
+    def _give_up(self, client_id: str, sender: AckedSender, why: str) -> None:
+        events = self._streams.give_up(client_id, sender)
+        if not events:
+            return
+        self._unacknowledged[client_id] = events
+        while len(self._unacknowledged) > SESSIONS_KEPT:
+            del self._unacknowledged[next(iter(self._unacknowledged))]
+        self._log.warning(
+            f"{len(events)} event(s) to client {client_id!r} were never acknowledged (seq "
+            f"{events[0][0]}..{events[-1][0]}): {why}; see Server.unacknowledged"
+        )
+
+    @property
+    def unacknowledged(self) -> Mapping[str, list[tuple[int, str]]]:
+        """Acknowledged mode: by client id, the ``(seq, event)`` of the events to that client
+        given up without an acknowledgement (it left and did not come back within
+        ``acked_keep``, or the server closed first); they may or may not have been handled.
+        The latest report of each client (a live read-only view)."""
+        return MappingProxyType(self._unacknowledged)
 
     def _hold(self) -> None:
         """Welcome no client until :meth:`_release` (see the module's invariants). Called before
@@ -632,6 +757,8 @@ class Server(HandlerMethods):
             scope.cancel()
         if self._ready is not None:
             self._ready.set()  # the held clients are refused (see _wait_ready)
+        for keeping in self._keeping.values():
+            keeping.cancel()  # their events are reported below
         async with anyio.create_task_group() as task_group:
             for client in list(self._clients.values()):
                 task_group.start_soon(client.aclose)
@@ -640,4 +767,6 @@ class Server(HandlerMethods):
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()
         await self._stopped.wait()
+        for client_id, sender in self._streams:  # kept for clients that left: never coming
+            self._give_up(client_id, sender, "the server closed")
         self._log.info("server closed")

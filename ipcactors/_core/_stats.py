@@ -142,6 +142,14 @@ class ServerStatistics:
     idle_closed: int
     #: Events from any client that arrived with no handler registered.
     events_unhandled: int
+    #: Acknowledged mode, this server's events to its clients (emit and broadcast), summed
+    #: over clients: sequenced; of those, acknowledged, still waiting (kept for a client that
+    #: left, too), and reported (see ``Server.unacknowledged``).
+    #: ``events_acknowledged + events_reported + events_unacknowledged == events_sequenced``.
+    events_sequenced: int = 0
+    events_acknowledged: int = 0
+    events_unacknowledged: int = 0
+    events_reported: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 from .._errors import ConfigError, UnsupportedError
@@ -127,6 +128,11 @@ class Encoder(ABC):
 
     def sequenced_event(self, event: str, data: Any, seq: int) -> Frame:
         """``event`` with ``data`` and sequence number ``seq`` (the acknowledged mode)."""
+        return self.sequencer(event, data)(seq)
+
+    def sequencer(self, event: str, data: Any) -> Callable[[int], Frame]:
+        """The frames of ``event`` with ``data``, by sequence number: ``data`` is encoded (and
+        checked) once, here; each call makes one frame."""
         raise self._unsupported("sequenced events (acked mode)")
 
     def ack(self, seq: int) -> Frame:

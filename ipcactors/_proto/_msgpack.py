@@ -278,6 +278,7 @@ class MsgpackEncoder(Encoder):
             buf_size=4096,  # grows on demand; the default reserves 256 KiB per connection
         )
         self._event_heads: dict[str, bytes] = {}
+        self._sequenced_heads: dict[str, bytes] = {}
         # The large payloads of the frame being packed: their msgpack header, and their bytes.
         self._large: list[tuple[bytes, FramePart]] = []
         self._mark = b"\xd8" + bytes((_MARK_CODE,)) + os.urandom(12)
@@ -393,6 +394,18 @@ class MsgpackEncoder(Encoder):
                 self.shared.unplace(place)
 
     def _framed_packed(self, head: bytes, packed: bytes, tail: Any) -> Frame:
+        self._check_body(head, packed)
+        if tail is not None:  # a sequenced event's seq, after the body (never copied)
+            return self._with_tail(head, packed, self._packer.pack(tail))
+        if self._datagrams:
+            return head + packed
+        size = len(head) + len(packed)
+        if size >= SEPARATE_BODY_AT:
+            return (HEADER.pack(size) + head, packed)
+        return b"".join((HEADER.pack(size), head, packed))
+
+    def _check_body(self, head: bytes, packed: bytes) -> None:
+        """Raise if the body ``head + packed`` is too large, or holds too many objects."""
         size = len(head) + len(packed)
         if size > self._limit:
             raise FrameTooLargeError(size, self._limit)
@@ -404,14 +417,16 @@ class MsgpackEncoder(Encoder):
                     f"{exc}; the peer would refuse it. Send large arrays as bytes or numpy "
                     "arrays, or raise max_decoded_objects on both sides"
                 ) from None
-        if tail is not None:
-            packed += self._packer.pack(tail)  # (a large body is copied once here)
-            size = len(head) + len(packed)
+
+    def _with_tail(self, head: bytes, packed: bytes, tail: bytes) -> Frame:
+        size = len(head) + len(packed) + len(tail)
+        if size > self._limit:
+            raise FrameTooLargeError(size, self._limit)
         if self._datagrams:
-            return head + packed
-        if size >= SEPARATE_BODY_AT:
-            return (HEADER.pack(size) + head, packed)
-        return b"".join((HEADER.pack(size), head, packed))
+            return b"".join((head, packed, tail))
+        if size >= SEPARATE_BODY_AT:  # a large body goes out as it is, the seq after it
+            return (HEADER.pack(size) + head, packed, tail)
+        return b"".join((HEADER.pack(size), head, packed, tail))
 
     def _framed_large(self, head: bytes, packed: bytes, tail: Any) -> Frame:
         """:meth:`_framed` for a body with payloads out of band (never a datagram)."""
@@ -448,9 +463,60 @@ class MsgpackEncoder(Encoder):
             head = self._event_heads[event] = b"\x93\x00" + self._packer.pack(event)
         return self._framed(head, self._check(data))
 
+    def _sequenced_head(self, event: str) -> bytes:
+        # [0, event, data, seq]: a peer without the acked mode ignores the trailing item. The
+        # head is packed once per name and reused, as for plain events.
+        head = self._sequenced_heads.get(event)
+        if head is None:
+            if len(self._sequenced_heads) >= _HEAD_CACHE_SIZE:
+                self._sequenced_heads.clear()
+            head = self._sequenced_heads[event] = b"\x94\x00" + self._packer.pack(event)
+        return head
+
     def sequenced_event(self, event: str, data: Any, seq: int) -> Frame:
-        # [0, event, data, seq]: a peer without the acked mode ignores the trailing item.
-        return self._framed(b"\x94\x00" + self._packer.pack(event), self._check(data), seq)
+        head = self._sequenced_heads.get(event) or self._sequenced_head(event)
+        return self._framed(head, self._check(data), seq)
+
+    def sequencer(self, event: str, data: Any) -> Callable[[int], Frame]:
+        if self.shared is not None:  # (never with acked: a frame's places are per connection)
+            return lambda seq: self.sequenced_event(event, data, seq)
+        # data packed (and checked) once, however many frames (a broadcast's) are made of it.
+        head = self._sequenced_heads.get(event) or self._sequenced_head(event)
+        marked = self._check(data)
+        self._large.clear()
+        try:
+            packed: bytes = self._packer.pack(marked)
+        except (TypeError, ValueError, OverflowError) as exc:
+            self._packer.reset()  # it keeps a partly written buffer after an error
+            self._large.clear()
+            raise EncodeError(f"cannot encode as msgpack: {exc}") from exc
+        except BaseException:
+            self._packer.reset()
+            self._large.clear()
+            raise
+        if self._large:
+            # Payloads out of band: each frame is spliced around them as they are (its small
+            # parts packed per frame, the payloads never copied), as sequenced_event does.
+            self._large.clear()
+            return lambda seq: self.sequenced_event(event, data, seq)
+        self._check_body(head, packed)
+        pack = self._packer.pack
+        base = len(head) + len(packed)
+        if base >= SEPARATE_BODY_AT or base + 9 > self._limit or self._datagrams:
+            with_tail = self._with_tail
+            return lambda seq: with_tail(head, packed, pack(seq))
+        # Small: the frame up to the seq, by the seq's packed length (1, 2, 3, 5 or 9 bytes),
+        # made once; each frame is then one concatenation.
+        starts: dict[int, bytes] = {}
+
+        def small(seq: int) -> Frame:
+            tail: bytes = pack(seq)
+            start = starts.get(len(tail))
+            if start is None:
+                start = starts[len(tail)] = b"".join((HEADER.pack(base + len(tail)), head, packed))
+            return start + tail
+
+        return small
 
     def ack(self, seq: int) -> Frame:
         return self._frame([ACK, seq])
