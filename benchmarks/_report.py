@@ -41,7 +41,7 @@ IPC_IMPLS = [impl for impl in IMPLS if impl.family == "ipc"]
 
 @dataclass(frozen=True)
 class Row:
-    key: str  # also the --only token ("w2" selects "w2" and "w2x100")
+    key: str  # also the --only token ("w2" selects "w2", "w2x100" and "w2-acked")
     label: str
     unit: str
     higher_is_better: bool
@@ -75,8 +75,22 @@ ROWS = [
     Row("w1", "W1 ping-pong round trip", "µs", False, families=WITH_PEERS, pinned=True),
     Row("w2", "W2 small events, one emit each", "ev/s", True, families=WITH_PEERS),
     Row("w2x100", "W2 raw anyio: 100 frames per write", "ev/s", True, families=("raw",)),
+    Row(
+        "w2-acked",
+        "W2 small events, acknowledged (Config.acked)",
+        "ev/s",
+        True,
+        families=("ipc",),
+    ),
     Row("w3", "W3 1 MiB payloads", "MB/s", True),
     Row("w4", "W4 broadcast to 8 processes", "ev/s", True),
+    Row(
+        "w4-acked",
+        "W4 broadcast to 8 processes, acknowledged",
+        "ev/s",
+        True,
+        families=("ipc",),
+    ),
     Row("w5", "W5 connect + first reply", "µs", False, families=WITH_PEERS, pinned=True),
     Row("w6", "W6 spawn-to-ready", "ms", False, transports=("unix",)),
     *(
@@ -219,7 +233,10 @@ def summarize(row: Row, report: dict[str, Any], params: dict[str, Any]) -> dict[
                 f"ms, last 10 {report['fill_last_ms']:.1f} ms"
             )
         return figure
-    if row.key in ("w2", "w2x100", "w3", "w4", "w7-tiny", "w7-tiny-chunked", "w7-numpy"):
+    if row.key in (
+        *("w2", "w2x100", "w2-acked", "w3", "w4", "w4-acked"),
+        *("w7-tiny", "w7-tiny-chunked", "w7-numpy"),
+    ):
         scale = params["w3_payload_bytes"] / 1e6 if row.key == "w3" else 1.0
         rates = [r["count"] * scale / r["seconds"] for r in rounds]
         figure: dict[str, Any] = {"value": statistics.median(rates), "round_values": rates}
@@ -280,6 +297,8 @@ def ratios(cell_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if "zmq" in row.families:
                 anchors.append(("pyzmq", row.key, "zmq"))
                 anchors.append(("multiprocessing.connection", row.key, "mpc"))
+            if row.key.endswith("-acked"):  # the cost of the mode: the same backend, plain
+                anchors = [("itself, plain", row.key.removesuffix("-acked"), "self")]
             if row.key.startswith("w6-live") and row.key != W6_LIVE_BASE:
                 # The growth with children alive: the same implementation with 1 live.
                 anchors = [(W6_LIVE_ANCHOR, W6_LIVE_BASE, "self")]
@@ -399,6 +418,20 @@ def targets_for(bound_mib: float | None) -> list[Target]:
             ),
             Target("W4 asyncio ≥ 2× node-ipc", "w4", tr, "ipc-asyncio", "node", ">=", 2.0),
         ]
+        for row in ("w2", "w4"):  # issue 11: the acknowledged mode costs at most 30 %
+            t += [
+                Target(
+                    f"{row.upper()} {impl.backend} acked ≥ 0.7× plain",
+                    f"{row}-acked",
+                    tr,
+                    impl.key,
+                    impl.key,
+                    ">=",
+                    0.7,
+                    anchor_row=row,
+                )
+                for impl in IPC_IMPLS
+            ]
     t += [
         Target(
             "W5 asyncio ≤ 1/1.2× node-ipc (≥ 1.2× faster)",

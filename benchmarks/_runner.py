@@ -191,7 +191,7 @@ class Cell:
 
     def run(self) -> dict[str, Any]:
         key = self.row.key
-        if key == "w4":
+        if key in ("w4", "w4-acked"):
             return self.broadcast()
         if key in _report.W6_ROWS:
             return self.spawn()
@@ -225,12 +225,14 @@ class Cell:
         else:
             role = "client-stream"
             extra = {"seconds": p.stream_seconds, "warmup": p.warmup_seconds}
+            if key == "w2-acked":
+                extra["acked"] = "on"
             if key == "w2x100":
                 extra["batch"] = 100
             if key == "w3":
                 extra["payload_bytes"] = p.w3_payload_bytes
         with Group(self.tree) as group:
-            config = self.config()
+            config = self.config(acked=extra.get("acked", "off"))
             server = group.start("server", self.command("server", config), self.cpus)
             ready = server.message(30, {"ready", "unavailable"})
             if ready["kind"] == "unavailable":
@@ -241,7 +243,12 @@ class Cell:
 
     def broadcast(self) -> dict[str, Any]:
         p = self.params
-        config = self.config(clients=W4_CLIENTS, seconds=p.stream_seconds, warmup=p.warmup_seconds)
+        config = self.config(
+            clients=W4_CLIENTS,
+            seconds=p.stream_seconds,
+            warmup=p.warmup_seconds,
+            acked="on" if self.row.key == "w4-acked" else "off",
+        )
         with Group(self.tree) as group:
             server = group.start("server", self.command("server-w4", config))
             ready = server.message(30, {"ready"})
@@ -443,7 +450,9 @@ def select(only: str | None) -> tuple[list[Row], list[Impl], list[str]]:
         elif token in ROW_BY_KEY:
             row_keys.add(token)
             if token == "w2":
-                row_keys.add("w2x100")
+                row_keys |= {"w2x100", "w2-acked"}
+            if token == "w4":
+                row_keys.add("w4-acked")
             if token == "w6":
                 row_keys.update(_report.W6_ROWS)
         elif token == "w7":

@@ -487,3 +487,70 @@ async def test_a_server_closing_waits_for_its_clients_acknowledgements(socket_di
         check_server_totals(stats)
         assert stats.events_acknowledged == 200
         assert stats.events_reported == 0
+
+
+async def test_large_events_are_sequenced_without_a_copy_and_arrive_whole(socket_dir: str) -> None:
+    """A large body leaves the encoder as header, body and seq apart (the body out of band,
+    never copied, also in a broadcast's frames) and is written as one frame, both ways, among
+    small ones."""
+    big = bytes(range(256)) * 1024  # 256 KiB
+    async with Actor("world", socket_root=socket_dir, silent=True, acked="on") as world_actor:
+        server = await world_actor.serve()
+        got: list[bytes] = []
+        server.on("blob", lambda data, client: got.append(data))
+        frame = server._encoder.sequenced_event("blob", big, 7)
+        assert isinstance(frame, tuple)
+        assert len(frame) == 3
+        assert frame[1] is big  # out of band: the sender's own buffer, then the seq's tail
+        made = server._encoder.sequencer("blob", big)(8)  # (broadcast's: the same, per client)
+        assert isinstance(made, tuple)
+        assert len(made) == 3
+        assert made[1] is big
+        async with Actor("hello", socket_root=socket_dir, silent=True, acked="on") as hello:
+            with anyio.fail_after(10):
+                world = await hello.connect_to("world")
+                back: list[bytes] = []
+                world.on("blob", back.append)
+                for i in range(6):
+                    await world.emit("blob", big if i % 2 else b"small")
+                await wait_until(lambda: "hello" in server.clients)
+                client = server.clients["hello"]
+                for i in range(6):
+                    await server.broadcast("blob", big if i % 2 else b"small")
+                await world.wait_acknowledged()
+                await client.wait_acknowledged()
+            assert got == back == [b"small", big] * 3
+
+
+async def test_large_arrays_are_sequenced_out_of_band_and_arrive_whole(socket_dir: str) -> None:
+    """A 1 MiB numpy array in an acknowledged event goes out of band from the array's own
+    memory (emit and broadcast) and arrives equal, every event acknowledged."""
+    np = pytest.importorskip("numpy")
+    array = np.arange(1 << 18, dtype=np.float32)  # 1 MiB
+    async with Actor("world", socket_root=socket_dir, silent=True, acked="on") as world_actor:
+        server = await world_actor.serve()
+        got: list[object] = []
+        server.on("array", lambda data, client: got.append(data))
+        frame = server._encoder.sequencer("array", array)(3)
+        assert isinstance(frame, tuple)
+        assert any(
+            isinstance(part, memoryview) and np.shares_memory(np.asarray(part), array)
+            for part in frame
+        )
+        async with Actor("hello", socket_root=socket_dir, silent=True, acked="on") as hello:
+            with anyio.fail_after(10):
+                world = await hello.connect_to("world")
+                back: list[object] = []
+                world.on("array", back.append)
+                for _ in range(3):
+                    await world.emit("array", array)
+                await wait_until(lambda: "hello" in server.clients)
+                client = server.clients["hello"]
+                for _ in range(3):
+                    await server.broadcast("array", array)
+                await world.wait_acknowledged()
+                await client.wait_acknowledged()
+            assert len(got) == len(back) == 3
+            for value in [*got, *back]:
+                assert isinstance(value, np.ndarray)
+                assert np.array_equal(value, array)

@@ -54,6 +54,7 @@ def test_quick_subset_runs_and_writes_json(tmp_path: os.PathLike[str]) -> None:
         ("w2x100", "unix", "raw-asyncio"),
         ("w1", "unix", "mpc"),
         ("w2", "unix", "mpc"),
+        ("w2-acked", "unix", "ipc-asyncio"),
     }
     for cell in cells.values():
         assert cell["status"] == "ok", cell
@@ -67,6 +68,7 @@ def test_quick_subset_runs_and_writes_json(tmp_path: os.PathLike[str]) -> None:
     assert ("w1", "raw anyio") in anchors
     assert ("w2", "raw anyio ×100/write") in anchors
     assert ("w1", "multiprocessing.connection") in anchors
+    assert ("w2-acked", "itself, plain") in anchors
     for line in document["ratios"]:
         assert all(math.isfinite(v) and v > 0 for v in line["values"].values())
     assert document["targets"], "the targets that apply to the cells run are evaluated"

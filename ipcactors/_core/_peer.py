@@ -196,7 +196,14 @@ class Peer:
 
     async def _emit_acked(self, acked: AckedSender, event: str, data: Any) -> None:
         """``emit`` in the acknowledged mode: the frame is sequenced and kept until acked."""
-        await self._put_sequenced(acked, event, self._encoder.sequencer(event, data))
+        outbox = self._outbox
+        seq = acked.next_seq()
+        frame = self._encoder.sequenced_event(event, data, seq)
+        size = len(frame) if type(frame) is bytes else frame_size(frame)
+        if outbox.has_room(size) and not outbox.closed:  # the common case: no loop pass
+            acked.stored(seq, event, frame, size, outbox.put_nowait(frame, size))
+        else:
+            await self._put_sequenced(acked, event, self._encoder.sequencer(event, data))
 
     async def _put_sequenced(
         self, acked: AckedSender, event: str, make: Callable[[int], Frame]
