@@ -33,7 +33,8 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 	cd $(NODE_DIR) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $(NODE_STAMP)
 
-# The soak test for SOAK_SECONDS per backend and transport (make test runs it for 1.5 s);
+# The soak test for SOAK_SECONDS per backend, transport and mode (plain, and acked: the
+# accounting acked + reported == sent is printed and checked; make test runs each for 1.5 s);
 # FAULT_SEED=<n> replays a failed run's random choices.
 SOAK_SECONDS ?= 60
 soak: $(STAMP)

@@ -13,11 +13,18 @@ runs worker processes. Concurrent drivers, each with its own seeded random, run 
   process (SIGKILL), freeze one (SIGSTOP, then SIGCONT), restart the hub; short heartbeats
   find what stays silent.
 
+In the acknowledged mode (``test_soak_acked``: ``Config.acked="on"`` on the hub and the
+clients, both ways) an event may arrive twice only when flagged as redelivered (after a hub
+restart, or to a client actor that was closed and opened again), and the accounting balances:
+per connection and per hub, every event sequenced was acknowledged or reported (acknowledged +
+reported == sent), and the clients' connections together sequenced every event they emitted.
+
 Then, with the faults healed: every client and child answers again, and these held throughout:
 - every operation ended within its bound (nothing hangs) and every failure was an
   ``ipcactors.IPCError`` (never an untyped exception) of a kind that operation can meet
   (``EXPECTED``); a reply is always the right one;
-- per connection, numbered events arrived in order, and no event ever arrived twice;
+- per connection, numbered events arrived in order, and no event ever arrived twice (unless
+  flagged as redelivered, in the acknowledged mode);
 - nothing leaked: tasks (asyncio or Trio, counted), and (conftest.py) processes, sockets, file
   descriptors and socket files; the memory of this process grew by less than ``RSS_GROWTH``.
 
@@ -93,10 +100,16 @@ class Ledger:
     seen: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
     last: dict[tuple[str, object], int] = field(default_factory=dict)
     keep: list[object] = field(default_factory=list)  # connection keys stay alive: ids unique
+    redelivered: int = 0  # acked mode: events that arrived again, flagged
 
-    def numbered(self, stream: str, connection: object, seq: int) -> None:
+    def numbered(
+        self, stream: str, connection: object, seq: int, redelivered: bool = False
+    ) -> None:
         if seq in self.seen[stream]:
-            self.violations.append(f"{stream}: event {seq} arrived twice")
+            if redelivered:
+                self.redelivered += 1  # at least once, and said so
+            else:
+                self.violations.append(f"{stream}: event {seq} arrived twice")
         self.seen[stream].add(seq)
         key = (stream, connection)
         if key not in self.last:
@@ -114,7 +127,13 @@ class Soak:
         proxy: FaultProxy,
         sup: Supervisor,
         seed: int,
+        acked: bool = False,
     ) -> None:
+        self.acked = acked
+        self.options: dict[str, Any] = {**FAST, "acked": "on" if acked else "off"}
+        # Acked mode: every connection the clients made, and the hubs' statistics at close.
+        self.connections: dict[str, list[Connection]] = defaultdict(list)
+        self.hub_statistics: list[ipcactors.ServerStatistics] = []
         self.transport = transport
         self.socket_dir = socket_dir
         self.proxy = proxy
@@ -180,7 +199,11 @@ class Soak:
             with anyio.CancelScope() as self.hub_scope:
                 # A small outbox, so that a blackholed client meets the slow-consumer policy.
                 policy = self.hub_rng.choice(["disconnect", "drop", "wait"])
-                options = {**FAST, "max_outbox_bytes": 256 * 1024, "slow_consumer": policy}
+                options = {
+                    **self.options,
+                    "max_outbox_bytes": 256 * 1024,
+                    "slow_consumer": policy,
+                }
                 async with Actor("hub", socket_root=self.socket_dir, silent=True, **options) as hub:
                     if self.transport == "unix":
                         server = await hub.serve()
@@ -203,18 +226,18 @@ class Soak:
                     self.proxy.upstream = server.address
                     self.hub = server
                     task_status.started()
-                    try:
-                        await hub.wait_closed()
-                    finally:
-                        stats = server.statistics()
-                        self.slow_consumers += stats.slow_consumers
-                        self.broadcasts_dropped += stats.broadcasts_dropped
+                    await hub.wait_closed()
+            # Read once closed: what the hub had not seen acknowledged is reported by now.
+            stats = server.statistics()
+            self.hub_statistics.append(stats)
+            self.slow_consumers += stats.slow_consumers
+            self.broadcasts_dropped += stats.broadcasts_dropped
         finally:
             self.hub = None
             self.hub_done.set()
 
     def on_client_event(self, data: Any, client: Client) -> None:
-        self.ledger.numbered(f"{data['c']}->hub", client, data["s"])
+        self.ledger.numbered(f"{data['c']}->hub", client, data["s"], client.redelivered)
 
     async def restart_hub(self, task_group: Any) -> None:
         assert self.hub_scope is not None
@@ -279,7 +302,7 @@ class Soak:
                 if actor is None:
                     stack = AsyncExitStack()
                     actor = await stack.enter_async_context(
-                        Actor(name, socket_root=self.socket_dir, silent=True, **FAST)
+                        Actor(name, socket_root=self.socket_dir, silent=True, **self.options)
                     )
                 connection = actor.of.get("hub")
                 if connection is None:
@@ -340,7 +363,9 @@ class Soak:
             self.epochs[name] += 1
 
         def numbered(stream: str) -> Callable[[int], None]:
-            return lambda seq: self.ledger.numbered(stream, f"{name}#{self.epochs[name]}", seq)
+            return lambda seq: self.ledger.numbered(
+                stream, f"{name}#{self.epochs[name]}", seq, connection.redelivered
+            )
 
         connection.on("disconnect", on_disconnect)
         connection.on("down", numbered(f"hub->{name}"))
@@ -348,6 +373,7 @@ class Soak:
         connection.on("flood", lambda data: numbered(f"flood->{name}")(data[0]))
         connection.on("cecho", lambda data: data)
         self.clients[name] = connection
+        self.connections[name].append(connection)
 
     # --- the supervisor -----------------------------------------------------------------------
 
@@ -479,6 +505,15 @@ async def test_soak(
     await soak(transport, socket_dir, fault_proxy, seed)
 
 
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+@pytest.mark.timeout(SOAK_SECONDS + 120)
+async def test_soak_acked(
+    transport: str, socket_dir: str, fault_proxy: Callable[..., FaultProxy], seed: int
+) -> None:
+    """The same, with acknowledged events both ways: the accounting balances."""
+    await soak(transport, socket_dir, fault_proxy, seed, acked=True)
+
+
 @pytest.fixture(scope="module")
 def _uvloop_global_state() -> None:
     """uvloop opens a process-wide pipe with its first loop; open it before the leak checks
@@ -504,7 +539,11 @@ async def test_soak_on_uvloop(
 
 
 async def soak(
-    transport: str, socket_dir: str, fault_proxy: Callable[..., FaultProxy], seed: int
+    transport: str,
+    socket_dir: str,
+    fault_proxy: Callable[..., FaultProxy],
+    seed: int,
+    acked: bool = False,
 ) -> None:
     me = psutil.Process()
     tasks_before = live_tasks()
@@ -526,7 +565,7 @@ async def soak(
         with anyio.fail_after(30):
             for i in range(CHILDREN):
                 await sup.spawn(_workers.echo, id=f"w{i}")
-        soak = Soak(transport, socket_dir, proxy, sup, seed)
+        soak = Soak(transport, socket_dir, proxy, sup, seed, acked)
         sup.on("pong", soak.on_pong)
         await task_group.start(soak.run_hub)
         rss_before = me.memory_info().rss
@@ -568,5 +607,50 @@ async def soak(
             assert max(seqs) <= soak.sent[origin], f"{stream}: {summary}"
         assert soak.hub_scope is not None
         soak.hub_scope.cancel()
+        if acked:
+            with anyio.fail_after(OPERATION_BOUND):
+                await soak.hub_done.wait()
+            print(check_accounting(soak, summary))  # shown with -rP
     tasks_after = await wait_tasks_back_to(tasks_before)
     assert tasks_after <= tasks_before, f"{tasks_after - tasks_before} task(s) leaked; seed {seed}"
+
+
+def check_accounting(soak: Soak, summary: str) -> str:
+    """Acked mode, once every client and hub is closed: acknowledged + reported == sent, for
+    every connection and every hub; and the clients' connections sequenced every event their
+    drivers emitted."""
+    summary = f"{summary}; redelivered {soak.ledger.redelivered}"
+    lines = []
+    for name in (f"c{i}" for i in range(CLIENTS)):
+        totals = Counter[str]()
+        for connection in soak.connections[name]:
+            stats = connection.statistics()
+            assert stats.events_unacknowledged == 0, f"{name}: {stats}; {summary}"
+            assert stats.events_acknowledged + stats.events_reported == stats.events_sequenced, (
+                f"{name}: {stats}; {summary}"
+            )
+            totals["sequenced"] += stats.events_sequenced
+            totals["acknowledged"] += stats.events_acknowledged
+            totals["reported"] += stats.events_reported
+        assert totals["sequenced"] == soak.sent[f"{name}->hub"], f"{name}: {totals}; {summary}"
+        assert totals["acknowledged"] + totals["reported"] == soak.sent[f"{name}->hub"], summary
+        lines.append(
+            f"{name}->hub: sent {soak.sent[f'{name}->hub']} = acknowledged "
+            f"{totals['acknowledged']} + reported {totals['reported']}"
+        )
+    assert soak.hub_statistics, summary
+    for stats in soak.hub_statistics:
+        assert stats.events_unacknowledged == 0, f"hub: {stats}; {summary}"
+        assert stats.events_acknowledged + stats.events_reported == stats.events_sequenced, (
+            f"hub: {stats}; {summary}"
+        )
+    hub = {
+        key: sum(getattr(stats, f"events_{key}") for stats in soak.hub_statistics)
+        for key in ("sequenced", "acknowledged", "reported")
+    }
+    assert hub["sequenced"] > 0, summary
+    lines.append(
+        f"hub->clients: sent {hub['sequenced']} = acknowledged {hub['acknowledged']} + "
+        f"reported {hub['reported']}; redelivered (flagged duplicates) {soak.ledger.redelivered}"
+    )
+    return "accounting: " + "; ".join(lines)
