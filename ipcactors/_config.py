@@ -116,6 +116,12 @@ class Config:
     #: it has handled everything received so far (so an idle link never waits for a timer).
     #: 256 keeps acks to a few bytes per thousand events.
     ack_every: int = 256
+    #: In the acknowledged mode, a receiver with a backlog also acknowledges once this many
+    #: seconds passed since the first event it has not acknowledged was delivered (checked
+    #: as each handler returns): slow handlers behind a long inbox do not hold acks back for
+    #: ``ack_every`` events, nor leave the sender that much to send again after a crash.
+    #: 0.05 s: at most 20 acks a second on a busy link.
+    ack_interval: float = 0.05
     #: In the acknowledged mode, seconds a server keeps the unacknowledged events of a client
     #: that left, for it to reconnect (they are then sent again, first); after that they are
     #: reported (``Server.unacknowledged``). 30 s: longer than a supervisor takes to restart a
@@ -236,6 +242,7 @@ class Config:
             "frame_timeout",
             "close_timeout",
             "heartbeat_timeout",
+            "ack_interval",
             "acked_keep",
         ):
             check_seconds(name, getattr(self, name))

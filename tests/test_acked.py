@@ -554,3 +554,31 @@ async def test_large_arrays_are_sequenced_out_of_band_and_arrive_whole(socket_di
             for value in [*got, *back]:
                 assert isinstance(value, np.ndarray)
                 assert np.array_equal(value, array)
+
+
+async def test_slow_handlers_behind_a_backlog_are_acknowledged_within_ack_interval(
+    socket_dir: str,
+) -> None:
+    """Every ack_every events, or ack_interval after the first unacknowledged one, whichever
+    comes first: a slow receiver with a long inbox does not hold its acks back."""
+    async with Actor(
+        "world", socket_root=socket_dir, silent=True, acked="on", ack_interval=0.02
+    ) as world_actor:
+        server = await world_actor.serve()
+        handled: list[int] = []
+
+        async def slow(data: int, client: Client) -> None:
+            await anyio.sleep(0.005)
+            handled.append(data)
+
+        server.on("n", slow)
+        async with Actor("hello", socket_root=socket_dir, silent=True, acked="on") as hello:
+            with anyio.fail_after(10):
+                world = await hello.connect_to("world")
+                for i in range(200):
+                    await world.emit("n", i)
+                # Acks come while most of the backlog still waits (not after 256 events).
+                await wait_until(lambda: world.statistics().events_acknowledged > 0)
+                assert len(handled) < 150
+                await world.wait_acknowledged()
+            assert handled == list(range(200))

@@ -49,3 +49,15 @@ def test_neural_graph(backend: str) -> None:
     assert "all 12 batches match the single-process computation" in out
     assert "activations: 4 batches of 16 MiB (1024x4096 float32) through 4 layer processes" in out
     assert "all checksums match" in out
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_acked_pipeline(backend: str) -> None:
+    out = run_example("acked_pipeline.py", backend)
+    for layer in ("layer-1", "layer-2"):
+        assert f"node {layer} started" in out
+    assert "killing node layer-1" in out
+    assert "node layer-1 restarted" in out
+    assert "arrive flagged as redelivered" in out
+    assert "all 40 batches arrived and match the single-process computation" in out
+    assert "none lost" in out

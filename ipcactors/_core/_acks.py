@@ -127,14 +127,16 @@ class AckedSender:
     def ack(self, seq: int) -> None:
         """The receiver acknowledged every event up to ``seq``."""
         store = self._store
-        freed = 0
-        while store and store[0][0] <= seq:
-            freed += store.popleft()[3]
-            self.acknowledged += 1
+        if store and store[0][0] <= seq:
+            popleft = store.popleft
+            freed = count = 0
+            while store and store[0][0] <= seq:
+                freed += popleft()[3]
+                count += 1
+            self.acknowledged += count
+            self.outbox.release(freed)
         if seq > self.acked_seq:
             self.acked_seq = seq
-        if freed:
-            self.outbox.release(freed)
         if not store:
             self._wake()
 

@@ -47,8 +47,9 @@ Invariants:
   the wire, nor the handshake again; either is a protocol error.
 - Acknowledged mode (``_acks``): an ``ack`` is handled by the reader at once; the dispatcher
   acknowledges the events it delivered (cumulatively, in the priority lane) after a batch
-  that brings the count to ``Config.ack_every``, and after any batch that leaves the inbox
-  empty: an event is acknowledged only once its handlers returned.
+  that brings the count to ``Config.ack_every``, after any batch that leaves the inbox
+  empty, and after any event handled ``Config.ack_interval`` or more after the first one not
+  yet acknowledged: an event is acknowledged only once its handlers returned.
 - A large payload arriving (the session's ``receive_buffer``) is read straight into its final
   buffer where the stream can (``receiver_into``: the asyncio fast path, plain sockets on
   Trio), at most ``MAX_RECEIVE_INTO`` bytes per read; elsewhere (TLS) read as usual and copied
@@ -662,6 +663,8 @@ class Channel:
                         pending = peer._on_event(message)
                         if pending is not None:
                             await pending
+                        if peer._ack_pending and monotonic() >= peer._ack_due:
+                            peer._send_ack()  # slow handlers behind a backlog: ack_interval
                     elif type(message) is Request:
                         while not (self._broken or self._gate_open()):
                             await self._wait_change(writes=True)

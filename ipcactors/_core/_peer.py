@@ -18,6 +18,7 @@ import inspect
 import math
 import traceback
 from collections.abc import Awaitable, Callable
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -114,11 +115,13 @@ class Peer:
         #: Acknowledged mode, receiving side (a server's client that negotiated it).
         self._receiver: AckedReceiver | None = None
         self._ack_every = config.ack_every
+        self._ack_interval = config.ack_interval
         #: Shared memory: the bytes of segments the peer accepts, when the handshake
         #: negotiated it (``None``: not), and the current channel's (see ``_shared``).
         self._shared_accept: int | None = None
         self._shared: SharedMemory | None = None
         self._ack_pending = 0  # events delivered since our last acknowledgement
+        self._ack_due = math.inf  # (time.monotonic) when they must be acknowledged at the latest
         #: True while a handler runs for an event the peer sent again after a reconnect to a
         #: restarted receiver: it may have been handled before (acknowledged mode).
         self.redelivered = False
@@ -346,6 +349,8 @@ class Peer:
                 self._counters.events_deduplicated += 1
                 return None
             receiver.last = seq
+            if not self._ack_pending:
+                self._ack_due = monotonic() + self._ack_interval
             self._ack_pending += 1
             self.redelivered = seq <= receiver.redelivered_up_to
             if self.redelivered:
