@@ -58,6 +58,9 @@ class Actor:
         self._watchdog: Watchdog | None = None  # one task keeps time for every channel
         self._closing = False
         self._closed = anyio.Event()
+        # The next connection made handles nothing it receives until this is set (a supervised
+        # child's link to its supervisor, see Peer._ready); then None again.
+        self._hold_next: anyio.Event | None = None
         #: In a process started by a :class:`Supervisor`: the connection to that supervisor
         #: (set before the child's function runs). ``None`` everywhere else.
         self.parent: Connection | None = None
@@ -325,6 +328,8 @@ class Actor:
         connection = Connection(
             self.id, id, transport, self.config, self._log, self._forget, self._watchdog
         )
+        # A supervised child's first connection, to its supervisor: see Peer._ready.
+        connection._ready, self._hold_next = self._hold_next, None
         self._connections[id] = connection
         # Runs in the caller's task, which the actor does not own: aclose() cancels the
         # attempts through the connection (it is in _connections from here on).

@@ -5,6 +5,8 @@ through the fault proxy, both backends."""
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable
 
 import anyio
@@ -582,3 +584,32 @@ async def test_slow_handlers_behind_a_backlog_are_acknowledged_within_ack_interv
                 assert len(handled) < 150
                 await world.wait_acknowledged()
             assert handled == list(range(200))
+
+
+async def test_a_restarted_child_gets_its_predecessors_events_before_nothing_else(
+    socket_dir: str,
+) -> None:
+    """A supervisor's events to a child that was killed are handed to its next process, and
+    handled there: the child's link to its supervisor handles nothing before the child's
+    function has registered its handlers (else they would find no handler and be lost)."""
+    import _acked_workers
+
+    got: list[tuple[int, bool]] = []
+    async with ipcactors.Supervisor(
+        socket_root=socket_dir, silent=True, acked="on", max_restarts=3, **FAST_RETRY
+    ) as sup:
+        sup.on("got", lambda data, client: got.append((data[0], data[1])))
+        with anyio.fail_after(20):
+            await sup.spawn(_acked_workers.relay, 30, id="w")
+            for i in range(100):
+                await sup.emit("w", "n", i)
+            await wait_until(lambda: (30, False) in got)
+            pid = sup.children["w"].pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)  # stuck in the handler of 30: 30.. not acknowledged
+            await wait_until(lambda: {n for n, _ in got} == set(range(100)))
+    seen = [n for n, _ in got]
+    assert set(seen) == set(range(100))
+    again = [n for n, flag in got if flag]
+    assert 30 in again  # handled again after the restart, and said so
+    assert again == sorted(again)

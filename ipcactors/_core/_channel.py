@@ -43,6 +43,9 @@ Invariants:
   (within ``handshake_timeout``), tells the connection (``Peer._welcomed``), then serves. If
   the welcome never comes (a reject, a timeout, a reset), nothing was handled by the peer: the
   requests sent fail with that error and the channel ends (:attr:`Channel.handshake_error`).
+- A peer whose ``_ready`` is an unset event (a supervised child's link to its supervisor,
+  until the child's function registered its handlers) has nothing dispatched, as during an
+  opening: events and requests wait in the inbox; replies and acks are handled at once.
 - The session (``_proto._session``) decides what may arrive: lifecycle names never arrive from
   the wire, nor the handshake again; either is a protocol error.
 - Acknowledged mode (``_acks``): an ``ack`` is handled by the reader at once; the dispatcher
@@ -517,7 +520,13 @@ class Channel:
                 elif type(message) is Ack:
                     peer._acknowledged(message.seq)
                 elif type(message) is Request:
-                    if events or inbox or self._held or not self._gate_open():
+                    if (
+                        events
+                        or inbox
+                        or self._held
+                        or not self._gate_open()
+                        or (peer._ready is not None and not peer._ready.is_set())
+                    ):
                         events.append(message)  # it starts after what is before it
                         self._queued_requests += 1
                     elif peer._start_answer(message, task_group, answered):
@@ -651,6 +660,8 @@ class Channel:
         peer = self._peer
         inbox = self._inbox
         try:
+            if peer._ready is not None:
+                await peer._ready.wait()  # see Peer._ready
             while True:
                 if not inbox:
                     if self._input_done:

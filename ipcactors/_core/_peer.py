@@ -125,6 +125,11 @@ class Peer:
         #: True while a handler runs for an event the peer sent again after a reconnect to a
         #: restarted receiver: it may have been handled before (acknowledged mode).
         self.redelivered = False
+        #: While an unset event: nothing received is handled yet (events and requests wait in
+        #: the inbox, within its bounds; replies and acks are not held). A supervised child's
+        #: link to its supervisor, until the child's function has registered its handlers: the
+        #: events handed over from its predecessor (acknowledged mode) come at once.
+        self._ready: anyio.Event | None = None
         # Names of events that came without a handler, logged once each (a server's clients
         # share one set).
         self._unhandled_names: set[str] = set() if unhandled_names is None else unhandled_names

@@ -199,6 +199,9 @@ async def _main(spec: dict[str, Any], fn: Callable[..., Any]) -> int:
     code = 0
     async with Actor(spec["id"], config) as actor:
         server = await actor._serve(actor._unix_transport(None), held=True)
+        # Nothing from the supervisor is handled before fn registered its handlers (what it
+        # sent our predecessor and never saw acknowledged comes at once: Config.acked).
+        ready = actor._hold_next = anyio.Event()
         parent = await _connect_parent(actor, spec)
         actor.parent = parent
         parent.on(STOP_EVENT, lambda data: stop.set())
@@ -238,6 +241,7 @@ async def _main(spec: dict[str, Any], fn: Callable[..., Any]) -> int:
             with anyio.CancelScope(shield=True):
                 await anyio.lowlevel.checkpoint()
                 await anyio.lowlevel.checkpoint()
+                ready.set()  # the supervisor's events and requests are handled from here on
                 if code == 0:
                     server._release()  # siblings are welcomed from here on
                     await parent.emit(READY_EVENT, {"token": spec["token"]})
