@@ -341,6 +341,11 @@ def test_encoder_output_is_the_documented_layout() -> None:
     ]
     assert body(encoder.hello("w")) == [4, {"v": 1, "id": "w"}]
     assert body(encoder.welcome("s", x=1)) == [5, {"v": 1, "id": "s", "x": 1}]
+    # Any extra key, even one named like a parameter (found by hypothesis: ``self``).
+    assert body(encoder.hello("w", self=1, actor_id=2)) == [
+        4,
+        {"v": 1, "id": "w", "self": 1, "actor_id": 2},
+    ]
     assert body(encoder.reject("busy", "full")) == [6, {"reason": "busy", "message": "full"}]
     # bytes stay bytes (bin), str stays str: the packer uses the bin type.
     assert wire(encoder.event("e", b"\x00")) == b"\x00\x00\x00\x07\x93\x00\xa1e\xc4\x01\x00"

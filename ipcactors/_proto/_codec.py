@@ -149,10 +149,10 @@ class Encoder(ABC):
     def error_reply(self, request_id: int, type: str, message: str, traceback: str) -> Frame:
         raise self._unsupported("error replies")
 
-    def hello(self, actor_id: str, **extra: Any) -> Frame:
+    def hello(self, actor_id: str, /, **extra: Any) -> Frame:
         raise self._unsupported("a handshake")
 
-    def welcome(self, actor_id: str, **extra: Any) -> Frame:
+    def welcome(self, actor_id: str, /, **extra: Any) -> Frame:
         raise self._unsupported("a handshake")
 
     def reject(self, reason: str, message: str) -> Frame:

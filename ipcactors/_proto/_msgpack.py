@@ -533,11 +533,11 @@ class MsgpackEncoder(Encoder):
         error = {"type": type, "message": message, "traceback": traceback}
         return self._frame([ERROR, request_id, error])
 
-    def hello(self, actor_id: str, **extra: Any) -> Frame:
+    def hello(self, actor_id: str, /, **extra: Any) -> Frame:
         body = {"v": PROTOCOL_VERSION, "id": actor_id, **extra}
         return self._frame([HELLO, body], body, 1)
 
-    def welcome(self, actor_id: str, **extra: Any) -> Frame:
+    def welcome(self, actor_id: str, /, **extra: Any) -> Frame:
         body = {"v": PROTOCOL_VERSION, "id": actor_id, **extra}
         return self._frame([WELCOME, body], body, 1)
 
