@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 import pytest
+from _backends import _uvloop_global_state, anyio_backend  # noqa: F401
 
 from ipcactors import DecodeError
 from ipcactors._proto._messages import FdFrame
@@ -22,31 +23,6 @@ from ipcactors._transports._transport import UnixTransport
 from ipcactors._transports._writing import coalesce
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("asyncio", id="asyncio"),
-        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
-        pytest.param("trio", id="trio"),
-    ]
-)
-def anyio_backend(request: pytest.FixtureRequest) -> Any:
-    if request.param != "asyncio" and request.param != "trio":
-        pytest.importorskip("uvloop")
-    return request.param
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _uvloop_global_state() -> None:
-    """uvloop opens a process-wide pipe with its first loop: before the leak checks."""
-    try:
-        import asyncio
-
-        import uvloop
-    except ImportError:
-        return
-    uvloop.run(asyncio.sleep(0))
 
 
 @pytest.fixture

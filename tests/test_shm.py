@@ -21,6 +21,7 @@ import anyio
 import msgpack
 import numpy as np
 import pytest
+from _backends import _uvloop_global_state, anyio_backend  # noqa: F401
 
 from ipcactors import Actor, Connection, ConnectionLostError
 
@@ -29,31 +30,6 @@ pytestmark = pytest.mark.anyio
 MiB = 1024 * 1024
 SHM = {"max_shared_bytes": 64 * MiB}
 HEADER = struct.Struct(">I")
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("asyncio", id="asyncio"),
-        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
-        pytest.param("trio", id="trio"),
-    ]
-)
-def anyio_backend(request: pytest.FixtureRequest) -> Any:
-    if request.param != "asyncio" and request.param != "trio":
-        pytest.importorskip("uvloop")
-    return request.param
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _uvloop_global_state() -> None:
-    """uvloop opens a process-wide pipe with its first loop: before the leak checks."""
-    try:
-        import asyncio
-
-        import uvloop
-    except ImportError:
-        return
-    uvloop.run(asyncio.sleep(0))
 
 
 async def _poll(condition: Callable[[], bool], what: str) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import pytest
 import trustme
+from _backends import _uvloop_global_state, anyio_backend  # noqa: F401
 
 import ipcactors
 from ipcactors import Actor, Connection, Server
@@ -25,32 +26,6 @@ pytestmark = pytest.mark.anyio
 
 HOST = "127.0.0.1"
 MiB = 1024 * 1024
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("asyncio", id="asyncio"),
-        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
-        pytest.param("trio", id="trio"),
-    ]
-)
-def anyio_backend(request: pytest.FixtureRequest) -> Any:
-    if request.param != "asyncio" and request.param != "trio":
-        pytest.importorskip("uvloop")
-    return request.param
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _uvloop_global_state() -> None:
-    """uvloop opens a process-wide pipe with its first loop; open it before the leak checks
-    take their snapshot, so it is not mistaken for ours."""
-    try:
-        import asyncio
-
-        import uvloop
-    except ImportError:
-        return
-    uvloop.run(asyncio.sleep(0))
 
 
 @pytest.fixture(scope="module")
