@@ -15,13 +15,14 @@ Invariants:
   over its bound. A request that finds it closed waits in the inbox.
 - The inbox is bounded in bytes (frames as received): the reader stops reading while it holds
   ``max_inbox_bytes``, or while a request waits for the gate; but while a request to this peer
-  waits for its reply, it reads on up to ``INBOX_HARD_FACTOR`` times that bound plus the size
-  of the socket's receive buffer, so that a handler awaiting a request to the peer that called
-  it gets its reply (which the peer sends in its priority lane, ahead of its queued events, but
-  behind what it already handed to its socket: the kernel's buffers, which Linux grows for TCP
-  up to ``net.ipv4.tcp_rmem``'s maximum, 6 MiB by default). Per peer, memory is the outbox
-  bound, the inbox bound (and that much more while a reply is awaited), and the replies of the
-  requests that were running.
+  waits for its reply, it reads on up to ``INBOX_HARD_FACTOR`` times that bound plus what may
+  wait below the reader (``bytes_below``: the socket's receive buffer and what the stream
+  reads ahead), so that a handler awaiting a request to the peer that called it gets its reply
+  (which the peer sends in its priority lane, ahead of its queued events, but behind what it
+  already handed to its socket: the kernel's buffers, which Linux grows for TCP up to
+  ``net.ipv4.tcp_rmem``'s maximum, 6 MiB by default, and the stream's read-ahead, 4 MiB on
+  the asyncio fast path). Per peer, memory is the outbox bound, the inbox bound (and that much
+  more while a reply is awaited), and the replies of the requests that were running.
 - An opening (the ``connect`` handlers) runs while the channel reads and writes; no event or
   request of the peer is dispatched before it is done (they wait in the inbox meanwhile). When
   the peer closes its side with something in the inbox, the opening finishes and then what
@@ -98,8 +99,8 @@ from .._proto._session import Session
 from .._transports._fds import FdSocketStream
 from .._transports._streams import (
     attach_writer,
+    bytes_below,
     drain_outbox,
-    receive_buffer,
     receiver_into,
     send_tracebacks,
 )
@@ -377,9 +378,9 @@ class Channel:
         size = self._inbox_bytes
         hard = self._soft_bytes * INBOX_HARD_FACTOR
         if size >= hard:
-            # A reply is awaited: read on past the hard cap by what the kernel may hold ahead
-            # of it (asked only here, in this rare state: one system call).
-            return not self._peer._requests or size >= hard + receive_buffer(self._stream)
+            # A reply is awaited: read on past the hard cap by what may wait below us ahead of
+            # it (asked only here, in this rare state: one system call).
+            return not self._peer._requests or size >= hard + bytes_below(self._stream)
         if len(self._peer._requests):
             return False  # a reply is awaited: read on
         return size >= self._soft_bytes or (self._queued_requests > 0 and not self._gate_open())

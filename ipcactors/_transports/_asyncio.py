@@ -169,6 +169,10 @@ class _StreamProtocol(asyncio.BufferedProtocol):
 class AsyncioSocketStream(ByteStream):
     """An anyio byte stream over an asyncio transport and protocol (see the module's doc)."""
 
+    #: The most bytes it holds read from the socket but not yet taken by ``receive``: reading
+    #: pauses past ``READ_HIGH_WATER``, which one more read can pass by its buffer's size.
+    READ_AHEAD = READ_HIGH_WATER + RECEIVE_BUFFER
+
     def __init__(self, sock: socket.socket, protocol: _StreamProtocol) -> None:
         assert protocol.transport is not None
         self._sock = sock

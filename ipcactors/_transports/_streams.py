@@ -35,8 +35,8 @@ from ._writing import COALESCE_LIMIT, FrameQueue, coalesce, widen_send_buffer
 __all__ = [
     "FrameQueue",
     "attach_writer",
+    "bytes_below",
     "drain_outbox",
-    "receive_buffer",
     "receiver_into",
     "send_tracebacks",
     "shared_sender",
@@ -236,16 +236,19 @@ def _plain(stream: ByteStream) -> bool:
     return isinstance(stream, SocketStream)
 
 
-def receive_buffer(stream: ByteStream) -> int:
-    """The size of the kernel's receive buffer under ``stream`` (``SO_RCVBUF``; Linux grows it
-    for TCP as the connection goes), in bytes; 0 when there is no socket to ask."""
+def bytes_below(stream: ByteStream) -> int:
+    """The most bytes that may wait under ``stream``'s reader, already sent by the peer: the
+    kernel's receive buffer (``SO_RCVBUF``; Linux grows it for TCP as the connection goes)
+    plus what the stream reads ahead of ``receive`` (the asyncio fast path's buffer)."""
+    inner = getattr(stream, "transport_stream", stream)  # under TLS, the socket's stream
+    ahead = inner.READ_AHEAD if isinstance(inner, AsyncioSocketStream) else 0
     sock = stream.extra(SocketAttribute.raw_socket, None)
     if sock is None:
-        return 0
+        return ahead
     try:
-        return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+        return ahead + int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
     except OSError:
-        return 0
+        return ahead
 
 
 def send_tracebacks(stream: ByteStream, setting: bool | None) -> bool:
