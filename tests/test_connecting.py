@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -103,6 +105,44 @@ async def test_connect_waits_for_a_server_that_starts_later(socket_dir: str) -> 
                 connection = await hello.connect_to("world")
                 assert await connection.request("ping") == "pong"
             task_group.cancel_scope.cancel()
+
+
+async def test_a_full_backlog_is_waited_out_not_taken_for_a_connection(socket_dir: str) -> None:
+    """A Unix listener whose backlog is full (its process frozen) answers a non-blocking
+    connect with EAGAIN and does not connect. ``connect_to`` waits, as a blocking connect
+    would (within ``handshake_timeout``), and connects once the server accepts again: with no
+    retry left, the first attempt must not write to an unconnected socket and fail."""
+    async with server_process(socket_dir, max_connections=1) as process:
+        queued: list[socket.socket] = []
+        try:
+            async with Actor(
+                "hello", socket_root=socket_dir, silent=True, stop_retrying=0
+            ) as hello:
+                os.kill(process.pid, signal.SIGSTOP)
+                for _ in range(1000):
+                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    sock.setblocking(False)
+                    queued.append(sock)
+                    if sock.connect_ex(hello.default_path("world")) == errno.EAGAIN:
+                        break
+                else:
+                    pytest.fail("the frozen server's backlog never filled")
+
+                async def thaw() -> None:
+                    await anyio.sleep(0.3)
+                    for sock in queued:
+                        sock.close()
+                    os.kill(process.pid, signal.SIGCONT)
+
+                async with anyio.create_task_group() as task_group:
+                    task_group.start_soon(thaw)
+                    with anyio.fail_after(10):
+                        connection = await hello.connect_to("world")
+                        assert await connection.request("echo", 1) == 1
+        finally:
+            for sock in queued:
+                sock.close()
+            os.kill(process.pid, signal.SIGCONT)
 
 
 async def test_path_too_long_is_not_retried(socket_dir: str) -> None:

@@ -10,6 +10,9 @@ Invariants:
 - ``Listening.accept`` never fails for one connection's fault (reset, aborted, refused by a
   firewall before it was accepted): it skips that connection. What it raises concerns the
   listener (out of resources, closed).
+- A connect returns a connected stream or raises: a Unix listener with a full backlog is
+  waited out (as a blocking connect would, within the caller's timeout), never taken for a
+  connection.
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ __all__ = [
 ]
 
 Address = str | tuple[str, int]
+
+BACKLOG_RETRY = 0.001  # s: the first pause before connecting again to a full Unix backlog
+BACKLOG_RETRY_CAP = 0.05  # s: and the longest (a server busy accepting frees room quickly)
 
 # accept() errors that concern only the connection being accepted (reset or aborted before we
 # took it, refused by a firewall, ...): skip it and accept the next, as Trio's SocketListener.
@@ -332,9 +338,17 @@ class TCPTransport:
 
 
 async def _connect(sock: socket.socket, address: Any) -> None:
-    """Connect a non-blocking socket, waiting for the kernel when it must."""
+    """Connect a non-blocking socket, waiting for the kernel when it must (the caller bounds
+    the wait). A Unix listener whose backlog is full answers EAGAIN and does *not* connect
+    (unlike TCP's EINPROGRESS, nothing is under way): try again shortly, as a blocking connect
+    would wait for room."""
     code = sock.connect_ex(address)
-    if code in (errno.EINPROGRESS, errno.EAGAIN):
+    delay = BACKLOG_RETRY
+    while code == errno.EAGAIN and sock.family == socket.AF_UNIX:
+        await anyio.sleep(delay)
+        delay = min(delay * 2, BACKLOG_RETRY_CAP)
+        code = sock.connect_ex(address)
+    if code == errno.EINPROGRESS:
         await anyio.wait_writable(sock)
         code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if code:
