@@ -68,6 +68,24 @@ W7_ROWS = ("w7-tiny", "w7-tiny-chunked", "w7-numpy", "w7-retry")
 W8_SIZES = (1, 16, 64, 256)
 W8_ROWS = tuple(f"w8-{mib}" for mib in W8_SIZES)
 
+#: Cost curves (issue 15), one row per point, Unix sockets, one backend per family (a curve's
+#: shape, not the backends, is the question): events/s against the payload size, and the
+#: events delivered per second broadcasting to N client processes.
+PAYLOAD_SIZES = (64, 1024, 16 << 10, 256 << 10, 1 << 20, 16 << 20)
+PAYLOAD_ROWS = tuple(f"pay-{size}" for size in PAYLOAD_SIZES)
+FANOUT_CLIENTS = (1, 4, 16, 64)
+FANOUT_ROWS = tuple(f"fanout-{clients}" for clients in FANOUT_CLIENTS)
+CURVE_ROWS = (*PAYLOAD_ROWS, *FANOUT_ROWS)
+CURVE_IMPLS = ("ipc-asyncio", "raw-asyncio", "node", "zmq")
+
+
+def size_label(size: int) -> str:
+    for unit, shift in (("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift:
+            return f"{size >> shift} {unit}"
+    return f"{size} B"
+
+
 #: The Python peers (benchmarks/peer_role.py) are anchors of W1, W2 and W5 only.
 WITH_PEERS = ("ipc", "raw", "node", "zmq", "mpc")
 
@@ -178,6 +196,27 @@ ROWS = [
         )
         for mib in W8_SIZES
     ),
+    *(
+        Row(
+            f"pay-{size}",
+            f"Curve: {size_label(size)} events, one emit each",
+            "ev/s",
+            True,
+            transports=("unix",),
+            families=("ipc", "raw", "node", "zmq"),
+        )
+        for size in PAYLOAD_SIZES
+    ),
+    *(
+        Row(
+            f"fanout-{clients}",
+            f"Curve: broadcast to {clients} {'process' if clients == 1 else 'processes'}",
+            "ev/s",
+            True,
+            transports=("unix",),
+        )
+        for clients in FANOUT_CLIENTS
+    ),
     Row("mem-idle", "Memory per idle connection", "KiB", False, transports=("unix",)),
     Row("mem-slow", "Memory growth, slow consumer", "MiB", False, transports=("unix",)),
 ]
@@ -189,6 +228,8 @@ W6_LIVE_ANCHOR = f"itself, {W6_LIVE[0]} live"
 def applies(row: Row, impl: Impl) -> bool:
     if impl.family not in row.families:
         return False
+    if row.key in CURVE_ROWS:
+        return impl.key in CURVE_IMPLS
     # W6's floor is one fresh interpreter: its backend hardly matters, so asyncio only.
     return not (row.key == "w6" and impl.family == "raw" and impl.backend != "asyncio")
 
@@ -236,10 +277,14 @@ def summarize(row: Row, report: dict[str, Any], params: dict[str, Any]) -> dict[
     if row.key in (
         *("w2", "w2x100", "w2-acked", "w3", "w4", "w4-acked"),
         *("w7-tiny", "w7-tiny-chunked", "w7-numpy"),
+        *CURVE_ROWS,
     ):
         scale = params["w3_payload_bytes"] / 1e6 if row.key == "w3" else 1.0
         rates = [r["count"] * scale / r["seconds"] for r in rounds]
         figure: dict[str, Any] = {"value": statistics.median(rates), "round_values": rates}
+        if row.key in PAYLOAD_ROWS:
+            megabytes = figure["value"] * int(row.key.removeprefix("pay-")) / 1e6
+            figure["note"] = f"{megabytes:.0f} MB/s"
         lost = sum(r.get("sent", r["count"]) - r["count"] for r in rounds)
         if lost:
             figure["warning"] = f"{lost} events not delivered"
@@ -576,7 +621,7 @@ def evaluate_targets(cell_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def fmt_value(value: float | None, unit: str) -> str:
     if value is None:
         return "—"
-    if unit == "ev/s" or (unit == "tasks/s" and value >= 1000):
+    if unit in ("ev/s", "tasks/s") and value >= 1000:  # (the curves' large payloads: fewer)
         return f"{value / 1000:.1f}k" if value < 1e6 else f"{value / 1e6:.2f}M"
     if value >= 100:
         return f"{value:.0f}"
@@ -685,8 +730,8 @@ def chart(cell_list: list[dict[str, Any]], path: str, title: str) -> str | None:
     cells = _index(cell_list)
     panels = []
     for row in ROWS:
-        if row.key == "w2x100":
-            continue  # drawn inside the W2 panels
+        if row.key == "w2x100" or row.key in CURVE_ROWS:
+            continue  # drawn inside the W2 panels; the curves have their own chart
         for transport in row.transports:
             bars = []
             missing = []
@@ -729,6 +774,56 @@ def chart(cell_list: list[dict[str, Any]], path: str, title: str) -> str | None:
             axis.text(value + top * 0.01, position, label, va="center", fontsize=7)
         axis.set_xlim(0, top * 1.25)
     figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return None
+
+
+def curve_chart(cell_list: list[dict[str, Any]], path: str, title: str) -> str | None:
+    """The cost curves as lines, one panel per curve (log-log for the payload size): where a
+    line bends down faster than its anchors, the cost per item jumped. Returns why not, or None."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (make bench installs it)"
+    cells = _index(cell_list)
+    curves = [
+        ("Events/s against the payload size (Unix)", "payload, bytes", "pay-", PAYLOAD_ROWS),
+        ("Events delivered/s, broadcast (Unix)", "client processes", "fanout-", FANOUT_ROWS),
+    ]
+    drawn = []
+    for heading, xlabel, prefix, keys in curves:
+        lines = []
+        for impl in IMPLS:
+            points = [
+                (int(key.removeprefix(prefix)), cells[(key, "unix", impl.key)]["value"])
+                for key in keys
+                if cells.get((key, "unix", impl.key), {}).get("status") == "ok"
+            ]
+            if points:
+                lines.append((impl, points))
+        if lines:
+            drawn.append((heading, xlabel, lines))
+    if not drawn:
+        return "no curve measured"
+    figure, axes = plt.subplots(1, len(drawn), figsize=(6.5 * len(drawn), 4.2), squeeze=False)
+    for axis, (heading, xlabel, lines) in zip(axes.flat, drawn, strict=True):
+        for impl, points in lines:
+            xs, ys = zip(*points, strict=True)
+            axis.plot(xs, ys, marker="o", label=impl.label, color=COLOURS[impl.family])
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_title(heading, fontsize=9)
+        axis.set_xlabel(xlabel, fontsize=8)
+        axis.set_ylabel("ev/s, higher is better", fontsize=8)
+        axis.tick_params(labelsize=7)
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.suptitle(title + ": cost curves", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)

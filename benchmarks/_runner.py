@@ -57,6 +57,8 @@ class Params:
     w7_tiny_tasks: int  # W7: tasks per round
     w7_numpy_tasks: int
     w8_sizes: tuple[int, ...]  # W8: array sizes (MiB) measured
+    payload_sizes: tuple[int, ...]  # the cost curves' points measured
+    fanout_clients: tuple[int, ...]
     deadline: float  # seconds any one role may run
     settle: float = 0.3
     warm_connections: int = 16
@@ -82,6 +84,8 @@ FULL = Params(
     w7_tiny_tasks=5000,
     w7_numpy_tasks=300,
     w8_sizes=_report.W8_SIZES,
+    payload_sizes=_report.PAYLOAD_SIZES,
+    fanout_clients=_report.FANOUT_CLIENTS,
     deadline=90,
 )
 QUICK = Params(
@@ -102,6 +106,8 @@ QUICK = Params(
     w7_tiny_tasks=1000,
     w7_numpy_tasks=60,
     w8_sizes=(1, 16, 64),  # CI smoke: no 256 MiB
+    payload_sizes=(64, 256 << 10),  # CI smoke: two points of each curve
+    fanout_clients=(1, 4),
     deadline=40,
     settle=0.2,
 )
@@ -191,7 +197,7 @@ class Cell:
 
     def run(self) -> dict[str, Any]:
         key = self.row.key
-        if key in ("w4", "w4-acked"):
+        if key in ("w4", "w4-acked") or key in _report.FANOUT_ROWS:
             return self.broadcast()
         if key in _report.W6_ROWS:
             return self.spawn()
@@ -231,6 +237,8 @@ class Cell:
                 extra["batch"] = 100
             if key == "w3":
                 extra["payload_bytes"] = p.w3_payload_bytes
+            if key in _report.PAYLOAD_ROWS:
+                extra["payload_bytes"] = int(key.removeprefix("pay-"))
         with Group(self.tree) as group:
             config = self.config(acked=extra.get("acked", "off"))
             server = group.start("server", self.command("server", config), self.cpus)
@@ -243,8 +251,10 @@ class Cell:
 
     def broadcast(self) -> dict[str, Any]:
         p = self.params
+        key = self.row.key
+        clients = int(key.removeprefix("fanout-")) if key in _report.FANOUT_ROWS else W4_CLIENTS
         config = self.config(
-            clients=W4_CLIENTS,
+            clients=clients,
             seconds=p.stream_seconds,
             warmup=p.warmup_seconds,
             acked="on" if self.row.key == "w4-acked" else "off",
@@ -252,7 +262,7 @@ class Cell:
         with Group(self.tree) as group:
             server = group.start("server", self.command("server-w4", config))
             ready = server.message(30, {"ready"})
-            for index in range(W4_CLIENTS):
+            for index in range(clients):
                 client_config = {**config, **_address(ready), "index": index}
                 group.start(f"client {index}", self.command("client-w4", client_config))
             return server.message(self.wait(), {"result"})
@@ -459,6 +469,12 @@ def select(only: str | None) -> tuple[list[Row], list[Impl], list[str]]:
             row_keys.update(_report.W7_ROWS)
         elif token == "w8":
             row_keys.update(_report.W8_ROWS)
+        elif token == "pay":
+            row_keys.update(_report.PAYLOAD_ROWS)
+        elif token == "fanout":
+            row_keys.update(_report.FANOUT_ROWS)
+        elif token == "curves":
+            row_keys.update(_report.CURVE_ROWS)
         elif token == "mem":
             row_keys |= {"mem-idle", "mem-slow"}
         elif any(token in (i.key, i.family, i.backend) for i in IMPLS):
@@ -467,7 +483,8 @@ def select(only: str | None) -> tuple[list[Row], list[Impl], list[str]]:
             raise SystemExit(
                 f"--only: unknown token {token!r}; use workloads (w1..w8, w2x100, "
                 f"{', '.join(_report.W6_ROWS[1:])}, {', '.join(_report.W7_ROWS)}, "
-                f"{', '.join(_report.W8_ROWS)}, mem, "
+                f"{', '.join(_report.W8_ROWS)}, curves, pay, fanout, "
+                f"{', '.join(_report.CURVE_ROWS)}, mem, "
                 f"mem-idle, mem-slow), implementations ({', '.join(i.key for i in IMPLS)}, "
                 "ipc, raw, node, asyncio, uvloop, trio) or transports (unix, tcp)"
             )
@@ -562,6 +579,17 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
+def _in_params(key: str, params: Params) -> bool:
+    """Whether this run measures that row: QUICK has no 256 MiB W8 and two points per curve."""
+    if key in _report.W8_ROWS:
+        return int(key.removeprefix("w8-")) in params.w8_sizes
+    if key in _report.PAYLOAD_ROWS:
+        return int(key.removeprefix("pay-")) in params.payload_sizes
+    if key in _report.FANOUT_ROWS:
+        return int(key.removeprefix("fanout-")) in params.fanout_clients
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     params = make_params(args)
@@ -569,8 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     cells_to_run = [
         (row, transport, impl)
         for row, transport, impl in plan(rows, impls, transports)
-        if row.key not in _report.W8_ROWS
-        or int(row.key.removeprefix("w8-")) in params.w8_sizes  # QUICK: no 256 MiB
+        if _in_params(row.key, params)
     ]
     if args.list:
         for row, transport, impl in cells_to_run:
@@ -827,9 +854,16 @@ def write_report(
             written.append(f"{base}.png")
         else:
             _say(f"no chart: {why}")
+        if any(c["row"] in _report.CURVE_ROWS for c in cells):
+            why = _report.curve_chart(cells, f"{base}-curves.png", title)
+            if why is None:
+                written.append(f"{base}-curves.png")
+            else:
+                _say(f"no curve chart: {why}")
     for path in written:
         extension = os.path.splitext(path)[1]
-        shutil.copyfile(path, os.path.join(args.results_dir, f"latest{extension}"))
+        suffix = "-curves" if path.endswith("-curves.png") else ""
+        shutil.copyfile(path, os.path.join(args.results_dir, f"latest{suffix}{extension}"))
     _say("written: " + ", ".join(os.path.relpath(p) for p in written) + " (and latest.*)")
 
 

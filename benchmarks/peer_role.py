@@ -142,6 +142,7 @@ def client_w1(peer: Zmq | Mpc, config: dict[str, Any]) -> None:
 def client_stream(peer: Zmq | Mpc, config: dict[str, Any]) -> None:
     """W2: one ``send`` per event for a while, then ``fin``; the server's count ends a round."""
     data = payload(config)
+    check = 1 if config.get("payload_bytes") else 100
     send, receive, close = peer.connect(config)
     pack = msgpack.Packer().pack
     rounds = []
@@ -151,9 +152,9 @@ def client_stream(peer: Zmq | Mpc, config: dict[str, Any]) -> None:
         start = now()
         end = start + seconds
         while sent < MAX_EVENTS:
-            for _ in range(100):
+            for _ in range(check):
                 send(pack(["ev", data]))
-            sent += 100
+            sent += check
             if now() >= end:
                 break
         send(pack(["fin", None]))

@@ -168,3 +168,45 @@ def test_compare_noise_test() -> None:
     assert mann_whitney_p([1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0]) == 1.0
     assert mann_whitney_p([1.0, 1.1, 1.2, 1.3, 1.4], [2.0, 2.1, 2.2, 2.3, 2.4]) < 0.05
     assert mann_whitney_p([1.0, 2.1, 1.2, 2.3, 1.4], [2.0, 1.1, 2.2, 1.3, 2.4]) > 0.05
+
+
+@pytest.mark.slow
+def test_cost_curves_quick_points_and_their_chart(tmp_path: os.PathLike[str]) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--quick",
+            "--only",
+            "curves,ipc-asyncio,raw-asyncio",
+            "--rounds",
+            "1",
+            "--seconds",
+            "0.05",
+            "--results-dir",
+            os.fspath(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    with open(os.path.join(tmp_path, "latest.json"), encoding="utf-8") as file:
+        document = json.load(file)
+    cells = {(cell["row"], cell["impl"]): cell for cell in document["cells"]}
+    rows = {"pay-64", f"pay-{256 << 10}", "fanout-1", "fanout-4"}
+    assert set(cells) == {(row, impl) for row in rows for impl in ("ipc-asyncio", "raw-asyncio")}
+    for cell in cells.values():
+        assert cell["status"] == "ok", cell
+        assert cell["unit"] == "ev/s"
+        assert math.isfinite(cell["value"]), cell
+        assert cell["value"] > 0, cell
+    assert cells[("pay-64", "ipc-asyncio")]["note"].endswith("MB/s")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "no curve chart: matplotlib is not installed" in done.stdout
+    else:
+        assert os.path.getsize(os.path.join(tmp_path, "latest-curves.png")) > 0
