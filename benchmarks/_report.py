@@ -75,7 +75,8 @@ PAYLOAD_SIZES = (64, 1024, 16 << 10, 256 << 10, 1 << 20, 16 << 20)
 PAYLOAD_ROWS = tuple(f"pay-{size}" for size in PAYLOAD_SIZES)
 FANOUT_CLIENTS = (1, 4, 16, 64)
 FANOUT_ROWS = tuple(f"fanout-{clients}" for clients in FANOUT_CLIENTS)
-CURVE_ROWS = (*PAYLOAD_ROWS, *FANOUT_ROWS)
+FANIN_ROWS = tuple(f"fanin-{clients}" for clients in FANOUT_CLIENTS)
+CURVE_ROWS = (*PAYLOAD_ROWS, *FANOUT_ROWS, *FANIN_ROWS)
 CURVE_IMPLS = ("ipc-asyncio", "raw-asyncio", "node", "zmq")
 
 
@@ -214,6 +215,17 @@ ROWS = [
             "ev/s",
             True,
             transports=("unix",),
+        )
+        for clients in FANOUT_CLIENTS
+    ),
+    *(
+        Row(
+            f"fanin-{clients}",
+            f"Curve: {clients} {'process' if clients == 1 else 'processes'} emitting to one",
+            "ev/s",
+            True,
+            transports=("unix",),
+            families=("ipc", "raw"),
         )
         for clients in FANOUT_CLIENTS
     ),
@@ -794,6 +806,7 @@ def curve_chart(cell_list: list[dict[str, Any]], path: str, title: str) -> str |
     curves = [
         ("Events/s against the payload size (Unix)", "payload, bytes", "pay-", PAYLOAD_ROWS),
         ("Events delivered/s, broadcast (Unix)", "client processes", "fanout-", FANOUT_ROWS),
+        ("Events received/s, fan-in (Unix)", "client processes", "fanin-", FANIN_ROWS),
     ]
     drawn = []
     for heading, xlabel, prefix, keys in curves:

@@ -58,7 +58,8 @@ class Params:
     w7_numpy_tasks: int
     w8_sizes: tuple[int, ...]  # W8: array sizes (MiB) measured
     payload_sizes: tuple[int, ...]  # the cost curves' points measured
-    fanout_clients: tuple[int, ...]
+    fanout_clients: tuple[int, ...]  # and the fan-in curve's
+    fanin_events: int  # fan-in: events per round, over all clients
     deadline: float  # seconds any one role may run
     settle: float = 0.3
     warm_connections: int = 16
@@ -86,6 +87,7 @@ FULL = Params(
     w8_sizes=_report.W8_SIZES,
     payload_sizes=_report.PAYLOAD_SIZES,
     fanout_clients=_report.FANOUT_CLIENTS,
+    fanin_events=400_000,
     deadline=90,
 )
 QUICK = Params(
@@ -108,6 +110,7 @@ QUICK = Params(
     w8_sizes=(1, 16, 64),  # CI smoke: no 256 MiB
     payload_sizes=(64, 256 << 10),  # CI smoke: two points of each curve
     fanout_clients=(1, 4),
+    fanin_events=40_000,
     deadline=40,
     settle=0.2,
 )
@@ -199,6 +202,8 @@ class Cell:
         key = self.row.key
         if key in ("w4", "w4-acked") or key in _report.FANOUT_ROWS:
             return self.broadcast()
+        if key in _report.FANIN_ROWS:
+            return self.fan_in()
         if key in _report.W6_ROWS:
             return self.spawn()
         if key in _report.W7_ROWS:
@@ -266,6 +271,48 @@ class Cell:
                 client_config = {**config, **_address(ready), "index": index}
                 group.start(f"client {index}", self.command("client-w4", client_config))
             return server.message(self.wait(), {"result"})
+
+    def fan_in(self) -> dict[str, Any]:
+        """N client processes emit small events to one server at once (they connect, say
+        ready, and start together when the runner creates the start file); a round's figure is
+        all their events over the longest client's time."""
+        p = self.params
+        clients = int(self.row.key.removeprefix("fanin-"))
+        start_file = os.path.join(self.sockets, "start")
+        config = self.config(max_connections=clients + 10)
+        with Group(self.tree) as group:
+            server = group.start("server", self.command("server", config))
+            ready = server.message(30, {"ready"})
+            client_config = self.config(
+                **_address(ready),
+                seconds=p.stream_seconds,
+                warmup=p.warmup_seconds,
+                start_file=start_file,
+                # The clients share one budget of events per round: each sender outruns the
+                # server, and N connections' worth of buffered events would take the server
+                # N times as long to drain (64 clients: past the deadline).
+                max_events=max(100, p.fanin_events // clients),
+            )
+            started = [
+                group.start(
+                    f"client {index}",
+                    self.command("client-stream", {**client_config, "index": index}),
+                )
+                for index in range(clients)
+            ]
+            for client in started:
+                client.message(self.wait(), {"ready"})
+            with open(start_file, "w"):
+                pass
+            reports = [client.message(self.wait(), {"result"}) for client in started]
+        rounds = [
+            {
+                "count": sum(r["count"] for r in per_round),
+                "seconds": max(r["seconds"] for r in per_round),
+            }
+            for per_round in zip(*(report["rounds"] for report in reports), strict=True)
+        ]
+        return {"kind": "result", "rounds": rounds}
 
     def spawn(self) -> dict[str, Any]:
         key = self.row.key
@@ -473,6 +520,8 @@ def select(only: str | None) -> tuple[list[Row], list[Impl], list[str]]:
             row_keys.update(_report.PAYLOAD_ROWS)
         elif token == "fanout":
             row_keys.update(_report.FANOUT_ROWS)
+        elif token == "fanin":
+            row_keys.update(_report.FANIN_ROWS)
         elif token == "curves":
             row_keys.update(_report.CURVE_ROWS)
         elif token == "mem":
@@ -483,7 +532,7 @@ def select(only: str | None) -> tuple[list[Row], list[Impl], list[str]]:
             raise SystemExit(
                 f"--only: unknown token {token!r}; use workloads (w1..w8, w2x100, "
                 f"{', '.join(_report.W6_ROWS[1:])}, {', '.join(_report.W7_ROWS)}, "
-                f"{', '.join(_report.W8_ROWS)}, curves, pay, fanout, "
+                f"{', '.join(_report.W8_ROWS)}, curves, pay, fanout, fanin, "
                 f"{', '.join(_report.CURVE_ROWS)}, mem, "
                 f"mem-idle, mem-slow), implementations ({', '.join(i.key for i in IMPLS)}, "
                 "ipc, raw, node, asyncio, uvloop, trio) or transports (unix, tcp)"
@@ -585,8 +634,8 @@ def _in_params(key: str, params: Params) -> bool:
         return int(key.removeprefix("w8-")) in params.w8_sizes
     if key in _report.PAYLOAD_ROWS:
         return int(key.removeprefix("pay-")) in params.payload_sizes
-    if key in _report.FANOUT_ROWS:
-        return int(key.removeprefix("fanout-")) in params.fanout_clients
+    if key in _report.FANOUT_ROWS or key in _report.FANIN_ROWS:
+        return int(key.split("-")[1]) in params.fanout_clients
     return True
 
 

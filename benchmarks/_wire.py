@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Any
 
+import anyio
 import msgpack
 
 HEADER = struct.Struct(">I")
@@ -60,6 +61,20 @@ def payload(config: dict[str, Any]) -> Any:
     """The event data of a stream workload: W2's small dict or W3's ``bytes`` payload."""
     size = config.get("payload_bytes")
     return bytes(size) if size else SMALL_EVENT
+
+
+async def wait_for_start(config: dict[str, Any]) -> None:
+    """The fan-in curve: each client says ``ready`` once connected, then waits (bounded by the
+    deadline) for the runner's ``start_file``, so that all of them emit at the same time."""
+    start_file = config.get("start_file")
+    if start_file is None:
+        return
+    say("ready")
+    deadline = now() + config["deadline"]
+    while not os.path.exists(start_file):
+        if now() > deadline:
+            raise RuntimeError("the runner never started the fan-in clients")
+        await anyio.sleep(0.005)
 
 
 def backend_options(config: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:

@@ -24,6 +24,7 @@ from ._wire import (
     payload,
     rss_bytes,
     say,
+    wait_for_start,
 )
 
 
@@ -75,20 +76,18 @@ async def server(config: dict[str, Any]) -> None:
     """W1/W2/W3/W5 and memory (idle): answers ``ping``, counts ``ev``, answers ``fin``."""
     async with _actor("world", config, max_connections=config.get("max_connections", 100)) as a:
         srv = await _listen(a, config)
-        count = 0
+        counts: dict[int, int] = {}  # per client: the fan-in curve's clients emit at once
 
         srv.on("ping", lambda data, client: data)
 
         @srv.on("ev")
         def on_ev(data: Any, client: ipcactors.Client) -> None:
-            nonlocal count
-            count += 1
+            key = id(client)
+            counts[key] = counts.get(key, 0) + 1
 
         @srv.on("fin")
         async def on_fin(data: Any, client: ipcactors.Client) -> None:
-            nonlocal count
-            done, count = count, 0
-            await client.emit("done", done)
+            await client.emit("done", counts.pop(id(client), 0))
 
         _ready(srv)
         await anyio.sleep(config["deadline"])
@@ -188,8 +187,10 @@ async def client_stream(config: dict[str, Any]) -> None:
     """W2/W3: ``emit`` events one at a time for a while, then ``fin``; the server's ``done``
     (handled after every event before it) ends the round."""
     data = payload(config)
+    limit = config.get("max_events", MAX_EVENTS)  # fan-in: a share of one budget
     check = 1 if config.get("payload_bytes") else 100
-    async with _actor("hello", config) as a:
+    # Fan-in: each client its own actor id (a server holds one connection per id).
+    async with _actor(f"hello{config.get('index', '')}", config) as a:
         conn = await _connect(a, config)
         done: list[Any] = [None, anyio.Event()]
 
@@ -199,6 +200,7 @@ async def client_stream(config: dict[str, Any]) -> None:
             done[1].set()
 
         emit = conn.emit
+        await wait_for_start(config)
         rounds = []
         for index in range(config["rounds"] + 1):
             seconds = config["warmup"] if index == 0 else config["seconds"]
@@ -206,7 +208,7 @@ async def client_stream(config: dict[str, Any]) -> None:
             sent = 0
             start = now()
             end = start + seconds
-            while sent < MAX_EVENTS:
+            while sent < limit:
                 for _ in range(check):
                     await emit("ev", data)
                 sent += check

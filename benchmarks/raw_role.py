@@ -28,6 +28,7 @@ from ._wire import (
     payload,
     rss_bytes,
     say,
+    wait_for_start,
 )
 
 RECEIVE = 65536
@@ -189,19 +190,21 @@ async def client_w1(config: dict[str, Any]) -> None:
 async def client_stream(config: dict[str, Any]) -> None:
     """W2/W3: one ``send`` per frame, or ``batch`` frames joined per ``send``."""
     data = payload(config)
+    limit = config.get("max_events", MAX_EVENTS)  # fan-in: a share of one budget
     batch = config.get("batch", 1)
     check = 1 if config.get("payload_bytes") else 100
     stream = await _connect(config)
     packer = msgpack.Packer()
     buffer = FrameBuffer()
     send = stream.send
+    await wait_for_start(config)
     rounds = []
     for index in range(config["rounds"] + 1):
         seconds = config["warmup"] if index == 0 else config["seconds"]
         sent = 0
         start = now()
         end = start + seconds
-        while sent < MAX_EVENTS:
+        while sent < limit:
             if batch == 1:
                 for _ in range(check):
                     await send(frame(packer, ["ev", data]))

@@ -196,7 +196,7 @@ def test_cost_curves_quick_points_and_their_chart(tmp_path: os.PathLike[str]) ->
     with open(os.path.join(tmp_path, "latest.json"), encoding="utf-8") as file:
         document = json.load(file)
     cells = {(cell["row"], cell["impl"]): cell for cell in document["cells"]}
-    rows = {"pay-64", f"pay-{256 << 10}", "fanout-1", "fanout-4"}
+    rows = {"pay-64", f"pay-{256 << 10}", "fanout-1", "fanout-4", "fanin-1", "fanin-4"}
     assert set(cells) == {(row, impl) for row in rows for impl in ("ipc-asyncio", "raw-asyncio")}
     for cell in cells.values():
         assert cell["status"] == "ok", cell
