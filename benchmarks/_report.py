@@ -76,7 +76,10 @@ PAYLOAD_ROWS = tuple(f"pay-{size}" for size in PAYLOAD_SIZES)
 FANOUT_CLIENTS = (1, 4, 16, 64)
 FANOUT_ROWS = tuple(f"fanout-{clients}" for clients in FANOUT_CLIENTS)
 FANIN_ROWS = tuple(f"fanin-{clients}" for clients in FANOUT_CLIENTS)
-CURVE_ROWS = (*PAYLOAD_ROWS, *FANOUT_ROWS, *FANIN_ROWS)
+#: Idle connections held by one server: memory per connection, and one active client's p99.
+IDLE_COUNTS = (1, 100, 1000, 4000)
+IDLE_ROWS = tuple(f"idle-{count}" for count in IDLE_COUNTS)
+CURVE_ROWS = (*PAYLOAD_ROWS, *FANOUT_ROWS, *FANIN_ROWS, *IDLE_ROWS)
 CURVE_IMPLS = ("ipc-asyncio", "raw-asyncio", "node", "zmq")
 
 
@@ -229,6 +232,16 @@ ROWS = [
         )
         for clients in FANOUT_CLIENTS
     ),
+    *(
+        Row(
+            f"idle-{count}",
+            f"Curve: memory per connection, {count} idle",
+            "KiB",
+            False,
+            transports=("unix",),
+        )
+        for count in IDLE_COUNTS
+    ),
     Row("mem-idle", "Memory per idle connection", "KiB", False, transports=("unix",)),
     Row("mem-slow", "Memory growth, slow consumer", "MiB", False, transports=("unix",)),
 ]
@@ -289,7 +302,9 @@ def summarize(row: Row, report: dict[str, Any], params: dict[str, Any]) -> dict[
     if row.key in (
         *("w2", "w2x100", "w2-acked", "w3", "w4", "w4-acked"),
         *("w7-tiny", "w7-tiny-chunked", "w7-numpy"),
-        *CURVE_ROWS,
+        *PAYLOAD_ROWS,
+        *FANOUT_ROWS,
+        *FANIN_ROWS,
     ):
         scale = params["w3_payload_bytes"] / 1e6 if row.key == "w3" else 1.0
         rates = [r["count"] * scale / r["seconds"] for r in rounds]
@@ -301,9 +316,15 @@ def summarize(row: Row, report: dict[str, Any], params: dict[str, Any]) -> dict[
         if lost:
             figure["warning"] = f"{lost} events not delivered"
         return figure
-    if row.key == "mem-idle":
+    if row.key == "mem-idle" or row.key in IDLE_ROWS:
         per_connection = (report["after"] - report["before"]) / report["connections"] / 1024
+        samples = report.get("samples_us") or []
+        extra = {}
+        if samples:
+            p99 = percentile(samples, 0.99)
+            extra = {"p99_us": p99, "note": f"one active client: p99 {p99:.0f} µs"}
         return {
+            **extra,
             "value": per_connection,
             "connections": report["connections"],
             "rss_before": report["before"],
@@ -807,6 +828,7 @@ def curve_chart(cell_list: list[dict[str, Any]], path: str, title: str) -> str |
         ("Events/s against the payload size (Unix)", "payload, bytes", "pay-", PAYLOAD_ROWS),
         ("Events delivered/s, broadcast (Unix)", "client processes", "fanout-", FANOUT_ROWS),
         ("Events received/s, fan-in (Unix)", "client processes", "fanin-", FANIN_ROWS),
+        ("KiB per idle connection (Unix)", "idle connections", "idle-", IDLE_ROWS),
     ]
     drawn = []
     for heading, xlabel, prefix, keys in curves:
@@ -832,7 +854,8 @@ def curve_chart(cell_list: list[dict[str, Any]], path: str, title: str) -> str |
         axis.set_yscale("log")
         axis.set_title(heading, fontsize=9)
         axis.set_xlabel(xlabel, fontsize=8)
-        axis.set_ylabel("ev/s, higher is better", fontsize=8)
+        unit = "KiB, lower is better" if xlabel == "idle connections" else "ev/s, higher is better"
+        axis.set_ylabel(unit, fontsize=8)
         axis.tick_params(labelsize=7)
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=7)

@@ -60,6 +60,8 @@ class Params:
     payload_sizes: tuple[int, ...]  # the cost curves' points measured
     fanout_clients: tuple[int, ...]  # and the fan-in curve's
     fanin_events: int  # fan-in: events per round, over all clients
+    idle_counts: tuple[int, ...]  # the idle-connection curve's points
+    active_pings: int  # its active client's round trips
     deadline: float  # seconds any one role may run
     settle: float = 0.3
     warm_connections: int = 16
@@ -88,6 +90,8 @@ FULL = Params(
     payload_sizes=_report.PAYLOAD_SIZES,
     fanout_clients=_report.FANOUT_CLIENTS,
     fanin_events=400_000,
+    idle_counts=_report.IDLE_COUNTS,
+    active_pings=2000,
     deadline=90,
 )
 QUICK = Params(
@@ -111,6 +115,8 @@ QUICK = Params(
     payload_sizes=(64, 256 << 10),  # CI smoke: two points of each curve
     fanout_clients=(1, 4),
     fanin_events=40_000,
+    idle_counts=(1, 100),
+    active_pings=300,
     deadline=40,
     settle=0.2,
 )
@@ -210,7 +216,7 @@ class Cell:
             return self.pool()
         if key in _report.W8_ROWS:
             return self.tensor()
-        if key == "mem-idle":
+        if key == "mem-idle" or key in _report.IDLE_ROWS:
             return self.idle()
         if key == "mem-slow":
             return self.slow()
@@ -369,16 +375,19 @@ class Cell:
 
     def idle(self) -> dict[str, Any]:
         p = self.params
+        curve = self.row.key in _report.IDLE_ROWS
+        connections = int(self.row.key.removeprefix("idle-")) if curve else p.idle_connections
         with Group(self.tree) as group:
-            total = p.idle_connections + p.warm_connections
+            total = connections + p.warm_connections
             config = self.config(max_connections=total + 50)
             server = group.start("server", self.command("server", config))
             ready = server.message(30, {"ready"})
             client_config = self.config(
                 **_address(ready),
                 server_pid=server.pid,
-                connections=p.idle_connections,
+                connections=connections,
                 warm_connections=p.warm_connections,
+                active_pings=p.active_pings if curve else 0,
                 settle=p.settle,
                 protocol=self.impl.family,
             )
@@ -522,6 +531,8 @@ def select(only: str | None) -> tuple[list[Row], list[Impl], list[str]]:
             row_keys.update(_report.FANOUT_ROWS)
         elif token == "fanin":
             row_keys.update(_report.FANIN_ROWS)
+        elif token == "idle":
+            row_keys.update(_report.IDLE_ROWS)
         elif token == "curves":
             row_keys.update(_report.CURVE_ROWS)
         elif token == "mem":
@@ -532,7 +543,7 @@ def select(only: str | None) -> tuple[list[Row], list[Impl], list[str]]:
             raise SystemExit(
                 f"--only: unknown token {token!r}; use workloads (w1..w8, w2x100, "
                 f"{', '.join(_report.W6_ROWS[1:])}, {', '.join(_report.W7_ROWS)}, "
-                f"{', '.join(_report.W8_ROWS)}, curves, pay, fanout, fanin, "
+                f"{', '.join(_report.W8_ROWS)}, curves, pay, fanout, fanin, idle, "
                 f"{', '.join(_report.CURVE_ROWS)}, mem, "
                 f"mem-idle, mem-slow), implementations ({', '.join(i.key for i in IMPLS)}, "
                 "ipc, raw, node, asyncio, uvloop, trio) or transports (unix, tcp)"
@@ -636,6 +647,8 @@ def _in_params(key: str, params: Params) -> bool:
         return int(key.removeprefix("pay-")) in params.payload_sizes
     if key in _report.FANOUT_ROWS or key in _report.FANIN_ROWS:
         return int(key.split("-")[1]) in params.fanout_clients
+    if key in _report.IDLE_ROWS:
+        return int(key.removeprefix("idle-")) in params.idle_counts
     return True
 
 

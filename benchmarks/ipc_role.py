@@ -277,19 +277,32 @@ async def client_idle(config: dict[str, Any]) -> None:
     server_pid = config["server_pid"]
     async with contextlib.AsyncExitStack() as stack:
 
-        async def open_many(first: int, count: int) -> None:
+        async def open_many(first: int, count: int) -> ipcactors.Connection:
             for i in range(first, first + count):
                 a = await stack.enter_async_context(_actor(f"idle{i}", config))
                 conn = await _connect(a, config)
                 await conn.request("ping", i)
+            return conn
 
-        await open_many(0, config["warm_connections"])
+        active = await open_many(0, config["warm_connections"])
         await anyio.sleep(config["settle"])
         before = rss_bytes(server_pid)
         await open_many(config["warm_connections"], config["connections"])
         await anyio.sleep(config["settle"])
         after = rss_bytes(server_pid)
-        say("result", before=before, after=after, connections=config["connections"])
+        # The idle-connection curve: one active client's round trips beside all of them.
+        samples = []
+        for i in range(config.get("active_pings", 0)):
+            start = now()
+            await active.request("ping", i)
+            samples.append((now() - start) * 1e6)
+        say(
+            "result",
+            before=before,
+            after=after,
+            connections=config["connections"],
+            samples_us=samples,
+        )
         exit_now()
 
 

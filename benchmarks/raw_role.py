@@ -293,7 +293,15 @@ def client_idle_plain(config: dict[str, Any]) -> None:
     open_many(config["connections"])
     time.sleep(config["settle"])
     after = rss_bytes(server_pid)
-    say("result", before=before, after=after, connections=config["connections"])
+    # The idle-connection curve: one active client's round trips beside all of them.
+    samples = []
+    for _ in range(config.get("active_pings", 0)):
+        start = now()
+        sockets[0].sendall(ping)
+        if not sockets[0].recv(65536):
+            raise RuntimeError("the server closed a connection")
+        samples.append((now() - start) * 1e6)
+    say("result", before=before, after=after, connections=config["connections"], samples_us=samples)
     exit_now()
 
 
