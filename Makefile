@@ -64,7 +64,7 @@ $(DOCS_STAMP): $(STAMP)
 bench: $(STAMP)
 	@$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/python -m pip install --quiet matplotlib \
 		|| echo "matplotlib could not be installed: the run goes on without a chart"
-	@$(BIN)/python -c "import loky, zmq" 2>/dev/null || $(BIN)/python -m pip install --quiet ".[bench]" \
+	@$(BIN)/python -c "import loky, zmq" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[bench]" \
 		|| echo "loky or pyzmq could not be installed: their cells report them as not available"
 	$(BIN)/python -m benchmarks $(if $(QUICK),--quick,)
 
