@@ -223,3 +223,53 @@ def test_mode_is_set_before_bind_not_after(
     finally:
         bound.sock.close()
         _unix.remove_if_ours(bound.path, bound.identity)
+
+
+async def test_serve_waits_for_another_process_binding_in_the_same_folder(
+    socket_dir: str,
+) -> None:
+    """Binding takes the folder's lock; while another process holds it, serve() waits for it
+    without blocking the event loop (other tasks run), then serves."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            "fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('LOCKED', flush=True)\n"
+            "time.sleep(0.5)\n",
+            socket_dir,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "LOCKED"
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await anyio.sleep(0.01)
+                ticks += 1
+
+        async with Actor("world", socket_root=socket_dir, silent=True) as world:
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(tick)
+                with anyio.fail_after(10):
+                    start = anyio.current_time()
+                    server = await world.serve()
+                    waited = anyio.current_time() - start
+                task_group.cancel_scope.cancel()
+            assert waited > 0.2, "serve() waited for the lock"
+            assert ticks >= 5, "the event loop ran other tasks while serve() waited"
+            server.on("ping", lambda data, client: "pong")
+            async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+                connection = await hello.connect_to("world")
+                with anyio.fail_after(5):
+                    assert await connection.request("ping") == "pong"
+    finally:
+        holder.kill()
+        holder.wait()

@@ -7,6 +7,7 @@ Invariant: the second line of defence only (the lifeline pipe is the first, see 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import signal
 import sys
@@ -18,6 +19,12 @@ _PR_SET_PDEATHSIG: Final = 1
 EXIT_PARENT_LOST: Final = 70  # EX_SOFTWARE: the supervisor is gone
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """Loaded once, in the forkserver: its children inherit it instead of loading it again."""
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def set_parent_death_signal(expected_parent: int, sig: int = signal.SIGKILL) -> None:
     """Ask Linux to send ``sig`` when our parent dies; exit at once if it already has.
 
@@ -25,8 +32,7 @@ def set_parent_death_signal(expected_parent: int, sig: int = signal.SIGKILL) -> 
     """
     if sys.platform.startswith("linux"):
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+            _libc().prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
         except (OSError, AttributeError):
             pass
     # The parent may have died before prctl took effect: then we were re-parented already.

@@ -270,7 +270,11 @@ class UnixTransport:
         return stream
 
     async def listen(self, backlog: int) -> Listening:
-        bound = await anyio.to_thread.run_sync(bind_unix_socket, self.path, backlog)
+        # In the loop unless another process holds the directory's lock (see _unix).
+        bound = bind_unix_socket(self.path, backlog, wait=False)
+        if bound is None:
+            bound = await anyio.to_thread.run_sync(bind_unix_socket, self.path, backlog)
+        assert bound is not None
 
         async def cleanup() -> None:
             remove_if_ours(bound.path, bound.identity)

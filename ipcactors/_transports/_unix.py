@@ -9,7 +9,10 @@ Invariants owned here:
 - The socket file never exists with a mode wider than 0600: the mode is set on the descriptor
   before ``bind`` (Linux applies it to the new inode) and the umask is irrelevant.
 - A server removes its socket file on close only if the file is still the one it bound.
-These functions block (briefly); callers run them in a worker thread.
+These functions block (briefly): only waiting for the directory's lock can take long, so
+``bind_unix_socket(..., wait=False)`` runs in the event loop and returns None when another
+process holds the lock; callers then repeat it with ``wait=True`` in a worker thread (a thread
+costs about a millisecond to start in a fresh process: a forked child serves at once).
 """
 
 from __future__ import annotations
@@ -107,13 +110,17 @@ class BoundUnixSocket:
     removed_stale: bool
 
 
-def bind_unix_socket(path: str, backlog: int = 128) -> BoundUnixSocket:
-    """Bind and listen on ``path`` safely (see the module's invariants). Blocks briefly."""
+def bind_unix_socket(path: str, backlog: int = 128, *, wait: bool = True) -> BoundUnixSocket | None:
+    """Bind and listen on ``path`` safely (see the module's invariants). Blocks briefly; with
+    ``wait=False``, returns None instead of waiting for another process's lock."""
     check_path_length(path)
     directory = os.path.dirname(path) or "."
     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fcntl.flock(dir_fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(dir_fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
         removed_stale = _clear_stale(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
