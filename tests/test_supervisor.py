@@ -237,7 +237,9 @@ async def test_every_child_is_reaped(socket_dir: str) -> None:
             await wait_until(restarted(sup, "w1", before["w1"]))
             await wait_until(restarted(sup, "w2", before["w2"]))
             children = forkserver.children()
-            assert {p.pid for p in children} == set(pids(sup).values())
+            # Every child, and at most one spare forked ahead of the next spawn.
+            assert set(pids(sup).values()) <= {p.pid for p in children}
+            assert len(children) <= len(pids(sup)) + 1
             assert all(p.status() != psutil.STATUS_ZOMBIE for p in children)
             for pid in (before["w1"], before["w2"]):
                 assert not psutil.pid_exists(pid), "an exited child was not reaped"
@@ -486,18 +488,65 @@ async def test_stop_escalates_to_sigterm_then_sigkill(
     assert elapsed >= 0.3 if not ignore_sigterm else elapsed >= 0.6
 
 
+async def spare_of(sup: Supervisor) -> int:
+    """The pid of the spare child the forkserver forked ahead of the next spawn."""
+    forkserver = psutil.Process(sup._forkserver.pid)  # type: ignore[union-attr]
+    spares: list[int] = []
+
+    def found() -> bool:
+        spares[:] = [p.pid for p in forkserver.children() if p.pid not in pids(sup).values()]
+        return len(spares) == 1
+
+    await wait_until(found)
+    return spares[0]
+
+
+async def test_a_spawn_becomes_the_spare_forked_ahead(socket_dir: str) -> None:
+    with anyio.fail_after(20):
+        async with supervisor(socket_dir) as sup:
+            await sup.spawn(_workers.echo, id="w1")
+            spare = await spare_of(sup)
+            await sup.spawn(_workers.echo, id="w2")
+            assert await sup.request("w2", "pid") == spare
+            assert await sup.request("w2", "echo", [1, "two"]) == [1, "two"]
+            assert await spare_of(sup) not in (spare, *pids(sup).values())
+
+
+async def test_a_spare_that_dies_is_replaced_and_never_reported(socket_dir: str) -> None:
+    with anyio.fail_after(20):
+        async with supervisor(socket_dir) as sup:
+            await sup.spawn(_workers.echo, id="w1")
+            first = pids(sup)["w1"]
+            spare = await spare_of(sup)
+            os.kill(spare, signal.SIGKILL)
+            await wait_until(lambda: not psutil.pid_exists(spare))  # reaped, not a zombie
+            await sup.spawn(_workers.echo, id="w2")
+            assert await sup.request("w2", "echo", "hi") == "hi"
+            assert await sup.request("w2", "pid") != spare
+            # A spare's death is nobody's exit: no restart, no child touched.
+            assert sup.children["w1"].restarts == 0
+            assert sup.children["w2"].restarts == 0
+            assert pids(sup)["w1"] == first
+            assert await sup.request("w1", "echo", "still") == "still"
+
+
 # --- no orphans -------------------------------------------------------------------------------
 
 _KILLED_SUPERVISOR = """
 import json, sys
-import anyio, ipcactors, _workers
+import anyio, ipcactors, psutil, _workers
 
 async def main():
     async with ipcactors.Supervisor(socket_root=sys.argv[2], retry=0.05) as sup:
         for id in ("a", "b", "c"):
             await sup.spawn(_workers.echo, id=id)
         pids = [info.pid for info in sup.children.values()]
-        print(json.dumps({"children": pids, "forkserver": sup._forkserver.pid}), flush=True)
+        forkserver = psutil.Process(sup._forkserver.pid)
+        with anyio.fail_after(10):
+            while len(forkserver.children()) <= len(pids):  # the spare, forked ahead
+                await anyio.sleep(0.01)
+        spares = [p.pid for p in forkserver.children() if p.pid not in pids]
+        print(json.dumps({"children": pids + spares, "forkserver": forkserver.pid}), flush=True)
         await anyio.sleep(60)
 
 anyio.run(main, backend=sys.argv[1])
@@ -648,7 +697,7 @@ async def test_relay_of_a_flood_is_complete_and_never_stalls_ipc(
 
 _RUN_SUPERVISOR = """
 import json, sys
-import anyio, ipcactors, _workers
+import anyio, ipcactors, psutil, _workers
 
 async def main():
     # rest_for_one: the children stop in reverse start order (one_for_one stops them at once).

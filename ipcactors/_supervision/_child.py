@@ -34,7 +34,7 @@ import os
 import ssl
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -54,7 +54,9 @@ __all__ = [
     "READY_EVENT",
     "STOP_EVENT",
     "run_child",
+    "run_spare",
     "setup_logging",
+    "start_process",
 ]
 
 # Events between a supervisor and its children (ordinary names: reserved ones cannot be sent).
@@ -104,8 +106,54 @@ def setup_logging(level: str) -> None:
 
 def run_child(spec: dict[str, Any], lifeline_fd: int, parent_pid: int) -> int:
     """Run in a freshly forked child of the forkserver; returns the exit code."""
+    start_process(lifeline_fd, parent_pid)
+    backend, uvloop = spec["backend"], bool(spec.get("uvloop"))
+    return _run_loop(_become, spec, backend=backend, uvloop=uvloop)
+
+
+def run_spare(
+    wait_spec: Callable[[], Awaitable[dict[str, Any] | None]],
+    lifeline_fd: int,
+    parent_pid: int,
+    backend: str,
+    uvloop: bool,
+) -> int:
+    """Run in a spare child, forked ahead of its spawn: start the event loop, then wait for
+    ``wait_spec()`` to give the child to become (``None``: exit, no longer needed). The
+    forkserver hands a spare only a spec of its own backend. Returns the exit code."""
+    start_process(lifeline_fd, parent_pid)
+    _set_title("ipcactors: spare")
+
+    async def spare() -> int:
+        spec = await wait_spec()
+        return 0 if spec is None else await _become(spec)
+
+    return _run_loop(spare, backend=backend, uvloop=uvloop)
+
+
+def start_process(lifeline_fd: int, parent_pid: int) -> None:
+    """What a child does first, before it knows what it will run: die with its parents."""
     set_parent_death_signal(parent_pid)
     _watch_lifeline(lifeline_fd)
+
+
+def _run_loop(fn: Callable[..., Awaitable[int]], *args: Any, backend: str, uvloop: bool) -> int:
+    try:
+        code: int = anyio.run(
+            fn, *args, backend=backend, backend_options=backend_options(backend, uvloop)
+        )
+    except BaseException as exc:
+        # sys.exit() in a handler ends the process through the task groups, in a group.
+        exiting = _system_exit(exc)
+        if exiting is None:
+            raise
+        code = _exit_code(exiting)
+    return code
+
+
+async def _become(spec: dict[str, Any]) -> int:
+    """Become child ``spec``: load its target and run it (in the event loop, already running:
+    a spare child starts it before it knows its spec)."""
     stdout = sys.stdout
     if hasattr(stdout, "reconfigure"):
         stdout.reconfigure(line_buffering=True)  # relayed line by line, not at exit
@@ -114,23 +162,14 @@ def run_child(spec: dict[str, Any], lifeline_fd: int, parent_pid: int) -> int:
     sys.argv[:] = spec["argv"]
     target = Target(spec["module"], spec["qualname"], spec["main_path"])
     _set_title(f"ipcactors: {spec['id']} ({target})")
-    options = backend_options(spec["backend"], bool(spec.get("uvloop")))
     try:
         fn = load_target(target)
     except (Exception, SystemExit) as exc:  # a module may raise anything while imported
         traceback.print_exc()
         failure = {"load": [type(exc).__name__, str(exc), traceback.format_exc()]}
-        anyio.run(_report, spec, failure, backend=spec["backend"], backend_options=options)
+        await _report(spec, failure)
         return 1
-    try:
-        code: int = anyio.run(_main, spec, fn, backend=spec["backend"], backend_options=options)
-    except BaseException as exc:
-        # sys.exit() in a handler ends the process through the task groups, in a group.
-        exiting = _system_exit(exc)
-        if exiting is None:
-            raise
-        code = _exit_code(exiting)
-    return code
+    return await _main(spec, fn)
 
 
 async def _report(

@@ -36,6 +36,14 @@ Invariants owned here:
   then is the child reaped. A process that left the group (``setsid()``, ``setpgid()``) is not
   signalled: that is how a child hands a daemon off on purpose.
 
+- A spare child, at most one: forked when the supervisor says a child is ready (``["spare",
+  backend, uvloop]``; not sooner, or its start would compete with that child's for the CPU), it
+  starts its event loop and waits on a socketpair of its own for the next spawn's spec and
+  output descriptors. Until then it is not a child: its exit is never reported (``_Spares``),
+  it is killed with the children when the forkserver ends, and it runs nothing the spec names.
+  A spawn without a spare of its backend (the first, or one right after another) forks as
+  before.
+
 The control socket is a ``SOCK_SEQPACKET`` socketpair: one msgpack array per message, file
 descriptors (the child's stdout and stderr pipes) passed with SCM_RIGHTS.
 """
@@ -52,7 +60,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, NoReturn, cast
 
 from .._proto._msgpack import pack_value, unpack_value
 from ._parentdeath import EXIT_PARENT_LOST, set_parent_death_signal
@@ -129,6 +137,7 @@ def serve(
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     children: set[int] = set()
+    spares = _Spares(lifeline_fd, (ctl_fd, wake_r, wake_w))
     try:
         send_message(ctl, ["ready", os.getpid()])
         poller = select.poll()
@@ -143,13 +152,14 @@ def serve(
                 elif fd == lifeline_fd:
                     running = False  # EOF (the supervisor died) or anything else: stop
                 elif fd == ctl.fileno():
-                    running = _handle(ctl, children, (ctl_fd, lifeline_fd, wake_r, wake_w))
-            _reap(ctl, children)
+                    running = _handle(ctl, children, spares)
+            _reap(ctl, children, spares)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for pid in children:
+        doomed = children | spares.pids
+        for pid in doomed:
             _killpg(pid, signal.SIGKILL)  # not reaped yet: the group id is still theirs
-        for pid in children:
+        for pid in doomed:
             try:
                 os.waitpid(pid, 0)
             except ChildProcessError:
@@ -182,8 +192,10 @@ def _killpg(pgid: int, sig: int) -> None:
         pass
 
 
-def _reap(ctl: socket.socket, children: set[int]) -> None:
+def _reap(ctl: socket.socket, children: set[int], spares: _Spares) -> None:
     def report(pid: int, code: int) -> None:
+        if spares.reaped(pid):
+            return  # a spare that never became a child: nobody to tell
         try:
             send_message(ctl, ["exit", pid, code])
         except OSError:
@@ -210,7 +222,7 @@ def reap(children: set[int], report: Callable[[int, int], None]) -> None:
         report(pid, os.waitstatus_to_exitcode(status))
 
 
-def _handle(ctl: socket.socket, children: set[int], own_fds: tuple[int, ...]) -> bool:
+def _handle(ctl: socket.socket, children: set[int], spares: _Spares) -> bool:
     """Handle one control message. Returns False when the supervisor closed the socket."""
     try:
         received = recv_message(ctl)
@@ -223,10 +235,14 @@ def _handle(ctl: socket.socket, children: set[int], own_fds: tuple[int, ...]) ->
     try:
         if message[0] == "spawn":
             _, seq, spec = message
-            ctl_fd, lifeline_fd, wake_r, wake_w = own_fds
-            pid = fork_child(spec, fds, lifeline_fd, (ctl_fd, wake_r, wake_w))
+            pid = spares.hand_over(spec, fds)
+            if pid is None:
+                pid = fork_child(spec, fds, spares.lifeline_fd, spares.close_fds())
             children.add(pid)
             send_message(ctl, ["spawned", seq, pid])
+        elif message[0] == "spare":
+            _, backend, uvloop = message
+            spares.refill((backend, bool(uvloop)))
         elif message[0] == "kill":
             _, pid, sig = message
             if pid in children:
@@ -262,40 +278,166 @@ def fork_child(
     # --- in the child: never return from here -------------------------------------------------
     code = 1
     try:
-        os.setpgid(0, 0)  # its own group before anything runs: see the module docstring
-        gc.freeze()  # what it inherited stays shared: see the module docstring
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        for fd in close_fds:
-            os.close(fd)
-        null = os.open(os.devnull, os.O_RDONLY)
-        if null != 0:
-            os.dup2(null, 0)
-            os.close(null)
-        stdout_fd, stderr_fd = fds
-        os.dup2(stdout_fd, 1)
-        os.dup2(stderr_fd, 2)
-        os.close(stdout_fd)
-        os.close(stderr_fd)
+        _start_child(close_fds)
+        _take_output(fds)
         from ._child import run_child
 
         code = run_child(spec, lifeline_fd, forkserver_pid)
-    except BaseException:
-        try:
+    finally:
+        _exit_child(code)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _start_child(close_fds: tuple[int, ...]) -> None:
+    """In a child, first thing: its own group, its inheritance frozen, the forkserver's
+    signal handling and descriptors dropped, stdin on /dev/null."""
+    os.setpgid(0, 0)  # its own group before anything runs: see the module docstring
+    gc.freeze()  # what it inherited stays shared: see the module docstring
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for fd in close_fds:
+        os.close(fd)
+    null = os.open(os.devnull, os.O_RDONLY)
+    if null != 0:
+        os.dup2(null, 0)
+        os.close(null)
+
+
+def _take_output(fds: list[int]) -> None:
+    """The child's stdout and stderr: the pipes the supervisor relays."""
+    stdout_fd, stderr_fd = fds
+    os.dup2(stdout_fd, 1)
+    os.dup2(stderr_fd, 2)
+    os.close(stdout_fd)
+    os.close(stderr_fd)
+
+
+def _exit_child(code: int) -> NoReturn:
+    """End a forked child with ``code``, whatever happened (its traceback printed first)."""
+    exc = sys.exc_info()[1]
+    try:
+        if exc is not None:
             import traceback
 
-            traceback.print_exc()
-        except BaseException:
-            pass
-    finally:
+            traceback.print_exception(exc)
+            code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        pass
+    os._exit(code)
+
+
+class _Spares:
+    """The spare child: forked ahead of the next spawn, its event loop already running,
+    waiting for the spec of the child it will become (see the module docstring). At most one;
+    there is none before the first spawn (its backend comes with the spec)."""
+
+    def __init__(self, lifeline_fd: int, own_fds: tuple[int, ...]) -> None:
+        self.lifeline_fd = lifeline_fd
+        self._own_fds = own_fds
+        self._spare: tuple[int, socket.socket, tuple[str, bool]] | None = None
+        #: Spares forked and not reaped, that never became children.
+        self.pids: set[int] = set()
+
+    def close_fds(self) -> tuple[int, ...]:
+        """What a new child must close: ours, and our end of the spare's socket."""
+        if self._spare is None:
+            return self._own_fds
+        return (*self._own_fds, self._spare[1].fileno())
+
+    def hand_over(self, spec: dict[str, Any], fds: list[int]) -> int | None:
+        """Give ``spec`` and its output descriptors to the spare; its pid, or None if there is
+        no spare for the spec's backend (or it died meanwhile): fork one then."""
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return None
+        pid, sock, backend = spare
         try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except BaseException:
+            if backend != _backend_of(spec):
+                return None
+            send_message(sock, ["spec", spec], fds)
+        except OSError:
+            return None  # it died: reaped later, and never reported
+        finally:
+            sock.close()  # a spare that did not get a spec exits at EOF
+        self.pids.discard(pid)
+        return pid
+
+    def refill(self, backend: tuple[str, bool]) -> None:
+        """Fork a spare for ``backend`` unless one is waiting (best effort: none if fork
+        fails). The supervisor asks once a child is ready: not sooner, or the spare's start
+        would compete with that child's for the CPU."""
+        if self._spare is not None:
+            if self._spare[2] == backend:
+                return
+            self._spare[1].close()  # the wrong backend (never, in practice): it exits at EOF
+            self._spare = None
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid = fork_spare(theirs, backend, self.lifeline_fd, (*self._own_fds, mine.fileno()))
+        except OSError:
+            mine.close()
+            return
+        finally:
+            theirs.close()
+        self.pids.add(pid)
+        self._spare = (pid, mine, backend)
+
+    def reaped(self, pid: int) -> bool:
+        """Whether ``pid``, just reaped, was a spare (not a child: no exit to report)."""
+        if pid not in self.pids:
+            return False
+        self.pids.discard(pid)
+        if self._spare is not None and self._spare[0] == pid:
+            self._spare[1].close()
+            self._spare = None
+        return True
+
+
+def _backend_of(spec: dict[str, Any]) -> tuple[str, bool]:
+    return (spec["backend"], bool(spec.get("uvloop")))
+
+
+def fork_spare(
+    sock: socket.socket, backend: tuple[str, bool], lifeline_fd: int, close_fds: tuple[int, ...]
+) -> int:
+    """Fork a spare child that starts ``backend``'s event loop and waits on ``sock`` for
+    ``["spec", spec]`` and the child's stdout and stderr (EOF: it exits); its pid."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    forkserver_pid = os.getpid()
+    pid = os.fork()
+    if pid:
+        try:
+            os.setpgid(pid, pid)  # as for fork_child
+        except OSError:
             pass
-        os._exit(code)
+        return pid
+    # --- in the spare: never return from here -------------------------------------------------
+    code = 1
+    try:
+        _start_child(close_fds)
+
+        async def wait_spec() -> dict[str, Any] | None:
+            import anyio
+
+            await anyio.wait_readable(sock)
+            received = recv_message(sock)
+            sock.close()
+            if received is None:
+                return None
+            (_, spec), fds = received
+            _take_output(fds)
+            return cast("dict[str, Any]", spec)
+
+        from ._child import run_spare
+
+        code = run_spare(wait_spec, lifeline_fd, forkserver_pid, *backend)
+    finally:
+        _exit_child(code)
     raise AssertionError("unreachable")  # pragma: no cover
 
 

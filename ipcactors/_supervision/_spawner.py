@@ -182,6 +182,18 @@ class ForkServer:
             raise SpawnError(f"could not start child {name!r}: {reason}")
         return spawning.pid
 
+    def prepare_spare(self, backend: str, uvloop: bool) -> None:
+        """Have the forkserver fork a spare child for ``backend`` (the next spawn becomes it,
+        its event loop already running: ``_forkserver``). Called once a child is ready, so the
+        spare does not compete with it for the CPU. A hint, best effort: dropped if the socket
+        is full."""
+        if self._sock is None or self.dead or self._backlog:
+            return
+        try:
+            send_message(self._sock, ["spare", backend, uvloop])
+        except OSError:
+            pass  # full or gone: the next spawn forks as usual
+
     def kill(self, pid: int, sig: int) -> None:
         """Send ``sig`` to the process group of child ``pid`` if it was not reaped yet (the
         forkserver checks too)."""

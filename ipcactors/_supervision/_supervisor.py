@@ -780,6 +780,8 @@ class Supervisor:
         if incarnation.ready.is_set() and not halted:
             elapsed = (time.monotonic() - started) * 1000
             self._log.info(f"child {child.id!r} ready (pid {incarnation.pid}, {elapsed:.1f} ms)")
+            if isinstance(launcher, ForkServer):  # the next spawn or restart is readied
+                launcher.prepare_spare(self._backend, self._uvloop)
             if child.state == "starting":  # else a restart was decided for it meanwhile
                 child.state = "running"
             child.changed()
