@@ -162,6 +162,7 @@ def _check_value(value: Any, budget: int, limits: Limits) -> None:
 
 
 _BUFFERS: Final = frozenset({bytes, bytearray, memoryview})
+_PLAIN: Final = _SCALARS - _BUFFERS  # scalars that never leave a frame (out of band, shared)
 _WALKED: Final = _BUFFERS | {dict, list, tuple}
 
 
@@ -461,7 +462,41 @@ class MsgpackEncoder(Encoder):
             if len(self._event_heads) >= _HEAD_CACHE_SIZE:
                 self._event_heads.clear()
             head = self._event_heads[event] = b"\x93\x00" + self._packer.pack(event)
+        # The common case, ~0.3 us shorter: a scalar or a small map of scalars, no buffers (so
+        # nothing out of band or in shared memory), checked in C, framed in one join.
+        kind = type(data)
+        if (
+            kind in _PLAIN
+            or kind is dict
+            and len(data) <= self._limits.max_container_len
+            and _KEYS.issuperset(map(type, data))
+            and _PLAIN.issuperset(map(type, data.values()))
+        ):
+            packed = self._pack_plain(data)
+            size = len(head) + len(packed)
+            if size <= self._count_above and size < SEPARATE_BODY_AT and not self._datagrams:
+                return b"".join((HEADER.pack(size), head, packed))  # within every limit
+            return self._framed_packed(head, packed, None)
         return self._framed(head, self._check(data))
+
+    def _is_plain(self, data: Any) -> bool:
+        """Whether ``data`` is a scalar or a small map of scalars, without buffers (see
+        :meth:`event`)."""
+        kind = type(data)
+        return kind in _PLAIN or (
+            kind is dict
+            and len(data) <= self._limits.max_container_len
+            and _KEYS.issuperset(map(type, data))
+            and _PLAIN.issuperset(map(type, data.values()))
+        )
+
+    def _pack_plain(self, data: Any) -> bytes:
+        try:
+            packed: bytes = self._packer.pack(data)
+        except (TypeError, ValueError, OverflowError) as exc:
+            self._packer.reset()  # it keeps a partly written buffer after an error
+            raise EncodeError(f"cannot encode as msgpack: {exc}") from exc
+        return packed
 
     def _sequenced_head(self, event: str) -> bytes:
         # [0, event, data, seq]: a peer without the acked mode ignores the trailing item. The
@@ -475,6 +510,8 @@ class MsgpackEncoder(Encoder):
 
     def sequenced_event(self, event: str, data: Any, seq: int) -> Frame:
         head = self._sequenced_heads.get(event) or self._sequenced_head(event)
+        if self._is_plain(data):  # as in event()
+            return self._framed_packed(head, self._pack_plain(data), seq)
         return self._framed(head, self._check(data), seq)
 
     def sequencer(self, event: str, data: Any) -> Callable[[int], Frame]:
