@@ -100,6 +100,9 @@ class _StreamProtocol(asyncio.BufferedProtocol):
         self.destination: memoryview | None = None
         self.filled = 0
         self.reported = 0.0  # loop time the reader was last told of bytes received in place
+        # uvloop (libuv) reads a socket again and again within one callback while bytes wait;
+        # asyncio's own loop reads once per pass, the reader's turn coming in between.
+        self.bursts = not isinstance(loop, asyncio.BaseEventLoop)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A read-write transport; uvloop's do not derive from asyncio.Transport.
@@ -120,7 +123,15 @@ class _StreamProtocol(asyncio.BufferedProtocol):
             elif self.loop.time() - self.reported >= PROGRESS_INTERVAL:
                 self._wake_reader()  # a slow sender: the reader hears of progress (a sign of life)
             return
+        waiting = self.read_waiter is not None
         self.data_received(_receive_buffer()[:nbytes].tobytes())
+        if waiting and self.bursts and nbytes == RECEIVE_BUFFER and not self.reading_paused:
+            # A full buffer: more bytes wait. On a loop that reads on in this same callback,
+            # stop, so that the reader (woken) may first give them their final buffer (a large
+            # payload arriving); its next receive resumes reading.
+            assert self.transport is not None
+            self.transport.pause_reading()
+            self.reading_paused = True
 
     def data_received(self, data: bytes) -> None:
         self.chunks.append(data)
