@@ -102,6 +102,7 @@ from .._transports._streams import (
     bytes_below,
     drain_outbox,
     receiver_into,
+    receivers_now,
     send_tracebacks,
 )
 from ._shared import SharedMemory, close_fds
@@ -495,6 +496,7 @@ class Channel:
         soft_bytes = self._soft_bytes
         receive = self._stream.receive
         receive_into = receiver_into(self._stream)
+        receive_now, receive_into_now = receivers_now(self._stream) or (None, None)
         frame_timeout = peer._config.frame_timeout
         data: bytes = b""  # bytes the handshake left in the session come out first
         got = 0  # bytes received in place (into the session's receive_buffer) instead
@@ -569,11 +571,21 @@ class Channel:
             try:
                 if into is not None:
                     assert receive_into is not None
-                    with anyio.fail_after(frame_timeout):
-                        got = await receive_into(into[:MAX_RECEIVE_INTO])
+                    into = into[:MAX_RECEIVE_INTO]
+                    # In the middle of a frame: what the kernel holds is read without a loop
+                    # pass or a timeout scope (~12 us each); only a wait is bounded.
+                    if receive_into_now is not None:
+                        got = receive_into_now(into)
+                    if not got:
+                        with anyio.fail_after(frame_timeout):
+                            got = await receive_into(into)
                 elif buffered:
-                    with anyio.fail_after(frame_timeout):
-                        data = await receive(size)
+                    if receive_now is not None:
+                        # Only this frame's bytes: the next frame starts after a loop pass.
+                        data = receive_now(size if missing is None else min(size, missing))
+                    if not data:
+                        with anyio.fail_after(frame_timeout):
+                            data = await receive(size)
                 else:
                     data = await receive(size)
             except TimeoutError:

@@ -148,7 +148,8 @@ class _StreamProtocol(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        self.error = exc
+        if exc is not None:
+            self.error = exc  # (or the error a direct read met before it aborted the transport)
         self._wake_reader()
         self._wake_writer()
         if not self.closed.done():
@@ -211,6 +212,12 @@ class AsyncioSocketStream(ByteStream):
                 await waiter
             finally:
                 protocol.read_waiter = None
+        return self._take(max_bytes)
+
+    def _take(self, max_bytes: int) -> bytes:
+        """Up to ``max_bytes`` of the bytes read ahead (there are some)."""
+        protocol = self._protocol
+        chunks = protocol.chunks
         data = chunks.popleft()
         if len(data) > max_bytes:
             chunks.appendleft(data[max_bytes:])
@@ -233,19 +240,9 @@ class AsyncioSocketStream(ByteStream):
         ``len(buffer)``, or fewer if the stream ended first or the bytes come slowly (what
         came after ``PROGRESS_INTERVAL``); raises as :meth:`receive` when none came."""
         protocol = self._protocol
-        chunks = protocol.chunks
         size = len(buffer)
-        filled = 0
-        while chunks and filled < size:
-            data = chunks.popleft()
-            take = min(len(data), size - filled)
-            buffer[filled : filled + take] = data[:take]
-            if take < len(data):
-                chunks.appendleft(data[take:])
-            filled += take
-            protocol.unread -= take
+        filled = self.receive_into_now(buffer)
         if filled == size or (filled and (protocol.lost or protocol.eof or self._closing)):
-            self._maybe_resume_reading()
             return filled
         if not (protocol.lost or protocol.eof or self._closing):
             protocol.destination = buffer
@@ -273,6 +270,63 @@ class AsyncioSocketStream(ByteStream):
         data = await self.receive(1)  # raises why the stream ended (or a byte came after all)
         buffer[: len(data)] = data
         return len(data)
+
+    def receive_into_now(self, buffer: memoryview) -> int:
+        """Fill ``buffer`` (writable, flat, not empty) as far as possible without waiting:
+        with the bytes read ahead, then with what the kernel holds (read from the socket now,
+        no loop pass: the sender is usually done by the time the reader knows where its
+        payload goes). Returns how many came, 0 if none (or the stream ended:
+        :meth:`receive_into` then says how)."""
+        protocol = self._protocol
+        chunks = protocol.chunks
+        size = len(buffer)
+        filled = 0
+        while chunks and filled < size:
+            data = chunks.popleft()
+            take = min(len(data), size - filled)
+            buffer[filled : filled + take] = memoryview(data)[:take]
+            if take < len(data):
+                chunks.appendleft(data[take:])
+            filled += take
+            protocol.unread -= take
+        if filled:
+            self._maybe_resume_reading()
+        if filled < size and not (protocol.lost or protocol.eof or self._closing):
+            try:
+                filled += self._read_now(buffer[filled:])
+            except anyio.BrokenResourceError:
+                if not filled:
+                    raise
+        return filled
+
+    def receive_now(self, max_bytes: int) -> bytes:
+        """At most ``max_bytes`` of the stream without waiting: those read ahead, else what
+        the kernel holds (read from the socket now, no loop pass); ``b""`` if none (or the
+        stream ended: :meth:`receive` then says how). For the rest of a frame that is known
+        to be coming (the reader is in the middle of one)."""
+        protocol = self._protocol
+        if protocol.chunks:
+            return self._take(max_bytes)
+        if protocol.lost or protocol.eof or self._closing or protocol.reading_paused:
+            return b""
+        buffer = _receive_buffer()[:max_bytes]
+        got = self._read_now(buffer)
+        return buffer[:got].tobytes() if got else b""
+
+    def _read_now(self, buffer: memoryview) -> int:
+        """Bytes the kernel holds, read straight into ``buffer`` past the transport (which
+        reads nothing meanwhile: this runs between loop callbacks, and the transport meets
+        an empty socket next); 0 if none. An error (a reset) aborts the transport and is
+        raised as :class:`anyio.BrokenResourceError`; the end of the stream reads as 0 here,
+        and the transport meets it too (it stays)."""
+        try:
+            return self._sock.recv_into(buffer)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as exc:
+            self._protocol.error = exc  # what the reader hears of next (and connection_lost)
+            self._transport.abort()
+            raise anyio.BrokenResourceError from exc
 
     def _maybe_resume_reading(self, force: bool = False) -> None:
         protocol = self._protocol

@@ -38,6 +38,7 @@ __all__ = [
     "bytes_below",
     "drain_outbox",
     "receiver_into",
+    "receivers_now",
     "send_tracebacks",
     "shared_sender",
     "wrap_socket",
@@ -155,6 +156,43 @@ def receiver_into(stream: ByteStream) -> Callable[[memoryview], Awaitable[int]] 
     if sock is None:
         return None
     return partial(_receive_into, stream, sock)
+
+
+def receivers_now(
+    stream: ByteStream,
+) -> tuple[Callable[[int], bytes], Callable[[memoryview], int]] | None:
+    """Two functions that read ``stream`` without waiting, where it can: one returns up to
+    ``n`` bytes (``b""`` if none), the other fills a buffer (as :func:`receiver_into`) and
+    returns how many bytes came (0 if none). Both raise ``anyio.BrokenResourceError`` for a
+    broken connection; the end of the stream reads as none (the awaited receive says how).
+    For the rest of a frame the reader is in the middle of: no loop pass, no timeout scope,
+    when the kernel already holds it. ``None`` for other streams (TLS)."""
+    if isinstance(stream, AsyncioSocketStream):
+        return stream.receive_now, stream.receive_into_now
+    if not _plain(stream) or running_asyncio_loop() is not None:
+        return None
+    sock = stream.extra(SocketAttribute.raw_socket, None)
+    if not isinstance(sock, socket.socket):
+        return None
+    return partial(_receive_now, sock), partial(_receive_into_now, sock)
+
+
+def _receive_now(sock: socket.socket, max_bytes: int) -> bytes:
+    try:
+        return sock.recv(max_bytes)
+    except (BlockingIOError, InterruptedError):
+        return b""
+    except OSError as exc:
+        raise anyio.BrokenResourceError from exc
+
+
+def _receive_into_now(sock: socket.socket, buffer: memoryview) -> int:
+    try:
+        return sock.recv_into(buffer)
+    except (BlockingIOError, InterruptedError):
+        return 0
+    except OSError as exc:
+        raise anyio.BrokenResourceError from exc
 
 
 RECEIVE_INTO_RETURN = 1024 * 1024  # bytes after which a blocked receive_into returns
