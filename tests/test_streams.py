@@ -137,3 +137,74 @@ async def test_concurrent_senders_all_finish(tls: bool, anyio_backend: Any) -> N
         runs = [received[k * size : (k + 1) * size] for k in range(senders)]
         assert sorted(run[0] for run in runs) == list(range(senders))
         assert all(run == bytes([run[0]]) * size for run in runs)
+
+
+class _Frames:
+    """A minimal ``FrameQueue`` (what ``Outbox`` is to the writer) for the fast path's writer."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.frames: list[Any] = []
+        self.on_frames: Any = None
+        self.direct: Any = None
+        self.on_lost: Any = None
+        self.sent_count = 0
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def take(self, budget: int | None = None) -> list[Any]:
+        frames, self.frames = self.frames, []
+        return frames
+
+    def sent(self) -> None:
+        self.sent_count += 1
+
+    def wake(self) -> None:
+        pass
+
+    async def wait_frames(self) -> None:
+        raise AssertionError("the fast path's writer is loop callbacks, not a task")
+
+    def put(self, frame: Any) -> None:
+        self.frames.append(frame)
+        if self.on_frames is not None:
+            self.on_frames()
+
+
+@pytest.mark.parametrize(
+    "anyio_backend", [ASYNCIO, UVLOOP], ids=["asyncio", "uvloop"], indirect=True
+)
+async def test_large_frames_split_across_partial_sendmsg(
+    anyio_backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frames of a header, a large part straight from its memory, an empty part and a tail go
+    out in one sendmsg each while the kernel takes them, and whole and in order when it takes
+    only some: here the send buffer stays at the default (~208 KiB) and the reader starts late,
+    so every frame's sendmsg is cut, in its header, its payload or its tail."""
+    import ipcactors._transports._asyncio as fast
+
+    monkeypatch.setattr(fast, "widen_send_buffer", lambda sock: None)
+    frames = []
+    for i in range(6):
+        payload = memoryview(bytearray(bytes([i]) * (700_000 + 4099 * i)))
+        frames.append((bytes([100 + i]) * (17 + i), payload, b"", bytes([200 + i]) * (i + 1)))
+    expected = b"".join(b"".join(bytes(part) for part in frame) for frame in frames)
+    async with stream_pair(False) as (a, b):
+        assert isinstance(a, AsyncioSocketStream)
+        queue = _Frames()
+        detach = a.attach(queue)
+        try:
+            assert queue.direct is not None
+            queue.direct(frames[0])  # a request with nothing queued: written at once
+            for frame in frames[1:]:
+                queue.put(frame)
+            await anyio.sleep(0.05)  # the kernel is full: the rest waits in the writer
+            received = bytearray()
+            with anyio.fail_after(10):
+                while len(received) < len(expected):
+                    received += await b.receive(64 * 1024)
+            assert received == expected
+        finally:
+            detach()

@@ -32,13 +32,14 @@ import socket
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from itertools import islice
 from typing import Any, cast
 
 import anyio
 from anyio.abc import ByteStream, SocketAttribute
 
 from .._proto._messages import Frame, FramePart
-from ._writing import LARGE_PART, FrameQueue, coalesce, widen_send_buffer
+from ._writing import LARGE_PART, MAX_PARTS, FrameQueue, coalesce, widen_send_buffer
 
 __all__ = ["AsyncioSocketStream", "open_asyncio_stream"]
 
@@ -335,47 +336,54 @@ class AsyncioSocketStream(ByteStream):
             self._transport.resume_reading()
 
     def _write_parts(self, parts: Iterable[FramePart]) -> None:
-        """Write ``parts`` in order: small ones through the transport, large ones by
+        """Write ``parts`` in order: through the transport when all are small, else by
         :meth:`_pump` (straight from their memory)."""
         pending = self._pending
         transport = self._transport
-        for part in parts:
-            if pending or len(part) >= LARGE_PART:
-                pending.append(part)
-            else:
-                transport.write(part)
-        if pending:
-            self._pump()
+        if not pending:
+            parts = list(parts)
+            if all(len(part) < LARGE_PART for part in parts):
+                for part in parts:
+                    transport.write(part)
+                return
+        pending.extend(parts)
+        self._pump()
 
     def _pump(self) -> bool:
-        """Hand pending parts on: a large one goes to the socket while the transport holds
-        nothing; when the kernel is full, the transport gets ``NUDGE`` bytes of it and will
-        call ``resume_writing`` once the kernel took them. Returns whether all went."""
+        """Hand pending parts to the socket while the transport holds nothing: up to
+        ``MAX_PARTS`` of them in one ``sendmsg``, straight from their memory (a frame's
+        header, payload and tail in one system call, and one wake-up of the reader). When the
+        kernel is full, the transport gets ``NUDGE`` bytes of the next part and will call
+        ``resume_writing`` once the kernel took them. Returns whether all went."""
         pending = self._pending
         transport = self._transport
+        sock = self._sock
         while pending:
-            part = pending[0]
-            if len(part) < LARGE_PART:
-                transport.write(part)
-                pending.popleft()
-                continue
             if transport.get_write_buffer_size() or transport.is_closing():
                 return False  # resume_writing (or connection_lost) calls flush again
             if not self._widened:
                 self._widened = True
-                widen_send_buffer(self._sock)
+                widen_send_buffer(sock)
+            parts = list(islice(pending, MAX_PARTS))
             try:
-                sent = self._sock.send(part)
+                sent = sock.sendmsg(parts)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
-                transport.write(part)  # the transport meets the error too and reports it
+                for part in pending:
+                    transport.write(part)  # the transport meets the error too and reports it
+                pending.clear()
+                break
+            if sent == sum(len(part) for part in parts):
+                for _ in parts:
+                    pending.popleft()
+                continue  # all went: the next parts, if any
+            while sent >= len(pending[0]):
+                sent -= len(pending[0])
                 pending.popleft()
-                continue
-            if sent == len(part):
-                pending.popleft()
-                continue
-            rest = memoryview(part)[sent:]
+            if sent:
+                pending[0] = memoryview(pending[0])[sent:]
+            rest = memoryview(pending[0])
             transport.write(rest[:NUDGE])
             if len(rest) > NUDGE:
                 pending[0] = rest[NUDGE:]

@@ -30,7 +30,7 @@ from anyio.abc import ByteStream, SocketAttribute, SocketStream
 from .._proto._messages import Frame, FramePart
 from ._asyncio import AsyncioSocketStream, open_asyncio_stream
 from ._backend import running_asyncio_loop
-from ._writing import COALESCE_LIMIT, FrameQueue, coalesce, widen_send_buffer
+from ._writing import COALESCE_LIMIT, MAX_PARTS, FrameQueue, coalesce, widen_send_buffer
 
 __all__ = [
     "FrameQueue",
@@ -123,9 +123,6 @@ async def drain_outbox(stream: ByteStream, outbox: FrameQueue) -> None:
         outbox.direct = None
         if rest is not None:
             outbox.sent()  # the frame's end dies with this connection (at most once)
-
-
-MAX_PARTS = 64  # parts written by one sendmsg (far below IOV_MAX)
 
 
 def unsent(parts: list[FramePart], written: int) -> list[FramePart]:

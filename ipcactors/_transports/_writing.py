@@ -15,10 +15,18 @@ from typing import Protocol
 
 from .._proto._messages import FdFrame, Frame, FramePart
 
-__all__ = ["COALESCE_LIMIT", "LARGE_PART", "FrameQueue", "coalesce", "widen_send_buffer"]
+__all__ = [
+    "COALESCE_LIMIT",
+    "LARGE_PART",
+    "MAX_PARTS",
+    "FrameQueue",
+    "coalesce",
+    "widen_send_buffer",
+]
 
 COALESCE_LIMIT = 1024 * 1024  # join small frames into writes of at most about this many bytes
 LARGE_PART = 64 * 1024  # a frame's part this long is written as it is, never joined
+MAX_PARTS = 64  # parts written by one sendmsg (far below IOV_MAX)
 # The kernel's send buffer of a Unix socket that writes a large part (the default, ~208 KiB,
 # makes a 64 MiB array take hundreds of wake-ups on each side); a bound, not an allocation.
 LARGE_SEND_BUFFER = 4 * 1024 * 1024
