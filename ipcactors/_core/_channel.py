@@ -101,6 +101,7 @@ from .._transports._streams import (
     attach_writer,
     bytes_below,
     drain_outbox,
+    read_size,
     receiver_into,
     receivers_now,
     send_tracebacks,
@@ -497,6 +498,7 @@ class Channel:
         receive = self._stream.receive
         receive_into = receiver_into(self._stream)
         receive_now, receive_into_now = receivers_now(self._stream) or (None, None)
+        receive_size = read_size(self._stream, RECEIVE_SIZE)
         frame_timeout = peer._config.frame_timeout
         data: bytes = b""  # bytes the handshake left in the session come out first
         got = 0  # bytes received in place (into the session's receive_buffer) instead
@@ -559,7 +561,7 @@ class Channel:
                 finally:
                     self._paused = False
                     self._received_at = monotonic()  # silence counts from now: we did not read
-            size = RECEIVE_SIZE
+            size = receive_size
             buffered = session.buffered
             missing = session.missing()
             if missing is not None and missing > size:

@@ -1015,13 +1015,19 @@ class MsgpackDecoder(Decoder):
             messages += self._assembled()
             data = view[taken:]
         buffer = self._buffer
-        buffer += data
+        # With nothing held back, the frames are read where the bytes are (a large frame's
+        # first read is ~256 KiB: not copied here first); only what is left is kept.
+        if buffer:
+            buffer += data
+            source: bytes | bytearray | memoryview = buffer
+        else:
+            source = data
         offset = 0
-        end = len(buffer)
+        end = len(source)
         limit = self._frame_limit
-        with memoryview(buffer) as view:
+        with memoryview(source) as view:
             while end - offset >= HEADER_SIZE:
-                (size,) = HEADER.unpack_from(buffer, offset)
+                (size,) = HEADER.unpack_from(source, offset)
                 if size > limit:
                     raise FrameTooLargeError(size, limit)
                 if size == 0:
@@ -1051,7 +1057,9 @@ class MsgpackDecoder(Decoder):
                     # Stop here: the owner decides whether the handshake is done (and the frame
                     # limit lifted) before the frames behind this one are decoded.
                     break
-        if offset:
+            if source is not buffer and offset < end:
+                buffer += view[offset:end]  # the start of the next frame, kept
+        if source is buffer and offset:
             del buffer[:offset]  # O(1) at the front of a bytearray
         return messages
 

@@ -185,6 +185,9 @@ class AsyncioSocketStream(ByteStream):
     #: The most bytes it holds read from the socket but not yet taken by ``receive``: reading
     #: pauses past ``READ_HIGH_WATER``, which one more read can pass by its buffer's size.
     READ_AHEAD = READ_HIGH_WATER + RECEIVE_BUFFER
+    #: The most bytes one read from the socket brings: asking ``receive`` for fewer splits it
+    #: (copies).
+    READ_SIZE = RECEIVE_BUFFER
 
     def __init__(self, sock: socket.socket, protocol: _StreamProtocol) -> None:
         assert protocol.transport is not None

@@ -37,6 +37,7 @@ __all__ = [
     "attach_writer",
     "bytes_below",
     "drain_outbox",
+    "read_size",
     "receiver_into",
     "receivers_now",
     "send_tracebacks",
@@ -153,6 +154,15 @@ def receiver_into(stream: ByteStream) -> Callable[[memoryview], Awaitable[int]] 
     if sock is None:
         return None
     return partial(_receive_into, stream, sock)
+
+
+def read_size(stream: ByteStream, default: int) -> int:
+    """How many bytes to ask ``stream.receive`` for at once: ``default``, or more where the
+    stream reads more at once anyway (the asyncio fast path: ~256 KiB, split if asked for
+    fewer; anyio's streams allocate what they are asked for, so they get ``default``)."""
+    if isinstance(stream, AsyncioSocketStream):
+        return max(default, stream.READ_SIZE)
+    return default
 
 
 def receivers_now(
