@@ -531,7 +531,42 @@ async def test_one_id_one_connection(socket_dir: str) -> None:
                 await lost.wait()
                 assert await second_connection.request("who", "second") == "second"
             assert len(server.clients) == 1
-            await first.disconnect("world")
+            with anyio.fail_after(5):
+                while "world" in first.of:  # told it was replaced, it gave up
+                    await anyio.sleep(0.01)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_replaced_live_client_is_told_and_gives_up_instead_of_a_reconnect_storm(
+    socket_dir: str, transport: str
+) -> None:
+    """Two live processes with the same id: the newer connection wins, and the older client
+    hears why (RejectedError, reason "replaced") and stops, instead of reconnecting, replacing
+    the newer one in turn, and so on (seen: 26 connections a second, events lost silently)."""
+    async with serving(transport, socket_dir) as (_, server, connect):
+        connects: list[str] = []
+        server.on("connect", lambda client: connects.append(client.id))
+        server.on("who", lambda data, client: data)
+        async with (
+            Actor("twin", socket_root=socket_dir, silent=True, retry=0.02) as first,
+            Actor("twin", socket_root=socket_dir, silent=True, retry=0.02) as second,
+        ):
+            first_connection = await connect(first)
+            errors: list[Exception] = []
+            first_connection.on("error", errors.append)
+            second_connection = await connect(second)
+            with anyio.fail_after(5):
+                while not errors:
+                    await anyio.sleep(0.01)
+            assert isinstance(errors[0], ipcactors.RejectedError)
+            assert errors[0].reason == "replaced"
+            await anyio.sleep(0.5)  # 25 retry intervals: a storm would show
+            assert connects == ["twin", "twin"]
+            with pytest.raises(ipcactors.ClosedError, match="replaced"):
+                await first_connection.emit("who", "first")
+            with anyio.fail_after(5):
+                assert await second_connection.request("who", "second") == "second"
+            assert len(server.clients) == 1
 
 
 async def test_connect_to_twice_returns_same_connection(socket_dir: str) -> None:

@@ -163,6 +163,7 @@ class Channel:
         "_write_lost",
         "broken_by",
         "handshake_error",
+        "refusal",
     )
 
     def __init__(
@@ -210,6 +211,8 @@ class Channel:
         self.broken_by: BaseException | None = None
         #: Why the welcome never came, for a pipelined client's channel that ended before it.
         self.handshake_error: Exception | None = None
+        #: A client's: the server refused it after the handshake (``reject replaced``).
+        self.refusal: RejectedError | None = None
         self._changed: anyio.Event | None = None  # set when the reader or dispatcher may go on
         self._drained = anyio.Event()
         self._write_lost = anyio.Event()  # the writer found the connection broken
@@ -416,6 +419,9 @@ class Channel:
             await self._read_loop(task_group)
         except ProtocolError as exc:
             self._failure = exc  # nothing after bad input is handled
+            self._lost()
+        except RejectedError as exc:  # the server's last word (another took our id's place)
+            self.refusal = exc
             self._lost()
         else:
             self._lost()

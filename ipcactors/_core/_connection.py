@@ -498,6 +498,11 @@ class Connection(Peer, HandlerMethods):
                 await self._handlers.call("error", (error,), self._log)
                 if _is_fatal(error):  # else retried, like any failed attempt
                     self._refused = _as_ipc_error(self._final_error(error))
+            elif channel.refusal is not None:
+                # Replaced by a newer connection with our id (another process has it, most
+                # likely): reconnecting would replace that one in turn, and so on. Give up.
+                self._refused = channel.refusal
+                await self._handlers.call("error", (self._refused,), self._log)
             else:
                 # Under TLS 1.3 a server refuses our certificate only after our side of the TLS
                 # handshake; a codec with a handshake learns it there, one without on this read.

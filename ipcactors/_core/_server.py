@@ -22,7 +22,9 @@ Invariants:
   vanished) is dropped, and with ``idle_timeout`` one that sends nothing but heartbeats is
   closed: either way its slot is freed (see ``_channel``).
 - One id, one connection: a client that connects with an id already connected replaces the
-  older connection (usually a half-open leftover of a reconnect), which is closed.
+  older connection (usually a half-open leftover of a reconnect), which is told (``reject
+  replaced``, if it can be written at once: a live client with the same id then gives up
+  instead of replacing the newer one in turn) and closed.
 - A held server (``_hold()``, before it starts: a supervised child until its function has
   registered its handlers) welcomes no one until ``_release()``. A client whose handshake is
   done waits, outside the ``max_handshakes`` budget but counted in ``max_connections``, and
@@ -139,6 +141,20 @@ class Client(Peer):
     def _idle_closed(self, message: str) -> None:
         self._server._counters.idle_closed += 1
         self._log.info(message)
+
+    def _say_replaced(self) -> None:
+        """A newer connection with this id replaces this one: tell the client (``reject
+        replaced``), so that one that is still alive (another process with the same id) gives
+        up instead of reconnecting and replacing the newer one in turn. Best effort: written
+        only if the writer is idle (a half-open leftover, the usual case, never reads it)."""
+        try:
+            frame = self._encoder.reject(
+                "replaced", f"another connection with the id {self.id!r} took this one's place"
+            )
+        except IPCError:  # a codec without a handshake has no reject: the connection just ends
+            return
+        if not self._outbox.closed:
+            self._outbox.put_reply(frame)  # queued instead if the writer is busy: then dropped
 
     def _unwritable(self) -> None:
         """Nothing more reaches this client: its requests fail (``ConnectionLostError``) and its
@@ -499,6 +515,7 @@ class Server(HandlerMethods):
     ) -> None:
         if previous is not None:
             self._log.info(f"{client.id!r} reconnected; closing its previous connection")
+            previous._say_replaced()
             previous._outbox.close(ClosedError(f"client {client.id!r} reconnected"))
             if previous._channel is not None:
                 previous._channel.abort()

@@ -465,9 +465,8 @@ class MsgpackEncoder(Encoder):
         # The common case, ~0.3 us shorter: a scalar or a small map of scalars, no buffers (so
         # nothing out of band or in shared memory), checked in C, framed in one join.
         kind = type(data)
-        if (
-            kind in _PLAIN
-            or kind is dict
+        if kind in _PLAIN or (
+            kind is dict
             and len(data) <= self._limits.max_container_len
             and _KEYS.issuperset(map(type, data))
             and _PLAIN.issuperset(map(type, data.values()))

@@ -24,7 +24,9 @@ Invariants:
   the server decided to welcome (``welcome()``) or the client was welcomed. Frames behind a
   handshake message are decoded only after that decision.
 - Once open, nothing of the handshake may arrive again, and no event or request may carry a
-  reserved name (``is_reserved``): either is a :class:`ProtocolError`. What the codec cannot carry
+  reserved name (``is_reserved``): either is a :class:`ProtocolError`; except a ``reject``
+  to a client (reason ``replaced``: another connection took its id's place), raised as the
+  refusal it is (:class:`RejectedError`). What the codec cannot carry
   never comes out of its decoder.
 - Any error leaves the session ``CLOSED`` and raises: :class:`Refusal` (the server owes the
   client a ``reject``, see :meth:`reject`), :class:`ProtocolError`, or on the client
@@ -314,6 +316,9 @@ class Session:
                     self._check_name(message.event)  # type: ignore[union-attr]
             elif kind in HANDSHAKE_KINDS:
                 self._fail()
+                if kind is Reject and self.role is Role.CLIENT:
+                    # The server's last word (``replaced``): a refusal, not a broken peer.
+                    raise rejection(message, self._target)  # type: ignore[arg-type]
                 raise ProtocolError(f"unexpected {kind.__name__} after the handshake")
         return messages
 
