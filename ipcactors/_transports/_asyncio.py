@@ -67,7 +67,11 @@ async def open_asyncio_stream(
 
 
 _thread = threading.local()
-RECEIVE_BUFFER = 256 * 1024
+# Bytes read at once. More only costs here: a large payload's bytes past its header are better
+# received in place, and every byte read here is copied once more (into ``bytes``) through
+# caches that the payload already fills (64 KiB: W8 1 MiB ~5% and 256 KiB events 1.17x faster
+# than 256 KiB, W2 no slower).
+RECEIVE_BUFFER = 64 * 1024
 
 
 def _receive_buffer() -> memoryview:

@@ -158,7 +158,7 @@ def receiver_into(stream: ByteStream) -> Callable[[memoryview], Awaitable[int]] 
 
 def read_size(stream: ByteStream, default: int) -> int:
     """How many bytes to ask ``stream.receive`` for at once: ``default``, or more where the
-    stream reads more at once anyway (the asyncio fast path: ~256 KiB, split if asked for
+    stream reads more at once anyway (the asyncio fast path's reads, split if asked for
     fewer; anyio's streams allocate what they are asked for, so they get ``default``)."""
     if isinstance(stream, AsyncioSocketStream):
         return max(default, stream.READ_SIZE)
