@@ -361,7 +361,7 @@ class Cell:
         samples = W8_SAMPLES[mib] * (1 if self.params.rounds < 3 else 2)
         config = self.config(mib=mib, samples=samples)
         family = self.impl.family
-        with Group() as group:
+        with Group(self.tree) as group:
             if family == "memcpy":
                 child = group.start("memcpy", self.command("memcpy", config, family="tensor"))
                 return child.message(self.wait(), {"result"})

@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -214,3 +215,40 @@ def test_cost_curves_quick_points_and_their_chart(tmp_path: os.PathLike[str]) ->
         assert "no curve chart: matplotlib is not installed" in done.stdout
     else:
         assert os.path.getsize(os.path.join(tmp_path, "latest-curves.png")) > 0
+
+
+def test_compare_runs_w8_cells_on_the_refs_tree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``--compare``, the ref's W8 processes import the ref's export: they ran in this tree
+    (``Group()``), so W8 compared this tree with itself (1.00x whatever the change)."""
+    from benchmarks import _runner
+    from benchmarks._report import IMPL_BY_KEY, ROW_BY_KEY
+
+    trees: list[str] = []
+
+    class Recorder:
+        def __init__(self, tree: str = _runner.ROOT) -> None:
+            trees.append(tree)
+
+        def __enter__(self) -> Recorder:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def start(self, name: str, argv: list[str], cpus: set[int] | None = None) -> Any:
+            raise LookupError("recorded")
+
+    monkeypatch.setattr(_runner, "Group", Recorder)
+    cell = _runner.Cell(
+        ROW_BY_KEY["w8-1"],
+        "unix",
+        IMPL_BY_KEY["ipc-asyncio"],
+        _runner.QUICK,
+        None,  # type: ignore[arg-type]
+        "/nowhere",
+        set(),
+        tree="/the/ref/export",
+    )
+    with pytest.raises(LookupError, match="recorded"):
+        cell.run()
+    assert trees == ["/the/ref/export"]
