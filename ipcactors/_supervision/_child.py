@@ -107,8 +107,7 @@ def setup_logging(level: str) -> None:
 def run_child(spec: dict[str, Any], lifeline_fd: int, parent_pid: int) -> int:
     """Run in a freshly forked child of the forkserver; returns the exit code."""
     start_process(lifeline_fd, parent_pid)
-    backend, uvloop = spec["backend"], bool(spec.get("uvloop"))
-    return _run_loop(_become, spec, backend=backend, uvloop=uvloop)
+    return _run(spec)
 
 
 def run_spare(
@@ -118,17 +117,30 @@ def run_spare(
     backend: str,
     uvloop: bool,
 ) -> int:
-    """Run in a spare child, forked ahead of its spawn: start the event loop, then wait for
+    """Run in a spare child, forked ahead of its spawn: start the event loop and wait for
     ``wait_spec()`` to give the child to become (``None``: exit, no longer needed). The
-    forkserver hands a spare only a spec of its own backend. Returns the exit code."""
+    forkserver hands a spare only a spec of its own backend. A target in a module is
+    loaded in that loop; one in the main script after it ended (the script may start a loop at
+    its top level: ``refuse_in_main_script`` must see it, not anyio). Returns the exit code."""
     start_process(lifeline_fd, parent_pid)
     _set_title("ipcactors: spare")
 
-    async def spare() -> int:
+    async def spare() -> int | dict[str, Any]:
         spec = await wait_spec()
-        return 0 if spec is None else await _become(spec)
+        if spec is None:
+            return 0
+        if spec["main_path"] is not None:
+            return spec  # run below, as a freshly forked child would
+        target = _take_spec(spec)
+        try:
+            fn = load_target(target)
+        except (Exception, SystemExit) as exc:  # a module may raise anything while imported
+            await _report(spec, _load_failure(exc))
+            return 1
+        return await _main(spec, fn)
 
-    return _run_loop(spare, backend=backend, uvloop=uvloop)
+    outcome: int | dict[str, Any] = _run_loop(spare, backend=backend, uvloop=uvloop)
+    return _run(outcome) if isinstance(outcome, dict) else outcome
 
 
 def start_process(lifeline_fd: int, parent_pid: int) -> None:
@@ -137,23 +149,8 @@ def start_process(lifeline_fd: int, parent_pid: int) -> None:
     _watch_lifeline(lifeline_fd)
 
 
-def _run_loop(fn: Callable[..., Awaitable[int]], *args: Any, backend: str, uvloop: bool) -> int:
-    try:
-        code: int = anyio.run(
-            fn, *args, backend=backend, backend_options=backend_options(backend, uvloop)
-        )
-    except BaseException as exc:
-        # sys.exit() in a handler ends the process through the task groups, in a group.
-        exiting = _system_exit(exc)
-        if exiting is None:
-            raise
-        code = _exit_code(exiting)
-    return code
-
-
-async def _become(spec: dict[str, Any]) -> int:
-    """Become child ``spec``: load its target and run it (in the event loop, already running:
-    a spare child starts it before it knows its spec)."""
+def _take_spec(spec: dict[str, Any]) -> Target:
+    """Become child ``spec`` (output, path, argv, title); its target."""
     stdout = sys.stdout
     if hasattr(stdout, "reconfigure"):
         stdout.reconfigure(line_buffering=True)  # relayed line by line, not at exit
@@ -162,14 +159,39 @@ async def _become(spec: dict[str, Any]) -> int:
     sys.argv[:] = spec["argv"]
     target = Target(spec["module"], spec["qualname"], spec["main_path"])
     _set_title(f"ipcactors: {spec['id']} ({target})")
+    return target
+
+
+def _load_failure(exc: BaseException) -> dict[str, Any]:
+    traceback.print_exc()
+    return {"load": [type(exc).__name__, str(exc), traceback.format_exc()]}
+
+
+def _run(spec: dict[str, Any]) -> int:
+    """Load the target with no event loop running (a script may start one at import), then
+    run it in one."""
+    target = _take_spec(spec)
+    backend, uvloop = spec["backend"], bool(spec.get("uvloop"))
     try:
         fn = load_target(target)
     except (Exception, SystemExit) as exc:  # a module may raise anything while imported
-        traceback.print_exc()
-        failure = {"load": [type(exc).__name__, str(exc), traceback.format_exc()]}
-        await _report(spec, failure)
+        _run_loop(_report, spec, _load_failure(exc), backend=backend, uvloop=uvloop)
         return 1
-    return await _main(spec, fn)
+    code: int = _run_loop(_main, spec, fn, backend=backend, uvloop=uvloop)
+    return code
+
+
+def _run_loop(fn: Callable[..., Awaitable[Any]], *args: Any, backend: str, uvloop: bool) -> Any:
+    try:
+        return anyio.run(
+            fn, *args, backend=backend, backend_options=backend_options(backend, uvloop)
+        )
+    except BaseException as exc:
+        # sys.exit() in a handler ends the process through the task groups, in a group.
+        exiting = _system_exit(exc)
+        if exiting is None:
+            raise
+        return _exit_code(exiting)
 
 
 async def _report(
