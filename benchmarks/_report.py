@@ -64,9 +64,25 @@ W6_ROWS = (
 #: and loky; and the time from a worker's SIGKILL to its task's retry being done.
 W7_ROWS = ("w7-tiny", "w7-tiny-chunked", "w7-numpy", "w7-retry")
 #: W8 one large array: a float32 array of this many MiB from send to the receiver's answer,
-#: against a plain socket (``recv_into`` a fresh array) and a memcpy in the same run.
+#: against a plain socket (``recv_into`` a fresh array) and a memcpy in the same run, for each
+#: path ipcactors has: the socket (``w8-64``), shared memory with the one copy into a slot
+#: (``w8-shm-64``) and zero-copy from ``conn.empty()`` (``w8-zc-64``). The last two are Unix
+#: only and take their anchors from the socket path's row of the same size.
 W8_SIZES = (1, 16, 64, 256)
-W8_ROWS = tuple(f"w8-{mib}" for mib in W8_SIZES)
+W8_PATHS = {"": "socket path", "shm-": "shared memory", "zc-": "zero-copy (conn.empty)"}
+W8_SOCKET_ROWS = tuple(f"w8-{mib}" for mib in W8_SIZES)
+W8_SHARED_ROWS = tuple(f"w8-{path}{mib}" for path in ("shm-", "zc-") for mib in W8_SIZES)
+W8_ROWS = (*W8_SOCKET_ROWS, *W8_SHARED_ROWS)
+
+
+def w8_size(key: str) -> int:
+    """The array's MiB of a W8 row (``w8-64``, ``w8-shm-64``, ``w8-zc-64``)."""
+    return int(key.rsplit("-", 1)[1])
+
+
+def w8_path(key: str) -> str:
+    """The path of a W8 row: ``""`` (the socket), ``"shm-"`` or ``"zc-"``."""
+    return key.removeprefix("w8-").removesuffix(str(w8_size(key)))
 
 #: Cost curves (issue 15), one row per point, Unix sockets, one backend per family (a curve's
 #: shape, not the backends, is the question): events/s against the payload size, and the
@@ -202,6 +218,18 @@ ROWS = [
     ),
     *(
         Row(
+            f"w8-{path}{mib}",
+            f"W8 one {mib} MiB array, {W8_PATHS[path]}",
+            "ms",
+            False,
+            transports=("unix",),
+            families=("ipc",),
+        )
+        for path in ("shm-", "zc-")
+        for mib in W8_SIZES
+    ),
+    *(
+        Row(
             f"pay-{size}",
             f"Curve: {size_label(size)} events, one emit each",
             "ev/s",
@@ -291,6 +319,11 @@ def summarize(row: Row, report: dict[str, Any], params: dict[str, Any]) -> dict[
         if report.get("cold_ms") is not None:
             figure["cold_ms"] = report["cold_ms"]
             figure["note"] = f"warm spawns; cold start {report['cold_ms']:.0f} ms"
+        if report.get("fallbacks"):  # the shared-memory rows measured the socket, in part
+            figure["warning"] = f"{report['fallbacks']} arrays took the socket (pool full)"
+        if report.get("emit_ms"):
+            figure["emit_ms"] = statistics.median(report["emit_ms"])
+            figure["note"] = f"zero-copy emit, sender's side: {figure['emit_ms']:.3f} ms"
         if report.get("fill_last_ms") is not None:
             figure["fill_first_ms"] = report["fill_first_ms"]
             figure["fill_last_ms"] = report["fill_last_ms"]
@@ -365,7 +398,10 @@ def ratios(cell_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for transport in row.transports:
             anchors = [("raw anyio", row.key, "raw")]
             if row.key in W8_ROWS:
-                anchors = [("plain socket", row.key, "sock"), ("memcpy", row.key, "memcpy")]
+                socket_row = f"w8-{w8_size(row.key)}"
+                anchors = [("plain socket", socket_row, "sock"), ("memcpy", socket_row, "memcpy")]
+                if row.key in W8_SHARED_ROWS:  # what the path gains: the same backend, socket
+                    anchors.append(("itself, socket path", socket_row, "self"))
             elif row.key in W7_ROWS:
                 anchors = [("ProcessPoolExecutor", row.key, "ppe"), ("loky", row.key, "loky")]
             if row.key == "w2":
@@ -585,6 +621,45 @@ def targets_for(bound_mib: float | None) -> list[Target]:
             for mib, bound in ((1, 2.0), (64, 1.5))
             for impl in IPC_IMPLS
         ),
+        *(
+            Target(
+                f"W8 {impl.backend} 64 MiB shared memory ≤ 1.5× memcpy",
+                "w8-shm-64",
+                "unix",
+                impl.key,
+                "memcpy",
+                "<=",
+                1.5,
+                anchor_row="w8-64",
+            )
+            for impl in IPC_IMPLS
+        ),
+        *(
+            Target(
+                f"W8 {impl.backend} 64 MiB shared memory ≤ 1/4× plain socket (≥ 4× faster)",
+                "w8-shm-64",
+                "unix",
+                impl.key,
+                "sock",
+                "<=",
+                0.25,
+                anchor_row="w8-64",
+            )
+            for impl in IPC_IMPLS
+        ),
+        *(
+            Target(
+                f"W8 {impl.backend} {mib} MiB zero-copy round trip ≤ 1 ms",
+                f"w8-zc-{mib}",
+                "unix",
+                impl.key,
+                None,
+                "<=",
+                1.0,
+            )
+            for mib in W8_SIZES
+            for impl in IPC_IMPLS
+        ),
         Target(
             "Memory ≤ 64 KiB per idle connection", "mem-idle", "unix", "ipc-asyncio", None, "<=", 64
         ),
@@ -747,6 +822,8 @@ COLOURS = {
     "loky": "#9467bd",
     "sock": "#7f7f7f",
     "memcpy": "#d62728",
+    "shm": "#17becf",  # (W8 bars of the shared-memory paths)
+    "zc": "#bcbd22",
 }
 
 
@@ -764,8 +841,8 @@ def chart(cell_list: list[dict[str, Any]], path: str, title: str) -> str | None:
     cells = _index(cell_list)
     panels = []
     for row in ROWS:
-        if row.key == "w2x100" or row.key in CURVE_ROWS:
-            continue  # drawn inside the W2 panels; the curves have their own chart
+        if row.key == "w2x100" or row.key in CURVE_ROWS or row.key in W8_SHARED_ROWS:
+            continue  # drawn inside the W2 and W8 panels; the curves have their own chart
         for transport in row.transports:
             bars = []
             missing = []
@@ -780,6 +857,15 @@ def chart(cell_list: list[dict[str, Any]], path: str, title: str) -> str | None:
                     cell = cells.get(("w2x100", transport, impl.key))
                     if cell is not None and cell.get("status") == "ok":
                         bars.append((f"{impl.label} ×100/write", impl.family, cell["value"]))
+            if row.key in W8_SOCKET_ROWS:  # the shared-memory paths beside the socket's
+                for kind in ("shm-", "zc-"):
+                    for impl in IPC_IMPLS:
+                        cell = cells.get((f"w8-{kind}{w8_size(row.key)}", transport, impl.key))
+                        if cell is not None and cell.get("status") == "ok":
+                            label = f"{impl.label}, {W8_PATHS[kind]}"
+                            bars.append((label, kind.rstrip("-"), cell["value"]))
+                order = ("ipc", "shm", "zc", "sock", "memcpy")  # ipcactors' paths, then anchors
+                bars.sort(key=lambda bar: order.index(bar[1]))
             if bars:
                 panels.append((row, transport, bars, missing))
     if not panels:
@@ -801,12 +887,17 @@ def chart(cell_list: list[dict[str, Any]], path: str, title: str) -> str | None:
             heading += "\nnot measured: " + ", ".join(missing)
         axis.set_title(heading, fontsize=9)
         axis.tick_params(axis="x", labelsize=7)
-        axis.xaxis.set_major_formatter(FuncFormatter(lambda x, _, u=row.unit: fmt_value(x, u)))
         top = max(values)
+        if row.key in W8_SOCKET_ROWS:  # zero-copy's 0.3 ms beside the socket's 100s of ms
+            axis.set_xscale("log")
+            axis.set_xlim(min(values) / 2, top * 4)
+        axis.xaxis.set_major_formatter(FuncFormatter(lambda x, _, u=row.unit: fmt_value(x, u)))
         for position, value in zip(positions, values, strict=True):
             label = fmt_value(value, row.unit)
-            axis.text(value + top * 0.01, position, label, va="center", fontsize=7)
-        axis.set_xlim(0, top * 1.25)
+            shift = value * 0.08 if row.key in W8_SOCKET_ROWS else top * 0.01
+            axis.text(value + shift, position, label, va="center", fontsize=7)
+        if row.key not in W8_SOCKET_ROWS:
+            axis.set_xlim(0, top * 1.25)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=90)

@@ -357,9 +357,10 @@ class Cell:
             return parent.message(self.wait(), {"result", "unavailable"})
 
     def tensor(self) -> dict[str, Any]:
-        mib = int(self.row.key.removeprefix("w8-"))
+        mib = _report.w8_size(self.row.key)
         samples = W8_SAMPLES[mib] * (1 if self.params.rounds < 3 else 2)
-        config = self.config(mib=mib, samples=samples)
+        path = {"": "socket", "shm-": "shm", "zc-": "zc"}[_report.w8_path(self.row.key)]
+        config = self.config(mib=mib, samples=samples, w8_path=path)
         family = self.impl.family
         with Group(self.tree) as group:
             if family == "memcpy":
@@ -525,6 +526,9 @@ def select(only: str | None) -> tuple[list[Row], list[Impl], list[str]]:
             row_keys.update(_report.W7_ROWS)
         elif token == "w8":
             row_keys.update(_report.W8_ROWS)
+        elif token in ("w8-shm", "w8-zc"):  # a path: every size, and the anchors' rows
+            paths = ("", token.removeprefix("w8-") + "-")
+            row_keys.update(k for k in _report.W8_ROWS if _report.w8_path(k) in paths)
         elif token == "pay":
             row_keys.update(_report.PAYLOAD_ROWS)
         elif token == "fanout":
@@ -543,7 +547,7 @@ def select(only: str | None) -> tuple[list[Row], list[Impl], list[str]]:
             raise SystemExit(
                 f"--only: unknown token {token!r}; use workloads (w1..w8, w2x100, "
                 f"{', '.join(_report.W6_ROWS[1:])}, {', '.join(_report.W7_ROWS)}, "
-                f"{', '.join(_report.W8_ROWS)}, curves, pay, fanout, fanin, idle, "
+                f"{', '.join(_report.W8_ROWS)}, w8-shm, w8-zc, curves, pay, fanout, fanin, idle, "
                 f"{', '.join(_report.CURVE_ROWS)}, mem, "
                 f"mem-idle, mem-slow), implementations ({', '.join(i.key for i in IMPLS)}, "
                 "ipc, raw, node, asyncio, uvloop, trio) or transports (unix, tcp)"
@@ -642,7 +646,7 @@ def _say(text: str) -> None:
 def _in_params(key: str, params: Params) -> bool:
     """Whether this run measures that row: QUICK has no 256 MiB W8 and two points per curve."""
     if key in _report.W8_ROWS:
-        return int(key.removeprefix("w8-")) in params.w8_sizes
+        return _report.w8_size(key) in params.w8_sizes
     if key in _report.PAYLOAD_ROWS:
         return int(key.removeprefix("pay-")) in params.payload_sizes
     if key in _report.FANOUT_ROWS or key in _report.FANIN_ROWS:

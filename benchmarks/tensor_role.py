@@ -5,7 +5,16 @@ acknowledgement (a small answer), the receiver getting the array in a fresh buff
 as the research note measured it (docs/performance.md, W8). ``samples`` after one warm-up.
 
 - ``ipc-server`` / ``ipc-client``: ipcactors, ``await connection.request("take", array)``;
-  the handler answers the array's size (the public API only, as a user would write it).
+  the handler answers the array's size (the public API only, as a user would write it), on
+  one of three paths (``w8_path`` in the config):
+  - ``socket``: shared memory off; the array's bytes go through the socket;
+  - ``shm``: ``Config.max_shared_bytes`` on both sides (Unix only); the array is copied once
+    into a slot of the connection's shared pool, and the handler gets a view of that slot;
+  - ``zc``: the same, the array made by ``connection.empty()`` and filled once before the
+    clock starts, so each request names it where it is (no copy); after the round trips, as
+    many ``emit``s of it are timed, the sender's side alone (``emit_ms``).
+  The shared paths report the arrays that took the socket instead (``fallbacks``, a pool
+  full) and fail if shared memory was not negotiated at all.
 - ``sock-server`` / ``sock-client``: the floor on the same transport: a blocking socket,
   ``sendall`` of an 8-byte length and the array's memory; the receiver ``recv_into`` a fresh
   ``np.empty`` until full, then sends one byte back.
@@ -33,8 +42,16 @@ def _array(config: dict[str, Any]) -> np.ndarray[Any, Any]:
     return array
 
 
-def _report(samples: list[float]) -> None:
-    say("result", rounds=[{"samples_ms": samples[1:]}])  # the first is the warm-up
+def _report(samples: list[float], **extra: Any) -> None:
+    say("result", rounds=[{"samples_ms": samples[1:]}], **extra)  # the first is the warm-up
+
+
+def _shared_bytes(config: dict[str, Any]) -> int:
+    """``max_shared_bytes`` of both actors: 0 on the socket path, else room for a few arrays
+    (a slot is free again only once the receiver's release arrived, maybe after its answer)."""
+    if config.get("w8_path", "socket") == "socket":
+        return 0
+    return max(64 << 20, 4 * int(config["mib"]) << 20)
 
 
 # --- ipcactors --------------------------------------------------------------------------------
@@ -45,7 +62,11 @@ async def ipc_server(config: dict[str, Any]) -> None:
 
     limit = int(config["mib"]) * (1 << 20) + (1 << 20)
     async with ipcactors.Actor(
-        "w8", socket_root=config["dir"], silent=True, max_frame_size=limit
+        "w8",
+        socket_root=config["dir"],
+        silent=True,
+        max_frame_size=limit,
+        max_shared_bytes=_shared_bytes(config),
     ) as actor:
         if config["transport"] == "tcp":
             server = await actor.serve_net(host="127.0.0.1", port=0)
@@ -62,20 +83,43 @@ async def ipc_client(config: dict[str, Any]) -> None:
 
     array = _array(config)
     limit = array.nbytes + (1 << 20)
+    path = config.get("w8_path", "socket")
     samples = []
+    emits = []
     async with ipcactors.Actor(
-        "w8-client", socket_root=config["dir"], silent=True, stop_retrying=2, max_frame_size=limit
+        "w8-client",
+        socket_root=config["dir"],
+        silent=True,
+        stop_retrying=2,
+        max_frame_size=limit,
+        max_shared_bytes=_shared_bytes(config),
     ) as actor:
         if config["transport"] == "tcp":
             connection = await actor.connect_to_net("w8", "127.0.0.1", config["port"])
         else:
             connection = await actor.connect_to("w8")
+        if path != "socket" and not connection.statistics().shared_memory:
+            raise RuntimeError(f"W8 {path}: shared memory was not negotiated")
+        if path == "zc":
+            made = connection.empty(array.shape, array.dtype)
+            made[...] = array  # filled once, before the clock: the producer's own work
+            array = made
         for _ in range(config["samples"] + 1):
             start = now()
             size = await connection.request("take", array)
             samples.append((now() - start) * 1e3)
             assert size == array.nbytes
-    _report(samples)
+        if path == "zc":
+            for _ in range(config["samples"] + 1):
+                start = now()
+                await connection.emit("take", array)
+                emits.append((now() - start) * 1e3)
+            await connection.request("take", array)  # every emit handled before the report
+        statistics = connection.statistics()
+    if path == "socket":
+        _report(samples)
+    else:
+        _report(samples, fallbacks=statistics.shared_fallbacks, emit_ms=emits[1:])
 
 
 # --- a plain socket (the floor) ------------------------------------------------------------------
