@@ -84,6 +84,7 @@ def w8_path(key: str) -> str:
     """The path of a W8 row: ``""`` (the socket), ``"shm-"`` or ``"zc-"``."""
     return key.removeprefix("w8-").removesuffix(str(w8_size(key)))
 
+
 #: Cost curves (issue 15), one row per point, Unix sockets, one backend per family (a curve's
 #: shape, not the backends, is the question): events/s against the payload size, and the
 #: events delivered per second broadcasting to N client processes.

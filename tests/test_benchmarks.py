@@ -83,6 +83,8 @@ def test_quick_subset_runs_and_writes_json(tmp_path: os.PathLike[str]) -> None:
 
 @pytest.mark.slow
 def test_w8_one_array_beside_a_plain_socket_and_a_memcpy(tmp_path: os.PathLike[str]) -> None:
+    """Every path of W8 (the socket, shared memory, zero-copy) on 1 MiB, with the anchors of
+    the socket row, the issue's targets and the chart."""
     done = subprocess.run(
         [
             sys.executable,
@@ -90,10 +92,9 @@ def test_w8_one_array_beside_a_plain_socket_and_a_memcpy(tmp_path: os.PathLike[s
             "benchmarks",
             "--quick",
             "--only",
-            "w8-1,ipc-asyncio,sock,memcpy,unix",
+            "w8-1,w8-shm-1,w8-zc-1,ipc-asyncio,sock,memcpy,unix",
             "--rounds",
             "1",
-            "--no-chart",
             "--results-dir",
             os.fspath(tmp_path),
         ],
@@ -106,17 +107,50 @@ def test_w8_one_array_beside_a_plain_socket_and_a_memcpy(tmp_path: os.PathLike[s
     with open(os.path.join(tmp_path, "latest.json"), encoding="utf-8") as file:
         document = json.load(file)
     cells = {(cell["row"], cell["impl"]): cell for cell in document["cells"]}
-    assert set(cells) == {("w8-1", "ipc-asyncio"), ("w8-1", "sock"), ("w8-1", "memcpy")}
+    assert set(cells) == {
+        ("w8-1", "ipc-asyncio"),
+        ("w8-1", "sock"),
+        ("w8-1", "memcpy"),
+        ("w8-shm-1", "ipc-asyncio"),
+        ("w8-zc-1", "ipc-asyncio"),
+    }
     for cell in cells.values():
         assert cell["status"] == "ok", cell
         assert cell["unit"] == "ms"
         assert math.isfinite(cell["value"]), cell
         assert cell["value"] > 0, cell
-    anchors = {line["anchor"] for line in document["ratios"] if line["row"] == "w8-1"}
-    assert anchors == {"plain socket", "memcpy"}
+        assert "warning" not in cell, cell  # no array of the shared rows took the socket
+    assert cells[("w8-zc-1", "ipc-asyncio")]["emit_ms"] > 0
+    anchors = {(line["row"], line["anchor"]) for line in document["ratios"]}
+    assert {anchor for row, anchor in anchors if row == "w8-1"} == {"plain socket", "memcpy"}
+    for row in ("w8-shm-1", "w8-zc-1"):
+        mine = {anchor for r, anchor in anchors if r == row}
+        assert mine == {"plain socket", "memcpy", "itself, socket path"}
     assert [t["target"] for t in document["targets"]] == [
-        "W8 asyncio 1 MiB array ≤ 2× plain socket"
+        "W8 asyncio 1 MiB array ≤ 2× plain socket",
+        "W8 asyncio 1 MiB zero-copy round trip ≤ 1 ms",
     ]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "no chart: matplotlib is not installed" in done.stdout
+    else:
+        assert os.path.getsize(os.path.join(tmp_path, "latest.png")) > 0
+
+
+def test_w8_tokens_select_a_path_with_its_anchor_rows() -> None:
+    from benchmarks import _runner
+    from benchmarks._report import ROW_BY_KEY
+
+    rows, _, _ = _runner.select("w8-shm")
+    assert [row.key for row in rows] == [f"w8-{mib}" for mib in (1, 16, 64, 256)] + [
+        f"w8-shm-{mib}" for mib in (1, 16, 64, 256)
+    ]
+    rows, _, _ = _runner.select("w8")
+    assert len(rows) == 12
+    assert ROW_BY_KEY["w8-zc-64"].transports == ("unix",)  # shared memory: Unix sockets only
+    assert not _runner._in_params("w8-zc-256", _runner.QUICK)
+    assert _runner._in_params("w8-shm-64", _runner.QUICK)
 
 
 @pytest.mark.slow
