@@ -308,6 +308,36 @@ async def test_server_events_are_acknowledged_too(transport: str, socket_dir: st
                 await server.clients["plain"].wait_acknowledged()
 
 
+async def test_a_broadcast_numbers_each_clients_stream_on_its_own(socket_dir: str) -> None:
+    """A broadcast's clients at the same seq share one frame; one whose stream is elsewhere
+    (it got events of its own) gets its own numbers: every stream stays gapless, and every
+    event is acknowledged."""
+    async with Actor("world", socket_root=socket_dir, silent=True, acked="on") as world_actor:
+        server = await world_actor.serve()
+        async with (
+            Actor("a", socket_root=socket_dir, silent=True, acked="on") as a,
+            Actor("b", socket_root=socket_dir, silent=True, acked="on") as b,
+            Actor("c", socket_root=socket_dir, silent=True, acked="on") as c,
+        ):
+            with anyio.fail_after(10):
+                links = [await actor.connect_to("world") for actor in (a, b, c)]
+                got = [connection_recorder(link) for link in links]
+                await wait_until(lambda: len(server.clients) == 3)
+                for i in range(3):
+                    await server.clients["b"].emit("n", -1 - i)  # b's stream is 3 ahead
+                for i in range(500):
+                    await server.broadcast("n", i)
+                for name in ("a", "b", "c"):
+                    await server.clients[name].wait_acknowledged()
+            assert [n for n, _ in got[0]] == [n for n, _ in got[2]] == list(range(500))
+            assert [n for n, _ in got[1]] == [-1, -2, -3, *range(500)]
+            lasts = [link._receiver.last for link in links]  # type: ignore[union-attr]
+            assert lasts == [500, 503, 500]
+            stats = server.statistics()
+            check_server_totals(stats)
+            assert stats.events_sequenced == stats.events_acknowledged == 1503
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_server_events_through_cut_links_arrive_exactly_once_in_order(
     transport: str, socket_dir: str, fault_proxy: Callable[..., FaultProxy], seed: int

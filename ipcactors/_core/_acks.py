@@ -104,7 +104,9 @@ class AckedSender:
         return self.seq
 
     def stored(self, seq: int, event: str, frame: Frame, size: int, position: int) -> None:
-        """The frame of event ``seq`` was queued at ``position``: keep it until acknowledged."""
+        """The frame of event ``seq`` was queued at ``position``: keep it until acknowledged.
+        ``seq`` is the last one given (:meth:`next_seq`) or the next one (which it takes)."""
+        self.seq = seq
         self._store.append((seq, event, frame, size, position))
         self.sequenced += 1
         self.outbox.held += size

@@ -315,6 +315,11 @@ class Server(HandlerMethods):
         policy = self._config.slow_consumer
         waiting: list[Client] = []
         behind = False
+        # The last frame made for an acked client (its seq, size): clients whose streams are
+        # at the same seq (those that joined together and get the same events) share it.
+        made_seq = 0
+        made: Frame = b""
+        made_size = 0
         for client in list(self._clients.values()):
             outbox = client._outbox
             if outbox.closed:
@@ -325,12 +330,17 @@ class Server(HandlerMethods):
                 if plain is None:
                     plain = self._encoder.event(event, data)
                 frame = plain
+                size = len(frame) if type(frame) is bytes else frame_size(frame)
             else:  # acknowledged: its own sequence number (only the tail differs)
-                if make is None:
-                    make = self._encoder.sequencer(event, data)
                 seq = acked.seq + 1
-                frame = make(seq)
-            size = len(frame) if type(frame) is bytes else frame_size(frame)
+                if seq == made_seq:
+                    frame, size = made, made_size
+                else:
+                    if make is None:
+                        make = self._encoder.sequencer(event, data)
+                    frame = made = make(seq)
+                    size = made_size = len(frame) if type(frame) is bytes else frame_size(frame)
+                    made_seq = seq
             if outbox.has_room(size):
                 pass
             elif policy == "wait":
@@ -352,7 +362,7 @@ class Server(HandlerMethods):
             position = outbox.put_nowait(frame, size)
             if seq:
                 assert acked is not None
-                acked.stored(acked.next_seq(), event, frame, size, position)
+                acked.stored(seq, event, frame, size, position)
         if behind:
             await anyio.lowlevel.checkpoint()  # let the writers run: a burst is not a stall
         for client in waiting:
