@@ -57,7 +57,9 @@ Invariants:
 - A large payload arriving (the session's ``receive_buffer``) is read straight into its final
   buffer where the stream can (``receiver_into``: the asyncio fast path, plain sockets on
   Trio), at most ``MAX_RECEIVE_INTO`` bytes per read; elsewhere (TLS) read as usual and copied
-  there by the decoder. Either way, at most one copy on this side.
+  there by the decoder. Either way, at most one copy on this side. The rest of a frame already
+  begun is read without a loop pass or a timeout scope when the kernel holds it
+  (``receivers_now``), and only up to the frame's end: the next frame waits for a loop pass.
 - Heartbeats (``Config.heartbeat_interval``; none when the codec carries no pings), kept by
   the actor's watchdog (one task per actor for all its channels, see ``_watchdog``; a channel
   has no task or timer of its own for them): any bytes received are a sign of life. A ping

@@ -16,10 +16,16 @@ Invariants:
 - Large parts of frames (``LARGE_PART`` bytes or more: payloads out of band, views of the
   sender's memory) go straight from that memory to the socket while the transport holds
   nothing, never through the transport's buffer (asyncio 3.11 would copy them there, and
-  ``writelines`` joins); when the kernel is full, the transport gets a small slice (``NUDGE``)
-  so that ``resume_writing`` says when to go on. Parts are written in order.
+  ``writelines`` joins), with the small parts around them in one ``sendmsg``; when the kernel
+  is full, the transport gets a small slice (``NUDGE``) so that ``resume_writing`` says when to
+  go on. Parts are written in order.
 - :meth:`AsyncioSocketStream.receive_into` has the loop read straight into the caller's buffer
-  (``get_buffer`` returns it) until it is full: a large payload is received in place.
+  (``get_buffer`` returns it) until it is full: a large payload is received in place. On a
+  loop that reads again within one callback (uvloop), reading pauses after a full read while
+  the reader waits, so that it may first say where the next bytes go.
+- ``receive_now`` and ``receive_into_now`` read the socket themselves, between loop callbacks
+  (the transport then meets an empty socket), after the bytes read ahead: never out of order.
+  An error there aborts the transport, and the reader hears of it.
 - Any number of tasks may wait in ``AsyncioSocketStream.send`` at once (a TLS stream's writer,
   and its reader flushing a record): each is woken when the kernel has taken the bytes, or the
   connection is lost.
