@@ -208,3 +208,40 @@ async def test_large_frames_split_across_partial_sendmsg(
             assert received == expected
         finally:
             detach()
+
+
+@pytest.mark.parametrize(
+    "anyio_backend", [ASYNCIO, UVLOOP], ids=["asyncio", "uvloop"], indirect=True
+)
+async def test_reads_without_waiting_keep_order_and_report_a_reset(anyio_backend: Any) -> None:
+    """``receive_now`` / ``receive_into_now`` (the rest of a frame, read without a loop pass):
+    bytes read ahead come first, then the socket's; none is ``b""`` / 0; a reset met by a
+    direct read is raised as BrokenResourceError, and so is every receive after it (the
+    transport, aborted, reports no error of its own: the end of the stream must not hide it)."""
+    left, peer = socket.socketpair()
+    left.setblocking(False)
+    a = await wrap_socket(left)
+    try:
+        assert isinstance(a, AsyncioSocketStream)
+        assert a.receive_now(10) == b""
+        assert a.receive_into_now(memoryview(bytearray(10))) == 0
+        peer.send(b"0123456789")
+        with anyio.fail_after(5):
+            while not a._protocol.chunks:  # read ahead by the loop
+                await anyio.sleep(0.01)
+        peer.send(b"abcdef")  # in the kernel, behind what was read ahead
+        assert a.receive_now(4) == b"0123"
+        buffer = bytearray(9)
+        assert a.receive_into_now(memoryview(buffer)) == 9
+        assert buffer == b"456789abc"
+        assert a.receive_now(10) == b"def"
+        # The peer closes with bytes of ours unread: a reset, met by a direct read.
+        await a.send(b"unread")
+        peer.close()
+        with pytest.raises(anyio.BrokenResourceError):
+            a.receive_now(10)
+        with pytest.raises(anyio.BrokenResourceError):
+            await a.receive(10)
+    finally:
+        peer.close()
+        await anyio.aclose_forcefully(a)
