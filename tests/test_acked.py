@@ -643,3 +643,31 @@ async def test_a_restarted_child_gets_its_predecessors_events_before_nothing_els
     again = [n for n, flag in got if flag]
     assert 30 in again  # handled again after the restart, and said so
     assert again == sorted(again)
+
+
+def test_a_stream_store_acknowledges_by_seq_with_gaps() -> None:
+    """An ack covers every stored seq up to it, gaps included (a seq skipped while waiting
+    for room), and frees their bytes from the outbox's bound; the counters keep the
+    invariant. Entries shared between streams (a broadcast's, in step) count in each."""
+    from ipcactors._core._acks import AckedSender
+    from ipcactors._core._outbox import Outbox
+
+    outbox, other_outbox = Outbox(1000), Outbox(1000)
+    sender, other = AckedSender(outbox), AckedSender(other_outbox)
+    for seq in (1, 2, 4, 5, 9):
+        entry = sender.stored(seq, "e", b"x" * seq, seq, outbox.put_nowait(b"x" * seq, seq))
+        other_outbox.put_nowait(entry[2], seq)
+        other.keep(entry)
+    assert outbox.held == other_outbox.held == 21
+    sender.ack(3)
+    assert [seq for seq, _ in sender.pending] == [4, 5, 9]
+    assert (sender.acknowledged, outbox.held) == (2, 18)
+    sender.ack(8)
+    assert [seq for seq, _ in sender.pending] == [9]
+    assert (sender.acknowledged, outbox.held, sender.acked_seq) == (4, 9, 8)
+    sender.ack(8)  # again: nothing more
+    assert (sender.acknowledged, outbox.held) == (4, 9)
+    assert sender.report() == [(9, "e")]
+    assert (sender.sequenced, sender.acknowledged, sender.reported, len(sender)) == (5, 4, 1, 0)
+    other.ack(9)
+    assert (other.sequenced, other.acknowledged, other_outbox.held, other.seq) == (5, 5, 0, 9)

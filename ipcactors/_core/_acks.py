@@ -34,8 +34,11 @@ Invariants:
 from __future__ import annotations
 
 import secrets
+from bisect import bisect_right
 from collections import OrderedDict, deque
 from collections.abc import Iterator
+from itertools import islice
+from operator import itemgetter
 from typing import Any, Final
 
 import anyio
@@ -43,11 +46,23 @@ import anyio
 from .._proto._messages import Frame
 from ._outbox import Outbox
 
-__all__ = ["SESSIONS_KEPT", "AckedReceiver", "AckedSender", "ClientStreams", "ReceiverSessions"]
+__all__ = [
+    "SESSIONS_KEPT",
+    "AckedReceiver",
+    "AckedSender",
+    "ClientStreams",
+    "Entry",
+    "ReceiverSessions",
+]
 
 #: Sender sessions a server remembers (the oldest is forgotten first): a sender whose session
 #: was forgotten is treated as after a restart (its unacknowledged events are redelivered).
 SESSIONS_KEPT: Final = 4096
+
+#: A stored event: (seq, event name, frame, size, position in the outbox).
+Entry = tuple[int, str, Frame, int, int]
+_SEQ = itemgetter(0)  # of a store entry
+_SIZE = itemgetter(3)
 
 
 class AckedSender:
@@ -68,7 +83,6 @@ class AckedSender:
         "reported",
         "resent",
         "seq",
-        "sequenced",
         "session",
     )
 
@@ -81,18 +95,22 @@ class AckedSender:
         #: welcomed us (``acked="on"``), until one with it does.
         self.active = True
         # (seq, event name, frame, size, outbox position), in seq order.
-        self._store: deque[tuple[int, str, Frame, int, int]] = deque()
+        self._store: deque[Entry] = deque()
         self._waiters: anyio.Event | None = None
         self._reported_from: int | None = None  # the first seq of the last report
         #: The events of the last report (given up), once there was one.
         self.given_up: list[tuple[int, str]] | None = None
-        self.sequenced = 0
         self.acknowledged = 0
         self.reported = 0
         self.resent = 0
 
     def __len__(self) -> int:
         return len(self._store)
+
+    @property
+    def sequenced(self) -> int:
+        """Events sequenced and stored so far (the invariant, which this keeps true)."""
+        return self.acknowledged + self.reported + len(self._store)
 
     @property
     def pending(self) -> list[tuple[int, str]]:
@@ -103,13 +121,22 @@ class AckedSender:
         self.seq += 1
         return self.seq
 
-    def stored(self, seq: int, event: str, frame: Frame, size: int, position: int) -> None:
+    def stored(self, seq: int, event: str, frame: Frame, size: int, position: int) -> Entry:
         """The frame of event ``seq`` was queued at ``position``: keep it until acknowledged.
-        ``seq`` is the last one given (:meth:`next_seq`) or the next one (which it takes)."""
+        ``seq`` is the last one given (:meth:`next_seq`) or the next one (which it takes).
+        Returns the entry kept (see :meth:`keep`)."""
         self.seq = seq
-        self._store.append((seq, event, frame, size, position))
-        self.sequenced += 1
+        entry = (seq, event, frame, size, position)
+        self._store.append(entry)
         self.outbox.held += size
+        return entry
+
+    def keep(self, entry: Entry) -> None:
+        """:meth:`stored`, with the entry another stream's ``stored`` returned for the same
+        seq, frame and position (a broadcast's streams in step share one, not one each)."""
+        self.seq = entry[0]
+        self._store.append(entry)
+        self.outbox.held += entry[3]
 
     def written(self) -> int:
         """The last seq a writer took (the receiver may have handled up to it), or the last
@@ -130,11 +157,10 @@ class AckedSender:
         """The receiver acknowledged every event up to ``seq``."""
         store = self._store
         if store and store[0][0] <= seq:
-            popleft = store.popleft
-            freed = count = 0
-            while store and store[0][0] <= seq:
-                freed += popleft()[3]
-                count += 1
+            # The entries up to seq, found and popped (their sizes summed) in C: an ack covers
+            # a read's worth of events (thousands, on a busy broadcast).
+            count = bisect_right(store, seq, key=_SEQ)
+            freed = sum(map(_SIZE, islice(iter(store.popleft, None), count)))
             self.acknowledged += count
             self.outbox.release(freed)
         if seq > self.acked_seq:

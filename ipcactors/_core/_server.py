@@ -74,7 +74,7 @@ from .._proto._messages import Frame, frame_size
 from .._proto._session import Refusal, Role, Session
 from .._transports._fds import can_pass_fds
 from .._transports._transport import Address, Listener, Transport
-from ._acks import SESSIONS_KEPT, AckedSender, ClientStreams, ReceiverSessions
+from ._acks import SESSIONS_KEPT, AckedSender, ClientStreams, Entry, ReceiverSessions
 from ._channel import Channel
 from ._handlers import HandlerMethods, Handlers
 from ._handshake import accept_handshake
@@ -320,6 +320,7 @@ class Server(HandlerMethods):
         made_seq = 0
         made: Frame = b""
         made_size = 0
+        entry: Entry | None = None  # and the last store entry made: shared likewise
         for client in list(self._clients.values()):
             outbox = client._outbox
             if outbox.closed:
@@ -362,7 +363,10 @@ class Server(HandlerMethods):
             position = outbox.put_nowait(frame, size)
             if seq:
                 assert acked is not None
-                acked.stored(seq, event, frame, size, position)
+                if entry is not None and entry[4] == position and entry[0] == seq:
+                    acked.keep(entry)  # (the same seq: the same frame)
+                else:
+                    entry = acked.stored(seq, event, frame, size, position)
         if behind:
             await anyio.lowlevel.checkpoint()  # let the writers run: a burst is not a stall
         for client in waiting:
