@@ -873,7 +873,11 @@ def chart(cell_list: list[dict[str, Any]], path: str, title: str) -> str | None:
         return "no results to draw"
     columns = 4
     rows = math.ceil(len(panels) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 2.9 * rows), squeeze=False)
+    most = max(len(bars) for _, _, bars, _ in panels)  # W8 Unix: 11 bars, room for their labels
+    height = max(2.9, 0.27 * most + 0.6)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(5.2 * columns, height * rows), squeeze=False
+    )
     for axis in axes.flat[len(panels) :]:
         axis.axis("off")
     for axis, (row, transport, bars, missing) in zip(axes.flat, panels, strict=False):
