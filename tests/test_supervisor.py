@@ -530,6 +530,39 @@ async def test_a_spare_that_dies_is_replaced_and_never_reported(socket_dir: str)
             assert await sup.request("w1", "echo", "still") == "still"
 
 
+async def test_emit_to_a_child_killed_meanwhile_waits_for_its_restart(socket_dir: str) -> None:
+    """A child's connection can close before its exit is seen: an emit then met a closed
+    outbox and raised ClosedError (thousands of times in 15 kills), where the docs promise a
+    wait for the restart (or RequestTimeoutError)."""
+    closed = sent = 0
+    with anyio.fail_after(30):
+        async with supervisor(socket_dir, max_restarts=1000, request_timeout=10) as sup:
+            await sup.spawn(_workers.echo, id="w1")
+            async with anyio.create_task_group() as task_group:
+
+                async def kill_five_times() -> None:
+                    for _ in range(5):
+                        await anyio.sleep(0.15)
+                        pid = sup.children["w1"].pid
+                        if pid is not None:
+                            os.kill(pid, signal.SIGKILL)
+                    await anyio.sleep(0.15)
+                    task_group.cancel_scope.cancel()
+
+                task_group.start_soon(kill_five_times)
+                while True:
+                    try:
+                        await sup.emit("w1", "echo", sent)
+                        sent += 1
+                    except ipcactors.ClosedError:
+                        closed += 1
+                    await anyio.sleep(0)
+            assert sup.children["w1"].restarts >= 5
+            assert await sup.request("w1", "echo", "after") == "after"
+    assert sent > 100
+    assert closed == 0
+
+
 # --- no orphans -------------------------------------------------------------------------------
 
 _KILLED_SUPERVISOR = """

@@ -1005,6 +1005,7 @@ class Supervisor:
         incarnation = child.incarnation if child is not None else None
         if incarnation is not None and incarnation.ready.is_set() and incarnation.client:
             incarnation.client = client
+            incarnation.child.changed()  # an emit that met the closed connection goes on
 
     def _on_ready(self, data: Any, client: Client) -> None:
         try:
@@ -1059,10 +1060,23 @@ class Supervisor:
 
     async def emit(self, id: str, event: str, data: Any = None) -> None:
         """Send ``event`` to child ``id`` (at most once). While the child is restarting, waits
-        for it (up to ``Config.request_timeout``)."""
-        incarnation = await self._running(id, self.config.request_timeout)
-        assert incarnation.client is not None
-        await incarnation.client.emit(event, data)
+        for it (up to ``Config.request_timeout``, then :class:`RequestTimeoutError`), also
+        when it dies in the middle of this call."""
+        deadline = anyio.current_time() + self.config.request_timeout
+        while True:
+            incarnation = await self._running(id, max(0.0, deadline - anyio.current_time()))
+            client = incarnation.client
+            assert client is not None
+            try:
+                await client.emit(event, data)
+                return
+            except ClosedError:
+                # Its connection closed before we knew (the child is exiting, or reconnects):
+                # nothing was queued. Wait for its exit or its new connection, then go on as
+                # for a child restarting.
+                with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
+                    while incarnation.client is client and not incarnation.exited.is_set():
+                        await incarnation.child.wait_changed()
 
     async def request(
         self, id: str, event: str, data: Any = None, *, timeout: float | None = None
