@@ -890,7 +890,7 @@ def write_report(
             "",
             ratio_text,
             "",
-            "## Targets (issues 5 and 9)",
+            "## Targets (issues 5, 9, 11, 12 and 15)",
             "",
             target_text,
             "",
