@@ -158,8 +158,12 @@ class AckedSender:
         store = self._store
         if store and store[0][0] <= seq:
             # The entries up to seq, found and popped (their sizes summed) in C: an ack covers
-            # a read's worth of events (thousands, on a busy broadcast).
-            count = bisect_right(store, seq, key=_SEQ)
+            # a read's worth of events (thousands, on a busy broadcast). Seqs grow by one or
+            # more per entry, so at most seq - first + 1 entries are covered: look there (a
+            # deque is indexed from its nearer end), exactly there when there was no gap.
+            count = min(len(store), seq - store[0][0] + 1)
+            if store[count - 1][0] > seq:
+                count = bisect_right(store, seq, 0, count, key=_SEQ)
             freed = sum(map(_SIZE, islice(iter(store.popleft, None), count)))
             self.acknowledged += count
             self.outbox.release(freed)
