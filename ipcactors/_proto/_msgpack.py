@@ -518,23 +518,27 @@ class MsgpackEncoder(Encoder):
             return lambda seq: self.sequenced_event(event, data, seq)
         # data packed (and checked) once, however many frames (a broadcast's) are made of it.
         head = self._sequenced_heads.get(event) or self._sequenced_head(event)
-        marked = self._check(data)
-        self._large.clear()
-        try:
-            packed: bytes = self._packer.pack(marked)
-        except (TypeError, ValueError, OverflowError) as exc:
-            self._packer.reset()  # it keeps a partly written buffer after an error
+        if self._is_plain(data):  # as in event(): nothing to mark, nothing out of band
+            packed: bytes = self._pack_plain(data)
+        else:
+            marked = self._check(data)
             self._large.clear()
-            raise EncodeError(f"cannot encode as msgpack: {exc}") from exc
-        except BaseException:
-            self._packer.reset()
-            self._large.clear()
-            raise
-        if self._large:
-            # Payloads out of band: each frame is spliced around them as they are (its small
-            # parts packed per frame, the payloads never copied), as sequenced_event does.
-            self._large.clear()
-            return lambda seq: self.sequenced_event(event, data, seq)
+            try:
+                packed = self._packer.pack(marked)
+            except (TypeError, ValueError, OverflowError) as exc:
+                self._packer.reset()  # it keeps a partly written buffer after an error
+                self._large.clear()
+                raise EncodeError(f"cannot encode as msgpack: {exc}") from exc
+            except BaseException:
+                self._packer.reset()
+                self._large.clear()
+                raise
+            if self._large:
+                # Payloads out of band: each frame is spliced around them as they are (its
+                # small parts packed per frame, the payloads never copied), as
+                # sequenced_event does.
+                self._large.clear()
+                return lambda seq: self.sequenced_event(event, data, seq)
         self._check_body(head, packed)
         pack = self._packer.pack
         base = len(head) + len(packed)
