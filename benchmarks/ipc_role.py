@@ -30,15 +30,11 @@ from ._wire import (
 
 def _actor(name: str, config: dict[str, Any], **extra: Any) -> ipcactors.Actor:
     # stop_retrying: a benchmark client that cannot connect should fail fast, not retry.
-    # acked: the acknowledged rows (W2, W4) run both sides with Config.acked="on".
-    return ipcactors.Actor(
-        name,
-        socket_root=config["dir"],
-        silent=True,
-        stop_retrying=2,
-        acked=config.get("acked", "off"),
-        **extra,
-    )
+    # acked: the acknowledged rows (W2, W4) run both sides with Config.acked="on"; passed
+    # only when on, so that --compare can run a ref from before Config.acked.
+    if config.get("acked", "off") != "off":
+        extra["acked"] = config["acked"]
+    return ipcactors.Actor(name, socket_root=config["dir"], silent=True, stop_retrying=2, **extra)
 
 
 async def _listen(actor: ipcactors.Actor, config: dict[str, Any]) -> ipcactors.Server:
