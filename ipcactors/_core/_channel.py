@@ -102,6 +102,7 @@ from .._transports._fds import FdSocketStream
 from .._transports._streams import (
     attach_writer,
     bytes_below,
+    close_now,
     drain_outbox,
     read_size,
     receiver_into,
@@ -158,6 +159,7 @@ class Channel:
         "_shared",
         "_silent_after",
         "_soft_bytes",
+        "_spawned",
         "_stream",
         "_suspect",
         "_task_group",
@@ -205,6 +207,11 @@ class Channel:
         self._in_flight = 0  # request handler tasks whose reply is not queued yet
         self._held = opening is not None  # nothing is dispatched until the opening is done
         self._dispatching = False
+        # Whether a task was started in the channel's task group (writer, reader behind an
+        # opening, dispatcher, a request's answer): when none was, the reader's end ends the
+        # group without cancelling it (anyio's cancel() formats the task's repr, ~20 us, and
+        # delivering it costs two loop passes, per connection).
+        self._spawned = False
         self._input_done = False  # the reader is done: the dispatcher finishes and returns
         self._gone = False  # the peer's input ended or the connection broke: read to the end
         self._broken = False  # nothing more can be written: queued requests are not started
@@ -250,6 +257,7 @@ class Channel:
                 outbox.on_lost = self._on_lost
                 detach = attach_writer(self._stream, outbox)
                 if detach is None:
+                    self._spawned = True
                     task_group.start_soon(self._write_loop, task_group)
                 watchdog = peer._watchdog
                 if watchdog is not None and (
@@ -260,6 +268,7 @@ class Channel:
                     if self._opening is None:
                         await self._read(task_group)
                     else:
+                        self._spawned = True
                         task_group.start_soon(self._read, task_group)
                         try:
                             await self._opening()
@@ -278,7 +287,7 @@ class Channel:
             if shared is not None:
                 self._end_shared(shared)
             outbox.drop_replies()  # they answer this connection's requests, not the next's
-            await anyio.aclose_forcefully(self._stream)
+            await close_now(self._stream)
         if self._failure is not None:
             raise self._failure
 
@@ -399,6 +408,7 @@ class Channel:
 
     def _start(self, message: Request, task_group: TaskGroup) -> None:
         if self._peer._start_answer(message, task_group, self._answered):
+            self._spawned = True
             self._in_flight += 1  # until its reply is queued (see _answered)
 
     def _release(self, task_group: TaskGroup) -> None:
@@ -406,7 +416,7 @@ class Channel:
         self._held = False
         self._opened.set()
         if self._inbox and not self._dispatching:
-            self._dispatching = True
+            self._dispatching = self._spawned = True
             task_group.start_soon(self._dispatch_loop, task_group)
         self._wake()
 
@@ -435,7 +445,8 @@ class Channel:
                 self._input_done = True
                 self._wake()
                 await self._finish_dispatching()
-        task_group.cancel_scope.cancel()
+        if self._spawned:
+            task_group.cancel_scope.cancel()
 
     async def _await_welcome(self) -> bool:
         """A pipelined client: read the welcome; whether it came (see the module's docstring).
@@ -543,6 +554,7 @@ class Channel:
                         events.append(message)  # it starts after what is before it
                         self._queued_requests += 1
                     elif peer._start_answer(message, task_group, answered):
+                        self._spawned = True
                         self._in_flight += 1  # until its reply is queued (see _answered)
             message = None  # type: ignore[assignment]  # (see _dispatch_loop)
             if shared is not None and shared.fds and not session.buffered:
@@ -556,7 +568,7 @@ class Channel:
                 inbox.append((events, size))
                 self._inbox_bytes += size
                 if not self._dispatching and not self._held:
-                    self._dispatching = True
+                    self._dispatching = self._spawned = True
                     task_group.start_soon(self._dispatch_loop, task_group)
                 self._wake()
             del events  # (see _dispatch_loop)

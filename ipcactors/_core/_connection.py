@@ -62,6 +62,7 @@ from .._log import ActorLog
 from .._proto._messages import Welcome
 from .._proto._session import Role, Session
 from .._transports._fds import can_pass_fds
+from .._transports._streams import close_now
 from .._transports._transport import (
     Address,
     Transport,
@@ -257,7 +258,7 @@ class Connection(Peer, HandlerMethods):
                 opened = await self._open_retrying(self._config.stop_retrying, pipelined)
             if opened is None or self._closing:
                 if opened is not None:
-                    await anyio.aclose_forcefully(opened[0])
+                    await close_now(opened[0])
                 raise ClosedError(f"connection to {self.id!r} was closed while connecting")
         except BaseException as exc:
             reason = None if self._closing or not isinstance(exc, Exception) else exc
@@ -371,7 +372,7 @@ class Connection(Peer, HandlerMethods):
             try:
                 await open_handshake(stream, session, pipelined=pipelined)
             except BaseException as exc:
-                await anyio.aclose_forcefully(stream)
+                await close_now(stream)
                 # TLS 1.3 reports a refused client certificate only now, on the first read.
                 error = tls_error(exc)
                 if error is not None:
@@ -385,7 +386,7 @@ class Connection(Peer, HandlerMethods):
             try:
                 self._negotiate(welcome.extra.get("acked"))
             except BaseException:
-                await anyio.aclose_forcefully(stream)
+                await close_now(stream)
                 raise
         return stream, session
 

@@ -73,6 +73,7 @@ from .._log import ActorLog
 from .._proto._messages import Frame, frame_size
 from .._proto._session import Refusal, Role, Session
 from .._transports._fds import can_pass_fds
+from .._transports._streams import close_now
 from .._transports._transport import Address, Listener, Transport
 from ._acks import SESSIONS_KEPT, AckedSender, ClientStreams, Entry, ReceiverSessions
 from ._channel import Channel
@@ -451,7 +452,7 @@ class Server(HandlerMethods):
             await self._admit_stream(stream, peer_address)
         except BaseException:
             # Cancelled (the server is closing) or failed before a channel owned the stream.
-            await anyio.aclose_forcefully(stream)
+            await close_now(stream)
             raise
 
     async def _admit_stream(self, stream: ByteStream, peer_address: Any) -> None:
@@ -492,12 +493,12 @@ class Server(HandlerMethods):
             return
         except (OSError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
             self._handshake_failed(f"handshake with {peer_address!r} failed: {_lost(exc)}")
-            await anyio.aclose_forcefully(stream)
+            await close_now(stream)
             return
         finally:
             self._handshakes.pop(scope, None)
         if client_id is None:  # dropped to admit a newer connection (see _enter_handshake)
-            await anyio.aclose_forcefully(stream)
+            await close_now(stream)
             return
         if not await self._wait_ready(stream, session, client_id, held_until):
             return
@@ -564,7 +565,7 @@ class Server(HandlerMethods):
                 del self._clients[client.id]
             client._outbox.close(ClosedError(f"client {client.id!r} left in its handshake"))
             self._client_left(client)
-            await anyio.aclose_forcefully(stream)
+            await close_now(stream)
             if isinstance(exc, anyio.BrokenResourceError | anyio.ClosedResourceError):
                 return
             raise
@@ -722,7 +723,7 @@ class Server(HandlerMethods):
             if not replaced:
                 del self._held[client_id]
         if replaced:
-            await anyio.aclose_forcefully(stream)
+            await close_now(stream)
             return False
         if self._closing:
             message = f"{self._id!r} closed before it was ready"
@@ -764,14 +765,14 @@ class Server(HandlerMethods):
     ) -> None:
         """Send ``reject`` (if the codec has a handshake to send it in), then close."""
         if not self._codec.handshake:
-            await anyio.aclose_forcefully(stream)
+            await close_now(stream)
             return
         with anyio.move_on_after(1):
             try:
                 await stream.send(session.reject(reason, message))
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 pass
-        await anyio.aclose_forcefully(stream)
+        await close_now(stream)
 
     async def aclose(self) -> None:
         """Stop accepting, flush to every client (bounded by ``close_timeout``), close them all,

@@ -506,6 +506,15 @@ class AsyncioSocketStream(ByteStream):
     async def send_eof(self) -> None:
         self._transport.write_eof()
 
+    def abort(self) -> None:
+        """Close at once, dropping unsent bytes: what :meth:`aclose` does when cancelled, with
+        no cancel scope and no wait for ``connection_lost`` (the loop closes the socket in its
+        next pass). See ``_streams.close_now``."""
+        if not self._closing:
+            self._closing = True
+            self._protocol._wake_reader()
+        self._transport.abort()
+
     async def aclose(self) -> None:
         if not self._closing:
             self._closing = True
