@@ -141,7 +141,8 @@ class Connection(Peer, HandlerMethods):
         self._closing = False
         self._destroyed = anyio.Event()
         self._scope = anyio.CancelScope()  # _run: serving and reconnecting
-        self._attempts = anyio.CancelScope()  # _connect: the first connect, in the caller's task
+        # _connect: the first connect, in the caller's task; None once it is over.
+        self._attempts: anyio.CancelScope | None = anyio.CancelScope()
         self._recovered = ""  # "after N failed attempts", for the next "connected" line
         self._server_id: str | None = None
         self._gave_up: BaseException | None = None  # why it was destroyed, if not closed
@@ -236,7 +237,8 @@ class Connection(Peer, HandlerMethods):
             await self._destroyed.wait()
             return
         self._closing = True
-        self._attempts.cancel()
+        if self._attempts is not None:  # still connecting (anyio's cancel() is not free)
+            self._attempts.cancel()
         acked = self._acked
         with anyio.move_on_after(self._config.close_timeout):
             if self._channel is not None:
@@ -254,8 +256,13 @@ class Connection(Peer, HandlerMethods):
         reads the welcome (not in the acknowledged mode, which resumes from the welcome)."""
         opened: tuple[ByteStream, Session] | None = None
         try:
-            with self._attempts:
-                opened = await self._open_retrying(self._config.stop_retrying, pipelined)
+            attempts = self._attempts
+            assert attempts is not None  # _connect runs once per connection
+            try:
+                with attempts:
+                    opened = await self._open_retrying(self._config.stop_retrying, pipelined)
+            finally:
+                self._attempts = None  # nothing left to cancel
             if opened is None or self._closing:
                 if opened is not None:
                     await close_now(opened[0])
