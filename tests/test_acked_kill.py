@@ -61,7 +61,10 @@ async def serve(process: Process) -> None:
     with anyio.fail_after(15):
         output = b""
         while b"READY" not in output:
-            output += await process.stdout.receive()
+            try:
+                output += await process.stdout.receive()
+            except anyio.EndOfStream:
+                raise AssertionError(f"the server exited before serving: {output!r}") from None
 
 
 def read_ledger(path: str) -> list[tuple[int, bool]]:
@@ -110,7 +113,10 @@ async def test_a_server_sigkilled_mid_stream_loses_nothing(
                     while await world.request("count") < KILL_AT:
                         await anyio.sleep(0.002)
                     first.send_signal(signal.SIGKILL)  # mid-stream: no goodbye, no last acks
+                    await first.wait()  # gone, its port with it (a lost connection may be older)
                     await lost.wait()
+                    while world.connected:  # and this connection seen to be gone
+                        await anyio.sleep(0.002)
                     # No ack can come from a dead process: what it acknowledged is final.
                     acked_at_kill = world.statistics().events_acknowledged
                     await serve(second)  # the restart, at the same address
