@@ -151,3 +151,37 @@ async def test_a_busy_server_is_retried(socket_dir: str) -> None:
                 with anyio.fail_after(5):
                     await connection.wait_connected()
                     assert await connection.request("echo", "later") == "later"
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+async def test_without_connect_handlers_events_behind_the_welcome_are_handled(
+    transport: str, socket_dir: str
+) -> None:
+    """No connect handler on the client: its channel runs no opening of its own, and the
+    server's events that follow the welcome (sent from its connect handler) are still handled,
+    in order, before the first reply is awaited to the end."""
+    async with Actor("world", socket_root=socket_dir, silent=True) as world:
+        server = await (world.serve() if transport == "unix" else world.serve_net(HOST, 0))
+
+        @server.on("connect")
+        async def greet(client: ipcactors.Client) -> None:
+            for i in range(3):
+                await client.emit("news", i)
+
+        server.on("echo", lambda data, client: data)
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            news: list[int] = []
+            three = anyio.Event()
+            connection = await connect(hello, server, transport)
+
+            @connection.on("news")
+            def on_news(data: int) -> None:
+                news.append(data)
+                if len(news) == 3:
+                    three.set()
+
+            with anyio.fail_after(5):
+                assert await connection.request("echo", 1) == 1
+                await three.wait()
+                await connection.wait_connected()
+            assert news == [0, 1, 2]

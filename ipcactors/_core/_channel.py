@@ -27,6 +27,8 @@ Invariants:
   request of the peer is dispatched before it is done (they wait in the inbox meanwhile). When
   the peer closes its side with something in the inbox, the opening finishes and then what
   waited is dispatched; otherwise an opening still running when the channel ends is cancelled.
+  A pipelined client's opening is decided at the welcome: without connect handlers by then
+  there is none (no task), and what waited for it is released as the welcome is read.
 - When the peer goes (end of stream, a broken socket, bad bytes), the requests whose frames
   were handed to the writer fail at once with :class:`ConnectionLostError`.
 - Events and requests received before the input ended are still dispatched, whether the peer
@@ -164,6 +166,7 @@ class Channel:
         "_suspect",
         "_task_group",
         "_tick",
+        "_wanted",
         "_write_lost",
         "broken_by",
         "handshake_error",
@@ -171,13 +174,22 @@ class Channel:
     )
 
     def __init__(
-        self, stream: ByteStream, session: Session, peer: Peer, opening: Opening | None = None
+        self,
+        stream: ByteStream,
+        session: Session,
+        peer: Peer,
+        opening: Opening | None = None,
+        wanted: Callable[[], bool] | None = None,
     ) -> None:
         self._stream = stream
         self._session = session
         self._peer = peer
         peer._encoder.tracebacks = send_tracebacks(stream, peer._config.remote_tracebacks)
         self._opening = opening
+        # A pipelined client's: whether the opening has anything to do, asked once the welcome
+        # came; until then nothing is dispatched (see run: no task for an opening without
+        # connect handlers).
+        self._wanted = wanted
         config = peer._config
         # Shared memory, when the handshake negotiated it (the peer accepts this many bytes).
         accept = peer._shared_accept
@@ -265,13 +277,23 @@ class Channel:
                 ):
                     self._start_watch(watchdog)
                 try:
-                    if self._opening is None:
+                    opening = self._opening
+                    inline = opening is None
+                    if self._wanted is not None:
+                        if detach is not None:
+                            inline = True
+                        else:
+                            # A writer task: the reader must not get ahead of its first write
+                            # (what a refusal fails is what was sent), so it starts behind it
+                            # and the opening keeps its own task.
+                            self._wanted = None
+                    if inline or opening is None:
                         await self._read(task_group)
                     else:
                         self._spawned = True
                         task_group.start_soon(self._read, task_group)
                         try:
-                            await self._opening()
+                            await opening()
                         finally:
                             self._release(task_group)
                         await anyio.sleep_forever()  # until the reader is done
@@ -428,6 +450,8 @@ class Channel:
             if not self._session.is_open and not await self._await_welcome():
                 task_group.cancel_scope.cancel()
                 return
+            if self._wanted is not None:
+                self._open_after_welcome(task_group)
             await self._read_loop(task_group)
         except ProtocolError as exc:
             self._failure = exc  # nothing after bad input is handled
@@ -447,6 +471,28 @@ class Channel:
                 await self._finish_dispatching()
         if self._spawned:
             task_group.cancel_scope.cancel()
+
+    def _open_after_welcome(self, task_group: TaskGroup) -> None:
+        """A pipelined client, welcomed: run the opening beside the reader if it has anything
+        to do (connect handlers, registered by now), else release what waited for it at once:
+        a fresh connection's first reply costs no task and no loop pass for an empty opening."""
+        opening = self._opening
+        wanted = self._wanted
+        assert opening is not None
+        assert wanted is not None
+        self._wanted = None
+        if not wanted():
+            self._release(task_group)
+            return
+
+        async def open_then_release() -> None:
+            try:
+                await opening()
+            finally:
+                self._release(task_group)
+
+        self._spawned = True
+        task_group.start_soon(open_then_release)
 
     async def _await_welcome(self) -> bool:
         """A pipelined client: read the welcome; whether it came (see the module's docstring).

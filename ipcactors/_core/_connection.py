@@ -480,14 +480,22 @@ class Connection(Peer, HandlerMethods):
         if self._resume_last is not None and self._acked is not None:
             self._acked.resume(self._resume_last)
             self._resume_last = None
-        # Pipelined, the connect handlers may be registered after connect_to returned.
-        wanted = self._handlers.get("connect") or not session.is_open
-        channel = self._channel = Channel(stream, session, self, self._opening if wanted else None)
+        # Pipelined, the connect handlers may be registered after connect_to returned: the
+        # channel asks once the welcome came.
+        if not session.is_open:
+            channel = Channel(stream, session, self, self._opening, self._wants_opening)
+        else:
+            wanted = self._handlers.get("connect")
+            channel = Channel(stream, session, self, self._opening if wanted else None)
+        self._channel = channel
         if session.is_open:
             self._up.set()
             self._log.info(f"connected to {self.id!r} at {self.address}{self._recovered}")
             self._recovered = ""
         return channel
+
+    def _wants_opening(self) -> bool:
+        return bool(self._handlers.get("connect"))
 
     async def _opening(self) -> None:
         if not self._up.is_set():  # pipelined: the connect handlers run once welcomed
