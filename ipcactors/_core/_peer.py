@@ -205,7 +205,7 @@ class Peer:
     async def _emit_acked(self, acked: AckedSender, event: str, data: Any) -> None:
         """``emit`` in the acknowledged mode: the frame is sequenced and kept until acked."""
         outbox = self._outbox
-        seq = acked.next_seq()
+        seq = acked.seq + 1  # taken by stored() (else _put_sequenced takes it)
         frame = self._encoder.sequenced_event(event, data, seq)
         size = len(frame) if type(frame) is bytes else frame_size(frame)
         if outbox.has_room(size) and not outbox.closed:  # the common case: no loop pass

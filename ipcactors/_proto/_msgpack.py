@@ -509,8 +509,13 @@ class MsgpackEncoder(Encoder):
 
     def sequenced_event(self, event: str, data: Any, seq: int) -> Frame:
         head = self._sequenced_heads.get(event) or self._sequenced_head(event)
-        if self._is_plain(data):  # as in event()
-            return self._framed_packed(head, self._pack_plain(data), seq)
+        if self._is_plain(data):  # as in event(), the seq packed behind the data
+            packed = self._pack_plain(data)
+            tail: bytes = self._packer.pack(seq)
+            size = len(head) + len(packed) + len(tail)
+            if size <= self._count_above and size < SEPARATE_BODY_AT and not self._datagrams:
+                return b"".join((HEADER.pack(size), head, packed, tail))  # within every limit
+            return self._framed_packed(head, packed, seq)
         return self._framed(head, self._check(data), seq)
 
     def sequencer(self, event: str, data: Any) -> Callable[[int], Frame]:
