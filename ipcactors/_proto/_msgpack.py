@@ -1033,6 +1033,8 @@ class MsgpackDecoder(Decoder):
         offset = 0
         end = len(source)
         limit = self._frame_limit
+        count_above, shared = self._count_above, self.shared
+        key, limits, options = self._unpacker_key, self._limits, self._unpack_options
         with memoryview(source) as view:
             while end - offset >= HEADER_SIZE:
                 (size,) = HEADER.unpack_from(source, offset)
@@ -1055,13 +1057,23 @@ class MsgpackDecoder(Decoder):
                     continue
                 if end - start < size:
                     break
-                message = self._decode(view[start : start + size], size)
+                if size <= count_above and shared is None:  # the common case, two calls less
+                    message = self._message(
+                        _unpack_whole(view[start : start + size], size, key, limits, options),
+                        size,
+                    )
+                else:
+                    message = self._decode(view[start : start + size], size)
                 offset = start + size
-                if type(message) is Share or type(message) is Release:
-                    self._shared_message(message)  # at once: the next frame may use it
+                kind = type(message)
+                if kind is Event:
+                    messages.append(message)
+                    continue
+                if kind is Share or kind is Release:  # at once: the next frame may use it
+                    self._shared_message(message)  # type: ignore[arg-type]
                     continue
                 messages.append(message)
-                if type(message) is not Event and type(message) in HANDSHAKE_KINDS:
+                if kind in HANDSHAKE_KINDS:
                     # Stop here: the owner decides whether the handshake is done (and the frame
                     # limit lifted) before the frames behind this one are decoded.
                     break
