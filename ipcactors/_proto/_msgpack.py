@@ -464,13 +464,7 @@ class MsgpackEncoder(Encoder):
             head = self._event_heads[event] = b"\x93\x00" + self._packer.pack(event)
         # The common case, ~0.3 us shorter: a scalar or a small map of scalars, no buffers (so
         # nothing out of band or in shared memory), checked in C, framed in one join.
-        kind = type(data)
-        if kind in _PLAIN or (
-            kind is dict
-            and len(data) <= self._limits.max_container_len
-            and _KEYS.issuperset(map(type, data))
-            and _PLAIN.issuperset(map(type, data.values()))
-        ):
+        if self._is_plain(data):
             packed = self._pack_plain(data)
             size = len(head) + len(packed)
             if size <= self._count_above and size < SEPARATE_BODY_AT and not self._datagrams:
