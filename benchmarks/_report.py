@@ -90,7 +90,7 @@ def w8_path(key: str) -> str:
 #: events delivered per second broadcasting to N client processes.
 PAYLOAD_SIZES = (64, 1024, 16 << 10, 256 << 10, 1 << 20, 16 << 20)
 PAYLOAD_ROWS = tuple(f"pay-{size}" for size in PAYLOAD_SIZES)
-FANOUT_CLIENTS = (1, 4, 16, 64)
+FANOUT_CLIENTS = (1, 4, 16, 64, 256)
 FANOUT_ROWS = tuple(f"fanout-{clients}" for clients in FANOUT_CLIENTS)
 FANIN_ROWS = tuple(f"fanin-{clients}" for clients in FANOUT_CLIENTS)
 #: Idle connections held by one server: memory per connection, and one active client's p99.
@@ -243,21 +243,22 @@ ROWS = [
     *(
         Row(
             f"fanout-{clients}",
-            f"Curve: broadcast to {clients} {'process' if clients == 1 else 'processes'}",
+            f"Curve: broadcast to {clients} {'client' if clients == 1 else 'clients'}",
             "ev/s",
             True,
             transports=("unix",),
+            families=("ipc", "raw", "node", "zmq"),
         )
         for clients in FANOUT_CLIENTS
     ),
     *(
         Row(
             f"fanin-{clients}",
-            f"Curve: {clients} {'process' if clients == 1 else 'processes'} emitting to one",
+            f"Curve: {clients} {'client' if clients == 1 else 'clients'} emitting to one",
             "ev/s",
             True,
             transports=("unix",),
-            families=("ipc", "raw"),
+            families=("ipc", "raw", "node", "zmq"),
         )
         for clients in FANOUT_CLIENTS
     ),
@@ -923,8 +924,8 @@ def curve_chart(cell_list: list[dict[str, Any]], path: str, title: str) -> str |
     cells = _index(cell_list)
     curves = [
         ("Events/s against the payload size (Unix)", "payload, bytes", "pay-", PAYLOAD_ROWS),
-        ("Events delivered/s, broadcast (Unix)", "client processes", "fanout-", FANOUT_ROWS),
-        ("Events received/s, fan-in (Unix)", "client processes", "fanin-", FANIN_ROWS),
+        ("Events delivered/s, broadcast (Unix)", "clients", "fanout-", FANOUT_ROWS),
+        ("Events received/s, fan-in (Unix)", "clients", "fanin-", FANIN_ROWS),
         ("KiB per idle connection (Unix)", "idle connections", "idle-", IDLE_ROWS),
     ]
     drawn = []

@@ -63,18 +63,49 @@ def payload(config: dict[str, Any]) -> Any:
     return bytes(size) if size else SMALL_EVENT
 
 
+def connection_names(prefix: str, config: dict[str, Any]) -> list[str]:
+    """The ids of the ``connections`` clients one process of a fan-in or fan-out curve runs:
+    ``index`` is its first (the runner gives each process a contiguous range)."""
+    first = config.get("index", 0)
+    return [f"{prefix}{first + k}" for k in range(config.get("connections", 1))]
+
+
+def merge_rounds(per_connection: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One process's rounds over its connections: all their events over the longest time."""
+    return [
+        {"count": sum(r["count"] for r in rounds), "seconds": max(r["seconds"] for r in rounds)}
+        for rounds in zip(*per_connection, strict=True)
+    ]
+
+
 async def wait_for_start(config: dict[str, Any]) -> None:
-    """The fan-in curve: each client says ``ready`` once connected, then waits (bounded by the
-    deadline) for the runner's ``start_file``, so that all of them emit at the same time."""
-    start_file = config.get("start_file")
-    if start_file is None:
-        return
-    say("ready")
-    deadline = now() + config["deadline"]
-    while not os.path.exists(start_file):
-        if now() > deadline:
-            raise RuntimeError("the runner never started the fan-in clients")
+    """The fan-in curve: each client process says ``ready`` once connected, then waits (bounded
+    by the deadline) for the runner's ``start_file``, so that all of them emit at the same time."""
+    deadline = _say_ready(config)
+    while deadline is not None and not _started(config, deadline):
         await anyio.sleep(0.005)
+
+
+def wait_for_start_blocking(config: dict[str, Any]) -> None:
+    """:func:`wait_for_start` for the blocking Python peers."""
+    deadline = _say_ready(config)
+    while deadline is not None and not _started(config, deadline):
+        time.sleep(0.005)
+
+
+def _say_ready(config: dict[str, Any]) -> float | None:
+    if config.get("start_file") is None:
+        return None  # not a fan-in client: nothing to wait for
+    say("ready")
+    return now() + config["deadline"]
+
+
+def _started(config: dict[str, Any], deadline: float) -> bool:
+    if os.path.exists(config["start_file"]):
+        return True
+    if now() > deadline:
+        raise RuntimeError("the runner never started the fan-in clients")
+    return False
 
 
 def backend_options(config: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:

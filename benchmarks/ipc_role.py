@@ -18,7 +18,9 @@ from ._wire import (
     MAX_EVENTS,
     SMALL_EVENT,
     backend_options,
+    connection_names,
     exit_now,
+    merge_rounds,
     now,
     parse_args,
     payload,
@@ -93,7 +95,7 @@ async def server_w4(config: dict[str, Any]) -> None:
     """W4: broadcast small events to ``clients`` processes for a while, then ``fin``; each
     client answers ``done`` with what it received."""
     clients = config["clients"]
-    async with _actor("world", config) as a:
+    async with _actor("world", config, max_connections=config.get("max_connections", 100)) as a:
         srv = await _listen(a, config)
         dones: list[int] = []
         all_done = anyio.Event()
@@ -181,51 +183,67 @@ async def client_w1(config: dict[str, Any]) -> None:
 
 async def client_stream(config: dict[str, Any]) -> None:
     """W2/W3: ``emit`` events one at a time for a while, then ``fin``; the server's ``done``
-    (handled after every event before it) ends the round."""
+    (handled after every event before it) ends the round. The fan-in curve runs ``connections``
+    of these in one process (one actor each: a server holds one connection per id)."""
+    first, connections = config.get("index", ""), config.get("connections", 1)
+    names = [f"hello{first}"] if connections == 1 else connection_names("hello", config)
+    async with contextlib.AsyncExitStack() as stack:
+        conns = []
+        for name in names:
+            actor = await stack.enter_async_context(_actor(name, config))
+            conns.append(await _connect(actor, config))
+        await wait_for_start(config)
+        per_connection: list[list[dict[str, Any]]] = [[] for _ in conns]
+        async with anyio.create_task_group() as tg:
+            for conn, rounds in zip(conns, per_connection, strict=True):
+                tg.start_soon(_stream, conn, config, rounds)
+    say("result", rounds=merge_rounds(per_connection))
+
+
+async def _stream(
+    conn: ipcactors.Connection, config: dict[str, Any], rounds: list[dict[str, Any]]
+) -> None:
     data = payload(config)
     limit = config.get("max_events", MAX_EVENTS)  # fan-in: a share of one budget
     check = 1 if config.get("payload_bytes") else 100
-    # Fan-in: each client its own actor id (a server holds one connection per id).
-    async with _actor(f"hello{config.get('index', '')}", config) as a:
-        conn = await _connect(a, config)
-        done: list[Any] = [None, anyio.Event()]
+    done: list[Any] = [None, anyio.Event()]
 
-        @conn.on("done")
-        def on_done(count: int) -> None:
-            done[0] = count
-            done[1].set()
+    @conn.on("done")
+    def on_done(count: int) -> None:
+        done[0] = count
+        done[1].set()
 
-        emit = conn.emit
-        await wait_for_start(config)
-        rounds = []
-        for index in range(config["rounds"] + 1):
-            seconds = config["warmup"] if index == 0 else config["seconds"]
-            done[1] = anyio.Event()
-            sent = 0
-            start = now()
-            end = start + seconds
-            while sent < limit:
-                for _ in range(check):
-                    await emit("ev", data)
-                sent += check
-                if now() >= end:
-                    break
-            await emit("fin")
-            await done[1].wait()
-            elapsed = now() - start
-            if done[0] != sent:
-                raise RuntimeError(f"server counted {done[0]} events, {sent} were sent")
-            if index:
-                rounds.append({"count": sent, "seconds": elapsed})
-        say("result", rounds=rounds)
+    emit = conn.emit
+    for index in range(config["rounds"] + 1):
+        seconds = config["warmup"] if index == 0 else config["seconds"]
+        done[1] = anyio.Event()
+        sent = 0
+        start = now()
+        end = start + seconds
+        while sent < limit:
+            for _ in range(check):
+                await emit("ev", data)
+            sent += check
+            if now() >= end:
+                break
+        await emit("fin")
+        await done[1].wait()
+        elapsed = now() - start
+        if done[0] != sent:
+            raise RuntimeError(f"server counted {done[0]} events, {sent} were sent")
+        if index:
+            rounds.append({"count": sent, "seconds": elapsed})
 
 
 async def client_w4(config: dict[str, Any]) -> None:
-    """W4: one of the broadcast receivers: count ``ev``, answer ``fin`` with the count."""
-    async with _actor(f"c{config['index']}", config) as a:
-        conn = await _connect(a, config)
+    """W4: the broadcast receivers of one process (``connections`` of them, one actor each):
+    count ``ev``, answer ``fin`` with the count."""
+    bye = anyio.Event()
+
+    async def receiver(name: str, stack: contextlib.AsyncExitStack) -> None:
+        actor = await stack.enter_async_context(_actor(name, config))
+        conn = await _connect(actor, config)
         count = 0
-        bye = anyio.Event()
 
         @conn.on("ev")
         def on_ev(data: Any) -> None:
@@ -239,6 +257,10 @@ async def client_w4(config: dict[str, Any]) -> None:
             await conn.emit("done", got)
 
         conn.on("bye", lambda data: bye.set())
+
+    async with contextlib.AsyncExitStack() as stack:
+        for name in connection_names("c", config):
+            await receiver(name, stack)
         say("ready")
         await bye.wait()
 

@@ -12,15 +12,26 @@ message. Messages are ``[kind, data]`` arrays, as in the raw anyio roles.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import msgpack
 
-from ._wire import MAX_EVENTS, exit_now, now, parse_args, payload, say
+from ._wire import (
+    MAX_EVENTS,
+    SMALL_EVENT,
+    exit_now,
+    now,
+    parse_args,
+    payload,
+    say,
+    wait_for_start_blocking,
+)
 
 Send = Callable[[bytes], Any]
 Receive = Callable[[], bytes]
+Handle = Callable[[Any, Send, Any], None]  # (message, reply, the connection's key)
 
 
 # --- the two peers ----------------------------------------------------------------------------
@@ -38,7 +49,7 @@ class Zmq:
             return f"tcp://127.0.0.1:{config['port']}"
         return f"ipc://{config['path']}"
 
-    def serve(self, config: dict[str, Any], handle: Callable[[Any, Send], None]) -> None:
+    def serve(self, config: dict[str, Any], handle: Handle) -> None:
         sock = self.context.socket(self.zmq.ROUTER)
         if config["transport"] == "tcp":
             say("ready", port=sock.bind_to_random_port("tcp://127.0.0.1"))
@@ -49,7 +60,7 @@ class Zmq:
         unpackb = msgpack.unpackb
         while True:
             identity, body = sock.recv_multipart()
-            handle(unpackb(body), lambda data, i=identity: sock.send_multipart([i, data]))
+            handle(unpackb(body), lambda data, i=identity: sock.send_multipart([i, data]), identity)
 
     def connect(self, config: dict[str, Any]) -> tuple[Send, Receive, Callable[[], None]]:
         sock = self.context.socket(self.zmq.DEALER)
@@ -64,7 +75,7 @@ class Mpc:
 
         self.connection = connection
 
-    def serve(self, config: dict[str, Any], handle: Callable[[Any, Send], None]) -> None:
+    def serve(self, config: dict[str, Any], handle: Handle) -> None:
         if config["transport"] == "tcp":
             listener = self.connection.Listener(("127.0.0.1", 0), "AF_INET")
             say("ready", port=listener.address[1])
@@ -77,7 +88,7 @@ class Mpc:
             conn = listener.accept()
             try:
                 while True:
-                    handle(unpackb(conn.recv_bytes()), conn.send_bytes)
+                    handle(unpackb(conn.recv_bytes()), conn.send_bytes, None)
             except (EOFError, OSError):
                 pass
             finally:
@@ -98,20 +109,19 @@ PEERS: dict[str, Callable[[], Zmq | Mpc]] = {"zmq": Zmq, "mpc": Mpc}
 
 
 def server(peer: Zmq | Mpc, config: dict[str, Any]) -> None:
-    """Answers ``ping``, counts ``ev``, answers ``fin`` with the count (per connection)."""
+    """Answers ``ping``, counts ``ev``, answers ``fin`` with the count (per connection: the
+    fan-in curve's clients emit at once)."""
     pack = msgpack.Packer().pack
-    count = 0
+    counts: dict[Any, int] = {}
 
-    def handle(message: Any, reply: Send) -> None:
-        nonlocal count
+    def handle(message: Any, reply: Send, key: Any) -> None:
         kind, value = message
         if kind == "ev":
-            count += 1
+            counts[key] = counts.get(key, 0) + 1
         elif kind == "ping":
             reply(pack(["pong", value]))
         elif kind == "fin":
-            reply(pack(["done", count]))
-            count = 0
+            reply(pack(["done", counts.pop(key, 0)]))
 
     peer.serve(config, handle)
 
@@ -140,10 +150,64 @@ def client_w1(peer: Zmq | Mpc, config: dict[str, Any]) -> None:
 
 
 def client_stream(peer: Zmq | Mpc, config: dict[str, Any]) -> None:
-    """W2: one ``send`` per event for a while, then ``fin``; the server's count ends a round."""
+    """W2: one ``send`` per event for a while, then ``fin``; the server's count ends a round.
+    The fan-in curve runs ``connections`` of them in this thread, a batch on each in turn."""
     data = payload(config)
     check = 1 if config.get("payload_bytes") else 100
-    send, receive, close = peer.connect(config)
+    limit = config.get("max_events", MAX_EVENTS)  # fan-in: a share of one budget
+    conns = [peer.connect(config) for _ in range(config.get("connections", 1))]
+    wait_for_start_blocking(config)
+    pack = msgpack.Packer().pack
+    rounds = []
+    for index in range(config["rounds"] + 1):
+        seconds = config["warmup"] if index == 0 else config["seconds"]
+        sent = 0
+        start = now()
+        end = start + seconds
+        while sent < limit:
+            for send, _, _ in conns:
+                for _ in range(check):
+                    send(pack(["ev", data]))
+            sent += check
+            if now() >= end:
+                break
+        for send, _, _ in conns:
+            send(pack(["fin", None]))
+        for _, receive, _ in conns:
+            _, count = msgpack.unpackb(receive())
+            if count != sent:
+                raise RuntimeError(f"server counted {count} events, {sent} were sent")
+        elapsed = now() - start
+        if index:
+            rounds.append({"count": sent * len(conns), "seconds": elapsed})
+    say("result", rounds=rounds)
+    for _, _, close in conns:
+        close()
+
+
+def server_w4(peer: Zmq | Mpc, config: dict[str, Any]) -> None:
+    """The fan-out curve's pyzmq server, broadcasting as its users do: an XPUB socket (its
+    subscriptions tell when every client has joined; SNDHWM 0, so nothing is dropped, as in the
+    other implementations), and a PULL socket for the clients' ``done`` counts."""
+    assert isinstance(peer, Zmq), "the fan-out curve has no multiprocessing.connection anchor"
+    zmq, clients = peer.zmq, config["clients"]
+    publisher = peer.context.socket(zmq.XPUB)
+    publisher.sndhwm = 0
+    publisher.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription, not only the first
+    counts = peer.context.socket(zmq.PULL)
+    if config["transport"] == "tcp":
+        port = publisher.bind_to_random_port("tcp://127.0.0.1")
+        say("ready", port=port, done_port=counts.bind_to_random_port("tcp://127.0.0.1"))
+    else:
+        path, done_path = f"{config['dir']}/zmq.world", f"{config['dir']}/zmq.done"
+        publisher.bind(f"ipc://{path}")
+        counts.bind(f"ipc://{done_path}")
+        say("ready", path=path, done_path=done_path)
+    joined, give_up = 0, now() + config["deadline"] / 2
+    while joined < clients:
+        if now() > give_up or not publisher.poll(1000):
+            raise RuntimeError(f"{joined} of {clients} clients subscribed")
+        joined += publisher.recv()[:1] == b"\x01"
     pack = msgpack.Packer().pack
     rounds = []
     for index in range(config["rounds"] + 1):
@@ -152,20 +216,62 @@ def client_stream(peer: Zmq | Mpc, config: dict[str, Any]) -> None:
         start = now()
         end = start + seconds
         while sent < MAX_EVENTS:
-            for _ in range(check):
-                send(pack(["ev", data]))
-            sent += check
+            for _ in range(100):
+                publisher.send(pack(["ev", SMALL_EVENT]))
+            sent += 100
             if now() >= end:
                 break
-        send(pack(["fin", None]))
-        _, count = msgpack.unpackb(receive())
+        publisher.send(pack(["fin", None]))
+        total = 0
+        for _ in range(clients):
+            if not counts.poll(config["deadline"] * 1000):
+                raise RuntimeError("a client never answered fin")
+            total += msgpack.unpackb(counts.recv())
         elapsed = now() - start
-        if count != sent:
-            raise RuntimeError(f"server counted {count} events, {sent} were sent")
         if index:
-            rounds.append({"count": sent, "seconds": elapsed})
+            rounds.append({"count": total, "sent": sent * clients, "seconds": elapsed})
     say("result", rounds=rounds)
-    close()
+    publisher.send(pack(["bye", None]))
+    time.sleep(0.2)
+
+
+def client_w4(peer: Zmq | Mpc, config: dict[str, Any]) -> None:
+    """The fan-out curve's pyzmq receivers of one process (``connections`` SUB sockets, polled
+    together): count ``ev``, answer ``fin`` with the count on a PUSH socket."""
+    assert isinstance(peer, Zmq), "the fan-out curve has no multiprocessing.connection anchor"
+    zmq = peer.zmq
+    tcp = config["transport"] == "tcp"
+    poller = zmq.Poller()
+    receivers: dict[Any, list[Any]] = {}  # SUB socket -> [its PUSH socket, its count]
+    for _ in range(config.get("connections", 1)):
+        sub = peer.context.socket(zmq.SUB)
+        sub.subscribe(b"")
+        sub.connect(f"tcp://127.0.0.1:{config['port']}" if tcp else f"ipc://{config['path']}")
+        push = peer.context.socket(zmq.PUSH)
+        push.linger = 1000
+        push.connect(
+            f"tcp://127.0.0.1:{config['done_port']}" if tcp else f"ipc://{config['done_path']}"
+        )
+        poller.register(sub, zmq.POLLIN)
+        receivers[sub] = [push, 0]
+    say("ready")
+    unpackb, pack = msgpack.unpackb, msgpack.Packer().pack
+    deadline = now() + config["deadline"]
+    while now() < deadline:
+        for sub, _ in poller.poll(1000):
+            receiver = receivers[sub]
+            for _ in range(1000):  # what is queued, then the next poll
+                try:
+                    kind, _ = unpackb(sub.recv(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+                if kind == "ev":
+                    receiver[1] += 1
+                elif kind == "fin":
+                    receiver[0].send(pack(receiver[1]))
+                    receiver[1] = 0
+                elif kind == "bye":
+                    return
 
 
 def client_w5(peer: Zmq | Mpc, config: dict[str, Any]) -> None:
@@ -196,6 +302,8 @@ ROLES = {
     "client-w1": client_w1,
     "client-stream": client_stream,
     "client-w5": client_w5,
+    "server-w4": server_w4,
+    "client-w4": client_w4,
 }
 
 

@@ -23,6 +23,7 @@ from ._wire import (
     backend_options,
     exit_now,
     frame,
+    merge_rounds,
     now,
     parse_args,
     payload,
@@ -188,17 +189,25 @@ async def client_w1(config: dict[str, Any]) -> None:
 
 
 async def client_stream(config: dict[str, Any]) -> None:
-    """W2/W3: one ``send`` per frame, or ``batch`` frames joined per ``send``."""
+    """W2/W3: one ``send`` per frame, or ``batch`` frames joined per ``send``. The fan-in curve
+    runs ``connections`` of these in one process."""
+    streams = [await _connect(config) for _ in range(config.get("connections", 1))]
+    await wait_for_start(config)
+    per_connection: list[list[dict[str, Any]]] = [[] for _ in streams]
+    async with anyio.create_task_group() as tg:
+        for stream, rounds in zip(streams, per_connection, strict=True):
+            tg.start_soon(_stream, stream, config, rounds)
+    say("result", rounds=merge_rounds(per_connection))
+
+
+async def _stream(stream: ByteStream, config: dict[str, Any], rounds: list[dict[str, Any]]) -> None:
     data = payload(config)
     limit = config.get("max_events", MAX_EVENTS)  # fan-in: a share of one budget
     batch = config.get("batch", 1)
     check = 1 if config.get("payload_bytes") else 100
-    stream = await _connect(config)
     packer = msgpack.Packer()
     buffer = FrameBuffer()
     send = stream.send
-    await wait_for_start(config)
-    rounds = []
     for index in range(config["rounds"] + 1):
         seconds = config["warmup"] if index == 0 else config["seconds"]
         sent = 0
@@ -221,16 +230,22 @@ async def client_stream(config: dict[str, Any]) -> None:
             raise RuntimeError(f"server counted {count} events, {sent} were sent")
         if index:
             rounds.append({"count": sent, "seconds": elapsed})
-    say("result", rounds=rounds)
     await stream.aclose()
 
 
 async def client_w4(config: dict[str, Any]) -> None:
-    stream = await _connect(config)
+    """The broadcast receivers of one process (``connections`` of them)."""
+    streams = [await _connect(config) for _ in range(config.get("connections", 1))]
+    say("ready")
+    async with anyio.create_task_group() as tg:
+        for stream in streams:
+            tg.start_soon(_receive_broadcast, stream)
+
+
+async def _receive_broadcast(stream: ByteStream) -> None:
     packer = msgpack.Packer()
     buffer = FrameBuffer()
     count = 0
-    say("ready")
     async with stream:
         for _ in range(MAX_READS):
             for kind, _ in buffer.feed(await stream.receive(RECEIVE)):

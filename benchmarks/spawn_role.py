@@ -283,20 +283,8 @@ ROLES = {
 }
 
 
-def _compile_children_modules() -> None:
-    """``make`` exports PYTHONDONTWRITEBYTECODE (for the test suite), so no ``.pyc`` is written
-    and every child, ours and the raw anchor's, would compile the worker's modules from source
-    (~1 ms of each spawn). A deployed program's modules are compiled once: so are these."""
-    import py_compile
-
-    here = os.path.dirname(os.path.abspath(__file__))
-    for name in ("__init__.py", "_wire.py", "w6_worker.py"):
-        py_compile.compile(os.path.join(here, name), doraise=True)
-
-
 def main() -> None:
     role, config = parse_args()
-    _compile_children_modules()
     backend, options = backend_options(config)
 
     async def bounded() -> None:

@@ -205,6 +205,19 @@ def test_compare_noise_test() -> None:
     assert mann_whitney_p([1.0, 2.1, 1.2, 2.3, 1.4], [2.0, 1.1, 2.2, 1.3, 2.4]) > 0.05
 
 
+def test_curve_clients_share_processes_past_the_limit() -> None:
+    """256 clients run as 64 processes of 4 connections, every index once, in order."""
+    from benchmarks._runner import client_processes
+
+    assert client_processes(4, 64) == [(0, 1), (1, 1), (2, 1), (3, 1)]
+    assert client_processes(4, 2) == [(0, 2), (2, 2)]
+    assert client_processes(5, 2) == [(0, 3), (3, 2)]
+    shares = client_processes(256, 64)
+    assert len(shares) == 64
+    assert {n for _, n in shares} == {4}
+    assert [i for first, n in shares for i in range(first, first + n)] == list(range(256))
+
+
 @pytest.mark.slow
 def test_cost_curves_quick_points_and_their_chart(tmp_path: os.PathLike[str]) -> None:
     done = subprocess.run(

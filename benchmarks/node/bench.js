@@ -5,6 +5,7 @@
 // `npm install --ignore-scripts node-ipc@9.2.1`). Like the Python roles, each role reports with
 // `BENCH {json}` lines on stdout and exits by itself at its deadline.
 
+const fs = require('fs');
 const net = require('net');
 const path = require('path');
 const { fork } = require('child_process');
@@ -79,12 +80,14 @@ async function listen() {
     return { path: socketPath };
 }
 
-// Connect to "world"; resolves with the connection once its socket is connected.
-function connect(id) {
-    ipc.config.id = id || 'hello';
+// Connect to "world" (through `instance`, by default the module's own); resolves with the
+// connection once its socket is connected.
+function connect(id, instance) {
+    const client = instance || ipc;
+    client.config.id = id || 'hello';
     return new Promise((resolve) => {
         const ready = () => {
-            const conn = ipc.of.world;
+            const conn = client.of.world;
             let first = true;
             conn.on('connect', () => {
                 if (first) {
@@ -94,9 +97,9 @@ function connect(id) {
             });
         };
         if (cfg.transport === 'tcp') {
-            ipc.connectToNet('world', '127.0.0.1', cfg.port, ready);
+            client.connectToNet('world', '127.0.0.1', cfg.port, ready);
         } else {
-            ipc.connectTo('world', cfg.path, ready);
+            client.connectTo('world', cfg.path, ready);
         }
     });
 }
@@ -211,11 +214,44 @@ async function clientW1() {
     await finish('result', { rounds });
 }
 
+// W2/W3, and the fan-in curve: `connections` clients in this process (ids hello<index>
+// onwards, each on its own node-ipc instance), which wait for the runner's start file first.
 async function clientStream() {
-    const conn = await connect();
+    const count = cfg.connections || 1;
+    const conns = [];
+    for (let k = 0; k < count; k++) {
+        const instance = k === 0 ? ipc : new ipc.IPC();
+        instance.config.silent = true;
+        const id = cfg.start_file ? `hello${cfg.index + k}` : 'hello';
+        conns.push(await connect(id, instance));
+    }
+    await waitForStart();
+    const perConnection = await Promise.all(conns.map((conn) => streamRounds(conn, count > 1)));
+    const rounds = perConnection[0].map((_, r) => ({
+        count: perConnection.reduce((sum, rs) => sum + rs[r].count, 0),
+        seconds: Math.max(...perConnection.map((rs) => rs[r].seconds)),
+    }));
+    await finish('result', { rounds });
+}
+
+// The fan-in curve: say ready, then wait (bounded) until the runner creates the start file.
+async function waitForStart() {
+    if (!cfg.start_file) return;
+    await say('ready');
+    const deadline = now() + cfg.deadline;
+    while (!fs.existsSync(cfg.start_file)) {
+        if (now() > deadline) throw new Error('the runner never started the fan-in clients');
+        await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+}
+
+// One connection's rounds; `share` yields to the loop after each batch, so that the
+// process's other connections emit too.
+async function streamRounds(conn, share) {
     // JSON cannot carry bytes: W3 sends a 1 MiB string (a Buffer would become a JSON array).
     const data = cfg.payload_bytes ? 'x'.repeat(cfg.payload_bytes) : SMALL_EVENT;
     const check = cfg.payload_bytes ? 1 : 100;
+    const limit = cfg.max_events || MAX_EVENTS; // fan-in: a share of one budget
     let done = null;
     conn.on('done', (count) => done(count));
     const rounds = [];
@@ -227,11 +263,12 @@ async function clientStream() {
         let sent = 0;
         const start = now();
         const end = start + seconds;
-        while (sent < MAX_EVENTS) {
+        while (sent < limit) {
             for (let k = 0; k < check; k++) conn.emit('ev', data);
             sent += check;
             if (now() >= end) break;
             if (conn.socket.writableLength > HIGH_WATER) await drained(conn.socket);
+            else if (share) await tick();
         }
         conn.emit('fin', {});
         const count = await finished;
@@ -239,20 +276,27 @@ async function clientStream() {
         if (count !== sent) throw new Error(`server counted ${count} events, ${sent} were sent`);
         if (index > 0) rounds.push({ count: sent, seconds: elapsed });
     }
-    await finish('result', { rounds });
+    return rounds;
 }
 
+// The broadcast receivers of one process: `connections` of them, each on its own node-ipc
+// instance (an instance holds one connection per server id), ids c<index> onwards.
 async function clientW4() {
-    const conn = await connect(`c${cfg.index}`);
-    let count = 0;
-    conn.on('ev', () => {
-        count++;
-    });
-    conn.on('fin', () => {
-        conn.emit('done', count);
-        count = 0;
-    });
-    conn.on('bye', () => process.exit(0));
+    const count = cfg.connections || 1;
+    for (let k = 0; k < count; k++) {
+        const instance = k === 0 ? ipc : new ipc.IPC();
+        instance.config.silent = true;
+        const conn = await connect(`c${cfg.index + k}`, instance);
+        let received = 0;
+        conn.on('ev', () => {
+            received++;
+        });
+        conn.on('fin', () => {
+            conn.emit('done', received);
+            received = 0;
+        });
+        conn.on('bye', () => process.exit(0));
+    }
     say('ready');
 }
 
