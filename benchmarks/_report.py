@@ -88,7 +88,7 @@ def w8_path(key: str) -> str:
 #: Cost curves (issue 15), one row per point, Unix sockets, one backend per family (a curve's
 #: shape, not the backends, is the question): events/s against the payload size, and the
 #: events delivered per second broadcasting to N client processes.
-PAYLOAD_SIZES = (64, 1024, 16 << 10, 256 << 10, 1 << 20, 16 << 20)
+PAYLOAD_SIZES = (64, 1024, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 16 << 20)
 PAYLOAD_ROWS = tuple(f"pay-{size}" for size in PAYLOAD_SIZES)
 FANOUT_CLIENTS = (1, 4, 16, 64, 256)
 FANOUT_ROWS = tuple(f"fanout-{clients}" for clients in FANOUT_CLIENTS)
