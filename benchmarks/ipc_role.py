@@ -291,37 +291,41 @@ async def client_w5(config: dict[str, Any]) -> None:
 async def client_idle(config: dict[str, Any]) -> None:
     """Memory per idle connection: open a few connections, read the server's RSS, open
     ``connections`` more (each answers one request, so the server has really taken it), read
-    again."""
+    again, report; then hold them all until the runner stops this process (the idle curve's
+    active client, in a process of its own, pings meanwhile)."""
     server_pid = config["server_pid"]
     async with contextlib.AsyncExitStack() as stack:
 
-        async def open_many(first: int, count: int) -> ipcactors.Connection:
+        async def open_many(first: int, count: int) -> None:
             for i in range(first, first + count):
                 a = await stack.enter_async_context(_actor(f"idle{i}", config))
                 conn = await _connect(a, config)
                 await conn.request("ping", i)
-            return conn
 
-        active = await open_many(0, config["warm_connections"])
+        await open_many(0, config["warm_connections"])
         await anyio.sleep(config["settle"])
         before = rss_bytes(server_pid)
         await open_many(config["warm_connections"], config["connections"])
         await anyio.sleep(config["settle"])
         after = rss_bytes(server_pid)
-        # The idle-connection curve: one active client's round trips beside all of them.
-        samples = []
-        for i in range(config.get("active_pings", 0)):
-            start = now()
-            await active.request("ping", i)
-            samples.append((now() - start) * 1e6)
-        say(
-            "result",
-            before=before,
-            after=after,
-            connections=config["connections"],
-            samples_us=samples,
-        )
+        say("result", before=before, after=after, connections=config["connections"])
+        await anyio.sleep(config["deadline"])
         exit_now()
+
+
+async def client_active(config: dict[str, Any]) -> None:
+    """The idle curve's active client: round trips beside the idle connections another
+    process holds, after a short warm-up."""
+    async with _actor("active", config) as a:
+        conn = await _connect(a, config)
+        for i in range(config["warmup_iterations"]):
+            await conn.request("ping", i)
+        samples = []
+        for i in range(config["active_pings"]):
+            start = now()
+            await conn.request("ping", i)
+            samples.append(round((now() - start) * 1e6, 2))
+        say("result", samples_us=samples)
 
 
 async def client_slow(config: dict[str, Any]) -> None:
@@ -345,6 +349,7 @@ ROLES = {
     "client-stream": client_stream,
     "client-w4": client_w4,
     "client-w5": client_w5,
+    "client-active": client_active,
     "client-idle": client_idle,
     "client-slow": client_slow,
 }

@@ -280,26 +280,39 @@ async def client_w5(config: dict[str, Any]) -> None:
     say("result", rounds=rounds)
 
 
+def _plain_ping(config: dict[str, Any]) -> bytes:
+    if config["protocol"] == "raw":
+        return frame(msgpack.Packer(), ["ping", 1])
+    return b'{"type":"ping","data":1}\f'  # node-ipc's JSON
+
+
+def _plain_connect(config: dict[str, Any]) -> socket.socket:
+    if config["transport"] == "tcp":
+        return socket.create_connection(("127.0.0.1", config["port"]), timeout=10)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(config["path"])
+    return sock
+
+
+def _plain_round_trip(sock: socket.socket, ping: bytes) -> None:
+    sock.sendall(ping)
+    if not sock.recv(65536):
+        raise RuntimeError("the server closed a connection")
+
+
 def client_idle_plain(config: dict[str, Any]) -> None:
     """Memory per idle connection, for raw and node-ipc servers: plain blocking sockets, each
-    answering one ping (so the server has really accepted it)."""
-    raw = config["protocol"] == "raw"
-    packer = msgpack.Packer()
-    ping = frame(packer, ["ping", 1]) if raw else b'{"type":"ping","data":1}\f'
+    answering one ping (so the server has really accepted it); reported, then held until the
+    runner stops this process (as ipcactors' ``client-idle``)."""
+    ping = _plain_ping(config)
     sockets: list[socket.socket] = []
 
     def open_many(count: int) -> None:
         for _ in range(count):
-            if config["transport"] == "tcp":
-                sock = socket.create_connection(("127.0.0.1", config["port"]), timeout=10)
-            else:
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.settimeout(10)
-                sock.connect(config["path"])
+            sock = _plain_connect(config)
             sockets.append(sock)
-            sock.sendall(ping)
-            if not sock.recv(65536):
-                raise RuntimeError("the server closed a connection")
+            _plain_round_trip(sock, ping)
 
     server_pid = config["server_pid"]
     open_many(config["warm_connections"])
@@ -308,15 +321,24 @@ def client_idle_plain(config: dict[str, Any]) -> None:
     open_many(config["connections"])
     time.sleep(config["settle"])
     after = rss_bytes(server_pid)
-    # The idle-connection curve: one active client's round trips beside all of them.
+    say("result", before=before, after=after, connections=config["connections"])
+    time.sleep(config["deadline"])
+    exit_now()
+
+
+def client_active_plain(config: dict[str, Any]) -> None:
+    """The idle curve's active client, for raw and node-ipc servers: one blocking socket's
+    round trips beside the idle connections another process holds."""
+    ping = _plain_ping(config)
+    sock = _plain_connect(config)
+    for _ in range(config["warmup_iterations"]):
+        _plain_round_trip(sock, ping)
     samples = []
-    for _ in range(config.get("active_pings", 0)):
+    for _ in range(config["active_pings"]):
         start = now()
-        sockets[0].sendall(ping)
-        if not sockets[0].recv(65536):
-            raise RuntimeError("the server closed a connection")
-        samples.append((now() - start) * 1e6)
-    say("result", before=before, after=after, connections=config["connections"], samples_us=samples)
+        _plain_round_trip(sock, ping)
+        samples.append(round((now() - start) * 1e6, 2))
+    say("result", samples_us=samples)
     exit_now()
 
 
@@ -341,7 +363,11 @@ ROLES = {
     "client-w4": client_w4,
     "client-w5": client_w5,
 }
-PLAIN_ROLES = {"client-idle-plain": client_idle_plain, "client-slow-plain": client_slow_plain}
+PLAIN_ROLES = {
+    "client-idle-plain": client_idle_plain,
+    "client-active-plain": client_active_plain,
+    "client-slow-plain": client_slow_plain,
+}
 
 
 def main() -> None:
