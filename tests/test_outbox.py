@@ -73,3 +73,45 @@ async def test_close_wakes_waiters_with_the_error() -> None:
         await anyio.sleep(0.05)
         assert outbox.close(ClosedError("gone")) == 1
     assert len(failures) == 1
+
+
+@pytest.mark.parametrize("sizes", [[7] * 1000, [1, 300, 2, 5000, 3] * 200, [20_000] * 3])
+def test_take_in_blocks_keeps_order_and_budget(sizes: list[int]) -> None:
+    """Blocks of small frames taken at once give what taking them one by one gives: the
+    frames in order, up to the budget (at least one), counted in bytes and in ``taken``."""
+    outbox = Outbox(max_bytes=1 << 30)
+    frames = [bytes([n % 251]) * size for n, size in enumerate(sizes)]
+    for frame in frames:
+        outbox.put_nowait(frame)
+    taken: list[bytes] = []
+    while len(outbox):
+        bite = outbox.take(budget=4096)
+        assert bite
+        total = sum(map(len, bite))
+        assert total < 4096 + max(map(len, bite)), "past the budget by more than a frame"
+        assert total - len(bite[-1]) < 4096, "one frame past the budget at most"
+        assert outbox.used == sum(map(len, frames)) - sum(map(len, taken))
+        outbox.sent()
+        taken.extend(bite)  # type: ignore[arg-type]
+        assert outbox.taken == len(taken)
+    assert taken == frames
+
+
+@pytest.mark.parametrize("sizes", [[7] * 3000, [100_000, 5] * 30, [1 << 20], [3, 1 << 20, 3]])
+def test_coalesce_joins_whole_frames_as_the_general_loop_does(sizes: list[int]) -> None:
+    """All-bytes frames take a joined path; its writes end where the frame by frame loop
+    ends them (at the first frame that reaches COALESCE_LIMIT), with every byte in order."""
+    from ipcactors._transports._writing import COALESCE_LIMIT, coalesce
+
+    frames = [bytes([n % 251]) * size for n, size in enumerate(sizes)]
+    writes = list(coalesce(list(frames)))  # type: ignore[arg-type]
+    assert b"".join(writes) == b"".join(frames)
+    expected, size = [], 0  # the cuts of the general loop
+    for frame in frames:
+        size += len(frame)
+        if size >= COALESCE_LIMIT:
+            expected.append(size)
+            size = 0
+    if size:
+        expected.append(size)
+    assert [len(w) for w in writes] == expected
