@@ -5,6 +5,11 @@ Invariants:
   ends. One task, started with the first channel inside the owner's task group, sleeps until
   the earliest moment any channel asked to be looked at again, then asks each due channel what
   to do (:meth:`Watched.beat`), which pings or drops its peer itself, without awaiting.
+- A wake costs what is due, not what is watched: the due times are a heap (a channel that left,
+  or was given a new time, leaves a stale entry behind, skipped when it comes up), so a server
+  holding thousands of channels whose heartbeats fall at different moments does not look at
+  every channel each time one of them is due. Wakes are at least ``COALESCE`` apart: what
+  falls due meanwhile is looked at together, a little late, never early.
 - A channel that joins and wants to be looked at earlier than the task planned wakes it; the
   common case (every channel of an actor shares one interval) wakes nothing.
 - The task never raises: a channel's ``beat`` does no I/O that can fail (pings go through the
@@ -13,7 +18,9 @@ Invariants:
 
 from __future__ import annotations
 
+import heapq
 import math
+from itertools import count
 from time import monotonic
 from typing import Protocol
 
@@ -21,6 +28,10 @@ import anyio
 from anyio.abc import TaskGroup
 
 __all__ = ["Watchdog", "Watched"]
+
+#: Seconds between two wakes at least: heartbeats are seconds apart, and thousands of channels
+#: due at scattered moments are looked at in groups instead of one wake each.
+COALESCE = 0.005
 
 
 class Watched(Protocol):
@@ -32,18 +43,22 @@ class Watched(Protocol):
 class Watchdog:
     """Keeps time for the channels of one actor (see the module's invariants)."""
 
-    __slots__ = ("_due", "_running", "_task_group", "_wake", "_wake_at")
+    __slots__ = ("_due", "_heap", "_running", "_task_group", "_tokens", "_wake", "_wake_at")
 
     def __init__(self, task_group: TaskGroup) -> None:
         self._task_group = task_group
-        self._due: dict[Watched, float] = {}  # channel -> when to look at it again
+        # channel -> the token of its one live heap entry (at, token, channel); older entries
+        # of a channel, and those of channels that left, are stale.
+        self._due: dict[Watched, int] = {}
+        self._heap: list[tuple[float, int, Watched]] = []
+        self._tokens = count()
         self._running = False
         self._wake: anyio.Event | None = None
         self._wake_at = math.inf
 
     def join(self, channel: Watched, first: float) -> None:
         """Watch ``channel``; look at it first at ``first`` (a monotonic time)."""
-        self._due[channel] = first
+        self._schedule(channel, first)
         if not self._running:
             self._running = True
             self._task_group.start_soon(self._run)
@@ -51,20 +66,31 @@ class Watchdog:
             self._wake.set()
 
     def leave(self, channel: Watched) -> None:
-        self._due.pop(channel, None)
+        self._due.pop(channel, None)  # its heap entry is stale from now on
+
+    def _schedule(self, channel: Watched, at: float) -> None:
+        token = next(self._tokens)
+        self._due[channel] = token
+        if at != math.inf:
+            heapq.heappush(self._heap, (at, token, channel))
 
     async def _run(self) -> None:
         due = self._due
+        heap = self._heap
         while True:
             now = monotonic()
-            wake_at = math.inf
-            for channel, at in list(due.items()):
-                if at <= now:
-                    at = channel.beat(now)
-                    if channel in due:  # it may have left while beating (a drop)
-                        due[channel] = at
-                wake_at = min(wake_at, at)
+            while heap and heap[0][0] <= now:
+                _, token, channel = heapq.heappop(heap)
+                if due.get(channel) != token:
+                    continue  # stale: the channel left, or has a newer time
+                at = channel.beat(now)
+                if channel in due:  # it may have left while beating (a drop)
+                    self._schedule(channel, at)
+            if len(heap) > 2 * len(due) + 64:  # mostly stale (channels that left): rebuild
+                heap[:] = [entry for entry in heap if due.get(entry[2]) == entry[1]]
+                heapq.heapify(heap)
+            wake_at = heap[0][0] if heap else math.inf
             self._wake_at = wake_at
             self._wake = wake = anyio.Event()
-            with anyio.move_on_after(wake_at - monotonic()):
+            with anyio.move_on_after(max(wake_at - monotonic(), COALESCE)):
                 await wake.wait()

@@ -1,0 +1,67 @@
+"""The actor's watchdog keeps time for many channels: each is looked at when due, once, never
+early, and not after it left, whatever the others do (the heap behind it, see ``_watchdog``)."""
+
+from __future__ import annotations
+
+import math
+from time import monotonic
+
+import anyio
+import pytest
+
+from ipcactors._core._watchdog import COALESCE, Watchdog
+
+pytestmark = pytest.mark.anyio
+
+PERIOD = 0.1
+
+
+class Channel:
+    """A watched channel that asks to be looked at again every ``PERIOD`` seconds."""
+
+    def __init__(self, watchdog: Watchdog | None = None, stop_after: int = 1_000) -> None:
+        self.beats: list[float] = []
+        self.due = math.inf
+        self.watchdog = watchdog
+        self.stop_after = stop_after
+
+    def beat(self, now: float) -> float:
+        assert now >= self.due, "looked at before it was due"
+        self.beats.append(now)
+        if len(self.beats) >= self.stop_after and self.watchdog is not None:
+            self.watchdog.leave(self)  # as a channel dropping its peer does, while beating
+            return math.inf
+        self.due = now + PERIOD
+        return self.due
+
+
+async def test_many_channels_each_beaten_when_due_and_not_after_leaving() -> None:
+    async with anyio.create_task_group() as task_group:
+        watchdog = Watchdog(task_group)
+        start = monotonic()
+        channels = [Channel() for _ in range(300)]
+        for index, channel in enumerate(channels):  # due at scattered moments
+            channel.due = start + PERIOD * index / len(channels)
+            watchdog.join(channel, channel.due)
+        leaving = channels[::3]
+        dropping = [Channel(watchdog, stop_after=2) for _ in range(20)]
+        for channel in dropping:
+            channel.due = start
+            watchdog.join(channel, start)
+        await anyio.sleep(PERIOD * 2.5)
+        for channel in leaving:
+            watchdog.leave(channel)
+        left_at = monotonic()
+        rejoined = channels[1]
+        rejoined.due = monotonic() + PERIOD / 2
+        watchdog.join(rejoined, rejoined.due)  # a second join: one live entry, not two
+        await anyio.sleep(PERIOD * 2.5)
+        task_group.cancel_scope.cancel()
+    for channel in channels:
+        assert len(channel.beats) >= 2
+        gaps = [b - a for a, b in zip(channel.beats, channel.beats[1:], strict=False)]
+        assert min(gaps) >= PERIOD / 2 - COALESCE, "looked at twice for one due time"
+    for channel in leaving:
+        assert all(beat <= left_at for beat in channel.beats)
+    for channel in dropping:
+        assert len(channel.beats) == 2
