@@ -3,7 +3,9 @@ early, and not after it left, whatever the others do (the heap behind it, see ``
 
 from __future__ import annotations
 
+import gc
 import math
+import weakref
 from time import monotonic
 
 import anyio
@@ -65,3 +67,19 @@ async def test_many_channels_each_beaten_when_due_and_not_after_leaving() -> Non
         assert all(beat <= left_at for beat in channel.beats)
     for channel in dropping:
         assert len(channel.beats) == 2
+
+
+async def test_a_channel_that_left_is_not_kept_alive() -> None:
+    """A channel holds its peer (and a peer its shared memory): once it left, the watchdog's
+    stale entry for it must not keep it alive until its time would have come."""
+    async with anyio.create_task_group() as task_group:
+        watchdog = Watchdog(task_group)
+        channel = Channel()
+        watchdog.join(channel, monotonic() + 60)
+        await anyio.sleep(0)
+        watchdog.leave(channel)
+        gone = weakref.ref(channel)
+        del channel
+        gc.collect()
+        assert gone() is None
+        task_group.cancel_scope.cancel()

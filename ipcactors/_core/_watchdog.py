@@ -6,7 +6,8 @@ Invariants:
   the earliest moment any channel asked to be looked at again, then asks each due channel what
   to do (:meth:`Watched.beat`), which pings or drops its peer itself, without awaiting.
 - A wake costs what is due, not what is watched: the due times are a heap (a channel that left,
-  or was given a new time, leaves a stale entry behind, skipped when it comes up), so a server
+  or was given a new time, leaves a stale entry behind, skipped when it comes up; entries name
+  a token, never the channel, so one that left is not kept alive), so a server
   holding thousands of channels whose heartbeats fall at different moments does not look at
   every channel each time one of them is due. Wakes are at least ``COALESCE`` apart: what
   falls due meanwhile is looked at together, a little late, never early.
@@ -43,14 +44,25 @@ class Watched(Protocol):
 class Watchdog:
     """Keeps time for the channels of one actor (see the module's invariants)."""
 
-    __slots__ = ("_due", "_heap", "_running", "_task_group", "_tokens", "_wake", "_wake_at")
+    __slots__ = (
+        "_channels",
+        "_due",
+        "_heap",
+        "_running",
+        "_task_group",
+        "_tokens",
+        "_wake",
+        "_wake_at",
+    )
 
     def __init__(self, task_group: TaskGroup) -> None:
         self._task_group = task_group
-        # channel -> the token of its one live heap entry (at, token, channel); older entries
-        # of a channel, and those of channels that left, are stale.
-        self._due: dict[Watched, int] = {}
-        self._heap: list[tuple[float, int, Watched]] = []
+        # A channel's live due time is the heap entry (at, token) whose token maps to it in
+        # _channels; older entries, and those of channels that left, are stale. The heap holds
+        # no channel: one that left is not kept alive (with its peer) until its time comes up.
+        self._due: dict[Watched, int] = {}  # channel -> its live token
+        self._channels: dict[int, Watched] = {}  # live token -> its channel
+        self._heap: list[tuple[float, int]] = []
         self._tokens = count()
         self._running = False
         self._wake: anyio.Event | None = None
@@ -66,28 +78,36 @@ class Watchdog:
             self._wake.set()
 
     def leave(self, channel: Watched) -> None:
-        self._due.pop(channel, None)  # its heap entry is stale from now on
+        token = self._due.pop(channel, None)
+        if token is not None:
+            self._channels.pop(token, None)  # its heap entry is stale from now on
 
     def _schedule(self, channel: Watched, at: float) -> None:
+        old = self._due.get(channel)
+        if old is not None:
+            self._channels.pop(old, None)
         token = next(self._tokens)
         self._due[channel] = token
         if at != math.inf:
-            heapq.heappush(self._heap, (at, token, channel))
+            self._channels[token] = channel
+            heapq.heappush(self._heap, (at, token))
 
     async def _run(self) -> None:
         due = self._due
+        channels = self._channels
         heap = self._heap
         while True:
             now = monotonic()
             while heap and heap[0][0] <= now:
-                _, token, channel = heapq.heappop(heap)
-                if due.get(channel) != token:
+                _, token = heapq.heappop(heap)
+                channel = channels.pop(token, None)
+                if channel is None:
                     continue  # stale: the channel left, or has a newer time
                 at = channel.beat(now)
                 if channel in due:  # it may have left while beating (a drop)
                     self._schedule(channel, at)
-            if len(heap) > 2 * len(due) + 64:  # mostly stale (channels that left): rebuild
-                heap[:] = [entry for entry in heap if due.get(entry[2]) == entry[1]]
+            if len(heap) > 2 * len(channels) + 64:  # mostly stale (channels that left): rebuild
+                heap[:] = [entry for entry in heap if entry[1] in channels]
                 heapq.heapify(heap)
             wake_at = heap[0][0] if heap else math.inf
             self._wake_at = wake_at
