@@ -183,6 +183,7 @@ class Cell:
         self.params = params
         self.node = node
         self.sockets = sockets
+        self.pin = pin
         self.cpus = pin if row.pinned else None
 
     def config(self, **extra: Any) -> dict[str, Any]:
@@ -405,10 +406,18 @@ class Cell:
         p = self.params
         curve = self.row.key in _report.IDLE_ROWS
         connections = int(self.row.key.removeprefix("idle-")) if curve else p.idle_connections
+        # The curve's active client measures the server: it and the server share one CPU (as
+        # W1's pair does), and the process holding the idle connections gets the others, so
+        # that its own work (ipcactors' idle clients keep heartbeats) does not take the CPU
+        # from under them (on 2 CPUs, three busy processes made a p99 of scheduler slices).
+        server_cpus = holder_cpus = None
+        if curve:
+            server_cpus = self.pin
+            holder_cpus = _cpus() - self.pin or None
         with Group(self.tree) as group:
             total = connections + p.warm_connections
             config = self.config(max_connections=total + 50)
-            server = group.start("server", self.command("server", config))
+            server = group.start("server", self.command("server", config), server_cpus)
             ready = server.message(30, {"ready"})
             client_config = self.config(
                 **_address(ready),
@@ -423,7 +432,7 @@ class Cell:
                 argv = self.command("client-idle", client_config)
             else:
                 argv = self.command("client-idle-plain", client_config, family="raw")
-            client = group.start("client", argv)
+            client = group.start("client", argv, holder_cpus)
             held = client.message(self.wait(), {"result"})
             if not client_config["active_pings"]:
                 return held
@@ -434,7 +443,7 @@ class Cell:
                 argv = self.command("client-active", active_config)
             else:
                 argv = self.command("client-active-plain", active_config, family="raw")
-            active = group.start("active client", argv)
+            active = group.start("active client", argv, server_cpus)
             pings = active.message(self.wait(), {"result"})
             return {**held, "samples_us": pings["samples_us"]}
 
@@ -666,8 +675,13 @@ def make_params(args: argparse.Namespace) -> Params:
 
 
 def _pin_set() -> set[int]:
+    return {min(_cpus())}
+
+
+def _cpus() -> set[int]:
+    """The CPUs this process may run on (and so its children)."""
     try:
-        return {min(os.sched_getaffinity(0))}
+        return set(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return {0}
 
