@@ -85,6 +85,41 @@ async def test_arrays_travel_read_only_through_shared_memory_and_are_released(
             assert conn.statistics().shared_fallbacks == 0
 
 
+@pytest.mark.parametrize("handler", ["plain", "async", "two handlers"])
+async def test_a_request_loop_reuses_one_slot(socket_dir: str, handler: str) -> None:
+    """A handler that drops its array releases the slot before its reply goes: when the
+    request returns, the sender has its slot back, so a request loop reuses one slot per size
+    (the release used to follow the reply, and each loop kept two slots)."""
+    one_slot = {"max_shared_bytes": MiB}  # room for one 1 MiB array: a second slot falls back
+    async with Actor("world", socket_root=socket_dir, silent=True, **one_slot) as world:
+        server = await world.serve()
+
+        def total(data: Any, client: Any) -> float:
+            return float(data.sum())
+
+        async def total_later(data: Any, client: Any) -> float:
+            await anyio.sleep(0)
+            return float(data.sum())
+
+        if handler == "plain":
+            server.on("sum", total)
+        elif handler == "async":
+            server.on("sum", total_later)
+        else:
+            server.on("sum", total)
+            server.on("sum", lambda data, client: None)
+        async with Actor("hello", socket_root=socket_dir, silent=True, **one_slot) as hello:
+            conn = await hello.connect_to("world")
+            values = np.ones(MiB // 4, dtype=np.float32)
+            with anyio.fail_after(10):
+                for _ in range(20):
+                    assert await conn.request("sum", values) == float(values.sum())
+                    assert conn.statistics().shared_in_use == 0
+            stats = conn.statistics()
+            assert stats.shared_sent == 20
+            assert stats.shared_fallbacks == 0
+
+
 async def test_small_arrays_tcp_and_peers_without_it_take_the_socket_path(
     socket_dir: str,
 ) -> None:

@@ -382,8 +382,11 @@ class Peer:
         if handler is None:
             task_group.start_soon(self._answer, message, done)
             return True
+        # The request holds its data no longer than its handler does: an array in shared
+        # memory it dropped is then released before the reply goes (see _reply).
+        data, message.data = message.data, None
         try:
-            result = handler(*self._handler_args(message.data))
+            result = handler(*self._handler_args(data))
         except Exception as exc:
             frame = error_frame(self._encoder, message.id, exc)
         else:
@@ -391,6 +394,8 @@ class Peer:
                 task_group.start_soon(self._answer_later, message, result, done)
                 return True
             frame = reply_frame(self._encoder, message.id, result)
+            result = None
+        data = None
         self._reply(message, frame)
         return False
 
@@ -409,12 +414,19 @@ class Peer:
     async def _answer(self, message: Request, done: Callable[[], None]) -> None:
         try:
             args = self._handler_args(message.data)
+            message.data = None  # (see _start_answer)
             frame = await answer(self._handlers, message, args, self._encoder, self._log)
+            del args
             self._reply(message, frame)
         finally:
             done()
 
     def _reply(self, message: Request, frame: Frame) -> None:
+        if self._shared is not None:
+            # Arrays of the request's the handler dropped: their slots go back to the sender
+            # before the reply, so that its next request finds them free (a request loop then
+            # keeps one slot per array, not two).
+            self._shared.release_now()
         try:
             self._outbox.put_reply(frame)
         except Exception as exc:  # closed: the requester learns of the lost connection itself

@@ -351,6 +351,12 @@ class SharedMemory:
             self._scheduled = True
             self._call_soon()
 
+    def release_now(self) -> None:
+        """Send the releases the loop has not sent yet, now (before a reply: see
+        ``Peer._reply``); the scheduled flush then finds nothing left."""
+        if self._released or self._returned:
+            self._flush()
+
     def _flush(self) -> None:
         self._scheduled = False
         if self.closed:
