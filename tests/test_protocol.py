@@ -483,6 +483,28 @@ def test_error_is_sticky_and_the_buffer_dropped() -> None:
         assert again.value is first.value
 
 
+def test_decoders_of_one_thread_keep_apart() -> None:
+    """The decoders of a thread share one unpacker for small bodies: whatever one of them is
+    in the middle of (a frame half in, a run of small frames cut by a large one, an error)
+    never shows in what another decodes."""
+    small = [framed(pack([0, f"e{i}", {"i": i, "s": "x" * i}])) for i in range(50)]
+    large = framed(pack([1, "big", b"y" * 200_000, 7]))
+    first, second, third = decoder(), decoder(), decoder()
+    stream = b"".join(small[:20]) + large + b"".join(small[20:])
+    cut = len(b"".join(small[:10])) + 5  # inside the 11th frame
+    got_first = first.feed(stream[:cut])
+    got_second = second.feed(b"".join(small))
+    got_first += first.feed(stream[cut : cut + 1000])  # the run ends inside the large frame
+    with pytest.raises(DecodeError):
+        third.feed(small[0] + framed(pack([0, "e", 1]) + pack([0, "e", 2])) + small[1])
+    got_second += second.feed(b"".join(small))
+    got_first += first.feed(stream[cut + 1000 :])
+    events = [norm(message) for message in got_first if type(message) is Event]
+    assert events == [norm(message) for message in decoder().feed(b"".join(small))]
+    assert [type(message) for message in got_first].count(Request) == 1
+    assert [norm(message) for message in got_second] == 2 * events
+
+
 # --- frame boundaries -------------------------------------------------------------------------
 
 

@@ -859,14 +859,13 @@ def parse_body(body: list[Any]) -> Message:
 _shared = threading.local()
 
 
-def _unpack_whole(
-    body: memoryview, size: int, key: str, limits: Limits, options: dict[str, Any]
-) -> Any:
-    """Decode one whole small body with an ``Unpacker`` shared by this thread's decoders.
+def _small_unpacker(key: str, limits: Limits, options: dict[str, Any]) -> Any:
+    """The ``Unpacker`` this thread's decoders with ``limits`` share for whole small bodies.
 
     An ``Unpacker`` is twice as fast as ``unpackb`` per frame, but it costs ~40 KiB (its nesting
     stack), too much per idle connection. Sharing one is safe because it only ever gets whole
-    bodies: its buffer is empty between frames. After any error it is thrown away, never reused.
+    bodies: its buffer is empty between frames. After any error it is thrown away
+    (:func:`_unpack_failed`), never reused.
     """
     unpackers: dict[str, Any] = _shared.__dict__.setdefault("unpackers", {})
     unpacker = unpackers.get(key)
@@ -875,6 +874,22 @@ def _unpack_whole(
         unpacker = unpackers[key] = msgpack.Unpacker(
             **options, max_buffer_size=largest, read_size=min(4096, largest)
         )
+    return unpacker
+
+
+def _unpack_failed(key: str, exc: BaseException) -> BaseException:
+    """Throw the shared unpacker away after ``exc``; what to raise instead of it."""
+    _shared.__dict__.get("unpackers", {}).pop(key, None)
+    if isinstance(exc, DecodeError) or not isinstance(exc, Exception):
+        return exc
+    return DecodeError(f"invalid msgpack body: {type(exc).__name__}: {exc}")
+
+
+def _unpack_whole(
+    body: memoryview, size: int, key: str, limits: Limits, options: dict[str, Any]
+) -> Any:
+    """Decode one whole small body with the shared unpacker (see :func:`_small_unpacker`)."""
+    unpacker = _small_unpacker(key, limits, options)
     try:
         start = unpacker.tell()
         unpacker.feed(body)
@@ -882,10 +897,10 @@ def _unpack_whole(
         if unpacker.tell() - start != size:
             raise DecodeError("a frame holds more than one msgpack value")
     except BaseException as exc:
-        del unpackers[key]
-        if isinstance(exc, DecodeError) or not isinstance(exc, Exception):
+        error = _unpack_failed(key, exc)
+        if error is exc:
             raise
-        raise DecodeError(f"invalid msgpack body: {type(exc).__name__}: {exc}") from None
+        raise error from None
     return value
 
 
@@ -1028,7 +1043,6 @@ class MsgpackDecoder(Decoder):
         end = len(source)
         limit = self._frame_limit
         count_above, shared = self._count_above, self.shared
-        key, limits, options = self._unpacker_key, self._limits, self._unpack_options
         with memoryview(source) as view:
             while end - offset >= HEADER_SIZE:
                 (size,) = HEADER.unpack_from(source, offset)
@@ -1051,14 +1065,13 @@ class MsgpackDecoder(Decoder):
                     continue
                 if end - start < size:
                     break
-                if size <= count_above and shared is None:  # the common case, two calls less
-                    message = self._message(
-                        _unpack_whole(view[start : start + size], size, key, limits, options),
-                        size,
-                    )
-                else:
-                    message = self._decode(view[start : start + size], size)
+                if size <= count_above and shared is None:  # the common case
+                    offset, stopped = self._small_frames(view, offset, end, messages)
+                    if stopped:
+                        break
+                    continue
                 offset = start + size
+                message = self._decode(view[start:offset], size)
                 kind = type(message)
                 if kind is Event:
                     messages.append(message)
@@ -1076,6 +1089,65 @@ class MsgpackDecoder(Decoder):
         if source is buffer and offset:
             del buffer[:offset]  # O(1) at the front of a bytearray
         return messages
+
+    def _small_frames(
+        self, view: memoryview, offset: int, end: int, messages: list[Message]
+    ) -> tuple[int, bool]:
+        """Decode the whole small frames from ``offset`` on (the first is one), appending their
+        messages: the run of them a read brings, in one loop with the shared unpacker (see
+        :func:`_small_unpacker`) at hand. Each body is fed to it alone, so a malformed one
+        cannot reach into the next (nor build more objects than it has bytes). Returns where
+        the run ended and whether a handshake message stopped it. After an error the unpacker
+        is thrown away."""
+        key, limits, limit = self._unpacker_key, self._limits, self._frame_limit
+        count_above, depth = self._count_above, limits.max_depth
+        unpacker = _small_unpacker(key, limits, self._unpack_options)
+        position = unpacker.tell()  # where it stands: each body must be exactly one value
+        stopped = False
+        try:
+            while end - offset >= HEADER_SIZE:
+                (size,) = HEADER.unpack_from(view, offset)
+                after = offset + HEADER_SIZE + size
+                if not 0 < size <= count_above or size > limit or after > end:
+                    break  # not a whole small frame: the caller's
+                unpacker.feed(view[offset + HEADER_SIZE : after])
+                value = unpacker.unpack()
+                position += size
+                if unpacker.tell() != position:
+                    raise DecodeError("a frame holds more than one msgpack value")
+                offset = after
+                # The commonest of all, [0, name, data]: as parse_body and _message would make
+                # it, whose checks it repeats (anything else goes to them).
+                if type(value) is list and len(value) == 3:
+                    kind, name, data = value
+                    if (
+                        type(kind) is int
+                        and kind == EVENT
+                        and type(name) is str
+                        and name
+                        and (
+                            size <= depth
+                            or type(data) in _SCALARS
+                            or (
+                                type(data) is dict and _SCALARS.issuperset(map(type, data.values()))
+                            )
+                        )
+                    ):
+                        messages.append(Event(name, data))
+                        continue
+                message = self._message(value, size)
+                messages.append(message)
+                if type(message) in HANDSHAKE_KINDS:
+                    # Stop here: the owner decides whether the handshake is done (and the frame
+                    # limit lifted) before the frames behind this one are decoded.
+                    stopped = True
+                    break
+        except BaseException as exc:
+            error = _unpack_failed(key, exc)
+            if error is exc:
+                raise
+            raise error from None
+        return offset, stopped
 
     def decode_datagram(self, body: bytes) -> list[Message]:
         """Decode one whole body (a UDP datagram carries exactly one, without a header).
