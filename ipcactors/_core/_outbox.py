@@ -126,12 +126,24 @@ class Outbox:
             if self._closed is not None:
                 raise self._closed
 
+    def put_if_room(self, frame: Frame, size: int) -> bool:
+        """Queue ``frame`` (of ``size`` bytes) if it fits and the outbox is open: the common
+        case of :meth:`put`, without a coroutine. Returns whether it was queued."""
+        used = self._bytes + self._in_flight_bytes + self.held
+        if (used and used + size > self.max_bytes) or self._closed is not None:
+            return False
+        self._queue(frame, size)
+        return True
+
     def put_nowait(self, frame: Frame, size: int | None = None) -> int:
         """Queue ``frame`` regardless of the bound."""
         if self._closed is not None:
             raise self._closed
+        return self._queue(frame, frame_size(frame) if size is None else size)
+
+    def _queue(self, frame: Frame, size: int) -> int:
         self._frames.append(frame)
-        self._bytes += frame_size(frame) if size is None else size
+        self._bytes += size
         self.enqueued += 1
         if self.on_frames is not None:
             self.on_frames()

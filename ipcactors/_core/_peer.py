@@ -195,12 +195,9 @@ class Peer:
         if acked is not None and acked.active:
             return await self._emit_acked(acked, event, data)
         frame = self._encoder.event(event, data)
-        outbox = self._outbox
         size = len(frame) if type(frame) is bytes else frame_size(frame)
-        if outbox.has_room(size) and not outbox.closed:
-            outbox.put_nowait(frame, size)  # the common case: no coroutine, no loop pass
-        else:
-            await outbox.put(frame)
+        if not self._outbox.put_if_room(frame, size):  # the common case: no loop pass
+            await self._outbox.put(frame)
 
     async def _emit_acked(self, acked: AckedSender, event: str, data: Any) -> None:
         """``emit`` in the acknowledged mode: the frame is sequenced and kept until acked."""

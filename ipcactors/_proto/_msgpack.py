@@ -166,6 +166,31 @@ _PLAIN: Final = _SCALARS - _BUFFERS  # scalars that never leave a frame (out of 
 _WALKED: Final = _BUFFERS | {dict, list, tuple}
 
 
+#: Maps up to this many items are checked item by item in Python; larger ones in C. (A
+#: frozenset's issuperset(iterable) builds a set first: 0.9 us for one item, 0.4 by the loop.)
+_SMALL_MAP: Final = 16
+
+
+def _holds_only(data: dict[Any, Any], keys: frozenset[type], values: frozenset[type]) -> bool:
+    """Whether every key of ``data`` is of a type in ``keys`` and every value in ``values``."""
+    if len(data) <= _SMALL_MAP:
+        for key, value in data.items():
+            if type(key) not in keys or type(value) not in values:
+                return False
+        return True
+    return keys.issuperset(map(type, data)) and values.issuperset(map(type, data.values()))
+
+
+def _flat(data: dict[Any, Any]) -> bool:
+    """Whether every value of ``data`` is a scalar (a decoded map: its keys are checked)."""
+    if len(data) <= _SMALL_MAP:
+        for value in data.values():  # noqa: SIM110 (a loop, not all(): no generator)
+            if type(value) not in _SCALARS:
+                return False
+        return True
+    return _SCALARS.issuperset(map(type, data.values()))
+
+
 class _Large:
     """A bytes-like value of ``OUT_OF_BAND_AT`` bytes or more, found by :func:`_mark_large` so
     that the packer hands it to the encoder's ``default`` hook instead of copying it."""
@@ -343,11 +368,7 @@ class MsgpackEncoder(Encoder):
         """``data``, checked (see the class), its large payloads marked for the hook."""
         kind = type(data)
         if kind is dict:  # the common case, checked in C: a small map of scalars
-            if (
-                len(data) <= self._limits.max_container_len
-                and _KEYS.issuperset(map(type, data))
-                and _SCALARS.issuperset(map(type, data.values()))
-            ):
+            if len(data) <= self._limits.max_container_len and _holds_only(data, _KEYS, _SCALARS):
                 if self._out_of_band and not _BUFFERS.isdisjoint(map(type, data.values())):
                     return _mark_large(data)
                 return data
@@ -479,8 +500,7 @@ class MsgpackEncoder(Encoder):
         return kind in _PLAIN or (
             kind is dict
             and len(data) <= self._limits.max_container_len
-            and _KEYS.issuperset(map(type, data))
-            and _PLAIN.issuperset(map(type, data.values()))
+            and _holds_only(data, _KEYS, _PLAIN)
         )
 
     def _pack_plain(self, data: Any) -> bytes:
@@ -1128,9 +1148,7 @@ class MsgpackDecoder(Decoder):
                         and (
                             size <= depth
                             or type(data) in _SCALARS
-                            or (
-                                type(data) is dict and _SCALARS.issuperset(map(type, data.values()))
-                            )
+                            or (type(data) is dict and _flat(data))
                         )
                     ):
                         messages.append(Event(name, data))
@@ -1220,9 +1238,7 @@ class MsgpackDecoder(Decoder):
                 data = message.data  # type: ignore[union-attr]
                 kind = type(data)
                 if kind is dict:  # the common case first: a flat map, checked in C
-                    within = _SCALARS.issuperset(map(type, data.values())) or _within_depth(
-                        data, depth - 1
-                    )
+                    within = _flat(data) or _within_depth(data, depth - 1)
                 else:
                     within = kind is not list or _within_depth(data, depth - 1)
             else:
