@@ -483,6 +483,59 @@ def test_error_is_sticky_and_the_buffer_dropped() -> None:
         assert again.value is first.value
 
 
+MSGPACK_INT = st.integers(-(2**63), 2**64 - 1)  # what msgpack can pack
+
+
+@PROPERTY
+@given(
+    st.one_of(st.just(""), st.text(max_size=8)),
+    st.one_of(
+        st.none(),
+        st.integers(-5, 5),
+        st.text(max_size=70),
+        st.dictionaries(
+            st.text(max_size=3),
+            MSGPACK_INT | st.text(max_size=40),
+            max_size=20,
+        ),
+        st.recursive(MSGPACK_INT, lambda inner: st.lists(inner, max_size=3), max_leaves=80),
+    ),
+    st.one_of(
+        st.nothing(),
+        st.none(),
+        MSGPACK_INT,
+        st.sampled_from([0, 1, 2**53 - 1, 2**53, True, 1.0, "1"]),
+    ).map(lambda seq: [seq])
+    | st.just([]),
+    st.integers(1, 70),
+)
+def test_events_decode_as_parse_body_makes_them(
+    name: str, data: Any, seq: list[Any], max_depth: int
+) -> None:
+    """Small events are made on a fast path of the decoder: the same events, seqs and errors
+    as parse_body and the depth check (``_message``, the path of every other message) give,
+    for any name, data and seq."""
+    limits = Limits(max_depth=max_depth)
+    envelope = [0, name, data, *seq]
+    body = pack(envelope)
+    try:
+        expected: Any = decoder(limits)._message(envelope, len(body))
+    except DecodeError:
+        expected = DecodeError
+    try:
+        (message,) = decoder(limits).feed(framed(body))
+    except DecodeError:
+        assert expected is DecodeError
+        return
+    assert expected is not DecodeError
+    assert type(message) is Event
+    assert (message.event, message.data, message.seq) == (
+        expected.event,
+        expected.data,
+        expected.seq,
+    )
+
+
 def test_decoders_of_one_thread_keep_apart() -> None:
     """The decoders of a thread share one unpacker for small bodies: whatever one of them is
     in the middle of (a frame half in, a run of small frames cut by a large one, an error)

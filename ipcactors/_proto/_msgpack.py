@@ -1136,10 +1136,12 @@ class MsgpackDecoder(Decoder):
                 if unpacker.tell() != position:
                     raise DecodeError("a frame holds more than one msgpack value")
                 offset = after
-                # The commonest of all, [0, name, data]: as parse_body and _message would make
-                # it, whose checks it repeats (anything else goes to them).
-                if type(value) is list and len(value) == 3:
-                    kind, name, data = value
+                # The commonest of all, [0, name, data] ([0, name, data, seq] acknowledged): as
+                # parse_body and _message would make it, whose checks it repeats (anything else
+                # goes to them).
+                items = len(value) if type(value) is list else 0
+                if items == 3 or items == 4:
+                    kind, name, data = value[0], value[1], value[2]
                     if (
                         type(kind) is int
                         and kind == EVENT
@@ -1151,7 +1153,10 @@ class MsgpackDecoder(Decoder):
                             or (type(data) is dict and _flat(data))
                         )
                     ):
-                        messages.append(Event(name, data))
+                        seq = value[3] if items == 4 else None
+                        if seq is not None and not (type(seq) is int and 0 < seq <= MAX_REQUEST_ID):
+                            seq = None  # as parse_body: anything else is ignored
+                        messages.append(Event(name, data, seq))
                         continue
                 message = self._message(value, size)
                 messages.append(message)
