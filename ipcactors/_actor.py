@@ -116,13 +116,17 @@ class Actor:
             await self._closed.wait()
             return
         self._closing = True
+        closers = [connection.aclose for connection in self._connections.values()]
+        if self._server is not None:
+            closers.append(self._server.aclose)
         try:
             with anyio.move_on_after(self.config.close_timeout * 2):
-                async with anyio.create_task_group() as task_group:
-                    for connection in list(self._connections.values()):
-                        task_group.start_soon(connection.aclose)
-                    if self._server is not None:
-                        task_group.start_soon(self._server.aclose)
+                if len(closers) == 1:  # the common case: no task to start
+                    await closers[0]()
+                elif closers:
+                    async with anyio.create_task_group() as task_group:
+                        for close in closers:
+                            task_group.start_soon(close)
         finally:
             if self._task_group is not None:
                 self._task_group.cancel_scope.cancel()

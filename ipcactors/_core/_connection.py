@@ -240,11 +240,13 @@ class Connection(Peer, HandlerMethods):
         if self._attempts is not None:  # still connecting (anyio's cancel() is not free)
             self._attempts.cancel()
         acked = self._acked
-        with anyio.move_on_after(self._config.close_timeout):
-            if self._channel is not None:
-                await self._outbox.wait_flushed()
-            if acked is not None and acked.active and len(acked):
-                await acked.wait()  # through a reconnect in progress, if it comes in time
+        flushing = self._channel is not None and not self._outbox.flushed
+        if flushing or (acked is not None and acked.active and len(acked)):
+            with anyio.move_on_after(self._config.close_timeout):
+                if self._channel is not None:
+                    await self._outbox.wait_flushed()
+                if acked is not None and acked.active and len(acked):
+                    await acked.wait()  # through a reconnect in progress, if it comes in time
         self._scope.cancel()
         await self._destroyed.wait()
 
@@ -540,8 +542,8 @@ class Connection(Peer, HandlerMethods):
             if welcomed:  # a pipelined connection never welcomed was never up
                 if not self._closing:
                     self._log.info(f"connection to {self.id!r} lost")
-                with anyio.move_on_after(self._config.close_timeout, shield=True):
-                    await self._handlers.call("disconnect", (), self._log)
+                timeout = self._config.close_timeout
+                await self._handlers.call_shielded("disconnect", (), self._log, timeout)
 
     def _delay(self, backoff: int) -> float:
         nominal = min(self._config.retry_cap, self._config.retry * 2 ** min(backoff, 32))
@@ -568,5 +570,5 @@ class Connection(Peer, HandlerMethods):
         self._requests.fail(ClosedError(f"connection to {self.id!r} is closed: {reason}"))
         self._on_destroyed(self)
         self._destroyed.set()
-        with anyio.move_on_after(self._config.close_timeout, shield=True):
-            await self._handlers.call("destroy", (), self._log)
+        timeout = self._config.close_timeout
+        await self._handlers.call_shielded("destroy", (), self._log, timeout)

@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar, overload
 
+import anyio
+
 from .._errors import EventNameError, IPCError
 from .._log import ActorLog
 from .._proto._messages import RESERVED_EVENTS
@@ -168,6 +170,15 @@ class Handlers:
                     await result
             except Exception as exc:
                 log.exception(f"handler {_name(handler)} for {event!r} raised", exc)
+
+    async def call_shielded(
+        self, event: str, args: tuple[Any, ...], log: ActorLog, timeout: float
+    ) -> None:
+        """:meth:`call` for a lifecycle event, which runs while its connection is torn down:
+        shielded from cancellation, bounded by ``timeout``. Without handlers, no scope."""
+        if self._by_event.get(event):
+            with anyio.move_on_after(timeout, shield=True):
+                await self.call(event, args, log)
 
     async def answer(self, event: str, args: tuple[Any, ...], log: ActorLog) -> Any:
         """Run every handler of a request; the first one's result (or exception) is the answer.

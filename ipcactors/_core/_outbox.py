@@ -314,6 +314,11 @@ class Outbox:
         if self.on_sent is not None:
             self.on_sent()
 
+    @property
+    def flushed(self) -> bool:
+        """Whether :meth:`wait_flushed` would return at once."""
+        return not (self._bytes or self._in_flight) or self._closed is not None
+
     async def wait_flushed(self) -> None:
         """Wait until every queued frame has been written to the kernel."""
         while (self._bytes or self._in_flight) and self._closed is None:

@@ -589,8 +589,8 @@ class Server(HandlerMethods):
                     ConnectionLostError(f"client {client.id!r} disconnected before the reply")
                 )
             log_lifecycle(f"client {client.id!r} disconnected")
-            with anyio.move_on_after(self._config.close_timeout, shield=True):
-                await self._handlers.call("disconnect", (client,), self._log)
+            timeout = self._config.close_timeout
+            await self._handlers.call_shielded("disconnect", (client,), self._log, timeout)
 
     def _acked_offer(self, offer: Any) -> _Offer | None:
         """The client's acknowledged-mode offer from its hello, if both sides have the mode.
