@@ -274,10 +274,10 @@ class Actor:
         :class:`ConnectionFailedError` (or :class:`ServerBusyError`, ...) when retries run out.
         If ``id`` is already connected (or connecting), returns that connection.
 
-        ``wait=False`` saves a round trip: returns as soon as the socket is connected and the
-        hello is sent (with ``auth_key``: once the server proved it knows the key and our proof
-        is sent); what you emit or request next travels right behind it, and the server handles
-        it once it welcomed us. The welcome is awaited in the background: ``connected`` turns
+        ``wait=False`` saves a round trip: returns as soon as the socket is connected (with
+        ``auth_key``: once the server proved it knows the key); what you emit or request next
+        travels right behind the hello (or our proof), in the same write, and the server
+        handles it once it welcomed us. The welcome is awaited in the background: ``connected`` turns
         true and the ``connect`` handlers run then. A refusal reaches the requests already sent
         (they fail with it), the ``error`` handlers and ``wait_connected``; a fatal one ends the
         connection, a ``busy`` server or a lost handshake is retried. Events sent ahead of a

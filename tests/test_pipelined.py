@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import struct
 from typing import Any
 
@@ -107,6 +108,45 @@ async def test_client_sends_ahead_of_the_welcome(socket_dir: str) -> None:
             tg.cancel_scope.cancel()
     finally:
         os.unlink(path)  # anyio's listener leaves its socket file
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+async def test_the_hello_and_the_first_frames_go_in_one_write(
+    transport: str, socket_dir: str
+) -> None:
+    """The hello waits for the first frames and leaves with them: the server reads them at
+    once and can answer the welcome and the first reply together (one read and one write on
+    each side, not two)."""
+    if transport == "unix":
+        listener = socket.socket(socket.AF_UNIX)
+        path = os.path.join(socket_dir, "bare")
+        listener.bind(path)
+    else:
+        listener = socket.socket(socket.AF_INET)
+        listener.bind((HOST, 0))
+    with listener, contextlib.ExitStack() as cleanup:
+        if transport == "unix":
+            cleanup.callback(os.unlink, path)
+        listener.listen()
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            if transport == "unix":
+                connection = await hello.connect_to("bare", path, wait=False)
+            else:
+                port = listener.getsockname()[1]
+                connection = await hello.connect_to_net("bare", HOST, port, wait=False)
+            peer, _ = listener.accept()  # connected by now: it waits in the backlog
+            with peer:
+                peer.setblocking(False)
+                with pytest.raises(BlockingIOError):  # nothing sent alone
+                    peer.recv(4096, socket.MSG_PEEK)
+                await connection.emit("ev", 1)
+                await connection.emit("ev", 2)
+                with anyio.fail_after(5):
+                    await anyio.wait_readable(peer)
+                first_read = unframe(peer.recv(65536))
+                assert [message[0] for message in first_read] == [4, 0, 0]  # hello, events
+                assert first_read[1][1:] == ["ev", 1]
+                await connection.aclose()
 
 
 @pytest.mark.parametrize("transport", ["unix", "tcp"])

@@ -267,6 +267,9 @@ class Channel:
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
                 outbox.on_lost = self._on_lost
+                ahead = self._session.data_to_send()
+                if ahead:  # a pipelined client's hello (or proof): first, with what is queued
+                    outbox.put_reply(ahead, len(ahead))
                 detach = attach_writer(self._stream, outbox)
                 if detach is None:
                     self._spawned = True

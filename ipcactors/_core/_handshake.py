@@ -9,8 +9,10 @@ step; this module sends what it asks and feeds it what arrives.
 
 Invariants:
 - A client connecting with ``wait=False`` sends its first frames right behind its hello (with
-  ``auth_key``: behind its proof, one round trip later) and its channel reads the welcome; the
-  server decodes those frames only once it decided to welcome it, and discards them otherwise.
+  ``auth_key``: behind its proof, one round trip later), in the same write (the channel's
+  writer sends the hello, or the proof, as the first of its frames), and its channel reads
+  the welcome; the server decodes those frames only once it decided to welcome it, and
+  discards them otherwise.
 - No handler runs before ``welcome``: the server's owner welcomes (``Session.accept``) only once
   it decided to (limits, a held server), and only then is the frame limit lifted.
 - The whole exchange is bounded by ``handshake_timeout`` (enforced by the callers, one deadline
@@ -32,13 +34,16 @@ __all__ = ["accept_handshake", "open_handshake", "run_handshake"]
 async def run_handshake(stream: ByteStream, session: Session, *, pipelined: bool = False) -> None:
     """Send what ``session`` has to send and feed it what arrives, until its handshake no
     longer waits for the peer (``pipelined``: until a client may send frames ahead of the
-    welcome, :attr:`Session.may_send`). Raises what the session raises, and
+    welcome, :attr:`Session.may_send`; what it still has to send then is left in it, for the
+    channel to send with the first frames, in one write). Raises what the session raises, and
     :class:`ConnectionResetError` if the peer closes the connection meanwhile."""
     while True:
+        if pipelined and session.may_send:
+            return  # what is left to send (the hello, or the proof) goes with the first frames
         data = session.data_to_send()
         if data:
             await stream.send(data)
-        if not session.handshaking or (pipelined and session.may_send):
+        if not session.handshaking:
             return
         try:
             received = await stream.receive(RECEIVE_SIZE)
@@ -59,8 +64,9 @@ async def accept_handshake(stream: ByteStream, session: Session) -> Hello:
 
 async def open_handshake(stream: ByteStream, session: Session, *, pipelined: bool = False) -> None:
     """The client's side; ``pipelined``: only up to where frames may follow ahead of the
-    welcome (the hello sent; with ``auth_key``, the challenge checked and the proof sent), the
-    welcome is then the channel's to read (see ``Channel``). Raises :class:`RejectedError` (and
+    welcome (the hello ready to go with them; with ``auth_key``, the hello sent, the
+    challenge checked and the proof ready), the welcome is then the channel's to read (see
+    ``Channel``), and the channel's writer sends what the session has left first. Raises :class:`RejectedError` (and
     its kinds) or :class:`ProtocolError`."""
     session.start()
     await run_handshake(stream, session, pipelined=pipelined)
