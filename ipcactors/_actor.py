@@ -277,13 +277,14 @@ class Actor:
         ``wait=False`` saves a round trip: returns as soon as the socket is connected (with
         ``auth_key``: once the server proved it knows the key); what you emit or request next
         travels right behind the hello (or our proof), in the same write, and the server
-        handles it once it welcomed us. The welcome is awaited in the background: ``connected`` turns
-        true and the ``connect`` handlers run then. A refusal reaches the requests already sent
-        (they fail with it), the ``error`` handlers and ``wait_connected``; a fatal one ends the
-        connection, a ``busy`` server or a lost handshake is retried. Events sent ahead of a
-        refusal are not handled. Not in the acknowledged mode (``Config.acked``), which
-        resumes from the welcome, nor when the hello offers shared memory
-        (``Config.max_shared_bytes``), which the welcome settles: there it waits as usual.
+        handles it once it welcomed us. The welcome is awaited in the background:
+        ``connected`` turns true and the ``connect`` handlers run then. A refusal reaches the
+        requests already sent (they fail with it), the ``error`` handlers and
+        ``wait_connected``; a fatal one ends the connection, a ``busy`` server or a lost
+        handshake is retried. Events sent ahead of a refusal are not handled. Not in the
+        acknowledged mode (``Config.acked``), which resumes from the welcome, nor when the
+        hello offers shared memory (``Config.max_shared_bytes``), which the welcome settles:
+        there it waits as usual.
         """
         _check_id(id)
         path = _path(path, f"connect_to_net({id!r}, port=...)")

@@ -445,6 +445,63 @@ async def test_async_and_sync_handlers_all_run_in_order(socket_dir: str) -> None
                 await world.request("e", 4)
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_burst_of_events_sees_each_change_of_handlers_in_its_turn(
+    transport: str, socket_dir: str
+) -> None:
+    """Events that arrive together are handled in a tight loop while each has one plain
+    handler; what a handler changes (a catch-all, another handler, an error, an awaitable)
+    applies from the very next event of the burst, in order."""
+    calls: list[Any] = []
+    async with serving(transport, socket_dir) as (_, server, connect):
+
+        def catch_all(event: str, data: int, client: ipcactors.Client) -> None:
+            calls.append(("any", event, data))
+
+        def later(data: int, client: ipcactors.Client) -> None:
+            calls.append(("later", data))
+
+        async def slow(data: int) -> None:
+            await anyio.sleep(0.01)
+            calls.append(("slow", data))
+
+        @server.on("e")
+        def on_e(data: int, client: ipcactors.Client) -> Any:
+            calls.append(("e", data))
+            if data == 2:
+                raise ValueError("event 2 fails, the burst goes on")
+            if data == 3:
+                server.on("f", later)  # f's first event is the next one
+            if data == 5:
+                server.on_any(catch_all)  # from the next event on, every event
+            if data == 7:
+                server.off_any(catch_all)
+                server.off("f")
+                return slow(data)  # awaited before the next event
+            return None
+
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            world = await connect(hello)
+            for data in range(1, 10):  # no await that yields: they leave in one write
+                await world.emit("f" if data in (4, 6, 8) else "e", data)
+            with anyio.fail_after(5):
+                while ("e", 9) not in calls:
+                    await anyio.sleep(0.01)
+    assert calls == [
+        ("e", 1),
+        ("e", 2),
+        ("e", 3),
+        ("later", 4),
+        ("e", 5),
+        ("later", 6),
+        ("any", "f", 6),
+        ("e", 7),
+        ("slow", 7),  # its own handlers first (as they were when it came), then the catch-all
+        ("any", "e", 7),
+        ("e", 9),  # f 8: no handler and no catch-all by then
+    ]
+
+
 async def test_handler_can_request_same_peer(socket_dir: str) -> None:
     """An event handler awaiting a request to the peer it serves does not deadlock."""
     async with serving("unix", socket_dir) as (_, server, connect):

@@ -753,19 +753,25 @@ class Channel:
                     await self._wait_change()
                     continue
                 batch, size = inbox[0]
-                for message in batch:
+                index, end = 0, len(batch)
+                while index < end:
+                    message = batch[index]
                     if type(message) is Event:
-                        pending = peer._on_event(message)
+                        # A run of them, in a tight loop (see Peer._on_events).
+                        index, pending = peer._on_events(batch, index)
                         if pending is not None:
+                            message = None  # type: ignore[assignment]
                             await pending
                         if peer._ack_pending and monotonic() >= peer._ack_due:
                             peer._send_ack()  # slow handlers behind a backlog: ack_interval
-                    elif type(message) is Request:
-                        while not (self._broken or self._gate_open()):
-                            await self._wait_change(writes=True)
-                        self._queued_requests -= 1
-                        if not self._broken:  # else no reply could reach the peer
-                            self._start(message, task_group)
+                        continue
+                    index += 1
+                    assert type(message) is Request
+                    while not (self._broken or self._gate_open()):
+                        await self._wait_change(writes=True)
+                    self._queued_requests -= 1
+                    if not self._broken:  # else no reply could reach the peer
+                        self._start(message, task_group)
                 inbox.popleft()
                 # Hold no message while waiting: an array in shared memory is released as
                 # soon as its handlers drop it.

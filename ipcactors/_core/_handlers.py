@@ -61,6 +61,22 @@ class Handlers:
         else:
             self._lone_plain.pop(event, None)
 
+    def event_tables(self) -> tuple[dict[str, Handler], list[Handler]]:
+        """For a dispatcher's tight loop: the live tables (changed in place, never replaced) of
+        the events whose only handler is a plain function, and of the ``on_any`` catch-alls
+        (while there are any, every event takes :meth:`call_plain`)."""
+        return self._lone_plain, self._any
+
+    def failed(self, event: str, handler: Handler, exc: Exception, log: ActorLog) -> None:
+        """Log what a handler of ``event`` raised (it goes no further)."""
+        log.exception(f"handler {_name(handler)} for {event!r} raised", exc)
+
+    def finish(
+        self, event: str, handler: Handler, result: Awaitable[Any], log: ActorLog
+    ) -> Awaitable[None]:
+        """What to await for a handler's awaitable ``result`` (its errors logged)."""
+        return self._finish(event, handler, result, log)
+
     def lone_plain(self, event: str) -> Handler | None:
         """The handler of ``event`` if it is its only one and not an ``async def``."""
         if self._any_requests:

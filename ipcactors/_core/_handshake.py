@@ -66,7 +66,7 @@ async def open_handshake(stream: ByteStream, session: Session, *, pipelined: boo
     """The client's side; ``pipelined``: only up to where frames may follow ahead of the
     welcome (the hello ready to go with them; with ``auth_key``, the hello sent, the
     challenge checked and the proof ready), the welcome is then the channel's to read (see
-    ``Channel``), and the channel's writer sends what the session has left first. Raises :class:`RejectedError` (and
-    its kinds) or :class:`ProtocolError`."""
+    ``Channel``), and the channel's writer sends what the session has left first. Raises
+    :class:`RejectedError` (and its kinds) or :class:`ProtocolError`."""
     session.start()
     await run_handshake(stream, session, pipelined=pipelined)

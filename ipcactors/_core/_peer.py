@@ -39,7 +39,7 @@ from .._log import ActorLog
 from .._proto._codec import Encoder
 from .._proto._messages import Event, Frame, Ping, Request, Welcome, frame_size, is_reserved
 from ._acks import AckedReceiver, AckedSender
-from ._handlers import UNHANDLED, Handlers, unhandled
+from ._handlers import UNHANDLED, Handler, Handlers, unhandled
 from ._outbox import Outbox
 from ._requests import NO_HANDLER, Requests
 from ._shared import SharedMemory
@@ -342,8 +342,46 @@ class Peer:
     def _handler_args(self, data: Any) -> tuple[Any, ...]:
         raise NotImplementedError
 
-    def _on_event(self, message: Event) -> Awaitable[None] | None:
-        """Run the event's handlers; an awaitable if one of them needs awaiting."""
+    #: What an event's handlers get after its data (``_handler_args`` without the data).
+    _handler_extra: tuple[Any, ...] = ()
+
+    def _on_events(
+        self, batch: list[Event | Request], start: int
+    ) -> tuple[int, Awaitable[None] | None]:
+        """Handle the events of ``batch`` from ``start`` on, in order, as :meth:`_on_event`
+        does (and, in the acknowledged mode, the dispatcher's check of ``ack_interval`` after
+        each), in a tight loop while each has one plain handler (no catch-all). Returns where
+        it stopped (at a request, at the end, or behind an event whose handlers need awaiting)
+        and what to await first."""
+        lone, catch_alls = self._handlers.event_tables()
+        extra = self._handler_extra
+        acked = self._receiver is not None
+        index, end = start, len(batch)
+        while index < end:
+            message = batch[index]
+            if type(message) is not Event:
+                break
+            index += 1
+            handler = None if catch_alls else lone.get(message.event)
+            if handler is None or acked:
+                pending = self._on_event(message, handler)
+                if pending is not None:
+                    return index, pending
+            else:
+                try:
+                    result = handler(message.data, *extra)
+                except Exception as exc:
+                    self._handlers.failed(message.event, handler, exc, self._log)
+                    continue
+                if result is not None and inspect.isawaitable(result):
+                    return index, self._handlers.finish(message.event, handler, result, self._log)
+            if acked and self._ack_pending and monotonic() >= self._ack_due:
+                self._send_ack()  # slow handlers behind a backlog: ack_interval
+        return index, None
+
+    def _on_event(self, message: Event, lone: Handler | None = None) -> Awaitable[None] | None:
+        """Run the event's handlers (``lone``: its only one, a plain function, with no
+        catch-all); an awaitable if one of them needs awaiting."""
         receiver = self._receiver
         if receiver is not None and message.seq is not None:
             seq = message.seq
@@ -357,6 +395,15 @@ class Peer:
             self.redelivered = seq <= receiver.redelivered_up_to
             if self.redelivered:
                 self._counters.events_redelivered += 1
+        if lone is not None:
+            try:
+                outcome = lone(message.data, *self._handler_extra)
+            except Exception as exc:
+                self._handlers.failed(message.event, lone, exc, self._log)
+                return None
+            if outcome is not None and inspect.isawaitable(outcome):
+                return self._handlers.finish(message.event, lone, outcome, self._log)
+            return None
         result = self._handlers.call_plain(
             message.event, self._handler_args(message.data), self._log
         )

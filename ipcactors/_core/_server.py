@@ -123,6 +123,7 @@ class Client(Peer):
         #: (``peer_certificate["subject"]`` names the client); otherwise ``None``.
         self.peer_certificate: dict[str, Any] | None = None
         self._channel: Channel | None = None
+        self._handler_extra = (self,)
 
     def __repr__(self) -> str:
         return f"<Client {self.id!r}>"
