@@ -126,14 +126,14 @@ class Outbox:
             if self._closed is not None:
                 raise self._closed
 
-    def put_if_room(self, frame: Frame, size: int) -> bool:
+    def put_if_room(self, frame: Frame, size: int) -> int:
         """Queue ``frame`` (of ``size`` bytes) if it fits and the outbox is open: the common
-        case of :meth:`put`, without a coroutine. Returns whether it was queued."""
+        case of :meth:`put`, without a coroutine. Returns its sequence number, 0 if it was not
+        queued."""
         used = self._bytes + self._in_flight_bytes + self.held
         if (used and used + size > self.max_bytes) or self._closed is not None:
-            return False
-        self._queue(frame, size)
-        return True
+            return 0
+        return self._queue(frame, size)
 
     def put_nowait(self, frame: Frame, size: int | None = None) -> int:
         """Queue ``frame`` regardless of the bound."""

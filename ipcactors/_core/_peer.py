@@ -201,12 +201,12 @@ class Peer:
 
     async def _emit_acked(self, acked: AckedSender, event: str, data: Any) -> None:
         """``emit`` in the acknowledged mode: the frame is sequenced and kept until acked."""
-        outbox = self._outbox
         seq = acked.seq + 1  # taken by stored() (else _put_sequenced takes it)
         frame = self._encoder.sequenced_event(event, data, seq)
         size = len(frame) if type(frame) is bytes else frame_size(frame)
-        if outbox.has_room(size) and not outbox.closed:  # the common case: no loop pass
-            acked.stored(seq, event, frame, size, outbox.put_nowait(frame, size))
+        position = self._outbox.put_if_room(frame, size)
+        if position:  # the common case: no loop pass
+            acked.stored(seq, event, frame, size, position)
         else:
             await self._put_sequenced(acked, event, self._encoder.sequencer(event, data))
 
