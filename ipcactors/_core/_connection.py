@@ -223,9 +223,6 @@ class Connection(Peer, HandlerMethods):
 
     # --- handlers -----------------------------------------------------------------------------
 
-    def _handler_args(self, data: Any) -> tuple[Any, ...]:
-        return (data,)
-
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def aclose(self) -> None:

@@ -71,12 +71,6 @@ class Handlers:
         """Log what a handler of ``event`` raised (it goes no further)."""
         log.exception(f"handler {_name(handler)} for {event!r} raised", exc)
 
-    def finish(
-        self, event: str, handler: Handler, result: Awaitable[Any], log: ActorLog
-    ) -> Awaitable[None]:
-        """What to await for a handler's awaitable ``result`` (its errors logged)."""
-        return self._finish(event, handler, result, log)
-
     def lone_plain(self, event: str) -> Handler | None:
         """The handler of ``event`` if it is its only one and not an ``async def``."""
         if self._any_requests:
@@ -159,20 +153,21 @@ class Handlers:
             try:
                 result = handler(*args)
             except Exception as exc:
-                log.exception(f"handler {_name(handler)} for {event!r} raised", exc)
+                self.failed(event, handler, exc, log)
                 return None
             if result is not None and inspect.isawaitable(result):
-                return self._finish(event, handler, result, log)
+                return self.finish(event, handler, result, log)
             return None
         return self.call(event, args, log)
 
-    async def _finish(
+    async def finish(
         self, event: str, handler: Handler, result: Awaitable[Any], log: ActorLog
     ) -> None:
+        """Await a handler's awaitable ``result``, its errors logged."""
         try:
             await result
         except Exception as exc:
-            log.exception(f"handler {_name(handler)} for {event!r} raised", exc)
+            self.failed(event, handler, exc, log)
 
     async def call(self, event: str, args: tuple[Any, ...], log: ActorLog) -> None:
         """Run every handler of ``event`` in order; log and swallow their exceptions."""
@@ -185,7 +180,7 @@ class Handlers:
                 if result is not None and inspect.isawaitable(result):
                     await result
             except Exception as exc:
-                log.exception(f"handler {_name(handler)} for {event!r} raised", exc)
+                self.failed(event, handler, exc, log)
 
     async def call_shielded(
         self, event: str, args: tuple[Any, ...], log: ActorLog, timeout: float
@@ -211,7 +206,7 @@ class Handlers:
                 if inspect.isawaitable(extra):
                     await extra
             except Exception as exc:
-                log.exception(f"handler {_name(handler)} for {event!r} raised", exc)
+                self.failed(event, handler, exc, log)
         return result
 
 

@@ -39,7 +39,7 @@ from .._log import ActorLog
 from .._proto._codec import Encoder
 from .._proto._messages import Event, Frame, Ping, Request, Welcome, frame_size, is_reserved
 from ._acks import AckedReceiver, AckedSender
-from ._handlers import UNHANDLED, Handler, Handlers, unhandled
+from ._handlers import UNHANDLED, Handlers, unhandled
 from ._outbox import Outbox
 from ._requests import NO_HANDLER, Requests
 from ._shared import SharedMemory
@@ -339,20 +339,21 @@ class Peer:
         it (what it sent before it went is still handled). A connection keeps its outbox for
         the next one."""
 
-    def _handler_args(self, data: Any) -> tuple[Any, ...]:
-        raise NotImplementedError
-
-    #: What an event's handlers get after its data (``_handler_args`` without the data).
+    #: What handlers get after the data: a server's handlers, the client (see ``Client``).
     _handler_extra: tuple[Any, ...] = ()
+
+    def _handler_args(self, data: Any) -> tuple[Any, ...]:
+        return (data, *self._handler_extra)
 
     def _on_events(
         self, batch: list[Event | Request], start: int
     ) -> tuple[int, Awaitable[None] | None]:
-        """Handle the events of ``batch`` from ``start`` on, in order, as :meth:`_on_event`
-        does (and, in the acknowledged mode, the dispatcher's check of ``ack_interval`` after
-        each), in a tight loop while each has one plain handler (no catch-all). Returns where
-        it stopped (at a request, at the end, or behind an event whose handlers need awaiting)
-        and what to await first."""
+        """Handle the events of ``batch`` from ``start`` on, in order, in a tight loop: an
+        event's only handler, when it is a plain function and no catch-all is registered, is
+        called right here; any other event goes to :meth:`_call_handlers`. In the acknowledged
+        mode, each event's seq is taken first (:meth:`_take_seq`) and ``ack_interval`` is
+        checked after it. Returns where it stopped (at a request, at the end, or behind an
+        event whose handlers need awaiting) and what to await first."""
         lone, catch_alls = self._handlers.event_tables()
         extra = self._handler_extra
         acked = self._receiver is not None
@@ -362,9 +363,11 @@ class Peer:
             if type(message) is not Event:
                 break
             index += 1
+            if acked and message.seq is not None and not self._take_seq(message.seq):
+                continue  # delivered already (a resumed session's overlap)
             handler = None if catch_alls else lone.get(message.event)
-            if handler is None or acked:
-                pending = self._on_event(message, handler)
+            if handler is None:
+                pending = self._call_handlers(message)
                 if pending is not None:
                     return index, pending
             else:
@@ -379,31 +382,25 @@ class Peer:
                 self._send_ack()  # slow handlers behind a backlog: ack_interval
         return index, None
 
-    def _on_event(self, message: Event, lone: Handler | None = None) -> Awaitable[None] | None:
-        """Run the event's handlers (``lone``: its only one, a plain function, with no
-        catch-all); an awaitable if one of them needs awaiting."""
+    def _take_seq(self, seq: int) -> bool:
+        """Acknowledged mode: count event ``seq`` as delivered (it is acknowledged once its
+        handlers returned); ``False`` if it was delivered already."""
         receiver = self._receiver
-        if receiver is not None and message.seq is not None:
-            seq = message.seq
-            if seq <= receiver.last:  # delivered already (a resumed session's overlap)
-                self._counters.events_deduplicated += 1
-                return None
-            receiver.last = seq
-            if not self._ack_pending:
-                self._ack_due = monotonic() + self._ack_interval
-            self._ack_pending += 1
-            self.redelivered = seq <= receiver.redelivered_up_to
-            if self.redelivered:
-                self._counters.events_redelivered += 1
-        if lone is not None:
-            try:
-                outcome = lone(message.data, *self._handler_extra)
-            except Exception as exc:
-                self._handlers.failed(message.event, lone, exc, self._log)
-                return None
-            if outcome is not None and inspect.isawaitable(outcome):
-                return self._handlers.finish(message.event, lone, outcome, self._log)
-            return None
+        assert receiver is not None
+        if seq <= receiver.last:
+            self._counters.events_deduplicated += 1
+            return False
+        receiver.last = seq
+        if not self._ack_pending:
+            self._ack_due = monotonic() + self._ack_interval
+        self._ack_pending += 1
+        self.redelivered = seq <= receiver.redelivered_up_to
+        if self.redelivered:
+            self._counters.events_redelivered += 1
+        return True
+
+    def _call_handlers(self, message: Event) -> Awaitable[None] | None:
+        """Run the event's handlers; an awaitable if one of them needs awaiting."""
         result = self._handlers.call_plain(
             message.event, self._handler_args(message.data), self._log
         )

@@ -132,9 +132,6 @@ class Client(Peer):
     def connected(self) -> bool:
         return self._channel is not None
 
-    def _handler_args(self, data: Any) -> tuple[Any, ...]:
-        return (data, self)
-
     def _heartbeat_lost(self, message: str) -> None:
         self._counters.heartbeat_timeouts += 1
         self._server._counters.heartbeat_timeouts += 1
