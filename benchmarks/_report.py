@@ -107,11 +107,23 @@ def size_label(size: int) -> str:
     return f"{size} B"
 
 
+#: Rows whose figure is a median of per-sample latencies, shown with their p99.
+LATENCY_ROWS = ("w1", "w1-shm", "w5")
+
 #: The Python peers (benchmarks/peer_role.py) are anchors of W1, W2 and W5 only.
 WITH_PEERS = ("ipc", "raw", "node", "zmq", "mpc")
 
 ROWS = [
     Row("w1", "W1 ping-pong round trip", "µs", False, families=WITH_PEERS, pinned=True),
+    Row(
+        "w1-shm",
+        "W1 round trip, shared memory on (Config.max_shared_bytes)",
+        "µs",
+        False,
+        transports=("unix",),
+        families=("ipc",),
+        pinned=True,
+    ),
     Row("w2", "W2 small events, one emit each", "ev/s", True, families=WITH_PEERS),
     Row("w2x100", "W2 raw anyio: 100 frames per write", "ev/s", True, families=("raw",)),
     Row(
@@ -302,7 +314,7 @@ def percentile(values: list[float], fraction: float) -> float:
 def summarize(row: Row, report: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """The figure of one cell (``value`` in ``row.unit``) from its role's report."""
     rounds = report.get("rounds") or []
-    if row.key in ("w1", "w5"):
+    if row.key in LATENCY_ROWS:
         per_round = [r["samples_us"] for r in rounds if r["samples_us"]]
         pooled = [s for samples in per_round for s in samples]
         return {
@@ -415,6 +427,8 @@ def ratios(cell_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 anchors.append(("multiprocessing.connection", row.key, "mpc"))
             if row.key.endswith("-acked"):  # the cost of the mode: the same backend, plain
                 anchors = [("itself, plain", row.key.removesuffix("-acked"), "self")]
+            if row.key == "w1-shm":  # what shared memory costs small messages
+                anchors = [("itself, shared memory off", "w1", "self")]
             if row.key.startswith("w6-live") and row.key != W6_LIVE_BASE:
                 # The growth with children alive: the same implementation with 1 live.
                 anchors = [(W6_LIVE_ANCHOR, W6_LIVE_BASE, "self")]
@@ -501,6 +515,20 @@ def targets_for(bound_mib: float | None) -> list[Target]:
                     p99=True,
                 )
             )
+    # Issue 12: shared memory on costs small messages (nearly) nothing.
+    t += [
+        Target(
+            f"W1 {impl.backend} shared memory on ≤ 1.2× off",
+            "w1-shm",
+            "unix",
+            impl.key,
+            impl.key,
+            "<=",
+            1.2,
+            anchor_row="w1",
+        )
+        for impl in IPC_IMPLS
+    ]
     for tr, factor in (("unix", 4.0), ("tcp", 8.0)):
         t.append(
             Target(
@@ -775,7 +803,7 @@ def results_table(cell_list: list[dict[str, Any]], impls: list[Impl]) -> str:
         for transport in row.transports:
             values = [fmt_cell(cells.get((row.key, transport, i.key)), row) for i in impls]
             if any(values):
-                unit = row.unit + (" (median / p99)" if row.key in ("w1", "w5") else "")
+                unit = row.unit + (" (median / p99)" if row.key in LATENCY_ROWS else "")
                 lines.append([row.label, unit, transport, *values])
     return _table(header, lines) if lines else "(no results)"
 

@@ -34,6 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 DEFAULT_RESULTS = os.path.join(HERE, "results")
 W4_CLIENTS = 8
+W1_SHARED_BYTES = 64 * 1024 * 1024  # w1-shm: Config.max_shared_bytes on both sides
 # W8: samples (after one warm-up) per array size in MiB, per round.
 W8_SAMPLES = {1: 30, 16: 8, 64: 4, 256: 2}
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
@@ -242,13 +243,15 @@ class Cell:
     def pair(self) -> dict[str, Any]:
         p = self.params
         key = self.row.key
-        if key == "w1":
+        if key in ("w1", "w1-shm"):
             role = "client-w1"
             extra: dict[str, Any] = {
                 "seconds": p.latency_seconds,
                 "max_iterations": p.max_iterations,
                 "warmup_iterations": p.warmup_iterations,
             }
+            if key == "w1-shm":
+                extra["shared_bytes"] = W1_SHARED_BYTES
         elif key == "w5":
             role = "client-w5"
             extra = {
@@ -268,7 +271,9 @@ class Cell:
             if key in _report.PAYLOAD_ROWS:
                 extra["payload_bytes"] = int(key.removeprefix("pay-"))
         with Group(self.tree) as group:
-            config = self.config(acked=extra.get("acked", "off"))
+            config = self.config(
+                acked=extra.get("acked", "off"), shared_bytes=extra.get("shared_bytes", 0)
+            )
             server = group.start("server", self.command("server", config), self.cpus)
             ready = server.message(30, {"ready", "unavailable"})
             if ready["kind"] == "unavailable":
@@ -513,7 +518,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     except (ValueError, KeyError, TypeError, ZeroDivisionError) as exc:
         result.update(status="error", reason=f"{type(exc).__name__}: {exc}")
     result["seconds"] = round(time.monotonic() - started, 2)
-    if result["status"] == "ok" and cell.row.key in ("w1", "w5"):
+    if result["status"] == "ok" and cell.row.key in _report.LATENCY_ROWS:
         # Keep the JSON small: the per-round medians stay, the raw samples go.
         result["rounds"] = None
     return result
@@ -566,6 +571,8 @@ def select(only: str | None) -> tuple[list[Row], list[Impl], list[str]]:
             transport_keys.add(token)
         elif token in ROW_BY_KEY:
             row_keys.add(token)
+            if token == "w1":
+                row_keys.add("w1-shm")
             if token == "w2":
                 row_keys |= {"w2x100", "w2-acked"}
             if token == "w4":

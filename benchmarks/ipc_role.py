@@ -34,8 +34,11 @@ def _actor(name: str, config: dict[str, Any], **extra: Any) -> ipcactors.Actor:
     # stop_retrying: a benchmark client that cannot connect should fail fast, not retry.
     # acked: the acknowledged rows (W2, W4) run both sides with Config.acked="on"; passed
     # only when on, so that --compare can run a ref from before Config.acked.
+    # shared_bytes: likewise, Config.max_shared_bytes (w1-shm).
     if config.get("acked", "off") != "off":
         extra["acked"] = config["acked"]
+    if config.get("shared_bytes"):  # w1-shm: shared memory on, small messages only
+        extra["max_shared_bytes"] = config["shared_bytes"]
     return ipcactors.Actor(name, socket_root=config["dir"], silent=True, stop_retrying=2, **extra)
 
 

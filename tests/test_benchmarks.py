@@ -49,6 +49,7 @@ def test_quick_subset_runs_and_writes_json(tmp_path: os.PathLike[str]) -> None:
     cells = {(cell["row"], cell["transport"], cell["impl"]): cell for cell in document["cells"]}
     assert set(cells) == {
         ("w1", "unix", "ipc-asyncio"),
+        ("w1-shm", "unix", "ipc-asyncio"),
         ("w1", "unix", "raw-asyncio"),
         ("w2", "unix", "ipc-asyncio"),
         ("w2", "unix", "raw-asyncio"),
@@ -61,7 +62,11 @@ def test_quick_subset_runs_and_writes_json(tmp_path: os.PathLike[str]) -> None:
         assert cell["status"] == "ok", cell
         assert math.isfinite(cell["value"]), cell
         assert cell["value"] > 0, cell
-    for key in (("w1", "unix", "ipc-asyncio"), ("w1", "unix", "raw-asyncio")):
+    for key in (
+        ("w1", "unix", "ipc-asyncio"),
+        ("w1-shm", "unix", "ipc-asyncio"),
+        ("w1", "unix", "raw-asyncio"),
+    ):
         assert cells[key]["p99"] >= cells[key]["value"]
         assert cells[key]["unit"] == "µs"
 
@@ -70,6 +75,7 @@ def test_quick_subset_runs_and_writes_json(tmp_path: os.PathLike[str]) -> None:
     assert ("w2", "raw anyio ×100/write") in anchors
     assert ("w1", "multiprocessing.connection") in anchors
     assert ("w2-acked", "itself, plain") in anchors
+    assert ("w1-shm", "itself, shared memory off") in anchors
     for line in document["ratios"]:
         assert all(math.isfinite(v) and v > 0 for v in line["values"].values())
     assert document["targets"], "the targets that apply to the cells run are evaluated"
@@ -183,14 +189,17 @@ def test_compare_runs_both_sides_interleaved(tmp_path: os.PathLike[str]) -> None
     with open(os.path.join(tmp_path, "compare.json"), encoding="utf-8") as file:
         document = json.load(file)
     # Only the library's cells are compared: raw anyio does not import it.
-    assert [(c["row"], c["impl"]) for c in document["comparison"]] == [("w1", "ipc-asyncio")]
-    (line,) = document["comparison"]
-    assert line["rounds"] == [2, 2]
-    assert line["verdict"] == "too few rounds"
-    assert math.isfinite(line["ratio"])
-    assert line["ratio"] > 0
+    assert [(c["row"], c["impl"]) for c in document["comparison"]] == [
+        ("w1", "ipc-asyncio"),
+        ("w1-shm", "ipc-asyncio"),
+    ]
+    for line in document["comparison"]:
+        assert line["rounds"] == [2, 2]
+        assert line["verdict"] == "too few rounds"
+        assert math.isfinite(line["ratio"])
+        assert line["ratio"] > 0
     # Two passes a side, the side going first alternating.
-    assert [c["side"] for c in document["cells"]] in (
+    assert [c["side"] for c in document["cells"] if c["row"] == "w1"] in (
         ["current", "ref", "ref", "current"],
         ["ref", "current", "current", "ref"],
     )
