@@ -8,6 +8,7 @@ import fcntl
 import os
 import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -161,6 +162,86 @@ async def test_end_of_stream_and_closed(pair: tuple[socket.socket, socket.socket
             await stream.receive()
         with pytest.raises(anyio.ClosedResourceError):
             await stream.send(b"x")
+
+
+async def test_bytes_read_ahead_bring_their_descriptors_only_with_their_first_byte(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """On asyncio the loop reads ahead of ``receive``: a descriptor it read must still reach
+    ``take_fds`` with the byte it came with, or the frames before it would meet it unclaimed."""
+    ours, theirs = pair
+    stream = FdSocketStream(ours.dup())
+    fd = os.open("/dev/null", os.O_RDONLY)
+    try:
+        with anyio.fail_after(5):
+            theirs.send(b"first")
+            assert await stream.receive() == b"first"  # (asyncio: reading ahead from here)
+            for data, fds in ((b"before", []), (b"with", [fd]), (b"after", [])):
+                if fds:
+                    _send_fds(theirs, data, fds)
+                else:
+                    theirs.send(data)
+                await anyio.sleep(0.02)  # a write of its own, read (ahead) on its own
+            assert await stream.receive(3) == b"bef"
+            assert await stream.receive(3) == b"ore"
+            assert stream.pending_fds == 0
+            assert await stream.receive(2) == b"wi"
+            assert stream.pending_fds == 1
+            rest = b""
+            while len(rest) < len(b"thafter"):
+                rest += await stream.receive()
+            assert rest == b"thafter"
+            assert stream.pending_fds == 1  # unclaimed: closed with the stream (leak check)
+    finally:
+        os.close(fd)
+        await stream.aclose()
+
+
+async def test_a_peer_pushes_no_more_than_the_read_ahead_bound_while_nobody_receives(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    stream = FdSocketStream(ours.dup())
+    theirs.setblocking(False)
+    pattern = bytes(range(256)) * 257  # byte i of the stream is i % 256
+    pushed = 0
+    try:
+        with anyio.fail_after(10):
+            theirs.send(b"x")
+            assert await stream.receive() == b"x"  # (asyncio: reading ahead from here)
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline and pushed < 64 * 1024 * 1024:
+                try:
+                    pushed += theirs.send(pattern[pushed % 256 :])
+                except BlockingIOError:
+                    await anyio.sleep(0.01)  # the loop may read ahead meanwhile
+            buffers = theirs.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) + ours.getsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVBUF
+            )
+            assert pushed <= stream.read_ahead + buffers
+            received = bytearray()
+            while len(received) < pushed:  # all of it, in order
+                received += await stream.receive(1 << 20)
+            assert received == (pattern[:256] * (pushed // 256 + 1))[:pushed]
+    finally:
+        await stream.aclose()
+
+
+async def test_descriptors_read_ahead_and_never_received_are_closed_with_the_stream(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    stream = FdSocketStream(ours.dup())
+    fd = os.open("/dev/null", os.O_RDONLY)
+    try:
+        with anyio.fail_after(5):
+            theirs.send(b"x")
+            assert await stream.receive() == b"x"
+            _send_fds(theirs, b"with", [fd])
+            await anyio.sleep(0.05)  # read ahead on asyncio, still in the kernel on Trio
+    finally:
+        os.close(fd)
+        await stream.aclose()  # the received duplicate is closed: the leak check says so
 
 
 def test_a_frame_with_fds_is_written_on_its_own() -> None:

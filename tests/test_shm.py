@@ -230,6 +230,45 @@ async def test_a_pool_exhausted_by_a_receiver_that_keeps_everything_falls_back(
             await _poll(lambda: conn.statistics().shared_in_use == 0, "the releases")
 
 
+async def test_segments_announced_in_a_burst_reach_a_slow_receiver_with_their_frames(
+    socket_dir: str,
+) -> None:
+    """A receiver reads ahead of its handlers, and on asyncio the loop reads ahead of the
+    channel while it waits for them (its inbox is full: ``max_inbox_bytes``): each new
+    segment's descriptor must still reach the frame that announces it."""
+    async with Actor(
+        "world", socket_root=socket_dir, silent=True, max_inbox_bytes=256 * 1024, **SHM
+    ) as world:
+        server = await world.serve()
+        kept: list[Any] = []
+
+        async def keep(data: Any, client: Any) -> None:
+            await anyio.sleep(0.005)
+            kept.append(data)
+
+        server.on("keep", keep)
+        server.on("ping", lambda data, client: data)
+        async with Actor("hello", socket_root=socket_dir, silent=True, **SHM) as hello:
+            conn = await hello.connect_to("world")
+            with anyio.fail_after(20):
+                # The connection's writer idles: the first segment's descriptor goes with the
+                # frame the sender writes itself, the next ones' mostly through the writer.
+                assert await conn.request("ping", 1) == 1
+                for number in range(24):
+                    await conn.emit("keep", np.full(MiB // 8 * (1 + number % 3), float(number)))
+                    if number % 4 == 0:  # frames through the socket between: the inbox fills
+                        await conn.emit("keep", bytes(200 * 1024))
+                await _poll(lambda: len(kept) == 30, "all of them")
+            arrays = [a for a in kept if isinstance(a, np.ndarray)]
+            assert [float(a[0]) for a in arrays] == list(range(24))
+            assert all(float(a[-1]) == float(a[0]) for a in arrays)
+            assert conn.statistics().shared_sent == 24
+            assert conn.connected
+            kept.clear()
+            arrays.clear()
+            await _poll(lambda: conn.statistics().shared_in_use == 0, "the releases")
+
+
 # --- a hostile peer ---------------------------------------------------------------------------
 
 

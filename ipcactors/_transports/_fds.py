@@ -2,14 +2,24 @@
 
 The shared-memory path (``_memfd``) sends each segment's descriptor once, with the bytes of the
 frame that announces it. anyio's ``receive_fds`` ignores ``MSG_CTRUNC`` and the asyncio fast
-path (``_asyncio``) cannot see ancillary data, so this stream reads the raw socket itself:
-``recvmsg`` when the kernel has data, ``anyio.wait_readable`` when it has none. That is the same
-code on asyncio, uvloop and Trio.
+path (``_asyncio``) cannot see ancillary data, so this stream reads the raw socket itself with
+``recvmsg``. On Trio it reads when the kernel has data and waits with ``anyio.wait_readable``
+when it has none. On asyncio and uvloop that wait would register and unregister the socket
+around every read (a request on a connection with shared memory on took 2-3x as long as on one
+without); there the socket stays registered and the loop's callback reads ahead, chunk by chunk,
+as the fast path's protocol does. Writes are the writer's (``_streams``), straight from the
+sender when nothing is queued.
 
 Invariants:
 - Descriptors are received with ``MSG_CMSG_CLOEXEC``: a child spawned meanwhile never inherits
   them. Received descriptors wait in the stream (:meth:`FdSocketStream.take_fds`) until the
-  layer above claims them; whatever is still unclaimed when the stream closes is closed.
+  layer above claims them; whatever is still unclaimed when the stream closes is closed, read
+  ahead or not.
+- What the loop reads ahead (asyncio) is kept as it came, one chunk per ``recvmsg`` with the
+  descriptors that came with its first byte: they reach :meth:`take_fds` only when ``receive``
+  returns that byte, exactly as without reading ahead. Reading pauses once
+  ``READ_HIGH_WATER`` bytes wait unread (memory stays bounded: :attr:`read_ahead`), and a
+  peer's garbage or a broken socket is raised by ``receive`` after the chunks before it.
 - ``MSG_CTRUNC`` (more descriptors than :data:`MAX_FDS_PER_MESSAGE`, which the kernel then
   closes for us, or ancillary data we did not ask for) and any control message other than
   ``SCM_RIGHTS`` are a :class:`~ipcactors.DecodeError`: the descriptors that did arrive are
@@ -26,6 +36,7 @@ Invariants:
 from __future__ import annotations
 
 import array
+import math
 import os
 import socket
 from collections import deque
@@ -38,15 +49,20 @@ from anyio.abc import ByteStream, SocketAttribute
 
 from .._errors import DecodeError
 from .._proto._messages import FdFrame
+from ._asyncio import READ_HIGH_WATER, READ_LOW_WATER
+from ._backend import Completion, running_asyncio_loop
 
-__all__ = ["MAX_FDS_PER_MESSAGE", "FdAttribute", "FdSocketStream", "can_pass_fds"]
+__all__ = ["MAX_FDS_PER_MESSAGE", "FdAttribute", "FdSocketStream", "can_pass_fds", "fds_message"]
 
 #: Descriptors one message may carry; more is ``MSG_CTRUNC``, a protocol error. We send one.
 MAX_FDS_PER_MESSAGE: Final = 4
 #: Descriptors one connection may pass over its life, unless the stream is told otherwise.
 DEFAULT_MAX_FDS: Final = 64
 _ANCILLARY: Final = socket.CMSG_SPACE(MAX_FDS_PER_MESSAGE * array.array("i").itemsize)
+#: The most one read asks the kernel for (the reader asks for more while a large frame comes).
+MAX_READ: Final = 4 * 1024 * 1024
 _CLOEXEC: Final = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+_TRUNCATED: Final = socket.MSG_CTRUNC
 
 
 class FdAttribute(TypedAttributeSet):
@@ -59,6 +75,11 @@ class FdAttribute(TypedAttributeSet):
 def can_pass_fds(stream: ByteStream) -> bool:
     """Whether ``stream`` passes file descriptors (an :class:`FdSocketStream`, maybe wrapped)."""
     return bool(stream.extra(FdAttribute.can_pass_fds, False))
+
+
+def fds_message(fds: tuple[int, ...] | list[int]) -> tuple[int, int, array.array[int]]:
+    """The ancillary message that passes ``fds`` (``sendmsg``'s second argument holds it)."""
+    return (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))
 
 
 def _close_all(fds: list[int] | deque[int]) -> None:
@@ -86,6 +107,19 @@ class FdSocketStream(ByteStream):
         # One reader and one writer at a time (the channel's); a second would interleave.
         self._receiving = False
         self._sending = anyio.Lock(fast_acquire=True)
+        # asyncio: the loop reads ahead (see the module docstring); None on Trio.
+        self._loop = running_asyncio_loop()
+        self._chunks: deque[tuple[bytes, list[int]]] = deque()
+        self._ahead = 0  # bytes in _chunks
+        self._read_size = 65536  # what the last receive asked for
+        self._registered = False  # the loop calls _on_readable
+        self._failure: Exception | None = None  # raised once the chunks before it are taken
+        self._waiter: Completion | None = None
+
+    @property
+    def read_ahead(self) -> int:
+        """The most bytes this stream holds read from the socket and not yet returned."""
+        return READ_HIGH_WATER + MAX_READ if self._loop is not None else 0
 
     # --- receiving ----------------------------------------------------------------------------
 
@@ -105,6 +139,8 @@ class FdSocketStream(ByteStream):
             raise anyio.BusyResourceError("receiving")
         self._receiving = True
         try:
+            if self._loop is not None:
+                return await self._receive_ahead(max_bytes)
             while True:
                 if self._closed:
                     raise anyio.ClosedResourceError
@@ -119,10 +155,8 @@ class FdSocketStream(ByteStream):
                     if self._closed:
                         raise anyio.ClosedResourceError from None
                     raise anyio.BrokenResourceError from exc
-                if ancillary:
-                    self._claim_ancillary(ancillary, flags)
-                elif flags & socket.MSG_CTRUNC:
-                    raise DecodeError("the peer passed more ancillary data than allowed")
+                if ancillary or flags & socket.MSG_CTRUNC:
+                    self._fds.extend(self._claim_ancillary(ancillary, flags))
                 if not data:
                     self._eof = True
                     raise anyio.EndOfStream
@@ -130,7 +164,85 @@ class FdSocketStream(ByteStream):
         finally:
             self._receiving = False
 
-    def _claim_ancillary(self, ancillary: list[tuple[int, int, bytes]], flags: int) -> None:
+    async def _receive_ahead(self, max_bytes: int) -> bytes:
+        self._read_size = min(max(max_bytes, 1), MAX_READ)
+        while True:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            if self._chunks:
+                data, fds = self._chunks.popleft()
+                if len(data) > max_bytes:
+                    self._chunks.appendleft((data[max_bytes:], []))
+                    data = data[:max_bytes]
+                self._ahead -= len(data)
+                self._fds.extend(fds)  # they came with this chunk's first byte
+                if not self._registered and self._ahead < READ_LOW_WATER:
+                    self._register()
+                return data
+            if self._failure is not None:
+                raise self._failure
+            if self._eof:
+                raise anyio.EndOfStream
+            self._register()
+            self._waiter = Completion()  # (a bare asyncio future)
+            try:
+                await self._waiter.wait(math.inf)
+            finally:
+                self._waiter = None
+
+    def _register(self) -> None:
+        if not self._registered and not (self._closed or self._eof or self._failure):
+            assert self._loop is not None
+            self._loop.add_reader(self._sock.fileno(), self._on_readable)
+            self._registered = True
+
+    def _unregister(self) -> None:
+        if self._registered:
+            assert self._loop is not None
+            self._loop.remove_reader(self._sock.fileno())
+            self._registered = False
+
+    def _on_readable(self) -> None:
+        """The loop's callback while the socket is registered: one read, kept as a chunk."""
+        try:
+            data, ancillary, flags, _ = self._sock.recvmsg(self._read_size, _ANCILLARY, _CLOEXEC)
+            fds = self._claim_ancillary(ancillary, flags) if ancillary or flags & _TRUNCATED else []
+        except (BlockingIOError, InterruptedError):
+            return
+        except DecodeError as exc:
+            self._end(failure=exc)
+            return
+        except OSError as exc:
+            failure = anyio.BrokenResourceError()
+            failure.__cause__ = exc
+            self._end(failure=failure)
+            return
+        if not data:
+            self._end()
+            return
+        self._chunks.append((data, fds))
+        self._ahead += len(data)
+        if self._ahead >= READ_HIGH_WATER:
+            self._unregister()  # until receive took enough
+        self._wake()
+
+    def _end(self, failure: Exception | None = None) -> None:
+        """The socket is done: at its end (EOF), or ``failure`` (raised after the chunks)."""
+        self._unregister()
+        if failure is None:
+            self._eof = True
+        else:
+            self._failure = failure
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            self._waiter.set()
+
+    def _claim_ancillary(self, ancillary: list[tuple[int, int, bytes]], flags: int) -> list[int]:
+        """The descriptors ``ancillary`` brings, or :class:`DecodeError` (all of them closed)."""
+        if not ancillary:  # truncated to nothing
+            raise DecodeError("the peer passed more ancillary data than allowed")
         fds: list[int] = []
         foreign = False
         for level, kind, data in ancillary:
@@ -154,7 +266,7 @@ class FdSocketStream(ByteStream):
             raise DecodeError(
                 f"the peer passed more than {self._max_fds} file descriptors over the connection"
             )
-        self._fds.extend(fds)
+        return fds
 
     # --- sending ------------------------------------------------------------------------------
 
@@ -175,8 +287,7 @@ class FdSocketStream(ByteStream):
                     raise anyio.ClosedResourceError
                 try:
                     if fds:
-                        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
-                        sent = sock.sendmsg([view], ancillary)
+                        sent = sock.sendmsg([view], [fds_message(fds)])
                         fds = ()  # they went with the first byte
                     else:
                         sent = sock.send(view)
@@ -201,8 +312,14 @@ class FdSocketStream(ByteStream):
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
+            self._unregister()
+            self._wake()
             _close_all(self.take_fds())
-            anyio.notify_closing(self._sock)
+            while self._chunks:
+                _close_all(self._chunks.popleft()[1])
+            self._ahead = 0
+            if self._loop is None:
+                anyio.notify_closing(self._sock)
             self._sock.close()
         await anyio.lowlevel.checkpoint()
 

@@ -28,9 +28,10 @@ import anyio
 from anyio.abc import ByteStream, SocketAttribute, SocketStream
 from anyio.lowlevel import cancel_shielded_checkpoint
 
-from .._proto._messages import Frame, FramePart
+from .._proto._messages import FdFrame, Frame, FramePart
 from ._asyncio import AsyncioSocketStream, open_asyncio_stream
 from ._backend import running_asyncio_loop
+from ._fds import FdSocketStream, fds_message
 from ._writing import COALESCE_LIMIT, MAX_PARTS, FrameQueue, coalesce, widen_send_buffer
 
 __all__ = [
@@ -65,14 +66,16 @@ async def drain_outbox(stream: ByteStream, outbox: FrameQueue) -> None:
     """
     send = stream.send
     rest: list[FramePart] | None = None  # the unsent end of a frame written directly
-    sock = stream.extra(SocketAttribute.raw_socket, None) if _plain(stream) else None
+    passes_fds = isinstance(stream, FdSocketStream)
+    sock = stream.extra(SocketAttribute.raw_socket, None) if passes_fds or _plain(stream) else None
     if not isinstance(sock, socket.socket):
         sock = None  # asyncio's TransportSocket (anyio's asyncio streams): no send of its own
     widened = sock is None  # the send buffer is widened once a large part is written
 
     def write_now(frame: Frame) -> bool:
         # A request or reply while this writer idles: straight to the kernel, no task switch,
-        # its parts in one sendmsg (writev), never joined.
+        # its parts in one sendmsg (writev), never joined; a frame's descriptors go with its
+        # first byte (unsent, the frame goes to the writer below whole, descriptors included).
         nonlocal rest, widened
         assert sock is not None
         parts: list[FramePart] = [frame] if isinstance(frame, bytes) else list(frame)
@@ -80,8 +83,11 @@ async def drain_outbox(stream: ByteStream, outbox: FrameQueue) -> None:
             widened = True
             widen_send_buffer(sock)
         try:
-            # (past MAX_PARTS, the first part now and the rest by the writer below)
-            written = sock.sendmsg(parts) if len(parts) <= MAX_PARTS else sock.send(parts[0])
+            if passes_fds and type(frame) is FdFrame:
+                written = sock.sendmsg(parts, [fds_message(frame.fds)])
+            else:
+                # (past MAX_PARTS, the first part now and the rest by the writer below)
+                written = sock.sendmsg(parts) if len(parts) <= MAX_PARTS else sock.send(parts[0])
         except BlockingIOError:
             written = 0
         except OSError:
@@ -286,9 +292,13 @@ def _plain(stream: ByteStream) -> bool:
 def bytes_below(stream: ByteStream) -> int:
     """The most bytes that may wait under ``stream``'s reader, already sent by the peer: the
     kernel's receive buffer (``SO_RCVBUF``; Linux grows it for TCP as the connection goes)
-    plus what the stream reads ahead of ``receive`` (the asyncio fast path's buffer)."""
+    plus what the stream reads ahead of ``receive`` (the asyncio fast path's buffer, and the
+    chunks a stream passing descriptors reads ahead on asyncio)."""
     inner = getattr(stream, "transport_stream", stream)  # under TLS, the socket's stream
-    ahead = inner.READ_AHEAD if isinstance(inner, AsyncioSocketStream) else 0
+    if isinstance(inner, AsyncioSocketStream):
+        ahead = inner.READ_AHEAD
+    else:
+        ahead = inner.read_ahead if isinstance(inner, FdSocketStream) else 0
     sock = stream.extra(SocketAttribute.raw_socket, None)
     if sock is None:
         return ahead
