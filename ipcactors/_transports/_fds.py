@@ -61,8 +61,9 @@ DEFAULT_MAX_FDS: Final = 64
 _ANCILLARY: Final = socket.CMSG_SPACE(MAX_FDS_PER_MESSAGE * array.array("i").itemsize)
 #: The most one read asks the kernel for (the reader asks for more while a large frame comes).
 MAX_READ: Final = 4 * 1024 * 1024
-_CLOEXEC: Final = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
-_TRUNCATED: Final = socket.MSG_CTRUNC
+# Plain ints: the socket module's flags are enums, whose ``&`` runs Python code on every read.
+_CLOEXEC: Final = int(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
+_TRUNCATED: Final = int(socket.MSG_CTRUNC)
 
 
 class FdAttribute(TypedAttributeSet):
@@ -155,7 +156,7 @@ class FdSocketStream(ByteStream):
                     if self._closed:
                         raise anyio.ClosedResourceError from None
                     raise anyio.BrokenResourceError from exc
-                if ancillary or flags & socket.MSG_CTRUNC:
+                if ancillary or flags & _TRUNCATED:
                     self._fds.extend(self._claim_ancillary(ancillary, flags))
                 if not data:
                     self._eof = True
@@ -252,7 +253,7 @@ class FdSocketStream(ByteStream):
                 fds.extend(received)
             else:
                 foreign = True
-        if flags & socket.MSG_CTRUNC or foreign:
+        if flags & _TRUNCATED or foreign:
             _close_all(fds)
             raise DecodeError(
                 f"the peer passed more than {MAX_FDS_PER_MESSAGE} file descriptors in one "
