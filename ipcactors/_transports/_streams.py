@@ -297,8 +297,10 @@ def bytes_below(stream: ByteStream) -> int:
     inner = getattr(stream, "transport_stream", stream)  # under TLS, the socket's stream
     if isinstance(inner, AsyncioSocketStream):
         ahead = inner.READ_AHEAD
+    elif isinstance(inner, FdSocketStream):
+        ahead = inner.read_ahead
     else:
-        ahead = inner.read_ahead if isinstance(inner, FdSocketStream) else 0
+        ahead = 0
     sock = stream.extra(SocketAttribute.raw_socket, None)
     if sock is None:
         return ahead
