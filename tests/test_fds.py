@@ -164,11 +164,20 @@ async def test_end_of_stream_and_closed(pair: tuple[socket.socket, socket.socket
             await stream.send(b"x")
 
 
-async def test_bytes_read_ahead_bring_their_descriptors_only_with_their_first_byte(
+async def _receive_exactly(stream: FdSocketStream, size: int) -> bytes:
+    received = b""
+    while len(received) < size:  # (a read ahead asks for what the last receive did)
+        received += await stream.receive(size - len(received))
+    return received
+
+
+async def test_a_descriptor_comes_with_the_last_bytes_of_its_read_never_before_its_write(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
-    """On asyncio the loop reads ahead of ``receive``: a descriptor it read must still reach
-    ``take_fds`` with the byte it came with, or the frames before it would meet it unclaimed."""
+    """The kernel may join the bytes written before a descriptor's write to the read that
+    brings the descriptor. Whoever receives the read in parts (``receive(n)`` of a read the
+    loop made ahead, on asyncio) must get the descriptor with its last part, never with bytes
+    written before it: the frames those bytes end would meet a descriptor they cannot claim."""
     ours, theirs = pair
     stream = FdSocketStream(ours.dup())
     fd = os.open("/dev/null", os.O_RDONLY)
@@ -176,21 +185,26 @@ async def test_bytes_read_ahead_bring_their_descriptors_only_with_their_first_by
         with anyio.fail_after(5):
             theirs.send(b"first")
             assert await stream.receive() == b"first"  # (asyncio: reading ahead from here)
-            for data, fds in ((b"before", []), (b"with", [fd]), (b"after", [])):
-                if fds:
-                    _send_fds(theirs, data, fds)
-                else:
-                    theirs.send(data)
-                await anyio.sleep(0.02)  # a write of its own, read (ahead) on its own
-            assert await stream.receive(3) == b"bef"
-            assert await stream.receive(3) == b"ore"
-            assert stream.pending_fds == 0
-            assert await stream.receive(2) == b"wi"
+            # Back to back: one read brings both writes (on asyncio, the loop's read ahead).
+            theirs.send(b"before")
+            _send_fds(theirs, b"with", [fd])
+            await anyio.sleep(0.02)
+            assert await stream.receive(6) == b"before"
+            assert stream.pending_fds == 0, "a descriptor came with the bytes before its write"
+            assert await stream.receive(4) == b"with"
             assert stream.pending_fds == 1
-            rest = b""
-            while len(rest) < len(b"thafter"):
-                rest += await stream.receive()
-            assert rest == b"thafter"
+            for taken in stream.take_fds():
+                os.close(taken)
+            # A write of its own, received in parts: the descriptor comes with one of them
+            # (with the first from the kernel, with the last from a read ahead), never lost.
+            _send_fds(theirs, b"again", [fd])
+            await anyio.sleep(0.02)
+            theirs.send(b"after")
+            await anyio.sleep(0.02)
+            assert await stream.receive(2) == b"ag"
+            assert await _receive_exactly(stream, 3) == b"ain"
+            assert stream.pending_fds == 1
+            assert await _receive_exactly(stream, 5) == b"after"
             assert stream.pending_fds == 1  # unclaimed: closed with the stream (leak check)
     finally:
         os.close(fd)

@@ -16,8 +16,9 @@ Invariants:
   layer above claims them; whatever is still unclaimed when the stream closes is closed, read
   ahead or not.
 - What the loop reads ahead (asyncio) is kept as it came, one chunk per ``recvmsg`` with the
-  descriptors that came with its first byte: they reach :meth:`take_fds` only when ``receive``
-  returns that byte, exactly as without reading ahead. Reading pauses once
+  descriptors that came with it: they reach :meth:`take_fds` only when ``receive`` returns the
+  chunk's last byte (a chunk returned in parts brings them with its last part), exactly as
+  without reading ahead, where they come with the read. Reading pauses once
   ``READ_HIGH_WATER`` bytes wait unread (memory stays bounded: :attr:`read_ahead`), and a
   peer's garbage or a broken socket is raised by ``receive`` after the chunks before it.
 - ``MSG_CTRUNC`` (more descriptors than :data:`MAX_FDS_PER_MESSAGE`, which the kernel then
@@ -25,9 +26,11 @@ Invariants:
   ``SCM_RIGHTS`` are a :class:`~ipcactors.DecodeError`: the descriptors that did arrive are
   closed and the peer is dropped. So is a peer passing more than ``max_fds`` descriptors over
   the connection's life.
-- A descriptor travels with the first byte of the write it is attached to; the kernel never
-  merges such a write with the bytes before it in one read, so a descriptor is in
-  :meth:`take_fds` once the read that returns its frame's first byte has returned.
+- A descriptor travels with the first byte of the write it is attached to. The kernel may
+  join bytes written before that write to the read that brings it, but ends the read within
+  that write. So the read's last byte is never before its frame's first byte: a descriptor is
+  in :meth:`take_fds` once the read holding that last byte has returned, never before (the
+  frames that end earlier meet no descriptor they could take for theirs).
 - A frame that carries descriptors is an :class:`~ipcactors._proto._messages.FdFrame`;
   ``coalesce`` never joins one to the frames before it. Writing one on a stream that cannot
   pass descriptors is a bug of the layer above (``TypeError``).
@@ -173,10 +176,12 @@ class FdSocketStream(ByteStream):
             if self._chunks:
                 data, fds = self._chunks.popleft()
                 if len(data) > max_bytes:
-                    self._chunks.appendleft((data[max_bytes:], []))
-                    data = data[:max_bytes]
+                    # Its descriptors go with its last part: their write may start anywhere
+                    # in the chunk, and ends it (see the invariants).
+                    self._chunks.appendleft((data[max_bytes:], fds))
+                    data, fds = data[:max_bytes], []
                 self._ahead -= len(data)
-                self._fds.extend(fds)  # they came with this chunk's first byte
+                self._fds.extend(fds)
                 if not self._registered and self._ahead < READ_LOW_WATER:
                     self._register()
                 return data
