@@ -299,6 +299,65 @@ async def test_a_handler_gets_its_reply_from_the_peer_flooding_it_with_events(
     assert seen == list(range(FLOOD))
 
 
+# --- a producer that never yields (issue 15) -----------------------------------------------------
+
+BURST = 3000  # events of ~1 KiB: 3 MiB, well within the default outbox (8 MiB)
+
+
+@asynccontextmanager
+async def tls_serving(socket_dir: str, **config: Any) -> AsyncIterator[tuple[Server, Any]]:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    async with Actor("world", socket_root=socket_dir, silent=True, **config) as actor:
+        server = await actor.serve_net("127.0.0.1", 0, tls=server_context)
+
+        async def connect(client: Actor) -> Connection:
+            port = server.address[1]  # type: ignore[index]
+            return await client.connect_to_net("world", "127.0.0.1", port, tls=client_context)
+
+        yield server, connect
+
+
+@pytest.mark.parametrize("transport", [*TRANSPORTS, "tls"])
+@pytest.mark.parametrize("acked", ["off", "on"])
+async def test_a_producer_that_never_yields_keeps_its_peer_busy(
+    transport: str, acked: str, socket_dir: str
+) -> None:
+    """Events emitted in a loop that never yields (emit returns at once while the outbox has
+    room) reach the peer while the loop runs, not all at once when it ends: the queued bytes
+    are written every 64 KiB, or the writer gets a loop pass."""
+    handled: list[int] = []
+    during = 0
+    payload = b"x" * 1000
+    if transport == "tls":
+        serve = tls_serving(socket_dir, acked=acked)
+    else:
+        serve = serving(transport, socket_dir, acked=acked)  # type: ignore[assignment]
+    async with serve as (server, connect, *_):
+        server.on("ev", lambda data, client: handled.append(data[0]))
+        async with Actor("hello", socket_root=socket_dir, silent=True, acked=acked) as hello:
+            connection = await connect(hello)
+            await connection.emit("ev", [-1, payload])  # (the writer is in place)
+            await eventually(lambda: len(handled) == 1)
+            most_queued = 0
+            for index in range(BURST):
+                await connection.emit("ev", [index, payload])
+                most_queued = max(most_queued, connection.statistics().outbox_bytes)
+                if index == BURST - 2:
+                    during = len(handled) - 1
+            await eventually(lambda: len(handled) == BURST + 1)
+    assert handled == [-1, *range(BURST)]
+    assert during > BURST // 10, f"the peer had handled {during} events when the loop ended"
+    assert most_queued < 1 << 20, f"{most_queued} bytes were queued at once"
+
+
 async def test_replies_overtake_queued_events_in_the_outbox() -> None:
     from ipcactors._core._outbox import Outbox
 

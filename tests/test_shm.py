@@ -557,9 +557,13 @@ async def test_frames_naming_shared_memory_are_not_sent_on_the_next_connection(
                 await conn.emit("stall", None)
                 await started.wait()
                 # Many frames queued behind a peer that does not read (small frames: the
-                # arrays are in shared memory, past the bound on the socket).
-                for _ in range(200):
+                # arrays are in shared memory, past the bound on the socket): emitted until
+                # its inbox and the kernel are full and the outbox holds the rest.
+                for _ in range(1000):
                     await conn.emit("x", bytes(64 * 1024))
+                    if conn.statistics().outbox_bytes > 2 * MiB:
+                        break
+                assert conn.statistics().outbox_bytes > 2 * MiB
                 for _ in range(3):
                     await conn.emit("stall", big)
                 failures: list[BaseException] = []

@@ -7,6 +7,11 @@ it is back; and a priority lane for replies, which the writer takes before anyth
 Invariants:
 - ``put`` returns without a loop pass while there is room; that is what lets many small events
   share one write. When full, ``put`` waits (backpressure); nothing is ever dropped silently.
+- A producer that emits without yielding does not hold its peer (or its own loop) up: when
+  ``WRITE_EARLY_AT`` bytes are queued and no write is in flight, the put that reaches them
+  writes them all at once through the writer's :attr:`direct` (one write); and each
+  ``WRITE_EARLY_AT`` bytes queued by ``put``, the next put gives the loop a pass first (see
+  :meth:`wait_room`), in which the writer and every other task get their turn.
 - Replies (and error replies) never wait: :meth:`put_reply` queues them in the priority lane,
   regardless of the bound, and the writer takes them first. They belong to no event order: a
   reply may overtake events its sender emitted before it. Whoever answers requests keeps the
@@ -36,6 +41,7 @@ from .._proto._messages import FdFrame, Frame, SharedFrame, frame_size
 __all__ = ["Outbox"]
 
 _BLOCK = 256  # frames taken at once while they fit the writer's budget
+WRITE_EARLY_AT = 64 * 1024  # queued bytes written by the put that reaches them (see above)
 _WHOLE = frozenset({bytes, SharedFrame})  # frames in one piece (len is their size)
 
 
@@ -50,6 +56,7 @@ class Outbox:
         "_in_flight_bytes",
         "_is_flushed",
         "_replies",
+        "_since_turn",
         "direct",
         "enqueued",
         "held",
@@ -67,6 +74,7 @@ class Outbox:
         self._bytes = 0  # queued in either lane
         self._in_flight = False
         self._in_flight_bytes = 0
+        self._since_turn = 0  # bytes queued since the loop last had a pass in put
         self._closed: BaseException | None = None
         self._has_frames: anyio.Event | None = None
         self._has_room: anyio.Event | None = None
@@ -114,11 +122,27 @@ class Outbox:
         await self.wait_room(size)
         return self.put_nowait(frame, size)
 
+    @property
+    def turn_due(self) -> bool:
+        """Whether the loop is due a pass before more is queued (see the invariants):
+        :meth:`put_if_room` queues nothing then, and :meth:`wait_room` gives it."""
+        return self._since_turn >= WRITE_EARLY_AT
+
+    def turn_given(self) -> None:
+        """The caller gives the loop a pass now (:meth:`wait_room` does; so does a broadcast,
+        which queues with :meth:`put_nowait`)."""
+        self._since_turn = 0
+
     async def wait_room(self, size: int) -> None:
-        """Wait until a frame of ``size`` bytes fits. Raises the error the outbox was closed
-        with."""
+        """Wait until a frame of ``size`` bytes fits, after giving the writer the loop pass it
+        is due. Raises the error the outbox was closed with."""
         if self._closed is not None:
             raise self._closed
+        if self._since_turn >= WRITE_EARLY_AT:
+            self.turn_given()
+            await anyio.lowlevel.checkpoint()
+            if self._closed is not None:
+                raise self._closed
         while not self.has_room(size):
             if self._has_room is None:
                 self._has_room = anyio.Event()
@@ -131,7 +155,11 @@ class Outbox:
         case of :meth:`put`, without a coroutine. Returns its sequence number, 0 if it was not
         queued."""
         used = self._bytes + self._in_flight_bytes + self.held
-        if (used and used + size > self.max_bytes) or self._closed is not None:
+        if (
+            (used and used + size > self.max_bytes)
+            or self._closed is not None
+            or self._since_turn >= WRITE_EARLY_AT
+        ):
             return 0
         return self._queue(frame, size)
 
@@ -144,13 +172,31 @@ class Outbox:
     def _queue(self, frame: Frame, size: int) -> int:
         self._frames.append(frame)
         self._bytes += size
+        self._since_turn += size
         self.enqueued += 1
         if self.on_frames is not None:
             self.on_frames()
         elif self._has_frames is not None:
             self._has_frames.set()
             self._has_frames = None
+        if (
+            self._bytes >= WRITE_EARLY_AT > self._bytes - size
+            and not self._in_flight
+            and self.direct is not None
+        ):
+            self._write_early()  # (once per crossing: a frame it leaves is not looked at again)
         return self.enqueued
+
+    def _write_early(self) -> None:
+        """Write everything queued now, joined, through :attr:`direct` (see the invariants);
+        frames in more than one piece are left to the writer's turn, which keeps them apart."""
+        queued = self._frames
+        if self._replies or not _WHOLE.issuperset(map(type, queued)):
+            return
+        direct = self.direct
+        frames = self.take()
+        if direct(b"".join(frames)):  # type: ignore[misc,arg-type]  # (direct: checked; bytes)
+            self.sent()
 
     def release(self, size: int) -> None:
         """``size`` bytes of :attr:`held` were acknowledged (or given up): room for more."""

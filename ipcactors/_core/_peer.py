@@ -186,9 +186,11 @@ class Peer:
         at least once, reported if not, on a connection in the acknowledged mode
         (``Config.acked``; see ``Connection.wait_acknowledged``).
 
-        Returns as soon as the frame is queued (without a loop pass while the outbox has room);
-        waits while the outbox is full. Raises :class:`EncodeError` for data msgpack cannot
-        encode, :class:`ClosedError` once this peer is gone for good.
+        Returns as soon as the frame is queued (without a loop pass while the outbox has room,
+        except one every 64 KiB queued, so that a loop emitting without yielding lets the
+        writer and other tasks run); waits while the outbox is full. Raises
+        :class:`EncodeError` for data msgpack cannot encode, :class:`ClosedError` once this
+        peer is gone for good.
         """
         check_event_name(event)
         acked = self._acked
@@ -220,7 +222,7 @@ class Peer:
         seq = acked.next_seq()
         frame = make(seq)
         size = len(frame) if type(frame) is bytes else frame_size(frame)
-        if not outbox.has_room(size) or outbox.closed:
+        if not outbox.has_room(size) or outbox.closed or outbox.turn_due:
             await outbox.wait_room(size)
             if acked.seq != seq:  # others queued meanwhile: take the next number, in order
                 seq = acked.next_seq()

@@ -360,6 +360,9 @@ class Server(HandlerMethods):
                 self._disconnect_slow(client)
                 continue
             position = outbox.put_nowait(frame, size)
+            if outbox.turn_due:
+                outbox.turn_given()
+                behind = True  # the loop is due a pass (see _outbox): the writers' turn too
             if seq:
                 assert acked is not None
                 if entry is not None and entry[4] == position and entry[0] == seq:
