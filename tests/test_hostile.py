@@ -347,6 +347,16 @@ AFTER_HANDSHAKE = {
         + struct.pack(">I", 70_000)
         + bytes(70_000)
     ),
+    # Small frames are decoded a run at a time (fed to the unpacker together): a body must
+    # still end exactly where its frame does, never reach into the frames behind it (which
+    # repeat "first": handled twice would show it), nor build their objects for it.
+    "two_values_in_one_frame": framed(pack([0, "echo", "first"]) + pack(1)),
+    "body_reaching_into_the_next_frame": framed(b"\x94\x00\xa4echo")
+    + framed(pack([0, "echo", "first"])),
+    "array_claiming_the_frames_behind_it": framed(
+        b"\x93\x00\xa4echo\xdd" + struct.pack(">I", 50_000)
+    )
+    + framed(bytes(60_000)),
     "garbage": b"GET / HTTP/1.1\r\n\r\n",
 }
 

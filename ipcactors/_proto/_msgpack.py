@@ -484,9 +484,22 @@ class MsgpackEncoder(Encoder):
                 self._event_heads.clear()
             head = self._event_heads[event] = b"\x93\x00" + self._packer.pack(event)
         # The common case, ~0.3 us shorter: a scalar or a small map of scalars, no buffers (so
-        # nothing out of band or in shared memory), checked in C, framed in one join.
-        if self._is_plain(data):
-            packed = self._pack_plain(data)
+        # nothing out of band or in shared memory), framed in one join. (The checks of
+        # _is_plain and _pack_plain, inlined: a call costs as much as what they check.)
+        kind = type(data)
+        plain = kind in _PLAIN
+        if not plain and kind is dict and len(data) <= _SMALL_MAP:
+            for key, value in data.items():
+                if type(key) not in _KEYS or type(value) not in _PLAIN:
+                    break
+            else:
+                plain = True
+        if plain or (kind is dict and len(data) > _SMALL_MAP and self._is_plain(data)):
+            try:
+                packed: bytes = self._packer.pack(data)
+            except (TypeError, ValueError, OverflowError) as exc:
+                self._packer.reset()  # it keeps a partly written buffer after an error
+                raise EncodeError(f"cannot encode as msgpack: {exc}") from exc
             size = len(head) + len(packed)
             if size <= self._count_above and size < SEPARATE_BODY_AT and not self._datagrams:
                 return b"".join((HEADER.pack(size), head, packed))  # within every limit
@@ -1115,26 +1128,35 @@ class MsgpackDecoder(Decoder):
     ) -> tuple[int, bool]:
         """Decode the whole small frames from ``offset`` on (the first is one), appending their
         messages: the run of them a read brings, in one loop with the shared unpacker (see
-        :func:`_small_unpacker`) at hand. Each body is fed to it alone, so a malformed one
-        cannot reach into the next (nor build more objects than it has bytes). Returns where
-        the run ended and whether a handshake message stopped it. After an error the unpacker
-        is thrown away."""
+        :func:`_small_unpacker`) at hand. Returns where the run ended and whether a handshake
+        message stopped it.
+
+        The run is fed to the unpacker at once, headers included (one feed instead of one per
+        frame: ~0.8 us less per frame), at most ``count_above + HEADER_SIZE`` bytes of it. Each
+        body must end exactly where its frame does; one that reaches into the bytes behind it
+        is an error, and builds at most as many objects as were fed, as a counted frame would.
+        What was fed and not decoded is read back out, so the unpacker is empty between runs;
+        after an error it is thrown away."""
         key, limits, limit = self._unpacker_key, self._limits, self._frame_limit
         count_above, depth = self._count_above, limits.max_depth
         unpacker = _small_unpacker(key, limits, self._unpack_options)
-        position = unpacker.tell()  # where it stands: each body must be exactly one value
+        window = min(end, offset + HEADER_SIZE + count_above)
+        unpacker.feed(view[offset:window])
+        read_bytes, unpack, tell = unpacker.read_bytes, unpacker.unpack, unpacker.tell
+        from_bytes = int.from_bytes
+        position = tell()  # where it stands: each body must end where its frame does
+        fed = position + window - offset
         stopped = False
         try:
-            while end - offset >= HEADER_SIZE:
-                (size,) = HEADER.unpack_from(view, offset)
+            while window - offset >= HEADER_SIZE:
+                size = from_bytes(read_bytes(HEADER_SIZE))  # (big-endian, unsigned)
                 after = offset + HEADER_SIZE + size
-                if not 0 < size <= count_above or size > limit or after > end:
+                if not 0 < size <= count_above or size > limit or after > window:
                     break  # not a whole small frame: the caller's
-                unpacker.feed(view[offset + HEADER_SIZE : after])
-                value = unpacker.unpack()
-                position += size
-                if unpacker.tell() != position:
-                    raise DecodeError("a frame holds more than one msgpack value")
+                value = unpack()
+                position += HEADER_SIZE + size
+                if tell() != position:
+                    raise DecodeError("a frame holds more or less than one msgpack value")
                 offset = after
                 # The commonest of all, [0, name, data] ([0, name, data, seq] acknowledged): as
                 # parse_body and _message would make it, whose checks it repeats (anything else
@@ -1165,6 +1187,9 @@ class MsgpackDecoder(Decoder):
                     # limit lifted) before the frames behind this one are decoded.
                     stopped = True
                     break
+            left = fed - tell()
+            if left:
+                read_bytes(left)  # (the rest of the run: the caller's, from offset on)
         except BaseException as exc:
             error = _unpack_failed(key, exc)
             if error is exc:

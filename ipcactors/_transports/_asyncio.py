@@ -431,12 +431,15 @@ class AsyncioSocketStream(ByteStream):
         loop = protocol.loop
         scheduled = False
         in_flight = False  # frames written whose bytes the transport still holds
+        attached = True
 
         pending = self._pending
 
         def flush() -> None:
             nonlocal scheduled, in_flight
             scheduled = False
+            if attached:
+                outbox.on_frames = schedule  # (unset while this flush was due: see schedule)
             if protocol.lost or self._closing:
                 pending.clear()
                 if protocol.lost and outbox.on_lost is not None:
@@ -465,6 +468,8 @@ class AsyncioSocketStream(ByteStream):
             nonlocal scheduled
             if not scheduled:
                 scheduled = True
+                # Until the flush runs, frames queued need not call us (a call per event).
+                outbox.on_frames = None
                 loop.call_soon(flush)
 
         def write_now(frame: Frame) -> bool:
@@ -490,6 +495,8 @@ class AsyncioSocketStream(ByteStream):
                 schedule()
 
         def detach() -> None:
+            nonlocal attached
+            attached = False
             outbox.on_frames = None
             outbox.direct = None
             protocol.on_resume = None
