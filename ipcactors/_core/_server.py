@@ -304,9 +304,10 @@ class Server(HandlerMethods):
     async def broadcast(self, event: str, data: Any = None) -> None:
         """Send ``event`` to every connected client, encoded once.
 
-        Clients with room in their outbox get it at once. A client too slow to read is handled
-        as ``Config.slow_consumer`` says: disconnected (the default) or skipped for this frame,
-        without waiting for it; or, with ``"wait"``, waited for.
+        Clients with room in their outbox get it at once (with one loop pass, for the writers
+        and other tasks, each time 64 KiB were queued for a client). A client too slow to read
+        is handled as ``Config.slow_consumer`` says: disconnected (the default) or skipped for
+        this frame, without waiting for it; or, with ``"wait"``, waited for.
         """
         check_event_name(event)
         plain: Frame | None = None  # encoded once for all plain clients
