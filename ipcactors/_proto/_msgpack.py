@@ -1131,12 +1131,13 @@ class MsgpackDecoder(Decoder):
         :func:`_small_unpacker`) at hand. Returns where the run ended and whether a handshake
         message stopped it.
 
-        The run is fed to the unpacker at once, headers included (one feed instead of one per
-        frame: ~0.8 us less per frame), at most ``count_above + HEADER_SIZE`` bytes of it. Each
-        body must end exactly where its frame does; one that reaches into the bytes behind it
-        is an error, and builds at most as many objects as were fed, as a counted frame would.
-        What was fed and not decoded is read back out, so the unpacker is empty between runs;
-        after an error it is thrown away."""
+        A read's one frame is fed alone (as :meth:`_decode_body` would). A longer run is fed
+        at once, headers included (one feed instead of one per frame: ~0.5 us less per frame),
+        at most ``count_above + HEADER_SIZE`` bytes of it. Each body must end exactly where its
+        frame does; one that reaches into the bytes behind it is an error, and builds at most
+        one object per byte fed (``count_above`` is at most ``max_decoded_objects``). What was
+        fed and not decoded is read back out, so the unpacker is empty between runs; after an
+        error it is thrown away."""
         key, limits, limit = self._unpacker_key, self._limits, self._frame_limit
         (size,) = HEADER.unpack_from(view, offset)
         after = offset + HEADER_SIZE + size
