@@ -358,6 +358,24 @@ AFTER_HANDSHAKE = {
     )
     + framed(bytes(60_000)),
     "garbage": b"GET / HTTP/1.1\r\n\r\n",
+    # Batches of events (kind 14) only once the hello announced them (see BAD_BATCHES).
+    "batch_without_announcing_batches": framed(pack([14, ["echo", 1]])),
+}
+
+# Batches from a peer whose hello announced them (so the server takes batches): the first bad
+# one closes the connection, as a bad frame does.
+BAD_BATCHES = {
+    "odd_number_of_items": framed(pack([14, ["echo", "bad", "echo"]])),
+    "empty": framed(pack([14, []])),
+    "items_not_an_array": framed(pack([14, {"echo": "bad"}])),
+    "name_not_a_string": framed(pack([14, [1, "bad"]])),
+    "empty_name": framed(pack([14, ["echo", "bad", "", "bad"]])),
+    "reserved_name": framed(pack([14, ["echo", "bad", "connect", None]])),
+    "reserved_prefix": framed(pack([14, ["echo", "bad", "ipcactors.stop", None]])),
+    "over_the_announced_size": framed(pack([14, ["echo", "bad", "echo", "x" * 40_000]])),
+    "nesting_too_deep": framed(b"\x92\x0e\x94\xa4echo\xa3bad\xa4echo" + nested(63)),
+    "array_claiming_the_frames_behind_it": framed(b"\x92\x0e\xdd" + struct.pack(">I", 50_000))
+    + framed(bytes(30_000)),
 }
 
 
@@ -387,6 +405,33 @@ async def test_bad_frame_after_the_handshake(transport: str, name: str, socket_d
     assert ("stop", None) not in handled
     assert lifecycle
     assert all(len(args) == 1 and isinstance(args[0], Client) for args in lifecycle), lifecycle
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("name", sorted(BAD_BATCHES))
+async def test_bad_batch_after_the_handshake(transport: str, name: str, socket_dir: str) -> None:
+    handled: list[Any] = []
+    async with scene(transport, socket_dir) as s:
+        s.server.on("echo", lambda data, client: handled.append(data))
+        s.server.on("ipcactors.stop", lambda data, client: handled.append(("stop", data)))
+
+        async def script(stream: SocketStream) -> None:
+            # A good batch is handled; the bad one after it ends the connection.
+            announcing = framed(pack([4, {"v": 1, "id": "raw", "batch": 4096}]))
+            await send_quietly(stream, announcing + framed(pack([14, ["echo", "first"]])))
+            await eventually(lambda: "first" in handled)
+            await send_quietly(stream, BAD_BATCHES[name])
+
+        messages, _ = await attack(s, script)
+        assert len(messages) == 1, messages
+        assert type(messages[0]) is Welcome
+        assert 256 <= messages[0].extra["batch"] <= 32 * 1024
+        await eventually(lambda: "server lost raw" in s.lost)
+        assert set(s.server.clients) == {"good"}
+    # Nothing of the bad batch reached a handler, not even its good events.
+    assert handled.count("first") == 1
+    assert "bad" not in handled
+    assert ("stop", None) not in handled
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

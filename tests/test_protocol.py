@@ -40,6 +40,7 @@ from ipcactors._proto._messages import (
     is_reserved,
 )
 from ipcactors._proto._msgpack import (
+    CODEC,
     SEPARATE_BODY_AT,
     MsgpackDecoder,
     MsgpackEncoder,
@@ -1325,3 +1326,110 @@ def test_decode_array_raises_only_decode_error() -> None:
 
     with pytest.raises(DecodeError):
         decode_array(array_payload(b"|U0", [], b""))
+
+
+# --- batches of events (kind 14) --------------------------------------------------------------
+
+
+def batched(
+    encoder: MsgpackEncoder, events: list[tuple[str, Any]], max_bytes: int
+) -> tuple[list[bytes], list[tuple[str, Any]]]:
+    """The frames a sender makes of ``events``: those the encoder gives an item join batches
+    of at most ``max_bytes`` (as an outbox closes them), the others go alone. Returns the
+    frames and the events in the order they go."""
+    batches = CODEC.event_batches(max_bytes - 4)
+    assert batches is not None
+    frames: list[bytes] = []
+    order: list[tuple[str, Any]] = []
+    buffer: bytearray | None = None
+    count = 0
+    in_buffer: list[tuple[str, Any]] = []
+    for name, data in events:
+        item = encoder.event_item(name, data)
+        if item is not None and len(batches.prefix) + len(item) > batches.max_bytes:
+            item = None
+        if buffer is not None and (item is None or len(buffer) + len(item) > batches.max_bytes):
+            frames.append(batches.close(buffer, count))
+            order += in_buffer
+            buffer, count, in_buffer = None, 0, []
+        if item is None:
+            frames.append(wire(encoder.event(name, data)))
+            order.append((name, data))
+            continue
+        if buffer is None:
+            buffer = bytearray(batches.prefix)
+        buffer += item
+        count += 1
+        in_buffer.append((name, data))
+    if buffer is not None:
+        frames.append(batches.close(buffer, count))
+        order += in_buffer
+    return frames, order
+
+
+plain_data = st.one_of(
+    scalars, st.dictionaries(st.text(max_size=6) | st.binary(max_size=6), scalars, max_size=20)
+)
+
+
+@PROPERTY
+@given(st.lists(st.tuples(names, plain_data | values), max_size=60), st.integers(300, 3000))
+def test_batches_decode_to_the_events_and_split_into_their_frames(
+    events: list[tuple[str, Any]], max_bytes: int
+) -> None:
+    encoder = MsgpackEncoder(DEFAULT)
+    frames, order = batched(encoder, events, max_bytes)
+    assert sorted(map(repr, order)) == sorted(map(repr, events))
+    assert all(len(frame) <= max_bytes for frame in frames if frame[5] == 14)
+    receiver = decoder()
+    receiver.batch_limit = CODEC.batch_limit(DEFAULT)
+    got = receiver.feed(b"".join(frames))
+    assert [norm(message) for message in got] == [("event", n, d) for n, d in order]
+    # Split (for a peer without batches), the same events in the same order, a frame each.
+    batches = CODEC.event_batches(max_bytes - 4)
+    assert batches is not None
+    plain = [part for f in frames for part in (batches.split(f) if f[5] == 14 else (f,))]
+    assert [norm(decode_one(frame[4:])) for frame in plain] == [("event", n, d) for n, d in order]
+
+
+def test_a_batch_is_the_documented_layout() -> None:
+    encoder = MsgpackEncoder(DEFAULT)
+    batches = CODEC.event_batches(4096)
+    assert batches is not None
+    buffer = bytearray(batches.prefix)
+    for data in (1, {"a": None}):
+        item = encoder.event_item("tick", data)
+        assert item is not None
+        buffer += item
+    body = pack([14, ["tick", 1, "tick", {"a": None}]])
+    # (the array of items in its 32-bit form, whatever its length: written before it is known)
+    assert batches.close(buffer, 2) == framed(body[:2] + b"\xdd\x00\x00\x00\x04" + body[3:])
+    assert encoder.event_item("tick", [1]) is None  # not plain: a frame of its own
+
+
+def test_batches_only_once_announced_and_within_what_was() -> None:
+    body = pack([14, ["tick", 1]])
+    with pytest.raises(DecodeError, match="not negotiated"):
+        decoder().feed(framed(body))
+    receiver = decoder()
+    receiver.batch_limit = len(body) - 1
+    with pytest.raises(DecodeError, match="over the"):
+        receiver.feed(framed(body))
+    receiver = decoder()
+    receiver.batch_limit = len(body)
+    assert [norm(m) for m in receiver.feed(framed(body) + framed(body))] == [
+        ("event", "tick", 1)
+    ] * 2
+    # A peer announcing a useless size, or not a size, is sent no batches.
+    assert CODEC.event_batches(100) is None
+    assert CODEC.event_batches("4096") is None
+    assert CODEC.event_batches(True) is None
+    assert CODEC.batch_limit(Limits(max_depth=4)) == 0
+    assert CODEC.batch_limit(Limits(max_container_len=1000)) == 1000
+
+
+def test_a_batch_in_a_datagram_is_refused() -> None:
+    receiver = decoder()
+    receiver.batch_limit = 4096
+    with pytest.raises(DecodeError, match="datagram"):
+        receiver.decode_datagram(pack([14, ["tick", 1]]))

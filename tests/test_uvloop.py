@@ -6,6 +6,12 @@ from typing import Any
 
 import anyio
 import pytest
+from test_batches import (
+    test_a_loop_of_emits_arrives_whole_and_in_order_both_ways as test_batches_on_uvloop,
+)
+from test_batches import (
+    test_events_queued_in_batches_go_out_plain_to_a_server_that_takes_none as test_split_on_uvloop,
+)
 from test_flow import (
     test_a_handler_blocked_on_a_full_outbox_ends_when_the_peer_vanishes as test_vanish_on_uvloop,
 )
@@ -39,12 +45,14 @@ from ipcactors import Actor
 pytest.importorskip("uvloop")  # an extra; `make test` installs it
 pytestmark = pytest.mark.anyio
 __all__ = [
+    "test_batches_on_uvloop",
     "test_flood_on_uvloop",
     "test_pipelined_on_uvloop",
     "test_pool_cancel_on_uvloop",
     "test_pool_map_retry_on_uvloop",
     "test_pool_retry_on_uvloop",
     "test_refusal_on_uvloop",
+    "test_split_on_uvloop",
     "test_unread_on_uvloop",
     "test_vanish_on_uvloop",
 ]

@@ -359,7 +359,10 @@ class Connection(Peer, HandlerMethods):
         acked = self._acked
         with anyio.fail_after(self._config.handshake_timeout):
             stream = await self._transport.connect()
-            hello_extra = self._hello_extra(stream)
+            self._outbox.rebatch(None)  # (until the welcome says what the server takes)
+            settled = self._hello_extra(stream)
+            batch_limit = codec.batch_limit(self._config.limits)
+            hello_extra = {**(settled or {}), "batch": batch_limit} if batch_limit else settled
             session = Session(
                 codec,
                 self._config.limits,
@@ -373,8 +376,9 @@ class Connection(Peer, HandlerMethods):
             if not codec.handshake:  # the session is open at once
                 self._server_id = self.id  # nothing on the wire says otherwise
                 return stream, session
+            session.accept_batches(batch_limit)
             # Not when the hello offers what the welcome settles (acked mode, shared memory).
-            pipelined = pipelined and hello_extra is None
+            pipelined = pipelined and settled is None
             try:
                 await open_handshake(stream, session, pipelined=pipelined)
             except BaseException as exc:
@@ -397,6 +401,7 @@ class Connection(Peer, HandlerMethods):
         return stream, session
 
     def _hello_extra(self, stream: ByteStream) -> dict[str, Any] | None:
+        """What our hello offers that the welcome settles before anything else is sent."""
         acked = self._acked
         if acked is not None:  # (its resends and shared memory's places do not mix)
             return {"acked": self._offer(acked)}
@@ -411,6 +416,7 @@ class Connection(Peer, HandlerMethods):
                 f"{welcome.id!r}"
             )
         self._server_id = welcome.id
+        self._outbox.rebatch(self._codec.event_batches(welcome.extra.get("batch")))
         offered = self._config.max_shared_bytes and self._acked is None
         self._shared_accept = shared_offer(welcome.extra.get("shm")) if offered else None
 

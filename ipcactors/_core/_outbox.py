@@ -25,6 +25,11 @@ Invariants:
   ``n`` has been handed to a writer (and may be lost with the connection) once ``taken >= n``.
 - In the acknowledged mode, frames kept until the peer acknowledges them (:attr:`held`) count
   against the bound as well: queue, writer and that store together hold at most ``max_bytes``.
+- Batches (:attr:`batches`, set while the connection negotiated them): events put as items
+  (:meth:`put_item_if_room`) join the open batch, the last thing queued, which takes its
+  place in the order when it opens; anything else queued, or the writer taking frames, closes
+  it into one frame. A batch has one sequence number, like the frame it becomes. A batch never
+  goes out on a connection that did not negotiate it: :meth:`rebatch` splits those queued.
 """
 
 from __future__ import annotations
@@ -36,17 +41,20 @@ from operator import call
 
 import anyio
 
-from .._proto._messages import FdFrame, Frame, SharedFrame, frame_size
+from .._proto._codec import EventBatches
+from .._proto._messages import BatchFrame, FdFrame, Frame, SharedFrame, frame_size
 
 __all__ = ["Outbox"]
 
 _BLOCK = 256  # frames taken at once while they fit the writer's budget
 WRITE_EARLY_AT = 64 * 1024  # queued bytes written by the put that reaches them (see above)
-_WHOLE = frozenset({bytes, SharedFrame})  # frames in one piece (len is their size)
+_WHOLE = frozenset({bytes, SharedFrame, BatchFrame})  # frames in one piece (len is their size)
 
 
 class Outbox:
     __slots__ = (
+        "_batch",
+        "_batch_count",
         "_bytes",
         "_closed",
         "_frames",
@@ -57,6 +65,7 @@ class Outbox:
         "_is_flushed",
         "_replies",
         "_since_turn",
+        "batches",
         "direct",
         "enqueued",
         "held",
@@ -75,6 +84,10 @@ class Outbox:
         self._in_flight = False
         self._in_flight_bytes = 0
         self._since_turn = 0  # bytes queued since the loop last had a pass in put
+        self._batch: bytearray | None = None  # the open batch (see the invariants)
+        self._batch_count = 0  # the events in it
+        #: How to batch events for the peer of the current connection, if it negotiated it.
+        self.batches: EventBatches | None = None
         self._closed: BaseException | None = None
         self._has_frames: anyio.Event | None = None
         self._has_room: anyio.Event | None = None
@@ -97,7 +110,7 @@ class Outbox:
         self.on_lost: Callable[[], None] | None = None
 
     def __len__(self) -> int:
-        return len(self._frames) + len(self._replies)
+        return len(self._frames) + len(self._replies) + (self._batch is not None)
 
     @property
     def closed(self) -> bool:
@@ -163,6 +176,71 @@ class Outbox:
             return 0
         return self._queue(frame, size)
 
+    def put_item_if_room(self, item: bytes) -> int:
+        """Add an event to the open batch (or a new one), as :meth:`put_if_room` queues a
+        frame:
+        ``batches.max_bytes - len(batches.prefix)`` bytes; :attr:`batches` is set. Returns the
+        batch's sequence number, 0 if the item was not added."""
+        size = len(item)
+        used = self._bytes + self._in_flight_bytes + self.held
+        if (
+            (used and used + size > self.max_bytes)
+            or self._closed is not None
+            or self._since_turn >= WRITE_EARLY_AT
+        ):
+            return 0
+        batch = self._batch
+        if batch is None or len(batch) + size > self.batches.max_bytes:  # type: ignore[union-attr]
+            prefix = self.batches.prefix  # type: ignore[union-attr]
+            if len(prefix) + size > self.batches.max_bytes:  # type: ignore[union-attr]
+                return 0  # too large for a batch: a frame of its own
+            if batch is not None:
+                self._close_batch()
+            batch = self._batch = bytearray(prefix)
+            self._batch_count = 0
+            size += len(prefix)
+            self.enqueued += 1
+            if self.on_frames is not None:
+                self.on_frames()
+            elif self._has_frames is not None:
+                self._has_frames.set()
+                self._has_frames = None
+        batch += item
+        self._batch_count += 1
+        self._bytes += size
+        self._since_turn += size
+        if (
+            self._bytes >= WRITE_EARLY_AT > self._bytes - size
+            and not self._in_flight
+            and self.direct is not None
+        ):
+            self._write_early()
+        return self.enqueued
+
+    def _close_batch(self) -> None:
+        """Close the open batch into its frame, in its place at the end of the queue."""
+        batch = self._batch
+        assert batch is not None
+        assert self.batches is not None
+        self._batch = None
+        self._frames.append(self.batches.close(batch, self._batch_count))
+
+    def rebatch(self, batches: EventBatches | None) -> None:
+        """Batch for a new connection's peer as ``batches`` says (``None``: it takes none):
+        the open batch is closed, and each queued batch it would not take is split into the
+        frames of its events, which keep the batch's place and sequence number."""
+        if self._batch is not None:
+            self._close_batch()
+        limit = 0 if batches is None else batches.max_bytes
+        frames = self._frames
+        for number, frame in enumerate(frames):
+            if type(frame) is BatchFrame and len(frame) > limit:
+                assert self.batches is not None  # (it made them)
+                split = self.batches.split(frame)
+                frames[number] = split
+                self._bytes += sum(map(len, split)) - len(frame)
+        self.batches = batches
+
     def put_nowait(self, frame: Frame, size: int | None = None) -> int:
         """Queue ``frame`` regardless of the bound."""
         if self._closed is not None:
@@ -170,6 +248,8 @@ class Outbox:
         return self._queue(frame, frame_size(frame) if size is None else size)
 
     def _queue(self, frame: Frame, size: int) -> int:
+        if self._batch is not None:  # (closed first: it was queued before this frame)
+            self._close_batch()
         self._frames.append(frame)
         self._bytes += size
         self._since_turn += size
@@ -219,7 +299,7 @@ class Outbox:
     async def wait_frames(self) -> None:
         """Wait until there may be something to write: frames queued, a :meth:`wake`, or the
         outbox closed. The writer checks again."""
-        if not self._frames and self._closed is None:
+        if not self._frames and self._batch is None and self._closed is None:
             if self._has_frames is None:
                 self._has_frames = anyio.Event()
             await self._has_frames.wait()
@@ -302,6 +382,8 @@ class Outbox:
     def take(self, budget: int | None = None) -> list[Frame]:
         """Hand queued frames to the writer, which calls :meth:`sent` when they are written:
         all of them, or the first ones up to ``budget`` bytes (at least one); replies first."""
+        if self._batch is not None:
+            self._close_batch()
         queue = self._frames
         replies = self._replies
         if budget is None or self._bytes <= budget:
@@ -376,7 +458,8 @@ class Outbox:
         """Refuse further frames with ``error``; wake every waiter. Returns frames left unsent."""
         if self._closed is None:
             self._closed = error
-        left = len(self._frames) + len(self._replies)
+        left = len(self)
+        self._batch = None
         self._frames.clear()
         self._replies.clear()
         self._bytes = self._in_flight_bytes = 0

@@ -156,6 +156,7 @@ class Peer:
             events_redelivered=self._counters.events_redelivered,
             events_deduplicated=self._counters.events_deduplicated,
             shared_memory=self._shared is not None,
+            batches=self._outbox.batches is not None,
             shared_in_use=0 if self._shared is None else self._shared.in_use,
             shared_sent=self._counters.shared_sent,
             shared_received=self._counters.shared_received,
@@ -197,10 +198,16 @@ class Peer:
         acked = self._acked
         if acked is not None and acked.active:
             return await self._emit_acked(acked, event, data)
+        outbox = self._outbox
+        if outbox.batches is not None:  # the common case: an item of the open batch
+            item = self._encoder.event_item(event, data)
+            if item is not None and outbox.put_item_if_room(item):
+                return
+        # (Encoded again when an item was not added: once per WRITE_EARLY_AT, or when full.)
         frame = self._encoder.event(event, data)
         size = len(frame) if type(frame) is bytes else frame_size(frame)
-        if not self._outbox.put_if_room(frame, size):  # the common case: no loop pass
-            await self._outbox.put(frame)
+        if not outbox.put_if_room(frame, size):  # the common case: no loop pass
+            await outbox.put(frame)
 
     async def _emit_acked(self, acked: AckedSender, event: str, data: Any) -> None:
         """``emit`` in the acknowledged mode: the frame is sequenced and kept until acked."""

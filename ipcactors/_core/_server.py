@@ -70,6 +70,7 @@ from .._errors import (
     UnknownPeerError,
 )
 from .._log import ActorLog
+from .._proto._codec import EventBatches
 from .._proto._messages import Frame, frame_size
 from .._proto._session import Refusal, Role, Session
 from .._transports._fds import can_pass_fds
@@ -472,6 +473,7 @@ class Server(HandlerMethods):
         client_id: str | None = None
         offer: _Offer | None = None
         shm: int | None = None
+        batches: EventBatches | None = None
         try:
             with scope, anyio.fail_after(self._config.handshake_timeout):
                 stream = await self._transport.accepted(stream)
@@ -479,6 +481,7 @@ class Server(HandlerMethods):
                     hello = await accept_handshake(stream, session)
                     offer = self._acked_offer(hello.extra.get("acked"))
                     shm = shared_offer(hello.extra.get("shm"))
+                    batches = codec.event_batches(hello.extra.get("batch"))
                     client_id = hello.id
                 else:  # nothing on the wire names the client: the server does
                     self._accepted += 1
@@ -520,6 +523,7 @@ class Server(HandlerMethods):
             and can_pass_fds(stream)
         ):
             client._shared_accept = shm
+        client._outbox.rebatch(batches)
         await self._run_client(client, stream, session, previous, offer)
 
     async def _run_client(
@@ -548,6 +552,11 @@ class Server(HandlerMethods):
             extra["acked"] = self._welcome_acked(client, offer)
         if client._shared_accept is not None:
             extra["shm"] = self._config.max_shared_bytes
+        if client._outbox.batches is not None:  # the hello announced what it takes: so do we
+            batch_limit = self._codec.batch_limit(self._config.limits)
+            if batch_limit:
+                extra["batch"] = batch_limit
+                session.accept_batches(batch_limit)
         welcome = b"" if session.is_open else session.accept(**extra)  # lifts the frame limit
         client._channel = channel = Channel(stream, session, client, opening)
         # Registered before the welcome: a client that knows it is connected is in `clients`.

@@ -112,6 +112,9 @@ class ConnectionStatistics:
     shared_received: int = 0
     shared_fallbacks: int = 0
     shared_dropped: int = 0
+    #: Whether events go to the peer in batches right now, several to a frame: both sides
+    #: announced them in the handshake (docs/protocol.md, "Batches of events").
+    batches: bool = False
 
 
 @dataclass(frozen=True, slots=True)

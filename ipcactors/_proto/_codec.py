@@ -104,6 +104,30 @@ class SharedBuffers(Protocol):
         ...
 
 
+class EventBatches(Protocol):
+    """How events are batched for one peer (see ``_core._outbox``): items
+    (:meth:`Encoder.event_item`) appended to a buffer that starts with :attr:`prefix`, closed
+    into one frame."""
+
+    @property
+    def max_bytes(self) -> int:
+        """The most bytes a batch's frame may have, header included (what the peer announced)."""
+        ...
+
+    @property
+    def prefix(self) -> bytes:
+        """The start of every batch's buffer, filled in by :meth:`close`."""
+        ...
+
+    def close(self, buffer: bytearray, count: int) -> bytes:
+        """The frame of a batch: ``buffer`` (:attr:`prefix` and ``count`` items)."""
+        ...
+
+    def split(self, frame: bytes) -> tuple[bytes, ...]:
+        """A batch's frame as the frames of its events, for a peer without batches."""
+        ...
+
+
 class Encoder(ABC):
     """Turns messages into frames for one connection (it may keep state, e.g. a packer or a
     cache of packed event names). Only :meth:`event` is required; every other kind raises
@@ -125,6 +149,11 @@ class Encoder(ABC):
     @abstractmethod
     def event(self, event: str, data: Any) -> Frame:
         """``event`` with ``data``."""
+
+    def event_item(self, event: str, data: Any) -> bytes | None:
+        """``event`` with ``data`` as an item of a batch (see :class:`EventBatches`), or
+        ``None`` if it goes in a frame of its own (always, for a codec without batches)."""
+        return None
 
     def sequenced_event(self, event: str, data: Any, seq: int) -> Frame:
         """``event`` with ``data`` and sequence number ``seq`` (the acknowledged mode)."""
@@ -184,6 +213,9 @@ class Decoder(ABC):
 
     #: The connection's shared memory, while negotiated (set by the owner).
     shared: SharedBuffers | None = None
+    #: Batches of events accepted, up to this many bytes of body (0: none; set by the owner
+    #: once it announced them in the handshake, see :meth:`Codec.batch_limit`).
+    batch_limit: int = 0
 
     @abstractmethod
     def feed(self, data: bytes | bytearray | memoryview = b"") -> list[Message]:
@@ -245,6 +277,16 @@ class Codec(ABC):
 
     def carries(self, kind: type[Message]) -> bool:
         return kind in self.kinds
+
+    def batch_limit(self, limits: Limits) -> int:
+        """The largest batch of events (bytes of body) a receiver with ``limits`` announces in
+        its hello or welcome; 0 for a codec without batches."""
+        return 0
+
+    def event_batches(self, limit: Any) -> EventBatches | None:
+        """How to batch events for a peer that announced ``limit`` (``None`` for a codec
+        without batches, or a ``limit`` it cannot use)."""
+        return None
 
     def configured(self, *, delimiter: str) -> Codec:
         """This codec with the options of ``Config`` that shape its wire: ``delimiter``

@@ -23,6 +23,7 @@ __all__ = [
     "PONG_MESSAGE",
     "PROTOCOL_VERSION",
     "Ack",
+    "BatchFrame",
     "Challenge",
     "ErrorReply",
     "Event",
@@ -286,6 +287,11 @@ class FdFrame(bytes):
 class SharedFrame(bytes):
     """A frame that names places in the shared segments of the connection it was encoded for:
     it must not go out on another one (dropped with its connection, see ``_core._shared``)."""
+
+
+class BatchFrame(bytes):
+    """A frame holding several events (a batch, docs/protocol.md 5.5): only for a connection
+    that negotiated batches; split back into event frames before it goes out on another."""
 
 
 def frame_size(frame: Frame) -> int:

@@ -47,6 +47,7 @@ from ._messages import (
     PONG_MESSAGE,
     PROTOCOL_VERSION,
     Ack,
+    BatchFrame,
     Challenge,
     ErrorReply,
     Event,
@@ -93,9 +94,18 @@ PONG: Final = 10
 ACK: Final = 11
 SHARE: Final = 12
 RELEASE: Final = 13
+BATCH: Final = 14
 
 HEADER: Final = struct.Struct(">I")
 HEADER_SIZE: Final = HEADER.size
+
+# A batch of events (kind 14): its frame starts with the header, the body's array of two (fixarray
+# 0x92), the kind, and an array 32 (0xdd) of two items per event, written when it is closed.
+_BATCH_PREFIX: Final = struct.Struct(">IBBBI")
+# The largest batch body sent or accepted (the receiver announces at most this much): a run of
+# small frames for the receiver's decoder (see MsgpackDecoder._small_frames), uncounted.
+BATCH_BODY_LIMIT: Final = 32 * 1024
+_SMALLEST_BATCH: Final = 256  # a peer announcing less is sent no batches (nothing to gain)
 
 # A body at least this long is kept apart from its header instead of being concatenated with it,
 # so a large payload is never copied just to prepend four bytes.
@@ -304,6 +314,7 @@ class MsgpackEncoder(Encoder):
             buf_size=4096,  # grows on demand; the default reserves 256 KiB per connection
         )
         self._event_heads: dict[str, bytes] = {}
+        self._names: dict[str, bytes] = {}  # event names packed (for batch items)
         self._sequenced_heads: dict[str, bytes] = {}
         # The large payloads of the frame being packed: their msgpack header, and their bytes.
         self._large: list[tuple[bytes, FramePart]] = []
@@ -483,28 +494,48 @@ class MsgpackEncoder(Encoder):
             if len(self._event_heads) >= _HEAD_CACHE_SIZE:
                 self._event_heads.clear()
             head = self._event_heads[event] = b"\x93\x00" + self._packer.pack(event)
-        # The common case, ~0.3 us shorter: a scalar or a small map of scalars, no buffers (so
-        # nothing out of band or in shared memory), framed in one join. (The checks of
-        # _is_plain and _pack_plain, inlined: a call costs as much as what they check.)
+        packed = self._plain_packed(data)
+        if packed is None:
+            return self._framed(head, self._check(data))
+        size = len(head) + len(packed)
+        if size <= self._count_above and size < SEPARATE_BODY_AT and not self._datagrams:
+            return b"".join((HEADER.pack(size), head, packed))  # within every limit
+        return self._framed_packed(head, packed, None)
+
+    def event_item(self, event: str, data: Any) -> bytes | None:
+        """The event as one item of a batch (kind 14, docs/protocol.md 5.5): its name and its
+        data packed, nothing around them; ``None`` unless ``data`` is plain (see
+        :meth:`_plain_packed`), which is then sent in a frame of its own."""
+        packed = self._plain_packed(data)
+        if packed is None:
+            return None
+        name = self._names.get(event)
+        if name is None:
+            if len(self._names) >= _HEAD_CACHE_SIZE:
+                self._names.clear()
+            name = self._names[event] = self._packer.pack(event)
+        return name + packed
+
+    def _plain_packed(self, data: Any) -> bytes | None:
+        """``data`` packed if it is plain: a scalar or a small map of scalars, without buffers
+        (so nothing goes out of band or into shared memory, and it nests one level at most),
+        the common case, ~0.3 us shorter than :meth:`_check` and :meth:`_framed`; else None."""
+        # (The checks of _is_plain, inlined: a call costs as much as what they check.)
         kind = type(data)
         plain = kind in _PLAIN
         if not plain and kind is dict and len(data) <= _SMALL_MAP:
             for key, value in data.items():
                 if type(key) not in _KEYS or type(value) not in _PLAIN:
-                    break
-            else:
-                plain = True
-        if plain or (kind is dict and len(data) > _SMALL_MAP and self._is_plain(data)):
-            try:
-                packed: bytes = self._packer.pack(data)
-            except (TypeError, ValueError, OverflowError) as exc:
-                self._packer.reset()  # it keeps a partly written buffer after an error
-                raise EncodeError(f"cannot encode as msgpack: {exc}") from exc
-            size = len(head) + len(packed)
-            if size <= self._count_above and size < SEPARATE_BODY_AT and not self._datagrams:
-                return b"".join((HEADER.pack(size), head, packed))  # within every limit
-            return self._framed_packed(head, packed, None)
-        return self._framed(head, self._check(data))
+                    return None
+            plain = True
+        if not plain and not (kind is dict and len(data) > _SMALL_MAP and self._is_plain(data)):
+            return None
+        try:
+            packed: bytes = self._packer.pack(data)
+        except (TypeError, ValueError, OverflowError) as exc:
+            self._packer.reset()  # it keeps a partly written buffer after an error
+            raise EncodeError(f"cannot encode as msgpack: {exc}") from exc
+        return packed
 
     def _is_plain(self, data: Any) -> bool:
         """Whether ``data`` is a scalar or a small map of scalars, without buffers (see
@@ -1049,6 +1080,8 @@ class MsgpackDecoder(Decoder):
         finally:
             _shared.resolver = None
         message = self._message(value, assembly.size, counted=True)
+        if isinstance(message, list):
+            return list(message)  # (never: a batch is smaller)
         if type(message) is Share or type(message) is Release:
             self._shared_message(message)
             return []
@@ -1107,6 +1140,9 @@ class MsgpackDecoder(Decoder):
                     continue
                 offset = start + size
                 message = self._decode(view[start:offset], size)
+                if isinstance(message, list):  # a batch: its events
+                    messages += message
+                    continue
                 kind = type(message)
                 if kind is Event:
                     messages.append(message)
@@ -1185,6 +1221,9 @@ class MsgpackDecoder(Decoder):
                         messages.append(Event(name, data, seq))
                         continue
                 message = self._message(value, size)
+                if isinstance(message, list):  # a batch: its events
+                    messages += message
+                    continue
                 messages.append(message)
                 if type(message) in HANDSHAKE_KINDS:
                     # Stop here: the owner decides whether the handshake is done (and the frame
@@ -1216,7 +1255,10 @@ class MsgpackDecoder(Decoder):
             raise
         except Exception as exc:  # msgpack raises many types: ValueError, FormatError, ...
             raise DecodeError(f"invalid msgpack body: {type(exc).__name__}: {exc}") from None
-        return [self._message(value, size, counted)]
+        message = self._message(value, size, counted)
+        if isinstance(message, list):
+            raise DecodeError("a batch of events (kind 14) in a datagram")
+        return [message]
 
     def _shared_message(self, message: Share | Release) -> None:
         shared = self.shared
@@ -1227,7 +1269,7 @@ class MsgpackDecoder(Decoder):
         else:
             shared.released(message.places)  # type: ignore[union-attr]
 
-    def _decode(self, body: memoryview, size: int) -> Message:
+    def _decode(self, body: memoryview, size: int) -> Message | list[Event]:
         if self.shared is None:
             return self._decode_body(body, size)
         _shared.resolver = self.shared  # for decode_ext (the unpacker is this thread's)
@@ -1241,7 +1283,7 @@ class MsgpackDecoder(Decoder):
                 # shared memory must be released as soon as its receiver drops it.
                 _shared.__dict__.get("unpackers", {}).pop(self._unpacker_key, None)
 
-    def _decode_body(self, body: memoryview, size: int) -> Message:
+    def _decode_body(self, body: memoryview, size: int) -> Message | list[Event]:
         if size > self._count_above:
             # Long enough to hold too many objects: count them before building any.
             check_objects(body, self._limits)
@@ -1261,7 +1303,11 @@ class MsgpackDecoder(Decoder):
             )
         return self._message(value, size, counted)
 
-    def _message(self, value: Any, size: int, counted: bool = False) -> Message:
+    def _message(self, value: Any, size: int, counted: bool = False) -> Message | list[Event]:
+        """The message of a decoded body (``size`` bytes; ``counted``: by check_objects), or
+        the events of a batch."""
+        if type(value) is list and len(value) >= 2 and value[0] == BATCH and type(value[0]) is int:
+            return self._batch(value[1], size)
         message = parse_body(value)
         # A body shorter than the depth bound cannot nest deeper than it, and check_objects
         # checked the depth of a counted one: skip the walk.
@@ -1280,6 +1326,37 @@ class MsgpackDecoder(Decoder):
             if not within:
                 raise DecodeError(f"value nests deeper than max_depth={depth}")
         return message
+
+    def _batch(self, items: Any, size: int) -> list[Event]:
+        """The events of a batch ``[14, [event, data, ...]]`` (``items``: its array) of
+        ``size`` bytes, if batches were announced and it is within what was."""
+        limit = self.batch_limit
+        if not limit:
+            raise DecodeError("a batch of events (kind 14), which was not negotiated")
+        if size > limit:
+            raise DecodeError(f"a batch of {size} bytes, over the {limit} announced")
+        if type(items) is not list or not items or len(items) % 2:
+            raise DecodeError("a batch's second item must be an array of event, data pairs")
+        # A body shorter than the depth bound cannot nest deeper than it; a flat map cannot
+        # either (checked in C); anything else is walked.
+        depth = self._limits.max_depth
+        deep = size > depth
+        depth -= 2  # (the envelope and the array around each event's data)
+        events: list[Event] = []
+        append = events.append
+        pairs = iter(items)
+        for name, data in zip(pairs, pairs, strict=True):
+            if type(name) is not str or not name:
+                _require_str(name, "event name")
+            if (
+                deep
+                and type(data) not in _SCALARS
+                and not (type(data) is dict and _flat(data))
+                and not _within_depth(data, depth)
+            ):
+                raise DecodeError(f"value nests deeper than max_depth={depth + 2}")
+            append(Event(name, data))
+        return events
 
 
 class MsgpackCodec(Codec):
@@ -1314,6 +1391,54 @@ class MsgpackCodec(Codec):
 
     def decoder(self, limits: Limits) -> MsgpackDecoder:
         return MsgpackDecoder(limits)
+
+    def batch_limit(self, limits: Limits) -> int:
+        # Within every limit of the receiver's: a batch body holds fewer objects than it has
+        # bytes, and its events nest three levels below the top (the envelope, the array).
+        if limits.max_depth < 8:
+            return 0
+        return min(
+            BATCH_BODY_LIMIT,
+            limits.max_frame_size,
+            limits.max_decoded_objects,
+            limits.max_container_len,
+        )
+
+    def event_batches(self, limit: Any) -> MsgpackEventBatches | None:
+        if type(limit) is not int or limit < _SMALLEST_BATCH:
+            return None
+        return MsgpackEventBatches(min(limit, BATCH_BODY_LIMIT))
+
+
+class MsgpackEventBatches:
+    """Batches of events (kind 14) for a peer that accepts ``limit`` bytes of body: see
+    ``_codec.EventBatches``. A batch is ``[14, [event, data, event, data, ...]]``: each item
+    (``MsgpackEncoder.event_item``) is an event's name and data packed, so a batch's body is
+    its prefix and its items, joined as they were queued."""
+
+    __slots__ = ("max_bytes",)
+
+    prefix: Final = bytes(_BATCH_PREFIX.size)
+
+    def __init__(self, limit: int) -> None:
+        self.max_bytes = HEADER_SIZE + limit
+
+    def close(self, buffer: bytearray, count: int) -> bytes:
+        _BATCH_PREFIX.pack_into(buffer, 0, len(buffer) - HEADER_SIZE, 0x92, BATCH, 0xDD, 2 * count)
+        return BatchFrame(buffer)
+
+    def split(self, frame: bytes) -> tuple[bytes, ...]:
+        start = _BATCH_PREFIX.size
+        unpacker = msgpack.Unpacker(max_buffer_size=len(frame))
+        unpacker.feed(frame[start:])
+        frames = []
+        for _ in range(_BATCH_PREFIX.unpack_from(frame)[4] // 2):
+            unpacker.skip()  # (the name)
+            unpacker.skip()  # (the data)
+            end = _BATCH_PREFIX.size + unpacker.tell()
+            frames.append(b"".join((HEADER.pack(end - start + 2), b"\x93\x00", frame[start:end])))
+            start = end
+        return tuple(frames)
 
 
 CODEC: Final = MsgpackCodec()

@@ -216,6 +216,11 @@ class Session:
         """Bytes still to come for the frame in progress, if the codec can tell."""
         return self._decoder.missing()
 
+    def accept_batches(self, limit: int) -> None:
+        """Decode batches of events of up to ``limit`` bytes (what our hello or welcome
+        announced; 0: none) once the handshake is done."""
+        self._decoder.batch_limit = limit
+
     def share_with(self, shared: SharedBuffers | None) -> None:
         """Decode arrays in (and announcements of) the connection's shared memory, or stop."""
         self._decoder.shared = shared

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from itertools import accumulate
 from typing import Protocol
 
-from .._proto._messages import FdFrame, Frame, FramePart, SharedFrame
+from .._proto._messages import BatchFrame, FdFrame, Frame, FramePart, SharedFrame
 
 __all__ = [
     "COALESCE_LIMIT",
@@ -32,7 +32,7 @@ MAX_PARTS = 64  # parts written by one sendmsg (far below IOV_MAX)
 # The kernel's send buffer of a Unix socket that writes a large part (the default, ~208 KiB,
 # makes a 64 MiB array take hundreds of wake-ups on each side); a bound, not an allocation.
 LARGE_SEND_BUFFER = 4 * 1024 * 1024
-_WHOLE = frozenset({bytes, SharedFrame})  # frames in one piece: joined as they are
+_WHOLE = frozenset({bytes, SharedFrame, BatchFrame})  # frames in one piece: joined as they are
 
 
 def widen_send_buffer(sock: socket.socket) -> None:
