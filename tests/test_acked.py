@@ -100,9 +100,10 @@ async def test_cut_links_deliver_exactly_once_in_order(
             with anyio.fail_after(5):
                 world = await proxy.connect(hello, "world")
             with anyio.fail_after(20):
-                # Four cuts mid-stream, two each way; each fires before the next is armed.
+                # Four cuts mid-stream, two each way; each fires before the next is armed (750
+                # small events take ~3.5 KB in batches, ~7.5 KB a frame each).
                 for cut, direction in enumerate(["up", "down", "up", "down"]):
-                    proxy.cut_after(4000 if direction == "up" else 12, direction)  # type: ignore[arg-type]
+                    proxy.cut_after(2000 if direction == "up" else 12, direction)  # type: ignore[arg-type]
                     for i in range(cut * 750, (cut + 1) * 750):
                         await world.emit("n", i)
                     await proxy.wait_accepted(cut + 2)
@@ -355,9 +356,10 @@ async def test_server_events_through_cut_links_arrive_exactly_once_in_order(
                 await wait_until(lambda: "hello" in server.clients)
             first = server.clients["hello"]
             with anyio.fail_after(20):
-                # Four cuts mid-stream, two each way (an ack lost, or events lost).
+                # Four cuts mid-stream, two each way (an ack lost, or events lost); 750 small
+                # events take ~3.5 KB in batches.
                 for cut, direction in enumerate(["down", "up", "down", "up"]):
-                    proxy.cut_after(4000 if direction == "down" else 12, direction)  # type: ignore[arg-type]
+                    proxy.cut_after(2000 if direction == "down" else 12, direction)  # type: ignore[arg-type]
                     for i in range(cut * 750, (cut + 1) * 750):
                         await wait_until(lambda: "hello" in server.clients)
                         await server.broadcast("n", i)

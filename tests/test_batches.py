@@ -171,6 +171,79 @@ async def test_a_peer_that_does_not_announce_batches_gets_plain_events(
             assert bodies == [[0, "back", number] for number in range(500)]
 
 
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+async def test_broadcasts_go_in_batches_to_those_that_take_them_and_plain_to_others(
+    transport: str, socket_dir: str
+) -> None:
+    async with serving(transport, socket_dir) as (server, *_):
+        async with raw_client(server) as (batching, batched), raw_client(server) as (plain, one):
+            await batching.send(framed(pack([4, {"v": 1, "id": "batching", "batch": 4096}])))
+            await plain.send(framed(pack([4, {"v": 1, "id": "plain"}])))
+            with anyio.fail_after(5):
+                assert (await batched.next())[0] == 5
+                assert (await one.next())[0] == 5
+            await eventually(lambda: {"batching", "plain"} <= set(server.clients))
+            for number in range(500):
+                await server.broadcast("news", {"n": number})
+            expected = [("news", {"n": number}) for number in range(500)]
+            got: list[tuple[str, Any]] = []
+            kinds: set[int] = set()
+            with anyio.fail_after(5):
+                while len(got) < 500:
+                    body = await batched.next()
+                    kinds.add(body[0])
+                    got += events_of(body)
+                bodies = [await one.next() for _ in range(500)]
+            assert got == expected
+            assert 14 in kinds
+            assert bodies == [[0, "news", {"n": number}] for number in range(500)]
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+async def test_acknowledged_events_travel_in_numbered_batches(
+    transport: str, socket_dir: str
+) -> None:
+    """A batch of acknowledged events carries its first event's seq ([14, [...], seq]): the
+    server delivers a raw client's numbered batch once and acknowledges it, and numbers the
+    batches it sends to a client that acknowledges its events."""
+    handled: list[Any] = []
+    async with serving(transport, socket_dir, acked="on") as (server, *_):
+        server.on("ev", lambda data, client: handled.append(data))
+        async with raw_client(server) as (stream, frames):
+            offer = {"session": "raw-stream", "sent": 0, "peer": "", "last": 0}
+            hello = {"v": 1, "id": "raw", "batch": 4096, "acked": offer}
+            batch = framed(pack([14, ["ev", "a", "ev", "b", "ev", "c"], 1]))
+            again = framed(pack([14, ["ev", "b", "ev", "c", "ev", "d"], 2]))  # b, c: seen
+            await stream.send(framed(pack([4, hello])) + batch + again)
+            with anyio.fail_after(5):
+                welcome = await frames.next()
+            assert welcome[0] == 5
+            assert welcome[1]["acked"]["last"] == 0
+            await eventually(lambda: len(handled) == 4)
+            client = server.clients["raw"]
+            for number in range(300):
+                await client.emit("back", number)
+            acked_up_to = batches = 0
+            numbered: list[tuple[int, Any]] = []
+            with anyio.fail_after(5):
+                while len(numbered) < 300 or acked_up_to < 4:
+                    body = await frames.next()
+                    if body[0] == 11:
+                        acked_up_to = max(acked_up_to, body[1])
+                    elif body[0] == 14:
+                        batches += 1
+                        first = body[2]
+                        events = events_of(body)
+                        numbered += [(first + i, data) for i, (_, data) in enumerate(events)]
+                    else:
+                        assert body[0] == 0, body
+                        numbered.append((body[3], body[2]))
+            assert handled == ["a", "b", "c", "d"]
+            assert acked_up_to == 4
+            assert numbered == [(number + 1, number) for number in range(300)]
+            assert batches  # (a loop of 300 emits without a pass: in batches)
+
+
 def read_frame(sock: socket.socket) -> Any:
     """One frame's body, decoded, from a blocking socket."""
 

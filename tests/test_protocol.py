@@ -1370,6 +1370,18 @@ def batched(
 plain_data = st.one_of(
     scalars, st.dictionaries(st.text(max_size=6) | st.binary(max_size=6), scalars, max_size=20)
 )
+# What the Python sender batches: scalars but bin, alone or as a map's values.
+batched_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(allow_nan=False),
+    st.text(max_size=20),
+)
+batched_data = st.one_of(
+    batched_scalars,
+    st.dictionaries(st.text(max_size=6) | st.binary(max_size=6), batched_scalars, max_size=20),
+)
 
 
 @PROPERTY
@@ -1426,6 +1438,35 @@ def test_batches_only_once_announced_and_within_what_was() -> None:
     assert CODEC.event_batches(True) is None
     assert CODEC.batch_limit(Limits(max_depth=4)) == 0
     assert CODEC.batch_limit(Limits(max_container_len=1000)) == 1000
+
+
+@PROPERTY
+@given(st.lists(st.tuples(names, batched_data), min_size=1, max_size=40), st.integers(1, 2**62))
+def test_a_numbered_batch_numbers_its_events_and_splits_into_numbered_frames(
+    events: list[tuple[str, Any]], first: int
+) -> None:
+    encoder = MsgpackEncoder(DEFAULT)
+    batches = CODEC.event_batches(32 * 1024)
+    assert batches is not None
+    buffer = bytearray(batches.prefix)
+    items = [encoder.event_item(name, data) for name, data in events]
+    for item in items:
+        assert item is not None
+        buffer += item
+    frame = batches.close(buffer, len(events), first)
+    receiver = decoder()
+    receiver.batch_limit = CODEC.batch_limit(DEFAULT)
+    got = receiver.feed(frame)
+    numbered = [(first + i, name, data) for i, (name, data) in enumerate(events)]
+    assert [(m.seq, m.event, m.data) for m in got if type(m) is Event] == numbered
+    assert len(got) == len(events)
+    split = batches.split(frame)
+    kept = [
+        encoder.sequenced_frame(item, seq)
+        for item, (seq, _, _) in zip(items, numbered, strict=True)  # type: ignore[arg-type]
+    ]
+    assert list(split) == kept
+    assert kept == [wire(encoder.sequenced_event(n, data, seq)) for seq, n, data in numbered]
 
 
 def test_a_batch_in_a_datagram_is_refused() -> None:

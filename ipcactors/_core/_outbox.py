@@ -55,6 +55,7 @@ class Outbox:
     __slots__ = (
         "_batch",
         "_batch_count",
+        "_batch_seq",
         "_bytes",
         "_closed",
         "_frames",
@@ -86,6 +87,7 @@ class Outbox:
         self._since_turn = 0  # bytes queued since the loop last had a pass in put
         self._batch: bytearray | None = None  # the open batch (see the invariants)
         self._batch_count = 0  # the events in it
+        self._batch_seq = 0  # the sequence number of its first event (0: not sequenced)
         #: How to batch events for the peer of the current connection, if it negotiated it.
         self.batches: EventBatches | None = None
         self._closed: BaseException | None = None
@@ -176,11 +178,12 @@ class Outbox:
             return 0
         return self._queue(frame, size)
 
-    def put_item_if_room(self, item: bytes) -> int:
+    def put_item_if_room(self, item: bytes, seq: int = 0) -> int:
         """Add an event to the open batch (or a new one), as :meth:`put_if_room` queues a
-        frame:
-        ``batches.max_bytes - len(batches.prefix)`` bytes; :attr:`batches` is set. Returns the
-        batch's sequence number, 0 if the item was not added."""
+        frame: ``item`` is the event as :attr:`batches` (set) wants it; ``seq`` its sequence
+        number in the acknowledged mode (a batch holds consecutive ones, or none). Returns the
+        batch's number; 0 if the item was not added (no room, a turn due, closed, or too large
+        for a batch), and the caller queues the event as a frame instead."""
         size = len(item)
         used = self._bytes + self._in_flight_bytes + self.held
         if (
@@ -190,7 +193,11 @@ class Outbox:
         ):
             return 0
         batch = self._batch
-        if batch is None or len(batch) + size > self.batches.max_bytes:  # type: ignore[union-attr]
+        if (
+            batch is None
+            or len(batch) + size > self.batches.max_bytes  # type: ignore[union-attr]
+            or seq != (self._batch_seq + self._batch_count if self._batch_seq else 0)
+        ):
             prefix = self.batches.prefix  # type: ignore[union-attr]
             if len(prefix) + size > self.batches.max_bytes:  # type: ignore[union-attr]
                 return 0  # too large for a batch: a frame of its own
@@ -198,6 +205,7 @@ class Outbox:
                 self._close_batch()
             batch = self._batch = bytearray(prefix)
             self._batch_count = 0
+            self._batch_seq = seq
             size += len(prefix)
             self.enqueued += 1
             if self.on_frames is not None:
@@ -223,7 +231,7 @@ class Outbox:
         assert batch is not None
         assert self.batches is not None
         self._batch = None
-        self._frames.append(self.batches.close(batch, self._batch_count))
+        self._frames.append(self.batches.close(batch, self._batch_count, self._batch_seq))
 
     def rebatch(self, batches: EventBatches | None) -> None:
         """Batch for a new connection's peer as ``batches`` says (``None``: it takes none):

@@ -212,6 +212,16 @@ class Peer:
     async def _emit_acked(self, acked: AckedSender, event: str, data: Any) -> None:
         """``emit`` in the acknowledged mode: the frame is sequenced and kept until acked."""
         seq = acked.seq + 1  # taken by stored() (else _put_sequenced takes it)
+        outbox = self._outbox
+        if outbox.batches is not None:  # the common case: an item of the open batch
+            encoder = self._encoder
+            item = encoder.event_item(event, data)
+            if item is not None:
+                position = outbox.put_item_if_room(item, seq)
+                if position:  # kept as its own frame, to be sent again alone if need be
+                    frame = encoder.sequenced_frame(item, seq)
+                    acked.stored(seq, event, frame, len(frame), position)
+                    return
         frame = self._encoder.sequenced_event(event, data, seq)
         size = len(frame) if type(frame) is bytes else frame_size(frame)
         position = self._outbox.put_if_room(frame, size)

@@ -306,12 +306,15 @@ class Server(HandlerMethods):
         """Send ``event`` to every connected client, encoded once.
 
         Clients with room in their outbox get it at once (with one loop pass, for the writers
-        and other tasks, each time 64 KiB were queued for a client). A client too slow to read
+        and other tasks, each time 64 KiB were queued for a client), in a batch of events for
+        those that take batches. A client too slow to read
         is handled as ``Config.slow_consumer`` says: disconnected (the default) or skipped for
         this frame, without waiting for it; or, with ``"wait"``, waited for.
         """
         check_event_name(event)
         plain: Frame | None = None  # encoded once for all plain clients
+        item: bytes | None = None  # likewise, for those that take batches (see _outbox)
+        itemized = False
         make: Callable[[int], Frame] | None = None  # data encoded once for all acked ones
         policy = self._config.slow_consumer
         waiting: list[Client] = []
@@ -329,12 +332,37 @@ class Server(HandlerMethods):
             acked = client._acked
             seq = 0
             if acked is None or not acked.active:
+                if outbox.batches is not None:
+                    if not itemized:
+                        item, itemized = self._encoder.event_item(event, data), True
+                    if item is not None and outbox.put_item_if_room(item):
+                        if outbox.turn_due:
+                            outbox.turn_given()
+                            behind = True  # (as below)
+                        continue
                 if plain is None:
                     plain = self._encoder.event(event, data)
                 frame = plain
                 size = len(frame) if type(frame) is bytes else frame_size(frame)
             else:  # acknowledged: its own sequence number (only the tail differs)
                 seq = acked.seq + 1
+                if outbox.batches is not None:
+                    if not itemized:
+                        item, itemized = self._encoder.event_item(event, data), True
+                    if item is not None:
+                        position = outbox.put_item_if_room(item, seq)
+                        if position:
+                            if seq != made_seq:  # kept as its own frame, to be sent alone
+                                made = self._encoder.sequenced_frame(item, seq)
+                                made_seq, made_size = seq, len(made)
+                            if entry is not None and entry[4] == position and entry[0] == seq:
+                                acked.keep(entry)  # (the same seq: the same frame)
+                            else:
+                                entry = acked.stored(seq, event, made, made_size, position)
+                            if outbox.turn_due:
+                                outbox.turn_given()
+                                behind = True  # (as below)
+                            continue
                 if seq == made_seq:
                     frame, size = made, made_size
                 else:

@@ -119,8 +119,9 @@ class EventBatches(Protocol):
         """The start of every batch's buffer, filled in by :meth:`close`."""
         ...
 
-    def close(self, buffer: bytearray, count: int) -> bytes:
-        """The frame of a batch: ``buffer`` (:attr:`prefix` and ``count`` items)."""
+    def close(self, buffer: bytearray, count: int, seq: int = 0) -> bytes:
+        """The frame of a batch: ``buffer`` (:attr:`prefix` and ``count`` items); ``seq``:
+        the first event's sequence number, the others following it (0: not sequenced)."""
         ...
 
     def split(self, frame: bytes) -> tuple[bytes, ...]:
@@ -154,6 +155,11 @@ class Encoder(ABC):
         """``event`` with ``data`` as an item of a batch (see :class:`EventBatches`), or
         ``None`` if it goes in a frame of its own (always, for a codec without batches)."""
         return None
+
+    def sequenced_frame(self, item: bytes, seq: int) -> Frame:
+        """The frame of an event made an item (:meth:`event_item`) with sequence number
+        ``seq``, as :meth:`sequenced_event` would make it."""
+        raise self._unsupported("batches of events")
 
     def sequenced_event(self, event: str, data: Any, seq: int) -> Frame:
         """``event`` with ``data`` and sequence number ``seq`` (the acknowledged mode)."""

@@ -106,6 +106,7 @@ _BATCH_PREFIX: Final = struct.Struct(">IBBBI")
 # small frames for the receiver's decoder (see MsgpackDecoder._small_frames), uncounted.
 BATCH_BODY_LIMIT: Final = 32 * 1024
 _SMALLEST_BATCH: Final = 256  # a peer announcing less is sent no batches (nothing to gain)
+_packb: Final = msgpack.packb  # (a sequenced batch's seq: once per batch)
 
 # A body at least this long is kept apart from its header instead of being concatenated with it,
 # so a large payload is never copied just to prepend four bytes.
@@ -515,6 +516,12 @@ class MsgpackEncoder(Encoder):
                 self._names.clear()
             name = self._names[event] = self._packer.pack(event)
         return name + packed
+
+    def sequenced_frame(self, item: bytes, seq: int) -> bytes:
+        """The frame ``[0, event, data, seq]`` of an event made an item (:meth:`event_item`):
+        what an acknowledged event sent in a batch is kept as, to be sent alone again."""
+        tail: bytes = self._packer.pack(seq)
+        return b"".join((HEADER.pack(len(item) + 2 + len(tail)), b"\x94\x00", item, tail))
 
     def _plain_packed(self, data: Any) -> bytes | None:
         """``data`` packed if it is plain: a scalar or a small map of scalars, without buffers
@@ -1307,7 +1314,7 @@ class MsgpackDecoder(Decoder):
         """The message of a decoded body (``size`` bytes; ``counted``: by check_objects), or
         the events of a batch."""
         if type(value) is list and len(value) >= 2 and value[0] == BATCH and type(value[0]) is int:
-            return self._batch(value[1], size)
+            return self._batch(value[1], size, value[2] if len(value) >= 3 else None)
         message = parse_body(value)
         # A body shorter than the depth bound cannot nest deeper than it, and check_objects
         # checked the depth of a counted one: skip the walk.
@@ -1327,9 +1334,10 @@ class MsgpackDecoder(Decoder):
                 raise DecodeError(f"value nests deeper than max_depth={depth}")
         return message
 
-    def _batch(self, items: Any, size: int) -> list[Event]:
-        """The events of a batch ``[14, [event, data, ...]]`` (``items``: its array) of
-        ``size`` bytes, if batches were announced and it is within what was."""
+    def _batch(self, items: Any, size: int, seq: Any) -> list[Event]:
+        """The events of a batch ``[14, [event, data, ...]]`` or ``[14, [...], seq]`` (``items``:
+        its array; ``seq``: the first event's, the others' following it) of ``size`` bytes, if
+        batches were announced and it is within what was."""
         limit = self.batch_limit
         if not limit:
             raise DecodeError("a batch of events (kind 14), which was not negotiated")
@@ -1345,6 +1353,8 @@ class MsgpackDecoder(Decoder):
         events: list[Event] = []
         append = events.append
         pairs = iter(items)
+        if not (type(seq) is int and 0 < seq <= MAX_REQUEST_ID - len(items) // 2 + 1):
+            seq = None  # as an event's: anything else is ignored
         for name, data in zip(pairs, pairs, strict=True):
             if type(name) is not str or not name:
                 _require_str(name, "event name")
@@ -1355,7 +1365,11 @@ class MsgpackDecoder(Decoder):
                 and not _within_depth(data, depth)
             ):
                 raise DecodeError(f"value nests deeper than max_depth={depth + 2}")
-            append(Event(name, data))
+            if seq is None:
+                append(Event(name, data))
+            else:
+                append(Event(name, data, seq))
+                seq += 1
         return events
 
 
@@ -1421,24 +1435,36 @@ class MsgpackEventBatches:
     prefix: Final = bytes(_BATCH_PREFIX.size)
 
     def __init__(self, limit: int) -> None:
-        self.max_bytes = HEADER_SIZE + limit
+        self.max_bytes = HEADER_SIZE + limit - 9  # (room for a sequenced batch's seq: close)
 
-    def close(self, buffer: bytearray, count: int) -> bytes:
-        _BATCH_PREFIX.pack_into(buffer, 0, len(buffer) - HEADER_SIZE, 0x92, BATCH, 0xDD, 2 * count)
+    def close(self, buffer: bytearray, count: int, seq: int = 0) -> bytes:
+        if seq:  # the first event's seq, behind the events: [14, [...], seq]
+            buffer += _packb(seq)
+        envelope = 0x93 if seq else 0x92
+        _BATCH_PREFIX.pack_into(
+            buffer, 0, len(buffer) - HEADER_SIZE, envelope, BATCH, 0xDD, 2 * count
+        )
         return BatchFrame(buffer)
 
     def split(self, frame: bytes) -> tuple[bytes, ...]:
         start = _BATCH_PREFIX.size
         unpacker = msgpack.Unpacker(max_buffer_size=len(frame))
         unpacker.feed(frame[start:])
+        _, envelope, _, _, items = _BATCH_PREFIX.unpack_from(frame)
         frames = []
-        for _ in range(_BATCH_PREFIX.unpack_from(frame)[4] // 2):
+        for _ in range(items // 2):
             unpacker.skip()  # (the name)
             unpacker.skip()  # (the data)
             end = _BATCH_PREFIX.size + unpacker.tell()
-            frames.append(b"".join((HEADER.pack(end - start + 2), b"\x93\x00", frame[start:end])))
+            frames.append(frame[start:end])
             start = end
-        return tuple(frames)
+        if envelope == 0x92:
+            return tuple(b"".join((HEADER.pack(len(i) + 2), b"\x93\x00", i)) for i in frames)
+        seq = unpacker.unpack()  # sequenced: [0, event, data, seq], numbered from the batch's
+        return tuple(
+            b"".join((HEADER.pack(len(i) + 2 + len(t)), b"\x94\x00", i, t))
+            for i, t in zip(frames, map(_packb, range(seq, seq + len(frames))), strict=True)
+        )
 
 
 CODEC: Final = MsgpackCodec()
