@@ -36,7 +36,7 @@ from __future__ import annotations
 import secrets
 from bisect import bisect_right
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import islice
 from operator import itemgetter
 from typing import Any, Final
@@ -59,10 +59,15 @@ __all__ = [
 #: was forgotten is treated as after a restart (its unacknowledged events are redelivered).
 SESSIONS_KEPT: Final = 4096
 
-#: A stored event: (seq, event name, frame, size, position in the outbox).
+#: A stored event: (seq, event name, frame, size, position in the outbox). An event queued in a
+#: batch is kept as its item (see ``Encoder.kept_frame``, which makes its frame to send again).
 Entry = tuple[int, str, Frame, int, int]
 _SEQ = itemgetter(0)  # of a store entry
 _SIZE = itemgetter(3)
+
+
+def _as_kept(frame: Frame, seq: int) -> Frame:
+    return frame
 
 
 class AckedSender:
@@ -72,6 +77,7 @@ class AckedSender:
     a server's per client, moved to the client's next connection by :meth:`adopt`."""
 
     __slots__ = (
+        "_kept_frame",
         "_reported_from",
         "_store",
         "_waiters",
@@ -86,8 +92,11 @@ class AckedSender:
         "session",
     )
 
-    def __init__(self, outbox: Outbox) -> None:
+    def __init__(
+        self, outbox: Outbox, kept_frame: Callable[[Frame, int], Frame] = _as_kept
+    ) -> None:
         self.session = secrets.token_hex(8)
+        self._kept_frame = kept_frame  # what a stored entry is sent again as
         self.outbox = outbox
         self.seq = 0  # the last sequence number given
         self.acked_seq = 0  # every seq up to this one was acknowledged
@@ -182,7 +191,8 @@ class AckedSender:
         again = [entry for entry in self._store if entry[4] <= taken]
         if not again:
             return
-        start = outbox.requeue([entry[2] for entry in again])
+        kept_frame = self._kept_frame
+        start = outbox.requeue([kept_frame(entry[2], entry[0]) for entry in again])
         store = self._store
         for index, (seq, event, frame, size, _) in enumerate(again):
             store[index] = (seq, event, frame, size, start + index)
@@ -199,7 +209,7 @@ class AckedSender:
         self.outbox = outbox
         store = self._store
         for index, (seq, event, frame, size, _) in enumerate(store):
-            position = outbox.put_nowait(frame, size)
+            position = outbox.put_nowait(self._kept_frame(frame, seq))
             outbox.held += size
             store[index] = (seq, event, frame, size, position)
         self.resent += len(store)
@@ -279,9 +289,10 @@ class ClientStreams:
     back, and reported when the server gives up on it.
     """
 
-    __slots__ = ("_retired", "_streams")
+    __slots__ = ("_kept_frame", "_retired", "_streams")
 
-    def __init__(self) -> None:
+    def __init__(self, kept_frame: Callable[[Frame, int], Frame] = _as_kept) -> None:
+        self._kept_frame = kept_frame  # (see AckedSender)
         # client id -> (the client's session, our stream to it)
         self._streams: dict[str, tuple[str, AckedSender]] = {}
         self._retired = [0, 0, 0]  # sequenced, acknowledged, reported: of streams forgotten
@@ -320,7 +331,7 @@ class ClientStreams:
         the client's previous connection, if any, is closed: its events move to ``outbox``."""
         entry = self._streams.get(client_id)
         if entry is None:
-            sender = AckedSender(outbox)
+            sender = AckedSender(outbox, self._kept_frame)
             self._streams[client_id] = (session, sender)
             return sender, 0
         known, sender = entry

@@ -148,7 +148,7 @@ class Connection(Peer, HandlerMethods):
         self._gave_up: BaseException | None = None  # why it was destroyed, if not closed
         self._refused: IPCError | None = None  # the server refused our certificate: give up
         if config.acked != "off":
-            self._acked = AckedSender(self._outbox)
+            self._acked = AckedSender(self._outbox, self._encoder.kept_frame)
         self._resume_last: int | None = None  # the welcome's "last" (acknowledged mode)
         self._peer_stream = ""  # the session of the server's events we receive, once known
         self._unacknowledged: list[tuple[int, str]] = []  # reported when given up

@@ -197,7 +197,9 @@ class Peer:
             check_event_name(event)
         acked = self._acked
         if acked is not None and acked.active:
-            return await self._emit_acked(acked, event, data)
+            if not self._emit_acked(acked, event, data):  # (no room: wait for it)
+                await self._put_sequenced(acked, event, self._encoder.sequencer(event, data))
+            return
         outbox = self._outbox
         if outbox.batches is not None:  # the common case: an item of the open batch
             item = self._encoder.event_item(event, data)
@@ -209,26 +211,27 @@ class Peer:
         if not outbox.put_if_room(frame, size):  # the common case: no loop pass
             await outbox.put(frame)
 
-    async def _emit_acked(self, acked: AckedSender, event: str, data: Any) -> None:
-        """``emit`` in the acknowledged mode: the frame is sequenced and kept until acked."""
+    def _emit_acked(self, acked: AckedSender, event: str, data: Any) -> bool:
+        """``emit`` in the acknowledged mode, without a loop pass: the event is sequenced,
+        queued and kept until acknowledged. ``False`` if it was not queued (no room, or a
+        turn due: the caller waits, see :meth:`_put_sequenced`)."""
         seq = acked.seq + 1  # taken by stored() (else _put_sequenced takes it)
         outbox = self._outbox
+        encoder = self._encoder
         if outbox.batches is not None:  # the common case: an item of the open batch
-            encoder = self._encoder
             item = encoder.event_item(event, data)
             if item is not None:
                 position = outbox.put_item_if_room(item, seq)
-                if position:  # kept as its own frame, to be sent again alone if need be
-                    frame = encoder.sequenced_frame(item, seq)
-                    acked.stored(seq, event, frame, len(frame), position)
-                    return
-        frame = self._encoder.sequenced_event(event, data, seq)
+                if position:  # kept as its item (see Encoder.kept_frame): no frame made
+                    acked.stored(seq, event, item, len(item), position)
+                    return True
+        frame = encoder.sequenced_event(event, data, seq)
         size = len(frame) if type(frame) is bytes else frame_size(frame)
-        position = self._outbox.put_if_room(frame, size)
-        if position:  # the common case: no loop pass
+        position = outbox.put_if_room(frame, size)
+        if position:
             acked.stored(seq, event, frame, size, position)
-        else:
-            await self._put_sequenced(acked, event, self._encoder.sequencer(event, data))
+            return True
+        return False
 
     async def _put_sequenced(
         self, acked: AckedSender, event: str, make: Callable[[int], Frame]

@@ -233,7 +233,7 @@ class Server(HandlerMethods):
         # Acknowledged mode: what each sender session delivered here; our streams of events
         # to the clients that acknowledge them; what was given up (see ``unacknowledged``).
         self._sessions = ReceiverSessions() if config.acked != "off" else None
-        self._streams = ClientStreams()
+        self._streams = ClientStreams(self._encoder.kept_frame)
         self._unacknowledged: dict[str, list[tuple[int, str]]] = {}
         self._keeping: dict[str, anyio.CancelScope] = {}  # by client id: see _keep
 
@@ -351,14 +351,11 @@ class Server(HandlerMethods):
                         item, itemized = self._encoder.event_item(event, data), True
                     if item is not None:
                         position = outbox.put_item_if_room(item, seq)
-                        if position:
-                            if seq != made_seq:  # kept as its own frame, to be sent alone
-                                made = self._encoder.sequenced_frame(item, seq)
-                                made_seq, made_size = seq, len(made)
+                        if position:  # kept as its item (see Encoder.kept_frame)
                             if entry is not None and entry[4] == position and entry[0] == seq:
-                                acked.keep(entry)  # (the same seq: the same frame)
+                                acked.keep(entry)  # (the same seq: the same item)
                             else:
-                                entry = acked.stored(seq, event, made, made_size, position)
+                                entry = acked.stored(seq, event, item, len(item), position)
                             if outbox.turn_due:
                                 outbox.turn_given()
                                 behind = True  # (as below)

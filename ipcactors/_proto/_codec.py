@@ -156,10 +156,11 @@ class Encoder(ABC):
         ``None`` if it goes in a frame of its own (always, for a codec without batches)."""
         return None
 
-    def sequenced_frame(self, item: bytes, seq: int) -> Frame:
-        """The frame of an event made an item (:meth:`event_item`) with sequence number
-        ``seq``, as :meth:`sequenced_event` would make it."""
-        raise self._unsupported("batches of events")
+    def kept_frame(self, kept: Frame, seq: int) -> Frame:
+        """The frame that sends again the acknowledged event ``seq`` kept as ``kept``: a
+        frame as it is; an item (:meth:`event_item`), the frame :meth:`sequenced_event` would
+        have made (an event sent in a batch is kept as its item)."""
+        return kept
 
     def sequenced_event(self, event: str, data: Any, seq: int) -> Frame:
         """``event`` with ``data`` and sequence number ``seq`` (the acknowledged mode)."""

@@ -517,9 +517,15 @@ class MsgpackEncoder(Encoder):
             name = self._names[event] = self._packer.pack(event)
         return name + packed
 
+    def kept_frame(self, kept: Frame, seq: int) -> Frame:
+        # A frame in one piece starts with its length, under 64 KiB (larger ones are in
+        # parts): a zero byte. An item starts with its event's name, a msgpack str (0xa0 on).
+        if type(kept) is bytes and kept[0]:
+            return self.sequenced_frame(kept, seq)
+        return kept
+
     def sequenced_frame(self, item: bytes, seq: int) -> bytes:
-        """The frame ``[0, event, data, seq]`` of an event made an item (:meth:`event_item`):
-        what an acknowledged event sent in a batch is kept as, to be sent alone again."""
+        """The frame ``[0, event, data, seq]`` of an event made an item (:meth:`event_item`)."""
         tail: bytes = self._packer.pack(seq)
         return b"".join((HEADER.pack(len(item) + 2 + len(tail)), b"\x94\x00", item, tail))
 
