@@ -180,26 +180,28 @@ class Outbox:
 
     def put_item_if_room(self, item: bytes, seq: int = 0) -> int:
         """Add an event to the open batch (or a new one), as :meth:`put_if_room` queues a
-        frame: ``item`` is the event as :attr:`batches` (set) wants it; ``seq`` its sequence
-        number in the acknowledged mode (a batch holds consecutive ones, or none). Returns the
-        batch's number; 0 if the item was not added (no room, a turn due, closed, or too large
-        for a batch), and the caller queues the event as a frame instead."""
+        frame: ``item`` is the event as :attr:`batches` wants it; ``seq`` its sequence number
+        in the acknowledged mode (a batch holds consecutive ones, or none). Returns the batch's
+        number; 0 if the item was not added (no room, a turn due, closed, no batches, or too
+        large for one), and the caller queues the event as a frame instead."""
         size = len(item)
         used = self._bytes + self._in_flight_bytes + self.held
+        batches = self.batches
         if (
             (used and used + size > self.max_bytes)
             or self._closed is not None
             or self._since_turn >= WRITE_EARLY_AT
+            or batches is None
         ):
             return 0
         batch = self._batch
         if (
             batch is None
-            or len(batch) + size > self.batches.max_bytes  # type: ignore[union-attr]
+            or len(batch) + size > batches.max_bytes
             or seq != (self._batch_seq + self._batch_count if self._batch_seq else 0)
         ):
-            prefix = self.batches.prefix  # type: ignore[union-attr]
-            if len(prefix) + size > self.batches.max_bytes:  # type: ignore[union-attr]
+            prefix = batches.prefix
+            if len(prefix) + size > batches.max_bytes:
                 return 0  # too large for a batch: a frame of its own
             if batch is not None:
                 self._close_batch()

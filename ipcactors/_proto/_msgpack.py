@@ -18,6 +18,9 @@ Invariants owned here:
   :class:`MsgpackEncoder`). After the handshake, a frame of ``ASSEMBLE_AT`` bytes or more is
   decoded by an :class:`~._assembly.Assembly`, which receives its large payloads in place: a
   large bin value therefore always arrives as a ``bytearray`` (a smaller one as ``bytes``).
+- A batch of events (kind 14, only once announced, docs/protocol.md 5.5) decodes into its events,
+  checked whole (its size against what was announced, its pairs, names and depths) before any
+  is returned; its sender side is :class:`MsgpackEventBatches`.
 - msgpack is configured here only: the supervisor's spawn arguments and the forkserver's control
   messages go through :func:`pack_value` / :func:`unpack_value` too.
 
