@@ -1417,7 +1417,7 @@ class MsgpackCodec(Codec):
 
     def batch_limit(self, limits: Limits) -> int:
         # Within every limit of the receiver's: a batch body holds fewer objects than it has
-        # bytes, and its events nest three levels below the top (the envelope, the array).
+        # bytes, and its events' data sits two levels below the top (the envelope, the array).
         if limits.max_depth < 8:
             return 0
         return min(
