@@ -60,6 +60,19 @@ class RawFrames:
             self.buffer += await self.stream.receive()
 
 
+async def receive_events(frames: RawFrames, count: int) -> tuple[list[tuple[str, Any]], set[int]]:
+    """The next ``count`` events from ``frames`` (plain or in batches), and the kinds of the
+    frames that brought them."""
+    got: list[tuple[str, Any]] = []
+    kinds: set[int] = set()
+    with anyio.fail_after(5):
+        while len(got) < count:
+            body = await frames.next()
+            kinds.add(body[0])
+            got += events_of(body)
+    return got, kinds
+
+
 def events_of(body: list[Any]) -> list[tuple[str, Any]]:
     """The events a body carries: one for kind 0, all of a batch's for kind 14."""
     if body[0] == 0:
@@ -137,13 +150,7 @@ async def test_a_raw_peer_that_announces_batches_gets_them_and_may_send_them(
             client = server.clients["raw"]
             for number in range(500):
                 await client.emit("back", number)
-            got: list[tuple[str, Any]] = []
-            kinds: set[int] = set()
-            with anyio.fail_after(5):
-                while len(got) < 500:
-                    body = await frames.next()
-                    kinds.add(body[0])
-                    got += events_of(body)
+            got, kinds = await receive_events(frames, 500)
             assert got == [("back", number) for number in range(500)]
             assert 14 in kinds  # (a loop of 500 emits without a pass: in batches)
 
@@ -186,13 +193,8 @@ async def test_broadcasts_go_in_batches_to_those_that_take_them_and_plain_to_oth
             for number in range(500):
                 await server.broadcast("news", {"n": number})
             expected = [("news", {"n": number}) for number in range(500)]
-            got: list[tuple[str, Any]] = []
-            kinds: set[int] = set()
+            got, kinds = await receive_events(batched, 500)
             with anyio.fail_after(5):
-                while len(got) < 500:
-                    body = await batched.next()
-                    kinds.add(body[0])
-                    got += events_of(body)
                 bodies = [await one.next() for _ in range(500)]
             assert got == expected
             assert 14 in kinds

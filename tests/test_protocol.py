@@ -183,14 +183,15 @@ def event_body(data_bytes: bytes, name: bytes = b"\xa1e") -> bytes:
 
 names = st.text(min_size=1, max_size=12)
 ids = st.integers(0, MAX_REQUEST_ID)
-scalars = st.one_of(
+# What the Python sender batches: scalars but bin, alone or as a map's values.
+batched_scalars = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(-(2**63), 2**64 - 1),
     st.floats(allow_nan=False),
     st.text(max_size=20),
-    st.binary(max_size=20),
 )
+scalars = st.one_of(batched_scalars, st.binary(max_size=20))
 # Values the protocol carries unchanged: plain msgpack types, str or bytes map keys.
 values = st.recursive(
     scalars,
@@ -1369,14 +1370,6 @@ def batched(
 
 plain_data = st.one_of(
     scalars, st.dictionaries(st.text(max_size=6) | st.binary(max_size=6), scalars, max_size=20)
-)
-# What the Python sender batches: scalars but bin, alone or as a map's values.
-batched_scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(-(2**63), 2**64 - 1),
-    st.floats(allow_nan=False),
-    st.text(max_size=20),
 )
 batched_data = st.one_of(
     batched_scalars,

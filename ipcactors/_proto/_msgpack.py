@@ -563,14 +563,6 @@ class MsgpackEncoder(Encoder):
             and _holds_only(data, _KEYS, _PLAIN)
         )
 
-    def _pack_plain(self, data: Any) -> bytes:
-        try:
-            packed: bytes = self._packer.pack(data)
-        except (TypeError, ValueError, OverflowError) as exc:
-            self._packer.reset()  # it keeps a partly written buffer after an error
-            raise EncodeError(f"cannot encode as msgpack: {exc}") from exc
-        return packed
-
     def _sequenced_head(self, event: str) -> bytes:
         # [0, event, data, seq]: a peer without the acked mode ignores the trailing item. The
         # head is packed once per name and reused, as for plain events.
@@ -583,8 +575,8 @@ class MsgpackEncoder(Encoder):
 
     def sequenced_event(self, event: str, data: Any, seq: int) -> Frame:
         head = self._sequenced_heads.get(event) or self._sequenced_head(event)
-        if self._is_plain(data):  # as in event(), the seq packed behind the data
-            packed = self._pack_plain(data)
+        packed = self._plain_packed(data)
+        if packed is not None:  # as in event(), the seq packed behind the data
             tail: bytes = self._packer.pack(seq)
             size = len(head) + len(packed) + len(tail)
             if size <= self._count_above and size < SEPARATE_BODY_AT and not self._datagrams:
@@ -597,9 +589,8 @@ class MsgpackEncoder(Encoder):
             return lambda seq: self.sequenced_event(event, data, seq)
         # data packed (and checked) once, however many frames (a broadcast's) are made of it.
         head = self._sequenced_heads.get(event) or self._sequenced_head(event)
-        if self._is_plain(data):  # as in event(): nothing to mark, nothing out of band
-            packed: bytes = self._pack_plain(data)
-        else:
+        packed = self._plain_packed(data)  # as in event(): nothing to mark, nothing out of band
+        if packed is None:
             marked = self._check(data)
             self._large.clear()
             try:
