@@ -250,6 +250,12 @@ class Decoder(ABC):
         slice of the start of) it, then call :meth:`received`. ``None``: use :meth:`feed`."""
         return None
 
+    def replies(self, data: bytes | bytearray | memoryview) -> list[Message] | None:
+        """``data``'s messages if it is exactly whole frames of replies (or errors for
+        requests) and nothing is held back; ``None`` (nothing taken) otherwise, or if it
+        cannot tell cheaply. An error decoding them is left to :meth:`feed`."""
+        return None
+
     def received(self, size: int) -> list[Message]:
         """``size`` bytes were received into :meth:`receive_buffer`; return the messages they
         complete (as :meth:`feed`)."""

@@ -1040,6 +1040,31 @@ class MsgpackDecoder(Decoder):
             self._assembly = None
             raise
 
+    def replies(self, data: bytes | bytearray | memoryview) -> list[Message] | None:
+        if (
+            self._buffer
+            or self._assembly is not None
+            or self._broken is not None
+            or self.shared is not None
+            or not self._assembling
+        ):
+            return None
+        offset, end = 0, len(data)
+        while offset < end:  # each frame whole, small, and a fixarray of kind 2 or 3
+            if end - offset < HEADER_SIZE + 2:
+                return None
+            (size,) = HEADER.unpack_from(data, offset)
+            start = offset + HEADER_SIZE
+            if not 2 <= size < ASSEMBLE_AT or start + size > end:
+                return None
+            if data[start] != 0x93 or (data[start + 1] != REPLY and data[start + 1] != ERROR):
+                return None
+            offset = start + size
+        try:
+            return self._feed(data)  # (state unchanged: whole frames, and none is large)
+        except ProtocolError:
+            return None  # feed() says it
+
     def receive_buffer(self) -> memoryview | None:
         """Where the next bytes go when a large payload is arriving (its final buffer)."""
         assembly = self._assembly

@@ -297,6 +297,11 @@ class Session:
             raise
         return []
 
+    def replies(self, data: bytes | bytearray | memoryview) -> list[Message] | None:
+        """Once open: ``data``'s replies, if it is exactly whole frames of them
+        (:meth:`Decoder.replies`); else ``None``, and nothing was taken."""
+        return self._decoder.replies(data) if self.is_open else None
+
     def receive_buffer(self) -> memoryview | None:
         """Once open: where the next received bytes should go, if the frame in progress wants
         them in place (a large payload's final buffer); receive into a slice of its start,

@@ -26,6 +26,9 @@ Invariants:
 - ``receive_now`` and ``receive_into_now`` read the socket themselves, between loop callbacks
   (the transport then meets an empty socket), after the bytes read ahead: never out of order.
   An error there aborts the transport, and the reader hears of it.
+- A listener (:meth:`AsyncioSocketStream.listen`) is offered a read only while a task waits
+  in ``receive`` with nothing read ahead, so it never sees bytes out of order; what it takes
+  is gone, what it declines is read ahead as usual and wakes the reader.
 - Any number of tasks may wait in ``AsyncioSocketStream.send`` at once (a TLS stream's writer,
   and its reader flushing a record): each is woken when the kernel has taken the bytes, or the
   connection is lost.
@@ -114,6 +117,9 @@ class _StreamProtocol(asyncio.BufferedProtocol):
         # uvloop (libuv) reads a socket again and again within one callback while bytes wait;
         # asyncio's own loop reads once per pass, the reader's turn coming in between.
         self.bursts = not isinstance(loop, asyncio.BaseEventLoop)
+        # Takes a read in the loop's callback while the reader waits (see AsyncioSocketStream.
+        # listen); whether it did.
+        self.listener: Callable[[memoryview], bool] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A read-write transport; uvloop's do not derive from asyncio.Transport.
@@ -135,6 +141,14 @@ class _StreamProtocol(asyncio.BufferedProtocol):
                 self._wake_reader()  # a slow sender: the reader hears of progress (a sign of life)
             return
         waiting = self.read_waiter is not None
+        listener = self.listener
+        if (
+            listener is not None
+            and waiting
+            and not self.chunks
+            and listener(_receive_buffer()[:nbytes])
+        ):
+            return
         self.data_received(_receive_buffer()[:nbytes].tobytes())
         if waiting and self.bursts and nbytes == RECEIVE_BUFFER and not self.reading_paused:
             # A full buffer: more bytes wait. On a loop that reads on in this same callback,
@@ -208,6 +222,13 @@ class AsyncioSocketStream(ByteStream):
         # Parts not yet handed to the transport or the kernel, in order (see _pump).
         self._pending: deque[FramePart] = deque()
         self._widened = False  # whether the socket's send buffer was widened for large parts
+
+    def listen(self, listener: Callable[[memoryview], bool] | None) -> None:
+        """Offer each read to ``listener`` first, in the loop's callback, while a task waits
+        in :meth:`receive` with nothing read ahead: if it returns ``True`` it took the bytes
+        (a view of a buffer reused after it returns), and the waiting task is not woken.
+        ``listener`` must not raise. ``None``: stop."""
+        self._protocol.listener = listener
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         protocol = self._protocol

@@ -173,6 +173,14 @@ def read_size(stream: ByteStream, default: int) -> int:
     return default
 
 
+def listener_setter(
+    stream: ByteStream,
+) -> Callable[[Callable[[memoryview], bool] | None], None] | None:
+    """Where ``stream`` can hand its reads to a function in the loop's callback while its
+    reader waits (:meth:`AsyncioSocketStream.listen`): that setter; ``None`` elsewhere."""
+    return stream.listen if isinstance(stream, AsyncioSocketStream) else None
+
+
 def receivers_now(
     stream: ByteStream,
 ) -> tuple[Callable[[int], bytes], Callable[[memoryview], int]] | None:

@@ -1,0 +1,236 @@
+"""Replies, however the reads bring them: several in one write, beside events, split across
+reads, for no request, or malformed. On asyncio a read that is nothing but whole replies is
+taken in the loop's callback (the requester wakes a loop pass sooner); anything else goes
+through the connection's reader. Both must end every request exactly once, with its own reply,
+and a malformed reply must break the connection as any bad frame does. A bare server (real
+sockets, Unix and TCP) scripts the replies; both backends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import anyio
+import msgpack
+import pytest
+from anyio.abc import SocketStream
+
+import ipcactors
+from ipcactors import Actor, ConnectionLostError, RemoteError
+
+pytestmark = pytest.mark.anyio
+
+HOST = "127.0.0.1"
+TRANSPORTS = ["unix", "tcp"]
+
+
+def framed(message: Any) -> bytes:
+    body = msgpack.packb(message, use_bin_type=True)
+    return struct.pack(">I", len(body)) + body
+
+
+class Frames:
+    """The client's frames as the bare server reads them."""
+
+    def __init__(self, stream: SocketStream) -> None:
+        self.stream = stream
+        self.buffer = bytearray()
+
+    async def next(self) -> Any:
+        with anyio.fail_after(5):
+            while True:
+                if len(self.buffer) >= 4:
+                    (size,) = struct.unpack_from(">I", self.buffer)
+                    if len(self.buffer) >= 4 + size:
+                        body = bytes(self.buffer[4 : 4 + size])
+                        del self.buffer[: 4 + size]
+                        return msgpack.unpackb(body, raw=False)
+                self.buffer += await self.stream.receive()
+
+    async def requests(self, count: int) -> list[list[Any]]:
+        """The next ``count`` requests (``[1, event, data, id]``), skipping anything else."""
+        found: list[list[Any]] = []
+        while len(found) < count:
+            body = await self.next()
+            if body[0] == 1:
+                found.append(body)
+        return found
+
+
+Script = Callable[[SocketStream, Frames], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def bare_server(
+    transport: str, socket_dir: str, script: Script, *, silent: bool = True
+) -> AsyncIterator[ipcactors.Connection]:
+    """A server that welcomes one client and then runs ``script``; yields the client's
+    connection to it."""
+    path = os.path.join(socket_dir, "bare")
+    if transport == "unix":
+        listener: Any = await anyio.create_unix_listener(path)
+    else:
+        listener = await anyio.create_tcp_listener(local_host=HOST, local_port=0)
+
+    served = 0
+
+    async def serve(stream: SocketStream) -> None:
+        nonlocal served
+        served += 1
+        first = served == 1  # a client that reconnects gets a welcome and nothing else
+        async with stream:
+            frames = Frames(stream)
+            hello = await frames.next()
+            assert hello[0] == 4
+            await stream.send(framed([5, {"v": 1, "id": "bare"}]))
+            if first:
+                await script(stream, frames)
+            with anyio.move_on_after(5), contextlib.suppress(anyio.EndOfStream):
+                while True:
+                    await stream.receive()  # until the client closes
+
+    try:
+        async with listener, anyio.create_task_group() as task_group:
+            task_group.start_soon(listener.serve, serve)
+            async with Actor("hello", socket_root=socket_dir, silent=silent) as hello:
+                with anyio.fail_after(5):
+                    if transport == "unix":
+                        connection = await hello.connect_to("bare", path)
+                    else:
+                        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+                        connection = await hello.connect_to_net("bare", HOST, port)
+                yield connection
+            task_group.cancel_scope.cancel()
+    finally:
+        if transport == "unix":
+            os.unlink(path)  # anyio's listener leaves its socket file
+
+
+async def gather_requests(
+    connection: ipcactors.Connection, calls: list[tuple[str, Any]]
+) -> list[Any]:
+    """Make the requests at once; each one's reply, or the error it raised."""
+    results: list[Any] = [None] * len(calls)
+
+    async def one(index: int, event: str, data: Any) -> None:
+        try:
+            results[index] = await connection.request(event, data, timeout=5)
+        except ipcactors.IPCError as exc:
+            results[index] = exc
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as task_group:
+            for index, (event, data) in enumerate(calls):
+                task_group.start_soon(one, index, event, data)
+    return results
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_replies_in_one_write_each_end_their_own_request(
+    transport: str, socket_dir: str
+) -> None:
+    """Three requests answered in one write, in reverse order, one of them with an error, and
+    a reply for a request nobody made among them (ignored)."""
+
+    async def answer_backwards(stream: SocketStream, frames: Frames) -> None:
+        requests = await frames.requests(3)
+        by_event = {body[1]: body[3] for body in requests}
+        error = {"type": "ValueError", "message": "no", "traceback": ""}
+        await stream.send(
+            framed([2, by_event["c"], "C"])
+            + framed([2, 999_999, "nobody's"])
+            + framed([3, by_event["b"], error])
+            + framed([2, by_event["a"], {"a": [1, 2]}])
+        )
+
+    async with bare_server(transport, socket_dir, answer_backwards) as connection:
+        a, b, c = await gather_requests(connection, [("a", 1), ("b", 2), ("c", 3)])
+        assert a == {"a": [1, 2]}
+        assert isinstance(b, RemoteError)
+        assert b.remote_type == "ValueError"
+        assert c == "C"
+        assert connection.connected
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_reply_beside_events_in_one_write_is_handled_with_them(
+    transport: str, socket_dir: str
+) -> None:
+    """An event before the reply and one after it, in one write: both handled, the reply
+    resolved; then the same with the reply first."""
+    seen: list[Any] = []
+
+    async def mixed(stream: SocketStream, frames: Frames) -> None:
+        (first,) = await frames.requests(1)
+        await stream.send(
+            framed([0, "news", 1]) + framed([2, first[3], "one"]) + framed([0, "news", 2])
+        )
+        (second,) = await frames.requests(1)
+        await stream.send(framed([2, second[3], "two"]) + framed([0, "news", 3]))
+
+    async with bare_server(transport, socket_dir, mixed) as connection:
+        connection.on("news", seen.append)
+        with anyio.fail_after(5):
+            assert await connection.request("q", 1) == "one"
+            assert await connection.request("q", 2) == "two"
+            while len(seen) < 3:
+                await anyio.sleep(0.01)
+        assert seen == [1, 2, 3]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_reply_split_across_reads_ends_its_request(transport: str, socket_dir: str) -> None:
+    """A reply trickling in a few bytes at a time, then two replies in one write whose second
+    is cut in half: each resolved once it is whole."""
+
+    async def trickle(stream: SocketStream, frames: Frames) -> None:
+        (first,) = await frames.requests(1)
+        reply = framed([2, first[3], "x" * 100])
+        for at in range(0, len(reply), 7):
+            await stream.send(reply[at : at + 7])
+            await anyio.sleep(0.005)
+        requests = await frames.requests(2)
+        both = b"".join(framed([2, body[3], body[2] * 10]) for body in requests)
+        cut = len(both) - 3
+        await stream.send(both[:cut])
+        await anyio.sleep(0.05)
+        await stream.send(both[cut:])
+
+    async with bare_server(transport, socket_dir, trickle) as connection:
+        with anyio.fail_after(5):
+            assert await connection.request("q", 1) == "x" * 100
+        assert await gather_requests(connection, [("q", 2), ("q", 3)]) == [20, 30]
+
+
+MALFORMED = {
+    "a reply with a str for its id": [2, "one", "x"],
+    "a reply with a negative id": [2, -1, "x"],
+    "an error reply whose error is not a map": [3, 1, "boom"],
+}
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("name", MALFORMED)
+async def test_a_malformed_reply_breaks_the_connection(
+    transport: str, name: str, socket_dir: str, log_lines: list[str]
+) -> None:
+    """A frame of a reply's kind that is not a valid reply: the connection is dropped as for
+    any protocol error (and says why), and the request waiting on it fails with
+    ConnectionLostError instead of waiting for its timeout."""
+
+    async def malformed(stream: SocketStream, frames: Frames) -> None:
+        await frames.requests(1)
+        await stream.send(framed(MALFORMED[name]))
+
+    async with bare_server(transport, socket_dir, malformed, silent=False) as connection:
+        with anyio.fail_after(5), pytest.raises(ConnectionLostError):
+            await connection.request("q", 1, timeout=30)
+        with anyio.fail_after(5):  # (the request may fail first: it need not wait for this)
+            while not any("closing connection to 'bare'" in line for line in log_lines):
+                await anyio.sleep(0.01)
+    closing = [line for line in log_lines if "closing connection to 'bare'" in line]
+    assert "WARNING" in closing[0]
