@@ -234,3 +234,35 @@ async def test_a_malformed_reply_breaks_the_connection(
                 await anyio.sleep(0.01)
     closing = [line for line in log_lines if "closing connection to 'bare'" in line]
     assert "WARNING" in closing[0]
+
+
+async def test_replies_with_shared_memory_on_each_end_their_own_request(socket_dir: str) -> None:
+    """Shared memory on (Unix, descriptors passed): small replies, whose reads the loop's
+    callback may take, and arrays in shared memory, whose segments and releases travel beside
+    them, in a loop and at once; each request gets its own reply."""
+    np = pytest.importorskip("numpy")
+    shared = {"max_shared_bytes": 16 * 1024 * 1024}
+    async with Actor("world", socket_root=socket_dir, silent=True, **shared) as world:
+        server = await world.serve()
+        server.on("small", lambda data, client: data * 2)
+        server.on("array", lambda data, client: np.full(data, data, dtype=np.int64))
+        async with Actor("hello", socket_root=socket_dir, silent=True, **shared) as hello:
+            connection = await hello.connect_to("world")
+            with anyio.fail_after(20):
+                for number in range(1, 60):
+                    assert await connection.request("small", number) == number * 2
+                    if number % 3 == 0:
+                        size = 40_000 + number
+                        array = await connection.request("array", size)
+                        assert array.shape == (size,)
+                        assert int(array[0]) == int(array[-1]) == size
+                        del array
+                calls = [("small", n) if n % 2 else ("array", 40_000 + n) for n in range(40)]
+                results = await gather_requests(connection, calls)
+            for (event, data), result in zip(calls, results, strict=True):
+                if event == "small":
+                    assert result == data * 2
+                else:
+                    assert result.shape == (data,)
+                    assert int(result[-1]) == data
+            assert connection.statistics().shared_received > 0

@@ -578,7 +578,7 @@ class Channel:
         buffered = session.buffered
         fd_stream = self._fd_stream
         shared = self._shared
-        listen = listener_setter(self._stream) if fd_stream is None and shared is None else None
+        listen = listener_setter(self._stream)
         if listen is not None:
             listen(self._replies_in_place)
         try:
@@ -700,6 +700,9 @@ class Channel:
         requests = self._peer._requests
         if not requests:
             return False  # (a server's reads, mostly: no reply can be among them)
+        shared = self._shared
+        if shared is not None and shared.fds:
+            return False  # descriptors wait for their frame: the reader's checks
         replies = self._session.replies(data)
         if replies is None:
             return False

@@ -1045,7 +1045,6 @@ class MsgpackDecoder(Decoder):
             self._buffer
             or self._assembly is not None
             or self._broken is not None
-            or self.shared is not None
             or not self._assembling
         ):
             return None

@@ -21,6 +21,9 @@ Invariants:
   without reading ahead, where they come with the read. Reading pauses once
   ``READ_HIGH_WATER`` bytes wait unread (memory stays bounded: :attr:`read_ahead`), and a
   peer's garbage or a broken socket is raised by ``receive`` after the chunks before it.
+- A listener (:meth:`FdSocketStream.listen`, asyncio) sees only a read that brings no
+  descriptor, while the reader waits with nothing read ahead and none unclaimed: never bytes
+  out of order, never a descriptor.
 - ``MSG_CTRUNC`` (more descriptors than :data:`MAX_FDS_PER_MESSAGE`, which the kernel then
   closes for us, or ancillary data we did not ask for) and any control message other than
   ``SCM_RIGHTS`` are a :class:`~ipcactors.DecodeError`: the descriptors that did arrive are
@@ -119,6 +122,7 @@ class FdSocketStream(ByteStream):
         self._registered = False  # the loop calls _on_readable
         self._failure: Exception | None = None  # raised once the chunks before it are taken
         self._waiter: Completion | None = None
+        self._listener: Callable[[memoryview], bool] | None = None  # (see listen)
 
     @property
     def read_ahead(self) -> int:
@@ -137,6 +141,12 @@ class FdSocketStream(ByteStream):
     def pending_fds(self) -> int:
         """How many received descriptors wait to be claimed."""
         return len(self._fds)
+
+    def listen(self, listener: Callable[[memoryview], bool] | None) -> None:
+        """asyncio: offer each read that brings no descriptor to ``listener`` first, in the
+        loop's callback, while a task waits in :meth:`receive` with nothing read ahead and no
+        descriptor unclaimed (as ``AsyncioSocketStream.listen``). ``None``: stop."""
+        self._listener = listener
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         if self._receiving:
@@ -225,6 +235,16 @@ class FdSocketStream(ByteStream):
             return
         if not data:
             self._end()
+            return
+        listener = self._listener
+        if (
+            listener is not None
+            and not fds
+            and self._waiter is not None
+            and not self._chunks
+            and not self._fds
+            and listener(memoryview(data))
+        ):
             return
         self._chunks.append((data, fds))
         self._ahead += len(data)

@@ -177,8 +177,13 @@ def listener_setter(
     stream: ByteStream,
 ) -> Callable[[Callable[[memoryview], bool] | None], None] | None:
     """Where ``stream`` can hand its reads to a function in the loop's callback while its
-    reader waits (:meth:`AsyncioSocketStream.listen`): that setter; ``None`` elsewhere."""
-    return stream.listen if isinstance(stream, AsyncioSocketStream) else None
+    reader waits (asyncio: :meth:`AsyncioSocketStream.listen`, :meth:`FdSocketStream.listen`):
+    that setter; ``None`` elsewhere (Trio, TLS)."""
+    if isinstance(stream, AsyncioSocketStream):
+        return stream.listen
+    if isinstance(stream, FdSocketStream) and running_asyncio_loop() is not None:
+        return stream.listen
+    return None
 
 
 def receivers_now(
