@@ -460,7 +460,15 @@ class Channel:
                 return
             if self._wanted is not None:
                 self._open_after_welcome(task_group)
-            await self._read_loop(task_group)
+            listen = listener_setter(self._stream)  # (asyncio: see _replies_in_place)
+            if listen is None:
+                await self._read_loop(task_group)
+            else:
+                listen(self._replies_in_place)
+                try:
+                    await self._read_loop(task_group)
+                finally:
+                    listen(None)
         except ProtocolError as exc:
             self._failure = exc  # nothing after bad input is handled
             self._lost()
@@ -578,120 +586,109 @@ class Channel:
         buffered = session.buffered
         fd_stream = self._fd_stream
         shared = self._shared
-        listen = listener_setter(self._stream)
-        if listen is not None:
-            listen(self._replies_in_place)
-        try:
-            while True:
-                if fd_stream is not None and fd_stream.pending_fds:
-                    self._claim_fds()
-                events: list[Event | Request] = []
-                # The session checked them: no reserved name, nothing of the handshake.
-                for message in session.received(got) if got else receive_messages(data):
-                    if type(message) is Event:
-                        events.append(message)
-                    elif type(message) is Reply:
-                        requests.resolve(message)
-                    elif type(message) is ErrorReply:
-                        requests.reject(message)
-                    elif type(message) is Ping:
-                        self._heartbeat_bytes += frame_size(peer._encoder.ping())
-                        self._pong()
-                    elif type(message) is Pong:
-                        self._heartbeat_bytes += frame_size(peer._encoder.pong())
-                    elif type(message) is Ack:
-                        peer._acknowledged(message.seq)
-                    elif type(message) is Request:
-                        if (
-                            events
-                            or inbox
-                            or self._held
-                            or not self._gate_open()
-                            or (peer._ready is not None and not peer._ready.is_set())
-                        ):
-                            events.append(message)  # it starts after what is before it
-                            self._queued_requests += 1
-                        elif peer._start_answer(message, task_group, answered):
-                            self._spawned = True
-                            self._in_flight += 1  # until its reply is queued (see _answered)
-                message = None  # type: ignore[assignment]  # (see _dispatch_loop)
-                if shared is not None and shared.fds and not session.buffered:
-                    # Every frame the read completed was decoded: none claimed these.
-                    count = len(shared.fds)
-                    close_fds(shared.fds)
-                    raise DecodeError(
-                        f"the peer passed {count} file descriptor(s) no frame claimed"
-                    )
-                if events:
-                    # Counted as the bytes of the frames this read completed.
-                    size = buffered + (got or len(data)) - session.buffered
-                    inbox.append((events, size))
-                    self._inbox_bytes += size
-                    if not self._dispatching and not self._held:
-                        self._dispatching = self._spawned = True
-                        task_group.start_soon(self._dispatch_loop, task_group)
-                    self._wake()
-                del events  # (see _dispatch_loop)
-                # (Below the soft bound with no request waiting, there is no reason to pause.)
-                if (
-                    self._inbox_bytes >= soft_bytes or self._queued_requests
-                ) and self._must_pause():
-                    self._paused = True
-                    try:
-                        while self._must_pause():
-                            await self._wait_change(writes=self._queued_requests > 0, requests=True)
-                    finally:
-                        self._paused = False
-                        self._received_at = monotonic()  # silence counts from now: we did not read
-                size = receive_size
-                buffered = session.buffered
-                missing = session.missing()
-                if missing is not None and missing > size:
-                    size = min(missing, MAX_RECEIVE_SIZE)
-                # A large payload arriving: straight into its final buffer, a slice at a time.
-                into = session.receive_buffer() if receive_into is not None else None
-                got = 0
-                data = b""
+        while True:
+            if fd_stream is not None and fd_stream.pending_fds:
+                self._claim_fds()
+            events: list[Event | Request] = []
+            # The session checked them: no reserved name, nothing of the handshake.
+            for message in session.received(got) if got else receive_messages(data):
+                if type(message) is Event:
+                    events.append(message)
+                elif type(message) is Reply:
+                    requests.resolve(message)
+                elif type(message) is ErrorReply:
+                    requests.reject(message)
+                elif type(message) is Ping:
+                    self._heartbeat_bytes += frame_size(peer._encoder.ping())
+                    self._pong()
+                elif type(message) is Pong:
+                    self._heartbeat_bytes += frame_size(peer._encoder.pong())
+                elif type(message) is Ack:
+                    peer._acknowledged(message.seq)
+                elif type(message) is Request:
+                    if (
+                        events
+                        or inbox
+                        or self._held
+                        or not self._gate_open()
+                        or (peer._ready is not None and not peer._ready.is_set())
+                    ):
+                        events.append(message)  # it starts after what is before it
+                        self._queued_requests += 1
+                    elif peer._start_answer(message, task_group, answered):
+                        self._spawned = True
+                        self._in_flight += 1  # until its reply is queued (see _answered)
+            message = None  # type: ignore[assignment]  # (see _dispatch_loop)
+            if shared is not None and shared.fds and not session.buffered:
+                # Every frame the read completed was decoded: none claimed these.
+                count = len(shared.fds)
+                close_fds(shared.fds)
+                raise DecodeError(f"the peer passed {count} file descriptor(s) no frame claimed")
+            if events:
+                # Counted as the bytes of the frames this read completed.
+                size = buffered + (got or len(data)) - session.buffered
+                inbox.append((events, size))
+                self._inbox_bytes += size
+                if not self._dispatching and not self._held:
+                    self._dispatching = self._spawned = True
+                    task_group.start_soon(self._dispatch_loop, task_group)
+                self._wake()
+            del events  # (see _dispatch_loop)
+            # (Below the soft bound with no request waiting, there is no reason to pause.)
+            if (self._inbox_bytes >= soft_bytes or self._queued_requests) and self._must_pause():
+                self._paused = True
                 try:
-                    if into is not None:
-                        assert receive_into is not None
-                        into = into[:MAX_RECEIVE_INTO]
-                        # In the middle of a frame: what the kernel holds is read without a loop
-                        # pass or a timeout scope (~12 us each); only a wait is bounded.
-                        if receive_into_now is not None:
-                            got = receive_into_now(into)
-                        if not got:
-                            with anyio.fail_after(frame_timeout):
-                                got = await receive_into(into)
-                    elif buffered:
-                        if receive_now is not None:
-                            # Only this frame's bytes: the next frame starts after a loop pass.
-                            data = receive_now(size if missing is None else min(size, missing))
-                        if not data:
-                            with anyio.fail_after(frame_timeout):
-                                data = await receive(size)
-                    else:
-                        data = await receive(size)
-                except TimeoutError:
+                    while self._must_pause():
+                        await self._wait_change(writes=self._queued_requests > 0, requests=True)
+                finally:
+                    self._paused = False
+                    self._received_at = monotonic()  # silence counts from now: we did not read
+            size = receive_size
+            buffered = session.buffered
+            missing = session.missing()
+            if missing is not None and missing > size:
+                size = min(missing, MAX_RECEIVE_SIZE)
+            # A large payload arriving: straight into its final buffer, a slice at a time.
+            into = session.receive_buffer() if receive_into is not None else None
+            got = 0
+            data = b""
+            try:
+                if into is not None:
+                    assert receive_into is not None
+                    into = into[:MAX_RECEIVE_INTO]
+                    # In the middle of a frame: what the kernel holds is read without a loop
+                    # pass or a timeout scope (~12 us each); only a wait is bounded.
+                    if receive_into_now is not None:
+                        got = receive_into_now(into)
+                    if not got:
+                        with anyio.fail_after(frame_timeout):
+                            got = await receive_into(into)
+                elif buffered:
+                    if receive_now is not None:
+                        # Only this frame's bytes: the next frame starts after a loop pass.
+                        data = receive_now(size if missing is None else min(size, missing))
+                    if not data:
+                        with anyio.fail_after(frame_timeout):
+                            data = await receive(size)
+                else:
+                    data = await receive(size)
+            except TimeoutError:
+                raise DecodeError(
+                    f"the peer stalled for {frame_timeout} s in the middle of a frame"
+                ) from None
+            except anyio.EndOfStream:
+                if buffered:
                     raise DecodeError(
-                        f"the peer stalled for {frame_timeout} s in the middle of a frame"
+                        f"the peer closed the connection {buffered} bytes into a frame"
                     ) from None
-                except anyio.EndOfStream:
-                    if buffered:
-                        raise DecodeError(
-                            f"the peer closed the connection {buffered} bytes into a frame"
-                        ) from None
-                    return
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-                    self._broken = True
-                    self.broken_by = exc
-                    return
-                if data or got:
-                    self._received_at = monotonic()
-                    self._received += got or len(data)
-        finally:
-            if listen is not None:
-                listen(None)
+                return
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+                self._broken = True
+                self.broken_by = exc
+                return
+            if data or got:
+                self._received_at = monotonic()
+                self._received += got or len(data)
 
     def _replies_in_place(self, data: memoryview) -> bool:
         """The asyncio stream's listener while the reader waits: a read that is whole reply
@@ -709,8 +706,8 @@ class Channel:
         for reply in replies:
             if type(reply) is Reply:
                 requests.resolve(reply)
-            else:
-                requests.reject(reply)  # type: ignore[arg-type]
+            elif type(reply) is ErrorReply:
+                requests.reject(reply)
         self._received_at = monotonic()
         self._received += len(data)
         return True
