@@ -18,6 +18,7 @@ import anyio
 import msgpack
 import pytest
 from anyio.abc import SocketStream
+from test_batches import RawFrames
 
 import ipcactors
 from ipcactors import Actor, ConnectionLostError, RemoteError
@@ -33,23 +34,12 @@ def framed(message: Any) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
-class Frames:
-    """The client's frames as the bare server reads them."""
-
-    def __init__(self, stream: SocketStream) -> None:
-        self.stream = stream
-        self.buffer = bytearray()
+class Frames(RawFrames):
+    """The client's frames as the bare server reads them (each within 5 s)."""
 
     async def next(self) -> Any:
         with anyio.fail_after(5):
-            while True:
-                if len(self.buffer) >= 4:
-                    (size,) = struct.unpack_from(">I", self.buffer)
-                    if len(self.buffer) >= 4 + size:
-                        body = bytes(self.buffer[4 : 4 + size])
-                        del self.buffer[: 4 + size]
-                        return msgpack.unpackb(body, raw=False)
-                self.buffer += await self.stream.receive()
+            return await super().next()
 
     async def requests(self, count: int) -> list[list[Any]]:
         """The next ``count`` requests (``[1, event, data, id]``), skipping anything else."""

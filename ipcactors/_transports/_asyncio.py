@@ -141,15 +141,11 @@ class _StreamProtocol(asyncio.BufferedProtocol):
                 self._wake_reader()  # a slow sender: the reader hears of progress (a sign of life)
             return
         waiting = self.read_waiter is not None
+        received = _receive_buffer()[:nbytes]
         listener = self.listener
-        if (
-            listener is not None
-            and waiting
-            and not self.chunks
-            and listener(_receive_buffer()[:nbytes])
-        ):
+        if listener is not None and waiting and not self.chunks and listener(received):
             return
-        self.data_received(_receive_buffer()[:nbytes].tobytes())
+        self.data_received(received.tobytes())
         if waiting and self.bursts and nbytes == RECEIVE_BUFFER and not self.reading_paused:
             # A full buffer: more bytes wait. On a loop that reads on in this same callback,
             # stop, so that the reader (woken) may first give them their final buffer (a large
