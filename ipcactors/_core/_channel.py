@@ -10,10 +10,12 @@ Invariants:
   is a plain function, else in a task of its own) if the peer's request gate is open; events,
   and requests behind them, queue in the inbox for one dispatcher, started with the first
   batch, which handles events one at a time, in order, and starts each request in its turn.
-  On the asyncio fast path, while the reader waits and requests wait for replies, a read that
-  is nothing but whole replies is resolved in the loop's callback (``_replies_in_place``): the
-  requester runs a loop pass sooner, the reader is not woken. Anything else (and any error
-  decoding it) is the reader's, in order.
+  On the asyncio fast path, while the reader waits, a read that is nothing but whole small
+  replies and requests is handled in the loop's callback by the same rules (``_in_place``):
+  a requester runs a loop pass sooner, a plain handler answers without the reader being
+  woken. Requests are taken there only when none would wait (nothing in the inbox, no
+  opening, the gate open). Anything else (and any error decoding it) is the reader's, in
+  order; what the callback raises, the reader raises.
 - The request gate: at most ``max_concurrent_requests`` handler tasks per peer, each counted
   until its reply is queued; and no request starts while replies wait in an outbox that is
   over its bound. A request that finds it closed waits in the inbox.
@@ -96,6 +98,7 @@ from .._proto._messages import (
     Ack,
     ErrorReply,
     Event,
+    Message,
     Ping,
     Pong,
     Reply,
@@ -104,6 +107,7 @@ from .._proto._messages import (
     frame_size,
 )
 from .._proto._session import Session
+from .._transports._backend import in_loop_callback
 from .._transports._fds import FdSocketStream
 from .._transports._streams import (
     attach_writer,
@@ -460,11 +464,11 @@ class Channel:
                 return
             if self._wanted is not None:
                 self._open_after_welcome(task_group)
-            listen = listener_setter(self._stream)  # (asyncio: see _replies_in_place)
+            listen = listener_setter(self._stream)  # (asyncio: see _in_place)
             if listen is None:
                 await self._read_loop(task_group)
             else:
-                listen(self._replies_in_place)
+                listen(self._in_place)
                 try:
                     await self._read_loop(task_group)
                 finally:
@@ -568,13 +572,57 @@ class Channel:
             sent_up_to=peer._outbox.taken,
         )
 
+    def _take(self, messages: list[Message], task_group: TaskGroup) -> list[Event | Request]:
+        """A read's messages, as the module's invariants say: replies, heartbeats and acks
+        handled, requests started (or left behind what is before them); returns the events
+        and requests for the dispatcher, in order."""
+        peer = self._peer
+        requests = peer._requests
+        events: list[Event | Request] = []
+        # The session checked them: no reserved name, nothing of the handshake.
+        for message in messages:
+            if type(message) is Event:
+                events.append(message)
+            elif type(message) is Reply:
+                requests.resolve(message)
+            elif type(message) is ErrorReply:
+                requests.reject(message)
+            elif type(message) is Ping:
+                self._heartbeat_bytes += frame_size(peer._encoder.ping())
+                self._pong()
+            elif type(message) is Pong:
+                self._heartbeat_bytes += frame_size(peer._encoder.pong())
+            elif type(message) is Ack:
+                peer._acknowledged(message.seq)
+            elif type(message) is Request:
+                if (
+                    events
+                    or self._inbox
+                    or self._held
+                    or not self._gate_open()
+                    or (peer._ready is not None and not peer._ready.is_set())
+                ):
+                    events.append(message)  # it starts after what is before it
+                    self._queued_requests += 1
+                elif peer._start_answer(message, task_group, self._answered):
+                    self._spawned = True
+                    self._in_flight += 1  # until its reply is queued (see _answered)
+        return events
+
+    def _enqueue(self, events: list[Event | Request], size: int, task_group: TaskGroup) -> None:
+        """Queue a read's events and requests (``size``: the bytes of their frames) for the
+        dispatcher, starting it if need be."""
+        self._inbox.append((events, size))
+        self._inbox_bytes += size
+        if not self._dispatching and not self._held:
+            self._dispatching = self._spawned = True
+            task_group.start_soon(self._dispatch_loop, task_group)
+        self._wake()
+
     async def _read_loop(self, task_group: TaskGroup) -> None:
         session = self._session
         receive_messages = session.receive
         peer = self._peer
-        requests = peer._requests
-        inbox = self._inbox
-        answered = self._answered
         soft_bytes = self._soft_bytes
         receive = self._stream.receive
         receive_into = receiver_into(self._stream)
@@ -589,36 +637,9 @@ class Channel:
         while True:
             if fd_stream is not None and fd_stream.pending_fds:
                 self._claim_fds()
-            events: list[Event | Request] = []
-            # The session checked them: no reserved name, nothing of the handshake.
-            for message in session.received(got) if got else receive_messages(data):
-                if type(message) is Event:
-                    events.append(message)
-                elif type(message) is Reply:
-                    requests.resolve(message)
-                elif type(message) is ErrorReply:
-                    requests.reject(message)
-                elif type(message) is Ping:
-                    self._heartbeat_bytes += frame_size(peer._encoder.ping())
-                    self._pong()
-                elif type(message) is Pong:
-                    self._heartbeat_bytes += frame_size(peer._encoder.pong())
-                elif type(message) is Ack:
-                    peer._acknowledged(message.seq)
-                elif type(message) is Request:
-                    if (
-                        events
-                        or inbox
-                        or self._held
-                        or not self._gate_open()
-                        or (peer._ready is not None and not peer._ready.is_set())
-                    ):
-                        events.append(message)  # it starts after what is before it
-                        self._queued_requests += 1
-                    elif peer._start_answer(message, task_group, answered):
-                        self._spawned = True
-                        self._in_flight += 1  # until its reply is queued (see _answered)
-            message = None  # type: ignore[assignment]  # (see _dispatch_loop)
+            events = self._take(
+                session.received(got) if got else receive_messages(data), task_group
+            )
             if shared is not None and shared.fds and not session.buffered:
                 # Every frame the read completed was decoded: none claimed these.
                 count = len(shared.fds)
@@ -626,13 +647,7 @@ class Channel:
                 raise DecodeError(f"the peer passed {count} file descriptor(s) no frame claimed")
             if events:
                 # Counted as the bytes of the frames this read completed.
-                size = buffered + (got or len(data)) - session.buffered
-                inbox.append((events, size))
-                self._inbox_bytes += size
-                if not self._dispatching and not self._held:
-                    self._dispatching = self._spawned = True
-                    task_group.start_soon(self._dispatch_loop, task_group)
-                self._wake()
+                self._enqueue(events, buffered + (got or len(data)) - session.buffered, task_group)
             del events  # (see _dispatch_loop)
             # (Below the soft bound with no request waiting, there is no reason to pause.)
             if (self._inbox_bytes >= soft_bytes or self._queued_requests) and self._must_pause():
@@ -690,24 +705,38 @@ class Channel:
                 self._received_at = monotonic()
                 self._received += got or len(data)
 
-    def _replies_in_place(self, data: memoryview) -> bool:
-        """The asyncio stream's listener while the reader waits: a read that is whole reply
-        frames resolves its requests right in the loop's callback, so the requester runs one
-        loop pass sooner (the reader is not woken for them). Anything else is the reader's."""
-        requests = self._peer._requests
-        if not requests:
-            return False  # (a server's reads, mostly: no reply can be among them)
+    def _in_place(self, data: memoryview) -> bool:
+        """The asyncio stream's listener while the reader waits: a read that is whole small
+        frames of replies and requests is handled right in the loop's callback, by the
+        reader's rules (``_take``). A reply wakes its requester a loop pass sooner; a request
+        whose only handler is a plain function is answered there, its reply written through,
+        the reader not woken. Requests are taken only when none would have to wait (nothing
+        in the inbox, no opening, the gate open). Anything else is the reader's, in order;
+        what this raises (bad input, a handler's ``BaseException``), the reader raises."""
+        peer = self._peer
+        task_group = self._task_group
+        if task_group is None:
+            return False
         shared = self._shared
         if shared is not None and shared.fds:
             return False  # descriptors wait for their frame: the reader's checks
-        replies = self._session.replies(data)
-        if replies is None:
+        requests = not (
+            self._inbox
+            or self._held
+            or not self._gate_open()
+            or (peer._ready is not None and not peer._ready.is_set())
+        )
+        if not requests and not peer._requests:
+            return False  # nothing to take: no request may start, no reply is awaited
+        messages = self._session.in_place(data, requests)
+        if messages is None:
             return False
-        for reply in replies:
-            if type(reply) is Reply:
-                requests.resolve(reply)
-            elif type(reply) is ErrorReply:
-                requests.reject(reply)
+        if requests:
+            in_loop_callback()  # a handler may call anyio, as it could in the reader's task
+        events = self._take(messages, task_group)
+        del messages
+        if events:  # requests behind one that closed the gate (a task per handler)
+            self._enqueue(events, len(data), task_group)
         self._received_at = monotonic()
         self._received += len(data)
         return True

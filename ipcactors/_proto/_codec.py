@@ -250,10 +250,13 @@ class Decoder(ABC):
         slice of the start of) it, then call :meth:`received`. ``None``: use :meth:`feed`."""
         return None
 
-    def replies(self, data: bytes | bytearray | memoryview) -> list[Message] | None:
-        """``data``'s messages if it is exactly whole frames of replies (or errors for
-        requests) and nothing is held back; ``None`` (nothing taken) otherwise, or if it
-        cannot tell cheaply. An error decoding them is left to :meth:`feed`."""
+    def in_place(
+        self, data: bytes | bytearray | memoryview, requests: bool
+    ) -> list[Message] | None:
+        """``data``'s messages if it is exactly whole small frames of replies (or errors for
+        requests), and of requests if ``requests``, and nothing is held back: what a
+        connection may handle in the loop's callback. ``None`` (nothing taken) otherwise, or
+        if it cannot tell cheaply. An error decoding them is left to :meth:`feed`."""
         return None
 
     def received(self, size: int) -> list[Message]:

@@ -1040,7 +1040,9 @@ class MsgpackDecoder(Decoder):
             self._assembly = None
             raise
 
-    def replies(self, data: bytes | bytearray | memoryview) -> list[Message] | None:
+    def in_place(
+        self, data: bytes | bytearray | memoryview, requests: bool
+    ) -> list[Message] | None:
         if (
             self._buffer
             or self._assembly is not None
@@ -1049,14 +1051,20 @@ class MsgpackDecoder(Decoder):
         ):
             return None
         offset, end = 0, len(data)
-        while offset < end:  # each frame whole, small, and a fixarray of kind 2 or 3
+        # Each frame whole, small, and a fixarray: of 3 of kind 2 or 3 (a reply, an error),
+        # or of 4 of kind 1 (a request).
+        while offset < end:
             if end - offset < HEADER_SIZE + 2:
                 return None
             (size,) = HEADER.unpack_from(data, offset)
             start = offset + HEADER_SIZE
             if not 2 <= size < ASSEMBLE_AT or start + size > end:
                 return None
-            if data[start] != 0x93 or (data[start + 1] != REPLY and data[start + 1] != ERROR):
+            head, kind = data[start], data[start + 1]
+            if head == 0x93:
+                if kind != REPLY and kind != ERROR:
+                    return None
+            elif head != 0x94 or kind != REQUEST or not requests:
                 return None
             offset = start + size
         try:

@@ -297,10 +297,16 @@ class Session:
             raise
         return []
 
-    def replies(self, data: bytes | bytearray | memoryview) -> list[Message] | None:
-        """Once open: ``data``'s replies, if it is exactly whole frames of them
-        (:meth:`Decoder.replies`); else ``None``, and nothing was taken."""
-        return self._decoder.replies(data) if self.is_open else None
+    def in_place(
+        self, data: bytes | bytearray | memoryview, requests: bool
+    ) -> list[Message] | None:
+        """Once open: ``data``'s replies (and requests, if ``requests``), if it is exactly
+        whole small frames of them (:meth:`Decoder.in_place`); else ``None``, and nothing was
+        taken. Raises as :meth:`receive` for a request the peer may not send."""
+        if not self.is_open:
+            return None
+        messages = self._decoder.in_place(data, requests)
+        return None if messages is None else self._checked(messages)
 
     def receive_buffer(self) -> memoryview | None:
         """Once open: where the next received bytes should go, if the frame in progress wants

@@ -27,8 +27,9 @@ Invariants:
   (the transport then meets an empty socket), after the bytes read ahead: never out of order.
   An error there aborts the transport, and the reader hears of it.
 - A listener (:meth:`AsyncioSocketStream.listen`) is offered a read only while a task waits
-  in ``receive`` with nothing read ahead, so it never sees bytes out of order; what it takes
-  is gone, what it declines is read ahead as usual and wakes the reader.
+  in ``receive`` (not cancelled) with nothing read ahead, so it never sees bytes out of order;
+  what it takes is gone, what it declines is read ahead as usual and wakes the reader, and
+  what it raises (having taken the bytes) is raised by that ``receive``.
 - Any number of tasks may wait in ``AsyncioSocketStream.send`` at once (a TLS stream's writer,
   and its reader flushing a record): each is woken when the kernel has taken the bytes, or the
   connection is lost.
@@ -140,11 +141,17 @@ class _StreamProtocol(asyncio.BufferedProtocol):
             elif self.loop.time() - self.reported >= PROGRESS_INTERVAL:
                 self._wake_reader()  # a slow sender: the reader hears of progress (a sign of life)
             return
-        waiting = self.read_waiter is not None
+        waiter = self.read_waiter
+        waiting = waiter is not None
         received = _receive_buffer()[:nbytes]
         listener = self.listener
-        if listener is not None and waiting and not self.chunks and listener(received):
-            return
+        if listener is not None and waiter is not None and not waiter.done() and not self.chunks:
+            try:
+                if listener(received):
+                    return
+            except BaseException as exc:  # taken, and the waiting reader raises it
+                waiter.set_exception(exc)
+                return
         self.data_received(received.tobytes())
         if waiting and self.bursts and nbytes == RECEIVE_BUFFER and not self.reading_paused:
             # A full buffer: more bytes wait. On a loop that reads on in this same callback,
@@ -222,8 +229,9 @@ class AsyncioSocketStream(ByteStream):
     def listen(self, listener: Callable[[memoryview], bool] | None) -> None:
         """Offer each read to ``listener`` first, in the loop's callback, while a task waits
         in :meth:`receive` with nothing read ahead: if it returns ``True`` it took the bytes
-        (a view of a buffer reused after it returns), and the waiting task is not woken.
-        ``listener`` must not raise. ``None``: stop."""
+        (a view of a buffer reused after it returns), and the waiting task is not woken; if
+        it raises, it took them too, and the waiting :meth:`receive` raises that exception.
+        ``None``: stop."""
         self._protocol.listener = listener
 
     async def receive(self, max_bytes: int = 65536) -> bytes:

@@ -20,10 +20,16 @@ from typing import TYPE_CHECKING, Any, Final
 if TYPE_CHECKING:
     import trio
 
+try:
+    from sniffio import current_async_library_cvar as _sniffio_library
+except ImportError:  # (anyio then asks asyncio for the running loop, which a callback has)
+    _sniffio_library = None  # type: ignore[assignment]
+
 __all__ = [
     "Completion",
     "backend_options",
     "current_backend",
+    "in_loop_callback",
     "running_asyncio_loop",
     "threadsafe_caller",
 ]
@@ -35,6 +41,15 @@ def running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+def in_loop_callback() -> None:
+    """asyncio, in a loop callback (outside any task), before running a user's function there:
+    let sniffio, and anyio through it, tell asyncio runs, as they can in a task. ``anyio.run``
+    told the callbacks of its loop already; under ``asyncio.run`` sniffio looks for a current
+    task, which a callback has not. Set in the callback's context (its own copy), for good."""
+    if _sniffio_library is not None and _sniffio_library.get() is None:
+        _sniffio_library.set("asyncio")
 
 
 def _trio() -> ModuleType:
@@ -120,6 +135,14 @@ class Completion:
             assert self._event is not None
             return self._event.is_set()
         return future.done() and not future.cancelled() and future.result() is None
+
+    def done(self) -> bool:
+        """Whether its wait is over: set (on asyncio also timed out, or its waiter cancelled)."""
+        future = self._future
+        if future is None:
+            assert self._event is not None
+            return self._event.is_set()
+        return future.done()
 
     def set(self) -> None:
         future = self._future

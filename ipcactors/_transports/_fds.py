@@ -23,7 +23,7 @@ Invariants:
   peer's garbage or a broken socket is raised by ``receive`` after the chunks before it.
 - A listener (:meth:`FdSocketStream.listen`, asyncio) sees only a read that brings no
   descriptor, while the reader waits with nothing read ahead and none unclaimed: never bytes
-  out of order, never a descriptor.
+  out of order, never a descriptor. What it raises, the waiting ``receive`` raises.
 - ``MSG_CTRUNC`` (more descriptors than :data:`MAX_FDS_PER_MESSAGE`, which the kernel then
   closes for us, or ancillary data we did not ask for) and any control message other than
   ``SCM_RIGHTS`` are a :class:`~ipcactors.DecodeError`: the descriptors that did arrive are
@@ -123,6 +123,7 @@ class FdSocketStream(ByteStream):
         self._failure: Exception | None = None  # raised once the chunks before it are taken
         self._waiter: Completion | None = None
         self._listener: Callable[[memoryview], bool] | None = None  # (see listen)
+        self._raised: BaseException | None = None  # by the listener: receive raises it next
 
     @property
     def read_ahead(self) -> int:
@@ -145,7 +146,8 @@ class FdSocketStream(ByteStream):
     def listen(self, listener: Callable[[memoryview], bool] | None) -> None:
         """asyncio: offer each read that brings no descriptor to ``listener`` first, in the
         loop's callback, while a task waits in :meth:`receive` with nothing read ahead and no
-        descriptor unclaimed (as ``AsyncioSocketStream.listen``). ``None``: stop."""
+        descriptor unclaimed (as ``AsyncioSocketStream.listen``: what it raises, having taken
+        the bytes, the waiting :meth:`receive` raises). ``None``: stop."""
         self._listener = listener
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
@@ -183,6 +185,10 @@ class FdSocketStream(ByteStream):
         while True:
             if self._closed:
                 raise anyio.ClosedResourceError
+            raised = self._raised
+            if raised is not None:  # (before any chunk: the listener took only with none)
+                self._raised = None
+                raise raised
             if self._chunks:
                 data, fds = self._chunks.popleft()
                 if len(data) > max_bytes:
@@ -237,15 +243,22 @@ class FdSocketStream(ByteStream):
             self._end()
             return
         listener = self._listener
+        waiter = self._waiter
         if (
             listener is not None
             and not fds
-            and self._waiter is not None
+            and waiter is not None
+            and not waiter.done()
             and not self._chunks
             and not self._fds
-            and listener(memoryview(data))
         ):
-            return
+            try:
+                if listener(memoryview(data)):
+                    return
+            except BaseException as exc:  # taken, and the waiting reader raises it
+                self._raised = exc
+                self._wake()
+                return
         self._chunks.append((data, fds))
         self._ahead += len(data)
         if self._ahead >= READ_HIGH_WATER:
