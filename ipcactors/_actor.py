@@ -128,6 +128,8 @@ class Actor:
                         for close in closers:
                             task_group.start_soon(close)
         finally:
+            if self._watchdog is not None:
+                self._watchdog.close()
             if self._task_group is not None:
                 self._task_group.cancel_scope.cancel()
             self._closed.set()

@@ -11,6 +11,7 @@ from time import monotonic
 import anyio
 import pytest
 
+from ipcactors import Actor
 from ipcactors._core._watchdog import COALESCE, Watchdog
 
 pytestmark = pytest.mark.anyio
@@ -83,3 +84,52 @@ async def test_a_channel_that_left_is_not_kept_alive() -> None:
         gc.collect()
         assert gone() is None
         task_group.cancel_scope.cancel()
+
+
+def watchdog_tasks() -> list[str]:
+    return [task.name for task in anyio.get_running_tasks() if "Watchdog._run" in task.name]
+
+
+async def test_the_watchdog_task_starts_when_something_falls_due(
+    socket_dir: str, anyio_backend_name: str
+) -> None:
+    """On asyncio the actor's watchdog is a loop timer until the first heartbeat falls due: a
+    connect and a request start no task for it. Heartbeats then go out on time (the peer's
+    ``heartbeat_timeout`` would drop a silent client). On Trio the task starts with the first
+    channel."""
+    config = {"heartbeat_interval": 0.2, "heartbeat_timeout": 0.3, "silent": True}
+    async with Actor("world", socket_root=socket_dir, **config) as world:
+        server = await world.serve()
+        server.on("ping", lambda data, client: data)
+        async with Actor("hello", socket_root=socket_dir, **config) as hello:
+            connection = await hello.connect_to("world")
+            assert await connection.request("ping", 1, timeout=5) == 1
+            started = len(watchdog_tasks())
+            await anyio.sleep(0.3)  # past the first heartbeat
+            assert len(watchdog_tasks()) == 2  # the server's and the client's
+            await anyio.sleep(0.8)  # well past interval + timeout: still connected
+            assert connection.connected
+            assert await connection.request("ping", 2, timeout=5) == 2
+    assert started == (0 if anyio_backend_name == "asyncio" else 2)
+
+
+async def test_an_actor_closed_before_its_first_heartbeat_leaves_no_timer_behind(
+    socket_dir: str, anyio_backend_name: str
+) -> None:
+    """Its timer is cancelled with it: nothing fires into a task group that is gone."""
+    errors: list[dict[str, object]] = []
+    if anyio_backend_name == "asyncio":
+        import asyncio
+
+        asyncio.get_running_loop().set_exception_handler(
+            lambda loop, context: errors.append(context)
+        )
+    async with Actor("world", socket_root=socket_dir, heartbeat_interval=0.1, silent=True) as world:
+        await world.serve()
+        for index in range(3):
+            async with Actor(
+                f"hello{index}", socket_root=socket_dir, heartbeat_interval=0.1, silent=True
+            ) as hello:
+                await hello.connect_to("world")
+        await anyio.sleep(0.3)
+    assert errors == []

@@ -2,9 +2,12 @@
 
 Invariants:
 - A channel costs no task and no timer of its own: it joins when it starts and leaves when it
-  ends. One task, started with the first channel inside the owner's task group, sleeps until
-  the earliest moment any channel asked to be looked at again, then asks each due channel what
-  to do (:meth:`Watched.beat`), which pings or drops its peer itself, without awaiting.
+  ends. One task in the owner's task group sleeps until the earliest moment any channel asked
+  to be looked at again, then asks each due channel what to do (:meth:`Watched.beat`), which
+  pings or drops its peer itself, without awaiting. On asyncio that task starts only when
+  something first falls due (a loop timer until then, cancelled by :meth:`close`): an actor
+  that lives less than a heartbeat interval (a short script, a connect and one request)
+  never starts it. On Trio it starts with the first channel.
 - A wake costs what is due, not what is watched: the due times are a heap (a channel that left,
   or was given a new time, leaves a stale entry behind, skipped when it comes up; entries name
   a token, never the channel, so one that left is not kept alive), so a server
@@ -21,12 +24,15 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable
 from itertools import count
 from time import monotonic
 from typing import Protocol
 
 import anyio
 from anyio.abc import TaskGroup
+
+from .._transports._backend import call_later, in_loop_callback
 
 __all__ = ["Watchdog", "Watched"]
 
@@ -45,7 +51,9 @@ class Watchdog:
     """Keeps time for the channels of one actor (see the module's invariants)."""
 
     __slots__ = (
+        "_armed_at",
         "_channels",
+        "_disarm",
         "_due",
         "_heap",
         "_running",
@@ -67,15 +75,41 @@ class Watchdog:
         self._running = False
         self._wake: anyio.Event | None = None
         self._wake_at = math.inf
+        # Before the task runs (asyncio): the loop timer that starts it, and when it fires.
+        self._disarm: Callable[[], None] | None = None
+        self._armed_at = math.inf
 
     def join(self, channel: Watched, first: float) -> None:
         """Watch ``channel``; look at it first at ``first`` (a monotonic time)."""
         self._schedule(channel, first)
-        if not self._running:
+        if self._running:
+            if first < self._wake_at and self._wake is not None:
+                self._wake.set()
+        elif first < self._armed_at:
+            if self._disarm is not None:
+                self._disarm()
+            self._disarm = call_later(first - monotonic(), self._start)
+            if self._disarm is None:  # no timer outside a task (Trio): the task now
+                self._running = True
+                self._task_group.start_soon(self._run)
+            else:
+                self._armed_at = first
+
+    def close(self) -> None:
+        """The owner is closing: start nothing more (its task group is ending)."""
+        if self._disarm is not None:
+            self._disarm()
+            self._disarm = None
+        self._armed_at = -math.inf  # (joins from now on arm nothing)
+
+    def _start(self) -> None:
+        """The timer fired (a loop callback): start the task, if anything is still watched."""
+        self._disarm = None
+        self._armed_at = math.inf
+        if self._channels:
             self._running = True
+            in_loop_callback()
             self._task_group.start_soon(self._run)
-        elif first < self._wake_at and self._wake is not None:
-            self._wake.set()
 
     def leave(self, channel: Watched) -> None:
         token = self._due.pop(channel, None)
