@@ -216,7 +216,7 @@ class Server(HandlerMethods):
         self._accepted = 0  # connections accepted: numbers clients when the codec names none
         self._clients: dict[str, Client] = {}
         # Unfinished handshakes, oldest first: the scope that drops each (dicts keep order).
-        self._handshakes: dict[anyio.CancelScope, None] = {}
+        self._handshakes: dict[anyio.CancelScope, bool] = {}  # (a value: still there)
         # While held (see _hold()): set once ready; and the clients waiting for it, by id.
         self._ready: anyio.Event | None = None
         self._held: dict[str, anyio.CancelScope] = {}
@@ -493,14 +493,18 @@ class Server(HandlerMethods):
             self._id,
             auth_key=self._config.auth_key_bytes,
         )
-        scope = self._enter_handshake()
-        held_until = anyio.current_time() + self._config.handshake_timeout * HOLD_SHARE
+        now = anyio.current_time()
+        held_until = now + self._config.handshake_timeout * HOLD_SHARE
+        # One scope for both ends of a handshake: its deadline, and a newer connection's need
+        # for its place (see _enter_handshake).
+        scope = self._enter_handshake(now + self._config.handshake_timeout)
+        dropped = False
         client_id: str | None = None
         offer: _Offer | None = None
         shm: int | None = None
         batches: EventBatches | None = None
         try:
-            with scope, anyio.fail_after(self._config.handshake_timeout):
+            with scope:
                 stream = await self._transport.accepted(stream)
                 if codec.handshake:
                     hello = await accept_handshake(stream, session)
@@ -526,9 +530,14 @@ class Server(HandlerMethods):
             await close_now(stream)
             return
         finally:
-            self._handshakes.pop(scope, None)
-        if client_id is None:  # dropped to admit a newer connection (see _enter_handshake)
-            await close_now(stream)
+            dropped = not self._handshakes.pop(scope, False)
+        if client_id is None:
+            if dropped:  # to admit a newer connection (see _enter_handshake), or closing
+                await close_now(stream)
+            else:  # the deadline passed
+                message = "no hello within handshake_timeout"
+                self._handshake_failed(f"handshake with {peer_address!r} failed: {message}")
+                await self._refuse(stream, session, "timeout", message)
             return
         if not await self._wait_ready(stream, session, client_id, held_until):
             return
@@ -775,9 +784,11 @@ class Server(HandlerMethods):
         await self._refuse(stream, session, "busy", message)
         return False
 
-    def _enter_handshake(self) -> anyio.CancelScope:
-        """Count a connection in as handshaking; returns the scope that drops it. At
-        ``max_handshakes``, the oldest unfinished handshake is dropped to make room."""
+    def _enter_handshake(self, deadline: float) -> anyio.CancelScope:
+        """Count a connection in as handshaking; returns the scope that ends it at
+        ``deadline`` or drops it. At ``max_handshakes``, the oldest unfinished handshake is
+        dropped to make room (a handshake is dropped by taking it out of ``_handshakes`` and
+        cancelling its scope, here or as the server closes)."""
         if len(self._handshakes) >= self._config.max_handshakes:
             oldest = next(iter(self._handshakes))
             del self._handshakes[oldest]
@@ -788,8 +799,8 @@ class Server(HandlerMethods):
                 f"{self._config.max_handshakes} connections are in their handshake "
                 "(max_handshakes): dropping the oldest to admit new ones",
             )
-        scope = anyio.CancelScope()
-        self._handshakes[scope] = None
+        scope = anyio.CancelScope(deadline=deadline)
+        self._handshakes[scope] = True
         return scope
 
     def _handshake_failed(self, message: str) -> None:
@@ -821,7 +832,8 @@ class Server(HandlerMethods):
             return  # never started
         if self._listening is not None:
             await self._listening.aclose()
-        for scope in list(self._handshakes):  # nothing to flush to them: drop them now
+        handshakes, self._handshakes = self._handshakes, {}
+        for scope in handshakes:  # nothing to flush to them: drop them now
             scope.cancel()
         if self._ready is not None:
             self._ready.set()  # the held clients are refused (see _wait_ready)
