@@ -225,6 +225,7 @@ class AsyncioSocketStream(ByteStream):
         # Parts not yet handed to the transport or the kernel, in order (see _pump).
         self._pending: deque[FramePart] = deque()
         self._widened = False  # whether the socket's send buffer was widened for large parts
+        self._attributes: Mapping[Any, Callable[[], Any]] | None = None  # (built once)
 
     def listen(self, listener: Callable[[memoryview], bool] | None) -> None:
         """Offer each read to ``listener`` first, in the loop's callback, while a task waits
@@ -564,6 +565,9 @@ class AsyncioSocketStream(ByteStream):
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        # Asked several times per connection (raw_socket above all): built once, not per call.
+        if self._attributes is not None:
+            return self._attributes
         sock = self._sock
         attributes: dict[Any, Callable[[], Any]] = {
             SocketAttribute.raw_socket: lambda: sock,
@@ -574,6 +578,7 @@ class AsyncioSocketStream(ByteStream):
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             attributes[SocketAttribute.local_port] = lambda: sock.getsockname()[1]
             attributes[SocketAttribute.remote_port] = lambda: sock.getpeername()[1]
+        self._attributes = attributes
         return attributes
 
 

@@ -123,6 +123,7 @@ class FdSocketStream(ByteStream):
         self._failure: Exception | None = None  # raised once the chunks before it are taken
         self._waiter: Completion | None = None
         self._listener: Callable[[memoryview], bool] | None = None  # (see listen)
+        self._attributes: Mapping[Any, Callable[[], Any]] | None = None  # (built once)
         self._raised: BaseException | None = None  # by the listener: receive raises it next
 
     @property
@@ -364,14 +365,16 @@ class FdSocketStream(ByteStream):
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        sock = self._sock
-        return {
-            FdAttribute.can_pass_fds: lambda: True,
-            SocketAttribute.raw_socket: lambda: sock,
-            SocketAttribute.family: lambda: sock.family,
-            SocketAttribute.local_address: lambda: _text(sock.getsockname()),
-            SocketAttribute.remote_address: lambda: _text(sock.getpeername()),
-        }
+        if self._attributes is None:  # (asked several times per connection: built once)
+            sock = self._sock
+            self._attributes = {
+                FdAttribute.can_pass_fds: lambda: True,
+                SocketAttribute.raw_socket: lambda: sock,
+                SocketAttribute.family: lambda: sock.family,
+                SocketAttribute.local_address: lambda: _text(sock.getsockname()),
+                SocketAttribute.remote_address: lambda: _text(sock.getpeername()),
+            }
+        return self._attributes
 
 
 def _text(address: Any) -> Any:
