@@ -120,8 +120,9 @@ class Listening:
         self._cleanup = cleanup
         self._closed = False
         # asyncio: the socket stays registered with the loop while connections come, and a
-        # bare future says one may wait (anyio's wait_readable registers and unregisters it
-        # around every wait: two epoll_ctl calls and ~30 us of Python per connection).
+        # Completion (a bare future) says one may wait (anyio's wait_readable registers and
+        # unregisters it around every wait: two epoll_ctl calls and ~30 us of Python per
+        # connection).
         self._loop = running_asyncio_loop()
         self._watching = False
         self._readable: Completion | None = None
