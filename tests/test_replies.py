@@ -35,7 +35,8 @@ def framed(message: Any) -> bytes:
 
 
 class Frames(RawFrames):
-    """The client's frames as the bare server reads them (each within 5 s)."""
+    """Frames read from a bare socket, each within 5 s: the client's, as the bare server
+    reads them here (``requests``); the server's, as test_request_reads' bare client does."""
 
     async def next(self) -> Any:
         with anyio.fail_after(5):

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-import msgpack
 import pytest
 import sniffio
 from anyio.abc import SocketStream
-from test_batches import RawFrames
+from test_replies import Frames as TimedFrames
+from test_replies import framed
 
 from ipcactors import Actor, Client, ConnectionLostError, Server
 
@@ -31,21 +30,12 @@ HOST = "127.0.0.1"
 TRANSPORTS = ["unix", "tcp"]
 
 
-def framed(message: Any) -> bytes:
-    body = msgpack.packb(message, use_bin_type=True)
-    return struct.pack(">I", len(body)) + body
-
-
 def request(event: str, data: Any, request_id: int) -> bytes:
     return framed([1, event, data, request_id])
 
 
-class Frames(RawFrames):
+class Frames(TimedFrames):
     """What the server sends the bare client (each frame within 5 s)."""
-
-    async def next(self) -> Any:
-        with anyio.fail_after(5):
-            return await super().next()
 
     async def replies(self, count: int) -> dict[int, list[Any]]:
         """The next ``count`` replies or error replies, by request id (anything else is

@@ -409,6 +409,17 @@ class Channel:
             not outbox._replies or not outbox.reply_backlog_full()
         )
 
+    def _may_start(self) -> bool:
+        """Whether a request that arrives now may start at once: nothing received waits
+        before it, no opening holds the peer back, and the gate is open."""
+        ready = self._peer._ready
+        return (
+            not self._inbox
+            and not self._held
+            and self._gate_open()
+            and (ready is None or ready.is_set())
+        )
+
     def _on_lost(self) -> None:
         """The writer found the connection broken: nothing more can be written. The reader
         still reads what the peer sent before it went (its end of stream or reset follows) and
@@ -595,13 +606,7 @@ class Channel:
             elif type(message) is Ack:
                 peer._acknowledged(message.seq)
             elif type(message) is Request:
-                if (
-                    events
-                    or self._inbox
-                    or self._held
-                    or not self._gate_open()
-                    or (peer._ready is not None and not peer._ready.is_set())
-                ):
+                if events or not self._may_start():
                     events.append(message)  # it starts after what is before it
                     self._queued_requests += 1
                 elif peer._start_answer(message, task_group, self._answered):
@@ -713,20 +718,14 @@ class Channel:
         the reader not woken. Requests are taken only when none would have to wait (nothing
         in the inbox, no opening, the gate open). Anything else is the reader's, in order;
         what this raises (bad input, a handler's ``BaseException``), the reader raises."""
-        peer = self._peer
         task_group = self._task_group
         if task_group is None:
             return False
         shared = self._shared
         if shared is not None and shared.fds:
             return False  # descriptors wait for their frame: the reader's checks
-        requests = not (
-            self._inbox
-            or self._held
-            or not self._gate_open()
-            or (peer._ready is not None and not peer._ready.is_set())
-        )
-        if not requests and not peer._requests:
+        requests = self._may_start()
+        if not requests and not self._peer._requests:
             return False  # nothing to take: no request may start, no reply is awaited
         messages = self._session.in_place(data, requests)
         if messages is None:
