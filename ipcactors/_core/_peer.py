@@ -312,14 +312,15 @@ class Peer:
         if not self._carries_requests:
             raise unsupported_request(self._codec.name)
         timeout = request_timeout(timeout, self._config)
-        request_id, pending = self._requests.open(event)
+        request_id, pending = self._requests.open(event, timeout, self._watchdog)
         try:
             frame = self._encoder.request(event, data, request_id)
             outbox = self._outbox
             size = frame_size(frame)
             if outbox.has_room(size) and not outbox.closed:  # the common case
                 pending.seq = outbox.put_urgent(frame, size)
-                await pending.wait(timeout)
+                # (The watchdog expires it on time, no timer of its own: see _requests.)
+                await pending.wait(math.inf if pending.clocked else timeout)
             else:
                 with anyio.move_on_after(timeout):
                     try:

@@ -195,7 +195,7 @@ class DatagramServer(HandlerMethods):
             raise unsupported_request(self._codec.name)
         address = self._target(peer)
         timeout = request_timeout(timeout, self._config)
-        request_id, pending = self._requests.open(event)
+        request_id, pending = self._requests.open(event, timeout)  # (its own deadline: below)
         try:
             frame = self._encoder.request(event, data, request_id)
             with anyio.move_on_after(timeout):

@@ -1,4 +1,5 @@
-"""The watchdog: one task per actor that keeps time for every live channel (heartbeats, idle).
+"""The watchdog: one task per actor that keeps time for every live channel (heartbeats, idle)
+and for the deadlines of its peers' requests (``_requests``).
 
 Invariants:
 - A channel costs no task and no timer of its own: it joins when it starts and leaves when it
@@ -94,6 +95,11 @@ class Watchdog:
                 self._task_group.start_soon(self._run)
             else:
                 self._armed_at = first
+
+    @property
+    def open(self) -> bool:
+        """Whether what joins now will be looked at (not once the owner is closing)."""
+        return self._armed_at != -math.inf
 
     def close(self) -> None:
         """The owner is closing: start nothing more (its task group is ending)."""

@@ -128,23 +128,24 @@ class Completion:
     ``Event`` inside a cancel scope: this is on every request's path); on Trio, Trio's own
     ``Event`` and cancel scope (anyio's wrap them: ~3 % of a Trio round trip)."""
 
-    __slots__ = ("_event", "_future", "_loop")
+    __slots__ = ("_event", "_expired", "_future", "_loop")
 
     def __init__(self) -> None:
         loop = self._loop = running_asyncio_loop()
         self._future: asyncio.Future[None] | None = None
         self._event: trio.Event | None = None
+        self._expired = False  # (Trio: see expire)
         if loop is None:
             self._event = _trio().Event()
         else:
             self._future = loop.create_future()
 
     def is_set(self) -> bool:
-        """Whether it was set (a timed out wait does not set it)."""
+        """Whether it was set (a timed out wait, or :meth:`expire`, does not set it)."""
         future = self._future
         if future is None:
             assert self._event is not None
-            return self._event.is_set()
+            return self._event.is_set() and not self._expired
         return future.done() and not future.cancelled() and future.result() is None
 
     def done(self) -> bool:
@@ -163,6 +164,18 @@ class Completion:
         elif not future.done():
             future.set_result(None)
 
+    def expire(self) -> None:
+        """End its wait as timed out, from outside (a clock that keeps time for many): the
+        wait returns false, and it is not set, unless it was already."""
+        future = self._future
+        if future is None:
+            assert self._event is not None
+            if not self._event.is_set():
+                self._expired = True
+                self._event.set()
+        elif not future.done():
+            future.set_result(_TIMED_OUT)
+
     async def wait(self, timeout: float) -> bool:
         """Wait until set, at most ``timeout`` seconds; whether it was set."""
         future = self._future
@@ -174,7 +187,7 @@ class Completion:
             else:
                 with _trio().move_on_after(timeout):
                     await event.wait()
-            return event.is_set()
+            return self.is_set()
         assert self._loop is not None
         timer = None if timeout == math.inf else self._loop.call_later(timeout, _time_out, future)
         try:
