@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import struct
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -257,3 +259,107 @@ async def test_replies_with_shared_memory_on_each_end_their_own_request(socket_d
                     assert result.shape == (data,)
                     assert int(result[-1]) == data
             assert connection.statistics().shared_received > 0
+
+
+# --- replies in the kernel before the request goes ------------------------------------------------
+# A peer on the same CPU has usually answered by the time the requester's write returns: on
+# Trio, the requester then takes whole replies itself while the reader waits (``Channel.
+# take_replies_now``); anything else is left to the reader, untouched. Here the bare server's
+# bytes are in the kernel before the request is made (written straight to its socket on Trio,
+# no loop pass between), so that path is taken every time; on asyncio the loop's callback
+# reads them, as it always does.
+
+ERROR = {"type": "ValueError", "message": "no", "traceback": ""}
+AHEAD: dict[str, tuple[bytes, bytes]] = {  # (before the request, after it)
+    "a reply": (framed([2, 1, "one"]), b""),
+    "an error reply": (framed([3, 1, ERROR]), b""),
+    "a reply for nobody, then ours": (framed([2, 77, "x"]) + framed([2, 1, "one"]), b""),
+    "an event, then the reply": (framed([0, "news", 1]) + framed([2, 1, "one"]), b""),
+    "the reply, then an event": (framed([2, 1, "one"]) + framed([0, "news", 1]), b""),
+    "the reply and half an event": (
+        framed([2, 1, "one"]) + framed([0, "news", 1])[:5],
+        framed([0, "news", 1])[5:],
+    ),
+    "a malformed reply": (framed([2, "one", "x"]), b""),
+}
+TAKEN_BY_THE_REQUESTER = {"a reply", "an error reply", "a reply for nobody, then ours"}
+
+
+@types.coroutine
+def _resume(coroutine: Any, yielded: Any) -> Any:
+    """Go on running ``coroutine``, which yielded ``yielded`` to the event loop: its result."""
+    while True:
+        try:
+            sent = yield yielded
+        except BaseException as exc:
+            try:
+                yielded = coroutine.throw(exc)
+            except StopIteration as done:
+                return done.value
+        else:
+            try:
+                yielded = coroutine.send(sent)
+            except StopIteration as done:
+                return done.value
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("case", AHEAD)
+async def test_bytes_in_the_kernel_before_the_request(
+    transport: str, case: str, socket_dir: str, anyio_backend_name: str
+) -> None:
+    """Each case ends the request as the reader would: its reply, its error, the events beside
+    it handled, a malformed reply breaking the connection. On Trio, whole replies are resolved
+    by the requester before it first yields (the reader is not woken for them)."""
+    before, after = AHEAD[case]
+    streams: list[SocketStream] = []
+    seen: list[Any] = []
+
+    async def hand_over(stream: SocketStream, frames: Frames) -> None:
+        streams.append(stream)
+        await frames.requests(1)
+        if after:
+            await anyio.sleep(0.05)
+            await stream.send(after)
+
+    async with bare_server(transport, socket_dir, hand_over) as connection:
+        connection.on("news", seen.append)
+        with anyio.fail_after(5):
+            while not streams:
+                await anyio.sleep(0.01)
+        await anyio.sleep(0.05)  # the client's writer and reader both started, and waiting
+        raw = streams[0].extra(anyio.abc.SocketAttribute.raw_socket)
+        if isinstance(raw, socket.socket):  # (Trio; anyio's asyncio streams' is not one)
+            raw.send(before)
+        else:
+            await streams[0].send(before)
+        request = connection.request("q", 1, timeout=5)
+        with anyio.fail_after(5):
+            if case == "a malformed reply":
+                with pytest.raises(ConnectionLostError):
+                    await request
+                return
+            if anyio_backend_name == "trio":
+                yielded = request.send(None)  # up to where it first yields
+                if case in TAKEN_BY_THE_REQUESTER:
+                    assert len(connection._requests) == 0  # resolved by the requester
+                outcome: Any
+                try:
+                    outcome = await _resume(request, yielded)
+                except RemoteError as exc:
+                    outcome = exc
+            else:
+                try:
+                    outcome = await request
+                except RemoteError as exc:
+                    outcome = exc
+            if case == "an error reply":
+                assert isinstance(outcome, RemoteError)
+                assert outcome.remote_type == "ValueError"
+            else:
+                assert outcome == "one"
+            if "event" in case:
+                while not seen:
+                    await anyio.sleep(0.01)
+                assert seen == [1]
+            assert connection.connected

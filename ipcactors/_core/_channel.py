@@ -15,7 +15,11 @@ Invariants:
   a requester runs a loop pass sooner, a plain handler answers without the reader being
   woken. Requests are taken there only when none would wait (nothing in the inbox, no
   opening, the gate open). Anything else (and any error decoding it) is the reader's, in
-  order; what the callback raises, the reader raises.
+  order; what the callback raises, the reader raises. Elsewhere (Trio, a plain socket) a
+  requester whose request went straight to the kernel looks at what the kernel holds while
+  the reader waits with nothing read (``take_replies_now``): if that is nothing but whole
+  small replies, it takes them (they are resolved there, the reader is not woken); else it
+  leaves them, untouched, to the reader.
 - The request gate: at most ``max_concurrent_requests`` handler tasks per peer, each counted
   until its reply is queued; and no request starts while replies wait in an outbox that is
   over its bound. A request that finds it closed waits in the inbox.
@@ -115,6 +119,7 @@ from .._transports._streams import (
     close_now,
     drain_outbox,
     listener_setter,
+    peeker,
     read_size,
     receiver_into,
     receivers_now,
@@ -161,9 +166,11 @@ class Channel:
         "_opened",
         "_opening",
         "_paused",
+        "_peek",
         "_peer",
         "_ponged_at",
         "_queued_requests",
+        "_reader_idle",
         "_received",
         "_received_at",
         "_session",
@@ -256,6 +263,10 @@ class Channel:
         self._heartbeat_bytes = 0  # of which pings and pongs
         self._ponged_at = -math.inf
         self._suspect = False  # silent past the deadline once: dropped if still so after grace
+        # Trio, a plain socket: how a requester looks at what the kernel holds (see
+        # take_replies_now), while the reader waits with nothing read (_reader_idle).
+        self._peek = peeker(stream)
+        self._reader_idle = False
 
     @property
     def inbox_bytes(self) -> int:
@@ -691,7 +702,11 @@ class Channel:
                         with anyio.fail_after(frame_timeout):
                             data = await receive(size)
                 else:
-                    data = await receive(size)
+                    self._reader_idle = True
+                    try:
+                        data = await receive(size)
+                    finally:
+                        self._reader_idle = False
             except TimeoutError:
                 raise DecodeError(
                     f"the peer stalled for {frame_timeout} s in the middle of a frame"
@@ -739,6 +754,34 @@ class Channel:
         self._received_at = monotonic()
         self._received += len(data)
         return True
+
+    def take_replies_now(self) -> None:
+        """A requester's, on Trio, right after its request went to the kernel (a peer on the
+        same CPU has often answered by then): while the reader waits with nothing read, take
+        what the kernel holds if it is nothing but whole small replies, resolving them here,
+        the reader not woken; else leave it to the reader, untouched."""
+        peek = self._peek
+        if peek is None or not self._reader_idle or self._task_group is None:
+            return
+        look, skip = peek
+        data = look(RECEIVE_SIZE)
+        if not data:
+            return
+        messages = self._session.in_place(data, False)  # (replies only: no handler runs)
+        if messages is None:
+            return
+        try:
+            skip(len(data))
+        except (OSError, anyio.BrokenResourceError):
+            self.abort()  # (the reader would have met it: the connection broke)
+            return
+        for message in messages:
+            if type(message) is Reply:
+                self._peer._requests.resolve(message)
+            else:
+                self._peer._requests.reject(message)  # type: ignore[arg-type]  # (ErrorReply)
+        self._received_at = monotonic()
+        self._received += len(data)
 
     def _pong(self) -> None:
         outbox = self._peer._outbox

@@ -319,6 +319,9 @@ class Peer:
             size = frame_size(frame)
             if outbox.has_room(size) and not outbox.closed:  # the common case
                 pending.seq = outbox.put_urgent(frame, size)
+                channel = self._channel
+                if channel is not None and outbox.flushed:  # it went to the kernel: its reply
+                    channel.take_replies_now()  # may be there already (Trio, see Channel)
                 # (The watchdog expires it on time, no timer of its own: see _requests.)
                 await pending.wait(math.inf if pending.clocked else timeout)
             else:

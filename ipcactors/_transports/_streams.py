@@ -40,6 +40,7 @@ __all__ = [
     "bytes_below",
     "close_now",
     "drain_outbox",
+    "peeker",
     "read_size",
     "receiver_into",
     "receivers_now",
@@ -203,6 +204,40 @@ def receivers_now(
     if not isinstance(sock, socket.socket):
         return None
     return partial(_receive_now, sock), partial(_receive_into_now, sock)
+
+
+def peeker(stream: ByteStream) -> tuple[Callable[[int], bytes], Callable[[int], None]] | None:
+    """For a task other than ``stream``'s reader, while that reader waits with nothing read
+    (Trio, a plain socket: its reads are the kernel's): a function returning up to ``n`` bytes
+    the kernel holds without taking them (``MSG_PEEK``; ``b""`` if none, or on any error: the
+    reader hears of it), and one taking the first ``n`` of them, which must be there (peeked,
+    nobody else reads). ``None`` elsewhere: on asyncio the loop's callback reads (see
+    :func:`listener_setter`); TLS and descriptor-passing streams hold bytes of their own."""
+    if not _plain(stream) or running_asyncio_loop() is not None:
+        return None
+    sock = stream.extra(SocketAttribute.raw_socket, None)
+    if not isinstance(sock, socket.socket):
+        return None
+    return partial(_peek, sock), partial(_skip, sock)
+
+
+def _peek(sock: socket.socket, max_bytes: int) -> bytes:
+    try:
+        return sock.recv(max_bytes, _PEEK)
+    except OSError:  # (BlockingIOError: nothing yet)
+        return b""
+
+
+def _skip(sock: socket.socket, size: int) -> None:
+    while size > 0:  # (one read: the bytes are there)
+        got = sock.recv_into(_SKIPPED, min(size, len(_SKIPPED)))
+        if not got:
+            raise anyio.BrokenResourceError("the peeked bytes were gone")
+        size -= got
+
+
+_PEEK = int(socket.MSG_PEEK)  # (a plain int: the flag enum's & runs Python code)
+_SKIPPED = bytearray(64 * 1024)  # where skipped bytes go (their messages were taken already)
 
 
 def _receive_now(sock: socket.socket, max_bytes: int) -> bytes:
