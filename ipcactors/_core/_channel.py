@@ -121,6 +121,7 @@ from .._transports._streams import (
     listener_setter,
     peeker,
     read_size,
+    readable_waiter,
     receiver_into,
     receivers_now,
     send_tracebacks,
@@ -644,6 +645,8 @@ class Channel:
         receive_into = receiver_into(self._stream)
         receive_now, receive_into_now = receivers_now(self._stream) or (None, None)
         receive_size = read_size(self._stream, RECEIVE_SIZE)
+        wait_readable = readable_waiter(self._stream)
+        drained = False  # the last read got less than it asked for: the kernel had no more
         frame_timeout = peer._config.frame_timeout
         data: bytes = b""  # bytes the handshake left in the session come out first
         got = 0  # bytes received in place (into the session's receive_buffer) instead
@@ -704,7 +707,19 @@ class Channel:
                 else:
                     self._reader_idle = True
                     try:
-                        data = await receive(size)
+                        if drained and wait_readable is not None:
+                            # Trio: nothing more was there a moment ago (the peer usually
+                            # answers what we sent): wait, then read, instead of a read
+                            # that finds nothing first.
+                            try:
+                                await wait_readable()
+                            except (OSError, anyio.ClosedResourceError):
+                                pass  # (the receive below says how)
+                            else:
+                                assert receive_now is not None
+                                data = receive_now(size)
+                        if not data:
+                            data = await receive(size)
                     finally:
                         self._reader_idle = False
             except TimeoutError:
@@ -724,6 +739,7 @@ class Channel:
             if data or got:
                 self._received_at = monotonic()
                 self._received += got or len(data)
+            drained = not got and len(data) < size
 
     def _in_place(self, data: memoryview) -> bool:
         """The asyncio stream's listener while the reader waits: a read that is whole small

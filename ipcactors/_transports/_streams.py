@@ -42,6 +42,7 @@ __all__ = [
     "drain_outbox",
     "peeker",
     "read_size",
+    "readable_waiter",
     "receiver_into",
     "receivers_now",
     "send_tracebacks",
@@ -213,12 +214,25 @@ def peeker(stream: ByteStream) -> tuple[Callable[[int], bytes], Callable[[int], 
     reader hears of it), and one taking the first ``n`` of them, which must be there (peeked,
     nobody else reads). ``None`` elsewhere: on asyncio the loop's callback reads (see
     :func:`listener_setter`); TLS and descriptor-passing streams hold bytes of their own."""
+    sock = _trio_socket(stream)
+    return None if sock is None else (partial(_peek, sock), partial(_skip, sock))
+
+
+def readable_waiter(stream: ByteStream) -> Callable[[], Awaitable[None]] | None:
+    """Trio, a plain socket: a wait until the kernel holds bytes for ``stream`` (then read
+    them with :func:`receivers_now`'s), for a reader whose last read found the kernel empty:
+    ``receive`` would first try a read that finds nothing, then wait. ``None`` elsewhere."""
+    sock = _trio_socket(stream)
+    return None if sock is None else partial(anyio.wait_readable, sock)
+
+
+def _trio_socket(stream: ByteStream) -> socket.socket | None:
+    """The socket under ``stream`` if the stream reads it as it is, without a loop's
+    callbacks reading it too (anyio's plain socket streams, Trio); else ``None``."""
     if not _plain(stream) or running_asyncio_loop() is not None:
         return None
     sock = stream.extra(SocketAttribute.raw_socket, None)
-    if not isinstance(sock, socket.socket):
-        return None
-    return partial(_peek, sock), partial(_skip, sock)
+    return sock if isinstance(sock, socket.socket) else None
 
 
 def _peek(sock: socket.socket, max_bytes: int) -> bytes:
