@@ -303,3 +303,39 @@ def test_a_pipe_a_tmp_file_and_an_unsealed_memfd_are_refused() -> None:
         finally:
             for fd in (read_end, write_end, unsealed, shrinkable):
                 os.close(fd)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_a_peek_leaves_bytes_and_descriptors_to_the_reader(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """``peek`` (on Trio, a requester looking at the kernel while the reader waits) returns
+    plain bytes without taking them; bytes that bring descriptors it declines, closing the
+    duplicates a peek makes, so that the reader still gets both bytes and descriptors, and none
+    leaks."""
+    ours, theirs = pair
+    stream = FdSocketStream(ours.dup())
+    segment = Segment(PAGE)
+    try:
+        theirs.sendall(b"plain")
+        assert stream.peek(100) == b"plain"
+        stream.skip(3)
+        assert stream.peek(100) == b"in"
+        with anyio.fail_after(5):
+            assert await stream.receive() == b"in"
+        before = _open_fds()
+        _send_fds(theirs, b"with a descriptor", [segment.fd])
+        for _ in range(3):
+            assert stream.peek(100) == b""
+        assert _open_fds() == before
+        with anyio.fail_after(5):
+            assert await stream.receive() == b"with a descriptor"
+        (fd,) = stream.take_fds()
+        os.close(fd)
+        assert stream.peek(100) == b""  # nothing left
+    finally:
+        await stream.aclose()
+        segment.close()

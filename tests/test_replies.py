@@ -24,6 +24,7 @@ from test_batches import RawFrames
 
 import ipcactors
 from ipcactors import Actor, ConnectionLostError, RemoteError
+from ipcactors._transports._fds import can_pass_fds
 
 pytestmark = pytest.mark.anyio
 
@@ -59,10 +60,10 @@ Script = Callable[[SocketStream, Frames], Awaitable[None]]
 
 @contextlib.asynccontextmanager
 async def bare_server(
-    transport: str, socket_dir: str, script: Script, *, silent: bool = True
+    transport: str, socket_dir: str, script: Script, *, silent: bool = True, **options: Any
 ) -> AsyncIterator[ipcactors.Connection]:
     """A server that welcomes one client and then runs ``script``; yields the client's
-    connection to it."""
+    connection to it (its actor made with ``options``)."""
     path = os.path.join(socket_dir, "bare")
     if transport == "unix":
         listener: Any = await anyio.create_unix_listener(path)
@@ -89,7 +90,7 @@ async def bare_server(
     try:
         async with listener, anyio.create_task_group() as task_group:
             task_group.start_soon(listener.serve, serve)
-            async with Actor("hello", socket_root=socket_dir, silent=silent) as hello:
+            async with Actor("hello", socket_root=socket_dir, silent=silent, **options) as hello:
                 with anyio.fail_after(5):
                     if transport == "unix":
                         connection = await hello.connect_to("bare", path)
@@ -303,14 +304,18 @@ def _resume(coroutine: Any, yielded: Any) -> Any:
                 return done.value
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("transport", [*TRANSPORTS, "unix, passing descriptors"])
 @pytest.mark.parametrize("case", AHEAD)
 async def test_bytes_in_the_kernel_before_the_request(
     transport: str, case: str, socket_dir: str, anyio_backend_name: str
 ) -> None:
     """Each case ends the request as the reader would: its reply, its error, the events beside
     it handled, a malformed reply breaking the connection. On Trio, whole replies are resolved
-    by the requester before it first yields (the reader is not woken for them)."""
+    by the requester before it first yields (the reader is not woken for them). Also over a
+    stream that passes descriptors (the client's, with shared memory on)."""
+    options: dict[str, Any] = {}
+    if transport.endswith("descriptors"):
+        transport, options = "unix", {"max_shared_bytes": 1024 * 1024}
     before, after = AHEAD[case]
     streams: list[SocketStream] = []
     seen: list[Any] = []
@@ -322,7 +327,8 @@ async def test_bytes_in_the_kernel_before_the_request(
             await anyio.sleep(0.05)
             await stream.send(after)
 
-    async with bare_server(transport, socket_dir, hand_over) as connection:
+    async with bare_server(transport, socket_dir, hand_over, **options) as connection:
+        assert can_pass_fds(connection._channel._stream) == bool(options)  # type: ignore[union-attr]
         connection.on("news", seen.append)
         with anyio.fail_after(5):
             while not streams:

@@ -779,6 +779,10 @@ class Channel:
         peek = self._peek
         if peek is None or not self._reader_idle or self._task_group is None:
             return
+        fd_stream = self._fd_stream
+        shared = self._shared
+        if (fd_stream is not None and fd_stream.pending_fds) or (shared is not None and shared.fds):
+            return  # descriptors wait for their frame: the reader's checks
         look, skip = peek
         data = look(RECEIVE_SIZE)
         if not data:

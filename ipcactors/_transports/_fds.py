@@ -70,6 +70,8 @@ MAX_READ: Final = 4 * 1024 * 1024
 # Plain ints: the socket module's flags are enums, whose ``&`` runs Python code on every read.
 _CLOEXEC: Final = int(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
 _TRUNCATED: Final = int(socket.MSG_CTRUNC)
+_PEEK: Final = int(socket.MSG_PEEK)
+_SKIPPED = bytearray(64 * 1024)  # where skipped bytes go (their messages were taken already)
 
 
 class FdAttribute(TypedAttributeSet):
@@ -125,6 +127,9 @@ class FdSocketStream(ByteStream):
         self._listener: Callable[[memoryview], bool] | None = None  # (see listen)
         self._attributes: Mapping[Any, Callable[[], Any]] | None = None  # (built once)
         self._raised: BaseException | None = None  # by the listener: receive raises it next
+        # Trio: the last read got less than it asked for (the kernel had no more): the next
+        # waits for readability first instead of a read that finds nothing.
+        self._drained = False
 
     @property
     def read_ahead(self) -> int:
@@ -158,14 +163,22 @@ class FdSocketStream(ByteStream):
         try:
             if self._loop is not None:
                 return await self._receive_ahead(max_bytes)
+            waited = False
             while True:
                 if self._closed:
                     raise anyio.ClosedResourceError
                 if self._eof:
                     raise anyio.EndOfStream
+                if self._drained and not waited:
+                    waited = True
+                    try:
+                        await anyio.wait_readable(self._sock)
+                    except anyio.ClosedResourceError:
+                        continue  # (closed: said above)
                 try:
                     data, ancillary, flags, _ = self._sock.recvmsg(max_bytes, _ANCILLARY, _CLOEXEC)
                 except BlockingIOError:
+                    waited = True
                     await anyio.wait_readable(self._sock)
                     continue
                 except OSError as exc:
@@ -177,9 +190,37 @@ class FdSocketStream(ByteStream):
                 if not data:
                     self._eof = True
                     raise anyio.EndOfStream
+                self._drained = len(data) < max_bytes
                 return data
         finally:
             self._receiving = False
+
+    def peek(self, max_bytes: int) -> bytes:
+        """Trio, for a task other than the reader while it waits with nothing read: up to
+        ``max_bytes`` the kernel holds, left there; ``b""`` if none, on any error (the reader
+        hears of it), or if descriptors come with them (the reader's to claim: the duplicates
+        a peek makes are closed at once)."""
+        try:
+            data, ancillary, flags, _ = self._sock.recvmsg(max_bytes, _ANCILLARY, _PEEK | _CLOEXEC)
+        except OSError:
+            return b""
+        if ancillary or flags & _TRUNCATED:
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds = array.array("i")
+                    fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+                    _close_all(list(fds))
+            return b""
+        return data
+
+    def skip(self, size: int) -> None:
+        """Take the first ``size`` bytes the kernel holds, which :meth:`peek` returned (no
+        descriptor comes with them); their messages were taken already."""
+        while size > 0:
+            got = self._sock.recv_into(_SKIPPED, min(size, len(_SKIPPED)))
+            if not got:
+                raise anyio.BrokenResourceError("the peeked bytes were gone")
+            size -= got
 
     async def _receive_ahead(self, max_bytes: int) -> bytes:
         self._read_size = min(max(max_bytes, 1), MAX_READ)

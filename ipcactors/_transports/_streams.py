@@ -209,11 +209,14 @@ def receivers_now(
 
 def peeker(stream: ByteStream) -> tuple[Callable[[int], bytes], Callable[[int], None]] | None:
     """For a task other than ``stream``'s reader, while that reader waits with nothing read
-    (Trio, a plain socket: its reads are the kernel's): a function returning up to ``n`` bytes
-    the kernel holds without taking them (``MSG_PEEK``; ``b""`` if none, or on any error: the
-    reader hears of it), and one taking the first ``n`` of them, which must be there (peeked,
-    nobody else reads). ``None`` elsewhere: on asyncio the loop's callback reads (see
-    :func:`listener_setter`); TLS and descriptor-passing streams hold bytes of their own."""
+    (Trio, a plain socket or one passing descriptors: its reads are the kernel's): a function
+    returning up to ``n`` bytes the kernel holds without taking them (``MSG_PEEK``; ``b""`` if
+    none, on any error, the reader hears of it, or when descriptors come with them), and one
+    taking the first ``n`` of them, which must be there (peeked, nobody else reads). ``None``
+    elsewhere: on asyncio the loop's callback reads (see :func:`listener_setter`); TLS holds
+    bytes of its own."""
+    if isinstance(stream, FdSocketStream):
+        return None if running_asyncio_loop() is not None else (stream.peek, stream.skip)
     sock = _trio_socket(stream)
     return None if sock is None else (partial(_peek, sock), partial(_skip, sock))
 
