@@ -24,6 +24,10 @@ Invariants:
 - A listener (:meth:`FdSocketStream.listen`, asyncio) sees only a read that brings no
   descriptor, while the reader waits with nothing read ahead and none unclaimed: never bytes
   out of order, never a descriptor. What it raises, the waiting ``receive`` raises.
+- A peek (:meth:`FdSocketStream.peek`, Trio: a requester looking at the kernel while the
+  reader waits) never takes a descriptor: bytes that bring one are declined, and the
+  duplicates the kernel installs for a peek are closed at once; :meth:`FdSocketStream.skip`
+  then takes only bytes a peek returned.
 - ``MSG_CTRUNC`` (more descriptors than :data:`MAX_FDS_PER_MESSAGE`, which the kernel then
   closes for us, or ancillary data we did not ask for) and any control message other than
   ``SCM_RIGHTS`` are a :class:`~ipcactors.DecodeError`: the descriptors that did arrive are
