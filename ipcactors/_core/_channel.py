@@ -777,7 +777,8 @@ class Channel:
         what the kernel holds if it is nothing but whole small replies, resolving them here,
         the reader not woken; else leave it to the reader, untouched."""
         peek = self._peek
-        if peek is None or not self._reader_idle or self._task_group is None:
+        task_group = self._task_group
+        if peek is None or not self._reader_idle or task_group is None:
             return
         fd_stream = self._fd_stream
         shared = self._shared
@@ -795,11 +796,7 @@ class Channel:
         except (OSError, anyio.BrokenResourceError):
             self.abort()  # (the reader would have met it: the connection broke)
             return
-        for message in messages:
-            if type(message) is Reply:
-                self._peer._requests.resolve(message)
-            else:
-                self._peer._requests.reject(message)  # type: ignore[arg-type]  # (ErrorReply)
+        self._take(messages, task_group)  # (replies only: resolved, nothing queued)
         self._received_at = monotonic()
         self._received += len(data)
 

@@ -26,8 +26,8 @@ Invariants:
   out of order, never a descriptor. What it raises, the waiting ``receive`` raises.
 - A peek (:meth:`FdSocketStream.peek`, Trio: a requester looking at the kernel while the
   reader waits) never takes a descriptor: bytes that bring one are declined, and the
-  duplicates the kernel installs for a peek are closed at once; :meth:`FdSocketStream.skip`
-  then takes only bytes a peek returned.
+  duplicates the kernel installs for a peek are closed at once; the peeker then takes from the
+  socket only bytes a peek returned (``_streams.peeker``).
 - ``MSG_CTRUNC`` (more descriptors than :data:`MAX_FDS_PER_MESSAGE`, which the kernel then
   closes for us, or ancillary data we did not ask for) and any control message other than
   ``SCM_RIGHTS`` are a :class:`~ipcactors.DecodeError`: the descriptors that did arrive are
@@ -75,7 +75,6 @@ MAX_READ: Final = 4 * 1024 * 1024
 _CLOEXEC: Final = int(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
 _TRUNCATED: Final = int(socket.MSG_CTRUNC)
 _PEEK: Final = int(socket.MSG_PEEK)
-_SKIPPED = bytearray(64 * 1024)  # where skipped bytes go (their messages were taken already)
 
 
 class FdAttribute(TypedAttributeSet):
@@ -216,15 +215,6 @@ class FdSocketStream(ByteStream):
                     _close_all(list(fds))
             return b""
         return data
-
-    def skip(self, size: int) -> None:
-        """Take the first ``size`` bytes the kernel holds, which :meth:`peek` returned (no
-        descriptor comes with them); their messages were taken already."""
-        while size > 0:
-            got = self._sock.recv_into(_SKIPPED, min(size, len(_SKIPPED)))
-            if not got:
-                raise anyio.BrokenResourceError("the peeked bytes were gone")
-            size -= got
 
     async def _receive_ahead(self, max_bytes: int) -> bytes:
         self._read_size = min(max(max_bytes, 1), MAX_READ)

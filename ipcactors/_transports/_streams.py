@@ -199,12 +199,8 @@ def receivers_now(
     when the kernel already holds it. ``None`` for other streams (TLS)."""
     if isinstance(stream, AsyncioSocketStream):
         return stream.receive_now, stream.receive_into_now
-    if not _plain(stream) or running_asyncio_loop() is not None:
-        return None
-    sock = stream.extra(SocketAttribute.raw_socket, None)
-    if not isinstance(sock, socket.socket):
-        return None
-    return partial(_receive_now, sock), partial(_receive_into_now, sock)
+    sock = _trio_socket(stream)
+    return None if sock is None else (partial(_receive_now, sock), partial(_receive_into_now, sock))
 
 
 def peeker(stream: ByteStream) -> tuple[Callable[[int], bytes], Callable[[int], None]] | None:
@@ -216,7 +212,10 @@ def peeker(stream: ByteStream) -> tuple[Callable[[int], bytes], Callable[[int], 
     elsewhere: on asyncio the loop's callback reads (see :func:`listener_setter`); TLS holds
     bytes of its own."""
     if isinstance(stream, FdSocketStream):
-        return None if running_asyncio_loop() is not None else (stream.peek, stream.skip)
+        if running_asyncio_loop() is not None:
+            return None
+        # Its peek declines bytes that bring descriptors; what it returned is skipped as usual.
+        return stream.peek, partial(_skip, stream.extra(SocketAttribute.raw_socket))
     sock = _trio_socket(stream)
     return None if sock is None else (partial(_peek, sock), partial(_skip, sock))
 
