@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
@@ -298,9 +299,14 @@ class Config:
 
     @property
     def limits(self) -> Limits:
-        return Limits(
-            max_frame_size=self.max_frame_size, max_decoded_objects=self.max_decoded_objects
-        )
+        return _limits(self.max_frame_size, self.max_decoded_objects)
+
+
+@functools.lru_cache(maxsize=16)
+def _limits(max_frame_size: int, max_decoded_objects: int) -> Limits:
+    """One :class:`Limits` per pair of settings: every connection asks for them, and making
+    the frozen dataclass costs more than looking it up."""
+    return Limits(max_frame_size=max_frame_size, max_decoded_objects=max_decoded_objects)
 
 
 # A first reconnect delay this long (s) is node-ipc's milliseconds (default 500), not a choice.

@@ -322,7 +322,9 @@ class MsgpackEncoder(Encoder):
         self._sequenced_heads: dict[str, bytes] = {}
         # The large payloads of the frame being packed: their msgpack header, and their bytes.
         self._large: list[tuple[bytes, FramePart]] = []
-        self._mark = b"\xd8" + bytes((_MARK_CODE,)) + os.urandom(12)
+        # Where a large payload goes in the packed frame, random so that no data can forge
+        # one; drawn when the first large payload comes (most connections never send one).
+        self._mark = b""
 
     def _default(self, obj: Any) -> Any:
         """The packer's hook: large payloads out of band, numpy values as the extension."""
@@ -355,6 +357,8 @@ class MsgpackEncoder(Encoder):
             head = _EXT32.pack(0xC9, len(header) + len(data), NUMPY_EXT_CODE) + header
         index = len(self._large)
         self._large.append((head, data))
+        if not self._mark:
+            self._mark = b"\xd8" + bytes((_MARK_CODE,)) + os.urandom(12)
         return msgpack.ExtType(_MARK_CODE, self._mark[2:] + index.to_bytes(4, "big"))
 
     def _splice(self, prefix: bytes, packed: bytes) -> tuple[list[FramePart], int]:
@@ -1067,8 +1071,20 @@ class MsgpackDecoder(Decoder):
             elif head != 0x94 or kind != REQUEST or not requests:
                 return None
             offset = start + size
+        # Whole frames, none large: the decoder's state stays as it is (feed() would copy
+        # nothing either); each body is decoded where it lies.
         try:
-            return self._feed(data)  # (state unchanged: whole frames, and none is large)
+            if self.shared is not None:  # (arrays in shared memory: _decode sets it up)
+                return self._feed(data)
+            messages: list[Message] = []
+            with memoryview(data) as view:
+                offset = 0
+                while offset < end:
+                    (size,) = HEADER.unpack_from(view, offset)
+                    start = offset + HEADER_SIZE
+                    offset = start + size
+                    messages.append(self._decode_body(view[start:offset], size))  # type: ignore[arg-type]
+            return messages
         except ProtocolError:
             return None  # feed() says it
 
