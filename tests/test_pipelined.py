@@ -149,6 +149,54 @@ async def test_the_hello_and_the_first_frames_go_in_one_write(
                 await connection.aclose()
 
 
+@pytest.mark.parametrize("connect_handler", [False, True], ids=["plain", "connect handler"])
+async def test_a_welcome_that_never_comes_fails_what_was_sent_ahead_in_time(
+    socket_dir: str, connect_handler: bool
+) -> None:
+    """A server that takes the hello and the request and then says nothing: past
+    ``handshake_timeout`` the request fails with the handshake's timeout, the error handler
+    hears it, the connection is given up (stop_retrying=0); nothing waits longer."""
+    path = os.path.join(socket_dir, "mute")
+    listener = await anyio.create_unix_listener(path)
+    took = anyio.Event()
+
+    async def serve(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            with anyio.move_on_after(5), contextlib.suppress(anyio.EndOfStream):
+                while True:
+                    await stream.receive()
+                    took.set()
+
+    errors: list[BaseException] = []
+    connects: list[str] = []
+    try:
+        async with listener, anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, serve)
+            options = {"handshake_timeout": 0.3, "stop_retrying": 0}
+            async with Actor("hello", socket_root=socket_dir, silent=True, **options) as hello:
+                connection = await hello.connect_to("mute", path, wait=False)
+                connection.on("error", errors.append)
+                if connect_handler:
+                    connection.on("connect", lambda: connects.append("connect"))
+                start = anyio.current_time()
+                with anyio.fail_after(5), pytest.raises(ipcactors.ConnectionLostError) as caught:
+                    await connection.request("echo", "ahead")
+                waited = anyio.current_time() - start
+                assert took.is_set(), "the hello and the request went out"
+                assert "handshake" in str(caught.value)
+                assert "TimeoutError" in str(caught.value)
+                assert 0.25 <= waited < 3, waited
+                with anyio.fail_after(5), pytest.raises(ipcactors.ClosedError):
+                    await connection.wait_connected()
+                assert connection.destroyed
+                assert not connection.connected
+            tg.cancel_scope.cancel()
+    finally:
+        os.unlink(path)  # anyio's listener leaves its socket file
+    assert [type(e) for e in errors] == [TimeoutError]
+    assert connects == []
+
+
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
 async def test_a_refusal_fails_what_was_sent_ahead_and_nothing_is_handled(
     transport: str, socket_dir: str

@@ -53,9 +53,10 @@ Invariants:
   request ids are per connection.
 - A pipelined client (``connect_to(wait=False)``) runs its channel before the welcome: the
   writer sends what is queued right behind the hello, and the reader reads the welcome first
-  (within ``handshake_timeout``), tells the connection (``Peer._welcomed``), then serves. If
-  the welcome never comes (a reject, a timeout, a reset), nothing was handled by the peer: the
-  requests sent fail with that error and the channel ends (:attr:`Channel.handshake_error`).
+  (within ``handshake_timeout``, a deadline on the channel's own scope), tells the connection
+  (``Peer._welcomed``), then serves. If the welcome never comes (a reject, a timeout, a
+  reset), nothing was handled by the peer: the requests sent fail with that error and the
+  channel ends (:attr:`Channel.handshake_error`).
 - A peer whose ``_ready`` is an unset event (a supervised child's link to its supervisor,
   until the child's function registered its handlers) has nothing dispatched, as during an
   opening: events and requests wait in the inbox; replies and acks are handled at once.
@@ -95,6 +96,7 @@ from time import monotonic
 from typing import TYPE_CHECKING
 
 import anyio
+from anyio import CancelScope
 from anyio.abc import ByteStream, TaskGroup
 
 from .._errors import ConnectionLostError, DecodeError, ProtocolError, RejectedError
@@ -483,7 +485,7 @@ class Channel:
     async def _read(self, task_group: TaskGroup) -> None:
         """The reader, then what follows the end of the peer's input."""
         try:
-            if not self._session.is_open and not await self._await_welcome():
+            if not self._session.is_open and not await self._await_welcome(task_group.cancel_scope):
                 task_group.cancel_scope.cancel()
                 return
             if self._wanted is not None:
@@ -538,45 +540,55 @@ class Channel:
         self._spawned = True
         task_group.start_soon(open_then_release)
 
-    async def _await_welcome(self) -> bool:
+    async def _await_welcome(self, scope: CancelScope) -> bool:
         """A pipelined client: read the welcome; whether it came (see the module's docstring).
-        Raises :class:`ProtocolError` (a reject is not one: it is a refusal)."""
-        peer = self._peer
+        Raises :class:`ProtocolError` (a reject is not one: it is a refusal). ``scope``, the
+        channel's own, keeps the deadline (a scope of its own cost ~5 us a connection): past
+        it, everything the channel runs ends, as after any failed handshake."""
         session = self._session
         receive = self._stream.receive
-        timeout = peer._config.handshake_timeout
+        timeout = self._peer._config.handshake_timeout
+        deadline = scope.deadline = anyio.current_time() + timeout
         try:
-            # A bare scope and a check: anyio's fail_after wraps the same in a generator (~2x).
-            deadline = anyio.CancelScope(deadline=anyio.current_time() + timeout)
-            with deadline:
-                while not session.is_open:
-                    try:
-                        data = await receive(RECEIVE_SIZE)
-                    except anyio.EndOfStream:
-                        raise ConnectionResetError(
-                            "the peer closed the connection during the handshake"
-                        ) from None
-                    session.receive(data)
-            if deadline.cancelled_caught:
-                raise TimeoutError(f"no welcome within handshake_timeout ({timeout} s)")
+            while not session.is_open:
+                try:
+                    data = await receive(RECEIVE_SIZE)
+                except anyio.EndOfStream:
+                    raise ConnectionResetError(
+                        "the peer closed the connection during the handshake"
+                    ) from None
+                session.receive(data)
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-            # OSError: also RejectedError and its kinds, TimeoutError, ConnectionResetError.
-            self._broken = True
-            self.handshake_error = exc
-            lost = (
-                exc
-                if isinstance(exc, RejectedError)
-                else ConnectionLostError(
-                    f"the connection with {peer.id!r} was lost in its handshake, before the "
-                    f"reply ({type(exc).__name__}: {exc})"
-                )
-            )
-            peer._requests.fail(lost, sent_up_to=peer._outbox.taken)
+            # OSError: also RejectedError and its kinds, ConnectionResetError.
+            self._handshake_failed(exc)
             return False
+        except anyio.get_cancelled_exc_class():
+            if anyio.current_time() >= deadline:  # (else aborted: not a failed handshake)
+                self._handshake_failed(
+                    TimeoutError(f"no welcome within handshake_timeout ({timeout} s)")
+                )
+            raise  # the channel's scope takes it
+        finally:
+            scope.deadline = math.inf
         assert session.welcome is not None
-        peer._welcomed(session.welcome)
+        self._peer._welcomed(session.welcome)
         self._received_at = monotonic()
         return True
+
+    def _handshake_failed(self, exc: Exception) -> None:
+        """The welcome will not come: what was sent ahead of it fails with why."""
+        peer = self._peer
+        self._broken = True
+        self.handshake_error = exc
+        lost = (
+            exc
+            if isinstance(exc, RejectedError)
+            else ConnectionLostError(
+                f"the connection with {peer.id!r} was lost in its handshake, before the "
+                f"reply ({type(exc).__name__}: {exc})"
+            )
+        )
+        peer._requests.fail(lost, sent_up_to=peer._outbox.taken)
 
     async def _finish_dispatching(self) -> None:
         """Wait for the dispatcher to handle what arrived; once the writer is lost (now or
