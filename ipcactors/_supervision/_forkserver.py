@@ -3,8 +3,10 @@
 Why: a fresh interpreter importing anyio and ipcactors takes ~100–150 ms; forking a process that
 already has them imported readies a child in a few milliseconds. Why not fork the supervisor
 itself: it runs an event loop (and maybe threads); a fork of that is unsafe. The forkserver is
-started as a fresh interpreter (fork + exec), imports what children need, and then never runs an
-event loop or a second thread, so each ``fork()`` it makes is of a quiet, single-threaded process.
+started as a fresh interpreter (fork + exec), imports what children need, walks a child's way
+to ready a few times on their backend (``_rehearsal``: its children inherit that code warm; an
+event loop run to its end, nothing left running), and then never runs an event loop or a second
+thread, so each ``fork()`` it makes is of a quiet, single-threaded process.
 
 Invariants owned here:
 - Only this module calls ``os.fork()`` (``fork_child``), and only in a forkserver process
@@ -104,9 +106,15 @@ def recv_message(sock: socket.socket) -> tuple[Any, list[int]] | None:
 
 
 def serve(
-    ctl_fd: int, lifeline_fd: int, parent_pid: int, log_level: str, preload: list[str]
+    ctl_fd: int,
+    lifeline_fd: int,
+    parent_pid: int,
+    log_level: str,
+    preload: list[str],
+    backend: tuple[str, bool] | None = None,
 ) -> None:
-    """Main loop of the forkserver process. Returns when the supervisor is gone or done."""
+    """Main loop of the forkserver process. Returns when the supervisor is gone or done.
+    ``backend``: the one the children run, rehearsed first (``_rehearsal``)."""
     # The supervisor's death (SIGTERM) ends the loop through the finally below, which stops
     # every child's group; SIGKILL would skip it and leave what the children started running.
     signal.signal(signal.SIGTERM, _parent_gone)
@@ -115,6 +123,10 @@ def serve(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for name in preload:
         importlib.import_module(name)
+    if backend is not None:
+        from ._rehearsal import rehearse
+
+        rehearse(*backend)
     threads = _thread_count()
     if threads > 1:
         print(
@@ -442,12 +454,14 @@ def fork_spare(
 
 
 def _main(argv: list[str]) -> None:
-    """``python -c <bootstrap> <ctl_fd> <lifeline_fd> <parent_pid> <log_level> <preload,...>``."""
+    """``python -c <bootstrap> <ctl_fd> <lifeline_fd> <parent_pid> <log_level> <preload,...>
+    [<backend> <uvloop: 0 or 1>]`` (the backend to rehearse)."""
     ctl_fd, lifeline_fd, parent_pid = (int(x) for x in argv[:3])
     log_level = argv[3]
     preload = [name for name in argv[4].split(",") if name]
+    backend = (argv[5], argv[6] == "1") if len(argv) >= 7 else None
     try:
-        serve(ctl_fd, lifeline_fd, parent_pid, log_level, preload)
+        serve(ctl_fd, lifeline_fd, parent_pid, log_level, preload, backend)
     except OSError as exc:
         if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
             raise

@@ -104,9 +104,15 @@ class ForkServer:
         self.dead = False
 
     def start(
-        self, task_group: TaskGroup, lifeline: int, log_level: str, preload: list[str]
+        self,
+        task_group: TaskGroup,
+        lifeline: int,
+        log_level: str,
+        preload: list[str],
+        backend: tuple[str, bool],
     ) -> None:
-        """Start the process (fork + exec, a few ms; from the event-loop thread on purpose)."""
+        """Start the process (fork + exec, a few ms; from the event-loop thread on purpose);
+        it rehearses a child's way on ``backend`` (the children's) before it is ready."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             command = [
@@ -121,6 +127,8 @@ class ForkServer:
                 str(os.getpid()),
                 log_level,
                 ",".join(preload),
+                backend[0],
+                "1" if backend[1] else "0",
             ]
             self._process = subprocess.Popen(
                 command,

@@ -512,7 +512,11 @@ class Supervisor:
             preload.append("uvloop")
         forkserver = ForkServer(self._log)
         forkserver.start(
-            self._task_group, self._lifeline[0], self.log_level, preload + self.preload
+            self._task_group,
+            self._lifeline[0],
+            self.log_level,
+            preload + self.preload,
+            (self._backend, self._uvloop),
         )
         self._forkserver = forkserver
 
