@@ -5,8 +5,8 @@ Why: a warm spawn is mostly a child running code for the first time in its proce
 specializes a function's bytecode in place as it first runs it (writing to memory the child
 shares copy-on-write with the forkserver, a page fault each), and first uses fill caches (the
 backend anyio loads at its first run, the codec's shared unpacker, the limits of a config, ...).
-Run once in the forkserver, all that is inherited instead: warm spawns ~0.87x
-(docs/performance.md), for ~20 ms once, before the forkserver says it is ready.
+Run once in the forkserver, all that is inherited instead: warm spawns ~0.7x on asyncio,
+~0.8x on Trio (docs/performance.md), for ~40 ms once, before the forkserver says it is ready.
 
 Invariants:
 - It runs to its end before the forkserver forks anything, and leaves nothing running: no
@@ -37,7 +37,7 @@ __all__ = ["REHEARSAL_ROUNDS", "REHEARSAL_SECONDS", "rehearse"]
 
 #: Walks of the child's way: CPython specializes a function after a few runs (3.11: 8 calls).
 REHEARSAL_ROUNDS: Final = 10
-#: At most this long, whatever happens (it takes ~20 ms).
+#: At most this long, whatever happens (it takes ~40 ms).
 REHEARSAL_SECONDS: Final = 2.0
 
 _TOKEN: Final = "rehearsal"
