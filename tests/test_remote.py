@@ -151,6 +151,9 @@ async def test_remote_child_answers_is_killed_and_restarted(
             # Its parent is the forkserver the SSH server started, not ours.
             forkserver = forkserver_of(pid)
             assert psutil.Process(forkserver).ppid() == ssh_server.process.pid
+            # It rehearsed a child's way on the children's backend, and forks single-threaded.
+            assert psutil.Process(forkserver).cmdline()[-2:] == [anyio_backend, "0"]
+            assert psutil.Process(forkserver).num_threads() == 1
 
             # A pending request fails at once when the child dies, then it is restarted.
             async with anyio.create_task_group() as task_group:

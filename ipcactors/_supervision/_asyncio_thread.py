@@ -78,6 +78,7 @@ class AsyncioThreadLauncher:
             preload=self._context.preload,
             connect_back=self._context.connect_back,
             relay=lambda fds, prefix: self._back(self._context.relay, fds, prefix),
+            backend=self._context.backend,
         )
         self._inner = await self._call(self._make, context)
 

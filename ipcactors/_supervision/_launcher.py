@@ -82,6 +82,9 @@ class LaunchContext:
     #: ``relay((stdout_fd, stderr_fd), prefix)``: pass what is written to these read ends on
     #: to the supervisor's stdout and stderr, line by line, prefixed ``[prefix]`` (it closes them).
     relay: Callable[[tuple[int, int], str], None]
+    #: The anyio backend the children run and whether it is uvloop's: their forkserver
+    #: rehearses a child's way on it before it forks (docs/supervisor.md).
+    backend: tuple[str, bool] = ("asyncio", False)
 
 
 @runtime_checkable

@@ -150,8 +150,14 @@ class _Server:
         # "ping": only keeps the silence timer from running out
 
 
-def serve_stream(log_level: str, preload: list[str], silence: float) -> None:
-    """Main loop of a remote forkserver: control frames on fd 0, ours on fd 1."""
+def serve_stream(
+    log_level: str,
+    preload: list[str],
+    silence: float,
+    backend: tuple[str, bool] | None = None,
+) -> None:
+    """Main loop of a remote forkserver: control frames on fd 0, ours on fd 1. ``backend``:
+    the children's, rehearsed first (``_rehearsal``)."""
     signal.signal(signal.SIGTERM, _parent_gone)
     signal.signal(signal.SIGHUP, _parent_gone)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -163,6 +169,10 @@ def serve_stream(log_level: str, preload: list[str], silence: float) -> None:
 
     for name in preload:
         importlib.import_module(name)
+    if backend is not None:
+        from ._rehearsal import rehearse
+
+        rehearse(*backend)
     from ._child import setup_logging
 
     setup_logging(log_level)
@@ -233,9 +243,13 @@ def serve_stream(log_level: str, preload: list[str], silence: float) -> None:
 
 
 def _main(argv: list[str]) -> None:
-    """``python -c <bootstrap> <log_level> <preload,...> <silence seconds>``."""
+    """``python -c <bootstrap> <log_level> <preload,...> <silence seconds> [<backend>
+    <uvloop: 0 or 1>]`` (the backend to rehearse)."""
     log_level, preload, silence = argv[:3]
+    backend = (argv[3], argv[4] == "1") if len(argv) >= 5 else None
     try:
-        serve_stream(log_level, [name for name in preload.split(",") if name], float(silence))
+        serve_stream(
+            log_level, [name for name in preload.split(",") if name], float(silence), backend
+        )
     except (BrokenPipeError, ConnectionResetError):
         pass  # the channel is gone: the finally above stopped everything

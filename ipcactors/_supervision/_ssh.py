@@ -138,11 +138,16 @@ class SSHHost:
         user = f"{self.user}@" if self.user else ""
         return f"{user}{self.address}:{self.port}"
 
-    def command(self, log_level: str, preload: tuple[str, ...]) -> str:
+    def command(
+        self, log_level: str, preload: tuple[str, ...], backend: tuple[str, bool] | None = None
+    ) -> str:
         """The shell command that starts the forkserver (any sshd runs it with the login's
-        shell; the environment goes through ``env``, which needs no AcceptEnv)."""
+        shell; the environment goes through ``env``, which needs no AcceptEnv); ``backend``:
+        the children's, which it rehearses first."""
         words = ["env", *(f"{k}={v}" for k, v in self.env.items()), self.python, "-c"]
         words += [_BOOTSTRAP, log_level, ",".join(preload), str(self.lifeline_timeout)]
+        if backend is not None:
+            words += [backend[0], "1" if backend[1] else "0"]
         command = "exec " + " ".join(shlex.quote(word) for word in words)
         if self.cwd is not None:
             command = f"cd {shlex.quote(self.cwd)} && {command}"
@@ -283,7 +288,7 @@ class SSHLauncher:
         context = self._context
         sockname = connection.get_extra_info("sockname")
         self._connect_back = self.host.connect_back or (sockname[0] if sockname else None)
-        command = self.host.command(context.log_level, context.preload)
+        command = self.host.command(context.log_level, context.preload, context.backend)
         process = self._process = await connection.create_process(command, encoding=None)
         quiet_read, quiet_write = os.pipe2(os.O_CLOEXEC)
         os.close(quiet_write)

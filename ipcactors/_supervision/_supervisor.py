@@ -561,6 +561,7 @@ class Supervisor:
             preload=(*preload, *self.preload),
             connect_back=address if isinstance(address, tuple) else None,
             relay=relay,
+            backend=(self._backend, self._uvloop),
         )
 
     async def _listen_net(self, actor: Actor, server: Server) -> None:
