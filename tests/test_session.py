@@ -265,6 +265,71 @@ def test_any_split_of_the_bytes_gives_the_same_handshake(
     assert [m.event for m in got] == ["a", "b"]  # type: ignore[union-attr]
 
 
+def open_stream() -> tuple[bytes, list[tuple[str, Any]]]:
+    """Frames of every size a read can cut: small events, a request, payloads just under, at
+    and over one read (64 KiB, where payloads are assembled in place), one of several reads;
+    as bytes, and the (name, data) each arrives as."""
+    sizes = [5, 65_536 - 8, 200, 65_536, 65_536 + 13, 3, 150_000, 40_000, 65_536 + 1]
+    frames: list[bytes] = []
+    expected: list[tuple[str, Any]] = []
+    for index, size in enumerate(sizes):
+        data = bytes([index]) * size
+        frames.append(event_frame(f"blob{index}", data))
+        expected.append((f"blob{index}", data))
+        frames.append(event_frame("note", {"i": index}))
+        expected.append(("note", {"i": index}))
+    frames.append(MsgpackEncoder(LIMITS).request("ask", [1, 2], 9))  # type: ignore[arg-type]
+    expected.append(("ask", [1, 2]))
+    return b"".join(frames), expected
+
+
+def arrived(messages: list[Message]) -> list[tuple[str, Any]]:
+    return [
+        (m.event, bytes(m.data) if isinstance(m.data, bytearray) else m.data)  # type: ignore[union-attr]
+        for m in messages
+    ]
+
+
+@PROPERTY
+@given(cuts=st.lists(st.integers(1, 70_000), max_size=25))
+def test_any_split_of_an_open_stream_gives_the_same_messages(cuts: list[int]) -> None:
+    """Reads ending anywhere (in a header, a small frame, a large payload, just past one)
+    give the same messages in the same order as one read of everything."""
+    data, expected = open_stream()
+    client, server = pair()
+    handshake(client, server)
+    got: list[Message] = []
+    position = 0
+    for cut in cuts:
+        got += server.receive(data[position : position + cut])
+        position += cut
+    got += server.receive(data[position:])
+    assert arrived(got) == expected
+
+
+def test_reads_ending_in_a_header_give_the_same_messages() -> None:
+    """A read that ends 1-3 bytes into a frame's header (a large frame's too: its assembly
+    starts once the header is whole), or 1-3 bytes into its body."""
+    data, expected = open_stream()
+    starts = [0]
+    while starts[-1] < len(data):
+        starts.append(starts[-1] + 4 + int.from_bytes(data[starts[-1] : starts[-1] + 4], "big"))
+    for start in starts[:-1]:
+        for into in (1, 2, 3, 5, 6):
+            client, server = pair()
+            handshake(client, server)
+            cut = start + into
+            got = server.receive(data[:cut]) + server.receive(data[cut:])
+            assert arrived(got) == expected, f"cut {into} bytes into the frame at {start}"
+
+
+def test_one_read_of_an_open_stream_gives_its_messages() -> None:
+    data, expected = open_stream()
+    client, server = pair()
+    handshake(client, server)
+    assert arrived(server.receive(data)) == expected
+
+
 def test_data_to_send_returns_each_byte_once() -> None:
     client = session(Role.CLIENT, "client")
     client.start()

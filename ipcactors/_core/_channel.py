@@ -70,9 +70,13 @@ Invariants:
 - A large payload arriving (the session's ``receive_buffer``) is read straight into its final
   buffer where the stream can (``receiver_into``: the asyncio fast path, plain sockets on
   Trio), at most ``MAX_RECEIVE_INTO`` bytes per read; elsewhere (TLS) read as usual and copied
-  there by the decoder. Either way, at most one copy on this side. The rest of a frame already
-  begun is read without a loop pass or a timeout scope when the kernel holds it
-  (``receivers_now``), and only up to the frame's end: the next frame waits for a loop pass.
+  there by the decoder. Either way, at most one copy on this side (but for a payload's last
+  bytes read with what follows them, below). The rest of a frame already begun is read without
+  a loop pass or a timeout scope when the kernel holds it (``receivers_now``); a frame that
+  misses less than one read (``RECEIVE_SIZE``) is read with what follows it, until
+  ``DIRECT_READ_BUDGET`` bytes were read so since the reader last waited, then only up to the
+  frame's end: the next frame waits for a loop pass. Only a wait is bounded by
+  ``frame_timeout``.
 - Heartbeats (``Config.heartbeat_interval``; none when the codec carries no pings), kept by
   the actor's watchdog (one task per actor for all its channels, see ``_watchdog``; a channel
   has no task or timer of its own for them): any bytes received are a sign of life. A ping
@@ -140,6 +144,8 @@ __all__ = ["INBOX_HARD_FACTOR", "RECEIVE_SIZE", "Channel", "frame_bytes"]
 RECEIVE_SIZE = 64 * 1024  # per read for small traffic; large frames are read in larger chunks
 MAX_RECEIVE_SIZE = 4 * 1024 * 1024
 MAX_RECEIVE_INTO = 8 * 1024 * 1024  # per read into a large payload's buffer (then a sign of life)
+#: Bytes the reader reads on past a frame's end without a loop pass (see the invariants).
+DIRECT_READ_BUDGET = 4 * RECEIVE_SIZE
 INBOX_HARD_FACTOR = 4  # x max_inbox_bytes: how far reading goes on while a reply is awaited
 PONG_MIN_GAP = 0.05  # seconds between pongs: a peer pinging more often is not answered each time
 STALL_GRACE = 0.05  # seconds the reader gets, once the heartbeat deadline passed, before a drop
@@ -668,6 +674,7 @@ class Channel:
         frame_timeout = peer._config.frame_timeout
         data: bytes = b""  # bytes the handshake left in the session come out first
         got = 0  # bytes received in place (into the session's receive_buffer) instead
+        direct = 0  # bytes read without waiting since the reader last waited (a loop pass)
         buffered = session.buffered
         fd_stream = self._fd_stream
         shared = self._shared
@@ -700,8 +707,17 @@ class Channel:
             missing = session.missing()
             if missing is not None and missing > size:
                 size = min(missing, MAX_RECEIVE_SIZE)
+            # Within this pass's budget, a frame that misses less than one read is read with
+            # what follows it: a payload's last bytes alone cost a read, and the next frame's
+            # first bytes a loop pass (a stream of 64 KiB payloads: two reads and a pass each).
+            ahead = (
+                direct < DIRECT_READ_BUDGET
+                and receive_now is not None
+                and missing is not None
+                and missing < receive_size
+            )
             # A large payload arriving: straight into its final buffer, a slice at a time.
-            into = session.receive_buffer() if receive_into is not None else None
+            into = session.receive_buffer() if receive_into is not None and not ahead else None
             got = 0
             data = b""
             try:
@@ -712,17 +728,23 @@ class Channel:
                     # pass or a timeout scope (~12 us each); only a wait is bounded.
                     if receive_into_now is not None:
                         got = receive_into_now(into)
+                        direct += got
                     if not got:
+                        direct = 0
                         with anyio.fail_after(frame_timeout):
                             got = await receive_into(into)
                 elif buffered:
                     if receive_now is not None:
-                        # Only this frame's bytes: the next frame starts after a loop pass.
-                        data = receive_now(size if missing is None else min(size, missing))
+                        # Past the budget, only this frame's bytes: the next frame starts
+                        # after a loop pass.
+                        data = receive_now(size if ahead or missing is None else min(size, missing))
+                        direct += len(data)
                     if not data:
+                        direct = 0
                         with anyio.fail_after(frame_timeout):
                             data = await receive(size)
                 else:
+                    direct = 0
                     self._reader_idle = True
                     try:
                         if drained and wait_readable is not None:

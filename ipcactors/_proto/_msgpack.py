@@ -18,6 +18,10 @@ Invariants owned here:
   :class:`MsgpackEncoder`). After the handshake, a frame of ``ASSEMBLE_AT`` bytes or more is
   decoded by an :class:`~._assembly.Assembly`, which receives its large payloads in place: a
   large bin value therefore always arrives as a ``bytearray`` (a smaller one as ``bytes``).
+- Between two reads the decoder holds back at most the start of one small frame (a large
+  frame's bytes are its assembly's; after a handshake message, what followed it, until the
+  owner decides: see :meth:`MsgpackDecoder.feed`). The next read first completes that frame;
+  the rest of the read is decoded where it lies, not copied behind it.
 - A batch of events (kind 14, only once announced, docs/protocol.md 5.5) decodes into its events,
   checked whole (its size against what was announced, its pairs, names and depths) before any
   is returned; its sender side is :class:`MsgpackEventBatches`.
@@ -1153,17 +1157,75 @@ class MsgpackDecoder(Decoder):
             messages += self._assembled()
             data = view[taken:]
         buffer = self._buffer
+        if buffer and not data:
+            self._frames(buffer, messages)  # (the rest after a handshake message: see feed)
+        elif buffer:
+            # A frame held back from the last read: completed with this read's first bytes
+            # and decoded there; the rest of the read is decoded where it lies, not copied
+            # behind those few bytes first (a reader that reads on past a frame's end ends
+            # most reads in the middle of one).
+            view = memoryview(data)
+            taken = self._complete_held(view)
+            if taken < 0:
+                return messages  # all of it went behind the held bytes, still not a frame
+            stopped = self._frames(buffer, messages)
+            data = view[taken:]
+            if stopped or buffer:
+                # A handshake message stopped it (see feed), or more than a frame was held
+                # (what followed one until the owner decided): the rest goes behind it.
+                buffer += data
+                if not stopped:
+                    self._frames(buffer, messages)
+                return messages
+            if self._assembly is not None:  # the held frame was a large one's start
+                return messages + self._feed(data)
+            self._frames(data, messages)
+        else:
+            self._frames(data, messages)
+        return messages
+
+    def _complete_held(self, view: memoryview) -> int:
+        """Move the first bytes of ``view`` behind the held-back ones, up to the end of their
+        frame (or its header, if the frame is large or refused: the frame loop starts its
+        assembly or says why); how many moved, or -1 if all did and the frame is still not
+        complete."""
+        buffer = self._buffer
+        end = len(view)
+        taken = 0
+        while True:
+            held = len(buffer)
+            if held < HEADER_SIZE:
+                need = HEADER_SIZE - held
+            else:
+                (size,) = HEADER.unpack_from(buffer)
+                if (
+                    size == 0
+                    or size > self._frame_limit
+                    or (size >= ASSEMBLE_AT and self._assembling)
+                ):
+                    return taken
+                need = HEADER_SIZE + size - held
+                if need <= 0:  # a whole frame is held already (and maybe more)
+                    return taken
+            if need > end - taken:
+                buffer += view[taken:end]
+                return -1
+            buffer += view[taken : taken + need]
+            taken += need
+
+    def _frames(self, data: bytes | bytearray | memoryview, messages: list[Message]) -> bool:
+        """Decode the frames of ``data`` (the held-back buffer, or a read with nothing held
+        back) into ``messages``; keep what is left of it (the start of the next frame) held
+        back; whether a handshake message stopped it."""
+        buffer = self._buffer
         # With nothing held back, the frames are read where the bytes are (a large frame's
         # first read is ~256 KiB: not copied here first); only what is left is kept.
-        if buffer:
-            buffer += data
-            source: bytes | bytearray | memoryview = buffer
-        else:
-            source = data
+        source = data
         offset = 0
         end = len(source)
         limit = self._frame_limit
         count_above, shared = self._count_above, self.shared
+        stopped = False
         with memoryview(source) as view:
             while end - offset >= HEADER_SIZE:
                 (size,) = HEADER.unpack_from(source, offset)
@@ -1209,12 +1271,13 @@ class MsgpackDecoder(Decoder):
                 if kind in HANDSHAKE_KINDS:
                     # Stop here: the owner decides whether the handshake is done (and the frame
                     # limit lifted) before the frames behind this one are decoded.
+                    stopped = True
                     break
             if source is not buffer and offset < end:
                 buffer += view[offset:end]  # the start of the next frame, kept
         if source is buffer and offset:
             del buffer[:offset]  # O(1) at the front of a bytearray
-        return messages
+        return stopped
 
     def _small_frames(
         self, view: memoryview, offset: int, end: int, messages: list[Message]
