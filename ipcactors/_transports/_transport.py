@@ -10,8 +10,9 @@ Invariants:
 - ``Listening.accept`` never fails for one connection's fault (reset, aborted, refused by a
   firewall before it was accepted): it skips that connection. What it raises concerns the
   listener (out of resources, closed). On asyncio the listening socket stays registered with
-  the loop while ``accept`` keeps coming back for more, and is unregistered whenever the loop
-  finds it readable with nobody waiting (so a server backing off never spins the loop).
+  the loop while ``accept`` keeps coming back for more, and is unregistered when the loop
+  finds it readable twice in a row with nobody waiting (so a server backing off never spins
+  the loop; once is the usual echo of a connection the woken ``accept`` is taking).
 - A connect returns a connected stream or raises: a Unix listener with a full backlog is
   waited out (as a blocking connect would, within the caller's timeout), never taken for a
   connection.
@@ -126,6 +127,7 @@ class Listening:
         self._loop = running_asyncio_loop()
         self._watching = False
         self._readable: Completion | None = None
+        self._unheard = False  # the loop found it readable with nobody waiting, once
 
     async def accept(self) -> tuple[ByteStream, Any]:
         """The next connection, as a byte stream (see ``_streams.wrap_socket``), and the peer's
@@ -166,6 +168,7 @@ class Listening:
         if not self._watching:
             loop.add_reader(self._sock.fileno(), self._on_readable)
             self._watching = True
+        self._unheard = False
         readable = self._readable = Completion()
         try:
             await readable.wait(math.inf)
@@ -176,9 +179,13 @@ class Listening:
         """asyncio's callback while the socket is registered."""
         readable = self._readable
         if readable is None:
-            # Nobody waits (accept is busy, or backing off): stop watching until it waits
-            # again, or the loop would call this at every pass meanwhile.
-            self._unwatch()
+            # Nobody waits. Once in a row is usual: the loop polls again before the accept it
+            # woke has run, and finds the connection that accept is taking. Twice, accept is
+            # busy or backing off: stop watching until it waits again, or the loop would call
+            # this at every pass meanwhile.
+            if self._unheard:
+                self._unwatch()
+            self._unheard = True
         elif not readable.done():
             readable.set()
         # (else accept is about to run, and takes the connection)
