@@ -46,6 +46,17 @@ def handshake(client: Session, server: Session) -> None:
         pump(server, client)
 
 
+def deliver(data: bytes, sink: Session, cuts: list[int]) -> list[Message]:
+    """``data`` received in reads of the sizes ``cuts`` says, then the rest in one."""
+    got: list[Message] = []
+    position = 0
+    for cut in cuts:
+        got += sink.receive(data[position : position + cut])
+        position += cut
+    got += sink.receive(data[position:])
+    return got
+
+
 def event_frame(name: str, data: Any = None) -> bytes:
     frame = MsgpackEncoder(LIMITS).event(name, data)
     return frame if isinstance(frame, bytes) else b"".join(frame)
@@ -243,23 +254,13 @@ def test_any_split_of_the_bytes_gives_the_same_handshake(
     """Bytes cut anywhere (one byte at a time included) reach the same states and messages."""
     client, server = pair(key, key)
     client.start()
-
-    def deliver(data: bytes, sink: Session) -> list[Message]:
-        got: list[Message] = []
-        position = 0
-        for cut in cuts:
-            got += sink.receive(data[position : position + cut])
-            position += cut
-        got += sink.receive(data[position:])
-        return got
-
     while server.state is not State.DECIDING:
-        deliver(client.data_to_send(), server)
+        deliver(client.data_to_send(), server, cuts)
         if server.state is State.DECIDING:
             break
-        deliver(server.data_to_send(), client)
+        deliver(server.data_to_send(), client, cuts)
     after = server.accept() + event_frame("a", [1, "x"]) + event_frame("b")
-    got = deliver(after, client)
+    got = deliver(after, client, cuts)
     got += client.receive()
     assert client.is_open
     assert [m.event for m in got] == ["a", "b"]  # type: ignore[union-attr]
@@ -298,13 +299,7 @@ def test_any_split_of_an_open_stream_gives_the_same_messages(cuts: list[int]) ->
     data, expected = open_stream()
     client, server = pair()
     handshake(client, server)
-    got: list[Message] = []
-    position = 0
-    for cut in cuts:
-        got += server.receive(data[position : position + cut])
-        position += cut
-    got += server.receive(data[position:])
-    assert arrived(got) == expected
+    assert arrived(deliver(data, server, cuts)) == expected
 
 
 def test_reads_ending_in_a_header_give_the_same_messages() -> None:

@@ -1157,31 +1157,29 @@ class MsgpackDecoder(Decoder):
             messages += self._assembled()
             data = view[taken:]
         buffer = self._buffer
-        if buffer and not data:
-            self._frames(buffer, messages)  # (the rest after a handshake message: see feed)
-        elif buffer:
-            # A frame held back from the last read: completed with this read's first bytes
-            # and decoded there; the rest of the read is decoded where it lies, not copied
-            # behind those few bytes first (a reader that reads on past a frame's end ends
-            # most reads in the middle of one).
-            view = memoryview(data)
-            taken = self._complete_held(view)
-            if taken < 0:
-                return messages  # all of it went behind the held bytes, still not a frame
-            stopped = self._frames(buffer, messages)
-            data = view[taken:]
-            if stopped or buffer:
-                # A handshake message stopped it (see feed), or more than a frame was held
-                # (what followed one until the owner decided): the rest goes behind it.
-                buffer += data
-                if not stopped:
-                    self._frames(buffer, messages)
-                return messages
-            if self._assembly is not None:  # the held frame was a large one's start
-                return messages + self._feed(data)
+        if not buffer:
             self._frames(data, messages)
+            return messages
+        # A frame held back from the last read: completed with this read's first bytes and
+        # decoded there; the rest of the read is decoded where it lies, not copied behind
+        # those few bytes first (a reader that reads on past a frame's end ends most reads in
+        # the middle of one).
+        view = memoryview(data)
+        taken = self._complete_held(view)
+        if taken < 0:
+            return messages  # all of it went behind the held bytes, still not a frame
+        stopped = self._frames(buffer, messages)
+        rest = view[taken:]
+        if stopped or buffer:
+            # A handshake message stopped it (see feed), or more than a frame was held (what
+            # followed one until the owner decided): the rest goes behind it.
+            buffer += rest
+            if not stopped:
+                self._frames(buffer, messages)
+        elif self._assembly is not None:  # the held frame was a large one's start
+            messages += self._feed(rest)
         else:
-            self._frames(data, messages)
+            self._frames(rest, messages)
         return messages
 
     def _complete_held(self, view: memoryview) -> int:
