@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ipcactors import DecodeError, EncodeError, FrameTooLargeError, ProtocolError
+from ipcactors._proto._assembly import Assembly
 from ipcactors._proto._messages import (
     HANDSHAKE_KINDS,
     MAX_REQUEST_ID,
@@ -1172,6 +1173,142 @@ def test_large_bodies_come_out_apart_from_their_header() -> None:
     assert isinstance(frame, tuple)
     (message,) = decoder().feed(b"".join(frame))
     assert norm(message) == ("reply", 3, big)
+
+
+# --- the commonest large frame: an event whose data is one payload ----------------------------
+
+LARGE = bytes(range(256)) * 300  # 76,800 bytes: a large bin, received in place
+
+
+def large_event_cases() -> list[tuple[str, bytes, Any]]:
+    """(case, body, what it arrives as: (name, data, seq), or the error's match)."""
+    raw = b"\xff\xfe"
+    return [
+        ("plain", pack([0, "e", LARGE]), ("e", LARGE, None)),
+        ("fixstr's longest name", pack([0, "n" * 31, LARGE]), ("n" * 31, LARGE, None)),
+        ("str 8 name", pack([0, "n" * 200, LARGE]), ("n" * 200, LARGE, None)),
+        ("str 16 name", pack([0, "n" * 300, LARGE]), ("n" * 300, LARGE, None)),
+        ("unicode name", pack([0, "événement", LARGE]), ("événement", LARGE, None)),
+        ("seq, fixint", pack([0, "e", LARGE, 7]), ("e", LARGE, 7)),
+        ("seq, uint 16", pack([0, "e", LARGE, 300]), ("e", LARGE, 300)),
+        ("seq, uint 32", pack([0, "e", LARGE, 70_000]), ("e", LARGE, 70_000)),
+        ("seq, uint 64", pack([0, "e", LARGE, MAX_REQUEST_ID]), ("e", LARGE, MAX_REQUEST_ID)),
+        ("seq 0, ignored", pack([0, "e", LARGE, 0]), ("e", LARGE, None)),
+        ("seq past the bound, ignored", pack([0, "e", LARGE, 2**64 - 1]), ("e", LARGE, None)),
+        ("negative seq, ignored", pack([0, "e", LARGE, -5]), ("e", LARGE, None)),
+        ("a str for a seq, ignored", pack([0, "e", LARGE, "x"]), ("e", LARGE, None)),
+        ("a list for a seq, ignored", pack([0, "e", LARGE, [1, 2]]), ("e", LARGE, None)),
+        ("five items", pack([0, "e", LARGE, 3, "more"]), ("e", LARGE, 3)),
+        ("the payload in a list", pack([0, "e", [LARGE]]), ("e", [LARGE], None)),
+        (
+            "the payload in a map",
+            pack([0, "e", {"a": LARGE, "b": 1}]),
+            ("e", {"a": LARGE, "b": 1}, None),
+        ),
+        ("two payloads", pack([0, "e", [LARGE, LARGE]]), ("e", [LARGE, LARGE], None)),
+        ("a request", pack([1, "e", LARGE, 9]), ("request", "e", LARGE, 9)),
+        ("empty name", pack([0, "", LARGE]), "event name"),
+        ("name not UTF-8", b"\x93\x00\xa2" + raw + pack(LARGE), "invalid msgpack body"),
+        ("name not a str", pack([0, 5, LARGE]), "event name"),
+        ("kind 0 as uint 8", b"\x93\xcc\x00\xa1e" + pack(LARGE), ("e", LARGE, None)),
+    ]
+
+
+def fed_in_parts(dec: MsgpackDecoder, parts: list[bytes]) -> list[Message]:
+    return [message for part in parts for message in dec.feed(part)]
+
+
+def as_sent(value: Any) -> Any:
+    if isinstance(value, bytearray):
+        return bytes(value)
+    if isinstance(value, list):
+        return [as_sent(item) for item in value]
+    if isinstance(value, dict):
+        return {key: as_sent(item) for key, item in value.items()}
+    return value
+
+
+@pytest.mark.parametrize("pieces", [1, 2, 7, 40])
+@pytest.mark.parametrize(("case", "body", "expected"), large_event_cases())
+def test_a_large_event_arrives_as_its_body_says(
+    case: str, body: bytes, expected: Any, pieces: int
+) -> None:
+    """Whatever its envelope holds (a name of any length, a seq or something else behind the
+    payload, the payload inside a container), however the reads cut it (the first pieces a
+    few bytes each: the name arriving in parts): the message its body says, its large bin a
+    bytearray."""
+    frame = framed(body)
+    cuts = [min(3 * k + 1, len(frame)) for k in range(1, pieces)]
+    parts = [frame[a:b] for a, b in zip([0, *cuts], [*cuts, len(frame)], strict=True)]
+    dec = decoder()
+    if isinstance(expected, str):
+        with pytest.raises(DecodeError, match=expected):
+            fed_in_parts(dec, parts)
+        return
+    messages = fed_in_parts(dec, parts)
+    assert len(messages) == 1
+    (message,) = messages
+    if expected[0] == "request":
+        assert type(message) is Request
+        assert (message.event, as_sent(message.data), message.id) == expected[1:]
+        return
+    assert type(message) is Event
+    assert (message.event, as_sent(message.data), message.seq) == expected
+    if type(expected[1]) is bytes:
+        assert type(message.data) is bytearray
+
+
+@pytest.mark.parametrize(
+    ("limits", "match"),
+    [
+        (Limits(max_container_len=2), "max_container_len=2"),
+        (Limits(max_decoded_objects=3), "max_decoded_objects=3"),
+        (Limits(max_decoded_objects=4), None),
+        (Limits(max_depth=1), None),
+        (Limits(max_depth=0), "max_depth=0"),
+    ],
+)
+def test_a_large_event_is_held_to_the_limits(limits: Limits, match: str | None) -> None:
+    """Its envelope counts as the walk would count it (4 objects, an array of 3, one level),
+    whether the frame is all in at once (counted before anything is assembled) or comes in
+    pieces (the walk counts as it goes)."""
+    frame = framed(pack([0, "e", LARGE]))
+    for pieces in ([frame], [frame[:100], frame[100:]]):
+        dec = decoder(limits)
+        if match is None:
+            (message,) = fed_in_parts(dec, pieces)
+            assert type(message) is Event
+            assert message.data == LARGE
+            continue
+        with pytest.raises(DecodeError, match=match):
+            fed_in_parts(dec, pieces)
+
+
+@pytest.mark.parametrize(
+    ("value", "short"),
+    [
+        ([0, "e", LARGE], True),
+        ([0, "e", LARGE, 12], True),
+        ([0, "n" * 255, LARGE, 2**40], True),
+        ([0, "e", LARGE, "x"], False),
+        ([0, "e", [LARGE]], False),
+        ([1, "e", LARGE, 3], False),
+    ],
+)
+def test_an_event_whose_data_is_one_payload_is_not_decoded_again(value: Any, short: bool) -> None:
+    """Its message is built from the assembly's bytes (names, payload, seq) without decoding
+    the skeleton; anything else is left to the decoder."""
+    body = pack(value)
+    assembly = Assembly(len(body), DEFAULT)
+    assert assembly.take(memoryview(body)) == len(body)
+    assert assembly.done
+    event = assembly.event()
+    if not short:
+        assert event is None
+        return
+    assert event is not None
+    assert (event.event, event.data, event.seq) == (value[1], LARGE, (value[3:] or [None])[0])
+    assert type(event.data) is bytearray
 
 
 # --- reserved names ---------------------------------------------------------------------------

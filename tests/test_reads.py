@@ -66,6 +66,42 @@ def stream_of_events(seed: int, count: int) -> tuple[bytes, list[tuple[str, Any]
     return bytes(wire), expected
 
 
+def stream_of_shapes(seed: int, count: int) -> tuple[bytes, list[tuple[str, Any]]]:
+    """``count`` events whose large payloads are not at their frame's end: a tail after one
+    (a few bytes, about one read's head, more than that), two in one frame, small frames
+    between some; as one byte string, and what each should arrive as."""
+    rng = random.Random(seed)
+    wire = bytearray()
+    expected: list[tuple[str, Any]] = []
+    for index in range(count):
+        first = payload(index, rng.choice(AWKWARD[:10]))
+        tail = "t" * rng.choice([0, 3, 4_000, 4_100, 5_000, 20_000])
+        shape = rng.randrange(3)
+        if shape == 0:
+            data: Any = [first, tail]
+        elif shape == 1:
+            data = {"first": first, "between": tail, "second": payload(1000 + index, READ + 7)}
+        else:
+            data = [tail, first]
+        wire += framed([0, "blob", data])
+        expected.append(("blob", data))
+        if rng.random() < 0.3:
+            wire += framed([0, "note", index])
+            expected.append(("note", index))
+    return bytes(wire), expected
+
+
+def as_sent(value: Any) -> Any:
+    """``value`` as it was sent: a large payload arrives as a ``bytearray``."""
+    if isinstance(value, bytearray):
+        return bytes(value)
+    if isinstance(value, list):
+        return [as_sent(item) for item in value]
+    if isinstance(value, dict):
+        return {key: as_sent(item) for key, item in value.items()}
+    return value
+
+
 async def receive_all(
     transport: str, socket_dir: str, wire: bytes, expected: list[tuple[str, Any]], pieces: int
 ) -> None:
@@ -76,7 +112,7 @@ async def receive_all(
 
     def on(name: str) -> Any:
         def handler(data: Any, client: Client) -> None:
-            got.append((name, bytes(data) if name == "blob" else data))
+            got.append((name, as_sent(data)))
             if len(got) == len(expected):
                 done.set()
 
@@ -117,6 +153,17 @@ async def test_a_stream_of_awkward_frames_written_in_pieces(
 ) -> None:
     wire, expected = stream_of_events(3, 60)
     await receive_all(transport, socket_dir, wire, expected, pieces=150)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("pieces", [1, 120])
+async def test_payloads_with_more_of_their_frame_behind_them(
+    transport: str, pieces: int, socket_dir: str
+) -> None:
+    """A payload received in place is followed by the rest of its frame (a tail, another
+    payload) and then the next frame's head, read together."""
+    wire, expected = stream_of_shapes(4, 40)
+    await receive_all(transport, socket_dir, wire, expected, pieces=pieces)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -21,6 +21,11 @@ Invariants:
   join the skeleton ``_PIECE`` at a time, each piece walked before the next, so a frame over a
   limit is refused having copied little of itself.
 - A marker arriving from the peer (extension type ``MARK_CODE``) is a protocol error.
+- The commonest large frame, an event whose data is one large payload (``[0, name, payload]``,
+  or ``[0, name, payload, seq]``), is recognized from its first bytes: its envelope is passed
+  over in one step (counted as the walk would count it), and its message is built without
+  decoding the skeleton (:meth:`Assembly.event`). Anything else about it, or any other frame,
+  is walked and decoded as above.
 - Nothing here does I/O.
 """
 
@@ -32,7 +37,7 @@ from typing import Any, Final
 from .._errors import DecodeError
 from ._codec import OUT_OF_BAND_AT
 from ._extcodes import NUMPY_EXT_CODE
-from ._messages import Limits
+from ._messages import MAX_REQUEST_ID, Event, Limits
 
 __all__ = ["MARK_CODE", "Assembly"]
 
@@ -42,6 +47,12 @@ _MARK_HEAD: Final = b"\xd8" + bytes((MARK_CODE,))  # fixext 16: an index and 12 
 _U8, _U16, _U32 = struct.Struct(">B"), struct.Struct(">H"), struct.Struct(">I")
 _WIDTHS: Final = {1: _U8, 2: _U16, 4: _U32}
 _PIECE: Final = 16 * 1024  # bytes added to the skeleton between two walks
+_MARK_SIZE: Final = 18  # a marker: fixext 16 (two bytes of header)
+# An event's envelope: an array of 3 or 4 (fixarray), kind 0 (see _msgpack), then its name.
+_EVENT_ARRAYS: Final = (0x93, 0x94)
+# A sequence number's msgpack: uint 8, 16, 32, 64, by the size of the element (a positive
+# fixint is one byte).
+_UINT_HEADS: Final = {2: 0xCC, 3: 0xCD, 5: 0xCE, 9: 0xCF}
 
 # First byte -> how the element goes on (see _step): fixed size; str/bin/ext with a length
 # field; array/map with a count field; fixarray/fixmap; invalid.
@@ -84,6 +95,7 @@ class Assembly:
 
     __slots__ = (
         "_budget",
+        "_event_name",
         "_filled",
         "_limits",
         "_objects",
@@ -112,6 +124,9 @@ class Assembly:
         #: Where the next bytes go, if a payload is being received; ``_filled`` of it are in.
         self.destination: memoryview | None = None
         self._filled = 0
+        # Where an event's name lies in the skeleton, if the body starts as an event's
+        # envelope (see event()).
+        self._event_name: tuple[int, int] | None = None
 
     @property
     def done(self) -> bool:
@@ -160,6 +175,36 @@ class Assembly:
             raise DecodeError("a frame holds more than one msgpack value")
         return memoryview(self._skeleton)
 
+    def event(self) -> Event | None:
+        """The event the complete body is, if its data is one large payload (nothing else:
+        no container around it): built from the skeleton's bytes without decoding it. The
+        walk counted its objects and checked its container; it nests one level deep. ``None``
+        for any other body (decode the skeleton)."""
+        where = self._event_name
+        if where is None or len(self.objects) != 1:
+            return None
+        skeleton = self._skeleton
+        start, end = where
+        if skeleton[end : end + 2] != _MARK_HEAD:
+            return None  # the data holds the payload, or is something else
+        rest = len(skeleton) - end - _MARK_SIZE  # behind the data: a seq, if 4 items
+        seq: int | None = None
+        if rest:
+            head = skeleton[end + _MARK_SIZE]
+            if rest == 1 and head < 0x80:
+                seq = head
+            elif _UINT_HEADS.get(rest) == head:
+                seq = int.from_bytes(skeleton[1 - rest :])
+            else:
+                return None  # not a sequence number: decoded as any body
+            if not 0 < seq <= MAX_REQUEST_ID:
+                seq = None  # as an event's: anything else is ignored
+        try:
+            name = skeleton[start:end].decode()
+        except UnicodeDecodeError:
+            return None  # (the decoder says why)
+        return Event(name, self.objects[0], seq)
+
     def resolve(self, code: int, data: bytes) -> Any:
         """A marker's object (for the unpacker's ``ext_hook``); ``None`` if not a marker."""
         index = int.from_bytes(data[:4], "big")
@@ -173,6 +218,8 @@ class Assembly:
         """Pass over the elements whose headers are in, until a payload's destination is set
         or more bytes are needed."""
         skeleton = self._skeleton
+        if not self._scan and self._objects == 1:
+            self._envelope(skeleton)
         while self.destination is None:
             if self._skip:
                 step = min(self._skip, len(skeleton) - self._scan)
@@ -186,6 +233,32 @@ class Assembly:
                 return
             if not self._step(skeleton, self._scan):
                 return
+
+    def _envelope(self, skeleton: bytearray) -> None:
+        """Pass over an event's envelope (its array's header, its kind, its name) at once,
+        if the body starts with one whose name is all in, counted as the walk would."""
+        if len(skeleton) < 3 or skeleton[0] not in _EVENT_ARRAYS or skeleton[1] != 0:
+            return
+        head = skeleton[2]
+        if 0xA1 <= head <= 0xBF:  # fixstr, not empty
+            start, length = 3, head & 0x1F
+        elif head == 0xD9 and len(skeleton) >= 4 and skeleton[3]:  # str 8
+            start, length = 4, skeleton[3]
+        else:
+            return
+        items = skeleton[0] & 0x0F
+        limits = self._limits
+        if (
+            len(skeleton) < start + length
+            or items > limits.max_container_len
+            or 1 + items > self._budget
+            or limits.max_depth < 1
+        ):
+            return  # walked step by step: the walk or the decoder says what is wrong
+        self._objects = 1 + items
+        self._values = items - 2  # the data, and a seq if there are 4
+        self._scan = start + length
+        self._event_name = (start, start + length)
 
     def _step(self, skeleton: bytearray, at: int) -> bool:
         """Read the element starting at ``at``; False if its header is not all in yet."""

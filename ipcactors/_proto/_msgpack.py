@@ -1118,6 +1118,9 @@ class MsgpackDecoder(Decoder):
         assert assembly is not None
         self._assembly = None
         body = assembly.body()
+        event = assembly.event()  # the commonest large frame: no skeleton to decode
+        if event is not None:
+            return [event]
         if not counted:
             check_objects(body, self._limits)
         hook = self._unpack_options["ext_hook"]
