@@ -1311,6 +1311,46 @@ def test_an_event_whose_data_is_one_payload_is_not_decoded_again(value: Any, sho
     assert type(event.data) is bytearray
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        LARGE,
+        bytearray(LARGE),
+        memoryview(LARGE),
+        memoryview(bytearray(LARGE)).cast("I"),  # another format: sent as its bytes
+        b"\x07" * (SEPARATE_BODY_AT + 3),
+    ],
+    ids=["bytes", "bytearray", "memoryview", "memoryview of ints", "just over"],
+)
+def test_an_event_whose_data_is_one_buffer_leaves_as_it_is(data: Any) -> None:
+    """Its frame is the envelope with the payload's header, then the payload itself (a view
+    of the sender's memory, never copied): byte for byte what msgpack packs, acked or not."""
+    encoder = MsgpackEncoder(DEFAULT)
+    as_bytes = bytes(data)
+    for frame, value in (
+        (encoder.event("e", data), [0, "e", as_bytes]),
+        (encoder.sequenced_event("e", data, 5), [0, "e", as_bytes, 5]),
+    ):
+        assert isinstance(frame, tuple)
+        assert wire(frame) == framed(pack(value))
+        assert any(
+            part is data
+            or (isinstance(part, memoryview) and part.obj is getattr(data, "obj", data))
+            for part in frame
+        )
+        (message,) = decoder().feed(wire(frame))
+        assert (message.event, message.data) == ("e", as_bytes)  # type: ignore[union-attr]
+
+
+def test_an_event_whose_data_is_one_buffer_is_held_to_the_frame_limit() -> None:
+    # The body: [0, "e" (4 bytes), then the bin's header (5 bytes) and the payload.
+    encoder = MsgpackEncoder(Limits(max_frame_size=len(LARGE) + 9))
+    assert frame_size(encoder.event("e", LARGE)) == 4 + len(LARGE) + 9
+    with pytest.raises(FrameTooLargeError):
+        encoder.event("ee", LARGE)
+    assert wire(encoder.event("e", b"ok")) == framed(pack([0, "e", b"ok"]))  # usable after
+
+
 # --- reserved names ---------------------------------------------------------------------------
 
 

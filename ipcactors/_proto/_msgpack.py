@@ -508,11 +508,24 @@ class MsgpackEncoder(Encoder):
             head = self._event_heads[event] = b"\x93\x00" + self._packer.pack(event)
         packed = self._plain_packed(data)
         if packed is None:
+            if type(data) in _BUFFERS and self._out_of_band and _is_large(data):
+                return self._payload_frame(head, data)  # the commonest large event
             return self._framed(head, self._check(data))
         size = len(head) + len(packed)
         if size <= self._count_above and size < SEPARATE_BODY_AT and not self._datagrams:
             return b"".join((HEADER.pack(size), head, packed))  # within every limit
         return self._framed_packed(head, packed, None)
+
+    def _payload_frame(self, head: bytes, data: bytes | bytearray | memoryview) -> Frame:
+        """The frame of an event whose data is one large bytes-like value, out of band: the
+        parts :meth:`_framed` would make (``head``, the bin header, the payload), without
+        packing anything."""
+        payload: FramePart = data if type(data) is bytes else memoryview(data).cast("B")
+        length = len(payload)
+        size = len(head) + _BIN32.size + length
+        if size > self._limit:
+            raise FrameTooLargeError(size, self._limit)
+        return (HEADER.pack(size) + head + _BIN32.pack(0xC6, length), payload)
 
     def event_item(self, event: str, data: Any) -> bytes | None:
         """The event as one item of a batch (kind 14, docs/protocol.md 5.5): its name and its
