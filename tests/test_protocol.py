@@ -1175,6 +1175,112 @@ def test_large_bodies_come_out_apart_from_their_header() -> None:
     assert norm(message) == ("reply", 3, big)
 
 
+@PROPERTY
+@given(values, st.text(min_size=1, max_size=40), st.integers(0, MAX_REQUEST_ID))
+def test_frames_are_what_msgpack_packs(data: Any, name: str, number: int) -> None:
+    """Events, requests and replies (their heads kept per name, plain data packed at once,
+    anything else checked first): byte for byte the msgpack of their envelope."""
+    encoder = MsgpackEncoder(DEFAULT)
+    for _ in range(2):  # (the second time from the kept heads)
+        assert wire(encoder.event(name, data)) == framed(pack([0, name, data]))
+        assert wire(encoder.sequenced_event(name, data, number or 1)) == framed(
+            pack([0, name, data, number or 1])
+        )
+        assert wire(encoder.request(name, data, number)) == framed(pack([1, name, data, number]))
+        assert wire(encoder.reply(number, data)) == framed(pack([2, number, data]))
+
+
+@pytest.mark.parametrize("kind", ["event", "sequenced event", "request", "reply"])
+def test_the_encoder_refuses_exactly_what_the_decoder_would(kind: str) -> None:
+    """At the object budget's boundary, whatever the envelope around the data (a trailing
+    seq or id is one object more): what the encoder sends, the decoder takes; one object
+    more is an EncodeError, not a broken connection at the peer."""
+    limits = Limits(max_decoded_objects=100)
+    encoder = MsgpackEncoder(limits)
+    make = {
+        "event": lambda data: encoder.event("e", data),
+        "sequenced event": lambda data: encoder.sequenced_event("e", data, 3),
+        "request": lambda data: encoder.request("e", data, 3),
+        "reply": lambda data: encoder.reply(3, data),
+    }[kind]
+    outside = {"event": 4, "sequenced event": 5, "request": 5, "reply": 4}[kind]
+    largest = [0] * (100 - outside)  # its items, and the list itself
+    (message,) = decoder(limits).feed(wire(make(largest)))
+    assert message.data == largest  # type: ignore[union-attr]
+    with pytest.raises(DecodeError, match="max_decoded_objects"):
+        decoder(limits).feed(framed(pack([1, "e", [*largest, 0], 3])))  # (the decoder's word)
+    with pytest.raises(EncodeError, match="max_decoded_objects"):
+        make([*largest, 0])
+
+
+# --- replies and requests decoded where a read lies (Decoder.in_place) ------------------------
+
+answer_ids = st.one_of(
+    st.integers(-3, 3),
+    st.just(MAX_REQUEST_ID),
+    st.just(MAX_REQUEST_ID + 1),
+    st.booleans(),
+    st.text(max_size=2),
+)
+answer_names = st.one_of(st.text(max_size=4), st.integers(0, 2), st.binary(max_size=2))
+
+
+@st.composite
+def answers(draw: st.DrawFn) -> bytes:
+    """A reply, error reply or request frame: well formed, or wrong in one of its items."""
+    kind = draw(st.sampled_from(["reply", "error", "request"]))
+    data = draw(wild_values)
+    if kind == "reply":
+        return framed(pack([2, draw(answer_ids), data]))
+    if kind == "error":
+        error = draw(st.sampled_from([{"type": "E", "message": "m"}, {"type": 1}, data]))
+        return framed(pack([3, draw(answer_ids), error]))
+    return framed(pack([1, draw(answer_names), data, draw(answer_ids)]))
+
+
+@PROPERTY
+@given(st.lists(answers(), min_size=1, max_size=3), st.sampled_from([DEFAULT, Limits(max_depth=3)]))
+def test_answers_decoded_in_place_are_what_feed_makes(frames: list[bytes], limits: Limits) -> None:
+    """A read of whole replies and requests gives the messages feed() would give, or
+    nothing (``None``: left to feed(), which then says what is wrong)."""
+    read = b"".join(frames)
+    in_place = decoder(limits).in_place(read, True)
+    try:
+        fed = decoder(limits).feed(read)
+    except ProtocolError:
+        assert in_place is None
+        return
+    assert in_place is not None
+    assert [norm(m) for m in in_place] == [norm(m) for m in fed]
+    assert [type(m) for m in in_place] == [type(m) for m in fed]
+
+
+def test_answers_in_place_at_their_bounds() -> None:
+    deep = [[[["x"]]]]
+    cases = [
+        ([2, 0, "a"], ("reply", 0, "a")),
+        ([2, MAX_REQUEST_ID, {"a": 1}], ("reply", MAX_REQUEST_ID, {"a": 1})),
+        ([1, "n", [1, [2]], 5], ("request", "n", [1, [2]], 5)),
+        ([2, 1, deep], ("reply", 1, deep)),
+    ]
+    for body, expected in cases:
+        (message,) = decoder().in_place(framed(pack(body)), True) or []
+        assert norm(message) == expected
+    refused = [
+        [2, MAX_REQUEST_ID + 1, 1],
+        [2, -1, 1],
+        [2, True, 1],
+        [1, "", 1, 1],
+        [1, b"n", 1, 1],
+        [1, "n", 1, -1],
+        [1, "n", deep, 1],  # deeper than max_depth=3
+    ]
+    for body in refused:
+        assert decoder(Limits(max_depth=3)).in_place(framed(pack(body)), True) is None
+    # A request is taken only when requests may be.
+    assert decoder().in_place(framed(pack([1, "n", 1, 1])), False) is None
+
+
 # --- the commonest large frame: an event whose data is one payload ----------------------------
 
 LARGE = bytes(range(256)) * 300  # 76,800 bytes: a large bin, received in place

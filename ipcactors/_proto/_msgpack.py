@@ -324,6 +324,7 @@ class MsgpackEncoder(Encoder):
         self._event_heads: dict[str, bytes] = {}
         self._names: dict[str, bytes] = {}  # event names packed (for batch items)
         self._sequenced_heads: dict[str, bytes] = {}
+        self._request_heads: dict[str, bytes] = {}
         # The large payloads of the frame being packed: their msgpack header, and their bytes.
         self._large: list[tuple[bytes, FramePart]] = []
         # Where a large payload goes in the packed frame, random so that no data can forge
@@ -439,7 +440,7 @@ class MsgpackEncoder(Encoder):
                 self.shared.unplace(place)
 
     def _framed_packed(self, head: bytes, packed: bytes, tail: Any) -> Frame:
-        self._check_body(head, packed)
+        self._check_body(head, packed, tail is not None)
         if tail is not None:  # a sequenced event's seq, after the body (never copied)
             return self._with_tail(head, packed, self._packer.pack(tail))
         if self._datagrams:
@@ -449,19 +450,27 @@ class MsgpackEncoder(Encoder):
             return (HEADER.pack(size) + head, packed)
         return b"".join((HEADER.pack(size), head, packed))
 
-    def _check_body(self, head: bytes, packed: bytes) -> None:
-        """Raise if the body ``head + packed`` is too large, or holds too many objects."""
+    def _check_body(self, head: bytes, packed: bytes, trailing: bool = False) -> None:
+        """Raise if the body ``head + packed`` (``trailing``: and a seq or id behind it) is
+        too large, or holds too many objects."""
         size = len(head) + len(packed)
         if size > self._limit:
             raise FrameTooLargeError(size, self._limit)
         if size > self._count_above:  # else it cannot hold too many (one byte each at least)
-            try:
-                check_objects(memoryview(packed), self._limits, *((3, 1) if head else ()))
-            except DecodeError as exc:
-                raise EncodeError(
-                    f"{exc}; the peer would refuse it. Send large arrays as bytes or numpy "
-                    "arrays, or raise max_decoded_objects on both sides"
-                ) from None
+            self._count(head, packed, trailing)
+
+    def _count(self, head: bytes, packed: bytes, trailing: bool) -> None:
+        """Raise if the data ``packed`` (the first value in it) holds too many objects for a
+        body with ``head`` before it (``trailing``: and one item after it)."""
+        # Around the data: the envelope's array, its kind and name (or id), and what trails.
+        outside = (3 + trailing, 1) if head else ()
+        try:
+            check_objects(memoryview(packed), self._limits, *outside)
+        except DecodeError as exc:
+            raise EncodeError(
+                f"{exc}; the peer would refuse it. Send large arrays as bytes or numpy "
+                "arrays, or raise max_decoded_objects on both sides"
+            ) from None
 
     def _with_tail(self, head: bytes, packed: bytes, tail: bytes) -> Frame:
         size = len(head) + len(packed) + len(tail)
@@ -482,13 +491,7 @@ class MsgpackEncoder(Encoder):
         if size > self._limit:
             raise FrameTooLargeError(size, self._limit)
         if len(packed) > self._count_above:  # the payloads are one object each: count the rest
-            try:
-                check_objects(memoryview(packed), self._limits, *((3, 1) if head else ()))
-            except DecodeError as exc:
-                raise EncodeError(
-                    f"{exc}; the peer would refuse it. Send large arrays as bytes or numpy "
-                    "arrays, or raise max_decoded_objects on both sides"
-                ) from None
+            self._count(head, packed, tail is not None)
         parts[0] = HEADER.pack(size) + parts[0]
         return tuple(parts)
 
@@ -587,23 +590,39 @@ class MsgpackEncoder(Encoder):
     def _sequenced_head(self, event: str) -> bytes:
         # [0, event, data, seq]: a peer without the acked mode ignores the trailing item. The
         # head is packed once per name and reused, as for plain events.
-        head = self._sequenced_heads.get(event)
+        return self._head(self._sequenced_heads, b"\x94\x00", event)
+
+    def _head(self, heads: dict[str, bytes], prefix: bytes, event: str) -> bytes:
+        """``prefix`` (an envelope's array header and kind) with ``event`` packed behind it,
+        kept in ``heads`` for the next frame of that name."""
+        head = heads.get(event)
         if head is None:
-            if len(self._sequenced_heads) >= _HEAD_CACHE_SIZE:
-                self._sequenced_heads.clear()
-            head = self._sequenced_heads[event] = b"\x94\x00" + self._packer.pack(event)
+            if len(heads) >= _HEAD_CACHE_SIZE:
+                heads.clear()
+            head = heads[event] = prefix + self._packer.pack(event)
         return head
 
     def sequenced_event(self, event: str, data: Any, seq: int) -> Frame:
         head = self._sequenced_heads.get(event) or self._sequenced_head(event)
+        return self._around(head, data, seq)
+
+    def _around(self, head: bytes, data: Any, tail: Any = None) -> Frame:
+        """The frame whose body is ``head``, then ``data`` packed, then ``tail`` packed unless
+        ``None`` (a seq, a request's id): plain data packed at once, anything else checked
+        and packed by :meth:`_framed`."""
         packed = self._plain_packed(data)
-        if packed is not None:  # as in event(), the seq packed behind the data
-            tail: bytes = self._packer.pack(seq)
-            size = len(head) + len(packed) + len(tail)
+        if packed is None:
+            return self._framed(head, self._check(data), tail)
+        if tail is None:
+            size = len(head) + len(packed)
             if size <= self._count_above and size < SEPARATE_BODY_AT and not self._datagrams:
-                return b"".join((HEADER.pack(size), head, packed, tail))  # within every limit
-            return self._framed_packed(head, packed, seq)
-        return self._framed(head, self._check(data), seq)
+                return b"".join((HEADER.pack(size), head, packed))  # within every limit
+            return self._framed_packed(head, packed, None)
+        after: bytes = self._packer.pack(tail)
+        size = len(head) + len(packed) + len(after)
+        if size <= self._count_above and size < SEPARATE_BODY_AT and not self._datagrams:
+            return b"".join((HEADER.pack(size), head, packed, after))  # within every limit
+        return self._framed_packed(head, packed, tail)
 
     def sequencer(self, event: str, data: Any) -> Callable[[int], Frame]:
         if self.shared is not None:  # (never with acked: a frame's places are per connection)
@@ -653,10 +672,12 @@ class MsgpackEncoder(Encoder):
         return self._frame([ACK, seq])
 
     def request(self, event: str, data: Any, request_id: int) -> Frame:
-        return self._frame([REQUEST, event, data, request_id], data)
+        # [1, event, data, id]: the head packed once per name, as for events.
+        head = self._request_heads.get(event) or self._head(self._request_heads, b"\x94\x01", event)
+        return self._around(head, data, request_id)
 
     def reply(self, request_id: int, data: Any) -> Frame:
-        return self._frame([REPLY, request_id, data], data)  # (data at index 2)
+        return self._around(b"\x93\x02" + self._packer.pack(request_id), data)  # [2, id, data]
 
     def error_reply(self, request_id: int, type: str, message: str, traceback: str) -> Frame:
         if not self.tracebacks:
@@ -1071,39 +1092,71 @@ class MsgpackDecoder(Decoder):
             or not self._assembling
         ):
             return None
+        shared = self.shared
+        messages: list[Message] = []
         offset, end = 0, len(data)
         # Each frame whole, small, and a fixarray: of 3 of kind 2 or 3 (a reply, an error),
-        # or of 4 of kind 1 (a request).
-        while offset < end:
-            if end - offset < HEADER_SIZE + 2:
-                return None
-            (size,) = HEADER.unpack_from(data, offset)
-            start = offset + HEADER_SIZE
-            if not 2 <= size < ASSEMBLE_AT or start + size > end:
-                return None
-            head, kind = data[start], data[start + 1]
-            if head == 0x93:
-                if kind != REPLY and kind != ERROR:
-                    return None
-            elif head != 0x94 or kind != REQUEST or not requests:
-                return None
-            offset = start + size
-        # Whole frames, none large: the decoder's state stays as it is (feed() would copy
-        # nothing either); each body is decoded where it lies.
+        # or of 4 of kind 1 (a request). Decoding has no effect but its messages (the
+        # decoder's state stays as it is: feed() would copy nothing either), so each body
+        # is decoded where it lies as soon as its frame is accepted; a frame that is not
+        # leaves the whole read to feed().
         try:
-            if self.shared is not None:  # (arrays in shared memory: _decode sets it up)
-                return self._feed(data)
-            messages: list[Message] = []
             with memoryview(data) as view:
-                offset = 0
                 while offset < end:
+                    if end - offset < HEADER_SIZE + 2:
+                        return None
                     (size,) = HEADER.unpack_from(view, offset)
                     start = offset + HEADER_SIZE
+                    if not 2 <= size < ASSEMBLE_AT or start + size > end:
+                        return None
+                    head, kind = view[start], view[start + 1]
+                    if head == 0x93:
+                        if kind != REPLY and kind != ERROR:
+                            return None
+                    elif head != 0x94 or kind != REQUEST or not requests:
+                        return None
                     offset = start + size
-                    messages.append(self._decode_body(view[start:offset], size))  # type: ignore[arg-type]
-            return messages
+                    if shared is None:
+                        messages.append(self._answer(view[start:offset], size))
         except ProtocolError:
             return None  # feed() says it
+        if shared is not None:  # (arrays in shared memory: _decode sets it up)
+            return self._feed(data)
+        return messages
+
+    def _answer(self, body: memoryview, size: int) -> Message:
+        """A small reply or request (or error reply) body's message: as :meth:`_message`
+        would make it, whose checks it repeats for the commonest shapes (a reply, a request,
+        their data a scalar or a flat map, or nesting less than its size could)."""
+        if size > self._count_above:
+            message = self._decode_body(body, size)
+            assert not isinstance(message, list)  # (only a kind 14 is a batch)
+            return message
+        value = _unpack_whole(body, size, self._unpacker_key, self._limits, self._unpack_options)
+        items = len(value) if type(value) is list else 0
+        if items == 3 or items == 4:
+            kind, data = value[0], value[2]
+            if type(kind) is int and (
+                size <= self._limits.max_depth
+                or type(data) in _SCALARS
+                or (type(data) is dict and _flat(data))
+            ):
+                if kind == REPLY:
+                    request_id = value[1]
+                    if type(request_id) is int and 0 <= request_id <= MAX_REQUEST_ID:
+                        return Reply(request_id, data)
+                elif kind == REQUEST and items == 4:
+                    name, request_id = value[1], value[3]
+                    if (
+                        type(name) is str
+                        and name
+                        and type(request_id) is int
+                        and 0 <= request_id <= MAX_REQUEST_ID
+                    ):
+                        return Request(name, data, request_id)
+        message = self._message(value, size)
+        assert not isinstance(message, list)
+        return message
 
     def receive_buffer(self) -> memoryview | None:
         """Where the next bytes go when a large payload is arriving (its final buffer)."""
