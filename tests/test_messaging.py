@@ -168,6 +168,43 @@ async def test_requests_both_ways(transport: str, socket_dir: str) -> None:
             assert answer == "hello, asked with 42"
 
 
+class AwaitableNumber(int):
+    """An int that is also awaitable (to 2 × itself): a plain handler's result that must be
+    awaited, though its type looks plain."""
+
+    def __await__(self) -> Any:
+        yield from anyio.sleep(0).__await__()
+        return int(self) * 2
+
+
+async def test_a_plain_handlers_awaitable_result_is_awaited(socket_dir: str) -> None:
+    async def later(value: Any) -> Any:
+        await anyio.sleep(0.01)
+        return value
+
+    results: dict[str, Any] = {
+        "none": None,
+        "true": True,
+        "int": 7,
+        "float": 1.5,
+        "str": "s",
+        "bytes": b"b",
+        "list": [1, "x"],
+        "dict": {"k": [1]},
+    }
+    async with serving("unix", socket_dir) as (_, server, connect):
+        server.on("plain", lambda data, client: results[data])
+        server.on("coroutine", lambda data, client: later(results[data]))
+        server.on("awaitable int", lambda data, client: AwaitableNumber(data))
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            world = await connect(hello)
+            with anyio.fail_after(5):
+                for key, value in results.items():
+                    assert await world.request("plain", key) == value
+                    assert await world.request("coroutine", key) == value
+                assert await world.request("awaitable int", 21) == 42
+
+
 async def test_requests_run_concurrently(socket_dir: str) -> None:
     """A slow request does not hold up the next one."""
     async with serving("unix", socket_dir) as (_, server, connect):

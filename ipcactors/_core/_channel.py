@@ -627,11 +627,19 @@ class Channel:
         requests = peer._requests
         events: list[Event | Request] = []
         # The session checked them: no reserved name, nothing of the handshake.
+        # (The commonest kinds first: events, replies, requests.)
         for message in messages:
             if type(message) is Event:
                 events.append(message)
             elif type(message) is Reply:
                 requests.resolve(message)
+            elif type(message) is Request:
+                if events or not self._may_start():
+                    events.append(message)  # it starts after what is before it
+                    self._queued_requests += 1
+                elif peer._start_answer(message, task_group, self._answered):
+                    self._spawned = True
+                    self._in_flight += 1  # until its reply is queued (see _answered)
             elif type(message) is ErrorReply:
                 requests.reject(message)
             elif type(message) is Ping:
@@ -641,13 +649,6 @@ class Channel:
                 self._heartbeat_bytes += frame_size(peer._encoder.pong())
             elif type(message) is Ack:
                 peer._acknowledged(message.seq)
-            elif type(message) is Request:
-                if events or not self._may_start():
-                    events.append(message)  # it starts after what is before it
-                    self._queued_requests += 1
-                elif peer._start_answer(message, task_group, self._answered):
-                    self._spawned = True
-                    self._in_flight += 1  # until its reply is queued (see _answered)
         return events
 
     def _enqueue(self, events: list[Event | Request], size: int, task_group: TaskGroup) -> None:

@@ -52,6 +52,9 @@ if TYPE_CHECKING:
 __all__ = ["Peer", "answer", "check_event_name", "unsupported_request"]
 
 
+# What a plain handler's result usually is, and never an awaitable: the check for one costs
+# an ABC lookup otherwise (a subclass of these could be one: isawaitable asks for it).
+_NEVER_AWAITABLE = frozenset({type(None), bool, int, float, str, bytes, bytearray, list, dict})
 _checked_names: set[str] = set()  # event names known to be fine (bounded below)
 
 
@@ -458,7 +461,7 @@ class Peer:
         except Exception as exc:
             frame = error_frame(self._encoder, message.id, exc)
         else:
-            if inspect.isawaitable(result):
+            if type(result) not in _NEVER_AWAITABLE and inspect.isawaitable(result):
                 task_group.start_soon(self._answer_later, message, result, done)
                 return True
             frame = reply_frame(self._encoder, message.id, result)
