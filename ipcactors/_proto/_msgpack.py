@@ -1117,14 +1117,14 @@ class MsgpackDecoder(Decoder):
                         return None
                     offset = start + size
                     if shared is None:
-                        messages.append(self._answer(view[start:offset], size))
+                        messages.append(self._decode_small(view[start:offset], size))
         except ProtocolError:
             return None  # feed() says it
         if shared is not None:  # (arrays in shared memory: _decode sets it up)
             return self._feed(data)
         return messages
 
-    def _answer(self, body: memoryview, size: int) -> Message:
+    def _decode_small(self, body: memoryview, size: int) -> Message:
         """A small reply or request (or error reply) body's message: as :meth:`_message`
         would make it, whose checks it repeats for the commonest shapes (a reply, a request,
         their data a scalar or a flat map, or nesting less than its size could)."""
