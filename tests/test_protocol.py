@@ -17,6 +17,7 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_reads import as_sent
 
 from ipcactors import DecodeError, EncodeError, FrameTooLargeError, ProtocolError
 from ipcactors._proto._assembly import Assembly
@@ -1322,16 +1323,6 @@ def large_event_cases() -> list[tuple[str, bytes, Any]]:
 
 def fed_in_parts(dec: MsgpackDecoder, parts: list[bytes]) -> list[Message]:
     return [message for part in parts for message in dec.feed(part)]
-
-
-def as_sent(value: Any) -> Any:
-    if isinstance(value, bytearray):
-        return bytes(value)
-    if isinstance(value, list):
-        return [as_sent(item) for item in value]
-    if isinstance(value, dict):
-        return {key: as_sent(item) for key, item in value.items()}
-    return value
 
 
 @pytest.mark.parametrize("pieces", [1, 2, 7, 40])

@@ -39,15 +39,16 @@ from ._codec import OUT_OF_BAND_AT
 from ._extcodes import NUMPY_EXT_CODE
 from ._messages import MAX_REQUEST_ID, Event, Limits
 
-__all__ = ["MARK_CODE", "Assembly"]
+__all__ = ["MARK_CODE", "MARK_SIZE", "Assembly"]
 
 #: The extension type that marks an out-of-band payload's place (never on the wire).
 MARK_CODE: Final = 127
 _MARK_HEAD: Final = b"\xd8" + bytes((MARK_CODE,))  # fixext 16: an index and 12 zero bytes
+#: A marker's size: fixext 16's two bytes of header and its 16 bytes.
+MARK_SIZE: Final = 18
 _U8, _U16, _U32 = struct.Struct(">B"), struct.Struct(">H"), struct.Struct(">I")
 _WIDTHS: Final = {1: _U8, 2: _U16, 4: _U32}
 _PIECE: Final = 16 * 1024  # bytes added to the skeleton between two walks
-_MARK_SIZE: Final = 18  # a marker: fixext 16 (two bytes of header)
 # An event's envelope: an array of 3 or 4 (fixarray), kind 0 (see _msgpack), then its name.
 _EVENT_ARRAYS: Final = (0x93, 0x94)
 # A sequence number's msgpack: uint 8, 16, 32, 64, by the size of the element (a positive
@@ -187,10 +188,10 @@ class Assembly:
         start, end = where
         if skeleton[end : end + 2] != _MARK_HEAD:
             return None  # the data holds the payload, or is something else
-        rest = len(skeleton) - end - _MARK_SIZE  # behind the data: a seq, if 4 items
+        rest = len(skeleton) - end - MARK_SIZE  # behind the data: a seq, if 4 items
         seq: int | None = None
         if rest:
-            head = skeleton[end + _MARK_SIZE]
+            head = skeleton[end + MARK_SIZE]
             if rest == 1 and head < 0x80:
                 seq = head
             elif _UINT_HEADS.get(rest) == head:

@@ -44,7 +44,7 @@ from typing import Any, Final
 import msgpack
 
 from .._errors import DecodeError, EncodeError, FrameTooLargeError, ProtocolError
-from ._assembly import MARK_CODE, Assembly
+from ._assembly import MARK_CODE, MARK_SIZE, Assembly
 from ._codec import OUT_OF_BAND_AT, Codec, Decoder, Encoder
 from ._extcodes import NUMPY_EXT_CODE, SHARED_EXT_CODE
 from ._messages import (
@@ -126,7 +126,7 @@ ASSEMBLE_AT: Final = OUT_OF_BAND_AT
 # travels (a decoder refuses it as unknown) followed by a random token of the encoder's; the
 # marker is then replaced by the payload's msgpack header and the payload itself (see _splice).
 _MARK_CODE: Final = MARK_CODE
-_MARK_SIZE: Final = 18  # fixext 16: d8, code, 12 bytes of token, u32 index
+_MARK_SIZE: Final = MARK_SIZE  # fixext 16: d8, code, 12 bytes of token, u32 index
 _BIN32: Final = struct.Struct(">BI")  # c6, length
 _EXT32: Final = struct.Struct(">BIb")  # c9, length, code
 _HEAD_CACHE_SIZE: Final = 1024  # event names whose packed envelope head is kept
@@ -223,6 +223,13 @@ def _is_large(value: bytes | bytearray | memoryview) -> bool:
     if type(value) is memoryview:
         return value.nbytes >= OUT_OF_BAND_AT and value.c_contiguous
     return len(value) >= OUT_OF_BAND_AT
+
+
+def _bin_parts(value: bytes | bytearray | memoryview) -> tuple[bytes, FramePart]:
+    """A large bytes-like value sent out of band: its bin 32 header, and its bytes as they
+    lie (``bytes`` itself, else a flat view of the sender's memory)."""
+    data: FramePart = value if type(value) is bytes else memoryview(value).cast("B")
+    return _BIN32.pack(0xC6, len(data)), data
 
 
 def _mark_large(value: Any) -> Any:
@@ -334,9 +341,7 @@ class MsgpackEncoder(Encoder):
     def _default(self, obj: Any) -> Any:
         """The packer's hook: large payloads out of band, numpy values as the extension."""
         if type(obj) is _Large:
-            value = obj.value
-            data: FramePart = value if type(value) is bytes else memoryview(value).cast("B")
-            head = _BIN32.pack(0xC6, len(data))
+            head, data = _bin_parts(obj.value)
         else:
             array = _to_array(obj)
             if array is None:
@@ -523,12 +528,11 @@ class MsgpackEncoder(Encoder):
         """The frame of an event whose data is one large bytes-like value, out of band: the
         parts :meth:`_framed` would make (``head``, the bin header, the payload), without
         packing anything."""
-        payload: FramePart = data if type(data) is bytes else memoryview(data).cast("B")
-        length = len(payload)
-        size = len(head) + _BIN32.size + length
+        bin_head, payload = _bin_parts(data)
+        size = len(head) + len(bin_head) + len(payload)
         if size > self._limit:
             raise FrameTooLargeError(size, self._limit)
-        return (HEADER.pack(size) + head + _BIN32.pack(0xC6, length), payload)
+        return (HEADER.pack(size) + head + bin_head, payload)
 
     def event_item(self, event: str, data: Any) -> bytes | None:
         """The event as one item of a batch (kind 14, docs/protocol.md 5.5): its name and its
