@@ -126,6 +126,7 @@ ROWS = [
     ),
     Row("w2", "W2 small events, one emit each", "ev/s", True, families=WITH_PEERS),
     Row("w2x100", "W2 raw anyio: 100 frames per write", "ev/s", True, families=("raw",)),
+    Row("w2-nested", "W2 events of nested data (records)", "ev/s", True, families=WITH_PEERS),
     Row(
         "w2-acked",
         "W2 small events, acknowledged (Config.acked)",
@@ -347,7 +348,7 @@ def summarize(row: Row, report: dict[str, Any], params: dict[str, Any]) -> dict[
             )
         return figure
     if row.key in (
-        *("w2", "w2x100", "w2-acked", "w3", "w4", "w4-acked"),
+        *("w2", "w2x100", "w2-acked", "w2-nested", "w3", "w4", "w4-acked"),
         *("w7-tiny", "w7-tiny-chunked", "w7-numpy"),
         *PAYLOAD_ROWS,
         *FANOUT_ROWS,

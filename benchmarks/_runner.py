@@ -264,6 +264,8 @@ class Cell:
             extra = {"seconds": p.stream_seconds, "warmup": p.warmup_seconds}
             if key == "w2-acked":
                 extra["acked"] = "on"
+            if key == "w2-nested":
+                extra["nested"] = True
             if key == "w2x100":
                 extra["batch"] = 100
             if key == "w3":

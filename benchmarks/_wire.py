@@ -21,6 +21,8 @@ import msgpack
 
 HEADER = struct.Struct(">I")
 SMALL_EVENT = {"s": "x" * 64}  # W2/W4: a dict with a 64-byte string
+# W2 nested: records as a program sends them, a list of small maps with a list in each
+NESTED_EVENT = [{"id": 1, "v": 0.5, "tags": ["a", "b"]}, {"id": 2, "v": 1.5, "tags": []}]
 # Count bounds behind the time bounds: no loop of a role runs forever, whatever the clock says.
 MAX_EVENTS = 100_000_000  # events sent in one round
 MAX_READS = 10_000_000  # reads from one stream
@@ -58,9 +60,12 @@ def now() -> float:
 
 
 def payload(config: dict[str, Any]) -> Any:
-    """The event data of a stream workload: W2's small dict or W3's ``bytes`` payload."""
+    """The event data of a stream workload: W2's small dict (its nested records with
+    ``nested``) or W3's ``bytes`` payload."""
     size = config.get("payload_bytes")
-    return bytes(size) if size else SMALL_EVENT
+    if size:
+        return bytes(size)
+    return NESTED_EVENT if config.get("nested") else SMALL_EVENT
 
 
 def connection_names(prefix: str, config: dict[str, Any]) -> list[str]:

@@ -155,6 +155,69 @@ async def test_a_raw_peer_that_announces_batches_gets_them_and_may_send_them(
             assert 14 in kinds  # (a loop of 500 emits without a pass: in batches)
 
 
+class NotPlain(int):
+    """An int subclass: packed as an int, but not plain (its type is not int)."""
+
+
+# Plain data (docs/protocol.md 5.5): what the sender batches. Arrays and maps of scalars, nested
+# up to four containers deep, small bins among them; and what it sends alone: anything deeper, a
+# large bin (out of band), a type msgpack packs only as something else (an int subclass).
+PLAIN_DATA: list[Any] = [
+    [1, 2, 3],
+    (1.5, -2.5),
+    {"pos": [1, 2], "id": 3},
+    [{"a": 1}, {"b": [None, True]}],
+    b"\x00" * 100,
+    {"blob": bytearray(b"xy"), b"k": "v"},
+    [[[[1]]]],
+    {"a": {"b": {"c": {"d": "four"}}}},
+    [],
+    {},
+]
+ALONE_DATA: list[Any] = [
+    [[[[[1]]]]],
+    {"a": {"b": {"c": {"d": {"e": "five"}}}}},
+    b"\x01" * (64 * 1024),
+    [b"\x02" * (64 * 1024)],
+    [True, memoryview(b"view")],
+    {"n": NotPlain(7)},
+]
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+async def test_events_of_nested_plain_data_travel_in_batches(
+    transport: str, socket_dir: str
+) -> None:
+    """A loop of emits of plain data of every shape goes in batches to a peer that takes them,
+    in order; data that is not plain goes alone, in its place among them."""
+    async with serving(transport, socket_dir) as (server, *_):
+        async with raw_client(server) as (stream, frames):
+            await stream.send(framed(pack([4, {"v": 1, "id": "raw", "batch": 32 * 1024}])))
+            with anyio.fail_after(5):
+                assert (await frames.next())[0] == 5
+            await eventually(lambda: "raw" in server.clients)
+            client = server.clients["raw"]
+            sent: list[tuple[Any, bool]] = []
+            for number in range(40):  # (without a loop pass: each run of plain ones, a batch)
+                for data in PLAIN_DATA:
+                    await client.emit("plain", data)
+                    sent.append((data, True))
+                alone = ALONE_DATA[number % len(ALONE_DATA)]
+                await client.emit("alone", alone)
+                sent.append((alone, False))
+            got: list[tuple[Any, bool]] = []
+            with anyio.fail_after(10):
+                while len(got) < len(sent):
+                    body = await frames.next()
+                    got += [(data, body[0] == 14) for _, data in events_of(body)]
+    assert got == [(as_decoded(data), batched) for data, batched in sent]
+
+
+def as_decoded(data: Any) -> Any:
+    """``data`` as msgpack decodes it (tuples as lists, bytearrays and views as bytes)."""
+    return msgpack.unpackb(pack(data), raw=False)
+
+
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
 async def test_a_peer_that_does_not_announce_batches_gets_plain_events(
     transport: str, socket_dir: str

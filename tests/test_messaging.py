@@ -699,15 +699,39 @@ async def test_large_payloads(socket_dir: str) -> None:
             assert results == [1 << 20] * 4
 
 
-async def test_frame_too_large_for_sender_is_refused_before_sending(socket_dir: str) -> None:
+# Data over a max_frame_size of 4096 in every shape a sender packs on a path of its own: a bin
+# (in band: under 64 KiB), a str, an array and a map of strs.
+OVER_4096 = [b"x" * 5000, "x" * 5000, ["x" * 100] * 50, {"k": "x" * 5000}]
+
+
+@pytest.mark.parametrize("data", OVER_4096, ids=["bin", "str", "array", "map"])
+async def test_frame_too_large_for_sender_is_refused_before_sending(
+    socket_dir: str, data: Any
+) -> None:
+    """An event, a request or a reply over ``max_frame_size``, alone or in a burst of small
+    events: FrameTooLargeError for the sender (RemoteError for a requester whose reply was
+    refused), and the connection goes on."""
     async with serving("unix", socket_dir, max_frame_size=4096) as (_, server, connect):
         server.on("echo", lambda data, client: data)
+        server.on("large", lambda _, client: data)
+        got: list[Any] = []
+        server.on("small", lambda n, client: got.append(n))
         async with Actor("hello", socket_root=socket_dir, silent=True, max_frame_size=4096) as h:
             world = await connect(h)
             with pytest.raises(ipcactors.FrameTooLargeError):
-                await world.emit("echo", b"x" * 5000)
+                await world.emit("echo", data)
+            with pytest.raises(ipcactors.FrameTooLargeError):
+                await world.request("echo", data)
+            for number in range(10):
+                await world.emit("small", number)
+            with pytest.raises(ipcactors.FrameTooLargeError):
+                await world.emit("echo", data)  # (after small events, in a batch)
+            await world.emit("small", 10)
+            with anyio.fail_after(5), pytest.raises(ipcactors.RemoteError, match="frame"):
+                await world.request("large")
             with anyio.fail_after(5):
                 assert await world.request("echo", "still fine") == "still fine"
+            assert got == list(range(11))
 
 
 async def test_frames_over_the_object_budget_are_refused_before_sending(socket_dir: str) -> None:

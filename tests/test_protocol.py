@@ -7,6 +7,7 @@ limits hold at their exact boundaries; what the encoder accepts the decoder acce
 
 from __future__ import annotations
 
+import collections
 import datetime
 import itertools
 import struct
@@ -21,6 +22,7 @@ from test_reads import as_sent
 
 from ipcactors import DecodeError, EncodeError, FrameTooLargeError, ProtocolError
 from ipcactors._proto._assembly import Assembly
+from ipcactors._proto._codec import OUT_OF_BAND_AT
 from ipcactors._proto._messages import (
     HANDSHAKE_KINDS,
     MAX_REQUEST_ID,
@@ -185,15 +187,14 @@ def event_body(data_bytes: bytes, name: bytes = b"\xa1e") -> bytes:
 
 names = st.text(min_size=1, max_size=12)
 ids = st.integers(0, MAX_REQUEST_ID)
-# What the Python sender batches: scalars but bin, alone or as a map's values.
-batched_scalars = st.one_of(
+scalars = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(-(2**63), 2**64 - 1),
     st.floats(allow_nan=False),
     st.text(max_size=20),
+    st.binary(max_size=20),
 )
-scalars = st.one_of(batched_scalars, st.binary(max_size=20))
 # Values the protocol carries unchanged: plain msgpack types, str or bytes map keys.
 values = st.recursive(
     scalars,
@@ -1141,11 +1142,27 @@ def test_default_hook() -> None:
     assert len(decoder().feed(wire(encoder.event("e", "ok")))) == 1
 
 
-def test_too_large_frame_raises_and_the_encoder_recovers() -> None:
+@pytest.mark.parametrize(
+    "data", [b"x" * 2000, "x" * 2000, ["x" * 100] * 20, {"k": "x" * 2000}, ("x" * 2000,)]
+)
+@pytest.mark.parametrize("kind", ["event", "sequenced event", "request", "reply", "item"])
+def test_too_large_frame_raises_and_the_encoder_recovers(data: Any, kind: str) -> None:
+    """Data over ``max_frame_size`` (well under the object budget), of each shape a path of
+    its own packs: FrameTooLargeError, whatever the envelope; no batch item (the event then
+    goes to event(), which raises)."""
     limits = Limits(max_frame_size=1024)
     encoder = MsgpackEncoder(limits)
+    if kind == "item":
+        assert encoder.event_item("e", data) is None
+        return
+    make = {
+        "event": lambda: encoder.event("e", data),
+        "sequenced event": lambda: encoder.sequenced_event("e", data, 3),
+        "request": lambda: encoder.request("e", data, 3),
+        "reply": lambda: encoder.reply(3, data),
+    }[kind]
     with pytest.raises(FrameTooLargeError) as info:
-        encoder.event("e", b"x" * 2000)
+        make()
     assert info.value.limit == 1024
     assert info.value.size > 2000
     body = body_of_size(1024)
@@ -1642,13 +1659,16 @@ def batched(
     return frames, order
 
 
-plain_data = st.one_of(
-    scalars, st.dictionaries(st.text(max_size=6) | st.binary(max_size=6), scalars, max_size=20)
-)
-batched_data = st.one_of(
-    batched_scalars,
-    st.dictionaries(st.text(max_size=6) | st.binary(max_size=6), batched_scalars, max_size=20),
-)
+def nested(inner: st.SearchStrategy[Any], levels: int) -> st.SearchStrategy[Any]:
+    """``inner``, or arrays and maps of it, at most ``levels`` containers deep."""
+    keys = st.text(max_size=6) | st.binary(max_size=6)
+    for _ in range(levels):
+        inner = inner | st.lists(inner, max_size=6) | st.dictionaries(keys, inner, max_size=6)
+    return inner
+
+
+# What the Python sender batches: plain data (scalars, and containers four deep at most).
+plain_data = nested(scalars, 4)
 
 
 @PROPERTY
@@ -1683,7 +1703,106 @@ def test_a_batch_is_the_documented_layout() -> None:
     body = pack([14, ["tick", 1, "tick", {"a": None}]])
     # (the array of items in its 32-bit form, whatever its length: written before it is known)
     assert batches.close(buffer, 2) == framed(body[:2] + b"\xdd\x00\x00\x00\x04" + body[3:])
-    assert encoder.event_item("tick", [1]) is None  # not plain: a frame of its own
+    assert encoder.event_item("tick", [[[[[1]]]]]) is None  # not plain: a frame of its own
+
+
+class IntLike(int):
+    """Packed as an int, but not plain: a subclass may pack as something else."""
+
+
+# Plain data (docs/protocol.md 5.5): a batch's items. Scalars (a bin under 64 KiB among them),
+# maps (str or bytes keys), arrays and tuples of them, four containers deep at most.
+PLAIN = [
+    None,
+    True,
+    -(2**63),
+    2**64 - 1,
+    0.5,
+    "text",
+    msgpack.Timestamp(1, 2),
+    b"",
+    b"x" * 1000,
+    bytearray(b"xy"),
+    [],
+    {},
+    (1, "two"),
+    [1, [2, [3, [4]]]],
+    {"a": {"b": {"c": {"d": 1}}}},
+    {b"k": [1.5, {"x": None}]},
+    list(range(1000)),  # (long: checked in C)
+    {str(n): n for n in range(100)},
+    {str(n): [n] for n in range(100)},
+    [[n] for n in range(100)],
+]
+# Data that is not: it is checked and packed as before, in a frame of its own (or refused).
+NOT_PLAIN = [
+    [[[[[1]]]]],  # five containers deep
+    {"a": {"b": {"c": {"d": {"e": 1}}}}},
+    b"x" * (64 * 1024),  # out of band
+    [b"x" * (64 * 1024)],
+    memoryview(b"view"),
+    [memoryview(b"view")],
+    IntLike(3),
+    [IntLike(3)],
+    {"k": IntLike(3)},
+    {1: "int key"},
+    [{1: "int key"}],
+    {str(n): n for n in range(99)} | {2: 2},  # (long: checked in C, then item by item)
+    {str(n): n for n in range(99)} | {"x": IntLike(1)},
+    [0] * 99 + [IntLike(1)],
+    msgpack.ExtType(5, b"x"),
+    [msgpack.ExtType(5, b"x")],
+    collections.OrderedDict(a=1),
+    datetime.datetime(2026, 1, 1),
+]
+
+
+@pytest.mark.parametrize("data", PLAIN, ids=repr)
+def test_plain_data_goes_in_batches_as_msgpack_packs_it(data: Any) -> None:
+    encoder = MsgpackEncoder(DEFAULT)
+    item = encoder.event_item("tick", data)
+    assert item == pack("tick") + pack(data)
+    batches = CODEC.event_batches(32 * 1024)
+    assert batches is not None
+    receiver = decoder()
+    receiver.batch_limit = CODEC.batch_limit(DEFAULT)
+    (event,) = receiver.feed(batches.close(bytearray(batches.prefix) + item, 1))
+    assert norm(event) == ("event", "tick", msgpack.unpackb(pack(data)))
+
+
+@pytest.mark.parametrize("data", NOT_PLAIN, ids=repr)
+def test_anything_else_goes_alone_through_the_checks(data: Any) -> None:
+    encoder = MsgpackEncoder(DEFAULT)
+    assert encoder.event_item("tick", data) is None
+    try:
+        frame = encoder.event("tick", data)
+    except EncodeError:
+        return  # refused as before (an int key, an extension type, a datetime)
+    (event,) = decoder().feed(wire(frame))
+    assert norm(event)[:2] == ("event", "tick")
+
+
+def test_plain_data_stays_within_the_limits() -> None:
+    """Plain data is within what a decoder with the same limits takes: four levels, fewer
+    with a smaller ``max_depth`` (one fewer in a batch, whose array is one level more), and
+    containers of at most ``max_container_len`` items, short or long."""
+    shallow = MsgpackEncoder(Limits(max_depth=4))  # the envelope, then 3 levels of data
+    assert shallow.event_item("e", [[1]]) is not None
+    assert shallow.event_item("e", [[[1]]]) is None
+    (event,) = decoder(Limits(max_depth=4)).feed(wire(shallow.event("e", [[[1]]])))
+    assert norm(event) == ("event", "e", [[[1]]])
+    with pytest.raises(EncodeError, match="deep"):
+        shallow.event("e", [[[[1]]]])
+    # A bin from OUT_OF_BAND_AT bytes on is not plain: it goes out of band, not copied.
+    payload = b"x" * OUT_OF_BAND_AT
+    assert MsgpackEncoder(DEFAULT).event("e", payload)[-1] is payload
+    short = MsgpackEncoder(Limits(max_container_len=3))
+    for data in ([1, 2, 3], {"a": 1, "b": 2, "c": 3}, [[1, 2, 3]]):
+        assert short.event_item("e", data) is not None
+    for data in ([1, 2, 3, 4], {"a": 1, "b": 2, "c": 3, "d": 4}, [[1, 2, 3, 4]], (0,) * 40):
+        assert short.event_item("e", data) is None
+        with pytest.raises(EncodeError, match="max_container_len"):
+            short.event("e", data)
 
 
 def test_batches_only_once_announced_and_within_what_was() -> None:
@@ -1708,7 +1827,7 @@ def test_batches_only_once_announced_and_within_what_was() -> None:
 
 
 @PROPERTY
-@given(st.lists(st.tuples(names, batched_data), min_size=1, max_size=40), st.integers(1, 2**62))
+@given(st.lists(st.tuples(names, plain_data), min_size=1, max_size=40), st.integers(1, 2**62))
 def test_a_numbered_batch_numbers_its_events_and_splits_into_numbered_frames(
     events: list[tuple[str, Any]], first: int
 ) -> None:

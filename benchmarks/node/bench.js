@@ -24,6 +24,7 @@ ipc.config.silent = true;
 ipc.config.maxConnections = cfg.max_connections || 100;
 
 const SMALL_EVENT = { s: 'x'.repeat(64) };
+const NESTED_EVENT = [{ id: 1, v: 0.5, tags: ['a', 'b'] }, { id: 2, v: 1.5, tags: [] }];
 const HIGH_WATER = 1 << 20;
 const MAX_EVENTS = 100000000; // a count bound behind every time bound
 
@@ -249,7 +250,7 @@ async function waitForStart() {
 // process's other connections emit too.
 async function streamRounds(conn, share) {
     // JSON cannot carry bytes: W3 sends a 1 MiB string (a Buffer would become a JSON array).
-    const data = cfg.payload_bytes ? 'x'.repeat(cfg.payload_bytes) : SMALL_EVENT;
+    const data = cfg.payload_bytes ? 'x'.repeat(cfg.payload_bytes) : cfg.nested ? NESTED_EVENT : SMALL_EVENT;
     const check = cfg.payload_bytes ? 1 : 100;
     const limit = cfg.max_events || MAX_EVENTS; // fan-in: a share of one budget
     let done = null;

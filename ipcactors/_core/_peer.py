@@ -206,9 +206,14 @@ class Peer:
         outbox = self._outbox
         if outbox.batches is not None:  # the common case: an item of the open batch
             item = self._encoder.event_item(event, data)
-            if item is not None and outbox.put_item_if_room(item):
-                return
-        # (Encoded again when an item was not added: once per WRITE_EARLY_AT, or when full.)
+            if item is not None:
+                if outbox.put_item_if_room(item):
+                    return
+                # No room, or the loop's pass due: waited for as a frame would, then an item
+                # still (a frame of its own only if it cannot be one: too large, no batches).
+                await outbox.wait_room(len(item))
+                if outbox.put_item_if_room(item):
+                    return
         frame = self._encoder.event(event, data)
         size = len(frame) if type(frame) is bytes else frame_size(frame)
         if not outbox.put_if_room(frame, size):  # the common case: no loop pass

@@ -199,6 +199,47 @@ def _holds_only(data: dict[Any, Any], keys: frozenset[type], values: frozenset[t
     return keys.issuperset(map(type, data)) and values.issuperset(map(type, data.values()))
 
 
+#: How deep plain data nests (see :func:`_plain`): its containers, in a batch's events, stay
+#: within the ``max_depth`` of 8 that a peer announcing batches has at least (the envelope and
+#: the batch's array are two levels more).
+_PLAIN_DEPTH: Final = 4
+
+
+def _plain(value: Any, budget: int, longest: int) -> bool:
+    """Whether ``value`` is plain data: None, a bool, int, float, str or Timestamp, bytes or a
+    bytearray under ``OUT_OF_BAND_AT`` bytes, or a dict (str or bytes keys), list or tuple of
+    plain data, each of at most ``longest`` items, nested at most ``budget`` containers deep.
+    Exact types only (a subclass may pack as something else, or go to a ``default`` hook).
+    Plain data never leaves its frame (out of band, shared memory), and a decoder with the
+    same limits accepts it but for the object count. Recursion depth ≤ ``budget``."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return True
+    if kind is bytes or kind is bytearray:
+        return len(value) < OUT_OF_BAND_AT
+    if budget <= 0 or not (kind is dict or kind is list or kind is tuple) or len(value) > longest:
+        return False
+    if kind is dict:
+        if (  # in C: a long flat map
+            len(value) > _SMALL_MAP
+            and _KEYS.issuperset(map(type, value))
+            and _PLAIN.issuperset(map(type, value.values()))
+        ):
+            return True
+        for key, item in value.items():
+            if type(key) not in _KEYS:
+                return False
+            if type(item) not in _PLAIN and not _plain(item, budget - 1, longest):
+                return False
+        return True
+    if len(value) > _SMALL_MAP and _PLAIN.issuperset(map(type, value)):  # in C: a long flat array
+        return True
+    for item in value:
+        if type(item) not in _PLAIN and not _plain(item, budget - 1, longest):
+            return False
+    return True
+
+
 def _flat(data: dict[Any, Any]) -> bool:
     """Whether every value of ``data`` is a scalar (a decoded map: its keys are checked)."""
     if len(data) <= _SMALL_MAP:
@@ -315,7 +356,16 @@ class MsgpackEncoder(Encoder):
         self._limits = limits
         self._limit = limits.max_frame_size
         self._count_above = limits.max_decoded_objects
+        # A body of at most this many bytes is within every limit (the frame's, the object
+        # budget: one byte each at least) and goes in one piece: it needs no check.
+        self._whole_up_to = min(self._count_above, self._limit, SEPARATE_BODY_AT - 1)
         self._data_budget = limits.max_depth - 1  # the envelope is the first level
+        # Plain data (_plain) nests within these: in a frame of its own, and in a batch (whose
+        # array is one level more).
+        self._plain_budget = min(_PLAIN_DEPTH, self._data_budget)
+        self._item_budget = min(_PLAIN_DEPTH, self._data_budget - 1)
+        self._longest = limits.max_container_len
+        self._small_map = min(_SMALL_MAP, self._longest)
         self._datagrams = datagrams
         self._out_of_band = default is None and not datagrams
         # numpy arrays are encoded by `encode_default` (when no other hook is given), or by
@@ -520,7 +570,7 @@ class MsgpackEncoder(Encoder):
                 return self._payload_frame(head, data)  # the commonest large event
             return self._framed(head, self._check(data))
         size = len(head) + len(packed)
-        if size <= self._count_above and size < SEPARATE_BODY_AT and not self._datagrams:
+        if size <= self._whole_up_to and not self._datagrams:
             return b"".join((HEADER.pack(size), head, packed))  # within every limit
         return self._framed_packed(head, packed, None)
 
@@ -537,8 +587,9 @@ class MsgpackEncoder(Encoder):
     def event_item(self, event: str, data: Any) -> bytes | None:
         """The event as one item of a batch (kind 14, docs/protocol.md 5.5): its name and its
         data packed, nothing around them; ``None`` unless ``data`` is plain (see
-        :meth:`_plain_packed`), which is then sent in a frame of its own."""
-        packed = self._plain_packed(data)
+        :func:`_plain`) and the event small enough to go whole (else it is sent in a frame
+        of its own)."""
+        packed = self._plain_packed(data, True)
         if packed is None:
             return None
         name = self._names.get(event)
@@ -546,7 +597,10 @@ class MsgpackEncoder(Encoder):
             if len(self._names) >= _HEAD_CACHE_SIZE:
                 self._names.clear()
             name = self._names[event] = self._packer.pack(event)
-        return name + packed
+        item = name + packed
+        # Only what could go whole in a frame of its own (as a batch may be split into: its
+        # envelope 2 bytes, a seq up to 9): anything larger takes event()'s checks.
+        return item if len(item) <= self._whole_up_to - 11 else None
 
     def kept_frame(self, kept: Frame, seq: int) -> Frame:
         # A frame in one piece starts with its length, under 64 KiB (larger ones are in
@@ -560,36 +614,30 @@ class MsgpackEncoder(Encoder):
         tail: bytes = self._packer.pack(seq)
         return b"".join((HEADER.pack(len(item) + 2 + len(tail)), b"\x94\x00", item, tail))
 
-    def _plain_packed(self, data: Any) -> bytes | None:
-        """``data`` packed if it is plain: a scalar or a small map of scalars, without buffers
-        (so nothing goes out of band or into shared memory, and it nests one level at most),
-        the common case, ~0.3 us shorter than :meth:`_check` and :meth:`_framed`; else None."""
-        # (The checks of _is_plain, inlined: a call costs as much as what they check.)
+    def _plain_packed(self, data: Any, item: bool = False) -> bytes | None:
+        """``data`` packed if it is plain (see :func:`_plain`; ``item``: as a batch's item,
+        one level deeper), the common case: nothing to mark or place, nothing out of band, so
+        it is packed at once, ~0.3 us shorter than :meth:`_check` and :meth:`_framed`, and may
+        join a batch; else None."""
         kind = type(data)
-        plain = kind in _PLAIN
-        if not plain and kind is dict and len(data) <= _SMALL_MAP:
-            for key, value in data.items():
-                if type(key) not in _KEYS or type(value) not in _PLAIN:
-                    return None
-            plain = True
-        if not plain and not (kind is dict and len(data) > _SMALL_MAP and self._is_plain(data)):
-            return None
+        if kind not in _PLAIN:
+            # A small map of scalars, the commonest, checked here (a call costs as much as
+            # what it checks); anything else by _plain.
+            if kind is dict and len(data) <= self._small_map:
+                for key, value in data.items():
+                    if type(key) not in _KEYS or type(value) not in _PLAIN:
+                        budget = self._item_budget if item else self._plain_budget
+                        if not _plain(data, budget, self._longest):
+                            return None
+                        break
+            elif not _plain(data, self._item_budget if item else self._plain_budget, self._longest):
+                return None
         try:
             packed: bytes = self._packer.pack(data)
         except (TypeError, ValueError, OverflowError) as exc:
             self._packer.reset()  # it keeps a partly written buffer after an error
             raise EncodeError(f"cannot encode as msgpack: {exc}") from exc
         return packed
-
-    def _is_plain(self, data: Any) -> bool:
-        """Whether ``data`` is a scalar or a small map of scalars, without buffers (see
-        :meth:`event`)."""
-        kind = type(data)
-        return kind in _PLAIN or (
-            kind is dict
-            and len(data) <= self._limits.max_container_len
-            and _holds_only(data, _KEYS, _PLAIN)
-        )
 
     def _sequenced_head(self, event: str) -> bytes:
         # [0, event, data, seq]: a peer without the acked mode ignores the trailing item. The
@@ -619,12 +667,12 @@ class MsgpackEncoder(Encoder):
             return self._framed(head, self._check(data), tail)
         if tail is None:
             size = len(head) + len(packed)
-            if size <= self._count_above and size < SEPARATE_BODY_AT and not self._datagrams:
+            if size <= self._whole_up_to and not self._datagrams:
                 return b"".join((HEADER.pack(size), head, packed))  # within every limit
             return self._framed_packed(head, packed, None)
         after: bytes = self._packer.pack(tail)
         size = len(head) + len(packed) + len(after)
-        if size <= self._count_above and size < SEPARATE_BODY_AT and not self._datagrams:
+        if size <= self._whole_up_to and not self._datagrams:
             return b"".join((HEADER.pack(size), head, packed, after))  # within every limit
         return self._framed_packed(head, packed, tail)
 
