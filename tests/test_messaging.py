@@ -704,14 +704,17 @@ async def test_large_payloads(socket_dir: str) -> None:
 OVER_4096 = [b"x" * 5000, "x" * 5000, ["x" * 100] * 50, {"k": "x" * 5000}]
 
 
+@pytest.mark.parametrize("server_limit", [4096, None], ids=["same", "larger"])
 @pytest.mark.parametrize("data", OVER_4096, ids=["bin", "str", "array", "map"])
 async def test_frame_too_large_for_sender_is_refused_before_sending(
-    socket_dir: str, data: Any
+    socket_dir: str, data: Any, server_limit: int | None
 ) -> None:
     """An event, a request or a reply over ``max_frame_size``, alone or in a burst of small
     events: FrameTooLargeError for the sender (RemoteError for a requester whose reply was
-    refused), and the connection goes on."""
-    async with serving("unix", socket_dir, max_frame_size=4096) as (_, server, connect):
+    refused), and the connection goes on. Also when the peer takes larger frames (and
+    batches): a sender keeps to its own limit."""
+    limit = {"max_frame_size": server_limit} if server_limit else {}
+    async with serving("unix", socket_dir, **limit) as (_, server, connect):
         server.on("echo", lambda data, client: data)
         server.on("large", lambda _, client: data)
         got: list[Any] = []
@@ -727,8 +730,9 @@ async def test_frame_too_large_for_sender_is_refused_before_sending(
             with pytest.raises(ipcactors.FrameTooLargeError):
                 await world.emit("echo", data)  # (after small events, in a batch)
             await world.emit("small", 10)
-            with anyio.fail_after(5), pytest.raises(ipcactors.RemoteError, match="frame"):
-                await world.request("large")
+            if server_limit:  # (a larger one the server sends, and this actor refuses)
+                with anyio.fail_after(5), pytest.raises(ipcactors.RemoteError, match="frame"):
+                    await world.request("large")
             with anyio.fail_after(5):
                 assert await world.request("echo", "still fine") == "still fine"
             assert got == list(range(11))

@@ -1148,12 +1148,17 @@ def test_default_hook() -> None:
 @pytest.mark.parametrize("kind", ["event", "sequenced event", "request", "reply", "item"])
 def test_too_large_frame_raises_and_the_encoder_recovers(data: Any, kind: str) -> None:
     """Data over ``max_frame_size`` (well under the object budget), of each shape a path of
-    its own packs: FrameTooLargeError, whatever the envelope; no batch item (the event then
-    goes to event(), which raises)."""
+    its own packs: FrameTooLargeError, whatever the envelope; too large for this sender's
+    batches, even to a peer that takes larger ones (the event then goes to event(), which
+    raises)."""
     limits = Limits(max_frame_size=1024)
     encoder = MsgpackEncoder(limits)
     if kind == "item":
-        assert encoder.event_item("e", data) is None
+        batches = CODEC.event_batches(32 * 1024, limits)
+        assert batches is not None
+        item = encoder.event_item("e", data)
+        assert item is not None
+        assert len(batches.prefix) + len(item) > batches.max_bytes
         return
     make = {
         "event": lambda: encoder.event("e", data),
@@ -1629,7 +1634,7 @@ def batched(
     """The frames a sender makes of ``events``: those the encoder gives an item join batches
     of at most ``max_bytes`` (as an outbox closes them), the others go alone. Returns the
     frames and the events in the order they go."""
-    batches = CODEC.event_batches(max_bytes - 4)
+    batches = CODEC.event_batches(max_bytes - 4, DEFAULT)
     assert batches is not None
     frames: list[bytes] = []
     order: list[tuple[str, Any]] = []
@@ -1685,7 +1690,7 @@ def test_batches_decode_to_the_events_and_split_into_their_frames(
     got = receiver.feed(b"".join(frames))
     assert [norm(message) for message in got] == [("event", n, d) for n, d in order]
     # Split (for a peer without batches), the same events in the same order, a frame each.
-    batches = CODEC.event_batches(max_bytes - 4)
+    batches = CODEC.event_batches(max_bytes - 4, DEFAULT)
     assert batches is not None
     plain = [part for f in frames for part in (batches.split(f) if f[5] == 14 else (f,))]
     assert [norm(decode_one(frame[4:])) for frame in plain] == [("event", n, d) for n, d in order]
@@ -1693,7 +1698,7 @@ def test_batches_decode_to_the_events_and_split_into_their_frames(
 
 def test_a_batch_is_the_documented_layout() -> None:
     encoder = MsgpackEncoder(DEFAULT)
-    batches = CODEC.event_batches(4096)
+    batches = CODEC.event_batches(4096, DEFAULT)
     assert batches is not None
     buffer = bytearray(batches.prefix)
     for data in (1, {"a": None}):
@@ -1762,7 +1767,7 @@ def test_plain_data_goes_in_batches_as_msgpack_packs_it(data: Any) -> None:
     encoder = MsgpackEncoder(DEFAULT)
     item = encoder.event_item("tick", data)
     assert item == pack("tick") + pack(data)
-    batches = CODEC.event_batches(32 * 1024)
+    batches = CODEC.event_batches(32 * 1024, DEFAULT)
     assert batches is not None
     receiver = decoder()
     receiver.batch_limit = CODEC.batch_limit(DEFAULT)
@@ -1819,9 +1824,14 @@ def test_batches_only_once_announced_and_within_what_was() -> None:
         ("event", "tick", 1)
     ] * 2
     # A peer announcing a useless size, or not a size, is sent no batches.
-    assert CODEC.event_batches(100) is None
-    assert CODEC.event_batches("4096") is None
-    assert CODEC.event_batches(True) is None
+    assert CODEC.event_batches(100, DEFAULT) is None
+    assert CODEC.event_batches("4096", DEFAULT) is None
+    assert CODEC.event_batches(True, DEFAULT) is None
+    # Nor larger than the sender takes itself (a batch split goes whole in frames of its own).
+    own = CODEC.event_batches(32 * 1024, Limits(max_frame_size=1024))
+    assert own is not None
+    assert own.max_bytes == CODEC.event_batches(1024, DEFAULT).max_bytes  # type: ignore[union-attr]
+    assert CODEC.event_batches(32 * 1024, Limits(max_depth=4)) is None
     assert CODEC.batch_limit(Limits(max_depth=4)) == 0
     assert CODEC.batch_limit(Limits(max_container_len=1000)) == 1000
 
@@ -1832,7 +1842,7 @@ def test_a_numbered_batch_numbers_its_events_and_splits_into_numbered_frames(
     events: list[tuple[str, Any]], first: int
 ) -> None:
     encoder = MsgpackEncoder(DEFAULT)
-    batches = CODEC.event_batches(32 * 1024)
+    batches = CODEC.event_batches(32 * 1024, DEFAULT)
     assert batches is not None
     buffer = bytearray(batches.prefix)
     items = [encoder.event_item(name, data) for name, data in events]

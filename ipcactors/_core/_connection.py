@@ -422,7 +422,8 @@ class Connection(Peer, HandlerMethods):
                 f"{welcome.id!r}"
             )
         self._server_id = welcome.id
-        self._outbox.rebatch(self._codec.event_batches(welcome.extra.get("batch")))
+        batches = self._codec.event_batches(welcome.extra.get("batch"), self._config.limits)
+        self._outbox.rebatch(batches)
         offered = self._config.max_shared_bytes and self._acked is None
         self._shared_accept = shared_offer(welcome.extra.get("shm")) if offered else None
 

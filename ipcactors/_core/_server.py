@@ -510,7 +510,7 @@ class Server(HandlerMethods):
                     hello = await accept_handshake(stream, session)
                     offer = self._acked_offer(hello.extra.get("acked"))
                     shm = shared_offer(hello.extra.get("shm"))
-                    batches = codec.event_batches(hello.extra.get("batch"))
+                    batches = codec.event_batches(hello.extra.get("batch"), self._config.limits)
                     client_id = hello.id
                 else:  # nothing on the wire names the client: the server does
                     self._accepted += 1

@@ -299,9 +299,10 @@ class Codec(ABC):
         its hello or welcome; 0 for a codec without batches."""
         return 0
 
-    def event_batches(self, limit: Any) -> EventBatches | None:
-        """How to batch events for a peer that announced ``limit`` (``None`` for a codec
-        without batches, or a ``limit`` it cannot use)."""
+    def event_batches(self, limit: Any, limits: Limits) -> EventBatches | None:
+        """How to batch events for a peer that announced ``limit``, from a sender with
+        ``limits`` (its batches no larger than it would take: see :meth:`batch_limit`);
+        ``None`` for a codec without batches, or a ``limit`` it cannot use."""
         return None
 
     def configured(self, *, delimiter: str) -> Codec:

@@ -587,8 +587,8 @@ class MsgpackEncoder(Encoder):
     def event_item(self, event: str, data: Any) -> bytes | None:
         """The event as one item of a batch (kind 14, docs/protocol.md 5.5): its name and its
         data packed, nothing around them; ``None`` unless ``data`` is plain (see
-        :func:`_plain`) and the event small enough to go whole (else it is sent in a frame
-        of its own)."""
+        :func:`_plain`), which is then sent in a frame of its own (as is an item larger than
+        the batches, whose size keeps within the sender's limits too: ``event_batches``)."""
         packed = self._plain_packed(data, True)
         if packed is None:
             return None
@@ -597,10 +597,7 @@ class MsgpackEncoder(Encoder):
             if len(self._names) >= _HEAD_CACHE_SIZE:
                 self._names.clear()
             name = self._names[event] = self._packer.pack(event)
-        item = name + packed
-        # Only what could go whole in a frame of its own (as a batch may be split into: its
-        # envelope 2 bytes, a seq up to 9): anything larger takes event()'s checks.
-        return item if len(item) <= self._whole_up_to - 11 else None
+        return name + packed
 
     def kept_frame(self, kept: Frame, seq: int) -> Frame:
         # A frame in one piece starts with its length, under 64 KiB (larger ones are in
@@ -1648,10 +1645,14 @@ class MsgpackCodec(Codec):
             limits.max_container_len,
         )
 
-    def event_batches(self, limit: Any) -> MsgpackEventBatches | None:
-        if type(limit) is not int or limit < _SMALLEST_BATCH:
+    def event_batches(self, limit: Any, limits: Limits) -> MsgpackEventBatches | None:
+        # Within what the sender would take too: an event that goes in a batch would go whole
+        # in a frame of its own (as a batch is split into for a peer that takes none, after
+        # a reconnect), within its max_frame_size and object budget.
+        if type(limit) is not int:
             return None
-        return MsgpackEventBatches(min(limit, BATCH_BODY_LIMIT))
+        limit = min(limit, self.batch_limit(limits))
+        return MsgpackEventBatches(limit) if limit >= _SMALLEST_BATCH else None
 
 
 class MsgpackEventBatches:
