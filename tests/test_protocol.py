@@ -678,6 +678,79 @@ def test_depth_limit_boundary() -> None:
         decoder().feed(framed(event_body(nested_lists(64))))
 
 
+def nest(levels: int, shape: str) -> Any:
+    """Data ``levels`` containers deep: arrays or maps in each other, or the deepest of them
+    last in a long array or map (long: more items than are checked item by item)."""
+    if levels == 0:
+        return 1
+    inner = nest(levels - 1, shape)
+    if shape == "arrays":
+        return [inner]
+    if shape == "maps":
+        return {"k": inner}
+    if shape == "long array":
+        return [0] * 20 + [inner]
+    return {str(n): n for n in range(20)} | {"k": inner}  # a long map
+
+
+@pytest.mark.parametrize("shape", ["arrays", "maps", "long array", "long map"])
+@pytest.mark.parametrize(
+    "path", ["event alone", "event in a run", "request", "reply", "batch", "answers in place"]
+)
+def test_the_depth_limit_holds_on_every_path(path: str, shape: str) -> None:
+    """Data as deep as max_depth allows (the envelope is a level, a batch's array another) is
+    decoded, one level more refused, whichever way its frame is decoded: alone, in a run of
+    small frames, in a batch, or in place (replies and requests)."""
+    levels = 62 if path == "batch" else 63
+    for data, within in ((nest(levels, shape), True), (nest(levels + 1, shape), False)):
+        body = {
+            "reply": [2, 1, data],
+            "request": [1, "e", data, 1],
+            "answers in place": [2, 1, data],
+            "batch": [14, ["e", data]],
+        }.get(path, [0, "e", data])
+        stream = framed(pack(body))
+        if path == "event in a run":
+            stream += framed(pack([0, "e", 2]))
+        receiver = decoder()
+        receiver.batch_limit = CODEC.batch_limit(DEFAULT)
+        if path == "answers in place":
+            got = receiver.in_place(stream + framed(pack([2, 2, 2])), True)
+            assert (got is not None) is within
+            if got is not None:
+                assert norm(got[0]) == ("reply", 1, data)
+            continue
+        if not within:
+            with pytest.raises(DecodeError, match="max_depth"):
+                receiver.feed(stream)
+            continue
+        got = receiver.feed(stream)
+        assert got[0].data == data  # type: ignore[union-attr]
+
+
+def test_numpy_values_pass_the_depth_checks_as_what_they_are() -> None:
+    """A numpy value is data as any other: an array or a scalar, decoded, whatever the frame's
+    size (a long name makes it larger than max_depth, and it takes the depth checks)."""
+    import numpy as np
+
+    encoder = MsgpackEncoder(DEFAULT)
+    name = "n" * 80
+    for value in (np.float64(1.5), np.int8(3), np.array(2.5), np.arange(3), np.zeros((2, 2))):
+        stream = wire(encoder.event(name, value)) + wire(encoder.request(name, value, 1))
+        stream += wire(encoder.reply(1, value)) + wire(encoder.event(name, 1))
+        got = decoder().feed(stream)
+        assert [type(message).__name__ for message in got] == [
+            "Event",
+            "Request",
+            "Reply",
+            "Event",
+        ]
+        for message in got[:3]:
+            assert np.array_equal(message.data, value)  # type: ignore[union-attr]
+        (reply,) = decoder().in_place(wire(encoder.reply(1, value)), True) or [None]
+        assert np.array_equal(reply.data, value)  # type: ignore[union-attr]
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.integers(65, 1000))
 def test_nesting_65_to_1000_is_rejected_by_the_depth_limit(levels: int) -> None:

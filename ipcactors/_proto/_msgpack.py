@@ -914,13 +914,22 @@ def _within_depth(value: Any, budget: int) -> bool:
     if budget <= 0:
         return False
     items = value.values() if type(value) is dict else value
-    if _SCALARS.issuperset(map(type, items)):  # in C: most containers hold only scalars
+    # In C, a long container of scalars (the commonest long one); a short one, or one that
+    # holds containers, item by item (a set of types costs as much as a few items).
+    if len(items) > _SMALL_MAP and _SCALARS.issuperset(map(type, items)):
         return True
     for item in items:
         kind = type(item)
         if (kind is list or kind is dict) and not _within_depth(item, budget - 1):
             return False
     return True
+
+
+def _nests_within(data: Any, budget: int) -> bool:
+    """Whether ``data`` is an array or a map (as decoded) nesting at most ``budget``
+    containers deep; False for anything else (left to the general path)."""
+    kind = type(data)
+    return (kind is list or kind is dict) and _within_depth(data, budget)
 
 
 def _require_str(value: Any, what: str) -> str:
@@ -1176,7 +1185,8 @@ class MsgpackDecoder(Decoder):
     def _decode_small(self, body: memoryview, size: int) -> Message:
         """A small reply or request (or error reply) body's message: as :meth:`_message`
         would make it, whose checks it repeats for the commonest shapes (a reply, a request,
-        their data a scalar or a flat map, or nesting less than its size could)."""
+        their data within the depth bound: a scalar, a flat map, a body shorter than the
+        bound, or walked)."""
         if size > self._count_above:
             message = self._decode_body(body, size)
             assert not isinstance(message, list)  # (only a kind 14 is a batch)
@@ -1189,6 +1199,7 @@ class MsgpackDecoder(Decoder):
                 size <= self._limits.max_depth
                 or type(data) in _SCALARS
                 or (type(data) is dict and _flat(data))
+                or _nests_within(data, self._limits.max_depth - 1)
             ):
                 if kind == REPLY:
                     request_id = value[1]
@@ -1447,6 +1458,7 @@ class MsgpackDecoder(Decoder):
                             size <= depth
                             or type(data) in _SCALARS
                             or (type(data) is dict and _flat(data))
+                            or _nests_within(data, depth - 1)
                         )
                     ):
                         seq = value[3] if items == 4 else None
