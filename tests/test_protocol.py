@@ -1377,6 +1377,45 @@ def test_answers_in_place_at_their_bounds() -> None:
     assert decoder().in_place(framed(pack([1, "n", 1, 1])), False) is None
 
 
+class CountingSegments:
+    """Stands for a connection's shared segments (``MsgpackDecoder.shared``): hands out an
+    array for each place a frame names, and counts them (each is an array taken: once)."""
+
+    def __init__(self) -> None:
+        self.taken: list[tuple[int, int]] = []
+
+    def array(self, segment: int, offset: int, dtype: Any, shape: Any) -> Any:
+        import numpy as np
+
+        self.taken.append((segment, offset))
+        return np.zeros(shape, dtype)
+
+
+def test_answers_in_place_take_arrays_in_shared_memory_once() -> None:
+    """With shared memory, a read of replies and requests in place takes each array it names
+    once, and a read it leaves to feed() (a frame of another kind in it) takes none: feed()
+    takes them, once."""
+    import numpy as np
+
+    from ipcactors._proto._numpy import shared_reference
+
+    def named(place: int) -> Any:
+        return shared_reference(np.zeros(4, np.float32), 1, place)
+
+    answers = framed(pack([2, 1, named(64)])) + framed(pack([1, "e", named(128), 2]))
+    receiver = decoder()
+    receiver.shared = segments = CountingSegments()  # type: ignore[assignment]
+    got = receiver.in_place(answers, True)
+    assert got is not None
+    assert [norm(m)[:2] for m in got] == [("reply", 1), ("request", "e")]
+    assert segments.taken == [(1, 64), (1, 128)]
+    mixed = framed(pack([2, 3, named(256)])) + framed(pack([0, "e", 1]))
+    assert receiver.in_place(mixed, True) is None
+    assert segments.taken == [(1, 64), (1, 128)]
+    assert [norm(m)[:2] for m in receiver.feed(mixed)] == [("reply", 3), ("event", "e")]
+    assert segments.taken == [(1, 64), (1, 128), (1, 256)]
+
+
 # --- the commonest large frame: an event whose data is one payload ----------------------------
 
 LARGE = bytes(range(256)) * 300  # 76,800 bytes: a large bin, received in place

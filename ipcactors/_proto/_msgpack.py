@@ -39,7 +39,7 @@ import struct
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgpack
 
@@ -85,6 +85,8 @@ __all__ = [
     "pack_value",
     "unpack_value",
 ]
+
+_T = TypeVar("_T")
 
 # Envelope kinds: the first item of every body.
 EVENT: Final = 0
@@ -1152,12 +1154,14 @@ class MsgpackDecoder(Decoder):
             return None
         shared = self.shared
         messages: list[Message] = []
+        accepted: list[tuple[int, int]] = []  # (with shared memory: each frame's start, size)
         offset, end = 0, len(data)
         # Each frame whole, small, and a fixarray: of 3 of kind 2 or 3 (a reply, an error),
         # or of 4 of kind 1 (a request). Decoding has no effect but its messages (the
         # decoder's state stays as it is: feed() would copy nothing either), so each body
         # is decoded where it lies as soon as its frame is accepted; a frame that is not
-        # leaves the whole read to feed().
+        # leaves the whole read to feed(). With shared memory, decoding a frame takes the
+        # arrays it names: the frames are decoded only once every one was accepted.
         try:
             with memoryview(data) as view:
                 while offset < end:
@@ -1176,11 +1180,25 @@ class MsgpackDecoder(Decoder):
                     offset = start + size
                     if shared is None:
                         messages.append(self._decode_small(view[start:offset], size))
+                    else:
+                        accepted.append((start, size))
         except ProtocolError:
             return None  # feed() says it
-        if shared is not None:  # (arrays in shared memory: _decode sets it up)
-            return self._feed(data)
+        if shared is not None:
+            try:
+                return self._resolving(self._decode_accepted, data, accepted)
+            except ProtocolError as exc:
+                self._broken = exc  # (as feed() would be: it would decode them the same)
+                raise
         return messages
+
+    def _decode_accepted(
+        self, data: bytes | bytearray | memoryview, accepted: list[tuple[int, int]]
+    ) -> list[Message]:
+        with memoryview(data) as view:
+            return [
+                self._decode_small(view[start : start + size], size) for start, size in accepted
+            ]
 
     def _decode_small(self, body: memoryview, size: int) -> Message:
         """A small reply or request (or error reply) body's message: as :meth:`_message`
@@ -1518,10 +1536,15 @@ class MsgpackDecoder(Decoder):
     def _decode(self, body: memoryview, size: int) -> Message | list[Event]:
         if self.shared is None:
             return self._decode_body(body, size)
+        return self._resolving(self._decode_body, body, size)
+
+    def _resolving(self, decode: Callable[..., _T], *args: Any) -> _T:
+        """``decode(*args)`` with references to shared memory resolved in this connection's
+        segments."""
         _shared.resolver = self.shared  # for decode_ext (the unpacker is this thread's)
         _shared.used = False
         try:
-            return self._decode_body(body, size)
+            return decode(*args)
         finally:
             _shared.resolver = None
             if _shared.used:
