@@ -24,7 +24,13 @@ Invariants owned here:
   the rest of the read is decoded where it lies, not copied behind it.
 - A batch of events (kind 14, only once announced, docs/protocol.md 5.5) decodes into its events,
   checked whole (its size against what was announced, its pairs, names and depths) before any
-  is returned; its sender side is :class:`MsgpackEventBatches`.
+  is returned; its sender side is :class:`MsgpackEventBatches`, whose batches keep within the
+  sender's own limits as well as the peer's.
+- The encoder sends what the checks would pass and nothing else: plain data (:func:`_plain`:
+  exact built-in types, small bins, four levels at most) is packed at once and may join a
+  batch; anything else is checked (:func:`_check_value`) and packed with its large payloads
+  out of band. A frame skips the size and object checks only when its body is no longer than
+  the smallest of those limits.
 - msgpack is configured here only: the supervisor's spawn arguments and the forkserver's control
   messages go through :func:`pack_value` / :func:`unpack_value` too.
 
