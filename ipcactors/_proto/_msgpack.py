@@ -1191,20 +1191,18 @@ class MsgpackDecoder(Decoder):
         except ProtocolError:
             return None  # feed() says it
         if shared is not None:
+            _shared.resolver = shared  # (as _resolving: a call less on W1's path)
+            _shared.used = False
             try:
-                return self._resolving(self._decode_accepted, data, accepted)
+                with memoryview(data) as view:
+                    for start, size in accepted:
+                        messages.append(self._decode_small(view[start : start + size], size))
             except ProtocolError as exc:
                 self._broken = exc  # (as feed() would be: it would decode them the same)
                 raise
+            finally:
+                self._resolved()
         return messages
-
-    def _decode_accepted(
-        self, data: bytes | bytearray | memoryview, accepted: list[tuple[int, int]]
-    ) -> list[Message]:
-        with memoryview(data) as view:
-            return [
-                self._decode_small(view[start : start + size], size) for start, size in accepted
-            ]
 
     def _decode_small(self, body: memoryview, size: int) -> Message:
         """A small reply or request (or error reply) body's message: as :meth:`_message`
@@ -1552,11 +1550,14 @@ class MsgpackDecoder(Decoder):
         try:
             return decode(*args)
         finally:
-            _shared.resolver = None
-            if _shared.used:
-                # The shared unpacker keeps its last value until the next one: an array in
-                # shared memory must be released as soon as its receiver drops it.
-                _shared.__dict__.get("unpackers", {}).pop(self._unpacker_key, None)
+            self._resolved()
+
+    def _resolved(self) -> None:
+        _shared.resolver = None
+        if _shared.used:
+            # The shared unpacker keeps its last value until the next one: an array in shared
+            # memory must be released as soon as its receiver drops it.
+            _shared.__dict__.get("unpackers", {}).pop(self._unpacker_key, None)
 
     def _decode_body(self, body: memoryview, size: int) -> Message | list[Event]:
         if size > self._count_above:
