@@ -45,7 +45,7 @@ import struct
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import msgpack
 
@@ -91,8 +91,6 @@ __all__ = [
     "pack_value",
     "unpack_value",
 ]
-
-_T = TypeVar("_T")
 
 # Envelope kinds: the first item of every body.
 EVENT: Final = 0
@@ -1191,8 +1189,7 @@ class MsgpackDecoder(Decoder):
         except ProtocolError:
             return None  # feed() says it
         if shared is not None:
-            _shared.resolver = shared  # (as _resolving: a call less on W1's path)
-            _shared.used = False
+            self._resolving()
             try:
                 with memoryview(data) as view:
                     for start, size in accepted:
@@ -1540,17 +1537,17 @@ class MsgpackDecoder(Decoder):
     def _decode(self, body: memoryview, size: int) -> Message | list[Event]:
         if self.shared is None:
             return self._decode_body(body, size)
-        return self._resolving(self._decode_body, body, size)
-
-    def _resolving(self, decode: Callable[..., _T], *args: Any) -> _T:
-        """``decode(*args)`` with references to shared memory resolved in this connection's
-        segments."""
-        _shared.resolver = self.shared  # for decode_ext (the unpacker is this thread's)
-        _shared.used = False
+        self._resolving()
         try:
-            return decode(*args)
+            return self._decode_body(body, size)
         finally:
             self._resolved()
+
+    def _resolving(self) -> None:
+        """References to shared memory are resolved in this connection's segments from now
+        on, until :meth:`_resolved` (always called after, in a ``finally``)."""
+        _shared.resolver = self.shared  # for decode_ext (the unpacker is this thread's)
+        _shared.used = False
 
     def _resolved(self) -> None:
         _shared.resolver = None

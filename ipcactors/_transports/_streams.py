@@ -80,30 +80,25 @@ async def drain_outbox(stream: ByteStream, outbox: FrameQueue) -> None:
         # first byte (unsent, the frame goes to the writer below whole, descriptors included).
         nonlocal rest, widened
         assert sock is not None
-        written = 0  # (if the send would block)
-        parts: list[FramePart] | None = None
+        parts: list[FramePart] = [frame] if isinstance(frame, bytes) else list(frame)
+        if not widened and len(parts) > 1:
+            widened = True
+            widen_send_buffer(sock)
         try:
             if type(frame) is bytes:  # the commonest: one small frame, most often sent whole
                 written = sock.send(frame)
                 if written == len(frame):
                     return True
-            else:
-                parts = [frame] if isinstance(frame, bytes) else list(frame)
-                if not widened and len(parts) > 1:
-                    widened = True
-                    widen_send_buffer(sock)
-                if passes_fds and type(frame) is FdFrame:
-                    written = sock.sendmsg(parts, [fds_message(frame.fds)])
-                elif len(parts) <= MAX_PARTS:
-                    written = sock.sendmsg(parts)
-                else:  # the first part now, the rest by the writer below
-                    written = sock.send(parts[0])
+            elif passes_fds and type(frame) is FdFrame:
+                written = sock.sendmsg(parts, [fds_message(frame.fds)])
+            elif len(parts) <= MAX_PARTS:
+                written = sock.sendmsg(parts)
+            else:  # the first part now, the rest by the writer below
+                written = sock.send(parts[0])
         except BlockingIOError:
-            pass
+            written = 0
         except OSError:
             return True  # the connection is broken; the reader notices, the frame is lost
-        if parts is None:  # (a frame in one piece, not all sent: rare)
-            parts = [frame] if isinstance(frame, bytes) else list(frame)
         left = unsent(parts, written)
         if not left:
             return True
