@@ -1,9 +1,11 @@
 """``connect_to(wait=False)``: the client's first frames travel right behind its hello, and the
 server answers the welcome and the first reply together (docs/protocol.md section 4).
 
-What must hold: nothing is handled before the server decided to welcome the client, a refusal
-is still a clear error (the requests sent ahead fail with it), a shared key costs one round
-trip more and no more, and the connection behaves as any other once welcomed.
+What must hold: nothing is handled before the server decided to welcome the client; a refusal
+that ends the connection is still a clear error (the requests sent ahead fail with it), while
+what was sent ahead of a ``busy`` refusal or of a connection that ended unwelcomed goes again
+behind the next hello, as if the client had waited; a shared key costs one round trip more and
+no more, and the connection behaves as any other once welcomed.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import os
 import socket
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -40,6 +43,16 @@ def unframe(data: bytes) -> list[Any]:
         messages.append(msgpack.unpackb(data[4 : 4 + size]))
         data = data[4 + size :]
     return messages
+
+
+@contextlib.contextmanager
+def _removed(path: str) -> Iterator[None]:
+    """A raw listener's socket file is gone afterwards, however the test ends."""
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 async def connect(hello: Actor, server: Server, transport: str) -> ipcactors.Connection:
@@ -225,20 +238,101 @@ async def test_a_refusal_fails_what_was_sent_ahead_and_nothing_is_handled(
         assert handled == []
 
 
-async def test_a_busy_server_is_retried(socket_dir: str) -> None:
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+async def test_what_was_sent_ahead_of_a_busy_refusal_goes_again_once_welcomed(
+    transport: str, socket_dir: str
+) -> None:
+    """A busy server handled nothing behind the hello it refused: the event and the request
+    sent ahead go again, first, behind the hello that is welcomed (as if the client had waited
+    for it), each handled once; the error handlers hear the refusal."""
+    handled: list[Any] = []
+    errors: list[BaseException] = []
     async with Actor("world", socket_root=socket_dir, silent=True, max_connections=1) as world:
-        server = await world.serve()
-        server.on("echo", lambda data, client: data)
+        server = await (world.serve() if transport == "unix" else world.serve_net(HOST, 0))
+        server.on("echo", lambda data, client: handled.append(data) or data)
+        server.on("ev", lambda data, client: handled.append(data))
         async with Actor("first", socket_root=socket_dir, silent=True) as first:
-            await first.connect_to("world")
+            if transport == "unix":
+                await first.connect_to("world")
+            else:
+                await first.connect_to_net("world", HOST, server.address[1])  # type: ignore[index]
             async with Actor("hello", socket_root=socket_dir, silent=True, retry=0.02) as hello:
-                connection = await hello.connect_to("world", wait=False)
-                with anyio.fail_after(5), pytest.raises(ipcactors.ServerBusyError):
-                    await connection.request("echo", "refused")  # sent ahead of a reject
-                await first.disconnect("world")
+                connection = await connect(hello, server, transport)
+                connection.on("error", errors.append)
+                answers: list[str] = []
+
+                async def ask() -> None:
+                    answers.append(await connection.request("echo", "ahead"))
+
+                async with anyio.create_task_group() as tg:
+                    await connection.emit("ev", "event ahead")
+                    tg.start_soon(ask)
+                    with anyio.fail_after(5):
+                        while server.statistics().refused_busy < 2:  # refused, and retried
+                            await anyio.sleep(0.01)
+                    assert handled == []
+                    assert answers == []
+                    await first.disconnect("world")
+                    with anyio.fail_after(5):
+                        await connection.wait_connected()
+                assert answers == ["ahead"]
                 with anyio.fail_after(5):
-                    await connection.wait_connected()
                     assert await connection.request("echo", "later") == "later"
+    assert handled == ["event ahead", "ahead", "later"], "each once, in order"
+    assert errors
+    assert all(isinstance(e, ipcactors.ServerBusyError) for e in errors)
+
+
+@pytest.mark.parametrize("how", ["end", "reset"])
+async def test_what_was_sent_ahead_of_a_connection_that_ends_unwelcomed_goes_again(
+    how: str, socket_dir: str
+) -> None:
+    """A server that closes the connection without a welcome (a server over its
+    ``max_handshakes`` drops the oldest handshake so; ``end``: after reading everything,
+    ``reset``: with our frames unread) handled nothing behind the hello: the event and the
+    request sent ahead go again behind the next hello, to the server that comes up there."""
+    path = os.path.join(socket_dir, "world")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen()
+    handled: list[Any] = []
+    with listener, _removed(path):
+        async with Actor("hello", socket_root=socket_dir, silent=True, retry=0.05) as hello:
+            connection = await hello.connect_to("world", path, wait=False)
+            answers: list[str] = []
+
+            async def ask() -> None:
+                answers.append(await connection.request("echo", "ahead"))
+
+            async with anyio.create_task_group() as tg:
+                await connection.emit("ev", "event ahead")
+                tg.start_soon(ask)
+                peer, _ = listener.accept()  # connected by now: it waits in the backlog
+                with peer:
+                    peer.setblocking(False)
+                    with anyio.fail_after(5):
+                        data = b""
+                        while len(unframe(data)) < 3:  # the hello, the event, the request
+                            await anyio.wait_readable(peer)
+                            if how == "reset":  # left unread: closing resets the connection
+                                data = peer.recv(65536, socket.MSG_PEEK)
+                                await anyio.sleep(0.005)
+                            else:
+                                data += peer.recv(65536)
+                    assert [m[0] for m in unframe(data)] == [4, 0, 1]
+                listener.close()
+                os.unlink(path)  # for the server that comes up there
+                async with Actor("world", socket_root=socket_dir, silent=True) as world:
+                    server = await world.serve(path)
+                    server.on("echo", lambda data, client: handled.append(data) or data)
+                    server.on("ev", lambda data, client: handled.append(data))
+                    with anyio.fail_after(5):
+                        await connection.wait_connected()
+                        while not answers:
+                            await anyio.sleep(0.01)
+                    assert answers == ["ahead"]
+                    await hello.disconnect("world")
+    assert handled == ["event ahead", "ahead"], "each once, in order"
 
 
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
@@ -273,3 +367,49 @@ async def test_without_connect_handlers_events_behind_the_welcome_are_handled(
                 await three.wait()
                 await connection.wait_connected()
             assert news == [0, 1, 2]
+
+
+async def test_what_waits_to_go_again_is_bounded_by_the_outbox(socket_dir: str) -> None:
+    """What went ahead of the welcome is kept until it comes, and counts against
+    ``max_outbox_bytes``: a server that reads everything and never welcomes holds the
+    client's emits at that bound (backpressure), not its memory; what was kept then goes again,
+    in order, once, to the server that comes up."""
+    path = os.path.join(socket_dir, "world")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen()
+    handled: list[int] = []
+    bound, size, count = 64 * 1024, 16 * 1024, 64
+    options = {"retry": 0.05, "max_outbox_bytes": bound}
+    with listener, _removed(path):
+        async with Actor("hello", socket_root=socket_dir, silent=True, **options) as hello:
+            connection = await hello.connect_to("world", path, wait=False)
+            emitted: list[int] = []
+
+            async def emit_all() -> None:
+                for number in range(count):
+                    await connection.emit("ev", {"n": number, "pad": b"x" * size})
+                    emitted.append(number)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(emit_all)
+                peer, _ = listener.accept()
+                received = 0
+                with peer:
+                    peer.setblocking(False)
+                    with anyio.move_on_after(0.5):  # reads all it is sent, says nothing
+                        while True:
+                            await anyio.wait_readable(peer)
+                            received += len(peer.recv(1 << 20))
+                    assert len(emitted) < count // 2, "held at the bound"
+                    assert received <= 2 * bound + size, received
+                listener.close()
+                os.unlink(path)  # for the server that comes up there
+                async with Actor("world", socket_root=socket_dir, silent=True) as world:
+                    server = await world.serve(path)
+                    server.on("ev", lambda data, client: handled.append(data["n"]))
+                    with anyio.fail_after(10):
+                        while len(handled) < count:
+                            await anyio.sleep(0.01)
+                    await hello.disconnect("world")
+    assert handled == list(range(count)), "each once, in order"

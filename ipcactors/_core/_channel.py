@@ -55,8 +55,8 @@ Invariants:
   writer sends what is queued right behind the hello, and the reader reads the welcome first
   (within ``handshake_timeout``, a deadline on the channel's own scope), tells the connection
   (``Peer._welcomed``), then serves. If the welcome never comes (a reject, a timeout, a
-  reset), nothing was handled by the peer: the requests sent fail with that error and the
-  channel ends (:attr:`Channel.handshake_error`).
+  reset), the channel ends with the reason (:attr:`Channel.handshake_error`); the connection
+  decides whether what was sent ahead goes again or fails (see ``_connection``).
 - A peer whose ``_ready`` is an unset event (a supervised child's link to its supervisor,
   until the child's function registered its handlers) has nothing dispatched, as during an
   opening: events and requests wait in the inbox; replies and acks are handled at once.
@@ -582,19 +582,10 @@ class Channel:
         return True
 
     def _handshake_failed(self, exc: Exception) -> None:
-        """The welcome will not come: what was sent ahead of it fails with why."""
-        peer = self._peer
+        """The welcome will not come: the connection decides, once the channel ended, whether
+        what was sent ahead of it goes again or fails with ``exc``."""
         self._broken = True
         self.handshake_error = exc
-        lost = (
-            exc
-            if isinstance(exc, RejectedError)
-            else ConnectionLostError(
-                f"the connection with {peer.id!r} was lost in its handshake, before the "
-                f"reply ({type(exc).__name__}: {exc})"
-            )
-        )
-        peer._requests.fail(lost, sent_up_to=peer._outbox.taken)
 
     async def _finish_dispatching(self) -> None:
         """Wait for the dispatcher to handle what arrived; once the writer is lost (now or

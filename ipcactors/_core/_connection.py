@@ -10,7 +10,14 @@ Invariants:
   frames may follow the hello and the channel reads the welcome (see ``_channel``); connected,
   the ``connect`` handlers and the "connected" line come with it. A handshake that fails there
   counts as a failed attempt: a fatal refusal ends the connection (``_refused``), anything
-  else is retried.
+  else is retried. What went ahead of the welcome is kept (within the outbox's bound) until it
+  comes. Refused with ``busy``, or the connection ended unwelcomed, the server handled none of
+  it (it decodes nothing behind a hello before its welcome, which reaches us ahead of the
+  connection's end): it goes again, first, behind the next hello, and its requests wait on
+  (within their timeout), as if we had waited for the welcome. A fatal refusal fails the
+  requests sent ahead with itself; past ``handshake_timeout`` (the welcome may be on its way)
+  they fail with ``ConnectionLostError`` and its events are not sent again (at most once).
+  ``wait_connected`` waits on through failed attempts.
 - Retries follow ``stop_retrying``: a failed attempt or a lost connection spends one retry; the
   count restarts after each successful handshake. Errors retrying cannot fix (a refusal other
   than ``busy``, a path too long, no permission) end the connection at once, and so does
@@ -107,6 +114,13 @@ def _is_fatal(exc: BaseException) -> bool:
     if isinstance(exc, RejectedError):
         return not isinstance(exc, ServerBusyError)
     return is_fatal_connect_error(exc)
+
+
+def _handled_nothing(error: Exception | None) -> bool:
+    """Whether a pipelined handshake that failed with ``error`` leaves the server having
+    handled nothing sent ahead of the welcome: it refused us, or the connection ended first (a
+    welcome sent reaches us ahead of the end); not after our deadline (it may be on its way)."""
+    return error is not None and not isinstance(error, TimeoutError)
 
 
 def _as_ipc_error(exc: BaseException) -> IPCError:
@@ -430,6 +444,7 @@ class Connection(Peer, HandlerMethods):
     def _welcomed(self, welcome: Welcome) -> None:
         """A pipelined connection's channel read the welcome: the connection is up."""
         self._check_welcome(welcome)
+        self._outbox.drop_kept()  # handled from here on: nothing goes again
         self._up.set()
         self._log.info(f"connected to {self.id!r} at {self.address}{self._recovered}")
         self._recovered = ""
@@ -495,6 +510,7 @@ class Connection(Peer, HandlerMethods):
         # Pipelined, the connect handlers may be registered after connect_to returned: the
         # channel asks once the welcome came.
         if not session.is_open:
+            self._outbox.keep_taken()  # what goes ahead of the welcome may have to go again
             channel = Channel(stream, session, self, self._opening, self._wants_opening)
         else:
             wanted = self._handlers.get("connect")
@@ -515,6 +531,7 @@ class Connection(Peer, HandlerMethods):
         await self._handlers.call("connect", (), self._log)
 
     async def _serve(self, channel: Channel) -> None:
+        error: Exception | None = None
         try:
             await channel.run()
             error = channel.handshake_error  # pipelined: the welcome never came
@@ -543,11 +560,25 @@ class Connection(Peer, HandlerMethods):
         finally:
             self._channel = None
             welcomed = self._up.is_set()
-            self._up = Flag()
+            if welcomed:  # (else it is still unset: who waits for it waits on)
+                self._up = Flag()
+            lost: Exception
             if self._closing:
-                lost: IPCError = ClosedError(f"connection to {self.id!r} was closed")
+                lost = ClosedError(f"connection to {self.id!r} was closed")
+            elif isinstance(error, RejectedError):
+                lost = error
+            elif error is not None:
+                lost = ConnectionLostError(
+                    f"the connection with {self.id!r} was lost in its handshake, before the "
+                    f"reply ({type(error).__name__}: {error})"
+                )
             else:
                 lost = ConnectionLostError(f"connection to {self.id!r} was lost before the reply")
+            if self._outbox.kept is not None:  # pipelined, and never welcomed
+                if _handled_nothing(error) and self._refused is None and not self._closing:
+                    self._outbox.requeue_kept()  # retried: it goes again behind the next hello
+                else:
+                    self._outbox.drop_kept()
             self._requests.fail(lost, sent_up_to=self._outbox.taken)
             if welcomed:  # a pipelined connection never welcomed was never up
                 if not self._closing:

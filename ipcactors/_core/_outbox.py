@@ -25,6 +25,9 @@ Invariants:
   ``n`` has been handed to a writer (and may be lost with the connection) once ``taken >= n``.
 - In the acknowledged mode, frames kept until the peer acknowledges them (:attr:`held`) count
   against the bound as well: queue, writer and that store together hold at most ``max_bytes``.
+  So do the frames a pipelined handshake sent ahead of its welcome (:meth:`keep_taken`): kept
+  in order until the welcome (:meth:`drop_kept`) or a failure after which they go again
+  (:meth:`requeue_kept`: first in the queue, ``taken`` back as if never taken).
 - Batches (:attr:`batches`, set while the connection negotiated them): events put as items
   (:meth:`put_item_if_room`) join the open batch, the last thing queued, which takes its
   place in the order when it opens; anything else queued, or the writer taking frames, closes
@@ -35,7 +38,7 @@ Invariants:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from itertools import islice, repeat
 from operator import call
 
@@ -64,12 +67,14 @@ class Outbox:
         "_in_flight",
         "_in_flight_bytes",
         "_is_flushed",
+        "_kept_bytes",
         "_replies",
         "_since_turn",
         "batches",
         "direct",
         "enqueued",
         "held",
+        "kept",
         "max_bytes",
         "on_frames",
         "on_lost",
@@ -99,6 +104,11 @@ class Outbox:
         #: Bytes of frames kept after they are queued until the peer acknowledges them (the
         #: acknowledged mode, ``_acks``): they count against the bound too.
         self.held = 0
+        #: Frames of the ordered queue taken since :meth:`keep_taken`, in order (a pipelined
+        #: handshake's: sent ahead of the welcome, see :meth:`requeue_kept`); they count in
+        #: :attr:`held` while kept.
+        self.kept: list[Frame] | None = None
+        self._kept_bytes = 0
         #: Called (from put) when frames arrive: a writer that is a loop callback, not a task,
         #: sets it instead of waiting in :meth:`wait_frames`.
         self.on_frames: Callable[[], None] | None = None
@@ -304,6 +314,35 @@ class Outbox:
         self.taken -= len(frames)
         return self.taken + 1
 
+    def keep_taken(self) -> None:
+        """Keep the frames the writer takes from now on until :meth:`requeue_kept` or
+        :meth:`drop_kept` (a pipelined handshake's: the server handles none of them before it
+        welcomes the client, so they may have to go again)."""
+        self.kept = []
+
+    def _keep(self, frames: Iterable[Frame]) -> None:
+        assert self.kept is not None
+        size = 0
+        for frame in frames:
+            self.kept.append(frame)
+            size += frame_size(frame)
+        self._kept_bytes += size
+        self.held += size
+
+    def drop_kept(self) -> None:
+        """Stop keeping and forget what was kept (it was delivered, or may have been)."""
+        self.kept = None
+        self.release(self._kept_bytes)
+        self._kept_bytes = 0
+
+    def requeue_kept(self) -> None:
+        """Queue what was kept again, in front of everything, and stop keeping (the peer
+        handled none of it). Only while no writer runs."""
+        kept = self.kept or []
+        self.drop_kept()
+        if kept:
+            self.requeue(kept)
+
     # --- the writer's side ----------------------------------------------------------------------
 
     async def wait_frames(self) -> None:
@@ -328,6 +367,8 @@ class Outbox:
             return self.put_nowait(frame, size)
         self.enqueued += 1
         self.taken += 1
+        if self.kept is not None:
+            self._keep((frame,))
         self._in_flight = True
         self._in_flight_bytes += size
         if direct(frame):
@@ -403,6 +444,8 @@ class Outbox:
                 replies.clear()
             else:
                 frames = list(queue)
+            if self.kept is not None:
+                self._keep(queue)
             self.taken += len(queue)
             queue.clear()
             size = self._bytes
@@ -413,6 +456,7 @@ class Outbox:
                 frame = replies.popleft()
                 frames.append(frame)
                 size += frame_size(frame)
+            first = len(frames)
             count = 0
             # Whole blocks of frames in one bite while they fit (sized and popped in C: a
             # broadcast's small frames are taken thousands at a time), then frame by frame.
@@ -433,6 +477,8 @@ class Outbox:
                 frames.append(frame)
                 size += frame_size(frame)
                 count += 1
+            if self.kept is not None:
+                self._keep(frames[first:])
             self.taken += count
         self._bytes -= size
         self._in_flight_bytes += size
