@@ -61,6 +61,30 @@ async def test_500_children_spawned_at_once_all_answer_and_all_go(socket_dir: st
         assert not any(alive(pid) for pid in pids.values())
 
 
+async def test_children_whose_handshakes_the_supervisor_dropped_come_up_all_the_same(
+    socket_dir: str,
+) -> None:
+    """A burst of children on a loaded supervisor can find more of them in their handshake
+    than ``max_handshakes``: the oldest are dropped, their hello requests (sent ahead of the
+    welcome) unread. Each retries, its hello request with it, and comes up (it exited, its
+    spawn failing, when that request failed instead). ``max_handshakes=1`` makes the burst."""
+    count = 40
+    with anyio.fail_after(60):
+        async with supervisor(socket_dir, max_handshakes=1) as sup:
+
+            async def spawn(id: str) -> None:
+                await sup.spawn(_workers.echo, id=id)
+
+            async with anyio.create_task_group() as task_group:
+                for index in range(count):
+                    task_group.start_soon(spawn, f"c{index}")
+            assert sup.server.statistics().handshakes_dropped > 0, "no burst: nothing tested"
+            assert len(sup.children) == count
+            assert all(info.running for info in sup.children.values())
+            for id in sup.children:
+                assert await sup.request(id, "echo", id, timeout=10) == id
+
+
 async def test_a_full_collection_in_a_child_leaves_what_it_inherited_shared(
     socket_dir: str,
 ) -> None:
