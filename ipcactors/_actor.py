@@ -280,10 +280,13 @@ class Actor:
         ``auth_key``: once the server proved it knows the key); what you emit or request next
         travels right behind the hello (or our proof), in the same write, and the server
         handles it once it welcomed us. The welcome is awaited in the background:
-        ``connected`` turns true and the ``connect`` handlers run then. A refusal reaches the
-        requests already sent (they fail with it), the ``error`` handlers and
-        ``wait_connected``; a fatal one ends the connection, a ``busy`` server or a lost
-        handshake is retried. Events sent ahead of a refusal are not handled. Not in the
+        ``connected`` turns true and the ``connect`` handlers run then. A failed handshake is
+        retried as if we had waited: after a ``busy`` refusal or a connection that ended
+        unwelcomed (none of it was handled), what went ahead goes again behind the next hello.
+        A fatal refusal ends the connection: the requests sent ahead fail with it (so does
+        ``wait_connected``, and the ``error`` handlers hear it) and its events are not
+        handled; past ``handshake_timeout`` the requests fail with ``ConnectionLostError`` (the
+        server may have handled them) and the events are not sent again. Not in the
         acknowledged mode (``Config.acked``), which resumes from the welcome, nor when the
         hello offers shared memory (``Config.max_shared_bytes``), which the welcome settles:
         there it waits as usual.
