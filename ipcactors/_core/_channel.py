@@ -113,7 +113,6 @@ from .._proto._messages import (
     Pong,
     Reply,
     Request,
-    frame_bytes,
     frame_size,
 )
 from .._proto._session import Session
@@ -139,7 +138,7 @@ if TYPE_CHECKING:
     from ._peer import Peer
     from ._watchdog import Watchdog
 
-__all__ = ["INBOX_HARD_FACTOR", "RECEIVE_SIZE", "Channel", "frame_bytes"]
+__all__ = ["INBOX_HARD_FACTOR", "RECEIVE_SIZE", "Channel"]
 
 RECEIVE_SIZE = 64 * 1024  # per read for small traffic; large frames are read in larger chunks
 MAX_RECEIVE_SIZE = 4 * 1024 * 1024

@@ -144,10 +144,6 @@ _HEAD_CACHE_SIZE: Final = 1024  # event names whose packed envelope head is kept
 _SHAREABLE_KINDS: Final = frozenset("biufcmMSU")
 
 
-def frame_bytes(frame: Frame) -> bytes:
-    return frame if isinstance(frame, bytes) else b"".join(frame)
-
-
 _SCALARS: Final = frozenset(
     {type(None), bool, int, float, str, bytes, bytearray, memoryview, msgpack.Timestamp}
 )
