@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from time import monotonic
@@ -41,6 +42,7 @@ __all__ = [
     "close_now",
     "drain_outbox",
     "peeker",
+    "raw_socket",
     "read_size",
     "readable_waiter",
     "receiver_into",
@@ -49,6 +51,23 @@ __all__ = [
     "shared_sender",
     "wrap_socket",
 ]
+
+
+# The socket under each stream asked for (see raw_socket), for as long as the stream lives.
+_raw_sockets: weakref.WeakKeyDictionary[ByteStream, Any] = weakref.WeakKeyDictionary()
+
+
+def raw_socket(stream: ByteStream) -> Any:
+    """``stream.extra(SocketAttribute.raw_socket, None)``, asked once per stream: anyio's socket
+    streams make every attribute they have on each ``extra()`` call (~5 us: a ``getpeername``
+    and enum conversions), and setting up a connection asks up to six times on Trio. (A
+    ``socket.socket``, asyncio's ``TransportSocket`` under anyio's asyncio streams, or ``None``.)
+    """
+    try:
+        return _raw_sockets[stream]
+    except KeyError:
+        sock = _raw_sockets[stream] = stream.extra(SocketAttribute.raw_socket, None)
+        return sock
 
 
 def attach_writer(stream: ByteStream, outbox: FrameQueue) -> Callable[[], None] | None:
@@ -69,7 +88,7 @@ async def drain_outbox(stream: ByteStream, outbox: FrameQueue) -> None:
     send = stream.send
     rest: list[FramePart] | None = None  # the unsent end of a frame written directly
     passes_fds = isinstance(stream, FdSocketStream)
-    sock = stream.extra(SocketAttribute.raw_socket, None) if passes_fds or _plain(stream) else None
+    sock = raw_socket(stream) if passes_fds or _plain(stream) else None
     if not isinstance(sock, socket.socket):
         sock = None  # asyncio's TransportSocket (anyio's asyncio streams): no send of its own
     widened = sock is None  # the send buffer is widened once a large part is written
@@ -165,7 +184,7 @@ def receiver_into(stream: ByteStream) -> Callable[[memoryview], Awaitable[int]] 
         return own  # a stream of this package that fills buffers itself (one passing fds)
     if not _plain(stream) or running_asyncio_loop() is not None:
         return None  # anyio's asyncio streams read ahead into buffers of their own
-    sock = stream.extra(SocketAttribute.raw_socket, None)
+    sock = raw_socket(stream)
     if sock is None:
         return None
     return partial(_receive_into, stream, sock)
@@ -220,7 +239,7 @@ def peeker(stream: ByteStream) -> tuple[Callable[[int], bytes], Callable[[int], 
         if running_asyncio_loop() is not None:
             return None
         # Its peek declines bytes that bring descriptors; what it returned is skipped as usual.
-        return stream.peek, partial(_skip, stream.extra(SocketAttribute.raw_socket))
+        return stream.peek, partial(_skip, raw_socket(stream))
     sock = _trio_socket(stream)
     return None if sock is None else (partial(_peek, sock), partial(_skip, sock))
 
@@ -238,7 +257,7 @@ def _trio_socket(stream: ByteStream) -> socket.socket | None:
     callbacks reading it too (anyio's plain socket streams, Trio); else ``None``."""
     if not _plain(stream) or running_asyncio_loop() is not None:
         return None
-    sock = stream.extra(SocketAttribute.raw_socket, None)
+    sock = raw_socket(stream)
     return sock if isinstance(sock, socket.socket) else None
 
 
@@ -370,7 +389,7 @@ def bytes_below(stream: ByteStream) -> int:
         ahead = inner.read_ahead
     else:
         ahead = 0
-    sock = stream.extra(SocketAttribute.raw_socket, None)
+    sock = raw_socket(stream)
     if sock is None:
         return ahead
     try:
@@ -400,7 +419,7 @@ def send_tracebacks(stream: ByteStream, setting: bool | None) -> bool:
     ``None``, whether it is on a Unix socket and runs as our user (``SO_PEERCRED``)."""
     if setting is not None:
         return setting
-    sock = stream.extra(SocketAttribute.raw_socket, None)
+    sock = raw_socket(stream)
     peercred = getattr(socket, "SO_PEERCRED", None)  # Linux; elsewhere: no tracebacks
     if sock is None or sock.family != socket.AF_UNIX or peercred is None:
         return False
