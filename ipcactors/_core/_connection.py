@@ -562,29 +562,36 @@ class Connection(Peer, HandlerMethods):
             welcomed = self._up.is_set()
             if welcomed:  # (else it is still unset: who waits for it waits on)
                 self._up = Flag()
-            lost: Exception
-            if self._closing:
-                lost = ClosedError(f"connection to {self.id!r} was closed")
-            elif isinstance(error, RejectedError):
-                lost = error
-            elif error is not None:
-                lost = ConnectionLostError(
-                    f"the connection with {self.id!r} was lost in its handshake, before the "
-                    f"reply ({type(error).__name__}: {error})"
-                )
-            else:
-                lost = ConnectionLostError(f"connection to {self.id!r} was lost before the reply")
             if self._outbox.kept is not None:  # pipelined, and never welcomed
-                if _handled_nothing(error) and self._refused is None and not self._closing:
-                    self._outbox.requeue_kept()  # retried: it goes again behind the next hello
-                else:
-                    self._outbox.drop_kept()
-            self._requests.fail(lost, sent_up_to=self._outbox.taken)
+                self._settle_sent_ahead(error)
+            self._requests.fail(self._lost(error), sent_up_to=self._outbox.taken)
             if welcomed:  # a pipelined connection never welcomed was never up
                 if not self._closing:
                     self._log.info(f"connection to {self.id!r} lost")
                 timeout = self._config.close_timeout
                 await self._handlers.call_shielded("disconnect", (), self._log, timeout)
+
+    def _settle_sent_ahead(self, error: Exception | None) -> None:
+        """A pipelined connection ended unwelcomed (``error``: why): what went ahead goes
+        again, first, if the server handled none of it and we retry; else it counts as sent."""
+        if _handled_nothing(error) and self._refused is None and not self._closing:
+            self._outbox.requeue_kept()
+        else:
+            self._outbox.drop_kept()
+
+    def _lost(self, error: Exception | None) -> Exception:
+        """What the requests sent on a connection that ended fail with; ``error``: its
+        handshake's, when the welcome never came."""
+        if self._closing:
+            return ClosedError(f"connection to {self.id!r} was closed")
+        if isinstance(error, RejectedError):
+            return error
+        if error is not None:
+            return ConnectionLostError(
+                f"the connection with {self.id!r} was lost in its handshake, before the reply "
+                f"({type(error).__name__}: {error})"
+            )
+        return ConnectionLostError(f"connection to {self.id!r} was lost before the reply")
 
     def _delay(self, backoff: int) -> float:
         nominal = min(self._config.retry_cap, self._config.retry * 2 ** min(backoff, 32))
