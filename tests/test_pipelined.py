@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 import msgpack
 import pytest
+from anyio.abc import TaskGroup
 
 import ipcactors
 from ipcactors import Actor, Server
@@ -53,6 +54,25 @@ def _removed(path: str) -> Iterator[None]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+
+
+def record(server: Server, handled: list[Any]) -> None:
+    """``server`` notes each ``ev`` event and ``echo`` request it handles (and answers it)."""
+    server.on("echo", lambda data, client: handled.append(data) or data)
+    server.on("ev", lambda data, client: handled.append(data))
+
+
+async def send_ahead(connection: ipcactors.Connection, tg: TaskGroup) -> list[Any]:
+    """Emit an event and start a request on ``connection`` (pipelined: ahead of its
+    welcome); the list returned gets the request's answer."""
+    answers: list[Any] = []
+
+    async def ask() -> None:
+        answers.append(await connection.request("echo", "ahead"))
+
+    await connection.emit("ev", "event ahead")
+    tg.start_soon(ask)
+    return answers
 
 
 async def connect(hello: Actor, server: Server, transport: str) -> ipcactors.Connection:
@@ -218,8 +238,7 @@ async def test_a_refusal_fails_what_was_sent_ahead_and_nothing_is_handled(
     errors: list[BaseException] = []
     async with Actor("world", socket_root=socket_dir, silent=True, auth_key="s3cret") as world:
         server = await (world.serve() if transport == "unix" else world.serve_net(HOST, 0))
-        server.on("echo", lambda data, client: handled.append(data) or data)
-        server.on("ev", lambda data, client: handled.append(data))
+        record(server, handled)
         server.on("connect", lambda client: handled.append("connect"))
         async with Actor("hello", socket_root=socket_dir, silent=True, retry=0.05) as hello:
             connection = await connect(hello, server, transport)
@@ -249,8 +268,7 @@ async def test_what_was_sent_ahead_of_a_busy_refusal_goes_again_once_welcomed(
     errors: list[BaseException] = []
     async with Actor("world", socket_root=socket_dir, silent=True, max_connections=1) as world:
         server = await (world.serve() if transport == "unix" else world.serve_net(HOST, 0))
-        server.on("echo", lambda data, client: handled.append(data) or data)
-        server.on("ev", lambda data, client: handled.append(data))
+        record(server, handled)
         async with Actor("first", socket_root=socket_dir, silent=True) as first:
             if transport == "unix":
                 await first.connect_to("world")
@@ -259,14 +277,8 @@ async def test_what_was_sent_ahead_of_a_busy_refusal_goes_again_once_welcomed(
             async with Actor("hello", socket_root=socket_dir, silent=True, retry=0.02) as hello:
                 connection = await connect(hello, server, transport)
                 connection.on("error", errors.append)
-                answers: list[str] = []
-
-                async def ask() -> None:
-                    answers.append(await connection.request("echo", "ahead"))
-
                 async with anyio.create_task_group() as tg:
-                    await connection.emit("ev", "event ahead")
-                    tg.start_soon(ask)
+                    answers = await send_ahead(connection, tg)
                     with anyio.fail_after(5):
                         while server.statistics().refused_busy < 2:  # refused, and retried
                             await anyio.sleep(0.01)
@@ -299,14 +311,8 @@ async def test_what_was_sent_ahead_of_a_connection_that_ends_unwelcomed_goes_aga
     with listener, _removed(path):
         async with Actor("hello", socket_root=socket_dir, silent=True, retry=0.05) as hello:
             connection = await hello.connect_to("world", path, wait=False)
-            answers: list[str] = []
-
-            async def ask() -> None:
-                answers.append(await connection.request("echo", "ahead"))
-
             async with anyio.create_task_group() as tg:
-                await connection.emit("ev", "event ahead")
-                tg.start_soon(ask)
+                answers = await send_ahead(connection, tg)
                 peer, _ = listener.accept()  # connected by now: it waits in the backlog
                 with peer:
                     peer.setblocking(False)
@@ -324,8 +330,7 @@ async def test_what_was_sent_ahead_of_a_connection_that_ends_unwelcomed_goes_aga
                 os.unlink(path)  # for the server that comes up there
                 async with Actor("world", socket_root=socket_dir, silent=True) as world:
                     server = await world.serve(path)
-                    server.on("echo", lambda data, client: handled.append(data) or data)
-                    server.on("ev", lambda data, client: handled.append(data))
+                    record(server, handled)
                     with anyio.fail_after(5):
                         await connection.wait_connected()
                         while not answers:
