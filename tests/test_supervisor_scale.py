@@ -61,13 +61,14 @@ async def test_500_children_spawned_at_once_all_answer_and_all_go(socket_dir: st
         assert not any(alive(pid) for pid in pids.values())
 
 
-async def test_children_whose_handshakes_the_supervisor_dropped_come_up_all_the_same(
+async def test_children_starting_at_once_are_not_dropped_for_max_handshakes(
     socket_dir: str,
 ) -> None:
-    """A burst of children on a loaded supervisor can find more of them in their handshake
-    than ``max_handshakes``: the oldest are dropped, their hello requests (sent ahead of the
-    welcome) unread. Each retries, its hello request with it, and comes up (it exited, its
-    spawn failing, when that request failed instead). ``max_handshakes=1`` makes the burst."""
+    """The supervisor expects the children it starts: a burst of them in their handshake at
+    once is not a flood, and none is dropped (``max_handshakes`` counts apart from the
+    children starting, as ``max_connections`` counts apart from ``max_children``). Before,
+    a loaded supervisor dropped the oldest: each dropped child logged a warning and came up
+    only after a retry's delay. ``max_handshakes=1`` makes the burst."""
     count = 40
     with anyio.fail_after(60):
         async with supervisor(socket_dir, max_handshakes=1) as sup:
@@ -78,11 +79,54 @@ async def test_children_whose_handshakes_the_supervisor_dropped_come_up_all_the_
             async with anyio.create_task_group() as task_group:
                 for index in range(count):
                     task_group.start_soon(spawn, f"c{index}")
-            assert sup.server.statistics().handshakes_dropped > 0, "no burst: nothing tested"
-            assert len(sup.children) == count
+            assert sup.server.statistics().handshakes_dropped == 0
             assert all(info.running for info in sup.children.values())
-            for id in sup.children:
-                assert await sup.request(id, "echo", id, timeout=10) == id
+            assert len(sup.children) == count
+
+
+async def test_children_whose_handshakes_a_flood_dropped_come_up_all_the_same(
+    socket_dir: str,
+) -> None:
+    """Connections that never say hello still take the handshake budget while children start
+    (the flood bound holds: ``max_handshakes`` plus the children starting), and the oldest
+    handshakes, children's among them, are dropped with their hello requests (sent ahead of
+    the welcome) unread. Each child retries, its hello request with it, and comes up (it
+    exited, its spawn failing, when that request failed instead)."""
+    count = 20
+    floods: list[anyio.abc.SocketStream] = []
+    with anyio.fail_after(60):
+        async with supervisor(socket_dir, max_handshakes=1) as sup:
+            path = str(sup.server.address)
+            spawned = anyio.Event()
+
+            async def flood() -> None:
+                for _ in range(400):  # until the children are up, and at most this many
+                    if spawned.is_set():
+                        return
+                    floods.append(await anyio.connect_unix(path))
+                    await anyio.sleep(0.005)
+
+            async def spawn(id: str) -> None:
+                await sup.spawn(_workers.echo, id=id)
+
+            try:
+                async with anyio.create_task_group() as task_group:
+                    task_group.start_soon(flood)
+                    async with anyio.create_task_group() as spawning:
+                        for index in range(count):
+                            spawning.start_soon(spawn, f"c{index}")
+                    spawned.set()
+                dropped = sup.server.statistics().handshakes_dropped
+                assert dropped > 0, "no flood: nothing tested"
+                # At most the budget (1 + the children starting) were left in their handshake.
+                assert dropped >= len(floods) - count - 1, "the flood was not bounded"
+                assert len(sup.children) == count
+                assert all(info.running for info in sup.children.values())
+                for id in sup.children:
+                    assert await sup.request(id, "echo", id, timeout=10) == id
+            finally:
+                for stream in floods:
+                    await stream.aclose()
 
 
 async def test_a_full_collection_in_a_child_leaves_what_it_inherited_shared(

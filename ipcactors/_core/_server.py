@@ -13,7 +13,9 @@ Invariants:
 - Unfinished handshakes have a budget of their own (``max_handshakes``) and one deadline each
   (``handshake_timeout``, however the bytes trickle in). A connection that finds the budget
   full drops the oldest unfinished handshake, so a flood of silent or trickling sockets cannot
-  lock out a good client; a finished handshake is never dropped for this.
+  lock out a good client; a finished handshake is never dropped for this. The budget grows by
+  the connections the owner expects (:meth:`_expect_handshakes`: a supervisor's children
+  starting), so a burst of them is not taken for a flood; it stays bounded by what was started.
 - ``broadcast`` never waits for one slow client unless ``slow_consumer="wait"``: under
   ``"disconnect"`` a client's outbox may hold up to twice ``max_outbox_bytes`` of broadcasts
   (room to catch up after a burst), past that the client is disconnected; under ``"drop"`` a
@@ -217,6 +219,7 @@ class Server(HandlerMethods):
         self._clients: dict[str, Client] = {}
         # Unfinished handshakes, oldest first: the scope that drops each (dicts keep order).
         self._handshakes: dict[anyio.CancelScope, bool] = {}  # (a value: still there)
+        self._expected_handshakes = 0  # beyond max_handshakes: see _expect_handshakes
         # While held (see _hold()): set once ready; and the clients waiting for it, by id.
         self._ready: anyio.Event | None = None
         self._held: dict[str, anyio.CancelScope] = {}
@@ -790,19 +793,26 @@ class Server(HandlerMethods):
         ``deadline`` or drops it. At ``max_handshakes``, the oldest unfinished handshake is
         dropped to make room (a handshake is dropped by taking it out of ``_handshakes`` and
         cancelling its scope, here or as the server closes)."""
-        if len(self._handshakes) >= self._config.max_handshakes:
+        if len(self._handshakes) >= self._config.max_handshakes + self._expected_handshakes:
             oldest = next(iter(self._handshakes))
             del self._handshakes[oldest]
             oldest.cancel()
             self._counters.handshakes_dropped += 1
             self._bursts.warn(
                 "handshakes dropped",
-                f"{self._config.max_handshakes} connections are in their handshake "
+                f"{len(self._handshakes)} connections are in their handshake "
                 "(max_handshakes): dropping the oldest to admit new ones",
             )
         scope = anyio.CancelScope(deadline=deadline)
         self._handshakes[scope] = True
         return scope
+
+    def _expect_handshakes(self, count: int) -> None:
+        """``count`` more (or, negative, fewer) connections are expected to come and handshake:
+        the budget of unfinished handshakes grows by that many meanwhile (a supervisor counts
+        its children from their start until they are ready or gone)."""
+        self._expected_handshakes += count
+        assert self._expected_handshakes >= 0
 
     def _handshake_failed(self, message: str) -> None:
         self._counters.handshakes_failed += 1

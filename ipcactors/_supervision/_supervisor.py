@@ -747,6 +747,17 @@ class Supervisor:
         """Start ``incarnation`` of ``child`` and wait until it is ready; the caller holds the
         child's lock. Whatever fails, the process is gone before this raises (ended here if
         need be), and no restart is decided for it: the caller reports the failure."""
+        # Its connection back is expected: a burst of children starting is not a flood of
+        # handshakes, and none of theirs is dropped for max_handshakes.
+        server = self._net if child.host is not None and self._net is not None else self.server
+        server._expect_handshakes(1)
+        try:
+            await self._launch(child, incarnation)
+        finally:
+            server._expect_handshakes(-1)
+
+    async def _launch(self, child: Child, incarnation: Incarnation) -> None:
+        """:meth:`_start`'s work."""
         assert self._task_group is not None
         child.incarnation = incarnation
         child.changed()
