@@ -95,7 +95,7 @@ async def test_children_whose_handshakes_a_flood_dropped_come_up_all_the_same(
     count = 20
     floods: list[anyio.abc.SocketStream] = []
     with anyio.fail_after(60):
-        async with supervisor(socket_dir, max_handshakes=1) as sup:
+        async with supervisor(socket_dir, max_handshakes=1, start_timeout=30.0) as sup:
             path = str(sup.server.address)
             spawned = anyio.Event()
 

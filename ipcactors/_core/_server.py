@@ -793,15 +793,16 @@ class Server(HandlerMethods):
         ``deadline`` or drops it. At ``max_handshakes``, the oldest unfinished handshake is
         dropped to make room (a handshake is dropped by taking it out of ``_handshakes`` and
         cancelling its scope, here or as the server closes)."""
-        if len(self._handshakes) >= self._config.max_handshakes + self._expected_handshakes:
+        budget = self._config.max_handshakes + self._expected_handshakes
+        if len(self._handshakes) >= budget:
             oldest = next(iter(self._handshakes))
             del self._handshakes[oldest]
             oldest.cancel()
             self._counters.handshakes_dropped += 1
             self._bursts.warn(
                 "handshakes dropped",
-                f"{len(self._handshakes)} connections are in their handshake "
-                "(max_handshakes): dropping the oldest to admit new ones",
+                f"{budget} connections are in their handshake (max_handshakes, plus any "
+                "expected): dropping the oldest to admit new ones",
             )
         scope = anyio.CancelScope(deadline=deadline)
         self._handshakes[scope] = True
