@@ -227,3 +227,48 @@ async def test_a_stop_signal_is_not_lost_when_the_forkserver_socket_is_full(
     # SIGTERM arrived (late) and ended it: it was not dropped, leaving it to SIGKILL.
     assert any("child 'w' stopped (was killed by SIGTERM)" in line for line in log_lines)
     assert not any("sending SIGKILL" in line for line in log_lines)
+
+
+async def test_an_aclose_cancelled_part_way_is_finished_on_leaving(socket_dir: str) -> None:
+    # aclose() waits out a stubborn child's grace period; a deadline cancels it part-way. The
+    # children and the forkserver must still be stopped: by a second aclose(), and by leaving.
+    with anyio.fail_after(20):
+        async with supervisor(socket_dir, shutdown_timeout=0.5, terminate_timeout=0.5) as sup:
+            await sup.spawn(_workers.stubborn, False, id="s")
+            pid = await sup.request("s", "pid")
+            with anyio.move_on_after(0.1) as scope:
+                await sup.aclose()
+            assert scope.cancelled_caught  # it was cut short
+            assert alive(pid)
+            await sup.aclose()  # finishes what the cancelled one left
+            assert not alive(pid)
+        async with supervisor(socket_dir, shutdown_timeout=0.5, terminate_timeout=0.5) as sup:
+            await sup.spawn(_workers.stubborn, False, id="s")
+            pid = await sup.request("s", "pid")
+            with anyio.move_on_after(0.1):
+                await sup.aclose()
+            # leaving the block finishes it too
+    assert not alive(pid)
+
+
+async def test_aclose_cancelled_by_a_failing_spawn_beside_it_does_not_hang(
+    socket_dir: str,
+) -> None:
+    # A task group runs aclose() beside a spawn; the spawn fails (ClosedError) and the group
+    # cancels aclose() in the middle of stopping the children.
+    pid = None
+    with anyio.fail_after(20):
+        try:
+            async with supervisor(socket_dir, shutdown_timeout=0.5, terminate_timeout=0.5) as sup:
+                await sup.spawn(_workers.stubborn, False, id="s")
+                pid = await sup.request("s", "pid")
+                async with anyio.create_task_group() as task_group:
+                    task_group.start_soon(sup.aclose)
+                    await wait_until(lambda: sup.children["s"].state == "stopping")
+                    await sup.spawn(_workers.echo, id="late")
+        except* ClosedError:
+            pass
+        else:
+            pytest.fail("the late spawn did not raise ClosedError")
+    assert pid is not None
+    assert not alive(pid)

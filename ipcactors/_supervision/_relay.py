@@ -98,11 +98,14 @@ class OutputWriter:
         self.write_nowait(text)
 
     async def aclose(self, timeout: float) -> None:
-        """Let the thread write what is queued (within ``timeout``), then stop it."""
+        """Let the thread write what is queued (within ``timeout``), then stop it. Cancelled
+        while it waits, it closes nothing yet: the next call waits again and closes."""
         with self._condition:
             self._closed = True
             self._condition.notify()
             thread = self._thread
+        if self._wake_read < 0:
+            return  # closed already
         if thread is None:
             os.close(self._wake_write)  # no thread ever owned it
         else:
@@ -113,6 +116,7 @@ class OutputWriter:
                         if _drain(self._wake_read):
                             break
         os.close(self._wake_read)
+        self._wake_read = -1
 
     def _run(self) -> None:
         try:

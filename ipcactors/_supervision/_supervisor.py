@@ -32,8 +32,10 @@ Invariants owned here:
 - Stopping a child is bounded at every step (``_children.stop_process``), its signals going
   to its process group. When the supervisor stops (or gives up), every child's grace period
   starts at once under ``one_for_one``; under ``one_for_all`` and ``rest_for_one`` children
-  stop one by one in reverse start order (a child still starting is stopped at once under
-  every strategy). Leaving the ``async with`` never hangs.
+  stop one by one in reverse start order (the stop of a child still starting begins
+  at once under every strategy). Leaving the ``async with`` never hangs: a shutdown cancelled
+  part-way (``aclose()`` under a deadline) is finished by the next, each of its steps safe to
+  take again.
 - No lock over all children. Each child has its own (``Child.lock``): spawn, a restart, stop
   and shutdown start or end its process one at a time, and different children's run side by
   side. A stop (or shutdown) interrupts a start in progress at once (``Child.halt``,
@@ -323,6 +325,7 @@ class Supervisor:
         self._entered = False
         self._closing = False
         self._closed = anyio.Event()
+        self._shutdown_lock = anyio.Lock()
         self._hard = False
         self._failure: RestartIntensityError | None = None
 
@@ -400,6 +403,7 @@ class Supervisor:
             with anyio.CancelScope(shield=True):
                 await self._shutdown()
         finally:
+            await self._cleanup_files()  # even if a step failed
             runtime = current_runtime()
             if runtime is not None:
                 runtime.supervisors.discard(self)
@@ -448,12 +452,14 @@ class Supervisor:
             await self._actor.aclose()
 
     async def _shutdown(self) -> None:
-        if self._closing:
-            await self._closed.wait()
-            return
+        """Stop everything, once. Every step can be taken again: a call cancelled (or failed)
+        part-way leaves the rest to the next, and leaving the ``async with`` makes one,
+        shielded. A call made meanwhile waits, and takes over if the running one is cancelled."""
         self._closing = True
         self._halting.set()
-        try:
+        async with self._shutdown_lock:
+            if self._closed.is_set():
+                return
             await self._stop_all()
             if self._forkserver is not None:
                 await self._forkserver.aclose()
@@ -466,7 +472,6 @@ class Supervisor:
                     os.close(fd)
                 self._lifeline = None
             await self._output.aclose(_RELAY_DRAIN)
-        finally:
             await self._cleanup_files()
             self._closed.set()
 
