@@ -57,8 +57,9 @@ T = TypeVar("T")
 Handler = Callable[..., Any]
 H = TypeVar("H", bound=Handler)
 
-# Set in a worker thread while it runs a plain handler: closing from there must not wait for
-# the handlers to finish (it would wait on itself), so it starts the close and returns.
+# Set in a worker thread while it runs a plain handler (``closes``: the closes it asked for).
+# Closing from there must not wait (it would wait on itself): the close is started once the
+# handler has returned, after its reply is queued, so that the reply is flushed, not lost.
 _in_handler = threading.local()
 
 
@@ -71,6 +72,21 @@ class _Loop:
         self.thread_id: int | None = None
         # Open inboxes: closed before the portal stops, which waits for the get() in flight.
         self.inboxes: set[BlockingInbox] = set()
+        self.actor: Actor | None = None
+
+    def start_soon(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Start ``fn`` in a task of the actor's (in the loop thread, after this task's next
+        checkpoint or end)."""
+        assert self.actor is not None
+        try:
+            group = self.actor._group()
+        except ClosedError:
+            return  # the actor is closing already, and with it all it owns
+
+        async def run() -> None:
+            await fn()
+
+        group.start_soon(run)
 
     @overload
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T: ...
@@ -91,9 +107,12 @@ class _Loop:
         return portal.call(fn, *args)
 
     def close(self, aclose: Callable[[], Awaitable[None]]) -> None:
-        """Run ``aclose`` to its end; from a handler's thread, start it and return."""
-        if getattr(_in_handler, "active", False) and self.portal is not None:
-            self.portal.start_task_soon(aclose)
+        """Run ``aclose`` to its end; from a handler's thread, have it started once the
+        handler returns, and return."""
+        closes: list[Callable[[], Awaitable[None]]] | None = getattr(_in_handler, "closes", None)
+        if closes is not None:
+            if self.portal is not None:
+                closes.append(aclose)
         else:
             self.call(aclose)
 
@@ -115,8 +134,13 @@ class _Handlers:
         loop = self._loop
 
         async def in_thread(*args: Any) -> Any:
-            call = partial(_run_handler, handler, *(_wrap_peer(loop, arg) for arg in args))
-            return await anyio.to_thread.run_sync(call)
+            closes: list[Callable[[], Awaitable[None]]] = []
+            call = partial(_run_handler, closes, handler, *(_wrap_peer(loop, arg) for arg in args))
+            try:
+                return await anyio.to_thread.run_sync(call)
+            finally:
+                for aclose in closes:
+                    loop.start_soon(aclose)  # it runs after our caller has queued the reply
 
         in_thread.__qualname__ = getattr(handler, "__qualname__", repr(handler))
         self._adapted[(key, handler)] = in_thread
@@ -151,12 +175,12 @@ class _Handlers:
         self._loop.call(partial(self._target.off_any, handler, requests=requests))
 
 
-def _run_handler(handler: Handler, *args: Any) -> Any:
-    _in_handler.active = True
+def _run_handler(closes: list[Callable[[], Awaitable[None]]], handler: Handler, *args: Any) -> Any:
+    _in_handler.closes = closes
     try:
         return handler(*args)
     finally:
-        _in_handler.active = False
+        _in_handler.closes = None
 
 
 class _Wrapper:
@@ -383,8 +407,8 @@ class BlockingConnection(_Wrapper):
         return self._loop.call(self.wrapped.statistics)
 
     def close(self) -> None:
-        """Flush, close, and do not reconnect (as ``ipc.disconnect(id)``). In a handler: starts
-        closing and returns (the close waits for the handlers of this connection)."""
+        """Flush, close, and do not reconnect (as ``ipc.disconnect(id)``). In a plain handler:
+        returns at once, and the close starts when the handler returns."""
         self._loop.close(self.wrapped.aclose)
 
 
@@ -434,7 +458,8 @@ class BlockingServer(_Wrapper):
         return self._loop.call(server.statistics)
 
     def close(self) -> None:
-        """Stop serving and close every client. In a handler: starts closing and returns."""
+        """Stop serving and close every client. In a plain handler: returns at once, and the
+        close starts when the handler returns."""
         self._loop.close(self.wrapped.aclose)
 
 
@@ -500,6 +525,7 @@ class BlockingActor:
             portal_cm.__exit__(*sys.exc_info())
             raise
         self._portal_cm, self._host, self._actor = portal_cm, host, actor
+        self._loop.actor = actor
         self._loop.thread_id = portal.call(threading.get_ident)
         self._loop.portal = portal
         return self
@@ -514,10 +540,11 @@ class BlockingActor:
 
     def close(self) -> None:
         """Flush and close every connection and the server, then stop the loop thread.
-        Idempotent; called by leaving ``with``. In a handler: starts closing the actor and
-        returns (``wait_closed()`` returns once it is closed); leaving ``with`` then stops the
-        loop thread."""
-        if getattr(_in_handler, "active", False):
+        Idempotent; called by leaving ``with``. In a plain handler: returns at once, and the
+        actor starts closing when the handler returns (its reply queued first);
+        ``wait_closed()`` returns once it is closed, and leaving ``with`` then stops the loop
+        thread."""
+        if getattr(_in_handler, "closes", None) is not None:
             if self._loop.portal is not None and self._actor is not None:
                 self._loop.close(self._actor.aclose)
             return
@@ -614,8 +641,8 @@ class BlockingActor:
         return BlockingConnection(self._loop, self._call(connect))
 
     def disconnect(self, id: str) -> None:
-        """As :meth:`Actor.disconnect`: flush, close, do not reconnect. In a handler: starts
-        disconnecting and returns."""
+        """As :meth:`Actor.disconnect`: flush, close, do not reconnect. In a plain handler:
+        returns at once, and the disconnect starts when the handler returns."""
         actor = self.wrapped
         self._call(lambda: None)  # ClosedError once closed
         self._loop.close(partial(actor.disconnect, id))

@@ -262,8 +262,8 @@ def test_the_example_runs(backend: Literal["asyncio", "trio"], socket_dir: str) 
 
 
 def test_closing_from_a_handler(backend: Literal["asyncio", "trio"], socket_dir: str) -> None:
-    """close() and disconnect() in a plain handler start closing and return: the close waits
-    for running handlers, so waiting there would wait on itself."""
+    """close() and disconnect() in a plain handler return at once (waiting there would wait on
+    the handler itself); the close starts when the handler returns."""
     options: dict[str, Any] = {"socket_root": socket_dir, "backend": backend, **FAST}
     with BlockingActor("world", **options) as world, BlockingActor("hello", **options) as hello:
         server = world.serve()
@@ -283,6 +283,26 @@ def test_closing_from_a_handler(backend: Literal["asyncio", "trio"], socket_dir:
         world.wait_closed(timeout=10)
         with pytest.raises(ipcactors.ClosedError):
             world.serve()  # the actor is closed; its thread stops when the block ends
+
+
+def test_a_request_handler_that_closes_still_answers(
+    backend: Literal["asyncio", "trio"], socket_dir: str
+) -> None:
+    """close() in a plain request handler: the close begins once the handler has returned, so
+    its reply goes out before the connection closes (on Trio it was often lost)."""
+    options: dict[str, Any] = {"socket_root": socket_dir, "backend": backend, **FAST}
+    for round in range(5):
+        with BlockingActor(f"world{round}", **options) as world:
+            server = world.serve()
+
+            def quit(data: Any, client: Any) -> str:
+                world.close()
+                return "bye"
+
+            server.on("quit", quit)
+            with BlockingActor(f"hello{round}", **options) as hello:
+                assert hello.connect_to(f"world{round}").request("quit", timeout=5) == "bye"
+            world.wait_closed(timeout=10)
 
 
 def test_an_unread_inbox_is_bounded_and_slows_the_sender(
