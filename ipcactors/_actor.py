@@ -360,6 +360,7 @@ class Actor:
 
     async def disconnect(self, id: str) -> None:
         """Flush to actor ``id`` (bounded by ``close_timeout``), close, and do not reconnect."""
+        _check_id(id)
         connection = self._connections.get(id)
         if connection is None:
             raise UnknownPeerError(f"{self.id!r} has no connection to {id!r}")
@@ -370,6 +371,11 @@ class Actor:
     def log(self, *args: Any) -> None:
         """node-ipc's ``ipc.log``: log the arguments joined by spaces (unless ``silent``)."""
         self._log.user(*args)
+
+
+class _UnknownPeerAttributeError(UnknownPeerError, AttributeError):
+    """``ipc.of.world`` for a peer not connected: the documented :class:`UnknownPeerError`,
+    and an ``AttributeError`` so that ``hasattr`` and ``getattr(..., default)`` work."""
 
 
 def _check_id(id: object) -> None:
@@ -413,7 +419,7 @@ class Peers(Mapping[str, Connection]):
         try:
             return self[id]
         except UnknownPeerError as exc:
-            raise AttributeError(str(exc)) from None
+            raise _UnknownPeerAttributeError(str(exc)) from None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._connections)

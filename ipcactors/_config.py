@@ -61,8 +61,9 @@ class Config:
     codec: str = "msgpack"
     #: With ``codec="node-ipc"``: the string that ends each frame, node-ipc's
     #: ``ipc.config.delimiter``; both ends must agree. ``"\f"``, node-ipc's default: JSON escapes
-    #: every control character, so it can never occur inside a frame (a delimiter without a
-    #: control character could: a frame that contains it is refused with ``EncodeError``).
+    #: every control character, so a delimiter that starts with one is never found inside a frame
+    #: (any other could be, or across a frame's last bytes: such a frame is refused with
+    #: ``EncodeError``).
     node_ipc_delimiter: str = "\f"
     #: Largest frame accepted or sent, in bytes: 64 MiB + 64 KiB (67,174,400), so that a
     #: 64 MiB payload (a 4096×4096 float32 tensor: 67,108,896 bytes encoded) fits with its

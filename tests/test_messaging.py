@@ -593,6 +593,28 @@ async def test_reserved_event_names_are_refused(socket_dir: str) -> None:
                 await server.broadcast("connect")
 
 
+async def test_misused_names_and_ids_are_the_documented_errors(socket_dir: str) -> None:
+    async with serving("unix", socket_dir) as (_, server, connect):
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            world = await connect(hello)
+            # A handler for a name no peer can send would never run.
+            for register in (world.on, server.on):
+                with pytest.raises(ipcactors.ReservedEventError):
+                    register("ipcactors.x", print)
+            # An id that is not a str is a ConfigError, as documented for every id argument.
+            with pytest.raises(ipcactors.ConfigError):
+                await hello.disconnect(5)  # type: ignore[arg-type]
+            with pytest.raises(ipcactors.ConfigError):
+                await server.emit(5, "x")  # type: ignore[arg-type]
+            with pytest.raises(ipcactors.ConfigError):
+                await server.request(5, "x")  # type: ignore[arg-type]
+            # ipc.of.nobody: the UnknownPeerError ipc.of["nobody"] raises, and an AttributeError.
+            with pytest.raises(ipcactors.UnknownPeerError, match="connect_to"):
+                hello.of.nobody  # noqa: B018
+            assert not hasattr(hello.of, "nobody")
+            assert hello.of.world is world
+
+
 async def test_unencodable_data_is_a_typed_error(socket_dir: str) -> None:
     async with serving("unix", socket_dir) as (_, server, connect):
         server.on("echo", lambda data, client: data)

@@ -16,7 +16,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ipcactors import ConfigError, DecodeError, EncodeError, EventNameError, FrameTooLargeError
+from ipcactors import (
+    ConfigError,
+    DecodeError,
+    EncodeError,
+    EventNameError,
+    FrameTooLargeError,
+    ReservedEventError,
+)
 from ipcactors._proto._messages import Event, Limits
 from ipcactors._proto._nodeipc import NODE_IPC_RESERVED, NodeIPCDecoder, NodeIPCEncoder
 
@@ -98,10 +105,34 @@ def test_what_json_cannot_carry_is_an_encode_error(data: Any) -> None:
         NodeIPCEncoder().event("x", data)
 
 
-@pytest.mark.parametrize("name", [*sorted(NODE_IPC_RESERVED), "ipcactors.ping", "", 5])
+@pytest.mark.parametrize("name", [*sorted(NODE_IPC_RESERVED), "ipcactors.ping"])
 def test_lifecycle_names_cannot_be_sent(name: Any) -> None:
-    with pytest.raises(EventNameError):
+    with pytest.raises(ReservedEventError):
         NodeIPCEncoder().event(name, {})
+
+
+@pytest.mark.parametrize("name", ["", 5, None])
+def test_a_name_that_is_not_a_non_empty_str_cannot_be_sent(name: Any) -> None:
+    with pytest.raises(EventNameError, match="non-empty str"):
+        NodeIPCEncoder().event(name, {})
+
+
+def test_a_delimiter_found_across_the_end_of_a_frame_is_refused() -> None:
+    # Every body ends with "}": with "}}" the decoder would find the delimiter one byte early.
+    encoder = NodeIPCEncoder("}}")
+    for data in ({"a": {"b": 1}}, 1, "x"):
+        with pytest.raises(EncodeError, match="contains the delimiter"):
+            encoder.event("a", data)
+    # A delimiter that starts with a control character is never found early.
+    encoder, decoder = NodeIPCEncoder("\f}}"), NodeIPCDecoder("\f}}")
+    assert pairs(decoder.feed(encoder.event("a", {"a": {"b": 1}}))) == [("a", {"a": {"b": 1}})]
+
+
+def test_non_str_keys_become_strings_as_in_javascript() -> None:
+    wire = NodeIPCEncoder().event("x", {1: "a", None: "b", False: "c", 2.5: "d"})
+    assert wire == b'{"type":"x","data":{"1":"a","null":"b","false":"c","2.5":"d"}}\x0c'
+    with pytest.raises(EncodeError, match="node-ipc JSON"):
+        NodeIPCEncoder().event("x", {(1, 2): "tuple key"})
 
 
 def test_an_oversized_frame_is_refused_before_sending() -> None:

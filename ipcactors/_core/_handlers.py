@@ -21,9 +21,9 @@ from typing import Any, TypeVar, overload
 
 import anyio
 
-from .._errors import EventNameError, IPCError
+from .._errors import EventNameError, IPCError, ReservedEventError
 from .._log import ActorLog
-from .._proto._messages import RESERVED_EVENTS
+from .._proto._messages import RESERVED_EVENTS, RESERVED_PREFIX
 
 __all__ = ["MAX_UNHANDLED_NAMES", "UNHANDLED", "Handler", "HandlerMethods", "Handlers", "unhandled"]
 
@@ -112,6 +112,11 @@ class Handlers:
     def on(self, event: str, handler: H | None = None) -> H | Callable[[H], H]:
         if type(event) is not str or not event:
             raise EventNameError(f"an event name must be a non-empty str, got {event!r:.80}")
+        if event.startswith(RESERVED_PREFIX):  # no peer can send it: the handler would never run
+            raise ReservedEventError(
+                f"{event!r} is reserved for ipcactors itself (names starting with "
+                f"{RESERVED_PREFIX!r}): no peer can send it; pick another name"
+            )
         if handler is None:
 
             def register(function: H) -> H:

@@ -66,6 +66,7 @@ from .._bursts import WarningBursts
 from .._config import Config
 from .._errors import (
     ClosedError,
+    ConfigError,
     ConnectionLostError,
     IPCError,
     ProtocolError,
@@ -290,6 +291,8 @@ class Server(HandlerMethods):
             if not client.connected:
                 raise ClosedError(f"client {client.id!r} is no longer connected")
             return client
+        if type(client) is not str:
+            raise ConfigError(f"a client is a Client or a client's id (a str), got {client!r:.80}")
         found = self._clients.get(client)
         if found is None:
             raise UnknownPeerError(f"no client with id {client!r} is connected to {self._id!r}")

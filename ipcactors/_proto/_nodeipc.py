@@ -23,7 +23,8 @@ Invariants owned here:
 - The encoder writes exactly what node-ipc writes: ``json.dumps`` with ``separators=(",", ":")``
   and ``ensure_ascii=False`` matches ``JSON.stringify`` byte for byte for JSON values. It refuses
   what node-ipc could not read back: NaN and infinities, non-JSON types, and (with a custom
-  printable delimiter) a frame that contains the delimiter.
+  delimiter that does not start with a control character) a frame in which the delimiter would
+  be found before its end, inside the frame or across its last bytes.
 """
 
 from __future__ import annotations
@@ -31,7 +32,14 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
-from .._errors import ConfigError, DecodeError, EncodeError, EventNameError, FrameTooLargeError
+from .._errors import (
+    ConfigError,
+    DecodeError,
+    EncodeError,
+    EventNameError,
+    FrameTooLargeError,
+    ReservedEventError,
+)
 from ._codec import Codec, Decoder, Encoder
 from ._messages import Event, Limits, Message, is_reserved
 
@@ -97,9 +105,9 @@ class NodeIPCEncoder(Encoder):
         super().__init__()
         self._delimiter = check_delimiter(delimiter).encode()
         self._limits = Limits() if limits is None else limits
-        # JSON escapes every control character, so a delimiter holding one never appears inside
-        # a frame; any other delimiter might, and must be looked for.
-        self._may_collide = not any(ord(char) < 0x20 for char in delimiter)
+        # JSON escapes every control character: a delimiter that starts with one is found first
+        # where it was put. Any other might start inside the frame, or across its end.
+        self._may_collide = ord(delimiter[0]) >= 0x20
         self._json = json.JSONEncoder(
             ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=True
         )
@@ -114,7 +122,7 @@ class NodeIPCEncoder(Encoder):
         if type(event) is not str or not event:
             raise EventNameError(f"event must be a non-empty str, got {event!r}")
         if _reserved(event):
-            raise EventNameError(
+            raise ReservedEventError(
                 f"{event!r} is a lifecycle event name in node-ipc or ipcactors: a frame named so "
                 "would fire the peer's own handler; choose another name"
             )
@@ -130,12 +138,14 @@ class NodeIPCEncoder(Encoder):
         body = text.encode()
         if len(body) > self._limits.max_frame_size:
             raise FrameTooLargeError(len(body), self._limits.max_frame_size)
-        if self._may_collide and self._delimiter in body:
+        frame = body + self._delimiter
+        if self._may_collide and frame.find(self._delimiter) != len(body):
             raise EncodeError(
                 f"the frame contains the delimiter {self._delimiter.decode()!r}, which would cut "
-                "it in two: use a delimiter with a control character such as the default '\\f'"
+                "it in two: use a delimiter that starts with a control character, such as the "
+                "default '\\f'"
             )
-        return body + self._delimiter
+        return frame
 
 
 class NodeIPCDecoder(Decoder):
