@@ -309,7 +309,9 @@ class Actor:
 
         ``tls``: a client context; ``ssl.create_default_context(cafile=...)`` verifies the
         server's certificate and host name (add ``load_cert_chain`` for mutual TLS). TLS failures
-        raise :class:`TLSError` and are never retried. ``wait``: as for :meth:`connect_to`.
+        raise :class:`TLSError` and are never retried (with ``codec="node-ipc"``, which has no
+        handshake, a refused client certificate comes after this returns: the connection's
+        ``error`` handlers get the ``TLSError``). ``wait``: as for :meth:`connect_to`.
         """
         _check_id(id)
         host = _host(host, port, f"connect_to_net({id!r}, port=...)") or self.config.network_host

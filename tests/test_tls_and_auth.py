@@ -7,6 +7,7 @@ import datetime
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import anyio
@@ -180,6 +181,42 @@ async def test_mutual_tls(ca: trustme.CA, other_ca: trustme.CA) -> None:
                     )
                 assert anyio.current_time() - started < 1
         await assert_still_serving(server, client_context(ca, cert_from=ca))
+
+
+async def test_a_refused_client_certificate_is_named(ca: trustme.CA, other_ca: trustme.CA) -> None:
+    # The server's alert reaches the client (it used to close without it: "UNEXPECTED_EOF").
+    async with tls_server(server_context(ca, mutual=True)) as server:
+        for cert_from, reason in ((None, "CERTIFICATE_REQUIRED"), (other_ca, "UNKNOWN_CA")):
+            async with Actor("intruder", silent=True, retry=0.05) as intruder:
+                with anyio.fail_after(3), pytest.raises(ipcactors.TLSError, match=reason):
+                    await intruder.connect_to_net(
+                        "world", HOST, port(server), tls=client_context(ca, cert_from=cert_from)
+                    )
+
+
+async def test_a_refused_client_certificate_is_not_retried_without_a_handshake(
+    ca: trustme.CA, other_ca: trustme.CA
+) -> None:
+    # codec="node-ipc" has no handshake: connect_to_net returns once TLS is up on our side,
+    # and the server's refusal comes on the first read. It is a TLSError, and final.
+    async with tls_server(server_context(ca, mutual=True), codec="node-ipc") as server:
+        for cert_from in (None, other_ca):
+            async with Actor("intruder", silent=True, retry=0.05, codec="node-ipc") as intruder:
+                errors: list[BaseException] = []
+                connects: list[str] = []
+                with anyio.fail_after(5):
+                    connection = await intruder.connect_to_net(
+                        "world", HOST, port(server), tls=client_context(ca, cert_from=cert_from)
+                    )
+                    connection.on("error", errors.append)
+                    connection.on("connect", partial(connects.append, "connect"))
+                    while not connection.destroyed:
+                        await anyio.sleep(0.01)
+                await anyio.sleep(0.3)  # a retry (every 0.05 s) would connect again meanwhile
+                assert [type(error) for error in errors] == [ipcactors.TLSError], errors
+                assert connects == []
+                with pytest.raises(ipcactors.ClosedError):
+                    await connection.emit("x", 1)
 
 
 # --- the shared key -------------------------------------------------------------------------

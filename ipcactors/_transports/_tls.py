@@ -11,6 +11,8 @@ Invariants:
   reader and writer handles, instead of letting it escape and take the actor down.
 - A large write (a payload out of band, a view of the sender's memory) is encrypted and sent
   ``TLS_SLICE`` bytes at a time: never copied whole, never all encrypted in memory at once.
+- A server whose handshake fails sends its alert before closing (``_AlertingTLSStream``): the
+  client's error names the reason (a refused certificate, an unknown CA), not an EOF.
 - A plain ipcactors client that reaches a TLS port is told so in plain text (a ``reject`` with
   reason ``tls``) instead of being dropped, so it fails at once with a clear message that names
   the port it reached (the bound one, not the 0 a server may have been configured with).
@@ -18,9 +20,11 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, TypeVarTuple, Unpack
 
 import anyio
 from anyio.abc import ByteStream, SocketAttribute
@@ -34,6 +38,9 @@ __all__ = ["NotTLSError", "TLSTransport", "check_server_context"]
 
 _TLS_HANDSHAKE_RECORD = 0x16  # the first byte of every TLS ClientHello
 TLS_SLICE = 1024 * 1024  # a large write is encrypted and sent this much at a time
+T = TypeVar("T")
+PosArgsT = TypeVarTuple("PosArgsT")
+_ALERT_TIMEOUT = 1.0  # seconds a failed handshake's alert may take to be sent
 
 
 class NotTLSError(ProtocolError):
@@ -124,6 +131,27 @@ class _Replay(_Wrapper):
         return await self._stream.receive(max_bytes)
 
 
+class _AlertingTLSStream(TLSStream):
+    """A server's TLS stream that sends the alert of a failed handshake before it closes.
+
+    anyio's ends the handshake without writing what OpenSSL queued for the peer: the client
+    then saw only an unexpected EOF, and a client whose certificate we refused (known only
+    after its side of a TLS 1.3 handshake is done) could not tell that from a lost connection.
+    """
+
+    async def _call_sslobject_method(
+        self, func: Callable[[Unpack[PosArgsT]], T], *args: *PosArgsT
+    ) -> T:
+        try:
+            return await super()._call_sslobject_method(func, *args)
+        except ssl.SSLError:
+            alert = self._write_bio.read()  # what OpenSSL queued: the alert
+            if alert:
+                with anyio.move_on_after(_ALERT_TIMEOUT), contextlib.suppress(Exception):
+                    await self.transport_stream.send(alert)
+            raise
+
+
 class _Breaking(_Wrapper):
     """A TLS stream whose SSL errors after the handshake are ``BrokenResourceError``."""
 
@@ -188,7 +216,7 @@ class TLSTransport:
             raise NotTLSError(f"this port requires TLS; connect with tls= to {(self.host, port)}")
         try:
             return _Breaking(
-                await TLSStream.wrap(
+                await _AlertingTLSStream.wrap(
                     _Replay(shared_sender(stream), first),  # TLS's reader may send too
                     server_side=True,
                     ssl_context=self.context,
