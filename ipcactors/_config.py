@@ -94,12 +94,13 @@ class Config:
     #: and never reads the replies can make us hold.
     max_concurrent_requests: int = 128
     #: What ``Server.broadcast`` does with a client too slow to read (its outbox is full), so
-    #: that one slow consumer never holds up the others (as NATS and Redis pub/sub do):
-    #: ``"disconnect"`` (default): the frame is still queued while the client's outbox holds at
-    #: most twice ``max_outbox_bytes`` (room to catch up after a burst); past that the client is
-    #: disconnected (it reconnects, if it retries), counted in ``statistics().slow_consumers``
-    #: and logged at WARNING. ``"drop"``: the client misses this frame (counted in
-    #: ``broadcasts_dropped``) and stays connected: for data where only the latest matters.
+    #: that one slow consumer never holds up the others (as NATS and Redis pub/sub do). Under
+    #: the first two, the frame is still queued while the client's outbox holds at most twice
+    #: ``max_outbox_bytes`` (room to catch up after a burst); past that, ``"disconnect"``
+    #: (default): the client is disconnected (it reconnects, if it retries), counted in
+    #: ``statistics().slow_consumers`` and logged at WARNING; ``"drop"``: the client misses the
+    #: frame (counted in ``broadcasts_dropped``) and stays connected: for data where only the
+    #: latest matters.
     #: ``"wait"``: ``broadcast`` waits for room (backpressure): every client gets every frame,
     #: and the slowest one sets the pace for all. ``emit`` to one client always waits.
     slow_consumer: SlowConsumer = "disconnect"

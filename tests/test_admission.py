@@ -294,6 +294,35 @@ async def test_one_slow_consumer_does_not_hold_up_broadcast(
                 await anyio.aclose_forcefully(slow)
 
 
+@pytest.mark.parametrize("outbox", [16 * 1024, 64 * 1024, 256 * 1024])
+@pytest.mark.parametrize("policy", SLOW_CONSUMER_POLICIES)
+async def test_a_prompt_reader_is_not_taken_for_slow_by_a_broadcaster_that_never_yields(
+    policy: str, outbox: int, socket_dir: str
+) -> None:
+    # The broadcaster gives the loop no pass of its own: the writers must get theirs before any
+    # outbox fills, however small max_outbox_bytes is, or the prompt reader is judged slow.
+    count = 4_000
+    async with serving("unix", socket_dir, slow_consumer=policy, max_outbox_bytes=outbox) as server:
+        async with Actor("reader", socket_root=socket_dir, silent=True) as reader:
+            seen: list[int] = []
+            with anyio.fail_after(5):
+                connection = await reader.connect_to("srv")
+                connection.on("news", lambda data: seen.append(data[0]))
+                while len(server.clients) < 1:
+                    await anyio.sleep(0.01)
+            with anyio.fail_after(30):
+                for n in range(count):
+                    await server.broadcast("news", [n, "x" * 100])
+                while (
+                    len(seen) + server.statistics().broadcasts_dropped < count
+                    and "reader" in server.clients
+                ):
+                    await anyio.sleep(0.01)
+            stats = server.statistics()
+            assert (stats.broadcasts_dropped, stats.slow_consumers) == (0, 0)
+            assert seen == list(range(count))
+
+
 async def connect_raw_quiet(address: str | tuple[str, int]) -> SocketStream:
     """A raw client named "slow" that completes the handshake, then never reads again (with a
     small receive buffer, so that the kernel soon holds no more for it)."""

@@ -313,9 +313,10 @@ class Server(HandlerMethods):
 
         Clients with room in their outbox get it at once (with one loop pass, for the writers
         and other tasks, each time 64 KiB were queued for a client), in a batch of events for
-        those that take batches. A client too slow to read
+        those that take batches. A client whose outbox is full still gets it while the outbox
+        holds at most twice ``max_outbox_bytes`` (room to catch up after a burst); past that it
         is handled as ``Config.slow_consumer`` says: disconnected (the default) or skipped for
-        this frame, without waiting for it; or, with ``"wait"``, waited for.
+        this frame, without waiting for it; or, with ``"wait"``, waited for (at once).
         """
         check_event_name(event)
         plain: Frame | None = None  # encoded once for all plain clients
@@ -379,6 +380,8 @@ class Server(HandlerMethods):
             elif policy == "wait":
                 waiting.append(client)
                 continue
+            elif outbox.used <= outbox.max_bytes or outbox.used + size <= 2 * outbox.max_bytes:
+                behind = True  # room to catch up after a burst (its writer may be mid-write)
             elif policy == "drop":
                 self._counters.broadcasts_dropped += 1
                 self._bursts.warn(
@@ -387,8 +390,6 @@ class Server(HandlerMethods):
                     "(slow_consumer='drop')",
                 )
                 continue
-            elif outbox.used <= outbox.max_bytes or outbox.used + size <= 2 * outbox.max_bytes:
-                behind = True  # room to catch up after a burst
             else:
                 self._disconnect_slow(client)
                 continue
