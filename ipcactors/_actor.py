@@ -111,7 +111,8 @@ class Actor:
 
     async def aclose(self) -> None:
         """Flush and close every connection and the server (each bounded by ``close_timeout``),
-        then stop. ``wait_closed()`` returns after this."""
+        then stop. ``wait_closed()`` returns after this. The body of the actor's ``async with``
+        is cancelled at its next ``await`` (it ends quietly), wherever this was called from."""
         if self._closing:
             await self._closed.wait()
             return
@@ -238,6 +239,11 @@ class Actor:
             host = host or "::1"
         else:
             raise ConfigError(f'udp= takes "udp4" or "udp6", got {udp!r}')
+        if self.config.acked == "require":  # datagrams are never acknowledged
+            raise ConfigError(
+                'acked="require" cannot serve UDP: datagrams are at most once; use acked="on" '
+                "(acknowledged where possible) or serve over a stream"
+            )
         task_group = self._group()
         if self._server is not None:
             raise IPCError(f"actor {self.id!r} already serves on {self._server.address!r}")

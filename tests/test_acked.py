@@ -85,6 +85,15 @@ async def test_config_checks() -> None:
         Config(ack_every=0)
 
 
+async def test_udp_is_served_at_most_once_and_refused_when_acks_are_required() -> None:
+    async with Actor("world", acked="require", silent=True) as world:
+        with pytest.raises(ipcactors.ConfigError, match="cannot serve UDP"):
+            await world.serve_net("127.0.0.1", 0, udp="udp4")
+    async with Actor("world", acked="on", silent=True) as world:
+        server = await world.serve_net("127.0.0.1", 0, udp="udp4")
+        assert isinstance(server, ipcactors.DatagramServer)
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_cut_links_deliver_exactly_once_in_order(
     transport: str, socket_dir: str, fault_proxy: Callable[..., FaultProxy], seed: int

@@ -388,7 +388,7 @@ async def test_bad_frame_after_the_handshake(transport: str, name: str, socket_d
         s.server.on("echo", lambda data, client: handled.append(data))
         # Reserved names cannot have handlers (on() refuses them): a catch-all sees every event.
         s.server.on_any(lambda event, data, client: handled.append((event, data)))
-        for reserved in ("connect", "disconnect", "error"):
+        for reserved in ("connect", "disconnect"):  # a server's lifecycle events
             s.server.on(reserved, lambda *args: lifecycle.append(args))
 
         async def script(stream: SocketStream) -> None:

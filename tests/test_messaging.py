@@ -601,6 +601,11 @@ async def test_misused_names_and_ids_are_the_documented_errors(socket_dir: str) 
             for register in (world.on, server.on):
                 with pytest.raises(ipcactors.ReservedEventError):
                     register("ipcactors.x", print)
+            # Nor lifecycle events a server never fires (destroy and error are a connection's).
+            for name in ("destroy", "error"):
+                with pytest.raises(ipcactors.ReservedEventError, match="never fires"):
+                    server.on(name, print)
+                world.on(name, print)
             # An id that is not a str is a ConfigError, as documented for every id argument.
             with pytest.raises(ipcactors.ConfigError):
                 await hello.disconnect(5)  # type: ignore[arg-type]

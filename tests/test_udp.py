@@ -40,6 +40,15 @@ async def test_message_and_reply(kind: str, host: str) -> None:
         assert list(world.clients) == [hello.address]
 
 
+async def test_no_lifecycle_handler_on_a_udp_server() -> None:
+    # No connections, so no lifecycle events: a handler for one would never run.
+    async with Actor("world", silent=True) as world_actor:
+        world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        for name in ("connect", "disconnect", "destroy", "error"):
+            with pytest.raises(ipcactors.ReservedEventError, match="never fires"):
+                world.on(name, print)
+
+
 async def test_requests_over_udp() -> None:
     async with Actor("world", silent=True) as world_actor, Actor("hello", silent=True) as hello_a:
         world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")

@@ -162,6 +162,19 @@ async def test_insecure_socket_root_is_refused(tmp_path: os.PathLike[str]) -> No
         assert os.path.exists(str(server.address))
 
 
+async def test_a_socket_root_that_does_not_exist_is_a_socket_path_error(
+    tmp_path: os.PathLike[str],
+) -> None:
+    missing = os.path.join(str(tmp_path), "missing", "deeper")
+    async with Actor("world", socket_root=missing, silent=True) as world:
+        with pytest.raises(ipcactors.SocketPathError, match="does not exist"):
+            await world.serve()
+    with pytest.raises(ipcactors.SocketPathError, match="does not exist"):
+        async with ipcactors.Supervisor(socket_root=missing, silent=True):
+            pass
+    assert not os.path.exists(missing)  # nothing was created in its place
+
+
 async def test_explicit_path(socket_dir: str) -> None:
     path = os.path.join(socket_dir, "custom.sock")
     async with Actor("world", socket_root=socket_dir, silent=True) as world:

@@ -66,7 +66,7 @@ from .._errors import (
     UnacknowledgedError,
 )
 from .._log import ActorLog
-from .._proto._messages import Welcome
+from .._proto._messages import RESERVED_EVENTS, Welcome
 from .._proto._session import Role, Session
 from .._transports._fds import can_pass_fds
 from .._transports._streams import close_now
@@ -134,6 +134,8 @@ class Connection(Peer, HandlerMethods):
     ``handler(data)``; lifecycle handlers as ``connect()``, ``disconnect()``, ``destroy()`` and
     ``error(exception)`` (raised locally only, never by a peer's frame).
     """
+
+    _lifecycle = RESERVED_EVENTS
 
     def __init__(
         self,

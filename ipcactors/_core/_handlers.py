@@ -246,6 +246,8 @@ class HandlerMethods:
     ``(data, client)``), connections (``(data)``) and UDP servers (``(data, peer)``)."""
 
     _handlers: Handlers
+    #: The lifecycle events this kind of object fires (the others could never run a handler).
+    _lifecycle: frozenset[str] = frozenset()
 
     @overload
     def on(self, event: str, handler: None = None) -> Callable[[H], H]: ...
@@ -256,6 +258,12 @@ class HandlerMethods:
     def on(self, event: str, handler: H | None = None) -> H | Callable[[H], H]:
         """Register ``handler`` for ``event``, or use ``on(event)`` as a decorator. Handlers may
         be plain functions or ``async def``; all of an event's handlers run, in order."""
+        if type(event) is str and event in RESERVED_EVENTS and event not in self._lifecycle:
+            fired = ", ".join(sorted(self._lifecycle)) or "none"
+            raise ReservedEventError(
+                f"a {type(self).__name__} never fires {event!r} (its lifecycle events: {fired}), "
+                "and no peer can send it: the handler would never run"
+            )
         return self._handlers.on(event, handler)
 
     def off(self, event: str, handler: Handler | None = None) -> None:

@@ -200,6 +200,8 @@ def _lost(exc: BaseException) -> str:
 class Server(HandlerMethods):
     """A listening socket and its clients. Made by ``Actor.serve()`` / ``Actor.serve_net()``."""
 
+    _lifecycle = frozenset({"connect", "disconnect"})
+
     def __init__(
         self,
         actor_id: str,

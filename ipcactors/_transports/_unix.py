@@ -26,7 +26,12 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
-from .._errors import AddressInUseError, InsecureSocketDirError, SocketPathTooLongError
+from .._errors import (
+    AddressInUseError,
+    InsecureSocketDirError,
+    SocketPathError,
+    SocketPathTooLongError,
+)
 
 __all__ = [
     "MAX_PATH_BYTES",
@@ -78,7 +83,13 @@ def ensure_socket_dir(path: str, *, private: bool) -> None:
             os.mkdir(path, 0o700)
         except FileExistsError:
             pass
-    info = os.lstat(path)
+    try:
+        info = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise SocketPathError(
+            f"socket directory {path!r} does not exist: create it (mode 0700), or leave "
+            "socket_root unset for a private directory of your own"
+        ) from None
     if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
         raise InsecureSocketDirError(f"socket directory {path!r} is not a directory (or a symlink)")
     uid = os.getuid()
