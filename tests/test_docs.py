@@ -236,3 +236,29 @@ def test_the_reference_has_every_public_name() -> None:
     reference = (ROOT / "docs" / "reference.md").read_text().split("\n")
     missing = [name for name in ipcactors.__all__ if f"::: ipcactors.{name}" not in reference]
     assert missing == [], "add them to docs/reference.md"
+
+
+def test_every_test_the_docs_cite_exists() -> None:
+    """`test_x.py::test_name` and the `::test_name` that follow it name tests that exist (a
+    trailing `*` matches a prefix): a promise's proof that was renamed away is a dead link."""
+    defined: dict[str, set[str]] = {}
+    for path in (ROOT / "tests").glob("test_*.py"):
+        defined[path.name] = set(re.findall(r"^(?:async )?def (test_\w+)", path.read_text(), re.M))
+    missing = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        current: str | None = None
+        for match in re.finditer(
+            r"(test_\w+\.py)(?:::(test_\w+\*?))?|::(test_\w+\*?)", doc.read_text()
+        ):
+            if match.group(1):
+                current = match.group(1)
+            name = match.group(2) or match.group(3)
+            if name is None or current is None:
+                continue
+            names = defined.get(current, set())
+            found = (
+                any(n.startswith(name[:-1]) for n in names) if name.endswith("*") else name in names
+            )
+            if not found:
+                missing.append(f"{doc.relative_to(ROOT)}: {current}::{name}")
+    assert not missing, missing
