@@ -18,8 +18,8 @@ Invariants:
   starting), so a burst of them is not taken for a flood; it stays bounded by what was started.
 - ``broadcast`` never waits for one slow client unless ``slow_consumer="wait"``: under
   ``"disconnect"`` a client's outbox may hold up to twice ``max_outbox_bytes`` of broadcasts
-  (room to catch up after a burst), past that the client is disconnected; under ``"drop"`` a
-  client with a full outbox misses the frame. Both are counted and logged.
+  (room to catch up after a burst), past that the client is disconnected; under ``"drop"`` it
+  has the same room, past which it misses the frame. Both are counted and logged.
 - A client that sends nothing for ``heartbeat_interval + heartbeat_timeout`` (frozen, hung,
   vanished) is dropped, and with ``idle_timeout`` one that sends nothing but heartbeats is
   closed: either way its slot is freed (see ``_channel``).

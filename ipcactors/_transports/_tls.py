@@ -132,11 +132,12 @@ class _Replay(_Wrapper):
 
 
 class _AlertingTLSStream(TLSStream):
-    """A server's TLS stream that sends the alert of a failed handshake before it closes.
+    """A server's TLS stream that sends the alert OpenSSL queued when a call fails (a failed
+    handshake above all) before it raises.
 
-    anyio's ends the handshake without writing what OpenSSL queued for the peer: the client
-    then saw only an unexpected EOF, and a client whose certificate we refused (known only
-    after its side of a TLS 1.3 handshake is done) could not tell that from a lost connection.
+    anyio's raises without writing it: the client then saw only an unexpected EOF, and a
+    client whose certificate we refused (known only after its side of a TLS 1.3 handshake is
+    done) could not tell that from a lost connection.
     """
 
     async def _call_sslobject_method(

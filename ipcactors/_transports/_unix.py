@@ -78,14 +78,14 @@ def ensure_socket_dir(path: str, *, private: bool) -> None:
     with a wider mode). Otherwise an existing shared directory is accepted when only its owner
     (us or root) can write into it, or when it has the sticky bit (like /tmp).
     """
-    if private:
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            pass
     try:
+        if private:
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                pass
         info = os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
+    except (FileNotFoundError, NotADirectoryError):  # (private: its parent is missing)
         raise SocketPathError(
             f"socket directory {path!r} does not exist: create it (mode 0700), or leave "
             "socket_root unset for a private directory of your own"
