@@ -176,6 +176,14 @@ def test_wrong_version_is_refused() -> None:
     assert info.value.reason == "version"
 
 
+@pytest.mark.parametrize(("id", "said"), [("", "an empty string"), (5, "int"), (None, "NoneType")])
+def test_a_hello_without_a_usable_id_says_what_it_got(id: object, said: str) -> None:
+    server = session(Role.SERVER, "server")
+    hello = MsgpackEncoder(LIMITS)._frame([4, {"v": 1, "id": id}])
+    with pytest.raises(ipcactors.ProtocolError, match=f"non-empty string, got {said}"):
+        server.receive(hello)  # type: ignore[arg-type]
+
+
 def test_anything_but_hello_first_is_a_protocol_error() -> None:
     server = session(Role.SERVER, "server")
     with pytest.raises(ipcactors.ProtocolError, match="expected hello, got Event"):

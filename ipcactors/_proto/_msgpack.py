@@ -936,7 +936,8 @@ def _nests_within(data: Any, budget: int) -> bool:
 
 def _require_str(value: Any, what: str) -> str:
     if type(value) is not str or not value:
-        raise DecodeError(f"{what} must be a non-empty string, got {type(value).__name__}")
+        got = "an empty string" if type(value) is str else type(value).__name__
+        raise DecodeError(f"{what} must be a non-empty string, got {got}")
     return value
 
 
