@@ -190,6 +190,45 @@ def _interrupted(command: list[str], ready: str, signum: int) -> tuple[str, str]
             stream.close()
 
 
+EARLY = textwrap.dedent(
+    """
+    import os, sys
+    import anyio, ipcactors
+
+    async def main():
+        print("MAIN", flush=True)
+        await anyio.sleep(30)
+
+    loop_run = anyio.run
+
+    def signalled_run(*args, **kwargs):
+        # The signal comes as run() enters the backend, before its event loop runs.
+        os.kill(os.getpid(), int(sys.argv[2]))
+        return loop_run(*args, **kwargs)
+
+    anyio.run = signalled_run
+    ipcactors.run(main, backend=sys.argv[1])
+    """
+)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_run_starts_is_the_first_signal(
+    backend: str, signum: signal.Signals, tmp_path: os.PathLike[str]
+) -> None:
+    # Before the event loop ran, the signal met Python's defaults: a KeyboardInterrupt
+    # traceback (from inside the backend's import, say), or death by SIGTERM.
+    script = os.path.join(str(tmp_path), "early.py")
+    with open(script, "w") as file:
+        file.write(EARLY)
+    command = [sys.executable, script, backend, str(int(signum))]
+    # (main sleeps 30 s: the timeout would fail a signal that was lost)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=20, env=_env())
+    assert done.returncode == 128 + signum, done.stderr
+    assert "Traceback" not in done.stderr
+
+
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 @pytest.mark.parametrize(
     ("signum", "body"),
