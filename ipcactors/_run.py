@@ -14,6 +14,8 @@ Invariants:
   shutdown closed (e.g. the next ``request``) ends the main function and is not an error. Any
   other exception still comes out. Code after an actor's or supervisor's ``async with`` block
   does not run once the shutdown started (see ``_runtime``).
+- ``sys.exit(n)`` in a handler exits the process with ``n``, as in ``main`` (and as in a
+  supervised child), whatever task groups it crossed on its way out.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import anyio
 from loguru import logger
 
 from ._errors import ClosedError, ConfigError
+from ._exits import system_exit
 from ._runtime import Runtime, set_runtime
 from ._supervision._target import refuse_in_main_script
 
@@ -70,6 +73,9 @@ def run(
                 _main, runtime, async_fn, args, backend=backend, backend_options=backend_options
             )
         except (ClosedError, BaseExceptionGroup) as exc:
+            exiting = system_exit(exc)  # sys.exit() in a handler: out through the task groups
+            if exiting is not None:
+                raise exiting from None
             if runtime.signal is None or not _caused_by_shutdown(exc):
                 raise
             logger.debug(f"the main function ended with what the shutdown caused: {exc!r}")

@@ -229,6 +229,39 @@ def test_a_signal_while_run_starts_is_the_first_signal(
     assert "Traceback" not in done.stderr
 
 
+EXITING_HANDLER = textwrap.dedent(
+    """
+    import sys, tempfile
+    import anyio, ipcactors
+
+    async def main():
+        root = tempfile.mkdtemp()
+        async with ipcactors.Actor("world", socket_root=root, silent=True) as world:
+            server = await world.serve()
+            server.on("quit", lambda data, client: sys.exit(data))
+            async with ipcactors.Actor("hello", socket_root=root, silent=True) as hello:
+                await (await hello.connect_to("world")).emit("quit", 3)
+                await anyio.sleep(20)
+
+    ipcactors.run(main, backend=sys.argv[1])
+    """
+)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_sys_exit_in_a_handler_exits_with_its_status(
+    backend: str, tmp_path: os.PathLike[str]
+) -> None:
+    # As in a supervised child: the SystemExit reaches run() wrapped in the task groups'
+    # exception groups; on Trio the process exited 1, with the groups' traceback.
+    script = os.path.join(str(tmp_path), "exiting.py")
+    with open(script, "w") as file:
+        file.write(EXITING_HANDLER)
+    command = [sys.executable, script, backend]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=20, env=_env())
+    assert done.returncode == 3, done.stderr
+
+
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 @pytest.mark.parametrize(
     ("signum", "body"),

@@ -43,6 +43,7 @@ from .._actor import Actor
 from .._config import Config
 from .._core._connection import Connection
 from .._errors import IPCError, RestartIntensityError
+from .._exits import system_exit
 from .._proto._msgpack import unpack_value
 from .._transports._backend import backend_options
 from ._parentdeath import EXIT_PARENT_LOST, set_parent_death_signal
@@ -188,7 +189,7 @@ def _run_loop(fn: Callable[..., Awaitable[Any]], *args: Any, backend: str, uvloo
         )
     except BaseException as exc:
         # sys.exit() in a handler ends the process through the task groups, in a group.
-        exiting = _system_exit(exc)
+        exiting = system_exit(exc)
         if exiting is None:
             raise
         return _exit_code(exiting)
@@ -238,21 +239,6 @@ def _escalation(exc: BaseException) -> RestartIntensityError | None:
             first = first.exceptions[0]
         if isinstance(first, RestartIntensityError):
             return first
-    return None
-
-
-def _system_exit(exc: BaseException) -> SystemExit | None:
-    """``exc`` if it is a SystemExit, or the first of a group made only of SystemExits."""
-    if isinstance(exc, SystemExit):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        matched, rest = exc.split(SystemExit)
-        if matched is not None and rest is None:
-            first: BaseException = matched
-            while isinstance(first, BaseExceptionGroup):
-                first = first.exceptions[0]
-            if isinstance(first, SystemExit):
-                return first
     return None
 
 
