@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import time
 
 import _pool_tasks
 import pytest
@@ -61,3 +62,36 @@ def test_shutdown_cancel_futures_cancels_them(executor: PoolExecutor, tmp_path: 
     futures = [executor.submit(_pool_tasks.sleeps, 30.0, f"{tmp_path}/m{n}") for n in range(4)]
     executor.shutdown(wait=True, cancel_futures=True)
     assert all(future.cancelled() for future in futures)
+
+
+def _leave_by(
+    error: BaseException, executor: PoolExecutor, seconds: float
+) -> list[concurrent.futures.Future[str]]:
+    """Submit three tasks of ``seconds``, then leave the executor's block raising ``error``;
+    return the futures (``error`` is caught here, once the block is left)."""
+    futures: list[concurrent.futures.Future[str]] = []
+    try:
+        with executor:
+            futures += [executor.submit(_pool_tasks.blocks, seconds) for _ in range(3)]
+            time.sleep(0.5)  # in the workers by now
+            raise error
+    except type(error):
+        return futures
+    raise AssertionError("the block did not raise")
+
+
+def test_ctrl_c_leaving_the_block_does_not_wait_for_running_tasks(executor: PoolExecutor) -> None:
+    # The workers lead process groups of their own: the terminal's SIGINT reaches only the
+    # caller, whose KeyboardInterrupt (as Ctrl-C in future.result() raises it) leaves the
+    # block. Waiting there for tasks that run on (shutdown(wait=True)) made Ctrl-C take as
+    # long as the longest task.
+    started = time.monotonic()
+    futures = _leave_by(KeyboardInterrupt(), executor, 30.0)
+    assert time.monotonic() - started < 15
+    assert all(future.cancelled() for future in futures)
+
+
+def test_an_error_leaving_the_block_still_waits_for_the_tasks(executor: PoolExecutor) -> None:
+    # As the standard executors do: an ordinary exception is the code's own; its tasks finish.
+    futures = _leave_by(ValueError("the caller's own error"), executor, 0.2)
+    assert [future.result(timeout=0) for future in futures] == ["done"] * 3

@@ -14,7 +14,8 @@ import concurrent.futures
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any
+from types import TracebackType
+from typing import Any, Literal
 
 import anyio.from_thread
 from anyio.from_thread import BlockingPortal
@@ -82,6 +83,19 @@ class PoolExecutor(concurrent.futures.Executor):
             self._futures.add(future)
         future.add_done_callback(self._futures.discard)
         return future
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
+        # Ctrl-C (or SystemExit) does not wait for the tasks that run: the workers lead their
+        # own process groups, so the terminal's SIGINT never reached them. An ordinary
+        # exception is the caller's own: its tasks finish, as with the standard executors.
+        leaving = exc_type is not None and not issubclass(exc_type, Exception)
+        self.shutdown(wait=True, cancel_futures=leaving)
+        return False
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking tasks; ``cancel_futures=True`` cancels every task not finished (those
