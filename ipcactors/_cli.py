@@ -45,6 +45,7 @@ from ._core._server import Server
 from ._core._udp import DatagramServer
 from ._errors import ConfigError, IPCError, NoHandlerError, RequestTimeoutError
 from ._run import run
+from ._signals import KeptSignals
 
 __all__ = ["main", "main_exit"]
 
@@ -316,7 +317,7 @@ async def cmd_ping(args: argparse.Namespace, out: Output) -> int:
         with _bounded(args.timeout, f"connecting to {target.text}"):
             link = await open_link(actor, target, args)
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_stop_on_signal, tasks.cancel_scope)
+            tasks.start_soon(_stop_on_signal, args.signals, tasks.cancel_scope)
             while args.count is None or sent < args.count:
                 if sent:
                     await anyio.sleep(args.interval)
@@ -402,13 +403,14 @@ async def cmd_listen(args: argparse.Namespace, out: Output) -> int:
             out.paint(f"listening as {actor_id!r} on {where} (Ctrl-C to stop)", "2"),
             {"type": "listening", "id": actor_id, "address": where},
         )
-        await _stop_on_signal(None)
+        await _stop_on_signal(args.signals, None)
     return 0
 
 
-async def _stop_on_signal(scope: anyio.CancelScope | None) -> None:
-    """Return at the first SIGINT or SIGTERM, cancelling ``scope`` if given."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+async def _stop_on_signal(kept: KeptSignals, scope: anyio.CancelScope | None) -> None:
+    """Return at the first SIGINT or SIGTERM (one that came while the command set up
+    included), cancelling ``scope`` if given."""
+    with kept.receive() as signals:
         async for _ in signals:
             break
     if scope is not None:
@@ -612,7 +614,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.add(sys.stderr, level=level, colorize=out.error_colour, diagnose=False)
     try:
         if args.is_async:
-            status: int = anyio.run(args.handler, args, out, backend=args.backend)
+            # A signal while the command sets up is not lost, nor a traceback: `listen` and
+            # `ping` take it as soon as they watch (see _stop_on_signal).
+            with KeptSignals() as args.signals:
+                status: int = anyio.run(args.handler, args, out, backend=args.backend)
         else:
             status = args.handler(args, out)
     except UsageError as exc:

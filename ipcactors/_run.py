@@ -23,9 +23,7 @@ from __future__ import annotations
 import inspect
 import signal
 import sys
-import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar
 
 import anyio
@@ -40,7 +38,6 @@ __all__ = ["run"]
 
 T = TypeVar("T")
 
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _FORMAT = "<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> {message}"
 
 
@@ -61,7 +58,7 @@ def run(
     ``SystemExit(128 + signal)`` is raised.
     """
     runtime = Runtime()
-    with _signals_kept(runtime):
+    with runtime.signals:
         _check_async_fn(async_fn)
         refuse_in_main_script("ipcactors.run()")
         if log_level is not None:
@@ -79,39 +76,11 @@ def run(
             if runtime.signal is None or not _caused_by_shutdown(exc):
                 raise
             logger.debug(f"the main function ended with what the shutdown caused: {exc!r}")
-    if runtime.signal is None and runtime.early_signals:  # came as the loop ended
-        runtime.signal = runtime.early_signals[0]
+    if runtime.signal is None and runtime.signals.kept:  # came as the loop ended
+        runtime.signal = runtime.signals.kept[0]
     if runtime.signal is not None:
         raise SystemExit(128 + runtime.signal)
     return result
-
-
-@contextmanager
-def _signals_kept(runtime: Runtime) -> Iterator[None]:
-    """While ``run`` is outside its event loop (importing the backend, starting the loop, and
-    after it): SIGINT and SIGTERM are kept in ``runtime.early_signals``, for the loop's signal
-    watcher to take as if it had received them, instead of meeting Python's defaults (a
-    KeyboardInterrupt traceback, or death by SIGTERM). Only the main thread has signals."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def keep(signum: int, frame: object) -> None:
-        runtime.early_signals.append(signum)
-
-    def keep_signals() -> None:
-        for signum in _SIGNALS:
-            signal.signal(signum, keep)
-
-    previous = {signum: signal.getsignal(signum) for signum in _SIGNALS}
-    keep_signals()
-    runtime.keep_signals = keep_signals
-    try:
-        yield
-    finally:
-        runtime.keep_signals = None
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def _check_async_fn(async_fn: object) -> None:
@@ -131,14 +100,6 @@ def _not_awaitable(async_fn: object, result: object) -> ConfigError:
         f"run() takes an async function, and {name}() returned {type(result).__name__}, "
         "not an awaitable: define it with `async def`"
     )
-
-
-async def _with_early(runtime: Runtime, signals: AsyncIterator[int]) -> AsyncIterator[int]:
-    """The signals kept before the loop ran (see :func:`_signals_kept`), then those received."""
-    while runtime.early_signals:
-        yield runtime.early_signals.pop(0)
-    async for signum in signals:
-        yield signum
 
 
 def _caused_by_shutdown(exc: BaseException) -> bool:
@@ -171,27 +132,20 @@ async def _main(
         cancel_main()
 
     async def watch_signals(task_group: anyio.abc.TaskGroup, *, task_status: Any) -> None:
-        try:
-            with anyio.open_signal_receiver(*_SIGNALS) as signals:
-                task_status.started()
-                async for signum in _with_early(runtime, signals):
-                    if runtime.signal is None:
-                        runtime.signal = signum
-                        name = signal.Signals(signum).name
-                        logger.info(f"{name}: shutting down (again to force)")
-                        task_group.start_soon(shut_down)
-                    else:
-                        # Everything the actors own runs inside main_scope: this cuts their
-                        # flushes short too.
-                        logger.warning(f"{signal.Signals(signum).name}: stopping now")
-                        for supervisor in list(runtime.supervisors):
-                            supervisor.kill()
-                        cancel_main()
-        finally:
-            # The receiver restored what asyncio thinks is the default: keep them again
-            # until run() returns (the loop's teardown is outside the loop's watch too).
-            if runtime.keep_signals is not None:
-                runtime.keep_signals()
+        with runtime.signals.receive() as signals:  # those kept before the loop ran first
+            task_status.started()
+            async for signum in signals:
+                if runtime.signal is None:
+                    runtime.signal = signum
+                    logger.info(f"{signal.Signals(signum).name}: shutting down (again to force)")
+                    task_group.start_soon(shut_down)
+                else:
+                    # Everything the actors own runs inside main_scope: this cuts their
+                    # flushes short too.
+                    logger.warning(f"{signal.Signals(signum).name}: stopping now")
+                    for supervisor in list(runtime.supervisors):
+                        supervisor.kill()
+                    cancel_main()
 
     result: Any = None
     try:

@@ -7,11 +7,12 @@ Invariant: once a signal started the shutdown, code after an ``async with Actor(
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 import anyio
+
+from ._signals import KeptSignals
 
 if TYPE_CHECKING:
     from ._actor import Actor
@@ -21,23 +22,15 @@ __all__ = ["Runtime", "current_runtime", "end_with_run", "set_runtime"]
 
 
 class Runtime:
-    __slots__ = (
-        "actors",
-        "early_signals",
-        "keep_signals",
-        "main_cancelled",
-        "signal",
-        "supervisors",
-    )
+    __slots__ = ("actors", "main_cancelled", "signal", "signals", "supervisors")
 
     def __init__(self) -> None:
         self.actors: set[Actor] = set()  # closed gracefully on the first signal
         # Stopped first on the first signal (their children in order); killed on the second.
         self.supervisors: set[Supervisor] = set()
         self.signal: int | None = None  # the signal that started the shutdown
-        # Signals that came while run() was outside its event loop (see _run._signals_kept).
-        self.early_signals: list[int] = []
-        self.keep_signals: Callable[[], None] | None = None  # (re)installs what keeps them
+        # SIGINT and SIGTERM, kept while run() is outside its event loop (see _signals).
+        self.signals = KeptSignals()
         # Set by run() as it cancels the main function (made inside the event loop).
         self.main_cancelled: anyio.Event | None = None
 

@@ -378,3 +378,41 @@ async def test_listen_on_udp_answers_a_udp_request() -> None:
             assert line["from"].startswith("127.0.0.1:")
             process.send_signal(signal.SIGINT)
             assert await process.wait() == 0
+
+
+EARLY_SIGNAL = """
+import os, sys
+import anyio
+from ipcactors import _cli
+
+loop_run = anyio.run
+
+def signalled_run(*args, **kwargs):
+    os.kill(os.getpid(), int(sys.argv[1]))  # as the command enters its event loop
+    return loop_run(*args, **kwargs)
+
+anyio.run = signalled_run
+sys.exit(_cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_listen_stopped_while_it_starts_still_stops_gracefully(
+    backend: str, signum: signal.Signals, tmp_path: Path
+) -> None:
+    # The signal came before listen watched for it: Ctrl-C gave a KeyboardInterrupt traceback
+    # and SIGTERM killed it (its socket file left behind).
+    args = ["listen", "world", "--socket-root", str(tmp_path), "--backend", backend]
+    done = subprocess.run(
+        [sys.executable, "-c", EARLY_SIGNAL, str(int(signum)), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "listening as 'world'" in done.stdout
+    assert os.listdir(tmp_path) == []

@@ -1,0 +1,77 @@
+"""SIGINT and SIGTERM, kept while no event loop watches them.
+
+Invariant: inside ``with KeptSignals()`` (in the main thread, the only one with signals),
+neither signal meets Python's default (a ``KeyboardInterrupt`` raised wherever the code was,
+death by SIGTERM): one that comes while no receiver watches (the backend being imported, the
+loop starting or ending, a command still setting up) is kept, and :meth:`KeptSignals.receive`
+yields the kept ones first, then those its receiver gets. When the receiver closes (asyncio's
+restores the default handlers), they are kept again until the block ends.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from types import FrameType, TracebackType
+
+import anyio
+
+__all__ = ["STOP_SIGNALS", "KeptSignals"]
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class KeptSignals:
+    def __init__(self) -> None:
+        self.kept: list[int] = []  # signals that came while nothing watched, oldest first
+        self._previous: dict[int, object] | None = None
+
+    def __enter__(self) -> KeptSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+            self._keep()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        previous, self._previous = self._previous, None
+        if previous is not None:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)  # type: ignore[arg-type]
+
+    def _keep(self) -> None:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.kept.append(signum)
+
+    @contextmanager
+    def receive(self) -> Iterator[AsyncIterator[int]]:
+        """The kept signals, then those received while this is open (inside the loop)."""
+        try:
+            with anyio.open_signal_receiver(*STOP_SIGNALS) as received:
+                yield _Signals(self.kept, received)
+        finally:
+            if self._previous is not None:
+                self._keep()
+
+
+class _Signals:
+    def __init__(self, kept: list[int], received: AsyncIterator[int]) -> None:
+        self._kept = kept
+        self._received = received
+
+    def __aiter__(self) -> _Signals:
+        return self
+
+    async def __anext__(self) -> int:
+        if self._kept:
+            return self._kept.pop(0)
+        return await self._received.__anext__()
