@@ -268,6 +268,60 @@ async def test_remote_errors_and_missing_handlers(socket_dir: str) -> None:
                 assert await world.request("ok") == "fine"
 
 
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("str() of this exception fails")
+
+
+async def test_an_exception_that_cannot_be_printed_is_still_a_remote_error(
+    socket_dir: str,
+) -> None:
+    # Its message could not be made: the reply was never sent, and the connection was lost.
+    async with serving("unix", socket_dir) as (_, server, connect):
+
+        def plain(data: Any, client: Any) -> None:
+            raise _Unprintable
+
+        async def in_a_task(data: Any, client: Any) -> None:
+            raise _Unprintable
+
+        server.on("plain", plain)
+        server.on("task", in_a_task)
+        server.on("echo", lambda data, client: data)
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            world = await connect(hello)
+            with anyio.fail_after(5):
+                for event in ("plain", "task"):
+                    with pytest.raises(ipcactors.RemoteError, match="unprintable") as caught:
+                        await world.request(event)
+                    assert caught.value.remote_type.endswith("_Unprintable")
+                assert await world.request("echo", 1) == 1
+            assert world.connected
+
+
+class _FailingList(list[int]):
+    def __len__(self) -> int:
+        raise RuntimeError("len() of this list fails")
+
+
+async def test_data_whose_own_methods_fail_is_an_encode_error(socket_dir: str) -> None:
+    # Raised while the data was read, it escaped as itself: the reply was never sent and the
+    # connection was lost; emit raised a bare RuntimeError.
+    async with serving("unix", socket_dir) as (_, server, connect):
+        server.on("bad", lambda data, client: _FailingList([1]))
+        server.on("echo", lambda data, client: data)
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            world = await connect(hello)
+            with anyio.fail_after(5):
+                with pytest.raises(ipcactors.RemoteError) as caught:
+                    await world.request("bad")
+                assert caught.value.remote_type == "ipcactors.EncodeError"
+                with pytest.raises(ipcactors.EncodeError, match="RuntimeError"):
+                    await world.emit("echo", _FailingList([1]))
+                assert await world.request("echo", 1) == 1
+            assert world.connected
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("setting", [None, True, False])
 async def test_remote_tracebacks_are_a_choice(

@@ -511,7 +511,15 @@ class Peer:
 
 def error_frame(encoder: Encoder, request_id: int, exc: BaseException) -> Frame:
     text = "".join(traceback.format_exception(exc)) if encoder.tracebacks else ""
-    return encoder.error_reply(request_id, _type_name(exc), str(exc), text)
+    return encoder.error_reply(request_id, _type_name(exc), _message(exc), text)
+
+
+def _message(exc: BaseException) -> str:
+    """``str(exc)``, or a placeholder if that fails: the requester is answered either way."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<unprintable {type(exc).__name__}: str() raised>"
 
 
 def reply_frame(encoder: Encoder, request_id: int, result: Any) -> Frame:

@@ -49,7 +49,7 @@ from typing import Any, Final
 
 import msgpack
 
-from .._errors import DecodeError, EncodeError, FrameTooLargeError, ProtocolError
+from .._errors import DecodeError, EncodeError, FrameTooLargeError, IPCError, ProtocolError
 from ._assembly import MARK_CODE, MARK_SIZE, Assembly
 from ._codec import OUT_OF_BAND_AT, Codec, Decoder, Encoder
 from ._extcodes import NUMPY_EXT_CODE, SHARED_EXT_CODE
@@ -446,19 +446,31 @@ class MsgpackEncoder(Encoder):
         return parts, size
 
     def _check(self, data: Any) -> Any:
-        """``data``, checked (see the class), its large payloads marked for the hook."""
-        kind = type(data)
-        if kind is dict:  # the common case, checked in C: a small map of scalars
-            if len(data) <= self._limits.max_container_len and _holds_only(data, _KEYS, _SCALARS):
-                if self._out_of_band and not _BUFFERS.isdisjoint(map(type, data.values())):
-                    return _mark_large(data)
+        """``data``, checked (see the class), its large payloads marked for the hook. What the
+        data's own methods raise (a subclass's ``__len__``, ``__iter__``) is an EncodeError:
+        nothing was packed yet, and the caller (a reply, say) must hear of it as one."""
+        try:
+            kind = type(data)
+            if kind is dict:  # the common case, checked in C: a small map of scalars
+                if len(data) <= self._limits.max_container_len and _holds_only(
+                    data, _KEYS, _SCALARS
+                ):
+                    if self._out_of_band and not _BUFFERS.isdisjoint(map(type, data.values())):
+                        return _mark_large(data)
+                    return data
+            elif kind in _SCALARS:
+                if self._out_of_band and kind in _BUFFERS and _is_large(data):
+                    return _Large(data)
                 return data
-        elif kind in _SCALARS:
-            if self._out_of_band and kind in _BUFFERS and _is_large(data):
-                return _Large(data)
-            return data
-        _check_value(data, self._data_budget, self._limits)
-        return _mark_large(data) if self._out_of_band else data
+            _check_value(data, self._data_budget, self._limits)
+            return _mark_large(data) if self._out_of_band else data
+        except IPCError:
+            raise
+        except Exception as exc:
+            raise EncodeError(
+                f"cannot encode as msgpack: the data raised {type(exc).__name__} while it was "
+                "read (a container subclass whose own methods fail?)"
+            ) from exc
 
     def _framed(self, head: bytes, value: Any, tail: Any = None) -> Frame:
         """The frame whose body is ``head`` followed by ``value`` packed (then ``tail`` packed,
