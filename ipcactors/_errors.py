@@ -358,3 +358,12 @@ class RestartIntensityError(IPCError):
         self.chain = chain
         self.restarts = restarts
         self.seconds = seconds
+
+
+def message_of(exc: BaseException) -> str:
+    """``str(exc)``, or a placeholder if that raises: an error report must never fail on the
+    error it reports (a handler's, a pool task's)."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<unprintable {type(exc).__name__}: str() raised>"

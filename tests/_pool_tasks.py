@@ -19,6 +19,15 @@ def fail(message: str) -> None:
     raise ValueError(message)
 
 
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("str() of this exception fails")
+
+
+def fail_unprintably() -> None:
+    raise Unprintable
+
+
 def scale(array: Any, factor: float) -> Any:
     return array * factor
 

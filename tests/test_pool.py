@@ -149,6 +149,20 @@ async def test_function_that_raises_is_not_retried(socket_dir: str) -> None:
             assert stats.restarts == 0
 
 
+async def test_an_exception_that_cannot_be_printed_is_not_taken_for_a_lost_worker(
+    socket_dir: str,
+) -> None:
+    # Its message could not be made: the worker crashed, was restarted, and the task retried
+    # until WorkerLostError, though the function simply raised.
+    with anyio.fail_after(20):
+        async with pool(socket_dir, _pool_tasks.fail_unprintably) as p:
+            with pytest.raises(RemoteError, match="unprintable") as caught:
+                await p.submit()
+            assert caught.value.remote_type == "Unprintable"
+            stats = p.statistics()
+            assert (stats.retried, stats.restarts) == (0, 0)
+
+
 async def test_task_past_its_timeout_kills_and_replaces_the_worker(socket_dir: str) -> None:
     with anyio.fail_after(20):
         async with pool(socket_dir, _pool_tasks.blocks, size=1, task_timeout=1.5) as p:

@@ -34,6 +34,7 @@ from .._errors import (
     ReservedEventError,
     UnacknowledgedError,
     UnsupportedError,
+    message_of,
 )
 from .._log import ActorLog
 from .._proto._codec import Encoder
@@ -511,15 +512,7 @@ class Peer:
 
 def error_frame(encoder: Encoder, request_id: int, exc: BaseException) -> Frame:
     text = "".join(traceback.format_exception(exc)) if encoder.tracebacks else ""
-    return encoder.error_reply(request_id, _type_name(exc), _message(exc), text)
-
-
-def _message(exc: BaseException) -> str:
-    """``str(exc)``, or a placeholder if that fails: the requester is answered either way."""
-    try:
-        return str(exc)
-    except Exception:
-        return f"<unprintable {type(exc).__name__}: str() raised>"
+    return encoder.error_reply(request_id, _type_name(exc), message_of(exc), text)
 
 
 def reply_frame(encoder: Encoder, request_id: int, result: Any) -> Frame:

@@ -43,7 +43,7 @@ import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from .._actor import Actor
-from .._errors import EncodeError, FrameTooLargeError
+from .._errors import EncodeError, FrameTooLargeError, message_of
 from .._proto._msgpack import pack_value
 from ._target import Target, load_target
 
@@ -108,7 +108,7 @@ class _Worker:
 
     def failure(self, task_id: Any, exc: Exception) -> list[Any]:
         text = traceback.format_exc() if self.tracebacks else ""
-        return [task_id, 1, type(exc).__qualname__, str(exc), text]
+        return [task_id, 1, type(exc).__qualname__, message_of(exc), text]
 
     async def run(self, task_group: TaskGroup) -> None:
         queue, done, cancelled = self.queue, self.done, self.cancelled
