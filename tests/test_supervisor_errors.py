@@ -143,6 +143,35 @@ async def test_a_target_that_fails_to_load_in_the_child_is_a_spawn_error(
             assert await sup.request("ok", "pid") == info.pid
 
 
+_UNPRINTABLE = """
+import os
+
+class Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("str() of this exception fails")
+
+if {in_parent} or os.getpid() != {pid}:
+    raise Unprintable
+
+async def worker(actor):
+    pass
+"""
+
+
+@pytest.mark.parametrize("where", ["parent", "child"])
+async def test_a_load_error_that_cannot_be_printed_is_still_a_spawn_error(
+    where: str, socket_dir: str, make_module: Any
+) -> None:
+    # Its message could not be made: spawn raised the RuntimeError of str() (the parent's
+    # check), or the child crashed making its report (ChildExitedError).
+    module = make_module(_UNPRINTABLE.format(in_parent=where == "parent", pid=os.getpid()))
+    with anyio.fail_after(20):
+        async with supervisor(socket_dir) as sup:
+            with pytest.raises(SpawnError, match="Unprintable: <unprintable Unprintable"):
+                await sup.spawn(f"{module}:worker", id="w")
+            assert not sup.children
+
+
 _MAIN_ONLY = """
 import sys
 import anyio, ipcactors

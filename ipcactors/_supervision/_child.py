@@ -42,7 +42,7 @@ import anyio
 from .._actor import Actor
 from .._config import Config
 from .._core._connection import Connection
-from .._errors import IPCError, RestartIntensityError
+from .._errors import IPCError, RestartIntensityError, message_of
 from .._exits import system_exit
 from .._proto._msgpack import unpack_value
 from .._transports._backend import backend_options
@@ -165,7 +165,7 @@ def _take_spec(spec: dict[str, Any]) -> Target:
 
 def _load_failure(exc: BaseException) -> dict[str, Any]:
     traceback.print_exc()
-    return {"load": [type(exc).__name__, str(exc), traceback.format_exc()]}
+    return {"load": [type(exc).__name__, message_of(exc), traceback.format_exc()]}
 
 
 def _run(spec: dict[str, Any]) -> int:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .._errors import SpawnError
+from .._errors import SpawnError, message_of
 
 __all__ = ["Target", "describe_error", "load_target", "refuse_in_main_script", "target_of"]
 
@@ -129,7 +129,8 @@ def target_of(fn: Callable[..., Any] | str, *, require_async: bool = True) -> Ta
 
 def describe_error(exc: BaseException) -> str:
     """``"RuntimeError: message"``: what a SpawnError's message says of its cause."""
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    message = message_of(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 # In a child, while it runs the main script (as __mp_main__) to find its target: that script.
