@@ -186,3 +186,31 @@ async def test_grandchildren_gone_when_the_supervisor_is_sigkilled(
         assert process.stdout is not None
         process.stdout.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+FORK_UNDER_SIGTERM = """
+import os, signal, sys
+from ipcactors._supervision import _forkserver
+
+signal.signal(signal.SIGTERM, _forkserver._parent_gone)  # as the forkserver runs
+pid = _forkserver._fork()
+if pid == 0:
+    os.kill(os.getpid(), signal.SIGTERM)  # the supervisor stops the child at once
+    try:
+        _forkserver._start_child(())
+    finally:
+        os._exit(0)  # (not reached when SIGTERM ends the child)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_child_signalled_as_it_is_forked_dies_of_the_signal() -> None:
+    # A SIGTERM between the fork and the child's own signal handling ran the forkserver's
+    # handler in the child: a SystemExit(70) raised wherever it was, its traceback in the
+    # child's output. The fork now holds the signal until the child's handling is in place.
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_UNDER_SIGTERM], capture_output=True, text=True, timeout=30
+    )
+    assert done.stdout.strip() == str(-signal.SIGTERM), done.stderr
+    assert "Traceback" not in done.stderr

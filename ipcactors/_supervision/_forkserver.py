@@ -193,6 +193,10 @@ def _drain(fd: int) -> None:
         pass
 
 
+# The signals the forkserver handles with code of its own, which a child must never run.
+_HANDLED: Final = {signal.SIGTERM, signal.SIGCHLD}
+
+
 def _parent_gone(signum: int, frame: object) -> None:
     raise SystemExit(EXIT_PARENT_LOST)
 
@@ -275,17 +279,9 @@ def fork_child(
     ``close_fds`` (the forkserver's own) and watches ``lifeline_fd``; its pid."""
     if len(fds) != 2:
         raise ValueError("a spawn request carries the child's stdout and stderr")
-    sys.stdout.flush()
-    sys.stderr.flush()
     forkserver_pid = os.getpid()
-    pid = os.fork()
+    pid = _fork()
     if pid:
-        # Here too, as shells do: the group exists before its pid is reported, so a signal
-        # sent at once reaches it. An error means the child is gone already.
-        try:
-            os.setpgid(pid, pid)
-        except OSError:
-            pass
         return pid
     # --- in the child: never return from here -------------------------------------------------
     code = 1
@@ -300,6 +296,32 @@ def fork_child(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _fork() -> int:
+    """``os.fork()`` with the forkserver's handled signals blocked across it: the child starts
+    with them blocked and unblocks them only once its own handling is in place
+    (:func:`_start_child`). A SIGTERM that came in between (the supervisor stopping a child
+    at once) ran the forkserver's handler in the child, a ``SystemExit`` raised wherever it
+    was (a traceback in its output, exit status 70); it now waits and ends the child as
+    SIGTERM does. The parent's mask is restored at once."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
+    try:
+        pid = os.fork()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        raise
+    if pid:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        # Here too, as shells do: the group exists before its pid is reported, so a signal
+        # sent at once reaches it. An error means the child is gone already.
+        try:
+            os.setpgid(pid, pid)
+        except OSError:
+            pass
+    return pid
+
+
 def _start_child(close_fds: tuple[int, ...]) -> None:
     """In a child, first thing: its own group, its inheritance frozen, the forkserver's
     signal handling and descriptors dropped, stdin on /dev/null."""
@@ -309,6 +331,7 @@ def _start_child(close_fds: tuple[int, ...]) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)  # blocked by _fork
     for fd in close_fds:
         os.close(fd)
     null = os.open(os.devnull, os.O_RDONLY)
@@ -418,15 +441,9 @@ def fork_spare(
 ) -> int:
     """Fork a spare child that starts ``backend``'s event loop and waits on ``sock`` for
     ``["spec", spec]`` and the child's stdout and stderr (EOF: it exits); its pid."""
-    sys.stdout.flush()
-    sys.stderr.flush()
     forkserver_pid = os.getpid()
-    pid = os.fork()
+    pid = _fork()
     if pid:
-        try:
-            os.setpgid(pid, pid)  # as for fork_child
-        except OSError:
-            pass
         return pid
     # --- in the spare: never return from here -------------------------------------------------
     code = 1
