@@ -14,6 +14,7 @@ Invariants:
   shutdown closed (e.g. the next ``request``) ends the main function and is not an error. Any
   other exception still comes out. Code after an actor's or supervisor's ``async with`` block
   does not run once the shutdown started (see ``_runtime``).
+- Signals reach only the main thread: ``run`` in another thread runs without handling them.
 - ``sys.exit(n)`` in a handler exits the process with ``n``, as in ``main`` (and as in a
   supervised child), whatever task groups it crossed on its way out.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 import inspect
 import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar
 
@@ -150,7 +152,8 @@ async def _main(
     result: Any = None
     try:
         async with anyio.create_task_group() as task_group:
-            await task_group.start(watch_signals, task_group)
+            if threading.current_thread() is threading.main_thread():  # (only it has signals)
+                await task_group.start(watch_signals, task_group)
             with main_scope:
                 awaitable = async_fn(*args)
                 if not inspect.isawaitable(awaitable):

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -23,6 +24,24 @@ async def add(a: int, b: int) -> int:
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_run_returns_the_result(backend: str) -> None:
     assert ipcactors.run(add, 1, 2, backend=backend, log_level=None) == 3  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_run_in_another_thread_runs_without_signal_handling(backend: str) -> None:
+    # Signals reach only the main thread: there run() handles them; elsewhere it used to fail
+    # with the backend's RuntimeError ("only works in main thread").
+    results: list[object] = []
+
+    def target() -> None:
+        try:
+            results.append(ipcactors.run(add, 1, 2, backend=backend, log_level=None))  # type: ignore[arg-type]
+        except BaseException as exc:
+            results.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(10)
+    assert results == [3]
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
