@@ -24,6 +24,9 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class KeptSignals:
+    """``with KeptSignals() as kept:`` around what runs outside the event loop (``run``, a
+    command); inside the loop, ``with kept.receive() as signals: async for signum in ...``."""
+
     def __init__(self) -> None:
         self.kept: list[int] = []  # signals that came while nothing watched, oldest first
         self._previous: dict[int, object] | None = None
