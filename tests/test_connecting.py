@@ -505,3 +505,32 @@ async def test_a_failing_connection_is_visible_at_the_default_level(
                 assert "INFO" in connected[-1]
                 assert "failed attempts" in connected[-1]
                 task_group.cancel_scope.cancel()
+
+
+async def test_a_server_that_breaks_the_protocol_is_a_connection_failed_error_at_last(
+    socket_dir: str,
+) -> None:
+    # Each attempt fails with the ProtocolError; when the retries run out, connect_to()
+    # raised that ProtocolError (a DecodeError here) where the guide promises
+    # ConnectionFailedError, which code catching the documented error let through.
+    path = os.path.join(socket_dir, "broken")
+    attempts = 0
+
+    async def welcome_badly(stream: Any) -> None:
+        nonlocal attempts
+        attempts += 1
+        async with stream:
+            await stream.receive()  # the hello
+            await stream.send(b"\x00\x00\x00\x01\xc1")  # a byte msgpack never uses
+
+    listener = await anyio.create_unix_listener(path)
+    async with listener, anyio.create_task_group() as task_group:
+        task_group.start_soon(listener.serve, welcome_badly)
+        options: dict[str, Any] = {"silent": True, "stop_retrying": 2, **FAST_RETRY}
+        async with Actor("hello", socket_root=socket_dir, **options) as hello:
+            with anyio.fail_after(10), pytest.raises(ipcactors.ConnectionFailedError) as caught:
+                await hello.connect_to("broken", path)
+        task_group.cancel_scope.cancel()
+    os.unlink(path)  # (anyio's listener leaves its socket file)
+    assert isinstance(caught.value.__cause__, ipcactors.ProtocolError)
+    assert attempts == 3

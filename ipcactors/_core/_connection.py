@@ -600,7 +600,10 @@ class Connection(Peer, HandlerMethods):
         return random.uniform(nominal / 2, nominal)
 
     def _final_error(self, exc: BaseException) -> BaseException:
-        if isinstance(exc, IPCError):
+        """What ``connect_to`` raises when its attempts end with ``exc``: our own errors as they
+        are, except a peer's protocol error, which is one way of failing to connect (a server
+        that is not an ipcactors one, or a broken one): a ConnectionFailedError caused by it."""
+        if isinstance(exc, IPCError) and not isinstance(exc, ProtocolError):
             return exc
         return ConnectionFailedError(f"could not connect to {self.id!r} at {self.address}: {exc}")
 
