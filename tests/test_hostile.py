@@ -305,6 +305,7 @@ AFTER_HANDSHAKE = {
     "reserved_event_error": framed(pack([0, "error", {"message": "fake"}])),
     "reserved_request_ipcactors_prefix": framed(pack([1, "ipcactors.stop", None, 1])),
     "unknown_kind": framed(pack([99, "echo", 1])),
+    "ack_without_the_acknowledged_mode": framed(pack([11, 1])),
     "second_hello": hello("raw"),
     "empty_event_name": framed(pack([0, "", 1])),
     "negative_request_id": framed(pack([1, "echo", 1, -1])),

@@ -28,6 +28,7 @@ from .._config import Config, request_timeout
 from .._errors import (
     ClosedError,
     ConfigError,
+    DecodeError,
     EventNameError,
     IPCError,
     RequestTimeoutError,
@@ -293,9 +294,15 @@ class Peer:
         """A pipelined connection's welcome arrived (only a client's channel reads one)."""
 
     def _acknowledged(self, seq: int) -> None:
-        """The peer acknowledged every sequenced event up to ``seq``."""
-        if self._acked is not None:
-            self._acked.ack(seq)
+        """The peer acknowledged every sequenced event up to ``seq``. An acknowledgement where
+        we sequence nothing (the mode was not negotiated) breaks the protocol."""
+        acked = self._acked
+        if acked is None or not acked.active:
+            raise DecodeError(
+                "an acknowledgement (kind 11) on a connection that did not negotiate the "
+                "acknowledged mode"
+            )
+        acked.ack(seq)
 
     def _send_ack(self) -> None:
         """Acknowledge every event delivered so far (the channel calls it after each batch
