@@ -25,7 +25,7 @@ import inspect
 import ssl
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from functools import partial
@@ -55,6 +55,7 @@ __all__ = [
 
 T = TypeVar("T")
 Handler = Callable[..., Any]
+Close = Callable[[], Coroutine[Any, Any, None]]  # an aclose() (or a disconnect) to run
 H = TypeVar("H", bound=Handler)
 
 # Set in a worker thread while it runs a plain handler (``closes``: the closes it asked for).
@@ -74,7 +75,7 @@ class _Loop:
         self.inboxes: set[BlockingInbox] = set()
         self.actor: Actor | None = None
 
-    def start_soon(self, fn: Callable[[], Awaitable[None]]) -> None:
+    def start_soon(self, fn: Close) -> None:
         """Start ``fn`` in a task of the actor's (in the loop thread, after this task's next
         checkpoint or end)."""
         assert self.actor is not None
@@ -82,11 +83,7 @@ class _Loop:
             group = self.actor._group()
         except ClosedError:
             return  # the actor is closing already, and with it all it owns
-
-        async def run() -> None:
-            await fn()
-
-        group.start_soon(run)
+        group.start_soon(fn)
 
     @overload
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T: ...
@@ -106,10 +103,10 @@ class _Loop:
             )
         return portal.call(fn, *args)
 
-    def close(self, aclose: Callable[[], Awaitable[None]]) -> None:
+    def close(self, aclose: Close) -> None:
         """Run ``aclose`` to its end; from a handler's thread, have it started once the
         handler returns, and return."""
-        closes: list[Callable[[], Awaitable[None]]] | None = getattr(_in_handler, "closes", None)
+        closes: list[Close] | None = getattr(_in_handler, "closes", None)
         if closes is not None:
             if self.portal is not None:
                 closes.append(aclose)
@@ -134,7 +131,7 @@ class _Handlers:
         loop = self._loop
 
         async def in_thread(*args: Any) -> Any:
-            closes: list[Callable[[], Awaitable[None]]] = []
+            closes: list[Close] = []
             call = partial(_run_handler, closes, handler, *(_wrap_peer(loop, arg) for arg in args))
             try:
                 return await anyio.to_thread.run_sync(call)
@@ -175,7 +172,7 @@ class _Handlers:
         self._loop.call(partial(self._target.off_any, handler, requests=requests))
 
 
-def _run_handler(closes: list[Callable[[], Awaitable[None]]], handler: Handler, *args: Any) -> Any:
+def _run_handler(closes: list[Close], handler: Handler, *args: Any) -> Any:
     _in_handler.closes = closes
     try:
         return handler(*args)

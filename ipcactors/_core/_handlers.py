@@ -112,11 +112,6 @@ class Handlers:
     def on(self, event: str, handler: H | None = None) -> H | Callable[[H], H]:
         if type(event) is not str or not event:
             raise EventNameError(f"an event name must be a non-empty str, got {event!r:.80}")
-        if event.startswith(RESERVED_PREFIX):  # no peer can send it: the handler would never run
-            raise ReservedEventError(
-                f"{event!r} is reserved for ipcactors itself (names starting with "
-                f"{RESERVED_PREFIX!r}): no peer can send it; pick another name"
-            )
         if handler is None:
 
             def register(function: H) -> H:
@@ -258,13 +253,22 @@ class HandlerMethods:
     def on(self, event: str, handler: H | None = None) -> H | Callable[[H], H]:
         """Register ``handler`` for ``event``, or use ``on(event)`` as a decorator. Handlers may
         be plain functions or ``async def``; all of an event's handlers run, in order."""
-        if type(event) is str and event in RESERVED_EVENTS and event not in self._lifecycle:
-            fired = ", ".join(sorted(self._lifecycle)) or "none"
-            raise ReservedEventError(
-                f"a {type(self).__name__} never fires {event!r} (its lifecycle events: {fired}), "
-                "and no peer can send it: the handler would never run"
-            )
+        never = self._never_fired(event)
+        if never is not None:
+            raise ReservedEventError(f"{never}: the handler would never run; pick another name")
         return self._handlers.on(event, handler)
+
+    def _never_fired(self, event: object) -> str | None:
+        """Why a handler for ``event`` here could never run, if so: no peer can send a reserved
+        name, and this kind of object fires only its own lifecycle events."""
+        if type(event) is not str:
+            return None  # (the registry says what an event name must be)
+        if event.startswith(RESERVED_PREFIX):
+            return f"{event!r} is reserved for ipcactors (names starting with {RESERVED_PREFIX!r})"
+        if event in RESERVED_EVENTS and event not in self._lifecycle:
+            fired = ", ".join(sorted(self._lifecycle)) or "none"
+            return f"a {type(self).__name__} never fires {event!r} (its lifecycle events: {fired})"
+        return None
 
     def off(self, event: str, handler: Handler | None = None) -> None:
         """Remove ``handler`` from ``event``, or all of its handlers when ``None``."""
