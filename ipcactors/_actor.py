@@ -23,8 +23,10 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ._config import Config
+from ._core._answering import kept_until_answered
 from ._core._connection import Connection
-from ._core._server import Server
+from ._core._peer import Peer
+from ._core._server import Client, Server
 from ._core._udp import DatagramServer
 from ._core._watchdog import Watchdog
 from ._errors import ClosedError, ConfigError, IPCError, UnknownPeerError
@@ -112,7 +114,12 @@ class Actor:
     async def aclose(self) -> None:
         """Flush and close every connection and the server (each bounded by ``close_timeout``),
         then stop. ``wait_closed()`` returns after this. The body of the actor's ``async with``
-        is cancelled at its next ``await`` (it ends quietly), wherever this was called from."""
+        is cancelled at its next ``await`` (it ends quietly), wherever this was called from.
+        From a handler answering a request to this actor: returns at once, and the actor
+        starts closing once the handler has returned (its reply is queued first, and
+        flushed)."""
+        if kept_until_answered(self._answers_for, self._close_soon):
+            return
         if self._closing:
             await self._closed.wait()
             return
@@ -134,6 +141,16 @@ class Actor:
             if self._task_group is not None:
                 self._task_group.cancel_scope.cancel()
             self._closed.set()
+
+    def _answers_for(self, peer: Peer) -> bool:
+        """Whether a handler answering ``peer`` runs under this actor."""
+        if isinstance(peer, Client):
+            return self._server is not None and peer._server is self._server
+        return self._connections.get(peer.id) is peer
+
+    def _close_soon(self) -> None:
+        if self._task_group is not None and not self._closing:
+            self._task_group.start_soon(self.aclose)
 
     async def wait_closed(self) -> None:
         """Return once the actor is closed (``aclose()`` called or its ``async with`` left)."""
@@ -344,7 +361,7 @@ class Actor:
                 await existing.wait_connected()
             return existing
         connection = Connection(
-            self.id, id, transport, self.config, self._log, self._forget, self._watchdog
+            self.id, id, transport, self.config, self._log, self._forget, self._watchdog, task_group
         )
         # A supervised child's first connection, to its supervisor: see Peer._ready.
         connection._ready, self._hold_next = self._hold_next, None
@@ -367,7 +384,9 @@ class Actor:
             del self._connections[connection.id]
 
     async def disconnect(self, id: str) -> None:
-        """Flush to actor ``id`` (bounded by ``close_timeout``), close, and do not reconnect."""
+        """Flush to actor ``id`` (bounded by ``close_timeout``), close, and do not reconnect.
+        From a handler answering one of its requests: returns at once, and the close starts
+        once the handler has returned (its reply is queued first, and flushed)."""
         _check_id(id)
         connection = self._connections.get(id)
         if connection is None:

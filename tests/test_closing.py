@@ -9,7 +9,7 @@ import socket
 import anyio
 import pytest
 
-from ipcactors import Actor
+from ipcactors import Actor, Client
 
 pytestmark = pytest.mark.anyio
 
@@ -111,3 +111,104 @@ async def test_events_flushed_by_a_close_with_unread_input_are_all_handled(
             while len(handled) < 50 and server.clients:
                 await anyio.sleep(0.01)
         assert handled == list(range(50))
+
+
+@pytest.mark.parametrize("closing", ["actor", "server", "client"])
+async def test_a_servers_request_handler_that_closes_its_own_side_still_answers(
+    closing: str, socket_dir: str
+) -> None:
+    """A request handler awaits the close of something it runs under (its actor, its server,
+    its client's connection): the close waits until the handler has returned, so that its
+    reply is queued first and flushed by the close; the code after the close runs. The close
+    happens all the same. (The close used to cancel the handler that awaited it: the requester
+    got ConnectionLostError, and the close itself was cut short.)"""
+    ran_on: list[str] = []
+    ready = anyio.Event()
+    async with Actor("hello", socket_root=socket_dir, silent=True, stop_retrying=0) as hello:
+        async with anyio.create_task_group() as task_group:
+
+            async def world_actor() -> None:
+                async with Actor("world", socket_root=socket_dir, silent=True) as world:
+                    server = await world.serve()
+
+                    @server.on("shutdown")
+                    async def shutdown(data: object, client: Client) -> str:
+                        closable = {"actor": world, "server": server, "client": client}[closing]
+                        await closable.aclose()
+                        ran_on.append("after the close")
+                        await anyio.sleep(0)  # not cancelled: the close has not begun
+                        return "bye"
+
+                    ready.set()
+                    with anyio.fail_after(10):
+                        if closing == "actor":
+                            await world.wait_closed()
+                        else:
+                            while server.clients or not ran_on:
+                                await anyio.sleep(0.01)
+
+            task_group.start_soon(world_actor)
+            await ready.wait()
+            connection = await hello.connect_to("world")
+            with anyio.fail_after(10):
+                assert await connection.request("shutdown", timeout=5) == "bye"
+                while connection.connected:  # and the close went on: we were disconnected
+                    await anyio.sleep(0.01)
+    assert ran_on == ["after the close"]
+
+
+@pytest.mark.parametrize("closing", ["actor", "disconnect", "connection"])
+async def test_a_clients_request_handler_that_closes_its_own_side_still_answers(
+    closing: str, socket_dir: str
+) -> None:
+    """The same on the client's side: the server's request is answered by a handler that
+    closes the client actor, disconnects, or closes the connection it answers on."""
+    ran_on: list[str] = []
+    async with Actor("world", socket_root=socket_dir, silent=True) as world:
+        server = await world.serve()
+        async with Actor("hello", socket_root=socket_dir, silent=True, stop_retrying=0) as hello:
+            connection = await hello.connect_to("world")
+
+            @connection.on("shutdown")
+            async def shutdown(data: object) -> str:
+                if closing == "actor":
+                    await hello.aclose()
+                elif closing == "disconnect":
+                    await hello.disconnect("world")
+                else:
+                    await connection.aclose()
+                ran_on.append("after the close")
+                await anyio.sleep(0)
+                return "bye"
+
+            with anyio.fail_after(10):
+                while "hello" not in server.clients:
+                    await anyio.sleep(0.01)
+                client = server.clients["hello"]
+                assert await client.request("shutdown", timeout=5) == "bye"
+                while server.clients:  # and the close went on
+                    await anyio.sleep(0.01)
+                if closing == "actor":
+                    await hello.wait_closed()
+    assert ran_on == ["after the close"]
+
+
+async def test_a_request_handler_closing_another_actor_waits_for_it(socket_dir: str) -> None:
+    """Only a close that would cancel the handler is kept for after its reply: closing an
+    actor it does not run under is awaited to its end, as anywhere else."""
+    async with Actor("world", socket_root=socket_dir, silent=True) as world:
+        server = await world.serve()
+        async with Actor("other", socket_root=socket_dir, silent=True) as other:
+            await other.serve()
+
+            @server.on("close other")
+            async def close_other(data: object, client: Client) -> bool:
+                await other.aclose()
+                with anyio.fail_after(0.5):
+                    await other.wait_closed()  # already closed: the close was not kept
+                return True
+
+            async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+                connection = await hello.connect_to("world")
+                with anyio.fail_after(10):
+                    assert await connection.request("close other", timeout=5) is True

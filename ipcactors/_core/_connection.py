@@ -51,7 +51,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import anyio
-from anyio.abc import ByteStream
+from anyio.abc import ByteStream, TaskGroup
 
 from .._config import Config
 from .._errors import (
@@ -78,6 +78,7 @@ from .._transports._transport import (
     tls_error,
 )
 from ._acks import AckedReceiver, AckedSender
+from ._answering import kept_until_answered
 from ._channel import Channel
 from ._flag import Flag
 from ._handlers import HandlerMethods, Handlers
@@ -146,8 +147,10 @@ class Connection(Peer, HandlerMethods):
         log: ActorLog,
         on_destroyed: Callable[[Connection], None],
         watchdog: Watchdog | None = None,
+        owner_group: TaskGroup | None = None,
     ) -> None:
         super().__init__(config, log, Handlers())
+        self._owner_group = owner_group  # the actor's: a close kept for after a reply starts there
         self._watchdog = watchdog  # keeps time for the heartbeats
         self.id = target
         self._actor_id = actor_id
@@ -246,7 +249,11 @@ class Connection(Peer, HandlerMethods):
         """Flush what is queued to the kernel and, in the acknowledged mode, wait for the
         server to acknowledge every event (together bounded by ``close_timeout``), then close
         for good. No reconnect follows. Events still not acknowledged are reported
-        (``unacknowledged``, a warning)."""
+        (``unacknowledged``, a warning). From a handler answering one of the server's requests
+        on this connection: returns at once, and the close starts once the handler has
+        returned (its reply is queued first, and flushed)."""
+        if kept_until_answered(self._is, self._close_soon):
+            return
         if self._closing:
             await self._destroyed.wait()
             return
@@ -263,6 +270,13 @@ class Connection(Peer, HandlerMethods):
                     await acked.wait()  # through a reconnect in progress, if it comes in time
         self._scope.cancel()
         await self._destroyed.wait()
+
+    def _is(self, peer: Peer) -> bool:
+        return peer is self
+
+    def _close_soon(self) -> None:
+        if self._owner_group is not None and not self._closing:
+            self._owner_group.start_soon(self.aclose)
 
     async def _connect(self, pipelined: bool = False) -> Channel:
         """The first connection, made in ``connect_to``'s own task (no task to start and wait

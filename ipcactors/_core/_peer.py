@@ -41,6 +41,7 @@ from .._log import ActorLog
 from .._proto._codec import Encoder
 from .._proto._messages import Event, Frame, Ping, Request, Welcome, frame_size, is_reserved
 from ._acks import AckedReceiver, AckedSender
+from ._answering import Answering
 from ._handlers import UNHANDLED, Handlers, unhandled
 from ._outbox import Outbox
 from ._requests import NO_HANDLER, Requests
@@ -486,6 +487,7 @@ class Peer:
     async def _answer_later(
         self, message: Request, result: Awaitable[Any], done: Callable[[], None]
     ) -> None:
+        answering = Answering(self)  # (see _answering: closing from the handler)
         try:
             try:
                 frame = reply_frame(self._encoder, message.id, await result)
@@ -494,8 +496,10 @@ class Peer:
             self._reply(message, frame)
         finally:
             done()
+            answering.answered()
 
     async def _answer(self, message: Request, done: Callable[[], None]) -> None:
+        answering = Answering(self)  # (see _answering: closing from the handler)
         try:
             args = self._handler_args(message.data)
             message.data = None  # (see _start_answer)
@@ -504,6 +508,7 @@ class Peer:
             self._reply(message, frame)
         finally:
             done()
+            answering.answered()
 
     def _reply(self, message: Request, frame: Frame) -> None:
         if self._shared is not None:

@@ -80,6 +80,7 @@ from .._transports._fds import can_pass_fds
 from .._transports._streams import close_now
 from .._transports._transport import Address, Listener, Transport
 from ._acks import SESSIONS_KEPT, AckedSender, ClientStreams, Entry, ReceiverSessions
+from ._answering import kept_until_answered
 from ._channel import Channel
 from ._handlers import HandlerMethods, Handlers
 from ._handshake import accept_handshake
@@ -177,13 +178,25 @@ class Client(Peer):
     async def aclose(self) -> None:
         """Flush what is queued for this client and, in the acknowledged mode, wait for its
         acknowledgements (together bounded by ``close_timeout``), then close. What it did not
-        acknowledge is reported (``Server.unacknowledged``)."""
+        acknowledge is reported (``Server.unacknowledged``). From a handler answering one of
+        this client's requests: returns at once, and the close starts once the handler has
+        returned (its reply is queued first, and flushed)."""
+        if kept_until_answered(self._is, self._close_soon):
+            return
         with anyio.move_on_after(self._config.close_timeout):
             await self._outbox.wait_flushed()
             if self._acked is not None and len(self._acked) and self._channel is not None:
                 await self._acked.wait()
         if self._channel is not None:
             self._channel.abort()
+
+    def _is(self, peer: Peer) -> bool:
+        return peer is self
+
+    def _close_soon(self) -> None:
+        group = self._server._task_group
+        if group is not None and self._channel is not None:
+            group.start_soon(self.aclose)
 
 
 def _lost(exc: BaseException) -> str:
@@ -234,6 +247,7 @@ class Server(HandlerMethods):
         self._logged_elsewhere: Callable[[str], bool] = lambda id: False
         self._listening: Listener | None = None
         self._task_group: TaskGroup | None = None
+        self._owner_group: TaskGroup | None = None  # the actor's, which _start was given
         self._closing = False
         self._stopped = anyio.Event()
         # Acknowledged mode: what each sender session delivered here; our streams of events
@@ -433,7 +447,15 @@ class Server(HandlerMethods):
 
     # --- serving ------------------------------------------------------------------------------
 
+    def _serves(self, peer: Peer) -> bool:
+        return isinstance(peer, Client) and peer._server is self
+
+    def _close_soon(self) -> None:
+        if self._owner_group is not None and not self._closing:
+            self._owner_group.start_soon(self.aclose)
+
     async def _start(self, task_group: TaskGroup) -> None:
+        self._owner_group = task_group  # (a close kept for after a reply starts there)
         backlog = min(self._config.max_connections + self._config.max_handshakes, 4096)
         self._listening = await self._transport.listen(backlog)
         try:
@@ -841,7 +863,11 @@ class Server(HandlerMethods):
 
     async def aclose(self) -> None:
         """Stop accepting, flush to every client (bounded by ``close_timeout``), close them all,
-        and remove the socket file."""
+        and remove the socket file. From a handler answering a client's request: returns at
+        once, and the close starts once the handler has returned (its reply is queued first,
+        and flushed)."""
+        if kept_until_answered(self._serves, self._close_soon):
+            return
         if self._closing:
             await self._stopped.wait()
             return
