@@ -120,8 +120,9 @@ class Config:
     #: 256 keeps acks to a few bytes per thousand events.
     ack_every: int = 256
     #: In the acknowledged mode, a receiver with a backlog also acknowledges once this many
-    #: seconds passed since the first event it has not acknowledged was delivered (checked
-    #: as each handler returns): slow handlers behind a long inbox do not hold acks back for
+    #: seconds passed since the first event it has not acknowledged was delivered (as a
+    #: handler returns, or on a timer while one runs long: the events done before it): slow
+    #: handlers behind a long inbox, or one long handler, do not hold acks back for
     #: ``ack_every`` events, nor leave the sender that much to send again after a crash.
     #: 0.05 s: at most 20 acks a second on a busy link.
     ack_interval: float = 0.05

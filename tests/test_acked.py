@@ -627,6 +627,53 @@ async def test_slow_handlers_behind_a_backlog_are_acknowledged_within_ack_interv
             assert handled == list(range(200))
 
 
+@pytest.mark.parametrize("side", ["server", "client"])
+async def test_a_long_handler_does_not_hold_back_the_acks_of_the_events_before_it(
+    side: str, socket_dir: str
+) -> None:
+    """Events handled before a handler that runs long are acknowledged ack_interval after the
+    first of them, while that handler still runs (a timer, not only as handlers return): a
+    sender that closes meanwhile reports only the event still being handled. Both directions."""
+    release = anyio.Event()
+    handled: list[int] = []
+
+    async def on_n(data: int, *peer: object) -> None:
+        if data == 5:
+            await release.wait()  # runs long
+        handled.append(data)
+
+    async with Actor(
+        "world", socket_root=socket_dir, silent=True, acked="on", ack_interval=0.05
+    ) as world_actor:
+        server = await world_actor.serve()
+        server.on("n", on_n)
+        async with Actor(
+            "hello",
+            socket_root=socket_dir,
+            silent=True,
+            acked="on",
+            ack_interval=0.05,
+            close_timeout=1.0,
+        ) as hello:
+            with anyio.fail_after(10):
+                world = await hello.connect_to("world")
+                world.on("n", on_n)
+                if side == "server":
+                    sender: ipcactors.Connection | Client = world
+                else:
+                    await wait_until(lambda: "hello" in server.clients)
+                    sender = server.clients["hello"]
+                for i in range(6):  # 0-4 handled at once, 5 runs long
+                    await sender.emit("n", i)
+                await wait_until(lambda: handled == [0, 1, 2, 3, 4])
+                await wait_until(lambda: sender.statistics().events_acknowledged == 5, 2.0)
+                assert sender.statistics().events_unacknowledged == 1
+                release.set()
+                await sender.wait_acknowledged()
+                assert sender.statistics().events_acknowledged == 6
+            check_totals(world.statistics())
+
+
 async def test_a_restarted_child_gets_its_predecessors_events_before_nothing_else(
     socket_dir: str,
 ) -> None:

@@ -66,7 +66,9 @@ Invariants:
   acknowledges the events it delivered (cumulatively, in the priority lane) after a batch
   that brings the count to ``Config.ack_every``, after any batch that leaves the inbox
   empty, and after any event handled ``Config.ack_interval`` or more after the first one not
-  yet acknowledged: an event is acknowledged only once its handlers returned.
+  yet acknowledged; while an event's handlers are awaited, the watchdog acknowledges the
+  events done before it at that moment (``AckTimer``). An event is acknowledged only once
+  its handlers returned.
 - A large payload arriving (the session's ``receive_buffer``) is read straight into its final
   buffer where the stream can (``receiver_into``: the asyncio fast path, plain sockets on
   Trio), at most ``MAX_RECEIVE_INTO`` bytes per read; elsewhere (TLS) read as usual and copied
@@ -152,8 +154,25 @@ STALL_GRACE = 0.05  # seconds the reader gets, once the heartbeat deadline passe
 Opening = Callable[[], Awaitable[None]]
 
 
+class AckTimer:
+    """What the watchdog looks at for a receiver's acks while a handler runs long (see
+    ``Channel._await_acked``): armed until it has looked."""
+
+    __slots__ = ("_on_time", "armed")
+
+    def __init__(self, on_time: Callable[[float], float]) -> None:
+        self._on_time = on_time
+        self.armed = False
+
+    def beat(self, now: float) -> float:
+        at = self._on_time(now)
+        self.armed = at != math.inf
+        return at
+
+
 class Channel:
     __slots__ = (
+        "_ack_timer",
         "_active",
         "_active_at",
         "_broken",
@@ -276,6 +295,7 @@ class Channel:
         # take_replies_now), while the reader waits with nothing read (_reader_idle).
         self._peek = peeker(stream)
         self._reader_idle = False
+        self._ack_timer: AckTimer | None = None  # acknowledged mode, see _await_acked
 
     @property
     def inbox_bytes(self) -> int:
@@ -335,6 +355,8 @@ class Channel:
         finally:
             if peer._watchdog is not None:
                 peer._watchdog.leave(self)
+                if self._ack_timer is not None:
+                    peer._watchdog.leave(self._ack_timer)
             self._task_group = None
             self._opened.set()
             outbox.on_sent = outbox.on_lost = peer._requests.on_open = None
@@ -915,7 +937,10 @@ class Channel:
                         index, pending = peer._on_events(batch, index)
                         if pending is not None:
                             message = None  # type: ignore[assignment]
-                            await pending
+                            if peer._receiver is None:
+                                await pending
+                            else:
+                                await self._await_acked(pending, batch[index - 1])
                         if peer._ack_pending and monotonic() >= peer._ack_due:
                             peer._send_ack()  # slow handlers behind a backlog: ack_interval
                         continue
@@ -937,6 +962,26 @@ class Channel:
                 self._wake()
         finally:
             self._drained.set()
+
+    async def _await_acked(self, pending: Awaitable[None], event: Event | Request) -> None:
+        """Acknowledged mode: await an event's handlers, and meanwhile have the watchdog
+        acknowledge the events done before it, ``ack_interval`` after the first of them (see
+        ``Peer._ack_on_time``): a handler that runs long does not hold their acks back."""
+        peer = self._peer
+        peer._ack_in_flight = event.seq if type(event) is Event else None
+        done_before = peer._ack_pending - (peer._ack_in_flight is not None)
+        timer = self._ack_timer
+        watchdog = peer._watchdog
+        if done_before > 0 and watchdog is not None and watchdog.open:
+            if timer is None:
+                timer = self._ack_timer = AckTimer(peer._ack_on_time)
+            if not timer.armed:
+                timer.armed = True
+                watchdog.join(timer, peer._ack_due)
+        try:
+            await pending
+        finally:
+            peer._ack_in_flight = None
 
     async def _write_loop(self, task_group: TaskGroup) -> None:
         await drain_outbox(self._stream, self._peer._outbox)

@@ -128,6 +128,9 @@ class Peer:
         self._shared: SharedMemory | None = None
         self._ack_pending = 0  # events delivered since our last acknowledgement
         self._ack_due = math.inf  # (time.monotonic) when they must be acknowledged at the latest
+        # The seq of the event whose handlers the dispatcher awaits, if any: delivered, not
+        # done, so not acknowledged yet (see _ack_on_time).
+        self._ack_in_flight: int | None = None
         #: True while a handler runs for an event the peer sent again after a reconnect to a
         #: restarted receiver: it may have been handled before (acknowledged mode).
         self.redelivered = False
@@ -312,10 +315,31 @@ class Peer:
         if receiver is None or not self._ack_pending:
             return
         self._ack_pending = 0
+        self._put_ack(receiver.last)
+
+    def _put_ack(self, seq: int) -> None:
         try:
-            self._outbox.put_reply(self._encoder.ack(receiver.last))
+            self._outbox.put_reply(self._encoder.ack(seq))
         except Exception as exc:  # closed: the sender resends what we did not acknowledge
             self._log.debug(f"acknowledgement to {self.id!r} not sent: {exc}")
+
+    def _ack_on_time(self, now: float) -> float:
+        """The ack timer (see ``_channel.AckTimer``): at ``_ack_due``, acknowledge the events
+        whose handlers are done, though a later event's handler still runs. Returns when to
+        look again (``math.inf``: nothing waits)."""
+        due = self._ack_due
+        if self._receiver is None or not self._ack_pending:
+            return math.inf
+        if now < due:
+            return due
+        in_flight = self._ack_in_flight
+        if in_flight is None:  # every event delivered is done
+            self._send_ack()
+        elif self._ack_pending > 1:  # all but the one still being handled
+            self._ack_pending = 1
+            self._ack_due = now + self._ack_interval
+            self._put_ack(in_flight - 1)
+        return math.inf
 
     async def request(self, event: str, data: Any = None, *, timeout: float | None = None) -> Any:
         """Send ``event`` and return what the peer's first handler for it returns.
