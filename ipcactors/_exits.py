@@ -1,13 +1,26 @@
 """How a process leaves through task groups: ``sys.exit()`` called in a task (a handler, say)
 reaches the top wrapped in the exception groups of every task group it crossed.
 
-Invariant: a group made only of ``SystemExit`` means the process is exiting, with the status of
-the first; anything else in the group keeps it an error.
+Invariants:
+- A group made only of ``SystemExit`` means the process is exiting, with the status of the
+  first; anything else in the group keeps it an error.
+- On asyncio a ``SystemExit`` raised in a task leaves the loop at once (asyncio re-raises it out
+  of the task), and the tasks it cut short are cancelled as the loop closes; asyncio then
+  reports those that ended with the exit's groups as unhandled. Under ``run()`` such reports are
+  dropped (:func:`quiet_exit_reports`): the process is exiting as it was asked to.
 """
 
 from __future__ import annotations
 
-__all__ = ["system_exit"]
+from ._transports._backend import drop_loop_reports
+
+__all__ = ["quiet_exit_reports", "system_exit"]
+
+
+def quiet_exit_reports() -> None:
+    """Have the running loop say nothing of tasks that ended with an exit (see the
+    invariants; nothing to do on Trio)."""
+    drop_loop_reports(lambda exc: system_exit(exc) is not None)
 
 
 def system_exit(exc: BaseException) -> SystemExit | None:

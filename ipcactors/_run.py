@@ -32,7 +32,7 @@ import anyio
 from loguru import logger
 
 from ._errors import ClosedError, ConfigError
-from ._exits import system_exit
+from ._exits import quiet_exit_reports, system_exit
 from ._runtime import Runtime, set_runtime
 from ._supervision._target import refuse_in_main_script
 
@@ -115,6 +115,7 @@ async def _main(
     runtime: Runtime, async_fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]
 ) -> T:
     set_runtime(runtime)
+    quiet_exit_reports()
     main_scope = anyio.CancelScope()
     runtime.main_cancelled = anyio.Event()
 

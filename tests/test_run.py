@@ -250,35 +250,58 @@ def test_a_signal_while_run_starts_is_the_first_signal(
 
 EXITING_HANDLER = textwrap.dedent(
     """
-    import sys, tempfile
+    import sys
     import anyio, ipcactors
 
+    backend, kind, root = sys.argv[1:]
+
+    async def quit_later(data, client):
+        await anyio.sleep(0)
+        sys.exit(data)
+
     async def main():
-        root = tempfile.mkdtemp()
         async with ipcactors.Actor("world", socket_root=root, silent=True) as world:
             server = await world.serve()
-            server.on("quit", lambda data, client: sys.exit(data))
+            if kind == "plain event":
+                server.on("quit", lambda data, client: sys.exit(data))
+            else:
+                server.on("quit", quit_later)
             async with ipcactors.Actor("hello", socket_root=root, silent=True) as hello:
-                await (await hello.connect_to("world")).emit("quit", 3)
+                world = await hello.connect_to("world")
+                if kind == "async request":
+                    try:
+                        await world.request("quit", 3)
+                    except ipcactors.ConnectionLostError:
+                        pass  # (its server, in this process, is leaving)
+                else:
+                    await world.emit("quit", 3)
                 await anyio.sleep(20)
 
-    ipcactors.run(main, backend=sys.argv[1])
+    ipcactors.run(main, backend=backend)
     """
 )
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("kind", ["plain event", "async event", "async request"])
 def test_sys_exit_in_a_handler_exits_with_its_status(
-    backend: str, tmp_path: os.PathLike[str]
+    backend: str, kind: str, tmp_path: os.PathLike[str]
 ) -> None:
-    # As in a supervised child: the SystemExit reaches run() wrapped in the task groups'
-    # exception groups; on Trio the process exited 1, with the groups' traceback.
+    """The process exits with the status, quietly (no traceback: it exits as asked), and
+    leaves no socket file. As in a supervised child: the SystemExit reaches run() wrapped in
+    the task groups' exception groups (on Trio the process exited 1, with the groups'
+    traceback); on asyncio it leaves the loop at once, and asyncio reported the main task
+    cut short at its shutdown with the groups' traceback."""
     script = os.path.join(str(tmp_path), "exiting.py")
+    root = os.path.join(str(tmp_path), "sockets")
+    os.mkdir(root)
     with open(script, "w") as file:
         file.write(EXITING_HANDLER)
-    command = [sys.executable, script, backend]
+    command = [sys.executable, script, backend, kind, root]
     done = subprocess.run(command, capture_output=True, text=True, timeout=20, env=_env())
     assert done.returncode == 3, done.stderr
+    assert "Traceback" not in done.stderr
+    assert os.listdir(root) == []
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])

@@ -44,6 +44,26 @@ def running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
+def drop_loop_reports(dropped: Callable[[BaseException], bool]) -> None:
+    """asyncio: have the running loop's exception handler drop the reports whose exception
+    ``dropped`` accepts (any other goes to the handler it had). Nothing on Trio."""
+    loop = running_asyncio_loop()
+    if loop is None:
+        return
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, BaseException) and dropped(exc):
+            return
+        if previous is None:
+            loop.default_exception_handler(context)
+        else:
+            previous(loop, context)
+
+    loop.set_exception_handler(handler)
+
+
 def call_later(delay: float, callback: Callable[[], None]) -> Callable[[], None] | None:
     """asyncio: call ``callback`` from a loop callback in ``delay`` seconds (a timer costs ~1 us,
     a task ~15); returns what cancels it. ``None`` on Trio, which has no timer outside a task:
