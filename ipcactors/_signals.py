@@ -1,11 +1,15 @@
 """SIGINT and SIGTERM, kept while no event loop watches them.
 
-Invariant: inside ``with KeptSignals()`` (in the main thread, the only one with signals),
-neither signal meets Python's default (a ``KeyboardInterrupt`` raised wherever the code was,
-death by SIGTERM): one that comes while no receiver watches (the backend being imported, the
-loop starting or ending, a command still setting up) is kept, and :meth:`KeptSignals.receive`
-yields the kept ones first, then those its receiver gets. When the receiver closes (asyncio's
-restores the default handlers), they are kept again until the block ends.
+Invariants:
+- Inside ``with KeptSignals()`` (in the main thread, the only one with signals), neither signal
+  meets Python's default (a ``KeyboardInterrupt`` raised wherever the code was, death by
+  SIGTERM): one that comes while no receiver watches (the backend being imported, the loop
+  starting or ending, a command still setting up) is kept, and :meth:`KeptSignals.receive`
+  yields the kept ones first, then those its receiver gets. When the receiver closes (asyncio's
+  restores the default handlers), they are kept again until the block ends.
+- A signal ignored when the block is entered (``SIG_IGN``: a shell's background job ignores
+  SIGINT, as ``nohup`` does SIGHUP) stays ignored: neither kept nor received, as Python itself
+  and ``asyncio.run`` leave it.
 """
 
 from __future__ import annotations
@@ -30,10 +34,13 @@ class KeptSignals:
     def __init__(self) -> None:
         self.kept: list[int] = []  # signals that came while nothing watched, oldest first
         self._previous: dict[int, object] | None = None
+        self._watched: tuple[signal.Signals, ...] = STOP_SIGNALS  # not ignored at the start
 
     def __enter__(self) -> KeptSignals:
         if threading.current_thread() is threading.main_thread():
-            self._previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+            previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+            self._watched = tuple(s for s in STOP_SIGNALS if previous[s] != signal.SIG_IGN)
+            self._previous = {signum: previous[signum] for signum in self._watched}
             self._keep()
         return self
 
@@ -49,7 +56,7 @@ class KeptSignals:
                 signal.signal(signum, handler)  # type: ignore[arg-type]
 
     def _keep(self) -> None:
-        for signum in STOP_SIGNALS:
+        for signum in self._watched:
             signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -59,7 +66,10 @@ class KeptSignals:
     def receive(self) -> Iterator[AsyncIterator[int]]:
         """The kept signals, then those received while this is open (inside the loop)."""
         try:
-            with anyio.open_signal_receiver(*STOP_SIGNALS) as received:
+            if not self._watched:  # (every one ignored: nothing will come)
+                yield _Signals(self.kept, None)
+                return
+            with anyio.open_signal_receiver(*self._watched) as received:
                 yield _Signals(self.kept, received)
         finally:
             if self._previous is not None:
@@ -67,7 +77,7 @@ class KeptSignals:
 
 
 class _Signals:
-    def __init__(self, kept: list[int], received: AsyncIterator[int]) -> None:
+    def __init__(self, kept: list[int], received: AsyncIterator[int] | None) -> None:
         self._kept = kept
         self._received = received
 
@@ -77,4 +87,7 @@ class _Signals:
     async def __anext__(self) -> int:
         if self._kept:
             return self._kept.pop(0)
+        if self._received is None:
+            await anyio.sleep_forever()
+        assert self._received is not None
         return await self._received.__anext__()

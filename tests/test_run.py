@@ -70,6 +70,42 @@ def test_first_signal_shuts_down_gracefully(
             stream.close()
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_signal_the_process_was_started_ignoring_stays_ignored(
+    backend: str, socket_dir: str
+) -> None:
+    """A shell starts a background job with SIGINT ignored (Ctrl-C is for the foreground one),
+    as nohup does SIGHUP: run() leaves an ignored SIGINT or SIGTERM ignored, as Python itself
+    (no KeyboardInterrupt) and asyncio.run do. It used to take both over: the job stopped at a
+    Ctrl-C meant for another process."""
+    process = subprocess.Popen(
+        [sys.executable, SERVE, socket_dir, "world", backend],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_ignore_sigint,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "READY"
+        process.send_signal(signal.SIGINT)
+        with pytest.raises(subprocess.TimeoutExpired):
+            process.wait(1)  # ignored: still serving
+        process.send_signal(signal.SIGTERM)  # not ignored: the graceful shutdown
+        assert process.wait(10) == 128 + signal.SIGTERM
+        assert os.listdir(socket_dir) == []
+    finally:
+        process.kill()
+        process.wait()
+        for stream in (process.stdout, process.stderr):
+            assert stream is not None
+            stream.close()
+
+
 STUCK = textwrap.dedent(
     """
     import socket, struct, sys, threading, time
