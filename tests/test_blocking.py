@@ -305,6 +305,31 @@ def test_a_request_handler_that_closes_still_answers(
             world.wait_closed(timeout=10)
 
 
+def test_closing_waits_for_a_plain_handler_still_running(
+    backend: Literal["asyncio", "trio"], socket_dir: str
+) -> None:
+    """A thread cannot be interrupted: leaving the actor's ``with`` (say, after Ctrl-C in the
+    script) waits for a plain handler still running, past ``close_timeout`` if need be, then
+    leaves no thread of the actor's (the fixture checks)."""
+    options: dict[str, Any] = {"socket_root": socket_dir, "backend": backend, **FAST}
+    started = threading.Event()
+    finished = threading.Event()
+    with BlockingActor("world", **options, close_timeout=0.2) as world:
+        server = world.serve()
+
+        def slow(data: Any, client: BlockingClient) -> None:
+            started.set()
+            time.sleep(1.0)
+            finished.set()
+
+        server.on("slow", slow)
+        with BlockingActor("hello", **options) as hello:
+            hello.connect_to("world").emit("slow", None)
+            assert started.wait(5)
+        assert not finished.is_set()
+    assert finished.is_set()  # it waited for the handler
+
+
 def test_an_unread_inbox_is_bounded_and_slows_the_sender(
     backend: Literal["asyncio", "trio"], socket_dir: str
 ) -> None:
