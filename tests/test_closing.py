@@ -9,6 +9,7 @@ import socket
 import anyio
 import pytest
 
+import ipcactors
 from ipcactors import Actor, Client
 
 pytestmark = pytest.mark.anyio
@@ -212,3 +213,50 @@ async def test_a_request_handler_closing_another_actor_waits_for_it(socket_dir: 
                 connection = await hello.connect_to("world")
                 with anyio.fail_after(10):
                     assert await connection.request("close other", timeout=5) is True
+
+
+class _Leaving(BaseException):
+    """Not an Exception: a handler raising it is not answered with a RemoteError."""
+
+
+@pytest.mark.parametrize("style", ["plain", "async"])
+async def test_a_handler_raising_a_base_exception_ends_its_actor(
+    style: str, socket_dir: str
+) -> None:
+    """What a handler raises that is not an Exception is not caught (as anyio and Trio leave
+    it): it comes out of the actor's block, and the requester sees the connection go."""
+    ready = anyio.Event()
+    outcome: list[BaseException] = []
+
+    async def world_actor() -> None:
+        try:
+            async with Actor("world", socket_root=socket_dir, silent=True) as world:
+                server = await world.serve()
+                if style == "plain":
+
+                    def leave(data: object, client: Client) -> None:
+                        raise _Leaving("bye")
+                else:
+
+                    async def leave(data: object, client: Client) -> None:
+                        await anyio.sleep(0)
+                        raise _Leaving("bye")
+
+                server.on("leave", leave)
+                ready.set()
+                await anyio.sleep_forever()
+        except BaseException as exc:
+            outcome.append(exc)
+
+    async with Actor("hello", socket_root=socket_dir, silent=True, stop_retrying=0) as hello:
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(world_actor)
+            await ready.wait()
+            connection = await hello.connect_to("world")
+            with anyio.fail_after(10), pytest.raises(ipcactors.ConnectionLostError):
+                await connection.request("leave", timeout=5)
+    [exc] = outcome
+    assert isinstance(exc, BaseExceptionGroup)
+    matched, rest = exc.split(_Leaving)
+    assert matched is not None
+    assert rest is None
