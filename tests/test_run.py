@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -9,12 +10,30 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 import ipcactors
 
 SERVE = os.path.join(os.path.dirname(__file__), "_serve.py")
+
+
+@contextlib.contextmanager
+def _started(command: list[str], **options: Any) -> Iterator[subprocess.Popen[str]]:
+    """A process with its output piped as text; killed, reaped and its pipes closed on leaving."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **options
+    )
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+        for stream in (process.stdout, process.stderr):
+            assert stream is not None
+            stream.close()
 
 
 async def add(a: int, b: int) -> int:
@@ -49,25 +68,13 @@ def test_run_in_another_thread_runs_without_signal_handling(backend: str) -> Non
 def test_first_signal_shuts_down_gracefully(
     backend: str, signum: signal.Signals, socket_dir: str
 ) -> None:
-    process = subprocess.Popen(
-        [sys.executable, SERVE, socket_dir, "world", backend],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with _started([sys.executable, SERVE, socket_dir, "world", backend]) as process:
         assert process.stdout is not None
         assert process.stdout.readline().strip() == "READY"
         assert os.listdir(socket_dir) == ["app.world"]
         process.send_signal(signum)
         assert process.wait(10) == 128 + signum
         assert os.listdir(socket_dir) == [], "graceful shutdown removes the socket file"
-    finally:
-        process.kill()
-        process.wait()
-        for stream in (process.stdout, process.stderr):
-            assert stream is not None
-            stream.close()
 
 
 def _ignore_sigint() -> None:
@@ -82,14 +89,8 @@ def test_a_signal_the_process_was_started_ignoring_stays_ignored(
     as nohup does SIGHUP: run() leaves an ignored SIGINT or SIGTERM ignored, as Python itself
     (no KeyboardInterrupt) and asyncio.run do. It used to take both over: the job stopped at a
     Ctrl-C meant for another process."""
-    process = subprocess.Popen(
-        [sys.executable, SERVE, socket_dir, "world", backend],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_ignore_sigint,
-    )
-    try:
+    command = [sys.executable, SERVE, socket_dir, "world", backend]
+    with _started(command, preexec_fn=_ignore_sigint) as process:
         assert process.stdout is not None
         assert process.stdout.readline().strip() == "READY"
         process.send_signal(signal.SIGINT)
@@ -98,12 +99,6 @@ def test_a_signal_the_process_was_started_ignoring_stays_ignored(
         process.send_signal(signal.SIGTERM)  # not ignored: the graceful shutdown
         assert process.wait(10) == 128 + signal.SIGTERM
         assert os.listdir(socket_dir) == []
-    finally:
-        process.kill()
-        process.wait()
-        for stream in (process.stdout, process.stderr):
-            assert stream is not None
-            stream.close()
 
 
 STUCK = textwrap.dedent(
@@ -141,13 +136,8 @@ STUCK = textwrap.dedent(
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_second_signal_cuts_a_stuck_flush_short(backend: str, socket_dir: str) -> None:
-    process = subprocess.Popen(
-        [sys.executable, "-c", STUCK.replace("{backend}", backend), socket_dir],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    command = [sys.executable, "-c", STUCK.replace("{backend}", backend), socket_dir]
+    with _started(command) as process:
         assert process.stdout is not None
         assert process.stdout.readline().strip() == "READY"
         process.send_signal(signal.SIGINT)
@@ -158,12 +148,6 @@ def test_second_signal_cuts_a_stuck_flush_short(backend: str, socket_dir: str) -
         assert process.wait(10) == 128 + signal.SIGINT
         assert time.monotonic() - started < 3
         assert os.listdir(socket_dir) == [], "even a hard stop removes the socket file"
-    finally:
-        process.kill()
-        process.wait()
-        for stream in (process.stdout, process.stderr):
-            assert stream is not None
-            stream.close()
 
 
 async def fail() -> None:
@@ -227,22 +211,13 @@ def _wait_for_line(process: subprocess.Popen[str], text: str) -> None:
 def _interrupted(command: list[str], ready: str, signum: int) -> tuple[str, str]:
     """Run ``command`` until it prints ``ready``, send it ``signum``; check that it exits with
     128 + ``signum`` without a traceback, and return its output."""
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()
-    )
-    try:
+    with _started(command, env=_env()) as process:
         _wait_for_line(process, ready)
         process.send_signal(signum)
         out, err = process.communicate(timeout=20)
         assert process.returncode == 128 + signum, err
         assert "Traceback" not in err
         return out, err
-    finally:
-        process.kill()
-        process.wait()
-        for stream in (process.stdout, process.stderr):
-            assert stream is not None
-            stream.close()
 
 
 EARLY = textwrap.dedent(

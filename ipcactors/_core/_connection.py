@@ -271,9 +271,6 @@ class Connection(Peer, HandlerMethods):
         self._scope.cancel()
         await self._destroyed.wait()
 
-    def _is(self, peer: Peer) -> bool:
-        return peer is self
-
     def _close_soon(self) -> None:
         if self._owner_group is not None and not self._closing:
             self._owner_group.start_soon(self.aclose)

@@ -508,6 +508,11 @@ class Peer:
         self._reply(message, frame)
         return False
 
+    def _is(self, peer: Peer) -> bool:
+        """Whether ``peer`` is this one (a request handler answering it runs under it: see
+        ``_answering``)."""
+        return peer is self
+
     async def _answer_later(
         self, message: Request, result: Awaitable[Any], done: Callable[[], None]
     ) -> None:

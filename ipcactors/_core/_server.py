@@ -190,9 +190,6 @@ class Client(Peer):
         if self._channel is not None:
             self._channel.abort()
 
-    def _is(self, peer: Peer) -> bool:
-        return peer is self
-
     def _close_soon(self) -> None:
         group = self._server._task_group
         if group is not None and self._channel is not None:
