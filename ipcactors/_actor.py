@@ -23,8 +23,8 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ._config import Config
-from ._core._answering import kept_until_answered
 from ._core._connection import Connection
+from ._core._handling import kept_until_handled
 from ._core._peer import Peer
 from ._core._server import Client, Server
 from ._core._udp import DatagramServer
@@ -115,10 +115,10 @@ class Actor:
         """Flush and close every connection and the server (each bounded by ``close_timeout``),
         then stop. ``wait_closed()`` returns after this. The body of the actor's ``async with``
         is cancelled at its next ``await`` (it ends quietly), wherever this was called from.
-        From a handler answering a request to this actor: returns at once, and the actor
-        starts closing once the handler has returned (its reply is queued first, and
-        flushed)."""
-        if kept_until_answered(self._answers_for, self._close_soon):
+        From a handler of this actor's (an event's, a request's, a connect handler): returns
+        at once, and the actor starts closing once the handler has returned (a request's reply
+        is queued first, and flushed)."""
+        if kept_until_handled(self._answers_for, self._close_soon):
             return
         if self._closing:
             await self._closed.wait()
@@ -143,7 +143,7 @@ class Actor:
             self._closed.set()
 
     def _answers_for(self, peer: Peer) -> bool:
-        """Whether a handler answering ``peer`` runs under this actor."""
+        """Whether a handler of ``peer``'s runs under this actor."""
         if isinstance(peer, Client):
             return self._server is not None and peer._server is self._server
         return self._connections.get(peer.id) is peer
@@ -385,8 +385,8 @@ class Actor:
 
     async def disconnect(self, id: str) -> None:
         """Flush to actor ``id`` (bounded by ``close_timeout``), close, and do not reconnect.
-        From a handler answering one of its requests: returns at once, and the close starts
-        once the handler has returned (its reply is queued first, and flushed)."""
+        From a handler of that connection's: returns at once, and the close starts once the
+        handler has returned (a request's reply is queued first, and flushed)."""
         _check_id(id)
         connection = self._connections.get(id)
         if connection is None:

@@ -194,6 +194,157 @@ async def test_a_clients_request_handler_that_closes_its_own_side_still_answers(
     assert ran_on == ["after the close"]
 
 
+@pytest.mark.parametrize("closing", ["actor", "server", "client"])
+async def test_a_servers_event_handler_that_closes_its_own_side_runs_to_its_end(
+    closing: str, socket_dir: str
+) -> None:
+    """An event handler awaits the close of something it runs under: as a request handler's,
+    the close returns at once and starts once the handler has returned, so the code after it
+    runs and the close is not cut short. (The close used to cancel the handler that awaited
+    it, the close itself with it: the code after never ran.)"""
+    ran_on: list[str] = []
+    ready = anyio.Event()
+    async with Actor("hello", socket_root=socket_dir, silent=True, stop_retrying=0) as hello:
+        async with anyio.create_task_group() as task_group:
+
+            async def world_actor() -> None:
+                async with Actor("world", socket_root=socket_dir, silent=True) as world:
+                    server = await world.serve()
+
+                    @server.on("shutdown")
+                    async def shutdown(data: object, client: Client) -> None:
+                        closable = {"actor": world, "server": server, "client": client}[closing]
+                        await closable.aclose()
+                        ran_on.append("after the close")
+                        await anyio.sleep(0)  # not cancelled: the close has not begun
+
+                    ready.set()
+                    with anyio.fail_after(10):
+                        if closing == "actor":
+                            await world.wait_closed()
+                        else:
+                            while server.clients or not ran_on:
+                                await anyio.sleep(0.01)
+
+            task_group.start_soon(world_actor)
+            await ready.wait()
+            connection = await hello.connect_to("world")
+            await connection.emit("shutdown", None)
+            with anyio.fail_after(10):
+                while connection.connected:  # the close went on: we were disconnected
+                    await anyio.sleep(0.01)
+    assert ran_on == ["after the close"]
+
+
+@pytest.mark.parametrize("closing", ["actor", "disconnect", "connection"])
+async def test_a_clients_event_handler_that_closes_its_own_side_runs_to_its_end(
+    closing: str, socket_dir: str
+) -> None:
+    """The same on the client's side: an event from the server is handled by a handler that
+    closes the client actor, disconnects, or closes the connection it came on."""
+    ran_on: list[str] = []
+    async with Actor("world", socket_root=socket_dir, silent=True) as world:
+        server = await world.serve()
+        async with Actor("hello", socket_root=socket_dir, silent=True, stop_retrying=0) as hello:
+            connection = await hello.connect_to("world")
+
+            @connection.on("shutdown")
+            async def shutdown(data: object) -> None:
+                if closing == "actor":
+                    await hello.aclose()
+                elif closing == "disconnect":
+                    await hello.disconnect("world")
+                else:
+                    await connection.aclose()
+                ran_on.append("after the close")
+                await anyio.sleep(0)
+
+            with anyio.fail_after(10):
+                while "hello" not in server.clients:
+                    await anyio.sleep(0.01)
+                await server.clients["hello"].emit("shutdown", None)
+                while server.clients:  # and the close went on
+                    await anyio.sleep(0.01)
+                if closing == "actor":
+                    await hello.wait_closed()
+    assert ran_on == ["after the close"]
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+async def test_a_connect_handler_that_closes_its_connection_runs_to_its_end(
+    side: str, socket_dir: str
+) -> None:
+    """A connect handler that turns the new connection away (the server's closes its client;
+    the client's, its connection): the code after the close runs, and the connection goes."""
+    ran_on: list[str] = []
+    async with Actor("world", socket_root=socket_dir, silent=True) as world:
+        server = await world.serve()
+        if side == "server":
+
+            @server.on("connect")
+            async def turn_away(client: Client) -> None:
+                await client.aclose()
+                ran_on.append("after the close")
+                await anyio.sleep(0)
+
+        async with Actor("hello", socket_root=socket_dir, silent=True, stop_retrying=0) as hello:
+            connection = await hello.connect_to("world", wait=False)
+            if side == "client":
+
+                @connection.on("connect")
+                async def leave(*args: object) -> None:
+                    await connection.aclose()
+                    ran_on.append("after the close")
+                    await anyio.sleep(0)
+
+            with anyio.fail_after(10):
+                while not ran_on or server.clients or connection.connected:
+                    await anyio.sleep(0.01)
+    assert ran_on == ["after the close"]
+
+
+async def test_a_server_closed_by_its_event_handler_reports_what_was_not_acknowledged(
+    socket_dir: str,
+) -> None:
+    """Acknowledged mode: a client left with events it never acknowledged, and its stream is
+    kept for it (acked_keep); the server is then closed from an event handler. The close gives
+    those events up and reports them in Server.unacknowledged. (A close cut short by the
+    handler's cancellation skipped that step: they were dropped without a word.)"""
+    async with Actor("world", socket_root=socket_dir, silent=True, acked="on") as world:
+        server = await world.serve()
+
+        @server.on("shutdown")
+        async def shutdown(data: object, client: Client) -> None:
+            await server.aclose()
+
+        stuck = anyio.Event()
+        async with Actor("slow", socket_root=socket_dir, silent=True, acked="on") as slow:
+            connection = await slow.connect_to("world")
+
+            @connection.on("ev")
+            async def ev(data: int) -> None:
+                await stuck.wait()  # never: nothing is acknowledged
+
+            with anyio.fail_after(10):
+                while "slow" not in server.clients:
+                    await anyio.sleep(0.01)
+                for seq in range(3):
+                    await server.clients["slow"].emit("ev", seq)
+                while connection.statistics().inbox_bytes == 0:
+                    await anyio.sleep(0.01)
+        assert not server.unacknowledged  # kept for slow's return, within acked_keep
+        async with Actor("hello", socket_root=socket_dir, silent=True, stop_retrying=0) as hello:
+            connection = await hello.connect_to("world")
+            await connection.emit("shutdown", None)
+            with anyio.fail_after(10):
+                while connection.connected:
+                    await anyio.sleep(0.01)
+        with anyio.fail_after(10):
+            while "slow" not in server.unacknowledged:
+                await anyio.sleep(0.01)
+        assert [event for _seq, event in server.unacknowledged["slow"]] == ["ev"] * 3
+
+
 async def test_a_request_handler_closing_another_actor_waits_for_it(socket_dir: str) -> None:
     """Only a close that would cancel the handler is kept for after its reply: closing an
     actor it does not run under is awaited to its end, as anywhere else."""

@@ -134,6 +134,7 @@ from .._transports._streams import (
     send_tracebacks,
 )
 from ._flag import Flag
+from ._handling import Handling
 from ._shared import SharedMemory, close_fds
 
 if TYPE_CHECKING:
@@ -345,7 +346,7 @@ class Channel:
                         self._spawned = True
                         task_group.start_soon(self._read, task_group)
                         try:
-                            await opening()
+                            await self._open()
                         finally:
                             self._release(task_group)
                         await anyio.sleep_forever()  # until the reader is done
@@ -545,13 +546,21 @@ class Channel:
         if self._spawned:
             task_group.cancel_scope.cancel()
 
+    async def _open(self) -> None:
+        """The opening (the connect handlers), run as a handler of the peer's: a close it
+        awaits of what it runs under is kept until it is done (see ``_handling``)."""
+        assert self._opening is not None
+        handling = Handling(self._peer)
+        try:
+            await self._opening()
+        finally:
+            handling.handled()
+
     def _open_after_welcome(self, task_group: TaskGroup) -> None:
         """A pipelined client, welcomed: run the opening beside the reader if it has anything
         to do (connect handlers, registered by now), else release what waited for it at once:
         a fresh connection's first reply costs no task and no loop pass for an empty opening."""
-        opening = self._opening
         wanted = self._wanted
-        assert opening is not None
         assert wanted is not None
         self._wanted = None
         if not wanted():
@@ -560,7 +569,7 @@ class Channel:
 
         async def open_then_release() -> None:
             try:
-                await opening()
+                await self._open()
             finally:
                 self._release(task_group)
 
@@ -937,10 +946,14 @@ class Channel:
                         index, pending = peer._on_events(batch, index)
                         if pending is not None:
                             message = None  # type: ignore[assignment]
-                            if peer._receiver is None:
-                                await pending
-                            else:
-                                await self._await_acked(pending, batch[index - 1])
+                            handling = Handling(peer)  # (see _handling: closing from it)
+                            try:
+                                if peer._receiver is None:
+                                    await pending
+                                else:
+                                    await self._await_acked(pending, batch[index - 1])
+                            finally:
+                                handling.handled()
                         if peer._ack_pending and monotonic() >= peer._ack_due:
                             peer._send_ack()  # slow handlers behind a backlog: ack_interval
                         continue

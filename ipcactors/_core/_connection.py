@@ -78,10 +78,10 @@ from .._transports._transport import (
     tls_error,
 )
 from ._acks import AckedReceiver, AckedSender
-from ._answering import kept_until_answered
 from ._channel import Channel
 from ._flag import Flag
 from ._handlers import HandlerMethods, Handlers
+from ._handling import kept_until_handled
 from ._handshake import open_handshake
 from ._peer import Peer
 from ._shared import shared_offer
@@ -249,10 +249,10 @@ class Connection(Peer, HandlerMethods):
         """Flush what is queued to the kernel and, in the acknowledged mode, wait for the
         server to acknowledge every event (together bounded by ``close_timeout``), then close
         for good. No reconnect follows. Events still not acknowledged are reported
-        (``unacknowledged``, a warning). From a handler answering one of the server's requests
-        on this connection: returns at once, and the close starts once the handler has
-        returned (its reply is queued first, and flushed)."""
-        if kept_until_answered(self._is, self._close_soon):
+        (``unacknowledged``, a warning). From a handler of this connection's (an event's, a
+        request's, a connect handler): returns at once, and the close starts once the handler
+        has returned (a request's reply is queued first, and flushed)."""
+        if kept_until_handled(self._is, self._close_soon):
             return
         if self._closing:
             await self._destroyed.wait()

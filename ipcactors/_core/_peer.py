@@ -41,8 +41,8 @@ from .._log import ActorLog
 from .._proto._codec import Encoder
 from .._proto._messages import Event, Frame, Ping, Request, Welcome, frame_size, is_reserved
 from ._acks import AckedReceiver, AckedSender
-from ._answering import Answering
 from ._handlers import UNHANDLED, Handlers, unhandled
+from ._handling import Handling
 from ._outbox import Outbox
 from ._requests import NO_HANDLER, Requests
 from ._shared import SharedMemory
@@ -509,14 +509,13 @@ class Peer:
         return False
 
     def _is(self, peer: Peer) -> bool:
-        """Whether ``peer`` is this one (a request handler answering it runs under it: see
-        ``_answering``)."""
+        """Whether ``peer`` is this one (a handler of its runs under it: see ``_handling``)."""
         return peer is self
 
     async def _answer_later(
         self, message: Request, result: Awaitable[Any], done: Callable[[], None]
     ) -> None:
-        answering = Answering(self)  # (see _answering: closing from the handler)
+        handling = Handling(self)  # (see _handling: closing from the handler)
         try:
             try:
                 frame = reply_frame(self._encoder, message.id, await result)
@@ -525,10 +524,10 @@ class Peer:
             self._reply(message, frame)
         finally:
             done()
-            answering.answered()
+            handling.handled()
 
     async def _answer(self, message: Request, done: Callable[[], None]) -> None:
-        answering = Answering(self)  # (see _answering: closing from the handler)
+        handling = Handling(self)  # (see _handling: closing from the handler)
         try:
             args = self._handler_args(message.data)
             message.data = None  # (see _start_answer)
@@ -537,7 +536,7 @@ class Peer:
             self._reply(message, frame)
         finally:
             done()
-            answering.answered()
+            handling.handled()
 
     def _reply(self, message: Request, frame: Frame) -> None:
         if self._shared is not None:

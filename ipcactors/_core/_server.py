@@ -80,9 +80,9 @@ from .._transports._fds import can_pass_fds
 from .._transports._streams import close_now
 from .._transports._transport import Address, Listener, Transport
 from ._acks import SESSIONS_KEPT, AckedSender, ClientStreams, Entry, ReceiverSessions
-from ._answering import kept_until_answered
 from ._channel import Channel
 from ._handlers import HandlerMethods, Handlers
+from ._handling import kept_until_handled
 from ._handshake import accept_handshake
 from ._peer import Peer, check_event_name
 from ._shared import shared_offer
@@ -178,10 +178,10 @@ class Client(Peer):
     async def aclose(self) -> None:
         """Flush what is queued for this client and, in the acknowledged mode, wait for its
         acknowledgements (together bounded by ``close_timeout``), then close. What it did not
-        acknowledge is reported (``Server.unacknowledged``). From a handler answering one of
-        this client's requests: returns at once, and the close starts once the handler has
-        returned (its reply is queued first, and flushed)."""
-        if kept_until_answered(self._is, self._close_soon):
+        acknowledge is reported (``Server.unacknowledged``). From a handler of this client's
+        (an event's, a request's, a connect handler): returns at once, and the close starts
+        once the handler has returned (a request's reply is queued first, and flushed)."""
+        if kept_until_handled(self._is, self._close_soon):
             return
         with anyio.move_on_after(self._config.close_timeout):
             await self._outbox.wait_flushed()
@@ -860,10 +860,10 @@ class Server(HandlerMethods):
 
     async def aclose(self) -> None:
         """Stop accepting, flush to every client (bounded by ``close_timeout``), close them all,
-        and remove the socket file. From a handler answering a client's request: returns at
-        once, and the close starts once the handler has returned (its reply is queued first,
-        and flushed)."""
-        if kept_until_answered(self._serves, self._close_soon):
+        and remove the socket file. From a handler of one of its clients' (an event's, a
+        request's, a connect handler): returns at once, and the close starts once the handler
+        has returned (a request's reply is queued first, and flushed)."""
+        if kept_until_handled(self._serves, self._close_soon):
             return
         if self._closing:
             await self._stopped.wait()

@@ -1,0 +1,61 @@
+"""Closing from a handler: the close waits until the handler has returned.
+
+A handler that awaits the close of something it runs under (its connection or client, its
+server, its actor) would be cancelled by that close before it returned: a request's reply
+lost, the code after the close never run, and the close, running in the handler's own task,
+cut short with it (what it still had to do, such as reporting the events a client never
+acknowledged, skipped).
+
+Invariants:
+- While a handler of a peer runs in a task (a request's, in ``Peer._answer`` and
+  ``Peer._answer_later``; an awaited event's and the connect handlers, in ``Channel``),
+  :func:`kept_until_handled` sees its :class:`Handling`, which names that peer.
+- A close that would cancel the handler (the closer decides, from the peer) is not run there:
+  its start is kept, and the close returns at once, so the code after it runs. Once the
+  handler has returned or raised (a request's reply queued), the kept closes start, each in
+  a task of a group that close does not cancel: the close then flushes the reply.
+- Tasks the handler starts inherit its context. Once the handler is done its
+  :class:`Handling` keeps nothing more (``closes`` is ``None``): a close awaited later in such
+  a task runs there, as it would anywhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any
+
+__all__ = ["Handling", "kept_until_handled"]
+
+
+class Handling:
+    """The peer whose handler the current task runs, and the closes kept meanwhile."""
+
+    __slots__ = ("_token", "closes", "peer")
+
+    def __init__(self, peer: Any) -> None:
+        self.peer = peer
+        self.closes: list[Callable[[], None]] | None = []
+        self._token = _current.set(self)
+
+    def handled(self) -> None:
+        """The handler is done (a request's reply queued, or none will be): start the closes
+        kept, keep no more."""
+        _current.reset(self._token)
+        closes, self.closes = self.closes, None
+        for start in closes or ():
+            start()
+
+
+_current: ContextVar[Handling | None] = ContextVar("ipcactors_handling", default=None)
+
+
+def kept_until_handled(would_cancel: Callable[[Any], bool], start: Callable[[], None]) -> bool:
+    """In a handler whose peer ``would_cancel`` says a close would cancel: keep ``start``
+    (which starts that close elsewhere) for when the handler is done. Whether it was kept
+    (else the caller closes now)."""
+    handling = _current.get()
+    if handling is None or handling.closes is None or not would_cancel(handling.peer):
+        return False
+    handling.closes.append(start)
+    return True
