@@ -114,6 +114,25 @@ async def test_events_flushed_by_a_close_with_unread_input_are_all_handled(
         assert handled == list(range(50))
 
 
+async def test_a_client_closed_as_soon_as_it_is_welcomed_is_disconnected(socket_dir: str) -> None:
+    """The server closes a client the moment it can (``server.clients[id].aclose()`` right
+    after ``connect_to`` returned): the connection goes. The client is welcomed before its
+    connection starts serving on the server's side, and a close in between used to be lost
+    there (on Trio, about one time in two): the connection stayed up."""
+    async with Actor("world", socket_root=socket_dir, silent=True) as world:
+        server = await world.serve()
+        options = {"silent": True, "stop_retrying": 0}
+        for _attempt in range(20):
+            async with Actor("hello", socket_root=socket_dir, **options) as hello:
+                connection = await hello.connect_to("world")
+                await server.clients["hello"].aclose()
+                with anyio.fail_after(5):
+                    while connection.connected:
+                        await anyio.sleep(0.01)
+                    while server.clients:
+                        await anyio.sleep(0.01)
+
+
 @pytest.mark.parametrize("closing", ["actor", "server", "client"])
 async def test_a_servers_request_handler_that_closes_its_own_side_still_answers(
     closing: str, socket_dir: str

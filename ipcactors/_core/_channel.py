@@ -39,6 +39,9 @@ Invariants:
   waited is dispatched; otherwise an opening still running when the channel ends is cancelled.
   A pipelined client's opening is decided at the welcome: without connect handlers by then
   there is none (no task), and what waited for it is released as the welcome is read.
+- ``abort()`` ends the channel at once whenever it comes, also before ``run`` started (a
+  server's client closed between its welcome and its channel serving): ``run`` then ends as
+  soon as it starts, and closes the stream.
 - When the peer goes (end of stream, a broken socket, bad bytes), the requests whose frames
   were handed to the writer fail at once with :class:`ConnectionLostError`.
 - Events and requests received before the input ended are still dispatched, whether the peer
@@ -173,6 +176,7 @@ class AckTimer:
 
 class Channel:
     __slots__ = (
+        "_aborted",
         "_ack_timer",
         "_active",
         "_active_at",
@@ -257,6 +261,7 @@ class Channel:
         self._soft_bytes = config.max_inbox_bytes
         self._max_requests = config.max_concurrent_requests
         self._task_group: TaskGroup | None = None
+        self._aborted = False  # (an abort before run started: run ends at once)
         # Batches of events and requests waiting for the dispatcher, with their bytes.
         self._inbox: deque[tuple[list[Event | Request], int]] = deque()
         self._inbox_bytes = 0
@@ -316,6 +321,8 @@ class Channel:
         try:
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
+                if self._aborted:  # between the welcome and here (a server's client closed)
+                    task_group.cancel_scope.cancel()
                 outbox.on_lost = self._on_lost
                 ahead = self._session.data_to_send()
                 if ahead:  # a pipelined client's hello (or proof): first, with what is queued
@@ -417,7 +424,9 @@ class Channel:
         watchdog.join(self, min(self._next_tick, self._received_at + self._silent_after))
 
     def abort(self) -> None:
-        """Stop at once: cancel reader, writer and dispatcher; the stream is closed by ``run``."""
+        """Stop at once: cancel reader, writer and dispatcher; the stream is closed by ``run``
+        (at once, if it has not started yet)."""
+        self._aborted = True
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()
 
