@@ -115,7 +115,7 @@ class Actor:
         """Flush and close every connection and the server (each bounded by ``close_timeout``),
         then stop. ``wait_closed()`` returns after this. The body of the actor's ``async with``
         is cancelled at its next ``await`` (it ends quietly), wherever this was called from.
-        From a handler of this actor's (an event's, a request's, a connect handler): returns
+        From a handler of this actor's (an event's, a request's, a lifecycle handler): returns
         at once, and the actor starts closing once the handler has returned (a request's reply
         is queued first, and flushed)."""
         if kept_until_handled(self._answers_for, self._close_soon):

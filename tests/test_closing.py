@@ -322,6 +322,39 @@ async def test_a_connect_handler_that_closes_its_connection_runs_to_its_end(
     assert ran_on == ["after the close"]
 
 
+@pytest.mark.parametrize("side", ["server", "client"])
+async def test_closing_the_actor_from_a_disconnect_handler_is_not_held_up(
+    side: str, socket_dir: str
+) -> None:
+    """A disconnect handler closes its own actor (the last client left, or the server went):
+    the close starts once the handler has returned, at once, and the code after it runs.
+    (The close used to wait for the handler it ran in, which waited for the close, until
+    close_timeout ended both: here 30 s.)"""
+    ran_on: list[str] = []
+    options = {"silent": True, "close_timeout": 30.0}
+    async with Actor("world", socket_root=socket_dir, **options) as world:
+        server = await world.serve()
+        async with Actor("hello", socket_root=socket_dir, stop_retrying=0, **options) as hello:
+            closing = world if side == "server" else hello
+            connection = await hello.connect_to("world")
+            target = server if side == "server" else connection
+
+            @target.on("disconnect")
+            async def gone(*args: object) -> None:
+                await closing.aclose()
+                ran_on.append("after the close")
+                await anyio.sleep(0)
+
+            with anyio.fail_after(5):
+                if side == "server":
+                    await connection.aclose()
+                else:
+                    await server.clients["hello"].aclose()
+                await closing.wait_closed()
+        await world.aclose()
+    assert ran_on == ["after the close"]
+
+
 async def test_a_server_closed_by_its_event_handler_reports_what_was_not_acknowledged(
     socket_dir: str,
 ) -> None:

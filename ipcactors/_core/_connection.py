@@ -250,7 +250,7 @@ class Connection(Peer, HandlerMethods):
         server to acknowledge every event (together bounded by ``close_timeout``), then close
         for good. No reconnect follows. Events still not acknowledged are reported
         (``unacknowledged``, a warning). From a handler of this connection's (an event's, a
-        request's, a connect handler): returns at once, and the close starts once the handler
+        request's, a lifecycle handler): returns at once, and the close starts once the handler
         has returned (a request's reply is queued first, and flushed)."""
         if kept_until_handled(self._is, self._close_soon):
             return
@@ -346,7 +346,7 @@ class Connection(Peer, HandlerMethods):
             try:
                 opened = await self._open(pipelined)
             except Exception as exc:
-                await self._handlers.call("error", (exc,), self._log)
+                await self._call_lifecycle("error", exc)
                 if not isinstance(exc, _CONNECT_FAILURES):
                     raise  # not a failure to connect: a bug, that no retry fixes
                 if _is_fatal(exc) or retries == 0:
@@ -553,23 +553,23 @@ class Connection(Peer, HandlerMethods):
                 self._log.warning(
                     f"cannot connect to {self.id!r} at {self.address}: {_reason(error)}"
                 )
-                await self._handlers.call("error", (error,), self._log)
+                await self._call_lifecycle("error", error)
                 if _is_fatal(error):  # else retried, like any failed attempt
                     self._refused = _as_ipc_error(self._final_error(error))
             elif channel.refusal is not None:
                 # Replaced by a newer connection with our id (another process has it, most
                 # likely): reconnecting would replace that one in turn, and so on. Give up.
                 self._refused = channel.refusal
-                await self._handlers.call("error", (self._refused,), self._log)
+                await self._call_lifecycle("error", self._refused)
             else:
                 # Under TLS 1.3 a server refuses our certificate only after our side of the TLS
                 # handshake; a codec with a handshake learns it there, one without on this read.
                 self._refused = refused_certificate(channel.broken_by)
                 if self._refused is not None:
-                    await self._handlers.call("error", (self._refused,), self._log)
+                    await self._call_lifecycle("error", self._refused)
         except ProtocolError as exc:
             self._log.warning(f"closing connection to {self.id!r}: {exc}")
-            await self._handlers.call("error", (exc,), self._log)
+            await self._call_lifecycle("error", exc)
         finally:
             self._channel = None
             welcomed = self._up.is_set()
@@ -581,8 +581,7 @@ class Connection(Peer, HandlerMethods):
             if welcomed:  # a pipelined connection never welcomed was never up
                 if not self._closing:
                     self._log.info(f"connection to {self.id!r} lost")
-                timeout = self._config.close_timeout
-                await self._handlers.call_shielded("disconnect", (), self._log, timeout)
+                await self._call_lifecycle("disconnect", shielded=True)
 
     def _settle_sent_ahead(self, error: Exception | None) -> None:
         """A pipelined connection ended unwelcomed (``error``: why): what went ahead goes
@@ -634,5 +633,4 @@ class Connection(Peer, HandlerMethods):
         self._requests.fail(ClosedError(f"connection to {self.id!r} is closed: {reason}"))
         self._on_destroyed(self)
         self._destroyed.set()
-        timeout = self._config.close_timeout
-        await self._handlers.call_shielded("destroy", (), self._log, timeout)
+        await self._call_lifecycle("destroy", shielded=True)

@@ -4,13 +4,16 @@ A handler that awaits the close of something it runs under (its connection or cl
 server, its actor) would be cancelled by that close before it returned: a request's reply
 lost, the code after the close never run, and the close, running in the handler's own task,
 cut short with it (what it still had to do, such as reporting the events a client never
-acknowledged, skipped).
+acknowledged, skipped). A ``disconnect`` handler, shielded as its connection is torn down,
+would instead wait for the close, which waits for it: both until ``close_timeout``.
 
 Invariants:
 - While a handler of a peer runs in a task (a request's, in ``Peer._answer`` and
-  ``Peer._answer_later``; an awaited event's and the connect handlers, in ``Channel``),
+  ``Peer._answer_later``; an awaited event's and the ``connect`` handlers, in ``Channel``;
+  ``disconnect``, ``destroy`` and ``error``, in ``Peer._call_lifecycle``),
   :func:`kept_until_handled` sees its :class:`Handling`, which names that peer.
-- A close that would cancel the handler (the closer decides, from the peer) is not run there:
+- A close that would cancel the handler, or wait for it (the closer decides, from the peer:
+  the peer's own close, its server's, its actor's), is not run there:
   its start is kept, and the close returns at once, so the code after it runs. Once the
   handler has returned or raised (a request's reply queued), the kept closes start, each in
   a task of a group that close does not cancel: the close then flushes the reply.

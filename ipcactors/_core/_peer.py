@@ -508,6 +508,22 @@ class Peer:
         self._reply(message, frame)
         return False
 
+    async def _call_lifecycle(self, event: str, *args: Any, shielded: bool = False) -> None:
+        """Run the handlers of lifecycle ``event`` (``disconnect``, ``destroy``, ``error``) as
+        handlers of this peer's: a close they await of what they run under (which would wait
+        for them, or cancel them) is kept until they are done (see ``_handling``).
+        ``shielded``: as the connection is torn down, shielded from cancellation and bounded
+        by ``close_timeout``."""
+        handling = Handling(self)
+        try:
+            if shielded:
+                timeout = self._config.close_timeout
+                await self._handlers.call_shielded(event, args, self._log, timeout)
+            else:
+                await self._handlers.call(event, args, self._log)
+        finally:
+            handling.handled()
+
     def _is(self, peer: Peer) -> bool:
         """Whether ``peer`` is this one (a handler of its runs under it: see ``_handling``)."""
         return peer is self

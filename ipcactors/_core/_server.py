@@ -179,7 +179,7 @@ class Client(Peer):
         """Flush what is queued for this client and, in the acknowledged mode, wait for its
         acknowledgements (together bounded by ``close_timeout``), then close. What it did not
         acknowledge is reported (``Server.unacknowledged``). From a handler of this client's
-        (an event's, a request's, a connect handler): returns at once, and the close starts
+        (an event's, a request's, a lifecycle handler): returns at once, and the close starts
         once the handler has returned (a request's reply is queued first, and flushed)."""
         if kept_until_handled(self._is, self._close_soon):
             return
@@ -663,8 +663,7 @@ class Server(HandlerMethods):
                     ConnectionLostError(f"client {client.id!r} disconnected before the reply")
                 )
             log_lifecycle(f"client {client.id!r} disconnected")
-            timeout = self._config.close_timeout
-            await self._handlers.call_shielded("disconnect", (client,), self._log, timeout)
+            await client._call_lifecycle("disconnect", client, shielded=True)
 
     def _acked_offer(self, offer: Any) -> _Offer | None:
         """The client's acknowledged-mode offer from its hello, if both sides have the mode.
@@ -861,7 +860,7 @@ class Server(HandlerMethods):
     async def aclose(self) -> None:
         """Stop accepting, flush to every client (bounded by ``close_timeout``), close them all,
         and remove the socket file. From a handler of one of its clients' (an event's, a
-        request's, a connect handler): returns at once, and the close starts once the handler
+        request's, a lifecycle handler): returns at once, and the close starts once the handler
         has returned (a request's reply is queued first, and flushed)."""
         if kept_until_handled(self._serves, self._close_soon):
             return
