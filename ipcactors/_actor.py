@@ -24,7 +24,7 @@ from anyio.abc import TaskGroup
 
 from ._config import Config
 from ._core._connection import Connection
-from ._core._handling import kept_until_handled
+from ._core._handling import keeps, kept_until_handled
 from ._core._peer import Peer
 from ._core._server import Client, Server
 from ._core._udp import DatagramServer
@@ -153,7 +153,14 @@ class Actor:
             self._task_group.start_soon(self.aclose)
 
     async def wait_closed(self) -> None:
-        """Return once the actor is closed (``aclose()`` called or its ``async with`` left)."""
+        """Return once the actor is closed (``aclose()`` called or its ``async with`` left).
+        Raises :class:`IPCError` in a handler that asked for this actor's close: that close
+        starts once the handler has returned, so the wait would wait on itself."""
+        if keeps(self._close_soon):
+            raise IPCError(
+                f"wait_closed() in the handler that closes {self.id!r} would wait on itself: "
+                "the close starts once the handler has returned"
+            )
         await self._closed.wait()
 
     def _group(self) -> TaskGroup:

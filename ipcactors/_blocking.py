@@ -645,10 +645,17 @@ class BlockingActor:
         self._loop.close(partial(actor.disconnect, id))
 
     def wait_closed(self, timeout: float | None = None) -> None:
-        """Wait until the actor is closed (by another thread's ``close()``, or a handler)."""
+        """Wait until the actor is closed (by another thread's ``close()``, or a handler).
+        Raises :class:`IPCError` in a plain handler that closed this actor: that close starts
+        once the handler has returned, so the wait would wait on itself."""
         actor = self.wrapped
         if self._loop.portal is None:
             return
+        if actor.aclose in (getattr(_in_handler, "closes", None) or ()):
+            raise IPCError(
+                f"wait_closed() in the handler that closes {actor.id!r} would wait on itself: "
+                "the close starts once the handler has returned"
+            )
         try:
             self._call(_bounded, actor.wait_closed, timeout)
         except ClosedError:

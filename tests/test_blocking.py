@@ -305,6 +305,32 @@ def test_a_request_handler_that_closes_still_answers(
             world.wait_closed(timeout=10)
 
 
+def test_waiting_in_a_plain_handler_for_the_close_it_asked_for_raises(
+    backend: Literal["asyncio", "trio"], socket_dir: str
+) -> None:
+    """close() in a plain handler starts the close once the handler has returned:
+    wait_closed() after it, in the same handler, would wait on itself for ever (or for its
+    timeout). It raises IPCError at once instead; the close still happens."""
+    options: dict[str, Any] = {"socket_root": socket_dir, "backend": backend, **FAST}
+    with BlockingActor("world", **options) as world:
+        server = world.serve()
+
+        def quit(data: Any, client: Any) -> str:
+            world.close()
+            try:
+                world.wait_closed(timeout=5)
+            except ipcactors.IPCError as exc:
+                return f"raised: {exc}"
+            return "waited"
+
+        server.on("quit", quit)
+        with BlockingActor("hello", **options) as hello:
+            answer = hello.connect_to("world").request("quit", timeout=10)
+        assert answer.startswith("raised: "), answer
+        assert "wait on itself" in answer
+        world.wait_closed(timeout=10)
+
+
 def test_closing_waits_for_a_plain_handler_still_running(
     backend: Literal["asyncio", "trio"], socket_dir: str
 ) -> None:

@@ -355,6 +355,52 @@ async def test_closing_the_actor_from_a_disconnect_handler_is_not_held_up(
     assert ran_on == ["after the close"]
 
 
+@pytest.mark.parametrize("kind", ["event", "request"])
+async def test_waiting_in_a_handler_for_the_close_it_asked_for_raises(
+    kind: str, socket_dir: str
+) -> None:
+    """A handler closes its actor, then awaits ``wait_closed()``: the close starts only once
+    the handler has returned, so that wait would wait on itself, for ever. It raises
+    IPCError at once instead, and the close goes on once the handler is done."""
+    raised: list[BaseException] = []
+    async with Actor("hello", socket_root=socket_dir, silent=True, stop_retrying=0) as hello:
+        async with anyio.create_task_group() as task_group:
+            ready = anyio.Event()
+
+            async def world_actor() -> None:
+                async with Actor("world", socket_root=socket_dir, silent=True) as world:
+                    server = await world.serve()
+
+                    async def shutdown(data: object, client: Client) -> str:
+                        await world.aclose()
+                        try:
+                            with anyio.fail_after(5):
+                                await world.wait_closed()
+                        except BaseException as exc:
+                            raised.append(exc)
+                            raise
+                        return "closed"
+
+                    server.on("shutdown", shutdown)
+                    ready.set()
+                    with anyio.fail_after(10):
+                        await world.wait_closed()
+
+            task_group.start_soon(world_actor)
+            await ready.wait()
+            connection = await hello.connect_to("world")
+            with anyio.fail_after(10):
+                if kind == "request":
+                    with pytest.raises(ipcactors.RemoteError, match="wait on itself"):
+                        await connection.request("shutdown", timeout=5)
+                else:
+                    await connection.emit("shutdown", None)
+                while connection.connected:
+                    await anyio.sleep(0.01)
+    assert len(raised) == 1, raised
+    assert isinstance(raised[0], ipcactors.IPCError)
+
+
 async def test_a_server_closed_by_its_event_handler_reports_what_was_not_acknowledged(
     socket_dir: str,
 ) -> None:

@@ -17,6 +17,8 @@ Invariants:
   its start is kept, and the close returns at once, so the code after it runs. Once the
   handler has returned or raised (a request's reply queued), the kept closes start, each in
   a task of a group that close does not cancel: the close then flushes the reply.
+- Waiting in the handler for a close it keeps would wait on itself: the closer's wait raises
+  instead (:func:`keeps`).
 - Tasks the handler starts inherit its context. Once the handler is done its
   :class:`Handling` keeps nothing more (``closes`` is ``None``): a close awaited later in such
   a task runs there, as it would anywhere else.
@@ -28,7 +30,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
-__all__ = ["Handling", "kept_until_handled"]
+__all__ = ["Handling", "keeps", "kept_until_handled"]
 
 
 class Handling:
@@ -62,3 +64,10 @@ def kept_until_handled(would_cancel: Callable[[Any], bool], start: Callable[[], 
         return False
     handling.closes.append(start)
     return True
+
+
+def keeps(start: Callable[[], None]) -> bool:
+    """Whether the current task's handler keeps ``start`` for when it is done: waiting there
+    for what ``start`` starts would wait on the handler, which waits for it."""
+    handling = _current.get()
+    return handling is not None and bool(handling.closes) and start in (handling.closes or ())
