@@ -27,7 +27,7 @@ from ._core._connection import Connection
 from ._core._handling import keeps, kept_until_handled
 from ._core._peer import Peer
 from ._core._server import Client, Server
-from ._core._udp import DatagramServer
+from ._core._udp import DatagramPeer, DatagramServer
 from ._core._watchdog import Watchdog
 from ._errors import ClosedError, ConfigError, IPCError, UnknownPeerError
 from ._log import ActorLog
@@ -144,7 +144,7 @@ class Actor:
 
     def _answers_for(self, peer: Peer) -> bool:
         """Whether a handler of ``peer``'s runs under this actor."""
-        if isinstance(peer, Client):
+        if isinstance(peer, Client | DatagramPeer):
             return self._server is not None and peer._server is self._server
         return self._connections.get(peer.id) is peer
 

@@ -75,6 +75,66 @@ async def test_requests_over_udp() -> None:
             spare.close()
 
 
+@pytest.mark.parametrize("kind", ["event", "request"])
+@pytest.mark.parametrize("closing", ["actor", "server"])
+async def test_a_udp_handler_that_closes_its_server_runs_to_its_end(
+    kind: str, closing: str
+) -> None:
+    """A UDP handler closes its server or its actor: as on connections, the close starts once
+    the handler has returned, so the code after it runs and a request's reply is sent first.
+    (The close used to cancel the handler: no reply, the code after never ran.)"""
+    ran_on: list[str] = []
+    async with Actor("hello", silent=True) as hello_actor:
+        hello = await hello_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        async with Actor("world", silent=True) as world_actor:
+            world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")
+
+            async def quit(data: object, peer: ipcactors.DatagramPeer) -> str:
+                await (world_actor if closing == "actor" else world).aclose()
+                ran_on.append("after the close")
+                await anyio.sleep(0)
+                return "bye"
+
+            world.on("quit", quit)
+            with anyio.fail_after(10):
+                if kind == "request":
+                    assert await hello.request(world.address, "quit", timeout=5) == "bye"
+                else:
+                    await hello.emit(world.address, "quit")
+                while not ran_on:
+                    await anyio.sleep(0.01)
+                if closing == "actor":
+                    await world_actor.wait_closed()
+                else:
+                    while True:  # until the close is done: then it sends nothing more
+                        try:
+                            await world.emit(hello.address, "ping")
+                        except ipcactors.ClosedError:
+                            break
+                        await anyio.sleep(0.01)
+    assert ran_on == ["after the close"]
+
+
+async def test_a_closed_udp_server_sends_nothing_and_says_closed() -> None:
+    """emit, request and broadcast on a closed UDP server raise ClosedError, one of ours (as
+    on a closed connection); they used to raise anyio.ClosedResourceError."""
+    async with Actor("world", silent=True) as world_actor, Actor("hello", silent=True) as hello_a:
+        world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        hello = await hello_a.serve_net("127.0.0.1", 0, udp="udp4")
+        world.on("hi", lambda data, peer: None)
+        await hello.emit(world.address, "hi")
+        with anyio.fail_after(5):
+            while not world.clients:  # a peer to broadcast to
+                await anyio.sleep(0.01)
+        await world.aclose()
+        with pytest.raises(ipcactors.ClosedError):
+            await world.emit(hello.address, "ping")
+        with pytest.raises(ipcactors.ClosedError):
+            await world.request(hello.address, "ping", timeout=1)
+        with pytest.raises(ipcactors.ClosedError):
+            await world.broadcast("ping")
+
+
 @pytest.mark.parametrize(
     ("kind", "host", "limit"), [("udp4", "127.0.0.1", 65507), ("udp6", "::1", 65527)]
 )

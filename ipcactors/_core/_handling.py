@@ -10,7 +10,8 @@ would instead wait for the close, which waits for it: both until ``close_timeout
 Invariants:
 - While a handler of a peer runs in a task (a request's, in ``Peer._answer`` and
   ``Peer._answer_later``; an awaited event's and the ``connect`` handlers, in ``Channel``;
-  ``disconnect``, ``destroy`` and ``error``, in ``Peer._call_lifecycle``),
+  ``disconnect``, ``destroy`` and ``error``, in ``Peer._call_lifecycle``; a UDP server's,
+  in ``DatagramServer``, for a ``DatagramPeer``),
   :func:`kept_until_handled` sees its :class:`Handling`, which names that peer.
 - A close that would cancel the handler, or wait for it (the closer decides, from the peer:
   the peer's own close, its server's, its actor's), is not run there:

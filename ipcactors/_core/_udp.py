@@ -32,12 +32,19 @@ import anyio
 from anyio.abc import SocketAttribute, TaskGroup, TaskStatus, UDPSocket
 
 from .._config import Config, request_timeout
-from .._errors import DatagramTooLargeError, IPCError, ProtocolError, RequestTimeoutError
+from .._errors import (
+    ClosedError,
+    DatagramTooLargeError,
+    IPCError,
+    ProtocolError,
+    RequestTimeoutError,
+)
 from .._log import ActorLog
 from .._proto._messages import ErrorReply, Event, Frame, Message, Reply, Request, frame_bytes
 from .._proto._session import datagram_messages
 from .._transports._datagram import MAX_DATAGRAM, DatagramKind, open_datagram_endpoint
 from ._handlers import HandlerMethods, Handlers, unhandled
+from ._handling import Handling, kept_until_handled
 from ._peer import answer, check_event_name, unsupported_request
 from ._requests import Requests
 
@@ -124,6 +131,7 @@ class DatagramServer(HandlerMethods):
         self._stats = DatagramStatistics()
         self._scope = anyio.CancelScope()
         self._stopped = anyio.Event()
+        self._owner_group: TaskGroup | None = None  # (a close kept by a handler starts there)
 
     def __repr__(self) -> str:
         return f"<DatagramServer {self._id!r} udp {self.address!r}>"
@@ -169,10 +177,15 @@ class DatagramServer(HandlerMethods):
                 f"a datagram of {len(body)} bytes exceeds the limit of {self._max_datagram}; "
                 "send less per event, or use a stream transport"
             )
+        if self._stopped.is_set():
+            raise ClosedError(f"UDP server {self._id!r} is closed")
         if self._socket is None:
             raise IPCError("the UDP server is not running")
-        async with self._send_lock:  # anyio's socket refuses two senders at once
-            await self._socket.sendto(body, *address)
+        try:
+            async with self._send_lock:  # anyio's socket refuses two senders at once
+                await self._socket.sendto(body, *address)
+        except anyio.ClosedResourceError:  # closed while this waited for its turn
+            raise ClosedError(f"UDP server {self._id!r} is closed") from None
         self._stats.sent += 1
 
     async def emit(self, peer: DatagramPeer | PeerAddress, event: str, data: Any = None) -> None:
@@ -220,6 +233,7 @@ class DatagramServer(HandlerMethods):
     # --- serving ------------------------------------------------------------------------------
 
     async def _start(self, task_group: TaskGroup) -> None:
+        self._owner_group = task_group
         self._socket = await open_datagram_endpoint(self._kind, self._host, self._port)
         await task_group.start(self._serve)
         self._log.info(f"serving on udp {self.address}")
@@ -269,7 +283,11 @@ class DatagramServer(HandlerMethods):
                 self._stats.events_unhandled += 1
                 unhandled(self._unhandled_names, message.event, repr(peer), self._log)
                 return
-            await self._handlers.call(message.event, (message.data, peer), self._log)
+            handling = Handling(peer)  # (see _handling: closing from the handler)
+            try:
+                await self._handlers.call(message.event, (message.data, peer), self._log)
+            finally:
+                handling.handled()
         elif type(message) is Request:
             if self._answering >= MAX_REQUESTS:
                 self._stats.dropped_busy += 1
@@ -303,6 +321,7 @@ class DatagramServer(HandlerMethods):
             del self._peers[address]
 
     async def _answer(self, message: Request, peer: DatagramPeer) -> None:
+        handling = Handling(peer)  # (see _handling: closing from the handler)
         try:
             frame = await answer(
                 self._handlers, message, (message.data, peer), self._encoder, self._log
@@ -313,9 +332,20 @@ class DatagramServer(HandlerMethods):
                 self._log.warning(f"reply to {message.event!r} for {peer.address} not sent: {exc}")
         finally:
             self._answering -= 1
+            handling.handled()
+
+    def _serves(self, peer: object) -> bool:
+        return isinstance(peer, DatagramPeer) and peer._server is self
+
+    def _close_soon(self) -> None:
+        if self._owner_group is not None and not self._stopped.is_set():
+            self._owner_group.start_soon(self.aclose)
 
     async def aclose(self) -> None:
-        """Stop receiving and close the socket."""
+        """Stop receiving and close the socket. From one of its handlers: returns at once, and
+        the close starts once the handler has returned (a request's reply sent first)."""
+        if kept_until_handled(self._serves, self._close_soon):
+            return
         self._scope.cancel()
         if self._socket is not None:
             await self._stopped.wait()
