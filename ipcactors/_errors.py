@@ -195,14 +195,17 @@ class InsecureSocketDirError(SocketPathError):
 
 
 class ProtocolError(IPCError):
-    """Base of the errors about bytes received from a peer. The peer's connection is closed."""
+    """Base of the errors about bytes received from a peer. The peer's connection is closed.
+    (One of them is also raised on sending: :class:`FrameTooLargeError`, see there.)"""
 
     #: The reason a server gives in its ``reject`` when this ends a handshake.
     reject_reason = "protocol"
 
 
 class FrameTooLargeError(ProtocolError):
-    """A frame is larger than ``max_frame_size`` (on receive: decided from its header alone)."""
+    """A frame is larger than ``max_frame_size``. On receive (decided from its header alone)
+    the peer's connection is closed; raised by ``emit``, ``request`` or ``broadcast``, for a
+    frame we would send, nothing was sent and the connection is unaffected."""
 
     def __init__(self, size: int, limit: int) -> None:
         super().__init__(

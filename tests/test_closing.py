@@ -401,6 +401,29 @@ async def test_waiting_in_a_handler_for_the_close_it_asked_for_raises(
     assert isinstance(raised[0], ipcactors.IPCError)
 
 
+async def test_sending_through_a_closed_server_raises_closed_error(socket_dir: str) -> None:
+    """Once its server is closed, ``broadcast``, and ``emit`` or ``request`` to a client by
+    its id, raise ClosedError, as they do given the Client (broadcast returned quietly, and a
+    client named by its id was an UnknownPeerError, as if it had never connected)."""
+    async with Actor("world", socket_root=socket_dir, silent=True) as world:
+        server = await world.serve()
+        async with Actor("hello", socket_root=socket_dir, silent=True, stop_retrying=0) as hello:
+            await hello.connect_to("world")
+            with anyio.fail_after(5):
+                while "hello" not in server.clients:
+                    await anyio.sleep(0.01)
+            client = server.clients["hello"]
+            await server.aclose()
+            with pytest.raises(ipcactors.ClosedError):
+                await server.broadcast("news", 1)
+            with pytest.raises(ipcactors.ClosedError):
+                await server.emit("hello", "news", 1)
+            with pytest.raises(ipcactors.ClosedError):
+                await server.request("hello", "news", 1, timeout=1)
+            with pytest.raises(ipcactors.ClosedError):
+                await server.emit(client, "news", 1)
+
+
 async def test_a_server_closed_by_its_event_handler_reports_what_was_not_acknowledged(
     socket_dir: str,
 ) -> None:

@@ -308,11 +308,20 @@ class Server(HandlerMethods):
             raise ConfigError(f"a client is a Client or a client's id (a str), got {client!r:.80}")
         found = self._clients.get(client)
         if found is None:
+            self._check_open()
             raise UnknownPeerError(f"no client with id {client!r} is connected to {self._id!r}")
         return found
 
+    def _check_open(self) -> None:
+        """Raise :class:`ClosedError` once the server is closed for good (while it closes,
+        what it still holds goes on as before)."""
+        if self._stopped.is_set():
+            raise ClosedError(f"server {self._id!r} is closed")
+
     async def emit(self, client: Client | str, event: str, data: Any = None) -> None:
-        """Send ``event`` to one client, given by its handle or its id."""
+        """Send ``event`` to one client, given by its handle or its id. Raises
+        :class:`UnknownPeerError` for an id no client has, :class:`ClosedError` once the
+        client is gone or the server closed."""
         await self._client(client).emit(event, data)
 
     async def request(
@@ -330,8 +339,10 @@ class Server(HandlerMethods):
         holds at most twice ``max_outbox_bytes`` (room to catch up after a burst); past that it
         is handled as ``Config.slow_consumer`` says: disconnected (the default) or skipped for
         this frame, without waiting for it; or, with ``"wait"``, waited for (at once).
+        Raises :class:`ClosedError` once the server is closed.
         """
         check_event_name(event)
+        self._check_open()
         plain: Frame | None = None  # encoded once for all plain clients
         item: bytes | None = None  # likewise, for those that take batches (see _outbox)
         itemized = False
