@@ -282,6 +282,15 @@ async def test_initializer_runs_once_per_worker_and_numpy_travels(socket_dir: st
             assert {value for value, _ in answers} == {"model"}
 
 
+async def test_a_pool_whose_workers_cannot_start_raises_the_typed_error(socket_dir: str) -> None:
+    """The initializer raises in every worker: entering the pool raises the worker's
+    ChildExitedError itself (an IPCError), not an exception group around it, and leaves no
+    process behind (the fixture checks)."""
+    with anyio.fail_after(30), pytest.raises(ChildExitedError, match="before it was ready"):
+        async with pool(socket_dir, initializer=_pool_tasks.fail, initargs=("no model",)):
+            pass
+
+
 async def test_functions_not_importable_by_name_are_refused(socket_dir: str) -> None:
     with pytest.raises(SpawnError, match="lambda"):
         Pool(lambda n: n, 1)

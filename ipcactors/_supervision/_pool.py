@@ -238,9 +238,7 @@ class Pool:
         try:
             self._supervisor.on(DONE_EVENT, self._on_done)
             self._supervisor.server.on("disconnect", self._on_disconnect)
-            async with anyio.create_task_group() as spawns:
-                for worker in self._workers:
-                    spawns.start_soon(self._spawn, worker)
+            await self._spawn_all()
             self._task_group = anyio.create_task_group()
             await self._task_group.__aenter__()
             for worker in self._workers:
@@ -251,8 +249,24 @@ class Pool:
             raise
         return self
 
-    async def _spawn(self, worker: str) -> None:
-        await self._supervisor.spawn(pool_worker, *self._worker_args, id=worker)
+    async def _spawn_all(self) -> None:
+        """Spawn every worker at once; the first that fails stops the rest, and what it
+        raised is raised as itself (not in an exception group: ``SpawnError``,
+        ``ChildExitedError``)."""
+        failures: list[Exception] = []
+
+        async def spawn(worker: str) -> None:
+            try:
+                await self._supervisor.spawn(pool_worker, *self._worker_args, id=worker)
+            except Exception as exc:
+                failures.append(exc)
+                spawns.cancel_scope.cancel()
+
+        async with anyio.create_task_group() as spawns:
+            for worker in self._workers:
+                spawns.start_soon(spawn, worker)
+        if failures:
+            raise failures[0]
 
     async def __aexit__(
         self,
