@@ -10,8 +10,9 @@ Invariants:
   :func:`ipcactors.run` does (128 + the signal number after SIGINT/SIGTERM). ``listen`` and
   ``ping`` end cleanly on SIGINT/SIGTERM (``ping`` then prints its summary).
 - stdout carries results only (one line per event, reply or ping; with ``--json`` one JSON
-  object per line); errors and logs go to stderr. Colour only when the stream is a terminal and
-  ``NO_COLOR`` is not set.
+  object per line); errors and logs go to stderr. Once stdout's reader goes (``| head``),
+  nothing more is written there, and ``listen`` and ``ping`` stop as at a signal. Colour only
+  when the stream is a terminal and ``NO_COLOR`` is not set.
 - Every operation of ``emit``/``request`` is bounded by ``--timeout``: the command never hangs
   on an actor that is not there.
 """
@@ -29,7 +30,8 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal, NoReturn, TextIO
@@ -74,6 +76,23 @@ docs: docs/cli.md"""
 
 class UsageError(Exception):
     """A mistake on the command line: exit status 2."""
+
+
+def seconds(option: str) -> Callable[[str], float]:
+    """An argparse type: a positive, finite number of seconds (else a usage error)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(
+                f"{option} takes a positive number of seconds, such as 2.5; got {text!r}"
+            )
+        return value
+
+    return parse
 
 
 # --- targets ----------------------------------------------------------------------------------
@@ -171,13 +190,31 @@ class Output:
         self.json = json_lines
         self.colour = wants_colour(sys.stdout)
         self.error_colour = wants_colour(sys.stderr)
+        #: stdout's reader went (``| head`` has its lines): nothing more is written there.
+        self.closed = False
+        #: Called once stdout closes: ``listen`` and ``ping`` stop, as at a signal.
+        self.on_closed: Callable[[], None] | None = None
 
     def paint(self, text: str, code: str, *, err: bool = False) -> str:
         on = self.error_colour if err else self.colour
         return f"\x1b[{code}m{text}\x1b[0m" if on else text
 
     def emit(self, human: str, record: dict[str, Any]) -> None:
-        print(dumps(record) if self.json else human, flush=True)
+        if self.closed:
+            return
+        try:
+            print(dumps(record) if self.json else human, flush=True)
+        except BrokenPipeError:
+            self._close()
+
+    def _close(self) -> None:
+        self.closed = True
+        # What print left buffered, and Python's flush at exit, go nowhere (not to a traceback).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        if self.on_closed is not None:
+            self.on_closed()
 
     def error(self, exc: BaseException | str, hint: str = "") -> None:
         if isinstance(exc, BaseException):
@@ -217,9 +254,11 @@ def config_from(args: argparse.Namespace) -> Config:
 def client_tls(args: argparse.Namespace) -> ssl.SSLContext:
     if args.cafile is None:
         raise UsageError("tls:// needs --cafile (the CA that signed the server's certificate)")
-    context = ssl.create_default_context(cafile=args.cafile)
+    with _reading("--cafile", args.cafile):
+        context = ssl.create_default_context(cafile=args.cafile)
     if args.cert is not None:
-        context.load_cert_chain(args.cert, args.key)
+        with _reading("--cert/--key", args.cert):
+            context.load_cert_chain(args.cert, args.key)
     return context
 
 
@@ -227,11 +266,24 @@ def server_tls(args: argparse.Namespace) -> ssl.SSLContext:
     if args.cert is None:
         raise UsageError("listening on tls:// needs --cert (and --key unless in the same file)")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(args.cert, args.key)
+    with _reading("--cert/--key", args.cert):
+        context.load_cert_chain(args.cert, args.key)
     if args.cafile is not None:  # mutual TLS: clients must show a certificate from this CA
         context.verify_mode = ssl.CERT_REQUIRED
-        context.load_verify_locations(args.cafile)
+        with _reading("--cafile", args.cafile):
+            context.load_verify_locations(args.cafile)
     return context
+
+
+@contextmanager
+def _reading(option: str, path: str) -> Iterator[None]:
+    """A file named by a TLS option that cannot be read, or is not PEM, is a usage error that
+    names it (``ssl`` says only "No such file or directory", or an OpenSSL code)."""
+    try:
+        yield
+    except (OSError, ssl.SSLError) as exc:
+        why = exc.strerror or getattr(exc, "reason", None) or str(exc)
+        raise UsageError(f"cannot use {option} {path!r}: {why}") from None
 
 
 class Link:
@@ -309,8 +361,6 @@ async def cmd_ping(args: argparse.Namespace, out: Output) -> int:
     target = parse_target(args.target)
     if args.count is not None and args.count < 1:
         raise UsageError("-c/--count must be at least 1")
-    if not args.interval > 0:
-        raise UsageError("-i/--interval must be a positive number of seconds")
     times: list[float] = []
     sent = 0
     async with Actor(client_id(args), config_from(args)) as actor:
@@ -318,6 +368,7 @@ async def cmd_ping(args: argparse.Namespace, out: Output) -> int:
             link = await open_link(actor, target, args)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(_stop_on_signal, args.signals, tasks.cancel_scope)
+            out.on_closed = tasks.cancel_scope.cancel
             while args.count is None or sent < args.count:
                 if sent:
                     await anyio.sleep(args.interval)
@@ -399,11 +450,13 @@ async def cmd_listen(args: argparse.Namespace, out: Output) -> int:
             server.on("disconnect", lifecycle("disconnected"))
         address = server.address
         where = address if isinstance(address, str) else f"{address[0]}:{address[1]}"
-        out.emit(
-            out.paint(f"listening as {actor_id!r} on {where} (Ctrl-C to stop)", "2"),
-            {"type": "listening", "id": actor_id, "address": where},
-        )
-        await _stop_on_signal(args.signals, None)
+        with anyio.CancelScope() as listening:
+            out.on_closed = listening.cancel  # (`| head` has its lines: stop, as at a signal)
+            out.emit(
+                out.paint(f"listening as {actor_id!r} on {where} (Ctrl-C to stop)", "2"),
+                {"type": "listening", "id": actor_id, "address": where},
+            )
+            await _stop_on_signal(args.signals, None)
     return 0
 
 
@@ -494,7 +547,11 @@ def _common() -> _Parser:
     )
     group.add_argument("--delimiter", help="with --codec node-ipc: the frame delimiter")
     group.add_argument(
-        "--timeout", type=float, default=5.0, metavar="S", help="seconds to wait (default 5)"
+        "--timeout",
+        type=seconds("--timeout"),
+        default=5.0,
+        metavar="S",
+        help="seconds to wait (default 5)",
     )
     group.add_argument("--json", action="store_true", help="one JSON object per output line")
     group.add_argument("--cafile", help="TLS: CA certificates to verify the peer with")
@@ -574,7 +631,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ping.add_argument("target", metavar="TARGET")
     ping.add_argument("-c", "--count", type=int, help="stop after N pings (default: until Ctrl-C)")
-    ping.add_argument("-i", "--interval", type=float, default=1.0, help="seconds between pings")
+    ping.add_argument(
+        "-i", "--interval", type=seconds("-i/--interval"), default=1.0, help="seconds between pings"
+    )
     ping.add_argument("--event", default="ping", help='the request\'s event (default "ping")')
     ping.set_defaults(handler=cmd_ping, is_async=True)
 

@@ -205,10 +205,69 @@ def test_usage_errors_exit_2_saying_what_to_do() -> None:
         (("run", "nocolon"), "module:function"),
         (("run", "no_such_module_here:main"), "no module named"),
         (("ping", "-c", "0", "world"), "at least 1"),
+        (("request", "world", "x", "--timeout", "nan"), "--timeout"),
+        (("ping", "world", "--timeout", "-1"), "--timeout"),
+        (("emit", "world", "x", "--timeout", "0"), "--timeout"),
+        (("emit", "tls://127.0.0.1:1", "x", "--cafile", "/no/such/ca.pem"), "/no/such/ca.pem"),
     ]:
         result = cli_sync(*args)
         assert result.returncode == 2, (args, result.stderr)
         assert says in result.stderr, (args, result.stderr)
+
+
+@asynccontextmanager
+async def read_one_chunk_then_close(args: list[str]) -> AsyncIterator[tuple[Process, bytes]]:
+    """Run ``args`` with stdout a pipe of our own; read its first chunk, then close our end,
+    as ``| head -1`` does (anyio's asyncio process streams do not close the pipe on aclose).
+    The process is killed if the test ends with it still running."""
+    read_end, write_end = os.pipe()
+    process = await anyio.open_process(args, cwd=ROOT, stdout=write_end, stderr=subprocess.PIPE)
+    os.close(write_end)
+    try:
+        try:
+            with anyio.fail_after(20):
+                await anyio.wait_readable(read_end)
+                first = os.read(read_end, 65536)
+        finally:
+            os.close(read_end)
+        yield process, first
+    finally:
+        with anyio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.kill()
+            await process.aclose()
+
+
+async def test_ping_and_listen_stop_when_their_output_closes(socket_dir: str) -> None:
+    """``ipcactors ping ... | head -1`` and ``ipcactors listen ... | head -1``: once stdout is
+    closed, ping stops and exits 0 (a reply came back) and listen stops, as at a signal,
+    removing its socket file; no BrokenPipeError. (ping exited 1 with a BrokenPipeError;
+    listen kept serving for ever, dropping events and failing requests.)"""
+    base = ["--socket-root", socket_dir]
+    async with Actor("world", socket_root=socket_dir, **FAST) as ipc:
+        await ipc.serve()
+        ping = command("ping", "-c", "50", "-i", "0.05", "world", *base)
+        async with read_one_chunk_then_close(ping) as (process, first):
+            assert b"reply from world" in first
+            with anyio.fail_after(20):
+                status = await process.wait()
+            assert process.stderr is not None
+            errors = b"".join([chunk async for chunk in process.stderr])
+        assert status == 0, errors
+        assert b"BrokenPipe" not in errors
+        assert b"Traceback" not in errors
+
+    async with read_one_chunk_then_close(command("listen", "hello", *base)) as (process, first):
+        assert b"listening as 'hello'" in first
+        with anyio.fail_after(20):
+            sent = await cli("emit", "hello", "news", "1", *base)
+            assert sent.returncode == 0, sent.stderr
+            status = await process.wait()
+        assert process.stderr is not None
+        errors = b"".join([chunk async for chunk in process.stderr])
+    assert status == 0, errors
+    assert b"Traceback" not in errors
+    assert os.listdir(socket_dir) == []
 
 
 def test_help_texts_show_examples() -> None:
