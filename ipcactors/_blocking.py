@@ -63,6 +63,10 @@ H = TypeVar("H", bound=Handler)
 # handler has returned, after its reply is queued, so that the reply is flushed, not lost.
 _in_handler = threading.local()
 
+# The loop threads of the blocking actors alive: a blocking call made in any of them (an async
+# handler) would block that loop, and wait on it if the call needs it, so it is refused.
+_loop_threads: set[int] = set()
+
 
 class _Loop:
     """The portal and the id of its thread, shared by an actor and its wrappers."""
@@ -95,10 +99,11 @@ class _Loop:
         portal = self.portal
         if portal is None:
             raise ClosedError(f"blocking actor {self.actor_id!r} is closed")
-        if threading.get_ident() == self.thread_id:
+        if threading.get_ident() in _loop_threads:
             raise IPCError(
-                "a blocking method was called in the event loop thread (from an async handler?), "
-                "where it would wait on itself: await the async API there (`.wrapped` gives the "
+                "a blocking method was called in a blocking actor's event loop thread (from an "
+                "async handler?), where it would block that loop, and wait on itself if the "
+                "call needs it: await the async API there (`.wrapped` gives the "
                 "async object), or make the handler a plain def (it then runs in a worker thread)"
             )
         return portal.call(fn, *args)
@@ -523,7 +528,8 @@ class BlockingActor:
             raise
         self._portal_cm, self._host, self._actor = portal_cm, host, actor
         self._loop.actor = actor
-        self._loop.thread_id = portal.call(threading.get_ident)
+        self._loop.thread_id = thread_id = portal.call(threading.get_ident)
+        _loop_threads.add(thread_id)
         self._loop.portal = portal
         return self
 
@@ -545,8 +551,8 @@ class BlockingActor:
             if self._loop.portal is not None and self._actor is not None:
                 self._loop.close(self._actor.aclose)
             return
-        if threading.get_ident() == self._loop.thread_id:
-            raise IPCError("close() was called in the event loop thread; call it from another")
+        if threading.get_ident() in _loop_threads:
+            raise IPCError("close() was called in an event loop thread; call it from another")
         with self._lock:
             portal_cm, host = self._portal_cm, self._host
             self._portal_cm = self._host = None
@@ -563,6 +569,7 @@ class BlockingActor:
             done.result()
         finally:
             self._loop.portal = None
+            _loop_threads.discard(self._loop.thread_id)
             portal_cm.__exit__(None, None, None)
 
     @property

@@ -285,6 +285,32 @@ def test_closing_from_a_handler(backend: Literal["asyncio", "trio"], socket_dir:
             world.serve()  # the actor is closed; its thread stops when the block ends
 
 
+def test_a_blocking_call_in_another_blocking_actors_loop_thread_is_refused(
+    backend: Literal["asyncio", "trio"], socket_dir: str
+) -> None:
+    """An async handler of one blocking actor calls another blocking actor's blocking method:
+    refused with IPCError, as a call to its own actor is (it blocked the loop thread: on
+    asyncio a request back to the first actor waited there until its timeout; on Trio it was
+    a RuntimeError, not one of ours)."""
+    options: dict[str, Any] = {"socket_root": socket_dir, "backend": backend, **FAST}
+    with BlockingActor("world", **options) as world, BlockingActor("hello", **options) as hello:
+        server = world.serve()
+        server.on("add", lambda numbers, client: sum(numbers))
+        connection = hello.connect_to("world")
+
+        @server.on("relay")
+        async def relay(data: object, client: ipcactors.Client) -> str:
+            try:
+                connection.request("add", [1, 2], timeout=3)  # hello's, from world's loop
+            except ipcactors.IPCError as exc:
+                return f"refused: {exc}"
+            return "not refused"
+
+        answer = connection.request("relay", timeout=10)
+        assert answer.startswith("refused: "), answer
+        assert "async API" in answer
+
+
 def test_a_request_handler_that_closes_still_answers(
     backend: Literal["asyncio", "trio"], socket_dir: str
 ) -> None:
