@@ -359,6 +359,14 @@ AFTER_HANDSHAKE = {
     )
     + framed(bytes(60_000)),
     "garbage": b"GET / HTTP/1.1\r\n\r\n",
+    # Shared memory's kinds (12 share, 13 release) only where it was negotiated: alone, or with
+    # a frame behind them in the same read (decoded in one run: never handled).
+    "share_without_shared_memory": framed(pack([12, 0, 4096])),
+    "release_without_shared_memory": framed(pack([13, [0, 0]])),
+    "share_without_shared_memory_then_an_event": framed(pack([12, 0, 4096]))
+    + framed(pack([0, "echo", "behind"])),
+    "release_without_shared_memory_then_an_event": framed(pack([13, [0, 0]]))
+    + framed(pack([0, "echo", "behind"])),
     # Batches of events (kind 14) only once the hello announced them (see BAD_BATCHES).
     "batch_without_announcing_batches": framed(pack([14, ["echo", 1]])),
 }
@@ -404,6 +412,7 @@ async def test_bad_frame_after_the_handshake(transport: str, name: str, socket_d
         assert set(s.server.clients) == {"good"}
     # Nothing from the bad frame reached a handler; lifecycle handlers got only a client each.
     assert handled.count("first") == 1
+    assert "behind" not in handled
     assert ("ipcactors.stop", None) not in handled
     assert lifecycle
     assert all(len(args) == 1 and isinstance(args[0], Client) for args in lifecycle), lifecycle

@@ -1498,8 +1498,12 @@ class MsgpackDecoder(Decoder):
                 if isinstance(message, list):  # a batch: its events
                     messages += message
                     continue
+                kind = type(message)
+                if kind is Share or kind is Release:  # at once: the next frame may use it
+                    self._shared_message(message)  # type: ignore[arg-type]
+                    continue
                 messages.append(message)
-                if type(message) in HANDSHAKE_KINDS:
+                if kind in HANDSHAKE_KINDS:
                     # Stop here: the owner decides whether the handshake is done (and the frame
                     # limit lifted) before the frames behind this one are decoded.
                     stopped = True
