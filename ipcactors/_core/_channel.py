@@ -371,9 +371,19 @@ class Channel:
             if shared is not None:
                 self._end_shared(shared)
             outbox.drop_replies()  # they answer this connection's requests, not the next's
+            # A frame in progress may hold up to max_frame_size: freed now, not whenever this
+            # channel is (the error that ended it may hold it in a cycle, through its frames).
+            self._session.end_input()
             await close_now(self._stream)
         if self._failure is not None:
-            raise self._failure
+            # Raised with no reference left here: the error's traceback holds this frame, and
+            # a reference from it (self._failure, a local) would make a cycle that keeps the
+            # channel, and what its frames hold, until the next collection.
+            failure, self._failure = self._failure, None
+            try:
+                raise failure
+            finally:
+                del failure
 
     def _end_shared(self, shared: SharedMemory) -> None:
         """Frames naming this connection's shared memory never go out on another one."""
@@ -805,7 +815,9 @@ class Channel:
                 return
             except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
                 self._broken = True
-                self.broken_by = exc
+                # Without its traceback: kept on the channel, it would hold this frame (and the
+                # buffer of a frame in progress) in a cycle with the channel until a collection.
+                self.broken_by = exc.with_traceback(None)
                 return
             if data or got:
                 self._received_at = monotonic()

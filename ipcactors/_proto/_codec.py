@@ -244,6 +244,12 @@ class Decoder(ABC):
     def handshake_done(self) -> None:
         """Lift the frame limit from ``max_handshake_size`` to ``max_frame_size``."""
 
+    def end(self) -> None:  # noqa: B027 (optional: a codec's own decoder may keep it)
+        """The input ended (the connection is gone): drop what is buffered at once, a frame
+        in progress included (its final buffer may be up to ``max_frame_size``), rather than
+        whenever the decoder itself is freed. Nothing is fed afterwards. The default drops
+        nothing (the decoder's memory goes when it does)."""
+
     def receive_buffer(self) -> memoryview | None:
         """Where the next received bytes should go, if the frame in progress wants them in
         place (a large payload's final buffer, e.g. a fresh numpy array): receive into (a

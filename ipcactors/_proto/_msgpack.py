@@ -1122,6 +1122,10 @@ class MsgpackDecoder(Decoder):
         self._frame_limit = self._limits.max_frame_size
         self._assembling = True
 
+    def end(self) -> None:
+        self._buffer = bytearray()
+        self._assembly = None
+
     @property
     def buffered(self) -> int:
         """Bytes received but not yet part of a complete frame."""

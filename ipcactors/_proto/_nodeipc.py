@@ -172,6 +172,9 @@ class NodeIPCDecoder(Decoder):
     def handshake_done(self) -> None:
         """Nothing to lift: node-ipc has no handshake, frames are held to ``max_frame_size``."""
 
+    def end(self) -> None:
+        self._buffer = bytearray()
+
     def feed(self, data: bytes | bytearray | memoryview = b"") -> list[Message]:
         """Take received bytes; return the events they complete. The first error breaks the
         decoder for good: it raises the same error again on every later call."""

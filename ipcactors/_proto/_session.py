@@ -314,6 +314,10 @@ class Session:
         then call :meth:`received`. ``None``: read as usual and call :meth:`receive`."""
         return self._decoder.receive_buffer() if self.is_open else None
 
+    def end_input(self) -> None:
+        """The connection is gone: its decoder drops what it buffered (see ``Decoder.end``)."""
+        self._decoder.end()
+
     def received(self, size: int) -> list[Message]:
         """``size`` bytes arrived in :meth:`receive_buffer`: the messages they complete."""
         try:

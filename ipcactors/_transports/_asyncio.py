@@ -177,7 +177,10 @@ class _StreamProtocol(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         if exc is not None:
-            self.error = exc  # (or the error a direct read met before it aborted the transport)
+            # (Or the error a direct read met before it aborted the transport.) Kept without its
+            # traceback: its frames hold the read's buffer (a large frame's final one, up to
+            # max_frame_size), and this protocol may wait in a cycle for a collection.
+            self.error = exc.with_traceback(None)
         self._wake_reader()
         self._wake_writer()
         if not self.closed.done():
@@ -364,7 +367,8 @@ class AsyncioSocketStream(ByteStream):
         except (BlockingIOError, InterruptedError):
             return 0
         except OSError as exc:
-            self._protocol.error = exc  # what the reader hears of next (and connection_lost)
+            # What the reader hears of next (and connection_lost); see there for the traceback.
+            self._protocol.error = exc.with_traceback(None)
             self._transport.abort()
             raise anyio.BrokenResourceError from exc
 
