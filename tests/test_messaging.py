@@ -8,6 +8,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
+import numpy as np
 import pytest
 
 import ipcactors
@@ -683,6 +684,16 @@ async def test_unencodable_data_is_a_typed_error(socket_dir: str) -> None:
                 await world.emit("echo", object())
             with pytest.raises(TypeError):  # EncodeError is a TypeError too
                 await world.emit("echo", {1, 2})
+            # A memoryview that is not contiguous (was a BufferError), an array of more
+            # dimensions than the wire carries (was sent, and the receiver closed the
+            # connection): refused here, nothing sent, the connection unaffected.
+            with pytest.raises(ipcactors.EncodeError):
+                await world.emit("echo", memoryview(bytes(8))[::2])
+            with pytest.raises(ipcactors.EncodeError, match="dimensions"):
+                await world.emit("echo", np.zeros((1,) * 33))
+            with pytest.raises(ipcactors.EncodeError, match="dimensions"):
+                await world.request("echo", np.zeros((1,) * 33))
+            assert world.connected
             with anyio.fail_after(5):
                 assert await world.request("echo", {"b": b"\x00\xff", "l": [1, 2.5, None]}) == {
                     "b": b"\x00\xff",

@@ -99,7 +99,10 @@ def test_a_bad_delimiter_is_a_config_error(delimiter: Any) -> None:
         NodeIPCDecoder(delimiter)
 
 
-@pytest.mark.parametrize("data", [float("nan"), float("inf"), b"bytes", {1, 2}, object()])
+@pytest.mark.parametrize(
+    "data",
+    [float("nan"), float("inf"), b"bytes", {1, 2}, object(), "lone \ud800", {"\udc00": 1}],
+)
 def test_what_json_cannot_carry_is_an_encode_error(data: Any) -> None:
     with pytest.raises(EncodeError, match="node-ipc JSON"):
         NodeIPCEncoder().event("x", data)

@@ -478,7 +478,7 @@ class MsgpackEncoder(Encoder):
         self._large.clear()
         try:
             packed: bytes = self._packer.pack(value)
-        except (TypeError, ValueError, OverflowError) as exc:
+        except (TypeError, ValueError, OverflowError, BufferError) as exc:
             # The packer keeps a partly written buffer after an error; start clean.
             self._packer.reset()
             self._large.clear()
@@ -645,7 +645,7 @@ class MsgpackEncoder(Encoder):
                 return None
         try:
             packed: bytes = self._packer.pack(data)
-        except (TypeError, ValueError, OverflowError) as exc:
+        except (TypeError, ValueError, OverflowError, BufferError) as exc:
             self._packer.reset()  # it keeps a partly written buffer after an error
             raise EncodeError(f"cannot encode as msgpack: {exc}") from exc
         return packed
@@ -698,7 +698,7 @@ class MsgpackEncoder(Encoder):
             self._large.clear()
             try:
                 packed = self._packer.pack(marked)
-            except (TypeError, ValueError, OverflowError) as exc:
+            except (TypeError, ValueError, OverflowError, BufferError) as exc:
                 self._packer.reset()  # it keeps a partly written buffer after an error
                 self._large.clear()
                 raise EncodeError(f"cannot encode as msgpack: {exc}") from exc
@@ -1768,7 +1768,7 @@ def pack_value(value: Any, *, numpy: bool = False) -> bytes:
         packed: bytes = msgpack.packb(
             value, use_bin_type=True, datetime=False, default=encode_default if numpy else None
         )
-    except (TypeError, ValueError, OverflowError) as exc:
+    except (TypeError, ValueError, OverflowError, BufferError) as exc:
         raise EncodeError(f"cannot encode as msgpack: {exc}") from exc
     return packed
 

@@ -135,7 +135,12 @@ class NodeIPCEncoder(Encoder):
                 f"data cannot be sent as node-ipc JSON: {exc} (send str, int, float, bool, None, "
                 "list, tuple or dict with str keys)"
             ) from None
-        body = text.encode()
+        try:
+            body = text.encode()
+        except UnicodeEncodeError as exc:  # a lone surrogate, which JSON text cannot hold
+            bad = exc.object[exc.start : exc.end]
+            why = f"{exc.reason} {bad!r}"
+            raise EncodeError(f"data cannot be sent as node-ipc JSON: {why}") from None
         if len(body) > self._limits.max_frame_size:
             raise FrameTooLargeError(len(body), self._limits.max_frame_size)
         frame = body + self._delimiter

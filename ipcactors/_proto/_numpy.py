@@ -107,6 +107,11 @@ def _array_header(array: np.ndarray[Any, Any]) -> bytearray:
             "datetime64/timedelta64, bytes and str arrays travel (never pickle); convert the "
             "data first (e.g. to a list, or to a numeric array)"
         )
+    if array.ndim > _MAX_NDIM:
+        raise EncodeError(
+            f"a numpy array of {array.ndim} dimensions cannot be sent: at most {_MAX_NDIM} "
+            "travel (reshape it first)"
+        )
     text = dtype.str.encode("ascii")
     header = bytearray((_VERSION, len(text)))
     header += text
