@@ -118,7 +118,7 @@ class Actor:
         From a handler of this actor's (an event's, a request's, a lifecycle handler): returns
         at once, and the actor starts closing once the handler has returned (a request's reply
         is queued first, and flushed)."""
-        if kept_until_handled(self._answers_for, self._close_soon):
+        if kept_until_handled(self._hosts, self._close_soon):
             return
         if self._closing:
             await self._closed.wait()
@@ -142,7 +142,7 @@ class Actor:
                 self._task_group.cancel_scope.cancel()
             self._closed.set()
 
-    def _answers_for(self, peer: Peer) -> bool:
+    def _hosts(self, peer: Peer) -> bool:
         """Whether a handler of ``peer``'s runs under this actor."""
         if isinstance(peer, Client | DatagramPeer):
             return self._server is not None and peer._server is self._server

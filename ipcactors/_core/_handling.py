@@ -56,12 +56,13 @@ class Handling:
 _current: ContextVar[Handling | None] = ContextVar("ipcactors_handling", default=None)
 
 
-def kept_until_handled(would_cancel: Callable[[Any], bool], start: Callable[[], None]) -> bool:
-    """In a handler whose peer ``would_cancel`` says a close would cancel: keep ``start``
-    (which starts that close elsewhere) for when the handler is done. Whether it was kept
-    (else the caller closes now)."""
+def kept_until_handled(runs_under: Callable[[Any], bool], start: Callable[[], None]) -> bool:
+    """In a handler that ``runs_under`` what closes (asked with the handler's peer; such a
+    close would cancel the handler, or wait for it): keep ``start`` (which starts that close
+    elsewhere) for when the handler is done. Whether it was kept (else the caller closes
+    now)."""
     handling = _current.get()
-    if handling is None or handling.closes is None or not would_cancel(handling.peer):
+    if handling is None or handling.closes is None or not runs_under(handling.peer):
         return False
     handling.closes.append(start)
     return True
@@ -71,4 +72,4 @@ def keeps(start: Callable[[], None]) -> bool:
     """Whether the current task's handler keeps ``start`` for when it is done: waiting there
     for what ``start`` starts would wait on the handler, which waits for it."""
     handling = _current.get()
-    return handling is not None and bool(handling.closes) and start in (handling.closes or ())
+    return handling is not None and start in (handling.closes or ())
