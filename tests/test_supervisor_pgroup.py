@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +23,8 @@ import anyio
 import psutil
 import pytest
 from _supervising import alive, supervisor, wait_until
+
+from ipcactors._supervision import _forkserver
 
 pytestmark = pytest.mark.anyio
 
@@ -214,3 +217,18 @@ def test_a_child_signalled_as_it_is_forked_dies_of_the_signal() -> None:
     )
     assert done.stdout.strip() == str(-signal.SIGTERM), done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_forkserver_leaves_quietly_when_its_supervisor_resets_the_control_socket(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A supervisor stopped at once (a second Ctrl-C) closes the control socket with the
+    forkserver's last report unread: the forkserver reads a reset, which means its supervisor
+    is gone, as the end of the stream does. It used to print 'bad control message:
+    [Errno 104] Connection reset by peer' on the way out."""
+    forkserver_side, supervisor_side = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with forkserver_side:
+        forkserver_side.send(b"\x91\x00")  # a report the supervisor never read
+        supervisor_side.close()
+        assert _forkserver._handle(forkserver_side, set(), _forkserver._Spares(-1, ())) is False
+    assert capsys.readouterr().err == ""

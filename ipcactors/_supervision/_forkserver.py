@@ -242,6 +242,8 @@ def _handle(ctl: socket.socket, children: set[int], spares: _Spares) -> bool:
     """Handle one control message. Returns False when the supervisor closed the socket."""
     try:
         received = recv_message(ctl)
+    except ConnectionResetError:
+        return False  # the supervisor went with our last report unread: gone, as at EOF
     except (OSError, ValueError) as exc:
         print(f"ipcactors forkserver: bad control message: {exc}", file=sys.stderr)
         return True
