@@ -207,11 +207,19 @@ class FrameTooLargeError(ProtocolError):
     the peer's connection is closed; raised by ``emit``, ``request`` or ``broadcast``, for a
     frame we would send, nothing was sent and the connection is unaffected."""
 
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(
-            f"frame of {size} bytes exceeds max_frame_size={limit}; "
-            "raise max_frame_size on both sides if such frames are expected"
-        )
+    def __init__(self, size: int, limit: int, *, handshake: bool = False) -> None:
+        if handshake:  # (a fixed limit: no setting raises it)
+            message = (
+                f"frame of {size} bytes before the handshake is done, over the {limit} bytes "
+                "such a frame may have (a hello or its answer is far smaller: is the peer an "
+                "ipcactors actor, with the same codec?)"
+            )
+        else:
+            message = (
+                f"frame of {size} bytes exceeds max_frame_size={limit}; "
+                "raise max_frame_size on both sides if such frames are expected"
+            )
+        super().__init__(message)
         self.size = size
         self.limit = limit
 

@@ -587,3 +587,18 @@ async def test_a_frame_left_half_sent_frees_its_buffer_when_the_peer_goes(
             if collecting:
                 gc.enable()
         assert grown < size, f"RSS grew by {grown / 2**20:.0f} MiB after the peers left"
+
+
+async def test_a_hello_over_the_handshake_limit_is_reported_as_such(
+    socket_dir: str, log_lines: list[str]
+) -> None:
+    """A first frame over the 64 KiB a frame may have before the handshake: the server's
+    warning says so, not 'exceeds max_frame_size; raise max_frame_size', which names another
+    setting and a fix that changes nothing (that limit is fixed)."""
+    async with scene("unix", socket_dir, silent=False) as s:
+        messages, _ = await attack(s, struct.pack(">I", 100_000) + bytes(100))
+        assert messages == [] or type(messages[0]) is Reject, messages
+    refused = [line for line in log_lines if "100000 bytes" in line]
+    assert len(refused) == 1, refused
+    assert "before the handshake" in refused[0]
+    assert "max_frame_size" not in refused[0]

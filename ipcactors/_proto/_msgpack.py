@@ -1389,7 +1389,8 @@ class MsgpackDecoder(Decoder):
             while end - offset >= HEADER_SIZE:
                 (size,) = HEADER.unpack_from(source, offset)
                 if size > limit:
-                    raise FrameTooLargeError(size, limit)
+                    handshake = limit != self._limits.max_frame_size
+                    raise FrameTooLargeError(size, limit, handshake=handshake)
                 if size == 0:
                     raise DecodeError("empty frame: a body must hold at least one msgpack value")
                 start = offset + HEADER_SIZE
