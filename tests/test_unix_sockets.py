@@ -57,6 +57,25 @@ async def test_stale_socket_file_is_replaced(socket_dir: str, log_lines: list[st
                 assert await connection.request("ping") == "pong"
 
 
+async def test_checking_that_a_server_is_live_is_not_a_failed_handshake_for_it(
+    socket_dir: str, log_lines: list[str]
+) -> None:
+    """A second actor with the same id finds the first serving (it connects, then closes
+    without a word): the first logs no warning of a failed handshake and counts none (it
+    warned "handshake with '' failed: the peer closed the connection during the handshake")."""
+    async with Actor("world", socket_root=socket_dir) as first:
+        server = await first.serve()
+        async with Actor("world", socket_root=socket_dir) as second:
+            with pytest.raises(ipcactors.AddressInUseError, match="live server"):
+                await second.serve()
+        with anyio.fail_after(5):
+            while server.statistics().handshaking:
+                await anyio.sleep(0.01)  # the first has seen the check's connection end
+        await anyio.sleep(0.1)
+        assert server.statistics().handshakes_failed == 0
+    assert not [line for line in log_lines if "WARNING" in line], log_lines
+
+
 async def test_live_server_path_is_never_taken(socket_dir: str) -> None:
     async with Actor("world", socket_root=socket_dir, silent=True) as first:
         server = await first.serve()

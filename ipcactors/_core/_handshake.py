@@ -28,7 +28,13 @@ from .._proto._messages import Hello
 from .._proto._session import Session
 from ._channel import RECEIVE_SIZE
 
-__all__ = ["accept_handshake", "open_handshake", "run_handshake"]
+__all__ = ["SaidNothing", "accept_handshake", "open_handshake", "run_handshake"]
+
+
+class SaidNothing(ConnectionResetError):
+    """The peer closed the connection before it sent a byte: a liveness check (such as the
+    one ``serve()`` makes of a socket file already there) or a port scan, not a handshake
+    that failed."""
 
 
 async def run_handshake(stream: ByteStream, session: Session, *, pipelined: bool = False) -> None:
@@ -36,7 +42,9 @@ async def run_handshake(stream: ByteStream, session: Session, *, pipelined: bool
     longer waits for the peer (``pipelined``: until a client may send frames ahead of the
     welcome, :attr:`Session.may_send`; what it still has to send then is left in it, for the
     channel to send with the first frames, in one write). Raises what the session raises, and
-    :class:`ConnectionResetError` if the peer closes the connection meanwhile."""
+    :class:`ConnectionResetError` if the peer closes the connection meanwhile
+    (:class:`SaidNothing` if it had sent nothing)."""
+    heard = False
     while True:
         if pipelined and session.may_send:
             return  # what is left to send (the hello, or the proof) goes with the first frames
@@ -48,9 +56,12 @@ async def run_handshake(stream: ByteStream, session: Session, *, pipelined: bool
         try:
             received = await stream.receive(RECEIVE_SIZE)
         except anyio.EndOfStream:
+            if not heard:
+                raise SaidNothing("the peer closed the connection without a word") from None
             raise ConnectionResetError(
                 "the peer closed the connection during the handshake"
             ) from None
+        heard = True
         session.receive(received)
 
 

@@ -83,7 +83,7 @@ from ._acks import SESSIONS_KEPT, AckedSender, ClientStreams, Entry, ReceiverSes
 from ._channel import Channel
 from ._handlers import HandlerMethods, Handlers
 from ._handling import kept_until_handled
-from ._handshake import accept_handshake
+from ._handshake import SaidNothing, accept_handshake
 from ._peer import Peer, check_event_name
 from ._shared import shared_offer
 from ._stats import ServerCounters, ServerStatistics
@@ -563,6 +563,10 @@ class Server(HandlerMethods):
             message = str(exc) or "no hello within handshake_timeout"
             self._handshake_failed(f"handshake with {peer_address!r} failed: {message}")
             await self._refuse(stream, session, reason, message)
+            return
+        except SaidNothing:  # (not a failed handshake: a liveness check, say)
+            self._log.debug(f"a connection from {peer_address!r} closed without a word")
+            await close_now(stream)
             return
         except (OSError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
             self._handshake_failed(f"handshake with {peer_address!r} failed: {_lost(exc)}")
