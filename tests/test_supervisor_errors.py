@@ -90,6 +90,10 @@ async def test_every_way_a_target_fails_to_load_in_the_parent_is_a_spawn_error(
                     assert caught.value.__cause__ is None
                 else:
                     assert type(caught.value.__cause__) is cause, target
+            # A lambda is told it is one (not only that it must be async: a nested async def,
+            # the fix that suggests, is refused next).
+            with pytest.raises(SpawnError, match=r"is a lambda.*module level"):
+                await sup.spawn(lambda actor: None, id="bad")  # type: ignore[arg-type,return-value]
             assert own_processes() == before, "a process was started for a refused target"
             assert not sup.children
             await sup.spawn(f"{good}:worker", id="ok", restart="temporary")

@@ -71,26 +71,28 @@ def target_of(fn: Callable[..., Any] | str, *, require_async: bool = True) -> Ta
         fn = found
     if not callable(fn):
         raise SpawnError(f"the target must be an async function, got {fn!r}")
-    if require_async and not inspect.iscoroutinefunction(fn):
-        raise SpawnError(
-            f"the target {getattr(fn, '__qualname__', fn)!r} must be an async function "
-            "('async def worker(actor, ...)')"
-        )
     module_attr = getattr(fn, "__module__", None)
     qualname_attr = getattr(fn, "__qualname__", None)
     if not isinstance(module_attr, str) or not isinstance(qualname_attr, str):
         raise SpawnError(f"the target {fn!r} has no module and qualified name to import it by")
     module_name, qualname = module_attr, qualname_attr
+    # Where it is defined first: a lambda told only to be async would become a nested
+    # function, refused next for that.
+    how = "'async def worker(actor, ...)'" if require_async else "'def' or 'async def'"
     if "<lambda>" in qualname:
         raise SpawnError(
             f"the target is a lambda ({module_name}.{qualname}); a child process can only "
-            "import functions by name: define it with 'async def' at module level"
+            f"import functions by name: define it at module level ({how})"
         )
     if "<locals>" in qualname:
         raise SpawnError(
             f"the target {qualname!r} is defined inside another function (a closure or nested "
             "function); a child process can only import functions by name: move it to module "
             f"level in {module_name!r} and pass what it needs as arguments"
+        )
+    if require_async and not inspect.iscoroutinefunction(fn):
+        raise SpawnError(
+            f"the target {qualname!r} must be an async function ('async def worker(actor, ...)')"
         )
     main_path: str | None = None
     module = sys.modules.get(module_name)
