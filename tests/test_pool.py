@@ -291,6 +291,47 @@ async def test_a_pool_whose_workers_cannot_start_raises_the_typed_error(socket_d
             pass
 
 
+GUARDED_FUNCTION = """
+import sys
+import anyio
+import ipcactors
+
+if __name__ == "__main__":
+    def work(n):  # under the guard: a worker, running this script as __mp_main__, lacks it
+        return n
+
+    async def main():
+        try:
+            async with ipcactors.Pool(work, 1, socket_root=sys.argv[1]) as pool:
+                print("answered:", await pool.submit(1))
+        except ipcactors.IPCError as exc:
+            print("refused:", type(exc).__name__)
+
+    anyio.run(main)
+"""
+
+
+def test_a_pool_function_its_workers_cannot_load_fails_entering_the_pool(
+    socket_dir: str, tmp_path: Path
+) -> None:
+    """A pool's function that its workers cannot import (here defined under the __main__
+    guard) fails the workers' start, so entering the pool raises ChildExitedError, as for an
+    initializer; it used to fail each task instead, as a RemoteError from submit."""
+    script = tmp_path / "guarded.py"
+    script.write_text(GUARDED_FUNCTION)
+    done = subprocess.run(
+        [sys.executable, str(script), socket_dir],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(Path(TESTS_DIR).parent)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "refused: ChildExitedError", (done.stdout, done.stderr)
+    assert "has no attribute 'work'" in done.stderr  # the worker's own error, on its output
+
+
 async def test_functions_not_importable_by_name_are_refused(socket_dir: str) -> None:
     with pytest.raises(SpawnError, match=r"lambda.*'def' or 'async def'"):  # (a pool takes both)
         Pool(lambda n: n, 1)

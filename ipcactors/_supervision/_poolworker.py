@@ -187,6 +187,8 @@ async def pool_worker(
     worker = _Worker(actor, default)
     worker.parent.on(BATCH_EVENT, worker.on_batch)  # before the first await: in place once ready
     worker.parent.on(CANCEL_EVENT, worker.on_cancel)
+    if default is not None:  # loaded now: one its workers cannot load fails the pool's start
+        worker.function(None)
     if initializer is not None:
         init = load_target(_target(initializer), require_async=False)
         if inspect.iscoroutinefunction(init):
