@@ -133,15 +133,17 @@ async def test_a_client_closed_as_soon_as_it_is_welcomed_is_disconnected(socket_
                         await anyio.sleep(0.01)
 
 
+@pytest.mark.parametrize("kind", ["request", "event"])
 @pytest.mark.parametrize("closing", ["actor", "server", "client"])
-async def test_a_servers_request_handler_that_closes_its_own_side_still_answers(
-    closing: str, socket_dir: str
+async def test_a_servers_handler_that_closes_its_own_side_runs_to_its_end(
+    closing: str, kind: str, socket_dir: str
 ) -> None:
-    """A request handler awaits the close of something it runs under (its actor, its server,
-    its client's connection): the close waits until the handler has returned, so that its
-    reply is queued first and flushed by the close; the code after the close runs. The close
-    happens all the same. (The close used to cancel the handler that awaited it: the requester
-    got ConnectionLostError, and the close itself was cut short.)"""
+    """A request or event handler awaits the close of something it runs under (its actor, its
+    server, its client's connection): the close returns at once and starts once the handler
+    has returned, so a request's reply is queued first and flushed by the close, and the code
+    after the close runs. The close happens all the same. (The close used to cancel the
+    handler that awaited it, and itself with it: the requester got ConnectionLostError, the
+    code after never ran.)"""
     ran_on: list[str] = []
     ready = anyio.Event()
     async with Actor("hello", socket_root=socket_dir, silent=True, stop_retrying=0) as hello:
@@ -171,18 +173,22 @@ async def test_a_servers_request_handler_that_closes_its_own_side_still_answers(
             await ready.wait()
             connection = await hello.connect_to("world")
             with anyio.fail_after(10):
-                assert await connection.request("shutdown", timeout=5) == "bye"
+                if kind == "request":
+                    assert await connection.request("shutdown", timeout=5) == "bye"
+                else:
+                    await connection.emit("shutdown", None)
                 while connection.connected:  # and the close went on: we were disconnected
                     await anyio.sleep(0.01)
     assert ran_on == ["after the close"]
 
 
+@pytest.mark.parametrize("kind", ["request", "event"])
 @pytest.mark.parametrize("closing", ["actor", "disconnect", "connection"])
-async def test_a_clients_request_handler_that_closes_its_own_side_still_answers(
-    closing: str, socket_dir: str
+async def test_a_clients_handler_that_closes_its_own_side_runs_to_its_end(
+    closing: str, kind: str, socket_dir: str
 ) -> None:
-    """The same on the client's side: the server's request is answered by a handler that
-    closes the client actor, disconnects, or closes the connection it answers on."""
+    """The same on the client's side: the server's request or event is handled by a handler
+    that closes the client actor, disconnects, or closes the connection it came on."""
     ran_on: list[str] = []
     async with Actor("world", socket_root=socket_dir, silent=True) as world:
         server = await world.serve()
@@ -205,83 +211,10 @@ async def test_a_clients_request_handler_that_closes_its_own_side_still_answers(
                 while "hello" not in server.clients:
                     await anyio.sleep(0.01)
                 client = server.clients["hello"]
-                assert await client.request("shutdown", timeout=5) == "bye"
-                while server.clients:  # and the close went on
-                    await anyio.sleep(0.01)
-                if closing == "actor":
-                    await hello.wait_closed()
-    assert ran_on == ["after the close"]
-
-
-@pytest.mark.parametrize("closing", ["actor", "server", "client"])
-async def test_a_servers_event_handler_that_closes_its_own_side_runs_to_its_end(
-    closing: str, socket_dir: str
-) -> None:
-    """An event handler awaits the close of something it runs under: as a request handler's,
-    the close returns at once and starts once the handler has returned, so the code after it
-    runs and the close is not cut short. (The close used to cancel the handler that awaited
-    it, the close itself with it: the code after never ran.)"""
-    ran_on: list[str] = []
-    ready = anyio.Event()
-    async with Actor("hello", socket_root=socket_dir, silent=True, stop_retrying=0) as hello:
-        async with anyio.create_task_group() as task_group:
-
-            async def world_actor() -> None:
-                async with Actor("world", socket_root=socket_dir, silent=True) as world:
-                    server = await world.serve()
-
-                    @server.on("shutdown")
-                    async def shutdown(data: object, client: Client) -> None:
-                        closable = {"actor": world, "server": server, "client": client}[closing]
-                        await closable.aclose()
-                        ran_on.append("after the close")
-                        await anyio.sleep(0)  # not cancelled: the close has not begun
-
-                    ready.set()
-                    with anyio.fail_after(10):
-                        if closing == "actor":
-                            await world.wait_closed()
-                        else:
-                            while server.clients or not ran_on:
-                                await anyio.sleep(0.01)
-
-            task_group.start_soon(world_actor)
-            await ready.wait()
-            connection = await hello.connect_to("world")
-            await connection.emit("shutdown", None)
-            with anyio.fail_after(10):
-                while connection.connected:  # the close went on: we were disconnected
-                    await anyio.sleep(0.01)
-    assert ran_on == ["after the close"]
-
-
-@pytest.mark.parametrize("closing", ["actor", "disconnect", "connection"])
-async def test_a_clients_event_handler_that_closes_its_own_side_runs_to_its_end(
-    closing: str, socket_dir: str
-) -> None:
-    """The same on the client's side: an event from the server is handled by a handler that
-    closes the client actor, disconnects, or closes the connection it came on."""
-    ran_on: list[str] = []
-    async with Actor("world", socket_root=socket_dir, silent=True) as world:
-        server = await world.serve()
-        async with Actor("hello", socket_root=socket_dir, silent=True, stop_retrying=0) as hello:
-            connection = await hello.connect_to("world")
-
-            @connection.on("shutdown")
-            async def shutdown(data: object) -> None:
-                if closing == "actor":
-                    await hello.aclose()
-                elif closing == "disconnect":
-                    await hello.disconnect("world")
+                if kind == "request":
+                    assert await client.request("shutdown", timeout=5) == "bye"
                 else:
-                    await connection.aclose()
-                ran_on.append("after the close")
-                await anyio.sleep(0)
-
-            with anyio.fail_after(10):
-                while "hello" not in server.clients:
-                    await anyio.sleep(0.01)
-                await server.clients["hello"].emit("shutdown", None)
+                    await client.emit("shutdown", None)
                 while server.clients:  # and the close went on
                     await anyio.sleep(0.01)
                 if closing == "actor":

@@ -503,11 +503,16 @@ def peak_rss_reset() -> int:
 
 
 def peak_rss() -> int:
+    return _status_bytes("VmHWM")
+
+
+def _status_bytes(field: str) -> int:
+    """A size from this process's ``/proc/self/status`` (``VmRSS``, ``VmHWM``), in bytes."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM in /proc/self/status")
+    raise AssertionError(f"no {field} in /proc/self/status")
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -549,11 +554,7 @@ async def test_amplification_frames_cost_the_server_little_memory(
 
 
 def current_rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS in /proc/self/status")
+    return _status_bytes("VmRSS")
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -569,11 +569,8 @@ class Channel:
         """The opening (the connect handlers), run as a handler of the peer's: a close it
         awaits of what it runs under is kept until it is done (see ``_handling``)."""
         assert self._opening is not None
-        handling = Handling(self._peer)
-        try:
+        with Handling(self._peer):
             await self._opening()
-        finally:
-            handling.handled()
 
     def _open_after_welcome(self, task_group: TaskGroup) -> None:
         """A pipelined client, welcomed: run the opening beside the reader if it has anything
@@ -967,14 +964,11 @@ class Channel:
                         index, pending = peer._on_events(batch, index)
                         if pending is not None:
                             message = None  # type: ignore[assignment]
-                            handling = Handling(peer)  # (see _handling: closing from it)
-                            try:
+                            with Handling(peer):  # (see _handling: closing from it)
                                 if peer._receiver is None:
                                     await pending
                                 else:
                                     await self._await_acked(pending, batch[index - 1])
-                            finally:
-                                handling.handled()
                         if peer._ack_pending and monotonic() >= peer._ack_due:
                             peer._send_ack()  # slow handlers behind a backlog: ack_interval
                         continue

@@ -35,7 +35,8 @@ __all__ = ["Handling", "keeps", "kept_until_handled"]
 
 
 class Handling:
-    """The peer whose handler the current task runs, and the closes kept meanwhile."""
+    """The peer whose handler the current task runs, and the closes kept meanwhile; used as
+    ``with Handling(peer):`` around the handler (leaving it is :meth:`handled`)."""
 
     __slots__ = ("_token", "closes", "peer")
 
@@ -43,6 +44,12 @@ class Handling:
         self.peer = peer
         self.closes: list[Callable[[], None]] | None = []
         self._token = _current.set(self)
+
+    def __enter__(self) -> Handling:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.handled()
 
     def handled(self) -> None:
         """The handler is done (a request's reply queued, or none will be): start the closes

@@ -514,15 +514,12 @@ class Peer:
         for them, or cancel them) is kept until they are done (see ``_handling``).
         ``shielded``: as the connection is torn down, shielded from cancellation and bounded
         by ``close_timeout``."""
-        handling = Handling(self)
-        try:
+        with Handling(self):
             if shielded:
                 timeout = self._config.close_timeout
                 await self._handlers.call_shielded(event, args, self._log, timeout)
             else:
                 await self._handlers.call(event, args, self._log)
-        finally:
-            handling.handled()
 
     def _is(self, peer: Peer) -> bool:
         """Whether ``peer`` is this one (a handler of its runs under it: see ``_handling``)."""
@@ -531,28 +528,26 @@ class Peer:
     async def _answer_later(
         self, message: Request, result: Awaitable[Any], done: Callable[[], None]
     ) -> None:
-        handling = Handling(self)  # (see _handling: closing from the handler)
-        try:
+        with Handling(self):  # (see _handling: closing from the handler)
             try:
-                frame = reply_frame(self._encoder, message.id, await result)
-            except Exception as exc:
-                frame = error_frame(self._encoder, message.id, exc)
-            self._reply(message, frame)
-        finally:
-            done()
-            handling.handled()
+                try:
+                    frame = reply_frame(self._encoder, message.id, await result)
+                except Exception as exc:
+                    frame = error_frame(self._encoder, message.id, exc)
+                self._reply(message, frame)
+            finally:
+                done()
 
     async def _answer(self, message: Request, done: Callable[[], None]) -> None:
-        handling = Handling(self)  # (see _handling: closing from the handler)
-        try:
-            args = self._handler_args(message.data)
-            message.data = None  # (see _start_answer)
-            frame = await answer(self._handlers, message, args, self._encoder, self._log)
-            del args
-            self._reply(message, frame)
-        finally:
-            done()
-            handling.handled()
+        with Handling(self):  # (see _handling: closing from the handler)
+            try:
+                args = self._handler_args(message.data)
+                message.data = None  # (see _start_answer)
+                frame = await answer(self._handlers, message, args, self._encoder, self._log)
+                del args
+                self._reply(message, frame)
+            finally:
+                done()
 
     def _reply(self, message: Request, frame: Frame) -> None:
         if self._shared is not None:

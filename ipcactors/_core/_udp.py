@@ -283,11 +283,8 @@ class DatagramServer(HandlerMethods):
                 self._stats.events_unhandled += 1
                 unhandled(self._unhandled_names, message.event, repr(peer), self._log)
                 return
-            handling = Handling(peer)  # (see _handling: closing from the handler)
-            try:
+            with Handling(peer):  # (see _handling: closing from the handler)
                 await self._handlers.call(message.event, (message.data, peer), self._log)
-            finally:
-                handling.handled()
         elif type(message) is Request:
             if self._answering >= MAX_REQUESTS:
                 self._stats.dropped_busy += 1
@@ -321,18 +318,19 @@ class DatagramServer(HandlerMethods):
             del self._peers[address]
 
     async def _answer(self, message: Request, peer: DatagramPeer) -> None:
-        handling = Handling(peer)  # (see _handling: closing from the handler)
-        try:
-            frame = await answer(
-                self._handlers, message, (message.data, peer), self._encoder, self._log
-            )
+        with Handling(peer):  # (see _handling: closing from the handler)
             try:
-                await self._send(frame, peer.address)
-            except (IPCError, OSError) as exc:
-                self._log.warning(f"reply to {message.event!r} for {peer.address} not sent: {exc}")
-        finally:
-            self._answering -= 1
-            handling.handled()
+                frame = await answer(
+                    self._handlers, message, (message.data, peer), self._encoder, self._log
+                )
+                try:
+                    await self._send(frame, peer.address)
+                except (IPCError, OSError) as exc:
+                    self._log.warning(
+                        f"reply to {message.event!r} for {peer.address} not sent: {exc}"
+                    )
+            finally:
+                self._answering -= 1
 
     def _serves(self, peer: object) -> bool:
         return isinstance(peer, DatagramPeer) and peer._server is self
