@@ -307,6 +307,26 @@ def test_bench_lists_the_suite() -> None:
     assert result.stdout.strip()
 
 
+def test_bench_stops_quietly_when_its_output_closes() -> None:
+    """``ipcactors bench -- --list | head -1``: the reader is gone before the list is written;
+    the suite stops with status 0 and no traceback (it ended in a BrokenPipeError)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            command("bench", "--", "--list"),
+            cwd=ROOT,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (0, "")
+
+
 async def test_codec_node_ipc_talks_to_a_node_ipc_server(socket_dir: str) -> None:
     path = os.path.join(socket_dir, "node.sock")
     async with node_peer("server.mjs", "9", "unix", path, "echo,message") as node:
