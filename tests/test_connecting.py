@@ -267,6 +267,27 @@ async def test_disconnect_fires_once_per_loss_not_per_attempt(socket_dir: str) -
     assert events[0] == "disconnect"
 
 
+async def test_error_handlers_get_the_librarys_errors(socket_dir: str) -> None:
+    """A failed attempt reaches the connection's ``error`` handlers as a ConnectionFailedError
+    naming the peer, the socket's own error its cause (they got a bare OSError:
+    FileNotFoundError or ConnectionRefusedError, where everything else is an IPCError)."""
+    errors: list[BaseException] = []
+    async with Actor("hello", socket_root=socket_dir, silent=True, **FAST_RETRY) as hello:
+        async with server_process(socket_dir) as server:
+            world = await hello.connect_to("world")
+            world.on("error", errors.append)
+            server.send_signal(signal.SIGKILL)
+            with anyio.fail_after(5):
+                while len(errors) < 3:
+                    await anyio.sleep(0.01)
+        async with server_process(socket_dir):  # sweeps the killed server's socket file
+            pass
+    for error in errors:
+        assert isinstance(error, ipcactors.ConnectionFailedError), repr(error)
+        assert isinstance(error.__cause__, OSError), repr(error.__cause__)
+        assert "'world'" in str(error)
+
+
 async def test_full_outbox_waits_while_disconnected(socket_dir: str) -> None:
     """While the server is down, emit queues up to max_outbox_bytes, then waits; never drops."""
     async with Actor(

@@ -226,7 +226,8 @@ async def test_a_welcome_that_never_comes_fails_what_was_sent_ahead_in_time(
             tg.cancel_scope.cancel()
     finally:
         os.unlink(path)  # anyio's listener leaves its socket file
-    assert [type(e) for e in errors] == [TimeoutError]
+    assert [type(e) for e in errors] == [ipcactors.ConnectionFailedError]
+    assert isinstance(errors[0].__cause__, TimeoutError)
     assert connects == []
 
 

@@ -124,16 +124,13 @@ def _handled_nothing(error: Exception | None) -> bool:
     return error is not None and not isinstance(error, TimeoutError)
 
 
-def _as_ipc_error(exc: BaseException) -> IPCError:
-    return exc if isinstance(exc, IPCError) else ConnectionFailedError(str(exc))
-
-
 class Connection(Peer, HandlerMethods):
     """A connection to another actor, made by ``Actor.connect_to()`` / ``connect_to_net()``.
 
     Lives in ``actor.of[id]`` until it is closed or gives up. Event handlers are called as
     ``handler(data)``; lifecycle handlers as ``connect()``, ``disconnect()``, ``destroy()`` and
-    ``error(exception)`` (raised locally only, never by a peer's frame).
+    ``error(exception)`` (raised locally only, never by a peer's frame; an ``IPCError``: each
+    failed attempt to connect, as ``connect_to`` would raise it, and a protocol error).
     """
 
     _lifecycle = RESERVED_EVENTS
@@ -346,11 +343,12 @@ class Connection(Peer, HandlerMethods):
             try:
                 opened = await self._open(pipelined)
             except Exception as exc:
-                await self._call_lifecycle("error", exc)
                 if not isinstance(exc, _CONNECT_FAILURES):
+                    await self._call_lifecycle("error", exc)
                     raise  # not a failure to connect: a bug, that no retry fixes
+                error = self._final_error(exc)
+                await self._call_lifecycle("error", error)
                 if _is_fatal(exc) or retries == 0:
-                    error = self._final_error(exc)
                     if error is exc:
                         raise
                     raise error from exc
@@ -553,9 +551,10 @@ class Connection(Peer, HandlerMethods):
                 self._log.warning(
                     f"cannot connect to {self.id!r} at {self.address}: {_reason(error)}"
                 )
-                await self._call_lifecycle("error", error)
+                final = self._final_error(error)
+                await self._call_lifecycle("error", final)
                 if _is_fatal(error):  # else retried, like any failed attempt
-                    self._refused = _as_ipc_error(self._final_error(error))
+                    self._refused = final
             elif channel.refusal is not None:
                 # Replaced by a newer connection with our id (another process has it, most
                 # likely): reconnecting would replace that one in turn, and so on. Give up.
@@ -609,13 +608,16 @@ class Connection(Peer, HandlerMethods):
         nominal = min(self._config.retry_cap, self._config.retry * 2 ** min(backoff, 32))
         return random.uniform(nominal / 2, nominal)
 
-    def _final_error(self, exc: BaseException) -> BaseException:
-        """What ``connect_to`` raises when its attempts end with ``exc``: our own errors as they
-        are, except a peer's protocol error, which is one way of failing to connect (a server
-        that is not an ipcactors one, or a broken one): a ConnectionFailedError caused by it."""
+    def _final_error(self, exc: BaseException) -> IPCError:
+        """What a failed attempt ending with ``exc`` is to the ``error`` handlers, and to
+        ``connect_to`` if it is the last: our own errors as they are; the rest (the socket's
+        OSError, a timeout, a peer's protocol error: a server that is not an ipcactors one, or
+        a broken one) a ConnectionFailedError caused by it."""
         if isinstance(exc, IPCError) and not isinstance(exc, ProtocolError):
             return exc
-        return ConnectionFailedError(f"could not connect to {self.id!r} at {self.address}: {exc}")
+        error = ConnectionFailedError(f"could not connect to {self.id!r} at {self.address}: {exc}")
+        error.__cause__ = exc
+        return error
 
     async def _destroy(self, error: BaseException | None) -> None:
         self._gave_up = error
