@@ -330,6 +330,7 @@ def test_a_pool_function_its_workers_cannot_load_fails_entering_the_pool(
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "refused: ChildExitedError", (done.stdout, done.stderr)
     assert "has no attribute 'work'" in done.stderr  # the worker's own error, on its output
+    assert """at the script's top level""" in done.stderr  # and why: the guard is not run there
 
 
 async def test_functions_not_importable_by_name_are_refused(socket_dir: str) -> None:

@@ -215,6 +215,7 @@ async def test_a_main_function_the_child_cannot_import_is_a_spawn_error(
     lines = out.splitlines()
     assert lines[0].startswith("SpawnError RemoteError AttributeError | "), out
     assert "child 'w' could not load its target '__main__.worker'" in lines[0], out
+    assert "define it at the script's top level" in lines[0], out  # the guard, said
     assert lines[1] == "children []", out
 
 

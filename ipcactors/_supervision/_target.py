@@ -155,7 +155,8 @@ def refuse_in_main_script(what: str) -> None:
 def load_target(target: Target, *, require_async: bool = True) -> Callable[..., Any]:
     """In the child: import the target (running the main script as ``__mp_main__`` first when
     the function lives there). Raises what the import raised, AttributeError for a missing
-    name, or TypeError when the name is not an async function (the module differs here)."""
+    name (saying why, for the main script's), or TypeError when the name is not an async
+    function (the module differs here)."""
     loaded = sys.modules.get("__mp_main__")
     if target.main_path is not None and getattr(loaded, "__file__", None) == target.main_path:
         module = loaded  # the script ran already (a pool loads several of its functions)
@@ -171,7 +172,17 @@ def load_target(target: Target, *, require_async: bool = True) -> Callable[..., 
             _running_main_script = None
     else:
         module = importlib.import_module(target.module)
-    fn = _resolve(module, target.qualname)
+    try:
+        fn = _resolve(module, target.qualname)
+    except AttributeError as exc:
+        if target.main_path is None:
+            raise
+        # Defined in the parent only as the script ran as __main__: under its guard, most often.
+        raise AttributeError(
+            f"{exc}: {target.qualname!r} is not defined when {target.main_path} is imported, as "
+            "a child process imports it (under the name __mp_main__, so that the code under "
+            "'if __name__ == \"__main__\":' does not run); define it at the script's top level"
+        ) from None
     if require_async and not inspect.iscoroutinefunction(fn):
         raise TypeError(f"{target} is not an async function in the child process: {fn!r}")
     return fn  # type: ignore[no-any-return]
