@@ -57,6 +57,8 @@ class Actor:
         self._server: Server | DatagramServer | None = None
         self._connections: dict[str, Connection] = {}
         self._task_group: TaskGroup | None = None
+        self._body: anyio.CancelScope | None = None  # the async with block's, while it runs
+        self._body_task = 0  # the id of the task that runs it
         self._watchdog: Watchdog | None = None  # one task keeps time for every channel
         self._closing = False
         self._closed = anyio.Event()
@@ -79,6 +81,11 @@ class Actor:
         await task_group.__aenter__()
         self._task_group = task_group
         self._watchdog = Watchdog(task_group)
+        # The block's body runs in a scope of its own, inside the task group's but apart from
+        # the tasks in it: a close from elsewhere cancels the body first, and flushes on.
+        self._body = anyio.CancelScope()
+        self._body.__enter__()
+        self._body_task = anyio.get_current_task().id
         runtime = current_runtime()
         if runtime is not None:
             runtime.actors.add(self)
@@ -91,6 +98,12 @@ class Actor:
         tb: TracebackType | None,
     ) -> bool:
         assert self._task_group is not None
+        assert self._body is not None
+        original = exc
+        # (Trio's scope answers True when shown no exception: only a shown one is swallowed.)
+        if self._body.__exit__(exc_type, exc, tb) and exc is not None:
+            exc_type = exc = tb = None  # the body was cancelled by a close: it ends quietly
+        self._body = None
         try:
             with anyio.CancelScope(shield=True):
                 await self.aclose()
@@ -109,12 +122,14 @@ class Actor:
         suppressed = bool(suppress) and exc is not None
         if exc is None or suppressed:
             await end_with_run()  # after run()'s signal, the code after the block never runs
-        return suppressed
+        return suppressed or (original is not None and exc is None)
 
     async def aclose(self) -> None:
         """Flush and close every connection and the server (each bounded by ``close_timeout``),
         then stop. ``wait_closed()`` returns after this. The body of the actor's ``async with``
-        is cancelled at its next ``await`` (it ends quietly), wherever this was called from.
+        is cancelled at its next ``await`` (it ends quietly), wherever this was called from:
+        called from another task (or a handler), the body is cancelled as the close starts, so
+        a ``request()`` or ``emit()`` it waits in does not fail with this close's ClosedError.
         From a handler of this actor's (an event's, a request's, a lifecycle handler): returns
         at once, and the actor starts closing once the handler has returned (a request's reply
         is queued first, and flushed)."""
@@ -124,6 +139,21 @@ class Actor:
             await self._closed.wait()
             return
         self._closing = True
+        if (
+            self._body is not None
+            and self._task_group is not None
+            and anyio.get_current_task().id != self._body_task
+        ):
+            # From another task: the body ends now, at its next await, instead of meeting the
+            # close's own errors there (a request failed, an emit refused); the close runs in
+            # the actor's task group, apart from the body.
+            self._body.cancel()
+            self._task_group.start_soon(self._close)
+            await self._closed.wait()
+            return
+        await self._close()
+
+    async def _close(self) -> None:
         closers = [connection.aclose for connection in self._connections.values()]
         if self._server is not None:
             closers.append(self._server.aclose)

@@ -465,3 +465,49 @@ async def test_a_handler_raising_a_base_exception_ends_its_actor(
     matched, rest = exc.split(_Leaving)
     assert matched is not None
     assert rest is None
+
+
+@pytest.mark.parametrize("closer", ["task", "handler"])
+@pytest.mark.parametrize("waiting_in", ["request", "emit"])
+async def test_closing_an_actor_ends_its_body_quietly_wherever_it_waits(
+    closer: str, waiting_in: str, socket_dir: str
+) -> None:
+    """``aclose()`` from another task, or from one of the actor's handlers, ends the body of its
+    ``async with`` quietly at its next ``await``, as documented, even when that body waits in
+    ``request()`` (its reply never comes) or in ``emit()`` (a full outbox). It used to get
+    the ClosedError of the close it asked for: the connections closed, failing what the body
+    waited on, before the body was cancelled."""
+    options = {"socket_root": socket_dir, "silent": True, "close_timeout": 0.5}
+    gate = anyio.Event()
+    after_the_body: list[str] = []
+    async with Actor("world", max_inbox_bytes=16 * 1024, **options) as world:
+        server = await world.serve()
+
+        @server.on("hold")
+        async def hold(data: object, client: Client) -> None:
+            await gate.wait()
+
+        try:
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as outer:
+                    async with Actor("hello", max_outbox_bytes=64 * 1024, **options) as hello:
+                        conn = await hello.connect_to("world")
+                        if closer == "task":
+                            outer.start_soon(_close_later, hello)
+                        else:
+                            conn.on("close-us", lambda _: hello.aclose())
+                            await server.broadcast("close-us", None)
+                        if waiting_in == "request":
+                            await conn.request("hold", None, timeout=30)
+                        else:
+                            while True:  # until the outbox is full, then waits there
+                                await conn.emit("hold", b"x" * 8192)
+                    after_the_body.append("quiet")
+        finally:
+            gate.set()
+    assert after_the_body == ["quiet"]
+
+
+async def _close_later(actor: Actor) -> None:
+    await anyio.sleep(0.3)
+    await actor.aclose()
