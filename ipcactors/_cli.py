@@ -203,7 +203,11 @@ class Output:
         if self.closed:
             return
         try:
-            print(dumps(record) if self.json else human, flush=True)
+            # One write per line: print() writes the line and its end separately when stdout
+            # is unbuffered (python -u), and a reader that took the line and went (| head -1)
+            # would stop us at the line end, before anything else came.
+            sys.stdout.write((dumps(record) if self.json else human) + "\n")
+            sys.stdout.flush()
         except BrokenPipeError:
             self._close()
 

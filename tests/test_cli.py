@@ -221,7 +221,12 @@ async def read_one_chunk_then_close(args: list[str]) -> AsyncIterator[tuple[Proc
     as ``| head -1`` does (anyio's asyncio process streams do not close the pipe on aclose).
     The process is killed if the test ends with it still running."""
     read_end, write_end = os.pipe()
-    process = await anyio.open_process(args, cwd=ROOT, stdout=write_end, stderr=subprocess.PIPE)
+    # Unbuffered, as under python -u: each line must still leave in one write (the first
+    # chunk is a whole line, and the process does not stop before it is told something).
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = await anyio.open_process(
+        args, cwd=ROOT, stdout=write_end, stderr=subprocess.PIPE, env=env
+    )
     os.close(write_end)
     try:
         try:
