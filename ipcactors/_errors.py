@@ -181,7 +181,8 @@ class SocketPathTooLongError(SocketPathError):
 
 
 class AddressInUseError(SocketPathError):
-    """The address is taken: a live server listens there, or a file that is not a socket is there.
+    """The address is taken: a live server listens there (a Unix socket's path, a TCP or UDP
+    port), or a file that is not a socket is there.
 
     ipcactors never takes over a live server's path and never removes a file that is not a socket.
     """

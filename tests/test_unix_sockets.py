@@ -194,6 +194,25 @@ async def test_a_socket_root_that_does_not_exist_is_a_socket_path_error(
     assert not os.path.exists(missing)  # nothing was created in its place
 
 
+async def test_a_path_whose_directory_does_not_exist_is_a_socket_path_error(
+    socket_dir: str,
+) -> None:
+    """serve(path) in a missing directory, or the default path of an id with a '/' in it,
+    raises SocketPathError naming the directory (it was a bare FileNotFoundError), and the
+    actor still serves on a good path afterwards."""
+    missing = os.path.join(socket_dir, "missing", "world.sock")
+    async with Actor("sub/world", socket_root=socket_dir, silent=True) as world:
+        for path in (missing, None):
+            with pytest.raises(ipcactors.SocketPathError, match="does not exist") as caught:
+                await world.serve(path)
+            assert os.path.dirname(world.default_path() if path is None else path) in str(
+                caught.value
+            )
+        server = await world.serve(os.path.join(socket_dir, "world.sock"))
+        assert os.path.exists(str(server.address))
+    assert os.listdir(socket_dir) == []
+
+
 async def test_explicit_path(socket_dir: str) -> None:
     path = os.path.join(socket_dir, "custom.sock")
     async with Actor("world", socket_root=socket_dir, silent=True) as world:
@@ -220,12 +239,16 @@ async def test_socket_file_of_a_replacement_is_left_alone(socket_dir: str) -> No
     assert not os.path.exists(path)
 
 
-async def test_tcp_port_in_use(socket_dir: str) -> None:
+@pytest.mark.parametrize("udp", [None, "udp4"])
+async def test_a_port_in_use_is_an_address_in_use_error(udp: str | None, socket_dir: str) -> None:
+    """TCP and UDP alike (a UDP port in use raised a bare OSError); the actor that was
+    refused still serves on a free port afterwards."""
     async with Actor("one", silent=True) as one, Actor("two", silent=True) as two:
-        server = await one.serve_net("127.0.0.1", 0)
-        _, port = server.address  # type: ignore[misc]
-        with pytest.raises(ipcactors.AddressInUseError):
-            await two.serve_net("127.0.0.1", port)
+        server = await one.serve_net("127.0.0.1", 0, udp=udp)  # type: ignore[call-overload]
+        _, port = server.address
+        with pytest.raises(ipcactors.AddressInUseError, match=f"{port} on 127.0.0.1 is in use"):
+            await two.serve_net("127.0.0.1", port, udp=udp)  # type: ignore[call-overload]
+        await two.serve_net("127.0.0.1", 0, udp=udp)  # type: ignore[call-overload]
 
 
 async def test_serving_twice_is_an_error(socket_dir: str) -> None:

@@ -10,11 +10,14 @@ Invariants:
 
 from __future__ import annotations
 
+import errno
 import socket
 from typing import Final, Literal
 
 import anyio
 from anyio.abc import UDPSocket
+
+from .._errors import AddressInUseError
 
 __all__ = ["MAX_DATAGRAM", "DatagramKind", "open_datagram_endpoint"]
 
@@ -25,7 +28,15 @@ MAX_DATAGRAM: Final[dict[str, int]] = {"udp4": 65_507, "udp6": 65_527}
 
 
 async def open_datagram_endpoint(kind: DatagramKind, host: str, port: int) -> UDPSocket:
-    """A datagram endpoint bound to ``(host, port)`` (port 0: a free one)."""
-    if kind == "udp4":
-        return await anyio.create_udp_socket(socket.AF_INET, local_host=host, local_port=port)
-    return await anyio.create_udp_socket(socket.AF_INET6, local_host=host, local_port=port)
+    """A datagram endpoint bound to ``(host, port)`` (port 0: a free one). Raises
+    :class:`AddressInUseError` when the port is taken."""
+    try:
+        if kind == "udp4":
+            return await anyio.create_udp_socket(socket.AF_INET, local_host=host, local_port=port)
+        return await anyio.create_udp_socket(socket.AF_INET6, local_host=host, local_port=port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise AddressInUseError(
+                f"UDP port {port} on {host} is in use; choose another port (or 0 for a free one)"
+            ) from exc
+        raise

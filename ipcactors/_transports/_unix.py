@@ -126,7 +126,14 @@ def bind_unix_socket(path: str, backlog: int = 128, *, wait: bool = True) -> Bou
     ``wait=False``, returns None instead of waiting for another process's lock."""
     check_path_length(path)
     directory = os.path.dirname(path) or "."
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise SocketPathError(
+            f"cannot serve on {path!r}: the directory {directory!r} does not exist"
+        ) from exc
+    except OSError as exc:
+        raise SocketPathError(f"cannot serve on {path!r}: {directory!r}: {exc.strerror}") from exc
     try:
         try:
             fcntl.flock(dir_fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -149,7 +156,7 @@ def bind_unix_socket(path: str, backlog: int = 128, *, wait: bool = True) -> Bou
             sock.close()
             if exc.errno == errno.EADDRINUSE:
                 raise AddressInUseError(f"{path!r} was taken while binding") from exc
-            raise
+            raise SocketPathError(f"cannot serve on {path!r}: {exc.strerror}") from exc
         except BaseException:
             sock.close()
             raise
@@ -183,7 +190,7 @@ def _clear_stale(path: str) -> bool:
             f"a live server is listening on {path!r}; it is left alone. "
             "Stop it first, or use another id, appspace or path"
         )
-    raise OSError(code, f"cannot probe the existing socket at {path!r}: {os.strerror(code)}")
+    raise SocketPathError(f"cannot probe the existing socket at {path!r}: {os.strerror(code)}")
 
 
 def remove_if_ours(path: str, identity: tuple[int, int]) -> None:
