@@ -133,6 +133,18 @@ async def test_a_closed_udp_server_sends_nothing_and_says_closed() -> None:
             await world.request(hello.address, "ping", timeout=1)
         with pytest.raises(ipcactors.ClosedError):
             await world.broadcast("ping")
+    # A peer that is not an address is a mistake in the argument (was a bare IPCError).
+    async with Actor("lonely", silent=True) as lonely:
+        server = await lonely.serve_net("127.0.0.1", 0, udp="udp4")
+        for peer in ("127.0.0.1:9", ("127.0.0.1", "9"), ("127.0.0.1",)):
+            with pytest.raises(ipcactors.ConfigError, match="UDP peer"):
+                await server.emit(peer, "ping")  # type: ignore[arg-type]
+    # With no peer to send to as well (it returned quietly, as if sent to all of none).
+    async with Actor("lonely", silent=True) as lonely:
+        server = await lonely.serve_net("127.0.0.1", 0, udp="udp4")
+        await server.aclose()
+        with pytest.raises(ipcactors.ClosedError):
+            await server.broadcast("ping")
 
 
 @pytest.mark.parametrize(

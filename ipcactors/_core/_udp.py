@@ -34,6 +34,7 @@ from anyio.abc import SocketAttribute, TaskGroup, TaskStatus, UDPSocket
 from .._config import Config, request_timeout
 from .._errors import (
     ClosedError,
+    ConfigError,
     DatagramTooLargeError,
     IPCError,
     ProtocolError,
@@ -167,7 +168,9 @@ class DatagramServer(HandlerMethods):
             or not isinstance(peer[0], str)
             or not isinstance(peer[1], int)
         ):
-            raise IPCError(f"a UDP peer is a (host, port) tuple or a DatagramPeer, got {peer!r}")
+            raise ConfigError(
+                f"a UDP peer is a (host, port) tuple or a DatagramPeer, got {peer!r:.80}"
+            )
         return peer
 
     async def _send(self, frame: Frame, address: PeerAddress) -> None:
@@ -177,16 +180,20 @@ class DatagramServer(HandlerMethods):
                 f"a datagram of {len(body)} bytes exceeds the limit of {self._max_datagram}; "
                 "send less per event, or use a stream transport"
             )
+        sock = self._check_open()
+        try:
+            async with self._send_lock:  # anyio's socket refuses two senders at once
+                await sock.sendto(body, *address)
+        except anyio.ClosedResourceError:  # closed while this waited for its turn
+            raise ClosedError(f"UDP server {self._id!r} is closed") from None
+        self._stats.sent += 1
+
+    def _check_open(self) -> UDPSocket:
         if self._stopped.is_set():
             raise ClosedError(f"UDP server {self._id!r} is closed")
         if self._socket is None:
             raise IPCError("the UDP server is not running")
-        try:
-            async with self._send_lock:  # anyio's socket refuses two senders at once
-                await self._socket.sendto(body, *address)
-        except anyio.ClosedResourceError:  # closed while this waited for its turn
-            raise ClosedError(f"UDP server {self._id!r} is closed") from None
-        self._stats.sent += 1
+        return self._socket
 
     async def emit(self, peer: DatagramPeer | PeerAddress, event: str, data: Any = None) -> None:
         """Send ``event`` to ``peer`` (a handle or ``(host, port)``) in one datagram."""
@@ -223,8 +230,10 @@ class DatagramServer(HandlerMethods):
         return pending.result
 
     async def broadcast(self, event: str, data: Any = None) -> None:
-        """Send ``event`` to every peer heard from within ``PEER_TTL`` seconds."""
+        """Send ``event`` to every peer heard from within ``PEER_TTL`` seconds. Raises
+        :class:`ClosedError` once the server is closed, peers or none."""
         check_event_name(event)
+        self._check_open()
         frame = self._encoder.event(event, data)
         self._expire(anyio.current_time())
         for address in list(self._peers):
