@@ -263,7 +263,7 @@ class BlockingInbox(AbstractContextManager["BlockingInbox"]):
         max_items: int = 1000,
     ) -> None:
         if not events:
-            raise IPCError("inbox() needs at least one event name, e.g. inbox('message')")
+            raise ConfigError("inbox() needs at least one event name, e.g. inbox('message')")
         if type(max_items) is not int or max_items < 1:
             raise ConfigError(f"max_items must be an int >= 1, got {max_items!r:.80}")
         self._loop = loop
@@ -402,7 +402,8 @@ class BlockingConnection(_Wrapper):
 
     def wait_connected(self, timeout: float | None = None) -> None:
         """Wait until connected (raises :class:`TimeoutError` after ``timeout`` seconds)."""
-        self._loop.call(_bounded, self.wrapped.wait_connected, timeout)
+        what = f"not connected to {self.wrapped.id!r}"
+        self._loop.call(_bounded, self.wrapped.wait_connected, timeout, what)
 
     def statistics(self) -> ConnectionStatistics:
         """A snapshot of this connection's counters."""
@@ -474,9 +475,11 @@ async def _host(actor: Actor, *, task_status: anyio.abc.TaskStatus[anyio.Event])
         await stop.wait()
 
 
-async def _bounded(fn: Callable[[], Awaitable[None]], timeout: float | None) -> None:
-    with anyio.fail_after(timeout):
+async def _bounded(fn: Callable[[], Awaitable[None]], timeout: float | None, what: str) -> None:
+    with anyio.move_on_after(timeout) as waited:
         await fn()
+    if waited.cancelled_caught:
+        raise TimeoutError(f"{what} within {timeout} s")
 
 
 class BlockingActor:
@@ -497,7 +500,7 @@ class BlockingActor:
         **overrides: Any,
     ) -> None:
         if backend not in ("asyncio", "trio"):
-            raise IPCError(f'backend= takes "asyncio" or "trio", got {backend!r}')
+            raise ConfigError(f'backend= takes "asyncio" or "trio", got {backend!r:.80}')
         self.id = id
         # Validated here, in the caller's thread: a mistake raises ConfigError at once.
         self.config = (config or Config()).replace(id=id, **overrides)
@@ -652,8 +655,9 @@ class BlockingActor:
         self._loop.close(partial(actor.disconnect, id))
 
     def wait_closed(self, timeout: float | None = None) -> None:
-        """Wait until the actor is closed (by another thread's ``close()``, or a handler).
-        Raises :class:`IPCError` in a plain handler that closed this actor: that close starts
+        """Wait until the actor is closed (by another thread's ``close()``, or a handler);
+        raises :class:`TimeoutError` after ``timeout`` seconds. Raises :class:`IPCError` in a
+        plain handler that closed this actor: that close starts
         once the handler has returned, so the wait would wait on itself."""
         actor = self.wrapped
         if self._loop.portal is None:
@@ -664,7 +668,7 @@ class BlockingActor:
                 "the close starts once the handler has returned"
             )
         try:
-            self._call(_bounded, actor.wait_closed, timeout)
+            self._call(_bounded, actor.wait_closed, timeout, f"actor {actor.id!r} not closed")
         except ClosedError:
             return  # the loop stopped meanwhile: closed
 

@@ -110,7 +110,7 @@ def test_errors_are_the_async_api_types(
 ) -> None:
     with pytest.raises(ipcactors.ConfigError):
         BlockingActor("x", retry=-1)
-    with pytest.raises(ipcactors.IPCError, match="asyncio"):
+    with pytest.raises(ipcactors.ConfigError, match="asyncio"):  # an argument: not a bare IPCError
         BlockingActor("x", backend="curio")  # type: ignore[arg-type]
     options: dict[str, Any] = {"socket_root": socket_dir, "backend": backend, **FAST}
     options["stop_retrying"] = 0  # a connection that fails fails at once
@@ -143,6 +143,9 @@ def test_errors_are_the_async_api_types(
             conn.emit("connect")
         with pytest.raises(ipcactors.ConnectionFailedError):
             hello.connect_to("nobody", os.path.join(socket_dir, "none"))
+        # A wait given a timeout raises the built-in TimeoutError saying what did not happen.
+        with pytest.raises(TimeoutError, match=r"'world' not closed within 0\.05 s"):
+            world.wait_closed(timeout=0.05)
     with pytest.raises(ipcactors.ClosedError):
         conn.emit("x")
     with pytest.raises(ipcactors.IPCError, match="only once"):
@@ -424,6 +427,8 @@ def test_a_reader_waiting_in_an_inbox_ends_when_the_actor_closes(
         server = world.serve()
         with pytest.raises(ipcactors.ConfigError, match="max_items"):
             server.inbox("message", max_items=0)
+        with pytest.raises(ipcactors.ConfigError, match="at least one event"):  # was bare IPCError
+            server.inbox()
         inbox = server.inbox("message", "news")
 
         def read() -> None:

@@ -10,7 +10,7 @@ import time
 import _pool_tasks
 import pytest
 
-from ipcactors import PoolExecutor, RemoteError
+from ipcactors import ConfigError, PoolExecutor, RemoteError
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -22,6 +22,12 @@ def executor(request: pytest.FixtureRequest, socket_dir: str) -> PoolExecutor:
         shutdown_timeout=2.0,
         terminate_timeout=0.5,
     )
+
+
+def test_an_unknown_backend_is_a_config_error(socket_dir: str) -> None:
+    """Checked before anything starts (anyio's LookupError, after a thread had started)."""
+    with pytest.raises(ConfigError, match="asyncio"):
+        PoolExecutor(1, backend="curio", socket_root=socket_dir)  # type: ignore[arg-type]
 
 
 def test_submit_map_and_errors(executor: PoolExecutor) -> None:

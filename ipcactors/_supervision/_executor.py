@@ -20,6 +20,7 @@ from typing import Any, Literal
 import anyio.from_thread
 from anyio.from_thread import BlockingPortal
 
+from .._errors import ConfigError
 from ._pool import Pool
 
 __all__ = ["PoolExecutor"]
@@ -40,9 +41,11 @@ class PoolExecutor(concurrent.futures.Executor):
         size: int | None = None,
         *,
         fn: Callable[..., Any] | str | None = None,
-        backend: str = "asyncio",
+        backend: Literal["asyncio", "trio"] = "asyncio",
         **options: Any,
     ) -> None:
+        if backend not in ("asyncio", "trio"):
+            raise ConfigError(f'backend= takes "asyncio" or "trio", got {backend!r:.80}')
         self._pool = Pool(fn, size, **options)
         self._portal_cm = anyio.from_thread.start_blocking_portal(backend)
         self._portal: BlockingPortal = self._portal_cm.__enter__()
