@@ -288,6 +288,29 @@ async def test_error_handlers_get_the_librarys_errors(socket_dir: str) -> None:
         assert "'world'" in str(error)
 
 
+async def test_a_server_that_hangs_up_at_once_is_named_in_the_error(socket_dir: str) -> None:
+    """A socket whose server accepts and closes at once: connect_to's ConnectionFailedError
+    says what happened (it ended in 'at .../hang: ' and nothing: anyio's BrokenResourceError
+    has no message, the OSError behind it is its cause)."""
+    path = os.path.join(socket_dir, "hang")
+    listener = await anyio.create_unix_listener(path)
+
+    async def hang_up(stream: anyio.abc.SocketStream) -> None:
+        await stream.aclose()
+
+    try:
+        async with listener, anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, hang_up)
+            async with Actor("hello", socket_root=socket_dir, silent=True, stop_retrying=0) as a:
+                with anyio.fail_after(5), pytest.raises(ipcactors.ConnectionFailedError) as caught:
+                    await a.connect_to("hang", path)
+            tg.cancel_scope.cancel()
+    finally:
+        os.unlink(path)  # anyio's listener leaves its socket file
+    reason = str(caught.value).partition(f"at {path}: ")[2]
+    assert reason.strip(), str(caught.value)
+
+
 async def test_full_outbox_waits_while_disconnected(socket_dir: str) -> None:
     """While the server is down, emit queues up to max_outbox_bytes, then waits; never drops."""
     async with Actor(

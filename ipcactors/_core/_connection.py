@@ -108,6 +108,8 @@ def _reason(exc: BaseException) -> str:
     text = str(exc)
     if isinstance(exc, IPCError):
         return text or type(exc).__name__
+    if not text and exc.__cause__ is not None:  # anyio's BrokenResourceError: the OSError behind
+        return _reason(exc.__cause__)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -615,7 +617,9 @@ class Connection(Peer, HandlerMethods):
         a broken one) a ConnectionFailedError caused by it."""
         if isinstance(exc, IPCError) and not isinstance(exc, ProtocolError):
             return exc
-        error = ConnectionFailedError(f"could not connect to {self.id!r} at {self.address}: {exc}")
+        error = ConnectionFailedError(
+            f"could not connect to {self.id!r} at {self.address}: {_reason(exc)}"
+        )
         error.__cause__ = exc
         return error
 
