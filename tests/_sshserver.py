@@ -43,14 +43,30 @@ async def _run_command(process: asyncssh.SSHServerProcess[bytes]) -> None:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    await process.redirect(stdin=child.stdin, stdout=child.stdout, stderr=child.stderr)
+    await process.redirect(stdin=child.stdin)
     try:
+        # All it wrote goes out before its exit status, as sshd does it (a redirect of its
+        # output would let the exit overtake what is still on its way).
+        assert child.stdout is not None
+        assert child.stderr is not None
+        await asyncio.gather(
+            _copy(child.stdout, process.stdout), _copy(child.stderr, process.stderr)
+        )
         code = await child.wait()
     finally:
         if child.returncode is None:
             child.kill()
             await child.wait()
     process.exit(code)
+
+
+async def _copy(source: asyncio.StreamReader, sink: asyncssh.SSHWriter[bytes]) -> None:
+    try:
+        while data := await source.read(65536):
+            sink.write(data)
+            await sink.drain()
+    except (asyncssh.Error, BrokenPipeError, ConnectionError):
+        pass  # the channel is gone: what is left has nowhere to go
 
 
 async def main() -> None:
