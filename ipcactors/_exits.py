@@ -3,7 +3,10 @@ reaches the top wrapped in the exception groups of every task group it crossed.
 
 Invariants:
 - A group made only of ``SystemExit`` means the process is exiting, with the status of the
-  first; anything else in the group keeps it an error.
+  first; so does one with ``SystemExit`` and, beside it, only the errors of connections that
+  the exit closed or lost on its way out (:class:`ClosedError`, :class:`ConnectionLostError`:
+  a request in this process to the actor whose handler exited). Anything else in the group
+  keeps it an error.
 - On asyncio a ``SystemExit`` raised in a task leaves the loop at once (asyncio re-raises it out
   of the task), and the tasks it cut short are cancelled as the loop closes; asyncio then
   reports those that ended with the exit's groups as unhandled. Under ``run()`` such reports are
@@ -12,9 +15,13 @@ Invariants:
 
 from __future__ import annotations
 
+from ._errors import ClosedError, ConnectionLostError
 from ._transports._backend import drop_loop_reports
 
 __all__ = ["quiet_exit_reports", "system_exit"]
+
+#: Beside a SystemExit in a group: the exit's doing, not errors of their own.
+_ITS_DOING = (ClosedError, ConnectionLostError)
 
 
 def quiet_exit_reports() -> None:
@@ -24,12 +31,13 @@ def quiet_exit_reports() -> None:
 
 
 def system_exit(exc: BaseException) -> SystemExit | None:
-    """``exc`` if it is a SystemExit, or the first of a group made only of SystemExits."""
+    """``exc`` if it is a SystemExit, or the first SystemExit of a group made only of them and
+    of what they caused (see the invariants)."""
     if isinstance(exc, SystemExit):
         return exc
     if isinstance(exc, BaseExceptionGroup):
         matched, rest = exc.split(SystemExit)
-        if matched is not None and rest is None:
+        if matched is not None and (rest is None or rest.split(_ITS_DOING)[1] is None):
             first: BaseException = matched
             while isinstance(first, BaseExceptionGroup):
                 first = first.exceptions[0]
