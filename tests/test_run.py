@@ -328,6 +328,58 @@ def test_signal_with_supervised_requests_in_flight_exits_quietly(
     assert "AFTER" not in out, "code after the block ran during the shutdown"
 
 
+BETWEEN_ACTORS = textwrap.dedent(
+    """
+    import sys
+    import anyio, ipcactors
+
+    async def main(root):
+        async with ipcactors.Actor("world", socket_root=root) as world:
+            server = await world.serve()
+
+            async def job(data, client):
+                await anyio.sleep(0.002)
+                return data
+
+            server.on("job", job)
+            server.on("news", lambda data, client: None)
+            async with ipcactors.Actor("hello", socket_root=root) as hello:
+                conn = await hello.connect_to("world")
+
+                async def keep_asking():
+                    while True:
+                        await conn.request("job", 1)
+
+                async def keep_telling():
+                    while True:
+                        await conn.emit("news", 1)
+                        await anyio.sleep(0)
+
+                async with anyio.create_task_group() as task_group:
+                    task_group.start_soon(keep_asking)
+                    task_group.start_soon(keep_telling)
+                    await anyio.sleep(0.2)
+                    print("READY", flush=True)
+
+    ipcactors.run(main, sys.argv[1], backend=sys.argv[2], log_level="WARNING")
+    """
+)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_signal_with_requests_and_events_between_actors_of_the_process(
+    backend: str, socket_dir: str
+) -> None:
+    """Both ends in this process, requests and events in flight: the first signal ends it
+    quietly with 128 + signal. The requests failed with the ConnectionLostError of the close
+    the signal made (the server closed before the requester was cancelled), and the process
+    exited 1 with that traceback."""
+    for _ in range(3):
+        _interrupted(
+            [sys.executable, "-c", BETWEEN_ACTORS, socket_dir, backend], "READY", signal.SIGINT
+        )
+
+
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_ctrl_c_in_the_worker_pool_example(backend: str) -> None:
     command = [sys.executable, os.path.join(ROOT, "examples", "worker_pool.py")]
