@@ -75,6 +75,25 @@ async def test_requests_over_udp() -> None:
             spare.close()
 
 
+async def test_an_address_that_cannot_be_sent_to_is_refused_and_the_server_serves_on() -> None:
+    """A port out of range, port 0, or an address of the other IP version: ConfigError, before
+    anything is sent, and the server keeps serving. On asyncio a port out of range killed the
+    server's socket (asyncio closes a datagram transport on a send error that is not an
+    OSError) while emit returned; on Trio emit raised a bare OverflowError or an empty
+    anyio.BrokenResourceError."""
+    async with Actor("world", silent=True) as world_actor, Actor("hello", silent=True) as hello_a:
+        world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        hello = await hello_a.serve_net("127.0.0.1", 0, udp="udp4")
+        world.on("add", lambda numbers, peer: sum(numbers))
+        for bad in (("127.0.0.1", 70000), ("127.0.0.1", 0), ("127.0.0.1", -1), ("::1", 9)):
+            with pytest.raises(ipcactors.ConfigError, match="UDP peer"):
+                await hello.emit(bad, "add", [1])
+            with pytest.raises(ipcactors.ConfigError, match="UDP peer"):
+                await hello.request(bad, "add", [1], timeout=1)
+        with anyio.fail_after(5):
+            assert await hello.request(world.address, "add", [1, 2]) == 3
+
+
 @pytest.mark.parametrize("kind", ["event", "request"])
 @pytest.mark.parametrize("closing", ["actor", "server"])
 async def test_a_udp_handler_that_closes_its_server_runs_to_its_end(

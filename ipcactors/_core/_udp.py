@@ -21,6 +21,7 @@ Invariants:
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -170,6 +171,20 @@ class DatagramServer(HandlerMethods):
         ):
             raise ConfigError(
                 f"a UDP peer is a (host, port) tuple or a DatagramPeer, got {peer!r:.80}"
+            )
+        # Checked here, not left to the socket: asyncio closes a datagram transport for good
+        # on a send error that is not an OSError (a port out of range is an OverflowError).
+        host, port = peer
+        if type(port) is not int or not 0 < port <= 65535:
+            raise ConfigError(f"a UDP peer's port is 1-65535, got {peer!r:.80}")
+        try:
+            version = ipaddress.ip_address(host.partition("%")[0]).version
+        except ValueError:
+            return peer  # a name: resolved as it is sent
+        if f"udp{version}" != self._kind:
+            raise ConfigError(
+                f"a UDP peer of a {self._kind} server has an IPv{self._kind[-1]} address, "
+                f"got {peer!r:.80} (serve udp{version} to reach it)"
             )
         return peer
 
