@@ -94,6 +94,27 @@ async def test_an_address_that_cannot_be_sent_to_is_refused_and_the_server_serve
             assert await hello.request(world.address, "add", [1, 2]) == 3
 
 
+async def test_closing_a_udp_server_fails_its_requests_in_flight_at_once() -> None:
+    """No reply can come once the server is closed: its requests in flight raise ClosedError
+    then, instead of waiting out their timeout (10 s here) for a RequestTimeoutError."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    try:
+        async with Actor("hello", silent=True) as hello_actor:
+            hello = await hello_actor.serve_net("127.0.0.1", 0, udp="udp4")
+
+            async def close_soon() -> None:
+                await anyio.sleep(0.2)
+                await hello.aclose()
+
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(close_soon)
+                with anyio.fail_after(3), pytest.raises(ipcactors.ClosedError, match="closed"):
+                    await hello.request(silent.getsockname(), "ping", timeout=10)
+    finally:
+        silent.close()
+
+
 @pytest.mark.parametrize("kind", ["event", "request"])
 @pytest.mark.parametrize("closing", ["actor", "server"])
 async def test_a_udp_handler_that_closes_its_server_runs_to_its_end(

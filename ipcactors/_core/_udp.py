@@ -273,6 +273,8 @@ class DatagramServer(HandlerMethods):
             with anyio.CancelScope(shield=True):
                 await self._socket.aclose()
             self._stopped.set()
+            # No reply can come now: what waits for one fails at once, not at its timeout.
+            self._requests.fail(ClosedError(f"UDP server {self._id!r} is closed"))
 
     async def _receive_loop(self, sock: UDPSocket, task_group: TaskGroup) -> None:
         while True:
