@@ -341,6 +341,32 @@ async def test_a_forkserver_that_cannot_start_says_why(
     assert ("no-such-python3" if broken == "python" else "/no/such/dir") in "\n".join(said)
 
 
+async def test_no_ssh_config_turns_the_host_key_check_off(
+    anyio_backend: str,
+    socket_dir: str,
+    ssh_server: SSHServer,
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """known_hosts=None means ~/.ssh/known_hosts, which must list the host's key, whatever
+    ~/.ssh/config says: 'UserKnownHostsFile none' there turned asyncssh's check off, and the
+    spawn went through to a host whose key nothing listed. A known_hosts file that cannot be
+    read is said to be so (it was 'unreachable')."""
+    ssh = tmp_path / ".ssh"
+    ssh.mkdir(mode=0o700)
+    (ssh / "config").write_text("Host *\n    UserKnownHostsFile none\n")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    hosts = {"h": ssh_server.host(known_hosts=None)}
+    async with ipcactors.Supervisor(socket_root=socket_dir, auth_key=KEY, hosts=hosts) as sup:
+        with anyio.fail_after(20):
+            with pytest.raises(ipcactors.SpawnError, match="cannot read its known_hosts") as e:
+                await sup.spawn(echo, id="a", host="h")
+            assert str(ssh / "known_hosts") in str(e.value)
+            # Listed there, it is accepted.
+            (ssh / "known_hosts").write_text(pathlib.Path(ssh_server.known_hosts).read_text())
+            await sup.spawn(echo, id="b", host="h")
+
+
 async def test_hosts_need_auth_key_or_tls_and_known_names(anyio_backend: str) -> None:
     host = SSHHost("127.0.0.1")
     with pytest.raises(ipcactors.ConfigError, match="set auth_key"):

@@ -262,16 +262,18 @@ class SSHLauncher:
         if host.client_keys is not None:
             options["client_keys"] = list(host.client_keys)
             options["agent_path"] = None  # these keys, and only these
-        if host.known_hosts is not None:
-            options["known_hosts"] = host.known_hosts
+        # Named, never left to asyncssh's default: that reads ~/.ssh/config, where
+        # 'UserKnownHostsFile none' would turn the host key check off.
+        known_hosts = options["known_hosts"] = host.known_hosts or os.path.expanduser(
+            "~/.ssh/known_hosts"
+        )
         try:
             with anyio.fail_after(host.connect_timeout):
                 return await asyncssh.connect(host.address, **options)
         except asyncssh.HostKeyNotVerifiable as exc:
             raise SpawnError(
-                f"{where} refused: its host key is not in the known_hosts "
-                f"({host.known_hosts or '~/.ssh/known_hosts'}): {exc}. Add the host's key "
-                "there (ssh-keyscan) after checking it"
+                f"{where} refused: its host key is not in the known_hosts ({known_hosts}): "
+                f"{exc}. Add the host's key there (ssh-keyscan) after checking it"
             ) from exc
         except asyncssh.PermissionDenied as exc:
             raise SpawnError(
@@ -279,6 +281,12 @@ class SSHLauncher:
                 "Check the user and that its authorized_keys holds one of client_keys"
             ) from exc
         except (OSError, TimeoutError, asyncssh.Error) as exc:
+            files = (known_hosts, *(host.client_keys or ()))
+            if isinstance(exc, OSError) and exc.filename is not None and exc.filename in files:
+                what = "its known_hosts" if exc.filename == known_hosts else "a client key"
+                raise SpawnError(
+                    f"{where}: cannot read {what}, {exc.filename}: {exc.strerror}"
+                ) from exc
             raise SpawnError(
                 f"{where} is unreachable: {type(exc).__name__}: {exc or 'no answer'} "
                 f"(connect_timeout={host.connect_timeout} s)"
