@@ -3,6 +3,7 @@ child gets the parent's sys.path, and pytest puts tests/ on it)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import gc
 import os
@@ -149,6 +150,8 @@ async def leave(actor: ipcactors.Actor, how: str, delay: float = 0.1) -> None:
         sys.exit(1)
     if how == "sys.exit('text')":
         sys.exit("leaving with a message")
+    if how == "raise CancelledError":  # as awaiting a future someone cancelled does
+        raise asyncio.CancelledError
     raise AssertionError(how)
 
 

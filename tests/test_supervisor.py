@@ -313,6 +313,8 @@ async def test_restart_types(socket_dir: str, restart: Any, code: int, restarts:
         ("sys.exit(0)", 0, False),
         ("sys.exit(1)", 1, True),
         ("sys.exit('text')", 1, True),
+        # Not a cancellation by anyone: an error of fn's (asyncio took it for one: exit 0).
+        ("raise CancelledError", 1, True),
     ],
 )
 async def test_transient_child_ending_normally_is_not_restarted(

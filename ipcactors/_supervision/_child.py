@@ -275,6 +275,13 @@ async def _main(spec: dict[str, Any], fn: Callable[..., Any]) -> int:
                     await fn(actor, *args)
                 except SystemExit as exc:
                     code = _exit_code(exc)
+                except anyio.get_cancelled_exc_class():
+                    # Cancelled by the stop or the actor's close, it is a normal end. Raised by
+                    # fn itself (on asyncio, awaiting a future someone cancelled), an error.
+                    if not (task_group.cancel_scope.cancel_called or actor._closing):
+                        traceback.print_exc()
+                        code = 1
+                    raise
                 except Exception as exc:
                     traceback.print_exc()
                     code = 1
