@@ -826,16 +826,10 @@ class Supervisor:
         if exited:
             failed = incarnation.load_error
             if failed is not None:
-                hint = ""
-                if child.target.main_path is not None and failed.remote_type == "AttributeError":
-                    hint = (
-                        "; the child runs the main script as __mp_main__: define the function "
-                        "at its top level, not under 'if __name__ == \"__main__\":'"
-                    )
                 raise SpawnError(
                     f"child {child.id!r} could not load its target '{child.target}': "
                     f"{failed.remote_type}: {failed.remote_message} (in the child process; "
-                    f"its traceback is the cause, and above with its id){hint}"
+                    f"its traceback is the cause, and above with its id)"
                 ) from failed
             why = "its output above, prefixed with its id, says why"
             if incarnation.chain:
