@@ -367,6 +367,46 @@ async def test_no_ssh_config_turns_the_host_key_check_off(
             await sup.spawn(echo, id="b", host="h")
 
 
+@pytest.mark.parametrize("interruption", ["stop", "aclose", "cancel"])
+async def test_a_start_waiting_for_its_host_is_interrupted_at_once(
+    anyio_backend: str, interruption: str, socket_dir: str, ssh_server: SSHServer
+) -> None:
+    """A spawn on a host whose SSH server accepts and never answers (connect_timeout=8):
+    stop(id), the supervisor's aclose() and a cancellation of the spawn end it at once, as
+    they do a local start. They waited for the connect to time out (7 s), and on Trio a
+    cancelled spawn went on to raise its SpawnError out of the cancelled scope 8 s later."""
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(1)
+        hosts = {"h": ssh_server.host(port=mute.getsockname()[1], connect_timeout=8.0)}
+        async with ipcactors.Supervisor(socket_root=socket_dir, auth_key=KEY, hosts=hosts) as sup:
+            outcome: list[BaseException] = []
+
+            async def spawn() -> None:
+                try:
+                    await sup.spawn(echo, id="w", host="h")
+                except Exception as exc:
+                    outcome.append(exc)
+
+            with anyio.fail_after(3):
+                if interruption == "cancel":
+                    with anyio.move_on_after(0.5) as waited:
+                        await spawn()
+                    assert waited.cancelled_caught
+                    assert outcome == []
+                    assert sup.children == {}
+                    return
+                async with anyio.create_task_group() as task_group:
+                    task_group.start_soon(spawn)
+                    await anyio.sleep(0.5)
+                    await (sup.stop("w") if interruption == "stop" else sup.aclose())
+    if interruption == "stop":
+        assert isinstance(outcome[0], ipcactors.SpawnError), outcome
+        assert "stopped before it was ready" in str(outcome[0])
+    else:
+        assert isinstance(outcome[0], ipcactors.ClosedError), outcome
+
+
 async def test_hosts_need_auth_key_or_tls_and_known_names(anyio_backend: str) -> None:
     host = SSHHost("127.0.0.1")
     with pytest.raises(ipcactors.ConfigError, match="set auth_key"):

@@ -7,7 +7,9 @@ Invariants owned here:
 - The inner launcher is made, called and closed only in the helper thread, and what it calls
   back (``on_exit``, the output relay) runs in the supervisor's thread, through its loop's
   token: the supervisor's state is never touched from the helper thread.
-- ``kill`` never blocks the supervisor's loop: it is queued to the helper's loop.
+- The supervisor's loop never waits for the helper's (which may be waiting for it, in
+  ``_back``): a call into the helper (``kill`` included) is made from a worker thread, and
+  cancelling it cancels it there.
 - ``aclose`` closes the inner launcher, then ends the helper thread; a callback the helper
   sends once the supervisor's loop is gone is dropped (nothing is left to tell).
 """
@@ -15,6 +17,7 @@ Invariants owned here:
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -37,6 +40,7 @@ class AsyncioThreadLauncher:
         self._make = make
         self._context = context
         self._token = anyio.lowlevel.current_token()
+        self._thread = threading.get_ident()  # the supervisor's
         self._portal_cm: contextlib.AbstractContextManager[BlockingPortal] | None = None
         self._portal: BlockingPortal | None = None
         self._inner: Launcher | None = None
@@ -50,7 +54,11 @@ class AsyncioThreadLauncher:
         return self._closed or (self._inner is not None and self._inner.dead)
 
     def _back(self, fn: Callable[..., None], *args: Any) -> None:
-        """Call ``fn(*args)`` in the supervisor's thread (from the helper thread)."""
+        """Call ``fn(*args)`` in the supervisor's thread (from the helper thread; at once if
+        called there, as a future's callback is once the future is done)."""
+        if threading.get_ident() == self._thread:
+            fn(*args)
+            return
         try:
             anyio.from_thread.run_sync(fn, *args, token=self._token)
         except anyio.RunFinishedError:
@@ -83,9 +91,22 @@ class AsyncioThreadLauncher:
         self._inner = await self._call(self._make, context)
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in the helper thread; cancelling this cancels it there (a connect in
+        progress, say) instead of waiting for it."""
         portal = self._portal
         assert portal is not None
-        return await anyio.to_thread.run_sync(partial(portal.call, fn, *args))
+        # The portal's calls wait for the helper's loop, and the helper may be waiting for
+        # ours (``_back``): made from a worker thread, never from this loop's.
+        future = await anyio.to_thread.run_sync(partial(portal.start_task_soon, fn, *args))
+        done = anyio.Event()
+        future.add_done_callback(lambda _: self._back(done.set))
+        try:
+            await done.wait()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(future.cancel)
+            raise
+        return future.result()
 
     async def wait_ready(self) -> None:
         async with self._starting:  # spawns racing to a new host start it once
@@ -105,7 +126,11 @@ class AsyncioThreadLauncher:
 
     def kill(self, pid: int, sig: int) -> None:
         if self._inner is not None and self._portal is not None and not self._closed:
-            self._portal.start_task_soon(_sync, self._inner.kill, pid, sig)
+            self._context.task_group.start_soon(self._kill, self._inner.kill, pid, sig)
+
+    async def _kill(self, kill: Callable[[int, int], None], pid: int, sig: int) -> None:
+        with anyio.CancelScope(shield=True):  # delivered even as everything is cancelled
+            await self._call(kill, pid, sig)
 
     async def aclose(self) -> None:
         if self._closed:
@@ -118,10 +143,6 @@ class AsyncioThreadLauncher:
                 self._host.cancel()
             if self._portal_cm is not None:
                 await anyio.to_thread.run_sync(_exit, self._portal_cm)
-
-
-async def _sync(fn: Callable[..., None], *args: Any) -> None:
-    fn(*args)
 
 
 def _exit(cm: contextlib.AbstractContextManager[Any]) -> None:

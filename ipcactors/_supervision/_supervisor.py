@@ -456,7 +456,7 @@ class Supervisor:
         part-way leaves the rest to the next, and leaving the ``async with`` makes one,
         shielded. A call made meanwhile waits, and takes over if the running one is cancelled."""
         self._closing = True
-        self._halting.set()
+        self._halt_starts()
         async with self._shutdown_lock:
             if self._closed.is_set():
                 return
@@ -475,6 +475,14 @@ class Supervisor:
             await self._cleanup_files()
             self._closed.set()
 
+    def _halt_starts(self) -> None:
+        """No more restarts, and every start in progress ends now, one that waits for its
+        launcher included."""
+        self._halting.set()
+        for child in self._children.values():
+            if child.waiting_for_launcher is not None:
+                child.waiting_for_launcher.cancel()
+
     async def _cleanup_files(self) -> None:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
@@ -484,7 +492,7 @@ class Supervisor:
         """SIGKILL every child now (``ipcactors.run`` calls this on a second signal). The
         ``async with`` still reaps them and closes; it no longer waits for anyone."""
         self._hard = True
-        self._halting.set()  # no restarts, and every start in progress ends now
+        self._halt_starts()  # no restarts, and every start in progress ends now
         for child in self._children.values():
             incarnation = child.incarnation
             if incarnation is not None:
@@ -767,7 +775,19 @@ class Supervisor:
         child.incarnation = incarnation
         child.changed()
         started = time.monotonic()
-        launcher = await self._ready_launcher(child)
+        with anyio.CancelScope() as waiting:
+            child.waiting_for_launcher = waiting
+            if child.halt.is_set() or self._halting.is_set():
+                waiting.cancel()
+            try:
+                launcher = await self._ready_launcher(child)
+            finally:
+                child.waiting_for_launcher = None
+        if waiting.cancelled_caught:
+            child.incarnation = None
+            child.changed()
+            self._check_open()
+            raise SpawnError(f"child {child.id!r} was stopped before it was ready")
         pipes = [os.pipe2(os.O_CLOEXEC), os.pipe2(os.O_CLOEXEC)]
         try:
             # Shielded: once asked to fork, the pid must come back to us, or nobody could
@@ -872,6 +892,8 @@ class Supervisor:
         """Stop ``child`` for good: a start in progress is interrupted at once, a pending
         restart is dropped, its process ends in bounded steps."""
         child.halt.set()
+        if child.waiting_for_launcher is not None:
+            child.waiting_for_launcher.cancel()
         child.claim = None
         if child.state != "stopped":
             child.state = "stopping"
@@ -952,7 +974,7 @@ class Supervisor:
                 seconds=decision.seconds,
             )
             self._log.warning(str(self._failure))
-            self._halting.set()
+            self._halt_starts()
             self._task_group.start_soon(self._give_up)
             return
         by_id = {other.id: other for other in order}
