@@ -257,6 +257,33 @@ async def test_peer_table_is_bounded() -> None:
         assert world.statistics().dropped_peer_table_full == 1
 
 
+async def test_a_full_peer_table_still_takes_the_answers_to_our_own_requests() -> None:
+    """max_connections bounds the peers a server remembers, not whom it can ask: the answer
+    of a peer beyond the table to our own request is taken (it was dropped and counted as
+    peer_table_full, and the request timed out though it was answered), while that peer's
+    other datagrams are still dropped and counted, and it takes no place in the table."""
+    async with (
+        Actor("hello", silent=True, max_connections=1) as hello_actor,
+        Actor("w1", silent=True) as w1_actor,
+        Actor("w2", silent=True) as w2_actor,
+    ):
+        hello = await hello_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        w1 = await w1_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        w2 = await w2_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        for server in (w1, w2):
+            server.on("add", lambda numbers, peer: sum(numbers))
+        got: list[Any] = []
+        hello.on("news", lambda data, peer: got.append(data))
+        with anyio.fail_after(5):
+            assert await hello.request(w1.address, "add", [1, 2], timeout=2) == 3  # w1: in
+            assert await hello.request(w2.address, "add", [3, 4], timeout=2) == 7
+            await w2.emit(hello.address, "news", 1)
+            while hello.statistics().dropped_peer_table_full < 1:
+                await anyio.sleep(0.01)
+        assert got == []
+        assert list(hello.clients) == [w1.address]
+
+
 async def test_junk_datagrams_take_no_place_in_the_peer_table() -> None:
     """100 junk datagrams from 100 addresses used to fill the table (max_connections) before
     being decoded, locking every real peer out for PEER_TTL (60 s)."""

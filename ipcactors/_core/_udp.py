@@ -126,6 +126,7 @@ class DatagramServer(HandlerMethods):
         self._encoder.tracebacks = config.remote_tracebacks is True  # anyone may send to a port
         self._decoder = codec.decoder(config.limits)
         self._requests = Requests()
+        self._asked: dict[int, PeerAddress] = {}  # our requests in flight: to whom
         self._send_lock = anyio.Lock()
         self._answering = 0  # requests being answered (tasks), at most MAX_REQUESTS
         self._peers: OrderedDict[PeerAddress, DatagramPeer] = OrderedDict()
@@ -231,6 +232,7 @@ class DatagramServer(HandlerMethods):
         address = self._target(peer)
         timeout = request_timeout(timeout, self._config)
         request_id, pending = self._requests.open(event, timeout)  # (its own deadline: below)
+        self._asked[request_id] = address
         try:
             frame = self._encoder.request(event, data, request_id)
             with anyio.move_on_after(timeout):
@@ -238,6 +240,7 @@ class DatagramServer(HandlerMethods):
                 await pending.wait(math.inf)
         finally:
             self._requests.discard(request_id)
+            del self._asked[request_id]
         if pending.error is not None:
             raise pending.error
         if not pending.is_set():
@@ -298,7 +301,10 @@ class DatagramServer(HandlerMethods):
             # Only now, with valid messages in hand, does the sender take a place in the table.
             peer = self._remember((address[0], address[1]))
             if peer is None:
-                self._stats.dropped_peer_table_full += 1
+                # The table bounds whom we remember, not whom we may ask: the answers to our
+                # own requests to that address are taken (and it takes no place).
+                if not self._answers_ours(messages, (address[0], address[1])):
+                    self._stats.dropped_peer_table_full += 1
                 continue
             for message in messages:
                 await self._dispatch(message, peer, task_group)
@@ -321,6 +327,22 @@ class DatagramServer(HandlerMethods):
             self._requests.resolve(message)
         elif type(message) is ErrorReply:
             self._requests.reject(message)
+
+    def _answers_ours(self, messages: list[Message], address: PeerAddress) -> bool:
+        """Take ``messages`` if they are all answers to requests we sent to ``address``."""
+        answers: list[Reply | ErrorReply] = []
+        for message in messages:
+            if not isinstance(message, Reply | ErrorReply):
+                return False
+            if self._asked.get(message.id) != address:
+                return False
+            answers.append(message)
+        for reply in answers:
+            if isinstance(reply, Reply):
+                self._requests.resolve(reply)
+            else:
+                self._requests.reject(reply)
+        return True
 
     def _remember(self, address: PeerAddress) -> DatagramPeer | None:
         now = anyio.current_time()
