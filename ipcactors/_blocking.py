@@ -657,8 +657,8 @@ class BlockingActor:
     def wait_closed(self, timeout: float | None = None) -> None:
         """Wait until the actor is closed (by another thread's ``close()``, or a handler);
         raises :class:`TimeoutError` after ``timeout`` seconds. Raises :class:`IPCError` in a
-        plain handler that closed this actor: that close starts
-        once the handler has returned, so the wait would wait on itself."""
+        plain handler that closed this actor: that close starts once the handler has returned,
+        so the wait would wait on itself."""
         actor = self.wrapped
         if self._loop.portal is None:
             return
