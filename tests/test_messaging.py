@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -429,6 +430,50 @@ async def test_handler_exception_keeps_connection(socket_dir: str, log_lines: li
             assert seen == [0, 2]
             assert world.connected
     assert any("handler bug" in line for line in log_lines)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # (Trio's Cancelled cannot be raised)
+@pytest.mark.parametrize("kind", ["plain", "plain and a catch-all", "async and a plain one"])
+async def test_a_plain_handler_raising_cancelled_error_is_an_error_of_its_own(
+    anyio_backend: str, kind: str, socket_dir: str, log_lines: list[str]
+) -> None:
+    """A plain handler raising asyncio's CancelledError itself (as a future someone cancelled
+    does) cannot have been cancelled: it is an error of that handler's, answered as such
+    (RemoteError 'CancelledError') or logged, and the server serves on. From a plain request
+    handler it read as the cancellation of the server's task: the server stopped serving
+    everyone, its socket file removed, and nothing said why."""
+
+    def cancelled(data: Any, client: ipcactors.Client) -> None:
+        raise asyncio.CancelledError("raised by the handler")
+
+    async def fine(data: Any, client: ipcactors.Client) -> str:
+        return "fine"
+
+    async with Actor("world", socket_root=socket_dir) as world_actor:
+        server = await world_actor.serve()
+        if kind == "async and a plain one":
+            server.on("ask", fine)  # the first handler answers; the plain one after it raises
+        server.on("ask", cancelled)
+        server.on("tell", cancelled)
+        if kind == "plain and a catch-all":
+            server.on_any(lambda event, data, client: None)
+        server.on("ping", lambda data, client: "pong")
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            world = await hello.connect_to("world")
+            with anyio.fail_after(5):
+                if kind == "async and a plain one":
+                    assert await world.request("ask") == "fine"
+                else:
+                    with pytest.raises(ipcactors.RemoteError) as caught:
+                        await world.request("ask")
+                    assert caught.value.remote_type == "asyncio.exceptions.CancelledError"
+                await world.emit("tell")
+                assert await world.request("ping") == "pong"  # this connection serves on
+        async with Actor("again", socket_root=socket_dir, silent=True) as again:
+            with anyio.fail_after(5):
+                world = await again.connect_to("world")
+                assert await world.request("ping") == "pong"  # and the server too
+    assert any("raised by the handler" in line for line in log_lines)
 
 
 async def test_handler_exception_is_logged_without_local_values(

@@ -25,7 +25,16 @@ from .._errors import EventNameError, IPCError, ReservedEventError
 from .._log import ActorLog
 from .._proto._messages import RESERVED_EVENTS, RESERVED_PREFIX
 
-__all__ = ["MAX_UNHANDLED_NAMES", "UNHANDLED", "Handler", "HandlerMethods", "Handlers", "unhandled"]
+__all__ = [
+    "MAX_UNHANDLED_NAMES",
+    "UNHANDLED",
+    "Handler",
+    "HandlerMethods",
+    "Handlers",
+    "PlainCancellation",
+    "raised_by_the_call",
+    "unhandled",
+]
 
 MAX_UNHANDLED_NAMES = 256  # event names without a handler logged per server or connection
 
@@ -35,6 +44,25 @@ H = TypeVar("H", bound=Handler)
 
 class _Missing(enum.Enum):
     UNHANDLED = "unhandled"
+
+
+def raised_by_the_call() -> tuple[type[BaseException], ...]:
+    """What a handler's call raises as an error of its own, before anything was awaited: any
+    Exception, and the backend's cancellation exception, which nothing can have cancelled it
+    with (on asyncio ``CancelledError``, raised by hand, or by a future someone cancelled).
+    Left to propagate, it would read as the cancellation of the task that called the handler
+    (anyio's rule): on asyncio a server's, which would stop serving everyone. Evaluated only
+    as an ``except`` clause is matched, at no cost on the way that raises nothing."""
+    return (Exception, anyio.get_cancelled_exc_class())
+
+
+class PlainCancellation(Exception):
+    """A handler's call raised the backend's cancellation exception itself (see
+    :func:`raised_by_the_call`): ``error``, carried as an error to where it is answered."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 #: What :meth:`Handlers.call_plain` returns for an event nobody handles.
@@ -67,7 +95,7 @@ class Handlers:
         (while there are any, every event takes :meth:`call_plain`)."""
         return self._lone_plain, self._any
 
-    def failed(self, event: str, handler: Handler, exc: Exception, log: ActorLog) -> None:
+    def failed(self, event: str, handler: Handler, exc: BaseException, log: ActorLog) -> None:
         """Log what a handler of ``event`` raised (it goes no further)."""
         log.exception(f"handler {_name(handler)} for {event!r} raised", exc)
 
@@ -152,7 +180,7 @@ class Handlers:
             handler = handlers[0]
             try:
                 result = handler(*args)
-            except Exception as exc:
+            except raised_by_the_call() as exc:
                 self.failed(event, handler, exc, log)
                 return None
             if result is not None and inspect.isawaitable(result):
@@ -177,6 +205,10 @@ class Handlers:
         for handler in tuple(handlers):
             try:
                 result = handler(*args)
+            except raised_by_the_call() as exc:
+                self.failed(event, handler, exc, log)
+                continue
+            try:
                 if result is not None and inspect.isawaitable(result):
                     await result
             except Exception as exc:
@@ -197,12 +229,21 @@ class Handlers:
         The caller has checked that ``event`` has a handler (:meth:`handles`).
         """
         first, *rest = tuple(self._targets(event, self._any_requests) or ())
-        result = first(*args)
+        try:
+            result = first(*args)
+        except Exception:
+            raise
+        except raised_by_the_call() as exc:
+            raise PlainCancellation(exc) from None
         if inspect.isawaitable(result):
             result = await result
         for handler in rest:
             try:
                 extra = handler(*args)
+            except raised_by_the_call() as exc:
+                self.failed(event, handler, exc, log)
+                continue
+            try:
                 if inspect.isawaitable(extra):
                     await extra
             except Exception as exc:

@@ -41,7 +41,7 @@ from .._log import ActorLog
 from .._proto._codec import Encoder
 from .._proto._messages import Event, Frame, Ping, Request, Welcome, frame_size, is_reserved
 from ._acks import AckedReceiver, AckedSender
-from ._handlers import UNHANDLED, Handlers, unhandled
+from ._handlers import UNHANDLED, Handlers, PlainCancellation, raised_by_the_call, unhandled
 from ._handling import Handling
 from ._outbox import Outbox
 from ._requests import NO_HANDLER, Requests
@@ -441,7 +441,7 @@ class Peer:
             else:
                 try:
                     result = handler(message.data, *extra)
-                except Exception as exc:
+                except raised_by_the_call() as exc:
                     self._handlers.failed(message.event, handler, exc, self._log)
                     continue
                 if result is not None and inspect.isawaitable(result):
@@ -496,7 +496,7 @@ class Peer:
         data, message.data = message.data, None
         try:
             result = handler(*self._handler_args(data))
-        except Exception as exc:
+        except raised_by_the_call() as exc:
             frame = error_frame(self._encoder, message.id, exc)
         else:
             if type(result) not in _NEVER_AWAITABLE and inspect.isawaitable(result):
@@ -586,6 +586,8 @@ async def answer(
         return encoder.error_reply(message.id, NO_HANDLER, f"no handler for {message.event!r}", "")
     try:
         result = await handlers.answer(message.event, args, log)
+    except PlainCancellation as exc:
+        return error_frame(encoder, message.id, exc.error)
     except Exception as exc:
         return error_frame(encoder, message.id, exc)
     return reply_frame(encoder, message.id, result)
