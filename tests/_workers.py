@@ -82,6 +82,21 @@ async def fail(actor: ipcactors.Actor, message: str) -> None:
     raise RuntimeError(message)
 
 
+class _NotAnException(BaseException):
+    pass
+
+
+async def fail_hard(actor: ipcactors.Actor, kind: str) -> None:
+    """Raises, before its first suspension, what is not an Exception."""
+    if kind == "KeyboardInterrupt":
+        raise KeyboardInterrupt
+    if kind == "BaseException":
+        raise _NotAnException("not an Exception")
+    if kind == "SystemExit(9) in a group":
+        raise BaseExceptionGroup("leaving", [SystemExit(9)])
+    raise AssertionError(kind)
+
+
 async def finish(actor: ipcactors.Actor, delay: float = 0.0) -> None:
     await anyio.sleep(delay)
 

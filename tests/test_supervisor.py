@@ -161,6 +161,25 @@ async def test_child_failing_before_ready_is_reported(socket_dir: str) -> None:
     assert caught.value.exitcode == 1
 
 
+@pytest.mark.parametrize(
+    ("kind", "code"),
+    [("KeyboardInterrupt", 1), ("BaseException", 1), ("SystemExit(9) in a group", 9)],
+)
+async def test_child_failing_before_ready_with_a_base_exception_is_reported(
+    socket_dir: str, kind: str, code: int
+) -> None:
+    """What is not an Exception fails the start as an Exception does: spawn raises
+    ChildExitedError with the exit code, and the child is not supervised. The child was
+    reported ready (state running), then restarted until the intensity gave up (a custom
+    BaseException, or SystemExit in a group, on both backends; KeyboardInterrupt on Trio)."""
+    with anyio.fail_after(15):
+        async with supervisor(socket_dir) as sup:
+            with pytest.raises(ChildExitedError, match=f"code {code} before it was ready") as e:
+                await sup.spawn(_workers.fail_hard, kind, id="early")
+            assert "early" not in sup.children
+    assert e.value.exitcode == code
+
+
 def test_bad_options_are_refused() -> None:
     with pytest.raises(ipcactors.ConfigError):
         Supervisor(strategy="one_for_some")  # type: ignore[arg-type]

@@ -289,6 +289,13 @@ async def _main(spec: dict[str, Any], fn: Callable[..., Any]) -> int:
                     if gave_up is not None:
                         chain = [list(step) for step in gave_up.chain]
                         await _report(spec, {"chain": chain}, parent)
+                except BaseException as exc:
+                    # Not an Exception (KeyboardInterrupt, a group with a SystemExit...): it
+                    # ends the process as it goes on, and the start fails or the exit is
+                    # reported as for any other; its status is known now, before ready is said.
+                    exiting = system_exit(exc)
+                    code = _exit_code(exiting) if exiting is not None else 1
+                    raise
                 finally:
                     task_group.cancel_scope.cancel()
 
