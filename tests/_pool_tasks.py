@@ -93,3 +93,13 @@ async def sleeps_noting_start(seconds: float, marker: str) -> str:
     with open(marker + ".started", "w") as file:
         file.write("started")
     return await sleeps(seconds, marker)
+
+
+async def exits_async(code: int) -> None:
+    """An async task that ends its worker process, as sys.exit() does."""
+    await anyio.sleep(0)
+    raise SystemExit(code)
+
+
+def exits_plain(code: int) -> None:
+    raise SystemExit(code)

@@ -134,6 +134,24 @@ async def test_retries_run_out_name_the_worker_and_its_signal(
                 os.kill(await read_pid(marker), signal.SIGKILL)
 
 
+@pytest.mark.parametrize("kind", ["async", "plain"])
+async def test_a_task_that_ends_its_worker_is_retried_then_the_worker_is_lost(
+    socket_dir: str, kind: str
+) -> None:
+    """A task raising SystemExit ends its worker: as for a worker killed mid-task, the task is
+    retried, then fails with WorkerLostError naming the exit code. An async one was reported
+    'cancelled' (ClosedError: task N was cancelled, nothing retried, though nobody cancelled
+    it) on Trio and uvloop, and the same on asyncio for a BaseException of the user's own."""
+    fn = _pool_tasks.exits_async if kind == "async" else _pool_tasks.exits_plain
+    with anyio.fail_after(30):
+        async with pool(socket_dir, fn, size=1, max_retries=1) as p:
+            with pytest.raises(WorkerLostError) as caught:
+                await p.submit(3)
+            assert caught.value.exitcode == 3
+            assert caught.value.attempts == 2
+            assert p.statistics().retried == 1
+
+
 async def test_function_that_raises_is_not_retried(socket_dir: str) -> None:
     with anyio.fail_after(20):
         async with pool(socket_dir, _pool_tasks.fail) as p:

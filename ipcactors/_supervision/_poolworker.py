@@ -146,16 +146,24 @@ class _Worker:
     async def run_async(
         self, task_id: Any, scope: anyio.CancelScope, fn: Callable[..., Any], args: list[Any]
     ) -> None:
-        outcome: list[Any] = [task_id, 2]
+        outcome: list[Any] | None = [task_id, 2]  # cancelled, unless it ends otherwise
         try:
             with scope:
                 outcome = [task_id, 0, await fn(*args)]
         except Exception as exc:
             outcome = self.failure(task_id, exc)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except BaseException:
+            # SystemExit and the like end this worker: nothing to report, the pool sees the
+            # worker lost and retries the task, as for a plain one (not "cancelled").
+            outcome = None
+            raise
         finally:
             del self.scopes[task_id]
-            self.done.append(outcome)
-            self.wake.set()
+            if outcome is not None:
+                self.done.append(outcome)
+                self.wake.set()
 
     async def flush(self) -> None:
         outcomes = self.done[:]
