@@ -114,7 +114,8 @@ class Actor:
             try:
                 suppress = await self._task_group.__aexit__(exc_type, exc, tb)
             except BaseExceptionGroup as group:
-                if exc is not None and group.exceptions == (exc,):
+                only = group.exceptions[0] if len(group.exceptions) == 1 else None
+                if exc is not None and only is not None and _same(only, exc):
                     return False  # the block's own exception, as itself: not in a group
                 raise
         # Trio's task group answers True even when no exception was shown: pass on a true
@@ -519,3 +520,19 @@ def _port(port: object, default: int) -> int:
     if type(port) is not int or not 0 <= port <= 65535:
         raise ConfigError(f"port must be an integer between 0 and 65535, got {port!r}")
     return port
+
+
+def _same(seen: BaseException, raised: BaseException) -> bool:
+    """Whether ``seen`` is ``raised``, or (a group) the copy of it that a task group made on
+    its way out (Trio's takes its cancellations out of a group with ``split``, which copies
+    the groups even when nothing is taken out)."""
+    if seen is raised:
+        return True
+    if not isinstance(seen, BaseExceptionGroup) or not isinstance(raised, BaseExceptionGroup):
+        return False
+    return (
+        type(seen) is type(raised)
+        and seen.message == raised.message
+        and len(seen.exceptions) == len(raised.exceptions)
+        and all(map(_same, seen.exceptions, raised.exceptions))
+    )

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 import _workers
@@ -24,7 +25,7 @@ import pytest
 from _supervising import alive, supervisor, wait_until
 
 import ipcactors
-from ipcactors import ChildExitedError, RestartIntensityError, SpawnError, Supervisor
+from ipcactors import Actor, ChildExitedError, RestartIntensityError, SpawnError, Supervisor
 
 pytestmark = pytest.mark.anyio
 
@@ -413,6 +414,35 @@ async def test_exception_in_an_empty_block_comes_out_as_itself(socket_dir: str) 
     with anyio.fail_after(15), pytest.raises(KeyError, match="nothing spawned"):
         async with supervisor(socket_dir):
             raise KeyError("nothing spawned")
+
+
+@pytest.mark.parametrize("block", ["actor", "nested actors", "supervisor"])
+async def test_an_exception_group_raised_in_the_block_comes_out_as_itself(
+    socket_dir: str, block: str
+) -> None:
+    """The same object, not wrapped in a group of the block's task group: on Trio an actor's
+    block wrapped it in 'Exceptions from Trio nursery', one more layer per nested actor."""
+    mine = ExceptionGroup("mine", [KeyError("from the block")])
+
+    async def raise_in_the_block() -> None:
+        async with AsyncExitStack() as stack:
+            if block == "supervisor":
+                await stack.enter_async_context(supervisor(socket_dir))
+            else:
+                world = await stack.enter_async_context(
+                    Actor("world", socket_root=socket_dir, silent=True)
+                )
+                await world.serve()
+                if block == "nested actors":
+                    hello = await stack.enter_async_context(
+                        Actor("hello", socket_root=socket_dir, silent=True)
+                    )
+                    await hello.connect_to("world")
+            raise mine
+
+    with anyio.fail_after(15), pytest.raises(ExceptionGroup) as caught:
+        await raise_in_the_block()
+    assert caught.value is mine
 
 
 # --- restart intensity --------------------------------------------------------------------------
