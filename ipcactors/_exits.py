@@ -6,7 +6,8 @@ Invariants:
   first; so does one with ``SystemExit`` and, beside it, only the errors of connections that
   the exit closed or lost on its way out (:class:`ClosedError`, :class:`ConnectionLostError`:
   a request in this process to the actor whose handler exited). Anything else in the group
-  keeps it an error.
+  keeps it an error. The same holds for ``KeyboardInterrupt`` under ``run()``: it leaves as
+  from ``main``, alone.
 - On asyncio a ``SystemExit`` raised in a task leaves the loop at once (asyncio re-raises it out
   of the task), and the tasks it cut short are cancelled as the loop closes; asyncio then
   reports those that ended with the exit's groups as unhandled. Under ``run()`` such reports are
@@ -18,29 +19,40 @@ from __future__ import annotations
 from ._errors import ClosedError, ConnectionLostError
 from ._transports._backend import drop_loop_reports
 
-__all__ = ["quiet_exit_reports", "system_exit"]
+__all__ = ["leaving", "quiet_exit_reports", "system_exit"]
 
 #: Beside a SystemExit in a group: the exit's doing, not errors of their own.
 _ITS_DOING = (ClosedError, ConnectionLostError)
 
 
 def quiet_exit_reports() -> None:
-    """Have the running loop say nothing of tasks that ended with an exit (see the
-    invariants; nothing to do on Trio)."""
-    drop_loop_reports(lambda exc: system_exit(exc) is not None)
+    """Have the running loop say nothing of tasks that ended with an exit or an interrupt
+    (see the invariants; nothing to do on Trio)."""
+    drop_loop_reports(lambda exc: leaving(exc) is not None)
 
 
 def system_exit(exc: BaseException) -> SystemExit | None:
     """``exc`` if it is a SystemExit, or the first SystemExit of a group made only of them and
     of what they caused (see the invariants)."""
-    if isinstance(exc, SystemExit):
+    first = _first_of(exc, SystemExit)
+    return first if isinstance(first, SystemExit) else None
+
+
+def leaving(exc: BaseException) -> SystemExit | KeyboardInterrupt | None:
+    """:func:`system_exit`, or the same for KeyboardInterrupt: a handler's Ctrl-C (or its
+    ``raise KeyboardInterrupt``) leaves as it would from ``main``, not in groups."""
+    first = _first_of(exc, SystemExit) or _first_of(exc, KeyboardInterrupt)
+    return first if isinstance(first, SystemExit | KeyboardInterrupt) else None
+
+
+def _first_of(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    if isinstance(exc, kind):
         return exc
     if isinstance(exc, BaseExceptionGroup):
-        matched, rest = exc.split(SystemExit)
+        matched, rest = exc.split(kind)
         if matched is not None and (rest is None or rest.split(_ITS_DOING)[1] is None):
             first: BaseException = matched
             while isinstance(first, BaseExceptionGroup):
                 first = first.exceptions[0]
-            if isinstance(first, SystemExit):
-                return first
+            return first
     return None

@@ -32,7 +32,7 @@ import anyio
 from loguru import logger
 
 from ._errors import ClosedError, ConfigError
-from ._exits import quiet_exit_reports, system_exit
+from ._exits import leaving, quiet_exit_reports
 from ._runtime import Runtime, set_runtime
 from ._supervision._target import refuse_in_main_script
 
@@ -72,7 +72,8 @@ def run(
                 _main, runtime, async_fn, args, backend=backend, backend_options=backend_options
             )
         except (ClosedError, BaseExceptionGroup) as exc:
-            exiting = system_exit(exc)  # sys.exit() in a handler: out through the task groups
+            # sys.exit() or Ctrl-C in a handler: out through the task groups, alone.
+            exiting = leaving(exc)
             if exiting is not None:
                 raise exiting from None
             if runtime.signal is None or not _caused_by_shutdown(exc):

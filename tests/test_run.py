@@ -314,6 +314,53 @@ def test_sys_exit_in_a_handler_exits_with_its_status(
     assert os.listdir(root) == []
 
 
+INTERRUPTED_HANDLER = textwrap.dedent(
+    """
+    import sys
+    import anyio, ipcactors
+
+    backend, kind, root = sys.argv[1:]
+
+    def interrupt(*args):
+        raise KeyboardInterrupt
+
+    async def main():
+        async with ipcactors.Actor("world", socket_root=root, silent=True) as world:
+            server = await world.serve()
+            server.on("connect" if kind == "connect" else "ask", interrupt)
+            async with ipcactors.Actor("hello", socket_root=root, silent=True) as hello:
+                world = await hello.connect_to("world")
+                if kind == "request":
+                    await world.request("ask")
+                await anyio.sleep(20)
+
+    ipcactors.run(main, backend=backend, log_level="WARNING")
+    """
+)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("kind", ["request", "connect"])
+def test_keyboard_interrupt_in_a_handler_ends_the_process_as_from_main(
+    backend: str, kind: str, tmp_path: os.PathLike[str]
+) -> None:
+    """As when main raises it: one traceback, the KeyboardInterrupt's, and the status of
+    Ctrl-C. It came out in exception groups and exited 1 (Trio; asyncio for a connect
+    handler), or with asyncio's reports of every task it cut short."""
+    script = os.path.join(str(tmp_path), "interrupted.py")
+    root = os.path.join(str(tmp_path), "sockets")
+    os.mkdir(root)
+    with open(script, "w") as file:
+        file.write(INTERRUPTED_HANDLER)
+    command = [sys.executable, script, backend, kind, root]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=20, env=_env())
+    assert done.returncode in (130, -signal.SIGINT), done.stderr
+    assert done.stderr.count("Traceback") == 1, done.stderr
+    assert "Exception Group" not in done.stderr
+    assert done.stderr.rstrip().endswith("KeyboardInterrupt")
+    assert os.listdir(root) == []
+
+
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 @pytest.mark.parametrize(
     ("signum", "body"),
