@@ -164,7 +164,8 @@ class Config:
     #: Default seconds a ``request`` waits for its reply.
     request_timeout: float = 30.0
     #: Seconds a peer may fall silent in the middle of a frame before its connection is
-    #: dropped: a stalled or malicious peer cannot hold a connection slot with half a frame.
+    #: dropped; a frame must also arrive whole within this of its first byte, plus a second
+    #: per 64 KiB of it: a stalled, or trickling, peer cannot hold a slot with half a frame.
     frame_timeout: float = 30.0
     #: Seconds ``aclose``/``disconnect`` spend flushing queued frames before closing anyway.
     close_timeout: float = 5.0

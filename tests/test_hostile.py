@@ -472,6 +472,33 @@ async def test_peer_stalling_mid_frame_is_dropped_after_frame_timeout(
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_peer_trickling_a_frame_is_dropped_after_frame_timeout(
+    transport: str, socket_dir: str
+) -> None:
+    """A frame sent a byte at a time, each byte well within frame_timeout of the last: it
+    must still arrive within frame_timeout of its first byte (plus a second per 64 KiB of
+    it), or the slot is given up. Each byte used to start the wait anew, so three such peers
+    held a server's three slots for as long as they liked."""
+    async with scene(transport, socket_dir) as s:
+        frame = framed(pack([1, "echo", "x" * 1000, 1]))
+
+        async def script(stream: SocketStream) -> None:
+            await send_quietly(stream, hello("raw") + frame[:10])
+            with anyio.move_on_after(FRAME_TIMEOUT * 10):
+                for byte in frame[10:]:  # (bounded: 1,000 bytes at most)
+                    await anyio.sleep(FRAME_TIMEOUT / 4)
+                    await send_quietly(stream, bytes([byte]))
+                    if "server lost raw" in s.lost:
+                        return
+
+        start = anyio.current_time()
+        messages, _ = await attack(s, script)
+        assert_welcomed_then_closed(messages)
+        assert anyio.current_time() - start <= FRAME_TIMEOUT + 2.0
+        await eventually(lambda: "server lost raw" in s.lost)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_raw_peer_that_follows_the_rules_is_answered(transport: str, socket_dir: str) -> None:
     # The control case: the same raw socket, speaking the protocol, gets welcome and a reply.
     async with scene(transport, socket_dir) as s:

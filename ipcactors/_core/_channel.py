@@ -81,7 +81,9 @@ Invariants:
   misses less than one read (``RECEIVE_SIZE``) is read with what follows it, until
   ``DIRECT_READ_BUDGET`` bytes were read so since the reader last waited, then only up to the
   frame's end: the next frame waits for a loop pass. Only a wait is bounded by
-  ``frame_timeout``.
+  ``frame_timeout``, and by the frame's own deadline: a frame arrives whole within
+  ``frame_timeout`` of its first byte, plus a second per ``FRAME_PACE`` bytes of it, so that a
+  peer trickling a byte now and then cannot hold its slot for ever.
 - Heartbeats (``Config.heartbeat_interval``; none when the codec carries no pings), kept by
   the actor's watchdog (one task per actor for all its channels, see ``_watchdog``; a channel
   has no task or timer of its own for them): any bytes received are a sign of life. A ping
@@ -154,6 +156,7 @@ DIRECT_READ_BUDGET = 4 * RECEIVE_SIZE
 INBOX_HARD_FACTOR = 4  # x max_inbox_bytes: how far reading goes on while a reply is awaited
 PONG_MIN_GAP = 0.05  # seconds between pongs: a peer pinging more often is not answered each time
 STALL_GRACE = 0.05  # seconds the reader gets, once the heartbeat deadline passed, before a drop
+FRAME_PACE = 64 * 1024  # bytes a second a frame's deadline allows it beyond frame_timeout
 
 Opening = Callable[[], Awaitable[None]]
 
@@ -716,12 +719,18 @@ class Channel:
         buffered = session.buffered
         fd_stream = self._fd_stream
         shared = self._shared
+        frame_started = 0.0  # when the frame in progress began (its deadline's start)
         while True:
             if fd_stream is not None and fd_stream.pending_fds:
                 self._claim_fds()
             events = self._take(
                 session.received(got) if got else receive_messages(data), task_group
             )
+            left = session.buffered
+            if not left:
+                frame_started = 0.0
+            elif not frame_started or buffered + (got or len(data)) != left:
+                frame_started = monotonic()  # a frame began with this read
             if shared is not None and shared.fds and not session.buffered:
                 # Every frame the read completed was decoded: none claimed these.
                 count = len(shared.fds)
@@ -769,7 +778,8 @@ class Channel:
                         direct += got
                     if not got:
                         direct = 0
-                        with anyio.fail_after(frame_timeout):
+                        frame = buffered + (missing or 0)
+                        with anyio.fail_after(_frame_wait(frame_started, frame_timeout, frame)):
                             got = await receive_into(into)
                 elif buffered:
                     if receive_now is not None:
@@ -779,7 +789,8 @@ class Channel:
                         direct += len(data)
                     if not data:
                         direct = 0
-                        with anyio.fail_after(frame_timeout):
+                        frame = buffered + (missing or 0)
+                        with anyio.fail_after(_frame_wait(frame_started, frame_timeout, frame)):
                             data = await receive(size)
                 else:
                     direct = 0
@@ -1018,3 +1029,17 @@ class Channel:
         # side open all the same, the channel ends after close_timeout.
         await anyio.sleep(self._peer._config.close_timeout)
         task_group.cancel_scope.cancel()
+
+
+def _frame_wait(started: float, timeout: float, size: int) -> float:
+    """How long the reader may wait for more of a frame of ``size`` bytes begun at
+    ``started``: ``timeout`` at most, and no later than the frame's deadline (see the
+    invariants). Raises DecodeError once that has passed."""
+    allowed = timeout + size / FRAME_PACE
+    left = started + allowed - monotonic()
+    if left <= 0:
+        raise DecodeError(
+            f"the peer took over {allowed:.1f} s to send a frame of {size} bytes "
+            f"(frame_timeout={timeout} s, plus a second per {FRAME_PACE} bytes)"
+        )
+    return min(timeout, left)
