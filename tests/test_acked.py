@@ -348,6 +348,47 @@ async def test_a_broadcast_numbers_each_clients_stream_on_its_own(socket_dir: st
             assert stats.events_sequenced == stats.events_acknowledged == 1503
 
 
+@pytest.mark.parametrize("policy", ["disconnect", "drop"])
+async def test_a_broadcast_keeps_no_more_unacknowledged_events_than_the_outbox_bound(
+    policy: str, socket_dir: str
+) -> None:
+    """A client that reads every event but acknowledges none (its handler is stuck, its
+    inbox large): the events it holds count against max_outbox_bytes, and past twice that
+    broadcast applies slow_consumer to it, as it does to a client that does not read. They
+    did not count there: a broadcast kept every event for it, without limit (~185 MB after
+    30 s at 6.4 MB/s, with a 8 MiB bound), and never dropped or disconnected it."""
+    bound = 64 * 1024
+    options = {"socket_root": socket_dir, "silent": True, "acked": "on"}
+    async with Actor(
+        "world", max_outbox_bytes=bound, slow_consumer=policy, **options
+    ) as world_actor:
+        server = await world_actor.serve()
+        async with Actor("hello", max_inbox_bytes=64 * 1024 * 1024, **options) as hello:
+            stuck = anyio.Event()
+            with anyio.fail_after(20):
+                link = await hello.connect_to("world")
+
+                @link.on("n")
+                async def never_done(data: bytes) -> None:
+                    await stuck.wait()
+
+                await wait_until(lambda: "hello" in server.clients)
+                most = 0
+                for _ in range(1000):
+                    await server.broadcast("n", b"x" * 1024)
+                    client = server.clients.get("hello")
+                    if client is not None:
+                        most = max(most, client.statistics().events_unacknowledged)
+                    await anyio.sleep(0)
+            stuck.set()
+        stats = server.statistics()
+        if policy == "disconnect":
+            assert stats.slow_consumers >= 1
+        else:
+            assert stats.broadcasts_dropped >= 1
+        assert most * 1024 <= 3 * bound, most
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_server_events_through_cut_links_arrive_exactly_once_in_order(
     transport: str, socket_dir: str, fault_proxy: Callable[..., FaultProxy], seed: int

@@ -336,7 +336,8 @@ class Server(HandlerMethods):
         Clients with room in their outbox get it at once (with one loop pass, for the writers
         and other tasks, each time 64 KiB were queued for a client), in a batch of events for
         those that take batches. A client whose outbox is full still gets it while the outbox
-        holds at most twice ``max_outbox_bytes`` (room to catch up after a burst); past that it
+        holds at most twice ``max_outbox_bytes`` (room to catch up after a burst; in the
+        acknowledged mode, what it holds unacknowledged counts too); past that it
         is handled as ``Config.slow_consumer`` says: disconnected (the default) or skipped for
         this frame, without waiting for it; or, with ``"wait"``, waited for (at once).
         Raises :class:`ClosedError` once the server is closed.
@@ -404,8 +405,12 @@ class Server(HandlerMethods):
             elif policy == "wait":
                 waiting.append(client)
                 continue
-            elif outbox.used <= outbox.max_bytes or outbox.used + size <= 2 * outbox.max_bytes:
-                behind = True  # room to catch up after a burst (its writer may be mid-write)
+            elif (pending := outbox.used + outbox.held) <= outbox.max_bytes or (
+                pending + size <= 2 * outbox.max_bytes
+            ):
+                # Room to catch up after a burst (its writer may be mid-write). What an acked
+                # client holds unacknowledged counts: it reads, but does not keep up.
+                behind = True
             elif policy == "drop":
                 self._counters.broadcasts_dropped += 1
                 self._bursts.warn(
