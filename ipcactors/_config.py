@@ -86,6 +86,8 @@ class Config:
     #: While a request to that peer waits for its reply, reading goes on up to 4× this, so that
     #: a handler awaiting a request to the peer that called it gets its reply. 4 MiB keeps a
     #: fast sender busy without letting one peer's backlog grow our memory without bound.
+    #: (Decoded, data made dense in objects can cost up to ~72x its wire size: see
+    #: docs/security.md.)
     max_inbox_bytes: int = 4 * 1024 * 1024
     #: Request handlers (``async def``, or returning an awaitable) running at once for one
     #: peer, each counted until its reply is queued; more requests wait, and reading from that
@@ -130,7 +132,8 @@ class Config:
     #: that left, for it to reconnect (they are then sent again, first); after that they are
     #: reported (``Server.unacknowledged``). 30 s: longer than a supervisor takes to restart a
     #: crashed child and the client's reconnect backoff (``retry_cap``), yet a client that is
-    #: gone for good does not hold its events (up to ``max_outbox_bytes``) for long.
+    #: gone for good does not hold its events (up to ``max_outbox_bytes``) for long. At most
+    #: ``max_connections`` clients are kept away at once; one more gives up the oldest.
     acked_keep: float = 30.0
     #: Shared memory on one host (docs/guide.md, "Large arrays and shared memory"): the most
     #: bytes of memfd segments one connection may use in each direction. ``0`` (default): off.

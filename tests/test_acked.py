@@ -500,6 +500,42 @@ async def test_a_client_that_never_comes_back_gets_its_events_reported(socket_di
         assert stats.events_unacknowledged == 0
 
 
+async def test_no_more_clients_are_kept_away_than_max_connections(socket_dir: str) -> None:
+    """The events kept for clients that left, waiting acked_keep for their return, are
+    bounded: at most max_connections clients' streams are kept away at once, and one more
+    leaving gives up the stream away the longest at once (reported, as at acked_keep). A peer
+    leaving under new ids made a server keep ~32 streams in 30 s (375 MiB) with 3 slots."""
+    async with Actor(
+        "world",
+        socket_root=socket_dir,
+        silent=True,
+        acked="on",
+        acked_keep=60,
+        max_connections=2,
+    ) as world_actor:
+        server = await world_actor.serve()
+        for name in ("a", "b", "c"):
+            async with Actor(name, socket_root=socket_dir, silent=True, acked="on") as actor:
+                with anyio.fail_after(5):
+                    link = await actor.connect_to("world")
+
+                    async def stuck(data: int) -> None:
+                        await anyio.sleep_forever()
+
+                    link.on("n", stuck)
+                    await wait_until(lambda: name in server.clients)  # noqa: B023
+                    for i in range(5):
+                        await server.clients[name].emit("n", i)
+                    await wait_until(lambda: link.statistics().inbox_bytes > 0)  # noqa: B023
+            await wait_until(lambda: name not in server.clients)  # noqa: B023
+        # a, b and c are away: a, away the longest, was given up when c left.
+        assert list(server.unacknowledged) == ["a"]
+        assert [seq for seq, _ in server.unacknowledged["a"]] == [1, 2, 3, 4, 5]
+        stats = server.statistics()
+        check_server_totals(stats)
+        assert (stats.events_reported, stats.events_unacknowledged) == (5, 10)
+
+
 # --- closing waits for acknowledgements -------------------------------------------------------
 
 

@@ -352,6 +352,11 @@ class ClientStreams:
             return None
         return entry[1]
 
+    def sender_of(self, client_id: str) -> AckedSender | None:
+        """Our stream to ``client_id``, if we have one."""
+        entry = self._streams.get(client_id)
+        return None if entry is None else entry[1]
+
     def give_up(self, client_id: str, sender: AckedSender) -> list[tuple[int, str]]:
         """Report the events left in ``client_id``'s stream (if it is still ``sender``)."""
         entry = self._streams.get(client_id)

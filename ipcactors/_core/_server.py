@@ -738,14 +738,23 @@ class Server(HandlerMethods):
             return
         if self._closing or self._task_group is None:
             self._give_up(client.id, kept, "the server closed")
-        else:
-            self._task_group.start_soon(self._keep, client.id, kept)
+            return
+        # At most max_connections clients' streams are kept away at once (what they hold is
+        # bounded as a connected client's is): one more gives up the one away the longest.
+        most = self._config.max_connections
+        while len(self._keeping) >= most:
+            oldest = next(iter(self._keeping))
+            self._keeping.pop(oldest).cancel()
+            sender = self._streams.sender_of(oldest)
+            if sender is not None:
+                self._give_up(oldest, sender, f"more than max_connections={most} were away")
+        keeping = self._keeping[client.id] = anyio.CancelScope()  # (counted at once)
+        self._task_group.start_soon(self._keep, client.id, kept, keeping)
 
-    async def _keep(self, client_id: str, sender: AckedSender) -> None:
+    async def _keep(self, client_id: str, sender: AckedSender, scope: anyio.CancelScope) -> None:
         """Give up on ``sender`` after ``acked_keep`` unless its client comes back first (which
-        cancels this) or the server closes (which reports it, see ``aclose``)."""
-        with anyio.CancelScope() as scope:
-            self._keeping[client_id] = scope
+        cancels ``scope``) or the server closes (which reports it, see ``aclose``)."""
+        with scope:
             try:
                 await anyio.sleep(self._config.acked_keep)
             finally:
