@@ -220,6 +220,42 @@ async def test_a_server_that_never_comes_back_gets_every_event_reported(
         assert stats.events_unacknowledged == 0
 
 
+async def test_falling_back_to_at_most_once_reports_what_it_gives_up(socket_dir: str) -> None:
+    """acked='on' against a server restarted without the mode: the connection goes on at most
+    once, and the events it gave up are reported as any given up are, with their seq: in
+    unacknowledged and in wait_acknowledged's UnacknowledgedError. They were only counted and
+    logged: unacknowledged was [] and the error listed none, while ~460 events of 2,000 were
+    neither delivered nor listed."""
+    async with Actor(
+        "hello", socket_root=socket_dir, silent=True, acked="on", **FAST_RETRY
+    ) as hello:
+        async with Actor("world", socket_root=socket_dir, silent=True, acked="on") as world_actor:
+            server = await world_actor.serve()
+
+            async def stuck(data: int, client: Client) -> None:
+                await anyio.sleep_forever()  # nothing is acknowledged
+
+            server.on("n", stuck)
+            with anyio.fail_after(5):
+                world = await hello.connect_to("world")
+                for i in range(20):
+                    await world.emit("n", i)
+                await wait_until(lambda: world.statistics().events_sequenced == 20)
+        async with Actor("world", socket_root=socket_dir, silent=True) as plain_actor:
+            plain = await plain_actor.serve()
+            got = recorder(plain)
+            with anyio.fail_after(10):
+                await wait_until(lambda: world.statistics().events_reported == 20)
+                with pytest.raises(ipcactors.UnacknowledgedError) as caught:
+                    await world.wait_acknowledged()
+                await world.emit("n", 20)  # at most once from here on
+                await wait_until(lambda: len(got) == 1)
+        reported = caught.value.events
+        assert [seq for seq, _ in reported] == list(range(1, 21))
+        assert world.unacknowledged == reported
+        check_totals(world.statistics())
+
+
 async def test_wait_acknowledged_needs_the_mode(socket_dir: str) -> None:
     async with Actor("world", socket_root=socket_dir, silent=True) as world_actor:
         await world_actor.serve()

@@ -216,11 +216,14 @@ class Connection(Peer, HandlerMethods):
     @property
     def unacknowledged(self) -> list[tuple[int, str]]:
         """Acknowledged mode: ``(seq, event name)`` of every event emitted and not
-        acknowledged, in order; once the connection is given up or closed, those it reported
-        (they may or may not have been handled)."""
+        acknowledged, in order: those it reported (given up when it fell back to at most once,
+        or when the connection was given up or closed: they may or may not have been
+        handled), then those still waiting for an acknowledgement."""
         if self._acked is None:
             return []
-        return self._unacknowledged if self.destroyed else self._acked.pending
+        if self.destroyed:
+            return self._unacknowledged
+        return [*self._unacknowledged, *self._acked.pending]
 
     async def wait_acknowledged(self) -> None:
         """Acknowledged mode: return once every event emitted so far has been acknowledged by
@@ -492,9 +495,12 @@ class Connection(Peer, HandlerMethods):
         if acked.active:
             acked.active = False
             left = acked.report()
+            self._unacknowledged = [*self._unacknowledged, *left]  # reported as any given up
+            given_up = f"; seq {left[0][0]}..{left[-1][0]}" if left else ""
             self._log.warning(
                 f"{self.id!r} does not acknowledge events: emitting to it at most once "
-                f"(acked='on'); {len(left)} event(s) not acknowledged are given up"
+                f"(acked='on'); {len(left)} event(s) not acknowledged are given up{given_up}, "
+                "see Connection.unacknowledged"
             )
 
     def _receive_from(self, offer: dict[str, Any]) -> None:
@@ -630,7 +636,8 @@ class Connection(Peer, HandlerMethods):
         if left:
             self._log.warning(f"{left} frame(s) queued for {self.id!r} were never sent")
         if self._acked is not None:
-            events = self._unacknowledged = self._acked.report()
+            events = self._acked.report()
+            self._unacknowledged = [*self._unacknowledged, *events]
             if events:
                 self._log.warning(
                     f"{len(events)} event(s) to {self.id!r} were never acknowledged "
