@@ -11,18 +11,29 @@ Invariants:
 - On asyncio a ``SystemExit`` raised in a task leaves the loop at once (asyncio re-raises it out
   of the task), and the tasks it cut short are cancelled as the loop closes; asyncio then
   reports those that ended with the exit's groups as unhandled. Under ``run()`` such reports are
-  dropped (:func:`quiet_exit_reports`): the process is exiting as it was asked to.
+  dropped (:func:`quiet_exit_reports`): the process is exiting as it was asked to; so are
+  Python's warnings of tasks that never ran (:func:`quiet_unstarted_tasks`).
 """
 
 from __future__ import annotations
 
+import warnings
+
 from ._errors import ClosedError, ConnectionLostError
 from ._transports._backend import drop_loop_reports
 
-__all__ = ["leaving", "quiet_exit_reports", "system_exit"]
+__all__ = ["leaving", "quiet_exit_reports", "quiet_unstarted_tasks", "system_exit"]
 
 #: Beside a SystemExit in a group: the exit's doing, not errors of their own.
 _ITS_DOING = (ClosedError, ConnectionLostError)
+
+
+def quiet_unstarted_tasks() -> None:
+    """The process is leaving through an exit or an interrupt (see the invariants): the tasks
+    it left before they first ran (on uvloop, which does not run them to cancel them as
+    asyncio does) are said nothing of either, where Python would warn that their coroutines
+    were never awaited."""
+    warnings.filterwarnings("ignore", r"coroutine '.*' was never awaited", RuntimeWarning)
 
 
 def quiet_exit_reports() -> None:

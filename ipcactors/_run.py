@@ -32,7 +32,7 @@ import anyio
 from loguru import logger
 
 from ._errors import ClosedError, ConfigError
-from ._exits import leaving, quiet_exit_reports
+from ._exits import leaving, quiet_exit_reports, quiet_unstarted_tasks
 from ._runtime import Runtime, set_runtime
 from ._supervision._target import refuse_in_main_script
 
@@ -71,10 +71,14 @@ def run(
             result: T = anyio.run(
                 _main, runtime, async_fn, args, backend=backend, backend_options=backend_options
             )
+        except (SystemExit, KeyboardInterrupt):
+            quiet_unstarted_tasks()  # (asyncio re-raises them out of the loop at once)
+            raise
         except (ClosedError, BaseExceptionGroup) as exc:
             # sys.exit() or Ctrl-C in a handler: out through the task groups, alone.
             exiting = leaving(exc)
             if exiting is not None:
+                quiet_unstarted_tasks()
                 raise exiting from None
             if runtime.signal is None or not _caused_by_shutdown(exc):
                 raise

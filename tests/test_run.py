@@ -314,6 +314,49 @@ def test_sys_exit_in_a_handler_exits_with_its_status(
     assert os.listdir(root) == []
 
 
+CLIENT_SIDE_EXIT = textwrap.dedent(
+    """
+    import sys
+    import anyio, ipcactors
+
+    backend, root = sys.argv[1:]
+
+    async def main():
+        async with ipcactors.Actor("world", socket_root=root) as world:
+            server = await world.serve()
+            server.on("news", lambda data, client: None)
+            async with ipcactors.Actor("hello", socket_root=root) as hello:
+                link = await hello.connect_to("world")
+                link.on("leave", lambda data: sys.exit(data))
+                # At once: the exit comes while the connection's tasks are still starting.
+                await server.emit("hello", "leave", 5)
+                await link.emit("news", 1)
+                await anyio.sleep(20)
+
+    options = {"use_uvloop": True} if backend == "uvloop" else None
+    name = "asyncio" if backend == "uvloop" else backend
+    ipcactors.run(main, backend=name, backend_options=options, log_level="WARNING")
+    """
+)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "uvloop", "trio"])
+def test_sys_exit_in_a_client_side_handler_leaves_nothing_on_stderr(
+    backend: str, tmp_path: os.PathLike[str]
+) -> None:
+    """Quietly means quietly: on uvloop the exit left a task that never ran, and Python said
+    so as it exited ("coroutine 'Channel._dispatch_loop' was never awaited")."""
+    script = os.path.join(str(tmp_path), "client_exit.py")
+    root = os.path.join(str(tmp_path), "sockets")
+    os.mkdir(root)
+    with open(script, "w") as file:
+        file.write(CLIENT_SIDE_EXIT)
+    command = [sys.executable, script, backend, root]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=20, env=_env())
+    assert (done.returncode, done.stderr) == (5, "")
+    assert os.listdir(root) == []
+
+
 INTERRUPTED_HANDLER = textwrap.dedent(
     """
     import sys
