@@ -167,8 +167,9 @@ class Config:
     #: Default seconds a ``request`` waits for its reply.
     request_timeout: float = 30.0
     #: Seconds a peer may fall silent in the middle of a frame before its connection is
-    #: dropped; a frame must also arrive whole within this of its first byte, plus a second
-    #: per 64 KiB of it: a stalled, or trickling, peer cannot hold a slot with half a frame.
+    #: dropped; all the waiting for one frame is at most this too, plus a second per 64 KiB of
+    #: it: a stalled, or trickling, peer cannot hold a slot with half a frame (the time our
+    #: own reading is paused, by backpressure, does not count).
     frame_timeout: float = 30.0
     #: Seconds ``aclose``/``disconnect`` spend flushing queued frames before closing anyway.
     close_timeout: float = 5.0

@@ -475,10 +475,10 @@ async def test_peer_stalling_mid_frame_is_dropped_after_frame_timeout(
 async def test_peer_trickling_a_frame_is_dropped_after_frame_timeout(
     transport: str, socket_dir: str
 ) -> None:
-    """A frame sent a byte at a time, each byte well within frame_timeout of the last: it
-    must still arrive within frame_timeout of its first byte (plus a second per 64 KiB of
-    it), or the slot is given up. Each byte used to start the wait anew, so three such peers
-    held a server's three slots for as long as they liked."""
+    """A frame sent a byte at a time, each byte well within frame_timeout of the last: all
+    the waiting one frame causes is at most frame_timeout (plus a second per 64 KiB of it),
+    or the slot is given up. Each byte used to start the wait anew, so three such peers held
+    a server's three slots for as long as they liked."""
     async with scene(transport, socket_dir) as s:
         frame = framed(pack([1, "echo", "x" * 1000, 1]))
 

@@ -81,9 +81,10 @@ Invariants:
   misses less than one read (``RECEIVE_SIZE``) is read with what follows it, until
   ``DIRECT_READ_BUDGET`` bytes were read so since the reader last waited, then only up to the
   frame's end: the next frame waits for a loop pass. Only a wait is bounded by
-  ``frame_timeout``, and by the frame's own deadline: a frame arrives whole within
-  ``frame_timeout`` of its first byte, plus a second per ``FRAME_PACE`` bytes of it, so that a
-  peer trickling a byte now and then cannot hold its slot for ever.
+  ``frame_timeout``, and so is all the waiting one frame causes: at most ``frame_timeout``,
+  plus a second per ``FRAME_PACE`` bytes of it, so that a peer trickling a byte now and then
+  cannot hold its slot for ever. Only the reader's waits for the peer count, not the time
+  reading is paused (our backpressure) or spent handling.
 - Heartbeats (``Config.heartbeat_interval``; none when the codec carries no pings), kept by
   the actor's watchdog (one task per actor for all its channels, see ``_watchdog``; a channel
   has no task or timer of its own for them): any bytes received are a sign of life. A ping
@@ -719,18 +720,15 @@ class Channel:
         buffered = session.buffered
         fd_stream = self._fd_stream
         shared = self._shared
-        frame_started = 0.0  # when the frame in progress began (its deadline's start)
+        frame_waited = 0.0  # seconds the frame in progress has kept the reader waiting
         while True:
             if fd_stream is not None and fd_stream.pending_fds:
                 self._claim_fds()
             events = self._take(
                 session.received(got) if got else receive_messages(data), task_group
             )
-            left = session.buffered
-            if not left:
-                frame_started = 0.0
-            elif not frame_started or buffered + (got or len(data)) != left:
-                frame_started = monotonic()  # a frame began with this read
+            if buffered + (got or len(data)) != session.buffered:
+                frame_waited = 0.0  # a frame ended with this read (the next one began in it)
             if shared is not None and shared.fds and not session.buffered:
                 # Every frame the read completed was decoded: none claimed these.
                 count = len(shared.fds)
@@ -778,9 +776,11 @@ class Channel:
                         direct += got
                     if not got:
                         direct = 0
-                        frame = buffered + (missing or 0)
-                        with anyio.fail_after(_frame_wait(frame_started, frame_timeout, frame)):
+                        wait = _frame_wait(frame_waited, frame_timeout, buffered + (missing or 0))
+                        began = monotonic()
+                        with anyio.fail_after(wait):
                             got = await receive_into(into)
+                        frame_waited += monotonic() - began
                 elif buffered:
                     if receive_now is not None:
                         # Past the budget, only this frame's bytes: the next frame starts
@@ -789,9 +789,11 @@ class Channel:
                         direct += len(data)
                     if not data:
                         direct = 0
-                        frame = buffered + (missing or 0)
-                        with anyio.fail_after(_frame_wait(frame_started, frame_timeout, frame)):
+                        wait = _frame_wait(frame_waited, frame_timeout, buffered + (missing or 0))
+                        began = monotonic()
+                        with anyio.fail_after(wait):
                             data = await receive(size)
+                        frame_waited += monotonic() - began
                 else:
                     direct = 0
                     self._reader_idle = True
@@ -1031,12 +1033,12 @@ class Channel:
         task_group.cancel_scope.cancel()
 
 
-def _frame_wait(started: float, timeout: float, size: int) -> float:
-    """How long the reader may wait for more of a frame of ``size`` bytes begun at
-    ``started``: ``timeout`` at most, and no later than the frame's deadline (see the
-    invariants). Raises DecodeError once that has passed."""
+def _frame_wait(waited: float, timeout: float, size: int) -> float:
+    """How long the reader may wait for more of a frame of ``size`` bytes that has kept it
+    waiting ``waited`` seconds already: ``timeout`` at most, and what is left of the frame's
+    allowance (see the invariants). Raises DecodeError once that is spent."""
     allowed = timeout + size / FRAME_PACE
-    left = started + allowed - monotonic()
+    left = allowed - waited
     if left <= 0:
         raise DecodeError(
             f"the peer took over {allowed:.1f} s to send a frame of {size} bytes "
