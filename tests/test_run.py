@@ -202,6 +202,21 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _run_script(
+    tmp_path: os.PathLike[str], source: str, *args: str
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    """Run ``source`` as a script with ``args`` and a fresh socket directory (its path the
+    last argument); its outcome and that directory."""
+    script = os.path.join(str(tmp_path), "script.py")
+    root = os.path.join(str(tmp_path), "sockets")
+    os.mkdir(root)
+    with open(script, "w") as file:
+        file.write(source)
+    command = [sys.executable, script, *args, root]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=20, env=_env())
+    return done, root
+
+
 def _wait_for_line(process: subprocess.Popen[str], text: str) -> None:
     assert process.stdout is not None
     line = process.stdout.readline()
@@ -302,13 +317,7 @@ def test_sys_exit_in_a_handler_exits_with_its_status(
     the task groups' exception groups (on Trio the process exited 1, with the groups'
     traceback); on asyncio it leaves the loop at once, and asyncio reported the main task
     cut short at its shutdown with the groups' traceback."""
-    script = os.path.join(str(tmp_path), "exiting.py")
-    root = os.path.join(str(tmp_path), "sockets")
-    os.mkdir(root)
-    with open(script, "w") as file:
-        file.write(EXITING_HANDLER)
-    command = [sys.executable, script, backend, kind, root]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=20, env=_env())
+    done, root = _run_script(tmp_path, EXITING_HANDLER, backend, kind)
     assert done.returncode == 3, done.stderr
     assert "Traceback" not in done.stderr
     assert os.listdir(root) == []
@@ -346,13 +355,7 @@ def test_sys_exit_in_a_client_side_handler_leaves_nothing_on_stderr(
 ) -> None:
     """Quietly means quietly: on uvloop the exit left a task that never ran, and Python said
     so as it exited ("coroutine 'Channel._dispatch_loop' was never awaited")."""
-    script = os.path.join(str(tmp_path), "client_exit.py")
-    root = os.path.join(str(tmp_path), "sockets")
-    os.mkdir(root)
-    with open(script, "w") as file:
-        file.write(CLIENT_SIDE_EXIT)
-    command = [sys.executable, script, backend, root]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=20, env=_env())
+    done, root = _run_script(tmp_path, CLIENT_SIDE_EXIT, backend)
     assert (done.returncode, done.stderr) == (5, "")
     assert os.listdir(root) == []
 
@@ -390,13 +393,7 @@ def test_keyboard_interrupt_in_a_handler_ends_the_process_as_from_main(
     """As when main raises it: one traceback, the KeyboardInterrupt's, and the status of
     Ctrl-C. It came out in exception groups and exited 1 (Trio; asyncio for a connect
     handler), or with asyncio's reports of every task it cut short."""
-    script = os.path.join(str(tmp_path), "interrupted.py")
-    root = os.path.join(str(tmp_path), "sockets")
-    os.mkdir(root)
-    with open(script, "w") as file:
-        file.write(INTERRUPTED_HANDLER)
-    command = [sys.executable, script, backend, kind, root]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=20, env=_env())
+    done, root = _run_script(tmp_path, INTERRUPTED_HANDLER, backend, kind)
     assert done.returncode in (130, -signal.SIGINT), done.stderr
     assert done.stderr.count("Traceback") == 1, done.stderr
     assert "Exception Group" not in done.stderr

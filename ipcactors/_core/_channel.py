@@ -727,7 +727,9 @@ class Channel:
             events = self._take(
                 session.received(got) if got else receive_messages(data), task_group
             )
-            if buffered + (got or len(data)) != session.buffered:
+            # The bytes of the frames this read completed (what it added, less what is left).
+            completed = buffered + (got or len(data)) - session.buffered
+            if completed:
                 frame_waited = 0.0  # a frame ended with this read (the next one began in it)
             if shared is not None and shared.fds and not session.buffered:
                 # Every frame the read completed was decoded: none claimed these.
@@ -735,8 +737,7 @@ class Channel:
                 close_fds(shared.fds)
                 raise DecodeError(f"the peer passed {count} file descriptor(s) no frame claimed")
             if events:
-                # Counted as the bytes of the frames this read completed.
-                self._enqueue(events, buffered + (got or len(data)) - session.buffered, task_group)
+                self._enqueue(events, completed, task_group)  # counted as those bytes
             del events  # (see _dispatch_loop)
             # (Below the soft bound with no request waiting, there is no reason to pause.)
             if (self._inbox_bytes >= soft_bytes or self._queued_requests) and self._must_pause():
