@@ -476,6 +476,50 @@ async def test_a_plain_handler_raising_cancelled_error_is_an_error_of_its_own(
     assert any("raised by the handler" in line for line in log_lines)
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # (Trio's Cancelled cannot be raised)
+@pytest.mark.parametrize("kind", ["async", "async and a catch-all", "async after an answering one"])
+async def test_an_async_handler_raising_cancelled_error_is_an_error_of_its_own(
+    anyio_backend: str, kind: str, socket_dir: str, log_lines: list[str]
+) -> None:
+    """An async handler raising asyncio's CancelledError while nothing cancelled it (by hand,
+    or from awaiting a future another task cancelled) is that handler's error, as a plain
+    handler's is: answered as such or logged, and its connection serves on. It read as the
+    cancellation of the connection's task: the connection was dropped, a request on it lost,
+    and nothing said why."""
+
+    async def cancelled(data: Any, client: ipcactors.Client) -> None:
+        await anyio.sleep(0)
+        raise asyncio.CancelledError("raised by the handler")
+
+    async def fine(data: Any, client: ipcactors.Client) -> str:
+        return "fine"
+
+    async with Actor("world", socket_root=socket_dir) as world_actor:
+        server = await world_actor.serve()
+        if kind == "async after an answering one":
+            server.on("ask", fine)  # the first handler answers; the async one after it raises
+        server.on("ask", cancelled)
+        server.on("tell", cancelled)
+        if kind == "async and a catch-all":
+            server.on_any(lambda event, data, client: None)
+        server.on("ping", lambda data, client: "pong")
+        connects: list[ipcactors.Client] = []
+        server.on("connect", connects.append)
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            world = await hello.connect_to("world")
+            with anyio.fail_after(5):
+                if kind == "async after an answering one":
+                    assert await world.request("ask") == "fine"
+                else:
+                    with pytest.raises(ipcactors.RemoteError) as caught:
+                        await world.request("ask")
+                    assert caught.value.remote_type == "asyncio.exceptions.CancelledError"
+                await world.emit("tell")
+                assert await world.request("ping") == "pong"  # this connection serves on
+            assert len(connects) == 1  # and was never dropped
+    assert any("raised by the handler" in line for line in log_lines)
+
+
 async def test_handler_exception_is_logged_without_local_values(
     socket_dir: str, log_lines: list[str]
 ) -> None:

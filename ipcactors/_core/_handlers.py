@@ -24,6 +24,7 @@ import anyio
 from .._errors import EventNameError, IPCError, ReservedEventError
 from .._log import ActorLog
 from .._proto._messages import RESERVED_EVENTS, RESERVED_PREFIX
+from .._transports._backend import being_cancelled
 
 __all__ = [
     "MAX_UNHANDLED_NAMES",
@@ -33,6 +34,7 @@ __all__ = [
     "Handlers",
     "PlainCancellation",
     "raised_by_the_call",
+    "raised_by_the_handler",
     "unhandled",
 ]
 
@@ -56,9 +58,19 @@ def raised_by_the_call() -> tuple[type[BaseException], ...]:
     return (Exception, anyio.get_cancelled_exc_class())
 
 
+def raised_by_the_handler(exc: BaseException) -> bool:
+    """Whether ``exc``, not an Exception, out of awaiting a handler is that handler's error
+    all the same: the backend's cancellation exception while nothing cancels the task that
+    awaits it (see ``being_cancelled``). Left to propagate, it would end that task, and with
+    it the connection (anyio's rule, as in :func:`raised_by_the_call`). Called only as such an
+    exception is caught, at no cost on the way that raises nothing."""
+    return isinstance(exc, anyio.get_cancelled_exc_class()) and not being_cancelled()
+
+
 class PlainCancellation(Exception):
-    """A handler's call raised the backend's cancellation exception itself (see
-    :func:`raised_by_the_call`): ``error``, carried as an error to where it is answered."""
+    """A handler raised the backend's cancellation exception itself (see
+    :func:`raised_by_the_call` and :func:`raised_by_the_handler`): ``error``, carried as an
+    error to where it is answered."""
 
     def __init__(self, error: BaseException) -> None:
         super().__init__(error)
@@ -196,6 +208,10 @@ class Handlers:
             await result
         except Exception as exc:
             self.failed(event, handler, exc, log)
+        except BaseException as exc:
+            if not raised_by_the_handler(exc):
+                raise
+            self.failed(event, handler, exc, log)
 
     async def call(self, event: str, args: tuple[Any, ...], log: ActorLog) -> None:
         """Run every handler of ``event`` in order; log and swallow their exceptions."""
@@ -212,6 +228,10 @@ class Handlers:
                 if result is not None and inspect.isawaitable(result):
                     await result
             except Exception as exc:
+                self.failed(event, handler, exc, log)
+            except BaseException as exc:
+                if not raised_by_the_handler(exc):
+                    raise
                 self.failed(event, handler, exc, log)
 
     async def call_shielded(
@@ -236,7 +256,14 @@ class Handlers:
         except raised_by_the_call() as exc:
             raise PlainCancellation(exc) from None
         if inspect.isawaitable(result):
-            result = await result
+            try:
+                result = await result
+            except Exception:
+                raise
+            except BaseException as exc:
+                if not raised_by_the_handler(exc):
+                    raise
+                raise PlainCancellation(exc) from None
         for handler in rest:
             try:
                 extra = handler(*args)
@@ -247,6 +274,10 @@ class Handlers:
                 if inspect.isawaitable(extra):
                     await extra
             except Exception as exc:
+                self.failed(event, handler, exc, log)
+            except BaseException as exc:
+                if not raised_by_the_handler(exc):
+                    raise
                 self.failed(event, handler, exc, log)
         return result
 

@@ -41,7 +41,14 @@ from .._log import ActorLog
 from .._proto._codec import Encoder
 from .._proto._messages import Event, Frame, Ping, Request, Welcome, frame_size, is_reserved
 from ._acks import AckedReceiver, AckedSender
-from ._handlers import UNHANDLED, Handlers, PlainCancellation, raised_by_the_call, unhandled
+from ._handlers import (
+    UNHANDLED,
+    Handlers,
+    PlainCancellation,
+    raised_by_the_call,
+    raised_by_the_handler,
+    unhandled,
+)
 from ._handling import Handling
 from ._outbox import Outbox
 from ._requests import NO_HANDLER, Requests
@@ -533,6 +540,10 @@ class Peer:
                 try:
                     frame = reply_frame(self._encoder, message.id, await result)
                 except Exception as exc:
+                    frame = error_frame(self._encoder, message.id, exc)
+                except BaseException as exc:
+                    if not raised_by_the_handler(exc):
+                        raise
                     frame = error_frame(self._encoder, message.id, exc)
                 self._reply(message, frame)
             finally:

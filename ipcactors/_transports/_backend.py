@@ -28,6 +28,7 @@ except ImportError:  # (anyio then asks asyncio for the running loop, which a ca
 __all__ = [
     "Completion",
     "backend_options",
+    "being_cancelled",
     "call_later",
     "current_backend",
     "in_loop_callback",
@@ -72,6 +73,19 @@ def call_later(delay: float, callback: Callable[[], None]) -> Callable[[], None]
     if loop is None:
         return None
     return loop.call_later(max(delay, 0.0), callback).cancel
+
+
+def being_cancelled() -> bool:
+    """Whether the current task is being cancelled. On asyncio, anyio's cancel scopes cancel
+    a task through ``Task.cancel``, which ``Task.cancelling`` counts until the scope has caught
+    the exception: a ``CancelledError`` met while it is 0 was raised by the code the task ran
+    (by hand, or by awaiting a future another task cancelled), not delivered. On Trio only a
+    cancel scope raises ``Cancelled``: always so."""
+    loop = running_asyncio_loop()
+    if loop is None:
+        return True
+    task = asyncio.current_task(loop)
+    return task is not None and task.cancelling() > 0
 
 
 def in_loop_callback() -> None:
