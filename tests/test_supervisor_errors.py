@@ -21,7 +21,14 @@ import psutil
 import pytest
 from _supervising import supervisor
 
-from ipcactors import ChildExit, RemoteError, RestartIntensityError, SpawnError
+from ipcactors import (
+    ChildExit,
+    RemoteError,
+    RestartIntensityError,
+    SocketPathError,
+    SocketPathTooLongError,
+    SpawnError,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -273,3 +280,38 @@ async def test_a_three_level_escalation_names_the_whole_chain(socket_dir: str) -
         "child 'a' of supervisor 'root' -> child 'b' of supervisor 'a-sup' -> "
         "child 'c' of supervisor 'b-sup' exited with code 3;"
     ), str(error)
+
+
+# --- a supervisor that cannot start -------------------------------------------------------------
+
+
+async def test_a_supervisor_that_cannot_serve_raises_why_and_leaves_the_task_sound(
+    socket_dir: str,
+) -> None:
+    """Entering a supervisor whose server cannot start raises that server's error, typed, and
+    the task goes on as before. Its clean-up left the actor's scopes from inside a scope it had
+    just entered: a bare RuntimeError came out instead (asyncio: 'Attempted to exit a cancel
+    scope that isn't the current tasks's current cancel scope'; Trio: 'Cancel scope stack
+    corrupted', and the run then ended with 'Nursery stack corrupted')."""
+    with pytest.raises(SocketPathTooLongError):
+        async with supervisor(socket_dir, id="s" * 120):
+            pytest.fail("entered")
+    with pytest.raises(SocketPathError):
+        async with supervisor(socket_dir, id="a/b"):
+            pytest.fail("entered")
+    await anyio.sleep(0.01)  # this task's scopes are sound
+    async with supervisor(socket_dir) as sup:  # and a supervisor starts as usual
+        assert sup.children == {}
+
+
+async def test_a_supervisor_cancelled_as_it_starts_leaves_the_task_sound(
+    socket_dir: str,
+) -> None:
+    """A cancel scope that cancels a supervisor's start (here at once) cancels it like any
+    other wait: the scope catches the cancellation, and the task goes on."""
+    with anyio.move_on_after(0) as scope:
+        async with supervisor(socket_dir):
+            await anyio.sleep(5)
+    assert scope.cancelled_caught
+    await anyio.sleep(0.01)
+    assert os.listdir(socket_dir) == []

@@ -383,8 +383,13 @@ class Supervisor:
                     for fd in self._lifeline:
                         os.close(fd)
                     self._lifeline = None
-                await self._cleanup_files()
+            # The actor's scopes were entered before the shield's: it is left outside it (it
+            # shields its own close), and only then are its files gone.
+            try:
                 await actor.__aexit__(type(exc), exc, exc.__traceback__)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._cleanup_files()
             raise
         runtime = current_runtime()
         if runtime is not None:
