@@ -358,6 +358,62 @@ async def test_a_producer_that_never_yields_keeps_its_peer_busy(
     assert most_queued < 1 << 20, f"{most_queued} bytes were queued at once"
 
 
+async def test_a_broadcaster_that_never_yields_lets_the_loop_run(socket_dir: str) -> None:
+    """A loop that broadcasts while no client takes the events (none connected; or the one
+    there leaving, as the server closes) gives the loop a pass each time: other tasks run,
+    and a close from another task ends within its close_timeout, after which broadcast raises
+    ClosedError. Such a loop never yielded: a 10 ms ticker got none of its ticks in 3 s, and
+    aclose() waited for the loop to end (12 s with close_timeout=1), accepting millions of
+    broadcasts after it was called."""
+    async with Actor("world", socket_root=socket_dir, silent=True, close_timeout=1) as world:
+        server = await world.serve()
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            for _ in range(100):
+                await anyio.sleep(0.01)
+                ticks += 1
+
+        calls = 0
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(tick)
+            with anyio.move_on_after(5):
+                while ticks < 5 and calls < 10_000_000:
+                    await server.broadcast("ev", 1)
+                    calls += 1
+            task_group.cancel_scope.cancel()
+        assert ticks >= 5, f"{calls} broadcasts to nobody, and the ticker ticked {ticks} times"
+
+        closed_in = math.inf
+
+        async def close() -> None:
+            nonlocal closed_in
+            start = anyio.current_time()
+            await server.aclose()
+            closed_in = anyio.current_time() - start
+
+        async def broadcast_until_refused() -> BaseException | None:
+            payload = b"x" * 100
+            for _ in range(50_000_000):
+                try:
+                    await server.broadcast("ev", payload)
+                except ipcactors.ClosedError as exc:
+                    return exc
+            return None
+
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            await hello.connect_to("world")
+            with anyio.fail_after(20):
+                while not server.clients:
+                    await anyio.sleep(0.01)
+                async with anyio.create_task_group() as task_group:
+                    task_group.start_soon(close)
+                    refused = await broadcast_until_refused()
+        assert isinstance(refused, ipcactors.ClosedError)
+        assert closed_in < 3, f"the close took {closed_in:.1f} s with close_timeout=1"
+
+
 async def test_replies_overtake_queued_events_in_the_outbox() -> None:
     from ipcactors._core._outbox import Outbox
 

@@ -380,6 +380,28 @@ async def test_broadcast_reaches_recent_peers() -> None:
                 peer.close()
 
 
+async def test_a_loop_broadcasting_to_no_peer_lets_the_loop_run() -> None:
+    """As a stream server's: a broadcast that reaches nobody is the loop's turn, so that a
+    loop of them does not hold up the other tasks (it never yielded: a ticker never ticked)."""
+    async with Actor("world", silent=True) as world_actor:
+        world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        ticks = calls = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            for _ in range(100):
+                await anyio.sleep(0.01)
+                ticks += 1
+
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(tick)
+            while ticks < 5 and calls < 10_000_000:
+                await world.broadcast("news", 1)
+                calls += 1
+            task_group.cancel_scope.cancel()
+        assert ticks >= 5, f"{calls} broadcasts to nobody, and the ticker ticked {ticks} times"
+
+
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_udp_example(backend: str) -> None:
     result = subprocess.run(

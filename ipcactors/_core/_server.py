@@ -339,8 +339,9 @@ class Server(HandlerMethods):
         holds at most twice ``max_outbox_bytes`` (room to catch up after a burst; in the
         acknowledged mode, what it holds unacknowledged counts too); past that it
         is handled as ``Config.slow_consumer`` says: disconnected (the default) or skipped for
-        this frame, without waiting for it; or, with ``"wait"``, waited for (at once).
-        Raises :class:`ClosedError` once the server is closed.
+        this frame, without waiting for it; or, with ``"wait"``, waited for (at once). A
+        broadcast that no client took gives the loop one pass (a loop of them would hold up
+        the rest). Raises :class:`ClosedError` once the server is closed.
         """
         check_event_name(event)
         self._check_open()
@@ -351,6 +352,7 @@ class Server(HandlerMethods):
         policy = self._config.slow_consumer
         waiting: list[Client] = []
         behind = False
+        queued = False  # for anyone: else the loop gets its pass here (see the end)
         # The last frame made for an acked client (its seq, size): clients whose streams are
         # at the same seq (those that joined together and get the same events) share it.
         made_seq = 0
@@ -368,6 +370,7 @@ class Server(HandlerMethods):
                     if not itemized:
                         item, itemized = self._encoder.event_item(event, data), True
                     if item is not None and outbox.put_item_if_room(item):
+                        queued = True
                         if outbox.turn_due:
                             outbox.turn_given()
                             behind = True  # (as below)
@@ -384,6 +387,7 @@ class Server(HandlerMethods):
                     if item is not None:
                         position = outbox.put_item_if_room(item, seq)
                         if position:  # kept as its item (see Encoder.kept_frame)
+                            queued = True
                             if entry is not None and entry[4] == position and entry[0] == seq:
                                 acked.keep(entry)  # (the same seq: the same item)
                             else:
@@ -423,6 +427,7 @@ class Server(HandlerMethods):
                 self._disconnect_slow(client)
                 continue
             position = outbox.put_nowait(frame, size)
+            queued = True
             if outbox.turn_due:
                 outbox.turn_given()
                 behind = True  # the loop is due a pass (see _outbox): the writers' turn too
@@ -432,8 +437,11 @@ class Server(HandlerMethods):
                     acked.keep(entry)  # (the same seq: the same frame)
                 else:
                     entry = acked.stored(seq, event, frame, size, position)
-        if behind:
-            await anyio.lowlevel.checkpoint()  # let the writers run: a burst is not a stall
+        if behind or not (queued or waiting):
+            # Let the writers run: a burst is not a stall. And a broadcast that nobody took
+            # (no client, all leaving as the server closes, every one too slow) is the loop's
+            # turn too: a loop of them would hold up the rest for ever, the close included.
+            await anyio.lowlevel.checkpoint()
         for client in waiting:
             try:
                 acked = client._acked

@@ -254,7 +254,10 @@ class DatagramServer(HandlerMethods):
         self._check_open()
         frame = self._encoder.event(event, data)
         self._expire(anyio.current_time())
-        for address in list(self._peers):
+        peers = list(self._peers)
+        if not peers:  # the loop's turn all the same (see Server.broadcast)
+            await anyio.lowlevel.checkpoint()
+        for address in peers:
             await self._send(frame, address)
 
     # --- serving ------------------------------------------------------------------------------
