@@ -45,12 +45,16 @@ class Actor:
     """A named actor: node-ipc's ``ipc`` object, one per ``async with`` block.
 
     ``Actor("world")`` uses the default :class:`Config`; pass ``config=`` and/or keyword
-    overrides (``Actor("world", retry=1.5, silent=True)``).
+    overrides (``Actor("world", retry=1.5, silent=True)``). An id is non-empty text without
+    NUL (:class:`ConfigError` otherwise); its default socket file (:meth:`default_path`) takes
+    an id without '/'.
     """
 
     def __init__(self, id: str, config: Config | None = None, **overrides: Any) -> None:
-        if type(id) is not str or not id:
-            raise ConfigError(f"an actor id must be a non-empty string, got {id!r}")
+        if type(id) is not str or not id or "\0" in id or not _utf8(id):
+            raise ConfigError(
+                f"an actor id must be a non-empty string of text without NUL, got {id!r}"
+            )
         self.config = (config or Config()).replace(id=id, **overrides)
         self.id = id
         self._log = ActorLog(id, self.config.silent)
@@ -209,9 +213,16 @@ class Actor:
         return self._server
 
     def default_path(self, id: str | None = None) -> str:
-        """node-ipc's socket path: ``<socket_root>/<appspace><id>``."""
+        """node-ipc's socket path: ``<socket_root>/<appspace><id>``. Raises
+        :class:`ConfigError` for an id that is not a file name there (with '/' or NUL)."""
+        id = id or self.id
+        if "/" in id or "\0" in id:
+            raise ConfigError(
+                f"actor id {id!r} names no socket file in socket_root: it has '/' or NUL; "
+                "pass path= (or serve it over TCP) instead"
+            )
         root = self.config.socket_root or default_socket_root()
-        return os.path.join(root, f"{self.config.appspace}{id or self.id}")
+        return os.path.join(root, f"{self.config.appspace}{id}")
 
     async def serve(self, path: str | None = None) -> Server:
         """Listen on a Unix socket (default :meth:`default_path`). Returns once listening.
@@ -457,7 +468,20 @@ def _path(path: object, net_call: str) -> str | None:
     if type(path) is not str or not path:
         hint = f"; for TCP, use {net_call}" if type(path) is int else ""
         raise ConfigError(f"path must be a str (a Unix socket path) or None, got {path!r}{hint}")
+    if "\0" in path:
+        raise ConfigError(f"a Unix socket path cannot hold NUL, got {path!r}")
     return path
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` can go on the wire (msgpack's strings are UTF-8: no lone surrogate)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Peers(Mapping[str, Connection]):

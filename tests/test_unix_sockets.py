@@ -197,20 +197,48 @@ async def test_a_socket_root_that_does_not_exist_is_a_socket_path_error(
 async def test_a_path_whose_directory_does_not_exist_is_a_socket_path_error(
     socket_dir: str,
 ) -> None:
-    """serve(path) in a missing directory, or the default path of an id with a '/' in it,
-    raises SocketPathError naming the directory (it was a bare FileNotFoundError), and the
-    actor still serves on a good path afterwards."""
+    """serve(path) in a missing directory raises SocketPathError naming the directory (it was
+    a bare FileNotFoundError), and the actor still serves on a good path afterwards."""
     missing = os.path.join(socket_dir, "missing", "world.sock")
-    async with Actor("sub/world", socket_root=socket_dir, silent=True) as world:
-        for path in (missing, None):
-            with pytest.raises(ipcactors.SocketPathError, match="does not exist") as caught:
-                await world.serve(path)
-            assert os.path.dirname(world.default_path() if path is None else path) in str(
-                caught.value
-            )
+    async with Actor("world", socket_root=socket_dir, silent=True) as world:
+        with pytest.raises(ipcactors.SocketPathError, match="does not exist") as caught:
+            await world.serve(missing)
+        assert os.path.dirname(missing) in str(caught.value)
         server = await world.serve(os.path.join(socket_dir, "world.sock"))
         assert os.path.exists(str(server.address))
     assert os.listdir(socket_dir) == []
+
+
+async def test_names_that_cannot_make_a_socket_path_or_go_on_the_wire_are_refused(
+    socket_dir: str,
+) -> None:
+    """An actor id, socket path or event name that cannot be what it is used as is refused at
+    once with a typed error. An id with '/' put the socket outside socket_root ('..'); a NUL
+    made serve() raise a bare ValueError and connect_to() retry for ever; a lone surrogate
+    (not UTF-8) made an actor that served but no client could finish a handshake with, and
+    an event name with one raised a bare UnicodeEncodeError."""
+    for bad in ("nul\0id", "lone\udcff"):
+        with pytest.raises(ipcactors.ConfigError, match="actor id"):
+            Actor(bad, socket_root=socket_dir)
+    async with Actor("../escaped", socket_root=socket_dir, appspace="", silent=True) as a:
+        with pytest.raises(ipcactors.ConfigError, match="'/'"):
+            await a.serve()
+        await a.serve(os.path.join(socket_dir, "fine"))  # an explicit path is the caller's
+        with anyio.fail_after(5), pytest.raises(ipcactors.ConfigError, match="'/'"):
+            await a.connect_to("../fine")
+        with pytest.raises(ipcactors.ConfigError, match="NUL"):
+            await a.connect_to("fine", path=os.path.join(socket_dir, "fi\0ne"))
+        with anyio.fail_after(5):
+            connection = await a.connect_to("fine", path=os.path.join(socket_dir, "fine"))
+        with pytest.raises(ipcactors.EventNameError):
+            await connection.emit("lone\udcff")
+        with pytest.raises(ipcactors.EventNameError):
+            await a.server.broadcast("lone\udcff")  # type: ignore[union-attr]
+    async with Actor("other", socket_root=socket_dir, silent=True) as b:
+        with pytest.raises(ipcactors.ConfigError, match="NUL"):
+            await b.serve(os.path.join(socket_dir, "a\0b"))
+    assert sorted(os.listdir(socket_dir)) == []
+    assert not os.path.exists(os.path.join(os.path.dirname(socket_dir), "escaped"))
 
 
 async def test_explicit_path(socket_dir: str) -> None:

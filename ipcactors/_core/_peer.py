@@ -73,6 +73,13 @@ def check_event_name(event: str) -> None:
         raise EventNameError(f"an event name must be a non-empty str, got {event!r:.80}")
     if event in _checked_names:
         return
+    if not event.isascii():
+        try:
+            event.encode()
+        except UnicodeEncodeError:
+            raise EventNameError(
+                f"an event name must be text that UTF-8 can carry, got {event!r:.80}"
+            ) from None
     if is_reserved(event):
         raise ReservedEventError(
             f"{event!r} is reserved for local lifecycle events (connect, disconnect, destroy, "
