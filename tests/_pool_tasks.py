@@ -103,3 +103,15 @@ async def exits_async(code: int) -> None:
 
 def exits_plain(code: int) -> None:
     raise SystemExit(code)
+
+
+class Unreadable:
+    """An object whose attributes are looked up in a mapping that raises KeyError (a
+    dict-backed config object, say): reading one it lacks is not an AttributeError."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise KeyError(name)
+
+
+def returns_unreadable() -> Unreadable:
+    return Unreadable()

@@ -386,6 +386,39 @@ async def test_arguments_that_cannot_travel_fail_only_their_task(socket_dir: str
             assert outcomes == {"2": 4, "bad": "refused", "3": 9}
 
 
+async def test_data_whose_own_methods_fail_is_an_encode_error_not_the_pools_end(
+    socket_dir: str,
+) -> None:
+    """An argument or a result whose attribute lookup raises something else than
+    AttributeError (here KeyError, as from a dict-backed object) is an EncodeError: in the
+    caller for that task only, as a RemoteError for a result. The KeyError escaped as itself:
+    the pool's dispatcher died with it (every caller then waited for ever, and the pool's block
+    raised it in a group), and a result made the worker crash, the task retried to
+    WorkerLostError."""
+    with anyio.fail_after(30):
+        async with pool(socket_dir, size=1, per_worker=4) as p:
+            outcomes: dict[str, object] = {}
+
+            async def bad() -> None:
+                with pytest.raises(ipcactors.EncodeError, match="KeyError"):
+                    await p.submit(_pool_tasks.Unreadable())
+                outcomes["bad"] = "refused"
+
+            async def good(n: int) -> None:
+                outcomes[str(n)] = await p.submit(n)
+
+            async with anyio.create_task_group() as tg:  # queued together: one batch
+                tg.start_soon(good, 2)
+                tg.start_soon(bad)
+                tg.start_soon(good, 3)
+            assert outcomes == {"2": 4, "bad": "refused", "3": 9}
+            with pytest.raises(ipcactors.RemoteError) as caught:
+                await p.call(_pool_tasks.returns_unreadable)
+            assert caught.value.remote_type == "EncodeError"
+            assert await p.submit(5) == 25
+            assert p.statistics().retried == 0
+
+
 async def test_least_loaded_worker_gets_the_next_task(socket_dir: str, tmp_path: Path) -> None:
     marker = tmp_path / "pid"
     with anyio.fail_after(20):

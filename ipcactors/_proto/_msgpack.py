@@ -317,6 +317,19 @@ def _to_array(obj: Any) -> Any:
     return None
 
 
+def _encode_error(exc: Exception) -> EncodeError:
+    """What packing raises for ``exc``, not one of ours (a hook's EncodeError goes as it is):
+    msgpack's own (TypeError, ValueError, OverflowError, BufferError) and whatever the data's
+    own methods raised (an attribute lookup raising KeyError) are an EncodeError, so that only
+    the call that sent the value fails."""
+    if isinstance(exc, TypeError | ValueError | OverflowError | BufferError):
+        return EncodeError(f"cannot encode as msgpack: {exc}")
+    return EncodeError(
+        f"cannot encode as msgpack: the data raised {type(exc).__name__} ({exc}) while it was "
+        "read (an object whose attribute lookup fails?)"
+    )
+
+
 def encode_default(obj: Any) -> Any:
     """The packer's ``default`` hook: numpy arrays (and DLPack tensors) become the numpy
     extension type (see ``_numpy``)."""
@@ -478,12 +491,14 @@ class MsgpackEncoder(Encoder):
         self._large.clear()
         try:
             packed: bytes = self._packer.pack(value)
-        except (TypeError, ValueError, OverflowError, BufferError) as exc:
+        except Exception as exc:
             # The packer keeps a partly written buffer after an error; start clean.
             self._packer.reset()
             self._large.clear()
             self._unplace()
-            raise EncodeError(f"cannot encode as msgpack: {exc}") from exc
+            if isinstance(exc, IPCError):
+                raise
+            raise _encode_error(exc) from exc
         except BaseException:
             self._packer.reset()
             self._large.clear()
@@ -645,9 +660,11 @@ class MsgpackEncoder(Encoder):
                 return None
         try:
             packed: bytes = self._packer.pack(data)
-        except (TypeError, ValueError, OverflowError, BufferError) as exc:
+        except Exception as exc:
             self._packer.reset()  # it keeps a partly written buffer after an error
-            raise EncodeError(f"cannot encode as msgpack: {exc}") from exc
+            if isinstance(exc, IPCError):
+                raise
+            raise _encode_error(exc) from exc
         return packed
 
     def _sequenced_head(self, event: str) -> bytes:
@@ -698,10 +715,12 @@ class MsgpackEncoder(Encoder):
             self._large.clear()
             try:
                 packed = self._packer.pack(marked)
-            except (TypeError, ValueError, OverflowError, BufferError) as exc:
+            except Exception as exc:
                 self._packer.reset()  # it keeps a partly written buffer after an error
                 self._large.clear()
-                raise EncodeError(f"cannot encode as msgpack: {exc}") from exc
+                if isinstance(exc, IPCError):
+                    raise
+                raise _encode_error(exc) from exc
             except BaseException:
                 self._packer.reset()
                 self._large.clear()
@@ -1769,8 +1788,10 @@ def pack_value(value: Any, *, numpy: bool = False) -> bytes:
         packed: bytes = msgpack.packb(
             value, use_bin_type=True, datetime=False, default=encode_default if numpy else None
         )
-    except (TypeError, ValueError, OverflowError, BufferError) as exc:
-        raise EncodeError(f"cannot encode as msgpack: {exc}") from exc
+    except IPCError:
+        raise
+    except Exception as exc:
+        raise _encode_error(exc) from exc
     return packed
 
 

@@ -130,9 +130,9 @@ class NodeIPCEncoder(Encoder):
             text = (
                 '{"type":' + self._json.encode(event) + ',"data":' + self._json.encode(data) + "}"
             )
-        except (TypeError, ValueError, RecursionError) as exc:
+        except Exception as exc:  # json's own, or what a container subclass's methods raise
             raise EncodeError(
-                f"data cannot be sent as node-ipc JSON: {exc} (send str, int, float, bool, None, "
+                f"data cannot be sent as node-ipc JSON: {type(exc).__name__}: {exc} (send str, int, float, bool, None, "
                 "list, tuple or dict with str keys)"
             ) from None
         try:
