@@ -132,8 +132,8 @@ class NodeIPCEncoder(Encoder):
             )
         except Exception as exc:  # json's own, or what a container subclass's methods raise
             raise EncodeError(
-                f"data cannot be sent as node-ipc JSON: {type(exc).__name__}: {exc} (send str, int, float, bool, None, "
-                "list, tuple or dict with str keys)"
+                f"data cannot be sent as node-ipc JSON: {type(exc).__name__}: {exc} (send str, "
+                "int, float, bool, None, list, tuple or dict with str keys)"
             ) from None
         try:
             body = text.encode()
