@@ -115,3 +115,27 @@ class Unreadable:
 
 def returns_unreadable() -> Unreadable:
     return Unreadable()
+
+
+_out: dict[int, Any] = {}
+
+
+def fill_reused(value: int, size: int, kind: str) -> Any:
+    """Return one buffer of this process's, refilled with ``value`` on every call (a
+    preallocated output, as numpy code keeps one): ``kind`` 'ndarray', 'bytearray', or 'nested'
+    (the array inside a dict inside a list)."""
+    import numpy as np
+
+    out = _out.get(size)
+    if out is None:
+        out = _out[size] = np.zeros(size, dtype=np.uint8)
+    out[...] = value % 256
+    if kind == "bytearray":
+        buffer = _out.get(-size)
+        if buffer is None:
+            buffer = _out[-size] = bytearray(size)
+        buffer[:] = bytes([value % 256]) * size
+        return buffer
+    if kind == "nested":
+        return [{"out": out}]
+    return out

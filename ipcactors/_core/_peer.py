@@ -464,6 +464,11 @@ class Peer:
                 self._send_ack()  # slow handlers behind a backlog: ack_interval
         return index, None
 
+    async def _wait_written(self) -> None:
+        """Wait until what is queued for the peer is in the kernel (or the peer is gone): a
+        large payload sent out of band is read from its memory until then."""
+        await self._outbox.wait_flushed()
+
     def _take_seq(self, seq: int) -> bool:
         """Acknowledged mode: count event ``seq`` as delivered (it is acknowledged once its
         handlers returned); ``False`` if it was delivered already."""

@@ -19,6 +19,10 @@ and at least every ``FLUSH_SECONDS`` while it runs plain functions (then it also
 loop once, which is when cancel messages are read). A result that cannot be encoded fails its
 task only (an ``EncodeError`` outcome).
 
+A result is what the function returned when it returned: one that may hold memory the
+function can change later (a writable array, a ``bytearray``: a preallocated output refilled on
+every call) is sent, and in the kernel, before the next task starts (:func:`_may_change`).
+
 Cancelling: a queued task never starts (outcome ``[id, 2]``); an async one is cancelled at its
 next await; a plain one that already runs cannot be interrupted, finishes, and its result is
 sent (the pool drops it). A worker busy in a plain function cannot answer heartbeats, which is
@@ -78,6 +82,7 @@ class _Worker:
         self.cancelled: set[Any] = set()  # ids of tasks still queued (or ended) to skip
         self.scopes: dict[Any, anyio.CancelScope] = {}  # async tasks that run
         self.wake = anyio.Event()
+        self.must_send = False  # a result in done may change: it goes before the next task
 
     # --- messages (plain handlers: they run inline, as the frame is read) ---------------------
 
@@ -113,7 +118,7 @@ class _Worker:
     async def run(self, task_group: TaskGroup) -> None:
         queue, done, cancelled = self.queue, self.done, self.cancelled
         while True:
-            if not queue:
+            if not queue or self.must_send:
                 if done:
                     await self.flush()
                     continue
@@ -134,10 +139,14 @@ class _Worker:
                         scope = self.scopes[task_id] = anyio.CancelScope()  # cancellable now
                         task_group.start_soon(self.run_async, task_id, scope, fn, args)
                         continue
-                    done.append([task_id, 0, fn(*args)])
+                    result = fn(*args)
+                    done.append([task_id, 0, result])
+                    if _may_change(result):
+                        self.must_send = True
                 except Exception as exc:
                     done.append(self.failure(task_id, exc))
-                if time.monotonic() - started >= FLUSH_SECONDS:
+                result = None
+                if self.must_send or time.monotonic() - started >= FLUSH_SECONDS:
                     break
             if done:
                 await self.flush()
@@ -163,11 +172,14 @@ class _Worker:
             del self.scopes[task_id]
             if outcome is not None:
                 self.done.append(outcome)
+                if outcome[1] == 0 and _may_change(outcome[2]):
+                    self.must_send = True
                 self.wake.set()
 
     async def flush(self) -> None:
         outcomes = self.done[:]
         self.done.clear()
+        must_send, self.must_send = self.must_send, False
         try:
             await self.parent.emit(DONE_EVENT, outcomes)
         except (EncodeError, FrameTooLargeError):
@@ -183,6 +195,48 @@ class _Worker:
                     await self.parent.emit(
                         DONE_EVENT, [[outcome[0], 1, type(exc).__qualname__, message, ""]]
                     )
+        del outcomes
+        if must_send:
+            await self.parent._wait_written()  # (its large payloads are read until then)
+
+
+#: How many values :func:`_may_change` looks at in one result before it assumes the worst.
+LOOK_AT_MOST = 64
+_IMMUTABLE = frozenset({int, float, str, bytes, bool, type(None)})
+
+
+def _may_change(result: Any) -> bool:
+    """Whether ``result`` may hold memory its function can change after returning it: a
+    writable buffer (a ``bytearray``, a writable ``memoryview`` or numpy array, an object with
+    ``__dlpack__``) found among its first :data:`LOOK_AT_MOST` values, or more values than
+    that to look at. Then it must travel before the next task runs."""
+    kind = type(result)
+    if kind in _IMMUTABLE:
+        return False  # the common case: a number, a string
+    pending = [result]
+    looked = 0
+    while pending:
+        value = pending.pop()
+        looked += 1
+        if looked > LOOK_AT_MOST:
+            return True
+        kind = type(value)
+        if kind in _IMMUTABLE:
+            continue
+        if kind is list or kind is tuple:
+            pending.extend(value)
+        elif kind is dict:
+            pending.extend(value.values())
+        elif kind is memoryview:
+            if not value.readonly:
+                return True
+        elif kind is bytearray or hasattr(kind, "__dlpack__"):
+            numpy_flags = getattr(value, "flags", None)
+            if numpy_flags is None or getattr(numpy_flags, "writeable", True):
+                return True
+        elif getattr(kind, "__array_interface__", None) is not None:
+            return True  # another array-like: assume it may change
+    return False
 
 
 async def pool_worker(
