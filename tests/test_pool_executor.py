@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
+import subprocess
+import sys
+import textwrap
 import time
+from pathlib import Path
 
 import _pool_tasks
 import pytest
 
 from ipcactors import ConfigError, PoolExecutor, RemoteError
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -101,3 +108,37 @@ def test_an_error_leaving_the_block_still_waits_for_the_tasks(executor: PoolExec
     # As the standard executors do: an ordinary exception is the code's own; its tasks finish.
     futures = _leave_by(ValueError("the caller's own error"), executor, 0.2)
     assert [future.result(timeout=0) for future in futures] == ["done"] * 3
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_program_that_never_shuts_its_executor_down_still_exits(
+    backend: str, socket_dir: str, tmp_path: Path
+) -> None:
+    """As with the standard executors, a program may end without shutdown(): its tasks in
+    flight finish, the workers stop, and the program exits. It hung at exit for ever: the
+    pool's event loop thread is one the interpreter waits for."""
+    script = tmp_path / "main.py"
+    script.write_text(
+        textwrap.dedent(f"""
+            import sys
+            import _pool_tasks
+            from ipcactors import PoolExecutor
+
+            if __name__ == "__main__":
+                executor = PoolExecutor(1, backend={backend!r}, socket_root=sys.argv[1])
+                print(executor.submit(_pool_tasks.square, 7).result(), flush=True)
+                slow = executor.submit(_pool_tasks.blocks, 0.3)  # in flight at exit: finishes
+                slow.add_done_callback(lambda f: print(f.result(), flush=True))
+        """)
+    )
+    done = subprocess.run(
+        [sys.executable, str(script), socket_dir],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={**os.environ, "PYTHONPATH": f"{TESTS_DIR}{os.pathsep}{os.path.dirname(TESTS_DIR)}"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["49", _pool_tasks.blocks(0)]
+    assert os.listdir(socket_dir) == []
