@@ -145,6 +145,31 @@ def test_decoding_is_bounded_by_the_payload() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("shared", [False, True])
+async def test_every_dtype_numpy_writes_in_few_bytes_travels(shared: bool, socket_dir: str) -> None:
+    """Item sizes and datetime units of more than six digits are dtypes like any other: the
+    protocol takes any dtype text up to 32 bytes. The receiver refused them (a closed
+    connection, the sender none the wiser: a pool retried its task to WorkerLostError)."""
+    arrays = [
+        np.array([b"x" * 1_000_000, b"y"], dtype="|S1000000"),
+        np.array(["z" * 1000], dtype="<U1000000"),
+        np.array([0, 5], dtype="<M8[10000000ns]"),
+        np.array([7], dtype=">m8[1234567us]"),
+    ]
+    options = {"max_shared_bytes": 64 << 20} if shared else {}
+    with anyio.fail_after(20):
+        async with ipcactors.Actor("server", socket_root=socket_dir, **options) as server_actor:
+            server = await server_actor.serve()
+            server.on("echo", lambda x, client: x)
+            async with ipcactors.Actor("client", socket_root=socket_dir, **options) as client:
+                connection = await client.connect_to("server")
+                for array in arrays:
+                    back = await connection.request("echo", array)
+                    assert back.dtype == array.dtype  # (read-only from shared memory)
+                    np.testing.assert_array_equal(back, array)
+
+
+@pytest.mark.anyio
 async def test_arrays_over_a_connection(socket_dir: str) -> None:
     weights = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
     with anyio.fail_after(10):

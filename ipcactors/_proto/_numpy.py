@@ -62,8 +62,9 @@ _MAX_NDIM: Final = 32
 _DIM: Final = struct.Struct(">Q")
 _PLACE: Final = struct.Struct(">BIQ")  # version, segment, offset
 # What `dtype.str` looks like for the kinds we carry: byte order, kind, item size, and a unit
-# for datetime64/timedelta64 (e.g. "<M8[ns]", "<m8[25s]").
-_DTYPE_TEXT: Final = re.compile(r"[<>|=][biufcmMSU][0-9]{1,6}(\[[0-9]{0,6}[A-Za-z]{1,3}\])?")
+# for datetime64/timedelta64 (e.g. "<M8[ns]", "<m8[25s]"). The digits are bounded by the text's
+# 32 bytes only (the protocol's rule): "|S1000000" and "<M8[10000000ns]" are numpy's own.
+_DTYPE_TEXT: Final = re.compile(r"[<>|=][biufcmMSU][0-9]{1,20}(\[[0-9]{0,20}[A-Za-z]{1,3}\])?")
 _KINDS: Final = frozenset("biufcmMSU")
 _DLPACK_CPU: Final = 1  # DLDeviceType kDLCPU
 
@@ -113,6 +114,11 @@ def _array_header(array: np.ndarray[Any, Any]) -> bytearray:
             "travel (reshape it first)"
         )
     text = dtype.str.encode("ascii")
+    if len(text) > _MAX_DTYPE_TEXT or _DTYPE_TEXT.fullmatch(dtype.str) is None:
+        raise EncodeError(  # (what a receiver would refuse: never a closed connection there)
+            f"numpy arrays of dtype {dtype.str!r} cannot be sent: its text is not one the "
+            f"protocol carries (at most {_MAX_DTYPE_TEXT} bytes)"
+        )
     header = bytearray((_VERSION, len(text)))
     header += text
     header.append(array.ndim)
