@@ -6,7 +6,10 @@ block until the async method they stand for returns, and raise the same exceptio
 
 Invariants:
 - One loop thread per ``BlockingActor``, started by ``__enter__`` and joined by ``close()`` (or
-  leaving ``with``): nothing (thread, socket, socket file) outlives the actor.
+  leaving ``with``, or the interpreter's exit if neither came: ``_loopthreads``): nothing
+  (thread, socket, socket file) outlives the actor.
+- From a thread that runs Trio, calls into a Trio loop thread go through a helper thread
+  (``_from_this_thread``): Trio refuses them from any thread running Trio.
 - Methods may be called from any number of threads at once, never from the loop thread itself
   (that would wait on itself): there they raise :class:`IPCError` saying to use the async API.
   A caller's thread that runs an event loop of its own (Jupyter) is blocked for each call, like
@@ -30,7 +33,7 @@ from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from functools import partial
 from types import TracebackType
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Literal, TypeVar, cast, overload
 
 import anyio
 import anyio.abc
@@ -44,6 +47,8 @@ from ._core._server import Client, Server
 from ._core._stats import ConnectionStatistics, ServerStatistics
 from ._core._udp import DatagramPeer, DatagramServer, DatagramStatistics, PeerAddress
 from ._errors import ClosedError, ConfigError, IPCError
+from ._loopthreads import close_at_exit, closed
+from ._transports._backend import thread_runs_trio
 
 __all__ = [
     "BlockingActor",
@@ -68,11 +73,36 @@ _in_handler = threading.local()
 _loop_threads: set[int] = set()
 
 
+def _from_this_thread(trio_portal: bool, operation: Callable[[], T]) -> T:
+    """Run ``operation`` (a call into a portal's loop, or its start or stop) for the caller.
+    Trio refuses calls into its loops from any thread that runs Trio itself, another loop
+    included: from such a thread, a Trio portal is called from a helper thread, the caller's
+    thread blocked meanwhile as by any blocking call."""
+    if not (trio_portal and thread_runs_trio()):
+        return operation()
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, operation()))
+        except BaseException as exc:
+            outcome.append((False, exc))
+
+    helper = threading.Thread(target=run, name="ipcactors-trio-call")
+    helper.start()
+    helper.join()
+    returned, value = outcome[0]
+    if returned:
+        return cast(T, value)
+    raise value
+
+
 class _Loop:
     """The portal and the id of its thread, shared by an actor and its wrappers."""
 
-    def __init__(self, actor_id: str) -> None:
+    def __init__(self, actor_id: str, trio_portal: bool) -> None:
         self.actor_id = actor_id
+        self.trio_portal = trio_portal  # see _from_this_thread
         self.portal: BlockingPortal | None = None
         self.thread_id: int | None = None
         # Open inboxes: closed before the portal stops, which waits for the get() in flight.
@@ -106,7 +136,7 @@ class _Loop:
                 "call needs it: await the async API there (`.wrapped` gives the "
                 "async object), or make the handler a plain def (it then runs in a worker thread)"
             )
-        return portal.call(fn, *args)
+        return _from_this_thread(self.trio_portal, partial(portal.call, fn, *args))
 
     def close(self, aclose: Close) -> None:
         """Run ``aclose`` to its end; from a handler's thread, have it started once the
@@ -506,7 +536,7 @@ class BlockingActor:
         self.config = (config or Config()).replace(id=id, **overrides)
         self._backend = backend
         self._backend_options = backend_options
-        self._loop = _Loop(id)
+        self._loop = _Loop(id, backend == "trio")
         self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
         self._host: tuple[Future[None], anyio.Event] | None = None
         self._actor: Actor | None = None
@@ -522,18 +552,21 @@ class BlockingActor:
                 raise IPCError(f"blocking actor {self.id!r} can be entered only once")
             self._used = True
         portal_cm = start_blocking_portal(self._backend, self._backend_options)
-        portal = portal_cm.__enter__()
+        hop = partial(_from_this_thread, self._loop.trio_portal)
+        portal = hop(portal_cm.__enter__)
         try:
-            actor = portal.call(partial(Actor, self.id, self.config))
-            host = portal.start_task(_host, actor)
+            actor = hop(partial(portal.call, partial(Actor, self.id, self.config)))
+            host = hop(partial(portal.start_task, _host, actor))
         except BaseException:
-            portal_cm.__exit__(*sys.exc_info())
+            exc_info = sys.exc_info()
+            hop(partial(portal_cm.__exit__, *exc_info))
             raise
         self._portal_cm, self._host, self._actor = portal_cm, host, actor
         self._loop.actor = actor
-        self._loop.thread_id = thread_id = portal.call(threading.get_ident)
+        self._loop.thread_id = thread_id = hop(partial(portal.call, threading.get_ident))
         _loop_threads.add(thread_id)
         self._loop.portal = portal
+        close_at_exit(self.close)  # a program that never closes it still exits
         return self
 
     def __exit__(
@@ -561,6 +594,7 @@ class BlockingActor:
             self._portal_cm = self._host = None
         if portal_cm is None or host is None:
             return
+        closed(self)
         done, stop = host
         try:
             for inbox in list(self._loop.inboxes):  # a reader waiting in get() ends
@@ -568,12 +602,12 @@ class BlockingActor:
             if not done.done():
                 portal = self._loop.portal
                 assert portal is not None
-                portal.call(stop.set)
+                _from_this_thread(self._loop.trio_portal, partial(portal.call, stop.set))
             done.result()
         finally:
             self._loop.portal = None
             _loop_threads.discard(self._loop.thread_id)
-            portal_cm.__exit__(None, None, None)
+            _from_this_thread(self._loop.trio_portal, partial(portal_cm.__exit__, None, None, None))
 
     @property
     def wrapped(self) -> Actor:

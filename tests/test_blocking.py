@@ -222,16 +222,27 @@ def test_inside_a_running_event_loop(socket_dir: str) -> None:
     assert sorted(ticks, key=str) == [0, 1, 2, 3]
 
 
-def test_inside_a_running_trio_loop(socket_dir: str) -> None:
+def test_inside_a_running_trio_loop(backend: Literal["asyncio", "trio"], socket_dir: str) -> None:
+    """Whatever the blocking actors' own backend: with Trio's too, whose calls from another
+    thread refuse a thread that runs Trio (the actor's first call failed, and its loop thread
+    was then waited for for ever: the program hung in ``__enter__``)."""
+
     async def program() -> object:
-        options: dict[str, Any] = {"socket_root": socket_dir, **FAST}
+        options: dict[str, Any] = {"socket_root": socket_dir, "backend": backend, **FAST}
         with BlockingActor("world", **options) as world, BlockingActor("hello", **options) as h:
             world.serve().on("add", lambda numbers, client: sum(numbers))
             answer = h.connect_to("world").request("add", [1, 2], timeout=10)
         await anyio.sleep(0)
         return answer
 
-    assert anyio.run(program, backend="trio") == 3
+    outcome: list[object] = []
+    runner = threading.Thread(
+        target=lambda: outcome.append(anyio.run(program, backend="trio")), daemon=True
+    )
+    runner.start()
+    runner.join(30)
+    assert not runner.is_alive(), "the program hung"
+    assert outcome == [3]
 
 
 def test_udp(backend: Literal["asyncio", "trio"]) -> None:
@@ -463,3 +474,33 @@ def test_catch_alls_in_a_worker_thread(
         server.off_any(requests=True)
         with pytest.raises(ipcactors.NoHandlerError):
             conn.request("who", timeout=10)
+
+
+def test_a_program_that_never_closes_its_blocking_actor_still_exits(
+    backend: Literal["asyncio", "trio"], socket_dir: str, tmp_path: Any
+) -> None:
+    """Entered by hand and never closed, a blocking actor is closed as the interpreter exits:
+    the program exits, its socket file gone. It hung at exit for ever (its loop thread is one
+    the interpreter waits for)."""
+    script = tmp_path / "main.py"
+    script.write_text(
+        "import sys\n"
+        "from ipcactors import BlockingActor\n"
+        f"world = BlockingActor('world', backend={backend!r}, socket_root=sys.argv[1])\n"
+        "world.__enter__()\n"
+        "world.serve().on('add', lambda numbers, client: sum(numbers))\n"
+        f"hello = BlockingActor('hello', backend={backend!r}, socket_root=sys.argv[1])\n"
+        "hello.__enter__()\n"
+        "print(hello.connect_to('world').request('add', [1, 2], timeout=10), flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script), socket_dir],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["3"]
+    assert os.listdir(socket_dir) == []

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
-import weakref
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from types import TracebackType
@@ -25,29 +24,10 @@ import anyio.from_thread
 from anyio.from_thread import BlockingPortal
 
 from .._errors import ConfigError
+from .._loopthreads import close_at_exit, closed
 from ._pool import Pool
 
 __all__ = ["PoolExecutor"]
-
-_open: weakref.WeakSet[PoolExecutor] = weakref.WeakSet()
-_exit_hook_lock = threading.Lock()
-_exit_hook_set = False
-
-
-def _shut_down_at_exit() -> None:
-    for executor in list(_open):
-        executor.shutdown(wait=True)
-
-
-def _set_exit_hook() -> None:
-    """Have the interpreter's exit shut down the executors left open. Python's own hook for
-    its executors' threads, which runs before the interpreter waits for its threads
-    (``atexit`` runs after: too late for the portal's thread, which would never end)."""
-    global _exit_hook_set
-    with _exit_hook_lock:
-        if not _exit_hook_set:
-            threading._register_atexit(_shut_down_at_exit)  # type: ignore[attr-defined]
-            _exit_hook_set = True
 
 
 class PoolExecutor(concurrent.futures.Executor):
@@ -71,7 +51,6 @@ class PoolExecutor(concurrent.futures.Executor):
         if backend not in ("asyncio", "trio"):
             raise ConfigError(f'backend= takes "asyncio" or "trio", got {backend!r:.80}')
         self._pool = Pool(fn, size, **options)
-        _set_exit_hook()  # (before the thread starts: it cannot be set once exiting)
         self._portal_cm = anyio.from_thread.start_blocking_portal(backend)
         self._portal: BlockingPortal = self._portal_cm.__enter__()
         self._pool_cm: AbstractContextManager[Pool] | None = None
@@ -85,7 +64,7 @@ class PoolExecutor(concurrent.futures.Executor):
         self._futures: set[concurrent.futures.Future[Any]] = set()
         self._shutdown = False
         self._closed = threading.Event()
-        _open.add(self)
+        close_at_exit(self.shutdown)
 
     @property
     def pool(self) -> Pool:
@@ -144,7 +123,7 @@ class PoolExecutor(concurrent.futures.Executor):
             self._closed.wait()
 
     def _close(self, futures: list[concurrent.futures.Future[Any]]) -> None:
-        _open.discard(self)
+        closed(self)
         try:
             concurrent.futures.wait(futures)
             assert self._pool_cm is not None

@@ -33,6 +33,7 @@ __all__ = [
     "current_backend",
     "in_loop_callback",
     "running_asyncio_loop",
+    "thread_runs_trio",
     "threadsafe_caller",
 ]
 
@@ -114,6 +115,17 @@ def current_backend() -> tuple[str, bool]:
             pass
     loop = asyncio.get_running_loop()
     return "asyncio", type(loop).__module__.startswith("uvloop")
+
+
+def thread_runs_trio() -> bool:
+    """Whether the calling thread runs a Trio loop (and is in one of its tasks)."""
+    if "trio" not in sys.modules:
+        return False
+    try:
+        _trio().lowlevel.current_task()
+    except RuntimeError:
+        return False
+    return True
 
 
 def threadsafe_caller(callback: Callable[[], None]) -> Callable[[], None]:
