@@ -12,7 +12,7 @@ Invariants:
 - stdout carries results only (one line per event, reply or ping; with ``--json`` one JSON
   object per line); errors and logs go to stderr. Once stdout's reader goes (``| head``),
   nothing more is written there, and ``listen`` and ``ping`` stop as at a signal. Colour only
-  when the stream is a terminal and ``NO_COLOR`` is not set.
+  when the stream is a terminal and ``NO_COLOR`` is not set (or empty).
 - Every operation of ``emit``/``request`` is bounded by ``--timeout``: the command never hangs
   on an actor that is not there.
 """
@@ -30,7 +30,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -45,7 +45,14 @@ from ._config import Config
 from ._core._connection import Connection
 from ._core._server import Server
 from ._core._udp import DatagramServer
-from ._errors import ConfigError, IPCError, NoHandlerError, RequestTimeoutError
+from ._errors import (
+    ClosedError,
+    ConfigError,
+    ConnectionLostError,
+    IPCError,
+    NoHandlerError,
+    RequestTimeoutError,
+)
 from ._run import run
 from ._signals import KeptSignals
 
@@ -154,6 +161,8 @@ def parse_data(text: str | None) -> Any:
         raise UsageError(
             f"DATA must be JSON ({exc}); quote strings twice in a shell: '\"hello\"'"
         ) from None
+    except RecursionError:
+        raise UsageError("DATA nests too deep for JSON here: flatten it") from None
 
 
 def _jsonable(value: Any) -> Any:
@@ -338,27 +347,56 @@ def client_id(args: argparse.Namespace) -> str:
 
 async def cmd_emit(args: argparse.Namespace, out: Output) -> int:
     target, data = parse_target(args.target), parse_data(args.data)
-    async with Actor(client_id(args), config_from(args)) as actor:
-        with _bounded(args.timeout, f"connecting to {target.text}"):
-            link = await open_link(actor, target, args)
-            await link.emit(args.event, data)
-            if link.connection is not None:
-                await actor.disconnect(target.name)  # flushes to the kernel first
-    if args.json:
-        out.emit("", {"sent": args.event, "to": target.text})
-    return 0
+
+    async def emit() -> int:
+        async with Actor(client_id(args), config_from(args)) as actor:
+            with _bounded(args.timeout, f"connecting to {target.text}"):
+                link = await open_link(actor, target, args)
+                await link.emit(args.event, data)
+                if link.connection is not None:
+                    await actor.disconnect(target.name)  # flushes to the kernel first
+        if args.json:
+            out.emit("", {"sent": args.event, "to": target.text})
+        return 0
+
+    return await _unless_signalled(args.signals, emit)
 
 
 async def cmd_request(args: argparse.Namespace, out: Output) -> int:
     target, data = parse_target(args.target), parse_data(args.data)
-    async with Actor(client_id(args), config_from(args)) as actor:
-        with _bounded(args.timeout, f"connecting to {target.text}"):
-            link = await open_link(actor, target, args)
-        started = time.perf_counter()
-        reply = await link.request(args.event, data, args.timeout)
-        elapsed = (time.perf_counter() - started) * 1000
-    out.emit(dumps(reply), {"reply": reply, "ms": round(elapsed, 3)})
-    return 0
+
+    async def request() -> int:
+        async with Actor(client_id(args), config_from(args)) as actor:
+            with _bounded(args.timeout, f"connecting to {target.text}"):
+                link = await open_link(actor, target, args)
+            started = time.perf_counter()
+            reply = await link.request(args.event, data, args.timeout)
+            elapsed = (time.perf_counter() - started) * 1000
+        out.emit(dumps(reply), {"reply": reply, "ms": round(elapsed, 3)})
+        return 0
+
+    return await _unless_signalled(args.signals, request)
+
+
+async def _unless_signalled(kept: KeptSignals, command: Callable[[], Awaitable[int]]) -> int:
+    """``command``'s status, unless SIGINT or SIGTERM comes first (one that came while the
+    command set up included): then it stops at once, and the status is 128 + the signal's
+    number, as for any command a signal interrupts."""
+    came: list[int] = []
+    status = 0
+    async with anyio.create_task_group() as tasks:
+
+        async def watch() -> None:
+            with kept.receive() as signals:
+                async for signum in signals:
+                    came.append(signum)
+                    tasks.cancel_scope.cancel()
+                    return
+
+        tasks.start_soon(watch)
+        status = await command()
+        tasks.cancel_scope.cancel()
+    return 128 + came[0] if came else status
 
 
 async def cmd_ping(args: argparse.Namespace, out: Output) -> int:
@@ -382,6 +420,11 @@ async def cmd_ping(args: argparse.Namespace, out: Output) -> int:
                     await link.request(args.event, None, args.timeout)
                 except NoHandlerError:
                     pass  # answered all the same: the round trip is what counts
+                except (ClosedError, ConnectionLostError) as exc:
+                    # The actor went (and did not come back in the connection's retries):
+                    # nothing more to count. The summary says what came back before.
+                    out.error(exc)
+                    break
                 except RequestTimeoutError:
                     out.emit(
                         f"no reply from {target.text}: seq={sent} (timeout {args.timeout} s)",

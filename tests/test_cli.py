@@ -500,3 +500,82 @@ def test_listen_stopped_while_it_starts_still_stops_gracefully(
     assert "Traceback" not in done.stderr
     assert "listening as 'world'" in done.stdout
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+async def test_request_and_emit_stop_at_a_signal(
+    backend: str, signum: signal.Signals, socket_dir: str
+) -> None:
+    """A request waiting for its reply (or an emit for its connection) stops at SIGINT or
+    SIGTERM with 128 + N, as a command interrupted does. The signal was kept and never read:
+    the command went on to its --timeout (only SIGKILL stopped a long one)."""
+    async with Actor("world", socket_root=socket_dir, **FAST) as ipc:
+        server = await ipc.serve()
+        asked = anyio.Event()
+
+        @server.on("slow")
+        async def slow(data: object, client: Client) -> None:
+            asked.set()
+            await anyio.sleep(60)
+
+        base = ["--socket-root", socket_dir, "--backend", backend, "--timeout", "60"]
+        process = await anyio.open_process(
+            command("request", "world", "slow", *base), cwd=ROOT, stderr=subprocess.PIPE
+        )
+        try:
+            with anyio.fail_after(20):
+                await asked.wait()
+                started = anyio.current_time()
+                process.send_signal(signum)
+                status = await process.wait()
+            assert status == 128 + signum
+            assert anyio.current_time() - started < 10
+        finally:
+            with anyio.CancelScope(shield=True):
+                if process.returncode is None:
+                    process.kill()
+                await process.aclose()
+
+
+async def test_ping_sums_up_when_its_actor_goes_away(socket_dir: str) -> None:
+    """An actor that goes after some replies ends ping with its summary (it exited 1 with the
+    connection's error alone, no statistics), and the status the docs give: 0, replies came."""
+    async with Actor("world", socket_root=socket_dir, **FAST) as ipc:
+        server = await ipc.serve()
+        process = await anyio.open_process(
+            command("ping", "world", "-i", "0.05", "--json", "--socket-root", socket_dir),
+            cwd=ROOT,
+        )
+        try:
+            with anyio.fail_after(20):
+                assert process.stdout is not None
+                seen = b""
+                while seen.count(b"\n") < 3:
+                    seen += await process.stdout.receive()
+                await server.aclose()
+                async for chunk in process.stdout:
+                    seen += chunk
+                status = await process.wait()
+        finally:
+            with anyio.CancelScope(shield=True):
+                if process.returncode is None:
+                    process.kill()
+                await process.aclose()
+    *pings, summary = json_lines(seen.decode())
+    assert status == 0
+    assert len(pings) >= 3
+    assert summary["summary"]["received"] >= 3
+
+
+def test_data_nested_too_deep_is_a_usage_error() -> None:
+    """Valid JSON nested beyond what Python parses is a usage error like any bad DATA (it was
+    a RecursionError traceback, exit 1)."""
+    for args in (
+        ("request", "world", "x", "[" * 100_000),
+        ("listen", "w", "--reply", "[" * 100_000),
+    ):
+        done = cli_sync(*args)
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        assert "nests too deep" in done.stderr
