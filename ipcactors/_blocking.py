@@ -47,7 +47,7 @@ from ._core._server import Client, Server
 from ._core._stats import ConnectionStatistics, ServerStatistics
 from ._core._udp import DatagramPeer, DatagramServer, DatagramStatistics, PeerAddress
 from ._errors import ClosedError, ConfigError, IPCError
-from ._loopthreads import close_at_exit, closed
+from ._loopthreads import close_at_exit, closed, signals_deferred
 from ._transports._backend import thread_runs_trio
 
 __all__ = [
@@ -551,6 +551,17 @@ class BlockingActor:
             if self._used:
                 raise IPCError(f"blocking actor {self.id!r} can be entered only once")
             self._used = True
+        try:
+            # Ctrl-C is kept until the loop thread and the actor run, then closes them.
+            with signals_deferred():
+                self._start()
+        except BaseException:
+            self.close()
+            raise
+        close_at_exit(self.close)  # a program that never closes it still exits
+        return self
+
+    def _start(self) -> None:
         portal_cm = start_blocking_portal(self._backend, self._backend_options)
         hop = partial(_from_this_thread, self._loop.trio_portal)
         portal = hop(portal_cm.__enter__)
@@ -566,8 +577,6 @@ class BlockingActor:
         self._loop.thread_id = thread_id = hop(partial(portal.call, threading.get_ident))
         _loop_threads.add(thread_id)
         self._loop.portal = portal
-        close_at_exit(self.close)  # a program that never closes it still exits
-        return self
 
     def __exit__(
         self,
@@ -607,7 +616,9 @@ class BlockingActor:
         finally:
             self._loop.portal = None
             _loop_threads.discard(self._loop.thread_id)
-            _from_this_thread(self._loop.trio_portal, partial(portal_cm.__exit__, None, None, None))
+            with signals_deferred():  # (the loop's work is done: its stop is short)
+                stop_portal = partial(portal_cm.__exit__, None, None, None)
+                _from_this_thread(self._loop.trio_portal, stop_portal)
 
     @property
     def wrapped(self) -> Actor:

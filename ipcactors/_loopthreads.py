@@ -1,19 +1,30 @@
 """What runs an event loop in a thread of its own (a :class:`BlockingActor`, a
-:class:`PoolExecutor`) is closed as the interpreter exits if the program left it open.
+:class:`PoolExecutor`): closed as the interpreter exits if the program left it open, and
+started or stopped whole whatever signal comes.
 
-Invariant: the close runs in Python's hook for its own executors' threads, before the
-interpreter waits for its threads (``atexit`` runs after that wait: too late, since a loop
-thread left open never ends, and the program would hang at exit). What is registered is held
-weakly: registering keeps nothing alive.
+Invariants:
+- The close at exit runs in Python's hook for its own executors' threads, before the
+  interpreter waits for its threads (``atexit`` runs after that wait: too late, since a loop
+  thread left open never ends, and the program would hang at exit). What is registered is held
+  weakly: registering keeps nothing alive.
+- Inside :func:`signals_deferred` (on the main thread) SIGINT and SIGTERM wait until the block
+  ends: a ``KeyboardInterrupt`` never lands inside anyio's start or stop of a portal, which
+  would then wait for the portal's thread for ever (or leave it running). The blocks are
+  short: a start, a stop once the loop's work is done; never a wait for user code.
 """
 
 from __future__ import annotations
 
+import signal
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
-__all__ = ["close_at_exit", "closed"]
+__all__ = ["close_at_exit", "closed", "signals_deferred"]
+
+_DEFERRED = (signal.SIGINT, signal.SIGTERM)
 
 _lock = threading.Lock()
 _hook_set = False
@@ -44,3 +55,31 @@ def _close_all() -> None:
     for close in closes:
         if close is not None:
             close()
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """On the main thread: SIGINT and SIGTERM that come during the block are kept, then raised
+    again as it ends (handled then as they would have been: a ``KeyboardInterrupt``, the
+    program's own handler, or the default action). Their handlers are swapped, not their mask:
+    a thread or a process started inside would inherit a mask, and a worker with SIGTERM
+    blocked could not be stopped. An ignored signal stays ignored. Elsewhere: nothing (Python
+    runs signal handlers on the main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    kept: list[int] = []
+    previous: dict[signal.Signals, Any] = {}
+    for signum in _DEFERRED:
+        handler = signal.getsignal(signum)
+        if handler is signal.SIG_IGN or handler is None:
+            continue  # ignored, or set outside Python: left as it is
+        previous[signum] = handler
+        signal.signal(signum, lambda received, frame: kept.append(received))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for received in kept:
+            signal.raise_signal(received)

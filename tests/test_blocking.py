@@ -504,3 +504,50 @@ def test_a_program_that_never_closes_its_blocking_actor_still_exits(
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["3"]
     assert os.listdir(socket_dir) == []
+
+
+INTERRUPTED_AT_START = """
+import os, signal, sys, threading
+import ipcactors
+
+start = threading.Thread.start
+def start_then_interrupt(thread):
+    # Ctrl-C as the loop thread starts (the worst moment): once.
+    threading.Thread.start = start
+    start(thread)
+    os.kill(os.getpid(), signal.SIGINT)
+threading.Thread.start = start_then_interrupt
+
+kind, backend, root = sys.argv[1:]
+try:
+    if kind == "actor":
+        with ipcactors.BlockingActor("world", backend=backend, socket_root=root) as world:
+            world.serve()
+    else:
+        with ipcactors.PoolExecutor(2, backend=backend, socket_root=root) as executor:
+            executor.submit(abs, -1).result()
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+print(sorted(t.name for t in threading.enumerate() if "portal" in t.name), flush=True)
+"""
+
+
+@pytest.mark.parametrize("kind", ["actor", "executor"])
+def test_ctrl_c_as_the_loop_thread_starts_ends_the_program(
+    kind: str, backend: Literal["asyncio", "trio"], socket_dir: str
+) -> None:
+    """Ctrl-C while a BlockingActor or a PoolExecutor starts its loop thread is a
+    KeyboardInterrupt out of the with statement, and nothing is left: no loop thread, no
+    worker, no socket file. It landed inside anyio's portal start, which then waited for the
+    loop thread for ever: the program hung (a second Ctrl-C left socket files behind)."""
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_AT_START, kind, backend, socket_dir],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["interrupted", "[]"]
+    assert os.listdir(socket_dir) == []

@@ -14,6 +14,7 @@ shut down, its tasks in flight finished.
 from __future__ import annotations
 
 import concurrent.futures
+import sys
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -24,7 +25,7 @@ import anyio.from_thread
 from anyio.from_thread import BlockingPortal
 
 from .._errors import ConfigError
-from .._loopthreads import close_at_exit, closed
+from .._loopthreads import close_at_exit, closed, signals_deferred
 from ._pool import Pool
 
 __all__ = ["PoolExecutor"]
@@ -52,13 +53,16 @@ class PoolExecutor(concurrent.futures.Executor):
             raise ConfigError(f'backend= takes "asyncio" or "trio", got {backend!r:.80}')
         self._pool = Pool(fn, size, **options)
         self._portal_cm = anyio.from_thread.start_blocking_portal(backend)
-        self._portal: BlockingPortal = self._portal_cm.__enter__()
+        with signals_deferred():  # (see _loopthreads: never Ctrl-C inside anyio's start)
+            self._portal: BlockingPortal = self._portal_cm.__enter__()
         self._pool_cm: AbstractContextManager[Pool] | None = None
         try:
             self._pool_cm = self._portal.wrap_async_context_manager(self._pool)
-            self._pool_cm.__enter__()
+            self._pool_cm.__enter__()  # (Ctrl-C here: the start is cancelled, cleaned up)
         except BaseException:
-            self._portal_cm.__exit__(None, None, None)
+            exc_info = sys.exc_info()
+            with signals_deferred():
+                self._portal_cm.__exit__(*exc_info)
             raise
         self._lock = threading.Lock()
         self._futures: set[concurrent.futures.Future[Any]] = set()
