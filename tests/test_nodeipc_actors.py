@@ -6,6 +6,7 @@ its own connection; the options are validated. The real node-ipc is in test_node
 
 from __future__ import annotations
 
+import itertools
 import os
 import ssl
 from collections.abc import Callable
@@ -215,3 +216,33 @@ async def test_half_a_frame_is_bounded_in_time_and_size(socket_dir: str, case: s
                     await peer.send(b'{"type":"ok","data":"' + b"x" * 2000)
                 assert await receive_until_closed(peer)
             await wait_until(lambda: not server.clients)
+
+
+async def test_a_server_that_closes_every_connection_at_once_meets_backoff_and_stop_retrying(
+    socket_dir: str,
+) -> None:
+    """A server that takes each connection and closes it at once (a full node-ipc server does,
+    without a word; so does a peer that then sends garbage) is retried with backoff, and
+    stop_retrying ends it: a connection that did not last counts as a failed attempt. Every
+    such loss restarted the backoff and the retry count: the client reconnected at the base
+    pace for ever, firing connect and disconnect each time (78 of each in 6 s)."""
+    async with Actor("world", socket_root=socket_dir, max_connections=1, **FAST) as world:
+        server = await world.serve()
+        async with Actor("first", socket_root=socket_dir, **FAST) as first:
+            with anyio.fail_after(10):
+                await first.connect_to("world")
+                await wait_until(lambda: len(server.clients) == 1)
+            options = {**FAST, "retry": 0.05, "retry_cap": 5.0, "stop_retrying": 4}
+            async with Actor("second", socket_root=socket_dir, **options) as second:
+                connects: list[float] = []
+                destroyed = anyio.Event()
+                with anyio.fail_after(20):
+                    connection = await second.connect_to("world")
+                    connection.on("connect", lambda: connects.append(anyio.current_time()))
+                    connection.on("destroy", destroyed.set)
+                    await destroyed.wait()
+                assert connection.destroyed
+                assert len(connects) <= 4, "each lost connection is a retry spent"
+                gaps = [later - earlier for earlier, later in itertools.pairwise(connects)]
+                assert gaps == sorted(gaps) or len(gaps) < 2
+                assert server.statistics().refused_busy >= 2

@@ -19,7 +19,10 @@ Invariants:
   they fail with ``ConnectionLostError`` and its events are not sent again (at most once).
   ``wait_connected`` waits on through failed attempts.
 - Retries follow ``stop_retrying``: a failed attempt or a lost connection spends one retry; the
-  count restarts after each successful handshake. Errors retrying cannot fix (a refusal other
+  count, and the backoff, restart once a connection has lasted ``STABLE_AFTER`` seconds. One
+  that ends sooner (a server that takes connections and closes them at once: a full node-ipc
+  server, a broken one) is a failed attempt like any other, so such a server meets backoff
+  and ``stop_retrying``, never a reconnect storm. Errors retrying cannot fix (a refusal other
   than ``busy``, a path too long, no permission) end the connection at once, and so does
   anything that is not a connection failure at all (a bug: it comes out as itself).
 - Retrying is never silent: the first failure of a run of attempts is logged at WARNING with
@@ -92,6 +95,8 @@ __all__ = ["RETRY_REMINDER", "Connection"]
 #: Seconds between the warnings that a connection still cannot be made: often enough to be
 #: seen in a log, rarely enough not to flood it (attempts themselves are logged at DEBUG).
 RETRY_REMINDER: Final = 30.0
+#: A connection that lasted this long (seconds) restarts the backoff and the retry count.
+STABLE_AFTER: Final = 1.0
 
 # What a failed attempt to connect can raise; anything else is a bug and is not retried.
 _CONNECT_FAILURES: Final = (
@@ -289,7 +294,7 @@ class Connection(Peer, HandlerMethods):
             assert attempts is not None  # _connect runs once per connection
             try:
                 with attempts:
-                    opened = await self._open_retrying(self._config.stop_retrying, pipelined)
+                    opened = (await self._open_retrying(self._config.stop_retrying, pipelined))[:2]
             finally:
                 self._attempts = None  # nothing left to cancel
             if opened is None or self._closing:
@@ -306,30 +311,38 @@ class Connection(Peer, HandlerMethods):
     async def _run(self, channel: Channel) -> None:
         """Serve, reconnect, serve; until closed or out of retries."""
         error: BaseException | None = None
+        spent = 0  # retries spent since a connection last lasted (see STABLE_AFTER)
         try:
             with self._scope:
                 while True:
+                    up_since = anyio.current_time()
                     await self._serve(channel)
                     if self._closing:
                         break
                     if self._refused is not None:  # retrying would fail the same way
                         error = self._refused
                         break
+                    if anyio.current_time() - up_since >= STABLE_AFTER:
+                        spent = 0
                     # A lost connection spends a retry, like a failed attempt.
                     retries = self._config.stop_retrying
-                    if retries == 0:
+                    if retries is not None and spent >= retries:
+                        how = "lost" if not spent else f"lost again within {STABLE_AFTER:.0f} s"
                         error = ConnectionFailedError(
-                            f"connection to {self.id!r} lost and stop_retrying=0: not reconnecting"
+                            f"connection to {self.id!r} {how}, and stop_retrying={retries}: "
+                            "not reconnecting"
                         )
                         break
-                    await anyio.sleep(self._delay(0))
+                    await anyio.sleep(self._delay(spent))
+                    spent += 1
                     try:
-                        stream, session = await self._open_retrying(
-                            None if retries is None else retries - 1
+                        stream, session, failures = await self._open_retrying(
+                            None if retries is None else retries - spent, backoff=spent
                         )
                     except Exception as exc:
                         error = exc
                         break
+                    spent += failures
                     channel = self._up_with(stream, session)
         finally:
             await self._destroy(error)
@@ -337,11 +350,11 @@ class Connection(Peer, HandlerMethods):
             self._log.warning(f"gave up on {self.id!r}: {error}")
 
     async def _open_retrying(
-        self, retries: int | None, pipelined: bool = False
-    ) -> tuple[ByteStream, Session]:
+        self, retries: int | None, pipelined: bool = False, backoff: int = 0
+    ) -> tuple[ByteStream, Session, int]:
         """Connect and handshake; after a failure, at most ``retries`` more attempts (``None``:
-        no limit), with backoff. Raises the final error."""
-        backoff = 0
+        no limit), with backoff (its exponent from ``backoff``). Returns the stream, its
+        session and how many attempts failed; raises the final error."""
         failures = 0
         first_failure = reminded = 0.0
         while True:
@@ -380,7 +393,7 @@ class Connection(Peer, HandlerMethods):
                 if failures:
                     took = anyio.current_time() - first_failure
                     self._recovered = f" after {failures} failed attempts in {took:.1f} s"
-                return opened
+                return (*opened, failures)
 
     async def _open(self, pipelined: bool = False) -> tuple[ByteStream, Session]:
         """Connect and complete the handshake (if the codec has one: else the connection is
