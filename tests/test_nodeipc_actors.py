@@ -7,6 +7,7 @@ its own connection; the options are validated. The real node-ipc is in test_node
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import ssl
 from collections.abc import Callable
@@ -67,7 +68,16 @@ async def test_what_node_ipc_cannot_carry_is_refused_before_sending(socket_dir: 
             for name in ("socket.disconnected", "close", "data", "start"):
                 with pytest.raises(ipcactors.ReservedEventError, match="lifecycle"):
                     await connection.emit(name, {})
-            for data in (b"bytes", float("nan"), {1, 2}, {(1, 2): 3}):
+                # Nor can a peer send them: a handler for one could never run (node-ipc's
+                # 'socket.disconnected' is 'disconnect' here). It was taken, and never ran.
+                with pytest.raises(ipcactors.ReservedEventError, match="never"):
+                    connection.on(name, lambda data: None)
+                with pytest.raises(ipcactors.ReservedEventError, match="never"):
+                    world.server.on(name, lambda data, client: None)  # type: ignore[union-attr]
+            deep: list[object] = []
+            for _ in range(70):  # deeper than the peer's max_depth (64): it would close
+                deep = [deep]
+            for data in (b"bytes", float("nan"), {1, 2}, {(1, 2): 3}, deep):
                 with pytest.raises(ipcactors.EncodeError, match="node-ipc JSON"):
                     await connection.emit("x", data)
             assert connection.connected  # nothing was sent: the connection lives
@@ -103,6 +113,9 @@ async def receive_until_closed(stream: anyio.abc.ByteStream) -> bool:
         b'{"type":"connect","data":{}}\f',
         b'{"type":"socket.disconnected","data":{}}\f',
         b'{"type":"error","data":{"message":"spoofed"}}\f',
+        '{"type":"ok","data":5}'.encode("utf-16-le") + b"\f",  # JSON, but not UTF-8
+        '{"type":"ok","data":5}'.encode("utf-32-le") + b"\f",
+        b'{"type":"ok","data":"\xed\xa0\x80"}\f',  # CESU-8: a surrogate's bytes
     ],
 )
 async def test_a_bad_node_ipc_frame_costs_only_that_connection(socket_dir: str, bad: bytes) -> None:
@@ -246,3 +259,23 @@ async def test_a_server_that_closes_every_connection_at_once_meets_backoff_and_s
                 gaps = [later - earlier for earlier, later in itertools.pairwise(connects)]
                 assert gaps == sorted(gaps) or len(gaps) < 2
                 assert server.statistics().refused_busy >= 2
+
+
+async def test_a_string_node_sends_can_be_sent_back(socket_dir: str) -> None:
+    """JSON.stringify writes a lone surrogate as an escape ("\\ud800"), and a Python str
+    holds it: echoed, it goes back the same way. Sending it raised EncodeError (UTF-8 cannot
+    hold it, and the encoder wrote UTF-8 only)."""
+    async with Actor("world", socket_root=socket_dir, **FAST) as world:
+        server = await world.serve()
+
+        @server.on("echo")
+        async def echo(data: str, client: Client) -> None:
+            await client.emit("echoed", data)
+
+        with anyio.fail_after(10):
+            async with await anyio.connect_unix(str(server.address)) as node:
+                await node.send('{"type":"echo","data":"a\\ud800\u00e9"}\f'.encode())
+                received = b""
+                while not received.endswith(b"\f"):
+                    received += await node.receive()
+        assert json.loads(received[:-1]) == {"type": "echoed", "data": "a\ud800\u00e9"}

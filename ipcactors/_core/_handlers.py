@@ -23,6 +23,7 @@ import anyio
 
 from .._errors import EventNameError, IPCError, ReservedEventError
 from .._log import ActorLog
+from .._proto._codec import Codec
 from .._proto._messages import RESERVED_EVENTS, RESERVED_PREFIX
 from .._transports._backend import being_cancelled
 
@@ -313,6 +314,7 @@ class HandlerMethods:
     ``(data, client)``), connections (``(data)``) and UDP servers (``(data, peer)``)."""
 
     _handlers: Handlers
+    _codec: Codec
     #: The lifecycle events this kind of object fires (the others could never run a handler).
     _lifecycle: frozenset[str] = frozenset()
 
@@ -340,6 +342,12 @@ class HandlerMethods:
         if event in RESERVED_EVENTS and event not in self._lifecycle:
             fired = ", ".join(sorted(self._lifecycle)) or "none"
             return f"a {type(self).__name__} never fires {event!r} (its lifecycle events: {fired})"
+        if event in self._codec.peer_reserved and event not in RESERVED_EVENTS:
+            fired = ", ".join(sorted(self._lifecycle)) or "none"
+            return (
+                f"{event!r} is a lifecycle name of {self._codec.name}'s, which no peer can send "
+                f"on its wire (this {type(self).__name__}'s lifecycle events: {fired})"
+            )
         return None
 
     def off(self, event: str, handler: Handler | None = None) -> None:

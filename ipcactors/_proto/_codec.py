@@ -284,6 +284,9 @@ class Codec(ABC):
     kinds: frozenset[type[Message]]
     #: Whether connections open with the hello/welcome handshake.
     handshake: bool
+    #: Event names a peer cannot send on this wire beyond ours (``RESERVED_EVENTS``): a
+    #: handler for one could never run.
+    peer_reserved: frozenset[str] = frozenset()
 
     @abstractmethod
     def encoder(self, limits: Limits) -> Encoder:

@@ -12,7 +12,8 @@ Invariants owned here:
   buffer on every read: a 64 MB frame takes them ~26 s).
 - Nothing unbounded is buffered: bytes without a delimiter beyond ``max_frame_size`` are a
   :class:`FrameTooLargeError` as soon as they are received (one read's worth at most).
-- A frame that is not UTF-8 JSON, not an object, or whose ``type`` is missing, not a non-empty
+- A frame that is not UTF-8 JSON (strictly: no UTF-16 or UTF-32, no surrogates' bytes), not an
+  object, or whose ``type`` is missing, not a non-empty
   string or a reserved name is a :class:`DecodeError`. The first error breaks a
   :class:`NodeIPCDecoder` for good; its owner closes the connection.
 - Reserved names (:data:`NODE_IPC_RESERVED`): ours, plus node-ipc's own lifecycle names, refused
@@ -21,8 +22,10 @@ Invariants owned here:
 - Decoded values obey ``max_depth``; a frame of ``n`` bytes decodes into at most ~``20 n`` bytes
   of Python objects (``[[],[],...]``, the worst case).
 - The encoder writes exactly what node-ipc writes: ``json.dumps`` with ``separators=(",", ":")``
-  and ``ensure_ascii=False`` matches ``JSON.stringify`` byte for byte for JSON values. It refuses
-  what node-ipc could not read back: NaN and infinities, non-JSON types, and (with a custom
+  and ``ensure_ascii=False`` matches ``JSON.stringify`` byte for byte for JSON values (a
+  string with a lone surrogate, which UTF-8 cannot hold, goes with every non-ASCII character
+  escaped: the same JSON). It refuses what node-ipc could not read back, or the decoder here
+  would refuse: NaN and infinities, non-JSON types, nesting past ``max_depth``, and (with a custom
   delimiter that does not start with a control character) a frame in which the delimiter would
   be found before its end, inside the frame or across its last bytes.
 """
@@ -90,7 +93,7 @@ def _within_depth(value: Any, budget: int) -> bool:
         return False
     for item in value.values() if type(value) is dict else value:
         kind = type(item)
-        if (kind is list or kind is dict) and not _within_depth(item, budget - 1):
+        if (kind is list or kind is dict or kind is tuple) and not _within_depth(item, budget - 1):
             return False
     return True
 
@@ -135,12 +138,24 @@ class NodeIPCEncoder(Encoder):
                 f"data cannot be sent as node-ipc JSON: {type(exc).__name__}: {exc} (send str, "
                 "int, float, bool, None, list, tuple or dict with str keys)"
             ) from None
+        if len(text) > self._limits.max_depth and not _within_depth(
+            {"data": data}, self._limits.max_depth
+        ):  # (what the peer would refuse; a shorter text cannot nest deeper)
+            raise EncodeError(
+                "data cannot be sent as node-ipc JSON: it nests deeper than the peer's "
+                f"max_depth={self._limits.max_depth}"
+            )
         try:
             body = text.encode()
-        except UnicodeEncodeError as exc:  # a lone surrogate, which JSON text cannot hold
-            bad = exc.object[exc.start : exc.end]
-            why = f"{exc.reason} {bad!r}"
-            raise EncodeError(f"data cannot be sent as node-ipc JSON: {why}") from None
+        except UnicodeEncodeError:
+            # A lone surrogate (a string a Node peer sent us, say): JSON writes it as an
+            # escape, as JSON.stringify does; escaping all non-ASCII is the same JSON.
+            body = json.dumps(
+                {"type": event, "data": data},
+                ensure_ascii=True,
+                allow_nan=False,
+                separators=(",", ":"),
+            ).encode()
         if len(body) > self._limits.max_frame_size:
             raise FrameTooLargeError(len(body), self._limits.max_frame_size)
         frame = body + self._delimiter
@@ -233,7 +248,9 @@ class NodeIPCDecoder(Decoder):
 
     def _decode(self, frame: bytes | bytearray) -> Event:
         try:
-            value = json.loads(frame, parse_constant=_reject_constant)
+            # UTF-8 only: json.loads(bytes) would also take UTF-16 and UTF-32, and surrogates'
+            # own bytes (CESU-8), which no node-ipc peer writes.
+            value = json.loads(frame.decode(), parse_constant=_reject_constant)
         except RecursionError:
             raise DecodeError("node-ipc frame nests too deep to decode") from None
         except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN/Infinity
@@ -272,6 +289,7 @@ class NodeIPCCodec(Codec):
     name = "node-ipc"
     kinds: frozenset[type[Message]] = frozenset({Event})
     handshake = False
+    peer_reserved = NODE_IPC_RESERVED
 
     def __init__(self, delimiter: str = DEFAULT_DELIMITER) -> None:
         self.delimiter = check_delimiter(delimiter)
