@@ -139,3 +139,7 @@ def fill_reused(value: int, size: int, kind: str) -> Any:
     if kind == "nested":
         return [{"out": out}]
     return out
+
+
+def size_of(array: Any) -> int:
+    return int(array.nbytes)

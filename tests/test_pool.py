@@ -446,6 +446,39 @@ async def test_a_result_is_what_the_function_returned_when_it_returned(
     assert wrong == []
 
 
+async def test_a_quick_result_does_not_wait_for_the_next_task_of_its_batch(
+    socket_dir: str,
+) -> None:
+    """A plain task's result leaves before the worker starts the next one (which blocks its
+    loop): on Trio the writer's task had no turn first about half the time, so the quick
+    task's result came back only after the slow one ended (and a task_timeout could fire on
+    a task that had ended in time)."""
+    with anyio.fail_after(60):
+        async with pool(socket_dir, _pool_tasks.blocks, size=1, per_worker=4) as p:
+            for _ in range(5):  # (Trio's scheduler picks the order anew each time)
+                start = anyio.current_time()
+                came = [
+                    anyio.current_time() - start
+                    async for _ in p.map_unordered([0.05, 0.8])  # one batch: both at once
+                ]
+                assert came[0] < 0.5, f"the quick result came after {came[0]:.2f} s"
+
+
+async def test_a_worker_keeps_no_argument_once_its_task_ended(socket_dir: str) -> None:
+    """A task's arguments are dropped as it ends: an array sent through shared memory is free
+    again once submit returned, so the next one reuses its place. The worker held the last
+    task's arguments until its next task: a second large submit found no room and went
+    through the socket."""
+    with anyio.fail_after(60):
+        async with pool(socket_dir, _pool_tasks.size_of, size=1, max_shared_bytes=48 << 20) as p:
+            array = np.ones(32 << 20, np.uint8)
+            assert await p.submit(array) == 32 << 20
+            client = p.supervisor.server.clients[p.workers[0]]
+            await wait_until(lambda: client.statistics().shared_in_use == 0)
+            assert await p.submit(array) == 32 << 20
+            assert client.statistics().shared_fallbacks == 0
+
+
 async def test_least_loaded_worker_gets_the_next_task(socket_dir: str, tmp_path: Path) -> None:
     marker = tmp_path / "pid"
     with anyio.fail_after(20):

@@ -145,7 +145,9 @@ class _Worker:
                         self.must_send = True
                 except Exception as exc:
                     done.append(self.failure(task_id, exc))
-                result = None
+                # Nothing of the task kept here: an array of its (in shared memory, say) is
+                # freed as the caller drops it, not at the worker's next task.
+                args = result = None
                 if self.must_send or time.monotonic() - started >= FLUSH_SECONDS:
                     break
             if done:
@@ -179,7 +181,7 @@ class _Worker:
     async def flush(self) -> None:
         outcomes = self.done[:]
         self.done.clear()
-        must_send, self.must_send = self.must_send, False
+        self.must_send = False
         try:
             await self.parent.emit(DONE_EVENT, outcomes)
         except (EncodeError, FrameTooLargeError):
@@ -196,8 +198,10 @@ class _Worker:
                         DONE_EVENT, [[outcome[0], 1, type(exc).__qualname__, message, ""]]
                     )
         del outcomes
-        if must_send:
-            await self.parent._wait_written()  # (its large payloads are read until then)
+        # In the kernel before the next task runs (a plain one blocks the loop: on Trio the
+        # writer's task might not have had its turn), and before a result that may change
+        # (its large payloads are read from its memory until then) can.
+        await self.parent._wait_written()
 
 
 #: How many values :func:`_may_change` looks at in one result before it assumes the worst.
