@@ -38,7 +38,7 @@ from ._transports._tls import TLSTransport, check_server_context
 from ._transports._transport import TCPTransport, Transport, UnixTransport
 from ._transports._unix import default_socket_root, ensure_socket_dir
 
-__all__ = ["Actor"]
+__all__ = ["Actor", "check_actor_id"]
 
 
 class Actor:
@@ -51,10 +51,7 @@ class Actor:
     """
 
     def __init__(self, id: str, config: Config | None = None, **overrides: Any) -> None:
-        if type(id) is not str or not id or "\0" in id or not _utf8(id):
-            raise ConfigError(
-                f"an actor id must be a non-empty string of text without NUL, got {id!r}"
-            )
+        check_actor_id(id)
         self.config = (config or Config()).replace(id=id, **overrides)
         self.id = id
         self._log = ActorLog(id, self.config.silent)
@@ -471,6 +468,13 @@ def _path(path: object, net_call: str) -> str | None:
     if "\0" in path:
         raise ConfigError(f"a Unix socket path cannot hold NUL, got {path!r}")
     return path
+
+
+def check_actor_id(id: object) -> None:
+    """Raise :class:`ConfigError` unless ``id`` can name an actor: non-empty text (UTF-8 can
+    carry it on the wire) without NUL."""
+    if type(id) is not str or not id or "\0" in id or not _utf8(id):
+        raise ConfigError(f"an actor id must be a non-empty string of text without NUL, got {id!r}")
 
 
 def _utf8(text: str) -> bool:

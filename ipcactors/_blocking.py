@@ -40,7 +40,7 @@ import anyio.abc
 import anyio.to_thread
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from ._actor import Actor
+from ._actor import Actor, check_actor_id
 from ._config import Config
 from ._core._connection import Connection
 from ._core._server import Client, Server
@@ -48,7 +48,7 @@ from ._core._stats import ConnectionStatistics, ServerStatistics
 from ._core._udp import DatagramPeer, DatagramServer, DatagramStatistics, PeerAddress
 from ._errors import ClosedError, ConfigError, IPCError
 from ._loopthreads import close_at_exit, closed, signals_deferred
-from ._transports._backend import thread_runs_trio
+from ._transports._backend import check_backend, thread_runs_trio
 
 __all__ = [
     "BlockingActor",
@@ -529,8 +529,8 @@ class BlockingActor:
         backend_options: dict[str, Any] | None = None,
         **overrides: Any,
     ) -> None:
-        if backend not in ("asyncio", "trio"):
-            raise ConfigError(f'backend= takes "asyncio" or "trio", got {backend!r:.80}')
+        check_backend(backend, backend_options)
+        check_actor_id(id)
         self.id = id
         # Validated here, in the caller's thread: a mistake raises ConfigError at once.
         self.config = (config or Config()).replace(id=id, **overrides)

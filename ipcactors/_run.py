@@ -35,6 +35,7 @@ from ._errors import ClosedError, ConfigError
 from ._exits import leaving, quiet_exit_reports, quiet_unstarted_tasks
 from ._runtime import Runtime, set_runtime
 from ._supervision._target import refuse_in_main_script
+from ._transports._backend import check_backend
 
 __all__ = ["run"]
 
@@ -59,6 +60,7 @@ def run(
     The first SIGINT/SIGTERM shuts every actor down gracefully, a second one immediately; then
     ``SystemExit(128 + signal)`` is raised.
     """
+    check_backend(backend, backend_options)
     runtime = Runtime()
     with runtime.signals:
         _check_async_fn(async_fn)

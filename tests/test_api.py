@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import ipcactors
 
 PUBLIC = {
@@ -69,3 +71,27 @@ def test_import_stays_light() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_backend_mistakes_are_config_errors_before_anything_starts() -> None:
+    """A backend name or backend_options the backend does not take is a ConfigError where the
+    call is made: anyio raised LookupError (run) or a TypeError (Trio given use_uvloop), a
+    BlockingActor's only as it started its thread; and a BlockingActor's id is checked as an
+    Actor's is, at once."""
+
+    async def main() -> None:
+        pass
+
+    with pytest.raises(ipcactors.ConfigError, match="asyncio"):
+        ipcactors.run(main, backend="bogus")  # type: ignore[arg-type]
+    with pytest.raises(ipcactors.ConfigError, match="use_uvloop"):
+        ipcactors.run(main, backend="trio", backend_options={"use_uvloop": True})
+    with pytest.raises(ipcactors.ConfigError, match="backend_options"):
+        ipcactors.run(main, backend_options=["use_uvloop"])  # type: ignore[arg-type]
+    with pytest.raises(ipcactors.ConfigError, match="use_uvloop"):
+        ipcactors.BlockingActor("w", backend="trio", backend_options={"use_uvloop": True})
+    with pytest.raises(ipcactors.ConfigError, match="nope"):
+        ipcactors.BlockingActor("w", backend_options={"nope": 1})
+    for bad_id in ("", "nul\0", 5):
+        with pytest.raises(ipcactors.ConfigError, match="actor id"):
+            ipcactors.BlockingActor(bad_id)  # type: ignore[arg-type]

@@ -24,8 +24,8 @@ from typing import Any, Literal
 import anyio.from_thread
 from anyio.from_thread import BlockingPortal
 
-from .._errors import ConfigError
 from .._loopthreads import close_at_exit, closed, signals_deferred
+from .._transports._backend import check_backend
 from ._pool import Pool
 
 __all__ = ["PoolExecutor"]
@@ -49,8 +49,7 @@ class PoolExecutor(concurrent.futures.Executor):
         backend: Literal["asyncio", "trio"] = "asyncio",
         **options: Any,
     ) -> None:
-        if backend not in ("asyncio", "trio"):
-            raise ConfigError(f'backend= takes "asyncio" or "trio", got {backend!r:.80}')
+        check_backend(backend)
         self._pool = Pool(fn, size, **options)
         self._portal_cm = anyio.from_thread.start_blocking_portal(backend)
         with signals_deferred():  # (see _loopthreads: never Ctrl-C inside anyio's start)

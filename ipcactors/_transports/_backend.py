@@ -17,6 +17,8 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
 
+from .._errors import ConfigError
+
 if TYPE_CHECKING:
     import trio
 
@@ -30,6 +32,7 @@ __all__ = [
     "backend_options",
     "being_cancelled",
     "call_later",
+    "check_backend",
     "current_backend",
     "in_loop_callback",
     "running_asyncio_loop",
@@ -153,6 +156,35 @@ def threadsafe_caller(callback: Callable[[], None]) -> Callable[[], None]:
             pass
 
     return call_trio
+
+
+_ASYNCIO_OPTIONS: Final = frozenset({"debug", "use_uvloop", "loop_factory"})
+
+
+def check_backend(backend: object, options: object = None) -> None:
+    """Raise :class:`ConfigError` unless ``backend`` is ``"asyncio"`` or ``"trio"`` and
+    ``options`` (``backend_options``) are ones it takes: anyio would raise LookupError or a
+    TypeError, some only once a thread was started."""
+    if backend not in ("asyncio", "trio"):
+        raise ConfigError(f'backend= takes "asyncio" or "trio", got {backend!r:.80}')
+    if options is None:
+        return
+    if type(options) is not dict:
+        raise ConfigError(f"backend_options must be a dict or None, got {options!r:.80}")
+    if backend == "asyncio":
+        known: frozenset[str] = _ASYNCIO_OPTIONS
+    else:
+        import inspect
+
+        import trio
+
+        known = frozenset(inspect.signature(trio.run).parameters) - {"async_fn", "args"}
+    unknown = sorted(str(key) for key in options if key not in known)
+    if unknown:
+        raise ConfigError(
+            f"backend_options for {backend} take {', '.join(sorted(known))}; "
+            f"not {', '.join(unknown)}"
+        )
 
 
 def backend_options(backend: str, uvloop: bool) -> dict[str, Any]:
