@@ -98,8 +98,8 @@ class Actor:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        assert self._task_group is not None
-        assert self._body is not None
+        if self._task_group is None or self._body is None:
+            raise IPCError(f"actor {self.id!r} is not entered: __aexit__ follows __aenter__")
         original = exc
         # (Trio's scope answers True when shown no exception: only a shown one is swallowed.)
         if self._body.__exit__(exc_type, exc, tb) and exc is not None:
@@ -134,7 +134,10 @@ class Actor:
         a ``request()`` or ``emit()`` it waits in does not fail with this close's ClosedError.
         From a handler of this actor's (an event's, a request's, a lifecycle handler): returns
         at once, and the actor starts closing once the handler has returned (a request's reply
-        is queued first, and flushed)."""
+        is queued first, and flushed). An actor entered by hand (``await
+        actor.__aenter__()``, as ``AsyncExitStack`` does) is left by ``__aexit__`` in the task
+        that entered it, as any async context manager: ``aclose()`` alone closes it, but that
+        task stays inside its (then cancelled) scopes until it leaves them."""
         if kept_until_handled(self._hosts, self._close_soon):
             return
         if self._closing:
@@ -192,6 +195,11 @@ class Actor:
             raise IPCError(
                 f"wait_closed() in the handler that closes {self.id!r} would wait on itself: "
                 "the close starts once the handler has returned"
+            )
+        if self._task_group is None and not self._closing:
+            raise IPCError(
+                f"actor {self.id!r} was never entered: nothing would close it "
+                f"(async with {self!r} ...)"
             )
         await self._closed.wait()
 

@@ -511,3 +511,22 @@ async def test_closing_an_actor_ends_its_body_quietly_wherever_it_waits(
 async def _close_later(actor: Actor) -> None:
     await anyio.sleep(0.3)
     await actor.aclose()
+
+
+async def test_leaving_or_waiting_on_an_actor_never_entered_is_an_ipc_error(
+    socket_dir: str,
+) -> None:
+    """Misuse of an actor's or a supervisor's context is the library's own error, at once:
+    __aexit__ without __aenter__ raised a bare AssertionError, and wait_closed() on an actor
+    never entered waited for ever."""
+    actor = ipcactors.Actor("world", socket_root=socket_dir)
+    with pytest.raises(ipcactors.IPCError, match="entered"):
+        await actor.__aexit__(None, None, None)
+    with anyio.fail_after(5), pytest.raises(ipcactors.IPCError, match="entered"):
+        await actor.wait_closed()
+    supervisor = ipcactors.Supervisor(socket_root=socket_dir)
+    with pytest.raises(ipcactors.IPCError, match="entered"):
+        await supervisor.__aexit__(None, None, None)
+    async with actor:  # and it can still be used as it should
+        await actor.serve()
+    await actor.wait_closed()

@@ -402,8 +402,8 @@ class Supervisor:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        assert self._task_group is not None
-        assert self._actor is not None
+        if self._task_group is None or self._actor is None:
+            raise IPCError(f"supervisor {self.id!r} is not entered: __aexit__ follows __aenter__")
         try:
             with anyio.CancelScope(shield=True):
                 await self._shutdown()
