@@ -352,7 +352,8 @@ class Actor:
 
         Returns once the handshake is done, retrying as ``retry``/``stop_retrying`` say; raises
         :class:`ConnectionFailedError` (or :class:`ServerBusyError`, ...) when retries run out.
-        If ``id`` is already connected (or connecting), returns that connection.
+        If ``id`` is already connected (or connecting), returns that connection; one being
+        closed (``disconnect``) is not: a new one takes its place.
 
         ``wait=False`` saves a round trip: returns as soon as the socket is connected (with
         ``auth_key``: once the server proved it knows the key); what you emit or request next
@@ -411,10 +412,11 @@ class Actor:
     async def _connect(self, id: str, transport: Transport, wait: bool = True) -> Connection:
         task_group = self._group()
         existing = self._connections.get(id)
-        if existing is not None:
+        if existing is not None and not existing._closing:
             if wait:
                 await existing.wait_connected()
             return existing
+        # (One being closed goes on closing on its own: a new connection takes its place.)
         connection = Connection(
             self.id, id, transport, self.config, self._log, self._forget, self._watchdog, task_group
         )

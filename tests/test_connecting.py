@@ -578,3 +578,40 @@ async def test_a_server_that_breaks_the_protocol_is_a_connection_failed_error_at
     os.unlink(path)  # (anyio's listener leaves its socket file)
     assert isinstance(caught.value.__cause__, ipcactors.ProtocolError)
     assert attempts == 3
+
+
+@pytest.mark.parametrize("how", ["meanwhile", "cancelled"])
+async def test_connect_to_while_its_disconnect_runs_or_was_cancelled_connects_anew(
+    how: str, socket_dir: str
+) -> None:
+    """connect_to(id) while a disconnect(id) runs in another task, or after one was cancelled,
+    gives a new connection that works: the one being closed is not handed back. It raised
+    ClosedError (meanwhile), or returned the old one, which said it was connected and failed
+    every request with ClosedError (a cancelled disconnect left it half closed for good)."""
+    async with Actor("world", socket_root=socket_dir, silent=True) as world:
+        server = await world.serve()
+        server.on("ping", lambda data, client: data)
+        async with Actor("hello", socket_root=socket_dir, silent=True, **FAST_RETRY) as hello:
+            with anyio.fail_after(10):
+                old = await hello.connect_to("world")
+                await old.emit("ping", b"x" * 100_000)  # something to flush as it closes
+                if how == "meanwhile":
+                    closing = anyio.Event()
+
+                    async def disconnect() -> None:
+                        closing.set()  # (it goes on into disconnect() before we run again)
+                        await hello.disconnect("world")
+
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(disconnect)
+                        await closing.wait()
+                        new = await hello.connect_to("world")
+                else:
+                    with anyio.move_on_after(0):
+                        await hello.disconnect("world")
+                    new = await hello.connect_to("world")
+                assert new is not old
+                assert await new.request("ping", 1) == 1
+                assert hello.of["world"] is new
+                while not old.destroyed:  # and the old one did close
+                    await anyio.sleep(0.01)

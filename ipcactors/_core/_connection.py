@@ -269,13 +269,15 @@ class Connection(Peer, HandlerMethods):
             self._attempts.cancel()
         acked = self._acked
         flushing = self._channel is not None and not self._outbox.flushed
-        if flushing or (acked is not None and acked.active and len(acked)):
-            with anyio.move_on_after(self._config.close_timeout):
-                if self._channel is not None:
-                    await self._outbox.wait_flushed()
-                if acked is not None and acked.active and len(acked):
-                    await acked.wait()  # through a reconnect in progress, if it comes in time
-        self._scope.cancel()
+        try:
+            if flushing or (acked is not None and acked.active and len(acked)):
+                with anyio.move_on_after(self._config.close_timeout):
+                    if self._channel is not None:
+                        await self._outbox.wait_flushed()
+                    if acked is not None and acked.active and len(acked):
+                        await acked.wait()  # through a reconnect in progress, if it comes
+        finally:
+            self._scope.cancel()  # (a close cancelled while it flushed closes at once)
         await self._destroyed.wait()
 
     def _close_soon(self) -> None:
