@@ -4,8 +4,9 @@ back, correct.
 
     python examples/worker_pool.py            # or: ... --backend trio, --delay 0.5 (per task)
 
-Ctrl-C stops it gracefully: the tasks in flight are answered, the workers stop, and the process
-exits with 130 (128 + SIGINT), without a traceback.
+Ctrl-C stops it gracefully once ``ipcactors.run()`` runs (in the first ~0.2 s Python is still
+importing, and Ctrl-C ends it as it ends any Python program): the tasks in flight are answered,
+the workers stop, and the process exits with 130 (128 + SIGINT), without a traceback.
 
 ``work`` is a plain function of this script: the workers import it by name (this script runs in
 each of them as ``__mp_main__``, as with multiprocessing's spawn), and arguments and results

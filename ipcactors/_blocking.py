@@ -25,6 +25,7 @@ Invariants:
 from __future__ import annotations
 
 import inspect
+import math
 import ssl
 import sys
 import threading
@@ -145,8 +146,12 @@ class _Loop:
         if closes is not None:
             if self.portal is not None:
                 closes.append(aclose)
-        else:
-            self.call(aclose)
+        elif self.portal is not None:  # (else the actor is closed, and all it owned with it)
+            try:
+                self.call(aclose)
+            except ClosedError:
+                if self.portal is not None:
+                    raise
 
 
 class _Handlers:
@@ -320,6 +325,7 @@ class BlockingInbox(AbstractContextManager["BlockingInbox"]):
         seconds (``None``: wait as long as it takes), :class:`ClosedError` once closed."""
         if self._closed:
             raise ClosedError("this inbox is closed")
+        timeout = _wait_timeout(timeout)
         item: tuple[str, Any, BlockingClient | None] = self._loop.call(self._next, timeout)
         return item
 
@@ -432,6 +438,7 @@ class BlockingConnection(_Wrapper):
 
     def wait_connected(self, timeout: float | None = None) -> None:
         """Wait until connected (raises :class:`TimeoutError` after ``timeout`` seconds)."""
+        timeout = _wait_timeout(timeout)
         what = f"not connected to {self.wrapped.id!r}"
         self._loop.call(_bounded, self.wrapped.wait_connected, timeout, what)
 
@@ -503,6 +510,16 @@ async def _host(actor: Actor, *, task_status: anyio.abc.TaskStatus[anyio.Event])
     async with actor:
         task_status.started(stop)
         await stop.wait()
+
+
+def _wait_timeout(timeout: object) -> float | None:
+    """A blocking wait's ``timeout``, checked in the caller's thread: ``None`` (no limit) or a
+    number of seconds (0 or less: do not wait), never NaN."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or math.isnan(timeout):
+        raise ConfigError(f"timeout must be a number of seconds or None, got {timeout!r:.40}")
+    return timeout
 
 
 async def _bounded(fn: Callable[[], Awaitable[None]], timeout: float | None, what: str) -> None:
@@ -704,6 +721,7 @@ class BlockingActor:
         raises :class:`TimeoutError` after ``timeout`` seconds. Raises :class:`IPCError` in a
         plain handler that closed this actor: that close starts once the handler has returned,
         so the wait would wait on itself."""
+        timeout = _wait_timeout(timeout)
         actor = self.wrapped
         if self._loop.portal is None:
             return

@@ -551,3 +551,30 @@ def test_ctrl_c_as_the_loop_thread_starts_ends_the_program(
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:2] == ["interrupted", "[]"]
     assert os.listdir(socket_dir) == []
+
+
+def test_closing_what_a_closed_actor_owned_returns_and_nan_timeouts_are_config_errors(
+    backend: Literal["asyncio", "trio"], socket_dir: str
+) -> None:
+    """After the actor's close(), closing its connection or its server returns at once, as
+    the docs say close() does (it raised ClosedError); a NaN timeout of a blocking wait is a
+    ConfigError in the caller's thread, as request's is (it was a bare ValueError)."""
+    options: dict[str, Any] = {"socket_root": socket_dir, "backend": backend, **FAST}
+    with BlockingActor("world", **options) as world, BlockingActor("hello", **options) as hello:
+        server = world.serve()
+        inbox = server.inbox("message")
+        connection = hello.connect_to("world")
+        nan = float("nan")
+        with pytest.raises(ipcactors.ConfigError, match="timeout"):
+            inbox.get(timeout=nan)
+        with pytest.raises(ipcactors.ConfigError, match="timeout"):
+            connection.wait_connected(timeout=nan)
+        with pytest.raises(ipcactors.ConfigError, match="timeout"):
+            hello.wait_closed(timeout=nan)
+        with pytest.raises(TimeoutError):
+            inbox.get(timeout=0)  # (0: nothing waits, nothing came)
+        hello.close()
+        connection.close()
+        world.close()
+        server.close()
+        inbox.close()
