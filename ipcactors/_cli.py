@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import base64
 import importlib
+import inspect
 import json
 import math
 import os
@@ -540,7 +541,7 @@ class _bounded:
 
 def cmd_run(args: argparse.Namespace, out: Output) -> int:
     module_name, sep, function_name = args.entry.partition(":")
-    if not sep or not module_name or not function_name:
+    if not sep or not module_name or not function_name or module_name.startswith("."):
         raise UsageError(f"run takes module:function, e.g. myapp.main:main; got {args.entry!r}")
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # as `python -m` does: modules of the current folder
@@ -555,6 +556,10 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
     function = getattr(module, function_name, None)
     if function is None or not callable(function):
         raise UsageError(f"module {module_name!r} has no function {function_name!r}")
+    if inspect.isfunction(function) and not inspect.iscoroutinefunction(function):
+        raise UsageError(  # (refused before it runs; run() can only tell once it returned)
+            f"{args.entry} is a plain function: run takes one defined with async def"
+        )
     level = {0: "INFO", 1: "DEBUG"}.get(args.verbose, "TRACE")
     run(function, *args.args, backend=args.backend, log_level=level)
     return 0

@@ -579,3 +579,19 @@ def test_data_nested_too_deep_is_a_usage_error() -> None:
         assert done.returncode == 2, done.stderr
         assert "Traceback" not in done.stderr
         assert "nests too deep" in done.stderr
+
+
+def test_run_refuses_what_it_cannot_run_before_running_anything(tmp_path: Path) -> None:
+    """A plain function is a usage error before it runs (it ran whole, side effects and all,
+    and only then was refused), and a relative module name is a usage error (a TypeError
+    traceback, exit 1)."""
+    marker = tmp_path / "ran"
+    (tmp_path / "cli_plain.py").write_text(f"def main():\n    open({str(marker)!r}, 'w').close()\n")
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    plain = cli_sync("run", "cli_plain:main", env=env)
+    assert plain.returncode == 2, plain.stderr
+    assert "async def" in plain.stderr
+    assert not marker.exists()
+    relative = cli_sync("run", ".cli_plain:main", env=env)
+    assert relative.returncode == 2, relative.stderr
+    assert "Traceback" not in relative.stderr
