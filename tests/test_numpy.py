@@ -146,6 +146,27 @@ def test_decoding_is_bounded_by_the_payload() -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("shared", [False, True])
+async def test_a_masked_array_is_refused_not_stripped_of_its_mask(
+    shared: bool, socket_dir: str
+) -> None:
+    """A masked array would arrive without its mask (masked slots as their fill value, or the
+    raw data under them): it is an EncodeError, nothing sent, the connection serving on."""
+    masked = np.ma.masked_array(np.arange(100_000.0), mask=np.arange(100_000) % 2 == 0)
+    options = {"max_shared_bytes": 64 << 20, "shared_threshold": 1024} if shared else {}
+    with anyio.fail_after(20):
+        async with ipcactors.Actor("server", socket_root=socket_dir, **options) as server_actor:
+            server = await server_actor.serve()
+            server.on("echo", lambda x, client: x)
+            async with ipcactors.Actor("client", socket_root=socket_dir, **options) as client:
+                connection = await client.connect_to("server")
+                for value in (masked, masked[:10], {"nested": [masked[:3]]}):
+                    with pytest.raises(ipcactors.EncodeError, match="masked"):
+                        await connection.request("echo", value)
+                assert await connection.request("echo", 1) == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("shared", [False, True])
 async def test_every_dtype_numpy_writes_in_few_bytes_travels(shared: bool, socket_dir: str) -> None:
     """Item sizes and datetime units of more than six digits are dtypes like any other: the
     protocol takes any dtype text up to 32 bytes. The receiver refused them (a closed

@@ -100,6 +100,11 @@ def from_dlpack(obj: Any) -> np.ndarray[Any, Any]:
 
 
 def _array_header(array: np.ndarray[Any, Any]) -> bytearray:
+    if isinstance(array, np.ma.MaskedArray):
+        raise EncodeError(  # (its mask would be lost: the wire carries dtype, shape and data)
+            "a numpy masked array cannot be sent: only its data would travel, not its mask; "
+            "send array.filled(value), or the data and np.ma.getmaskarray(array) apart"
+        )
     dtype = array.dtype
     if dtype.kind not in _KINDS or dtype.fields is not None or dtype.subdtype is not None:
         what = "object" if dtype.kind == "O" else f"{dtype} ({dtype.kind!r})"
