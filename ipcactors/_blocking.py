@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import ssl
 import sys
 import threading
@@ -104,11 +105,18 @@ class _Loop:
     def __init__(self, actor_id: str, trio_portal: bool) -> None:
         self.actor_id = actor_id
         self.trio_portal = trio_portal  # see _from_this_thread
+        self.pid = os.getpid()  # the process whose thread runs the loop (see forked)
         self.portal: BlockingPortal | None = None
         self.thread_id: int | None = None
         # Open inboxes: closed before the portal stops, which waits for the get() in flight.
         self.inboxes: set[BlockingInbox] = set()
         self.actor: Actor | None = None
+
+    @property
+    def forked(self) -> bool:
+        """Whether this is a process forked from the one the loop thread runs in: a thread
+        does not survive fork(), so nothing here can reach that loop."""
+        return os.getpid() != self.pid
 
     def start_soon(self, fn: Close) -> None:
         """Start ``fn`` in a task of the actor's (in the loop thread, after this task's next
@@ -128,6 +136,11 @@ class _Loop:
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         portal = self.portal
+        if self.forked:
+            raise IPCError(
+                f"blocking actor {self.actor_id!r} was made before this process forked: its "
+                "event loop thread stayed in the parent. Make a new one in the child"
+            )
         if portal is None:
             raise ClosedError(f"blocking actor {self.actor_id!r} is closed")
         if threading.get_ident() in _loop_threads:
@@ -143,6 +156,8 @@ class _Loop:
         """Run ``aclose`` to its end; from a handler's thread, have it started once the
         handler returns, and return."""
         closes: list[Close] | None = getattr(_in_handler, "closes", None)
+        if self.forked:
+            return  # (the parent's to close)
         if closes is not None:
             if self.portal is not None:
                 closes.append(aclose)
@@ -579,6 +594,7 @@ class BlockingActor:
         return self
 
     def _start(self) -> None:
+        self._loop.pid = os.getpid()
         portal_cm = start_blocking_portal(self._backend, self._backend_options)
         hop = partial(_from_this_thread, self._loop.trio_portal)
         portal = hop(portal_cm.__enter__)
@@ -609,6 +625,8 @@ class BlockingActor:
         actor starts closing when the handler returns (its reply queued first);
         ``wait_closed()`` returns once it is closed, and leaving ``with`` then stops the loop
         thread."""
+        if self._loop.forked:
+            return  # (the parent's to close: its loop thread is there)
         if getattr(_in_handler, "closes", None) is not None:
             if self._loop.portal is not None and self._actor is not None:
                 self._loop.close(self._actor.aclose)

@@ -578,3 +578,42 @@ def test_closing_what_a_closed_actor_owned_returns_and_nan_timeouts_are_config_e
         world.close()
         server.close()
         inbox.close()
+
+
+FORKED = """
+import os, sys
+import ipcactors
+
+backend, root = sys.argv[1:]
+with ipcactors.BlockingActor("world", backend=backend, socket_root=root) as world:
+    world.serve().on("add", lambda numbers, client: sum(numbers))
+    with ipcactors.BlockingActor("hello", backend=backend, socket_root=root) as hello:
+        connection = hello.connect_to("world")
+        pid = os.fork()
+        if pid == 0:  # the child: the loop threads stayed in the parent
+            try:
+                connection.request("add", [1, 2], timeout=2)
+            except ipcactors.IPCError as exc:
+                print("child:", type(exc).__name__, "fork" in str(exc), flush=True)
+            os._exit(0) if "exit" not in sys.argv else None
+        _, status = os.waitpid(pid, 0)
+        print("parent:", connection.request("add", [1, 2], timeout=5), status, flush=True)
+"""
+
+
+def test_a_forked_child_is_told_its_blocking_actor_stayed_with_the_parent(
+    backend: Literal["asyncio", "trio"], socket_dir: str
+) -> None:
+    """A BlockingActor's loop thread does not survive fork(): in the child, a call raises
+    IPCError saying so (it waited for ever), and the parent's actor goes on."""
+    done = subprocess.run(
+        [sys.executable, "-c", FORKED, backend, socket_dir],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["child: IPCError True", "parent: 3 0"]
+    assert os.listdir(socket_dir) == []
