@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import msgpack
 import pytest
+from _backends import _uvloop_global_state  # noqa: F401 (uvloop's pipe, before leak checks)
 
 import ipcactors
 from ipcactors import Actor
@@ -436,3 +437,26 @@ async def test_events_with_no_handler_are_counted_and_logged_once_per_name(
         assert world.statistics().events_unhandled == 3
     warnings = [line for line in log_lines if "'nobody'" in line and "no handler" in line]
     assert len(warnings) == 1, warnings
+
+
+@pytest.mark.parametrize(
+    "anyio_backend",
+    ["asyncio", pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"), "trio"],
+)
+async def test_a_peer_named_by_host_name_is_reached_on_every_backend() -> None:
+    """("localhost", port) reaches the peer as (address, port) does. uvloop's sendto takes
+    addresses only: emit and request raised a bare ValueError there ('a DNS lookup is
+    required'), while asyncio and Trio resolved the name."""
+    async with Actor("world", silent=True) as world_actor, Actor("hello", silent=True) as hello:
+        world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        got = anyio.Event()
+        world.on("hi", lambda data, peer: got.set())
+        world.on("add", lambda numbers, peer: sum(numbers))
+        mine = await hello.serve_net("127.0.0.1", 0, udp="udp4")
+        named = ("localhost", world.address[1])
+        with anyio.fail_after(10):
+            await mine.emit(named, "hi")
+            await got.wait()
+            assert await mine.request(named, "add", [1, 2], timeout=5) == 3
+        with pytest.raises(ipcactors.ConfigError, match="resolve"):
+            await mine.emit(("no-such-host.invalid", 9), "hi")

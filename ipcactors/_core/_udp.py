@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import socket
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -181,7 +182,7 @@ class DatagramServer(HandlerMethods):
         try:
             version = ipaddress.ip_address(host.partition("%")[0]).version
         except ValueError:
-            return peer  # a name: resolved as it is sent
+            return peer  # a name: resolved as it is sent (see _resolved)
         if f"udp{version}" != self._kind:
             raise ConfigError(
                 f"a UDP peer of a {self._kind} server has an IPv{self._kind[-1]} address, "
@@ -189,7 +190,27 @@ class DatagramServer(HandlerMethods):
             )
         return peer
 
+    async def _resolved(self, address: PeerAddress) -> PeerAddress:
+        """``address`` with its host as an IP address of our family: a name is looked up here
+        (uvloop's sendto takes addresses only, where asyncio and Trio look names up)."""
+        host, port = address
+        try:
+            ipaddress.ip_address(host.partition("%")[0])
+        except ValueError:
+            pass
+        else:
+            return address
+        family = socket.AF_INET6 if self._kind == "udp6" else socket.AF_INET
+        try:
+            found = await anyio.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot resolve UDP peer {host!r} to an IPv{self._kind[-1]} address: {exc}"
+            ) from None
+        return (str(found[0][4][0]), port)
+
     async def _send(self, frame: Frame, address: PeerAddress) -> None:
+        address = await self._resolved(address)
         body = frame_bytes(frame)  # a datagram encoder's frame is the whole datagram
         if len(body) > self._max_datagram:
             raise DatagramTooLargeError(
@@ -229,8 +250,8 @@ class DatagramServer(HandlerMethods):
         check_event_name(event)
         if not self._codec.carries(Request):
             raise unsupported_request(self._codec.name)
-        address = self._target(peer)
         timeout = request_timeout(timeout, self._config)
+        address = await self._resolved(self._target(peer))  # (as the answer will come from)
         request_id, pending = self._requests.open(event, timeout)  # (its own deadline: below)
         self._asked[request_id] = address
         try:
