@@ -37,26 +37,39 @@ async def serve_one_hello(transport: str, backend: str) -> None:
         where = ["--port", str(server.address[1])] if transport == "tcp" else []
         command = [sys.executable, __file__, "--as-hello", transport, "--backend", backend]
         with anyio.fail_after(30):
-            await anyio.run_process(command + where, stdout=None, stderr=None)
+            done = await anyio.run_process(command + where, stdout=None, stderr=None, check=False)
+        if done.returncode:  # it said why; or Ctrl-C, which the terminal sends us both, ended it
+            sys.exit(128 - done.returncode if done.returncode < 0 else done.returncode)
 
 
 async def hello(transport: str, port: int | None) -> None:
-    async with ipcactors.Actor("hello") as ipc:
-        if transport == "unix":
-            world = await ipc.connect_to("world")
-        else:
-            world = await ipc.connect_to_net("world", port=port)
-        replied = anyio.Event()
+    # A few retries, and a bound on the exchange: a hello whose world is gone (killed, say)
+    # gives up instead of waiting for ever.
+    async with ipcactors.Actor("hello", stop_retrying=3) as ipc:
+        try:
+            with anyio.fail_after(10):
+                await greet(ipc, transport, port)
+        except (ipcactors.IPCError, TimeoutError) as exc:
+            ipc.log(f"world is not there: giving up ({exc})")
+            sys.exit(1)
 
-        @world.on("message")
-        def on_message(data: str) -> None:
-            ipc.log(f"world replied {data!r}")
-            replied.set()
 
-        await world.emit("message", "hello")
-        await replied.wait()
-        total = await world.request("add", [1, 2], timeout=5)
-        ipc.log(f"world says 1 + 2 = {total}")
+async def greet(ipc: ipcactors.Actor, transport: str, port: int | None) -> None:
+    if transport == "unix":
+        world = await ipc.connect_to("world")
+    else:
+        world = await ipc.connect_to_net("world", port=port)
+    replied = anyio.Event()
+
+    @world.on("message")
+    def on_message(data: str) -> None:
+        ipc.log(f"world replied {data!r}")
+        replied.set()
+
+    await world.emit("message", "hello")
+    await replied.wait()
+    total = await world.request("add", [1, 2], timeout=5)
+    ipc.log(f"world says 1 + 2 = {total}")
 
 
 def main() -> None:
