@@ -36,6 +36,7 @@ the worker is ready (``spawn`` returns after it), an async one before the first 
 from __future__ import annotations
 
 import inspect
+import sys
 import time
 import traceback
 from collections import deque
@@ -118,10 +119,10 @@ class _Worker:
     async def run(self, task_group: TaskGroup) -> None:
         queue, done, cancelled = self.queue, self.done, self.cancelled
         while True:
-            if not queue or self.must_send:
-                if done:
-                    await self.flush()
-                    continue
+            if done and (not queue or self.must_send):
+                await self.send()
+                continue
+            if not queue:
                 cancelled.clear()  # every id in it ended: none is queued
                 await self.wake.wait()
                 self.wake = anyio.Event()
@@ -140,9 +141,9 @@ class _Worker:
                         task_group.start_soon(self.run_async, task_id, scope, fn, args)
                         continue
                     result = fn(*args)
-                    done.append([task_id, 0, result])
-                    if _may_change(result):
+                    if _may_change(result):  # (before done holds it too: see _may_change)
                         self.must_send = True
+                    done.append([task_id, 0, result])
                 except Exception as exc:
                     done.append(self.failure(task_id, exc))
                 # Nothing of the task kept here: an array of its (in shared memory, say) is
@@ -151,8 +152,19 @@ class _Worker:
                 if self.must_send or time.monotonic() - started >= FLUSH_SECONDS:
                     break
             if done:
-                await self.flush()
-            await anyio.lowlevel.checkpoint()  # read messages (cancels), start async tasks
+                await self.send()
+            else:
+                await anyio.lowlevel.checkpoint()  # read messages (cancels), start async tasks
+
+    async def send(self) -> None:
+        """Send what ended; give the loop a pass (messages are read, cancels among them; async
+        tasks start; the writer writes); then, if the writer has not written it all yet (on
+        Trio its task may not have had its turn), wait until it has: the next task may be a
+        plain one, which blocks the loop, and a result that may change must be in the kernel
+        before the task that could change it runs."""
+        await self.flush()
+        await anyio.lowlevel.checkpoint()
+        await self.parent._wait_written()  # (at once when it is: the common case on asyncio)
 
     async def run_async(
         self, task_id: Any, scope: anyio.CancelScope, fn: Callable[..., Any], args: list[Any]
@@ -198,25 +210,34 @@ class _Worker:
                         DONE_EVENT, [[outcome[0], 1, type(exc).__qualname__, message, ""]]
                     )
         del outcomes
-        # In the kernel before the next task runs (a plain one blocks the loop: on Trio the
-        # writer's task might not have had its turn), and before a result that may change
-        # (its large payloads are read from its memory until then) can.
-        await self.parent._wait_written()
 
 
 #: How many values :func:`_may_change` looks at in one result before it assumes the worst.
 LOOK_AT_MOST = 64
 _IMMUTABLE = frozenset({int, float, str, bytes, bool, type(None)})
+# sys.getrefcount of a result in _may_change when only its caller's variable holds it: that
+# one, the argument's, and getrefcount's own.
+_HELD_BY_THE_CALLER_ONLY = 3
+
+
+def _is_ndarray(kind: type) -> bool:
+    return kind.__name__ == "ndarray" and kind.__module__ == "numpy"
 
 
 def _may_change(result: Any) -> bool:
     """Whether ``result`` may hold memory its function can change after returning it: a
     writable buffer (a ``bytearray``, a writable ``memoryview`` or numpy array, an object with
     ``__dlpack__``) found among its first :data:`LOOK_AT_MOST` values, or more values than
-    that to look at. Then it must travel before the next task runs."""
+    that to look at; not a new array or ``bytearray`` of its own that nothing but the caller's
+    variable holds (the common case, which then batches as any result). Then it must travel
+    before the next task runs. Call it with the result held by one variable of the caller's
+    (or one list), nothing else of ours."""
     kind = type(result)
     if kind in _IMMUTABLE:
         return False  # the common case: a number, a string
+    new_buffer = kind is bytearray or (_is_ndarray(kind) and result.base is None)
+    if new_buffer and sys.getrefcount(result) <= _HELD_BY_THE_CALLER_ONLY:
+        return False  # a new buffer no one else holds (the function kept no reference to it)
     pending = [result]
     looked = 0
     while pending:
