@@ -469,6 +469,15 @@ class Peer:
         large payload sent out of band is read from its memory until then."""
         await self._outbox.wait_flushed()
 
+    async def _let_the_writer_take(self) -> None:
+        """Give the writer its turn at what is queued (at most two loop passes: Trio runs the
+        tasks woken together in any order, so after two the writer ran); not a wait for the
+        kernel to take it all."""
+        for _ in range(2):
+            if not len(self._outbox):
+                return
+            await anyio.lowlevel.checkpoint()
+
     def _take_seq(self, seq: int) -> bool:
         """Acknowledged mode: count event ``seq`` as delivered (it is acknowledged once its
         handlers returned); ``False`` if it was delivered already."""

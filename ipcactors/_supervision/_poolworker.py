@@ -157,14 +157,18 @@ class _Worker:
                 await anyio.lowlevel.checkpoint()  # read messages (cancels), start async tasks
 
     async def send(self) -> None:
-        """Send what ended; give the loop a pass (messages are read, cancels among them; async
-        tasks start; the writer writes); then, if the writer has not written it all yet (on
-        Trio its task may not have had its turn), wait until it has: the next task may be a
-        plain one, which blocks the loop, and a result that may change must be in the kernel
-        before the task that could change it runs."""
+        """Send what ended, and give the loop a pass (messages are read, cancels among them;
+        async tasks start; the writer writes). The next task may be a plain one, which blocks
+        the loop: the writer must have had its turn first (on Trio its task may come after
+        ours), and a result that may change must be in the kernel (all of it) before the task
+        that could change it runs."""
+        must_send = self.must_send
         await self.flush()
         await anyio.lowlevel.checkpoint()
-        await self.parent._wait_written()  # (at once when it is: the common case on asyncio)
+        if must_send:
+            await self.parent._wait_written()
+        else:
+            await self.parent._let_the_writer_take()
 
     async def run_async(
         self, task_id: Any, scope: anyio.CancelScope, fn: Callable[..., Any], args: list[Any]
