@@ -50,6 +50,7 @@ from anyio.abc import TaskGroup
 from .._actor import Actor
 from .._errors import EncodeError, FrameTooLargeError, message_of
 from .._proto._msgpack import pack_value
+from .._transports._backend import current_backend
 from ._target import Target, load_target
 
 __all__ = ["BATCH_EVENT", "CANCEL_EVENT", "DONE_EVENT", "FLUSH_SECONDS", "pool_worker"]
@@ -84,6 +85,7 @@ class _Worker:
         self.scopes: dict[Any, anyio.CancelScope] = {}  # async tasks that run
         self.wake = anyio.Event()
         self.must_send = False  # a result in done may change: it goes before the next task
+        self.writer_is_a_task = current_backend()[0] == "trio"
 
     # --- messages (plain handlers: they run inline, as the frame is read) ---------------------
 
@@ -119,10 +121,10 @@ class _Worker:
     async def run(self, task_group: TaskGroup) -> None:
         queue, done, cancelled = self.queue, self.done, self.cancelled
         while True:
-            if done and (not queue or self.must_send):
-                await self.send()
-                continue
-            if not queue:
+            if not queue or self.must_send:
+                if done:
+                    await self.flush()
+                    continue
                 cancelled.clear()  # every id in it ended: none is queued
                 await self.wake.wait()
                 self.wake = anyio.Event()
@@ -152,23 +154,13 @@ class _Worker:
                 if self.must_send or time.monotonic() - started >= FLUSH_SECONDS:
                     break
             if done:
-                await self.send()
-            else:
-                await anyio.lowlevel.checkpoint()  # read messages (cancels), start async tasks
-
-    async def send(self) -> None:
-        """Send what ended, and give the loop a pass (messages are read, cancels among them;
-        async tasks start; the writer writes). The next task may be a plain one, which blocks
-        the loop: the writer must have had its turn first (on Trio its task may come after
-        ours), and a result that may change must be in the kernel (all of it) before the task
-        that could change it runs."""
-        must_send = self.must_send
-        await self.flush()
-        await anyio.lowlevel.checkpoint()
-        if must_send:
-            await self.parent._wait_written()
-        else:
-            await self.parent._let_the_writer_take()
+                await self.flush()
+            await anyio.lowlevel.checkpoint()  # read messages (cancels), start async tasks
+            if self.writer_is_a_task:
+                # The next task may be a plain one, which blocks the loop: the writer must have
+                # had its turn at what was sent (on asyncio it writes in the pass just given;
+                # on Trio its task may come after ours).
+                await self.parent._let_the_writer_take()
 
     async def run_async(
         self, task_id: Any, scope: anyio.CancelScope, fn: Callable[..., Any], args: list[Any]
@@ -197,7 +189,7 @@ class _Worker:
     async def flush(self) -> None:
         outcomes = self.done[:]
         self.done.clear()
-        self.must_send = False
+        must_send, self.must_send = self.must_send, False
         try:
             await self.parent.emit(DONE_EVENT, outcomes)
         except (EncodeError, FrameTooLargeError):
@@ -214,6 +206,8 @@ class _Worker:
                         DONE_EVENT, [[outcome[0], 1, type(exc).__qualname__, message, ""]]
                     )
         del outcomes
+        if must_send:  # in the kernel before the task that could change it runs
+            await self.parent._wait_written()
 
 
 #: How many values :func:`_may_change` looks at in one result before it assumes the worst.
