@@ -120,12 +120,19 @@ class _Worker:
 
     async def run(self, task_group: TaskGroup) -> None:
         queue, done, cancelled = self.queue, self.done, self.cancelled
+        args: Any = None
+        result: Any = None
         while True:
             if not queue or self.must_send:
                 if done:
                     await self.flush()
                     continue
                 cancelled.clear()  # every id in it ended: none is queued
+                if self.parent._shared is not None:
+                    # Nothing of the last task kept while we wait: its arguments' places in
+                    # shared memory are free once its caller has the result. (Only then: an
+                    # early free of a large array costs the allocator more than it saves.)
+                    args = result = None
                 await self.wake.wait()
                 self.wake = anyio.Event()
                 continue
@@ -148,9 +155,6 @@ class _Worker:
                     done.append([task_id, 0, result])
                 except Exception as exc:
                     done.append(self.failure(task_id, exc))
-                # Nothing of the task kept here: an array of its (in shared memory, say) is
-                # freed as the caller drops it, not at the worker's next task.
-                args = result = None
                 if self.must_send or time.monotonic() - started >= FLUSH_SECONDS:
                     break
             if done:
