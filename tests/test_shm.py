@@ -582,3 +582,22 @@ async def test_frames_naming_shared_memory_are_not_sent_on_the_next_connection(
             stats = conn.statistics()
             assert stats.shared_dropped == 4
             assert stats.events_unhandled == 0
+
+
+async def test_numpy_scalars_stay_plain_numbers_with_shared_memory_on(socket_dir: str) -> None:
+    """numpy scalars travel as plain msgpack numbers, shared memory on or not (docs/protocol.md
+    §2.1): with a small shared_threshold they went into shared memory and arrived as read-only
+    0-d arrays."""
+    options: dict[str, Any] = {**SHM, "shared_threshold": 1, "silent": True}
+    async with Actor("world", socket_root=socket_dir, **options) as world:
+        server = await world.serve()
+        server.on("echo", lambda data, client: data)
+        async with Actor("hello", socket_root=socket_dir, **options) as hello:
+            connection = await hello.connect_to("world")
+            with anyio.fail_after(10):
+                back = await connection.request(
+                    "echo", [np.float64(1.5), np.int64(3), np.bool_(True), np.ones(4)]
+                )
+    assert back[:3] == [1.5, 3, True]
+    assert [type(value) for value in back[:3]] == [float, int, bool]
+    assert isinstance(back[3], np.ndarray)  # (an array still goes through shared memory)

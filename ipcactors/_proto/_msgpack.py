@@ -415,7 +415,7 @@ class MsgpackEncoder(Encoder):
             if (
                 shared is not None
                 and array.nbytes >= shared.threshold
-                and hasattr(array, "flags")  # an array, not a numpy scalar
+                and isinstance(array, sys.modules["numpy"].ndarray)  # not a scalar (it has flags)
                 and array.dtype.kind in _SHAREABLE_KINDS
             ):
                 place = shared.place(array)
