@@ -530,3 +530,16 @@ async def test_leaving_or_waiting_on_an_actor_never_entered_is_an_ipc_error(
     async with actor:  # and it can still be used as it should
         await actor.serve()
     await actor.wait_closed()
+
+
+async def test_closed_error_after_a_disconnect_says_it_once(socket_dir: str) -> None:
+    """'connection to 'world' is closed', once (it read 'connection to 'world' is closed:
+    connection to 'world' is closed')."""
+    async with Actor("world", socket_root=socket_dir, silent=True) as world:
+        await world.serve()
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            connection = await hello.connect_to("world")
+            await hello.disconnect("world")
+            with pytest.raises(ipcactors.ClosedError) as caught:
+                await connection.emit("x")
+    assert str(caught.value) == "connection to 'world' is closed"

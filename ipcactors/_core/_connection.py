@@ -646,8 +646,8 @@ class Connection(Peer, HandlerMethods):
 
     async def _destroy(self, error: BaseException | None) -> None:
         self._gave_up = error
-        reason = ClosedError(f"connection to {self.id!r} is closed") if error is None else error
-        left = self._outbox.close(ClosedError(f"connection to {self.id!r} is closed: {reason}"))
+        closed = f"connection to {self.id!r} is closed" + ("" if error is None else f": {error}")
+        left = self._outbox.close(ClosedError(closed))
         if left:
             self._log.warning(f"{left} frame(s) queued for {self.id!r} were never sent")
         if self._acked is not None:
@@ -658,7 +658,7 @@ class Connection(Peer, HandlerMethods):
                     f"{len(events)} event(s) to {self.id!r} were never acknowledged "
                     f"(seq {events[0][0]}..{events[-1][0]}); see Connection.unacknowledged"
                 )
-        self._requests.fail(ClosedError(f"connection to {self.id!r} is closed: {reason}"))
+        self._requests.fail(ClosedError(closed))
         self._on_destroyed(self)
         self._destroyed.set()
         await self._call_lifecycle("destroy", shielded=True)
