@@ -55,7 +55,7 @@ from ._errors import (
     RequestTimeoutError,
 )
 from ._run import run
-from ._signals import KeptSignals
+from ._signals import STOP_SIGNALS, KeptSignals
 
 __all__ = ["main", "main_exit"]
 
@@ -715,8 +715,9 @@ def _version() -> str:
     return __version__
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command; returns the exit status."""
+def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
+    """Run the command; returns the exit status. ``exiting``: the process exits with it
+    (SIGINT and SIGTERM stay kept until then: see ``KeptSignals.keep_until_exit``)."""
     args = build_parser().parse_args(argv)
     out = Output(args.json)
     logger.remove()
@@ -728,6 +729,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             # A signal while the command sets up is not lost, nor a traceback: `listen` and
             # `ping` take it as soon as they watch (see _stop_on_signal).
             with KeptSignals() as args.signals:
+                if exiting:
+                    args.signals.keep_until_exit()
                 status: int = anyio.run(args.handler, args, out, backend=args.backend)
         else:
             status = args.handler(args, out)
@@ -768,5 +771,11 @@ def _report(exc: Exception, out: Output) -> int:
 
 
 def main_exit() -> NoReturn:
-    """The console script's entry point: ``sys.exit(main())``."""
-    sys.exit(main())
+    """The console script's entry point: ``sys.exit(main())``. A signal that comes once the
+    command is done (a second Ctrl-C as it stops) is ignored: the command stopped cleanly,
+    and the interpreter's exit would meet it with the default (its finalization restores
+    the default handlers, ours included)."""
+    status = main(exiting=True)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    sys.exit(status)

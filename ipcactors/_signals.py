@@ -7,6 +7,8 @@ Invariants:
   starting or ending, a command still setting up) is kept, and :meth:`KeptSignals.receive`
   yields the kept ones first, then those its receiver gets. When the receiver closes (asyncio's
   restores the default handlers), they are kept again until the block ends.
+- :meth:`KeptSignals.keep_until_exit` leaves them kept after the block (a process about to
+  exit): nothing restores the defaults.
 - A signal ignored when the block is entered (``SIG_IGN``: a shell's background job ignores
   SIGINT, as ``nohup`` does SIGHUP) stays ignored: neither kept nor received, as Python itself
   and ``asyncio.run`` leave it.
@@ -54,6 +56,12 @@ class KeptSignals:
         if previous is not None:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)  # type: ignore[arg-type]
+
+    def keep_until_exit(self) -> None:
+        """Leave the handlers that keep both signals in place when the block ends: for a
+        process about to exit, where a late signal (a second Ctrl-C as it stops) would
+        otherwise meet Python's default and kill it after a clean stop."""
+        self._previous = None
 
     def _keep(self) -> None:
         for signum in self._watched:

@@ -595,3 +595,35 @@ def test_run_refuses_what_it_cannot_run_before_running_anything(tmp_path: Path) 
     relative = cli_sync("run", ".cli_plain:main", env=env)
     assert relative.returncode == 2, relative.stderr
     assert "Traceback" not in relative.stderr
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+async def test_a_second_signal_as_listen_stops_does_not_kill_it(
+    backend: str, socket_dir: str
+) -> None:
+    """Two Ctrl-Cs a few milliseconds apart: listen still stops gracefully and exits 0. The
+    second came after the command had restored Python's default handlers, and killed it
+    (status -2, or -15 for SIGTERM), its summary already printed."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        args = ["listen", "world", "--socket-root", socket_dir, "--backend", backend]
+        process = await anyio.open_process(command(*args), cwd=ROOT, stderr=subprocess.DEVNULL)
+        try:
+            with anyio.fail_after(20):
+                assert process.stdout is not None
+                seen = b""
+                while b"listening as" not in seen:
+                    seen += await process.stdout.receive()
+                process.send_signal(signum)
+                for _ in range(20):  # more as it stops: none may kill it
+                    await anyio.sleep(0.005)
+                    if process.returncode is not None:
+                        break
+                    process.send_signal(signum)
+                status = await process.wait()
+        finally:
+            with anyio.CancelScope(shield=True):
+                if process.returncode is None:
+                    process.kill()
+                await process.aclose()
+        assert status == 0
+    assert os.listdir(socket_dir) == []
