@@ -54,7 +54,10 @@ def _close_all() -> None:
         _open.clear()
     for close in closes:
         if close is not None:
-            close()
+            try:
+                close()
+            except Exception:  # (what ended it was logged as it ended: we are exiting)
+                pass
 
 
 @contextmanager

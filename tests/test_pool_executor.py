@@ -15,7 +15,7 @@ from pathlib import Path
 import _pool_tasks
 import pytest
 
-from ipcactors import ConfigError, PoolExecutor, RemoteError
+from ipcactors import ClosedError, ConfigError, PoolExecutor, RemoteError, RestartIntensityError
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -142,3 +142,31 @@ def test_a_program_that_never_shuts_its_executor_down_still_exits(
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["49", _pool_tasks.blocks(0)]
     assert os.listdir(socket_dir) == []
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_pool_that_gives_up_says_why_to_its_futures_and_shutdown(
+    backend: str, socket_dir: str
+) -> None:
+    """Past its restart intensity the pool stops: the futures still waiting fail with a
+    ClosedError that names why (RestartIntensityError, as its cause), and shutdown() raises
+    it. They said only "pool 'pool' was closed", and the RestartIntensityError went to a
+    background thread's traceback on stderr."""
+    executor = PoolExecutor(
+        1,
+        backend=backend,
+        socket_root=socket_dir,
+        max_restarts=1,
+        max_retries=5,
+        shutdown_timeout=2.0,
+        terminate_timeout=0.5,
+    )
+    futures = [executor.submit(_pool_tasks.exits_plain, 3) for _ in range(3)]
+    for future in futures:
+        error = future.exception(timeout=30)
+        assert isinstance(error, ClosedError)
+        assert isinstance(error.__cause__, RestartIntensityError)
+        assert "max_restarts=1" in str(error)
+    with pytest.raises(RestartIntensityError):
+        executor.shutdown(wait=True)
+    executor.shutdown(wait=True)  # (said once)

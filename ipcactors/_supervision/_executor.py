@@ -67,6 +67,7 @@ class PoolExecutor(concurrent.futures.Executor):
         self._futures: set[concurrent.futures.Future[Any]] = set()
         self._shutdown = False
         self._closed = threading.Event()
+        self._error: Exception | None = None  # why the pool ended, if it gave up
         close_at_exit(self.shutdown)
 
     @property
@@ -124,6 +125,9 @@ class PoolExecutor(concurrent.futures.Executor):
             closer.start()
         if wait:
             self._closed.wait()
+            error, self._error = self._error, None
+            if error is not None:  # the pool gave up (RestartIntensityError): said here, once
+                raise error
 
     def _close(self, futures: list[concurrent.futures.Future[Any]]) -> None:
         closed(self)
@@ -131,6 +135,8 @@ class PoolExecutor(concurrent.futures.Executor):
             concurrent.futures.wait(futures)
             assert self._pool_cm is not None
             self._pool_cm.__exit__(None, None, None)
+        except Exception as exc:  # (logged by the supervisor as it gave up)
+            self._error = exc
         finally:
             self._portal_cm.__exit__(None, None, None)
             self._closed.set()

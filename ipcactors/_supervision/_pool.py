@@ -282,7 +282,12 @@ class Pool:
         try:
             await self._task_group.__aexit__(None, None, None)
         finally:
-            closed = ClosedError(f"pool {self._supervisor.id!r} was closed")
+            failure = self._supervisor._failure  # (it gave up: the tasks left learn why)
+            closed = ClosedError(
+                f"pool {self._supervisor.id!r} was closed"
+                + ("" if failure is None else f": {type(failure).__name__}: {failure}")
+            )
+            closed.__cause__ = failure
             for sent in self._sent.values():
                 while sent:
                     self._finish(sent.popitem()[1], False, closed)
