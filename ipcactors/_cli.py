@@ -212,6 +212,11 @@ class Output:
     def emit(self, human: str, record: dict[str, Any]) -> None:
         if self.closed:
             return
+        if sys.stdout is None:  # started with stdout closed (>&-): as if its reader went
+            self.closed = True
+            if self.on_closed is not None:
+                self.on_closed()
+            return
         try:
             # One write per line: print() writes the line and its end separately when stdout
             # is unbuffered (python -u), and a reader that took the line and went (| head -1)

@@ -627,3 +627,18 @@ async def test_a_second_signal_as_listen_stops_does_not_kill_it(
                 await process.aclose()
         assert status == 0
     assert os.listdir(socket_dir) == []
+
+
+async def test_a_command_started_with_stdout_closed_says_nothing_and_succeeds(
+    socket_dir: str,
+) -> None:
+    """Started with stdout closed (>&-), request answers into nothing, as into a reader that
+    went: exit 0, no traceback (an AttributeError on sys.stdout, which Python sets to None)."""
+    async with Actor("world", socket_root=socket_dir, **FAST) as ipc:
+        server = await ipc.serve()
+        server.on("ping", lambda data, client: data)
+        line = " ".join(command("request", "world", "ping", "1", "--socket-root", socket_dir))
+        with anyio.fail_after(30):
+            done = await anyio.run_process(["bash", "-c", f"{line} >&-"], cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stderr
+    assert b"Traceback" not in done.stderr
