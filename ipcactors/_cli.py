@@ -49,6 +49,7 @@ from ._core._udp import DatagramServer
 from ._errors import (
     ClosedError,
     ConfigError,
+    ConnectionFailedError,
     ConnectionLostError,
     IPCError,
     NoHandlerError,
@@ -356,7 +357,7 @@ async def cmd_emit(args: argparse.Namespace, out: Output) -> int:
 
     async def emit() -> int:
         async with Actor(client_id(args), config_from(args)) as actor:
-            with _bounded(args.timeout, f"connecting to {target.text}"):
+            with _bounded(args.timeout, f"connecting to {target.text} and sending the event"):
                 link = await open_link(actor, target, args)
                 await link.emit(args.event, data)
                 if link.connection is not None:
@@ -538,7 +539,7 @@ class _bounded:
         try:
             return self._scope.__exit__(*exc_info)
         except TimeoutError:
-            raise IPCError(
+            raise ConnectionFailedError(
                 f"{self._what} took more than {self._seconds} s; is the actor running? "
                 "(--timeout sets the limit)"
             ) from None

@@ -642,3 +642,23 @@ async def test_a_command_started_with_stdout_closed_says_nothing_and_succeeds(
             done = await anyio.run_process(["bash", "-c", f"{line} >&-"], cwd=ROOT, check=False)
     assert done.returncode == 0, done.stderr
     assert b"Traceback" not in done.stderr
+
+
+async def test_a_peer_that_never_answers_is_a_connection_failure_named_so() -> None:
+    """A TCP peer that takes the connection and says nothing: --timeout bounds the command,
+    and the error is ConnectionFailedError (exit 1), not the base IPCError the reference
+    keeps for misuse."""
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+
+        async def hold(stream: anyio.abc.SocketStream) -> None:
+            async with stream:  # (closed as the test ends)
+                await anyio.sleep(30)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, hold)
+            target = f"tcp://127.0.0.1:{port}"
+            done = await cli("request", target, "x", "--timeout", "1", "--json")
+            tg.cancel_scope.cancel()
+    assert done.returncode == 1, done.stderr
+    assert json_lines(done.stderr)[0]["error"] == "ipcactors.ConnectionFailedError"
