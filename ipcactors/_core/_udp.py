@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import socket
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -45,7 +44,12 @@ from .._errors import (
 from .._log import ActorLog
 from .._proto._messages import ErrorReply, Event, Frame, Message, Reply, Request, frame_bytes
 from .._proto._session import datagram_messages
-from .._transports._datagram import MAX_DATAGRAM, DatagramKind, open_datagram_endpoint
+from .._transports._datagram import (
+    MAX_DATAGRAM,
+    DatagramKind,
+    open_datagram_endpoint,
+    resolve_datagram_peer,
+)
 from ._handlers import HandlerMethods, Handlers, unhandled
 from ._handling import Handling, kept_until_handled
 from ._peer import answer, check_event_name, unsupported_request
@@ -192,22 +196,13 @@ class DatagramServer(HandlerMethods):
 
     async def _resolved(self, address: PeerAddress) -> PeerAddress:
         """``address`` with its host as an IP address of our family: a name is looked up here
-        (uvloop's sendto takes addresses only, where asyncio and Trio look names up)."""
+        (see ``resolve_datagram_peer``)."""
         host, port = address
         try:
             ipaddress.ip_address(host.partition("%")[0])
         except ValueError:
-            pass
-        else:
-            return address
-        family = socket.AF_INET6 if self._kind == "udp6" else socket.AF_INET
-        try:
-            found = await anyio.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot resolve UDP peer {host!r} to an IPv{self._kind[-1]} address: {exc}"
-            ) from None
-        return (str(found[0][4][0]), port)
+            return await resolve_datagram_peer(self._kind, host, port)
+        return address
 
     async def _send(self, frame: Frame, address: PeerAddress) -> None:
         address = await self._resolved(address)

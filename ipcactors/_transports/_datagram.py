@@ -17,9 +17,9 @@ from typing import Final, Literal
 import anyio
 from anyio.abc import UDPSocket
 
-from .._errors import AddressInUseError
+from .._errors import AddressInUseError, ConfigError
 
-__all__ = ["MAX_DATAGRAM", "DatagramKind", "open_datagram_endpoint"]
+__all__ = ["MAX_DATAGRAM", "DatagramKind", "open_datagram_endpoint", "resolve_datagram_peer"]
 
 DatagramKind = Literal["udp4", "udp6"]
 
@@ -40,3 +40,17 @@ async def open_datagram_endpoint(kind: DatagramKind, host: str, port: int) -> UD
                 f"UDP port {port} on {host} is in use; choose another port (or 0 for a free one)"
             ) from exc
         raise
+
+
+async def resolve_datagram_peer(kind: DatagramKind, host: str, port: int) -> tuple[str, int]:
+    """``(host, port)`` with ``host`` looked up as an address of ``kind``'s family: uvloop's
+    ``sendto`` takes addresses only, where asyncio and Trio look names up. Raises
+    :class:`ConfigError` for a name that does not resolve."""
+    family = socket.AF_INET6 if kind == "udp6" else socket.AF_INET
+    try:
+        found = await anyio.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot resolve UDP peer {host!r} to an IPv{kind[-1]} address: {exc}"
+        ) from None
+    return (str(found[0][4][0]), port)
