@@ -581,7 +581,7 @@ def test_closing_what_a_closed_actor_owned_returns_and_nan_timeouts_are_config_e
 
 
 FORKED = """
-import os, sys
+import os, signal, sys
 import ipcactors
 
 backend, root = sys.argv[1:]
@@ -591,6 +591,7 @@ with ipcactors.BlockingActor("world", backend=backend, socket_root=root) as worl
         connection = hello.connect_to("world")
         pid = os.fork()
         if pid == 0:  # the child: the loop threads stayed in the parent
+            signal.alarm(10)  # (bounded by itself: were it to hang, nothing would reap it)
             try:
                 connection.request("add", [1, 2], timeout=2)
             except ipcactors.IPCError as exc:
