@@ -476,6 +476,18 @@ def test_catch_alls_in_a_worker_thread(
             conn.request("who", timeout=10)
 
 
+def run_python(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python *args`` with this checkout's ipcactors, to its end (bounded); its output."""
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))},
+    )
+
+
 def test_a_program_that_never_closes_its_blocking_actor_still_exits(
     backend: Literal["asyncio", "trio"], socket_dir: str, tmp_path: Any
 ) -> None:
@@ -493,14 +505,7 @@ def test_a_program_that_never_closes_its_blocking_actor_still_exits(
         "hello.__enter__()\n"
         "print(hello.connect_to('world').request('add', [1, 2], timeout=10), flush=True)\n"
     )
-    done = subprocess.run(
-        [sys.executable, str(script), socket_dir],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))},
-    )
+    done = run_python(str(script), socket_dir)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["3"]
     assert os.listdir(socket_dir) == []
@@ -540,14 +545,7 @@ def test_ctrl_c_as_the_loop_thread_starts_ends_the_program(
     KeyboardInterrupt out of the with statement, and nothing is left: no loop thread, no
     worker, no socket file. It landed inside anyio's portal start, which then waited for the
     loop thread for ever: the program hung (a second Ctrl-C left socket files behind)."""
-    done = subprocess.run(
-        [sys.executable, "-c", INTERRUPTED_AT_START, kind, backend, socket_dir],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))},
-    )
+    done = run_python("-c", INTERRUPTED_AT_START, kind, backend, socket_dir)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:2] == ["interrupted", "[]"]
     assert os.listdir(socket_dir) == []
@@ -607,14 +605,7 @@ def test_a_forked_child_is_told_its_blocking_actor_stayed_with_the_parent(
 ) -> None:
     """A BlockingActor's loop thread does not survive fork(): in the child, a call raises
     IPCError saying so (it waited for ever), and the parent's actor goes on."""
-    done = subprocess.run(
-        [sys.executable, "-c", FORKED, backend, socket_dir],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))},
-    )
+    done = run_python("-c", FORKED, backend, socket_dir)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["child: IPCError True", "parent: 3 0"]
     assert os.listdir(socket_dir) == []

@@ -433,74 +433,37 @@ async def test_handler_exception_keeps_connection(socket_dir: str, log_lines: li
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # (Trio's Cancelled cannot be raised)
-@pytest.mark.parametrize("kind", ["plain", "plain and a catch-all", "async and a plain one"])
-async def test_a_plain_handler_raising_cancelled_error_is_an_error_of_its_own(
-    anyio_backend: str, kind: str, socket_dir: str, log_lines: list[str]
+@pytest.mark.parametrize("handler", ["plain", "async"])
+@pytest.mark.parametrize("beside", ["alone", "a catch-all", "an answering one before it"])
+async def test_a_handler_raising_cancelled_error_is_an_error_of_its_own(
+    anyio_backend: str, handler: str, beside: str, socket_dir: str, log_lines: list[str]
 ) -> None:
-    """A plain handler raising asyncio's CancelledError itself (as a future someone cancelled
-    does) cannot have been cancelled: it is an error of that handler's, answered as such
-    (RemoteError 'CancelledError') or logged, and the server serves on. From a plain request
-    handler it read as the cancellation of the server's task: the server stopped serving
-    everyone, its socket file removed, and nothing said why."""
+    """A handler raising asyncio's CancelledError while nothing cancelled it (by hand, or as
+    a future someone cancelled does) is an error of that handler's, answered as such
+    (RemoteError 'CancelledError') or logged, and the server serves on, that connection
+    included. From a plain request handler it read as the cancellation of the server's task:
+    the server stopped serving everyone, its socket file removed, and nothing said why; from
+    an async one, as the cancellation of the connection's task: it was dropped, a request on
+    it lost, and nothing said why."""
 
-    def cancelled(data: Any, client: ipcactors.Client) -> None:
+    def plain(data: Any, client: ipcactors.Client) -> None:
         raise asyncio.CancelledError("raised by the handler")
 
-    async def fine(data: Any, client: ipcactors.Client) -> str:
-        return "fine"
-
-    async with Actor("world", socket_root=socket_dir) as world_actor:
-        server = await world_actor.serve()
-        if kind == "async and a plain one":
-            server.on("ask", fine)  # the first handler answers; the plain one after it raises
-        server.on("ask", cancelled)
-        server.on("tell", cancelled)
-        if kind == "plain and a catch-all":
-            server.on_any(lambda event, data, client: None)
-        server.on("ping", lambda data, client: "pong")
-        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
-            world = await hello.connect_to("world")
-            with anyio.fail_after(5):
-                if kind == "async and a plain one":
-                    assert await world.request("ask") == "fine"
-                else:
-                    with pytest.raises(ipcactors.RemoteError) as caught:
-                        await world.request("ask")
-                    assert caught.value.remote_type == "asyncio.exceptions.CancelledError"
-                await world.emit("tell")
-                assert await world.request("ping") == "pong"  # this connection serves on
-        async with Actor("again", socket_root=socket_dir, silent=True) as again:
-            with anyio.fail_after(5):
-                world = await again.connect_to("world")
-                assert await world.request("ping") == "pong"  # and the server too
-    assert any("raised by the handler" in line for line in log_lines)
-
-
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # (Trio's Cancelled cannot be raised)
-@pytest.mark.parametrize("kind", ["async", "async and a catch-all", "async after an answering one"])
-async def test_an_async_handler_raising_cancelled_error_is_an_error_of_its_own(
-    anyio_backend: str, kind: str, socket_dir: str, log_lines: list[str]
-) -> None:
-    """An async handler raising asyncio's CancelledError while nothing cancelled it (by hand,
-    or from awaiting a future another task cancelled) is that handler's error, as a plain
-    handler's is: answered as such or logged, and its connection serves on. It read as the
-    cancellation of the connection's task: the connection was dropped, a request on it lost,
-    and nothing said why."""
-
-    async def cancelled(data: Any, client: ipcactors.Client) -> None:
+    async def awaiting(data: Any, client: ipcactors.Client) -> None:
         await anyio.sleep(0)
         raise asyncio.CancelledError("raised by the handler")
 
     async def fine(data: Any, client: ipcactors.Client) -> str:
         return "fine"
 
+    cancelled = plain if handler == "plain" else awaiting
     async with Actor("world", socket_root=socket_dir) as world_actor:
         server = await world_actor.serve()
-        if kind == "async after an answering one":
-            server.on("ask", fine)  # the first handler answers; the async one after it raises
+        if beside == "an answering one before it":
+            server.on("ask", fine)  # the first handler answers; the one after it raises
         server.on("ask", cancelled)
         server.on("tell", cancelled)
-        if kind == "async and a catch-all":
+        if beside == "a catch-all":
             server.on_any(lambda event, data, client: None)
         server.on("ping", lambda data, client: "pong")
         connects: list[ipcactors.Client] = []
@@ -508,7 +471,7 @@ async def test_an_async_handler_raising_cancelled_error_is_an_error_of_its_own(
         async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
             world = await hello.connect_to("world")
             with anyio.fail_after(5):
-                if kind == "async after an answering one":
+                if beside == "an answering one before it":
                     assert await world.request("ask") == "fine"
                 else:
                     with pytest.raises(ipcactors.RemoteError) as caught:
@@ -517,6 +480,10 @@ async def test_an_async_handler_raising_cancelled_error_is_an_error_of_its_own(
                 await world.emit("tell")
                 assert await world.request("ping") == "pong"  # this connection serves on
             assert len(connects) == 1  # and was never dropped
+        async with Actor("again", socket_root=socket_dir, silent=True) as again:
+            with anyio.fail_after(5):
+                world = await again.connect_to("world")
+                assert await world.request("ping") == "pong"  # and the server too
     assert any("raised by the handler" in line for line in log_lines)
 
 

@@ -4,6 +4,8 @@ both backends."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -144,6 +146,16 @@ def test_decoding_is_bounded_by_the_payload() -> None:
         decode_array(payload.replace(b"<i8", b"|O8"))
 
 
+@asynccontextmanager
+async def echoing(socket_dir: str, **options: Any) -> AsyncIterator[ipcactors.Connection]:
+    """A connection to a server that answers "echo" with what it got; both with ``options``."""
+    async with ipcactors.Actor("server", socket_root=socket_dir, **options) as server_actor:
+        server = await server_actor.serve()
+        server.on("echo", lambda x, client: x)
+        async with ipcactors.Actor("client", socket_root=socket_dir, **options) as client:
+            yield await client.connect_to("server")
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("shared", [False, True])
 async def test_a_masked_array_is_refused_not_stripped_of_its_mask(
@@ -154,15 +166,11 @@ async def test_a_masked_array_is_refused_not_stripped_of_its_mask(
     masked = np.ma.masked_array(np.arange(100_000.0), mask=np.arange(100_000) % 2 == 0)
     options = {"max_shared_bytes": 64 << 20, "shared_threshold": 1024} if shared else {}
     with anyio.fail_after(20):
-        async with ipcactors.Actor("server", socket_root=socket_dir, **options) as server_actor:
-            server = await server_actor.serve()
-            server.on("echo", lambda x, client: x)
-            async with ipcactors.Actor("client", socket_root=socket_dir, **options) as client:
-                connection = await client.connect_to("server")
-                for value in (masked, masked[:10], {"nested": [masked[:3]]}):
-                    with pytest.raises(ipcactors.EncodeError, match="masked"):
-                        await connection.request("echo", value)
-                assert await connection.request("echo", 1) == 1
+        async with echoing(socket_dir, **options) as connection:
+            for value in (masked, masked[:10], {"nested": [masked[:3]]}):
+                with pytest.raises(ipcactors.EncodeError, match="masked"):
+                    await connection.request("echo", value)
+            assert await connection.request("echo", 1) == 1
 
 
 @pytest.mark.anyio
@@ -179,15 +187,11 @@ async def test_every_dtype_numpy_writes_in_few_bytes_travels(shared: bool, socke
     ]
     options = {"max_shared_bytes": 64 << 20} if shared else {}
     with anyio.fail_after(20):
-        async with ipcactors.Actor("server", socket_root=socket_dir, **options) as server_actor:
-            server = await server_actor.serve()
-            server.on("echo", lambda x, client: x)
-            async with ipcactors.Actor("client", socket_root=socket_dir, **options) as client:
-                connection = await client.connect_to("server")
-                for array in arrays:
-                    back = await connection.request("echo", array)
-                    assert back.dtype == array.dtype  # (read-only from shared memory)
-                    np.testing.assert_array_equal(back, array)
+        async with echoing(socket_dir, **options) as connection:
+            for array in arrays:
+                back = await connection.request("echo", array)
+                assert back.dtype == array.dtype  # (read-only from shared memory)
+                np.testing.assert_array_equal(back, array)
 
 
 @pytest.mark.anyio

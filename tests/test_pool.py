@@ -366,23 +366,30 @@ async def test_functions_not_importable_by_name_are_refused(socket_dir: str) -> 
                 await p.submit(object())
 
 
+async def between_good_ones(p: Pool, bad_argument: object, match: str) -> dict[str, object]:
+    """Submit ``bad_argument`` queued with two good tasks (one batch): what each came to; the
+    bad one must be refused with an EncodeError matching ``match``."""
+    outcomes: dict[str, object] = {}
+
+    async def bad() -> None:
+        with pytest.raises(ipcactors.EncodeError, match=match):
+            await p.submit(bad_argument)
+        outcomes["bad"] = "refused"
+
+    async def good(n: int) -> None:
+        outcomes[str(n)] = await p.submit(n)
+
+    async with anyio.create_task_group() as tg:  # queued together: one batch
+        tg.start_soon(good, 2)
+        tg.start_soon(bad)
+        tg.start_soon(good, 3)
+    return outcomes
+
+
 async def test_arguments_that_cannot_travel_fail_only_their_task(socket_dir: str) -> None:
     with anyio.fail_after(20):
         async with pool(socket_dir, size=1, per_worker=4) as p:
-            outcomes: dict[str, object] = {}
-
-            async def bad() -> None:
-                with pytest.raises(ipcactors.EncodeError, match="cannot be encoded"):
-                    await p.submit(object())
-                outcomes["bad"] = "refused"
-
-            async def good(n: int) -> None:
-                outcomes[str(n)] = await p.submit(n)
-
-            async with anyio.create_task_group() as tg:  # queued together: one batch
-                tg.start_soon(good, 2)
-                tg.start_soon(bad)
-                tg.start_soon(good, 3)
+            outcomes = await between_good_ones(p, object(), "cannot be encoded")
             assert outcomes == {"2": 4, "bad": "refused", "3": 9}
 
 
@@ -397,20 +404,7 @@ async def test_data_whose_own_methods_fail_is_an_encode_error_not_the_pools_end(
     WorkerLostError."""
     with anyio.fail_after(30):
         async with pool(socket_dir, size=1, per_worker=4) as p:
-            outcomes: dict[str, object] = {}
-
-            async def bad() -> None:
-                with pytest.raises(ipcactors.EncodeError, match="KeyError"):
-                    await p.submit(_pool_tasks.Unreadable())
-                outcomes["bad"] = "refused"
-
-            async def good(n: int) -> None:
-                outcomes[str(n)] = await p.submit(n)
-
-            async with anyio.create_task_group() as tg:  # queued together: one batch
-                tg.start_soon(good, 2)
-                tg.start_soon(bad)
-                tg.start_soon(good, 3)
+            outcomes = await between_good_ones(p, _pool_tasks.Unreadable(), "KeyError")
             assert outcomes == {"2": 4, "bad": "refused", "3": 9}
             with pytest.raises(ipcactors.RemoteError) as caught:
                 await p.call(_pool_tasks.returns_unreadable)

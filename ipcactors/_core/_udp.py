@@ -166,7 +166,9 @@ class DatagramServer(HandlerMethods):
 
     # --- sending ------------------------------------------------------------------------------
 
-    def _target(self, peer: DatagramPeer | PeerAddress) -> PeerAddress:
+    async def _address(self, peer: DatagramPeer | PeerAddress) -> PeerAddress:
+        """Where ``peer`` is: checked, its host an IP address of our family (a name is looked
+        up here, once per call: see ``resolve_datagram_peer``)."""
         if isinstance(peer, DatagramPeer):
             return peer.address
         if (
@@ -186,7 +188,7 @@ class DatagramServer(HandlerMethods):
         try:
             version = ipaddress.ip_address(host.partition("%")[0]).version
         except ValueError:
-            return peer  # a name: resolved as it is sent (see _resolved)
+            return await resolve_datagram_peer(self._kind, host, port)
         if f"udp{version}" != self._kind:
             raise ConfigError(
                 f"a UDP peer of a {self._kind} server has an IPv{self._kind[-1]} address, "
@@ -194,18 +196,7 @@ class DatagramServer(HandlerMethods):
             )
         return peer
 
-    async def _resolved(self, address: PeerAddress) -> PeerAddress:
-        """``address`` with its host as an IP address of our family: a name is looked up here
-        (see ``resolve_datagram_peer``)."""
-        host, port = address
-        try:
-            ipaddress.ip_address(host.partition("%")[0])
-        except ValueError:
-            return await resolve_datagram_peer(self._kind, host, port)
-        return address
-
     async def _send(self, frame: Frame, address: PeerAddress) -> None:
-        address = await self._resolved(address)
         body = frame_bytes(frame)  # a datagram encoder's frame is the whole datagram
         if len(body) > self._max_datagram:
             raise DatagramTooLargeError(
@@ -230,7 +221,8 @@ class DatagramServer(HandlerMethods):
     async def emit(self, peer: DatagramPeer | PeerAddress, event: str, data: Any = None) -> None:
         """Send ``event`` to ``peer`` (a handle or ``(host, port)``) in one datagram."""
         check_event_name(event)
-        await self._send(self._encoder.event(event, data), self._target(peer))
+        address = await self._address(peer)
+        await self._send(self._encoder.event(event, data), address)
 
     async def request(
         self,
@@ -246,7 +238,7 @@ class DatagramServer(HandlerMethods):
         if not self._codec.carries(Request):
             raise unsupported_request(self._codec.name)
         timeout = request_timeout(timeout, self._config)
-        address = await self._resolved(self._target(peer))  # (as the answer will come from)
+        address = await self._address(peer)  # (as the answer will come from)
         request_id, pending = self._requests.open(event, timeout)  # (its own deadline: below)
         self._asked[request_id] = address
         try:
