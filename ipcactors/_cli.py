@@ -179,8 +179,33 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
+def _strictly_json(value: Any) -> Any:
+    """``value`` with what JSON has no form for made JSON: non-finite floats as
+    ``{"$float": "NaN"}``, a map key that is not a string as the JSON text of that key (bytes
+    keys, which msgpack carries). Decoded data is bounded in depth, so the recursion is too."""
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        # JSON has no NaN or infinities: JavaScript's names for them, in a map
+        return {"$float": "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"}
+    if isinstance(value, dict):
+        return {
+            key if isinstance(key, str) else dumps(key): _strictly_json(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_strictly_json(item) for item in value]
+    if isinstance(value, str | int | bool) or value is None:
+        return value
+    return _strictly_json(_jsonable(value))
+
+
 def dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=_jsonable)
+    """``value`` as one line of JSON that any reader takes (RFC 8259: no NaN)."""
+    try:
+        return json.dumps(value, ensure_ascii=False, default=_jsonable, allow_nan=False)
+    except (ValueError, TypeError):  # a non-finite float or a key JSON has no form for
+        return json.dumps(_strictly_json(value), ensure_ascii=False, allow_nan=False)
 
 
 # --- output -----------------------------------------------------------------------------------
@@ -236,23 +261,23 @@ class Output:
         if self.on_closed is not None:
             self.on_closed()
 
-    def error(self, exc: BaseException | str, hint: str = "") -> None:
-        if isinstance(exc, BaseException):
-            kind = type(exc)
-            module = "ipcactors" if kind.__module__.startswith("ipcactors") else kind.__module__
-            name = kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
-            message = str(exc) or name
-        else:
-            name, message = "error", exc
+    def usage(self, message: str) -> None:
+        """A mistake on the command line: ``{"error": "usage", ...}`` with ``--json``."""
+        self._error("usage", message)
+
+    def error(self, exc: BaseException) -> None:
+        kind = type(exc)
+        module = "ipcactors" if kind.__module__.startswith("ipcactors") else kind.__module__
+        name = kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+        self._error(name, str(exc) or name)
+
+    def _error(self, name: str, message: str) -> None:
         if self.json:
-            record = {"error": name, "message": message}
-            if hint:
-                record["hint"] = hint
-            print(dumps(record), file=sys.stderr, flush=True)
+            print(dumps({"error": name, "message": message}), file=sys.stderr, flush=True)
             return
         head = self.paint(f"{PROG}: error:", "1;31", err=True)
-        text = f"{head} {message}" if name == "error" else f"{head} {name}: {message}"
-        print(text + (f"\n{hint}" if hint else ""), file=sys.stderr, flush=True)
+        text = f"{head} {message}" if name == "usage" else f"{head} {name}: {message}"
+        print(text, file=sys.stderr, flush=True)
 
 
 # --- the actor the command plays --------------------------------------------------------------
@@ -585,10 +610,18 @@ def cmd_bench(args: argparse.Namespace, out: Output) -> int:
 # --- the parser -------------------------------------------------------------------------------
 
 
+class ArgumentsRefused(UsageError):
+    """What argparse refused, with the usage line of the (sub)command it was parsing."""
+
+    def __init__(self, message: str, usage: str, prog: str) -> None:
+        super().__init__(message)
+        self.usage, self.prog = usage, prog
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n(see {self.prog} --help)\n")
+        # Raised, not printed: ``main`` prints it as the output asks (JSON with --json).
+        raise ArgumentsRefused(message, self.format_usage(), self.prog)
 
 
 def _common() -> _Parser:
@@ -724,7 +757,17 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
     """Run the command; returns the exit status. ``exiting``: the process exits with it
     (SIGINT and SIGTERM stay kept until then: see ``KeptSignals.keep_until_exit``)."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except ArgumentsRefused as refused:
+        if "--json" in argv:
+            Output(True).usage(str(refused))
+        else:
+            sys.stderr.write(
+                f"{refused.usage}{refused.prog}: error: {refused}\n(see {refused.prog} --help)\n"
+            )
+        return EXIT_USAGE
     out = Output(args.json)
     logger.remove()
     if args.verbose:
@@ -741,7 +784,7 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
         else:
             status = args.handler(args, out)
     except UsageError as exc:
-        out.error(str(exc))
+        out.usage(str(exc))
         return EXIT_USAGE
     except ConfigError as exc:
         out.error(exc)
@@ -765,7 +808,7 @@ def _report(exc: Exception, out: Output) -> int:
         if isinstance(inner, Exception):
             return _report(inner, out)
     if isinstance(exc, UsageError):
-        out.error(str(exc))
+        out.usage(str(exc))
         return EXIT_USAGE
     if isinstance(exc, ConfigError):
         out.error(exc)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import pty
 import signal
@@ -645,3 +646,69 @@ async def test_a_peer_that_never_answers_is_a_connection_failure_named_so() -> N
             tg.cancel_scope.cancel()
     assert done.returncode == 1, done.stderr
     assert json_lines(done.stderr)[0]["error"] == "ipcactors.ConnectionFailedError"
+
+
+def strict_json(text: str) -> list[Any]:
+    """Every line of ``text`` as JSON that any parser reads: NaN and Infinity are refused
+    (Python's own ``json`` takes them; JSON does not have them)."""
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"not JSON: {constant}")
+
+    return [json.loads(line, parse_constant=refuse) for line in text.splitlines() if line]
+
+
+ODD = {"nan": math.nan, "inf": [math.inf, -math.inf], b"key": b"\x00\xff", "n": 1}
+# What ODD prints as: a map key JSON cannot hold is the JSON text of the key as a value.
+ODD_AS_JSON = {
+    "nan": {"$float": "NaN"},
+    "inf": [{"$float": "Infinity"}, {"$float": "-Infinity"}],
+    '{"$bytes": "a2V5"}': {"$bytes": "AP8="},
+    "n": 1,
+}
+
+
+async def test_data_json_cannot_hold_still_prints_as_json(socket_dir: str) -> None:
+    """A reply or an event holding NaN, infinities or bytes map keys prints as JSON all the
+    same (docs/cli.md): NaN went out as a bare ``NaN`` that JSON readers refuse, and a bytes
+    key was a TypeError traceback that ended ``request`` with status 1 and ``listen`` at once."""
+    base = ("--socket-root", socket_dir)
+    async with Actor("world", socket_root=socket_dir, **FAST) as ipc:
+        server = await ipc.serve()
+        server.on("odd", lambda data, client: ODD)
+        for extra in ((), ("--json",)):
+            reply = await cli("request", "world", "odd", *extra, *base)
+            assert reply.returncode == 0, reply.stderr
+            (line,) = strict_json(reply.stdout)
+            assert (line["reply"] if extra else line) == ODD_AS_JSON
+
+    listen = command("listen", "ear", "--json", *base)
+    async with running(listen) as process, Actor("teller", socket_root=socket_dir, **FAST) as ipc:
+        assert process.stdout is not None
+        ear = await ipc.connect_to("ear")
+        await ear.emit("odd", ODD)
+        assert await ear.request("still", 1, timeout=20) == 1  # listen answers: it lives on
+        process.send_signal(signal.SIGINT)
+        with anyio.fail_after(20):
+            assert await process.wait() == 0
+            output = b""
+            async for chunk in process.stdout:
+                output += chunk
+    lines = strict_json(output.decode())
+    assert {"type": "event", "from": "teller", "event": "odd", "data": ODD_AS_JSON} in lines
+
+
+def test_usage_errors_are_json_with_json() -> None:
+    """With --json an error is one JSON object on stderr, usage errors included: those the
+    command finds and those argparse finds (they were argparse's text, or labelled "error")."""
+    for args in (
+        ("request", "world", "x", "{not json", "--json"),
+        ("emit", "ftp://host:1", "x", "--json"),
+        ("request", "--json"),
+        ("ping", "world", "--json", "--timeout", "-1"),
+    ):
+        result = cli_sync(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        (record,) = strict_json(result.stderr)
+        assert record["error"] == "usage", (args, record)
+        assert record["message"], (args, record)
