@@ -28,6 +28,7 @@ from ipcactors import (
     RestartIntensityError,
     SocketPathTooLongError,
     SpawnError,
+    Supervisor,
 )
 
 pytestmark = pytest.mark.anyio
@@ -302,6 +303,47 @@ async def test_a_supervisor_that_cannot_serve_raises_why_and_leaves_the_task_sou
     await anyio.sleep(0.01)  # this task's scopes are sound
     async with supervisor(socket_dir) as sup:  # and a supervisor starts as usual
         assert sup.children == {}
+
+
+async def test_a_supervisor_whose_forkserver_cannot_start_says_why_and_leaves_nothing(
+    socket_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The forkserver's process cannot start (here: no interpreter at ``sys.executable``, as
+    in some embedded Pythons): a SpawnError saying so, with the OS's error as its cause, and
+    nothing left behind. Its clean-up left the task group from inside a newer scope: a bare
+    RuntimeError came out, the actor was never left (the enclosing run then failed too), and
+    its descriptors and socket directory stayed."""
+    fds = set(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(sys, "executable", os.path.join(socket_dir, "no-such-python"))
+    with pytest.raises(SpawnError, match="forkserver") as raised:
+        async with supervisor(socket_dir):
+            pytest.fail("entered")
+    assert isinstance(raised.value.__cause__, FileNotFoundError)
+    monkeypatch.undo()
+    await anyio.sleep(0.01)  # this task's scopes are sound
+    assert os.listdir(socket_dir) == []
+    assert set(os.listdir("/proc/self/fd")) <= fds
+    async with supervisor(socket_dir) as sup:  # and a supervisor starts as usual
+        assert sup.children == {}
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("log_level", None),
+        ("log_level", 5),
+        ("log_level", "LOUD"),
+        ("preload", [5]),
+        ("preload", "numpy"),
+    ],
+)
+def test_a_log_level_or_preload_children_cannot_take_is_a_config_error(
+    socket_dir: str, option: str, value: Any
+) -> None:
+    """Checked when the supervisor is made (these reached the forkserver's command line: a
+    TypeError from Popen, or a forkserver that died at its start, at the first spawn)."""
+    with pytest.raises(ConfigError, match=option):
+        Supervisor(socket_root=socket_dir, **{option: value})
 
 
 async def test_a_supervisor_cancelled_as_it_starts_leaves_the_task_sound(

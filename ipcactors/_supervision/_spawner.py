@@ -136,6 +136,9 @@ class ForkServer:
                 pass_fds=(theirs.fileno(), lifeline),
                 process_group=0,  # Ctrl-C reaches the supervisor, which stops children in order
             )
+        except OSError as exc:  # no interpreter at sys.executable, no descriptors, no memory
+            ours.close()
+            raise SpawnError(f"could not start the forkserver ({sys.executable}): {exc}") from exc
         except BaseException:
             ours.close()
             raise

@@ -116,6 +116,17 @@ __all__ = ["ChildInfo", "Supervisor"]
 
 H = TypeVar("H", bound=Handler)
 
+#: The levels a child can log at: loguru's own (a child starts afresh, without levels added here).
+CHILD_LOG_LEVELS: Final = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+
+
+def check_module_name(name: object, option: str) -> str:
+    """``name`` if it is a module's dotted name, else a ``ConfigError`` naming ``option``."""
+    if type(name) is not str or not all(part.isidentifier() for part in name.split(".")):
+        raise ConfigError(f"{option} takes module names such as 'numpy', got {name!r}")
+    return name
+
+
 _RELAY_DRAIN: Final = 1.0  # seconds relays get to pass on a stopped child's last output
 #: Children a supervisor holds at once unless told otherwise: far beyond what a machine runs
 #: as worker processes, but a limit that fails with a clear error rather than a hidden one.
@@ -226,8 +237,8 @@ class Supervisor:
       per child) on top of ``max_connections``, which bounds its other clients.
     - ``preload``: extra modules the forkserver imports once (e.g. ``["numpy"]``), so children
       start without importing them again.
-    - ``log_level``: the children's log level (``"WARNING"``: their lifecycle lines are noise;
-      their stdout and stderr are always passed on, prefixed with ``[id]``).
+    - ``log_level``: the children's log level, one of loguru's (``"WARNING"``: their lifecycle
+      lines are noise; their stdout and stderr are always passed on, prefixed with ``[id]``).
     - ``hosts``: other hosts children can be put on (``spawn(..., host=name)``), by name:
       :class:`SSHHost` (docs/remote.md), or any :class:`Placement`. Children there connect
       back over TCP, so ``auth_key`` (in ``config``) or ``tls`` is required.
@@ -288,7 +299,14 @@ class Supervisor:
         self.terminate_timeout = float(terminate_timeout)
         self.start_timeout = float(start_timeout)
         self.max_children = max_children
-        self.preload = [str(name) for name in preload]
+        if isinstance(preload, str):
+            raise ConfigError(f"preload takes a list of module names, got {preload!r}")
+        self.preload = [check_module_name(name, "preload") for name in preload]
+        if log_level not in CHILD_LOG_LEVELS:
+            raise ConfigError(
+                f"log_level must be one of loguru's levels {', '.join(CHILD_LOG_LEVELS)}, "
+                f"got {log_level!r} (children start afresh: levels added here are not theirs)"
+            )
         self.log_level = log_level
         self.config = (config or Config()).replace(id=id, **overrides)
         if not self.config.wire_codec.handshake:
@@ -374,22 +392,26 @@ class Supervisor:
             self._task_group = task_group
             self._start_forkserver()
         except BaseException as exc:
-            with anyio.CancelScope(shield=True):
+            # Scopes are left in the reverse order of their entry, each from where it is the
+            # innermost: the task group's here (cancelled, so leaving it waits for nothing),
+            # then the actor's (it shields its own close); only then are the files gone.
+            try:
                 if task_group is not None:
+                    task_group.cancel_scope.cancel()
                     if self._forkserver is not None:
-                        await self._forkserver.aclose()
+                        with anyio.CancelScope(shield=True):
+                            await self._forkserver.aclose()
                     await task_group.__aexit__(None, None, None)
+            finally:
                 if self._lifeline is not None:
                     for fd in self._lifeline:
                         os.close(fd)
                     self._lifeline = None
-            # The actor's scopes were entered before the shield's: it is left outside it (it
-            # shields its own close), and only then are its files gone.
-            try:
-                await actor.__aexit__(type(exc), exc, exc.__traceback__)
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await self._cleanup_files()
+                try:
+                    await actor.__aexit__(type(exc), exc, exc.__traceback__)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self._cleanup_files()
             raise
         runtime = current_runtime()
         if runtime is not None:
