@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import subprocess
 import sys
 from typing import Any
@@ -460,3 +461,199 @@ async def test_a_peer_named_by_host_name_is_reached_on_every_backend() -> None:
             assert await mine.request(named, "add", [1, 2], timeout=5) == 3
         with pytest.raises(ipcactors.ConfigError, match="resolve"):
             await mine.emit(("no-such-host.invalid", 9), "hi")
+
+
+EVERY_BACKEND = pytest.mark.parametrize(
+    "anyio_backend",
+    ["asyncio", pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"), "trio"],
+)
+
+
+@EVERY_BACKEND
+async def test_addresses_the_system_will_not_send_to_are_config_errors() -> None:
+    """Broadcast addresses, an IPv4 address with a scope, an IPv4-mapped address on a udp6
+    server, a peer of a server of the other IP version: a ConfigError before anything is sent,
+    on every backend, and the server serves on. Trio raised anyio.BrokenResourceError, uvloop
+    a bare ValueError, and asyncio returned and counted the datagram as sent, which nothing
+    sent (a request to one waited out its timeout)."""
+    async with (
+        Actor("world", silent=True) as world_actor,
+        Actor("four", silent=True) as four_actor,
+        Actor("six", silent=True) as six_actor,
+    ):
+        world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        world.on("add", lambda numbers, peer: sum(numbers))
+        four = await four_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        six = await six_actor.serve_net("::1", 0, udp="udp6")
+        port = world.address[1]
+        with anyio.fail_after(5):
+            assert await four.request(world.address, "add", [1]) == 1
+        peer_of_four = four.clients[world.address]
+        bad: list[tuple[Any, Any]] = [
+            (four, ("255.255.255.255", port)),
+            (four, ("127.255.255.255", port)),
+            (four, ("127.0.0.1%lo", port)),
+            (six, ("::ffff:127.0.0.1", port)),
+            (six, peer_of_four),
+        ]
+        for server, address in bad:
+            with pytest.raises(ipcactors.ConfigError, match="UDP peer"):
+                await server.emit(address, "add", [1])
+            with anyio.fail_after(2), pytest.raises(ipcactors.ConfigError, match="UDP peer"):
+                await server.request(address, "add", [1], timeout=30)
+        assert four.statistics().sent == 1
+        assert six.statistics().sent == 0
+        with anyio.fail_after(5):
+            assert await four.request(world.address, "add", [1, 2]) == 3
+
+
+@EVERY_BACKEND
+async def test_a_closed_udp_server_still_says_its_address() -> None:
+    """``address`` and ``repr`` after ``aclose``: the address it was bound to (they raised
+    OSError 'Bad file descriptor', or ValueError on uvloop)."""
+    async with Actor("world", silent=True) as world_actor:
+        world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        bound = world.address
+        await world.aclose()
+        assert world.address == bound
+        assert str(bound[1]) in repr(world)
+
+
+async def test_max_frame_size_over_udp_is_a_datagram_too_large_error() -> None:
+    """A datagram over ``max_frame_size`` (below what IP carries) is the documented
+    DatagramTooLargeError, for emit, request, broadcast and a reply (the encoder's
+    FrameTooLargeError came out instead, which ``except DatagramTooLargeError`` missed)."""
+    small = {"max_frame_size": 2048, "silent": True}
+    async with Actor("world", **small) as world_actor, Actor("hello", **small) as hello_actor:
+        world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        hello = await hello_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        world.on("big", lambda data, peer: b"x" * 4000)
+        world.on("hi", lambda data, peer: None)
+        with anyio.fail_after(5):
+            await hello.request(world.address, "hi")  # world knows hello: a broadcast reaches it
+        with pytest.raises(ipcactors.DatagramTooLargeError):
+            await hello.emit(world.address, "x", b"x" * 4000)
+        with pytest.raises(ipcactors.DatagramTooLargeError):
+            await hello.request(world.address, "x", b"x" * 4000)
+        with pytest.raises(ipcactors.DatagramTooLargeError):
+            await world.broadcast("x", b"x" * 4000)
+        with anyio.fail_after(5), pytest.raises(ipcactors.RemoteError) as raised:
+            await hello.request(world.address, "big", timeout=30)
+        assert raised.value.remote_type == "ipcactors.DatagramTooLargeError"
+
+
+async def test_a_reply_too_large_for_a_datagram_fails_the_request_at_once() -> None:
+    """A handler's answer that no datagram can carry comes back as a RemoteError naming
+    DatagramTooLargeError, as an answer that cannot be encoded does; it was logged on the
+    answering side only, and the requester waited out its whole timeout."""
+    async with Actor("world", silent=True) as world_actor, Actor("hello", silent=True) as hello_a:
+        world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        hello = await hello_a.serve_net("127.0.0.1", 0, udp="udp4")
+        world.on("big", lambda data, peer: b"x" * 70_000)
+        with anyio.fail_after(5), pytest.raises(ipcactors.RemoteError) as raised:
+            await hello.request(world.address, "big", timeout=30)
+        assert raised.value.remote_type == "ipcactors.DatagramTooLargeError"
+
+
+async def test_a_reply_counts_only_from_the_peer_asked() -> None:
+    """A reply to our request is taken only from the address the request went to: another
+    sender guessing the (small, sequential) request id answered it."""
+    async with Actor("hello", silent=True) as hello_actor:
+        hello = await hello_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        forger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            silent.bind(("127.0.0.1", 0))
+
+            async def forge() -> None:
+                await anyio.sleep(0.2)
+                for request_id in range(20):
+                    forger.sendto(msgpack.packb([2, request_id, "forged"]), hello.address)
+
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(forge)
+                with pytest.raises(ipcactors.RequestTimeoutError):
+                    await hello.request(silent.getsockname(), "ask", timeout=1)
+        finally:
+            silent.close()
+            forger.close()
+
+
+async def test_empty_node_ipc_datagrams_take_no_place_in_the_peer_table() -> None:
+    """With codec="node-ipc" an empty datagram holds no message: dropped and counted, like any
+    junk (each took a place in the table: ten of them locked a real peer out)."""
+    node_ipc = {"codec": "node-ipc", "silent": True}
+    async with (
+        Actor("world", max_connections=5, **node_ipc) as world_actor,
+        Actor("hello", **node_ipc) as hello_actor,
+    ):
+        world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        hello = await hello_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        got = anyio.Event()
+        world.on("hello", lambda data, peer: got.set())
+        junk = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(10)]
+        try:
+            for sock in junk:
+                sock.sendto(b"", world.address)
+            with anyio.fail_after(5):
+                while world.statistics().received < len(junk):
+                    await anyio.sleep(0.01)
+                await hello.emit(world.address, "hello", 1)
+                await got.wait()
+        finally:
+            for sock in junk:
+                sock.close()
+        assert list(world.clients) == [hello.address]
+        assert world.statistics().dropped_malformed == len(junk)
+
+
+def _can_forge_sources() -> bool:
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW).close()
+    except PermissionError:
+        return False
+    return True
+
+
+def _datagram_from(source: tuple[str, int], to: tuple[str, int], body: bytes) -> bytes:
+    """An IPv4 packet carrying ``body`` to ``to`` from ``source`` (for a raw socket)."""
+    udp = struct.pack(">HHHH", source[1], to[1], 8 + len(body), 0) + body
+    header = struct.pack(
+        ">BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+        socket.inet_aton(source[0]), socket.inet_aton(to[0]),
+    )  # fmt: skip
+    total = sum(struct.unpack(">10H", header))
+    total = (total & 0xFFFF) + (total >> 16)
+    checksum = ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF
+    return header[:10] + struct.pack(">H", checksum) + header[12:] + udp
+
+
+@EVERY_BACKEND
+@pytest.mark.skipif(not _can_forge_sources(), reason="forging a source address needs CAP_NET_RAW")
+async def test_a_datagram_from_a_source_no_answer_can_reach_harms_nothing() -> None:
+    """A request or event whose source is port 0 or a broadcast address (forged; loopback):
+    dropped as malformed, never in the peer table, and the server serves on. On Trio the
+    reply's failed send ended the whole actor, and an event from port 0 put a peer in the
+    table that made every later broadcast raise (the peers after it missed it)."""
+    async with Actor("world", silent=True) as world_actor, Actor("hello", silent=True) as hello_a:
+        world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        hello = await hello_a.serve_net("127.0.0.1", 0, udp="udp4")
+        world.on("add", lambda numbers, peer: sum(numbers))
+        world.on("note", lambda data, peer: None)
+        got = anyio.Event()
+        hello.on("news", lambda data, peer: got.set())
+        raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        try:
+            for source in (("127.0.0.1", 0), ("127.255.255.255", 5555)):
+                for body in (msgpack.packb([1, "add", [1], 7]), msgpack.packb([0, "note", 1])):
+                    raw.sendto(_datagram_from(source, world.address, body), ("127.0.0.1", 0))
+            with anyio.fail_after(5):
+                while world.statistics().received < 4:
+                    await anyio.sleep(0.01)
+                assert await hello.request(world.address, "add", [1, 2]) == 3
+                await world.broadcast("news")
+                await got.wait()
+        finally:
+            raw.close()
+        assert list(world.clients) == [hello.address]
+        assert world.statistics().dropped_malformed == 4

@@ -21,6 +21,7 @@ Invariants:
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 from collections import OrderedDict
@@ -37,6 +38,7 @@ from .._errors import (
     ClosedError,
     ConfigError,
     DatagramTooLargeError,
+    DecodeError,
     IPCError,
     ProtocolError,
     RequestTimeoutError,
@@ -52,7 +54,7 @@ from .._transports._datagram import (
 )
 from ._handlers import HandlerMethods, Handlers, unhandled
 from ._handling import Handling, kept_until_handled
-from ._peer import answer, check_event_name, unsupported_request
+from ._peer import answer, check_event_name, error_frame, unsupported_request
 from ._requests import Requests
 
 __all__ = ["DatagramPeer", "DatagramServer", "DatagramStatistics"]
@@ -62,6 +64,31 @@ PEER_TTL = 60.0  # seconds a peer stays in the table (and in broadcasts) after i
 MAX_REQUESTS = 64  # requests answered at once; a flood beyond them costs no task and no memory
 
 PeerAddress = tuple[str, int]
+
+_LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+_LOOPBACK_BROADCAST = ipaddress.IPv4Address("127.255.255.255")
+
+
+def _unsendable(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, host: str) -> str | None:
+    """What ``ip`` is if the system would refuse to send a datagram there, else ``None``:
+    refused here, before sending, because asyncio would tell no one (see ``_send``)."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        if ip in (_LIMITED_BROADCAST, _LOOPBACK_BROADCAST):
+            return "a broadcast address (a server sends to peers, one at a time)"
+        if "%" in host:
+            return "an IPv4 address with a scope (only IPv6 addresses have one)"
+    elif ip.ipv4_mapped is not None:
+        return "an IPv4-mapped address (serve udp4 to reach IPv4 peers)"
+    return None
+
+
+def _answerable(address: tuple[Any, ...]) -> bool:
+    """Whether a datagram from ``address`` can be answered: not from port 0 or a broadcast
+    address, which only a forged datagram comes from."""
+    if address[1] == 0:
+        return False
+    host = str(address[0])
+    return host.partition("%")[0] not in ("255.255.255.255", "127.255.255.255")
 
 
 @dataclass
@@ -127,7 +154,9 @@ class DatagramServer(HandlerMethods):
         self._handlers = Handlers()
         self._unhandled_names: set[str] = set()  # event names logged as having no handler
         self._codec = codec = config.wire_codec
-        self._encoder = codec.datagram_encoder(config.limits)
+        # The encoder's frame limit is the datagram's: too large is refused before it is made.
+        limits = dataclasses.replace(config.limits, max_frame_size=self._max_datagram)
+        self._encoder = codec.datagram_encoder(limits)
         self._encoder.tracebacks = config.remote_tracebacks is True  # anyone may send to a port
         self._decoder = codec.decoder(config.limits)
         self._requests = Requests()
@@ -136,6 +165,7 @@ class DatagramServer(HandlerMethods):
         self._answering = 0  # requests being answered (tasks), at most MAX_REQUESTS
         self._peers: OrderedDict[PeerAddress, DatagramPeer] = OrderedDict()
         self._socket: UDPSocket | None = None
+        self._bound: PeerAddress | None = None  # (host, port) once bound; kept after close
         self._stats = DatagramStatistics()
         self._scope = anyio.CancelScope()
         self._stopped = anyio.Event()
@@ -146,11 +176,8 @@ class DatagramServer(HandlerMethods):
 
     @property
     def address(self) -> PeerAddress:
-        """``(host, port)`` this server is bound to."""
-        if self._socket is not None:
-            local = self._socket.extra(SocketAttribute.local_address)
-            return (str(local[0]), int(local[1]))
-        return (self._host, self._port)
+        """``(host, port)`` this server is bound to (still, once closed)."""
+        return self._bound or (self._host, self._port)
 
     @property
     def clients(self) -> Mapping[PeerAddress, DatagramPeer]:
@@ -170,6 +197,11 @@ class DatagramServer(HandlerMethods):
         """Where ``peer`` is: checked, its host an IP address of our family (a name is looked
         up here, once per call: see ``resolve_datagram_peer``)."""
         if isinstance(peer, DatagramPeer):
+            if peer._server._kind != self._kind:
+                raise ConfigError(
+                    f"a UDP peer of a {self._kind} server has an IPv{self._kind[-1]} address, "
+                    f"got {peer!r:.80}, a peer of a {peer._server._kind} server"
+                )
             return peer.address
         if (
             not isinstance(peer, tuple)
@@ -186,14 +218,16 @@ class DatagramServer(HandlerMethods):
         if type(port) is not int or not 0 < port <= 65535:
             raise ConfigError(f"a UDP peer's port is 1-65535, got {peer!r:.80}")
         try:
-            version = ipaddress.ip_address(host.partition("%")[0]).version
+            ip = ipaddress.ip_address(host.partition("%")[0])
         except ValueError:
             return await resolve_datagram_peer(self._kind, host, port)
-        if f"udp{version}" != self._kind:
+        if f"udp{ip.version}" != self._kind:
             raise ConfigError(
                 f"a UDP peer of a {self._kind} server has an IPv{self._kind[-1]} address, "
-                f"got {peer!r:.80} (serve udp{version} to reach it)"
+                f"got {peer!r:.80} (serve udp{ip.version} to reach it)"
             )
+        if refused := _unsendable(ip, host):
+            raise ConfigError(f"a UDP peer cannot be {refused}, got {peer!r:.80}")
         return peer
 
     async def _send(self, frame: Frame, address: PeerAddress) -> None:
@@ -209,6 +243,12 @@ class DatagramServer(HandlerMethods):
                 await sock.sendto(body, *address)
         except anyio.ClosedResourceError:  # closed while this waited for its turn
             raise ClosedError(f"UDP server {self._id!r} is closed") from None
+        except (anyio.BrokenResourceError, OSError, ValueError) as exc:
+            # The system refused the address (one _address cannot tell, such as a link-local
+            # address with no route): Trio says so as BrokenResourceError, uvloop as a
+            # ValueError; asyncio tells no one (its transport passes it to error_received).
+            cause = exc.__cause__ if isinstance(exc, anyio.BrokenResourceError) else exc
+            raise ConfigError(f"a UDP peer the system cannot send to: {address} ({cause})") from exc
         self._stats.sent += 1
 
     def _check_open(self) -> UDPSocket:
@@ -273,6 +313,8 @@ class DatagramServer(HandlerMethods):
     async def _start(self, task_group: TaskGroup) -> None:
         self._owner_group = task_group
         self._socket = await open_datagram_endpoint(self._kind, self._host, self._port)
+        local = self._socket.extra(SocketAttribute.local_address)
+        self._bound = (str(local[0]), int(local[1]))
         await task_group.start(self._serve)
         self._log.info(f"serving on udp {self.address}")
 
@@ -305,6 +347,10 @@ class DatagramServer(HandlerMethods):
                 continue
             try:
                 messages = datagram_messages(self._decoder, data)
+                if not messages:
+                    raise DecodeError("a datagram with no message in it")
+                if not _answerable(address):
+                    raise DecodeError("a datagram from an address no answer can reach")
             except ProtocolError as exc:
                 self._stats.dropped_malformed += 1
                 self._log.trace(f"dropped a malformed datagram from {address}: {exc}")
@@ -334,10 +380,14 @@ class DatagramServer(HandlerMethods):
                 return
             self._answering += 1
             task_group.start_soon(self._answer, message, peer)
-        elif type(message) is Reply:
-            self._requests.resolve(message)
-        elif type(message) is ErrorReply:
-            self._requests.reject(message)
+        elif isinstance(message, Reply | ErrorReply):
+            # Taken only from where the request went: anyone can send to a port.
+            if self._asked.get(message.id) != peer.address:
+                return
+            if isinstance(message, Reply):
+                self._requests.resolve(message)
+            else:
+                self._requests.reject(message)
 
     def _answers_ours(self, messages: list[Message], address: PeerAddress) -> bool:
         """Take ``messages`` if they are all answers to requests we sent to ``address``."""
@@ -383,8 +433,11 @@ class DatagramServer(HandlerMethods):
                     self._handlers, message, (message.data, peer), self._encoder, self._log
                 )
                 try:
-                    await self._send(frame, peer.address)
-                except (IPCError, OSError) as exc:
+                    try:
+                        await self._send(frame, peer.address)
+                    except DatagramTooLargeError as exc:  # the requester must hear of it
+                        await self._send(error_frame(self._encoder, message.id, exc), peer.address)
+                except IPCError as exc:
                     self._log.warning(
                         f"reply to {message.event!r} for {peer.address} not sent: {exc}"
                     )

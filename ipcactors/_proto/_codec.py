@@ -56,7 +56,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
-from .._errors import ConfigError, UnsupportedError
+from .._errors import (
+    ConfigError,
+    DatagramTooLargeError,
+    FrameTooLargeError,
+    IPCError,
+    UnsupportedError,
+)
 from ._messages import Frame, Limits, Message
 
 __all__ = [
@@ -146,6 +152,17 @@ class Encoder(ABC):
 
     def _unsupported(self, what: str) -> UnsupportedError:
         return UnsupportedError(f"the {self.codec_name!r} codec cannot carry {what}")
+
+    @staticmethod
+    def _too_large(size: int, limit: int, datagram: bool) -> IPCError:
+        """What a frame of ``size`` bytes over ``limit`` is (nothing sent): a datagram
+        encoder's limit is the datagram's (the smaller of what IP carries and the frame's)."""
+        if datagram:
+            return DatagramTooLargeError(
+                f"a datagram of {size} bytes exceeds the limit of {limit}; send less per "
+                "event, or use a stream transport"
+            )
+        return FrameTooLargeError(size, limit)
 
     @abstractmethod
     def event(self, event: str, data: Any) -> Frame:

@@ -539,7 +539,7 @@ class MsgpackEncoder(Encoder):
         too large, or holds too many objects."""
         size = len(head) + len(packed)
         if size > self._limit:
-            raise FrameTooLargeError(size, self._limit)
+            raise self._too_large(size, self._limit, self._datagrams)
         if size > self._count_above:  # else it cannot hold too many (one byte each at least)
             self._count(head, packed, trailing)
 
@@ -559,7 +559,7 @@ class MsgpackEncoder(Encoder):
     def _with_tail(self, head: bytes, packed: bytes, tail: bytes) -> Frame:
         size = len(head) + len(packed) + len(tail)
         if size > self._limit:
-            raise FrameTooLargeError(size, self._limit)
+            raise self._too_large(size, self._limit, self._datagrams)
         if self._datagrams:
             return b"".join((head, packed, tail))
         if size >= SEPARATE_BODY_AT:  # a large body goes out as it is, the seq after it
@@ -573,7 +573,7 @@ class MsgpackEncoder(Encoder):
         parts, size = self._splice(head, packed)
         size += len(head)
         if size > self._limit:
-            raise FrameTooLargeError(size, self._limit)
+            raise self._too_large(size, self._limit, self._datagrams)
         if len(packed) > self._count_above:  # the payloads are one object each: count the rest
             self._count(head, packed, tail is not None)
         parts[0] = HEADER.pack(size) + parts[0]
@@ -610,7 +610,7 @@ class MsgpackEncoder(Encoder):
         bin_head, payload = _bin_parts(data)
         size = len(head) + len(bin_head) + len(payload)
         if size > self._limit:
-            raise FrameTooLargeError(size, self._limit)
+            raise self._too_large(size, self._limit, self._datagrams)
         return (HEADER.pack(size) + head + bin_head, payload)
 
     def event_item(self, event: str, data: Any) -> bytes | None:

@@ -104,8 +104,15 @@ class NodeIPCEncoder(Encoder):
 
     codec_name = "node-ipc"
 
-    def __init__(self, delimiter: str = DEFAULT_DELIMITER, limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        delimiter: str = DEFAULT_DELIMITER,
+        limits: Limits | None = None,
+        *,
+        datagrams: bool = False,
+    ) -> None:
         super().__init__()
+        self._datagrams = datagrams
         self._delimiter = check_delimiter(delimiter).encode()
         self._limits = Limits() if limits is None else limits
         # JSON escapes every control character: a delimiter that starts with one is found first
@@ -157,7 +164,7 @@ class NodeIPCEncoder(Encoder):
                 separators=(",", ":"),
             ).encode()
         if len(body) > self._limits.max_frame_size:
-            raise FrameTooLargeError(len(body), self._limits.max_frame_size)
+            raise self._too_large(len(body), self._limits.max_frame_size, self._datagrams)
         frame = body + self._delimiter
         if self._may_collide and frame.find(self._delimiter) != len(body):
             raise EncodeError(
@@ -306,7 +313,7 @@ class NodeIPCCodec(Codec):
         return NodeIPCEncoder(self.delimiter, limits)
 
     def datagram_encoder(self, limits: Limits) -> NodeIPCEncoder:
-        return NodeIPCEncoder(self.delimiter, limits)
+        return NodeIPCEncoder(self.delimiter, limits, datagrams=True)
 
     def decoder(self, limits: Limits) -> NodeIPCDecoder:
         return NodeIPCDecoder(self.delimiter, limits)
