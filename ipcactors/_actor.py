@@ -287,7 +287,9 @@ class Actor:
         ``tls``: a server context with a certificate loaded (refused otherwise); set its
         ``verify_mode = ssl.CERT_REQUIRED`` and ``load_verify_locations(...)`` for mutual TLS.
         ``udp="udp4"`` or ``"udp6"``: a :class:`DatagramServer` instead (no connections).
-        Raises :class:`AddressInUseError` if the port is taken.
+        Raises :class:`AddressInUseError` if the port is taken, :class:`ConfigError` if the
+        address cannot be served on here (not this host's, of the other IP version, a name
+        that does not resolve, a port it may not bind).
         """
         host = _host(host, port, "serve_net(port=...)")
         port = _port(port, self.config.network_port)

@@ -10,6 +10,7 @@ import sys
 
 import anyio
 import pytest
+from _backends import _uvloop_global_state  # noqa: F401 (uvloop's pipe, before leak checks)
 
 import ipcactors
 from ipcactors import Actor
@@ -267,16 +268,41 @@ async def test_socket_file_of_a_replacement_is_left_alone(socket_dir: str) -> No
     assert not os.path.exists(path)
 
 
+EVERY_BACKEND = pytest.mark.parametrize(
+    "anyio_backend",
+    ["asyncio", pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"), "trio"],
+)
+
+
+@EVERY_BACKEND
 @pytest.mark.parametrize("udp", [None, "udp4"])
 async def test_a_port_in_use_is_an_address_in_use_error(udp: str | None, socket_dir: str) -> None:
-    """TCP and UDP alike (a UDP port in use raised a bare OSError); the actor that was
-    refused still serves on a free port afterwards."""
+    """TCP and UDP alike (a UDP port in use raised a bare OSError, and on uvloop still did:
+    uvloop's error names EADDRINUSE only in its cause); the actor that was refused still
+    serves on a free port afterwards."""
     async with Actor("one", silent=True) as one, Actor("two", silent=True) as two:
         server = await one.serve_net("127.0.0.1", 0, udp=udp)  # type: ignore[call-overload]
         _, port = server.address
         with pytest.raises(ipcactors.AddressInUseError, match=f"{port} on 127.0.0.1 is in use"):
             await two.serve_net("127.0.0.1", port, udp=udp)  # type: ignore[call-overload]
         await two.serve_net("127.0.0.1", 0, udp=udp)  # type: ignore[call-overload]
+
+
+@EVERY_BACKEND
+@pytest.mark.parametrize(
+    ("host", "udp"),
+    [("192.0.2.1", None), ("192.0.2.1", "udp4"), ("::1", "udp4"), ("127.0.0.1", "udp6")],
+)
+async def test_an_address_this_host_cannot_serve_on_is_a_config_error(
+    host: str, udp: str | None
+) -> None:
+    """An address that is not this host's (192.0.2.1, for documentation only), or one of the
+    other IP version: ConfigError naming it, and the actor serves on afterwards. They were a
+    bare OSError ('Cannot assign requested address') or socket.gaierror."""
+    async with Actor("one", silent=True) as one:
+        with pytest.raises(ipcactors.ConfigError, match=f"cannot serve on {host}"):
+            await one.serve_net(host, 0, udp=udp)  # type: ignore[call-overload]
+        await one.serve_net("127.0.0.1", 0, udp=udp and "udp4")  # type: ignore[call-overload]
 
 
 async def test_serving_twice_is_an_error(socket_dir: str) -> None:

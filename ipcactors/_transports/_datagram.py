@@ -10,14 +10,14 @@ Invariants:
 
 from __future__ import annotations
 
-import errno
 import socket
 from typing import Final, Literal
 
 import anyio
 from anyio.abc import UDPSocket
 
-from .._errors import AddressInUseError, ConfigError
+from .._errors import ConfigError
+from ._transport import bind_error
 
 __all__ = ["MAX_DATAGRAM", "DatagramKind", "open_datagram_endpoint", "resolve_datagram_peer"]
 
@@ -35,11 +35,10 @@ async def open_datagram_endpoint(kind: DatagramKind, host: str, port: int) -> UD
             return await anyio.create_udp_socket(socket.AF_INET, local_host=host, local_port=port)
         return await anyio.create_udp_socket(socket.AF_INET6, local_host=host, local_port=port)
     except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise AddressInUseError(
-                f"UDP port {port} on {host} is in use; choose another port (or 0 for a free one)"
-            ) from exc
-        raise
+        error = bind_error(exc, "UDP", host, port)
+        if error is exc:
+            raise
+        raise error from exc
 
 
 async def resolve_datagram_peer(kind: DatagramKind, host: str, port: int) -> tuple[str, int]:

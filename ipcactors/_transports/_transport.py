@@ -33,7 +33,7 @@ from typing import Any, Final, Protocol
 import anyio
 from anyio.abc import ByteStream, SocketAttribute
 
-from .._errors import AddressInUseError, SocketPathError, TLSError
+from .._errors import AddressInUseError, ConfigError, IPCError, SocketPathError, TLSError
 from ._backend import Completion, running_asyncio_loop
 from ._fds import FdSocketStream
 from ._streams import wrap_socket
@@ -367,9 +367,15 @@ class TCPTransport:
         return stream
 
     async def listen(self, backlog: int) -> Listening:
-        infos = await anyio.getaddrinfo(
-            self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
+        try:
+            infos = await anyio.getaddrinfo(
+                self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
+        except OSError as exc:
+            error = bind_error(exc, "TCP", self.host, self.port)
+            if error is exc:
+                raise
+            raise error from exc
         family, _, _, _, sockaddr = infos[0]
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -383,14 +389,33 @@ class TCPTransport:
             sock.listen(backlog)
         except OSError as exc:
             sock.close()
-            if exc.errno == errno.EADDRINUSE:
-                raise AddressInUseError(
-                    f"TCP port {self.port} on {self.host} is in use; choose another port "
-                    "(or 0 for a free one)"
-                ) from exc
-            raise
+            error = bind_error(exc, "TCP", self.host, self.port)
+            if error is exc:
+                raise
+            raise error from exc
         host, port = sock.getsockname()[:2]
         return Listening(sock, (host, port))
+
+
+#: What binding fails with when the address is not one to serve on here (not this host's, of
+#: another IP version, a privileged port): the caller's to change.
+_NOT_SERVABLE: Final = {errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT, errno.EACCES, errno.EPERM}
+
+
+def bind_error(exc: OSError, protocol: str, host: str, port: int) -> OSError | IPCError:
+    """What ``exc``, raised looking up or binding ``(host, port)`` to serve ``protocol``, is:
+    :class:`AddressInUseError`, :class:`ConfigError` for an address that cannot be served on
+    here (a name that does not resolve included), else ``exc`` itself (out of descriptors,
+    memory: the system's state, not the address). uvloop leaves ``errno`` unset and says it in
+    the cause."""
+    code = exc.errno if exc.errno is not None else getattr(exc.__cause__, "errno", None)
+    if code == errno.EADDRINUSE:
+        return AddressInUseError(
+            f"{protocol} port {port} on {host} is in use; choose another port (or 0 for a free one)"
+        )
+    if isinstance(exc, socket.gaierror) or code in _NOT_SERVABLE:
+        return ConfigError(f"cannot serve on {host} port {port} ({protocol}): {exc}")
+    return exc
 
 
 async def _connect(sock: socket.socket, address: Any) -> None:
