@@ -209,8 +209,15 @@ class Config:
             object.__setattr__(self, "stop_retrying", 0)
         _check_type("id", self.id, str)
         _check_type("appspace", self.appspace, str)
+        if "\0" in self.appspace or "/" in self.appspace:
+            # It names the socket file in socket_root: '/' would put it elsewhere.
+            raise ConfigError(
+                f"appspace is a file name prefix, without NUL or '/', got {self.appspace!r}"
+            )
         if self.socket_root is not None:
             _check_type("socket_root", self.socket_root, str)
+            if "\0" in self.socket_root:
+                raise ConfigError(f"socket_root is a path, without NUL, got {self.socket_root!r}")
         _check_type("network_host", self.network_host, str)
         _check_type("silent", self.silent, bool)
         if self.remote_tracebacks is not None:

@@ -305,6 +305,24 @@ async def test_an_address_this_host_cannot_serve_on_is_a_config_error(
         await one.serve_net("127.0.0.1", 0, udp=udp and "udp4")  # type: ignore[call-overload]
 
 
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("appspace", "x\0y."),
+        ("appspace", "../up."),
+        ("socket_root", "/tmp/a\0b"),
+    ],
+)
+def test_an_appspace_or_socket_root_that_cannot_make_a_socket_path_is_a_config_error(
+    option: str, value: str
+) -> None:
+    """Refused when the actor is made, as a bad id is: a NUL made serve() raise a bare
+    ValueError (and connect_to use a path cut at the NUL), and a '/' in the appspace put the
+    default path outside socket_root."""
+    with pytest.raises(ipcactors.ConfigError, match=option):
+        Actor("world", **{option: value})
+
+
 async def test_serving_twice_is_an_error(socket_dir: str) -> None:
     async with Actor("world", socket_root=socket_dir, silent=True) as world:
         await world.serve()
