@@ -265,17 +265,35 @@ class _Wrapper:
         """Remove ``handler`` from ``event``, or all of its handlers when ``None``."""
         self._handlers.off(event, handler)
 
-    def on_any(self, handler: H) -> H:
-        """Register a catch-all for every event, as the async API's ``on_any`` (called as
-        ``handler(event, data, client)`` on a server); a plain ``def`` runs in a worker thread."""
-        self._handlers.on_any(handler, requests=False)
-        return handler
+    @overload
+    def on_any(self, handler: None = None) -> Callable[[H], H]: ...
 
-    def on_any_request(self, handler: H) -> H:
+    @overload
+    def on_any(self, handler: H) -> H: ...
+
+    def on_any(self, handler: H | None = None) -> H | Callable[[H], H]:
+        """Register a catch-all for every event, as the async API's ``on_any`` (called as
+        ``handler(event, data, client)`` on a server; also a decorator: ``@server.on_any()``);
+        a plain ``def`` runs in a worker thread."""
+        return self._catch_all(handler, requests=False)
+
+    @overload
+    def on_any_request(self, handler: None = None) -> Callable[[H], H]: ...
+
+    @overload
+    def on_any_request(self, handler: H) -> H: ...
+
+    def on_any_request(self, handler: H | None = None) -> H | Callable[[H], H]:
         """Register a catch-all for every request, as the async API's ``on_any_request``: it
-        answers requests that have no handler of their own."""
-        self._handlers.on_any(handler, requests=True)
-        return handler
+        answers requests that have no handler of their own (also a decorator)."""
+        return self._catch_all(handler, requests=True)
+
+    def _catch_all(self, handler: H | None, *, requests: bool) -> H | Callable[[H], H]:
+        def register(function: H) -> H:
+            self._handlers.on_any(function, requests)
+            return function
+
+        return register if handler is None else register(handler)
 
     def off_any(self, handler: Handler | None = None, *, requests: bool = False) -> None:
         """Remove the catch-all ``handler`` (of requests if ``requests``), or all of them."""

@@ -476,6 +476,31 @@ def test_catch_alls_in_a_worker_thread(
             conn.request("who", timeout=10)
 
 
+def test_catch_alls_as_decorators(backend: Literal["asyncio", "trio"], socket_dir: str) -> None:
+    """``@server.on_any()`` and ``@server.on_any_request()``, as the async API has them (they
+    raised TypeError: a missing argument)."""
+    with (
+        BlockingActor("world", socket_root=socket_dir, backend=backend, **FAST) as world,
+        BlockingActor("hello", socket_root=socket_dir, backend=backend, **FAST) as hello,
+    ):
+        server = world.serve()
+        seen: list[str] = []
+
+        @server.on_any()
+        def every_event(event: str, data: Any, client: BlockingClient) -> None:
+            seen.append(event)
+
+        @server.on_any_request()
+        def every_request(event: str, data: Any, client: BlockingClient) -> str:
+            return event.upper()
+
+        conn = hello.connect_to("world")
+        conn.emit("anything", 1)
+        assert conn.request("who", timeout=10) == "WHO"
+        wait_until(lambda: bool(seen))
+        assert seen == ["anything"]
+
+
 def run_python(*args: str) -> subprocess.CompletedProcess[str]:
     """``python *args`` with this checkout's ipcactors, to its end (bounded); its output."""
     return subprocess.run(
