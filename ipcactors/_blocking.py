@@ -20,6 +20,10 @@ Invariants:
 - After ``close()`` every method raises :class:`ClosedError`. ``close()`` (of the actor, a
   server or a connection) and ``disconnect()`` called in a plain handler start closing and
   return: the close waits for running handlers, so waiting there would wait on itself.
+- A handler that raises what is not an ``Exception`` (``sys.exit``, ``KeyboardInterrupt``)
+  ends the actor, as in the async API, without ending the loop thread under it (which would
+  leave calls nothing answers): the actor closes, its methods raise :class:`ClosedError` from
+  that exception, and ``close()`` (leaving ``with``) raises it, alone, in the caller's thread.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from ._core._stats import ConnectionStatistics, ServerStatistics
 from ._core._udp import DatagramPeer, DatagramServer, DatagramStatistics, PeerAddress
 from ._errors import ClosedError, ConfigError, IPCError
 from ._loopthreads import close_at_exit, closed, signals_deferred
-from ._transports._backend import check_backend, thread_runs_trio
+from ._transports._backend import being_cancelled, check_backend, thread_runs_trio
 
 __all__ = [
     "BlockingActor",
@@ -111,6 +115,18 @@ class _Loop:
         # Open inboxes: closed before the portal stops, which waits for the get() in flight.
         self.inboxes: set[BlockingInbox] = set()
         self.actor: Actor | None = None
+        self.stop: anyio.Event | None = None  # set: the actor's block ends (see _host)
+        #: What a handler raised that ends the program (see ``end``).
+        self.ended: BaseException | None = None
+
+    def end(self, exc: BaseException) -> None:
+        """A handler raised ``exc``, which is not an ``Exception``: the actor ends, as an
+        actor's block does in the async API, while the loop thread keeps running until
+        ``close()`` (which raises ``exc``). In the loop thread."""
+        if self.ended is None:
+            self.ended = exc
+        if self.stop is not None:
+            self.stop.set()
 
     @property
     def forked(self) -> bool:
@@ -143,6 +159,10 @@ class _Loop:
             )
         if portal is None:
             raise ClosedError(f"blocking actor {self.actor_id!r} is closed")
+        if self.ended is not None:
+            raise ClosedError(
+                f"blocking actor {self.actor_id!r} ended: a handler raised {self.ended!r}"
+            ) from self.ended
         if threading.get_ident() in _loop_threads:
             raise IPCError(
                 "a blocking method was called in a blocking actor's event loop thread (from an "
@@ -181,22 +201,38 @@ class _Handlers:
         self._adapted: dict[tuple[str | None, Handler], Handler] = {}
 
     def _adapt(self, key: str | None, handler: Handler) -> Handler:
-        if inspect.iscoroutinefunction(handler) or not callable(handler):
-            return handler
+        if not callable(handler):
+            return handler  # (refused by on())
         loop = self._loop
+        if inspect.iscoroutinefunction(handler):
 
-        async def in_thread(*args: Any) -> Any:
-            closes: list[Close] = []
-            call = partial(_run_handler, closes, handler, *(_wrap_peer(loop, arg) for arg in args))
-            try:
-                return await anyio.to_thread.run_sync(call)
-            finally:
-                for aclose in closes:
-                    loop.start_soon(aclose)  # it runs after our caller has queued the reply
+            async def in_loop(*args: Any) -> Any:
+                try:
+                    return await handler(*args)
+                except BaseException as exc:
+                    await _end_if_it_ends_the_program(loop, exc)
+                    raise
 
-        in_thread.__qualname__ = getattr(handler, "__qualname__", repr(handler))
-        self._adapted[(key, handler)] = in_thread
-        return in_thread
+            adapted: Handler = in_loop
+        else:
+
+            async def in_thread(*args: Any) -> Any:
+                closes: list[Close] = []
+                peers = (_wrap_peer(loop, arg) for arg in args)
+                call = partial(_run_handler, closes, handler, *peers)
+                try:
+                    return await anyio.to_thread.run_sync(call)
+                except BaseException as exc:
+                    await _end_if_it_ends_the_program(loop, exc)
+                    raise
+                finally:
+                    for aclose in closes:
+                        loop.start_soon(aclose)  # it runs after our caller has queued the reply
+
+            adapted = in_thread
+        adapted.__qualname__ = getattr(handler, "__qualname__", repr(handler))
+        self._adapted[(key, handler)] = adapted
+        return adapted
 
     def on(self, event: str, handler: Handler) -> None:
         self._loop.call(self._target.on, event, self._adapt(event, handler))
@@ -225,6 +261,20 @@ class _Handlers:
         else:
             handler = self._adapted.pop((key, handler), handler)
         self._loop.call(partial(self._target.off_any, handler, requests=requests))
+
+
+async def _end_if_it_ends_the_program(loop: _Loop, exc: BaseException) -> None:
+    """If the handler raised what ends a program (not an ``Exception``, not a cancellation of
+    this task), end the actor (``_Loop.end``) and wait here to be cancelled by its close: the
+    requester sees the connection go, as in the async API, and the loop thread lives on. In
+    an asyncio task ``SystemExit`` and ``KeyboardInterrupt`` may not leave the task: asyncio
+    would re-raise them out of the loop, and the loop thread would end under its callers."""
+    if isinstance(exc, Exception) or (
+        isinstance(exc, anyio.get_cancelled_exc_class()) and being_cancelled()
+    ):
+        return
+    loop.end(exc)
+    await anyio.sleep_forever()
 
 
 def _run_handler(closes: list[Close], handler: Handler, *args: Any) -> Any:
@@ -608,7 +658,7 @@ class BlockingActor:
         except BaseException:
             self.close()
             raise
-        close_at_exit(self.close)  # a program that never closes it still exits
+        close_at_exit(self._close_at_exit)  # a program that never closes it still exits
         return self
 
     def _start(self) -> None:
@@ -624,7 +674,7 @@ class BlockingActor:
             hop(partial(portal_cm.__exit__, *exc_info))
             raise
         self._portal_cm, self._host, self._actor = portal_cm, host, actor
-        self._loop.actor = actor
+        self._loop.actor, self._loop.stop = actor, host[1]
         self._loop.thread_id = thread_id = hop(partial(portal.call, threading.get_ident))
         _loop_threads.add(thread_id)
         self._loop.portal = portal
@@ -637,12 +687,25 @@ class BlockingActor:
     ) -> None:
         self.close()
 
+    def _close_at_exit(self) -> None:
+        """``close()`` at the interpreter's exit, where what a handler raised (the program
+        already ends) has nowhere to go."""
+        self._loop.ended = None
+        self.close()
+
     def close(self) -> None:
         """Flush and close every connection and the server, then stop the loop thread.
         Idempotent; called by leaving ``with``. In a plain handler: returns at once, and the
         actor starts closing when the handler returns (its reply queued first);
         ``wait_closed()`` returns once it is closed, and leaving ``with`` then stops the loop
-        thread."""
+        thread. If a handler raised what ends a program (``sys.exit``, ``KeyboardInterrupt``),
+        the actor has ended, and this raises it, once."""
+        self._close()
+        ended, self._loop.ended = self._loop.ended, None
+        if ended is not None:
+            raise ended
+
+    def _close(self) -> None:
         if self._loop.forked:
             return  # (the parent's to close: its loop thread is there)
         if getattr(_in_handler, "closes", None) is not None:

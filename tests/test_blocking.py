@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -633,4 +634,71 @@ def test_a_forked_child_is_told_its_blocking_actor_stayed_with_the_parent(
     done = run_python("-c", FORKED, backend, socket_dir)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["child: IPCError True", "parent: 3 0"]
+    assert os.listdir(socket_dir) == []
+
+
+HANDLER_EXITS = """
+import sys, threading
+import ipcactors
+
+backend, root, how = sys.argv[1:]
+with ipcactors.BlockingActor("world", backend=backend, socket_root=root, silent=True) as world:
+    server = world.serve()
+
+    def die(data, client):
+        if how == "interrupt":
+            raise KeyboardInterrupt
+        sys.exit(3)
+
+    async def die_in_the_loop(data, client):
+        sys.exit(3)
+
+    server.on("die", die_in_the_loop if how == "async exit" else die)
+
+    with ipcactors.BlockingActor("hello", backend=backend, socket_root=root, silent=True) as hello:
+        try:
+            hello.connect_to("world").request("die", timeout=10)
+        except ipcactors.ConnectionLostError:
+            print("requester: ConnectionLostError", flush=True)
+    world.wait_closed(timeout=10)  # the actor ended: its waits return
+    for call in (lambda: server.broadcast("x"), lambda: world.connect_to("nobody")):
+        outcome = []
+
+        def in_a_fresh_thread():
+            try:
+                call()
+            except ipcactors.ClosedError as exc:
+                outcome.append(f"ClosedError {type(exc.__cause__).__name__}")
+
+        thread = threading.Thread(target=in_a_fresh_thread)
+        thread.start()
+        thread.join(10)
+        print("then:", *outcome, flush=True)
+print("not reached: leaving the block raises what the handler raised", flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["exit", "async exit", "interrupt"])
+def test_a_handler_ending_the_program_ends_the_blocking_actor_and_then_the_program(
+    backend: Literal["asyncio", "trio"], socket_dir: str, how: str
+) -> None:
+    """sys.exit(3) (or KeyboardInterrupt) in a plain handler ends the actor as in the async
+    API: its waits return, its calls raise ClosedError with that cause, and leaving its block
+    raises it, alone, so the program exits as from main (3; or as at Ctrl-C). The loop
+    thread died unseen: the block went on, its calls raised anyio's bare RuntimeError ('This
+    portal is not running', or from a thread reusing the dead thread's id, an IPCError about
+    loop threads), and leaving the block raised an exception group (status 1)."""
+    done = run_python("-c", HANDLER_EXITS, backend, socket_dir, how)
+    cause = "KeyboardInterrupt" if how == "interrupt" else "SystemExit"
+    assert done.stdout.splitlines() == [
+        "requester: ConnectionLostError",
+        f"then: ClosedError {cause}",
+        f"then: ClosedError {cause}",
+    ], done.stderr
+    assert done.returncode == (-signal.SIGINT if how == "interrupt" else 3), done.stderr
+    if how == "interrupt":
+        assert done.stderr.count("Traceback") == 1, done.stderr
+        assert done.stderr.rstrip().endswith("KeyboardInterrupt"), done.stderr
+    else:
+        assert done.stderr == "", done.stderr
     assert os.listdir(socket_dir) == []
