@@ -272,3 +272,22 @@ async def test_aclose_cancelled_by_a_failing_spawn_beside_it_does_not_hang(
             pytest.fail("the late spawn did not raise ClosedError")
     assert pid is not None
     assert not alive(pid)
+
+
+@pytest.mark.parametrize("after", [0, 0.001, 0.02])
+async def test_a_cancelled_stop_still_stops_the_child(socket_dir: str, after: float) -> None:
+    """A stop whose caller is cancelled (here within 0, 1 and 20 ms) returns at once, as any
+    cancelled wait, and the child is stopped all the same: gone, no longer supervised, its id
+    free again. It stayed 'stopping' for good: still listed, requests to it waiting out their
+    timeout, its id refused by spawn, and at 0 ms its process still running."""
+    with anyio.fail_after(20):
+        async with supervisor(socket_dir, shutdown_timeout=0.3, terminate_timeout=0.3) as sup:
+            await sup.spawn(_workers.echo, id="w")
+            pid = sup.children["w"].pid
+            assert pid is not None
+            with anyio.move_on_after(after):
+                await sup.stop("w")
+            await wait_until(lambda: "w" not in sup.children)
+            await wait_until(lambda: not alive(pid))
+            await sup.spawn(_workers.echo, id="w")
+            assert await sup.request("w", "echo", 1) == 1

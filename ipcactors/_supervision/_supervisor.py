@@ -743,12 +743,35 @@ class Supervisor:
     async def stop(self, id: str) -> None:
         """Stop child ``id`` (as at shutdown: stop message, SIGTERM, SIGKILL) and stop
         supervising it; it is not restarted. A start in progress (its spawn or a restart) is
-        interrupted at once, not waited for; other children are not held up."""
+        interrupted at once, not waited for; other children are not held up. Cancelled, this
+        returns at once and the stop goes on in the supervisor's own task: a child is never
+        left half stopped."""
         self._check_open()
         child = self._children.get(id)
         if child is None:
             raise UnknownPeerError(f"supervisor {self.id!r} has no child {id!r}")
-        await self._halt(child, remove=True)
+        assert self._task_group is not None
+        done = anyio.Event()
+        failed: list[Exception] = []
+        waiting = True
+
+        async def halt() -> None:
+            try:
+                await self._halt(child, remove=True)
+            except Exception as exc:  # the caller's, if it still waits
+                if not waiting:
+                    self._log.exception(f"stopping child {id!r} failed", exc)
+                failed.append(exc)
+            finally:
+                done.set()
+
+        self._task_group.start_soon(halt)
+        try:
+            await done.wait()
+        finally:
+            waiting = False
+        if failed:
+            raise failed[0]
 
     def _remove(self, child: Child) -> None:
         if self._children.get(child.id) is child:
