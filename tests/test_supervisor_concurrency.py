@@ -20,7 +20,7 @@ import anyio
 import pytest
 from _supervising import alive, supervisor, wait_until
 
-from ipcactors import ClosedError, SpawnError, Supervisor
+from ipcactors import ClosedError, RequestTimeoutError, SpawnError, Supervisor
 
 pytestmark = pytest.mark.anyio
 
@@ -291,3 +291,34 @@ async def test_a_cancelled_stop_still_stops_the_child(socket_dir: str, after: fl
             await wait_until(lambda: not alive(pid))
             await sup.spawn(_workers.echo, id="w")
             assert await sup.request("w", "echo", 1) == 1
+
+
+async def test_emit_to_a_child_whose_connection_dropped_waits_for_it_then_times_out(
+    socket_dir: str,
+) -> None:
+    """A frozen child is dropped by the heartbeats: an emit to it waits for it to come back,
+    as for a restart, up to request_timeout (RequestTimeoutError), and goes through once it
+    reconnects. The emit never ended: it met the dropped connection again and again, and
+    after request_timeout spun the CPU doing so."""
+    heartbeats = {"heartbeat_interval": 0.2, "heartbeat_timeout": 0.5, "request_timeout": 1.5}
+    pongs: list[Any] = []
+    with anyio.fail_after(30):
+        async with supervisor(socket_dir, **heartbeats) as sup:
+            sup.on("pong", lambda data, client: pongs.append(data))
+            await sup.spawn(_workers.echo, id="w")
+            pid = sup.children["w"].pid
+            assert pid is not None
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                await wait_until(lambda: sup.server.statistics().heartbeat_timeouts > 0, 10)
+                await wait_until(lambda: not sup.children["w"].running)  # its connection gone
+                started = time.monotonic()
+                with pytest.raises(RequestTimeoutError):
+                    await sup.emit("w", "ping", 1)
+                assert time.monotonic() - started < 5
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            await sup.emit("w", "ping", 2)  # waits for its new connection
+            assert await sup.request("w", "echo", 3) == 3
+            await wait_until(lambda: 2 in pongs)
+            assert sup.children["w"].pid == pid  # the same process, reconnected

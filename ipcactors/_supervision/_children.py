@@ -143,11 +143,14 @@ class Incarnation:
 
     @property
     def running(self) -> bool:
+        """Ready, not exiting, and connected: a child whose connection dropped (its heartbeats
+        stopped) is waited for as a restarting one is, until it connects again."""
         return (
             self.ready.is_set()
             and not self.exited.is_set()
             and not self.stopping
             and self.client is not None
+            and self.client.connected
         )
 
     def on_exit(self, code: int) -> None:

@@ -384,6 +384,7 @@ class Supervisor:
             server.on(READY_EVENT, self._on_ready)
             server.on(FAILED_EVENT, self._on_failed)
             server.on("connect", self._on_connect)
+            server.on("disconnect", self._on_disconnect)
             if self.hosts:
                 await self._listen_net(actor, server)
             self._lifeline = os.pipe2(os.O_CLOEXEC)
@@ -1094,6 +1095,14 @@ class Supervisor:
             incarnation.client = client
             incarnation.child.changed()  # an emit that met the closed connection goes on
 
+    def _on_disconnect(self, client: Client) -> None:
+        # A running child's connection dropped: what waits for it to run waits on (see
+        # Incarnation.running) until it exits or connects again.
+        child = self._children.get(client.id)
+        incarnation = child.incarnation if child is not None else None
+        if incarnation is not None and incarnation.client is client:
+            incarnation.child.changed()
+
     def _on_ready(self, data: Any, client: Client) -> None:
         try:
             incarnation = self._incarnation_of(data, client)
@@ -1164,6 +1173,10 @@ class Supervisor:
                 with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
                     while incarnation.client is client and not incarnation.exited.is_set():
                         await incarnation.child.wait_changed()
+                if anyio.current_time() >= deadline:
+                    raise RequestTimeoutError(
+                        f"child {id!r} was not running within {self.config.request_timeout} s"
+                    ) from None
 
     async def request(
         self, id: str, event: str, data: Any = None, *, timeout: float | None = None
