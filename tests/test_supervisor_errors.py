@@ -227,6 +227,57 @@ async def test_a_main_function_the_child_cannot_import_is_a_spawn_error(
     assert lines[1] == "children []", out
 
 
+_NESTED_IN_MAIN = """
+import sys
+import anyio, ipcactors
+
+async def leaf(actor):
+    actor.parent.on("where", lambda data: "leaf")
+    await actor.wait_closed()
+
+async def middle(actor, root):
+    # This function runs in a child, where this script is __mp_main__: so is leaf's module.
+    found, answered = [], anyio.Event()
+
+    async def where(data):
+        await answered.wait()
+        return f"middle, over {found[0]}"
+
+    actor.parent.on("where", where)
+    async with ipcactors.Supervisor(id="mid-sup", socket_root=root, retry=0.05) as inner:
+        await inner.spawn(leaf, id="leaf")
+        found.append(await inner.request("leaf", "where"))
+        answered.set()
+        await actor.wait_closed()
+
+async def main():
+    root = sys.argv[2]
+    async with ipcactors.Supervisor(socket_root=root, retry=0.05) as sup:
+        await sup.spawn(middle, root, id="middle")
+        print(await sup.request("middle", "where", timeout=20))
+
+if __name__ == "__main__":
+    anyio.run(main, backend=sys.argv[1])
+"""
+
+
+async def test_a_child_running_a_main_script_function_supervises_its_functions_too(
+    socket_dir: str, anyio_backend: str, tmp_path: Path
+) -> None:
+    """A child whose function is the main script's runs a Supervisor of its own over that
+    script's functions (docs/supervisor.md: main-script functions work, and a child may
+    supervise): in the child the script is __mp_main__, and its functions were refused as
+    not importable by name (SpawnError)."""
+    script = tmp_path / "nested_main.py"
+    script.write_text(_NESTED_IN_MAIN)
+    with anyio.fail_after(40):
+        result = await anyio.run_process(
+            [sys.executable, str(script), anyio_backend, socket_dir], check=False
+        )
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().splitlines() == ["middle, over leaf"]
+
+
 # --- RestartIntensityError: what gave up, and why -----------------------------------------------
 
 

@@ -96,8 +96,10 @@ def target_of(fn: Callable[..., Any] | str, *, require_async: bool = True) -> Ta
         )
     main_path: str | None = None
     module = sys.modules.get(module_name)
-    if module_name == "__main__":
-        main = sys.modules["__main__"]
+    if module_name in ("__main__", "__mp_main__"):
+        # __mp_main__: a child's run of the main script (load_target), whose functions its
+        # own children find in the same script.
+        main = sys.modules[module_name]
         spec = getattr(main, "__spec__", None)
         if spec is not None and spec.name and spec.name != "__main__":
             module_name = spec.name  # run with `python -m pkg.mod`: import it by its real name
