@@ -322,3 +322,22 @@ async def test_emit_to_a_child_whose_connection_dropped_waits_for_it_then_times_
             assert await sup.request("w", "echo", 3) == 3
             await wait_until(lambda: 2 in pongs)
             assert sup.children["w"].pid == pid  # the same process, reconnected
+
+
+async def test_kill_says_its_children_are_stopping_and_they_go_at_once(socket_dir: str) -> None:
+    """``kill()`` SIGKILLs every child; ``children`` says so at once (they stayed 'running'
+    while already dead), none is restarted, and the block then ends without waiting."""
+    with anyio.fail_after(20):
+        async with supervisor(socket_dir, shutdown_timeout=10.0) as sup:
+            for id in ("a", "b"):
+                await sup.spawn(_workers.echo, id=id)
+            pids = [info.pid for info in sup.children.values()]
+            sup.kill()
+            assert {(info.state, info.running) for info in sup.children.values()} == {
+                ("stopping", False)
+            }
+            await wait_until(lambda: not any(alive(pid) for pid in pids if pid is not None))
+            await anyio.sleep(0.2)  # time to restart them, were they restarted
+            assert [info.state for info in sup.children.values()] == ["stopping", "stopping"]
+            started = time.monotonic()
+        assert time.monotonic() - started < 2

@@ -527,6 +527,9 @@ class Supervisor:
                 incarnation.stopping = True
                 if incarnation.pid is not None and incarnation.launcher is not None:
                     incarnation.launcher.kill(incarnation.pid, signal.SIGKILL)
+            if child.state != "stopped":
+                child.state = "stopping"
+            child.changed()
 
     def _check_open(self) -> None:
         if self._failure is not None:
