@@ -1,8 +1,9 @@
 """The one error hierarchy of ipcactors.
 
-Every error the library raises derives from :class:`IPCError`. Abstract bases (``IPCError``,
-``ConnectError``, ``ProtocolError``, ``SocketPathError``) are never raised directly; catch them to
-handle a whole family. Where an error also means something to Python code that knows nothing of
+Every error the library raises derives from :class:`IPCError`, which is itself raised only for
+a misuse of the API (a call in the wrong state, a handler that is not callable). The other bases
+(``ConnectError``, ``ProtocolError``, ``SocketPathError``) are never raised directly; catch them
+to handle a whole family. Where an error also means something to Python code that knows nothing of
 ipcactors, it derives from the matching builtin too (``TimeoutError``, ``ValueError``, ...).
 """
 
