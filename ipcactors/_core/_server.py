@@ -95,6 +95,9 @@ __all__ = ["Client", "Server"]
 # accept() failures that mean "out of resources for now", not "the listener is gone".
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _ACCEPT_BACKOFF = 0.1
+#: s a reconnecting client waits, at most, for the notice to its previous connection (``reject
+#: replaced``) to be written, when it could not be written at once (TLS, a busy writer).
+REPLACED_NOTICE_WAIT = 0.5
 # The share of handshake_timeout a held client waits for the server to be ready: refused a little
 # before the client's own deadline, it learns why instead of timing out.
 HOLD_SHARE = 0.9
@@ -149,8 +152,9 @@ class Client(Peer):
     def _say_replaced(self) -> None:
         """A newer connection with this id replaces this one: tell the client (``reject
         replaced``), so that one that is still alive (another process with the same id) gives
-        up instead of reconnecting and replacing the newer one in turn. Best effort: written
-        only if the writer is idle (a half-open leftover, the usual case, never reads it)."""
+        up instead of reconnecting and replacing the newer one in turn. Best effort: the
+        newer connection waits at most ``REPLACED_NOTICE_WAIT`` for it to be written (a
+        half-open leftover, the usual case, never reads it)."""
         try:
             frame = self._encoder.reject(
                 "replaced", f"another connection with the id {self.id!r} took this one's place"
@@ -158,7 +162,7 @@ class Client(Peer):
         except IPCError:  # a codec without a handshake has no reject: the connection just ends
             return
         if not self._outbox.closed:
-            self._outbox.put_reply(frame)  # queued instead if the writer is busy: then dropped
+            self._outbox.put_reply(frame)  # (queued if it cannot be written at once)
 
     def _unwritable(self) -> None:
         """Nothing more reaches this client: its requests fail (``ConnectionLostError``) and its
@@ -628,6 +632,11 @@ class Server(HandlerMethods):
         if previous is not None:
             self._log.info(f"{client.id!r} reconnected; closing its previous connection")
             previous._say_replaced()
+            if not previous._outbox.flushed and previous._channel is not None:
+                # Not written at once (a TLS stream, or a busy writer): the writer takes the
+                # notice first (priority lane); a leftover that reads nothing costs the wait.
+                with anyio.move_on_after(REPLACED_NOTICE_WAIT):
+                    await previous._outbox.wait_flushed()
             previous._outbox.close(ClosedError(f"client {client.id!r} reconnected"))
             if previous._channel is not None:
                 previous._channel.abort()
