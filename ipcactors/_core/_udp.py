@@ -10,8 +10,13 @@ Invariants:
 - An inbound datagram that is malformed (any of its messages), oversized, or from a peer beyond
   the table's bound is dropped and counted (see :meth:`DatagramServer.statistics`), never
   half decoded.
-- A peer takes a place in the table only once it sent a valid message: junk datagrams (from
-  however many addresses) cannot fill the table and lock real peers out.
+- A peer takes a place in the table only once it sent a valid message from an address an
+  answer can reach (not port 0, not a broadcast address): junk datagrams (from however many
+  addresses) cannot fill the table and lock real peers out.
+- A reply resolves one of our requests only if it comes from the address the request went to.
+- What ``emit``/``request`` are given is checked before sending (``_address``): an address the
+  system would refuse is a :class:`ConfigError` there, since asyncio reports a refused send to
+  no one; a send refused later is one too where the backend says so (Trio, uvloop).
 - The peer table is bounded by ``max_connections``; a peer not heard from for ``PEER_TTL``
   seconds is forgotten (and no longer reached by ``broadcast``).
 - One datagram is sent at a time (replies, emits and broadcasts from any number of tasks).
@@ -65,15 +70,16 @@ MAX_REQUESTS = 64  # requests answered at once; a flood beyond them costs no tas
 
 PeerAddress = tuple[str, int]
 
-_LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
-_LOOPBACK_BROADCAST = ipaddress.IPv4Address("127.255.255.255")
+#: The broadcast addresses a datagram may come from only forged, and may not be sent to
+#: without SO_BROADCAST: the limited one and loopback's.
+_BROADCASTS = frozenset(map(ipaddress.IPv4Address, ("255.255.255.255", "127.255.255.255")))
 
 
 def _unsendable(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, host: str) -> str | None:
     """What ``ip`` is if the system would refuse to send a datagram there, else ``None``:
     refused here, before sending, because asyncio would tell no one (see ``_send``)."""
     if isinstance(ip, ipaddress.IPv4Address):
-        if ip in (_LIMITED_BROADCAST, _LOOPBACK_BROADCAST):
+        if ip in _BROADCASTS:
             return "a broadcast address (a server sends to peers, one at a time)"
         if "%" in host:
             return "an IPv4 address with a scope (only IPv6 addresses have one)"
@@ -87,8 +93,10 @@ def _answerable(address: tuple[Any, ...]) -> bool:
     address, which only a forged datagram comes from."""
     if address[1] == 0:
         return False
-    host = str(address[0])
-    return host.partition("%")[0] not in ("255.255.255.255", "127.255.255.255")
+    try:
+        return ipaddress.ip_address(str(address[0]).partition("%")[0]) not in _BROADCASTS
+    except ValueError:
+        return True  # (the kernel gives addresses; an IPv6 one is never in _BROADCASTS)
 
 
 @dataclass
