@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from _backends import _uvloop_global_state, anyio_backend  # noqa: F401
 
-from ipcactors import Actor, Connection, ConnectionLostError
+from ipcactors import Actor, ConfigError, Connection, ConnectionLostError
 
 pytestmark = pytest.mark.anyio
 
@@ -205,6 +205,28 @@ async def test_empty_gives_an_array_sent_without_a_copy(socket_dir: str) -> None
             assert conn.statistics().shared_in_use == in_use  # the producer still holds it
             del out
             await _poll(lambda: conn.statistics().shared_in_use == 0, "both released")
+
+
+@pytest.mark.parametrize("shm", [True, False])
+async def test_empty_with_a_shape_or_dtype_numpy_refuses_is_a_config_error(
+    socket_dir: str, shm: bool
+) -> None:
+    """``empty()``'s arguments are checked as every other: ConfigError (numpy's own ValueError
+    or TypeError came out, with shared memory on or off), and the connection goes on."""
+    options = SHM if shm else {}
+    async with Actor("world", socket_root=socket_dir, silent=True, **options) as world:
+        server = await world.serve()
+        server.on("sum", lambda data, client: float(data.sum()))
+        async with Actor("hello", socket_root=socket_dir, silent=True, **options) as hello:
+            conn: Connection = await hello.connect_to("world")
+            for shape, dtype in [(-1, np.float64), (4, "nope"), ((2, -3), np.int8), ("4", float)]:
+                with pytest.raises(ConfigError, match="empty"):
+                    conn.empty(shape, dtype)  # type: ignore[arg-type]
+            assert conn.empty([2, np.int64(3)], "f4").shape == (2, 3)  # as numpy takes them
+            out = conn.empty(4, np.float64)
+            out[...] = 1
+            with anyio.fail_after(10):
+                assert await conn.request("sum", out) == 4
 
 
 async def test_a_pool_exhausted_by_a_receiver_that_keeps_everything_falls_back(

@@ -18,6 +18,7 @@ import inspect
 import math
 import traceback
 from collections.abc import Awaitable, Callable
+from operator import index
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
@@ -192,10 +193,22 @@ class Peer:
         this peer without a copy: inside this connection's shared memory when it has it and
         there is room, else an ordinary array (sent the usual way). Once sent, leave it as it
         is until the peer is done with it (the peer sees the very same memory); its place is
-        reused only after the peer dropped every array it got from it and you dropped it."""
+        reused only after the peer dropped every array it got from it and you dropped it.
+        A shape or dtype numpy would refuse is a :class:`ConfigError`."""
         import numpy as np
 
-        dims = (shape,) if isinstance(shape, int) else tuple(shape)
+        dims: tuple[int, ...] | None
+        try:  # as numpy takes a shape: an integer, or a tuple or list of them
+            many = isinstance(shape, tuple | list)
+            dims = tuple(map(index, shape)) if many else (index(shape),)  # type: ignore[arg-type]
+        except TypeError:
+            dims = None
+        if dims is None or any(n < 0 for n in dims):
+            raise ConfigError(f"empty() takes a shape of sizes >= 0, got {shape!r:.80}")
+        try:
+            dtype = np.dtype(dtype)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"empty() takes a numpy dtype, got {dtype!r:.80}: {exc}") from None
         shared = self._shared
         if shared is not None:
             array = shared.empty(dims, dtype)
