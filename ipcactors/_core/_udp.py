@@ -72,14 +72,14 @@ PeerAddress = tuple[str, int]
 
 #: The broadcast addresses a datagram may come from only forged, and may not be sent to
 #: without SO_BROADCAST: the limited one and loopback's.
-_BROADCASTS = frozenset(map(ipaddress.IPv4Address, ("255.255.255.255", "127.255.255.255")))
+_BROADCASTS = frozenset({"255.255.255.255", "127.255.255.255"})
 
 
 def _unsendable(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, host: str) -> str | None:
     """What ``ip`` is if the system would refuse to send a datagram there, else ``None``:
     refused here, before sending, because asyncio would tell no one (see ``_send``)."""
     if isinstance(ip, ipaddress.IPv4Address):
-        if ip in _BROADCASTS:
+        if str(ip) in _BROADCASTS:
             return "a broadcast address (a server sends to peers, one at a time)"
         if "%" in host:
             return "an IPv4 address with a scope (only IPv6 addresses have one)"
@@ -89,14 +89,10 @@ def _unsendable(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, host: str) ->
 
 
 def _answerable(address: tuple[Any, ...]) -> bool:
-    """Whether a datagram from ``address`` can be answered: not from port 0 or a broadcast
-    address, which only a forged datagram comes from."""
-    if address[1] == 0:
-        return False
-    try:
-        return ipaddress.ip_address(str(address[0]).partition("%")[0]) not in _BROADCASTS
-    except ValueError:
-        return True  # (the kernel gives addresses; an IPv6 one is never in _BROADCASTS)
+    """Whether a datagram from ``address`` (as the kernel gives it: no parsing, on every
+    datagram) can be answered: not from port 0 or a broadcast address, which only a forged
+    datagram comes from."""
+    return address[1] != 0 and address[0] not in _BROADCASTS
 
 
 @dataclass

@@ -17,7 +17,7 @@ import anyio
 from anyio.abc import UDPSocket
 
 from .._errors import ConfigError
-from ._transport import bind_error
+from ._transport import raise_bind_error
 
 __all__ = ["MAX_DATAGRAM", "DatagramKind", "open_datagram_endpoint", "resolve_datagram_peer"]
 
@@ -35,10 +35,7 @@ async def open_datagram_endpoint(kind: DatagramKind, host: str, port: int) -> UD
             return await anyio.create_udp_socket(socket.AF_INET, local_host=host, local_port=port)
         return await anyio.create_udp_socket(socket.AF_INET6, local_host=host, local_port=port)
     except OSError as exc:
-        error = bind_error(exc, "UDP", host, port)
-        if error is exc:
-            raise
-        raise error from exc
+        raise_bind_error(exc, "UDP", host, port)
 
 
 async def resolve_datagram_peer(kind: DatagramKind, host: str, port: int) -> tuple[str, int]:

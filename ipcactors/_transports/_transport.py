@@ -28,12 +28,12 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, NoReturn, Protocol
 
 import anyio
 from anyio.abc import ByteStream, SocketAttribute
 
-from .._errors import AddressInUseError, ConfigError, IPCError, SocketPathError, TLSError
+from .._errors import AddressInUseError, ConfigError, SocketPathError, TLSError
 from ._backend import Completion, running_asyncio_loop
 from ._fds import FdSocketStream
 from ._streams import wrap_socket
@@ -372,10 +372,7 @@ class TCPTransport:
                 self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
             )
         except OSError as exc:
-            error = bind_error(exc, "TCP", self.host, self.port)
-            if error is exc:
-                raise
-            raise error from exc
+            raise_bind_error(exc, "TCP", self.host, self.port)
         family, _, _, _, sockaddr = infos[0]
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -389,33 +386,32 @@ class TCPTransport:
             sock.listen(backlog)
         except OSError as exc:
             sock.close()
-            error = bind_error(exc, "TCP", self.host, self.port)
-            if error is exc:
-                raise
-            raise error from exc
+            raise_bind_error(exc, "TCP", self.host, self.port)
         host, port = sock.getsockname()[:2]
         return Listening(sock, (host, port))
 
 
 #: What binding fails with when the address is not one to serve on here (not this host's, of
 #: another IP version, a privileged port): the caller's to change.
-_NOT_SERVABLE: Final = {errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT, errno.EACCES, errno.EPERM}
+_NOT_SERVABLE: Final = frozenset(
+    {errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT, errno.EACCES, errno.EPERM}
+)
 
 
-def bind_error(exc: OSError, protocol: str, host: str, port: int) -> OSError | IPCError:
-    """What ``exc``, raised looking up or binding ``(host, port)`` to serve ``protocol``, is:
-    :class:`AddressInUseError`, :class:`ConfigError` for an address that cannot be served on
-    here (a name that does not resolve included), else ``exc`` itself (out of descriptors,
+def raise_bind_error(exc: OSError, protocol: str, host: str, port: int) -> NoReturn:
+    """Raise what ``exc``, met looking up or binding ``(host, port)`` to serve ``protocol``,
+    is: :class:`AddressInUseError`, :class:`ConfigError` for an address that cannot be served
+    on here (a name that does not resolve included), else ``exc`` itself (out of descriptors,
     memory: the system's state, not the address). uvloop leaves ``errno`` unset and says it in
     the cause."""
     code = exc.errno if exc.errno is not None else getattr(exc.__cause__, "errno", None)
     if code == errno.EADDRINUSE:
-        return AddressInUseError(
+        raise AddressInUseError(
             f"{protocol} port {port} on {host} is in use; choose another port (or 0 for a free one)"
-        )
+        ) from exc
     if isinstance(exc, socket.gaierror) or code in _NOT_SERVABLE:
-        return ConfigError(f"cannot serve on {host} port {port} ({protocol}): {exc}")
-    return exc
+        raise ConfigError(f"cannot serve on {host} port {port} ({protocol}): {exc}") from exc
+    raise exc
 
 
 async def _connect(sock: socket.socket, address: Any) -> None:
