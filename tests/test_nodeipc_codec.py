@@ -241,12 +241,24 @@ def test_prototype_names_are_plain_events() -> None:
 
 def test_max_frame_size_is_checked_before_buffering_more() -> None:
     decoder = NodeIPCDecoder(limits=Limits(max_frame_size=1000))
-    decoder.feed(b"x" * 1000)  # exactly at the limit, no delimiter yet
+    decoder.feed(b'{"type":"a","data":"' + b"x" * 980)  # exactly at the limit, no delimiter
     with pytest.raises(FrameTooLargeError):
         decoder.feed(b"x")
     decoder = NodeIPCDecoder(limits=Limits(max_frame_size=30))
     with pytest.raises(FrameTooLargeError):  # complete, but too large
         decoder.feed(b'{"type":"a","data":"' + b"y" * 20 + b'"}\f')
+
+
+def test_a_frame_that_cannot_start_a_json_object_is_refused_at_once() -> None:
+    for pending in (b"\x16\x03\x01\x02\x00", b"  \r\n[1,2", b"x"):
+        decoder = NodeIPCDecoder()
+        with pytest.raises(DecodeError, match="starts with"):
+            decoder.feed(pending)  # no delimiter yet
+    decoder = NodeIPCDecoder()
+    received = decoder.feed(b'{"type":"a","data":1}\f \n')
+    assert decoder.feed(b'{"type":"b"') == []  # JSON's spaces first, then the object
+    received += decoder.feed(b',"data":2}\f')
+    assert [(event.event, event.data) for event in received] == [("a", 1), ("b", 2)]
 
 
 def test_a_64_mb_frame_frames_in_linear_time() -> None:

@@ -150,6 +150,29 @@ async def test_tls_failures_are_typed_and_not_retried(
             await assert_still_serving(server, good_client)
 
 
+@pytest.mark.parametrize("codec", ["msgpack", "node-ipc"])
+async def test_tls_client_on_a_plain_port_fails_at_once_saying_why(
+    codec: str, ca: trustme.CA
+) -> None:
+    # The node-ipc codec has no handshake: its server took the ClientHello as the start of a
+    # frame and waited for a delimiter the random bytes held only sometimes, so the client
+    # timed out (and retried) or failed, by chance.
+    async with Actor("world", silent=True, codec=codec) as plain_actor:
+        plain = await plain_actor.serve_net(HOST, 0)
+        for _ in range(4):
+            async with Actor("hello", silent=True, retry=0.05, codec=codec) as hello:
+                with anyio.fail_after(2), pytest.raises(ipcactors.TLSError) as caught:
+                    await hello.connect_to_net("world", HOST, port(plain), tls=client_context(ca))
+                assert "is the server speaking TLS?" in str(caught.value)
+        seen = anyio.Event()
+        plain.on("still", lambda data, client: seen.set())
+        async with Actor("good", silent=True, codec=codec) as good:
+            connection = await good.connect_to_net("world", HOST, port(plain))
+            await connection.emit("still", 1)
+            with anyio.fail_after(5):
+                await seen.wait()
+
+
 async def test_plain_client_on_a_tls_port_is_told(ca: trustme.CA) -> None:
     async with tls_server(server_context(ca)) as server, Actor("hello", silent=True) as hello:
         with anyio.fail_after(3), pytest.raises(ipcactors.RejectedError, match="requires TLS") as e:

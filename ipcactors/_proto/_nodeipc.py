@@ -12,6 +12,8 @@ Invariants owned here:
   buffer on every read: a 64 MB frame takes them ~26 s).
 - Nothing unbounded is buffered: bytes without a delimiter beyond ``max_frame_size`` are a
   :class:`FrameTooLargeError` as soon as they are received (one read's worth at most).
+- A frame that cannot begin a JSON object (its first byte past JSON's spaces is not ``{``)
+  is a :class:`DecodeError` as soon as that byte arrives, before any delimiter.
 - A frame that is not UTF-8 JSON (strictly: no UTF-16 or UTF-32, no surrogates' bytes), not an
   object, or whose ``type`` is missing, not a non-empty
   string or a reserved name is a :class:`DecodeError`. The first error breaks a
@@ -65,6 +67,10 @@ NODE_IPC_RESERVED: Final = frozenset(
 )
 
 
+_JSON_SPACE: Final = b" \t\n\r"
+_START_WINDOW: Final = 64  # bytes looked at for a frame's first one (past JSON's spaces)
+
+
 def check_delimiter(delimiter: object) -> str:
     """Return ``delimiter`` if it is a usable frame delimiter, else raise :class:`ConfigError`."""
     if type(delimiter) is not str or not delimiter:
@@ -85,6 +91,17 @@ def _reserved(event: str) -> bool:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _check_frame_start(pending: bytearray) -> None:
+    """Raise :class:`DecodeError` if ``pending``, the start of a frame, cannot begin a JSON
+    object: a peer speaking something else (a TLS client's hello, say) is refused as soon as
+    it speaks, not whenever its bytes happen to hold the delimiter."""
+    first = pending[:_START_WINDOW].lstrip(_JSON_SPACE)[:1]
+    if first and first != b"{":
+        raise DecodeError(
+            f"a node-ipc frame is a JSON object; this one starts with {bytes(pending[:8])!r}"
+        )
 
 
 def _within_depth(value: Any, budget: int) -> bool:
@@ -237,6 +254,8 @@ class NodeIPCDecoder(Decoder):
         self._scanned = max(0, len(buffer) - width + 1)
         if len(buffer) > limit:
             raise FrameTooLargeError(len(buffer), limit)
+        if buffer and buffer[0] != 0x7B:  # not "{": refused at once, not at the delimiter
+            _check_frame_start(buffer)
         return events
 
     def decode_datagram(self, datagram: bytes | bytearray | memoryview) -> list[Message]:

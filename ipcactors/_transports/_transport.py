@@ -251,6 +251,10 @@ def tls_error(exc: BaseException) -> TLSError | None:
             reason = cause.reason or str(cause)
             hint = {
                 "WRONG_VERSION_NUMBER": " (is the server speaking TLS?)",
+                # A plain server that closes on the client's hello (the node-ipc codec's does).
+                "UNEXPECTED_EOF_WHILE_READING": (
+                    ": the server hung up during the TLS handshake (is the server speaking TLS?)"
+                ),
                 "CERTIFICATE_REQUIRED": " (the server requires a client certificate)",
                 "TLSV13_ALERT_CERTIFICATE_REQUIRED": " (the server requires a client certificate)",
             }.get(str(reason).upper(), "")
