@@ -66,6 +66,7 @@ class PoolExecutor(concurrent.futures.Executor):
         self._lock = threading.Lock()
         self._futures: set[concurrent.futures.Future[Any]] = set()
         self._shutdown = False
+        self._kill = False  # the workers are killed once the tasks are settled (Ctrl-C)
         self._closed = threading.Event()
         self._error: Exception | None = None  # why the pool ended, if it gave up
         close_at_exit(self.shutdown)
@@ -103,9 +104,13 @@ class PoolExecutor(concurrent.futures.Executor):
         tb: TracebackType | None,
     ) -> Literal[False]:
         # Ctrl-C (or SystemExit) does not wait for the tasks that run: the workers lead their
-        # own process groups, so the terminal's SIGINT never reached them. An ordinary
+        # own process groups, so the terminal's SIGINT never reached them; a plain function,
+        # cancelled, runs on and would keep its worker from stopping politely, so the workers
+        # are killed, as the terminal's SIGINT kills the standard executors'. An ordinary
         # exception is the caller's own: its tasks finish, as with the standard executors.
         leaving = exc_type is not None and not issubclass(exc_type, Exception)
+        with self._lock:
+            self._kill |= leaving and not self._shutdown
         self.shutdown(wait=True, cancel_futures=leaving)
         return False
 
@@ -133,6 +138,8 @@ class PoolExecutor(concurrent.futures.Executor):
         closed(self)
         try:
             concurrent.futures.wait(futures)
+            if self._kill:
+                self._portal.call(self._pool.supervisor.kill)
             assert self._pool_cm is not None
             self._pool_cm.__exit__(None, None, None)
         except Exception as exc:  # (logged by the supervisor as it gave up)
