@@ -112,7 +112,8 @@ class AuthenticationError(RejectedError):
 
 class TLSError(AuthenticationError):
     """TLS failed: the server's certificate did not verify, ours was refused, or the two sides
-    share no TLS version. Never retried. ``reason`` is ``"tls"``."""
+    share no TLS version. Never retried (a connection that ends during the TLS handshake is
+    not one: that attempt failed, and is retried). ``reason`` is ``"tls"``."""
 
 
 class ConnectionLostError(ConnectError, ConnectionError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -14,6 +14,7 @@ import anyio
 import anyio.abc
 import pytest
 import trustme
+from _faultproxy import FaultProxy
 from anyio.streams.tls import TLSStream
 
 import ipcactors
@@ -154,16 +155,23 @@ async def test_tls_failures_are_typed_and_not_retried(
 async def test_tls_client_on_a_plain_port_fails_at_once_saying_why(
     codec: str, ca: trustme.CA
 ) -> None:
-    # The node-ipc codec has no handshake: its server took the ClientHello as the start of a
-    # frame and waited for a delimiter the random bytes held only sometimes, so the client
-    # timed out (and retried) or failed, by chance.
+    # Our server answers a TLS hello in plain (TLSError, never retried), or with the node-ipc
+    # codec, which has no way to answer, hangs up at once (a failed attempt, as any server that
+    # closes at once). That server took the hello as the start of a frame and waited for a
+    # delimiter its random bytes held only sometimes: the client timed out, or failed, by chance.
     async with Actor("world", silent=True, codec=codec) as plain_actor:
         plain = await plain_actor.serve_net(HOST, 0)
         for _ in range(4):
-            async with Actor("hello", silent=True, retry=0.05, codec=codec) as hello:
-                with anyio.fail_after(2), pytest.raises(ipcactors.TLSError) as caught:
+            async with Actor(
+                "hello", silent=True, retry=0.01, stop_retrying=2, codec=codec
+            ) as hello:
+                with anyio.fail_after(2), pytest.raises(ipcactors.ConnectionFailedError) as e:
                     await hello.connect_to_net("world", HOST, port(plain), tls=client_context(ca))
-                assert "is the server speaking TLS?" in str(caught.value)
+                if codec == "msgpack":
+                    assert isinstance(e.value, ipcactors.TLSError)
+                    assert "is the server speaking TLS?" in str(e.value)
+                else:
+                    assert "ended during the TLS handshake" in str(e.value.__cause__)
         seen = anyio.Event()
         plain.on("still", lambda data, client: seen.set())
         async with Actor("good", silent=True, codec=codec) as good:
@@ -171,6 +179,57 @@ async def test_tls_client_on_a_plain_port_fails_at_once_saying_why(
             await connection.emit("still", 1)
             with anyio.fail_after(5):
                 await seen.wait()
+
+
+async def test_a_tls_handshake_the_server_hangs_up_on_is_a_failed_attempt(ca: trustme.CA) -> None:
+    # As a plain server that takes connections and closes them at once (guide, "Retry"): the
+    # backoff and stop_retrying, then ConnectionFailedError. It was a TLSError at once, never
+    # retried, as if the certificate were wrong.
+    accepted = 0
+
+    async def hang_up(stream: anyio.abc.SocketStream) -> None:
+        nonlocal accepted
+        accepted += 1
+        await stream.aclose()
+
+    async with await anyio.create_tcp_listener(local_host=HOST) as listener:
+        async with anyio.create_task_group() as group:
+            group.start_soon(listener.serve, hang_up)
+            where = listener.extra(anyio.abc.SocketAttribute.local_port)
+            async with Actor("hello", silent=True, retry=0.01, stop_retrying=3) as hello:
+                with anyio.fail_after(5), pytest.raises(ipcactors.ConnectionFailedError) as e:
+                    await hello.connect_to_net("world", HOST, where, tls=client_context(ca))
+            assert not isinstance(e.value, ipcactors.TLSError)
+            assert "the connection ended during the TLS handshake" in str(e.value.__cause__)
+            assert accepted == 4
+            group.cancel_scope.cancel()
+
+
+async def test_an_acked_tls_link_whose_reconnect_is_cut_in_its_handshake_resumes(
+    ca: trustme.CA, socket_dir: str, fault_proxy: Callable[..., FaultProxy]
+) -> None:
+    # A server restarting, or a flaky network, cuts a reconnect's TLS handshake: the
+    # connection gave up for good (ClosedError on every emit, its events reported unsent).
+    got: list[int] = []
+    async with Actor("world", socket_root=socket_dir, silent=True, acked="on") as world_actor:
+        server = await world_actor.serve_net(HOST, 0, tls=server_context(ca))
+        server.on("n", lambda data, client: got.append(data))
+        async with (
+            fault_proxy(server.address) as proxy,
+            Actor("hello", socket_root=socket_dir, silent=True, acked="on", retry=0.02) as hello,
+        ):
+            world = await hello.connect_to_net("world", *proxy.address, tls=client_context(ca))
+            with anyio.fail_after(10):
+                for n in range(5):
+                    await world.emit("n", n)
+                await world.wait_acknowledged()
+                proxy.cut_after(1, "down")  # the next link ends in its TLS handshake
+                proxy.reset()  # the live link goes now
+                for n in range(5, 10):
+                    await world.emit("n", n)
+                await world.wait_acknowledged()
+            assert got == list(range(10))
+            assert proxy.stats.accepted >= 3
 
 
 async def test_plain_client_on_a_tls_port_is_told(ca: trustme.CA) -> None:

@@ -32,7 +32,7 @@ from anyio.streams.tls import TLSStream
 
 from .._errors import ConfigError, ProtocolError
 from ._streams import shared_sender
-from ._transport import Listening, TCPTransport, tls_error
+from ._transport import Listening, TCPTransport, tls_cut, tls_error
 
 __all__ = ["NotTLSError", "TLSTransport", "check_server_context"]
 
@@ -204,6 +204,8 @@ class TLSTransport:
             error = tls_error(exc)
             if error is not None:
                 raise error from exc
+            if isinstance(exc, (anyio.EndOfStream, anyio.BrokenResourceError, OSError)):
+                raise tls_cut(exc) from exc
             raise
 
     async def listen(self, backlog: int) -> Listening:

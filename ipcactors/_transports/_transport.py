@@ -241,20 +241,33 @@ def is_fatal_connect_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENAMETOOLONG, errno.ENOTSOCK)
 
 
+# What OpenSSL raises when the bytes stop coming: the connection ended, TLS did not fail.
+_CONNECTION_ENDED: Final = (
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+    ssl.SSLSyscallError,
+    ssl.SSLWantReadError,
+    ssl.SSLWantWriteError,
+)
+
+
 def tls_error(exc: BaseException) -> TLSError | None:
-    """The :class:`TLSError` an exception stands for, if it is (or wraps) an SSL failure."""
+    """The :class:`TLSError` an exception stands for, if it is (or wraps) a TLS failure that
+    the same attempt would meet again (a certificate, a version, an alert); ``None`` for any
+    other, a connection that ended mid-handshake included: that is a failed attempt, retried
+    as any other (see :func:`tls_cut`)."""
+    if not isinstance(exc, Exception):  # a cancellation is never one, whatever it interrupted
+        return None
     cause: BaseException | None = exc
     for _ in range(3):
         if isinstance(cause, ssl.SSLCertVerificationError):
             return TLSError(f"TLS certificate verification failed: {cause.verify_message}", "tls")
         if isinstance(cause, ssl.SSLError):
             reason = cause.reason or str(cause)
+            if isinstance(cause, _CONNECTION_ENDED) or reason == "UNEXPECTED_EOF_WHILE_READING":
+                return None
             hint = {
                 "WRONG_VERSION_NUMBER": " (is the server speaking TLS?)",
-                # A plain server that closes on the client's hello (the node-ipc codec's does).
-                "UNEXPECTED_EOF_WHILE_READING": (
-                    ": the server hung up during the TLS handshake (is the server speaking TLS?)"
-                ),
                 "CERTIFICATE_REQUIRED": " (the server requires a client certificate)",
                 "TLSV13_ALERT_CERTIFICATE_REQUIRED": " (the server requires a client certificate)",
             }.get(str(reason).upper(), "")
@@ -263,6 +276,16 @@ def tls_error(exc: BaseException) -> TLSError | None:
             break
         cause = cause.__cause__ or cause.__context__
     return None
+
+
+def tls_cut(exc: BaseException) -> ConnectionAbortedError:
+    """What a TLS handshake that the connection's end cut short is: a failed attempt (as a
+    plain server that closes at once), its message saying where it ended."""
+    error = ConnectionAbortedError(
+        "the connection ended during the TLS handshake (the server hung up: is it speaking TLS?)"
+    )
+    error.__cause__ = exc
+    return error
 
 
 # TLS alerts by which a server refuses our certificate (or the lack of one). Under TLS 1.3 they
