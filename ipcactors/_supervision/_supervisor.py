@@ -1158,7 +1158,8 @@ class Supervisor:
         raise RequestTimeoutError(f"child {id!r} was not running within {timeout} s")
 
     async def emit(self, id: str, event: str, data: Any = None) -> None:
-        """Send ``event`` to child ``id`` (at most once). While the child is restarting, waits
+        """Send ``event`` to child ``id``: at most once, or with ``acked="on"`` at least once
+        (exactly once while the child's process lives). While the child is restarting, waits
         for it (up to ``Config.request_timeout``, then :class:`RequestTimeoutError`), also
         when it dies in the middle of this call."""
         deadline = anyio.current_time() + self.config.request_timeout
