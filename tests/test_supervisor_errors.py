@@ -386,6 +386,9 @@ async def test_a_supervisor_whose_forkserver_cannot_start_says_why_and_leaves_no
         ("log_level", "LOUD"),
         ("preload", [5]),
         ("preload", "numpy"),
+        ("preload", None),
+        ("preload", 5),
+        ("preload", {"numpy": 1}),
     ],
 )
 def test_a_log_level_or_preload_children_cannot_take_is_a_config_error(

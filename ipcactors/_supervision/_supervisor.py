@@ -299,8 +299,8 @@ class Supervisor:
         self.terminate_timeout = float(terminate_timeout)
         self.start_timeout = float(start_timeout)
         self.max_children = max_children
-        if isinstance(preload, str):
-            raise ConfigError(f"preload takes a list of module names, got {preload!r}")
+        if not isinstance(preload, list | tuple):
+            raise ConfigError(f"preload takes a list of module names, got {preload!r:.80}")
         self.preload = [check_module_name(name, "preload") for name in preload]
         if log_level not in CHILD_LOG_LEVELS:
             raise ConfigError(
