@@ -151,6 +151,14 @@ class _Loop:
     def call(self, fn: Callable[..., T], *args: Any) -> T: ...
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self.ended is not None and not self.forked:
+            raise ClosedError(
+                f"blocking actor {self.actor_id!r} ended: a handler raised {self.ended!r}"
+            ) from self.ended
+        return self.reach(fn, *args)
+
+    def reach(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``call`` for what ends things (closing an inbox), also once the actor ended."""
         portal = self.portal
         if self.forked:
             raise IPCError(
@@ -159,10 +167,6 @@ class _Loop:
             )
         if portal is None:
             raise ClosedError(f"blocking actor {self.actor_id!r} is closed")
-        if self.ended is not None:
-            raise ClosedError(
-                f"blocking actor {self.actor_id!r} ended: a handler raised {self.ended!r}"
-            ) from self.ended
         if threading.get_ident() in _loop_threads:
             raise IPCError(
                 "a blocking method was called in a blocking actor's event loop thread (from an "
@@ -435,9 +439,11 @@ class BlockingInbox(AbstractContextManager["BlockingInbox"]):
         self._closed = True
         self._loop.inboxes.discard(self)
         if self._loop.portal is not None:
-            self._loop.call(self._close)
+            self._loop.reach(self._close)
 
     def _close(self) -> None:
+        """In the loop thread: by ``close()``, or as the actor's block ends (``_host``)."""
+        self._loop.inboxes.discard(self)
         # The send side first: a reader waiting in get() ends (EndOfStream); then the receive
         # side: a handler waiting to put is let go (BrokenResourceError), the rest dropped.
         self._send.close()
@@ -586,13 +592,20 @@ class BlockingServer(_Wrapper):
         self._loop.close(self.wrapped.aclose)
 
 
-async def _host(actor: Actor, *, task_status: anyio.abc.TaskStatus[anyio.Event]) -> None:
+async def _host(
+    actor: Actor, loop: _Loop, *, task_status: anyio.abc.TaskStatus[anyio.Event]
+) -> None:
     """The actor's ``async with``, in one task of the loop thread until ``stop`` is set (or the
-    actor closes itself: its ``aclose()`` cancels this wait, which ends the block cleanly)."""
+    actor closes itself: its ``aclose()`` cancels this wait, which ends the block cleanly).
+    Its inboxes close with it: a reader waiting in ``get()`` ends, however the actor ended."""
     stop = anyio.Event()
-    async with actor:
-        task_status.started(stop)
-        await stop.wait()
+    try:
+        async with actor:
+            task_status.started(stop)
+            await stop.wait()
+    finally:
+        for inbox in list(loop.inboxes):
+            inbox._close()
 
 
 def _wait_timeout(timeout: object) -> float | None:
@@ -668,7 +681,7 @@ class BlockingActor:
         portal = hop(portal_cm.__enter__)
         try:
             actor = hop(partial(portal.call, partial(Actor, self.id, self.config)))
-            host = hop(partial(portal.start_task, _host, actor))
+            host = hop(partial(portal.start_task, _host, actor, self._loop))
         except BaseException:
             exc_info = sys.exc_info()
             hop(partial(portal_cm.__exit__, *exc_info))

@@ -654,6 +654,9 @@ with ipcactors.BlockingActor("world", backend=backend, socket_root=root, silent=
         sys.exit(3)
 
     server.on("die", die_in_the_loop if how == "async exit" else die)
+    inbox = server.inbox("news")
+    reader = threading.Thread(target=lambda: [None for _ in inbox])  # until the inbox closes
+    reader.start()
 
     with ipcactors.BlockingActor("hello", backend=backend, socket_root=root, silent=True) as hello:
         try:
@@ -661,6 +664,8 @@ with ipcactors.BlockingActor("world", backend=backend, socket_root=root, silent=
         except ipcactors.ConnectionLostError:
             print("requester: ConnectionLostError", flush=True)
     world.wait_closed(timeout=10)  # the actor ended: its waits return
+    reader.join(5)
+    print("reader ended:", not reader.is_alive(), flush=True)
     for call in (lambda: server.broadcast("x"), lambda: world.connect_to("nobody")):
         outcome = []
 
@@ -692,6 +697,7 @@ def test_a_handler_ending_the_program_ends_the_blocking_actor_and_then_the_progr
     cause = "KeyboardInterrupt" if how == "interrupt" else "SystemExit"
     assert done.stdout.splitlines() == [
         "requester: ConnectionLostError",
+        "reader ended: True",
         f"then: ClosedError {cause}",
         f"then: ClosedError {cause}",
     ], done.stderr
