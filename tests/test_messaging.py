@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -823,6 +824,44 @@ async def test_a_replaced_live_client_is_told_and_gives_up_instead_of_a_reconnec
             with anyio.fail_after(5):
                 assert await second_connection.request("who", "second") == "second"
             assert len(server.clients) == 1
+
+
+@pytest.mark.parametrize("transport", [*TRANSPORTS, "tls"])
+async def test_many_connections_with_one_id_at_once_leave_one(
+    socket_dir: str, transport: str
+) -> None:
+    """Hellos with one id arriving together: one connection is kept, every other one is told
+    and closed. The newcomers that came while the first one waited for its notice to be
+    written (TLS, Trio) all replaced the same old connection, overwrote each other in
+    `clients`, and the ones overwritten were served on, never closed, past max_connections."""
+    async with serving(transport, socket_dir, max_connections=3) as (_, server, connect):
+        connects: list[str] = []
+        disconnects: list[str] = []
+        server.on("connect", lambda client: connects.append(client.id))
+        server.on("disconnect", lambda client: disconnects.append(client.id))
+        server.on("echo", lambda data, client: data)
+        async with AsyncExitStack() as stack:
+            twins = [
+                await stack.enter_async_context(
+                    Actor("twin", socket_root=socket_dir, silent=True, retry=0.02)
+                )
+                for _ in range(8)
+            ]
+
+            async def connect_one(twin: Actor) -> None:
+                with contextlib.suppress(ipcactors.RejectedError):
+                    await connect(twin)
+
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as group:
+                    for twin in twins:
+                        group.start_soon(connect_one, twin)
+                await anyio.sleep(0.6)  # past REPLACED_NOTICE_WAIT: every replacement is done
+            live = [twin for twin in twins if "world" in twin.of and twin.of["world"].connected]
+            assert len(live) == 1
+            assert len(connects) - len(disconnects) == 1 == len(server.clients)
+            with anyio.fail_after(5):
+                assert await live[0].of["world"].request("echo", "kept") == "kept"
 
 
 async def test_connect_to_twice_returns_same_connection(socket_dir: str) -> None:

@@ -25,8 +25,11 @@ Invariants:
   closed: either way its slot is freed (see ``_channel``).
 - One id, one connection: a client that connects with an id already connected replaces the
   older connection (usually a half-open leftover of a reconnect), which is told (``reject
-  replaced``, if it can be written at once: a live client with the same id then gives up
-  instead of replacing the newer one in turn) and closed.
+  replaced``, within ``REPLACED_NOTICE_WAIT``: a live client with the same id then gives up
+  instead of replacing the newer one in turn) and closed. Newcomers with one id are ordered as
+  their handshakes end (``_newest``): one that a later one overtook while it waited for the
+  notice is refused (``reject replaced``) instead of welcomed, so however many arrive at once,
+  one connection per id is kept and every other one is closed.
 - A held server (``_hold()``, before it starts: a supervised child until its function has
   registered its handlers) welcomes no one until ``_release()``. A client whose handshake is
   done waits, outside the ``max_handshakes`` budget but counted in ``max_connections``, and
@@ -234,6 +237,8 @@ class Server(HandlerMethods):
         self._encoder = self._codec.encoder(config.limits)
         self._accepted = 0  # connections accepted: numbers clients when the codec names none
         self._clients: dict[str, Client] = {}
+        # By id, the latest connection whose handshake ended: the one to keep (see _run_client).
+        self._newest: dict[str, Client] = {}
         # Unfinished handshakes, oldest first: the scope that drops each (dicts keep order).
         self._handshakes: dict[anyio.CancelScope, bool] = {}  # (a value: still there)
         self._expected_handshakes = 0  # beyond max_handshakes: see _expect_handshakes
@@ -619,7 +624,15 @@ class Server(HandlerMethods):
         ):
             client._shared_accept = shm
         client._outbox.rebatch(batches)
-        await self._run_client(client, stream, session, previous, offer)
+        overtaken = self._newest.get(client_id)
+        if overtaken is not None and previous is None:
+            previous = overtaken  # (still waiting to replace; the same notice, in its handshake)
+        self._newest[client_id] = client
+        try:
+            await self._run_client(client, stream, session, previous, offer)
+        finally:
+            if self._newest.get(client_id) is client:
+                del self._newest[client_id]
 
     async def _run_client(
         self,
@@ -640,6 +653,10 @@ class Server(HandlerMethods):
             previous._outbox.close(ClosedError(f"client {client.id!r} reconnected"))
             if previous._channel is not None:
                 previous._channel.abort()
+            if self._newest.get(client.id) is not client:  # a newer one came meanwhile
+                message = f"another connection with the id {client.id!r} took this one's place"
+                await self._refuse(stream, session, "replaced", message)
+                return
         opening = None
         if self._handlers.get("connect"):
 
