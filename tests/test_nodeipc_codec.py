@@ -261,6 +261,17 @@ def test_a_frame_that_cannot_start_a_json_object_is_refused_at_once() -> None:
     assert [(event.event, event.data) for event in received] == [("a", 1), ("b", 2)]
 
 
+def test_a_frame_at_the_limit_whose_delimiter_is_split_across_reads_is_taken() -> None:
+    # The first byte of a two-byte delimiter at the end of a read counted as frame bytes: a
+    # frame of exactly max_frame_size (which the encoder sends) was too large, by chance.
+    body = b'{"type":"m","data":"' + b"x" * (1024 - 22) + b'"}'
+    decoder = NodeIPCDecoder(delimiter="\r\n", limits=Limits(max_frame_size=1024))
+    assert decoder.feed(body + b"\r") == []
+    assert [event.data for event in decoder.feed(b"\n")] == ["x" * 1002]
+    with pytest.raises(FrameTooLargeError):  # one byte more is too large, split or not
+        decoder.feed(body + b"y\r")
+
+
 def test_a_64_mb_frame_frames_in_linear_time() -> None:
     # node-ipc takes ~26 s; the bound here is loose on purpose (CPU contention), the real figure
     # is ~0.2 s: a quadratic decoder would take minutes.

@@ -93,6 +93,14 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _delimiter_start(buffer: bytearray, delimiter: bytes) -> int:
+    """How many of ``buffer``'s last bytes are the start of ``delimiter`` (never all of it)."""
+    for width in range(min(len(delimiter) - 1, len(buffer)), 0, -1):
+        if buffer.endswith(delimiter[:width]):
+            return width
+    return 0
+
+
 def _check_frame_start(pending: bytearray) -> None:
     """Raise :class:`DecodeError` if ``pending``, the start of a frame, cannot begin a JSON
     object: a peer speaking something else (a TLS client's hello, say) is refused as soon as
@@ -253,7 +261,10 @@ class NodeIPCDecoder(Decoder):
         # A delimiter of several bytes may begin in the last width - 1 bytes: search them again.
         self._scanned = max(0, len(buffer) - width + 1)
         if len(buffer) > limit:
-            raise FrameTooLargeError(len(buffer), limit)
+            # The start of a delimiter of several bytes may end the read: not the frame's.
+            size = len(buffer) - _delimiter_start(buffer, delimiter)
+            if size > limit:
+                raise FrameTooLargeError(size, limit)
         if buffer and buffer[0] != 0x7B:  # not "{": refused at once, not at the delimiter
             _check_frame_start(buffer)
         return events
