@@ -211,6 +211,15 @@ def dumps(value: Any) -> str:
 # --- output -----------------------------------------------------------------------------------
 
 
+def _escaped(record: dict[str, Any] | None, line: str) -> str:
+    """``line`` with what stdout's encoding cannot hold escaped: as JSON escapes (``\\ud800``)
+    when it is ``record`` as JSON, else as Python's."""
+    if record is not None:
+        return json.dumps(_strictly_json(record), ensure_ascii=True, allow_nan=False)
+    encoding = sys.stdout.encoding or "utf-8"
+    return line.encode(encoding, "backslashreplace").decode(encoding)
+
+
 def wants_colour(stream: TextIO) -> bool:
     """Colour on a terminal only, and never with NO_COLOR set (https://no-color.org)."""
     if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
@@ -247,7 +256,11 @@ class Output:
             # One write per line: print() writes the line and its end separately when stdout
             # is unbuffered (python -u), and a reader that took the line and went (| head -1)
             # would stop us at the line end, before anything else came.
-            sys.stdout.write((dumps(record) if self.json else human) + "\n")
+            line = dumps(record) if self.json else human
+            try:
+                sys.stdout.write(line + "\n")
+            except UnicodeEncodeError:  # a lone surrogate (node-ipc's JSON has them)
+                sys.stdout.write(_escaped(record if self.json else None, line) + "\n")
             sys.stdout.flush()
         except BrokenPipeError:
             self._close()

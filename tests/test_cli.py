@@ -698,6 +698,35 @@ async def test_data_json_cannot_hold_still_prints_as_json(socket_dir: str) -> No
     assert {"type": "event", "from": "teller", "event": "odd", "data": ODD_AS_JSON} in lines
 
 
+async def test_text_utf_8_cannot_hold_still_prints(socket_dir: str) -> None:
+    """A string with a lone surrogate (node-ipc's JSON carries them, from JavaScript) prints
+    as an escape: the event was dropped unseen (a UnicodeEncodeError in the handler, shown
+    only with -v), and listen went on, status 0."""
+    base = ("--socket-root", socket_dir, "--codec", "node-ipc")
+    for extra in ((), ("--json",)):
+        listen = command("listen", "ear", *extra, *base)
+        async with (
+            running(listen) as process,
+            Actor("teller", socket_root=socket_dir, codec="node-ipc", **FAST) as ipc,
+        ):
+            assert process.stdout is not None
+            ear = await ipc.connect_to("ear")
+            for text in ("before", "lone \ud800 surrogate", "after"):
+                await ear.emit("say", text)
+            output = b""
+            with anyio.fail_after(20):
+                while b"after" not in output:
+                    output += await process.stdout.receive()
+                process.send_signal(signal.SIGINT)
+                assert await process.wait() == 0
+        if extra:
+            records = strict_json(output.decode())
+            said = [record["data"] for record in records if record["type"] == "event"]
+            assert said == ["before", "lone \ud800 surrogate", "after"]
+        else:
+            assert 'say "lone \\ud800 surrogate"' in output.decode(), output
+
+
 def test_usage_errors_are_json_with_json() -> None:
     """With --json an error is one JSON object on stderr, usage errors included: those the
     command finds and those argparse finds (they were argparse's text, or labelled "error")."""
