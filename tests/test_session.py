@@ -237,6 +237,20 @@ def test_handshake_messages_after_the_handshake_close_the_session() -> None:
         server.receive(again.data_to_send())
 
 
+def test_only_replaced_may_end_an_open_session_as_a_refusal() -> None:
+    """protocol.md: ``replaced`` is the only reject that may come once the connection is open;
+    any other is a protocol error (the client reconnects), not a refusal it gives up on."""
+    encoder = MsgpackEncoder(Limits())
+    for reason, error in [("replaced", ipcactors.RejectedError), ("busy", ipcactors.ProtocolError)]:
+        client, server = pair()
+        handshake(client, server)
+        with pytest.raises(error) as caught:
+            client.receive(encoder.reject(reason, "late"))
+        if reason != "replaced":
+            assert not isinstance(caught.value, ipcactors.RejectedError)
+            assert "unexpected reject (busy) after the handshake" in str(caught.value)
+
+
 def test_open_sessions_carry_every_other_kind() -> None:
     client, server = pair()
     handshake(client, server)

@@ -337,8 +337,10 @@ class Session:
             elif kind in HANDSHAKE_KINDS:
                 self._fail()
                 if kind is Reject and self.role is Role.CLIENT:
-                    # The server's last word (``replaced``): a refusal, not a broken peer.
-                    raise rejection(message, self._target)  # type: ignore[arg-type]
+                    reason = message.reason  # type: ignore[union-attr]
+                    if reason == "replaced":  # the server's last word: a refusal, not a fault
+                        raise rejection(message, self._target)  # type: ignore[arg-type]
+                    raise ProtocolError(f"unexpected reject ({reason:.40}) after the handshake")
                 raise ProtocolError(f"unexpected {kind.__name__} after the handshake")
         return messages
 
