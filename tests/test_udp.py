@@ -495,6 +495,11 @@ async def test_addresses_the_system_will_not_send_to_are_config_errors() -> None
             (four, ("127.0.0.1%lo", port)),
             (six, ("::ffff:127.0.0.1", port)),
             (six, peer_of_four),
+            # The broadcast addresses as the resolver reads other spellings of them: they
+            # were not checked once looked up (asyncio and uvloop counted them as sent).
+            (four, ("0xffffffff", port)),
+            (four, ("4294967295", port)),
+            (four, ("127.16777215", port)),
         ]
         for server, address in bad:
             with pytest.raises(ipcactors.ConfigError, match="UDP peer"):
@@ -505,6 +510,24 @@ async def test_addresses_the_system_will_not_send_to_are_config_errors() -> None
         assert six.statistics().sent == 0
         with anyio.fail_after(5):
             assert await four.request(world.address, "add", [1, 2]) == 3
+
+
+@EVERY_BACKEND
+async def test_a_reply_counts_from_the_address_asked_however_it_is_written() -> None:
+    """An address in another spelling (IPv6 with its zeros written out, IPv4 as a number) is
+    the same address: the reply, which comes from its canonical form, answers the request (it
+    was taken for a stranger's, and the request timed out)."""
+    for kind, host, spellings in [
+        ("udp6", "::1", ["0:0:0:0:0:0:0:1", "::0:1"]),
+        ("udp4", "127.0.0.1", ["2130706433", "127.1"]),
+    ]:
+        async with Actor("world", silent=True) as world_actor, Actor("ask", silent=True) as asker:
+            world = await world_actor.serve_net(host, 0, udp=kind)
+            world.on("add", lambda numbers, peer: sum(numbers))
+            ask = await asker.serve_net(host, 0, udp=kind)
+            for spelling in spellings:
+                with anyio.fail_after(5):
+                    assert await ask.request((spelling, world.address[1]), "add", [1, 2]) == 3
 
 
 @EVERY_BACKEND

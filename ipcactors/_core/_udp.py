@@ -221,10 +221,15 @@ class DatagramServer(HandlerMethods):
         host, port = peer
         if type(port) is not int or not 0 < port <= 65535:
             raise ConfigError(f"a UDP peer's port is 1-65535, got {peer!r:.80}")
+        # The address as the kernel writes it (a reply's source is compared with it): a name,
+        # or another spelling of an address ("0:0:0:0:0:0:0:1", "127.1"), is looked up.
+        address, percent, scope = host.partition("%")
         try:
-            ip = ipaddress.ip_address(host.partition("%")[0])
+            ip = ipaddress.ip_address(address)
         except ValueError:
-            return await resolve_datagram_peer(self._kind, host, port)
+            host, port = await resolve_datagram_peer(self._kind, host, port)
+            address, percent, scope = host.partition("%")
+            ip = ipaddress.ip_address(address)
         if f"udp{ip.version}" != self._kind:
             raise ConfigError(
                 f"a UDP peer of a {self._kind} server has an IPv{self._kind[-1]} address, "
@@ -232,7 +237,7 @@ class DatagramServer(HandlerMethods):
             )
         if refused := _unsendable(ip, host):
             raise ConfigError(f"a UDP peer cannot be {refused}, got {peer!r:.80}")
-        return peer
+        return (f"{ip}{percent}{scope}", port)
 
     async def _send(self, frame: Frame, address: PeerAddress) -> None:
         body = frame_bytes(frame)  # a datagram encoder's frame is the whole datagram
