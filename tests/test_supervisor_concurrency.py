@@ -326,9 +326,12 @@ async def test_emit_to_a_child_whose_connection_dropped_waits_for_it_then_times_
 
 async def test_kill_says_its_children_are_stopping_and_they_go_at_once(socket_dir: str) -> None:
     """``kill()`` SIGKILLs every child; ``children`` says so at once (they stayed 'running'
-    while already dead), none is restarted, and the block then ends without waiting."""
+    while already dead), then 'stopped' once they are gone (they stayed 'stopping' until the
+    block ended); none is restarted; requests and events to them fail at once (they waited out
+    their whole timeout for a restart that never comes), and the block then ends without
+    waiting."""
     with anyio.fail_after(20):
-        async with supervisor(socket_dir, shutdown_timeout=10.0) as sup:
+        async with supervisor(socket_dir, shutdown_timeout=10.0, request_timeout=30.0) as sup:
             for id in ("a", "b"):
                 await sup.spawn(_workers.echo, id=id)
             pids = [info.pid for info in sup.children.values()]
@@ -338,6 +341,11 @@ async def test_kill_says_its_children_are_stopping_and_they_go_at_once(socket_di
             }
             await wait_until(lambda: not any(alive(pid) for pid in pids if pid is not None))
             await anyio.sleep(0.2)  # time to restart them, were they restarted
-            assert [info.state for info in sup.children.values()] == ["stopping", "stopping"]
+            assert [info.state for info in sup.children.values()] == ["stopped", "stopped"]
+            with anyio.fail_after(2):
+                with pytest.raises(ClosedError, match="killed"):
+                    await sup.request("a", "echo", 1)
+                with pytest.raises(ClosedError, match="killed"):
+                    await sup.emit("b", "echo", 1)
             started = time.monotonic()
         assert time.monotonic() - started < 2

@@ -518,7 +518,9 @@ class Supervisor:
 
     def kill(self) -> None:
         """SIGKILL every child now (``ipcactors.run`` calls this on a second signal). The
-        ``async with`` still reaps them and closes; it no longer waits for anyone."""
+        ``async with`` still reaps them and closes; it no longer waits for anyone. From then
+        on ``spawn``, ``stop``, ``request`` and ``emit`` raise :class:`ClosedError`, and each
+        child shows ``"stopped"`` once its process is gone."""
         self._hard = True
         self._halt_starts()  # no restarts, and every start in progress ends now
         for child in self._children.values():
@@ -538,6 +540,8 @@ class Supervisor:
             raise IPCError(f"use the supervisor inside 'async with' first: async with {self!r}")
         if self._closing:
             raise ClosedError(f"supervisor {self.id!r} is closed")
+        if self._hard:
+            raise ClosedError(f"supervisor {self.id!r} was killed (kill()): its children are gone")
 
     # --- the forkserver -----------------------------------------------------------------------
 
@@ -640,6 +644,11 @@ class Supervisor:
         the one the supervisor is causing (or has already decided on)."""
         incarnation.on_exit(code)
         child = incarnation.child
+        if self._hard and child.incarnation is incarnation and child.state == "stopping":
+            child.incarnation = None  # killed (see kill): gone, and never started again
+            child.state = "stopped"
+            child.changed()
+            return
         if (
             self._halting.is_set()
             or incarnation.stopping
