@@ -57,6 +57,39 @@ async def test_python_actors_over_node_ipc_with_a_custom_delimiter(socket_dir: s
                 await server.request("node-ipc-1", "message", "x", timeout=1)
 
 
+async def test_a_full_server_fires_no_connect_and_disconnect_per_attempt(socket_dir: str) -> None:
+    """node-ipc has no handshake: a full server takes each connection and closes it. Such an
+    attempt fails (backoff, stop_retrying) and, after the first, fires neither `connect` nor
+    `disconnect` (they fired on every attempt, two events and two INFO lines each); once a
+    slot frees, the connection that lasts is connected, and its events are handled."""
+    async with (
+        Actor("full", socket_root=socket_dir, max_connections=1, **FAST) as full,
+        Actor("first", socket_root=socket_dir, **FAST) as first,
+        Actor("second", socket_root=socket_dir, **FAST) as second,
+    ):
+        server = await full.serve()
+
+        @server.on("hi")
+        async def greet(data: str, client: Client) -> None:
+            await server.emit(client, "welcome", data)
+
+        taken = await first.connect_to("full")
+        await wait_until(lambda: len(server.clients) == 1)
+        events: list[str] = []
+        greetings: list[str] = []
+        waiting = await second.connect_to("full")  # connected, then closed: a failed attempt
+        waiting.on("connect", lambda: events.append("connect"))
+        waiting.on("disconnect", lambda: events.append("disconnect"))
+        waiting.on("welcome", greetings.append)
+        await anyio.sleep(2)  # ~15 more attempts at this retry
+        assert server.statistics().refused_busy >= 5
+        assert events == ["disconnect"]  # the first connection's end: no event per attempt
+        await taken.aclose()
+        await waiting.emit("hi", "second")  # queued: it goes out once a connection lasts
+        await wait_until(lambda: greetings == ["second"])
+        await wait_until(lambda: events == ["disconnect", "connect"])
+
+
 async def test_what_node_ipc_cannot_carry_is_refused_before_sending(socket_dir: str) -> None:
     async with (
         Actor("world", socket_root=socket_dir, **FAST) as world,

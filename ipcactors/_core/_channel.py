@@ -192,6 +192,7 @@ class Channel:
         "_failure",
         "_fd_stream",
         "_gone",
+        "_heard",
         "_heartbeat_bytes",
         "_held",
         "_in_flight",
@@ -298,6 +299,7 @@ class Channel:
         self._paused = False  # the reader stopped reading for flow control
         self._received_at = monotonic()  # when bytes last arrived (the handshake just did)
         self._received = 0  # bytes received
+        self._heard: anyio.Event | None = None  # see wait_heard
         self._heartbeat_bytes = 0  # of which pings and pongs
         self._ponged_at = -math.inf
         self._suspect = False  # silent past the deadline once: dropped if still so after grace
@@ -833,6 +835,8 @@ class Channel:
             if data or got:
                 self._received_at = monotonic()
                 self._received += got or len(data)
+                if self._heard is not None:
+                    self._heard.set()
             drained = not got and len(data) < size
 
     def _in_place(self, data: memoryview) -> bool:
@@ -863,7 +867,17 @@ class Channel:
             self._enqueue(events, len(data), task_group)
         self._received_at = monotonic()
         self._received += len(data)
+        if self._heard is not None:
+            self._heard.set()
         return True
+
+    async def wait_heard(self) -> None:
+        """Return once the peer has sent something on this channel (at once if it has)."""
+        if self._received:
+            return
+        if self._heard is None:
+            self._heard = anyio.Event()
+        await self._heard.wait()
 
     def take_replies_now(self) -> None:
         """A requester's, on Trio, right after its request went to the kernel (a peer on the
@@ -893,6 +907,8 @@ class Channel:
         self._take(messages, task_group)  # (replies only: resolved, nothing queued)
         self._received_at = monotonic()
         self._received += len(data)
+        if self._heard is not None:
+            self._heard.set()
 
     def _pong(self) -> None:
         outbox = self._peer._outbox

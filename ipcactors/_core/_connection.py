@@ -5,6 +5,10 @@ Invariants:
   connection, while the channel already reads and writes (the handlers may emit and await
   requests) and before any of the server's events are handled; ``connect_to`` returns once
   they are done. ``disconnect`` fires once per lost connection, never per failed attempt.
+  Without a handshake (the node-ipc codec) a connection is up as soon as the socket is; after
+  one that ended as it began (within ``STABLE_AFTER``: a full server closing it), the next is
+  connected only once the server sends something or it lasts ``STABLE_AFTER`` (``_proving``),
+  so a server that closes every connection costs failed attempts, not events.
 - Pipelined (``connect_to(wait=False)``, the first connection only, never when the hello offers
   what the welcome settles: the acknowledged mode, shared memory): ``connect_to`` returns once
   frames may follow the hello and the channel reads the welcome (see ``_channel``); connected,
@@ -168,6 +172,8 @@ class Connection(Peer, HandlerMethods):
         # _connect: the first connect, in the caller's task; None once it is over.
         self._attempts: anyio.CancelScope | None = anyio.CancelScope()
         self._recovered = ""  # "after N failed attempts", for the next "connected" line
+        # No handshake, and the last connection ended as it began: see _proving.
+        self._unproven = False
         self._server_id: str | None = None
         self._gave_up: BaseException | None = None  # why it was destroyed, if not closed
         self._refused: IPCError | None = None  # the server refused our certificate: give up
@@ -326,6 +332,11 @@ class Connection(Peer, HandlerMethods):
                         break
                     if anyio.current_time() - up_since >= STABLE_AFTER:
                         spent = 0
+                        self._unproven = False
+                    elif not self._codec.handshake:
+                        # Lost as soon as it was up: a full server (node-ipc's takes connections
+                        # and closes them). The next one is connected once it proves itself.
+                        self._unproven = True
                     # A lost connection spends a retry, like a failed attempt.
                     retries = self._config.stop_retrying
                     if retries is not None and spent >= retries:
@@ -546,6 +557,10 @@ class Connection(Peer, HandlerMethods):
         if not session.is_open:
             self._outbox.keep_taken()  # what goes ahead of the welcome may have to go again
             channel = Channel(stream, session, self, self._opening, self._wants_opening)
+        elif self._unproven:  # no handshake, and the last connection ended as it began
+            channel = Channel(stream, session, self, self._proving)
+            self._channel = channel
+            return channel
         else:
             wanted = self._handlers.get("connect")
             channel = Channel(stream, session, self, self._opening if wanted else None)
@@ -555,6 +570,22 @@ class Connection(Peer, HandlerMethods):
             self._log.info(f"connected to {self.id!r} at {self.address}{self._recovered}")
             self._recovered = ""
         return channel
+
+    async def _proving(self) -> None:
+        """The opening of a connection without a handshake after one that ended as it began:
+        connected (the ``connect`` handlers, the "connected" line; ``disconnect`` when it ends)
+        once the server sends something or the connection lasts ``STABLE_AFTER``. Ended
+        sooner, it is one more failed attempt, and says nothing. Until then nothing the
+        server sends is handled (it is what ends the wait)."""
+        channel = self._channel
+        assert channel is not None
+        with anyio.move_on_after(STABLE_AFTER):
+            await channel.wait_heard()
+        self._unproven = False
+        self._up.set()
+        self._log.info(f"connected to {self.id!r} at {self.address}{self._recovered}")
+        self._recovered = ""
+        await self._handlers.call("connect", (), self._log)
 
     def _wants_opening(self) -> bool:
         return bool(self._handlers.get("connect"))
