@@ -33,7 +33,7 @@ from loguru import logger
 
 from ._errors import ClosedError, ConfigError
 from ._exits import leaving, quiet_exit_reports, quiet_unstarted_tasks
-from ._runtime import Runtime, set_runtime
+from ._runtime import Runtime, close_in_order, set_runtime
 from ._supervision._target import refuse_in_main_script
 from ._transports._backend import check_backend
 
@@ -132,13 +132,7 @@ async def _main(
         runtime.main_cancelled.set()
 
     async def shut_down() -> None:
-        # Supervisors first: they stop their children in order while every actor still works.
-        async with anyio.create_task_group() as task_group:
-            for supervisor in list(runtime.supervisors):
-                task_group.start_soon(supervisor.aclose)
-        async with anyio.create_task_group() as task_group:
-            for actor in list(runtime.actors):
-                task_group.start_soon(actor.aclose)
+        await close_in_order(runtime)
         cancel_main()
 
     async def watch_signals(task_group: anyio.abc.TaskGroup, *, task_status: Any) -> None:

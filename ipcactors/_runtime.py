@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ._actor import Actor
     from ._supervision._supervisor import Supervisor
 
-__all__ = ["Runtime", "current_runtime", "end_with_run", "set_runtime"]
+__all__ = ["Runtime", "close_in_order", "current_runtime", "end_with_run", "set_runtime"]
 
 
 class Runtime:
@@ -55,3 +55,14 @@ async def end_with_run() -> None:
         return
     await runtime.main_cancelled.wait()
     await anyio.lowlevel.checkpoint()
+
+
+async def close_in_order(runtime: Runtime) -> None:
+    """Close what runs under ``runtime``: the supervisors first, all at once (each stops its
+    children in its order, while every actor still works), then the actors."""
+    async with anyio.create_task_group() as task_group:
+        for supervisor in list(runtime.supervisors):
+            task_group.start_soon(supervisor.aclose)
+    async with anyio.create_task_group() as task_group:
+        for actor in list(runtime.actors):
+            task_group.start_soon(actor.aclose)

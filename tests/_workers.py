@@ -150,6 +150,45 @@ async def nested(actor: ipcactors.Actor, max_restarts: int, crash: bool) -> None
         await anyio.sleep_forever()
 
 
+async def marks_its_end(actor: ipcactors.Actor, path: str) -> None:
+    """Waits; appends how it ended to ``path``: "<id> ended" as its function is cancelled (a
+    graceful stop), "<id> SIGTERM" if it gets SIGTERM first."""
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        with open(path, "a") as file:
+            file.write(f"{actor.id} SIGTERM\n")
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    parent = actor.parent
+    assert parent is not None
+    parent.on("pid", lambda data: os.getpid())
+    try:
+        await anyio.sleep_forever()
+    finally:
+        with open(path, "a") as file:
+            file.write(f"{actor.id} ended\n")
+
+
+async def nested_marking(actor: ipcactors.Actor, path: str) -> None:
+    """A supervisor inside a child, its one child ``marks_its_end``; ``leaf_pid`` asks it."""
+    parent = actor.parent
+    assert parent is not None
+    inner: dict[str, ipcactors.Supervisor] = {}
+    started = anyio.Event()
+
+    async def leaf_pid(data: Any) -> Any:
+        await started.wait()
+        return await inner["sup"].request("leaf", "pid", timeout=5)
+
+    parent.on("leaf_pid", leaf_pid)
+    async with ipcactors.Supervisor(id=f"{actor.id}-sup") as sup:
+        inner["sup"] = sup
+        await sup.spawn(marks_its_end, path, id="leaf")
+        started.set()
+        await anyio.sleep_forever()
+
+
 async def leave(actor: ipcactors.Actor, how: str, delay: float = 0.1) -> None:
     """Ends itself after ``delay``: ``return``, or ``sys.exit(...)`` with ``how``'s argument."""
     await anyio.sleep(delay)

@@ -702,6 +702,42 @@ async def test_nested_supervisors(socket_dir: str) -> None:
         assert not alive(inner_pid)
 
 
+async def test_a_supervising_child_stops_its_children_as_it_is_stopped(
+    socket_dir: str, tmp_path: Any
+) -> None:
+    """The stop message closes what the child's function made, in order (its supervisor stops
+    its children: their functions are cancelled), then cancels the function, as run() does at
+    SIGTERM. Cancelled first, the inner supervisor lost its forkserver: its children were
+    counted as killed (on Trio, a restart was decided), then SIGKILLed, no finally run."""
+    path = tmp_path / "ends"
+    with anyio.fail_after(30):
+        async with supervisor(socket_dir) as sup:
+            await sup.spawn(_workers.nested_marking, str(path), id="middle")
+            leaf = await sup.request("middle", "leaf_pid")
+            assert alive(leaf)
+    assert path.read_text() == "leaf ended\n"
+    assert not alive(leaf)
+
+
+async def test_a_cancelled_supervisor_block_still_stops_its_children(
+    socket_dir: str, tmp_path: Any, log_lines: list[str]
+) -> None:
+    """A timeout around the block: its connections to the children are cancelled with it, so
+    they get SIGTERM at once (step 2 of the shutdown), never restarted. The forkserver's
+    handle counted them killed as the cancellation reached it: a restart was decided, and
+    closing killed them (SIGKILL)."""
+    path = tmp_path / "ends"
+    with anyio.fail_after(30):
+        with anyio.move_on_after(1.5):
+            async with supervisor(socket_dir) as sup:
+                await sup.spawn(_workers.marks_its_end, str(path), id="a")
+                pid = await sup.request("a", "pid")
+                await anyio.sleep_forever()
+    assert path.read_text() == "a SIGTERM\n"
+    assert not alive(pid)
+    assert not any("restarting" in line for line in log_lines)
+
+
 async def test_nested_supervisor_escalates_when_it_gives_up(socket_dir: str) -> None:
     async def escalation() -> None:
         async with supervisor(socket_dir, max_restarts=1, max_seconds=10.0) as sup:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import _thread
 import os
+import signal
 import ssl
 import sys
 import traceback
@@ -45,6 +46,7 @@ from .._core._connection import Connection
 from .._errors import IPCError, RestartIntensityError, message_of
 from .._exits import system_exit
 from .._proto._msgpack import unpack_value
+from .._runtime import Runtime, close_in_order, set_runtime
 from .._transports._backend import backend_options
 from ._parentdeath import EXIT_PARENT_LOST, set_parent_death_signal
 from ._target import Target, load_target
@@ -266,6 +268,12 @@ async def _main(spec: dict[str, Any], fn: Callable[..., Any]) -> int:
             await anyio.lowlevel.checkpoint()  # the request is on its way before we serve
             server = await actor._serve(actor._unix_transport(None), held=True)
         args = unpack_value(replies[0]["args"], numpy=True)
+        # What fn makes (a supervisor of its own, actors) registers here: the stop message
+        # closes it in order before fn is cancelled, as run() does at SIGTERM. Cancelled first,
+        # a supervisor in fn lost its forkserver, and its children were killed, not stopped.
+        runtime = Runtime()
+        runtime.main_cancelled = anyio.Event()
+        set_runtime(runtime)
 
         async with anyio.create_task_group() as task_group:
 
@@ -301,7 +309,11 @@ async def _main(spec: dict[str, Any], fn: Callable[..., Any]) -> int:
 
             async def wait_stop() -> None:
                 await stop.wait()
+                runtime.signal = signal.SIGTERM  # (the stop message stands for it, as in run)
+                await close_in_order(runtime)
                 task_group.cancel_scope.cancel()
+                assert runtime.main_cancelled is not None
+                runtime.main_cancelled.set()  # code after a closed block never runs
 
             task_group.start_soon(run_target)
             task_group.start_soon(wait_stop)

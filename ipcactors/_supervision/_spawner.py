@@ -92,11 +92,14 @@ class ForkServer:
         self._ready = anyio.Event()
         self._gone = anyio.Event()
         self._reader_done = anyio.Event()
-        self._reader_scope = anyio.CancelScope()
+        # Shielded: only aclose ends them. A cancellation of the supervisor's block (a timeout
+        # around it) must not make its forkserver look dead: that counted every child as
+        # killed, and closing then killed them, instead of stopping them as its exit does.
+        self._reader_scope = anyio.CancelScope(shield=True)
         self._seq = 0
         self._sending = anyio.Lock()  # spawns run concurrently: one waits on the socket at a time
         self._backlog: deque[list[int | str]] = deque()  # kills the socket could not take yet
-        self._backlog_scope = anyio.CancelScope()
+        self._backlog_scope = anyio.CancelScope(shield=True)
         self._flushing = False
         self._task_group: TaskGroup | None = None
         self._pending: dict[int, _Spawning] = {}
