@@ -341,6 +341,24 @@ async def test_a_forkserver_that_cannot_start_says_why(
     assert ("no-such-python3" if broken == "python" else "/no/such/dir") in "\n".join(said)
 
 
+async def test_a_login_that_prints_to_stdout_is_named_as_the_cause(
+    anyio_backend: str, socket_dir: str, ssh_server: SSHServer, tmp_path: pathlib.Path
+) -> None:
+    """A line on stdout before the forkserver's frames (a .bashrc echo, a 'Last login' line, a
+    wrapper around python) is a SpawnError that says so and shows the line: it was
+    'ExceptionGroup: unhandled errors in a TaskGroup (1 sub-exception)', no cause."""
+    wrapper = tmp_path / "noisy-python"
+    wrapper.write_text(f'#!/bin/sh\necho "Last login: today"\nexec {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    hosts = {"h": ssh_server.host(python=str(wrapper))}
+    async with ipcactors.Supervisor(socket_root=socket_dir, auth_key=KEY, hosts=hosts) as sup:
+        with anyio.fail_after(20), pytest.raises(ipcactors.SpawnError) as caught:
+            await sup.spawn(echo, id="a", host="h")
+    assert "not its protocol on stdout" in str(caught.value)
+    assert "Last login: today" in str(caught.value)
+    assert "ExceptionGroup" not in str(caught.value)
+
+
 async def test_no_ssh_config_turns_the_host_key_check_off(
     anyio_backend: str,
     socket_dir: str,

@@ -161,6 +161,14 @@ class SSHHost:
         return SSHLauncher(name, self, context)
 
 
+def _first_error(exc: BaseException) -> BaseException:
+    """``exc``, or the first error a task group's group of them holds (the rest of a lost
+    connection are its echoes)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
 @dataclass(eq=False)
 class _Spawning:
     on_exit: Callable[[int], None]
@@ -224,14 +232,16 @@ class SSHLauncher:
                     f"the forkserver on host {self.name!r} ended (the SSH channel closed); "
                     "its children are gone"
                 )
-        except SpawnError as exc:
-            self._error = exc
-        except Exception as exc:  # asyncssh's errors, OSError: the connection failed
-            if not self._ready.is_set():
+        except Exception as caught:  # asyncssh's errors, OSError, ours (a task's: in a group)
+            exc = _first_error(caught)
+            if isinstance(exc, SpawnError):
+                self._error = exc
+            elif not self._ready.is_set():
                 self._error = SpawnError(
                     f"could not start the forkserver on host {self.name!r} "
                     f"({self.host.where()}): {type(exc).__name__}: {exc}"
                 )
+                self._error.__cause__ = exc
             else:
                 self._log.warning(
                     f"SSH connection to host {self.name!r} lost: {type(exc).__name__}: {exc}"
@@ -315,11 +325,22 @@ class SSHLauncher:
 
     async def _read(self, stdout: Any) -> None:
         reader = FrameReader()
+        first = b""  # the stream's first bytes, to show what it was if it is not frames
         while True:
             data = await stdout.read(65536)
             if not data:
                 return
-            for message in reader.feed(data):
+            first = first or data[:60]
+            try:
+                messages = reader.feed(data)
+            except Exception as exc:  # a frame too large, or not msgpack
+                raise SpawnError(
+                    f"the forkserver on host {self.name!r} ({self.host.where()}) wrote what is "
+                    f"not its protocol on stdout ({exc}), starting {first!r}: a login script "
+                    "or a wrapper around python that prints to stdout (a .bashrc echo, a "
+                    "'Last login' line) must not"
+                ) from exc
+            for message in messages:
                 if not await self._dispatch(message):
                     return
 
