@@ -458,6 +458,41 @@ async def test_children_connect_back_over_tls(
                 await sup.spawn(echo, id="w2", host="h2")
 
 
+def test_a_remote_forkserver_sweeps_what_a_killed_one_left(tmp_path: Any) -> None:
+    """A remote forkserver SIGKILLed (the OOM killer) cannot remove its socket directory; the
+    next one started on that host removes it (as a local supervisor sweeps what a killed one
+    left under its socket_root). It stayed there for good."""
+    from ipcactors._supervision._remoteserver import FrameReader
+    from ipcactors._supervision._ssh import _BOOTSTRAP
+
+    env = {**os.environ, "PYTHONPATH": ROOT, "XDG_RUNTIME_DIR": str(tmp_path)}
+    dirs = []
+    for _ in range(2):
+        process = subprocess.Popen(
+            [sys.executable, "-c", _BOOTSTRAP, "WARNING", "", "10"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        assert process.stdin is not None
+        assert process.stdout is not None
+        try:
+            reader = FrameReader()
+            messages: list[Any] = []
+            while not messages:
+                messages = reader.feed(os.read(process.stdout.fileno(), 4096))
+            dirs.append(messages[0][3])
+            assert os.path.isdir(dirs[-1])
+        finally:
+            process.kill()
+            process.wait()
+            process.stdin.close()
+            process.stdout.close()
+    first, second = dirs
+    assert not os.path.exists(first)  # swept by the second as it started
+    assert os.path.isdir(second)  # (killed too: the next one would sweep it)
+
+
 def test_remote_forkserver_exits_after_silence(tmp_path: Any) -> None:
     """Over a link that died without a word, the remote forkserver stops (and with it every
     child: its way out is the one the other tests see) once it heard nothing, not even a

@@ -34,7 +34,7 @@ from .._proto._msgpack import pack_value, unpack_value
 from .._transports._unix import default_socket_root, ensure_socket_dir
 from ._forkserver import MAX_MESSAGE, fork_child, reap
 from ._parentdeath import EXIT_PARENT_LOST, set_parent_death_signal
-from ._sockets import make_socket_dir
+from ._sockets import make_socket_dir, sweep_socket_dirs
 
 __all__ = ["PROTOCOL", "FrameReader", "pack_frame", "serve_stream"]
 
@@ -184,6 +184,7 @@ def serve_stream(
         pass
     root = default_socket_root()
     ensure_socket_dir(root, private=True)
+    sweep_socket_dirs(root)  # what forkservers killed here left (their pids are this host's)
     lifeline = os.pipe2(os.O_CLOEXEC)
     server = _Server(out_fd, lifeline, make_socket_dir(root))
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
