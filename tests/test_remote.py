@@ -425,6 +425,50 @@ async def test_a_start_waiting_for_its_host_is_interrupted_at_once(
         assert isinstance(outcome[0], ipcactors.ClosedError), outcome
 
 
+@pytest.mark.parametrize("interruption", ["stop", "cancel"])
+async def test_a_spawn_its_forkserver_does_not_answer_is_interrupted_at_once(
+    anyio_backend: str, interruption: str, socket_dir: str, ssh_server: SSHServer
+) -> None:
+    """The host's forkserver does not answer a spawn (stopped here; a host swapping): stop(id)
+    and a cancellation end it at once, as they do a local start. The spawn was shielded: they
+    waited up to 30 s, and a cancelled spawn raised its SpawnError out of the cancelled scope.
+    The child that starts once the forkserver answers is killed as its pid comes."""
+    hosts = {"h": ssh_server.host()}
+    async with ipcactors.Supervisor(socket_root=socket_dir, auth_key=KEY, hosts=hosts) as sup:
+        with anyio.fail_after(20):
+            first = await sup.spawn(echo, id="a", host="h")
+        assert first.pid is not None
+        forkserver = forkserver_of(first.pid)
+        assert forkserver is not None
+        outcome: list[BaseException] = []
+
+        async def spawn() -> None:
+            try:
+                await sup.spawn(echo, id="b", host="h")
+            except Exception as exc:
+                outcome.append(exc)
+
+        os.kill(forkserver, signal.SIGSTOP)
+        try:
+            with anyio.fail_after(3):
+                if interruption == "cancel":
+                    with anyio.move_on_after(0.5) as waited:
+                        await spawn()
+                    assert waited.cancelled_caught
+                    assert outcome == []
+                else:
+                    async with anyio.create_task_group() as task_group:
+                        task_group.start_soon(spawn)
+                        await anyio.sleep(0.5)
+                        await sup.stop("b")
+                    assert isinstance(outcome[0], ipcactors.SpawnError), outcome
+        finally:
+            os.kill(forkserver, signal.SIGCONT)
+        assert list(sup.children) == ["a"]
+        with anyio.fail_after(10):
+            assert await sup.request("a", "tag") is None  # the host serves on
+
+
 async def test_hosts_need_auth_key_or_tls_and_known_names(anyio_backend: str) -> None:
     host = SSHHost("127.0.0.1")
     with pytest.raises(ipcactors.ConfigError, match="set auth_key"):

@@ -11,7 +11,9 @@ The contract every launcher keeps (the supervisor relies on each point):
 - ``spawn`` returns the new process's pid (an id that means something to this launcher only),
   or raises :class:`SpawnError` saying why it could not start; once it returned, ``on_exit``
   is called exactly once, from the event loop, when that process is gone (possibly before
-  ``spawn`` returns). An exit code, or minus the signal that killed it.
+  ``spawn`` returns). An exit code, or minus the signal that killed it. A ``spawn`` that is
+  cancelled, or gives up waiting, leaves no process behind: one that starts anyway is killed
+  as soon as the launcher learns its pid (its ``on_exit`` still runs once).
 - When the launcher loses its place (its forkserver died, the SSH connection dropped), it sets
   ``dead``, calls every live child's ``on_exit(-SIGKILL)`` at once and makes sure those
   processes end by themselves within a bound it documents (no orphans): the supervisor

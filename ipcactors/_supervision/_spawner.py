@@ -80,6 +80,7 @@ class _Spawning:
     done: anyio.Event = field(default_factory=anyio.Event)
     pid: int | None = None
     error: str | None = None
+    abandoned: bool = False  # its spawn gave up waiting: a pid that comes is killed at once
 
 
 class ForkServer:
@@ -185,12 +186,17 @@ class ForkServer:
         self._seq += 1
         seq = self._seq
         spawning = self._pending[seq] = _Spawning(on_exit)
+        sent = False
         try:
             await self._send(["spawn", seq, spec], fds)
+            sent = True
             with anyio.move_on_after(_FORKSERVER_START):
                 await wait_either(spawning.done, self._gone)
         finally:
-            self._pending.pop(seq, None)
+            if sent and not spawning.done.is_set() and not self.dead:
+                spawning.abandoned = True  # (cancelled, or no answer yet): see _dispatch
+            else:
+                self._pending.pop(seq, None)
         if spawning.error is not None or spawning.pid is None:
             reason = spawning.error or "the forkserver did not answer"
             raise SpawnError(f"could not start child {name!r}: {reason}")
@@ -272,11 +278,16 @@ class ForkServer:
                 spawning.pid = message[2]
                 self._live[message[2]] = spawning.on_exit
                 spawning.done.set()
+                if spawning.abandoned:  # nobody waits for it: it must not run on
+                    del self._pending[message[1]]
+                    self.kill(message[2], signal.SIGKILL)
         elif kind == "error":
             spawning = self._pending.get(message[1])
             if spawning is not None:
                 spawning.error = str(message[2])
                 spawning.done.set()
+                if spawning.abandoned:
+                    del self._pending[message[1]]
         elif kind == "exit":
             on_exit = self._live.pop(message[1], None)
             if on_exit is not None:

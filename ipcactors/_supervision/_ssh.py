@@ -176,6 +176,7 @@ class _Spawning:
     done: anyio.Event = field(default_factory=anyio.Event)
     pid: int | None = None
     error: str | None = None
+    abandoned: bool = False  # its spawn gave up waiting: a pid that comes is killed at once
 
 
 class SSHLauncher:
@@ -386,13 +387,19 @@ class SSHLauncher:
             if spawning is not None:
                 spawning.pid = pid = message[2]
                 self._live[pid] = spawning.on_exit
-                self._outputs[pid], spawning.fds = spawning.fds, []
                 spawning.done.set()
+                if spawning.abandoned:  # nobody waits for it (its output goes nowhere)
+                    del self._pending[message[1]]
+                    self.kill(pid, signal.SIGKILL)
+                else:
+                    self._outputs[pid], spawning.fds = spawning.fds, []
         elif kind == "error":
             spawning = self._pending.get(message[1])
             if spawning is not None:
                 spawning.error = str(message[2])
                 spawning.done.set()
+                if spawning.abandoned:
+                    del self._pending[message[1]]
         elif kind == "ready":
             if message[1] != PROTOCOL:
                 self._error = SpawnError(
@@ -437,15 +444,21 @@ class SSHLauncher:
         for fd in copies:
             os.set_blocking(fd, False)
         spawning = self._pending[seq] = _Spawning(on_exit, copies)
+        sent = False
         try:
             if not self._send(["spawn", seq, remote]):
                 raise SpawnError(f"could not start child {name!r}: host {self.name!r} is gone")
+            sent = True
             with anyio.move_on_after(_START):
                 await wait_either(spawning.done, self._gone)
         finally:
-            self._pending.pop(seq, None)
+            if sent and not spawning.done.is_set() and not self.dead:
+                spawning.abandoned = True  # (cancelled, or no answer yet): see _dispatch
+            else:
+                self._pending.pop(seq, None)
             for fd in spawning.fds:  # not handed on to _outputs: not started
                 os.close(fd)
+            spawning.fds = []
         if spawning.error is not None or spawning.pid is None:
             reason = spawning.error or f"host {self.name!r} did not answer"
             raise SpawnError(f"could not start child {name!r} on host {self.name!r}: {reason}")

@@ -853,20 +853,30 @@ class Supervisor:
             raise SpawnError(f"child {child.id!r} was stopped before it was ready")
         pipes = [os.pipe2(os.O_CLOEXEC), os.pipe2(os.O_CLOEXEC)]
         try:
-            # Shielded: once asked to fork, the pid must come back to us, or nobody could
-            # stop that process.
-            with anyio.CancelScope(shield=True):
-                incarnation.launcher = launcher
-                incarnation.pid = await launcher.spawn(
-                    self._spec(child, incarnation),
-                    [pipes[0][1], pipes[1][1]],
-                    child.id,
-                    partial(self._on_exit, incarnation),
-                )
+            # Not shielded: a spawn given up (stopped, cancelled, a host that does not answer)
+            # leaves the launcher to kill that process as soon as its pid comes.
+            incarnation.launcher = launcher
+            with anyio.CancelScope() as waiting:
+                child.waiting_for_launcher = waiting
+                if child.halt.is_set() or self._halting.is_set():
+                    waiting.cancel()
+                try:
+                    incarnation.pid = await launcher.spawn(
+                        self._spec(child, incarnation),
+                        [pipes[0][1], pipes[1][1]],
+                        child.id,
+                        partial(self._on_exit, incarnation),
+                    )
+                finally:
+                    child.waiting_for_launcher = None
+            if waiting.cancelled_caught:
+                self._check_open()
+                raise SpawnError(f"child {child.id!r} was stopped before it was ready")
         except BaseException:
             for read_end, _ in pipes:
                 os.close(read_end)
             child.incarnation = None
+            child.changed()
             raise
         finally:
             for _, write_end in pipes:
