@@ -31,6 +31,7 @@ Invariants owned here:
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 from collections.abc import Callable, Mapping
@@ -54,6 +55,10 @@ _BOOTSTRAP: Final = (
     "import sys;from ipcactors._supervision._remoteserver import _main;_main(sys.argv[1:])"
 )
 _START: Final = 30.0  # seconds the remote interpreter gets to import and report ready
+
+
+# A variable name env(1) and every shell take as one (POSIX's portable names).
+_VARIABLE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,10 +124,13 @@ class SSHHost:
         if keys is not None:
             object.__setattr__(self, "client_keys", tuple(keys))
         if not isinstance(self.env, Mapping) or not all(
-            isinstance(k, str) and k and "=" not in k and isinstance(v, str)
+            isinstance(k, str) and _VARIABLE.fullmatch(k) and isinstance(v, str) and "\0" not in v
             for k, v in self.env.items()
         ):
-            raise ConfigError(f"SSHHost env must map variable names to strings, got {self.env!r}")
+            raise ConfigError(
+                "SSHHost env must map variable names (letters, digits and _, not first a digit) "
+                f"to strings, got {self.env!r:.200}"
+            )
         object.__setattr__(self, "env", dict(self.env))
         check_seconds("SSHHost connect_timeout", self.connect_timeout)
         check_seconds("SSHHost keepalive", self.keepalive)
