@@ -615,3 +615,21 @@ async def test_connect_to_while_its_disconnect_runs_or_was_cancelled_connects_an
                 assert hello.of["world"] is new
                 while not old.destroyed:  # and the old one did close
                     await anyio.sleep(0.01)
+
+
+async def test_a_failed_connect_is_caused_by_the_sockets_own_error() -> None:
+    """guide: a ConnectionFailedError has "the socket's own error as its __cause__": a server
+    that hangs up at once gave anyio's BrokenResourceError (the OSError one step further)."""
+
+    async def hang_up(stream: anyio.abc.SocketStream) -> None:
+        await stream.aclose()
+
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        async with anyio.create_task_group() as group:
+            group.start_soon(listener.serve, hang_up)
+            port = listener.extra(anyio.abc.SocketAttribute.local_port)
+            async with Actor("hello", silent=True, retry=0.01, stop_retrying=1) as hello:
+                with anyio.fail_after(5), pytest.raises(ipcactors.ConnectionFailedError) as e:
+                    await hello.connect_to_net("world", "127.0.0.1", port)
+            assert isinstance(e.value.__cause__, OSError), repr(e.value.__cause__)
+            group.cancel_scope.cancel()

@@ -382,7 +382,7 @@ class Connection(Peer, HandlerMethods):
                 if _is_fatal(exc) or retries == 0:
                     if error is exc:
                         raise
-                    raise error from exc
+                    raise error from error.__cause__  # (set by _final_error)
                 failures += 1
                 now = anyio.current_time()
                 where = f"{self.id!r} at {self.address}"
@@ -669,6 +669,8 @@ class Connection(Peer, HandlerMethods):
         a broken one) a ConnectionFailedError caused by it."""
         if isinstance(exc, IPCError) and not isinstance(exc, ProtocolError):
             return exc
+        if isinstance(exc, anyio.BrokenResourceError) and isinstance(exc.__cause__, OSError):
+            exc = exc.__cause__  # anyio's wrapper: the socket's own error is the cause
         error = ConnectionFailedError(
             f"could not connect to {self.id!r} at {self.address}: {_reason(exc)}"
         )
