@@ -302,8 +302,9 @@ class NoHandlerError(RemoteError):
     """The peer has no handler for the requested event."""
 
     def __str__(self) -> str:  # the wire's type name (ipcactors.NoHandler) is no class to look up
+        said = self.remote_message or "no handler for the request"  # (a peer may say nothing)
         return (
-            f"{self.remote_message} on the peer: register one there with on(event); a "
+            f"{said} on the peer: register one there with on(event); a "
             "supervised child gets its siblings' requests on actor.server, not actor.parent"
         )
 

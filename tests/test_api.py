@@ -95,3 +95,11 @@ def test_backend_mistakes_are_config_errors_before_anything_starts() -> None:
     for bad_id in ("", "nul\0", 5):
         with pytest.raises(ipcactors.ConfigError, match="actor id"):
             ipcactors.BlockingActor(bad_id)  # type: ignore[arg-type]
+
+
+def test_a_no_handler_error_the_peer_said_nothing_of_still_reads() -> None:
+    """A peer's error reply may carry no message: the text began with " on the peer"."""
+    error = ipcactors.NoHandlerError("ipcactors.NoHandler", "")
+    assert str(error).startswith("no handler for the request on the peer: register one")
+    said = ipcactors.NoHandlerError("ipcactors.NoHandler", "no handler for 'x'")
+    assert str(said).startswith("no handler for 'x' on the peer")
