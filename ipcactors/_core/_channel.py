@@ -222,6 +222,7 @@ class Channel:
         "_tick",
         "_wanted",
         "_write_lost",
+        "_writes_after_opening",
         "broken_by",
         "handshake_error",
         "refusal",
@@ -234,12 +235,17 @@ class Channel:
         peer: Peer,
         opening: Opening | None = None,
         wanted: Callable[[], bool] | None = None,
+        *,
+        writes_after_opening: bool = False,
     ) -> None:
         self._stream = stream
         self._session = session
         self._peer = peer
         peer._encoder.tracebacks = send_tracebacks(stream, peer._config.remote_tracebacks)
         self._opening = opening
+        # Nothing is written until the opening is done (a connection that must prove itself
+        # first: what waits in the outbox stays there if it never does, see _connection).
+        self._writes_after_opening = writes_after_opening and opening is not None
         # A pipelined client's: whether the opening has anything to do, asked once the welcome
         # came; until then nothing is dispatched (see run: no task for an opening without
         # connect handlers).
@@ -333,10 +339,8 @@ class Channel:
                 ahead = self._session.data_to_send()
                 if ahead:  # a pipelined client's hello (or proof): first, with what is queued
                     outbox.put_reply(ahead, len(ahead))
-                detach = attach_writer(self._stream, outbox)
-                if detach is None:
-                    self._spawned = True
-                    task_group.start_soon(self._write_loop, task_group)
+                held = self._writes_after_opening
+                detach = None if held else self._start_writer(task_group)
                 watchdog = peer._watchdog
                 if watchdog is not None and (
                     peer._heartbeat_interval is not None or peer._idle_timeout is not None
@@ -362,6 +366,8 @@ class Channel:
                             await self._open()
                         finally:
                             self._release(task_group)
+                        if held:
+                            detach = self._start_writer(task_group)
                         await anyio.sleep_forever()  # until the reader is done
                 finally:
                     if detach is not None:
@@ -390,6 +396,15 @@ class Channel:
                 raise failure
             finally:
                 del failure
+
+    def _start_writer(self, task_group: TaskGroup) -> Callable[[], None] | None:
+        """Have the outbox drained: by loop callbacks (returns how to stop them), else by a
+        task of ``task_group``'s."""
+        detach = attach_writer(self._stream, self._peer._outbox)
+        if detach is None:
+            self._spawned = True
+            task_group.start_soon(self._write_loop, task_group)
+        return detach
 
     def _end_shared(self, shared: SharedMemory) -> None:
         """Frames naming this connection's shared memory never go out on another one."""

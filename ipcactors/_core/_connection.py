@@ -558,7 +558,7 @@ class Connection(Peer, HandlerMethods):
             self._outbox.keep_taken()  # what goes ahead of the welcome may have to go again
             channel = Channel(stream, session, self, self._opening, self._wants_opening)
         elif self._unproven:  # no handshake, and the last connection ended as it began
-            channel = Channel(stream, session, self, self._proving)
+            channel = Channel(stream, session, self, self._proving, writes_after_opening=True)
             self._channel = channel
             return channel
         else:
@@ -575,8 +575,10 @@ class Connection(Peer, HandlerMethods):
         """The opening of a connection without a handshake after one that ended as it began:
         connected (the ``connect`` handlers, the "connected" line; ``disconnect`` when it ends)
         once the server sends something or the connection lasts ``STABLE_AFTER``. Ended
-        sooner, it is one more failed attempt, and says nothing. Until then nothing the
-        server sends is handled (it is what ends the wait)."""
+        sooner, it is one more failed attempt, and says nothing. Until then nothing is
+        written (what is emitted waits in the outbox, for the next attempt if this one
+        fails: a full server closes connections unread) and nothing the server sends is
+        handled (it is what ends the wait)."""
         channel = self._channel
         assert channel is not None
         with anyio.move_on_after(STABLE_AFTER):
