@@ -110,6 +110,46 @@ def test_ctrl_c_leaving_the_block_does_not_wait_for_running_tasks(
     assert all(future.cancelled() for future in futures)
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_ctrl_c_while_the_block_waits_for_its_tasks_does_not_wait_either(
+    backend: str, socket_dir: str, tmp_path: Path
+) -> None:
+    """Ctrl-C as the block is left normally, while shutdown(wait=True) waits for long tasks:
+    the KeyboardInterrupt came out, but the futures were not cancelled nor the workers killed,
+    so the program ran on until the tasks ended (20 s here, at the interpreter's exit)."""
+    script = tmp_path / "main.py"
+    script.write_text(
+        textwrap.dedent(f"""
+            import os, signal, sys, threading, time
+            import _pool_tasks
+            from ipcactors import PoolExecutor
+
+            if __name__ == "__main__":
+                started = time.monotonic()
+                futures = []
+                try:
+                    with PoolExecutor(2, backend={backend!r}, socket_root=sys.argv[1]) as pool:
+                        futures += [pool.submit(_pool_tasks.blocks, 20.0) for _ in range(2)]
+                        time.sleep(0.5)  # in the workers by now
+                        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+                except KeyboardInterrupt:
+                    print([future.cancelled() for future in futures], flush=True)
+        """)
+    )
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(script), socket_dir],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONPATH": f"{TESTS_DIR}{os.pathsep}{os.path.dirname(TESTS_DIR)}"},
+    )
+    assert done.stdout.split("\n")[0] == "[True, True]", (done.stdout, done.stderr)
+    assert time.monotonic() - started < 12, done.stderr
+    assert os.listdir(socket_dir) == []
+
+
 def test_an_error_leaving_the_block_still_waits_for_the_tasks(executor: PoolExecutor) -> None:
     # As the standard executors do: an ordinary exception is the code's own; its tasks finish.
     futures = _leave_by(ValueError("the caller's own error"), executor, 0.2)

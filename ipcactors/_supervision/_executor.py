@@ -129,10 +129,22 @@ class PoolExecutor(concurrent.futures.Executor):
             closer = threading.Thread(target=self._close, args=(futures,), daemon=False)
             closer.start()
         if wait:
-            self._closed.wait()
+            try:
+                self._closed.wait()
+            except BaseException:  # Ctrl-C (or SystemExit) meanwhile: as when it leaves `with`
+                self._interrupted()
+                raise
             error, self._error = self._error, None
             if error is not None:  # the pool gave up (RestartIntensityError): said here, once
                 raise error
+
+    def _interrupted(self) -> None:
+        """Cancel every unfinished future, then have the workers killed (see ``__exit__``)."""
+        with self._lock:
+            self._kill = True  # (before the cancels: the closer checks it once they are done)
+            futures = list(self._futures)
+        for future in futures:
+            future.cancel()
 
     def _close(self, futures: list[concurrent.futures.Future[Any]]) -> None:
         closed(self)
