@@ -73,6 +73,21 @@ async def sibling_echo(actor: ipcactors.Actor) -> None:
     await echo(actor)
 
 
+async def forwards(actor: ipcactors.Actor, next_id: str) -> None:
+    """A pipeline stage: ``forward`` waits a little ("computes"), then asks its sibling
+    ``next_id`` (a ``sibling_echo``) and answers with what it said."""
+    parent = actor.parent
+    assert parent is not None
+
+    async def forward(data: Any) -> Any:
+        await anyio.sleep(0.5)
+        downstream = await actor.connect_to(next_id)
+        return await downstream.request("echo", data, timeout=10)
+
+    parent.on("forward", forward)
+    await anyio.sleep_forever()
+
+
 async def crash_after(actor: ipcactors.Actor, delay: float, code: int = 1) -> None:
     await anyio.sleep(delay)
     os._exit(code)

@@ -702,6 +702,33 @@ async def test_nested_supervisors(socket_dir: str) -> None:
         assert not alive(inner_pid)
 
 
+async def test_a_request_in_flight_that_needs_a_sibling_is_answered_at_shutdown(
+    socket_dir: str,
+) -> None:
+    """one_for_one stops its children at once, but only once the requests in flight to any
+    of them are answered: one child's answer may need a sibling (a pipeline's next stage).
+    The sibling was stopped first: the stage retried connecting to it until shutdown_timeout,
+    its request unanswered, then got SIGTERM."""
+    answers: list[Any] = []
+    started = time.monotonic()
+    with anyio.fail_after(30):
+        async with supervisor(socket_dir, shutdown_timeout=10.0) as sup:
+            await sup.spawn(_workers.sibling_echo, id="last")
+            await sup.spawn(_workers.forwards, "last", id="first")
+
+            async def ask() -> None:
+                answers.append(await sup.request("first", "forward", "x"))
+
+            sup_group = anyio.create_task_group()
+            async with sup_group:
+                sup_group.start_soon(ask)
+                await anyio.sleep(0.2)  # in flight; leaving the block below stops them all
+                started = time.monotonic()
+                await sup.aclose()
+    assert answers == [["last", "x"]]
+    assert time.monotonic() - started < 5  # not the 10 s grace period, nor SIGTERM
+
+
 async def test_a_supervising_child_stops_its_children_as_it_is_stopped(
     socket_dir: str, tmp_path: Any
 ) -> None:

@@ -345,6 +345,7 @@ class Supervisor:
         self._closed = anyio.Event()
         self._shutdown_lock = anyio.Lock()
         self._hard = False
+        self._grace_until: float | None = None  # when shutdown's grace period ends
         self._failure: RestartIntensityError | None = None
 
     def __repr__(self) -> str:
@@ -949,12 +950,15 @@ class Supervisor:
             def kill(sig: int) -> None:
                 launcher.kill(pid, sig)
 
+            grace = self.shutdown_timeout
+            if self._grace_until is not None:  # (shutdown's, begun in _stop_all)
+                grace = max(0.0, self._grace_until - anyio.current_time())
             await stop_process(
                 incarnation,
                 kill,
                 self._log,
                 graceful=graceful and not self._hard,
-                shutdown_timeout=self.shutdown_timeout,
+                shutdown_timeout=grace,
                 terminate_timeout=self.terminate_timeout,
             )
         if child.incarnation is incarnation:
@@ -990,6 +994,15 @@ class Supervisor:
             for child in children:
                 await self._halt(child, remove=False)
             return
+        # The requests in flight to every child are answered before any child is stopped: an
+        # answer may need a sibling (a pipeline's next stage), which must still be there. One
+        # grace period for both steps (see _end).
+        self._grace_until = anyio.current_time() + self.shutdown_timeout
+        with anyio.move_on_after(self.shutdown_timeout):
+            for child in children:
+                incarnation = child.incarnation
+                if incarnation is not None and not incarnation.exited.is_set():
+                    await incarnation.idle.wait()
         async with anyio.create_task_group() as task_group:
             for child in children:
                 task_group.start_soon(partial(self._halt, remove=False), child)
