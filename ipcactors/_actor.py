@@ -25,6 +25,7 @@ from anyio.abc import TaskGroup
 from ._config import Config
 from ._core._connection import Connection
 from ._core._handling import keeps, kept_until_handled
+from ._core._hosting import Hosting
 from ._core._peer import Peer
 from ._core._server import Client, Server
 from ._core._udp import DatagramPeer, DatagramServer
@@ -58,6 +59,9 @@ class Actor:
         self._server: Server | DatagramServer | None = None
         self._connections: dict[str, Connection] = {}
         self._task_group: TaskGroup | None = None
+        self._hosting: Hosting | None = None  # where _task_group lives (see __aenter__)
+        self._flushing: anyio.CancelScope | None = None  # the close's flush, while it runs
+        self._aborted = False  # _abort() was called: nothing more is flushed
         self._body: anyio.CancelScope | None = None  # the async with block's, while it runs
         self._body_task = 0  # the id of the task that runs it
         self._watchdog: Watchdog | None = None  # one task keeps time for every channel
@@ -78,8 +82,10 @@ class Actor:
     async def __aenter__(self) -> Actor:
         if self._task_group is not None or self._closing:
             raise IPCError(f"actor {self.id!r} can be entered only once")
-        task_group = anyio.create_task_group()
-        await task_group.__aenter__()
+        # What the actor runs lives in a group that a cancellation of the block does not reach:
+        # leaving the block, however it ends, flushes first (see _hosting).
+        self._hosting = Hosting()
+        task_group = await self._hosting.__aenter__()
         self._task_group = task_group
         self._watchdog = Watchdog(task_group)
         # The block's body runs in a scope of its own, inside the task group's but apart from
@@ -98,7 +104,7 @@ class Actor:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        if self._task_group is None or self._body is None:
+        if self._task_group is None or self._body is None or self._hosting is None:
             raise IPCError(f"actor {self.id!r} is not entered: __aexit__ follows __aenter__")
         original = exc
         # (Trio's scope answers True when shown no exception: only a shown one is swallowed.)
@@ -113,7 +119,7 @@ class Actor:
             if runtime is not None:
                 runtime.actors.discard(self)
             try:
-                suppress = await self._task_group.__aexit__(exc_type, exc, tb)
+                suppress = await self._hosting.__aexit__(exc_type, exc, tb)
             except BaseExceptionGroup as group:
                 only = group.exceptions[0] if len(group.exceptions) == 1 else None
                 if exc is not None and only is not None and _same(only, exc):
@@ -147,6 +153,7 @@ class Actor:
         if (
             self._body is not None
             and self._task_group is not None
+            and not self._aborted  # (its group is cancelled: a task there would never run)
             and anyio.get_current_task().id != self._body_task
         ):
             # From another task: the body ends now, at its next await, instead of meeting the
@@ -162,8 +169,11 @@ class Actor:
         closers = [connection.aclose for connection in self._connections.values()]
         if self._server is not None:
             closers.append(self._server.aclose)
+        self._flushing = flushing = anyio.move_on_after(self.config.close_timeout * 2)
+        if self._aborted:
+            flushing.cancel()
         try:
-            with anyio.move_on_after(self.config.close_timeout * 2):
+            with flushing:
                 if len(closers) == 1:  # the common case: no task to start
                     await closers[0]()
                 elif closers:
@@ -176,6 +186,15 @@ class Actor:
             if self._task_group is not None:
                 self._task_group.cancel_scope.cancel()
             self._closed.set()
+
+    def _abort(self) -> None:
+        """Stop now (``run``'s second signal): a flush in progress is cut short, and what
+        the actor runs is cancelled, as a cancellation of its block no longer does."""
+        self._aborted = True
+        if self._flushing is not None:
+            self._flushing.cancel()
+        if self._task_group is not None:
+            self._task_group.cancel_scope.cancel()
 
     def _hosts(self, peer: Peer) -> bool:
         """Whether a handler of ``peer``'s runs under this actor."""

@@ -144,11 +144,13 @@ async def _main(
                     logger.info(f"{signal.Signals(signum).name}: shutting down (again to force)")
                     task_group.start_soon(shut_down)
                 else:
-                    # Everything the actors own runs inside main_scope: this cuts their
-                    # flushes short too.
+                    # The children are killed, the actors' flushes cut short, then main is
+                    # cancelled.
                     logger.warning(f"{signal.Signals(signum).name}: stopping now")
                     for supervisor in list(runtime.supervisors):
                         supervisor.kill()
+                    for actor in list(runtime.actors):
+                        actor._abort()  # (their tasks outlive a cancellation: see _hosting)
                     cancel_main()
 
     result: Any = None

@@ -749,10 +749,9 @@ async def test_a_supervising_child_stops_its_children_as_it_is_stopped(
 async def test_a_cancelled_supervisor_block_still_stops_its_children(
     socket_dir: str, tmp_path: Any, log_lines: list[str]
 ) -> None:
-    """A timeout around the block: its connections to the children are cancelled with it, so
-    they get SIGTERM at once (step 2 of the shutdown), never restarted. The forkserver's
-    handle counted them killed as the cancellation reached it: a restart was decided, and
-    closing killed them (SIGKILL)."""
+    """A timeout around the block stops the children as leaving it does: the stop message,
+    their functions cancelled, never restarted. The forkserver's handle counted them killed as
+    the cancellation reached it: a restart was decided, and closing killed them (SIGKILL)."""
     path = tmp_path / "ends"
     with anyio.fail_after(30):
         with anyio.move_on_after(1.5):
@@ -760,7 +759,7 @@ async def test_a_cancelled_supervisor_block_still_stops_its_children(
                 await sup.spawn(_workers.marks_its_end, str(path), id="a")
                 pid = await sup.request("a", "pid")
                 await anyio.sleep_forever()
-    assert path.read_text() == "a SIGTERM\n"
+    assert path.read_text() == "a ended\n"
     assert not alive(pid)
     assert not any("restarting" in line for line in log_lines)
 
