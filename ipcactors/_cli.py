@@ -154,17 +154,18 @@ def parse_target(text: str) -> Target:
     return Target("unix", text, id=text)
 
 
-def parse_data(text: str | None) -> Any:
+def parse_data(text: str | None, what: str = "DATA") -> Any:
+    """``text`` as JSON; ``what`` names the argument it came from in the error."""
     if text is None:
         return None
     try:
         return json.loads(text)
     except ValueError as exc:
         raise UsageError(
-            f"DATA must be JSON ({exc}); quote strings twice in a shell: '\"hello\"'"
+            f"{what} must be JSON ({exc}); quote strings twice in a shell: '\"hello\"'"
         ) from None
     except RecursionError:
-        raise UsageError("DATA nests too deep for JSON here: flatten it") from None
+        raise UsageError(f"{what} nests too deep for JSON here: flatten it") from None
 
 
 def _jsonable(value: Any) -> Any:
@@ -507,7 +508,7 @@ def _ping_summary(out: Output, name: str, sent: int, times: list[float]) -> None
 
 async def cmd_listen(args: argparse.Namespace, out: Output) -> int:
     target = parse_target(args.target)
-    reply = parse_data(args.reply) if args.reply is not None else None
+    reply = parse_data(args.reply, "--reply") if args.reply is not None else None
     actor_id = target.id or args.id or "ipcactors-cli"
 
     def show(kind: str, event: str, data: Any, peer: Any) -> Any:

@@ -727,6 +727,17 @@ async def test_text_utf_8_cannot_hold_still_prints(socket_dir: str) -> None:
             assert 'say "lone \\ud800 surrogate"' in output.decode(), output
 
 
+def test_bad_json_names_the_argument_it_came_in() -> None:
+    """listen's --reply with bad JSON was blamed on DATA, an argument listen does not have."""
+    result = cli_sync("listen", "world", "--reply", "nope")
+    assert result.returncode == 2, result.stderr
+    assert "--reply must be JSON" in result.stderr
+    assert "DATA" not in result.stderr
+    result = cli_sync("request", "world", "x", "{not json")
+    assert result.returncode == 2, result.stderr
+    assert "DATA must be JSON" in result.stderr
+
+
 def test_usage_errors_are_json_with_json() -> None:
     """With --json an error is one JSON object on stderr, usage errors included: those the
     command finds and those argparse finds (they were argparse's text, or labelled "error")."""
