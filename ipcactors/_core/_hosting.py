@@ -36,8 +36,7 @@ class Hosting:
         self.group: TaskGroup | None = None
         self._outer: TaskGroup | None = None
         self._failure: BaseException | None = None
-        # The host's: cancelled directly (not through the outer group) if the start fails.
-        self._shield = anyio.CancelScope(shield=True)
+        self._shield = anyio.CancelScope(shield=True)  # the host's (see _host)
 
     async def __aenter__(self) -> TaskGroup:
         outer = anyio.create_task_group()
