@@ -605,3 +605,38 @@ async def test_a_cancelled_block_whose_peer_reads_nothing_leaves_within_close_ti
     finally:
         listener.close()
         os.unlink(path)
+
+
+async def test_whole_frames_before_a_close_mid_frame_are_all_handled(socket_dir: str) -> None:
+    """reliability.md: a receiver handles every whole frame that arrived before the end. A
+    peer that closes in the middle of a frame (a sender whose close_timeout ran out) is a
+    connection that broke, not bytes that break the protocol: the frames before it were
+    dropped with the inbox (one of five handled here)."""
+    import struct
+
+    import msgpack
+
+    def frame(message: Any) -> bytes:
+        body = msgpack.packb(message)
+        return struct.pack(">I", len(body)) + body
+
+    handled: list[int] = []
+    async with Actor("world", socket_root=socket_dir, silent=True) as world:
+        server = await world.serve()
+
+        @server.on("n")
+        async def slowly(data: int, client: Client) -> None:
+            await anyio.sleep(0.05)  # the rest wait in the inbox meanwhile
+            handled.append(data)
+
+        with anyio.fail_after(10):
+            stream = await anyio.connect_unix(str(server.address))
+            await stream.send(frame([4, {"v": 1, "id": "raw"}]))
+            await stream.receive()  # the welcome
+            events = b"".join(frame([0, "n", n]) for n in range(5))
+            await stream.send(events + frame([0, "n", 5])[:7])  # and half a frame
+            await stream.aclose()
+            while len(handled) < 5:
+                await anyio.sleep(0.01)
+        await anyio.sleep(0.2)
+    assert handled == [0, 1, 2, 3, 4]

@@ -45,7 +45,8 @@ Invariants:
 - When the peer goes (end of stream, a broken socket, bad bytes), the requests whose frames
   were handed to the writer fail at once with :class:`ConnectionLostError`.
 - Events and requests received before the input ended are still dispatched, whether the peer
-  closed its side (end of stream) or the connection broke under the reader (a reset: a peer
+  closed its side (end of stream, also in the middle of a frame: that frame is dropped, with a
+  warning) or the connection broke under the reader (a reset: a peer
   that closes with our frames unread in its socket resets the connection, after the frames
   it sent; those are whole and handled); requests then are not started, since no reply could
   go. So does a failed write (the peer went): nothing more is written (a server's client
@@ -837,9 +838,14 @@ class Channel:
                 ) from None
             except anyio.EndOfStream:
                 if buffered:
-                    raise DecodeError(
-                        f"the peer closed the connection {buffered} bytes into a frame"
-                    ) from None
+                    # A connection that broke (a sender whose close_timeout ran out), not
+                    # bytes that break the protocol: the whole frames before are handled.
+                    self._broken = True
+                    self.broken_by = DecodeError(
+                        f"the peer closed the connection {buffered} bytes into a frame "
+                        "(that frame is dropped)"
+                    )
+                    self._peer._log.warning(str(self.broken_by))
                 return
             except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
                 self._broken = True
