@@ -20,6 +20,18 @@ from ipcactors import ClosedError, ConfigError, PoolExecutor, RemoteError, Resta
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
+def run_script(script: Path, socket_dir: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python script socket_dir`` to its end (bounded), the tests' modules importable."""
+    return subprocess.run(
+        [sys.executable, str(script), socket_dir],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, "PYTHONPATH": f"{TESTS_DIR}{os.pathsep}{os.path.dirname(TESTS_DIR)}"},
+    )
+
+
 @pytest.fixture(params=["asyncio", "trio"])
 def executor(request: pytest.FixtureRequest, socket_dir: str) -> PoolExecutor:
     return PoolExecutor(
@@ -137,14 +149,7 @@ def test_ctrl_c_while_the_block_waits_for_its_tasks_does_not_wait_either(
         """)
     )
     started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, str(script), socket_dir],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, "PYTHONPATH": f"{TESTS_DIR}{os.pathsep}{os.path.dirname(TESTS_DIR)}"},
-    )
+    done = run_script(script, socket_dir, timeout=60)
     assert done.stdout.split("\n")[0] == "[True, True]", (done.stdout, done.stderr)
     assert time.monotonic() - started < 12, done.stderr
     assert os.listdir(socket_dir) == []
@@ -177,14 +182,7 @@ def test_a_program_that_never_shuts_its_executor_down_still_exits(
                 slow.add_done_callback(lambda f: print(f.result(), flush=True))
         """)
     )
-    done = subprocess.run(
-        [sys.executable, str(script), socket_dir],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        env={**os.environ, "PYTHONPATH": f"{TESTS_DIR}{os.pathsep}{os.path.dirname(TESTS_DIR)}"},
-    )
+    done = run_script(script, socket_dir, timeout=30)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["49", _pool_tasks.blocks(0)]
     assert os.listdir(socket_dir) == []

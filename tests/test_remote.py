@@ -507,51 +507,18 @@ async def test_children_connect_back_over_tls(
                 await sup.spawn(echo, id="w2", host="h2")
 
 
-def test_a_remote_forkserver_sweeps_what_a_killed_one_left(tmp_path: Any) -> None:
-    """A remote forkserver SIGKILLed (the OOM killer) cannot remove its socket directory; the
-    next one started on that host removes it (as a local supervisor sweeps what a killed one
-    left under its socket_root). It stayed there for good."""
+@contextlib.contextmanager
+def remote_forkserver(
+    tmp_path: Any, lifeline_timeout: float
+) -> Iterator[tuple[subprocess.Popen[bytes], list[Any]]]:
+    """The remote forkserver as SSH starts it, here without SSH (its runtime directory under
+    ``tmp_path``): the process and its "ready" message; killed as the block ends."""
     from ipcactors._supervision._remoteserver import FrameReader
     from ipcactors._supervision._ssh import _BOOTSTRAP
 
     env = {**os.environ, "PYTHONPATH": ROOT, "XDG_RUNTIME_DIR": str(tmp_path)}
-    dirs = []
-    for _ in range(2):
-        process = subprocess.Popen(
-            [sys.executable, "-c", _BOOTSTRAP, "WARNING", "", "10"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-        )
-        assert process.stdin is not None
-        assert process.stdout is not None
-        try:
-            reader = FrameReader()
-            messages: list[Any] = []
-            while not messages:
-                messages = reader.feed(os.read(process.stdout.fileno(), 4096))
-            dirs.append(messages[0][3])
-            assert os.path.isdir(dirs[-1])
-        finally:
-            process.kill()
-            process.wait()
-            process.stdin.close()
-            process.stdout.close()
-    first, second = dirs
-    assert not os.path.exists(first)  # swept by the second as it started
-    assert os.path.isdir(second)  # (killed too: the next one would sweep it)
-
-
-def test_remote_forkserver_exits_after_silence(tmp_path: Any) -> None:
-    """Over a link that died without a word, the remote forkserver stops (and with it every
-    child: its way out is the one the other tests see) once it heard nothing, not even a
-    ping, for lifeline_timeout seconds; pings keep it alive."""
-    from ipcactors._supervision._remoteserver import FrameReader, pack_frame
-    from ipcactors._supervision._ssh import _BOOTSTRAP
-
-    env = {**os.environ, "PYTHONPATH": ROOT, "XDG_RUNTIME_DIR": str(tmp_path)}
     process = subprocess.Popen(
-        [sys.executable, "-c", _BOOTSTRAP, "WARNING", "", "0.5"],
+        [sys.executable, "-c", _BOOTSTRAP, "WARNING", "", str(lifeline_timeout)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env=env,
@@ -563,7 +530,38 @@ def test_remote_forkserver_exits_after_silence(tmp_path: Any) -> None:
         messages: list[Any] = []
         while not messages:
             messages = reader.feed(os.read(process.stdout.fileno(), 4096))
-        kind, _, pid, sock_dir = messages[0]
+        yield process, messages[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdin.close()
+        process.stdout.close()
+
+
+def test_a_remote_forkserver_sweeps_what_a_killed_one_left(tmp_path: Any) -> None:
+    """A remote forkserver SIGKILLed (the OOM killer) cannot remove its socket directory; the
+    next one started on that host removes it (as a local supervisor sweeps what a killed one
+    left under its socket_root). It stayed there for good."""
+    dirs = []
+    for _ in range(2):
+        with remote_forkserver(tmp_path, lifeline_timeout=10) as (_, ready):
+            dirs.append(ready[3])
+            assert os.path.isdir(dirs[-1])
+    first, second = dirs
+    assert not os.path.exists(first)  # swept by the second as it started
+    assert os.path.isdir(second)  # (killed too: the next one would sweep it)
+
+
+def test_remote_forkserver_exits_after_silence(tmp_path: Any) -> None:
+    """Over a link that died without a word, the remote forkserver stops (and with it every
+    child: its way out is the one the other tests see) once it heard nothing, not even a
+    ping, for lifeline_timeout seconds; pings keep it alive."""
+    from ipcactors._supervision._remoteserver import pack_frame
+
+    with remote_forkserver(tmp_path, lifeline_timeout=0.5) as (process, ready):
+        assert process.stdin is not None
+        kind, _, pid, sock_dir = ready
         assert (kind, pid) == ("ready", process.pid)
         assert os.path.isdir(sock_dir)
         started = time.monotonic()
@@ -574,12 +572,6 @@ def test_remote_forkserver_exits_after_silence(tmp_path: Any) -> None:
             assert process.poll() is None
         process.wait(10)  # silent from here on: it stops by itself
         assert not os.path.exists(sock_dir)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        process.stdin.close()
-        process.stdout.close()
 
 
 def _sshd() -> str | None:

@@ -227,8 +227,8 @@ class Child:
         self.lock = anyio.Lock()
         # Set when it is stopped for good: interrupts a start in progress at once.
         self.halt = anyio.Event()
-        # While a start waits for its launcher (the forkserver, a host's connection): the scope
-        # that stopping it, or the supervisor's shutdown, cancels.
+        # While a start waits for its launcher (the forkserver, a host's connection) or for
+        # its spawn: the scope that stopping it, or the supervisor's shutdown, cancels.
         self.waiting_for_launcher: anyio.CancelScope | None = None
         # The restart decided for it that has not started it yet (a newer one supersedes it).
         self.claim: object | None = None

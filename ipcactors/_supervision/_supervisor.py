@@ -61,7 +61,7 @@ import signal
 import ssl
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 from types import TracebackType
@@ -115,6 +115,7 @@ from ._target import refuse_in_main_script, target_of
 __all__ = ["ChildInfo", "Supervisor"]
 
 H = TypeVar("H", bound=Handler)
+T = TypeVar("T")
 
 #: The levels a child can log at: loguru's own (a child starts afresh, without levels added here).
 CHILD_LOG_LEVELS: Final = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
@@ -833,46 +834,41 @@ class Supervisor:
         finally:
             server._expect_handshakes(-1)
 
+    async def _unless_stopped(self, child: Child, step: Callable[[], Awaitable[T]]) -> T:
+        """``step()`` of a child's start, ended at once if the child is stopped meanwhile (or
+        the supervisor shuts down: ``waiting_for_launcher``): then :class:`SpawnError` (or
+        :class:`ClosedError`), the child without an incarnation."""
+        with anyio.CancelScope() as waiting:
+            child.waiting_for_launcher = waiting
+            if child.halt.is_set() or self._halting.is_set():
+                waiting.cancel()
+            try:
+                return await step()
+            finally:
+                child.waiting_for_launcher = None
+        child.incarnation = None
+        child.changed()
+        self._check_open()
+        raise SpawnError(f"child {child.id!r} was stopped before it was ready")
+
     async def _launch(self, child: Child, incarnation: Incarnation) -> None:
         """:meth:`_start`'s work."""
         assert self._task_group is not None
         child.incarnation = incarnation
         child.changed()
         started = time.monotonic()
-        with anyio.CancelScope() as waiting:
-            child.waiting_for_launcher = waiting
-            if child.halt.is_set() or self._halting.is_set():
-                waiting.cancel()
-            try:
-                launcher = await self._ready_launcher(child)
-            finally:
-                child.waiting_for_launcher = None
-        if waiting.cancelled_caught:
-            child.incarnation = None
-            child.changed()
-            self._check_open()
-            raise SpawnError(f"child {child.id!r} was stopped before it was ready")
+        launcher = await self._unless_stopped(child, partial(self._ready_launcher, child))
         pipes = [os.pipe2(os.O_CLOEXEC), os.pipe2(os.O_CLOEXEC)]
         try:
             # Not shielded: a spawn given up (stopped, cancelled, a host that does not answer)
             # leaves the launcher to kill that process as soon as its pid comes.
             incarnation.launcher = launcher
-            with anyio.CancelScope() as waiting:
-                child.waiting_for_launcher = waiting
-                if child.halt.is_set() or self._halting.is_set():
-                    waiting.cancel()
-                try:
-                    incarnation.pid = await launcher.spawn(
-                        self._spec(child, incarnation),
-                        [pipes[0][1], pipes[1][1]],
-                        child.id,
-                        partial(self._on_exit, incarnation),
-                    )
-                finally:
-                    child.waiting_for_launcher = None
-            if waiting.cancelled_caught:
-                self._check_open()
-                raise SpawnError(f"child {child.id!r} was stopped before it was ready")
+            spec = self._spec(child, incarnation)
+            fds = [pipes[0][1], pipes[1][1]]
+            on_exit = partial(self._on_exit, incarnation)
+            incarnation.pid = await self._unless_stopped(
+                child, partial(launcher.spawn, spec, fds, child.id, on_exit)
+            )
         except BaseException:
             for read_end, _ in pipes:
                 os.close(read_end)
