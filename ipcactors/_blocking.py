@@ -176,6 +176,17 @@ class _Loop:
             )
         return _from_this_thread(self.trio_portal, partial(portal.call, fn, *args))
 
+    def read(self, fn: Callable[[], T]) -> T:
+        """A property's value: computed in the loop thread while the loop runs (the loop
+        changes what it reads), and here once it stopped (nothing changes it any more)."""
+        if self.portal is not None and not self.forked and threading.get_ident() != self.thread_id:
+            try:
+                return cast(T, self.reach(fn))
+            except ClosedError:
+                if self.portal is not None:
+                    raise
+        return fn()
+
     def close(self, aclose: Close) -> None:
         """Run ``aclose`` to its end; from a handler's thread, have it started once the
         handler returns, and return."""
@@ -486,6 +497,30 @@ class BlockingClient:
         """Ask this client; its handler's answer, or the async API's exceptions."""
         return self._loop.call(partial(self.wrapped.request, event, data, timeout=timeout))
 
+    @property
+    def redelivered(self) -> bool:
+        """Acknowledged mode, in a handler: this event may have been handled before (see
+        :attr:`Client.redelivered <ipcactors.Client.redelivered>`). ``False`` for a UDP peer."""
+        peer = self.wrapped
+        return isinstance(peer, Client) and peer.redelivered
+
+    @property
+    def unacknowledged(self) -> list[tuple[int, str]]:
+        """As :attr:`Client.unacknowledged <ipcactors.Client.unacknowledged>` (``[]`` for a UDP
+        peer)."""
+        peer = self.wrapped
+        return self._loop.read(lambda: peer.unacknowledged) if isinstance(peer, Client) else []
+
+    def wait_acknowledged(self, timeout: float | None = None) -> None:
+        """As :meth:`Client.wait_acknowledged`; raises :class:`TimeoutError` after ``timeout``
+        seconds. A UDP peer has no acknowledged mode: :class:`ConfigError`."""
+        timeout = _wait_timeout(timeout)
+        peer = self.wrapped
+        if not isinstance(peer, Client):
+            raise ConfigError("UDP is at most once: a UDP peer acknowledges nothing")
+        what = f"{peer.id!r} did not acknowledge everything"
+        self._loop.call(_bounded, peer.wait_acknowledged, timeout, what)
+
 
 def _wrap_peer(loop: _Loop, arg: Any) -> Any:
     if isinstance(arg, Client | DatagramPeer):
@@ -530,6 +565,25 @@ class BlockingConnection(_Wrapper):
         timeout = _wait_timeout(timeout)
         what = f"not connected to {self.wrapped.id!r}"
         self._loop.call(_bounded, self.wrapped.wait_connected, timeout, what)
+
+    @property
+    def redelivered(self) -> bool:
+        """Acknowledged mode, in a handler of this connection's: this event may have been
+        handled before (as :attr:`Connection.redelivered <ipcactors.Connection.redelivered>`)."""
+        return self.wrapped.redelivered
+
+    @property
+    def unacknowledged(self) -> list[tuple[int, str]]:
+        """As :attr:`Connection.unacknowledged <ipcactors.Connection.unacknowledged>`."""
+        return self._loop.read(lambda: self.wrapped.unacknowledged)
+
+    def wait_acknowledged(self, timeout: float | None = None) -> None:
+        """As :meth:`Connection.wait_acknowledged`: every event emitted so far was handled by
+        the server (raises :class:`TimeoutError` after ``timeout`` seconds,
+        :class:`UnacknowledgedError` if they were given up)."""
+        timeout = _wait_timeout(timeout)
+        what = f"{self.wrapped.id!r} did not acknowledge everything"
+        self._loop.call(_bounded, self.wrapped.wait_acknowledged, timeout, what)
 
     def statistics(self) -> ConnectionStatistics:
         """A snapshot of this connection's counters."""
@@ -578,6 +632,15 @@ class BlockingServer(_Wrapper):
     def broadcast(self, event: str, data: Any = None) -> None:
         """As :meth:`Server.broadcast`: send ``event`` to every client."""
         self._loop.call(self.wrapped.broadcast, event, data)
+
+    @property
+    def unacknowledged(self) -> Mapping[str, list[tuple[int, str]]]:
+        """As :attr:`Server.unacknowledged <ipcactors.Server.unacknowledged>` (a UDP server's
+        is empty: it acknowledges nothing)."""
+        server = self.wrapped
+        if isinstance(server, Server):
+            return self._loop.read(lambda: dict(server.unacknowledged))
+        return {}
 
     def statistics(self) -> ServerStatistics | DatagramStatistics:
         """A snapshot of the server's counters."""

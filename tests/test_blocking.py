@@ -708,3 +708,67 @@ def test_a_handler_ending_the_program_ends_the_blocking_actor_and_then_the_progr
     else:
         assert done.stderr == "", done.stderr
     assert os.listdir(socket_dir) == []
+
+
+def test_acknowledged_delivery_can_be_waited_for_both_ways(
+    backend: Literal["asyncio", "trio"], socket_dir: str
+) -> None:
+    """docs/guide.md's acknowledged events from a blocking program: each side waits until the
+    other's handlers returned for all it sent, a handler sees a redelivery, and what was given up
+    is listed and raised as in the async API."""
+    handled: list[int] = []
+    seen_redelivered: list[bool] = []
+    acked: dict[str, Any] = {"acked": "on", "ack_interval": 0.01}
+    with (
+        BlockingActor("world", socket_root=socket_dir, backend=backend, **FAST, **acked) as world,
+        BlockingActor(
+            "hello", socket_root=socket_dir, backend=backend, close_timeout=0.3, **FAST, **acked
+        ) as hello,
+    ):
+        server = world.serve()
+
+        @server.on("n")
+        def count(n: int, client: BlockingClient) -> None:
+            time.sleep(0.001)  # the acknowledgements trail the emits
+            seen_redelivered.append(client.redelivered)
+            handled.append(n)
+
+        conn = hello.connect_to("world")
+        numbers: list[int] = []
+        conn.on("n", numbers.append)
+        for n in range(50):
+            conn.emit("n", n)
+        conn.wait_acknowledged(timeout=10)
+        assert handled == list(range(50))  # acknowledged: every handler has returned
+        assert conn.unacknowledged == []
+        assert seen_redelivered == [False] * 50
+
+        client = server.clients["hello"]
+        for n in range(20):
+            client.emit("n", n)
+        client.wait_acknowledged(timeout=10)
+        assert numbers == list(range(20))
+        assert client.unacknowledged == []
+        assert server.unacknowledged == {}
+
+        # a wait that runs out is the blocking API's TimeoutError; what is never acknowledged
+        # once the connection is given up is an UnacknowledgedError listing it
+        slow = threading.Event()
+        server.on("slow", lambda _, client: slow.wait(10))
+        conn.emit("slow")
+        with pytest.raises(TimeoutError):
+            conn.wait_acknowledged(timeout=0.05)
+        conn.close()  # close_timeout runs out while "slow" runs: it is given up
+        with pytest.raises(ipcactors.UnacknowledgedError) as caught:
+            conn.wait_acknowledged(timeout=10)
+        slow.set()
+        assert [event for _, event in caught.value.events] == ["slow"]
+        assert [event for _, event in conn.unacknowledged] == ["slow"]
+    assert [event for _, event in conn.unacknowledged] == ["slow"]  # read once closed, too
+
+    with BlockingActor("plain", socket_root=socket_dir, backend=backend, **FAST) as plain:
+        plain.serve()
+        with pytest.raises(ipcactors.ConfigError, match="acked"):
+            plain.connect_to("plain").wait_acknowledged(timeout=1)
+        with pytest.raises(ipcactors.ConfigError, match="acked"):
+            plain.server.clients["plain"].wait_acknowledged(timeout=1)
