@@ -291,6 +291,10 @@ async def test_host_lost_for_good_escalates(
     with pytest.raises(ipcactors.RestartIntensityError, match="w1") as caught:
         await supervise()
     assert caught.value.restarts == 2
+    # it says why the last restart failed (it said "exited (status unknown)")
+    assert "status unknown" not in str(caught.value)
+    assert "unreachable" in str(caught.value)
+    assert isinstance(caught.value.__cause__, ipcactors.SpawnError)
     await wait_gone(pids, 5)
 
 

@@ -465,7 +465,8 @@ class Supervisor:
             pending = error
         if pending is None:
             if self._failure is not None:
-                raise self._failure from None  # not "during handling of" our own cancellation
+                # not "during handling of" our own cancellation; the cause: a failed restart's
+                raise self._failure from self._failure.__cause__
             await end_with_run()  # after run()'s signal, the code after the block never runs
             return True if original is not None else None
         if pending is original:
@@ -1012,12 +1013,21 @@ class Supervisor:
     # by side; the sequences of one_for_all and rest_for_one, whose groups overlap, one at a
     # time, each stopping its group in reverse start order and starting it in start order.
 
-    def _decide(self, child: Child, incarnation: Incarnation) -> None:
-        """The restart policy, for an exit of ``child`` that it did not ask for."""
+    def _decide(
+        self, child: Child, incarnation: Incarnation, failed: IPCError | None = None
+    ) -> None:
+        """The restart policy, for an exit of ``child`` that it did not ask for, or for a restart
+        of it that ``failed`` (its process may never have started)."""
         code = incarnation.exitcode
-        what = f"child {child.id!r} {describe_exit(code)}"
-        if incarnation.chain:
-            what += f" (a supervisor in it gave up: {describe_chain(incarnation.chain)})"
+        chain = (ChildExit(self.id, child.id, code), *incarnation.chain)
+        if failed is not None:  # its error says how (and names the chain, if there is one)
+            how = f"child {child.id!r} of supervisor {self.id!r} could not be restarted: {failed}"
+            what = how
+        else:
+            what = f"child {child.id!r} {describe_exit(code)}"
+            if incarnation.chain:
+                what += f" (a supervisor in it gave up: {describe_chain(incarnation.chain)})"
+            how = describe_chain(chain)
         assert self._task_group is not None
         now = time.monotonic()
         order = [other for other in self._children.values() if not other.halt.is_set()]
@@ -1040,10 +1050,9 @@ class Supervisor:
         if decision.action == "give_up":
             # Down to the child that kept failing, if this one ran a supervisor that gave up
             # and said so before it exited (without its report, the chain stops here).
-            chain = (ChildExit(self.id, child.id, code), *incarnation.chain)
             restarts = decision.restarts
             self._failure = RestartIntensityError(
-                f"{describe_chain(chain)}; supervisor {self.id!r} had restarted its children "
+                f"{how}; supervisor {self.id!r} had restarted its children "
                 f"{restarts} time{'' if restarts == 1 else 's'} in {decision.seconds:.1f} s, "
                 f"as many as max_restarts={self.max_restarts} within "
                 f"max_seconds={self.max_seconds} allow: it stopped every child and gave up",
@@ -1055,6 +1064,7 @@ class Supervisor:
                 restarts=restarts,
                 seconds=decision.seconds,
             )
+            self._failure.__cause__ = failed
             self._log.warning(str(self._failure))
             self._halt_starts()
             self._task_group.start_soon(self._give_up)
@@ -1100,7 +1110,7 @@ class Supervisor:
                             continue
                         self._log.warning(f"restart of {member.id!r} failed: {exc}")
                         if member.claim is None:  # else a newer restart covers it
-                            self._decide(member, incarnation)
+                            self._decide(member, incarnation, exc)
 
     # --- children's messages ------------------------------------------------------------------
 
