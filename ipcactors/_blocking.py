@@ -613,6 +613,12 @@ class BlockingServer(_Wrapper):
         return self.wrapped.address
 
     @property
+    def port(self) -> int:
+        """As :attr:`Server.port <ipcactors.Server.port>`: the port a TCP, TLS or UDP server is
+        bound to (with port 0, the one picked); a Unix socket server has none."""
+        return self.wrapped.port
+
+    @property
     def clients(self) -> Mapping[Any, BlockingClient]:
         """A snapshot of the clients (UDP: the peers heard from lately) by id (UDP: address)."""
         peers = self._loop.call(lambda: dict(self.wrapped.clients))

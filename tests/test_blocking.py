@@ -69,6 +69,8 @@ def test_emit_and_request_both_ways(backend: Literal["asyncio", "trio"], socket_
     ):
         server = world.serve()
         assert server.address == os.path.join(socket_dir, "app.world")
+        with pytest.raises(ipcactors.IPCError, match="no port"):
+            server.port  # noqa: B018
 
         @server.on("message")
         def message(data: str, client: BlockingClient) -> None:
@@ -257,6 +259,7 @@ def test_udp(backend: Literal["asyncio", "trio"]) -> None:
         assert hello.server is not None
         assert hello.server.address == mine.address
         assert mine.request(server.address, "add", [1, 2], timeout=10) == 3
+        assert mine.request(("127.0.0.1", server.port), "add", [1], timeout=10) == 1
         (peer,) = server.clients.values()
         assert peer.id == mine.address
 

@@ -40,6 +40,7 @@ async def test_message_and_reply(kind: str, host: str) -> None:
                 await anyio.sleep(0.01)
         assert replies == [("hello world!", world.address)]
         assert list(world.clients) == [hello.address]
+        assert world.port == world.address[1] != 0  # the port picked, as a TCP server's
 
 
 async def test_no_lifecycle_handler_on_a_udp_server() -> None:

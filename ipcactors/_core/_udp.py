@@ -184,6 +184,11 @@ class DatagramServer(HandlerMethods):
         return self._bound or (self._host, self._port)
 
     @property
+    def port(self) -> int:
+        """The port this server is bound to (with port 0, the one picked): ``address[1]``."""
+        return self.address[1]
+
+    @property
     def clients(self) -> Mapping[PeerAddress, DatagramPeer]:
         """Peers heard from recently, by address (a live read-only view)."""
         self._expire(anyio.current_time())
