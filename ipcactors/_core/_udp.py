@@ -54,6 +54,7 @@ from .._proto._session import datagram_messages
 from .._transports._datagram import (
     MAX_DATAGRAM,
     DatagramKind,
+    interface_name,
     open_datagram_endpoint,
     resolve_datagram_peer,
 )
@@ -86,6 +87,20 @@ def _unsendable(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, host: str) ->
     elif ip.ipv4_mapped is not None:
         return "an IPv4-mapped address (serve udp4 to reach IPv4 peers)"
     return None
+
+
+def _with_scope(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, scope: str, peer: Any) -> str:
+    """``ip`` with ``scope`` as the kernel writes a datagram's source: the interface's name on
+    a link-local address (a number is looked up), nothing on any other (the kernel ignores
+    it there, and Trio's lookup refuses it)."""
+    if not scope or not ip.is_link_local:
+        return str(ip)
+    if scope.isdigit():
+        try:
+            scope = interface_name(int(scope))
+        except OSError as exc:
+            raise ConfigError(f"a UDP peer's scope is no interface here, got {peer!r:.80}") from exc
+    return f"{ip}%{scope}"
 
 
 def _answerable(address: tuple[Any, ...]) -> bool:
@@ -228,12 +243,12 @@ class DatagramServer(HandlerMethods):
             raise ConfigError(f"a UDP peer's port is 1-65535, got {peer!r:.80}")
         # The address as the kernel writes it (a reply's source is compared with it): a name,
         # or another spelling of an address ("0:0:0:0:0:0:0:1", "127.1"), is looked up.
-        address, percent, scope = host.partition("%")
+        address, _, scope = host.partition("%")
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
             host, port = await resolve_datagram_peer(self._kind, host, port)
-            address, percent, scope = host.partition("%")
+            address, _, scope = host.partition("%")
             ip = ipaddress.ip_address(address)
         if f"udp{ip.version}" != self._kind:
             raise ConfigError(
@@ -242,7 +257,7 @@ class DatagramServer(HandlerMethods):
             )
         if refused := _unsendable(ip, host):
             raise ConfigError(f"a UDP peer cannot be {refused}, got {peer!r:.80}")
-        return (f"{ip}{percent}{scope}", port)
+        return (_with_scope(ip, scope, peer), port)
 
     async def _send(self, frame: Frame, address: PeerAddress) -> None:
         body = frame_bytes(frame)  # a datagram encoder's frame is the whole datagram

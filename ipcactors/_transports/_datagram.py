@@ -19,7 +19,13 @@ from anyio.abc import UDPSocket
 from .._errors import ConfigError
 from ._transport import raise_bind_error
 
-__all__ = ["MAX_DATAGRAM", "DatagramKind", "open_datagram_endpoint", "resolve_datagram_peer"]
+__all__ = [
+    "MAX_DATAGRAM",
+    "DatagramKind",
+    "interface_name",
+    "open_datagram_endpoint",
+    "resolve_datagram_peer",
+]
 
 DatagramKind = Literal["udp4", "udp6"]
 
@@ -50,3 +56,12 @@ async def resolve_datagram_peer(kind: DatagramKind, host: str, port: int) -> tup
             f"cannot resolve UDP peer {host!r} to an IPv{kind[-1]} address: {exc}"
         ) from None
     return (str(found[0][4][0]), port)
+
+
+def interface_name(index: int) -> str:
+    """The name of the network interface numbered ``index`` (a scope, as the kernel writes
+    it); :class:`OSError` if there is none."""
+    try:
+        return socket.if_indextoname(index)
+    except OverflowError as exc:
+        raise OSError(f"no interface {index}") from exc
