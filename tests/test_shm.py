@@ -558,6 +558,39 @@ async def test_copy_on_write_arrays_of_one_place_keep_their_pages_while_one_live
             await _poll(lambda: conn.statistics().shared_in_use == 0, "the releases")
 
 
+async def test_copy_on_write_parts_that_share_a_page_leave_no_old_writes_behind(
+    socket_dir: str,
+) -> None:
+    """Two parts of one `empty()` array meet inside a page; the receiver writes both, keeps
+    the small one and drops the big one. Every page of the big one that the small one does
+    not cover is the segment's again at once, and the rest once the small one goes: the next
+    array in that place reads what was sent (99,840 of 200,000 values read the receiver's old
+    -1.0: its private pages were kept because one page was still in use)."""
+    config = {**SHM, "shared_copy_on_write": True}
+    async with Actor("world", socket_root=socket_dir, silent=True, **config) as world:
+        server = await world.serve()
+        kept: list[Any] = []
+
+        def write_both(parts: list[Any], client: Any) -> None:
+            for part in parts:
+                part[...] = -1.0  # private to the receiver
+            kept.append(parts[1])
+
+        server.on("write_both", write_both)
+        server.on("drop", lambda data, client: kept.clear())
+        server.on("wrong", lambda data, client: int((data != 7.0).sum()))
+        async with Actor("hello", socket_root=socket_dir, silent=True, **SHM) as hello:
+            conn = await hello.connect_to("world")
+            out = conn.empty(200_000, np.float64)
+            out[...] = 1.0
+            with anyio.fail_after(10):
+                await conn.request("write_both", [out[:100_000], out[100_000:140_000]])
+                await conn.request("drop")
+                del out
+                await _poll(lambda: conn.statistics().shared_in_use == 0, "the releases")
+                assert await conn.request("wrong", np.full(200_000, 7.0)) == 0
+
+
 async def test_frames_naming_shared_memory_are_not_sent_on_the_next_connection(
     socket_dir: str,
 ) -> None:

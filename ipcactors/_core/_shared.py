@@ -77,6 +77,33 @@ def close_fds(fds: deque[int] | list[int]) -> None:
     fds.clear()
 
 
+def _pages(offset: int, nbytes: int) -> tuple[int, int]:
+    """The pages ``[start, end)`` that bytes ``[offset, offset + nbytes)`` touch."""
+    return offset - offset % PAGE, -(-(offset + nbytes) // PAGE) * PAGE
+
+
+def _pages_only_of(
+    offset: int, nbytes: int, others: list[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """The page ranges of ``[offset, offset + nbytes)`` that none of ``others`` (offset,
+    nbytes) touches."""
+    start, end = _pages(offset, nbytes)
+    ranges = []
+    for other_start, other_end in sorted(_pages(o, n) for o, n in others):
+        if other_start >= end:
+            break
+        if other_end <= start:
+            continue
+        if other_start > start:
+            ranges.append((start, other_start))
+        start = other_end
+        if start >= end:
+            return ranges
+    if start < end:
+        ranges.append((start, end))
+    return ranges
+
+
 class _Pool:
     """One of our segments: its mapping as bytes, and its free extents (offset, size)."""
 
@@ -369,10 +396,10 @@ class SharedMemory:
             if private is not None:
                 live = self._private_live.get(segment, [])
                 live.remove((offset, nbytes))
-                start, end = offset - offset % PAGE, -(-(offset + nbytes) // PAGE) * PAGE
-                if not any(o - o % PAGE < end and start < o + n for o, n in live):
-                    # The next array there must read the segment, not our old private pages.
-                    drop_pages(private, offset, nbytes)
+                # The next array there must read the segment, not our old private pages: those
+                # no other array still uses go now, the others with the last array over them.
+                for start, end in _pages_only_of(offset, nbytes, live):
+                    drop_pages(private, start, end - start)
             places.append((segment, offset))
         if places:
             try:
