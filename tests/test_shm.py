@@ -219,9 +219,17 @@ async def test_empty_with_a_shape_or_dtype_numpy_refuses_is_a_config_error(
         server.on("sum", lambda data, client: float(data.sum()))
         async with Actor("hello", socket_root=socket_dir, silent=True, **options) as hello:
             conn: Connection = await hello.connect_to("world")
-            for shape, dtype in [(-1, np.float64), (4, "nope"), ((2, -3), np.int8), ("4", float)]:
+            refused: list[tuple[Any, Any]] = [
+                *[(-1, np.float64), (4, "nope"), ((2, -3), np.int8), ("4", float)],
+                # what could never be sent (a ValueError that kept its place in the pool),
+                # and a size numpy refuses (a ValueError)
+                *[(MiB, object), (4, [("a", "i4"), ("b", "f8")]), (4, "V8")],
+                *[((2**40, 2**40), np.float64), ((2**62, 4), np.uint8)],
+            ]
+            for shape, dtype in refused:
                 with pytest.raises(ConfigError, match="empty"):
-                    conn.empty(shape, dtype)  # type: ignore[arg-type]
+                    conn.empty(shape, dtype)
+            assert conn.statistics().shared_in_use == 0  # nothing kept by what was refused
             assert conn.empty([2, np.int64(3)], "f4").shape == (2, 3)  # as numpy takes them
             out = conn.empty(4, np.float64)
             out[...] = 1

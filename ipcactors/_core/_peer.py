@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 import traceback
 from collections.abc import Awaitable, Callable
 from operator import index
@@ -30,6 +31,7 @@ from .._errors import (
     ClosedError,
     ConfigError,
     DecodeError,
+    EncodeError,
     EventNameError,
     IPCError,
     RequestTimeoutError,
@@ -194,8 +196,11 @@ class Peer:
         there is room, else an ordinary array (sent the usual way). Once sent, leave it as it
         is until the peer is done with it (the peer sees the very same memory); its place is
         reused only after the peer dropped every array it got from it and you dropped it.
-        A shape or dtype numpy would refuse is a :class:`ConfigError`."""
+        A shape or dtype numpy would refuse, or one no array sent may have (object, structured,
+        more than 32 dimensions), is a :class:`ConfigError`, before anything is taken."""
         import numpy as np
+
+        from .._proto._numpy import check_sendable
 
         dims: tuple[int, ...] | None
         try:  # as numpy takes a shape: an integer, or a tuple or list of them
@@ -209,6 +214,13 @@ class Peer:
             dtype = np.dtype(dtype)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"empty() takes a numpy dtype, got {dtype!r:.80}: {exc}") from None
+        # Checked before a place is taken: what could never be sent, and what numpy refuses.
+        try:
+            check_sendable(dtype, len(dims))
+        except EncodeError as exc:
+            raise ConfigError(f"empty() makes arrays to send: {exc}") from None
+        if math.prod(dims) * dtype.itemsize > sys.maxsize:
+            raise ConfigError(f"empty() got a shape too large for an array: {shape!r:.80}")
         shared = self._shared
         if shared is not None:
             array = shared.empty(dims, dtype)

@@ -99,13 +99,8 @@ def from_dlpack(obj: Any) -> np.ndarray[Any, Any]:
         ) from None
 
 
-def _array_header(array: np.ndarray[Any, Any]) -> bytearray:
-    if isinstance(array, np.ma.MaskedArray):
-        raise EncodeError(  # (its mask would be lost: the wire carries dtype, shape and data)
-            "a numpy masked array cannot be sent: only its data would travel, not its mask; "
-            "send array.filled(value), or the data and np.ma.getmaskarray(array) apart"
-        )
-    dtype = array.dtype
+def check_sendable(dtype: np.dtype[Any], ndim: int) -> None:
+    """:class:`EncodeError` unless arrays of ``dtype`` and ``ndim`` dimensions can be sent."""
     if dtype.kind not in _KINDS or dtype.fields is not None or dtype.subdtype is not None:
         what = "object" if dtype.kind == "O" else f"{dtype} ({dtype.kind!r})"
         raise EncodeError(
@@ -113,17 +108,27 @@ def _array_header(array: np.ndarray[Any, Any]) -> bytearray:
             "datetime64/timedelta64, bytes and str arrays travel (never pickle); convert the "
             "data first (e.g. to a list, or to a numeric array)"
         )
-    if array.ndim > _MAX_NDIM:
+    if ndim > _MAX_NDIM:
         raise EncodeError(
-            f"a numpy array of {array.ndim} dimensions cannot be sent: at most {_MAX_NDIM} "
+            f"a numpy array of {ndim} dimensions cannot be sent: at most {_MAX_NDIM} "
             "travel (reshape it first)"
         )
-    text = dtype.str.encode("ascii")
-    if len(text) > _MAX_DTYPE_TEXT or _DTYPE_TEXT.fullmatch(dtype.str) is None:
+    if len(dtype.str) > _MAX_DTYPE_TEXT or _DTYPE_TEXT.fullmatch(dtype.str) is None:
         raise EncodeError(  # (what a receiver would refuse: never a closed connection there)
             f"numpy arrays of dtype {dtype.str!r} cannot be sent: its text is not one the "
             f"protocol carries (at most {_MAX_DTYPE_TEXT} bytes)"
         )
+
+
+def _array_header(array: np.ndarray[Any, Any]) -> bytearray:
+    if isinstance(array, np.ma.MaskedArray):
+        raise EncodeError(  # (its mask would be lost: the wire carries dtype, shape and data)
+            "a numpy masked array cannot be sent: only its data would travel, not its mask; "
+            "send array.filled(value), or the data and np.ma.getmaskarray(array) apart"
+        )
+    dtype = array.dtype
+    check_sendable(dtype, array.ndim)
+    text = dtype.str.encode("ascii")
     header = bytearray((_VERSION, len(text)))
     header += text
     header.append(array.ndim)
