@@ -141,5 +141,10 @@ def fill_reused(value: int, size: int, kind: str) -> Any:
     return out
 
 
+async def fill_reused_async(value: int, size: int, kind: str) -> Any:
+    """``fill_reused`` as an ``async def`` (several run side by side in a worker)."""
+    return fill_reused(value, size, kind)
+
+
 def size_of(array: Any) -> int:
     return int(array.nbytes)

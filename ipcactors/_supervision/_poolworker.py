@@ -21,7 +21,9 @@ task only (an ``EncodeError`` outcome).
 
 A result is what the function returned when it returned: one that may hold memory the
 function can change later (a writable array, a ``bytearray``: a preallocated output refilled on
-every call) is sent, and in the kernel, before the next task starts (:func:`_may_change`).
+every call) is sent, and in the kernel, before the next task starts (:func:`_may_change`); an
+async function's is copied as it returns (:func:`_snapshot`), since the tasks side by side with
+it run before it is sent.
 
 Cancelling: a queued task never starts (outcome ``[id, 2]``); an async one is cancelled at its
 next await; a plain one that already runs cannot be interrupted, finishes, and its result is
@@ -185,9 +187,14 @@ class _Worker:
         finally:
             del self.scopes[task_id]
             if outcome is not None:
-                self.done.append(outcome)
                 if outcome[1] == 0 and _may_change(outcome[2]):
-                    self.must_send = True
+                    # The tasks side by side with this one run before it is sent, and may
+                    # refill what it returned: it travels as it is now.
+                    try:
+                        outcome[2] = _snapshot(outcome[2])
+                    except EncodeError as exc:
+                        outcome = self.failure(task_id, exc)
+                self.done.append(outcome)
                 self.wake.set()
 
     async def flush(self) -> None:
@@ -212,6 +219,33 @@ class _Worker:
         del outcomes
         if must_send:  # in the kernel before the task that could change it runs
             await self.parent._wait_written()
+
+
+def _snapshot(value: Any) -> Any:
+    """``value`` with a copy of every buffer in it that may change (see :func:`_may_change`),
+    the same on the wire."""
+    kind = type(value)
+    if kind in _IMMUTABLE:
+        return value
+    if kind is list:
+        return [_snapshot(item) for item in value]
+    if kind is tuple:
+        return tuple(_snapshot(item) for item in value)
+    if kind is dict:
+        return {key: _snapshot(item) for key, item in value.items()}
+    if kind is bytearray:
+        return bytearray(value)
+    if kind is memoryview:
+        return value if value.readonly else memoryview(value.tobytes())
+    if _is_ndarray(kind):
+        return value if not value.flags.writeable else value.copy()
+    if hasattr(kind, "__dlpack__") or getattr(kind, "__array_interface__", None) is not None:
+        import numpy as np
+
+        from .._proto._numpy import from_dlpack  # (EncodeError for what cannot travel)
+
+        return np.array(from_dlpack(value) if hasattr(kind, "__dlpack__") else value)
+    return value
 
 
 #: How many values :func:`_may_change` looks at in one result before it assumes the worst.
