@@ -284,6 +284,29 @@ async def test_wrong_protocol_version_is_rejected_with_version(
             assert str(version) in reject.message
 
 
+async def test_a_hello_without_its_proof_is_told_what_it_lacked(socket_dir: str) -> None:
+    """With a shared key: the hello came, the proof never did. The reject says so; it said
+    "no hello within handshake_timeout", pointing at the wrong step."""
+    async with Actor(
+        "srv",
+        socket_root=socket_dir,
+        silent=True,
+        handshake_timeout=HANDSHAKE_TIMEOUT,
+        auth_key=b"k" * 32,
+    ) as srv:
+        server = await srv.serve()
+        assert isinstance(server.address, str)
+        async with await anyio.connect_unix(server.address) as stream:
+            await stream.send(framed(pack([4, {"v": 1, "id": "raw", "nonce": b"n" * 32}])))
+            messages, elapsed = await receive_until_closed(stream)
+        assert_rejected(messages[1:], "timeout")  # after the challenge
+        reject = messages[1]
+        assert isinstance(reject, Reject)
+        assert "proof" in reject.message
+        assert "no hello" not in reject.message
+        assert HANDSHAKE_TIMEOUT * 0.8 <= elapsed <= HANDSHAKE_TIMEOUT + 2.0
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_silent_client_is_closed_after_handshake_timeout(
     transport: str, socket_dir: str

@@ -135,6 +135,18 @@ def test_keys_on_one_side_only_are_refused_both_ways() -> None:
         client.receive(server.accept())
 
 
+@pytest.mark.parametrize("nonce", [b"n" * 31, b"n" * 33, "n" * 32, 5])
+def test_a_hello_with_a_malformed_nonce_is_told_so(nonce: object) -> None:
+    """A nonce that is not 32 bytes is refused as such (reason auth): it was "this server
+    requires a shared key: set auth_key", which sends a client that set one astray."""
+    server = session(Role.SERVER, "server", auth_key=b"key")
+    hello = MsgpackEncoder(LIMITS).hello("client", nonce=nonce)
+    with pytest.raises(Refusal, match="nonce") as caught:
+        server.receive(hello if isinstance(hello, bytes) else b"".join(hello))
+    assert caught.value.reason == "auth"
+    assert "set auth_key" not in caught.value.message
+
+
 def test_a_challenge_to_a_client_without_key() -> None:
     client, server = pair(None, None)
     keyed = session(Role.SERVER, "server", auth_key=b"key")

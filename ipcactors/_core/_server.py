@@ -214,6 +214,13 @@ def _lost(exc: BaseException) -> str:
     return str(exc) or repr(exc)
 
 
+def _timed_out(session: Session) -> str:
+    """What a handshake that ran out of ``handshake_timeout`` lacked."""
+    if session.hello is not None:  # a shared key's: the proof, after the hello
+        return "the hello came, but no proof of the shared key within handshake_timeout"
+    return "no hello within handshake_timeout"
+
+
 class Server(HandlerMethods):
     """A listening socket and its clients. Made by ``Actor.serve()`` / ``Actor.serve_net()``."""
 
@@ -582,7 +589,7 @@ class Server(HandlerMethods):
             return
         except (TimeoutError, ProtocolError) as exc:
             reason = exc.reject_reason if isinstance(exc, ProtocolError) else "timeout"
-            message = str(exc) or "no hello within handshake_timeout"
+            message = str(exc) or _timed_out(session)
             self._handshake_failed(f"handshake with {peer_address!r} failed: {message}")
             await self._refuse(stream, session, reason, message)
             return
@@ -600,7 +607,7 @@ class Server(HandlerMethods):
             if dropped:  # to admit a newer connection (see _enter_handshake), or closing
                 await close_now(stream)
             else:  # the deadline passed
-                message = "no hello within handshake_timeout"
+                message = _timed_out(session)
                 self._handshake_failed(f"handshake with {peer_address!r} failed: {message}")
                 await self._refuse(stream, session, "timeout", message)
             return

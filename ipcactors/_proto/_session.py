@@ -385,8 +385,11 @@ class Session:
             self.state = State.DECIDING
             return
         client_nonce = hello.extra.get("nonce")
-        if type(client_nonce) is not bytes or len(client_nonce) != NONCE_SIZE:
+        if client_nonce is None:
             raise Refusal("auth", "this server requires a shared key: set auth_key")
+        if type(client_nonce) is not bytes or len(client_nonce) != NONCE_SIZE:
+            got = f"{len(client_nonce)} bytes" if type(client_nonce) is bytes else "not bin"
+            raise Refusal("auth", f"the hello's nonce is not {NONCE_SIZE} bytes ({got})")
         self._client_nonce = client_nonce
         self._server_nonce = self._nonce(NONCE_SIZE)
         proof = _mac(key, b"server", client_nonce, self._server_nonce)
