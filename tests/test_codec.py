@@ -208,3 +208,30 @@ async def test_a_datagram_may_carry_several_messages(lines: str) -> None:
         assert server.statistics().dropped_malformed == 1
         with pytest.raises(ipcactors.UnsupportedError):
             await server.request(("127.0.0.1", 9), "n")
+
+
+@pytest.mark.parametrize(
+    ("what", "header"),
+    [
+        ("ext", b"\xc9\xff\xff\xff\xff\x05"),
+        ("bin", b"\xc6\xff\xff\xff\xff"),
+        ("str", b"\xdb\xff\xff\xff\xff"),
+        ("array", b"\xdd\xff\xff\xff\xff"),
+        ("map", b"\xdf\xff\xff\xff\xff"),
+    ],
+)
+def test_a_length_past_the_frame_is_named_so(what: str, header: bytes) -> None:
+    """A body declaring a str, bin, ext, array or map longer than its frame (or than the
+    items allowed) is refused in words: it read "ValueError: 0 exceeds max_ext_len(67174400)"
+    or "OutOfData: No more data to unpack", msgpack's texts."""
+    body = b"\x93\x00\xa1e" + header + b"\x00" * 8
+    frame = len(body).to_bytes(4, "big") + body
+    with pytest.raises(ipcactors.DecodeError) as caught:
+        MsgpackDecoder(Limits()).feed(frame)
+    message = str(caught.value)
+    if what in ("array", "map"):
+        assert f"{what} of 4294967295 items, more than max_container_len=1048576" in message
+    else:
+        assert "runs past the end of its frame" in message
+    assert "exceeds max_" not in message
+    assert "OutOfData" not in message

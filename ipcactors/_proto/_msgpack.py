@@ -41,6 +41,7 @@ the contract every codec keeps.
 from __future__ import annotations
 
 import os
+import re
 import struct
 import sys
 import threading
@@ -1082,12 +1083,32 @@ def _small_unpacker(key: str, limits: Limits, options: dict[str, Any]) -> Any:
     return unpacker
 
 
+_LENGTH_PAST: Final = re.compile(r"(\d+) exceeds max_(str|bin|ext|array|map)_len\((\d+)\)")
+
+
+def invalid_body(exc: Exception) -> DecodeError:
+    """msgpack's failure to unpack a body, in our words where msgpack's name its internals."""
+    if isinstance(exc, msgpack.OutOfData):
+        return DecodeError("invalid msgpack body: a value runs past the end of its frame")
+    found = _LENGTH_PAST.search(str(exc))
+    if found is None:
+        return DecodeError(f"invalid msgpack body: {type(exc).__name__}: {exc}")
+    declared, kind, allowed = found.groups()
+    if kind in ("array", "map"):
+        what = f"an {kind}" if kind == "array" else "a map"
+        return DecodeError(
+            f"invalid msgpack body: {what} of {declared} items, more than "
+            f"max_container_len={allowed}"
+        )
+    return DecodeError(f"invalid msgpack body: a {kind} runs past the end of its frame")
+
+
 def _unpack_failed(key: str, exc: BaseException) -> BaseException:
     """Throw the shared unpacker away after ``exc``; what to raise instead of it."""
     _shared.__dict__.get("unpackers", {}).pop(key, None)
     if isinstance(exc, DecodeError) or not isinstance(exc, Exception):
         return exc
-    return DecodeError(f"invalid msgpack body: {type(exc).__name__}: {exc}")
+    return invalid_body(exc)
 
 
 def _unpack_whole(
@@ -1315,7 +1336,7 @@ class MsgpackDecoder(Decoder):
         except DecodeError:
             raise
         except Exception as exc:  # msgpack raises many types: ValueError, FormatError...
-            raise DecodeError(f"invalid msgpack body: {type(exc).__name__}: {exc}") from None
+            raise invalid_body(exc) from None
         finally:
             _shared.resolver = None
         message = self._message(value, assembly.size, counted=True)
@@ -1556,7 +1577,7 @@ class MsgpackDecoder(Decoder):
         except DecodeError:
             raise
         except Exception as exc:  # msgpack raises many types: ValueError, FormatError, ...
-            raise DecodeError(f"invalid msgpack body: {type(exc).__name__}: {exc}") from None
+            raise invalid_body(exc) from None
         message = self._message(value, size, counted)
         if isinstance(message, list):
             raise DecodeError("a batch of events (kind 14) in a datagram")
@@ -1606,7 +1627,7 @@ class MsgpackDecoder(Decoder):
             except DecodeError:
                 raise
             except Exception as exc:  # msgpack raises many types: ValueError, FormatError...
-                raise DecodeError(f"invalid msgpack body: {type(exc).__name__}: {exc}") from None
+                raise invalid_body(exc) from None
         else:
             value = _unpack_whole(
                 body, size, self._unpacker_key, self._limits, self._unpack_options
