@@ -9,7 +9,7 @@ Invariants:
   leaving ``with``, or the interpreter's exit if neither came: ``_loopthreads``): nothing
   (thread, socket, socket file) outlives the actor.
 - From a thread that runs Trio, calls into a Trio loop thread go through a helper thread
-  (``_from_this_thread``): Trio refuses them from any thread running Trio.
+  (``from_this_thread``): Trio refuses them from any thread running Trio.
 - Methods may be called from any number of threads at once, never from the loop thread itself
   (that would wait on itself): there they raise :class:`IPCError` saying to use the async API.
   A caller's thread that runs an event loop of its own (Jupyter) is blocked for each call, like
@@ -53,8 +53,8 @@ from ._core._server import Client, Server
 from ._core._stats import ConnectionStatistics, ServerStatistics
 from ._core._udp import DatagramPeer, DatagramServer, DatagramStatistics, PeerAddress
 from ._errors import ClosedError, ConfigError, IPCError
-from ._loopthreads import close_at_exit, closed, signals_deferred
-from ._transports._backend import being_cancelled, check_backend, thread_runs_trio
+from ._loopthreads import close_at_exit, closed, from_this_thread, signals_deferred
+from ._transports._backend import being_cancelled, check_backend
 
 __all__ = [
     "BlockingActor",
@@ -79,36 +79,12 @@ _in_handler = threading.local()
 _loop_threads: set[int] = set()
 
 
-def _from_this_thread(trio_portal: bool, operation: Callable[[], T]) -> T:
-    """Run ``operation`` (a call into a portal's loop, or its start or stop) for the caller.
-    Trio refuses calls into its loops from any thread that runs Trio itself, another loop
-    included: from such a thread, a Trio portal is called from a helper thread, the caller's
-    thread blocked meanwhile as by any blocking call."""
-    if not (trio_portal and thread_runs_trio()):
-        return operation()
-    outcome: list[Any] = []
-
-    def run() -> None:
-        try:
-            outcome.append((True, operation()))
-        except BaseException as exc:
-            outcome.append((False, exc))
-
-    helper = threading.Thread(target=run, name="ipcactors-trio-call")
-    helper.start()
-    helper.join()
-    returned, value = outcome[0]
-    if returned:
-        return cast(T, value)
-    raise value
-
-
 class _Loop:
     """The portal and the id of its thread, shared by an actor and its wrappers."""
 
     def __init__(self, actor_id: str, trio_portal: bool) -> None:
         self.actor_id = actor_id
-        self.trio_portal = trio_portal  # see _from_this_thread
+        self.trio_portal = trio_portal  # see from_this_thread
         self.pid = os.getpid()  # the process whose thread runs the loop (see forked)
         self.portal: BlockingPortal | None = None
         self.thread_id: int | None = None
@@ -174,7 +150,7 @@ class _Loop:
                 "call needs it: await the async API there (`.wrapped` gives the "
                 "async object), or make the handler a plain def (it then runs in a worker thread)"
             )
-        return _from_this_thread(self.trio_portal, partial(portal.call, fn, *args))
+        return from_this_thread(self.trio_portal, partial(portal.call, fn, *args))
 
     def read(self, fn: Callable[[], T]) -> T:
         """A property's value: computed in the loop thread while the loop runs (the loop
@@ -746,7 +722,7 @@ class BlockingActor:
     def _start(self) -> None:
         self._loop.pid = os.getpid()
         portal_cm = start_blocking_portal(self._backend, self._backend_options)
-        hop = partial(_from_this_thread, self._loop.trio_portal)
+        hop = partial(from_this_thread, self._loop.trio_portal)
         portal = hop(portal_cm.__enter__)
         try:
             actor = hop(partial(portal.call, partial(Actor, self.id, self.config)))
@@ -809,14 +785,14 @@ class BlockingActor:
             if not done.done():
                 portal = self._loop.portal
                 assert portal is not None
-                _from_this_thread(self._loop.trio_portal, partial(portal.call, stop.set))
+                from_this_thread(self._loop.trio_portal, partial(portal.call, stop.set))
             done.result()
         finally:
             self._loop.portal = None
             _loop_threads.discard(self._loop.thread_id)
             with signals_deferred():  # (the loop's work is done: its stop is short)
                 stop_portal = partial(portal_cm.__exit__, None, None, None)
-                _from_this_thread(self._loop.trio_portal, stop_portal)
+                from_this_thread(self._loop.trio_portal, stop_portal)
 
     @property
     def wrapped(self) -> Actor:

@@ -7,6 +7,9 @@ Invariants:
   interpreter waits for its threads (``atexit`` runs after that wait: too late, since a loop
   thread left open never ends, and the program would hang at exit). What is registered is held
   weakly: registering keeps nothing alive.
+- A call into a Trio loop thread from a thread that runs Trio itself goes through a helper
+  thread (:func:`from_this_thread`): Trio refuses it from there, and the caller would wait for
+  ever.
 - Inside :func:`signals_deferred` (on the main thread) SIGINT and SIGTERM wait until the block
   ends: a ``KeyboardInterrupt`` never lands inside anyio's start or stop of a portal, which
   would then wait for the portal's thread for ever (or leave it running). The blocks are
@@ -20,9 +23,13 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar, cast
 
-__all__ = ["close_at_exit", "closed", "signals_deferred"]
+from ._transports._backend import thread_runs_trio
+
+__all__ = ["close_at_exit", "closed", "from_this_thread", "signals_deferred"]
+
+T = TypeVar("T")
 
 _DEFERRED = (signal.SIGINT, signal.SIGTERM)
 
@@ -40,6 +47,30 @@ def close_at_exit(close: Callable[[], object]) -> None:
             threading._register_atexit(_close_all)  # type: ignore[attr-defined]
             _hook_set = True
         _open[id(close.__self__)] = weakref.WeakMethod(close)  # type: ignore[attr-defined]
+
+
+def from_this_thread(trio_portal: bool, operation: Callable[[], T]) -> T:
+    """Run ``operation`` (a call into a portal's loop, or its start or stop) for the caller.
+    Trio refuses calls into its loops from any thread that runs Trio itself, another loop
+    included: from such a thread, a Trio portal is called from a helper thread, the caller's
+    thread blocked meanwhile as by any blocking call."""
+    if not (trio_portal and thread_runs_trio()):
+        return operation()
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, operation()))
+        except BaseException as exc:
+            outcome.append((False, exc))
+
+    helper = threading.Thread(target=run, name="ipcactors-trio-call")
+    helper.start()
+    helper.join()
+    returned, value = outcome[0]
+    if returned:
+        return cast(T, value)
+    raise value
 
 
 def closed(owner: object) -> None:

@@ -214,3 +214,37 @@ def test_a_pool_that_gives_up_says_why_to_its_futures_and_shutdown(
     with pytest.raises(RestartIntensityError):
         executor.shutdown(wait=True)
     executor.shutdown(wait=True)  # (said once)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("callers_loop", ["asyncio", "trio"])
+def test_inside_a_running_event_loop(
+    backend: str, callers_loop: str, socket_dir: str, tmp_path: Path
+) -> None:
+    """Blocking code in an async program (a notebook cell, a pool task of another pool): the
+    executor runs whatever loop runs in the caller's thread. A Trio loop there made the
+    executor's start fail with a RuntimeError (its locks were made for the caller's library)
+    or, with a Trio executor, hang for ever; an asyncio loop there with a Trio executor failed
+    too."""
+    script = tmp_path / "in_a_loop.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import sys
+            import anyio
+            import _pool_tasks
+            from ipcactors import PoolExecutor
+
+            async def cell():
+                with PoolExecutor(1, backend={backend!r}, socket_root=sys.argv[1]) as executor:
+                    print(executor.submit(_pool_tasks.square, 7).result(timeout=10))
+                    print(list(executor.map(_pool_tasks.square, [1, 2], timeout=10)))
+
+            if __name__ == "__main__":
+                anyio.run(cell, backend={callers_loop!r})
+            """
+        )
+    )
+    done = run_script(script, socket_dir, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["49", "[1, 4]"]

@@ -18,13 +18,14 @@ import sys
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from functools import partial
 from types import TracebackType
 from typing import Any, Literal
 
 import anyio.from_thread
 from anyio.from_thread import BlockingPortal
 
-from .._loopthreads import close_at_exit, closed, signals_deferred
+from .._loopthreads import close_at_exit, closed, from_this_thread, signals_deferred
 from .._transports._backend import check_backend
 from ._pool import Pool
 
@@ -50,18 +51,23 @@ class PoolExecutor(concurrent.futures.Executor):
         **options: Any,
     ) -> None:
         check_backend(backend)
-        self._pool = Pool(fn, size, **options)
+        # Every call into the pool's loop goes through this: from a thread that runs Trio (a
+        # Trio program, a Trio pool's task), a Trio loop is reached from a helper thread.
+        self._hop = hop = partial(from_this_thread, backend == "trio")
         self._portal_cm = anyio.from_thread.start_blocking_portal(backend)
         with signals_deferred():  # (see _loopthreads: never Ctrl-C inside anyio's start)
-            self._portal: BlockingPortal = self._portal_cm.__enter__()
+            self._portal: BlockingPortal = hop(self._portal_cm.__enter__)
         self._pool_cm: AbstractContextManager[Pool] | None = None
         try:
+            # Made in its loop: its locks and events belong to that loop's library, not to
+            # whatever loop may run in the caller's thread.
+            self._pool: Pool = hop(partial(self._portal.call, partial(Pool, fn, size, **options)))
             self._pool_cm = self._portal.wrap_async_context_manager(self._pool)
-            self._pool_cm.__enter__()  # (Ctrl-C here: the start is cancelled, cleaned up)
+            hop(self._pool_cm.__enter__)  # (Ctrl-C here: the start is cancelled, cleaned up)
         except BaseException:
             exc_info = sys.exc_info()
             with signals_deferred():
-                self._portal_cm.__exit__(*exc_info)
+                hop(partial(self._portal_cm.__exit__, *exc_info))
             raise
         self._lock = threading.Lock()
         self._futures: set[concurrent.futures.Future[Any]] = set()
@@ -90,8 +96,13 @@ class PoolExecutor(concurrent.futures.Executor):
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            future = self._portal.start_task_soon(
-                self._pool._call, None if name == self._pool._fn else name, args
+            future = self._hop(
+                partial(
+                    self._portal.start_task_soon,
+                    self._pool._call,
+                    None if name == self._pool._fn else name,
+                    args,
+                )
             )
             self._futures.add(future)
         future.add_done_callback(self._futures.discard)
