@@ -475,3 +475,50 @@ def test_ctrl_c_in_the_worker_pool_example(backend: str) -> None:
     out, err = _interrupted(command, "started pool-0", signal.SIGINT)
     assert "tasks done" not in out
     assert "FAILED" not in out + err
+
+
+ERROR_WHILE_STOPPING = textwrap.dedent(
+    """
+    import sys
+    import anyio, ipcactors, _workers
+
+    async def main(root, how):
+        async with ipcactors.Supervisor(
+            socket_root=root, shutdown_timeout=3.0, max_restarts=0
+        ) as sup:
+            await sup.spawn(_workers.stubborn, False, id="stubborn")  # stops after 3 s
+            if how == "raise":
+                print("READY", flush=True)
+                raise ValueError("the real error")
+            await sup.spawn(_workers.crash_after, 0.3, id="crashes")  # the supervisor gives up
+            await anyio.sleep(30)
+
+    ipcactors.run(main, sys.argv[1], sys.argv[3], backend=sys.argv[2], log_level="WARNING")
+    """
+)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("how", ["raise", "give_up"])
+def test_an_error_out_of_the_block_survives_a_signal_during_its_shutdown(
+    backend: str, how: str, socket_dir: str
+) -> None:
+    """main fails (or its supervisor gives up), and a signal comes while the supervisor stops
+    a slow child: the error still comes out, with its traceback and status 1 (guide, "Running":
+    any exception other than what the shutdown causes comes out). It was lost: the process
+    ended by the signal, quietly."""
+    command = [sys.executable, "-c", ERROR_WHILE_STOPPING, socket_dir, backend, how]
+    with _started(command, env=_env()) as process:
+        if how == "raise":
+            _wait_for_line(process, "READY")
+        else:
+            assert process.stderr is not None
+            for line in process.stderr:
+                if "gave up" in line:
+                    break
+        time.sleep(0.5)  # the supervisor is stopping its stubborn child meanwhile
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 1, err
+    expected = "ValueError: the real error" if how == "raise" else "RestartIntensityError"
+    assert expected in err

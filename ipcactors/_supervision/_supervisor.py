@@ -463,6 +463,14 @@ class Supervisor:
                 pending = None
         except BaseException as error:
             pending = error
+        cancelled = anyio.get_cancelled_exc_class()
+        if isinstance(pending, cancelled) and pending is not original:
+            # A cancellation from outside (run()'s signal) that came while the block unwound
+            # does not replace how it ended: the body's own error, or our giving up.
+            if original is not None and not isinstance(original, cancelled):
+                return False
+            if self._failure is not None:
+                pending = None
         if pending is None:
             if self._failure is not None:
                 # not "during handling of" our own cancellation; the cause: a failed restart's
