@@ -66,6 +66,13 @@ def blocks(seconds: float) -> str:
     return "done"
 
 
+def blocks_noting_start(seconds: float, marker: str) -> str:
+    """:func:`blocks` (a plain function), writing ``marker`` first."""
+    with open(marker, "w") as file:
+        file.write("started")
+    return blocks(seconds)
+
+
 async def sleeps(seconds: float, marker: str) -> str:
     """Sleeps; writes ``marker`` if it was cancelled."""
     try:

@@ -239,6 +239,31 @@ async def test_cancelling_a_submit_cancels_the_task_in_the_worker(
             assert await p.submit(0.0, str(marker)) == "slept"  # the worker is free again
 
 
+async def test_a_cancelled_task_queued_behind_a_blocking_one_never_starts(
+    socket_dir: str, tmp_path: Path
+) -> None:
+    """Four plain tasks reach the worker in one batch; the third is cancelled while the
+    first blocks the worker's loop. The cancel is read before the next task starts, so the
+    third never starts (pool.md: "a queued one never starts"). On asyncio it started in about
+    half the runs: one loop pass after a blocking task ran the worker's next task before the
+    bytes of the cancel that pass had found."""
+    with anyio.fail_after(60):
+        async with pool(socket_dir, _pool_tasks.blocks_noting_start, size=1, per_worker=8) as p:
+            for run in range(4):
+                markers = [str(tmp_path / f"{run}-{n}") for n in range(4)]
+
+                async def one(n: int, marker: str) -> None:
+                    with anyio.move_on_after(0.1 if n == 2 else 30):
+                        await p.submit(0.3 if n == 0 else 0.05, marker)
+
+                async with anyio.create_task_group() as tasks:
+                    for n in range(4):
+                        tasks.start_soon(one, n, markers[n])
+                        await anyio.sleep(0)  # submitted in order, one batch
+                started = [os.path.exists(marker) for marker in markers]
+                assert started == [True, True, False, True], f"run {run}"
+
+
 async def test_leaving_a_map_early_cancels_its_tasks_in_the_worker(
     socket_dir: str, tmp_path: Path
 ) -> None:

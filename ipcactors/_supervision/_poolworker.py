@@ -16,7 +16,8 @@ process is there for its tasks, and a thread hop or a task per call would cost m
 task itself); an async function runs in a task of its own, in its own cancel scope, side by
 side with the rest. The runner sends what ended as one ``pool-done`` when its queue is empty,
 and at least every ``FLUSH_SECONDS`` while it runs plain functions (then it also yields to the
-loop once, which is when cancel messages are read). A result that cannot be encoded fails its
+loop, twice if more tasks wait: that is when cancel messages are read, so a task cancelled
+while it waited in the queue never starts). A result that cannot be encoded fails its
 task only (an ``EncodeError`` outcome).
 
 A result is what the function returned when it returned: one that may hold memory the
@@ -161,7 +162,13 @@ class _Worker:
                     break
             if done:
                 await self.flush()
-            await anyio.lowlevel.checkpoint()  # read messages (cancels), start async tasks
+            # Read what came meanwhile (cancels) and start async tasks. Before more tasks of
+            # the queue start, two passes: the loop's poll finds the bytes in the first, but our
+            # task's turn comes before the reading they wake (asyncio queues it behind us; Trio
+            # may too), and a cancelled task would start.
+            await anyio.lowlevel.checkpoint()
+            if queue:
+                await anyio.lowlevel.checkpoint()
             if self.writer_is_a_task:
                 # The next task may be a plain one, which blocks the loop: the writer must have
                 # had its turn at what was sent (on asyncio it writes in the pass just given;
