@@ -11,10 +11,12 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import _pool_tasks
 import pytest
 
+import ipcactors
 from ipcactors import ClosedError, ConfigError, PoolExecutor, RemoteError, RestartIntensityError
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -248,3 +250,35 @@ def test_inside_a_running_event_loop(
     done = run_script(script, socket_dir, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:2] == ["49", "[1, 4]"]
+
+
+def test_done_callbacks_may_submit_and_shut_down(executor: PoolExecutor) -> None:
+    """A future's done callbacks run in the executor's loop thread (where its tasks settle).
+    From there, submit chains a task, as with the standard executors; it raised RuntimeError
+    ("cannot be called from the event loop thread"), which concurrent.futures only logs, so
+    the chain stopped silently. shutdown(wait=True) there, which would wait for itself, is an
+    IPCError saying so; it deadlocked the loop, and every later shutdown with it."""
+    chained: list[concurrent.futures.Future[Any]] = []
+    refused: list[BaseException] = []
+
+    def chain(future: concurrent.futures.Future[Any]) -> None:
+        chained.append(executor.submit(_pool_tasks.square, len(future.result())))
+        chained.append(executor.submit(_pool_tasks.blocks, 30.0))
+        try:
+            executor.shutdown(wait=True)
+        except ipcactors.IPCError as exc:
+            refused.append(exc)
+
+    first = executor.submit(_pool_tasks.blocks, 0.2)
+    first.add_done_callback(chain)
+    assert first.result(timeout=10) == "done"
+    deadline = time.monotonic() + 10
+    while len(chained) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert chained[0].result(timeout=10) == 16
+    assert chained[1].cancel()  # cancelled in the worker too: shutdown does not wait 30 s
+    assert refused
+    assert "wait" in str(refused[0])
+    started = time.monotonic()
+    executor.shutdown(wait=True)
+    assert time.monotonic() - started < 10

@@ -5,7 +5,9 @@
         await loop.run_in_executor(executor, work, 3)  # from asyncio code, unchanged
 
 Invariant: the pool lives in its own event loop thread (anyio's blocking portal); every method
-here only hands work to that thread, so it may be called from any thread but that loop's own.
+here only hands work to that thread, so it may be called from any thread. In that loop's own
+(where futures settle, so where their done callbacks run) ``submit`` starts its task there
+directly, and ``shutdown(wait=True)``, which would wait for itself, is refused.
 A program may end without ``shutdown()``, as with the standard executors: as the interpreter
 exits (before it waits for its threads, that loop's among them), every executor still open is
 shut down, its tasks in flight finished.
@@ -22,9 +24,11 @@ from functools import partial
 from types import TracebackType
 from typing import Any, Literal
 
+import anyio
 import anyio.from_thread
 from anyio.from_thread import BlockingPortal
 
+from .._errors import IPCError
 from .._loopthreads import close_at_exit, closed, from_this_thread, signals_deferred
 from .._transports._backend import check_backend
 from ._pool import Pool
@@ -69,6 +73,8 @@ class PoolExecutor(concurrent.futures.Executor):
             with signals_deferred():
                 hop(partial(self._portal_cm.__exit__, *exc_info))
             raise
+        # A future's done callbacks run here, where its task settled (see _submit_here).
+        self._loop_thread: int = hop(partial(self._portal.call, threading.get_ident))
         self._lock = threading.Lock()
         self._futures: set[concurrent.futures.Future[Any]] = set()
         self._shutdown = False
@@ -96,17 +102,59 @@ class PoolExecutor(concurrent.futures.Executor):
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            future = self._hop(
-                partial(
-                    self._portal.start_task_soon,
-                    self._pool._call,
-                    None if name == self._pool._fn else name,
-                    args,
+            task = None if name == self._pool._fn else name
+            if threading.get_ident() == self._loop_thread:
+                future = self._submit_here(task, args)
+            else:
+                future = self._hop(
+                    partial(self._portal.start_task_soon, self._pool._call, task, args)
                 )
-            )
             self._futures.add(future)
         future.add_done_callback(self._futures.discard)
         return future
+
+    def _submit_here(self, name: Any, args: tuple[Any, ...]) -> concurrent.futures.Future[Any]:
+        """``submit`` from the pool's own loop thread (a done callback's), which cannot call
+        into its loop through the portal: the task starts in the pool's task group, its future
+        settled as the portal's are (cancelling it cancels the task)."""
+        group = self._pool._task_group
+        if group is None:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        group.start_soon(self._settle, future, name, args)
+        return future
+
+    async def _settle(
+        self, future: concurrent.futures.Future[Any], name: Any, args: tuple[Any, ...]
+    ) -> None:
+        with anyio.CancelScope() as scope:
+
+            def cancel_if_cancelled(done: concurrent.futures.Future[Any]) -> None:
+                if not done.cancelled():
+                    return
+                if threading.get_ident() == self._loop_thread:
+                    scope.cancel()
+                    return
+                try:
+                    self._hop(partial(self._portal.call, scope.cancel))
+                except RuntimeError:
+                    pass  # the loop has ended, and the task with it
+
+            future.add_done_callback(cancel_if_cancelled)
+            try:
+                result = await self._pool._call(name, args)
+            except anyio.get_cancelled_exc_class():
+                future.cancel()
+                future.set_running_or_notify_cancel()
+                raise
+            except BaseException as exc:
+                if future.set_running_or_notify_cancel():
+                    future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                if future.set_running_or_notify_cancel():
+                    future.set_result(result)
 
     def __exit__(
         self,
@@ -129,6 +177,11 @@ class PoolExecutor(concurrent.futures.Executor):
         """Stop taking tasks; ``cancel_futures=True`` cancels every task not finished (those
         running in a worker too); ``wait=True`` returns once the tasks are done and the workers
         stopped, ``wait=False`` at once (a thread finishes the rest)."""
+        if wait and threading.get_ident() == self._loop_thread:
+            raise IPCError(
+                "shutdown(wait=True) in the executor's own loop thread (where done callbacks "
+                "run) would wait for itself: call shutdown(wait=False) there"
+            )
         with self._lock:
             already = self._shutdown
             self._shutdown = True
