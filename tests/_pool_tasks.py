@@ -61,6 +61,13 @@ async def always_hangs(path: str) -> None:
     await anyio.sleep(30)
 
 
+def blocks_counting(seconds: float, path: str) -> str:
+    """:func:`blocks`, appending a line to ``path`` first (one per start)."""
+    with open(path, "a") as file:
+        file.write("started\n")
+    return blocks(seconds)
+
+
 def blocks(seconds: float) -> str:
     time.sleep(seconds)
     return "done"

@@ -200,6 +200,29 @@ async def test_task_past_its_timeout_kills_and_replaces_the_worker(socket_dir: s
             assert not alive(before)
 
 
+async def test_retried_timeouts_take_one_attempt_each(socket_dir: str, tmp_path: Path) -> None:
+    """With TaskTimeoutError in retry_on, a task that always hangs runs 1 + max_retries times,
+    and the error names the timeout. A retry was sent to the worker being killed for the
+    timeout, so it burned an attempt that never ran (max_retries=2: two runs, "gave up after 3
+    attempts"; max_retries=1: one run, the last error that worker's SIGKILL)."""
+    starts = tmp_path / "starts"
+    retry_on = (ipcactors.ConnectionLostError, TaskTimeoutError)
+    with anyio.fail_after(30):
+        async with pool(
+            socket_dir,
+            _pool_tasks.blocks_counting,
+            size=1,
+            task_timeout=0.5,
+            max_retries=2,
+            retry_on=retry_on,
+        ) as p:
+            with pytest.raises(WorkerLostError) as caught:
+                await p.submit(30.0, str(starts))
+    assert caught.value.attempts == 3
+    assert isinstance(caught.value.__cause__, TaskTimeoutError)
+    assert starts.read_text().count("started") == 3
+
+
 async def test_infinite_map_keeps_a_bounded_number_of_tasks(socket_dir: str) -> None:
     pulled = 0
 

@@ -219,6 +219,9 @@ class Pool:
         self._workers = [f"{id}-{n}" for n in range(self.size)]
         # What each worker has in flight, by task id (its load is their number).
         self._sent: dict[str, dict[int, _Task]] = {worker: {} for worker in self._workers}
+        # The process of each worker we killed (a task past task_timeout): it takes no task
+        # from then on, though it looks alive until its exit is seen.
+        self._killed: dict[str, Incarnation] = {}
         self._queue: deque[_Task] = deque()
         self._work = anyio.Event()  # set when a task is queued or a worker has room again
         self._ids = itertools.count()
@@ -435,7 +438,9 @@ class Pool:
     def _running(self, worker: str) -> Incarnation | None:
         child = self._supervisor._children.get(worker)
         incarnation = child.incarnation if child is not None else None
-        return incarnation if incarnation is not None and incarnation.running else None
+        if incarnation is None or not incarnation.running:
+            return None
+        return None if self._killed.get(worker) is incarnation else incarnation
 
     async def _dispatch(self, worker: str) -> None:
         """One per worker: take queued tasks while it runs and has room, and send them as
@@ -573,6 +578,8 @@ class Pool:
                 incarnation.exitcode,
             )
             self._lost(worker, error, incarnation=incarnation)
+            if self._killed.get(worker) is incarnation:
+                del self._killed[worker]
             while child.incarnation is incarnation:
                 await child.wait_changed()
 
@@ -616,6 +623,9 @@ class Pool:
         self._work.set()
 
     def _kill(self, worker: str) -> None:
+        child = self._supervisor._children.get(worker)
+        if child is not None and child.incarnation is not None:
+            self._killed[worker] = child.incarnation  # (a retry must not go there meanwhile)
         info = self._supervisor.children.get(worker)
         if info is not None and info.pid is not None:
             try:
