@@ -5,8 +5,10 @@ Invariants:
   meets Python's default (a ``KeyboardInterrupt`` raised wherever the code was, death by
   SIGTERM): one that comes while no receiver watches (the backend being imported, the loop
   starting or ending, a command still setting up) is kept, and :meth:`KeptSignals.receive`
-  yields the kept ones first, then those its receiver gets. When the receiver closes (asyncio's
-  restores the default handlers), they are kept again until the block ends.
+  yields the kept ones first, then those its receiver gets, each one: two of one signal are two
+  (Trio's receiver merges those that come before it looks, so on Trio each is counted as it
+  comes, and the receiver only wakes the reader). When the receiver closes (asyncio's restores
+  the default handlers), they are kept again until the block ends.
 - :meth:`KeptSignals.keep_until_exit` leaves them kept after the block (a process about to
   exit): nothing restores the defaults.
 - A signal ignored when the block is entered (``SIG_IGN``: a shell's background job ignores
@@ -20,9 +22,13 @@ import signal
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from functools import partial
 from types import FrameType, TracebackType
+from typing import Any
 
 import anyio
+
+from ._transports._backend import thread_runs_trio
 
 __all__ = ["STOP_SIGNALS", "KeptSignals"]
 
@@ -78,24 +84,44 @@ class KeptSignals:
                 yield _Signals(self.kept, None)
                 return
             with anyio.open_signal_receiver(*self._watched) as received:
-                yield _Signals(self.kept, received)
+                if thread_runs_trio():
+                    # Trio's receiver keeps a set of pending signals: two SIGINTs that come
+                    # before it looks (the loop busy) are one. Each is counted here, in order,
+                    # and the receiver only wakes us.
+                    for signum in self._watched:
+                        wake = signal.getsignal(signum)
+                        signal.signal(signum, partial(_counted, self.kept, wake))
+                    yield _Signals(self.kept, received, counted=True)
+                else:
+                    yield _Signals(self.kept, received)
         finally:
             if self._previous is not None:
                 self._keep()
 
 
+def _counted(kept: list[int], wake: Any, signum: int, frame: FrameType | None) -> None:
+    kept.append(signum)
+    wake(signum, frame)
+
+
 class _Signals:
-    def __init__(self, kept: list[int], received: AsyncIterator[int] | None) -> None:
+    def __init__(
+        self, kept: list[int], received: AsyncIterator[int] | None, *, counted: bool = False
+    ) -> None:
         self._kept = kept
         self._received = received
+        self._counted = counted  # every signal is in kept; the receiver only wakes us
 
     def __aiter__(self) -> _Signals:
         return self
 
     async def __anext__(self) -> int:
-        if self._kept:
-            return self._kept.pop(0)
         if self._received is None:
-            await anyio.sleep_forever()
-        assert self._received is not None
-        return await self._received.__anext__()
+            if not self._kept:
+                await anyio.sleep_forever()
+            return self._kept.pop(0)
+        while not self._kept:
+            signum = await self._received.__anext__()
+            if not self._counted:
+                return signum
+        return self._kept.pop(0)

@@ -522,3 +522,38 @@ def test_an_error_out_of_the_block_survives_a_signal_during_its_shutdown(
     assert process.returncode == 1, err
     expected = "ValueError: the real error" if how == "raise" else "RestartIntensityError"
     assert expected in err
+
+
+TWO_SIGNALS_WHILE_BUSY = textwrap.dedent(
+    """
+    import sys, time
+    import anyio, ipcactors, _workers
+
+    async def main(root):
+        async with ipcactors.Supervisor(socket_root=root, shutdown_timeout=20.0) as sup:
+            await sup.spawn(_workers.stubborn, False, id="stubborn")
+            print("READY", flush=True)
+            time.sleep(1.5)  # the loop is busy as both signals come
+            await anyio.sleep(30)
+
+    ipcactors.run(main, sys.argv[1], backend=sys.argv[2], log_level="WARNING")
+    """
+)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_two_signals_while_the_loop_is_busy_are_two(backend: str, socket_dir: str) -> None:
+    """The second SIGINT stops at once, however busy the loop was when both came: Trio's
+    signal receiver merged two of one signal that came before it looked, so the process made
+    one graceful stop, waiting out shutdown_timeout for a child that ignores the stop message
+    (asyncio counted both)."""
+    command = [sys.executable, "-c", TWO_SIGNALS_WHILE_BUSY, socket_dir, backend]
+    with _started(command, env=_env()) as process:
+        _wait_for_line(process, "READY")
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        process.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        _, err = process.communicate(timeout=40)
+    assert process.returncode == 130, err
+    assert time.monotonic() - started < 10, err
