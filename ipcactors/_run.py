@@ -31,11 +31,11 @@ from typing import Any, Literal, TypeVar
 import anyio
 from loguru import logger
 
-from ._errors import ClosedError, ConfigError
+from ._errors import ClosedError, ConfigError, IPCError
 from ._exits import leaving, quiet_exit_reports, quiet_unstarted_tasks
 from ._runtime import Runtime, close_in_order, set_runtime
 from ._supervision._target import refuse_in_main_script
-from ._transports._backend import check_backend
+from ._transports._backend import check_backend, running_asyncio_loop, thread_runs_trio
 
 __all__ = ["run"]
 
@@ -61,6 +61,12 @@ def run(
     ``SystemExit(128 + signal)`` is raised.
     """
     check_backend(backend, backend_options)
+    _check_log_level(log_level)
+    if running_asyncio_loop() is not None or thread_runs_trio():
+        raise IPCError(
+            "run() was called inside a running event loop: it starts one of its own; "
+            "await the async function there instead"
+        )
     runtime = Runtime()
     with runtime.signals:
         _check_async_fn(async_fn)
@@ -90,6 +96,24 @@ def run(
     if runtime.signal is not None:
         raise SystemExit(128 + runtime.signal)
     return result
+
+
+def _check_log_level(level: object) -> None:
+    """Before any sink is removed: a level loguru does not know is ours to refuse."""
+    if level is None:
+        return
+    if isinstance(level, str):
+        try:
+            logger.level(level)
+            return
+        except ValueError:
+            pass
+    elif isinstance(level, int) and not isinstance(level, bool) and level >= 0:
+        return
+    raise ConfigError(
+        f"log_level must be one of loguru's levels (e.g. 'INFO', 'WARNING'), a number >= 0, "
+        f"or None, got {level!r:.40}"
+    )
 
 
 def _check_async_fn(async_fn: object) -> None:

@@ -58,6 +58,26 @@ def test_run_refuses_a_sync_function_and_says_async_def(backend: str) -> None:
         ipcactors.run(42, log_level=None)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_run_refuses_an_unknown_log_level_and_a_loop_already_running(backend: str) -> None:
+    """Both were plain Python errors (loguru's ValueError, after run() had removed every
+    sink; anyio's RuntimeError 'Already running asyncio in this thread')."""
+
+    async def main() -> int:
+        return 1
+
+    with pytest.raises(ipcactors.ConfigError, match=r"log_level.*LOUD"):
+        ipcactors.run(main, backend=backend, log_level="LOUD")
+    with pytest.raises(ipcactors.ConfigError, match="log_level"):
+        ipcactors.run(main, backend=backend, log_level=-1)  # type: ignore[arg-type]
+
+    async def nested() -> None:
+        with pytest.raises(ipcactors.IPCError, match=r"inside a running event loop.*await"):
+            ipcactors.run(main, backend=backend, log_level=None)
+
+    assert ipcactors.run(nested, backend=backend, log_level=None) is None
+
+
 def test_retry_in_node_ipc_milliseconds_says_seconds() -> None:
     with pytest.raises(ipcactors.ConfigError, match=r"in seconds.*milliseconds.*retry=1\.5"):
         ipcactors.Config(retry=1500)
