@@ -127,6 +127,15 @@ async def stubborn(actor: ipcactors.Actor, ignore_sigterm: bool) -> None:
         await anyio.sleep(60)
 
 
+async def blocks_before_ready(actor: ipcactors.Actor, seconds: float) -> None:
+    """Blocks its event loop before its first ``await``: not ready, and deaf to the stop
+    message, for ``seconds``."""
+    import time
+
+    time.sleep(seconds)
+    await anyio.sleep_forever()
+
+
 async def chatty(actor: ipcactors.Actor) -> None:
     print("hello on stdout")
     print("hello on stderr", file=sys.stderr)

@@ -11,9 +11,9 @@ from typing import Any
 import _workers
 import anyio
 import pytest
-from _supervising import supervisor
+from _supervising import supervisor, wait_until
 
-from ipcactors import ConfigError, SpawnError, Supervisor
+from ipcactors import ClosedError, ConfigError, SpawnError, Supervisor
 
 pytestmark = pytest.mark.anyio
 
@@ -105,3 +105,33 @@ async def test_dependent_strategies_stop_children_one_by_one_in_reverse_start_or
         elapsed = time.monotonic() - started
     assert _killed(log_lines) == ["c", "b", "a"]
     assert elapsed >= 3 * grace, elapsed
+
+
+@pytest.mark.parametrize("strategy", ["one_for_all", "rest_for_one"])
+async def test_a_child_still_starting_does_not_hold_back_the_others(
+    socket_dir: str, strategy: str
+) -> None:
+    """supervisor.md, Shutdown: children still starting are stopped at the same time as the
+    first, whatever the strategy. The last child, deaf while it starts, was stopped first and
+    alone: a whole grace period passed before the running children got their stop messages."""
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as spawns:
+            async with supervisor(
+                socket_dir, strategy=strategy, shutdown_timeout=2.0, start_timeout=20
+            ) as sup:
+                await sup.spawn(_workers.echo, id="a")
+                await sup.spawn(_workers.stubborn, True, id="b")  # 2 s + SIGTERM's 0.5 s
+                await sup.spawn(_workers.echo, id="c")
+                await sup.request("b", "pid")  # its SIGTERM disposition is set by now
+
+                async def starts_slowly() -> None:
+                    with pytest.raises(ClosedError):
+                        await sup.spawn(_workers.blocks_before_ready, 10.0, id="slow")
+
+                spawns.start_soon(starts_slowly)
+                await wait_until(lambda: "slow" in sup.children and bool(sup.children["slow"].pid))
+                await anyio.sleep(0.3)
+                started = time.monotonic()
+            elapsed = time.monotonic() - started
+    # b's grace period (2.5 s), the slow one's running beside it (it took 2 s more first)
+    assert elapsed < 2.5 + 1.3, elapsed

@@ -996,8 +996,15 @@ class Supervisor:
         ready yet has no dependents that rely on it."""
         children = list(reversed(self._children.values()))
         if self.strategy != "one_for_one":
-            for child in children:
-                await self._halt(child, remove=False)
+            # Those still starting go beside the first: nothing depends on them yet, and one
+            # deaf while it starts (its loop blocked) must not hold back the others' turns.
+            starting = [child for child in children if child.state == "starting"]
+            async with anyio.create_task_group() as task_group:
+                for child in starting:
+                    task_group.start_soon(partial(self._halt, remove=False), child)
+                for child in children:
+                    if child not in starting:
+                        await self._halt(child, remove=False)
             return
         # The requests in flight to every child are answered before any child is stopped: an
         # answer may need a sibling (a pipeline's next stage), which must still be there. One
