@@ -640,3 +640,30 @@ async def test_whole_frames_before_a_close_mid_frame_are_all_handled(socket_dir:
                 await anyio.sleep(0.01)
         await anyio.sleep(0.2)
     assert handled == [0, 1, 2, 3, 4]
+
+
+async def test_closing_while_reconnecting_flushes_within_close_timeout(socket_dir: str) -> None:
+    """Events emitted while the connection is down are queued; closing it then still flushes
+    them, within close_timeout, once the server is back (guide: leaving flushes what is
+    queued, bounded by close_timeout). They were dropped at once: only the acknowledged mode
+    kept reconnecting while it closed."""
+    received: list[int] = []
+    options: dict[str, Any] = {"socket_root": socket_dir, "silent": True}
+    with anyio.fail_after(20):
+        async with Actor("hello", retry=0.05, retry_cap=0.1, close_timeout=5, **options) as h:
+            async with Actor("world", **options) as world:
+                await world.serve()
+                conn = await h.connect_to("world")
+            # the server is gone: the connection retries
+            for n in range(10):
+                await conn.emit("n", n)
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(conn.aclose)
+                await anyio.sleep(0.3)
+                async with Actor("world", **options) as again:
+                    server = await again.serve()
+                    server.on("n", lambda n, client: received.append(n))
+                    with anyio.move_on_after(5):
+                        while len(received) < 10:
+                            await anyio.sleep(0.01)
+    assert received == list(range(10))

@@ -260,8 +260,9 @@ class Connection(Peer, HandlerMethods):
 
     async def aclose(self) -> None:
         """Flush what is queued to the kernel and, in the acknowledged mode, wait for the
-        server to acknowledge every event (together bounded by ``close_timeout``), then close
-        for good. No reconnect follows. Events still not acknowledged are reported
+        server to acknowledge every event (together bounded by ``close_timeout``; a connection
+        that is reconnecting keeps trying meanwhile), then close for good. No reconnect
+        follows. Events still not acknowledged are reported
         (``unacknowledged``, a warning). From a handler of this connection's (an event's, a
         request's, a lifecycle handler): returns at once, and the close starts once the handler
         has returned (a request's reply is queued first, and flushed)."""
@@ -274,14 +275,13 @@ class Connection(Peer, HandlerMethods):
         if self._attempts is not None:  # still connecting (anyio's cancel() is not free)
             self._attempts.cancel()
         acked = self._acked
-        flushing = self._channel is not None and not self._outbox.flushed
         try:
-            if flushing or (acked is not None and acked.active and len(acked)):
+            if not self._outbox.flushed or (acked is not None and acked.active and len(acked)):
+                # Both through a reconnect in progress, if it comes in time.
                 with anyio.move_on_after(self._config.close_timeout):
-                    if self._channel is not None:
-                        await self._outbox.wait_flushed()
+                    await self._outbox.wait_flushed()
                     if acked is not None and acked.active and len(acked):
-                        await acked.wait()  # through a reconnect in progress, if it comes
+                        await acked.wait()
         finally:
             self._scope.cancel()  # (a close cancelled while it flushed closes at once)
         await self._destroyed.wait()
