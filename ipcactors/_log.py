@@ -7,17 +7,40 @@ actor's id. User data is never used as a format string.
 
 An exception is logged as its plain traceback text, never handed to loguru as an exception: a
 sink with ``diagnose=True`` (loguru's default) would print the values of local variables, and a
-library must not put its users' data (keys, payloads) into logs that way.
+library must not put its users' data (keys, payloads) into logs that way. A cancellation it was
+raised while handling (a handler run as its actor closes) is left out of that text.
 """
 
 from __future__ import annotations
 
+import asyncio
 import traceback
 from typing import Any
 
 from loguru import logger
 
 __all__ = ["ActorLog"]
+
+
+def _traceback(exc: BaseException) -> traceback.TracebackException:
+    """``exc``'s traceback, without the cancellation it was raised while handling (a handler
+    run as its actor closes): that is ours, not the user's (the exception is not changed)."""
+    formatted = traceback.TracebackException.from_exception(exc)
+    if not exc.__suppress_context__ and _is_cancellation(exc.__context__):
+        formatted.__suppress_context__ = True
+    return formatted
+
+
+def _is_cancellation(exc: BaseException | None) -> bool:
+    """asyncio's ``CancelledError``, Trio's ``Cancelled``, or a group of them only."""
+    if exc is None:
+        return False
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_cancellation(inner) for inner in exc.exceptions)
+    if isinstance(exc, asyncio.CancelledError):
+        return True
+    kind = type(exc)
+    return kind.__name__ == "Cancelled" and kind.__module__.startswith("trio")
 
 
 class ActorLog:
@@ -48,7 +71,7 @@ class ActorLog:
 
     def exception(self, message: str, exc: BaseException) -> None:
         if not self.silent:
-            text = "".join(traceback.format_exception(exc)).rstrip()
+            text = "".join(_traceback(exc).format()).rstrip()
             self._logger.opt(depth=1).error(f"{self._prefix}{message}\n{text}")
 
     def user(self, *args: Any) -> None:

@@ -527,6 +527,29 @@ async def test_handler_exception_is_logged_without_local_values(
     assert "hunter2-secret" not in logged
 
 
+async def test_a_lifecycle_handler_raising_as_its_actor_closes_is_logged_alone(
+    socket_dir: str, log_lines: list[str]
+) -> None:
+    """A disconnect handler that raises as its own actor closes: the log holds its traceback,
+    not the library's cancellation it ran during ('During handling of the above exception':
+    asyncio's CancelledError, on Trio an exception group of trio.Cancelled, 111 lines)."""
+    async with Actor("world", socket_root=socket_dir, silent=True) as world:
+        await world.serve()
+        async with Actor("hello", socket_root=socket_dir) as hello:
+            conn = await hello.connect_to("world")
+
+            @conn.on("disconnect")
+            def on_disconnect() -> None:
+                raise ValueError("disconnect handler bug")
+
+    logged = "\n".join(line for line in log_lines if "disconnect handler bug" in line)
+    assert "ValueError: disconnect handler bug" in logged
+    assert "on_disconnect" in logged
+    assert "Cancelled" not in logged
+    assert "During handling" not in logged
+    assert "ExceptionGroup" not in logged
+
+
 BAD_TIMEOUTS = [-1, 0, -0.5, float("nan"), float("inf"), float("-inf"), "5", True, [1]]
 
 
