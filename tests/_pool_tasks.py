@@ -160,5 +160,12 @@ async def fill_reused_async(value: int, size: int, kind: str) -> Any:
     return fill_reused(value, size, kind)
 
 
+def too_large(kind: str, size: int) -> bytes:
+    """Returns ``size`` bytes, or raises a ValueError whose message holds them."""
+    if kind == "raise":
+        raise ValueError("bad input " + "x" * size)
+    return b"x" * size
+
+
 def size_of(array: Any) -> int:
     return int(array.nbytes)

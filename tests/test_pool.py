@@ -462,6 +462,28 @@ async def test_data_whose_own_methods_fail_is_an_encode_error_not_the_pools_end(
             assert p.statistics().retried == 0
 
 
+async def test_what_is_too_large_to_send_back_fails_its_task_saying_what_it_was(
+    socket_dir: str,
+) -> None:
+    """A result over max_frame_size is a RemoteError whose remote_type is "EncodeError"
+    (pool.md; it was "FrameTooLargeError"). An exception whose message is that large is still
+    itself, its message and traceback cut to fit: it was reported as a result that cannot be
+    sent, the ValueError and its traceback gone."""
+    with anyio.fail_after(30):
+        async with pool(socket_dir, _pool_tasks.too_large, size=1, max_frame_size=1 << 20) as p:
+            with pytest.raises(RemoteError) as caught:
+                await p.submit("return", 2 << 20)
+            assert caught.value.remote_type == "EncodeError"
+            assert "max_frame_size" in caught.value.remote_message
+            with pytest.raises(RemoteError) as caught:
+                await p.submit("raise", 2 << 20)
+            assert caught.value.remote_type == "ValueError"
+            assert caught.value.remote_message.startswith("bad input xxx")
+            assert "too_large" in caught.value.remote_traceback
+            assert await p.submit("return", 10) == b"x" * 10
+            assert p.statistics().retried == 0
+
+
 @pytest.mark.parametrize(
     ("kind", "size"), [("ndarray", 1000), ("bytearray", 1 << 20), ("nested", 1 << 20)]
 )

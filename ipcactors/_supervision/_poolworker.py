@@ -81,6 +81,8 @@ class _Worker:
         self.parent = parent
         self.default = default
         self.tracebacks = actor.config.remote_tracebacks is not False  # our own parent, on Unix
+        # What an exception's message and traceback are cut to when they are too large to send.
+        self.cut_to = max(1024, actor.config.max_frame_size // 4)
         self.functions: dict[Any, tuple[Callable[..., Any], bool]] = {}
         self.queue: deque[list[Any]] = deque()
         self.done: list[list[Any]] = []
@@ -219,9 +221,19 @@ class _Worker:
                         pack_value(outcome, numpy=True)
                     await self.parent.emit(DONE_EVENT, [outcome])
                 except (EncodeError, FrameTooLargeError) as exc:
+                    if outcome[1] == 1:  # an exception with a huge message: itself, cut to fit
+                        task_id, _, kind, message, text = outcome
+                        cut = self.cut_to
+                        if len(message) > cut:
+                            message = f"{message[:cut]} [... {len(message) - cut} more]"
+                        if len(text) > cut:  # (its frames first, the message last)
+                            text = f"{text[:cut]} [... {len(text) - cut} more]"
+                        await self.parent.emit(DONE_EVENT, [[task_id, 1, kind, message, text]])
+                        continue
+                    # (a result too large is one that cannot be encoded: EncodeError, pool.md)
                     message = f"the result of task {outcome[0]} cannot be sent: {exc}"
                     await self.parent.emit(
-                        DONE_EVENT, [[outcome[0], 1, type(exc).__qualname__, message, ""]]
+                        DONE_EVENT, [[outcome[0], 1, "EncodeError", message, ""]]
                     )
         del outcomes
         if must_send:  # in the kernel before the task that could change it runs
