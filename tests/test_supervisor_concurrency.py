@@ -20,7 +20,7 @@ import anyio
 import pytest
 from _supervising import alive, supervisor, wait_until
 
-from ipcactors import ClosedError, RequestTimeoutError, SpawnError, Supervisor
+from ipcactors import ClosedError, RequestTimeoutError, SpawnError, Supervisor, UnknownPeerError
 
 pytestmark = pytest.mark.anyio
 
@@ -313,7 +313,7 @@ async def test_emit_to_a_child_whose_connection_dropped_waits_for_it_then_times_
                 await wait_until(lambda: sup.server.statistics().heartbeat_timeouts > 0, 10)
                 await wait_until(lambda: not sup.children["w"].running)  # its connection gone
                 started = time.monotonic()
-                with pytest.raises(RequestTimeoutError):
+                with pytest.raises(RequestTimeoutError, match=r"within 1\.5 s$"):  # not 1.49999
                     await sup.emit("w", "ping", 1)
                 assert time.monotonic() - started < 5
             finally:
@@ -349,3 +349,22 @@ async def test_kill_says_its_children_are_stopping_and_they_go_at_once(socket_di
                     await sup.emit("b", "echo", 1)
             started = time.monotonic()
         assert time.monotonic() - started < 2
+
+
+async def test_a_request_to_a_child_being_stopped_fails_at_once(socket_dir: str) -> None:
+    """stop() is stopping a child that ignores the stop message: a request to it fails at
+    once, saying so (it waited until the child was SIGKILLed, ~shutdown_timeout +
+    terminate_timeout, then said it was killed and no longer supervised)."""
+    with anyio.fail_after(30):
+        async with supervisor(socket_dir, shutdown_timeout=3.0) as sup:
+            await sup.spawn(_workers.stubborn, True, id="s")
+            await sup.request("s", "pid")
+            async with anyio.create_task_group() as stopping:
+                stopping.start_soon(sup.stop, "s")
+                await wait_until(lambda: sup.children["s"].state == "stopping")
+                started = time.monotonic()
+                with pytest.raises(UnknownPeerError, match="being stopped"):
+                    await sup.request("s", "pid")
+                with pytest.raises(UnknownPeerError, match="being stopped"):
+                    await sup.emit("s", "pid")
+                assert time.monotonic() - started < 1

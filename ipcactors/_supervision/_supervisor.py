@@ -1194,12 +1194,16 @@ class Supervisor:
             raise UnknownPeerError(f"supervisor {self.id!r} has no child {id!r}")
         return child
 
-    async def _running(self, id: str, timeout: float) -> Incarnation:
-        """The child's ready incarnation; waits (up to ``timeout``) while it is restarting."""
+    async def _running(self, id: str, timeout: float, said: float | None = None) -> Incarnation:
+        """The child's ready incarnation; waits (up to ``timeout``) while it is restarting.
+        ``said``: the timeout the caller was given, for the error (``timeout`` is what is
+        left of it)."""
         with anyio.move_on_after(timeout):
             while True:
                 self._check_open()
                 child = self._child(id)
+                if child.halt.is_set():  # stop() is stopping it: nothing to wait for
+                    raise UnknownPeerError(f"child {id!r} is being stopped (stop())")
                 incarnation = child.incarnation
                 if incarnation is not None and incarnation.running:
                     return incarnation
@@ -1208,7 +1212,9 @@ class Supervisor:
                     raise UnknownPeerError(
                         f"child {id!r} {describe_exit(child.last_exit)} and is no longer supervised"
                     )
-        raise RequestTimeoutError(f"child {id!r} was not running within {timeout} s")
+        raise RequestTimeoutError(
+            f"child {id!r} was not running within {timeout if said is None else said} s"
+        )
 
     async def emit(self, id: str, event: str, data: Any = None) -> None:
         """Send ``event`` to child ``id``: at most once, or with ``acked="on"`` at least once
@@ -1217,7 +1223,9 @@ class Supervisor:
         when it dies in the middle of this call."""
         deadline = anyio.current_time() + self.config.request_timeout
         while True:
-            incarnation = await self._running(id, max(0.0, deadline - anyio.current_time()))
+            incarnation = await self._running(
+                id, max(0.0, deadline - anyio.current_time()), self.config.request_timeout
+            )
             client = incarnation.client
             assert client is not None
             try:
