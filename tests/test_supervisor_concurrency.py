@@ -351,6 +351,28 @@ async def test_kill_says_its_children_are_stopping_and_they_go_at_once(socket_di
         assert time.monotonic() - started < 2
 
 
+async def test_kill_during_a_group_restart_shows_a_dead_child_stopped(socket_dir: str) -> None:
+    """A child already dead when ``kill()`` comes (killed, its group restart stopping a
+    sibling) has no process to wait for: it shows 'stopped' at once (it showed 'stopping'
+    until the block ended)."""
+    with anyio.fail_after(20):
+        async with supervisor(
+            socket_dir, strategy="one_for_all", shutdown_timeout=5.0, max_restarts=10
+        ) as sup:
+            await sup.spawn(_workers.echo, id="a")
+            await sup.spawn(_workers.stubborn, True, id="b")
+            await sup.request("b", "pid")
+            pid = sup.children["a"].pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)  # the group restart stops b, slowly
+            await wait_until(lambda: sup.children["b"].state == "restarting")
+            await wait_until(lambda: not alive(pid))
+            sup.kill()
+            await wait_until(
+                lambda: [info.state for info in sup.children.values()] == ["stopped"] * 2, 2
+            )
+
+
 async def test_a_request_to_a_child_being_stopped_fails_at_once(socket_dir: str) -> None:
     """stop() is stopping a child that ignores the stop message: a request to it fails at
     once, saying so (it waited until the child was SIGKILLed, ~shutdown_timeout +

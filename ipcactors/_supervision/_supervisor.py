@@ -540,7 +540,9 @@ class Supervisor:
                 incarnation.stopping = True
                 if incarnation.pid is not None and incarnation.launcher is not None:
                     incarnation.launcher.kill(incarnation.pid, signal.SIGKILL)
-            if child.state != "stopped":
+            if incarnation is None or incarnation.exited.is_set():
+                child.state = "stopped"  # no process to wait for (dead, its restart undone)
+            elif child.state != "stopped":
                 child.state = "stopping"
             child.changed()
 
