@@ -77,6 +77,8 @@ async def test_every_way_a_target_fails_to_load_in_the_parent_is_a_spawn_error(
         (make_module("def broken(:\n    pass\n"), SyntaxError, "SyntaxError: "),
         (make_module("raise KeyError('no config')\n"), KeyError, "KeyError: 'no config'"),
         (make_module("import sys\nsys.exit(3)\n"), SystemExit, "SystemExit: 3"),
+        (make_module("class Stop(BaseException): pass\nraise Stop('halt')\n"), None,
+         "Stop: halt"),  # (it came out of spawn as itself)
         (make_module("import _no_such_module_here\n"), ModuleNotFoundError,
          "ModuleNotFoundError: No module named '_no_such_module_here'"),
     ]  # fmt: skip
@@ -95,7 +97,10 @@ async def test_every_way_a_target_fails_to_load_in_the_parent_is_a_spawn_error(
                     await sup.spawn(target, id="bad")
                 assert target in str(caught.value)
                 if cause is None:
-                    assert caught.value.__cause__ is None
+                    if "Stop" in message:
+                        assert type(caught.value.__cause__).__name__ == "Stop"
+                    else:
+                        assert caught.value.__cause__ is None
                 else:
                     assert type(caught.value.__cause__) is cause, target
             # A lambda is told it is one (not only that it must be async: a nested async def,
@@ -130,6 +135,20 @@ else:
 """
 
 
+_PARENT_ONLY_RAISES = """
+import os
+
+class Stop(BaseException):
+    pass
+
+if os.getpid() != {pid}:
+    raise {raised}("in the child")
+
+async def worker(actor):
+    pass
+"""
+
+
 async def test_a_target_that_fails_to_load_in_the_child_is_a_spawn_error(
     socket_dir: str, make_module: Any
 ) -> None:
@@ -149,6 +168,13 @@ async def test_a_target_that_fails_to_load_in_the_child_is_a_spawn_error(
             with pytest.raises(SpawnError, match="not an async function") as caught:
                 await sup.spawn(f"{not_async}:worker", id="not_async")
             assert "42" in str(caught.value)
+
+            # Not an Exception either (they ended the child with 1: a ChildExitedError)
+            for raised in ("KeyboardInterrupt", "Stop"):
+                module = make_module(_PARENT_ONLY_RAISES.format(pid=os.getpid(), raised=raised))
+                with pytest.raises(SpawnError, match=f"{raised}: in the child") as caught:
+                    await sup.spawn(f"{module}:worker", id="base")
+                assert isinstance(caught.value.__cause__, RemoteError)
 
             assert not sup.children
             info = await sup.spawn(_workers.echo, id="ok")

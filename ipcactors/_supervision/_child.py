@@ -137,7 +137,7 @@ def run_spare(
         target = _take_spec(spec)
         try:
             fn = load_target(target)
-        except (Exception, SystemExit) as exc:  # a module may raise anything while imported
+        except BaseException as exc:  # a module may raise anything while imported
             await _report(spec, _load_failure(exc))
             return 1
         return await _main(spec, fn)
@@ -177,7 +177,7 @@ def _run(spec: dict[str, Any]) -> int:
     backend, uvloop = spec["backend"], bool(spec.get("uvloop"))
     try:
         fn = load_target(target)
-    except (Exception, SystemExit) as exc:  # a module may raise anything while imported
+    except BaseException as exc:  # a module may raise anything while imported
         _run_loop(_report, spec, _load_failure(exc), backend=backend, uvloop=uvloop)
         return 1
     code: int = _run_loop(_main, spec, fn, backend=backend, uvloop=uvloop)

@@ -60,7 +60,9 @@ def target_of(fn: Callable[..., Any] | str, *, require_async: bool = True) -> Ta
             raise SpawnError(f"a target given as text must be 'module:function', got {fn!r}")
         try:
             found = _resolve(importlib.import_module(module_name), qualname)
-        except (Exception, SystemExit) as exc:  # a module may raise anything while imported
+        except KeyboardInterrupt:
+            raise  # (here, in the caller's process: Ctrl-C, most likely)
+        except BaseException as exc:  # a module may raise anything while imported
             raise SpawnError(f"cannot import target {fn!r}: {describe_error(exc)}") from exc
         if require_async and not inspect.iscoroutinefunction(found):
             what = "function" if callable(found) else f"function but {type(found).__name__}"
