@@ -287,6 +287,28 @@ async def test_a_cancelled_task_queued_behind_a_blocking_one_never_starts(
                 assert started == [True, True, False, True], f"run {run}"
 
 
+async def test_every_task_is_counted_once_however_it_ends(socket_dir: str) -> None:
+    """statistics(): once the pool is idle, submitted == completed + failed + cancelled, tasks
+    cancelled before they reached a worker (a cancelled submit, a map left early) included;
+    those were counted nowhere."""
+    with anyio.fail_after(30):
+        async with pool(socket_dir, _pool_tasks.blocks, size=1) as p:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(p.submit, 0.3)  # holds the one worker
+                for _ in range(3):  # queued behind it, then cancelled
+                    with anyio.move_on_after(0.05):
+                        await p.submit(0.0)
+            results = p.map([0.0] * 20)
+            assert await results.__anext__() == "done"
+            await results.aclose()  # type: ignore[attr-defined]
+            with pytest.raises(RemoteError):
+                await p.call(_pool_tasks.fail, "counted as failed")
+            await wait_until(lambda: p.statistics().in_flight == 0)
+            stats = p.statistics()
+    assert stats.cancelled >= 3
+    assert stats.submitted == stats.completed + stats.failed + stats.cancelled, stats
+
+
 async def test_leaving_a_map_early_cancels_its_tasks_in_the_worker(
     socket_dir: str, tmp_path: Path
 ) -> None:

@@ -157,7 +157,9 @@ class ServerStatistics:
 
 @dataclass(frozen=True, slots=True)
 class PoolStatistics:
-    """A snapshot of a :class:`Pool`'s counters (``pool.statistics()``)."""
+    """A snapshot of a :class:`Pool`'s counters (``pool.statistics()``). Each task ends as
+    one of completed, failed or cancelled: once the pool is idle, ``submitted == completed +
+    failed + cancelled``."""
 
     size: int  # worker processes
     per_worker: int  # tasks in flight per worker at most
@@ -167,5 +169,5 @@ class PoolStatistics:
     failed: int  # tasks whose function raised (RemoteError), or that gave up
     retried: int  # attempts made again after a worker was lost
     timed_out: int  # tasks that ran past task_timeout (their worker was killed)
-    cancelled: int  # tasks cancelled by their caller while sent to a worker
+    cancelled: int  # tasks whose caller went away first (queued, or in a worker)
     restarts: int  # worker processes restarted by the supervisor

@@ -417,16 +417,22 @@ class Pool:
         elif task.notify is not None:
             task.notify(task)
 
+    def _drop(self, task: _Task) -> None:
+        """Its caller is gone: counted as cancelled, once, unless it finished first (then it
+        counts as what it came to)."""
+        if not task.cancelled and not task.finished:
+            task.cancelled = True
+            self._counts["cancelled"] += 1
+
     async def _cancel(self, tasks: Iterable[_Task]) -> None:
         """Their callers are gone: a queued task is dropped (a dispatcher skips it), a sent one
         cancelled in its worker (one message per worker; a worker that is gone has no task to
         cancel)."""
         by_worker: dict[str, list[int]] = {}
         for task in tasks:
-            task.cancelled = True
+            self._drop(task)
             if task.worker is not None and not task.finished:
                 by_worker.setdefault(task.worker, []).append(task.id)
-                self._counts["cancelled"] += 1
         for worker, ids in by_worker.items():
             try:
                 await self._supervisor.emit(worker, CANCEL_EVENT, ids)
@@ -795,7 +801,7 @@ class _MapState:
         unfinished = [task for task in self.tasks.values() if not task.finished]
         self.tasks.clear()
         for task in unfinished:
-            task.cancelled = True
+            self.pool._drop(task)
         sent = [task for task in unfinished if task.worker is not None]
         if sent and self.pool._task_group is not None and not self.pool._closed:
             self.pool._task_group.start_soon(self.pool._cancel, sent)
