@@ -463,18 +463,18 @@ class Supervisor:
                 pending = None
         except BaseException as error:
             pending = error
+        if self._failure is not None:
+            # Giving up ended the block: what the body raised meanwhile came of it (a request
+            # to a child that the giving up stopped), and a cancellation from outside that came
+            # as it unwound does not change how it ended.
+            raise self._failure from self._failure.__cause__
         cancelled = anyio.get_cancelled_exc_class()
         if isinstance(pending, cancelled) and pending is not original:
             # A cancellation from outside (run()'s signal) that came while the block unwound
             # does not replace how it ended: the body's own error, or our giving up.
             if original is not None and not isinstance(original, cancelled):
                 return False
-            if self._failure is not None:
-                pending = None
         if pending is None:
-            if self._failure is not None:
-                # not "during handling of" our own cancellation; the cause: a failed restart's
-                raise self._failure from self._failure.__cause__
             await end_with_run()  # after run()'s signal, the code after the block never runs
             return True if original is not None else None
         if pending is original:
