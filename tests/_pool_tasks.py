@@ -115,6 +115,16 @@ async def exits_async(code: int) -> None:
     raise SystemExit(code)
 
 
+def blocks_or_dies(seconds: float | str) -> float | str:
+    """Blocks ``seconds``; given "die", ends its worker (os._exit) a moment later."""
+    if seconds == "die":
+        time.sleep(0.1)
+        os._exit(3)
+    assert isinstance(seconds, float)
+    time.sleep(seconds)
+    return seconds
+
+
 def exits_plain(code: int) -> None:
     raise SystemExit(code)
 

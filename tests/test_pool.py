@@ -7,6 +7,7 @@ cancellation reaching the worker, no orphans after the parent is SIGKILLed. Both
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -29,6 +30,7 @@ from ipcactors import (
     ChildExitedError,
     Pool,
     RemoteError,
+    RestartIntensityError,
     SpawnError,
     TaskTimeoutError,
     WorkerLostError,
@@ -285,6 +287,41 @@ async def test_a_cancelled_task_queued_behind_a_blocking_one_never_starts(
                         await anyio.sleep(0)  # submitted in order, one batch
                 started = [os.path.exists(marker) for marker in markers]
                 assert started == [True, True, False, True], f"run {run}"
+
+
+async def test_a_pool_giving_up_while_its_block_awaits_a_task_raises_why(socket_dir: str) -> None:
+    """The block awaits a long task as the other worker crash-loops past max_restarts: the
+    block raises RestartIntensityError (pool.md). It raised a bare cancellation (asyncio's
+    CancelledError, trio.Cancelled), which a task group around it then swallowed."""
+    raised: list[BaseException] = []
+
+    async def awaits_a_task(outside: anyio.abc.TaskGroup) -> None:
+        try:
+            async with pool(
+                socket_dir,
+                _pool_tasks.blocks_or_dies,
+                size=2,
+                max_restarts=1,
+                max_retries=0,
+                shutdown_timeout=1.0,
+            ) as p:
+
+                async def crash_workers() -> None:
+                    for _ in range(2):
+                        with contextlib.suppress(ipcactors.IPCError):
+                            await p.submit("die")
+
+                outside.start_soon(crash_workers)
+                await p.submit(10.0)
+        except BaseException as exc:  # (whatever it is: a stray cancellation included)
+            raised.append(exc)
+        outside.cancel_scope.cancel()
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as outside:
+            outside.start_soon(awaits_a_task, outside)
+    assert len(raised) == 1
+    assert isinstance(raised[0], RestartIntensityError), repr(raised[0])
 
 
 async def test_every_task_is_counted_once_however_it_ends(socket_dir: str) -> None:

@@ -339,11 +339,15 @@ async def test_giving_up_while_the_block_waits_for_a_child_raises_restart_intens
     """The block waits for a request to a healthy child as its sibling crash-loops: the
     supervisor gives up, and its block raises RestartIntensityError (supervisor.md). It
     raised the ChildExitedError of that request, which the giving up's own stop caused."""
-    with anyio.fail_after(30), pytest.raises(RestartIntensityError) as caught:
+
+    async def waits_for_a_child() -> None:
         async with supervisor(socket_dir, max_restarts=2, shutdown_timeout=1.0) as sup:
             await sup.spawn(_workers.echo, id="healthy")
             await sup.spawn(_workers.crash_after, 0.1, 9, id="crasher")
             await sup.request("healthy", "slow", 10.0, timeout=20)
+
+    with anyio.fail_after(30), pytest.raises(RestartIntensityError) as caught:
+        await waits_for_a_child()
     assert caught.value.child_id == "crasher"
 
 
