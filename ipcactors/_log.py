@@ -13,11 +13,12 @@ raised while handling (a handler run as its actor closes) is left out of that te
 
 from __future__ import annotations
 
-import asyncio
 import traceback
 from typing import Any
 
 from loguru import logger
+
+from ._transports._backend import is_cancellation
 
 __all__ = ["ActorLog"]
 
@@ -26,21 +27,9 @@ def _traceback(exc: BaseException) -> traceback.TracebackException:
     """``exc``'s traceback, without the cancellation it was raised while handling (a handler
     run as its actor closes): that is ours, not the user's (the exception is not changed)."""
     formatted = traceback.TracebackException.from_exception(exc)
-    if not exc.__suppress_context__ and _is_cancellation(exc.__context__):
+    if not exc.__suppress_context__ and is_cancellation(exc.__context__):
         formatted.__suppress_context__ = True
     return formatted
-
-
-def _is_cancellation(exc: BaseException | None) -> bool:
-    """asyncio's ``CancelledError``, Trio's ``Cancelled``, or a group of them only."""
-    if exc is None:
-        return False
-    if isinstance(exc, BaseExceptionGroup):
-        return all(_is_cancellation(inner) for inner in exc.exceptions)
-    if isinstance(exc, asyncio.CancelledError):
-        return True
-    kind = type(exc)
-    return kind.__name__ == "Cancelled" and kind.__module__.startswith("trio")
 
 
 class ActorLog:

@@ -469,11 +469,15 @@ class Supervisor:
             # as it unwound does not change how it ended.
             raise self._failure from self._failure.__cause__
         cancelled = anyio.get_cancelled_exc_class()
-        if isinstance(pending, cancelled) and pending is not original:
+        if (
+            isinstance(pending, cancelled)
+            and pending is not original
+            and original is not None
+            and not isinstance(original, cancelled)
+        ):
             # A cancellation from outside (run()'s signal) that came while the block unwound
-            # does not replace how it ended: the body's own error, or our giving up.
-            if original is not None and not isinstance(original, cancelled):
-                return False
+            # does not replace the body's own error.
+            return False
         if pending is None:
             await end_with_run()  # after run()'s signal, the code after the block never runs
             return True if original is not None else None

@@ -35,6 +35,7 @@ __all__ = [
     "check_backend",
     "current_backend",
     "in_loop_callback",
+    "is_cancellation",
     "running_asyncio_loop",
     "thread_runs_trio",
     "threadsafe_caller",
@@ -118,6 +119,19 @@ def current_backend() -> tuple[str, bool]:
             pass
     loop = asyncio.get_running_loop()
     return "asyncio", type(loop).__module__.startswith("uvloop")
+
+
+def is_cancellation(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is a backend's cancellation: asyncio's ``CancelledError``, Trio's
+    ``Cancelled``, or a group of them only."""
+    if exc is None:
+        return False
+    if isinstance(exc, BaseExceptionGroup):
+        return all(is_cancellation(inner) for inner in exc.exceptions)
+    if isinstance(exc, asyncio.CancelledError):
+        return True
+    kind = type(exc)
+    return kind.__name__ == "Cancelled" and kind.__module__.startswith("trio")
 
 
 def thread_runs_trio() -> bool:
