@@ -484,9 +484,9 @@ ERROR_WHILE_STOPPING = textwrap.dedent(
 
     async def main(root, how):
         async with ipcactors.Supervisor(
-            socket_root=root, shutdown_timeout=3.0, max_restarts=0
+            socket_root=root, shutdown_timeout=2.0, max_restarts=0
         ) as sup:
-            await sup.spawn(_workers.stubborn, False, id="stubborn")  # stops after 3 s
+            await sup.spawn(_workers.stubborn, False, id="stubborn")  # stops after 2 s
             if how == "raise":
                 print("READY", flush=True)
                 raise ValueError("the real error")

@@ -378,7 +378,7 @@ async def test_a_request_to_a_child_being_stopped_fails_at_once(socket_dir: str)
     once, saying so (it waited until the child was SIGKILLed, ~shutdown_timeout +
     terminate_timeout, then said it was killed and no longer supervised)."""
     with anyio.fail_after(30):
-        async with supervisor(socket_dir, shutdown_timeout=3.0) as sup:
+        async with supervisor(socket_dir, shutdown_timeout=1.5) as sup:
             await sup.spawn(_workers.stubborn, True, id="s")
             await sup.request("s", "pid")
             async with anyio.create_task_group() as stopping:
