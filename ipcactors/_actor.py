@@ -164,6 +164,8 @@ class Actor:
             await self._closed.wait()
             return
         await self._close()
+        if self._body is not None and anyio.get_current_task().id == self._body_task:
+            self._body.cancel()  # from the block itself: the rest of it ends at its next await
 
     async def _close(self) -> None:
         closers = [connection.aclose for connection in self._connections.values()]

@@ -510,6 +510,22 @@ async def test_closing_an_actor_ends_its_body_quietly_wherever_it_waits(
     assert after_the_body == ["quiet"]
 
 
+async def test_closing_an_actor_from_its_own_block_ends_that_block(socket_dir: str) -> None:
+    """guide.md: ``await ipc.aclose()`` closes it from anywhere, its own block included, and
+    the rest of that block is cancelled at its next ``await`` (quietly). From the block's own
+    task the rest ran on (a 3 s sleep, and the code after it)."""
+    reached: list[str] = []
+    with anyio.fail_after(10):
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            await hello.serve()
+            await hello.aclose()
+            reached.append("after aclose")
+            await anyio.sleep(3)
+            reached.append("after the sleep")
+        reached.append("after the block")
+    assert reached == ["after aclose", "after the block"]
+
+
 async def _close_later(actor: Actor) -> None:
     await anyio.sleep(0.3)
     await actor.aclose()
