@@ -174,6 +174,8 @@ def too_large(kind: str, size: int) -> bytes:
     """Returns ``size`` bytes, or raises a ValueError whose message holds them."""
     if kind == "raise":
         raise ValueError("bad input " + "x" * size)
+    if kind == "raise-wide":
+        raise ValueError("bad input " + "€" * size)
     return b"x" * size
 
 

@@ -540,6 +540,17 @@ async def test_what_is_too_large_to_send_back_fails_its_task_saying_what_it_was(
             assert caught.value.remote_message.startswith("bad input xxx")
             assert "too_large" in caught.value.remote_traceback
             assert await p.submit("return", 10) == b"x" * 10
+            # cut to fit in bytes, whatever the text: 3 bytes a character (it was cut to as
+            # many characters, still too large: the worker died, the task ran three times)
+            with pytest.raises(RemoteError) as caught:
+                await p.submit("raise-wide", 2 << 20)
+            assert caught.value.remote_type == "ValueError"
+            assert caught.value.remote_message.startswith("bad input €€€")
+            assert p.statistics().retried == 0
+        async with pool(socket_dir, _pool_tasks.too_large, size=1, max_frame_size=2048) as p:
+            with pytest.raises(RemoteError) as caught:  # a limit far below the usual
+                await p.submit("raise", 200_000)
+            assert caught.value.remote_type == "ValueError"
             assert p.statistics().retried == 0
 
 

@@ -82,7 +82,7 @@ class _Worker:
         self.default = default
         self.tracebacks = actor.config.remote_tracebacks is not False  # our own parent, on Unix
         # What an exception's message and traceback are cut to when they are too large to send.
-        self.cut_to = max(1024, actor.config.max_frame_size // 4)
+        self.cut_to = actor.config.max_frame_size // 4
         self.functions: dict[Any, tuple[Callable[..., Any], bool]] = {}
         self.queue: deque[list[Any]] = deque()
         self.done: list[list[Any]] = []
@@ -223,12 +223,12 @@ class _Worker:
                 except (EncodeError, FrameTooLargeError) as exc:
                     if outcome[1] == 1:  # an exception with a huge message: itself, cut to fit
                         task_id, _, kind, message, text = outcome
-                        cut = self.cut_to
-                        if len(message) > cut:
-                            message = f"{message[:cut]} [... {len(message) - cut} more]"
-                        if len(text) > cut:  # (its frames first, the message last)
-                            text = f"{text[:cut]} [... {len(text) - cut} more]"
-                        await self.parent.emit(DONE_EVENT, [[task_id, 1, kind, message, text]])
+                        cut = [task_id, 1, kind[:200], _cut(message, self.cut_to)]
+                        cut.append(_cut(text, self.cut_to))  # (its frames first, message last)
+                        try:
+                            await self.parent.emit(DONE_EVENT, [cut])
+                        except (EncodeError, FrameTooLargeError):  # a frame limit that small
+                            await self.parent.emit(DONE_EVENT, [[task_id, 1, kind[:40], "", ""]])
                         continue
                     # (a result too large is one that cannot be encoded: EncodeError, pool.md)
                     message = f"the result of task {outcome[0]} cannot be sent: {exc}"
@@ -265,6 +265,15 @@ def _snapshot(value: Any) -> Any:
 
         return np.array(from_dlpack(value) if hasattr(kind, "__dlpack__") else value)
     return value
+
+
+def _cut(text: str, size: int) -> str:
+    """``text`` in at most ``size`` bytes of UTF-8 (and a note of what was cut)."""
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= size:
+        return text
+    kept = data[: size - 40].decode("utf-8", "ignore")  # (a character cut in two is dropped)
+    return f"{kept} [... {len(data) - len(kept.encode('utf-8', 'surrogatepass'))} bytes more]"
 
 
 #: How many values :func:`_may_change` looks at in one result before it assumes the worst.
