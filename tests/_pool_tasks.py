@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import time
 from typing import Any
@@ -162,7 +163,16 @@ def fill_reused(value: int, size: int, kind: str) -> Any:
         return buffer
     if kind == "nested":
         return [{"out": out}]
+    if kind == "subclasses":  # containers that are not exactly list, tuple or dict
+        return _Listed([collections.OrderedDict(out=_Pair(out, 1))])
     return out
+
+
+class _Listed(list):  # type: ignore[type-arg]
+    pass
+
+
+_Pair = collections.namedtuple("_Pair", "out n")
 
 
 async def fill_reused_async(value: int, size: int, kind: str) -> Any:

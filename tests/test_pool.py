@@ -555,7 +555,8 @@ async def test_what_is_too_large_to_send_back_fails_its_task_saying_what_it_was(
 
 
 @pytest.mark.parametrize(
-    ("kind", "size"), [("ndarray", 1000), ("bytearray", 1 << 20), ("nested", 1 << 20)]
+    ("kind", "size"),
+    [("ndarray", 1000), ("bytearray", 1 << 20), ("nested", 1 << 20), ("subclasses", 1000)],
 )
 @pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("fn", [_pool_tasks.fill_reused, _pool_tasks.fill_reused_async])
@@ -576,6 +577,8 @@ async def test_a_result_is_what_the_function_returned_when_it_returned(
             async for result in p.map(range(100), [size] * 100, [kind] * 100):
                 if kind == "nested":
                     result = result[0]["out"]
+                elif kind == "subclasses":
+                    result = result[0]["out"][0]
                 if bytes(result[:1]) != bytes([index % 256]) or len(set(bytes(result))) != 1:
                     wrong.append(index)
                 index += 1

@@ -246,11 +246,12 @@ def _snapshot(value: Any) -> Any:
     kind = type(value)
     if kind in _IMMUTABLE:
         return value
-    if kind is list:
+    # Containers as msgpack sends them (a subclass as its base: a namedtuple is a list there).
+    if isinstance(value, list):
         return [_snapshot(item) for item in value]
-    if kind is tuple:
+    if isinstance(value, tuple):
         return tuple(_snapshot(item) for item in value)
-    if kind is dict:
+    if isinstance(value, dict):
         return {key: _snapshot(item) for key, item in value.items()}
     if kind is bytearray:
         return bytearray(value)
@@ -312,9 +313,9 @@ def _may_change(result: Any) -> bool:
         kind = type(value)
         if kind in _IMMUTABLE:
             continue
-        if kind is list or kind is tuple:
+        if isinstance(value, list | tuple):  # (subclasses too: namedtuple, say)
             pending.extend(value)
-        elif kind is dict:
+        elif isinstance(value, dict):  # (OrderedDict, defaultdict...)
             pending.extend(value.values())
         elif kind is memoryview:
             if not value.readonly:
