@@ -60,6 +60,7 @@ def run(
     The first SIGINT/SIGTERM shuts every actor down gracefully, a second one immediately; then
     ``SystemExit(128 + signal)`` is raised.
     """
+    _check_async_fn(async_fn)  # (first: it closes a coroutine given by mistake)
     check_backend(backend, backend_options)
     _check_log_level(log_level)
     if running_asyncio_loop() is not None or thread_runs_trio():
@@ -69,7 +70,6 @@ def run(
         )
     runtime = Runtime()
     with runtime.signals:
-        _check_async_fn(async_fn)
         refuse_in_main_script("ipcactors.run()")
         if log_level is not None:
             logger.remove()

@@ -68,6 +68,10 @@ def test_run_refuses_an_unknown_log_level_and_a_loop_already_running(backend: st
 
     with pytest.raises(ipcactors.ConfigError, match=r"log_level.*LOUD"):
         ipcactors.run(main, backend=backend, log_level="LOUD")
+    coroutine = main()
+    with pytest.raises(ipcactors.ConfigError, match=r"run\(main\), not"):
+        ipcactors.run(coroutine, backend=backend, log_level="LOUD")  # type: ignore[arg-type]
+    assert inspect.getcoroutinestate(coroutine) == "CORO_CLOSED"  # no "never awaited" warning
     with pytest.raises(ipcactors.ConfigError, match="log_level"):
         ipcactors.run(main, backend=backend, log_level=-1)  # type: ignore[arg-type]
 

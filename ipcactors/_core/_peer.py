@@ -219,7 +219,9 @@ class Peer:
             check_sendable(dtype, len(dims))
         except EncodeError as exc:
             raise ConfigError(f"empty() makes arrays to send: {exc}") from None
-        if math.prod(dims) * dtype.itemsize > sys.maxsize:
+        # numpy's own limit, zeros or not: each size, and the bytes the others would take.
+        nonzero = math.prod(n for n in dims if n) * max(dtype.itemsize, 1)
+        if nonzero > sys.maxsize or any(n > sys.maxsize for n in dims):
             raise ConfigError(f"empty() got a shape too large for an array: {shape!r:.80}")
         shared = self._shared
         if shared is not None:
