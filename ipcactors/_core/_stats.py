@@ -168,6 +168,6 @@ class PoolStatistics:
     completed: int  # tasks that returned a result
     failed: int  # tasks whose function raised (RemoteError), or that gave up
     retried: int  # attempts made again after a worker was lost
-    timed_out: int  # tasks that ran past task_timeout (their worker was killed)
+    timed_out: int  # attempts that ran past task_timeout (their worker was killed)
     cancelled: int  # tasks whose caller went away first (queued, or in a worker)
     restarts: int  # worker processes restarted by the supervisor
