@@ -17,7 +17,7 @@ import os
 import ssl
 from collections.abc import Iterator, Mapping
 from types import MappingProxyType, TracebackType
-from typing import Any, Literal, overload
+from typing import Any, Literal, TypeVar, overload
 
 import anyio
 from anyio.abc import TaskGroup
@@ -362,7 +362,7 @@ class Actor:
     # --- connecting ---------------------------------------------------------------------------
 
     @property
-    def of(self) -> Peers:
+    def of(self) -> Peers[Connection]:
         """Connections by the id of the actor they lead to (node-ipc's ``ipc.of``): a read-only
         mapping, ``ipc.of["world"]``, or ``ipc.of.world`` as in node-ipc. An id not connected
         raises :class:`UnknownPeerError` (a ``KeyError``) naming the ids that are."""
@@ -521,16 +521,19 @@ def _utf8(text: str) -> bool:
     return True
 
 
-class Peers(Mapping[str, Connection]):
+C = TypeVar("C")  # what a connection is: a Connection, or the blocking API's
+
+
+class Peers(Mapping[str, C]):
     """A read-only view of an actor's connections by id, also by attribute (``of.world``)."""
 
     __slots__ = ("_connections", "_owner")
 
-    def __init__(self, owner: str, connections: Mapping[str, Connection]) -> None:
+    def __init__(self, owner: str, connections: Mapping[str, C]) -> None:
         self._owner = owner
         self._connections = MappingProxyType(dict(connections))
 
-    def __getitem__(self, id: str) -> Connection:
+    def __getitem__(self, id: str) -> C:
         try:
             return self._connections[id]
         except KeyError:
@@ -540,7 +543,7 @@ class Peers(Mapping[str, Connection]):
                 f"call connect_to({id!r}) first"
             ) from None
 
-    def __getattr__(self, id: str) -> Connection:
+    def __getattr__(self, id: str) -> C:
         if id.startswith("_"):
             raise AttributeError(id)
         try:

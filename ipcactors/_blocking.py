@@ -46,7 +46,7 @@ import anyio.abc
 import anyio.to_thread
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from ._actor import Actor, check_actor_id
+from ._actor import Actor, Peers, check_actor_id
 from ._config import Config
 from ._core._connection import Connection
 from ._core._server import Client, Server
@@ -845,10 +845,14 @@ class BlockingActor:
     # --- connecting ---------------------------------------------------------------------------
 
     @property
-    def of(self) -> Mapping[str, BlockingConnection]:
-        """A snapshot of the connections by id (node-ipc's ``ipc.of``)."""
+    def of(self) -> Peers[BlockingConnection]:
+        """A snapshot of the connections by id (node-ipc's ``ipc.of``), also by attribute
+        (``of.world``); an id not connected raises :class:`UnknownPeerError`, as in the async
+        API."""
         connections = self._call(lambda: dict(self.wrapped.of))
-        return {id: BlockingConnection(self._loop, c) for id, c in connections.items()}
+        return Peers(
+            self.id, {id: BlockingConnection(self._loop, c) for id, c in connections.items()}
+        )
 
     def connect_to(self, id: str, path: str | None = None) -> BlockingConnection:
         """As :meth:`Actor.connect_to`: returns once connected, or raises."""

@@ -102,6 +102,12 @@ def test_emit_and_request_both_ways(backend: Literal["asyncio", "trio"], socket_
         assert server.request(client, "double", 21, timeout=10) == 42
         assert server.request("hello", "double", 1, timeout=10) == 2
         assert hello.of["world"].connected
+        assert hello.of.world.id == "world"  # by attribute too, as node-ipc's ipc.of.world
+        with pytest.raises(ipcactors.UnknownPeerError, match="connect_to"):  # was KeyError
+            hello.of["nobody"]
+        with pytest.raises(ipcactors.UnknownPeerError):  # was the dict's AttributeError
+            hello.of.nobody  # noqa: B018
+        assert getattr(hello.of, "nobody", None) is None
         # plain handlers ran in a worker thread, async ones in the loop thread: neither is ours
         assert threads["plain"] != threading.get_ident()
         assert threads["async"] == world.portal.call(threading.get_ident)
