@@ -324,6 +324,16 @@ async def test_emit_to_a_child_whose_connection_dropped_waits_for_it_then_times_
             assert sup.children["w"].pid == pid  # the same process, reconnected
 
 
+async def test_a_request_timeout_names_the_timeout_it_was_given(socket_dir: str) -> None:
+    """It named what was left of it once the child was found ('within 0.29993762699996296
+    s')."""
+    with anyio.fail_after(20):
+        async with supervisor(socket_dir) as sup:
+            await sup.spawn(_workers.echo, id="w")
+            with pytest.raises(RequestTimeoutError, match=r"within 0\.3 s"):
+                await sup.request("w", "slow", 5.0, timeout=0.3)
+
+
 async def test_kill_says_its_children_are_stopping_and_they_go_at_once(socket_dir: str) -> None:
     """``kill()`` SIGKILLs every child; ``children`` says so at once (they stayed 'running'
     while already dead), then 'stopped' once they are gone (they stayed 'stopping' until the

@@ -1262,4 +1262,10 @@ class Supervisor:
         timeout = request_timeout(timeout, self.config)
         deadline = anyio.current_time() + timeout
         incarnation = await self._running(id, timeout)
-        return await incarnation.request(event, data, deadline)
+        try:
+            return await incarnation.request(event, data, deadline)
+        except RequestTimeoutError:  # (it says what was left of the timeout: say the timeout)
+            raise RequestTimeoutError(
+                f"no reply to request {event!r} from child {id!r} within {timeout} s; "
+                "a late reply is ignored"
+            ) from None
