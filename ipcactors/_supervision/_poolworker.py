@@ -16,8 +16,8 @@ process is there for its tasks, and a thread hop or a task per call would cost m
 task itself); an async function runs in a task of its own, in its own cancel scope, side by
 side with the rest. The runner sends what ended as one ``pool-done`` when its queue is empty,
 and at least every ``FLUSH_SECONDS`` while it runs plain functions (then it also yields to the
-loop, twice if more tasks wait: that is when cancel messages are read, so a task cancelled
-while it waited in the queue never starts). A result that cannot be encoded fails its
+loop, five passes if more tasks wait: that is when cancel messages are read, so a task
+cancelled while it waited in the queue never starts). A result that cannot be encoded fails its
 task only (an ``EncodeError`` outcome).
 
 A result is what the function returned when it returned: one that may hold memory the
@@ -165,12 +165,14 @@ class _Worker:
             if done:
                 await self.flush()
             # Read what came meanwhile (cancels) and start async tasks. Before more tasks of
-            # the queue start, two passes: the loop's poll finds the bytes in the first, but our
-            # task's turn comes before the reading they wake (asyncio queues it behind us; Trio
-            # may too), and a cancelled task would start.
+            # the queue start, more passes: what came while a task blocked the loop takes three
+            # to be handled (the loop's poll, the transport's callback, the reader's turn: each
+            # comes after ours), so a task cancelled meanwhile would start. Four, for margin:
+            # a pass costs microseconds, and this comes at most once per FLUSH_SECONDS.
             await anyio.lowlevel.checkpoint()
             if queue:
-                await anyio.lowlevel.checkpoint()
+                for _ in range(4):
+                    await anyio.lowlevel.checkpoint()
             if self.writer_is_a_task:
                 # The next task may be a plain one, which blocks the loop: the writer must have
                 # had its turn at what was sent (on asyncio it writes in the pass just given;
