@@ -7,9 +7,8 @@ one), events may be lost or reordered by the network, and a request may time out
 Invariants:
 - A datagram too large to send is a :class:`DatagramTooLargeError` before anything is sent, on
   every backend (anyio's asyncio backend would drop it silently, trio would raise late).
-- An inbound datagram that is malformed (any of its messages), oversized, or from a peer beyond
-  the table's bound is dropped and counted (see :meth:`DatagramServer.statistics`), never
-  half decoded.
+- An inbound datagram that is malformed (any of its messages) or oversized is dropped and
+  counted (see :meth:`DatagramServer.statistics`), never half decoded.
 - A peer takes a place in the table only once it sent a valid message from an address an
   answer can reach (not port 0, not a broadcast address): junk datagrams (from however many
   addresses) cannot fill the table and lock real peers out.
@@ -18,7 +17,8 @@ Invariants:
   system would refuse is a :class:`ConfigError` there, since asyncio reports a refused send to
   no one; a send refused later is one too where the backend says so (Trio, uvloop).
 - The peer table is bounded by ``max_connections``; a peer not heard from for ``PEER_TTL``
-  seconds is forgotten (and no longer reached by ``broadcast``).
+  seconds is forgotten (and no longer reached by ``broadcast``), and so is the one heard from
+  the longest ago when a newcomer finds the table full: no one is kept out.
 - One datagram is sent at a time (replies, emits and broadcasts from any number of tasks).
 - At most ``MAX_REQUESTS`` requests are answered at once (each in a task); a request beyond
   them is dropped and counted, and its sender times out as if the datagram were lost.
@@ -118,7 +118,7 @@ class DatagramStatistics:
     sent: int = 0
     dropped_malformed: int = 0
     dropped_oversized: int = 0
-    dropped_peer_table_full: int = 0
+    dropped_peer_table_full: int = 0  # peers forgotten for a newcomer (the table was full)
     #: Requests dropped because ``MAX_REQUESTS`` were already being answered.
     dropped_busy: int = 0
     #: Events that arrived with no handler registered (each name is also logged once).
@@ -386,12 +386,6 @@ class DatagramServer(HandlerMethods):
                 continue
             # Only now, with valid messages in hand, does the sender take a place in the table.
             peer = self._remember((address[0], address[1]))
-            if peer is None:
-                # The table bounds whom we remember, not whom we may ask: the answers to our
-                # own requests to that address are taken (and it takes no place).
-                if not self._answers_ours(messages, (address[0], address[1])):
-                    self._stats.dropped_peer_table_full += 1
-                continue
             for message in messages:
                 await self._dispatch(message, peer, task_group)
 
@@ -418,23 +412,7 @@ class DatagramServer(HandlerMethods):
             else:
                 self._requests.reject(message)
 
-    def _answers_ours(self, messages: list[Message], address: PeerAddress) -> bool:
-        """Take ``messages`` if they are all answers to requests we sent to ``address``."""
-        answers: list[Reply | ErrorReply] = []
-        for message in messages:
-            if not isinstance(message, Reply | ErrorReply):
-                return False
-            if self._asked.get(message.id) != address:
-                return False
-            answers.append(message)
-        for reply in answers:
-            if isinstance(reply, Reply):
-                self._requests.resolve(reply)
-            else:
-                self._requests.reject(reply)
-        return True
-
-    def _remember(self, address: PeerAddress) -> DatagramPeer | None:
+    def _remember(self, address: PeerAddress) -> DatagramPeer:
         now = anyio.current_time()
         peer = self._peers.get(address)
         if peer is not None:
@@ -444,7 +422,10 @@ class DatagramServer(HandlerMethods):
         if len(self._peers) >= self._config.max_connections:
             self._expire(now)
             if len(self._peers) >= self._config.max_connections:
-                return None
+                # The one heard from the longest ago gives way: peers that left (one-shot
+                # clients) must not keep newcomers out until they expire.
+                self._peers.popitem(last=False)
+                self._stats.dropped_peer_table_full += 1
         peer = self._peers[address] = DatagramPeer(self, address, now)
         return peer
 
