@@ -107,6 +107,6 @@ async def test_the_forkserver_rehearses_the_childrens_backend_then_forks_quietly
             await sup.spawn(_workers.echo, id="w1")
             assert await sup.request("w1", "echo", 1) == 1
             forkserver = _forkserver()
-            assert forkserver.cmdline()[-2:] == [anyio_backend, "0"]
+            assert forkserver.cmdline()[-3:] == [anyio_backend, "0", sup.socket_dir]
             assert forkserver.num_threads() == 1
             assert list(folder.iterdir()) == []

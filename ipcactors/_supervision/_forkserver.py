@@ -18,7 +18,7 @@ Invariants owned here:
   gone) and its control socket, and asks the kernel for SIGTERM when its parent dies
   (PR_SET_PDEATHSIG, re-checked with ``getppid()`` against the race; SIGTERM, not SIGKILL, so
   that its way out runs). On its way out it SIGKILLs every child's process group and reaps
-  the children.
+  the children, and, if the supervisor died, removes its socket directory.
 - Each child leads its own process group (pgid = its pid), set on both sides of the fork
   before the pid is reported, so a signal sent at once finds the group. Terminal signals
   (Ctrl-C, Ctrl-\\, Ctrl-Z) go to the terminal's foreground group, which holds neither the
@@ -58,6 +58,7 @@ import gc
 import importlib
 import os
 import select
+import shutil
 import signal
 import socket
 import sys
@@ -112,9 +113,12 @@ def serve(
     log_level: str,
     preload: list[str],
     backend: tuple[str, bool] | None = None,
+    socket_dir: str | None = None,
 ) -> None:
     """Main loop of the forkserver process. Returns when the supervisor is gone or done.
-    ``backend``: the one the children run, rehearsed first (``_rehearsal``)."""
+    ``backend``: the one the children run, rehearsed first (``_rehearsal``). ``socket_dir``:
+    the supervisor's, removed once the children are gone if the supervisor died (SIGKILL
+    leaves it no time to); a supervisor that stops us removes it itself."""
     # The supervisor's death (SIGTERM) ends the loop through the finally below, which stops
     # every child's group; SIGKILL would skip it and leave what the children started running.
     signal.signal(signal.SIGTERM, _parent_gone)
@@ -176,6 +180,8 @@ def serve(
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
+        if socket_dir is not None and os.getppid() != parent_pid:  # the supervisor died
+            shutil.rmtree(socket_dir, ignore_errors=True)
 
 
 def _thread_count() -> int:
@@ -474,13 +480,15 @@ def fork_spare(
 
 def _main(argv: list[str]) -> None:
     """``python -c <bootstrap> <ctl_fd> <lifeline_fd> <parent_pid> <log_level> <preload,...>
-    [<backend> <uvloop: 0 or 1>]`` (the backend to rehearse)."""
+    [<backend> <uvloop: 0 or 1> [<socket_dir>]]`` (the backend to rehearse; the supervisor's
+    socket directory, removed if the supervisor dies first)."""
     ctl_fd, lifeline_fd, parent_pid = (int(x) for x in argv[:3])
     log_level = argv[3]
     preload = [name for name in argv[4].split(",") if name]
     backend = (argv[5], argv[6] == "1") if len(argv) >= 7 else None
+    socket_dir = argv[7] if len(argv) >= 8 else None
     try:
-        serve(ctl_fd, lifeline_fd, parent_pid, log_level, preload, backend)
+        serve(ctl_fd, lifeline_fd, parent_pid, log_level, preload, backend, socket_dir)
     except OSError as exc:
         if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
             raise

@@ -114,9 +114,11 @@ class ForkServer:
         log_level: str,
         preload: list[str],
         backend: tuple[str, bool],
+        socket_dir: str,
     ) -> None:
         """Start the process (fork + exec, a few ms; from the event-loop thread on purpose);
-        it rehearses a child's way on ``backend`` (the children's) before it is ready."""
+        it rehearses a child's way on ``backend`` (the children's) before it is ready, and
+        removes ``socket_dir`` (the supervisor's) if it outlives the supervisor."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             command = [
@@ -133,6 +135,7 @@ class ForkServer:
                 ",".join(preload),
                 backend[0],
                 "1" if backend[1] else "0",
+                socket_dir,
             ]
             self._process = subprocess.Popen(
                 command,

@@ -576,12 +576,14 @@ class Supervisor:
         elif self._uvloop:
             preload.append("uvloop")
         forkserver = ForkServer(self._log)
+        assert self._dir is not None
         forkserver.start(
             self._task_group,
             self._lifeline[0],
             self.log_level,
             preload + self.preload,
             (self._backend, self._uvloop),
+            self._dir,
         )
         self._forkserver = forkserver
 
