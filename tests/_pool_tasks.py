@@ -189,5 +189,15 @@ def too_large(kind: str, size: int) -> bytes:
     return b"x" * size
 
 
+async def nested_buffer(depth: int) -> Any:
+    """A buffer of this process's, ``depth`` lists deep."""
+    import numpy as np
+
+    value: Any = _out.setdefault(-1, np.zeros(4))
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 def size_of(array: Any) -> int:
     return int(array.nbytes)

@@ -540,6 +540,12 @@ async def test_what_is_too_large_to_send_back_fails_its_task_saying_what_it_was(
             assert caught.value.remote_message.startswith("bad input xxx")
             assert "too_large" in caught.value.remote_traceback
             assert await p.submit("return", 10) == b"x" * 10
+            # a refilled buffer too deep to send (copied as it returns: RecursionError, and
+            # the worker died, in e8fd6c1's copy)
+            with pytest.raises(RemoteError, match="too deep") as caught:
+                await p.call(_pool_tasks.nested_buffer, 5000)
+            assert caught.value.remote_type == "EncodeError"
+            assert len(await p.call(_pool_tasks.nested_buffer, 3)) == 1
             # cut to fit in bytes, whatever the text: 3 bytes a character (it was cut to as
             # many characters, still too large: the worker died, the task ran three times)
             with pytest.raises(RemoteError) as caught:

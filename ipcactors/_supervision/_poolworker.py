@@ -205,6 +205,8 @@ class _Worker:
                         outcome[2] = _snapshot(outcome[2])
                     except EncodeError as exc:
                         outcome = self.failure(task_id, exc)
+                    except RecursionError:  # (nested deeper than any frame may carry)
+                        outcome = self.failure(task_id, EncodeError("the result is too deep"))
                 self.done.append(outcome)
                 self.wake.set()
 
@@ -275,7 +277,7 @@ def _cut(text: str, size: int) -> str:
     data = text.encode("utf-8", "surrogatepass")
     if len(data) <= size:
         return text
-    kept = data[: size - 40].decode("utf-8", "ignore")  # (a character cut in two is dropped)
+    kept = data[: max(size - 40, 0)].decode("utf-8", "ignore")  # (a cut character is dropped)
     return f"{kept} [... {len(data) - len(kept.encode('utf-8', 'surrogatepass'))} bytes more]"
 
 
