@@ -154,6 +154,7 @@ def serve(
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     children: set[int] = set()
     spares = _Spares(lifeline_fd, (ctl_fd, wake_r, wake_w))
+    orphaned = False  # the supervisor died: nobody else will remove its socket directory
     try:
         send_message(ctl, ["ready", os.getpid()])
         poller = select.poll()
@@ -167,6 +168,7 @@ def serve(
                     _drain(wake_r)
                 elif fd == lifeline_fd:
                     running = False  # EOF (the supervisor died) or anything else: stop
+                    orphaned = True  # (it may see EOF before the kernel gives us a new parent)
                 elif fd == ctl.fileno():
                     running = _handle(ctl, children, spares)
             _reap(ctl, children, spares)
@@ -180,7 +182,7 @@ def serve(
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
-        if socket_dir is not None and os.getppid() != parent_pid:  # the supervisor died
+        if socket_dir is not None and (orphaned or os.getppid() != parent_pid):  # it died
             shutil.rmtree(socket_dir, ignore_errors=True)
 
 
