@@ -630,12 +630,13 @@ class Pool:
 
     def _kill(self, worker: str) -> None:
         child = self._supervisor._children.get(worker)
-        if child is not None and child.incarnation is not None:
-            self._killed[worker] = child.incarnation  # (a retry must not go there meanwhile)
-        info = self._supervisor.children.get(worker)
-        if info is not None and info.pid is not None:
+        incarnation = child.incarnation if child is not None else None
+        if incarnation is None:
+            return
+        self._killed[worker] = incarnation  # (a retry must not go there meanwhile)
+        if incarnation.pid is not None:
             try:
-                os.kill(info.pid, signal.SIGKILL)
+                os.kill(incarnation.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
 

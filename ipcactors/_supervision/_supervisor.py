@@ -1202,11 +1202,10 @@ class Supervisor:
             raise UnknownPeerError(f"supervisor {self.id!r} has no child {id!r}")
         return child
 
-    async def _running(self, id: str, timeout: float, said: float | None = None) -> Incarnation:
-        """The child's ready incarnation; waits (up to ``timeout``) while it is restarting.
-        ``said``: the timeout the caller was given, for the error (``timeout`` is what is
-        left of it)."""
-        with anyio.move_on_after(timeout):
+    async def _running(self, id: str, deadline: float, timeout: float) -> Incarnation:
+        """The child's ready incarnation; waits (until ``deadline``, which the caller's
+        ``timeout`` set) while it is restarting."""
+        with anyio.CancelScope(deadline=deadline):
             while True:
                 self._check_open()
                 child = self._child(id)
@@ -1220,9 +1219,7 @@ class Supervisor:
                     raise UnknownPeerError(
                         f"child {id!r} {describe_exit(child.last_exit)} and is no longer supervised"
                     )
-        raise RequestTimeoutError(
-            f"child {id!r} was not running within {timeout if said is None else said} s"
-        )
+        raise RequestTimeoutError(f"child {id!r} was not running within {timeout} s")
 
     async def emit(self, id: str, event: str, data: Any = None) -> None:
         """Send ``event`` to child ``id``: at most once, or with ``acked="on"`` at least once
@@ -1231,9 +1228,7 @@ class Supervisor:
         when it dies in the middle of this call."""
         deadline = anyio.current_time() + self.config.request_timeout
         while True:
-            incarnation = await self._running(
-                id, max(0.0, deadline - anyio.current_time()), self.config.request_timeout
-            )
+            incarnation = await self._running(id, deadline, self.config.request_timeout)
             client = incarnation.client
             assert client is not None
             try:
@@ -1263,7 +1258,7 @@ class Supervisor:
         """
         timeout = request_timeout(timeout, self.config)
         deadline = anyio.current_time() + timeout
-        incarnation = await self._running(id, timeout)
+        incarnation = await self._running(id, deadline, timeout)
         try:
             return await incarnation.request(event, data, deadline)
         except RequestTimeoutError:  # (it says what was left of the timeout: say the timeout)
