@@ -382,3 +382,15 @@ def message_of(exc: BaseException) -> str:
         return str(exc)
     except Exception:
         return f"<unprintable {type(exc).__name__}: str() raised>"
+
+
+def fit_text(text: str, size: int) -> str:
+    """``text`` as it can travel in at most ``size`` bytes of UTF-8: what has no UTF-8 form (a
+    lone surrogate, as ``os.fsdecode`` makes of a file name) escaped as ``\\udce9``, and what
+    does not fit cut, with a note of how much (an error report must reach its reader whatever
+    the error said)."""
+    data = text.encode("utf-8", "backslashreplace")
+    if len(data) <= size:
+        return data.decode("utf-8")
+    kept = data[: max(size - 40, 0)].decode("utf-8", "ignore")  # (a cut character is dropped)
+    return f"{kept} [... {len(data) - len(kept.encode('utf-8'))} bytes more]"

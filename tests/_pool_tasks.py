@@ -186,6 +186,8 @@ def too_large(kind: str, size: int) -> bytes:
         raise ValueError("bad input " + "x" * size)
     if kind == "raise-wide":
         raise ValueError("bad input " + "€" * size)
+    if kind == "raise-surrogate":  # os.fsdecode of a Latin-1 file name: no UTF-8 form
+        raise ValueError("bad input caf\udce9" + "x" * size)
     return b"x" * size
 
 

@@ -314,6 +314,58 @@ async def test_an_exception_that_cannot_be_printed_is_still_a_remote_error(
             assert world.connected
 
 
+NOT_UTF8 = "cannot parse caf\udce9.txt"  # os.fsdecode of a Latin-1 file name: no UTF-8 form
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_an_exception_whose_text_cannot_travel_as_it_is_still_a_remote_error(
+    transport: str, socket_dir: str
+) -> None:
+    # Its error reply could not be encoded: the connection was dropped, and this request and
+    # every other one in flight on it failed with ConnectionLostError.
+    async with serving(transport, socket_dir, max_frame_size=65536, remote_tracebacks=True) as (
+        _,
+        server,
+        connect,
+    ):
+        release = anyio.Event()
+
+        def fail(data: Any, client: Any) -> None:
+            raise ValueError(NOT_UTF8 if data == "surrogate" else "x" * 200_000)
+
+        async def slow(data: Any, client: Any) -> str:
+            await release.wait()
+            return "slow done"
+
+        server.on("fail", fail)
+        server.on("slow", slow)
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            world = await connect(hello)
+            slow_reply: list[str] = []
+
+            async def ask_slowly() -> None:
+                slow_reply.append(await world.request("slow"))
+
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(ask_slowly)
+                    with pytest.raises(ipcactors.RemoteError) as surrogate:
+                        await world.request("fail", "surrogate")
+                    with pytest.raises(ipcactors.RemoteError) as large:
+                        await world.request("fail", "large")
+                    release.set()
+            assert slow_reply == ["slow done"]
+            assert world.connected
+        assert surrogate.value.remote_type == large.value.remote_type == "ValueError"
+        assert surrogate.value.remote_message == "cannot parse caf\\udce9.txt"  # escaped
+        assert "in fail" in surrogate.value.remote_traceback
+        cut = large.value.remote_message
+        assert cut.startswith("xxxx")
+        assert cut.endswith("bytes more]")
+        assert len(cut) < 65536
+        assert "in fail" in large.value.remote_traceback  # the frames kept, the message cut
+
+
 class _FailingList(list[int]):
     def __len__(self) -> int:
         raise RuntimeError("len() of this list fails")
@@ -394,6 +446,29 @@ async def test_remote_tracebacks_over_udp() -> None:
                 await hello.request(world.address, "fail", 1, timeout=2)
             assert caught.value.remote_message == "bad value"
             assert ("in fail" in caught.value.remote_traceback) is (setting is True)
+
+
+async def test_an_exception_whose_text_cannot_travel_as_it_is_over_udp() -> None:
+    async with (
+        Actor("world", silent=True, remote_tracebacks=True) as world_actor,
+        Actor("hello", silent=True) as hello_actor,
+    ):
+        world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        hello = await hello_actor.serve_net("127.0.0.1", 0, udp="udp4")
+
+        @world.on("fail")
+        def fail(data: Any, peer: ipcactors.DatagramPeer) -> None:
+            raise ValueError(NOT_UTF8 if data == "surrogate" else "x" * 200_000)
+
+        with anyio.fail_after(5):
+            for kind in ("surrogate", "large"):
+                with pytest.raises(ipcactors.RemoteError) as caught:
+                    await hello.request(world.address, "fail", kind, timeout=2)
+                assert caught.value.remote_type == "ValueError"
+                assert caught.value.remote_message.startswith(
+                    "cannot parse caf\\udce9.txt" if kind == "surrogate" else "xxxx"
+                )
+                assert "in fail" in caught.value.remote_traceback
 
 
 def test_remote_tracebacks_option_is_validated() -> None:

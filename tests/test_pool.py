@@ -552,6 +552,13 @@ async def test_what_is_too_large_to_send_back_fails_its_task_saying_what_it_was(
                 await p.submit("raise-wide", 2 << 20)
             assert caught.value.remote_type == "ValueError"
             assert caught.value.remote_message.startswith("bad input €€€")
+            # text with no UTF-8 form, escaped (its message was lost: an empty string)
+            for size in (10, 2 << 20):
+                with pytest.raises(RemoteError) as caught:
+                    await p.submit("raise-surrogate", size)
+                assert caught.value.remote_type == "ValueError"
+                assert caught.value.remote_message.startswith("bad input caf\\udce9xxx")
+                assert "too_large" in caught.value.remote_traceback
             assert p.statistics().retried == 0
         async with pool(socket_dir, _pool_tasks.too_large, size=1, max_frame_size=2048) as p:
             with pytest.raises(RemoteError) as caught:  # a limit far below the usual

@@ -50,7 +50,14 @@ from typing import Any, Final
 
 import msgpack
 
-from .._errors import DecodeError, EncodeError, FrameTooLargeError, IPCError, ProtocolError
+from .._errors import (
+    DecodeError,
+    EncodeError,
+    FrameTooLargeError,
+    IPCError,
+    ProtocolError,
+    fit_text,
+)
 from ._assembly import MARK_CODE, MARK_SIZE, Assembly
 from ._codec import OUT_OF_BAND_AT, Codec, Decoder, Encoder
 from ._extcodes import NUMPY_EXT_CODE, SHARED_EXT_CODE
@@ -766,7 +773,19 @@ class MsgpackEncoder(Encoder):
         if not self.tracebacks:
             traceback = ""
         error = {"type": type, "message": message, "traceback": traceback}
-        return self._frame([ERROR, request_id, error])
+        try:
+            return self._frame([ERROR, request_id, error])
+        except IPCError:  # EncodeError, FrameTooLargeError, DatagramTooLargeError
+            # The report must reach the requester whatever the error said: its text escaped
+            # where it has no UTF-8 form, and cut to share the frame (max_frame_size is 1 KiB
+            # at least): the type, then the message, then the traceback's first frames.
+            share = (self._limit - 300) // 2
+            error = {
+                "type": fit_text(type, 200),
+                "message": fit_text(message, share),
+                "traceback": fit_text(traceback, share),
+            }
+            return self._frame([ERROR, request_id, error])
 
     def hello(self, actor_id: str, /, **extra: Any) -> Frame:
         body = {"v": PROTOCOL_VERSION, "id": actor_id, **extra}

@@ -51,7 +51,7 @@ import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from .._actor import Actor
-from .._errors import EncodeError, FrameTooLargeError, message_of
+from .._errors import EncodeError, FrameTooLargeError, fit_text, message_of
 from .._proto._msgpack import pack_value
 from .._transports._backend import current_backend
 from ._target import Target, load_target
@@ -227,14 +227,16 @@ class _Worker:
                         pack_value(outcome, numpy=True)
                     await self.parent.emit(DONE_EVENT, [outcome])
                 except (EncodeError, FrameTooLargeError) as exc:
-                    if outcome[1] == 1:  # an exception with a huge message: itself, cut to fit
+                    if outcome[1] == 1:  # an exception whose text cannot travel as it is:
+                        # itself, its text escaped and cut to fit
                         task_id, _, kind, message, text = outcome
-                        cut = [task_id, 1, kind[:200], _cut(message, self.cut_to)]
-                        cut.append(_cut(text, self.cut_to))  # (its frames first, message last)
+                        cut = [task_id, 1, fit_text(kind, 200), fit_text(message, self.cut_to)]
+                        cut.append(fit_text(text, self.cut_to))  # (its frames first, message last)
                         try:
                             await self.parent.emit(DONE_EVENT, [cut])
                         except (EncodeError, FrameTooLargeError):  # a frame limit that small
-                            await self.parent.emit(DONE_EVENT, [[task_id, 1, kind[:40], "", ""]])
+                            least = [task_id, 1, fit_text(kind, 40), "", ""]
+                            await self.parent.emit(DONE_EVENT, [least])
                         continue
                     # (a result too large is one that cannot be encoded: EncodeError, pool.md)
                     message = f"the result of task {outcome[0]} cannot be sent: {exc}"
@@ -272,15 +274,6 @@ def _snapshot(value: Any) -> Any:
 
         return np.array(from_dlpack(value) if hasattr(kind, "__dlpack__") else value)
     return value
-
-
-def _cut(text: str, size: int) -> str:
-    """``text`` in at most ``size`` bytes of UTF-8 (and a note of what was cut)."""
-    data = text.encode("utf-8", "surrogatepass")
-    if len(data) <= size:
-        return text
-    kept = data[: max(size - 40, 0)].decode("utf-8", "ignore")  # (a cut character is dropped)
-    return f"{kept} [... {len(data) - len(kept.encode('utf-8', 'surrogatepass'))} bytes more]"
 
 
 #: How many values :func:`_may_change` looks at in one result before it assumes the worst.
