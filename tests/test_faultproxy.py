@@ -199,6 +199,33 @@ async def test_a_cut_or_reset_fails_requests_in_flight_and_the_client_reconnects
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("how", ["cut", "reset"])
+async def test_a_request_that_failed_as_lost_leaves_the_connection_not_connected(
+    transport: str,
+    how: str,
+    socket_dir: str,
+    fault_proxy: Callable[..., FaultProxy],
+    seed: int,
+) -> None:
+    """Right after a request fails with ConnectionLostError, the connection says it is not
+    connected, and wait_connected() waits for the next one. On Trio it still said connected,
+    wait_connected() returned at once and the next request went out on the link that was
+    gone, failing too."""
+    async with (
+        serving(transport, socket_dir) as (server, _),
+        through(fault_proxy, server, socket_dir) as (proxy, world),
+    ):
+        for round in range(6):
+            getattr(proxy, f"{how}_after")(100, "down")  # the reply, cut in the middle
+            with anyio.fail_after(5), pytest.raises(ipcactors.ConnectionLostError):
+                await world.request("big", 10_000)
+            assert not world.connected, f"round {round}, seed {seed}"
+            with anyio.fail_after(5):
+                await world.wait_connected()
+                assert await world.request("echo", round) == round, f"seed {seed}"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_a_reset_now_fails_a_request_waiting_on_a_slow_handler(
     transport: str, socket_dir: str, fault_proxy: Callable[..., FaultProxy]
 ) -> None:

@@ -673,6 +673,7 @@ class Channel:
 
     def _lost(self) -> None:
         peer = self._peer
+        peer._input_ended()
         peer._requests.fail(
             ConnectionLostError(f"the connection with {peer.id!r} was lost before the reply"),
             sent_up_to=peer._outbox.taken,

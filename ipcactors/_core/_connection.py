@@ -165,7 +165,8 @@ class Connection(Peer, HandlerMethods):
         self._transport = transport
         self._on_destroyed = on_destroyed
         self._channel: Channel | None = None
-        self._up = Flag()
+        self._up = Flag()  # set while connected: welcomed, and the server's input not ended
+        self._was_up = False  # this connection was welcomed, and its input ended since
         self._closing = False
         self._destroyed = Flag()
         self._scope = anyio.CancelScope()  # _run: serving and reconnecting
@@ -593,7 +594,7 @@ class Connection(Peer, HandlerMethods):
         return bool(self._handlers.get("connect"))
 
     async def _opening(self) -> None:
-        if not self._up.is_set():  # pipelined: the connect handlers run once welcomed
+        if not (self._up.is_set() or self._was_up):  # pipelined: they run once welcomed
             await self._up.wait()
         await self._handlers.call("connect", (), self._log)
 
@@ -627,8 +628,9 @@ class Connection(Peer, HandlerMethods):
             await self._call_lifecycle("error", exc)
         finally:
             self._channel = None
-            welcomed = self._up.is_set()
-            if welcomed:  # (else it is still unset: who waits for it waits on)
+            welcomed = self._was_up or self._up.is_set()
+            self._was_up = False
+            if self._up.is_set():  # (else it is still unset: who waits for it waits on)
                 self._up = Flag()
             if self._outbox.kept is not None:  # pipelined, and never welcomed
                 self._settle_sent_ahead(error)
@@ -637,6 +639,14 @@ class Connection(Peer, HandlerMethods):
                 if not self._closing:
                     self._log.info(f"connection to {self.id!r} lost")
                 await self._call_lifecycle("disconnect", shielded=True)
+
+    def _input_ended(self) -> None:
+        # Not connected from now on, before the requests the channel leaves fail (it goes on
+        # until its dispatcher is done): who they wake and waits for the connection waits for
+        # the next one, and does not send on this one.
+        if self._up.is_set():
+            self._up = Flag()
+            self._was_up = True
 
     def _settle_sent_ahead(self, error: Exception | None) -> None:
         """A pipelined connection ended unwelcomed (``error``: why): what went ahead goes

@@ -448,6 +448,10 @@ class Peer:
         it (what it sent before it went is still handled). A connection keeps its outbox for
         the next one."""
 
+    def _input_ended(self) -> None:
+        """The channel read the peer's last: no reply comes on it any more. Called before the
+        requests waiting for one fail, so that a caller they wake finds the peer as it is."""
+
     #: What handlers get after the data: a server's handlers, the client (see ``Client``).
     _handler_extra: tuple[Any, ...] = ()
 
