@@ -6,6 +6,7 @@ its own connection; the options are validated. The real node-ipc is in test_node
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -93,6 +94,41 @@ async def test_a_full_server_fires_no_connect_and_disconnect_per_attempt(socket_
         await taken.aclose()
         await wait_until(lambda: greetings == ["second"])
         await wait_until(lambda: events == ["disconnect", "connect"])
+
+
+async def test_a_server_that_closes_at_the_first_bytes_meets_stop_retrying(
+    socket_dir: str, log_lines: list[str]
+) -> None:
+    """A server that takes a connection and closes it when the first bytes come (a plain
+    client on a node-ipc TLS port, a broken server) is failed attempts too: the client gives
+    up after stop_retrying, saying so at WARNING. The wait for the connection to prove itself
+    (a second, nothing written) counted as the connection lasting: the next attempt, proven,
+    reset the count, and it reconnected for ever, the events written into each lost."""
+    path = os.path.join(socket_dir, "closer")
+    accepted = 0
+
+    async def close_at_the_first_bytes(stream: anyio.abc.SocketStream) -> None:
+        nonlocal accepted
+        accepted += 1
+        async with stream:
+            with anyio.move_on_after(5):
+                await stream.receive()
+
+    listener = await anyio.create_unix_listener(path)
+    async with listener, anyio.create_task_group() as task_group:
+        task_group.start_soon(listener.serve, close_at_the_first_bytes)
+        options = {**FAST, "silent": False, "stop_retrying": 2}
+        async with Actor("hello", socket_root=socket_dir, **options) as hello:
+            connection = await hello.connect_to("closer", path)
+            with anyio.fail_after(15):
+                while not connection.destroyed:
+                    with contextlib.suppress(ipcactors.ClosedError):
+                        await connection.emit("tick", 1)
+                    await anyio.sleep(0.1)
+        task_group.cancel_scope.cancel()
+    os.unlink(path)  # (anyio's listener leaves its socket file)
+    assert accepted <= 4  # the first, then stop_retrying=2 more (and one in its backoff)
+    assert any("WARNING" in line and "gave up on 'closer'" in line for line in log_lines)
 
 
 async def test_what_node_ipc_cannot_carry_is_refused_before_sending(socket_dir: str) -> None:

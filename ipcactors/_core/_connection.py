@@ -23,7 +23,8 @@ Invariants:
   they fail with ``ConnectionLostError`` and its events are not sent again (at most once).
   ``wait_connected`` waits on through failed attempts.
 - Retries follow ``stop_retrying``: a failed attempt or a lost connection spends one retry; the
-  count, and the backoff, restart once a connection has lasted ``STABLE_AFTER`` seconds. One
+  count, and the backoff, restart once a connection has lasted ``STABLE_AFTER`` seconds
+  connected (welcomed, or proven: the wait for either is part of the attempt). One
   that ends sooner (a server that takes connections and closes them at once: a full node-ipc
   server, a broken one) is a failed attempt like any other, so such a server meets backoff
   and ``stop_retrying``, never a reconnect storm. Errors retrying cannot fix (a refusal other
@@ -167,6 +168,7 @@ class Connection(Peer, HandlerMethods):
         self._channel: Channel | None = None
         self._up = Flag()  # set while connected: welcomed, and the server's input not ended
         self._was_up = False  # this connection was welcomed, and its input ended since
+        self._up_at: float | None = None  # when the live connection was up (see _run)
         self._closing = False
         self._destroyed = Flag()
         self._scope = anyio.CancelScope()  # _run: serving and reconnecting
@@ -324,14 +326,16 @@ class Connection(Peer, HandlerMethods):
         try:
             with self._scope:
                 while True:
-                    up_since = anyio.current_time()
                     await self._serve(channel)
+                    up_at, self._up_at = self._up_at, None
                     if self._closing:
                         break
                     if self._refused is not None:  # retrying would fail the same way
                         error = self._refused
                         break
-                    if anyio.current_time() - up_since >= STABLE_AFTER:
+                    # Lasted: up (welcomed, or proven) that long; waiting for the welcome or
+                    # for the proof is part of the attempt.
+                    if up_at is not None and anyio.current_time() - up_at >= STABLE_AFTER:
                         spent = 0
                         self._unproven = False
                     elif not self._codec.handshake:
@@ -488,9 +492,7 @@ class Connection(Peer, HandlerMethods):
         """A pipelined connection's channel read the welcome: the connection is up."""
         self._check_welcome(welcome)
         self._outbox.drop_kept()  # handled from here on: nothing goes again
-        self._up.set()
-        self._log.info(f"connected to {self.id!r} at {self.address}{self._recovered}")
-        self._recovered = ""
+        self._now_up()
 
     def _offer(self, acked: AckedSender) -> dict[str, Any]:
         """Our hello's ``acked``: our stream of events (session, sent), and how far we
@@ -567,10 +569,15 @@ class Connection(Peer, HandlerMethods):
             channel = Channel(stream, session, self, self._opening if wanted else None)
         self._channel = channel
         if session.is_open:
-            self._up.set()
-            self._log.info(f"connected to {self.id!r} at {self.address}{self._recovered}")
-            self._recovered = ""
+            self._now_up()
         return channel
+
+    def _now_up(self) -> None:
+        """Connected (welcomed, or proven without a handshake): from now on it may last."""
+        self._up.set()
+        self._up_at = anyio.current_time()
+        self._log.info(f"connected to {self.id!r} at {self.address}{self._recovered}")
+        self._recovered = ""
 
     async def _proving(self) -> None:
         """The opening of a connection without a handshake after one that ended as it began:
@@ -585,9 +592,7 @@ class Connection(Peer, HandlerMethods):
         with anyio.move_on_after(STABLE_AFTER):
             await channel.wait_heard()
         self._unproven = False
-        self._up.set()
-        self._log.info(f"connected to {self.id!r} at {self.address}{self._recovered}")
-        self._recovered = ""
+        self._now_up()
         await self._handlers.call("connect", (), self._log)
 
     def _wants_opening(self) -> bool:
