@@ -3,6 +3,11 @@
 After every test: no child process of ours is left, no socket file is left in the test's socket
 directory, and no socket (Unix or TCP) that the test opened is still open.
 
+``make test`` runs the suite in two processes (pytest-xdist): every check above looks at this
+process's own children, sockets and descriptors, so each worker checks its own tests; a test id
+must be the same in every worker (no object address in it: test_protocol.py's ``stable_id``),
+and a path for sockets must be short in every worker (``socket_dir``, ``short_tmp_path``).
+
 Randomised tests take the ``seed`` fixture (``FAULT_SEED=<n>`` in the environment replays a run);
 a failing test's report shows its seed. ``fault_proxy`` makes a fault-injecting proxy
 (tests/_faultproxy.py) seeded from it.
@@ -15,6 +20,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -58,6 +64,15 @@ def socket_dir() -> Iterator[str]:
     left = sorted(os.listdir(path))
     shutil.rmtree(path, ignore_errors=True)
     assert not left, f"files left behind in the socket directory: {left}"
+
+
+@pytest.fixture
+def short_tmp_path() -> Iterator[Path]:
+    """``tmp_path`` for a test whose processes put sockets in it (as XDG_RUNTIME_DIR, TMPDIR):
+    short, as pytest's is not under pytest-xdist (``.../popen-gw1/<test name>/``)."""
+    path = tempfile.mkdtemp(prefix="ia-", dir="/tmp")
+    yield Path(path)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 _SEED = pytest.StashKey[int]()

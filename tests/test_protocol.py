@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import datetime
 import itertools
+import re
 import struct
 import tracemalloc
 from typing import Any
@@ -56,6 +57,13 @@ DEFAULT = Limits()
 
 # Bounded so the whole file runs in a few seconds.
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def stable_id(value: object) -> str:
+    """A test id every pytest process computes alike (pytest-xdist compares them): no object
+    address, and short."""
+    text = re.sub(r" at 0x[0-9a-f]+", "", repr(value))
+    return text if len(text) <= 60 else f"{text[:50]}...({len(text)} chars)"
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -1003,7 +1011,7 @@ def test_encoder_refuses_a_frame_over_the_object_budget() -> None:
         [6, {"reason": 1}],
         [6, "busy"],
     ],
-    ids=repr,
+    ids=stable_id,
 )
 def test_bad_envelope_is_a_decode_error(envelope: Any) -> None:
     with pytest.raises(DecodeError):
@@ -1085,7 +1093,7 @@ class Unencodable:
         [1, [2, object()]],
         {"k": Unencodable()},
     ],
-    ids=repr,
+    ids=stable_id,
 )
 def test_unencodable_data_raises_encode_error_and_the_encoder_recovers(data: Any) -> None:
     encoder = MsgpackEncoder(DEFAULT)
@@ -1109,7 +1117,7 @@ def test_unencodable_data_raises_encode_error_and_the_encoder_recovers(data: Any
         (list(range(17)), "items"),
         ({str(i): i for i in range(17)}, "items"),
     ],
-    ids=repr,
+    ids=stable_id,
 )
 def test_encoder_refuses_what_the_peer_would_refuse(data: Any, why: str) -> None:
     # Otherwise the peer would close the whole connection over one bad value.
@@ -1874,7 +1882,7 @@ NOT_PLAIN = [
 ]
 
 
-@pytest.mark.parametrize("data", PLAIN, ids=repr)
+@pytest.mark.parametrize("data", PLAIN, ids=stable_id)
 def test_plain_data_goes_in_batches_as_msgpack_packs_it(data: Any) -> None:
     encoder = MsgpackEncoder(DEFAULT)
     item = encoder.event_item("tick", data)
@@ -1887,7 +1895,7 @@ def test_plain_data_goes_in_batches_as_msgpack_packs_it(data: Any) -> None:
     assert norm(event) == ("event", "tick", msgpack.unpackb(pack(data)))
 
 
-@pytest.mark.parametrize("data", NOT_PLAIN, ids=repr)
+@pytest.mark.parametrize("data", NOT_PLAIN, ids=stable_id)
 def test_anything_else_goes_alone_through_the_checks(data: Any) -> None:
     encoder = MsgpackEncoder(DEFAULT)
     assert encoder.event_item("tick", data) is None

@@ -55,11 +55,11 @@ def _rehearse(tmp_path: Path, *args: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize(("backend", "uvloop"), BACKENDS, ids=["asyncio", "uvloop", "trio"])
 def test_a_rehearsal_walks_the_childs_way_and_leaves_nothing(
-    backend: str, uvloop: bool, tmp_path: Path
+    backend: str, uvloop: bool, short_tmp_path: Path
 ) -> None:
-    report = _rehearse(tmp_path, backend, "1" if uvloop else "0")
+    report = _rehearse(short_tmp_path, backend, "1" if uvloop else "0")
     assert report["ok"], "the child's way went through to ready, every round"
-    assert list(tmp_path.iterdir()) == [], "its folder and sockets are gone"
+    assert list(short_tmp_path.iterdir()) == [], "its folder and sockets are gone"
     before, after = report["threads"]
     assert before == after == 1
     before, after = report["fds"]

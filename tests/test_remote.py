@@ -543,13 +543,13 @@ def remote_forkserver(
         process.stdout.close()
 
 
-def test_a_remote_forkserver_sweeps_what_a_killed_one_left(tmp_path: Any) -> None:
+def test_a_remote_forkserver_sweeps_what_a_killed_one_left(short_tmp_path: Any) -> None:
     """A remote forkserver SIGKILLed (the OOM killer) cannot remove its socket directory; the
     next one started on that host removes it (as a local supervisor sweeps what a killed one
     left under its socket_root). It stayed there for good."""
     dirs = []
     for _ in range(2):
-        with remote_forkserver(tmp_path, lifeline_timeout=10) as (_, ready):
+        with remote_forkserver(short_tmp_path, lifeline_timeout=10) as (_, ready):
             dirs.append(ready[3])
             assert os.path.isdir(dirs[-1])
     first, second = dirs
@@ -557,13 +557,13 @@ def test_a_remote_forkserver_sweeps_what_a_killed_one_left(tmp_path: Any) -> Non
     assert os.path.isdir(second)  # (killed too: the next one would sweep it)
 
 
-def test_remote_forkserver_exits_after_silence(tmp_path: Any) -> None:
+def test_remote_forkserver_exits_after_silence(short_tmp_path: Any) -> None:
     """Over a link that died without a word, the remote forkserver stops (and with it every
     child: its way out is the one the other tests see) once it heard nothing, not even a
     ping, for lifeline_timeout seconds; pings keep it alive."""
     from ipcactors._supervision._remoteserver import pack_frame
 
-    with remote_forkserver(tmp_path, lifeline_timeout=0.5) as (process, ready):
+    with remote_forkserver(short_tmp_path, lifeline_timeout=0.5) as (process, ready):
         assert process.stdin is not None
         kind, _, pid, sock_dir = ready
         assert (kind, pid) == ("ready", process.pid)
@@ -660,7 +660,9 @@ async def test_openssh_server(
 
 
 @pytest.mark.slow
-def test_neural_graph_example_places_layers_on_hosts(ssh_server: SSHServer, tmp_path: Any) -> None:
+def test_neural_graph_example_places_layers_on_hosts(
+    ssh_server: SSHServer, short_tmp_path: Any
+) -> None:
     """examples/neural_graph.py --hosts: layers on two hosts (both this SSH server) and here,
     a layer on a host killed and restarted mid-run, every batch still right."""
     host = ssh_server.host()
@@ -669,12 +671,12 @@ def test_neural_graph_example_places_layers_on_hosts(ssh_server: SSHServer, tmp_
         f'client_keys = ["{ssh_server.client_key}"]\nknown_hosts = "{host.known_hosts}"\n'
         f'python = "{host.python}"\ncwd = "{ROOT}"\nenv = {{ PYTHONPATH = "{ROOT}" }}\n'
     )
-    config = tmp_path / "hosts.toml"
+    config = short_tmp_path / "hosts.toml"
     config.write_text(
         f"[hosts.a]\n{fields}\n[hosts.b]\n{fields}\n"
         '[placement]\nlayer-1 = "a"\nlayer-2 = "a"\nlayer-3 = "b"\n'
     )
-    env = {**os.environ, "PYTHONPATH": ROOT, "XDG_RUNTIME_DIR": str(tmp_path)}
+    env = {**os.environ, "PYTHONPATH": ROOT, "XDG_RUNTIME_DIR": str(short_tmp_path)}
     result = subprocess.run(
         [
             sys.executable,
@@ -788,49 +790,49 @@ def namespaces() -> Iterator[dict[str, str]]:
 
 @pytest.mark.slow
 def test_neural_graph_across_network_namespaces(
-    namespaces: dict[str, str], tmp_path: pathlib.Path
+    namespaces: dict[str, str], short_tmp_path: pathlib.Path
 ) -> None:
     """The hosts are network namespaces: an SSH server in each of h1 and h2, the example's
     supervisor in a third, layers placed on both hosts from the config; the children connect
     back across the veth links (to the supervisor's address on each SSH connection)."""
     client_key = asyncssh.generate_private_key("ssh-ed25519")
-    client_key.write_private_key(str(tmp_path / "client_key"))
-    client_key.write_public_key(str(tmp_path / "client_key.pub"))
+    client_key.write_private_key(str(short_tmp_path / "client_key"))
+    client_key.write_public_key(str(short_tmp_path / "client_key.pub"))
     user = os.environ.get("USER") or "tester"
     servers: list[subprocess.Popen[bytes]] = []
     config = ""
     try:
         for host, address in (("h1", "192.0.2.2"), ("h2", "198.51.100.2")):
             host_key = asyncssh.generate_private_key("ssh-ed25519")
-            host_key.write_private_key(str(tmp_path / f"{host}_key"))
+            host_key.write_private_key(str(short_tmp_path / f"{host}_key"))
             server = subprocess.Popen(
                 ["ip", "netns", "exec", namespaces[host], sys.executable,
-                 os.path.join(TESTS, "_sshserver.py"), address, str(tmp_path / f"{host}_key"),
-                 str(tmp_path / "client_key.pub"), user],
+                 os.path.join(TESTS, "_sshserver.py"), address, str(short_tmp_path / f"{host}_key"),
+                 str(short_tmp_path / "client_key.pub"), user],
                 stdout=subprocess.PIPE,
             )  # fmt: skip
             servers.append(server)
             assert server.stdout is not None
             port = int(server.stdout.readline())
             public = host_key.export_public_key("openssh").decode().strip()
-            (tmp_path / f"{host}_known").write_text(f"[{address}]:{port} {public}\n")
+            (short_tmp_path / f"{host}_known").write_text(f"[{address}]:{port} {public}\n")
             config += (
                 f'[hosts.{host}]\naddress = "{address}"\nport = {port}\nuser = "{user}"\n'
-                f'client_keys = ["{tmp_path / "client_key"}"]\n'
-                f'known_hosts = "{tmp_path / f"{host}_known"}"\n'
+                f'client_keys = ["{short_tmp_path / "client_key"}"]\n'
+                f'known_hosts = "{short_tmp_path / f"{host}_known"}"\n'
                 f'python = "{sys.executable}"\ncwd = "{ROOT}"\n'
-                f'env = {{ PYTHONPATH = "{ROOT}", XDG_RUNTIME_DIR = "{tmp_path}" }}\n\n'
+                f'env = {{ PYTHONPATH = "{ROOT}", XDG_RUNTIME_DIR = "{short_tmp_path}" }}\n\n'
             )
         config = (
             'listen = ["0.0.0.0", 0]\n\n' + config
             + '[placement]\nlayer-1 = "h1"\nlayer-2 = "h2"\nlayer-3 = "h2"\n'
         )  # fmt: skip
-        (tmp_path / "hosts.toml").write_text(config)
-        env = {**os.environ, "PYTHONPATH": ROOT, "XDG_RUNTIME_DIR": str(tmp_path)}
+        (short_tmp_path / "hosts.toml").write_text(config)
+        env = {**os.environ, "PYTHONPATH": ROOT, "XDG_RUNTIME_DIR": str(short_tmp_path)}
         result = subprocess.run(
             ["ip", "netns", "exec", namespaces["sup"], sys.executable,
              os.path.join(ROOT, "examples", "neural_graph.py"), "--hosts",
-             str(tmp_path / "hosts.toml"), "--activation-mib", "1"],
+             str(short_tmp_path / "hosts.toml"), "--activation-mib", "1"],
             capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL, env=env,
         )  # fmt: skip
     finally:
