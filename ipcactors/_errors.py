@@ -208,14 +208,22 @@ class ProtocolError(IPCError):
 class FrameTooLargeError(ProtocolError):
     """A frame is larger than ``max_frame_size``. On receive (decided from its header alone)
     the peer's connection is closed; raised by ``emit``, ``request`` or ``broadcast``, for a
-    frame we would send, nothing was sent and the connection is unaffected."""
+    frame we would send (over our own limit, or over the smaller one the peer announced in
+    its handshake), nothing was sent and the connection is unaffected."""
 
-    def __init__(self, size: int, limit: int, *, handshake: bool = False) -> None:
+    def __init__(
+        self, size: int, limit: int, *, handshake: bool = False, peers: bool = False
+    ) -> None:
         if handshake:  # (a fixed limit: no setting raises it)
             message = (
                 f"frame of {size} bytes before the handshake is done, over the {limit} bytes "
                 "such a frame may have (a hello or its answer is far smaller: is the peer an "
                 "ipcactors actor, with the same codec?)"
+            )
+        elif peers:  # the smaller limit the peer announced in its handshake
+            message = (
+                f"frame of {size} bytes exceeds the peer's max_frame_size={limit}; "
+                "raise max_frame_size on both sides if such frames are expected"
             )
         else:
             message = (

@@ -1037,6 +1037,62 @@ async def test_frame_too_large_for_sender_is_refused_before_sending(
             assert got == list(range(11))
 
 
+@pytest.mark.parametrize("acked", ["off", "on"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_sender_keeps_to_the_max_frame_size_its_peer_announced(
+    transport: str, acked: str, socket_dir: str
+) -> None:
+    """Each side announces its max_frame_size in the handshake, and the other keeps to it:
+    what the peer would refuse is the sender's FrameTooLargeError (a requester's RemoteError;
+    a broadcast skips that client, counted), and the connection goes on. The peer closed the
+    connection at such a frame: what was queued behind it was lost, and in the acknowledged
+    mode the frame went again after every reconnect, closing each one, for ever."""
+    large = b"x" * 5000
+    async with serving(transport, socket_dir, max_frame_size=4096, acked=acked) as (
+        _,
+        server,
+        connect,
+    ):
+        got: list[Any] = []
+        server.on("small", lambda n, client: got.append(n))
+        server.on("echo", lambda data, client: data)
+        options: dict[str, Any] = {"silent": True, "acked": acked}
+        async with Actor("hello", socket_root=socket_dir, **options) as hello:
+            world = await connect(hello)  # (its own limit is the default, 16 MiB)
+            with anyio.fail_after(5):
+                with pytest.raises(ipcactors.FrameTooLargeError, match="max_frame_size=4096"):
+                    await world.emit("echo", large)
+                with pytest.raises(ipcactors.FrameTooLargeError, match="max_frame_size=4096"):
+                    await world.request("echo", large)
+                await world.emit("small", 1)
+                if acked == "on":
+                    await world.wait_acknowledged()
+                assert await world.request("echo", "still fine") == "still fine"
+            assert got == [1]
+            assert world.connected
+    async with serving(transport, socket_dir, acked=acked) as (_, server, connect):
+        server.on("large", lambda data, client: large)
+        async with (
+            Actor("small", socket_root=socket_dir, max_frame_size=4096, **options) as small,
+            Actor("roomy", socket_root=socket_dir, **options) as roomy,
+        ):
+            little, large_enough = await connect(small), await connect(roomy)
+            news: dict[str, list[Any]] = {"small": [], "roomy": []}
+            little.on("news", news["small"].append)
+            large_enough.on("news", news["roomy"].append)
+            with anyio.fail_after(5):
+                with pytest.raises(ipcactors.RemoteError, match="max_frame_size=4096"):
+                    await little.request("large")
+                with pytest.raises(ipcactors.FrameTooLargeError, match="max_frame_size=4096"):
+                    await server.emit("small", "news", large)
+                await server.broadcast("news", large)
+                await server.broadcast("news", 1)
+                while news != {"small": [1], "roomy": [large, 1]}:
+                    await anyio.sleep(0.01)
+            assert server.statistics().broadcasts_dropped == 1
+            assert little.connected
+
+
 async def test_frames_over_the_object_budget_are_refused_before_sending(socket_dir: str) -> None:
     budget = {"max_decoded_objects": 2048}
     async with serving("unix", socket_dir, **budget) as (_, server, connect):

@@ -427,7 +427,10 @@ class Connection(Peer, HandlerMethods):
             self._outbox.rebatch(None)  # (until the welcome says what the server takes)
             settled = self._hello_extra(stream)
             batch_limit = codec.batch_limit(self._config.limits)
-            hello_extra = {**(settled or {}), "batch": batch_limit} if batch_limit else settled
+            # The largest frame we take (protocol.md 3.4), and the batches.
+            hello_extra = {**(settled or {}), "frame": self._config.max_frame_size}
+            if batch_limit:
+                hello_extra["batch"] = batch_limit
             session = Session(
                 codec,
                 self._config.limits,
@@ -483,6 +486,7 @@ class Connection(Peer, HandlerMethods):
                 f"{welcome.id!r}"
             )
         self._server_id = welcome.id
+        self._encoder.keep_to(welcome.extra.get("frame"))  # (a server that says none: ours)
         batches = self._codec.event_batches(welcome.extra.get("batch"), self._config.limits)
         self._outbox.rebatch(batches)
         offered = self._config.max_shared_bytes and self._acked is None

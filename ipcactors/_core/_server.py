@@ -420,6 +420,15 @@ class Server(HandlerMethods):
                     frame = made = make(seq)
                     size = made_size = len(frame) if type(frame) is bytes else frame_size(frame)
                     made_seq = seq
+            if not client._encoder.takes(size):
+                self._counters.broadcasts_dropped += 1
+                self._bursts.warn(
+                    "broadcast dropped",
+                    f"client {client.id!r} takes frames of at most max_frame_size="
+                    f"{client._encoder.frame_limit} bytes, as its handshake said: a broadcast "
+                    f"of {size} bytes was not sent to it",
+                )
+                continue
             if outbox.has_room(size):
                 pass
             elif policy == "wait":
@@ -571,6 +580,7 @@ class Server(HandlerMethods):
         offer: _Offer | None = None
         shm: int | None = None
         batches: EventBatches | None = None
+        frame: Any = None  # the largest frame the client takes, if its hello said
         try:
             with scope:
                 stream = await self._transport.accepted(stream)
@@ -579,6 +589,7 @@ class Server(HandlerMethods):
                     offer = self._acked_offer(hello.extra.get("acked"))
                     shm = shared_offer(hello.extra.get("shm"))
                     batches = codec.event_batches(hello.extra.get("batch"), self._config.limits)
+                    frame = hello.extra.get("frame")
                     client_id = hello.id
                 else:  # nothing on the wire names the client: the server does
                     self._accepted += 1
@@ -631,6 +642,7 @@ class Server(HandlerMethods):
         ):
             client._shared_accept = shm
         client._outbox.rebatch(batches)
+        client._encoder.keep_to(frame)
         overtaken = self._newest.get(client_id)
         if overtaken is not None and previous is None:
             previous = overtaken  # (still waiting to replace; the same notice, in its handshake)
@@ -676,6 +688,8 @@ class Server(HandlerMethods):
             extra["acked"] = self._welcome_acked(client, offer)
         if client._shared_accept is not None:
             extra["shm"] = self._config.max_shared_bytes
+        if self._codec.handshake:  # the largest frame we take (protocol.md 3.4)
+            extra["frame"] = self._config.max_frame_size
         if client._outbox.batches is not None:  # the hello announced what it takes: so do we
             batch_limit = self._codec.batch_limit(self._config.limits)
             if batch_limit:

@@ -62,7 +62,7 @@ class ServerCounters:
         self.handshakes_dropped = 0  # oldest unfinished handshakes dropped (max_handshakes)
         self.handshakes_failed = 0  # handshakes refused or failed (timeout, bad bytes, auth)
         self.slow_consumers = 0  # clients disconnected for not reading (slow_consumer)
-        self.broadcasts_dropped = 0  # broadcast frames a slow client missed (slow_consumer)
+        self.broadcasts_dropped = 0  # broadcast frames a client missed: slow, or too large
         self.heartbeat_timeouts = 0  # clients dropped: nothing received from them in time
         self.idle_closed = 0  # clients closed after idle_timeout with nothing but heartbeats
 
@@ -136,7 +136,8 @@ class ServerStatistics:
     handshakes_failed: int
     #: Clients disconnected by ``broadcast`` for not reading (``slow_consumer="disconnect"``).
     slow_consumers: int
-    #: Broadcast frames not sent to a client too slow to read (``slow_consumer="drop"``).
+    #: Broadcast frames not sent to a client too slow to read (``slow_consumer="drop"``), or
+    #: larger than the max_frame_size its handshake announced.
     broadcasts_dropped: int
     #: Clients dropped because nothing came from them within
     #: ``heartbeat_interval + heartbeat_timeout`` (frozen, hung or vanished).

@@ -153,8 +153,13 @@ class Encoder(ABC):
     def _unsupported(self, what: str) -> UnsupportedError:
         return UnsupportedError(f"the {self.codec_name!r} codec cannot carry {what}")
 
-    @staticmethod
-    def _too_large(size: int, limit: int, datagram: bool) -> IPCError:
+    #: The largest frame body this encoder makes: our max_frame_size, or the smaller one the
+    #: peer announced (see :meth:`keep_to`).
+    frame_limit: int
+    #: The peer announced a max_frame_size smaller than ours: the one frames keep to.
+    _peers_limit = False
+
+    def _too_large(self, size: int, limit: int, datagram: bool) -> IPCError:
         """What a frame of ``size`` bytes over ``limit`` is (nothing sent): a datagram
         encoder's limit is the datagram's (the smaller of what IP carries and the frame's)."""
         if datagram:
@@ -162,7 +167,19 @@ class Encoder(ABC):
                 f"a datagram of {size} bytes exceeds the limit of {limit}; send less per "
                 "event, or use a stream transport"
             )
-        return FrameTooLargeError(size, limit)
+        return FrameTooLargeError(size, limit, peers=self._peers_limit)
+
+    def takes(self, size: int) -> bool:
+        """Whether the peer takes a frame of ``size`` bytes (header included) made by another
+        encoder (a broadcast's, encoded once within our own limit)."""
+        return True
+
+    def keep_to(self, announced: Any) -> None:
+        """The peer's handshake announced the largest frame body it takes (``frame``;
+        anything but an int of at least 1024, ``None`` included, announces nothing): frames
+        keep to it too, where it is smaller than ours. A codec without a handshake never
+        hears one."""
+        return None
 
     @abstractmethod
     def event(self, event: str, data: Any) -> Frame:

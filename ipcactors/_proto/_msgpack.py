@@ -127,6 +127,9 @@ _BATCH_PREFIX: Final = struct.Struct(">IBBBI")
 # small frames for the receiver's decoder (see MsgpackDecoder._small_frames), uncounted.
 BATCH_BODY_LIMIT: Final = 32 * 1024
 _SMALLEST_BATCH: Final = 256  # a peer announcing less is sent no batches (nothing to gain)
+#: The smallest max_frame_size a handshake's ``frame`` announces (Config's floor); less is
+#: no announcement (protocol.md 3.4).
+MIN_ANNOUNCED_FRAME: Final = 1024
 _packb: Final = msgpack.packb  # (a sequenced batch's seq: once per batch)
 
 # A body at least this long is kept apart from its header instead of being concatenated with it,
@@ -377,11 +380,8 @@ class MsgpackEncoder(Encoder):
     ) -> None:
         super().__init__()
         self._limits = limits
-        self._limit = limits.max_frame_size
         self._count_above = limits.max_decoded_objects
-        # A body of at most this many bytes is within every limit (the frame's, the object
-        # budget: one byte each at least) and goes in one piece: it needs no check.
-        self._whole_up_to = min(self._count_above, self._limit, SEPARATE_BODY_AT - 1)
+        self._set_limit(limits.max_frame_size)
         self._data_budget = limits.max_depth - 1  # the envelope is the first level
         # Plain data (_plain) nests within these: in a frame of its own, and in a batch (whose
         # array is one level more).
@@ -493,6 +493,21 @@ class MsgpackEncoder(Encoder):
                 "read (a container subclass whose own methods fail?)"
             ) from exc
 
+    def _set_limit(self, limit: int) -> None:
+        self.frame_limit = limit
+        # A body of at most this many bytes is within every limit (the frame's, the object
+        # budget: one byte each at least) and goes in one piece: it needs no check.
+        self._whole_up_to = min(self._count_above, limit, SEPARATE_BODY_AT - 1)
+
+    def takes(self, size: int) -> bool:
+        return not self._peers_limit or size - HEADER_SIZE <= self.frame_limit
+
+    def keep_to(self, announced: Any) -> None:
+        own = self._limits.max_frame_size
+        smaller = type(announced) is int and MIN_ANNOUNCED_FRAME <= announced < own
+        self._peers_limit = smaller
+        self._set_limit(announced if smaller else own)
+
     def _framed(self, head: bytes, value: Any, tail: Any = None) -> Frame:
         """The frame whose body is ``head`` followed by ``value`` packed (then ``tail`` packed,
         unless ``None``)."""
@@ -546,8 +561,8 @@ class MsgpackEncoder(Encoder):
         """Raise if the body ``head + packed`` (``trailing``: and a seq or id behind it) is
         too large, or holds too many objects."""
         size = len(head) + len(packed)
-        if size > self._limit:
-            raise self._too_large(size, self._limit, self._datagrams)
+        if size > self.frame_limit:
+            raise self._too_large(size, self.frame_limit, self._datagrams)
         if size > self._count_above:  # else it cannot hold too many (one byte each at least)
             self._count(head, packed, trailing)
 
@@ -566,8 +581,8 @@ class MsgpackEncoder(Encoder):
 
     def _with_tail(self, head: bytes, packed: bytes, tail: bytes) -> Frame:
         size = len(head) + len(packed) + len(tail)
-        if size > self._limit:
-            raise self._too_large(size, self._limit, self._datagrams)
+        if size > self.frame_limit:
+            raise self._too_large(size, self.frame_limit, self._datagrams)
         if self._datagrams:
             return b"".join((head, packed, tail))
         if size >= SEPARATE_BODY_AT:  # a large body goes out as it is, the seq after it
@@ -580,8 +595,8 @@ class MsgpackEncoder(Encoder):
             packed += self._packer.pack(tail)
         parts, size = self._splice(head, packed)
         size += len(head)
-        if size > self._limit:
-            raise self._too_large(size, self._limit, self._datagrams)
+        if size > self.frame_limit:
+            raise self._too_large(size, self.frame_limit, self._datagrams)
         if len(packed) > self._count_above:  # the payloads are one object each: count the rest
             self._count(head, packed, tail is not None)
         parts[0] = HEADER.pack(size) + parts[0]
@@ -617,8 +632,8 @@ class MsgpackEncoder(Encoder):
         packing anything."""
         bin_head, payload = _bin_parts(data)
         size = len(head) + len(bin_head) + len(payload)
-        if size > self._limit:
-            raise self._too_large(size, self._limit, self._datagrams)
+        if size > self.frame_limit:
+            raise self._too_large(size, self.frame_limit, self._datagrams)
         return (HEADER.pack(size) + head + bin_head, payload)
 
     def event_item(self, event: str, data: Any) -> bytes | None:
@@ -742,7 +757,7 @@ class MsgpackEncoder(Encoder):
         self._check_body(head, packed)
         pack = self._packer.pack
         base = len(head) + len(packed)
-        if base >= SEPARATE_BODY_AT or base + 9 > self._limit or self._datagrams:
+        if base >= SEPARATE_BODY_AT or base + 9 > self.frame_limit or self._datagrams:
             with_tail = self._with_tail
             return lambda seq: with_tail(head, packed, pack(seq))
         # Small: the frame up to the seq, by the seq's packed length (1, 2, 3, 5 or 9 bytes),
@@ -779,7 +794,7 @@ class MsgpackEncoder(Encoder):
             # The report must reach the requester whatever the error said: its text escaped
             # where it has no UTF-8 form, and cut to share the frame (max_frame_size is 1 KiB
             # at least): the type, then the message, then the traceback's first frames.
-            share = (self._limit - 300) // 2
+            share = (self.frame_limit - 300) // 2
             error = {
                 "type": fit_text(type, 200),
                 "message": fit_text(message, share),

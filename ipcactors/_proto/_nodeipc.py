@@ -140,6 +140,7 @@ class NodeIPCEncoder(Encoder):
         self._datagrams = datagrams
         self._delimiter = check_delimiter(delimiter).encode()
         self._limits = Limits() if limits is None else limits
+        self.frame_limit = self._limits.max_frame_size  # (no handshake: never another)
         # JSON escapes every control character: a delimiter that starts with one is found first
         # where it was put. Any other might start inside the frame, or across its end.
         self._may_collide = ord(delimiter[0]) >= 0x20
