@@ -8,9 +8,12 @@ Invariants:
   yields the kept ones first, then those its receiver gets, each one: two of one signal are two
   (Trio's receiver merges those that come before it looks, so on Trio each is counted as it
   comes, and the receiver only wakes the reader). When the receiver closes (asyncio's restores
-  the default handlers), they are kept again until the block ends.
+  the default handlers), they are kept again until the block ends; while it closes, both are
+  held pending (blocked in the main thread), so that none meets the defaults in between (a
+  process with more threads can: the kernel gives it to another thread).
 - :meth:`KeptSignals.keep_until_exit` leaves them kept after the block (a process about to
-  exit): nothing restores the defaults.
+  exit): nothing restores the defaults. Inside the block it changes nothing: a receiver that
+  closes still puts the keeping handlers back.
 - A signal ignored when the block is entered (``SIG_IGN``: a shell's background job ignores
   SIGINT, as ``nohup`` does SIGHUP) stays ignored: neither kept nor received, as Python itself
   and ``asyncio.run`` leave it.
@@ -41,7 +44,8 @@ class KeptSignals:
 
     def __init__(self) -> None:
         self.kept: list[int] = []  # signals that came while nothing watched, oldest first
-        self._previous: dict[int, object] | None = None
+        self._previous: dict[int, object] | None = None  # set while inside the block
+        self._restore = True  # put ``_previous`` back when the block ends
         self._watched: tuple[signal.Signals, ...] = STOP_SIGNALS  # not ignored at the start
 
     def __enter__(self) -> KeptSignals:
@@ -59,7 +63,7 @@ class KeptSignals:
         tb: TracebackType | None,
     ) -> None:
         previous, self._previous = self._previous, None
-        if previous is not None:
+        if previous is not None and self._restore:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)  # type: ignore[arg-type]
 
@@ -67,7 +71,7 @@ class KeptSignals:
         """Leave the handlers that keep both signals in place when the block ends: for a
         process about to exit, where a late signal (a second Ctrl-C as it stops) would
         otherwise meet Python's default and kill it after a clean stop."""
-        self._previous = None
+        self._restore = False
 
     def _keep(self) -> None:
         for signum in self._watched:
@@ -79,24 +83,33 @@ class KeptSignals:
     @contextmanager
     def receive(self) -> Iterator[AsyncIterator[int]]:
         """The kept signals, then those received while this is open (inside the loop)."""
+        if not self._watched:  # (every one ignored: nothing will come)
+            yield _Signals(self.kept, None)
+            return
+        mask: set[int] | None = None  # the thread's own, while the receiver closes
         try:
-            if not self._watched:  # (every one ignored: nothing will come)
-                yield _Signals(self.kept, None)
-                return
             with anyio.open_signal_receiver(*self._watched) as received:
-                if thread_runs_trio():
-                    # Trio's receiver keeps a set of pending signals: two SIGINTs that come
-                    # before it looks (the loop busy) are one. Each is counted here, in order,
-                    # and the receiver only wakes us.
-                    for signum in self._watched:
-                        wake = signal.getsignal(signum)
-                        signal.signal(signum, partial(_counted, self.kept, wake))
-                    yield _Signals(self.kept, received, counted=True)
-                else:
-                    yield _Signals(self.kept, received)
+                try:
+                    if thread_runs_trio():
+                        # Trio's receiver keeps a set of pending signals: two SIGINTs that
+                        # come before it looks (the loop busy) are one. Each is counted here,
+                        # in order, and the receiver only wakes us.
+                        for signum in self._watched:
+                            wake = signal.getsignal(signum)
+                            signal.signal(signum, partial(_counted, self.kept, wake))
+                        yield _Signals(self.kept, received, counted=True)
+                    else:
+                        yield _Signals(self.kept, received)
+                finally:
+                    # asyncio's receiver closes by restoring the defaults: one that came
+                    # before we keep them again would kill us. Held pending until then (in
+                    # this thread: a process with others may still meet them then).
+                    mask = signal.pthread_sigmask(signal.SIG_BLOCK, self._watched)
         finally:
-            if self._previous is not None:
+            if self._previous is not None:  # still inside the block: keep them again
                 self._keep()
+            if mask is not None:  # (and what came meanwhile is kept now)
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _counted(kept: list[int], wake: Any, signum: int, frame: FrameType | None) -> None:

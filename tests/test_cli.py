@@ -613,6 +613,51 @@ async def test_a_second_signal_as_listen_stops_does_not_kill_it(
     assert os.listdir(socket_dir) == []
 
 
+async def signal_until_it_ends(process: Process, signum: int) -> int:
+    """Send ``signum`` to ``process`` every millisecond until it exits; its status."""
+    with anyio.fail_after(20):
+        while process.returncode is None:
+            # (os.kill, not send_signal: Popen.send_signal polls first, and may reap the
+            # process under asyncio's child watcher, which then reports 255)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signum)
+            with anyio.move_on_after(0.001):
+                await process.wait()
+        return await process.wait()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+async def test_signals_that_keep_coming_as_listen_and_ping_stop_change_nothing(
+    anyio_backend: str, signum: signal.Signals, socket_dir: str
+) -> None:
+    """The docs: listen stopped by SIGINT/SIGTERM exits 0, "more signals as it stops change
+    nothing"; ping ends with its summary, 0 when a reply came (``timeout`` sends SIGTERM to
+    the command, then to its process group). On asyncio a second one killed them as they
+    closed (status -15, or 130 after SIGINT): the handlers that keep it were not put back."""
+    base = ["--socket-root", socket_dir, "--backend", anyio_backend]
+    async with running(command("listen", "hello", *base)) as process:
+        assert process.stdout is not None
+        with anyio.fail_after(20):
+            seen = b""
+            while b"listening as" not in seen:
+                seen += await process.stdout.receive()
+        assert await signal_until_it_ends(process, signum) == 0
+
+    async with Actor("world", socket_root=socket_dir, **FAST) as ipc:
+        await ipc.serve()
+        async with running(command("ping", "world", "-i", "0.05", *base)) as process:
+            assert process.stdout is not None
+            with anyio.fail_after(20):
+                seen = b""
+                while b"reply from world" not in seen:
+                    seen += await process.stdout.receive()
+            status = await signal_until_it_ends(process, signum)
+            with anyio.fail_after(20):
+                seen += b"".join([chunk async for chunk in process.stdout])
+    assert status == 0
+    assert b"ping statistics" in seen
+
+
 async def test_a_command_started_with_stdout_closed_says_nothing_and_succeeds(
     socket_dir: str,
 ) -> None:
