@@ -125,21 +125,30 @@ class Target:
 
 
 def parse_target(text: str) -> Target:
+    """``text`` as a target, or a usage error saying what to write: an address is exactly
+    ``scheme://host:port`` (an IPv6 host in brackets), nothing before the host or after the
+    port (what urlsplit would take and we would ignore: a user, a path, a query)."""
     if "://" in text:
-        parts = urlsplit(text)
-        scheme = parts.scheme
+        scheme, _, rest = text.partition("://")
         if scheme not in ("tcp", "tls", "udp"):
             raise UsageError(
                 f"unknown scheme in {text!r}: use tcp://host:port, tls://host:port, "
                 "udp://host:port, unix:/path or an actor id"
             )
+        example = f"e.g. {scheme}://127.0.0.1:8000 or {scheme}://[::1]:8000"
         try:
-            port = parts.port
-        except ValueError:
-            port = None
-        if not parts.hostname or port is None:
-            raise UsageError(f"{text!r} needs a host and a port, e.g. {scheme}://127.0.0.1:8000")
-        return Target(scheme, text, host=parts.hostname, port=port)  # type: ignore[arg-type]
+            parts = urlsplit(text)
+            host, port = parts.hostname, parts.port
+        except ValueError as exc:  # an unclosed bracket, no IPv6 address in it, a bad port
+            raise UsageError(f"{text!r} is not {scheme}://host:port ({exc}); {example}") from None
+        if not host or port is None:
+            raise UsageError(f"{text!r} needs a host and a port, {example}")
+        if rest != parts.netloc or "@" in rest:
+            raise UsageError(
+                f"{text!r} has more than {scheme}://host:port (a user, a path, a query?); "
+                f"write {scheme}://{parts.netloc.rpartition('@')[2]}"
+            )
+        return Target(scheme, text, host=host, port=port)  # type: ignore[arg-type]
     if text.startswith("unix:"):
         path = text.removeprefix("unix:")
         if not path:
@@ -788,6 +797,8 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
         level = "INFO" if args.verbose == 1 else "DEBUG"
         logger.add(sys.stderr, level=level, colorize=out.error_colour, diagnose=False)
     try:
+        if args.key is not None and args.cert is None:
+            raise UsageError("--key is the private key of --cert: give --cert too")
         if args.is_async:
             # A signal while the command sets up is not lost, nor a traceback: `listen` and
             # `ping` take it as soon as they watch (see _stop_on_signal).

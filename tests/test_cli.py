@@ -797,3 +797,29 @@ def test_usage_errors_are_json_with_json() -> None:
         (record,) = strict_json(result.stderr)
         assert record["error"] == "usage", (args, record)
         assert record["message"], (args, record)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_target_or_tls_option_that_does_not_parse_is_a_usage_error(backend: str) -> None:
+    """A malformed bracketed host was a ValueError traceback (exit 1); a user, path, query or
+    fragment after the address, and --key without --cert, were silently ignored."""
+    for args, says in [
+        (("request", "tcp://[::1:9", "x"), "tcp://[::1]:8000"),
+        (("emit", "udp://[::1", "x"), "udp://[::1]:8000"),
+        (("request", "tls://[x]:1", "x", "--cafile", "/dev/null"), "tls://host:port"),
+        (("listen", "tcp://[::1:9"), "tcp://host:port"),
+        (("ping", "-c", "1", "tcp://["), "tcp://host:port"),
+        (("request", "tcp://u@h:9/path?x#f", "x"), "write tcp://h:9"),
+        (("emit", "udp://127.0.0.1:9/", "x"), "write udp://127.0.0.1:9"),
+        (("listen", "tcp://127.0.0.1:9?x"), "write tcp://127.0.0.1:9"),
+        (("request", "tls://127.0.0.1:9", "x", "--cafile", "ca.pem", "--key", "k.pem"), "--cert"),
+    ]:
+        result = cli_sync(*args, "--timeout", "1", "--backend", backend)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr, (args, result.stderr)
+        assert result.stderr.startswith("ipcactors: error: "), (args, result.stderr)
+        assert says in result.stderr, (args, result.stderr)
+        as_json = cli_sync(*args, "--timeout", "1", "--backend", backend, "--json")
+        assert as_json.returncode == 2, (args, as_json.stderr)
+        (record,) = strict_json(as_json.stderr)
+        assert record["error"] == "usage", (args, record)
