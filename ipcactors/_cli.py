@@ -52,7 +52,7 @@ from ._errors import (
     ConnectionFailedError,
     ConnectionLostError,
     IPCError,
-    NoHandlerError,
+    RemoteError,
     RequestTimeoutError,
 )
 from ._run import run
@@ -473,8 +473,10 @@ async def cmd_ping(args: argparse.Namespace, out: Output) -> int:
                 started = time.perf_counter()
                 try:
                     await link.request(args.event, None, args.timeout)
-                except NoHandlerError:
-                    pass  # answered all the same: the round trip is what counts
+                except RemoteError:
+                    # "no handler", or the handler raised: answered all the same, and the
+                    # round trip is what counts
+                    pass
                 except (ClosedError, ConnectionLostError) as exc:
                     # The actor went (and did not come back in the connection's retries):
                     # nothing more to count. The summary says what came back before.

@@ -177,6 +177,30 @@ async def test_ping_counts_round_trips_and_summarises(socket_dir: str) -> None:
         assert "\x1b[" not in human.stdout  # no colour when stdout is not a terminal
 
 
+async def test_ping_counts_a_reply_carrying_a_remote_error_as_a_round_trip(
+    socket_dir: str, anyio_backend: str
+) -> None:
+    """A handler that raised still answered: ping goes on and sums up, exit 0 (it stopped
+    at that reply with the RemoteError alone, no summary, exit 1)."""
+    async with Actor("world", socket_root=socket_dir, **FAST) as ipc:
+        server = await ipc.serve()
+        pings = 0
+
+        @server.on("ping")
+        def ping(data: object, client: Client) -> None:
+            nonlocal pings
+            pings += 1
+            if pings == 2:
+                raise ValueError("transient")
+
+        base = ("--socket-root", socket_dir, "--backend", anyio_backend)
+        result = await cli("ping", "-c", "3", "-i", "0.05", "world", "--json", *base)
+    assert result.returncode == 0, result.stderr
+    *replies, summary = json_lines(result.stdout)
+    assert [reply["seq"] for reply in replies] == [1, 2, 3]
+    assert (summary["summary"]["sent"], summary["summary"]["received"]) == (3, 3)
+
+
 async def test_errors_say_what_happened_with_a_status(socket_dir: str) -> None:
     async with Actor("world", socket_root=socket_dir, **FAST) as ipc:
         server = await ipc.serve()
