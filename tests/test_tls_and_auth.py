@@ -345,8 +345,12 @@ async def test_shared_key_refusals(
         async with Actor(
             "hello", socket_root=socket_dir, silent=True, auth_key=client_key, retry=0.05
         ) as hello:
-            with anyio.fail_after(3), pytest.raises(ipcactors.AuthenticationError):
+            with anyio.fail_after(3), pytest.raises(ipcactors.AuthenticationError) as caught:
                 await connect(hello, server, transport)
+        if server_key and client_key:  # (its proof does not name the server: only the key)
+            assert str(caught.value).endswith(
+                "failed to prove it knows our auth_key: its key is another"
+            )
         if server_key is not None:
             assert connected == [], "no handler runs for an unauthenticated peer"
         async with Actor("good", socket_root=socket_dir, silent=True, auth_key=server_key) as g:

@@ -1126,7 +1126,9 @@ def invalid_body(exc: Exception) -> DecodeError:
         return DecodeError("invalid msgpack body: a value runs past the end of its frame")
     found = _LENGTH_PAST.search(str(exc))
     if found is None:
-        return DecodeError(f"invalid msgpack body: {type(exc).__name__}: {exc}")
+        # (msgpack's FormatError says nothing: a byte it never uses, 0xc1, or one it knows not)
+        detail = str(exc) or "a byte that starts no msgpack value"
+        return DecodeError(f"invalid msgpack body: {type(exc).__name__}: {detail}")
     declared, kind, allowed = found.groups()
     if kind in ("array", "map"):
         what = f"an {kind}" if kind == "array" else "a map"

@@ -421,7 +421,7 @@ class Session:
         expected = _mac(key, b"server", self._client_nonce, challenge.nonce)
         if not hmac.compare_digest(challenge.proof, expected):
             raise AuthenticationError(
-                f"{target!r} failed to prove it knows auth_key: wrong key, or not {target!r}",
+                f"{target!r} failed to prove it knows our auth_key: its key is another",
                 "auth",
             )
         self._server_nonce = challenge.nonce
