@@ -57,6 +57,7 @@ from ._errors import (
 )
 from ._run import run
 from ._signals import STOP_SIGNALS, KeptSignals
+from ._transports._transport import host_port
 
 __all__ = ["main", "main_exit"]
 
@@ -523,7 +524,7 @@ async def cmd_listen(args: argparse.Namespace, out: Output) -> int:
     actor_id = target.id or args.id or "ipcactors-cli"
 
     def show(kind: str, event: str, data: Any, peer: Any) -> Any:
-        source = getattr(peer, "id", None) or f"{peer.address[0]}:{peer.address[1]}"
+        source = getattr(peer, "id", None) or host_port(*peer.address[:2])
         human = f"{out.paint(source, '36')} {out.paint(event, '1')} {dumps(data)}"
         if kind == "request":
             human = f"{out.paint(source, '36')} {out.paint(event, '1')}? {dumps(data)}"
@@ -553,7 +554,7 @@ async def cmd_listen(args: argparse.Namespace, out: Output) -> int:
             server.on("connect", lifecycle("connected"))
             server.on("disconnect", lifecycle("disconnected"))
         address = server.address
-        where = address if isinstance(address, str) else f"{address[0]}:{address[1]}"
+        where = address if isinstance(address, str) else host_port(*address[:2])
         with anyio.CancelScope() as listening:
             out.on_closed = listening.cancel  # (`| head` has its lines: stop, as at a signal)
             out.emit(

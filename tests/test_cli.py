@@ -463,11 +463,16 @@ def test_colour_only_on_a_terminal_and_never_with_no_color() -> None:
     assert "\x1b[" not in piped.stderr
 
 
-async def test_listen_on_udp_answers_a_udp_request() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+async def test_listen_on_udp_answers_a_udp_request(host: str) -> None:
+    """Over IPv4 and IPv6; addresses shown as a target writes them (an IPv6 host in brackets:
+    it showed '::1:43997', which no target can say)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.bind((host, 0))
         port = probe.getsockname()[1]
-    target = f"udp://127.0.0.1:{port}"
+    shown = f"[{host}]" if ":" in host else host
+    target = f"udp://{shown}:{port}"
     listen = command("listen", target, "--json", "--reply", '{"ok": true}')
     async with running(listen) as process:
         assert process.stdout is not None
@@ -481,12 +486,13 @@ async def test_listen_on_udp_answers_a_udp_request() -> None:
             return json.loads(line)  # type: ignore[no-any-return]
 
         with anyio.fail_after(20):
-            assert (await next_line())["type"] == "listening"
+            listening = await next_line()
+            assert (listening["type"], listening["address"]) == ("listening", f"{shown}:{port}")
             reply = await cli("request", target, "status", "[1]")
             assert (reply.returncode, reply.stdout) == (0, '{"ok": true}\n'), reply.stderr
             line = await next_line()
             assert (line["type"], line["event"], line["data"]) == ("request", "status", [1])
-            assert line["from"].startswith("127.0.0.1:")
+            assert line["from"].startswith(f"{shown}:")
             process.send_signal(signal.SIGINT)
             assert await process.wait() == 0
 

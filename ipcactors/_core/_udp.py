@@ -58,6 +58,7 @@ from .._transports._datagram import (
     open_datagram_endpoint,
     resolve_datagram_peer,
 )
+from .._transports._transport import host_port
 from ._handlers import HandlerMethods, Handlers, unhandled
 from ._handling import Handling, kept_until_handled
 from ._peer import answer, check_event_name, error_frame, unsupported_request
@@ -136,7 +137,7 @@ class DatagramPeer:
         self.last_seen = now
 
     def __repr__(self) -> str:
-        return f"<DatagramPeer {self.address[0]}:{self.address[1]}>"
+        return f"<DatagramPeer {host_port(*self.address[:2])}>"
 
     async def emit(self, event: str, data: Any = None) -> None:
         """Send ``event`` to this peer in one datagram (``server.emit(peer, ...)``)."""

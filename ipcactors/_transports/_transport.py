@@ -45,6 +45,7 @@ __all__ = [
     "TCPTransport",
     "Transport",
     "UnixTransport",
+    "host_port",
     "is_fatal_connect_error",
     "peer_address",
     "tls_error",
@@ -87,6 +88,11 @@ def peer_address(address: Any) -> Any:
     if isinstance(address, bytes):
         return address.decode(errors="replace")
     return address
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as an address is written (a URL's authority): an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Listener(Protocol):
