@@ -24,6 +24,7 @@ from _supervising import supervisor
 from ipcactors import (
     ChildExit,
     ConfigError,
+    Pool,
     RemoteError,
     RestartIntensityError,
     SocketPathTooLongError,
@@ -398,6 +399,19 @@ async def test_a_supervisor_that_cannot_serve_raises_why_and_leaves_the_task_sou
     await anyio.sleep(0.01)  # this task's scopes are sound
     async with supervisor(socket_dir) as sup:  # and a supervisor starts as usual
         assert sup.children == {}
+
+
+@pytest.mark.parametrize("bad_id", ["a\0b", "\udc80", ""])
+async def test_an_id_no_actor_can_take_is_a_config_error_when_a_supervisor_or_pool_is_made(
+    socket_dir: str, bad_id: str
+) -> None:
+    """Supervisor and Pool check their id as Actor does, before anything is made. They took
+    ids with NUL or a lone surrogate, and entering them then raised only after making their
+    private socket directory, which stayed behind (the fixture checks that nothing did)."""
+    with pytest.raises(ConfigError, match="id"):
+        Supervisor(id=bad_id, socket_root=socket_dir)
+    with pytest.raises(ConfigError, match="id"):
+        Pool("math:sqrt", 1, id=bad_id, socket_root=socket_dir)
 
 
 async def test_a_supervisor_whose_forkserver_cannot_start_says_why_and_leaves_nothing(

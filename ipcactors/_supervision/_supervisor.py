@@ -70,7 +70,7 @@ from typing import Any, Final, TypeVar, overload
 import anyio
 from anyio.abc import TaskGroup
 
-from .._actor import Actor
+from .._actor import Actor, check_actor_id
 from .._config import Config, check_seconds, request_timeout
 from .._core._handlers import Handler
 from .._core._server import Client, Server
@@ -226,7 +226,8 @@ class Supervisor:
       means restarting does not help: every child is stopped and
       :class:`RestartIntensityError` raised (its ``chain`` names the children down to the one
       that kept failing, through nested supervisors).
-    - ``id``: the supervisor's own actor id (children reach it under that name).
+    - ``id``: the supervisor's own actor id (children reach it under that name), checked as
+      :class:`Actor` checks one, when the supervisor is made.
     - ``config`` / ``**overrides``: the :class:`Config` of the supervisor's actor and of the
       children (``socket_root`` is where the supervisor makes its private socket directory).
     - ``shutdown_timeout``: seconds a child gets, when stopped, to answer the requests the
@@ -290,8 +291,7 @@ class Supervisor:
             check_seconds(name, value)
         if type(max_children) is not int or max_children < 1:
             raise ConfigError(f"max_children must be an integer >= 1, got {max_children!r}")
-        if type(id) is not str or not id:
-            raise ConfigError(f"a supervisor id must be a non-empty string, got {id!r}")
+        check_actor_id(id)  # its actor's id: refused here, before entering makes anything
         self.id = id
         self.strategy: Strategy = strategy
         self.max_restarts = max_restarts
@@ -366,17 +366,23 @@ class Supervisor:
         ensure_socket_dir(root, private=self.config.socket_root is None)
         sweep_socket_dirs(root)
         self._dir = make_socket_dir(root)
-        # Each child holds a connection to our server: they get places of their own, so that
-        # neither max_connections (sized for ordinary servers, and the children's) caps the
-        # number of children nor do children crowd out the supervisor's other clients.
-        actor = Actor(
-            self.id,
-            self.config.replace(
-                socket_root=self._dir,
-                max_connections=self.config.max_connections + self.max_children,
-            ),
-        )
-        await actor.__aenter__()
+        try:
+            # Each child holds a connection to our server: they get places of their own, so
+            # that neither max_connections (sized for ordinary servers, and the children's)
+            # caps the number of children nor do children crowd out the supervisor's other
+            # clients.
+            actor = Actor(
+                self.id,
+                self.config.replace(
+                    socket_root=self._dir,
+                    max_connections=self.config.max_connections + self.max_children,
+                ),
+            )
+            await actor.__aenter__()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._cleanup_files()  # the directory made above, and nothing else yet
+            raise
         self._actor = actor
         task_group: TaskGroup | None = None
         try:
