@@ -22,7 +22,7 @@ from typing import Any, Literal, TypeVar, overload
 import anyio
 from anyio.abc import TaskGroup
 
-from ._config import Config
+from ._config import Config, is_utf8
 from ._core._connection import Connection
 from ._core._handling import keeps, kept_until_handled
 from ._core._hosting import Hosting
@@ -506,19 +506,8 @@ def _path(path: object, net_call: str) -> str | None:
 def check_actor_id(id: object) -> None:
     """Raise :class:`ConfigError` unless ``id`` can name an actor: non-empty text (UTF-8 can
     carry it on the wire) without NUL."""
-    if type(id) is not str or not id or "\0" in id or not _utf8(id):
+    if type(id) is not str or not id or "\0" in id or not is_utf8(id):
         raise ConfigError(f"an actor id must be a non-empty string of text without NUL, got {id!r}")
-
-
-def _utf8(text: str) -> bool:
-    """Whether ``text`` can go on the wire (msgpack's strings are UTF-8: no lone surrogate)."""
-    if text.isascii():
-        return True
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 C = TypeVar("C")  # what a connection is: a Connection, or the blocking API's
@@ -571,7 +560,7 @@ def _host(host: object, port: object, by_name: str) -> str | None:
             f"host must be a str (a host name or address), got the int {host}: node-ipc's "
             f"(id, port) shorthand does not work here; pass the port by name: {call}"
         )
-    if type(host) is not str or not host:
+    if type(host) is not str or not host or not is_utf8(host):
         raise ConfigError(
             f"host must be a non-empty str (a host name or address) or None, got {host!r}"
         )

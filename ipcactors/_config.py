@@ -11,8 +11,9 @@ from typing import Any, Literal, get_args
 from ._errors import ConfigError
 from ._proto._codec import Codec, codec_named
 from ._proto._messages import DEFAULT_MAX_FRAME_SIZE, Limits
+from ._proto._nodeipc import check_delimiter
 
-__all__ = ["Config", "check_seconds", "request_timeout"]
+__all__ = ["Config", "check_seconds", "is_utf8", "request_timeout"]
 
 SlowConsumer = Literal["disconnect", "drop", "wait"]
 SLOW_CONSUMER_POLICIES: tuple[str, ...] = get_args(SlowConsumer)
@@ -219,6 +220,10 @@ class Config:
             if "\0" in self.socket_root:
                 raise ConfigError(f"socket_root is a path, without NUL, got {self.socket_root!r}")
         _check_type("network_host", self.network_host, str)
+        if not self.network_host or not is_utf8(self.network_host):
+            raise ConfigError(
+                f"network_host must be a host name or address, got {self.network_host!r}"
+            )
         _check_type("silent", self.silent, bool)
         if self.remote_tracebacks is not None:
             _check_type("remote_tracebacks", self.remote_tracebacks, bool)
@@ -266,9 +271,15 @@ class Config:
             if getattr(self, name) is not None:
                 check_seconds(name, getattr(self, name))
         if self.auth_key is not None and (
-            not isinstance(self.auth_key, bytes | str) or not self.auth_key
+            not isinstance(self.auth_key, bytes | str)
+            or not self.auth_key
+            or (isinstance(self.auth_key, str) and not is_utf8(self.auth_key))
         ):
-            raise ConfigError("auth_key must be non-empty bytes or str (or None)")
+            # (the key itself is never shown: it is a secret)
+            raise ConfigError(
+                "auth_key must be non-empty bytes or str (text UTF-8 can carry: no lone "
+                "surrogate), or None"
+            )
         _check_type("codec", self.codec, str)
         codec = self.wire_codec
         if self.auth_key is not None and not codec.handshake:
@@ -293,11 +304,7 @@ class Config:
     @property
     def wire_codec(self) -> Codec:
         """The codec ``codec`` names, with the options here that shape its wire."""
-        if type(self.node_ipc_delimiter) is not str or not self.node_ipc_delimiter:
-            raise ConfigError(
-                "node_ipc_delimiter must be a non-empty str (node-ipc's default is '\\f'), "
-                f"got {self.node_ipc_delimiter!r}"
-            )
+        check_delimiter(self.node_ipc_delimiter)  # whatever the codec: Config is checked whole
         return codec_named(self.codec).configured(delimiter=self.node_ipc_delimiter)
 
     def replace(self, **changes: Any) -> Config:
@@ -349,6 +356,18 @@ def _check_int(name: str, value: object, low: int, high: int | None = None) -> N
     if type(value) is not int or value < low or (high is not None and value > high):
         bound = f"between {low} and {high}" if high is not None else f">= {low}"
         raise ConfigError(f"{name} must be an integer {bound}, got {value!r}")
+
+
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` can be encoded (UTF-8, as the wire, IDNA and HMAC keys want): no lone
+    surrogate, which ``os.fsdecode`` and ``surrogateescape`` make."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_seconds(name: str, value: object) -> None:

@@ -512,6 +512,13 @@ async def test_wrong_argument_types_fail_at_once_and_say_what_to_do(socket_dir: 
                 await hello.serve_net("127.0.0.1", 8124.0)  # type: ignore[call-overload]
             with pytest.raises(ipcactors.ConfigError, match="path must be"):
                 await hello.serve(b"/tmp/x")  # type: ignore[arg-type]
+            # A host name that is not text (a lone surrogate): idna's InvalidCodepoint was raised
+            with pytest.raises(ipcactors.ConfigError, match="host must be"):
+                await hello.connect_to_net("world", "\udc80")
+            with pytest.raises(ipcactors.ConfigError, match="host must be"):
+                await hello.serve_net("\udc80", 0)
+            with pytest.raises(ipcactors.ConfigError, match="network_host"):
+                Config(network_host="\udc80")
             assert hello.of == {}
             assert hello.server is None
             # Still usable after the mistakes.

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ipcactors import (
+    Config,
     ConfigError,
     DecodeError,
     EncodeError,
@@ -93,10 +94,15 @@ def test_a_printable_delimiter_inside_a_frame_is_refused_not_sent() -> None:
 
 @pytest.mark.parametrize("delimiter", ["", None, 12, b"\f", "\ud800"])
 def test_a_bad_delimiter_is_a_config_error(delimiter: Any) -> None:
+    """Also in a Config whose codec does not use it (a lone surrogate passed there, and
+    failed only once an actor served)."""
     with pytest.raises(ConfigError, match="delimiter"):
         NodeIPCEncoder(delimiter)
     with pytest.raises(ConfigError, match="delimiter"):
         NodeIPCDecoder(delimiter)
+    for codec in ("msgpack", "node-ipc"):
+        with pytest.raises(ConfigError, match="delimiter"):
+            Config(codec=codec, node_ipc_delimiter=delimiter)
 
 
 @pytest.mark.parametrize("data", [float("nan"), float("inf"), b"bytes", {1, 2}, object()])

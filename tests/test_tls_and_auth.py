@@ -359,9 +359,14 @@ async def test_shared_key_refusals(
                 assert await connection.request("echo", "still serving") == "still serving"
 
 
-def test_auth_key_must_not_be_empty() -> None:
-    with pytest.raises(ipcactors.ConfigError):
-        ipcactors.Config(auth_key=b"")
+@pytest.mark.parametrize("key", [b"", "", "\udc80"])
+async def test_an_auth_key_is_refused_when_made_unless_non_empty_and_utf8_if_str(key: Any) -> None:
+    """A str key is used as UTF-8: one with a lone surrogate passed Config, then every
+    connect failed (UnicodeEncodeError on the client, a traceback per attempt on the server)."""
+    with pytest.raises(ipcactors.ConfigError, match="auth_key"):
+        ipcactors.Config(auth_key=key)
+    with pytest.raises(ipcactors.ConfigError, match="auth_key"):
+        Actor("world", auth_key=key)
     assert "s3cret" not in repr(ipcactors.Config(auth_key="s3cret"))
 
 
