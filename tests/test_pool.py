@@ -459,6 +459,24 @@ def test_a_pool_function_its_workers_cannot_load_fails_entering_the_pool(
     assert """at the script's top level""" in done.stderr  # and why: the guard is not run there
 
 
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"size": 1001}, "max_children"),  # the supervisor's default: 1000
+        ({"size": 10**400}, "max_children"),
+        ({"size": 3, "max_children": 2}, "max_children"),
+    ],
+)
+async def test_options_a_pool_cannot_take_are_config_errors_when_it_is_made(
+    socket_dir: str, options: dict[str, Any], match: str
+) -> None:
+    """Refused before anything is made. More workers than the supervisor holds were taken:
+    entering spawned workers and only then raised SpawnError (and a size of 10**400 built a
+    list of that many names, until memory ran out)."""
+    with pytest.raises(ipcactors.ConfigError, match=match):
+        Pool(_pool_tasks.square, socket_root=socket_dir, **options)
+
+
 async def test_functions_not_importable_by_name_are_refused(socket_dir: str) -> None:
     with pytest.raises(SpawnError, match=r"lambda.*'def' or 'async def'"):  # (a pool takes both)
         Pool(lambda n: n, 1)

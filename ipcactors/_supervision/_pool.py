@@ -136,7 +136,8 @@ class Pool:
 
     Parameters (defaults and why):
 
-    - ``size``: worker processes (``os.cpu_count()``: one per core for CPU-bound work).
+    - ``size``: worker processes (``os.cpu_count()``: one per core for CPU-bound work), at
+      most the supervisor's ``max_children`` (1,000 unless given).
     - ``per_worker``: tasks in flight per worker (1: a CPU-bound task has the process to
       itself; raise it for async or I/O-bound functions, or tiny tasks, to hide round trips:
       tasks travel in batches of up to ``per_worker // 2``, one message each way, so 16 or
@@ -215,6 +216,14 @@ class Pool:
             preload=preload,
             **overrides,
         )
+        if self.size > self._supervisor.max_children:
+            # Checked before the names are made: a size of 10**400 would never finish them
+            # (nor could str() show it, past 4300 digits).
+            got = self.size if self.size.bit_length() <= 64 else f"{self.size.bit_length()}-bit int"
+            raise ConfigError(
+                f"size must be at most the supervisor's max_children "
+                f"({self._supervisor.max_children}), got {got}: pass max_children= for more"
+            )
         self._worker_args = (self._fn, init, list(initargs))
         self._workers = [f"{id}-{n}" for n in range(self.size)]
         # What each worker has in flight, by task id (its load is their number).
