@@ -47,7 +47,7 @@ import anyio.to_thread
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._actor import Actor, Peers, check_actor_id
-from ._config import Config
+from ._config import Config, seconds_of, shown
 from ._core._connection import Connection
 from ._core._server import Client, Server
 from ._core._stats import ConnectionStatistics, ServerStatistics
@@ -658,9 +658,10 @@ def _wait_timeout(timeout: object) -> float | None:
     number of seconds (0 or less: do not wait), never NaN."""
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or math.isnan(timeout):
-        raise ConfigError(f"timeout must be a number of seconds or None, got {timeout!r:.40}")
-    return timeout
+    seconds = seconds_of(timeout)
+    if seconds is None or math.isnan(seconds):
+        raise ConfigError(f"timeout must be a number of seconds or None, got {shown(timeout)}")
+    return seconds
 
 
 async def _bounded(fn: Callable[[], Awaitable[None]], timeout: float | None, what: str) -> None:

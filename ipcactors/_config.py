@@ -13,7 +13,7 @@ from ._proto._codec import Codec, codec_named
 from ._proto._messages import DEFAULT_MAX_FRAME_SIZE, Limits
 from ._proto._nodeipc import check_delimiter
 
-__all__ = ["Config", "check_seconds", "is_utf8", "request_timeout"]
+__all__ = ["Config", "check_seconds", "is_utf8", "request_timeout", "seconds_of", "shown"]
 
 SlowConsumer = Literal["disconnect", "drop", "wait"]
 SLOW_CONSUMER_POLICIES: tuple[str, ...] = get_args(SlowConsumer)
@@ -355,7 +355,7 @@ def _check_type(name: str, value: object, kind: type) -> None:
 def _check_int(name: str, value: object, low: int, high: int | None = None) -> None:
     if type(value) is not int or value < low or (high is not None and value > high):
         bound = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise ConfigError(f"{name} must be an integer {bound}, got {value!r}")
+        raise ConfigError(f"{name} must be an integer {bound}, got {shown(value)}")
 
 
 def is_utf8(text: str) -> bool:
@@ -370,15 +370,24 @@ def is_utf8(text: str) -> bool:
     return True
 
 
-def check_seconds(name: str, value: object) -> None:
-    """Raise :class:`ConfigError` unless ``value`` is a positive, finite number of seconds."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+def seconds_of(value: object) -> float | None:
+    """``value`` as a float, if it is a number (``bool`` is not) that a float can hold; else
+    ``None``. The one way seconds are read: an int past 1.8e308 overflows ``float`` (and
+    ``math.isfinite``), which must be a :class:`ConfigError`, not an ``OverflowError``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
+def check_seconds(name: str, value: object) -> float:
+    """``value`` as float seconds; :class:`ConfigError` unless a positive, finite number."""
+    seconds = seconds_of(value)
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"{name} must be a positive number of seconds, got {shown(value)}")
+    return seconds
 
 
 def request_timeout(timeout: object, config: Config) -> float:
@@ -386,14 +395,19 @@ def request_timeout(timeout: object, config: Config) -> float:
     anything but a positive, finite number of seconds is a :class:`ConfigError`."""
     if timeout is None:
         return config.request_timeout
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or not math.isfinite(timeout)
-        or timeout <= 0
-    ):
+    seconds = seconds_of(timeout)
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
         raise ConfigError(
             "timeout must be a positive, finite number of seconds (or None for "
-            f"Config.request_timeout, {config.request_timeout} s), got {timeout!r:.40}"
+            f"Config.request_timeout, {config.request_timeout} s), got {shown(timeout)}"
         )
-    return timeout
+    return seconds
+
+
+def shown(value: object, width: int = 40) -> str:
+    """``repr(value)`` for an error message, cut to ``width``; a long int by its size (its
+    digits say nothing, and ``repr`` refuses more than 4300 of them)."""
+    if type(value) is int and value.bit_length() > 64:
+        return f"an int of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."

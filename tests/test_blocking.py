@@ -597,13 +597,13 @@ def test_closing_what_a_closed_actor_owned_returns_and_nan_timeouts_are_config_e
         server = world.serve()
         inbox = server.inbox("message")
         connection = hello.connect_to("world")
-        nan = float("nan")
-        with pytest.raises(ipcactors.ConfigError, match="timeout"):
-            inbox.get(timeout=nan)
-        with pytest.raises(ipcactors.ConfigError, match="timeout"):
-            connection.wait_connected(timeout=nan)
-        with pytest.raises(ipcactors.ConfigError, match="timeout"):
-            hello.wait_closed(timeout=nan)
+        for bad in (float("nan"), 10**400):  # (no float holds 10**400: an OverflowError)
+            with pytest.raises(ipcactors.ConfigError, match="timeout"):
+                inbox.get(timeout=bad)
+            with pytest.raises(ipcactors.ConfigError, match="timeout"):
+                connection.wait_connected(timeout=bad)
+            with pytest.raises(ipcactors.ConfigError, match="timeout"):
+                hello.wait_closed(timeout=bad)
         with pytest.raises(TimeoutError):
             inbox.get(timeout=0)  # (0: nothing waits, nothing came)
         hello.close()

@@ -465,6 +465,8 @@ def test_a_pool_function_its_workers_cannot_load_fails_entering_the_pool(
         ({"size": 1001}, "max_children"),  # the supervisor's default: 1000
         ({"size": 10**400}, "max_children"),
         ({"size": 3, "max_children": 2}, "max_children"),
+        ({"max_seconds": 10**400}, "max_seconds"),  # no float holds these
+        ({"task_timeout": 10**400}, "task_timeout"),
     ],
 )
 async def test_options_a_pool_cannot_take_are_config_errors_when_it_is_made(

@@ -481,6 +481,9 @@ async def test_hosts_need_auth_key_or_tls_and_known_names(anyio_backend: str) ->
         SSHHost("127.0.0.1", port=0)
     with pytest.raises(ipcactors.ConfigError, match="lifeline_timeout"):
         SSHHost("127.0.0.1", keepalive=5, lifeline_timeout=1)
+    for seconds in ("connect_timeout", "keepalive", "lifeline_timeout"):
+        with pytest.raises(ipcactors.ConfigError, match=seconds):
+            SSHHost("127.0.0.1", **{seconds: 10**400})  # (no float holds it)
     # Names env(1) would take as options or split ("-i" failed on the host, as env's usage).
     for env in ({"-i": "x"}, {"A B": "x"}, {"A\nB": "x"}, {"1A": "x"}, {"A": "x\0y"}):
         with pytest.raises(ipcactors.ConfigError, match="SSHHost env"):

@@ -188,6 +188,9 @@ def test_bad_options_are_refused() -> None:
         Supervisor(max_restarts=-1)
     with pytest.raises(ipcactors.ConfigError):
         Supervisor(max_seconds=0)
+    for seconds in ("max_seconds", "shutdown_timeout", "terminate_timeout", "start_timeout"):
+        with pytest.raises(ipcactors.ConfigError, match=seconds):
+            Supervisor(**{seconds: 10**400})  # (no float holds it: it was an OverflowError)
     with pytest.raises(ipcactors.ConfigError, match="codec='msgpack'"):
         Supervisor(codec="node-ipc")  # its children talk to it with requests
 
@@ -196,7 +199,7 @@ async def test_request_timeout_must_be_positive_finite_seconds(socket_dir: str) 
     with anyio.fail_after(20):
         async with supervisor(socket_dir) as sup:
             await sup.spawn(_workers.echo, id="w")
-            for timeout in (-1, 0, float("nan"), float("inf"), "1"):
+            for timeout in (-1, 0, float("nan"), float("inf"), "1", 10**400):
                 with pytest.raises(ipcactors.ConfigError, match="timeout must be a positive"):
                     await sup.request("w", "pid", timeout=timeout)
             assert await sup.request("w", "pid", timeout=5) > 0

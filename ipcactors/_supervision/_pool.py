@@ -42,7 +42,6 @@ Invariants:
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import signal
 from collections import deque
@@ -54,7 +53,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-from .._config import Config
+from .._config import Config, check_seconds, shown
 from .._core._server import Client
 from .._core._stats import PoolStatistics
 from .._errors import (
@@ -83,7 +82,7 @@ _NO_TIMEOUT = 365 * 24 * 3600.0
 
 def _check_count(name: str, value: object, minimum: int) -> int:
     if type(value) is not int or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r:.40}")
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {shown(value)}")
     return value
 
 
@@ -192,13 +191,9 @@ class Pool:
                 "function raised is never retried"
             )
         self.retry_on = retry_on
-        if task_timeout is not None and (
-            isinstance(task_timeout, bool)
-            or not isinstance(task_timeout, int | float)
-            or not 0 < task_timeout < math.inf
-        ):
-            raise ConfigError(f"task_timeout must be None or seconds > 0, got {task_timeout!r}")
-        self.task_timeout = task_timeout
+        self.task_timeout = (
+            None if task_timeout is None else check_seconds("task_timeout", task_timeout)
+        )
         self.buffer = 4 * self.size * self.per_worker if buffer is None else buffer
         _check_count("buffer", self.buffer, 0)
         self._names: dict[Any, list[Any]] = {}
@@ -217,12 +212,11 @@ class Pool:
             **overrides,
         )
         if self.size > self._supervisor.max_children:
-            # Checked before the names are made: a size of 10**400 would never finish them
-            # (nor could str() show it, past 4300 digits).
-            got = self.size if self.size.bit_length() <= 64 else f"{self.size.bit_length()}-bit int"
+            # Checked before the names are made: a size of 10**400 would never finish them.
             raise ConfigError(
                 f"size must be at most the supervisor's max_children "
-                f"({self._supervisor.max_children}), got {got}: pass max_children= for more"
+                f"({self._supervisor.max_children}), got {shown(self.size)}: pass "
+                "max_children= for more"
             )
         self._worker_args = (self._fn, init, list(initargs))
         self._workers = [f"{id}-{n}" for n in range(self.size)]

@@ -282,23 +282,16 @@ class Supervisor:
             raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
         if type(max_restarts) is not int or max_restarts < 0:
             raise ConfigError(f"max_restarts must be an integer >= 0, got {max_restarts!r}")
-        for name, value in (
-            ("max_seconds", max_seconds),
-            ("shutdown_timeout", shutdown_timeout),
-            ("terminate_timeout", terminate_timeout),
-            ("start_timeout", start_timeout),
-        ):
-            check_seconds(name, value)
         if type(max_children) is not int or max_children < 1:
             raise ConfigError(f"max_children must be an integer >= 1, got {max_children!r}")
         check_actor_id(id)  # its actor's id: refused here, before entering makes anything
         self.id = id
         self.strategy: Strategy = strategy
         self.max_restarts = max_restarts
-        self.max_seconds = float(max_seconds)
-        self.shutdown_timeout = float(shutdown_timeout)
-        self.terminate_timeout = float(terminate_timeout)
-        self.start_timeout = float(start_timeout)
+        self.max_seconds = check_seconds("max_seconds", max_seconds)
+        self.shutdown_timeout = check_seconds("shutdown_timeout", shutdown_timeout)
+        self.terminate_timeout = check_seconds("terminate_timeout", terminate_timeout)
+        self.start_timeout = check_seconds("start_timeout", start_timeout)
         self.max_children = max_children
         if not isinstance(preload, list | tuple):
             raise ConfigError(f"preload takes a list of module names, got {preload!r:.80}")
