@@ -22,7 +22,7 @@ from typing import Any, Literal, TypeVar, overload
 import anyio
 from anyio.abc import TaskGroup
 
-from ._config import Config, is_utf8
+from ._config import Config, config_of, is_utf8
 from ._core._connection import Connection
 from ._core._handling import keeps, kept_until_handled
 from ._core._hosting import Hosting
@@ -53,7 +53,7 @@ class Actor:
 
     def __init__(self, id: str, config: Config | None = None, **overrides: Any) -> None:
         check_actor_id(id)
-        self.config = (config or Config()).replace(id=id, **overrides)
+        self.config = config_of(config, id=id, **overrides)
         self.id = id
         self._log = ActorLog(id, self.config.silent)
         self._server: Server | DatagramServer | None = None

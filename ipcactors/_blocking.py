@@ -47,7 +47,7 @@ import anyio.to_thread
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._actor import Actor, Peers, check_actor_id
-from ._config import Config, seconds_of, shown
+from ._config import Config, config_of, seconds_of, shown
 from ._core._connection import Connection
 from ._core._server import Client, Server
 from ._core._stats import ConnectionStatistics, ServerStatistics
@@ -692,7 +692,7 @@ class BlockingActor:
         check_actor_id(id)
         self.id = id
         # Validated here, in the caller's thread: a mistake raises ConfigError at once.
-        self.config = (config or Config()).replace(id=id, **overrides)
+        self.config = config_of(config, id=id, **overrides)
         self._backend = backend
         self._backend_options = backend_options
         self._loop = _Loop(id, backend == "trio")

@@ -13,7 +13,15 @@ from ._proto._codec import Codec, codec_named
 from ._proto._messages import DEFAULT_MAX_FRAME_SIZE, Limits
 from ._proto._nodeipc import check_delimiter
 
-__all__ = ["Config", "check_seconds", "is_utf8", "request_timeout", "seconds_of", "shown"]
+__all__ = [
+    "Config",
+    "check_seconds",
+    "config_of",
+    "is_utf8",
+    "request_timeout",
+    "seconds_of",
+    "shown",
+]
 
 SlowConsumer = Literal["disconnect", "drop", "wait"]
 SLOW_CONSUMER_POLICIES: tuple[str, ...] = get_args(SlowConsumer)
@@ -368,6 +376,19 @@ def is_utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def config_of(config: object, **changes: Any) -> Config:
+    """``config`` (``None``: the defaults) with ``changes``: how Actor, BlockingActor and
+    Supervisor make theirs. Anything but a :class:`Config` is a :class:`ConfigError`."""
+    if config is None:
+        config = Config()
+    elif not isinstance(config, Config):
+        raise ConfigError(
+            f"config must be a Config (or None), got {shown(config)}: pass options as "
+            "keywords, Actor(id, retry=1.0), or Config(retry=1.0)"
+        )
+    return config.replace(**changes)
 
 
 def seconds_of(value: object) -> float | None:

@@ -119,6 +119,8 @@ def test_errors_are_the_async_api_types(
 ) -> None:
     with pytest.raises(ipcactors.ConfigError):
         BlockingActor("x", retry=-1)
+    with pytest.raises(ipcactors.ConfigError, match="config"):  # (was a bare TypeError)
+        BlockingActor("x", config="x")  # type: ignore[arg-type]
     with pytest.raises(ipcactors.ConfigError, match="asyncio"):  # an argument: not a bare IPCError
         BlockingActor("x", backend="curio")  # type: ignore[arg-type]
     options: dict[str, Any] = {"socket_root": socket_dir, "backend": backend, **FAST}

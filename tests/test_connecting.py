@@ -519,6 +519,11 @@ async def test_wrong_argument_types_fail_at_once_and_say_what_to_do(socket_dir: 
                 await hello.serve_net("\udc80", 0)
             with pytest.raises(ipcactors.ConfigError, match="network_host"):
                 Config(network_host="\udc80")
+            # Options as a dict instead of a Config: an AttributeError ('dict' has no 'replace')
+            with pytest.raises(ipcactors.ConfigError, match="config must be a Config"):
+                Actor("a", config={"retry": 1})  # type: ignore[arg-type]
+            with pytest.raises(ipcactors.ConfigError, match="config must be a Config"):
+                ipcactors.Supervisor(config={"retry": 1})  # type: ignore[arg-type]
             assert hello.of == {}
             assert hello.server is None
             # Still usable after the mistakes.

@@ -467,6 +467,9 @@ def test_a_pool_function_its_workers_cannot_load_fails_entering_the_pool(
         ({"size": 3, "max_children": 2}, "max_children"),
         ({"max_seconds": 10**400}, "max_seconds"),  # no float holds these
         ({"task_timeout": 10**400}, "task_timeout"),
+        ({"initargs": None}, "initargs"),  # TypeError: not iterable
+        ({"initargs": 5}, "initargs"),
+        ({"initargs": "ab"}, "initargs"),  # taken as ('a', 'b')
     ],
 )
 async def test_options_a_pool_cannot_take_are_config_errors_when_it_is_made(

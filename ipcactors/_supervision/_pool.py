@@ -199,6 +199,8 @@ class Pool:
         self._names: dict[Any, list[Any]] = {}
         self._fn = None if fn is None else self._name(fn)
         init = None if initializer is None else list(self._target(initializer))
+        if not isinstance(initargs, tuple | list):  # a str would be split into characters
+            raise ConfigError(f"initargs must be a tuple or list, got {shown(initargs)}")
         # Heartbeats off unless asked for: a worker running a plain function for minutes
         # cannot answer them, and is not dead (its exit tells; task_timeout catches a hang).
         overrides.setdefault("heartbeat_interval", None)

@@ -71,7 +71,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .._actor import Actor, check_actor_id
-from .._config import Config, check_seconds, request_timeout
+from .._config import Config, check_seconds, config_of, request_timeout
 from .._core._handlers import Handler
 from .._core._server import Client, Server
 from .._errors import (
@@ -302,7 +302,7 @@ class Supervisor:
                 f"got {log_level!r} (children start afresh: levels added here are not theirs)"
             )
         self.log_level = log_level
-        self.config = (config or Config()).replace(id=id, **overrides)
+        self.config = config_of(config, id=id, **overrides)
         if not self.config.wire_codec.handshake:
             # Children connect back with hello, report ready and answer requests.
             raise ConfigError(
