@@ -391,8 +391,21 @@ async def test_leaving_the_pool_fails_tasks_in_flight_with_closed_error(
                 tg.start_soon(mapped)
                 await wait_until(lambda: p.statistics().in_flight == 3, timeout=10)
         assert sorted(outcomes) == ["map", "submit"]
-        with pytest.raises(ipcactors.ClosedError, match="not open"):
+        with pytest.raises(ipcactors.ClosedError, match="closed"):
             await p.submit(1.0, "unused")
+
+
+async def test_a_pool_used_before_its_block_says_so(socket_dir: str) -> None:
+    """A call outside 'async with' is the misuse IPCError (reference.md), as with Actor and
+    Supervisor; it was ClosedError, which says the pool was closed."""
+    p = ipcactors.Pool(_pool_tasks.square, size=1, socket_root=socket_dir, silent=True)
+    for call in (lambda: p.submit(2), lambda: p.call(_pool_tasks.square, 2)):
+        with pytest.raises(ipcactors.IPCError, match="async with") as caught:
+            await call()
+        assert type(caught.value) is ipcactors.IPCError
+    with pytest.raises(ipcactors.IPCError, match="async with"):
+        async for _ in p.map([1, 2]):
+            pass
 
 
 async def test_initializer_runs_once_per_worker_and_numpy_travels(socket_dir: str) -> None:

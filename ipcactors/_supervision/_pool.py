@@ -360,8 +360,10 @@ class Pool:
         return await self._call(None if name == self._fn else name, args)
 
     def _check_open(self) -> None:
-        if self._closed or self._task_group is None:
-            raise ClosedError(f"pool {self._supervisor.id!r} is not open")
+        if self._closed:
+            raise ClosedError(f"pool {self._supervisor.id!r} is closed")
+        if self._task_group is None:  # (misuse: the IPCError reference.md says)
+            raise IPCError(f"use the pool inside 'async with' first: async with {self!r}")
 
     async def _call(self, name: list[Any] | None, args: tuple[Any, ...]) -> Any:
         self._check_open()
