@@ -477,6 +477,13 @@ async def test_hosts_need_auth_key_or_tls_and_known_names(anyio_backend: str) ->
     host = SSHHost("127.0.0.1")
     with pytest.raises(ipcactors.ConfigError, match="set auth_key"):
         ipcactors.Supervisor(hosts={"h": host})
+    # Mutual TLS: the children have no certificate to show (each spawn failed, the TLSError
+    # CERTIFICATE_REQUIRED the cause of its ChildExitedError).
+    mutual = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("127.0.0.1").configure_cert(mutual)
+    mutual.verify_mode = ssl.CERT_REQUIRED
+    with pytest.raises(ipcactors.ConfigError, match="client certificate"):
+        ipcactors.Supervisor(hosts={"h": host}, tls=mutual)
     with pytest.raises(ipcactors.ConfigError, match="SSHHost port"):
         SSHHost("127.0.0.1", port=0)
     with pytest.raises(ipcactors.ConfigError, match="lifeline_timeout"):

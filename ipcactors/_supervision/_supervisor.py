@@ -164,6 +164,13 @@ def _check_hosts(
         if not isinstance(tls, ssl.SSLContext):
             raise ConfigError(f"tls= takes a server ssl.SSLContext, got {tls!r}")
         check_server_context(tls)
+        if tls.verify_mode == ssl.CERT_REQUIRED:
+            raise ConfigError(
+                "tls= requires a client certificate (verify_mode CERT_REQUIRED), and the "
+                "children have none to show: mutual TLS is not supported for children; leave "
+                "verify_mode CERT_NONE (a server context's default) and set auth_key to "
+                "authenticate them"
+            )
     if listen is not None and not (
         isinstance(listen, tuple)
         and len(listen) == 2
