@@ -484,6 +484,9 @@ async def test_hosts_need_auth_key_or_tls_and_known_names(anyio_backend: str) ->
     mutual.verify_mode = ssl.CERT_REQUIRED
     with pytest.raises(ipcactors.ConfigError, match="client certificate"):
         ipcactors.Supervisor(hosts={"h": host}, tls=mutual)
+    for listen in (("", 0), ("h\udce9", 0), ("127.0.0.1", -1), ("127.0.0.1",)):
+        with pytest.raises(ipcactors.ConfigError, match="listen="):
+            ipcactors.Supervisor(hosts={"h": host}, auth_key="k", listen=listen)  # type: ignore[arg-type]
     with pytest.raises(ipcactors.ConfigError, match="SSHHost port"):
         SSHHost("127.0.0.1", port=0)
     with pytest.raises(ipcactors.ConfigError, match="lifeline_timeout"):

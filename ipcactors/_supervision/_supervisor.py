@@ -71,7 +71,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .._actor import Actor, check_actor_id
-from .._config import Config, check_seconds, config_of, request_timeout
+from .._config import Config, check_seconds, config_of, is_utf8, request_timeout
 from .._core._handlers import Handler
 from .._core._server import Client, Server
 from .._errors import (
@@ -175,6 +175,8 @@ def _check_hosts(
         isinstance(listen, tuple)
         and len(listen) == 2
         and isinstance(listen[0], str)
+        and listen[0]
+        and is_utf8(listen[0])  # (a host name goes through IDNA: no lone surrogate)
         and type(listen[1]) is int
         and 0 <= listen[1] <= 65535
     ):
