@@ -526,6 +526,8 @@ async def test_a_killed_receiver_holding_arrays_costs_the_sender_nothing(
             "hello", socket_root=socket_dir, silent=True, stop_retrying=0, **SHM
         ) as hello:
             conn = await hello.connect_to("world")
+            gone = anyio.Event()
+            conn.on("disconnect", gone.set)  # (once the connection's end is done with)
             with anyio.fail_after(10):
                 for number in range(4):
                     assert (
@@ -535,7 +537,7 @@ async def test_a_killed_receiver_holding_arrays_costs_the_sender_nothing(
             process.send_signal(signal.SIGKILL)
             with anyio.fail_after(10):
                 await process.wait()
-            await _poll(lambda: not conn.connected, "the disconnect")
+                await gone.wait()
             assert conn.statistics().shared_in_use == 0
         gc.collect()
         assert _memfd_maps() == 0
