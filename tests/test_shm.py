@@ -480,6 +480,47 @@ async def _wait_ready(process: Any) -> None:
             line += await process.stdout.receive()
 
 
+@pytest.mark.parametrize(
+    ("arrays", "sender_limit"),
+    [(400, 1024), (70_000, None)],
+    ids=["over-the-senders-frame", "over-the-object-budget"],
+)
+async def test_arrays_dropped_all_at_once_are_all_released(
+    socket_dir: str, arrays: int, sender_limit: int | None
+) -> None:
+    """The receiver tells the sender which places it may reuse in release frames, as many as
+    it takes to keep within the sender's limits: it made one, which a release of many arrays
+    at once (400 against a max_frame_size of 1024, 70,000 against the 131,072 objects of a
+    frame) overflowed. It was dropped without a word, and those places stayed in use for the
+    rest of the connection."""
+    config = {"max_shared_bytes": 512 * MiB, "shared_threshold": 4096}
+    limit = {} if sender_limit is None else {"max_frame_size": sender_limit}
+    async with (
+        Actor("world", socket_root=socket_dir, silent=True, **config) as world,
+        Actor("hello", socket_root=socket_dir, silent=True, **config, **limit) as hello,
+    ):
+        server = await world.serve()
+        held: list[Any] = []
+        all_in = anyio.Event()
+
+        @server.on("a")
+        def keep(array: Any, client: Any) -> None:
+            held.append(array)
+            if len(held) == arrays:
+                held.clear()  # every one dropped at once
+                all_in.set()
+
+        conn = await hello.connect_to("world")
+        array = np.ones(1024, np.float32)  # 4 KiB
+        with anyio.fail_after(60):
+            for _ in range(arrays):
+                await conn.emit("a", array)
+            await all_in.wait()
+        assert conn.statistics().shared_sent == arrays
+        await _poll(lambda: conn.statistics().shared_in_use == 0, "every place released")
+        assert conn.connected
+
+
 def _named_shm() -> set[str]:
     """What is named in /dev/shm, but the POSIX semaphores (``sem.*``) other processes of the
     run make (multiprocessing's, under pytest-xdist another worker's): ipcactors names

@@ -36,7 +36,7 @@ from bisect import bisect_right
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
-from .._errors import DecodeError
+from .._errors import DecodeError, IPCError
 from .._proto._messages import FdFrame
 from .._transports._backend import threadsafe_caller
 from .._transports._memfd import (
@@ -403,9 +403,10 @@ class SharedMemory:
             places.append((segment, offset))
         if places:
             try:
-                self._outbox.put_reply(self._encoder.release(places))
-            except Exception:
-                pass  # the connection is closing: the segments go with it
+                for frame in self._encoder.release(places):
+                    self._outbox.put_reply(frame)
+            except IPCError:
+                pass  # the outbox is closed: the connection ends, and its segments with it
 
     def close(self) -> None:
         """The channel ended: stop sending and receiving; close our descriptors (mappings live

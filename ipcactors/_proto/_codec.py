@@ -241,8 +241,9 @@ class Encoder(ABC):
         """The announcement of our segment ``segment`` (its descriptor goes with it)."""
         raise self._unsupported("shared memory")
 
-    def release(self, places: list[tuple[int, int]]) -> Frame:
-        """That we dropped the arrays the peer placed at ``places``."""
+    def release(self, places: list[tuple[int, int]]) -> list[Frame]:
+        """That we dropped the arrays the peer placed at ``places``: in as many frames as the
+        peer's limits take."""
         raise self._unsupported("shared memory")
 
     def pong(self) -> Frame:

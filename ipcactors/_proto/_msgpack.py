@@ -827,9 +827,18 @@ class MsgpackEncoder(Encoder):
         body: bytes = msgpack.packb([SHARE, segment, size])
         return HEADER.pack(len(body)) + body
 
-    def release(self, places: list[tuple[int, int]]) -> Frame:
-        flat = [number for place in places for number in place]
-        return self._frame([RELEASE, flat])
+    def release(self, places: list[tuple[int, int]]) -> list[Frame]:
+        # As many frames as it takes to keep within the peer's limits: a place is two ints
+        # (9 bytes each at most, two objects), behind the envelope's three objects.
+        per_frame = max(
+            1,
+            min((self.frame_limit - 16) // 18, (self._count_above - 4) // 2, self._longest // 2),
+        )
+        frames = []
+        for start in range(0, len(places), per_frame):
+            flat = [number for place in places[start : start + per_frame] for number in place]
+            frames.append(self._frame([RELEASE, flat]))
+        return frames
 
     def pong(self) -> Frame:
         return _PONG_BODY if self._datagrams else PONG_FRAME
