@@ -51,6 +51,19 @@ __all__ = [
 class IPCError(Exception):
     """Base of every error raised by ipcactors."""
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Copied and pickled as it is (its args, its attributes), without calling __init__
+        # again: many take other arguments than the message their args hold, so the default
+        # (cls(*args)) failed, and with it copy.copy of a request's error.
+        return (_rebuilt, (type(self), self.args, self.__dict__))
+
+
+def _rebuilt(cls: type[IPCError], args: tuple[Any, ...], state: dict[str, Any]) -> IPCError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class ConfigError(IPCError, ValueError):
     """A configuration value, or an argument such as a request's ``timeout``, is of the wrong

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import os
+import pickle
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -45,6 +48,41 @@ def test_one_error_hierarchy() -> None:
     for error in errors:
         assert issubclass(error, ipcactors.IPCError), error
         assert error.__doc__, f"{error.__name__} has no docstring"
+
+
+def test_every_error_copies_and_pickles_as_it_is() -> None:
+    """copy.copy (how a request's error reaches each of its waiters) and pickle keep an
+    error's class, message and attributes; most failed, their __init__ taking other arguments
+    than the message their args hold (FrameTooLargeError, RemoteError, ChildExitedError...)."""
+    for error in [
+        obj(*_arguments(obj), **_arguments(obj, keywords=True))
+        for obj in vars(ipcactors).values()
+        if isinstance(obj, type) and issubclass(obj, BaseException)
+    ]:
+        for again in (copy.copy(error), pickle.loads(pickle.dumps(error))):  # noqa: S301
+            assert type(again) is type(error)
+            assert (str(again), again.args, vars(again)) == (str(error), error.args, vars(error))
+
+
+def _arguments(error: type[BaseException], *, keywords: bool = False) -> Any:
+    """Arguments an error's constructor needs (positional ones, or keyword-only ones): 3 for
+    an int, a message for a str, a list for a list..."""
+    made = {"list": [(1, "e")], "tuple": ("a", "b"), "int": 3, "float": 1.5, "bool": True}
+    try:
+        parameters = inspect.signature(error).parameters.values()
+    except ValueError:  # (an OSError's own __init__)
+        return {} if keywords else ["text"]
+    wanted = [
+        parameter
+        for parameter in parameters
+        if parameter.default is parameter.empty
+        and parameter.kind
+        is (parameter.KEYWORD_ONLY if keywords else parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    values = [next((v for k, v in made.items() if k in str(p.annotation)), "text") for p in wanted]
+    if keywords:
+        return {p.name: value for p, value in zip(wanted, values, strict=True)}
+    return values
 
 
 def test_public_api_is_documented() -> None:
