@@ -1096,6 +1096,87 @@ async def test_a_sender_keeps_to_the_max_frame_size_its_peer_announced(
             assert little.connected
 
 
+@pytest.mark.parametrize("acked", ["off", "on"])
+async def test_what_waits_for_a_server_that_comes_back_taking_less_is_given_up_not_sent(
+    acked: str, socket_dir: str
+) -> None:
+    """Queued while the server was away, then welcomed by one announcing a smaller
+    max_frame_size: what it would refuse is given up (an event logged, and in the acknowledged
+    mode reported as unacknowledged; a request failed with FrameTooLargeError), and what is
+    behind it goes. It was sent, and the server closed the connection at it: what was behind
+    it was lost, and in the acknowledged mode it went again at every reconnect, for ever."""
+    options: dict[str, Any] = {"socket_root": socket_dir, "acked": acked, "silent": True}
+    async with Actor("hello", retry=0.05, retry_cap=0.2, **options) as hello:
+        async with Actor("world", **options) as world:
+            await world.serve()
+            conn = await hello.connect_to("world")
+        with anyio.fail_after(5):
+            while conn.connected:
+                await anyio.sleep(0.01)
+        await conn.emit("e", b"x" * 5000)  # (queued: within our own limit)
+        await conn.emit("e", b"small")
+        async with (
+            Actor("world", max_frame_size=1024, **options) as world,
+            anyio.create_task_group() as tg,
+        ):
+            server = await world.serve()
+            got: list[bytes] = []
+            server.on("e", lambda data, client: got.append(data))
+            server.on("echo", lambda data, client: data)
+            failed: list[BaseException] = []
+
+            async def ask_large() -> None:
+                try:
+                    await conn.request("echo", b"y" * 5000, timeout=5)
+                except ipcactors.FrameTooLargeError as exc:
+                    failed.append(exc)
+
+            tg.start_soon(ask_large)
+            with anyio.fail_after(5):
+                await conn.wait_connected()
+                assert await conn.request("echo", "after") == "after"
+                while got != [b"small"] or not failed:
+                    await anyio.sleep(0.01)
+            assert "max_frame_size=1024" in str(failed[0])
+            if acked == "on":
+                assert [event for _, event in conn.unacknowledged] == ["e"]
+                with pytest.raises(ipcactors.UnacknowledgedError):
+                    await conn.wait_acknowledged()
+            assert conn.statistics().events_resent <= 1
+
+
+async def test_what_a_server_keeps_for_a_client_that_comes_back_taking_less_is_given_up(
+    socket_dir: str,
+) -> None:
+    """Acknowledged mode: the events a server kept for a client that left, handed to its
+    successor announcing a smaller max_frame_size: those it would refuse are reported, the rest
+    delivered. They all went, and the first too large closed each connection, for ever."""
+    options: dict[str, Any] = {"socket_root": socket_dir, "acked": "on", "silent": True}
+    async with Actor("world", close_timeout=0.5, **options) as world:
+        server = await world.serve()
+        with anyio.move_on_after(2):  # (leaving with events unacknowledged)
+            async with Actor("hello", close_timeout=0.2, **options) as first:
+                conn = await first.connect_to("world")
+
+                async def stuck(data: Any) -> None:
+                    await anyio.sleep(100)
+
+                conn.on("e", stuck)
+                client = server.clients["hello"]
+                for data in (b"a", b"y" * 5000, b"z"):
+                    await client.emit("e", data)
+                await anyio.sleep(0.3)
+        got: list[bytes] = []
+        async with Actor("hello", max_frame_size=1024, **options) as second:
+            conn = await second.connect_to("world")
+            conn.on("e", got.append)
+            with anyio.fail_after(5):
+                while got != [b"a", b"z"]:
+                    await anyio.sleep(0.01)
+                assert [event for _, event in server.unacknowledged["hello"]] == ["e"]
+                assert conn.connected
+
+
 async def test_frames_over_the_object_budget_are_refused_before_sending(socket_dir: str) -> None:
     budget = {"max_decoded_objects": 2048}
     async with serving("unix", socket_dir, **budget) as (_, server, connect):

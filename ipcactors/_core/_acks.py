@@ -228,6 +228,25 @@ class AckedSender:
         self._wake()
         return events
 
+    def drop_refused(self, takes: Callable[[int], bool]) -> list[tuple[int, str]]:
+        """Give up on the events whose frames the receiver would refuse (it takes less than
+        they hold now, its handshake said, see ``Encoder.takes``): sent again, each would
+        close its connection, at every reconnect. Returns them (their frames still queued are
+        the outbox's to drop); the others stay, in order."""
+        refused = [entry for entry in self._store if not takes(entry[3])]
+        if not refused:
+            return []
+        self._store = deque(entry for entry in self._store if takes(entry[3]))
+        events = [(seq, event) for seq, event, _, _, _ in refused]
+        self.reported += len(events)
+        first = events[0][0]
+        if self._reported_from is None or first < self._reported_from:
+            self._reported_from = first
+        self.given_up = [*(self.given_up or []), *events]
+        self.outbox.release(sum(entry[3] for entry in refused))
+        self._wake()
+        return events
+
     async def wait(self) -> bool:
         """Wait until every event emitted so far has left the store: returns True if all
         were acknowledged, False if some were reported instead."""

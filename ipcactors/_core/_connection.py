@@ -486,7 +486,9 @@ class Connection(Peer, HandlerMethods):
                 f"{welcome.id!r}"
             )
         self._server_id = welcome.id
-        self._encoder.keep_to(welcome.extra.get("frame"))  # (a server that says none: ours)
+        reported = self._keep_to_peer(welcome.extra.get("frame"))  # (none said: ours)
+        if reported:
+            self._unacknowledged = [*self._unacknowledged, *reported]
         batches = self._codec.event_batches(welcome.extra.get("batch"), self._config.limits)
         self._outbox.rebatch(batches)
         offered = self._config.max_shared_bytes and self._acked is None

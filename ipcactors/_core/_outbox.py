@@ -45,7 +45,7 @@ from operator import call
 import anyio
 
 from .._proto._codec import EventBatches
-from .._proto._messages import BatchFrame, FdFrame, Frame, SharedFrame, frame_size
+from .._proto._messages import BatchFrame, FdFrame, Frame, SharedFrame, SplitBatch, frame_size
 
 __all__ = ["Outbox"]
 
@@ -256,7 +256,7 @@ class Outbox:
         for number, frame in enumerate(frames):
             if type(frame) is BatchFrame and len(frame) > limit:
                 assert self.batches is not None  # (it made them)
-                split = self.batches.split(frame)
+                split = SplitBatch(self.batches.split(frame))
                 frames[number] = split
                 self._bytes += sum(map(len, split)) - len(frame)
         self.batches = batches
@@ -429,6 +429,37 @@ class Outbox:
             self._bytes -= sum(map(frame_size, self._replies)) - sum(map(frame_size, kept))
             self._replies = deque(kept)
         return dropped
+
+    def drop_refused(self, takes: Callable[[int], bool]) -> tuple[set[int], int]:
+        """The peer takes less than what is queued for it (its handshake said so, see
+        ``Encoder.takes``): forget the frames it would refuse, each becoming an empty frame so
+        that sequence numbers hold; a batch it would refuse is split into its events' frames,
+        and only those it would refuse are forgotten. Call it before :meth:`rebatch` (the
+        batches are those this outbox made). Returns the sequence numbers of the frames
+        dropped whole, and how many frames were dropped in all."""
+        dropped: set[int] = set()
+        lost = 0
+        frames = self._frames
+        for number, frame in enumerate(frames):
+            size = frame_size(frame)
+            if takes(size):
+                continue
+            parts: tuple[bytes, ...] | None = None
+            if type(frame) is SplitBatch:
+                parts = frame
+            elif type(frame) is BatchFrame and self.batches is not None:
+                parts = self.batches.split(frame)
+            if parts is not None:
+                kept = SplitBatch(part for part in parts if takes(len(part)))
+                frames[number] = kept or b""
+                self._bytes += sum(map(len, kept)) - size
+                lost += len(parts) - len(kept)
+                continue
+            self._bytes -= size
+            frames[number] = b""
+            dropped.add(self.taken + 1 + number)
+            lost += 1
+        return dropped, lost
 
     def take(self, budget: int | None = None) -> list[Frame]:
         """Hand queued frames to the writer, which calls :meth:`sent` when they are written:

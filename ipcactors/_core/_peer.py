@@ -33,6 +33,7 @@ from .._errors import (
     DecodeError,
     EncodeError,
     EventNameError,
+    FrameTooLargeError,
     IPCError,
     RequestTimeoutError,
     ReservedEventError,
@@ -442,6 +443,31 @@ class Peer:
     def _idle_closed(self, message: str) -> None:
         """The channel is closing: the peer sent nothing but heartbeats for ``_idle_timeout``."""
         self._log.info(message)
+
+    def _keep_to_peer(self, announced: Any) -> list[tuple[int, str]]:
+        """The largest frame the peer takes, as its handshake announced (``frame``): frames
+        keep to it from now on, and what waits for it that it would refuse is given up, not
+        sent (it would close the connection; kept for a resend, every next one too): queued
+        frames are dropped (a request among them fails with FrameTooLargeError), events kept
+        for a resend reported. Returns those reported."""
+        encoder = self._encoder
+        encoder.keep_to(announced)
+        limit = encoder.frame_limit
+        if limit >= self._config.max_frame_size:
+            return []  # (nothing here was made for more)
+        takes = encoder.takes
+        reported = [] if self._acked is None else self._acked.drop_refused(takes)
+        dropped, lost = self._outbox.drop_refused(takes)
+        if dropped:  # (a request is a frame of its own, never in a batch)
+            self._requests.fail_frames(FrameTooLargeError(limit + 1, limit, peers=True), dropped)
+        if lost or reported:
+            seqs = f" (seq {reported[0][0]}..{reported[-1][0]})" if reported else ""
+            self._log.warning(
+                f"{lost} frame(s) queued for {self.id!r} and {len(reported)} event(s) "
+                f"kept for it{seqs} are larger than the max_frame_size={limit} its handshake "
+                "announced: given up, not sent (see unacknowledged)"
+            )
+        return reported
 
     def _unwritable(self) -> None:
         """The channel's writer found the connection broken: nothing more reaches the peer on

@@ -642,7 +642,7 @@ class Server(HandlerMethods):
         ):
             client._shared_accept = shm
         client._outbox.rebatch(batches)
-        client._encoder.keep_to(frame)
+        client._keep_to_peer(frame)  # (its outbox is new: what we kept for it, below)
         overtaken = self._newest.get(client_id)
         if overtaken is not None and previous is None:
             previous = overtaken  # (still waiting to replace; the same notice, in its handshake)
@@ -776,6 +776,17 @@ class Server(HandlerMethods):
             keeping = self._keeping.pop(client.id, None)
             if keeping is not None:
                 keeping.cancel()  # it is back
+            kept = self._streams.sender_of(client.id)
+            if kept is not None:  # what it would refuse now (see Peer._keep_to_peer) goes not
+                refused = kept.drop_refused(client._encoder.takes)
+                if refused:
+                    self._unacknowledged[client.id] = refused
+                    self._log.warning(
+                        f"{len(refused)} event(s) kept for client {client.id!r} (seq "
+                        f"{refused[0][0]}..{refused[-1][0]}) are larger than the max_frame_size="
+                        f"{client._encoder.frame_limit} its handshake announced: given up, not "
+                        "sent; see Server.unacknowledged"
+                    )
             sender, sent = self._streams.join(
                 client.id, offer.session, offer.peer, offer.last, client._outbox
             )

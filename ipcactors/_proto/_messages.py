@@ -294,6 +294,11 @@ class BatchFrame(bytes):
     that negotiated batches; split back into event frames before it goes out on another."""
 
 
+class SplitBatch(tuple[bytes, ...]):
+    """The frames of a batch's events, each whole, in the one place of a queue the batch had
+    (split for a peer that takes no such batch, see ``_core._outbox``): written as parts."""
+
+
 def frame_size(frame: Frame) -> int:
     """Bytes a frame occupies on the wire (memoryview parts are flat: ``len`` is their bytes)."""
     if isinstance(frame, bytes):
