@@ -1096,9 +1096,12 @@ async def test_a_sender_keeps_to_the_max_frame_size_its_peer_announced(
             assert little.connected
 
 
+# 1020 bytes: the event fits the limit as a batch's item, and not as the frame of its own it is
+# sent again in (its envelope and seq): it slipped through, lost yet counted as acknowledged.
+@pytest.mark.parametrize("size", [5000, 1020])
 @pytest.mark.parametrize("acked", ["off", "on"])
 async def test_what_waits_for_a_server_that_comes_back_taking_less_is_given_up_not_sent(
-    acked: str, socket_dir: str
+    acked: str, size: int, socket_dir: str
 ) -> None:
     """Queued while the server was away, then welcomed by one announcing a smaller
     max_frame_size: what it would refuse is given up (an event logged, and in the acknowledged
@@ -1113,7 +1116,7 @@ async def test_what_waits_for_a_server_that_comes_back_taking_less_is_given_up_n
         with anyio.fail_after(5):
             while conn.connected:
                 await anyio.sleep(0.01)
-        await conn.emit("e", b"x" * 5000)  # (queued: within our own limit)
+        await conn.emit("e", b"x" * size)  # (queued: within our own limit)
         await conn.emit("e", b"small")
         async with (
             Actor("world", max_frame_size=1024, **options) as world,
@@ -1145,8 +1148,9 @@ async def test_what_waits_for_a_server_that_comes_back_taking_less_is_given_up_n
             assert conn.statistics().events_resent <= 1
 
 
+@pytest.mark.parametrize("size", [5000, 1020])
 async def test_what_a_server_keeps_for_a_client_that_comes_back_taking_less_is_given_up(
-    socket_dir: str,
+    size: int, socket_dir: str
 ) -> None:
     """Acknowledged mode: the events a server kept for a client that left, handed to its
     successor announcing a smaller max_frame_size: those it would refuse are reported, the rest
@@ -1163,7 +1167,7 @@ async def test_what_a_server_keeps_for_a_client_that_comes_back_taking_less_is_g
 
                 conn.on("e", stuck)
                 client = server.clients["hello"]
-                for data in (b"a", b"y" * 5000, b"z"):
+                for data in (b"a", b"y" * size, b"z"):
                     await client.emit("e", data)
                 await anyio.sleep(0.3)
         got: list[bytes] = []

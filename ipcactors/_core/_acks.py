@@ -43,7 +43,7 @@ from typing import Any, Final
 
 import anyio
 
-from .._proto._messages import Frame
+from .._proto._messages import Frame, frame_size
 from ._outbox import Outbox
 
 __all__ = [
@@ -233,10 +233,18 @@ class AckedSender:
         they hold now, its handshake said, see ``Encoder.takes``): sent again, each would
         close its connection, at every reconnect. Returns them (their frames still queued are
         the outbox's to drop); the others stay, in order."""
-        refused = [entry for entry in self._store if not takes(entry[3])]
-        if not refused:
+        kept_frame = self._kept_frame
+        # Measured as sent again: an event kept as a batch's item goes in a frame of its own,
+        # with its envelope and seq (a few bytes more than the item).
+        refused_seqs = {
+            entry[0]
+            for entry in self._store
+            if not takes(frame_size(kept_frame(entry[2], entry[0])))
+        }
+        if not refused_seqs:
             return []
-        self._store = deque(entry for entry in self._store if takes(entry[3]))
+        refused = [entry for entry in self._store if entry[0] in refused_seqs]
+        self._store = deque(entry for entry in self._store if entry[0] not in refused_seqs)
         events = [(seq, event) for seq, event, _, _, _ in refused]
         self.reported += len(events)
         first = events[0][0]

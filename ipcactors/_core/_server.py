@@ -777,7 +777,9 @@ class Server(HandlerMethods):
             if keeping is not None:
                 keeping.cancel()  # it is back
             kept = self._streams.sender_of(client.id)
-            if kept is not None:  # what it would refuse now (see Peer._keep_to_peer) goes not
+            takes_less = client._encoder.frame_limit < self._config.max_frame_size
+            if kept is not None and takes_less:  # what it would refuse now goes not (see
+                # Peer._keep_to_peer)
                 refused = kept.drop_refused(client._encoder.takes)
                 if refused:
                     self._unacknowledged[client.id] = refused
