@@ -22,7 +22,7 @@ from typing import Any, Literal, TypeVar, overload
 import anyio
 from anyio.abc import TaskGroup
 
-from ._config import Config, config_of, is_utf8
+from ._config import Config, config_of, is_utf8, shown
 from ._core._connection import Connection
 from ._core._handling import keeps, kept_until_handled
 from ._core._hosting import Hosting
@@ -571,7 +571,7 @@ def _port(port: object, default: int) -> int:
     if port is None:
         return default
     if type(port) is not int or not 0 <= port <= 65535:
-        raise ConfigError(f"port must be an integer between 0 and 65535, got {port!r}")
+        raise ConfigError(f"port must be an integer between 0 and 65535, got {shown(port)}")
     return port
 
 

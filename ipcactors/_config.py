@@ -221,16 +221,18 @@ class Config:
         if "\0" in self.appspace or "/" in self.appspace:
             # It names the socket file in socket_root: '/' would put it elsewhere.
             raise ConfigError(
-                f"appspace is a file name prefix, without NUL or '/', got {self.appspace!r}"
+                f"appspace is a file name prefix, without NUL or '/', got {shown(self.appspace)}"
             )
         if self.socket_root is not None:
             _check_type("socket_root", self.socket_root, str)
             if "\0" in self.socket_root:
-                raise ConfigError(f"socket_root is a path, without NUL, got {self.socket_root!r}")
+                raise ConfigError(
+                    f"socket_root is a path, without NUL, got {shown(self.socket_root)}"
+                )
         _check_type("network_host", self.network_host, str)
         if not self.network_host or not is_utf8(self.network_host):
             raise ConfigError(
-                f"network_host must be a host name or address, got {self.network_host!r}"
+                f"network_host must be a host name or address, got {shown(self.network_host)}"
             )
         _check_type("silent", self.silent, bool)
         if self.remote_tracebacks is not None:
@@ -241,18 +243,18 @@ class Config:
         if self.slow_consumer not in SLOW_CONSUMER_POLICIES:
             raise ConfigError(
                 f"slow_consumer must be one of {', '.join(map(repr, SLOW_CONSUMER_POLICIES))}, "
-                f"got {self.slow_consumer!r}"
+                f"got {shown(self.slow_consumer)}"
             )
         if self.acked not in ACKED_MODES:
             raise ConfigError(
-                f"acked must be one of {', '.join(map(repr, ACKED_MODES))}, got {self.acked!r}"
+                f"acked must be one of {', '.join(map(repr, ACKED_MODES))}, got {shown(self.acked)}"
             )
         _check_int("ack_every", self.ack_every, 1)
         _check_int("max_shared_bytes", self.max_shared_bytes, 0)
         if self.max_shared_bytes % 4096:
             raise ConfigError(
                 f"max_shared_bytes must be a multiple of the page size (4096), got "
-                f"{self.max_shared_bytes!r}"
+                f"{shown(self.max_shared_bytes)}"
             )
         _check_int("shared_threshold", self.shared_threshold, 1)
         _check_type("shared_copy_on_write", self.shared_copy_on_write, bool)
@@ -357,7 +359,7 @@ Config.__setattr__ = _frozen  # type: ignore[method-assign,assignment]
 
 def _check_type(name: str, value: object, kind: type) -> None:
     if not isinstance(value, kind):
-        raise ConfigError(f"{name} must be a {kind.__name__}, got {value!r}")
+        raise ConfigError(f"{name} must be a {kind.__name__}, got {shown(value)}")
 
 
 def _check_int(name: str, value: object, low: int, high: int | None = None) -> None:
@@ -430,5 +432,8 @@ def shown(value: object, width: int = 40) -> str:
     digits say nothing, and ``repr`` refuses more than 4300 of them)."""
     if type(value) is int and value.bit_length() > 64:
         return f"an int of {value.bit_length()} bits"
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # (a container holding such an int)
+        return f"a {type(value).__name__} holding an int of too many bits to show"
     return text if len(text) <= width else text[: width - 3] + "..."

@@ -85,6 +85,32 @@ def _arguments(error: type[BaseException], *, keywords: bool = False) -> Any:
     return values
 
 
+@pytest.mark.anyio
+async def test_a_huge_int_where_an_option_goes_is_a_config_error(socket_dir: str) -> None:
+    """An int past 4300 digits, which repr() refuses: the message names it by its size. It
+    was a bare ValueError from the message itself wherever one still showed the value."""
+    big = 10**5000
+    from ipcactors import SSHHost
+
+    for make in (
+        lambda: ipcactors.Config(id=big),
+        lambda: ipcactors.Config(silent=big),
+        lambda: ipcactors.Config(slow_consumer=big),
+        lambda: ipcactors.Supervisor(max_children=-big),
+        lambda: ipcactors.Supervisor(max_restarts=-big),
+        lambda: ipcactors.Supervisor(listen=("127.0.0.1", big)),
+        lambda: ipcactors.Pool("math:sqrt", max_restarts=-big),
+        lambda: SSHHost("127.0.0.1", port=big),
+    ):
+        with pytest.raises(ipcactors.ConfigError, match="bits"):
+            make()
+    async with ipcactors.Actor("a", socket_root=socket_dir, silent=True) as actor:
+        with pytest.raises(ipcactors.ConfigError, match="bits"):
+            await actor.serve_net("127.0.0.1", port=big)
+        with pytest.raises(ipcactors.ConfigError, match="bits"):
+            await actor.connect_to_net("b", "127.0.0.1", port=big)
+
+
 def test_public_api_is_documented() -> None:
     for name in PUBLIC:
         obj = getattr(ipcactors, name)

@@ -41,7 +41,7 @@ from typing import Any, Final
 
 import anyio
 
-from .._config import check_seconds
+from .._config import check_seconds, shown
 from .._errors import ConfigError, SpawnError
 from .._transports._backend import current_backend
 from ._asyncio_thread import AsyncioThreadLauncher
@@ -104,23 +104,25 @@ class SSHHost:
     def __post_init__(self) -> None:
         if not isinstance(self.address, str) or not self.address:
             raise ConfigError(
-                f"SSHHost address must be a host name or address, got {self.address!r}"
+                f"SSHHost address must be a host name or address, got {shown(self.address)}"
             )
         if type(self.port) is not int or not 0 < self.port < 65536:
-            raise ConfigError(f"SSHHost port must be 1-65535, got {self.port!r}")
+            raise ConfigError(f"SSHHost port must be 1-65535, got {shown(self.port)}")
         for name in ("user", "known_hosts", "cwd", "connect_back", "tls_cafile"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise ConfigError(
-                    f"SSHHost {name} must be a non-empty string or None, got {value!r}"
+                    f"SSHHost {name} must be a non-empty string or None, got {shown(value)}"
                 )
         if not isinstance(self.python, str) or not self.python:
-            raise ConfigError(f"SSHHost python must name an interpreter, got {self.python!r}")
+            raise ConfigError(f"SSHHost python must name an interpreter, got {shown(self.python)}")
         keys = self.client_keys
         if keys is not None and (
             isinstance(keys, str) or not all(isinstance(key, str) and key for key in keys)
         ):
-            raise ConfigError(f"SSHHost client_keys must be a tuple of file paths, got {keys!r}")
+            raise ConfigError(
+                f"SSHHost client_keys must be a tuple of file paths, got {shown(keys)}"
+            )
         if keys is not None:
             object.__setattr__(self, "client_keys", tuple(keys))
         if not isinstance(self.env, Mapping) or not all(

@@ -71,7 +71,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .._actor import Actor, check_actor_id
-from .._config import Config, check_seconds, config_of, is_utf8, request_timeout
+from .._config import Config, check_seconds, config_of, is_utf8, request_timeout, shown
 from .._core._handlers import Handler
 from .._core._server import Client, Server
 from .._errors import (
@@ -180,7 +180,7 @@ def _check_hosts(
         and type(listen[1]) is int
         and 0 <= listen[1] <= 65535
     ):
-        raise ConfigError(f"listen= takes (host, port), got {listen!r}")
+        raise ConfigError(f"listen= takes (host, port), got {shown(listen)}")
     if not hosts:
         return {}
     if not isinstance(hosts, Mapping):
@@ -290,9 +290,9 @@ class Supervisor:
         if strategy not in STRATEGIES:
             raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
         if type(max_restarts) is not int or max_restarts < 0:
-            raise ConfigError(f"max_restarts must be an integer >= 0, got {max_restarts!r}")
+            raise ConfigError(f"max_restarts must be an integer >= 0, got {shown(max_restarts)}")
         if type(max_children) is not int or max_children < 1:
-            raise ConfigError(f"max_children must be an integer >= 1, got {max_children!r}")
+            raise ConfigError(f"max_children must be an integer >= 1, got {shown(max_children)}")
         check_actor_id(id)  # its actor's id: refused here, before entering makes anything
         self.id = id
         self.strategy: Strategy = strategy
