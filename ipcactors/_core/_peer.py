@@ -451,10 +451,9 @@ class Peer:
         frames are dropped (a request among them fails with FrameTooLargeError), events kept
         for a resend reported. Returns those reported."""
         encoder = self._encoder
-        encoder.keep_to(announced)
+        if not encoder.keep_to(announced):
+            return []  # (nothing here was made for more than the peer takes)
         limit = encoder.frame_limit
-        if limit >= self._config.max_frame_size:
-            return []  # (nothing here was made for more)
         takes = encoder.takes
         reported = [] if self._acked is None else self._acked.drop_refused(takes)
         dropped, lost = self._outbox.drop_refused(takes)

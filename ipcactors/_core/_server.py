@@ -777,9 +777,8 @@ class Server(HandlerMethods):
             if keeping is not None:
                 keeping.cancel()  # it is back
             kept = self._streams.sender_of(client.id)
-            takes_less = client._encoder.frame_limit < self._config.max_frame_size
-            if kept is not None and takes_less:  # what it would refuse now goes not (see
-                # Peer._keep_to_peer)
+            # What it would refuse now goes not (see Peer._keep_to_peer, which set its limit).
+            if kept is not None and client._encoder.peers_limit:
                 refused = kept.drop_refused(client._encoder.takes)
                 if refused:
                     self._unacknowledged[client.id] = refused

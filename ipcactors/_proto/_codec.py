@@ -157,7 +157,7 @@ class Encoder(ABC):
     #: peer announced (see :meth:`keep_to`).
     frame_limit: int
     #: The peer announced a max_frame_size smaller than ours: the one frames keep to.
-    _peers_limit = False
+    peers_limit = False
 
     def _too_large(self, size: int, limit: int, datagram: bool) -> IPCError:
         """What a frame of ``size`` bytes over ``limit`` is (nothing sent): a datagram
@@ -167,19 +167,19 @@ class Encoder(ABC):
                 f"a datagram of {size} bytes exceeds the limit of {limit}; send less per "
                 "event, or use a stream transport"
             )
-        return FrameTooLargeError(size, limit, peers=self._peers_limit)
+        return FrameTooLargeError(size, limit, peers=self.peers_limit)
 
     def takes(self, size: int) -> bool:
         """Whether the peer takes a frame of ``size`` bytes (header included) made by another
         encoder (a broadcast's, encoded once within our own limit)."""
         return True
 
-    def keep_to(self, announced: Any) -> None:
+    def keep_to(self, announced: Any) -> bool:
         """The peer's handshake announced the largest frame body it takes (``frame``;
         anything but an int of at least 1024, ``None`` included, announces nothing): frames
-        keep to it too, where it is smaller than ours. A codec without a handshake never
-        hears one."""
-        return None
+        keep to it too, where it is smaller than ours (then returns True, and
+        :attr:`frame_limit` is it). A codec without a handshake never hears one."""
+        return False
 
     @abstractmethod
     def event(self, event: str, data: Any) -> Frame:

@@ -500,13 +500,14 @@ class MsgpackEncoder(Encoder):
         self._whole_up_to = min(self._count_above, limit, SEPARATE_BODY_AT - 1)
 
     def takes(self, size: int) -> bool:
-        return not self._peers_limit or size - HEADER_SIZE <= self.frame_limit
+        return not self.peers_limit or size - HEADER_SIZE <= self.frame_limit
 
-    def keep_to(self, announced: Any) -> None:
+    def keep_to(self, announced: Any) -> bool:
         own = self._limits.max_frame_size
         smaller = type(announced) is int and MIN_ANNOUNCED_FRAME <= announced < own
-        self._peers_limit = smaller
+        self.peers_limit = smaller
         self._set_limit(announced if smaller else own)
+        return smaller
 
     def _framed(self, head: bytes, value: Any, tail: Any = None) -> Frame:
         """The frame whose body is ``head`` followed by ``value`` packed (then ``tail`` packed,
