@@ -405,10 +405,16 @@ def seconds_of(value: object) -> float | None:
         return None
 
 
+def _positive_seconds(value: object) -> float | None:
+    """``value`` as float seconds if it is a positive, finite number of them; else ``None``."""
+    seconds = seconds_of(value)
+    return seconds if seconds is not None and math.isfinite(seconds) and seconds > 0 else None
+
+
 def check_seconds(name: str, value: object) -> float:
     """``value`` as float seconds; :class:`ConfigError` unless a positive, finite number."""
-    seconds = seconds_of(value)
-    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+    seconds = _positive_seconds(value)
+    if seconds is None:
         raise ConfigError(f"{name} must be a positive number of seconds, got {shown(value)}")
     return seconds
 
@@ -418,8 +424,8 @@ def request_timeout(timeout: object, config: Config) -> float:
     anything but a positive, finite number of seconds is a :class:`ConfigError`."""
     if timeout is None:
         return config.request_timeout
-    seconds = seconds_of(timeout)
-    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+    seconds = _positive_seconds(timeout)
+    if seconds is None:
         raise ConfigError(
             "timeout must be a positive, finite number of seconds (or None for "
             f"Config.request_timeout, {config.request_timeout} s), got {shown(timeout)}"

@@ -16,7 +16,7 @@ import pytest
 import trustme
 
 import ipcactors
-from ipcactors import Actor, Connection, Server
+from ipcactors import Actor, Connection, DatagramServer, Server
 
 pytestmark = pytest.mark.anyio
 
@@ -429,14 +429,21 @@ async def test_remote_tracebacks_are_a_choice(
                     assert __file__ not in str(error)
 
 
+@asynccontextmanager
+async def udp_pair(**world_config: Any) -> AsyncIterator[tuple[DatagramServer, DatagramServer]]:
+    """Two UDP servers on loopback: "world" (with ``world_config``) and "hello"."""
+    async with (
+        Actor("world", silent=True, **world_config) as world_actor,
+        Actor("hello", silent=True) as hello_actor,
+    ):
+        world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        hello = await hello_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        yield world, hello
+
+
 async def test_remote_tracebacks_over_udp() -> None:
     for setting in (None, True):
-        async with (
-            Actor("world", silent=True, remote_tracebacks=setting) as world_actor,
-            Actor("hello", silent=True) as hello_actor,
-        ):
-            world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")
-            hello = await hello_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        async with udp_pair(remote_tracebacks=setting) as (world, hello):
 
             @world.on("fail")
             def fail(data: Any, peer: ipcactors.DatagramPeer) -> None:
@@ -449,12 +456,7 @@ async def test_remote_tracebacks_over_udp() -> None:
 
 
 async def test_an_exception_whose_text_cannot_travel_as_it_is_over_udp() -> None:
-    async with (
-        Actor("world", silent=True, remote_tracebacks=True) as world_actor,
-        Actor("hello", silent=True) as hello_actor,
-    ):
-        world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")
-        hello = await hello_actor.serve_net("127.0.0.1", 0, udp="udp4")
+    async with udp_pair(remote_tracebacks=True) as (world, hello):
 
         @world.on("fail")
         def fail(data: Any, peer: ipcactors.DatagramPeer) -> None:
