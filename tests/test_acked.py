@@ -250,8 +250,24 @@ async def test_falling_back_to_at_most_once_reports_what_it_gives_up(socket_dir:
                     await world.wait_acknowledged()
                 await world.emit("n", 20)  # at most once from here on
                 await wait_until(lambda: len(got) == 1)
+                # What it emits now cannot be waited for: not "handled", nor the old report.
+                with pytest.raises(ipcactors.UnacknowledgedError, match="at most once") as now:
+                    await world.wait_acknowledged()
+                assert now.value.events == []
         reported = caught.value.events
         assert [seq for seq, _ in reported] == list(range(1, 21))
+        assert world.unacknowledged == reported
+        check_totals(world.statistics())
+        # A server with the mode again: what is emitted from here on is acknowledged, and
+        # waited for (the report, raised once, is not raised for ever).
+        async with Actor("world", socket_root=socket_dir, silent=True, acked="on") as again:
+            got = recorder(await again.serve())
+            with anyio.fail_after(10):
+                await wait_until(lambda: "hello" in again.server.clients)  # type: ignore[union-attr]
+                for i in range(21, 26):
+                    await world.emit("n", i)
+                await world.wait_acknowledged()
+                assert [data for data, _ in got] == list(range(21, 26))
         assert world.unacknowledged == reported
         check_totals(world.statistics())
 

@@ -1181,6 +1181,15 @@ async def test_what_a_server_keeps_for_a_client_that_comes_back_taking_less_is_g
                     await anyio.sleep(0.01)
                 assert [event for _, event in server.unacknowledged["hello"]] == ["e"]
                 assert conn.connected
+                # The handle says so once; what is emitted after can be waited for.
+                client = server.clients["hello"]
+                with pytest.raises(ipcactors.UnacknowledgedError) as caught:
+                    await client.wait_acknowledged()
+                assert [seq for seq, _ in caught.value.events] == [2]
+                assert [seq for seq, _ in client.unacknowledged] == [2]
+                await client.emit("e", b"w")
+                await client.wait_acknowledged()
+                assert got == [b"a", b"z", b"w"]
 
 
 async def test_frames_over_the_object_budget_are_refused_before_sending(socket_dir: str) -> None:

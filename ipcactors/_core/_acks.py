@@ -78,12 +78,13 @@ class AckedSender:
 
     __slots__ = (
         "_kept_frame",
-        "_reported_from",
+        "_raised_to",
         "_store",
         "_waiters",
         "acked_seq",
         "acknowledged",
         "active",
+        "final",
         "given_up",
         "outbox",
         "reported",
@@ -106,9 +107,11 @@ class AckedSender:
         # (seq, event name, frame, size, outbox position), in seq order.
         self._store: deque[Entry] = deque()
         self._waiters: anyio.Event | None = None
-        self._reported_from: int | None = None  # the first seq of the last report
-        #: The events of the last report (given up), once there was one.
-        self.given_up: list[tuple[int, str]] | None = None
+        #: Every event given up so far, in the order of the reports.
+        self.given_up: list[tuple[int, str]] = []
+        #: Whether the stream was given up for good (:meth:`report`), not in part.
+        self.final = False
+        self._raised_to = 0  # given_up[:this] were reported by a wait() (see there)
         self.acknowledged = 0
         self.reported = 0
         self.resent = 0
@@ -125,6 +128,11 @@ class AckedSender:
     def pending(self) -> list[tuple[int, str]]:
         """``(seq, event)`` of every event not yet acknowledged, in order."""
         return [(seq, event) for seq, event, _, _, _ in self._store]
+
+    @property
+    def unacknowledged(self) -> list[tuple[int, str]]:
+        """Those given up (they may or may not have been handled), then those pending."""
+        return [*self.given_up, *self.pending]
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -214,18 +222,17 @@ class AckedSender:
             store[index] = (seq, event, frame, size, position)
         self.resent += len(store)
 
-    def report(self) -> list[tuple[int, str]]:
-        """Give up on every event not acknowledged: returns them, empties the store."""
+    def report(self, *, final: bool = True) -> list[tuple[int, str]]:
+        """Give up on every event not acknowledged: returns them, empties the store. For good
+        (the stream ends), or not (``final=False``: a fallback to at most once, after which
+        events may be sequenced again)."""
         events = self.pending
         freed = sum(entry[3] for entry in self._store)
         self._store.clear()
-        self.reported += len(events)
-        if events:
-            self._reported_from = events[0][0]
-        self.given_up = events
+        self._given_up(events)
+        self.final = final
         if freed:
             self.outbox.release(freed)
-        self._wake()
         return events
 
     def drop_refused(self, takes: Callable[[int], bool]) -> list[tuple[int, str]]:
@@ -246,25 +253,38 @@ class AckedSender:
         refused = [entry for entry in self._store if entry[0] in refused_seqs]
         self._store = deque(entry for entry in self._store if entry[0] not in refused_seqs)
         events = [(seq, event) for seq, event, _, _, _ in refused]
-        self.reported += len(events)
-        first = events[0][0]
-        if self._reported_from is None or first < self._reported_from:
-            self._reported_from = first
-        self.given_up = [*(self.given_up or []), *events]
+        self._given_up(events)
         self.outbox.release(sum(entry[3] for entry in refused))
-        self._wake()
         return events
 
-    async def wait(self) -> bool:
-        """Wait until every event emitted so far has left the store: returns True if all
-        were acknowledged, False if some were reported instead."""
+    def _given_up(self, events: list[tuple[int, str]]) -> None:
+        self.reported += len(events)
+        self.given_up = [*self.given_up, *events]
+        self._wake()
+
+    async def wait(self) -> list[tuple[int, str]]:
+        """Wait until every event emitted so far has left the store; returns those of them
+        given up instead (``[]``: all were acknowledged). A report given up in part (a
+        fallback, a receiver that takes less) is returned by the waits under way and the next
+        one to begin, not by later ones: they wait for what was emitted after it. Once the
+        stream is given up for good, every wait returns every event given up."""
+        first = self._raised_to  # the reports before this one were returned to someone
         until = self.seq
         store = self._store
         while store and store[0][0] <= until:
             if self._waiters is None:
                 self._waiters = anyio.Event()
             await self._waiters.wait()
-        return self._reported_from is None or self._reported_from > until
+        given_up = self.given_up
+        if self.final:
+            return list(given_up)
+        # Passed on: the reports this wait covers, up to the first of an event emitted after
+        # it began (a later wait returns that one).
+        end = first
+        while end < len(given_up) and given_up[end][0] <= until:
+            end += 1
+        self._raised_to = max(self._raised_to, end)
+        return [entry for entry in given_up[first:] if entry[0] <= until]
 
     def _wake(self) -> None:
         if self._waiters is not None:

@@ -184,7 +184,6 @@ class Connection(Peer, HandlerMethods):
             self._acked = AckedSender(self._outbox, self._encoder.kept_frame)
         self._resume_last: int | None = None  # the welcome's "last" (acknowledged mode)
         self._peer_stream = ""  # the session of the server's events we receive, once known
-        self._unacknowledged: list[tuple[int, str]] = []  # reported when given up
 
     def __repr__(self) -> str:
         state = "connected" if self.connected else "destroyed" if self.destroyed else "connecting"
@@ -233,28 +232,35 @@ class Connection(Peer, HandlerMethods):
         acknowledged, in order: those it reported (given up when it fell back to at most once,
         or when the connection was given up or closed: they may or may not have been
         handled), then those still waiting for an acknowledgement."""
-        if self._acked is None:
-            return []
-        if self.destroyed:
-            return self._unacknowledged
-        return [*self._unacknowledged, *self._acked.pending]
+        return [] if self._acked is None else self._acked.unacknowledged
 
     async def wait_acknowledged(self) -> None:
         """Acknowledged mode: return once every event emitted so far has been acknowledged by
         the server (its handlers returned). Waits through reconnects. Raises
-        :class:`UnacknowledgedError` (listing the events) if the connection is given up or
-        closed first; :class:`ConfigError` without ``Config.acked``."""
+        :class:`UnacknowledgedError` (listing the events) if some are given up instead: a
+        report given up in part (a fallback to at most once, a server taking less) by the
+        calls under way and the next one made, every report once the connection is given up
+        or closed; and while the connection emits at most once (fallen back), listing none.
+        :class:`ConfigError` without ``Config.acked``."""
         acked = self._acked
         if acked is None:
             raise ConfigError(
                 f"wait_acknowledged() needs acknowledged events: connect to {self.id!r} with "
                 "Config(acked='on') or acked='require'"
             )
-        if not await acked.wait():
+        events = await acked.wait()
+        if events:
+            why = "was given up" if acked.final else "gave up on some (see unacknowledged)"
             raise UnacknowledgedError(
-                f"connection to {self.id!r} was given up with {len(self._unacknowledged)} "
-                "event(s) never acknowledged (they may or may not have been handled)",
-                list(self._unacknowledged),
+                f"connection to {self.id!r} {why}: {len(events)} event(s) never acknowledged "
+                "(they may or may not have been handled)",
+                events,
+            )
+        if not acked.active:
+            raise UnacknowledgedError(
+                f"{self.id!r} does not acknowledge events: this connection emits to it at most "
+                "once (acked='on' fell back), so what it emits cannot be waited for",
+                [],
             )
 
     # --- handlers -----------------------------------------------------------------------------
@@ -486,9 +492,7 @@ class Connection(Peer, HandlerMethods):
                 f"{welcome.id!r}"
             )
         self._server_id = welcome.id
-        reported = self._keep_to_peer(welcome.extra.get("frame"))  # (none said: ours)
-        if reported:
-            self._unacknowledged = [*self._unacknowledged, *reported]
+        self._keep_to_peer(welcome.extra.get("frame"))  # (none said: ours)
         batches = self._codec.event_batches(welcome.extra.get("batch"), self._config.limits)
         self._outbox.rebatch(batches)
         offered = self._config.max_shared_bytes and self._acked is None
@@ -529,8 +533,7 @@ class Connection(Peer, HandlerMethods):
         self._resume_last = None
         if acked.active:
             acked.active = False
-            left = acked.report()
-            self._unacknowledged = [*self._unacknowledged, *left]  # reported as any given up
+            left = acked.report(final=False)  # reported as any given up
             given_up = f"; seq {left[0][0]}..{left[-1][0]}" if left else ""
             self._log.warning(
                 f"{self.id!r} does not acknowledge events: emitting to it at most once "
@@ -708,7 +711,6 @@ class Connection(Peer, HandlerMethods):
             self._log.warning(f"{left} frame(s) queued for {self.id!r} were never sent")
         if self._acked is not None:
             events = self._acked.report()
-            self._unacknowledged = [*self._unacknowledged, *events]
             if events:
                 self._log.warning(
                     f"{len(events)} event(s) to {self.id!r} were never acknowledged "

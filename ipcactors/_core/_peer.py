@@ -310,30 +310,28 @@ class Peer:
     @property
     def unacknowledged(self) -> list[tuple[int, str]]:
         """Acknowledged mode: ``(seq, event name)`` of every event emitted to this peer and not
-        acknowledged, in order; once given up, those that were reported (they may or may not
-        have been handled). ``[]`` without the mode."""
-        acked = self._acked
-        if acked is None:
-            return []
-        return acked.pending if acked.given_up is None else acked.given_up
+        acknowledged: those given up (reported: they may or may not have been handled), then
+        those still waiting, in order. ``[]`` without the mode."""
+        return [] if self._acked is None else self._acked.unacknowledged
 
     async def wait_acknowledged(self) -> None:
         """Acknowledged mode: return once every event emitted to this peer so far has been
         acknowledged (its handlers returned). Waits through reconnects. Raises
-        :class:`UnacknowledgedError` (listing the events) if they are given up first;
-        :class:`ConfigError` without the mode."""
+        :class:`UnacknowledgedError` (listing the events) if some are given up instead: each
+        report by the calls under way and the next one made, every report once the client is
+        given up for good; :class:`ConfigError` without the mode."""
         acked = self._acked
         if acked is None:
             raise ConfigError(
                 f"wait_acknowledged() needs acknowledged events with {self.id!r}: set "
                 "Config(acked='on') (or 'require') on both the server and the connecting actor"
             )
-        if not await acked.wait():
-            events = self.unacknowledged
+        events = await acked.wait()
+        if events:
             raise UnacknowledgedError(
-                f"events to {self.id!r} were given up with {len(events)} event(s) never "
+                f"events to {self.id!r} were given up: {len(events)} event(s) never "
                 "acknowledged (they may or may not have been handled)",
-                list(events),
+                events,
             )
 
     def _welcomed(self, welcome: Welcome) -> None:
