@@ -1143,6 +1143,7 @@ async def test_what_waits_for_a_server_that_comes_back_taking_less_is_given_up_n
                 while got != [b"small"] or not failed:
                     await anyio.sleep(0.01)
             assert "max_frame_size=1024" in str(failed[0])
+            assert failed[0].size > 5000  # the frame's own (FrameTooLargeError.size)
             if acked == "on":
                 assert [event for _, event in conn.unacknowledged] == ["e"]
                 with pytest.raises(ipcactors.UnacknowledgedError):

@@ -430,14 +430,14 @@ class Outbox:
             self._replies = deque(kept)
         return dropped
 
-    def drop_refused(self, takes: Callable[[int], bool]) -> tuple[set[int], int]:
+    def drop_refused(self, takes: Callable[[int], bool]) -> tuple[dict[int, int], int]:
         """The peer takes less than what is queued for it (its handshake said so, see
         ``Encoder.takes``): forget the frames it would refuse, each becoming an empty frame so
         that sequence numbers hold; a batch it would refuse is split into its events' frames,
         and only those it would refuse are forgotten. Call it before :meth:`rebatch` (the
-        batches are those this outbox made). Returns the sequence numbers of the frames
-        dropped whole, and how many frames were dropped in all."""
-        dropped: set[int] = set()
+        batches are those this outbox made). Returns the sizes of the frames dropped whole by
+        sequence number, and how many frames were dropped in all."""
+        dropped: dict[int, int] = {}
         lost = 0
         frames = self._frames
         for number, frame in enumerate(frames):
@@ -457,7 +457,7 @@ class Outbox:
                 continue
             self._bytes -= size
             frames[number] = b""
-            dropped.add(self.taken + 1 + number)
+            dropped[self.taken + 1 + number] = size
             lost += 1
         return dropped, lost
 

@@ -455,8 +455,8 @@ class Peer:
         takes = encoder.takes
         reported = [] if self._acked is None else self._acked.drop_refused(takes)
         dropped, lost = self._outbox.drop_refused(takes)
-        if dropped:  # (a request is a frame of its own, never in a batch)
-            self._requests.fail_frames(FrameTooLargeError(limit + 1, limit, peers=True), dropped)
+        for seq, size in dropped.items():  # (a request is a frame of its own, not batched)
+            self._requests.fail_frames(FrameTooLargeError(size, limit, peers=True), {seq})
         if lost or reported:
             seqs = f" (seq {reported[0][0]}..{reported[-1][0]})" if reported else ""
             self._log.warning(
