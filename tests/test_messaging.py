@@ -1324,6 +1324,35 @@ async def test_catch_all_handlers_see_every_event_and_request(
         assert [event for event, _, _ in seen if event in ("connect", "disconnect")] == []
 
 
+async def test_a_request_whose_answer_raised_still_reaches_the_catch_alls(
+    socket_dir: str,
+) -> None:
+    """The request catch-alls run after the request's own handlers whatever the first one did:
+    a tracer sees a request whose handler raised, and a second catch-all runs behind a first
+    one that answered by raising. They were skipped: the answer's exception ended the run."""
+    async with serving("unix", socket_dir) as (_, server, connect):
+        traced: list[str] = []
+
+        def fails(data: Any, client: ipcactors.Client) -> None:
+            raise ValueError("no")
+
+        server.on("fail", fails)
+        server.on_any_request(lambda event, data, client: 1 / 0)
+        server.on_any_request(lambda event, data, client: traced.append(event))
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            world = await connect(hello)
+            with anyio.fail_after(5):
+                with pytest.raises(ipcactors.RemoteError) as own:
+                    await world.request("fail")
+                with pytest.raises(ipcactors.RemoteError) as first:
+                    await world.request("other")
+            assert (own.value.remote_type, first.value.remote_type) == (
+                "ValueError",
+                "ZeroDivisionError",
+            )
+            assert traced == ["fail", "other"]
+
+
 async def test_catch_all_on_a_udp_server() -> None:
     async with Actor("udp-world", silent=True) as world, Actor("udp-hello", silent=True) as hello:
         server = await world.serve_net("127.0.0.1", 0, udp="udp4")

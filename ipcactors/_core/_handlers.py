@@ -245,13 +245,25 @@ class Handlers:
                 await self.call(event, args, log)
 
     async def answer(self, event: str, args: tuple[Any, ...], log: ActorLog) -> Any:
-        """Run every handler of a request; the first one's result (or exception) is the answer.
+        """Run every handler of a request; the first one's result (or exception) is the answer,
+        the others run after it whatever it did (a tracing catch-all sees every request).
 
         The caller has checked that ``event`` has a handler (:meth:`handles`).
         """
         first, *rest = tuple(self._targets(event, self._any_requests) or ())
         try:
-            result = first(*args)
+            result = await self._answer_with(first, args)
+        except Exception:
+            await self._run_on(event, rest, args, log)
+            raise
+        await self._run_on(event, rest, args, log)
+        return result
+
+    @staticmethod
+    async def _answer_with(handler: Handler, args: tuple[Any, ...]) -> Any:
+        """``handler``'s answer; a cancellation of its own is its PlainCancellation."""
+        try:
+            result = handler(*args)
         except Exception:
             raise
         except raised_by_the_call() as exc:
@@ -265,6 +277,12 @@ class Handlers:
                 if not raised_by_the_handler(exc):
                     raise
                 raise PlainCancellation(exc) from None
+        return result
+
+    async def _run_on(
+        self, event: str, rest: list[Handler], args: tuple[Any, ...], log: ActorLog
+    ) -> None:
+        """The handlers of a request after the one that answers: their failures are logged."""
         for handler in rest:
             try:
                 extra = handler(*args)
@@ -280,7 +298,6 @@ class Handlers:
                 if not raised_by_the_handler(exc):
                     raise
                 self.failed(event, handler, exc, log)
-        return result
 
 
 def unhandled(seen: set[str], event: str, source: str, log: ActorLog) -> None:
