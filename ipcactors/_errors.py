@@ -222,12 +222,24 @@ class FrameTooLargeError(ProtocolError):
     """A frame is larger than ``max_frame_size``. On receive (decided from its header alone)
     the peer's connection is closed; raised by ``emit``, ``request`` or ``broadcast``, for a
     frame we would send (over our own limit, or over the smaller one the peer announced in
-    its handshake), nothing was sent and the connection is unaffected."""
+    its handshake), nothing was sent and the connection is unaffected. Raised by a UDP
+    ``request`` whose reply came over our limit (dropped unread)."""
 
     def __init__(
-        self, size: int, limit: int, *, handshake: bool = False, peers: bool = False
+        self,
+        size: int,
+        limit: int,
+        *,
+        handshake: bool = False,
+        peers: bool = False,
+        reply: bool = False,
     ) -> None:
-        if handshake:  # (a fixed limit: no setting raises it)
+        if reply:  # a UDP reply: the answering side does not know our limit
+            message = (
+                f"the reply is a datagram of {size} bytes, over max_frame_size={limit}: dropped "
+                "unread; raise max_frame_size here if such replies are expected"
+            )
+        elif handshake:  # (a fixed limit: no setting raises it)
             message = (
                 f"frame of {size} bytes before the handshake is done, over the {limit} bytes "
                 "such a frame may have (a hello or its answer is far smaller: is the peer an "

@@ -567,6 +567,53 @@ async def test_a_reply_too_large_for_a_datagram_fails_the_request_at_once() -> N
         assert raised.value.remote_type == "ipcactors.DatagramTooLargeError"
 
 
+@pytest.mark.parametrize("kind", ["reply", "error"])
+async def test_a_reply_over_the_requesters_max_frame_size_fails_the_request_at_once(
+    kind: str,
+) -> None:
+    """A reply (or error reply) that fits a datagram but not the requester's max_frame_size is
+    dropped unread, and the request it answers fails at once with FrameTooLargeError naming
+    the limit; it waited out its whole timeout. A forged one from elsewhere fails nothing."""
+    async with (
+        Actor("world", silent=True) as world_actor,
+        Actor("hello", silent=True, max_frame_size=2048) as hello_actor,
+    ):
+        world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        hello = await hello_actor.serve_net("127.0.0.1", 0, udp="udp4")
+
+        def big(data: Any, peer: ipcactors.DatagramPeer) -> bytes:
+            if kind == "error":
+                raise ValueError("x" * 4000)
+            return b"x" * 4000
+
+        world.on("big", big)
+        with anyio.fail_after(5), pytest.raises(ipcactors.FrameTooLargeError) as raised:
+            await hello.request(world.address, "big", timeout=30)
+        assert (raised.value.limit, raised.value.size > 4000) == (2048, True)
+        assert hello.statistics().dropped_oversized == 1
+        world.on("small", lambda data, peer: data)
+        with anyio.fail_after(5):
+            assert await hello.request(world.address, "small", 1) == 1
+        silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        forger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            silent.bind(("127.0.0.1", 0))
+
+            async def forge() -> None:
+                await anyio.sleep(0.1)
+                for request_id in range(10):
+                    forged = msgpack.packb([2, request_id, b"x" * 4000])
+                    forger.sendto(forged, hello.address)
+
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(forge)
+                with pytest.raises(ipcactors.RequestTimeoutError):
+                    await hello.request(silent.getsockname(), "ask", timeout=0.5)
+        finally:
+            silent.close()
+            forger.close()
+
+
 async def test_a_reply_counts_only_from_the_peer_asked() -> None:
     """A reply to our request is taken only from the address the request went to: another
     sender guessing the (small, sequential) request id answered it."""

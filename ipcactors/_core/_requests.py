@@ -118,6 +118,13 @@ class Requests:
             pending.error = kind(error.type, error.message, error.traceback)
             pending.set()
 
+    def fail_one(self, request_id: int, error: BaseException) -> None:
+        """Fail the request ``request_id`` (if it still waits) with ``error``."""
+        pending = self._pending.pop(request_id, None)
+        if pending is not None:
+            pending.error = error
+            pending.set()
+
     def fail_frames(self, error: BaseException, seqs: set[int]) -> None:
         """Fail the requests whose frames (by outbox sequence number) will never be sent."""
         for request_id, pending in list(self._pending.items()):

@@ -8,7 +8,9 @@ Invariants:
 - A datagram too large to send is a :class:`DatagramTooLargeError` before anything is sent, on
   every backend (anyio's asyncio backend would drop it silently, trio would raise late).
 - An inbound datagram that is malformed (any of its messages) or oversized is dropped and
-  counted (see :meth:`DatagramServer.statistics`), never half decoded.
+  counted (see :meth:`DatagramServer.statistics`), never half decoded. An oversized reply to
+  one of our requests (its kind and id read from its first bytes, from the address asked)
+  fails that request at once.
 - A peer takes a place in the table only once it sent a valid message from an address an
   answer can reach (not port 0, not a broadcast address): junk datagrams (from however many
   addresses) cannot fill the table and lock real peers out.
@@ -44,6 +46,7 @@ from .._errors import (
     ConfigError,
     DatagramTooLargeError,
     DecodeError,
+    FrameTooLargeError,
     IPCError,
     ProtocolError,
     RequestTimeoutError,
@@ -374,6 +377,7 @@ class DatagramServer(HandlerMethods):
             self._stats.received += 1
             if len(data) > self._max_datagram:
                 self._stats.dropped_oversized += 1
+                self._refuse_reply(data, (address[0], address[1]))
                 continue
             try:
                 messages = datagram_messages(self._decoder, data)
@@ -412,6 +416,17 @@ class DatagramServer(HandlerMethods):
                 self._requests.resolve(message)
             else:
                 self._requests.reject(message)
+
+    def _refuse_reply(self, data: bytes, address: PeerAddress) -> None:
+        """``data``, too large to decode, may answer one of our requests (the answering side
+        does not know our ``max_frame_size``): that request fails now, not at its timeout. Its
+        id is read from the datagram's first bytes; only from the address the request went to."""
+        if not self._asked:
+            return
+        request_id = self._decoder.reply_to(data)
+        if request_id is not None and self._asked.get(request_id) == address:
+            limit = self._max_datagram
+            self._requests.fail_one(request_id, FrameTooLargeError(len(data), limit, reply=True))
 
     def _remember(self, address: PeerAddress) -> DatagramPeer:
         now = anyio.current_time()

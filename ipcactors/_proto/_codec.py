@@ -309,6 +309,12 @@ class Decoder(ABC):
     def decode_datagram(self, body: bytes) -> list[Message]:
         """Decode one whole datagram. Stateless: an error here does not break the decoder."""
 
+    def reply_to(self, body: bytes) -> int | None:
+        """The request id that ``body`` (a datagram too large to decode) answers, if it is
+        a reply or an error reply and its first bytes say so: read from them alone, nothing
+        else decoded. ``None`` otherwise, or if the format cannot tell (the default)."""
+        return None
+
 
 class Codec(ABC):
     """A wire format (see the module's contract). Instances are stateless and shared."""

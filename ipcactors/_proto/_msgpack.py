@@ -119,6 +119,8 @@ BATCH: Final = 14
 
 HEADER: Final = struct.Struct(">I")
 HEADER_SIZE: Final = HEADER.size
+# A reply's head: an array header (at most 5 bytes), its kind (1) and its id (at most 9).
+REPLY_HEAD: Final = 16
 
 # A batch of events (kind 14): its frame starts with the header, the body's array of two (fixarray
 # 0x92), the kind, and an array 32 (0xdd) of two items per event, written when it is closed.
@@ -1608,6 +1610,21 @@ class MsgpackDecoder(Decoder):
                 raise
             raise error from None
         return offset, stopped
+
+    def reply_to(self, body: bytes) -> int | None:
+        # [2 or 3, id, ...]: a small array header, a positive fixint kind, an int id.
+        unpacker = msgpack.Unpacker(max_buffer_size=REPLY_HEAD)
+        unpacker.feed(body[:REPLY_HEAD])
+        try:
+            if unpacker.read_array_header() < 3:
+                return None
+            kind = unpacker.unpack()
+            request_id = unpacker.unpack()
+        except Exception:  # msgpack raises many types: the head is not a reply's
+            return None
+        if type(kind) is not int or kind not in (REPLY, ERROR):
+            return None
+        return request_id if type(request_id) is int else None
 
     def decode_datagram(self, body: bytes) -> list[Message]:
         """Decode one whole body (a UDP datagram carries exactly one, without a header).
