@@ -17,6 +17,8 @@ next layer gets: one copy per side.
 
 With ``--hosts``, a small TOML file places layers on hosts (docs/remote.md)::
 
+    listen = ["10.0.0.1", 0]      # where the layers connect back (default: loopback)
+
     [hosts.gpu-1]                 # any SSHHost field
     address = "10.0.0.11"
     user = "ml"
@@ -28,8 +30,6 @@ With ``--hosts``, a small TOML file places layers on hosts (docs/remote.md)::
     [placement]                   # layers not named here run on this machine
     layer-1 = "gpu-1"
     layer-2 = "gpu-1"
-
-    listen = ["10.0.0.1", 0]      # where the layers connect back (default: loopback)
 
 Then the supervisor carries each batch from layer to layer (layers on different hosts do not
 reach each other's Unix sockets), and kills the victim by asking it to SIGKILL itself (its pid
@@ -149,6 +149,13 @@ def read_hosts(path: str) -> tuple[dict[str, Any], dict[str, str], dict[str, Any
             fields["client_keys"] = tuple(fields["client_keys"])
         hosts[name] = ipcactors.SSHHost(**fields)
     placement = dict(config.get("placement", {}))
+    # (A key below [placement] is read as a layer: a misplaced one must not pass unnoticed.)
+    for layer, host in placement.items():
+        if layer not in layer_ids() or not isinstance(host, str) or host not in hosts:
+            raise SystemExit(
+                f"{path}: [placement] {layer} = {host!r}: the layers are {layer_ids()}, "
+                f"the hosts {list(hosts)} (top-level keys such as listen go above the tables)"
+            )
     extra: dict[str, Any] = {"auth_key": secrets.token_bytes(32)}  # reaches layers over SSH
     if "listen" in config:
         extra["listen"] = tuple(config["listen"])

@@ -3,9 +3,12 @@ themselves in a few seconds, and print correct results, on both backends."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -49,6 +52,31 @@ def test_neural_graph(backend: str) -> None:
     assert "all 12 batches match the single-process computation" in out
     assert "activations: 4 batches of 16 MiB (1024x4096 float32) through 4 layer processes" in out
     assert "all checksums match" in out
+
+
+def test_neural_graph_hosts_file_as_its_docstring_shows_it(tmp_path: Path) -> None:
+    """The TOML its docstring gives for ``--hosts`` says what the docstring says: ``listen``
+    reaches the supervisor (it sat below ``[placement]``, so TOML read it as a layer placed on
+    a host named by a list, and the layers would have connected back to loopback); a
+    placement naming an unknown layer or host is refused, not ignored."""
+    spec = importlib.util.spec_from_file_location("neural_graph", f"{EXAMPLES}/neural_graph.py")
+    assert spec is not None
+    assert spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    shown = textwrap.dedent(example.__doc__.split("::\n", 1)[1].split("\n\nThen", 1)[0])
+    hosts_file = tmp_path / "hosts.toml"
+    hosts_file.write_text(shown)
+    hosts, placement, extra = example.read_hosts(str(hosts_file))
+    assert list(hosts) == ["gpu-1"]
+    assert placement == {"layer-1": "gpu-1", "layer-2": "gpu-1"}
+    assert extra["listen"] == ("10.0.0.1", 0)
+    hosts_file.write_text(shown + '\n[placement.more]\nlayer-9 = "gpu-1"\n')
+    with pytest.raises(SystemExit, match="placement"):
+        example.read_hosts(str(hosts_file))
+    hosts_file.write_text(shown.replace('layer-2 = "gpu-1"', 'layer-2 = "gpu-2"'))
+    with pytest.raises(SystemExit, match="gpu-2"):
+        example.read_hosts(str(hosts_file))
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
