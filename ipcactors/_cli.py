@@ -26,8 +26,10 @@ import inspect
 import json
 import math
 import os
+import select
 import signal
 import ssl
+import stat
 import subprocess
 import sys
 import time
@@ -239,6 +241,9 @@ def wants_colour(stream: TextIO) -> bool:
     return bool(isatty and isatty())
 
 
+WATCH_INTERVAL = 0.2  # s: how often Output.watch looks whether stdout's reader went
+
+
 class Output:
     """stdout: one line per result (a JSON object with ``--json``); stderr: errors."""
 
@@ -275,6 +280,26 @@ class Output:
             sys.stdout.flush()
         except BrokenPipeError:
             self._close()
+
+    async def watch(self) -> None:
+        """Stop (as :meth:`emit` does at a broken pipe) once stdout's reader goes while we
+        have nothing to write: ``listen | head -3`` with no more traffic after the third line
+        (what followed it already in the pipe) would learn of it only at its next write.
+        Looks every ``WATCH_INTERVAL`` s at a pipe or socket (a terminal or a file never
+        goes); ``poll`` reports its errors and hang-ups whatever it is asked for."""
+        try:
+            fd = sys.stdout.fileno()
+            watched = stat.S_ISFIFO(os.fstat(fd).st_mode) or stat.S_ISSOCK(os.fstat(fd).st_mode)
+        except (AttributeError, OSError, ValueError):  # stdout None, closed, or not a file
+            return
+        if not watched:
+            return
+        poller = select.poll()
+        poller.register(fd, 0)
+        while not self.closed:
+            await anyio.sleep(WATCH_INTERVAL)
+            if not self.closed and poller.poll(0):
+                self._close()
 
     def _close(self) -> None:
         self.closed = True
@@ -467,6 +492,7 @@ async def cmd_ping(args: argparse.Namespace, out: Output) -> int:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(_stop_on_signal, args.signals, tasks.cancel_scope)
             out.on_closed = tasks.cancel_scope.cancel
+            tasks.start_soon(out.watch)
             while args.count is None or sent < args.count:
                 if sent:
                     await anyio.sleep(args.interval)
@@ -555,13 +581,15 @@ async def cmd_listen(args: argparse.Namespace, out: Output) -> int:
             server.on("disconnect", lifecycle("disconnected"))
         address = server.address
         where = address if isinstance(address, str) else host_port(*address[:2])
-        with anyio.CancelScope() as listening:
-            out.on_closed = listening.cancel  # (`| head` has its lines: stop, as at a signal)
+        async with anyio.create_task_group() as listening:
+            # `| head` has its lines: stop, as at a signal.
+            out.on_closed = listening.cancel_scope.cancel
             out.emit(
                 out.paint(f"listening as {actor_id!r} on {where} (Ctrl-C to stop)", "2"),
                 {"type": "listening", "id": actor_id, "address": where},
             )
-            await _stop_on_signal(args.signals, None)
+            listening.start_soon(out.watch)
+            await _stop_on_signal(args.signals, listening.cancel_scope)
     return 0
 
 

@@ -289,17 +289,56 @@ async def test_ping_and_listen_stop_when_their_output_closes(socket_dir: str) ->
         assert b"BrokenPipe" not in errors
         assert b"Traceback" not in errors
 
+    # listen stops by itself, with nothing more to write (Output.watch).
     async with read_one_chunk_then_close(command("listen", "hello", *base)) as (process, first):
         assert b"listening as 'hello'" in first
         with anyio.fail_after(20):
-            sent = await cli("emit", "hello", "news", "1", *base)
-            assert sent.returncode == 0, sent.stderr
             status = await process.wait()
         assert process.stderr is not None
         errors = b"".join([chunk async for chunk in process.stderr])
     assert status == 0, errors
     assert b"Traceback" not in errors
     assert os.listdir(socket_dir) == []
+
+
+async def test_listen_stops_when_its_output_closes_with_nothing_more_to_say(
+    socket_dir: str, anyio_backend_name: str
+) -> None:
+    """``ipcactors listen ... | head -3``: head took its lines and went, and listen had written
+    all it had to say (the client's "disconnected" line too, in the pipe before head went):
+    it stops all the same, exit 0. It learnt of the closed pipe only at its next write, and
+    with no more traffic served on for ever."""
+    base = ["--socket-root", socket_dir, "--backend", anyio_backend_name]
+    read_end, write_end = os.pipe()
+    process = await anyio.open_process(
+        command("listen", "hello", *base), cwd=ROOT, stdout=write_end, stderr=subprocess.PIPE
+    )
+    os.close(write_end)
+    try:
+        seen = b""
+        try:
+            with anyio.fail_after(20):
+                while b"listening" not in seen:
+                    await anyio.wait_readable(read_end)
+                    seen += os.read(read_end, 65536)
+                sent = await cli("emit", "hello", "news", "1", *base)
+                assert sent.returncode == 0, sent.stderr
+                while b"disconnected" not in seen:
+                    await anyio.wait_readable(read_end)
+                    seen += os.read(read_end, 65536)
+        finally:
+            os.close(read_end)
+        with anyio.fail_after(10):
+            status = await process.wait()
+        assert process.stderr is not None
+        errors = b"".join([chunk async for chunk in process.stderr])
+        assert status == 0, errors
+        assert os.listdir(socket_dir) == []
+    finally:
+        with anyio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.kill()
+            await process.aclose()
 
 
 def test_help_texts_show_examples() -> None:
