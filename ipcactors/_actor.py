@@ -107,10 +107,16 @@ class Actor:
         if self._task_group is None or self._body is None or self._hosting is None:
             raise IPCError(f"actor {self.id!r} is not entered: __aexit__ follows __aenter__")
         original = exc
-        # (Trio's scope answers True when shown no exception: only a shown one is swallowed.)
-        if self._body.__exit__(exc_type, exc, tb) and exc is not None:
-            exc_type = exc = tb = None  # the body was cancelled by a close: it ends quietly
-        self._body = None
+        body, self._body = self._body, None
+        try:
+            # (Trio's scope answers True when shown no exception: only a shown one is swallowed.)
+            if body.__exit__(exc_type, exc, tb) and exc is not None:
+                exc_type = exc = tb = None  # the body was cancelled by a close: it ends quietly
+        except BaseException as left:
+            # Trio's scope raises what is left of a group it took its own Cancelled out of (a
+            # task group in the block failed as a close cancelled it): that goes on, but only
+            # once the actor is closed and its own task group left.
+            exc_type, exc, tb = type(left), left, left.__traceback__
         try:
             with anyio.CancelScope(shield=True):
                 await self.aclose()
@@ -123,6 +129,8 @@ class Actor:
             except BaseExceptionGroup as group:
                 only = group.exceptions[0] if len(group.exceptions) == 1 else None
                 if exc is not None and only is not None and _same(only, exc):
+                    if exc is not original:
+                        raise exc from None  # (what the body's scope left, as itself)
                     return False  # the block's own exception, as itself: not in a group
                 raise
         # Trio's task group answers True even when no exception was shown: pass on a true
@@ -130,6 +138,8 @@ class Actor:
         suppressed = bool(suppress) and exc is not None
         if exc is None or suppressed:
             await end_with_run()  # after run()'s signal, the code after the block never runs
+        elif exc is not original:
+            raise exc  # (what the body's scope left of the block's exception)
         return suppressed or (original is not None and exc is None)
 
     async def aclose(self) -> None:

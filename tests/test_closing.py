@@ -526,6 +526,32 @@ async def test_closing_an_actor_from_its_own_block_ends_that_block(socket_dir: s
     assert reached == ["after aclose", "after the block"]
 
 
+async def test_closing_an_actor_from_its_block_while_a_task_group_there_fails(
+    socket_dir: str,
+) -> None:
+    """guide.md: a ``connect_to()`` still retrying in another task when the actor closes
+    raises ClosedError, and ``aclose()`` from the block cancels the rest of it. Together, on
+    Trio, the block's scope raised what was left of the task group's exception group as it
+    was left, which skipped the close and the exit of the actor's own task group: Trio then
+    failed ("Nursery stack corrupted", or TrioInternalError at the end of the run)."""
+    reached: list[str] = []
+    with anyio.fail_after(10):
+        try:
+            async with Actor("hello", socket_root=socket_dir, silent=True, retry=0.05) as hello:
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(hello.connect_to, "nobody")
+                    await anyio.sleep(0.3)
+                    await hello.aclose()
+        except* ipcactors.ClosedError:
+            reached.append("ClosedError")
+        reached.append("after the block")
+        async with anyio.create_task_group() as tasks:  # this task's groups are in order
+            tasks.start_soon(anyio.sleep, 0)
+        await hello.wait_closed()
+    assert reached == ["ClosedError", "after the block"]
+    assert os.listdir(socket_dir) == []
+
+
 async def _close_later(actor: Actor) -> None:
     await anyio.sleep(0.3)
     await actor.aclose()
