@@ -275,7 +275,7 @@ class Actor:
         return self.config.max_shared_bytes > 0 and memfd_supported()
 
     def _unix_transport(self, path: object) -> UnixTransport:
-        path = _path(path, "serve")
+        path = _path(path, "serve_net(port=...)")
         if path is None:
             ensure_socket_dir(
                 self.config.socket_root or default_socket_root(),

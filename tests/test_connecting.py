@@ -502,8 +502,10 @@ async def test_wrong_argument_types_fail_at_once_and_say_what_to_do(socket_dir: 
                 await hello.connect_to_net(8123)  # type: ignore[arg-type]
             with pytest.raises(ipcactors.ConfigError, match="actor id must be"):
                 await hello.connect_to("")
-            with pytest.raises(ipcactors.ConfigError, match="path must be"):
+            with pytest.raises(ipcactors.ConfigError, match=r"path must be.*connect_to_net\("):
                 await hello.connect_to("world", 8123)  # type: ignore[arg-type]
+            with pytest.raises(ipcactors.ConfigError, match=r"path must be.*serve_net\(port="):
+                await hello.serve(8123)  # type: ignore[arg-type]
             with pytest.raises(ipcactors.ConfigError, match=r"tls= .*SSLContext"):
                 await hello.connect_to_net("world", tls=True)  # type: ignore[arg-type]
             with pytest.raises(ipcactors.ConfigError, match=r"node-ipc.*port=8124"):
