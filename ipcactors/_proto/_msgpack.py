@@ -1178,6 +1178,20 @@ def _unpack_whole(
     return value
 
 
+def _keys_as_bytes(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """A map whose keys may be large bins received in place (see ``_assembled``): str and
+    bin keys only, as ``strict_map_key`` has them, a bytearray taken as bytes."""
+    mapping = {}
+    for key, value in pairs:
+        kind = type(key)
+        if kind is bytearray:
+            key = bytes(key)
+        elif kind is not str and kind is not bytes:
+            raise DecodeError(f"invalid msgpack body: a map key must be str or bin, not {kind}")
+        mapping[key] = value
+    return mapping
+
+
 class MsgpackDecoder(Decoder):
     """Splits a byte stream into frames and decodes each into a :class:`Message`.
 
@@ -1379,12 +1393,24 @@ class MsgpackDecoder(Decoder):
             return hook(code, data)
 
         _shared.resolver = self.shared  # for decode_ext (arrays in shared memory)
+        options = {**self._unpack_options, "ext_hook": resolve}
         try:
-            value = msgpack.unpackb(body, **{**self._unpack_options, "ext_hook": resolve})
-        except DecodeError:
-            raise
-        except Exception as exc:  # msgpack raises many types: ValueError, FormatError...
-            raise invalid_body(exc) from None
+            try:
+                value = msgpack.unpackb(body, **options)
+            except DecodeError:
+                raise
+            except Exception as exc:  # msgpack raises many types: ValueError, FormatError...
+                # A large bin received in place (a bytearray) cannot be a map key, which a bin
+                # may be: decoded again, the keys checked here instead, as bytes.
+                if not any(type(payload) is bytearray for payload in assembly.objects):
+                    raise invalid_body(exc) from None
+                options.update(strict_map_key=False, object_pairs_hook=_keys_as_bytes)
+                try:
+                    value = msgpack.unpackb(body, **options)
+                except DecodeError:
+                    raise
+                except Exception:
+                    raise invalid_body(exc) from None
         finally:
             _shared.resolver = None
         message = self._message(value, assembly.size, counted=True)
