@@ -190,6 +190,7 @@ async def receive_until_closed(stream: anyio.abc.ByteStream) -> bool:
         '{"type":"ok","data":5}'.encode("utf-16-le") + b"\f",  # JSON, but not UTF-8
         '{"type":"ok","data":5}'.encode("utf-32-le") + b"\f",
         b'{"type":"ok","data":"\xed\xa0\x80"}\f',  # CESU-8: a surrogate's bytes
+        b'{"type":"ok","data":1,"x":' + b"[" * 70 + b"]" * 70 + b"}\f",  # deep, not in data
     ],
 )
 async def test_a_bad_node_ipc_frame_costs_only_that_connection(socket_dir: str, bad: bytes) -> None:

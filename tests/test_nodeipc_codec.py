@@ -212,6 +212,12 @@ def test_missing_data_is_none() -> None:
     assert pairs(NodeIPCDecoder().feed(b'{"type":"a"}\f')) == [("a", None)]
 
 
+def test_a_frame_at_the_depth_limit_is_taken_whichever_key_nests() -> None:
+    for key in (b"data", b"x"):
+        frame = b'{"type":"a","' + key + b'":' + b"[" * 63 + b"]" * 63 + b"}\f"
+        assert [message.event for message in NodeIPCDecoder().feed(frame)] == ["a"]
+
+
 @pytest.mark.parametrize(
     ("frame", "match"),
     [
@@ -230,6 +236,8 @@ def test_missing_data_is_none() -> None:
         (b'{"type":"ipcactors.ping","data":{}}\f', "lifecycle"),
         (b'{"type":"a","data":' + b"[" * 100_000 + b"]" * 100_000 + b"}\f", "deep"),
         (b'{"type":"a","data":' + b"[" * 65 + b"]" * 65 + b"}\f", "max_depth"),
+        # Every key counts, not only data (node-ipc.md: nesting deeper than 64 closes).
+        (b'{"type":"a","data":1,"x":' + b"[" * 64 + b"]" * 64 + b"}\f", "max_depth"),
     ],
 )
 def test_a_bad_frame_is_a_decode_error_and_breaks_the_decoder(frame: bytes, match: str) -> None:

@@ -308,15 +308,12 @@ class NodeIPCDecoder(Decoder):
                 f"the peer sent an event named {event!r}, a lifecycle name: peers cannot fire "
                 "lifecycle events"
             )
-        data = value.get("data")
-        kind = type(data)
         depth = self._limits.max_depth
         # A frame shorter than the depth bound cannot nest deeper than it: skip the walk. The
-        # frame's own object is one level.
-        walk = (kind is dict or kind is list) and len(frame) > depth
-        if walk and not _within_depth(data, depth - 1):
+        # frame's own object is one level, and every key counts, not only data.
+        if len(frame) > depth and not _within_depth(value, depth):
             raise DecodeError(f"value nests deeper than max_depth={depth}")
-        return Event(event, data)
+        return Event(event, value.get("data"))
 
 
 class NodeIPCCodec(Codec):
