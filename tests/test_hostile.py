@@ -282,6 +282,14 @@ async def test_wrong_protocol_version_is_rejected_with_version(
             reject = messages[0]
             assert isinstance(reject, Reject)
             assert str(version) in reject.message
+        # Another version's hello may be shaped otherwise (protocol.md 3.4: "A hello with
+        # another version still decodes"): its other fields were checked as version 1's, and
+        # a hello without a str id was told "protocol".
+        for body in ({"v": 2}, {"v": 2, "id": 7}, {"v": 2, "name": "x"}):
+            messages, _ = await attack(s, framed(pack([4, body])))
+            assert_rejected(messages, "version")
+        messages, _ = await attack(s, framed(pack([4, {"v": 1}])))
+        assert_rejected(messages, "protocol")  # version 1's hello has its id
 
 
 async def test_a_hello_without_its_proof_is_told_what_it_lacked(socket_dir: str) -> None:

@@ -1041,6 +1041,11 @@ def _handshake_fields(body: dict[str, Any], what: str) -> tuple[int, str, dict[s
     version = body.get("v")
     if type(version) is not int:
         raise DecodeError(f"{what} lacks an integer protocol version 'v'")
+    if version != PROTOCOL_VERSION:
+        # Another version's map may be shaped otherwise: the version alone is refused (by
+        # the session, with reason "version"), not fields this version defines.
+        actor_id = body.get("id")
+        return version, actor_id if type(actor_id) is str else "", {}
     actor_id = _require_str(body.get("id"), f"{what} actor id")
     extra = {k: v for k, v in body.items() if k not in ("v", "id")}
     return version, actor_id, extra
