@@ -312,6 +312,7 @@ async def test_emit_to_a_child_whose_connection_dropped_waits_for_it_then_times_
             try:
                 await wait_until(lambda: sup.server.statistics().heartbeat_timeouts > 0, 10)
                 await wait_until(lambda: not sup.children["w"].running)  # its connection gone
+                assert sup.children["w"].state == "running"  # (its process, as supervisor.md)
                 started = time.monotonic()
                 with pytest.raises(RequestTimeoutError, match=r"within 1\.5 s$"):  # not 1.49999
                     await sup.emit("w", "ping", 1)
