@@ -135,3 +135,35 @@ async def test_a_child_still_starting_does_not_hold_back_the_others(
             elapsed = time.monotonic() - started
     # b's grace period (2.5 s), the slow one's running beside it (it took 2 s more first)
     assert elapsed < 2.5 + 1.3, elapsed
+
+
+async def test_closing_a_supervisor_from_its_block_while_a_task_group_there_fails(
+    socket_dir: str,
+) -> None:
+    """``aclose()`` from the block ends the rest of it; a task group there that fails as it is
+    cancelled gives its error, and the code after the block runs. On Trio the block's
+    exception group kept the close's own Cancelled (the supervisor showed no group to the
+    scopes that owned it): ``except* ValueError`` caught the ValueError, and the Cancelled
+    left by itself, ending the caller's whole run."""
+
+    async def fails_when_cancelled() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            raise ValueError("boom")  # (a cleanup that fails, on purpose)
+
+    reached: list[str] = []
+    with anyio.fail_after(20):
+        try:
+            async with supervisor(socket_dir) as sup:
+                await sup.spawn(_workers.echo, id="w")
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(fails_when_cancelled)
+                    await anyio.sleep(0.05)
+                    await sup.aclose()
+                    await anyio.sleep(5)
+                    reached.append("after the close")
+        except* ValueError:
+            reached.append("ValueError")
+        reached.append("after the block")
+    assert reached == ["ValueError", "after the block"]

@@ -446,10 +446,12 @@ class Supervisor:
             if runtime is not None:
                 runtime.supervisors.discard(self)
         # Leave our task group, then the actor's (entered first). A cancellation is shown to
-        # them (they swallow their own); any other exception of the body is not, so that it
-        # propagates as it is instead of wrapped in exception groups.
+        # them (they swallow their own), and so is a group holding one (a task group in the
+        # block failed as a close cancelled it: they take their own out of it); any other
+        # exception of the body is not, so that it propagates as it is instead of wrapped in
+        # exception groups.
         pending = original = exc
-        if exc is not None and not isinstance(exc, anyio.get_cancelled_exc_class()):
+        if exc is not None and not _holds_cancellation(exc):
             exc_type = exc = tb = None
         # A true result means "the exception shown was handled", and only then: Trio's task
         # group returns True when shown none at all, which must not swallow the body's own.
@@ -458,7 +460,7 @@ class Supervisor:
                 pending = None
         except BaseException as error:
             pending = error
-        shown = pending if isinstance(pending, anyio.get_cancelled_exc_class()) else None
+        shown = pending if pending is not None and _holds_cancellation(pending) else None
         try:
             if (
                 await self._actor.__aexit__(
@@ -1274,3 +1276,11 @@ class Supervisor:
                 f"no reply to request {event!r} from child {id!r} within {timeout} s; "
                 "a late reply is ignored"
             ) from None
+
+
+def _holds_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is the backend's cancellation, or a group holding one."""
+    cancelled = anyio.get_cancelled_exc_class()
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(cancelled) is not None
+    return isinstance(exc, cancelled)
