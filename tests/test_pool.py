@@ -732,3 +732,42 @@ async def test_parent_sigkilled_leaves_no_worker_alive(socket_dir: str, anyio_ba
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_a_pools_block_that_fails_as_it_is_cancelled_gives_its_own_error(
+    socket_dir: str,
+) -> None:
+    """A deadline around ``async with Pool`` ends the body, which raises as it unwinds: that
+    error comes out, as out of a Supervisor or a task group. The cancellation of the pool's
+    own task group replaced it, and the deadline then swallowed the block quietly."""
+    came_out: list[BaseException] = []
+    with anyio.move_on_after(3) as deadline:
+        try:
+            async with pool(socket_dir, _pool_tasks.square, 1) as workers:
+                assert await workers.submit(3) == 9
+                try:
+                    await anyio.sleep(30)
+                finally:
+                    raise ValueError("unwinding")  # (a cleanup that fails, on purpose)
+        except ValueError as error:
+            came_out.append(error)
+    assert [str(error) for error in came_out] == ["unwinding"]
+    assert not deadline.cancelled_caught
+
+
+async def test_closing_a_pools_supervisor_from_its_block_ends_the_block_quietly(
+    socket_dir: str,
+) -> None:
+    """supervisor.md: ``aclose()`` ends the body of the ``async with`` from anywhere; under a
+    Pool (``pool.supervisor``) too, and the code after the block runs. On Trio a bare
+    Cancelled came out of the Pool's block (its task group's exit, in the closed actor's
+    cancelled scope, raised it past everything that owned it)."""
+    reached: list[str] = []
+    with anyio.fail_after(20):
+        async with pool(socket_dir, _pool_tasks.square, 1) as workers:
+            assert await workers.submit(3) == 9
+            await workers.supervisor.aclose()
+            await anyio.sleep(5)
+            reached.append("after the close")
+        reached.append("after the block")
+    assert reached == ["after the block"]

@@ -287,8 +287,14 @@ class Pool:
         self._closed = True
         assert self._task_group is not None
         self._task_group.cancel_scope.cancel()
+        raised: BaseException | None = None
         try:
             await self._task_group.__aexit__(None, None, None)
+        except BaseException as error:
+            # An enclosing scope's cancellation (a deadline, the supervisor's close) met at
+            # the group's exit: the block's own exception, if any, goes on instead, and the
+            # supervisor's exit is shown it otherwise (its actor takes its own close's).
+            raised = error
         finally:
             failure = self._supervisor._failure  # (it gave up: the tasks left learn why)
             closed = ClosedError(
@@ -301,7 +307,11 @@ class Pool:
                     self._finish(sent.popitem()[1], False, closed)
             while self._queue:  # callers still waiting (in other tasks) learn why
                 self._finish(self._queue.popleft(), False, closed)
+            if exc is None and raised is not None:
+                exc_type, exc, tb = type(raised), raised, raised.__traceback__
             result = await self._supervisor.__aexit__(exc_type, exc, tb)
+        if exc is raised and raised is not None and not result:
+            raise raised
         return result
 
     @property
