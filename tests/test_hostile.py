@@ -9,6 +9,7 @@ answers during and after the attack. Unix and TCP, on asyncio and trio.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import random
 import struct
@@ -646,6 +647,47 @@ async def test_a_frame_left_half_sent_frees_its_buffer_when_the_peer_goes(
             if collecting:
                 gc.enable()
         assert grown < size, f"RSS grew by {grown / 2**20:.0f} MiB after the peers left"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_handshakes_dropped_for_newcomers_free_their_buffers_at_once(
+    transport: str, socket_dir: str
+) -> None:
+    """security.md 4: a server's memory is bounded by max_handshakes x 64 KiB for
+    connections in their handshake, and a connection gives its memory back as it ends, not at
+    the next garbage collection (disabled here). 200 peers each send all but the last byte of
+    a 64 KiB hello and stall; at max_handshakes=4 all but 4 are dropped for newcomers. On Trio
+    each dropped one kept its decoder's buffer and its last read (~128 KiB) in a reference
+    cycle with the cancellation that dropped it: RSS grew by ~24 MiB until a collection
+    (~12 MiB with the buffer freed and the last read kept)."""
+    body = 65_536 - 4
+    stalled = struct.pack(">I", body) + b"\x92\x04" + bytes(body - 3)  # one byte short
+    async with Actor(
+        "srv", socket_root=socket_dir, silent=True, max_handshakes=4, handshake_timeout=30
+    ) as srv:
+        server = await srv.serve() if transport == "unix" else await srv.serve_net(port=0)
+        address = server.address
+        collecting = gc.isenabled()
+        gc.collect()
+        gc.disable()
+        try:
+            async with contextlib.AsyncExitStack() as streams:
+                before = current_rss()
+                for _ in range(200):
+                    with anyio.fail_after(5):
+                        if isinstance(address, str):
+                            stream = await anyio.connect_unix(address)
+                        else:
+                            stream = await anyio.connect_tcp(*address)
+                    await streams.enter_async_context(stream)
+                    await send_quietly(stream, stalled)
+                await eventually(lambda: server.statistics().handshakes_dropped >= 196)
+                await anyio.sleep(0.2)
+                grown = current_rss() - before
+        finally:
+            if collecting:
+                gc.enable()
+        assert grown < 4 * 2**20, f"RSS grew by {grown / 2**20:.0f} MiB"
 
 
 async def test_a_hello_over_the_handshake_limit_is_reported_as_such(

@@ -63,6 +63,7 @@ async def run_handshake(stream: ByteStream, session: Session, *, pipelined: bool
             ) from None
         heard = True
         session.receive(received)
+        received = b""  # (not kept while the next read waits: a dropped handshake's frame may be)
 
 
 async def accept_handshake(stream: ByteStream, session: Session) -> Hello:

@@ -614,6 +614,11 @@ class Server(HandlerMethods):
             return
         finally:
             dropped = not self._handshakes.pop(scope, False)
+            if client_id is None:
+                # Its input is over: the frame in progress (up to 64 KiB) goes now, not when
+                # the frames above are freed (on Trio, a reference cycle with the cancellation
+                # that dropped it keeps them until a garbage collection).
+                session.end_input()
         if client_id is None:
             if dropped:  # to admit a newer connection (see _enter_handshake), or closing
                 await close_now(stream)
