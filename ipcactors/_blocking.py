@@ -212,7 +212,10 @@ class _Handlers:
                 peers = (_wrap_peer(loop, arg) for arg in args)
                 call = partial(_run_handler, closes, handler, *peers)
                 try:
-                    return await anyio.to_thread.run_sync(call)
+                    result = await anyio.to_thread.run_sync(call)
+                    if type(result) is _Raised:
+                        raise result.error
+                    return result
                 except BaseException as exc:
                     await _end_if_it_ends_the_program(loop, exc)
                     raise
@@ -268,10 +271,26 @@ async def _end_if_it_ends_the_program(loop: _Loop, exc: BaseException) -> None:
     await anyio.sleep_forever()
 
 
+class _Raised:
+    """What a plain handler raised that is not an ``Exception``, brought back from its worker
+    thread as a value and raised in the loop's task: on asyncio, anyio hands an exception
+    back through a future, which throws it into the task, and a coroutine thrown a
+    ``GeneratorExit`` closes the one it awaits instead of raising it there."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
 def _run_handler(closes: list[Close], handler: Handler, *args: Any) -> Any:
     _in_handler.closes = closes
     try:
         return handler(*args)
+    except Exception:
+        raise
+    except BaseException as exc:
+        return _Raised(exc)
     finally:
         _in_handler.closes = None
 

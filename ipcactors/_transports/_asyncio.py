@@ -121,6 +121,7 @@ class _StreamProtocol(asyncio.BufferedProtocol):
         # Takes a read in the loop's callback while the reader waits (see AsyncioSocketStream.
         # listen); whether it did.
         self.listener: Callable[[memoryview], bool] | None = None
+        self.raised: BaseException | None = None  # what the listener raised, for the reader
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A read-write transport; uvloop's do not derive from asyncio.Transport.
@@ -150,7 +151,10 @@ class _StreamProtocol(asyncio.BufferedProtocol):
                 if listener(received):
                     return
             except BaseException as exc:  # taken, and the waiting reader raises it
-                waiter.set_exception(exc)
+                # Raised there, not thrown into its task through the future: a coroutine
+                # closes the one it awaits at a thrown GeneratorExit, skipping its cleanup.
+                self.raised = exc
+                waiter.set_result(None)
                 return
         self.data_received(received.tobytes())
         if waiting and self.bursts and nbytes == RECEIVE_BUFFER and not self.reading_paused:
@@ -242,6 +246,9 @@ class AsyncioSocketStream(ByteStream):
         protocol = self._protocol
         chunks = protocol.chunks
         while not chunks:
+            if protocol.raised is not None:  # (by the listener, for the reader that waited)
+                raised, protocol.raised = protocol.raised, None
+                raise raised
             if self._closing:
                 raise anyio.ClosedResourceError
             if protocol.lost:
