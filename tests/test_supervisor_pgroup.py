@@ -232,3 +232,57 @@ def test_the_forkserver_leaves_quietly_when_its_supervisor_resets_the_control_so
         supervisor_side.close()
         assert _forkserver._handle(forkserver_side, set(), _forkserver._Spares(-1, ())) is False
     assert capsys.readouterr().err == ""
+
+
+_ENTERED_SUPERVISOR = """
+import sys
+import anyio, ipcactors, _workers
+
+async def main():
+    async with ipcactors.Supervisor(socket_root=sys.argv[2]) as sup:
+        print("entered", flush=True)  # its forkserver still starting (preload, rehearsal)
+        if sys.argv[3] == "ready":
+            await sup.spawn(_workers.echo, id="a")
+            print("ready", flush=True)
+        await anyio.sleep(60)
+
+anyio.run(main, backend=sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("when", ["starting", "ready"])
+async def test_a_sigkilled_supervisor_leaves_no_socket_directory(
+    socket_dir: str, anyio_backend: str, when: str
+) -> None:
+    """supervisor.md: a supervisor killed by SIGKILL leaves no socket directory: its
+    forkserver removes it. Killed while the forkserver was still starting, the directory was
+    always left: the parent-death SIGTERM came before the part of the forkserver that removes
+    it. (After the children were ready it was left now and then: the parent-death signal
+    comes when the thread that started the forkserver ends, before the lifeline pipe ends,
+    and the forkserver, its parent pid unchanged, took itself for stopped, not orphaned.)"""
+    root = os.path.join(socket_dir, "killed")
+    os.mkdir(root, 0o700)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([TESTS_DIR, env.get("PYTHONPATH", "")])
+    process = subprocess.Popen(
+        [sys.executable, "-c", _ENTERED_SUPERVISOR, anyio_backend, root, when],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert process.stdout is not None
+        with anyio.fail_after(20):
+            for expected in ["entered", "ready"][: 1 if when == "starting" else 2]:
+                line = await anyio.to_thread.run_sync(process.stdout.readline)
+                assert line.strip() == expected
+        assert os.listdir(root) != []
+        process.kill()
+        await wait_until(lambda: os.listdir(root) == [])
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+        assert process.stdout is not None
+        process.stdout.close()
+        shutil.rmtree(root, ignore_errors=True)

@@ -71,6 +71,7 @@ from ._parentdeath import EXIT_PARENT_LOST, set_parent_death_signal
 __all__ = ["MAX_MESSAGE", "fork_child", "reap", "recv_message", "send_message", "serve"]
 
 MAX_MESSAGE: Final = 1024 * 1024  # control messages are small: ids, module names, sys.path
+LIFELINE_WAIT: Final = 2.0  # s: after the parent-death signal, for the supervisor's end
 _MAX_FDS: Final = 4
 
 
@@ -122,9 +123,57 @@ def serve(
     # The supervisor's death (SIGTERM) ends the loop through the finally below, which stops
     # every child's group; SIGKILL would skip it and leave what the children started running.
     signal.signal(signal.SIGTERM, _parent_gone)
-    set_parent_death_signal(parent_pid, signal.SIGTERM)
     # Ctrl-C in a terminal reaches the supervisor, which stops everyone in order; not us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    children: set[int] = set()
+    spares: _Spares | None = None
+    orphaned = False  # the supervisor died: nobody else will remove its socket directory
+    try:
+        if not set_parent_death_signal(parent_pid, signal.SIGTERM, exit_now=False):
+            orphaned = True
+            raise SystemExit(EXIT_PARENT_LOST)
+        _start(preload, backend, log_level, parent_pid)
+        ctl = socket.socket(fileno=ctl_fd)
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        spares = _Spares(lifeline_fd, (ctl_fd, wake_r, wake_w))
+        send_message(ctl, ["ready", os.getpid()])
+        poller = select.poll()
+        poller.register(ctl.fileno(), select.POLLIN)
+        poller.register(lifeline_fd, select.POLLIN)
+        poller.register(wake_r, select.POLLIN)
+        running = True
+        while running:
+            for fd, _ in poller.poll():
+                if fd == wake_r:
+                    _drain(wake_r)
+                elif fd == lifeline_fd:
+                    running = False  # EOF (the supervisor died) or anything else: stop
+                    orphaned = True  # (it may see EOF before the kernel gives us a new parent)
+                elif fd == ctl.fileno():
+                    running = _handle(ctl, children, spares)
+            _reap(ctl, children, spares)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        doomed = children | (spares.pids if spares is not None else set())
+        for pid in doomed:
+            _killpg(pid, signal.SIGKILL)  # not reaped yet: the group id is still theirs
+        for pid in doomed:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        if socket_dir is not None and (
+            orphaned or os.getppid() != parent_pid or _parent_dying(lifeline_fd)
+        ):
+            shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def _start(
+    preload: list[str], backend: tuple[str, bool] | None, log_level: str, parent_pid: int
+) -> None:
+    """What the forkserver does before it is ready: preload, rehearse, set up its logging."""
     for name in preload:
         importlib.import_module(name)
     if backend is not None:
@@ -148,42 +197,20 @@ def serve(
     except ImportError:
         pass
 
-    ctl = socket.socket(fileno=ctl_fd)
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
-    children: set[int] = set()
-    spares = _Spares(lifeline_fd, (ctl_fd, wake_r, wake_w))
-    orphaned = False  # the supervisor died: nobody else will remove its socket directory
-    try:
-        send_message(ctl, ["ready", os.getpid()])
-        poller = select.poll()
-        poller.register(ctl.fileno(), select.POLLIN)
-        poller.register(lifeline_fd, select.POLLIN)
-        poller.register(wake_r, select.POLLIN)
-        running = True
-        while running:
-            for fd, _ in poller.poll():
-                if fd == wake_r:
-                    _drain(wake_r)
-                elif fd == lifeline_fd:
-                    running = False  # EOF (the supervisor died) or anything else: stop
-                    orphaned = True  # (it may see EOF before the kernel gives us a new parent)
-                elif fd == ctl.fileno():
-                    running = _handle(ctl, children, spares)
-            _reap(ctl, children, spares)
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        doomed = children | spares.pids
-        for pid in doomed:
-            _killpg(pid, signal.SIGKILL)  # not reaped yet: the group id is still theirs
-        for pid in doomed:
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
-        if socket_dir is not None and (orphaned or os.getppid() != parent_pid):  # it died
-            shutil.rmtree(socket_dir, ignore_errors=True)
+
+_terminated = False  # the parent-death signal (SIGTERM) came: see _parent_dying
+
+
+def _parent_dying(lifeline_fd: int) -> bool:
+    """After the parent-death signal, whether the supervisor is really going: the signal
+    comes when the thread of it that started us ends, which its other threads may outlive
+    for a moment (our parent pid unchanged meanwhile), or from someone's ``kill`` while the
+    supervisor lives on. Its end closes the lifeline pipe: waited for, within a bound."""
+    if not _terminated:
+        return False
+    poller = select.poll()
+    poller.register(lifeline_fd, select.POLLIN)
+    return bool(poller.poll(LIFELINE_WAIT * 1000))
 
 
 def _thread_count() -> int:
@@ -206,6 +233,8 @@ _HANDLED: Final = {signal.SIGTERM, signal.SIGCHLD}
 
 
 def _parent_gone(signum: int, frame: object) -> None:
+    global _terminated
+    _terminated = True
     raise SystemExit(EXIT_PARENT_LOST)
 
 

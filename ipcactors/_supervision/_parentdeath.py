@@ -25,8 +25,12 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
-def set_parent_death_signal(expected_parent: int, sig: int = signal.SIGKILL) -> None:
-    """Ask Linux to send ``sig`` when our parent dies; exit at once if it already has.
+def set_parent_death_signal(
+    expected_parent: int, sig: int = signal.SIGKILL, *, exit_now: bool = True
+) -> bool:
+    """Ask Linux to send ``sig`` when our parent dies (when the thread of it that started us
+    ends, in fact); exit at once if it already has, or with ``exit_now=False`` return False
+    then (True: the parent is there).
 
     A no-op where prctl is unavailable (the lifeline pipe still ends the process).
     """
@@ -37,4 +41,7 @@ def set_parent_death_signal(expected_parent: int, sig: int = signal.SIGKILL) -> 
             pass
     # The parent may have died before prctl took effect: then we were re-parented already.
     if os.getppid() != expected_parent:
-        os._exit(EXIT_PARENT_LOST)
+        if exit_now:
+            os._exit(EXIT_PARENT_LOST)
+        return False
+    return True
