@@ -34,6 +34,7 @@ import os
 import ssl
 import sys
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import AbstractContextManager
@@ -150,7 +151,7 @@ class _Loop:
                 "call needs it: await the async API there (`.wrapped` gives the "
                 "async object), or make the handler a plain def (it then runs in a worker thread)"
             )
-        return from_this_thread(self.trio_portal, partial(portal.call, fn, *args))
+        return from_this_thread(self.trio_portal, partial(_call_in, portal, fn, *args))
 
     def read(self, fn: Callable[[], T]) -> T:
         """A property's value: computed in the loop thread while the loop runs (the loop
@@ -166,7 +167,7 @@ class _Loop:
     def close(self, aclose: Close) -> None:
         """Run ``aclose`` to its end; from a handler's thread, have it started once the
         handler returns, and return."""
-        closes: list[Close] | None = getattr(_in_handler, "closes", None)
+        closes = _deferred_closes(self)
         if self.forked:
             return  # (the parent's to close)
         if closes is not None:
@@ -210,7 +211,7 @@ class _Handlers:
             async def in_thread(*args: Any) -> Any:
                 closes: list[Close] = []
                 peers = (_wrap_peer(loop, arg) for arg in args)
-                call = partial(_run_handler, closes, handler, *peers)
+                call = partial(_run_handler, loop, closes, handler, *peers)
                 try:
                     result = await anyio.to_thread.run_sync(call)
                     if type(result) is _Raised:
@@ -283,7 +284,29 @@ class _Raised:
         self.error = error
 
 
-def _run_handler(closes: list[Close], handler: Handler, *args: Any) -> Any:
+def _call_in(portal: BlockingPortal, fn: Callable[..., Any], *args: Any) -> Any:
+    """``portal.call(fn, *args)``, but a wait that ends early (Ctrl-C in the caller's thread)
+    ends what it started too: left running, a get() would take the next item for no one."""
+    future = portal.start_task_soon(fn, *args)
+    try:
+        return future.result()
+    except BaseException:
+        future.cancel()  # (no-op once it is done)
+        raise
+
+
+def _deferred_closes(loop: _Loop) -> list[Close] | None:
+    """In a plain handler of ``loop``'s actor: the closes it defers until it returns (a close
+    of this actor's would wait on the handler). Elsewhere (a plain handler of another actor
+    included, whose loop is another), ``None``: a close runs there and then."""
+    if getattr(_in_handler, "loop", None) is not loop:
+        return None
+    closes: list[Close] | None = getattr(_in_handler, "closes", None)
+    return closes
+
+
+def _run_handler(loop: _Loop, closes: list[Close], handler: Handler, *args: Any) -> Any:
+    _in_handler.loop = loop
     _in_handler.closes = closes
     try:
         return handler(*args)
@@ -292,7 +315,7 @@ def _run_handler(closes: list[Close], handler: Handler, *args: Any) -> Any:
     except BaseException as exc:
         return _Raised(exc)
     finally:
-        _in_handler.closes = None
+        _in_handler.closes = _in_handler.loop = None
 
 
 class _Wrapper:
@@ -369,6 +392,17 @@ class _Wrapper:
         return BlockingInbox(self._loop, self._handlers._target, events, max_items)
 
 
+class _Taking:
+    """One ``get()``: whether its caller still waits, and the item the loop took for it."""
+
+    __slots__ = ("abandoned", "item", "lock")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.abandoned = False
+        self.item: tuple[str, Any, BlockingClient | None] | None = None
+
+
 class BlockingInbox(AbstractContextManager["BlockingInbox"]):
     """Events collected for a script to read in its own thread: ``get()`` returns
     ``(event, data, peer)`` (``peer``: a :class:`BlockingClient` on a server, ``None`` on a
@@ -400,6 +434,8 @@ class BlockingInbox(AbstractContextManager["BlockingInbox"]):
         self._send, self._receive = send, receive
         self._handlers: list[tuple[str, Handler]] = []
         self._closed = False
+        # Taken by a get() whose caller went meanwhile (Ctrl-C): the next get() returns them.
+        self._kept: deque[tuple[str, Any, BlockingClient | None]] = deque()
         for event in events:
             # Runs in the loop thread; waits while the inbox is full (that is the backpressure).
             async def put(*args: Any, event: str = event) -> None:
@@ -419,13 +455,38 @@ class BlockingInbox(AbstractContextManager["BlockingInbox"]):
         if self._closed:
             raise ClosedError("this inbox is closed")
         timeout = _wait_timeout(timeout)
-        item: tuple[str, Any, BlockingClient | None] = self._loop.call(self._next, timeout)
+        try:
+            return self._kept.popleft()
+        except IndexError:
+            pass
+        taking = _Taking()
+        try:
+            item: tuple[str, Any, BlockingClient | None] = self._loop.call(
+                self._next, timeout, taking
+            )
+        except BaseException:
+            with taking.lock:  # (what the loop took meanwhile is kept, here or there)
+                taking.abandoned = True
+                if taking.item is not None:
+                    self._kept.appendleft(taking.item)
+            raise
         return item
 
-    async def _next(self, timeout: float | None) -> tuple[str, Any, BlockingClient | None]:
+    async def _next(
+        self, timeout: float | None, taking: _Taking
+    ) -> tuple[str, Any, BlockingClient | None]:
         try:
-            with anyio.fail_after(timeout):
-                return await self._receive.receive()
+            try:
+                item = self._receive.receive_nowait()  # (a deadline passed already: 0)
+            except anyio.WouldBlock:
+                with anyio.fail_after(timeout):
+                    item = await self._receive.receive()
+            with taking.lock:
+                if taking.abandoned:  # the caller went (Ctrl-C): the next get() has it
+                    self._kept.appendleft(item)
+                else:
+                    taking.item = item
+            return item
         except TimeoutError:
             raise TimeoutError(f"nothing arrived within {timeout} s") from None
         except (anyio.EndOfStream, anyio.ClosedResourceError):
@@ -786,7 +847,7 @@ class BlockingActor:
     def _close(self) -> None:
         if self._loop.forked:
             return  # (the parent's to close: its loop thread is there)
-        if getattr(_in_handler, "closes", None) is not None:
+        if _deferred_closes(self._loop) is not None:
             if self._loop.portal is not None and self._actor is not None:
                 self._loop.close(self._actor.aclose)
             return
@@ -906,7 +967,7 @@ class BlockingActor:
         actor = self.wrapped
         if self._loop.portal is None:
             return
-        if actor.aclose in (getattr(_in_handler, "closes", None) or ()):
+        if actor.aclose in (_deferred_closes(self._loop) or ()):
             raise IPCError(
                 f"wait_closed() in the handler that closes {actor.id!r} would wait on itself: "
                 "the close starts once the handler has returned"

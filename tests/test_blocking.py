@@ -791,3 +791,97 @@ def test_acknowledged_delivery_can_be_waited_for_both_ways(
             plain.connect_to("plain").wait_acknowledged(timeout=1)
         with pytest.raises(ipcactors.ConfigError, match="acked"):
             plain.server.clients["plain"].wait_acknowledged(timeout=1)
+
+
+@pytest.mark.parametrize("what", ["actor", "connection"])
+def test_a_plain_handler_closes_another_actors_objects_on_their_own_loop(
+    backend: Literal["asyncio", "trio"], socket_dir: str, what: str
+) -> None:
+    """blocking.md: close() in a plain handler returns, and the close starts once the handler
+    returns; of another actor (or its connection) too. That close was deferred to the
+    handler's own actor's loop: on asyncio the other actor's wait_closed() raised a
+    RuntimeError (an Event of another loop) and a connection's close was lost; on Trio the
+    handler's actor hung, or a nursery failed an assertion."""
+    root = {"socket_root": socket_dir, "silent": True, "backend": backend}
+    with BlockingActor("a", **root) as a, BlockingActor("x", **root) as x:
+        server = a.serve()
+        x_server = x.serve()
+        with BlockingActor("b", **root) as b:
+            to_x = b.connect_to("x")
+
+            def stop(data: Any, client: BlockingClient) -> str:
+                (b if what == "actor" else to_x).close()
+                return "closing"
+
+            server.on("stop", stop)
+            with BlockingActor("asker", **root) as asker:
+                assert asker.connect_to("a").request("stop", timeout=5) == "closing"
+                if what == "actor":
+                    b.wait_closed(timeout=5)
+                    with pytest.raises(ipcactors.ClosedError):
+                        b.connect_to("x")
+                else:
+                    deadline = time.monotonic() + 5
+                    while "b" in x_server.clients and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                    assert "b" not in x_server.clients
+                    assert not to_x.connected
+                assert asker.connect_to("a").request("stop", timeout=5) == "closing"
+
+
+def test_an_inbox_get_with_timeout_0_takes_what_is_waiting(
+    backend: Literal["asyncio", "trio"], socket_dir: str
+) -> None:
+    """blocking.md: a wait's timeout 0 means do not wait: get(timeout=0) returns what is
+    waiting, and raises TimeoutError only when nothing is. It always raised (the deadline,
+    passed already, ended the wait before the waiting item was looked at)."""
+    root = {"socket_root": socket_dir, "silent": True, "backend": backend}
+    with BlockingActor("world", **root) as world, BlockingActor("hello", **root) as hello:
+        inbox = world.serve().inbox("news")
+        connection = hello.connect_to("world")
+        for i in range(3):
+            connection.emit("news", i)
+        deadline = time.monotonic() + 5
+        got: list[Any] = []
+        while len(got) < 3 and time.monotonic() < deadline:
+            try:
+                got.append(inbox.get(timeout=0)[1])
+            except TimeoutError:
+                time.sleep(0.01)
+        assert got == [0, 1, 2]
+        for timeout in (0, -1, 1e-9):
+            with pytest.raises(TimeoutError):
+                inbox.get(timeout=timeout)
+
+
+INTERRUPTED_GET = """
+import os, signal, sys, threading
+import ipcactors
+
+backend, root = sys.argv[1:]
+options = {"socket_root": root, "silent": True, "backend": backend}
+with ipcactors.BlockingActor("w", **options) as world:
+    world.serve().on("ping", lambda data, client: client.emit("pong", data))
+    with ipcactors.BlockingActor("h", **options) as hello:
+        connection = hello.connect_to("w")
+        with connection.inbox("pong") as inbox:
+            threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+            try:
+                inbox.get()
+            except KeyboardInterrupt:
+                print("interrupted", flush=True)
+            for i in range(3):
+                connection.emit("ping", i)
+            print("got", [inbox.get(timeout=5)[1] for _ in range(3)], flush=True)
+"""
+
+
+def test_an_inbox_get_interrupted_by_ctrl_c_loses_nothing(
+    backend: Literal["asyncio", "trio"], socket_dir: str
+) -> None:
+    """blocking.md: nothing sent to an inbox is lost. A get() that Ctrl-C interrupted left its
+    wait running in the loop thread, which then took the next event and dropped it."""
+    done = run_python("-c", INTERRUPTED_GET, backend, socket_dir)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["interrupted", "got [0, 1, 2]"], done.stderr
+    assert os.listdir(socket_dir) == []
