@@ -477,11 +477,15 @@ class Actor:
         """Flush to actor ``id`` (bounded by ``close_timeout``), close, and do not reconnect.
         From a handler of that connection's: returns at once, and the close starts once the
         handler has returned (a request's reply is queued first, and flushed)."""
+        await self._connection_to(id).aclose()
+
+    def _connection_to(self, id: str) -> Connection:
+        """Our connection to actor ``id``; :class:`UnknownPeerError` if we have none."""
         _check_id(id)
         connection = self._connections.get(id)
         if connection is None:
             raise UnknownPeerError(f"{self.id!r} has no connection to {id!r}")
-        await connection.aclose()
+        return connection
 
     # --- logging ------------------------------------------------------------------------------
 

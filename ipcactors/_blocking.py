@@ -954,23 +954,29 @@ class BlockingActor:
     def disconnect(self, id: str) -> None:
         """As :meth:`Actor.disconnect`: flush, close, do not reconnect. In a plain handler:
         returns at once, and the disconnect starts when the handler returns."""
-        actor = self.wrapped
-        self._call(lambda: None)  # ClosedError once closed
-        self._loop.close(partial(actor.disconnect, id))
+        connection = self._call(self.wrapped._connection_to, id)  # (its errors: now)
+        self._loop.close(connection.aclose)
 
     def wait_closed(self, timeout: float | None = None) -> None:
         """Wait until the actor is closed (by another thread's ``close()``, or a handler);
         raises :class:`TimeoutError` after ``timeout`` seconds. Raises :class:`IPCError` in a
         plain handler that closed this actor: that close starts once the handler has returned,
-        so the wait would wait on itself."""
+        so the wait would wait on itself; and in any plain handler of this actor's, whose close
+        waits for its handlers."""
         timeout = _wait_timeout(timeout)
         actor = self.wrapped
         if self._loop.portal is None:
             return
-        if actor.aclose in (_deferred_closes(self._loop) or ()):
+        closes = _deferred_closes(self._loop)
+        if closes is not None and actor.aclose in closes:
             raise IPCError(
                 f"wait_closed() in the handler that closes {actor.id!r} would wait on itself: "
                 "the close starts once the handler has returned"
+            )
+        if closes is not None:
+            raise IPCError(
+                f"wait_closed() in a plain handler of {actor.id!r} would hold up its close, "
+                "which waits for its handlers: return from the handler instead"
             )
         try:
             self._call(_bounded, actor.wait_closed, timeout, f"actor {actor.id!r} not closed")

@@ -885,3 +885,55 @@ def test_an_inbox_get_interrupted_by_ctrl_c_loses_nothing(
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["interrupted", "got [0, 1, 2]"], done.stderr
     assert os.listdir(socket_dir) == []
+
+
+def test_disconnect_in_a_plain_handler_says_an_unknown_id_there(
+    backend: Literal["asyncio", "trio"], socket_dir: str
+) -> None:
+    """disconnect(id) in a plain handler raises what it raises elsewhere (UnknownPeerError for
+    an id it has no connection to) when called, and only the disconnect itself waits for the
+    handler. It returned, then failed in the actor's own task group after the handler: the
+    actor stopped serving, and leaving its block raised an ExceptionGroup."""
+    root = {"socket_root": socket_dir, "silent": True, "backend": backend}
+    raised: list[BaseException] = []
+    with BlockingActor("world", **root) as world:
+        server = world.serve()
+
+        def go(data: Any, client: BlockingClient) -> str:
+            try:
+                world.disconnect(client.id)  # (a client, not a connection of world's)
+            except ipcactors.UnknownPeerError as exc:
+                raised.append(exc)
+            return "answered"
+
+        server.on("go", go)
+        with BlockingActor("hello", **root) as hello:
+            connection = hello.connect_to("world")
+            assert connection.request("go", timeout=5) == "answered"
+            assert connection.request("go", timeout=5) == "answered"  # world serves on
+    assert len(raised) == 2
+
+
+def test_wait_closed_in_a_plain_handler_does_not_hold_up_the_close(
+    backend: Literal["asyncio", "trio"], socket_dir: str
+) -> None:
+    """A plain handler of an actor waiting in that actor's wait_closed() waits for a close
+    that waits for the handler: the close took 2 x close_timeout. It raises IPCError there
+    (as it did only in the handler that closed the actor itself)."""
+    root = {"socket_root": socket_dir, "silent": True, "backend": backend}
+    outcome: list[str] = []
+    with BlockingActor("world", close_timeout=2, **root) as world:
+
+        def wait(data: Any, client: BlockingClient) -> None:
+            try:
+                world.wait_closed()
+                outcome.append("returned")
+            except ipcactors.IPCError as exc:
+                outcome.append(type(exc).__name__)
+
+        world.serve().on("wait", wait)
+        with BlockingActor("hello", **root) as hello:
+            hello.connect_to("world").request("wait", timeout=5)
+        started = time.monotonic()
+    assert time.monotonic() - started < 1.5
+    assert outcome == ["IPCError"]
