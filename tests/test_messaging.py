@@ -1147,6 +1147,15 @@ async def test_what_waits_for_a_server_that_comes_back_taking_less_is_given_up_n
             Actor("world", max_frame_size=1024, **options) as world,
             anyio.create_task_group() as tg,
         ):
+            waited: list[BaseException] = []
+
+            async def wait_acknowledged() -> None:  # under way as the server comes back
+                with pytest.raises(ipcactors.UnacknowledgedError) as caught:
+                    await conn.wait_acknowledged()
+                waited.append(caught.value)
+
+            if acked == "on":
+                tg.start_soon(wait_acknowledged)
             server = await world.serve()
             got: list[bytes] = []
             server.on("e", lambda data, client: got.append(data))
@@ -1169,8 +1178,10 @@ async def test_what_waits_for_a_server_that_comes_back_taking_less_is_given_up_n
             assert failed[0].size > 5000  # the frame's own (FrameTooLargeError.size)
             if acked == "on":
                 assert [event for _, event in conn.unacknowledged] == ["e"]
-                with pytest.raises(ipcactors.UnacknowledgedError):
-                    await conn.wait_acknowledged()
+                with anyio.fail_after(5):  # (it waited on for ever: the store it watched
+                    while not waited:  # was replaced by the one without the refused event)
+                        await anyio.sleep(0.01)
+                assert waited[0].events == conn.unacknowledged  # type: ignore[attr-defined]
             assert conn.statistics().events_resent <= 1
 
 
@@ -1197,23 +1208,38 @@ async def test_what_a_server_keeps_for_a_client_that_comes_back_taking_less_is_g
                     await client.emit("e", data)
                 await anyio.sleep(0.3)
         got: list[bytes] = []
-        async with Actor("hello", max_frame_size=1024, **options) as second:
+        waited: list[ipcactors.UnacknowledgedError] = []
+
+        async def wait_acknowledged() -> None:  # under way as the client comes back
+            with pytest.raises(ipcactors.UnacknowledgedError) as caught:
+                await client.wait_acknowledged()
+            waited.append(caught.value)
+
+        async with (
+            anyio.create_task_group() as tasks,
+            Actor("hello", max_frame_size=1024, **options) as second,
+        ):
+            tasks.start_soon(wait_acknowledged)
             conn = await second.connect_to("world")
             conn.on("e", got.append)
             with anyio.fail_after(5):
-                while got != [b"a", b"z"]:
-                    await anyio.sleep(0.01)
+                while got != [b"a", b"z"] or not waited:  # (the wait under way waited on for
+                    await anyio.sleep(0.01)  # ever: the store it watched was replaced)
                 assert [event for _, event in server.unacknowledged["hello"]] == ["e"]
                 assert conn.connected
-                # The handle says so once; what is emitted after can be waited for.
+                # Said once, by the wait under way; what is emitted after can be waited for.
+                assert [seq for seq, _ in waited[0].events] == [2]
                 client = server.clients["hello"]
-                with pytest.raises(ipcactors.UnacknowledgedError) as caught:
-                    await client.wait_acknowledged()
-                assert [seq for seq, _ in caught.value.events] == [2]
                 assert [seq for seq, _ in client.unacknowledged] == [2]
                 await client.emit("e", b"w")
                 await client.wait_acknowledged()
                 assert got == [b"a", b"z", b"w"]
+                # Given up again (the server closes): listed after the first report, which
+                # the second replaced.
+                conn.on("s", stuck)
+                await client.emit("s", b"s")
+                await server.aclose()
+            assert [seq for seq, _ in server.unacknowledged["hello"]] == [2, 5]
 
 
 async def test_frames_over_the_object_budget_are_refused_before_sending(socket_dir: str) -> None:

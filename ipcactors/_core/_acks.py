@@ -265,13 +265,14 @@ class AckedSender:
     async def wait(self) -> list[tuple[int, str]]:
         """Wait until every event emitted so far has left the store; returns those of them
         given up instead (``[]``: all were acknowledged). A report given up in part (a
-        fallback, a receiver that takes less) is returned by the waits under way and the next
-        one to begin, not by later ones: they wait for what was emitted after it. Once the
+        fallback, a receiver that takes less) is returned by the waits under way, or if there are
+        none by the next one to begin, not by later ones: they wait for what was emitted after
+        it. Once the
         stream is given up for good, every wait returns every event given up."""
         first = self._raised_to  # the reports before this one were returned to someone
         until = self.seq
-        store = self._store
-        while store and store[0][0] <= until:
+        # (self._store looked up each time: drop_refused replaces it)
+        while self._store and self._store[0][0] <= until:
             if self._waiters is None:
                 self._waiters = anyio.Event()
             await self._waiters.wait()

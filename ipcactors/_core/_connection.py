@@ -239,8 +239,9 @@ class Connection(Peer, HandlerMethods):
         the server (its handlers returned). Waits through reconnects. Raises
         :class:`UnacknowledgedError` (listing the events) if some are given up instead: a
         report given up in part (a fallback to at most once, a server taking less) by the
-        calls under way and the next one made, every report once the connection is given up
-        or closed; and while the connection emits at most once (fallen back), listing none.
+        calls under way (or if none, the next one made), every report once the connection is
+        given up or closed; and while the connection emits at most once (fallen back), listing
+        none.
         :class:`ConfigError` without ``Config.acked``."""
         acked = self._acked
         if acked is None:

@@ -318,8 +318,8 @@ class Peer:
         """Acknowledged mode: return once every event emitted to this peer so far has been
         acknowledged (its handlers returned). Waits through reconnects. Raises
         :class:`UnacknowledgedError` (listing the events) if some are given up instead: each
-        report by the calls under way and the next one made, every report once the client is
-        given up for good; :class:`ConfigError` without the mode."""
+        report by the calls under way (or if none, the next one made), every report once the
+        client is given up for good; :class:`ConfigError` without the mode."""
         acked = self._acked
         if acked is None:
             raise ConfigError(

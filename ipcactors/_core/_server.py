@@ -786,7 +786,7 @@ class Server(HandlerMethods):
             if kept is not None and client._encoder.peers_limit:
                 refused = kept.drop_refused(client._encoder.takes)
                 if refused:
-                    self._unacknowledged[client.id] = refused
+                    self._reported(client.id, refused)
                     self._log.warning(
                         f"{len(refused)} event(s) kept for client {client.id!r} (seq "
                         f"{refused[0][0]}..{refused[-1][0]}) are larger than the max_frame_size="
@@ -839,20 +839,25 @@ class Server(HandlerMethods):
         events = self._streams.give_up(client_id, sender)
         if not events:
             return
-        self._unacknowledged[client_id] = events
-        while len(self._unacknowledged) > SESSIONS_KEPT:
-            del self._unacknowledged[next(iter(self._unacknowledged))]
+        self._reported(client_id, events)
         self._log.warning(
             f"{len(events)} event(s) to client {client_id!r} were never acknowledged (seq "
             f"{events[0][0]}..{events[-1][0]}): {why}; see Server.unacknowledged"
         )
 
+    def _reported(self, client_id: str, events: list[tuple[int, str]]) -> None:
+        """``events`` to ``client_id`` were given up: listed after those given up before."""
+        self._unacknowledged[client_id] = [*self._unacknowledged.pop(client_id, ()), *events]
+        while len(self._unacknowledged) > SESSIONS_KEPT:  # (the client given up longest ago)
+            del self._unacknowledged[next(iter(self._unacknowledged))]
+
     @property
     def unacknowledged(self) -> Mapping[str, list[tuple[int, str]]]:
         """Acknowledged mode: by client id, the ``(seq, event)`` of the events to that client
         given up without an acknowledgement (it left and did not come back within
-        ``acked_keep``, or the server closed first); they may or may not have been handled.
-        The latest report of each client (a live read-only view)."""
+        ``acked_keep``, or the server closed first; or it came back taking a smaller
+        ``max_frame_size`` than they need); they may or may not have been handled. Every
+        report of each client, in the order given up (a live read-only view)."""
         return MappingProxyType(self._unacknowledged)
 
     def _hold(self) -> None:
