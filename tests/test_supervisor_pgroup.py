@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import _pgroup_workers
 import anyio
@@ -157,17 +158,7 @@ anyio.run(main, backend=sys.argv[1])
 async def test_grandchildren_gone_when_the_supervisor_is_sigkilled(
     socket_dir: str, anyio_backend: str, strays: list[psutil.Process]
 ) -> None:
-    root = os.path.join(socket_dir, "killed")
-    os.mkdir(root, 0o700)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([TESTS_DIR, env.get("PYTHONPATH", "")])
-    process = subprocess.Popen(
-        [sys.executable, "-c", _KILLED_SUPERVISOR, anyio_backend, root],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
+    with supervisor_script(_KILLED_SUPERVISOR, anyio_backend, socket_dir) as (process, _):
         with anyio.fail_after(20):
             assert process.stdout is not None
             line = await anyio.to_thread.run_sync(process.stdout.readline)
@@ -182,6 +173,27 @@ async def test_grandchildren_gone_when_the_supervisor_is_sigkilled(
         await wait_until(none_alive([*started["children"], *group]))
         assert time.monotonic() - killed_at < 2.0, "grandchildren outlived the supervisor by >2 s"
         assert alive(daemon)
+
+
+@contextmanager
+def supervisor_script(
+    script: str, backend: str, socket_dir: str, *args: str
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``script`` run as ``python -c script backend root *args`` (tests/ on its path; its
+    stdout a pipe), with ``root`` a fresh socket root; the process killed if still running,
+    and the root removed, as the block ends."""
+    root = os.path.join(socket_dir, "killed")
+    os.mkdir(root, 0o700)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([TESTS_DIR, env.get("PYTHONPATH", "")])
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, backend, root, *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        yield process, root
     finally:
         if process.poll() is None:
             process.kill()
@@ -260,17 +272,10 @@ async def test_a_sigkilled_supervisor_leaves_no_socket_directory(
     it. (After the children were ready it was left now and then: the parent-death signal
     comes when the thread that started the forkserver ends, before the lifeline pipe ends,
     and the forkserver, its parent pid unchanged, took itself for stopped, not orphaned.)"""
-    root = os.path.join(socket_dir, "killed")
-    os.mkdir(root, 0o700)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([TESTS_DIR, env.get("PYTHONPATH", "")])
-    process = subprocess.Popen(
-        [sys.executable, "-c", _ENTERED_SUPERVISOR, anyio_backend, root, when],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
+    with supervisor_script(_ENTERED_SUPERVISOR, anyio_backend, socket_dir, when) as (
+        process,
+        root,
+    ):
         assert process.stdout is not None
         with anyio.fail_after(20):
             for expected in ["entered", "ready"][: 1 if when == "starting" else 2]:
@@ -279,10 +284,3 @@ async def test_a_sigkilled_supervisor_leaves_no_socket_directory(
         assert os.listdir(root) != []
         process.kill()
         await wait_until(lambda: os.listdir(root) == [])
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
-        assert process.stdout is not None
-        process.stdout.close()
-        shutil.rmtree(root, ignore_errors=True)

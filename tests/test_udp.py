@@ -594,24 +594,7 @@ async def test_a_reply_over_the_requesters_max_frame_size_fails_the_request_at_o
         world.on("small", lambda data, peer: data)
         with anyio.fail_after(5):
             assert await hello.request(world.address, "small", 1) == 1
-        silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        forger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            silent.bind(("127.0.0.1", 0))
-
-            async def forge() -> None:
-                await anyio.sleep(0.1)
-                for request_id in range(10):
-                    forged = msgpack.packb([2, request_id, b"x" * 4000])
-                    forger.sendto(forged, hello.address)
-
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(forge)
-                with pytest.raises(ipcactors.RequestTimeoutError):
-                    await hello.request(silent.getsockname(), "ask", timeout=0.5)
-        finally:
-            silent.close()
-            forger.close()
+        await asking_a_silent_peer_among_forged_replies(hello, b"x" * 4000, timeout=0.5)
 
 
 async def test_a_reply_counts_only_from_the_peer_asked() -> None:
@@ -619,23 +602,31 @@ async def test_a_reply_counts_only_from_the_peer_asked() -> None:
     sender guessing the (small, sequential) request id answered it."""
     async with Actor("hello", silent=True) as hello_actor:
         hello = await hello_actor.serve_net("127.0.0.1", 0, udp="udp4")
-        silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        forger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            silent.bind(("127.0.0.1", 0))
+        await asking_a_silent_peer_among_forged_replies(hello, "forged", timeout=1)
 
-            async def forge() -> None:
-                await anyio.sleep(0.2)
-                for request_id in range(20):
-                    forger.sendto(msgpack.packb([2, request_id, "forged"]), hello.address)
 
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(forge)
-                with pytest.raises(ipcactors.RequestTimeoutError):
-                    await hello.request(silent.getsockname(), "ask", timeout=1)
-        finally:
-            silent.close()
-            forger.close()
+async def asking_a_silent_peer_among_forged_replies(
+    hello: ipcactors.DatagramServer, data: Any, *, timeout: float
+) -> None:
+    """``hello`` asks a peer that never answers, while another socket sends it replies (with
+    ``data``) to the request ids it is likely to use: the request times out all the same."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    forger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        silent.bind(("127.0.0.1", 0))
+
+        async def forge() -> None:
+            await anyio.sleep(timeout / 5)
+            for request_id in range(20):
+                forger.sendto(msgpack.packb([2, request_id, data]), hello.address)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(forge)
+            with pytest.raises(ipcactors.RequestTimeoutError):
+                await hello.request(silent.getsockname(), "ask", timeout=timeout)
+    finally:
+        silent.close()
+        forger.close()
 
 
 async def test_empty_node_ipc_datagrams_take_no_place_in_the_peer_table() -> None:
