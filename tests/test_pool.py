@@ -395,6 +395,31 @@ async def test_leaving_the_pool_fails_tasks_in_flight_with_closed_error(
             await p.submit(1.0, "unused")
 
 
+async def test_only_a_lost_worker_is_retried_whatever_retry_on_names(
+    socket_dir: str, tmp_path: Path
+) -> None:
+    # pool.md: retry_on says what counts as a lost worker. The pool's own refusals (arguments
+    # that cannot travel, its close) are no loss: were they retried, the first looped for ever
+    # and the second blocked the event loop in the pool's exit.
+    retry_on = (ipcactors.ConnectionLostError, TypeError, ipcactors.ClosedError)
+    with anyio.fail_after(20):
+        async with pool(socket_dir, size=1, retry_on=retry_on) as p:
+            with pytest.raises(ipcactors.EncodeError, match="cannot be encoded"):
+                await p.submit(object())
+            assert await p.submit(3) == 9
+        assert p.statistics().retried == 0
+        async with anyio.create_task_group() as tg:
+            async with pool(socket_dir, _pool_tasks.sleeps, size=1, retry_on=retry_on) as p:
+
+                async def submit() -> None:
+                    with pytest.raises(ipcactors.ClosedError, match="was closed"):
+                        await p.submit(30.0, str(tmp_path / "submit"))
+
+                tg.start_soon(submit)
+                await wait_until(lambda: p.statistics().in_flight == 1, timeout=10)
+        assert p.statistics().retried == 0
+
+
 async def test_a_pool_used_before_its_block_says_so(socket_dir: str) -> None:
     """A call outside 'async with' is the misuse IPCError (reference.md), as with Actor and
     Supervisor; it was ClosedError, which says the pool was closed."""

@@ -24,8 +24,10 @@ Invariants:
 - A task is retried only after a lost worker (``retry_on``: :class:`ConnectionLostError`, which
   includes :class:`ChildExitedError`, by default), at most ``max_retries`` times, from the head
   of the queue (the next worker with room takes it); never after the function raised
-  (:class:`RemoteError`). When retries run out the caller gets :class:`WorkerLostError` naming
-  the worker, its exit, and the attempts.
+  (:class:`RemoteError`), nor after the pool's own refusals (arguments that cannot travel, its
+  close), whatever ``retry_on`` names: ``_finish`` retries only what it is told was lost.
+  When retries run out the caller gets :class:`WorkerLostError` naming the worker, its exit,
+  and the attempts.
 - A task past ``task_timeout`` has its worker SIGKILLed (the supervisor replaces it) and fails
   with :class:`TaskTimeoutError`, not retried unless ``retry_on`` includes it: a task that hung
   once will likely hang again. The other tasks of that worker count as lost and are retried.
@@ -393,9 +395,12 @@ class Pool:
             return task.value
         raise task.value
 
-    def _finish(self, task: _Task, ok: bool, value: Any) -> None:
+    def _finish(self, task: _Task, ok: bool, value: Any, *, lost: bool = False) -> None:
         """Settle ``task`` (taken off its worker, or the queue): done, or queued again at the
-        head for a retry after a lost worker while it has retries left."""
+        head for a retry while it has retries left, when it was ``lost`` (its worker's
+        connection or process, or its deadline) with an error ``retry_on`` names. The pool's
+        own refusals (arguments that cannot travel, its close) are never retried, whatever
+        ``retry_on`` says: nothing was lost, and a retry would only meet them again."""
         if task.finished:
             return
         if task.timer is not None:
@@ -407,7 +412,7 @@ class Pool:
             return
         if ok:
             self._counts["completed"] += 1
-        elif isinstance(value, self.retry_on) and not isinstance(value, RemoteError):
+        elif lost and isinstance(value, self.retry_on):
             if task.attempts <= self.max_retries:
                 self._counts["retried"] += 1
                 self._queue.appendleft(task)  # a retry goes first: it waited long enough
@@ -415,15 +420,15 @@ class Pool:
                 return
             self._counts["failed"] += 1
             worker = str(getattr(value, "child_id", None) or getattr(value, "worker", "?"))
-            lost = WorkerLostError(
+            gave_up = WorkerLostError(
                 f"task {task.id} gave up after {task.attempts} attempts "
                 f"(max_retries={self.max_retries}); the last one: {value}",
                 worker,
                 getattr(value, "exitcode", None),
                 task.attempts,
             )
-            lost.__cause__ = value
-            value = lost
+            gave_up.__cause__ = value
+            value = gave_up
         else:
             self._counts["failed"] += 1
         task.finished = True
@@ -566,6 +571,7 @@ class Pool:
                     f"on {worker!r}; the worker was killed and is being replaced",
                     worker,
                 ),
+                lost=True,
             )
 
     def _on_done(self, outcomes: Any, client: Client) -> None:
@@ -642,7 +648,7 @@ class Pool:
         ]
         for task in lost:
             del sent[task.id]
-            self._finish(task, False, error)
+            self._finish(task, False, error, lost=True)
         self._work.set()
 
     def _kill(self, worker: str) -> None:
