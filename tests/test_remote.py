@@ -194,6 +194,94 @@ async def test_remote_output_is_relayed_with_id_and_host(
     assert "[talker@h1] hello on stderr" in err
 
 
+_FLOOD_SCRIPT = """
+import json, os, signal, sys
+import anyio, ipcactors, _workers
+
+async def main():
+    fields = json.loads(sys.argv[3])
+    fields["client_keys"] = tuple(fields["client_keys"])
+    host = ipcactors.SSHHost(**fields)
+    async with ipcactors.Supervisor(
+        socket_root=sys.argv[2], auth_key="k", hosts={"h": host}, retry=0.05
+    ) as sup:
+        await sup.spawn(_workers.echo, id="w", host="h")
+        await sup.spawn(_workers.flood, int(sys.argv[4]), id="loud", host="h", restart="temporary")
+        # Our stdout is a pipe nobody reads yet: the flood fills it at once.
+        await anyio.sleep(0.5)
+        for n in range(20):
+            assert await sup.request("w", "echo", n, timeout=10) == n
+        with anyio.fail_after(10):
+            await sup.spawn(_workers.echo, id="late", host="h")
+        assert await sup.request("late", "echo", 1, timeout=10) == 1
+        async with anyio.create_task_group() as task_group:
+            async def pending():
+                try:
+                    await sup.request("w", "slow", 30, timeout=10)
+                except ipcactors.ChildExitedError:
+                    pass
+            task_group.start_soon(pending)
+            await anyio.sleep(0.2)
+            os.kill(sup.children["w"].pid, signal.SIGKILL)
+        print("IPC OK", file=sys.stderr, flush=True)
+        while "loud" in sup.children:
+            await anyio.sleep(0.05)
+
+ipcactors.run(main, backend=sys.argv[1], log_level="WARNING")
+"""
+
+
+async def test_an_unread_flood_from_one_remote_child_stalls_no_other(
+    anyio_backend: str, socket_dir: str, ssh_server: SSHServer
+) -> None:
+    """supervisor.md: a slow or unread stdout does not stall the supervisor's IPC, and a child
+    that writes faster than the output drains waits in its own write; on a host as locally.
+    One child's output must not hold up the host's other messages (a spawn, an exit), and
+    none of it is lost."""
+    total, line = 10_000_000, 100
+    host = ssh_server.host()
+    fields = {
+        name: getattr(host, name)
+        for name in ("address", "port", "user", "client_keys", "known_hosts", "python", "cwd")
+    }
+    fields.update(env=host.env, keepalive=0.5, lifeline_timeout=3.0)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, TESTS])}
+    root = os.path.join(socket_dir, "flood")
+    os.mkdir(root, 0o700)
+    process = subprocess.Popen(
+        [sys.executable, "-c", _FLOOD_SCRIPT, anyio_backend, root, json.dumps(fields), str(total)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        with anyio.fail_after(20):
+            err = b""
+            while b"IPC OK" not in err:
+                chunk = await anyio.to_thread.run_sync(process.stderr.read1, abandon_on_cancel=True)
+                assert chunk, f"the script ended early: {err.decode(errors='replace')}"
+                err += chunk
+        with anyio.fail_after(60):
+            out, rest = await anyio.to_thread.run_sync(process.communicate, abandon_on_cancel=True)
+        assert process.returncode == 0, (err + rest).decode(errors="replace")
+        lines = [text for text in out.split(b"\n") if text.startswith(b"[loud@h] ")]
+        assert len(lines) == total // line, "lines were lost"
+        assert lines[0] == b"[loud@h] " + b"0" * (line - 1)
+        assert lines[-1] == b"[loud@h] " + str(total // line - 1).zfill(line - 1).encode()
+    finally:
+        remote = [child.pid for child in psutil.Process(ssh_server.process.pid).children(True)]
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+        shutil.rmtree(root, ignore_errors=True)
+        await wait_gone(remote, 10)  # the channel's end is their lifeline
+
+
 async def test_cut_connection_ends_remote_processes_and_restarts(
     anyio_backend: str, socket_dir: str, ssh_server: SSHServer, seed: int, log_lines: list[str]
 ) -> None:

@@ -15,6 +15,14 @@ Invariants owned here:
   even if it is SIGKILLed. Its own parent (the SSH server's session) dying sends it SIGTERM.
 - Nothing but frames is written to the control stream: fd 1 is pointed at stderr (which the
   supervisor relays, prefixed ``[forkserver@host]``) and frames go to a duplicate of it.
+- This loop never blocks on the control stream: frames wait in ``outbox`` while the channel is
+  full, so the lifeline and the silence check run whatever the supervisor's side does.
+- One child's output never holds up the channel (another child's spawn or exit behind it): a
+  child's stdout, and its stderr, may each have at most ``WINDOW`` bytes sent on that the
+  supervisor has not yet said it wrote out (``["credit", pid, 1|2, n]``). Past it that pipe is
+  not read, and the child waits in its own write, as a local child does. At a child's exit
+  what its pipes still hold goes on (at most a pipe's size more), then its ``exit``, and its
+  pipes are closed: nothing more is said of that pid.
 - The children's sockets live in a private directory made here (``sup-<pid>-...`` under the
   default socket root) and removed on the way out.
 """
@@ -36,13 +44,16 @@ from ._forkserver import MAX_MESSAGE, fork_child, reap
 from ._parentdeath import EXIT_PARENT_LOST, set_parent_death_signal
 from ._sockets import make_socket_dir, sweep_socket_dirs
 
-__all__ = ["PROTOCOL", "FrameReader", "pack_frame", "serve_stream"]
+__all__ = ["PROTOCOL", "WINDOW", "FrameReader", "pack_frame", "serve_stream"]
 
 #: Bumped when the messages change: the supervisor refuses a forkserver that speaks another.
-PROTOCOL: Final = 1
+PROTOCOL: Final = 2
 _HEADER: Final = struct.Struct(">I")
 _READ: Final = 65536
 MAX_FRAME: Final = MAX_MESSAGE + _READ  # a spawn message, or a chunk of a child's output
+#: Bytes of one child stream sent on ahead of the supervisor's credit for them.
+WINDOW: Final = 4 * _READ
+_DRAIN_READS: Final = 32  # at a child's exit: what its pipe holds (a pipe is 64 KiB-1 MiB)
 
 
 def pack_frame(message: Any) -> bytes:
@@ -72,14 +83,20 @@ class FrameReader:
         return messages
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 def _parent_gone(signum: int, frame: object) -> None:
     raise SystemExit(EXIT_PARENT_LOST)
+
+
+class _Output:
+    """A child's stdout or stderr pipe, read here, and the bytes it may still send on."""
+
+    __slots__ = ("credit", "paused", "pid", "stream")
+
+    def __init__(self, pid: int, stream: int) -> None:
+        self.pid = pid
+        self.stream = stream
+        self.credit = WINDOW
+        self.paused = False  # out of credit: not polled
 
 
 class _Server:
@@ -88,34 +105,86 @@ class _Server:
         self.lifeline = lifeline
         self.sock_dir = sock_dir
         self.children: set[int] = set()
-        self.outputs: dict[int, tuple[int, int]] = {}  # read end: (pid, 1 or 2)
+        self.outputs: dict[int, _Output] = {}  # by read end
+        self.streams: dict[tuple[int, int], int] = {}  # (pid, 1 or 2): read end
+        self.outbox = bytearray()
+        self.polling_out = False  # for room on the channel: while the outbox holds frames
         self.poller = select.poll()
 
     def send(self, message: Any) -> None:
-        _write_all(self.out_fd, pack_frame(message))
+        self.outbox += pack_frame(message)
+        self.flush()
 
-    def forward(self, fd: int) -> bool:
-        """Send on what child output ``fd`` holds; False at its end (then it is closed)."""
-        pid, stream = self.outputs[fd]
+    def flush(self) -> None:
+        """Write what the channel takes now; poll for room while some is left."""
         try:
-            data = os.read(fd, _READ)
+            while self.outbox:
+                del self.outbox[: os.write(self.out_fd, self.outbox)]
+        except BlockingIOError:
+            pass
+        if bool(self.outbox) != self.polling_out:
+            self.polling_out = bool(self.outbox)
+            if self.polling_out:
+                self.poller.register(self.out_fd, select.POLLOUT)
+            else:
+                self.poller.unregister(self.out_fd)
+
+    def forward(self, fd: int, *, drain: bool = False) -> bool:
+        """Send on what child output ``fd`` holds, within its credit unless ``drain`` (its
+        child exited); False at its end (then it is closed)."""
+        output = self.outputs[fd]
+        size = _READ if drain else min(_READ, output.credit)
+        if size <= 0:
+            self._pause(fd, output)
+            return True
+        try:
+            data = os.read(fd, size)
         except BlockingIOError:
             return True
         except OSError:
             data = b""
         if data:
-            self.send(["output", pid, stream, data])
+            output.credit -= len(data)
+            self.send(["output", output.pid, output.stream, data])
+            if output.credit <= 0 and not drain:
+                self._pause(fd, output)
             return True
-        self.poller.unregister(fd)
-        del self.outputs[fd]
-        os.close(fd)
+        self._close(fd)
         return False
+
+    def _pause(self, fd: int, output: _Output) -> None:
+        if not output.paused:
+            output.paused = True
+            self.poller.unregister(fd)
+
+    def _close(self, fd: int) -> None:
+        output = self.outputs.pop(fd)
+        del self.streams[output.pid, output.stream]
+        if not output.paused:
+            self.poller.unregister(fd)
+        os.close(fd)
+
+    def credit(self, pid: int, stream: int, count: int) -> None:
+        """The supervisor wrote out ``count`` more bytes of this stream: read on."""
+        fd = self.streams.get((pid, stream))
+        if fd is None:
+            return  # its child exited meanwhile
+        output = self.outputs[fd]
+        output.credit += count
+        if output.paused and output.credit > 0:
+            output.paused = False
+            self.poller.register(fd, select.POLLIN)
 
     def report(self, pid: int, code: int) -> None:
         # Its last output first: whatever it wrote before it exited is in the pipes now.
-        for fd, (owner, _) in list(self.outputs.items()):
-            while owner == pid and fd in self.outputs and select.select([fd], [], [], 0)[0]:
-                self.forward(fd)
+        for stream in (1, 2):
+            fd = self.streams.get((pid, stream))
+            for _ in range(_DRAIN_READS):
+                if fd not in self.outputs or not select.select([fd], [], [], 0)[0]:
+                    break
+                self.forward(fd, drain=True)
+            if fd in self.outputs:
+                self._close(fd)  # a descendant that left its group still holds it
         self.send(["exit", pid, code])
 
     def handle(self, message: Any, own_fds: tuple[int, ...]) -> None:
@@ -137,9 +206,13 @@ class _Server:
             self.children.add(pid)
             for stream, (read_end, _) in enumerate(pipes, start=1):
                 os.set_blocking(read_end, False)
-                self.outputs[read_end] = (pid, stream)
+                self.outputs[read_end] = _Output(pid, stream)
+                self.streams[pid, stream] = read_end
                 self.poller.register(read_end, select.POLLIN)
             self.send(["spawned", seq, pid])
+        elif kind == "credit":
+            _, pid, stream, count = message
+            self.credit(pid, stream, count)
         elif kind == "kill":
             _, pid, sig = message
             if pid in self.children:
@@ -164,6 +237,7 @@ def serve_stream(
     set_parent_death_signal(os.getppid(), signal.SIGTERM)
     out_fd = os.dup(1)
     os.set_inheritable(out_fd, False)
+    os.set_blocking(out_fd, False)  # (fd 1 is pointed elsewhere below: the pipe is ours)
     os.dup2(2, 1)  # stray writes to stdout land in stderr, never inside a frame
     import importlib
 
@@ -218,6 +292,8 @@ def serve_stream(
                             pass
                     except BlockingIOError:
                         pass
+                elif fd == out_fd:
+                    server.flush()
                 elif fd in server.outputs:
                     server.forward(fd)
             reap(server.children, server.report)

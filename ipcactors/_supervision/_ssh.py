@@ -22,7 +22,12 @@ Invariants owned here:
 - Each child connects back to the supervisor over TCP: TLS when the host names a CA file,
   and the supervisor's ``auth_key`` (a supervisor with hosts refuses to start with neither).
 - The children's output arrives in frames and is written into the pipes the supervisor
-  relays, prefixed ``[id@host]``; the forkserver's own stderr as ``[forkserver@host]``.
+  relays, prefixed ``[id@host]``; the forkserver's own stderr as ``[forkserver@host]``. The
+  channel's reader never waits for a pipe: what a pipe cannot take yet waits in its
+  ``_ChildStream``, and each byte written out is credited back to the forkserver, which sends
+  at most ``WINDOW`` bytes a stream ahead of its credit; so what waits here is bounded, and a
+  child whose output is not read waits in its own write, as a local one does, while the
+  host's other children are spawned, answer and exit.
 - asyncssh runs on asyncio, and so does this launcher: for a supervisor on Trio it runs in a
   helper thread with an asyncio loop of its own (``_asyncio_thread``), one per host. asyncssh
   is imported only here, only when a launcher starts.
@@ -40,13 +45,14 @@ from functools import partial
 from typing import Any, Final
 
 import anyio
+from anyio.abc import TaskGroup
 
 from .._config import check_seconds, shown
 from .._errors import ConfigError, SpawnError
 from .._transports._backend import current_backend
 from ._asyncio_thread import AsyncioThreadLauncher
 from ._launcher import LaunchContext, Launcher
-from ._remoteserver import PROTOCOL, FrameReader, pack_frame
+from ._remoteserver import PROTOCOL, WINDOW, FrameReader, pack_frame
 from ._spawner import KILL_WAIT, wait_either
 
 __all__ = ["SSHHost", "SSHLauncher"]
@@ -189,6 +195,74 @@ class _Spawning:
     abandoned: bool = False  # its spawn gave up waiting: a pid that comes is killed at once
 
 
+class _ChildStream:
+    """Our end of the pipe a remote child's stdout (1) or stderr (2) is relayed from: what
+    the channel brings is written in as the relay takes it, the rest waits here (at most
+    about ``WINDOW``: the forkserver sends no more ahead of our credit)."""
+
+    def __init__(self, fd: int, pid: int, stream: int, send: Callable[[Any], bool]) -> None:
+        self.fd = fd
+        self.pid = pid
+        self.stream = stream
+        self._send = send
+        self._pending = bytearray()
+        self._owed = 0  # written out, not credited yet
+        self._draining = False
+        self._ended = False  # its child exited: closed once what waits is written
+
+    def take(self, data: bytes, task_group: TaskGroup) -> None:
+        if self.fd < 0:
+            return
+        if not self._pending:
+            written = self._write(data)
+            if written == len(data):
+                return
+            data = data[written:]
+        self._pending += data
+        if not self._draining:
+            self._draining = True
+            task_group.start_soon(self._drain)
+
+    def _write(self, data: bytes | bytearray) -> int:
+        try:
+            written = os.write(self.fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            written = len(data)  # nobody reads it any more: dropped, as locally
+        self._owed += written
+        if self._owed >= WINDOW // 4 or written == len(data):
+            self._credit()
+        return written
+
+    def _credit(self) -> None:
+        if self._owed and not self._ended:  # (after its exit the forkserver forgot it)
+            self._send(["credit", self.pid, self.stream, self._owed])
+        self._owed = 0
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending and self.fd >= 0:
+                await anyio.wait_writable(self.fd)
+                del self._pending[: self._write(self._pending)]
+        finally:
+            self._draining = False
+            if self._ended:
+                self.close()
+
+    def end(self) -> None:
+        """Its child exited: close once what waits is written out."""
+        self._ended = True
+        if not self._draining:
+            self.close()
+
+    def close(self) -> None:
+        self._pending.clear()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 class SSHLauncher:
     """Children on one host: an SSH connection, a forkserver run over it (``_remoteserver``)."""
 
@@ -209,7 +283,8 @@ class SSHLauncher:
         self._seq = 0
         self._pending: dict[int, _Spawning] = {}
         self._live: dict[int, Callable[[int], None]] = {}
-        self._outputs: dict[int, list[int]] = {}  # pid: our copies of its stdout, stderr pipes
+        self._streams: dict[tuple[int, int], _ChildStream] = {}  # (pid, 1 or 2)
+        self._task_group: TaskGroup | None = None  # _serve's: the streams' drains
         self._stderr = -1
         self._closing = False
 
@@ -326,6 +401,7 @@ class SSHLauncher:
         context.relay((quiet_read, read_end), f"forkserver@{self.name}")
         try:
             async with anyio.create_task_group() as task_group:
+                self._task_group = task_group
                 task_group.start_soon(self._relay_stderr, process.stderr)
                 task_group.start_soon(self._ping)
                 await self._read(process.stdout)
@@ -352,7 +428,7 @@ class SSHLauncher:
                     "'Last login' line) must not"
                 ) from exc
             for message in messages:
-                if not await self._dispatch(message):
+                if not self._dispatch(message):
                     return
 
     async def _relay_stderr(self, stderr: Any) -> None:
@@ -377,18 +453,21 @@ class SSHLauncher:
             return False
         return True
 
-    async def _dispatch(self, message: Any) -> bool:
+    def _dispatch(self, message: Any) -> bool:
         """Act on one message of the forkserver's; False: stop talking to it."""
         kind = message[0]
         if kind == "output":
             _, pid, stream, data = message
-            fds = self._outputs.get(pid)
-            if fds is not None and stream in (1, 2):
-                await _write(fds[stream - 1], data)
+            child_stream = self._streams.get((pid, stream))
+            if child_stream is not None:
+                assert self._task_group is not None
+                child_stream.take(data, self._task_group)
         elif kind == "exit":
             _, pid, code = message
-            for fd in self._outputs.pop(pid, ()):
-                os.close(fd)
+            for stream in (1, 2):
+                child_stream = self._streams.pop((pid, stream), None)
+                if child_stream is not None:
+                    child_stream.end()
             on_exit = self._live.pop(pid, None)
             if on_exit is not None:
                 on_exit(code)
@@ -402,7 +481,9 @@ class SSHLauncher:
                     del self._pending[message[1]]
                     self.kill(pid, signal.SIGKILL)
                 else:
-                    self._outputs[pid], spawning.fds = spawning.fds, []
+                    for stream, fd in enumerate(spawning.fds, start=1):
+                        self._streams[pid, stream] = _ChildStream(fd, pid, stream, self._send)
+                    spawning.fds = []
         elif kind == "error":
             spawning = self._pending.get(message[1])
             if spawning is not None:
@@ -428,10 +509,9 @@ class SSHLauncher:
         live, self._live = self._live, {}
         for on_exit in live.values():
             on_exit(-signal.SIGKILL)
-        for fds in self._outputs.values():
-            for fd in fds:
-                os.close(fd)
-        self._outputs.clear()
+        for child_stream in self._streams.values():
+            child_stream.close()
+        self._streams.clear()
 
     # --- the launcher interface ---------------------------------------------------------------
 
@@ -466,7 +546,7 @@ class SSHLauncher:
                 spawning.abandoned = True  # (cancelled, or no answer yet): see _dispatch
             else:
                 self._pending.pop(seq, None)
-            for fd in spawning.fds:  # not handed on to _outputs: not started
+            for fd in spawning.fds:  # not handed on to _streams: not started
                 os.close(fd)
             spawning.fds = []
         if spawning.error is not None or spawning.pid is None:
