@@ -396,20 +396,31 @@ async def test_wrong_host_key_user_or_address_are_refused_clearly(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]  # nothing listens there once closed
+    mute = socket.socket(socket.AF_INET6)  # takes connections, never says a word
+    mute.bind(("::1", 0))
+    mute.listen()
     hosts = {
         "spoofed": ssh_server.host(known_hosts=str(wrong_known)),
         "mallory": ssh_server.host(user="mallory"),
         "nowhere": ssh_server.host(port=closed_port),
+        "mute": ssh_server.host(address="::1", port=mute.getsockname()[1], connect_timeout=0.5),
     }
-    async with ipcactors.Supervisor(socket_root=socket_dir, auth_key=KEY, hosts=hosts) as sup:
-        with anyio.fail_after(20):
-            with pytest.raises(ipcactors.SpawnError, match="host key is not in the known_hosts"):
-                await sup.spawn(echo, id="a", host="spoofed")
-            with pytest.raises(ipcactors.SpawnError, match="refused the login of user 'mallory'"):
-                await sup.spawn(echo, id="b", host="mallory")
-            with pytest.raises(ipcactors.SpawnError, match=r"'nowhere'.* is unreachable"):
-                await sup.spawn(echo, id="c", host="nowhere")
-            assert sup.children == {}
+    with mute:
+        async with ipcactors.Supervisor(socket_root=socket_dir, auth_key=KEY, hosts=hosts) as sup:
+            with anyio.fail_after(20):
+                with pytest.raises(ipcactors.SpawnError, match="host key is not in the known_h"):
+                    await sup.spawn(echo, id="a", host="spoofed")
+                with pytest.raises(ipcactors.SpawnError, match="refused the login of user 'ma"):
+                    await sup.spawn(echo, id="b", host="mallory")
+                with pytest.raises(ipcactors.SpawnError, match=r"'nowhere'.* is unreachable"):
+                    await sup.spawn(echo, id="c", host="nowhere")
+                # An address with colons is bracketed before its port; a timeout says so.
+                with pytest.raises(
+                    ipcactors.SpawnError,
+                    match=r"'mute' \(.*@\[::1\]:\d+\) is unreachable: TimeoutError: no answer ",
+                ):
+                    await sup.spawn(echo, id="d", host="mute")
+                assert sup.children == {}
 
 
 @pytest.mark.parametrize("broken", ["python", "cwd"])

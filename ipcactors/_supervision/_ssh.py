@@ -152,7 +152,8 @@ class SSHHost:
     def where(self) -> str:
         """``user@address:port``, for messages."""
         user = f"{self.user}@" if self.user else ""
-        return f"{user}{self.address}:{self.port}"
+        address = f"[{self.address}]" if ":" in self.address else self.address  # IPv6
+        return f"{user}{address}:{self.port}"
 
     def command(
         self, log_level: str, preload: tuple[str, ...], backend: tuple[str, bool] | None = None
@@ -384,7 +385,7 @@ class SSHLauncher:
                     f"{where}: cannot read {what}, {exc.filename}: {exc.strerror}"
                 ) from exc
             raise SpawnError(
-                f"{where} is unreachable: {type(exc).__name__}: {exc or 'no answer'} "
+                f"{where} is unreachable: {type(exc).__name__}: {str(exc) or 'no answer'} "
                 f"(connect_timeout={host.connect_timeout} s)"
             ) from exc
 
