@@ -308,6 +308,20 @@ async def test_a_child_running_a_main_script_function_supervises_its_functions_t
 # --- RestartIntensityError: what gave up, and why -----------------------------------------------
 
 
+async def test_a_child_that_connects_but_is_not_ready_in_time_is_not_said_to_be_unconnected(
+    socket_dir: str,
+) -> None:
+    # Its fn blocks its event loop before its first await: it connected back, and the message
+    # must say that, and what to look for, not that it never connected.
+    with anyio.fail_after(20):
+        async with supervisor(socket_dir, start_timeout=1.0) as sup:
+            with pytest.raises(
+                SpawnError, match=r"'slow' connected back but was not ready within start_timeout"
+            ):
+                await sup.spawn(_workers.blocks_before_ready, 5.0, id="slow")
+            assert sup.children == {}
+
+
 async def test_restart_intensity_error_carries_the_failing_child_and_its_window(
     socket_dir: str,
 ) -> None:

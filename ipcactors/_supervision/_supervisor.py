@@ -957,8 +957,15 @@ class Supervisor:
                 child.id,
                 incarnation.exitcode,
             )
+        if incarnation.client is None:
+            raise SpawnError(
+                f"child {child.id!r} did not connect back within "
+                f"start_timeout={self.start_timeout} s"
+            )
         raise SpawnError(
-            f"child {child.id!r} did not connect back within start_timeout={self.start_timeout} s"
+            f"child {child.id!r} connected back but was not ready within start_timeout="
+            f"{self.start_timeout} s: its fn did not reach its first suspension (a blocking "
+            "call before its first await?)"
         )
 
     async def _end(self, child: Child, incarnation: Incarnation, graceful: bool = True) -> None:
