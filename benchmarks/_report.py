@@ -62,7 +62,7 @@ W6_ROWS = (
 )
 #: W7 worker pools: tiny tasks and 1 MiB numpy tasks per second, against ProcessPoolExecutor
 #: and loky; and the time from a worker's SIGKILL to its task's retry being done.
-W7_ROWS = ("w7-tiny", "w7-tiny-chunked", "w7-numpy", "w7-retry")
+W7_ROWS = ("w7-tiny", "w7-tiny-chunked", "w7-executor", "w7-numpy", "w7-retry")
 #: W8 one large array: a float32 array of this many MiB from send to the receiver's answer,
 #: against a plain socket (``recv_into`` a fresh array) and a memcpy in the same run, for each
 #: path ipcactors has: the socket (``w8-64``), shared memory with the one copy into a slot
@@ -199,6 +199,14 @@ ROWS = [
     Row(
         "w7-tiny-chunked",
         "W7 pool, tiny tasks (theirs chunksize=8)",
+        "tasks/s",
+        True,
+        transports=("unix",),
+        families=("ipc", "ppe", "loky"),
+    ),
+    Row(
+        "w7-executor",
+        "W7 pool, tiny tasks, ours through PoolExecutor",
         "tasks/s",
         True,
         transports=("unix",),
@@ -349,7 +357,7 @@ def summarize(row: Row, report: dict[str, Any], params: dict[str, Any]) -> dict[
         return figure
     if row.key in (
         *("w2", "w2x100", "w2-acked", "w2-nested", "w3", "w4", "w4-acked"),
-        *("w7-tiny", "w7-tiny-chunked", "w7-numpy"),
+        *("w7-tiny", "w7-tiny-chunked", "w7-executor", "w7-numpy"),
         *PAYLOAD_ROWS,
         *FANOUT_ROWS,
         *FANIN_ROWS,
@@ -629,6 +637,15 @@ def targets_for(bound_mib: float | None) -> list[Target]:
             "ppe",
             ">=",
             2.0,
+        ),
+        Target(
+            "W7 asyncio PoolExecutor tiny tasks ≥ 1× ProcessPoolExecutor",
+            "w7-executor",
+            "unix",
+            "ipc-asyncio",
+            "ppe",
+            ">=",
+            1.0,
         ),
         Target(
             "W7 asyncio SIGKILL to retried task done ≤ 100 ms",

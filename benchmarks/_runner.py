@@ -383,7 +383,8 @@ class Cell:
             kind = "numpy" if key == "w7-numpy" else "tiny"
             tasks = p.w7_tiny_tasks if kind == "tiny" else p.w7_numpy_tasks
             chunksize = pool_role.CHUNKSIZE if key == "w7-tiny-chunked" else 1
-            config = self.config(kind=kind, tasks=tasks, chunksize=chunksize)
+            executor = key == "w7-executor"  # ours through PoolExecutor.map, as theirs
+            config = self.config(kind=kind, tasks=tasks, chunksize=chunksize, executor=executor)
             role = self.impl.family  # ipc, ppe or loky
         with Group(self.tree) as group:
             parent = group.start("pool", self.command(role, config, family="pool"))

@@ -16,6 +16,10 @@ cancellable on its own). ipcactors' pool runs ``per_worker=16`` tiny tasks in fl
 items per message for them too, but one future and one work item per chunk (a chunk fails, and
 would be lost, as one).
 
+``w7-executor`` is ``w7-tiny`` with ipcactors' pool behind its ``concurrent.futures`` face:
+``PoolExecutor.map`` (one ``submit``, one future per item, from the caller's thread), as
+theirs.
+
 ``ipc-retry``: a pool of 2; one task runs (its first attempt writes its pid and sleeps), its
 worker is SIGKILLed, and the time from the kill until the task's result arrives (retried on the
 least-loaded worker, where it answers at once) is one sample; ``samples`` times after one
@@ -132,6 +136,17 @@ def main() -> None:
 
             make = ProcessPoolExecutor
         pool_executor(config, make)
+        return
+    if config.get("executor"):
+        import ipcactors
+
+        def make(size: int) -> Any:
+            per_worker = PER_WORKER[config["kind"]]
+            return ipcactors.PoolExecutor(
+                size, backend=backend, per_worker=per_worker, log_level="WARNING"
+            )
+
+        pool_executor(config, make)  # (bounded as theirs: the runner's deadline kills it)
         return
     role_fn = pool_retry if role == "ipc-retry" else pool_ipc
 

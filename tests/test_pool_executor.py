@@ -282,3 +282,24 @@ def test_done_callbacks_may_submit_and_shut_down(executor: PoolExecutor) -> None
     started = time.monotonic()
     executor.shutdown(wait=True)
     assert time.monotonic() - started < 10
+
+
+def test_a_done_callback_that_raises_anything_leaves_the_executor_working(
+    executor: PoolExecutor,
+) -> None:
+    """Done callbacks run in the executor's loop thread. One that raises SystemExit (or any
+    BaseException, which concurrent.futures does not catch) is logged there, and the executor
+    goes on: it ended the pool's loop, and every later future waited for ever."""
+
+    def leave(future: concurrent.futures.Future[Any]) -> None:
+        raise SystemExit(3)
+
+    with executor:
+        first = executor.submit(_pool_tasks.blocks, 0.3)
+        first.add_done_callback(leave)
+        assert first.result(timeout=10) == "done"
+        assert executor.submit(_pool_tasks.square, 3).result(timeout=10) == 9
+        waiting = [executor.submit(_pool_tasks.blocks, 30.0) for _ in range(4)]
+        assert all(future.cancel() for future in waiting)
+        done, _ = concurrent.futures.wait(waiting, timeout=10)
+        assert done == set(waiting)

@@ -5,9 +5,14 @@
         await loop.run_in_executor(executor, work, 3)  # from asyncio code, unchanged
 
 Invariant: the pool lives in its own event loop thread (anyio's blocking portal); every method
-here only hands work to that thread, so it may be called from any thread. In that loop's own
-(where futures settle, so where their done callbacks run) ``submit`` starts its task there
-directly, and ``shutdown(wait=True)``, which would wait for itself, is refused.
+here only hands work to that thread, so it may be called from any thread. A submit never waits
+for that loop: it joins ``_incoming``, and one call scheduled in the loop (``_take``) queues
+every submit waiting there; a task's outcome is likewise handed to one scheduled call
+(``_settle``) that settles the futures, outside the pool's own code, so that their done
+callbacks run in that loop thread. There ``submit`` queues its task directly, and
+``shutdown(wait=True)``, which would wait for itself, is refused. No task per submit: a future
+costs the pool its ``_Task`` and nothing more. A future's cancellation cancels its task in the
+loop; its waiters (``concurrent.futures.wait``) are told there too, once.
 A program may end without ``shutdown()``, as with the standard executors: as the interpreter
 exits (before it waits for its threads, that loop's among them), every executor still open is
 shut down, its tasks in flight finished.
@@ -18,6 +23,7 @@ from __future__ import annotations
 import concurrent.futures
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from functools import partial
@@ -30,8 +36,10 @@ from anyio.from_thread import BlockingPortal
 
 from .._errors import IPCError
 from .._loopthreads import close_at_exit, closed, from_this_thread, signals_deferred
-from .._transports._backend import check_backend
-from ._pool import Pool
+from .._transports._backend import check_backend, threadsafe_scheduler
+from ._pool import Pool, _Task
+
+_Future = concurrent.futures.Future
 
 __all__ = ["PoolExecutor"]
 
@@ -73,10 +81,20 @@ class PoolExecutor(concurrent.futures.Executor):
             with signals_deferred():
                 hop(partial(self._portal_cm.__exit__, *exc_info))
             raise
-        # A future's done callbacks run here, where its task settled (see _submit_here).
+        # A future's done callbacks run there, where its task settled.
         self._loop_thread: int = hop(partial(self._portal.call, threading.get_ident))
         self._lock = threading.Lock()
-        self._futures: set[concurrent.futures.Future[Any]] = set()
+        self._futures: set[_Future[Any]] = set()
+        self._incoming: deque[tuple[_Future[Any], list[Any] | None, tuple[Any, ...]]] = deque()
+        self._settled: list[tuple[_Future[Any], _Task]] = []  # (only touched in the loop)
+        self._taking = False  # a _take is scheduled in the loop
+        self._in_loop: Callable[[Callable[[], None]], None] = hop(
+            partial(self._portal.call, threadsafe_scheduler)
+        )
+        self._take_soon = partial(self._in_loop, self._take)
+        self._cancels: list[_Task] = []  # (only touched in the loop, as what follows)
+        self._wake_canceller: anyio.Event | None = None
+        hop(partial(self._portal.call, self._start_canceller))
         self._shutdown = False
         self._kill = False  # the workers are killed once the tasks are settled (Ctrl-C)
         self._closed = threading.Event()
@@ -89,9 +107,7 @@ class PoolExecutor(concurrent.futures.Executor):
         only, except :meth:`Pool.statistics`."""
         return self._pool
 
-    def submit(
-        self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
-    ) -> concurrent.futures.Future[Any]:
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> _Future[Any]:
         """Run ``fn(*args)`` in a worker; return its :class:`~concurrent.futures.Future`.
         ``fn`` not importable by name is refused here with :class:`SpawnError`."""
         if kwargs:
@@ -99,62 +115,109 @@ class PoolExecutor(concurrent.futures.Executor):
                 "PoolExecutor.submit takes positional arguments only (they travel as msgpack)"
             )
         name = self._pool._name(fn)  # refused here, in the caller's thread, if not importable
+        task = None if name == self._pool._fn else name
+        future: _Future[Any] = _Future()
+        here = threading.get_ident() == self._loop_thread
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            task = None if name == self._pool._fn else name
-            if threading.get_ident() == self._loop_thread:
-                future = self._submit_here(task, args)
-            else:
-                future = self._hop(
-                    partial(self._portal.start_task_soon, self._pool._call, task, args)
-                )
             self._futures.add(future)
+            if not here:
+                self._incoming.append((future, task, args))
+                wake, self._taking = not self._taking, True
         future.add_done_callback(self._futures.discard)
+        if here:
+            self._start(future, task, args)
+        elif wake:
+            self._take_soon()
         return future
 
-    def _submit_here(self, name: Any, args: tuple[Any, ...]) -> concurrent.futures.Future[Any]:
-        """``submit`` from the pool's own loop thread (a done callback's), which cannot call
-        into its loop through the portal: the task starts in the pool's task group, its future
-        settled as the portal's are (cancelling it cancels the task)."""
-        group = self._pool._task_group
-        if group is None:
-            raise RuntimeError("cannot schedule new futures after shutdown")
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        group.start_soon(self._settle, future, name, args)
-        return future
+    # --- in the loop thread ---------------------------------------------------------------------
 
-    async def _settle(
-        self, future: concurrent.futures.Future[Any], name: Any, args: tuple[Any, ...]
-    ) -> None:
-        with anyio.CancelScope() as scope:
+    def _start_canceller(self) -> None:
+        assert self._pool._task_group is not None
+        self._pool._task_group.start_soon(self._canceller)
 
-            def cancel_if_cancelled(done: concurrent.futures.Future[Any]) -> None:
-                if not done.cancelled():
-                    return
-                if threading.get_ident() == self._loop_thread:
-                    scope.cancel()
-                    return
-                try:
-                    self._hop(partial(self._portal.call, scope.cancel))
-                except RuntimeError:
-                    pass  # the loop has ended, and the task with it
+    def _take(self) -> None:
+        """Queue every task submitted from other threads since the last time."""
+        with self._lock:
+            incoming = list(self._incoming)
+            self._incoming.clear()
+            self._taking = False
+        for future, name, args in incoming:
+            self._start(future, name, args)
 
-            future.add_done_callback(cancel_if_cancelled)
-            try:
-                result = await self._pool._call(name, args)
-            except anyio.get_cancelled_exc_class():
-                future.cancel()
-                future.set_running_or_notify_cancel()
-                raise
-            except BaseException as exc:
-                if future.set_running_or_notify_cancel():
-                    future.set_exception(exc)
-                if not isinstance(exc, Exception):
-                    raise
+    def _start(self, future: _Future[Any], name: list[Any] | None, args: tuple[Any, ...]) -> None:
+        if future.cancelled():  # before it reached the loop
+            self._notify_cancelled(future)
+            return
+        try:
+            task = self._pool._enqueue(name, args, partial(self._finished, future))
+        except Exception as exc:  # the pool is closed (it gave up)
+            if future.set_running_or_notify_cancel():
+                self._settle_one(future, False, exc)
+            return
+        future.add_done_callback(partial(self._cancelled, task))
+
+    def _finished(self, future: _Future[Any], task: _Task) -> None:
+        """``task`` settled (inside the pool's own code): its future is settled soon, by one
+        call for all that settle meanwhile, so that done callbacks run outside the pool."""
+        if not self._settled:
+            self._in_loop(self._settle)
+        self._settled.append((future, task))
+
+    def _settle(self) -> None:
+        settled, self._settled = self._settled, []
+        for future, task in settled:
+            if future.cancelled():
+                continue  # _cancelled tells its waiters
+            if future.set_running_or_notify_cancel():
+                self._settle_one(future, task.ok, task.value)
+
+    def _settle_one(self, future: _Future[Any], ok: bool, value: Any) -> None:
+        try:
+            if ok:
+                future.set_result(value)
             else:
-                if future.set_running_or_notify_cancel():
-                    future.set_result(result)
+                future.set_exception(value)
+        except BaseException as exc:  # a done callback's (Future logs an Exception's itself)
+            self._pool.supervisor._log.exception("a PoolExecutor future's done callback", exc)
+
+    def _cancelled(self, task: _Task, future: _Future[Any]) -> None:
+        """A done callback of ``future`` (in whichever thread settled or cancelled it)."""
+        if not future.cancelled():
+            return
+
+        def cancel() -> None:
+            self._notify_cancelled(future)
+            if not task.finished:
+                self._pool._drop(task)  # a queued one is never sent
+                self._cancels.append(task)
+                if self._wake_canceller is not None:
+                    self._wake_canceller.set()
+
+        if threading.get_ident() == self._loop_thread:
+            cancel()
+        else:
+            self._in_loop(cancel)
+
+    async def _canceller(self) -> None:
+        """In the pool's task group: tell the workers of the tasks whose futures were
+        cancelled (those of one pass together: one message per worker)."""
+        while True:
+            while not self._cancels:
+                self._wake_canceller = anyio.Event()
+                await self._wake_canceller.wait()
+            tasks, self._cancels = self._cancels, []
+            await self._pool._cancel(tasks)
+
+    @staticmethod
+    def _notify_cancelled(future: _Future[Any]) -> None:
+        """Tell ``wait()`` and ``as_completed()`` that the cancelled ``future`` is done."""
+        try:
+            future.set_running_or_notify_cancel()
+        except RuntimeError:
+            pass  # told already
 
     def __exit__(
         self,

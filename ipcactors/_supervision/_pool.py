@@ -124,7 +124,7 @@ class _Task:
         self.timer: anyio.CancelScope | None = None  # task_timeout's
         self.index = 0  # its place in a map
         self.waiter: anyio.Event | None = None  # submit's; or:
-        self.notify: Callable[[_Task], None] | None = None  # map's
+        self.notify: Callable[[_Task], None] | None = None  # map's, PoolExecutor's
 
 
 class Pool:
@@ -377,13 +377,24 @@ class Pool:
         if self._task_group is None:  # (misuse: the IPCError reference.md says)
             raise IPCError(f"use the pool inside 'async with' first: async with {self!r}")
 
-    async def _call(self, name: list[Any] | None, args: tuple[Any, ...]) -> Any:
+    def _enqueue(
+        self,
+        name: list[Any] | None,
+        args: tuple[Any, ...],
+        notify: Callable[[_Task], None] | None = None,
+    ) -> _Task:
+        """Queue a task (in the pool's loop); ``notify(task)`` once it is settled."""
         self._check_open()
         task = _Task(next(self._ids), [name, list(args)])
-        waiter = task.waiter = anyio.Event()
+        task.notify = notify
         self._counts["submitted"] += 1
         self._queue.append(task)
         self._work.set()
+        return task
+
+    async def _call(self, name: list[Any] | None, args: tuple[Any, ...]) -> Any:
+        task = self._enqueue(name, args)
+        waiter = task.waiter = anyio.Event()
         try:
             await waiter.wait()
         except anyio.get_cancelled_exc_class():

@@ -39,6 +39,7 @@ __all__ = [
     "running_asyncio_loop",
     "thread_runs_trio",
     "threadsafe_caller",
+    "threadsafe_scheduler",
 ]
 
 
@@ -145,14 +146,14 @@ def thread_runs_trio() -> bool:
     return True
 
 
-def threadsafe_caller(callback: Callable[[], None]) -> Callable[[], None]:
-    """A function that any thread (a garbage collection anywhere) may call to have
-    ``callback`` run soon in the running loop; it does nothing once that loop is gone."""
+def threadsafe_scheduler() -> Callable[[Callable[[], None]], None]:
+    """In a running loop: a function any thread may call with a callback to have it run soon
+    in that loop; it does nothing once that loop is gone."""
     loop = running_asyncio_loop()
     if loop is not None:
         asyncio_loop = loop
 
-        def call_asyncio() -> None:
+        def call_asyncio(callback: Callable[[], None]) -> None:
             try:
                 asyncio_loop.call_soon_threadsafe(callback)
             except RuntimeError:  # the loop is closed
@@ -163,13 +164,20 @@ def threadsafe_caller(callback: Callable[[], None]) -> Callable[[], None]:
 
     token = trio.lowlevel.current_trio_token()
 
-    def call_trio() -> None:
+    def call_trio(callback: Callable[[], None]) -> None:
         try:
             token.run_sync_soon(callback)
         except trio.RunFinishedError:
             pass
 
     return call_trio
+
+
+def threadsafe_caller(callback: Callable[[], None]) -> Callable[[], None]:
+    """A function that any thread (a garbage collection anywhere) may call to have
+    ``callback`` run soon in the running loop; it does nothing once that loop is gone."""
+    schedule = threadsafe_scheduler()
+    return lambda: schedule(callback)
 
 
 _ASYNCIO_OPTIONS: Final = frozenset({"debug", "use_uvloop", "loop_factory"})
