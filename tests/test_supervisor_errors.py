@@ -8,6 +8,7 @@ temporary directory on ``sys.path`` (children get the parent's ``sys.path``).
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import uuid
@@ -252,6 +253,75 @@ async def test_a_main_function_the_child_cannot_import_is_a_spawn_error(
     assert "child 'w' could not load its target '__main__.worker'" in lines[0], out
     assert "define it at the script's top level" in lines[0], out  # the guard, said
     assert lines[1] == "children []", out
+
+
+_SHORT_OF_DESCRIPTORS = """
+import json, os, resource, sys
+import anyio, ipcactors, _workers
+
+def open_fds():
+    return sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
+
+def fill(free):
+    # Every descriptor the process may still open taken, but ``free``.
+    fillers = []
+    try:
+        while len(fillers) < 4096:
+            fillers.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        pass
+    for _ in range(min(free, len(fillers))):
+        os.close(fillers.pop())
+    return fillers
+
+async def main():
+    start = open_fds()
+    outcomes = []
+    with anyio.fail_after(60):
+        async with ipcactors.Supervisor(socket_root=sys.argv[2], retry=0.05) as sup:
+            for free in (1, 2, 3, 4):  # the first spawn also makes the output's writers
+                fillers = fill(free)
+                try:
+                    await sup.spawn(_workers.echo, id="w")
+                except Exception as exc:
+                    outcomes.append(type(exc).__name__)
+                else:
+                    outcomes.append("spawned")
+                    await sup.stop("w")
+                finally:
+                    for fd in fillers:
+                        os.close(fd)
+            await sup.spawn(_workers.echo, id="w")
+            outcomes.append(await sup.request("w", "echo", "answered"))
+    print(json.dumps({"outcomes": outcomes, "leaked": len(open_fds()) - len(start)}))
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+anyio.run(main, backend=sys.argv[1])
+"""
+
+
+async def test_a_supervisor_short_of_descriptors_refuses_a_spawn_and_leaks_nothing(
+    socket_dir: str, anyio_backend: str, tmp_path: Path
+) -> None:
+    """A spawn that cannot make its output's pipes (or their writers, with the first child) is
+    a SpawnError, its pipes closed; the supervisor goes on, and leaves as ever. It was a bare
+    OSError with a pipe left open per attempt; and when the writers could not be made, leaving
+    the supervisor waited for ever (a relay counted that never started), deadlines or not."""
+    script = tmp_path / "short.py"
+    script.write_text(_SHORT_OF_DESCRIPTORS)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([TESTS_DIR, env.get("PYTHONPATH", "")])
+    with anyio.fail_after(90):
+        result = await anyio.run_process(
+            [sys.executable, str(script), anyio_backend, socket_dir], env=env, check=False
+        )
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    report = json.loads(result.stdout.decode().splitlines()[-1])
+    outcomes = report["outcomes"]
+    assert set(outcomes[:-1]) <= {"SpawnError", "spawned"}, outcomes
+    assert outcomes[0] == "SpawnError", outcomes
+    assert outcomes[-1] == "answered", outcomes
+    assert report["leaked"] == 0, report
 
 
 _NESTED_IN_MAIN = """

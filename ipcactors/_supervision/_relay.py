@@ -180,6 +180,9 @@ def _text(prefix: str, lines: list[bytes]) -> str:
     return "".join(f"{prefix}{line.decode(errors='replace')}\n" for line in lines)
 
 
+_STREAMS: tuple[Stream, Stream] = ("stdout", "stderr")
+
+
 class ChildOutput:
     """The relays of every child's stdout and stderr to ours, through one writer thread per
     stream (made with the first child)."""
@@ -190,18 +193,23 @@ class ChildOutput:
         self._idle = anyio.Event()
         self._idle.set()
 
+    def prepare(self) -> None:
+        """Make the writers, with the first child: an ``OSError`` (out of descriptors) comes
+        here, before a relay is counted or the caller has a process whose output needs them."""
+        for stream in _STREAMS:
+            if stream not in self._writers:
+                self._writers[stream] = OutputWriter(stream)
+
     def start(self, task_group: TaskGroup, fds: tuple[int, int], child_id: str) -> None:
-        """Relay the read ends ``fds`` (the child's stdout, stderr; closed here at their end)."""
-        streams: tuple[Stream, Stream] = ("stdout", "stderr")
-        for fd, stream in zip(fds, streams, strict=True):
+        """Relay the read ends ``fds`` (the child's stdout, stderr; closed here at their end,
+        or by the caller if this raises: then nothing was started)."""
+        self.prepare()
+        for fd, stream in zip(fds, _STREAMS, strict=True):
             os.set_blocking(fd, False)
             scope = anyio.CancelScope()
             self._relays.add(scope)
             self._idle = anyio.Event()
-            writer = self._writers.get(stream)
-            if writer is None:
-                writer = self._writers[stream] = OutputWriter(stream)
-            task_group.start_soon(self._relay, fd, writer, f"[{child_id}] ", scope)
+            task_group.start_soon(self._relay, fd, self._writers[stream], f"[{child_id}] ", scope)
 
     async def _relay(
         self, fd: int, writer: OutputWriter, prefix: str, scope: anyio.CancelScope

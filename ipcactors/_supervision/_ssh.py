@@ -397,9 +397,19 @@ class SSHLauncher:
         process = self._process = await connection.create_process(command, encoding=None)
         quiet_read, quiet_write = os.pipe2(os.O_CLOEXEC)
         os.close(quiet_write)
-        read_end, self._stderr = os.pipe2(os.O_CLOEXEC)
+        try:
+            read_end, self._stderr = os.pipe2(os.O_CLOEXEC)
+        except OSError:
+            os.close(quiet_read)
+            raise
         os.set_blocking(self._stderr, False)
-        context.relay((quiet_read, read_end), f"forkserver@{self.name}")
+        try:
+            context.relay((quiet_read, read_end), f"forkserver@{self.name}")
+        except OSError:  # (out of descriptors: the relay took neither)
+            for fd in (quiet_read, read_end, self._stderr):
+                os.close(fd)
+            self._stderr = -1
+            raise
         try:
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group

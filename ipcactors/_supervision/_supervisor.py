@@ -134,6 +134,20 @@ _RELAY_DRAIN: Final = 1.0  # seconds relays get to pass on a stopped child's las
 DEFAULT_MAX_CHILDREN: Final = 1000
 
 
+def _output_pipes() -> list[tuple[int, int]]:
+    """A child's stdout and stderr pipes; on ``OSError`` none is left open."""
+    pipes: list[tuple[int, int]] = []
+    try:
+        for _ in range(2):
+            pipes.append(os.pipe2(os.O_CLOEXEC))
+    except OSError:
+        for pipe in pipes:
+            for fd in pipe:
+                os.close(fd)
+        raise
+    return pipes
+
+
 async def _wait_any(*events: anyio.Event) -> None:
     """Return as soon as any of ``events`` is set."""
     if any(event.is_set() for event in events):
@@ -885,7 +899,15 @@ class Supervisor:
         child.changed()
         started = time.monotonic()
         launcher = await self._unless_stopped(child, partial(self._ready_launcher, child))
-        pipes = [os.pipe2(os.O_CLOEXEC), os.pipe2(os.O_CLOEXEC)]
+        try:
+            self._output.prepare()
+            pipes = _output_pipes()
+        except OSError as exc:  # out of descriptors: nothing was started, nothing is left open
+            child.incarnation = None
+            child.changed()
+            raise SpawnError(
+                f"could not start child {child.id!r}: its output's pipes: {exc}"
+            ) from exc
         try:
             # Not shielded: a spawn given up (stopped, cancelled, a host that does not answer)
             # leaves the launcher to kill that process as soon as its pid comes.
