@@ -9,7 +9,8 @@ ipcactors, it derives from the matching builtin too (``TimeoutError``, ``ValueEr
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import errno
+from typing import Any, Final, NamedTuple
 
 __all__ = [
     "AddressInUseError",
@@ -34,6 +35,7 @@ __all__ = [
     "RemoteError",
     "RequestTimeoutError",
     "ReservedEventError",
+    "ResourceError",
     "RestartIntensityError",
     "ServerBusyError",
     "SocketPathError",
@@ -205,6 +207,25 @@ class AddressInUseError(SocketPathError):
 
 class InsecureSocketDirError(SocketPathError):
     """The socket directory could be written by other users, or belongs to another user."""
+
+
+class ResourceError(IPCError, OSError):
+    """The system is out of what the operation needs: file descriptors (``errno`` EMFILE, this
+    process's ``ulimit -n``; ENFILE, the whole system's) or memory (ENOMEM, ENOBUFS). Nothing was
+    left half-made: close what you can spare, or raise the limit, and try again."""
+
+
+#: What an ``OSError`` says when the system, not the call, is at fault.
+_EXHAUSTED: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+
+
+def raise_if_exhausted(exc: BaseException, doing: str) -> None:
+    """Raise :class:`ResourceError` (``doing``: what could not be done) from ``exc`` if it
+    says the system is out of something; else return."""
+    if isinstance(exc, OSError) and not isinstance(exc, IPCError) and exc.errno in _EXHAUSTED:
+        error = ResourceError(f"{doing}: [Errno {exc.errno}] {exc.strerror}")
+        error.errno = exc.errno  # (its strerror left unset: str() is then the message)
+        raise error from exc
 
 
 # --- the wire ---------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import stat
@@ -400,3 +401,83 @@ async def test_serve_waits_for_another_process_binding_in_the_same_folder(
     finally:
         holder.kill()
         holder.wait()
+
+
+_SERVE_SHORT_OF_DESCRIPTORS = """
+import json, os, resource, socket, sys
+import anyio, ipcactors
+
+def fill(free):
+    fillers = []
+    try:
+        while len(fillers) < 4096:
+            fillers.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        pass
+    for _ in range(min(free, len(fillers))):
+        os.close(fillers.pop())
+    return fillers
+
+async def main(root):
+    stale = os.path.join(root, "stale")  # serving there probes it first
+    probe = socket.socket(socket.AF_UNIX)
+    probe.bind(stale)
+    probe.close()
+    outcomes = {}
+    with anyio.fail_after(30):
+        for free in (0, 1, 2):
+            for kind in ("unix", "unix-stale", "tcp", "udp"):
+                async with ipcactors.Actor("world", socket_root=root, silent=True) as world:
+                    fillers = fill(free)
+                    try:
+                        if kind == "unix":
+                            server = await world.serve()
+                        elif kind == "unix-stale":
+                            server = await world.serve(stale)
+                        else:
+                            udp = "udp4" if kind == "udp" else None
+                            server = await world.serve_net("127.0.0.1", 0, udp=udp)
+                    except Exception as exc:
+                        outcome = type(exc).__name__
+                        if isinstance(exc, ipcactors.ResourceError):
+                            assert exc.errno == 24 and "Too many open files" in str(exc), exc
+                    else:
+                        outcome = "served"
+                        await server.aclose()
+                    finally:
+                        for fd in fillers:
+                            os.close(fd)
+                    outcomes.setdefault(kind, []).append(outcome)
+    print(json.dumps(outcomes))
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+anyio.run(main, sys.argv[2], backend=sys.argv[1])
+"""
+
+
+async def test_serving_short_of_descriptors_is_a_resource_error(
+    socket_dir: str, anyio_backend: str, tmp_path: object
+) -> None:
+    """reference.md: what happens at run time is one of the library's errors. A process out of
+    file descriptors got a bare OSError from serve() and serve_net(), or a SocketPathError,
+    which blames a path that is fine."""
+    root = os.path.join(socket_dir, "short")
+    os.mkdir(root, 0o700)
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))}
+    try:
+        with anyio.fail_after(60):
+            result = await anyio.run_process(
+                [sys.executable, "-c", _SERVE_SHORT_OF_DESCRIPTORS, anyio_backend, root],
+                env=env,
+                check=False,
+            )
+        assert result.returncode == 0, result.stderr.decode()[-3000:]
+        outcomes = json.loads(result.stdout.decode().splitlines()[-1])
+        for seen in outcomes.values():
+            assert set(seen) <= {"ResourceError", "served"}, outcomes
+            assert seen[0] == "ResourceError", outcomes  # not a descriptor free: never served
+        assert set(os.listdir(root)) <= {"stale"}  # (a served stale path is taken over)
+    finally:
+        for name in os.listdir(root):
+            os.unlink(os.path.join(root, name))
+        os.rmdir(root)

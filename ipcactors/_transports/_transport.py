@@ -33,7 +33,13 @@ from typing import Any, Final, NoReturn, Protocol
 import anyio
 from anyio.abc import ByteStream, SocketAttribute
 
-from .._errors import AddressInUseError, ConfigError, SocketPathError, TLSError
+from .._errors import (
+    AddressInUseError,
+    ConfigError,
+    SocketPathError,
+    TLSError,
+    raise_if_exhausted,
+)
 from ._backend import Completion, running_asyncio_loop
 from ._fds import FdSocketStream
 from ._streams import wrap_socket
@@ -407,7 +413,10 @@ class TCPTransport:
         except OSError as exc:
             raise_bind_error(exc, "TCP", self.host, self.port)
         family, _, _, _, sockaddr = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            raise_bind_error(exc, "TCP", self.host, self.port)
         try:
             # Lets a restarted server rebind despite TIME_WAIT. SO_REUSEPORT stays off: it
             # would let another process of ours share the port and steal connections.
@@ -434,9 +443,9 @@ _NOT_SERVABLE: Final = frozenset(
 def raise_bind_error(exc: OSError, protocol: str, host: str, port: int) -> NoReturn:
     """Raise what ``exc``, met looking up or binding ``(host, port)`` to serve ``protocol``,
     is: :class:`AddressInUseError`, :class:`ConfigError` for an address that cannot be served
-    on here (a name that does not resolve included), else ``exc`` itself (out of descriptors,
-    memory: the system's state, not the address). uvloop leaves ``errno`` unset and says it in
-    the cause."""
+    on here (a name that does not resolve included), :class:`ResourceError` when the system is
+    out of descriptors or memory (its state, not the address's), else ``exc`` itself. uvloop
+    leaves ``errno`` unset and says it in the cause."""
     code = exc.errno if exc.errno is not None else getattr(exc.__cause__, "errno", None)
     if code == errno.EADDRINUSE:
         raise AddressInUseError(
@@ -444,6 +453,7 @@ def raise_bind_error(exc: OSError, protocol: str, host: str, port: int) -> NoRet
         ) from exc
     if isinstance(exc, socket.gaierror) or code in _NOT_SERVABLE:
         raise ConfigError(f"cannot serve on {host} port {port} ({protocol}): {exc}") from exc
+    raise_if_exhausted(exc, f"cannot serve on {host} port {port} ({protocol})")
     raise exc
 
 

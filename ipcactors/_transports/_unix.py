@@ -31,6 +31,7 @@ from .._errors import (
     InsecureSocketDirError,
     SocketPathError,
     SocketPathTooLongError,
+    raise_if_exhausted,
 )
 
 __all__ = [
@@ -123,7 +124,18 @@ class BoundUnixSocket:
 
 def bind_unix_socket(path: str, backlog: int = 128, *, wait: bool = True) -> BoundUnixSocket | None:
     """Bind and listen on ``path`` safely (see the module's invariants). Blocks briefly; with
-    ``wait=False``, returns None instead of waiting for another process's lock."""
+    ``wait=False``, returns None instead of waiting for another process's lock. Out of
+    descriptors (or memory): :class:`ResourceError`, not a fault of the path's."""
+    try:
+        return _bind_unix_socket(path, backlog, wait)
+    except (OSError, SocketPathError) as exc:
+        cause = exc.__cause__ if isinstance(exc, SocketPathError) else exc
+        if cause is not None:
+            raise_if_exhausted(cause, f"cannot serve on {path!r}")
+        raise
+
+
+def _bind_unix_socket(path: str, backlog: int, wait: bool) -> BoundUnixSocket | None:
     check_path_length(path)
     directory = os.path.dirname(path) or "."
     try:
