@@ -136,7 +136,12 @@ async def test_what_node_ipc_cannot_carry_is_refused_before_sending(socket_dir: 
         Actor("world", socket_root=socket_dir, **FAST) as world,
         Actor("hello", socket_root=socket_dir, **FAST) as hello,
     ):
-        await world.serve()
+        server = await world.serve()
+        for name in ("socket.disconnected", "close", "data", "start"):
+            # Refused whoever is connected (it was only in each client's send: with no
+            # client, nothing said the call was wrong).
+            with pytest.raises(ipcactors.ReservedEventError, match="lifecycle"):
+                await server.broadcast(name, {})
         with anyio.fail_after(10):
             connection = await hello.connect_to("world")
             for name in ("socket.disconnected", "close", "data", "start"):

@@ -72,9 +72,16 @@ _NEVER_AWAITABLE = frozenset({type(None), bool, int, float, str, bytes, bytearra
 _checked_names: set[str] = set()  # event names known to be fine (bounded below)
 
 
-def check_event_name(event: str) -> None:
+def check_event_name(event: str, wire_reserved: frozenset[str] = frozenset()) -> None:
+    """Refuse what no event may be named, and what the wire reserves (``Codec.peer_reserved``:
+    node-ipc's lifecycle names), before anything is encoded or sent."""
     if type(event) is not str or not event:
         raise EventNameError(f"an event name must be a non-empty str, got {event!r:.80}")
+    if event in wire_reserved:
+        raise ReservedEventError(
+            f"{event!r} is a lifecycle event name on this wire (node-ipc's): a frame named so "
+            "would fire the peer's own handler; choose another name"
+        )
     if event in _checked_names:
         return
     if not event.isascii():

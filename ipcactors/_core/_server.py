@@ -359,7 +359,7 @@ class Server(HandlerMethods):
         broadcast that no client took gives the loop one pass (a loop of them would hold up
         the rest). Raises :class:`ClosedError` once the server is closed.
         """
-        check_event_name(event)
+        check_event_name(event, self._codec.peer_reserved)
         self._check_open()
         plain: Frame | None = None  # encoded once for all plain clients
         item: bytes | None = None  # likewise, for those that take batches (see _outbox)
