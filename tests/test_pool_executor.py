@@ -303,3 +303,88 @@ def test_a_done_callback_that_raises_anything_leaves_the_executor_working(
         assert all(future.cancel() for future in waiting)
         done, _ = concurrent.futures.wait(waiting, timeout=10)
         assert done == set(waiting)
+
+
+def test_a_cancelled_future_is_done_whatever_the_callbacks_before_do(
+    executor: PoolExecutor,
+) -> None:
+    """cancel() runs the done callbacks in the caller's thread, in order, and one that raises
+    SystemExit stops those after it: the executor's own comes first, so the future is still
+    told done to wait() (it stayed CANCELLED for ever) and its task is cancelled (it ran)."""
+
+    def leave(future: concurrent.futures.Future[Any]) -> None:
+        raise SystemExit(3)
+
+    with executor:
+        future = executor.submit(_pool_tasks.blocks, 30.0)
+        future.add_done_callback(leave)
+        time.sleep(0.3)  # in the worker by now
+        with pytest.raises(SystemExit):
+            future.cancel()
+        done, _ = concurrent.futures.wait([future], timeout=10)
+        assert done == {future}
+        started = time.monotonic()
+    assert time.monotonic() - started < 10  # not the 30 s task
+    statistics = executor.pool.statistics()
+    assert (statistics.cancelled, statistics.completed) == (1, 0)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("where", ["submits", "block"])
+def test_ctrl_c_anywhere_leaves_the_executor_sound(
+    backend: str, where: str, socket_dir: str, tmp_path: Path
+) -> None:
+    """Ctrl-C at any moment: inside submit() (a caller that catches it and goes on, as a REPL
+    does: later tasks ran no more, and shutdown hung), or twice as the block is left with
+    many futures (the second cut the cancels short: the process hung with its workers)."""
+    script = tmp_path / "main.py"
+    script.write_text(
+        textwrap.dedent(f"""
+            import os, signal, sys, threading, time
+            import _pool_tasks
+            from ipcactors import PoolExecutor
+
+            def pester(stop, count, gap):
+                for _ in range(count):
+                    if stop.wait(gap):
+                        return
+                    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+            if __name__ == "__main__":
+                options = dict(backend={backend!r}, socket_root=sys.argv[1], per_worker=8)
+                stop = threading.Event()
+                if {where!r} == "submits":
+                    executor = PoolExecutor(1, **options)
+                    threading.Thread(target=pester, args=(stop, 400, 0.002)).start()
+                    interrupts = 0
+                    deadline = time.monotonic() + 20
+                    while not stop.is_set() and time.monotonic() < deadline:
+                        try:
+                            for _ in range(1000):
+                                executor.submit(_pool_tasks.square, 2)
+                        except KeyboardInterrupt:
+                            interrupts += 1
+                            if interrupts >= 100:
+                                stop.set()
+                    time.sleep(0.1)  # (the last SIGINT is in)
+                    print(executor.submit(_pool_tasks.square, 4).result(timeout=10), flush=True)
+                    executor.shutdown(wait=True, cancel_futures=True)
+                    print("shut down", flush=True)
+                else:
+                    with PoolExecutor(2, **options) as executor:
+                        futures = [executor.submit(_pool_tasks.blocks, 30.0) for _ in range(20000)]
+                        time.sleep(0.5)
+                        os.kill(os.getpid(), signal.SIGINT)
+                        threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
+                        futures[0].result()
+        """)
+    )
+    started = time.monotonic()
+    done = run_script(script, socket_dir, timeout=60)
+    assert time.monotonic() - started < 40, done.stderr[-3000:]
+    if where == "submits":
+        assert done.stdout.split("\n")[:2] == ["16", "shut down"], done.stderr[-3000:]
+    else:
+        assert "KeyboardInterrupt" in done.stderr
+    assert "unexpected state" not in done.stderr
+    assert os.listdir(socket_dir) == []

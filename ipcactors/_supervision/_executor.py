@@ -41,6 +41,19 @@ from ._pool import Pool, _Task
 
 _Future = concurrent.futures.Future
 
+
+class _Slot:
+    """What the executor keeps of one future: its task in the pool, once queued there, and
+    whether its waiters were told it is done (``set_running_or_notify_cancel``, which may be
+    called once: under the executor's lock, whichever thread gets there first)."""
+
+    __slots__ = ("task", "told")
+
+    def __init__(self) -> None:
+        self.task: _Task | None = None
+        self.told = False
+
+
 __all__ = ["PoolExecutor"]
 
 
@@ -84,9 +97,11 @@ class PoolExecutor(concurrent.futures.Executor):
         # A future's done callbacks run there, where its task settled.
         self._loop_thread: int = hop(partial(self._portal.call, threading.get_ident))
         self._lock = threading.Lock()
-        self._futures: set[_Future[Any]] = set()
-        self._incoming: deque[tuple[_Future[Any], list[Any] | None, tuple[Any, ...]]] = deque()
-        self._settled: list[tuple[_Future[Any], _Task]] = []  # (only touched in the loop)
+        self._futures: dict[_Future[Any], _Slot] = {}  # those not done
+        self._incoming: deque[tuple[_Future[Any], _Slot, list[Any] | None, tuple[Any, ...]]] = (
+            deque()
+        )
+        self._settled: list[tuple[_Future[Any], _Slot, _Task]] = []  # (touched in the loop)
         self._taking = False  # a _take is scheduled in the loop
         self._in_loop: Callable[[Callable[[], None]], None] = hop(
             partial(self._portal.call, threadsafe_scheduler)
@@ -96,6 +111,7 @@ class PoolExecutor(concurrent.futures.Executor):
         self._wake_canceller: anyio.Event | None = None
         hop(partial(self._portal.call, self._start_canceller))
         self._shutdown = False
+        self._closing = False  # the closer thread runs (or ran)
         self._kill = False  # the workers are killed once the tasks are settled (Ctrl-C)
         self._closed = threading.Event()
         self._error: Exception | None = None  # why the pool ended, if it gave up
@@ -117,20 +133,29 @@ class PoolExecutor(concurrent.futures.Executor):
         name = self._pool._name(fn)  # refused here, in the caller's thread, if not importable
         task = None if name == self._pool._fn else name
         future: _Future[Any] = _Future()
+        slot = _Slot()
+        # Ours first, before any of the caller's (one that raises stops those after it).
+        future.add_done_callback(partial(self._cancelled, slot))
+        future.add_done_callback(self._forget)
         here = threading.get_ident() == self._loop_thread
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            self._futures.add(future)
             if not here:
-                self._incoming.append((future, task, args))
-                wake, self._taking = not self._taking, True
-        future.add_done_callback(self._futures.discard)
+                # Interrupted anywhere here (Ctrl-C), nothing is lost: what is in _incoming
+                # is taken by the next _take (the flag is set only once one is scheduled,
+                # and the closer takes what is left), and _futures holds only what it holds.
+                self._incoming.append((future, slot, task, args))
+                if not self._taking:
+                    self._take_soon()
+                    self._taking = True
+            self._futures[future] = slot
         if here:
-            self._start(future, task, args)
-        elif wake:
-            self._take_soon()
+            self._start(future, slot, task, args)
         return future
+
+    def _forget(self, future: _Future[Any]) -> None:
+        self._futures.pop(future, None)
 
     # --- in the loop thread ---------------------------------------------------------------------
 
@@ -144,34 +169,32 @@ class PoolExecutor(concurrent.futures.Executor):
             incoming = list(self._incoming)
             self._incoming.clear()
             self._taking = False
-        for future, name, args in incoming:
-            self._start(future, name, args)
+        for future, slot, name, args in incoming:
+            self._start(future, slot, name, args)
 
-    def _start(self, future: _Future[Any], name: list[Any] | None, args: tuple[Any, ...]) -> None:
+    def _start(
+        self, future: _Future[Any], slot: _Slot, name: list[Any] | None, args: tuple[Any, ...]
+    ) -> None:
         if future.cancelled():  # before it reached the loop
-            self._notify_cancelled(future)
+            self._notify_cancelled(future, slot)
             return
         try:
-            task = self._pool._enqueue(name, args, partial(self._finished, future))
+            slot.task = self._pool._enqueue(name, args, partial(self._finished, future, slot))
         except Exception as exc:  # the pool is closed (it gave up)
-            if future.set_running_or_notify_cancel():
+            if self._running(future, slot):
                 self._settle_one(future, False, exc)
-            return
-        future.add_done_callback(partial(self._cancelled, task))
 
-    def _finished(self, future: _Future[Any], task: _Task) -> None:
+    def _finished(self, future: _Future[Any], slot: _Slot, task: _Task) -> None:
         """``task`` settled (inside the pool's own code): its future is settled soon, by one
         call for all that settle meanwhile, so that done callbacks run outside the pool."""
         if not self._settled:
             self._in_loop(self._settle)
-        self._settled.append((future, task))
+        self._settled.append((future, slot, task))
 
     def _settle(self) -> None:
         settled, self._settled = self._settled, []
-        for future, task in settled:
-            if future.cancelled():
-                continue  # _cancelled tells its waiters
-            if future.set_running_or_notify_cancel():
+        for future, slot, task in settled:
+            if self._running(future, slot):
                 self._settle_one(future, task.ok, task.value)
 
     def _settle_one(self, future: _Future[Any], ok: bool, value: Any) -> None:
@@ -183,14 +206,16 @@ class PoolExecutor(concurrent.futures.Executor):
         except BaseException as exc:  # a done callback's (Future logs an Exception's itself)
             self._pool.supervisor._log.exception("a PoolExecutor future's done callback", exc)
 
-    def _cancelled(self, task: _Task, future: _Future[Any]) -> None:
-        """A done callback of ``future`` (in whichever thread settled or cancelled it)."""
+    def _cancelled(self, slot: _Slot, future: _Future[Any]) -> None:
+        """``future``'s first done callback, in whichever thread settled or cancelled it: a
+        cancelled one's waiters are told at once, its task is cancelled in the loop."""
         if not future.cancelled():
             return
+        self._notify_cancelled(future, slot)
 
         def cancel() -> None:
-            self._notify_cancelled(future)
-            if not task.finished:
+            task = slot.task
+            if task is not None and not task.finished:
                 self._pool._drop(task)  # a queued one is never sent
                 self._cancels.append(task)
                 if self._wake_canceller is not None:
@@ -211,13 +236,23 @@ class PoolExecutor(concurrent.futures.Executor):
             tasks, self._cancels = self._cancels, []
             await self._pool._cancel(tasks)
 
-    @staticmethod
-    def _notify_cancelled(future: _Future[Any]) -> None:
-        """Tell ``wait()`` and ``as_completed()`` that the cancelled ``future`` is done."""
-        try:
-            future.set_running_or_notify_cancel()
-        except RuntimeError:
-            pass  # told already
+    def _notify_cancelled(self, future: _Future[Any], slot: _Slot) -> None:
+        """Tell ``wait()`` and ``as_completed()`` that the cancelled ``future`` is done (any
+        thread may, any number of times: once is done)."""
+        with self._lock:
+            if not slot.told:
+                slot.told = True
+                future.set_running_or_notify_cancel()
+
+    def _running(self, future: _Future[Any], slot: _Slot) -> bool:
+        """Mark ``future`` running, to settle it now: False if it was cancelled (its waiters
+        are then told, if no other thread did)."""
+        with self._lock:
+            if slot.told:
+                return False
+            running = future.set_running_or_notify_cancel()
+            slot.told = not running
+            return running
 
     def __exit__(
         self,
@@ -246,15 +281,13 @@ class PoolExecutor(concurrent.futures.Executor):
                 "run) would wait for itself: call shutdown(wait=False) there"
             )
         with self._lock:
-            already = self._shutdown
             self._shutdown = True
-            futures = list(self._futures)
+            start = not self._closing
+        if start:  # first: a Ctrl-C among the cancels below must not keep it from starting
+            threading.Thread(target=self._close, name="ipcactors-executor-close").start()
         if cancel_futures:
-            for future in futures:
+            for future in list(self._futures):
                 future.cancel()
-        if not already:
-            closer = threading.Thread(target=self._close, args=(futures,), daemon=False)
-            closer.start()
         if wait:
             try:
                 self._closed.wait()
@@ -266,23 +299,38 @@ class PoolExecutor(concurrent.futures.Executor):
                 raise error
 
     def _interrupted(self) -> None:
-        """Cancel every unfinished future, then have the workers killed (see ``__exit__``)."""
+        """Have the workers killed and every unfinished future cancelled (see ``__exit__``)."""
         with self._lock:
-            self._kill = True  # (before the cancels: the closer checks it once they are done)
+            self._kill = True  # (first: the closer stops waiting for the tasks at once)
             futures = list(self._futures)
         for future in futures:
             future.cancel()
 
-    def _close(self, futures: list[concurrent.futures.Future[Any]]) -> None:
+    def _close(self) -> None:
+        """The closer thread (one; a second returns at once): wait for the tasks (not once
+        ``_kill`` is set), stop the pool, which settles what is left, and its loop."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
         closed(self)
         try:
-            concurrent.futures.wait(futures)
+            self._portal.call(self._take)  # what a Ctrl-C in a submit kept from being taken
+            while not self._kill:
+                pending = [future for future in list(self._futures) if not future.done()]
+                if not pending:
+                    break
+                concurrent.futures.wait(pending, timeout=0.1)
             if self._kill:
                 self._portal.call(self._pool.supervisor.kill)
             assert self._pool_cm is not None
             self._pool_cm.__exit__(None, None, None)
+            self._portal.call(self._settle)  # the futures of the tasks it settled
         except Exception as exc:  # (logged by the supervisor as it gave up)
             self._error = exc
         finally:
             self._portal_cm.__exit__(None, None, None)
+            for future, slot in list(self._futures.items()):  # a cancel a Ctrl-C cut short
+                if future.cancelled():
+                    self._notify_cancelled(future, slot)
             self._closed.set()
