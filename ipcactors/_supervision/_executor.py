@@ -11,8 +11,12 @@ every submit waiting there; a task's outcome is likewise handed to one scheduled
 (``_settle``) that settles the futures, outside the pool's own code, so that their done
 callbacks run in that loop thread. There ``submit`` queues its task directly, and
 ``shutdown(wait=True)``, which would wait for itself, is refused. No task per submit: a future
-costs the pool its ``_Task`` and nothing more. A future's cancellation cancels its task in the
-loop; its waiters (``concurrent.futures.wait``) are told there too, once.
+costs the pool its ``_Task`` and nothing more. A future's cancellation tells its waiters
+(``concurrent.futures.wait``) at once, in the cancelling thread, and cancels its task in the
+loop; a future's waiters are told once (``_Slot.told``, under the lock), whichever thread
+comes first. A Ctrl-C anywhere leaves this sound: a take is marked scheduled only once it is,
+the closer thread starts before any cancel and takes what is left, and once the workers are
+to be killed it no longer waits for the tasks (the pool's exit settles them).
 A program may end without ``shutdown()``, as with the standard executors: as the interpreter
 exits (before it waits for its threads, that loop's among them), every executor still open is
 shut down, its tasks in flight finished.
