@@ -251,3 +251,14 @@ async def quits(actor: ipcactors.Actor) -> None:
     assert parent is not None
     parent.on("quit", lambda code: sys.exit(code))
     await anyio.sleep_forever()
+
+
+async def leaves_a_holder(actor: ipcactors.Actor) -> None:
+    """On request "holder": starts ``sleep 30`` in a session of its own (out of its group,
+    so its end does not end it) holding its stdout and stderr; answers its pid."""
+    import subprocess
+
+    parent = actor.parent
+    assert parent is not None
+    parent.on("holder", lambda data: subprocess.Popen(["sleep", "30"], start_new_session=True).pid)
+    await anyio.sleep_forever()

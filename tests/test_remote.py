@@ -28,7 +28,7 @@ import psutil
 import pytest
 import trustme
 from _faultproxy import FaultProxy
-from _workers import chatty, echo
+from _workers import chatty, echo, leaves_a_holder
 
 import ipcactors
 from ipcactors import SSHHost
@@ -280,6 +280,43 @@ async def test_an_unread_flood_from_one_remote_child_stalls_no_other(
                 stream.close()
         shutil.rmtree(root, ignore_errors=True)
         await wait_gone(remote, 10)  # the channel's end is their lifeline
+
+
+async def test_a_forkserver_holding_many_descriptors_reports_its_children(
+    anyio_backend: str, socket_dir: str, ssh_server: SSHServer, tmp_path: pathlib.Path
+) -> None:
+    """A host's forkserver with 1,024 descriptors or more open (a few hundred children: two
+    pipes each; here a wrapper around python holds them, bash's own 255 aside) still reports
+    a child's exit: select.select refused such descriptors, and
+    the forkserver ended, with every child of that host."""
+    wrapper = tmp_path / "python-holding-descriptors"
+    wrapper.write_text(
+        "#!/bin/bash\n"
+        'for fd in $(seq 3 1100); do [ $fd -eq 255 ] || eval "exec $fd</dev/null"; done\n'
+        f'exec {sys.executable} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    host = ssh_server.host(python=str(wrapper))
+    async with ipcactors.Supervisor(
+        socket_root=socket_dir, auth_key=KEY, hosts={"h1": host}
+    ) as sup:
+        with anyio.fail_after(20):
+            await sup.spawn(leaves_a_holder, id="w1", host="h1", restart="temporary")
+            await sup.spawn(echo, id="w2", host="h1")
+            pid = sup.children["w1"].pid
+            assert pid is not None
+            forkserver = forkserver_of(pid)
+            # Its pipes outlive it (held by what it left): the forkserver looks at them.
+            holder = await sup.request("w1", "holder")
+            try:
+                os.kill(pid, signal.SIGKILL)
+                while "w1" in sup.children:
+                    await anyio.sleep(0.05)
+                assert psutil.Process(forkserver).is_running()
+                assert await sup.request("w2", "pid") == sup.children["w2"].pid
+            finally:
+                os.kill(holder, signal.SIGKILL)
+                await wait_gone([holder], 5)
 
 
 async def test_cut_connection_ends_remote_processes_and_restarts(

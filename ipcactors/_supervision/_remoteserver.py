@@ -83,6 +83,13 @@ class FrameReader:
         return messages
 
 
+def _readable(fd: int) -> bool:
+    """Whether ``fd`` has data or its end now (poll: select refuses descriptors >= 1024)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 def _parent_gone(signum: int, frame: object) -> None:
     raise SystemExit(EXIT_PARENT_LOST)
 
@@ -180,7 +187,7 @@ class _Server:
         for stream in (1, 2):
             fd = self.streams.get((pid, stream))
             for _ in range(_DRAIN_READS):
-                if fd not in self.outputs or not select.select([fd], [], [], 0)[0]:
+                if fd not in self.outputs or not _readable(fd):
                     break
                 self.forward(fd, drain=True)
             if fd in self.outputs:
