@@ -14,9 +14,11 @@ callbacks run in that loop thread. There ``submit`` queues its task directly, an
 costs the pool its ``_Task`` and nothing more. A future's cancellation tells its waiters
 (``concurrent.futures.wait``) at once, in the cancelling thread, and cancels its task in the
 loop; a future's waiters are told once (``_Slot.told``, under the lock), whichever thread
-comes first. A Ctrl-C anywhere leaves this sound: a take is marked scheduled only once it is,
-the closer thread starts before any cancel and takes what is left, and once the workers are
-to be killed it no longer waits for the tasks (the pool's exit settles them).
+comes first. A Ctrl-C in any step of ours leaves this sound: a take is marked scheduled only
+once it is, a future marked told only once it was, the closer thread starts before any cancel
+and takes what is left, and once the workers are to be killed it no longer waits for the
+tasks (the pool's exit settles them). (One inside the standard library's own locks, a
+future's condition, can leave that lock held, as it can for the standard executors.)
 A program may end without ``shutdown()``, as with the standard executors: as the interpreter
 exits (before it waits for its threads, that loop's among them), every executor still open is
 shut down, its tasks in flight finished.
@@ -245,8 +247,13 @@ class PoolExecutor(concurrent.futures.Executor):
         thread may, any number of times: once is done)."""
         with self._lock:
             if not slot.told:
+                # Told first, marked after: a Ctrl-C between them leaves it to be told again
+                # (by the closer at the latest), never marked told untold.
+                try:
+                    future.set_running_or_notify_cancel()
+                except RuntimeError:
+                    pass  # told, by the call a Ctrl-C cut short before it was marked
                 slot.told = True
-                future.set_running_or_notify_cancel()
 
     def _running(self, future: _Future[Any], slot: _Slot) -> bool:
         """Mark ``future`` running, to settle it now: False if it was cancelled (its waiters

@@ -68,11 +68,34 @@ from typing import Any, Final, NoReturn, cast
 from .._proto._msgpack import pack_value, unpack_value
 from ._parentdeath import EXIT_PARENT_LOST, set_parent_death_signal
 
-__all__ = ["MAX_MESSAGE", "fork_child", "reap", "recv_message", "send_message", "serve"]
+__all__ = [
+    "MAX_MESSAGE",
+    "fork_child",
+    "output_pipes",
+    "reap",
+    "recv_message",
+    "send_message",
+    "serve",
+]
 
 MAX_MESSAGE: Final = 1024 * 1024  # control messages are small: ids, module names, sys.path
 LIFELINE_WAIT: Final = 2.0  # s: after the parent-death signal, for the supervisor's end
 _MAX_FDS: Final = 4
+
+
+def output_pipes() -> list[tuple[int, int]]:
+    """A child's stdout and stderr pipes (read end, write end); on ``OSError`` (out of
+    descriptors) none is left open."""
+    pipes: list[tuple[int, int]] = []
+    try:
+        for _ in range(2):
+            pipes.append(os.pipe2(os.O_CLOEXEC))
+    except OSError:
+        for pipe in pipes:
+            for fd in pipe:
+                os.close(fd)
+        raise
+    return pipes
 
 
 def send_message(sock: socket.socket, message: Any, fds: list[int] | None = None) -> None:

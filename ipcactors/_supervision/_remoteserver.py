@@ -40,7 +40,7 @@ from typing import Any, Final
 
 from .._proto._msgpack import pack_value, unpack_value
 from .._transports._unix import default_socket_root, ensure_socket_dir
-from ._forkserver import MAX_MESSAGE, fork_child, reap
+from ._forkserver import MAX_MESSAGE, fork_child, output_pipes, reap
 from ._parentdeath import EXIT_PARENT_LOST, set_parent_death_signal
 from ._sockets import make_socket_dir, sweep_socket_dirs
 
@@ -200,7 +200,7 @@ class _Server:
             _, seq, spec = message
             try:
                 spec["config"]["socket_root"] = self.sock_dir
-                pipes = [os.pipe2(os.O_CLOEXEC), os.pipe2(os.O_CLOEXEC)]
+                pipes = output_pipes()
                 try:
                     close = (*own_fds, *self.outputs, pipes[0][0], pipes[1][0])
                     pid = fork_child(spec, [pipes[0][1], pipes[1][1]], self.lifeline[0], close)

@@ -105,6 +105,7 @@ from ._children import (
     describe_exit,
     stop_process,
 )
+from ._forkserver import output_pipes
 from ._launcher import LaunchContext, Launcher, Placement
 from ._policy import RESTART_TYPES, STRATEGIES, RestartType, Strategy, decide
 from ._relay import ChildOutput
@@ -132,20 +133,6 @@ _RELAY_DRAIN: Final = 1.0  # seconds relays get to pass on a stopped child's las
 #: Children a supervisor holds at once unless told otherwise: far beyond what a machine runs
 #: as worker processes, but a limit that fails with a clear error rather than a hidden one.
 DEFAULT_MAX_CHILDREN: Final = 1000
-
-
-def _output_pipes() -> list[tuple[int, int]]:
-    """A child's stdout and stderr pipes; on ``OSError`` none is left open."""
-    pipes: list[tuple[int, int]] = []
-    try:
-        for _ in range(2):
-            pipes.append(os.pipe2(os.O_CLOEXEC))
-    except OSError:
-        for pipe in pipes:
-            for fd in pipe:
-                os.close(fd)
-        raise
-    return pipes
 
 
 async def _wait_any(*events: anyio.Event) -> None:
@@ -901,7 +888,7 @@ class Supervisor:
         launcher = await self._unless_stopped(child, partial(self._ready_launcher, child))
         try:
             self._output.prepare()
-            pipes = _output_pipes()
+            pipes = output_pipes()
         except OSError as exc:  # out of descriptors: nothing was started, nothing is left open
             child.incarnation = None
             child.changed()
