@@ -28,6 +28,7 @@ import psutil
 import pytest
 import trustme
 from _faultproxy import FaultProxy
+from _supervising import output_of_an_unread_flood
 from _workers import chatty, echo, leaves_a_holder
 
 import ipcactors
@@ -248,36 +249,27 @@ async def test_an_unread_flood_from_one_remote_child_stalls_no_other(
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, TESTS])}
     root = os.path.join(socket_dir, "flood")
     os.mkdir(root, 0o700)
-    process = subprocess.Popen(
-        [sys.executable, "-c", _FLOOD_SCRIPT, anyio_backend, root, json.dumps(fields), str(total)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
     try:
-        assert process.stdout is not None
-        assert process.stderr is not None
-        with anyio.fail_after(20):
-            err = b""
-            while b"IPC OK" not in err:
-                chunk = await anyio.to_thread.run_sync(process.stderr.read1, abandon_on_cancel=True)
-                assert chunk, f"the script ended early: {err.decode(errors='replace')}"
-                err += chunk
-        with anyio.fail_after(60):
-            out, rest = await anyio.to_thread.run_sync(process.communicate, abandon_on_cancel=True)
-        assert process.returncode == 0, (err + rest).decode(errors="replace")
+        out = await output_of_an_unread_flood(
+            [
+                sys.executable,
+                "-c",
+                _FLOOD_SCRIPT,
+                anyio_backend,
+                root,
+                json.dumps(fields),
+                f"{total}",
+            ],
+            env,
+            answered_within=20,
+            ended_within=60,
+        )
         lines = [text for text in out.split(b"\n") if text.startswith(b"[loud@h] ")]
         assert len(lines) == total // line, "lines were lost"
         assert lines[0] == b"[loud@h] " + b"0" * (line - 1)
         assert lines[-1] == b"[loud@h] " + str(total // line - 1).zfill(line - 1).encode()
     finally:
         remote = [child.pid for child in psutil.Process(ssh_server.process.pid).children(True)]
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
-        for stream in (process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
         shutil.rmtree(root, ignore_errors=True)
         await wait_gone(remote, 10)  # the channel's end is their lifeline
 

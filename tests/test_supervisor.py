@@ -22,7 +22,13 @@ import _workers
 import anyio
 import psutil
 import pytest
-from _supervising import alive, supervisor, wait_until
+from _supervising import (
+    alive,
+    kill_and_reap,
+    output_of_an_unread_flood,
+    supervisor,
+    wait_until,
+)
 
 import ipcactors
 from ipcactors import Actor, ChildExitedError, RestartIntensityError, SpawnError, Supervisor
@@ -647,15 +653,6 @@ def script_env() -> dict[str, str]:
     return env
 
 
-def _kill_and_reap(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        process.kill()
-    process.wait(timeout=10)
-    for stream in (process.stdout, process.stderr):
-        if stream is not None:
-            stream.close()
-
-
 async def test_supervisor_sigkilled_leaves_no_child_alive(
     socket_dir: str, anyio_backend: str, script_env: dict[str, str]
 ) -> None:
@@ -683,7 +680,7 @@ async def test_supervisor_sigkilled_leaves_no_child_alive(
         # left until the next supervisor in that root swept it)
         assert os.listdir(root) == []
     finally:
-        _kill_and_reap(process)
+        kill_and_reap(process)
         for pid in found:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
@@ -814,25 +811,14 @@ async def test_relay_of_a_flood_is_complete_and_never_stalls_ipc(
     total, line = 50_000_000, 100
     root = os.path.join(socket_dir, "flood")
     os.mkdir(root, 0o700)
-    process = subprocess.Popen(
-        [sys.executable, "-c", _FLOOD, anyio_backend, root, str(total)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=script_env,
-    )
     try:
-        assert process.stdout is not None
-        assert process.stderr is not None
-        with anyio.fail_after(15):
-            # Requests are answered while nobody reads the supervisor's stdout.
-            err = b""
-            while b"IPC OK" not in err:
-                chunk = await anyio.to_thread.run_sync(process.stderr.read1, abandon_on_cancel=True)
-                assert chunk, f"the script ended early: {err.decode(errors='replace')}"
-                err += chunk
-        with anyio.fail_after(30):
-            out, rest = await anyio.to_thread.run_sync(process.communicate, abandon_on_cancel=True)
-        assert process.returncode == 0, (err + rest).decode(errors="replace")
+        # Requests are answered while nobody reads the supervisor's stdout.
+        out = await output_of_an_unread_flood(
+            [sys.executable, "-c", _FLOOD, anyio_backend, root, str(total)],
+            script_env,
+            answered_within=15,
+            ended_within=30,
+        )
         lines = out.split(b"\n")
         assert lines.pop() == b""
         assert len(lines) == total // line, "lines were lost"
@@ -840,7 +826,6 @@ async def test_relay_of_a_flood_is_complete_and_never_stalls_ipc(
         assert lines[-1] == b"[loud] " + str(total // line - 1).zfill(line - 1).encode()
         assert len(out) == total + len(lines) * len(b"[loud] ")
     finally:
-        _kill_and_reap(process)  # type: ignore[arg-type]
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -910,7 +895,7 @@ async def test_run_first_signal_stops_the_tree_gracefully(
         assert not any(alive(pid) for pid in children)
         assert os.listdir(root) == []
     finally:
-        _kill_and_reap(process)
+        kill_and_reap(process)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -936,5 +921,5 @@ async def test_run_second_signal_stops_at_once(
         assert not any(alive(pid) for pid in children)
         assert os.listdir(root) == []
     finally:
-        _kill_and_reap(process)
+        kill_and_reap(process)
         shutil.rmtree(root, ignore_errors=True)

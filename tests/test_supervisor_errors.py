@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -212,6 +213,20 @@ async def test_a_load_error_that_cannot_be_printed_is_still_a_spawn_error(
             assert not sup.children
 
 
+async def run_script(
+    script: Path, text: str, backend: str, socket_dir: str, within: float
+) -> subprocess.CompletedProcess[bytes]:
+    """``text`` written to ``script`` and run (``script backend socket_dir``) to its end,
+    within ``within`` seconds, the tests' modules importable."""
+    script.write_text(text)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([TESTS_DIR, env.get("PYTHONPATH", "")])
+    with anyio.fail_after(within):
+        return await anyio.run_process(
+            [sys.executable, str(script), backend, socket_dir], env=env, check=False
+        )
+
+
 _MAIN_ONLY = """
 import sys
 import anyio, ipcactors
@@ -238,14 +253,7 @@ if __name__ == "__main__":
 async def test_a_main_function_the_child_cannot_import_is_a_spawn_error(
     socket_dir: str, anyio_backend: str, tmp_path: Path
 ) -> None:
-    script = tmp_path / "main_only.py"
-    script.write_text(_MAIN_ONLY)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([TESTS_DIR, env.get("PYTHONPATH", "")])
-    with anyio.fail_after(30):
-        result = await anyio.run_process(
-            [sys.executable, str(script), anyio_backend, socket_dir], env=env, check=False
-        )
+    result = await run_script(tmp_path / "main_only.py", _MAIN_ONLY, anyio_backend, socket_dir, 30)
     out = result.stdout.decode()
     assert result.returncode == 0, result.stderr.decode()
     lines = out.splitlines()
@@ -258,21 +266,10 @@ async def test_a_main_function_the_child_cannot_import_is_a_spawn_error(
 _SHORT_OF_DESCRIPTORS = """
 import json, os, resource, sys
 import anyio, ipcactors, _workers
+from _descriptors import take_all_but
 
 def open_fds():
     return sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
-
-def fill(free):
-    # Every descriptor the process may still open taken, but ``free``.
-    fillers = []
-    try:
-        while len(fillers) < 4096:
-            fillers.append(os.open(os.devnull, os.O_RDONLY))
-    except OSError:
-        pass
-    for _ in range(min(free, len(fillers))):
-        os.close(fillers.pop())
-    return fillers
 
 async def main():
     start = open_fds()
@@ -280,7 +277,7 @@ async def main():
     with anyio.fail_after(60):
         async with ipcactors.Supervisor(socket_root=sys.argv[2], retry=0.05) as sup:
             for free in (1, 2, 3, 4):  # the first spawn also makes the output's writers
-                fillers = fill(free)
+                fillers = take_all_but(free)
                 try:
                     await sup.spawn(_workers.echo, id="w")
                 except Exception as exc:
@@ -308,13 +305,7 @@ async def test_a_supervisor_short_of_descriptors_refuses_a_spawn_and_leaks_nothi
     OSError with a pipe left open per attempt; and when the writers could not be made, leaving
     the supervisor waited for ever (a relay counted that never started), deadlines or not."""
     script = tmp_path / "short.py"
-    script.write_text(_SHORT_OF_DESCRIPTORS)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([TESTS_DIR, env.get("PYTHONPATH", "")])
-    with anyio.fail_after(90):
-        result = await anyio.run_process(
-            [sys.executable, str(script), anyio_backend, socket_dir], env=env, check=False
-        )
+    result = await run_script(script, _SHORT_OF_DESCRIPTORS, anyio_backend, socket_dir, 90)
     assert result.returncode == 0, result.stderr.decode()[-3000:]
     report = json.loads(result.stdout.decode().splitlines()[-1])
     outcomes = report["outcomes"]

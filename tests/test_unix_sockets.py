@@ -406,17 +406,7 @@ async def test_serve_waits_for_another_process_binding_in_the_same_folder(
 _SERVE_SHORT_OF_DESCRIPTORS = """
 import json, os, resource, socket, sys
 import anyio, ipcactors
-
-def fill(free):
-    fillers = []
-    try:
-        while len(fillers) < 4096:
-            fillers.append(os.open(os.devnull, os.O_RDONLY))
-    except OSError:
-        pass
-    for _ in range(min(free, len(fillers))):
-        os.close(fillers.pop())
-    return fillers
+from _descriptors import take_all_but
 
 async def main(root):
     stale = os.path.join(root, "stale")  # serving there probes it first
@@ -428,7 +418,7 @@ async def main(root):
         for free in (0, 1, 2):
             for kind in ("unix", "unix-stale", "tcp", "udp"):
                 async with ipcactors.Actor("world", socket_root=root, silent=True) as world:
-                    fillers = fill(free)
+                    fillers = take_all_but(free)
                     try:
                         if kind == "unix":
                             server = await world.serve()
@@ -463,7 +453,8 @@ async def test_serving_short_of_descriptors_is_a_resource_error(
     which blames a path that is fine."""
     root = os.path.join(socket_dir, "short")
     os.mkdir(root, 0o700)
-    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))}
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(tests), tests])}
     try:
         with anyio.fail_after(60):
             result = await anyio.run_process(
