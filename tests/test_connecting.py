@@ -647,3 +647,68 @@ async def test_a_failed_connect_is_caused_by_the_sockets_own_error() -> None:
                     await hello.connect_to_net("world", "127.0.0.1", port)
             assert isinstance(e.value.__cause__, OSError), repr(e.value.__cause__)
             group.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+async def test_what_is_sent_once_the_server_went_waits_for_the_next_connection(
+    socket_dir: str, transport: str
+) -> None:
+    """``connected`` turns False as the server's input ends, while the client still handles
+    what came before it. An emit or request made from then on waits for the next connection,
+    as the docs say of anything sent while disconnected: it went out on the dead one instead,
+    the event lost and the request failing with ConnectionLostError once that one ended."""
+    handling, release = anyio.Event(), anyio.Event()
+    received: list[int] = []
+
+    async def slow(data: int) -> None:
+        handling.set()
+        await release.wait()
+
+    async def serve(world_actor: Actor, port: int) -> None:
+        if transport == "unix":
+            server = await world_actor.serve()
+        else:
+            server = await world_actor.serve_net("127.0.0.1", port)
+        server.on("ev", lambda data, client: received.append(data))
+        server.on("echo", lambda data, client: data)
+
+    port = _free_port()
+    async with Actor("hello", socket_root=socket_dir, silent=True, **FAST_RETRY) as hello:
+        async with Actor("world", socket_root=socket_dir, silent=True) as world_actor:
+            await serve(world_actor, port)
+            if transport == "unix":
+                world = await hello.connect_to("world")
+            else:
+                world = await hello.connect_to_net("world", "127.0.0.1", port)
+            world.on("slow", slow)
+            server = world_actor.server
+            assert isinstance(server, ipcactors.Server)
+            with anyio.fail_after(5):
+                while "hello" not in server.clients:
+                    await anyio.sleep(0.005)
+                await server.emit("hello", "slow", 1)
+                await handling.wait()
+        # The server went while the client's handler runs: its input ended, not its channel.
+        with anyio.fail_after(5):
+            while world.connected:
+                await anyio.sleep(0.005)
+        replies: list[Any] = []
+        async with anyio.create_task_group() as task_group:
+
+            async def ask() -> None:
+                try:
+                    replies.append(await world.request("echo", 2, timeout=10))
+                except ipcactors.IPCError as exc:
+                    replies.append(exc)
+
+            await world.emit("ev", 1)
+            task_group.start_soon(ask)
+            await anyio.sleep(0.2)  # time enough to write both, were they written
+            release.set()  # the old channel ends
+            async with Actor("world", socket_root=socket_dir, silent=True) as world_actor:
+                await serve(world_actor, port)
+                with anyio.fail_after(10):
+                    while not replies:
+                        await anyio.sleep(0.01)
+        assert replies == [2]
+        assert received == [1]

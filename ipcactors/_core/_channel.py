@@ -43,7 +43,9 @@ Invariants:
   server's client closed between its welcome and its channel serving): ``run`` then ends as
   soon as it starts, and closes the stream.
 - When the peer goes (end of stream, a broken socket, bad bytes), the requests whose frames
-  were handed to the writer fail at once with :class:`ConnectionLostError`.
+  were handed to the writer fail at once with :class:`ConnectionLostError`. A connection's
+  channel (its outbox outlives it) then writes nothing more: what is sent from then on waits
+  in the outbox for the next channel, as anything sent while disconnected does.
 - Events and requests received before the input ended are still dispatched, whether the peer
   closed its side (end of stream, also in the middle of a frame: that frame is dropped, with a
   warning) or the connection broke under the reader (a reset: a peer
@@ -187,6 +189,7 @@ class Channel:
         "_active_at",
         "_broken",
         "_changed",
+        "_detach_writer",
         "_dispatching",
         "_drained",
         "_enqueued",
@@ -224,6 +227,7 @@ class Channel:
         "_wanted",
         "_write_lost",
         "_writes_after_opening",
+        "_writing_stopped",
         "broken_by",
         "handshake_error",
         "refusal",
@@ -299,6 +303,9 @@ class Channel:
         self._changed: anyio.Event | None = None  # set when the reader or dispatcher may go on
         self._drained = Flag()
         self._write_lost = Flag()  # the writer found the connection broken
+        # Stops the writer (see _start_writer); None before it starts and once it stopped.
+        self._detach_writer: Callable[[], None] | None = None
+        self._writing_stopped = False
         self._opened = Flag()
         if opening is None:
             self._opened.set()
@@ -341,7 +348,7 @@ class Channel:
                 if ahead:  # a pipelined client's hello (or proof): first, with what is queued
                     outbox.put_reply(ahead, len(ahead))
                 held = self._writes_after_opening
-                detach = None if held else self._start_writer(task_group)
+                writer_task = False if held else self._start_writer(task_group)
                 watchdog = peer._watchdog
                 if watchdog is not None and (
                     peer._heartbeat_interval is not None or peer._idle_timeout is not None
@@ -351,7 +358,7 @@ class Channel:
                     opening = self._opening
                     inline = opening is None
                     if self._wanted is not None:
-                        if detach is not None:
+                        if not (held or writer_task):
                             inline = True
                         else:
                             # A writer task: the reader must not get ahead of its first write
@@ -368,11 +375,10 @@ class Channel:
                         finally:
                             self._release(task_group)
                         if held:
-                            detach = self._start_writer(task_group)
+                            self._start_writer(task_group)
                         await anyio.sleep_forever()  # until the reader is done
                 finally:
-                    if detach is not None:
-                        detach()
+                    self._stop_writing()
         finally:
             if peer._watchdog is not None:
                 peer._watchdog.leave(self)
@@ -398,14 +404,35 @@ class Channel:
             finally:
                 del failure
 
-    def _start_writer(self, task_group: TaskGroup) -> Callable[[], None] | None:
-        """Have the outbox drained: by loop callbacks (returns how to stop them), else by a
-        task of ``task_group``'s."""
-        detach = attach_writer(self._stream, self._peer._outbox)
-        if detach is None:
-            self._spawned = True
-            task_group.start_soon(self._write_loop, task_group)
-        return detach
+    def _start_writer(self, task_group: TaskGroup) -> bool:
+        """Have the outbox drained: by loop callbacks, else by a task of ``task_group``'s
+        (returns True then); either until :meth:`_stop_writing` (not at all if that came
+        first)."""
+        if self._writing_stopped:
+            return False
+        outbox = self._peer._outbox
+        detach = attach_writer(self._stream, outbox)
+        if detach is not None:
+            self._detach_writer = detach
+            return False
+        stop = Flag()
+        self._spawned = True
+        task_group.start_soon(self._write_loop, task_group, stop)
+
+        def stop_task() -> None:
+            stop.set()
+            outbox.direct = None  # (a request or reply is no longer written at once)
+            outbox.wake()
+
+        self._detach_writer = stop_task
+        return True
+
+    def _stop_writing(self) -> None:
+        """Write nothing more: what is queued stays in the outbox (any number of calls)."""
+        self._writing_stopped = True
+        detach, self._detach_writer = self._detach_writer, None
+        if detach is not None:
+            detach()
 
     def _end_shared(self, shared: SharedMemory) -> None:
         """Frames naming this connection's shared memory never go out on another one."""
@@ -673,6 +700,10 @@ class Channel:
 
     def _lost(self) -> None:
         peer = self._peer
+        if peer._outbox_outlives_channel:
+            # Sent from now on, it waits for the next channel: on this one, a request would
+            # only fail with it, an event be lost (those the writer took already may be).
+            self._stop_writing()
         peer._input_ended()
         peer._requests.fail(
             ConnectionLostError(f"the connection with {peer.id!r} was lost before the reply"),
@@ -1063,8 +1094,10 @@ class Channel:
         finally:
             peer._ack_in_flight = None
 
-    async def _write_loop(self, task_group: TaskGroup) -> None:
-        await drain_outbox(self._stream, self._peer._outbox)
+    async def _write_loop(self, task_group: TaskGroup, stop: Flag) -> None:
+        await drain_outbox(self._stream, self._peer._outbox, stop.is_set)
+        if stop.is_set():
+            return  # stopped, not lost (see _stop_writing)
         self._on_lost()
         # The reader reads what the peer sent before it went; should the peer keep the reading
         # side open all the same, the channel ends after close_timeout.

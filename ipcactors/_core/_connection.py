@@ -38,8 +38,10 @@ Invariants:
 - Delays grow exponentially from ``retry`` to ``retry_cap``, each randomised between half and
   all of its nominal value.
 - Frames emitted while disconnected wait in the outbox and go out first, in order, after the
-  next handshake. Requests whose frames had reached the socket fail as soon as the connection
-  is lost; those still queued wait for the next connection (within their timeout).
+  next handshake. Disconnected begins as the server's input ends (``connected`` turns False),
+  though the channel still handles what came before it: nothing more is written on that one.
+  Requests whose frames had reached the socket fail as soon as the connection is lost; those
+  still queued wait for the next connection (within their timeout).
 - Once given up (or closed), every waiting emit and request fails, and ``destroy`` fires once.
 - Acknowledged mode (``Config.acked``, see ``_acks``): the hello offers the mode with our
   session id; the welcome's ``last`` resumes it (what the writer had taken and the server did
@@ -146,6 +148,7 @@ class Connection(Peer, HandlerMethods):
     """
 
     _lifecycle = RESERVED_EVENTS
+    _outbox_outlives_channel = True
 
     def __init__(
         self,

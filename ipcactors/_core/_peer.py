@@ -482,6 +482,11 @@ class Peer:
         """The channel read the peer's last: no reply comes on it any more. Called before the
         requests waiting for one fail, so that a caller they wake finds the peer as it is."""
 
+    #: Whether the outbox outlives the channel (a connection's, which reconnects): then
+    #: nothing more is written once the peer's input ended; what is queued from then on waits
+    #: for the next channel, as anything sent while disconnected does.
+    _outbox_outlives_channel = False
+
     #: What handlers get after the data: a server's handlers, the client (see ``Client``).
     _handler_extra: tuple[Any, ...] = ()
 

@@ -475,8 +475,9 @@ class AsyncioSocketStream(ByteStream):
         def flush() -> None:
             nonlocal scheduled, in_flight
             scheduled = False
-            if attached:
-                outbox.on_frames = schedule  # (unset while this flush was due: see schedule)
+            if not attached:
+                return  # detached while this flush was due: it takes nothing
+            outbox.on_frames = schedule  # (unset while this flush was due: see schedule)
             if protocol.lost or self._closing:
                 pending.clear()
                 if protocol.lost and outbox.on_lost is not None:
@@ -532,12 +533,15 @@ class AsyncioSocketStream(ByteStream):
                 schedule()
 
         def detach() -> None:
-            nonlocal attached
+            nonlocal attached, in_flight
+            if not attached:
+                return
             attached = False
             outbox.on_frames = None
             outbox.direct = None
             protocol.on_resume = None
             if in_flight:
+                in_flight = False
                 outbox.sent()
 
         outbox.on_frames = schedule

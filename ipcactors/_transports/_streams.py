@@ -72,15 +72,17 @@ def raw_socket(stream: ByteStream) -> Any:
 
 def attach_writer(stream: ByteStream, outbox: FrameQueue) -> Callable[[], None] | None:
     """Make loop callbacks the one writer of ``outbox`` to ``stream``, where the stream allows
-    it (no task needed); returns the function that detaches them, or ``None``: then run
-    :func:`drain_outbox` in a task."""
+    it (no task needed); returns the function that detaches them (nothing is taken from
+    ``outbox`` after it), or ``None``: then run :func:`drain_outbox` in a task."""
     if isinstance(stream, AsyncioSocketStream):
         return stream.attach(outbox)
     return None
 
 
-async def drain_outbox(stream: ByteStream, outbox: FrameQueue) -> None:
-    """Be the one writer of ``outbox`` to ``stream`` until the stream breaks (then return).
+async def drain_outbox(stream: ByteStream, outbox: FrameQueue, stopped: Callable[[], bool]) -> None:
+    """Be the one writer of ``outbox`` to ``stream`` until the stream breaks or ``stopped()``
+    (then return; who stops it clears ``outbox.direct`` and wakes it, and nothing is taken
+    from ``outbox`` after that).
 
     Small frames queued in one loop pass go out in one write. Frames count as sent (see
     :meth:`Outbox.sent`) once the kernel has all of their bytes.
@@ -138,7 +140,7 @@ async def drain_outbox(stream: ByteStream, outbox: FrameQueue) -> None:
                 finally:
                     outbox.sent()
                 continue
-            if outbox.closed:
+            if outbox.closed or stopped():
                 return
             if not len(outbox):
                 await outbox.wait_frames()
