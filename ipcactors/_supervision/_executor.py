@@ -17,8 +17,9 @@ loop; a future's waiters are told once (``_Slot.told``, under the lock), whichev
 comes first. A Ctrl-C in any step of ours leaves this sound: a take is marked scheduled only
 once it is, a future marked told only once it was, the closer thread starts before any cancel
 and takes what is left, and once the workers are to be killed it no longer waits for the
-tasks (the pool's exit settles them). (One inside the standard library's own locks, a
-future's condition, can leave that lock held, as it can for the standard executors.)
+tasks, and cancels every future before it kills them (the pool's exit settles the tasks).
+(One inside the standard library's own locks, a future's condition, can leave that lock
+held, as it can for the standard executors.)
 A program may end without ``shutdown()``, as with the standard executors: as the interpreter
 exits (before it waits for its threads, that loop's among them), every executor still open is
 shut down, its tasks in flight finished.
@@ -333,6 +334,10 @@ class PoolExecutor(concurrent.futures.Executor):
                     break
                 concurrent.futures.wait(pending, timeout=0.1)
             if self._kill:
+                # Cancelled before the workers go (whoever set _kill cancels them too, maybe
+                # later): killed first, a task's future would be settled as lost instead.
+                for future in list(self._futures):
+                    future.cancel()
                 self._portal.call(self._pool.supervisor.kill)
             assert self._pool_cm is not None
             self._pool_cm.__exit__(None, None, None)
