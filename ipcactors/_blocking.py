@@ -53,7 +53,7 @@ from ._core._connection import Connection
 from ._core._server import Client, Server
 from ._core._stats import ConnectionStatistics, ServerStatistics
 from ._core._udp import DatagramPeer, DatagramServer, DatagramStatistics, PeerAddress
-from ._errors import ClosedError, ConfigError, IPCError
+from ._errors import ClosedError, ConfigError, IPCError, exhaustion_raised_as_resource_error
 from ._loopthreads import close_at_exit, closed, from_this_thread, signals_deferred
 from ._transports._backend import being_cancelled, check_backend
 
@@ -792,7 +792,10 @@ class BlockingActor:
             self._used = True
         try:
             # Ctrl-C is kept until the loop thread and the actor run, then closes them.
-            with signals_deferred():
+            with (
+                signals_deferred(),
+                exhaustion_raised_as_resource_error(f"cannot start blocking actor {self.id!r}"),
+            ):
                 self._start()
         except BaseException:
             self.close()

@@ -10,6 +10,9 @@ ipcactors, it derives from the matching builtin too (``TimeoutError``, ``ValueEr
 from __future__ import annotations
 
 import errno
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Final, NamedTuple
 
 __all__ = [
@@ -226,6 +229,28 @@ def raise_if_exhausted(exc: BaseException, doing: str) -> None:
         error = ResourceError(f"{doing}: [Errno {exc.errno}] {exc.strerror}")
         error.errno = exc.errno  # (its strerror left unset: str() is then the message)
         raise error from exc
+
+
+@contextmanager
+def exhaustion_raised_as_resource_error(doing: str) -> Iterator[None]:
+    """Around a start made of many system calls (a loop thread, a supervisor): an ``OSError``
+    in it that says the system is out of something comes out as :class:`ResourceError`."""
+    try:
+        yield
+    except OSError as exc:
+        raise_if_exhausted(exc, doing)
+        raise
+
+
+def raise_if_out_of_descriptors(exc: BaseException, doing: str) -> None:
+    """For a call that hides why it failed (the standard library's ``tempfile`` says "No
+    usable temporary directory" when it could open no file to probe one): raise
+    :class:`ResourceError` from ``exc`` if this process cannot open a file now; else return."""
+    try:
+        os.close(os.open(os.devnull, os.O_RDONLY))
+    except OSError as probe:
+        probe.__cause__ = exc
+        raise_if_exhausted(probe, doing)
 
 
 # --- the wire ---------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ import anyio
 import anyio.from_thread
 from anyio.from_thread import BlockingPortal
 
-from .._errors import IPCError
+from .._errors import IPCError, exhaustion_raised_as_resource_error
 from .._loopthreads import close_at_exit, closed, from_this_thread, signals_deferred
 from .._transports._backend import check_backend, threadsafe_scheduler
 from ._pool import Pool, _Task
@@ -86,21 +86,10 @@ class PoolExecutor(concurrent.futures.Executor):
         # Every call into the pool's loop goes through this: from a thread that runs Trio (a
         # Trio program, a Trio pool's task), a Trio loop is reached from a helper thread.
         self._hop = hop = partial(from_this_thread, backend == "trio")
-        self._portal_cm = anyio.from_thread.start_blocking_portal(backend)
-        with signals_deferred():  # (see _loopthreads: never Ctrl-C inside anyio's start)
-            self._portal: BlockingPortal = hop(self._portal_cm.__enter__)
         self._pool_cm: AbstractContextManager[Pool] | None = None
-        try:
-            # Made in its loop: its locks and events belong to that loop's library, not to
-            # whatever loop may run in the caller's thread.
-            self._pool: Pool = hop(partial(self._portal.call, partial(Pool, fn, size, **options)))
-            self._pool_cm = self._portal.wrap_async_context_manager(self._pool)
-            hop(self._pool_cm.__enter__)  # (Ctrl-C here: the start is cancelled, cleaned up)
-        except BaseException:
-            exc_info = sys.exc_info()
-            with signals_deferred():
-                hop(partial(self._portal_cm.__exit__, *exc_info))
-            raise
+        # Out of descriptors (or memory) anywhere in the start: said as such, all undone.
+        with exhaustion_raised_as_resource_error("cannot start a PoolExecutor"):
+            self._launch(backend, partial(Pool, fn, size, **options))
         # A future's done callbacks run there, where its task settled.
         self._loop_thread: int = hop(partial(self._portal.call, threading.get_ident))
         self._lock = threading.Lock()
@@ -123,6 +112,24 @@ class PoolExecutor(concurrent.futures.Executor):
         self._closed = threading.Event()
         self._error: Exception | None = None  # why the pool ended, if it gave up
         close_at_exit(self.shutdown)
+
+    def _launch(self, backend: str, make_pool: Callable[[], Pool]) -> None:
+        """Start the loop thread and, in it, the pool (both undone if either fails)."""
+        hop = self._hop
+        self._portal_cm = anyio.from_thread.start_blocking_portal(backend)
+        with signals_deferred():  # (see _loopthreads: never Ctrl-C inside anyio's start)
+            self._portal: BlockingPortal = hop(self._portal_cm.__enter__)
+        try:
+            # Made in its loop: its locks and events belong to that loop's library, not to
+            # whatever loop may run in the caller's thread.
+            self._pool: Pool = hop(partial(self._portal.call, make_pool))
+            self._pool_cm = self._portal.wrap_async_context_manager(self._pool)
+            hop(self._pool_cm.__enter__)  # (Ctrl-C here: the start is cancelled, cleaned up)
+        except BaseException:
+            exc_info = sys.exc_info()
+            with signals_deferred():
+                hop(partial(self._portal_cm.__exit__, *exc_info))
+            raise
 
     @property
     def pool(self) -> Pool:

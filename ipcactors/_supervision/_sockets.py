@@ -14,12 +14,21 @@ import os
 import shutil
 import tempfile
 
-__all__ = ["make_socket_dir", "sweep_socket_dirs"]
+__all__ = ["make_socket_dir", "remove_socket_dir", "sweep_socket_dirs"]
 
 
 def make_socket_dir(root: str) -> str:
     """A new private directory for a supervisor's sockets under ``root``."""
     return tempfile.mkdtemp(prefix=f"sup-{os.getpid()}-", dir=root)
+
+
+def remove_socket_dir(path: str) -> None:
+    """Remove a supervisor's socket directory and what is in it. Empty (a start that failed
+    early), it goes without a descriptor, which a process out of them could not open."""
+    try:
+        os.rmdir(path)
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def sweep_socket_dirs(root: str) -> None:

@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import signal
 import ssl
 import sys
@@ -87,6 +86,7 @@ from .._errors import (
     SpawnError,
     UnknownPeerError,
     UnsupportedError,
+    exhaustion_raised_as_resource_error,
 )
 from .._log import ActorLog
 from .._proto._msgpack import pack_value
@@ -109,7 +109,7 @@ from ._forkserver import output_pipes
 from ._launcher import LaunchContext, Launcher, Placement
 from ._policy import RESTART_TYPES, STRATEGIES, RestartType, Strategy, decide
 from ._relay import ChildOutput
-from ._sockets import make_socket_dir, sweep_socket_dirs
+from ._sockets import make_socket_dir, remove_socket_dir, sweep_socket_dirs
 from ._spawner import ForkServer
 from ._target import refuse_in_main_script, target_of
 
@@ -358,6 +358,11 @@ class Supervisor:
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def __aenter__(self) -> Supervisor:
+        # Out of descriptors (or memory) anywhere in the start: said as such, all undone.
+        with exhaustion_raised_as_resource_error(f"cannot start supervisor {self.id!r}"):
+            return await self._enter()
+
+    async def _enter(self) -> Supervisor:
         if self._entered:
             raise IPCError(f"supervisor {self.id!r} can be entered only once")
         refuse_in_main_script(f"Supervisor {self.id!r}")  # the script's anyio.run(), unguarded
@@ -539,7 +544,7 @@ class Supervisor:
 
     async def _cleanup_files(self) -> None:
         if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
+            remove_socket_dir(self._dir)
             self._dir = None
 
     def kill(self) -> None:

@@ -32,6 +32,7 @@ from .._errors import (
     SocketPathError,
     SocketPathTooLongError,
     raise_if_exhausted,
+    raise_if_out_of_descriptors,
 )
 
 __all__ = [
@@ -60,7 +61,12 @@ def default_socket_root() -> str:
         else:
             if info.st_uid == os.getuid() and not info.st_mode & 0o077:
                 return os.path.join(runtime, "ipcactors")
-    return os.path.join(tempfile.gettempdir(), f"ipcactors-{os.getuid()}")
+    try:
+        tmp = tempfile.gettempdir()  # (its first call probes each candidate with a file)
+    except FileNotFoundError as exc:
+        raise_if_out_of_descriptors(exc, "cannot find the temporary directory")
+        raise
+    return os.path.join(tmp, f"ipcactors-{os.getuid()}")
 
 
 def check_path_length(path: str) -> None:
