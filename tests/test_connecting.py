@@ -649,37 +649,51 @@ async def test_a_failed_connect_is_caused_by_the_sockets_own_error() -> None:
             group.cancel_scope.cancel()
 
 
-@pytest.mark.parametrize("transport", ["unix", "tcp"])
+@pytest.mark.parametrize("transport", ["unix", "tcp", "unix, shared memory"])
 async def test_what_is_sent_once_the_server_went_waits_for_the_next_connection(
     socket_dir: str, transport: str
 ) -> None:
     """``connected`` turns False as the server's input ends, while the client still handles
     what came before it. An emit or request made from then on waits for the next connection,
     as the docs say of anything sent while disconnected: it went out on the dead one instead,
-    the event lost and the request failing with ConnectionLostError once that one ended."""
+    the event lost and the request failing with ConnectionLostError once that one ended. With
+    shared memory, an array sent then went into the old connection's, and was dropped."""
     handling, release = anyio.Event(), anyio.Event()
-    received: list[int] = []
+    received: list[float] = []
+    shared = transport.endswith("shared memory")
+    options: dict[str, Any] = {"max_shared_bytes": 64 << 20} if shared else {}
+    if shared:
+        import numpy as np
+
+        data: Any = np.ones(1 << 18, np.float32)  # 1 MiB: through shared memory
+    else:
+        data = 2.0
 
     async def slow(data: int) -> None:
         handling.set()
         await release.wait()
 
+    def value(data: Any) -> float:
+        return float(data.sum() if shared else data)
+
     async def serve(world_actor: Actor, port: int) -> None:
-        if transport == "unix":
-            server = await world_actor.serve()
-        else:
+        if transport == "tcp":
             server = await world_actor.serve_net("127.0.0.1", port)
-        server.on("ev", lambda data, client: received.append(data))
-        server.on("echo", lambda data, client: data)
+        else:
+            server = await world_actor.serve()
+        server.on("ev", lambda data, client: received.append(value(data)))
+        server.on("echo", lambda data, client: value(data))
 
     port = _free_port()
-    async with Actor("hello", socket_root=socket_dir, silent=True, **FAST_RETRY) as hello:
-        async with Actor("world", socket_root=socket_dir, silent=True) as world_actor:
+    async with Actor(
+        "hello", socket_root=socket_dir, silent=True, **options, **FAST_RETRY
+    ) as hello:
+        async with Actor("world", socket_root=socket_dir, silent=True, **options) as world_actor:
             await serve(world_actor, port)
-            if transport == "unix":
-                world = await hello.connect_to("world")
-            else:
+            if transport == "tcp":
                 world = await hello.connect_to_net("world", "127.0.0.1", port)
+            else:
+                world = await hello.connect_to("world")
             world.on("slow", slow)
             server = world_actor.server
             assert isinstance(server, ipcactors.Server)
@@ -697,18 +711,75 @@ async def test_what_is_sent_once_the_server_went_waits_for_the_next_connection(
 
             async def ask() -> None:
                 try:
-                    replies.append(await world.request("echo", 2, timeout=10))
+                    replies.append(await world.request("echo", data, timeout=10))
                 except ipcactors.IPCError as exc:
                     replies.append(exc)
 
-            await world.emit("ev", 1)
+            await world.emit("ev", data)
             task_group.start_soon(ask)
             await anyio.sleep(0.2)  # time enough to write both, were they written
             release.set()  # the old channel ends
-            async with Actor("world", socket_root=socket_dir, silent=True) as world_actor:
+            async with Actor(
+                "world", socket_root=socket_dir, silent=True, **options
+            ) as world_actor:
                 await serve(world_actor, port)
                 with anyio.fail_after(10):
                     while not replies:
                         await anyio.sleep(0.01)
-        assert replies == [2]
-        assert received == [1]
+        assert replies == [value(data)]
+        assert received == [value(data)]
+        assert world.statistics().shared_dropped == 0
+
+
+@pytest.mark.parametrize("sends", ["emits past the outbox's bound", "requests"])
+async def test_a_handler_sending_once_the_server_went_does_not_keep_the_connection_down(
+    socket_dir: str, sends: str
+) -> None:
+    """A handler of an event that arrived just before the server went sends: that waits for
+    the next connection, which comes once the handler is done. It waited for room (for ever)
+    or for its reply (its whole timeout), the connection down, the server up again. As when a
+    write fails, the handler has close_timeout to finish; what it queued goes out after."""
+    options: dict[str, Any] = {"close_timeout": 0.5, "max_outbox_bytes": 64 * 1024}
+    got: list[int] = []
+    left: list[str] = []
+    async with Actor(
+        "hello", socket_root=socket_dir, silent=True, **options, **FAST_RETRY
+    ) as hello:
+        async with Actor("world", socket_root=socket_dir, silent=True) as world_actor:
+            server = await world_actor.serve()
+            world = await hello.connect_to("world")
+
+            async def handler(data: int) -> None:
+                while world.connected:  # the server goes: its input ends
+                    await anyio.sleep(0.005)
+                try:
+                    if sends == "requests":
+                        await world.request("echo", 1, timeout=30)
+                    else:
+                        for n in range(40):  # 320 KiB: more than the outbox holds
+                            await world.emit("bulk", n.to_bytes(2, "big") + bytes(8190))
+                finally:
+                    left.append("left")
+
+            world.on("ev", handler)
+            with anyio.fail_after(5):
+                while "hello" not in server.clients:
+                    await anyio.sleep(0.005)
+                await server.emit("hello", "ev", 1)
+        started = anyio.current_time()
+        async with Actor("world", socket_root=socket_dir, silent=True) as world_actor:
+            server = await world_actor.serve()
+            server.on("bulk", lambda data, client: got.append(int.from_bytes(data[:2], "big")))
+            server.on("echo", lambda data, client: data)
+            with anyio.fail_after(10):
+                while not world.connected:
+                    await anyio.sleep(0.01)
+            took = anyio.current_time() - started
+            if sends != "requests":
+                with anyio.fail_after(5):
+                    while not got:
+                        await anyio.sleep(0.01)
+                await anyio.sleep(0.1)
+    assert took < 5, took  # close_timeout (0.5 s), give or take a loaded machine
+    assert left == ["left"]  # cancelled, once its close_timeout was spent
+    assert got == list(range(len(got)))  # what it queued went out, in order

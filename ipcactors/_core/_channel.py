@@ -45,7 +45,9 @@ Invariants:
 - When the peer goes (end of stream, a broken socket, bad bytes), the requests whose frames
   were handed to the writer fail at once with :class:`ConnectionLostError`. A connection's
   channel (its outbox outlives it) then writes nothing more: what is sent from then on waits
-  in the outbox for the next channel, as anything sent while disconnected does.
+  in the outbox for the next channel, as anything sent while disconnected does, and names no
+  shared memory of this one. Once anything waits so, the dispatcher has ``close_timeout`` to
+  finish, as after a failed write (below): the next channel waits for it.
 - Events and requests received before the input ended are still dispatched, whether the peer
   closed its side (end of stream, also in the middle of a frame: that frame is dropped, with a
   warning) or the connection broke under the reader (a reset: a peer
@@ -379,6 +381,7 @@ class Channel:
                         await anyio.sleep_forever()  # until the reader is done
                 finally:
                     self._stop_writing()
+                    outbox.on_frames = None  # (a writer's, or _hold_for_the_next's)
         finally:
             if peer._watchdog is not None:
                 peer._watchdog.leave(self)
@@ -426,6 +429,33 @@ class Channel:
 
         self._detach_writer = stop_task
         return True
+
+    def _hold_for_the_next(self) -> None:
+        """The input ended on a connection's channel: what is sent from now on waits for the
+        next channel (on this one, a request would only fail with it, an event be lost): the
+        writer stops, and new frames no longer name this channel's shared memory. The next
+        channel comes once this one has handled what it received; a handler that sends
+        meanwhile (room in a full outbox, a request's reply) would wait for it, and it for
+        the handler. So, once anything waits to be written, the dispatcher has
+        ``close_timeout`` to finish, as when a write fails (:meth:`_on_lost`)."""
+        self._stop_writing()
+        peer = self._peer
+        shared = self._shared
+        if shared is not None:
+            peer._encoder.shared = None
+            if peer._shared is shared:
+                peer._shared = None
+        outbox = peer._outbox
+        if outbox.taken < outbox.enqueued:  # (the ordered lane; replies and acks are dropped)
+            self._on_lost()
+            return
+
+        def queued() -> None:
+            if outbox.taken < outbox.enqueued:
+                outbox.on_frames = None
+                self._on_lost()
+
+        outbox.on_frames = queued  # (cleared as the channel ends, see run)
 
     def _stop_writing(self) -> None:
         """Write nothing more: what is queued stays in the outbox (any number of calls)."""
@@ -532,10 +562,11 @@ class Channel:
         )
 
     def _on_lost(self) -> None:
-        """The writer found the connection broken: nothing more can be written. The reader
-        still reads what the peer sent before it went (its end of stream or reset follows) and
-        the dispatcher handles it, for at most ``close_timeout`` from now: a handler waiting
-        for room in an outbox that no writer drains would wait for ever."""
+        """The writer found the connection broken (or stopped with frames waiting, see
+        :meth:`_hold_for_the_next`): nothing more can be written. The reader still reads what
+        the peer sent before it went (its end of stream or reset follows) and the dispatcher
+        handles it, for at most ``close_timeout`` from now: a handler waiting for room in an
+        outbox that no writer drains would wait for ever."""
         if self._write_lost.is_set():
             return
         self._gone = self._broken = True
@@ -701,9 +732,7 @@ class Channel:
     def _lost(self) -> None:
         peer = self._peer
         if peer._outbox_outlives_channel:
-            # Sent from now on, it waits for the next channel: on this one, a request would
-            # only fail with it, an event be lost (those the writer took already may be).
-            self._stop_writing()
+            self._hold_for_the_next()
         peer._input_ended()
         peer._requests.fail(
             ConnectionLostError(f"the connection with {peer.id!r} was lost before the reply"),

@@ -39,7 +39,9 @@ Invariants:
   all of its nominal value.
 - Frames emitted while disconnected wait in the outbox and go out first, in order, after the
   next handshake. Disconnected begins as the server's input ends (``connected`` turns False),
-  though the channel still handles what came before it: nothing more is written on that one.
+  though the channel still handles what came before it: nothing more is written on that one
+  (and once something waits to be, its handlers have ``close_timeout`` to finish: the next
+  connection comes after them).
   Requests whose frames had reached the socket fail as soon as the connection is lost; those
   still queued wait for the next connection (within their timeout).
 - Once given up (or closed), every waiting emit and request fails, and ``destroy`` fires once.
