@@ -381,7 +381,6 @@ class Channel:
                         await anyio.sleep_forever()  # until the reader is done
                 finally:
                     self._stop_writing()
-                    outbox.on_frames = None  # (a writer's, or _hold_for_the_next's)
         finally:
             if peer._watchdog is not None:
                 peer._watchdog.leave(self)
@@ -389,7 +388,8 @@ class Channel:
                     peer._watchdog.leave(self._ack_timer)
             self._task_group = None
             self._opened.set()
-            outbox.on_sent = outbox.on_lost = peer._requests.on_open = None
+            # (on_frames: a writer's, or _hold_for_the_next's)
+            outbox.on_frames = outbox.on_sent = outbox.on_lost = peer._requests.on_open = None
             if shared is not None:
                 self._end_shared(shared)
             outbox.drop_replies()  # they answer this connection's requests, not the next's
