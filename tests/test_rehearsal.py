@@ -66,6 +66,84 @@ def test_a_rehearsal_walks_the_childs_way_and_leaves_nothing(
     assert before == after
 
 
+# The parent's death (SIGTERM) or, for a remote forkserver, its session's end (SIGHUP) at
+# every moment of a rehearsal, one after the other: the forkserver's handler raises SystemExit.
+# (A forkserver has no other thread; the signals come from another process, as they do.)
+_SIGNALLED = """
+import json, os, signal, subprocess, sys, threading, time
+from ipcactors._supervision._forkserver import _parent_gone
+from ipcactors._supervision._rehearsal import rehearse
+
+backend, uvloop = sys.argv[1], sys.argv[2] == "1"
+signal.signal(signal.SIGTERM, _parent_gone)
+signal.signal(signal.SIGHUP, _parent_gone)
+rehearse(backend, uvloop, rounds=1)
+began = time.monotonic()
+rehearse(backend, uvloop)
+took = time.monotonic() - began  # a whole rehearsal: the signals land all along it
+sender = subprocess.Popen(
+    [sys.executable, "-c", (
+        "import os, sys, time\\n"
+        "for line in sys.stdin:\\n"
+        "    delay, signum = line.split()\\n"
+        "    time.sleep(float(delay))\\n"
+        "    os.kill(os.getppid(), int(signum))\\n"
+    )],
+    stdin=subprocess.PIPE, text=True, bufsize=1,
+)
+outcomes = []
+
+def hung():
+    time.sleep(60)
+    print(json.dumps({"hung": outcomes}), flush=True)
+    sender.kill()
+    os._exit(0)
+
+mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP})  # (not ours)
+threading.Thread(target=hung, daemon=True).start()
+signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+for n in range(40):
+    signum = signal.SIGTERM if n % 2 else signal.SIGHUP
+    began = time.monotonic()
+    try:
+        sender.stdin.write(f"{took * n / 40} {int(signum)}\\n")
+        rehearse(backend, uvloop)
+        outcome = "returned"  # (the signal came after it: raised below)
+        time.sleep(took + 0.1)
+    except SystemExit as exc:
+        outcome = f"SystemExit {exc.code}"
+    except BaseException as exc:
+        outcome = f"{type(exc).__name__}: {exc}"
+    outcomes.append([outcome, round(time.monotonic() - began, 3)])
+sender.stdin.close()
+sender.wait()
+print(json.dumps({"outcomes": outcomes, "took": took}))
+"""
+
+
+@pytest.mark.parametrize(("backend", "uvloop"), BACKENDS, ids=["asyncio", "uvloop", "trio"])
+def test_the_signal_of_the_parents_death_waits_for_the_rehearsal_to_end(
+    backend: str, uvloop: bool, short_tmp_path: Path
+) -> None:
+    """Its handler raises SystemExit: raised inside the rehearsal's event loop, it came out as
+    an exception group, or was lost and left the loop waiting for ever (its deadline gone with
+    it): the forkserver of a supervisor SIGKILLed as it started stayed, orphaned, for good."""
+    result = subprocess.run(
+        [sys.executable, "-c", _SIGNALLED, backend, "1" if uvloop else "0"],
+        env={**os.environ, "TMPDIR": str(short_tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert "hung" not in report, report
+    outcomes = report["outcomes"]
+    assert {outcome for outcome, _ in outcomes} <= {"SystemExit 70", "returned"}, outcomes
+    assert all(seconds < 5 for _, seconds in outcomes), outcomes
+    assert list(short_tmp_path.iterdir()) == [], "its folder and sockets are gone"
+
+
 def _too_long(tmp_path: Path) -> Path:
     """A folder whose sockets' paths would be too long to bind (Unix: 107 bytes)."""
     folder = tmp_path / ("x" * 60) / ("y" * 60)

@@ -17,12 +17,17 @@ Invariants:
   children run, against a stand-in supervisor that answers as the real one does.
 - It is bounded (``REHEARSAL_SECONDS``) and cannot fail the forkserver: whatever goes wrong
   costs the warmth and nothing else.
+- The signals that end a forkserver (``HELD_SIGNALS``: its parent's death, its session's end)
+  wait while it runs and are handled as it ends: their handlers raise ``SystemExit``, which,
+  raised anywhere in an event loop's own code, could leave the loop waiting for ever (its
+  deadline lost with it), the forkserver orphaned.
 """
 
 from __future__ import annotations
 
 import gc
 import shutil
+import signal
 import tempfile
 from typing import Final
 
@@ -33,7 +38,7 @@ from .._proto._msgpack import pack_value
 from .._transports._backend import backend_options
 from ._child import HELLO_EVENT, READY_EVENT, _main
 
-__all__ = ["REHEARSAL_ROUNDS", "REHEARSAL_SECONDS", "rehearse"]
+__all__ = ["HELD_SIGNALS", "REHEARSAL_ROUNDS", "REHEARSAL_SECONDS", "rehearse"]
 
 #: Walks of the child's way: CPython specializes a function after a few runs (3.11: 8 calls).
 REHEARSAL_ROUNDS: Final = 10
@@ -42,23 +47,36 @@ REHEARSAL_SECONDS: Final = 2.0
 
 _TOKEN: Final = "rehearsal"
 
+#: Held while a rehearsal runs (see the invariants): a forkserver's parent died, or the SSH
+#: session of a remote one ended.
+HELD_SIGNALS: Final = frozenset({signal.SIGTERM, signal.SIGHUP})
+
 
 def rehearse(backend: str, uvloop: bool, rounds: int = REHEARSAL_ROUNDS) -> bool:
-    """Walk a child's way to ready ``rounds`` times on ``backend``; whether it went through."""
+    """Walk a child's way to ready ``rounds`` times on ``backend``; whether it went through.
+    A held signal that came meanwhile is handled as it returns (its handler may raise)."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
     try:
-        root = tempfile.mkdtemp(prefix="ipcactors-rehearsal-")
-    except OSError:
-        return False
-    try:
-        done: bool = anyio.run(
-            _walk, root, rounds, backend=backend, backend_options=backend_options(backend, uvloop)
-        )
-        return done
-    except Exception:  # (whatever it is: the children are merely colder)
-        return False
+        try:
+            root = tempfile.mkdtemp(prefix="ipcactors-rehearsal-")
+        except OSError:
+            return False
+        try:
+            done: bool = anyio.run(
+                _walk,
+                root,
+                rounds,
+                backend=backend,
+                backend_options=backend_options(backend, uvloop),
+            )
+            return done
+        except Exception:  # (whatever it is: the children are merely colder)
+            return False
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+            gc.collect()  # what it dropped is not inherited (a child never collects it: gc.freeze)
     finally:
-        shutil.rmtree(root, ignore_errors=True)
-        gc.collect()  # what it dropped is not inherited (a child never collects it: gc.freeze)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # (one that came: handled here)
 
 
 async def _walk(root: str, rounds: int) -> bool:
