@@ -307,3 +307,51 @@ async def test_client_notices_a_frozen_server_process_and_reconnects(
             with anyio.fail_after(10):
                 await connection.wait_connected()
                 assert await connection.request("echo", 3) == 3
+
+
+@pytest.mark.parametrize("side", ["client", "server"])
+async def test_what_arrived_before_the_peer_closed_is_handled_however_long_it_takes(
+    socket_dir: str, side: str
+) -> None:
+    """A peer that closed cleanly is not a frozen one: its silence from then on is not a
+    missed heartbeat. The watchdog took it for one and ended the channel that was still
+    handling what arrived before the close, past ``interval + timeout``: those events were
+    dropped (a client's, and a server's of a client that closed)."""
+    handled: list[int] = []
+    count = 200
+
+    async def slowly(data: int, *client: object) -> None:
+        if data == 0:
+            await anyio.sleep(BOUND * 2)  # the rest waits behind it, past the deadline
+        handled.append(data)
+
+    async def all_handled() -> None:
+        with anyio.fail_after(BOUND * 2 + SLACK + 5):
+            while len(handled) < count:
+                await anyio.sleep(0.01)
+
+    options = {"socket_root": socket_dir, "silent": True, "stop_retrying": 0, **HEARTBEAT}
+    if side == "client":
+        async with Actor("hello", **options) as hello:
+            async with Actor("world", **options) as world_actor:
+                server = await world_actor.serve()
+                world = await hello.connect_to("world")
+                world.on("ev", slowly)
+                with anyio.fail_after(5):
+                    while "hello" not in server.clients:
+                        await anyio.sleep(0.005)
+                for n in range(count):
+                    await server.emit("hello", "ev", n)
+            # The server went: the client's input ended, its handlers still busy.
+            await all_handled()
+    else:
+        async with Actor("world", **options) as world_actor:
+            server = await world_actor.serve()
+            server.on("ev", slowly)
+            async with Actor("hello", **options) as hello:
+                world = await hello.connect_to("world")
+                for n in range(count):
+                    await world.emit("ev", n)
+            # The client went: the server's input from it ended, its handlers still busy.
+            await all_handled()
+    assert handled == list(range(count))

@@ -100,7 +100,9 @@ Invariants:
   floods pings or never reads cannot make us queue pongs. With nothing received for
   ``interval + timeout`` (and still nothing after ``STALL_GRACE``, in case our own loop was the
   one stalled) the channel ends as if the peer had closed it. While the reader pauses (flow
-  control), the peer counts as alive: we are the ones not reading.
+  control), the peer counts as alive: we are the ones not reading. Once its input ended (it
+  closed, or broke the protocol), the channel is no longer watched: what came before the end
+  is handled however long that takes.
 - A server's client that sends nothing but heartbeats for ``idle_timeout`` is closed.
 """
 
@@ -731,6 +733,10 @@ class Channel:
 
     def _lost(self) -> None:
         peer = self._peer
+        if peer._watchdog is not None:
+            # The peer's last came: its silence from now on is no missed heartbeat (what it
+            # sent is still handled, however long that takes), and a ping would not reach it.
+            peer._watchdog.leave(self)
         if peer._outbox_outlives_channel:
             self._hold_for_the_next()
         peer._input_ended()
