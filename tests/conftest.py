@@ -1,7 +1,10 @@
 """Shared fixtures: both backends, short private socket directories, and leak checks.
 
 After every test: no child process of ours is left, no socket file is left in the test's socket
-directory, and no socket (Unix or TCP) that the test opened is still open.
+directory, and no socket (Unix or TCP) that the test opened is still open. At the session's end:
+no process a test started is left anywhere, whoever its parent is by then (a script that died
+leaves its children to init, out of the first check's sight): every process inherits a tag in
+its environment (``ORPHAN_TAG``), looked for in every process on the machine.
 
 ``make test`` runs the suite in two processes (pytest-xdist): every check above looks at this
 process's own children, sockets and descriptors, so each worker checks its own tests; a test id
@@ -19,6 +22,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
@@ -126,6 +130,39 @@ def _open_fds() -> set[str]:
         except OSError:
             pass  # the descriptor listdir itself used
     return fds
+
+
+#: The environment variable that marks the processes this session's tests start (see above).
+ORPHAN_TAG = "IPCACTORS_TEST_SESSION"
+
+
+def _tagged(tag: str) -> list[psutil.Process]:
+    """The live processes, but this one, whose environment carries ``tag``."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if (
+                process.pid != os.getpid()
+                and process.environ().get(ORPHAN_TAG) == tag
+                and process.status() != psutil.STATUS_ZOMBIE
+            ):
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    return found
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_orphans() -> Iterator[None]:
+    tag = os.environ[ORPHAN_TAG] = uuid.uuid4().hex
+    yield
+    deadline = time.monotonic() + 5.0  # (a parent's death takes its children a moment)
+    while (left := _tagged(tag)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    commands = [" ".join(process.cmdline())[:200] for process in left]
+    for process in left:
+        process.kill()
+    assert not left, f"processes outlived their tests, orphaned: {commands}"
 
 
 @pytest.fixture(autouse=True)
