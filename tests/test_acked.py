@@ -126,6 +126,65 @@ async def test_cut_links_deliver_exactly_once_in_order(
             assert world.unacknowledged == []
 
 
+@pytest.mark.parametrize("how", ["cut", "blackholed"])
+async def test_a_link_lost_while_a_handler_runs_loses_none_of_its_events(
+    socket_dir: str, fault_proxy: Callable[..., FaultProxy], how: str
+) -> None:
+    """The link goes while the server handles a backlog, one handler at a time; the client
+    reconnects with its id, and the server replaces the old connection. Cut (the server saw
+    its end), that connection was aborted all the same: the running handler cancelled and
+    the rest of its backlog dropped, yet counted as delivered for the resume: never sent
+    again, never reported (acknowledged == sequenced, an event missing). Now the newcomer's
+    welcome waits for it: exactly once. Blackholed (the server saw no end: a leftover still
+    reading), it is closed at once, and the event whose handler was cancelled comes again,
+    flagged redelivered: at least once."""
+    count = 40
+    handled: list[int] = []
+    flagged: list[int] = []
+
+    async def slowly(data: int, client: Client) -> None:
+        await anyio.sleep(0.02)
+        handled.append(data)
+        if client.redelivered:
+            flagged.append(data)
+
+    heartbeats = {"heartbeat_interval": 0.2, "heartbeat_timeout": 0.4}
+    options = {"socket_root": socket_dir, "silent": True, "acked": "on", **heartbeats}
+    async with Actor("world", **options) as world_actor:
+        server = await world_actor.serve()
+        server.on("n", slowly)
+        async with (
+            fault_proxy(server.address) as proxy,
+            Actor("hello", **options, **FAST_RETRY) as hello,
+        ):
+            with anyio.fail_after(5):
+                world = await proxy.connect(hello, "world")
+            for n in range(count):
+                await world.emit("n", n)
+            with anyio.fail_after(5):
+                while not handled:  # the backlog is being handled, a handler running
+                    await anyio.sleep(0.005)
+            if how == "cut":
+                proxy.cut()
+            else:
+                proxy.blackhole()  # (the client finds it silent and reconnects)
+            with anyio.fail_after(20):
+                await proxy.wait_accepted(2)
+                proxy.heal()
+                while set(handled) != set(range(count)):
+                    await anyio.sleep(0.01)
+                await world.wait_acknowledged()
+            stats = world.statistics()
+            assert stats.events_acknowledged == stats.events_sequenced == count
+            assert world.unacknowledged == []
+    assert sorted(set(handled)) == list(range(count))
+    if how == "cut":
+        assert handled == list(range(count))  # exactly once, in order
+    else:
+        again = sorted(n for n in set(handled) if handled.count(n) > 1)
+        assert set(again) <= set(flagged), (again, flagged)
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_a_restarted_server_gets_the_unacknowledged_again_flagged(
     transport: str, socket_dir: str, seed: int

@@ -783,3 +783,35 @@ async def test_a_handler_sending_once_the_server_went_does_not_keep_the_connecti
     assert took < 5, took  # close_timeout (0.5 s), give or take a loaded machine
     assert left == ["left"]  # cancelled, once its close_timeout was spent
     assert got == list(range(len(got)))  # what it queued went out, in order
+
+
+async def test_a_newcomer_with_the_id_of_a_client_that_closed_does_not_cut_its_events_short(
+    socket_dir: str,
+) -> None:
+    """A client sends a backlog and closes; a new one with its id (a restarted process)
+    connects while the server still handles that backlog. The server replaced the old
+    connection by aborting it: what it had sent before it closed was dropped. One whose input
+    ended only finishes handling what it got, beside the newcomer."""
+    count = 40
+    handled: list[int] = []
+
+    async def slowly(data: int, client: object) -> None:
+        await anyio.sleep(0.01)
+        handled.append(data)
+
+    options = {"socket_root": socket_dir, "silent": True}
+    async with Actor("world", **options) as world_actor:
+        server = await world_actor.serve()
+        server.on("ev", slowly)
+        async with Actor("hello", **options) as hello:
+            world = await hello.connect_to("world")
+            for n in range(count):
+                await world.emit("ev", n)
+        async with Actor("hello", **options) as hello:  # the same id, at once
+            world = await hello.connect_to("world")
+            await world.emit("ev", count)
+            with anyio.fail_after(10):
+                while len(handled) < count + 1:
+                    await anyio.sleep(0.01)
+    assert sorted(handled) == list(range(count + 1))
+    assert [n for n in handled if n < count] == list(range(count))  # the old ones in order

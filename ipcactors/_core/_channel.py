@@ -196,6 +196,7 @@ class Channel:
         "_detach_writer",
         "_dispatching",
         "_drained",
+        "_ended",
         "_enqueued",
         "_failure",
         "_fd_stream",
@@ -234,6 +235,7 @@ class Channel:
         "_writing_stopped",
         "broken_by",
         "handshake_error",
+        "input_ended",
         "refusal",
     )
 
@@ -304,6 +306,10 @@ class Channel:
         self.handshake_error: Exception | None = None
         #: A client's: the server refused it after the handshake (``reject replaced``).
         self.refusal: RejectedError | None = None
+        #: The peer's input ended (it closed, the connection broke, or bad bytes): the channel
+        #: only finishes handling what came before.
+        self.input_ended = False
+        self._ended = Flag()  # run() is over
         self._changed: anyio.Event | None = None  # set when the reader or dispatcher may go on
         self._drained = Flag()
         self._write_lost = Flag()  # the writer found the connection broken
@@ -331,6 +337,10 @@ class Channel:
     def inbox_bytes(self) -> int:
         """Bytes of received events and requests waiting for their handlers."""
         return self._inbox_bytes
+
+    async def wait_ended(self) -> None:
+        """Return once :meth:`run` is over: its handlers done (or cancelled)."""
+        await self._ended.wait()
 
     async def wait_opened(self) -> None:
         """Return once the opening is done (or the channel ended without finishing it)."""
@@ -398,7 +408,10 @@ class Channel:
             # A frame in progress may hold up to max_frame_size: freed now, not whenever this
             # channel is (the error that ended it may hold it in a cycle, through its frames).
             self._session.end_input()
-            await close_now(self._stream)
+            try:
+                await close_now(self._stream)
+            finally:
+                self._ended.set()
         if self._failure is not None:
             # Raised with no reference left here: the error's traceback holds this frame, and
             # a reference from it (self._failure, a local) would make a cycle that keeps the
@@ -732,6 +745,7 @@ class Channel:
             bound.cancel_scope.cancel()
 
     def _lost(self) -> None:
+        self.input_ended = True
         peer = self._peer
         if peer._watchdog is not None:
             # The peer's last came: its silence from now on is no missed heartbeat (what it
@@ -1126,6 +1140,14 @@ class Channel:
                 watchdog.join(timer, peer._ack_due)
         try:
             await pending
+        except BaseException:
+            # Its handlers did not return (the channel was cut short): not delivered, so a
+            # resume sends it again, flagged redelivered (they may have run in part).
+            receiver = peer._receiver
+            if type(event) is Event and receiver is not None and receiver.last == event.seq:
+                receiver.last = event.seq - 1
+                receiver.redelivered_up_to = max(receiver.redelivered_up_to, event.seq)
+            raise
         finally:
             peer._ack_in_flight = None
 

@@ -26,10 +26,14 @@ Invariants:
 - One id, one connection: a client that connects with an id already connected replaces the
   older connection (usually a half-open leftover of a reconnect), which is told (``reject
   replaced``, within ``REPLACED_NOTICE_WAIT``: a live client with the same id then gives up
-  instead of replacing the newer one in turn) and closed. Newcomers with one id are ordered as
-  their handshakes end (``_newest``): one that a later one overtook while it waited for the
-  notice is refused (``reject replaced``) instead of welcomed, so however many arrive at once,
-  one connection per id is kept and every other one is closed.
+  instead of replacing the newer one in turn) and closed. One whose input had ended (it
+  closed, or the link broke) is not cut short: what it sent is still handled, beside the
+  newcomer; in the acknowledged mode, before the newcomer is welcomed (within
+  ``close_timeout``; a handler cancelled then has its event delivered again). Newcomers
+  with one id are ordered as their handshakes end (``_newest``): one that a later one
+  overtook while it waited for the notice is refused (``reject replaced``) instead of
+  welcomed, so however many arrive at once, one connection per id is kept and every other one
+  is closed.
 - A held server (``_hold()``, before it starts: a supervised child until its function has
   registered its handlers) welcomes no one until ``_release()``. A client whose handshake is
   done waits, outside the ``max_handshakes`` budget but counted in ``max_connections``, and
@@ -676,7 +680,7 @@ class Server(HandlerMethods):
                     await previous._outbox.wait_flushed()
             previous._outbox.close(ClosedError(f"client {client.id!r} reconnected"))
             if previous._channel is not None:
-                previous._channel.abort()
+                await self._replace(previous._channel, acked=offer is not None)
             if self._newest.get(client.id) is not client:  # a newer one came meanwhile
                 message = f"another connection with the id {client.id!r} took this one's place"
                 await self._refuse(stream, session, "replaced", message)
@@ -744,6 +748,24 @@ class Server(HandlerMethods):
                 )
             log_lifecycle(f"client {client.id!r} disconnected")
             await client._call_lifecycle("disconnect", client, shielded=True)
+
+    async def _replace(self, channel: Channel, *, acked: bool) -> None:
+        """The channel of a connection a newcomer with its id replaces. A leftover still
+        reading is closed at once. One whose input ended (the client closed it, or it broke)
+        only finishes handling what it got: it goes on beside the newcomer; in the
+        acknowledged mode the newcomer's welcome says what was delivered, so it waits for that
+        channel first, within ``close_timeout``, after which the handlers still running are
+        cancelled (their event is delivered again, flagged redelivered)."""
+        wait = self._config.close_timeout
+        if channel.input_ended and acked:
+            with anyio.move_on_after(wait):
+                await channel.wait_ended()
+        elif channel.input_ended:
+            return
+        channel.abort()
+        if acked:
+            with anyio.move_on_after(wait):  # (cancelled: at once, but for shielded handlers)
+                await channel.wait_ended()
 
     def _acked_offer(self, offer: Any) -> _Offer | None:
         """The client's acknowledged-mode offer from its hello, if both sides have the mode.
