@@ -791,12 +791,17 @@ async def test_a_newcomer_with_the_id_of_a_client_that_closed_does_not_cut_its_e
     """A client sends a backlog and closes; a new one with its id (a restarted process)
     connects while the server still handles that backlog. The server replaced the old
     connection by aborting it: what it had sent before it closed was dropped. One whose input
-    ended only finishes handling what it got, beside the newcomer."""
+    ended finishes handling what it got (within close_timeout) before the newcomer is
+    welcomed: one id's events in order, one at a time, across its connections."""
     count = 40
     handled: list[int] = []
+    running: list[int] = []
 
     async def slowly(data: int, client: object) -> None:
+        running.append(data)
+        assert len(running) == 1, running  # one at a time
         await anyio.sleep(0.01)
+        running.remove(data)
         handled.append(data)
 
     options = {"socket_root": socket_dir, "silent": True}
@@ -813,5 +818,5 @@ async def test_a_newcomer_with_the_id_of_a_client_that_closed_does_not_cut_its_e
             with anyio.fail_after(10):
                 while len(handled) < count + 1:
                     await anyio.sleep(0.01)
-    assert sorted(handled) == list(range(count + 1))
-    assert [n for n in handled if n < count] == list(range(count))  # the old ones in order
+    assert handled == list(range(count + 1))  # the newcomer's after the old ones
+    assert server.clients == {}  # (both closed with the server)

@@ -27,9 +27,9 @@ Invariants:
   older connection (usually a half-open leftover of a reconnect), which is told (``reject
   replaced``, within ``REPLACED_NOTICE_WAIT``: a live client with the same id then gives up
   instead of replacing the newer one in turn) and closed. One whose input had ended (it
-  closed, or the link broke) is not cut short: what it sent is still handled, beside the
-  newcomer; in the acknowledged mode, before the newcomer is welcomed (within
-  ``close_timeout``; a handler cancelled then has its event delivered again). Newcomers
+  closed, or the link broke) is not cut short: what it sent is handled before the newcomer
+  is welcomed (within ``close_timeout``; in the acknowledged mode, a handler cancelled then
+  has its event delivered again). Newcomers
   with one id are ordered as their handshakes end (``_newest``): one that a later one
   overtook while it waited for the notice is refused (``reject replaced``) instead of
   welcomed, so however many arrive at once, one connection per id is kept and every other one
@@ -752,16 +752,16 @@ class Server(HandlerMethods):
     async def _replace(self, channel: Channel, *, acked: bool) -> None:
         """The channel of a connection a newcomer with its id replaces. A leftover still
         reading is closed at once. One whose input ended (the client closed it, or it broke)
-        only finishes handling what it got: it goes on beside the newcomer; in the
-        acknowledged mode the newcomer's welcome says what was delivered, so it waits for that
-        channel first, within ``close_timeout``, after which the handlers still running are
-        cancelled (their event is delivered again, flagged redelivered)."""
+        only finishes handling what it got: the newcomer is welcomed once it is done, within
+        ``close_timeout``, after which the handlers still running are cancelled. So the events
+        of one id are handled one at a time, in order, across its connections, and the old
+        one stays in ``clients`` (closed with the server) until then. In the acknowledged
+        mode the welcome says what was delivered: it waits for the cancelled handlers too
+        (their event is delivered again, flagged redelivered)."""
         wait = self._config.close_timeout
-        if channel.input_ended and acked:
+        if channel.input_ended:
             with anyio.move_on_after(wait):
                 await channel.wait_ended()
-        elif channel.input_ended:
-            return
         channel.abort()
         if acked:
             with anyio.move_on_after(wait):  # (cancelled: at once, but for shielded handlers)
