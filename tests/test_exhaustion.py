@@ -66,16 +66,21 @@ def attempt(free):
         for fd in fillers:
             os.close(fd)
 
+def outcome(exc):  # what an attempt came to: ok, an IPCError's name, or what else it raised
+    if exc is None:
+        return "ok"
+    if isinstance(exc, ipcactors.IPCError):
+        return type(exc).__name__
+    return f"bare {type(exc).__name__}: {exc}"
+
 async def attempts_async(outcomes):
     for free in range(14):
         try:
             await attempt_async(free)
-        except ipcactors.IPCError as exc:
-            outcomes[free] = type(exc).__name__
         except Exception as exc:
-            outcomes[free] = f"bare {type(exc).__name__}: {exc}"
+            outcomes[free] = outcome(exc)
         else:
-            outcomes[free] = "ok"
+            outcomes[free] = outcome(None)
     await enter_async()  # with descriptors to spare
 
 resource.setrlimit(resource.RLIMIT_NOFILE, (128, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
@@ -86,12 +91,10 @@ if kind in ("blocking", "executor"):
     for free in range(14):
         try:
             attempt(free)
-        except ipcactors.IPCError as exc:
-            outcomes[free] = type(exc).__name__
         except Exception as exc:
-            outcomes[free] = f"bare {type(exc).__name__}: {exc}"
+            outcomes[free] = outcome(exc)
         else:
-            outcomes[free] = "ok"
+            outcomes[free] = outcome(None)
     enter()  # with descriptors to spare
 else:
     anyio.run(anyio.sleep, 0, backend=backend)  # (the backend's own imports, made once)

@@ -41,9 +41,9 @@ Invariants:
   next handshake. Disconnected begins as the server's input ends (``connected`` turns False),
   though the channel still handles what came before it: nothing more is written on that one
   (and once something waits to be, its handlers have ``close_timeout`` to finish: the next
-  connection comes after them).
-  Requests whose frames had reached the socket fail as soon as the connection is lost; those
-  still queued wait for the next connection (within their timeout).
+  connection comes after them). Requests whose frames had reached the socket fail as soon as
+  the connection is lost; those still queued wait for the next connection (within their
+  timeout).
 - Once given up (or closed), every waiting emit and request fails, and ``destroy`` fires once.
 - Acknowledged mode (``Config.acked``, see ``_acks``): the hello offers the mode with our
   session id; the welcome's ``last`` resumes it (what the writer had taken and the server did

@@ -29,11 +29,10 @@ Invariants:
   instead of replacing the newer one in turn) and closed. One whose input had ended (it
   closed, or the link broke) is not cut short: what it sent is handled before the newcomer
   is welcomed (within ``close_timeout``; in the acknowledged mode, a handler cancelled then
-  has its event delivered again). Newcomers
-  with one id are ordered as their handshakes end (``_newest``): one that a later one
-  overtook while it waited for the notice is refused (``reject replaced``) instead of
-  welcomed, so however many arrive at once, one connection per id is kept and every other one
-  is closed.
+  has its event delivered again). Newcomers with one id are ordered as their handshakes end
+  (``_newest``): one that a later one overtook while it waited for the notice is refused
+  (``reject replaced``) instead of welcomed, so however many arrive at once, one connection
+  per id is kept and every other one is closed.
 - A held server (``_hold()``, before it starts: a supervised child until its function has
   registered its handlers) welcomes no one until ``_release()``. A client whose handshake is
   done waits, outside the ``max_handshakes`` budget but counted in ``max_connections``, and
