@@ -126,7 +126,7 @@ async def test_cut_links_deliver_exactly_once_in_order(
             assert world.unacknowledged == []
 
 
-@pytest.mark.parametrize("how", ["cut", "blackholed"])
+@pytest.mark.parametrize("how", ["cut", "cut, impatient", "blackholed"])
 async def test_a_link_lost_while_a_handler_runs_loses_none_of_its_events(
     socket_dir: str, fault_proxy: Callable[..., FaultProxy], how: str
 ) -> None:
@@ -134,16 +134,22 @@ async def test_a_link_lost_while_a_handler_runs_loses_none_of_its_events(
     reconnects with its id, and the server replaces the old connection. Cut (the server saw
     its end), that connection was aborted all the same: the running handler cancelled and
     the rest of its backlog dropped, yet counted as delivered for the resume: never sent
-    again, never reported (acknowledged == sequenced, an event missing). Now the newcomer's
-    welcome waits for it: exactly once. Blackholed (the server saw no end: a leftover still
-    reading), it is closed at once, and the event whose handler was cancelled comes again,
-    flagged redelivered: at least once."""
+    again, never reported (acknowledged == sequenced, an event missing). Now it finishes
+    before the newcomer's events are handled: exactly once. Impatient: a client whose
+    handshake_timeout is shorter than that backlog is welcomed all the same (its welcome
+    waited for the backlog, and it gave up). Blackholed (the server saw no end: a leftover
+    still reading), it is closed at once, and the event whose handler was cancelled comes
+    again, flagged redelivered: at least once."""
     count = 40
     handled: list[int] = []
     flagged: list[int] = []
 
+    # Impatient: the backlog takes 2 s, in which two handshakes would time out: given up.
+    impatient = {"handshake_timeout": 0.25, "stop_retrying": 2} if "impatient" in how else {}
+    pace = 0.05 if impatient else 0.02
+
     async def slowly(data: int, client: Client) -> None:
-        await anyio.sleep(0.02)
+        await anyio.sleep(pace)
         handled.append(data)
         if client.redelivered:
             flagged.append(data)
@@ -155,7 +161,7 @@ async def test_a_link_lost_while_a_handler_runs_loses_none_of_its_events(
         server.on("n", slowly)
         async with (
             fault_proxy(server.address) as proxy,
-            Actor("hello", **options, **FAST_RETRY) as hello,
+            Actor("hello", **options, **FAST_RETRY, **impatient) as hello,
         ):
             with anyio.fail_after(5):
                 world = await proxy.connect(hello, "world")
@@ -164,7 +170,7 @@ async def test_a_link_lost_while_a_handler_runs_loses_none_of_its_events(
             with anyio.fail_after(5):
                 while not handled:  # the backlog is being handled, a handler running
                     await anyio.sleep(0.005)
-            if how == "cut":
+            if how.startswith("cut"):
                 proxy.cut()
             else:
                 proxy.blackhole()  # (the client finds it silent and reconnects)
@@ -174,15 +180,55 @@ async def test_a_link_lost_while_a_handler_runs_loses_none_of_its_events(
                 while set(handled) != set(range(count)):
                     await anyio.sleep(0.01)
                 await world.wait_acknowledged()
+            assert not world.destroyed  # (given up)
             stats = world.statistics()
             assert stats.events_acknowledged == stats.events_sequenced == count
             assert world.unacknowledged == []
     assert sorted(set(handled)) == list(range(count))
-    if how == "cut":
+    if how != "blackholed":
         assert handled == list(range(count))  # exactly once, in order
     else:
         again = sorted(n for n in set(handled) if handled.count(n) > 1)
         assert set(again) <= set(flagged), (again, flagged)
+
+
+async def test_an_event_whose_handler_outlives_its_link_is_acknowledged_once_handled(
+    socket_dir: str, fault_proxy: Callable[..., FaultProxy]
+) -> None:
+    """The link is cut while the handler of the client's last event runs; the client
+    reconnects at once and sends that event again (not acknowledged). The old connection
+    finishes it: the one sent again is a duplicate, dropped, and still acknowledged (else
+    the client would wait for its acknowledgement for ever)."""
+    handled: list[int] = []
+    running: list[int] = []
+
+    async def slowly(data: int, client: Client) -> None:
+        running.append(data)
+        await anyio.sleep(0.5)
+        handled.append(data)
+
+    options = {"socket_root": socket_dir, "silent": True, "acked": "on"}
+    async with Actor("world", **options) as world_actor:
+        server = await world_actor.serve()
+        server.on("n", slowly)
+        async with (
+            fault_proxy(server.address) as proxy,
+            Actor("hello", **options, **FAST_RETRY) as hello,
+        ):
+            with anyio.fail_after(5):
+                world = await proxy.connect(hello, "world")
+            await world.emit("n", 0)
+            with anyio.fail_after(5):
+                while not running:
+                    await anyio.sleep(0.005)
+            proxy.cut()
+            with anyio.fail_after(10):
+                await proxy.wait_accepted(2)
+                proxy.heal()
+                await world.wait_acknowledged()
+            stats = world.statistics()
+            assert stats.events_acknowledged == stats.events_sequenced == 1
+    assert handled == [0]
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -791,8 +791,8 @@ async def test_a_newcomer_with_the_id_of_a_client_that_closed_does_not_cut_its_e
     """A client sends a backlog and closes; a new one with its id (a restarted process)
     connects while the server still handles that backlog. The server replaced the old
     connection by aborting it: what it had sent before it closed was dropped. One whose input
-    ended finishes handling what it got (within close_timeout) before the newcomer is
-    welcomed: one id's events in order, one at a time, across its connections."""
+    ended finishes handling what it got (within close_timeout) before the newcomer's events
+    are: one id's events in order, one at a time, across its connections."""
     count = 40
     handled: list[int] = []
     running: list[int] = []
@@ -820,3 +820,84 @@ async def test_a_newcomer_with_the_id_of_a_client_that_closed_does_not_cut_its_e
                     await anyio.sleep(0.01)
     assert handled == list(range(count + 1))  # the newcomer's after the old ones
     assert server.clients == {}  # (both closed with the server)
+
+
+@pytest.mark.parametrize("acked", ["off", "on"])
+async def test_a_newcomer_is_welcomed_while_the_connection_it_replaces_finishes(
+    socket_dir: str, acked: str
+) -> None:
+    """A client closes while the server handles its last event, slowly; a new one with its id
+    connects meanwhile. Its welcome waited for that handler (within close_timeout), so a
+    newcomer whose handshake_timeout is shorter timed out, and gave up. It is welcomed at once
+    now; its events wait for the old ones: one id's, one at a time, in order."""
+    handled: list[int] = []
+    running: list[int] = []
+
+    async def slowly(data: int, client: object) -> None:
+        running.append(data)
+        assert len(running) == 1, running  # one at a time
+        await anyio.sleep(1.5 if data == 0 else 0)
+        running.remove(data)
+        handled.append(data)
+
+    options = {"socket_root": socket_dir, "silent": True, "acked": acked}
+    async with Actor("world", **options) as world_actor:
+        server = await world_actor.serve()
+        server.on("ev", slowly)
+        # (close_timeout: acknowledged, it would wait for the handler to leave)
+        async with Actor("hello", **options, close_timeout=0.1) as hello:
+            world = await hello.connect_to("world")
+            await world.emit("ev", 0)
+            with anyio.fail_after(5):
+                while not running:
+                    await anyio.sleep(0.005)
+        async with Actor("hello", **options, handshake_timeout=0.5, stop_retrying=0) as hello:
+            started = anyio.current_time()
+            world = await hello.connect_to("world")
+            took = anyio.current_time() - started
+            await world.emit("ev", 1)
+            with anyio.fail_after(10):
+                while len(handled) < 2:
+                    await anyio.sleep(0.01)
+    assert took < 1, took  # (the old handler had 1.5 s to go)
+    assert handled == [0, 1]
+
+
+async def test_closing_the_server_does_not_wait_for_a_connection_a_newcomer_replaced(
+    socket_dir: str,
+) -> None:
+    """A client closes while the server handles its event (a handler that would run long); a
+    new one with its id connects; the server closes. The newcomer, waiting for the old
+    connection, was welcomed as the close aborted it, after the close had taken its list of
+    clients: its connect handler ran on a closing server, and nothing closed it, so the close
+    took its whole close_timeout. Now it is welcomed at once, and closed with the others: the
+    close does not wait, and the connect handler, behind the old connection's events, never
+    runs."""
+    running: list[int] = []
+    connects: list[str] = []
+
+    async def stuck(data: int, client: object) -> None:
+        running.append(data)
+        await anyio.sleep(30)
+
+    options = {"socket_root": socket_dir, "silent": True}
+    async with Actor("world", **options, close_timeout=5) as world_actor:
+        server = await world_actor.serve()
+        server.on("ev", stuck)
+        server.on("connect", lambda client: connects.append(client.id))
+        async with Actor("hello", **options) as hello:
+            world = await hello.connect_to("world")
+            await world.emit("ev", 0)
+            with anyio.fail_after(5):
+                while not running:
+                    await anyio.sleep(0.005)
+        async with Actor("hello", **options) as hello:
+            world = await hello.connect_to("world", wait=False)
+            with anyio.fail_after(3):
+                while not world.connected:
+                    await anyio.sleep(0.005)
+            started = anyio.current_time()
+            await server.aclose()
+            took = anyio.current_time() - started
+    assert took < 2, took  # close_timeout: 5 s
+    assert connects == ["hello"]  # the first connection's, not the newcomer's

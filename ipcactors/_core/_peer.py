@@ -549,13 +549,17 @@ class Peer:
         handlers returned); ``False`` if it was delivered already."""
         receiver = self._receiver
         assert receiver is not None
-        if seq <= receiver.last:
-            self._counters.events_deduplicated += 1
-            return False
-        receiver.last = seq
+        duplicate = seq <= receiver.last
+        if not duplicate:
+            receiver.last = seq
+        # A duplicate is acknowledged too: its sender waits for that (it came again because
+        # a new connection's welcome could not count it yet: see Server._welcome_acked).
         if not self._ack_pending:
             self._ack_due = monotonic() + self._ack_interval
         self._ack_pending += 1
+        if duplicate:
+            self._counters.events_deduplicated += 1
+            return False
         self.redelivered = seq <= receiver.redelivered_up_to
         if self.redelivered:
             self._counters.events_redelivered += 1

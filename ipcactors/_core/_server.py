@@ -27,9 +27,11 @@ Invariants:
   older connection (usually a half-open leftover of a reconnect), which is told (``reject
   replaced``, within ``REPLACED_NOTICE_WAIT``: a live client with the same id then gives up
   instead of replacing the newer one in turn) and closed. One whose input had ended (it
-  closed, or the link broke) is not cut short: what it sent is handled before the newcomer
-  is welcomed (within ``close_timeout``; in the acknowledged mode, a handler cancelled then
-  has its event delivered again). Newcomers with one id are ordered as their handshakes end
+  closed, or the link broke) is not cut short: what it sent is handled before the newcomer's
+  events (within ``close_timeout``; in the acknowledged mode, a handler cancelled then has
+  its event delivered again, the welcome's ``last`` not counting it), the newcomer welcomed
+  at once meanwhile; until it ends it is ``_retiring``, closed with the server although no
+  longer in ``clients``. Newcomers with one id are ordered as their handshakes end
   (``_newest``): one that a later one overtook while it waited for the notice is refused
   (``reject replaced``) instead of welcomed, so however many arrive at once, one connection
   per id is kept and every other one is closed.
@@ -249,6 +251,9 @@ class Server(HandlerMethods):
         self._clients: dict[str, Client] = {}
         # By id, the latest connection whose handshake ended: the one to keep (see _run_client).
         self._newest: dict[str, Client] = {}
+        # By id, the connections a newcomer replaced that have not ended yet, oldest first:
+        # they finish handling what they got before the newcomer's events (_after_retiring).
+        self._retiring: dict[str, list[Client]] = {}
         # Unfinished handshakes, oldest first: the scope that drops each (dicts keep order).
         self._handshakes: dict[anyio.CancelScope, bool] = {}  # (a value: still there)
         self._expected_handshakes = 0  # beyond max_handshakes: see _expect_handshakes
@@ -672,23 +677,34 @@ class Server(HandlerMethods):
         if previous is not None:
             self._log.info(f"{client.id!r} reconnected; closing its previous connection")
             previous._say_replaced()
+            if previous._channel is not None:
+                # Until it ended, whoever replaces it: this one's events wait for its own.
+                self._retiring.setdefault(client.id, []).append(previous)
             if not previous._outbox.flushed and previous._channel is not None:
                 # Not written at once (a TLS stream, or a busy writer): the writer takes the
                 # notice first (priority lane); a leftover that reads nothing costs the wait.
                 with anyio.move_on_after(REPLACED_NOTICE_WAIT):
                     await previous._outbox.wait_flushed()
             previous._outbox.close(ClosedError(f"client {client.id!r} reconnected"))
-            if previous._channel is not None:
-                await self._replace(previous._channel, acked=offer is not None)
+            if previous._channel is not None and not previous._channel.input_ended:
+                previous._channel.abort()  # a leftover still reading: closed at once
             if self._newest.get(client.id) is not client:  # a newer one came meanwhile
                 message = f"another connection with the id {client.id!r} took this one's place"
                 await self._refuse(stream, session, "replaced", message)
                 return
+        if self._closing:  # (it took its list of clients while we waited for the notice)
+            await close_now(stream)
+            return
+        predecessors = list(self._retiring.get(client.id, ()))
+        connect_handlers = bool(self._handlers.get("connect"))
         opening = None
-        if self._handlers.get("connect"):
+        if predecessors or connect_handlers:
 
             async def opening() -> None:
-                await self._handlers.call("connect", (client,), self._log)
+                if predecessors:
+                    await self._after_retiring(predecessors)
+                if connect_handlers:
+                    await self._handlers.call("connect", (client,), self._log)
 
         # After the previous connection's outbox is closed: our events move to this one.
         extra: dict[str, Any] = {}
@@ -734,6 +750,7 @@ class Server(HandlerMethods):
             self._log.warning(f"closing connection of {client.id!r}: {exc}")
         finally:
             client._channel = None
+            self._retired(client)
             if self._clients.get(client.id) is client:
                 del self._clients[client.id]
             self._counters.events_unhandled += client._counters.events_unhandled
@@ -748,23 +765,32 @@ class Server(HandlerMethods):
             log_lifecycle(f"client {client.id!r} disconnected")
             await client._call_lifecycle("disconnect", client, shielded=True)
 
-    async def _replace(self, channel: Channel, *, acked: bool) -> None:
-        """The channel of a connection a newcomer with its id replaces. A leftover still
-        reading is closed at once. One whose input ended (the client closed it, or it broke)
-        only finishes handling what it got: the newcomer is welcomed once it is done, within
-        ``close_timeout``, after which the handlers still running are cancelled. So the events
-        of one id are handled one at a time, in order, across its connections, and the old
-        one stays in ``clients`` (closed with the server) until then. In the acknowledged
-        mode the welcome says what was delivered: it waits for the cancelled handlers too
-        (their event is delivered again, flagged redelivered)."""
+    async def _after_retiring(self, predecessors: list[Client]) -> None:
+        """The opening of a newcomer that replaced connections with its id (``predecessors``,
+        oldest first): return once they ended. One whose input ended (the client closed it,
+        or it broke) finishes handling what it got, within ``close_timeout``, after which its
+        handlers still running are cancelled (in the acknowledged mode their event comes
+        again, flagged redelivered: the welcome did not count it). So one id's events are
+        handled one at a time, in order, across its connections, and the newcomer's welcome
+        waits for none of it."""
         wait = self._config.close_timeout
-        if channel.input_ended:
+        for previous in predecessors:
+            channel = previous._channel
+            if channel is None:
+                continue  # ended
             with anyio.move_on_after(wait):
                 await channel.wait_ended()
-        channel.abort()
-        if acked:
+            channel.abort()
             with anyio.move_on_after(wait):  # (cancelled: at once, but for shielded handlers)
                 await channel.wait_ended()
+
+    def _retired(self, client: Client) -> None:
+        """``client``'s connection, replaced by a newcomer, ended."""
+        retiring = self._retiring.get(client.id)
+        if retiring is not None and client in retiring:
+            retiring.remove(client)
+            if not retiring:
+                del self._retiring[client.id]
 
     def _acked_offer(self, offer: Any) -> _Offer | None:
         """The client's acknowledged-mode offer from its hello, if both sides have the mode.
@@ -797,7 +823,11 @@ class Server(HandlerMethods):
         """Join ``client`` to its streams both ways; returns the welcome's ``acked``."""
         assert self._sessions is not None
         client._receiver = receiver = self._sessions.join(offer.session, offer.sent)
-        answer: dict[str, Any] = {"last": receiver.last}
+        last = receiver.last
+        for previous in self._retiring.get(client.id, ()):
+            if previous._receiver is receiver and previous._ack_in_flight == last:
+                last -= 1  # its handlers still run, and may yet be cancelled: not delivered
+        answer: dict[str, Any] = {"last": last}
         if offer.last is not None:  # the client acknowledges our events too
             keeping = self._keeping.pop(client.id, None)
             if keeping is not None:
@@ -1006,6 +1036,10 @@ class Server(HandlerMethods):
             self._ready.set()  # the held clients are refused (see _wait_ready)
         for keeping in self._keeping.values():
             keeping.cancel()  # their events are reported below
+        for retiring in self._retiring.values():  # (no longer in clients: replaced)
+            for client in retiring:
+                if client._channel is not None:
+                    client._channel.abort()
         async with anyio.create_task_group() as task_group:
             for client in list(self._clients.values()):
                 task_group.start_soon(client.aclose)
