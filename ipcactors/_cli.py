@@ -486,42 +486,44 @@ async def cmd_ping(args: argparse.Namespace, out: Output) -> int:
         raise UsageError("-c/--count must be at least 1")
     times: list[float] = []
     sent = 0
-    async with Actor(client_id(args), config_from(args)) as actor:
+    async with (
+        Actor(client_id(args), config_from(args)) as actor,
+        anyio.create_task_group() as tasks,
+    ):
+        tasks.start_soon(_stop_on_signal, args.signals, tasks.cancel_scope)
         with _bounded(args.timeout, f"connecting to {target.text}"):
             link = await open_link(actor, target, args)
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_stop_on_signal, args.signals, tasks.cancel_scope)
-            out.on_closed = tasks.cancel_scope.cancel
-            tasks.start_soon(out.watch)
-            while args.count is None or sent < args.count:
-                if sent:
-                    await anyio.sleep(args.interval)
-                sent += 1
-                started = time.perf_counter()
-                try:
-                    await link.request(args.event, None, args.timeout)
-                except RemoteError:
-                    # "no handler", or the handler raised: answered all the same, and the
-                    # round trip is what counts
-                    pass
-                except (ClosedError, ConnectionLostError) as exc:
-                    # The actor went (and did not come back in the connection's retries):
-                    # nothing more to count. The summary says what came back before.
-                    out.error(exc)
-                    break
-                except RequestTimeoutError:
-                    out.emit(
-                        f"no reply from {target.text}: seq={sent} (timeout {args.timeout} s)",
-                        {"seq": sent, "lost": True},
-                    )
-                    continue
-                ms = (time.perf_counter() - started) * 1000
-                times.append(ms)
+        out.on_closed = tasks.cancel_scope.cancel
+        tasks.start_soon(out.watch)
+        while args.count is None or sent < args.count:
+            if sent:
+                await anyio.sleep(args.interval)
+            sent += 1
+            started = time.perf_counter()
+            try:
+                await link.request(args.event, None, args.timeout)
+            except RemoteError:
+                # "no handler", or the handler raised: answered all the same, and the
+                # round trip is what counts
+                pass
+            except (ClosedError, ConnectionLostError) as exc:
+                # The actor went (and did not come back in the connection's retries):
+                # nothing more to count. The summary says what came back before.
+                out.error(exc)
+                break
+            except RequestTimeoutError:
                 out.emit(
-                    f"reply from {target.text}: seq={sent} time={ms:.3f} ms",
-                    {"seq": sent, "ms": round(ms, 3)},
+                    f"no reply from {target.text}: seq={sent} (timeout {args.timeout} s)",
+                    {"seq": sent, "lost": True},
                 )
-            tasks.cancel_scope.cancel()
+                continue
+            ms = (time.perf_counter() - started) * 1000
+            times.append(ms)
+            out.emit(
+                f"reply from {target.text}: seq={sent} time={ms:.3f} ms",
+                {"seq": sent, "ms": round(ms, 3)},
+            )
+        tasks.cancel_scope.cancel()
     _ping_summary(out, target.text, sent, times)
     return 0 if times else EXIT_FAILURE
 

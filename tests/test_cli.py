@@ -602,6 +602,32 @@ async def test_request_and_emit_stop_at_a_signal(
             assert anyio.current_time() - started < 10
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+async def test_ping_stops_at_a_signal_while_it_connects(
+    backend: str, signum: signal.Signals, socket_dir: str
+) -> None:
+    """Ctrl-C while ping connects (to an actor that takes the connection and never answers)
+    stops it at once, with its summary: the signal went unread until --timeout, and ping then
+    failed to connect as if no one had asked it to stop."""
+    path = os.path.join(socket_dir, "app.mute")
+    async with await anyio.create_unix_listener(path) as listener:
+        base = ["--socket-root", socket_dir, "--backend", backend, "--timeout", "60"]
+        async with running(command("ping", "mute", *base)) as process:
+            with anyio.fail_after(20):
+                async with await listener.accept():  # (says nothing)
+                    os.unlink(path)  # (found)
+                    started = anyio.current_time()
+                    process.send_signal(signum)
+                    status = await process.wait()
+            assert process.stdout is not None
+            with anyio.fail_after(20):
+                seen = b"".join([chunk async for chunk in process.stdout])
+    assert anyio.current_time() - started < 10
+    assert status == 1  # no ping answered
+    assert b"0 sent, 0 received" in seen
+
+
 async def test_ping_sums_up_when_its_actor_goes_away(socket_dir: str) -> None:
     """An actor that goes after some replies ends ping with its summary (it exited 1 with the
     connection's error alone, no statistics), and the status the docs give: 0, replies came."""
