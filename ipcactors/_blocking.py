@@ -76,8 +76,10 @@ H = TypeVar("H", bound=Handler)
 _in_handler = threading.local()
 
 # The loop threads of the blocking actors alive: a blocking call made in any of them (an async
-# handler) would block that loop, and wait on it if the call needs it, so it is refused.
+# handler) would block that loop, and wait on it if the call needs it, so it is refused. A
+# forked child has none of them (a thread of its own may get one's ident: its dead stack).
 _loop_threads: set[int] = set()
+os.register_at_fork(after_in_child=_loop_threads.clear)
 
 
 class _Loop:

@@ -648,6 +648,54 @@ def test_a_forked_child_is_told_its_blocking_actor_stayed_with_the_parent(
     assert os.listdir(socket_dir) == []
 
 
+FORKED_THREADS = """
+import os, signal, sys, threading
+import ipcactors
+
+backend, root = sys.argv[1:]
+with ipcactors.BlockingActor("world", backend=backend, socket_root=root) as world:
+    world.serve()
+    parents = {thread.ident for thread in threading.enumerate()}  # the loop's among them
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(20)  # (bounded by itself: were it to hang, nothing would reap it)
+        outcomes = []
+
+        def in_a_thread():
+            reused = threading.get_ident() in parents
+            try:
+                with ipcactors.BlockingActor("child", backend=backend, socket_root=root) as child:
+                    child.serve().on("add", lambda numbers, client: sum(numbers))
+                    with ipcactors.BlockingActor("asker", backend=backend, socket_root=root) as a:
+                        answer = a.connect_to("child").request("add", [1, 2], timeout=5)
+                outcomes.append((reused, answer))
+            except Exception as exc:
+                outcomes.append((reused, f"{type(exc).__name__}: {exc}"))
+
+        for _ in range(4):  # (a new thread takes the stack, and so the ident, of a dead one)
+            thread = threading.Thread(target=in_a_thread)
+            thread.start()
+            thread.join(15)
+        print("reused:", any(reused for reused, _ in outcomes), flush=True)
+        print("answers:", [answer for _, answer in outcomes], flush=True)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+print("child status:", status, flush=True)
+"""
+
+
+def test_a_forked_child_makes_blocking_actors_in_any_thread(
+    backend: Literal["asyncio", "trio"], socket_dir: str
+) -> None:
+    """In a forked child, a thread that got the ident of one the parent's loop ran in (a new
+    thread takes a dead one's stack) was refused every blocking call, as if it were a loop
+    thread: the set of them came from the parent."""
+    done = run_python("-c", FORKED_THREADS, backend, socket_dir)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["reused: True", "answers: [3, 3, 3, 3]", "child status: 0"]
+    assert os.listdir(socket_dir) == []
+
+
 HANDLER_EXITS = """
 import sys, threading
 import ipcactors
