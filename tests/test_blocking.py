@@ -696,6 +696,47 @@ def test_a_forked_child_makes_blocking_actors_in_any_thread(
     assert os.listdir(socket_dir) == []
 
 
+FORKED_SOCKETS = """
+import os, signal, sys, threading, time
+import ipcactors
+
+backend, root, closing = sys.argv[1:]
+went = {"client": threading.Event(), "server": threading.Event()}  # seen by the other
+options = {"backend": backend, "socket_root": root, "silent": True}
+with ipcactors.BlockingActor("world", **options) as world:
+    server = world.serve()
+    server.on("disconnect", lambda client: went["client"].set())
+    with ipcactors.BlockingActor("hello", **options) as hello:
+        connection = hello.connect_to("world")
+        connection.on("disconnect", lambda: went["server"].set())
+        pid = os.fork()
+        if pid == 0:  # holds a copy of every socket, and lives on
+            signal.alarm(20)
+            time.sleep(10)
+            os._exit(0)
+        try:
+            (hello if closing == "client" else server).close()
+            print("seen within 2 s:", went[closing].wait(2), flush=True)
+        finally:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+"""
+
+
+@pytest.mark.parametrize("closing", ["client", "server"])
+def test_a_close_is_seen_by_the_peer_while_a_forked_child_lives_on(
+    backend: Literal["asyncio", "trio"], socket_dir: str, closing: str
+) -> None:
+    """A process forks (multiprocessing's default on Linux) and its child lives on: the child
+    holds a copy of every socket. A connection or server closed in the parent was not seen
+    as closed by the peer until the child exited: closing a socket only drops our copy. The
+    close now shuts the connection down, whoever else holds it."""
+    done = run_python("-c", FORKED_SOCKETS, backend, socket_dir, closing)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["seen within 2 s: True"]
+    assert os.listdir(socket_dir) == []
+
+
 HANDLER_EXITS = """
 import sys, threading
 import ipcactors

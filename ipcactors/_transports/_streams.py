@@ -407,7 +407,17 @@ async def close_now(stream: ByteStream) -> None:
     scope, its ``cancel()`` (which formats the current task's repr, ~20 us), a shielded wait
     for ``connection_lost`` and three loop passes per connection. One shielded checkpoint
     follows, so that the loop has closed the socket when this returns and this never raises
-    (a cancelled caller sees it at its next checkpoint), as with ``aclose_forcefully``."""
+    (a cancelled caller sees it at its next checkpoint), as with ``aclose_forcefully``.
+
+    The connection is shut down first: closing drops only our descriptor, and a child forked
+    meanwhile (multiprocessing's default on Linux) holds a copy of it, which would keep the
+    connection open, the peer none the wiser, for as long as that child lives."""
+    sock = raw_socket(stream)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:  # (not connected: the peer went first)
+            pass
     abort = getattr(stream, "abort", None)
     if abort is None:
         await anyio.aclose_forcefully(stream)
