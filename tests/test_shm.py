@@ -343,6 +343,16 @@ def _tmp_file(size: int) -> int:
     return fd
 
 
+def _write_only(size: int) -> int:
+    """A sealed memfd of the size announced, opened for writing only: it passes every check
+    but cannot be mapped for reading."""
+    sealed = _sealed(size)
+    try:
+        return os.open(f"/proc/self/fd/{sealed}", os.O_WRONLY)
+    finally:
+        os.close(sealed)
+
+
 def _pipe(size: int) -> int:
     read_end, write_end = os.pipe()
     os.close(write_end)
@@ -356,6 +366,7 @@ HOSTILE: dict[str, tuple[Callable[[int], int], int, int, Any]] = {
     "a /tmp file": (_tmp_file, PAGE, 1, [12, 0, PAGE]),
     "an unsealed memfd": (_unsealed, PAGE, 1, [12, 0, PAGE]),
     "a size other than announced": (_sealed, PAGE, 1, [12, 0, 2 * PAGE]),
+    "a memfd that cannot be mapped": (_write_only, PAGE, 1, [12, 0, PAGE]),
     "a segment over the limit": (_sealed, PAGE, 1, [12, 0, 128 * MiB]),
     "a descriptor no frame claims": (_sealed, PAGE, 1, [0, "event", None]),
     "more descriptors than a message may carry": (_sealed, PAGE, 5, [12, 0, PAGE]),
@@ -437,6 +448,66 @@ async def test_a_hostile_peer_passing_descriptors_is_dropped(socket_dir: str, ca
             conn = await hello.connect_to("world")
             with anyio.fail_after(10):
                 assert await conn.request("sum", np.ones(MiB)) == MiB
+
+
+def _evil_server(listener: socket.socket) -> None:
+    """Welcome each client (up to three: it reconnects) with shared memory, pass it a segment
+    it cannot map, and an event naming it."""
+    listener.settimeout(5)
+    for _ in range(3):
+        try:
+            sock, _ = listener.accept()
+        except TimeoutError:
+            return
+        with sock:
+            sock.settimeout(5)
+            kind, hello = _read_frame(sock)
+            assert kind == 4
+            sock.sendall(_frame([5, {"v": 1, "id": "evil", "shm": hello["shm"]}]))
+            fd = _write_only(PAGE)
+            try:
+                sock.sendmsg(
+                    [_frame([12, 0, PAGE])],
+                    [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))],
+                )
+            finally:
+                os.close(fd)
+            array_in_it = struct.pack(">BIQ", 1, 0, 0) + b"\x03<f4\x01" + struct.pack(">Q", 4)
+            sock.sendall(_frame([0, "event", msgpack.ExtType(79, array_in_it)]))
+            try:
+                while sock.recv(4096):
+                    pass
+            except OSError:  # (a reset, or our timeout: the test's assertions say which)
+                pass
+
+
+async def test_a_segment_the_client_cannot_map_costs_it_that_connection_only(
+    socket_dir: str,
+) -> None:
+    """A server passes a descriptor that passes every check but cannot be mapped (opened write
+    only; or the receiver is short of address space: ENOMEM). mmap's OSError escaped the
+    connection's task: the rest of the client's `async with Actor` was cancelled, and it raised
+    an ExceptionGroup. It is a violation like any other: the connection is closed (and its
+    error reported), the actor goes on."""
+    errors: list[Exception] = []
+    path = os.path.join(socket_dir, "evil.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(path)
+        listener.listen()
+        try:
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(anyio.to_thread.run_sync, _evil_server, listener)
+                async with Actor("hello", socket_root=socket_dir, silent=True, **SHM) as hello:
+                    conn = await hello.connect_to("evil", path)
+                    conn.on("error", errors.append)
+                    with anyio.fail_after(10):
+                        await _poll(lambda: bool(errors), "the error")
+                        await conn.aclose()
+                    still = await hello.serve()  # the actor goes on
+                    assert not still.clients
+        finally:
+            os.unlink(path)
+    assert "cannot map" in str(errors[0]), errors
 
 
 # --- processes killed -------------------------------------------------------------------------

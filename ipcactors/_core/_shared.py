@@ -336,8 +336,11 @@ class SharedMemory:
                 raise DecodeError(f"the peer shared more than {MAX_SEGMENTS} segments")
             room = self._accept - self._mapped_bytes
             check_segment(fd, size, room)
-            shared = map_segment(fd, size)
-            private = map_segment(fd, size, private=True) if self._copy_on_write else None
+            try:
+                shared = map_segment(fd, size)
+                private = map_segment(fd, size, private=True) if self._copy_on_write else None
+            except OSError as exc:  # (not opened for reading; or we are short of memory)
+                raise DecodeError(f"cannot map segment {segment} ({size} bytes): {exc}") from exc
         finally:
             os.close(fd)
         self._mapped[segment] = _Mapped(shared, private, size)
