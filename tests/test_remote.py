@@ -517,6 +517,21 @@ async def test_no_ssh_config_turns_the_host_key_check_off(
             await sup.spawn(echo, id="b", host="h")
 
 
+async def test_a_client_key_that_is_not_a_key_is_named(
+    anyio_backend: str, socket_dir: str, ssh_server: SSHServer, tmp_path: Any
+) -> None:
+    """docs/remote.md: a client key that cannot be read is a SpawnError naming it. One that
+    is not a key (or one asyncssh cannot import) was reported as the forkserver failing to
+    start, no file named."""
+    garbage = tmp_path / "id_garbage"
+    garbage.write_text("not a key\n")
+    hosts = {"h": ssh_server.host(client_keys=(str(garbage),))}
+    async with ipcactors.Supervisor(socket_root=socket_dir, auth_key=KEY, hosts=hosts) as sup:
+        with anyio.fail_after(20), pytest.raises(ipcactors.SpawnError) as caught:
+            await sup.spawn(echo, id="a", host="h")
+    assert f"cannot read a client key, {garbage}" in str(caught.value)
+
+
 @pytest.mark.parametrize("interruption", ["stop", "aclose", "cancel"])
 async def test_a_start_waiting_for_its_host_is_interrupted_at_once(
     anyio_backend: str, interruption: str, socket_dir: str, ssh_server: SSHServer

@@ -300,10 +300,19 @@ class SSHLauncher:
             await wait_either(self._ready, self._gone)
         if self._error is not None:
             raise self._error
-        if not self._ready.is_set() or self.dead:
+        where = f"the forkserver on host {self.name!r} ({self.host.where()})"
+        if self.dead:
             raise SpawnError(
-                f"the forkserver on host {self.name!r} ({self.host.where()}) did not start; "
-                f"its output above, prefixed [forkserver@{self.name}], says why"
+                f"{where} did not start; its output above, prefixed [forkserver@{self.name}], "
+                "says why"
+            )
+        if not self._ready.is_set():
+            bound = self.host.connect_timeout + _START
+            raise SpawnError(
+                f"{where} did not report ready within {bound:g} s (connect_timeout + "
+                f"{_START:g} s): its command runs, but never started it (an interpreter that "
+                "hangs, a login script waiting for input?); what it printed, if anything, is "
+                f"above, prefixed [forkserver@{self.name}]"
             )
 
     # --- the connection -----------------------------------------------------------------------
@@ -372,6 +381,9 @@ class SSHLauncher:
                 f"{where} refused: its host key is not in the known_hosts ({known_hosts}): "
                 f"{exc}. Add the host's key there (ssh-keyscan) after checking it"
             ) from exc
+        except asyncssh.KeyImportError as exc:  # (not a key, or one asyncssh cannot take)
+            path = _unimportable(asyncssh, host.client_keys or ())
+            raise SpawnError(f"{where}: cannot read a client key, {path}: {exc}") from exc
         except asyncssh.PermissionDenied as exc:
             raise SpawnError(
                 f"{where} refused the login of user {host.user or '(default)'!r}: {exc}. "
@@ -597,3 +609,14 @@ async def _write(fd: int, data: bytes) -> None:
             await anyio.wait_writable(fd)
         except OSError:
             return
+
+
+def _unimportable(asyncssh: Any, paths: tuple[str, ...]) -> str:
+    """The first of ``paths`` asyncssh cannot import as a private key (which its
+    ``KeyImportError`` does not name)."""
+    for path in paths:
+        try:
+            asyncssh.read_private_key(path)
+        except (asyncssh.KeyImportError, OSError):
+            return path
+    return "(one of client_keys)"
