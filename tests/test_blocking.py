@@ -700,14 +700,19 @@ FORKED_SOCKETS = """
 import os, signal, sys, threading, time
 import ipcactors
 
-backend, root, closing = sys.argv[1:]
+loop, root, closing, transport = sys.argv[1:]
 went = {"client": threading.Event(), "server": threading.Event()}  # seen by the other
-options = {"backend": backend, "socket_root": root, "silent": True}
+options = {"backend": "trio" if loop == "trio" else "asyncio", "socket_root": root, "silent": True}
+if loop == "uvloop":  # (whose socket objects refuse shutdown())
+    options["backend_options"] = {"use_uvloop": True}
 with ipcactors.BlockingActor("world", **options) as world:
-    server = world.serve()
+    server = world.serve() if transport == "unix" else world.serve_net("127.0.0.1", 0)
     server.on("disconnect", lambda client: went["client"].set())
     with ipcactors.BlockingActor("hello", **options) as hello:
-        connection = hello.connect_to("world")
+        if transport == "unix":
+            connection = hello.connect_to("world")
+        else:
+            connection = hello.connect_to_net("world", "127.0.0.1", server.port)
         connection.on("disconnect", lambda: went["server"].set())
         pid = os.fork()
         if pid == 0:  # holds a copy of every socket, and lives on
@@ -723,15 +728,17 @@ with ipcactors.BlockingActor("world", **options) as world:
 """
 
 
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
 @pytest.mark.parametrize("closing", ["client", "server"])
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop", "trio"])
 def test_a_close_is_seen_by_the_peer_while_a_forked_child_lives_on(
-    backend: Literal["asyncio", "trio"], socket_dir: str, closing: str
+    loop: str, socket_dir: str, closing: str, transport: str
 ) -> None:
     """A process forks (multiprocessing's default on Linux) and its child lives on: the child
     holds a copy of every socket. A connection or server closed in the parent was not seen
     as closed by the peer until the child exited: closing a socket only drops our copy. The
     close now shuts the connection down, whoever else holds it."""
-    done = run_python("-c", FORKED_SOCKETS, backend, socket_dir, closing)
+    done = run_python("-c", FORKED_SOCKETS, loop, socket_dir, closing, transport)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["seen within 2 s: True"]
     assert os.listdir(socket_dir) == []

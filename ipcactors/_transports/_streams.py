@@ -414,16 +414,26 @@ async def close_now(stream: ByteStream) -> None:
     connection open, the peer none the wiser, for as long as that child lives."""
     sock = raw_socket(stream)
     if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:  # (not connected: the peer went first)
-            pass
+        _shut_down(sock)
     abort = getattr(stream, "abort", None)
     if abort is None:
         await anyio.aclose_forcefully(stream)
         return
     abort()
     await cancel_shielded_checkpoint()
+
+
+def _shut_down(sock: Any) -> None:
+    """``sock.shutdown(SHUT_RDWR)``, through a duplicate of its descriptor where the socket
+    object refuses it (uvloop's)."""
+    try:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except TypeError:  # ("transport sockets do not support shutdown()")
+            with socket.fromfd(sock.fileno(), sock.family, sock.type) as duplicate:
+                duplicate.shutdown(socket.SHUT_RDWR)
+    except OSError:  # (not connected: the peer went first; or closed already)
+        pass
 
 
 def send_tracebacks(stream: ByteStream, setting: bool | None) -> bool:
