@@ -225,6 +225,8 @@ async def test_empty_with_a_shape_or_dtype_numpy_refuses_is_a_config_error(
                 # and a size numpy refuses (a ValueError)
                 *[(MiB, object), (4, [("a", "i4"), ("b", "f8")]), (4, "V8")],
                 *[((2**40, 2**40), np.float64), ((2**62, 4), np.uint8)],
+                # one numpy would try to make (a MemoryError), more than could ever be sent
+                ((2**40,), np.uint8),
                 # sizes numpy refuses though the array would hold nothing (a zero beside them)
                 *[((2**62, 2**62, 0), "f8"), ((2**64,), "S0"), ((2**63, 0), "u1")],
             ]

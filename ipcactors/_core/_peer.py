@@ -205,7 +205,9 @@ class Peer:
         is until the peer is done with it (the peer sees the very same memory); its place is
         reused only after the peer dropped every array it got from it and you dropped it.
         A shape or dtype numpy would refuse, or one no array sent may have (object, structured,
-        more than 32 dimensions), is a :class:`ConfigError`, before anything is taken."""
+        more than 32 dimensions), is a :class:`ConfigError`, before anything is taken; so is
+        an array larger than the peer's ``max_frame_size`` that shared memory has no room for
+        (it could not be sent)."""
         import numpy as np
 
         from .._proto._numpy import check_sendable
@@ -236,6 +238,12 @@ class Peer:
             array = shared.empty(dims, dtype)
             if array is not None:
                 return array
+        limit = getattr(self._encoder, "frame_limit", None)
+        if limit is not None and math.prod(dims) * dtype.itemsize > limit:
+            raise ConfigError(
+                f"empty() got a shape of more bytes than {self.id!r} takes in a frame "
+                f"(max_frame_size={limit}), with no room for it in shared memory: {shape!r:.80}"
+            )
         return np.empty(dims, dtype)
 
     # --- sending ------------------------------------------------------------------------------
