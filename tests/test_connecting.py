@@ -863,6 +863,59 @@ async def test_a_newcomer_is_welcomed_while_the_connection_it_replaces_finishes(
     assert handled == [0, 1]
 
 
+async def test_connections_with_one_id_that_closed_one_after_another_all_get_handled(
+    socket_dir: str,
+) -> None:
+    """A client closes while the server handles its event (longer than close_timeout); three
+    more with its id each connect, emit, and close 0.3 s later. Each was replaced by the next
+    while still waiting for the first: the notice of its replacement, written to a socket its
+    client had closed, failed, and that failure gave it close_timeout to finish, spent before
+    its turn came: its event was cancelled unhandled. Now only the first is cut short (it
+    overran close_timeout), the others are handled in order, one at a time; and connect and
+    disconnect come in pairs, one per connection."""
+    started: list[int] = []
+    handled: list[int] = []
+    cancelled: list[int] = []
+    running: list[int] = []
+    lifecycle: list[tuple[str, int]] = []
+
+    async def handle(data: int, client: object) -> None:
+        started.append(data)
+        running.append(data)
+        assert len(running) == 1, running  # one at a time
+        try:
+            await anyio.sleep(30 if data == 0 else 0.5)
+        except BaseException:
+            cancelled.append(data)
+            raise
+        finally:
+            running.remove(data)
+        handled.append(data)
+
+    options = {"socket_root": socket_dir, "silent": True}
+    async with Actor("world", **options, close_timeout=1.5) as world_actor:
+        server = await world_actor.serve()
+        server.on("ev", handle)
+        server.on("connect", lambda client: lifecycle.append(("connect", id(client))))
+        server.on("disconnect", lambda client: lifecycle.append(("disconnect", id(client))))
+        for n in range(4):
+            async with Actor("hello", **options, close_timeout=0.1) as hello:
+                world = await hello.connect_to("world")
+                await world.emit("ev", n)
+                with anyio.fail_after(5):
+                    while not started:
+                        await anyio.sleep(0.005)
+                await anyio.sleep(0.3)
+        with anyio.fail_after(15):
+            while len(handled) + len(cancelled) < 4:
+                await anyio.sleep(0.01)
+    assert (cancelled, handled) == ([0], [1, 2, 3])
+    connected = [client for what, client in lifecycle if what == "connect"]
+    disconnected = [client for what, client in lifecycle if what == "disconnect"]
+    assert sorted(connected) == sorted(disconnected), lifecycle
+    assert len(set(connected)) == 4, lifecycle
+
+
 async def test_closing_the_server_does_not_wait_for_a_connection_a_newcomer_replaced(
     socket_dir: str,
 ) -> None:

@@ -31,7 +31,10 @@ Invariants:
   events (within ``close_timeout``; in the acknowledged mode, a handler cancelled then has
   its event delivered again, the welcome's ``last`` not counting it), the newcomer welcomed
   at once meanwhile; until it ends it is ``_retiring``, closed with the server although no
-  longer in ``clients``. Newcomers with one id are ordered as their handshakes end
+  longer in ``clients``, and is told nothing (its client closed: a write would fail, and cut
+  its handling short). The newcomer's ``connect`` handlers run once the connections it
+  replaced are gone (their ``disconnect`` handlers done); closed before that, it has no
+  ``disconnect`` either. Newcomers with one id are ordered as their handshakes end
   (``_newest``): one that a later one overtook while it waited for the notice is refused
   (``reject replaced``) instead of welcomed, so however many arrive at once, one connection
   per id is kept and every other one is closed.
@@ -89,6 +92,7 @@ from .._transports._streams import close_now
 from .._transports._transport import Address, Listener, Transport
 from ._acks import SESSIONS_KEPT, AckedSender, ClientStreams, Entry, ReceiverSessions
 from ._channel import Channel
+from ._flag import Flag
 from ._handlers import HandlerMethods, Handlers
 from ._handling import kept_until_handled
 from ._handshake import SaidNothing, accept_handshake
@@ -140,6 +144,10 @@ class Client(Peer):
         self.peer_certificate: dict[str, Any] | None = None
         self._channel: Channel | None = None
         self._handler_extra = (self,)
+        # Its disconnect handlers run only if it went live (a newcomer held behind the
+        # connections it replaced may be closed before: see Server._after_retiring).
+        self._announced = True
+        self._left: Flag | None = None  # set once it left, disconnect handlers done (retiring)
 
     def __repr__(self) -> str:
         return f"<Client {self.id!r}>"
@@ -676,18 +684,28 @@ class Server(HandlerMethods):
     ) -> None:
         if previous is not None:
             self._log.info(f"{client.id!r} reconnected; closing its previous connection")
-            previous._say_replaced()
-            if previous._channel is not None:
+            channel = previous._channel
+            if channel is not None:
                 # Until it ended, whoever replaces it: this one's events wait for its own.
-                self._retiring.setdefault(client.id, []).append(previous)
-            if not previous._outbox.flushed and previous._channel is not None:
-                # Not written at once (a TLS stream, or a busy writer): the writer takes the
-                # notice first (priority lane); a leftover that reads nothing costs the wait.
-                with anyio.move_on_after(REPLACED_NOTICE_WAIT):
-                    await previous._outbox.wait_flushed()
+                retiring = self._retiring.setdefault(client.id, [])
+                if previous not in retiring:  # (two newcomers may replace it)
+                    retiring.append(previous)
+                    previous._left = Flag()
+            if channel is not None and channel.input_ended:
+                # Nothing reads it: a notice (or anything) written to it would fail, and a
+                # failed write would cut short its handling of what it got (Channel._on_lost).
+                channel._stop_writing()
+            else:
+                previous._say_replaced()
+                if not previous._outbox.flushed and channel is not None:
+                    # Not written at once (a TLS stream, or a busy writer): the writer takes
+                    # the notice first (priority lane); a leftover that reads nothing costs
+                    # the wait.
+                    with anyio.move_on_after(REPLACED_NOTICE_WAIT):
+                        await previous._outbox.wait_flushed()
             previous._outbox.close(ClosedError(f"client {client.id!r} reconnected"))
-            if previous._channel is not None and not previous._channel.input_ended:
-                previous._channel.abort()  # a leftover still reading: closed at once
+            if channel is not None and not channel.input_ended:
+                channel.abort()  # a leftover still reading: closed at once
             if self._newest.get(client.id) is not client:  # a newer one came meanwhile
                 message = f"another connection with the id {client.id!r} took this one's place"
                 await self._refuse(stream, session, "replaced", message)
@@ -702,7 +720,9 @@ class Server(HandlerMethods):
 
             async def opening() -> None:
                 if predecessors:
+                    client._announced = False  # (no disconnect for a connect never made)
                     await self._after_retiring(predecessors)
+                    client._announced = True
                 if connect_handlers:
                     await self._handlers.call("connect", (client,), self._log)
 
@@ -734,6 +754,7 @@ class Server(HandlerMethods):
                 await stream.send(welcome)
         except BaseException as exc:  # gone, or cancelled because the server is closing
             client._channel = None
+            self._retired(client)
             if self._clients.get(client.id) is client:
                 del self._clients[client.id]
             client._outbox.close(ClosedError(f"client {client.id!r} left in its handshake"))
@@ -763,7 +784,12 @@ class Server(HandlerMethods):
                     ConnectionLostError(f"client {client.id!r} disconnected before the reply")
                 )
             log_lifecycle(f"client {client.id!r} disconnected")
-            await client._call_lifecycle("disconnect", client, shielded=True)
+            try:
+                if client._announced:
+                    await client._call_lifecycle("disconnect", client, shielded=True)
+            finally:
+                if client._left is not None:
+                    client._left.set()
 
     async def _after_retiring(self, predecessors: list[Client]) -> None:
         """The opening of a newcomer that replaced connections with its id (``predecessors``,
@@ -776,13 +802,15 @@ class Server(HandlerMethods):
         wait = self._config.close_timeout
         for previous in predecessors:
             channel = previous._channel
-            if channel is None:
-                continue  # ended
-            with anyio.move_on_after(wait):
-                await channel.wait_ended()
-            channel.abort()
-            with anyio.move_on_after(wait):  # (cancelled: at once, but for shielded handlers)
-                await channel.wait_ended()
+            if channel is not None:
+                with anyio.move_on_after(wait):
+                    await channel.wait_ended()
+                channel.abort()
+                with anyio.move_on_after(wait):  # (cancelled: at once, but shielded handlers)
+                    await channel.wait_ended()
+            if previous._left is not None:
+                with anyio.move_on_after(wait):
+                    await previous._left.wait()  # its disconnect handlers, before our connect
 
     def _retired(self, client: Client) -> None:
         """``client``'s connection, replaced by a newcomer, ended."""
