@@ -240,6 +240,47 @@ async def test_idle_timeout_closes_a_client_that_only_answers_heartbeats(
             assert server.statistics().heartbeat_timeouts == 0
 
 
+@pytest.mark.parametrize("how", ["a long handler", "held behind its previous connection"])
+async def test_idle_timeout_waits_for_the_server_to_handle_what_the_client_sent(
+    socket_dir: str, how: str
+) -> None:
+    """A client sends two events and waits; the server's handler of the first outlasts
+    idle_timeout. The idle clock ran meanwhile: the client was closed, the running handler
+    cancelled and the second event dropped. So was a client reconnecting with its id, its
+    events held behind those of the connection it replaced. The clock now starts once what
+    the client sent is handled: a client the server is busy with is not idle."""
+    handled: list[int] = []
+
+    async def slowly(data: int, client: object) -> None:
+        await anyio.sleep(1.5 if data == 0 else 0)
+        handled.append(data)
+
+    options = {"socket_root": socket_dir, "silent": True}
+    async with Actor("world", **options, idle_timeout=0.5, close_timeout=5) as world_actor:
+        server = await world_actor.serve()
+        server.on("ev", slowly)
+        if how == "a long handler":
+            async with Actor("hello", **options) as hello:
+                world = await hello.connect_to("world")
+                await world.emit("ev", 0)
+                await world.emit("ev", 1)
+                with anyio.fail_after(10):
+                    while len(handled) < 2:
+                        await anyio.sleep(0.01)
+        else:
+            async with Actor("hello", **options) as hello:  # closes while 0 is handled
+                world = await hello.connect_to("world")
+                await world.emit("ev", 0)
+            async with Actor("hello", **options) as hello:
+                world = await hello.connect_to("world")
+                await world.emit("ev", 1)
+                with anyio.fail_after(10):
+                    while len(handled) < 2:
+                        await anyio.sleep(0.01)
+        assert server.statistics().idle_closed == 0
+    assert handled == [0, 1]
+
+
 # --- real processes, frozen with SIGSTOP -------------------------------------------------------
 
 

@@ -1049,7 +1049,10 @@ class Channel:
             idle = peer._idle_timeout
             if idle is not None:
                 active = self._received - self._heartbeat_bytes
-                if self._paused or active != self._active:
+                # A client whose events, requests or opening we still handle is not idle: the
+                # clock starts once what it sent is done.
+                busy = self._inbox or self._in_flight or self._held
+                if self._paused or busy or active != self._active:
                     self._active = active
                     self._active_at = now
                 elif now - self._active_at >= idle:
