@@ -4,6 +4,7 @@ when closing resets the connection."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from typing import Any
@@ -709,3 +710,36 @@ async def test_closing_while_reconnecting_flushes_within_close_timeout(socket_di
                         while len(received) < 10:
                             await anyio.sleep(0.01)
     assert received == list(range(10))
+
+
+async def test_a_server_writing_to_a_client_that_closed_still_handles_what_it_sent(
+    socket_dir: str,
+) -> None:
+    """A client sends events and closes while the server handles the first, slowly; the
+    server then emits to it, and the write fails. That failure gave the handling
+    close_timeout to finish: the handler running was cancelled and the events behind it
+    dropped. A server's client needs no such bound (its outbox closes, emitting to it fails
+    at once, nothing waits on it): what it sent is handled, however long that takes, as the
+    docs say of a peer that closed."""
+    handled: list[int] = []
+
+    async def slowly(data: int, client: object) -> None:
+        await anyio.sleep(1.0 if data == 0 else 0.05)
+        handled.append(data)
+
+    options = {"socket_root": socket_dir, "silent": True}
+    async with Actor("world", **options, close_timeout=0.3) as world_actor:
+        server = await world_actor.serve()
+        server.on("ev", slowly)
+        async with Actor("hello", **options) as hello:
+            world = await hello.connect_to("world")
+            for n in range(6):
+                await world.emit("ev", n)
+        for _ in range(3):  # (the first write may still go to the kernel)
+            with contextlib.suppress(ipcactors.IPCError):
+                await server.emit("hello", "news", 1)
+            await anyio.sleep(0.05)
+        with anyio.fail_after(10):
+            while len(handled) < 6:
+                await anyio.sleep(0.01)
+    assert handled == list(range(6))

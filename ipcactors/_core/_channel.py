@@ -55,10 +55,11 @@ Invariants:
   it sent; those are whole and handled); requests then are not started, since no reply could
   go. So does a failed write (the peer went): nothing more is written (a server's client
   fails its requests and emits at once, see ``Peer._unwritable``), what arrived is still read
-  and handled, for at most ``close_timeout`` more. Bytes that break the protocol (a
-  :class:`ProtocolError`; nothing after them is used) end the channel at once: what waits in
-  the inbox is dropped (at most once). Replies still queued when the channel ends are dropped:
-  request ids are per connection.
+  and handled: by a connection for at most ``close_timeout`` more (a handler of it could wait
+  for room in an outbox nothing drains), by a server's client however long it takes. Bytes
+  that break the protocol (a :class:`ProtocolError`; nothing after them is used) end the
+  channel at once: what waits in the inbox is dropped (at most once). Replies still queued
+  when the channel ends are dropped: request ids are per connection.
 - A pipelined client (``connect_to(wait=False)``) runs its channel before the welcome: the
   writer sends what is queued right behind the hello, and the reader reads the welcome first
   (within ``handshake_timeout``, a deadline on the channel's own scope), tells the connection
@@ -729,8 +730,11 @@ class Channel:
         self.handshake_error = exc
 
     async def _finish_dispatching(self) -> None:
-        """Wait for the dispatcher to handle what arrived; once the writer is lost (now or
-        meanwhile), for at most ``close_timeout`` more."""
+        """Wait for the dispatcher to handle what arrived; on a connection, once the writer
+        is lost (now or meanwhile), for at most ``close_timeout`` more: a handler could wait
+        for ever for room in its outbox, which outlives the channel. A server's client's
+        closes (``Client._unwritable``): what waits on it fails at once, and what the client
+        sent is handled however long it takes."""
         async with anyio.create_task_group() as bound:
 
             async def stop_once_unwritable() -> None:
@@ -738,7 +742,8 @@ class Channel:
                 await anyio.sleep(self._peer._config.close_timeout)
                 bound.cancel_scope.cancel()
 
-            bound.start_soon(stop_once_unwritable)
+            if self._peer._outbox_outlives_channel:
+                bound.start_soon(stop_once_unwritable)
             await self._opened.wait()
             if self._dispatching:
                 await self._drained.wait()
@@ -1160,9 +1165,11 @@ class Channel:
             return  # stopped, not lost (see _stop_writing)
         self._on_lost()
         # The reader reads what the peer sent before it went; should the peer keep the reading
-        # side open all the same, the channel ends after close_timeout.
+        # side open all the same, the channel ends after close_timeout. (Once the input ended,
+        # handling what came is _finish_dispatching's to bound.)
         await anyio.sleep(self._peer._config.close_timeout)
-        task_group.cancel_scope.cancel()
+        if not self.input_ended:
+            task_group.cancel_scope.cancel()
 
 
 def _frame_wait(waited: float, timeout: float, size: int) -> float:
