@@ -717,10 +717,10 @@ class Server(HandlerMethods):
         connect_handlers = bool(self._handlers.get("connect"))
         opening = None
         if predecessors or connect_handlers:
+            client._announced = not predecessors  # (no disconnect for a connect never made)
 
             async def opening() -> None:
                 if predecessors:
-                    client._announced = False  # (no disconnect for a connect never made)
                     await self._after_retiring(predecessors)
                     client._announced = True
                 if connect_handlers:
