@@ -86,6 +86,35 @@ async def test_children_reach_each_other_by_id(socket_dir: str) -> None:
             assert answer == ["b", 7]
 
 
+async def test_a_restart_is_not_held_up_by_a_handler_of_the_previous_process(
+    socket_dir: str,
+) -> None:
+    """A child sends an event whose handler (the supervisor's) runs long, then dies. Its
+    restart reconnects with its id, and everything from it waited for that handler, its
+    report that it is ready included: the restart took as long as the handler (within
+    close_timeout), not milliseconds. The supervisor's own messages from a child are now
+    handled at once; the child's events still come one at a time, in order."""
+    handled: list[str] = []
+    with anyio.fail_after(30):
+        async with supervisor(socket_dir, close_timeout=5) as sup:
+
+            @sup.on("pong")
+            async def slowly(data: str, client: object) -> None:
+                await anyio.sleep(3)
+                handled.append(data)
+
+            await sup.spawn(_workers.echo, id="c")
+            await sup.request("c", "ping", "first")  # the child emits pong: handled slowly
+            started = anyio.current_time()
+            await sup.emit("c", "exit", 3)
+            await wait_until(lambda: sup.children["c"].restarts == 1)
+            assert await sup.request("c", "echo", 7, timeout=10) == 7
+            took = anyio.current_time() - started
+            assert handled == []  # (still running: the restart did not wait for it)
+            await wait_until(lambda: handled == ["first"])
+    assert took < 2, took
+
+
 async def test_child_output_is_relayed_with_its_id(
     socket_dir: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

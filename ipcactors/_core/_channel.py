@@ -771,6 +771,8 @@ class Channel:
         peer = self._peer
         requests = peer._requests
         events: list[Event | Request] = []
+        if self._held and peer._control_events and peer._receiver is None:
+            messages = self._take_control(messages, task_group)
         # The session checked them: no reserved name, nothing of the handshake.
         # (The commonest kinds first: events, replies, requests.)
         for message in messages:
@@ -795,6 +797,28 @@ class Channel:
             elif type(message) is Ack:
                 peer._acknowledged(message.seq)
         return events
+
+    def _take_control(self, messages: list[Message], task_group: TaskGroup) -> list[Message]:
+        """While an opening holds the peer's events: handle now those its owner's protocol
+        names (``Peer._control_events``: a supervised child's reports, which must not wait
+        for the connection its id replaced); returns the others. (Not in the acknowledged
+        mode: an event handled out of its turn would make those before it look delivered.)"""
+        peer = self._peer
+        control = peer._control_events
+        others: list[Message] = []
+        for message in messages:
+            if type(message) is Event and message.event in control:
+                pending = peer._call_handlers(message)
+                if pending is not None:
+                    self._spawned = True
+                    task_group.start_soon(_awaited, pending)
+            elif type(message) is Request and message.event in control:
+                if peer._start_answer(message, task_group, self._answered):
+                    self._spawned = True
+                    self._in_flight += 1  # until its reply is queued (see _answered)
+            else:
+                others.append(message)
+        return others
 
     def _enqueue(self, events: list[Event | Request], size: int, task_group: TaskGroup) -> None:
         """Queue a read's events and requests (``size``: the bytes of their frames) for the
@@ -1170,6 +1194,10 @@ class Channel:
         await anyio.sleep(self._peer._config.close_timeout)
         if not self.input_ended:
             task_group.cancel_scope.cancel()
+
+
+async def _awaited(pending: Awaitable[None]) -> None:
+    await pending
 
 
 def _frame_wait(waited: float, timeout: float, size: int) -> float:

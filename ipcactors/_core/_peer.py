@@ -497,6 +497,9 @@ class Peer:
 
     #: What handlers get after the data: a server's handlers, the client (see ``Client``).
     _handler_extra: tuple[Any, ...] = ()
+    # Events and requests handled as they arrive, even while an opening holds the peer's
+    # others (see Channel._take_control): a server's owner's own protocol (a supervisor's).
+    _control_events: frozenset[str] = frozenset()
 
     def _handler_args(self, data: Any) -> tuple[Any, ...]:
         return (data, *self._handler_extra)

@@ -144,6 +144,7 @@ class Client(Peer):
         self.peer_certificate: dict[str, Any] | None = None
         self._channel: Channel | None = None
         self._handler_extra = (self,)
+        self._control_events = server._control_events
         # Its disconnect handlers run only if it went live (a newcomer held behind the
         # connections it replaced may be closed before: see Server._after_retiring).
         self._announced = True
@@ -259,6 +260,9 @@ class Server(HandlerMethods):
         self._clients: dict[str, Client] = {}
         # By id, the latest connection whose handshake ended: the one to keep (see _run_client).
         self._newest: dict[str, Client] = {}
+        # Names of the owner's own events, handled as they arrive (see Peer._control_events):
+        # a supervisor's children's reports, which must not wait behind a retiring connection.
+        self._control_events: frozenset[str] = frozenset()
         # By id, the connections a newcomer replaced that have not ended yet, oldest first:
         # they finish handling what they got before the newcomer's events (_after_retiring).
         self._retiring: dict[str, list[Client]] = {}

@@ -399,6 +399,9 @@ class Supervisor:
             server.on(HELLO_EVENT, self._on_hello)
             server.on(READY_EVENT, self._on_ready)
             server.on(FAILED_EVENT, self._on_failed)
+            # A restarted child's reports do not wait for the handlers of its previous
+            # process's events (the server holds a reconnecting id's events behind those).
+            server._control_events = frozenset({HELLO_EVENT, READY_EVENT, FAILED_EVENT})
             server.on("connect", self._on_connect)
             server.on("disconnect", self._on_disconnect)
             if self.hosts:
