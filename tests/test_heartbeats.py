@@ -267,6 +267,12 @@ async def test_idle_timeout_waits_for_the_server_to_handle_what_the_client_sent(
                 with anyio.fail_after(10):
                     while len(handled) < 2:
                         await anyio.sleep(0.01)
+                    done = anyio.current_time()
+                    assert server.statistics().idle_closed == 0
+                    while server.statistics().idle_closed == 0:  # idle from now on
+                        await anyio.sleep(0.01)
+                # (the clock ran from the watchdog's last look while busy: up to a tick early)
+                assert anyio.current_time() - done >= 0.5 * 0.95
         else:
             async with Actor("hello", **options) as hello:  # closes while 0 is handled
                 world = await hello.connect_to("world")
@@ -277,7 +283,7 @@ async def test_idle_timeout_waits_for_the_server_to_handle_what_the_client_sent(
                 with anyio.fail_after(10):
                     while len(handled) < 2:
                         await anyio.sleep(0.01)
-        assert server.statistics().idle_closed == 0
+                assert server.statistics().idle_closed == 0
     assert handled == [0, 1]
 
 

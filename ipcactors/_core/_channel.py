@@ -1080,8 +1080,10 @@ class Channel:
                 active = self._received - self._heartbeat_bytes
                 # A client whose events, requests or opening we still handle is not idle: the
                 # clock starts once what it sent is done.
-                busy = self._inbox or self._in_flight or self._held
-                if self._paused or busy or active != self._active:
+                if self._inbox or self._in_flight or self._held:
+                    self._active = -1  # (so the first tick once it is done counts as activity)
+                    self._active_at = now
+                elif self._paused or active != self._active:
                     self._active = active
                     self._active_at = now
                 elif now - self._active_at >= idle:
