@@ -743,3 +743,35 @@ async def test_a_server_writing_to_a_client_that_closed_still_handles_what_it_se
             while len(handled) < 6:
                 await anyio.sleep(0.01)
     assert handled == list(range(6))
+
+
+async def test_a_request_to_a_client_that_closed_fails_at_once(socket_dir: str) -> None:
+    """A handler requests something of the client whose event it handles, after that client
+    closed: no reply can come (its input ended). On Trio the request's frame went to the
+    kernel without an error, and the request waited out its whole timeout
+    (RequestTimeoutError after 10 s); reliability.md: a request whose peer went fails with
+    ConnectionLostError."""
+    outcome: list[BaseException] = []
+    took: list[float] = []
+
+    async def asks_back(data: int, client: Client) -> None:
+        await anyio.sleep(0.3)  # the client is gone by now
+        started = anyio.current_time()
+        try:
+            await client.request("question", timeout=10)
+        except Exception as exc:
+            outcome.append(exc)
+        took.append(anyio.current_time() - started)
+
+    options = {"socket_root": socket_dir, "silent": True}
+    async with Actor("world", **options) as world_actor:
+        server = await world_actor.serve()
+        server.on("ev", asks_back)
+        async with Actor("hello", **options) as hello:
+            world = await hello.connect_to("world")
+            await world.emit("ev", 0)
+        with anyio.fail_after(15):
+            while not took:
+                await anyio.sleep(0.01)
+    assert isinstance(outcome[0], ipcactors.ConnectionLostError), outcome
+    assert took[0] < 2, took

@@ -30,6 +30,7 @@ from .._config import Config, request_timeout
 from .._errors import (
     ClosedError,
     ConfigError,
+    ConnectionLostError,
     DecodeError,
     EncodeError,
     EventNameError,
@@ -407,6 +408,8 @@ class Peer:
         check_event_name(event)
         if not self._carries_requests:
             raise unsupported_request(self._codec.name)
+        if self._answers_ended:
+            raise ConnectionLostError(f"{self!r} closed its side: no reply can come")
         timeout = request_timeout(timeout, self._config)
         request_id, pending = self._requests.open(event, timeout, self._watchdog)
         try:
@@ -497,6 +500,9 @@ class Peer:
 
     #: What handlers get after the data: a server's handlers, the client (see ``Client``).
     _handler_extra: tuple[Any, ...] = ()
+    #: Whether the peer's input ended for good (a server's client: it closed, or it broke): a
+    #: request to it would wait out its timeout for a reply that cannot come.
+    _answers_ended = False
     # Events and requests handled as they arrive, even while an opening holds the peer's
     # others (see Channel._take_control): a server's owner's own protocol (a supervisor's).
     _control_events: frozenset[str] = frozenset()

@@ -157,6 +157,9 @@ class Client(Peer):
     def connected(self) -> bool:
         return self._channel is not None
 
+    def _input_ended(self) -> None:
+        self._answers_ended = True  # (its connection's last: a client reconnects as another)
+
     def _heartbeat_lost(self, message: str) -> None:
         self._counters.heartbeat_timeouts += 1
         self._server._counters.heartbeat_timeouts += 1
