@@ -33,10 +33,13 @@ Invariants:
   ``net.ipv4.tcp_rmem``'s maximum, 6 MiB by default, and the stream's read-ahead, 4 MiB on
   the asyncio fast path). Per peer, memory is the outbox bound, the inbox bound (and that much
   more while a reply is awaited), and the replies of the requests that were running.
-- An opening (the ``connect`` handlers) runs while the channel reads and writes; no event or
-  request of the peer is dispatched before it is done (they wait in the inbox meanwhile). When
-  the peer closes its side with something in the inbox, the opening finishes and then what
-  waited is dispatched; otherwise an opening still running when the channel ends is cancelled.
+- An opening (the ``connect`` handlers; on a server, first the wait for the connections a
+  newcomer replaced) runs while the channel reads and writes; no event or request of the peer
+  is dispatched before it is done (they wait in the inbox meanwhile), but for those its
+  owner's protocol names (``Peer._control_events``, outside the acknowledged mode), handled as
+  they arrive. When the peer closes its side with something in the inbox, the opening
+  finishes and then what waited is dispatched; otherwise an opening still running when the
+  channel ends is cancelled.
   A pipelined client's opening is decided at the welcome: without connect handlers by then
   there is none (no task), and what waited for it is released as the welcome is read.
 - ``abort()`` ends the channel at once whenever it comes, also before ``run`` started (a
