@@ -459,11 +459,8 @@ class Channel:
         ``close_timeout`` to finish, as when a write fails (:meth:`_on_lost`)."""
         self._stop_writing()
         peer = self._peer
-        shared = self._shared
-        if shared is not None:
-            peer._encoder.shared = None
-            if peer._shared is shared:
-                peer._shared = None
+        if self._shared is not None:
+            self._stop_naming(self._shared)
         outbox = peer._outbox
         if outbox.taken < outbox.enqueued:  # (the ordered lane; replies and acks are dropped)
             self._on_lost()
@@ -483,13 +480,18 @@ class Channel:
         if detach is not None:
             detach()
 
+    def _stop_naming(self, shared: SharedMemory) -> None:
+        """New frames no longer name this connection's shared memory."""
+        peer = self._peer
+        peer._encoder.shared = None
+        if peer._shared is shared:
+            peer._shared = None
+
     def _end_shared(self, shared: SharedMemory) -> None:
         """Frames naming this connection's shared memory never go out on another one."""
         peer = self._peer
-        peer._encoder.shared = None
+        self._stop_naming(shared)
         self._session.share_with(None)
-        if peer._shared is shared:
-            peer._shared = None
         shared.close()
         dropped = peer._outbox.drop_shared()
         if dropped:

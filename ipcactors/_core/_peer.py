@@ -239,8 +239,8 @@ class Peer:
             array = shared.empty(dims, dtype)
             if array is not None:
                 return array
-        limit = getattr(self._encoder, "frame_limit", None)
-        if limit is not None and math.prod(dims) * dtype.itemsize > limit:
+        limit = self._encoder.frame_limit
+        if math.prod(dims) * dtype.itemsize > limit:
             raise ConfigError(
                 f"empty() got a shape of more bytes than {self.id!r} takes in a frame "
                 f"(max_frame_size={limit}), with no room for it in shared memory: {shape!r:.80}"
@@ -566,17 +566,15 @@ class Peer:
         handlers returned); ``False`` if it was delivered already."""
         receiver = self._receiver
         assert receiver is not None
-        duplicate = seq <= receiver.last
-        if not duplicate:
-            receiver.last = seq
         # A duplicate is acknowledged too: its sender waits for that (it came again because
         # a new connection's welcome could not count it yet: see Server._welcome_acked).
         if not self._ack_pending:
             self._ack_due = monotonic() + self._ack_interval
         self._ack_pending += 1
-        if duplicate:
+        if seq <= receiver.last:
             self._counters.events_deduplicated += 1
             return False
+        receiver.last = seq
         self.redelivered = seq <= receiver.redelivered_up_to
         if self.redelivered:
             self._counters.events_redelivered += 1
