@@ -19,6 +19,11 @@ Invariants owned here:
   (PR_SET_PDEATHSIG, re-checked with ``getppid()`` against the race; SIGTERM, not SIGKILL, so
   that its way out runs). On its way out it SIGKILLs every child's process group and reaps
   the children, and, if the supervisor died, removes its socket directory.
+- A supervisor that stops its forkserver says ``["bye"]`` before it closes the control socket;
+  a control socket that ends without it is a supervisor that died. A dying process's files
+  close before the kernel sends the parent-death signal or gives its children a new parent,
+  so neither can tell a death from a stop when the control socket ends first: the missing
+  word does (confirmed by the lifeline's end, within ``LIFELINE_WAIT``).
 - Each child leads its own process group (pgid = its pid), set on both sides of the fork
   before the pid is reported, so a signal sent at once finds the group. Terminal signals
   (Ctrl-C, Ctrl-\\, Ctrl-Z) go to the terminal's foreground group, which holds neither the
@@ -151,6 +156,7 @@ def serve(
     children: set[int] = set()
     spares: _Spares | None = None
     orphaned = False  # the supervisor died: nobody else will remove its socket directory
+    state = _RUNNING
     try:
         if not set_parent_death_signal(parent_pid, signal.SIGTERM, exit_now=False):
             orphaned = True
@@ -166,16 +172,15 @@ def serve(
         poller.register(ctl.fileno(), select.POLLIN)
         poller.register(lifeline_fd, select.POLLIN)
         poller.register(wake_r, select.POLLIN)
-        running = True
-        while running:
+        while state == _RUNNING:
             for fd, _ in poller.poll():
                 if fd == wake_r:
                     _drain(wake_r)
                 elif fd == lifeline_fd:
-                    running = False  # EOF (the supervisor died) or anything else: stop
+                    state = _GONE  # EOF (the supervisor died) or anything else: stop
                     orphaned = True  # (it may see EOF before the kernel gives us a new parent)
-                elif fd == ctl.fileno():
-                    running = _handle(ctl, children, spares)
+                elif fd == ctl.fileno() and state == _RUNNING:
+                    state = _handle(ctl, children, spares)
             _reap(ctl, children, spares)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -188,7 +193,9 @@ def serve(
             except ChildProcessError:
                 pass
         if socket_dir is not None and (
-            orphaned or os.getppid() != parent_pid or _parent_dying(lifeline_fd)
+            orphaned
+            or os.getppid() != parent_pid
+            or _parent_dying(lifeline_fd, parent_pid, unannounced=state == _GONE)
         ):
             shutil.rmtree(socket_dir, ignore_errors=True)
 
@@ -223,17 +230,24 @@ def _start(
 
 _terminated = False  # the parent-death signal (SIGTERM) came: see _parent_dying
 
+# What the control socket said last (``_handle``): nothing yet, ``bye``, or it ended without it.
+_RUNNING: Final = "running"
+_STOPPED: Final = "stopped"
+_GONE: Final = "gone"
 
-def _parent_dying(lifeline_fd: int) -> bool:
-    """After the parent-death signal, whether the supervisor is really going: the signal
-    comes when the thread of it that started us ends, which its other threads may outlive
-    for a moment (our parent pid unchanged meanwhile), or from someone's ``kill`` while the
-    supervisor lives on. Its end closes the lifeline pipe: waited for, within a bound."""
-    if not _terminated:
+
+def _parent_dying(lifeline_fd: int, parent_pid: int, *, unannounced: bool) -> bool:
+    """After the parent-death signal, or a control socket that ended without a ``bye``
+    (``unannounced``), whether the supervisor is really going: the signal comes when the
+    thread of it that started us ends, which its other threads may outlive for a moment (our
+    parent pid unchanged meanwhile), or from someone's ``kill`` while the supervisor lives on.
+    Its end closes the lifeline pipe, or, failing that, gives us a new parent: waited for,
+    within a bound."""
+    if not (_terminated or unannounced):
         return False
     poller = select.poll()
     poller.register(lifeline_fd, select.POLLIN)
-    return bool(poller.poll(LIFELINE_WAIT * 1000))
+    return bool(poller.poll(LIFELINE_WAIT * 1000)) or os.getppid() != parent_pid
 
 
 def _thread_count() -> int:
@@ -298,19 +312,22 @@ def reap(children: set[int], report: Callable[[int, int], None]) -> None:
         report(pid, os.waitstatus_to_exitcode(status))
 
 
-def _handle(ctl: socket.socket, children: set[int], spares: _Spares) -> bool:
-    """Handle one control message. Returns False when the supervisor closed the socket."""
+def _handle(ctl: socket.socket, children: set[int], spares: _Spares) -> str:
+    """Handle one control message. Returns ``_STOPPED`` when the supervisor said ``bye``,
+    ``_GONE`` when the socket ended without it, ``_RUNNING`` otherwise."""
     try:
         received = recv_message(ctl)
     except ConnectionResetError:
-        return False  # the supervisor went with our last report unread: gone, as at EOF
+        return _GONE  # the supervisor went with our last report unread, as at EOF
     except (OSError, ValueError) as exc:
         print(f"ipcactors forkserver: bad control message: {exc}", file=sys.stderr)
-        return True
+        return _RUNNING
     if received is None:
-        return False
+        return _GONE
     message, fds = received
     try:
+        if message[0] == "bye":
+            return _STOPPED
         if message[0] == "spawn":
             _, seq, spec = message
             pid = spares.hand_over(spec, fds)
@@ -331,7 +348,7 @@ def _handle(ctl: socket.socket, children: set[int], spares: _Spares) -> bool:
     finally:
         for fd in fds:
             os.close(fd)
-    return True
+    return _RUNNING
 
 
 def fork_child(

@@ -313,6 +313,10 @@ class ForkServer:
         self._backlog_scope.cancel()
         if self._sock is not None:
             await self._reader_done.wait()
+            try:  # a stop, not a death: the forkserver leaves our socket directory to us
+                send_message(self._sock, ["bye"])
+            except OSError:
+                pass  # gone, or full: then it waits for our lifeline, within a bound
             self._sock.close()
             self._sock = None
         process = self._process
