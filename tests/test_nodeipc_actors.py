@@ -196,6 +196,9 @@ async def receive_until_closed(stream: anyio.abc.ByteStream) -> bool:
         '{"type":"ok","data":5}'.encode("utf-32-le") + b"\f",
         b'{"type":"ok","data":"\xed\xa0\x80"}\f',  # CESU-8: a surrogate's bytes
         b'{"type":"ok","data":1,"x":' + b"[" * 70 + b"]" * 70 + b"}\f",  # deep, not in data
+        # Numbers out of a double's range: infinities, which node-ipc.md says JSON cannot carry
+        b'{"type":"ok","data":1e999}\f',
+        b'{"type":"ok","data":[-1e400]}\f',
     ],
 )
 async def test_a_bad_node_ipc_frame_costs_only_that_connection(socket_dir: str, bad: bytes) -> None:

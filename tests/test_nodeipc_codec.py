@@ -224,6 +224,8 @@ def test_a_frame_at_the_depth_limit_is_taken_whichever_key_nests() -> None:
         (b"{not json\f", "malformed"),
         (b'{"type":"a","data":"\xff"}\f', "malformed"),
         (b'{"type":"a","data":NaN}\f', "malformed"),
+        (b'{"type":"a","data":1e999}\f', "malformed"),  # a double's overflow: inf
+        (b'{"type":"a","data":{"x":-1.5e400}}\f', "malformed"),
         (b"42\f", "JSON object"),
         (b'["type","a"]\f', "JSON object"),
         (b'{"data":1}\f', "non-empty string"),

@@ -35,6 +35,7 @@ Invariants owned here:
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Final
 
 from .._errors import (
@@ -91,6 +92,15 @@ def _reserved(event: str) -> bool:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    """A JSON number as a double; one out of its range (``1e999``) would be an infinity,
+    which JSON cannot carry (``NaN`` and ``Infinity`` are refused the same way)."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text[:40]} is beyond a double's range")
+    return value
 
 
 def _delimiter_start(buffer: bytearray, delimiter: bytes) -> int:
@@ -288,10 +298,12 @@ class NodeIPCDecoder(Decoder):
         try:
             # UTF-8 only: json.loads(bytes) would also take UTF-16 and UTF-32, and surrogates'
             # own bytes (CESU-8), which no node-ipc peer writes.
-            value = json.loads(frame.decode(), parse_constant=_reject_constant)
+            value = json.loads(
+                frame.decode(), parse_constant=_reject_constant, parse_float=_finite_float
+            )
         except RecursionError:
             raise DecodeError("node-ipc frame nests too deep to decode") from None
-        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN/Infinity
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN/Infinity/1e999
             raise DecodeError(f"malformed node-ipc frame ({len(frame)} bytes): {exc}") from None
         if type(value) is not dict:
             raise DecodeError(
