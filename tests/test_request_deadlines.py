@@ -124,3 +124,39 @@ async def test_without_an_open_watchdog_a_request_keeps_its_own_time() -> None:
         assert anyio.current_time() - started >= 0.1
         assert not unclocked.is_set()
         task_group.cancel_scope.cancel()
+
+
+async def test_a_request_that_timed_out_before_it_went_out_is_never_sent(
+    socket_dir: str,
+) -> None:
+    """reliability.md: a request is answered or failed. One made while its connection was down
+    that timed out before it was written still went out on the next connection, and its
+    handler ran then, however late: a caller that retried on RequestTimeoutError had the work
+    done twice. A request that times out before it is written is withdrawn; the events around
+    it keep their order."""
+    handled: list[object] = []
+    events: list[object] = []
+
+    async def serve(world: Actor) -> None:
+        server = await world.serve()
+        server.on("work", lambda data, client: handled.append(data))
+        server.on("ev", lambda data, client: events.append(data))
+
+    fast = {"retry": 0.02, "retry_cap": 0.1, "silent": True}
+    async with Actor("hello", socket_root=socket_dir, **fast) as hello:
+        async with Actor("world", socket_root=socket_dir, silent=True) as world:
+            await serve(world)
+            conn = await hello.connect_to("world")
+            await conn.request("work", 1)
+        with anyio.fail_after(10):
+            while conn.connected:
+                await anyio.sleep(0.01)
+        await conn.emit("ev", "before")
+        await expires_within(conn.request("work", 2, timeout=0.2), 0.2)
+        await conn.emit("ev", "after")
+        async with Actor("world", socket_root=socket_dir, silent=True) as world:
+            await serve(world)
+            with anyio.fail_after(10):
+                await conn.request("work", 3)
+        assert events == ["before", "after"]
+        assert handled == [1, 3]

@@ -430,6 +430,20 @@ class Outbox:
             self._replies = deque(kept)
         return dropped
 
+    def withdraw(self, number: int) -> bool:
+        """Forget frame ``number`` of the ordered queue if no writer took it yet (a request
+        whose caller stopped waiting for its reply before it went out); it becomes an empty
+        frame, so sequence numbers hold. Returns whether it was still queued."""
+        index = number - self.taken - 1
+        if not 0 <= index < len(self._frames):
+            return False
+        self._bytes -= frame_size(self._frames[index])
+        self._frames[index] = b""
+        if self._has_room is not None:
+            self._has_room.set()
+            self._has_room = None
+        return True
+
     def drop_refused(self, takes: Callable[[int], bool]) -> tuple[dict[int, int], int]:
         """The peer takes less than what is queued for it (its handshake said so, see
         ``Encoder.takes``): forget the frames it would refuse, each becoming an empty frame so

@@ -412,9 +412,9 @@ class Peer:
             raise ConnectionLostError(f"{self!r} closed its side: no reply can come")
         timeout = request_timeout(timeout, self._config)
         request_id, pending = self._requests.open(event, timeout, self._watchdog)
+        outbox = self._outbox
         try:
             frame = self._encoder.request(event, data, request_id)
-            outbox = self._outbox
             size = frame_size(frame)
             if outbox.has_room(size) and not outbox.closed:  # the common case
                 pending.seq = outbox.put_urgent(frame, size)
@@ -435,6 +435,8 @@ class Peer:
                         await pending.wait(math.inf)
         finally:
             self._requests.discard(request_id)
+            if not pending.is_set() and pending.seq != math.inf:
+                outbox.withdraw(int(pending.seq))  # timed out, or cancelled, before it went out
         if pending.error is not None:
             raise pending.error
         if not pending.is_set():
