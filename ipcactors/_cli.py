@@ -420,7 +420,7 @@ async def open_link(actor: Actor, target: Target, args: argparse.Namespace) -> L
 
 
 def client_id(args: argparse.Namespace) -> str:
-    return args.id or f"ipcactors-cli-{os.getpid()}"
+    return args.id if args.id is not None else f"ipcactors-cli-{os.getpid()}"
 
 
 # --- subcommands ------------------------------------------------------------------------------
@@ -549,7 +549,7 @@ def _ping_summary(out: Output, name: str, sent: int, times: list[float]) -> None
 async def cmd_listen(args: argparse.Namespace, out: Output) -> int:
     target = parse_target(args.target)
     reply = parse_data(args.reply, "--reply") if args.reply is not None else None
-    actor_id = target.id or args.id or "ipcactors-cli"
+    actor_id = target.id or (args.id if args.id is not None else "ipcactors-cli")
 
     def show(kind: str, event: str, data: Any, peer: Any) -> Any:
         source = getattr(peer, "id", None) or host_port(*peer.address[:2])

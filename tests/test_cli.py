@@ -236,6 +236,9 @@ def test_usage_errors_exit_2_saying_what_to_do() -> None:
         (("ping", "world", "--timeout", "-1"), "--timeout"),
         (("emit", "world", "x", "--timeout", "0"), "--timeout"),
         (("emit", "tls://127.0.0.1:1", "x", "--cafile", "/no/such/ca.pem"), "/no/such/ca.pem"),
+        # An empty --id is refused as the library refuses it (it fell back to the default)
+        (("emit", "world", "x", "--id", ""), "actor id must be"),
+        (("listen", "tcp://127.0.0.1:0", "--id", ""), "actor id must be"),
     ]:
         result = cli_sync(*args)
         assert result.returncode == 2, (args, result.stderr)
