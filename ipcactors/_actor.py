@@ -13,6 +13,7 @@ Invariants:
 
 from __future__ import annotations
 
+import math
 import os
 import ssl
 from collections.abc import Iterator, Mapping
@@ -62,6 +63,9 @@ class Actor:
         self._hosting: Hosting | None = None  # where _task_group lives (see __aenter__)
         self._flushing: anyio.CancelScope | None = None  # the close's flush, while it runs
         self._aborted = False  # _abort() was called: nothing more is flushed
+        # When a close must be over (anyio's clock), whatever close_timeout allows: a supervised
+        # child's, as long as its supervisor's stop message gives it (see _child).
+        self._close_by = math.inf
         self._body: anyio.CancelScope | None = None  # the async with block's, while it runs
         self._body_task = 0  # the id of the task that runs it
         self._watchdog: Watchdog | None = None  # one task keeps time for every channel
@@ -181,7 +185,9 @@ class Actor:
         closers = [connection.aclose for connection in self._connections.values()]
         if self._server is not None:
             closers.append(self._server.aclose)
-        self._flushing = flushing = anyio.move_on_after(self.config.close_timeout * 2)
+        bound = min(self.config.close_timeout * 2, self._close_by - anyio.current_time())
+        # (Cut short, each connection still names what it never sent as it ends.)
+        self._flushing = flushing = anyio.move_on_after(max(0.0, bound))
         if self._aborted:
             flushing.cancel()
         try:

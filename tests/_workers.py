@@ -262,3 +262,23 @@ async def leaves_a_holder(actor: ipcactors.Actor) -> None:
     assert parent is not None
     parent.on("holder", lambda data: subprocess.Popen(["sleep", "30"], start_new_session=True).pid)
     await anyio.sleep_forever()
+
+
+async def queues_for(actor: ipcactors.Actor, sibling: str) -> None:
+    """Connected to ``sibling``; ``queue`` (from the supervisor) emits ``count`` events to it
+    and answers whether the connection was up."""
+    parent = actor.parent
+    assert parent is not None
+    connected = anyio.Event()
+    links: list[ipcactors.Connection] = []
+
+    async def queue(count: int) -> bool:
+        await connected.wait()
+        for i in range(count):
+            await links[0].emit("e", i)
+        return links[0].connected
+
+    parent.on("queue", queue)  # (before the first await: in place once we are ready)
+    links.append(await actor.connect_to(sibling))
+    connected.set()
+    await anyio.sleep_forever()

@@ -952,3 +952,32 @@ async def test_run_second_signal_stops_at_once(
     finally:
         kill_and_reap(process)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("acked", ["off", "on"])
+async def test_a_child_whose_sibling_is_gone_stops_within_the_grace_and_says_what_it_lost(
+    socket_dir: str, log_lines: list[str], capfd: pytest.CaptureFixture[str], acked: str
+) -> None:
+    """supervisor.md: stopped, a child's actor flushes and closes and it exits with 0, within
+    shutdown_timeout; reliability.md: what a close could not send is named in a warning. A
+    child holding events for a sibling that was gone waited out its own close_timeout (5 s by
+    default, as long as shutdown_timeout), was SIGTERMed before it could say what it lost,
+    and the stop took the whole grace and more. The stop message now says how long the child
+    has, and its close keeps within that."""
+    with anyio.fail_after(20):
+        async with supervisor(socket_dir, shutdown_timeout=1.0, acked=acked) as sup:
+            await sup.spawn(_workers.sibling_echo, id="dst", restart="temporary")
+            await sup.spawn(_workers.queues_for, "dst", id="src")
+            assert await sup.request("src", "queue", 0)  # connected to its sibling
+            os.kill(sup.children["dst"].pid, signal.SIGKILL)
+            with anyio.fail_after(5):
+                while await sup.request("src", "queue", 0):
+                    await anyio.sleep(0.02)
+            assert await sup.request("src", "queue", 3) is False
+            leaving = anyio.current_time()
+        took = anyio.current_time() - leaving
+    assert not any("did not stop" in line for line in log_lines), log_lines
+    assert any("'src' stopped (exited with code 0)" in line for line in log_lines), log_lines
+    assert took < 1.5
+    lost = "never acknowledged" if acked == "on" else "were never sent"
+    assert lost in capfd.readouterr().err

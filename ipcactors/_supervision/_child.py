@@ -36,7 +36,7 @@ import ssl
 import sys
 import traceback
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 import anyio
 
@@ -66,6 +66,8 @@ __all__ = [
 HELLO_EVENT = "_sup.hello"
 READY_EVENT = "_sup.ready"
 STOP_EVENT = "_sup.stop"
+#: Seconds a stopped child keeps, of the time its supervisor gives it, to exit once it closed.
+STOP_MARGIN: Final = 0.5
 FAILED_EVENT = "_sup.failed"  # why the child is about to exit abnormally (a request)
 _REPORT_TIMEOUT = 5.0  # seconds a FAILED_EVENT report may delay the exit
 
@@ -256,7 +258,15 @@ async def _main(spec: dict[str, Any], fn: Callable[..., Any]) -> int:
         # travels right behind the connection's hello (a refused handshake fails it).
         parent = await _connect_parent(actor, spec, wait=False)
         actor.parent = parent
-        parent.on(STOP_EVENT, lambda data: stop.set())
+        grace: list[float] = []  # the stop message's: seconds until the supervisor's SIGTERM
+
+        def on_stop(data: Any) -> None:
+            within = data.get("within") if isinstance(data, dict) else None
+            if isinstance(within, int | float) and within >= 0:
+                grace.append(float(within))
+            stop.set()
+
+        parent.on(STOP_EVENT, on_stop)
         replies: list[Any] = []
 
         async def say_hello() -> None:
@@ -309,6 +319,11 @@ async def _main(spec: dict[str, Any], fn: Callable[..., Any]) -> int:
 
             async def wait_stop() -> None:
                 await stop.wait()
+                if grace:  # every close is over before the supervisor's SIGTERM, with time
+                    # to exit: what a close cut short is still named in a warning
+                    close_by = anyio.current_time() + grace[0] - min(STOP_MARGIN, grace[0] / 4)
+                    for each in (actor, *runtime.actors):
+                        each._close_by = min(each._close_by, close_by)
                 runtime.signal = signal.SIGTERM  # (the stop message stands for it, as in run)
                 await close_in_order(runtime)
                 task_group.cancel_scope.cancel()

@@ -270,12 +270,14 @@ async def stop_process(
     last unless ``graceful``. ``kill(sig)`` signals its process group."""
     id = incarnation.child.id
     if not incarnation.exited.is_set() and graceful:
+        grace_ends = anyio.current_time() + shutdown_timeout
         with anyio.move_on_after(shutdown_timeout):
             await incarnation.idle.wait()
             client = incarnation.client
             if client is not None and client.connected:
-                try:
-                    await client.emit(STOP_EVENT)
+                try:  # (with the time it has left: its close keeps within it)
+                    within = max(0.0, grace_ends - anyio.current_time())
+                    await client.emit(STOP_EVENT, {"within": within})
                 except IPCError:
                     pass
                 else:
