@@ -316,6 +316,33 @@ async def process(*args: str) -> AsyncIterator[Process]:
                 await stream.aclose()
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_what_a_peer_sent_before_it_froze_is_handled(transport: str, socket_dir: str) -> None:
+    """A peer gone silent is dropped "as if it had closed the connection": what it sent before
+    is handled, as after a close. The watchdog aborted the channel instead, and the events
+    waiting behind a slow handler were dropped (27 of 50 in the probe)."""
+    handled: list[int] = []
+    count = 12
+
+    async def slowly(data: int, client: object) -> None:
+        await anyio.sleep(BOUND / 4)  # all of them outlast the heartbeat's deadline
+        handled.append(data)
+
+    async with serving(transport, socket_dir, **HEARTBEAT) as server:
+        server.on("slow", slowly)
+        stream, _ = await raw_client(server, "frozen")
+        async with stream:
+            for n in range(count):
+                await stream.send(framed([0, "slow", n]))
+                await anyio.sleep(0.002)
+            # Then nothing more, not even a pong: it froze.
+            with anyio.fail_after(count * BOUND / 4 + BOUND + SLACK):
+                while len(handled) < count or "frozen" in server.clients:
+                    await anyio.sleep(0.01)
+        assert server.statistics().heartbeat_timeouts == 1
+    assert handled == list(range(count))
+
+
 async def test_server_drops_a_frozen_client_process(anyio_backend: str, socket_dir: str) -> None:
     async with serving("unix", socket_dir, **HEARTBEAT) as server:
         args = [socket_dir, "srv", "frozen", anyio_backend, str(INTERVAL), str(TIMEOUT)]

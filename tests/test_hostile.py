@@ -480,6 +480,43 @@ async def test_bad_batch_after_the_handshake(transport: str, name: str, socket_d
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("end", ["bad frame", "stall mid-frame"])
+async def test_events_that_arrived_before_the_protocol_broke_are_all_handled(
+    transport: str, end: str, socket_dir: str
+) -> None:
+    """reliability.md: what can be lost to a frame that breaks the protocol is what came in
+    the same read. Events that arrived before it, in reads of their own, waiting in the inbox
+    behind a slow handler, were dropped with the connection (24 of 50 in the probe), for bad
+    bytes as for a peer stalled mid-frame; a peer that closed mid-frame had them all handled.
+    Now both end the input as a close does: what arrived before is handled, then the
+    connection closes."""
+    handled: list[Any] = []
+    count = 20
+
+    async def slowly(data: Any, client: Client) -> None:
+        await anyio.sleep(0.06)  # 20 of them outlast FRAME_TIMEOUT
+        handled.append(data)
+
+    async with scene(transport, socket_dir) as s:
+        s.server.on("slow", slowly)
+
+        async def script(stream: SocketStream) -> None:
+            await send_quietly(stream, hello("raw"))
+            for n in range(count):  # one read each (a bad frame may cost those of its read)
+                await send_quietly(stream, framed(pack([0, "slow", n])))
+                await anyio.sleep(0.002)
+            await eventually(lambda: 0 in handled)
+            assert len(handled) < count  # (the rest wait in the inbox)
+            frame = framed(pack([0, "slow", "behind"]))
+            await send_quietly(stream, framed(b"\xc1") if end == "bad frame" else frame[:5])
+
+        messages, _ = await attack(s, script)
+        assert_welcomed_then_closed(messages)
+        await eventually(lambda: "server lost raw" in s.lost)
+    assert handled == list(range(count))
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_truncated_frame_then_eof_after_the_handshake(
     transport: str, socket_dir: str
 ) -> None:

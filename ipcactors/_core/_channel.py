@@ -60,8 +60,9 @@ Invariants:
   fails its requests and emits at once, see ``Peer._unwritable``), what arrived is still read
   and handled: by a connection for at most ``close_timeout`` more (a handler of it could wait
   for room in an outbox nothing drains), by a server's client however long it takes. Bytes
-  that break the protocol (a :class:`ProtocolError`; nothing after them is used) end the
-  channel at once: what waits in the inbox is dropped (at most once). Replies still queued
+  that break the protocol (a :class:`ProtocolError`, a peer stalled in a frame included)
+  end the input the same way: nothing after them is used (nor what was decoded from their
+  read), what came before is dispatched, then the channel ends with the error. Replies still queued
   when the channel ends are dropped: request ids are per connection.
 - A pipelined client (``connect_to(wait=False)``) runs its channel before the welcome: the
   writer sends what is queued right behind the hello, and the reader reads the welcome first
@@ -103,10 +104,12 @@ Invariants:
   written at once, at most one per ``PONG_MIN_GAP`` and only with nothing queued: a peer that
   floods pings or never reads cannot make us queue pongs. With nothing received for
   ``interval + timeout`` (and still nothing after ``STALL_GRACE``, in case our own loop was the
-  one stalled) the channel ends as if the peer had closed it. While the reader pauses (flow
-  control), the peer counts as alive: we are the ones not reading. Once its input ended (it
-  closed, or broke the protocol), the channel is no longer watched: what came before the end
-  is handled however long that takes.
+  one stalled) the channel ends as if the peer had closed it: with something to dispatch, its
+  socket's input is shut (``shut_input``), the reader meets the end of stream and what came
+  before is handled; with nothing (or no socket, or no end seen a deadline later), aborted.
+  While the reader pauses (flow control), the peer counts as alive: we are the ones not
+  reading. Once its input ended (it closed, or broke the protocol), the channel is no longer
+  watched: what came before the end is handled however long that takes.
 - A server's client that sends nothing but heartbeats for ``idle_timeout`` is closed.
 """
 
@@ -149,6 +152,7 @@ from .._transports._streams import (
     receiver_into,
     receivers_now,
     send_tracebacks,
+    shut_input,
 )
 from ._flag import Flag
 from ._handling import Handling
@@ -212,6 +216,7 @@ class Channel:
         "_inbox",
         "_inbox_bytes",
         "_input_done",
+        "_input_shut",
         "_max_requests",
         "_next_tick",
         "_opened",
@@ -331,6 +336,7 @@ class Channel:
         self._heartbeat_bytes = 0  # of which pings and pongs
         self._ponged_at = -math.inf
         self._suspect = False  # silent past the deadline once: dropped if still so after grace
+        self._input_shut = False  # beat ended our input (the reader sees its end next)
         # Trio, a plain socket: how a requester looks at what the kernel holds (see
         # take_replies_now), while the reader waits with nothing read (_reader_idle).
         self._peek = peeker(stream)
@@ -648,23 +654,29 @@ class Channel:
                 finally:
                     listen(None)
         except ProtocolError as exc:
-            self._failure = exc  # nothing after bad input is handled
-            self._lost()
+            # Nothing after bad input is used; what came before it, in reads of its own (or
+            # before a peer stalled in a frame), is handled, as after a close.
+            self._failure = exc
+            await self._finish_input()
         except RejectedError as exc:  # the server's last word (another took our id's place)
             self.refusal = exc
             self._lost()
         else:
-            self._lost()
-            self._gone = True
-            if self._dispatching or self._inbox:
-                # The peer closed its side, or reset the connection after its last frames:
-                # the dispatcher finishes what arrived first (after the opening, which starts
-                # it).
-                self._input_done = True
-                self._wake()
-                await self._finish_dispatching()
+            # The peer closed its side, or reset the connection after its last frames (or
+            # went silent past the heartbeat's deadline, see beat).
+            await self._finish_input()
         if self._spawned:
             task_group.cancel_scope.cancel()
+
+    async def _finish_input(self) -> None:
+        """The input ended: the dispatcher finishes what arrived first (after the opening,
+        which starts it)."""
+        self._lost()
+        self._gone = True
+        if self._dispatching or self._inbox:
+            self._input_done = True
+            self._wake()
+            await self._finish_dispatching()
 
     async def _open(self) -> None:
         """The opening (the connect handlers), run as a handler of the peer's: a close it
@@ -1070,11 +1082,18 @@ class Channel:
                 # process): let the reader take what waits in the kernel before judging.
                 self._suspect = True
                 return now + STALL_GRACE
+            if self._input_shut:  # a deadline ago, and the reader has not seen it end
+                self.abort()
+                return math.inf
             peer._heartbeat_lost(
                 f"nothing from {peer!r} for {silent:.1f} s (heartbeat_interval + "
                 f"heartbeat_timeout = {silent_after:g} s): it is frozen, hung or gone; "
                 "dropping the connection"
             )
+            if (self._inbox or self._dispatching) and shut_input(self._stream):
+                # As if the peer had closed the connection: what it sent first is handled.
+                self._input_shut = True
+                return now + silent_after
             self.abort()
             return math.inf
         self._suspect = False

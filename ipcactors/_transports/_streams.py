@@ -16,6 +16,7 @@ Invariants:
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
@@ -414,7 +415,7 @@ async def close_now(stream: ByteStream) -> None:
     connection open, the peer none the wiser, for as long as that child lives."""
     sock = raw_socket(stream)
     if sock is not None:
-        _shut_down(sock)
+        _shut_down(sock, socket.SHUT_RDWR)
     abort = getattr(stream, "abort", None)
     if abort is None:
         await anyio.aclose_forcefully(stream)
@@ -423,17 +424,26 @@ async def close_now(stream: ByteStream) -> None:
     await cancel_shielded_checkpoint()
 
 
-def _shut_down(sock: Any) -> None:
-    """``sock.shutdown(SHUT_RDWR)``, through a duplicate of its descriptor where the socket
-    object refuses it (uvloop's)."""
+def shut_input(stream: ByteStream) -> bool:
+    """End ``stream``'s input as the peer's close would: its reader reads what came before,
+    then the end of stream (on TLS, a broken stream), and what the peer sends from now on is
+    not taken. False where there is no socket to shut (then nothing changed)."""
+    sock = raw_socket(stream)
+    return sock is not None and _shut_down(sock, socket.SHUT_RD)
+
+
+def _shut_down(sock: Any, how: int) -> bool:
+    """``sock.shutdown(how)``, through a duplicate of its descriptor where the socket object
+    refuses it (uvloop's). False if the socket is closed already."""
     try:
         try:
-            sock.shutdown(socket.SHUT_RDWR)
+            sock.shutdown(how)
         except TypeError:  # ("transport sockets do not support shutdown()")
             with socket.fromfd(sock.fileno(), sock.family, sock.type) as duplicate:
-                duplicate.shutdown(socket.SHUT_RDWR)
-    except OSError:  # (not connected: the peer went first; or closed already)
-        pass
+                duplicate.shutdown(how)
+    except OSError as exc:  # not connected (the peer went first: its end shows), or closed
+        return exc.errno == errno.ENOTCONN
+    return True
 
 
 def send_tracebacks(stream: ByteStream, setting: bool | None) -> bool:
