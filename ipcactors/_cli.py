@@ -7,8 +7,8 @@ Invariants:
 - Exit status: 0 success, 1 failure (a connection that cannot be made, a remote error, a
   timeout, no reply to any ping), 2 a usage error (bad options, a target or JSON that does not
   parse, a value the library refuses as a ``ConfigError``); ``run`` exits as
-  :func:`ipcactors.run` does (128 + the signal number after SIGINT/SIGTERM). ``listen`` and
-  ``ping`` end cleanly on SIGINT/SIGTERM (``ping`` then prints its summary).
+  :func:`ipcactors.run` does (128 + the signal number after SIGINT/SIGTERM/SIGHUP). ``listen`` and
+  ``ping`` end cleanly on SIGINT/SIGTERM/SIGHUP (``ping`` then prints its summary).
 - stdout carries results only (one line per event, reply or ping; with ``--json`` one JSON
   object per line); errors and logs go to stderr. Once stdout's reader goes (``| head``),
   nothing more is written there, and ``listen`` and ``ping`` stop as at a signal. Colour only
@@ -460,7 +460,7 @@ async def cmd_request(args: argparse.Namespace, out: Output) -> int:
 
 
 async def _unless_signalled(kept: KeptSignals, command: Callable[[], Awaitable[int]]) -> int:
-    """``command``'s status, unless SIGINT or SIGTERM comes first (one that came while the
+    """``command``'s status, unless SIGINT, SIGTERM or SIGHUP comes first (one that came while the
     command set up included): then it stops at once, and the status is 128 + the signal's
     number, as for any command a signal interrupts."""
     came: list[int] = []
@@ -596,7 +596,7 @@ async def cmd_listen(args: argparse.Namespace, out: Output) -> int:
 
 
 async def _stop_on_signal(kept: KeptSignals, scope: anyio.CancelScope | None) -> None:
-    """Return at the first SIGINT or SIGTERM (one that came while the command set up
+    """Return at the first SIGINT, SIGTERM or SIGHUP (one that came while the command set up
     included), cancelling ``scope`` if given."""
     with kept.receive() as signals:
         async for _ in signals:
@@ -812,7 +812,7 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
     """Run the command; returns the exit status. ``exiting``: the process exits with it
-    (SIGINT and SIGTERM stay kept until then: see ``KeptSignals.keep_until_exit``)."""
+    (SIGINT, SIGTERM and SIGHUP stay kept until then: see ``KeptSignals.keep_until_exit``)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = build_parser().parse_args(argv)

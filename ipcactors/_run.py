@@ -1,7 +1,7 @@
 """``ipcactors.run``: the entry point that runs an async function with logging and signals set up.
 
 Invariants:
-- The first SIGINT or SIGTERM stops every supervisor's children gracefully (in reverse start
+- The first SIGINT, SIGTERM or SIGHUP stops every supervisor's children gracefully (in reverse start
   order, each bounded; the requests in flight to them are answered), then closes every actor
   gracefully (flushing, bounded by each actor's ``close_timeout``) and then cancels the main
   function; a second one SIGKILLs the children and cancels at once, without flushing.
@@ -57,8 +57,9 @@ def run(
     ``None`` leaves loguru's configuration alone. ``backend_options`` go to :func:`anyio.run`
     (e.g. ``{"use_uvloop": True}`` on asyncio).
 
-    The first SIGINT/SIGTERM shuts every actor down gracefully, a second one immediately; then
-    ``SystemExit(128 + signal)`` is raised.
+    The first SIGINT/SIGTERM/SIGHUP shuts every actor down gracefully, a second one at once;
+    then ``SystemExit(128 + signal)`` is raised (SIGHUP only where it has its default: a
+    handler of the program's own stays in place).
     """
     _check_async_fn(async_fn)  # (first: it closes a coroutine given by mistake)
     check_backend(backend, backend_options)

@@ -1,6 +1,10 @@
-"""SIGINT and SIGTERM, kept while no event loop watches them.
+"""SIGINT, SIGTERM and SIGHUP, kept while no event loop watches them.
 
 Invariants:
+- The stop signals are SIGINT (Ctrl-C), SIGTERM and SIGHUP (the terminal or SSH session went
+  away; by default it kills the process with its socket files and children's ``finally``
+  blocks left behind). SIGHUP is taken only where it has its default disposition: a handler
+  of the program's own (a configuration reload, say) stays in place, as an ignored one does.
 - Inside ``with KeptSignals()`` (in the main thread, the only one with signals), neither signal
   meets Python's default (a ``KeyboardInterrupt`` raised wherever the code was, death by
   SIGTERM): one that comes while no receiver watches (the backend being imported, the loop
@@ -35,7 +39,7 @@ from ._transports._backend import thread_runs_trio
 
 __all__ = ["STOP_SIGNALS", "KeptSignals"]
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class KeptSignals:
@@ -51,7 +55,12 @@ class KeptSignals:
     def __enter__(self) -> KeptSignals:
         if threading.current_thread() is threading.main_thread():
             previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
-            self._watched = tuple(s for s in STOP_SIGNALS if previous[s] != signal.SIG_IGN)
+            self._watched = tuple(
+                s
+                for s in STOP_SIGNALS
+                if previous[s] != signal.SIG_IGN
+                and (s != signal.SIGHUP or previous[s] == signal.SIG_DFL)
+            )
             self._previous = {signum: previous[signum] for signum in self._watched}
             self._keep()
         return self

@@ -556,7 +556,7 @@ sys.exit(_cli.main(sys.argv[2:]))
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_listen_stopped_while_it_starts_still_stops_gracefully(
     backend: str, signum: signal.Signals, tmp_path: Path
 ) -> None:

@@ -64,7 +64,7 @@ def test_run_in_another_thread_runs_without_signal_handling(backend: str) -> Non
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_first_signal_shuts_down_gracefully(
     backend: str, signum: signal.Signals, socket_dir: str
 ) -> None:
@@ -97,6 +97,48 @@ def test_a_signal_the_process_was_started_ignoring_stays_ignored(
         with pytest.raises(subprocess.TimeoutExpired):
             process.wait(1)  # ignored: still serving
         process.send_signal(signal.SIGTERM)  # not ignored: the graceful shutdown
+        assert process.wait(10) == 128 + signal.SIGTERM
+        assert os.listdir(socket_dir) == []
+
+
+OWN_SIGHUP = textwrap.dedent(
+    """
+    import signal, sys
+    import ipcactors
+    sys.path.insert(0, sys.argv[4])
+    from _serve import main
+
+    signal.signal(signal.SIGHUP, lambda signum, frame: print("reload", flush=True))
+    ipcactors.run(main, sys.argv[1], "world", 100, {}, backend=sys.argv[2], log_level=None)
+    """
+)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("before", ["a handler of its own", "ignored (nohup)"])
+def test_sighup_is_taken_only_where_it_would_kill_the_process(
+    backend: str, before: str, socket_dir: str
+) -> None:
+    """guide.md: SIGHUP (the terminal or SSH session went away) stops run() gracefully, exit
+    129 (test_first_signal_shuts_down_gracefully: it used to kill the process, its socket
+    file and its children's finally blocks left behind); a program's own SIGHUP handler (a
+    reload) stays in place, and so does nohup's SIG_IGN."""
+    tests = os.path.dirname(__file__)
+    command = [sys.executable, "-c", OWN_SIGHUP, socket_dir, backend, "own", tests]
+    ignore = before.startswith("ignored")
+    options: dict[str, Any] = {}
+    if ignore:
+        command = [sys.executable, SERVE, socket_dir, "world", backend]
+        options["preexec_fn"] = lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    with _started(command, **options) as process:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "READY"
+        process.send_signal(signal.SIGHUP)
+        if not ignore:
+            assert process.stdout.readline().strip() == "reload"
+        with pytest.raises(subprocess.TimeoutExpired):
+            process.wait(1)  # still serving
+        process.send_signal(signal.SIGTERM)
         assert process.wait(10) == 128 + signal.SIGTERM
         assert os.listdir(socket_dir) == []
 
@@ -258,7 +300,7 @@ EARLY = textwrap.dedent(
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_while_run_starts_is_the_first_signal(
     backend: str, signum: signal.Signals, tmp_path: os.PathLike[str]
 ) -> None:
