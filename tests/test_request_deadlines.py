@@ -6,6 +6,7 @@ leaves nothing behind in the watchdog."""
 from __future__ import annotations
 
 import math
+import os
 from functools import partial
 
 import anyio
@@ -160,3 +161,54 @@ async def test_a_request_that_timed_out_before_it_went_out_is_never_sent(
                 await conn.request("work", 3)
         assert events == ["before", "after"]
         assert handled == [1, 3]
+
+
+async def test_a_request_sent_ahead_of_a_welcome_that_never_came_is_not_sent_again_late(
+    socket_dir: str,
+) -> None:
+    """connect_to(wait=False) sends requests ahead of the welcome and sends them again if the
+    connection ends unwelcomed (reliability.md). One whose caller timed out meanwhile went
+    again all the same, and ran on the next server after its caller had been told
+    RequestTimeoutError; the events around it go again in order, and a request still
+    waited for goes again and is answered."""
+    handled: list[int] = []
+    events: list[str] = []
+    results: dict[int, object] = {}
+    fast = {"retry": 0.05, "retry_cap": 0.1, "silent": True}
+    async with Actor("hello", socket_root=socket_dir, **fast) as hello:
+        path = hello.default_path("world")
+        listener = await anyio.create_unix_listener(path)
+
+        async def accept_and_hang_up() -> None:  # a server that never welcomes
+            stream = await listener.accept()
+            await anyio.sleep(0.6)
+            await stream.aclose()
+
+        async def ask(n: int, timeout: float) -> None:
+            try:
+                results[n] = await conn.request("work", n, timeout=timeout)
+            except ipcactors.RequestTimeoutError as exc:
+                results[n] = exc
+
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(accept_and_hang_up)
+            conn = await hello.connect_to("world", wait=False)
+            await conn.emit("ev", "a")
+            task_group.start_soon(ask, 1, 0.2)
+            await anyio.sleep(0.01)
+            await conn.emit("ev", "b")
+            task_group.start_soon(ask, 2, 10)
+            await anyio.sleep(0.8)
+            await listener.aclose()
+            os.unlink(path)
+            async with Actor("world", socket_root=socket_dir, silent=True) as world:
+                server = await world.serve()
+                server.on("work", lambda data, client: handled.append(data) or data)
+                server.on("ev", lambda data, client: events.append(data))
+                with anyio.fail_after(10):
+                    while 2 not in results:
+                        await anyio.sleep(0.01)
+    assert isinstance(results[1], ipcactors.RequestTimeoutError)
+    assert results[2] == 2
+    assert handled == [2]
+    assert events == ["a", "b"]

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from _backends import _uvloop_global_state, anyio_backend  # noqa: F401
 
-from ipcactors import Actor, ConfigError, Connection, ConnectionLostError
+from ipcactors import Actor, ConfigError, Connection, ConnectionLostError, RequestTimeoutError
 
 pytestmark = pytest.mark.anyio
 
@@ -789,3 +789,36 @@ async def test_numpy_scalars_stay_plain_numbers_with_shared_memory_on(socket_dir
     assert back[:3] == [1.5, 3, True]
     assert [type(value) for value in back[:3]] == [float, int, bool]
     assert isinstance(back[3], np.ndarray)  # (an array still goes through shared memory)
+
+
+async def test_a_request_with_an_array_that_times_out_queued_still_gives_its_slot_back(
+    socket_dir: str,
+) -> None:
+    """A request that times out before it is written is withdrawn (reliability.md), but one
+    whose array is in a slot of shared memory goes out all the same: withdrawn, its frame
+    was never sent and its slot never released, so each such timeout took a slot for as long
+    as the connection lived (5 MiB after five 1 MiB requests)."""
+    gate = anyio.Event()
+    got: list[Any] = []
+
+    async def held(data: Any, client: Any) -> None:
+        await gate.wait()
+
+    async with Actor(
+        "world", socket_root=socket_dir, silent=True, max_inbox_bytes=64 * 1024, **SHM
+    ) as world:
+        server = await world.serve()
+        server.on("ev", held)
+        server.on("work", lambda data, client: got.append(data.shape))
+        async with Actor("hello", socket_root=socket_dir, silent=True, **SHM) as hello:
+            conn = await hello.connect_to("world")
+            for _ in range(100):  # ~6 MB: most of it queued behind the held handler
+                await conn.emit("ev", b"x" * 60_000)
+            for _ in range(3):
+                with pytest.raises(RequestTimeoutError):
+                    await conn.request("work", np.ones(MiB, dtype=np.uint8), timeout=0.2)
+            gate.set()
+            with anyio.fail_after(10):
+                assert await conn.request("work", np.ones(10, dtype=np.uint8)) is None
+            await _poll(lambda: conn.statistics().shared_in_use == 0, "the releases")
+    assert got == [(MiB,)] * 3 + [(10,)]

@@ -431,18 +431,33 @@ class Outbox:
         return dropped
 
     def withdraw(self, number: int) -> bool:
-        """Forget frame ``number`` of the ordered queue if no writer took it yet (a request
-        whose caller stopped waiting for its reply before it went out); it becomes an empty
-        frame, so sequence numbers hold. Returns whether it was still queued."""
+        """Forget frame ``number`` of the ordered queue (a request whose caller stopped waiting
+        for its reply) if no writer took it yet, or if it went ahead of a welcome and is kept
+        to go again (:meth:`keep_taken`); it becomes an empty frame, so sequence numbers hold.
+        A frame naming shared memory goes all the same: its slots come back only through the
+        peer. Returns whether it was forgotten."""
         index = number - self.taken - 1
-        if not 0 <= index < len(self._frames):
-            return False
-        self._bytes -= frame_size(self._frames[index])
-        self._frames[index] = b""
-        if self._has_room is not None:
-            self._has_room.set()
-            self._has_room = None
-        return True
+        frames = self._frames
+        if 0 <= index < len(frames):
+            frame = frames[index]
+            if isinstance(frame, SharedFrame | FdFrame):
+                return False
+            self._bytes -= frame_size(frame)
+            frames[index] = b""
+            if self._has_room is not None:
+                self._has_room.set()
+                self._has_room = None
+            return True
+        kept = self.kept
+        if kept is not None:
+            index += len(kept)  # (kept[i] was taken as number taken - len(kept) + i + 1)
+            if 0 <= index < len(kept) and not isinstance(kept[index], SharedFrame | FdFrame):
+                size = frame_size(kept[index])
+                kept[index] = b""
+                self._kept_bytes -= size
+                self.release(size)
+                return True
+        return False
 
     def drop_refused(self, takes: Callable[[int], bool]) -> tuple[dict[int, int], int]:
         """The peer takes less than what is queued for it (its handshake said so, see
