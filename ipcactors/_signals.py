@@ -4,7 +4,9 @@ Invariants:
 - The stop signals are SIGINT (Ctrl-C), SIGTERM and SIGHUP (the terminal or SSH session went
   away; by default it kills the process with its socket files and children's ``finally``
   blocks left behind). SIGHUP is taken only where it has its default disposition: a handler
-  of the program's own (a configuration reload, say) stays in place, as an ignored one does.
+  of the program's own (a configuration reload, say) stays in place, as an ignored one does;
+  one the program sets once the receiver watches takes SIGHUP from then on (asyncio's loop
+  still hears of each signal through its wakeup descriptor: ignored then).
 - Inside ``with KeptSignals()`` (in the main thread, the only one with signals), neither signal
   meets Python's default (a ``KeyboardInterrupt`` raised wherever the code was, death by
   SIGTERM): one that comes while no receiver watches (the backend being imported, the loop
@@ -108,7 +110,10 @@ class KeptSignals:
                             signal.signal(signum, partial(_counted, self.kept, wake))
                         yield _Signals(self.kept, received, counted=True)
                     else:
-                        yield _Signals(self.kept, received)
+                        ours: dict[int, Any] = {
+                            s: signal.getsignal(s) for s in self._watched if s in _YIELDED
+                        }
+                        yield _Signals(self.kept, received, ours=ours)
                 finally:
                     # asyncio's receiver closes by restoring the defaults: one that came
                     # before we keep them again would kill us. Held pending until then (in
@@ -121,6 +126,10 @@ class KeptSignals:
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
+#: Stop signals a program may take back once the receiver watches (see the invariants).
+_YIELDED = frozenset({signal.SIGHUP})
+
+
 def _counted(kept: list[int], wake: Any, signum: int, frame: FrameType | None) -> None:
     kept.append(signum)
     wake(signum, frame)
@@ -128,11 +137,17 @@ def _counted(kept: list[int], wake: Any, signum: int, frame: FrameType | None) -
 
 class _Signals:
     def __init__(
-        self, kept: list[int], received: AsyncIterator[int] | None, *, counted: bool = False
+        self,
+        kept: list[int],
+        received: AsyncIterator[int] | None,
+        *,
+        counted: bool = False,
+        ours: dict[int, Any] | None = None,
     ) -> None:
         self._kept = kept
         self._received = received
         self._counted = counted  # every signal is in kept; the receiver only wakes us
+        self._ours = ours or {}  # the handlers the receiver set, of the signals in _YIELDED
 
     def __aiter__(self) -> _Signals:
         return self
@@ -144,6 +159,10 @@ class _Signals:
             return self._kept.pop(0)
         while not self._kept:
             signum = await self._received.__anext__()
-            if not self._counted:
-                return signum
+            if self._counted:
+                continue
+            ours = self._ours.get(signum)
+            if ours is not None and signal.getsignal(signum) is not ours:
+                continue  # the program's handler took it (see the invariants)
+            return signum
         return self._kept.pop(0)

@@ -108,23 +108,33 @@ OWN_SIGHUP = textwrap.dedent(
     sys.path.insert(0, sys.argv[4])
     from _serve import main
 
-    signal.signal(signal.SIGHUP, lambda signum, frame: print("reload", flush=True))
-    ipcactors.run(main, sys.argv[1], "world", 100, {}, backend=sys.argv[2], log_level=None)
+    def reload(signum, frame):
+        print("reload", flush=True)
+
+    async def main_setting_it(*args):
+        signal.signal(signal.SIGHUP, reload)
+        await main(*args)
+
+    if sys.argv[3] == "before run":
+        signal.signal(signal.SIGHUP, reload)
+    entry = main if sys.argv[3] == "before run" else main_setting_it
+    ipcactors.run(entry, sys.argv[1], "world", 100, {}, backend=sys.argv[2], log_level=None)
     """
 )
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-@pytest.mark.parametrize("before", ["a handler of its own", "ignored (nohup)"])
+@pytest.mark.parametrize("before", ["before run", "in main", "ignored (nohup)"])
 def test_sighup_is_taken_only_where_it_would_kill_the_process(
     backend: str, before: str, socket_dir: str
 ) -> None:
     """guide.md: SIGHUP (the terminal or SSH session went away) stops run() gracefully, exit
     129 (test_first_signal_shuts_down_gracefully: it used to kill the process, its socket
     file and its children's finally blocks left behind); a program's own SIGHUP handler (a
-    reload) stays in place, and so does nohup's SIG_IGN."""
+    reload), set before run() or in main, stays in place (on asyncio, set in main, it used to
+    be run as well as run()'s shutdown), and so does nohup's SIG_IGN."""
     tests = os.path.dirname(__file__)
-    command = [sys.executable, "-c", OWN_SIGHUP, socket_dir, backend, "own", tests]
+    command = [sys.executable, "-c", OWN_SIGHUP, socket_dir, backend, before, tests]
     ignore = before.startswith("ignored")
     options: dict[str, Any] = {}
     if ignore:
