@@ -822,6 +822,41 @@ async def test_a_newcomer_with_the_id_of_a_client_that_closed_does_not_cut_its_e
     assert server.clients == {}  # (both closed with the server)
 
 
+async def test_what_a_replaced_connection_could_not_handle_in_time_is_named_in_a_warning(
+    socket_dir: str, log_lines: list[str]
+) -> None:
+    """reliability.md: nothing accepted is dropped in silence. A connection a newcomer with its
+    id replaced has close_timeout to handle what it got; what was still waiting then was
+    dropped without a word (a restarted supervised child's last reports, say). A warning now
+    says how many, and from whom."""
+    count = 10
+    handled: list[int] = []
+
+    async def slowly(data: int, client: object) -> None:
+        await anyio.sleep(0.2)
+        handled.append(data)
+
+    options = {"socket_root": socket_dir, "silent": True}
+    async with Actor("world", socket_root=socket_dir, close_timeout=0.3) as world_actor:
+        server = await world_actor.serve()
+        server.on("ev", slowly)
+        async with Actor("hello", **options) as hello:
+            world = await hello.connect_to("world")
+            for n in range(count):
+                await world.emit("ev", n)
+        async with Actor("hello", **options) as hello:  # the same id, at once
+            world = await hello.connect_to("world")
+            await world.emit("ev", count)
+            with anyio.fail_after(10):
+                while count not in handled:
+                    await anyio.sleep(0.01)
+    dropped = count - (len(handled) - 1)
+    assert 0 < dropped < count  # (close_timeout let one or two through)
+    warned = [line for line in log_lines if "WARNING" in line and "dropped unhandled" in line]
+    assert len(warned) == 1, log_lines
+    assert f"{dropped} event(s) or request(s) from 'hello'" in warned[0]
+
+
 @pytest.mark.parametrize("acked", ["off", "on"])
 async def test_a_newcomer_is_welcomed_while_the_connection_it_replaces_finishes(
     socket_dir: str, acked: str

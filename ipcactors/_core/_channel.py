@@ -208,6 +208,7 @@ class Channel:
         "_enqueued",
         "_failure",
         "_fd_stream",
+        "_first_done",
         "_gone",
         "_heard",
         "_heartbeat_bytes",
@@ -243,6 +244,7 @@ class Channel:
         "_writes_after_opening",
         "_writing_stopped",
         "broken_by",
+        "dropped",
         "handshake_error",
         "input_ended",
         "refusal",
@@ -296,6 +298,9 @@ class Channel:
         # Batches of events and requests waiting for the dispatcher, with their bytes.
         self._inbox: deque[tuple[list[Event | Request], int]] = deque()
         self._inbox_bytes = 0
+        self._first_done = 0  # of the inbox's first batch, when the dispatcher ended
+        #: Events and requests received and never handled, counted as the channel ended.
+        self.dropped = 0
         self._queued_requests = 0  # requests in the inbox, not started yet
         self._in_flight = 0  # request handler tasks whose reply is not queued yet
         self._held = opening is not None  # nothing is dispatched until the opening is done
@@ -410,6 +415,8 @@ class Channel:
                     peer._watchdog.leave(self._ack_timer)
             self._task_group = None
             self._opened.set()
+            if self._inbox:
+                self._drop_inbox()
             # (on_frames: a writer's, or _hold_for_the_next's)
             outbox.on_frames = outbox.on_sent = outbox.on_lost = peer._requests.on_open = None
             if shared is not None:
@@ -1133,9 +1140,17 @@ class Channel:
 
     # --- dispatching --------------------------------------------------------------------------
 
+    def _drop_inbox(self) -> None:
+        """The channel ended with messages received and not handled (it was aborted, or its
+        dispatcher cut short): count them (:attr:`dropped`), and hold none of them."""
+        self.dropped = sum(len(batch) for batch, _ in self._inbox) - self._first_done
+        self._inbox.clear()
+        self._inbox_bytes = 0
+
     async def _dispatch_loop(self, task_group: TaskGroup) -> None:
         peer = self._peer
         inbox = self._inbox
+        done = 0  # of the first batch in the inbox, while an await may be cancelled
         try:
             if peer._ready is not None:
                 await peer._ready.wait()  # see Peer._ready
@@ -1153,6 +1168,7 @@ class Channel:
                         # A run of them, in a tight loop (see Peer._on_events).
                         index, pending = peer._on_events(batch, index)
                         if pending is not None:
+                            done = index - 1  # (this one's handlers, cancelled, did not finish)
                             message = None  # type: ignore[assignment]
                             with Handling(peer):  # (see _handling: closing from it)
                                 if peer._receiver is None:
@@ -1165,11 +1181,13 @@ class Channel:
                     index += 1
                     assert type(message) is Request
                     while not (self._broken or self._gate_open()):
+                        done = index - 1
                         await self._wait_change(writes=True)
                     self._queued_requests -= 1
                     if not self._broken:  # else no reply could reach the peer
                         self._start(message, task_group)
                 inbox.popleft()
+                done = 0
                 # Hold no message while waiting: an array in shared memory is released as
                 # soon as its handlers drop it.
                 del batch
@@ -1179,6 +1197,7 @@ class Channel:
                     peer._send_ack()  # cumulative: every ack_every events, or once idle
                 self._wake()
         finally:
+            self._first_done = done
             self._drained.set()
 
     async def _await_acked(self, pending: Awaitable[None], event: Event | Request) -> None:
