@@ -343,6 +343,40 @@ async def test_what_a_peer_sent_before_it_froze_is_handled(transport: str, socke
     assert handled == list(range(count))
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_frozen_client_a_handler_writes_to_is_dropped_all_the_same(
+    transport: str, socket_dir: str
+) -> None:
+    """A frozen peer is dropped as if it had closed: nothing more reaches it. Its events were
+    handled once the watchdog ended its input, but a handler of them emitting back to it
+    waited for room in its outbox for ever (nothing failed the write): the client held its
+    slot until the server closed (found by probing the change that handles what a frozen
+    peer sent). The emit now fails as one to a client that closed does, and the slot is
+    freed within the heartbeat's deadline."""
+    ended: list[str] = []
+
+    async def work(data: int, client: Any) -> None:
+        try:
+            for _ in range(400):  # far more than its outbox and the kernel's buffers hold
+                await client.emit("blob", b"x" * 60_000)
+        except Exception as exc:
+            ended.append(type(exc).__name__)
+
+    async with serving(transport, socket_dir, max_outbox_bytes=64 * 1024, **HEARTBEAT) as server:
+        server.on("work", work)
+        stream, _ = await raw_client(server, "frozen")
+        async with stream:
+            for n in range(3):
+                await stream.send(framed([0, "work", n]))
+            # Then it reads nothing and answers no ping: frozen.
+            with anyio.fail_after(BOUND + SLACK):
+                while "frozen" in server.clients:
+                    await anyio.sleep(0.01)
+        assert server.statistics().heartbeat_timeouts == 1
+    assert ended
+    assert set(ended) <= {"ConnectionLostError", "ClosedError"}, ended
+
+
 async def test_server_drops_a_frozen_client_process(anyio_backend: str, socket_dir: str) -> None:
     async with serving("unix", socket_dir, **HEARTBEAT) as server:
         args = [socket_dir, "srv", "frozen", anyio_backend, str(INTERVAL), str(TIMEOUT)]

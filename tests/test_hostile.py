@@ -517,6 +517,36 @@ async def test_events_that_arrived_before_the_protocol_broke_are_all_handled(
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_peer_that_breaks_the_protocol_and_reads_nothing_is_dropped_at_once(
+    transport: str, socket_dir: str
+) -> None:
+    """What a peer sent before bad bytes is handled, but nothing more is written to it: a
+    handler of its events that emitted back to it, once its outbox was full, waited for
+    ever, and the peer (sending garbage, reading nothing) held its slot until the server
+    closed."""
+    ended: list[str] = []
+    async with scene(transport, socket_dir) as s:
+
+        async def flood(data: Any, client: Client) -> None:
+            try:
+                for _ in range(400):
+                    await client.emit("blob", b"x" * 60_000)
+            except Exception as exc:
+                ended.append(type(exc).__name__)
+
+        s.server.on("flood", flood)
+        with anyio.fail_after(CLOSE_WITHIN):
+            stream = await s.connect_raw()
+            async with stream:
+                await send_quietly(stream, hello("raw") + framed(pack([0, "flood", 1])))
+                await anyio.sleep(0.2)  # its outbox fills: it reads nothing
+                await send_quietly(stream, framed(b"\xc1"))
+                await eventually(lambda: "server lost raw" in s.lost)
+    assert ended
+    assert set(ended) <= {"ConnectionLostError", "ClosedError"}, ended
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_truncated_frame_then_eof_after_the_handshake(
     transport: str, socket_dir: str
 ) -> None:

@@ -152,7 +152,7 @@ from .._transports._streams import (
     receiver_into,
     receivers_now,
     send_tracebacks,
-    shut_input,
+    shut_socket,
 )
 from ._flag import Flag
 from ._handling import Handling
@@ -341,7 +341,7 @@ class Channel:
         self._heartbeat_bytes = 0  # of which pings and pongs
         self._ponged_at = -math.inf
         self._suspect = False  # silent past the deadline once: dropped if still so after grace
-        self._input_shut = False  # beat ended our input (the reader sees its end next)
+        self._input_shut = False  # beat shut the socket (the reader sees its end next)
         # Trio, a plain socket: how a requester looks at what the kernel holds (see
         # take_replies_now), while the reader waits with nothing read (_reader_idle).
         self._peek = peeker(stream)
@@ -662,8 +662,11 @@ class Channel:
                     listen(None)
         except ProtocolError as exc:
             # Nothing after bad input is used; what came before it, in reads of its own (or
-            # before a peer stalled in a frame), is handled, as after a close.
+            # before a peer stalled in a frame), is handled, as after a close; and nothing
+            # more is written to the peer, as after a failed write (a handler emitting back
+            # to one that reads nothing must not hold the channel).
             self._failure = exc
+            self._on_lost()
             await self._finish_input()
         except RejectedError as exc:  # the server's last word (another took our id's place)
             self.refusal = exc
@@ -975,11 +978,13 @@ class Channel:
                     # A connection that broke (a sender whose close_timeout ran out), not
                     # bytes that break the protocol: the whole frames before are handled.
                     self._broken = True
+                    whose = "the heartbeat's deadline" if self._input_shut else "the peer"
                     self.broken_by = DecodeError(
-                        f"the peer closed the connection {buffered} bytes into a frame "
+                        f"{whose} closed the connection {buffered} bytes into a frame "
                         "(that frame is dropped)"
                     )
-                    self._peer._log.warning(str(self.broken_by))
+                    if not self._input_shut:  # (beat said why, once)
+                        self._peer._log.warning(str(self.broken_by))
                 return
             except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
                 self._broken = True
@@ -1097,9 +1102,12 @@ class Channel:
                 f"heartbeat_timeout = {silent_after:g} s): it is frozen, hung or gone; "
                 "dropping the connection"
             )
-            if (self._inbox or self._dispatching) and shut_input(self._stream):
-                # As if the peer had closed the connection: what it sent first is handled.
+            if (self._inbox or self._dispatching) and shut_socket(self._stream):
+                # As if the peer had closed the connection: what it sent first is handled,
+                # and nothing more reaches it (what waits to go fails, or, on a connection,
+                # waits for the next one: the dispatcher then has close_timeout).
                 self._input_shut = True
+                self._on_lost()
                 return now + silent_after
             self.abort()
             return math.inf

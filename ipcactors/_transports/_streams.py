@@ -424,12 +424,13 @@ async def close_now(stream: ByteStream) -> None:
     await cancel_shielded_checkpoint()
 
 
-def shut_input(stream: ByteStream) -> bool:
-    """End ``stream``'s input as the peer's close would: its reader reads what came before,
-    then the end of stream (on TLS, a broken stream), and what the peer sends from now on is
-    not taken. False where there is no socket to shut (then nothing changed)."""
+def shut_socket(stream: ByteStream) -> bool:
+    """End both ways of ``stream``'s socket, its descriptor kept: its reader reads what came
+    before, then the end of stream (on TLS, a broken stream); a write fails from now on; the
+    peer, if it ever reads again, meets the end. False where there is no socket to shut
+    (then nothing changed)."""
     sock = raw_socket(stream)
-    return sock is not None and _shut_down(sock, socket.SHUT_RD)
+    return sock is not None and _shut_down(sock, socket.SHUT_RDWR)
 
 
 def _shut_down(sock: Any, how: int) -> bool:
