@@ -62,7 +62,8 @@ Invariants:
   for room in an outbox nothing drains), by a server's client however long it takes. Bytes
   that break the protocol (a :class:`ProtocolError`, a peer stalled in a frame included)
   end the input the same way: nothing after them is used (nor what was decoded from their
-  read), what came before is dispatched, then the channel ends with the error. Replies still queued
+  read), nothing more is written (as after a failed write), what came before is dispatched,
+  then the channel ends with the error. Replies still queued
   when the channel ends are dropped: request ids are per connection.
 - A pipelined client (``connect_to(wait=False)``) runs its channel before the welcome: the
   writer sends what is queued right behind the hello, and the reader reads the welcome first
@@ -105,8 +106,9 @@ Invariants:
   floods pings or never reads cannot make us queue pongs. With nothing received for
   ``interval + timeout`` (and still nothing after ``STALL_GRACE``, in case our own loop was the
   one stalled) the channel ends as if the peer had closed it: with something to dispatch, its
-  socket's input is shut (``shut_input``), the reader meets the end of stream and what came
-  before is handled; with nothing (or no socket, or no end seen a deadline later), aborted.
+  socket is shut both ways (``shut_socket``) and nothing more is written (as after a failed
+  write), the reader meets the end of stream and what came before is handled; with nothing
+  (or no socket, or no end seen a deadline later), aborted.
   While the reader pauses (flow control), the peer counts as alive: we are the ones not
   reading. Once its input ended (it closed, or broke the protocol), the channel is no longer
   watched: what came before the end is handled however long that takes.
