@@ -247,6 +247,30 @@ def test_the_forkserver_leaves_quietly_when_its_supervisor_resets_the_control_so
     assert capsys.readouterr().err == ""
 
 
+def test_a_bye_reaches_the_forkserver_with_a_report_of_its_unread() -> None:
+    """A supervisor closed its control socket right after its bye; with a report of the
+    forkserver's still unread (the exit of a spawn it had given up), the close reset the
+    connection, the forkserver read the reset instead of the bye, took the supervisor for
+    dead and waited 2 s for its lifeline: leaving a block with spawns in flight took 2 s more
+    now and then (found by probing the bye). The bye now comes with the write side shut, the
+    socket closed once the forkserver is gone."""
+    report = ["exit", 12345, -9]
+    forkserver_side, supervisor_side = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with forkserver_side, supervisor_side:
+        _forkserver.send_message(forkserver_side, report)  # unread by the supervisor
+        _forkserver.say_bye(supervisor_side)
+        state = _forkserver._handle(forkserver_side, set(), _forkserver._Spares(-1, ()))
+        assert state == _forkserver._STOPPED
+    # What a close in its place did: the bye is lost to the reset.
+    forkserver_side, supervisor_side = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with forkserver_side:
+        _forkserver.send_message(forkserver_side, report)
+        _forkserver.send_message(supervisor_side, ["bye"])
+        supervisor_side.close()
+        state = _forkserver._handle(forkserver_side, set(), _forkserver._Spares(-1, ()))
+        assert state == _forkserver._GONE
+
+
 _ENTERED_SUPERVISOR = """
 import sys
 import anyio, ipcactors, _workers

@@ -19,8 +19,10 @@ Invariants owned here:
   (PR_SET_PDEATHSIG, re-checked with ``getppid()`` against the race; SIGTERM, not SIGKILL, so
   that its way out runs). On its way out it SIGKILLs every child's process group and reaps
   the children, and, if the supervisor died, removes its socket directory.
-- A supervisor that stops its forkserver says ``["bye"]`` before it closes the control socket;
-  a control socket that ends without it is a supervisor that died. A dying process's files
+- A supervisor that stops its forkserver removes its socket directory, then says ``["bye"]``
+  and shuts its side of the control socket for writing (``say_bye``; it closes the socket once
+  the forkserver is gone); a control socket that ends without the bye is a supervisor that
+  died. A dying process's files
   close before the kernel sends the parent-death signal or gives its children a new parent,
   so neither can tell a death from a stop when the control socket ends first: the missing
   word does (confirmed by the lifeline's end, within ``LIFELINE_WAIT``).
@@ -79,6 +81,7 @@ __all__ = [
     "output_pipes",
     "reap",
     "recv_message",
+    "say_bye",
     "send_message",
     "serve",
 ]
@@ -111,6 +114,21 @@ def send_message(sock: socket.socket, message: Any, fds: list[int] | None = None
         sock.sendmsg([data], ancillary)
     else:
         sock.send(data)
+
+
+def say_bye(sock: socket.socket) -> None:
+    """The supervisor's last word on the control socket: a stop, not a death (see the
+    invariants). Then its write side is shut, and the socket closed only once the forkserver
+    is gone: closed with a report of ours still unread, it would reset the connection, and
+    the forkserver would read the reset, not the bye."""
+    try:
+        send_message(sock, ["bye"])
+    except OSError:
+        pass  # gone, or full: then it waits for our lifeline's end, within a bound
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
 
 
 def recv_message(sock: socket.socket) -> tuple[Any, list[int]] | None:

@@ -27,7 +27,7 @@ from anyio.abc import TaskGroup
 
 from .._errors import SpawnError
 from .._log import ActorLog
-from ._forkserver import recv_message, send_message
+from ._forkserver import recv_message, say_bye, send_message
 
 __all__ = ["KILL_WAIT", "ForkServer", "wait_either"]
 
@@ -311,21 +311,21 @@ class ForkServer:
         then reap it; SIGKILL if it takes longer than a few seconds."""
         self._reader_scope.cancel()
         self._backlog_scope.cancel()
-        if self._sock is not None:
-            await self._reader_done.wait()
-            try:  # a stop, not a death: the forkserver leaves our socket directory to us
-                send_message(self._sock, ["bye"])
-            except OSError:
-                pass  # gone, or full: then it waits for our lifeline, within a bound
-            self._sock.close()
-            self._sock = None
-        process = self._process
-        if process is None:
-            return
-        with anyio.move_on_after(KILL_WAIT):
-            await _wait_process(process)
-        if process.poll() is None:
-            process.kill()
-            with anyio.move_on_after(KILL_WAIT, shield=True):
+        sock, self._sock = self._sock, None
+        try:
+            if sock is not None:
+                await self._reader_done.wait()
+                say_bye(sock)
+            process = self._process
+            if process is None:
+                return
+            with anyio.move_on_after(KILL_WAIT):
                 await _wait_process(process)
-        self._process = None
+            if process.poll() is None:
+                process.kill()
+                with anyio.move_on_after(KILL_WAIT, shield=True):
+                    await _wait_process(process)
+            self._process = None
+        finally:
+            if sock is not None:
+                sock.close()

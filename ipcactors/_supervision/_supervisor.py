@@ -523,6 +523,10 @@ class Supervisor:
             if self._closed.is_set():
                 return
             await self._stop_all()
+            # The children are gone: our socket directory goes now, before the forkserver
+            # hears bye (it removes the directory only when we die: dying after the bye and
+            # before this, we left it behind).
+            await self._cleanup_files()
             if self._forkserver is not None:
                 await self._forkserver.aclose()
             for launcher in self._remote.values():
