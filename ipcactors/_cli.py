@@ -7,8 +7,9 @@ Invariants:
 - Exit status: 0 success, 1 failure (a connection that cannot be made, a remote error, a
   timeout, no reply to any ping), 2 a usage error (bad options, a target or JSON that does not
   parse, a value the library refuses as a ``ConfigError``); ``run`` exits as
-  :func:`ipcactors.run` does (128 + the signal number after SIGINT/SIGTERM/SIGHUP). ``listen`` and
-  ``ping`` end cleanly on SIGINT/SIGTERM/SIGHUP (``ping`` then prints its summary).
+  :func:`ipcactors.run` does (128 + the signal number after SIGINT/SIGTERM/SIGHUP).
+  ``listen`` and ``ping`` end cleanly on SIGINT/SIGTERM/SIGHUP (``ping`` then prints its
+  summary).
 - stdout carries results only (one line per event, reply or ping; with ``--json`` one JSON
   object per line); errors and logs go to stderr. Once stdout's reader goes (``| head``),
   nothing more is written there, and ``listen`` and ``ping`` stop as at a signal. Colour only
@@ -460,9 +461,9 @@ async def cmd_request(args: argparse.Namespace, out: Output) -> int:
 
 
 async def _unless_signalled(kept: KeptSignals, command: Callable[[], Awaitable[int]]) -> int:
-    """``command``'s status, unless SIGINT, SIGTERM or SIGHUP comes first (one that came while the
-    command set up included): then it stops at once, and the status is 128 + the signal's
-    number, as for any command a signal interrupts."""
+    """``command``'s status, unless SIGINT, SIGTERM or SIGHUP comes first (one that came
+    while the command set up included): then it stops at once, and the status is 128 + the
+    signal's number, as for any command a signal interrupts."""
     came: list[int] = []
     status = 0
     async with anyio.create_task_group() as tasks:

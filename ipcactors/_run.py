@@ -1,8 +1,9 @@
 """``ipcactors.run``: the entry point that runs an async function with logging and signals set up.
 
 Invariants:
-- The first SIGINT, SIGTERM or SIGHUP stops every supervisor's children gracefully (in reverse start
-  order, each bounded; the requests in flight to them are answered), then closes every actor
+- The first SIGINT, SIGTERM or SIGHUP (the last only where it has its default disposition,
+  see ``_signals``) stops every supervisor's children gracefully (in reverse start order,
+  each bounded; the requests in flight to them are answered), then closes every actor
   gracefully (flushing, bounded by each actor's ``close_timeout``) and then cancels the main
   function; a second one SIGKILLs the children and cancels at once, without flushing.
 - That holds from the moment ``run`` is called: a signal that comes before its event loop

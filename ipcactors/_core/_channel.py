@@ -63,8 +63,8 @@ Invariants:
   that break the protocol (a :class:`ProtocolError`, a peer stalled in a frame included)
   end the input the same way: nothing after them is used (nor what was decoded from their
   read), nothing more is written (as after a failed write), what came before is dispatched,
-  then the channel ends with the error. Replies still queued
-  when the channel ends are dropped: request ids are per connection.
+  then the channel ends with the error. Replies still queued when the channel ends are
+  dropped: request ids are per connection.
 - A pipelined client (``connect_to(wait=False)``) runs its channel before the welcome: the
   writer sends what is queued right behind the hello, and the reader reads the welcome first
   (within ``handshake_timeout``, a deadline on the channel's own scope), tells the connection
