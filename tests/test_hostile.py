@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import random
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -514,6 +515,58 @@ async def test_events_that_arrived_before_the_protocol_broke_are_all_handled(
         assert_welcomed_then_closed(messages)
         await eventually(lambda: "server lost raw" in s.lost)
     assert handled == list(range(count))
+
+
+@pytest.mark.parametrize("end", ["close", "bad frame", "stall mid-frame"])
+async def test_what_a_hostile_server_sent_before_its_end_is_all_handled(
+    end: str, socket_dir: str
+) -> None:
+    """The client's side of the test above: a connection handles what its server sent before
+    bad bytes or a stall as it does what came before a close, however long that takes while
+    it has nothing to send. After bad bytes it had close_timeout and no more, as if its
+    writes had failed, and what was left was dropped without a word (3 of 6 in the probe)."""
+    ticks: list[int] = []
+    path = os.path.join(socket_dir, "app.srv")
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(os.unlink, path)  # (a listener of anyio's leaves its socket file)
+        await _serve_then_connect(path, end, socket_dir, ticks)
+    assert ticks == list(range(6))
+
+
+async def _serve_then_connect(path: str, end: str, socket_dir: str, ticks: list[int]) -> None:
+    async with await anyio.create_unix_listener(path) as listener:
+
+        async def serve(stream: SocketStream) -> None:
+            async with stream:
+                await stream.receive()  # the hello
+                await stream.send(framed(pack([5, {"v": 1, "id": "srv"}])))
+                await anyio.sleep(0.1)  # (its handler is on by then)
+                await stream.send(b"".join(framed(pack([0, "tick", i])) for i in range(6)))
+                await anyio.sleep(0.1)
+                if end == "bad frame":
+                    await stream.send(framed(b"\xc1"))
+                elif end == "stall mid-frame":
+                    await stream.send(b"\x00\x00\x01\x00\x93")
+                else:
+                    return
+                await anyio.sleep(10)
+
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(listener.serve, serve)
+            options = {"close_timeout": 0.5, "frame_timeout": FRAME_TIMEOUT, "silent": True}
+            async with Actor("cli", socket_root=socket_dir, stop_retrying=0, **options) as cli:
+
+                async def tick(n: int) -> None:
+                    await anyio.sleep(0.2)  # six of them outlast close_timeout
+                    ticks.append(n)
+
+                with anyio.fail_after(5):
+                    conn = await cli.connect_to("srv")
+                conn.on("tick", tick)
+                with anyio.fail_after(10):
+                    while len(ticks) < 6:
+                        await anyio.sleep(0.01)
+            task_group.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

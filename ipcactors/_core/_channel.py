@@ -668,7 +668,7 @@ class Channel:
             # more is written to the peer, as after a failed write (a handler emitting back
             # to one that reads nothing must not hold the channel).
             self._failure = exc
-            self._on_lost()
+            self._write_no_more()
             await self._finish_input()
         except RejectedError as exc:  # the server's last word (another took our id's place)
             self.refusal = exc
@@ -679,6 +679,15 @@ class Channel:
             await self._finish_input()
         if self._spawned:
             task_group.cancel_scope.cancel()
+
+    def _write_no_more(self) -> None:
+        """Bad bytes or a silent peer: nothing more is written to it. A server's client's
+        outbox closes as after a failed write (what waits on it fails, so a handler writing
+        to a peer that reads nothing cannot hold the channel); a connection's writer stops as
+        its input ends (``_hold_for_the_next``: its outbox waits for the next connection, and
+        its handlers get ``close_timeout`` only once something waits to go)."""
+        if not self._peer._outbox_outlives_channel:
+            self._on_lost()
 
     async def _finish_input(self) -> None:
         """The input ended: the dispatcher finishes what arrived first (after the opening,
@@ -1109,7 +1118,7 @@ class Channel:
                 # and nothing more reaches it (what waits to go fails, or, on a connection,
                 # waits for the next one: the dispatcher then has close_timeout).
                 self._input_shut = True
-                self._on_lost()
+                self._write_no_more()
                 return now + silent_after
             self.abort()
             return math.inf
