@@ -571,10 +571,11 @@ class Outbox:
             await self._is_flushed.wait()
 
     def close(self, error: BaseException) -> int:
-        """Refuse further frames with ``error``; wake every waiter. Returns frames left unsent."""
+        """Refuse further frames with ``error``; wake every waiter. Returns frames left unsent
+        (not the empty ones that stand for frames dropped or withdrawn)."""
         if self._closed is None:
             self._closed = error
-        left = len(self)
+        left = len(self) - self._frames.count(b"")
         self._batch = None
         self._frames.clear()
         self._replies.clear()
