@@ -22,13 +22,15 @@ def make_socket_dir(root: str) -> str:
     return tempfile.mkdtemp(prefix=f"sup-{os.getpid()}-", dir=root)
 
 
-def remove_socket_dir(path: str) -> None:
-    """Remove a supervisor's socket directory and what is in it. Empty (a start that failed
-    early), it goes without a descriptor, which a process out of them could not open."""
+def remove_socket_dir(path: str) -> bool:
+    """Remove a supervisor's socket directory and what is in it; whether it is gone. Empty (a
+    start that failed early), it goes without a descriptor, which a process out of them could
+    not open; with files in it, not while none is free (try again once some are)."""
     try:
         os.rmdir(path)
     except OSError:
         shutil.rmtree(path, ignore_errors=True)
+    return not os.path.lexists(path)
 
 
 def sweep_socket_dirs(root: str) -> None:

@@ -550,9 +550,8 @@ class Supervisor:
                 child.waiting_for_launcher.cancel()
 
     async def _cleanup_files(self) -> None:
-        if self._dir is not None:
-            remove_socket_dir(self._dir)
-            self._dir = None
+        if self._dir is not None and remove_socket_dir(self._dir):
+            self._dir = None  # (else tried again at the end, the forkserver's descriptors free)
 
     def kill(self) -> None:
         """SIGKILL every child now (``ipcactors.run`` calls this on a second signal). The
