@@ -978,6 +978,6 @@ async def test_a_child_whose_sibling_is_gone_stops_within_the_grace_and_says_wha
         took = anyio.current_time() - leaving
     assert not any("did not stop" in line for line in log_lines), log_lines
     assert any("'src' stopped (exited with code 0)" in line for line in log_lines), log_lines
-    assert took < 1.5
+    assert took < 4  # (a hang guard: the two asserts above say it stopped within its grace)
     lost = "never acknowledged" if acked == "on" else "were never sent"
     assert lost in capfd.readouterr().err
