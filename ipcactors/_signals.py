@@ -42,6 +42,8 @@ from ._transports._backend import thread_runs_trio
 __all__ = ["STOP_SIGNALS", "KeptSignals"]
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: Stop signals the program keeps when it handles them itself (see the invariants).
+_YIELDED = frozenset({signal.SIGHUP})
 
 
 class KeptSignals:
@@ -61,7 +63,7 @@ class KeptSignals:
                 s
                 for s in STOP_SIGNALS
                 if previous[s] != signal.SIG_IGN
-                and (s != signal.SIGHUP or previous[s] == signal.SIG_DFL)
+                and (s not in _YIELDED or previous[s] == signal.SIG_DFL)
             )
             self._previous = {signum: previous[signum] for signum in self._watched}
             self._keep()
@@ -124,10 +126,6 @@ class KeptSignals:
                 self._keep()
             if mask is not None:  # (and what came meanwhile is kept now)
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-
-
-#: Stop signals a program may take back once the receiver watches (see the invariants).
-_YIELDED = frozenset({signal.SIGHUP})
 
 
 def _counted(kept: list[int], wake: Any, signum: int, frame: FrameType | None) -> None:

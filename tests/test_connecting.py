@@ -9,7 +9,7 @@ import socket
 import ssl
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -785,6 +785,22 @@ async def test_a_handler_sending_once_the_server_went_does_not_keep_the_connecti
     assert got == list(range(len(got)))  # what it queued went out, in order
 
 
+async def backlog_then_newcomer(socket_dir: str, count: int, done: Callable[[], bool]) -> None:
+    """Client "hello" emits events ``0 .. count - 1`` to "world" and closes; a newcomer with its
+    id (a restarted process) connects at once, emits ``count``, and waits until ``done()``."""
+    options = {"socket_root": socket_dir, "silent": True}
+    async with Actor("hello", **options) as hello:
+        world = await hello.connect_to("world")
+        for n in range(count):
+            await world.emit("ev", n)
+    async with Actor("hello", **options) as hello:  # the same id, at once
+        world = await hello.connect_to("world")
+        await world.emit("ev", count)
+        with anyio.fail_after(10):
+            while not done():
+                await anyio.sleep(0.01)
+
+
 async def test_a_newcomer_with_the_id_of_a_client_that_closed_does_not_cut_its_events_short(
     socket_dir: str,
 ) -> None:
@@ -804,20 +820,10 @@ async def test_a_newcomer_with_the_id_of_a_client_that_closed_does_not_cut_its_e
         running.remove(data)
         handled.append(data)
 
-    options = {"socket_root": socket_dir, "silent": True}
-    async with Actor("world", **options) as world_actor:
+    async with Actor("world", socket_root=socket_dir, silent=True) as world_actor:
         server = await world_actor.serve()
         server.on("ev", slowly)
-        async with Actor("hello", **options) as hello:
-            world = await hello.connect_to("world")
-            for n in range(count):
-                await world.emit("ev", n)
-        async with Actor("hello", **options) as hello:  # the same id, at once
-            world = await hello.connect_to("world")
-            await world.emit("ev", count)
-            with anyio.fail_after(10):
-                while len(handled) < count + 1:
-                    await anyio.sleep(0.01)
+        await backlog_then_newcomer(socket_dir, count, lambda: len(handled) == count + 1)
     assert handled == list(range(count + 1))  # the newcomer's after the old ones
     assert server.clients == {}  # (both closed with the server)
 
@@ -836,20 +842,10 @@ async def test_what_a_replaced_connection_could_not_handle_in_time_is_named_in_a
         await anyio.sleep(0.2)
         handled.append(data)
 
-    options = {"socket_root": socket_dir, "silent": True}
     async with Actor("world", socket_root=socket_dir, close_timeout=0.3) as world_actor:
         server = await world_actor.serve()
         server.on("ev", slowly)
-        async with Actor("hello", **options) as hello:
-            world = await hello.connect_to("world")
-            for n in range(count):
-                await world.emit("ev", n)
-        async with Actor("hello", **options) as hello:  # the same id, at once
-            world = await hello.connect_to("world")
-            await world.emit("ev", count)
-            with anyio.fail_after(10):
-                while count not in handled:
-                    await anyio.sleep(0.01)
+        await backlog_then_newcomer(socket_dir, count, lambda: count in handled)
     dropped = count - (len(handled) - 1)
     assert 0 < dropped < count  # (close_timeout let one or two through)
     warned = [line for line in log_lines if "WARNING" in line and "dropped unhandled" in line]
