@@ -775,3 +775,52 @@ async def test_a_request_to_a_client_that_closed_fails_at_once(socket_dir: str) 
                 await anyio.sleep(0.01)
     assert isinstance(outcome[0], ipcactors.ConnectionLostError), outcome
     assert took[0] < 2, took
+
+
+@pytest.mark.parametrize("ending", ["connection_closes", "server_closes", "server_went"])
+async def test_events_a_close_leaves_unhandled_are_named_in_a_warning(
+    ending: str, socket_dir: str, log_lines: list[str]
+) -> None:
+    """reliability.md: nothing accepted is dropped in silence. A side that closes (or, on a
+    connection whose server went, runs out of close_timeout with something to send) cancels its
+    handlers, and what was still waiting for them was dropped without a word. A warning now
+    says how many, and from whom."""
+    count = 10
+    handled: list[int] = []
+
+    async def slowly(data: int, *client: object) -> None:
+        await anyio.sleep(0.2)
+        handled.append(data)
+
+    async def wait_for(condition: Any) -> None:
+        with anyio.fail_after(5):
+            while not condition():
+                await anyio.sleep(0.005)
+
+    server_options = {"close_timeout": 0.3 if ending == "server_closes" else 5.0}
+    async with Actor("hello", socket_root=socket_dir, close_timeout=0.3, stop_retrying=1) as hello:
+        async with Actor("world", socket_root=socket_dir, **server_options) as world_actor:
+            server = await world_actor.serve()
+            world = await hello.connect_to("world")
+            if ending == "server_closes":  # the client's events wait for the server's handler
+                server.on("ev", slowly)
+                for i in range(count):
+                    await world.emit("ev", i)
+                sender = "hello"
+            else:  # the server's events wait for the client's handler
+                world.on("ev", slowly)
+                await wait_for(lambda: "hello" in server.clients)
+                for i in range(count):
+                    await server.emit("hello", "ev", i)
+                sender = "world"
+            await wait_for(lambda: handled)
+            if ending == "connection_closes":
+                await world.aclose()
+        if ending == "server_went":
+            await world.emit("more", 1)  # something waits to be sent: close_timeout
+            await wait_for(lambda: world.destroyed)
+        dropped = count - len(handled)
+        assert 0 < dropped < count
+        warned = [line for line in log_lines if "WARNING" in line and "dropped unhandled" in line]
+        assert len(warned) == 1, log_lines
+        assert f"{dropped} event(s) or request(s) from {sender!r}" in warned[0]

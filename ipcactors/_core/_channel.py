@@ -44,7 +44,9 @@ Invariants:
   there is none (no task), and what waited for it is released as the welcome is read.
 - ``abort()`` ends the channel at once whenever it comes, also before ``run`` started (a
   server's client closed between its welcome and its channel serving): ``run`` then ends as
-  soon as it starts, and closes the stream.
+  soon as it starts, and closes the stream. What the inbox still holds when the channel ends
+  (an abort, a close, a dispatcher cut short) is dropped with a WARNING that says how many
+  and why (outside the acknowledged mode: there the peer sends them again or reports them).
 - When the peer goes (end of stream, a broken socket, bad bytes), the requests whose frames
   were handed to the writer fail at once with :class:`ConnectionLostError`. A connection's
   channel (its outbox outlives it) then writes nothing more: what is sent from then on waits
@@ -203,6 +205,7 @@ class Channel:
         "_active_at",
         "_broken",
         "_changed",
+        "_cut_by",
         "_detach_writer",
         "_dispatching",
         "_drained",
@@ -246,7 +249,6 @@ class Channel:
         "_writes_after_opening",
         "_writing_stopped",
         "broken_by",
-        "dropped",
         "handshake_error",
         "input_ended",
         "refusal",
@@ -301,8 +303,7 @@ class Channel:
         self._inbox: deque[tuple[list[Event | Request], int]] = deque()
         self._inbox_bytes = 0
         self._first_done = 0  # of the inbox's first batch, when the dispatcher ended
-        #: Events and requests received and never handled, counted as the channel ended.
-        self.dropped = 0
+        self._cut_by: str | None = None  # why what waits in the inbox was dropped, if it is
         self._queued_requests = 0  # requests in the inbox, not started yet
         self._in_flight = 0  # request handler tasks whose reply is not queued yet
         self._held = opening is not None  # nothing is dispatched until the opening is done
@@ -548,10 +549,13 @@ class Channel:
         self._active_at = now
         watchdog.join(self, min(self._next_tick, self._received_at + self._silent_after))
 
-    def abort(self) -> None:
+    def abort(self, why: str | None = None) -> None:
         """Stop at once: cancel reader, writer and dispatcher; the stream is closed by ``run``
-        (at once, if it has not started yet)."""
+        (at once, if it has not started yet). ``why``: what the warning naming the events
+        and requests left unhandled says (the first reason given is kept)."""
         self._aborted = True
+        if self._cut_by is None:
+            self._cut_by = why
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()
 
@@ -777,7 +781,13 @@ class Channel:
 
             async def stop_once_unwritable() -> None:
                 await self._write_lost.wait()
-                await anyio.sleep(self._peer._config.close_timeout)
+                timeout = self._peer._config.close_timeout
+                await anyio.sleep(timeout)
+                self._cut_by = (
+                    "the peer's side ended, and they were not handled within close_timeout "
+                    f"({timeout:g} s) once something waited to be sent (the next connection "
+                    "waits for them)"
+                )
                 bound.cancel_scope.cancel()
 
             if self._peer._outbox_outlives_channel:
@@ -1161,10 +1171,20 @@ class Channel:
 
     def _drop_inbox(self) -> None:
         """The channel ended with messages received and not handled (it was aborted, or its
-        dispatcher cut short): count them (:attr:`dropped`), and hold none of them."""
-        self.dropped = sum(len(batch) for batch, _ in self._inbox) - self._first_done
+        dispatcher cut short): hold none of them, and say how many (in the acknowledged mode
+        the peer sends them again or reports them: a resume does not count them delivered)."""
+        dropped = sum(len(batch) for batch, _ in self._inbox) - self._first_done
         self._inbox.clear()
         self._inbox_bytes = 0
+        peer = self._peer
+        if dropped > 0 and peer._receiver is None:
+            why = self._cut_by or (
+                "the connection they came on was closed before its handlers got to them (a "
+                "close cancels the handlers still running)"
+            )
+            peer._log.warning(
+                f"{dropped} event(s) or request(s) from {peer.id!r} dropped unhandled: {why}"
+            )
 
     async def _dispatch_loop(self, task_group: TaskGroup) -> None:
         peer = self._peer

@@ -812,15 +812,12 @@ class Server(HandlerMethods):
             if channel is not None:
                 with anyio.move_on_after(wait):
                     await channel.wait_ended()
-                channel.abort()
+                channel.abort(
+                    "a newer connection with its id replaced the one they came on, which did "
+                    f"not handle them within close_timeout ({wait:g} s)"
+                )
                 with anyio.move_on_after(wait):  # (cancelled: at once, but shielded handlers)
                     await channel.wait_ended()
-                if channel.dropped and previous._receiver is None:  # (acknowledged: resent)
-                    self._log.warning(
-                        f"{channel.dropped} event(s) or request(s) from {previous.id!r} dropped "
-                        "unhandled: a newer connection with its id replaced the one they came "
-                        f"on, which did not handle them within close_timeout ({wait:g} s)"
-                    )
             if previous._left is not None:
                 with anyio.move_on_after(wait):
                     await previous._left.wait()  # its disconnect handlers, before our connect
