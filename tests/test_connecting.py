@@ -853,6 +853,48 @@ async def test_what_a_replaced_connection_could_not_handle_in_time_is_named_in_a
     assert f"{dropped} event(s) or request(s) from 'hello'" in warned[0]
 
 
+async def test_a_storm_of_reconnects_each_leaving_a_backlog_holds_two_connections_at_most(
+    socket_dir: str,
+) -> None:
+    """A connection a newcomer with its id replaced, whose input had ended, finishes handling
+    what it got; it was counted nowhere, so one id reconnecting in a storm, each connection
+    leaving a backlog behind a slow handler, had the server hold every one of them (40
+    connections and 140 MiB with max_connections=4). One such connection per id finishes at
+    a time now: a newcomer that would add a second is refused with busy, and retries."""
+    gate = anyio.Event()
+    handled: list[tuple[int, int]] = []
+
+    async def held(data: tuple[int, int], client: object) -> None:
+        await gate.wait()
+        handled.append(tuple(data))  # type: ignore[arg-type]
+
+    options = {"socket_root": socket_dir, "silent": True}
+    async with Actor("world", **options, max_connections=4, close_timeout=10) as world_actor:
+        server = await world_actor.serve()
+        server.on("ev", held)
+        welcomed, refused = [], []
+        for attempt in range(5):
+            async with Actor("hello", **options, stop_retrying=0) as hello:
+                try:
+                    world = await hello.connect_to("world")
+                except ipcactors.ServerBusyError:
+                    refused.append(attempt)
+                    continue
+                welcomed.append(attempt)
+                for n in range(3):
+                    await world.emit("ev", (attempt, n))
+        assert (welcomed, refused) == ([0, 1], [2, 3, 4])
+        assert server.statistics().refused_busy == 3
+        gate.set()
+        async with Actor("hello", **options) as hello:  # retried until the backlog is done
+            world = await hello.connect_to("world")
+            await world.emit("ev", (5, 0))
+            with anyio.fail_after(10):
+                while len(handled) < 7:
+                    await anyio.sleep(0.01)
+    assert handled == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (5, 0)]
+
+
 @pytest.mark.parametrize("acked", ["off", "on"])
 async def test_a_newcomer_is_welcomed_while_the_connection_it_replaces_finishes(
     socket_dir: str, acked: str

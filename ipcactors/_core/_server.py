@@ -37,7 +37,10 @@ Invariants:
   ``disconnect`` either. Newcomers with one id are ordered as their handshakes end
   (``_newest``): one that a later one overtook while it waited for the notice is refused
   (``reject replaced``) instead of welcomed, so however many arrive at once, one connection
-  per id is kept and every other one is closed.
+  per id is kept and every other one is closed. One replaced connection per id finishes at a
+  time: a newcomer that would replace one whose input ended while an older one still finishes
+  is refused with ``busy`` (retried), so one id holds at most two connections that read or
+  handle (transiently more that are being aborted), and the server ``2 * max_connections``.
 - A held server (``_hold()``, before it starts: a supervised child until its function has
   registered its handlers) welcomes no one until ``_release()``. A client whose handshake is
   done waits, outside the ``max_handshakes`` budget but counted in ``max_connections``, and
@@ -213,6 +216,11 @@ class Client(Peer):
                 await self._acked.wait()
         if self._channel is not None:
             self._channel.abort()
+
+    @property
+    def _finishing(self) -> bool:
+        """Whether its input ended while its channel still handles what came before."""
+        return self._channel is not None and self._channel.input_ended
 
     def _close_soon(self) -> None:
         group = self._server._task_group
@@ -658,6 +666,14 @@ class Server(HandlerMethods):
             self._log.debug(f"refusing {client_id!r}: max_connections={limit}")
             self._counters.refused_busy += 1
             await self._refuse(stream, session, "busy", f"{self._id!r} is at max_connections")
+            return
+        if previous is not None and client_id in self._retiring and previous._finishing:
+            # It would be a second connection of this id finishing what it got: one at a time
+            # (a storm of reconnects, each leaving a backlog, must not hold them all).
+            self._log.debug(f"refusing {client_id!r}: an earlier connection still finishes")
+            self._counters.refused_busy += 1
+            message = f"{self._id!r} is still handling what {client_id!r} sent before"
+            await self._refuse(stream, session, "busy", message)
             return
         client = Client(self, client_id, peer_address)
         if self._transport.kind == "tls":  # (extra() on a plain stream: ~5 us for nothing)
