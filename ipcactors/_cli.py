@@ -167,18 +167,44 @@ def parse_target(text: str) -> Target:
     return Target("unix", text, id=text)
 
 
+MSGPACK_INT_MIN, MSGPACK_INT_MAX = -(2**63), 2**64 - 1
+
+
 def parse_data(text: str | None, what: str = "DATA") -> Any:
     """``text`` as JSON; ``what`` names the argument it came from in the error."""
     if text is None:
         return None
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except ValueError as exc:
         raise UsageError(
             f"{what} must be JSON ({exc}); quote strings twice in a shell: '\"hello\"'"
         ) from None
     except RecursionError:
         raise UsageError(f"{what} nests too deep for JSON here: flatten it") from None
+    beyond = _integer_beyond_msgpack(value)
+    if beyond is not None:
+        raise UsageError(
+            f"{what} has an integer msgpack cannot carry ({beyond}: the range is -2**63 to "
+            "2**64 - 1); send it as a string"
+        )
+    return value
+
+
+def _integer_beyond_msgpack(value: Any) -> int | None:
+    """The first integer in parsed JSON ``value`` that msgpack cannot carry, if any (JSON's
+    are unbounded). A walk with a stack of its own: the parser's depth is not ours to
+    recurse."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is int and not MSGPACK_INT_MIN <= item <= MSGPACK_INT_MAX:
+            return item
+        if type(item) is list:
+            stack.extend(item)
+        elif type(item) is dict:
+            stack.extend(item.values())
+    return None
 
 
 def _jsonable(value: Any) -> Any:

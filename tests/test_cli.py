@@ -666,6 +666,21 @@ def test_data_nested_too_deep_is_a_usage_error() -> None:
         assert "nests too deep" in done.stderr
 
 
+def test_an_integer_msgpack_cannot_carry_is_a_usage_error() -> None:
+    """JSON takes integers of any size, msgpack from -2**63 to 2**64 - 1: one beyond was an
+    EncodeError (exit 1), met only once connected (or a ConnectionFailedError, the bad DATA
+    never named, when the peer was absent). It is a usage error now, before any connection:
+    the peer named here does not exist."""
+    for args in (
+        ("emit", "nobody", "e", "18446744073709551616"),
+        ("request", "nobody", "x", '{"n": [1, -9223372036854775809]}'),
+        ("listen", "w", "--reply", "[18446744073709551616]"),
+    ):
+        done = cli_sync(*args)
+        assert done.returncode == 2, done.stderr
+        assert "integer msgpack cannot carry" in done.stderr, done.stderr
+
+
 def test_run_refuses_what_it_cannot_run_before_running_anything(tmp_path: Path) -> None:
     """A plain function is a usage error before it runs (it ran whole, side effects and all,
     and only then was refused), and a relative module name is a usage error (a TypeError
