@@ -9,6 +9,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -149,6 +150,43 @@ async def test_path_too_long_is_not_retried(socket_dir: str) -> None:
     async with Actor("hello", socket_root=socket_dir, silent=True, **FAST_RETRY) as hello:
         with anyio.fail_after(5), pytest.raises(ipcactors.SocketPathTooLongError):
             await hello.connect_to("x" * 200)
+
+
+def wait_dead_without_a_loop_pass(pid: int) -> None:
+    """Block until process ``pid`` exited (its sockets closed): a zombie, or reaped already
+    (asyncio's child watcher may have)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().rpartition(")")[2].split()[0] == "Z":
+                    return
+        except FileNotFoundError:
+            return
+        time.sleep(0.002)
+    raise TimeoutError(f"process {pid} did not die")
+
+
+async def test_events_emitted_before_the_loss_is_noticed_go_to_the_next_server(
+    socket_dir: str,
+) -> None:
+    """The server process is killed and gone; the client emits before its loop has seen the
+    end. The kernel refuses those writes (the peer is closed): nothing of them went, so they
+    wait for the next connection, as what is emitted once the loss is noticed does. On
+    asyncio the writer's callback ran before the reader saw the end, and they were lost
+    without a word (Trio's writer runs after its reader)."""
+    async with Actor("hello", socket_root=socket_dir, silent=True, **FAST_RETRY) as hello:
+        async with server_process(socket_dir) as first:
+            world = await hello.connect_to("world")
+            assert await world.request("echo", 1) == 1
+            first.send_signal(signal.SIGKILL)
+            wait_dead_without_a_loop_pass(first.pid)
+            for n in range(5):  # no loop pass between the death and these
+                await world.emit("n", n)
+        async with server_process(socket_dir):
+            with anyio.fail_after(10):
+                await world.wait_connected()
+                assert await world.request("received") == [0, 1, 2, 3, 4]
 
 
 async def test_server_killed_and_restarted_delivers_everything_after_the_loss(

@@ -68,6 +68,7 @@ class Outbox:
         "_in_flight_bytes",
         "_is_flushed",
         "_kept_bytes",
+        "_last_taken",
         "_replies",
         "_since_turn",
         "batches",
@@ -89,6 +90,7 @@ class Outbox:
         self._bytes = 0  # queued in either lane
         self._in_flight = False
         self._in_flight_bytes = 0
+        self._last_taken = 0  # frames of the ordered queue in the writer's last take
         self._since_turn = 0  # bytes queued since the loop last had a pass in put
         self._batch: bytearray | None = None  # the open batch (see the invariants)
         self._batch_count = 0  # the events in it
@@ -506,6 +508,7 @@ class Outbox:
                 frames = list(queue)
             if self.kept is not None:
                 self._keep(queue)
+            self._last_taken = len(queue)
             self.taken += len(queue)
             queue.clear()
             size = self._bytes
@@ -539,6 +542,7 @@ class Outbox:
                 count += 1
             if self.kept is not None:
                 self._keep(frames[first:])
+            self._last_taken = count
             self.taken += count
         self._bytes -= size
         self._in_flight_bytes += size
@@ -557,6 +561,18 @@ class Outbox:
             self._is_flushed = None
         if self.on_sent is not None:
             self.on_sent()
+
+    def give_back(self, frames: list[Frame]) -> None:
+        """Nothing of ``frames``, the writer's last take, reached the kernel: its first write
+        was refused (the peer is gone, and the reader has not seen it yet). Their events and
+        requests are queued again, first, as if never taken, for the next connection, as
+        anything sent once the loss is seen; replies are dropped (they answer this
+        connection's requests). Frames kept for a pipelined handshake go again with the rest
+        of what is kept, if the welcome never comes (not twice). The writer stops here."""
+        count = self._last_taken
+        if count and self.kept is None:
+            self.requeue(frames[len(frames) - count :])
+        self.sent()
 
     @property
     def flushed(self) -> bool:

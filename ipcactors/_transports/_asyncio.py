@@ -385,19 +385,26 @@ class AsyncioSocketStream(ByteStream):
             protocol.reading_paused = False
             self._transport.resume_reading()
 
-    def _write_parts(self, parts: Iterable[FramePart]) -> None:
+    def _write_parts(self, parts: Iterable[FramePart]) -> bool:
         """Write ``parts`` in order: through the transport when all are small, else by
-        :meth:`_pump` (straight from their memory)."""
+        :meth:`_pump` (straight from their memory). Returns True when the kernel refused the
+        first with nothing written before it (the peer is gone: the transport closes)."""
         pending = self._pending
         transport = self._transport
         if not pending:
             parts = list(parts)
             if all(len(part) < LARGE_PART for part in parts):
-                for part in parts:
+                # (the transport sends at once only when it holds nothing; what fails, it drops)
+                idle = not transport.get_write_buffer_size()
+                transport.write(parts[0])
+                if idle and transport.is_closing():
+                    return True
+                for part in islice(parts, 1, None):
                     transport.write(part)
-                return
+                return False
         pending.extend(parts)
         self._pump()
+        return False
 
     def _pump(self) -> bool:
         """Hand pending parts to the socket while the transport holds nothing: up to
@@ -478,7 +485,9 @@ class AsyncioSocketStream(ByteStream):
             if not attached:
                 return  # detached while this flush was due: it takes nothing
             outbox.on_frames = schedule  # (unset while this flush was due: see schedule)
-            if protocol.lost or self._closing:
+            # (closing, not by us: a write failed; the reader hears of it, and what is queued
+            # waits for the next connection)
+            if protocol.lost or self._closing or transport.is_closing():
                 pending.clear()
                 if protocol.lost and outbox.on_lost is not None:
                     outbox.on_lost()  # the reader may be paused: it must read on to the end
@@ -494,7 +503,9 @@ class AsyncioSocketStream(ByteStream):
             frames = outbox.take(WRITE_BUDGET)
             if not frames:
                 return
-            self._write_parts(coalesce(frames))
+            if self._write_parts(coalesce(frames)):
+                outbox.give_back(frames)  # nothing of them went: for the next connection
+                return
             if protocol.write_paused or pending:
                 in_flight = True
             else:

@@ -150,13 +150,33 @@ async def drain_outbox(stream: ByteStream, outbox: FrameQueue, stopped: Callable
             if not widened and any(not isinstance(frame, bytes) for frame in frames):
                 widened = True
                 widen_send_buffer(sock)  # type: ignore[arg-type]  # (not None: not widened)
+            chunks = coalesce(frames)
+            given_back = False
             try:
-                for chunk in coalesce(frames):
+                if sock is not None:
+                    # The first write straight to the kernel, to know what it refused: nothing
+                    # of these went if the peer is gone (the reader has not seen it yet).
+                    first = next(chunks)
+                    if isinstance(first, bytes) and type(first) is not FdFrame:
+                        try:
+                            written = sock.send(first)
+                        except BlockingIOError:
+                            written = 0
+                        except OSError:
+                            given_back = True
+                            outbox.give_back(frames)  # for the next connection
+                            return
+                        if written < len(first):
+                            await send(memoryview(first)[written:])  # type: ignore[arg-type]
+                    else:
+                        await send(first)  # type: ignore[arg-type]  # (any bytes-like)
+                for chunk in chunks:
                     await send(chunk)  # type: ignore[arg-type]  # (any bytes-like)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 return
             finally:
-                outbox.sent()
+                if not given_back:
+                    outbox.sent()
     finally:
         outbox.direct = None
         if rest is not None:

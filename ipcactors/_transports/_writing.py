@@ -71,6 +71,11 @@ class FrameQueue(Protocol):
         """The frames taken last are all in the kernel."""
         ...
 
+    def give_back(self, frames: list[Frame]) -> None:
+        """None of ``frames``, taken last, reached the kernel: the peer is gone (the writer
+        stops)."""
+        ...
+
     def wake(self) -> None:
         """Have the writer look again."""
         ...
