@@ -9,7 +9,9 @@ Invariants:
 - Requests to a client that leaves fail with ``ConnectionLostError``; with ``ClosedError`` only
   when this server is being closed.
 - ``max_connections`` holds for every transport: a client beyond it is refused with
-  ``reject(busy)``.
+  ``reject(busy)``. It counts the clients and the connections replaced that still finish
+  what they got (``_retiring``); a newcomer that replaces a live connection (aborted at once)
+  takes its place, one that replaces a connection whose input ended adds one.
 - Unfinished handshakes have a budget of their own (``max_handshakes``) and one deadline each
   (``handshake_timeout``, however the bytes trickle in). A connection that finds the budget
   full drops the oldest unfinished handshake, so a flood of silent or trickling sockets cannot
@@ -37,10 +39,7 @@ Invariants:
   ``disconnect`` either. Newcomers with one id are ordered as their handshakes end
   (``_newest``): one that a later one overtook while it waited for the notice is refused
   (``reject replaced``) instead of welcomed, so however many arrive at once, one connection
-  per id is kept and every other one is closed. One replaced connection per id finishes at a
-  time: a newcomer that would replace one whose input ended while an older one still finishes
-  is refused with ``busy`` (retried), so one id holds at most two connections that read or
-  handle (transiently more that are being aborted), and the server ``2 * max_connections``.
+  per id is kept and every other one is closed.
 - A held server (``_hold()``, before it starts: a supervised child until its function has
   registered its handlers) welcomes no one until ``_release()``. A client whose handshake is
   done waits, outside the ``max_handshakes`` budget but counted in ``max_connections``, and
@@ -661,19 +660,14 @@ class Server(HandlerMethods):
         if not await self._wait_ready(stream, session, client_id, held_until):
             return
         previous = self._clients.get(client_id)
-        if previous is None and len(self._clients) >= self._config.max_connections:
-            limit = self._config.max_connections
+        # A connection that replaces a live one (aborted at once) takes its place; any other
+        # adds one: a client, or one replaced that still finishes what it got (_retiring).
+        if (previous is None or previous._finishing) and self._held_connections() >= (
+            limit := self._config.max_connections
+        ):
             self._log.debug(f"refusing {client_id!r}: max_connections={limit}")
             self._counters.refused_busy += 1
             await self._refuse(stream, session, "busy", f"{self._id!r} is at max_connections")
-            return
-        if previous is not None and client_id in self._retiring and previous._finishing:
-            # It would be a second connection of this id finishing what it got: one at a time
-            # (a storm of reconnects, each leaving a backlog, must not hold them all).
-            self._log.debug(f"refusing {client_id!r}: an earlier connection still finishes")
-            self._counters.refused_busy += 1
-            message = f"{self._id!r} is still handling what {client_id!r} sent before"
-            await self._refuse(stream, session, "busy", message)
             return
         client = Client(self, client_id, peer_address)
         if self._transport.kind == "tls":  # (extra() on a plain stream: ~5 us for nothing)
@@ -837,6 +831,10 @@ class Server(HandlerMethods):
             if previous._left is not None:
                 with anyio.move_on_after(wait):
                     await previous._left.wait()  # its disconnect handlers, before our connect
+
+    def _held_connections(self) -> int:
+        """Clients, and connections replaced that still finish what they got."""
+        return len(self._clients) + sum(map(len, self._retiring.values()))
 
     def _retired(self, client: Client) -> None:
         """``client``'s connection, replaced by a newcomer, ended."""
