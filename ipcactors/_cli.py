@@ -170,8 +170,9 @@ def parse_target(text: str) -> Target:
 MSGPACK_INT_MIN, MSGPACK_INT_MAX = -(2**63), 2**64 - 1
 
 
-def parse_data(text: str | None, what: str = "DATA") -> Any:
-    """``text`` as JSON; ``what`` names the argument it came from in the error."""
+def parse_data(text: str | None, what: str = "DATA", codec: str = "msgpack") -> Any:
+    """``text`` as JSON, for ``codec``'s wire; ``what`` names the argument it came from in the
+    error."""
     if text is None:
         return None
     try:
@@ -182,7 +183,7 @@ def parse_data(text: str | None, what: str = "DATA") -> Any:
         ) from None
     except RecursionError:
         raise UsageError(f"{what} nests too deep for JSON here: flatten it") from None
-    beyond = _integer_beyond_msgpack(value)
+    beyond = _integer_beyond_msgpack(value) if codec == "msgpack" else None  # (JSON: any)
     if beyond is not None:
         raise UsageError(
             f"{what} has an integer msgpack cannot carry ({beyond}: the range is -2**63 to "
@@ -454,7 +455,7 @@ def client_id(args: argparse.Namespace) -> str:
 
 
 async def cmd_emit(args: argparse.Namespace, out: Output) -> int:
-    target, data = parse_target(args.target), parse_data(args.data)
+    target, data = parse_target(args.target), parse_data(args.data, codec=args.codec)
 
     async def emit() -> int:
         async with Actor(client_id(args), config_from(args)) as actor:
@@ -471,7 +472,7 @@ async def cmd_emit(args: argparse.Namespace, out: Output) -> int:
 
 
 async def cmd_request(args: argparse.Namespace, out: Output) -> int:
-    target, data = parse_target(args.target), parse_data(args.data)
+    target, data = parse_target(args.target), parse_data(args.data, codec=args.codec)
 
     async def request() -> int:
         async with Actor(client_id(args), config_from(args)) as actor:
@@ -575,7 +576,7 @@ def _ping_summary(out: Output, name: str, sent: int, times: list[float]) -> None
 
 async def cmd_listen(args: argparse.Namespace, out: Output) -> int:
     target = parse_target(args.target)
-    reply = parse_data(args.reply, "--reply") if args.reply is not None else None
+    reply = parse_data(args.reply, "--reply", args.codec) if args.reply is not None else None
     actor_id = target.id or (args.id if args.id is not None else "ipcactors-cli")
 
     def show(kind: str, event: str, data: Any, peer: Any) -> Any:

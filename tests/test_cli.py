@@ -681,6 +681,17 @@ def test_an_integer_msgpack_cannot_carry_is_a_usage_error() -> None:
         assert "integer msgpack cannot carry" in done.stderr, done.stderr
 
 
+def test_an_integer_beyond_msgpack_goes_on_node_ipcs_json_wire(socket_dir: str) -> None:
+    """node-ipc's wire is JSON, which carries integers of any size: DATA with one is not
+    refused there (here: sent to no one, so the failure to connect, exit 1)."""
+    done = cli_sync(
+        "emit", "nobody", "e", "18446744073709551616", "--codec", "node-ipc",
+        "--socket-root", socket_dir,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "could not connect" in done.stderr, done.stderr
+
+
 def test_run_refuses_what_it_cannot_run_before_running_anything(tmp_path: Path) -> None:
     """A plain function is a usage error before it runs (it ran whole, side effects and all,
     and only then was refused), and a relative module name is a usage error (a TypeError
