@@ -44,9 +44,10 @@ Invariants:
   there is none (no task), and what waited for it is released as the welcome is read.
 - ``abort()`` ends the channel at once whenever it comes, also before ``run`` started (a
   server's client closed between its welcome and its channel serving): ``run`` then ends as
-  soon as it starts, and closes the stream. What the inbox still holds when the channel ends
-  (an abort, a close, a dispatcher cut short) is dropped with a WARNING that says how many
-  and why (outside the acknowledged mode: there the peer sends them again or reports them).
+  soon as it starts, and closes the stream. What the inbox still holds when the channel is
+  ended on purpose (an abort, a close, a dispatcher cut short) is dropped with a WARNING that
+  says how many and why (outside the acknowledged mode: there the peer sends them again or
+  reports them); not when it ends only because the program does (an exit out of a handler).
 - When the peer goes (end of stream, a broken socket, bad bytes), the requests whose frames
   were handed to the writer fail at once with :class:`ConnectionLostError`. A connection's
   channel (its outbox outlives it) then writes nothing more: what is sent from then on waits
@@ -303,7 +304,10 @@ class Channel:
         self._inbox: deque[tuple[list[Event | Request], int]] = deque()
         self._inbox_bytes = 0
         self._first_done = 0  # of the inbox's first batch, when the dispatcher ended
-        self._cut_by: str | None = None  # why what waits in the inbox was dropped, if it is
+        # Why what waits in the inbox is dropped, once something ended the channel on purpose
+        # (a close, an abort, a timeout); None when it ends only because the program does (an
+        # exit or an interrupt out of a handler, the loop closing): nothing is said then.
+        self._cut_by: str | None = None
         self._queued_requests = 0  # requests in the inbox, not started yet
         self._in_flight = 0  # request handler tasks whose reply is not queued yet
         self._held = opening is not None  # nothing is dispatched until the opening is done
@@ -552,10 +556,9 @@ class Channel:
     def abort(self, why: str | None = None) -> None:
         """Stop at once: cancel reader, writer and dispatcher; the stream is closed by ``run``
         (at once, if it has not started yet). ``why``: what the warning naming the events
-        and requests left unhandled says (the first reason given is kept)."""
+        and requests left unhandled says (see :meth:`closing`)."""
         self._aborted = True
-        if self._cut_by is None:
-            self._cut_by = why
+        self.closing(why)
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()
 
@@ -677,6 +680,9 @@ class Channel:
         except RejectedError as exc:  # the server's last word (another took our id's place)
             self.refusal = exc
             self._lost()
+        except BaseException as exc:  # (a plain request handler's exit, answered inline)
+            self._note_escape(exc)
+            raise
         else:
             # The peer closed its side, or reset the connection after its last frames (or
             # went silent past the heartbeat's deadline, see beat).
@@ -1169,6 +1175,23 @@ class Channel:
 
     # --- dispatching --------------------------------------------------------------------------
 
+    def _note_escape(self, exc: BaseException) -> None:
+        """``exc`` leaves the dispatcher or the reader: unless it is a cancellation, it is a
+        handler's exit or interrupt (what handlers raise that is not an ``Exception`` is not
+        caught), which ends the program: what the inbox holds is then dropped in silence,
+        however the channel is closed on the way out."""
+        if not isinstance(exc, anyio.get_cancelled_exc_class()):
+            self._cut_by = ""
+
+    def closing(self, why: str | None = None) -> None:
+        """The channel is being ended on purpose: what its inbox holds then is dropped with a
+        warning that says ``why`` (the first reason given is kept)."""
+        if self._cut_by is None:
+            self._cut_by = why or (
+                "the connection they came on was closed before its handlers got to them (a "
+                "close cancels the handlers still running)"
+            )
+
     def _drop_inbox(self) -> None:
         """The channel ended with messages received and not handled (it was aborted, or its
         dispatcher cut short): hold none of them, and say how many (in the acknowledged mode
@@ -1177,13 +1200,10 @@ class Channel:
         self._inbox.clear()
         self._inbox_bytes = 0
         peer = self._peer
-        if dropped > 0 and peer._receiver is None:
-            why = self._cut_by or (
-                "the connection they came on was closed before its handlers got to them (a "
-                "close cancels the handlers still running)"
-            )
+        if dropped > 0 and peer._receiver is None and self._cut_by:
             peer._log.warning(
-                f"{dropped} event(s) or request(s) from {peer.id!r} dropped unhandled: {why}"
+                f"{dropped} event(s) or request(s) from {peer.id!r} dropped unhandled: "
+                f"{self._cut_by}"
             )
 
     async def _dispatch_loop(self, task_group: TaskGroup) -> None:
@@ -1235,6 +1255,9 @@ class Channel:
                 if peer._ack_pending and (not inbox or peer._ack_pending >= peer._ack_every):
                     peer._send_ack()  # cumulative: every ack_every events, or once idle
                 self._wake()
+        except BaseException as exc:
+            self._note_escape(exc)
+            raise
         finally:
             self._first_done = done
             self._drained.set()

@@ -298,6 +298,8 @@ class Connection(Peer, HandlerMethods):
                     if acked is not None and acked.active and len(acked):
                         await acked.wait()
         finally:
+            if self._channel is not None:
+                self._channel.closing()
             self._scope.cancel()  # (a close cancelled while it flushed closes at once)
         await self._destroyed.wait()
 
