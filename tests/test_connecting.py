@@ -933,6 +933,41 @@ async def test_a_storm_of_reconnects_each_leaving_a_backlog_is_held_to_max_conne
     assert handled == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (5, 0)]
 
 
+async def test_a_client_back_at_the_limit_is_welcomed_while_its_old_connection_finishes(
+    socket_dir: str,
+) -> None:
+    """A server at max_connections; a client leaves (or is killed) with a backlog behind a
+    slow handler, and comes back with its id at once: it replaces its old connection, which
+    finishes within close_timeout, and is welcomed at once, as a restarted supervised child is.
+    Counting that connection against max_connections refused it until the backlog was
+    handled, however long that took."""
+    handled: list[int] = []
+
+    async def slowly(data: int, client: object) -> None:
+        await anyio.sleep(0.1)
+        handled.append(data)
+
+    options = {"socket_root": socket_dir, "silent": True}
+    async with Actor("world", **options, max_connections=2) as world_actor:
+        server = await world_actor.serve()
+        server.on("ev", slowly)
+        async with Actor("other", **options) as other:
+            await other.connect_to("world")  # the server is at its limit from here on
+            async with Actor("hello", **options) as hello:
+                world = await hello.connect_to("world")
+                for n in range(20):
+                    await world.emit("ev", n)
+            async with Actor("hello", **options, stop_retrying=0) as hello:
+                started = anyio.current_time()
+                world = await hello.connect_to("world")
+                assert anyio.current_time() - started < 1
+                await world.emit("ev", 20)
+                with anyio.fail_after(10):
+                    while 20 not in handled:
+                        await anyio.sleep(0.01)
+        assert server.statistics().refused_busy == 0
+
+
 @pytest.mark.parametrize("acked", ["off", "on"])
 async def test_a_newcomer_is_welcomed_while_the_connection_it_replaces_finishes(
     socket_dir: str, acked: str

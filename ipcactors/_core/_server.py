@@ -10,8 +10,10 @@ Invariants:
   when this server is being closed.
 - ``max_connections`` holds for every transport: a client beyond it is refused with
   ``reject(busy)``. It counts the clients and the connections replaced that still finish
-  what they got (``_retiring``); a newcomer that replaces a live connection (aborted at once)
-  takes its place, one that replaces a connection whose input ended adds one.
+  what they got (``_retiring``). A newcomer that replaces its id's connection takes its place
+  (a live one is aborted at once; one whose input ended finishes within ``close_timeout``),
+  unless that id already has a connection finishing so: then it adds one. So one id's storm
+  of reconnects is held to the limit, and the server to twice the limit at most.
 - Unfinished handshakes have a budget of their own (``max_handshakes``) and one deadline each
   (``handshake_timeout``, however the bytes trickle in). A connection that finds the budget
   full drops the oldest unfinished handshake, so a flood of silent or trickling sockets cannot
@@ -660,11 +662,13 @@ class Server(HandlerMethods):
         if not await self._wait_ready(stream, session, client_id, held_until):
             return
         previous = self._clients.get(client_id)
-        # A connection that replaces a live one (aborted at once) takes its place; any other
-        # adds one: a client, or one replaced that still finishes what it got (_retiring).
-        if (previous is None or previous._finishing) and self._held_connections() >= (
-            limit := self._config.max_connections
-        ):
+        # A newcomer that replaces its id's connection takes its place: a live one is aborted
+        # at once, one whose input ended finishes within close_timeout (a client back at
+        # once, a restarted child). Any other adds one: a new client, or another connection of
+        # an id that already has one finishing (a storm of reconnects).
+        if (
+            previous is None or (previous._finishing and client_id in self._retiring)
+        ) and self._held_connections() >= (limit := self._config.max_connections):
             self._log.debug(f"refusing {client_id!r}: max_connections={limit}")
             self._counters.refused_busy += 1
             await self._refuse(stream, session, "busy", f"{self._id!r} is at max_connections")
