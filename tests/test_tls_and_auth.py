@@ -232,6 +232,38 @@ async def test_an_acked_tls_link_whose_reconnect_is_cut_in_its_handshake_resumes
             assert proxy.stats.accepted >= 3
 
 
+async def test_a_tls_handshake_past_the_servers_deadline_is_a_failed_attempt_not_tls_error(
+    ca: trustme.CA, socket_dir: str, fault_proxy: Callable[..., FaultProxy]
+) -> None:
+    """A slow link makes a TLS handshake outlast the server's handshake_timeout (shorter than
+    the client's). The server wrote its plain "reject timeout" frame into the TLS session, and
+    the client, reading it as TLS, failed for good with TLSError ("is the server speaking
+    TLS?"), never retried. The server hangs up instead: a failed attempt, retried, and once
+    the link is fast again the client connects."""
+    async with Actor("world", socket_root=socket_dir, silent=True, handshake_timeout=0.5) as w:
+        server = await w.serve_net(HOST, 0, tls=server_context(ca))
+        server.on("echo", lambda data, client: data)
+        async with (
+            fault_proxy(server.address) as proxy,
+            Actor("hello", silent=True, retry=0.05, handshake_timeout=5) as hello,
+        ):
+            proxy.latency(0.6, direction="down")
+            async with anyio.create_task_group() as group:
+
+                async def heal_after_two_failed_attempts() -> None:
+                    with anyio.fail_after(20):
+                        while proxy.stats.accepted < 2:
+                            await anyio.sleep(0.05)
+                    proxy.heal()
+
+                group.start_soon(heal_after_two_failed_attempts)
+                with anyio.fail_after(20):
+                    world = await hello.connect_to_net(
+                        "world", *proxy.address, tls=client_context(ca)
+                    )
+                    assert await world.request("echo", 1) == 1
+
+
 async def test_plain_client_on_a_tls_port_is_told(ca: trustme.CA) -> None:
     async with tls_server(server_context(ca)) as server, Actor("hello", silent=True) as hello:
         with anyio.fail_after(3), pytest.raises(ipcactors.RejectedError, match="requires TLS") as e:

@@ -613,9 +613,13 @@ class Server(HandlerMethods):
         shm: int | None = None
         batches: EventBatches | None = None
         frame: Any = None  # the largest frame the client takes, if its hello said
+        # Until the transport's own handshake is done (TLS), nothing of ours can be written:
+        # a plain reject inside a TLS session reads to the client as a broken TLS server.
+        secured = self._transport.kind != "tls"
         try:
             with scope:
                 stream = await self._transport.accepted(stream)
+                secured = True
                 if codec.handshake:
                     hello = await accept_handshake(stream, session)
                     offer = self._acked_offer(hello.extra.get("acked"))
@@ -634,7 +638,10 @@ class Server(HandlerMethods):
             reason = exc.reject_reason if isinstance(exc, ProtocolError) else "timeout"
             message = str(exc) or _timed_out(session)
             self._handshake_failed(f"handshake with {peer_address!r} failed: {message}")
-            await self._refuse(stream, session, reason, message)
+            if secured or isinstance(exc, ProtocolError):  # (a plain client: told in plain)
+                await self._refuse(stream, session, reason, message)
+            else:
+                await close_now(stream)
             return
         except SaidNothing:  # (not a failed handshake: a liveness check, say)
             self._log.debug(f"a connection from {peer_address!r} closed without a word")
@@ -653,6 +660,11 @@ class Server(HandlerMethods):
                 session.end_input()
         if client_id is None:
             if dropped:  # to admit a newer connection (see _enter_handshake), or closing
+                await close_now(stream)
+            elif not secured:  # the deadline passed in the TLS handshake: we can only hang up
+                timeout = self._config.handshake_timeout
+                message = f"no TLS handshake within handshake_timeout ({timeout:g} s)"
+                self._handshake_failed(f"handshake with {peer_address!r} failed: {message}")
                 await close_now(stream)
             else:  # the deadline passed
                 message = _timed_out(session)
