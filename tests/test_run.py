@@ -412,6 +412,65 @@ def test_sys_exit_in_a_client_side_handler_leaves_nothing_on_stderr(
     assert os.listdir(root) == []
 
 
+EXIT_BESIDE_BACKLOGS = textwrap.dedent(
+    """
+    import sys
+    import anyio, ipcactors
+
+    backend, kind, root = sys.argv[1:]
+
+    def leave(data, client):
+        if kind == "interrupt":
+            raise KeyboardInterrupt
+        sys.exit(data)
+
+    async def slowly(data, *client):
+        await anyio.sleep(0.3)
+
+    async def main():
+        async with ipcactors.Actor("world", socket_root=root) as world:
+            server = await world.serve()
+            server.on("news", slowly)
+            server.on("quit", leave)
+            async with (
+                ipcactors.Actor("hello", socket_root=root) as hello,
+                ipcactors.Actor("other", socket_root=root) as other,
+            ):
+                link = await hello.connect_to("world")
+                link.on("back", slowly)
+                news = await other.connect_to("world")
+                with anyio.fail_after(5):
+                    while "hello" not in server.clients:
+                        await anyio.sleep(0.01)
+                for n in range(10):  # backlogs behind slow handlers, both ways
+                    await server.emit("hello", "back", n)
+                    await news.emit("news", n)
+                await anyio.sleep(0.1)
+                await link.emit("quit", 5)
+                await anyio.sleep(20)
+
+    ipcactors.run(main, backend=backend, log_level="WARNING")
+    """
+)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("kind", ["exit", "interrupt"])
+def test_an_exit_in_a_handler_says_nothing_of_what_other_channels_drop(
+    backend: str, kind: str, tmp_path: os.PathLike[str]
+) -> None:
+    """The exit (or Ctrl-C) of one handler ends the program, quietly: on Trio, the other
+    actors' channels, closed as the exit went through their blocks, warned of the events
+    they dropped on the way out."""
+    done, root = _run_script(tmp_path, EXIT_BESIDE_BACKLOGS, backend, kind)
+    assert "dropped unhandled" not in done.stderr
+    if kind == "exit":
+        assert (done.returncode, done.stderr) == (5, "")
+    else:
+        assert done.returncode == -signal.SIGINT  # as Ctrl-C does
+    assert os.listdir(root) == []
+
+
 INTERRUPTED_HANDLER = textwrap.dedent(
     """
     import sys

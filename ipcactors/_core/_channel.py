@@ -47,7 +47,8 @@ Invariants:
   soon as it starts, and closes the stream. What the inbox still holds when the channel is
   ended on purpose (an abort, a close, a dispatcher cut short) is dropped with a WARNING that
   says how many and why (outside the acknowledged mode: there the peer sends them again or
-  reports them); not when it ends only because the program does (an exit out of a handler).
+  reports them); not when it ends only because the program does (an exit or an interrupt out
+  of a handler, in this event loop's run: every channel is quiet from then on).
 - When the peer goes (end of stream, a broken socket, bad bytes), the requests whose frames
   were handed to the writer fail at once with :class:`ConnectionLostError`. A connection's
   channel (its outbox outlives it) then writes nothing more: what is sent from then on waits
@@ -129,6 +130,7 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio import CancelScope
 from anyio.abc import ByteStream, TaskGroup
+from anyio.lowlevel import RunVar
 
 from .._errors import ConnectionLostError, DecodeError, ProtocolError, RejectedError
 from .._proto._messages import (
@@ -196,6 +198,11 @@ class AckTimer:
         at = self._on_time(now)
         self.armed = at != math.inf
         return at
+
+
+#: Whether a handler's exit or interrupt left a dispatcher or a reader in this event loop's run
+#: (see Channel._note_escape): the program is ending through it, quietly.
+_PROGRAM_LEAVING: RunVar[bool] = RunVar("ipcactors_program_leaving", default=False)
 
 
 class Channel:
@@ -1178,10 +1185,10 @@ class Channel:
     def _note_escape(self, exc: BaseException) -> None:
         """``exc`` leaves the dispatcher or the reader: unless it is a cancellation, it is a
         handler's exit or interrupt (what handlers raise that is not an ``Exception`` is not
-        caught), which ends the program: what the inbox holds is then dropped in silence,
-        however the channel is closed on the way out."""
+        caught), which ends the program: what any channel of this event loop drops on the way
+        out, however it is closed, is dropped in silence."""
         if not isinstance(exc, anyio.get_cancelled_exc_class()):
-            self._cut_by = ""
+            _PROGRAM_LEAVING.set(True)
 
     def closing(self, why: str | None = None) -> None:
         """The channel is being ended on purpose: what its inbox holds then is dropped with a
@@ -1200,7 +1207,7 @@ class Channel:
         self._inbox.clear()
         self._inbox_bytes = 0
         peer = self._peer
-        if dropped > 0 and peer._receiver is None and self._cut_by:
+        if dropped > 0 and peer._receiver is None and self._cut_by and not _PROGRAM_LEAVING.get():
             peer._log.warning(
                 f"{dropped} event(s) or request(s) from {peer.id!r} dropped unhandled: "
                 f"{self._cut_by}"
