@@ -24,6 +24,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ._config import Config, config_of, is_utf8, shown
+from ._core._channel import program_goes_on
 from ._core._connection import Connection
 from ._core._handling import keeps, kept_until_handled
 from ._core._hosting import Hosting
@@ -86,6 +87,7 @@ class Actor:
     async def __aenter__(self) -> Actor:
         if self._task_group is not None or self._closing:
             raise IPCError(f"actor {self.id!r} can be entered only once")
+        program_goes_on()
         # What the actor runs lives in a group that a cancellation of the block does not reach:
         # leaving the block, however it ends, flushes first (see _hosting).
         self._hosting = Hosting()

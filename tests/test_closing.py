@@ -824,3 +824,54 @@ async def test_events_a_close_leaves_unhandled_are_named_in_a_warning(
         warned = [line for line in log_lines if "WARNING" in line and "dropped unhandled" in line]
         assert len(warned) == 1, log_lines
         assert f"{dropped} event(s) or request(s) from {sender!r}" in warned[0]
+
+
+class _Leave(BaseException):
+    """What a handler raises that is not an Exception: it ends its actor's block."""
+
+
+async def test_an_exit_caught_around_the_block_leaves_later_drops_named(
+    socket_dir: str, log_lines: list[str]
+) -> None:
+    """guide.md: what a handler raises that is not an Exception ends the actor's block, and
+    the program unless caught around the block. What channels drop on the way out of such an
+    exit is not named (the program is ending); caught, the program goes on, and a close that
+    drops a backlog later was named no more for the rest of the run."""
+
+    def leave(data: object, client: object) -> None:
+        raise _Leave
+
+    async def exit_in_a_handler() -> None:
+        async with Actor("world", socket_root=socket_dir) as world_actor:
+            server = await world_actor.serve()
+            server.on("leave", leave)
+            async with Actor("hello", socket_root=socket_dir) as hello:
+                world = await hello.connect_to("world")
+                await world.emit("leave")
+                await anyio.sleep(5)
+
+    with pytest.raises(BaseException) as caught:
+        await exit_in_a_handler()
+    left = caught.value
+    while isinstance(left, BaseExceptionGroup):
+        left = left.exceptions[0]
+    assert isinstance(left, _Leave)
+    gate = anyio.Event()
+
+    async def held(data: int, client: object) -> None:
+        await gate.wait()
+
+    async with Actor("world", socket_root=socket_dir, close_timeout=0.2) as world_actor:
+        server = await world_actor.serve()
+        server.on("ev", held)
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            world = await hello.connect_to("world")
+            for n in range(5):
+                await world.emit("ev", n)
+            with anyio.fail_after(5):
+                while "hello" not in server.clients:
+                    await anyio.sleep(0.01)
+            await anyio.sleep(0.1)
+    warned = [line for line in log_lines if "dropped unhandled" in line]
+    assert len(warned) == 1, log_lines
+    assert "5 event(s) or request(s) from 'hello'" in warned[0]

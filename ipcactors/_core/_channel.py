@@ -48,7 +48,8 @@ Invariants:
   ended on purpose (an abort, a close, a dispatcher cut short) is dropped with a WARNING that
   says how many and why (outside the acknowledged mode: there the peer sends them again or
   reports them); not when it ends only because the program does (an exit or an interrupt out
-  of a handler, in this event loop's run: every channel is quiet from then on).
+  of a handler, in this event loop's run: every channel is quiet from then on, until an actor
+  is entered again, the exit caught).
 - When the peer goes (end of stream, a broken socket, bad bytes), the requests whose frames
   were handed to the writer fail at once with :class:`ConnectionLostError`. A connection's
   channel (its outbox outlives it) then writes nothing more: what is sent from then on waits
@@ -201,8 +202,16 @@ class AckTimer:
 
 
 #: Whether a handler's exit or interrupt left a dispatcher or a reader in this event loop's run
-#: (see Channel._note_escape): the program is ending through it, quietly.
+#: (see Channel._note_escape): the program is ending through it, quietly; until an actor is
+#: entered again (the program caught it and goes on: see program_goes_on).
 _PROGRAM_LEAVING: RunVar[bool] = RunVar("ipcactors_program_leaving", default=False)
+
+
+def program_goes_on() -> None:
+    """An actor is being entered: whatever exit a handler raised was caught, and what channels
+    drop from now on is named again."""
+    if _PROGRAM_LEAVING.get():
+        _PROGRAM_LEAVING.set(False)
 
 
 class Channel:
