@@ -64,11 +64,11 @@ def cli_sync(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
 
 
 @asynccontextmanager
-async def running(args: list[str]) -> AsyncIterator[Process]:
+async def running(args: list[str], stderr: int = subprocess.DEVNULL) -> AsyncIterator[Process]:
     """A command in a subprocess (``listen``, or one a test signals); killed if the test ends
     with it still running (so that a failed assertion shows, instead of a wait for a process
     nobody stops)."""
-    process = await anyio.open_process(args, cwd=ROOT, stderr=subprocess.DEVNULL)
+    process = await anyio.open_process(args, cwd=ROOT, stderr=stderr)
     try:
         yield process
     finally:
@@ -616,7 +616,7 @@ async def test_ping_stops_at_a_signal_while_it_connects(
     path = os.path.join(socket_dir, "app.mute")
     async with await anyio.create_unix_listener(path) as listener:
         base = ["--socket-root", socket_dir, "--backend", backend, "--timeout", "60"]
-        async with running(command("ping", "mute", *base)) as process:
+        async with running(command("ping", "mute", *base), subprocess.PIPE) as process:
             with anyio.fail_after(20):
                 async with await listener.accept():  # (says nothing)
                     os.unlink(path)  # (found)
@@ -624,11 +624,13 @@ async def test_ping_stops_at_a_signal_while_it_connects(
                     process.send_signal(signum)
                     status = await process.wait()
             assert process.stdout is not None
+            assert process.stderr is not None
             with anyio.fail_after(20):
                 seen = b"".join([chunk async for chunk in process.stdout])
+                said = b"".join([chunk async for chunk in process.stderr])
     assert anyio.current_time() - started < 10
-    assert status == 1  # no ping answered
-    assert b"0 sent, 0 received" in seen
+    assert status == 1, said  # no ping answered
+    assert b"0 sent, 0 received" in seen, said  # (what it said instead, if it failed)
 
 
 async def test_ping_sums_up_when_its_actor_goes_away(socket_dir: str) -> None:
