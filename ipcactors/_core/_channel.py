@@ -321,8 +321,8 @@ class Channel:
         self._inbox_bytes = 0
         self._first_done = 0  # of the inbox's first batch, when the dispatcher ended
         # Why what waits in the inbox is dropped, once something ended the channel on purpose
-        # (a close, an abort, a timeout); None when it ends only because the program does (an
-        # exit or an interrupt out of a handler, the loop closing): nothing is said then.
+        # (a close, an abort, a timeout: see closing); None when it ends only because the loop
+        # closes: nothing is said then (nor after a handler's exit: see _note_escape).
         self._cut_by: str | None = None
         self._queued_requests = 0  # requests in the inbox, not started yet
         self._in_flight = 0  # request handler tasks whose reply is not queued yet
@@ -805,7 +805,7 @@ class Channel:
                 await self._write_lost.wait()
                 timeout = self._peer._config.close_timeout
                 await anyio.sleep(timeout)
-                self._cut_by = (
+                self.closing(
                     "the peer's side ended, and they were not handled within close_timeout "
                     f"({timeout:g} s) once something waited to be sent (the next connection "
                     "waits for them)"
@@ -1216,10 +1216,15 @@ class Channel:
         self._inbox.clear()
         self._inbox_bytes = 0
         peer = self._peer
-        if dropped > 0 and peer._receiver is None and self._cut_by and not _PROGRAM_LEAVING.get():
+        why = self._cut_by
+        if (
+            dropped > 0
+            and peer._receiver is None
+            and why is not None
+            and not _PROGRAM_LEAVING.get()
+        ):
             peer._log.warning(
-                f"{dropped} event(s) or request(s) from {peer.id!r} dropped unhandled: "
-                f"{self._cut_by}"
+                f"{dropped} event(s) or request(s) from {peer.id!r} dropped unhandled: {why}"
             )
 
     async def _dispatch_loop(self, task_group: TaskGroup) -> None:
