@@ -13,10 +13,11 @@ Invariants:
   starting or ending, a command still setting up) is kept, and :meth:`KeptSignals.receive`
   yields the kept ones first, then those its receiver gets, each one: two of one signal are two
   (Trio's receiver merges those that come before it looks, so on Trio each is counted as it
-  comes, and the receiver only wakes the reader). When the receiver closes (asyncio's restores
-  the default handlers), they are kept again until the block ends; while it closes, both are
-  held pending (blocked in the main thread), so that none meets the defaults in between (a
-  process with more threads can: the kernel gives it to another thread).
+  comes, and the receiver only wakes the reader; while Trio's receiver opens, before each is
+  counted, they are held pending). When the receiver closes (asyncio's restores the default
+  handlers), they are kept again until the block ends; while it closes, they are held pending
+  (blocked in the main thread), so that none meets the defaults in between (a process with
+  more threads can: the kernel gives it to another thread).
 - :meth:`KeptSignals.keep_until_exit` leaves them kept after the block (a process about to
   exit): nothing restores the defaults. Inside the block it changes nothing: a receiver that
   closes still puts the keeping handlers back.
@@ -100,16 +101,23 @@ class KeptSignals:
             yield _Signals(self.kept, None)
             return
         mask: set[int] | None = None  # the thread's own, while the receiver closes
+        opening: set[int] | None = None  # the thread's own, while Trio's receiver opens
         try:
+            if thread_runs_trio():
+                # Held pending until each is counted: one whose handler ran as the receiver
+                # opened, before ours below, would be in its set and nowhere else (lost).
+                opening = signal.pthread_sigmask(signal.SIG_BLOCK, self._watched)
             with anyio.open_signal_receiver(*self._watched) as received:
                 try:
-                    if thread_runs_trio():
+                    if opening is not None:
                         # Trio's receiver keeps a set of pending signals: two SIGINTs that
                         # come before it looks (the loop busy) are one. Each is counted here,
                         # in order, and the receiver only wakes us.
                         for signum in self._watched:
                             wake = signal.getsignal(signum)
                             signal.signal(signum, partial(_counted, self.kept, wake))
+                        signal.pthread_sigmask(signal.SIG_SETMASK, opening)
+                        opening = None
                         yield _Signals(self.kept, received, counted=True)
                     else:
                         ours: dict[int, Any] = {
@@ -124,8 +132,9 @@ class KeptSignals:
         finally:
             if self._previous is not None:  # still inside the block: keep them again
                 self._keep()
-            if mask is not None:  # (and what came meanwhile is kept now)
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            unblocked = opening if opening is not None else mask  # (the receiver failed)
+            if unblocked is not None:  # (and what came meanwhile is kept now)
+                signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
 
 
 def _counted(kept: list[int], wake: Any, signum: int, frame: FrameType | None) -> None:
