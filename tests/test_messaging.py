@@ -1121,18 +1121,95 @@ async def test_a_sender_keeps_to_the_max_frame_size_its_peer_announced(
             assert little.connected
 
 
+@pytest.mark.parametrize("acked", ["off", "on"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_sender_keeps_to_the_object_budget_its_peer_announced(
+    transport: str, acked: str, socket_dir: str
+) -> None:
+    """Each side announces its max_decoded_objects in the handshake too, and the other keeps
+    to it: a frame the peer would refuse is the sender's EncodeError naming the peer's budget
+    (a requester's RemoteError; a broadcast skips that client, counted), and the connection
+    goes on. A sender checked its own budget only: the peer closed the connection at such a
+    frame, what was behind it was lost (a request under way with it), a broadcast closed every
+    client with a smaller budget, and in the acknowledged mode the frame went again after
+    every reconnect, closing each one, until the retries ran out."""
+    many = list(range(5000))  # 5,001 objects, within the default budget (131,072)
+    async with serving(transport, socket_dir, max_decoded_objects=1024, acked=acked) as (
+        _,
+        server,
+        connect,
+    ):
+        got: list[Any] = []
+        server.on("small", lambda n, client: got.append(n))
+        server.on("echo", lambda data, client: data)
+        options: dict[str, Any] = {"silent": True, "acked": acked}
+        async with Actor("hello", socket_root=socket_dir, **options) as hello:
+            world = await connect(hello)
+            lost: list[str] = []
+            world.on("disconnect", lambda: lost.append("hello"))
+            with anyio.fail_after(5):
+                with pytest.raises(ipcactors.EncodeError, match="max_decoded_objects=1024"):
+                    await world.emit("echo", many)
+                with pytest.raises(ipcactors.EncodeError, match="max_decoded_objects=1024"):
+                    await world.request("echo", many)
+                await world.emit("small", 1)
+                if acked == "on":
+                    await world.wait_acknowledged()
+                assert await world.request("echo", "still fine") == "still fine"
+            assert got == [1]
+            assert world.connected
+            assert not lost
+    async with serving(transport, socket_dir, acked=acked) as (_, server, connect):
+        server.on("many", lambda data, client: many)
+        async with (
+            Actor("small", socket_root=socket_dir, max_decoded_objects=1024, **options) as small,
+            Actor("roomy", socket_root=socket_dir, **options) as roomy,
+        ):
+            little, large_enough = await connect(small), await connect(roomy)
+            news: dict[str, list[Any]] = {"small": [], "roomy": []}
+            little.on("news", news["small"].append)
+            large_enough.on("news", news["roomy"].append)
+            lost.clear()  # (hello's, as it closed)
+            little.on("disconnect", lambda: lost.append("small"))
+            with anyio.fail_after(5):
+                with pytest.raises(ipcactors.RemoteError, match="max_decoded_objects=1024"):
+                    await little.request("many")
+                with pytest.raises(ipcactors.EncodeError, match="max_decoded_objects=1024"):
+                    await server.emit("small", "news", many)
+                await server.broadcast("news", many)
+                await server.broadcast("news", 1)
+                while news != {"small": [1], "roomy": [many, 1]}:
+                    await anyio.sleep(0.01)
+            assert server.statistics().broadcasts_dropped == 1
+            assert little.connected
+            assert not lost
+
+
 # 1020 bytes: the event fits the limit as a batch's item, and not as the frame of its own it is
 # sent again in (its envelope and seq): it slipped through, lost yet counted as acknowledged.
-@pytest.mark.parametrize("size", [5000, 1020])
+# The object budget: announced since; a frame over it closed the connection just the same.
+TAKING_LESS = {
+    "frame 5000": ({"max_frame_size": 1024}, b"x" * 5000, b"y" * 5000),
+    "frame 1020": ({"max_frame_size": 1024}, b"x" * 1020, b"y" * 5000),
+    "objects": ({"max_decoded_objects": 1024}, list(range(2000)), list(range(3000))),
+}
+
+
+@pytest.mark.parametrize("case", TAKING_LESS)
 @pytest.mark.parametrize("acked", ["off", "on"])
 async def test_what_waits_for_a_server_that_comes_back_taking_less_is_given_up_not_sent(
-    acked: str, size: int, socket_dir: str
+    acked: str, case: str, socket_dir: str
 ) -> None:
     """Queued while the server was away, then welcomed by one announcing a smaller
-    max_frame_size: what it would refuse is given up (an event logged, and in the acknowledged
-    mode reported as unacknowledged; a request failed with FrameTooLargeError), and what is
-    behind it goes. It was sent, and the server closed the connection at it: what was behind
-    it was lost, and in the acknowledged mode it went again at every reconnect, for ever."""
+    max_frame_size or max_decoded_objects: what it would refuse is given up (an event logged,
+    and in the acknowledged mode reported as unacknowledged; a request failed with the error
+    sending it would raise), and what is behind it goes. It was sent, and the server closed the
+    connection at it: what was behind it was lost, and in the acknowledged mode it went again
+    at every reconnect, for ever."""
+    smaller, large, larger = TAKING_LESS[case]
+    (limit, value), error = next(iter(smaller.items())), ipcactors.FrameTooLargeError
+    if limit == "max_decoded_objects":
+        error = ipcactors.EncodeError
     options: dict[str, Any] = {"socket_root": socket_dir, "acked": acked, "silent": True}
     async with Actor("hello", retry=0.05, retry_cap=0.2, **options) as hello:
         async with Actor("world", **options) as world:
@@ -1141,10 +1218,10 @@ async def test_what_waits_for_a_server_that_comes_back_taking_less_is_given_up_n
         with anyio.fail_after(5):
             while conn.connected:
                 await anyio.sleep(0.01)
-        await conn.emit("e", b"x" * size)  # (queued: within our own limit)
+        await conn.emit("e", large)  # (queued: within our own limit)
         await conn.emit("e", b"small")
         async with (
-            Actor("world", max_frame_size=1024, **options) as world,
+            Actor("world", **smaller, **options) as world,
             anyio.create_task_group() as tg,
         ):
             waited: list[BaseException] = []
@@ -1164,8 +1241,8 @@ async def test_what_waits_for_a_server_that_comes_back_taking_less_is_given_up_n
 
             async def ask_large() -> None:
                 try:
-                    await conn.request("echo", b"y" * 5000, timeout=5)
-                except ipcactors.FrameTooLargeError as exc:
+                    await conn.request("echo", larger, timeout=5)
+                except error as exc:
                     failed.append(exc)
 
             tg.start_soon(ask_large)
@@ -1174,8 +1251,9 @@ async def test_what_waits_for_a_server_that_comes_back_taking_less_is_given_up_n
                 assert await conn.request("echo", "after") == "after"
                 while got != [b"small"] or not failed:
                     await anyio.sleep(0.01)
-            assert "max_frame_size=1024" in str(failed[0])
-            assert failed[0].size > 5000  # the frame's own (FrameTooLargeError.size)
+            assert f"{limit}={value}" in str(failed[0])
+            if error is ipcactors.FrameTooLargeError:
+                assert failed[0].size > 5000  # the frame's own (FrameTooLargeError.size)
             if acked == "on":
                 assert [event for _, event in conn.unacknowledged] == ["e"]
                 with anyio.fail_after(5):  # (it waited on for ever: the store it watched
@@ -1185,13 +1263,15 @@ async def test_what_waits_for_a_server_that_comes_back_taking_less_is_given_up_n
             assert conn.statistics().events_resent <= 1
 
 
-@pytest.mark.parametrize("size", [5000, 1020])
+@pytest.mark.parametrize("case", TAKING_LESS)
 async def test_what_a_server_keeps_for_a_client_that_comes_back_taking_less_is_given_up(
-    size: int, socket_dir: str
+    case: str, socket_dir: str
 ) -> None:
     """Acknowledged mode: the events a server kept for a client that left, handed to its
-    successor announcing a smaller max_frame_size: those it would refuse are reported, the rest
-    delivered. They all went, and the first too large closed each connection, for ever."""
+    successor announcing a smaller max_frame_size or max_decoded_objects: those it would refuse
+    are reported, the rest delivered. They all went, and the first too large closed each
+    connection, for ever."""
+    smaller, large, _ = TAKING_LESS[case]
     options: dict[str, Any] = {"socket_root": socket_dir, "acked": "on", "silent": True}
     async with Actor("world", close_timeout=0.5, **options) as world:
         server = await world.serve()
@@ -1204,7 +1284,7 @@ async def test_what_a_server_keeps_for_a_client_that_comes_back_taking_less_is_g
 
                 conn.on("e", stuck)
                 client = server.clients["hello"]
-                for data in (b"a", b"y" * size, b"z"):
+                for data in (b"a", large, b"z"):
                     await client.emit("e", data)
                 await anyio.sleep(0.3)
         got: list[bytes] = []
@@ -1217,7 +1297,7 @@ async def test_what_a_server_keeps_for_a_client_that_comes_back_taking_less_is_g
 
         async with (
             anyio.create_task_group() as tasks,
-            Actor("hello", max_frame_size=1024, **options) as second,
+            Actor("hello", **smaller, **options) as second,
         ):
             tasks.start_soon(wait_acknowledged)
             conn = await second.connect_to("world")

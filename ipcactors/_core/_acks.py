@@ -43,7 +43,7 @@ from typing import Any, Final
 
 import anyio
 
-from .._proto._messages import Frame, frame_size
+from .._proto._messages import Frame
 from ._outbox import Outbox
 
 __all__ = [
@@ -235,18 +235,16 @@ class AckedSender:
             self.outbox.release(freed)
         return events
 
-    def drop_refused(self, takes: Callable[[int], bool]) -> list[tuple[int, str]]:
+    def drop_refused(self, refusal: Callable[[Frame], Exception | None]) -> list[tuple[int, str]]:
         """Give up on the events whose frames the receiver would refuse (it takes less than
-        they hold now, its handshake said, see ``Encoder.takes``): sent again, each would
+        they hold now, its handshake said, see ``Encoder.refusal``): sent again, each would
         close its connection, at every reconnect. Returns them (their frames still queued are
         the outbox's to drop); the others stay, in order."""
         kept_frame = self._kept_frame
-        # Measured as sent again: an event kept as a batch's item goes in a frame of its own,
+        # Judged as sent again: an event kept as a batch's item goes in a frame of its own,
         # with its envelope and seq (a few bytes more than the item).
         refused_seqs = {
-            entry[0]
-            for entry in self._store
-            if not takes(frame_size(kept_frame(entry[2], entry[0])))
+            entry[0] for entry in self._store if refusal(kept_frame(entry[2], entry[0])) is not None
         }
         if not refused_seqs:
             return []

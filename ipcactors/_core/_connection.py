@@ -441,8 +441,12 @@ class Connection(Peer, HandlerMethods):
             self._outbox.rebatch(None)  # (until the welcome says what the server takes)
             settled = self._hello_extra(stream)
             batch_limit = codec.batch_limit(self._config.limits)
-            # The largest frame we take (protocol.md 3.4), and the batches.
-            hello_extra = {**(settled or {}), "frame": self._config.max_frame_size}
+            # The largest frame we take and its objects (protocol.md 3.4), and the batches.
+            hello_extra = {
+                **(settled or {}),
+                "frame": self._config.max_frame_size,
+                "objects": self._config.max_decoded_objects,
+            }
             if batch_limit:
                 hello_extra["batch"] = batch_limit
             session = Session(
@@ -500,7 +504,7 @@ class Connection(Peer, HandlerMethods):
                 f"{welcome.id!r}"
             )
         self._server_id = welcome.id
-        self._keep_to_peer(welcome.extra.get("frame"))  # (none said: ours)
+        self._keep_to_peer(welcome.extra.get("frame"), welcome.extra.get("objects"))
         batches = self._codec.event_batches(welcome.extra.get("batch"), self._config.limits)
         self._outbox.rebatch(batches)
         offered = self._config.max_shared_bytes and self._acked is None

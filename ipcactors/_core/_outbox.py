@@ -461,35 +461,36 @@ class Outbox:
                 return True
         return False
 
-    def drop_refused(self, takes: Callable[[int], bool]) -> tuple[dict[int, int], int]:
+    def drop_refused(
+        self, refusal: Callable[[Frame], Exception | None]
+    ) -> tuple[dict[int, Exception], int]:
         """The peer takes less than what is queued for it (its handshake said so, see
-        ``Encoder.takes``): forget the frames it would refuse, each becoming an empty frame so
-        that sequence numbers hold; a batch it would refuse is split into its events' frames,
-        and only those it would refuse are forgotten. Call it before :meth:`rebatch` (the
-        batches are those this outbox made). Returns the sizes of the frames dropped whole by
-        sequence number, and how many frames were dropped in all."""
-        dropped: dict[int, int] = {}
+        ``Encoder.refusal``): forget the frames it would refuse, each becoming an empty frame
+        so that sequence numbers hold; a batch it would refuse is split into its events'
+        frames, and only those it would refuse are forgotten. Call it before :meth:`rebatch`
+        (the batches are those this outbox made). Returns why each frame dropped whole was
+        refused, by sequence number, and how many frames were dropped in all."""
+        dropped: dict[int, Exception] = {}
         lost = 0
         frames = self._frames
         for number, frame in enumerate(frames):
-            size = frame_size(frame)
-            if takes(size):
-                continue
-            parts: tuple[bytes, ...] | None = None
-            if type(frame) is SplitBatch:
-                parts = frame
-            elif type(frame) is BatchFrame and self.batches is not None:
+            if type(frame) is SplitBatch:  # (frames, each judged alone)
+                parts: tuple[bytes, ...] = frame
+            else:
+                refused = refusal(frame)
+                if refused is None:
+                    continue
+                if type(frame) is not BatchFrame or self.batches is None:
+                    self._bytes -= frame_size(frame)
+                    frames[number] = b""
+                    dropped[self.taken + 1 + number] = refused
+                    lost += 1
+                    continue
                 parts = self.batches.split(frame)
-            if parts is not None:
-                kept = SplitBatch(part for part in parts if takes(len(part)))
-                frames[number] = kept or b""
-                self._bytes += sum(map(len, kept)) - size
-                lost += len(parts) - len(kept)
-                continue
-            self._bytes -= size
-            frames[number] = b""
-            dropped[self.taken + 1 + number] = size
-            lost += 1
+            kept = SplitBatch(part for part in parts if refusal(part) is None)
+            frames[number] = kept or b""
+            self._bytes += sum(map(len, kept)) - frame_size(frame)
+            lost += len(parts) - len(kept)
         return dropped, lost
 
     def take(self, budget: int | None = None) -> list[Frame]:

@@ -34,7 +34,6 @@ from .._errors import (
     DecodeError,
     EncodeError,
     EventNameError,
-    FrameTooLargeError,
     IPCError,
     RequestTimeoutError,
     ReservedEventError,
@@ -462,26 +461,26 @@ class Peer:
         """The channel is closing: the peer sent nothing but heartbeats for ``_idle_timeout``."""
         self._log.info(message)
 
-    def _keep_to_peer(self, announced: Any) -> list[tuple[int, str]]:
-        """The largest frame the peer takes, as its handshake announced (``frame``): frames
-        keep to it from now on, and what waits for it that it would refuse is given up, not
-        sent (it would close the connection; kept for a resend, every next one too): queued
-        frames are dropped (a request among them fails with FrameTooLargeError), events kept
-        for a resend reported. Returns those reported."""
+    def _keep_to_peer(self, frame: Any, objects: Any) -> list[tuple[int, str]]:
+        """The largest frame the peer takes and the objects it decodes from one, as its
+        handshake announced (``frame``, ``objects``): frames keep to them from now on, and
+        what waits for it that it would refuse is given up, not sent (it would close the
+        connection; kept for a resend, every next one too): queued frames are dropped (a
+        request among them fails with the error sending it would raise), events kept for a
+        resend reported. Returns those reported."""
         encoder = self._encoder
-        if not encoder.keep_to(announced):
+        if not encoder.keep_to(frame, objects):
             return []  # (nothing here was made for more than the peer takes)
-        limit = encoder.frame_limit
-        takes = encoder.takes
-        reported = [] if self._acked is None else self._acked.drop_refused(takes)
-        dropped, lost = self._outbox.drop_refused(takes)
-        for seq, size in dropped.items():  # (a request is a frame of its own, not batched)
-            self._requests.fail_frames(FrameTooLargeError(size, limit, peers=True), {seq})
+        refusal = encoder.refusal
+        reported = [] if self._acked is None else self._acked.drop_refused(refusal)
+        dropped, lost = self._outbox.drop_refused(refusal)
+        for seq, error in dropped.items():  # (a request is a frame of its own, not batched)
+            self._requests.fail_frames(error, {seq})
         if lost or reported:
             seqs = f" (seq {reported[0][0]}..{reported[-1][0]})" if reported else ""
             self._log.warning(
                 f"{lost} frame(s) queued for {self.id!r} and {len(reported)} event(s) "
-                f"kept for it{seqs} are larger than the max_frame_size={limit} its handshake "
+                f"kept for it{seqs} are beyond the {encoder.peers_limits} its handshake "
                 "announced: given up, not sent (see unacknowledged)"
             )
         return reported

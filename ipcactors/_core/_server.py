@@ -452,13 +452,13 @@ class Server(HandlerMethods):
                     frame = made = make(seq)
                     size = made_size = len(frame) if type(frame) is bytes else frame_size(frame)
                     made_seq = seq
-            if not client._encoder.takes(size):
+            refused = client._encoder.refusal(frame)
+            if refused is not None:
                 self._counters.broadcasts_dropped += 1
                 self._bursts.warn(
                     "broadcast dropped",
-                    f"client {client.id!r} takes frames of at most max_frame_size="
-                    f"{client._encoder.frame_limit} bytes, as its handshake said: a broadcast "
-                    f"of {size} bytes was not sent to it",
+                    f"client {client.id!r} announced {client._encoder.peers_limits} in its "
+                    f"handshake: a broadcast it would refuse was not sent to it ({refused})",
                 )
                 continue
             if outbox.has_room(size):
@@ -613,6 +613,7 @@ class Server(HandlerMethods):
         shm: int | None = None
         batches: EventBatches | None = None
         frame: Any = None  # the largest frame the client takes, if its hello said
+        objects: Any = None  # and the objects it decodes from one
         # Until the transport's own handshake is done (TLS), nothing of ours can be written:
         # a plain reject inside a TLS session reads to the client as a broken TLS server.
         secured = self._transport.kind != "tls"
@@ -626,6 +627,7 @@ class Server(HandlerMethods):
                     shm = shared_offer(hello.extra.get("shm"))
                     batches = codec.event_batches(hello.extra.get("batch"), self._config.limits)
                     frame = hello.extra.get("frame")
+                    objects = hello.extra.get("objects")
                     client_id = hello.id
                 else:  # nothing on the wire names the client: the server does
                     self._accepted += 1
@@ -696,7 +698,7 @@ class Server(HandlerMethods):
         ):
             client._shared_accept = shm
         client._outbox.rebatch(batches)
-        client._keep_to_peer(frame)  # (its outbox is new: what we kept for it, below)
+        client._keep_to_peer(frame, objects)  # (its outbox is new: kept for it, below)
         overtaken = self._newest.get(client_id)
         if overtaken is not None and previous is None:
             previous = overtaken  # (still waiting to replace; the same notice, in its handshake)
@@ -765,8 +767,9 @@ class Server(HandlerMethods):
             extra["acked"] = self._welcome_acked(client, offer)
         if client._shared_accept is not None:
             extra["shm"] = self._config.max_shared_bytes
-        if self._codec.handshake:  # the largest frame we take (protocol.md 3.4)
+        if self._codec.handshake:  # the largest frame we take, its objects (protocol.md 3.4)
             extra["frame"] = self._config.max_frame_size
+            extra["objects"] = self._config.max_decoded_objects
         if client._outbox.batches is not None:  # the hello announced what it takes: so do we
             batch_limit = self._codec.batch_limit(self._config.limits)
             if batch_limit:
@@ -902,15 +905,15 @@ class Server(HandlerMethods):
                 keeping.cancel()  # it is back
             kept = self._streams.sender_of(client.id)
             # What it would refuse now goes not (see Peer._keep_to_peer, which set its limit).
-            if kept is not None and client._encoder.peers_limit:
-                refused = kept.drop_refused(client._encoder.takes)
+            if kept is not None and client._encoder.peers_limits:
+                refused = kept.drop_refused(client._encoder.refusal)
                 if refused:
                     self._reported(client.id, refused)
                     self._log.warning(
                         f"{len(refused)} event(s) kept for client {client.id!r} (seq "
-                        f"{refused[0][0]}..{refused[-1][0]}) are larger than the max_frame_size="
-                        f"{client._encoder.frame_limit} its handshake announced: given up, not "
-                        "sent; see Server.unacknowledged"
+                        f"{refused[0][0]}..{refused[-1][0]}) are beyond the "
+                        f"{client._encoder.peers_limits} its handshake announced: given up, "
+                        "not sent; see Server.unacknowledged"
                     )
             sender, sent = self._streams.join(
                 client.id, offer.session, offer.peer, offer.last, client._outbox

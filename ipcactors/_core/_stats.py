@@ -137,7 +137,7 @@ class ServerStatistics:
     #: Clients disconnected by ``broadcast`` for not reading (``slow_consumer="disconnect"``).
     slow_consumers: int
     #: Broadcast frames not sent to a client too slow to read (``slow_consumer="drop"``), or
-    #: larger than the max_frame_size its handshake announced.
+    #: beyond the max_frame_size or max_decoded_objects its handshake announced.
     broadcasts_dropped: int
     #: Clients dropped because nothing came from them within
     #: ``heartbeat_interval + heartbeat_timeout`` (frozen, hung or vanished).

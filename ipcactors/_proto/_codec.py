@@ -158,6 +158,9 @@ class Encoder(ABC):
     frame_limit: int
     #: The peer announced a max_frame_size smaller than ours: the one frames keep to.
     peers_limit = False
+    #: What the peer announced that is less than ours (``max_frame_size=1024``, say, or
+    #: ``max_decoded_objects=2048``: frames keep to it), for messages; ``""``: nothing.
+    peers_limits = ""
 
     def _too_large(self, size: int, limit: int, datagram: bool) -> IPCError:
         """What a frame of ``size`` bytes over ``limit`` is (nothing sent): a datagram
@@ -169,16 +172,18 @@ class Encoder(ABC):
             )
         return FrameTooLargeError(size, limit, peers=self.peers_limit)
 
-    def takes(self, size: int) -> bool:
-        """Whether the peer takes a frame of ``size`` bytes (header included) made by another
-        encoder (a broadcast's, encoded once within our own limit)."""
-        return True
+    def refusal(self, frame: Frame) -> IPCError | None:
+        """What the peer would refuse ``frame`` for, made within our own limits (by another
+        encoder: a broadcast's, encoded once; or before the peer's handshake announced what
+        it takes): the error sending it would raise, or ``None`` if it takes it."""
+        return None
 
-    def keep_to(self, announced: Any) -> bool:
-        """The peer's handshake announced the largest frame body it takes (``frame``;
-        anything but an int of at least 1024, ``None`` included, announces nothing): frames
-        keep to it too, where it is smaller than ours (then returns True, and
-        :attr:`frame_limit` is it). A codec without a handshake never hears one."""
+    def keep_to(self, frame: Any, objects: Any) -> bool:
+        """The peer's handshake announced the largest frame body it takes (``frame``) and
+        how many objects it decodes from one (``objects``; anything but an int of at least
+        1024, ``None`` included, announces nothing): frames keep to them too, where they are
+        less than ours (then returns True: see :attr:`peers_limits`). A codec without a
+        handshake never hears one."""
         return False
 
     @abstractmethod

@@ -46,6 +46,7 @@ import struct
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Final
 
 import msgpack
@@ -87,6 +88,7 @@ from ._messages import (
     Share,
     SharedFrame,
     Welcome,
+    frame_size,
 )
 
 __all__ = [
@@ -132,6 +134,8 @@ _SMALLEST_BATCH: Final = 256  # a peer announcing less is sent no batches (nothi
 #: The smallest max_frame_size a handshake's ``frame`` announces (Config's floor); less is
 #: no announcement (protocol.md 3.4).
 MIN_ANNOUNCED_FRAME: Final = 1024
+#: Likewise the smallest max_decoded_objects a handshake's ``objects`` announces.
+MIN_ANNOUNCED_OBJECTS: Final = 1024
 _packb: Final = msgpack.packb  # (a sequenced batch's seq: once per batch)
 
 # A body at least this long is kept apart from its header instead of being concatenated with it,
@@ -382,6 +386,7 @@ class MsgpackEncoder(Encoder):
     ) -> None:
         super().__init__()
         self._limits = limits
+        self._counted = limits  # what a frame's objects are counted against (see keep_to)
         self._count_above = limits.max_decoded_objects
         self._set_limit(limits.max_frame_size)
         self._data_budget = limits.max_depth - 1  # the envelope is the first level
@@ -501,15 +506,35 @@ class MsgpackEncoder(Encoder):
         # budget: one byte each at least) and goes in one piece: it needs no check.
         self._whole_up_to = min(self._count_above, limit, SEPARATE_BODY_AT - 1)
 
-    def takes(self, size: int) -> bool:
-        return not self.peers_limit or size - HEADER_SIZE <= self.frame_limit
+    def refusal(self, frame: Frame) -> IPCError | None:
+        if not self.peers_limits:
+            return None
+        size = frame_size(frame)
+        body = size - HEADER_SIZE
+        if body > self.frame_limit:
+            return self._too_large(size, self.frame_limit, self._datagrams)
+        if body > self._count_above:  # (else it cannot hold too many)
+            whole = frame if isinstance(frame, bytes) else b"".join(frame)
+            try:
+                self._count(b"", whole[HEADER_SIZE:], False)
+            except EncodeError as exc:
+                return exc
+        return None
 
-    def keep_to(self, announced: Any) -> bool:
-        own = self._limits.max_frame_size
-        smaller = type(announced) is int and MIN_ANNOUNCED_FRAME <= announced < own
+    def keep_to(self, frame: Any, objects: Any) -> bool:
+        own = self._limits
+        smaller = type(frame) is int and MIN_ANNOUNCED_FRAME <= frame < own.max_frame_size
+        fewer = type(objects) is int and MIN_ANNOUNCED_OBJECTS <= objects < own.max_decoded_objects
         self.peers_limit = smaller
-        self._set_limit(announced if smaller else own)
-        return smaller
+        announced = [f"max_frame_size={frame}"] if smaller else []
+        self._counted = own
+        if fewer:
+            announced.append(f"max_decoded_objects={objects}")
+            self._counted = replace(own, max_decoded_objects=objects)
+        self.peers_limits = " and ".join(announced)
+        self._count_above = self._counted.max_decoded_objects
+        self._set_limit(frame if smaller else own.max_frame_size)
+        return smaller or fewer
 
     def _framed(self, head: bytes, value: Any, tail: Any = None) -> Frame:
         """The frame whose body is ``head`` followed by ``value`` packed (then ``tail`` packed,
@@ -575,11 +600,13 @@ class MsgpackEncoder(Encoder):
         # Around the data: the envelope's array, its kind and name (or id), and what trails.
         outside = (3 + trailing, 1) if head else ()
         try:
-            check_objects(memoryview(packed), self._limits, *outside)
+            check_objects(memoryview(packed), self._counted, *outside)
         except DecodeError as exc:
+            peers = self._counted is not self._limits  # (its handshake announced less)
+            whose = "the peer announced that budget in its handshake, and" if peers else "the peer"
             raise EncodeError(
-                f"{exc}; the peer would refuse it. Send large arrays as bytes or numpy "
-                "arrays, or raise max_decoded_objects on both sides"
+                f"{exc}; {whose} would refuse it. Send large arrays as bytes or numpy arrays, "
+                "or raise max_decoded_objects on both sides"
             ) from None
 
     def _with_tail(self, head: bytes, packed: bytes, tail: bytes) -> Frame:
