@@ -362,3 +362,28 @@ async def test_a_string_node_sends_can_be_sent_back(socket_dir: str) -> None:
                 while not received.endswith(b"\f"):
                     received += await node.receive()
         assert json.loads(received[:-1]) == {"type": "echoed", "data": "a\ud800\u00e9"}
+
+
+async def test_peers_of_two_codecs_are_told_the_codecs_may_differ(
+    socket_dir: str, log_lines: list[str]
+) -> None:
+    """Both ends must use the same codec: a msgpack client that meets a node-ipc server, and a
+    node-ipc client that meets a msgpack one, say that the codecs may differ. They said "the
+    peer closed the connection without a word", and "a node-ipc frame is a JSON object" with
+    the msgpack frame's first bytes."""
+    async with Actor("world", socket_root=socket_dir, codec="node-ipc", silent=True) as world:
+        await world.serve()
+        async with Actor("hello", socket_root=socket_dir, stop_retrying=0, silent=True) as hello:
+            with anyio.fail_after(5), pytest.raises(ipcactors.ConnectionFailedError) as caught:
+                await hello.connect_to("world")
+    assert "Config.codec" in str(caught.value)
+    async with Actor("world", socket_root=socket_dir, silent=True) as world:
+        await world.serve()
+        options = {"codec": "node-ipc", "stop_retrying": 0}
+        async with Actor("hello", socket_root=socket_dir, **options) as hello:
+            connection = await hello.connect_to("world")
+            await connection.emit("news", 1)  # (what the server answers with its reject)
+            with anyio.fail_after(5):
+                while connection.connected:
+                    await anyio.sleep(0.01)
+    assert any("that peer's codec is msgpack" in line for line in log_lines), log_lines

@@ -44,20 +44,24 @@ async def run_handshake(stream: ByteStream, session: Session, *, pipelined: bool
     channel to send with the first frames, in one write). Raises what the session raises, and
     :class:`ConnectionResetError` if the peer closes the connection meanwhile
     (:class:`SaidNothing` if it had sent nothing)."""
-    heard = False
+    heard = said = False
     while True:
         if pipelined and session.may_send:
             return  # what is left to send (the hello, or the proof) goes with the first frames
         data = session.data_to_send()
         if data:
             await stream.send(data)
+            said = True
         if not session.handshaking:
             return
         try:
             received = await stream.receive(RECEIVE_SIZE)
         except anyio.EndOfStream:
             if not heard:
-                raise SaidNothing("the peer closed the connection without a word") from None
+                why = "the peer closed the connection without a word"
+                if said:  # (at our hello: a node-ipc server, say, does)
+                    why += " at our hello (so does a server of another Config.codec)"
+                raise SaidNothing(why) from None
             raise ConnectionResetError(
                 "the peer closed the connection during the handshake"
             ) from None

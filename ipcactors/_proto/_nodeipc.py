@@ -117,8 +117,11 @@ def _check_frame_start(pending: bytearray) -> None:
     it speaks, not whenever its bytes happen to hold the delimiter."""
     first = pending[:_START_WINDOW].lstrip(_JSON_SPACE)[:1]
     if first and first != b"{":
+        # ipcactors' own frames: a 4-byte length, then the body's array (of 2 to 4 items).
+        native = len(pending) >= 5 and pending[0] == 0 and 0x92 <= pending[4] <= 0x94
+        hint = " (an ipcactors frame: that peer's codec is msgpack)" if native else ""
         raise DecodeError(
-            f"a node-ipc frame is a JSON object; this one starts with {bytes(pending[:8])!r}"
+            f"a node-ipc frame is a JSON object; this one starts with {bytes(pending[:8])!r}{hint}"
         )
 
 
