@@ -964,7 +964,7 @@ async def test_a_child_whose_sibling_is_gone_stops_within_the_grace_and_says_wha
     default, as long as shutdown_timeout), was SIGTERMed before it could say what it lost,
     and the stop took the whole grace and more. The stop message now says how long the child
     has, and its close keeps within that."""
-    with anyio.fail_after(20):  # (a grace of 1 s left a loaded machine 0.25 s to exit)
+    with anyio.fail_after(20):
         async with supervisor(socket_dir, shutdown_timeout=2.5, acked=acked) as sup:
             await sup.spawn(_workers.sibling_echo, id="dst", restart="temporary")
             await sup.spawn(_workers.queues_for, "dst", id="src")
@@ -976,7 +976,8 @@ async def test_a_child_whose_sibling_is_gone_stops_within_the_grace_and_says_wha
             assert await sup.request("src", "queue", 3) is False
             leaving = anyio.current_time()
         took = anyio.current_time() - leaving
-    assert not any("did not stop" in line for line in log_lines), log_lines
+    # (dst's exit, after SIGKILL, may be reported after the stop began: "dst did not stop")
+    assert not any("'src' did not stop" in line for line in log_lines), log_lines
     assert any("'src' stopped (exited with code 0)" in line for line in log_lines), log_lines
     assert took < 5  # (a hang guard: the two asserts above say it stopped within its grace)
     lost = "never acknowledged" if acked == "on" else "were never sent"
