@@ -380,6 +380,17 @@ class Channel:
         """Return once :meth:`run` is over: its handlers done (or cancelled)."""
         await self._ended.wait()
 
+    async def wait_ended_or_quiet(self, quiet: float) -> None:
+        """Return once :meth:`run` is over, or once what arrived is handled (the inbox empty)
+        and nothing more came for ``quiet`` seconds: a peer with nothing more to send, its
+        connection still open (a leftover that a newer connection replaced, say)."""
+        while not self._ended.is_set():
+            silent = monotonic() - self._received_at
+            if not self._inbox and silent >= quiet:
+                return
+            with anyio.move_on_after(max(quiet - silent, quiet / 4)):
+                await self._ended.wait()
+
     async def wait_opened(self) -> None:
         """Return once the opening is done (or the channel ended without finishing it)."""
         if not self._opened.is_set():

@@ -11,8 +11,8 @@ Invariants:
 - ``max_connections`` holds for every transport: a client beyond it is refused with
   ``reject(busy)``. It counts the clients and the connections replaced that still finish
   what they got (``_retiring``). A newcomer that replaces its id's connection takes its place
-  (a live one is aborted at once; one whose input ended finishes within ``close_timeout``),
-  unless that id already has a connection finishing so: then it adds one. So one id's storm
+  (which finishes within ``close_timeout``, see below), unless that id already has a
+  connection finishing so: then it adds one. So one id's storm
   of reconnects is held to the limit, and the server to twice the limit at most.
 - Unfinished handshakes have a budget of their own (``max_handshakes``) and one deadline each
   (``handshake_timeout``, however the bytes trickle in). A connection that finds the budget
@@ -30,18 +30,21 @@ Invariants:
 - One id, one connection: a client that connects with an id already connected replaces the
   older connection (usually a half-open leftover of a reconnect), which is told (``reject
   replaced``, within ``REPLACED_NOTICE_WAIT``: a live client with the same id then gives up
-  instead of replacing the newer one in turn) and closed. One whose input had ended (it
-  closed, or the link broke) is not cut short: what it sent is handled before the newcomer's
-  events (within ``close_timeout``; in the acknowledged mode, a handler cancelled then has
-  its event delivered again, the welcome's ``last`` not counting it), the newcomer welcomed
-  at once meanwhile; until it ends it is ``_retiring``, closed with the server although no
-  longer in ``clients``, and is told nothing (its client closed: a write would fail, and cut
-  its handling short). The newcomer's ``connect`` handlers run once the connections it
-  replaced are gone (their ``disconnect`` handlers done); closed before that, it has no
-  ``disconnect`` either. Newcomers with one id are ordered as their handshakes end
-  (``_newest``): one that a later one overtook while it waited for the notice is refused
-  (``reject replaced``) instead of welcomed, so however many arrive at once, one connection
-  per id is kept and every other one is closed.
+  instead of replacing the newer one in turn) and closed. It is not cut short: what it sent is
+  handled before the newcomer's events (within ``close_timeout``; in the acknowledged mode, a
+  handler cancelled then has its event delivered again, the welcome's ``last`` not counting
+  it), the newcomer welcomed at once meanwhile: up to its end if its input ended (it closed,
+  or the link broke), and if not, up to its end or until it falls quiet (``REPLACED_QUIET``
+  with nothing left to handle: a half-open leftover, at once), for its client may have closed
+  it behind a backlog not yet read, its end of stream behind it. Until it ends it is
+  ``_retiring``, closed with the server although no longer in ``clients``; one whose input
+  ended is told nothing (its client closed: a write would fail, and cut its handling short).
+  The newcomer's ``connect`` handlers run once the connections it replaced are gone (their
+  ``disconnect`` handlers done); closed before that, it has no ``disconnect`` either.
+  Newcomers with one id are ordered as their handshakes end (``_newest``): one that a later
+  one overtook while it waited for the notice is refused (``reject replaced``) instead of
+  welcomed, so however many arrive at once, one connection per id is kept and every other one
+  is closed.
 - A held server (``_hold()``, before it starts: a supervised child until its function has
   registered its handlers) welcomes no one until ``_release()``. A client whose handshake is
   done waits, outside the ``max_handshakes`` budget but counted in ``max_connections``, and
@@ -114,6 +117,9 @@ _ACCEPT_BACKOFF = 0.1
 #: s a reconnecting client waits, at most, for the notice to its previous connection (``reject
 #: replaced``) to be written, when it could not be written at once (TLS, a busy writer).
 REPLACED_NOTICE_WAIT = 0.5
+#: s a replaced connection still open may send nothing, with nothing left to handle, before it
+#: is closed: a leftover that sends no more holds up its newcomer's events no longer.
+REPLACED_QUIET = 0.1
 # The share of handshake_timeout a held client waits for the server to be ready: refused a little
 # before the client's own deadline, it learns why instead of timing out.
 HOLD_SHARE = 0.9
@@ -153,6 +159,7 @@ class Client(Peer):
         # connections it replaced may be closed before: see Server._after_retiring).
         self._announced = True
         self._left: Flag | None = None  # set once it left, disconnect handlers done (retiring)
+        self._replaced_open = False  # replaced while its input went on: it finishes till quiet
 
     def __repr__(self) -> str:
         return f"<Client {self.id!r}>"
@@ -220,8 +227,10 @@ class Client(Peer):
 
     @property
     def _finishing(self) -> bool:
-        """Whether its input ended while its channel still handles what came before."""
-        return self._channel is not None and self._channel.input_ended
+        """Whether its channel still handles what came before its input ended, or before a
+        newcomer with its id replaced it."""
+        channel = self._channel
+        return channel is not None and (channel.input_ended or self._replaced_open)
 
     def _close_soon(self) -> None:
         group = self._server._task_group
@@ -740,7 +749,10 @@ class Server(HandlerMethods):
                         await previous._outbox.wait_flushed()
             previous._outbox.close(ClosedError(f"client {client.id!r} reconnected"))
             if channel is not None and not channel.input_ended:
-                channel.abort()  # a leftover still reading: closed at once
+                # Its client may have closed it behind a backlog we have not read yet (its end
+                # of stream behind it): what it sent is handled too, up to its end or until it
+                # falls quiet (a half-open leftover: at once), within close_timeout.
+                previous._replaced_open = True
             if self._newest.get(client.id) is not client:  # a newer one came meanwhile
                 message = f"another connection with the id {client.id!r} took this one's place"
                 await self._refuse(stream, session, "replaced", message)
@@ -840,7 +852,10 @@ class Server(HandlerMethods):
             channel = previous._channel
             if channel is not None:
                 with anyio.move_on_after(wait):
-                    await channel.wait_ended()
+                    if previous._replaced_open:
+                        await channel.wait_ended_or_quiet(REPLACED_QUIET)
+                    else:
+                        await channel.wait_ended()
                 channel.abort(
                     "a newer connection with its id replaced the one they came on, which did "
                     f"not handle them within close_timeout ({wait:g} s)"
