@@ -65,3 +65,32 @@ async def stubborn_starter(actor: ipcactors.Actor) -> None:
     parent.on("pids", lambda data: {"group": [process.pid], "daemon": None})
     with anyio.CancelScope(shield=True):
         await anyio.sleep(60)
+
+
+async def heavy_forker(actor: ipcactors.Actor, mib: int) -> None:
+    """Forks without exec (as multiprocessing's "fork" start method does) a grandchild that
+    holds ``mib`` MiB, touched, and this child's listening socket; SIGKILLed, it takes a while
+    to free that memory. Answers ``"pids"`` with the grandchild's pid once it holds it all."""
+    parent = actor.parent
+    assert parent is not None
+    ready, said = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the grandchild: never returns)
+        try:
+            block = bytearray(mib << 20)
+            for at in range(0, len(block), 4096):
+                block[at] = 1
+            os.write(said, b"x")
+            signal.pause()
+        finally:
+            os._exit(0)
+    holding = anyio.Event()
+
+    async def pids(data: object) -> list[int]:
+        await holding.wait()
+        return [pid]
+
+    parent.on("pids", pids)
+    await anyio.to_thread.run_sync(os.read, ready, 1)
+    holding.set()
+    await anyio.sleep_forever()

@@ -125,6 +125,30 @@ async def test_grandchildren_gone_after_one_for_one_restart(
         await wait_until(none_alive([*before["b"], *after]))
 
 
+async def test_a_child_whose_grandchild_is_slow_to_die_restarts_once(
+    socket_dir: str, strays: list[psutil.Process]
+) -> None:
+    """supervisor.md: one_for_one restarts that child; what is left of its group gets SIGKILL
+    before. A grandchild forked without exec holds the child's listening socket, and one with
+    gigabytes takes tens of milliseconds to die: the forkserver reported the exit at once,
+    the restarted child met its predecessor's socket still listening (AddressInUseError), and
+    each restart failed so, until the supervisor gave up (RestartIntensityError) after one
+    crash. The exit is now reported once the group is gone."""
+    with anyio.fail_after(30):
+        async with supervisor(socket_dir, max_restarts=3, max_seconds=5.0) as sup:
+            await sup.spawn(_pgroup_workers.heavy_forker, 2048, id="heavy")
+            grandchild = await sup.request("heavy", "pids", timeout=20)
+            track(strays, grandchild)
+            old_pid = sup.children["heavy"].pid
+            assert old_pid is not None
+            os.kill(old_pid, signal.SIGKILL)
+            await wait_until(lambda: sup.children["heavy"].pid != old_pid, timeout=20)
+            track(strays, await sup.request("heavy", "pids", timeout=20))
+            assert sup.children["heavy"].running
+            assert sup.children["heavy"].restarts == 1
+            assert not alive(grandchild[0])
+
+
 async def test_a_daemon_that_left_the_group_survives_shutdown(
     socket_dir: str, strays: list[psutil.Process]
 ) -> None:

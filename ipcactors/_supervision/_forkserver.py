@@ -42,8 +42,11 @@ Invariants owned here:
   are not collected: at most what the forkserver held when it forked.
 - Signal, then reap: when a child exits, what is left of its group (processes it started and
   did not stop) gets SIGKILL while the child is still a zombie holding the group id, and only
-  then is the child reaped. A process that left the group (``setsid()``, ``setpgid()``) is not
-  signalled: that is how a child hands a daemon off on purpose.
+  then is the child reaped. Its exit is reported once the group is gone (within
+  ``GROUP_GONE_WAIT``): a SIGKILLed process takes a while to die (tens of milliseconds to free
+  gigabytes), and one forked without exec holds the child's listening socket meanwhile, which
+  its restart would meet still listening. A process that left the group (``setsid()``,
+  ``setpgid()``) is not signalled: that is how a child hands a daemon off on purpose.
 
 - A spare child, at most one: forked when the supervisor says a child is ready (``["spare",
   backend, uvloop]``; not sooner, or its start would compete with that child's for the CPU), it
@@ -69,6 +72,7 @@ import shutil
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 from typing import Any, Final, NoReturn, cast
 
@@ -88,6 +92,8 @@ __all__ = [
 
 MAX_MESSAGE: Final = 1024 * 1024  # control messages are small: ids, module names, sys.path
 LIFELINE_WAIT: Final = 2.0  # s: after the parent-death signal, for the supervisor's end
+#: s an exit report waits, at most, for what was left of the child's group to be gone
+GROUP_GONE_WAIT: Final = 1.0
 _MAX_FDS: Final = 4
 
 
@@ -313,7 +319,8 @@ def _reap(ctl: socket.socket, children: set[int], spares: _Spares) -> None:
 
 
 def reap(children: set[int], report: Callable[[int, int], None]) -> None:
-    """Reap every child that exited, its group SIGKILLed first, and ``report(pid, code)``."""
+    """Reap every child that exited, its group SIGKILLed first, and ``report(pid, code)``
+    once the group is gone (see ``_wait_group_gone``)."""
     while children:
         # Look without reaping: the zombie keeps its pid, and so its group id, ours.
         try:
@@ -323,11 +330,30 @@ def reap(children: set[int], report: Callable[[int, int], None]) -> None:
         if found is None:
             return
         pid = found.si_pid
-        if pid in children:
+        ours = pid in children
+        if ours:
             _killpg(pid, signal.SIGKILL)  # what it started and left behind
         _, status = os.waitpid(pid, 0)
+        if ours:
+            _wait_group_gone(pid)
         children.discard(pid)
         report(pid, os.waitstatus_to_exitcode(status))
+
+
+def _wait_group_gone(pgid: int) -> None:
+    """Wait until no process is left in group ``pgid`` (SIGKILLed, its leader reaped: the id
+    is not reused while a member lives), for at most ``GROUP_GONE_WAIT``; at once if none."""
+    deadline = time.monotonic() + GROUP_GONE_WAIT
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            pass  # (a member that changed its user: it is there all the same)
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.005)
 
 
 def _handle(ctl: socket.socket, children: set[int], spares: _Spares) -> str:
