@@ -8,6 +8,11 @@ Invariants:
   a request in this process to the actor whose handler exited). Anything else in the group
   keeps it an error. The same holds for ``KeyboardInterrupt`` under ``run()``: it leaves as
   from ``main``, alone.
+- What a stop causes (SIGTERM or Ctrl-C under ``run()``, a supervised child's stop message) is
+  no error of the function it ends: a :class:`ClosedError` from a supervisor or actor the stop
+  closed, and a :class:`ChildExitedError` of a request to a child it stopped (one whose
+  handler outlasted ``shutdown_timeout``), alone or in a group of nothing else
+  (:func:`caused_by_shutdown`).
 - On asyncio a ``SystemExit`` raised in a task leaves the loop at once (asyncio re-raises it out
   of the task), and the tasks it cut short are cancelled as the loop closes; asyncio then
   reports those that ended with the exit's groups as unhandled. Under ``run()`` such reports are
@@ -19,13 +24,29 @@ from __future__ import annotations
 
 import warnings
 
-from ._errors import ClosedError, ConnectionLostError
+from ._errors import ChildExitedError, ClosedError, ConnectionLostError
 from ._transports._backend import drop_loop_reports
 
-__all__ = ["leaving", "quiet_exit_reports", "quiet_unstarted_tasks", "system_exit"]
+__all__ = [
+    "SHUTDOWN_CAUSES",
+    "caused_by_shutdown",
+    "leaving",
+    "quiet_exit_reports",
+    "quiet_unstarted_tasks",
+    "system_exit",
+]
 
 #: Beside a SystemExit in a group: the exit's doing, not errors of their own.
 _ITS_DOING = (ClosedError, ConnectionLostError)
+#: What a stop causes (see the invariants).
+SHUTDOWN_CAUSES = (ClosedError, ChildExitedError)
+
+
+def caused_by_shutdown(exc: BaseException) -> bool:
+    """Whether ``exc`` is one of :data:`SHUTDOWN_CAUSES`, or a group of nothing else."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(SHUTDOWN_CAUSES)[1] is None
+    return isinstance(exc, SHUTDOWN_CAUSES)
 
 
 def quiet_unstarted_tasks() -> None:

@@ -11,10 +11,11 @@ Invariants:
   and taken as if received there, never met by Python's defaults (a ``KeyboardInterrupt``
   traceback, death by SIGTERM).
 - Either way the process exits with status 128 + the signal number, without a traceback for
-  what the shutdown itself causes: a :class:`ClosedError` from a supervisor or actor the
-  shutdown closed (e.g. the next ``request``) ends the main function and is not an error. Any
-  other exception still comes out. Code after an actor's or supervisor's ``async with`` block
-  does not run once the shutdown started (see ``_runtime``).
+  what the shutdown itself causes (``_exits.caused_by_shutdown``): a :class:`ClosedError` from
+  a supervisor or actor the shutdown closed (e.g. the next ``request``), or a
+  :class:`ChildExitedError` of a request to a child it stopped, ends the main function and is
+  not an error. Any other exception still comes out. Code after an actor's or supervisor's
+  ``async with`` block does not run once the shutdown started (see ``_runtime``).
 - Signals reach only the main thread: ``run`` in another thread runs without handling them.
 - ``sys.exit(n)`` in a handler exits the process with ``n``, as in ``main`` (and as in a
   supervised child), whatever task groups it crossed on its way out.
@@ -32,8 +33,14 @@ from typing import Any, Literal, TypeVar
 import anyio
 from loguru import logger
 
-from ._errors import ClosedError, ConfigError, IPCError
-from ._exits import leaving, quiet_exit_reports, quiet_unstarted_tasks
+from ._errors import ConfigError, IPCError
+from ._exits import (
+    SHUTDOWN_CAUSES,
+    caused_by_shutdown,
+    leaving,
+    quiet_exit_reports,
+    quiet_unstarted_tasks,
+)
 from ._runtime import Runtime, close_in_order, set_runtime
 from ._supervision._target import refuse_in_main_script
 from ._transports._backend import check_backend, running_asyncio_loop, thread_runs_trio
@@ -84,13 +91,13 @@ def run(
         except (SystemExit, KeyboardInterrupt):
             quiet_unstarted_tasks()  # (asyncio re-raises them out of the loop at once)
             raise
-        except (ClosedError, BaseExceptionGroup) as exc:
+        except (*SHUTDOWN_CAUSES, BaseExceptionGroup) as exc:
             # sys.exit() or Ctrl-C in a handler: out through the task groups, alone.
             exiting = leaving(exc)
             if exiting is not None:
                 quiet_unstarted_tasks()
                 raise exiting from None
-            if runtime.signal is None or not _caused_by_shutdown(exc):
+            if runtime.signal is None or not caused_by_shutdown(exc):
                 raise
             logger.debug(f"the main function ended with what the shutdown caused: {exc!r}")
     if runtime.signal is None and runtime.signals.kept:  # came as the loop ended
@@ -135,13 +142,6 @@ def _not_awaitable(async_fn: object, result: object) -> ConfigError:
         f"run() takes an async function, and {name}() returned {type(result).__name__}, "
         "not an awaitable: define it with `async def`"
     )
-
-
-def _caused_by_shutdown(exc: BaseException) -> bool:
-    """Whether ``exc`` is a :class:`ClosedError`, or a group of nothing else."""
-    if isinstance(exc, BaseExceptionGroup):
-        return exc.split(ClosedError)[1] is None
-    return isinstance(exc, ClosedError)
 
 
 async def _main(

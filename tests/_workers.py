@@ -282,3 +282,11 @@ async def queues_for(actor: ipcactors.Actor, sibling: str) -> None:
     links.append(await actor.connect_to(sibling))
     connected.set()
     await anyio.sleep_forever()
+
+
+async def starts_a_child(actor: ipcactors.Actor) -> None:
+    """A supervisor inside a child, with one child: a stop that comes as soon as this child is
+    ready finds its supervisor starting (its forkserver, then the spawn)."""
+    async with ipcactors.Supervisor(id=f"{actor.id}-sup") as sup:
+        await sup.spawn(echo, "inner", id=f"{actor.id}-inner")
+        await anyio.sleep_forever()

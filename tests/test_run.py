@@ -368,6 +368,43 @@ def test_a_signal_as_the_loop_starts_watching_is_the_first_signal(
     assert "Traceback" not in done.stderr
 
 
+SLOW_REQUEST = textwrap.dedent(
+    """
+    import sys, time
+    import anyio, ipcactors
+
+    async def worker(actor):
+        actor.parent.on("work", lambda seconds: time.sleep(seconds))  # (blocks its loop)
+        await anyio.sleep_forever()
+
+    async def main():
+        async with ipcactors.Supervisor(
+            socket_root=sys.argv[2], shutdown_timeout=0.5, terminate_timeout=1.0
+        ) as sup:
+            await sup.spawn(worker, id="w")
+            print("MAIN", flush=True)
+            await sup.request("w", "work", 10, timeout=30)
+
+    if __name__ == "__main__":
+        ipcactors.run(main, backend=sys.argv[1])
+    """
+)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_request_to_a_child_the_shutdown_stopped_ends_main_quietly(
+    backend: str, socket_dir: str, tmp_path: os.PathLike[str]
+) -> None:
+    """guide.md: what the shutdown itself causes is not an error. A request in flight to a
+    child whose handler outlasted shutdown_timeout (the child then SIGTERMed) raised
+    ChildExitedError out of main: a traceback, and exit code 1 instead of 143."""
+    script = os.path.join(str(tmp_path), "slow_request.py")
+    with open(script, "w") as file:
+        file.write(SLOW_REQUEST)
+    _, err = _interrupted([sys.executable, script, backend, socket_dir], "MAIN", signal.SIGTERM)
+    assert "ChildExitedError" not in err
+
+
 EXITING_HANDLER = textwrap.dedent(
     """
     import sys

@@ -733,6 +733,21 @@ async def test_nested_supervisors(socket_dir: str) -> None:
         assert not alive(inner_pid)
 
 
+async def test_a_child_stopped_while_its_own_supervisor_spawns_exits_with_0(
+    socket_dir: str, log_lines: list[str], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """supervisor.md: stopped, a child exits with 0; the stop message first closes the
+    supervisors its function made. One whose supervisor was still starting (its forkserver,
+    then its spawn) had that spawn fail with ClosedError out of its function: a traceback, and
+    exit code 1. What the stop causes is no error, as under run()."""
+    with anyio.fail_after(30):
+        async with supervisor(socket_dir) as sup:
+            await sup.spawn(_workers.starts_a_child, id="middle")
+            await sup.stop("middle")  # (its own supervisor starts meanwhile)
+    assert any("'middle' stopped (exited with code 0)" in line for line in log_lines), log_lines
+    assert "Traceback" not in capfd.readouterr().err
+
+
 async def test_a_request_in_flight_that_needs_a_sibling_is_answered_at_shutdown(
     socket_dir: str,
 ) -> None:

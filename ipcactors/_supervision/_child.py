@@ -44,7 +44,7 @@ from .._actor import Actor
 from .._config import Config
 from .._core._connection import Connection
 from .._errors import IPCError, RestartIntensityError, message_of
-from .._exits import system_exit
+from .._exits import caused_by_shutdown, system_exit
 from .._proto._msgpack import unpack_value
 from .._runtime import Runtime, close_in_order, set_runtime
 from .._transports._backend import backend_options
@@ -301,6 +301,8 @@ async def _main(spec: dict[str, Any], fn: Callable[..., Any]) -> int:
                         code = 1
                     raise
                 except Exception as exc:
+                    if runtime.signal is not None and caused_by_shutdown(exc):
+                        return  # the stop's doing (a supervisor of fn's it closed): no error
                     traceback.print_exc()
                     code = 1
                     gave_up = _escalation(exc)
