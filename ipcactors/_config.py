@@ -276,10 +276,12 @@ class Config:
             "ack_interval",
             "acked_keep",
         ):
-            check_seconds(name, getattr(self, name))
+            # Kept as the float it is: an int the size of 1e308 overflows the arithmetic on it
+            # (a close's deadline), where the float goes to infinity.
+            object.__setattr__(self, name, check_seconds(name, getattr(self, name)))
         for name in ("heartbeat_interval", "idle_timeout"):
             if getattr(self, name) is not None:
-                check_seconds(name, getattr(self, name))
+                object.__setattr__(self, name, check_seconds(name, getattr(self, name)))
         if self.auth_key is not None and (
             not isinstance(self.auth_key, bytes | str)
             or not self.auth_key

@@ -463,3 +463,24 @@ async def test_what_arrived_before_the_peer_closed_is_handled_however_long_it_ta
             # The client went: the server's input from it ended, its handlers still busy.
             await all_handled()
     assert handled == list(range(count))
+
+
+@pytest.mark.parametrize(
+    "seconds",
+    [{"close_timeout": 10**308}, {"heartbeat_interval": 2**1023, "heartbeat_timeout": 2**1023}],
+    ids=["close_timeout", "heartbeats"],
+)
+async def test_an_int_number_of_seconds_a_float_barely_holds_works_as_that_float(
+    seconds: dict[str, int], socket_dir: str
+) -> None:
+    """Config takes any positive number of seconds a float can hold; an int that large was kept
+    as an int, and the arithmetic on it overflowed (close_timeout * 2: leaving the block hung
+    for good, past an enclosing deadline; heartbeats: a bare OverflowError out of the
+    connection's task, ending the block)."""
+    with anyio.fail_after(10):
+        async with Actor("world", socket_root=socket_dir, silent=True, **seconds) as world:
+            server = await world.serve()
+            server.on("echo", lambda data, client: data)
+            async with Actor("hello", socket_root=socket_dir, silent=True, **seconds) as hello:
+                connection = await hello.connect_to("world")
+                assert await connection.request("echo", 1, timeout=5) == 1
