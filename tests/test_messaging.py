@@ -1495,3 +1495,27 @@ async def test_catch_all_on_a_udp_server() -> None:
             while not seen:
                 await anyio.sleep(0.01)
         assert seen == [("ping", 1)]
+
+
+async def test_a_server_sends_to_its_own_clients_only(socket_dir: str) -> None:
+    """Server.emit and Server.request send to one of this server's clients, and raise
+    ClosedError once the server closed. Given another server's client handle, they sent
+    through that server's connection (the peer saw it come from that one), closed or not."""
+    async with (
+        Actor("one", socket_root=socket_dir, silent=True) as one,
+        Actor("two", socket_root=socket_dir, silent=True) as two,
+    ):
+        first, second = await one.serve(), await two.serve()
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            await hello.connect_to("one")
+            with anyio.fail_after(5):
+                while "hello" not in first.clients:
+                    await anyio.sleep(0.01)
+            handle = first.clients["hello"]
+            with pytest.raises(ipcactors.UnknownPeerError, match="'one'"):
+                await second.emit(handle, "news", 1)
+            with pytest.raises(ipcactors.UnknownPeerError, match="'one'"):
+                await second.request(handle, "ask", 1)
+            await second.aclose()
+            with pytest.raises(ipcactors.ClosedError):
+                await second.emit(handle, "news", 1)

@@ -358,6 +358,12 @@ class Server(HandlerMethods):
 
     def _client(self, client: Client | str) -> Client:
         if isinstance(client, Client):
+            self._check_open()
+            if client._server is not self:
+                raise UnknownPeerError(
+                    f"client {client.id!r} is a client of server {client._server._id!r}, not of "
+                    f"{self._id!r}: send through the server it connected to"
+                )
             if not client.connected:
                 raise ClosedError(f"client {client.id!r} is no longer connected")
             return client
@@ -376,15 +382,16 @@ class Server(HandlerMethods):
             raise ClosedError(f"server {self._id!r} is closed")
 
     async def emit(self, client: Client | str, event: str, data: Any = None) -> None:
-        """Send ``event`` to one client, given by its handle or its id. Raises
-        :class:`UnknownPeerError` for an id no client has, :class:`ClosedError` once the
-        client is gone or the server closed."""
+        """Send ``event`` to one of this server's clients, given by its handle or its id.
+        Raises :class:`UnknownPeerError` for an id no client has (or another server's client),
+        :class:`ClosedError` once the client is gone or the server closed."""
         await self._client(client).emit(event, data)
 
     async def request(
         self, client: Client | str, event: str, data: Any = None, *, timeout: float | None = None
     ) -> Any:
-        """Ask one client; returns its handler's answer (see ``Connection.request``)."""
+        """Ask one of this server's clients; returns its handler's answer (see
+        ``Connection.request``). Raises as :meth:`emit` does for the client."""
         return await self._client(client).request(event, data, timeout=timeout)
 
     async def broadcast(self, event: str, data: Any = None) -> None:
