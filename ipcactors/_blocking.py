@@ -53,8 +53,15 @@ from ._core._connection import Connection
 from ._core._server import Client, Server
 from ._core._stats import ConnectionStatistics, ServerStatistics
 from ._core._udp import DatagramPeer, DatagramServer, DatagramStatistics, PeerAddress
-from ._errors import ClosedError, ConfigError, IPCError, exhaustion_raised_as_resource_error
+from ._errors import (
+    ClosedError,
+    ConfigError,
+    IPCError,
+    ReservedEventError,
+    exhaustion_raised_as_resource_error,
+)
 from ._loopthreads import close_at_exit, closed, from_this_thread, signals_deferred
+from ._proto._messages import RESERVED_EVENTS
 from ._transports._backend import being_cancelled, check_backend
 
 __all__ = [
@@ -428,6 +435,12 @@ class BlockingInbox(AbstractContextManager["BlockingInbox"]):
     ) -> None:
         if not events:
             raise ConfigError("inbox() needs at least one event name, e.g. inbox('message')")
+        for event in events:
+            if type(event) is str and event in RESERVED_EVENTS:  # (their handlers differ)
+                raise ReservedEventError(
+                    f"inbox() collects the events a peer sends; {event!r} is a lifecycle "
+                    f"event: register a handler for it with on({event!r}, handler)"
+                )
         if type(max_items) is not int or max_items < 1:
             raise ConfigError(f"max_items must be an int >= 1, got {max_items!r:.80}")
         self._loop = loop

@@ -1033,3 +1033,24 @@ def test_wait_closed_in_a_plain_handler_does_not_hold_up_the_close(
         started = time.monotonic()
     assert time.monotonic() - started < 1.5
     assert outcome == ["IPCError"]
+
+
+def test_an_inbox_is_for_events_a_peer_sends_not_lifecycle_events(
+    backend: Literal["asyncio", "trio"], socket_dir: str
+) -> None:
+    """blocking.md: get() returns (event, data, peer). inbox("connect") (or another lifecycle
+    event) was accepted: on a connection each one logged an IndexError and nothing came; on a
+    server the Client came as the data and the peer as None. Those take handlers (on())."""
+    with (
+        BlockingActor("world", socket_root=socket_dir, backend=backend, **FAST) as world,
+        BlockingActor("hello", socket_root=socket_dir, backend=backend, **FAST) as hello,
+    ):
+        server = world.serve()
+        connection = hello.connect_to("world")
+        for target in (server, connection):
+            for event in ("connect", "disconnect", "error", "destroy"):
+                with pytest.raises(ipcactors.ReservedEventError, match="on\\("):
+                    target.inbox("news", event)
+        with server.inbox("news") as inbox:  # (and nothing was left registered)
+            connection.emit("news", 1)
+            assert inbox.get(timeout=5)[:2] == ("news", 1)
