@@ -287,7 +287,7 @@ class Actor:
         if path is None:
             ensure_socket_dir(
                 self.config.socket_root or default_socket_root(),
-                private=self.config.socket_root is None,
+                private=not self.config.socket_root,  # ("" as None: the default)
             )
             path = self.default_path()
         return UnixTransport(os.path.abspath(path), pass_fds=self._pass_fds)
@@ -582,9 +582,10 @@ def _host(host: object, port: object, by_name: str) -> str | None:
             f"host must be a str (a host name or address), got the int {host}: node-ipc's "
             f"(id, port) shorthand does not work here; pass the port by name: {call}"
         )
-    if type(host) is not str or not host or not is_utf8(host):
+    if type(host) is not str or not host or not is_utf8(host) or "\0" in host:
         raise ConfigError(
-            f"host must be a non-empty str (a host name or address) or None, got {host!r}"
+            f"host must be a non-empty str (a host name or address, without NUL) or None, "
+            f"got {host!r}"
         )
     return host
 

@@ -40,9 +40,9 @@ class Config:
     id: str = ""
     #: Prefix of the default socket file name, as in node-ipc: ``<socket_root>/<appspace><id>``.
     appspace: str = "app."
-    #: Directory of the default socket paths. ``None``: a private per-user directory (mode 0700),
-    #: ``$XDG_RUNTIME_DIR/ipcactors`` or else ``/tmp/ipcactors-<uid>``, so that no other user can
-    #: reach, squat or replace our sockets.
+    #: Directory of the default socket paths. ``None`` (or ``""``): a private per-user directory
+    #: (mode 0700), ``$XDG_RUNTIME_DIR/ipcactors`` or else ``/tmp/ipcactors-<uid>``, so that no
+    #: other user can reach, squat or replace our sockets.
     socket_root: str | None = None
     #: Host for ``serve_net``/``connect_to_net``. Loopback by default: exposing a port beyond this
     #: machine should be a decision (and then use TLS).

@@ -1519,3 +1519,15 @@ async def test_a_server_sends_to_its_own_clients_only(socket_dir: str) -> None:
             await second.aclose()
             with pytest.raises(ipcactors.ClosedError):
                 await second.emit(handle, "news", 1)
+
+
+async def test_off_and_serve_net_refuse_what_names_nothing(socket_dir: str) -> None:
+    """off() with something that is no event name raised a bare TypeError (an unhashable
+    list), and serve_net with a host holding NUL served on what came before the NUL."""
+    async with Actor("world", socket_root=socket_dir, silent=True) as world:
+        server = await world.serve()
+        with pytest.raises(ipcactors.EventNameError):
+            server.off([])  # type: ignore[arg-type]
+    async with Actor("world", socket_root=socket_dir, silent=True) as world:
+        with pytest.raises(ipcactors.ConfigError, match="NUL"):
+            await world.serve_net("127.0.0.1\0junk", 0)

@@ -472,3 +472,18 @@ async def test_serving_short_of_descriptors_is_a_resource_error(
         for name in os.listdir(root):
             os.unlink(os.path.join(root, name))
         os.rmdir(root)
+
+
+async def test_an_empty_socket_root_is_the_default_private_directory(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """socket_root "" named the default directory, as None does, but without its making and
+    its check that it is ours alone: serve() failed with SocketPathError while that directory
+    did not exist yet, and took it as it was, whoever could write into it."""
+    runtime = tmp_path_factory.mktemp("rt")
+    os.chmod(runtime, 0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    async with Actor("world", socket_root="", silent=True) as world:
+        server = await world.serve()
+        assert str(server.address) == str(runtime / "ipcactors" / "app.world")
+        assert stat.S_IMODE(os.stat(runtime / "ipcactors").st_mode) == 0o700

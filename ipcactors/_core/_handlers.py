@@ -167,6 +167,8 @@ class Handlers:
 
     def off(self, event: str, handler: Handler | None = None) -> None:
         """Remove ``handler`` from ``event``, or every handler of ``event`` when ``None``."""
+        if type(event) is not str or not event:
+            raise EventNameError(f"an event name must be a non-empty str, got {event!r:.80}")
         if handler is None:
             self._by_event.pop(event, None)
         else:

@@ -371,7 +371,7 @@ class Supervisor:
             _check_remote_support()
         self._entered = True
         root = self.config.socket_root or default_socket_root()
-        ensure_socket_dir(root, private=self.config.socket_root is None)
+        ensure_socket_dir(root, private=not self.config.socket_root)  # ("" as None)
         sweep_socket_dirs(root)
         self._dir = make_socket_dir(root)
         try:
