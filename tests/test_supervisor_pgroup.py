@@ -149,6 +149,23 @@ async def test_a_child_whose_grandchild_is_slow_to_die_restarts_once(
             assert not alive(grandchild[0])
 
 
+async def test_what_a_stopped_group_leaves_as_zombies_delays_no_exit_report(
+    socket_dir: str, strays: list[psutil.Process]
+) -> None:
+    """supervisor.md: N children stop in about one shutdown_timeout + terminate_timeout, not N.
+    The forkserver waits for a child's group to be gone before it reports the exit; the
+    processes the group's SIGKILL left are zombies until whoever adopted them reaps them (late,
+    where PID 1 is no init), and a zombie counted as a member: each exit was reported a second
+    late, one after another (4 children: 4 s). A zombie holds nothing open: not waited for."""
+    with anyio.fail_after(30):
+        async with supervisor(socket_dir) as sup:
+            for index in range(4):
+                await sup.spawn(_pgroup_workers.starter, id=f"s{index}")
+                track(strays, (await sup.request(f"s{index}", "pids"))["group"])
+            started = time.monotonic()
+        assert time.monotonic() - started < 2.5  # (stopped at once: they obey the stop)
+
+
 async def test_a_daemon_that_left_the_group_survives_shutdown(
     socket_dir: str, strays: list[psutil.Process]
 ) -> None:

@@ -92,8 +92,9 @@ __all__ = [
 
 MAX_MESSAGE: Final = 1024 * 1024  # control messages are small: ids, module names, sys.path
 LIFELINE_WAIT: Final = 2.0  # s: after the parent-death signal, for the supervisor's end
-#: s an exit report waits, at most, for what was left of the child's group to be gone
-GROUP_GONE_WAIT: Final = 1.0
+#: s an exit report waits, at most, for what was left of the child's group to be gone (less
+#: than the second a request to a child whose connection broke waits for the report)
+GROUP_GONE_WAIT: Final = 0.5
 _MAX_FDS: Final = 4
 
 
@@ -341,19 +342,40 @@ def reap(children: set[int], report: Callable[[int, int], None]) -> None:
 
 
 def _wait_group_gone(pgid: int) -> None:
-    """Wait until no process is left in group ``pgid`` (SIGKILLed, its leader reaped: the id
-    is not reused while a member lives), for at most ``GROUP_GONE_WAIT``; at once if none."""
+    """Wait until no process of group ``pgid`` runs (SIGKILLed, its leader reaped: the id is
+    not reused while a member is left), for at most ``GROUP_GONE_WAIT``; at once if none. A
+    zombie does not count: it holds nothing open, and it lasts until whoever adopted it (init,
+    or a subreaper) reaps it, which may be late."""
     deadline = time.monotonic() + GROUP_GONE_WAIT
-    while True:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        except PermissionError:
-            pass  # (a member that changed its user: it is there all the same)
-        if time.monotonic() >= deadline:
-            return
+    while _group_runs(pgid) and time.monotonic() < deadline:
         time.sleep(0.005)
+
+
+def _group_runs(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` runs (a zombie does not)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False  # (the common case: nothing was left)
+    except PermissionError:
+        pass  # (a member that changed its user: it is there all the same)
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return False  # (no /proc to look in: not waited for)
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as file:
+                stat = file.read()
+        except OSError:
+            continue  # (gone meanwhile)
+        # "pid (comm) state ppid pgrp ...": comm may hold anything, even ") ".
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
 
 
 def _handle(ctl: socket.socket, children: set[int], spares: _Spares) -> str:
