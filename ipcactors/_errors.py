@@ -148,12 +148,17 @@ class ChildExitedError(ConnectionLostError):
         child_id: the child's id.
         exitcode: its exit code; negative when a signal killed it (``-9``: SIGKILL); ``None``
             when unknown.
+        stopped: whether its supervisor ended it (it was stopping the child, and the child
+            died of the stop's SIGTERM or SIGKILL): no crash of its own.
     """
 
-    def __init__(self, message: str, child_id: str, exitcode: int | None) -> None:
+    def __init__(
+        self, message: str, child_id: str, exitcode: int | None, *, stopped: bool = False
+    ) -> None:
         super().__init__(message)
         self.child_id = child_id
         self.exitcode = exitcode
+        self.stopped = stopped
 
 
 class WorkerLostError(ChildExitedError):

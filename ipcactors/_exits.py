@@ -11,7 +11,8 @@ Invariants:
 - What a stop causes (SIGTERM or Ctrl-C under ``run()``, a supervised child's stop message) is
   no error of the function it ends: a :class:`ClosedError` from a supervisor or actor the stop
   closed, and a :class:`ChildExitedError` of a request to a child it stopped (one whose
-  handler outlasted ``shutdown_timeout``), alone or in a group of nothing else
+  handler outlasted ``shutdown_timeout``: ``stopped``; a child that crashed on its own
+  meanwhile is still an error), alone or in a group of nothing else
   (:func:`caused_by_shutdown`).
 - On asyncio a ``SystemExit`` raised in a task leaves the loop at once (asyncio re-raises it out
   of the task), and the tasks it cut short are cancelled as the loop closes; asyncio then
@@ -28,7 +29,6 @@ from ._errors import ChildExitedError, ClosedError, ConnectionLostError
 from ._transports._backend import drop_loop_reports
 
 __all__ = [
-    "SHUTDOWN_CAUSES",
     "caused_by_shutdown",
     "leaving",
     "quiet_exit_reports",
@@ -38,15 +38,17 @@ __all__ = [
 
 #: Beside a SystemExit in a group: the exit's doing, not errors of their own.
 _ITS_DOING = (ClosedError, ConnectionLostError)
-#: What a stop causes (see the invariants).
-SHUTDOWN_CAUSES = (ClosedError, ChildExitedError)
+
+
+def _stop_caused(exc: BaseException) -> bool:
+    return isinstance(exc, ClosedError) or (isinstance(exc, ChildExitedError) and exc.stopped)
 
 
 def caused_by_shutdown(exc: BaseException) -> bool:
-    """Whether ``exc`` is one of :data:`SHUTDOWN_CAUSES`, or a group of nothing else."""
+    """Whether ``exc`` is what a stop caused (see the invariants), or a group of nothing else."""
     if isinstance(exc, BaseExceptionGroup):
-        return exc.split(SHUTDOWN_CAUSES)[1] is None
-    return isinstance(exc, SHUTDOWN_CAUSES)
+        return exc.split(_stop_caused)[1] is None
+    return _stop_caused(exc)
 
 
 def quiet_unstarted_tasks() -> None:

@@ -33,9 +33,8 @@ from typing import Any, Literal, TypeVar
 import anyio
 from loguru import logger
 
-from ._errors import ConfigError, IPCError
+from ._errors import ChildExitedError, ClosedError, ConfigError, IPCError
 from ._exits import (
-    SHUTDOWN_CAUSES,
     caused_by_shutdown,
     leaving,
     quiet_exit_reports,
@@ -91,7 +90,7 @@ def run(
         except (SystemExit, KeyboardInterrupt):
             quiet_unstarted_tasks()  # (asyncio re-raises them out of the loop at once)
             raise
-        except (*SHUTDOWN_CAUSES, BaseExceptionGroup) as exc:
+        except (ClosedError, ChildExitedError, BaseExceptionGroup) as exc:
             # sys.exit() or Ctrl-C in a handler: out through the task groups, alone.
             exiting = leaving(exc)
             if exiting is not None:

@@ -370,20 +370,22 @@ def test_a_signal_as_the_loop_starts_watching_is_the_first_signal(
 
 SLOW_REQUEST = textwrap.dedent(
     """
-    import sys, time
+    import os, sys, time
     import anyio, ipcactors
 
     async def worker(actor):
         actor.parent.on("work", lambda seconds: time.sleep(seconds))  # (blocks its loop)
+        actor.parent.on("crash", lambda seconds: (time.sleep(seconds), os._exit(3)))
         await anyio.sleep_forever()
 
     async def main():
+        crash = sys.argv[3] == "crash"
         async with ipcactors.Supervisor(
-            socket_root=sys.argv[2], shutdown_timeout=0.5, terminate_timeout=1.0
+            socket_root=sys.argv[2], shutdown_timeout=5 if crash else 0.5, terminate_timeout=1.0
         ) as sup:
             await sup.spawn(worker, id="w")
             print("MAIN", flush=True)
-            await sup.request("w", "work", 10, timeout=30)
+            await sup.request("w", "crash" if crash else "work", 1 if crash else 10, timeout=30)
 
     if __name__ == "__main__":
         ipcactors.run(main, backend=sys.argv[1])
@@ -401,8 +403,26 @@ def test_a_request_to_a_child_the_shutdown_stopped_ends_main_quietly(
     script = os.path.join(str(tmp_path), "slow_request.py")
     with open(script, "w") as file:
         file.write(SLOW_REQUEST)
-    _, err = _interrupted([sys.executable, script, backend, socket_dir], "MAIN", signal.SIGTERM)
+    command = [sys.executable, script, backend, socket_dir, "slow"]
+    _, err = _interrupted(command, "MAIN", signal.SIGTERM)
     assert "ChildExitedError" not in err
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_child_that_crashes_on_its_own_during_the_shutdown_is_an_error(
+    backend: str, socket_dir: str, tmp_path: os.PathLike[str]
+) -> None:
+    """Only what the shutdown caused is quiet: a child that crashed on its own (exit code 3)
+    while the shutdown waited for its request still fails main with ChildExitedError."""
+    script = os.path.join(str(tmp_path), "slow_request.py")
+    with open(script, "w") as file:
+        file.write(SLOW_REQUEST)
+    with _started([sys.executable, script, backend, socket_dir, "crash"], env=_env()) as process:
+        _wait_for_line(process, "MAIN")
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=20)
+    assert process.returncode == 1, err
+    assert "ChildExitedError: child 'w' exited with code 3" in err
 
 
 EXITING_HANDLER = textwrap.dedent(

@@ -53,6 +53,11 @@ __all__ = [
 ]
 
 _MAX_CHAIN: Final = 100  # steps of a reported escalation chain kept (deeper trees: cut short)
+#: How a child the supervisor was stopping ends by the stop's doing: killed by its SIGTERM or
+#: SIGKILL, or exiting with 128 + one of them (as run() does).
+_STOP_ENDS: Final = frozenset(
+    {-signal.SIGTERM, -signal.SIGKILL, 128 + signal.SIGTERM, 128 + signal.SIGKILL}
+)
 
 #: Where a child is: ``starting`` (a process is on its way to ready), ``running`` (ready),
 #: ``restarting`` (a restart is decided: its old process is being stopped, or waits for its turn),
@@ -204,6 +209,7 @@ class Incarnation:
                 f"child {id!r} {describe_exit(self.exitcode)} before answering request {event!r}",
                 id,
                 self.exitcode,
+                stopped=self.stopping and self.exitcode in _STOP_ENDS,
             )
         raise ConnectionLostError(
             f"connection to child {id!r} was lost before it answered {event!r}"
