@@ -513,7 +513,9 @@ class MsgpackEncoder(Encoder):
         body = size - HEADER_SIZE
         if body > self.frame_limit:
             return self._too_large(size, self.frame_limit, self._datagrams)
-        if body > self._count_above:  # (else it cannot hold too many)
+        # Counted only against a budget the peer announced smaller than ours (a frame was made
+        # within ours), and only when the body could hold more (one byte each at least).
+        if self._counted is not self._limits and body > self._count_above:
             whole = frame if isinstance(frame, bytes) else b"".join(frame)
             try:
                 self._count(b"", whole[HEADER_SIZE:], False)
