@@ -189,17 +189,22 @@ class ForkServer:
         self._seq += 1
         seq = self._seq
         spawning = self._pending[seq] = _Spawning(on_exit)
-        sent = False
+        sent = returned = False
         try:
             await self._send(["spawn", seq, spec], fds)
             sent = True
             with anyio.move_on_after(_FORKSERVER_START):
                 await wait_either(spawning.done, self._gone)
+            returned = True
         finally:
             if sent and not spawning.done.is_set() and not self.dead:
                 spawning.abandoned = True  # (cancelled, or no answer yet): see _dispatch
             else:
                 self._pending.pop(seq, None)
+                if not returned and spawning.pid is not None:
+                    # Cancelled with its pid in (a stop, as the answer came): nobody will
+                    # know that process, so it must not run on.
+                    self.kill(spawning.pid, signal.SIGKILL)
         if spawning.error is not None or spawning.pid is None:
             reason = spawning.error or "the forkserver did not answer"
             raise SpawnError(f"could not start child {name!r}: {reason}")

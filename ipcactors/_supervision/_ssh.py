@@ -557,18 +557,21 @@ class SSHLauncher:
         for fd in copies:
             os.set_blocking(fd, False)
         spawning = self._pending[seq] = _Spawning(on_exit, copies)
-        sent = False
+        sent = returned = False
         try:
             if not self._send(["spawn", seq, remote]):
                 raise SpawnError(f"could not start child {name!r}: host {self.name!r} is gone")
             sent = True
             with anyio.move_on_after(_START):
                 await wait_either(spawning.done, self._gone)
+            returned = True
         finally:
             if sent and not spawning.done.is_set() and not self.dead:
                 spawning.abandoned = True  # (cancelled, or no answer yet): see _dispatch
             else:
                 self._pending.pop(seq, None)
+                if not returned and spawning.pid is not None:
+                    self.kill(spawning.pid, signal.SIGKILL)  # (as in ForkServer.spawn)
             for fd in spawning.fds:  # not handed on to _streams: not started
                 os.close(fd)
             spawning.fds = []
