@@ -12,8 +12,8 @@ Invariants:
   ``reject(busy)``. It counts the clients and the connections replaced that still finish
   what they got (``_retiring``). A newcomer that replaces its id's connection takes its place
   (which finishes within ``close_timeout``, see below), unless that id already has a
-  connection finishing so: then it adds one. So one id's storm
-  of reconnects is held to the limit, and the server to twice the limit at most.
+  connection finishing so: then it adds one. So one id's storm of reconnects is held to the
+  limit, and the server to twice the limit at most.
 - Unfinished handshakes have a budget of their own (``max_handshakes``) and one deadline each
   (``handshake_timeout``, however the bytes trickle in). A connection that finds the budget
   full drops the oldest unfinished handshake, so a flood of silent or trickling sockets cannot
@@ -35,8 +35,9 @@ Invariants:
   handler cancelled then has its event delivered again, the welcome's ``last`` not counting
   it), the newcomer welcomed at once meanwhile: up to its end if its input ended (it closed,
   or the link broke), and if not, up to its end or until it falls quiet (``REPLACED_QUIET``
-  with nothing left to handle: a half-open leftover, at once), for its client may have closed
-  it behind a backlog not yet read, its end of stream behind it. Until it ends it is
+  with nothing left to handle: a half-open leftover, at once; a live client that goes on
+  sending, the notice unread, until ``close_timeout``), for its client may have closed it
+  behind a backlog not yet read, its end of stream behind it. Until it ends it is
   ``_retiring``, closed with the server although no longer in ``clients``; one whose input
   ended is told nothing (its client closed: a write would fail, and cut its handling short).
   The newcomer's ``connect`` handlers run once the connections it replaced are gone (their
