@@ -278,8 +278,10 @@ async def test_a_cancelled_task_queued_behind_a_blocking_one_never_starts(
                 markers = [str(tmp_path / f"{run}-{n}") for n in range(4)]
 
                 async def one(n: int, marker: str, victim: int) -> None:
+                    # (the first blocks 1 s: the cancel, sent after 0.1 s, is there before it
+                    # ends even when a loaded machine holds this process up for most of that)
                     with anyio.move_on_after(0.1 if n == victim else 30):
-                        await p.submit(0.3 if n == 0 else 0.05, marker)
+                        await p.submit(1.0 if n == 0 else 0.05, marker)
 
                 async with anyio.create_task_group() as tasks:
                     for n in range(4):
