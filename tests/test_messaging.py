@@ -1065,18 +1065,30 @@ async def test_frame_too_large_for_sender_is_refused_before_sending(
             assert got == list(range(11))
 
 
+# A limit each side announces in its handshake; what goes beyond it, and what sending that raises.
+ANNOUNCED = {
+    "max_frame_size": (4096, b"x" * 5000, ipcactors.FrameTooLargeError),
+    # 5,001 objects, within the default budget (131,072)
+    "max_decoded_objects": (1024, list(range(5000)), ipcactors.EncodeError),
+}
+
+
+@pytest.mark.parametrize("limit", ANNOUNCED)
 @pytest.mark.parametrize("acked", ["off", "on"])
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_a_sender_keeps_to_the_max_frame_size_its_peer_announced(
-    transport: str, acked: str, socket_dir: str
+async def test_a_sender_keeps_to_the_limits_its_peer_announced(
+    transport: str, acked: str, limit: str, socket_dir: str
 ) -> None:
-    """Each side announces its max_frame_size in the handshake, and the other keeps to it:
-    what the peer would refuse is the sender's FrameTooLargeError (a requester's RemoteError;
-    a broadcast skips that client, counted), and the connection goes on. The peer closed the
-    connection at such a frame: what was queued behind it was lost, and in the acknowledged
-    mode the frame went again after every reconnect, closing each one, for ever."""
-    large = b"x" * 5000
-    async with serving(transport, socket_dir, max_frame_size=4096, acked=acked) as (
+    """Each side announces its max_frame_size and max_decoded_objects in the handshake, and the
+    other keeps to them: what the peer would refuse is the sender's error naming the peer's
+    limit (a requester's RemoteError; a broadcast skips that client, counted), and the
+    connection goes on. The peer closed the connection at such a frame: what was queued behind
+    it was lost (a request under way with it), a broadcast closed every client with a smaller
+    limit, and in the acknowledged mode the frame went again after every reconnect, closing
+    each one. The object budget was not announced at all: a sender checked its own only."""
+    value, beyond, error = ANNOUNCED[limit]
+    named = f"{limit}={value}"
+    async with serving(transport, socket_dir, **{limit: value}, acked=acked) as (
         _,
         server,
         connect,
@@ -1086,72 +1098,14 @@ async def test_a_sender_keeps_to_the_max_frame_size_its_peer_announced(
         server.on("echo", lambda data, client: data)
         options: dict[str, Any] = {"silent": True, "acked": acked}
         async with Actor("hello", socket_root=socket_dir, **options) as hello:
-            world = await connect(hello)  # (its own limit is the default, 16 MiB)
-            with anyio.fail_after(5):
-                with pytest.raises(ipcactors.FrameTooLargeError, match="max_frame_size=4096"):
-                    await world.emit("echo", large)
-                with pytest.raises(ipcactors.FrameTooLargeError, match="max_frame_size=4096"):
-                    await world.request("echo", large)
-                await world.emit("small", 1)
-                if acked == "on":
-                    await world.wait_acknowledged()
-                assert await world.request("echo", "still fine") == "still fine"
-            assert got == [1]
-            assert world.connected
-    async with serving(transport, socket_dir, acked=acked) as (_, server, connect):
-        server.on("large", lambda data, client: large)
-        async with (
-            Actor("small", socket_root=socket_dir, max_frame_size=4096, **options) as small,
-            Actor("roomy", socket_root=socket_dir, **options) as roomy,
-        ):
-            little, large_enough = await connect(small), await connect(roomy)
-            news: dict[str, list[Any]] = {"small": [], "roomy": []}
-            little.on("news", news["small"].append)
-            large_enough.on("news", news["roomy"].append)
-            with anyio.fail_after(5):
-                with pytest.raises(ipcactors.RemoteError, match="max_frame_size=4096"):
-                    await little.request("large")
-                with pytest.raises(ipcactors.FrameTooLargeError, match="max_frame_size=4096"):
-                    await server.emit("small", "news", large)
-                await server.broadcast("news", large)
-                await server.broadcast("news", 1)
-                while news != {"small": [1], "roomy": [large, 1]}:
-                    await anyio.sleep(0.01)
-            assert server.statistics().broadcasts_dropped == 1
-            assert little.connected
-
-
-@pytest.mark.parametrize("acked", ["off", "on"])
-@pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_a_sender_keeps_to_the_object_budget_its_peer_announced(
-    transport: str, acked: str, socket_dir: str
-) -> None:
-    """Each side announces its max_decoded_objects in the handshake too, and the other keeps
-    to it: a frame the peer would refuse is the sender's EncodeError naming the peer's budget
-    (a requester's RemoteError; a broadcast skips that client, counted), and the connection
-    goes on. A sender checked its own budget only: the peer closed the connection at such a
-    frame, what was behind it was lost (a request under way with it), a broadcast closed every
-    client with a smaller budget, and in the acknowledged mode the frame went again after
-    every reconnect, closing each one, until the retries ran out."""
-    many = list(range(5000))  # 5,001 objects, within the default budget (131,072)
-    async with serving(transport, socket_dir, max_decoded_objects=1024, acked=acked) as (
-        _,
-        server,
-        connect,
-    ):
-        got: list[Any] = []
-        server.on("small", lambda n, client: got.append(n))
-        server.on("echo", lambda data, client: data)
-        options: dict[str, Any] = {"silent": True, "acked": acked}
-        async with Actor("hello", socket_root=socket_dir, **options) as hello:
-            world = await connect(hello)
+            world = await connect(hello)  # (its own limits are the defaults)
             lost: list[str] = []
             world.on("disconnect", lambda: lost.append("hello"))
             with anyio.fail_after(5):
-                with pytest.raises(ipcactors.EncodeError, match="max_decoded_objects=1024"):
-                    await world.emit("echo", many)
-                with pytest.raises(ipcactors.EncodeError, match="max_decoded_objects=1024"):
-                    await world.request("echo", many)
+                with pytest.raises(error, match=named):
+                    await world.emit("echo", beyond)
+                with pytest.raises(error, match=named):
+                    await world.request("echo", beyond)
                 await world.emit("small", 1)
                 if acked == "on":
                     await world.wait_acknowledged()
@@ -1160,9 +1114,9 @@ async def test_a_sender_keeps_to_the_object_budget_its_peer_announced(
             assert world.connected
             assert not lost
     async with serving(transport, socket_dir, acked=acked) as (_, server, connect):
-        server.on("many", lambda data, client: many)
+        server.on("beyond", lambda data, client: beyond)
         async with (
-            Actor("small", socket_root=socket_dir, max_decoded_objects=1024, **options) as small,
+            Actor("small", socket_root=socket_dir, **{limit: value}, **options) as small,
             Actor("roomy", socket_root=socket_dir, **options) as roomy,
         ):
             little, large_enough = await connect(small), await connect(roomy)
@@ -1172,13 +1126,13 @@ async def test_a_sender_keeps_to_the_object_budget_its_peer_announced(
             lost.clear()  # (hello's, as it closed)
             little.on("disconnect", lambda: lost.append("small"))
             with anyio.fail_after(5):
-                with pytest.raises(ipcactors.RemoteError, match="max_decoded_objects=1024"):
-                    await little.request("many")
-                with pytest.raises(ipcactors.EncodeError, match="max_decoded_objects=1024"):
-                    await server.emit("small", "news", many)
-                await server.broadcast("news", many)
+                with pytest.raises(ipcactors.RemoteError, match=named):
+                    await little.request("beyond")
+                with pytest.raises(error, match=named):
+                    await server.emit("small", "news", beyond)
+                await server.broadcast("news", beyond)
                 await server.broadcast("news", 1)
-                while news != {"small": [1], "roomy": [many, 1]}:
+                while news != {"small": [1], "roomy": [beyond, 1]}:
                     await anyio.sleep(0.01)
             assert server.statistics().broadcasts_dropped == 1
             assert little.connected
