@@ -321,10 +321,7 @@ class Config:
 
     def replace(self, **changes: Any) -> Config:
         """A copy with ``changes`` applied (and validated)."""
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise ConfigError(f"unknown config option(s): {', '.join(sorted(unknown))}")
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, **changes)  # through __init__, which checks the names
 
     @property
     def auth_key_bytes(self) -> bytes | None:
@@ -357,6 +354,22 @@ def _frozen(self: Config, name: str, value: object) -> None:
 
 # The dataclass's own __setattr__ says only "cannot assign to field": this one says what to do.
 Config.__setattr__ = _frozen  # type: ignore[method-assign,assignment]
+
+_OPTIONS = frozenset(f.name for f in dataclasses.fields(Config))
+_dataclass_init = Config.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init(self: Config, **options: Any) -> None:
+    # The dataclass's own __init__ says TypeError of an unknown keyword; every way of giving
+    # an option (Config, replace, Actor, Supervisor, Pool) says the same ConfigError.
+    unknown = options.keys() - _OPTIONS
+    if unknown:
+        raise ConfigError(f"unknown config option(s): {', '.join(sorted(unknown))}")
+    _dataclass_init(self, **options)
+
+
+Config.__init__ = _init  # type: ignore[method-assign]
 
 
 def _check_type(name: str, value: object, kind: type) -> None:

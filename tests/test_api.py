@@ -112,6 +112,21 @@ async def test_a_huge_int_where_an_option_goes_is_a_config_error(socket_dir: str
             await actor.connect_to_net("b", "127.0.0.1", port=big)
 
 
+def test_an_unknown_option_is_the_same_config_error_wherever_it_is_given() -> None:
+    """``Config(bogus=1)`` was the dataclass's own TypeError, where every other way of giving
+    an option (``Actor(...)``, ``replace``, a supervisor, a pool) said ConfigError."""
+    for make in (
+        lambda: ipcactors.Config(bogus=1),
+        lambda: ipcactors.Config().replace(bogus=1),
+        lambda: ipcactors.Actor("a", bogus=1),
+        lambda: ipcactors.Supervisor(bogus=1),
+        lambda: ipcactors.Pool("math:sqrt", bogus=1),
+    ):
+        with pytest.raises(ipcactors.ConfigError, match=r"^unknown config option\(s\): bogus$"):
+            make()
+    assert "retry" in inspect.signature(ipcactors.Config).parameters  # still its own options
+
+
 def test_public_api_is_documented() -> None:
     for name in PUBLIC:
         obj = getattr(ipcactors, name)
