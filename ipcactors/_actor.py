@@ -455,7 +455,7 @@ class Actor:
         existing = self._connections.get(id)
         if existing is not None and not existing._closing:
             if wait:
-                await existing.wait_connected()
+                await existing._wait_as_connect()
             return existing
         # (One being closed goes on closing on its own: a new connection takes its place.)
         connection = Connection(

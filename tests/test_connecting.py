@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -47,7 +48,8 @@ async def server_process(
         yield process
     finally:
         if process.returncode is None:
-            process.terminate()
+            with contextlib.suppress(ProcessLookupError):  # a test killed it, not reaped yet
+                process.terminate()
         with anyio.fail_after(10):
             await process.wait()
         await process.aclose()
@@ -78,6 +80,29 @@ async def test_stop_retrying_zero_fails_after_one_attempt(
         assert isinstance(caught.value.__cause__, OSError)
         assert "nobody" not in hello.of
     assert not [line for line in log_lines if "retry in" in line]
+
+
+async def test_callers_connecting_to_one_id_at_once_fail_alike_when_retries_run_out(
+    socket_dir: str,
+) -> None:
+    """connect_to's docstring: ConnectionFailedError "when retries run out". A second caller,
+    which waits on the first one's connection, got ClosedError ("was given up") instead."""
+    errors: list[BaseException] = []
+
+    async def connect(hello: Actor) -> None:
+        with pytest.raises(ipcactors.ConnectionFailedError) as caught:
+            await hello.connect_to("nobody")
+        errors.append(caught.value)
+
+    async with Actor("hello", socket_root=socket_dir, stop_retrying=2, **FAST_RETRY) as hello:
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as group:
+                for _ in range(3):
+                    group.start_soon(connect, hello)
+    assert len(errors) == 3
+    assert len({str(error) for error in errors}) == 1, errors
+    assert all(isinstance(error.__cause__, OSError) for error in errors), errors
+    assert len({id(error) for error in errors}) == 3  # each caller's own, its own traceback
 
 
 @pytest.mark.parametrize("retries", [1, 3])

@@ -58,6 +58,7 @@ Invariants:
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Callable
 from typing import Any, Final
@@ -230,6 +231,18 @@ class Connection(Peer, HandlerMethods):
                 task_group.start_soon(wait_destroyed)
                 await self._up.wait()
                 task_group.cancel_scope.cancel()
+
+    async def _wait_as_connect(self) -> None:
+        """``connect_to``'s wait on a connection another call is opening: fails as that call
+        did when the retries ran out (each caller its own copy of the error, chained to the
+        same cause), where ``wait_connected`` says ClosedError caused by it."""
+        try:
+            await self.wait_connected()
+        except ClosedError as closed:
+            reason = self._gave_up
+            if not isinstance(reason, IPCError) or closed.__cause__ is not reason:
+                raise
+            raise copy.copy(reason) from reason.__cause__
 
     @property
     def unacknowledged(self) -> list[tuple[int, str]]:
