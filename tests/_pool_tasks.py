@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import os
 import time
@@ -114,6 +115,14 @@ async def exits_async(code: int) -> None:
     """An async task that ends its worker process, as sys.exit() does."""
     await anyio.sleep(0)
     raise SystemExit(code)
+
+
+async def raises_cancelled_error(code: int) -> None:
+    """An async task that raises asyncio's CancelledError itself, nobody having cancelled it
+    (as awaiting a future someone else cancelled does): a BaseException of its own, as
+    SystemExit is, on asyncio as on Trio (where it is no cancellation at all)."""
+    await anyio.sleep(0)
+    raise asyncio.CancelledError("raised by the task")
 
 
 def blocks_or_dies(seconds: float | str) -> float | str:

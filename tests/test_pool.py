@@ -137,22 +137,30 @@ async def test_retries_run_out_name_the_worker_and_its_signal(
                 os.kill(await read_pid(marker), signal.SIGKILL)
 
 
-@pytest.mark.parametrize("kind", ["async", "plain"])
+@pytest.mark.parametrize(
+    ("kind", "exitcode"), [("async", 3), ("plain", 3), ("async, CancelledError", 1)]
+)
 async def test_a_task_that_ends_its_worker_is_retried_then_the_worker_is_lost(
-    socket_dir: str, kind: str
+    socket_dir: str, kind: str, exitcode: int
 ) -> None:
     """A task raising SystemExit ends its worker: as for a worker killed mid-task, the task is
     retried, then fails with WorkerLostError naming the exit code. An async one was reported
     'cancelled' (ClosedError: task N was cancelled, nothing retried, though nobody cancelled
-    it) on Trio and uvloop, and the same on asyncio for a BaseException of the user's own."""
-    fn = _pool_tasks.exits_async if kind == "async" else _pool_tasks.exits_plain
+    it) on Trio and uvloop, and the same on asyncio for a BaseException of the user's own;
+    and, until later, for a CancelledError it raised itself (its worker exiting with 0)."""
+    fn = {
+        "async": _pool_tasks.exits_async,
+        "plain": _pool_tasks.exits_plain,
+        "async, CancelledError": _pool_tasks.raises_cancelled_error,
+    }[kind]
     with anyio.fail_after(30):
         async with pool(socket_dir, fn, size=1, max_retries=1) as p:
             with pytest.raises(WorkerLostError) as caught:
                 await p.submit(3)
-            assert caught.value.exitcode == 3
+            assert caught.value.exitcode == exitcode
             assert caught.value.attempts == 2
-            assert p.statistics().retried == 1
+            stats = p.statistics()
+            assert (stats.retried, stats.failed, stats.cancelled) == (1, 1, 0)
 
 
 async def test_function_that_raises_is_not_retried(socket_dir: str) -> None:

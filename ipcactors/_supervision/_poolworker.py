@@ -53,7 +53,7 @@ from anyio.abc import TaskGroup
 from .._actor import Actor
 from .._errors import EncodeError, FrameTooLargeError, fit_text, message_of
 from .._proto._msgpack import pack_value
-from .._transports._backend import current_backend
+from .._transports._backend import being_cancelled, current_backend
 from ._target import Target, load_target
 
 __all__ = ["BATCH_EVENT", "CANCEL_EVENT", "DONE_EVENT", "FLUSH_SECONDS", "pool_worker"]
@@ -65,6 +65,11 @@ CANCEL_EVENT = "pool-cancel"
 #: How long a worker running plain functions may hold finished outcomes (and go without reading
 #: its messages): short against a round trip, long against a tiny task.
 FLUSH_SECONDS = 0.002
+
+
+class TaskRaisedCancellation(BaseException):
+    """An async task raised its backend's cancellation exception, nothing having cancelled
+    it: it ends the worker, as a task's other BaseExceptions do."""
 
 
 def _target(spec: list[Any]) -> Target:
@@ -190,8 +195,18 @@ class _Worker:
                 outcome = [task_id, 0, await fn(*args)]
         except Exception as exc:
             outcome = self.failure(task_id, exc)
-        except anyio.get_cancelled_exc_class():
-            raise
+        except anyio.get_cancelled_exc_class() as exc:
+            if being_cancelled():
+                raise  # cancelled by the pool (the scope caught that) or the worker's end
+            # Raised by fn itself, nobody cancelling it (on asyncio, by hand, or awaiting a
+            # future someone else cancelled): a BaseException of fn's like SystemExit, which
+            # ends the worker (pool.md), as it does on Trio, where it is no cancellation. Left
+            # as it is, anyio takes it for this task's cancellation: it cancels the worker's
+            # task group, the worker exits with 0 and the task reads "cancelled".
+            outcome = None
+            raise TaskRaisedCancellation(
+                f"task {task_id} raised {type(exc).__name__} itself: nothing cancelled it"
+            ) from exc
         except BaseException:
             # SystemExit and the like end this worker: nothing to report, the pool sees the
             # worker lost and retries the task, as for a plain one (not "cancelled").
