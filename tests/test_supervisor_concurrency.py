@@ -128,6 +128,48 @@ async def test_stop_during_spawn_interrupts_it(socket_dir: str, tmp_path: Path) 
             assert await sup.request("other", "echo", 2) == 2
 
 
+@pytest.mark.parametrize("by", ["stop", "shutdown"])
+async def test_a_spawn_fails_at_once_when_stopped_its_process_given_its_grace(
+    socket_dir: str, tmp_path: Path, by: str
+) -> None:
+    """supervisor.md: stop(id) and shutdown "do not wait for a child's start in progress": its
+    spawn raises at once, and its process (deaf here: its start blocks its loop) ends in the
+    usual bounded steps. The spawn raised only once those steps were over, shutdown_timeout
+    later (a helper probing supervisor.md)."""
+    gate = tmp_path / "gate"
+    gate.touch()
+    raised: list[tuple[type[BaseException], float]] = []
+
+    async def spawn() -> None:
+        try:
+            await sup.spawn(_gated_workers.gated, str(gate), id="slow")
+        except (SpawnError, ClosedError) as exc:
+            raised.append((type(exc), time.monotonic()))
+
+    with anyio.fail_after(20):
+        async with supervisor(
+            socket_dir, start_timeout=10.0, shutdown_timeout=2.0, terminate_timeout=0.5
+        ) as sup:
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(spawn)
+                await wait_until(lambda: "slow" in sup.children)
+                await wait_until(lambda: sup.children["slow"].pid is not None)
+                pid = sup.children["slow"].pid
+                assert pid is not None
+                # Connected back (else there is no one to send the stop message: SIGTERM at
+                # once), its arguments taken: its start blocks from there.
+                await wait_until(lambda: "slow" in sup.server.clients)
+                await anyio.sleep(0.2)
+                halted_at = time.monotonic()
+                await (sup.stop("slow") if by == "stop" else sup.aclose())
+                ended_at = time.monotonic()
+            assert not alive(pid)
+    [(kind, raised_at)] = raised
+    assert kind is (SpawnError if by == "stop" else ClosedError)
+    assert raised_at - halted_at < 1.0, raised_at - halted_at
+    assert ended_at - halted_at >= 2.0  # the process had its grace period all the same
+
+
 async def test_stop_during_restart_interrupts_it(socket_dir: str, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
     with anyio.fail_after(15):

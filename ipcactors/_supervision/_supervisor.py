@@ -790,7 +790,9 @@ class Supervisor:
             async with child.lock:
                 await self._start(child, Incarnation(child))
         except BaseException:
-            self._remove(child)  # its process is gone: _start saw to it
+            if child.incarnation is None:  # its process is gone: _start saw to it
+                self._remove(child)
+            # (else stopped while starting: the _halt that stopped it ends it, removes it)
             raise
         return child.info()
 
@@ -863,7 +865,9 @@ class Supervisor:
     async def _start(self, child: Child, incarnation: Incarnation) -> None:
         """Start ``incarnation`` of ``child`` and wait until it is ready; the caller holds the
         child's lock. Whatever fails, the process is gone before this raises (ended here if
-        need be), and no restart is decided for it: the caller reports the failure."""
+        need be), and no restart is decided for it: the caller reports the failure. Except a
+        start stopped (``stop``, shutdown), which fails at once: its process is the
+        ``_halt``'s that stopped it, which ends it once the caller releases the lock."""
         # Its connection back is expected: a burst of children starting is not a flood of
         # handshakes, and none of theirs is dropped for max_handshakes.
         server = self._net if child.host is not None and self._net is not None else self.server
@@ -896,7 +900,12 @@ class Supervisor:
         child.incarnation = incarnation
         child.changed()
         started = time.monotonic()
-        launcher = await self._unless_stopped(child, partial(self._ready_launcher, child))
+        try:
+            launcher = await self._unless_stopped(child, partial(self._ready_launcher, child))
+        except BaseException:  # (a host that cannot be reached, a cancelled spawn)
+            child.incarnation = None
+            child.changed()
+            raise
         try:
             self._output.prepare()
             pipes = output_pipes()
@@ -950,16 +959,21 @@ class Supervisor:
                 self._decide(child, incarnation)
             return
         exited = incarnation.exited.is_set()
-        if not exited:
-            # Stopped while starting: the usual bounded steps. Too slow: SIGKILL at once.
+        if halted:
+            # Stopped while starting: the spawn fails now. Its process ends in the usual
+            # bounded steps, taken by the _halt that stopped it (stop, shutdown), which waits
+            # for the child's lock the caller releases as this raises.
+            if exited and child.incarnation is incarnation:
+                child.incarnation = None
+            child.changed()
+            self._check_open()
+            raise SpawnError(f"child {child.id!r} was stopped before it was ready")
+        if not exited:  # too slow to start: SIGKILL at once
             with anyio.CancelScope(shield=True):
-                await self._end(child, incarnation, graceful=halted)
+                await self._end(child, incarnation, graceful=False)
         if child.incarnation is incarnation:
             child.incarnation = None
         child.changed()
-        if halted:
-            self._check_open()
-            raise SpawnError(f"child {child.id!r} was stopped before it was ready")
         if exited:
             failed = incarnation.load_error
             if failed is not None:
