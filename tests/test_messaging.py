@@ -1475,6 +1475,48 @@ async def test_a_server_sends_to_its_own_clients_only(socket_dir: str) -> None:
                 await second.emit(handle, "news", 1)
 
 
+@pytest.mark.parametrize("when", ["while its events are handled", "once it is gone"])
+async def test_a_request_to_a_client_that_left_is_connection_lost_whichever_way_it_goes(
+    socket_dir: str, when: str
+) -> None:
+    """guide.md: ConnectionLostError "for a server's request() to a client that left"
+    (ClosedError is for what you closed). server.request(handle) said ClosedError once the
+    server had finished with that client, where handle.request said ConnectionLostError;
+    emits keep ClosedError (Server.emit's docstring), by either way as well."""
+    release = anyio.Event()
+    handles: list[ipcactors.Client] = []
+
+    async def slow(data: Any, client: ipcactors.Client) -> None:
+        handles.append(client)
+        if when == "while its events are handled":
+            await release.wait()
+
+    async with Actor("world", socket_root=socket_dir, silent=True) as world:
+        server = await world.serve()
+        server.on("hi", slow)
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            await (await hello.connect_to("world")).emit("hi")
+            with anyio.fail_after(5):
+                while not handles:
+                    await anyio.sleep(0.01)
+        [handle] = handles
+        if when == "once it is gone":
+            with anyio.fail_after(5):
+                while handle.connected or server.clients:
+                    await anyio.sleep(0.01)
+        for request in (
+            lambda: server.request(handle, "ask", timeout=2),
+            lambda: handle.request("ask", timeout=2),
+        ):
+            with anyio.fail_after(5), pytest.raises(ipcactors.ConnectionLostError):
+                await request()
+        if when == "once it is gone":  # (before, an end of input alone may be half a close)
+            for emit in (lambda: server.emit(handle, "news"), lambda: handle.emit("news")):
+                with pytest.raises(ipcactors.ClosedError):
+                    await emit()
+        release.set()
+
+
 async def test_off_and_serve_net_refuse_what_names_nothing(socket_dir: str) -> None:
     """off() with something that is no event name raised a bare TypeError (an unhashable
     list), and serve_net with a host holding NUL served on what came before the NUL."""

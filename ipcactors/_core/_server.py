@@ -365,9 +365,7 @@ class Server(HandlerMethods):
                     f"client {client.id!r} is a client of server {client._server._id!r}, not of "
                     f"{self._id!r}: send through the server it connected to"
                 )
-            if not client.connected:
-                raise ClosedError(f"client {client.id!r} is no longer connected")
-            return client
+            return client  # gone, its own emit and request say how (as if called on it)
         if type(client) is not str:
             raise ConfigError(f"a client is a Client or a client's id (a str), got {client!r:.80}")
         found = self._clients.get(client)
@@ -385,7 +383,8 @@ class Server(HandlerMethods):
     async def emit(self, client: Client | str, event: str, data: Any = None) -> None:
         """Send ``event`` to one of this server's clients, given by its handle or its id.
         Raises :class:`UnknownPeerError` for an id no client has (or another server's client),
-        :class:`ClosedError` once the client is gone or the server closed."""
+        :class:`ClosedError` once the client is gone or the server closed (a request to a
+        client that left: :class:`ConnectionLostError`, as its handle's own does)."""
         await self._client(client).emit(event, data)
 
     async def request(
