@@ -54,6 +54,8 @@ from ._errors import (
     ConfigError,
     ConnectionFailedError,
     ConnectionLostError,
+    EncodeError,
+    FrameTooLargeError,
     IPCError,
     RemoteError,
     RequestTimeoutError,
@@ -170,9 +172,9 @@ def parse_target(text: str) -> Target:
 MSGPACK_INT_MIN, MSGPACK_INT_MAX = -(2**63), 2**64 - 1
 
 
-def parse_data(text: str | None, what: str = "DATA", codec: str = "msgpack") -> Any:
-    """``text`` as JSON, for ``codec``'s wire; ``what`` names the argument it came from in the
-    error."""
+def parse_data(text: str | None, what: str, config: Config) -> Any:
+    """``text`` as JSON that ``config``'s wire can carry (a :class:`UsageError` otherwise,
+    before anything connects); ``what`` names the argument it came from in the error."""
     if text is None:
         return None
     try:
@@ -183,12 +185,16 @@ def parse_data(text: str | None, what: str = "DATA", codec: str = "msgpack") -> 
         ) from None
     except RecursionError:
         raise UsageError(f"{what} nests too deep for JSON here: flatten it") from None
-    beyond = _integer_beyond_msgpack(value) if codec == "msgpack" else None  # (JSON: any)
-    if beyond is not None:
+    beyond = _integer_beyond_msgpack(value) if config.codec == "msgpack" else None
+    if beyond is not None:  # (node-ipc's JSON carries any)
         raise UsageError(
             f"{what} has an integer msgpack cannot carry ({beyond}: the range is -2**63 to "
             "2**64 - 1); send it as a string"
         )
+    try:  # the encoder's own checks, as the event will meet them once connected
+        config.wire_codec.encoder(config.limits).event("cli", value)
+    except (EncodeError, FrameTooLargeError) as exc:
+        raise UsageError(f"{what} cannot go on the {config.codec} wire: {exc}") from None
     return value
 
 
@@ -455,7 +461,7 @@ def client_id(args: argparse.Namespace) -> str:
 
 
 async def cmd_emit(args: argparse.Namespace, out: Output) -> int:
-    target, data = parse_target(args.target), parse_data(args.data, codec=args.codec)
+    target, data = parse_target(args.target), parse_data(args.data, "DATA", config_from(args))
 
     async def emit() -> int:
         async with Actor(client_id(args), config_from(args)) as actor:
@@ -472,7 +478,7 @@ async def cmd_emit(args: argparse.Namespace, out: Output) -> int:
 
 
 async def cmd_request(args: argparse.Namespace, out: Output) -> int:
-    target, data = parse_target(args.target), parse_data(args.data, codec=args.codec)
+    target, data = parse_target(args.target), parse_data(args.data, "DATA", config_from(args))
 
     async def request() -> int:
         async with Actor(client_id(args), config_from(args)) as actor:
@@ -576,7 +582,7 @@ def _ping_summary(out: Output, name: str, sent: int, times: list[float]) -> None
 
 async def cmd_listen(args: argparse.Namespace, out: Output) -> int:
     target = parse_target(args.target)
-    reply = parse_data(args.reply, "--reply", args.codec) if args.reply is not None else None
+    reply = parse_data(args.reply, "--reply", config_from(args))
     actor_id = target.id or (args.id if args.id is not None else "ipcactors-cli")
 
     def show(kind: str, event: str, data: Any, peer: Any) -> Any:

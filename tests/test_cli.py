@@ -668,19 +668,30 @@ def test_data_nested_too_deep_is_a_usage_error() -> None:
         assert "nests too deep" in done.stderr
 
 
-def test_an_integer_msgpack_cannot_carry_is_a_usage_error() -> None:
-    """JSON takes integers of any size, msgpack from -2**63 to 2**64 - 1: one beyond was an
-    EncodeError (exit 1), met only once connected (or a ConnectionFailedError, the bad DATA
-    never named, when the peer was absent). It is a usage error now, before any connection:
-    the peer named here does not exist."""
-    for args in (
-        ("emit", "nobody", "e", "18446744073709551616"),
-        ("request", "nobody", "x", '{"n": [1, -9223372036854775809]}'),
-        ("listen", "w", "--reply", "[18446744073709551616]"),
-    ):
-        done = cli_sync(*args)
-        assert done.returncode == 2, done.stderr
-        assert "integer msgpack cannot carry" in done.stderr, done.stderr
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("emit", "nobody", "e", "18446744073709551616"), "integer msgpack cannot carry"),
+        (("request", "nobody", "x", '{"n": [1, -9223372036854775809]}'), "integer msgpack"),
+        (("listen", "w", "--reply", "[18446744073709551616]"), "integer msgpack cannot carry"),
+        (("request", "nobody", "x", '"\\ud800"'), "surrogates not allowed"),
+        (("emit", "nobody", "e", "[" * 70 + "]" * 70), "nests too deep"),
+        (("emit", "nobody", "e", "NaN", "--codec", "node-ipc"), "not JSON compliant"),
+        (("emit", "nobody", "e", "[1, Infinity]", "--codec", "node-ipc"), "not JSON compliant"),
+    ],
+    ids=["int", "int in a map", "int reply", "lone surrogate", "deep", "NaN", "Infinity"],
+)
+def test_data_the_codec_cannot_carry_is_a_usage_error(args: tuple[str, ...], says: str) -> None:
+    """cli.md: exit 2 for JSON the codec cannot carry. An integer beyond msgpack's range was
+    an EncodeError (exit 1), met only once connected (or a ConnectionFailedError, the bad
+    DATA never named, when the peer was absent); so, until later, were a lone surrogate
+    (text msgpack cannot encode), nesting deeper than a peer takes, and NaN or Infinity on
+    node-ipc's JSON wire. Each is a usage error now, before any connection: the peer named
+    here does not exist."""
+    done = cli_sync(*args)
+    assert done.returncode == 2, done.stderr
+    assert says in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_an_integer_beyond_msgpack_goes_on_node_ipcs_json_wire(socket_dir: str) -> None:
