@@ -451,6 +451,12 @@ class BlockingInbox(AbstractContextManager["BlockingInbox"]):
         self._closed = False
         # Taken by a get() whose caller went meanwhile (Ctrl-C): the next get() returns them.
         self._kept: deque[tuple[str, Any, BlockingClient | None]] = deque()
+        # In the loop thread: set as an item comes (or the inbox closes). A get() takes items
+        # with receive_nowait only, never through a wait that a cancel could end with an item
+        # handed to it; and one get() at a time (_in_take: set once the one that waits ends,
+        # its caller maybe gone), so what one took and kept comes before what the next takes.
+        self._arrived = anyio.Event()
+        self._in_take: anyio.Event | None = None
         for event in events:
             # Runs in the loop thread; waits while the inbox is full (that is the backpressure).
             async def put(*args: Any, event: str = event) -> None:
@@ -459,6 +465,8 @@ class BlockingInbox(AbstractContextManager["BlockingInbox"]):
                     await send.send((event, args[0], peer))
                 except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                     pass  # the inbox was closed: nobody will read it
+                else:
+                    self._arrived.set()
 
             loop.call(target.on, event, put)
             self._handlers.append((event, put))
@@ -470,10 +478,6 @@ class BlockingInbox(AbstractContextManager["BlockingInbox"]):
         if self._closed:
             raise ClosedError("this inbox is closed")
         timeout = _wait_timeout(timeout)
-        try:
-            return self._kept.popleft()
-        except IndexError:
-            pass
         taking = _Taking()
         try:
             item: tuple[str, Any, BlockingClient | None] = self._loop.call(
@@ -491,11 +495,13 @@ class BlockingInbox(AbstractContextManager["BlockingInbox"]):
         self, timeout: float | None, taking: _Taking
     ) -> tuple[str, Any, BlockingClient | None]:
         try:
-            try:
-                item = self._receive.receive_nowait()  # (a deadline passed already: 0)
-            except anyio.WouldBlock:
-                with anyio.fail_after(timeout):
-                    item = await self._receive.receive()
+            with anyio.fail_after(timeout):  # (a deadline passed already: 0, then no await)
+                while self._in_take is not None:  # a get() whose caller went may still wait
+                    await self._in_take.wait()
+                if self._kept:
+                    item = self._kept.popleft()
+                else:
+                    item = await self._take()
             with taking.lock:
                 if taking.abandoned:  # the caller went (Ctrl-C): the next get() has it
                     self._kept.appendleft(item)
@@ -506,6 +512,21 @@ class BlockingInbox(AbstractContextManager["BlockingInbox"]):
             raise TimeoutError(f"nothing arrived within {timeout} s") from None
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             raise ClosedError("this inbox is closed") from None
+
+    async def _take(self) -> tuple[str, Any, BlockingClient | None]:
+        """The next item from the stream, for the one get() taking now (see ``_arrived``)."""
+        self._in_take = taken = anyio.Event()
+        try:
+            while True:
+                try:
+                    return self._receive.receive_nowait()
+                except anyio.WouldBlock:
+                    if self._arrived.is_set():
+                        self._arrived = anyio.Event()
+                    await self._arrived.wait()
+        finally:
+            self._in_take = None
+            taken.set()
 
     def __iter__(self) -> Iterator[tuple[str, Any, BlockingClient | None]]:
         while True:
@@ -529,6 +550,7 @@ class BlockingInbox(AbstractContextManager["BlockingInbox"]):
         # The send side first: a reader waiting in get() ends (EndOfStream); then the receive
         # side: a handler waiting to put is let go (BrokenResourceError), the rest dropped.
         self._send.close()
+        self._arrived.set()
         self._receive.close()
         for event, handler in self._handlers:
             self._target.off(event, handler)
