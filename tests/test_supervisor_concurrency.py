@@ -20,7 +20,14 @@ import anyio
 import pytest
 from _supervising import alive, supervisor, wait_until
 
-from ipcactors import ClosedError, RequestTimeoutError, SpawnError, Supervisor, UnknownPeerError
+from ipcactors import (
+    ClosedError,
+    ConfigError,
+    RequestTimeoutError,
+    SpawnError,
+    Supervisor,
+    UnknownPeerError,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -135,7 +142,8 @@ async def test_a_spawn_fails_at_once_when_stopped_its_process_given_its_grace(
     """supervisor.md: stop(id) and shutdown "do not wait for a child's start in progress": its
     spawn raises at once, and its process (deaf here: its start blocks its loop) ends in the
     usual bounded steps. The spawn raised only once those steps were over, shutdown_timeout
-    later (a helper probing supervisor.md)."""
+    later (a helper probing supervisor.md). Until then the child shows "stopping", and its id
+    is not free: a spawn of it says so (its process still holds its socket)."""
     gate = tmp_path / "gate"
     gate.touch()
     raised: list[tuple[type[BaseException], float]] = []
@@ -145,6 +153,10 @@ async def test_a_spawn_fails_at_once_when_stopped_its_process_given_its_grace(
             await sup.spawn(_gated_workers.gated, str(gate), id="slow")
         except (SpawnError, ClosedError) as exc:
             raised.append((type(exc), time.monotonic()))
+            assert sup.children["slow"].state == "stopping"
+            if by == "stop":
+                with pytest.raises(ConfigError, match="being stopped"):
+                    await sup.spawn(_workers.echo, id="slow")
 
     with anyio.fail_after(20):
         async with supervisor(
@@ -164,6 +176,9 @@ async def test_a_spawn_fails_at_once_when_stopped_its_process_given_its_grace(
                 await (sup.stop("slow") if by == "stop" else sup.aclose())
                 ended_at = time.monotonic()
             assert not alive(pid)
+            if by == "stop":  # the id is free once stop() returned
+                await sup.spawn(_workers.echo, id="slow")
+                assert await sup.request("slow", "echo", 1) == 1
     [(kind, raised_at)] = raised
     assert kind is (SpawnError if by == "stop" else ClosedError)
     assert raised_at - halted_at < 1.0, raised_at - halted_at

@@ -775,7 +775,13 @@ class Supervisor:
             raise EncodeError(f"the arguments of {id!r} cannot be encoded: {exc}") from exc
         # Checked and taken in one step (no await between): concurrent spawns need no lock.
         self._check_open()
-        if id in self._children:
+        existing = self._children.get(id)
+        if existing is not None:
+            if existing.state == "stopping":  # (a spawn that failed as it was stopped too)
+                raise ConfigError(
+                    f"a child with id {id!r} is being stopped: spawn it again once its "
+                    "process is gone (stop() returns then)"
+                )
             raise ConfigError(f"a child with id {id!r} is already supervised")
         if len(self._children) >= self.max_children:
             raise SpawnError(
@@ -965,6 +971,8 @@ class Supervisor:
             # for the child's lock the caller releases as this raises.
             if exited and child.incarnation is incarnation:
                 child.incarnation = None
+            else:
+                child.state = "stopping"
             child.changed()
             self._check_open()
             raise SpawnError(f"child {child.id!r} was stopped before it was ready")
