@@ -233,4 +233,4 @@ async def test_a_close_does_not_count_withdrawn_requests_as_never_sent(
         await conn.aclose()
     never_sent = [line for line in log_lines if "never sent" in line]
     assert len(never_sent) == 1, never_sent
-    assert "1 frame(s) queued for 'world' were never sent" in never_sent[0]
+    assert "1 message(s) queued for 'world' were never sent" in never_sent[0]

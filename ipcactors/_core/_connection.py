@@ -733,7 +733,7 @@ class Connection(Peer, HandlerMethods):
         closed = f"connection to {self.id!r} is closed" + ("" if error is None else f": {error}")
         left = self._outbox.close(ClosedError(closed))
         if left:
-            self._log.warning(f"{left} frame(s) queued for {self.id!r} were never sent")
+            self._log.warning(f"{left} message(s) queued for {self.id!r} were never sent")
         if self._acked is not None:
             events = self._acked.report()
             if events:

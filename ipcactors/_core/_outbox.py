@@ -588,11 +588,20 @@ class Outbox:
             await self._is_flushed.wait()
 
     def close(self, error: BaseException) -> int:
-        """Refuse further frames with ``error``; wake every waiter. Returns frames left unsent
-        (not the empty ones that stand for frames dropped or withdrawn)."""
+        """Refuse further frames with ``error``; wake every waiter. Returns the messages left
+        unsent: each event of a batch, not the empty frames that stand for ones dropped or
+        withdrawn."""
         if self._closed is None:
             self._closed = error
-        left = len(self) - self._frames.count(b"")
+        left = self._batch_count if self._batch is not None else 0
+        for frame in self._frames:
+            if type(frame) is BatchFrame and self.batches is not None:
+                left += len(self.batches.split(frame))
+            elif type(frame) is SplitBatch:
+                left += len(frame)
+            elif frame != b"":
+                left += 1
+        left += len(self._replies)
         self._batch = None
         self._frames.clear()
         self._replies.clear()

@@ -209,7 +209,7 @@ class Client(Peer):
     def _close_outbox(self, error: ClosedError) -> None:
         left = self._outbox.close(error)
         if left:
-            self._log.warning(f"{left} frame(s) for {self.id!r} were not sent: it left")
+            self._log.warning(f"{left} message(s) for {self.id!r} were not sent: it left")
 
     async def aclose(self) -> None:
         """Flush what is queued for this client and, in the acknowledged mode, wait for its
