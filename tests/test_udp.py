@@ -78,6 +78,55 @@ async def test_requests_over_udp() -> None:
             spare.close()
 
 
+async def test_a_udp_event_handler_may_await_a_request_to_its_peer() -> None:
+    """guide.md: "a handler may itself await a request to the peer that called it". On UDP an
+    event's handler ran in the receive loop, which then read nothing more: the reply never
+    came in, and every such request timed out (a helper's probe). Events are still handled one
+    at a time, in the order they came."""
+    async with Actor("world", silent=True) as world_actor, Actor("hello", silent=True) as hello_a:
+        world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        hello = await hello_a.serve_net("127.0.0.1", 0, udp="udp4")
+        hello.on("add", lambda numbers, peer: sum(numbers))
+        sums: list[int] = []
+
+        @world.on("hi")
+        async def asks_back(n: int, peer: ipcactors.DatagramPeer) -> None:
+            sums.append(await peer.request("add", [n, 1], timeout=2))
+
+        with anyio.fail_after(5):
+            for n in range(5):
+                await hello.emit(world.address, "hi", n)
+            while len(sums) < 5:
+                await anyio.sleep(0.01)
+        assert sums == [1, 2, 3, 4, 5]
+
+
+async def test_udp_events_a_close_leaves_unhandled_are_named(log_lines: list[str]) -> None:
+    """What waits for a slow handler when the server closes is dropped, and said so (as on
+    connections), not dropped in silence."""
+    started = anyio.Event()
+    async with Actor("hello", silent=True) as hello_actor:
+        hello = await hello_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        async with Actor("world") as world_actor:
+            world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")
+
+            async def slowly(n: int, peer: ipcactors.DatagramPeer) -> None:
+                started.set()
+                await anyio.sleep(10)
+
+            world.on("ev", slowly)
+            with anyio.fail_after(5):
+                for n in range(5):
+                    await hello.emit(world.address, "ev", n)
+                await started.wait()
+                while world.statistics().received < 5:
+                    await anyio.sleep(0.01)
+                await world.aclose()
+    warned = [line for line in log_lines if "dropped unhandled" in line]
+    assert len(warned) == 1, log_lines
+    assert "4 event(s) dropped unhandled: server closed" in warned[0]
+
+
 async def test_an_address_that_cannot_be_sent_to_is_refused_and_the_server_serves_on() -> None:
     """A port out of range, port 0, or an address of the other IP version: ConfigError, before
     anything is sent, and the server keeps serving. On asyncio a port out of range killed the

@@ -21,6 +21,10 @@ Invariants:
 - The peer table is bounded by ``max_connections``; a peer not heard from for ``PEER_TTL``
   seconds is forgotten (and no longer reached by ``broadcast``), and so is the one heard from
   the longest ago when a newcomer finds the table full: no one is kept out.
+- Events are handled one at a time, in the order they were received, in a task beside the
+  receive loop, which goes on reading meanwhile (a handler may await a reply): they wait in
+  ``_events`` within ``max_inbox_bytes``, past which the loop reads nothing more (replies
+  included) until the handlers catch up. What a close leaves there is named in a warning.
 - One datagram is sent at a time (replies, emits and broadcasts from any number of tasks).
 - At most ``MAX_REQUESTS`` requests are answered at once (each in a task); a request beyond
   them is dropped and counted, and its sender times out as if the datagram were lost.
@@ -31,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -190,6 +194,12 @@ class DatagramServer(HandlerMethods):
         self._socket: UDPSocket | None = None
         self._bound: PeerAddress | None = None  # (host, port) once bound; kept after close
         self._stats = DatagramStatistics()
+        # Events wait here for their handlers, which run one at a time in a task of their own
+        # (see the invariants): (event, peer, bytes), within max_inbox_bytes.
+        self._events: deque[tuple[Event, DatagramPeer, int]] = deque()
+        self._events_bytes = 0
+        self._events_came = anyio.Event()  # set when the handling task may have work
+        self._events_room: anyio.Event | None = None  # the receive loop waits for room
         self._scope = anyio.CancelScope()
         self._stopped = anyio.Event()
         self._owner_group: TaskGroup | None = None  # (a close kept by a handler starts there)
@@ -356,9 +366,11 @@ class DatagramServer(HandlerMethods):
         try:
             with self._scope:
                 async with anyio.create_task_group() as task_group:
+                    task_group.start_soon(self._handle_events)
                     task_status.started()
                     await self._receive_loop(self._socket, task_group)
         finally:
+            self._drop_events()
             with anyio.CancelScope(shield=True):
                 await self._socket.aclose()
             self._stopped.set()
@@ -391,17 +403,22 @@ class DatagramServer(HandlerMethods):
                 continue
             # Only now, with valid messages in hand, does the sender take a place in the table.
             peer = self._remember((address[0], address[1]))
+            size = len(data) // len(messages)
             for message in messages:
-                await self._dispatch(message, peer, task_group)
+                self._dispatch(message, peer, size, task_group)
+            if self._events_bytes > self._config.max_inbox_bytes:
+                # Handlers are behind: read on once they caught up (the kernel drops what does
+                # not fit its buffer meanwhile, replies too).
+                self._events_room = anyio.Event()
+                await self._events_room.wait()
 
-    async def _dispatch(self, message: Message, peer: DatagramPeer, task_group: TaskGroup) -> None:
+    def _dispatch(
+        self, message: Message, peer: DatagramPeer, size: int, task_group: TaskGroup
+    ) -> None:
         if type(message) is Event:
-            if not self._handlers.handles(message.event, request=False):
-                self._stats.events_unhandled += 1
-                unhandled(self._unhandled_names, message.event, repr(peer), self._log)
-                return
-            with Handling(peer):  # (see _handling: closing from the handler)
-                await self._handlers.call(message.event, (message.data, peer), self._log)
+            self._events.append((message, peer, size))
+            self._events_bytes += size
+            self._events_came.set()
         elif type(message) is Request:
             if self._answering >= MAX_REQUESTS:
                 self._stats.dropped_busy += 1
@@ -416,6 +433,35 @@ class DatagramServer(HandlerMethods):
                 self._requests.resolve(message)
             else:
                 self._requests.reject(message)
+
+    async def _handle_events(self) -> None:
+        """Handle the events received, one at a time, in order, beside the receive loop: a
+        handler may await a reply, which that loop reads meanwhile."""
+        events = self._events
+        while True:
+            if not events:
+                self._events_came = anyio.Event()
+                await self._events_came.wait()
+                continue
+            message, peer, size = events.popleft()
+            self._events_bytes -= size
+            room = self._events_room
+            if room is not None and self._events_bytes <= self._config.max_inbox_bytes:
+                self._events_room = None
+                room.set()
+            if not self._handlers.handles(message.event, request=False):
+                self._stats.events_unhandled += 1
+                unhandled(self._unhandled_names, message.event, repr(peer), self._log)
+                continue
+            with Handling(peer):  # (see _handling: closing from the handler)
+                await self._handlers.call(message.event, (message.data, peer), self._log)
+
+    def _drop_events(self) -> None:
+        """The server closed with events received and not handled: say how many."""
+        if self._events:
+            self._log.warning(f"{len(self._events)} event(s) dropped unhandled: server closed")
+            self._events.clear()
+            self._events_bytes = 0
 
     def _refuse_reply(self, data: bytes, address: PeerAddress) -> None:
         """``data``, too large to decode, may answer one of our requests (the answering side
