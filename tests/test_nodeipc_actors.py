@@ -159,6 +159,10 @@ async def test_what_node_ipc_cannot_carry_is_refused_before_sending(socket_dir: 
             for data in (b"bytes", float("nan"), {1, 2}, {(1, 2): 3}, deep):
                 with pytest.raises(ipcactors.EncodeError, match="node-ipc JSON"):
                     await connection.emit("x", data)
+            # Keys JSON writes alike: the peer would keep one value (the other went unsaid).
+            for data in ({1: "a", "1": "b"}, [{"x": {True: 1, "true": 2}}], {None: 0, "null": 1}):
+                with pytest.raises(ipcactors.EncodeError, match="alike"):
+                    await connection.emit("x", data)
             assert connection.connected  # nothing was sent: the connection lives
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any, Final
 
 from .._errors import (
@@ -136,6 +137,37 @@ def _within_depth(value: Any, budget: int) -> bool:
     return True
 
 
+_TOO_DEEP: Final = "it nests deeper than the peer's max_depth"
+
+
+def _unfaithful(value: Any, budget: int, encode: Callable[[Any], str]) -> str | None:
+    """Why ``value`` (a dict, list or tuple) would not reach a peer as it is: it nests more
+    than ``budget`` containers deep (the peer refuses it), or a dict has keys JSON writes
+    alike (``1`` and ``"1"``, ``True`` and ``"true"``: the peer keeps one of their values);
+    ``None`` if neither. ``encode``: JSON text of a value. Recursion depth ≤ budget."""
+    if budget <= 0:
+        return _TOO_DEEP
+    if type(value) is dict:
+        if not all(type(key) is str for key in value):
+            written = {encode(key) if type(key) is str else encode({key: 0})[1:-3] for key in value}
+            if len(written) < len(value):
+                keys = ", ".join(repr(key) for key in value if type(key) is not str)
+                return (
+                    f"a dict has keys JSON writes alike ({keys} and a str key), of which the "
+                    "peer would keep one value: make them distinct strings"
+                )
+        items = value.values()
+    else:
+        items = value
+    for item in items:
+        kind = type(item)
+        if kind is list or kind is dict or kind is tuple:
+            problem = _unfaithful(item, budget - 1, encode)
+            if problem is not None:
+                return problem
+    return None
+
+
 class NodeIPCEncoder(Encoder):
     """Turns events into node-ipc frames (``bytes``, delimiter included); a datagram is one
     frame. Every other kind of message raises :class:`UnsupportedError`."""
@@ -184,13 +216,12 @@ class NodeIPCEncoder(Encoder):
                 f"data cannot be sent as node-ipc JSON: {type(exc).__name__}: {exc} (send str, "
                 "int, float, bool, None, list, tuple or dict with str keys)"
             ) from None
-        if len(text) > self._limits.max_depth and not _within_depth(
-            {"data": data}, self._limits.max_depth
-        ):  # (what the peer would refuse; a shorter text cannot nest deeper)
-            raise EncodeError(
-                "data cannot be sent as node-ipc JSON: it nests deeper than the peer's "
-                f"max_depth={self._limits.max_depth}"
-            )
+        depth = self._limits.max_depth
+        problem = _unfaithful({"data": data}, depth, self._json.encode)
+        if problem is not None:  # (what the peer would refuse, or not get as it was sent)
+            if problem is _TOO_DEEP:
+                problem = f"{_TOO_DEEP}={depth}"
+            raise EncodeError(f"data cannot be sent as node-ipc JSON: {problem}")
         try:
             body = text.encode()
         except UnicodeEncodeError:
