@@ -207,6 +207,24 @@ class Actor:
                 self._task_group.cancel_scope.cancel()
             self._closed.set()
 
+    def _unhandled(self) -> list[tuple[str, int]]:
+        """``(peer, count)`` for every peer this actor received events or requests from that
+        are not handled yet: what the process ending now would drop. Only reads (a signal
+        handler calls it, between any two steps of the loop)."""
+        server = self._server
+        peers: list[Any] = list(self._connections.values())
+        if isinstance(server, Server):
+            peers.extend(server._clients.values())
+        found = []
+        for peer in peers:
+            channel = peer._channel
+            count = 0 if channel is None else channel.unhandled
+            if count > 0:
+                found.append((peer.id, count))
+        if isinstance(server, DatagramServer) and server._events:
+            found.append(("its UDP peers", len(server._events)))
+        return found
+
     def _abort(self) -> None:
         """Stop now (``run``'s second signal): a flush in progress is cut short, and what
         the actor runs is cancelled, as a cancellation of its block no longer does."""

@@ -127,6 +127,14 @@ async def stubborn(actor: ipcactors.Actor, ignore_sigterm: bool) -> None:
         await anyio.sleep(60)
 
 
+async def works_slowly(actor: ipcactors.Actor) -> None:
+    """Each ``work`` event takes 50 ms: a backlog of them outlasts a short shutdown_timeout."""
+    parent = actor.parent
+    assert parent is not None
+    parent.on("work", lambda n: anyio.sleep(0.05))
+    await anyio.sleep_forever()
+
+
 async def blocks_before_ready(actor: ipcactors.Actor, seconds: float) -> None:
     """Blocks its event loop before its first ``await``: not ready, and deaf to the stop
     message, for ``seconds``."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -967,6 +968,29 @@ async def test_run_second_signal_stops_at_once(
     finally:
         kill_and_reap(process)
         shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_what_a_child_sigtermed_behind_its_backlog_leaves_unhandled_is_named(
+    socket_dir: str, log_lines: list[str], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """supervisor.md: the stop message is handled after the events sent before it, and a child
+    that has not stopped by shutdown_timeout gets SIGTERM. The events still waiting for its
+    handlers then vanished without a word (the child died of SIGTERM's default action); it
+    now names them as it dies, of SIGTERM all the same (reliability.md: nothing accepted is
+    dropped in silence)."""
+    with anyio.fail_after(20):
+        async with supervisor(socket_dir, shutdown_timeout=0.5, terminate_timeout=2.0) as sup:
+            await sup.spawn(_workers.works_slowly, id="w")
+            for n in range(100):  # 5 s of work: the stop message waits behind it
+                await sup.emit("w", "work", n)
+            await sup.stop("w")
+    assert any("'w' stopped (was killed by SIGTERM)" in line for line in log_lines), log_lines
+    err = capfd.readouterr().err
+    named = re.findall(
+        r"(\d+) event\(s\) or request\(s\) from 'supervisor' dropped unhandled: SIGTERM", err
+    )
+    assert len(named) == 1, err
+    assert 50 < int(named[0]) < 100, err
 
 
 @pytest.mark.parametrize("acked", ["off", "on"])

@@ -319,7 +319,7 @@ class Channel:
         # Batches of events and requests waiting for the dispatcher, with their bytes.
         self._inbox: deque[tuple[list[Event | Request], int]] = deque()
         self._inbox_bytes = 0
-        self._first_done = 0  # of the inbox's first batch, when the dispatcher ended
+        self._first_done = 0  # of the inbox's first batch: handled before the one running
         # Why what waits in the inbox is dropped, once something ended the channel on purpose
         # (a close, an abort, a timeout: see closing); None when it ends only because the loop
         # closes: nothing is said then (nor after a handler's exit: see _note_escape).
@@ -1219,11 +1219,17 @@ class Channel:
                 "close cancels the handlers still running)"
             )
 
+    @property
+    def unhandled(self) -> int:
+        """Events and requests received and not handled yet (one whose handler runs
+        included): what ending the channel now would drop."""
+        return sum(len(batch) for batch, _ in self._inbox) - self._first_done
+
     def _drop_inbox(self) -> None:
         """The channel ended with messages received and not handled (it was aborted, or its
         dispatcher cut short): hold none of them, and say how many (in the acknowledged mode
         the peer sends them again or reports them: a resume does not count them delivered)."""
-        dropped = sum(len(batch) for batch, _ in self._inbox) - self._first_done
+        dropped = self.unhandled
         self._inbox.clear()
         self._inbox_bytes = 0
         peer = self._peer
@@ -1259,7 +1265,9 @@ class Channel:
                         # A run of them, in a tight loop (see Peer._on_events).
                         index, pending = peer._on_events(batch, index)
                         if pending is not None:
-                            done = index - 1  # (this one's handlers, cancelled, did not finish)
+                            # (this one's handlers, cancelled, did not finish; kept where
+                            # unhandled reads it while they run)
+                            done = self._first_done = index - 1
                             message = None  # type: ignore[assignment]
                             with Handling(peer):  # (see _handling: closing from it)
                                 if peer._receiver is None:
@@ -1272,13 +1280,13 @@ class Channel:
                     index += 1
                     assert type(message) is Request
                     while not (self._broken or self._gate_open()):
-                        done = index - 1
+                        done = self._first_done = index - 1
                         await self._wait_change(writes=True)
                     self._queued_requests -= 1
                     if not self._broken:  # else no reply could reach the peer
                         self._start(message, task_group)
                 inbox.popleft()
-                done = 0
+                done = self._first_done = 0
                 # Hold no message while waiting: an array in shared memory is released as
                 # soon as its handlers drop it.
                 del batch

@@ -30,12 +30,13 @@ Invariants owned here:
 from __future__ import annotations
 
 import _thread
+import contextlib
 import os
 import signal
 import ssl
 import sys
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Final
 
 import anyio
@@ -232,6 +233,37 @@ async def _connect_parent(actor: Actor, spec: dict[str, Any], *, wait: bool = Tr
     return await actor.connect_to_net(spec["sup_id"], host, port, tls=tls, wait=wait)
 
 
+@contextlib.asynccontextmanager
+async def _drops_named_at_sigterm(actors: Callable[[], Iterable[Actor]]) -> AsyncIterator[None]:
+    """While the child runs, SIGTERM (the supervisor's, once the stop message was not taken
+    within shutdown_timeout: a backlog ahead of it, a handler that never returns) names what
+    each of ``actors()`` received and did not handle, as a close would; then the process dies
+    of SIGTERM, as it would have. No time to close in order. Written, not logged: the signal
+    may come while the log holds its lock. A handler ``fn`` sets replaces this one; the one
+    before is put back at the end (the forkserver's own, after its rehearsal)."""
+
+    def name_them(signum: int, frame: object) -> None:
+        lines = [
+            f"WARNING [{each.id}] {count} event(s) or request(s) from {peer!r} dropped "
+            "unhandled: SIGTERM\n"
+            for each in tuple(actors())
+            if not each.config.silent
+            for peer, count in each._unhandled()
+        ]
+        try:
+            os.write(2, "".join(lines).encode(errors="backslashreplace"))
+        except OSError:
+            pass
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, name_them)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _escalation(exc: BaseException) -> RestartIntensityError | None:
     """The RestartIntensityError the target ended with (alone, or in a group)."""
     if isinstance(exc, RestartIntensityError):
@@ -285,7 +317,10 @@ async def _main(spec: dict[str, Any], fn: Callable[..., Any]) -> int:
         runtime.main_cancelled = anyio.Event()
         set_runtime(runtime)
 
-        async with anyio.create_task_group() as task_group:
+        async with (
+            _drops_named_at_sigterm(lambda: (actor, *runtime.actors)),
+            anyio.create_task_group() as task_group,
+        ):
 
             async def run_target() -> None:
                 nonlocal code
