@@ -34,6 +34,7 @@ import os
 import weakref
 from bisect import bisect_right
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from .._errors import DecodeError, IPCError
@@ -151,6 +152,18 @@ class _Mapped:
         self.size = size
 
 
+def _weakly(method: Callable[[], None]) -> Callable[[], None]:
+    """``method`` (bound) called while its object lives, without keeping it alive."""
+    reference = weakref.WeakMethod(method)
+
+    def call() -> None:
+        bound = reference()
+        if bound is not None:
+            bound()
+
+    return call
+
+
 class SharedMemory:
     """One channel's shared memory (see the module's doc)."""
 
@@ -193,7 +206,7 @@ class SharedMemory:
         self._released: deque[tuple[int, int, Any]] = deque()
         self._returned: deque[tuple[int, int]] = deque()  # producers' arrays from `empty`
         self._scheduled = False
-        self._call_soon = threadsafe_caller(self._flush)
+        self._call_soon = threadsafe_caller(_weakly(self._flush))  # (no cycle through it)
         self._counters = counters
 
     # --- sending ----------------------------------------------------------------------------
@@ -416,6 +429,11 @@ class SharedMemory:
         on while arrays use them)."""
         self.closed = True
         close_fds(self.fds)
-        self._mapped.clear()  # (arrays keep what they use mapped)
+        # Ours and the peer's mappings go now, not when this object does (a channel's parts
+        # refer to each other: the collector's to free), except under arrays still alive.
+        self._mapped.clear()
         for pool in self._pools:
             pool.segment.close()
+        self._pools.clear()
+        self._slots.clear()
+        self._lent.clear()
