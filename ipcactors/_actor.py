@@ -221,8 +221,8 @@ class Actor:
             count = 0 if channel is None else channel.unhandled
             if count > 0:
                 found.append((peer.id, count))
-        if isinstance(server, DatagramServer) and server._events:
-            found.append(("its UDP peers", len(server._events)))
+        if isinstance(server, DatagramServer) and server._inbox:
+            found.append(("its UDP peers", len(server._inbox)))
         return found
 
     def _abort(self) -> None:

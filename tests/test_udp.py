@@ -101,6 +101,65 @@ async def test_a_udp_event_handler_may_await_a_request_to_its_peer() -> None:
         assert sums == [1, 2, 3, 4, 5]
 
 
+async def test_a_udp_request_starts_once_the_events_before_it_were_handled() -> None:
+    """guide.md: "A request starts once every event sent before it was handled". Once events
+    waited for a task of their own (879a7db), requests still started from the receive loop:
+    every read after a slow write was stale (a helper's probe, 50 of 50)."""
+    async with Actor("world", silent=True) as world_actor, Actor("hello", silent=True) as hello_a:
+        world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        hello = await hello_a.serve_net("127.0.0.1", 0, udp="udp4")
+        stored: list[int] = [-1]
+
+        async def slowly_set(n: int, peer: ipcactors.DatagramPeer) -> None:
+            await anyio.sleep(0.02)
+            stored[0] = n
+
+        world.on("set", slowly_set)
+        world.on("get", lambda data, peer: stored[0])
+        with anyio.fail_after(10):
+            for n in range(5):
+                await hello.emit(world.address, "set", n)
+                assert await hello.request(world.address, "get", timeout=5) == n
+
+
+async def test_a_udp_handler_that_closes_its_server_stops_what_waits_behind_it(
+    log_lines: list[str],
+) -> None:
+    """A handler closing its UDP server: what waits behind it is not handled (it is named),
+    as on connections. Plain handlers behind it ran, all 50, before the close could start
+    (879a7db: they gave the loop no pass)."""
+    handled: list[int] = []
+    release = anyio.Event()
+    async with Actor("hello", silent=True) as hello_actor:
+        hello = await hello_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        async with Actor("world") as world_actor:
+            world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")
+
+            async def close(data: object, peer: ipcactors.DatagramPeer) -> None:
+                await release.wait()
+                await world.aclose()
+
+            world.on("close", close)
+            world.on("ev", lambda n, peer: handled.append(n))
+            with anyio.fail_after(10):
+                await hello.emit(world.address, "close")
+                for n in range(50):
+                    await hello.emit(world.address, "ev", n)
+                while world.statistics().received < 51:
+                    await anyio.sleep(0.01)
+                release.set()
+                while True:  # until the close is done: then it sends nothing more
+                    try:
+                        await world.emit(hello.address, "ping")
+                    except ipcactors.ClosedError:
+                        break
+                    await anyio.sleep(0.01)
+    assert handled == []
+    warned = [line for line in log_lines if "dropped unhandled" in line]
+    assert len(warned) == 1, log_lines
+    assert "50 event(s) or request(s) dropped unhandled: server closed" in warned[0]
+
+
 async def test_udp_events_a_close_leaves_unhandled_are_named(log_lines: list[str]) -> None:
     """What waits for a slow handler when the server closes is dropped, and said so (as on
     connections), not dropped in silence."""
@@ -124,7 +183,7 @@ async def test_udp_events_a_close_leaves_unhandled_are_named(log_lines: list[str
                 await world.aclose()
     warned = [line for line in log_lines if "dropped unhandled" in line]
     assert len(warned) == 1, log_lines
-    assert "4 event(s) dropped unhandled: server closed" in warned[0]
+    assert "4 event(s) or request(s) dropped unhandled: server closed" in warned[0]
 
 
 async def test_an_address_that_cannot_be_sent_to_is_refused_and_the_server_serves_on() -> None:

@@ -21,10 +21,13 @@ Invariants:
 - The peer table is bounded by ``max_connections``; a peer not heard from for ``PEER_TTL``
   seconds is forgotten (and no longer reached by ``broadcast``), and so is the one heard from
   the longest ago when a newcomer finds the table full: no one is kept out.
-- Events are handled one at a time, in the order they were received, in a task beside the
-  receive loop, which goes on reading meanwhile (a handler may await a reply): they wait in
-  ``_events`` within ``max_inbox_bytes``, past which the loop reads nothing more (replies
-  included) until the handlers catch up. What a close leaves there is named in a warning.
+- Events and requests are taken one at a time, in the order they were received, by a task
+  beside the receive loop, which goes on reading meanwhile (an event's handler may await a
+  reply): an event is handled there, a request started there (answered in a task of its
+  own), so a request starts once every event received before it was handled. They wait in
+  ``_inbox`` within ``max_inbox_bytes``, past which the loop reads nothing more (replies
+  included) until the handlers catch up. A close stops the taking at once (the handler
+  running finishes first when it closed); what it leaves is named in a warning.
 - One datagram is sent at a time (replies, emits and broadcasts from any number of tasks).
 - At most ``MAX_REQUESTS`` requests are answered at once (each in a task); a request beyond
   them is dropped and counted, and its sender times out as if the datagram were lost.
@@ -39,7 +42,7 @@ from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Final
 
 import anyio
 from anyio.abc import SocketAttribute, TaskGroup, TaskStatus, UDPSocket
@@ -73,6 +76,10 @@ from ._requests import Requests
 
 __all__ = ["DatagramPeer", "DatagramServer", "DatagramStatistics"]
 
+
+#: Events and requests taken from a UDP server's inbox between two loop passes (its plain
+#: handlers give none): a close, the reader and senders wait at most this many handlers.
+_TAKEN_PER_PASS: Final = 64
 
 PEER_TTL = 60.0  # seconds a peer stays in the table (and in broadcasts) after its last datagram
 MAX_REQUESTS = 64  # requests answered at once; a flood beyond them costs no task and no memory
@@ -196,10 +203,11 @@ class DatagramServer(HandlerMethods):
         self._stats = DatagramStatistics()
         # Events wait here for their handlers, which run one at a time in a task of their own
         # (see the invariants): (event, peer, bytes), within max_inbox_bytes.
-        self._events: deque[tuple[Event, DatagramPeer, int]] = deque()
-        self._events_bytes = 0
-        self._events_came = anyio.Event()  # set when the handling task may have work
-        self._events_room: anyio.Event | None = None  # the receive loop waits for room
+        self._inbox: deque[tuple[Event | Request, DatagramPeer, int]] = deque()
+        self._inbox_bytes = 0
+        self._inbox_filled = anyio.Event()  # set when the taking task may have work
+        self._inbox_room: anyio.Event | None = None  # the receive loop waits for room
+        self._closing = False  # no more taking from the inbox
         self._scope = anyio.CancelScope()
         self._stopped = anyio.Event()
         self._owner_group: TaskGroup | None = None  # (a close kept by a handler starts there)
@@ -366,11 +374,11 @@ class DatagramServer(HandlerMethods):
         try:
             with self._scope:
                 async with anyio.create_task_group() as task_group:
-                    task_group.start_soon(self._handle_events)
+                    task_group.start_soon(self._take_inbox, task_group)
                     task_status.started()
                     await self._receive_loop(self._socket, task_group)
         finally:
-            self._drop_events()
+            self._drop_inbox()
             with anyio.CancelScope(shield=True):
                 await self._socket.aclose()
             self._stopped.set()
@@ -405,26 +413,18 @@ class DatagramServer(HandlerMethods):
             peer = self._remember((address[0], address[1]))
             size = len(data) // len(messages)
             for message in messages:
-                self._dispatch(message, peer, size, task_group)
-            if self._events_bytes > self._config.max_inbox_bytes:
+                self._dispatch(message, peer, size)
+            if self._inbox_bytes > self._config.max_inbox_bytes:
                 # Handlers are behind: read on once they caught up (the kernel drops what does
                 # not fit its buffer meanwhile, replies too).
-                self._events_room = anyio.Event()
-                await self._events_room.wait()
+                self._inbox_room = anyio.Event()
+                await self._inbox_room.wait()
 
-    def _dispatch(
-        self, message: Message, peer: DatagramPeer, size: int, task_group: TaskGroup
-    ) -> None:
-        if type(message) is Event:
-            self._events.append((message, peer, size))
-            self._events_bytes += size
-            self._events_came.set()
-        elif type(message) is Request:
-            if self._answering >= MAX_REQUESTS:
-                self._stats.dropped_busy += 1
-                return
-            self._answering += 1
-            task_group.start_soon(self._answer, message, peer)
+    def _dispatch(self, message: Message, peer: DatagramPeer, size: int) -> None:
+        if type(message) is Event or type(message) is Request:
+            self._inbox.append((message, peer, size))
+            self._inbox_bytes += size
+            self._inbox_filled.set()
         elif isinstance(message, Reply | ErrorReply):
             # Taken only from where the request went: anyone can send to a port.
             if self._asked.get(message.id) != peer.address:
@@ -434,34 +434,48 @@ class DatagramServer(HandlerMethods):
             else:
                 self._requests.reject(message)
 
-    async def _handle_events(self) -> None:
-        """Handle the events received, one at a time, in order, beside the receive loop: a
-        handler may await a reply, which that loop reads meanwhile."""
-        events = self._events
-        while True:
-            if not events:
-                self._events_came = anyio.Event()
-                await self._events_came.wait()
+    async def _take_inbox(self, task_group: TaskGroup) -> None:
+        """Take what was received, one at a time, in order, beside the receive loop (see the
+        invariants): handle an event, start a request. A loop pass every ``_TAKEN_PER_PASS``
+        (plain handlers never give one): a close, a sender, the reader get their turn."""
+        inbox = self._inbox
+        taken = 0
+        while not self._closing:
+            if not inbox:
+                self._inbox_filled = anyio.Event()
+                await self._inbox_filled.wait()
                 continue
-            message, peer, size = events.popleft()
-            self._events_bytes -= size
-            room = self._events_room
-            if room is not None and self._events_bytes <= self._config.max_inbox_bytes:
-                self._events_room = None
+            message, peer, size = inbox.popleft()
+            self._inbox_bytes -= size
+            room = self._inbox_room
+            if room is not None and self._inbox_bytes <= self._config.max_inbox_bytes:
+                self._inbox_room = None
                 room.set()
-            if not self._handlers.handles(message.event, request=False):
+            if type(message) is Request:
+                if self._answering >= MAX_REQUESTS:
+                    self._stats.dropped_busy += 1
+                else:
+                    self._answering += 1
+                    task_group.start_soon(self._answer, message, peer)
+            elif not self._handlers.handles(message.event, request=False):
                 self._stats.events_unhandled += 1
                 unhandled(self._unhandled_names, message.event, repr(peer), self._log)
-                continue
-            with Handling(peer):  # (see _handling: closing from the handler)
-                await self._handlers.call(message.event, (message.data, peer), self._log)
+            else:
+                with Handling(peer):  # (see _handling: closing from the handler)
+                    await self._handlers.call(message.event, (message.data, peer), self._log)
+            taken += 1
+            if taken % _TAKEN_PER_PASS == 0:
+                await anyio.lowlevel.checkpoint()
 
-    def _drop_events(self) -> None:
-        """The server closed with events received and not handled: say how many."""
-        if self._events:
-            self._log.warning(f"{len(self._events)} event(s) dropped unhandled: server closed")
-            self._events.clear()
-            self._events_bytes = 0
+    def _drop_inbox(self) -> None:
+        """The server closed with events or requests received and not taken: say how many
+        (a request's sender times out, as for a lost datagram)."""
+        if self._inbox:
+            self._log.warning(
+                f"{len(self._inbox)} event(s) or request(s) dropped unhandled: server closed"
+            )
+            self._inbox.clear()
+            self._inbox_bytes = 0
 
     def _refuse_reply(self, data: bytes, address: PeerAddress) -> None:
         """``data``, too large to decode, may answer one of our requests (the answering side
@@ -520,6 +534,7 @@ class DatagramServer(HandlerMethods):
         return isinstance(peer, DatagramPeer) and peer._server is self
 
     def _close_soon(self) -> None:
+        self._closing = True  # (nothing more is taken, from the handler that closed on)
         if self._owner_group is not None and not self._stopped.is_set():
             self._owner_group.start_soon(self.aclose)
 
@@ -528,6 +543,7 @@ class DatagramServer(HandlerMethods):
         the close starts once the handler has returned (a request's reply sent first)."""
         if kept_until_handled(self._serves, self._close_soon):
             return
+        self._closing = True
         self._scope.cancel()
         if self._socket is not None:
             await self._stopped.wait()
