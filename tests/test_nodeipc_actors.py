@@ -6,6 +6,7 @@ its own connection; the options are validated. The real node-ipc is in test_node
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import json
@@ -160,9 +161,16 @@ async def test_what_node_ipc_cannot_carry_is_refused_before_sending(socket_dir: 
                 with pytest.raises(ipcactors.EncodeError, match="node-ipc JSON"):
                     await connection.emit("x", data)
             # Keys JSON writes alike: the peer would keep one value (the other went unsaid).
-            for data in ({1: "a", "1": "b"}, [{"x": {True: 1, "true": 2}}], {None: 0, "null": 1}):
-                with pytest.raises(ipcactors.EncodeError, match="alike"):
+            for data in (
+                {1: "a", "1": "b"},
+                [{"x": {True: 1, "true": 2}}],
+                {None: 0, "null": 1},
+                [collections.OrderedDict({1.5: "a", "1.5": "b"})],  # (as JSON writes it)
+                {**{n: n for n in range(10_000)}, "5": 1},  # the message names the pair only
+            ):
+                with pytest.raises(ipcactors.EncodeError, match="alike") as caught:
                     await connection.emit("x", data)
+                assert len(str(caught.value)) < 300
             assert connection.connected  # nothing was sent: the connection lives
 
 

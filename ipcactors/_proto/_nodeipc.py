@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from typing import Any, Final
 
 from .._errors import (
@@ -140,32 +139,64 @@ def _within_depth(value: Any, budget: int) -> bool:
 _TOO_DEEP: Final = "it nests deeper than the peer's max_depth"
 
 
-def _unfaithful(value: Any, budget: int, encode: Callable[[Any], str]) -> str | None:
-    """Why ``value`` (a dict, list or tuple) would not reach a peer as it is: it nests more
-    than ``budget`` containers deep (the peer refuses it), or a dict has keys JSON writes
-    alike (``1`` and ``"1"``, ``True`` and ``"true"``: the peer keeps one of their values);
-    ``None`` if neither. ``encode``: JSON text of a value. Recursion depth ≤ budget."""
+def _unfaithful(value: Any, budget: int) -> str | None:
+    """Why ``value`` (a dict, list or tuple, subclasses too, as JSON writes them) would not
+    reach a peer as it is: it nests more than ``budget`` containers deep (the peer refuses
+    it), or a dict has keys JSON writes alike (``1`` and ``"1"``, ``True`` and ``"true"``: the
+    peer keeps one of their values); ``None`` if neither. Recursion depth ≤ budget."""
     if budget <= 0:
         return _TOO_DEEP
-    if type(value) is dict:
-        if not all(type(key) is str for key in value):
-            written = {encode(key) if type(key) is str else encode({key: 0})[1:-3] for key in value}
-            if len(written) < len(value):
-                keys = ", ".join(repr(key) for key in value if type(key) is not str)
-                return (
-                    f"a dict has keys JSON writes alike ({keys} and a str key), of which the "
-                    "peer would keep one value: make them distinct strings"
-                )
+    if isinstance(value, dict):
+        if len(value) > 1:
+            # Only keys of different types can be written alike (two keys of one type JSON
+            # writes alike are one key in Python: 1, 1.0 and True are).
+            keys = iter(value)
+            kind = type(next(keys))
+            for key in keys:
+                if type(key) is not kind:
+                    clash = _keys_written_alike(value)
+                    if clash is not None:
+                        return clash
+                    break
         items = value.values()
     else:
         items = value
     for item in items:
-        kind = type(item)
-        if kind is list or kind is dict or kind is tuple:
-            problem = _unfaithful(item, budget - 1, encode)
+        if type(item) in _SCALARS:
+            continue
+        if isinstance(item, list | tuple | dict):
+            problem = _unfaithful(item, budget - 1)
             if problem is not None:
                 return problem
     return None
+
+
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+
+
+def _keys_written_alike(value: dict[Any, Any]) -> str | None:
+    texts = {_key_text(key): key for key in value if not isinstance(key, str)}
+    for key in value:
+        if isinstance(key, str) and key in texts:
+            return (
+                f"a dict has keys JSON writes alike ({texts[key]!r} and {key!r}), of which the "
+                "peer would keep one value: make them distinct"
+            )
+    return None
+
+
+def _key_text(key: Any) -> str:
+    """A key that is not a str as ``json.dumps`` writes it (it takes int, float, bool and
+    None: anything else failed to encode before this is asked)."""
+    if key is True:
+        return "true"
+    if key is False:
+        return "false"
+    if key is None:
+        return "null"
+    if isinstance(key, float):
+        return float.__repr__(key)
+    return int.__repr__(key)
 
 
 class NodeIPCEncoder(Encoder):
@@ -217,7 +248,7 @@ class NodeIPCEncoder(Encoder):
                 "int, float, bool, None, list, tuple or dict with str keys)"
             ) from None
         depth = self._limits.max_depth
-        problem = _unfaithful({"data": data}, depth, self._json.encode)
+        problem = _unfaithful({"data": data}, depth)
         if problem is not None:  # (what the peer would refuse, or not get as it was sent)
             if problem is _TOO_DEEP:
                 problem = f"{_TOO_DEEP}={depth}"
