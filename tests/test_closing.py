@@ -875,27 +875,6 @@ async def test_events_a_close_leaves_unhandled_are_named_in_a_warning(
         assert f"{dropped} event(s) or request(s) from {sender!r}" in warned[0]
 
 
-async def test_what_a_close_never_sent_is_counted_in_messages_not_frames(
-    socket_dir: str, log_lines: list[str]
-) -> None:
-    """The warning a close gives for what it could not send counted frames: small events
-    queued together travel as one batch, one frame, and were counted as one."""
-    options = {"retry": 0.05, "retry_cap": 0.1, "close_timeout": 0.2}
-    async with Actor("hello", socket_root=socket_dir, **options) as hello:
-        async with Actor("world", socket_root=socket_dir, silent=True) as world:
-            await world.serve()
-            conn = await hello.connect_to("world")
-        with anyio.fail_after(10):
-            while conn.connected:
-                await anyio.sleep(0.01)
-        for n in range(50):
-            await conn.emit("ev", n)
-        await conn.aclose()
-    never_sent = [line for line in log_lines if "never sent" in line]
-    assert len(never_sent) == 1, never_sent
-    assert "50 message(s) queued for 'world' were never sent" in never_sent[0], never_sent
-
-
 class _Leave(BaseException):
     """What a handler raises that is not an Exception: it ends its actor's block."""
 

@@ -214,11 +214,13 @@ async def test_a_request_sent_ahead_of_a_welcome_that_never_came_is_not_sent_aga
     assert events == ["a", "b"]
 
 
-async def test_a_close_does_not_count_withdrawn_requests_as_never_sent(
-    socket_dir: str, log_lines: list[str]
+@pytest.mark.parametrize(("queued", "never_sent"), [("withdrawn requests", 1), ("a batch", 50)])
+async def test_a_close_counts_in_messages_what_it_never_sent(
+    socket_dir: str, log_lines: list[str], queued: str, never_sent: int
 ) -> None:
     """The warning a close gives for what it could not send counted the requests withdrawn
-    before it (their callers already told RequestTimeoutError) as frames never sent."""
+    before it (their callers already told RequestTimeoutError) as frames never sent; and
+    it counted frames: small events queued together travel as one batch, one frame."""
     options = {"retry": 0.05, "retry_cap": 0.1, "close_timeout": 0.3}
     async with Actor("hello", socket_root=socket_dir, **options) as hello:
         async with Actor("world", socket_root=socket_dir, silent=True) as world:
@@ -227,10 +229,14 @@ async def test_a_close_does_not_count_withdrawn_requests_as_never_sent(
         with anyio.fail_after(10):
             while conn.connected:
                 await anyio.sleep(0.01)
-        await conn.emit("ev", "queued")
-        for n in range(3):
-            await expires_within(conn.request("work", n, timeout=0.1), 0.1)
+        if queued == "a batch":
+            for n in range(50):
+                await conn.emit("ev", n)
+        else:
+            await conn.emit("ev", "queued")
+            for n in range(3):
+                await expires_within(conn.request("work", n, timeout=0.1), 0.1)
         await conn.aclose()
-    never_sent = [line for line in log_lines if "never sent" in line]
-    assert len(never_sent) == 1, never_sent
-    assert "1 message(s) queued for 'world' were never sent" in never_sent[0]
+    warned = [line for line in log_lines if "never sent" in line]
+    assert len(warned) == 1, warned
+    assert f"{never_sent} message(s) queued for 'world' were never sent" in warned[0], warned

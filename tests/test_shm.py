@@ -14,7 +14,8 @@ import struct
 import sys
 import tempfile
 import textwrap
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -23,7 +24,14 @@ import numpy as np
 import pytest
 from _backends import _uvloop_global_state, anyio_backend  # noqa: F401
 
-from ipcactors import Actor, ConfigError, Connection, ConnectionLostError, RequestTimeoutError
+from ipcactors import (
+    Actor,
+    ConfigError,
+    Connection,
+    ConnectionLostError,
+    RequestTimeoutError,
+    Server,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -37,6 +45,16 @@ async def _poll(condition: Callable[[], bool], what: str) -> None:
         while not condition():
             gc.collect()
             await anyio.sleep(0.01)
+
+
+@asynccontextmanager
+async def _summing(socket_dir: str) -> AsyncIterator[tuple[Server, Connection]]:
+    """A server answering ``sum`` of an array, and a connection to it; shared memory on."""
+    async with Actor("world", socket_root=socket_dir, silent=True, **SHM) as world:
+        server = await world.serve()
+        server.on("sum", lambda data, client: float(data.sum()))
+        async with Actor("hello", socket_root=socket_dir, silent=True, **SHM) as hello:
+            yield server, await hello.connect_to("world")
 
 
 def _memfd_maps() -> int:
@@ -141,15 +159,11 @@ async def test_small_arrays_tcp_and_peers_without_it_take_the_socket_path(
                     assert not conn.statistics().shared_memory
                     assert conn.statistics().shared_fallbacks == 0
                     assert isinstance(conn.empty(10, np.int8), np.ndarray)  # an ordinary one
-    async with Actor("world", socket_root=socket_dir, silent=True, **SHM) as world:
-        server = await world.serve()
-        server.on("sum", lambda data, client: float(data.sum()))
-        async with Actor("hello", socket_root=socket_dir, silent=True, **SHM) as hello:
-            conn = await hello.connect_to("world")
-            with anyio.fail_after(10):
-                assert await conn.request("sum", np.ones(1000)) == 1000  # below the threshold
-            assert conn.statistics().shared_memory
-            assert conn.statistics().shared_sent == 0
+    async with _summing(socket_dir) as (_, conn):
+        with anyio.fail_after(10):
+            assert await conn.request("sum", np.ones(1000)) == 1000  # below the threshold
+        assert conn.statistics().shared_memory
+        assert conn.statistics().shared_sent == 0
 
 
 async def test_copy_on_write_arrays_are_private_and_a_reused_slot_reads_fresh(
@@ -674,21 +688,17 @@ async def test_a_closed_connections_segments_go_without_waiting_for_the_collecto
     gc.collect()
     gc.disable()
     try:
-        async with Actor("world", socket_root=socket_dir, silent=True, **SHM) as world:
-            server = await world.serve()
-            server.on("sum", lambda data, client: float(data.sum()))
-            async with Actor("hello", socket_root=socket_dir, silent=True, **SHM) as hello:
-                conn = await hello.connect_to("world")
-                with anyio.fail_after(10):
-                    for _ in range(3):
-                        assert await conn.request("sum", np.ones(1 << 20, np.float32)) == 1 << 20
-                assert conn.statistics().shared_sent == 3
-                assert _memfd_maps() > 0
-                await hello.disconnect("world")
-                with anyio.fail_after(10):
-                    while server.clients:
-                        await anyio.sleep(0.01)
-                assert _memfd_maps() == 0
+        async with _summing(socket_dir) as (server, conn):
+            with anyio.fail_after(10):
+                for _ in range(3):
+                    assert await conn.request("sum", np.ones(1 << 20, np.float32)) == 1 << 20
+            assert conn.statistics().shared_sent == 3
+            assert _memfd_maps() > 0
+            await conn.aclose()
+            with anyio.fail_after(10):
+                while server.clients:
+                    await anyio.sleep(0.01)
+            assert _memfd_maps() == 0
     finally:
         gc.enable()
 

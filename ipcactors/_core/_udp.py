@@ -201,8 +201,8 @@ class DatagramServer(HandlerMethods):
         self._socket: UDPSocket | None = None
         self._bound: PeerAddress | None = None  # (host, port) once bound; kept after close
         self._stats = DatagramStatistics()
-        # Events wait here for their handlers, which run one at a time in a task of their own
-        # (see the invariants): (event, peer, bytes), within max_inbox_bytes.
+        # Events and requests wait here to be taken, one at a time, by a task of their own
+        # (see the invariants): (message, peer, bytes), within max_inbox_bytes.
         self._inbox: deque[tuple[Event | Request, DatagramPeer, int]] = deque()
         self._inbox_bytes = 0
         self._inbox_filled = anyio.Event()  # set when the taking task may have work
