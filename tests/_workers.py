@@ -10,6 +10,7 @@ import os
 import resource
 import signal
 import sys
+import time
 from typing import Any
 
 import anyio
@@ -127,11 +128,19 @@ async def stubborn(actor: ipcactors.Actor, ignore_sigterm: bool) -> None:
         await anyio.sleep(60)
 
 
-async def works_slowly(actor: ipcactors.Actor) -> None:
-    """Each ``work`` event takes 50 ms: a backlog of them outlasts a short shutdown_timeout."""
+async def works_slowly(actor: ipcactors.Actor, forks: bool = False) -> None:
+    """Each ``work`` event takes 50 ms: a backlog of them outlasts a short shutdown_timeout.
+    ``forks``: the first one forks a process (in the child's group) that only waits."""
+
+    async def work(n: int) -> None:
+        if forks and n == 0 and os.fork() == 0:
+            time.sleep(30)  # (the group's SIGTERM or SIGKILL ends it)
+            os._exit(0)
+        await anyio.sleep(0.05)
+
     parent = actor.parent
     assert parent is not None
-    parent.on("work", lambda n: anyio.sleep(0.05))
+    parent.on("work", work)
     await anyio.sleep_forever()
 
 

@@ -970,17 +970,19 @@ async def test_run_second_signal_stops_at_once(
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.parametrize("forks", [False, True], ids=["", "a process it forked"])
 async def test_what_a_child_sigtermed_behind_its_backlog_leaves_unhandled_is_named(
-    socket_dir: str, log_lines: list[str], capfd: pytest.CaptureFixture[str]
+    socket_dir: str, log_lines: list[str], capfd: pytest.CaptureFixture[str], forks: bool
 ) -> None:
     """supervisor.md: the stop message is handled after the events sent before it, and a child
     that has not stopped by shutdown_timeout gets SIGTERM. The events still waiting for its
     handlers then vanished without a word (the child died of SIGTERM's default action); it
     now names them as it dies, of SIGTERM all the same (reliability.md: nothing accepted is
-    dropped in silence)."""
+    dropped in silence). A process it forked, which gets the group's SIGTERM too, says
+    nothing: its copy of the child's inbox is stale (it said it, as the child)."""
     with anyio.fail_after(20):
         async with supervisor(socket_dir, shutdown_timeout=0.5, terminate_timeout=2.0) as sup:
-            await sup.spawn(_workers.works_slowly, id="w")
+            await sup.spawn(_workers.works_slowly, forks, id="w")
             for n in range(100):  # 5 s of work: the stop message waits behind it
                 await sup.emit("w", "work", n)
             await sup.stop("w")

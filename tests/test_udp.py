@@ -437,6 +437,40 @@ async def test_requests_answered_at_once_are_capped() -> None:
                 assert await hello.request(world.address, "echo", "after", timeout=2) == "after"
 
 
+async def test_quick_requests_that_waited_behind_a_slow_event_are_all_answered() -> None:
+    """MAX_REQUESTS bounds the requests answered at once, not those that waited behind a slow
+    handler: taken back to back once it returned, their answers had no turn to end, and 26
+    of 90 quick requests were dropped as busy (a helper's probe of 00292db)."""
+    from ipcactors._core._udp import MAX_REQUESTS
+
+    count = 3 * MAX_REQUESTS
+    async with Actor("world", silent=True) as world_actor, Actor("hello", silent=True) as hello_a:
+        world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        hello = await hello_a.serve_net("127.0.0.1", 0, udp="udp4")
+        release = anyio.Event()
+
+        async def slow(data: object, peer: ipcactors.DatagramPeer) -> None:
+            await release.wait()
+
+        world.on("slow", slow)
+        world.on("echo", lambda data, peer: data)
+        answers: list[int] = []
+
+        async def ask(n: int) -> None:
+            answers.append(await hello.request(world.address, "echo", n, timeout=5))
+
+        with anyio.fail_after(10):
+            await hello.emit(world.address, "slow")
+            async with anyio.create_task_group() as group:
+                for n in range(count):
+                    group.start_soon(ask, n)
+                while world.statistics().received < count + 1:
+                    await anyio.sleep(0.01)
+                release.set()
+        assert sorted(answers) == list(range(count))
+        assert world.statistics().dropped_busy == 0
+
+
 async def test_broadcast_reaches_recent_peers() -> None:
     async with Actor("world", silent=True) as world_actor:
         world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")

@@ -30,7 +30,8 @@ Invariants:
   running finishes first when it closed); what it leaves is named in a warning.
 - One datagram is sent at a time (replies, emits and broadcasts from any number of tasks).
 - At most ``MAX_REQUESTS`` requests are answered at once (each in a task); a request beyond
-  them is dropped and counted, and its sender times out as if the datagram were lost.
+  them (still so after ``_PASSES_FOR_A_PLACE`` loop passes) is dropped and counted, and its
+  sender times out as if the datagram were lost.
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ __all__ = ["DatagramPeer", "DatagramServer", "DatagramStatistics"]
 #: Events and requests taken from a UDP server's inbox between two loop passes (its plain
 #: handlers give none): a close, the reader and senders wait at most this many handlers.
 _TAKEN_PER_PASS: Final = 64
+#: Loop passes a request taken while MAX_REQUESTS are answered waits for a place: a quick
+#: handler's answer (its handler, then its send) ends within them.
+_PASSES_FOR_A_PLACE: Final = 4
 
 PEER_TTL = 60.0  # seconds a peer stays in the table (and in broadcasts) after its last datagram
 MAX_REQUESTS = 64  # requests answered at once; a flood beyond them costs no task and no memory
@@ -452,6 +456,13 @@ class DatagramServer(HandlerMethods):
                 self._inbox_room = None
                 room.set()
             if type(message) is Request:
+                # MAX_REQUESTS running: a few loop passes for those that are quick to end
+                # (requests that waited behind a slow handler, started back to back, are no
+                # flood of slow ones), then this one is dropped.
+                for _ in range(_PASSES_FOR_A_PLACE):
+                    if self._answering < MAX_REQUESTS:
+                        break
+                    await anyio.lowlevel.checkpoint()
                 if self._answering >= MAX_REQUESTS:
                     self._stats.dropped_busy += 1
                 else:

@@ -242,18 +242,21 @@ async def _drops_named_at_sigterm(actors: Callable[[], Iterable[Actor]]) -> Asyn
     may come while the log holds its lock. A handler ``fn`` sets replaces this one; the one
     before is put back at the end (the forkserver's own, after its rehearsal)."""
 
+    ours = os.getpid()
+
     def name_them(signum: int, frame: object) -> None:
-        lines = [
-            f"WARNING [{each.id}] {count} event(s) or request(s) from {peer!r} dropped "
-            "unhandled: SIGTERM\n"
-            for each in tuple(actors())
-            if not each.config.silent
-            for peer, count in each._unhandled()
-        ]
-        try:
-            os.write(2, "".join(lines).encode(errors="backslashreplace"))
-        except OSError:
-            pass
+        if os.getpid() == ours:  # (not in a process forked from ours: its copy is stale)
+            lines = [
+                f"WARNING [{each.id}] {count} event(s) or request(s) from {peer!r} dropped "
+                "unhandled: SIGTERM\n"
+                for each in tuple(actors())
+                if not each.config.silent
+                for peer, count in each._unhandled()
+            ]
+            try:
+                os.write(2, "".join(lines).encode(errors="backslashreplace"))
+            except OSError:
+                pass
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
 
