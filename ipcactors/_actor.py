@@ -75,6 +75,7 @@ class Actor:
         # The next connection made handles nothing it receives until this is set (a supervised
         # child's link to its supervisor, see Peer._ready); then None again.
         self._hold_next: anyio.Event | None = None
+        self._token_next: str | None = None  # (see Connection._token)
         #: In a process started by a :class:`Supervisor`: the connection to that supervisor
         #: (set before the child's function runs). ``None`` everywhere else.
         self.parent: Connection | None = None
@@ -481,6 +482,7 @@ class Actor:
         )
         # A supervised child's first connection, to its supervisor: see Peer._ready.
         connection._ready, self._hold_next = self._hold_next, None
+        connection._token, self._token_next = self._token_next, None
         self._connections[id] = connection
         # Runs in the caller's task, which the actor does not own: aclose() cancels the
         # attempts through the connection (it is in _connections from here on).

@@ -970,6 +970,31 @@ async def test_run_second_signal_stops_at_once(
         shutil.rmtree(root, ignore_errors=True)
 
 
+async def test_only_a_childs_own_process_connects_to_its_supervisor_with_its_id(
+    socket_dir: str,
+) -> None:
+    """security.md: each child proves its incarnation. Only its hello and ready did: any peer
+    that reached the supervisor's socket (over TLS without client certificates, whoever
+    reaches the port) connected with a running child's id and took over its connection: the
+    child was cut off ("replaced"), the supervisor's requests answered by the impostor, and
+    nothing restarted the child (a helper's probe of remote.md). Such a connection is now
+    refused (RejectedError, reason "id"); the child goes on, and a non-child id still gets in."""
+    with anyio.fail_after(20):
+        async with supervisor(socket_dir) as sup:
+            await sup.spawn(_workers.echo, "real", id="w1")
+            address = sup.server.address
+            assert isinstance(address, str)
+            async with ipcactors.Actor("w1", socket_root=socket_dir, silent=True) as impostor:
+                with pytest.raises(ipcactors.RejectedError, match="w1") as caught:
+                    await impostor.connect_to(sup.id, path=address)
+                assert caught.value.reason == "id"
+                assert await sup.request("w1", "tag") == "real"
+            async with ipcactors.Actor("other", socket_root=socket_dir, silent=True) as other:
+                await other.connect_to(sup.id, path=address)
+            assert await sup.request("w1", "tag") == "real"
+            assert sup.children["w1"].restarts == 0
+
+
 @pytest.mark.parametrize("forks", [False, True], ids=["", "a process it forked"])
 async def test_what_a_child_sigtermed_behind_its_backlog_leaves_unhandled_is_named(
     socket_dir: str, log_lines: list[str], capfd: pytest.CaptureFixture[str], forks: bool

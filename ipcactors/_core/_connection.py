@@ -185,6 +185,9 @@ class Connection(Peer, HandlerMethods):
         self._unproven = False
         self._server_id: str | None = None
         self._gave_up: BaseException | None = None  # why it was destroyed, if not closed
+        # A supervised child's connection to its supervisor: its incarnation's token, in
+        # every hello (the supervisor admits that child's id with it only: Server._claims).
+        self._token: str | None = None
         self._refused: IPCError | None = None  # the server refused our certificate: give up
         if config.acked != "off":
             self._acked = AckedSender(self._outbox, self._encoder.kept_frame)
@@ -462,6 +465,8 @@ class Connection(Peer, HandlerMethods):
             }
             if batch_limit:
                 hello_extra["batch"] = batch_limit
+            if self._token is not None:
+                hello_extra["token"] = self._token
             session = Session(
                 codec,
                 self._config.limits,

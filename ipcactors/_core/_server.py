@@ -294,6 +294,9 @@ class Server(HandlerMethods):
         # While held (see _hold()): set once ready; and the clients waiting for it, by id.
         self._ready: anyio.Event | None = None
         self._held: dict[str, anyio.CancelScope] = {}
+        # Who may take an id (a supervisor's server: a child's, only with its incarnation's
+        # token): called with the id and the hello's token, says why not, or None.
+        self._claims: Callable[[str, Any], str | None] | None = None
         self._bursts = WarningBursts(log)
         self._counters = ServerCounters()
         self._unhandled_names: set[str] = set()  # shared by the clients (see Peer._unhandled)
@@ -630,6 +633,7 @@ class Server(HandlerMethods):
         batches: EventBatches | None = None
         frame: Any = None  # the largest frame the client takes, if its hello said
         objects: Any = None  # and the objects it decodes from one
+        token: Any = None  # and what proves it may take its id (see _claims)
         # Until the transport's own handshake is done (TLS), nothing of ours can be written:
         # a plain reject inside a TLS session reads to the client as a broken TLS server.
         secured = self._transport.kind != "tls"
@@ -644,6 +648,7 @@ class Server(HandlerMethods):
                     batches = codec.event_batches(hello.extra.get("batch"), self._config.limits)
                     frame = hello.extra.get("frame")
                     objects = hello.extra.get("objects")
+                    token = hello.extra.get("token")
                     client_id = hello.id
                 else:  # nothing on the wire names the client: the server does
                     self._accepted += 1
@@ -688,6 +693,11 @@ class Server(HandlerMethods):
                 message = _timed_out(session)
                 self._handshake_failed(f"handshake with {peer_address!r} failed: {message}")
                 await self._refuse(stream, session, "timeout", message)
+            return
+        refusal = self._claims(client_id, token) if self._claims is not None else None
+        if refusal is not None:
+            self._handshake_failed(f"refusing {client_id!r} from {peer_address!r}: {refusal}")
+            await self._refuse(stream, session, "id", refusal)
             return
         if not await self._wait_ready(stream, session, client_id, held_until):
             return

@@ -223,6 +223,7 @@ async def _report(
 async def _connect_parent(actor: Actor, spec: dict[str, Any], *, wait: bool = True) -> Connection:
     """Connect to the supervisor: its Unix socket here, TCP (TLS if a CA file is named) from
     another host (``_ssh``). ``wait``: as for ``connect_to``."""
+    actor._token_next = spec["token"]  # our incarnation's: the supervisor admits our id so
     address = spec.get("sup_addr")
     if address is None:
         return await actor.connect_to(spec["sup_id"], path=spec["sup_path"], wait=wait)

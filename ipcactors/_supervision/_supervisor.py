@@ -396,6 +396,7 @@ class Supervisor:
         try:
             server = self._server = await actor.serve()
             server._logged_elsewhere = self._children.__contains__  # we log ready and stopped
+            server._claims = self._claims
             server.on(HELLO_EVENT, self._on_hello)
             server.on(READY_EVENT, self._on_ready)
             server.on(FAILED_EVENT, self._on_failed)
@@ -663,6 +664,7 @@ class Supervisor:
         net = Server(self.id, actor.config, actor._log, transport, actor._watchdog)
         net._handlers = server._handlers
         net._logged_elsewhere = server._logged_elsewhere
+        net._claims = server._claims
         await net._start(actor._group())
         self._net = net
 
@@ -1203,6 +1205,20 @@ class Supervisor:
         if incarnation is None or token != incarnation.token:
             raise SpawnError(f"{client.id!r} is not a child this supervisor is starting")
         return incarnation
+
+    def _claims(self, id: str, token: Any) -> str | None:
+        """Why a connection may not take ``id`` (see ``Server._claims``): a child's id is its
+        process's, which proves it with its incarnation's token in its hello. Anyone else who
+        reaches our sockets (over TLS without client certificates, anyone who reaches the
+        port; with auth_key, any other child) took over a child's connection with its id:
+        the child cut off, its requests answered by the impostor, never restarted."""
+        child = self._children.get(id)
+        if child is None:
+            return None
+        incarnation = child.incarnation
+        if incarnation is not None and token == incarnation.token:
+            return None
+        return f"{id!r} is a child of supervisor {self.id!r}: only its own process connects so"
 
     def _on_hello(self, data: Any, client: Client) -> dict[str, Any]:
         incarnation = self._incarnation_of(data, client)
