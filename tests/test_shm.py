@@ -489,7 +489,10 @@ def _evil_server(listener: socket.socket) -> None:
             finally:
                 os.close(fd)
             array_in_it = struct.pack(">BIQ", 1, 0, 0) + b"\x03<f4\x01" + struct.pack(">Q", 4)
-            sock.sendall(_frame([0, "event", msgpack.ExtType(79, array_in_it)]))
+            try:
+                sock.sendall(_frame([0, "event", msgpack.ExtType(79, array_in_it)]))
+            except OSError:  # (the client may have closed at the segment already)
+                continue
             try:
                 while sock.recv(4096):
                     pass
