@@ -470,6 +470,8 @@ class BlockingInbox(AbstractContextManager["BlockingInbox"]):
 
             loop.call(target.on, event, put)
             self._handlers.append((event, put))
+        self._watching: anyio.CancelScope | None = None
+        loop.call(loop.start_soon, self._end_with_target)
         loop.inboxes.add(self)
 
     def get(self, timeout: float | None = None) -> tuple[str, Any, BlockingClient | None]:
@@ -513,6 +515,19 @@ class BlockingInbox(AbstractContextManager["BlockingInbox"]):
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             raise ClosedError("this inbox is closed") from None
 
+    async def _end_with_target(self) -> None:
+        """In the loop thread, while the inbox is open: once its connection or server ended
+        for good (closed, or out of retries), nothing more can come. The stream ends: a
+        reader gets what arrived, then the end (a ``for`` loop ends)."""
+        if self._closed:
+            return  # (closed before this task started)
+        target = self._target
+        ended = target._destroyed if isinstance(target, Connection) else target._stopped
+        with anyio.CancelScope() as self._watching:
+            await ended.wait()
+            self._send.close()
+            self._arrived.set()
+
     async def _take(self) -> tuple[str, Any, BlockingClient | None]:
         """The next item from the stream, for the one get() taking now (see ``_arrived``)."""
         self._in_take = taken = anyio.Event()
@@ -552,6 +567,8 @@ class BlockingInbox(AbstractContextManager["BlockingInbox"]):
         self._send.close()
         self._arrived.set()
         self._receive.close()
+        if self._watching is not None:
+            self._watching.cancel()
         for event, handler in self._handlers:
             self._target.off(event, handler)
 

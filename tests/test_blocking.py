@@ -467,6 +467,43 @@ def test_a_reader_waiting_in_an_inbox_ends_when_the_actor_closes(
         inbox.get()
 
 
+@pytest.mark.parametrize("end", ["the server went", "the connection closed"])
+def test_an_inbox_ends_once_its_connection_ended_and_what_it_got_was_read(
+    backend: Literal["asyncio", "trio"], socket_dir: str, end: str
+) -> None:
+    """A ``for`` loop over a connection's inbox blocked for good once the connection had ended
+    (its server gone and the retries out, or closed): nothing more could come, and nothing
+    said so (a helper's probe; every other call on it raised ClosedError). It now reads what
+    arrived, then ends; an inbox made on an ended connection ends at once."""
+    options = {"socket_root": socket_dir, "backend": backend, **FAST}
+    with BlockingActor("hello", stop_retrying=0, **options) as hello:
+        with BlockingActor("world", **options) as world:
+            server = world.serve()
+            connection = hello.connect_to("world")
+            inbox = connection.inbox("n")
+            deadline = time.monotonic() + 10
+            while "hello" not in server.clients and time.monotonic() < deadline:
+                time.sleep(0.01)
+            for n in range(3):
+                server.emit("hello", "n", n)
+            if end == "the connection closed":
+                assert [inbox.get(timeout=5)[1] for _ in range(3)] == [0, 1, 2]
+                connection.close()
+        got: list[int] = []
+        ended = threading.Event()
+
+        def read() -> None:
+            got.extend(data for _, data, _ in inbox)
+            ended.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        assert ended.wait(10), "the for loop did not end"
+        assert got == ([] if end == "the connection closed" else [0, 1, 2])
+        with pytest.raises(ipcactors.ClosedError):
+            connection.inbox("n").get(timeout=5)  # made once it ended: ends at once
+        inbox.close()
+
+
 def test_catch_alls_in_a_worker_thread(
     backend: Literal["asyncio", "trio"], socket_dir: str
 ) -> None:
