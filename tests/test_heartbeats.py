@@ -8,6 +8,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -463,6 +464,38 @@ async def test_what_arrived_before_the_peer_closed_is_handled_however_long_it_ta
             # The client went: the server's input from it ended, its handlers still busy.
             await all_handled()
     assert handled == list(range(count))
+
+
+async def test_our_own_stall_does_not_drop_a_peer_that_was_silent_meanwhile(
+    socket_dir: str,
+) -> None:
+    """guide.md: a peer from which nothing arrives for interval + timeout is dropped; a live
+    peer answers a ping at once. After our own loop stalled (here blocked, as a paused
+    process is), the peer's silence meanwhile was taken for its own: a server with
+    heartbeats off, busy with our request, was dropped on our resume, the request failing
+    with ConnectionLostError though it was about to answer (a helper's probe, 12 of 12).
+    The peer now gets a ping and heartbeat_timeout to answer it."""
+    async with Actor("world", socket_root=socket_dir, silent=True, heartbeat_interval=None) as w:
+        server = await w.serve()
+
+        async def slowly(data: object, client: object) -> str:
+            await anyio.sleep(4 * BOUND)  # (in this process too: it outlasts the block)
+            return "done"
+
+        server.on("work", slowly)
+        async with Actor("hello", socket_root=socket_dir, silent=True, **HEARTBEAT) as hello:
+            connection = await hello.connect_to("world")
+            async with anyio.create_task_group() as group:
+                answers: list[str] = []
+
+                async def ask() -> None:
+                    answers.append(await connection.request("work", timeout=10))
+
+                group.start_soon(ask)
+                await anyio.sleep(0.1)  # the request is out
+                time.sleep(2 * BOUND)  # our loop blocked: no ping goes, nothing is read
+            assert answers == ["done"]
+            assert connection.statistics().heartbeat_timeouts == 0
 
 
 @pytest.mark.parametrize(

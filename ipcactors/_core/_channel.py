@@ -180,6 +180,9 @@ DIRECT_READ_BUDGET = 4 * RECEIVE_SIZE
 INBOX_HARD_FACTOR = 4  # x max_inbox_bytes: how far reading goes on while a reply is awaited
 PONG_MIN_GAP = 0.05  # seconds between pongs: a peer pinging more often is not answered each time
 STALL_GRACE = 0.05  # seconds the reader gets, once the heartbeat deadline passed, before a drop
+#: How late the watchdog may ask a channel (its loop's lag) before that is our own stall,
+#: which does not count against the peer (see Channel.beat).
+_STALLED_AFTER = 0.5
 FRAME_PACE = 64 * 1024  # bytes a second a frame's deadline allows it beyond frame_timeout
 
 Opening = Callable[[], Awaitable[None]]
@@ -220,6 +223,7 @@ class Channel:
         "_ack_timer",
         "_active",
         "_active_at",
+        "_beat_due",
         "_broken",
         "_changed",
         "_cut_by",
@@ -578,7 +582,8 @@ class Channel:
         self._enqueued = peer._outbox.enqueued
         self._active = 0
         self._active_at = now
-        watchdog.join(self, min(self._next_tick, self._received_at + self._silent_after))
+        self._beat_due = min(self._next_tick, self._received_at + self._silent_after)
+        watchdog.join(self, self._beat_due)
 
     def abort(self, why: str | None = None) -> None:
         """Stop at once: cancel reader, writer and dispatcher; the stream is closed by ``run``
@@ -1137,6 +1142,17 @@ class Channel:
         """Heartbeats and the idle timeout, as the actor's watchdog asks (``_watchdog``): ping
         when quiet, end the channel when the peer is silent for ``interval + timeout`` (or idle
         for ``idle_timeout``). Returns when to be asked again."""
+        interval = self._peer._heartbeat_interval
+        if interval is not None and now - self._beat_due > _STALLED_AFTER:
+            # Asked this late, our own loop stalled (a paused process, a blocking handler):
+            # we sent no ping meanwhile, so the peer's silence says nothing. It gets a full
+            # heartbeat_timeout from the ping that goes now (a silent peer, one with
+            # heartbeats off, was dropped at once, the request in flight failing).
+            self._received_at = max(self._received_at, now - interval)
+        self._beat_due = due = self._beat(now)
+        return due
+
+    def _beat(self, now: float) -> float:
         peer = self._peer
         outbox = peer._outbox
         interval = peer._heartbeat_interval
