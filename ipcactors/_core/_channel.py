@@ -110,7 +110,9 @@ Invariants:
   written at once, at most one per ``PONG_MIN_GAP`` and only with nothing queued: a peer that
   floods pings or never reads cannot make us queue pongs. With nothing received for
   ``interval + timeout`` (and still nothing after ``STALL_GRACE``, in case our own loop was the
-  one stalled) the channel ends as if the peer had closed it: with something to dispatch, its
+  one stalled; a watchdog's call ``_STALLED_AFTER`` late is our own stall, whose silence does
+  not count: the peer gets a ping and ``timeout`` from then) the channel ends as if the peer
+  had closed it: with something to dispatch, its
   socket is shut both ways (``shut_socket``) and nothing more is written (as after a failed
   write), the reader meets the end of stream and what came before is handled; with nothing
   (or no socket, or no end seen a deadline later), aborted.
