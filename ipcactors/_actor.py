@@ -278,7 +278,10 @@ class Actor:
     def default_path(self, id: str | None = None) -> str:
         """node-ipc's socket path: ``<socket_root>/<appspace><id>``. Raises
         :class:`ConfigError` for an id that is not a file name there (with '/' or NUL)."""
-        id = id or self.id
+        if id is None:
+            id = self.id
+        else:
+            _check_id(id)  # (an empty one gave our own path, another type a bare TypeError)
         if "/" in id or "\0" in id:
             raise ConfigError(
                 f"actor id {id!r} names no socket file in socket_root: it has '/' or NUL; "

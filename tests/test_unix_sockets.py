@@ -324,6 +324,19 @@ def test_an_appspace_or_socket_root_that_cannot_make_a_socket_path_is_a_config_e
         Actor("world", **{option: value})
 
 
+@pytest.mark.parametrize("id", ["", 123, b"world", None], ids=["empty", "int", "bytes", "none"])
+def test_default_path_of_an_id_that_names_no_file_is_a_config_error(id: object) -> None:
+    """default_path's docstring: ConfigError for an id that names no socket file. An empty id
+    gave the actor's own path (``id or self.id``), an int or bytes a bare TypeError; no id
+    at all is the actor's own, as before."""
+    actor = Actor("me", socket_root="/tmp/root")
+    if id is None:
+        assert actor.default_path() == "/tmp/root/app.me"
+        return
+    with pytest.raises(ipcactors.ConfigError, match="actor id"):
+        actor.default_path(id)  # type: ignore[arg-type]
+
+
 async def test_serving_twice_is_an_error(socket_dir: str) -> None:
     async with Actor("world", socket_root=socket_dir, silent=True) as world:
         await world.serve()
