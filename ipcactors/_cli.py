@@ -185,15 +185,15 @@ def parse_data(text: str | None, what: str, config: Config) -> Any:
         ) from None
     except RecursionError:
         raise UsageError(f"{what} nests too deep for JSON here: flatten it") from None
-    beyond = _integer_beyond_msgpack(value) if config.codec == "msgpack" else None
-    if beyond is not None:  # (node-ipc's JSON carries any)
-        raise UsageError(
-            f"{what} has an integer msgpack cannot carry ({beyond}: the range is -2**63 to "
-            "2**64 - 1); send it as a string"
-        )
     try:  # the encoder's own checks, as the event will meet them once connected
         config.wire_codec.encoder(config.limits).event("cli", value)
     except (EncodeError, FrameTooLargeError) as exc:
+        beyond = _integer_beyond_msgpack(value) if config.codec == "msgpack" else None
+        if beyond is not None:  # (node-ipc's JSON carries any)
+            raise UsageError(
+                f"{what} has an integer msgpack cannot carry ({beyond}: the range is -2**63 "
+                "to 2**64 - 1); send it as a string"
+            ) from None
         raise UsageError(f"{what} cannot go on the {config.codec} wire: {exc}") from None
     return value
 
@@ -461,10 +461,11 @@ def client_id(args: argparse.Namespace) -> str:
 
 
 async def cmd_emit(args: argparse.Namespace, out: Output) -> int:
-    target, data = parse_target(args.target), parse_data(args.data, "DATA", config_from(args))
+    config = config_from(args)
+    target, data = parse_target(args.target), parse_data(args.data, "DATA", config)
 
     async def emit() -> int:
-        async with Actor(client_id(args), config_from(args)) as actor:
+        async with Actor(client_id(args), config) as actor:
             with _bounded(args.timeout, f"connecting to {target.text} and sending the event"):
                 link = await open_link(actor, target, args)
                 await link.emit(args.event, data)
@@ -478,10 +479,11 @@ async def cmd_emit(args: argparse.Namespace, out: Output) -> int:
 
 
 async def cmd_request(args: argparse.Namespace, out: Output) -> int:
-    target, data = parse_target(args.target), parse_data(args.data, "DATA", config_from(args))
+    config = config_from(args)
+    target, data = parse_target(args.target), parse_data(args.data, "DATA", config)
 
     async def request() -> int:
-        async with Actor(client_id(args), config_from(args)) as actor:
+        async with Actor(client_id(args), config) as actor:
             with _bounded(args.timeout, f"connecting to {target.text}"):
                 link = await open_link(actor, target, args)
             started = time.perf_counter()
@@ -581,8 +583,8 @@ def _ping_summary(out: Output, name: str, sent: int, times: list[float]) -> None
 
 
 async def cmd_listen(args: argparse.Namespace, out: Output) -> int:
-    target = parse_target(args.target)
-    reply = parse_data(args.reply, "--reply", config_from(args))
+    target, config = parse_target(args.target), config_from(args)
+    reply = parse_data(args.reply, "--reply", config)
     actor_id = target.id or (args.id if args.id is not None else "ipcactors-cli")
 
     def show(kind: str, event: str, data: Any, peer: Any) -> Any:
@@ -599,7 +601,7 @@ async def cmd_listen(args: argparse.Namespace, out: Output) -> int:
 
         return report
 
-    async with Actor(actor_id, config_from(args)) as actor:
+    async with Actor(actor_id, config) as actor:
         server: Server | DatagramServer
         if target.kind == "unix":
             server = await actor.serve(target.path)
