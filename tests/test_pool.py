@@ -541,6 +541,9 @@ async def test_functions_not_importable_by_name_are_refused(socket_dir: str) -> 
         async with pool(socket_dir, size=1) as p:
             with pytest.raises(SpawnError, match="inside another function"):
                 await p.call(nested, 1)
+            # (It said "must be an async function", though a pool takes plain ones.)
+            with pytest.raises(SpawnError, match=r"must be a function \(.def. or .async def.\)"):
+                await p.call(5, 1)  # type: ignore[arg-type]
             with pytest.raises(ipcactors.EncodeError):
                 await p.submit(object())
 

@@ -489,6 +489,19 @@ async def test_an_id_no_actor_can_take_is_a_config_error_when_a_supervisor_or_po
         Pool("math:sqrt", 1, id=bad_id, socket_root=socket_dir)
 
 
+async def test_a_supervisor_id_with_a_slash_is_refused_when_it_is_made(socket_dir: str) -> None:
+    """A supervisor serves at its id's socket file in its private directory; an id with '/'
+    names none. It was refused only when entered, saying "pass path=", which a supervisor
+    does not take."""
+    for make in (
+        lambda: Supervisor(id="a/b", socket_root=socket_dir),
+        lambda: Pool("math:sqrt", 1, id="a/b", socket_root=socket_dir),
+    ):
+        with pytest.raises(ConfigError, match=r"id 'a/b' .*'/'") as caught:
+            make()
+        assert "path=" not in str(caught.value)
+
+
 async def test_a_supervisor_whose_forkserver_cannot_start_says_why_and_leaves_nothing(
     socket_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

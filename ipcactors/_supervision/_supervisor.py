@@ -295,6 +295,11 @@ class Supervisor:
         if type(max_children) is not int or max_children < 1:
             raise ConfigError(f"max_children must be an integer >= 1, got {shown(max_children)}")
         check_actor_id(id)  # its actor's id: refused here, before entering makes anything
+        if "/" in id:
+            raise ConfigError(
+                f"a supervisor's id names its socket file in its private directory; "
+                f"id {id!r} has '/', which names none"
+            )
         self.id = id
         self.strategy: Strategy = strategy
         self.max_restarts = max_restarts

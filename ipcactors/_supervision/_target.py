@@ -72,7 +72,8 @@ def target_of(fn: Callable[..., Any] | str, *, require_async: bool = True) -> Ta
             )
         fn = found
     if not callable(fn):
-        raise SpawnError(f"the target must be an async function, got {fn!r}")
+        what = "an async function" if require_async else "a function ('def' or 'async def')"
+        raise SpawnError(f"the target must be {what}, got {fn!r}")
     module_attr = getattr(fn, "__module__", None)
     qualname_attr = getattr(fn, "__qualname__", None)
     if not isinstance(module_attr, str) or not isinstance(qualname_attr, str):
