@@ -473,13 +473,12 @@ class Actor:
         return await self._connect(id, TLSTransport(host, port, tls), wait)
 
     async def _connect(self, id: str, transport: Transport, wait: bool = True) -> Connection:
-        task_group = self._group()
-        existing = self._connections.get(id)
-        if existing is not None and not existing._closing:
-            if wait:
-                await existing._wait_as_connect()
-            return existing
+        while (existing := self._connections.get(id)) is not None and not existing._closing:
+            if not wait or await existing._wait_as_connect():
+                return existing
+            # (The call opening it was cancelled, which closes nothing: we connect instead.)
         # (One being closed goes on closing on its own: a new connection takes its place.)
+        task_group = self._group()
         connection = Connection(
             self.id, id, transport, self.config, self._log, self._forget, self._watchdog, task_group
         )

@@ -105,6 +105,37 @@ async def test_callers_connecting_to_one_id_at_once_fail_alike_when_retries_run_
     assert len({id(error) for error in errors}) == 3  # each caller's own, its own traceback
 
 
+async def test_a_caller_waiting_on_a_connect_whose_caller_was_cancelled_connects_itself(
+    socket_dir: str,
+) -> None:
+    """A second connect_to of one id waits on the first caller's connection, which is made in
+    the first caller's task. Cancelling that caller (a timeout of its own) ended the
+    connection, and the second caller got ClosedError though nothing closed anything: it now
+    goes on connecting, as if it had called first."""
+    got: list[ipcactors.Connection] = []
+
+    async def impatient(hello: Actor) -> None:
+        with anyio.move_on_after(0.1):
+            await hello.connect_to("world")  # nobody there yet: retrying
+
+    async def patient(hello: Actor) -> None:
+        got.append(await hello.connect_to("world"))
+
+    async with Actor("hello", socket_root=socket_dir, silent=True, **FAST_RETRY) as hello:
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as group:
+                group.start_soon(impatient, hello)
+                await anyio.sleep(0.02)  # the impatient one is connecting
+                group.start_soon(patient, hello)
+                await anyio.sleep(0.3)  # and has given up
+                async with Actor("world", socket_root=socket_dir, silent=True) as world:
+                    server = await world.serve()
+                    server.on("ping", lambda data, client: "pong")
+                    while not got:
+                        await anyio.sleep(0.01)
+                    assert await got[0].request("ping") == "pong"
+
+
 @pytest.mark.parametrize("retries", [1, 3])
 async def test_stop_retrying_n_makes_n_more_attempts(
     socket_dir: str, log_lines: list[str], retries: int

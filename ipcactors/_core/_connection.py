@@ -185,6 +185,9 @@ class Connection(Peer, HandlerMethods):
         self._unproven = False
         self._server_id: str | None = None
         self._gave_up: BaseException | None = None  # why it was destroyed, if not closed
+        # The caller of its first connect was cancelled (nothing closed it): callers waiting
+        # on it connect anew (_wait_as_connect).
+        self._abandoned = False
         # A supervised child's connection to its supervisor: its incarnation's token, in
         # every hello (the supervisor admits that child's id with it only: Server._claims).
         self._token: str | None = None
@@ -235,17 +238,21 @@ class Connection(Peer, HandlerMethods):
                 await self._up.wait()
                 task_group.cancel_scope.cancel()
 
-    async def _wait_as_connect(self) -> None:
+    async def _wait_as_connect(self) -> bool:
         """``connect_to``'s wait on a connection another call is opening: fails as that call
         did when the retries ran out (each caller its own copy of the error, chained to the
-        same cause), where ``wait_connected`` says ClosedError caused by it."""
+        same cause), where ``wait_connected`` says ClosedError caused by it. False if that
+        call was cancelled instead: the caller is to connect anew."""
         try:
             await self.wait_connected()
         except ClosedError as closed:
+            if self._abandoned:
+                return False
             reason = self._gave_up
             if not isinstance(reason, IPCError) or closed.__cause__ is not reason:
                 raise
             raise copy.copy(reason) from reason.__cause__
+        return True
 
     @property
     def unacknowledged(self) -> list[tuple[int, str]]:
@@ -344,6 +351,7 @@ class Connection(Peer, HandlerMethods):
                 raise ClosedError(f"connection to {self.id!r} was closed while connecting")
         except BaseException as exc:
             reason = None if self._closing or not isinstance(exc, Exception) else exc
+            self._abandoned = not self._closing and not isinstance(exc, Exception)
             await self._destroy(reason)
             raise
         stream, session = opened
