@@ -125,6 +125,18 @@ async def raises_cancelled_error(code: int) -> None:
     raise asyncio.CancelledError("raised by the task")
 
 
+async def raises_a_stray_cancellation(code: int) -> None:
+    """An async task that raises its backend's cancellation exception again once the cancel
+    scope that caught it is over: nobody is cancelling the task (on Trio too)."""
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        try:
+            await anyio.sleep(1)
+        except anyio.get_cancelled_exc_class() as exc:
+            caught = exc
+    raise caught
+
+
 def blocks_or_dies(seconds: float | str) -> float | str:
     """Blocks ``seconds``; given "die", ends its worker (os._exit) a moment later."""
     if seconds == "die":

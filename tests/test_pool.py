@@ -138,7 +138,8 @@ async def test_retries_run_out_name_the_worker_and_its_signal(
 
 
 @pytest.mark.parametrize(
-    ("kind", "exitcode"), [("async", 3), ("plain", 3), ("async, CancelledError", 1)]
+    ("kind", "exitcode"),
+    [("async", 3), ("plain", 3), ("async, CancelledError", 1), ("async, stray cancellation", 1)],
 )
 async def test_a_task_that_ends_its_worker_is_retried_then_the_worker_is_lost(
     socket_dir: str, kind: str, exitcode: int
@@ -147,11 +148,13 @@ async def test_a_task_that_ends_its_worker_is_retried_then_the_worker_is_lost(
     retried, then fails with WorkerLostError naming the exit code. An async one was reported
     'cancelled' (ClosedError: task N was cancelled, nothing retried, though nobody cancelled
     it) on Trio and uvloop, and the same on asyncio for a BaseException of the user's own;
-    and, until later, for a CancelledError it raised itself (its worker exiting with 0)."""
+    and, until later, for a CancelledError it raised itself (its worker exiting with 0), and
+    on Trio for a Cancelled it raised again out of a scope of its own."""
     fn = {
         "async": _pool_tasks.exits_async,
         "plain": _pool_tasks.exits_plain,
         "async, CancelledError": _pool_tasks.raises_cancelled_error,
+        "async, stray cancellation": _pool_tasks.raises_a_stray_cancellation,
     }[kind]
     with anyio.fail_after(30):
         async with pool(socket_dir, fn, size=1, max_retries=1) as p:

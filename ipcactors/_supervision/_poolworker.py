@@ -199,8 +199,8 @@ class _Worker:
             if being_cancelled():
                 raise  # cancelled by the pool (the scope caught that) or the worker's end
             # Raised by fn itself, nobody cancelling it (on asyncio, by hand, or awaiting a
-            # future someone else cancelled): a BaseException of fn's like SystemExit, which
-            # ends the worker (pool.md), as it does on Trio, where it is no cancellation. Left
+            # future someone else cancelled; on Trio, again out of a scope that is over): a
+            # BaseException of fn's like SystemExit, which ends the worker (pool.md). Left
             # as it is, anyio takes it for this task's cancellation: it cancels the worker's
             # task group, the worker exits with 0 and the task reads "cancelled".
             outcome = None

@@ -85,11 +85,12 @@ def being_cancelled() -> bool:
     """Whether the current task is being cancelled. On asyncio, anyio's cancel scopes cancel
     a task through ``Task.cancel``, which ``Task.cancelling`` counts until the scope has caught
     the exception: a ``CancelledError`` met while it is 0 was raised by the code the task ran
-    (by hand, or by awaiting a future another task cancelled), not delivered. On Trio only a
-    cancel scope raises ``Cancelled``: always so."""
+    (by hand, or by awaiting a future another task cancelled), not delivered. On Trio, while
+    a scope the task is in is cancelled, its effective deadline is -inf; a ``Cancelled`` met
+    otherwise was raised again by the code the task ran, out of a scope that had caught it."""
     loop = running_asyncio_loop()
     if loop is None:
-        return True
+        return bool(_trio().current_effective_deadline() == -math.inf)
     task = asyncio.current_task(loop)
     return task is not None and task.cancelling() > 0
 
