@@ -802,10 +802,15 @@ class _MapState:
         """Start the items of an async iterable (in a task of the pool's: it may wait)."""
         with self.scope:
             try:
-                async for item in items:
-                    while self.started - self.yielded >= self.limit:
+                iterator = aiter(items)
+                while True:
+                    while self.started - self.yielded >= self.limit:  # (before taking one)
                         self.room = anyio.Event()
                         await self.room.wait()
+                    try:
+                        item = await anext(iterator)
+                    except StopAsyncIteration:
+                        break
                     self.start(item)
                     self.pool._work.set()
             except Exception as exc:
