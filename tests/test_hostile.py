@@ -740,8 +740,8 @@ def current_rss() -> int:
 async def test_a_frame_left_half_sent_frees_its_buffer_when_the_peer_goes(
     transport: str, socket_dir: str
 ) -> None:
-    """Peers declare a 64 MiB payload (its buffer is allocated from the header, as
-    protocol.md says), send 14 bytes of it, and close. Each connection's buffer is freed as
+    """Peers declare a 64 MiB payload (its buffer was allocated whole from the header),
+    send 14 bytes of it, and close. Each connection's buffer is freed as
     it ends, not at the next run of the cyclic garbage collector (disabled here): the
     server's memory stays bounded by the connections it has, not by those it had. (The
     connection's objects stayed in a reference cycle with the error that ended it, holding
@@ -767,6 +767,34 @@ async def test_a_frame_left_half_sent_frees_its_buffer_when_the_peer_goes(
             if collecting:
                 gc.enable()
         assert grown < size, f"RSS grew by {grown / 2**20:.0f} MiB after the peers left"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_peers_that_declare_large_payloads_and_send_little_cost_the_server_little(
+    transport: str, socket_dir: str
+) -> None:
+    """8 peers each declare a 64 MiB bin, send 14 bytes of it, and wait. A bin's buffer was
+    allocated (and zeroed) whole from its header: 30 bytes from a peer cost the server 64 MiB
+    at once (8 peers: 512 MiB) and stalled its loop while it zeroed them. It now grows as the
+    bytes arrive."""
+    size = 64 * 2**20
+    declared = struct.pack(">I", size) + b"\x93\x00\xa2ev\xc6" + struct.pack(">I", size - 10)
+    async with scene(transport, socket_dir) as s:
+        gc.collect()
+        before = current_rss()
+        async with contextlib.AsyncExitStack() as stack:
+            for i in range(8):
+                with anyio.fail_after(5):
+                    stream = await stack.enter_async_context(await s.connect_raw())
+                await send_quietly(stream, hello(f"raw{i}") + declared + bytes(14))
+                await eventually(lambda i=i: f"raw{i}" in s.server.clients)  # type: ignore[misc]
+            await anyio.sleep(0.2)  # the server has read every header
+            with anyio.fail_after(5):
+                assert await s.good.request("echo", "meanwhile") == "meanwhile"
+            grown = current_rss() - before
+        for i in range(8):
+            await eventually(lambda i=i: f"server lost raw{i}" in s.lost)  # type: ignore[misc]
+    assert grown < 64 * 2**20, f"RSS grew by {grown / 2**20:.0f} MiB for 8 peers' 30 bytes"
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -275,6 +275,42 @@ def test_bin_values_of_64_kib_or_more_arrive_as_bytearrays_however_they_are_read
         assert larger == value[3]
 
 
+@pytest.mark.parametrize("how", ["fed", "received in place", "received, its buffers held"])
+@pytest.mark.parametrize("size", [2**20 - 1, 2**20, 2**20 + 1, 3 * 2**20 + 12_345])
+def test_a_large_bin_arrives_whole_however_its_buffer_grows(size: int, how: str) -> None:
+    """A bin's buffer starts at 1 MiB and doubles as its bytes arrive (a peer declaring a
+    large payload and sending little costs little): the bytes come out whole and in order
+    at every size around the steps, copied in (feed), received in place, or received while
+    the reader still holds the buffers it was given (the buffer is then copied to grow)."""
+    payload = bytes(range(251)) * (size // 251) + bytes(size % 251)
+    wire = memoryview(frame_bytes(MsgpackEncoder(Limits()).event("e", [payload, 7])) * 2)
+    decoder = _decoder()
+    messages: list[Any] = []
+    held = []
+    position = 0
+    reads = iter([1, 5000, 300_000, 2**20 + 3, 77_777] * 100)
+    while position < len(wire):
+        buffer = decoder.receive_buffer() if how != "fed" else None
+        read = next(reads)
+        if buffer is None:
+            messages += decoder.feed(wire[position : position + read])
+            position += min(read, len(wire) - position)
+            continue
+        if how == "received, its buffers held":
+            held.append(buffer)
+        read = min(read, len(buffer))
+        buffer[:read] = wire[position : position + read]
+        position += read
+        messages += decoder.received(read)
+    assert len(messages) == 2
+    for message in messages:
+        large, seven = message.data
+        assert type(large) is bytearray
+        assert len(large) == size
+        assert large == payload
+        assert seven == 7
+
+
 @pytest.mark.parametrize(
     "body",
     [

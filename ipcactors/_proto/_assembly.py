@@ -15,6 +15,11 @@ Invariants:
   frame (whose size was checked against ``max_frame_size`` from its header), and, for an array,
   before its header was checked and its byte count matches: a frame never costs more than its
   own size plus what the skeleton decodes into.
+- Nor is memory spent on bytes that have not come: a bin's ``bytearray`` (which Python zeroes
+  as it makes it) starts at ``_FIRST_BIN_BUFFER`` and doubles, in place, each time it is full,
+  up to the payload's length; a numpy array is allocated whole but not touched (the system
+  gives its pages as they are written). A peer that declares a large payload and sends little
+  costs about what it sent.
 - The walk counts objects as their containers are declared, against ``max_decoded_objects``,
   and container lengths against ``max_container_len``, so it takes bounded steps; the depth and
   everything else are checked on the skeleton (``check_objects``) before it is decoded. Bytes
@@ -49,6 +54,7 @@ MARK_SIZE: Final = 18
 _U8, _U16, _U32 = struct.Struct(">B"), struct.Struct(">H"), struct.Struct(">I")
 _WIDTHS: Final = {1: _U8, 2: _U16, 4: _U32}
 _PIECE: Final = 16 * 1024  # bytes added to the skeleton between two walks
+_FIRST_BIN_BUFFER: Final = 1024 * 1024  # a large bin's buffer to begin with (it doubles)
 # An event's envelope: an array of 3 or 4 (fixarray), kind 0 (see _msgpack), then its name.
 _EVENT_ARRAYS: Final = (0x93, 0x94)
 # A sequence number's msgpack: uint 8, 16, 32, 64, by the size of the element (a positive
@@ -98,6 +104,8 @@ class Assembly:
         "_budget",
         "_event_name",
         "_filled",
+        "_growing",
+        "_length",
         "_limits",
         "_objects",
         "_scan",
@@ -125,6 +133,8 @@ class Assembly:
         #: Where the next bytes go, if a payload is being received; ``_filled`` of it are in.
         self.destination: memoryview | None = None
         self._filled = 0
+        self._length = 0  # the whole payload's, of which destination is (so far) the start
+        self._growing: bytearray | None = None  # the bin that destination views, to grow
         # Where an event's name lies in the skeleton, if the body starts as an event's
         # envelope (see event()).
         self._event_name: tuple[int, int] | None = None
@@ -145,8 +155,29 @@ class Assembly:
         self._filled += size
         self.left -= size
         if self._filled == len(self.destination):
-            self.destination = None
+            if self._filled < self._length:
+                self._grow()
+                return
+            self.destination = self._growing = None
             self._walk()
+
+    def _grow(self) -> None:
+        """The bin being received filled its buffer, and more of it is coming: twice the
+        size (at most the payload's length), in place, where no view of it is left (the
+        system moves a large allocation's pages, copying nothing); else a copy."""
+        buffer, destination = self._growing, self.destination
+        assert buffer is not None
+        assert destination is not None
+        more = bytes(min(len(buffer), self._length - len(buffer)))
+        self.destination = None
+        try:
+            destination.release()
+            buffer += more
+        except BufferError:  # a view of it is still held (a read's): a larger copy
+            buffer = bytearray(buffer)
+            buffer += more
+            self._growing = self.objects[-1] = buffer
+        self.destination = memoryview(buffer)
 
     def take(self, data: memoryview) -> int:
         """Take received bytes (as many as the body still needs); returns how many it took."""
@@ -315,9 +346,10 @@ class Assembly:
                 return True
         elif arg > 0 and length >= OUT_OF_BAND_AT:  # a large bin
             self._fits(skeleton, at + head, length)
-            buffer = bytearray(length)
+            arrived = len(skeleton) - at - head
+            buffer = self._growing = bytearray(min(length, max(_FIRST_BIN_BUFFER, arrived)))
             self._values -= 1
-            self._start(skeleton, at, head, buffer, memoryview(buffer))
+            self._start(skeleton, at, head, buffer, memoryview(buffer), length)
             return True
         self._values -= 1
         self._skip = head + length
@@ -339,7 +371,7 @@ class Assembly:
         finally:
             view.release()
         array, data = empty_array(dtype, shape)
-        self._start(skeleton, at, head + offset, array, data)
+        self._start(skeleton, at, head + offset, array, data, len(data))
         return True
 
     def _fits(self, skeleton: bytearray, start: int, length: int) -> None:
@@ -353,14 +385,20 @@ class Assembly:
             raise DecodeError(f"unknown msgpack extension type {code}")
 
     def _start(
-        self, skeleton: bytearray, at: int, head: int, payload: Any, destination: memoryview
+        self,
+        skeleton: bytearray,
+        at: int,
+        head: int,
+        payload: Any,
+        destination: memoryview,
+        size: int,
     ) -> None:
-        """The element at ``at`` (``head`` bytes of headers, then ``destination``'s worth of
-        data) becomes a marker; the data already in goes to ``destination``."""
+        """The element at ``at`` (``head`` bytes of headers, then ``size`` bytes of data, the
+        first of which go to ``destination``: all of them, or those already in) becomes a
+        marker; the data already in goes to ``destination``."""
         index = len(self.objects)
         self.objects.append(payload)
         start = at + head
-        size = len(destination)
         have = min(len(skeleton) - start, size)
         destination[:have] = skeleton[start : start + have]
         after = skeleton[start + have :]  # bytes behind a payload that was all in already
@@ -370,5 +408,9 @@ class Assembly:
         if have < size:
             self.destination = destination
             self._filled = have
+            self._length = size
+            if have == len(destination):
+                self._grow()
         else:
+            self._growing = None
             skeleton += after
