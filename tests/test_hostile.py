@@ -774,9 +774,9 @@ async def test_peers_that_declare_large_payloads_and_send_little_cost_the_server
     transport: str, socket_dir: str
 ) -> None:
     """8 peers each declare a 64 MiB bin, send 14 bytes of it, and wait. A bin's buffer was
-    allocated (and zeroed) whole from its header: 30 bytes from a peer cost the server 64 MiB
-    at once (8 peers: 512 MiB) and stalled its loop while it zeroed them. It now grows as the
-    bytes arrive."""
+    allocated and zeroed whole from its header: 30 bytes from a peer cost the server 64 MiB
+    at once (8 peers: 512 MiB) and stalled its loop while it zeroed them. It is now allocated
+    and not written: its pages are the system's until the bytes come."""
     size = 64 * 2**20
     declared = struct.pack(">I", size) + b"\x93\x00\xa2ev\xc6" + struct.pack(">I", size - 10)
     async with scene(transport, socket_dir) as s:

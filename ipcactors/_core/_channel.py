@@ -1053,7 +1053,6 @@ class Channel:
                 # buffer of a frame in progress) in a cycle with the channel until a collection.
                 self.broken_by = exc.with_traceback(None)
                 return
-            into = None  # (before the session takes what came: a payload's buffer may grow)
             if data or got:
                 self._received_at = monotonic()
                 self._received += got or len(data)

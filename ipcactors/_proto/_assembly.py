@@ -15,11 +15,13 @@ Invariants:
   frame (whose size was checked against ``max_frame_size`` from its header), and, for an array,
   before its header was checked and its byte count matches: a frame never costs more than its
   own size plus what the skeleton decodes into.
-- Nor is memory spent on bytes that have not come: a bin's ``bytearray`` (which Python zeroes
-  as it makes it) starts at ``_FIRST_BIN_BUFFER`` and doubles, in place, each time it is full,
-  up to the payload's length; a numpy array is allocated whole but not touched (the system
-  gives its pages as they are written). A peer that declares a large payload and sends little
-  costs about what it sent.
+- Nor is memory spent on bytes that have not come: a payload's buffer is allocated and not
+  touched (a numpy array as ``numpy.empty`` makes it; a bin's ``bytearray`` without the zeroes
+  Python writes into one it makes, see ``_unfilled_bytearray``), so the system gives its pages
+  only as they are written. A peer that declares a large payload and sends little costs about
+  what it sent (a ``bytearray(n)`` of 64 MiB cost 64 MiB at once, and the time to zero it).
+  Every byte of it is written before the payload is handed out; one left unfinished goes
+  with its frame.
 - The walk counts objects as their containers are declared, against ``max_decoded_objects``,
   and container lengths against ``max_container_len``, so it takes bounded steps; the depth and
   everything else are checked on the skeleton (``check_objects``) before it is decoded. Bytes
@@ -36,7 +38,9 @@ Invariants:
 
 from __future__ import annotations
 
+import ctypes
 import struct
+from collections.abc import Callable
 from typing import Any, Final
 
 from .._errors import DecodeError
@@ -54,7 +58,25 @@ MARK_SIZE: Final = 18
 _U8, _U16, _U32 = struct.Struct(">B"), struct.Struct(">H"), struct.Struct(">I")
 _WIDTHS: Final = {1: _U8, 2: _U16, 4: _U32}
 _PIECE: Final = 16 * 1024  # bytes added to the skeleton between two walks
-_FIRST_BIN_BUFFER: Final = 1024 * 1024  # a large bin's buffer to begin with (it doubles)
+
+
+def _bytearray_maker() -> Callable[[int], bytearray]:
+    """CPython's ``PyByteArray_FromStringAndSize(NULL, n)``: a ``bytearray`` of ``n`` bytes
+    allocated and not written (``bytearray(n)`` zeroes them, which commits every page); the
+    plain constructor where the C API is out of reach."""
+    # A prototype of our own (the GIL held, as for any C API call), not pythonapi's shared
+    # function object, whose restype another library may set.
+    prototype = ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.c_char_p, ctypes.c_ssize_t)
+    try:
+        make = prototype(("PyByteArray_FromStringAndSize", ctypes.pythonapi))
+    except (AttributeError, OSError):  # (not CPython)
+        return bytearray
+    return lambda size: make(None, size)
+
+
+#: A large bin's buffer: not written until its bytes come (see the invariants).
+_unfilled_bytearray: Final = _bytearray_maker()
+
 # An event's envelope: an array of 3 or 4 (fixarray), kind 0 (see _msgpack), then its name.
 _EVENT_ARRAYS: Final = (0x93, 0x94)
 # A sequence number's msgpack: uint 8, 16, 32, 64, by the size of the element (a positive
@@ -104,8 +126,6 @@ class Assembly:
         "_budget",
         "_event_name",
         "_filled",
-        "_growing",
-        "_length",
         "_limits",
         "_objects",
         "_scan",
@@ -133,8 +153,6 @@ class Assembly:
         #: Where the next bytes go, if a payload is being received; ``_filled`` of it are in.
         self.destination: memoryview | None = None
         self._filled = 0
-        self._length = 0  # the whole payload's, of which destination is (so far) the start
-        self._growing: bytearray | None = None  # the bin that destination views, to grow
         # Where an event's name lies in the skeleton, if the body starts as an event's
         # envelope (see event()).
         self._event_name: tuple[int, int] | None = None
@@ -155,29 +173,8 @@ class Assembly:
         self._filled += size
         self.left -= size
         if self._filled == len(self.destination):
-            if self._filled < self._length:
-                self._grow()
-                return
-            self.destination = self._growing = None
+            self.destination = None
             self._walk()
-
-    def _grow(self) -> None:
-        """The bin being received filled its buffer, and more of it is coming: twice the
-        size (at most the payload's length), in place, where no view of it is left (the
-        system moves a large allocation's pages, copying nothing); else a copy."""
-        buffer, destination = self._growing, self.destination
-        assert buffer is not None
-        assert destination is not None
-        more = bytes(min(len(buffer), self._length - len(buffer)))
-        self.destination = None
-        try:
-            destination.release()
-            buffer += more
-        except BufferError:  # a view of it is still held (a read's): a larger copy
-            buffer = bytearray(buffer)
-            buffer += more
-            self._growing = self.objects[-1] = buffer
-        self.destination = memoryview(buffer)
 
     def take(self, data: memoryview) -> int:
         """Take received bytes (as many as the body still needs); returns how many it took."""
@@ -346,10 +343,9 @@ class Assembly:
                 return True
         elif arg > 0 and length >= OUT_OF_BAND_AT:  # a large bin
             self._fits(skeleton, at + head, length)
-            arrived = len(skeleton) - at - head
-            buffer = self._growing = bytearray(min(length, max(_FIRST_BIN_BUFFER, arrived)))
+            buffer = _unfilled_bytearray(length)
             self._values -= 1
-            self._start(skeleton, at, head, buffer, memoryview(buffer), length)
+            self._start(skeleton, at, head, buffer, memoryview(buffer))
             return True
         self._values -= 1
         self._skip = head + length
@@ -371,7 +367,7 @@ class Assembly:
         finally:
             view.release()
         array, data = empty_array(dtype, shape)
-        self._start(skeleton, at, head + offset, array, data, len(data))
+        self._start(skeleton, at, head + offset, array, data)
         return True
 
     def _fits(self, skeleton: bytearray, start: int, length: int) -> None:
@@ -385,20 +381,14 @@ class Assembly:
             raise DecodeError(f"unknown msgpack extension type {code}")
 
     def _start(
-        self,
-        skeleton: bytearray,
-        at: int,
-        head: int,
-        payload: Any,
-        destination: memoryview,
-        size: int,
+        self, skeleton: bytearray, at: int, head: int, payload: Any, destination: memoryview
     ) -> None:
-        """The element at ``at`` (``head`` bytes of headers, then ``size`` bytes of data, the
-        first of which go to ``destination``: all of them, or those already in) becomes a
-        marker; the data already in goes to ``destination``."""
+        """The element at ``at`` (``head`` bytes of headers, then ``destination``'s worth of
+        data) becomes a marker; the data already in goes to ``destination``."""
         index = len(self.objects)
         self.objects.append(payload)
         start = at + head
+        size = len(destination)
         have = min(len(skeleton) - start, size)
         destination[:have] = skeleton[start : start + have]
         after = skeleton[start + have :]  # bytes behind a payload that was all in already
@@ -408,9 +398,5 @@ class Assembly:
         if have < size:
             self.destination = destination
             self._filled = have
-            self._length = size
-            if have == len(destination):
-                self._grow()
         else:
-            self._growing = None
             skeleton += after
