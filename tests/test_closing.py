@@ -10,6 +10,7 @@ import socket
 from typing import Any
 
 import anyio
+import msgpack
 import pytest
 
 import ipcactors
@@ -792,6 +793,80 @@ async def test_a_server_writing_to_a_client_that_closed_still_handles_what_it_se
             while len(handled) < 6:
                 await anyio.sleep(0.01)
     assert handled == list(range(6))
+
+
+@pytest.mark.parametrize("close", ["aclose", "shutdown of its sending side"])
+async def test_requests_a_peer_sent_before_it_closed_are_all_handled_none_cut_short(
+    socket_dir: str, close: str
+) -> None:
+    """reliability.md: what a peer sent before it closed is handled however long that
+    takes; that holds of its requests as of its events. Requests behind the first (one at a
+    time here) were started or not, and those running cut short (cancelled), depending on
+    whether a reply had failed to go yet. Their replies go where they still can: to a peer
+    that shut only its sending side, every one, in order."""
+    seen: list[str] = []
+
+    async def slow(data: int, client: Client) -> int:
+        seen.append(f"start {data}")
+        try:
+            await anyio.sleep(0.2)
+        except BaseException:
+            seen.append(f"cut short {data}")
+            raise
+        seen.append(f"done {data}")
+        return data
+
+    options = {"socket_root": socket_dir, "silent": True}
+    async with Actor("world", **options, max_concurrent_requests=1) as world_actor:
+        server = await world_actor.serve()
+        server.on("slow", slow)
+        if close == "aclose":
+            async with Actor("hello", **options) as hello:
+                world = await hello.connect_to("world")
+
+                async def ask(n: int) -> None:
+                    with pytest.raises(ipcactors.ClosedError):  # (we closed: no reply for us)
+                        await world.request("slow", n)
+
+                async with anyio.create_task_group() as group:
+                    for n in range(3):
+                        group.start_soon(ask, n)
+                    await anyio.sleep(0.1)
+                    await world.aclose()
+        else:
+            raw = socket.socket(socket.AF_UNIX)
+            with raw:
+                raw.connect(server.address)  # type: ignore[arg-type]
+                raw.sendall(framed([4, {"v": 1, "id": "raw"}]))
+                raw.sendall(b"".join(framed([1, "slow", n, n + 1]) for n in range(3)))
+                raw.shutdown(socket.SHUT_WR)
+                replies = await anyio.to_thread.run_sync(read_until_end, raw)
+            assert [reply[1:3] for reply in replies[1:]] == [[1, 0], [2, 1], [3, 2]], replies
+        with anyio.fail_after(5):
+            while len(seen) < 6:
+                await anyio.sleep(0.01)
+        await anyio.sleep(0.1)
+    assert [line.split()[0] for line in seen] == ["start", "done"] * 3, seen  # one at a time
+    assert sorted(int(line.split()[1]) for line in seen if line.startswith("done")) == [0, 1, 2]
+
+
+def framed(message: list[Any]) -> bytes:
+    body = msgpack.packb(message, use_bin_type=True)
+    return len(body).to_bytes(4, "big") + body
+
+
+def read_until_end(sock: socket.socket) -> list[Any]:
+    """The messages a server sends on ``sock`` until it closes (within 5 s)."""
+    sock.settimeout(5)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    messages = []
+    while data:
+        size = int.from_bytes(data[:4], "big")
+        messages.append(msgpack.unpackb(data[4 : 4 + size], raw=False))
+        data = data[4 + size :]
+    return messages
 
 
 async def test_a_request_to_a_client_that_closed_fails_at_once(socket_dir: str) -> None:

@@ -60,8 +60,10 @@ Invariants:
   closed its side (end of stream, also in the middle of a frame: that frame is dropped, with a
   warning) or the connection broke under the reader (a reset: a peer
   that closes with our frames unread in its socket resets the connection, after the frames
-  it sent; those are whole and handled); requests then are not started, since no reply could
-  go. So does a failed write (the peer went): nothing more is written (a server's client
+  it sent; those are whole and handled); the channel ends once the request handlers did
+  too, none cut short (a reply goes where it still can, to a peer that shut only its sending
+  side; else it is dropped). So does a failed write (the peer went): nothing
+  more is written (a server's client
   fails its requests and emits at once, see ``Peer._unwritable``), what arrived is still read
   and handled: by a connection for at most ``close_timeout`` more (a handler of it could wait
   for room in an outbox nothing drains), by a server's client however long it takes. Bytes
@@ -230,6 +232,7 @@ class Channel:
         "_changed",
         "_cut_by",
         "_detach_writer",
+        "_dispatched",
         "_dispatching",
         "_drained",
         "_ended",
@@ -355,6 +358,9 @@ class Channel:
         self._ended = Flag()  # run() is over
         self._changed: anyio.Event | None = None  # set when the reader or dispatcher may go on
         self._drained = Flag()
+        # What arrived before the input ended is dispatched (request handlers may still run),
+        # or run() is over: see wait_dispatched.
+        self._dispatched = Flag()
         self._write_lost = Flag()  # the writer found the connection broken
         # Stops the writer (see _start_writer); None before it starts and once it stopped.
         self._detach_writer: Callable[[], None] | None = None
@@ -385,6 +391,12 @@ class Channel:
     async def wait_ended(self) -> None:
         """Return once :meth:`run` is over: its handlers done (or cancelled)."""
         await self._ended.wait()
+
+    async def wait_dispatched(self) -> None:
+        """Return once what arrived before the input ended was dispatched, its events handled
+        (request handlers may still run: their replies order nothing), or :meth:`run` is
+        over."""
+        await self._dispatched.wait()
 
     async def wait_ended_or_quiet(self, quiet: float) -> None:
         """Return once :meth:`run` is over, or once what arrived is handled (the inbox empty)
@@ -469,6 +481,7 @@ class Channel:
                 await close_now(self._stream)
             finally:
                 self._ended.set()
+                self._dispatched.set()
         if self._failure is not None:
             # Raised with no reference left here: the error's traceback holds this frame, and
             # a reference from it (self._failure, a local) would make a cycle that keeps the
@@ -738,7 +751,7 @@ class Channel:
         which starts it)."""
         self._lost()
         self._gone = True
-        if self._dispatching or self._inbox:
+        if self._dispatching or self._inbox or self._in_flight:
             self._input_done = True
             self._wake()
             await self._finish_dispatching()
@@ -812,7 +825,8 @@ class Channel:
         self.handshake_error = exc
 
     async def _finish_dispatching(self) -> None:
-        """Wait for the dispatcher to handle what arrived; on a connection, once the writer
+        """Wait for the dispatcher to handle what arrived, and for the request handlers
+        running to end; on a connection, once the writer
         is lost (now or meanwhile), for at most ``close_timeout`` more: a handler could wait
         for ever for room in its outbox, which outlives the channel. A server's client's
         closes (``Client._unwritable``): what waits on it fails at once, and what the client
@@ -835,6 +849,9 @@ class Channel:
             await self._opened.wait()
             if self._dispatching:
                 await self._drained.wait()
+            self._dispatched.set()
+            while self._in_flight:  # request handlers: theirs too (their replies may still go)
+                await self._wait_change()
             bound.cancel_scope.cancel()
 
     def _lost(self) -> None:
@@ -1297,12 +1314,13 @@ class Channel:
                         continue
                     index += 1
                     assert type(message) is Request
-                    while not (self._broken or self._gate_open()):
+                    while not self._gate_open():
                         done = self._first_done = index - 1
                         await self._wait_change(writes=True)
                     self._queued_requests -= 1
-                    if not self._broken:  # else no reply could reach the peer
-                        self._start(message, task_group)
+                    # (Also once the peer went: what it sent is handled; the reply goes
+                    # where it still can, see Peer._reply.)
+                    self._start(message, task_group)
                 inbox.popleft()
                 done = self._first_done = 0
                 # Hold no message while waiting: an array in shared memory is released as

@@ -31,7 +31,8 @@ Invariants:
   older connection (usually a half-open leftover of a reconnect), which is told (``reject
   replaced``, within ``REPLACED_NOTICE_WAIT``: a live client with the same id then gives up
   instead of replacing the newer one in turn) and closed. It is not cut short: what it sent is
-  handled before the newcomer's events (within ``close_timeout``; in the acknowledged mode, a
+  handled before the newcomer's events (its request handlers still running then are
+  cancelled: no reply could reach its client; within ``close_timeout``; in the acknowledged mode, a
   handler cancelled then has its event delivered again, the welcome's ``last`` not counting
   it), the newcomer welcomed at once meanwhile: up to its end if its input ended (it closed,
   or the link broke), and if not, up to its end or until it falls quiet (``REPLACED_QUIET``
@@ -872,7 +873,10 @@ class Server(HandlerMethods):
                     if previous._replaced_open:
                         await channel.wait_ended_or_quiet(REPLACED_QUIET)
                     else:
-                        await channel.wait_ended()
+                        # Its events; not its request handlers, which the abort below ends
+                        # (no reply could reach its client, and what a newcomer sends next
+                        # must not wait on them).
+                        await channel.wait_dispatched()
                 channel.abort(
                     "a newer connection with its id replaced the one they came on, which did "
                     f"not handle them within close_timeout ({wait:g} s)"
