@@ -58,20 +58,19 @@ Invariants:
   finish, as after a failed write (below): the next channel waits for it.
 - Events and requests received before the input ended are still dispatched, whether the peer
   closed its side (end of stream, also in the middle of a frame: that frame is dropped, with a
-  warning) or the connection broke under the reader (a reset: a peer
-  that closes with our frames unread in its socket resets the connection, after the frames
-  it sent; those are whole and handled); the channel ends once the request handlers did
-  too, none cut short (a reply goes where it still can, to a peer that shut only its sending
-  side; else it is dropped). So does a failed write (the peer went): nothing
-  more is written (a server's client
-  fails its requests and emits at once, see ``Peer._unwritable``), what arrived is still read
-  and handled: by a connection for at most ``close_timeout`` more (a handler of it could wait
-  for room in an outbox nothing drains), by a server's client however long it takes. Bytes
-  that break the protocol (a :class:`ProtocolError`, a peer stalled in a frame included)
-  end the input the same way: nothing after them is used (nor what was decoded from their
-  read), nothing more is written (as after a failed write), what came before is dispatched,
-  then the channel ends with the error. Replies still queued when the channel ends are
-  dropped: request ids are per connection.
+  warning) or the connection broke under the reader (a reset: a peer that closes with our
+  frames unread in its socket resets the connection, after the frames it sent; those are whole
+  and handled); the channel ends once the request handlers did too, none cut short (a reply
+  goes where it still can, to a peer that shut only its sending side; else it is dropped). So
+  does a failed write (the peer went): nothing more is written (a server's client fails its
+  requests and emits at once, see ``Peer._unwritable``), what arrived is still read and
+  handled: by a connection for at most ``close_timeout`` more (a handler of it could wait for
+  room in an outbox nothing drains), by a server's client however long it takes. Bytes that
+  break the protocol (a :class:`ProtocolError`, a peer stalled in a frame included) end the
+  input the same way: nothing after them is used (nor what was decoded from their read),
+  nothing more is written (as after a failed write), what came before is dispatched, then the
+  channel ends with the error. Replies still queued when the channel ends are dropped: request
+  ids are per connection.
 - A pipelined client (``connect_to(wait=False)``) runs its channel before the welcome: the
   writer sends what is queued right behind the hello, and the reader reads the welcome first
   (within ``handshake_timeout``, a deadline on the channel's own scope), tells the connection

@@ -31,22 +31,22 @@ Invariants:
   older connection (usually a half-open leftover of a reconnect), which is told (``reject
   replaced``, within ``REPLACED_NOTICE_WAIT``: a live client with the same id then gives up
   instead of replacing the newer one in turn) and closed. It is not cut short: what it sent is
-  handled before the newcomer's events (its request handlers still running then are
-  cancelled: no reply could reach its client; within ``close_timeout``; in the acknowledged mode, a
+  handled before the newcomer's events (within ``close_timeout``; in the acknowledged mode, a
   handler cancelled then has its event delivered again, the welcome's ``last`` not counting
-  it), the newcomer welcomed at once meanwhile: up to its end if its input ended (it closed,
-  or the link broke), and if not, up to its end or until it falls quiet (``REPLACED_QUIET``
-  with nothing left to handle: a half-open leftover, at once; a live client that goes on
-  sending, the notice unread, until ``close_timeout``), for its client may have closed it
-  behind a backlog not yet read, its end of stream behind it. Until it ends it is
-  ``_retiring``, closed with the server although no longer in ``clients``; one whose input
-  ended is told nothing (its client closed: a write would fail, and cut its handling short).
-  The newcomer's ``connect`` handlers run once the connections it replaced are gone (their
-  ``disconnect`` handlers done); closed before that, it has no ``disconnect`` either.
-  Newcomers with one id are ordered as their handshakes end (``_newest``): one that a later
-  one overtook while it waited for the notice is refused (``reject replaced``) instead of
-  welcomed, so however many arrive at once, one connection per id is kept and every other one
-  is closed.
+  it; its request handlers still running then are cancelled: no reply could reach its client,
+  and the newcomer's events must not wait on them), the newcomer welcomed at once meanwhile:
+  up to its end if its input ended (it closed, or the link broke), and if not, up to its end
+  or until it falls quiet (``REPLACED_QUIET`` with nothing left to handle: a half-open
+  leftover, at once; a live client that goes on sending, the notice unread, until
+  ``close_timeout``), for its client may have closed it behind a backlog not yet read, its end
+  of stream behind it. Until it ends it is ``_retiring``, closed with the server although no
+  longer in ``clients``; one whose input ended is told nothing (its client closed: a write
+  would fail, and cut its handling short). The newcomer's ``connect`` handlers run once the
+  connections it replaced are gone (their ``disconnect`` handlers done); closed before that,
+  it has no ``disconnect`` either. Newcomers with one id are ordered as their handshakes end
+  (``_newest``): one that a later one overtook while it waited for the notice is refused
+  (``reject replaced``) instead of welcomed, so however many arrive at once, one connection
+  per id is kept and every other one is closed.
 - A held server (``_hold()``, before it starts: a supervised child until its function has
   registered its handlers) welcomes no one until ``_release()``. A client whose handshake is
   done waits, outside the ``max_handshakes`` budget but counted in ``max_connections``, and
