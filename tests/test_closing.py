@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+from functools import partial
 from typing import Any
 
 import anyio
@@ -948,6 +949,52 @@ async def test_events_a_close_leaves_unhandled_are_named_in_a_warning(
         warned = [line for line in log_lines if "WARNING" in line and "dropped unhandled" in line]
         assert len(warned) == 1, log_lines
         assert f"{dropped} event(s) or request(s) from {sender!r}" in warned[0]
+
+
+@pytest.mark.parametrize("ending", ["server_closes", "connection_closes"])
+async def test_request_handlers_a_close_cuts_short_are_named_in_the_warning(
+    ending: str, socket_dir: str, log_lines: list[str]
+) -> None:
+    """A close cancels the request handlers still running, as it does the events waiting:
+    the warning named the events and requests that waited, not the requests whose handlers
+    it cut short (their requesters hear of it; the side that cut them said nothing)."""
+    started: list[int] = []
+
+    async def slow(data: int, *client: object) -> int:
+        started.append(data)
+        await anyio.sleep(30)
+        return data
+
+    async def ask(request: Any, n: int) -> None:
+        with pytest.raises((ipcactors.ConnectionLostError, ipcactors.ClosedError)):
+            await request(n)
+
+    async with Actor("hello", socket_root=socket_dir, close_timeout=0.3) as hello:
+        async with Actor("world", socket_root=socket_dir, close_timeout=0.3) as world_actor:
+            server = await world_actor.serve()
+            world = await hello.connect_to("world")
+            async with anyio.create_task_group() as group:
+                if ending == "server_closes":  # the client's requests, cut short by the server
+                    server.on("slow", slow)
+                    request = partial(world.request, "slow")
+                    sender = "hello"
+                else:  # the server's requests, cut short by the client's connection
+                    world.on("slow", slow)
+                    while "hello" not in server.clients:
+                        await anyio.sleep(0.005)
+                    request = partial(server.request, "hello", "slow")
+                    sender = "world"
+                for n in range(3):
+                    group.start_soon(ask, request, n)
+                with anyio.fail_after(5):
+                    while len(started) < 3:
+                        await anyio.sleep(0.005)
+                with anyio.fail_after(5):
+                    await (server.aclose() if ending == "server_closes" else world.aclose())
+    warned = [line for line in log_lines if "WARNING" in line and "dropped unhandled" in line]
+    assert len(warned) == 1, log_lines
+    assert f"3 event(s) or request(s) from {sender!r}" in warned[0]
+    assert "3 of them requests cut short in their handlers" in warned[0]
 
 
 class _Leave(BaseException):

@@ -230,6 +230,7 @@ class Channel:
         "_broken",
         "_changed",
         "_cut_by",
+        "_cut_short",
         "_detach_writer",
         "_dispatched",
         "_dispatching",
@@ -332,6 +333,7 @@ class Channel:
         # (a close, an abort, a timeout: see closing); None when it ends only because the loop
         # closes: nothing is said then (nor after a handler's exit: see _note_escape).
         self._cut_by: str | None = None
+        self._cut_short = 0  # request handlers that ended without a reply (see _drop_inbox)
         self._queued_requests = 0  # requests in the inbox, not started yet
         self._in_flight = 0  # request handler tasks whose reply is not queued yet
         self._held = opening is not None  # nothing is dispatched until the opening is done
@@ -466,7 +468,7 @@ class Channel:
                     peer._watchdog.leave(self._ack_timer)
             self._task_group = None
             self._opened.set()
-            if self._inbox:
+            if self._inbox or self._cut_short:
                 self._drop_inbox()
             # (on_frames: a writer's, or _hold_for_the_next's)
             outbox.on_frames = outbox.on_sent = outbox.on_lost = peer._requests.on_open = None
@@ -677,9 +679,11 @@ class Channel:
             return False  # a reply is awaited: read on
         return size >= self._soft_bytes or (self._queued_requests > 0 and not self._gate_open())
 
-    def _answered(self) -> None:
-        """A request handler task queued its reply (or ended)."""
+    def _answered(self, replied: bool) -> None:
+        """A request handler task queued its reply, or ended without one (cut short)."""
         self._in_flight -= 1
+        if not replied:
+            self._cut_short += 1
         self._wake()
 
     def _start(self, message: Request, task_group: TaskGroup) -> None:
@@ -1256,14 +1260,17 @@ class Channel:
     @property
     def unhandled(self) -> int:
         """Events and requests received and not handled yet (one whose handler runs
-        included): what ending the channel now would drop."""
-        return sum(len(batch) for batch, _ in self._inbox) - self._first_done
+        included, requests whose handlers run too): what ending the channel now would drop;
+        and, once it ended, the requests whose handlers it cut short."""
+        waiting = sum(len(batch) for batch, _ in self._inbox) - self._first_done
+        return waiting + self._in_flight + self._cut_short
 
     def _drop_inbox(self) -> None:
         """The channel ended with messages received and not handled (it was aborted, or its
         dispatcher cut short): hold none of them, and say how many (in the acknowledged mode
         the peer sends them again or reports them: a resume does not count them delivered)."""
         dropped = self.unhandled
+        cut_short, self._cut_short = self._cut_short, 0
         self._inbox.clear()
         self._inbox_bytes = 0
         peer = self._peer
@@ -1274,8 +1281,9 @@ class Channel:
             and why is not None
             and not _PROGRAM_LEAVING.get()
         ):
+            cut = f" ({cut_short} of them requests cut short in their handlers)" * bool(cut_short)
             peer._log.warning(
-                f"{dropped} event(s) or request(s) from {peer.id!r} dropped unhandled: {why}"
+                f"{dropped} event(s) or request(s) from {peer.id!r} dropped unhandled{cut}: {why}"
             )
 
     async def _dispatch_loop(self, task_group: TaskGroup) -> None:

@@ -596,11 +596,12 @@ class Peer:
         unhandled(self._unhandled_names, event, repr(self.id), self._log)
 
     def _start_answer(
-        self, message: Request, task_group: TaskGroup, done: Callable[[], None]
+        self, message: Request, task_group: TaskGroup, done: Callable[[bool], None]
     ) -> bool:
         """Answer a request: inline when its only handler is a plain function (no task, no
-        loop pass), else in a task of its own, which calls ``done`` once its reply is queued.
-        Returns whether it started a task."""
+        loop pass), else in a task of its own, which calls ``done(True)`` once its reply is
+        queued, ``done(False)`` if it ends without one (cut short). Returns whether it
+        started a task."""
         handler = self._handlers.lone_plain(message.event)
         if handler is None:
             task_group.start_soon(self._answer, message, done)
@@ -640,8 +641,9 @@ class Peer:
         return peer is self
 
     async def _answer_later(
-        self, message: Request, result: Awaitable[Any], done: Callable[[], None]
+        self, message: Request, result: Awaitable[Any], done: Callable[[bool], None]
     ) -> None:
+        replied = False
         with Handling(self):  # (see _handling: closing from the handler)
             try:
                 try:
@@ -653,10 +655,12 @@ class Peer:
                         raise
                     frame = error_frame(self._encoder, message.id, exc)
                 self._reply(message, frame)
+                replied = True
             finally:
-                done()
+                done(replied)
 
-    async def _answer(self, message: Request, done: Callable[[], None]) -> None:
+    async def _answer(self, message: Request, done: Callable[[bool], None]) -> None:
+        replied = False
         with Handling(self):  # (see _handling: closing from the handler)
             try:
                 args = self._handler_args(message.data)
@@ -664,8 +668,9 @@ class Peer:
                 frame = await answer(self._handlers, message, args, self._encoder, self._log)
                 del args
                 self._reply(message, frame)
+                replied = True
             finally:
-                done()
+                done(replied)
 
     def _reply(self, message: Request, frame: Frame) -> None:
         if self._shared is not None:

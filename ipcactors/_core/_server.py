@@ -869,7 +869,7 @@ class Server(HandlerMethods):
         for previous in predecessors:
             channel = previous._channel
             if channel is not None:
-                with anyio.move_on_after(wait):
+                with anyio.move_on_after(wait) as waited:
                     if previous._replaced_open:
                         await channel.wait_ended_or_quiet(REPLACED_QUIET)
                     else:
@@ -877,10 +877,10 @@ class Server(HandlerMethods):
                         # (no reply could reach its client, and what a newcomer sends next
                         # must not wait on them).
                         await channel.wait_dispatched()
-                channel.abort(
-                    "a newer connection with its id replaced the one they came on, which did "
-                    f"not handle them within close_timeout ({wait:g} s)"
-                )
+                why = "a newer connection with its id replaced the one they came on"
+                if waited.cancelled_caught:
+                    why += f", which did not handle them within close_timeout ({wait:g} s)"
+                channel.abort(why)
                 with anyio.move_on_after(wait):  # (cancelled: at once, but shielded handlers)
                     await channel.wait_ended()
             if previous._left is not None:
