@@ -62,7 +62,7 @@ from ._errors import (
 )
 from ._loopthreads import close_at_exit, closed, from_this_thread, signals_deferred
 from ._proto._messages import RESERVED_EVENTS
-from ._transports._backend import being_cancelled, check_backend
+from ._transports._backend import check_backend
 
 __all__ = [
     "BlockingActor",
@@ -268,14 +268,14 @@ class _Handlers:
 
 
 async def _end_if_it_ends_the_program(loop: _Loop, exc: BaseException) -> None:
-    """If the handler raised what ends a program (not an ``Exception``, not a cancellation of
-    this task), end the actor (``_Loop.end``) and wait here to be cancelled by its close: the
-    requester sees the connection go, as in the async API, and the loop thread lives on. In
-    an asyncio task ``SystemExit`` and ``KeyboardInterrupt`` may not leave the task: asyncio
-    would re-raise them out of the loop, and the loop thread would end under its callers."""
-    if isinstance(exc, Exception) or (
-        isinstance(exc, anyio.get_cancelled_exc_class()) and being_cancelled()
-    ):
+    """If the handler raised what ends a program (not an ``Exception``, not the backend's
+    cancellation exception), end the actor (``_Loop.end``) and wait here to be cancelled by
+    its close: the requester sees the connection go, as in the async API, and the loop thread
+    lives on. In an asyncio task ``SystemExit`` and ``KeyboardInterrupt`` may not leave the
+    task: asyncio would re-raise them out of the loop, and the loop thread would end under
+    its callers. The cancellation exception goes on as the async API takes it: this task's
+    cancellation, or, nothing cancelling it, the handler's error (``raised_by_the_handler``)."""
+    if isinstance(exc, (Exception, anyio.get_cancelled_exc_class())):
         return
     loop.end(exc)
     await anyio.sleep_forever()

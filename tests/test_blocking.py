@@ -357,6 +357,49 @@ def test_a_request_handler_that_closes_still_answers(
             world.wait_closed(timeout=10)
 
 
+async def _stray_cancellation() -> BaseException:
+    """The backend's cancellation exception, caught out of a cancel scope that is over:
+    raised again, nothing is cancelling whoever raises it."""
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        try:
+            await anyio.sleep(1)
+        except anyio.get_cancelled_exc_class() as exc:
+            return exc
+    raise AssertionError("not cancelled")
+
+
+async def _raises_a_stray_cancellation(data: Any, client: Any) -> None:
+    raise await _stray_cancellation()
+
+
+@pytest.mark.parametrize("handler", ["async", "plain"])
+def test_a_handler_raising_the_backends_cancellation_itself_is_its_error(
+    backend: Literal["asyncio", "trio"], socket_dir: str, handler: str
+) -> None:
+    """guide.md: the backend's cancellation exception raised by a handler that nothing was
+    cancelling is an error of that handler's, and the connection serves on; blocking.md: as
+    in the async API. A blocking actor took it for what ends a program: the requester got
+    ConnectionLostError and the actor ended (on asyncio ever since; on Trio once a stray
+    Cancelled was told apart from a real one, 8d6394f)."""
+    stray = anyio.run(_stray_cancellation, backend=backend)  # (for the plain handler)
+
+    def raises_it(data: Any, client: Any) -> None:
+        raise stray
+
+    options: dict[str, Any] = {"socket_root": socket_dir, "backend": backend, **FAST}
+    with BlockingActor("world", **options) as world:
+        server = world.serve()
+        server.on("stray", _raises_a_stray_cancellation if handler == "async" else raises_it)
+        server.on("ping", lambda data, client: "pong")
+        with BlockingActor("hello", **options) as hello:
+            connection = hello.connect_to("world")
+            with pytest.raises(ipcactors.RemoteError) as caught:
+                connection.request("stray", timeout=5)
+            assert "Cancel" in caught.value.remote_type
+            assert connection.request("ping", timeout=5) == "pong"  # it serves on
+
+
 def test_waiting_in_a_plain_handler_for_the_close_it_asked_for_raises(
     backend: Literal["asyncio", "trio"], socket_dir: str
 ) -> None:
