@@ -136,6 +136,51 @@ async def test_a_caller_waiting_on_a_connect_whose_caller_was_cancelled_connects
                     assert await got[0].request("ping") == "pong"
 
 
+async def test_a_request_handler_from_a_server_that_went_does_not_hold_the_reconnect(
+    socket_dir: str,
+) -> None:
+    """reliability.md: the next connection comes once the events from the server that went
+    are handled. A handler of a request from it (whose reply can go nowhere) is cut short
+    then, as before 5a5d629, which made the connection wait for it: here for ever, the
+    handler waiting for what only the next server sends (a helper's probe)."""
+    ended: list[str] = []
+    async with Actor("hello", socket_root=socket_dir, silent=True, **FAST_RETRY) as hello:
+        go = anyio.Event()
+        async with Actor("world", socket_root=socket_dir, silent=True) as world_actor:
+            server = await world_actor.serve()
+            world = await hello.connect_to("world")
+            started = anyio.Event()
+
+            @world.on("work")
+            async def work(data: Any) -> str:
+                started.set()
+                try:
+                    await go.wait()  # the next server's "go"
+                except BaseException as exc:
+                    ended.append(type(exc).__name__)
+                    raise
+                return "done"
+
+            world.on("go", lambda data: go.set())
+
+            async def ask() -> None:
+                with pytest.raises(ipcactors.ClosedError):  # (we close the server)
+                    await server.request("hello", "work", timeout=30)
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(ask)
+                with anyio.fail_after(5):
+                    await started.wait()
+                await server.aclose()
+        async with Actor("world", socket_root=socket_dir, silent=True) as world_again:
+            server = await world_again.serve()
+            server.on("connect", lambda client: server.emit(client, "go", None))
+            with anyio.fail_after(5):
+                while not world.connected:
+                    await anyio.sleep(0.01)
+    assert ended == [anyio.get_cancelled_exc_class().__name__]
+
+
 @pytest.mark.parametrize("retries", [1, 3])
 async def test_stop_retrying_n_makes_n_more_attempts(
     socket_dir: str, log_lines: list[str], retries: int

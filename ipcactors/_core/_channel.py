@@ -60,14 +60,15 @@ Invariants:
   closed its side (end of stream, also in the middle of a frame: that frame is dropped, with a
   warning) or the connection broke under the reader (a reset: a peer that closes with our
   frames unread in its socket resets the connection, after the frames it sent; those are whole
-  and handled); the channel ends once the request handlers did too, none cut short (a reply
-  goes where it still can, to a peer that shut only its sending side; else it is dropped). So
-  does a failed write (the peer went): nothing more is written (a server's client fails its
-  requests and emits at once, see ``Peer._unwritable``), what arrived is still read and
-  handled: by a connection for at most ``close_timeout`` more (a handler of it could wait for
-  room in an outbox nothing drains), by a server's client however long it takes. Bytes that
-  break the protocol (a :class:`ProtocolError`, a peer stalled in a frame included) end the
-  input the same way: nothing after them is used (nor what was decoded from their read),
+  and handled); a server's client's channel ends once its request handlers did too, none cut
+  short (a reply goes where it still can, to a peer that shut only its sending side; else it
+  is dropped), while a connection's cuts them short, for its next connection must not wait on
+  them. So does a failed write (the peer went): nothing more is written (a server's client
+  fails its requests and emits at once, see ``Peer._unwritable``), what arrived is still read
+  and handled: by a connection for at most ``close_timeout`` more (a handler of it could wait
+  for room in an outbox nothing drains), by a server's client however long it takes. Bytes
+  that break the protocol (a :class:`ProtocolError`, a peer stalled in a frame included) end
+  the input the same way: nothing after them is used (nor what was decoded from their read),
   nothing more is written (as after a failed write), what came before is dispatched, then the
   channel ends with the error. Replies still queued when the channel ends are dropped: request
   ids are per connection.
@@ -828,8 +829,8 @@ class Channel:
         self.handshake_error = exc
 
     async def _finish_dispatching(self) -> None:
-        """Wait for the dispatcher to handle what arrived, and for the request handlers
-        running to end; on a connection, once the writer
+        """Wait for the dispatcher to handle what arrived, and on a server's client for its
+        request handlers to end; on a connection, once the writer
         is lost (now or meanwhile), for at most ``close_timeout`` more: a handler could wait
         for ever for room in its outbox, which outlives the channel. A server's client's
         closes (``Client._unwritable``): what waits on it fails at once, and what the client
@@ -853,7 +854,10 @@ class Channel:
             if self._dispatching:
                 await self._drained.wait()
             self._dispatched.set()
-            while self._in_flight:  # request handlers: theirs too (their replies may still go)
+            # A server's client's request handlers too (their replies may still go); not a
+            # connection's, whose next connection must not wait on them (they may wait for
+            # what only it brings): they are cut short, their replies could go nowhere.
+            while self._in_flight and not self._peer._outbox_outlives_channel:
                 await self._wait_change()
             bound.cancel_scope.cancel()
 
