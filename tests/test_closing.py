@@ -851,6 +851,32 @@ async def test_requests_a_peer_sent_before_it_closed_are_all_handled_none_cut_sh
     assert sorted(int(line.split()[1]) for line in seen if line.startswith("done")) == [0, 1, 2]
 
 
+async def test_replies_to_a_client_that_shut_its_sending_side_all_go_however_large(
+    socket_dir: str,
+) -> None:
+    """A raw client sends 40 requests for 1 MiB each and shuts its sending side: the server
+    answers every one before the connection ends. Its channel ended as the last handler
+    did, dropping the replies still queued past the outbox's bound (8 of 40 arrived) without
+    a word (a helper's probe)."""
+    async with Actor("world", socket_root=socket_dir, silent=True) as world_actor:
+        server = await world_actor.serve()
+
+        async def big(n: int, client: Client) -> bytes:
+            await anyio.sleep(0.05)
+            return bytes([n]) * 2**20
+
+        server.on("big", big)
+        raw = socket.socket(socket.AF_UNIX)
+        with raw:
+            raw.connect(server.address)  # type: ignore[arg-type]
+            raw.sendall(framed([4, {"v": 1, "id": "raw"}]))
+            raw.sendall(b"".join(framed([1, "big", n, n + 1]) for n in range(40)))
+            raw.shutdown(socket.SHUT_WR)
+            replies = await anyio.to_thread.run_sync(read_until_end, raw)
+    assert sorted(reply[1] for reply in replies[1:]) == list(range(1, 41))
+    assert all(reply[2] == bytes([reply[1] - 1]) * 2**20 for reply in replies[1:])
+
+
 def framed(message: list[Any]) -> bytes:
     body = msgpack.packb(message, use_bin_type=True)
     return len(body).to_bytes(4, "big") + body
@@ -859,14 +885,14 @@ def framed(message: list[Any]) -> bytes:
 def read_until_end(sock: socket.socket) -> list[Any]:
     """The messages a server sends on ``sock`` until it closes (within 5 s)."""
     sock.settimeout(5)
-    data = b""
-    while chunk := sock.recv(65536):
+    data = bytearray()
+    while chunk := sock.recv(2**20):
         data += chunk
-    messages = []
-    while data:
-        size = int.from_bytes(data[:4], "big")
-        messages.append(msgpack.unpackb(data[4 : 4 + size], raw=False))
-        data = data[4 + size :]
+    messages, at = [], 0
+    while at < len(data):
+        size = int.from_bytes(data[at : at + 4], "big")
+        messages.append(msgpack.unpackb(data[at + 4 : at + 4 + size], raw=False))
+        at += 4 + size
     return messages
 
 

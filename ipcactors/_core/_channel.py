@@ -61,14 +61,15 @@ Invariants:
   warning) or the connection broke under the reader (a reset: a peer that closes with our
   frames unread in its socket resets the connection, after the frames it sent; those are whole
   and handled); a server's client's channel ends once its request handlers did too, none cut
-  short (a reply goes where it still can, to a peer that shut only its sending side; else it
-  is dropped), while a connection's cuts them short, for its next connection must not wait on
-  them. So does a failed write (the peer went): nothing more is written (a server's client
-  fails its requests and emits at once, see ``Peer._unwritable``), what arrived is still read
-  and handled: by a connection for at most ``close_timeout`` more (a handler of it could wait
-  for room in an outbox nothing drains), by a server's client however long it takes. Bytes
-  that break the protocol (a :class:`ProtocolError`, a peer stalled in a frame included) end
-  the input the same way: nothing after them is used (nor what was decoded from their read),
+  short (a reply goes where it still can, to a peer that shut only its sending side: the
+  outbox is flushed, within ``close_timeout``, before the channel ends; else it is dropped),
+  while a connection's cuts them short, for its next connection must not wait on them. So does
+  a failed write (the peer went): nothing more is written (a server's client fails its
+  requests and emits at once, see ``Peer._unwritable``), what arrived is still read and
+  handled: by a connection for at most ``close_timeout`` more (a handler of it could wait for
+  room in an outbox nothing drains), by a server's client however long it takes. Bytes that
+  break the protocol (a :class:`ProtocolError`, a peer stalled in a frame included) end the
+  input the same way: nothing after them is used (nor what was decoded from their read),
   nothing more is written (as after a failed write), what came before is dispatched, then the
   channel ends with the error. Replies still queued when the channel ends are dropped: request
   ids are per connection.
@@ -475,7 +476,11 @@ class Channel:
             outbox.on_frames = outbox.on_sent = outbox.on_lost = peer._requests.on_open = None
             if shared is not None:
                 self._end_shared(shared)
-            outbox.drop_replies()  # they answer this connection's requests, not the next's
+            dropped = outbox.drop_replies()  # they answer this connection's requests only
+            if dropped and self._cut_by is None and not self._write_lost.is_set():
+                peer._log.warning(
+                    f"{dropped} reply(ies) to {peer.id!r} not sent: its connection ended first"
+                )
             # A frame in progress may hold up to max_frame_size: freed now, not whenever this
             # channel is (the error that ended it may hold it in a cycle, through its frames).
             self._session.end_input()
@@ -859,6 +864,11 @@ class Channel:
             # what only it brings): they are cut short, their replies could go nowhere.
             while self._in_flight and not self._peer._outbox_outlives_channel:
                 await self._wait_change()
+            if not self._peer._outbox_outlives_channel:
+                # Their replies (and what else waits) reach a peer that shut only its sending
+                # side before the channel ends: within close_timeout, at once if unwritable.
+                with anyio.move_on_after(self._peer._config.close_timeout):
+                    await self._peer._outbox.wait_flushed()
             bound.cancel_scope.cancel()
 
     def _lost(self) -> None:
