@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import anyio
+from _cancellation import stray_cancellation
 
 _state: dict[str, Any] = {}
 
@@ -128,13 +129,7 @@ async def raises_cancelled_error(code: int) -> None:
 async def raises_a_stray_cancellation(code: int) -> None:
     """An async task that raises its backend's cancellation exception again once the cancel
     scope that caught it is over: nobody is cancelling the task (on Trio too)."""
-    with anyio.CancelScope() as scope:
-        scope.cancel()
-        try:
-            await anyio.sleep(1)
-        except anyio.get_cancelled_exc_class() as exc:
-            caught = exc
-    raise caught
+    raise await stray_cancellation()
 
 
 def blocks_or_dies(seconds: float | str) -> float | str:

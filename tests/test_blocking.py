@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import anyio
 import pytest
+from _cancellation import stray_cancellation
 
 import ipcactors
 from ipcactors import BlockingActor, BlockingClient
@@ -357,20 +358,8 @@ def test_a_request_handler_that_closes_still_answers(
             world.wait_closed(timeout=10)
 
 
-async def _stray_cancellation() -> BaseException:
-    """The backend's cancellation exception, caught out of a cancel scope that is over:
-    raised again, nothing is cancelling whoever raises it."""
-    with anyio.CancelScope() as scope:
-        scope.cancel()
-        try:
-            await anyio.sleep(1)
-        except anyio.get_cancelled_exc_class() as exc:
-            return exc
-    raise AssertionError("not cancelled")
-
-
 async def _raises_a_stray_cancellation(data: Any, client: Any) -> None:
-    raise await _stray_cancellation()
+    raise await stray_cancellation()
 
 
 @pytest.mark.parametrize("handler", ["async", "plain"])
@@ -382,7 +371,7 @@ def test_a_handler_raising_the_backends_cancellation_itself_is_its_error(
     in the async API. A blocking actor took it for what ends a program: the requester got
     ConnectionLostError and the actor ended (on asyncio ever since; on Trio once a stray
     Cancelled was told apart from a real one, 8d6394f)."""
-    stray = anyio.run(_stray_cancellation, backend=backend)  # (for the plain handler)
+    stray = anyio.run(stray_cancellation, backend=backend)  # (for the plain handler)
 
     def raises_it(data: Any, client: Any) -> None:
         raise stray

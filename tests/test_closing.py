@@ -835,14 +835,8 @@ async def test_requests_a_peer_sent_before_it_closed_are_all_handled_none_cut_sh
                     await anyio.sleep(0.1)
                     await world.aclose()
         else:
-            raw = socket.socket(socket.AF_UNIX)
-            with raw:
-                raw.connect(server.address)  # type: ignore[arg-type]
-                raw.sendall(framed([4, {"v": 1, "id": "raw"}]))
-                raw.sendall(b"".join(framed([1, "slow", n, n + 1]) for n in range(3)))
-                raw.shutdown(socket.SHUT_WR)
-                replies = await anyio.to_thread.run_sync(read_until_end, raw)
-            assert [reply[1:3] for reply in replies[1:]] == [[1, 0], [2, 1], [3, 2]], replies
+            replies = await anyio.to_thread.run_sync(ask_then_shut_sending, server, "slow", 3)
+            assert [reply[1:3] for reply in replies] == [[1, 0], [2, 1], [3, 2]], replies
         with anyio.fail_after(5):
             while len(seen) < 6:
                 await anyio.sleep(0.01)
@@ -866,34 +860,36 @@ async def test_replies_to_a_client_that_shut_its_sending_side_all_go_however_lar
             return bytes([n]) * 2**20
 
         server.on("big", big)
-        raw = socket.socket(socket.AF_UNIX)
-        with raw:
-            raw.connect(server.address)  # type: ignore[arg-type]
-            raw.sendall(framed([4, {"v": 1, "id": "raw"}]))
-            raw.sendall(b"".join(framed([1, "big", n, n + 1]) for n in range(40)))
-            raw.shutdown(socket.SHUT_WR)
-            replies = await anyio.to_thread.run_sync(read_until_end, raw)
-    assert sorted(reply[1] for reply in replies[1:]) == list(range(1, 41))
-    assert all(reply[2] == bytes([reply[1] - 1]) * 2**20 for reply in replies[1:])
+        replies = await anyio.to_thread.run_sync(ask_then_shut_sending, server, "big", 40)
+    assert sorted(reply[1] for reply in replies) == list(range(1, 41))
+    assert all(reply[2] == bytes([reply[1] - 1]) * 2**20 for reply in replies)
 
 
-def framed(message: list[Any]) -> bytes:
-    body = msgpack.packb(message, use_bin_type=True)
-    return len(body).to_bytes(4, "big") + body
+def ask_then_shut_sending(server: ipcactors.Server, event: str, count: int) -> list[Any]:
+    """A raw client of ``server``: its hello, then ``count`` requests ``event`` (data 0, 1,
+    ...), then it shuts its sending side and reads until the server closes (within 5 s
+    between reads). Returns what came after the welcome."""
 
+    def framed(message: list[Any]) -> bytes:
+        body = msgpack.packb(message, use_bin_type=True)
+        return len(body).to_bytes(4, "big") + body
 
-def read_until_end(sock: socket.socket) -> list[Any]:
-    """The messages a server sends on ``sock`` until it closes (within 5 s)."""
-    sock.settimeout(5)
-    data = bytearray()
-    while chunk := sock.recv(2**20):
-        data += chunk
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(server.address)  # type: ignore[arg-type]
+        sock.sendall(framed([4, {"v": 1, "id": "raw"}]))
+        sock.sendall(b"".join(framed([1, event, n, n + 1]) for n in range(count)))
+        sock.shutdown(socket.SHUT_WR)
+        data = bytearray()
+        while chunk := sock.recv(2**20):
+            data += chunk
     messages, at = [], 0
     while at < len(data):
         size = int.from_bytes(data[at : at + 4], "big")
         messages.append(msgpack.unpackb(data[at + 4 : at + 4 + size], raw=False))
         at += 4 + size
-    return messages
+    assert messages[0][0] == 5, messages[0]  # the welcome
+    return messages[1:]
 
 
 async def test_a_request_to_a_client_that_closed_fails_at_once(socket_dir: str) -> None:

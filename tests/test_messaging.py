@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import sniffio
 import trustme
+from _cancellation import stray_cancellation
 
 import ipcactors
 from ipcactors import Actor, Connection, DatagramServer, Server
@@ -523,18 +524,12 @@ async def test_handler_exception_keeps_connection(socket_dir: str, log_lines: li
     assert any("handler bug" in line for line in log_lines)
 
 
-async def stray_cancellation() -> BaseException:
+async def cancellation_raised_by_hand() -> BaseException:
     """The backend's cancellation exception, while nothing cancels the caller: asyncio's made
     by hand; Trio's (which cannot be made) caught out of a cancel scope of its own, over."""
     if sniffio.current_async_library() == "asyncio":
         return asyncio.CancelledError("raised by the handler")
-    with anyio.CancelScope() as scope:
-        scope.cancel()
-        try:
-            await anyio.sleep(1)
-        except anyio.get_cancelled_exc_class() as exc:
-            return exc
-    raise AssertionError("not cancelled")
+    return await stray_cancellation()
 
 
 @pytest.mark.parametrize("handler", ["plain", "async"])
@@ -550,7 +545,7 @@ async def test_a_handler_raising_cancelled_error_is_an_error_of_its_own(
     its socket file removed, and nothing said why; from an async one, as the cancellation of
     the connection's task: it was dropped, a request on it lost, and nothing said why (on
     Trio, the events sent behind it too)."""
-    error = await stray_cancellation()
+    error = await cancellation_raised_by_hand()
     cancellation_name = f"{type(error).__module__}.{type(error).__qualname__}"
 
     def plain(data: Any, client: ipcactors.Client) -> None:
