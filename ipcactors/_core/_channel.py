@@ -859,14 +859,14 @@ class Channel:
             if self._dispatching:
                 await self._drained.wait()
             self._dispatched.set()
-            # A server's client's request handlers too (their replies may still go); not a
-            # connection's, whose next connection must not wait on them (they may wait for
-            # what only it brings): they are cut short, their replies could go nowhere.
-            while self._in_flight and not self._peer._outbox_outlives_channel:
-                await self._wait_change()
+            # A server's client's request handlers too, and then their replies (and what else
+            # waits) to a peer that shut only its sending side: within close_timeout, at once
+            # if unwritable. Not a connection's, whose next connection must not wait on them
+            # (they may wait for what only it brings): they are cut short, their replies could
+            # go nowhere.
             if not self._peer._outbox_outlives_channel:
-                # Their replies (and what else waits) reach a peer that shut only its sending
-                # side before the channel ends: within close_timeout, at once if unwritable.
+                while self._in_flight:
+                    await self._wait_change()
                 with anyio.move_on_after(self._peer._config.close_timeout):
                     await self._peer._outbox.wait_flushed()
             bound.cancel_scope.cancel()
@@ -1295,7 +1295,9 @@ class Channel:
             and why is not None
             and not _PROGRAM_LEAVING.get()
         ):
-            cut = f" ({cut_short} of them requests cut short in their handlers)" * bool(cut_short)
+            cut = ""
+            if cut_short:
+                cut = f" ({cut_short} of them requests cut short in their handlers)"
             peer._log.warning(
                 f"{dropped} event(s) or request(s) from {peer.id!r} dropped unhandled{cut}: {why}"
             )
