@@ -181,6 +181,45 @@ async def test_a_request_handler_from_a_server_that_went_does_not_hold_the_recon
     assert ended == [anyio.get_cancelled_exc_class().__name__]
 
 
+async def test_requests_from_a_server_that_went_do_not_hold_the_reconnect_with_their_replies(
+    socket_dir: str,
+) -> None:
+    """A server sends 20 requests (answered one at a time, 1 MiB each) and goes. The client
+    answered those it had started into an outbox that waits for the next connection, past
+    max_outbox_bytes; the request gate then held the rest, and the events behind them, for
+    ever: the client never reconnected (asyncio, every run; found reviewing this session's
+    change). A connection whose server went starts no request of it: no reply could go."""
+    options = {"socket_root": socket_dir, "silent": True}
+    async with Actor("hello", **options, **FAST_RETRY, max_concurrent_requests=1) as hello:
+        async with Actor("world", **options) as world_actor:
+            server = await world_actor.serve()
+            world = await hello.connect_to("world")
+
+            @world.on("big")
+            async def big(data: int) -> bytes:
+                await anyio.sleep(0.05)
+                return b"x" * 2**20
+
+            with anyio.fail_after(5):
+                while "hello" not in server.clients:
+                    await anyio.sleep(0.01)
+            async with anyio.create_task_group() as group:
+
+                async def ask(n: int) -> None:
+                    with contextlib.suppress(ipcactors.IPCError):
+                        await server.request("hello", "big", n, timeout=30)
+
+                for n in range(20):
+                    group.start_soon(ask, n)
+                await anyio.sleep(0.02)
+                group.cancel_scope.cancel()
+        async with Actor("world", **options) as world_again:
+            await world_again.serve()
+            with anyio.fail_after(5):
+                while not world.connected:
+                    await anyio.sleep(0.01)
+
+
 @pytest.mark.parametrize("retries", [1, 3])
 async def test_stop_retrying_n_makes_n_more_attempts(
     socket_dir: str, log_lines: list[str], retries: int

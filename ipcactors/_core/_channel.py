@@ -63,7 +63,8 @@ Invariants:
   and handled); a server's client's channel ends once its request handlers did too, none cut
   short (a reply goes where it still can, to a peer that shut only its sending side: the
   outbox is flushed, within ``close_timeout``, before the channel ends; else it is dropped),
-  while a connection's cuts them short, for its next connection must not wait on them. So does
+  while a connection's cuts them short and starts none still waiting (no reply could go), for
+  its next connection must not wait on them. So does
   a failed write (the peer went): nothing more is written (a server's client fails its
   requests and emits at once, see ``Peer._unwritable``), what arrived is still read and
   handled: by a connection for at most ``close_timeout`` more (a handler of it could wait for
@@ -1337,6 +1338,14 @@ class Channel:
                         continue
                     index += 1
                     assert type(message) is Request
+                    if self._gone and peer._outbox_outlives_channel:
+                        # A connection whose server went: no reply could go (its next one has
+                        # request ids of its own), and a handler would be cut short once the
+                        # events are handled; its reply, held for the next connection, could
+                        # shut the gate on them. Not started: counted as cut short.
+                        self._queued_requests -= 1
+                        self._cut_short += 1
+                        continue
                     while not self._gate_open():
                         done = self._first_done = index - 1
                         await self._wait_change(writes=True)
