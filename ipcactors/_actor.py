@@ -415,8 +415,10 @@ class Actor:
 
         Returns once the handshake is done, retrying as ``retry``/``stop_retrying`` say; raises
         :class:`ConnectionFailedError` (or :class:`ServerBusyError`, ...) when retries run out.
-        If ``id`` is already connected (or connecting), returns that connection; one being
-        closed (``disconnect``) is not: a new one takes its place.
+        If ``id`` is already connected (or connecting), returns that connection, once it is
+        connected as this call would have waited (if the call opening it is cancelled first,
+        this one goes on connecting in its place); one being closed (``disconnect``) is not: a
+        new one takes its place.
 
         ``wait=False`` saves a round trip: returns as soon as the socket is connected (with
         ``auth_key``: once the server proved it knows the key); what you emit or request next
@@ -474,7 +476,7 @@ class Actor:
 
     async def _connect(self, id: str, transport: Transport, wait: bool = True) -> Connection:
         while (existing := self._connections.get(id)) is not None and not existing._closing:
-            if not wait or await existing._wait_as_connect():
+            if await existing._wait_as_connect(wait):
                 return existing
             # (The call opening it was cancelled, which closes nothing: we connect instead.)
         # (One being closed goes on closing on its own: a new connection takes its place.)

@@ -105,13 +105,16 @@ async def test_callers_connecting_to_one_id_at_once_fail_alike_when_retries_run_
     assert len({id(error) for error in errors}) == 3  # each caller's own, its own traceback
 
 
+@pytest.mark.parametrize("wait", [True, False], ids=["wait", "wait=False"])
 async def test_a_caller_waiting_on_a_connect_whose_caller_was_cancelled_connects_itself(
-    socket_dir: str,
+    socket_dir: str, wait: bool
 ) -> None:
     """A second connect_to of one id waits on the first caller's connection, which is made in
     the first caller's task. Cancelling that caller (a timeout of its own) ended the
     connection, and the second caller got ClosedError though nothing closed anything: it now
-    goes on connecting, as if it had called first."""
+    goes on connecting, as if it had called first. With ``wait=False`` it was handed the
+    connection at once, before its socket was connected, and its requests failed with
+    ClosedError: it now returns, as its own call would, once a socket is connected."""
     got: list[ipcactors.Connection] = []
 
     async def impatient(hello: Actor) -> None:
@@ -119,7 +122,7 @@ async def test_a_caller_waiting_on_a_connect_whose_caller_was_cancelled_connects
             await hello.connect_to("world")  # nobody there yet: retrying
 
     async def patient(hello: Actor) -> None:
-        got.append(await hello.connect_to("world"))
+        got.append(await hello.connect_to("world", wait=wait))
 
     async with Actor("hello", socket_root=socket_dir, silent=True, **FAST_RETRY) as hello:
         with anyio.fail_after(5):

@@ -188,6 +188,7 @@ class Connection(Peer, HandlerMethods):
         # The caller of its first connect was cancelled (nothing closed it): callers waiting
         # on it connect anew (_wait_as_connect).
         self._abandoned = False
+        self._first_connect_over = anyio.Event()  # _connect returned or raised
         # A supervised child's connection to its supervisor: its incarnation's token, in
         # every hello (the supervisor admits that child's id with it only: Server._claims).
         self._token: str | None = None
@@ -238,13 +239,20 @@ class Connection(Peer, HandlerMethods):
                 await self._up.wait()
                 task_group.cancel_scope.cancel()
 
-    async def _wait_as_connect(self) -> bool:
-        """``connect_to``'s wait on a connection another call is opening: fails as that call
-        did when the retries ran out (each caller its own copy of the error, chained to the
-        same cause), where ``wait_connected`` says ClosedError caused by it. False if that
-        call was cancelled instead: the caller is to connect anew."""
+    async def _wait_as_connect(self, wait: bool) -> bool:
+        """``connect_to``'s wait on a connection another call is opening: until it is
+        connected, or with ``wait=False`` until that call's first connect is over (its socket
+        is connected, at the latest once welcomed). Fails as that call did when the retries
+        ran out (each caller its own copy of the error, chained to the same cause), where
+        ``wait_connected`` says ClosedError caused by it. False if that call was cancelled
+        instead: the caller is to connect anew."""
         try:
-            await self.wait_connected()
+            if wait:
+                await self.wait_connected()
+            else:
+                await self._first_connect_over.wait()
+                if self.destroyed:
+                    await self.wait_connected()  # (raises why)
         except ClosedError as closed:
             if self._abandoned:
                 return False
@@ -354,6 +362,8 @@ class Connection(Peer, HandlerMethods):
             self._abandoned = not self._closing and not isinstance(exc, Exception)
             await self._destroy(reason)
             raise
+        finally:
+            self._first_connect_over.set()
         stream, session = opened
         return self._up_with(stream, session)
 
