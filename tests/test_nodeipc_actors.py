@@ -157,7 +157,7 @@ async def test_what_node_ipc_cannot_carry_is_refused_before_sending(socket_dir: 
             deep: list[object] = []
             for _ in range(70):  # deeper than the peer's max_depth (64): it would close
                 deep = [deep]
-            for data in (b"bytes", float("nan"), {1, 2}, {(1, 2): 3}, deep):
+            for data in (b"bytes", float("nan"), {1, 2}, {(1, 2): 3}, deep, [10**400]):
                 with pytest.raises(ipcactors.EncodeError, match="node-ipc JSON"):
                     await connection.emit("x", data)
             # Keys JSON writes alike: the peer would keep one value (the other went unsaid).
@@ -211,6 +211,7 @@ async def receive_until_closed(stream: anyio.abc.ByteStream) -> bool:
         # Numbers out of a double's range: infinities, which node-ipc.md says JSON cannot carry
         b'{"type":"ok","data":1e999}\f',
         b'{"type":"ok","data":[-1e400]}\f',
+        b'{"type":"ok","data":[-1' + b"0" * 400 + b"]}\f",  # whole, but as large
     ],
 )
 async def test_a_bad_node_ipc_frame_costs_only_that_connection(socket_dir: str, bad: bytes) -> None:

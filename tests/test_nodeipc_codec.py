@@ -105,10 +105,30 @@ def test_a_bad_delimiter_is_a_config_error(delimiter: Any) -> None:
             Config(codec=codec, node_ipc_delimiter=delimiter)
 
 
-@pytest.mark.parametrize("data", [float("nan"), float("inf"), b"bytes", {1, 2}, object()])
+# The smallest whole number a double cannot hold: JavaScript (and float()) round it to an
+# infinity, which a Node peer would read (and echo back as null).
+BEYOND_DOUBLE = 2**1024 - 2**970
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        *(float("nan"), float("inf"), b"bytes", {1, 2}, object()),
+        *(BEYOND_DOUBLE, -BEYOND_DOUBLE, 10**400, {"x": [1, -(10**400)]}),
+    ],
+    ids=lambda data: repr(data)[:12],
+)
 def test_what_json_cannot_carry_is_an_encode_error(data: Any) -> None:
     with pytest.raises(EncodeError, match="node-ipc JSON"):
         NodeIPCEncoder().event("x", data)
+
+
+def test_whole_numbers_a_double_holds_go_whatever_their_size() -> None:
+    """JSON has one kind of number; a Node peer reads every one as a double: whole numbers up
+    to the largest finite one go (rounded there, as JSON.parse does)."""
+    for data in (BEYOND_DOUBLE - 1, -(BEYOND_DOUBLE - 1), 2**64, [10**300, {"x": -(10**307)}]):
+        frame = NodeIPCEncoder().event("x", data)
+        assert pairs(NodeIPCDecoder().feed(frame)) == [("x", data)]
 
 
 @pytest.mark.parametrize("data", ["lone \ud800 \u00e9", {"\udc00": ["\u20ac"]}])
@@ -226,6 +246,9 @@ def test_a_frame_at_the_depth_limit_is_taken_whichever_key_nests() -> None:
         (b'{"type":"a","data":NaN}\f', "malformed"),
         (b'{"type":"a","data":1e999}\f', "malformed"),  # a double's overflow: inf
         (b'{"type":"a","data":{"x":-1.5e400}}\f', "malformed"),
+        # A whole number as large: JavaScript reads it as an infinity too.
+        (b'{"type":"a","data":' + str(BEYOND_DOUBLE).encode() + b"}\f", "beyond a double"),
+        (b'{"type":"a","data":[1,{"x":-1' + b"0" * 400 + b"}]}\f", "beyond a double"),
         (b"42\f", "JSON object"),
         (b'["type","a"]\f', "JSON object"),
         (b'{"data":1}\f', "non-empty string"),

@@ -21,15 +21,17 @@ Invariants owned here:
 - Reserved names (:data:`NODE_IPC_RESERVED`): ours, plus node-ipc's own lifecycle names, refused
   in both directions, so neither a Node peer nor a Python one can fire the other side's
   ``connect``, ``socket.disconnected``, ``error``... by naming them.
-- Decoded values obey ``max_depth``; a frame of ``n`` bytes decodes into at most ~``20 n`` bytes
-  of Python objects (``[[],[],...]``, the worst case).
-- The encoder writes exactly what node-ipc writes: ``json.dumps`` with ``separators=(",", ":")``
-  and ``ensure_ascii=False`` matches ``JSON.stringify`` byte for byte for JSON values (a
-  string with a lone surrogate, which UTF-8 cannot hold, goes with every non-ASCII character
-  escaped: the same JSON). It refuses what node-ipc could not read back, or the decoder here
-  would refuse: NaN and infinities, non-JSON types, nesting past ``max_depth``, and (with a custom
-  delimiter that does not start with a control character) a frame in which the delimiter would
-  be found before its end, inside the frame or across its last bytes.
+- Decoded values obey ``max_depth`` and hold no number beyond a double's range (whole or
+  not); a frame of ``n`` bytes decodes into at most ~``20 n`` bytes of Python objects
+  (``[[],[],...]``, the worst case).
+- The encoder writes exactly what node-ipc writes: ``json.dumps`` with ``separators=(",",
+  ":")`` and ``ensure_ascii=False`` matches ``JSON.stringify`` byte for byte for JSON values
+  (a string with a lone surrogate, which UTF-8 cannot hold, goes with every non-ASCII
+  character escaped: the same JSON). It refuses what node-ipc could not read back, or the
+  decoder here would refuse: NaN and infinities (whole numbers beyond a double's range too),
+  non-JSON types, nesting past ``max_depth``, and (with a custom delimiter that does not start
+  with a control character) a frame in which the delimiter would be found before its end,
+  inside the frame or across its last bytes.
 """
 
 from __future__ import annotations
@@ -90,6 +92,15 @@ def _reserved(event: str) -> bool:
     return event in NODE_IPC_RESERVED or is_reserved(event)
 
 
+# The smallest whole number a double cannot hold (it rounds to an infinity, in JavaScript as in
+# float()): JSON has one kind of number, which a Node peer reads as a double.
+_BEYOND_DOUBLE: Final = 2**1024 - 2**970
+_DIGITS_BEYOND: Final = len(str(_BEYOND_DOUBLE))  # a frame shorter holds none so large
+_TOO_LARGE: Final = "a whole number beyond a double's range (a Node peer would read an infinity)"
+_DIGITS_AS_ONES: Final = bytes(0x31 if 0x30 <= byte <= 0x39 else 0x30 for byte in range(256))
+_DIGIT_RUN: Final = b"1" * _DIGITS_BEYOND
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
@@ -134,6 +145,24 @@ def _within_depth(value: Any, budget: int) -> bool:
         if (kind is list or kind is dict or kind is tuple) and not _within_depth(item, budget - 1):
             return False
     return True
+
+
+def _may_hold_int_beyond_double(text: bytes | bytearray) -> bool:
+    """Whether JSON ``text`` has a run of digits long enough for a whole number beyond a
+    double's range: two passes in C over the bytes, not a Python comparison per number."""
+    return len(text) >= _DIGITS_BEYOND and _DIGIT_RUN in text.translate(_DIGITS_AS_ONES)
+
+
+def _holds_int_beyond_double(value: Any) -> bool:
+    """Whether ``value`` holds a whole number beyond a double's range (dict keys aside: JSON
+    writes them as strings). Recursion depth: ``value``'s nesting, checked before."""
+    if isinstance(value, int):
+        return not -_BEYOND_DOUBLE < value < _BEYOND_DOUBLE
+    if isinstance(value, dict):
+        value = value.values()
+    elif not isinstance(value, list | tuple):
+        return False
+    return any(_holds_int_beyond_double(item) for item in value)
 
 
 _TOO_DEEP: Final = "it nests deeper than the peer's max_depth"
@@ -264,6 +293,8 @@ class NodeIPCEncoder(Encoder):
                 allow_nan=False,
                 separators=(",", ":"),
             ).encode()
+        if _may_hold_int_beyond_double(body) and _holds_int_beyond_double(data):
+            raise EncodeError(f"data cannot be sent as node-ipc JSON: it holds {_TOO_LARGE}")
         if len(body) > self._limits.max_frame_size:
             raise self._too_large(len(body), self._limits.max_frame_size, self._datagrams)
         frame = body + self._delimiter
@@ -390,6 +421,9 @@ class NodeIPCDecoder(Decoder):
         # frame's own object is one level, and every key counts, not only data.
         if len(frame) > depth and not _within_depth(value, depth):
             raise DecodeError(f"value nests deeper than max_depth={depth}")
+        # (float() refused 1e999 as it was parsed; JSON's whole numbers are Python's, any size.)
+        if _may_hold_int_beyond_double(frame) and _holds_int_beyond_double(value):
+            raise DecodeError(f"node-ipc frame ({len(frame)} bytes) holds {_TOO_LARGE}")
         return Event(event, value.get("data"))
 
 
