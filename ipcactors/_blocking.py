@@ -455,7 +455,9 @@ class BlockingInbox(AbstractContextManager["BlockingInbox"]):
         # with receive_nowait only, never through a wait that a cancel could end with an item
         # handed to it; and one get() at a time (_in_take: set once the one that waits ends,
         # its caller maybe gone), so what one took and kept comes before what the next takes.
-        self._arrived = anyio.Event()
+        # Made there too: here it would be made for the loop this thread may run, which is
+        # not the actor's when their backends differ.
+        self._arrived: anyio.Event = loop.call(anyio.Event)
         self._in_take: anyio.Event | None = None
         for event in events:
             # Runs in the loop thread; waits while the inbox is full (that is the backpressure).

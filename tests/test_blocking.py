@@ -257,6 +257,42 @@ def test_inside_a_running_trio_loop(backend: Literal["asyncio", "trio"], socket_
     assert outcome == [3]
 
 
+@pytest.mark.parametrize("outer", ["asyncio", "trio"], ids=["in asyncio", "in trio"])
+def test_an_inbox_waits_inside_a_running_event_loop(
+    outer: Literal["asyncio", "trio"], backend: Literal["asyncio", "trio"], socket_dir: str
+) -> None:
+    """An inbox made in a thread that runs one event loop, for an actor on the other backend:
+    its wakeup was made for the caller's loop, and a get() that had to wait failed in the
+    actor's (AttributeError or RuntimeError, not TimeoutError or the event)."""
+
+    async def program() -> list[object]:
+        options: dict[str, Any] = {"socket_root": socket_dir, "backend": backend, **FAST}
+        got: list[object] = []
+        with BlockingActor("world", **options) as world, BlockingActor("hello", **options) as h:
+            with world.serve().inbox("message") as inbox:
+                with pytest.raises(TimeoutError):
+                    inbox.get(timeout=0.1)
+                hello = h.connect_to("world")
+                later = threading.Timer(0.2, lambda: hello.emit("message", "hi"))
+                later.start()
+                try:
+                    event, data, _ = inbox.get(timeout=10)  # waits for it
+                finally:
+                    later.join(10)
+                got.append((event, data))
+        await anyio.sleep(0)
+        return got
+
+    outcome: list[object] = []
+    runner = threading.Thread(
+        target=lambda: outcome.append(anyio.run(program, backend=outer)), daemon=True
+    )
+    runner.start()
+    runner.join(30)
+    assert not runner.is_alive(), "the program hung"
+    assert outcome == [[("message", "hi")]]
+
+
 def test_udp(backend: Literal["asyncio", "trio"]) -> None:
     with (
         BlockingActor("world", backend=backend, **FAST) as world,
