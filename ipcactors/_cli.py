@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import importlib
 import inspect
 import json
@@ -684,7 +685,11 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
             f"{args.entry} is a plain function: run takes one defined with async def"
         )
     level = {0: "INFO", 1: "DEBUG"}.get(args.verbose, "TRACE")
-    run(function, *args.args, backend=args.backend, log_level=level)
+    # Run by ``main`` past its error handling: what the function raises is its own, with
+    # run()'s traceback and status, not one of the command's errors.
+    args.then_run = functools.partial(
+        run, function, *args.args, backend=args.backend, log_level=level
+    )
     return 0
 
 
@@ -892,6 +897,9 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
         if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
             return _report(group.exceptions[0], out)
         raise
+    then_run = getattr(args, "then_run", None)
+    if then_run is not None:  # `run`, once its entry point is found (see cmd_run)
+        then_run()
     return status
 
 

@@ -375,6 +375,46 @@ def test_run_starts_an_entry_point_like_run(tmp_path: Path, backend: str) -> Non
     assert "has no function 'nothing'" in missing.stderr
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_run_exits_as_run_does_whatever_the_function_raises(tmp_path: Path, backend: str) -> None:
+    """cli.md: the exit status is run()'s, 1 with the traceback when it raises. What the
+    function raised went through the command's own error handling: an ipcactors error, an
+    OSError, a KeyboardInterrupt were printed as the command's one-line error (a ConfigError
+    with status 2, a usage error), without the traceback that would show where it came from."""
+    (tmp_path / "raising_entry.py").write_text(
+        "import ipcactors\n"
+        "async def config_error():\n"
+        "    ipcactors.Config(retry=-5)\n"
+        "async def os_error():\n"
+        "    open('/nonexistent/raising_entry')\n"
+        "async def ipc_error():\n"
+        "    raise ipcactors.ClosedError('closed on purpose')\n"
+        "async def interrupted():\n"
+        "    raise KeyboardInterrupt\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    for name in ("config_error", "os_error", "ipc_error", "interrupted"):
+        via_command = cli_sync("run", f"raising_entry:{name}", "--backend", backend, env=env)
+        direct = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"import ipcactors, raising_entry\n"
+                f"ipcactors.run(raising_entry.{name}, backend={backend!r})",
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=env,
+        )
+        assert via_command.returncode == direct.returncode != 0, (name, via_command.stderr)
+        for result in (via_command, direct):
+            assert "Traceback (most recent call last)" in result.stderr, (name, result.stderr)
+            assert "raising_entry.py" in result.stderr, (name, result.stderr)
+
+
 def test_bench_lists_the_suite() -> None:
     result = cli_sync("bench", "--", "--list")
     assert result.returncode == 0, result.stderr
