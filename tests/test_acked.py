@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 import pytest
@@ -629,6 +630,74 @@ async def test_a_restarted_client_gets_the_unacknowledged_again_flagged(socket_d
             stats = server.statistics()
             check_server_totals(stats)
             assert stats.events_acknowledged == stats.events_sequenced == count
+
+
+@pytest.mark.parametrize("handler", ["plain", "async"])
+async def test_redelivered_is_true_only_while_a_redelivered_events_handlers_run(
+    socket_dir: str, handler: str
+) -> None:
+    """guide.md: ``redelivered`` is true while the handlers of such an event run. It stayed
+    true after them, until the next event came: a request handler (requests are never sent
+    again), and code outside any handler, read it true (a helper's probe). Both sides: a
+    restarted server's client, a restarted client's connection."""
+    flags: list[tuple[str, bool]] = []
+
+    def record(event: str, peer: ipcactors.Client | ipcactors.Connection) -> Any:
+        if handler == "plain":
+            flags.append((event, peer.redelivered))
+            return peer.redelivered
+
+        async def later() -> bool:
+            await anyio.sleep(0)
+            flags.append((event, peer.redelivered))
+            return peer.redelivered
+
+        return later()
+
+    async def stuck(*args: object) -> None:
+        await anyio.sleep_forever()
+
+    # A restarted server: the client sends again what the first did not acknowledge.
+    async with Actor("hello", socket_root=socket_dir, silent=True, acked="on", **FAST_RETRY) as h:
+        async with Actor(
+            "world", socket_root=socket_dir, silent=True, acked="on", close_timeout=0.3
+        ) as first:
+            (await first.serve()).on("n", stuck)
+            world = await h.connect_to("world")
+            for i in range(3):
+                await world.emit("n", i)
+            await anyio.sleep(0.2)
+        async with Actor("world", socket_root=socket_dir, silent=True, acked="on") as again:
+            server = await again.serve()
+            server.on("n", lambda data, client: record("n", client))
+            server.on("q", lambda data, client: record("q", client))
+            with anyio.fail_after(10):
+                await world.wait_acknowledged()
+                assert await world.request("q") is False
+            assert server.clients["hello"].redelivered is False  # outside any handler
+    assert flags == [("n", True)] * 3 + [("q", False)]
+    flags.clear()
+    # A restarted client: the server hands it what its predecessor did not acknowledge.
+    async with Actor("world", socket_root=socket_dir, silent=True, acked="on") as world_actor:
+        server = await world_actor.serve()
+        async with Actor(
+            "hello", socket_root=socket_dir, silent=True, acked="on", close_timeout=0.3
+        ) as first:
+            (await first.connect_to("world")).on("n", stuck)
+            await wait_until(lambda: "hello" in server.clients)
+            for i in range(3):
+                await server.emit("hello", "n", i)
+            await anyio.sleep(0.2)
+        async with Actor("hello", socket_root=socket_dir, silent=True, acked="on") as again:
+            world = await again.connect_to("world")
+            world.on("n", lambda data: record("n", world))
+            world.on("q", lambda data: record("q", world))
+            with anyio.fail_after(10):
+                await wait_until(lambda: len(flags) == 3)
+                await wait_until(lambda: "hello" in server.clients)
+                assert await server.clients["hello"].request("q") is False
+            assert world.redelivered is False
+    assert flags == [("n", True)] * 3 + [("q", False)]
 
 
 async def test_a_client_that_never_comes_back_gets_its_events_reported(socket_dir: str) -> None:

@@ -1332,7 +1332,10 @@ class Channel:
                                 if peer._receiver is None:
                                     await pending
                                 else:
-                                    await self._await_acked(pending, batch[index - 1])
+                                    try:
+                                        await self._await_acked(pending, batch[index - 1])
+                                    finally:
+                                        peer.redelivered = False  # (its handlers are done)
                         if peer._ack_pending and monotonic() >= peer._ack_due:
                             peer._send_ack()  # slow handlers behind a backlog: ack_interval
                         continue

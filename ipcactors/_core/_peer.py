@@ -546,6 +546,7 @@ class Peer:
                     return index, self._handlers.finish(message.event, handler, result, self._log)
             if acked and self._ack_pending and monotonic() >= self._ack_due:
                 self._send_ack()  # slow handlers behind a backlog: ack_interval
+        self.redelivered = False  # (true while a redelivered event's handlers run only)
         return index, None
 
     async def _wait_written(self) -> None:
