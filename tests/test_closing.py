@@ -1068,3 +1068,50 @@ async def test_an_exit_caught_around_the_block_leaves_later_drops_named(
     warned = [line for line in log_lines if "dropped unhandled" in line]
     assert len(warned) == 1, log_lines
     assert "5 event(s) or request(s) from 'hello'" in warned[0]
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+async def test_replies_to_a_client_that_left_go_nowhere_without_a_line_each(
+    socket_dir: str, transport: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client sends 50 requests to handlers that wait, then closes; the handlers then
+    reply. guide.md: nothing is logged per message. On asyncio each reply after the first
+    that failed was still handed to the transport, which logged "socket.send() raised
+    exception." for each from the sixth on, silent or not (a helper's probe: 45 lines)."""
+    caplog.set_level("WARNING", logger="asyncio")
+    gate = anyio.Event()
+    started: list[int] = []
+    async with Actor("world", socket_root=socket_dir, silent=True) as world_actor:
+        if transport == "unix":
+            server = await world_actor.serve()
+        else:
+            server = await world_actor.serve_net("127.0.0.1", 0)
+
+        async def waits(n: int, client: Client) -> int:
+            started.append(n)
+            await gate.wait()
+            return n
+
+        server.on("waits", waits)
+        async with Actor("hello", socket_root=socket_dir, silent=True, close_timeout=0.2) as hello:
+            if transport == "unix":
+                world = await hello.connect_to("world")
+            else:
+                world = await hello.connect_to_net("world", "127.0.0.1", server.port)
+
+            async def ask(n: int) -> None:
+                with contextlib.suppress(ipcactors.IPCError):
+                    await world.request("waits", n, timeout=5)
+
+            async with anyio.create_task_group() as asking:
+                for n in range(50):
+                    asking.start_soon(ask, n)
+                with anyio.fail_after(5):
+                    while len(started) < 50:
+                        await anyio.sleep(0.01)
+                asking.cancel_scope.cancel()
+        await anyio.sleep(0.3)  # the server reads the client's end
+        gate.set()
+        await anyio.sleep(0.3)  # the replies meet the socket the client closed
+    lines = [record.getMessage() for record in caplog.records if record.name == "asyncio"]
+    assert lines == []

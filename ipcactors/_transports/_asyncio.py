@@ -427,8 +427,9 @@ class AsyncioSocketStream(ByteStream):
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
-                for part in pending:
-                    transport.write(part)  # the transport meets the error too and reports it
+                # The transport meets the error too and reports it; one part is enough (it
+                # logs every write it is handed once closing, from the sixth on).
+                transport.write(pending[0])
                 pending.clear()
                 break
             if sent == sum(len(part) for part in parts):
@@ -524,8 +525,11 @@ class AsyncioSocketStream(ByteStream):
         def write_now(frame: Frame) -> bool:
             # A request or reply while nothing is queued: written now, not on the next pass.
             nonlocal in_flight
-            if protocol.lost or self._closing:
-                return True  # lost with the connection: at most once, as always
+            if protocol.lost or self._closing or transport.is_closing():
+                # Lost with the connection: at most once, as always. (Closing: a write failed,
+                # and its connection_lost is a loop pass away; a transport logs every write
+                # it is handed meanwhile from the sixth on.)
+                return True
             if isinstance(frame, bytes) and not pending:
                 transport.write(frame)
             else:
