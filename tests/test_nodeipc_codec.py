@@ -8,6 +8,8 @@ refused both ways.
 
 from __future__ import annotations
 
+import collections
+import enum
 import json
 import time
 from typing import Any
@@ -105,6 +107,10 @@ def test_a_bad_delimiter_is_a_config_error(delimiter: Any) -> None:
             Config(codec=codec, node_ipc_delimiter=delimiter)
 
 
+class _Huge(enum.IntEnum):
+    VALUE = 10**400
+
+
 # The smallest whole number a double cannot hold: JavaScript (and float()) round it to an
 # infinity, which a Node peer would read (and echo back as null).
 BEYOND_DOUBLE = 2**1024 - 2**970
@@ -115,6 +121,7 @@ BEYOND_DOUBLE = 2**1024 - 2**970
     [
         *(float("nan"), float("inf"), b"bytes", {1, 2}, object()),
         *(BEYOND_DOUBLE, -BEYOND_DOUBLE, 10**400, {"x": [1, -(10**400)]}),
+        *(collections.OrderedDict(x=("7" * 400, 10**400)), [_Huge.VALUE]),
     ],
     ids=lambda data: repr(data)[:12],
 )

@@ -155,16 +155,33 @@ def _may_hold_int_beyond_double(text: bytes | bytearray) -> bool:
 
 def _holds_int_beyond_double(value: Any) -> bool:
     """Whether ``value`` holds a whole number beyond a double's range (dict keys aside: JSON
-    writes them as strings). Recursion depth: ``value``'s nesting, checked before."""
-    if isinstance(value, int):
-        return not -_BEYOND_DOUBLE < value < _BEYOND_DOUBLE
-    if isinstance(value, dict):
-        value = value.values()
-    elif not isinstance(value, list | tuple):
-        return False
-    return any(_holds_int_beyond_double(item) for item in value)
+    writes them as strings). A loop over a stack, not a call per item: it runs when a frame
+    has a long run of digits, which a string may hold too."""
+    stack = [value]
+    pop, push_all = stack.pop, stack.extend
+    while stack:
+        item = pop()
+        kind = type(item)
+        if kind is int:
+            if not -_BEYOND_DOUBLE < item < _BEYOND_DOUBLE:
+                return True
+        elif kind is dict:
+            push_all(item.values())
+        elif kind is list or kind is tuple:
+            push_all(item)
+        elif kind in _LEAVES:
+            continue
+        elif isinstance(item, int):  # (subclasses too, as JSON writes them)
+            if not -_BEYOND_DOUBLE < item < _BEYOND_DOUBLE:
+                return True
+        elif isinstance(item, dict):
+            push_all(item.values())
+        elif isinstance(item, list | tuple):
+            push_all(item)
+    return False
 
 
+_LEAVES: Final = frozenset({str, float, bool, type(None)})
 _TOO_DEEP: Final = "it nests deeper than the peer's max_depth"
 
 
