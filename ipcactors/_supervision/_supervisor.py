@@ -561,7 +561,9 @@ class Supervisor:
 
     def kill(self) -> None:
         """SIGKILL every child now (``ipcactors.run`` calls this on a second signal). The
-        ``async with`` still reaps them and closes; it no longer waits for anyone. From then
+        ``async with`` still reaps them and closes; it no longer waits for any child to stop
+        on its own (but a child on another host whose link is silent, not yet noticed, is
+        heard of only once that is: up to about ``4 × keepalive``, see remote.md). From then
         on ``spawn``, ``stop``, ``request`` and ``emit`` raise :class:`ClosedError`, and each
         child shows ``"stopped"`` once its process is gone."""
         self._hard = True
