@@ -72,10 +72,6 @@ class Actor:
         self._watchdog: Watchdog | None = None  # one task keeps time for every channel
         self._closing = False
         self._closed = anyio.Event()
-        # The next connection made handles nothing it receives until this is set (a supervised
-        # child's link to its supervisor, see Peer._ready); then None again.
-        self._hold_next: anyio.Event | None = None
-        self._token_next: str | None = None  # (see Connection._token)
         #: In a process started by a :class:`Supervisor`: the connection to that supervisor
         #: (set before the child's function runs). ``None`` everywhere else.
         self.parent: Connection | None = None
@@ -474,7 +470,18 @@ class Actor:
             )
         return await self._connect(id, TLSTransport(host, port, tls), wait)
 
-    async def _connect(self, id: str, transport: Transport, wait: bool = True) -> Connection:
+    async def _connect(
+        self,
+        id: str,
+        transport: Transport,
+        wait: bool = True,
+        *,
+        ready: anyio.Event | None = None,
+        token: str | None = None,
+    ) -> Connection:
+        """``connect_to``'s work. A supervised child's link to its supervisor also gives the
+        event until which nothing received is handled (``ready``: see ``Peer._ready``) and
+        its incarnation's ``token`` (see ``Connection._token``)."""
         while (existing := self._connections.get(id)) is not None and not existing._closing:
             if await existing._wait_as_connect(wait):
                 return existing
@@ -484,9 +491,7 @@ class Actor:
         connection = Connection(
             self.id, id, transport, self.config, self._log, self._forget, self._watchdog, task_group
         )
-        # A supervised child's first connection, to its supervisor: see Peer._ready.
-        connection._ready, self._hold_next = self._hold_next, None
-        connection._token, self._token_next = self._token_next, None
+        connection._ready, connection._token = ready, token
         self._connections[id] = connection
         # Runs in the caller's task, which the actor does not own: aclose() cancels the
         # attempts through the connection (it is in _connections from here on).

@@ -49,6 +49,8 @@ from .._exits import caused_by_shutdown, system_exit
 from .._proto._msgpack import unpack_value
 from .._runtime import Runtime, close_in_order, set_runtime
 from .._transports._backend import backend_options
+from .._transports._tls import TLSTransport
+from .._transports._transport import TCPTransport, Transport
 from ._parentdeath import EXIT_PARENT_LOST, set_parent_death_signal
 from ._target import Target, load_target
 
@@ -220,18 +222,25 @@ async def _report(
             pass
 
 
-async def _connect_parent(actor: Actor, spec: dict[str, Any], *, wait: bool = True) -> Connection:
+async def _connect_parent(
+    actor: Actor, spec: dict[str, Any], *, wait: bool = True, ready: anyio.Event | None = None
+) -> Connection:
     """Connect to the supervisor: its Unix socket here, TCP (TLS if a CA file is named) from
-    another host (``_ssh``). ``wait``: as for ``connect_to``."""
-    actor._token_next = spec["token"]  # our incarnation's: the supervisor admits our id so
+    another host (``_ssh``), with our incarnation's token (the supervisor admits our id so).
+    ``wait``: as for ``connect_to``; ``ready``: nothing received is handled until it is set."""
     address = spec.get("sup_addr")
+    transport: Transport
     if address is None:
-        return await actor.connect_to(spec["sup_id"], path=spec["sup_path"], wait=wait)
-    cafile = spec.get("sup_tls")
-    # The supervisor's certificate must name the address the child connects to.
-    tls = ssl.create_default_context(cafile=cafile) if cafile is not None else None
-    host, port = address
-    return await actor.connect_to_net(spec["sup_id"], host, port, tls=tls, wait=wait)
+        transport = actor._unix_transport(spec["sup_path"])
+    else:
+        host, port = address
+        cafile = spec.get("sup_tls")
+        if cafile is None:
+            transport = TCPTransport(host, port)
+        else:
+            # The supervisor's certificate must name the address the child connects to.
+            transport = TLSTransport(host, port, ssl.create_default_context(cafile=cafile))
+    return await actor._connect(spec["sup_id"], transport, wait, ready=ready, token=spec["token"])
 
 
 @contextlib.asynccontextmanager
@@ -289,10 +298,10 @@ async def _main(spec: dict[str, Any], fn: Callable[..., Any]) -> int:
     async with Actor(spec["id"], config) as actor:
         # Nothing from the supervisor is handled before fn registered its handlers (what it
         # sent our predecessor and never saw acknowledged comes at once: Config.acked).
-        ready = actor._hold_next = anyio.Event()
+        ready = anyio.Event()
         # One round trip to the supervisor, and our server starts meanwhile: the hello request
         # travels right behind the connection's hello (a refused handshake fails it).
-        parent = await _connect_parent(actor, spec, wait=False)
+        parent = await _connect_parent(actor, spec, wait=False, ready=ready)
         actor.parent = parent
         grace: list[float] = []  # the stop message's: seconds until the supervisor's SIGTERM
 
