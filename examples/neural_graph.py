@@ -141,8 +141,11 @@ async def layer(
 def read_hosts(path: str) -> tuple[dict[str, Any], dict[str, str], dict[str, Any]]:
     """The hosts (SSHHost by name), the placement (layer id: host name), and the supervisor's
     extra arguments, from a TOML file (see the module docstring)."""
-    with open(path, "rb") as file:
-        config = tomllib.load(file)
+    try:
+        with open(path, "rb") as file:
+            config = tomllib.load(file)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SystemExit(f"--hosts {path}: {exc} (its format: this file's docstring)") from None
     hosts = {}
     for name, fields in config.get("hosts", {}).items():
         if "client_keys" in fields:
