@@ -427,9 +427,13 @@ class AsyncioSocketStream(ByteStream):
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
-                # The transport meets the error too and reports it; one part is enough (it
-                # logs every write it is handed once closing, from the sixth on).
-                transport.write(pending[0])
+                # The transport meets the error too and reports it (it closes), or takes the
+                # parts in order if it was a passing one (ENOBUFS); none once it is closing:
+                # it logs every write it is handed then, from the sixth on.
+                for part in pending:
+                    if transport.is_closing():
+                        break
+                    transport.write(part)
                 pending.clear()
                 break
             if sent == sum(len(part) for part in parts):
