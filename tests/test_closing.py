@@ -1115,3 +1115,47 @@ async def test_replies_to_a_client_that_left_go_nowhere_without_a_line_each(
         await anyio.sleep(0.3)  # the replies meet the socket the client closed
     lines = [record.getMessage() for record in caplog.records if record.name == "asyncio"]
     assert lines == []
+
+
+async def test_a_server_close_cut_short_by_its_callers_deadline_still_closes(
+    socket_dir: str,
+) -> None:
+    """Server.aclose() cancelled while it flushed to a client that reads slowly: the server
+    had stopped accepting and left the rest undone, its client served on, and the next
+    aclose() waited for a stop that nothing would make (for ever; a helper's probe). A close
+    cut short now cuts what is left, as a connection's does; the next returns once it
+    stopped."""
+    gate = anyio.Event()
+    async with Actor(
+        "hello", socket_root=socket_dir, silent=True, close_timeout=1.0, max_inbox_bytes=65536
+    ) as hello:
+        async with Actor(
+            "world",
+            socket_root=socket_dir,
+            silent=True,
+            close_timeout=1.0,
+            max_outbox_bytes=65536,
+        ) as world_actor:
+            server = await world_actor.serve()
+            world = await hello.connect_to("world")
+            world.on("ev", lambda data: gate.wait())
+            with anyio.fail_after(5):
+                while "hello" not in server.clients:
+                    await anyio.sleep(0.01)
+            for _ in range(3000):  # until the outbox is full: something to flush
+                with anyio.move_on_after(0.1) as full:
+                    await server.emit("hello", "ev", b"y" * 8000)
+                if full.cancelled_caught:
+                    break
+            with anyio.move_on_after(0.2) as cut:
+                await server.aclose()
+            assert cut.cancelled_caught  # (still flushing: the client does not read)
+            gate.set()
+            with anyio.fail_after(5):
+                await server.aclose()
+            assert server.clients == {}
+            assert not os.path.exists(str(server.address))
+            with pytest.raises(ipcactors.IPCError):
+                await server.emit("hello", "ev", b"z")
+            started = anyio.current_time()
+        assert anyio.current_time() - started < 0.5  # nothing left for the actor to cut

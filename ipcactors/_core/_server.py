@@ -571,8 +571,13 @@ class Server(HandlerMethods):
                 task_status.started()
                 await self._accept_loop(task_group)
         finally:
-            await self._listening.aclose()  # removes the socket file, even when cancelled
-            self._stopped.set()
+            try:
+                await self._listening.aclose()  # removes the socket file, even when cancelled
+            finally:
+                for client_id, sender in self._streams:  # kept for clients that left: gone
+                    self._give_up(client_id, sender, "the server closed")
+                self._log.info("server closed")
+                self._stopped.set()
 
     async def _accept_loop(self, task_group: TaskGroup) -> None:
         assert self._listening is not None
@@ -1125,7 +1130,9 @@ class Server(HandlerMethods):
         """Stop accepting, flush to every client (bounded by ``close_timeout``), close them all,
         and remove the socket file. From a handler of one of its clients' (an event's, a
         request's, a lifecycle handler): returns at once, and the close starts once the handler
-        has returned (a request's reply is queued first, and flushed)."""
+        has returned (a request's reply is queued first, and flushed). A close cancelled by
+        its caller cuts what it had left to flush at once; a later one returns once the
+        server has stopped."""
         if kept_until_handled(self._serves, self._close_soon):
             return
         if self._closing:
@@ -1134,27 +1141,28 @@ class Server(HandlerMethods):
         self._closing = True
         if self._task_group is None:
             return  # never started
-        if self._listening is not None:
-            await self._listening.aclose()
-        handshakes, self._handshakes = self._handshakes, {}
-        for scope in handshakes:  # nothing to flush to them: drop them now
-            scope.cancel()
-        if self._ready is not None:
-            self._ready.set()  # the held clients are refused (see _wait_ready)
-        for keeping in self._keeping.values():
-            keeping.cancel()  # their events are reported below
-        for retiring in self._retiring.values():  # (no longer in clients: replaced)
-            for client in retiring:
-                if client._channel is not None:
-                    client._channel.abort()
-        async with anyio.create_task_group() as task_group:
-            for client in list(self._clients.values()):
-                task_group.start_soon(client.aclose)
-        with anyio.move_on_after(self._config.close_timeout):
-            await self._stopped.wait()
-        if self._task_group is not None:
-            self._task_group.cancel_scope.cancel()
+        try:
+            if self._listening is not None:
+                await self._listening.aclose()
+            handshakes, self._handshakes = self._handshakes, {}
+            for scope in handshakes:  # nothing to flush to them: drop them now
+                scope.cancel()
+            if self._ready is not None:
+                self._ready.set()  # the held clients are refused (see _wait_ready)
+            for keeping in self._keeping.values():
+                keeping.cancel()  # their events are reported as it stops (see _serve)
+            for retiring in self._retiring.values():  # (no longer in clients: replaced)
+                for client in retiring:
+                    if client._channel is not None:
+                        client._channel.abort()
+            async with anyio.create_task_group() as task_group:
+                for client in list(self._clients.values()):
+                    task_group.start_soon(client.aclose)
+            with anyio.move_on_after(self._config.close_timeout):
+                await self._stopped.wait()
+        finally:
+            # What is left is cut now; also when this close is cancelled while it flushed
+            # (a later close waits for the stop, as one made meanwhile does).
+            if self._task_group is not None:
+                self._task_group.cancel_scope.cancel()
         await self._stopped.wait()
-        for client_id, sender in self._streams:  # kept for clients that left: never coming
-            self._give_up(client_id, sender, "the server closed")
-        self._log.info("server closed")
