@@ -594,6 +594,44 @@ async def test_a_handler_raising_cancelled_error_is_an_error_of_its_own(
     assert any(cancellation_name.rsplit(".", 1)[1] in line for line in log_lines)
 
 
+@pytest.mark.parametrize("with_error", [False, True], ids=["alone", "with an error"])
+async def test_a_group_of_a_handlers_stray_cancellation_is_its_error(
+    with_error: bool, socket_dir: str
+) -> None:
+    """The same, the cancellation in a BaseExceptionGroup (a nursery or task group of the
+    handler's own that a task's stray cancellation left): the request got ConnectionLostError
+    and the connection dropped without a word, or with an error beside it the server logged
+    "connection from '' failed" (a helper's probe). Both are the handler's error now."""
+    error = await cancellation_raised_by_hand()
+    leaves = [error, ValueError("beside it")] if with_error else [error]
+
+    async def awaiting(data: Any, client: ipcactors.Client) -> None:
+        await anyio.sleep(0)
+        raise BaseExceptionGroup("the handler's own", leaves)
+
+    async with Actor("world", socket_root=socket_dir, silent=True) as world_actor:
+        server = await world_actor.serve()
+        server.on("ask", awaiting)
+        server.on("tell", awaiting)
+        told: list[int] = []
+        server.on("n", lambda data, client: told.append(data))
+        connects: list[ipcactors.Client] = []
+        server.on("connect", connects.append)
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            world = await hello.connect_to("world")
+            with anyio.fail_after(5):
+                with pytest.raises(ipcactors.RemoteError) as caught:
+                    await world.request("ask")
+                assert caught.value.remote_type == "BaseExceptionGroup"
+                await world.emit("tell")
+                for n in range(20):
+                    await world.emit("n", n)
+                while len(told) < 20:
+                    await anyio.sleep(0.01)
+                assert told == list(range(20))  # what was sent behind it was handled
+            assert len(connects) == 1  # and the connection was never dropped
+
+
 async def test_handler_exception_is_logged_without_local_values(
     socket_dir: str, log_lines: list[str]
 ) -> None:

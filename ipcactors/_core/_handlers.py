@@ -62,10 +62,18 @@ def raised_by_the_call() -> tuple[type[BaseException], ...]:
 def raised_by_the_handler(exc: BaseException) -> bool:
     """Whether ``exc``, not an Exception, out of awaiting a handler is that handler's error
     all the same: the backend's cancellation exception while nothing cancels the task that
-    awaits it (see ``being_cancelled``). Left to propagate, it would end that task, and with
-    it the connection (anyio's rule, as in :func:`raised_by_the_call`). Called only as such an
-    exception is caught, at no cost on the way that raises nothing."""
-    return isinstance(exc, anyio.get_cancelled_exc_class()) and not being_cancelled()
+    awaits it (see ``being_cancelled``), alone or in a group with errors (a nursery or task
+    group of the handler's own); a group holding anything else (``KeyboardInterrupt``) is
+    not. Left to propagate, it would end that task, and with it the connection (anyio's
+    rule, as in :func:`raised_by_the_call`). Called only as such an exception is caught, at
+    no cost on the way that raises nothing."""
+    cancelled = anyio.get_cancelled_exc_class()
+    if isinstance(exc, BaseExceptionGroup):
+        if exc.split((Exception, cancelled))[1] is not None:
+            return False
+    elif not isinstance(exc, cancelled):
+        return False
+    return not being_cancelled()
 
 
 class PlainCancellation(Exception):
