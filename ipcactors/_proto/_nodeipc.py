@@ -99,6 +99,7 @@ _DIGITS_BEYOND: Final = len(str(_BEYOND_DOUBLE))  # a frame shorter holds none s
 _TOO_LARGE: Final = "a whole number beyond a double's range (a Node peer would read an infinity)"
 _DIGITS_AS_ONES: Final = bytes(0x31 if 0x30 <= byte <= 0x39 else 0x30 for byte in range(256))
 _DIGIT_RUN: Final = b"1" * _DIGITS_BEYOND
+_LEAVES: Final = frozenset({str, float, bool, type(None)})  # JSON's values that hold nothing
 
 
 def _reject_constant(name: str) -> Any:
@@ -181,7 +182,6 @@ def _holds_int_beyond_double(value: Any) -> bool:
     return False
 
 
-_LEAVES: Final = frozenset({str, float, bool, type(None)})
 _TOO_DEEP: Final = "it nests deeper than the peer's max_depth"
 
 
