@@ -50,6 +50,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from ._actor import Actor, Peers, check_actor_id
 from ._config import Config, config_of, seconds_of, shown
 from ._core._connection import Connection
+from ._core._handlers import errors_or_cancellations
 from ._core._server import Client, Server
 from ._core._stats import ConnectionStatistics, ServerStatistics
 from ._core._udp import DatagramPeer, DatagramServer, DatagramStatistics, PeerAddress
@@ -273,9 +274,10 @@ async def _end_if_it_ends_the_program(loop: _Loop, exc: BaseException) -> None:
     its close: the requester sees the connection go, as in the async API, and the loop thread
     lives on. In an asyncio task ``SystemExit`` and ``KeyboardInterrupt`` may not leave the
     task: asyncio would re-raise them out of the loop, and the loop thread would end under
-    its callers. The cancellation exception goes on as the async API takes it: this task's
-    cancellation, or, nothing cancelling it, the handler's error (``raised_by_the_handler``)."""
-    if isinstance(exc, (Exception, anyio.get_cancelled_exc_class())):
+    its callers. The cancellation exception, alone or in a group with errors, goes on as the
+    async API takes it: this task's cancellation, or, nothing cancelling it, the handler's
+    error (``raised_by_the_handler``)."""
+    if errors_or_cancellations(exc):
         return
     loop.end(exc)
     await anyio.sleep_forever()

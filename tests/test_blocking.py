@@ -398,30 +398,42 @@ async def _raises_a_stray_cancellation(data: Any, client: Any) -> None:
     raise await stray_cancellation()
 
 
+async def _raises_a_group_of_a_stray_cancellation(data: Any, client: Any) -> None:
+    raise BaseExceptionGroup("the handler's own", [await stray_cancellation(), ValueError()])
+
+
+@pytest.mark.parametrize("in_a_group", [False, True], ids=["alone", "in a group"])
 @pytest.mark.parametrize("handler", ["async", "plain"])
 def test_a_handler_raising_the_backends_cancellation_itself_is_its_error(
-    backend: Literal["asyncio", "trio"], socket_dir: str, handler: str
+    backend: Literal["asyncio", "trio"], socket_dir: str, handler: str, in_a_group: bool
 ) -> None:
     """guide.md: the backend's cancellation exception raised by a handler that nothing was
     cancelling is an error of that handler's, and the connection serves on; blocking.md: as
     in the async API. A blocking actor took it for what ends a program: the requester got
     ConnectionLostError and the actor ended (on asyncio ever since; on Trio once a stray
-    Cancelled was told apart from a real one, 8d6394f)."""
+    Cancelled was told apart from a real one, 8d6394f). So it did with a group of it and
+    errors, which the async API takes as the handler's error since 05f214d (a helper's
+    probe)."""
     stray = anyio.run(stray_cancellation, backend=backend)  # (for the plain handler)
+    raised = BaseExceptionGroup("the handler's own", [stray, ValueError()]) if in_a_group else stray
 
     def raises_it(data: Any, client: Any) -> None:
-        raise stray
+        raise raised
+
+    raising_async = (
+        _raises_a_group_of_a_stray_cancellation if in_a_group else _raises_a_stray_cancellation
+    )
 
     options: dict[str, Any] = {"socket_root": socket_dir, "backend": backend, **FAST}
     with BlockingActor("world", **options) as world:
         server = world.serve()
-        server.on("stray", _raises_a_stray_cancellation if handler == "async" else raises_it)
+        server.on("stray", raising_async if handler == "async" else raises_it)
         server.on("ping", lambda data, client: "pong")
         with BlockingActor("hello", **options) as hello:
             connection = hello.connect_to("world")
             with pytest.raises(ipcactors.RemoteError) as caught:
                 connection.request("stray", timeout=5)
-            assert "Cancel" in caught.value.remote_type
+            assert ("Group" if in_a_group else "Cancel") in caught.value.remote_type
             assert connection.request("ping", timeout=5) == "pong"  # it serves on
 
 

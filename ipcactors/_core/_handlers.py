@@ -67,13 +67,17 @@ def raised_by_the_handler(exc: BaseException) -> bool:
     not. Left to propagate, it would end that task, and with it the connection (anyio's
     rule, as in :func:`raised_by_the_call`). Called only as such an exception is caught, at
     no cost on the way that raises nothing."""
+    return errors_or_cancellations(exc) and not being_cancelled()
+
+
+def errors_or_cancellations(exc: BaseException) -> bool:
+    """Whether ``exc`` is an Exception, the backend's cancellation exception, or a group of
+    nothing else: what a handler may raise and still be answered or logged, where anything
+    else it raises (``KeyboardInterrupt``, ``SystemExit``) ends the program."""
     cancelled = anyio.get_cancelled_exc_class()
     if isinstance(exc, BaseExceptionGroup):
-        if exc.split((Exception, cancelled))[1] is not None:
-            return False
-    elif not isinstance(exc, cancelled):
-        return False
-    return not being_cancelled()
+        return exc.split((Exception, cancelled))[1] is None
+    return isinstance(exc, (Exception, cancelled))
 
 
 class PlainCancellation(Exception):
