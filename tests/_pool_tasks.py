@@ -132,6 +132,11 @@ async def raises_a_stray_cancellation(code: int) -> None:
     raise await stray_cancellation()
 
 
+async def raises_a_group_of_stray_cancellations(code: int) -> None:
+    """The same, in a group (a task group of its own that a task's stray one ended)."""
+    raise BaseExceptionGroup("the task's own", [await stray_cancellation()])
+
+
 def blocks_or_dies(seconds: float | str) -> float | str:
     """Blocks ``seconds``; given "die", ends its worker (os._exit) a moment later."""
     if seconds == "die":

@@ -139,7 +139,10 @@ async def test_retries_run_out_name_the_worker_and_its_signal(
 
 @pytest.mark.parametrize(
     ("kind", "exitcode"),
-    [("async", 3), ("plain", 3), ("async, CancelledError", 1), ("async, stray cancellation", 1)],
+    [
+        *(("async", 3), ("plain", 3), ("async, CancelledError", 1)),
+        *(("async, stray cancellation", 1), ("async, a group of stray cancellations", 1)),
+    ],
 )
 async def test_a_task_that_ends_its_worker_is_retried_then_the_worker_is_lost(
     socket_dir: str, kind: str, exitcode: int
@@ -149,12 +152,14 @@ async def test_a_task_that_ends_its_worker_is_retried_then_the_worker_is_lost(
     'cancelled' (ClosedError: task N was cancelled, nothing retried, though nobody cancelled
     it) on Trio and uvloop, and the same on asyncio for a BaseException of the user's own;
     and, until later, for a CancelledError it raised itself (its worker exiting with 0), and
-    on Trio for a Cancelled it raised again out of a scope of its own."""
+    on Trio for a Cancelled it raised again out of a scope of its own (and, until later,
+    for a group of those: exit code 0)."""
     fn = {
         "async": _pool_tasks.exits_async,
         "plain": _pool_tasks.exits_plain,
         "async, CancelledError": _pool_tasks.raises_cancelled_error,
         "async, stray cancellation": _pool_tasks.raises_a_stray_cancellation,
+        "async, a group of stray cancellations": _pool_tasks.raises_a_group_of_stray_cancellations,
     }[kind]
     with anyio.fail_after(30):
         async with pool(socket_dir, fn, size=1, max_retries=1) as p:

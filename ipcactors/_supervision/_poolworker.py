@@ -67,6 +67,14 @@ CANCEL_EVENT = "pool-cancel"
 FLUSH_SECONDS = 0.002
 
 
+def _cancellations_only(exc: BaseException) -> bool:
+    """Whether ``exc`` is the backend's cancellation exception, or a group of nothing else."""
+    cancelled = anyio.get_cancelled_exc_class()
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(cancelled)[1] is None
+    return isinstance(exc, cancelled)
+
+
 class TaskRaisedCancellation(BaseException):
     """An async task raised its backend's cancellation exception, nothing having cancelled
     it: it ends the worker, as a task's other BaseExceptions do."""
@@ -195,14 +203,18 @@ class _Worker:
                 outcome = [task_id, 0, await fn(*args)]
         except Exception as exc:
             outcome = self.failure(task_id, exc)
-        except anyio.get_cancelled_exc_class() as exc:
+        except (anyio.get_cancelled_exc_class(), BaseExceptionGroup) as exc:
+            if not _cancellations_only(exc):
+                outcome = None  # (a group holding SystemExit and the like: as below)
+                raise
             if being_cancelled():
                 raise  # cancelled by the pool (the scope caught that) or the worker's end
             # Raised by fn itself, nobody cancelling it (on asyncio, by hand, or awaiting a
             # future someone else cancelled; on Trio, again out of a scope that is over): a
             # BaseException of fn's like SystemExit, which ends the worker (pool.md). Left
             # as it is, anyio takes it for this task's cancellation: it cancels the worker's
-            # task group, the worker exits with 0 and the task reads "cancelled".
+            # task group, the worker exits with 0 and the task reads "cancelled". A group of
+            # them (a task group of fn's own that a task's stray one ended) alike.
             outcome = None
             raise TaskRaisedCancellation(
                 f"task {task_id} raised {type(exc).__name__} itself: nothing cancelled it"
