@@ -53,7 +53,7 @@ from anyio.abc import TaskGroup
 from .._actor import Actor
 from .._errors import EncodeError, FrameTooLargeError, fit_text, message_of
 from .._proto._msgpack import pack_value
-from .._transports._backend import being_cancelled, current_backend
+from .._transports._backend import being_cancelled, current_backend, is_cancellation
 from ._target import Target, load_target
 
 __all__ = ["BATCH_EVENT", "CANCEL_EVENT", "DONE_EVENT", "FLUSH_SECONDS", "pool_worker"]
@@ -65,14 +65,6 @@ CANCEL_EVENT = "pool-cancel"
 #: How long a worker running plain functions may hold finished outcomes (and go without reading
 #: its messages): short against a round trip, long against a tiny task.
 FLUSH_SECONDS = 0.002
-
-
-def _cancellations_only(exc: BaseException) -> bool:
-    """Whether ``exc`` is the backend's cancellation exception, or a group of nothing else."""
-    cancelled = anyio.get_cancelled_exc_class()
-    if isinstance(exc, BaseExceptionGroup):
-        return exc.split(cancelled)[1] is None
-    return isinstance(exc, cancelled)
 
 
 class TaskRaisedCancellation(BaseException):
@@ -204,7 +196,7 @@ class _Worker:
         except Exception as exc:
             outcome = self.failure(task_id, exc)
         except (anyio.get_cancelled_exc_class(), BaseExceptionGroup) as exc:
-            if not _cancellations_only(exc):
+            if not is_cancellation(exc):
                 outcome = None  # (a group holding SystemExit and the like: as below)
                 raise
             if being_cancelled():
