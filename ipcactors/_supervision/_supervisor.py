@@ -595,6 +595,21 @@ class Supervisor:
     def _start_forkserver(self) -> None:
         assert self._task_group is not None
         assert self._lifeline is not None
+        forkserver = ForkServer(self._log)
+        assert self._dir is not None
+        forkserver.start(
+            self._task_group,
+            self._lifeline[0],
+            self.log_level,
+            self._preload(),
+            (self._backend, self._uvloop),
+            self._dir,
+        )
+        self._forkserver = forkserver
+
+    def _preload(self) -> list[str]:
+        """What a forkserver imports before its first fork: what every child imports on its
+        way to ready (its backend's modules too), then what the user asked for."""
         preload = [
             "anyio",
             f"anyio._backends._{self._backend}",
@@ -605,17 +620,7 @@ class Supervisor:
             preload.append("trio")
         elif self._uvloop:
             preload.append("uvloop")
-        forkserver = ForkServer(self._log)
-        assert self._dir is not None
-        forkserver.start(
-            self._task_group,
-            self._lifeline[0],
-            self.log_level,
-            preload + self.preload,
-            (self._backend, self._uvloop),
-            self._dir,
-        )
-        self._forkserver = forkserver
+        return preload + self.preload
 
     async def _ready_launcher(self, child: Child) -> Launcher:
         """The launcher that starts ``child``'s processes, ready (a new one if it died: on
@@ -637,16 +642,6 @@ class Supervisor:
         assert self._task_group is not None
         task_group = self._task_group
         address = self._net.address if self._net is not None else None
-        preload = [
-            "anyio",
-            f"anyio._backends._{self._backend}",
-            "ipcactors._supervision._child",
-            "loguru",
-        ]
-        if self._backend == "trio":
-            preload.append("trio")
-        elif self._uvloop:
-            preload.append("uvloop")
 
         def relay(fds: tuple[int, int], prefix: str) -> None:
             self._output.start(task_group, fds, prefix)
@@ -655,7 +650,7 @@ class Supervisor:
             task_group=task_group,
             log=self._log,
             log_level=self.log_level,
-            preload=(*preload, *self.preload),
+            preload=tuple(self._preload()),
             connect_back=address if isinstance(address, tuple) else None,
             relay=relay,
             backend=(self._backend, self._uvloop),
