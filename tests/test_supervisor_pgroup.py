@@ -149,6 +149,42 @@ async def test_a_child_whose_grandchild_is_slow_to_die_restarts_once(
             assert not alive(grandchild[0])
 
 
+async def test_a_group_slow_to_die_holds_up_no_other_spawn(
+    socket_dir: str, strays: list[psutil.Process]
+) -> None:
+    """The forkserver waits for what is left of an exited child's group to be gone before it
+    reports the exit, and does other work meanwhile: it slept through that wait, so a spawn
+    asked for while a grandchild freed its gigabytes waited for it (and N such exits at once
+    were waited for one after another). The spawn returns while the grandchild still dies."""
+    with anyio.fail_after(30):
+        async with supervisor(socket_dir, max_restarts=3, max_seconds=5.0) as sup:
+            await sup.spawn(_pgroup_workers.heavy_forker, 2048, restart="temporary", id="heavy")
+            grandchild = await sup.request("heavy", "pids", timeout=20)
+            track(strays, grandchild)
+            await sup.spawn(_pgroup_workers.starter, id="warm")  # (the next spawn: warm)
+            old_pid = sup.children["heavy"].pid
+            assert old_pid is not None
+            gone_at: list[float] = []
+
+            async def watch_the_grandchild() -> None:
+                while alive(grandchild[0]):
+                    await anyio.sleep(0.002)
+                gone_at.append(anyio.current_time())
+
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(watch_the_grandchild)
+                os.kill(old_pid, signal.SIGKILL)
+                await wait_until(lambda: not alive(old_pid))
+                await anyio.sleep(0.02)  # (the forkserver reaps the child, kills its group)
+                assert alive(grandchild[0]), "freeing 2 GiB was too quick to tell"
+                asked_at = anyio.current_time()
+                await sup.spawn(_pgroup_workers.starter, id="b")
+                spawned_at = anyio.current_time()
+            assert spawned_at < gone_at[0]
+            assert spawned_at - asked_at < 0.4  # (it was held up to the wait's end: 0.5 s)
+            await wait_until(lambda: "heavy" not in sup.children, timeout=20)
+
+
 async def test_what_a_stopped_group_leaves_as_zombies_delays_no_exit_report(
     socket_dir: str, strays: list[psutil.Process]
 ) -> None:
@@ -283,7 +319,9 @@ def test_the_forkserver_leaves_quietly_when_its_supervisor_resets_the_control_so
     with forkserver_side:
         forkserver_side.send(b"\x91\x00")  # a report the supervisor never read
         supervisor_side.close()
-        state = _forkserver._handle(forkserver_side, set(), _forkserver._Spares(-1, ()))
+        children: set[int] = set()
+        reaper = _forkserver.Reaper(children, lambda pid, code: None)
+        state = _forkserver._handle(forkserver_side, children, _forkserver._Spares(-1, ()), reaper)
         assert state == _forkserver._GONE
     assert capsys.readouterr().err == ""
 
@@ -300,7 +338,9 @@ def test_a_bye_reaches_the_forkserver_with_a_report_of_its_unread() -> None:
     with forkserver_side, supervisor_side:
         _forkserver.send_message(forkserver_side, report)  # unread by the supervisor
         _forkserver.say_bye(supervisor_side)
-        state = _forkserver._handle(forkserver_side, set(), _forkserver._Spares(-1, ()))
+        children: set[int] = set()
+        reaper = _forkserver.Reaper(children, lambda pid, code: None)
+        state = _forkserver._handle(forkserver_side, children, _forkserver._Spares(-1, ()), reaper)
         assert state == _forkserver._STOPPED
     # What a close in its place did: the bye is lost to the reset.
     forkserver_side, supervisor_side = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -308,7 +348,9 @@ def test_a_bye_reaches_the_forkserver_with_a_report_of_its_unread() -> None:
         _forkserver.send_message(forkserver_side, report)
         _forkserver.send_message(supervisor_side, ["bye"])
         supervisor_side.close()
-        state = _forkserver._handle(forkserver_side, set(), _forkserver._Spares(-1, ()))
+        children: set[int] = set()
+        reaper = _forkserver.Reaper(children, lambda pid, code: None)
+        state = _forkserver._handle(forkserver_side, children, _forkserver._Spares(-1, ()), reaper)
         assert state == _forkserver._GONE
 
 

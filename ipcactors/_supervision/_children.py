@@ -36,6 +36,7 @@ from .._errors import (
 )
 from .._log import ActorLog
 from ._child import STOP_EVENT
+from ._forkserver import GROUP_GONE_WAIT
 from ._launcher import Launcher
 from ._policy import RestartType
 from ._spawner import KILL_WAIT
@@ -201,8 +202,9 @@ class Incarnation:
         if error is not None and not isinstance(error, ClosedError | ConnectionLostError):
             raise error
         if error is not None and not self.exited.is_set():
-            # The connection dropped: the exit report follows within moments, if it exited.
-            with anyio.move_on_after(1.0):
+            # The connection dropped: the exit report follows, if it exited, once what was
+            # left of its group is gone (within GROUP_GONE_WAIT).
+            with anyio.move_on_after(GROUP_GONE_WAIT + 0.5):
                 await self.exited.wait()
         if self.exited.is_set():
             raise ChildExitedError(

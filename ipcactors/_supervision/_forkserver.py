@@ -43,10 +43,12 @@ Invariants owned here:
 - Signal, then reap: when a child exits, what is left of its group (processes it started and
   did not stop) gets SIGKILL while the child is still a zombie holding the group id, and only
   then is the child reaped. Its exit is reported once the group is gone (within
-  ``GROUP_GONE_WAIT``): a SIGKILLed process takes a while to die (tens of milliseconds to free
-  gigabytes), and one forked without exec holds the child's listening socket meanwhile, which
-  its restart would meet still listening. A process that left the group (``setsid()``,
-  ``setpgid()``) is not signalled: that is how a child hands a daemon off on purpose.
+  ``GROUP_GONE_WAIT``): a SIGKILLed process takes a while to die (tens to hundreds of
+  milliseconds to free gigabytes), and one forked without exec holds the child's listening
+  socket meanwhile, which its restart would meet still listening. Nothing waits for it
+  (``Reaper``): spawns, signals and other exits go on meanwhile. A process that left the
+  group (``setsid()``, ``setpgid()``) is not signalled: that is how a child hands a daemon off
+  on purpose.
 
 - A spare child, at most one: forked when the supervisor says a child is ready (``["spare",
   backend, uvloop]``; not sooner, or its start would compete with that child's for the CPU), it
@@ -81,9 +83,9 @@ from ._parentdeath import EXIT_PARENT_LOST, set_parent_death_signal
 
 __all__ = [
     "MAX_MESSAGE",
+    "Reaper",
     "fork_child",
     "output_pipes",
-    "reap",
     "recv_message",
     "say_bye",
     "send_message",
@@ -92,9 +94,10 @@ __all__ = [
 
 MAX_MESSAGE: Final = 1024 * 1024  # control messages are small: ids, module names, sys.path
 LIFELINE_WAIT: Final = 2.0  # s: after the parent-death signal, for the supervisor's end
-#: s an exit report waits, at most, for what was left of the child's group to be gone (less
-#: than the second a request to a child whose connection broke waits for the report)
-GROUP_GONE_WAIT: Final = 0.5
+#: s an exit report waits, at most, for what was left of the child's group to be gone (a
+#: request to a child whose connection broke waits for the report a little longer)
+GROUP_GONE_WAIT: Final = 2.0
+_DYING_POLL_MS: Final = 5  # how often a group still dying is looked at again
 _MAX_FDS: Final = 4
 
 
@@ -180,6 +183,7 @@ def serve(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     children: set[int] = set()
     spares: _Spares | None = None
+    reaper: Reaper | None = None
     orphaned = False  # the supervisor died: nobody else will remove its socket directory
     state = _RUNNING
     try:
@@ -192,23 +196,26 @@ def serve(
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
         spares = _Spares(lifeline_fd, (ctl_fd, wake_r, wake_w))
+        reaper = _reaper(ctl, children, spares)
         send_message(ctl, ["ready", os.getpid()])
         poller = select.poll()
         poller.register(ctl.fileno(), select.POLLIN)
         poller.register(lifeline_fd, select.POLLIN)
         poller.register(wake_r, select.POLLIN)
         while state == _RUNNING:
-            for fd, _ in poller.poll():
+            for fd, _ in poller.poll(reaper.poll_timeout):
                 if fd == wake_r:
                     _drain(wake_r)
                 elif fd == lifeline_fd:
                     state = _GONE  # EOF (the supervisor died) or anything else: stop
                     orphaned = True  # (it may see EOF before the kernel gives us a new parent)
                 elif fd == ctl.fileno() and state == _RUNNING:
-                    state = _handle(ctl, children, spares)
-            _reap(ctl, children, spares)
+                    state = _handle(ctl, children, spares, reaper)
+            reaper.reap()
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if reaper is not None:
+            reaper.report_all()
         doomed = children | (spares.pids if spares is not None else set())
         for pid in doomed:
             _killpg(pid, signal.SIGKILL)  # not reaped yet: the group id is still theirs
@@ -307,7 +314,7 @@ def _killpg(pgid: int, sig: int) -> None:
         pass
 
 
-def _reap(ctl: socket.socket, children: set[int], spares: _Spares) -> None:
+def _reaper(ctl: socket.socket, children: set[int], spares: _Spares) -> Reaper:
     def report(pid: int, code: int) -> None:
         if spares.reaped(pid):
             return  # a spare that never became a child: nobody to tell
@@ -316,39 +323,73 @@ def _reap(ctl: socket.socket, children: set[int], spares: _Spares) -> None:
         except OSError:
             pass  # the supervisor is gone; we stop on the next poll
 
-    reap(children, report)
+    return Reaper(children, report)
 
 
-def reap(children: set[int], report: Callable[[int, int], None]) -> None:
-    """Reap every child that exited, its group SIGKILLed first, and ``report(pid, code)``
-    once the group is gone (see ``_wait_group_gone``)."""
-    while children:
-        # Look without reaping: the zombie keeps its pid, and so its group id, ours.
-        try:
-            found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return
-        if found is None:
-            return
-        pid = found.si_pid
-        ours = pid in children
-        if ours:
-            _killpg(pid, signal.SIGKILL)  # what it started and left behind
-        _, status = os.waitpid(pid, 0)
-        if ours:
-            _wait_group_gone(pid)
-        children.discard(pid)
-        report(pid, os.waitstatus_to_exitcode(status))
+class Reaper:
+    """Reaps the children that exited, each one's group SIGKILLed first, and calls
+    ``report(pid, code)`` once no process of its group runs (or ``GROUP_GONE_WAIT`` passed).
+    It never waits: a group still dying is looked at again on the next ``reap``, which the
+    caller's poll makes within ``poll_timeout`` ms.
 
+    A reaped child leaves ``children`` at once, so no signal reaches its group id after that.
+    Its pid is not given out again while a member of its group is left; past that, a new
+    child may get it before the exit is reported: ``forked`` reports it first. A zombie member
+    does not count: it holds nothing open, and it lasts until whoever adopted it (init, or a
+    subreaper) reaps it, which may be late."""
 
-def _wait_group_gone(pgid: int) -> None:
-    """Wait until no process of group ``pgid`` runs (SIGKILLed, its leader reaped: the id is
-    not reused while a member is left), for at most ``GROUP_GONE_WAIT``; at once if none. A
-    zombie does not count: it holds nothing open, and it lasts until whoever adopted it (init,
-    or a subreaper) reaps it, which may be late."""
-    deadline = time.monotonic() + GROUP_GONE_WAIT
-    while _group_runs(pgid) and time.monotonic() < deadline:
-        time.sleep(0.005)
+    __slots__ = ("_children", "_dying", "_report")
+
+    def __init__(self, children: set[int], report: Callable[[int, int], None]) -> None:
+        self._children = children
+        self._report = report
+        self._dying: dict[int, tuple[int, float]] = {}  # pid: its exit code, the wait's end
+
+    @property
+    def poll_timeout(self) -> int:
+        return _DYING_POLL_MS if self._dying else -1
+
+    def reap(self) -> None:
+        children = self._children
+        while children:
+            # Look without reaping: the zombie keeps its pid, and so its group id, ours.
+            try:
+                found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                break
+            if found is None:
+                break
+            pid = found.si_pid
+            ours = pid in children
+            if ours:
+                _killpg(pid, signal.SIGKILL)  # what it started and left behind
+            _, status = os.waitpid(pid, 0)
+            children.discard(pid)
+            code = os.waitstatus_to_exitcode(status)
+            if ours and _group_runs(pid):
+                self._dying[pid] = (code, time.monotonic() + GROUP_GONE_WAIT)
+            else:
+                self._report(pid, code)
+        if self._dying:
+            now = time.monotonic()
+            for pid, (code, deadline) in list(self._dying.items()):
+                if now >= deadline or not _group_runs(pid):
+                    del self._dying[pid]
+                    self._report(pid, code)
+
+    def forked(self, pid: int) -> None:
+        """A new child has ``pid``: an earlier child's exit under that pid, not reported
+        yet, is reported first."""
+        self._children.add(pid)
+        dying = self._dying.pop(pid, None)
+        if dying is not None:
+            self._report(pid, dying[0])
+
+    def report_all(self) -> None:
+        """Report the exits still waiting for their groups, at once (we are going)."""
+        dying, self._dying = self._dying, {}
+        for pid, (code, _) in dying.items():
+            self._report(pid, code)
 
 
 def _group_runs(pgid: int) -> bool:
@@ -378,7 +419,7 @@ def _group_runs(pgid: int) -> bool:
     return False
 
 
-def _handle(ctl: socket.socket, children: set[int], spares: _Spares) -> str:
+def _handle(ctl: socket.socket, children: set[int], spares: _Spares, reaper: Reaper) -> str:
     """Handle one control message. Returns ``_STOPPED`` when the supervisor said ``bye``,
     ``_GONE`` when the socket ended without it, ``_RUNNING`` otherwise."""
     try:
@@ -399,7 +440,7 @@ def _handle(ctl: socket.socket, children: set[int], spares: _Spares) -> str:
             pid = spares.hand_over(spec, fds)
             if pid is None:
                 pid = fork_child(spec, fds, spares.lifeline_fd, spares.close_fds())
-            children.add(pid)
+            reaper.forked(pid)
             send_message(ctl, ["spawned", seq, pid])
         elif message[0] == "spare":
             _, backend, uvloop = message

@@ -4,7 +4,7 @@ It is ``_forkserver`` with a byte stream instead of a socketpair: the SSH channe
 carries the supervisor's messages, its stdout ours, each a frame (4-byte big-endian length, then
 one msgpack array). Descriptors cannot cross SSH, so the children's stdout and stderr are pipes
 read here and sent on as ``["output", pid, 1|2, bytes]``, before that child's ``["exit", pid,
-code]``. Forking (``fork_child``) and reaping (``reap``) are ``_forkserver``'s own.
+code]``. Forking (``fork_child``) and reaping (``Reaper``) are ``_forkserver``'s own.
 
 Invariants owned here:
 - The SSH channel is the lifeline: at EOF on stdin (the supervisor closed it, died, or the SSH
@@ -40,7 +40,7 @@ from typing import Any, Final
 
 from .._proto._msgpack import pack_value, unpack_value
 from .._transports._unix import default_socket_root, ensure_socket_dir
-from ._forkserver import MAX_MESSAGE, fork_child, output_pipes, reap
+from ._forkserver import MAX_MESSAGE, Reaper, fork_child, output_pipes
 from ._parentdeath import EXIT_PARENT_LOST, set_parent_death_signal
 from ._sockets import make_socket_dir, sweep_socket_dirs
 
@@ -112,6 +112,7 @@ class _Server:
         self.lifeline = lifeline
         self.sock_dir = sock_dir
         self.children: set[int] = set()
+        self.reaper = Reaper(self.children, self.report)
         self.outputs: dict[int, _Output] = {}  # by read end
         self.streams: dict[tuple[int, int], int] = {}  # (pid, 1 or 2): read end
         self.outbox = bytearray()
@@ -210,7 +211,7 @@ class _Server:
             except Exception as exc:
                 self.send(["error", seq, f"{type(exc).__name__}: {exc}"])
                 return
-            self.children.add(pid)
+            self.reaper.forked(pid)
             for stream, (read_end, _) in enumerate(pipes, start=1):
                 os.set_blocking(read_end, False)
                 self.outputs[read_end] = _Output(pid, stream)
@@ -281,7 +282,8 @@ def serve_stream(
         heard = time.monotonic()
         running = True
         while running:
-            for fd, _ in server.poller.poll(500):
+            dying = server.reaper.poll_timeout  # (-1: no group is dying)
+            for fd, _ in server.poller.poll(500 if dying < 0 else dying):
                 if fd == 0:
                     try:
                         data = os.read(0, _READ)
@@ -303,7 +305,7 @@ def serve_stream(
                     server.flush()
                 elif fd in server.outputs:
                     server.forward(fd)
-            reap(server.children, server.report)
+            server.reaper.reap()
             if time.monotonic() - heard > silence:
                 print(
                     f"ipcactors forkserver: nothing from the supervisor for {silence} s; "
