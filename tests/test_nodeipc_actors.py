@@ -212,6 +212,8 @@ async def receive_until_closed(stream: anyio.abc.ByteStream) -> bool:
         b'{"type":"ok","data":1e999}\f',
         b'{"type":"ok","data":[-1e400]}\f',
         b'{"type":"ok","data":[-1' + b"0" * 400 + b"]}\f",  # whole, but as large
+        # More objects than max_decoded_objects (131,072): 384 KiB that would decode into 30 MB
+        b'{"type":"ok","data":[' + b",".join([b"{}"] * 131_072) + b"]}\f",
     ],
 )
 async def test_a_bad_node_ipc_frame_costs_only_that_connection(socket_dir: str, bad: bytes) -> None:

@@ -245,6 +245,45 @@ def test_a_frame_at_the_depth_limit_is_taken_whichever_key_nests() -> None:
         assert [message.event for message in NodeIPCDecoder().feed(frame)] == ["a"]
 
 
+def test_a_frame_decodes_into_at_most_max_decoded_objects() -> None:
+    """security.md: one frame costs at most its size plus what ``max_decoded_objects`` allows.
+    The node-ipc codec did not count: 8 MiB of ``[{},{},...]`` decoded into 2.8 million
+    objects (210 MB). Every value counts, the frame's own object and keys too, as in msgpack;
+    a string is one, whatever it holds."""
+    limits = Limits(max_decoded_objects=1000)
+
+    def frame(data: bytes) -> bytes:  # 4 values of its own: the object, "type", "a", "data"
+        return b'{"type":"a","data":' + data + b"}\f"
+
+    def listing(item: bytes, count: int) -> bytes:
+        return b"[" + b",".join([item] * count) + b"]"
+
+    for at_the_limit in (
+        listing(b"{}", 995),
+        listing(b"[]", 995),
+        listing(b"0", 995),
+        listing(b'{"k":0}', 331) + b"  ",  # (5 + 331 * 3 = 998)
+        b" [ " + b" , ".join([b"{ }"] * 995) + b" ] ",  # JSON's spaces count for nothing
+        listing(json.dumps("[{,:}]" * 500).encode(), 995),  # nor what strings hold
+    ):
+        (event,) = NodeIPCDecoder(limits=limits).feed(frame(at_the_limit))
+        assert event.event == "a"
+    for over in (
+        listing(b"{}", 996),
+        listing(b"[]", 996),
+        listing(b"0", 996),
+        listing(b'{"k":0}', 332),
+        b" [ " + b" , ".join([b"{ }"] * 996) + b" ] ",
+        listing(b'"x"', 996),
+    ):
+        with pytest.raises(DecodeError, match="max_decoded_objects=1000"):
+            NodeIPCDecoder(limits=limits).feed(frame(over))
+    # the default budget, 131,072, and the frame that made 2.8 million objects
+    decoder = NodeIPCDecoder()
+    with pytest.raises(DecodeError, match="max_decoded_objects=131072"):
+        decoder.feed(frame(listing(b"{}", 2_800_000)))
+
+
 @pytest.mark.parametrize(
     ("frame", "match"),
     [

@@ -21,9 +21,10 @@ Invariants owned here:
 - Reserved names (:data:`NODE_IPC_RESERVED`): ours, plus node-ipc's own lifecycle names, refused
   in both directions, so neither a Node peer nor a Python one can fire the other side's
   ``connect``, ``socket.disconnected``, ``error``... by naming them.
-- Decoded values obey ``max_depth`` and hold no number beyond a double's range (whole or
-  not); a frame of ``n`` bytes decodes into at most ~``20 n`` bytes of Python objects
-  (``[[],[],...]``, the worst case).
+- A frame decodes into at most ``max_decoded_objects`` values (each object, array, key and
+  value counts, as in msgpack), counted on its bytes before ``json.loads`` allocates
+  anything, so it costs at most its size plus ~72 bytes per value; decoded values obey
+  ``max_depth`` and hold no number beyond a double's range (whole or not).
 - The encoder writes exactly what node-ipc writes: ``json.dumps`` with ``separators=(",",
   ":")`` and ``ensure_ascii=False`` matches ``JSON.stringify`` byte for byte for JSON values
   (a string with a lone surrogate, which UTF-8 cannot hold, goes with every non-ASCII
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any, Final
 
 from .._errors import (
@@ -97,9 +99,14 @@ def _reserved(event: str) -> bool:
 _BEYOND_DOUBLE: Final = 2**1024 - 2**970
 _DIGITS_BEYOND: Final = len(str(_BEYOND_DOUBLE))  # a frame shorter holds none so large
 _TOO_LARGE: Final = "a whole number beyond a double's range (a Node peer would read an infinity)"
-_DIGITS_AS_ONES: Final = bytes(0x31 if 0x30 <= byte <= 0x39 else 0x30 for byte in range(256))
+#: Each byte's class, for the passes over a frame in C: a digit is "1", a byte a JSON value
+#: may follow ("[", "{", ",", ":") "2", any other "0".
+_CLASSES: Final = bytes(
+    0x31 if 0x30 <= byte <= 0x39 else 0x32 if byte in b"[{,:" else 0x30 for byte in range(256)
+)
 _DIGIT_RUN: Final = b"1" * _DIGITS_BEYOND
 _LEAVES: Final = frozenset({str, float, bool, type(None)})  # JSON's values that hold nothing
+_STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 
 
 def _reject_constant(name: str) -> Any:
@@ -151,7 +158,23 @@ def _within_depth(value: Any, budget: int) -> bool:
 def _may_hold_int_beyond_double(text: bytes | bytearray) -> bool:
     """Whether JSON ``text`` has a run of digits long enough for a whole number beyond a
     double's range: two passes in C over the bytes, not a Python comparison per number."""
-    return len(text) >= _DIGITS_BEYOND and _DIGIT_RUN in text.translate(_DIGITS_AS_ONES)
+    return len(text) >= _DIGITS_BEYOND and _DIGIT_RUN in text.translate(_CLASSES)
+
+
+def _holds_more_values_than(
+    text: bytes | bytearray, classes: bytes | bytearray, budget: int
+) -> bool:
+    """Whether JSON ``text`` holds more than ``budget`` values (``classes``: its bytes'
+    classes): a value begins the text or follows ``[``, ``{`` (a key), ``,`` or ``:``, but
+    for the nothing inside ``[]`` and ``{}``. Every value takes a byte or more, and a
+    string's bytes only add to the count of those four, one pass in C: the exact count
+    (strings out, then spaces) runs only when that one is over."""
+    if len(text) <= budget or classes.count(b"2") < budget:
+        return False
+    bare = _STRING.sub(b'""', text).translate(None, _JSON_SPACE)
+    count = bare.count
+    values = 1 + count(b",") + count(b":") + count(b"[") - count(b"[]")
+    return values + count(b"{") - count(b"{}") > budget
 
 
 def _holds_int_beyond_double(value: Any) -> bool:
@@ -408,6 +431,15 @@ class NodeIPCDecoder(Decoder):
         return [self._decode(frame) for frame in frames[:-1]]
 
     def _decode(self, frame: bytes | bytearray) -> Event:
+        budget = self._limits.max_decoded_objects
+        # One pass in C for both checks on its bytes; a frame short for both skips them.
+        scanned = len(frame) >= _DIGITS_BEYOND or len(frame) > budget
+        classes = frame.translate(_CLASSES) if scanned else b""
+        if scanned and _holds_more_values_than(frame, classes, budget):
+            raise DecodeError(
+                f"node-ipc frame ({len(frame)} bytes) holds more than max_decoded_objects="
+                f"{budget} values (each object, array, key and value counts)"
+            )
         try:
             # UTF-8 only: json.loads(bytes) would also take UTF-16 and UTF-32, and surrogates'
             # own bytes (CESU-8), which no node-ipc peer writes.
@@ -439,7 +471,7 @@ class NodeIPCDecoder(Decoder):
         if len(frame) > depth and not _within_depth(value, depth):
             raise DecodeError(f"value nests deeper than max_depth={depth}")
         # (float() refused 1e999 as it was parsed; JSON's whole numbers are Python's, any size.)
-        if _may_hold_int_beyond_double(frame) and _holds_int_beyond_double(value):
+        if _DIGIT_RUN in classes and _holds_int_beyond_double(value):
             raise DecodeError(f"node-ipc frame ({len(frame)} bytes) holds {_TOO_LARGE}")
         return Event(event, value.get("data"))
 
