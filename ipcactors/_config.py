@@ -6,7 +6,7 @@ import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 from ._errors import ConfigError
 from ._proto._codec import Codec, codec_named
@@ -377,9 +377,14 @@ def _check_type(name: str, value: object, kind: type) -> None:
         raise ConfigError(f"{name} must be a {kind.__name__}, got {shown(value)}")
 
 
-def _check_int(name: str, value: object, low: int, high: int | None = None) -> None:
-    if type(value) is not int or value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+#: The largest integer a limit may be: one every peer reads (limits travel in the handshake,
+#: and msgpack's integers end below 2**64).
+_LARGEST_INT: Final = 2**63 - 1
+
+
+def _check_int(name: str, value: object, low: int, high: int = _LARGEST_INT) -> None:
+    if type(value) is not int or not low <= value <= high:
+        bound = f"between {low} and {'2**63 - 1' if high == _LARGEST_INT else high}"
         raise ConfigError(f"{name} must be an integer {bound}, got {shown(value)}")
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from typing import Any
 
+import anyio
 import pytest
 
 import ipcactors
@@ -84,6 +85,39 @@ def _arguments(error: type[BaseException], *, keywords: bool = False) -> Any:
     if keywords:
         return {p.name: value for p, value in zip(wanted, values, strict=True)}
     return values
+
+
+@pytest.mark.anyio
+async def test_an_integer_limit_is_at_most_what_the_handshake_carries(socket_dir: str) -> None:
+    """Config is validated on construction: a limit of 2**64 or more, which msgpack cannot
+    carry, was taken, and every connection failed in its handshake (a client's EncodeError
+    about its hello; a server's "connection from '' failed" with a traceback, its clients a
+    ConnectionFailedError that blamed another Config). 2**63 - 1 at most, as an integer
+    every peer reads."""
+    for name in (
+        "max_connections",
+        "max_handshakes",
+        "ack_every",
+        "max_shared_bytes",
+        "shared_threshold",
+        "stop_retrying",
+        "max_outbox_bytes",
+        "max_decoded_objects",
+        "max_inbox_bytes",
+        "max_concurrent_requests",
+    ):
+        with pytest.raises(ipcactors.ConfigError, match=name):
+            ipcactors.Config(**{name: 2**63})
+    largest = {"max_decoded_objects": 2**63 - 1, "max_shared_bytes": 2**63 - 4096}
+    with anyio.fail_after(10):
+        async with (
+            ipcactors.Actor("world", socket_root=socket_dir, silent=True, **largest) as world,
+            ipcactors.Actor("hello", socket_root=socket_dir, silent=True, **largest) as hello,
+        ):
+            server = await world.serve()
+            server.on("add", lambda data, client: sum(data))
+            world_link = await hello.connect_to("world")
+            assert await world_link.request("add", [1, 2]) == 3
 
 
 @pytest.mark.anyio
