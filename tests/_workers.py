@@ -262,11 +262,17 @@ async def flood(actor: ipcactors.Actor, total: int, line: int = 100) -> None:
         await anyio.sleep(0)
 
 
-async def quits(actor: ipcactors.Actor) -> None:
-    """Calls ``sys.exit(code)`` in a handler, on request "quit"."""
+async def quits(actor: ipcactors.Actor, handler: str = "plain") -> None:
+    """Calls ``sys.exit(code)`` in a handler (``"plain"`` or ``"async"``), on request "quit";
+    another request is in flight then (its handler sleeps), as in a busy child."""
     parent = actor.parent
     assert parent is not None
-    parent.on("quit", lambda code: sys.exit(code))
+
+    async def quit_async(code: object) -> None:
+        sys.exit(code)
+
+    parent.on("quit", quit_async if handler == "async" else lambda code: sys.exit(code))
+    parent.on("sleep", lambda _: anyio.sleep(60))
     await anyio.sleep_forever()
 
 

@@ -45,10 +45,10 @@ from .._actor import Actor
 from .._config import Config
 from .._core._connection import Connection
 from .._errors import IPCError, RestartIntensityError, message_of
-from .._exits import caused_by_shutdown, system_exit
+from .._exits import caused_by_shutdown, quiet_exit_reports, quiet_unstarted_tasks, system_exit
 from .._proto._msgpack import unpack_value
 from .._runtime import Runtime, close_in_order, set_runtime
-from .._transports._backend import backend_options
+from .._transports._backend import backend_options, being_cancelled
 from .._transports._tls import TLSTransport
 from .._transports._transport import TCPTransport, Transport
 from ._parentdeath import EXIT_PARENT_LOST, set_parent_death_signal
@@ -199,6 +199,7 @@ def _run_loop(fn: Callable[..., Awaitable[Any]], *args: Any, backend: str, uvloo
         exiting = system_exit(exc)
         if exiting is None:
             raise
+        quiet_unstarted_tasks()
         return _exit_code(exiting)
 
 
@@ -292,6 +293,7 @@ def _escalation(exc: BaseException) -> RestartIntensityError | None:
 
 
 async def _main(spec: dict[str, Any], fn: Callable[..., Any]) -> int:
+    quiet_exit_reports()  # (asyncio: of the tasks an exit cut short, as under run())
     config = Config(**spec["config"])
     stop = anyio.Event()
     code = 0
@@ -342,9 +344,13 @@ async def _main(spec: dict[str, Any], fn: Callable[..., Any]) -> int:
                 except SystemExit as exc:
                     code = _exit_code(exc)
                 except anyio.get_cancelled_exc_class():
-                    # Cancelled by the stop or the actor's close, it is a normal end. Raised by
-                    # fn itself (on asyncio, awaiting a future someone cancelled), an error.
-                    if not (task_group.cancel_scope.cancel_called or actor._closing):
+                    # Cancelled by a scope (the stop, the actor's close, a handler's sys.exit()
+                    # on its way out through the actor's task groups), it is a normal end.
+                    # Raised by fn itself (on asyncio, awaiting a future someone cancelled),
+                    # an error.
+                    if not (
+                        task_group.cancel_scope.cancel_called or actor._closing or being_cancelled()
+                    ):
                         traceback.print_exc()
                         code = 1
                     raise
