@@ -79,6 +79,23 @@ async def test_spawn_request_emit_and_same_backend(socket_dir: str, anyio_backen
         assert not alive(info.pid)
 
 
+async def test_a_relative_socket_root_is_where_it_was_at_enter(
+    socket_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative socket_root was kept relative: a program that changed its working directory
+    in the block left the supervisor's socket directory behind (its removal looked elsewhere).
+    It is the folder it named when the supervisor was entered, as an actor's socket is."""
+    monkeypatch.chdir(socket_dir)
+    os.mkdir("root", 0o700)
+    with anyio.fail_after(15):
+        async with Supervisor(socket_root="root", silent=True) as sup:
+            assert os.path.dirname(sup.socket_dir) == os.path.join(socket_dir, "root")
+            await sup.spawn(_workers.echo, id="w")
+            monkeypatch.chdir("/")
+            assert await sup.request("w", "echo", 1) == 1
+    os.rmdir(os.path.join(socket_dir, "root"))  # (empty, or this fails)
+
+
 async def test_children_reach_each_other_by_id(socket_dir: str) -> None:
     with anyio.fail_after(15):
         async with supervisor(socket_dir) as sup:

@@ -375,7 +375,8 @@ class Supervisor:
         if self.hosts:
             _check_remote_support()
         self._entered = True
-        root = self.config.socket_root or default_socket_root()
+        # Where a relative root is now: the program may change its directory in the block.
+        root = os.path.abspath(self.config.socket_root or default_socket_root())
         ensure_socket_dir(root, private=not self.config.socket_root)  # ("" as None)
         sweep_socket_dirs(root)
         self._dir = make_socket_dir(root)
