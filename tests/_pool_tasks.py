@@ -118,6 +118,16 @@ async def exits_async(code: int) -> None:
     raise SystemExit(code)
 
 
+async def naps_or_exits(item: int | str) -> int | str:
+    """Naps a moment and returns ``item``; given "die", ends its worker in the middle of the
+    others' naps (a poison task)."""
+    await anyio.sleep(0.05)
+    if item == "die":
+        raise SystemExit(3)
+    await anyio.sleep(0.05)
+    return item
+
+
 async def raises_cancelled_error(code: int) -> None:
     """An async task that raises asyncio's CancelledError itself, nobody having cancelled it
     (as awaiting a future someone else cancelled does): a BaseException of its own, as

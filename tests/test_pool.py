@@ -171,6 +171,35 @@ async def test_a_task_that_ends_its_worker_is_retried_then_the_worker_is_lost(
             assert (stats.retried, stats.failed, stats.cancelled) == (1, 1, 0)
 
 
+async def test_a_task_that_ends_its_worker_costs_the_tasks_beside_it_nothing(
+    socket_dir: str,
+) -> None:
+    """A worker lost with several tasks in flight cannot tell which one ended it: each is
+    retried with nothing beside it, and that loss does not count against it. Every loss
+    counted for all of them: one poison task among 40 made 7 others fail with WorkerLostError
+    ("gave up after 3 attempts ... exited with code 3"), having only been queued beside it."""
+    with anyio.fail_after(60):
+        async with pool(socket_dir, _pool_tasks.naps_or_exits, size=2, per_worker=8) as p:
+            outcomes: dict[int | str, object] = {}
+
+            async def run(item: int | str) -> None:
+                try:
+                    outcomes[item] = await p.submit(item)
+                except WorkerLostError as exc:
+                    outcomes[item] = exc
+
+            async with anyio.create_task_group() as task_group:
+                for item in [*range(20), "die", *range(20, 40)]:
+                    task_group.start_soon(run, item)
+            poison = outcomes.pop("die")
+            assert outcomes == {item: item for item in range(40)}
+            assert isinstance(poison, WorkerLostError)
+            assert poison.exitcode == 3
+            assert "max_retries=2" in str(poison)
+            stats = p.statistics()
+            assert (stats.completed, stats.failed) == (40, 1)
+
+
 async def test_function_that_raises_is_not_retried(socket_dir: str) -> None:
     with anyio.fail_after(20):
         async with pool(socket_dir, _pool_tasks.fail) as p:

@@ -23,9 +23,12 @@ Invariants:
   the parent keeps one object and, for ``submit``, one event; ``map`` starts no task per item.
 - A task is retried only after a lost worker (``retry_on``: :class:`ConnectionLostError`, which
   includes :class:`ChildExitedError`, by default), at most ``max_retries`` times, from the head
-  of the queue (the next worker with room takes it); never after the function raised
-  (:class:`RemoteError`), nor after the pool's own refusals (arguments that cannot travel, its
-  close), whatever ``retry_on`` names: ``_finish`` retries only what it is told was lost.
+  of the queue (the next worker with room takes it); a loss shared with other tasks in flight
+  on that worker counts against none of them, and each runs alone from then on (``isolated``:
+  on a worker with nothing else in flight, which takes nothing else meanwhile); never after
+  the function raised (:class:`RemoteError`), nor after the pool's own refusals (arguments
+  that cannot travel, its close), whatever ``retry_on`` names: ``_finish`` retries only what
+  it is told was lost.
   When retries run out the caller gets :class:`WorkerLostError` naming the worker, its exit,
   and the attempts.
 - A task past ``task_timeout`` has its worker SIGKILLed (the supervisor replaces it) and fails
@@ -97,9 +100,11 @@ class _Task:
         "cancelled",
         "data",
         "finished",
+        "free_losses",
         "id",
         "incarnation",
         "index",
+        "isolated",
         "notify",
         "ok",
         "timer",
@@ -113,7 +118,10 @@ class _Task:
         self.id = id
         self.data = data  # [function name or None, args]
         self.attempts = 0  # times sent to a worker
+        self.free_losses = 0  # of those, the losses it shared with other tasks (not counted)
         self.alone = False  # it could not travel with others (a frame too large): alone
+        # Lost with others in flight: it runs on a worker with nothing else in flight.
+        self.isolated = False
         self.cancelled = False  # its caller is gone: its outcome is dropped, never retried
         self.finished = False
         self.ok = False
@@ -143,7 +151,8 @@ class Pool:
       itself; raise it for async or I/O-bound functions, or tiny tasks, to hide round trips:
       tasks travel in batches of up to ``per_worker // 2``, one message each way, so 16 or
       more for tasks of microseconds; keep it small for large arguments or results).
-    - ``max_retries``: attempts after the first when a worker is lost mid-task (2).
+    - ``max_retries``: attempts after the first when a worker is lost mid-task (2); a loss
+      shared with other tasks in flight on that worker does not count (see docs/pool.md).
     - ``retry_on``: the errors that count as a lost worker ((:class:`ConnectionLostError`,),
       which includes :class:`ChildExitedError`). Add :class:`TaskTimeoutError` to retry timeouts.
     - ``task_timeout``: seconds a task may run before its worker is killed and replaced
@@ -229,6 +238,7 @@ class Pool:
         # The process of each worker we killed (a task past task_timeout): it takes no task
         # from then on, though it looks alive until its exit is seen.
         self._killed: dict[str, Incarnation] = {}
+        self._isolating: set[str] = set()  # the workers that run an isolated task
         self._queue: deque[_Task] = deque()
         self._work = anyio.Event()  # set when a task is queued or a worker has room again
         self._ids = itertools.count()
@@ -406,17 +416,23 @@ class Pool:
             return task.value
         raise task.value
 
-    def _finish(self, task: _Task, ok: bool, value: Any, *, lost: bool = False) -> None:
+    def _finish(
+        self, task: _Task, ok: bool, value: Any, *, lost: bool = False, shared: bool = False
+    ) -> None:
         """Settle ``task`` (taken off its worker, or the queue): done, or queued again at the
         head for a retry while it has retries left, when it was ``lost`` (its worker's
         connection or process, or its deadline) with an error ``retry_on`` names. The pool's
         own refusals (arguments that cannot travel, its close) are never retried, whatever
-        ``retry_on`` says: nothing was lost, and a retry would only meet them again."""
+        ``retry_on`` says: nothing was lost, and a retry would only meet them again. A loss
+        ``shared`` with other tasks in flight on its worker may be another's doing: it does
+        not count, and the task goes alone next (``isolated``), where a loss is its own."""
         if task.finished:
             return
         if task.timer is not None:
             task.timer.cancel()
             task.timer = None
+        if task.isolated and task.worker is not None:
+            self._isolating.discard(task.worker)
         task.worker = None
         if task.cancelled:  # its caller is gone
             task.finished = True
@@ -424,16 +440,24 @@ class Pool:
         if ok:
             self._counts["completed"] += 1
         elif lost and isinstance(value, self.retry_on):
-            if task.attempts <= self.max_retries:
+            if shared:
+                task.free_losses += 1
+                task.isolated = True
+            if task.attempts - task.free_losses <= self.max_retries:
                 self._counts["retried"] += 1
                 self._queue.appendleft(task)  # a retry goes first: it waited long enough
                 self._work.set()
                 return
             self._counts["failed"] += 1
             worker = str(getattr(value, "child_id", None) or getattr(value, "worker", "?"))
+            shared_losses = (
+                f", {task.free_losses} of them lost beside other tasks and not counted"
+                if task.free_losses
+                else ""
+            )
             gave_up = WorkerLostError(
                 f"task {task.id} gave up after {task.attempts} attempts "
-                f"(max_retries={self.max_retries}); the last one: {value}",
+                f"(max_retries={self.max_retries}{shared_losses}); the last one: {value}",
                 worker,
                 getattr(value, "exitcode", None),
                 task.attempts,
@@ -491,7 +515,10 @@ class Pool:
         queue = self._queue
         while True:
             incarnation = self._running(worker)
-            room = self.per_worker - len(sent)
+            # An isolated task runs with nothing beside it: it waits for a worker that has
+            # nothing in flight, and while it runs, that worker takes nothing else.
+            waits = bool(sent) and bool(queue) and queue[0].isolated
+            room = 0 if waits or worker in self._isolating else self.per_worker - len(sent)
             if not queue or room <= 0 or incarnation is None:
                 if self._work.is_set():
                     self._work = anyio.Event()
@@ -509,7 +536,7 @@ class Pool:
             client = incarnation.client
             assert client is not None
             while queue and len(batch) < size:
-                if batch and queue[0].alone:
+                if batch and (queue[0].alone or queue[0].isolated):
                     break
                 task = queue.popleft()
                 if task.cancelled:
@@ -520,6 +547,9 @@ class Pool:
                 task.via = client
                 sent[task.id] = task
                 batch.append(task)
+                if task.isolated:
+                    self._isolating.add(worker)
+                    break
                 if task.alone:
                     break
             if batch:
@@ -534,6 +564,7 @@ class Pool:
             # Some task's arguments cannot travel (checked now, not for every task up front:
             # that would encode each one twice), or the batch is too large as one frame. A
             # task that cannot travel alone fails; the others go back, each to go alone.
+            self._isolating.discard(worker)
             for task in reversed(batch):
                 del sent[task.id]
                 task.attempts -= 1
@@ -659,7 +690,7 @@ class Pool:
         ]
         for task in lost:
             del sent[task.id]
-            self._finish(task, False, error, lost=True)
+            self._finish(task, False, error, lost=True, shared=len(lost) > 1)
         self._work.set()
 
     def _kill(self, worker: str) -> None:
