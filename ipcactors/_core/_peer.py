@@ -41,6 +41,7 @@ from .._errors import (
     UnsupportedError,
     message_of,
 )
+from .._exits import leaving
 from .._log import ActorLog
 from .._proto._codec import Encoder
 from .._proto._messages import Event, Frame, Ping, Request, Welcome, frame_size, is_reserved
@@ -602,7 +603,7 @@ class Peer:
         """Answer a request: inline when its only handler is a plain function (no task, no
         loop pass), else in a task of its own, which calls ``done(True)`` once its reply is
         queued, ``done(False)`` if it ends without one (cut short). Returns whether it
-        started a task."""
+        started a task. (A handler that exits the process, ``sys.exit()``, cut nothing short.)"""
         handler = self._handlers.lone_plain(message.event)
         if handler is None:
             task_group.start_soon(self._answer, message, done)
@@ -657,6 +658,9 @@ class Peer:
                     frame = error_frame(self._encoder, message.id, exc)
                 self._reply(message, frame)
                 replied = True
+            except BaseException as exc:
+                replied = leaving(exc) is not None  # (see _answer)
+                raise
             finally:
                 done(replied)
 
@@ -670,6 +674,11 @@ class Peer:
                 del args
                 self._reply(message, frame)
                 replied = True
+            except BaseException as exc:
+                # A handler's sys.exit() (or Ctrl-C) ends the process as it asked to: its
+                # request is none cut short, to be warned of as the actor closes.
+                replied = leaving(exc) is not None
+                raise
             finally:
                 done(replied)
 
