@@ -284,6 +284,18 @@ def test_a_frame_decodes_into_at_most_max_decoded_objects() -> None:
         decoder.feed(frame(listing(b"{}", 2_800_000)))
 
 
+def test_counting_values_takes_linear_time_whatever_the_strings() -> None:
+    """Strings are taken out before values are counted: a string left open, full of escaped
+    quotes and commas, made that search start again at every quote, each time to the frame's
+    end (a 420 KB frame: over a minute, the server's loop frozen; a helper's review)."""
+    for tail in (b"", b"\\"):
+        frame = b'{"type":"a","data":"' + b'\\",' * 140_000 + tail + b"\f"
+        started = time.monotonic()
+        with pytest.raises(DecodeError, match="malformed"):
+            NodeIPCDecoder().feed(frame)
+        assert time.monotonic() - started < 5  # (0.02 s; quadratic, it took minutes)
+
+
 @pytest.mark.parametrize(
     ("frame", "match"),
     [

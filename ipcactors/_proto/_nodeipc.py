@@ -106,7 +106,10 @@ _CLASSES: Final = bytes(
 )
 _DIGIT_RUN: Final = b"1" * _DIGITS_BEYOND
 _LEAVES: Final = frozenset({str, float, bool, type(None)})  # JSON's values that hold nothing
-_STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+#: A JSON string, or what is left of the frame after an unclosed one: it always matches from its
+#: quote on, and nothing it takes is given back, so a search never starts again inside it (an
+#: unclosed string full of escaped quotes made the search quadratic: one frame froze the loop).
+_STRING: Final = re.compile(rb'"(?>[^"\\]*+(?:\\.[^"\\]*+)*+)(?:"|\\?\Z)', re.DOTALL)
 
 
 def _reject_constant(name: str) -> Any:
@@ -432,10 +435,15 @@ class NodeIPCDecoder(Decoder):
 
     def _decode(self, frame: bytes | bytearray) -> Event:
         budget = self._limits.max_decoded_objects
-        # One pass in C for both checks on its bytes; a frame short for both skips them.
-        scanned = len(frame) >= _DIGITS_BEYOND or len(frame) > budget
-        classes = frame.translate(_CLASSES) if scanned else b""
-        if scanned and _holds_more_values_than(frame, classes, budget):
+        # One pass in C for both checks on its bytes (a frame short for both skips them),
+        # whose copy is gone before json.loads allocates.
+        long_digits = too_many = False
+        if len(frame) >= _DIGITS_BEYOND or len(frame) > budget:
+            classes = frame.translate(_CLASSES)
+            long_digits = _DIGIT_RUN in classes
+            too_many = _holds_more_values_than(frame, classes, budget)
+            del classes
+        if too_many:
             raise DecodeError(
                 f"node-ipc frame ({len(frame)} bytes) holds more than max_decoded_objects="
                 f"{budget} values (each object, array, key and value counts)"
@@ -471,7 +479,7 @@ class NodeIPCDecoder(Decoder):
         if len(frame) > depth and not _within_depth(value, depth):
             raise DecodeError(f"value nests deeper than max_depth={depth}")
         # (float() refused 1e999 as it was parsed; JSON's whole numbers are Python's, any size.)
-        if _DIGIT_RUN in classes and _holds_int_beyond_double(value):
+        if long_digits and _holds_int_beyond_double(value):
             raise DecodeError(f"node-ipc frame ({len(frame)} bytes) holds {_TOO_LARGE}")
         return Event(event, value.get("data"))
 
