@@ -504,13 +504,16 @@ class BlockingInbox(AbstractContextManager["BlockingInbox"]):
             with anyio.fail_after(timeout):  # (a deadline passed already: 0, then no await)
                 while self._in_take is not None:  # a get() whose caller went may still wait
                     await self._in_take.wait()
-                if self._kept:
-                    item = self._kept.popleft()
-                else:
-                    item = await self._take()
+                kept = bool(self._kept)
+                item = self._kept.popleft() if kept else await self._take()
             with taking.lock:
                 if taking.abandoned:  # the caller went (Ctrl-C): the next get() has it
-                    self._kept.appendleft(item)
+                    # In its place: first if it was kept, else after what was kept meanwhile
+                    # (what a get() whose caller went as it was returning kept, say).
+                    if kept:
+                        self._kept.appendleft(item)
+                    else:
+                        self._kept.append(item)
                 else:
                     taking.item = item
             return item
