@@ -999,9 +999,13 @@ class BlockingActor:
             self.id, {id: BlockingConnection(self._loop, c) for id, c in connections.items()}
         )
 
-    def connect_to(self, id: str, path: str | None = None) -> BlockingConnection:
-        """As :meth:`Actor.connect_to`: returns once connected, or raises."""
-        return BlockingConnection(self._loop, self._call(self.wrapped.connect_to, id, path))
+    def connect_to(
+        self, id: str, path: str | None = None, *, wait: bool = True
+    ) -> BlockingConnection:
+        """As :meth:`Actor.connect_to`: returns once connected (``wait=False``: once the
+        socket is), or raises."""
+        connect = partial(self.wrapped.connect_to, id, path, wait=wait)
+        return BlockingConnection(self._loop, self._call(connect))
 
     def connect_to_net(
         self,
@@ -1010,9 +1014,10 @@ class BlockingActor:
         port: int | None = None,
         *,
         tls: ssl.SSLContext | None = None,
+        wait: bool = True,
     ) -> BlockingConnection:
         """As :meth:`Actor.connect_to_net`."""
-        connect = partial(self.wrapped.connect_to_net, id, host, port, tls=tls)
+        connect = partial(self.wrapped.connect_to_net, id, host, port, tls=tls, wait=wait)
         return BlockingConnection(self._loop, self._call(connect))
 
     def disconnect(self, id: str) -> None:

@@ -1159,6 +1159,54 @@ def test_an_inbox_read_under_repeated_ctrl_c_keeps_the_order(
     assert os.listdir(socket_dir) == []
 
 
+@pytest.mark.parametrize(
+    ("async_type", "blocking_type"),
+    [
+        (ipcactors.Actor, BlockingActor),
+        (ipcactors.Server, ipcactors.BlockingServer),
+        (ipcactors.Connection, ipcactors.BlockingConnection),
+        (ipcactors.Client, BlockingClient),
+    ],
+)
+def test_a_blocking_method_takes_the_arguments_of_its_async_one(
+    async_type: type, blocking_type: type
+) -> None:
+    """blocking.md: "The arguments are those of the async API". BlockingActor.connect_to and
+    connect_to_net had no wait= (a bare TypeError); the blocking API may add a timeout."""
+    import inspect
+
+    for name in dir(blocking_type):
+        ours, theirs = getattr(blocking_type, name), getattr(async_type, name, None)
+        if name.startswith("_") or not callable(ours) or not callable(theirs):
+            continue
+        if isinstance(ours, type):
+            continue
+        wanted = list(inspect.signature(theirs).parameters)
+        taken = [p for p in inspect.signature(ours).parameters if p != "timeout"]
+        assert taken == [p for p in wanted if p != "timeout"], (blocking_type.__name__, name)
+
+
+def test_connect_to_without_waiting_for_the_handshake(
+    backend: Literal["asyncio", "trio"], socket_dir: str
+) -> None:
+    """guide.md's connect_to(wait=False), in the blocking API too: it returns once the socket
+    is connected; what is sent goes right behind the hello."""
+    options = {"socket_root": socket_dir, "silent": True, "backend": backend}
+    with (
+        BlockingActor("world", **options) as world,
+        BlockingActor("net", **options) as net,
+        BlockingActor("hello", **options) as hello,
+    ):
+        world.serve().on("add", lambda data, client: sum(data))
+        server = net.serve_net("127.0.0.1", 0)
+        server.on("add", lambda data, client: sum(data))
+        link = hello.connect_to("world", wait=False)
+        assert link.request("add", [1, 2]) == 3
+        host, port = server.address
+        net_link = hello.connect_to_net("net", host, port, wait=False)
+        assert net_link.request("add", [3, 4]) == 7
+
+
 def test_disconnect_in_a_plain_handler_says_an_unknown_id_there(
     backend: Literal["asyncio", "trio"], socket_dir: str
 ) -> None:
