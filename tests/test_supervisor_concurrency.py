@@ -165,7 +165,8 @@ async def test_a_spawn_fails_at_once_when_stopped_its_process_given_its_grace(
             async with anyio.create_task_group() as task_group:
                 task_group.start_soon(spawn)
                 await wait_until(lambda: "slow" in sup.children)
-                await wait_until(lambda: sup.children["slow"].pid is not None)
+                # (the first spawn waits for the forkserver: seconds on a loaded machine)
+                await wait_until(lambda: sup.children["slow"].pid is not None, timeout=15)
                 pid = sup.children["slow"].pid
                 assert pid is not None
                 # Connected back (else there is no one to send the stop message: SIGTERM at
