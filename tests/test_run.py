@@ -428,12 +428,17 @@ EXITING_HANDLER = textwrap.dedent(
         sys.exit(data)
 
     async def main():
-        async with ipcactors.Actor("world", socket_root=root, silent=True) as world:
+        served = kind.endswith("served")  # (the request comes from the test's process)
+        async with ipcactors.Actor("world", socket_root=root, silent=not served) as world:
             server = await world.serve()
             if kind.startswith("plain"):
                 server.on("quit", lambda data, client: sys.exit(data))
             else:
                 server.on("quit", quit_later)
+            server.on("other", lambda data, client: data)
+            if served:
+                print("READY", flush=True)
+                await anyio.sleep(20)
             async with ipcactors.Actor("hello", socket_root=root, silent=True) as hello:
                 world = await hello.connect_to("world")
                 if kind.endswith("request"):
@@ -444,7 +449,7 @@ EXITING_HANDLER = textwrap.dedent(
                     await world.emit("quit", 3)
                 await anyio.sleep(20)
 
-    ipcactors.run(main, backend=backend)
+    ipcactors.run(main, backend=backend, log_level="WARNING")
     """
 )
 
@@ -465,30 +470,6 @@ def test_sys_exit_in_a_handler_exits_with_its_status(
     assert os.listdir(root) == []
 
 
-SERVED_EXIT = textwrap.dedent(
-    """
-    import sys
-    import anyio, ipcactors
-
-    backend, kind, root = sys.argv[1:]
-
-    async def quit_later(data, client):
-        await anyio.sleep(0)
-        sys.exit(data)
-
-    async def main():
-        async with ipcactors.Actor("world", socket_root=root) as world:
-            server = await world.serve()
-            server.on("quit", quit_later if kind == "async" else lambda data, c: sys.exit(data))
-            server.on("other", lambda data, client: data)
-            print("READY", flush=True)
-            await anyio.sleep(20)
-
-    ipcactors.run(main, backend=backend, log_level="WARNING")
-    """
-)
-
-
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 @pytest.mark.parametrize("kind", ["plain", "async"])
 def test_sys_exit_in_a_handler_of_a_request_from_another_process_is_quiet(
@@ -501,8 +482,9 @@ def test_sys_exit_in_a_handler_of_a_request_from_another_process_is_quiet(
     root = os.path.join(str(tmp_path), "sockets")
     os.mkdir(root)
     with open(script, "w") as file:
-        file.write(SERVED_EXIT)
-    with _started([sys.executable, script, backend, kind, root], env=_env()) as process:
+        file.write(EXITING_HANDLER)
+    command = [sys.executable, script, backend, f"{kind} served", root]
+    with _started(command, env=_env()) as process:
         _wait_for_line(process, "READY")
 
         async def ask() -> None:
