@@ -459,6 +459,18 @@ class RestartIntensityError(IPCError):
         self.seconds = seconds
 
 
+def remote_type_of(exc: BaseException) -> str:
+    """What :attr:`RemoteError.remote_type` says of ``exc``, wherever it was raised (a handler,
+    a pool task, a child's import): a builtin's name, ``ipcactors.`` and the public name of
+    ours, else the module and qualified name."""
+    kind = type(exc)
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    if kind.__module__.startswith("ipcactors."):
+        return f"ipcactors.{kind.__qualname__}"  # the public name, not the private module
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
 def message_of(exc: BaseException) -> str:
     """``str(exc)``, or a placeholder if that raises: an error report must never fail on the
     error it reports (a handler's, a pool task's)."""

@@ -224,7 +224,8 @@ async def test_an_exception_that_cannot_be_printed_is_not_taken_for_a_lost_worke
         async with pool(socket_dir, _pool_tasks.fail_unprintably) as p:
             with pytest.raises(RemoteError, match="unprintable") as caught:
                 await p.submit()
-            assert caught.value.remote_type == "Unprintable"
+            # (named as an actor's handler's error is: module and qualified name)
+            assert caught.value.remote_type == "_pool_tasks.Unprintable"
             stats = p.statistics()
             assert (stats.retried, stats.restarts) == (0, 0)
 
@@ -635,7 +636,7 @@ async def test_data_whose_own_methods_fail_is_an_encode_error_not_the_pools_end(
             assert outcomes == {"2": 4, "bad": "refused", "3": 9}
             with pytest.raises(ipcactors.RemoteError) as caught:
                 await p.call(_pool_tasks.returns_unreadable)
-            assert caught.value.remote_type == "EncodeError"
+            assert caught.value.remote_type == "ipcactors.EncodeError"
             assert await p.submit(5) == 25
             assert p.statistics().retried == 0
 
@@ -643,7 +644,7 @@ async def test_data_whose_own_methods_fail_is_an_encode_error_not_the_pools_end(
 async def test_what_is_too_large_to_send_back_fails_its_task_saying_what_it_was(
     socket_dir: str,
 ) -> None:
-    """A result over max_frame_size is a RemoteError whose remote_type is "EncodeError"
+    """A result over max_frame_size is a RemoteError whose remote_type is "ipcactors.EncodeError"
     (pool.md; it was "FrameTooLargeError"). An exception whose message is that large is still
     itself, its message and traceback cut to fit: it was reported as a result that cannot be
     sent, the ValueError and its traceback gone."""
@@ -651,7 +652,7 @@ async def test_what_is_too_large_to_send_back_fails_its_task_saying_what_it_was(
         async with pool(socket_dir, _pool_tasks.too_large, size=1, max_frame_size=1 << 20) as p:
             with pytest.raises(RemoteError) as caught:
                 await p.submit("return", 2 << 20)
-            assert caught.value.remote_type == "EncodeError"
+            assert caught.value.remote_type == "ipcactors.EncodeError"
             assert "max_frame_size" in caught.value.remote_message
             with pytest.raises(RemoteError) as caught:
                 await p.submit("raise", 2 << 20)
@@ -663,7 +664,7 @@ async def test_what_is_too_large_to_send_back_fails_its_task_saying_what_it_was(
             # the worker died, in e8fd6c1's copy)
             with pytest.raises(RemoteError, match="too deep") as caught:
                 await p.call(_pool_tasks.nested_buffer, 5000)
-            assert caught.value.remote_type == "EncodeError"
+            assert caught.value.remote_type == "ipcactors.EncodeError"
             assert len(await p.call(_pool_tasks.nested_buffer, 3)) == 1
             # cut to fit in bytes, whatever the text: 3 bytes a character (it was cut to as
             # many characters, still too large: the worker died, the task ran three times)

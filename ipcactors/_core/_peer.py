@@ -40,6 +40,7 @@ from .._errors import (
     UnacknowledgedError,
     UnsupportedError,
     message_of,
+    remote_type_of,
 )
 from .._exits import leaving
 from .._log import ActorLog
@@ -106,15 +107,6 @@ def unsupported_request(codec: str) -> UnsupportedError:
         f"the {codec!r} codec carries events only: a request cannot be sent. Emit an event "
         "and have the peer emit its answer back, or use codec='msgpack' on both sides"
     )
-
-
-def _type_name(exc: BaseException) -> str:
-    kind = type(exc)
-    if kind.__module__ == "builtins":
-        return kind.__qualname__
-    if kind.__module__.startswith("ipcactors."):
-        return f"ipcactors.{kind.__qualname__}"  # the public name, not the private module
-    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 class Peer:
@@ -696,7 +688,7 @@ class Peer:
 
 def error_frame(encoder: Encoder, request_id: int, exc: BaseException) -> Frame:
     text = "".join(traceback.format_exception(exc)) if encoder.tracebacks else ""
-    return encoder.error_reply(request_id, _type_name(exc), message_of(exc), text)
+    return encoder.error_reply(request_id, remote_type_of(exc), message_of(exc), text)
 
 
 def reply_frame(encoder: Encoder, request_id: int, result: Any) -> Frame:

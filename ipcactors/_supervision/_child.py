@@ -44,7 +44,7 @@ import anyio
 from .._actor import Actor
 from .._config import Config
 from .._core._connection import Connection
-from .._errors import IPCError, RestartIntensityError, message_of
+from .._errors import IPCError, RestartIntensityError, message_of, remote_type_of
 from .._exits import caused_by_shutdown, quiet_exit_reports, quiet_unstarted_tasks, system_exit
 from .._proto._msgpack import unpack_value
 from .._runtime import Runtime, close_in_order, set_runtime
@@ -172,7 +172,7 @@ def _take_spec(spec: dict[str, Any]) -> Target:
 
 def _load_failure(exc: BaseException) -> dict[str, Any]:
     traceback.print_exc()
-    return {"load": [type(exc).__name__, message_of(exc), traceback.format_exc()]}
+    return {"load": [remote_type_of(exc), message_of(exc), traceback.format_exc()]}
 
 
 def _run(spec: dict[str, Any]) -> int:

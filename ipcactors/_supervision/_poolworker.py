@@ -51,7 +51,7 @@ import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from .._actor import Actor
-from .._errors import EncodeError, FrameTooLargeError, fit_text, message_of
+from .._errors import EncodeError, FrameTooLargeError, fit_text, message_of, remote_type_of
 from .._proto._msgpack import pack_value
 from .._transports._backend import being_cancelled, current_backend, is_cancellation
 from ._target import Target, load_target
@@ -126,7 +126,7 @@ class _Worker:
 
     def failure(self, task_id: Any, exc: Exception) -> list[Any]:
         text = traceback.format_exc() if self.tracebacks else ""
-        return [task_id, 1, type(exc).__qualname__, message_of(exc), text]
+        return [task_id, 1, remote_type_of(exc), message_of(exc), text]
 
     async def run(self, task_group: TaskGroup) -> None:
         queue, done, cancelled = self.queue, self.done, self.cancelled
@@ -259,9 +259,8 @@ class _Worker:
                         continue
                     # (a result too large is one that cannot be encoded: EncodeError, pool.md)
                     message = f"the result of task {outcome[0]} cannot be sent: {exc}"
-                    await self.parent.emit(
-                        DONE_EVENT, [[outcome[0], 1, "EncodeError", message, ""]]
-                    )
+                    failed = [outcome[0], 1, remote_type_of(EncodeError()), message, ""]
+                    await self.parent.emit(DONE_EVENT, [failed])
         del outcomes
         if must_send:  # in the kernel before the task that could change it runs
             await self.parent._wait_written()
