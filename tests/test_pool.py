@@ -200,6 +200,32 @@ async def test_a_task_that_ends_its_worker_costs_the_tasks_beside_it_nothing(
             assert (stats.completed, stats.failed) == (40, 1)
 
 
+async def test_a_task_lost_with_a_worker_killed_for_anothers_deadline_is_not_charged(
+    socket_dir: str, tmp_path: Path
+) -> None:
+    """pool.md: past task_timeout a worker is killed, and its other tasks count as lost and
+    are retried. That loss counted against them: with max_retries=0, a task in flight beside
+    one that hung failed with WorkerLostError. It was not its doing: it goes again, alone."""
+    marker = str(tmp_path / "cancelled")
+    outcomes: dict[str, object] = {}
+    with anyio.fail_after(30):
+        async with pool(
+            socket_dir, _pool_tasks.sleeps, size=1, per_worker=2, task_timeout=1.0, max_retries=0
+        ) as p:
+
+            async def run(name: str, seconds: float) -> None:
+                try:
+                    outcomes[name] = await p.submit(seconds, marker)
+                except Exception as exc:
+                    outcomes[name] = type(exc).__name__
+
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(run, "hangs", 30.0)
+                await anyio.sleep(0.6)
+                task_group.start_soon(run, "beside it", 0.8)  # in flight at the kill
+    assert outcomes == {"hangs": "TaskTimeoutError", "beside it": "slept"}
+
+
 async def test_function_that_raises_is_not_retried(socket_dir: str) -> None:
     with anyio.fail_after(20):
         async with pool(socket_dir, _pool_tasks.fail) as p:

@@ -33,7 +33,8 @@ Invariants:
   and the attempts.
 - A task past ``task_timeout`` has its worker SIGKILLed (the supervisor replaces it) and fails
   with :class:`TaskTimeoutError`, not retried unless ``retry_on`` includes it: a task that hung
-  once will likely hang again. The other tasks of that worker count as lost and are retried.
+  once will likely hang again. The other tasks of that worker count as lost and are retried,
+  that loss not counted against them.
 - Cancelling a caller (``submit``, ``call``, a ``map`` left early) sends the worker a cancel
   message that cancels the task's scope there: an async function at its next await; a plain
   function that already runs finishes first (its result is dropped).
@@ -688,9 +689,13 @@ class Pool:
             for task in sent.values()
             if (task.incarnation is incarnation if via is None else task.via is via)
         ]
+        killed = self._killed.get(worker)  # (for another task's deadline: settled already)
         for task in lost:
             del sent[task.id]
-            self._finish(task, False, error, lost=True, shared=len(lost) > 1)
+            # Lost beside other tasks (whose doing, nobody can tell), or with a process killed
+            # for another task's deadline (not its doing): not counted (see _finish).
+            shared = len(lost) > 1 or (killed is not None and task.incarnation is killed)
+            self._finish(task, False, error, lost=True, shared=shared)
         self._work.set()
 
     def _kill(self, worker: str) -> None:
