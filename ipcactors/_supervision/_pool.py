@@ -517,8 +517,10 @@ class Pool:
         while True:
             incarnation = self._running(worker)
             # An isolated task runs with nothing beside it: it waits for a worker that has
-            # nothing in flight, and while it runs, that worker takes nothing else.
-            waits = bool(sent) and bool(queue) and queue[0].isolated
+            # nothing in flight (the busy ones take nothing new meanwhile, so that one empties:
+            # what is queued behind it waits too), and while it runs, that worker takes
+            # nothing else.
+            waits = bool(sent) and bool(queue) and queue[0].isolated and not queue[0].cancelled
             room = 0 if waits or worker in self._isolating else self.per_worker - len(sent)
             if not queue or room <= 0 or incarnation is None:
                 if self._work.is_set():
