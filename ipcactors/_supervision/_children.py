@@ -53,6 +53,9 @@ __all__ = [
     "stop_process",
 ]
 
+#: s a process's exit report may trail the end of its connection: its group's wait, and a
+#: margin for a loaded machine (the forkserver and the supervisor scheduled late)
+EXIT_REPORT_WAIT: Final = GROUP_GONE_WAIT + 1.5
 _MAX_CHAIN: Final = 100  # steps of a reported escalation chain kept (deeper trees: cut short)
 #: How a child the supervisor was stopping ends by the stop's doing: killed by its SIGTERM or
 #: SIGKILL, or exiting with 128 + one of them (as run() does).
@@ -166,6 +169,15 @@ class Incarnation:
         self.child.last_exit = code
         self.child.changed()
 
+    async def exited_after_disconnect(self) -> bool:
+        """Whether this process exited, for a caller whose connection to it just ended: the
+        exit report follows that end once what was left of its group is gone (within
+        ``GROUP_GONE_WAIT``), and later on a loaded machine; past ``EXIT_REPORT_WAIT``, the
+        process lives on and only its connection was lost."""
+        with anyio.move_on_after(EXIT_REPORT_WAIT):
+            await self.exited.wait()
+        return self.exited.is_set()
+
     async def request(self, event: str, data: Any, deadline: float) -> Any:
         """Ask this process; fails at once with :class:`ChildExitedError` if it exits first."""
         client = self.client
@@ -201,12 +213,7 @@ class Incarnation:
         error = outcome.get("error")
         if error is not None and not isinstance(error, ClosedError | ConnectionLostError):
             raise error
-        if error is not None and not self.exited.is_set():
-            # The connection dropped: the exit report follows, if it exited, once what was
-            # left of its group is gone (within GROUP_GONE_WAIT).
-            with anyio.move_on_after(GROUP_GONE_WAIT + 0.5):
-                await self.exited.wait()
-        if self.exited.is_set():
+        if error is not None and await self.exited_after_disconnect():
             raise ChildExitedError(
                 f"child {id!r} {describe_exit(self.exitcode)} before answering request {event!r}",
                 id,

@@ -670,8 +670,7 @@ class Pool:
         child = self._supervisor._children.get(worker)
         incarnation = child.incarnation if child is not None else None
         if incarnation is not None:
-            with anyio.move_on_after(1.0):
-                await incarnation.exited.wait()
+            await incarnation.exited_after_disconnect()
         await anyio.lowlevel.checkpoint()  # _watch first, if it exited
         error = ConnectionLostError(f"connection to worker {worker!r} was lost during the task")
         self._lost(worker, error, via=client)
