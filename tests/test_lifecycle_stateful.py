@@ -14,6 +14,7 @@ A model says what must hold after each step:
 - events arrive in the order emitted, never twice, none invented; an event emitted while the
   server was known to be down, or confirmed by a later answered request, is never lost (a
   request starts only once every event sent before it was handled);
+- no event reaches the server before its handlers (``events_unhandled`` stays 0);
 - at the end of every run: no task left behind (and conftest.py: no process, socket, file
   descriptor or socket file).
 
@@ -108,15 +109,29 @@ class Lifecycle(RuleBasedStateMachine):
                 Actor("world", socket_root=self.socket_dir, **ACTOR_OPTIONS)
             )
         )
-        if self.proxy is None:
-            server = self.run(actor.serve)
-        else:
-            server = self.run(actor.serve_net, "127.0.0.1", 0)
-            self.proxy.upstream = server.address
-        server.on("ev", lambda seq, client: self.received.append(seq))
-        server.on("echo", lambda data, client: data)
+
+        async def serve() -> ipcactors.Server:
+            # The handlers in the same loop pass as the listening socket: registered from
+            # this thread later, they could miss what a client waiting to reconnect sends
+            # first (events queued while the server was down).
+            if self.proxy is None:
+                server = await actor.serve()
+            else:
+                server = await actor.serve_net("127.0.0.1", 0)
+                self.proxy.upstream = server.address
+            server.on("ev", lambda seq, client: self.received.append(seq))
+            server.on("echo", lambda data, client: data)
+            return server
+
+        self.run(serve)
         self.world_actor = actor
         self.world = stack
+
+    def unhandled(self) -> int:
+        """The events the server received before its handlers."""
+        server = None if self.world_actor is None else self.world_actor.server
+        assert isinstance(server, ipcactors.Server)
+        return server.statistics().events_unhandled
 
     @precondition(lambda self: self.world is None)
     @rule()
@@ -131,6 +146,7 @@ class Lifecycle(RuleBasedStateMachine):
     @rule()
     def server_stop(self) -> None:
         assert self.world is not None
+        assert self.unhandled() == 0
         self.world.close()
         self.world = None
         if self.connection is not None:
@@ -354,6 +370,7 @@ class Lifecycle(RuleBasedStateMachine):
                 self.hello_stack.close()
             if self.world is not None:
                 self.world.close()
+                assert self.unhandled() == 0
             left = self.portal.call(wait_tasks_back_to, self.tasks_before)
             assert left <= self.tasks_before, f"{left - self.tasks_before} task(s) left"
         finally:
