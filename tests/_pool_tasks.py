@@ -128,6 +128,19 @@ async def naps_or_exits(item: int | str) -> int | str:
     return item
 
 
+async def sleeps_or_dies_once(seconds: float, path: str | None = None) -> float:
+    """Sleeps ``seconds`` and returns them; given ``path``, the first attempt (no file there)
+    ends its worker half a second in, once its neighbours are sent (a poison task that a retry
+    gets through)."""
+    if path is not None:
+        await anyio.sleep(0.5)
+        if not os.path.exists(path):
+            open(path, "w").close()
+            raise SystemExit(3)
+    await anyio.sleep(seconds)
+    return seconds
+
+
 async def raises_cancelled_error(code: int) -> None:
     """An async task that raises asyncio's CancelledError itself, nobody having cancelled it
     (as awaiting a future someone else cancelled does): a BaseException of its own, as

@@ -235,6 +235,30 @@ async def test_a_task_that_ends_its_worker_costs_the_tasks_beside_it_nothing(
             assert (stats.completed, stats.failed) == (40, 1)
 
 
+async def test_tasks_lost_beside_others_hold_up_no_other_worker(
+    socket_dir: str, tmp_path: Path
+) -> None:
+    """Tasks lost beside a poison task go again alone. While they wait for a worker with
+    nothing in flight, only one worker stops taking tasks to empty itself for them: the others
+    go on with the queue. Every worker stopped: a task queued behind them waited for the
+    longest task in flight anywhere (here 4 s), not for a free place."""
+    marker = str(tmp_path / "died")
+    with anyio.fail_after(40):
+        async with pool(socket_dir, _pool_tasks.sleeps_or_dies_once, size=2, per_worker=4) as p:
+            async with anyio.create_task_group() as task_group:
+                # Six in flight, three on each worker: the poison one and two 4-second ones
+                # lost with it (each to go again alone), three 4-second ones on the other.
+                for n in range(6):
+                    task_group.start_soon(p.submit, 4.0, marker if n == 2 else None)
+                await wait_until(lambda: p.statistics().retried >= 3, timeout=10)
+                began = anyio.current_time()
+                for _ in range(5):  # the other worker has room for one at a time
+                    assert await p.submit(0.01) == 0.01
+                waited = anyio.current_time() - began
+                assert waited < 2.0, f"short tasks waited {waited:.1f} s behind the lost ones"
+            assert p.statistics().completed == 11
+
+
 async def test_a_task_lost_with_a_worker_killed_for_anothers_deadline_is_not_charged(
     socket_dir: str, tmp_path: Path
 ) -> None:

@@ -25,10 +25,11 @@ Invariants:
   includes :class:`ChildExitedError`, by default), at most ``max_retries`` times, from the head
   of the queue (the next worker with room takes it); a loss shared with other tasks in flight
   on that worker counts against none of them, and each runs alone from then on (``isolated``:
-  on a worker with nothing else in flight, which takes nothing else meanwhile); never after
-  the function raised (:class:`RemoteError`), nor after the pool's own refusals (arguments
-  that cannot travel, its close), whatever ``retry_on`` names: ``_finish`` retries only what
-  it is told was lost.
+  on a worker with nothing else in flight, which takes nothing else meanwhile; they wait in a
+  queue of their own, for which one worker at most stops taking tasks, see ``_isolate``);
+  never after the function raised (:class:`RemoteError`), nor after the pool's own refusals
+  (arguments that cannot travel, its close), whatever ``retry_on`` names: ``_finish``
+  retries only what it is told was lost.
   When retries run out the caller gets :class:`WorkerLostError` naming the worker, its exit,
   and the attempts.
 - A task past ``task_timeout`` has its worker SIGKILLed (the supervisor replaces it) and fails
@@ -239,8 +240,10 @@ class Pool:
         # The process of each worker we killed (a task past task_timeout): it takes no task
         # from then on, though it looks alive until its exit is seen.
         self._killed: dict[str, Incarnation] = {}
-        self._isolating: set[str] = set()  # the workers that run an isolated task
         self._queue: deque[_Task] = deque()
+        self._isolated: deque[_Task] = deque()  # tasks to run alone (see _dispatch)
+        self._isolating: set[str] = set()  # the workers that run an isolated task
+        self._drainer: str | None = None  # the worker emptying itself for the isolated tasks
         self._work = anyio.Event()  # set when a task is queued or a worker has room again
         self._ids = itertools.count()
         self._task_group: TaskGroup | None = None
@@ -318,8 +321,9 @@ class Pool:
             for sent in self._sent.values():
                 while sent:
                     self._finish(sent.popitem()[1], False, closed)
-            while self._queue:  # callers still waiting (in other tasks) learn why
-                self._finish(self._queue.popleft(), False, closed)
+            for queue in (self._isolated, self._queue):  # callers (other tasks) learn why
+                while queue:
+                    self._finish(queue.popleft(), False, closed)
             if exc is None and raised is not None:
                 exc_type, exc, tb = type(raised), raised, raised.__traceback__
             result = await self._supervisor.__aexit__(exc_type, exc, tb)
@@ -446,7 +450,10 @@ class Pool:
                 task.isolated = True
             if task.attempts - task.free_losses <= self.max_retries:
                 self._counts["retried"] += 1
-                self._queue.appendleft(task)  # a retry goes first: it waited long enough
+                if task.isolated:
+                    self._isolated.append(task)
+                else:
+                    self._queue.appendleft(task)  # a retry goes first: it waited long enough
                 self._work.set()
                 return
             self._counts["failed"] += 1
@@ -510,54 +517,76 @@ class Pool:
         """One per worker: take queued tasks while it runs and has room, and send them as
         batches. A batch is at most half of ``per_worker``, so that the next one already waits
         in the worker when it ends one; and at most the worker's share of the queue, so that
-        the other free workers get some too. A worker being restarted takes none."""
+        the other free workers get some too. A worker being restarted takes none. A task to
+        run alone (``isolated``) goes first to a worker with nothing in flight (see
+        :meth:`_isolate`)."""
         sent = self._sent[worker]
         chunk = 1 if self.task_timeout is not None else max(1, self.per_worker // 2)
         queue = self._queue
         while True:
             incarnation = self._running(worker)
-            # An isolated task runs with nothing beside it: it waits for a worker that has
-            # nothing in flight (the busy ones take nothing new meanwhile, so that one empties:
-            # what is queued behind it waits too), and while it runs, that worker takes
-            # nothing else.
-            waits = bool(sent) and bool(queue) and queue[0].isolated and not queue[0].cancelled
-            room = 0 if waits or worker in self._isolating else self.per_worker - len(sent)
-            if not queue or room <= 0 or incarnation is None:
-                if self._work.is_set():
-                    self._work = anyio.Event()
-                if incarnation is None:
-                    child = self._supervisor._children.get(worker)
-                    if child is not None:
-                        with anyio.move_on_after(0.1):  # its state, or a changed queue
-                            await child.wait_changed()
-                        continue
-                await self._work.wait()
-                continue
-            ready = sum(1 for w in self._workers if len(self._sent[w]) < self.per_worker)
-            size = min(room, chunk, -(-len(queue) // max(ready, 1)))
-            batch: list[_Task] = []
-            client = incarnation.client
-            assert client is not None
-            while queue and len(batch) < size:
-                if batch and (queue[0].alone or queue[0].isolated):
-                    break
-                task = queue.popleft()
-                if task.cancelled:
+            if incarnation is not None and self._isolate(worker):
+                task = self._isolated.popleft()
+                batch = [self._take(task, worker, incarnation)]
+                self._isolating.add(worker)
+                self._drainer = None  # (this worker takes the next one when it is done)
+            else:
+                draining = worker in self._isolating or worker == self._drainer
+                room = 0 if draining else self.per_worker - len(sent)
+                if not queue or room <= 0 or incarnation is None:
+                    if self._work.is_set():
+                        self._work = anyio.Event()
+                    if incarnation is None:
+                        child = self._supervisor._children.get(worker)
+                        if child is not None:
+                            with anyio.move_on_after(0.1):  # its state, or a changed queue
+                                await child.wait_changed()
+                            continue
+                    await self._work.wait()
                     continue
-                task.attempts += 1
-                task.worker = worker
-                task.incarnation = incarnation
-                task.via = client
-                sent[task.id] = task
-                batch.append(task)
-                if task.isolated:
-                    self._isolating.add(worker)
-                    break
-                if task.alone:
-                    break
+                ready = sum(1 for w in self._workers if len(self._sent[w]) < self.per_worker)
+                size = min(room, chunk, -(-len(queue) // max(ready, 1)))
+                batch = []
+                while queue and len(batch) < size:
+                    if batch and queue[0].alone:
+                        break
+                    task = queue.popleft()
+                    if task.cancelled:
+                        continue
+                    batch.append(self._take(task, worker, incarnation))
+                    if task.alone:
+                        break
             if batch:
-                await self._send(worker, client, batch)
+                assert incarnation.client is not None
+                await self._send(worker, incarnation.client, batch)
             await anyio.lowlevel.checkpoint()  # the other dispatchers, and the results
+
+    def _isolate(self, worker: str) -> bool:
+        """Whether running ``worker`` takes the next isolated task now. Such a task runs on a
+        worker with nothing in flight, which takes nothing else meanwhile. While one waits and
+        no worker runs one (that worker takes the next when it is done), one worker, the
+        ``_drainer``, takes nothing new so that it empties: the one with the least in flight.
+        The others go on with the queue."""
+        isolated = self._isolated
+        while isolated and isolated[0].cancelled:
+            isolated.popleft()  # (its caller is gone)
+        if not isolated:
+            self._drainer = None
+            return False
+        if not self._sent[worker] and worker not in self._isolating:
+            return True
+        if not self._isolating and self._drainer is None:
+            self._drainer = min(self._workers, key=lambda w: len(self._sent[w]))
+        return False
+
+    def _take(self, task: _Task, worker: str, incarnation: Incarnation) -> _Task:
+        """``task`` goes to ``worker``'s process ``incarnation``, on its connection."""
+        task.attempts += 1
+        task.worker = worker
+        task.incarnation = incarnation
+        task.via = incarnation.client
+        self._sent[worker][task.id] = task
+        return task
 
     async def _send(self, worker: str, client: Client, batch: list[_Task]) -> None:
         sent = self._sent[worker]
