@@ -286,14 +286,18 @@ class Actor:
         root = self.config.socket_root or default_socket_root()
         return os.path.join(root, f"{self.config.appspace}{id}")
 
-    async def serve(self, path: str | None = None) -> Server:
+    async def serve(self, path: str | None = None, *, start: bool = True) -> Server:
         """Listen on a Unix socket (default :meth:`default_path`). Returns once listening.
+
+        Nothing a client sends is handled before the caller's next ``await``: register the
+        handlers first. ``start=False``: clients are welcomed only from ``server.start()`` on
+        (for handlers registered later, or from another thread: see docs/guide.md).
 
         Raises :class:`AddressInUseError` if a live server holds the path (it is never taken
         over) or a non-socket file is there (it is never removed); a stale socket file left by
         a dead server is replaced.
         """
-        return await self._serve(self._unix_transport(path))
+        return await self._serve(self._unix_transport(path), held=not start)
 
     @property
     def _pass_fds(self) -> bool:
@@ -318,6 +322,7 @@ class Actor:
         *,
         udp: None = None,
         tls: ssl.SSLContext | None = None,
+        start: bool = True,
     ) -> Server: ...
 
     @overload
@@ -328,6 +333,7 @@ class Actor:
         *,
         udp: Literal["udp4", "udp6"],
         tls: None = None,
+        start: bool = True,
     ) -> DatagramServer: ...
 
     async def serve_net(
@@ -337,6 +343,7 @@ class Actor:
         *,
         udp: Literal["udp4", "udp6"] | None = None,
         tls: ssl.SSLContext | None = None,
+        start: bool = True,
     ) -> Server | DatagramServer:
         """Listen on TCP (default ``Config.network_host``/``network_port``; port 0 picks a free
         one, see ``server.address``).
@@ -344,6 +351,7 @@ class Actor:
         ``tls``: a server context with a certificate loaded (refused otherwise); set its
         ``verify_mode = ssl.CERT_REQUIRED`` and ``load_verify_locations(...)`` for mutual TLS.
         ``udp="udp4"`` or ``"udp6"``: a :class:`DatagramServer` instead (no connections).
+        ``start``: as for :meth:`serve` (a UDP server reads nothing before ``start()``).
         Raises :class:`AddressInUseError` if the port is taken, :class:`ConfigError` if the
         address cannot be served on here (not this host's, of the other IP version, a name
         that does not resolve, a port it may not bind).
@@ -353,14 +361,16 @@ class Actor:
         if udp is not None:
             if tls is not None:
                 raise ConfigError("TLS over UDP is not supported; use TCP with tls=")
-            return await self._serve_udp(host, port, udp)
+            return await self._serve_udp(host, port, udp, held=not start)
         host = host or self.config.network_host
         if tls is not None:
             check_server_context(tls)
-            return await self._serve(TLSTransport(host, port, tls))
-        return await self._serve(TCPTransport(host, port))
+            return await self._serve(TLSTransport(host, port, tls), held=not start)
+        return await self._serve(TCPTransport(host, port), held=not start)
 
-    async def _serve_udp(self, host: str | None, port: int, udp: str) -> DatagramServer:
+    async def _serve_udp(
+        self, host: str | None, port: int, udp: str, *, held: bool
+    ) -> DatagramServer:
         kind: DatagramKind
         if udp == "udp4":
             kind = "udp4"
@@ -379,20 +389,25 @@ class Actor:
         if self._server is not None:
             raise IPCError(f"actor {self.id!r} already serves on {self._server.address!r}")
         server = DatagramServer(self.id, self.config, self._log, host, port, kind)
+        server._hold()
         await server._start(task_group)
         self._server = server
+        if not held:
+            task_group.start_soon(_start, server)
         return server
 
     async def _serve(self, transport: Transport, *, held: bool = False) -> Server:
-        """Listen on ``transport``; ``held``: welcome no client until ``server._release()``."""
+        """Listen on ``transport``; ``held``: welcome no client until ``server.start()``, else
+        from the caller's next ``await`` on (see :func:`_start`)."""
         task_group = self._group()
         if self._server is not None:
             raise IPCError(f"actor {self.id!r} already serves on {self._server.address!r}")
         server = Server(self.id, self.config, self._log, transport, self._watchdog)
-        if held:
-            server._hold()
+        server._hold()
         await server._start(task_group)
         self._server = server
+        if not held:
+            task_group.start_soon(_start, server)
         return server
 
     # --- connecting ---------------------------------------------------------------------------
@@ -641,3 +656,9 @@ def _same(seen: BaseException, raised: BaseException) -> bool:
         and len(seen.exceptions) == len(raised.exceptions)
         and all(map(_same, seen.exceptions, raised.exceptions))
     )
+
+
+async def _start(server: Server | DatagramServer) -> None:
+    """Start a server that ``serve`` returned held: a task started there runs once the caller
+    awaits, so the handlers it registers before its next ``await`` meet every client."""
+    server.start()

@@ -741,6 +741,11 @@ class BlockingServer(_Wrapper):
         peers = self._loop.call(lambda: dict(self.wrapped.clients))
         return {key: BlockingClient(self._loop, peer) for key, peer in peers.items()}
 
+    def start(self) -> None:
+        """As :meth:`Server.start`: welcome clients, from a server served with
+        ``start=False`` (what lets handlers registered from this thread meet every client)."""
+        self._loop.call(self.wrapped.start)
+
     def emit(self, client: Any, event: str, data: Any = None) -> None:
         """As :meth:`Server.emit`: send ``event`` to one client."""
         self._loop.call(self.wrapped.emit, _unwrap(client), event, data)
@@ -971,9 +976,12 @@ class BlockingActor:
         server = self.wrapped.server
         return None if server is None else BlockingServer(self._loop, server)
 
-    def serve(self, path: str | None = None) -> BlockingServer:
-        """As :meth:`Actor.serve`: listen on a Unix socket."""
-        return BlockingServer(self._loop, self._call(self.wrapped.serve, path))
+    def serve(self, path: str | None = None, *, start: bool = True) -> BlockingServer:
+        """As :meth:`Actor.serve`: listen on a Unix socket. Handlers registered from this
+        thread afterwards may miss the first events of clients already waiting (one restarted
+        server): ``start=False``, then :meth:`BlockingServer.start` once they are in place."""
+        serve = partial(self.wrapped.serve, path, start=start)
+        return BlockingServer(self._loop, self._call(serve))
 
     def serve_net(
         self,
@@ -982,9 +990,11 @@ class BlockingActor:
         *,
         udp: Literal["udp4", "udp6"] | None = None,
         tls: ssl.SSLContext | None = None,
+        start: bool = True,
     ) -> BlockingServer:
-        """As :meth:`Actor.serve_net`: listen on TCP, TLS or (``udp=``) UDP."""
-        serve = partial(self.wrapped.serve_net, host, port, udp=udp, tls=tls)
+        """As :meth:`Actor.serve_net`: listen on TCP, TLS or (``udp=``) UDP (``start``: see
+        :meth:`serve`)."""
+        serve = partial(self.wrapped.serve_net, host, port, udp=udp, tls=tls, start=start)
         return BlockingServer(self._loop, self._call(serve))
 
     # --- connecting ---------------------------------------------------------------------------

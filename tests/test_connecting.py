@@ -1243,3 +1243,49 @@ async def test_closing_the_server_does_not_wait_for_a_connection_a_newcomer_repl
             took = anyio.current_time() - started
     assert took < 2, took  # close_timeout: 5 s
     assert connects == ["hello"]  # the first connection's, not the newcomer's
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+@pytest.mark.parametrize("wait", [0.3, 1.5])
+async def test_a_server_served_with_start_false_welcomes_no_one_before_start(
+    socket_dir: str, transport: str, wait: float
+) -> None:
+    """serve(start=False): clients that connect meanwhile (one waiting to reconnect, its
+    events queued while the server was down) are held until server.start(), so handlers
+    registered after an await meet all they send; started later than the handshake timeout's
+    share, they are refused as busy and come back."""
+    options = {"socket_root": socket_dir, "silent": True, **FAST_RETRY}
+    got: list[int] = []
+
+    async def serve(world: Actor, port: int = 0) -> ipcactors.Server:
+        if transport == "unix":
+            return await world.serve(start=False)
+        return await world.serve_net("127.0.0.1", port, start=False)
+
+    with anyio.fail_after(20):
+        async with Actor("hello", **options) as hello:
+            async with Actor("world", **options) as world:
+                server = await serve(world)
+                port = server.port if transport == "tcp" else 0
+                server.start()
+                if transport == "unix":
+                    connection = await hello.connect_to("world")
+                else:
+                    connection = await hello.connect_to_net("world", "127.0.0.1", port)
+            while connection.connected:
+                await anyio.sleep(0.01)
+            for n in range(50):
+                await connection.emit("n", n)  # queued, sent once a server welcomes it
+            async with Actor("world", handshake_timeout=1.0, **options) as world:
+                server = await serve(world, port)
+                await anyio.sleep(wait)  # the client is back, held (refused once, at 1.5 s)
+                assert not connection.connected
+                if wait < 0.9:
+                    assert server.statistics().held == 1
+                server.on("n", lambda n, client: got.append(n))
+                server.start()
+                await connection.wait_connected()
+                while len(got) < 50:
+                    await anyio.sleep(0.01)
+                assert got == list(range(50))
+                assert server.statistics().events_unhandled == 0

@@ -127,7 +127,7 @@ async def test_held_clients_are_welcomed_on_release_with_what_they_queued(
                     await anyio.sleep(0.1)
                     assert connected == []
                     assert seen == []
-                    server._release()
+                    server.start()
                 assert sorted(connected) == ["a", "b"]
                 assert seen == [1]
                 assert sorted(server.clients) == ["a", "b"]
@@ -146,7 +146,7 @@ async def test_a_held_client_is_refused_busy_before_its_handshake_deadline(
                     await a.connect_to("srv")
             assert server.statistics().refused_busy == 1
             assert server.statistics().held == 0
-            server._release()
+            server.start()
             async with Actor("a", stop_retrying=0, **common) as a:  # served once released
                 connection = await a.connect_to("srv")
                 assert await connection.request("echo", 3) == 3
@@ -194,7 +194,7 @@ async def test_a_newer_attempt_with_the_same_id_takes_the_held_place(socket_dir:
                     task_group.start_soon(connect, "newer", newer)
                     await wait_until(lambda: "older" in results)  # dropped for the newer
                     assert server.statistics().held == 1
-                    server._release()
+                    server.start()
                 assert results["newer"] == "newer"
                 assert isinstance(results["older"], Exception)
                 assert list(server.clients) == ["twin"]

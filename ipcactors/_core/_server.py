@@ -47,10 +47,12 @@ Invariants:
   (``_newest``): one that a later one overtook while it waited for the notice is refused
   (``reject replaced``) instead of welcomed, so however many arrive at once, one connection
   per id is kept and every other one is closed.
-- A held server (``_hold()``, before it starts: a supervised child until its function has
-  registered its handlers) welcomes no one until ``_release()``. A client whose handshake is
-  done waits, outside the ``max_handshakes`` budget but counted in ``max_connections``, and
-  keeps its frames in its own outbox meanwhile: nothing it sends meets a missing handler. The
+- A held server (``_hold()``, before it listens) welcomes no one until ``start()``: every
+  server until the caller of ``serve`` awaits (``Actor._serve``), one served with
+  ``start=False`` until it says, a supervised child until its function has registered its
+  handlers. A client whose handshake is done waits, outside the ``max_handshakes`` budget but
+  counted in ``max_connections``, and keeps its frames in its own outbox meanwhile: nothing it
+  sends meets a missing handler (a node-ipc client's wait in its socket). The
   wait is bounded: past ``HOLD_SHARE`` of ``handshake_timeout`` (so that the client hears why
   before its own deadline) it is refused with ``busy`` (retried), as when the server closes
   first; a newer attempt with the same id drops the older one (its client gave up on it).
@@ -1024,13 +1026,14 @@ class Server(HandlerMethods):
         return MappingProxyType(self._unacknowledged)
 
     def _hold(self) -> None:
-        """Welcome no client until :meth:`_release` (see the module's invariants). Called before
+        """Welcome no client until :meth:`start` (see the module's invariants). Called before
         the server starts, so that no client is welcomed early."""
         if self._ready is None:
             self._ready = anyio.Event()
 
-    def _release(self) -> None:
-        """Ready: welcome the held clients, and the next ones at once."""
+    def start(self) -> None:
+        """Welcome clients, from a server served with ``start=False`` (held until now: their
+        handshakes wait, within ``handshake_timeout``); nothing once started."""
         ready, self._ready = self._ready, None
         if ready is not None:
             if self._held:

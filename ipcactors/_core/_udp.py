@@ -213,6 +213,7 @@ class DatagramServer(HandlerMethods):
         self._inbox_room: anyio.Event | None = None  # the receive loop waits for room
         self._closing = False  # no more taking from the inbox
         self._scope = anyio.CancelScope()
+        self._ready: anyio.Event | None = None  # held (see _hold): set by start()
         self._stopped = anyio.Event()
         self._owner_group: TaskGroup | None = None  # (a close kept by a handler starts there)
 
@@ -373,6 +374,19 @@ class DatagramServer(HandlerMethods):
         await task_group.start(self._serve)
         self._log.info(f"serving on udp {self.address}")
 
+    def _hold(self) -> None:
+        """Read nothing until :meth:`start` (called before the server starts)."""
+        if self._ready is None:
+            self._ready = anyio.Event()
+
+    def start(self) -> None:
+        """Read datagrams, from a server served with ``start=False`` (those that came
+        meanwhile wait in the kernel's receive buffer; what it could not hold is lost, as
+        anything on UDP may be); nothing once started."""
+        ready, self._ready = self._ready, None
+        if ready is not None:
+            ready.set()
+
     async def _serve(self, *, task_status: TaskStatus[None]) -> None:
         assert self._socket is not None
         try:
@@ -380,6 +394,8 @@ class DatagramServer(HandlerMethods):
                 async with anyio.create_task_group() as task_group:
                     task_group.start_soon(self._take_inbox, task_group)
                     task_status.started()
+                    if self._ready is not None:
+                        await self._ready.wait()
                     await self._receive_loop(self._socket, task_group)
         finally:
             self._drop_inbox()

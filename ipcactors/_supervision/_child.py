@@ -397,7 +397,7 @@ async def _main(spec: dict[str, Any], fn: Callable[..., Any]) -> int:
                 await anyio.lowlevel.checkpoint()
                 ready.set()  # the supervisor's events and requests are handled from here on
                 if code == 0:
-                    server._release()  # siblings are welcomed from here on
+                    server.start()  # siblings are welcomed from here on
                     await parent.emit(READY_EVENT, {"token": spec["token"]})
     return code
 
