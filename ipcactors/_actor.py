@@ -386,8 +386,7 @@ class Actor:
                 "(acknowledged where possible) or serve over a stream"
             )
         task_group = self._group()
-        if self._server is not None:
-            raise IPCError(f"actor {self.id!r} already serves on {self._server.address!r}")
+        self._check_serving()
         server = DatagramServer(self.id, self.config, self._log, host, port, kind)
         server._hold()
         await server._start(task_group)
@@ -396,12 +395,20 @@ class Actor:
             task_group.start_soon(_start, server)
         return server
 
+    def _check_serving(self) -> None:
+        """An actor serves on one server at a time: another once that one is closed."""
+        server = self._server
+        if server is not None and not server._stopped.is_set():
+            raise IPCError(
+                f"actor {self.id!r} already serves on {server.address!r}; close that server "
+                "first (server.aclose()) to serve anew"
+            )
+
     async def _serve(self, transport: Transport, *, held: bool = False) -> Server:
         """Listen on ``transport``; ``held``: welcome no client until ``server.start()``, else
         from the caller's next ``await`` on (see :func:`_start`)."""
         task_group = self._group()
-        if self._server is not None:
-            raise IPCError(f"actor {self.id!r} already serves on {self._server.address!r}")
+        self._check_serving()
         server = Server(self.id, self.config, self._log, transport, self._watchdog)
         server._hold()
         await server._start(task_group)

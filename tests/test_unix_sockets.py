@@ -344,6 +344,42 @@ async def test_serving_twice_is_an_error(socket_dir: str) -> None:
             await world.serve_net("127.0.0.1", 0)
 
 
+@pytest.mark.parametrize("transport", ["unix", "tcp", "udp"])
+async def test_an_actor_whose_server_closed_may_serve_again(
+    socket_dir: str, transport: str
+) -> None:
+    """One server at a time: once it is closed, serve() opens another (it raised 'already
+    serves on' the closed server's address, its socket file gone). Its clients come back."""
+    options = {"socket_root": socket_dir, "silent": True, "retry": 0.02, "retry_cap": 0.1}
+
+    async def serve(world: Actor) -> ipcactors.Server | ipcactors.DatagramServer:
+        if transport == "unix":
+            return await world.serve()
+        if transport == "tcp":
+            return await world.serve_net("127.0.0.1", 0)
+        return await world.serve_net("127.0.0.1", 0, udp="udp4")
+
+    with anyio.fail_after(10):
+        async with Actor("world", **options) as world, Actor("hello", **options) as hello:
+            first = await serve(world)
+            await first.aclose()
+            second = await serve(world)
+            assert world.server is second
+            second.on("add", lambda numbers, client: sum(numbers))
+            if isinstance(second, ipcactors.DatagramServer):
+                mine = await hello.serve_net("127.0.0.1", 0, udp="udp4")
+                assert await mine.request(second.address, "add", [1, 2], timeout=5) == 3
+            else:
+                connection = (
+                    await hello.connect_to("world")
+                    if transport == "unix"
+                    else await hello.connect_to_net("world", "127.0.0.1", second.port)
+                )
+                assert await connection.request("add", [1, 2]) == 3
+            with pytest.raises(ipcactors.IPCError, match="already serves"):
+                await serve(world)
+
+
 def test_mode_is_set_before_bind_not_after(
     socket_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
