@@ -34,13 +34,14 @@ import os
 import ssl
 import sys
 import threading
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from functools import partial
 from types import TracebackType
-from typing import Any, Literal, TypeVar, cast, overload
+from typing import Any, Final, Literal, TypeVar, cast, overload
 
 import anyio
 import anyio.abc
@@ -72,6 +73,9 @@ __all__ = [
     "BlockingInbox",
     "BlockingServer",
 ]
+
+WORKER_END_WAIT: Final = 1.0  # s a worker thread told to end may take (it holds no work)
+_Host = tuple[Future[None], anyio.Event]  # the host task's end, and what stops it
 
 T = TypeVar("T")
 Handler = Callable[..., Any]
@@ -105,6 +109,9 @@ class _Loop:
         self.stop: anyio.Event | None = None  # set: the actor's block ends (see _host)
         #: What a handler raised that ends the program (see ``end``).
         self.ended: BaseException | None = None
+        # The worker threads that ran plain handlers (asyncio's: they end with the loop, and
+        # the close joins them; Trio keeps its idle ones process-wide, for reuse).
+        self.workers: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
 
     def end(self, exc: BaseException) -> None:
         """A handler raised ``exc``, which is not an ``Exception``: the actor ends, as an
@@ -317,6 +324,8 @@ def _deferred_closes(loop: _Loop) -> list[Close] | None:
 
 
 def _run_handler(loop: _Loop, closes: list[Close], handler: Handler, *args: Any) -> Any:
+    if not loop.trio_portal:
+        loop.workers.add(threading.current_thread())
     _in_handler.loop = loop
     _in_handler.closes = closes
     try:
@@ -843,10 +852,11 @@ class BlockingActor:
         self._backend_options = backend_options
         self._loop = _Loop(id, backend == "trio")
         self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
-        self._host: tuple[Future[None], anyio.Event] | None = None
+        self._host: _Host | None = None
         self._actor: Actor | None = None
         self._used = False
         self._lock = threading.Lock()
+        self._closed = threading.Event()  # set once a close has stopped the loop thread
 
     def __repr__(self) -> str:
         return f"<BlockingActor {self.id!r}>"
@@ -925,8 +935,17 @@ class BlockingActor:
         with self._lock:
             portal_cm, host = self._portal_cm, self._host
             self._portal_cm = self._host = None
+            started = self._actor is not None
         if portal_cm is None or host is None:
+            if started:
+                self._closed.wait()  # another thread's close: returns once it is done
             return
+        try:
+            self._stop(portal_cm, host)
+        finally:
+            self._closed.set()
+
+    def _stop(self, portal_cm: AbstractContextManager[BlockingPortal], host: _Host) -> None:
         closed(self)
         done, stop = host
         try:
@@ -943,6 +962,8 @@ class BlockingActor:
             with signals_deferred():  # (the loop's work is done: its stop is short)
                 stop_portal = partial(portal_cm.__exit__, None, None, None)
                 from_this_thread(self._loop.trio_portal, stop_portal)
+                for worker in list(self._loop.workers):  # told to end as the loop did
+                    worker.join(WORKER_END_WAIT)
 
     @property
     def wrapped(self) -> Actor:
