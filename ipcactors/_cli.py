@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal, NoReturn, TextIO
+from typing import Any, Final, Literal, NoReturn, TextIO
 from urllib.parse import urlsplit
 
 import anyio
@@ -48,6 +48,7 @@ from loguru import logger
 from ._actor import Actor
 from ._config import Config
 from ._core._connection import Connection
+from ._core._peer import check_event_name
 from ._core._server import Server
 from ._core._udp import DatagramServer
 from ._errors import (
@@ -56,6 +57,7 @@ from ._errors import (
     ConnectionFailedError,
     ConnectionLostError,
     EncodeError,
+    EventNameError,
     FrameTooLargeError,
     IPCError,
     RemoteError,
@@ -199,6 +201,16 @@ def parse_data(text: str | None, what: str, config: Config) -> Any:
     return value
 
 
+def parse_event(text: str, config: Config) -> str:
+    """``text`` as an event name ``config``'s wire takes (a :class:`UsageError` otherwise,
+    before anything connects)."""
+    try:
+        check_event_name(text, config.wire_codec.peer_reserved)
+    except EventNameError as exc:
+        raise UsageError(f"EVENT: {exc}") from None
+    return text
+
+
 def _integer_beyond_msgpack(value: Any) -> int | None:
     """The first integer in parsed JSON ``value`` that msgpack cannot carry, if any (JSON's
     are unbounded). A walk with a stack of its own: the parser's depth is not ours to
@@ -266,6 +278,27 @@ def _escaped(record: dict[str, Any] | None, line: str) -> str:
         return json.dumps(_strictly_json(record), ensure_ascii=True, allow_nan=False)
     encoding = sys.stdout.encoding or "utf-8"
     return line.encode(encoding, "backslashreplace").decode(encoding)
+
+
+#: What a human line shows escaped of a peer's id or event name, as Python's repr does: the
+#: control characters (a newline would forge a line, ESC reach the terminal) and backslash.
+_NAME_ESCAPES: Final = {
+    **{code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))},
+    **{ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", ord("\\"): "\\\\"},
+    **{code: f"\\u{code:04x}" for code in (0x2028, 0x2029)},
+}
+#: And of data shown as JSON, which escapes the C0 controls but not DEL and the C1 ones.
+_JSON_ESCAPES: Final = {code: f"\\u{code:04x}" for code in (*range(0x7F, 0xA0), 0x2028, 0x2029)}
+
+
+def shown_name(text: str) -> str:
+    """A peer's id or event name for a human line: on one line, with no terminal control."""
+    return text.translate(_NAME_ESCAPES)
+
+
+def shown_json(text: str) -> str:
+    """JSON for a human line: the same, with DEL and the C1 controls escaped as JSON does."""
+    return text.translate(_JSON_ESCAPES)
 
 
 def wants_colour(stream: TextIO) -> bool:
@@ -356,6 +389,8 @@ class Output:
         self._error(name, str(exc) or name)
 
     def _error(self, name: str, message: str) -> None:
+        if sys.stderr is None:  # started with stderr closed (2>&-): not stdout, which print uses
+            return
         if self.json:
             print(dumps({"error": name, "message": message}), file=sys.stderr, flush=True)
             return
@@ -464,6 +499,7 @@ def client_id(args: argparse.Namespace) -> str:
 async def cmd_emit(args: argparse.Namespace, out: Output) -> int:
     config = config_from(args)
     target, data = parse_target(args.target), parse_data(args.data, "DATA", config)
+    parse_event(args.event, config)
 
     async def emit() -> int:
         async with Actor(client_id(args), config) as actor:
@@ -482,6 +518,7 @@ async def cmd_emit(args: argparse.Namespace, out: Output) -> int:
 async def cmd_request(args: argparse.Namespace, out: Output) -> int:
     config = config_from(args)
     target, data = parse_target(args.target), parse_data(args.data, "DATA", config)
+    parse_event(args.event, config)
 
     async def request() -> int:
         async with Actor(client_id(args), config) as actor:
@@ -490,7 +527,7 @@ async def cmd_request(args: argparse.Namespace, out: Output) -> int:
             started = time.perf_counter()
             reply = await link.request(args.event, data, args.timeout)
             elapsed = (time.perf_counter() - started) * 1000
-        out.emit(dumps(reply), {"reply": reply, "ms": round(elapsed, 3)})
+        out.emit(shown_json(dumps(reply)), {"reply": reply, "ms": round(elapsed, 3)})
         return 0
 
     return await _unless_signalled(args.signals, request)
@@ -590,15 +627,18 @@ async def cmd_listen(args: argparse.Namespace, out: Output) -> int:
 
     def show(kind: str, event: str, data: Any, peer: Any) -> Any:
         source = getattr(peer, "id", None) or host_port(*peer.address[:2])
-        human = f"{out.paint(source, '36')} {out.paint(event, '1')} {dumps(data)}"
-        if kind == "request":
-            human = f"{out.paint(source, '36')} {out.paint(event, '1')}? {dumps(data)}"
+        mark = "?" if kind == "request" else ""
+        human = (
+            f"{out.paint(shown_name(source), '36')} {out.paint(shown_name(event), '1')}{mark} "
+            f"{shown_json(dumps(data))}"
+        )
         out.emit(human, {"type": kind, "from": source, "event": event, "data": data})
         return data if args.reply is None else reply
 
     def lifecycle(kind: str) -> Callable[[Any], None]:
         def report(client: Any) -> None:
-            out.emit(out.paint(f"{client.id} {kind}", "2"), {"type": kind, "from": client.id})
+            human = out.paint(f"{shown_name(client.id)} {kind}", "2")
+            out.emit(human, {"type": kind, "from": client.id})
 
         return report
 
@@ -861,13 +901,15 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
         if "--json" in argv:
             Output(True).usage(str(refused))
         else:
-            sys.stderr.write(
-                f"{refused.usage}{refused.prog}: error: {refused}\n(see {refused.prog} --help)\n"
-            )
+            if sys.stderr is not None:
+                sys.stderr.write(
+                    f"{refused.usage}{refused.prog}: error: {refused}\n"
+                    f"(see {refused.prog} --help)\n"
+                )
         return EXIT_USAGE
     out = Output(args.json)
     logger.remove()
-    if args.verbose:
+    if args.verbose and sys.stderr is not None:
         level = "INFO" if args.verbose == 1 else "DEBUG"
         logger.add(sys.stderr, level=level, colorize=out.error_colour, diagnose=False)
     try:

@@ -239,6 +239,11 @@ def test_usage_errors_exit_2_saying_what_to_do() -> None:
         # An empty --id is refused as the library refuses it (it fell back to the default)
         (("emit", "world", "x", "--id", ""), "actor id must be"),
         (("listen", "tcp://127.0.0.1:0", "--id", ""), "actor id must be"),
+        # A bad event name too, before connecting (it was ConnectionFailedError, exit 1)
+        (("emit", "nobody-here", ""), "event name must be"),
+        (("request", "nobody-here", "\udcff"), "UTF-8"),
+        (("emit", "nobody-here", "connect"), "reserved"),
+        (("emit", "nobody-here", "error", "--codec", "node-ipc"), "lifecycle event name"),
     ]:
         result = cli_sync(*args)
         assert result.returncode == 2, (args, result.stderr)
@@ -1000,3 +1005,45 @@ def test_a_target_or_tls_option_that_does_not_parse_is_a_usage_error(backend: st
         assert as_json.returncode == 2, (args, as_json.stderr)
         (record,) = strict_json(as_json.stderr)
         assert record["error"] == "usage", (args, record)
+
+
+async def test_a_command_started_with_stderr_closed_keeps_its_errors_off_stdout(
+    socket_dir: str,
+) -> None:
+    """cli.md: stdout carries results only; errors go to stderr. Started with stderr closed
+    (2>&-), an error went to stdout (print to a stderr Python set to None writes to stdout),
+    where a script reads results: with --json, an {"error": ...} line."""
+    line = " ".join(command("request", "nobody-here", "x", "--json", "--socket-root", socket_dir))
+    with anyio.fail_after(30):
+        done = await anyio.run_process(["bash", "-c", f"{line} 2>&-"], cwd=ROOT, check=False)
+    assert done.returncode == 1
+    assert done.stdout == b""
+
+
+async def test_listen_writes_one_line_per_arrival_whatever_the_names(socket_dir: str) -> None:
+    """cli.md: one line each. A peer's id and event name went into the human lines as they
+    were: a newline in them forged a line of its own, a terminal escape reached the terminal.
+    They are escaped as Python does (\\n, \\x1b); --json was already strict."""
+    listen = command("listen", "world", "--socket-root", socket_dir)
+    async with running(listen) as process:
+        assert process.stdout is not None
+        output = b""
+        with anyio.fail_after(20):
+            while b"listening" not in output:
+                output += await process.stdout.receive()
+        async with Actor("alice\nmallory connected", socket_root=socket_dir, **FAST) as ipc:
+            connection = await ipc.connect_to("world")
+            await connection.emit("ev\nmallory disconnected\x1b[2J", 1)
+            await connection.request("sync\r", 2)
+        with anyio.fail_after(20):
+            while output.count(b"\n") < 5:
+                output += await process.stdout.receive()
+        process.send_signal(signal.SIGINT)
+        with anyio.fail_after(20):
+            assert await process.wait() == 0
+            async for chunk in process.stdout:
+                output += chunk
+    lines = output.decode().splitlines()
+    assert len(lines) == 5, lines  # listening, connected, the event, the request, disconnected
+    assert "\x1b" not in output.decode()
+    assert lines[2] == "alice\\nmallory connected ev\\nmallory disconnected\\x1b[2J 1", lines
