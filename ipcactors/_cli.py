@@ -63,6 +63,7 @@ from ._errors import (
     RemoteError,
     RequestTimeoutError,
 )
+from ._linewriter import LineWriter
 from ._run import run
 from ._signals import STOP_SIGNALS, KeptSignals
 from ._transports._transport import host_port
@@ -310,6 +311,7 @@ def wants_colour(stream: TextIO) -> bool:
 
 
 WATCH_INTERVAL = 0.2  # s: how often Output.watch looks whether stdout's reader went
+FINISH_WAIT = 1.0  # s: for stdout's reader to take the last lines of listen or ping
 
 
 class Output:
@@ -323,6 +325,36 @@ class Output:
         self.closed = False
         #: Called once stdout closes: ``listen`` and ``ping`` stop, as at a signal.
         self.on_closed: Callable[[], None] | None = None
+        self._writer: LineWriter | None = None  # see start_writing
+
+    def start_writing(self) -> None:
+        """From now on a thread writes the lines (``listen`` and ``ping``, which run until a
+        signal: written from the loop, a line to a reader that stopped reading would hold
+        the loop, and the signal with it); see :meth:`room` and :meth:`finish`."""
+        if sys.stdout is None or self._writer is not None:
+            return
+        try:
+            fd = sys.stdout.fileno()
+            sys.stdout.flush()
+        except (OSError, ValueError):  # not a file: written as before
+            return
+        self._writer = LineWriter(fd)
+
+    @property
+    def full(self) -> bool:
+        """The lines not yet taken by stdout's reader reached their bound: :meth:`room`."""
+        return self._writer is not None and self._writer.full
+
+    async def room(self) -> None:
+        """Wait until the reader took enough (the loop goes on meanwhile, signals included)."""
+        if self._writer is not None:
+            await self._writer.room()
+
+    async def finish(self) -> None:
+        """The command ends: what the reader has not taken within ``FINISH_WAIT`` is dropped
+        (it stopped reading; the command was asked to stop)."""
+        if self._writer is not None:
+            await self._writer.close(FINISH_WAIT)
 
     def paint(self, text: str, code: str, *, err: bool = False) -> str:
         on = self.error_colour if err else self.colour
@@ -341,6 +373,18 @@ class Output:
             # is unbuffered (python -u), and a reader that took the line and went (| head -1)
             # would stop us at the line end, before anything else came.
             line = dumps(record) if self.json else human
+            writer = self._writer
+            if writer is not None:
+                if writer.broken:
+                    self._close()
+                    return
+                encoding = sys.stdout.encoding or "utf-8"
+                try:
+                    data = line.encode(encoding)
+                except UnicodeEncodeError:
+                    data = _escaped(record if self.json else None, line).encode(encoding)
+                writer.write(data + b"\n")
+                return
             try:
                 sys.stdout.write(line + "\n")
             except UnicodeEncodeError:  # a lone surrogate (node-ipc's JSON has them)
@@ -366,7 +410,8 @@ class Output:
         poller.register(fd, 0)
         while not self.closed:
             await anyio.sleep(WATCH_INTERVAL)
-            if not self.closed and poller.poll(0):
+            broken = self._writer is not None and self._writer.broken
+            if not self.closed and (broken or poller.poll(0)):
                 self._close()
 
     def _close(self) -> None:
@@ -560,6 +605,7 @@ async def cmd_ping(args: argparse.Namespace, out: Output) -> int:
         raise UsageError("-c/--count must be at least 1")
     times: list[float] = []
     sent = 0
+    out.start_writing()
     async with (
         Actor(client_id(args), config_from(args)) as actor,
         anyio.create_task_group() as tasks,
@@ -597,8 +643,10 @@ async def cmd_ping(args: argparse.Namespace, out: Output) -> int:
                 f"reply from {target.text}: seq={sent} time={ms:.3f} ms",
                 {"seq": sent, "ms": round(ms, 3)},
             )
+            await out.room()
         tasks.cancel_scope.cancel()
     _ping_summary(out, target.text, sent, times)
+    await out.finish()
     return 0 if times else EXIT_FAILURE
 
 
@@ -633,7 +681,10 @@ async def cmd_listen(args: argparse.Namespace, out: Output) -> int:
             f"{shown_json(dumps(data))}"
         )
         out.emit(human, {"type": kind, "from": source, "event": event, "data": data})
-        return data if args.reply is None else reply
+        answer = data if args.reply is None else reply
+        if out.full:  # stdout's reader lags: this peer waits for it (the loop does not)
+            return _after(out.room(), answer)
+        return answer
 
     def lifecycle(kind: str) -> Callable[[Any], None]:
         def report(client: Any) -> None:
@@ -642,6 +693,7 @@ async def cmd_listen(args: argparse.Namespace, out: Output) -> int:
 
         return report
 
+    out.start_writing()
     async with Actor(actor_id, config) as actor:
         server: Server | DatagramServer
         if target.kind == "unix":
@@ -669,7 +721,13 @@ async def cmd_listen(args: argparse.Namespace, out: Output) -> int:
             )
             listening.start_soon(out.watch)
             await _stop_on_signal(args.signals, listening.cancel_scope)
+    await out.finish()
     return 0
+
+
+async def _after(waiting: Awaitable[None], value: Any) -> Any:
+    await waiting
+    return value
 
 
 async def _stop_on_signal(kept: KeptSignals, scope: anyio.CancelScope | None) -> None:

@@ -1047,3 +1047,39 @@ async def test_listen_writes_one_line_per_arrival_whatever_the_names(socket_dir:
     assert len(lines) == 5, lines  # listening, connected, the event, the request, disconnected
     assert "\x1b" not in output.decode()
     assert lines[2] == "alice\\nmallory connected ev\\nmallory disconnected\\x1b[2J 1", lines
+
+
+async def test_listen_whose_reader_stopped_reading_serves_and_stops_at_a_signal(
+    socket_dir: str,
+) -> None:
+    """cli.md: listen runs until SIGINT or SIGTERM, then closes gracefully and exits 0. Once
+    its stdout's reader stopped reading (| less, not scrolled) and the pipe filled, a line
+    written from the event loop held the loop: no request answered, SIGTERM and SIGINT
+    ignored, only SIGKILL ended it (its socket file left behind)."""
+    read_end, write_end = os.pipe()
+    try:
+        listen = command("listen", "world", "--socket-root", socket_dir)
+        process = await anyio.open_process(
+            listen, cwd=ROOT, stdout=write_end, stderr=subprocess.DEVNULL
+        )
+        os.close(write_end)
+        try:
+            path = os.path.join(socket_dir, "app.world")
+            with anyio.fail_after(20):
+                while not os.path.exists(path):
+                    await anyio.sleep(0.05)
+            async with Actor("hello", socket_root=socket_dir, **FAST) as ipc:
+                connection = await ipc.connect_to("world")
+                for _ in range(1000):  # ~100 KiB of lines: more than the pipe holds
+                    await connection.emit("ev", "z" * 90)
+                assert await connection.request("still", "serving", timeout=10) == "serving"
+            process.send_signal(signal.SIGTERM)
+            with anyio.fail_after(10):
+                assert await process.wait() == 0
+            assert not os.path.exists(path)
+        finally:
+            if process.returncode is None:
+                process.kill()
+            await process.aclose()
+    finally:
+        os.close(read_end)
