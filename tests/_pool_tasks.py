@@ -141,6 +141,18 @@ async def sleeps_or_dies_once(seconds: float, path: str | None = None) -> float:
     return seconds
 
 
+async def hangs_then_sleeps(path: str, seconds: float) -> float:
+    """The first attempt writes its pid to ``path`` and waits to be killed; a retry sleeps
+    ``seconds`` (a long task that goes again alone)."""
+    if not os.path.exists(path):
+        with open(path + ".tmp", "w") as file:
+            file.write(str(os.getpid()))
+        os.rename(path + ".tmp", path)
+        await anyio.sleep(30)
+    await anyio.sleep(seconds)
+    return seconds
+
+
 async def raises_cancelled_error(code: int) -> None:
     """An async task that raises asyncio's CancelledError itself, nobody having cancelled it
     (as awaiting a future someone else cancelled does): a BaseException of its own, as

@@ -529,7 +529,7 @@ class Pool:
                 task = self._isolated.popleft()
                 batch = [self._take(task, worker, incarnation)]
                 self._isolating.add(worker)
-                self._drainer = None  # (this worker takes the next one when it is done)
+                self._drainer = None  # (another one, for the next)
             else:
                 draining = worker in self._isolating or worker == self._drainer
                 room = 0 if draining else self.per_worker - len(sent)
@@ -563,10 +563,10 @@ class Pool:
 
     def _isolate(self, worker: str) -> bool:
         """Whether running ``worker`` takes the next isolated task now. Such a task runs on a
-        worker with nothing in flight, which takes nothing else meanwhile. While one waits and
-        no worker runs one (that worker takes the next when it is done), one worker, the
-        ``_drainer``, takes nothing new so that it empties: the one with the least in flight.
-        The others go on with the queue."""
+        worker with nothing in flight, which takes nothing else meanwhile. While one waits,
+        one worker not running such a task, the ``_drainer`` (the one with the least in
+        flight), takes nothing new so that it empties; the others go on with the queue. (A
+        worker running one may be at it for long: the next does not wait for it.)"""
         isolated = self._isolated
         while isolated and isolated[0].cancelled:
             isolated.popleft()  # (its caller is gone)
@@ -575,8 +575,9 @@ class Pool:
             return False
         if not self._sent[worker] and worker not in self._isolating:
             return True
-        if not self._isolating and self._drainer is None:
-            self._drainer = min(self._workers, key=lambda w: len(self._sent[w]))
+        if self._drainer is None or self._drainer in self._isolating:
+            free = [w for w in self._workers if w not in self._isolating]
+            self._drainer = min(free, key=lambda w: len(self._sent[w])) if free else None
         return False
 
     def _take(self, task: _Task, worker: str, incarnation: Incarnation) -> _Task:
