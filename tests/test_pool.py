@@ -244,15 +244,16 @@ async def test_tasks_lost_beside_others_hold_up_no_other_worker(
     the longest task in flight anywhere (here 4 s), not for a free place."""
     marker = str(tmp_path / "died")
     with anyio.fail_after(40):
-        async with pool(socket_dir, _pool_tasks.sleeps_or_dies_once, size=3, per_worker=4) as p:
+        async with pool(socket_dir, _pool_tasks.sleeps_or_dies_once, size=3, per_worker=8) as p:
             async with anyio.create_task_group() as task_group:
-                # Nine in flight, three on each worker: the poison one and two 4-second ones
-                # lost with it (each to go again alone), three 4-second ones on each other.
+                # Nine in flight, about three on each worker (however they land, each has room
+                # left): the poison one and the 4-second ones lost with it (each to go again
+                # alone), 4-second ones on the others.
                 for n in range(9):
                     task_group.start_soon(p.submit, 4.0, marker if n == 2 else None)
-                await wait_until(lambda: p.statistics().retried >= 3, timeout=10)
+                await wait_until(lambda: p.statistics().retried >= 2, timeout=10)
                 began = anyio.current_time()
-                for _ in range(5):  # the worker that does not drain has room for one
+                for _ in range(5):  # to the worker that does not drain
                     assert await p.submit(0.01) == 0.01
                 waited = anyio.current_time() - began
                 assert waited < 2.0, f"short tasks waited {waited:.1f} s behind the lost ones"
