@@ -6,7 +6,7 @@ no process a test started is left anywhere, whoever its parent is by then (a scr
 leaves its children to init, out of the first check's sight): every process inherits a tag in
 its environment (``ORPHAN_TAG``), looked for in every process on the machine.
 
-``make test`` runs the suite in two processes (pytest-xdist): every check above looks at this
+``make test`` runs the suite in three processes (pytest-xdist): every check above looks at this
 process's own children, sockets and descriptors, so each worker checks its own tests; a test id
 must be the same in every worker (no object address in it: test_protocol.py's ``stable_id``),
 and a path for sockets must be short in every worker (``socket_dir``, ``short_tmp_path``).
