@@ -392,7 +392,7 @@ class Actor:
         await server._start(task_group)
         self._server = server
         if not held:
-            task_group.start_soon(_start, server)
+            task_group.start_soon(_start_once_awaited, server)
         return server
 
     def _check_serving(self) -> None:
@@ -406,7 +406,7 @@ class Actor:
 
     async def _serve(self, transport: Transport, *, held: bool = False) -> Server:
         """Listen on ``transport``; ``held``: welcome no client until ``server.start()``, else
-        from the caller's next ``await`` on (see :func:`_start`)."""
+        from the caller's next ``await`` on (see :func:`_start_once_awaited`)."""
         task_group = self._group()
         self._check_serving()
         server = Server(self.id, self.config, self._log, transport, self._watchdog)
@@ -414,7 +414,7 @@ class Actor:
         await server._start(task_group)
         self._server = server
         if not held:
-            task_group.start_soon(_start, server)
+            task_group.start_soon(_start_once_awaited, server)
         return server
 
     # --- connecting ---------------------------------------------------------------------------
@@ -665,7 +665,7 @@ def _same(seen: BaseException, raised: BaseException) -> bool:
     )
 
 
-async def _start(server: Server | DatagramServer) -> None:
+async def _start_once_awaited(server: Server | DatagramServer) -> None:
     """Start a server that ``serve`` returned held: a task started there runs once the caller
     awaits, so the handlers it registers before its next ``await`` meet every client."""
     server.start()
