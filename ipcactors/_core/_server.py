@@ -52,10 +52,12 @@ Invariants:
   ``start=False`` until it says, a supervised child until its function has registered its
   handlers. A client whose handshake is done waits, outside the ``max_handshakes`` budget but
   counted in ``max_connections``, and keeps its frames in its own outbox meanwhile: nothing it
-  sends meets a missing handler (a node-ipc client's wait in its socket). The
-  wait is bounded: past ``HOLD_SHARE`` of ``handshake_timeout`` (so that the client hears why
-  before its own deadline) it is refused with ``busy`` (retried), as when the server closes
-  first; a newer attempt with the same id drops the older one (its client gave up on it).
+  sends meets a missing handler (a node-ipc client's wait in its socket). The wait is
+  bounded: past ``HOLD_SHARE`` of ``handshake_timeout`` (so that the client hears why before
+  its own deadline) it is refused with ``busy`` (retried), as when the server closes first; a
+  newer attempt with the same id drops the older one (its client gave up on it). A client
+  without a handshake (node-ipc's) has no deadline to hear of, and what it sent already waits
+  in its socket, which a refusal would close unread: it waits until ``start()`` or the close.
 - A bad peer costs only its own connection: nothing one accepted socket raises (a reset before
   it was accepted, a handler's bug) reaches the server's task group. The accept loop survives
   running out of file descriptors or buffers (it logs once, backs off and keeps serving).
@@ -77,6 +79,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable, Mapping
+from math import inf
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -630,7 +633,9 @@ class Server(HandlerMethods):
             auth_key=self._config.auth_key_bytes,
         )
         now = anyio.current_time()
-        held_until = now + self._config.handshake_timeout * HOLD_SHARE
+        # Held before a welcome, for what the client's handshake allows; without a handshake
+        # (node-ipc's) the client sends at once, and a refusal would drop what it sent unread.
+        held_until = now + self._config.handshake_timeout * HOLD_SHARE if codec.handshake else inf
         # One scope for both ends of a handshake: its deadline, and a newer connection's need
         # for its place (see _enter_handshake).
         scope = self._enter_handshake(now + self._config.handshake_timeout)
