@@ -59,6 +59,7 @@ class Actor:
         self.id = id
         self._log = ActorLog(id, self.config.silent)
         self._server: Server | DatagramServer | None = None
+        self._server_starting = False  # a serve() is under way (see _check_serving)
         self._connections: dict[str, Connection] = {}
         self._task_group: TaskGroup | None = None
         self._hosting: Hosting | None = None  # where _task_group lives (see __aenter__)
@@ -389,7 +390,11 @@ class Actor:
         self._check_serving()
         server = DatagramServer(self.id, self.config, self._log, host, port, kind)
         server._hold()
-        await server._start(task_group)
+        self._server_starting = True
+        try:
+            await server._start(task_group)
+        finally:
+            self._server_starting = False
         self._server = server
         if not held:
             task_group.start_soon(_start_once_awaited, server)
@@ -397,6 +402,8 @@ class Actor:
 
     def _check_serving(self) -> None:
         """An actor serves on one server at a time: another once that one is closed."""
+        if self._server_starting:
+            raise IPCError(f"actor {self.id!r} is already starting a server")
         server = self._server
         if server is not None and not server._stopped.is_set():
             raise IPCError(
@@ -411,7 +418,11 @@ class Actor:
         self._check_serving()
         server = Server(self.id, self.config, self._log, transport, self._watchdog)
         server._hold()
-        await server._start(task_group)
+        self._server_starting = True
+        try:
+            await server._start(task_group)
+        finally:
+            self._server_starting = False
         self._server = server
         if not held:
             task_group.start_soon(_start_once_awaited, server)
