@@ -616,6 +616,29 @@ async def test_stop_escalates_to_sigterm_then_sigkill(
     assert elapsed >= 0.3 if not ignore_sigterm else elapsed >= 0.6
 
 
+@pytest.mark.parametrize("strategy", ["one_for_one", "one_for_all"])
+async def test_a_cancelled_aclose_leaves_the_rest_of_its_grace_period_to_the_next(
+    socket_dir: str, strategy: str
+) -> None:
+    """supervisor.md: an aclose() cancelled part-way leaves the rest of its steps to the next
+    aclose(), or to leaving the block. Each began the grace period again: three aclose()
+    cancelled 0.8 s in kept a child that ignores the stop and SIGTERM alive until the block
+    ended, 2.4 s plus a whole grace period (a helper: 13.6 s for a 4.5 s bound)."""
+    with anyio.fail_after(20):
+        async with supervisor(
+            socket_dir, shutdown_timeout=1.0, terminate_timeout=0.5, strategy=strategy
+        ) as sup:
+            await sup.spawn(_workers.stubborn, True, id="stubborn")
+            pid = await sup.request("stubborn", "pid")  # its SIGTERM disposition is set by now
+            began = time.monotonic()
+            for _ in range(3):
+                with anyio.move_on_after(0.8):
+                    await sup.aclose()  # (once done, it ends the block too)
+        elapsed = time.monotonic() - began
+    assert not alive(pid)
+    assert elapsed < 1.0 + 0.5 + 1.0, f"the child was stopped {elapsed:.1f} s after aclose()"
+
+
 async def spare_of(sup: Supervisor) -> int:
     """The pid of the spare child the forkserver forked ahead of the next spawn."""
     forkserver = psutil.Process(sup._forkserver.pid)  # type: ignore[union-attr]

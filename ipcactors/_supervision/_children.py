@@ -143,6 +143,10 @@ class Incarnation:
         self.exited = anyio.Event()
         self.exitcode: int | None = None
         self.stopping = False  # the supervisor is ending it: its exit is not a crash
+        # When its stop's grace period and SIGTERM's wait end, from the first stop_process
+        # (a stop cancelled part-way and taken again goes on from there, see stop_process).
+        self.grace_ends: float | None = None
+        self.terminate_ends: float | None = None
         # Why it is about to exit, if it told us (FAILED_EVENT) before it did:
         self.load_error: RemoteError | None = None  # its target did not load
         self.chain: tuple[ChildExit, ...] = ()  # a supervisor in it gave up: down to whom
@@ -282,11 +286,14 @@ async def stop_process(
 ) -> None:
     """End the process of ``incarnation`` in bounded steps: the stop message once its requests
     are answered (``shutdown_timeout``), SIGTERM (``terminate_timeout``), SIGKILL; only the
-    last unless ``graceful``. ``kill(sig)`` signals its process group."""
+    last unless ``graceful``. ``kill(sig)`` signals its process group. Taken again after a
+    cancellation, each wait goes on to the deadline its first start set."""
     id = incarnation.child.id
     if not incarnation.exited.is_set() and graceful:
-        grace_ends = anyio.current_time() + shutdown_timeout
-        with anyio.move_on_after(shutdown_timeout):
+        if incarnation.grace_ends is None:
+            incarnation.grace_ends = anyio.current_time() + shutdown_timeout
+        grace_ends = incarnation.grace_ends
+        with anyio.move_on_after(max(0.0, grace_ends - anyio.current_time())):
             await incarnation.idle.wait()
             client = incarnation.client
             if client is not None and client.connected:
@@ -301,8 +308,13 @@ async def stop_process(
     for sig, wait in ((signal.SIGTERM, terminate_timeout), (signal.SIGKILL, KILL_WAIT)):
         if incarnation.exited.is_set():
             break
-        if sig == signal.SIGTERM and not graceful:
-            continue
+        if sig == signal.SIGTERM:
+            if not graceful:
+                continue
+            if incarnation.terminate_ends is None:
+                incarnation.terminate_ends = anyio.current_time() + terminate_timeout
+            else:  # sent already, by a stop cancelled since: what is left of its wait
+                wait = max(0.0, incarnation.terminate_ends - anyio.current_time())
         log.warning(f"child {id!r} did not stop; sending {sig.name}")
         kill(sig)
         with anyio.move_on_after(wait):

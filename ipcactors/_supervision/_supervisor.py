@@ -1081,8 +1081,9 @@ class Supervisor:
         # The requests in flight to every child are answered before any child is stopped: an
         # answer may need a sibling (a pipeline's next stage), which must still be there. One
         # grace period for both steps (see _end).
-        self._grace_until = anyio.current_time() + self.shutdown_timeout
-        with anyio.move_on_after(self.shutdown_timeout):
+        if self._grace_until is None:  # (a shutdown cancelled and taken again goes on)
+            self._grace_until = anyio.current_time() + self.shutdown_timeout
+        with anyio.move_on_after(max(0.0, self._grace_until - anyio.current_time())):
             for child in children:
                 incarnation = child.incarnation
                 if incarnation is not None and not incarnation.exited.is_set():
