@@ -340,16 +340,6 @@ class Output:
             return
         self._writer = LineWriter(fd)
 
-    @property
-    def full(self) -> bool:
-        """The lines not yet taken by stdout's reader reached their bound: :meth:`room`."""
-        return self._writer is not None and self._writer.full
-
-    async def room(self) -> None:
-        """Wait until the reader took enough (the loop goes on meanwhile, signals included)."""
-        if self._writer is not None:
-            await self._writer.room()
-
     async def finish(self) -> None:
         """The command ends: what the reader has not taken within ``FINISH_WAIT`` is dropped
         (it stopped reading; the command was asked to stop)."""
@@ -360,14 +350,19 @@ class Output:
         on = self.error_colour if err else self.colour
         return f"\x1b[{code}m{text}\x1b[0m" if on else text
 
-    def emit(self, human: str, record: dict[str, Any]) -> None:
+    def emit(
+        self, human: str, record: dict[str, Any], *, bounded: bool = False
+    ) -> Awaitable[None] | None:
+        """Write one line; ``bounded`` (a peer's): with a thread writing (see
+        :meth:`start_writing`), what to await first when the lines queued for a reader that
+        lags reached their bound, so that the peer waits for it."""
         if self.closed:
-            return
+            return None
         if sys.stdout is None:  # started with stdout closed (>&-): as if its reader went
             self.closed = True
             if self.on_closed is not None:
                 self.on_closed()
-            return
+            return None
         try:
             # One write per line: print() writes the line and its end separately when stdout
             # is unbuffered (python -u), and a reader that took the line and went (| head -1)
@@ -377,14 +372,17 @@ class Output:
             if writer is not None:
                 if writer.broken:
                     self._close()
-                    return
+                    return None
                 encoding = sys.stdout.encoding or "utf-8"
                 try:
-                    data = line.encode(encoding)
+                    data = line.encode(encoding) + b"\n"
                 except UnicodeEncodeError:
-                    data = _escaped(record if self.json else None, line).encode(encoding)
-                writer.write(data + b"\n")
-                return
+                    data = _escaped(record if self.json else None, line).encode(encoding) + b"\n"
+                if not bounded:
+                    writer.write(data)
+                elif not writer.write_within(data):
+                    return writer.write_when_room(data)
+                return None
             try:
                 sys.stdout.write(line + "\n")
             except UnicodeEncodeError:  # a lone surrogate (node-ipc's JSON has them)
@@ -392,6 +390,7 @@ class Output:
             sys.stdout.flush()
         except BrokenPipeError:
             self._close()
+        return None
 
     async def watch(self) -> None:
         """Stop (as :meth:`emit` does at a broken pipe) once stdout's reader goes while we
@@ -603,6 +602,7 @@ async def cmd_ping(args: argparse.Namespace, out: Output) -> int:
     target = parse_target(args.target)
     if args.count is not None and args.count < 1:
         raise UsageError("-c/--count must be at least 1")
+    parse_event(args.event, config_from(args))
     times: list[float] = []
     sent = 0
     out.start_writing()
@@ -639,11 +639,13 @@ async def cmd_ping(args: argparse.Namespace, out: Output) -> int:
                 continue
             ms = (time.perf_counter() - started) * 1000
             times.append(ms)
-            out.emit(
+            waiting = out.emit(
                 f"reply from {target.text}: seq={sent} time={ms:.3f} ms",
                 {"seq": sent, "ms": round(ms, 3)},
+                bounded=True,
             )
-            await out.room()
+            if waiting is not None:
+                await waiting
         tasks.cancel_scope.cancel()
     _ping_summary(out, target.text, sent, times)
     await out.finish()
@@ -680,10 +682,11 @@ async def cmd_listen(args: argparse.Namespace, out: Output) -> int:
             f"{out.paint(shown_name(source), '36')} {out.paint(shown_name(event), '1')}{mark} "
             f"{shown_json(dumps(data))}"
         )
-        out.emit(human, {"type": kind, "from": source, "event": event, "data": data})
+        record = {"type": kind, "from": source, "event": event, "data": data}
+        waiting = out.emit(human, record, bounded=True)
         answer = data if args.reply is None else reply
-        if out.full:  # stdout's reader lags: this peer waits for it (the loop does not)
-            return _after(out.room(), answer)
+        if waiting is not None:  # stdout's reader lags: this peer waits for it (the loop not)
+            return _after(waiting, answer)
         return answer
 
     def lifecycle(kind: str) -> Callable[[Any], None]:

@@ -7,10 +7,13 @@ hold the loop: no connection served, no signal handled (a SIGTERM would wait for
 Invariants:
 - :meth:`LineWriter.write` never blocks: it queues the bytes, and the thread writes them in
   order, all that is queued in one ``os.write`` where the pipe takes it.
-- What is queued is bounded by whoever writes: :attr:`full` past ``limit`` bytes, and
-  :meth:`room` waits (without holding the loop) until the thread has written below it.
-- A write the descriptor refuses (``EPIPE``: the reader went; any ``OSError``) ends the
-  thread; :attr:`broken` says so, and what was queued is dropped, as it could go nowhere.
+- What is queued stays within ``limit`` bytes for the lines that respect it
+  (:meth:`write_within`, :meth:`write_when_room`, which waits in a worker thread, the loop
+  going on), however many write at once: a line is queued only if it fits (or nothing else
+  is queued). Lines of our own (:meth:`write`: a few, not a peer's) are queued regardless.
+- A descriptor set non-blocking by someone else is waited on when full (``EAGAIN``). A write
+  it refuses (``EPIPE``: the reader went; any other ``OSError``) ends the thread;
+  :attr:`broken` says so, and what was queued is dropped, as it could go nowhere.
 - The thread is a daemon and never touches ``sys.stdout``: a program may exit while it is
   blocked in a write to a reader that stopped, and nothing of Python's is left half-written
   (the interpreter's flush of ``sys.stdout`` at exit does not wait on its lock).
@@ -20,13 +23,17 @@ Invariants:
 from __future__ import annotations
 
 import os
+import select
 import threading
 from collections import deque
+from typing import Final
 
 import anyio
 import anyio.to_thread
 
 __all__ = ["LineWriter"]
+
+_FULL_PIPE_POLL: Final = 1.0  # s: a wait for a non-blocking descriptor to take more (bounded)
 
 
 class LineWriter:
@@ -43,27 +50,44 @@ class LineWriter:
         self._thread = threading.Thread(target=self._run, name="ipcactors-stdout", daemon=True)
         self._thread.start()
 
-    @property
-    def full(self) -> bool:
-        return self._pending > self.limit
-
     def write(self, data: bytes) -> None:
+        """Queue ``data`` whatever is queued already (a line of our own, not a peer's)."""
+        with self._wake:
+            self._queue(data)
+
+    def write_within(self, data: bytes) -> bool:
+        """Queue ``data`` if it fits within ``limit`` (or nothing is queued: a longer line goes
+        alone); False if it does not: :meth:`write_when_room`."""
+        with self._wake:
+            if self._pending and self._pending + len(data) > self.limit and not self.broken:
+                return False
+            self._queue(data)
+            return True
+
+    async def write_when_room(self, data: bytes) -> None:
+        """Queue ``data`` once it fits within ``limit``: waits in a worker thread (the loop goes
+        on), which a cancellation leaves behind (:meth:`close` lets it go, unqueued)."""
+        await anyio.to_thread.run_sync(self._put_when_room, data, abandon_on_cancel=True)
+
+    def _put_when_room(self, data: bytes) -> None:
+        with self._wake:
+            self._wake.wait_for(
+                lambda: (
+                    not self._pending
+                    or self._pending + len(data) <= self.limit
+                    or self.broken
+                    or self._closing
+                )
+            )
+            if not self._closing:
+                self._queue(data)
+
+    def _queue(self, data: bytes) -> None:
         if self.broken:
-            return
-        with self._wake:
-            self._chunks.append(data)
-            self._pending += len(data)
-            self._wake.notify_all()
-
-    async def room(self) -> None:
-        """Return once what is queued is within ``limit`` again (or it can never go): waits in
-        a worker thread, which a cancellation leaves behind (``close`` lets it go)."""
-        if self.full and not self.broken:
-            await anyio.to_thread.run_sync(self._wait_room, abandon_on_cancel=True)
-
-    def _wait_room(self) -> None:
-        with self._wake:
-            self._wake.wait_for(lambda: not self.full or self.broken or self._closing)
+            return  # (it could go nowhere)
+        self._chunks.append(data)
+        self._pending += len(data)
+        self._wake.notify_all()
 
     async def close(self, timeout: float) -> None:
         """Let the thread write what is queued, for at most ``timeout`` seconds; then stop it
@@ -86,7 +110,10 @@ class LineWriter:
             view = memoryview(data)
             try:
                 while view:
-                    view = view[os.write(fd, view) :]
+                    try:
+                        view = view[os.write(fd, view) :]
+                    except BlockingIOError:  # a non-blocking pipe, full: wait until it is not
+                        select.select([], [fd], [], _FULL_PIPE_POLL)
             except OSError:
                 with self._wake:
                     self.broken = True

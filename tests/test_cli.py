@@ -244,6 +244,8 @@ def test_usage_errors_exit_2_saying_what_to_do() -> None:
         (("request", "nobody-here", "\udcff"), "UTF-8"),
         (("emit", "nobody-here", "connect"), "reserved"),
         (("emit", "nobody-here", "error", "--codec", "node-ipc"), "lifecycle event name"),
+        (("ping", "nobody-here", "--event", ""), "event name must be"),
+        (("ping", "nobody-here", "--event", "connect"), "reserved"),
     ]:
         result = cli_sync(*args)
         assert result.returncode == 2, (args, result.stderr)
@@ -1077,6 +1079,48 @@ async def test_listen_whose_reader_stopped_reading_serves_and_stops_at_a_signal(
             with anyio.fail_after(10):
                 assert await process.wait() == 0
             assert not os.path.exists(path)
+        finally:
+            if process.returncode is None:
+                process.kill()
+            await process.aclose()
+    finally:
+        os.close(read_end)
+
+
+async def test_listen_waits_on_a_non_blocking_stdout_that_is_full(socket_dir: str) -> None:
+    """A parent may hand listen a stdout set non-blocking: a write to it when full fails with
+    EAGAIN. That was taken for a reader that went, and listen stopped on its own, most lines
+    lost; it now waits until the pipe takes more."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    try:
+        listen = command("listen", "world", "--socket-root", socket_dir)
+        process = await anyio.open_process(
+            listen, cwd=ROOT, stdout=write_end, stderr=subprocess.DEVNULL
+        )
+        os.close(write_end)
+        try:
+            path = os.path.join(socket_dir, "app.world")
+            with anyio.fail_after(20):
+                while not os.path.exists(path):
+                    await anyio.sleep(0.05)
+            async with Actor("hello", socket_root=socket_dir, **FAST) as ipc:
+                connection = await ipc.connect_to("world")
+                for _ in range(1000):  # ~100 KiB of lines: more than the pipe holds
+                    await connection.emit("ev", "z" * 90)
+                await anyio.sleep(0.5)  # the pipe is full meanwhile: nobody reads yet
+                output = bytearray()
+                os.set_blocking(read_end, False)
+                with anyio.fail_after(20):
+                    while output.count(b"\n") < 1002:  # listening, connected, 1000 events
+                        try:
+                            output += os.read(read_end, 65536)
+                        except BlockingIOError:
+                            await anyio.sleep(0.01)
+                assert await connection.request("still", "serving", timeout=10) == "serving"
+            process.send_signal(signal.SIGTERM)
+            with anyio.fail_after(10):
+                assert await process.wait() == 0
         finally:
             if process.returncode is None:
                 process.kill()
