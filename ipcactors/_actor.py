@@ -389,15 +389,7 @@ class Actor:
         task_group = self._group()
         self._check_serving()
         server = DatagramServer(self.id, self.config, self._log, host, port, kind)
-        server._hold()
-        self._server_starting = True
-        try:
-            await server._start(task_group)
-        finally:
-            self._server_starting = False
-        self._server = server
-        if not held:
-            task_group.start_soon(_start_once_awaited, server)
+        await self._start_serving(server, task_group, held)
         return server
 
     def _check_serving(self) -> None:
@@ -417,6 +409,14 @@ class Actor:
         task_group = self._group()
         self._check_serving()
         server = Server(self.id, self.config, self._log, transport, self._watchdog)
+        await self._start_serving(server, task_group, held)
+        return server
+
+    async def _start_serving(
+        self, server: Server | DatagramServer, task_group: TaskGroup, held: bool
+    ) -> None:
+        """Start ``server`` held (no other serve() meanwhile); it becomes the actor's, and,
+        unless ``held``, welcomes clients from the caller's next ``await`` on."""
         server._hold()
         self._server_starting = True
         try:
@@ -426,7 +426,6 @@ class Actor:
         self._server = server
         if not held:
             task_group.start_soon(_start_once_awaited, server)
-        return server
 
     # --- connecting ---------------------------------------------------------------------------
 

@@ -1051,6 +1051,39 @@ async def test_listen_writes_one_line_per_arrival_whatever_the_names(socket_dir:
     assert lines[2] == "alice\\nmallory connected ev\\nmallory disconnected\\x1b[2J 1", lines
 
 
+@asynccontextmanager
+async def listening_into_a_pipe(
+    socket_dir: str, *, non_blocking: bool
+) -> AsyncIterator[tuple[Process, int]]:
+    """``listen world`` whose stdout is a pipe of ours nobody reads yet (its write end set
+    non-blocking, as a parent may hand it, if asked); yields the process once it listens,
+    and the read end. Flooded with ~100 KiB of lines by a client, and the pipe is full."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, not non_blocking)
+    try:
+        listen = command("listen", "world", "--socket-root", socket_dir)
+        process = await anyio.open_process(
+            listen, cwd=ROOT, stdout=write_end, stderr=subprocess.DEVNULL
+        )
+        os.close(write_end)
+        try:
+            with anyio.fail_after(20):
+                while not os.path.exists(os.path.join(socket_dir, "app.world")):
+                    await anyio.sleep(0.05)
+            yield process, read_end
+        finally:
+            if process.returncode is None:
+                process.kill()
+            await process.aclose()
+    finally:
+        os.close(read_end)
+
+
+async def flood(connection: Any) -> None:
+    for _ in range(1000):  # ~100 KiB of lines: more than the pipe holds
+        await connection.emit("ev", "z" * 90)
+
+
 async def test_listen_whose_reader_stopped_reading_serves_and_stops_at_a_signal(
     socket_dir: str,
 ) -> None:
@@ -1058,72 +1091,35 @@ async def test_listen_whose_reader_stopped_reading_serves_and_stops_at_a_signal(
     its stdout's reader stopped reading (| less, not scrolled) and the pipe filled, a line
     written from the event loop held the loop: no request answered, SIGTERM and SIGINT
     ignored, only SIGKILL ended it (its socket file left behind)."""
-    read_end, write_end = os.pipe()
-    try:
-        listen = command("listen", "world", "--socket-root", socket_dir)
-        process = await anyio.open_process(
-            listen, cwd=ROOT, stdout=write_end, stderr=subprocess.DEVNULL
-        )
-        os.close(write_end)
-        try:
-            path = os.path.join(socket_dir, "app.world")
-            with anyio.fail_after(20):
-                while not os.path.exists(path):
-                    await anyio.sleep(0.05)
-            async with Actor("hello", socket_root=socket_dir, **FAST) as ipc:
-                connection = await ipc.connect_to("world")
-                for _ in range(1000):  # ~100 KiB of lines: more than the pipe holds
-                    await connection.emit("ev", "z" * 90)
-                assert await connection.request("still", "serving", timeout=10) == "serving"
-            process.send_signal(signal.SIGTERM)
-            with anyio.fail_after(10):
-                assert await process.wait() == 0
-            assert not os.path.exists(path)
-        finally:
-            if process.returncode is None:
-                process.kill()
-            await process.aclose()
-    finally:
-        os.close(read_end)
+    async with listening_into_a_pipe(socket_dir, non_blocking=False) as (process, _):
+        async with Actor("hello", socket_root=socket_dir, **FAST) as ipc:
+            connection = await ipc.connect_to("world")
+            await flood(connection)
+            assert await connection.request("still", "serving", timeout=10) == "serving"
+        process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(10):
+            assert await process.wait() == 0
+    assert not os.path.exists(os.path.join(socket_dir, "app.world"))
 
 
 async def test_listen_waits_on_a_non_blocking_stdout_that_is_full(socket_dir: str) -> None:
     """A parent may hand listen a stdout set non-blocking: a write to it when full fails with
     EAGAIN. That was taken for a reader that went, and listen stopped on its own, most lines
     lost; it now waits until the pipe takes more."""
-    read_end, write_end = os.pipe()
-    os.set_blocking(write_end, False)
-    try:
-        listen = command("listen", "world", "--socket-root", socket_dir)
-        process = await anyio.open_process(
-            listen, cwd=ROOT, stdout=write_end, stderr=subprocess.DEVNULL
-        )
-        os.close(write_end)
-        try:
-            path = os.path.join(socket_dir, "app.world")
+    async with listening_into_a_pipe(socket_dir, non_blocking=True) as (process, read_end):
+        async with Actor("hello", socket_root=socket_dir, **FAST) as ipc:
+            connection = await ipc.connect_to("world")
+            await flood(connection)
+            await anyio.sleep(0.5)  # the pipe is full meanwhile: nobody reads yet
+            output = bytearray()
+            os.set_blocking(read_end, False)
             with anyio.fail_after(20):
-                while not os.path.exists(path):
-                    await anyio.sleep(0.05)
-            async with Actor("hello", socket_root=socket_dir, **FAST) as ipc:
-                connection = await ipc.connect_to("world")
-                for _ in range(1000):  # ~100 KiB of lines: more than the pipe holds
-                    await connection.emit("ev", "z" * 90)
-                await anyio.sleep(0.5)  # the pipe is full meanwhile: nobody reads yet
-                output = bytearray()
-                os.set_blocking(read_end, False)
-                with anyio.fail_after(20):
-                    while output.count(b"\n") < 1002:  # listening, connected, 1000 events
-                        try:
-                            output += os.read(read_end, 65536)
-                        except BlockingIOError:
-                            await anyio.sleep(0.01)
-                assert await connection.request("still", "serving", timeout=10) == "serving"
-            process.send_signal(signal.SIGTERM)
-            with anyio.fail_after(10):
-                assert await process.wait() == 0
-        finally:
-            if process.returncode is None:
-                process.kill()
-            await process.aclose()
-    finally:
-        os.close(read_end)
+                while output.count(b"\n") < 1002:  # listening, connected, 1000 events
+                    try:
+                        output += os.read(read_end, 65536)
+                    except BlockingIOError:
+                        await anyio.sleep(0.01)
+            assert await connection.request("still", "serving", timeout=10) == "serving"
+        process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(10):
+            assert await process.wait() == 0
