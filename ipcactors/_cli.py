@@ -62,6 +62,7 @@ from ._errors import (
     IPCError,
     RemoteError,
     RequestTimeoutError,
+    remote_type_of,
 )
 from ._linewriter import LineWriter
 from ._run import run
@@ -330,7 +331,7 @@ class Output:
     def start_writing(self) -> None:
         """From now on a thread writes the lines (``listen`` and ``ping``, which run until a
         signal: written from the loop, a line to a reader that stopped reading would hold
-        the loop, and the signal with it); see :meth:`room` and :meth:`finish`."""
+        the loop, and the signal with it); see :meth:`emit` and :meth:`finish`."""
         if sys.stdout is None or self._writer is not None:
             return
         try:
@@ -427,9 +428,7 @@ class Output:
         self._error("usage", message)
 
     def error(self, exc: BaseException) -> None:
-        kind = type(exc)
-        module = "ipcactors" if kind.__module__.startswith("ipcactors") else kind.__module__
-        name = kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+        name = remote_type_of(exc)  # (named as a RemoteError names it)
         self._error(name, str(exc) or name)
 
     def _error(self, name: str, message: str) -> None:
@@ -602,12 +601,13 @@ async def cmd_ping(args: argparse.Namespace, out: Output) -> int:
     target = parse_target(args.target)
     if args.count is not None and args.count < 1:
         raise UsageError("-c/--count must be at least 1")
-    parse_event(args.event, config_from(args))
+    config = config_from(args)
+    parse_event(args.event, config)
     times: list[float] = []
     sent = 0
     out.start_writing()
     async with (
-        Actor(client_id(args), config_from(args)) as actor,
+        Actor(client_id(args), config) as actor,
         anyio.create_task_group() as tasks,
     ):
         tasks.start_soon(_stop_on_signal, args.signals, tasks.cancel_scope)
@@ -961,12 +961,10 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
     except ArgumentsRefused as refused:
         if "--json" in argv:
             Output(True).usage(str(refused))
-        else:
-            if sys.stderr is not None:
-                sys.stderr.write(
-                    f"{refused.usage}{refused.prog}: error: {refused}\n"
-                    f"(see {refused.prog} --help)\n"
-                )
+        elif sys.stderr is not None:
+            sys.stderr.write(
+                f"{refused.usage}{refused.prog}: error: {refused}\n(see {refused.prog} --help)\n"
+            )
         return EXIT_USAGE
     out = Output(args.json)
     logger.remove()
