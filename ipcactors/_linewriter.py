@@ -59,7 +59,7 @@ class LineWriter:
         """Queue ``data`` if it fits within ``limit`` (or nothing is queued: a longer line goes
         alone); False if it does not: :meth:`write_when_room`."""
         with self._wake:
-            if self._pending and self._pending + len(data) > self.limit and not self.broken:
+            if not self._fits(len(data)) and not self.broken:
                 return False
             self._queue(data)
             return True
@@ -71,16 +71,13 @@ class LineWriter:
 
     def _put_when_room(self, data: bytes) -> None:
         with self._wake:
-            self._wake.wait_for(
-                lambda: (
-                    not self._pending
-                    or self._pending + len(data) <= self.limit
-                    or self.broken
-                    or self._closing
-                )
-            )
+            self._wake.wait_for(lambda: self._fits(len(data)) or self.broken or self._closing)
             if not self._closing:
                 self._queue(data)
+
+    def _fits(self, size: int) -> bool:
+        """Whether ``size`` more bytes keep within ``limit`` (a longer line goes alone)."""
+        return not self._pending or self._pending + size <= self.limit
 
     def _queue(self, data: bytes) -> None:
         if self.broken:
