@@ -473,6 +473,19 @@ async def test_a_forkserver_that_cannot_start_says_why(
     assert ("no-such-python3" if broken == "python" else "/no/such/dir") in "\n".join(said)
 
 
+async def test_a_forkserver_command_that_exits_silently_gives_its_status(
+    anyio_backend: str, socket_dir: str, ssh_server: SSHServer
+) -> None:
+    """A command that exits at once and prints nothing (python='/bin/false'): the SpawnError
+    said its output above would say why, and there was none. It gives the exit status."""
+    hosts = {"h": ssh_server.host(python="/bin/false")}
+    async with ipcactors.Supervisor(socket_root=socket_dir, auth_key=KEY, hosts=hosts) as sup:
+        with anyio.fail_after(20), pytest.raises(ipcactors.SpawnError) as caught:
+            await sup.spawn(echo, id="a", host="h")
+    assert "exited with status 1)" in str(caught.value)
+    assert "says why" not in str(caught.value)  # (nothing printed to say it)
+
+
 async def test_a_login_that_prints_to_stdout_is_named_as_the_cause(
     anyio_backend: str, socket_dir: str, ssh_server: SSHServer, tmp_path: pathlib.Path
 ) -> None:
@@ -517,19 +530,23 @@ async def test_no_ssh_config_turns_the_host_key_check_off(
             await sup.spawn(echo, id="b", host="h")
 
 
-async def test_a_client_key_that_is_not_a_key_is_named(
-    anyio_backend: str, socket_dir: str, ssh_server: SSHServer, tmp_path: Any
+@pytest.mark.parametrize("file", ["a client key", "its known_hosts"])
+async def test_a_client_key_or_known_hosts_that_is_not_one_is_named(
+    anyio_backend: str, file: str, socket_dir: str, ssh_server: SSHServer, tmp_path: Any
 ) -> None:
-    """docs/remote.md: a client key that cannot be read is a SpawnError naming it. One that
-    is not a key (or one asyncssh cannot import) was reported as the forkserver failing to
-    start, no file named."""
-    garbage = tmp_path / "id_garbage"
-    garbage.write_text("not a key\n")
-    hosts = {"h": ssh_server.host(client_keys=(str(garbage),))}
+    """docs/remote.md: a known_hosts file or client key that cannot be read (or is not a key)
+    is a SpawnError naming it. Either one that cannot be parsed was reported as the forkserver
+    failing to start, no file named (a known_hosts: 'ValueError: Invalid known hosts entry')."""
+    garbage = tmp_path / "garbage"
+    garbage.write_text("hello\n")  # neither a key nor a known_hosts line
+    if file == "a client key":
+        hosts = {"h": ssh_server.host(client_keys=(str(garbage),))}
+    else:
+        hosts = {"h": ssh_server.host(known_hosts=str(garbage))}
     async with ipcactors.Supervisor(socket_root=socket_dir, auth_key=KEY, hosts=hosts) as sup:
         with anyio.fail_after(20), pytest.raises(ipcactors.SpawnError) as caught:
             await sup.spawn(echo, id="a", host="h")
-    assert f"cannot read a client key, {garbage}" in str(caught.value)
+    assert f"cannot read {file}, {garbage}" in str(caught.value)
 
 
 @pytest.mark.parametrize("interruption", ["stop", "aclose", "cancel"])

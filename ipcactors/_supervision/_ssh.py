@@ -302,9 +302,11 @@ class SSHLauncher:
             raise self._error
         where = f"the forkserver on host {self.name!r} ({self.host.where()})"
         if self.dead:
+            status = getattr(self._process, "exit_status", None)
+            exited = f" (its command exited with status {status})" if status is not None else ""
             raise SpawnError(
-                f"{where} did not start; its output above, prefixed [forkserver@{self.name}], "
-                "says why"
+                f"{where} did not start{exited}; what it printed, if anything, is above, "
+                f"prefixed [forkserver@{self.name}]"
             )
         if not self._ready.is_set():
             bound = self.host.connect_timeout + _START
@@ -369,10 +371,14 @@ class SSHLauncher:
             options["client_keys"] = list(host.client_keys)
             options["agent_path"] = None  # these keys, and only these
         # Named, never left to asyncssh's default: that reads ~/.ssh/config, where
-        # 'UserKnownHostsFile none' would turn the host key check off.
-        known_hosts = options["known_hosts"] = host.known_hosts or os.path.expanduser(
-            "~/.ssh/known_hosts"
-        )
+        # 'UserKnownHostsFile none' would turn the host key check off. Read here, so that a
+        # file that cannot be read or parsed is named (asyncssh's ValueError names no file).
+        known_hosts = host.known_hosts or os.path.expanduser("~/.ssh/known_hosts")
+        try:
+            options["known_hosts"] = asyncssh.read_known_hosts(known_hosts)
+        except (OSError, ValueError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else str(exc)
+            raise SpawnError(f"{where}: cannot read its known_hosts, {known_hosts}: {why}") from exc
         try:
             with anyio.fail_after(host.connect_timeout):
                 return await asyncssh.connect(host.address, **options)
@@ -390,11 +396,10 @@ class SSHLauncher:
                 "Check the user and that its authorized_keys holds one of client_keys"
             ) from exc
         except (OSError, TimeoutError, asyncssh.Error) as exc:
-            files = (known_hosts, *(host.client_keys or ()))
-            if isinstance(exc, OSError) and exc.filename is not None and exc.filename in files:
-                what = "its known_hosts" if exc.filename == known_hosts else "a client key"
+            keys = host.client_keys or ()
+            if isinstance(exc, OSError) and exc.filename is not None and exc.filename in keys:
                 raise SpawnError(
-                    f"{where}: cannot read {what}, {exc.filename}: {exc.strerror}"
+                    f"{where}: cannot read a client key, {exc.filename}: {exc.strerror}"
                 ) from exc
             raise SpawnError(
                 f"{where} is unreachable: {type(exc).__name__}: {str(exc) or 'no answer'} "
