@@ -39,7 +39,8 @@ async def serving(
     transport: str, socket_dir: str, name: str = "world", **config: Any
 ) -> AsyncIterator[tuple[Actor, Server, Callable[[Actor], Any]]]:
     """An actor serving on ``transport``, and a function that connects another actor to it."""
-    async with Actor(name, socket_root=socket_dir, silent=True, **config) as actor:
+    config.setdefault("silent", True)
+    async with Actor(name, socket_root=socket_dir, **config) as actor:
         server_tls, client_tls = _tls_contexts() if transport == "tls" else (None, None)
         if transport == "unix":
             server = await actor.serve()
@@ -1464,6 +1465,38 @@ async def test_a_request_whose_answer_raised_still_reaches_the_catch_alls(
                 "ZeroDivisionError",
             )
             assert traced == ["fail", "other"]
+
+
+async def test_a_catch_all_that_fails_after_a_raising_answer_is_logged_as_its_own(
+    socket_dir: str, log_lines: list[str]
+) -> None:
+    """A request catch-all that raises behind a handler that raised is logged under its own
+    name, its traceback its own: it was named 'functools.partial(<function ...>, 'fail')', and
+    its traceback ran on from the answer's ('During handling of the above exception')."""
+    async with serving("unix", socket_dir, silent=False) as (_, server, connect):
+
+        def fails(data: Any, client: ipcactors.Client) -> None:
+            raise ValueError("the answer's")
+
+        def tracer(event: str, data: Any, client: ipcactors.Client) -> None:
+            raise RuntimeError("the tracer's")
+
+        traced = anyio.Event()
+        server.on("fail", fails)
+        server.on_any_request(tracer)
+        server.on_any_request(lambda event, data, client: traced.set())  # (after the tracer)
+        async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
+            world = await connect(hello)
+            with anyio.fail_after(5), pytest.raises(ipcactors.RemoteError):
+                await world.request("fail")
+            with anyio.fail_after(5):
+                await traced.wait()
+    logged = next(line for line in log_lines if "the tracer's" in line)
+    assert "handler test_a_catch_all_that_fails_after_a_raising_answer" in logged
+    assert "<locals>.tracer for 'fail' raised" in logged
+    assert "partial" not in logged
+    assert "the answer's" not in logged
+    assert "During handling" not in logged
 
 
 async def test_catch_all_on_a_udp_server() -> None:

@@ -267,10 +267,17 @@ class Handlers:
         first, *rest = tuple(self._targets(event, self._any_requests) or ())
         try:
             result = await self._answer_with(first, args)
-        except Exception:
-            await self._run_on(event, rest, args, log)
-            raise
+        except Exception as exc:
+            failure: Exception | None = exc
+        else:
+            failure = None
+        # Outside the except: what the others raise is theirs, not chained to the answer's.
         await self._run_on(event, rest, args, log)
+        if failure is not None:
+            try:
+                raise failure
+            finally:
+                del failure  # (no cycle through this frame)
         return result
 
     @staticmethod
@@ -337,6 +344,8 @@ def unhandled(seen: set[str], event: str, source: str, log: ActorLog) -> None:
 
 
 def _name(handler: Handler) -> str:
+    while isinstance(handler, partial):  # (a catch-all, bound to its event's name)
+        handler = handler.func
     return getattr(handler, "__qualname__", None) or repr(handler)
 
 
