@@ -882,9 +882,11 @@ class Channel:
         if peer._outbox_outlives_channel:
             self._hold_for_the_next()
         peer._input_ended()
+        # (A request in a write under way waits for the channel's end: if the kernel has no
+        # whole copy of it, it goes to the next connection.)
         peer._requests.fail(
             ConnectionLostError(f"the connection with {peer.id!r} was lost before the reply"),
-            sent_up_to=peer._outbox.taken,
+            sent_up_to=peer._outbox.written_up_to,
         )
 
     def _take(self, messages: list[Message], task_group: TaskGroup) -> list[Event | Request]:

@@ -66,6 +66,7 @@ class Outbox:
         "_has_room",
         "_in_flight",
         "_in_flight_bytes",
+        "_in_flight_frames",
         "_is_flushed",
         "_kept_bytes",
         "_last_taken",
@@ -90,6 +91,9 @@ class Outbox:
         self._bytes = 0  # queued in either lane
         self._in_flight = False
         self._in_flight_bytes = 0
+        # The write under way: the writer's last take (replies first, then the last
+        # _last_taken frames of the ordered queue), or a frame written directly.
+        self._in_flight_frames: list[Frame] | None = None
         self._last_taken = 0  # frames of the ordered queue in the writer's last take
         self._since_turn = 0  # bytes queued since the loop last had a pass in put
         self._batch: bytearray | None = None  # the open batch (see the invariants)
@@ -373,6 +377,8 @@ class Outbox:
             self._keep((frame,))
         self._in_flight = True
         self._in_flight_bytes += size
+        self._in_flight_frames = [frame]
+        self._last_taken = 1
         if direct(frame):
             self.sent()
         return self.enqueued
@@ -388,6 +394,8 @@ class Outbox:
         if direct is not None and not self._bytes and not self._in_flight:
             self._in_flight = True
             self._in_flight_bytes += size
+            self._in_flight_frames = [frame]
+            self._last_taken = 0  # (a reply: never queued again)
             if direct(frame):
                 self.sent()
             return
@@ -548,12 +556,14 @@ class Outbox:
         self._bytes -= size
         self._in_flight_bytes += size
         self._in_flight = bool(frames)
+        self._in_flight_frames = frames
         return frames
 
     def sent(self) -> None:
         """The frames last taken were written to the kernel (or lost with the connection)."""
         self._in_flight = False
         self._in_flight_bytes = 0
+        self._in_flight_frames = None
         if self._has_room is not None:
             self._has_room.set()
             self._has_room = None
@@ -563,17 +573,42 @@ class Outbox:
         if self.on_sent is not None:
             self.on_sent()
 
-    def give_back(self, frames: list[Frame]) -> None:
-        """Nothing of ``frames``, the writer's last take, reached the kernel: its first write
-        was refused (the peer is gone, and the reader has not seen it yet). Their events and
-        requests are queued again, first, as if never taken, for the next connection, as
-        anything sent once the loss is seen; replies are dropped (they answer this
-        connection's requests). Frames kept for a pipelined handshake go again with the rest
-        of what is kept, if the welcome never comes (not twice). The writer stops here."""
+    def give_back(self, handed: int = 0, *, unsent: int | None = None) -> None:
+        """Of the write under way (the writer's last take, or the frame written directly), the
+        kernel has, or may have, the first ``handed`` bytes (all but the last ``unsent``, if
+        given), and will never have more: a write
+        was refused (the peer is gone, and the reader has not seen it yet), or the connection
+        was given up while they waited for room (a heartbeat's deadline, a close past
+        ``close_timeout``). The frames it has no whole copy of (a frame it has part of among
+        them: the peer never reads that one whole) are events and requests queued again,
+        first, as if never taken, for the next connection, as anything sent once the loss is
+        seen; replies are dropped (they answer this connection's requests). Frames kept for a
+        pipelined handshake go again with the rest of what is kept, if the welcome never
+        comes (not twice). The writer stops here."""
+        frames = self._in_flight_frames
         count = self._last_taken
-        if count and self.kept is None:
-            self.requeue(frames[len(frames) - count :])
+        if frames and count and self.kept is None:
+            if unsent is not None:
+                handed = sum(map(frame_size, frames)) - unsent
+            start = len(frames) - count  # (replies first, then the ordered queue's frames)
+            end = 0
+            for index, frame in enumerate(frames):
+                end += frame_size(frame)
+                if end > handed:
+                    start = max(start, index)
+                    break
+            else:
+                start = len(frames)
+            if start < len(frames):
+                self.requeue(frames[start:])
         self.sent()
+
+    @property
+    def written_up_to(self) -> int:
+        """The sequence number up to which the ordered queue's frames are written to the
+        kernel, or lost with their connection: :attr:`taken`, less the frames of a write
+        under way, which may yet go again (:meth:`give_back`)."""
+        return self.taken - self._last_taken if self._in_flight else self.taken
 
     @property
     def flushed(self) -> bool:

@@ -232,6 +232,7 @@ class AsyncioSocketStream(ByteStream):
         # Parts not yet handed to the transport or the kernel, in order (see _pump).
         self._pending: deque[FramePart] = deque()
         self._widened = False  # whether the socket's send buffer was widened for large parts
+        self._settle: Callable[[], None] | None = None  # (see settle_writes)
         self._attributes: Mapping[Any, Callable[[], Any]] | None = None  # (built once)
 
     def listen(self, listener: Callable[[memoryview], bool] | None) -> None:
@@ -509,7 +510,7 @@ class AsyncioSocketStream(ByteStream):
             if not frames:
                 return
             if self._write_parts(coalesce(frames)):
-                outbox.give_back(frames)  # nothing of them went: for the next connection
+                outbox.give_back()  # nothing of them went: for the next connection
                 return
             if protocol.write_paused or pending:
                 in_flight = True
@@ -552,20 +553,33 @@ class AsyncioSocketStream(ByteStream):
                 schedule()
 
         def detach() -> None:
-            nonlocal attached, in_flight
+            # A write under way may yet go on to the kernel from the transport, or never: it
+            # is settled as the socket is shut down or closed (settle).
+            nonlocal attached
             if not attached:
                 return
             attached = False
             outbox.on_frames = None
             outbox.direct = None
             protocol.on_resume = None
-            if in_flight:
-                in_flight = False
+
+        def settle() -> None:
+            # Nothing more of what the transport and pending hold reaches the kernel.
+            nonlocal in_flight
+            if not in_flight:
+                return
+            in_flight = False
+            if protocol.lost:  # the transport dropped its bytes: how many went is not known
                 outbox.sent()
+            else:
+                unsent = transport.get_write_buffer_size() + sum(map(len, pending))
+                outbox.give_back(unsent=unsent)
+            pending.clear()
 
         outbox.on_frames = schedule
         outbox.direct = write_now
         protocol.on_resume = resumed
+        self._settle = settle
         if len(outbox):
             schedule()
         return detach
@@ -573,10 +587,18 @@ class AsyncioSocketStream(ByteStream):
     async def send_eof(self) -> None:
         self._transport.write_eof()
 
+    def settle_writes(self) -> None:
+        """Nothing it holds unsent will reach the kernel (its socket is shut down, or about to
+        be closed): the frames of the attached writer's write under way that the kernel has no
+        whole copy of go back to their outbox, for the next connection (``give_back``)."""
+        if self._settle is not None:
+            self._settle()
+
     def abort(self) -> None:
         """Close at once, dropping unsent bytes: what :meth:`aclose` does when cancelled, with
         no cancel scope and no wait for ``connection_lost`` (the loop closes the socket in its
         next pass). See ``_streams.close_now``."""
+        self.settle_writes()
         if not self._closing:
             self._closing = True
             self._protocol._wake_reader()
@@ -587,6 +609,7 @@ class AsyncioSocketStream(ByteStream):
             self._closing = True
             self._protocol._wake_reader()
             # Unsent bytes at this point were given up on by the layer above: don't linger.
+            self.settle_writes()
             if self._transport.get_write_buffer_size():
                 self._transport.abort()
             else:

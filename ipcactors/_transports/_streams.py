@@ -21,7 +21,7 @@ import os
 import socket
 import struct
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
 from time import monotonic
 from typing import Any
@@ -86,7 +86,12 @@ async def drain_outbox(stream: ByteStream, outbox: FrameQueue, stopped: Callable
     from ``outbox`` after that).
 
     Small frames queued in one loop pass go out in one write. Frames count as sent (see
-    :meth:`Outbox.sent`) once the kernel has all of their bytes.
+    :meth:`Outbox.sent`) once the kernel has all of their bytes. Where there is a socket, its
+    bytes are handed to the kernel here, so that what it has of a write is known to the byte
+    (through the stream, TLS or a frame with descriptors, a bound from above): if the writer
+    stops before all went (a write refused: the peer is gone; cancelled: the connection was
+    given up as they waited for room), the frames the kernel has no whole copy of go to the
+    next connection (:meth:`Outbox.give_back`).
     """
     send = stream.send
     rest: list[FramePart] | None = None  # the unsent end of a frame written directly
@@ -95,12 +100,13 @@ async def drain_outbox(stream: ByteStream, outbox: FrameQueue, stopped: Callable
     if not isinstance(sock, socket.socket):
         sock = None  # asyncio's TransportSocket (anyio's asyncio streams): no send of its own
     widened = sock is None  # the send buffer is widened once a large part is written
+    handed = 0  # bytes of the write under way the kernel has (or may have)
 
     def write_now(frame: Frame) -> bool:
         # A request or reply while this writer idles: straight to the kernel, no task switch,
         # its parts in one sendmsg (writev), never joined; a frame's descriptors go with its
         # first byte (unsent, the frame goes to the writer below whole, descriptors included).
-        nonlocal rest, widened
+        nonlocal rest, widened, handed
         assert sock is not None
         parts: list[FramePart] = [frame] if isinstance(frame, bytes) else list(frame)
         if not widened and len(parts) > 1:
@@ -125,62 +131,62 @@ async def drain_outbox(stream: ByteStream, outbox: FrameQueue, stopped: Callable
         if not left:
             return True
         rest = left  # finished by this writer before anything else
+        handed = written
         outbox.wake()
         return False
+
+    async def hand_over(chunk: FramePart) -> None:
+        # All of chunk to the kernel, counting what it took as it goes.
+        nonlocal handed
+        if sock is None or type(chunk) is FdFrame:
+            handed += len(chunk)
+            await send(chunk)  # type: ignore[arg-type]  # (any bytes-like)
+            return
+        while True:
+            try:
+                written = sock.send(chunk)
+            except BlockingIOError:
+                written = 0
+            handed += written
+            if written == len(chunk):
+                return
+            chunk = memoryview(chunk)[written:]
+            await anyio.wait_writable(sock)
 
     outbox.direct = write_now if sock is not None else None
     try:
         while True:
             if rest is not None:
-                parts, rest = rest, None
-                try:
-                    for part in parts:
-                        await send(part)  # type: ignore[arg-type]  # (any bytes-like)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                chunks: Iterable[FramePart]
+                chunks, rest = rest, None
+            else:
+                if outbox.closed or stopped():
                     return
-                finally:
-                    outbox.sent()
-                continue
-            if outbox.closed or stopped():
-                return
-            if not len(outbox):
-                await outbox.wait_frames()
-                continue
-            frames = outbox.take(COALESCE_LIMIT)  # a bounded bite: a reply waits for no more
-            if not widened and any(not isinstance(frame, bytes) for frame in frames):
-                widened = True
-                widen_send_buffer(sock)  # type: ignore[arg-type]  # (not None: not widened)
-            chunks = coalesce(frames)
-            given_back = False
+                if not len(outbox):
+                    await outbox.wait_frames()
+                    continue
+                frames = outbox.take(COALESCE_LIMIT)  # a bounded bite: a reply waits for no more
+                if not widened and any(not isinstance(frame, bytes) for frame in frames):
+                    widened = True
+                    widen_send_buffer(sock)  # type: ignore[arg-type]  # (not None: not widened)
+                chunks = coalesce(frames)
+                handed = 0
+            written_all = False
             try:
-                if sock is not None:
-                    # The first write straight to the kernel, to know what it refused: nothing
-                    # of these went if the peer is gone (the reader has not seen it yet).
-                    first = next(chunks)
-                    if isinstance(first, bytes) and type(first) is not FdFrame:
-                        try:
-                            written = sock.send(first)
-                        except BlockingIOError:
-                            written = 0
-                        except OSError:
-                            given_back = True
-                            outbox.give_back(frames)  # for the next connection
-                            return
-                        if written < len(first):
-                            await send(memoryview(first)[written:])  # type: ignore[arg-type]
-                    else:
-                        await send(first)  # type: ignore[arg-type]  # (any bytes-like)
                 for chunk in chunks:
-                    await send(chunk)  # type: ignore[arg-type]  # (any bytes-like)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                return
+                    await hand_over(chunk)
+                written_all = True
+            except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return  # (refused: the peer is gone; the reader notices)
             finally:
-                if not given_back:
+                if written_all:
                     outbox.sent()
+                else:
+                    outbox.give_back(handed)
     finally:
         outbox.direct = None
-        if rest is not None:
-            outbox.sent()  # the frame's end dies with this connection (at most once)
+        if rest is not None:  # (stopped while a direct write waited for the writer)
+            outbox.give_back(handed)
 
 
 def unsent(parts: list[FramePart], written: int) -> list[FramePart]:
@@ -450,7 +456,11 @@ def shut_socket(stream: ByteStream) -> bool:
     peer, if it ever reads again, meets the end. False where there is no socket to shut
     (then nothing changed)."""
     sock = raw_socket(stream)
-    return sock is not None and _shut_down(sock, socket.SHUT_RDWR)
+    if sock is None or not _shut_down(sock, socket.SHUT_RDWR):
+        return False
+    if isinstance(stream, AsyncioSocketStream):
+        stream.settle_writes()  # (a task writer meets the shut socket as it writes)
+    return True
 
 
 def _shut_down(sock: Any, how: int) -> bool:

@@ -71,9 +71,11 @@ class FrameQueue(Protocol):
         """The frames taken last are all in the kernel."""
         ...
 
-    def give_back(self, frames: list[Frame]) -> None:
-        """None of ``frames``, taken last, reached the kernel: the peer is gone (the writer
-        stops)."""
+    def give_back(self, handed: int = 0, *, unsent: int | None = None) -> None:
+        """Of the write under way (the frames taken last, or the one written directly), the
+        kernel has (or may have) the first ``handed`` bytes (all but the last ``unsent``, if
+        given), and will never have more: the peer is gone, or the connection was given up
+        (the writer stops)."""
         ...
 
     def wake(self) -> None:
