@@ -216,6 +216,11 @@ class AckTimer:
 _PROGRAM_LEAVING: RunVar[bool] = RunVar("ipcactors_program_leaving", default=False)
 
 
+def program_leaving() -> bool:
+    """Whether a handler's exit or interrupt is ending the program (see ``_PROGRAM_LEAVING``)."""
+    return _PROGRAM_LEAVING.get()
+
+
 def program_goes_on() -> None:
     """An actor is being entered: whatever exit a handler raised was caught, and what channels
     drop from now on is named again."""

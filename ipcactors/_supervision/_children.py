@@ -289,6 +289,7 @@ async def stop_process(
     last unless ``graceful``. ``kill(sig)`` signals its process group. Taken again after a
     cancellation, each wait goes on to the deadline its first start set."""
     id = incarnation.child.id
+    asked = False  # (whether it was told to stop: by the stop message, or by SIGTERM)
     if not incarnation.exited.is_set() and graceful:
         if incarnation.grace_ends is None:
             incarnation.grace_ends = anyio.current_time() + shutdown_timeout
@@ -303,6 +304,7 @@ async def stop_process(
                 except IPCError:
                     pass
                 else:
+                    asked = True
                     await incarnation.exited.wait()
             # Never connected (or gone): nobody to ask; SIGTERM right away.
     for sig, wait in ((signal.SIGTERM, terminate_timeout), (signal.SIGKILL, KILL_WAIT)):
@@ -315,7 +317,13 @@ async def stop_process(
                 incarnation.terminate_ends = anyio.current_time() + terminate_timeout
             else:  # sent already, by a stop cancelled since: what is left of its wait
                 wait = max(0.0, incarnation.terminate_ends - anyio.current_time())
-        log.warning(f"child {id!r} did not stop; sending {sig.name}")
+        if asked:
+            log.warning(f"child {id!r} did not stop; sending {sig.name}")
+        elif graceful:
+            log.warning(f"child {id!r} cannot be asked to stop (no connection); sending {sig.name}")
+        else:
+            log.info(f"child {id!r} is stopped at once: sending {sig.name}")
+        asked = True
         kill(sig)
         with anyio.move_on_after(wait):
             await incarnation.exited.wait()
