@@ -564,8 +564,10 @@ class AsyncioSocketStream(ByteStream):
             protocol.on_resume = None
 
         def settle() -> None:
-            # Nothing more of what the transport and pending hold reaches the kernel.
+            # Nothing more of what the transport and pending hold reaches the kernel, nor is
+            # anything more taken (a flush now would hand what goes back to a dead transport).
             nonlocal in_flight
+            detach()
             if not in_flight:
                 return
             in_flight = False
