@@ -3,7 +3,8 @@
 Usage: python tests/_serve.py SOCKET_ROOT ID [BACKEND] [MAX_CONNECTIONS] [HEARTBEAT_INTERVAL
 HEARTBEAT_TIMEOUT]
 Prints READY once serving. Handlers: "n" records data, "received" returns what was recorded,
-"sleep" sleeps for data seconds, "echo" returns data.
+"sleep" sleeps for data seconds, "echo" returns data, "emit_back" emits the event named data
+to the client that asked.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ async def main(root: str, name: str, max_connections: int, heartbeat: dict[str, 
         server.on("n", lambda data, client: received.append(data))
         server.on("received", lambda data, client: received)
         server.on("echo", lambda data, client: data)
+        server.on("emit_back", lambda data, client: client.emit(data))
 
         @server.on("sleep")
         async def sleep(data: float, client: ipcactors.Client) -> None:

@@ -467,6 +467,53 @@ async def test_what_the_kernel_did_not_take_before_a_frozen_server_was_dropped_g
             assert connection.statistics().heartbeat_timeouts == 1
 
 
+async def test_a_close_after_the_server_died_mid_write_waits_for_no_write_that_cannot_end(
+    anyio_backend: str, socket_dir: str, log_lines: list[str]
+) -> None:
+    """The server dies while a large event is being written to it, and the client still
+    handles an event of its: its close waits for nothing the dead connection could finish.
+    On asyncio the write under way, its writer stopped as the input ended, stayed unsettled
+    until the connection's end, which waited for the handler: the close waited out
+    close_timeout for a flush that could never come (a helper's review of bd3879c, 3 of 3
+    runs; asyncio's transport dropped the write's rest, so it is lost, at most once). On
+    Trio the writer knows the kernel refused it: it waits for the next connection, and the
+    close names it in its warning after close_timeout, as for anything queued."""
+    close_timeout = 2.0
+    async with process(os.path.join(HERE, "_serve.py"), socket_dir, "srv", anyio_backend) as child:
+        async with Actor(
+            "hello", socket_root=socket_dir, retry=0.05, close_timeout=close_timeout
+        ) as hello:
+            with anyio.fail_after(5):
+                connection = await hello.connect_to("srv")
+            handling = anyio.Event()
+
+            async def slow(data: Any) -> None:
+                handling.set()
+                await anyio.sleep(30)  # (cut short by the close)
+
+            connection.on("slow", slow)
+            with anyio.fail_after(5):
+                await connection.request("emit_back", "slow")
+                await handling.wait()
+            os.kill(child.pid, signal.SIGSTOP)
+            await connection.emit("n", b"z" * 20_000_000)  # far more than the kernel takes
+            await anyio.sleep(0.3)
+            os.kill(child.pid, signal.SIGKILL)
+            await child.wait()
+            os.unlink(os.path.join(socket_dir, "app.srv"))  # (a killed server leaves it)
+            with anyio.fail_after(5):
+                while connection.connected:
+                    await anyio.sleep(0.01)
+            start = anyio.current_time()
+            await connection.aclose()
+            took = anyio.current_time() - start
+    if anyio_backend == "trio":
+        assert took >= close_timeout * 0.9, took
+        assert any("1 message(s) queued for 'srv' were never sent" in line for line in log_lines)
+    else:
+        assert took < close_timeout / 2, took
+
+
 @pytest.mark.parametrize("side", ["client", "server"])
 async def test_what_arrived_before_the_peer_closed_is_handled_however_long_it_takes(
     socket_dir: str, side: str

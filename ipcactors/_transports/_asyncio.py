@@ -554,20 +554,36 @@ class AsyncioSocketStream(ByteStream):
 
         def detach() -> None:
             # A write under way may yet go on to the kernel from the transport, or never: it
-            # is settled as the socket is shut down or closed (settle).
+            # is done once the transport has written it or is lost (drained), and else is
+            # settled as the socket is shut down or closed (settle).
             nonlocal attached
             if not attached:
                 return
             attached = False
             outbox.on_frames = None
             outbox.direct = None
-            protocol.on_resume = None
+            protocol.on_resume = drained
+            drained()
+
+        def drained() -> None:
+            # (Detached.) The transport drained what it held, or was lost.
+            nonlocal in_flight
+            if not in_flight:
+                protocol.on_resume = None
+            elif protocol.lost:  # it dropped its bytes: how many went is not known
+                in_flight = False
+                pending.clear()
+                outbox.sent()
+            elif not pending and not protocol.write_paused:  # all of it went
+                in_flight = False
+                outbox.sent()
 
         def settle() -> None:
             # Nothing more of what the transport and pending hold reaches the kernel, nor is
             # anything more taken (a flush now would hand what goes back to a dead transport).
             nonlocal in_flight
             detach()
+            protocol.on_resume = None
             if not in_flight:
                 return
             in_flight = False
