@@ -216,11 +216,6 @@ class AckTimer:
 _PROGRAM_LEAVING: RunVar[bool] = RunVar("ipcactors_program_leaving", default=False)
 
 
-def program_leaving() -> bool:
-    """Whether a handler's exit or interrupt is ending the program (see ``_PROGRAM_LEAVING``)."""
-    return _PROGRAM_LEAVING.get()
-
-
 def program_goes_on() -> None:
     """An actor is being entered: whatever exit a handler raised was caught, and what channels
     drop from now on is named again."""
@@ -1269,6 +1264,7 @@ class Channel:
         out, however it is closed, is dropped in silence."""
         if not isinstance(exc, anyio.get_cancelled_exc_class()):
             _PROGRAM_LEAVING.set(True)
+            self._peer._handler_exited()
 
     def closing(self, why: str | None = None) -> None:
         """The channel is being ended on purpose: what its inbox holds then is dropped with a

@@ -483,6 +483,11 @@ class Peer:
         it (what it sent before it went is still handled). A connection keeps its outbox for
         the next one."""
 
+    def _handler_exited(self) -> None:
+        """A handler's exit or interrupt (``sys.exit``, ``KeyboardInterrupt``) left this peer's
+        channel: it ends the actor whose handler raised it (a server's client says so to its
+        server)."""
+
     def _input_ended(self) -> None:
         """The channel read the peer's last: no reply comes on it any more. Called before the
         requests waiting for one fail, so that a caller they wake finds the peer as it is."""

@@ -178,6 +178,9 @@ class Client(Peer):
     def _input_ended(self) -> None:
         self._answers_ended = True  # (its connection's last: a client reconnects as another)
 
+    def _handler_exited(self) -> None:
+        self._server._exited_by_handler = True
+
     def _heartbeat_lost(self, message: str) -> None:
         self._counters.heartbeat_timeouts += 1
         self._server._counters.heartbeat_timeouts += 1
@@ -313,6 +316,9 @@ class Server(HandlerMethods):
         self._task_group: TaskGroup | None = None
         self._owner_group: TaskGroup | None = None  # the actor's, which _start was given
         self._closing = False
+        # A handler's exit or interrupt left one of its channels: it is ending the actor (and,
+        # unless caught, the program).
+        self._exited_by_handler = False
         self._stopped = anyio.Event()
         # Acknowledged mode: what each sender session delivered here; our streams of events
         # to the clients that acknowledge them; what was given up (see ``unacknowledged``).

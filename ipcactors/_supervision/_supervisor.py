@@ -71,7 +71,6 @@ from anyio.abc import TaskGroup
 
 from .._actor import Actor, check_actor_id
 from .._config import Config, check_seconds, config_of, is_utf8, request_timeout, shown
-from .._core._channel import program_leaving
 from .._core._handlers import Handler
 from .._core._server import Client, Server
 from .._errors import (
@@ -355,7 +354,7 @@ class Supervisor:
         self._closed = anyio.Event()
         self._shutdown_lock = anyio.Lock()
         self._hard = False
-        self._leaving = False  # (see _leave_with_the_program)
+        self._leaving = False  # (see _leave_if_a_handler_exited)
         self._grace_until: float | None = None  # when shutdown's grace period ends
         self._failure: RestartIntensityError | None = None
 
@@ -527,8 +526,7 @@ class Supervisor:
         part-way leaves the rest to the next, and leaving the ``async with`` makes one,
         shielded. A call made meanwhile waits, and takes over if the running one is cancelled."""
         self._closing = True
-        if program_leaving():
-            self._leave_with_the_program()
+        self._leave_if_a_handler_exited()
         self._halt_starts()
         async with self._shutdown_lock:
             if self._closed.is_set():
@@ -552,19 +550,22 @@ class Supervisor:
             await self._cleanup_files()
             self._closed.set()
 
-    def _leave_with_the_program(self) -> None:
-        """A handler's exit or interrupt is ending the program (one of ours, as guide.md says,
-        or another actor's of this loop): no restarts, and the children stop without the stop
-        message (the connections it would go on are ending), which is said once."""
-        if self._leaving:
+    def _leave_if_a_handler_exited(self) -> None:
+        """If a handler's exit or interrupt left one of our servers (``sup.on``), it ends our
+        actor at once (guide.md), and the program unless caught: no restarts, and the children
+        stop without the stop message (the connections it would go on are ending), as a
+        warning says once."""
+        if self._leaving or not any(
+            server is not None and server._exited_by_handler for server in (self._server, self._net)
+        ):
             return
         self._leaving = True
         self._halt_starts()
         if self._children:
             self._log.warning(
-                "a handler's exit or interrupt is ending the program: the children are "
-                "stopped without the stop message (SIGTERM, or SIGKILL), so their finally "
-                "blocks do not run"
+                "an exit or interrupt in a handler of the supervisor ends it: the children "
+                "are stopped without the stop message (SIGTERM, or SIGKILL), so their "
+                "finally blocks do not run"
             )
 
     def _halt_starts(self) -> None:
@@ -709,8 +710,7 @@ class Supervisor:
         the one the supervisor is causing (or has already decided on)."""
         incarnation.on_exit(code)
         child = incarnation.child
-        if program_leaving():
-            self._leave_with_the_program()
+        self._leave_if_a_handler_exited()
         if self._hard and child.incarnation is incarnation and child.state == "stopping":
             child.incarnation = None  # killed (see kill): gone, and never started again
             child.state = "stopped"
