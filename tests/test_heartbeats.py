@@ -19,7 +19,7 @@ import pytest
 from _faultproxy import FaultProxy
 from anyio.abc import Process, SocketStream
 
-from ipcactors import Actor, ConnectionLostError, Server
+from ipcactors import Actor, Connection, ConnectionLostError, Server
 from ipcactors._proto._messages import Limits, Message, Ping, Pong, Reply, Welcome
 from ipcactors._proto._msgpack import MsgpackDecoder
 
@@ -317,6 +317,23 @@ async def process(*args: str) -> AsyncIterator[Process]:
                 await stream.aclose()
 
 
+@asynccontextmanager
+async def served_in_a_process(
+    socket_dir: str, backend: str, *heartbeat: str
+) -> AsyncIterator[tuple[Process, Connection]]:
+    """tests/_serve.py in a process of its own (``heartbeat``: its interval and timeout, if
+    given), and a client with ``HEARTBEAT`` connected to it, one request answered."""
+    args = [socket_dir, "srv", backend, "100", *heartbeat]
+    async with process(os.path.join(HERE, "_serve.py"), *args) as child:
+        async with Actor(
+            "hello", socket_root=socket_dir, silent=True, retry=0.05, retry_cap=0.2, **HEARTBEAT
+        ) as hello:
+            with anyio.fail_after(5):
+                connection = await hello.connect_to("srv")
+                assert await connection.request("echo", 1) == 1
+            yield child, connection
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_what_a_peer_sent_before_it_froze_is_handled(transport: str, socket_dir: str) -> None:
     """A peer gone silent is dropped "as if it had closed the connection": what it sent before
@@ -397,25 +414,19 @@ async def test_server_drops_a_frozen_client_process(anyio_backend: str, socket_d
 async def test_client_notices_a_frozen_server_process_and_reconnects(
     anyio_backend: str, socket_dir: str
 ) -> None:
-    args = [socket_dir, "srv", anyio_backend, "100", str(INTERVAL), str(TIMEOUT)]
-    async with process(os.path.join(HERE, "_serve.py"), *args) as child:
-        async with Actor(
-            "hello", socket_root=socket_dir, silent=True, retry=0.05, retry_cap=0.2, **HEARTBEAT
-        ) as hello:
-            with anyio.fail_after(5):
-                connection = await hello.connect_to("srv")
-                assert await connection.request("echo", 1) == 1
-            os.kill(child.pid, signal.SIGSTOP)
-            try:
-                start = anyio.current_time()
-                with anyio.fail_after(BOUND + SLACK), pytest.raises(ConnectionLostError):
-                    await connection.request("echo", 2, timeout=30)
-                assert anyio.current_time() - start >= BOUND * 0.9
-            finally:
-                os.kill(child.pid, signal.SIGCONT)
-            with anyio.fail_after(10):
-                await connection.wait_connected()
-                assert await connection.request("echo", 3) == 3
+    heartbeat = (str(INTERVAL), str(TIMEOUT))
+    async with served_in_a_process(socket_dir, anyio_backend, *heartbeat) as (child, connection):
+        os.kill(child.pid, signal.SIGSTOP)
+        try:
+            start = anyio.current_time()
+            with anyio.fail_after(BOUND + SLACK), pytest.raises(ConnectionLostError):
+                await connection.request("echo", 2, timeout=30)
+            assert anyio.current_time() - start >= BOUND * 0.9
+        finally:
+            os.kill(child.pid, signal.SIGCONT)
+        with anyio.fail_after(10):
+            await connection.wait_connected()
+            assert await connection.request("echo", 3) == 3
 
 
 @pytest.mark.parametrize("pace", ["burst", "steady"])
@@ -429,42 +440,36 @@ async def test_what_the_kernel_did_not_take_before_a_frozen_server_was_dropped_g
     burst of 1,500 on Trio, and the frame part-written when the kernel filled (one event) on
     both backends, 3 of 3 runs each (a helper probing reliability.md). (Unix: over TCP, what
     the kernel holds may be lost with the connection, as reliability.md says.)"""
-    args = [socket_dir, "srv", anyio_backend, "100", "5", "15"]  # (the server's own: lenient)
-    async with process(os.path.join(HERE, "_serve.py"), *args) as child:
-        async with Actor(
-            "hello", socket_root=socket_dir, silent=True, retry=0.05, retry_cap=0.2, **HEARTBEAT
-        ) as hello:
-            with anyio.fail_after(5):
-                connection = await hello.connect_to("srv")
-                assert await connection.request("echo", 1) == 1
-            payload = b"z" * 2000
-            os.kill(child.pid, signal.SIGSTOP)
-            try:
-                sent = 0
-                with anyio.fail_after(BOUND + SLACK + 5):
-                    if pace == "burst":  # more than the kernel's buffers hold, at once
-                        for sent in range(1, 1501):
-                            await connection.emit("n", [sent - 1, payload])
-                        while connection.connected:
-                            await anyio.sleep(0.01)
-                    else:  # one a millisecond, until the drop
-                        while connection.connected and sent < 20_000:
-                            await connection.emit("n", [sent, payload])
-                            sent += 1
-                            await anyio.sleep(0.001)
-                assert not connection.connected
-                await anyio.sleep(0.3)  # its reconnect waits in the server's backlog meanwhile
-            finally:
-                os.kill(child.pid, signal.SIGCONT)
-            with anyio.fail_after(10):
-                await connection.wait_connected()
-            received: list[int] = []
-            with anyio.move_on_after(5):  # (the old connection's events may come later)
-                while len(received) < sent:
-                    received = [n for n, _ in await connection.request("received")]
-                    await anyio.sleep(0.05)
-            assert sorted(received) == list(range(sent))  # none lost, none twice
-            assert connection.statistics().heartbeat_timeouts == 1
+    # (The server's own heartbeat: lenient.)
+    async with served_in_a_process(socket_dir, anyio_backend, "5", "15") as (child, connection):
+        payload = b"z" * 2000
+        os.kill(child.pid, signal.SIGSTOP)
+        try:
+            sent = 0
+            with anyio.fail_after(BOUND + SLACK + 5):
+                if pace == "burst":  # more than the kernel's buffers hold, at once
+                    for sent in range(1, 1501):
+                        await connection.emit("n", [sent - 1, payload])
+                    while connection.connected:
+                        await anyio.sleep(0.01)
+                else:  # one a millisecond, until the drop
+                    while connection.connected and sent < 20_000:
+                        await connection.emit("n", [sent, payload])
+                        sent += 1
+                        await anyio.sleep(0.001)
+            assert not connection.connected
+            await anyio.sleep(0.3)  # its reconnect waits in the server's backlog meanwhile
+        finally:
+            os.kill(child.pid, signal.SIGCONT)
+        with anyio.fail_after(10):
+            await connection.wait_connected()
+        received: list[int] = []
+        with anyio.move_on_after(5):  # (the old connection's events may come later)
+            while len(received) < sent:
+                received = [n for n, _ in await connection.request("received")]
+                await anyio.sleep(0.05)
+        assert sorted(received) == list(range(sent))  # none lost, none twice
+        assert connection.statistics().heartbeat_timeouts == 1
 
 
 async def test_a_close_after_the_server_died_mid_write_waits_for_no_write_that_cannot_end(
