@@ -570,10 +570,9 @@ class AsyncioSocketStream(ByteStream):
             nonlocal in_flight
             if not in_flight:
                 protocol.on_resume = None
-            elif protocol.lost:  # it dropped its bytes: how many went is not known
+            elif protocol.lost:
                 in_flight = False
-                pending.clear()
-                outbox.sent()
+                lost()
             elif not pending and not protocol.write_paused:  # all of it went
                 in_flight = False
                 outbox.sent()
@@ -587,11 +586,18 @@ class AsyncioSocketStream(ByteStream):
             if not in_flight:
                 return
             in_flight = False
-            if protocol.lost:  # the transport dropped its bytes: how many went is not known
-                outbox.sent()
+            if protocol.lost:
+                lost()
             else:
                 unsent = transport.get_write_buffer_size() + sum(map(len, pending))
                 outbox.give_back(unsent=unsent)
+                pending.clear()
+
+        def lost() -> None:
+            # The transport was lost with a write under way: what it held is gone, and how
+            # much of it the kernel took is not known (at most once); what was still pending
+            # never left, and goes to the next connection.
+            outbox.give_back(unsent=sum(map(len, pending)))
             pending.clear()
 
         outbox.on_frames = schedule
