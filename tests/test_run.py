@@ -601,8 +601,7 @@ EXIT_IN_A_SUPERVISOR_HANDLER = textwrap.dedent(
     import anyio, ipcactors
 
     async def child(actor):
-        await anyio.sleep(0.3)  # (spawn has returned)
-        await actor.parent.emit("bye", None)
+        actor.parent.on("go", lambda data: actor.parent.emit("bye", None))
         try:
             await anyio.sleep_forever()
         finally:
@@ -613,6 +612,7 @@ EXIT_IN_A_SUPERVISOR_HANDLER = textwrap.dedent(
             sup.on("bye", lambda data, client: sys.exit(7))
             info = await sup.spawn(child, id="c")
             print("pid", info.pid, flush=True)
+            await sup.emit("c", "go")
             await anyio.sleep(20)
 
     if __name__ == "__main__":

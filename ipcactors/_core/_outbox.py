@@ -576,29 +576,26 @@ class Outbox:
     def give_back(self, handed: int = 0, *, unsent: int | None = None) -> None:
         """Of the write under way (the writer's last take, or the frame written directly), the
         kernel has, or may have, the first ``handed`` bytes (all but the last ``unsent``, if
-        given), and will never have more: a write
-        was refused (the peer is gone, and the reader has not seen it yet), or the connection
-        was given up while they waited for room (a heartbeat's deadline, a close past
-        ``close_timeout``). The frames it has no whole copy of (a frame it has part of among
-        them: the peer never reads that one whole) are events and requests queued again,
-        first, as if never taken, for the next connection, as anything sent once the loss is
-        seen; replies are dropped (they answer this connection's requests). Frames kept for a
-        pipelined handshake go again with the rest of what is kept, if the welcome never
-        comes (not twice). The writer stops here."""
+        given), and will never have more: a write was refused (the peer is gone, and the
+        reader has not seen it yet), or the connection was given up while they waited for room
+        (a heartbeat's deadline, a close past ``close_timeout``). The frames it has no whole
+        copy of (a frame it has part of among them: the peer never reads that one whole) are
+        events and requests queued again, first, as if never taken, for the next connection,
+        as anything sent once the loss is seen; replies are dropped (they answer this
+        connection's requests). Frames kept for a pipelined handshake go again with the rest of
+        what is kept, if the welcome never comes (not twice). The writer stops here."""
         frames = self._in_flight_frames
         count = self._last_taken
         if frames and count and self.kept is None:
             if unsent is not None:
                 handed = sum(map(frame_size, frames)) - unsent
-            start = len(frames) - count  # (replies first, then the ordered queue's frames)
-            end = 0
-            for index, frame in enumerate(frames):
-                end += frame_size(frame)
-                if end > handed:
-                    start = max(start, index)
+            whole = 0  # the first frames, which the kernel may have whole
+            for frame in frames:
+                handed -= frame_size(frame)
+                if handed < 0:
                     break
-            else:
-                start = len(frames)
+                whole += 1
+            start = max(whole, len(frames) - count)  # (replies first: never again)
             if start < len(frames):
                 self.requeue(frames[start:])
         self.sent()
