@@ -494,7 +494,11 @@ class AsyncioSocketStream(ByteStream):
             # (closing, not by us: a write failed; the reader hears of it, and what is queued
             # waits for the next connection)
             if protocol.lost or self._closing or transport.is_closing():
-                pending.clear()
+                # (A write under way is settled once the transport is lost: what is pending
+                # of it then goes to the next connection.)
+                if protocol.lost and in_flight:
+                    in_flight = False
+                    lost()
                 if protocol.lost and outbox.on_lost is not None:
                     outbox.on_lost()  # the reader may be paused: it must read on to the end
                 return
