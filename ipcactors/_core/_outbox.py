@@ -94,7 +94,7 @@ class Outbox:
         # The write under way: the writer's last take (replies first, then the last
         # _last_taken frames of the ordered queue), or a frame written directly.
         self._in_flight_frames: list[Frame] | None = None
-        self._last_taken = 0  # frames of the ordered queue in the writer's last take
+        self._last_taken = 0  # frames of the ordered queue in the write under way
         self._since_turn = 0  # bytes queued since the loop last had a pass in put
         self._batch: bytearray | None = None  # the open batch (see the invariants)
         self._batch_count = 0  # the events in it

@@ -584,15 +584,12 @@ class AsyncioSocketStream(ByteStream):
         def settle() -> None:
             # Nothing more of what the transport and pending hold reaches the kernel, nor is
             # anything more taken (a flush now would hand what goes back to a dead transport).
+            # (A transport already lost settled the write in drained, which detach calls.)
             nonlocal in_flight
             detach()
             protocol.on_resume = None
-            if not in_flight:
-                return
-            in_flight = False
-            if protocol.lost:
-                lost()
-            else:
+            if in_flight:
+                in_flight = False
                 unsent = transport.get_write_buffer_size() + sum(map(len, pending))
                 outbox.give_back(unsent=unsent)
                 pending.clear()
