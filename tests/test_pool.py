@@ -282,7 +282,9 @@ async def test_tasks_lost_beside_others_wait_for_no_long_one_running_alone(
                 waited = max(finished["short-1"], finished["short-2"]) - killed_at
                 task_group.cancel_scope.cancel()  # the long one and the stream
             assert waited < 5.0, f"the short tasks lost beside the long one waited {waited:.1f} s"
-            assert p.statistics().retried >= 3
+            # The long one and a short one at least were lost together (on a loaded machine
+            # the first pass may hand the first worker fewer than three).
+            assert p.statistics().retried >= 2
 
 
 async def test_a_task_lost_with_a_worker_killed_for_anothers_deadline_is_not_charged(
