@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
+import hmac
 import os
 import random
 import struct
@@ -25,9 +27,10 @@ import psutil
 import pytest
 from anyio.abc import SocketStream
 
-from ipcactors import Actor, Client, Connection, Server
+from ipcactors import Actor, Client, Connection, ConnectionFailedError, ProtocolError, Server
 from ipcactors._proto._messages import (
     DEFAULT_MAX_FRAME_SIZE,
+    Hello,
     Limits,
     Message,
     Reject,
@@ -315,6 +318,54 @@ async def test_a_hello_without_its_proof_is_told_what_it_lacked(socket_dir: str)
         assert "proof" in reject.message
         assert "no hello" not in reject.message
         assert HANDSHAKE_TIMEOUT * 0.8 <= elapsed <= HANDSHAKE_TIMEOUT + 2.0
+
+
+@pytest.mark.parametrize(
+    ("size", "said"),
+    [
+        (0, "must be non-empty bytes, got empty bytes"),
+        (16, "nonce is 16 bytes, not 32"),
+        (33, "nonce is 33 bytes, not 32"),
+    ],
+)
+async def test_a_challenge_whose_nonce_is_not_32_bytes_is_a_protocol_error(
+    size: int, said: str, socket_dir: str
+) -> None:
+    """protocol.md 4.1: the server picks 32 random bytes. A challenge with another nonce, its
+    proof right for it, was answered, and the connection went on; an empty one was refused
+    as "must be non-empty bytes, got bytes"."""
+    key = b"k" * 32
+    path = os.path.join(socket_dir, "app.srv")
+    proved: list[bool] = []
+
+    async def serve(stream: SocketStream) -> None:
+        async with stream:
+            decoder = MsgpackDecoder(Limits())
+            hello = decoder.feed(await stream.receive())[0]
+            assert isinstance(hello, Hello)
+            nonce = b"s" * size
+            role = b"ipcactors/1 server\0"
+            proof = hmac.new(key, role + hello.extra["nonce"] + nonce, hashlib.sha256).digest()
+            await stream.send(framed(pack([7, {"nonce": nonce, "proof": proof}])))
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                proved.append(bool(await stream.receive()))
+                await stream.send(framed(pack([5, {"v": 1, "id": "srv"}])))
+
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(os.unlink, path)  # (a listener of anyio's leaves its socket file)
+        async with await anyio.create_unix_listener(path) as listener:
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(listener.serve, serve)
+                async with Actor(
+                    "cli", socket_root=socket_dir, silent=True, auth_key=key, stop_retrying=0
+                ) as cli:
+                    with anyio.fail_after(5), pytest.raises(ConnectionFailedError) as caught:
+                        await cli.connect_to("srv")
+                task_group.cancel_scope.cancel()
+    cause = caught.value.__cause__
+    assert isinstance(cause, ProtocolError), repr(cause)
+    assert said in str(cause)
+    assert not proved
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -1056,7 +1056,8 @@ def _require_id(value: Any) -> int:
 
 def _require_bytes(value: Any, what: str) -> bytes:
     if type(value) is not bytes or not value:
-        raise DecodeError(f"{what} must be non-empty bytes, got {type(value).__name__}")
+        got = "empty bytes" if type(value) is bytes else type(value).__name__
+        raise DecodeError(f"{what} must be non-empty bytes, got {got}")
     return value
 
 

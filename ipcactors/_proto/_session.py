@@ -418,6 +418,11 @@ class Session:
             raise AuthenticationError(f"{target!r} requires a shared key: set auth_key", "auth")
         if self._server_nonce:
             raise ProtocolError(f"expected welcome from {target!r}, got a second Challenge")
+        if len(challenge.nonce) != NONCE_SIZE:
+            raise ProtocolError(
+                f"{target!r} sent a challenge whose nonce is {len(challenge.nonce)} bytes,"
+                f" not {NONCE_SIZE}"
+            )
         expected = _mac(key, b"server", self._client_nonce, challenge.nonce)
         if not hmac.compare_digest(challenge.proof, expected):
             raise AuthenticationError(
