@@ -320,9 +320,10 @@ class EncodeError(IPCError, TypeError):
 
 
 class UnsupportedError(IPCError, TypeError):
-    """The connection's codec (``Config.codec``) cannot carry what was asked, e.g. a request on
-    an event-only wire such as node-ipc's. Nothing was sent: emit an event instead, and have the
-    peer emit its answer back."""
+    """What was asked cannot be carried. The connection's codec (``Config.codec``) cannot
+    carry it, e.g. a request on an event-only wire such as node-ipc's: nothing was sent; emit
+    an event instead, and have the peer emit its answer back. Or keyword arguments were given
+    to :meth:`PoolExecutor.submit`: a task's arguments travel as a msgpack list."""
 
 
 class DatagramTooLargeError(IPCError, ValueError):

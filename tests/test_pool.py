@@ -677,6 +677,7 @@ def test_a_pool_function_its_workers_cannot_load_fails_entering_the_pool(
         ({"initargs": None}, "initargs"),  # TypeError: not iterable
         ({"initargs": 5}, "initargs"),
         ({"initargs": "ab"}, "initargs"),  # taken as ('a', 'b')
+        ({"strategy": "one_for_all"}, "one_for_one"),  # TypeError: got multiple values
     ],
 )
 async def test_options_a_pool_cannot_take_are_config_errors_when_it_is_made(

@@ -17,7 +17,14 @@ import _pool_tasks
 import pytest
 
 import ipcactors
-from ipcactors import ClosedError, ConfigError, PoolExecutor, RemoteError, RestartIntensityError
+from ipcactors import (
+    ClosedError,
+    ConfigError,
+    PoolExecutor,
+    RemoteError,
+    RestartIntensityError,
+    UnsupportedError,
+)
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -60,6 +67,10 @@ def test_submit_map_and_errors(executor: PoolExecutor) -> None:
         ]
         with pytest.raises(RemoteError, match="ValueError: nope"):
             executor.submit(_pool_tasks.fail, "nope").result(timeout=10)
+        # Every error is an IPCError (reference.md): this was a plain TypeError.
+        with pytest.raises(UnsupportedError, match="positional arguments only") as caught:
+            executor.submit(_pool_tasks.square, n=1)
+        assert isinstance(caught.value, TypeError)  # (what a call with wrong arguments raises)
     with pytest.raises(RuntimeError, match="after shutdown"):
         executor.submit(_pool_tasks.square, 1)
 

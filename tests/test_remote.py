@@ -647,6 +647,11 @@ async def test_hosts_need_auth_key_or_tls_and_known_names(anyio_backend: str) ->
     for listen in (("", 0), ("h\udce9", 0), ("127.0.0.1", -1), ("127.0.0.1",)):
         with pytest.raises(ipcactors.ConfigError, match="listen="):
             ipcactors.Supervisor(hosts={"h": host}, auth_key="k", listen=listen)  # type: ignore[arg-type]
+    # listen= and tls= are the listener's that children on other hosts connect back to: without
+    # hosts= there is none, and a tls= that encrypted nothing was taken without a word.
+    for options in ({"listen": ("127.0.0.1", 0)}, {"tls": mutual}, {"hosts": {}, "tls": mutual}):
+        with pytest.raises(ipcactors.ConfigError, match="with hosts= only"):
+            ipcactors.Supervisor(auth_key="k", **options)  # type: ignore[arg-type]
     with pytest.raises(ipcactors.ConfigError, match="SSHHost port"):
         SSHHost("127.0.0.1", port=0)
     with pytest.raises(ipcactors.ConfigError, match="lifeline_timeout"):

@@ -41,7 +41,7 @@ import anyio
 import anyio.from_thread
 from anyio.from_thread import BlockingPortal
 
-from .._errors import IPCError, exhaustion_raised_as_resource_error
+from .._errors import IPCError, UnsupportedError, exhaustion_raised_as_resource_error
 from .._loopthreads import close_at_exit, closed, from_this_thread, signals_deferred
 from .._transports._backend import check_backend, threadsafe_scheduler
 from ._pool import Pool, _Task
@@ -141,7 +141,7 @@ class PoolExecutor(concurrent.futures.Executor):
         """Run ``fn(*args)`` in a worker; return its :class:`~concurrent.futures.Future`.
         ``fn`` not importable by name is refused here with :class:`SpawnError`."""
         if kwargs:
-            raise TypeError(
+            raise UnsupportedError(
                 "PoolExecutor.submit takes positional arguments only (they travel as msgpack)"
             )
         name = self._pool._name(fn)  # refused here, in the caller's thread, if not importable

@@ -217,6 +217,11 @@ class Pool:
         # Heartbeats off unless asked for: a worker running a plain function for minutes
         # cannot answer them, and is not dead (its exit tells; task_timeout catches a hang).
         overrides.setdefault("heartbeat_interval", None)
+        if "strategy" in overrides:
+            raise ConfigError(
+                f"a pool's supervisor is always one_for_one (a worker's loss is its own), "
+                f"got strategy={shown(overrides['strategy'])}"
+            )
         self._supervisor = Supervisor(
             "one_for_one",
             self.size + 2 if max_restarts is None else max_restarts,
