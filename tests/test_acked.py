@@ -418,6 +418,39 @@ async def test_acks_are_batched(socket_dir: str) -> None:
             assert len(acks) < 5000 / 8, f"{len(acks)} acks for 5000 events"
 
 
+@pytest.mark.parametrize("handler", ["plain", "async"])
+async def test_an_event_whose_handler_raised_is_acknowledged_and_logged_there(
+    handler: str, socket_dir: str, log_lines: list[str]
+) -> None:
+    """guide.md: an ack says an event was handled, not that handling succeeded: a handler that
+    raises is logged on its side, and its event is acknowledged like the others (the sender
+    is not told, and nothing after it is held up)."""
+    handled: list[int] = []
+
+    def on_n(data: int, client: Client) -> None:
+        handled.append(data)
+        if data == 1:
+            raise ValueError("handler failed on 1")
+
+    async def on_n_async(data: int, client: Client) -> None:
+        on_n(data, client)
+
+    async with Actor("world", socket_root=socket_dir, acked="on") as world_actor:
+        server = await world_actor.serve()
+        server.on("n", on_n if handler == "plain" else on_n_async)
+        async with Actor("hello", socket_root=socket_dir, silent=True, acked="on") as hello:
+            with anyio.fail_after(10):
+                world = await hello.connect_to("world")
+                for i in range(3):
+                    await world.emit("n", i)
+                await world.wait_acknowledged()
+            stats = world.statistics()
+            assert world.unacknowledged == []
+            assert (stats.events_acknowledged, stats.events_reported) == (3, 0)
+    assert handled == [0, 1, 2]
+    assert any("handler failed on 1" in line for line in log_lines)
+
+
 # --- the server's events to its clients ------------------------------------------------------
 
 
