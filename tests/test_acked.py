@@ -665,6 +665,52 @@ async def test_a_restarted_client_gets_the_unacknowledged_again_flagged(socket_d
             assert stats.events_acknowledged == stats.events_sequenced == count
 
 
+@pytest.mark.parametrize("end", ["client leaves", "server closes"])
+async def test_events_queued_for_a_client_that_leaves_are_kept_not_called_unsent(
+    end: str, socket_dir: str, log_lines: list[str]
+) -> None:
+    """A client leaves while the server's outbox to it holds sequenced events: they are kept for
+    its return (or reported, if the server closes), not lost. The outbox's closing said "N
+    message(s) for 'hello' were not sent: it left" all the same (a helper's probe saw it after
+    a SIGKILLed client came back and got all 600): a warning of a loss that was not one."""
+    count = 400  # 6.4 MB: past what the kernel and, on asyncio, the 4 MiB read ahead hold
+    bound = 16 * 1024 * 1024  # (the unacknowledged count against it: room for them all)
+    async with Actor(
+        "world", socket_root=socket_dir, acked="on", max_outbox_bytes=bound
+    ) as world_actor:
+        server = await world_actor.serve()
+        async with Actor(
+            "hello",
+            socket_root=socket_dir,
+            silent=True,
+            acked="on",
+            close_timeout=0.2,
+            max_inbox_bytes=64 * 1024,
+        ) as hello:
+            with anyio.fail_after(10):
+                link = await hello.connect_to("world")
+
+                @link.on("n")
+                async def stuck(data: bytes) -> None:
+                    await anyio.sleep_forever()
+
+                await wait_until(lambda: "hello" in server.clients)
+                client = server.clients["hello"]
+                for _ in range(count):
+                    await client.emit("n", b"x" * 16 * 1024)
+                await anyio.sleep(0.2)  # (the kernel takes what it can, the outbox the rest)
+                if end == "server closes":
+                    await world_actor.aclose()
+        await wait_until(lambda: "hello" not in server.clients)
+        stats = server.statistics()
+        check_server_totals(stats)
+        if end == "client leaves":
+            assert stats.events_unacknowledged == count - stats.events_acknowledged  # kept
+    assert not [line for line in log_lines if "were not sent" in line]
+    reported = [line for line in log_lines if "were never acknowledged" in line]
+    assert len(reported) == 1  # the one report (the server closed before the client came back)
+
+
 @pytest.mark.parametrize("handler", ["plain", "async"])
 async def test_redelivered_is_true_only_while_a_redelivered_events_handlers_run(
     socket_dir: str, handler: str

@@ -619,21 +619,23 @@ class Outbox:
                 self._is_flushed = anyio.Event()
             await self._is_flushed.wait()
 
-    def close(self, error: BaseException) -> int:
+    def close(self, error: BaseException, *, events_kept: bool = False) -> int:
         """Refuse further frames with ``error``; wake every waiter. Returns the messages left
         unsent: each event of a batch, not the empty frames that stand for ones dropped or
-        withdrawn."""
+        withdrawn. ``events_kept``: the events are kept elsewhere, and told of there if given
+        up (the acknowledged mode's store), so only the reply lane's count."""
         if self._closed is None:
             self._closed = error
-        left = self._batch_count if self._batch is not None else 0
-        for frame in self._frames:
-            if type(frame) is BatchFrame and self.batches is not None:
-                left += len(self.batches.split(frame))
-            elif type(frame) is SplitBatch:
-                left += len(frame)
-            elif frame != b"":
-                left += 1
-        left += len(self._replies)
+        left = len(self._replies)
+        if not events_kept:
+            left += self._batch_count if self._batch is not None else 0
+            for frame in self._frames:
+                if type(frame) is BatchFrame and self.batches is not None:
+                    left += len(self.batches.split(frame))
+                elif type(frame) is SplitBatch:
+                    left += len(frame)
+                elif frame != b"":
+                    left += 1
         self._batch = None
         self._frames.clear()
         self._replies.clear()

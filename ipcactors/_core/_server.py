@@ -216,7 +216,9 @@ class Client(Peer):
         self._close_outbox(ClosedError(f"client {self.id!r} disconnected"))
 
     def _close_outbox(self, error: ClosedError) -> None:
-        left = self._outbox.close(error)
+        # Acknowledged events wait for the client's return, or are reported when given up.
+        acked = self._acked
+        left = self._outbox.close(error, events_kept=acked is not None and acked.active)
         if left:
             self._log.warning(f"{left} message(s) for {self.id!r} were not sent: it left")
 
