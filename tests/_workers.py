@@ -144,6 +144,22 @@ async def works_slowly(actor: ipcactors.Actor, forks: bool = False) -> None:
     await anyio.sleep_forever()
 
 
+async def emits_blobs(actor: ipcactors.Actor) -> None:
+    """Answers ``blobs`` (a count) by emitting that many ``blob`` events of 64 KiB to its
+    parent, then never: a parent that does not read them holds the request open behind
+    them."""
+    parent = actor.parent
+    assert parent is not None
+
+    async def blobs(count: int) -> None:
+        for _ in range(count):
+            await parent.emit("blob", b"x" * 65536)
+        await anyio.sleep_forever()
+
+    parent.on("blobs", blobs)
+    await anyio.sleep_forever()
+
+
 async def blocks_before_ready(actor: ipcactors.Actor, seconds: float) -> None:
     """Blocks its event loop before its first ``await``: not ready, and deaf to the stop
     message, for ``seconds``."""

@@ -353,6 +353,47 @@ async def test_rest_for_one_restarts_the_child_and_those_after_it(socket_dir: st
             assert pids(sup)["w1"] == before["w1"]
 
 
+async def test_a_request_whose_child_exit_is_seen_before_its_connection_ends_names_the_exit(
+    socket_dir: str,
+) -> None:
+    """supervisor.md: a request to a child whose process ends before it answers fails at once
+    with ChildExitedError, naming the exit. When the exit report came before the connection
+    was seen to end (here: the supervisor reads nothing more from the child, its inbox full
+    of the child's events), the request failed with a bare ConnectionLostError (a helper's
+    probe: 7 runs of 56 on Trio, SIGKILL amid requests)."""
+    with anyio.fail_after(30):
+        async with supervisor(socket_dir, max_inbox_bytes=65536) as sup:
+            held = anyio.Event()
+
+            @sup.on("blob")
+            async def hold(data: bytes, client: ipcactors.Client) -> None:
+                held.set()
+                await anyio.sleep_forever()
+
+            info = await sup.spawn(_workers.emits_blobs, id="w", restart="temporary")
+            async with anyio.create_task_group() as task_group:
+                failed: list[BaseException] = []
+
+                async def ask() -> None:
+                    try:
+                        await sup.request("w", "blobs", 300, timeout=20)  # (19 MiB)
+                    except Exception as exc:
+                        failed.append(exc)
+
+                task_group.start_soon(ask)
+                await held.wait()
+                await anyio.sleep(0.5)  # (its events fill the inbox, then the sockets)
+                os.kill(info.pid, signal.SIGKILL)
+                with anyio.fail_after(10):
+                    while not failed:
+                        await anyio.sleep(0.01)
+                task_group.cancel_scope.cancel()
+    [error] = failed
+    assert isinstance(error, ChildExitedError), repr(error)
+    assert error.child_id == "w"
+    assert error.exitcode == -signal.SIGKILL
+
+
 # --- restart types ----------------------------------------------------------------------------
 
 

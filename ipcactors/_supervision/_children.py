@@ -218,7 +218,9 @@ class Incarnation:
         error = outcome.get("error")
         if error is not None and not isinstance(error, ClosedError | ConnectionLostError):
             raise error
-        if error is not None and await self.exited_after_disconnect():
+        # The exit seen first (its connection not yet seen to end: unread data before its
+        # end, say) stopped the call, or the call's end waits for the exit report.
+        if self.exited.is_set() or (error is not None and await self.exited_after_disconnect()):
             raise ChildExitedError(
                 f"child {id!r} {describe_exit(self.exitcode)} before answering request {event!r}",
                 id,
