@@ -933,37 +933,53 @@ class BlockingActor:
         if threading.get_ident() in _loop_threads:
             raise IPCError("close() was called in an event loop thread; call it from another")
         with self._lock:
-            portal_cm, host = self._portal_cm, self._host
-            self._portal_cm = self._host = None
+            host, self._host = self._host, None
             started = self._actor is not None
-        if portal_cm is None or host is None:
+        if host is None:  # never started, or another close is at it (or a Ctrl-C cut one short)
             if started:
                 self._closed.wait()  # another thread's close: returns once it is done
+                self._stop_loop()  # (what a Ctrl-C left of a close: nothing if it was not cut)
             return
         try:
-            self._stop(portal_cm, host)
+            self._stop_actor(host)
         finally:
-            self._closed.set()
+            try:
+                self._stop_loop()
+            except BaseException:
+                # A Ctrl-C right behind the first can land as the stop begins to hold them,
+                # before it took the loop: the stop is made all the same, then it is raised.
+                self._stop_loop()
+                raise
+            finally:
+                self._closed.set()
 
-    def _stop(self, portal_cm: AbstractContextManager[BlockingPortal], host: _Host) -> None:
-        closed(self)
+    def _stop_actor(self, host: _Host) -> None:
+        """Close the actor (in its loop), once: a reader waiting in an inbox ends first."""
         done, stop = host
-        try:
-            for inbox in list(self._loop.inboxes):  # a reader waiting in get() ends
-                inbox.close()
-            if not done.done():
-                portal = self._loop.portal
-                assert portal is not None
-                from_this_thread(self._loop.trio_portal, partial(portal.call, stop.set))
-            done.result()
-        finally:
+        for inbox in list(self._loop.inboxes):
+            inbox.close()
+        if not done.done():
+            portal = self._loop.portal
+            assert portal is not None
+            from_this_thread(self._loop.trio_portal, partial(portal.call, stop.set))
+        done.result()
+
+    def _stop_loop(self) -> None:
+        """Stop the loop thread, once, whichever comes first: a close, another after a Ctrl-C
+        cut one short, the interpreter's exit. Signals wait meanwhile (the loop's work is
+        done: its stop is short); the portal is taken only once they do."""
+        with signals_deferred():
+            with self._lock:
+                portal_cm, self._portal_cm = self._portal_cm, None
+            if portal_cm is None:
+                return
             self._loop.portal = None
             _loop_threads.discard(self._loop.thread_id)
-            with signals_deferred():  # (the loop's work is done: its stop is short)
-                stop_portal = partial(portal_cm.__exit__, None, None, None)
-                from_this_thread(self._loop.trio_portal, stop_portal)
-                for worker in list(self._loop.workers):  # told to end as the loop did
-                    worker.join(WORKER_END_WAIT)
+            stop_portal = partial(portal_cm.__exit__, None, None, None)
+            from_this_thread(self._loop.trio_portal, stop_portal)
+            for worker in list(self._loop.workers):  # told to end as the loop did
+                worker.join(WORKER_END_WAIT)
+        closed(self)
 
     @property
     def wrapped(self) -> Actor:

@@ -13,7 +13,10 @@ Invariants:
 - Inside :func:`signals_deferred` (on the main thread) SIGINT and SIGTERM wait until the block
   ends: a ``KeyboardInterrupt`` never lands inside anyio's start or stop of a portal, which
   would then wait for the portal's thread for ever (or leave it running). The blocks are
-  short: a start, a stop once the loop's work is done; never a wait for user code.
+  short: a start, a stop once the loop's work is done; never a wait for user code. A signal
+  that lands as a block begins (before the handlers are swapped) is raised there, as
+  elsewhere: what must be done whatever comes takes its work inside the block, so that a
+  second try finds it still to do (``BlockingActor._stop_loop``).
 """
 
 from __future__ import annotations
@@ -104,13 +107,13 @@ def signals_deferred() -> Iterator[None]:
         return
     kept: list[int] = []
     previous: dict[signal.Signals, Any] = {}
-    for signum in _DEFERRED:
-        handler = signal.getsignal(signum)
-        if handler is signal.SIG_IGN or handler is None:
-            continue  # ignored, or set outside Python: left as it is
-        previous[signum] = handler
-        signal.signal(signum, lambda received, frame: kept.append(received))
-    try:
+    try:  # (from the first swap: one that lands midway leaves no handler swapped)
+        for signum in _DEFERRED:
+            handler = signal.getsignal(signum)
+            if handler is signal.SIG_IGN or handler is None:
+                continue  # ignored, or set outside Python: left as it is
+            previous[signum] = handler
+            signal.signal(signum, lambda received, frame: kept.append(received))
         yield
     finally:
         for signum, handler in previous.items():

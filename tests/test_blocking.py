@@ -806,6 +806,46 @@ def test_ctrl_c_as_the_loop_thread_starts_ends_the_program(
     assert os.listdir(socket_dir) == []
 
 
+INTERRUPTED_AT_STOP = """
+import os, signal, sys, threading
+import ipcactors
+
+backend, root, line = sys.argv[1], sys.argv[2], int(sys.argv[3])
+lines = [0]
+
+def lines_of_the_deferral(frame, event, arg):
+    # Ctrl-C at its line ``line`` (a second one, right behind the first, as the stop begins
+    # to hold them): it lands at the next bytecode.
+    if event == "line":
+        if lines[0] == line:
+            os.kill(os.getpid(), signal.SIGINT)
+        lines[0] += 1
+    return lines_of_the_deferral
+
+def calls(frame, event, arg):
+    return lines_of_the_deferral if frame.f_code.co_name == "signals_deferred" else None
+
+with ipcactors.BlockingActor("world", backend=backend, socket_root=root) as world:
+    world.serve()
+    sys.settrace(calls)  # (the main thread's calls from here on: the stop's)
+"""
+
+
+@pytest.mark.parametrize("line", range(12))
+def test_ctrl_c_as_the_loop_thread_stops_ends_the_program(
+    line: int, backend: Literal["asyncio", "trio"], socket_dir: str
+) -> None:
+    """A second Ctrl-C right behind the first (``timeout`` sends one to its child and one to
+    its group) that lands as the stop begins to hold signals still stops the loop thread:
+    the program ends by its KeyboardInterrupt, no socket file left. It was raised before the
+    loop's stop, and the loop thread, which its traceback kept, lived on: the program hung at
+    exit (a helper's probe, 3 of 53 runs; here every line up to the hold's start hung)."""
+    done = run_python("-c", INTERRUPTED_AT_STOP, backend, socket_dir, str(line))
+    assert done.returncode == -signal.SIGINT, done.stderr
+    assert done.stderr.rstrip().endswith("KeyboardInterrupt"), done.stderr
+    assert os.listdir(socket_dir) == []
+
+
 def test_closing_what_a_closed_actor_owned_returns_and_nan_timeouts_are_config_errors(
     backend: Literal["asyncio", "trio"], socket_dir: str
 ) -> None:
