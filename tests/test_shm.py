@@ -387,6 +387,9 @@ HOSTILE: dict[str, tuple[Callable[[int], int], int, int, Any]] = {
     "a descriptor no frame claims": (_sealed, PAGE, 1, [0, "event", None]),
     "more descriptors than a message may carry": (_sealed, PAGE, 5, [12, 0, PAGE]),
     "a share without its descriptor": (_sealed, PAGE, 0, [12, 0, PAGE]),
+    # protocol.md 5.4: segments are numbered 0, 1, 2, ... (these were taken: a probe's finding)
+    "a segment numbered out of order": (_sealed, PAGE, 1, [12, 5, PAGE]),
+    "a segment no array can name (past u32)": (_sealed, PAGE, 1, [12, 2**32, PAGE]),
     "an array in a segment never shared": (
         _sealed,
         PAGE,

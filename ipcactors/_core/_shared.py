@@ -343,8 +343,13 @@ class SharedMemory:
             raise DecodeError(f"segment {segment} was announced without its descriptor")
         fd = self.fds.popleft()
         try:
-            if segment in self._mapped:
-                raise DecodeError(f"segment {segment} was announced twice")
+            if segment != len(self._mapped):  # (none is ever unmapped while the channel lives)
+                raise DecodeError(
+                    f"segment {segment} was announced twice"
+                    if segment in self._mapped
+                    else f"segment {segment} was announced where segment {len(self._mapped)} "
+                    "comes next (they are numbered 0, 1, 2, ...)"
+                )
             if len(self._mapped) >= MAX_SEGMENTS:
                 raise DecodeError(f"the peer shared more than {MAX_SEGMENTS} segments")
             room = self._accept - self._mapped_bytes
