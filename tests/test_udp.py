@@ -7,6 +7,7 @@ import socket
 import struct
 import subprocess
 import sys
+from functools import partial
 from typing import Any
 
 import anyio
@@ -169,7 +170,45 @@ async def test_what_a_udp_server_closes_on_is_named_not_handled(
     assert handled == []
     warned = [line for line in log_lines if "dropped unhandled" in line]
     assert len(warned) == 1, log_lines
-    assert "50 event(s) or request(s) dropped unhandled: server closed" in warned[0]
+    sender = f"from 127.0.0.1:{hello.address[1]}"
+    if closer == "the handler":  # (it returns: the close waits for it)
+        assert f"50 event(s) or request(s) {sender} dropped unhandled: server closed" in warned[0]
+    else:  # the handler that holds is cancelled too, and said so (it was not)
+        cut = "(1 of them cut short in their handlers)"
+        assert f"51 event(s) or request(s) {sender} dropped unhandled {cut}" in warned[0]
+
+
+async def test_requests_a_udp_servers_close_cuts_short_in_their_handlers_are_named(
+    log_lines: list[str],
+) -> None:
+    """reliability.md and howto/udp.md: what a close leaves unhandled is named in a warning,
+    requests whose handlers it cancelled included (a helper's probe: ten requests in their
+    handlers, cancelled by the close, and only "server closed" was logged)."""
+    running = 0
+    async with Actor("hello", silent=True) as hello_actor:
+        hello = await hello_actor.serve_net("127.0.0.1", 0, udp="udp4")
+        async with Actor("world") as world_actor:
+            world = await world_actor.serve_net("127.0.0.1", 0, udp="udp4")
+
+            async def slow(data: object, peer: ipcactors.DatagramPeer) -> None:
+                nonlocal running
+                running += 1
+                await anyio.sleep(30)
+
+            world.on("slow", slow)
+            async with anyio.create_task_group() as task_group:
+                for _ in range(10):
+                    task_group.start_soon(partial(hello.request, world.address, "slow", timeout=10))
+                with anyio.fail_after(10):
+                    while running < 10:
+                        await anyio.sleep(0.01)
+                    await world.aclose()
+                task_group.cancel_scope.cancel()
+    warned = [line for line in log_lines if "dropped unhandled" in line]
+    assert len(warned) == 1, log_lines
+    sender = f"from 127.0.0.1:{hello.address[1]}"
+    cut = "(10 of them cut short in their handlers)"
+    assert f"10 event(s) or request(s) {sender} dropped unhandled {cut}: server closed" in warned[0]
 
 
 async def test_an_address_that_cannot_be_sent_to_is_refused_and_the_server_serves_on() -> None:

@@ -27,7 +27,8 @@ Invariants:
   own), so a request starts once every event received before it was handled. They wait in
   ``_inbox`` within ``max_inbox_bytes``, past which the loop reads nothing more (replies
   included) until the handlers catch up. A close stops the taking at once (the handler
-  running finishes first when it closed); what it leaves is named in a warning.
+  running finishes first when it closed); what it leaves is named in a warning, with the
+  handlers it cancelled (the one taking an event, and the requests').
 - One datagram is sent at a time (replies, emits and broadcasts from any number of tasks).
 - At most ``MAX_REQUESTS`` requests are answered at once (each in a task); a request beyond
   them (still so after ``_PASSES_FOR_A_PLACE`` loop passes) is dropped and counted, and its
@@ -201,6 +202,7 @@ class DatagramServer(HandlerMethods):
         self._asked: dict[int, PeerAddress] = {}  # our requests in flight: to whom
         self._send_lock = anyio.Lock()
         self._answering = 0  # requests being answered (tasks), at most MAX_REQUESTS
+        self._cut_short: list[PeerAddress] = []  # the senders of what a close cancelled
         self._peers: OrderedDict[PeerAddress, DatagramPeer] = OrderedDict()
         self._socket: UDPSocket | None = None
         self._bound: PeerAddress | None = None  # (host, port) once bound; kept after close
@@ -489,20 +491,33 @@ class DatagramServer(HandlerMethods):
                 unhandled(self._unhandled_names, message.event, repr(peer), self._log)
             else:
                 with Handling(peer):  # (see _handling: closing from the handler)
-                    await self._handlers.call(message.event, (message.data, peer), self._log)
+                    try:
+                        await self._handlers.call(message.event, (message.data, peer), self._log)
+                    except anyio.get_cancelled_exc_class():
+                        self._cut_short.append(peer.address)  # (the close: named in its warning)
+                        raise
             taken += 1
             if taken % _TAKEN_PER_PASS == 0:
                 await anyio.lowlevel.checkpoint()
 
     def _drop_inbox(self) -> None:
-        """The server closed with events or requests received and not taken: say how many
-        (a request's sender times out, as for a lost datagram)."""
-        if self._inbox:
+        """The server closed with events or requests received and not taken, or in handlers
+        it cancelled: say how many, and from whom (a request's sender times out, as for a lost
+        datagram)."""
+        cut = self._cut_short
+        senders = {peer.address: None for _, peer, _ in self._inbox} | dict.fromkeys(cut)
+        if senders:
+            dropped = len(self._inbox) + len(cut)
+            first = next(iter(senders))
+            whom = host_port(*first[:2]) if len(senders) == 1 else f"{len(senders)} peers"
+            in_handlers = f" ({len(cut)} of them cut short in their handlers)" if cut else ""
             self._log.warning(
-                f"{len(self._inbox)} event(s) or request(s) dropped unhandled: server closed"
+                f"{dropped} event(s) or request(s) from {whom} dropped unhandled{in_handlers}: "
+                "server closed"
             )
-            self._inbox.clear()
-            self._inbox_bytes = 0
+        self._inbox.clear()
+        self._inbox_bytes = 0
+        cut.clear()
 
     def _refuse_reply(self, data: bytes, address: PeerAddress) -> None:
         """``data``, too large to decode, may answer one of our requests (the answering side
@@ -542,9 +557,13 @@ class DatagramServer(HandlerMethods):
     async def _answer(self, message: Request, peer: DatagramPeer) -> None:
         with Handling(peer):  # (see _handling: closing from the handler)
             try:
-                frame = await answer(
-                    self._handlers, message, (message.data, peer), self._encoder, self._log
-                )
+                try:
+                    frame = await answer(
+                        self._handlers, message, (message.data, peer), self._encoder, self._log
+                    )
+                except anyio.get_cancelled_exc_class():
+                    self._cut_short.append(peer.address)  # (the close: named in its warning)
+                    raise
                 try:
                     try:
                         await self._send(frame, peer.address)
