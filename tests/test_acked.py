@@ -381,6 +381,46 @@ async def test_falling_back_to_at_most_once_reports_what_it_gives_up(socket_dir:
         check_totals(world.statistics())
 
 
+async def test_plain_events_queued_in_a_fall_back_are_named_if_never_sent(
+    socket_dir: str, log_lines: list[str]
+) -> None:
+    """A connection fell back to at most once; what it emitted meanwhile (plain, not kept for
+    a resend) still waited in its outbox when it closed, after a server with the mode came
+    back and read nothing. Those events were dropped without a word (a review of b88c29e:
+    the close took every queued event for one the acknowledged mode reports). Every event is
+    accounted for: handled, named as never sent, or reported as never acknowledged."""
+    count = 1500  # 24 MB: past the kernel's buffers and what asyncio's transports hold
+    options = {"socket_root": socket_dir, "acked": "on", "close_timeout": 0.3}
+    async with Actor("hello", max_outbox_bytes=64 * 1024 * 1024, **options) as hello:
+        async with Actor("world", socket_root=socket_dir, silent=True) as plain_actor:
+            await plain_actor.serve()
+            with anyio.fail_after(5):
+                world = await hello.connect_to("world")
+                await world.emit("n", b"")  # (the fall back is settled)
+        await wait_until(lambda: not world.statistics().connected)
+        for _ in range(count):  # while it is away: queued, plain
+            await world.emit("n", b"x" * 16 * 1024)
+        async with Actor("world", max_inbox_bytes=65536, silent=True, **options) as again:
+            server = await again.serve()
+            got = 0
+
+            async def stuck(data: bytes, client: Client) -> None:
+                nonlocal got
+                got += 1
+                await anyio.sleep_forever()
+
+            server.on("n", stuck)
+            with anyio.fail_after(10):
+                await world.wait_connected()
+                await anyio.sleep(0.3)  # (it reads what it can, then nothing more)
+                await world.aclose()
+    never_sent = [line for line in log_lines if "were never sent" in line]
+    assert len(never_sent) == 1, log_lines
+    unsent = int(never_sent[0].split(" message(s) queued")[0].rsplit(" ", 1)[-1])
+    assert 0 < unsent <= count
+    assert world.statistics().events_reported == 0  # (all plain: none was sequenced)
+
+
 async def test_wait_acknowledged_needs_the_mode(socket_dir: str) -> None:
     async with Actor("world", socket_root=socket_dir, silent=True) as world_actor:
         await world_actor.serve()

@@ -166,6 +166,12 @@ class AckedSender:
             sent = seq
         return sent
 
+    def queued(self) -> int:
+        """Stored events still queued in :attr:`outbox` (no writer took them yet): what its
+        close leaves that a report of this stream names."""
+        taken = self.outbox.taken
+        return sum(1 for entry in self._store if entry[4] > taken)
+
     def hello(self) -> dict[str, Any]:
         """What our hello says of the stream: the session and the last seq written."""
         return {"session": self.session, "sent": self.written()}

@@ -754,10 +754,10 @@ class Connection(Peer, HandlerMethods):
     async def _destroy(self, error: BaseException | None) -> None:
         self._gave_up = error
         closed = f"connection to {self.id!r} is closed" + ("" if error is None else f": {error}")
-        acked = self._acked  # (its events are reported below, as never acknowledged)
-        left = self._outbox.close(
-            ClosedError(closed), events_kept=acked is not None and acked.active
-        )
+        # The stream's events still queued are reported below, as never acknowledged; the
+        # plain ones (queued while the mode was off: a fall back) are named here.
+        kept = 0 if self._acked is None else self._acked.queued()
+        left = self._outbox.close(ClosedError(closed)) - kept
         if left:
             self._log.warning(f"{left} message(s) queued for {self.id!r} were never sent")
         if self._acked is not None:
