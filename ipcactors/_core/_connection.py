@@ -745,6 +745,14 @@ class Connection(Peer, HandlerMethods):
             return exc
         if isinstance(exc, anyio.BrokenResourceError) and isinstance(exc.__cause__, OSError):
             exc = exc.__cause__  # anyio's wrapper: the socket's own error is the cause
+        elif type(exc) is OSError and exc.errno is None:
+            # anyio's "All connection attempts failed" (a host name, each address tried): the
+            # first address's own error, or the one address's.
+            cause: BaseException | None = exc.__cause__
+            if isinstance(cause, ExceptionGroup) and isinstance(cause.exceptions[0], OSError):
+                cause = cause.exceptions[0]
+            if isinstance(cause, OSError):
+                exc = cause
         error = ConnectionFailedError(
             f"could not connect to {self.id!r} at {self.address}: {_reason(exc)}"
         )
