@@ -649,7 +649,9 @@ async def test_hosts_need_auth_key_or_tls_and_known_names(anyio_backend: str) ->
             ipcactors.Supervisor(hosts={"h": host}, auth_key="k", listen=listen)  # type: ignore[arg-type]
     # listen= and tls= are the listener's that children on other hosts connect back to: without
     # hosts= there is none, and a tls= that encrypted nothing was taken without a word.
-    for options in ({"listen": ("127.0.0.1", 0)}, {"tls": mutual}, {"hosts": {}, "tls": mutual}):
+    one_way = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("127.0.0.1").configure_cert(one_way)
+    for options in ({"listen": ("127.0.0.1", 0)}, {"tls": one_way}, {"hosts": {}, "tls": one_way}):
         with pytest.raises(ipcactors.ConfigError, match="with hosts= only"):
             ipcactors.Supervisor(auth_key="k", **options)  # type: ignore[arg-type]
     with pytest.raises(ipcactors.ConfigError, match="SSHHost port"):

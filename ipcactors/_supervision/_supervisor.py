@@ -161,12 +161,6 @@ def _check_hosts(
     listen: tuple[str, int] | None,
 ) -> dict[str, Placement]:
     """``hosts`` checked: names, placements, and how their children prove who they are."""
-    if not hosts and (listen is not None or tls is not None):
-        raise ConfigError(
-            "listen= and tls= set up the listener children on other hosts connect back to, "
-            "with hosts= only: without hosts there is none (a supervisor's own children "
-            "connect over a Unix socket in a private directory)"
-        )
     if tls is not None:
         if not isinstance(tls, ssl.SSLContext):
             raise ConfigError(f"tls= takes a server ssl.SSLContext, got {tls!r}")
@@ -189,6 +183,12 @@ def _check_hosts(
     ):
         raise ConfigError(f"listen= takes (host, port), got {shown(listen)}")
     if not hosts:
+        if listen is not None or tls is not None:
+            raise ConfigError(
+                "listen= and tls= set up the listener children on other hosts connect back "
+                "to, with hosts= only: without hosts there is none (a supervisor's own "
+                "children connect over a Unix socket in a private directory)"
+            )
         return {}
     if not isinstance(hosts, Mapping):
         raise ConfigError(f"hosts= maps names to SSHHost(...), got {hosts!r}")
