@@ -924,19 +924,26 @@ async def test_a_request_to_a_client_that_closed_fails_at_once(socket_dir: str) 
     assert took[0] < 2, took
 
 
+@pytest.mark.parametrize("cleanup", ["quiet", "raises"])
 @pytest.mark.parametrize("ending", ["connection_closes", "server_closes", "server_went"])
 async def test_events_a_close_leaves_unhandled_are_named_in_a_warning(
-    ending: str, socket_dir: str, log_lines: list[str]
+    ending: str, cleanup: str, socket_dir: str, log_lines: list[str]
 ) -> None:
     """reliability.md: nothing accepted is dropped in silence. A side that closes (or, on a
     connection whose server went, runs out of close_timeout with something to send) cancels its
     handlers, and what was still waiting for them was dropped without a word. A warning now
-    says how many, and from whom."""
+    says how many, and from whom. A handler whose cleanup raises as it is cancelled counts
+    among them too (it was left out: its error taken for all that happened to its event)."""
     count = 10
     handled: list[int] = []
 
     async def slowly(data: int, *client: object) -> None:
-        await anyio.sleep(0.2)
+        try:
+            await anyio.sleep(0.2)
+        except anyio.get_cancelled_exc_class():
+            if cleanup == "raises":
+                raise RuntimeError(f"cleanup {data} failed") from None
+            raise
         handled.append(data)
 
     async def wait_for(condition: Any) -> None:
@@ -971,21 +978,36 @@ async def test_events_a_close_leaves_unhandled_are_named_in_a_warning(
         warned = [line for line in log_lines if "WARNING" in line and "dropped unhandled" in line]
         assert len(warned) == 1, log_lines
         assert f"{dropped} event(s) or request(s) from {sender!r}" in warned[0]
+        failed = [line for line in log_lines if "as it was cancelled" in line]
+        assert len(failed) == (cleanup == "raises"), log_lines
 
 
+@pytest.mark.parametrize("cleanup", ["quiet", "raises", "raises in an awaitable returned"])
 @pytest.mark.parametrize("ending", ["server_closes", "connection_closes"])
 async def test_request_handlers_a_close_cuts_short_are_named_in_the_warning(
-    ending: str, socket_dir: str, log_lines: list[str]
+    ending: str, cleanup: str, socket_dir: str, log_lines: list[str]
 ) -> None:
     """A close cancels the request handlers still running, as it does the events waiting:
     the warning named the events and requests that waited, not the requests whose handlers
-    it cut short (their requesters hear of it; the side that cut them said nothing)."""
+    it cut short (their requesters hear of it; the side that cut them said nothing). A
+    handler whose cleanup raises as it is cancelled is cut short all the same, and what it
+    raised is logged: its error went into a reply that was never sent, and nothing was said
+    at all, neither warning nor error (a helper's probe, both backends)."""
     started: list[int] = []
 
-    async def slow(data: int, *client: object) -> int:
+    async def slow_async(data: int, *client: object) -> int:
         started.append(data)
-        await anyio.sleep(30)
+        try:
+            await anyio.sleep(30)
+        finally:
+            if cleanup != "quiet":
+                raise RuntimeError(f"cleanup {data} failed")
         return data
+
+    def slow_plain(data: int, *client: object) -> Any:
+        return slow_async(data)  # (a plain function: its awaitable is awaited for it)
+
+    slow = slow_plain if cleanup == "raises in an awaitable returned" else slow_async
 
     async def ask(request: Any, n: int) -> None:
         with pytest.raises((ipcactors.ConnectionLostError, ipcactors.ClosedError)):
@@ -1017,6 +1039,8 @@ async def test_request_handlers_a_close_cuts_short_are_named_in_the_warning(
     assert len(warned) == 1, log_lines
     assert f"3 event(s) or request(s) from {sender!r}" in warned[0]
     assert "3 of them requests cut short in their handlers" in warned[0]
+    failed = [line for line in log_lines if "ERROR" in line and "as it was cancelled" in line]
+    assert len(failed) == (0 if cleanup == "quiet" else 3), log_lines
 
 
 class _Leave(BaseException):

@@ -80,6 +80,17 @@ def errors_or_cancellations(exc: BaseException) -> bool:
     return isinstance(exc, (Exception, cancelled))
 
 
+def _cancellation_behind(exc: BaseException) -> BaseException | None:
+    """The backend's cancellation in ``exc``'s context chain: the one it replaced."""
+    cancelled = anyio.get_cancelled_exc_class()
+    context = exc.__context__
+    for _ in range(64):  # (a chain can be long; a cycle, hand-made, endless)
+        if context is None or isinstance(context, cancelled):
+            return context
+        context = context.__context__
+    return None
+
+
 class PlainCancellation(Exception):
     """A handler raised the backend's cancellation exception itself (see
     :func:`raised_by_the_call` and :func:`raised_by_the_handler`): ``error``, carried as an
@@ -123,6 +134,28 @@ class Handlers:
     def failed(self, event: str, handler: Handler, exc: BaseException, log: ActorLog) -> None:
         """Log what a handler of ``event`` raised (it goes no further)."""
         log.exception(f"handler {_name(handler)} for {event!r} raised", exc)
+
+    async def awaited_failed(
+        self, event: str, handler: Handler, exc: Exception, log: ActorLog
+    ) -> None:
+        """Awaiting a handler of ``event`` raised ``exc``: logged (it goes no further), and
+        if that was as its task was being cancelled, cut short (see :meth:`cut_short`)."""
+        if being_cancelled():
+            await self.cut_short(event, handler, exc, log)
+        else:
+            self.failed(event, handler, exc, log)
+
+    async def cut_short(self, event: str, handler: Handler, exc: Exception, log: ActorLog) -> None:
+        """A handler of ``event`` raised ``exc`` as its task was being cancelled (its cleanup
+        failed, say): log it, and raise the cancellation again, so that it is cut short as
+        one that let the cancellation through is (counted and named by the close that cut
+        it). Its error would otherwise go into a reply that cannot be sent, or be taken for
+        the whole of what happened to an event."""
+        log.exception(f"handler {_name(handler)} for {event!r} raised as it was cancelled", exc)
+        cancellation = _cancellation_behind(exc)
+        if cancellation is not None:
+            raise cancellation
+        await anyio.lowlevel.checkpoint()  # (being cancelled: raises the cancellation)
 
     def lone_plain(self, event: str) -> Handler | None:
         """The handler of ``event`` if it is its only one and not an ``async def``."""
@@ -222,7 +255,7 @@ class Handlers:
         try:
             await result
         except Exception as exc:
-            self.failed(event, handler, exc, log)
+            await self.awaited_failed(event, handler, exc, log)
         except BaseException as exc:
             if not raised_by_the_handler(exc):
                 raise
@@ -243,7 +276,7 @@ class Handlers:
                 if result is not None and inspect.isawaitable(result):
                     await result
             except Exception as exc:
-                self.failed(event, handler, exc, log)
+                await self.awaited_failed(event, handler, exc, log)
             except BaseException as exc:
                 if not raised_by_the_handler(exc):
                     raise
@@ -268,6 +301,8 @@ class Handlers:
         try:
             result = await self._answer_with(first, args)
         except Exception as exc:
+            if being_cancelled():
+                await self.cut_short(event, first, exc, log)
             failure: Exception | None = exc
         else:
             failure = None
@@ -314,7 +349,7 @@ class Handlers:
                 if inspect.isawaitable(extra):
                     await extra
             except Exception as exc:
-                self.failed(event, handler, exc, log)
+                await self.awaited_failed(event, handler, exc, log)
             except BaseException as exc:
                 if not raised_by_the_handler(exc):
                     raise

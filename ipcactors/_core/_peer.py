@@ -46,9 +46,11 @@ from .._exits import leaving
 from .._log import ActorLog
 from .._proto._codec import Encoder
 from .._proto._messages import Event, Frame, Ping, Request, Welcome, frame_size, is_reserved
+from .._transports._backend import being_cancelled
 from ._acks import AckedReceiver, AckedSender
 from ._handlers import (
     UNHANDLED,
+    Handler,
     Handlers,
     PlainCancellation,
     raised_by_the_call,
@@ -614,7 +616,7 @@ class Peer:
             frame = error_frame(self._encoder, message.id, exc)
         else:
             if type(result) not in _NEVER_AWAITABLE and inspect.isawaitable(result):
-                task_group.start_soon(self._answer_later, message, result, done)
+                task_group.start_soon(self._answer_later, message, handler, result, done)
                 return True
             frame = reply_frame(self._encoder, message.id, result)
             result = None
@@ -640,7 +642,11 @@ class Peer:
         return peer is self
 
     async def _answer_later(
-        self, message: Request, result: Awaitable[Any], done: Callable[[bool], None]
+        self,
+        message: Request,
+        handler: Handler,
+        result: Awaitable[Any],
+        done: Callable[[bool], None],
     ) -> None:
         replied = False
         with Handling(self):  # (see _handling: closing from the handler)
@@ -648,6 +654,8 @@ class Peer:
                 try:
                     frame = reply_frame(self._encoder, message.id, await result)
                 except Exception as exc:
+                    if being_cancelled():  # (see Handlers.cut_short)
+                        await self._handlers.cut_short(message.event, handler, exc, self._log)
                     frame = error_frame(self._encoder, message.id, exc)
                 except BaseException as exc:
                     if not raised_by_the_handler(exc):
