@@ -465,11 +465,12 @@ def remote_type_of(exc: BaseException) -> str:
     a pool task, a child's import): a builtin's name, ``ipcactors.`` and the public name of
     ours, else the module and qualified name."""
     kind = type(exc)
-    if kind.__module__ == "builtins":
+    module = kind.__module__
+    if module == "builtins" or type(module) is not str:  # (a made class may have None)
         return kind.__qualname__
-    if kind.__module__.startswith("ipcactors."):
+    if module.startswith("ipcactors."):
         return f"ipcactors.{kind.__qualname__}"  # the public name, not the private module
-    return f"{kind.__module__}.{kind.__qualname__}"
+    return f"{module}.{kind.__qualname__}"
 
 
 def message_of(exc: BaseException) -> str:

@@ -291,6 +291,9 @@ class _Unprintable(Exception):
         raise RuntimeError("str() of this exception fails")
 
 
+_NoModule = type("_NoModule", (Exception,), {"__module__": None})  # (as some made classes)
+
+
 async def test_an_exception_that_cannot_be_printed_is_still_a_remote_error(
     socket_dir: str,
 ) -> None:
@@ -303,8 +306,12 @@ async def test_an_exception_that_cannot_be_printed_is_still_a_remote_error(
         async def in_a_task(data: Any, client: Any) -> None:
             raise _Unprintable
 
+        def no_module(data: Any, client: Any) -> None:
+            raise _NoModule("no module")
+
         server.on("plain", plain)
         server.on("task", in_a_task)
+        server.on("no module", no_module)
         server.on("echo", lambda data, client: data)
         async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
             world = await connect(hello)
@@ -313,6 +320,11 @@ async def test_an_exception_that_cannot_be_printed_is_still_a_remote_error(
                     with pytest.raises(ipcactors.RemoteError, match="unprintable") as caught:
                         await world.request(event)
                     assert caught.value.remote_type.endswith("_Unprintable")
+                # A class whose __module__ is not a str: the connection was dropped (naming
+                # the error's type raised AttributeError; a helper's probe).
+                with pytest.raises(ipcactors.RemoteError, match="no module") as caught:
+                    await world.request("no module")
+                assert caught.value.remote_type == "_NoModule"
                 assert await world.request("echo", 1) == 1
             assert world.connected
 
