@@ -421,6 +421,41 @@ async def test_plain_events_queued_in_a_fall_back_are_named_if_never_sent(
     assert world.statistics().events_reported == 0  # (all plain: none was sequenced)
 
 
+async def test_events_a_fall_back_reported_are_not_named_again_as_never_sent(
+    socket_dir: str, log_lines: list[str]
+) -> None:
+    """Events sequenced while the connection was away, reported as given up when a server
+    without the mode welcomed it (their frames stay queued: they go at most once), and still
+    unsent at the close, were named again there: "N message(s) ... were never sent" beside
+    the fall back's report of the same events (a review of 1e74e93, both backends). Each
+    event is named once."""
+    count = 1500  # 24 MB: past the kernel's buffers and what asyncio's transports hold
+    options = {"socket_root": socket_dir, "close_timeout": 0.3}
+    async with Actor("hello", acked="on", max_outbox_bytes=64 * 1024 * 1024, **options) as hello:
+        async with Actor("world", acked="on", silent=True, **options) as first:
+            await first.serve()
+            with anyio.fail_after(5):
+                world = await hello.connect_to("world")
+                await world.emit("n", b"")
+                await world.wait_acknowledged()
+        await wait_until(lambda: not world.statistics().connected)
+        for _ in range(count):  # while it is away: sequenced and stored
+            await world.emit("n", b"x" * 16 * 1024)
+        async with Actor("world", max_inbox_bytes=65536, silent=True, **options) as plain:
+            server = await plain.serve()
+
+            async def stuck(data: bytes, client: Client) -> None:
+                await anyio.sleep_forever()
+
+            server.on("n", stuck)
+            with anyio.fail_after(10):
+                await world.wait_connected()
+                await anyio.sleep(0.3)  # (it reads what it can, then nothing more)
+                await world.aclose()
+    assert world.statistics().events_reported == count
+    assert not [line for line in log_lines if "were never sent" in line], log_lines
+
+
 async def test_wait_acknowledged_needs_the_mode(socket_dir: str) -> None:
     async with Actor("world", socket_root=socket_dir, silent=True) as world_actor:
         await world_actor.serve()

@@ -79,6 +79,7 @@ class AckedSender:
     __slots__ = (
         "_kept_frame",
         "_raised_to",
+        "_reported_at",
         "_store",
         "_waiters",
         "acked_seq",
@@ -112,6 +113,9 @@ class AckedSender:
         #: Whether the stream was given up for good (:meth:`report`), not in part.
         self.final = False
         self._raised_to = 0  # given_up[:this] were reported by a wait() (see there)
+        # Outbox positions of events a fall back reported whose frames stayed queued (they go
+        # at most once): a close that finds them unsent has named them already.
+        self._reported_at: list[int] = []
         self.acknowledged = 0
         self.reported = 0
         self.resent = 0
@@ -167,10 +171,11 @@ class AckedSender:
         return sent
 
     def queued(self) -> int:
-        """Stored events still queued in :attr:`outbox` (no writer took them yet): what its
-        close leaves that a report of this stream names."""
+        """Events of this stream still queued in :attr:`outbox` (no writer took them yet):
+        what its close leaves that a report of this stream names, or named (a fall back's)."""
         taken = self.outbox.taken
-        return sum(1 for entry in self._store if entry[4] > taken)
+        stored = sum(1 for entry in self._store if entry[4] > taken)
+        return stored + sum(1 for position in self._reported_at if position > taken)
 
     def hello(self) -> dict[str, Any]:
         """What our hello says of the stream: the session and the last seq written."""
@@ -234,6 +239,10 @@ class AckedSender:
         events may be sequenced again)."""
         events = self.pending
         freed = sum(entry[3] for entry in self._store)
+        if not final:  # (their frames stay queued, and go at most once)
+            taken = self.outbox.taken
+            self._reported_at = [p for p in self._reported_at if p > taken]
+            self._reported_at += (entry[4] for entry in self._store if entry[4] > taken)
         self._store.clear()
         self._given_up(events)
         self.final = final
