@@ -469,18 +469,23 @@ async def test_error_handlers_get_the_librarys_errors(socket_dir: str) -> None:
         assert "'world'" in str(error)
 
 
-async def test_a_host_name_refused_gives_the_sockets_own_error_as_the_cause() -> None:
+async def test_a_host_name_refused_gives_the_sockets_own_error_as_the_cause(
+    log_lines: list[str],
+) -> None:
     """guide.md: a failed connect is a ConnectionFailedError with the socket's own error as its
     cause. By host name (anyio tries each address) it was anyio's OSError 'All connection
     attempts failed', errno None, the refusal one level down and named nowhere in the
-    message (a helper's probe); by address it was the refusal."""
+    message or the retry's warning (a helper's probe); by address it was the refusal."""
     port = _free_port()
-    async with Actor("hello", silent=True, stop_retrying=0) as hello:
+    async with Actor("hello", stop_retrying=1, retry=0.01, retry_cap=0.01) as hello:
         for host in ("localhost", "127.0.0.1"):
             with anyio.fail_after(10), pytest.raises(ipcactors.ConnectionFailedError) as caught:
                 await hello.connect_to_net("world", host, port)
             assert isinstance(caught.value.__cause__, ConnectionRefusedError), host
             assert "refused" in str(caught.value).lower(), caught.value
+    retrying = [line for line in log_lines if "cannot connect to 'world'" in line]
+    assert len(retrying) == 2, log_lines
+    assert all("refused" in line.lower() for line in retrying), retrying
 
 
 async def test_a_server_that_hangs_up_at_once_is_named_in_the_error(socket_dir: str) -> None:

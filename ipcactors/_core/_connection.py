@@ -119,6 +119,21 @@ _CONNECT_FAILURES: Final = (
 )
 
 
+def _own_error(exc: BaseException) -> BaseException:
+    """The socket's own error behind one of anyio's: its BrokenResourceError's cause, or, for
+    its "All connection attempts failed" (a host name, each address tried), the first
+    address's error (the one address's)."""
+    if isinstance(exc, anyio.BrokenResourceError) and isinstance(exc.__cause__, OSError):
+        return exc.__cause__
+    if type(exc) is OSError and exc.errno is None:
+        cause: BaseException | None = exc.__cause__
+        if isinstance(cause, ExceptionGroup) and isinstance(cause.exceptions[0], OSError):
+            cause = cause.exceptions[0]
+        if isinstance(cause, OSError):
+            return cause
+    return exc
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc)
     if isinstance(exc, IPCError):
@@ -442,12 +457,13 @@ class Connection(Peer, HandlerMethods):
                 if failures == 1:
                     first_failure = reminded = now
                     plan = "until it works" if retries is None else f"at most {retries} more times"
-                    self._log.warning(f"cannot connect to {where}: {_reason(exc)}; retrying {plan}")
+                    reason = _reason(_own_error(exc))
+                    self._log.warning(f"cannot connect to {where}: {reason}; retrying {plan}")
                 elif now - reminded >= RETRY_REMINDER:
                     reminded = now
                     self._log.warning(
                         f"still cannot connect to {where} after {failures} attempts in "
-                        f"{now - first_failure:.0f} s: {_reason(exc)}; retrying"
+                        f"{now - first_failure:.0f} s: {_reason(_own_error(exc))}; retrying"
                     )
                 delay = self._delay(backoff)
                 self._log.debug(f"connecting to {self.id!r} failed ({exc}); retry in {delay:.2f} s")
@@ -743,16 +759,7 @@ class Connection(Peer, HandlerMethods):
         a broken one) a ConnectionFailedError caused by it."""
         if isinstance(exc, IPCError) and not isinstance(exc, ProtocolError):
             return exc
-        if isinstance(exc, anyio.BrokenResourceError) and isinstance(exc.__cause__, OSError):
-            exc = exc.__cause__  # anyio's wrapper: the socket's own error is the cause
-        elif type(exc) is OSError and exc.errno is None:
-            # anyio's "All connection attempts failed" (a host name, each address tried): the
-            # first address's own error, or the one address's.
-            cause: BaseException | None = exc.__cause__
-            if isinstance(cause, ExceptionGroup) and isinstance(cause.exceptions[0], OSError):
-                cause = cause.exceptions[0]
-            if isinstance(cause, OSError):
-                exc = cause
+        exc = _own_error(exc)
         error = ConnectionFailedError(
             f"could not connect to {self.id!r} at {self.address}: {_reason(exc)}"
         )
