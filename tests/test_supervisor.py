@@ -625,6 +625,30 @@ async def test_graceful_shutdown_answers_requests_in_flight(socket_dir: str) -> 
             assert sup.children["w2"].last_exit == 0
 
 
+async def test_a_child_still_answering_at_shutdown_timeout_is_said_to_be(
+    socket_dir: str, log_lines: list[str]
+) -> None:
+    """A child whose requests still ran when shutdown_timeout ended is SIGTERMed, as
+    supervisor.md says, and the warning says why: it said the child 'cannot be asked to stop
+    (no connection)', though it was connected all along (a helper's probe, both backends)."""
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as task_group:
+            async with supervisor(socket_dir, shutdown_timeout=0.5) as sup:
+                await sup.spawn(_workers.echo, id="w1")
+
+                async def ask() -> None:
+                    with contextlib.suppress(ChildExitedError):
+                        await sup.request("w1", "slow", 30, timeout=20)
+
+                task_group.start_soon(ask)
+                await anyio.sleep(0.2)  # (its request runs)
+    warned = [line for line in log_lines if "WARNING" in line and "'w1'" in line]
+    assert len(warned) == 1, warned
+    assert (
+        "still answering requests when its shutdown_timeout ran out; sending SIGTERM" in warned[0]
+    )
+
+
 @pytest.mark.parametrize("strategy", ["one_for_all", "rest_for_one"])
 async def test_shutdown_in_reverse_start_order(
     socket_dir: str, log_lines: list[str], strategy: str

@@ -293,12 +293,15 @@ async def stop_process(
     cancellation, each wait goes on to the deadline its first start set."""
     id = incarnation.child.id
     asked = False  # (whether it was told to stop: by the stop message, or by SIGTERM)
+    answering = False  # (whether its grace ended while it still answered requests)
     if not incarnation.exited.is_set() and graceful:
         if incarnation.grace_ends is None:
             incarnation.grace_ends = anyio.current_time() + shutdown_timeout
         grace_ends = incarnation.grace_ends
         with anyio.move_on_after(max(0.0, grace_ends - anyio.current_time())):
+            answering = True
             await incarnation.idle.wait()
+            answering = False
             client = incarnation.client
             if client is not None and client.connected:
                 try:  # (with the time it has left: its close keeps within it)
@@ -322,6 +325,13 @@ async def stop_process(
                 wait = max(0.0, incarnation.terminate_ends - anyio.current_time())
         if asked:
             log.warning(f"child {id!r} did not stop; sending {sig.name}")
+        elif answering:
+            log.warning(
+                f"child {id!r} was still answering requests when its shutdown_timeout ran "
+                f"out; sending {sig.name}"
+            )
+        elif graceful and incarnation.client is None:  # (a close as a restart begins: usual)
+            log.info(f"child {id!r} is still starting (not connected yet); sending {sig.name}")
         elif graceful:
             log.warning(f"child {id!r} cannot be asked to stop (no connection); sending {sig.name}")
         else:
