@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 
 import ipcactors
+from ipcactors._log import ActorLog
 
 
 async def echo(actor: ipcactors.Actor, tag: Any = None) -> None:
@@ -37,6 +38,7 @@ async def echo(actor: ipcactors.Actor, tag: Any = None) -> None:
     parent.on("exit", lambda code: os._exit(code))
     parent.on("ping", lambda data: parent.emit("pong", data))  # an event answered by an event
     parent.on("collect", lambda data: _collect())
+    parent.on("log as", lambda name: ActorLog(name, False).info("a line of another actor's"))
 
     async def ask(data: dict[str, Any]) -> Any:
         sibling = await actor.connect_to(data["id"])

@@ -452,6 +452,22 @@ async def test_transient_child_ending_normally_is_not_restarted(
                 assert sup.children == {}
 
 
+async def test_a_childs_log_lines_name_it_once(
+    socket_dir: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A child's log goes to its stderr, which the supervisor relays with the child's id in
+    front: its own actor's lines named it a second time ("[w] INFO    [w] serving on ...", a
+    helper's probe, in every example's output); an actor of another id keeps its name."""
+    with anyio.fail_after(20):
+        async with supervisor(socket_dir, log_level="INFO") as sup:
+            await sup.spawn(_workers.echo, id="w")
+            await sup.request("w", "log as", "other")
+    err = capfd.readouterr().err
+    assert "[w] INFO    serving on unix " in err, err
+    assert "[w] INFO    [w]" not in err, err
+    assert "[w] INFO    [other] a line of another actor's" in err, err
+
+
 @pytest.mark.parametrize("handler", ["plain", "async"])
 @pytest.mark.parametrize(("code", "restarts"), [(None, False), (0, False), (2, True)])
 async def test_sys_exit_in_a_handler_is_the_exit_code(

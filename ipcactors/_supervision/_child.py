@@ -103,13 +103,28 @@ def _set_title(title: str) -> None:
         module.setproctitle(title)
 
 
+#: How the supervisor's relay shows this child's lines (its id, see ``_take_spec``): the log
+#: does not say it twice.
+_relayed_as = ""
+
+
+def _log_format(record: Any) -> str:
+    """A child's log line: its level and message, the message without the ``[id]`` its actor
+    put in front when the relay puts the same one (an actor of another id keeps its own)."""
+    message = record["message"]
+    if _relayed_as and message.startswith(_relayed_as):
+        message = message[len(_relayed_as) :]
+    record["extra"]["_line"] = message
+    return "{level: <7} {extra[_line]}\n{exception}"
+
+
 def setup_logging(level: str) -> None:
     """The children's log: stderr (relayed with the child's id) at ``level``. Called once in
     the forkserver (it costs milliseconds), inherited by every child."""
     from loguru import logger
 
     logger.remove()
-    logger.add(sys.stderr, level=level, format="{level: <7} {message}", diagnose=False)
+    logger.add(sys.stderr, level=level, format=_log_format, diagnose=False)
 
 
 def run_child(spec: dict[str, Any], lifeline_fd: int, parent_pid: int) -> int:
@@ -167,6 +182,8 @@ def _take_spec(spec: dict[str, Any]) -> Target:
     sys.argv[:] = spec["argv"]
     target = Target(spec["module"], spec["qualname"], spec["main_path"])
     _set_title(f"ipcactors: {spec['id']} ({target})")
+    global _relayed_as
+    _relayed_as = f"[{spec['id']}] "
     return target
 
 
