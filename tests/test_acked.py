@@ -46,6 +46,23 @@ def recorder(server: Server) -> list[tuple[int, bool]]:
     return got
 
 
+async def held_at_n(
+    hello: Actor, server: Server, release: anyio.Event | None = None
+) -> ipcactors.Connection:
+    """``hello`` connected to ``world``, whose ``n`` events its handler holds (until
+    ``release``): it reads no more once its inbox is full. Returns once the server has it."""
+    link = await hello.connect_to("world")
+
+    @link.on("n")
+    async def held(data: bytes) -> None:
+        if release is None:
+            await anyio.sleep_forever()
+        await release.wait()
+
+    await wait_until(lambda: "hello" in server.clients)
+    return link
+
+
 def check_totals(stats: ipcactors.ConnectionStatistics) -> None:
     assert (
         stats.events_acknowledged + stats.events_reported + stats.events_unacknowledged
@@ -381,6 +398,26 @@ async def test_falling_back_to_at_most_once_reports_what_it_gives_up(socket_dir:
         check_totals(world.statistics())
 
 
+async def close_at_a_server_that_reads_nothing(
+    world: ipcactors.Connection, socket_dir: str, acked: str
+) -> None:
+    """A server ``world`` comes back (``acked`` its mode) whose handler holds the first event,
+    so it reads no more; the connection ``world``, once up, closes (its close_timeout) with
+    what it could not send still queued."""
+    options = {"acked": acked, "max_inbox_bytes": 65536, "close_timeout": 0.3}
+    async with Actor("world", socket_root=socket_dir, silent=True, **options) as again:
+        server = await again.serve()
+
+        async def stuck(data: bytes, client: Client) -> None:
+            await anyio.sleep_forever()
+
+        server.on("n", stuck)
+        with anyio.fail_after(10):
+            await world.wait_connected()
+            await anyio.sleep(0.3)  # (it reads what it can, then nothing more)
+            await world.aclose()
+
+
 async def test_plain_events_queued_in_a_fall_back_are_named_if_never_sent(
     socket_dir: str, log_lines: list[str]
 ) -> None:
@@ -400,20 +437,7 @@ async def test_plain_events_queued_in_a_fall_back_are_named_if_never_sent(
         await wait_until(lambda: not world.statistics().connected)
         for _ in range(count):  # while it is away: queued, plain
             await world.emit("n", b"x" * 16 * 1024)
-        async with Actor("world", max_inbox_bytes=65536, silent=True, **options) as again:
-            server = await again.serve()
-            got = 0
-
-            async def stuck(data: bytes, client: Client) -> None:
-                nonlocal got
-                got += 1
-                await anyio.sleep_forever()
-
-            server.on("n", stuck)
-            with anyio.fail_after(10):
-                await world.wait_connected()
-                await anyio.sleep(0.3)  # (it reads what it can, then nothing more)
-                await world.aclose()
+        await close_at_a_server_that_reads_nothing(world, socket_dir, acked="on")
     never_sent = [line for line in log_lines if "were never sent" in line]
     assert len(never_sent) == 1, log_lines
     unsent = int(never_sent[0].split(" message(s) queued")[0].rsplit(" ", 1)[-1])
@@ -441,17 +465,7 @@ async def test_events_a_fall_back_reported_are_not_named_again_as_never_sent(
         await wait_until(lambda: not world.statistics().connected)
         for _ in range(count):  # while it is away: sequenced and stored
             await world.emit("n", b"x" * 16 * 1024)
-        async with Actor("world", max_inbox_bytes=65536, silent=True, **options) as plain:
-            server = await plain.serve()
-
-            async def stuck(data: bytes, client: Client) -> None:
-                await anyio.sleep_forever()
-
-            server.on("n", stuck)
-            with anyio.fail_after(10):
-                await world.wait_connected()
-                await anyio.sleep(0.3)  # (it reads what it can, then nothing more)
-                await world.aclose()
+        await close_at_a_server_that_reads_nothing(world, socket_dir, acked="off")
     assert world.statistics().events_reported == count
     assert not [line for line in log_lines if "were never sent" in line], log_lines
 
@@ -635,13 +649,7 @@ async def test_a_broadcast_keeps_no_more_unacknowledged_events_than_the_outbox_b
         async with Actor("hello", max_inbox_bytes=64 * 1024 * 1024, **options) as hello:
             stuck = anyio.Event()
             with anyio.fail_after(20):
-                link = await hello.connect_to("world")
-
-                @link.on("n")
-                async def never_done(data: bytes) -> None:
-                    await stuck.wait()
-
-                await wait_until(lambda: "hello" in server.clients)
+                await held_at_n(hello, server, stuck)
                 most = 0
                 for _ in range(1000):
                     await server.broadcast("n", b"x" * 1024)
@@ -763,13 +771,7 @@ async def test_events_queued_for_a_client_that_leaves_are_kept_not_called_unsent
             max_inbox_bytes=64 * 1024,
         ) as hello:
             with anyio.fail_after(10):
-                link = await hello.connect_to("world")
-
-                @link.on("n")
-                async def stuck(data: bytes) -> None:
-                    await anyio.sleep_forever()
-
-                await wait_until(lambda: "hello" in server.clients)
+                await held_at_n(hello, server)
                 client = server.clients["hello"]
                 for _ in range(count):
                     await client.emit("n", b"x" * 16 * 1024)
