@@ -982,6 +982,33 @@ async def test_events_a_close_leaves_unhandled_are_named_in_a_warning(
         assert len(failed) == (cleanup == "raises"), log_lines
 
 
+async def test_a_disconnect_handler_that_raises_as_its_connection_closes_holds_up_no_other(
+    socket_dir: str, log_lines: list[str]
+) -> None:
+    """guide.md: a handler's exception is logged and goes no further. A lifecycle handler runs
+    shielded as its connection is torn down: on asyncio, one that raised there was taken for
+    one cut short by the close (71c933d; a helper's review, 3 of 3), and the handlers after
+    it did not run."""
+    ran: list[str] = []
+    async with Actor("world", socket_root=socket_dir, silent=True) as world_actor:
+        await world_actor.serve()
+        async with Actor("hello", socket_root=socket_dir) as hello:
+            world = await hello.connect_to("world")
+
+            @world.on("disconnect")
+            async def first() -> None:
+                raise ValueError("first failed")
+
+            @world.on("disconnect")
+            async def second() -> None:
+                ran.append("second")
+
+    assert ran == ["second"]
+    failed = [line for line in log_lines if "first failed" in line or "raised" in line]
+    assert any("'disconnect' raised" in line for line in failed), failed
+    assert not any("as it was cancelled" in line for line in failed), failed
+
+
 @pytest.mark.parametrize("cleanup", ["quiet", "raises", "raises in an awaitable returned"])
 @pytest.mark.parametrize("ending", ["server_closes", "connection_closes"])
 async def test_request_handlers_a_close_cuts_short_are_named_in_the_warning(

@@ -25,7 +25,7 @@ from .._errors import EventNameError, IPCError, ReservedEventError
 from .._log import ActorLog
 from .._proto._codec import Codec
 from .._proto._messages import RESERVED_EVENTS, RESERVED_PREFIX
-from .._transports._backend import being_cancelled
+from .._transports._backend import being_cancelled, cancelled_here
 
 __all__ = [
     "MAX_UNHANDLED_NAMES",
@@ -140,7 +140,7 @@ class Handlers:
     ) -> None:
         """Awaiting a handler of ``event`` raised ``exc``: logged (it goes no further), and
         if that was as its task was being cancelled, cut short (see :meth:`cut_short`)."""
-        if being_cancelled():
+        if cancelled_here():
             await self.cut_short(event, handler, exc, log)
         else:
             self.failed(event, handler, exc, log)
@@ -301,7 +301,7 @@ class Handlers:
         try:
             result = await self._answer_with(first, args)
         except Exception as exc:
-            if being_cancelled():
+            if cancelled_here():
                 await self.cut_short(event, first, exc, log)
             failure: Exception | None = exc
         else:

@@ -46,7 +46,7 @@ from .._exits import leaving
 from .._log import ActorLog
 from .._proto._codec import Encoder
 from .._proto._messages import Event, Frame, Ping, Request, Welcome, frame_size, is_reserved
-from .._transports._backend import being_cancelled
+from .._transports._backend import cancelled_here
 from ._acks import AckedReceiver, AckedSender
 from ._handlers import (
     UNHANDLED,
@@ -654,7 +654,7 @@ class Peer:
                 try:
                     frame = reply_frame(self._encoder, message.id, await result)
                 except Exception as exc:
-                    if being_cancelled():  # (see Handlers.cut_short)
+                    if cancelled_here():  # (see Handlers.cut_short)
                         await self._handlers.cut_short(message.event, handler, exc, self._log)
                     frame = error_frame(self._encoder, message.id, exc)
                 except BaseException as exc:

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
 
+import anyio
+
 from .._errors import ConfigError
 
 if TYPE_CHECKING:
@@ -32,6 +34,7 @@ __all__ = [
     "backend_options",
     "being_cancelled",
     "call_later",
+    "cancelled_here",
     "check_backend",
     "current_backend",
     "in_loop_callback",
@@ -93,6 +96,13 @@ def being_cancelled() -> bool:
         return bool(_trio().current_effective_deadline() == -math.inf)
     task = asyncio.current_task(loop)
     return task is not None and task.cancelling() > 0
+
+
+def cancelled_here() -> bool:
+    """Whether a cancellation reaches the current task at its next checkpoint: a cancelled
+    scope encloses it, with no shield between (unlike :func:`being_cancelled`, which on
+    asyncio counts a cancellation under way behind a shield too)."""
+    return anyio.current_effective_deadline() == -math.inf
 
 
 def in_loop_callback() -> None:
