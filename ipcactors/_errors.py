@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Final, NamedTuple
@@ -465,12 +466,19 @@ def remote_type_of(exc: BaseException) -> str:
     a pool task, a child's import): a builtin's name, ``ipcactors.`` and the public name of
     ours, else the module and qualified name."""
     kind = type(exc)
-    module = kind.__module__
-    if module == "builtins" or type(module) is not str:  # (a made class may have None)
-        return kind.__qualname__
+    # Read as type itself reads them: a metaclass of the exception's cannot make naming it
+    # fail (the reply would never go); a made class may have a __module__ that is no str.
+    module = _TYPE_MODULE.__get__(kind)
+    name: str = _TYPE_QUALNAME.__get__(kind)  # (always a str: type requires it)
+    if type(module) is not str or module == "builtins":
+        return name
     if module.startswith("ipcactors."):
-        return f"ipcactors.{kind.__qualname__}"  # the public name, not the private module
-    return f"{module}.{kind.__qualname__}"
+        return f"ipcactors.{name}"  # the public name, not the private module
+    return f"{module}.{name}"
+
+
+_TYPE_MODULE = type.__dict__["__module__"]
+_TYPE_QUALNAME = type.__dict__["__qualname__"]
 
 
 def message_of(exc: BaseException) -> str:
@@ -480,6 +488,15 @@ def message_of(exc: BaseException) -> str:
         return str(exc)
     except Exception:
         return f"<unprintable {type(exc).__name__}: str() raised>"
+
+
+def traceback_of(exc: BaseException) -> str:
+    """``exc``'s traceback as text, or a placeholder if formatting it raises (an exception
+    whose class refuses its own attributes): as :func:`message_of`."""
+    try:
+        return "".join(traceback.format_exception(exc))
+    except Exception:
+        return f"<the traceback of {type(exc).__name__} could not be formatted>"
 
 
 def fit_text(text: str, size: int) -> str:

@@ -539,6 +539,37 @@ def test_closing_waits_for_a_plain_handler_still_running(
     assert finished.is_set()  # it waited for the handler
 
 
+def test_a_plain_handler_that_raises_as_its_server_closes_failed_on_its_own(
+    backend: Literal["asyncio", "trio"], socket_dir: str, log_lines: list[str]
+) -> None:
+    """A plain handler runs in a thread, which nothing cancels: the close waits for it. One
+    that raises while the close waits failed on its own, and ran to its end: it was logged
+    as 'raised as it was cancelled' and its event named as dropped unhandled (a review of
+    71c933d, 3 of 3 on both backends)."""
+    options: dict[str, Any] = {"socket_root": socket_dir, "backend": backend, **FAST}
+    started, ended = threading.Event(), threading.Event()
+    with BlockingActor("world", **{**options, "silent": False}) as world:
+        server = world.serve()
+
+        def fails(data: Any, client: BlockingClient) -> None:
+            started.set()
+            time.sleep(0.5)
+            ended.set()
+            raise ValueError("failed on its own")
+
+        server.on("fails", fails)
+        with BlockingActor("hello", **options) as hello:
+            hello.connect_to("world").emit("fails", None)
+            assert started.wait(5)
+            server.close()
+    assert ended.is_set()
+    failed = [line for line in log_lines if "failed on its own" in line]
+    assert failed, log_lines
+    assert "for 'fails' raised" in failed[0].splitlines()[0], failed
+    assert not any("as it was cancelled" in line for line in log_lines), failed
+    assert not any("dropped unhandled" in line for line in log_lines), log_lines
+
+
 def test_a_close_called_while_another_thread_closes_returns_once_closed(
     backend: Literal["asyncio", "trio"], socket_dir: str
 ) -> None:

@@ -294,6 +294,17 @@ class _Unprintable(Exception):
 _NoModule = type("_NoModule", (Exception,), {"__module__": None})  # (as some made classes)
 
 
+class _RefusesItsModule(type):
+    def __getattribute__(cls, name: str) -> Any:
+        if name == "__module__":
+            raise RuntimeError("no module for you")
+        return super().__getattribute__(name)
+
+
+class _Refusing(Exception, metaclass=_RefusesItsModule):
+    pass
+
+
 async def test_an_exception_that_cannot_be_printed_is_still_a_remote_error(
     socket_dir: str,
 ) -> None:
@@ -312,6 +323,11 @@ async def test_an_exception_that_cannot_be_printed_is_still_a_remote_error(
         server.on("plain", plain)
         server.on("task", in_a_task)
         server.on("no module", no_module)
+
+        def refusing(data: Any, client: Any) -> None:
+            raise _Refusing("refusing")
+
+        server.on("refusing", refusing)
         server.on("echo", lambda data, client: data)
         async with Actor("hello", socket_root=socket_dir, silent=True) as hello:
             world = await connect(hello)
@@ -325,6 +341,11 @@ async def test_an_exception_that_cannot_be_printed_is_still_a_remote_error(
                 with pytest.raises(ipcactors.RemoteError, match="no module") as caught:
                     await world.request("no module")
                 assert caught.value.remote_type == "_NoModule"
+                # Nor one whose metaclass refuses its __module__ (its traceback cannot be
+                # formatted either: a placeholder goes instead).
+                with pytest.raises(ipcactors.RemoteError, match="refusing") as caught:
+                    await world.request("refusing")
+                assert caught.value.remote_type.endswith("_Refusing")
                 assert await world.request("echo", 1) == 1
             assert world.connected
 

@@ -135,27 +135,25 @@ class Handlers:
         """Log what a handler of ``event`` raised (it goes no further)."""
         log.exception(f"handler {_name(handler)} for {event!r} raised", exc)
 
-    async def awaited_failed(
-        self, event: str, handler: Handler, exc: Exception, log: ActorLog
-    ) -> None:
-        """Awaiting a handler of ``event`` raised ``exc``: logged (it goes no further), and
-        if that was as its task was being cancelled, cut short (see :meth:`cut_short`)."""
-        if cancelled_here():
-            await self.cut_short(event, handler, exc, log)
-        else:
-            self.failed(event, handler, exc, log)
+    def awaited_failed(self, event: str, handler: Handler, exc: Exception, log: ActorLog) -> None:
+        """Awaiting a handler of ``event`` raised ``exc``: cut short if it was raised as a
+        cancellation went through it (see :meth:`cut_short`), else logged (it goes no
+        further)."""
+        self.cut_short(event, handler, exc, log)
+        self.failed(event, handler, exc, log)
 
-    async def cut_short(self, event: str, handler: Handler, exc: Exception, log: ActorLog) -> None:
-        """A handler of ``event`` raised ``exc`` as its task was being cancelled (its cleanup
-        failed, say): log it, and raise the cancellation again, so that it is cut short as
-        one that let the cancellation through is (counted and named by the close that cut
-        it). Its error would otherwise go into a reply that cannot be sent, or be taken for
-        the whole of what happened to an event."""
-        log.exception(f"handler {_name(handler)} for {event!r} raised as it was cancelled", exc)
+    def cut_short(self, event: str, handler: Handler, exc: Exception, log: ActorLog) -> None:
+        """If a handler of ``event`` raised ``exc`` as a cancellation that reaches its task went
+        through it (its cleanup failed, say): log it, and raise that cancellation again, so
+        that it is cut short as one that let the cancellation through is (counted and named
+        by the close that cut it); its error would otherwise go into a reply that cannot be
+        sent, or be taken for the whole of what happened to an event. An error it raised on
+        its own (a plain handler in a thread, which nothing cancels) is its error."""
         cancellation = _cancellation_behind(exc)
-        if cancellation is not None:
-            raise cancellation
-        await anyio.lowlevel.checkpoint()  # (being cancelled: raises the cancellation)
+        if cancellation is None or not cancelled_here():
+            return
+        log.exception(f"handler {_name(handler)} for {event!r} raised as it was cancelled", exc)
+        raise cancellation
 
     def lone_plain(self, event: str) -> Handler | None:
         """The handler of ``event`` if it is its only one and not an ``async def``."""
@@ -255,7 +253,7 @@ class Handlers:
         try:
             await result
         except Exception as exc:
-            await self.awaited_failed(event, handler, exc, log)
+            self.awaited_failed(event, handler, exc, log)
         except BaseException as exc:
             if not raised_by_the_handler(exc):
                 raise
@@ -276,7 +274,7 @@ class Handlers:
                 if result is not None and inspect.isawaitable(result):
                     await result
             except Exception as exc:
-                await self.awaited_failed(event, handler, exc, log)
+                self.awaited_failed(event, handler, exc, log)
             except BaseException as exc:
                 if not raised_by_the_handler(exc):
                     raise
@@ -301,8 +299,7 @@ class Handlers:
         try:
             result = await self._answer_with(first, args)
         except Exception as exc:
-            if cancelled_here():
-                await self.cut_short(event, first, exc, log)
+            self.cut_short(event, first, exc, log)
             failure: Exception | None = exc
         else:
             failure = None
@@ -349,7 +346,7 @@ class Handlers:
                 if inspect.isawaitable(extra):
                     await extra
             except Exception as exc:
-                await self.awaited_failed(event, handler, exc, log)
+                self.awaited_failed(event, handler, exc, log)
             except BaseException as exc:
                 if not raised_by_the_handler(exc):
                     raise

@@ -17,7 +17,6 @@ from __future__ import annotations
 import inspect
 import math
 import sys
-import traceback
 from collections.abc import Awaitable, Callable
 from operator import index
 from time import monotonic
@@ -41,12 +40,12 @@ from .._errors import (
     UnsupportedError,
     message_of,
     remote_type_of,
+    traceback_of,
 )
 from .._exits import leaving
 from .._log import ActorLog
 from .._proto._codec import Encoder
 from .._proto._messages import Event, Frame, Ping, Request, Welcome, frame_size, is_reserved
-from .._transports._backend import cancelled_here
 from ._acks import AckedReceiver, AckedSender
 from ._handlers import (
     UNHANDLED,
@@ -654,8 +653,7 @@ class Peer:
                 try:
                     frame = reply_frame(self._encoder, message.id, await result)
                 except Exception as exc:
-                    if cancelled_here():  # (see Handlers.cut_short)
-                        await self._handlers.cut_short(message.event, handler, exc, self._log)
+                    self._handlers.cut_short(message.event, handler, exc, self._log)
                     frame = error_frame(self._encoder, message.id, exc)
                 except BaseException as exc:
                     if not raised_by_the_handler(exc):
@@ -700,7 +698,7 @@ class Peer:
 
 
 def error_frame(encoder: Encoder, request_id: int, exc: BaseException) -> Frame:
-    text = "".join(traceback.format_exception(exc)) if encoder.tracebacks else ""
+    text = traceback_of(exc) if encoder.tracebacks else ""
     return encoder.error_reply(request_id, remote_type_of(exc), message_of(exc), text)
 
 
