@@ -1009,7 +1009,9 @@ async def test_a_disconnect_handler_that_raises_as_its_connection_closes_holds_u
     assert not any("as it was cancelled" in line for line in failed), failed
 
 
-@pytest.mark.parametrize("cleanup", ["quiet", "raises", "raises in an awaitable returned"])
+@pytest.mark.parametrize(
+    "cleanup", ["quiet", "raises", "raises in an awaitable returned", "raises in its task group"]
+)
 @pytest.mark.parametrize("ending", ["server_closes", "connection_closes"])
 async def test_request_handlers_a_close_cuts_short_are_named_in_the_warning(
     ending: str, cleanup: str, socket_dir: str, log_lines: list[str]
@@ -1034,7 +1036,14 @@ async def test_request_handlers_a_close_cuts_short_are_named_in_the_warning(
     def slow_plain(data: int, *client: object) -> Any:
         return slow_async(data)  # (a plain function: its awaitable is awaited for it)
 
-    slow = slow_plain if cleanup == "raises in an awaitable returned" else slow_async
+    async def slow_in_a_group(data: int, *client: object) -> None:
+        async with anyio.create_task_group() as group:  # (an ExceptionGroup of what fails)
+            group.start_soon(slow_async, data)
+
+    slow = {
+        "raises in an awaitable returned": slow_plain,
+        "raises in its task group": slow_in_a_group,
+    }.get(cleanup, slow_async)
 
     async def ask(request: Any, n: int) -> None:
         with pytest.raises((ipcactors.ConnectionLostError, ipcactors.ClosedError)):

@@ -81,13 +81,21 @@ def errors_or_cancellations(exc: BaseException) -> bool:
 
 
 def _cancellation_behind(exc: BaseException) -> BaseException | None:
-    """The backend's cancellation in ``exc``'s context chain: the one it replaced."""
+    """The backend's cancellation in the context chain of ``exc`` or of an exception grouped
+    in it (a task group's member that failed as the group was cancelled): the one it replaced."""
     cancelled = anyio.get_cancelled_exc_class()
-    context = exc.__context__
+    pending = [exc]
     for _ in range(64):  # (a chain can be long; a cycle, hand-made, endless)
-        if context is None or isinstance(context, cancelled):
+        if not pending:
+            return None
+        current = pending.pop()
+        context = current.__context__
+        if isinstance(context, cancelled):
             return context
-        context = context.__context__
+        if context is not None:
+            pending.append(context)
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
     return None
 
 
