@@ -23,6 +23,7 @@ from _supervising import alive, supervisor, wait_until
 from ipcactors import (
     ClosedError,
     ConfigError,
+    ConnectionLostError,
     RequestTimeoutError,
     SpawnError,
     Supervisor,
@@ -381,6 +382,32 @@ async def test_emit_to_a_child_whose_connection_dropped_waits_for_it_then_times_
             assert await sup.request("w", "echo", 3) == 3
             await wait_until(lambda: 2 in pongs)
             assert sup.children["w"].pid == pid  # the same process, reconnected
+
+
+async def test_a_request_to_a_frozen_child_dropped_by_the_heartbeats_keeps_to_its_timeout(
+    socket_dir: str,
+) -> None:
+    """A request in flight when the heartbeats drop a frozen child's connection fails within
+    its timeout (ConnectionLostError: the process lives on, only its connection was lost).
+    It waited EXIT_REPORT_WAIT (10 s) for an exit that was not coming, whatever its timeout
+    (test_soak.py on a loaded machine: 'sup request: still running after 10.0 s', a timeout
+    of 1 s)."""
+    heartbeats = {"heartbeat_interval": 0.2, "heartbeat_timeout": 0.5}
+    with anyio.fail_after(30):
+        async with supervisor(socket_dir, **heartbeats) as sup:
+            await sup.spawn(_workers.echo, id="w")
+            pid = sup.children["w"].pid
+            assert pid is not None
+            started = time.monotonic()
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                with pytest.raises((ConnectionLostError, RequestTimeoutError)):
+                    await sup.request("w", "echo", 1, timeout=2.0)
+                took = time.monotonic() - started
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            assert took < 2.0 + 1.0, took  # (it was 10 s and more)
+            assert await sup.request("w", "echo", 3, timeout=10) == 3  # the same process, back
 
 
 async def test_a_request_timeout_names_the_timeout_it_was_given(socket_dir: str) -> None:

@@ -17,6 +17,7 @@ Invariants owned here:
 
 from __future__ import annotations
 
+import math
 import secrets
 import signal
 from collections.abc import Callable
@@ -174,12 +175,13 @@ class Incarnation:
         self.child.last_exit = code
         self.child.changed()
 
-    async def exited_after_disconnect(self) -> bool:
+    async def exited_after_disconnect(self, deadline: float = math.inf) -> bool:
         """Whether this process exited, for a caller whose connection to it just ended: the
         exit report follows that end once what was left of its group is gone (within
         ``GROUP_GONE_WAIT``), and later on a loaded machine; past ``EXIT_REPORT_WAIT``, the
-        process lives on and only its connection was lost."""
-        with anyio.move_on_after(EXIT_REPORT_WAIT):
+        process lives on and only its connection was lost. Not past ``deadline`` (a request's
+        timeout: its caller is told of the loss then)."""
+        with anyio.CancelScope(deadline=min(deadline, anyio.current_time() + EXIT_REPORT_WAIT)):
             await self.exited.wait()
         return self.exited.is_set()
 
@@ -220,7 +222,9 @@ class Incarnation:
             raise error
         # The exit seen first (its connection not yet seen to end: unread data before its
         # end, say) stopped the call, or the call's end waits for the exit report.
-        if self.exited.is_set() or (error is not None and await self.exited_after_disconnect()):
+        if self.exited.is_set() or (
+            error is not None and await self.exited_after_disconnect(deadline)
+        ):
             raise ChildExitedError(
                 f"child {id!r} {describe_exit(self.exitcode)} before answering request {event!r}",
                 id,
